@@ -1,0 +1,137 @@
+"""Checkpoints: one self-contained file of tensors and plain data, written atomically, loaded safely.
+
+Format (version 1), a dict loadable with `torch.load(weights_only=True)`:
+  format "charnn", version, charnn_version, model_config (dict), tokenizer (dict), model (state_dict),
+  train_config (dict), step, epoch, chars_seen, elapsed, val_loss, best_val_loss, device, precision;
+  last.pt also carries optimizer, scheduler-free training position (`progress`) and RNG states for resume.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from charnn import __version__
+from charnn.config import ModelConfig, from_dict
+from charnn.errors import CharnnError
+from charnn.model import CharRNN
+from charnn.tokenizer import tokenizer_from_state
+
+FORMAT = "charnn"
+VERSION = 1
+NAMES = ("best.pt", "last.pt")
+
+
+def save_checkpoint(data: dict, path: Path) -> None:
+    """Write atomically: a temp file in the same folder, flushed and fsynced, then os.replace.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    data = {"format": FORMAT, "version": VERSION, "charnn_version": __version__, **data}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CharnnError(f"could not write checkpoint {path}: {e.strerror or e}") from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load with weights_only=True; every way a file can be wrong becomes one clear CharnnError."""
+    path = Path(path)
+    if not path.exists():
+        raise CharnnError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir():
+        raise CharnnError(f"{str(path)!r} is a folder with no best.pt or last.pt in it")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+            raise CharnnError(f"refusing to load {str(path)!r}: it carries pickled code or objects, "
+                              "which a charnn checkpoint never does") from None
+        raise CharnnError(f"{str(path)!r} is not a charnn checkpoint (corrupt or not a torch file)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError) as e:
+        raise CharnnError(f"{str(path)!r} is not a readable charnn checkpoint (truncated or corrupt: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CharnnError(f"{str(path)!r} is a torch file but not a charnn checkpoint")
+    version = data.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CharnnError(f"{str(path)!r} has checkpoint format version {version}, newer than this charnn "
+                          f"({__version__}) reads ({VERSION}); upgrade charnn")
+    for key in ("model_config", "tokenizer", "model"):
+        if key not in data:
+            raise CharnnError(f"{str(path)!r} is missing {key!r}; it is not a complete charnn checkpoint")
+    return data
+
+
+def build_from_checkpoint(data: dict, device="cpu") -> Tuple[CharRNN, object]:
+    """Rebuild the model (in eval mode, on `device`) and the tokenizer from loaded checkpoint data."""
+    config = from_dict(ModelConfig, data["model_config"]).validate()
+    model = CharRNN(config)
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as e:
+        raise CharnnError(f"checkpoint weights do not fit its own model config: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), tokenizer_from_state(data["tokenizer"])
+
+
+def resolve_checkpoint(path: Optional[str], root: str = "checkpoints") -> Path:
+    """A .pt file, a run folder (its best.pt, else last.pt) or, with None, the newest run under `root`."""
+    if path is None:
+        return latest_checkpoint(root)
+    p = Path(path)
+    if p.is_dir():
+        for name in NAMES:
+            if (p / name).is_file():
+                return p / name
+        raise CharnnError(f"run folder {path!r} has no best.pt or last.pt; train into it first")
+    if not p.exists():
+        raise CharnnError(f"checkpoint {path!r} does not exist")
+    return p
+
+
+def latest_checkpoint(root: str = "checkpoints") -> Path:
+    """The best.pt (else last.pt) of the most recently written run under `root`."""
+    candidates = []
+    base = Path(root)
+    if base.is_dir():
+        for run in base.iterdir():
+            files = [run / n for n in NAMES if (run / n).is_file()]
+            if files:
+                newest = max(f.stat().st_mtime for f in files)
+                candidates.append((newest, files[0]))
+    if not candidates:
+        raise CharnnError(f"no trained runs under {str(base)!r}; train one first, e.g. `charnn train` "
+                          "or `charnn train your_text.txt`, or pass a checkpoint path")
+    return max(candidates, key=lambda c: c[0])[1]

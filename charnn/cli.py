@@ -1,0 +1,275 @@
+"""The `charnn` command line: parse flags, build configs, call the library, map errors to exit codes.
+
+stdout carries generated text (and `eval`'s result) only; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.console import Console
+
+from charnn import __version__
+from charnn.config import CELLS, DEVICES, PRECISIONS, ModelConfig, SampleConfig, TrainConfig, parse_duration
+from charnn.errors import CharnnError, ConfigError
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# Typer >= 0.26 vendors its own click; take the exception classes from whichever click it uses.
+_click_exceptions = sys.modules[typer.BadParameter.__module__]
+_UsageError = _click_exceptions.UsageError
+_ClickException = _click_exceptions.ClickException
+_NO_ARGS_HELP = getattr(_click_exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors as one line on stderr (exit 2) instead of a multi-line box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_HELP:  # the help was already shown
+            sys.exit(2)
+        except _UsageError as e:
+            cmd = e.ctx.command_path if e.ctx else "charnn"
+            typer.echo(f"{cmd}: error: {e.format_message()} (see '{cmd} --help')", err=True)
+            sys.exit(2)
+        except _ClickException as e:
+            typer.echo(f"charnn: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, sample and evaluate stacked-LSTM language models over characters.")
+
+
+@contextmanager
+def user_errors():
+    """Map library errors to one red line and an exit code; CHARNN_DEBUG=1 shows the traceback."""
+    debug = os.environ.get("CHARNN_DEBUG", "") not in ("", "0")
+    try:
+        yield
+    except ConfigError as e:
+        if debug:
+            raise
+        err.print(f"[red]charnn: error:[/] {e}", markup=True)
+        raise typer.Exit(2) from None
+    except CharnnError as e:
+        if debug:
+            raise
+        err.print(f"[red]charnn: error:[/] {e}", markup=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        err.print("[yellow]interrupted[/]", markup=True)
+        raise typer.Exit(130) from None
+    except MemoryError:
+        if debug:
+            raise
+        err.print("[red]charnn: error:[/] out of memory; try a smaller --batch-size, --hidden or corpus", markup=True)
+        raise typer.Exit(1) from None
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"charnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False):
+    """Train, sample and evaluate stacked-LSTM language models over characters."""
+
+
+Device = Annotated[str, typer.Option(help=f"Device: {', '.join(DEVICES)} (auto: CUDA when present).")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed (default: a fresh one, reported on stderr).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Silence notes on stderr.")]
+
+
+@app.command()
+def train(
+    corpus: Annotated[Optional[str], typer.Argument(help="UTF-8 text file. Default: Python's standard library source, "
+                                                         "assembled offline (about 5 MB).", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name (default: the corpus file's stem).")] = None,
+    out: Annotated[str, typer.Option(help="Root folder for runs.")] = "checkpoints",
+    cell: Annotated[str, typer.Option(help=f"Recurrent cell: {', '.join(CELLS)}.")] = "lstm",
+    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = 2,
+    hidden: Annotated[int, typer.Option(help="Hidden units per layer.")] = 512,
+    embed: Annotated[int, typer.Option(help="Embedding width.")] = 64,
+    dropout: Annotated[float, typer.Option(help="Dropout between layers and before the head.")] = 0.0,
+    val_frac: Annotated[float, typer.Option(help="Last fraction of the text held out for validation.")] = 0.1,
+    val_file: Annotated[Optional[str], typer.Option(help="Validate on this file instead (trains on all of CORPUS).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Contiguous streams per batch.")] = 32,
+    seq_len: Annotated[int, typer.Option(help="Characters per stream per step (BPTT length).")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 3e-3,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 50,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.")] = 0.01,
+    grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this (0: off).")] = 1.0,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
+    max_time: Annotated[Optional[str], typer.Option(help="Time budget for the whole run: 300, 90s, 5m, 1h.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the text.")] = None,
+    patience: Annotated[int, typer.Option(help="With no limit given: stop after this many evaluations "
+                                               "without improvement.")] = 5,
+    eval_every: Annotated[int, typer.Option(help="Steps between validation passes (and checkpoint saves).")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1337,
+    device: Device = "auto",
+    precision: Annotated[str, typer.Option(help=f"Autocast precision: {', '.join(PRECISIONS)}.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's choice).")] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of CORPUS and --val-file.")] = "utf-8",
+    resume: Annotated[bool, typer.Option(help="Continue run NAME from its last.pt.")] = False,
+    quiet: Quiet = False,
+):
+    """Train a model on CORPUS; checkpoints land in OUT/NAME/best.pt and last.pt."""
+    from charnn.corpus import load_corpus
+    from charnn.progress import TrainProgress
+    from charnn.train import StopRequest, TrainingInterrupted, Trainer, graceful_signals
+
+    with user_errors():
+        model_cfg = ModelConfig(vocab_size=1, cell=cell, layers=layers, hidden=hidden, embed=embed,
+                                dropout=dropout).validate()
+        cfg = TrainConfig(out=out, name=name, val_frac=val_frac, val_file=val_file, batch_size=batch_size,
+                          seq_len=seq_len, lr=lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip,
+                          seed=seed, max_steps=max_steps, max_time=parse_duration(max_time) if max_time else None,
+                          epochs=epochs, patience=patience, eval_every=eval_every, device=device,
+                          precision=precision, threads=threads).validate()
+        stop = StopRequest()
+        with graceful_signals(stop):
+            corpus = load_corpus(corpus, encoding)
+            view = TrainProgress(err, cfg.open_ended, quiet)
+            trainer = Trainer(corpus, model_cfg, cfg, view, resume=resume, stop=stop, encoding=encoding)
+            try:
+                with view:
+                    result = trainer.fit()
+            except TrainingInterrupted as e:
+                code = 143 if e.signum == 15 else 130
+                err.print(f"[yellow]stopped at step {trainer.step}; saved {e.path}. Resume with: charnn train "
+                          f"{_quote(corpus.source if corpus.name != 'stdlib' else '')}--name {trainer.run_dir.name} "
+                          f"--out {cfg.out} --resume[/]", markup=True)
+                raise typer.Exit(code) from None
+        if not quiet:
+            bits = result.best_val_loss / math.log(2)
+            err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val "
+                      f"{result.best_val_loss:.4f} nats/char ({bits:.3f} bits/char) -> {result.run_dir / 'best.pt'}")
+            err.print(f"sample it with: charnn sample {result.run_dir}")
+
+
+def _quote(path: str) -> str:
+    return f"{path} " if path else ""
+
+
+@app.command()
+def sample(
+    checkpoint: Annotated[Optional[str], typer.Argument(help="A .pt file or run folder (default: the newest run "
+                                                             "under ./checkpoints).", show_default=False)] = None,
+    temp: Annotated[float, typer.Option("--temp", "--temperature", help="Softmax temperature (> 0); lower is "
+                                                                        "more conservative.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Draw only from the K most likely characters.")] = None,
+    length: Annotated[int, typer.Option(help="Characters to generate after the prime.")] = 500,
+    prime: Annotated[str, typer.Option(help="Text to start from; the output begins with it.")] = "",
+    seed: Seed = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+):
+    """Generate text from a trained model; stdout carries the text and nothing else."""
+    import time
+
+    from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+    from charnn.device import resolve_device
+    from charnn.sample import generate
+
+    with user_errors():
+        cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, prime=prime, seed=seed,
+                           device=device).validate()
+        dev = resolve_device(cfg.device)
+        path = resolve_checkpoint(checkpoint)
+        model, tokenizer = build_from_checkpoint(load_checkpoint(path), dev)
+        used_seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
+        if not quiet:
+            err.print(f"sampling {path} on {dev}, seed {used_seed}")
+        t0, n, last = time.perf_counter(), 0, "\n"
+        try:
+            for piece in generate(model, tokenizer, cfg, dev, used_seed):
+                if piece:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                    n, last = n + len(piece), piece[-1]
+            if last != "\n":
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            raise typer.Exit(0) from None
+        if not quiet:
+            dt = time.perf_counter() - t0
+            err.print(f"{n:,} characters in {dt:.2f}s ({n / max(dt, 1e-9):,.0f} chars/s)")
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader went away (`| head`): stop quietly; point stdout at /dev/null so the final flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+@app.command("eval")
+def evaluate(
+    paths: Annotated[List[str], typer.Argument(help="[CHECKPOINT] FILE...: a .pt file or run folder (default: the "
+                                                    "newest run), then one or more text files.",
+                                               show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    device: Device = "auto",
+    encoding: Annotated[str, typer.Option(help="Text encoding of the files.")] = "utf-8",
+):
+    """Score text files: nats and bits per character, perplexity, characters and tokens."""
+    from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+    from charnn.corpus import read_text
+    from charnn.device import resolve_device
+    from charnn.evaluate import combine, evaluate_text
+
+    with user_errors():
+        first = Path(paths[0])
+        if len(paths) > 1 and (first.suffix == ".pt" or first.is_dir()):
+            ckpt, files = paths[0], paths[1:]
+        else:
+            ckpt, files = None, paths
+        dev = resolve_device(device)
+        path = resolve_checkpoint(ckpt)
+        data = load_checkpoint(path)
+        model, tokenizer = build_from_checkpoint(data, dev)
+        results = [evaluate_text(model, tokenizer, read_text(f, "file", encoding), dev) for f in files]
+        total = combine(results)
+        if total.unknown:
+            err.print(f"note: {total.unknown:,} characters are not in the model's vocabulary; "
+                      "they are scored as the unknown token")
+        if as_json:
+            out = {**total.to_dict(), "checkpoint": str(path), "files": [
+                {"path": f, **r.to_dict()} for f, r in zip(files, results)]}
+            typer.echo(json.dumps(out))
+            return
+        rows = [(f, r) for f, r in zip(files, results)] + ([("total", total)] if len(files) > 1 else [])
+        typer.echo(f"{'file':<30} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} {'chars':>10} {'tokens':>10}")
+        for f, r in rows:
+            typer.echo(f"{f:<30} {r.nats_per_char:>10.4f} {r.bits_per_char:>10.4f} {r.perplexity:>11.3f} "
+                       f"{r.chars:>10,} {r.tokens:>10,}")
+
+
+def main() -> None:
+    app(prog_name="charnn")

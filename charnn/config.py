@@ -1,0 +1,138 @@
+"""Dataclass configs for the model, training and sampling; validation names the flag at fault."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Optional
+
+from charnn.errors import ConfigError
+
+CELLS = ("lstm", "gru", "rnn")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int  # tokens the embedding and head cover (set by the tokenizer)
+    cell: str = "lstm"  # recurrent cell: lstm, gru or rnn (tanh)
+    layers: int = 2  # stacked recurrent layers
+    hidden: int = 512  # hidden units per layer
+    embed: int = 64  # embedding width
+    dropout: float = 0.0  # dropout between layers and before the head
+
+    def validate(self) -> "ModelConfig":
+        problems = []
+        if self.cell not in CELLS:
+            problems.append(f"`--cell` must be one of {', '.join(CELLS)}, not {self.cell!r}")
+        for flag, value in (("--layers", self.layers), ("--hidden", self.hidden), ("--embed", self.embed)):
+            if value < 1:
+                problems.append(f"`{flag}` must be at least 1, got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"`--dropout` must be in [0, 1), got {self.dropout}")
+        _raise(problems)
+        return self
+
+
+@dataclass
+class TrainConfig:
+    out: str = "checkpoints"  # root folder; the run lands in out/name
+    name: Optional[str] = None  # run name (default: the corpus file's stem)
+    val_frac: float = 0.1  # last fraction of the text held out for validation
+    val_file: Optional[str] = None  # a separate validation file instead of val_frac
+    batch_size: int = 32  # contiguous streams per batch
+    seq_len: int = 128  # characters per stream per step (truncated BPTT length)
+    lr: float = 3e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # AdamW weight decay on matrices
+    warmup: int = 50  # linear warm-up steps
+    min_lr_frac: float = 0.05  # the schedule decays to lr * min_lr_frac
+    grad_clip: float = 1.0  # max global gradient norm (0 disables)
+    seed: int = 1337  # random seed for weights, data offsets and dropout
+    max_steps: Optional[int] = None  # stop after this many optimiser steps
+    max_time: Optional[float] = None  # stop so the whole run takes at most this many seconds
+    epochs: Optional[float] = None  # stop after this many passes over the training text
+    patience: int = 5  # with no length limit: evaluations without improvement before stopping
+    eval_every: int = 200  # steps between validation passes
+    device: str = "auto"  # auto, cpu, cuda or mps
+    precision: str = "auto"  # auto, fp32, bf16 or fp16 (autocast; weights stay fp32)
+    threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
+
+    def validate(self) -> "TrainConfig":
+        problems = []
+        if not 0.0 < self.val_frac < 1.0:
+            problems.append(f"`--val-frac` must be between 0 and 1, got {self.val_frac}")
+        positive = (("--batch-size", self.batch_size), ("--seq-len", self.seq_len), ("--eval-every", self.eval_every),
+                    ("--patience", self.patience))
+        problems += [f"`{flag}` must be at least 1, got {v}" for flag, v in positive if v < 1]
+        if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
+            problems.append(f"`--lr` must be a positive number, got {self.lr}")
+        if self.grad_clip < 0 or self.grad_clip != self.grad_clip:
+            problems.append(f"`--grad-clip` must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if self.warmup < 0:
+            problems.append(f"`--warmup` must be >= 0, got {self.warmup}")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"`--max-steps` must be at least 1, got {self.max_steps}")
+        if self.max_time is not None and not self.max_time > 0:
+            problems.append(f"`--max-time` must be positive, got {self.max_time}")
+        if self.epochs is not None and not self.epochs > 0:
+            problems.append(f"`--epochs` must be positive, got {self.epochs}")
+        if self.device not in DEVICES:
+            problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"`--precision` must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"`--threads` must be at least 1, got {self.threads}")
+        _raise(problems)
+        return self
+
+    @property
+    def open_ended(self) -> bool:
+        """True when no length limit was given: training stops on val-loss patience."""
+        return self.max_steps is None and self.max_time is None and self.epochs is None
+
+
+@dataclass
+class SampleConfig:
+    length: int = 500  # characters to generate after the prime
+    temperature: float = 1.0  # softmax temperature (> 0)
+    top_k: Optional[int] = None  # keep only the k most likely tokens
+    prime: str = ""  # text the output starts with; the model is conditioned on it
+    seed: Optional[int] = None  # random seed (None: a fresh one, reported on stderr)
+    device: str = "auto"  # auto, cpu, cuda or mps
+
+    def validate(self) -> "SampleConfig":
+        problems = []
+        if self.length < 0:
+            problems.append(f"`--length` must be >= 0, got {self.length}")
+        if not self.temperature > 0 or self.temperature == float("inf"):
+            problems.append(f"`--temp` must be a positive number, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            problems.append(f"`--top-k` must be at least 1, got {self.top_k}")
+        if self.device not in DEVICES:
+            problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        _raise(problems)
+        return self
+
+
+def _raise(problems: list) -> None:
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def from_dict(cls, data: dict):
+    """Build a config dataclass from a plain dict, ignoring keys this version does not know."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90' or '90s' -> 90.0, '5m' -> 300.0, '1h' -> 3600.0."""
+    m = _DURATION.match(text.lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"`--max-time` wants a positive duration such as 300, 90s, 5m or 1h, not {text!r}")
+    return float(m.group(1)) * _UNIT[m.group(2)]

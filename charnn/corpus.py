@@ -1,0 +1,89 @@
+"""Where training text comes from: a UTF-8 file, or the built-in corpus of Python's own source."""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from charnn.errors import CharnnError
+
+BUILTIN_NAME = "stdlib"
+# The built-in corpus stops after this many characters (about 5 MB: a few minutes per epoch on a CPU).
+BUILTIN_CAP = 5_000_000
+_SKIP_DIRS = {"test", "tests", "idle_test", "__pycache__", "site-packages", "dist-packages"}
+
+
+@dataclass
+class Corpus:
+    text: str  # the whole text
+    name: str  # default run name
+    source: str  # where it came from, for messages and the checkpoint
+
+
+def read_text(path: str, what: str = "corpus", encoding: str = "utf-8") -> str:
+    """Read a text file, turning every way it can fail into one clear CharnnError."""
+    p = Path(path)
+    if not p.exists():
+        raise CharnnError(f"{what} {path!r} does not exist")
+    if p.is_dir():
+        raise CharnnError(f"{what} {path!r} is a directory; pass a text file")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise CharnnError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
+    if b"\x00" in data[:8192]:
+        raise CharnnError(f"{what} {path!r} looks binary (it contains NUL bytes); pass a text file")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise CharnnError(
+            f"{what} {path!r} is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {e.start}"
+        ) from None
+    except LookupError:
+        raise CharnnError(f"unknown encoding {encoding!r}") from None
+    if not text:
+        raise CharnnError(f"{what} {path!r} is empty")
+    return text
+
+
+def load_corpus(path: Optional[str], encoding: str = "utf-8") -> Corpus:
+    if path is None:
+        return builtin_corpus()
+    return Corpus(read_text(path, "corpus", encoding), Path(path).stem or "run", str(Path(path).resolve()))
+
+
+def stdlib_files(root: Optional[str] = None) -> List[Path]:
+    """The standard library's .py files in a stable (sorted, depth-first) order, test folders left out."""
+    base = Path(root or sysconfig.get_paths()["stdlib"])
+    found: List[Path] = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        found += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py")]
+    return found
+
+
+def builtin_corpus(cap: int = BUILTIN_CAP, root: Optional[str] = None) -> Corpus:
+    """Python's standard library source, joined file by file up to `cap` characters.
+
+    Needs no network and ships no copied text: it is assembled from the running interpreter.
+    """
+    base = Path(root or sysconfig.get_paths()["stdlib"])
+    parts, size = [], 0
+    for f in stdlib_files(str(base)):
+        try:
+            body = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        part = f"# file: {f.relative_to(base).as_posix()}\n{body.rstrip()}\n\n"
+        if size + len(part) > cap:
+            part = part[: cap - size]
+        parts.append(part)
+        size += len(part)
+        if size >= cap:
+            break
+    if not parts:
+        raise CharnnError(f"found no Python source under {base} for the built-in corpus; pass a text file")
+    return Corpus("".join(parts), BUILTIN_NAME, f"python-stdlib:{base}")

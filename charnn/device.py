@@ -1,0 +1,54 @@
+"""Choosing the device and the autocast precision."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from charnn.errors import CharnnError
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: CUDA when present, then Apple MPS, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise CharnnError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+        return torch.device("cuda")
+    if name == "mps":
+        if not _mps_available():
+            raise CharnnError("--device mps was asked for but Apple MPS is not available; use --device cpu or auto")
+        return torch.device("mps")
+    raise CharnnError(f"unknown --device {name!r}; choose auto, cpu, cuda or mps")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto: bf16 on CUDA GPUs that support it, fp32 elsewhere (measured: on this CPU, autocast
+    bf16 makes nn.LSTM slower, see benchmarks/README.md)."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if name == "fp16" and device.type == "cpu":
+        raise CharnnError("--precision fp16 is for GPUs; on the CPU use bf16 or fp32")
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    """An autocast context for the forward pass; weights, loss and optimiser stay fp32."""
+    dtype: Optional[torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

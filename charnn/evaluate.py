@@ -1,0 +1,107 @@
+"""Scoring text: the one code path behind both training's val loss and `charnn eval`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charnn.device import autocast
+
+CHUNK = 256  # time steps per forward call while scoring
+MIN_STREAM = 2048  # tokens per parallel stream (each stream starts from a zero state)
+MAX_STREAMS = 64
+
+
+@dataclass
+class EvalResult:
+    nats: float  # total negative log-likelihood of the predicted tokens, in nats
+    tokens: int  # tokens predicted (all but the first, which has no context)
+    chars: int  # characters those tokens stand for
+    unknown: int = 0  # characters outside the vocabulary (scored as the unknown token)
+
+    @property
+    def nats_per_char(self) -> float:
+        return self.nats / self.chars if self.chars else float("nan")
+
+    @property
+    def nats_per_token(self) -> float:
+        return self.nats / self.tokens if self.tokens else float("nan")
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats_per_char / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        """Per character, so it compares across tokenizers."""
+        return math.exp(self.nats_per_char) if self.chars else float("nan")
+
+    def to_dict(self) -> dict:
+        return {"nats_per_char": self.nats_per_char, "bits_per_char": self.bits_per_char,
+                "nats_per_token": self.nats_per_token, "perplexity": self.perplexity,
+                "chars": self.chars, "tokens": self.tokens, "unknown_chars": self.unknown}
+
+    def __add__(self, other: "EvalResult") -> "EvalResult":
+        return EvalResult(**{k: v + asdict(other)[k] for k, v in asdict(self).items()})
+
+
+def stream_layout(n: int) -> Tuple[int, int]:
+    """(streams, length): n predictions laid out as contiguous streams; the rest goes in a tail."""
+    streams = max(1, min(MAX_STREAMS, n // MIN_STREAM))
+    return streams, n // streams
+
+
+@torch.no_grad()
+def score_ids(model, ids: torch.Tensor, device: torch.device, precision: str = "fp32") -> float:
+    """Total nats of predicting ids[1:] from ids[:-1], deterministic and in float64."""
+    n = len(ids) - 1
+    if n <= 0:
+        return 0.0
+    was_training = model.training
+    model.eval()
+    S, L = stream_layout(n)
+    x, y = ids[:-1], ids[1:]
+    total = _score_streams(model, x[: S * L].view(S, L), y[: S * L].view(S, L), device, precision)
+    if S * L < n:  # the tail that does not fill a stream
+        total += _score_streams(model, x[S * L:].view(1, -1), y[S * L:].view(1, -1), device, precision)
+    model.train(was_training)
+    return total
+
+
+def _score_streams(model, X, Y, device, precision) -> float:
+    state, total = None, 0.0
+    for t in range(0, X.shape[1], CHUNK):
+        xb = X[:, t:t + CHUNK].to(device, non_blocking=True)
+        yb = Y[:, t:t + CHUNK].to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits, state = model(xb, state)
+        total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yb.reshape(-1),
+                                 reduction="sum").double().item()
+    return total
+
+
+def evaluate_text(model, tokenizer, text: str, device: torch.device, precision: str = "fp32") -> EvalResult:
+    """Score a text with the model: nats over its predicted tokens, normalised per character."""
+    return evaluate_ids(model, tokenizer, tokenizer.encode(text), device, precision)
+
+
+def evaluate_ids(model, tokenizer, ids: np.ndarray, device: torch.device, precision: str = "fp32") -> EvalResult:
+    """Score already-encoded text (training caches its val ids and calls this directly)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    unknown = int((ids == tokenizer.unk_id).sum())
+    nats = score_ids(model, torch.from_numpy(ids), device, precision)
+    tokens = max(0, len(ids) - 1)
+    chars = tokenizer.token_chars(ids[1:]) if tokens else 0
+    return EvalResult(nats=nats, tokens=tokens, chars=chars, unknown=unknown)
+
+
+def combine(results: List[EvalResult]) -> EvalResult:
+    out = EvalResult(0.0, 0, 0, 0)
+    for r in results:
+        out = out + r
+    return out

@@ -1,0 +1,69 @@
+"""Turning training events into a Rich progress bar on stderr (or plain lines when stderr is no terminal)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+TOTAL = 1000  # the bar counts thousandths of the run (steps, time or epochs: whichever limit is nearest)
+PLAIN_EVERY = 10.0  # seconds between plain progress lines
+
+
+def _fmt(x: float) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.4f}"
+
+
+class TrainProgress:
+    """A callback for `charnn.train.train`: draws progress and remembers the last numbers."""
+
+    def __init__(self, console: Console, open_ended: bool, quiet: bool = False):
+        self.console, self.open_ended, self.quiet = console, open_ended, quiet
+        self.live = console.is_terminal and not quiet
+        self.val = math.nan
+        self.best = math.nan
+        self.progress = None
+        self._last_line = 0.0
+
+    def __enter__(self):
+        if self.live:
+            self.progress = Progress(
+                TextColumn("[bold]step {task.fields[step]}"), BarColumn(),
+                TextColumn("train {task.fields[loss]}  val {task.fields[val]}  {task.fields[rate]} chars/s"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                console=self.console, redirect_stdout=False, redirect_stderr=False, transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=None if self.open_ended else TOTAL,
+                                               step=0, loss="—", val="—", rate="—")
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, highlight=False)
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "start":
+            self.note(f"training {info['params']:,} parameters on {info['device']} ({info['precision']}), "
+                      f"vocab {info['vocab_size']}, {info['train_tokens']:,} train / {info['val_tokens']:,} val tokens"
+                      f" -> {info['run_dir']}")
+        elif kind == "step":
+            fields = dict(step=info["step"], loss=_fmt(info["loss_avg"]), val=_fmt(self.val),
+                          rate=f"{info['chars_per_sec']:,.0f}")
+            if self.progress is not None:
+                completed = None if self.open_ended else min(TOTAL, int(info["progress"] * TOTAL))
+                self.progress.update(self.task, completed=completed, **fields)
+            elif not self.quiet and time.monotonic() - self._last_line > PLAIN_EVERY:
+                self._last_line = time.monotonic()
+                self.note(f"step {info['step']}  train {fields['loss']}  val {fields['val']}  "
+                          f"{fields['rate']} chars/s  {info['elapsed']:.0f}s")
+        elif kind == "eval":
+            self.val, self.best = info["val_loss"], info["best_val_loss"]
+            mark = " (best)" if info["improved"] else ""
+            self.note(f"step {info['step']}: val {info['val_loss']:.4f} nats/char "
+                      f"({info['val_loss'] / math.log(2):.3f} bits){mark}")

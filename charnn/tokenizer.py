@@ -1,0 +1,94 @@
+"""Tokenizers: text <-> integer ids, with a plain-data state that travels inside the checkpoint.
+
+Every tokenizer has `encode`, `decode`, `vocab_size`, `unk_id`, `count_unknown`, `state()` and an
+incremental decoder for streaming; `tokenizer_from_state` rebuilds one from a checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Sequence
+
+import numpy as np
+
+from charnn.errors import CharnnError
+
+UNK_TEXT = "\ufffd"  # what an unknown id decodes to
+
+
+def codepoints(text: str) -> np.ndarray:
+    """The Unicode code points of `text` as a uint32 array (no Python-level loop)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+class CharTokenizer:
+    """One id per character seen in the training text; id 0 is reserved for unknown characters."""
+
+    kind = "char"
+    unk_id = 0
+
+    def __init__(self, chars: Sequence[str]):
+        self.chars: List[str] = sorted(set(chars))
+        self._cps = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # sorted, for searchsorted
+        self._index: Dict[str, int] = {c: i + 1 for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def build(cls, text: str) -> "CharTokenizer":
+        if not text:
+            raise CharnnError("cannot build a vocabulary from empty text")
+        return cls([chr(c) for c in np.unique(codepoints(text))])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + 1
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids as an int64 array; characters outside the vocabulary map to `unk_id`."""
+        cps = codepoints(text)
+        if len(self._cps) == 0 or len(cps) == 0:
+            return np.zeros(len(cps), dtype=np.int64)
+        pos = np.searchsorted(self._cps, cps)
+        pos_c = np.minimum(pos, len(self._cps) - 1)
+        found = self._cps[pos_c] == cps
+        return np.where(found, pos_c + 1, self.unk_id).astype(np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        chars = self.chars
+        return "".join(chars[i - 1] if 0 < i <= len(chars) else UNK_TEXT for i in ids)
+
+    def unknown(self, text: str) -> List[str]:
+        """The distinct characters of `text` the vocabulary lacks, in order of first appearance."""
+        seen = dict.fromkeys(c for c in text if c not in self._index)
+        return list(seen)
+
+    def count_unknown(self, text: str) -> int:
+        return int((self.encode(text) == self.unk_id).sum())
+
+    def token_chars(self, ids: np.ndarray) -> int:
+        """How many characters the given ids stand for."""
+        return len(ids)
+
+    def decoder(self) -> "IncrementalDecoder":
+        return IncrementalDecoder(self)
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "chars": "".join(self.chars)}
+
+
+class IncrementalDecoder:
+    """Turns a stream of ids into text pieces; a character tokenizer needs no look-behind."""
+
+    def __init__(self, tokenizer: CharTokenizer):
+        self.tokenizer = tokenizer
+
+    def push(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def flush(self) -> str:
+        return ""
+
+
+def tokenizer_from_state(state: dict):
+    kind = state.get("kind")
+    if kind == "char":
+        return CharTokenizer(list(state["chars"]))
+    raise CharnnError(f"checkpoint uses tokenizer {kind!r}, which this version of charnn does not know")

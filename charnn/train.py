@@ -1,0 +1,336 @@
+"""The training loop: stateful truncated BPTT over contiguous streams, AdamW, warm-up then cosine decay.
+
+Library code: it never prints. It reports through `on_event(kind, info)`; the CLI draws progress from it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from charnn.checkpoint import load_checkpoint, save_checkpoint
+from charnn.config import ModelConfig, TrainConfig, from_dict
+from charnn.corpus import Corpus, read_text
+from charnn.data import StreamBatches, split_text
+from charnn.device import autocast, resolve_device, resolve_precision
+from charnn.errors import CharnnError
+from charnn.evaluate import evaluate_ids
+from charnn.model import CharRNN, detach_state
+from charnn.tokenizer import CharTokenizer, tokenizer_from_state
+
+Callback = Callable[[str, dict], None]
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving last.pt."""
+
+    def __init__(self, signum: int, path: Optional[Path]):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum, self.path = signum, path
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_val_loss: float  # nats per character
+    last_val_loss: float
+    elapsed: float  # seconds, data preparation and final evaluation included
+    chars_seen: int
+    stopped: str  # why training ended
+
+
+class StopRequest:
+    """Set by a signal handler; the loop checks it between steps so a save never sees a half step."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+
+
+@contextmanager
+def graceful_signals(stop: StopRequest):
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second one quits at once."""
+
+    def handler(signum, frame):
+        if stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.signum = signum
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in old:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        old = {}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
+    """1) linear warm-up over `warmup` steps, 2) cosine decay from lr to lr*min_lr_frac as progress
+    goes 0 -> 1 (progress is steps, time or epochs used, whichever limit is nearest), 3) constant
+    when training is open-ended (it stops on patience instead)."""
+    warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
+    if cfg.open_ended:
+        return cfg.lr * warm
+    p = min(1.0, max(0.0, progress))
+    decay = cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p))
+    return cfg.lr * warm * decay
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only, not on biases or the embedding."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embed"))]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), **extra)
+
+
+def run_dir_for(cfg: TrainConfig, corpus: Corpus) -> Path:
+    return Path(cfg.out) / (cfg.name or corpus.name)
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Fail before training, not after it, when the run folder cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CharnnError(f"cannot write to {str(run_dir)!r}: {e.strerror or e}; choose another --out") from None
+
+
+class Trainer:
+    def __init__(self, corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Optional[Callback] = None,
+                 resume: bool = False, stop: Optional[StopRequest] = None, encoding: str = "utf-8"):
+        self.t0 = time.perf_counter()
+        self.cfg, self.on_event = cfg.validate(), on_event or (lambda kind, info: None)
+        self.stop = stop or StopRequest()
+        self.run_dir = run_dir_for(cfg, corpus)
+        resumed = self._load_resume() if resume else None
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+
+        if cfg.val_file:
+            train_text, val_text = corpus.text, read_text(cfg.val_file, "validation file", encoding)
+        else:
+            train_text, val_text = split_text(corpus.text, cfg.val_frac)
+        if len(val_text) < 2:
+            raise CharnnError(f"the validation text has {len(val_text)} characters; it needs at least 2 "
+                              "(raise --val-frac or pass --val-file)")
+        self.tokenizer = tokenizer_from_state(resumed["tokenizer"]) if resumed else CharTokenizer.build(train_text)
+        train_ids = torch.from_numpy(self.tokenizer.encode(train_text))
+        self.val_ids = self.tokenizer.encode(val_text)
+        self.chars_per_token = len(train_text) / max(1, len(train_ids))
+        self.batches = StreamBatches(train_ids.to(self.device), cfg.batch_size, cfg.seq_len)
+
+        if resumed:
+            model_cfg = from_dict(ModelConfig, resumed["model_config"])
+        else:
+            model_cfg.vocab_size = self.tokenizer.vocab_size
+        self.model_cfg = model_cfg.validate()
+        self.model = CharRNN(self.model_cfg).to(self.device)
+        self.opt = make_optimizer(self.model, cfg, self.device)
+        self.step, self.epoch, self.window, self.offset = 0, 0, 0, 0
+        self.best_val, self.last_val, self.bad_evals, self.chars_seen = math.inf, math.inf, 0, 0
+        self.elapsed_before = 0.0
+        self.state = None
+        if resumed:
+            self._restore(resumed)
+        _check_writable(self.run_dir)
+
+    # -- resume -------------------------------------------------------------------------------------
+    def _load_resume(self) -> dict:
+        path = self.run_dir / "last.pt"
+        if not path.is_file():
+            raise CharnnError(f"--resume: no {path} to resume from; train without --resume first")
+        data = load_checkpoint(path)
+        if "optimizer" not in data or "progress" not in data:
+            raise CharnnError(f"--resume: {path} has no optimiser state or training position")
+        return data
+
+    def _restore(self, data: dict) -> None:
+        self.model.load_state_dict(data["model"])
+        self.opt.load_state_dict(data["optimizer"])
+        p = data["progress"]
+        self.step, self.epoch, self.window, self.offset = p["step"], p["epoch"], p["window"], p["offset"]
+        self.best_val, self.last_val = data.get("best_val_loss", math.inf), data.get("val_loss", math.inf)
+        self.bad_evals, self.chars_seen = p.get("bad_evals", 0), data.get("chars_seen", 0)
+        self.elapsed_before = data.get("elapsed", 0.0)
+        hidden = p.get("hidden")
+        if hidden is not None:
+            self.state = tuple(h.to(self.device) for h in hidden) if len(hidden) == 2 else hidden[0].to(self.device)
+        rng = data.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(list(rng["cuda"]))
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def progress(self) -> float:
+        """Fraction of the run done by the nearest limit (0 when open-ended)."""
+        cfg, parts = self.cfg, [0.0]
+        if cfg.max_steps:
+            parts.append(self.step / cfg.max_steps)
+        if cfg.max_time:
+            parts.append(self.elapsed() / max(1e-9, cfg.max_time - self._reserve()))
+        if cfg.epochs:
+            spe = max(1, self.batches.steps_per_epoch(self.offset))
+            parts.append((self.epoch + self.window / spe) / cfg.epochs)
+        return max(parts)
+
+    def _reserve(self) -> float:
+        """Seconds to keep for the final evaluation and save, so --max-time counts everything."""
+        return getattr(self, "_eval_cost", 0.0) * 1.2 + getattr(self, "_save_cost", 0.0) * 2 + 0.5
+
+    def checkpoint_data(self, val_loss: float, with_training_state: bool) -> dict:
+        data = {
+            "model_config": asdict(self.model_cfg), "tokenizer": self.tokenizer.state(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "train_config": asdict(self.cfg), "step": self.step, "epoch": self.epoch,
+            "chars_seen": self.chars_seen, "elapsed": self.elapsed(), "val_loss": val_loss,
+            "best_val_loss": min(self.best_val, val_loss), "device": self.device.type, "precision": self.precision,
+        }
+        if with_training_state:
+            state = self.state
+            hidden = None if state is None else [h.detach().cpu() for h in (state if isinstance(state, tuple) else (state,))]
+            data["optimizer"] = self.opt.state_dict()
+            data["progress"] = {"step": self.step, "epoch": self.epoch, "window": self.window, "offset": self.offset,
+                                "bad_evals": self.bad_evals, "hidden": hidden}
+            data["rng"] = {"torch": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                data["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        return data
+
+    def save(self, name: str, val_loss: float) -> Path:
+        t = time.perf_counter()
+        path = self.run_dir / name
+        save_checkpoint(self.checkpoint_data(val_loss, with_training_state=True), path)
+        self._save_cost = time.perf_counter() - t
+        self.on_event("saved", {"path": str(path), "step": self.step})
+        return path
+
+    def evaluate(self) -> float:
+        t = time.perf_counter()
+        result = evaluate_ids(self.model, self.tokenizer, self.val_ids, self.device, self.precision)
+        self._eval_cost = time.perf_counter() - t
+        return result.nats_per_char
+
+    def _eval_and_save(self) -> None:
+        val = self.evaluate()
+        self.last_val = val
+        improved = val < self.best_val
+        if improved:
+            self.best_val, self.bad_evals = val, 0
+        else:
+            self.bad_evals += 1
+        self.save("last.pt", val)
+        if improved:
+            self.save("best.pt", val)
+        self.on_event("eval", {"step": self.step, "val_loss": val, "best_val_loss": self.best_val,
+                               "improved": improved, "elapsed": self.elapsed()})
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _limit_reached(self) -> Optional[str]:
+        cfg = self.cfg
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.epochs and self.epoch + self.window / max(1, self.batches.steps_per_epoch(self.offset)) >= cfg.epochs:
+            return "epochs"
+        if cfg.max_time and self.elapsed() + self._reserve() >= cfg.max_time:
+            return "max_time"
+        if cfg.open_ended and self.bad_evals >= cfg.patience:
+            return "patience"
+        return None
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step, self.progress(), self.cfg)
+        with autocast(self.device, self.precision):
+            logits, self.state = self.model(x, self.state)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise CharnnError(f"training loss became {value} at step {self.step + 1}; the last good checkpoints "
+                              f"in {self.run_dir} are kept. Try a lower --lr or a --grad-clip such as 1.0")
+        self.opt.step()
+        self.state = detach_state(self.state)
+        self.step += 1
+        return value
+
+    def fit(self) -> TrainResult:
+        cfg, B, T = self.cfg, self.cfg.batch_size, self.cfg.seq_len
+        self.model.train()
+        self.on_event("start", {"run_dir": str(self.run_dir), "params": self.model.num_params(),
+                                "device": str(self.device), "precision": self.precision,
+                                "vocab_size": self.tokenizer.vocab_size, "train_tokens": len(self.batches.ids),
+                                "val_tokens": len(self.val_ids), "steps_per_epoch": self.batches.steps_per_epoch(),
+                                "step": self.step})
+        stopped, last_eval_step = None, -1
+        window_t0, window_steps, loss_ema = time.perf_counter(), 0, None
+        while stopped is None:
+            if self.window == 0:  # a new epoch: pick its offset (deterministic from seed + epoch)
+                self.offset = random.Random(cfg.seed * 100003 + self.epoch).randint(0, self.batches.max_offset())
+            for x, y in self.batches.epoch(self.offset, self.window):
+                stopped = self._limit_reached()
+                if stopped:
+                    break
+                if self.stop.signum is not None:
+                    path = self.save("last.pt", self.last_val)
+                    raise TrainingInterrupted(self.stop.signum, path)
+                loss = self._train_step(x, y)
+                self.window += 1
+                self.chars_seen += int(B * T * self.chars_per_token)
+                loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
+                window_steps += 1
+                now = time.perf_counter()
+                rate = window_steps * B * T * self.chars_per_token / max(1e-9, now - window_t0)
+                self.on_event("step", {"step": self.step, "loss": loss, "loss_avg": loss_ema,
+                                       "lr": self.opt.param_groups[0]["lr"], "chars_per_sec": rate,
+                                       "elapsed": self.elapsed(), "progress": self.progress(),
+                                       "epoch": self.epoch + self.window / max(1, self.batches.steps_per_epoch(self.offset))})
+                if now - window_t0 > 10:  # a moving window keeps chars/s current
+                    window_t0, window_steps = now, 0
+                if self.step % cfg.eval_every == 0:
+                    self._eval_and_save()
+                    last_eval_step = self.step
+            else:
+                self.epoch, self.window, self.state = self.epoch + 1, 0, None
+                continue
+        if last_eval_step != self.step or not (self.run_dir / "last.pt").exists():
+            self._eval_and_save()
+        result = TrainResult(self.run_dir, self.step, self.best_val, self.last_val, self.elapsed(),
+                             self.chars_seen, stopped)
+        self.on_event("done", asdict(result))
+        return result
+
+
+def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Optional[Callback] = None,
+          resume: bool = False, stop: Optional[StopRequest] = None) -> TrainResult:
+    """Train a model on `corpus` and write best.pt / last.pt into out/name."""
+    return Trainer(corpus, model_cfg, cfg, on_event, resume, stop).fit()
+

@@ -1,0 +1,145 @@
+"""Each subcommand through Typer's CliRunner, with the stdout/stderr split checked, plus a real pipeline."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from charnn import __version__
+from charnn.cli import app
+
+runner = CliRunner()
+TINY_FLAGS = ["--hidden", "32", "--embed", "8", "--layers", "2", "--batch-size", "4", "--seq-len", "16",
+              "--max-steps", "6", "--eval-every", "3", "--device", "cpu", "--quiet"]
+
+
+def invoke(*args, cwd=None):
+    if cwd is None:
+        return runner.invoke(app, [str(a) for a in args])
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(app, [str(a) for a in args])
+    finally:
+        os.chdir(old)
+
+
+def test_version_and_help():
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"charnn {__version__}"
+    r = invoke("train", "--help")
+    assert r.exit_code == 0 and "--max-time" in r.stdout and "--cell" in r.stdout
+
+
+def test_train_writes_best_and_last_and_names_run_after_corpus(tmp_path, corpus_file):
+    r = invoke("train", corpus_file, "--out", tmp_path, *TINY_FLAGS[:-1])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == ""  # training writes nothing to stdout
+    assert "val" in r.stderr and "best.pt" in r.stderr
+    assert (tmp_path / "tiny" / "best.pt").is_file() and (tmp_path / "tiny" / "last.pt").is_file()
+
+
+def test_sample_stdout_is_only_text(trained_run):
+    r = invoke("sample", trained_run.run_dir, "--length", "120", "--seed", "7", "--prime", "the ")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith("the ")
+    assert len(r.stdout) == len("the ") + 120 + (0 if r.stdout[-2] == "\n" else 1) or r.stdout.endswith("\n")
+    assert r.stdout.endswith("\n")
+    assert "seed 7" in r.stderr and "chars/s" in r.stderr  # notes go to stderr
+    assert "sampling" not in r.stdout
+
+
+def test_sample_length_counts_generated_characters(trained_run):
+    r = invoke("sample", trained_run.run_dir / "best.pt", "--length", "300", "--seed", "1", "--quiet")
+    assert r.exit_code == 0
+    body = r.stdout[:-1] if r.stdout.endswith("\n") and len(r.stdout) == 301 else r.stdout
+    assert len(body) == 300
+    assert r.stderr == ""
+
+
+def test_sample_is_reproducible_with_a_seed_and_top_k(trained_run):
+    a = invoke("sample", trained_run.run_dir, "--seed", "5", "--top-k", "3", "--temperature", "0.8", "-q")
+    b = invoke("sample", trained_run.run_dir, "--seed", "5", "--top-k", "3", "--temp", "0.8", "-q")
+    c = invoke("sample", trained_run.run_dir, "--seed", "6", "--top-k", "3", "--temp", "0.8", "-q")
+    assert a.stdout == b.stdout != c.stdout
+
+
+def test_sample_without_checkpoint_uses_newest_run(tmp_path, trained_run):
+    runs = tmp_path / "checkpoints"
+    shutil.copytree(trained_run.run_dir, runs / "older")
+    shutil.copytree(trained_run.run_dir, runs / "newer")
+    os.utime(runs / "older" / "best.pt", (1, 1))
+    os.utime(runs / "older" / "last.pt", (1, 1))
+    r = invoke("sample", "--length", "10", "--seed", "1", cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr
+    assert "newer" in r.stderr
+
+
+def test_sample_with_no_runs_says_how_to_train(tmp_path):
+    r = invoke("sample", cwd=tmp_path)
+    assert r.exit_code == 1
+    assert r.stdout == ""
+    assert "charnn train" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_eval_json_and_table(trained_run, corpus_file):
+    r = invoke("eval", trained_run.run_dir / "best.pt", corpus_file, "--json")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    for key in ("nats_per_char", "bits_per_char", "nats_per_token", "perplexity", "chars", "tokens"):
+        assert key in out
+    text = corpus_file.read_text()
+    assert out["chars"] == len(text) - 1 == out["tokens"]
+    assert out["bits_per_char"] == pytest.approx(out["nats_per_char"] / 0.6931471805599453)
+    assert out["perplexity"] == pytest.approx(2.718281828459045 ** out["nats_per_char"])
+    table = invoke("eval", trained_run.run_dir, corpus_file)
+    assert table.exit_code == 0 and "bits/char" in table.stdout
+    assert f"{out['nats_per_char']:.4f}" in table.stdout
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["train", "no-such-file.txt"], 1, "does not exist"),
+    (["train", "--layers", "0"], 2, "--layers"),
+    (["train", "--max-time", "soon"], 2, "--max-time"),
+    (["train", "--device", "tpu"], 2, "--device"),
+    (["sample", "--temp", "0"], 2, "--temp"),
+    (["sample", "--top-k", "0"], 2, "--top-k"),
+    (["sample", "missing.pt"], 1, "does not exist"),
+    (["eval", "missing.txt"], 1, "no trained runs"),
+])
+def test_user_errors_are_one_line(tmp_path, args, code, words):
+    r = invoke(*args, cwd=tmp_path)
+    assert r.exit_code == code, (r.stdout, r.stderr)
+    assert words in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_not_utf8_names_the_byte_offset(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello \xff world")
+    r = invoke("train", bad, "--out", tmp_path)
+    assert r.exit_code == 1 and "offset 6" in r.stderr
+
+
+def test_prime_with_unknown_characters_is_an_error(trained_run):
+    r = invoke("sample", trained_run.run_dir, "--prime", "Zebra\u2603")
+    assert r.exit_code == 1 and "vocabulary lacks" in r.stderr and "'\u2603'" in r.stderr
+
+
+def test_real_pipeline_into_head_ends_quietly(trained_run):
+    cmd = (f"set -o pipefail; {sys.executable} -m charnn sample {trained_run.run_dir} --length 200000 --seed 3 "
+           f"| head -c 50")
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout) == 50
+    assert b"Traceback" not in p.stderr and b"BrokenPipe" not in p.stderr and b"Exception" not in p.stderr
+
+
+def test_python_dash_m_help():
+    p = subprocess.run([sys.executable, "-m", "charnn", "--help"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "train" in p.stdout and "sample" in p.stdout and "eval" in p.stdout

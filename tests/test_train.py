@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from charnn.checkpoint import build_from_checkpoint, load_checkpoint
+from charnn.config import ModelConfig, TrainConfig
+from charnn.corpus import Corpus
+from charnn.data import split_text
+from charnn.evaluate import evaluate_text
+from charnn.train import lr_at, train
+from conftest import TINY_MODEL, TINY_TRAIN, make_text
+
+
+def test_learning_really_happens(trained_run):
+    # uniform guessing over ~20 characters is ~3 nats/char; a model that learned the words is far below
+    assert trained_run.steps == 150
+    assert trained_run.best_val_loss < 1.3
+    assert (trained_run.run_dir / "best.pt").is_file() and (trained_run.run_dir / "last.pt").is_file()
+
+
+def test_save_load_gives_the_same_logits(trained_run, corpus_file):
+    data = load_checkpoint(trained_run.run_dir / "last.pt")
+    model, tok = build_from_checkpoint(data)
+    again, _ = build_from_checkpoint(load_checkpoint(trained_run.run_dir / "last.pt"))
+    x = torch.from_numpy(tok.encode(corpus_file.read_text()[:200])).view(1, -1)
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], again(x)[0])
+    # the checkpoint is plain data: it loads with weights_only=True and carries its format version
+    raw = torch.load(trained_run.run_dir / "best.pt", weights_only=True)
+    assert raw["format"] == "charnn" and raw["version"] == 1
+    assert raw["model_config"]["hidden"] == TINY_MODEL["hidden"]
+
+
+def test_training_val_loss_equals_eval_on_the_same_text(trained_run, corpus_file):
+    data = load_checkpoint(trained_run.run_dir / "best.pt")
+    model, tok = build_from_checkpoint(data)
+    _, val_text = split_text(corpus_file.read_text(encoding="utf-8"), 0.1)
+    result = evaluate_text(model, tok, val_text, torch.device("cpu"))
+    assert abs(result.nats_per_char - data["val_loss"]) < 0.01
+    assert result.chars == len(val_text) - 1 and result.unknown == 0
+
+
+def test_seeded_training_is_reproducible(tmp_path):
+    text = make_text(200, seed=5)
+    runs = []
+    for name in ("a", "b"):
+        cfg = TrainConfig(out=str(tmp_path), name=name, **{**TINY_TRAIN, "max_steps": 12, "eval_every": 6})
+        runs.append(train(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg))
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = TrainConfig(lr=1.0, warmup=10, min_lr_frac=0.1, max_steps=100)
+    assert lr_at(0, 0.0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, 0.0, cfg) == pytest.approx(1.0)  # warm-up done, decay not begun
+    assert lr_at(50, 0.5, cfg) == pytest.approx(0.55)
+    assert lr_at(100, 1.0, cfg) == pytest.approx(0.1)
+    open_ended = TrainConfig(lr=1.0, warmup=10)
+    assert lr_at(500, 0.0, open_ended) == 1.0
+
+
+def test_max_time_budget_counts_everything(tmp_path):
+    import time
+    text = make_text(3000, seed=1)
+    cfg = TrainConfig(out=str(tmp_path), name="timed", **{**TINY_TRAIN, "max_steps": None, "max_time": 4.0,
+                                                           "eval_every": 50})
+    t0 = time.perf_counter()
+    result = train(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
+    wall = time.perf_counter() - t0
+    assert result.stopped == "max_time"
+    assert result.steps > 10
+    assert wall < 4.0 + 2.0  # a loose bound: the budget includes the final evaluation and save
+
+
+def test_patience_stops_an_open_ended_run(tmp_path):
+    text = make_text(300, seed=2)
+    cfg = TrainConfig(out=str(tmp_path), name="p", **{**TINY_TRAIN, "max_steps": None, "lr": 1e-6, "warmup": 0,
+                                                       "eval_every": 2, "patience": 2})
+    result = train(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
+    assert result.stopped == "patience"
