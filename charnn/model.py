@@ -26,7 +26,7 @@ class CharRNN(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.normal_(self.embed.weight, std=0.1)
+        nn.init.normal_(self.embed.weight, std=1.0)
         if self.config.cell == "lstm":
             # Forget-gate bias 1 (gates are ordered i, f, g, o): remember by default early in training.
             H = self.config.hidden
