@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from charnn import __version__
-from charnn.config import CELLS, DEVICES, PRECISIONS, ModelConfig, SampleConfig, TrainConfig, parse_duration
+from charnn.config import CELLS, DEVICES, PRECISIONS, TOKENIZERS, ModelConfig, SampleConfig, TrainConfig, parse_duration
 from charnn.errors import CharnnError, ConfigError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -133,6 +133,12 @@ def train(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's choice).")] = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of CORPUS and --val-file.")] = "utf-8",
     resume: Annotated[bool, typer.Option(help="Continue run NAME from its last.pt.")] = False,
+    tokenizer: Annotated[str, typer.Option(help=f"Tokens: {', '.join(TOKENIZERS)} (bpe/unigram: a sentencepiece "
+                                                "model trained on the training split, up to 4M characters of "
+                                                "it, stored in the checkpoint).")] = "char",
+    vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size for bpe/unigram (default 1024; at "
+                                                           "least 256 byte pieces + 1 + the text's characters).",
+                                                      show_default=False)] = None,
     quiet: Quiet = False,
 ):
     """Train a model on CORPUS; checkpoints land in OUT/NAME/best.pt and last.pt."""
@@ -147,7 +153,8 @@ def train(
                           seq_len=seq_len, lr=lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip,
                           seed=seed, max_steps=max_steps, max_time=parse_duration(max_time) if max_time else None,
                           epochs=epochs, patience=patience, eval_every=eval_every, device=device,
-                          precision=precision, threads=threads).validate()
+                          precision=precision, threads=threads, tokenizer=tokenizer,
+                          vocab_size=vocab_size).validate()
         stop = StopRequest()
         with graceful_signals(stop):
             corpus = load_corpus(corpus, encoding)

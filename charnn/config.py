@@ -11,6 +11,8 @@ from charnn.errors import ConfigError
 CELLS = ("lstm", "gru", "rnn")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TOKENIZERS = ("char", "bpe", "unigram")
+MIN_VOCAB = 260  # sentencepiece with byte fallback: 256 byte pieces + <unk> + the text's characters
 
 
 @dataclass
@@ -57,9 +59,19 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda or mps
     precision: str = "auto"  # auto, fp32, bf16 or fp16 (autocast; weights stay fp32)
     threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
+    tokenizer: str = "char"  # char, or bpe / unigram: sentencepiece trained on the training split
+    vocab_size: Optional[int] = None  # bpe/unigram vocabulary size (default 1024)
 
     def validate(self) -> "TrainConfig":
         problems = []
+        if self.tokenizer not in TOKENIZERS:
+            problems.append(f"`--tokenizer` must be one of {', '.join(TOKENIZERS)}, not {self.tokenizer!r}")
+        elif self.vocab_size is not None and self.tokenizer == "char":
+            problems.append("`--vocab-size` applies to --tokenizer bpe or unigram; a char vocabulary is the "
+                            "characters of the text")
+        elif self.vocab_size is not None and self.vocab_size < MIN_VOCAB:
+            problems.append(f"`--vocab-size` must be at least {MIN_VOCAB} (256 byte-fallback pieces, <unk> and "
+                            f"the text's characters), got {self.vocab_size}")
         if not 0.0 < self.val_frac < 1.0:
             problems.append(f"`--val-frac` must be between 0 and 1, got {self.val_frac}")
         positive = (("--batch-size", self.batch_size), ("--seq-len", self.seq_len), ("--eval-every", self.eval_every),

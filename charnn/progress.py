@@ -31,7 +31,7 @@ class TrainProgress:
         if self.live:
             self.progress = Progress(
                 TextColumn("[bold]step {task.fields[step]}"), BarColumn(),
-                TextColumn("train {task.fields[loss]}  val {task.fields[val]}  {task.fields[rate]} chars/s"),
+                TextColumn("train {task.fields[loss]}  val {task.fields[val]} nats/char  {task.fields[rate]} chars/s"),
                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                 console=self.console, redirect_stdout=False, redirect_stderr=False, transient=False)
             self.progress.start()
@@ -48,19 +48,31 @@ class TrainProgress:
             self.console.print(message, highlight=False)
 
     def __call__(self, kind: str, info: dict) -> None:
-        if kind == "start":
+        if kind == "tokenizer":
+            if info["stage"] == "start":
+                cap = "" if info["chars"] == info["of_chars"] else f" (a sample of {info['of_chars']:,})"
+                self.note(f"training a {info['kind']} tokenizer (vocab {info['vocab_size']:,}) on "
+                          f"{info['chars']:,} characters{cap}...")
+            else:
+                self.note(f"{info['kind']} tokenizer ready: {info['vocab_size']:,} pieces in {info['seconds']:.1f}s")
+        elif kind == "start":
+            per = f", {info['chars_per_token']:.2f} chars/token" if info.get("tokenizer", "char") != "char" else ""
             self.note(f"training {info['params']:,} parameters on {info['device']} ({info['precision']}), "
-                      f"vocab {info['vocab_size']}, {info['train_tokens']:,} train / {info['val_tokens']:,} val tokens"
-                      f" -> {info['run_dir']}")
+                      f"vocab {info['vocab_size']}{per}, {info['train_tokens']:,} train / {info['val_tokens']:,} val "
+                      f"tokens -> {info['run_dir']}")
+            if info.get("val_unknown"):
+                self.note(f"note: {info['val_unknown']:,} validation characters are not in the training text's "
+                          "vocabulary; they are scored as the unknown token")
         elif kind == "step":
-            fields = dict(step=info["step"], loss=_fmt(info["loss_avg"]), val=_fmt(self.val),
+            # train and val are both nats per character (the train loss per token over mean chars/token)
+            fields = dict(step=info["step"], loss=_fmt(info.get("loss_per_char", info["loss_avg"])), val=_fmt(self.val),
                           rate=f"{info['chars_per_sec']:,.0f}")
             if self.progress is not None:
                 completed = None if self.open_ended else min(TOTAL, int(info["progress"] * TOTAL))
                 self.progress.update(self.task, completed=completed, **fields)
             elif not self.quiet and time.monotonic() - self._last_line > PLAIN_EVERY:
                 self._last_line = time.monotonic()
-                self.note(f"step {info['step']}  train {fields['loss']}  val {fields['val']}  "
+                self.note(f"step {info['step']}  train {fields['loss']}  val {fields['val']} nats/char  "
                           f"{fields['rate']} chars/s  {info['elapsed']:.0f}s")
         elif kind == "eval":
             self.val, self.best = info["val_loss"], info["best_val_loss"]

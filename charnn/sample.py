@@ -58,16 +58,20 @@ def generate(model, tokenizer, cfg: SampleConfig, device: torch.device, seed: in
     x = torch.tensor([context], dtype=torch.long, device=device)
     logits, state = model(x, None)  # the whole prime in one pass, then one step per token
     logits = logits[:, -1]
+    # `produced` counts characters, not tokens: each token goes through the incremental decoder, which
+    # holds back the bytes of a character split over byte pieces until it is whole; the last token's
+    # text is cut so that exactly cfg.length characters come out.
     decoder = tokenizer.decoder()
-    pending, produced, last_flush = [], 0, time.perf_counter()
+    pending, produced, n_tokens, last_flush = [], 0, 0, time.perf_counter()
     while produced < cfg.length:
         tok = draw(filter_logits(logits, cfg.temperature, cfg.top_k, tokenizer.unk_id), generator)
-        pending.append(int(tok))
-        produced += 1
-        if len(pending) >= FLUSH_TOKENS or time.perf_counter() - last_flush > FLUSH_SECONDS:
-            yield decoder.push(pending)
+        text = decoder.push([int(tok)])[: cfg.length - produced]
+        pending.append(text)
+        produced, n_tokens = produced + len(text), n_tokens + 1
+        if n_tokens % FLUSH_TOKENS == 0 or time.perf_counter() - last_flush > FLUSH_SECONDS:
+            yield "".join(pending)
             pending, last_flush = [], time.perf_counter()
         if produced < cfg.length:
             logits, state = model(tok.view(1, 1), state)
             logits = logits[:, -1]
-    yield decoder.push(pending) + decoder.flush()
+    yield "".join(pending)

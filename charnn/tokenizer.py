@@ -1,12 +1,13 @@
 """Tokenizers: text <-> integer ids, with a plain-data state that travels inside the checkpoint.
 
 Every tokenizer has `encode`, `decode`, `vocab_size`, `unk_id`, `count_unknown`, `state()` and an
-incremental decoder for streaming; `tokenizer_from_state` rebuilds one from a checkpoint.
+incremental decoder for streaming; `build_tokenizer` makes one from training text and
+`tokenizer_from_state` rebuilds one from a checkpoint. Subword (sentencepiece) tokenizers live in subword.py.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -87,8 +88,27 @@ class IncrementalDecoder:
         return ""
 
 
+def build_tokenizer(text: str, kind: str = "char", vocab_size: Optional[int] = None,
+                    on_event: Optional[Callable[[str, dict], None]] = None, threads: Optional[int] = None):
+    """A tokenizer built from (training) text: one id per character, or a sentencepiece model."""
+    if kind == "char":
+        return CharTokenizer.build(text)
+    from charnn.subword import SentencePieceTokenizer
+
+    return SentencePieceTokenizer.train(kind, text, vocab_size, on_event, threads)
+
+
 def tokenizer_from_state(state: dict):
     kind = state.get("kind")
     if kind == "char":
         return CharTokenizer(list(state["chars"]))
+    if kind in ("bpe", "unigram"):
+        from charnn.subword import SentencePieceTokenizer
+
+        model = state.get("model")
+        if hasattr(model, "numpy"):  # a uint8 tensor
+            model = model.numpy().tobytes()
+        if not isinstance(model, (bytes, bytearray)):
+            raise CharnnError(f"checkpoint's {kind} tokenizer carries no sentencepiece model")
+        return SentencePieceTokenizer(kind, model)
     raise CharnnError(f"checkpoint uses tokenizer {kind!r}, which this version of charnn does not know")

@@ -25,7 +25,7 @@ from charnn.device import autocast, resolve_device, resolve_precision
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN, detach_state
-from charnn.tokenizer import CharTokenizer, tokenizer_from_state
+from charnn.tokenizer import build_tokenizer, tokenizer_from_state
 
 Callback = Callable[[str, dict], None]
 
@@ -135,7 +135,9 @@ class Trainer:
         if len(val_text) < 2:
             raise CharnnError(f"the validation text has {len(val_text)} characters; it needs at least 2 "
                               "(raise --val-frac or pass --val-file)")
-        self.tokenizer = tokenizer_from_state(resumed["tokenizer"]) if resumed else CharTokenizer.build(train_text)
+        # the tokenizer sees the training split only, never the validation text
+        self.tokenizer = (tokenizer_from_state(resumed["tokenizer"]) if resumed else
+                          build_tokenizer(train_text, cfg.tokenizer, cfg.vocab_size, self.on_event, cfg.threads))
         train_ids = torch.from_numpy(self.tokenizer.encode(train_text))
         self.val_ids = self.tokenizer.encode(val_text)
         self.chars_per_token = len(train_text) / max(1, len(train_ids))
@@ -289,7 +291,9 @@ class Trainer:
                                 "device": str(self.device), "precision": self.precision,
                                 "vocab_size": self.tokenizer.vocab_size, "train_tokens": len(self.batches.ids),
                                 "val_tokens": len(self.val_ids), "steps_per_epoch": self.batches.steps_per_epoch(),
-                                "step": self.step})
+                                "step": self.step, "tokenizer": self.tokenizer.kind,
+                                "chars_per_token": self.chars_per_token,
+                                "val_unknown": int((self.val_ids == self.tokenizer.unk_id).sum())})
         stopped, last_eval_step = None, -1
         window_t0, window_steps, loss_ema = time.perf_counter(), 0, None
         while stopped is None:
@@ -309,7 +313,9 @@ class Trainer:
                 window_steps += 1
                 now = time.perf_counter()
                 rate = window_steps * B * T * self.chars_per_token / max(1e-9, now - window_t0)
+                # loss is per token; loss_per_char divides by the training text's mean characters per token
                 self.on_event("step", {"step": self.step, "loss": loss, "loss_avg": loss_ema,
+                                       "loss_per_char": loss_ema / self.chars_per_token,
                                        "lr": self.opt.param_groups[0]["lr"], "chars_per_sec": rate,
                                        "elapsed": self.elapsed(), "progress": self.progress(),
                                        "epoch": self.epoch + self.window / max(1, self.batches.steps_per_epoch(self.offset))})

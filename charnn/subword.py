@@ -1,0 +1,191 @@
+"""Subword tokenizers: sentencepiece BPE or unigram, trained in-process, that give back any text exactly.
+
+How text survives a round trip:
+- identity normalisation (sentencepiece's default NFKC would rewrite text), no dummy prefix, whitespace
+  kept as it is, and byte fallback: a character outside the vocabulary becomes its UTF-8 byte pieces;
+- charnn decodes ids itself, through a table id -> UTF-8 bytes (a piece's text with sentencepiece's
+  space marker U+2581 turned back into a space; a byte piece is its byte). Joining bytes and decoding
+  UTF-8 once makes one-shot and streamed decoding the same thing;
+- the two things sentencepiece cannot carry are dealt with before it sees them: a literal U+2581 in the
+  text (sentencepiece would read it back as a space) is encoded as its three byte pieces, and a lone
+  surrogate (not UTF-8 at all; only a mis-decoded command line can hold one) maps to the unknown id.
+
+Training reads the training split only, from an iterator, and writes the model into memory: no files.
+On a text longer than SAMPLE_CHARS it trains on SAMPLE_BLOCKS evenly spaced blocks of it, SAMPLE_CHARS
+characters in all. The model's bytes are the tokenizer's state, so a checkpoint carries them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import re
+import time
+from typing import Callable, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from charnn.errors import CharnnError, ConfigError
+
+KINDS = ("bpe", "unigram")
+DEFAULT_VOCAB = 1024
+SAMPLE_CHARS = 4_000_000  # train sentencepiece on at most this many characters of the training text...
+SAMPLE_BLOCKS = 200  # ...taken as this many evenly spaced blocks
+SENTENCE_CHARS = 2000  # training "sentences" are runs of whole lines up to about this long
+MAX_THREADS = 8
+SPACE = "\u2581"  # sentencepiece's whitespace marker
+UNK_TEXT = "\ufffd"
+_SPECIAL = re.compile("[\u2581\ud800-\udfff]")  # what sentencepiece cannot carry (see the docstring)
+_TOO_SMALL = re.compile(r"smaller than required_chars\. (\d+) vs (\d+)")
+
+
+def _spm():
+    import sentencepiece  # imported on first use: char models never need it
+
+    return sentencepiece
+
+
+class SentencePieceTokenizer:
+    """The tokenizer interface of `CharTokenizer` over a sentencepiece model with byte fallback."""
+
+    def __init__(self, kind: str, model: bytes):
+        if kind not in KINDS:
+            raise CharnnError(f"unknown subword tokenizer {kind!r}")
+        self.kind, self.model = kind, bytes(model)
+        try:
+            self.sp = _spm().SentencePieceProcessor(model_proto=self.model)
+        except (RuntimeError, OSError) as e:
+            raise CharnnError(f"the checkpoint's sentencepiece model is unreadable: {e}") from None
+        sp = self.sp
+        self.unk_id = sp.unk_id()
+        self.pieces: List[bytes] = [self._piece_bytes(i) for i in range(sp.get_piece_size())]
+        # characters a piece starts: its bytes that are not UTF-8 continuation bytes (10xxxxxx)
+        self._starts = np.array([sum((b & 0xC0) != 0x80 for b in p) for p in self.pieces], dtype=np.int64)
+        self._byte_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
+
+    def _piece_bytes(self, i: int) -> bytes:
+        sp = self.sp
+        if sp.is_byte(i):
+            return bytes([int(sp.id_to_piece(i)[3:5], 16)])  # "<0xE6>" -> b"\xe6"
+        if sp.is_unknown(i) or sp.is_control(i):
+            return UNK_TEXT.encode()
+        return sp.id_to_piece(i).replace(SPACE, " ").encode("utf-8")
+
+    @classmethod
+    def train(cls, kind: str, text: str, vocab_size: Optional[int] = None,
+              on_event: Optional[Callable[[str, dict], None]] = None, threads: Optional[int] = None):
+        """Train on `text` (the training split) in memory; report start and end as "tokenizer" events."""
+        if kind not in KINDS:
+            raise ConfigError(f"`--tokenizer` must be char, {' or '.join(KINDS)}, not {kind!r}")
+        vocab_size = vocab_size or DEFAULT_VOCAB
+        if not text:
+            raise CharnnError("cannot train a tokenizer on empty text")
+        on_event = on_event or (lambda kind, info: None)
+        sample = training_sample(text)
+        on_event("tokenizer", {"stage": "start", "kind": kind, "vocab_size": vocab_size,
+                               "chars": len(sample), "of_chars": len(text)})
+        t0, buf = time.perf_counter(), io.BytesIO()
+        try:
+            _spm().SentencePieceTrainer.train(
+                sentence_iterator=sentences(sample), model_writer=buf, model_type=kind, vocab_size=vocab_size,
+                normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+                split_by_whitespace=True, allow_whitespace_only_pieces=True, byte_fallback=True,
+                character_coverage=0.9995, hard_vocab_limit=False, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
+                max_sentence_length=8 * SENTENCE_CHARS,  # bytes: no sentence is ever skipped
+                num_threads=min(MAX_THREADS, threads or os.cpu_count() or 1),
+                minloglevel=2)
+        except RuntimeError as e:
+            m = _TOO_SMALL.search(str(e))
+            if m:
+                raise ConfigError(f"`--vocab-size` {m.group(1)} is too small for this text: byte fallback needs 256 "
+                                  f"byte pieces, <unk> and its characters, {m.group(2)} in all; use at least "
+                                  f"{m.group(2)}") from None
+            raise CharnnError(f"sentencepiece could not train a {kind} tokenizer: {str(e).splitlines()[0]}") from None
+        tok = cls(kind, buf.getvalue())
+        on_event("tokenizer", {"stage": "done", "kind": kind, "vocab_size": tok.vocab_size,
+                               "seconds": time.perf_counter() - t0})
+        return tok
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids as an int64 array; decode(encode(text)) == text for any text without lone surrogates."""
+        if not _SPECIAL.search(text):
+            return np.asarray(self.sp.encode(text), dtype=np.int64)
+        ids, pos = [], 0
+        for m in _SPECIAL.finditer(text):
+            ids += self.sp.encode(text[pos:m.start()]) if m.start() > pos else []
+            c = m.group()
+            ids += [self._byte_ids[b] for b in c.encode("utf-8")] if c == SPACE else [self.unk_id]
+            pos = m.end()
+        ids += self.sp.encode(text[pos:]) if pos < len(text) else []
+        return np.asarray(ids, dtype=np.int64)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._bytes(ids).decode("utf-8", "replace")
+
+    def _bytes(self, ids: Sequence[int]) -> bytes:
+        pieces, n, unk = self.pieces, len(self.pieces), UNK_TEXT.encode()
+        return b"".join(pieces[i] if 0 <= i < n else unk for i in (int(i) for i in ids))
+
+    def unknown(self, text: str) -> List[str]:
+        """What the tokenizer cannot represent: only lone surrogates (byte fallback covers everything else)."""
+        return list(dict.fromkeys(c for c in text if "\ud800" <= c <= "\udfff"))
+
+    def count_unknown(self, text: str) -> int:
+        return sum(1 for c in text if "\ud800" <= c <= "\udfff")
+
+    def token_chars(self, ids: np.ndarray) -> int:
+        """Characters that start inside the given ids (a character split over byte pieces counts once,
+        where its first byte is), so the counts of consecutive runs of ids add up to the text's length."""
+        return int(self._starts[np.asarray(ids, dtype=np.int64)].sum())
+
+    def decoder(self) -> "ByteStreamDecoder":
+        return ByteStreamDecoder(self)
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "model": self.model}
+
+
+class ByteStreamDecoder:
+    """Streams ids to text: bytes of a character split across pushes are held back until it is whole."""
+
+    def __init__(self, tokenizer: SentencePieceTokenizer):
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def push(self, ids: Sequence[int]) -> str:
+        return self._utf8.decode(self.tokenizer._bytes(ids))
+
+    def flush(self) -> str:
+        """Whatever is held back, as U+FFFD (a stream that ended inside a character)."""
+        return self._utf8.decode(b"", final=True)
+
+
+def training_sample(text: str, cap: Optional[int] = None, blocks: Optional[int] = None) -> str:
+    """All of `text` if it fits in `cap` characters, else `blocks` evenly spaced blocks of it, `cap` in all."""
+    cap = SAMPLE_CHARS if cap is None else cap
+    blocks = SAMPLE_BLOCKS if blocks is None else blocks
+    if len(text) <= cap:
+        return text
+    size, stride = cap // blocks, len(text) // blocks
+    return "\n".join(text[i * stride: i * stride + size] for i in range(blocks))
+
+
+def sentences(text: str, size: int = SENTENCE_CHARS) -> Iterator[str]:
+    """Cut text into training sentences: runs of whole lines (newlines kept, so pieces can learn them) of
+    about `size` characters; a longer line is cut every `size` characters. A literal U+2581 is cut out
+    (sentencepiece would take it for a space) and so are lone surrogates."""
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            nl = text.rfind("\n", start, end)
+            end = nl + 1 if nl > start else end
+        for part in _SPECIAL.split(text[start:end]):
+            if part:
+                yield part
+        start = end

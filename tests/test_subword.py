@@ -1,0 +1,269 @@
+"""Subword (sentencepiece) tokenizers: exact round trips, streaming, per-character scoring, self-contained checkpoints."""
+
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from charnn import subword
+from charnn.cli import app
+from charnn.config import ModelConfig, SampleConfig, TrainConfig
+from charnn.corpus import Corpus
+from charnn.evaluate import evaluate_text
+from charnn.sample import generate
+from charnn.subword import SentencePieceTokenizer, sentences, training_sample
+from charnn.tokenizer import CharTokenizer, build_tokenizer, tokenizer_from_state
+from charnn.train import Trainer, train
+from conftest import TINY_MODEL, TINY_TRAIN, make_text
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_TEXT = make_text(300, seed=4) + "    indented line\n\tand a tab\n" * 20
+TRICKY = ["", " ", "\n", "\t", "  leading spaces", "trailing spaces   ", "\n\n\nnewlines\n\n", "\r\n windows\r\n",
+          "\u2581", "a \u2581 b\u2581\u2581c ", "🙂", "emoji 🙂🙃👍🏽 and ZWJ 👩‍👩‍👧", "日本語のテキスト 中文", "tab\tin\tthe\tmiddle\t",
+          "e\u0301 (a combining accent) and ﬁ ligature and Ａ full width", "\x00\x01 control \x7f"]
+
+
+@pytest.fixture(scope="module", params=["bpe", "unigram"])
+def tok(request):
+    return SentencePieceTokenizer.train(request.param, TRAIN_TEXT, 300, threads=1)
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return SentencePieceTokenizer.train("bpe", TRAIN_TEXT, 300, threads=1)
+
+
+class Uniform(torch.nn.Module):
+    """A stand-in model with all-zero logits: every token costs exactly log(V) nats."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, x, state=None):
+        return torch.zeros(*x.shape, self.vocab_size), state
+
+
+# -- text survives ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", TRICKY)
+def test_tricky_texts_round_trip(tok, text):
+    ids = tok.encode(text)
+    assert ids.dtype == np.int64
+    assert tok.decode(ids) == text
+    assert tok.token_chars(ids) == len(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_round_trip_any_unicode(tok, data):
+    alphabet = st.one_of(st.characters(blacklist_categories=("Cs",)), st.sampled_from(list(" \t\n\r\u2581🙂日本語")))
+    text = data.draw(st.text(alphabet=alphabet))
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_pieces_span_words_and_whitespace_is_kept(bpe):
+    ids = bpe.encode("the cat sat on the mat\n")
+    assert len(ids) < 0.6 * 23  # real subwords (only ~25 merges fit in 300), not one id per character
+    assert bpe.decode(ids) == "the cat sat on the mat\n"
+    assert bpe.vocab_size == 300 and bpe.unk_id == 0
+
+
+def test_lone_surrogate_is_the_only_unknown(bpe):
+    text = "ok \udcff ok"  # what Python makes of an invalid byte on a command line
+    assert bpe.unknown(text) == ["\udcff"] and bpe.count_unknown(text) == 1
+    ids = bpe.encode(text)
+    assert (ids == bpe.unk_id).sum() == 1
+    assert bpe.decode(ids) == "ok \ufffd ok"
+    assert bpe.unknown("日本 🙂 \u2581") == []  # byte fallback covers everything else
+
+
+# -- streaming ---------------------------------------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_streamed_decoding_equals_one_shot(tok, data):
+    ids = data.draw(st.lists(st.integers(0, tok.vocab_size - 1), max_size=60))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(ids)), max_size=8)))
+    dec, out, prev = tok.decoder(), [], 0
+    for c in cuts + [len(ids)]:
+        out.append(dec.push(ids[prev:c]))
+        prev = c
+    assert "".join(out) + dec.flush() == tok.decode(ids)
+
+
+def test_a_character_split_over_byte_pieces_comes_out_once_whole(bpe):
+    ids = list(bpe.encode("a🙂b"))
+    assert len(ids) == 6  # 'a', four byte pieces, 'b': the emoji is not in the vocabulary
+    dec = bpe.decoder()
+    assert [dec.push([i]) for i in ids] == ["a", "", "", "", "🙂", "b"]
+    assert dec.flush() == ""
+
+
+# -- bookkeeping: characters, state, training data ------------------------------------------------------------------
+def test_token_chars_of_any_split_add_up_to_the_text(bpe):
+    text = "the 🙂 cat\n日本\u2581 sat"
+    ids = bpe.encode(text)
+    for k in range(len(ids) + 1):
+        assert bpe.token_chars(ids[:k]) + bpe.token_chars(ids[k:]) == len(text)
+
+
+def test_state_is_plain_data_and_rebuilds_the_same_tokenizer(tok):
+    state = tok.state()
+    assert state["kind"] == tok.kind and isinstance(state["model"], bytes)
+    buf = io.BytesIO()
+    torch.save({"tokenizer": state}, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)["tokenizer"]
+    again = tokenizer_from_state(loaded)
+    text = "the dog ran 🙂\n\tto the barn"
+    assert list(again.encode(text)) == list(tok.encode(text)) and again.vocab_size == tok.vocab_size
+    as_tensor = tokenizer_from_state({**state, "model": torch.frombuffer(bytearray(state["model"]), dtype=torch.uint8)})
+    assert list(as_tensor.encode(text)) == list(tok.encode(text))
+
+
+def test_tokenizer_learns_from_the_training_split_only(tmp_path):
+    text = make_text(300, seed=1)
+    val = "zyxwvut zyxwvut zyxwvut\n" * 200  # frequent enough to become pieces, if it were seen
+    cfg = TrainConfig(out=str(tmp_path), tokenizer="bpe", vocab_size=400, val_file=str(tmp_path / "val.txt"),
+                      **TINY_TRAIN)
+    (tmp_path / "val.txt").write_text(val, encoding="utf-8")
+    trainer = Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
+    pieces = [p.decode("utf-8", "replace") for p in trainer.tokenizer.pieces]
+    assert not any("zy" in p or "wv" in p for p in pieces)
+    assert any("the" in p for p in pieces)
+    assert trainer.tokenizer.decode(trainer.val_ids) == val
+
+
+def test_large_text_trains_on_a_capped_sample(monkeypatch):
+    monkeypatch.setattr(subword, "SAMPLE_CHARS", 6000)
+    monkeypatch.setattr(subword, "SAMPLE_BLOCKS", 6)
+    events = []
+    text = make_text(2000, seed=2)
+    tok = build_tokenizer(text, "unigram", 300, on_event=lambda k, i: events.append((k, i)), threads=1)
+    start, done = [i for k, i in events if k == "tokenizer"]
+    assert start["stage"] == "start" and start["of_chars"] == len(text) and start["chars"] <= 6000 + 5
+    assert done["stage"] == "done" and done["vocab_size"] == tok.vocab_size
+    sample = training_sample("0123456789" * 10, cap=20, blocks=4)
+    assert sample == "01234\n56789\n01234\n56789"  # evenly spaced blocks, 20 characters of text in all
+    assert "".join(sentences("ab\ncd\nefghij\u2581k", size=4)) == "ab\ncd\nefghijk"
+
+
+def test_vocab_size_errors_name_the_flag(tmp_path):
+    text = make_text(200) + "".join(chr(0x4E00 + i) for i in range(60))  # 60 distinct CJK characters
+    with pytest.raises(Exception) as e:
+        build_tokenizer(text, "bpe", 270, threads=1)
+    assert "--vocab-size" in str(e.value) and "use at least" in str(e.value)
+    for args, words in [(["--tokenizer", "wordpiece"], "--tokenizer"), (["--vocab-size", "500"], "--vocab-size"),
+                        (["--tokenizer", "bpe", "--vocab-size", "100"], "--vocab-size")]:
+        r = runner.invoke(app, ["train", "x.txt", *args])
+        assert r.exit_code == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# -- evaluation normalises by characters ----------------------------------------------------------------------------
+def test_eval_normalisation_hand_computed(bpe):
+    V, dev = bpe.vocab_size, torch.device("cpu")
+    # "🙂x" is four byte pieces and 'x': the four predicted tokens are three continuation bytes and 'x', so
+    # they stand for one character (the emoji starts in the first, unpredicted token).
+    r = evaluate_text(Uniform(V), bpe, "🙂x", dev)
+    assert (r.tokens, r.chars, r.unknown) == (4, 1, 0)
+    assert r.nats == pytest.approx(4 * math.log(V))
+    assert r.nats_per_token == pytest.approx(math.log(V)) and r.nats_per_char == pytest.approx(4 * math.log(V))
+    text = "the cat sat"
+    ids = bpe.encode(text)
+    r = evaluate_text(Uniform(V), bpe, text, dev)
+    first = len(bpe.decode(ids[:1]))
+    assert (r.tokens, r.chars) == (len(ids) - 1, len(text) - first)
+    assert r.nats_per_token * r.tokens == pytest.approx(r.nats_per_char * r.chars) == pytest.approx(r.nats)
+    assert r.nats_per_char == pytest.approx((len(ids) - 1) * math.log(V) / (len(text) - first))
+    char = CharTokenizer.build("abc")  # V = 4 with the unknown id; the snowman is unknown
+    r = evaluate_text(Uniform(char.vocab_size), char, "abc\u2603", dev)
+    assert (r.tokens, r.chars, r.unknown) == (3, 3, 1)
+    assert r.nats_per_char == pytest.approx(math.log(4)) == pytest.approx(r.nats_per_token)
+
+
+def test_unknown_character_in_val_text_of_a_char_model(tmp_path, trained_run):
+    val = tmp_path / "val.txt"
+    val.write_text("the cat sat \u2603 on the mat \u2603\n", encoding="utf-8")
+    r = runner.invoke(app, ["eval", str(trained_run.run_dir / "best.pt"), str(val), "--json"])
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["unknown_chars"] == 2 and "2 characters are not in the model's vocabulary" in r.stderr
+    assert math.isfinite(out["nats_per_char"]) and out["chars"] == len(val.read_text(encoding="utf-8")) - 1
+    events = []
+    cfg = TrainConfig(out=str(tmp_path), val_file=str(val), **{**TINY_TRAIN, "max_steps": 2})
+    result = train(Corpus(make_text(100), "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg,
+                   on_event=lambda k, i: events.append((k, i)))
+    assert [i["val_unknown"] for k, i in events if k == "start"] == [2]
+    assert math.isfinite(result.best_val_loss)
+
+
+# -- training, sampling and self-contained checkpoints through the CLI -----------------------------------------------
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory):
+    """A tiny bpe model trained through the CLI in a folder that holds only its corpus."""
+    work = tmp_path_factory.mktemp("bpe_work")
+    (work / "corpus.txt").write_text(TRAIN_TEXT, encoding="utf-8")
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        r = runner.invoke(app, ["train", "corpus.txt", "--tokenizer", "bpe", "--vocab-size", "320", "--hidden", "48",
+                                "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--max-steps", "30",
+                                "--eval-every", "15", "--device", "cpu", "--threads", "1", "--lr", "0.02"])
+    finally:
+        os.chdir(old)
+    assert r.exit_code == 0, r.stderr
+    return work, r
+
+
+def test_training_leaves_no_stray_files(bpe_run):
+    work, r = bpe_run
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoints", "corpus.txt"]
+    assert sorted(p.name for p in (work / "checkpoints" / "corpus").iterdir()) == ["best.pt", "last.pt"]
+    assert "bpe tokenizer ready" in r.stderr and "nats/char" in r.stderr and r.stdout == ""
+
+
+def test_checkpoint_alone_samples_and_evaluates_elsewhere(bpe_run, tmp_path):
+    work, _ = bpe_run
+    shutil.copy(work / "checkpoints" / "corpus" / "best.pt", tmp_path / "model.pt")
+    (tmp_path / "text.txt").write_text("the red dog sat\n\ton a mat 🙂\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "charnn", *a], cwd=tmp_path, env=env,  # noqa: E731
+                                    capture_output=True, timeout=300)
+    p = run("sample", "model.pt", "--length", "150", "--seed", "2", "--prime", "the 🙂 ", "--device", "cpu", "-q")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode("utf-8")
+    assert out.startswith("the 🙂 ")
+    body = out[len("the 🙂 "):]
+    assert len(body) == 150 or (len(body) == 151 and body.endswith("\n") and body[-2] != "\n")
+    p = run("eval", "model.pt", "text.txt", "--json", "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    assert result["chars"] + 1 <= 30 and result["tokens"] < result["chars"] + 4
+    assert result["nats_per_token"] * result["tokens"] == pytest.approx(result["nats_per_char"] * result["chars"])
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["model.pt", "text.txt"]
+
+
+def test_length_counts_characters_for_a_bpe_model(bpe_run, bpe):
+    work, _ = bpe_run
+    r = runner.invoke(app, ["sample", str(work / "checkpoints" / "corpus"), "--length", "137", "--seed", "4",
+                            "--prime", "the cat", "-q"])
+    assert r.exit_code == 0, r.stderr
+    body = r.stdout[len("the cat"):]
+    assert r.stdout.startswith("the cat")
+    assert len(body) == 137 or (len(body) == 138 and body.endswith("\n") and body[-2] != "\n")
+    # an untrained uniform model draws byte pieces freely: characters split over pieces, invalid bytes
+    for length in (1, 2, 3, 17, 200):
+        cfg = SampleConfig(length=length, prime="a🙂", device="cpu")
+        pieces = list(generate(Uniform(bpe.vocab_size), bpe, cfg, torch.device("cpu"), seed=length))
+        assert len("".join(pieces)) == len("a🙂") + length
