@@ -83,6 +83,9 @@ class FastStepper:
         self.tmp = [torch.empty(batch, H, device=dev, dtype=dt) for _ in range(L)]
         self.gh = [torch.empty(batch, G * H, device=dev, dtype=dt) for _ in range(L)] if self.cell == "gru" else None
         self.logits = torch.empty(batch, self.w_head.shape[1], device=dev, dtype=dt)
+        self.inputs = [None] + [self.hs[:, (l - 1) * H:(l + 1) * H] for l in range(1, L)]  # [h_{l-1} | h_l]
+        self.views = [self._views(l) for l in range(L)]  # slices made once: each costs Python time per step
+        self._cell = getattr(self, f"_{self.cell}")
 
     def load_state(self, state) -> None:
         """Take the model's own state ((L, 1, H), or a pair for the LSTM) and repeat it over the batch."""
@@ -92,36 +95,48 @@ class FastStepper:
             if c is not None:
                 self.c[l].copy_(c[l].expand(self.B, -1))
 
+    def _views(self, l: int) -> tuple:
+        """The gate slices of layer l's buffers, in the order its cell function unpacks them."""
+        H, g, a = self.H, self.gates[l], self.act[l]
+        if self.cell == "lstm":  # gates are i, f, o (sigmoid) then g (tanh)
+            return g[:, :3 * H], g[:, 3 * H:], a[:, :3 * H], a[:, 3 * H:], a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H]
+        if self.cell == "gru":  # r, z (sigmoid) then n
+            gh = self.gh[l]
+            return (g[:, :2 * H], g[:, 2 * H:], gh[:, :2 * H], gh[:, 2 * H:], a[:, :2 * H], a[:, :H], a[:, H:2 * H],
+                    a[:, 2 * H:])
+        return ()
+
     @torch.inference_mode()
     def step(self, tok: torch.Tensor) -> torch.Tensor:
         """tok: (B,) ids -> (B, V) logits for the next token. The result is a buffer reused by the next call."""
         torch.index_select(self.table, 0, tok, out=self.gates[0])  # layer 0's input projection + biases
         for l in range(self.L):
             g = self.gates[l]
-            if l == 0 or self.cell == "gru":
+            if self.cell == "gru":
                 if l > 0:
                     torch.addmm(self.b_ih[l], self.h[l - 1], self.w_ih[l], out=g)
-                if self.cell != "gru":
-                    g.addmm_(self.h[l], self.w_hh[l])
+            elif l == 0:
+                g.addmm_(self.h[0], self.w_hh[0])
             else:
-                torch.addmm(self.b_ih[l], self.hs[:, (l - 1) * self.H:(l + 1) * self.H], self.w_cat[l], out=g)
-            getattr(self, f"_{self.cell}")(l, g)
+                torch.addmm(self.b_ih[l], self.inputs[l], self.w_cat[l], out=g)
+            self._cell(l, g)
         return torch.addmm(self.b_head, self.h[-1], self.w_head, out=self.logits)
 
     def _lstm(self, l: int, g: torch.Tensor) -> None:
-        H, a, c = self.H, self.act[l], self.c[l]
-        torch.sigmoid(g[:, :3 * H], out=a[:, :3 * H])  # i, f, o
-        torch.tanh(g[:, 3 * H:], out=a[:, 3 * H:])  # g
-        c.mul_(a[:, H:2 * H]).addcmul_(a[:, :H], a[:, 3 * H:])  # c = f*c + i*g
-        torch.mul(a[:, 2 * H:3 * H], torch.tanh(c, out=self.tmp[l]), out=self.h[l])  # h = o*tanh(c)
+        g_sig, g_tanh, a_sig, a_tanh, i, f, o = self.views[l]
+        torch.sigmoid(g_sig, out=a_sig)
+        torch.tanh(g_tanh, out=a_tanh)
+        c = self.c[l].mul_(f).addcmul_(i, a_tanh)  # c = f*c + i*g
+        torch.mul(o, torch.tanh(c, out=self.tmp[l]), out=self.h[l])  # h = o*tanh(c)
 
     def _gru(self, l: int, g: torch.Tensor) -> None:
-        H, a, gh, h = self.H, self.act[l], self.gh[l], self.h[l]
-        torch.addmm(self.b_hh[l], h, self.w_hh[l], out=gh)
-        torch.sigmoid(g[:, :2 * H].add_(gh[:, :2 * H]), out=a[:, :2 * H])  # r, z
-        n = torch.tanh(g[:, 2 * H:].addcmul_(a[:, :H], gh[:, 2 * H:]), out=a[:, 2 * H:])  # n = tanh(x + r*hn)
+        g_rz, g_n, gh_rz, gh_n, a_rz, r, z, n = self.views[l]
+        h = self.h[l]
+        torch.addmm(self.b_hh[l], h, self.w_hh[l], out=self.gh[l])
+        torch.sigmoid(g_rz.add_(gh_rz), out=a_rz)
+        torch.tanh(g_n.addcmul_(r, gh_n), out=n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
         torch.sub(h, n, out=self.tmp[l])
-        torch.addcmul(n, a[:, H:2 * H], self.tmp[l], out=h)  # h' = n + z*(h - n) = (1-z)*n + z*h
+        torch.addcmul(n, z, self.tmp[l], out=h)  # h' = n + z*(h - n) = (1-z)*n + z*h
 
     def _rnn(self, l: int, g: torch.Tensor) -> None:
         torch.tanh(g, out=self.h[l])

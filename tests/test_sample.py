@@ -197,3 +197,10 @@ def test_closed_pipe_ends_quietly_with_a_batch(ckpt):
     p = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert len(p.stdout) == 20 and b"Traceback" not in p.stderr and b"BrokenPipe" not in p.stderr
+
+
+def test_fast_and_naive_samplers_write_the_same_text(ckpt):
+    model, tok = model_and_tokenizer(ckpt)
+    cfg = SampleConfig(length=300, prime="the ", num_samples=3, top_p=0.95, temperature=0.9)
+    fast, naive = (Sampler(model, tok, cfg, torch.device("cpu"), 8, fast=f) for f in (True, False))
+    assert "".join(fast) == "".join(naive)
