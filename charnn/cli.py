@@ -187,8 +187,20 @@ def sample(
     temp: Annotated[float, typer.Option("--temp", "--temperature", help="Softmax temperature (> 0); lower is "
                                                                         "more conservative.")] = 1.0,
     top_k: Annotated[Optional[int], typer.Option(help="Draw only from the K most likely characters.")] = None,
-    length: Annotated[int, typer.Option(help="Characters to generate after the prime.")] = 500,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: draw only from the most likely characters "
+                                                        "whose probabilities add up to P (0 < P <= 1).")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character "
+                                                          "(the same as --top-k 1).")] = False,
+    length: Annotated[int, typer.Option(help="Characters to generate after the prime, per sample.")] = 500,
     prime: Annotated[str, typer.Option(help="Text to start from; the output begins with it.")] = "",
+    prime_file: Annotated[Optional[str], typer.Option(help="Start from this file's text; '-' reads stdin.")] = None,
+    unknown: Annotated[str, typer.Option(help="Prime characters the model does not know: error, or skip "
+                                              "(drop them).")] = "error",
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples to generate together as one "
+                                                                         "batch, printed one after another.")] = 1,
+    separator: Annotated[str, typer.Option(help="Printed between samples; \\n and \\t are understood.")] = "\\n\\n",
+    stop: Annotated[Optional[str], typer.Option(help="End a sample right after the first occurrence of STOP "
+                                                     "(\\n and \\t are understood).")] = None,
     seed: Seed = None,
     device: Device = "auto",
     quiet: Quiet = False,
@@ -198,24 +210,33 @@ def sample(
 
     from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
     from charnn.device import resolve_device
-    from charnn.sample import generate
+    from charnn.sample import Sampler, read_prime
 
     with user_errors():
-        cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, prime=prime, seed=seed,
-                           device=device).validate()
+        if prime and prime_file is not None:
+            raise ConfigError("Can't provide both `--prime` and `--prime-file`. Choose one.")
+        cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, greedy=greedy, prime=prime,
+                           unknown=unknown, num_samples=num_samples, separator=_unescape(separator),
+                           stop=None if stop is None else _unescape(stop), seed=seed, device=device).validate()
         dev = resolve_device(cfg.device)
         path = resolve_checkpoint(checkpoint)
+        if prime_file is not None:
+            cfg.prime = read_prime(prime_file)
         model, tokenizer = build_from_checkpoint(load_checkpoint(path), dev)
         used_seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
+        sampler = Sampler(model, tokenizer, cfg, dev, used_seed)
         if not quiet:
+            if sampler.skipped:
+                err.print(f"note: dropped from the prime (not in the vocabulary): "
+                          f"{', '.join(repr(c) for c in sampler.skipped[:10])}")
             err.print(f"sampling {path} on {dev}, seed {used_seed}")
-        t0, n, last = time.perf_counter(), 0, "\n"
+        t0, last = time.perf_counter(), "\n"
         try:
-            for piece in generate(model, tokenizer, cfg, dev, used_seed):
+            for piece in sampler:
                 if piece:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
-                    n, last = n + len(piece), piece[-1]
+                    last = piece[-1]
             if last != "\n":
                 sys.stdout.write("\n")
             sys.stdout.flush()
@@ -224,7 +245,20 @@ def sample(
             raise typer.Exit(0) from None
         if not quiet:
             dt = time.perf_counter() - t0
-            err.print(f"{n:,} characters in {dt:.2f}s ({n / max(dt, 1e-9):,.0f} chars/s)")
+            err.print(f"{sampler.chars:,} characters in {dt:.2f}s ({sampler.chars / max(dt, 1e-9):,.0f} chars/s)")
+
+
+def _unescape(text: str) -> str:
+    """'\\n' -> newline, '\\t' -> tab, '\\\\' -> backslash, so separators and stops can be typed in a shell."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def _quiet_broken_pipe() -> None:

@@ -13,6 +13,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZERS = ("char", "bpe", "unigram")
 MIN_VOCAB = 260  # sentencepiece with byte fallback: 256 byte pieces + <unk> + the text's characters
+UNKNOWN = ("error", "skip")  # what sample does with prime characters outside the vocabulary
 
 
 @dataclass
@@ -106,10 +107,16 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    length: int = 500  # characters to generate after the prime
+    length: int = 500  # characters to generate after the prime (per sample)
     temperature: float = 1.0  # softmax temperature (> 0)
     top_k: Optional[int] = None  # keep only the k most likely tokens
+    top_p: Optional[float] = None  # keep the smallest set of tokens whose probability reaches p (0 < p <= 1)
+    greedy: bool = False  # always take the most likely token (the same as top_k=1)
     prime: str = ""  # text the output starts with; the model is conditioned on it
+    unknown: str = "error"  # prime characters outside the vocabulary: error, or skip (drop them)
+    num_samples: int = 1  # samples generated together as one batch
+    separator: str = "\n\n"  # printed between samples
+    stop: Optional[str] = None  # a sample ends right after the first occurrence of this in its generated text
     seed: Optional[int] = None  # random seed (None: a fresh one, reported on stderr)
     device: str = "auto"  # auto, cpu, cuda or mps
 
@@ -121,6 +128,14 @@ class SampleConfig:
             problems.append(f"`--temp` must be a positive number, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             problems.append(f"`--top-k` must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            problems.append(f"`--top-p` must be in (0, 1], got {self.top_p}")
+        if self.unknown not in UNKNOWN:
+            problems.append(f"`--unknown` must be one of {', '.join(UNKNOWN)}, not {self.unknown!r}")
+        if self.num_samples < 1:
+            problems.append(f"`--num-samples` must be at least 1, got {self.num_samples}")
+        if self.stop is not None and self.stop == "":
+            problems.append("`--stop` must not be empty")
         if self.device not in DEVICES:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
         _raise(problems)

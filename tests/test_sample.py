@@ -1,0 +1,206 @@
+"""Sampling: the fast stepper against the full forward, decoding filters, and the `sample` command end to end."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charnn.checkpoint import build_from_checkpoint, load_checkpoint
+from charnn.cli import app
+from charnn.config import ModelConfig, SampleConfig
+from charnn.model import CharRNN
+from charnn.sample import Sampler, StopFinder, filter_logits, gumbel_noise
+from charnn.stepper import FastStepper, ModuleStepper, full_forward_logits, make_stepper
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, ["sample", *[str(a) for a in args]])
+
+
+def tiny_model(cell, layers=3, seed=0):
+    """All dimensions different (V=11, E=5, H=7) so that a transposed axis cannot hide."""
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(vocab_size=11, cell=cell, layers=layers, hidden=7, embed=5)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.6)  # larger than the init, so every gate matters
+    return model
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_stepper_matches_full_forward(cell, fast):
+    model = tiny_model(cell)
+    ids = torch.randint(0, 11, (30,), generator=torch.Generator().manual_seed(1)).tolist()
+    want = torch.softmax(full_forward_logits(model, ids).double(), -1)  # (T, V)
+    stepper = make_stepper(model, batch=3, fast=fast)
+    assert isinstance(stepper, FastStepper if fast else ModuleStepper)
+    got = [torch.softmax(stepper.step(torch.full((3,), t)).double(), -1) for t in ids]  # T x (B, V)
+    assert (torch.stack(got) - want[:, None]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_stepper_continues_from_a_forward_state_with_scale_and_ban(cell):
+    model = tiny_model(cell, layers=2, seed=2)
+    ids = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+    want = full_forward_logits(model, ids)[-1]
+    with torch.inference_mode():
+        _, state = model(torch.tensor([ids[:-1]]))
+    stepper = FastStepper(model, batch=2, logit_scale=0.5, banned=[0])
+    stepper.load_state(state)
+    got = stepper.step(torch.tensor([ids[-1]] * 2))
+    assert torch.isinf(got[:, 0]).all() and (got[:, 0] < 0).all()
+    assert (got[:, 1:] - 0.5 * want[1:]).abs().max().item() < 1e-5
+
+
+def test_unsupported_models_fall_back_to_the_module():
+    model = tiny_model("rnn")
+    model.rnn.nonlinearity = "relu"
+    assert isinstance(make_stepper(model, 1), ModuleStepper)
+    with pytest.raises(NotImplementedError):
+        make_stepper(model, 1, fast=True)
+
+
+PROBS = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])
+
+
+def draws(top_k=None, top_p=None, n=4000):
+    logits = PROBS.log().expand(n, -1).clone()
+    noise = gumbel_noise(1, n, 5, torch.Generator().manual_seed(0), "cpu")[0]
+    return (filter_logits(logits, top_k, top_p) + noise).argmax(-1)
+
+
+@pytest.mark.parametrize("top_k, top_p, allowed", [
+    (2, None, {0, 1}),
+    (None, 0.8, {0, 1, 2}),  # 0.4 + 0.3 < 0.8, so the third token is needed to reach it
+    (None, 0.4, {0}),
+    (4, 0.75, {0, 1, 2}),
+    (None, 1.0, {0, 1, 2, 3, 4}),
+])
+def test_top_k_and_top_p_never_draw_masked_tokens(top_k, top_p, allowed):
+    assert set(draws(top_k, top_p).tolist()) == allowed
+
+
+def test_gumbel_draws_follow_the_softmax():
+    freq = torch.bincount(draws(n=20000), minlength=5).double() / 20000
+    assert (freq - PROBS.double()).abs().max().item() < 0.02
+
+
+def test_stop_finder_cuts_across_pieces():
+    s = StopFinder("END")
+    assert s.feed("abcE") == "abcE" and s.feed("NDxyz") == "ND" and s.done and s.feed("more") == ""
+    assert StopFinder(None).feed("abc") == "abc"
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_run):
+    return trained_run.run_dir / "best.pt"
+
+
+def model_and_tokenizer(ckpt):
+    return build_from_checkpoint(load_checkpoint(ckpt), "cpu")
+
+
+@pytest.mark.parametrize("flags, k", [(["--top-k", "2"], 2), (["--top-p", "0.6"], None)])
+def test_sampled_text_respects_the_filter_under_the_full_forward(ckpt, flags, k):
+    r = run(ckpt, "--prime", "the ", "--length", "200", "--seed", "3", "-q", *flags)
+    assert r.exit_code == 0, r.stderr
+    text = r.stdout[:-1] if len(r.stdout) == 205 else r.stdout
+    model, tok = model_and_tokenizer(ckpt)
+    ids = tok.encode(text).tolist()
+    probs = torch.softmax(full_forward_logits(model, ids), -1)[3:-1]  # predicts ids[4:]
+    for p, nxt in zip(probs, ids[4:]):
+        order = p.argsort(descending=True)
+        if k is not None:
+            assert nxt in order[:k].tolist()
+        else:  # inside the nucleus: the mass of the tokens before it is below 0.6
+            assert p[order][: order.tolist().index(nxt)].sum().item() < 0.6 + 1e-5
+
+
+def test_greedy_is_deterministic_and_equals_top_k_1(ckpt):
+    a = run(ckpt, "--greedy", "--length", "150", "--prime", "the ", "-q")
+    b = run(ckpt, "--greedy", "--length", "150", "--prime", "the ", "-q", "--seed", "9")
+    c = run(ckpt, "--top-k", "1", "--length", "150", "--prime", "the ", "-q", "--seed", "4")
+    assert a.exit_code == 0 and a.stdout == b.stdout == c.stdout
+
+
+def test_seeds_reproduce_batches(ckpt):
+    args = (ckpt, "--length", "120", "--top-p", "0.9", "--temp", "0.7", "-n", "3", "-q")
+    a, b, c = run(*args, "--seed", "11"), run(*args, "--seed", "11"), run(*args, "--seed", "12")
+    assert a.exit_code == 0 and a.stdout == b.stdout != c.stdout
+
+
+def test_num_samples_prints_each_after_a_separator(ckpt):
+    r = run(ckpt, "--length", "40", "--prime", "a ", "-n", "4", "--seed", "1", "--separator", "\\n===\\n")
+    assert r.exit_code == 0, r.stderr
+    parts = r.stdout.rstrip("\n").split("\n===\n")
+    assert len(parts) == 4 and len(set(parts)) == 4
+    assert all(p.startswith("a ") and len(p) == 42 for p in parts[:3])
+    assert "160 characters" in r.stderr  # 4 x 40 generated; primes and separators are not counted
+
+
+def test_stop_ends_a_sample_right_after_the_string(ckpt):
+    base = run(ckpt, "--length", "200", "--seed", "5", "--prime", "a", "-q").stdout
+    gen = base[1:]
+    assert "e" in gen
+    r = run(ckpt, "--length", "200", "--seed", "5", "--prime", "a", "-q", "--stop", "e")
+    assert r.stdout.rstrip("\n") == "a" + gen[:gen.index("e") + 1]
+
+
+def test_one_step_per_character_and_the_prime_in_one_forward(ckpt, monkeypatch):
+    model, tok = model_and_tokenizer(ckpt)
+    steps, forwards = [], []
+    real_step, real_forward = FastStepper.step, model.forward
+    monkeypatch.setattr(FastStepper, "step", lambda self, t: steps.append(1) or real_step(self, t))
+    monkeypatch.setattr(model, "forward", lambda *a: forwards.append(a[0].shape) or real_forward(*a))
+    sampler = Sampler(model, tok, SampleConfig(length=57, prime="the dog", num_samples=2), torch.device("cpu"), 0)
+    out = "".join(sampler)
+    assert len(steps) == 57 and forwards == [torch.Size([1, 6])]
+    assert sampler.chars == 114 and out.count("the dog") >= 2
+
+
+def test_unknown_prime_characters(ckpt):
+    r = run(ckpt, "--prime", "the Q\u00e9", "--length", "5")
+    assert r.exit_code == 1 and "'Q'" in r.stderr and "'\u00e9'" in r.stderr and "--unknown skip" in r.stderr
+    r = run(ckpt, "--prime", "the Q\u00e9", "--length", "5", "--unknown", "skip", "--seed", "1")
+    assert r.exit_code == 0 and r.stdout.startswith("the ") and "dropped" in r.stderr and "'Q'" in r.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--top-p", "0"], "--top-p"), (["--top-p", "1.5"], "--top-p"), (["--num-samples", "0"], "--num-samples"),
+    (["--temp", "-1"], "--temp"), (["--unknown", "keep"], "--unknown"), (["--stop", ""], "--stop"),
+    (["--prime", "a", "--prime-file", "-"], "Choose one"),
+])
+def test_bad_values_are_usage_errors(ckpt, args, words):
+    r = run(ckpt, *args)
+    assert r.exit_code == 2 and words in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_prime_from_stdin_and_from_a_file_through_real_processes(ckpt, tmp_path):
+    cmd = f"printf 'the ca' | {sys.executable} -m charnn sample {ckpt} --prime-file - --length 30 --seed 2"
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("the ca") and "seed 2" in p.stderr and "chars/s" in p.stderr
+    (tmp_path / "prime.txt").write_text("the ca", encoding="utf-8")
+    same = run(ckpt, "--prime-file", tmp_path / "prime.txt", "--length", "30", "--seed", "2", "-q")
+    assert same.stdout == p.stdout
+
+
+def test_closed_pipe_ends_quietly_with_a_batch(ckpt):
+    cmd = (f"set -o pipefail; {sys.executable} -m charnn sample {ckpt} --length 1000000 -n 4 --seed 3 "
+           f"| head -c 20")
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout) == 20 and b"Traceback" not in p.stderr and b"BrokenPipe" not in p.stderr
+
+
+def test_fast_and_naive_samplers_write_the_same_text(ckpt):
+    model, tok = model_and_tokenizer(ckpt)
+    cfg = SampleConfig(length=300, prime="the ", num_samples=3, top_p=0.95, temperature=0.9)
+    fast, naive = (Sampler(model, tok, cfg, torch.device("cpu"), 8, fast=f) for f in (True, False))
+    assert "".join(fast) == "".join(naive)
