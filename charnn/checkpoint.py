@@ -135,3 +135,12 @@ def latest_checkpoint(root: str = "checkpoints") -> Path:
         raise CharnnError(f"no trained runs under {str(base)!r}; train one first, e.g. `charnn train` "
                           "or `charnn train your_text.txt`, or pass a checkpoint path")
     return max(candidates, key=lambda c: c[0])[1]
+
+
+def sweep_temp_files(folder: Path) -> None:
+    """Remove temp files that a save killed mid-write left behind (never the only copy of anything)."""
+    for stale in Path(folder).glob(".*.pt.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass
