@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Optional, Tuple
@@ -48,7 +50,8 @@ def save_checkpoint(data: dict, path: Path) -> None:
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise CharnnError(f"could not write checkpoint {path}: {e.strerror or e}") from None
+            kept = f"; the previous {path.name} is kept" if path.exists() else ""
+            raise CharnnError(f"could not write checkpoint {path}: {e.strerror or e}{kept}") from None
         raise
     _fsync_dir(path.parent)
 
@@ -74,12 +77,15 @@ def load_checkpoint(path: Path) -> dict:
     if path.is_dir():
         raise CharnnError(f"{str(path)!r} is a folder with no best.pt or last.pt in it")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles; the error below says it in one line
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            raise CharnnError(f"refusing to load {str(path)!r}: it carries pickled code or objects, "
-                              "which a charnn checkpoint never does") from None
-        raise CharnnError(f"{str(path)!r} is not a charnn checkpoint (corrupt or not a torch file)") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:  # the weights-only unpickler met a reference to code or a class: it ran nothing
+            raise CharnnError(f"refusing to load {str(path)!r}: it carries pickled code or objects "
+                              f"({found.group(1)}), which a charnn checkpoint never does") from None
+        raise CharnnError(f"{str(path)!r} is not a charnn checkpoint (corrupt, or not a file torch.save wrote)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError) as e:
         raise CharnnError(f"{str(path)!r} is not a readable charnn checkpoint (truncated or corrupt: "
                           f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None

@@ -12,6 +12,7 @@ CELLS = ("lstm", "gru", "rnn")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_LAYERS, MAX_WIDTH, MAX_THREADS = 256, 65536, 1024  # sanity bounds: beyond them torch overflows or crashes
+MIN_TEMPERATURE = 1e-6
 SEED_LIMIT = 2**63  # torch seeds are 64-bit; seeds stay below this so every generator takes them
 
 
@@ -115,8 +116,8 @@ class SampleConfig:
         problems = []
         if self.length < 0:
             problems.append(f"`--length` must be >= 0, got {self.length}")
-        if not self.temperature > 0 or self.temperature == float("inf"):
-            problems.append(f"`--temp` must be a positive number, got {self.temperature}")
+        if not MIN_TEMPERATURE <= self.temperature < float("inf"):  # below it the scaled logits overflow
+            problems.append(f"`--temp` must be a number >= {MIN_TEMPERATURE}, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             problems.append(f"`--top-k` must be at least 1, got {self.top_k}")
         if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:

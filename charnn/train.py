@@ -269,8 +269,16 @@ class Trainer:
         self._eval_cost = time.perf_counter() - t
         return result.nats_per_char
 
+    def _non_finite(self, what: str, value: float, step: int) -> CharnnError:
+        kept = (f"the last good checkpoints in {self.run_dir} are kept" if (self.run_dir / "last.pt").is_file()
+                else "no checkpoint had been saved yet")
+        return CharnnError(f"{what} loss became {value} at step {step}; stopped, and {kept}. "
+                           "Try a lower --lr or a --grad-clip such as 1.0")
+
     def _eval_and_save(self) -> None:
         val = self.evaluate()
+        if not math.isfinite(val):  # weights went bad in the last step: keep the checkpoints from before
+            raise self._non_finite("validation", val, self.step)
         self.last_val = val
         improved = val < self.best_val
         if improved:
@@ -308,8 +316,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         value = loss.item()
         if not math.isfinite(value):
-            raise CharnnError(f"training loss became {value} at step {self.step + 1}; the last good checkpoints "
-                              f"in {self.run_dir} are kept. Try a lower --lr or a --grad-clip such as 1.0")
+            raise self._non_finite("training", value, self.step + 1)
         self.opt.step()
         self.state = detach_state(self.state)
         self.step += 1
