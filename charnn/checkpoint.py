@@ -1,9 +1,9 @@
 """Checkpoints: one self-contained file of tensors and plain data, written atomically, loaded safely.
 
-Format (version 1), a dict loadable with `torch.load(weights_only=True)`:
+Format (version 1), a dict loadable with `torch.load(weights_only=True)`; documented in docs/CHECKPOINTS.md:
   format "charnn", version, charnn_version, model_config (dict), tokenizer (dict), model (state_dict),
-  train_config (dict), step, epoch, chars_seen, elapsed, val_loss, best_val_loss, device, precision;
-  last.pt also carries optimizer, scheduler-free training position (`progress`) and RNG states for resume.
+  train_config (dict), step, epoch, chars_seen, elapsed, val_loss, best_val_loss, device, precision,
+  optimizer (state_dict), progress (data position and carried hidden state) and rng (generator states).
 """
 
 from __future__ import annotations
