@@ -180,7 +180,7 @@ def train(
                 enc = f"--encoding {encoding} " if encoding.lower() not in ("utf-8", "utf8") else ""
                 err.print(f"[yellow]stopped at step {trainer.step}; saved {e.path}. Resume with: charnn train "
                           f"{_quote(corpus.source if corpus.name != 'stdlib' else '')}--name {trainer.run_dir.name} "
-                          f"--out {cfg.out} {enc}--resume[/]", markup=True)
+                          f"--out {shlex.quote(cfg.out)} {enc}--resume[/]", markup=True)
                 raise typer.Exit(code) from None
         if not quiet:
             bits = result.best_val_loss / math.log(2)

@@ -33,7 +33,7 @@ def start(corpus, out, *extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
-def wait_for_save(proc, path: Path, after: float = 0.0, timeout: float = 300.0) -> None:
+def wait_for_save(proc, path: Path, after: float = 0.0, timeout: float = 600.0) -> None:
     """Until `path` exists and was written after `after` (a wall-clock time), while `proc` lives."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -67,7 +67,7 @@ def test_kill_9_at_any_moment_leaves_loadable_checkpoints(tmp_path, corpus):
     (run / ".last.pt.planted.tmp").write_bytes(b"half a checkpoint")
     for args in ([str(run)], []):
         p = subprocess.run([sys.executable, "-m", "charnn", "sample", *args, "--length", "20", "--seed", "1"],
-                           capture_output=True, text=True, env=ENV, timeout=120, cwd=tmp_path)
+                           capture_output=True, text=True, env=ENV, timeout=600, cwd=tmp_path)
         assert p.returncode == 0 and len(p.stdout) >= 20 and "Traceback" not in p.stderr, p.stderr
 
 
@@ -77,7 +77,7 @@ def test_a_signal_saves_last_pt_and_says_how_to_resume(tmp_path, corpus, sig, co
     proc = start(corpus, tmp_path / "runs")
     wait_for_save(proc, run / "last.pt")
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
@@ -93,6 +93,6 @@ def test_a_second_ctrl_c_quits_at_once(tmp_path, corpus):
     wait_for_save(proc, run / "last.pt")
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     assert load_checkpoint(run / "last.pt")["step"] >= 1
