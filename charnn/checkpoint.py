@@ -1,16 +1,18 @@
 """Checkpoints: one self-contained file of tensors and plain data, written atomically, loaded safely.
 
-Format (version 1), a dict loadable with `torch.load(weights_only=True)`:
+Format (version 1), a dict loadable with `torch.load(weights_only=True)`; documented in docs/CHECKPOINTS.md:
   format "charnn", version, charnn_version, model_config (dict), tokenizer (dict), model (state_dict),
-  train_config (dict), step, epoch, chars_seen, elapsed, val_loss, best_val_loss, device, precision;
-  last.pt also carries optimizer, scheduler-free training position (`progress`) and RNG states for resume.
+  train_config (dict), step, epoch, chars_seen, elapsed, val_loss, best_val_loss, device, precision,
+  optimizer (state_dict), progress (data position and carried hidden state) and rng (generator states).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Optional, Tuple
@@ -48,7 +50,8 @@ def save_checkpoint(data: dict, path: Path) -> None:
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise CharnnError(f"could not write checkpoint {path}: {e.strerror or e}") from None
+            kept = f"; the previous {path.name} is kept" if path.exists() else ""
+            raise CharnnError(f"could not write checkpoint {path}: {e.strerror or e}{kept}") from None
         raise
     _fsync_dir(path.parent)
 
@@ -74,12 +77,15 @@ def load_checkpoint(path: Path) -> dict:
     if path.is_dir():
         raise CharnnError(f"{str(path)!r} is a folder with no best.pt or last.pt in it")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles; the error below says it in one line
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            raise CharnnError(f"refusing to load {str(path)!r}: it carries pickled code or objects, "
-                              "which a charnn checkpoint never does") from None
-        raise CharnnError(f"{str(path)!r} is not a charnn checkpoint (corrupt or not a torch file)") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:  # the weights-only unpickler met a reference to code or a class: it ran nothing
+            raise CharnnError(f"refusing to load {str(path)!r}: it carries pickled code or objects "
+                              f"({found.group(1)}), which a charnn checkpoint never does") from None
+        raise CharnnError(f"{str(path)!r} is not a charnn checkpoint (corrupt, or not a file torch.save wrote)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError) as e:
         raise CharnnError(f"{str(path)!r} is not a readable charnn checkpoint (truncated or corrupt: "
                           f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
@@ -135,3 +141,12 @@ def latest_checkpoint(root: str = "checkpoints") -> Path:
         raise CharnnError(f"no trained runs under {str(base)!r}; train one first, e.g. `charnn train` "
                           "or `charnn train your_text.txt`, or pass a checkpoint path")
     return max(candidates, key=lambda c: c[0])[1]
+
+
+def sweep_temp_files(folder: Path) -> None:
+    """Remove temp files that a save killed mid-write left behind (never the only copy of anything)."""
+    for stale in Path(folder).glob(".*.pt.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +84,16 @@ def user_errors():
             raise
         err.print("[red]charnn: error:[/] out of memory; try a smaller --batch-size, --hidden or corpus", markup=True)
         raise typer.Exit(1) from None
+    except RuntimeError as e:  # torch reports a failed allocation as a RuntimeError
+        if debug or not _is_out_of_memory(e):
+            raise
+        err.print("[red]charnn: error:[/] out of memory; try a smaller --batch-size, --hidden or corpus", markup=True)
+        raise typer.Exit(1) from None
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
 
 
 def _version(value: bool):
@@ -132,7 +143,10 @@ def train(
     precision: Annotated[str, typer.Option(help=f"Autocast precision: {', '.join(PRECISIONS)}.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's choice).")] = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of CORPUS and --val-file.")] = "utf-8",
-    resume: Annotated[bool, typer.Option(help="Continue run NAME from its last.pt.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue run NAME from its last.pt (its saved settings; "
+                                              "flags given now, e.g. a larger --max-steps, override).")] = False,
+    save_every_secs: Annotated[float, typer.Option(help="Also refresh last.pt after this many seconds without "
+                                                        "a save (0: only at evaluations).")] = 60.0,
     tokenizer: Annotated[str, typer.Option(help=f"Tokens: {', '.join(TOKENIZERS)} (bpe/unigram: a sentencepiece "
                                                 "model trained on the training split, up to 4M characters of "
                                                 "it, stored in the checkpoint).")] = "char",
@@ -140,6 +154,7 @@ def train(
                                                            "least 256 byte pieces + 1 + the text's characters).",
                                                       show_default=False)] = None,
     quiet: Quiet = False,
+    ctx: typer.Context = None,
 ):
     """Train a model on CORPUS; checkpoints land in OUT/NAME/best.pt and last.pt."""
     from charnn.corpus import load_corpus
@@ -154,20 +169,25 @@ def train(
                           seed=seed, max_steps=max_steps, max_time=parse_duration(max_time) if max_time else None,
                           epochs=epochs, patience=patience, eval_every=eval_every, device=device,
                           precision=precision, threads=threads, tokenizer=tokenizer,
-                          vocab_size=vocab_size).validate()
+                          vocab_size=vocab_size, save_every_secs=save_every_secs).validate()
         stop = StopRequest()
         with graceful_signals(stop):
             corpus = load_corpus(corpus, encoding)
             view = TrainProgress(err, cfg.open_ended, quiet)
-            trainer = Trainer(corpus, model_cfg, cfg, view, resume=resume, stop=stop, encoding=encoding)
+            trainer = Trainer(corpus, model_cfg, cfg, view, resume=resume, stop=stop, encoding=encoding,
+                              explicit=_given_on_command_line(ctx))
             try:
                 with view:
                     result = trainer.fit()
             except TrainingInterrupted as e:
                 code = 143 if e.signum == 15 else 130
+                if e.path is None:
+                    err.print("[yellow]stopped before the first step; nothing was saved[/]", markup=True)
+                    raise typer.Exit(code) from None
+                enc = f"--encoding {encoding} " if encoding.lower() not in ("utf-8", "utf8") else ""
                 err.print(f"[yellow]stopped at step {trainer.step}; saved {e.path}. Resume with: charnn train "
                           f"{_quote(corpus.source if corpus.name != 'stdlib' else '')}--name {trainer.run_dir.name} "
-                          f"--out {cfg.out} --resume[/]", markup=True)
+                          f"--out {shlex.quote(cfg.out)} {enc}--resume[/]", markup=True)
                 raise typer.Exit(code) from None
         if not quiet:
             bits = result.best_val_loss / math.log(2)
@@ -176,8 +196,15 @@ def train(
             err.print(f"sample it with: charnn sample {result.run_dir}")
 
 
+def _given_on_command_line(ctx) -> Optional[set]:
+    """Names of the flags typed on this command line (a resumed run keeps its saved value for the rest)."""
+    if ctx is None:
+        return None
+    return {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+
+
 def _quote(path: str) -> str:
-    return f"{path} " if path else ""
+    return f"{shlex.quote(path)} " if path else ""
 
 
 @app.command()

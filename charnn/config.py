@@ -14,6 +14,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZERS = ("char", "bpe", "unigram")
 MIN_VOCAB = 260  # sentencepiece with byte fallback: 256 byte pieces + <unk> + the text's characters
 UNKNOWN = ("error", "skip")  # what sample does with prime characters outside the vocabulary
+MAX_LAYERS, MAX_WIDTH, MAX_THREADS = 256, 65536, 1024  # sanity bounds: beyond them torch overflows or crashes
+MIN_TEMPERATURE = 1e-6
+SEED_LIMIT = 2**63  # torch seeds are 64-bit; seeds stay below this so every generator takes them
 
 
 @dataclass
@@ -29,9 +32,10 @@ class ModelConfig:
         problems = []
         if self.cell not in CELLS:
             problems.append(f"`--cell` must be one of {', '.join(CELLS)}, not {self.cell!r}")
-        for flag, value in (("--layers", self.layers), ("--hidden", self.hidden), ("--embed", self.embed)):
-            if value < 1:
-                problems.append(f"`{flag}` must be at least 1, got {value}")
+        for flag, value, most in (("--layers", self.layers, MAX_LAYERS), ("--hidden", self.hidden, MAX_WIDTH),
+                                  ("--embed", self.embed, MAX_WIDTH)):
+            if not 1 <= value <= most:
+                problems.append(f"`{flag}` must be between 1 and {most}, got {value}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"`--dropout` must be in [0, 1), got {self.dropout}")
         _raise(problems)
@@ -62,6 +66,7 @@ class TrainConfig:
     threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
     tokenizer: str = "char"  # char, or bpe / unigram: sentencepiece trained on the training split
     vocab_size: Optional[int] = None  # bpe/unigram vocabulary size (default 1024)
+    save_every_secs: float = 60.0  # also refresh last.pt when this many seconds passed since the last save (0: off)
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -84,18 +89,24 @@ class TrainConfig:
             problems.append(f"`--grad-clip` must be >= 0 (0 disables clipping), got {self.grad_clip}")
         if self.warmup < 0:
             problems.append(f"`--warmup` must be >= 0, got {self.warmup}")
+        if not 0.0 <= self.weight_decay < float("inf"):
+            problems.append(f"`--weight-decay` must be a number >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.save_every_secs < float("inf"):
+            problems.append(f"`--save-every-secs` must be >= 0 (0: save only at evaluations), got {self.save_every_secs}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            problems.append(f"`--seed` must be in [0, 2**63), got {self.seed}")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"`--max-steps` must be at least 1, got {self.max_steps}")
         if self.max_time is not None and not self.max_time > 0:
             problems.append(f"`--max-time` must be positive, got {self.max_time}")
-        if self.epochs is not None and not self.epochs > 0:
+        if self.epochs is not None and not 0 < self.epochs < float("inf"):
             problems.append(f"`--epochs` must be positive, got {self.epochs}")
         if self.device not in DEVICES:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"`--precision` must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.threads is not None and self.threads < 1:
-            problems.append(f"`--threads` must be at least 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            problems.append(f"`--threads` must be between 1 and {MAX_THREADS}, got {self.threads}")
         _raise(problems)
         return self
 
@@ -124,8 +135,8 @@ class SampleConfig:
         problems = []
         if self.length < 0:
             problems.append(f"`--length` must be >= 0, got {self.length}")
-        if not self.temperature > 0 or self.temperature == float("inf"):
-            problems.append(f"`--temp` must be a positive number, got {self.temperature}")
+        if not MIN_TEMPERATURE <= self.temperature < float("inf"):  # below it the scaled logits overflow
+            problems.append(f"`--temp` must be a number >= {MIN_TEMPERATURE}, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             problems.append(f"`--top-k` must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
@@ -136,6 +147,8 @@ class SampleConfig:
             problems.append(f"`--num-samples` must be at least 1, got {self.num_samples}")
         if self.stop is not None and self.stop == "":
             problems.append("`--stop` must not be empty")
+        if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
+            problems.append(f"`--seed` must be in [0, 2**63), got {self.seed}")
         if self.device not in DEVICES:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
         _raise(problems)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, ConfigError
 
 BUILTIN_NAME = "stdlib"
 # The built-in corpus stops after this many characters (about 5 MB: a few minutes per epoch on a CPU).
@@ -43,7 +43,7 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8") -> str:
             f"{what} {path!r} is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {e.start}"
         ) from None
     except LookupError:
-        raise CharnnError(f"unknown encoding {encoding!r}") from None
+        raise ConfigError(f"`--encoding`: unknown encoding {encoding!r}; try utf-8, latin-1 or cp1252") from None
     if not text:
         raise CharnnError(f"{what} {path!r} is empty")
     return text

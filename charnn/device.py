@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, ConfigError
 
 
 def _mps_available() -> bool:
@@ -31,7 +31,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         if not _mps_available():
             raise CharnnError("--device mps was asked for but Apple MPS is not available; use --device cpu or auto")
         return torch.device("mps")
-    raise CharnnError(f"unknown --device {name!r}; choose auto, cpu, cuda or mps")
+    raise ConfigError(f"unknown --device {name!r}; choose auto, cpu, cuda or mps")
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from charnn.checkpoint import load_checkpoint, save_checkpoint
+from charnn.checkpoint import save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.corpus import Corpus, read_text
 from charnn.data import StreamBatches, split_text
@@ -25,6 +25,7 @@ from charnn.device import autocast, resolve_device, resolve_precision
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN, detach_state
+from charnn.resume import load_resume, resume_config
 from charnn.tokenizer import build_tokenizer, tokenizer_from_state
 
 Callback = Callable[[str, dict], None]
@@ -104,7 +105,8 @@ def run_dir_for(cfg: TrainConfig, corpus: Corpus) -> Path:
 
 
 def _check_writable(run_dir: Path) -> None:
-    """Fail before training, not after it, when the run folder cannot be written."""
+    """Fail before training, not after it, when the run folder cannot be written. Also sweeps away temp
+    files that a killed save left behind (they never hold the only copy of anything)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -112,16 +114,21 @@ def _check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise CharnnError(f"cannot write to {str(run_dir)!r}: {e.strerror or e}; choose another --out") from None
+    sweep_temp_files(run_dir)
 
 
 class Trainer:
     def __init__(self, corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Optional[Callback] = None,
-                 resume: bool = False, stop: Optional[StopRequest] = None, encoding: str = "utf-8"):
+                 resume: bool = False, stop: Optional[StopRequest] = None, encoding: str = "utf-8",
+                 explicit: Optional[set] = None):
         self.t0 = time.perf_counter()
         self.cfg, self.on_event = cfg.validate(), on_event or (lambda kind, info: None)
         self.stop = stop or StopRequest()
         self.run_dir = run_dir_for(cfg, corpus)
-        resumed = self._load_resume() if resume else None
+        resumed = load_resume(self.run_dir, cfg.out) if resume else None
+        if resumed:
+            self.cfg = cfg = resume_config(resumed, cfg, model_cfg, explicit)
+        self.resumed = resumed is not None
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.threads:
@@ -156,18 +163,10 @@ class Trainer:
         self.state = None
         if resumed:
             self._restore(resumed)
+        self.start_step, self._saved_once, self._last_save = self.step, False, time.perf_counter()
         _check_writable(self.run_dir)
 
     # -- resume -------------------------------------------------------------------------------------
-    def _load_resume(self) -> dict:
-        path = self.run_dir / "last.pt"
-        if not path.is_file():
-            raise CharnnError(f"--resume: no {path} to resume from; train without --resume first")
-        data = load_checkpoint(path)
-        if "optimizer" not in data or "progress" not in data:
-            raise CharnnError(f"--resume: {path} has no optimiser state or training position")
-        return data
-
     def _restore(self, data: dict) -> None:
         self.model.load_state_dict(data["model"])
         self.opt.load_state_dict(data["optimizer"])
@@ -201,6 +200,21 @@ class Trainer:
             parts.append((self.epoch + self.window / spe) / cfg.epochs)
         return max(parts)
 
+    def schedule_progress(self) -> float:
+        """What the learning-rate schedule follows. Steps and epochs are deterministic; elapsed time is
+        not, so time drives the schedule only when --max-time is the sole limit. That keeps the schedule
+        a function of the step alone, and a resumed run bitwise-identical to an uninterrupted one."""
+        cfg = self.cfg
+        if cfg.max_steps or cfg.epochs:
+            parts = [0.0]
+            if cfg.max_steps:
+                parts.append(self.step / cfg.max_steps)
+            if cfg.epochs:
+                spe = max(1, self.batches.steps_per_epoch(self.offset))
+                parts.append((self.epoch + self.window / spe) / cfg.epochs)
+            return max(parts)
+        return self.progress()
+
     def _reserve(self) -> float:
         """Seconds to keep for the final evaluation and save, so --max-time counts everything."""
         return getattr(self, "_eval_cost", 0.0) * 1.2 + getattr(self, "_save_cost", 0.0) * 2 + 0.5
@@ -229,8 +243,27 @@ class Trainer:
         path = self.run_dir / name
         save_checkpoint(self.checkpoint_data(val_loss, with_training_state=True), path)
         self._save_cost = time.perf_counter() - t
+        self._last_save = time.perf_counter()
+        if not self._saved_once:
+            self._saved_once = True
+            self._drop_stale_best(name)
         self.on_event("saved", {"path": str(path), "step": self.step})
         return path
+
+    def _save_on_stop(self) -> Optional[Path]:
+        """Save last.pt on a signal, unless this process has not trained a step: then an existing run of
+        the same name stays exactly as it was (None when there is no last.pt at all)."""
+        if self.step > self.start_step:
+            return self.save("last.pt", self.last_val)
+        existing = self.run_dir / "last.pt"
+        return existing if self.resumed and existing.is_file() else None
+
+    def _drop_stale_best(self, name: str) -> None:
+        """The first save of a fresh run into the folder of an older run of the same name: that run's
+        best.pt belongs to another model and would be picked over this run's last.pt, so remove it."""
+        stale = self.run_dir / "best.pt"
+        if not self.resumed and name == "last.pt" and stale.is_file():
+            stale.unlink()
 
     def evaluate(self) -> float:
         t = time.perf_counter()
@@ -238,8 +271,16 @@ class Trainer:
         self._eval_cost = time.perf_counter() - t
         return result.nats_per_char
 
+    def _non_finite(self, what: str, value: float, step: int) -> CharnnError:
+        kept = (f"the last good checkpoints in {self.run_dir} are kept" if (self.run_dir / "last.pt").is_file()
+                else "no checkpoint had been saved yet")
+        return CharnnError(f"{what} loss became {value} at step {step}; stopped, and {kept}. "
+                           "Try a lower --lr or a --grad-clip such as 1.0")
+
     def _eval_and_save(self) -> None:
         val = self.evaluate()
+        if not math.isfinite(val):  # weights went bad in the last step: keep the checkpoints from before
+            raise self._non_finite("validation", val, self.step)
         self.last_val = val
         improved = val < self.best_val
         if improved:
@@ -267,7 +308,7 @@ class Trainer:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.step, self.progress(), self.cfg)
+            g["lr"] = lr_at(self.step, self.schedule_progress(), self.cfg)
         with autocast(self.device, self.precision):
             logits, self.state = self.model(x, self.state)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -277,8 +318,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         value = loss.item()
         if not math.isfinite(value):
-            raise CharnnError(f"training loss became {value} at step {self.step + 1}; the last good checkpoints "
-                              f"in {self.run_dir} are kept. Try a lower --lr or a --grad-clip such as 1.0")
+            raise self._non_finite("training", value, self.step + 1)
         self.opt.step()
         self.state = detach_state(self.state)
         self.step += 1
@@ -304,8 +344,7 @@ class Trainer:
                 if stopped:
                     break
                 if self.stop.signum is not None:
-                    path = self.save("last.pt", self.last_val)
-                    raise TrainingInterrupted(self.stop.signum, path)
+                    raise TrainingInterrupted(self.stop.signum, self._save_on_stop())
                 loss = self._train_step(x, y)
                 self.window += 1
                 self.chars_seen += int(B * T * self.chars_per_token)
@@ -324,6 +363,8 @@ class Trainer:
                 if self.step % cfg.eval_every == 0:
                     self._eval_and_save()
                     last_eval_step = self.step
+                elif cfg.save_every_secs and time.perf_counter() - self._last_save >= cfg.save_every_secs:
+                    self.save("last.pt", self.last_val)  # a crash loses at most this interval of work
             else:
                 self.epoch, self.window, self.state = self.epoch + 1, 0, None
                 continue

@@ -1,0 +1,53 @@
+"""Resuming a run: finding its last.pt and deciding which training config the resumed run uses."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+from charnn.checkpoint import NAMES, load_checkpoint
+from charnn.config import ModelConfig, TrainConfig, from_dict
+from charnn.errors import CharnnError, ConfigError
+
+
+def load_resume(run_dir: Path, out: str) -> dict:
+    """The loaded last.pt of run_dir, with a clear error when there is no run to resume."""
+    path = run_dir / "last.pt"
+    if not run_dir.is_dir():
+        runs = sorted(p.name for p in Path(out).glob("*") if any((p / n).is_file() for n in NAMES))
+        known = f"runs there: {', '.join(runs[:10])}" if runs else "there are no runs there"
+        raise CharnnError(f"--resume: there is no run {run_dir.name!r} under {out!r} ({known}); "
+                          "check --name and --out, or train without --resume")
+    if not path.is_file():
+        raise CharnnError(f"--resume: {str(path)!r} does not exist, so run {run_dir.name!r} cannot be resumed; "
+                          "train without --resume to start it afresh")
+    data = load_checkpoint(path)
+    if "optimizer" not in data or "progress" not in data:
+        raise CharnnError(f"--resume: {str(path)!r} has no optimiser state or training position")
+    return data
+
+
+# Flags a resumed run cannot change: the data position and carried state only mean something with them.
+FIXED_ON_RESUME = ("batch_size", "seq_len", "val_frac", "val_file")
+MODEL_FLAGS = ("cell", "layers", "hidden", "embed", "dropout")
+
+
+def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, explicit: Optional[set]) -> TrainConfig:
+    """The training config of a resumed run: the saved one, with the flags given on this command line
+    (`explicit`; None means every field of `given`) laid over it. --out and --name always come from
+    `given`, since they are how the run was found. Changing the data layout or the model is refused."""
+    old = from_dict(TrainConfig, saved.get("train_config", {}))
+    names = set(asdict(given)) if explicit is None else set(explicit)
+    merged = {**asdict(old), **{k: v for k, v in asdict(given).items() if k in names | {"out", "name"}}}
+    flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+    problems = [f"{flag(k)} {merged[k]} (the run used {getattr(old, k)})"
+                for k in FIXED_ON_RESUME if merged[k] != getattr(old, k)]
+    if explicit is not None:
+        saved_model = saved.get("model_config", {})
+        problems += [f"{flag(k)} {getattr(model_cfg, k)} (the run used {saved_model[k]})"
+                     for k in MODEL_FLAGS if k in explicit and k in saved_model and getattr(model_cfg, k) != saved_model[k]]
+    if problems:
+        raise ConfigError(f"--resume continues run {given.name or 'NAME'} as it was saved; it cannot change "
+                          f"{', '.join(problems)}. Drop those flags, or start a new run under another --name")
+    return TrainConfig(**merged).validate()

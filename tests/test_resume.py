@@ -1,0 +1,151 @@
+"""Exact resume: an interrupted run continued with --resume ends bitwise-identical to one that never stopped."""
+
+import os
+import shlex
+import signal
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charnn.cli import app
+from charnn.config import ModelConfig, TrainConfig
+from charnn.corpus import Corpus
+from charnn.errors import CharnnError, ConfigError
+from charnn.train import StopRequest, Trainer, TrainingInterrupted, train
+from conftest import make_text
+
+# dropout exercises the RNG; ~14 steps per epoch means 40 steps cross two epoch boundaries (new offsets,
+# state reset) and step 20 falls mid-epoch with carried hidden state
+MODEL = dict(cell="lstm", layers=2, hidden=24, embed=8, dropout=0.2)
+TRAIN = dict(batch_size=4, seq_len=16, lr=1e-2, warmup=5, eval_every=15, max_steps=40, device="cpu", seed=11,
+             save_every_secs=0)
+TEXT = make_text(30, seed=4)
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_training_state(a, b):
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for i in sa:
+        for k in sa[i]:
+            assert torch.equal(sa[i][k], sb[i][k]), (i, k)
+    assert a["progress"]["epoch"] == b["progress"]["epoch"] and a["progress"]["offset"] == b["progress"]["offset"]
+
+
+def stop_at(step, stop):
+    def on_event(kind, info):
+        if kind == "step" and info["step"] == step:
+            stop.signum = signal.SIGINT
+    return on_event
+
+
+def test_interrupted_then_resumed_equals_straight_library(tmp_path):
+    corpus = Corpus(TEXT, "t", "t")
+    train(corpus, ModelConfig(vocab_size=1, **MODEL), TrainConfig(out=str(tmp_path), name="straight", **TRAIN))
+
+    cfg = TrainConfig(out=str(tmp_path), name="resumed", **TRAIN)
+    stop = StopRequest()
+    trainer = Trainer(corpus, ModelConfig(vocab_size=1, **MODEL), cfg, stop_at(20, stop), stop=stop)
+    with pytest.raises(TrainingInterrupted) as e:
+        trainer.fit()
+    half = weights(e.value.path)
+    assert half["step"] == 20 and half["progress"]["epoch"] == 1 and half["progress"]["window"] > 0
+    assert half["progress"]["hidden"] is not None  # the carried state travels in last.pt
+
+    result = Trainer(corpus, ModelConfig(vocab_size=1, **MODEL), cfg, resume=True).fit()
+    assert result.steps == 40
+    assert_same_training_state(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt"))
+
+
+def test_schedule_follows_steps_not_the_clock(tmp_path):
+    # with --max-time as well as --max-steps the lr still depends on the step alone, so resume stays exact
+    corpus = Corpus(TEXT, "t", "t")
+    seen = {}
+    for name, extra in (("steps", {}), ("steps+time", {"max_time": 10_000.0})):
+        lrs = []
+        cfg = TrainConfig(out=str(tmp_path), name=name, **{**TRAIN, "max_steps": 8, **extra})
+        train(corpus, ModelConfig(vocab_size=1, **MODEL), cfg, lambda k, i: lrs.append(i["lr"]) if k == "step" else None)
+        seen[name] = lrs
+    assert seen["steps"] == seen["steps+time"] and len(seen["steps"]) == 8
+
+
+def test_last_pt_is_refreshed_on_a_time_interval(tmp_path):
+    corpus = Corpus(TEXT, "t", "t")
+    for every, expected in ((1e-9, list(range(1, 6)) + [5, 5]), (0, [5, 5])):
+        saved = []
+        cfg = TrainConfig(out=str(tmp_path), name=f"s{every}", **{**TRAIN, "max_steps": 5, "eval_every": 1000,
+                                                                   "save_every_secs": every})
+        train(corpus, ModelConfig(vocab_size=1, **MODEL), cfg, lambda k, i: saved.append(i["step"]) if k == "saved" else None)
+        assert saved == expected  # every step (then the final last.pt and best.pt), or only at the end
+
+
+def test_resume_that_would_change_the_data_layout_is_refused(tmp_path):
+    corpus = Corpus(TEXT, "t", "t")
+    cfg = TrainConfig(out=str(tmp_path), name="r", **{**TRAIN, "max_steps": 3})
+    train(corpus, ModelConfig(vocab_size=1, **MODEL), cfg)
+    other = TrainConfig(out=str(tmp_path), name="r", **{**TRAIN, "max_steps": 6, "batch_size": 3})
+    with pytest.raises(ConfigError, match="--batch-size 3"):
+        Trainer(corpus, ModelConfig(vocab_size=1, **MODEL), other, resume=True)
+    with pytest.raises(CharnnError, match="no run 'nope'.*runs there: r"):
+        Trainer(corpus, ModelConfig(vocab_size=1, **MODEL),
+                TrainConfig(out=str(tmp_path), name="nope", **TRAIN), resume=True)
+
+
+# ---- the same through the command line --------------------------------------------------------------
+FLAGS = ["--cell", "lstm", "--layers", "2", "--hidden", "24", "--embed", "8", "--dropout", "0.2", "--batch-size", "4",
+         "--seq-len", "16", "--lr", "0.01", "--warmup", "5", "--eval-every", "15", "--max-steps", "40",
+         "--device", "cpu", "--seed", "11", "--save-every-secs", "0", "--quiet"]
+runner = CliRunner()
+
+
+def test_cli_interrupt_prints_a_resume_command_that_continues_exactly(tmp_path, monkeypatch):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "runs"
+    r = runner.invoke(app, ["train", str(corpus), "--out", str(out), "--name", "straight", *FLAGS])
+    assert r.exit_code == 0, r.stderr
+
+    original = Trainer._train_step
+
+    def step_then_ctrl_c(self, x, y):  # a real SIGINT to this process, delivered after step 20
+        loss = original(self, x, y)
+        if self.step == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_ctrl_c)
+    r = runner.invoke(app, ["train", str(corpus), "--out", str(out), "--name", "cut", *FLAGS])
+    assert r.exit_code == 130, r.stderr
+    assert weights(out / "cut" / "last.pt")["step"] == 20
+    hint = r.stderr.split("Resume with: ")[1].strip()
+    assert hint.startswith("charnn train ") and "--resume" in hint
+    monkeypatch.setattr(Trainer, "_train_step", original)
+
+    # the printed command repeats none of the run's flags: the resumed run takes them from last.pt
+    r = runner.invoke(app, shlex.split(hint)[1:] + ["--quiet"])
+    assert r.exit_code == 0, r.stderr
+    assert_same_training_state(weights(out / "straight" / "last.pt"), weights(out / "cut" / "last.pt"))
+
+
+def test_cli_resume_errors(tmp_path):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "ghost", "--resume"])
+    assert r.exit_code == 1 and "no run 'ghost'" in r.stderr and "--name" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    short = [*FLAGS[:-5], "--max-steps", "3", "--quiet"]
+    assert runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", *short]).exit_code == 0
+    r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", "--resume", "--hidden", "64"])
+    assert r.exit_code == 2 and "--hidden 64 (the run used 24)" in r.stderr
+    # extending a finished run: --max-steps counts total steps
+    r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", "--resume", "--max-steps", "5",
+                            "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    assert weights(tmp_path / "a" / "last.pt")["step"] == 5

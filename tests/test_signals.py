@@ -1,0 +1,98 @@
+"""Real processes, real signals: kill -9 at any moment leaves loadable checkpoints; Ctrl-C and SIGTERM save
+last.pt, say how to resume and exit 130 / 143."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from charnn.checkpoint import load_checkpoint
+from conftest import make_text
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+# a few-MB last.pt written after every step, so a kill often lands in the middle of a save
+FLAGS = ["--hidden", "192", "--embed", "16", "--layers", "2", "--batch-size", "8", "--seq-len", "32",
+         "--eval-every", "1", "--save-every-secs", "0", "--max-steps", "100000", "--device", "cpu", "--threads", "1"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "big.txt"
+    path.write_text(make_text(3000, seed=8), encoding="utf-8")
+    return path
+
+
+def start(corpus, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "charnn", "train", str(corpus), "--out", str(out), *FLAGS, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def wait_for_save(proc, path: Path, after: float = 0.0, timeout: float = 600.0) -> None:
+    """Until `path` exists and was written after `after` (a wall-clock time), while `proc` lives."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.is_file() and path.stat().st_mtime > after:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.returncode} {proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("training never saved")
+
+
+def test_kill_9_at_any_moment_leaves_loadable_checkpoints(tmp_path, corpus):
+    run = tmp_path / "checkpoints" / "big"
+    rng = random.Random(0)
+    steps = []
+    for attempt in range(3):  # a fresh start, then two resumes, each killed at a random moment mid-training
+        t0 = time.time()
+        proc = start(corpus, tmp_path / "checkpoints", *(["--resume"] if attempt else []))
+        wait_for_save(proc, run / "last.pt", after=t0)
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        found = [load_checkpoint(run / n) for n in ("best.pt", "last.pt") if (run / n).exists()]
+        assert found and all(d["format"] == "charnn" and d["step"] >= 1 for d in found)
+        steps.append(load_checkpoint(run / "last.pt")["step"])
+    assert steps == sorted(steps)  # each resume continued from where the last kill left it
+    # temp files a kill leaves behind (planted too, in case no kill hit a save) do not confuse sampling,
+    # whether the run is named or found as the newest run under ./checkpoints
+    (run / ".last.pt.planted.tmp").write_bytes(b"half a checkpoint")
+    for args in ([str(run)], []):
+        p = subprocess.run([sys.executable, "-m", "charnn", "sample", *args, "--length", "20", "--seed", "1"],
+                           capture_output=True, text=True, env=ENV, timeout=600, cwd=tmp_path)
+        assert p.returncode == 0 and len(p.stdout) >= 20 and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_last_pt_and_says_how_to_resume(tmp_path, corpus, sig, code):
+    run = tmp_path / "runs" / "big"
+    proc = start(corpus, tmp_path / "runs")
+    wait_for_save(proc, run / "last.pt")
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "Resume with: charnn train" in last and "--name big" in last and "--resume" in last
+    step = load_checkpoint(run / "last.pt")["step"]
+    assert f"stopped at step {step};" in last
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_a_second_ctrl_c_quits_at_once(tmp_path, corpus):
+    run = tmp_path / "runs" / "big"
+    proc = start(corpus, tmp_path / "runs")
+    wait_for_save(proc, run / "last.pt")
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert load_checkpoint(run / "last.pt")["step"] >= 1
