@@ -29,6 +29,7 @@ from charnn.resume import load_resume, resume_config
 from charnn.tokenizer import build_tokenizer, tokenizer_from_state
 
 Callback = Callable[[str, dict], None]
+MIN_IMPROVEMENT = 1e-3  # nats/char a val loss must drop by to reset --patience
 
 
 class TrainingInterrupted(Exception):
@@ -283,10 +284,10 @@ class Trainer:
             raise self._non_finite("validation", val, self.step)
         self.last_val = val
         improved = val < self.best_val
+        # patience counts evaluations without a real gain: creeping down by crumbs does not reset it
+        self.bad_evals = 0 if val < self.best_val - MIN_IMPROVEMENT else self.bad_evals + 1
         if improved:
-            self.best_val, self.bad_evals = val, 0
-        else:
-            self.bad_evals += 1
+            self.best_val = val
         self.save("last.pt", val)
         if improved:
             self.save("best.pt", val)
