@@ -17,6 +17,7 @@ from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from charnn import __version__
 from charnn.config import CELLS, DEVICES, PRECISIONS, TOKENIZERS, ModelConfig, SampleConfig, TrainConfig, parse_duration
@@ -67,12 +68,12 @@ def user_errors():
     except ConfigError as e:
         if debug:
             raise
-        err.print(f"[red]charnn: error:[/] {e}", markup=True)
+        err.print(f"[red]charnn: error:[/] {escape(str(e))}", markup=True)
         raise typer.Exit(2) from None
     except CharnnError as e:
         if debug:
             raise
-        err.print(f"[red]charnn: error:[/] {e}", markup=True)
+        err.print(f"[red]charnn: error:[/] {escape(str(e))}", markup=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         if debug:
@@ -153,11 +154,17 @@ def train(
     vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size for bpe/unigram (default 1024; at "
                                                            "least 256 byte pieces + 1 + the text's characters).",
                                                       show_default=False)] = None,
+    log_every: Annotated[int, typer.Option(min=1, help="Steps between records in the run's metrics.jsonl "
+                                                       "(evaluation steps are always recorded).")] = 10,
+    preview_every: Annotated[int, typer.Option(min=0, help="Every N steps, print a 200-character sample "
+                                                           "(temperature 0.8) on stderr (0: never).")] = 0,
     quiet: Quiet = False,
     ctx: typer.Context = None,
 ):
     """Train a model on CORPUS; checkpoints land in OUT/NAME/best.pt and last.pt."""
     from charnn.corpus import load_corpus
+    from charnn.metrics import Callbacks, MetricsLogger, run_config
+    from charnn.preview import SamplePreview
     from charnn.progress import TrainProgress
     from charnn.train import StopRequest, TrainingInterrupted, Trainer, graceful_signals
 
@@ -174,8 +181,13 @@ def train(
         with graceful_signals(stop):
             corpus = load_corpus(corpus, encoding)
             view = TrainProgress(err, cfg.open_ended, quiet)
-            trainer = Trainer(corpus, model_cfg, cfg, view, resume=resume, stop=stop, encoding=encoding,
+            events = Callbacks(view)
+            trainer = Trainer(corpus, model_cfg, cfg, events, resume=resume, stop=stop, encoding=encoding,
                               explicit=_given_on_command_line(ctx))
+            metrics = events.add(MetricsLogger(trainer.run_dir, log_every, resume, run_config(trainer, corpus.source)))
+            if preview_every:
+                events.add(SamplePreview(trainer.model, trainer.tokenizer, trainer.device, preview_every,
+                                         _print_preview, seed=cfg.seed))
             try:
                 with view:
                     result = trainer.fit()
@@ -189,10 +201,13 @@ def train(
                           f"{_quote(corpus.source if corpus.name != 'stdlib' else '')}--name {trainer.run_dir.name} "
                           f"--out {shlex.quote(cfg.out)} {enc}--resume[/]", markup=True)
                 raise typer.Exit(code) from None
+            finally:
+                metrics.close()  # the last step's record, also when training stopped early
         if not quiet:
             bits = result.best_val_loss / math.log(2)
             err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val "
                       f"{result.best_val_loss:.4f} nats/char ({bits:.3f} bits/char) -> {result.run_dir / 'best.pt'}")
+            _print_curve(err, trainer.run_dir)
             err.print(f"sample it with: charnn sample {result.run_dir}")
 
 
@@ -201,6 +216,28 @@ def _given_on_command_line(ctx) -> Optional[set]:
     if ctx is None:
         return None
     return {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+
+
+def _print_preview(step: int, text: str) -> None:
+    err.rule(f"sample at step {step}", style="dim")
+    err.print(text.rstrip("\n"), markup=False, highlight=False)
+
+
+def _print_curve(console: Console, run_dir: Path) -> None:
+    """The run's train and val loss over steps, from its metrics.jsonl, drawn in the terminal."""
+    from charnn.metrics import METRICS_FILE, curves, read_metrics
+    from charnn.textplot import line_plot
+
+    train_pts, val_pts = curves(read_metrics(run_dir / METRICS_FILE))
+    if len(train_pts) + len(val_pts) < 2:
+        return
+    colours = ("cyan", "magenta")
+    lines = line_plot([("train", train_pts, "line"), ("val", val_pts, "points")],
+                      width=max(20, min(72, console.width - 12)), height=10,
+                      paint=lambda text, i: f"[{colours[i % 2]}]{text}[/]")
+    console.print("loss (nats/char) over steps", highlight=False)
+    for line in lines:
+        console.print(line, markup=True, highlight=False)
 
 
 def _quote(path: str) -> str:
@@ -337,6 +374,46 @@ def evaluate(
         for f, r in rows:
             typer.echo(f"{f:<30} {r.nats_per_char:>10.4f} {r.bits_per_char:>10.4f} {r.perplexity:>11.3f} "
                        f"{r.chars:>10,} {r.tokens:>10,}")
+
+
+@app.command()
+def info(
+    checkpoint: Annotated[Optional[str], typer.Argument(help="A .pt file or run folder (default: the newest run "
+                                                             "under ./checkpoints).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Describe a checkpoint: model, tokenizer, training so far, format version, and the loss curve."""
+    from charnn.info import describe, summary_lines
+
+    with user_errors():
+        facts = describe(checkpoint)
+    if as_json:
+        typer.echo(json.dumps(facts, ensure_ascii=False))
+        return
+    out = Console(highlight=False, soft_wrap=True)
+    for line in summary_lines(facts):
+        out.print(line, markup=False)
+    out.print()
+    _print_curve(out, Path(facts["run_dir"]))
+
+
+@app.command()
+def plot(
+    runs: Annotated[List[str], typer.Argument(help="Run folders (or their checkpoints, or metrics.jsonl files).",
+                                              show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="Image to write (.png, .svg or .pdf).")] = "curves.png",
+    x: Annotated[str, typer.Option(help="Horizontal axis: step or time.")] = "step",
+    quiet: Quiet = False,
+):
+    """Draw the train and validation loss of one or more runs into an image (needs charnn[plot])."""
+    from charnn.plot import X_AXES, plot_runs, run_records
+
+    with user_errors():
+        if x not in X_AXES:
+            raise ConfigError(f"`--x` must be one of {', '.join(X_AXES)}, not {x!r}")
+        path = plot_runs([run_records(r) for r in runs], Path(output), x)
+    if not quiet:
+        err.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -19,13 +19,13 @@ def _fmt(x: float) -> str:
 class TrainProgress:
     """A callback for `charnn.train.train`: draws progress and remembers the last numbers."""
 
-    def __init__(self, console: Console, open_ended: bool, quiet: bool = False):
-        self.console, self.open_ended, self.quiet = console, open_ended, quiet
-        self.live = console.is_terminal and not quiet
+    def __init__(self, console: Console, open_ended: bool, quiet: bool = False, plain_every: float = PLAIN_EVERY):
+        self.console, self.open_ended, self.quiet, self.plain_every = console, open_ended, quiet, plain_every
+        self.live = console.is_terminal and not quiet  # no terminal (CI logs, a file): plain periodic lines
         self.val = math.nan
         self.best = math.nan
         self.progress = None
-        self._last_line = 0.0
+        self._last_line = -math.inf  # the first step always gets a plain line
 
     def __enter__(self):
         if self.live:
@@ -70,9 +70,10 @@ class TrainProgress:
             if self.progress is not None:
                 completed = None if self.open_ended else min(TOTAL, int(info["progress"] * TOTAL))
                 self.progress.update(self.task, completed=completed, **fields)
-            elif not self.quiet and time.monotonic() - self._last_line > PLAIN_EVERY:
+            elif not self.quiet and time.monotonic() - self._last_line >= self.plain_every:
                 self._last_line = time.monotonic()
-                self.note(f"step {info['step']}  train {fields['loss']}  val {fields['val']} nats/char  "
+                done = "" if self.open_ended else f"{min(1.0, info['progress']):4.0%}  "
+                self.note(f"{done}step {info['step']}  train {fields['loss']}  val {fields['val']} nats/char  "
                           f"{fields['rate']} chars/s  {info['elapsed']:.0f}s")
         elif kind == "eval":
             self.val, self.best = info["val_loss"], info["best_val_loss"]

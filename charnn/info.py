@@ -1,0 +1,100 @@
+"""What a checkpoint (or run folder) holds: model, tokenizer, training so far, format version.
+
+`describe` returns plain data (the `--json` output); `summary_lines` turns it into text for people.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import List, Optional
+
+from charnn.checkpoint import load_checkpoint, resolve_checkpoint
+from charnn.metrics import CONFIG_FILE, METRICS_FILE, read_metrics
+from charnn.tokenizer import tokenizer_from_state
+
+VOCAB_PREVIEW = 48  # tokens shown in the vocabulary preview
+_SHOWN = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␠"}
+
+
+def _finite(x) -> Optional[float]:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def show_token(token: str) -> str:
+    """A token as one visible word: whitespace and control characters escaped."""
+    return "".join(_SHOWN.get(c, c if c.isprintable() else c.encode("unicode_escape").decode("ascii"))
+                   for c in token) or "''"
+
+
+def describe(path: Optional[str], root: str = "checkpoints") -> dict:
+    """Everything `charnn info` reports about a .pt file or run folder (default: the newest run)."""
+    ckpt = resolve_checkpoint(path, root)
+    data = load_checkpoint(ckpt)
+    run_dir = ckpt.parent
+    mc, tc = data["model_config"], data.get("train_config") or {}
+    tok = tokenizer_from_state(data["tokenizer"])
+    ids = [i for i in range(tok.vocab_size) if i != tok.unk_id]
+    best = _finite(data.get("best_val_loss"))
+    config_path, metrics_path = run_dir / CONFIG_FILE, run_dir / METRICS_FILE
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    records = read_metrics(metrics_path)
+    return {
+        "checkpoint": str(ckpt), "run_dir": str(run_dir), "format": data.get("format"),
+        "format_version": data.get("version"), "charnn_version": data.get("charnn_version"),
+        "model": {"cell": mc.get("cell"), "layers": mc.get("layers"), "hidden": mc.get("hidden"),
+                  "embed": mc.get("embed"), "dropout": mc.get("dropout"), "vocab_size": mc.get("vocab_size"),
+                  "parameters": sum(t.numel() for t in data["model"].values())},
+        "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size,
+                      "preview": [tok.decode([i]) for i in ids[:VOCAB_PREVIEW]]},
+        "training": {"steps": data.get("step"), "epoch": data.get("epoch"), "chars_seen": data.get("chars_seen"),
+                     "elapsed": _finite(data.get("elapsed")), "val_loss": _finite(data.get("val_loss")),
+                     "best_val_loss": best, "best_val_bits_per_char": None if best is None else best / math.log(2),
+                     "device": data.get("device"), "precision": data.get("precision"),
+                     "batch_size": tc.get("batch_size"), "seq_len": tc.get("seq_len"), "lr": tc.get("lr"),
+                     "seed": tc.get("seed"), "resumable": "optimizer" in data and "progress" in data},
+        "corpus": config.get("corpus"),
+        "metrics": {"path": str(metrics_path), "records": len(records)} if records else None,
+    }
+
+
+def duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _num(x, spec: str = ",") -> str:
+    return "?" if x is None else format(x, spec)
+
+
+def summary_lines(info: dict) -> List[str]:
+    m, t, tr = info["model"], info["tokenizer"], info["training"]
+    shown = " ".join(show_token(p) for p in t["preview"])
+    more = t["vocab_size"] - 1 - len(t["preview"])
+    lines = [
+        f"checkpoint  {info['checkpoint']}  (format {info['format']} v{info['format_version']}, "
+        f"written by charnn {info['charnn_version'] or '?'})",
+        f"model       {m['cell']}, {m['layers']} layers x {m['hidden']} hidden, embed {m['embed']}, "
+        f"dropout {m['dropout']}: {m['parameters']:,} parameters",
+        f"tokenizer   {t['kind']}, {t['vocab_size']} tokens: {shown}" + (f" (+{more} more)" if more > 0 else ""),
+        f"training    {_num(tr['steps'])} steps ({_num(tr['epoch'])} epochs done), {_num(tr['chars_seen'])} "
+        f"characters seen, {duration(tr['elapsed'])} on {tr['device'] or '?'} ({tr['precision'] or '?'})",
+    ]
+    if tr["best_val_loss"] is not None:
+        here = f"; this checkpoint {tr['val_loss']:.4f}" if tr["val_loss"] is not None else ""
+        lines.append(f"            best val {tr['best_val_loss']:.4f} nats/char = "
+                     f"{tr['best_val_bits_per_char']:.3f} bits/char{here}")
+    if tr["batch_size"] is not None:
+        lines.append(f"            batch {tr['batch_size']} x {tr['seq_len']} chars, lr {tr['lr']:g}, seed {tr['seed']}"
+                     + ("; resumable (optimiser state inside)" if tr["resumable"] else ""))
+    if info["corpus"]:
+        lines.append(f"corpus      {info['corpus']}")
+    if info["metrics"]:
+        lines.append(f"metrics     {info['metrics']['path']} ({info['metrics']['records']} records)")
+    return lines

@@ -1,0 +1,159 @@
+"""The run's own record: `metrics.jsonl` (one JSON object per logged step) and `config.json`.
+
+`MetricsLogger` is an `on_event` callback for the Trainer; `Callbacks` fans one event out to several, so
+logging, the progress bar and sample previews hang off the loop without living in it.
+
+A record holds `step`, `epoch` (fractional), `train_loss` (mean over the steps since the previous record,
+nats per token), `lr`, `chars_per_sec`, `elapsed` (seconds since the run began, resumed time included) and,
+at evaluation steps, `val_loss` (nats per character). A record is written every `every` steps, at every
+evaluation and at the last step, so `step` always increases along the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from charnn import __version__
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+
+
+class Callbacks:
+    """One `on_event` callback that calls several in order; `add` may be called after the Trainer exists."""
+
+    def __init__(self, *callbacks: Optional[Callable[[str, dict], None]]):
+        self.callbacks = [c for c in callbacks if c is not None]
+
+    def add(self, callback):
+        self.callbacks.append(callback)
+        return callback
+
+    def __call__(self, kind: str, info: dict) -> None:
+        for callback in self.callbacks:
+            callback(kind, info)
+
+
+def run_config(trainer, corpus_source: str) -> dict:
+    """What config.json holds: the model and training configs, the tokenizer and where the text came from."""
+    return {"charnn_version": __version__, "corpus": corpus_source, "model": asdict(trainer.model_cfg),
+            "train": asdict(trainer.cfg),
+            "tokenizer": {"kind": trainer.tokenizer.kind, "vocab_size": trainer.tokenizer.vocab_size}}
+
+
+def _finite(x) -> Optional[float]:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_metrics(path: Path) -> List[dict]:
+    """The records of a metrics.jsonl; a half-written last line (a crash mid-write) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            records.append(rec)
+    return records
+
+
+def curves(records: List[dict]):
+    """(train, val): lists of (step, loss) for the records that carry each."""
+    train = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
+    val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    return train, val
+
+
+class MetricsLogger:
+    """Appends one record per logged step to run_dir/metrics.jsonl and writes run_dir/config.json at start.
+
+    A fresh run starts the file anew (its checkpoints are replaced too); a resumed run keeps the records up
+    to the step it resumes from and drops later ones (steps that are about to be trained again).
+    """
+
+    def __init__(self, run_dir: Path, every: int = 10, resume: bool = False, config: Optional[dict] = None):
+        self.path, self.every, self.resume, self.config = Path(run_dir) / METRICS_FILE, max(1, every), resume, config
+        self.pending: Optional[dict] = None  # the record of the latest step, waiting for a possible val_loss
+        self.last_step_info: Optional[dict] = None
+        self.last_written = -1
+        self._loss_sum, self._loss_n = 0.0, 0
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "start":
+            self._start(info.get("step", 0))
+        elif kind == "step":
+            self._flush()
+            self._loss_sum, self._loss_n = self._loss_sum + info["loss"], self._loss_n + 1
+            self.last_step_info = info
+            if info["step"] % self.every == 0:
+                self.pending = self._record(info)
+        elif kind == "eval":
+            rec = self.pending if self.pending and self.pending["step"] == info["step"] else None
+            if rec is None:
+                last = self.last_step_info
+                rec = self._record(last) if last and last["step"] == info["step"] else {"step": info["step"]}
+            rec["val_loss"] = _finite(info["val_loss"])
+            self.pending = rec
+            self._flush()
+        elif kind == "done":
+            self.close()
+
+    def close(self) -> None:
+        """Write what is pending, and the last step if no record has it yet (safe to call twice)."""
+        self._flush()
+        last = self.last_step_info
+        if last is not None and last["step"] > self.last_written:
+            self.pending = self._record(last)
+            self._flush()
+
+    def _start(self, step: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.resume:
+            kept = [r for r in read_metrics(self.path) if r["step"] <= step]
+            self.last_written = kept[-1]["step"] if kept else -1
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            if not self.path.is_file() or self.path.read_text(encoding="utf-8") != text:
+                write_text_atomic(self.path, text)
+        else:
+            write_text_atomic(self.path, "")
+        if self.config is not None:
+            write_text_atomic(self.path.parent / CONFIG_FILE, json.dumps(self.config, indent=2) + "\n")
+
+    def _record(self, info: dict) -> dict:
+        train_loss = self._loss_sum / self._loss_n if self._loss_n else info["loss"]
+        self._loss_sum, self._loss_n = 0.0, 0
+        return {"step": info["step"], "epoch": round(info["epoch"], 4), "train_loss": _finite(train_loss),
+                "lr": info["lr"], "chars_per_sec": round(info["chars_per_sec"], 1),
+                "elapsed": round(info["elapsed"], 3)}
+
+    def _flush(self) -> None:
+        rec, self.pending = self.pending, None
+        if rec is None or rec["step"] <= self.last_written:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        self.last_written = rec["step"]
