@@ -92,7 +92,9 @@ class MetricsLogger:
     """Appends one record per logged step to run_dir/metrics.jsonl and writes run_dir/config.json at start.
 
     A fresh run starts the file anew (its checkpoints are replaced too); a resumed run keeps the records up
-    to the step it resumes from and drops later ones (steps that are about to be trained again).
+    to the step it resumes from and drops later ones (steps that are about to be trained again). Nothing is
+    written before the run's first checkpoint save: a run that fails before it leaves an existing run folder
+    of the same name untouched. Until then records wait in memory.
     """
 
     def __init__(self, run_dir: Path, every: int = 10, resume: bool = False, config: Optional[dict] = None):
@@ -101,10 +103,18 @@ class MetricsLogger:
         self.last_step_info: Optional[dict] = None
         self.last_written = -1
         self._loss_sum, self._loss_n = 0.0, 0
+        self.start_step: Optional[int] = None  # set by "start"; files are opened at the first "saved"
+        self.backlog: List[dict] = []
 
     def __call__(self, kind: str, info: dict) -> None:
         if kind == "start":
-            self._start(info.get("step", 0))
+            self.start_step = info.get("step", 0)
+        elif kind == "saved" and self.start_step is not None:
+            self._start(self.start_step)
+            self.start_step = None
+            backlog, self.backlog = self.backlog, []
+            for rec in backlog:
+                self._append(rec)
         elif kind == "step":
             self._flush()
             self._loss_sum, self._loss_n = self._loss_sum + info["loss"], self._loss_n + 1
@@ -153,6 +163,15 @@ class MetricsLogger:
     def _flush(self) -> None:
         rec, self.pending = self.pending, None
         if rec is None or rec["step"] <= self.last_written:
+            return
+        if self.start_step is not None:  # no checkpoint saved yet: keep it in memory
+            if not self.backlog or rec["step"] > self.backlog[-1]["step"]:
+                self.backlog.append(rec)
+            return
+        self._append(rec)
+
+    def _append(self, rec: dict) -> None:
+        if rec["step"] <= self.last_written:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")

@@ -62,6 +62,7 @@ def test_train_loss_is_the_mean_since_the_previous_record(tmp_path):
     log("start", {"step": 0})
     for s, loss in enumerate([3.0, 2.0, 1.0, 6.0, 4.0], start=1):
         log("step", step_event(s, loss))
+    log("saved", {"path": "last.pt", "step": 5})  # the trainer saves before it reports the evaluation
     log("eval", eval_event(5, 0.5))
     log("done", {})
     records = read_metrics(tmp_path / "metrics.jsonl")
@@ -74,14 +75,30 @@ def test_a_fresh_run_starts_the_file_anew_and_a_resume_keeps_it(tmp_path):
     resumed = MetricsLogger(tmp_path, every=1, resume=True)
     resumed("start", {"step": 2})  # resuming from step 2: steps 3 and 4 are about to be trained again
     resumed("step", step_event(3))
+    resumed("saved", {"path": "last.pt", "step": 3})
     resumed("done", {})
     assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
     fresh = MetricsLogger(tmp_path, every=1)
     fresh("start", {"step": 0})
     fresh("step", step_event(1))
+    fresh("saved", {"path": "last.pt", "step": 1})
     fresh.close()
     fresh.close()  # closing twice writes nothing twice
     assert [r["step"] for r in read_metrics(path)] == [1]
+
+
+def test_nothing_is_written_before_the_first_checkpoint_save(tmp_path):
+    # a run that fails before saving must leave an existing run folder of the same name untouched
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 7, "train_loss": 1.0}\n')
+    log = MetricsLogger(tmp_path, every=1, config={"a": 1})
+    log("start", {"step": 0})
+    log("step", step_event(1))
+    log("step", step_event(2))
+    log.close()
+    assert path.read_text() == '{"step": 7, "train_loss": 1.0}\n' and not (tmp_path / "config.json").exists()
+    log("saved", {"path": "last.pt", "step": 2})
+    assert [r["step"] for r in read_metrics(path)] == [1, 2] and (tmp_path / "config.json").exists()
 
 
 def test_a_half_written_last_line_is_skipped(tmp_path):
@@ -154,7 +171,7 @@ def test_no_terminal_means_plain_periodic_lines():
     view, out = _plain_view(every=0)
     assert not view.live and view.progress is None
     lines = out.splitlines()
-    assert lines[:3] == [f"{s:3d}%  step {s}  train 2.5000  val —  100 chars/s  0s" for s in (1, 2, 3)]
+    assert lines[:3] == [f"{s:3d}%  step {s}  train 2.5000  val — nats/char  100 chars/s  0s" for s in (1, 2, 3)]
     assert "step 3: val 1.2500 nats/char" in lines[3]
     assert not ANSI.search(out)
     _, sparse = _plain_view(every=3600)  # a long period: only the first step gets a line

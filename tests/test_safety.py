@@ -218,7 +218,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, corpus_txt, monkeyp
     r = invoke("train", corpus_txt, "--out", tmp_path, "--max-steps", "6", "--eval-every", "3", *SMALL)
     one_line_error(r, 1, "No space left on device", "last.pt is kept")
     run = tmp_path / "text"
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt"]  # no temp file left behind
+    names = sorted(p.name for p in run.iterdir())
+    assert {"best.pt", "last.pt"} <= set(names) and not [n for n in names if n.endswith(".tmp")]  # no temp file
     assert load_checkpoint(run / "last.pt")["step"] == 3
 
 

@@ -229,7 +229,8 @@ def bpe_run(tmp_path_factory):
 def test_training_leaves_no_stray_files(bpe_run):
     work, r = bpe_run
     assert sorted(p.name for p in work.iterdir()) == ["checkpoints", "corpus.txt"]
-    assert sorted(p.name for p in (work / "checkpoints" / "corpus").iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in (work / "checkpoints" / "corpus").iterdir()) == ["best.pt", "config.json", "last.pt",
+                                                                               "metrics.jsonl"]
     assert "bpe tokenizer ready" in r.stderr and "nats/char" in r.stderr and r.stdout == ""
 
 
