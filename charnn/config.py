@@ -24,9 +24,9 @@ class ModelConfig:
     vocab_size: int  # tokens the embedding and head cover (set by the tokenizer)
     cell: str = "lstm"  # recurrent cell: lstm, gru or rnn (tanh)
     layers: int = 2  # stacked recurrent layers
-    hidden: int = 512  # hidden units per layer
+    hidden: int = 256  # hidden units per layer
     embed: int = 64  # embedding width
-    dropout: float = 0.0  # dropout between layers and before the head
+    dropout: float = 0.1  # dropout between layers and before the head
 
     def validate(self) -> "ModelConfig":
         problems = []
@@ -48,10 +48,10 @@ class TrainConfig:
     name: Optional[str] = None  # run name (default: the corpus file's stem)
     val_frac: float = 0.1  # last fraction of the text held out for validation
     val_file: Optional[str] = None  # a separate validation file instead of val_frac
-    batch_size: int = 32  # contiguous streams per batch
+    batch_size: int = 64  # contiguous streams per batch
     seq_len: int = 128  # characters per stream per step (truncated BPTT length)
-    lr: float = 3e-3  # peak learning rate (AdamW)
-    weight_decay: float = 0.01  # AdamW weight decay on matrices
+    lr: float = 1e-2  # peak learning rate (AdamW)
+    weight_decay: float = 0.1  # AdamW weight decay on matrices
     warmup: int = 50  # linear warm-up steps
     min_lr_frac: float = 0.05  # the schedule decays to lr * min_lr_frac
     grad_clip: float = 1.0  # max global gradient norm (0 disables)

@@ -33,7 +33,7 @@ def test_info_json_describes_the_checkpoint(cli_run, corpus_file):
     data = torch.load(cli_run / "best.pt", weights_only=True)
     assert info["checkpoint"] == str(cli_run / "best.pt")
     assert info["format"] == "charnn" and info["format_version"] == 1
-    assert info["model"] == {"cell": "lstm", "layers": 2, "hidden": 24, "embed": 8, "dropout": 0.0,
+    assert info["model"] == {"cell": "lstm", "layers": 2, "hidden": 24, "embed": 8, "dropout": 0.1,
                              "vocab_size": data["model_config"]["vocab_size"],
                              "parameters": sum(t.numel() for t in data["model"].values())}
     text = corpus_file.read_text()
@@ -56,7 +56,7 @@ def test_info_text_has_the_facts_and_the_curve(cli_run):
     assert r.exit_code == 0, r.stderr
     out = r.stdout
     assert "format charnn v1" in out
-    assert f"lstm, 2 layers x 24 hidden, embed 8, dropout 0.0: {facts['model']['parameters']:,} parameters" in out
+    assert f"lstm, 2 layers x 24 hidden, embed 8, dropout 0.1: {facts['model']['parameters']:,} parameters" in out
     assert f"char, {facts['tokenizer']['vocab_size']} tokens: \\n ␠ a b" in out
     assert f"{facts['training']['steps']} steps" in out and "on cpu (fp32)" in out
     assert f"{facts['training']['best_val_bits_per_char']:.3f} bits/char" in out
