@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 from typing import Optional
 
 import torch
@@ -52,3 +54,24 @@ def autocast(device: torch.device, precision: str):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory instead of handing big blocks back to the OS at every step.
+
+    A training step allocates and frees activations of tens of MB (2x256 LSTM, batch 64 x 128: the gate
+    buffer alone is 33 MB); glibc serves blocks that size with mmap and returns them with munmap, so every
+    step page-faults its memory in again. Measured on the 2-core CI machine: 29k -> 44k chars/s, system time
+    6.2 s -> 0.4 s over 35 steps (benchmarks/TRAINING.md). Peak memory is unchanged; it is just not returned.
+    Returns whether it took effect (only on glibc Linux).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False

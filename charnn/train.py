@@ -21,7 +21,7 @@ from charnn.checkpoint import save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.corpus import Corpus, read_text
 from charnn.data import StreamBatches, split_text
-from charnn.device import autocast, resolve_device, resolve_precision
+from charnn.device import autocast, keep_freed_memory, resolve_device, resolve_precision
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN, detach_state
@@ -134,6 +134,8 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         torch.manual_seed(cfg.seed)
 
         if cfg.val_file:

@@ -68,3 +68,10 @@ def test_detach_state_cuts_the_graph():
     _, state = model(torch.randint(0, 7, (2, 3)))
     assert all(s.requires_grad for s in state)
     assert not any(s.requires_grad for s in detach_state(state))
+
+
+def test_keep_freed_memory_takes_effect_on_linux():
+    import sys
+
+    from charnn.device import keep_freed_memory
+    assert keep_freed_memory() is sys.platform.startswith("linux")
