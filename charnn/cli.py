@@ -127,7 +127,8 @@ def train(
     dropout: Annotated[float, typer.Option(help="Dropout between layers and before the head.")] = 0.1,
     val_frac: Annotated[float, typer.Option(help="Last fraction of the text held out for validation.")] = 0.1,
     val_file: Annotated[Optional[str], typer.Option(help="Validate on this file instead (trains on all of CORPUS).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Contiguous streams per batch.")] = 64,
+    batch_size: Annotated[Optional[int], typer.Option(help="Contiguous streams per batch [default: 64 on the CPU, "
+                                                           "256 on a CUDA GPU].", show_default=False)] = None,
     seq_len: Annotated[int, typer.Option(help="Characters per stream per step (BPTT length).")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-2,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 50,

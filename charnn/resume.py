@@ -39,7 +39,8 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     `given`, since they are how the run was found. Changing the data layout or the model is refused."""
     old = from_dict(TrainConfig, saved.get("train_config", {}))
     names = set(asdict(given)) if explicit is None else set(explicit)
-    merged = {**asdict(old), **{k: v for k, v in asdict(given).items() if k in names | {"out", "name"}}}
+    given_values = {k: v for k, v in asdict(given).items() if not (k == "batch_size" and v is None)}  # None: auto
+    merged = {**asdict(old), **{k: v for k, v in given_values.items() if k in names | {"out", "name"}}}
     flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
     problems = [f"{flag(k)} {merged[k]} (the run used {getattr(old, k)})"
                 for k in FIXED_ON_RESUME if merged[k] != getattr(old, k)]

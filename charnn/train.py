@@ -10,7 +10,7 @@ import random
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -21,7 +21,7 @@ from charnn.checkpoint import save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.corpus import Corpus, read_text
 from charnn.data import StreamBatches, split_text
-from charnn.device import autocast, keep_freed_memory, resolve_device, resolve_precision
+from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device, resolve_precision
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN, detach_state
@@ -131,6 +131,8 @@ class Trainer:
             self.cfg = cfg = resume_config(resumed, cfg, model_cfg, explicit)
         self.resumed = resumed is not None
         self.device = resolve_device(cfg.device)
+        if cfg.batch_size is None:
+            self.cfg = cfg = replace(cfg, batch_size=default_batch_size(self.device))
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)

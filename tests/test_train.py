@@ -79,3 +79,14 @@ def test_patience_stops_an_open_ended_run(tmp_path):
                                                        "eval_every": 2, "patience": 2})
     result = train(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
     assert result.stopped == "patience"
+
+
+def test_batch_size_defaults_by_device(tmp_path):
+    from charnn.train import Trainer
+    text = make_text(3000, seed=4)
+    cfg = TrainConfig(out=str(tmp_path), name="auto", device="cpu", max_steps=1)
+    assert cfg.batch_size is None
+    trainer = Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
+    assert trainer.cfg.batch_size == 64 and trainer.batches.batch_size == 64
+    from charnn.device import default_batch_size
+    assert default_batch_size(torch.device("cuda")) == 256
