@@ -38,11 +38,6 @@ class CharRNN(nn.Module):
                     with torch.no_grad():
                         p[H:2 * H].fill_(0.0)
 
-    def init_state(self, batch: int, device=None) -> State:
-        c = self.config
-        zeros = torch.zeros(c.layers, batch, c.hidden, device=device)
-        return (zeros, zeros.clone()) if c.cell == "lstm" else zeros
-
     def forward(self, x: torch.Tensor, state: Optional[State] = None) -> Tuple[torch.Tensor, State]:
         """x: (B, T) ids -> logits (B, T, V) and the state after the last step."""
         h, state = self.rnn(self.embed(x), state)  # (B, T, H)
