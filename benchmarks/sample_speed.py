@@ -2,9 +2,15 @@
 
 For a 2x512 LSTM with random weights (vocab 65), times the real sampler (decoding, Gumbel draws and
 flushing included) for: the naive way (the model's nn.LSTM called once per character with carried state),
-one stream and 64 streams with the fast stepper. Prints a table and writes JSON.
+the fast stepper in fp32 and with --int8 weights, for 1 and 64 streams. In the same run it measures the
+ceiling one fp32 stream can reach here: the time of the step's matrix-vector products alone (they read all
+the recurrent weights, so that is the memory/cache bandwidth bound). With --checkpoint and --text it also
+scores the text (the last --chars characters) by stepping the model in fp32 and in int8, to show what
+int8 costs in nats per character. Prints a table and writes JSON.
 
-    nice -n 19 python benchmarks/sample_speed.py --threads 2 --seconds 5
+    python benchmarks/sample_speed.py --threads 2 --seconds 4
+    python benchmarks/sample_speed.py --checkpoint checkpoints/tinyshakespeare/best.pt \
+        --text ../shared/corpora/tinyshakespeare.txt
 """
 
 from __future__ import annotations
@@ -18,18 +24,30 @@ from pathlib import Path
 
 import torch
 
+from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig, SampleConfig
 from charnn.model import CharRNN
 from charnn.sample import Sampler
+from charnn.stepper import FastStepper
 from charnn.tokenizer import CharTokenizer
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
 
 CHARS = "\n !$&',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 64 characters + unknown = 65
 
 
-def chars_per_second(model, tokenizer, device, streams: int, fast: bool, seconds: float) -> dict:
+def chars_per_second(model, tokenizer, device, streams: int, fast: bool, seconds: float, int8: bool = False) -> dict:
     """Run the sampler long enough to take about `seconds`, after a short run that sizes it."""
     def once(length):
-        cfg = SampleConfig(length=length, num_samples=streams, prime="\n")
+        cfg = SampleConfig(length=length, num_samples=streams, prime="\n", int8=int8)
         sampler = Sampler(model, tokenizer, cfg, device, seed=0, fast=fast)
         t0 = time.perf_counter()
         for _ in sampler:
@@ -41,7 +59,33 @@ def chars_per_second(model, tokenizer, device, streams: int, fast: bool, seconds
     n, dt = once(64)
     length = max(64, int(seconds * n / dt / streams))
     n, dt = once(length)
-    return {"streams": streams, "fast": fast, "chars": n, "seconds": round(dt, 3), "chars_per_s": round(n / dt, 1)}
+    return {"streams": streams, "fast": fast, "int8": int8, "chars": n, "seconds": round(dt, 3),
+            "chars_per_s": round(n / dt, 1)}
+
+
+def gemv_ceiling(model, seconds: float) -> float:
+    """Steps per second of the fp32 stepper's matrix products alone (one stream): the bound set by reading
+    every recurrent weight once per character from wherever it lives in the memory hierarchy."""
+    st = FastStepper(model, 1)
+    mats = [(st.h[0], st.w_hh[0])] + [(st.inputs[l], st.w_cat[l]) for l in range(1, st.L)]
+    outs = [torch.empty(1, w.shape[1]) for _, w in mats]
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(50):
+            for (x, w), o in zip(mats, outs):
+                torch.mm(x, w, out=o)
+        n += 50
+    return n / (time.perf_counter() - t0)
+
+
+def score_by_stepping(model, tokenizer, text: str, int8: bool) -> float:
+    """Nats per character of `text` under the stepper (fp32 or int8), one token at a time."""
+    ids = torch.from_numpy(tokenizer.encode(text)).long()
+    st, total = FastStepper(model, 1, int8=int8), 0.0
+    with torch.inference_mode():
+        for a, b in zip(ids[:-1], ids[1:]):
+            total -= torch.log_softmax(st.step(a.view(1)).double(), -1)[0, b].item()
+    return total / (len(text) - 1)
 
 
 def main() -> None:
@@ -52,38 +96,61 @@ def main() -> None:
     ap.add_argument("--cell", default="lstm")
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--checkpoint", help="time (and score) this trained model instead of random weights")
+    ap.add_argument("--text", help="with --checkpoint: score the last --chars characters of this file, fp32 vs int8")
+    ap.add_argument("--chars", type=int, default=20000)
     ap.add_argument("--out", default="benchmarks/results/sample_speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    tokenizer = CharTokenizer(list(CHARS))
-    model = CharRNN(ModelConfig(vocab_size=tokenizer.vocab_size, cell=args.cell, layers=args.layers,
-                                hidden=args.hidden, embed=64)).to(device).eval()
+    if args.checkpoint:
+        model, tokenizer = build_from_checkpoint(load_checkpoint(args.checkpoint), device)
+        c = model.config
+        args.cell, args.layers, args.hidden = c.cell, c.layers, c.hidden
+    else:
+        tokenizer = CharTokenizer(list(CHARS))
+        model = CharRNN(ModelConfig(vocab_size=tokenizer.vocab_size, cell=args.cell, layers=args.layers,
+                                    hidden=args.hidden, embed=64)).to(device)
+    model.eval()
 
-    runs = [("naive: nn.LSTM per char", 1, False), ("fast stepper", 1, True),
-            ("naive: nn.LSTM per char", 64, False), ("fast stepper", 64, True)]
+    cpu = device.type == "cpu"
+    runs = [("naive: nn.LSTM per char", 1, False, False), ("fast stepper", 1, True, False)]
+    runs += [("fast stepper, int8", 1, True, True)] if cpu else []
+    runs += [("naive: nn.LSTM per char", 64, False, False), ("fast stepper", 64, True, False)]
+    runs += [("fast stepper, int8", 64, True, True)] if cpu else []
     results = []
-    for label, streams, fast in runs:
-        r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds)
+    for label, streams, fast, int8 in runs:
+        r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8)
         results.append({"label": label, **r})
+    ceiling = gemv_ceiling(model, args.seconds) if cpu else None
     naive = {r["streams"]: r["chars_per_s"] for r in results if not r["fast"]}
     for r in results:
         r["vs_naive_1_stream"] = round(r["chars_per_s"] / naive[1], 2)
         r["vs_naive_same_streams"] = round(r["chars_per_s"] / naive[r["streams"]], 2)
 
     print(f"{args.layers}x{args.hidden} {args.cell}, vocab {tokenizer.vocab_size}, {device}, {args.threads} threads, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}, {cpu_name() if cpu else torch.cuda.get_device_name()}")
     print(f"{'sampler':<26}{'streams':>8}{'chars':>10}{'seconds':>9}{'chars/s':>12}{'x naive(1)':>12}{'x naive(same)':>15}")
     for r in results:
         print(f"{r['label']:<26}{r['streams']:>8}{r['chars']:>10,}{r['seconds']:>9.2f}{r['chars_per_s']:>12,.0f}"
               f"{r['vs_naive_1_stream']:>12.1f}{r['vs_naive_same_streams']:>15.1f}")
+    quality = None
+    if ceiling:
+        print(f"fp32 one-stream ceiling (the step's matrix products alone): {ceiling:,.0f} chars/s")
+    if args.checkpoint and args.text and cpu:
+        text = Path(args.text).read_text(encoding="utf-8")[-args.chars:]
+        quality = {"chars": len(text), "fp32": score_by_stepping(model, tokenizer, text, False),
+                   "int8": score_by_stepping(model, tokenizer, text, True)}
+        print(f"nats/char on the last {len(text):,} characters of {args.text}: fp32 {quality['fp32']:.4f}, "
+              f"int8 {quality['int8']:.4f} ({quality['int8'] - quality['fp32']:+.4f})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": f"{args.layers}x{args.hidden} {args.cell}", "vocab": tokenizer.vocab_size, "device": str(device),
-            "threads": args.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
-    out.write_text(json.dumps({**meta, "results": results}, indent=2))
+            "threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "checkpoint": args.checkpoint}
+    out.write_text(json.dumps({**meta, "results": results, "fp32_gemv_ceiling_chars_per_s": ceiling,
+                               "quality_nats_per_char": quality}, indent=2))
     print(f"wrote {out}")
 
 

@@ -67,6 +67,7 @@ class TrainConfig:
     tokenizer: str = "char"  # char, or bpe / unigram: sentencepiece trained on the training split
     vocab_size: Optional[int] = None  # bpe/unigram vocabulary size (default 1024)
     save_every_secs: float = 60.0  # also refresh last.pt when this many seconds passed since the last save (0: off)
+    compile: bool = False  # torch.compile the model (opt-in: it pays off only on long runs, see benchmarks/TRAINING.md)
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -130,6 +131,7 @@ class SampleConfig:
     stop: Optional[str] = None  # a sample ends right after the first occurrence of this in its generated text
     seed: Optional[int] = None  # random seed (None: a fresh one, reported on stderr)
     device: str = "auto"  # auto, cpu, cuda or mps
+    int8: bool = False  # int8 recurrent weights (CPU, fbgemm): about 2-3x faster, a close approximation
 
     def validate(self) -> "SampleConfig":
         problems = []

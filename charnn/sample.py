@@ -116,7 +116,7 @@ class Sampler:
             return
         scale = 1.0 if cfg.greedy else 1.0 / cfg.temperature
         banned = [] if self.tokenizer.unk_id is None else [self.tokenizer.unk_id]
-        stepper = make_stepper(self.model, B, scale, banned, fast=self.fast)
+        stepper = make_stepper(self.model, B, scale, banned, fast=self.fast, int8=cfg.int8)
         logits = self._condition(stepper, start_ids(self.tokenizer, self.prime))
         decoders = [self.tokenizer.decoder() for _ in range(B)]
         stops = [StopFinder(cfg.stop) for _ in range(B)]

@@ -5,16 +5,22 @@ for speed: per-layer weights pre-transposed and contiguous, biases fused, the em
 layer 0's input weights into a (V, G*H) table (so layer 0's input projection is a row lookup), for the
 LSTM and RNN the input and recurrent weights of layers 1+ stacked so one addmm does both, and every
 intermediate written into buffers allocated once. One call of `step` costs about 20 tensor ops.
+With `int8=True` the recurrent matrices are stored as int8 (per output row scales) and multiplied by
+fbgemm's dynamically quantized linear: a quarter of the bytes to stream per step, which is what bounds
+one stream's speed on a CPU. It is an approximation (see benchmarks/SAMPLING.md for its measured cost).
 `ModuleStepper` calls the model itself once per token; `make_stepper` falls back to it for anything
 the fast path does not cover.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import warnings
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+
+from charnn.errors import CharnnError
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -46,13 +52,50 @@ class ModuleStepper:
         return logits
 
 
+MatMul = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, out) -> out
+
+
+def _pack_int8(w_t: torch.Tensor, bias: Optional[torch.Tensor]):
+    """fbgemm's packed form of W (given transposed, (in, out)) as int8 with one scale per output row."""
+    w = w_t.t().float().contiguous()  # (out, in)
+    scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
+    zero = torch.zeros(w.shape[0], dtype=torch.long)
+    try:
+        with warnings.catch_warnings():  # torch flags quantized tensors as deprecated; the kernels remain
+            warnings.simplefilter("ignore")
+            q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+            return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.float().contiguous())
+    except (RuntimeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CharnnError(f"--int8 needs a torch build with fbgemm quantized kernels (x86 CPUs): {first}") from None
+
+
+def _affine(w_t: torch.Tensor, bias: torch.Tensor, int8: bool) -> MatMul:
+    """out = x @ W + bias."""
+    if not int8:
+        return lambda x, out: torch.addmm(bias, x, w_t, out=out)
+    packed = _pack_int8(w_t, bias)
+    return lambda x, out: out.copy_(torch.ops.quantized.linear_dynamic(x, packed))
+
+
+def _accumulate(w_t: torch.Tensor, int8: bool) -> MatMul:
+    """out += x @ W."""
+    if not int8:
+        return lambda x, out: out.addmm_(x, w_t)
+    packed = _pack_int8(w_t, None)
+    return lambda x, out: out.add_(torch.ops.quantized.linear_dynamic(x, packed))
+
+
 class FastStepper:
     """The same computation as the model's forward, one token per call, from pre-arranged weights."""
 
-    def __init__(self, model: nn.Module, batch: int, logit_scale: float = 1.0, banned: Sequence[int] = ()):
+    def __init__(self, model: nn.Module, batch: int, logit_scale: float = 1.0, banned: Sequence[int] = (),
+                 int8: bool = False):
         if not _supported(model):
             raise NotImplementedError("FastStepper covers single-direction LSTM/GRU/tanh-RNN CharRNNs")
         rnn, cfg = model.rnn, model.config
+        if int8 and rnn.weight_hh_l0.device.type != "cpu":
+            raise CharnnError("--int8 is for sampling on the CPU (fbgemm kernels); on a GPU leave it out")
         self.cell, self.L, self.H, self.B = cfg.cell, rnn.num_layers, rnn.hidden_size, batch
         H, G, L = self.H, GATES[cfg.cell], self.L
         w = {name: p.detach() for name, p in rnn.named_parameters()}
@@ -75,6 +118,14 @@ class FastStepper:
                 bias[list(banned)] = float("-inf")  # never drawn, at no cost per step
             self.w_head = (model.head.weight.detach() * logit_scale).t().contiguous()  # (H, V)
             self.b_head = bias * logit_scale
+            # The recurrent products, as functions of (x, out): fp32 addmm, or int8 weights. The head stays
+            # fp32 (it is small, and the logits are what the draw sees).
+            self.mm_hh = [_accumulate(self.w_hh[0], int8) if fuse_hh else _affine(self.w_hh[0], self.b_hh[0], int8)]
+            for l in range(1, L):
+                self.mm_hh.append(_affine(self.w_cat[l], self.b_ih[l], int8) if fuse_hh
+                                  else _affine(self.w_hh[l], self.b_hh[l], int8))
+            self.mm_ih = [None] + ([_affine(self.w_ih[l], self.b_ih[l], int8) for l in range(1, L)]
+                                   if not fuse_hh else [None] * (L - 1))
 
         # State and scratch, allocated once. hs holds every layer's h side by side: (B, L*H).
         self.hs = torch.zeros(batch, L * H, device=dev, dtype=dt)
@@ -116,11 +167,11 @@ class FastStepper:
             g = self.gates[l]
             if self.cell == "gru":
                 if l > 0:
-                    torch.addmm(self.b_ih[l], self.h[l - 1], self.w_ih[l], out=g)
+                    self.mm_ih[l](self.h[l - 1], g)
             elif l == 0:
-                g.addmm_(self.h[0], self.w_hh[0])
+                self.mm_hh[0](self.h[0], g)  # += h0 @ W_hh
             else:
-                torch.addmm(self.b_ih[l], self.inputs[l], self.w_cat[l], out=g)
+                self.mm_hh[l](self.inputs[l], g)  # [h_{l-1} | h_l] @ [W_ih ; W_hh] + b
             self._cell(l, g)
         return torch.addmm(self.b_head, self.h[-1], self.w_head, out=self.logits)
 
@@ -134,7 +185,7 @@ class FastStepper:
     def _gru(self, l: int, g: torch.Tensor) -> None:
         g_rz, g_n, gh_rz, gh_n, a_rz, r, z, n = self.views[l]
         h = self.h[l]
-        torch.addmm(self.b_hh[l], h, self.w_hh[l], out=self.gh[l])
+        self.mm_hh[l](h, self.gh[l])  # W_hh h + b_hh
         torch.sigmoid(g_rz.add_(gh_rz), out=a_rz)
         torch.tanh(g_n.addcmul_(r, gh_n), out=n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
         torch.sub(h, n, out=self.tmp[l])
@@ -163,12 +214,14 @@ def _gate_order(cell: str, H: int, device) -> torch.Tensor:
 
 
 def make_stepper(model: nn.Module, batch: int, logit_scale: float = 1.0, banned: Sequence[int] = (),
-                 fast: Optional[bool] = None):
+                 fast: Optional[bool] = None, int8: bool = False):
     """A FastStepper where the model allows one (or `fast=False` asks for the plain way), else a ModuleStepper."""
-    if fast is not False:
+    if fast is not False or int8:
         try:
-            return FastStepper(model, batch, logit_scale, banned)
+            return FastStepper(model, batch, logit_scale, banned, int8=int8)
         except NotImplementedError:
+            if int8:
+                raise CharnnError("--int8 covers charnn's LSTM, GRU and RNN models only") from None
             if fast:
                 raise
     return ModuleStepper(model, batch, logit_scale, banned)
