@@ -144,6 +144,9 @@ def train(
     device: Device = "auto",
     precision: Annotated[str, typer.Option(help=f"Autocast precision: {', '.join(PRECISIONS)}.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's choice).")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model's training forward "
+                                                            "(opt-in; see benchmarks/TRAINING.md for when it "
+                                                            "pays).")] = False,
     encoding: Annotated[str, typer.Option(help="Text encoding of CORPUS and --val-file.")] = "utf-8",
     resume: Annotated[bool, typer.Option(help="Continue run NAME from its last.pt (its saved settings; "
                                               "flags given now, e.g. a larger --max-steps, override).")] = False,
@@ -177,7 +180,7 @@ def train(
                           seed=seed, max_steps=max_steps, max_time=parse_duration(max_time) if max_time else None,
                           epochs=epochs, patience=patience, eval_every=eval_every, device=device,
                           precision=precision, threads=threads, tokenizer=tokenizer,
-                          vocab_size=vocab_size, save_every_secs=save_every_secs).validate()
+                          vocab_size=vocab_size, save_every_secs=save_every_secs, compile=compile).validate()
         stop = StopRequest()
         with graceful_signals(stop):
             corpus = load_corpus(corpus, encoding)

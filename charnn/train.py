@@ -161,6 +161,8 @@ class Trainer:
             model_cfg.vocab_size = self.tokenizer.vocab_size
         self.model_cfg = model_cfg.validate()
         self.model = CharRNN(self.model_cfg).to(self.device)
+        # the training forward: the model, or its torch.compile'd twin (same weights; saves use self.model)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.opt = make_optimizer(self.model, cfg, self.device)
         self.step, self.epoch, self.window, self.offset = 0, 0, 0, 0
         self.best_val, self.last_val, self.bad_evals, self.chars_seen = math.inf, math.inf, 0, 0
@@ -315,7 +317,7 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, self.schedule_progress(), self.cfg)
         with autocast(self.device, self.precision):
-            logits, self.state = self.model(x, self.state)
+            logits, self.state = self._forward(x)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -328,6 +330,17 @@ class Trainer:
         self.state = detach_state(self.state)
         self.step += 1
         return value
+
+    def _forward(self, x: torch.Tensor):
+        if self.forward is self.model:
+            return self.model(x, self.state)
+        try:
+            return self.forward(x, self.state)
+        except Exception as e:  # inductor needs a working C++ (CPU) or Triton (GPU) toolchain
+            if isinstance(e, (KeyboardInterrupt, MemoryError)):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise CharnnError(f"--compile failed ({type(e).__name__}: {first}); train without --compile") from None
 
     def fit(self) -> TrainResult:
         cfg, B, T = self.cfg, self.cfg.batch_size, self.cfg.seq_len
