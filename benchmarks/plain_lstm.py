@@ -37,6 +37,20 @@ class PlainLSTM(nn.Module):
         return self.head(h), state
 
 
+def plain_step(model: nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor, batch: int, seq: int) -> float:
+    """One step as the PyTorch examples write it: random windows, zero initial state, Adam, clipping."""
+    starts = torch.randint(0, len(ids) - seq - 1, (batch,))
+    x = torch.stack([ids[s:s + seq] for s in starts])
+    y = torch.stack([ids[s + 1:s + seq + 1] for s in starts])
+    logits, _ = model(x)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    opt.step()
+    return loss.item()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default=str(CORPUS))
@@ -60,15 +74,7 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     t0, steps = time.perf_counter(), 0
     while time.perf_counter() - t0 < args.budget:
-        starts = torch.randint(0, len(train_ids) - args.seq - 1, (args.batch,))
-        x = torch.stack([train_ids[s:s + args.seq] for s in starts])
-        y = torch.stack([train_ids[s + 1:s + args.seq + 1] for s in starts])
-        logits, _ = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
+        plain_step(model, opt, train_ids, args.batch, args.seq)
         steps += 1
     train_time = time.perf_counter() - t0
     val = score_ids(model, val_ids, torch.device("cpu")) / (len(val_ids) - 1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -29,16 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 sys.path.insert(0, str(ROOT))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import cpu_name  # noqa: E402
 
 
 def matmul_ceiling(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
@@ -88,9 +79,7 @@ def _timed(step, warmup: int, steps: int, device: torch.device) -> float:
 
 def worker_plain(a) -> dict:
     """The plain loop of benchmarks/plain_lstm.py: fp32 nn.LSTM, random windows, Adam, clip."""
-    import torch.nn as nn
-    import torch.nn.functional as F
-    from plain_lstm import PlainLSTM
+    from plain_lstm import PlainLSTM, plain_step
 
     from charnn.tokenizer import CharTokenizer
 
@@ -102,19 +91,7 @@ def worker_plain(a) -> dict:
     model = PlainLSTM(tok.vocab_size, a.embed, a.hidden, a.layers).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
 
-    def step():
-        starts = torch.randint(0, len(ids) - a.seq - 1, (a.batch,))
-        x = torch.stack([ids[s:s + a.seq] for s in starts])
-        y = torch.stack([ids[s + 1:s + a.seq + 1] for s in starts])
-        logits, _ = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        loss.item()
-
-    secs = _timed(step, a.warmup, a.steps, device)
+    secs = _timed(lambda: plain_step(model, opt, ids, a.batch, a.seq), a.warmup, a.steps, device)
     return {"chars_per_sec": a.steps * a.batch * a.seq / secs, "peak_mib": _peak_memory(device),
             "vocab": tok.vocab_size}
 

@@ -142,7 +142,9 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Steps between validation passes (and checkpoint saves).")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1337,
     device: Device = "auto",
-    precision: Annotated[str, typer.Option(help=f"Autocast precision: {', '.join(PRECISIONS)}.")] = "auto",
+    precision: Annotated[str, typer.Option(help=f"Autocast precision: {', '.join(PRECISIONS)} (auto: bf16 on "
+                                                 "CUDA GPUs with bf16 and CPUs with AMX, else fp32; weights "
+                                                 "and checkpoints stay fp32).")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's choice).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model's training forward "
                                                             "(opt-in; see benchmarks/TRAINING.md for when it "
