@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from typing import List, Tuple
 
 import torch
@@ -189,8 +190,8 @@ class _PeerGuard:
             return False
         if isinstance(exc, CharnnError) or not _is_comm_error(exc):
             return False
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise PeerLost(f"another training process stopped or stopped answering ({first}); "
+        first = re.sub(r"\[[^\]]*\]:?\s*", "", (str(exc).strip().splitlines() or [""])[0]).split(". ")[0][:120]
+        raise PeerLost(f"another training process stopped or stopped answering ({first or type(exc).__name__}); "
                        "this one stops too, and the last good checkpoint is kept") from None
 
 

@@ -263,8 +263,15 @@ class Trainer:
         t = time.perf_counter()
         path = self.run_dir / name
         data = self.checkpoint_data(val_loss, with_training_state=True)  # a collective under torchrun
+        failed = None
         if self.dist.is_main:
-            save_checkpoint(data, path)
+            try:
+                save_checkpoint(data, path)
+            except CharnnError as e:
+                failed = e
+        # under torchrun: no rank goes on (or resumes from this file) before rank 0 has written it
+        if self.dist.any(failed is not None):
+            raise failed or CharnnError(f"the first process could not write {path}; see its error")
         self._save_cost = time.perf_counter() - t
         self._last_save = time.perf_counter()
         if not self._saved_once and self.dist.is_main:
