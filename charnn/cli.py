@@ -127,8 +127,9 @@ def train(
     dropout: Annotated[float, typer.Option(help="Dropout between layers and before the head.")] = 0.1,
     val_frac: Annotated[float, typer.Option(help="Last fraction of the text held out for validation.")] = 0.1,
     val_file: Annotated[Optional[str], typer.Option(help="Validate on this file instead (trains on all of CORPUS).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Contiguous streams per batch [default: 64 on the CPU, "
-                                                           "256 on a CUDA GPU].", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Contiguous streams per batch, over all processes "
+                                                           "under torchrun [default: 64 on the CPU, 256 on a CUDA "
+                                                           "GPU, per process].", show_default=False)] = None,
     seq_len: Annotated[int, typer.Option(help="Characters per stream per step (BPTT length).")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-2,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 50,
@@ -169,12 +170,16 @@ def train(
 ):
     """Train a model on CORPUS; checkpoints land in OUT/NAME/best.pt and last.pt."""
     from charnn.corpus import load_corpus
+    from charnn.distributed import Dist
     from charnn.metrics import Callbacks, MetricsLogger, run_config
     from charnn.preview import SamplePreview
     from charnn.progress import TrainProgress
     from charnn.train import StopRequest, TrainingInterrupted, Trainer, graceful_signals
 
-    with user_errors():
+    dist = Dist.from_env()  # under torchrun: this process's rank; only rank 0 writes files and talks
+    if not dist.is_main:
+        err.quiet = True
+    with _other_ranks_exit_quietly(dist), user_errors(), dist:
         model_cfg = ModelConfig(vocab_size=1, cell=cell, layers=layers, hidden=hidden, embed=embed,
                                 dropout=dropout).validate()
         cfg = TrainConfig(out=out, name=name, val_frac=val_frac, val_file=val_file, batch_size=batch_size,
@@ -189,9 +194,11 @@ def train(
             view = TrainProgress(err, cfg.open_ended, quiet)
             events = Callbacks(view)
             trainer = Trainer(corpus, model_cfg, cfg, events, resume=resume, stop=stop, encoding=encoding,
-                              explicit=_given_on_command_line(ctx))
-            metrics = events.add(MetricsLogger(trainer.run_dir, log_every, resume, run_config(trainer, corpus.source)))
-            if preview_every:
+                              explicit=_given_on_command_line(ctx), dist=dist)
+            metrics = None
+            if dist.is_main:
+                metrics = events.add(MetricsLogger(trainer.run_dir, log_every, resume, run_config(trainer, corpus.source)))
+            if preview_every and dist.is_main:
                 events.add(SamplePreview(trainer.model, trainer.tokenizer, trainer.device, preview_every,
                                          _print_preview, seed=cfg.seed))
             try:
@@ -203,18 +210,40 @@ def train(
                     err.print("[yellow]stopped before the first step; nothing was saved[/]", markup=True)
                     raise typer.Exit(code) from None
                 enc = f"--encoding {encoding} " if encoding.lower() not in ("utf-8", "utf8") else ""
-                err.print(f"[yellow]stopped at step {trainer.step}; saved {e.path}. Resume with: charnn train "
+                err.print(f"[yellow]stopped at step {trainer.step}; saved {e.path}. Resume with: {_launcher(dist)}charnn train "
                           f"{_quote(corpus.source if corpus.name != 'stdlib' else '')}--name {trainer.run_dir.name} "
                           f"--out {shlex.quote(cfg.out)} {enc}--resume[/]", markup=True)
                 raise typer.Exit(code) from None
             finally:
-                metrics.close()  # the last step's record, also when training stopped early
-        if not quiet:
+                if metrics is not None:
+                    metrics.close()  # the last step's record, also when training stopped early
+        if not quiet and dist.is_main:
             bits = result.best_val_loss / math.log(2)
             err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val "
                       f"{result.best_val_loss:.4f} nats/char ({bits:.3f} bits/char) -> {result.run_dir / 'best.pt'}")
             _print_curve(err, trainer.run_dir)
             err.print(f"sample it with: charnn sample {result.run_dir}")
+
+
+@contextmanager
+def _other_ranks_exit_quietly(dist):
+    """Under torchrun only rank 0 speaks: any other rank that fails exits 1 without a traceback (rank 0 says
+    what went wrong, or torchrun reports the rank). CHARNN_DEBUG=1 shows every rank's traceback."""
+    try:
+        yield
+    except Exception as e:
+        if dist.is_main or isinstance(e, typer.Exit) or os.environ.get("CHARNN_DEBUG", "") not in ("", "0"):
+            raise
+        raise typer.Exit(1) from None
+
+
+def _launcher(dist) -> str:
+    """How the resume hint starts: plain, or with the torchrun that started this run on one machine."""
+    if not dist.active:
+        return ""
+    if dist.local_world == dist.world:
+        return f"torchrun --nproc-per-node {dist.world} -m "
+    return "torchrun <the same --nnodes/--node-rank/--rdzv-endpoint flags> -m "
 
 
 def _given_on_command_line(ctx) -> Optional[set]:

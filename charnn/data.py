@@ -21,16 +21,25 @@ class StreamBatches:
     Row i of batch t+1 continues row i of batch t, so the hidden state can be carried across
     batches (as torch-rnn's loader). Each epoch starts the streams at a small offset so that window
     boundaries move from epoch to epoch.
+
+    Under torchrun each rank takes a contiguous share of the rows (`shard`): the streams are laid out for
+    the global batch exactly as in one process, so N ranks together see what one process sees.
     """
 
     def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int):
         self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len
+        self.rows = slice(0, batch_size)  # this process's streams (all of them outside torchrun)
         need = batch_size * seq_len + 1
         if len(ids) < need:
             raise CharnnError(
                 f"the training text has {len(ids):,} tokens, fewer than one batch needs "
                 f"({batch_size} streams x {seq_len} + 1 = {need:,}); lower --batch-size or --seq-len, or use more text"
             )
+
+    def shard(self, rank: int, world: int) -> None:
+        """Keep rows [rank*B/world, (rank+1)*B/world) of every batch; B must divide evenly."""
+        per = self.batch_size // world
+        self.rows = slice(rank * per, (rank + 1) * per)
 
     def steps_per_epoch(self, offset: int = 0) -> int:
         stream_len = (len(self.ids) - 1 - offset) // self.batch_size
@@ -44,8 +53,10 @@ class StreamBatches:
         return data[:-1].view(B, L), data[1:].view(B, L)
 
     def epoch(self, offset: int = 0, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Batches (x, y), each (batch_size, seq_len), from window `start` to the end of the epoch."""
+        """Batches (x, y), each (rows, seq_len), from window `start` to the end of the epoch."""
         X, Y = self.layout(offset)
+        if self.rows != slice(0, self.batch_size):
+            X, Y = X[self.rows], Y[self.rows]
         T = self.seq_len
         for t in range(start, self.steps_per_epoch(offset)):
             yield X[:, t * T:(t + 1) * T], Y[:, t * T:(t + 1) * T]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -57,17 +57,25 @@ def stream_layout(n: int) -> Tuple[int, int]:
 
 
 @torch.no_grad()
-def score_ids(model, ids: torch.Tensor, device: torch.device, precision: str = "fp32") -> float:
-    """Total nats of predicting ids[1:] from ids[:-1], deterministic and in float64."""
+def score_ids(model, ids: torch.Tensor, device: torch.device, precision: str = "fp32",
+              part: Tuple[int, int] = (0, 1)) -> float:
+    """Total nats of predicting ids[1:] from ids[:-1], deterministic and in float64.
+
+    part=(rank, world) scores only that rank's share of the streams (the last rank also takes the tail);
+    the layout is the same for any world size, so the shares add up to the one-process total."""
     n = len(ids) - 1
     if n <= 0:
         return 0.0
     was_training = model.training
     model.eval()
     S, L = stream_layout(n)
+    rank, world = part
+    lo, hi = rank * S // world, (rank + 1) * S // world
     x, y = ids[:-1], ids[1:]
-    total = _score_streams(model, x[: S * L].view(S, L), y[: S * L].view(S, L), device, precision)
-    if S * L < n:  # the tail that does not fill a stream
+    total = 0.0
+    if hi > lo:
+        total += _score_streams(model, x[: S * L].view(S, L)[lo:hi], y[: S * L].view(S, L)[lo:hi], device, precision)
+    if S * L < n and rank == world - 1:  # the tail that does not fill a stream
         total += _score_streams(model, x[S * L:].view(1, -1), y[S * L:].view(1, -1), device, precision)
     model.train(was_training)
     return total
@@ -90,11 +98,15 @@ def evaluate_text(model, tokenizer, text: str, device: torch.device, precision: 
     return evaluate_ids(model, tokenizer, tokenizer.encode(text), device, precision)
 
 
-def evaluate_ids(model, tokenizer, ids: np.ndarray, device: torch.device, precision: str = "fp32") -> EvalResult:
-    """Score already-encoded text (training caches its val ids and calls this directly)."""
+def evaluate_ids(model, tokenizer, ids: np.ndarray, device: torch.device, precision: str = "fp32",
+                 part: Tuple[int, int] = (0, 1), total: Optional[Callable[[float], float]] = None) -> EvalResult:
+    """Score already-encoded text (training caches its val ids and calls this directly). Under torchrun
+    each rank scores its `part` and `total` sums the nats over ranks (every rank gets the whole result)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     unknown = int((ids == tokenizer.unk_id).sum())
-    nats = score_ids(model, torch.from_numpy(ids), device, precision)
+    nats = score_ids(model, torch.from_numpy(ids), device, precision, part)
+    if total is not None:
+        nats = total(nats)
     tokens = max(0, len(ids) - 1)
     chars = tokenizer.token_chars(ids[1:]) if tokens else 0
     return EvalResult(nats=nats, tokens=tokens, chars=chars, unknown=unknown)

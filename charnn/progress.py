@@ -57,7 +57,8 @@ class TrainProgress:
                 self.note(f"{info['kind']} tokenizer ready: {info['vocab_size']:,} pieces in {info['seconds']:.1f}s")
         elif kind == "start":
             per = f", {info['chars_per_token']:.2f} chars/token" if info.get("tokenizer", "char") != "char" else ""
-            self.note(f"training {info['params']:,} parameters on {info['device']} ({info['precision']}), "
+            procs = f" x {info['processes']} processes" if info.get("processes", 1) > 1 else ""
+            self.note(f"training {info['params']:,} parameters on {info['device']}{procs} ({info['precision']}), "
                       f"vocab {info['vocab_size']}{per}, {info['train_tokens']:,} train / {info['val_tokens']:,} val "
                       f"tokens -> {info['run_dir']}")
             if info.get("val_unknown"):

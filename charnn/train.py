@@ -5,6 +5,7 @@ Library code: it never prints. It reports through `on_event(kind, info)`; the CL
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import signal
@@ -12,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from charnn.checkpoint import save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.corpus import Corpus, read_text
 from charnn.data import StreamBatches, split_text
+from charnn.distributed import Dist
 from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device, resolve_precision
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
@@ -29,6 +31,7 @@ from charnn.resume import load_resume, resume_config
 from charnn.tokenizer import build_tokenizer, tokenizer_from_state
 
 Callback = Callable[[str, dict], None]
+STOP_REASONS = ("max_steps", "epochs", "max_time", "patience")
 MIN_IMPROVEMENT = 1e-3  # nats/char a val loss must drop by to reset --patience
 
 
@@ -121,8 +124,9 @@ def _check_writable(run_dir: Path) -> None:
 class Trainer:
     def __init__(self, corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Optional[Callback] = None,
                  resume: bool = False, stop: Optional[StopRequest] = None, encoding: str = "utf-8",
-                 explicit: Optional[set] = None):
+                 explicit: Optional[set] = None, dist: Optional[Dist] = None):
         self.t0 = time.perf_counter()
+        self.dist = dist or Dist.from_env()
         self.cfg, self.on_event = cfg.validate(), on_event or (lambda kind, info: None)
         self.stop = stop or StopRequest()
         self.run_dir = run_dir_for(cfg, corpus)
@@ -130,9 +134,10 @@ class Trainer:
         if resumed:
             self.cfg = cfg = resume_config(resumed, cfg, model_cfg, explicit)
         self.resumed = resumed is not None
-        self.device = resolve_device(cfg.device)
-        if cfg.batch_size is None:
-            self.cfg = cfg = replace(cfg, batch_size=default_batch_size(self.device))
+        self.device = self.dist.start(resolve_device(cfg.device))  # joins the process group under torchrun
+        if cfg.batch_size is None:  # the default is per process; --batch-size is the global batch
+            self.cfg = cfg = replace(cfg, batch_size=default_batch_size(self.device) * self.dist.world)
+        self.dist.check_batch_size(cfg.batch_size)
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -154,6 +159,9 @@ class Trainer:
         self.val_ids = self.tokenizer.encode(val_text)
         self.chars_per_token = len(train_text) / max(1, len(train_ids))
         self.batches = StreamBatches(train_ids.to(self.device), cfg.batch_size, cfg.seq_len)
+        self.batches.shard(*self.dist.part)
+        if self.dist.active:
+            self.dist.check_same(_fingerprint(self.tokenizer, len(train_ids), len(self.val_ids)), "the tokenized text")
 
         if resumed:
             model_cfg = from_dict(ModelConfig, resumed["model_config"])
@@ -161,8 +169,11 @@ class Trainer:
             model_cfg.vocab_size = self.tokenizer.vocab_size
         self.model_cfg = model_cfg.validate()
         self.model = CharRNN(self.model_cfg).to(self.device)
-        # the training forward: the model, or its torch.compile'd twin (same weights; saves use self.model)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        # the training forward: DistributedDataParallel under torchrun, else the model itself; with --compile,
+        # its torch.compile'd twin (same weights; saves and evaluation use self.model)
+        self.net = self.dist.wrap(self.model)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
         self.opt = make_optimizer(self.model, cfg, self.device)
         self.step, self.epoch, self.window, self.offset = 0, 0, 0, 0
         self.best_val, self.last_val, self.bad_evals, self.chars_seen = math.inf, math.inf, 0, 0
@@ -170,8 +181,11 @@ class Trainer:
         self.state = None
         if resumed:
             self._restore(resumed)
+        if self.dist.active and not self.dist.is_main:  # dropout masks differ per rank, and follow the step
+            torch.manual_seed((cfg.seed * 1_000_003 + self.dist.rank * 7919 + self.step) % 2**63)
         self.start_step, self._saved_once, self._last_save = self.step, False, time.perf_counter()
-        _check_writable(self.run_dir)
+        if self.dist.is_main:
+            _check_writable(self.run_dir)
 
     # -- resume -------------------------------------------------------------------------------------
     def _restore(self, data: dict) -> None:
@@ -184,6 +198,8 @@ class Trainer:
         self.elapsed_before = data.get("elapsed", 0.0)
         hidden = p.get("hidden")
         if hidden is not None:
+            if self.dist.active:  # last.pt holds every stream's state: take this rank's rows
+                hidden = [h.narrow(1, *self.dist.rows(h.shape[1])) for h in hidden]
             self.state = tuple(h.to(self.device) for h in hidden) if len(hidden) == 2 else hidden[0].to(self.device)
         rng = data.get("rng", {})
         if "torch" in rng:
@@ -236,7 +252,9 @@ class Trainer:
         }
         if with_training_state:
             state = self.state
-            hidden = None if state is None else [h.detach().cpu() for h in (state if isinstance(state, tuple) else (state,))]
+            # under torchrun every rank must be here: the hidden state of all B streams is gathered
+            hidden = None if state is None else [self.dist.gather_rows(h, dim=1).detach().cpu()
+                                                 for h in (state if isinstance(state, tuple) else (state,))]
             data["optimizer"] = self.opt.state_dict()
             data["progress"] = {"step": self.step, "epoch": self.epoch, "window": self.window, "offset": self.offset,
                                 "bad_evals": self.bad_evals, "hidden": hidden}
@@ -248,10 +266,19 @@ class Trainer:
     def save(self, name: str, val_loss: float) -> Path:
         t = time.perf_counter()
         path = self.run_dir / name
-        save_checkpoint(self.checkpoint_data(val_loss, with_training_state=True), path)
+        data = self.checkpoint_data(val_loss, with_training_state=True)  # a collective under torchrun
+        failed = None
+        if self.dist.is_main:
+            try:
+                save_checkpoint(data, path)
+            except CharnnError as e:
+                failed = e
+        # under torchrun: no rank goes on (or resumes from this file) before rank 0 has written it
+        if self.dist.any(failed is not None):
+            raise failed or CharnnError(f"the first process could not write {path}; see its error")
         self._save_cost = time.perf_counter() - t
         self._last_save = time.perf_counter()
-        if not self._saved_once:
+        if not self._saved_once and self.dist.is_main:
             self._saved_once = True
             self._drop_stale_best(name)
         self.on_event("saved", {"path": str(path), "step": self.step})
@@ -274,7 +301,8 @@ class Trainer:
 
     def evaluate(self) -> float:
         t = time.perf_counter()
-        result = evaluate_ids(self.model, self.tokenizer, self.val_ids, self.device, self.precision)
+        result = evaluate_ids(self.model, self.tokenizer, self.val_ids, self.device, self.precision,
+                              self.dist.part, self.dist.sum if self.dist.active else None)
         self._eval_cost = time.perf_counter() - t
         return result.nats_per_char
 
@@ -313,6 +341,15 @@ class Trainer:
             return "patience"
         return None
 
+    def _should_stop(self) -> Tuple[Optional[str], Optional[int]]:
+        """(limit reached, signal received), agreed by all ranks under torchrun: elapsed time and signals
+        differ per process, and a rank that stops alone leaves the others waiting in a collective."""
+        stopped, signum = self._limit_reached(), self.stop.signum
+        if not self.dist.active:
+            return stopped, signum
+        code, sig = self.dist.max_ints([STOP_REASONS.index(stopped) + 1 if stopped else 0, signum or 0])
+        return (STOP_REASONS[code - 1] if code else None), (sig or None)
+
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, self.schedule_progress(), self.cfg)
@@ -323,7 +360,7 @@ class Trainer:
         loss.backward()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        value = loss.item()
+        value = self.dist.mean(loss)  # the global mean under torchrun: every rank sees the same value
         if not math.isfinite(value):
             raise self._non_finite("training", value, self.step + 1)
         self.opt.step()
@@ -332,13 +369,13 @@ class Trainer:
         return value
 
     def _forward(self, x: torch.Tensor):
-        if self.forward is self.model:
-            return self.model(x, self.state)
-        try:
-            return self.forward(x, self.state)
-        except Exception as e:  # inductor needs a working C++ (CPU) or Triton (GPU) toolchain
-            if isinstance(e, (KeyboardInterrupt, MemoryError)):
-                raise
+        if not self.cfg.compile or getattr(self, "_compiled_once", False):
+            return self.net(x, self.state)
+        try:  # the first call compiles: inductor needs a working C++ (CPU) or Triton (GPU) toolchain
+            out = self.net(x, self.state)
+            self._compiled_once = True
+            return out
+        except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CharnnError(f"--compile failed ({type(e).__name__}: {first}); train without --compile") from None
 
@@ -349,7 +386,7 @@ class Trainer:
                                 "device": str(self.device), "precision": self.precision,
                                 "vocab_size": self.tokenizer.vocab_size, "train_tokens": len(self.batches.ids),
                                 "val_tokens": len(self.val_ids), "steps_per_epoch": self.batches.steps_per_epoch(),
-                                "step": self.step, "tokenizer": self.tokenizer.kind,
+                                "step": self.step, "tokenizer": self.tokenizer.kind, "processes": self.dist.world,
                                 "chars_per_token": self.chars_per_token,
                                 "val_unknown": int((self.val_ids == self.tokenizer.unk_id).sum())})
         stopped, last_eval_step = None, -1
@@ -358,11 +395,11 @@ class Trainer:
             if self.window == 0:  # a new epoch: pick its offset (deterministic from seed + epoch)
                 self.offset = random.Random(cfg.seed * 100003 + self.epoch).randint(0, self.batches.max_offset())
             for x, y in self.batches.epoch(self.offset, self.window):
-                stopped = self._limit_reached()
+                stopped, signum = self._should_stop()
                 if stopped:
                     break
-                if self.stop.signum is not None:
-                    raise TrainingInterrupted(self.stop.signum, self._save_on_stop())
+                if signum is not None:
+                    raise TrainingInterrupted(signum, self._save_on_stop())
                 loss = self._train_step(x, y)
                 self.window += 1
                 self.chars_seen += int(B * T * self.chars_per_token)
@@ -381,17 +418,23 @@ class Trainer:
                 if self.step % cfg.eval_every == 0:
                     self._eval_and_save()
                     last_eval_step = self.step
-                elif cfg.save_every_secs and time.perf_counter() - self._last_save >= cfg.save_every_secs:
+                elif cfg.save_every_secs and self.dist.any(time.perf_counter() - self._last_save >= cfg.save_every_secs):
                     self.save("last.pt", self.last_val)  # a crash loses at most this interval of work
             else:
                 self.epoch, self.window, self.state = self.epoch + 1, 0, None
                 continue
-        if last_eval_step != self.step or not (self.run_dir / "last.pt").exists():
+        if last_eval_step != self.step or self.dist.any(self.dist.is_main and not (self.run_dir / "last.pt").exists()):
             self._eval_and_save()
         result = TrainResult(self.run_dir, self.step, self.best_val, self.last_val, self.elapsed(),
                              self.chars_seen, stopped)
         self.on_event("done", asdict(result))
         return result
+
+
+def _fingerprint(tokenizer, train_tokens: int, val_tokens: int) -> int:
+    """A number that differs when two processes tokenized different text (or built different tokenizers)."""
+    blob = repr((sorted(tokenizer.state().items()), train_tokens, val_tokens)).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little")
 
 
 def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Optional[Callback] = None,

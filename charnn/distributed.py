@@ -1,0 +1,204 @@
+"""Data-parallel training under torchrun: which process this is, and the few collectives the loop needs.
+
+`torchrun --nproc-per-node N -m charnn train ...` starts N copies of charnn with RANK, WORLD_SIZE and
+LOCAL_RANK in their environment. `Dist.from_env()` reads them; `start()` joins the process group (gloo on
+the CPU, NCCL on CUDA with one GPU per local rank). Outside torchrun a `Dist` is a single process: every
+helper below returns its input untouched and no collective ever runs, so a plain run is unchanged bitwise.
+
+Anything that decides control flow must be agreed by all ranks, or one of them waits forever in a
+collective the others never join; `max_ints`, `any` and `sum` are how the trainer agrees.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from typing import List, Tuple
+
+import torch
+
+from charnn.errors import CharnnError, ConfigError
+
+TIMEOUT_ENV = "CHARNN_DIST_TIMEOUT"  # seconds a rank waits in a collective before giving up
+DEFAULT_TIMEOUT = 600.0
+
+
+class PeerLost(CharnnError):
+    """Another rank died or stopped answering; this one stops too (its last good checkpoint is kept)."""
+
+
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 outside torchrun)."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, local_world: int = 1):
+        self.rank, self.world, self.local_rank, self.local_world = rank, world, local_rank, local_world
+        self.comm_device = torch.device("cpu")  # where collective tensors live (the GPU under NCCL)
+        self.started = False
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        env = os.environ
+        if "WORLD_SIZE" not in env or "RANK" not in env:
+            return cls()
+        world = int(env["WORLD_SIZE"])
+        return cls(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", world)))
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def part(self) -> Tuple[int, int]:
+        return self.rank, self.world
+
+    # -- joining and leaving ------------------------------------------------------------------------
+    def start(self, device: torch.device) -> torch.device:
+        """Join the process group; returns the device this rank trains on (cuda:LOCAL_RANK under NCCL)."""
+        if not self.active:
+            return device
+        import torch.distributed as td
+
+        if device.type == "mps":
+            raise CharnnError("torchrun with --device mps is not supported; use --device cpu or cuda")
+        if device.type == "cuda":
+            if self.local_rank >= torch.cuda.device_count():
+                raise CharnnError(f"local rank {self.local_rank} has no GPU: this machine has "
+                                  f"{torch.cuda.device_count()}; lower --nproc-per-node")
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+            self.comm_device = device
+        if not td.is_initialized():
+            timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+            kwargs = {"device_id": device} if device.type == "cuda" else {}
+            td.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                  timeout=datetime.timedelta(seconds=timeout), **kwargs)
+            self.started = True
+        return device
+
+    def close(self) -> None:
+        if self.started:
+            import torch.distributed as td
+
+            self.started = False
+            if td.is_initialized():
+                td.destroy_process_group()
+
+    def __enter__(self) -> "Dist":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None or not issubclass(exc_type, PeerLost):  # after a lost peer, just leave
+            self.close()
+
+    # -- what the trainer needs ---------------------------------------------------------------------
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size % self.world:
+            lower = batch_size - batch_size % self.world
+            raise ConfigError(f"`--batch-size` {batch_size} is the global number of streams and must divide "
+                              f"evenly among the {self.world} processes; try --batch-size "
+                              f"{lower or self.world} or {lower + self.world}")
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DistributedDataParallel around the model under torchrun (it averages gradients in backward)."""
+        if not self.active:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.comm_device.index] if self.comm_device.type == "cuda" else None
+        with self.guard():
+            return DDP(model, device_ids=ids)
+
+    def sum(self, x: float) -> float:
+        """The sum of x over all ranks (float64)."""
+        if not self.active:
+            return x
+        t = torch.tensor([x], dtype=torch.float64, device=self.comm_device)
+        self._all_reduce(t, "sum")
+        return t.item()
+
+    def mean(self, t: torch.Tensor) -> float:
+        """The mean of a scalar tensor over all ranks, as a Python float."""
+        if not self.active:
+            return t.item()
+        return self.sum(t.detach().double().item()) / self.world
+
+    def max_ints(self, values: List[int]) -> List[int]:
+        """Element-wise maximum over ranks of a few small integers."""
+        if not self.active:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.int64, device=self.comm_device)
+        self._all_reduce(t, "max")
+        return [int(v) for v in t.tolist()]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on any rank."""
+        return bool(self.max_ints([int(bool(flag))])[0]) if self.active else flag
+
+    def check_same(self, value: int, what: str) -> None:
+        """Fail on every rank (not hang on one) when ranks disagree about `value`."""
+        if not self.active:
+            return
+        value &= (1 << 62) - 1
+        high, neg_low = self.max_ints([value, -value])
+        if high != value or -neg_low != value:
+            raise CharnnError(f"the {self.world} processes disagree about {what}; every machine needs the "
+                              "same corpus file and the same charnn version")
+
+    def gather_rows(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """Every rank's slice of a tensor, put back together along `dim` in rank order."""
+        if not self.active:
+            return t
+        import torch.distributed as td
+
+        t = t.detach().to(self.comm_device).contiguous()
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        with self.guard():
+            td.all_gather(parts, t)
+        return torch.cat(parts, dim=dim)
+
+    def rows(self, n: int) -> Tuple[int, int]:
+        """(start, count) of this rank's share of n rows (n divides evenly)."""
+        per = n // self.world
+        return self.rank * per, per
+
+    def _all_reduce(self, t: torch.Tensor, op: str) -> None:
+        import torch.distributed as td
+
+        with self.guard():
+            td.all_reduce(t, op=td.ReduceOp.SUM if op == "sum" else td.ReduceOp.MAX)
+
+    def guard(self):
+        return _PeerGuard(self)
+
+
+class _PeerGuard:
+    """Turns a collective that failed because another rank died or timed out into one PeerLost line."""
+
+    def __init__(self, dist: Dist):
+        self.dist = dist
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None or not self.dist.active or not issubclass(exc_type, RuntimeError):
+            return False
+        if isinstance(exc, CharnnError) or not _is_comm_error(exc):
+            return False
+        first = re.sub(r"\[[^\]]*\]:?\s*", "", (str(exc).strip().splitlines() or [""])[0]).split(". ")[0][:120]
+        raise PeerLost(f"another training process stopped or stopped answering ({first or type(exc).__name__}); "
+                       "this one stops too, and the last good checkpoint is kept") from None
+
+
+def _is_comm_error(exc: BaseException) -> bool:
+    import torch.distributed as td
+
+    kinds = tuple(k for k in (getattr(td, "DistError", None),) if k is not None)
+    text = str(exc).lower()
+    return isinstance(exc, kinds) or any(w in text for w in ("gloo", "nccl", "connection", "timed out", "timeout",
+                                                              "broken pipe", "peer", "socket"))

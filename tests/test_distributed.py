@@ -1,0 +1,200 @@
+"""Data-parallel training: real torchrun processes (gloo on the CPU) against one plain process.
+
+Each torchrun start costs a few seconds of Python and torch imports per rank, so the tests share runs where
+they can; all of them together take well under a minute on the 2-core CI machine.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from charnn.checkpoint import build_from_checkpoint, load_checkpoint
+from charnn.config import ModelConfig, TrainConfig
+from charnn.corpus import Corpus
+from charnn.data import StreamBatches
+from charnn.distributed import Dist
+from charnn import evaluate
+from charnn.evaluate import evaluate_text, score_ids
+from charnn.metrics import read_metrics
+from charnn.train import StopRequest, Trainer, TrainingInterrupted
+from conftest import TINY_MODEL, make_text
+
+ROOT = Path(__file__).resolve().parent.parent
+# a rank left waiting by a bug fails the test in a minute instead of hanging for the default ten
+ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "CHARNN_DIST_TIMEOUT": "60"}
+# dropout 0: dropout masks differ between one process and two, so only without it can the curves agree
+FLAGS = ["--hidden", "64", "--embed", "16", "--layers", "2", "--dropout", "0", "--batch-size", "8", "--seq-len", "32",
+         "--lr", "0.02", "--warmup", "5", "--eval-every", "10", "--device", "cpu", "--seed", "3", "--log-every", "1",
+         "--threads", "1", "--save-every-secs", "0"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, *args: str) -> list:
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "charnn", "train", *args]
+
+
+def run(cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dist") / "tiny.txt"
+    path.write_text(make_text(), encoding="utf-8")
+    return path
+
+
+def test_two_processes_follow_one_process_at_the_same_global_batch(tmp_path, corpus):
+    one = run([sys.executable, "-m", "charnn", "train", str(corpus), "--out", str(tmp_path), "--name", "one",
+               *FLAGS, "--max-steps", "20"])
+    assert one.returncode == 0, one.stderr
+    two = run(torchrun(2, str(corpus), "--out", str(tmp_path), "--name", "two", *FLAGS, "--max-steps", "20"))
+    assert two.returncode == 0, two.stderr
+    a, b = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
+    # only rank 0 writes: one record per step, none twice, and one set of notes on stderr
+    assert [r["step"] for r in b] == list(range(1, 21)) == [r["step"] for r in a]
+    assert two.stderr.count("step 20: val") == 1 and "x 2 processes" in two.stderr
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    # Rank r trains on rows [4r, 4r+4) of the same 8 streams, and DDP averages the two halves' gradients:
+    # the same update as one process, up to float32 rounding (the mean of two means, gradients summed in
+    # another order). Measured differences are ~1e-7 relative over 20 steps; 1e-4 leaves room for other
+    # BLAS builds and is still far below what one step changes the loss by here (1e-2 and more).
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4), ra["step"]
+    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-4)
+    # the torchrun checkpoint is an ordinary one: no "module." prefix, and what `charnn eval` does reads it
+    data = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert not any(k.startswith("module.") for k in data["model"])
+    assert data["progress"]["hidden"][0].shape[1] == 8  # all 8 streams' carried state, gathered from both ranks
+    text = corpus.read_text(encoding="utf-8")
+    scores = [evaluate_text(*build_from_checkpoint(load_checkpoint(tmp_path / n / "last.pt")), text,
+                            torch.device("cpu")).nats_per_char for n in ("one", "two")]
+    assert scores[1] == pytest.approx(scores[0], rel=1e-4)
+
+
+def test_a_batch_that_does_not_divide_among_the_processes_is_one_usage_error(tmp_path, corpus):
+    r = run(torchrun(2, str(corpus), "--out", str(tmp_path), *FLAGS, "--batch-size", "7", "--max-steps", "3"))
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.startswith("charnn: error")]
+    assert len(lines) == 1 and "--batch-size` 7" in lines[0] and "2 processes" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr.split("charnn: error")[0]  # no rank printed a traceback of its own
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_sigterm_to_torchrun_saves_last_pt_and_the_run_resumes_under_torchrun(tmp_path, corpus):
+    run_dir = tmp_path / "tiny"
+    proc = subprocess.Popen(torchrun(2, str(corpus), "--out", str(tmp_path), *FLAGS, "--max-steps", "1000000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while not (run_dir / "last.pt").is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    stopped = [line for line in stderr.splitlines() if line.startswith("stopped at step")]
+    assert len(stopped) == 1 and "Resume with: torchrun --nproc-per-node 2 -m charnn train" in stopped[0], stderr
+    step = load_checkpoint(run_dir / "last.pt")["step"]
+    assert f"stopped at step {step};" in stopped[0] and not list(run_dir.glob(".*.tmp"))
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(range(1, step + 1))
+    # --resume under torchrun: both ranks load the same last.pt and take their rows of the carried state
+    r = run(torchrun(2, str(corpus), "--out", str(tmp_path), "--resume", "--max-steps", str(step + 3), "--log-every", "1",
+                           "--quiet"))
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(run_dir / "last.pt")["step"] == step + 3
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == list(range(1, step + 4))
+
+
+# ---- exact resume with two ranks, in-process (a deterministic stop at step 12 needs a callback) -------------
+MODEL = dict(TINY_MODEL, hidden=24, embed=8)
+TRAIN = dict(batch_size=4, seq_len=16, lr=1e-2, warmup=5, eval_every=10, max_steps=24, device="cpu", seed=11,
+             save_every_secs=0, threads=1)
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), CHARNN_DIST_TIMEOUT="60")
+    corpus = Corpus(make_text(30, seed=4), "t", "t")
+    with Dist.from_env() as dist:
+        Trainer(corpus, ModelConfig(vocab_size=1, **MODEL), TrainConfig(out=out, name="straight", **TRAIN),
+                dist=dist).fit()
+        stop = StopRequest()
+
+        def signal_on_rank_1(kind, info):  # as if only rank 1 had been sent SIGINT: both must stop together
+            if kind == "step" and info["step"] == 12 and rank == 1:
+                stop.signum = signal.SIGINT
+
+        cfg = TrainConfig(out=out, name="cut", **TRAIN)
+        try:
+            Trainer(corpus, ModelConfig(vocab_size=1, **MODEL), cfg, signal_on_rank_1, stop=stop, dist=dist).fit()
+            raise AssertionError("rank 0 did not stop with rank 1")
+        except TrainingInterrupted as e:
+            assert e.signum == signal.SIGINT
+        Trainer(corpus, ModelConfig(vocab_size=1, **MODEL), cfg, resume=True, dist=dist).fit()
+
+
+def test_two_ranks_stop_together_and_resume_exactly(tmp_path):
+    mp.spawn(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    straight, cut = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("straight", "cut"))
+    assert straight["step"] == cut["step"] == 24
+    for k in straight["model"]:
+        assert torch.equal(straight["model"][k], cut["model"][k]), k
+
+
+# ---- the pieces, without processes ----------------------------------------------------------------------------
+def test_shards_are_the_one_process_layout_cut_into_rows():
+    ids = torch.arange(1000)
+    whole = StreamBatches(ids, 6, 10)
+    parts = [StreamBatches(ids, 6, 10) for _ in range(3)]
+    for r, p in enumerate(parts):
+        p.shard(r, 3)
+    for batches in zip(whole.epoch(3), *(p.epoch(3) for p in parts)):
+        (x, y), shards = batches[0], batches[1:]
+        assert torch.equal(torch.cat([s[0] for s in shards]), x) and torch.equal(torch.cat([s[1] for s in shards]), y)
+
+
+def test_validation_shards_add_up_to_the_whole(monkeypatch):
+    monkeypatch.setattr(evaluate, "MIN_STREAM", 40)  # short streams keep the test fast
+    model, _ = build_from_checkpoint({"model_config": dict(vocab_size=19, **MODEL), "tokenizer": {"kind": "char",
+                                      "chars": "abcdefghijklmnopqrs"}, "model": _fresh_weights()})
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, 19, 5 * 40 + 7))  # 5 streams and a tail
+    assert evaluate.stream_layout(len(ids) - 1) == (5, 41)
+    whole = score_ids(model, ids, torch.device("cpu"))
+    for world in (2, 3, 7):  # 7 > 5 streams: some ranks score nothing
+        parts = [score_ids(model, ids, torch.device("cpu"), part=(r, world)) for r in range(world)]
+        assert sum(parts) == pytest.approx(whole, rel=1e-6)
+
+
+def _fresh_weights():
+    from charnn.model import CharRNN
+
+    torch.manual_seed(0)
+    return CharRNN(ModelConfig(vocab_size=19, **MODEL)).state_dict()
+
+
+def test_outside_torchrun_everything_is_a_no_op(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    dist = Dist.from_env()
+    assert (dist.rank, dist.world, dist.active, dist.is_main) == (0, 1, False, True)
+    model = torch.nn.Linear(2, 3)
+    assert dist.wrap(model) is model and dist.start(torch.device("cpu")) == torch.device("cpu")
+    assert dist.sum(2.5) == 2.5 and dist.max_ints([3, -1]) == [3, -1] and dist.any(True) is True
+    dist.check_batch_size(7)
+    with pytest.raises(Exception, match="divide evenly among the 2 processes; try --batch-size 6 or 8"):
+        Dist(0, 2).check_batch_size(7)
