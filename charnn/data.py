@@ -47,8 +47,8 @@ class StreamBatches:
         """Batches (x, y), each (batch_size, seq_len), from window `start` to the end of the epoch."""
         X, Y = self.layout(offset)
         T = self.seq_len
-        for t in range(start, self.steps_per_epoch(offset)):
-            yield X[:, t * T:(t + 1) * T], Y[:, t * T:(t + 1) * T]
+        for t in range(start, self.steps_per_epoch(offset)):  # ids may be compact (uint8...): the model takes int64
+            yield X[:, t * T:(t + 1) * T].long(), Y[:, t * T:(t + 1) * T].long()
 
     def max_offset(self) -> int:
         """Largest epoch offset that still leaves as many windows as offset 0."""
