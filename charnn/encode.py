@@ -11,6 +11,7 @@ and are counted.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,7 @@ def _spec_for_key(spec: dict) -> dict:
     state = dict(spec["state"])
     model = state.get("model")
     if model is not None:
-        state["model"] = cache.hashlib.sha256(_model_bytes(model)).hexdigest()
+        state["model"] = hashlib.sha256(_model_bytes(model)).hexdigest()
     return {"state": state}
 
 

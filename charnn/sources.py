@@ -54,7 +54,12 @@ def find_files(paths: Sequence[str], glob: Optional[str] = None,
         else:
             if p.stat().st_size == 0:
                 raise CharnnError(f"corpus {arg!r} is empty")
-            if looks_binary(p):
+            try:
+                with p.open("rb") as f:
+                    head = f.read(SNIFF_BYTES)
+            except OSError as e:
+                raise CharnnError(f"cannot read corpus {arg!r}: {e.strerror or e}") from None
+            if b"\x00" in head:
                 raise CharnnError(f"corpus {arg!r} {BINARY}; pass a text file")
             items = [SourceFile(p, optional=False)]
         for item in items:
@@ -87,7 +92,7 @@ def _walk(root: Path, glob: Optional[str]) -> List[Path]:
 
 def looks_binary(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             return b"\x00" in f.read(SNIFF_BYTES)
     except OSError:
         return False  # reading it properly reports the error

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from charnn import encode, sources
@@ -88,10 +89,10 @@ def test_streamed_encoding_matches_encoding_the_whole_text(tmp_path, monkeypatch
 
 
 def test_ids_are_compact_and_unseen_validation_characters_are_counted(tmp_path):
-    data = prepare(["abcabcabc" * 10 + "xyzzy"], "utf-8", {"val_frac": 0.1}, CHAR)
-    assert data.train_ids.dtype.is_floating_point is False and data.val_ids.dtype == np.uint8
-    # val is "abcxyzzy"[-9:]... the last 9 characters: "cabcxyzzy"? count what the training text lacks
-    train, val = split_text("abcabcabc" * 10 + "xyzzy", 0.1)
+    text = "abcabcabc" * 10 + "xyzzy"
+    data = prepare([text], "utf-8", {"val_frac": 0.1}, CHAR)
+    assert data.train_ids.dtype == torch.uint8 and data.val_ids.dtype == np.uint8
+    train, val = split_text(text, 0.1)  # val is "cabcxyzzy": x, y, z, z, y are not in the training text
     assert data.val_unknown == sum(c not in train for c in val) == 5
     assert (np.asarray(data.val_ids) == 0).sum() == 5
     wide = "".join(chr(0x4E00 + i) for i in range(300)) * 3
@@ -179,6 +180,24 @@ def test_train_takes_folders_and_glob_from_the_command_line(tmp_path, monkeypatc
     assert r2.exit_code == 0, r2.stderr
 
 
-def test_the_builtin_corpus_still_trains(tmp_path):
+def test_no_corpus_means_the_builtin_one():
     corpus = load_corpus(None)
     assert isinstance(corpus, Corpus) and corpus.text is not None and corpus.name == "stdlib"
+
+
+def test_periodic_validation_scores_at_most_eval_tokens(tmp_path):
+    from charnn.config import ModelConfig
+    from charnn.errors import ConfigError
+    from charnn.train import Trainer
+
+    text = make_text(300)
+    model = ModelConfig(vocab_size=1, hidden=16, embed=8)
+    capped = Trainer(Corpus(text, "t", "t"), model, TrainConfig(out=str(tmp_path), eval_tokens=500, device="cpu",
+                                                                batch_size=4, seq_len=16))
+    full = Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, hidden=16, embed=8),
+                   TrainConfig(out=str(tmp_path), eval_tokens=0, device="cpu", batch_size=4, seq_len=16))
+    _, val = split_text(text, 0.1)
+    assert len(full.val_ids) == len(val) and len(capped.val_ids) == 500
+    assert np.asarray(capped.val_ids).tolist() == np.asarray(full.val_ids)[:500].tolist()
+    with pytest.raises(ConfigError, match="--eval-tokens"):
+        TrainConfig(eval_tokens=-1).validate()
