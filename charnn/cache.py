@@ -125,11 +125,14 @@ class EntryWriter:
         for name, data in (files or {}).items():
             (self.tmp / name).write_bytes(data)
         (self.tmp / "meta.json").write_text(json.dumps({**meta, "format": FORMAT}), encoding="utf-8")
-        if self.final.exists():  # a stale or concurrent entry: replace it
+        if find_entry(self.key) is not None:  # another process (a torchrun rank) committed it first: keep
+            shutil.rmtree(self.tmp, ignore_errors=True)  # theirs, which it may already have open
+            return self.final
+        if self.final.exists():  # a stale or broken entry
             shutil.rmtree(self.final, ignore_errors=True)
         try:
             os.replace(self.tmp, self.final)
-        except OSError:  # another process committed the same entry first
+        except OSError:  # another process committed the same entry in between
             shutil.rmtree(self.tmp, ignore_errors=True)
         return self.final
 

@@ -201,3 +201,16 @@ def test_periodic_validation_scores_at_most_eval_tokens(tmp_path):
     assert np.asarray(capped.val_ids).tolist() == np.asarray(full.val_ids)[:500].tolist()
     with pytest.raises(ConfigError, match="--eval-tokens"):
         TrainConfig(eval_tokens=-1).validate()
+
+
+def test_a_second_writer_of_an_entry_keeps_the_first_one(tmp_path):
+    """Two torchrun ranks encode the same corpus at once: the later commit must not pull the entry away."""
+    from charnn import cache
+
+    first = prepare(["abc\n" * 50], "utf-8", {"val_frac": 0.1}, CHAR)
+    inode = (first.path / "ids.bin").stat().st_ino
+    late = cache.EntryWriter(first.path.name)
+    late.ids.write(b"\x01\x02")
+    late.commit({"dtype": "uint8", "tokens": 2})
+    assert (first.path / "ids.bin").stat().st_ino == inode
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(f".{first.path.name}")]  # no temp left
