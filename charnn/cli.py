@@ -116,8 +116,11 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Silence notes on std
 
 @app.command()
 def train(
-    corpus: Annotated[Optional[str], typer.Argument(help="UTF-8 text file. Default: Python's standard library source, "
-                                                         "assembled offline (about 5 MB).", show_default=False)] = None,
+    corpus: Annotated[Optional[List[str]], typer.Argument(
+        help="Text files and folders (read recursively), or a catalog name (see `charnn corpora`). Default: Python's "
+             "standard library source, assembled offline (about 5 MB).", show_default=False)] = None,
+    glob: Annotated[Optional[str], typer.Option(help="Inside folders, take only files matching this pattern, "
+                                                     "e.g. '*.py'.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (default: the corpus file's stem).")] = None,
     out: Annotated[str, typer.Option(help="Root folder for runs.")] = "checkpoints",
     cell: Annotated[str, typer.Option(help=f"Recurrent cell: {', '.join(CELLS)}.")] = "lstm",
@@ -141,6 +144,8 @@ def train(
     patience: Annotated[int, typer.Option(help="With no limit given: stop after this many evaluations "
                                                "without improvement.")] = 5,
     eval_every: Annotated[int, typer.Option(help="Steps between validation passes (and checkpoint saves).")] = 200,
+    eval_tokens: Annotated[int, typer.Option(help="Validation passes score the first this many validation tokens "
+                                                  "(0: all of them).")] = 1_000_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1337,
     device: Device = "auto",
     precision: Annotated[str, typer.Option(help=f"Autocast precision: {', '.join(PRECISIONS)} (auto: bf16 on "
@@ -185,14 +190,18 @@ def train(
         cfg = TrainConfig(out=out, name=name, val_frac=val_frac, val_file=val_file, batch_size=batch_size,
                           seq_len=seq_len, lr=lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip,
                           seed=seed, max_steps=max_steps, max_time=parse_duration(max_time) if max_time else None,
-                          epochs=epochs, patience=patience, eval_every=eval_every, device=device,
+                          epochs=epochs, patience=patience, eval_every=eval_every, eval_tokens=eval_tokens, device=device,
                           precision=precision, threads=threads, tokenizer=tokenizer,
                           vocab_size=vocab_size, save_every_secs=save_every_secs, compile=compile).validate()
         stop = StopRequest()
         with graceful_signals(stop):
-            corpus = load_corpus(corpus, encoding)
             view = TrainProgress(err, cfg.open_ended, quiet)
             events = Callbacks(view)
+            corpus_args = list(corpus or [])
+            try:
+                corpus = load_corpus(corpus_args, encoding, glob, events)
+            finally:
+                view.download.close()
             trainer = Trainer(corpus, model_cfg, cfg, events, resume=resume, stop=stop, encoding=encoding,
                               explicit=_given_on_command_line(ctx), dist=dist)
             metrics = None
@@ -211,7 +220,7 @@ def train(
                     raise typer.Exit(code) from None
                 enc = f"--encoding {encoding} " if encoding.lower() not in ("utf-8", "utf8") else ""
                 err.print(f"[yellow]stopped at step {trainer.step}; saved {e.path}. Resume with: {_launcher(dist)}charnn train "
-                          f"{_quote(corpus.source if corpus.name != 'stdlib' else '')}--name {trainer.run_dir.name} "
+                          f"{''.join(_quote(a) for a in corpus_args)}--name {trainer.run_dir.name} "
                           f"--out {shlex.quote(cfg.out)} {enc}--resume[/]", markup=True)
                 raise typer.Exit(code) from None
             finally:
@@ -434,6 +443,28 @@ def info(
         out.print(line, markup=False)
     out.print()
     _print_curve(out, Path(facts["run_dir"]))
+
+
+@app.command()
+def corpora(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """List the catalog of public corpora `charnn train NAME` downloads, and which are already here."""
+    from charnn.cache import cache_root
+    from charnn.catalog import catalog_path, listing
+
+    with user_errors():
+        entries = listing()
+    if as_json:
+        typer.echo(json.dumps({"catalog": str(catalog_path()), "cache": str(cache_root()), "corpora": entries}))
+        return
+    typer.echo(f"{'name':<22} {'size':>10}  {'here':<4}  {'sha256':<8}  description")
+    for e in entries:
+        size = f"{e['size'] / 1e6:,.1f} MB" if e.get("size") else "?"
+        typer.echo(f"{e['name']:<22} {size:>10}  {'yes' if e['downloaded'] else '-':<4}  "
+                   f"{'pinned' if e.get('sha256') else 'none':<8}  {e['description']}")
+    err.print(f"cache: {cache_root()} (set CHARNN_CACHE to move it); train one with: charnn train NAME",
+              highlight=False)
 
 
 @app.command()

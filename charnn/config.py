@@ -61,6 +61,7 @@ class TrainConfig:
     epochs: Optional[float] = None  # stop after this many passes over the training text
     patience: int = 5  # with no length limit: evaluations without improvement before stopping
     eval_every: int = 200  # steps between validation passes
+    eval_tokens: int = 1_000_000  # validation passes score the first this many val tokens (0: all of them)
     device: str = "auto"  # auto, cpu, cuda or mps
     precision: str = "auto"  # auto, fp32, bf16 or fp16 (autocast; weights stay fp32)
     threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
@@ -96,6 +97,8 @@ class TrainConfig:
             problems.append(f"`--save-every-secs` must be >= 0 (0: save only at evaluations), got {self.save_every_secs}")
         if not 0 <= self.seed < SEED_LIMIT:
             problems.append(f"`--seed` must be in [0, 2**63), got {self.seed}")
+        if self.eval_tokens < 0:
+            problems.append(f"`--eval-tokens` must be >= 0 (0: the whole validation split), got {self.eval_tokens}")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"`--max-steps` must be at least 1, got {self.max_steps}")
         if self.max_time is not None and not self.max_time > 0:

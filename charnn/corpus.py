@@ -1,14 +1,16 @@
-"""Where training text comes from: a UTF-8 file, or the built-in corpus of Python's own source."""
+"""Where training text comes from: files and folders, a catalog corpus, or the built-in corpus of Python's
+own source. A corpus of files is not read here: encode.py streams it."""
 
 from __future__ import annotations
 
 import os
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence, Union
 
 from charnn.errors import CharnnError, ConfigError
+from charnn.sources import Part, SourceFile, find_files
 
 BUILTIN_NAME = "stdlib"
 # The built-in corpus stops after this many characters (about 5 MB: a few minutes per epoch on a CPU).
@@ -18,9 +20,15 @@ _SKIP_DIRS = {"test", "tests", "idle_test", "__pycache__", "site-packages", "dis
 
 @dataclass
 class Corpus:
-    text: str  # the whole text
+    text: Optional[str]  # the whole text, when it is held in memory (the built-in corpus); else None
     name: str  # default run name
     source: str  # where it came from, for messages and the checkpoint
+    files: List[SourceFile] = field(default_factory=list)  # the files it streams from, in order (text None)
+    encoding: Optional[str] = None  # the files' encoding when fixed (a catalog corpus); None: --encoding
+    split: Optional[dict] = None  # a fixed split {"train": chars, "val": chars} (enwik8's convention)
+
+    def parts(self) -> List[Part]:
+        return [self.text] if self.text is not None else list(self.files)
 
 
 def read_text(path: str, what: str = "corpus", encoding: str = "utf-8") -> str:
@@ -49,10 +57,27 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8") -> str:
     return text
 
 
-def load_corpus(path: Optional[str], encoding: str = "utf-8") -> Corpus:
-    if path is None:
+def load_corpus(paths: Union[None, str, Sequence[str]], encoding: str = "utf-8", glob: Optional[str] = None,
+                on_event: Optional[Callable[[str, dict], None]] = None) -> Corpus:
+    """CORPUS arguments -> a Corpus: files and folders (recursive, filtered by `glob`), a catalog name
+    (downloaded once into the cache), or nothing for the built-in corpus. Files are read later, streamed."""
+    on_event = on_event or (lambda kind, info: None)
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
         return builtin_corpus()
-    return Corpus(read_text(path, "corpus", encoding), Path(path).stem or "run", str(Path(path).resolve()))
+    if len(paths) == 1 and not Path(paths[0]).exists():
+        from charnn import catalog
+
+        entry = catalog.find(paths[0])
+        if entry is not None:
+            path = catalog.fetch(entry, on_event)
+            return Corpus(None, entry["name"], entry["name"], [SourceFile(path, optional=False)],
+                          entry.get("encoding"), entry.get("split"))
+    files = find_files(paths, glob, lambda path, why: on_event("corpus_skip", {"path": path, "why": why}))
+    first = Path(paths[0])
+    source = str(files[0].path.resolve()) if len(paths) == 1 and not first.is_dir() else " ".join(paths)
+    return Corpus(None, first.resolve().stem if first.is_dir() else (first.stem or "run"), source, files)
 
 
 def stdlib_files(root: Optional[str] = None) -> List[Path]:

@@ -58,8 +58,8 @@ class StreamBatches:
         if self.rows != slice(0, self.batch_size):
             X, Y = X[self.rows], Y[self.rows]
         T = self.seq_len
-        for t in range(start, self.steps_per_epoch(offset)):
-            yield X[:, t * T:(t + 1) * T], Y[:, t * T:(t + 1) * T]
+        for t in range(start, self.steps_per_epoch(offset)):  # ids may be compact (uint8...): the model takes int64
+            yield X[:, t * T:(t + 1) * T].long(), Y[:, t * T:(t + 1) * T].long()
 
     def max_offset(self) -> int:
         """Largest epoch offset that still leaves as many windows as offset 0."""

@@ -6,10 +6,12 @@ import math
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
 
 TOTAL = 1000  # the bar counts thousandths of the run (steps, time or epochs: whichever limit is nearest)
 PLAIN_EVERY = 10.0  # seconds between plain progress lines
+BIG_CORPUS = 20e6  # bytes from which encoding is announced before it starts (smaller ones take a moment)
 
 
 def _fmt(x: float) -> str:
@@ -26,6 +28,7 @@ class TrainProgress:
         self.best = math.nan
         self.progress = None
         self._last_line = -math.inf  # the first step always gets a plain line
+        self.download = DownloadBar(console, quiet)
 
     def __enter__(self):
         if self.live:
@@ -43,12 +46,32 @@ class TrainProgress:
         if self.progress is not None:
             self.progress.stop()
 
+    def _data(self, info: dict) -> None:
+        if info["stage"] == "encode":
+            if info["bytes"] >= BIG_CORPUS:
+                    self.note(f"encoding {info['bytes'] / 1e6:,.0f} MB of text (once: later runs on it reuse the cache)...")
+            return
+        if info["bytes"] >= BIG_CORPUS:  # a small corpus encodes in a blink: no line for it
+            mb, t = info["bytes"] / 1e6, max(info["seconds"], 1e-9)
+            how = (f"cached encoding of {mb:,.0f} MB loaded in {t:.1f}s" if info["cached"] else
+                   f"encoded {mb:,.0f} MB in {t:.1f}s ({mb / t:,.0f} MB/s)")
+            self.note(f"{how}: {info['train_tokens']:,} train / {info['val_tokens']:,} val tokens as {info['dtype']}")
+        if info["cached"]:
+            for path, why in info.get("skipped", []):
+                self.note(f"note: skipped {path}: it {why}")
+
     def note(self, message: str) -> None:
         if not self.quiet:
             self.console.print(message, highlight=False)
 
     def __call__(self, kind: str, info: dict) -> None:
-        if kind == "tokenizer":
+        if kind == "download":
+            self.download(info)
+        elif kind == "corpus_skip":
+            self.note(f"note: skipped {info['path']}: it {info['why']}")
+        elif kind == "data":
+            self._data(info)
+        elif kind == "tokenizer":
             if info["stage"] == "start":
                 cap = "" if info["chars"] == info["of_chars"] else f" (a sample of {info['of_chars']:,})"
                 self.note(f"training a {info['kind']} tokenizer (vocab {info['vocab_size']:,}) on "
@@ -81,3 +104,38 @@ class TrainProgress:
             mark = " (best)" if info["improved"] else ""
             self.note(f"step {info['step']}: val {info['val_loss']:.4f} nats/char "
                       f"({info['val_loss'] / math.log(2):.3f} bits){mark}")
+
+
+class DownloadBar:
+    """Draws "download" events (start, progress, done) as a Rich bar on stderr, or plain lines."""
+
+    def __init__(self, console: Console, quiet: bool = False):
+        self.console, self.quiet, self.progress, self.task = console, quiet, None, None
+
+    def __call__(self, info: dict) -> None:
+        if self.quiet:
+            return
+        stage = info["stage"]
+        if stage == "start":
+            self.console.print(f"downloading {info['name']} from {info['url']}", highlight=False)
+            if self.console.is_terminal:
+                self.progress = Progress(TextColumn(info["name"]), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                         TimeRemainingColumn(), console=self.console, redirect_stdout=False,
+                                         redirect_stderr=False, transient=True)
+                self.progress.start()
+                self.task = self.progress.add_task("download", total=info["total"])
+        elif stage == "progress" and self.progress is not None:
+            self.progress.update(self.task, completed=info["done"])
+        elif stage == "done":
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
+            self.console.print(f"downloaded {info['done']:,} bytes", highlight=False)
+        elif stage == "unverified":
+            self.console.print(f"note: the catalog pins no sha256 for {info['name']}; what arrived has sha256 "
+                               f"{info['sha256']}", highlight=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

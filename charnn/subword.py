@@ -74,8 +74,10 @@ class SentencePieceTokenizer:
 
     @classmethod
     def train(cls, kind: str, text: str, vocab_size: Optional[int] = None,
-              on_event: Optional[Callable[[str, dict], None]] = None, threads: Optional[int] = None):
-        """Train on `text` (the training split) in memory; report start and end as "tokenizer" events."""
+              on_event: Optional[Callable[[str, dict], None]] = None, threads: Optional[int] = None,
+              total_chars: Optional[int] = None):
+        """Train on `text` (the training split, or a sample of `total_chars` of it) in memory; report start
+        and end as "tokenizer" events."""
         if kind not in KINDS:
             raise ConfigError(f"`--tokenizer` must be char, {' or '.join(KINDS)}, not {kind!r}")
         vocab_size = vocab_size or DEFAULT_VOCAB
@@ -84,7 +86,7 @@ class SentencePieceTokenizer:
         on_event = on_event or (lambda kind, info: None)
         sample = training_sample(text)
         on_event("tokenizer", {"stage": "start", "kind": kind, "vocab_size": vocab_size,
-                               "chars": len(sample), "of_chars": len(text)})
+                               "chars": len(sample), "of_chars": total_chars or len(text)})
         t0, buf = time.perf_counter(), io.BytesIO()
         try:
             _spm().SentencePieceTrainer.train(

@@ -20,15 +20,15 @@ import torch.nn.functional as F
 
 from charnn.checkpoint import save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig, from_dict
-from charnn.corpus import Corpus, read_text
-from charnn.data import StreamBatches, split_text
+from charnn.corpus import Corpus
+from charnn.data import StreamBatches
 from charnn.distributed import Dist
 from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device, resolve_precision
+from charnn.encode import prepare_corpus
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN, detach_state
 from charnn.resume import load_resume, resume_config
-from charnn.tokenizer import build_tokenizer, tokenizer_from_state
 
 Callback = Callable[[str, dict], None]
 STOP_REASONS = ("max_steps", "epochs", "max_time", "patience")
@@ -145,19 +145,13 @@ class Trainer:
             keep_freed_memory()
         torch.manual_seed(cfg.seed)
 
-        if cfg.val_file:
-            train_text, val_text = corpus.text, read_text(cfg.val_file, "validation file", encoding)
-        else:
-            train_text, val_text = split_text(corpus.text, cfg.val_frac)
-        if len(val_text) < 2:
-            raise CharnnError(f"the validation text has {len(val_text)} characters; it needs at least 2 "
-                              "(raise --val-frac or pass --val-file)")
-        # the tokenizer sees the training split only, never the validation text
-        self.tokenizer = (tokenizer_from_state(resumed["tokenizer"]) if resumed else
-                          build_tokenizer(train_text, cfg.tokenizer, cfg.vocab_size, self.on_event, cfg.threads))
-        train_ids = torch.from_numpy(self.tokenizer.encode(train_text))
-        self.val_ids = self.tokenizer.encode(val_text)
-        self.chars_per_token = len(train_text) / max(1, len(train_ids))
+        # streamed and encoded once into the cache; the tokenizer sees the training split only
+        data = prepare_corpus(corpus, cfg, resumed["tokenizer"] if resumed else None, encoding, self.on_event)
+        self.tokenizer, self.data = data.tokenizer, data
+        # periodic evaluations score the first --eval-tokens validation ids (all of them when there are fewer)
+        self.val_ids = data.val_ids[: cfg.eval_tokens or None]
+        self.chars_per_token = data.train_chars / max(1, len(data.train_ids))
+        train_ids = data.train_ids
         self.batches = StreamBatches(train_ids.to(self.device), cfg.batch_size, cfg.seq_len)
         self.batches.shard(*self.dist.part)
         if self.dist.active:

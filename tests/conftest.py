@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny corpus the tests write themselves and a tiny trained run."""
 
+import os
 import random
 
 import pytest
@@ -17,6 +18,18 @@ def make_text(n_lines: int = 400, seed: int = 0) -> str:
     rng = random.Random(seed)
     words = "the cat sat on a mat and the dog ran to the red barn while birds sang".split()
     return "\n".join(" ".join(rng.choice(words) for _ in range(8)) for _ in range(n_lines)) + "\n"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Encoded corpora and downloads go to a temporary cache, never the user's ~/.cache/charnn."""
+    old = os.environ.get("CHARNN_CACHE")
+    os.environ["CHARNN_CACHE"] = str(tmp_path_factory.mktemp("charnn-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CHARNN_CACHE", None)
+    else:
+        os.environ["CHARNN_CACHE"] = old
 
 
 TINY_MODEL = dict(cell="lstm", layers=2, hidden=64, embed=16, dropout=0.0)

@@ -139,10 +139,10 @@ def test_bad_corpora(tmp_path, monkeypatch):
     one_line_error(invoke("train", tmp_path / "latin.txt", "--encoding", "latin-1", *out), 1, "fewer than one batch")
     one_line_error(invoke("train", tmp_path / "short.txt", *out), 1, "fewer than one batch", "--batch-size")
 
-    def unreadable(self):
+    def unreadable(self, *args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
 
-    monkeypatch.setattr(Path, "read_bytes", unreadable)  # root reads anything, so deny it this way
+    monkeypatch.setattr(Path, "open", unreadable)  # root reads anything, so deny it this way
     one_line_error(invoke("train", tmp_path / "short.txt", *out), 1, "cannot read", "Permission denied")
 
 

@@ -1,0 +1,146 @@
+"""The on-disk cache: encoded corpora (id arrays plus their tokenizer) and downloaded catalog corpora.
+
+It lives in $CHARNN_CACHE, else ~/.cache/charnn. An encoded corpus is a folder `encoded/<key>/` holding
+`ids.bin` (the ids, train then val, as uint8/uint16/uint32) and `meta.json`; the key hashes the corpus
+content, the tokenizer and the split. Entries are written into a temporary folder and renamed into
+place, so a killed run never leaves a half entry that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from charnn.errors import CharnnError
+
+FORMAT = 1  # bump when the layout of an entry changes
+HASH_BLOCK = 8 << 20
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CHARNN_CACHE") or Path.home() / ".cache" / "charnn").expanduser()
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned type that holds every id."""
+    if vocab_size <= 1 << 8:
+        return np.dtype(np.uint8)
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def file_sha256(path: Path, memo: Optional[dict] = None) -> str:
+    """sha256 of a file's bytes; `memo` (path -> [size, mtime_ns, hash]) skips rehashing an unchanged file."""
+    st = path.stat()
+    key = str(path.resolve())
+    if memo is not None and memo.get(key, [None])[:2] == [st.st_size, st.st_mtime_ns]:
+        return memo[key][2]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(HASH_BLOCK), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    if memo is not None:
+        memo[key] = [st.st_size, st.st_mtime_ns, digest]
+    return digest
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def load_memo() -> dict:
+    try:
+        return json.loads((cache_root() / "hashes.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def save_memo(memo: dict) -> None:
+    try:
+        write_atomic(cache_root() / "hashes.json", json.dumps(memo).encode("utf-8"))
+    except OSError:
+        pass  # the memo only saves time
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def entry_key(content: Sequence[str], encoding: str, split: dict, tokenizer: dict) -> str:
+    """The cache key: content hashes (in order), how they are decoded and split, and the tokenizer."""
+    spec = {"format": FORMAT, "content": list(content), "encoding": encoding.lower(), "split": split,
+            "tokenizer": tokenizer}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def entry_dir(key: str) -> Path:
+    return cache_root() / "encoded" / key
+
+
+def find_entry(key: str) -> Optional[dict]:
+    """The meta of a complete cached entry, or None."""
+    folder = entry_dir(key)
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ids = folder / "ids.bin"
+    if meta.get("format") != FORMAT or not ids.is_file():
+        return None
+    if ids.stat().st_size != meta["tokens"] * np.dtype(meta["dtype"]).itemsize:
+        return None
+    return meta
+
+
+class EntryWriter:
+    """Builds an entry in a temporary folder; `commit` renames it into place."""
+
+    def __init__(self, key: str):
+        self.key, self.final = key, entry_dir(key)
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{key}-"))
+        except OSError as e:
+            raise CharnnError(f"cannot write the encoding cache in {str(self.final.parent)!r}: {e.strerror or e}; "
+                              "set CHARNN_CACHE to a writable folder") from None
+        self.ids = open(self.tmp / "ids.bin", "wb")
+
+    def commit(self, meta: dict, files: Optional[dict] = None) -> Path:
+        self.ids.close()
+        for name, data in (files or {}).items():
+            (self.tmp / name).write_bytes(data)
+        (self.tmp / "meta.json").write_text(json.dumps({**meta, "format": FORMAT}), encoding="utf-8")
+        if find_entry(self.key) is not None:  # another process (a torchrun rank) committed it first: keep
+            shutil.rmtree(self.tmp, ignore_errors=True)  # theirs, which it may already have open
+            return self.final
+        if self.final.exists():  # a stale or broken entry
+            shutil.rmtree(self.final, ignore_errors=True)
+        try:
+            os.replace(self.tmp, self.final)
+        except OSError:  # another process committed the same entry in between
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return self.final
+
+    def abort(self) -> None:
+        self.ids.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def open_ids(key: str, meta: dict) -> np.ndarray:
+    """The entry's ids, memory-mapped (copy-on-write, so torch.from_numpy takes it without a warning)."""
+    return np.memmap(entry_dir(key) / "ids.bin", dtype=np.dtype(meta["dtype"]), mode="c", shape=(meta["tokens"],))

@@ -1,0 +1,152 @@
+"""A small catalog of public corpora: download once into the cache, verify, unpack.
+
+The catalog is corpora/catalog.json (or $CHARNN_CATALOG): per corpus its name, URL, sha256, size,
+licence and a one-line description, plus what to take out of an archive, its encoding and a fixed split
+where the corpus has a published one. Downloads stream into a temporary file next to the target and are
+renamed into place only when complete and verified, so a dropped connection leaves no half file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from charnn.cache import cache_root
+from charnn.errors import CharnnError
+
+Callback = Callable[[str, dict], None]
+BLOCK = 1 << 16
+TIMEOUT = 30  # seconds without data before a download gives up
+DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "corpora" / "catalog.json"
+
+
+def catalog_path() -> Path:
+    return Path(os.environ.get("CHARNN_CATALOG") or DEFAULT_CATALOG)
+
+
+def load_catalog(path: Optional[Path] = None) -> List[dict]:
+    path = path or catalog_path()
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))["corpora"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CharnnError(f"cannot read the corpus catalog {str(path)!r}: {e}") from None
+
+
+def find(name: str, path: Optional[Path] = None) -> Optional[dict]:
+    """The catalog entry called `name`, or None (also when there is no catalog to read)."""
+    try:
+        entries = load_catalog(path)
+    except CharnnError:
+        return None
+    return next((e for e in entries if e["name"] == name), None)
+
+
+def local_path(entry: dict) -> Path:
+    """Where the corpus's text lives once downloaded (and unpacked)."""
+    return cache_root() / "corpora" / entry["name"] / (entry.get("member") or Path(entry["url"]).name)
+
+
+def is_downloaded(entry: dict) -> bool:
+    return local_path(entry).is_file()
+
+
+def fetch(entry: dict, on_event: Optional[Callback] = None) -> Path:
+    """The corpus's local text file, downloaded, verified and unpacked on first use."""
+    target = local_path(entry)
+    if target.is_file():
+        return target
+    on_event = on_event or (lambda kind, info: None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    archive = target.parent / Path(entry["url"]).name if entry.get("member") else target
+    tmp = _download(entry, archive.parent, on_event)
+    try:
+        if entry.get("member"):
+            _unpack(entry, tmp, target)
+        else:
+            os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _hint(entry: dict) -> str:
+    return (f"download {entry['url']} yourself and pass the file instead: charnn train PATH "
+            f"(after unpacking {entry['member']!r} from it)" if entry.get("member") else
+            f"download {entry['url']} yourself and pass the file instead: charnn train PATH")
+
+
+def _download(entry: dict, folder: Path, on_event: Callback) -> Path:
+    """Stream the URL into a temporary file in `folder`, checking its size and sha256; the temp path."""
+    name, url = entry["name"], entry["url"]
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}-", suffix=".part")
+    tmp = Path(tmp_name)
+    digest, done = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+                    total = int(response.headers.get("Content-Length") or entry.get("size") or 0) or None
+                    on_event("download", {"stage": "start", "name": name, "url": url, "total": total})
+                    while True:
+                        block = response.read(BLOCK)
+                        if not block:
+                            break
+                        out.write(block)
+                        digest.update(block)
+                        done += len(block)
+                        on_event("download", {"stage": "progress", "name": name, "done": done, "total": total})
+            except (urllib.error.URLError, OSError, socket.timeout, ValueError) as e:
+                reason = getattr(e, "reason", None) or e
+                raise CharnnError(f"could not download {name} from {url} ({reason}); check the connection, or "
+                                  f"{_hint(entry)}") from None
+            except Exception as e:  # http.client.IncompleteRead and friends: the connection dropped
+                raise CharnnError(f"the download of {name} from {url} broke off after {done:,} bytes ({type(e).__name__}); "
+                                  f"try again, or {_hint(entry)}") from None
+        on_event("download", {"stage": "done", "name": name, "done": done, "total": done})
+        _verify(entry, done, digest.hexdigest())
+        if not entry.get("sha256"):
+            on_event("download", {"stage": "unverified", "name": name, "sha256": digest.hexdigest()})
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _verify(entry: dict, size: int, sha256: str) -> None:
+    name, want_size = entry["name"], entry.get("size")
+    if want_size and size != want_size:
+        raise CharnnError(f"the download of {name} has {size:,} bytes, not the catalog's {want_size:,} (a dropped "
+                          f"connection or a changed file); nothing was kept. Try again, or {_hint(entry)}")
+    want = entry.get("sha256")
+    if want and sha256 != want.lower():
+        raise CharnnError(f"checksum mismatch for {name}: sha256 {sha256}, the catalog expects {want}; nothing was "
+                          f"kept. {_hint(entry)[0].upper()}{_hint(entry)[1:]}")
+
+
+def _unpack(entry: dict, archive: Path, target: Path) -> None:
+    member = entry["member"]
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with zipfile.ZipFile(archive) as zf, zf.open(member) as src, os.fdopen(fd, "wb") as out:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                out.write(block)
+        os.replace(tmp, target)
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise CharnnError(f"the download of {entry['name']} is not a zip archive holding {member!r} ({e}); "
+                          f"{_hint(entry)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def listing(path: Optional[Path] = None) -> List[dict]:
+    """The catalog's entries, each with `downloaded` and `path` added."""
+    return [{**e, "downloaded": is_downloaded(e), "path": str(local_path(e))} for e in load_catalog(path)]

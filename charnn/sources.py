@@ -1,0 +1,154 @@
+"""Finding a corpus's files and reading them as a stream of text chunks, never as one string.
+
+A corpus is a list of parts: files (read in byte blocks through an incremental decoder) and strings (an
+in-memory text, the separator between files). Files named on the command line must be readable text;
+files found inside a directory that turn out binary or undecodable are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import codecs
+import fnmatch
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Sequence, Union
+
+from charnn.errors import CharnnError, ConfigError
+
+BLOCK_BYTES = 4 << 20  # bytes read per block from a file
+BLOCK_CHARS = 4 << 20  # characters per chunk of an in-memory text
+SEPARATOR = "\n\n"  # between the files of a corpus
+SNIFF_BYTES = 8192  # a NUL byte in this many leading bytes marks a file as binary
+BINARY = "looks binary (it contains NUL bytes)"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path
+    optional: bool  # found inside a directory: skipped (not fatal) when binary or undecodable
+
+
+Part = Union[SourceFile, str]
+
+
+def find_files(paths: Sequence[str], glob: Optional[str] = None,
+               on_skip: Optional[Callable[[str, str], None]] = None) -> List[SourceFile]:
+    """The files of CORPUS arguments: files as given, directories walked recursively in sorted order
+    (hidden entries left out; `glob` filters by name or relative path). Binary files inside a directory
+    are reported through `on_skip(path, why)` and left out."""
+    on_skip = on_skip or (lambda path, why: None)
+    found: List[SourceFile] = []
+    seen = set()
+    for arg in paths:
+        p = Path(arg)
+        if not p.exists():
+            raise CharnnError(f"corpus {arg!r} does not exist")
+        if p.is_dir():
+            members = _walk(p, glob)
+            if not members:
+                what = f" matching --glob {glob!r}" if glob else ""
+                raise CharnnError(f"corpus {arg!r} is a directory with no files{what} in it; pass text files "
+                                  "or a folder that holds some")
+            items = [SourceFile(m, optional=True) for m in members]
+        else:
+            if p.stat().st_size == 0:
+                raise CharnnError(f"corpus {arg!r} is empty")
+            try:
+                with p.open("rb") as f:
+                    head = f.read(SNIFF_BYTES)
+            except OSError as e:
+                raise CharnnError(f"cannot read corpus {arg!r}: {e.strerror or e}") from None
+            if b"\x00" in head:
+                raise CharnnError(f"corpus {arg!r} {BINARY}; pass a text file")
+            items = [SourceFile(p, optional=False)]
+        for item in items:
+            key = item.path.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            if item.optional and looks_binary(item.path):
+                on_skip(str(item.path), BINARY)
+                continue
+            found.append(item)
+    if not found:
+        raise CharnnError(f"no text files in {', '.join(repr(a) for a in paths)}")
+    return found
+
+
+def _walk(root: Path, glob: Optional[str]) -> List[Path]:
+    out: List[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if glob is None or fnmatch.fnmatch(name, glob) or fnmatch.fnmatch(rel, glob):
+                out.append(path)
+    return out
+
+
+def looks_binary(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return b"\x00" in f.read(SNIFF_BYTES)
+    except OSError:
+        return False  # reading it properly reports the error
+
+
+def check_encoding(encoding: str) -> str:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ConfigError(f"`--encoding`: unknown encoding {encoding!r}; try utf-8, latin-1 or cp1252") from None
+    return encoding
+
+
+class Undecodable(Exception):
+    """A file that is not text in the corpus's encoding (or cannot be read)."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(why)
+        self.path, self.why = path, why
+
+
+def read_chunks(part: Part, encoding: str, block: int = BLOCK_BYTES) -> Iterator[str]:
+    """The text of one part in chunks; raises Undecodable for a file that is not valid text."""
+    if isinstance(part, str):
+        for i in range(0, len(part), BLOCK_CHARS):
+            yield part[i:i + BLOCK_CHARS]
+        return
+    path = part.path
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    offset = 0
+    try:
+        with open(path, "rb") as f:
+            while True:
+                data = f.read(block)
+                final = len(data) < block
+                if offset == 0 and b"\x00" in data[:SNIFF_BYTES]:  # as read_text: only the head is sniffed
+                    raise Undecodable(path, BINARY)
+                try:
+                    text = decoder.decode(data, final=final)
+                except UnicodeDecodeError as e:
+                    at = offset + e.start
+                    raise Undecodable(path, f"is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {at}") from None
+                offset += len(data)
+                if text:
+                    yield text
+                if final:
+                    return
+    except OSError as e:
+        raise Undecodable(path, f"cannot be read: {e.strerror or e}") from None
+
+
+def join_parts(files: Sequence[Part]) -> List[Part]:
+    """Parts with the separator between consecutive ones."""
+    out: List[Part] = []
+    for i, part in enumerate(files):
+        if i:
+            out.append(SEPARATOR)
+        out.append(part)
+    return out

@@ -1,0 +1,141 @@
+"""The corpus catalog, downloading from a local HTTP server on 127.0.0.1 (never the internet)."""
+
+import hashlib
+import io
+import json
+import socket
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from typer.testing import CliRunner
+
+from charnn import catalog
+from charnn.cache import cache_root
+from charnn.cli import app
+from charnn.corpus import load_corpus
+from charnn.errors import CharnnError
+from conftest import make_text
+
+TEXT = make_text(200, seed=5).encode("utf-8")
+ZIPPED = io.BytesIO()
+with zipfile.ZipFile(ZIPPED, "w") as _zf:
+    _zf.writestr("bytes8", bytes(range(1, 256)) * 40)
+ZIPPED = ZIPPED.getvalue()
+
+
+class Handler(BaseHTTPRequestHandler):
+    requests = []
+
+    def do_GET(self):
+        Handler.requests.append(self.path)
+        body = ZIPPED if self.path.endswith(".zip") else TEXT
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.path.startswith("/drop"):  # the connection dies half way through the body
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def local_catalog(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "cache"))
+    entries = [
+        {"name": "tiny", "url": f"{server}/tiny.txt", "sha256": hashlib.sha256(TEXT).hexdigest(), "size": len(TEXT),
+         "licence": "test", "description": "a good download"},
+        {"name": "bad-sum", "url": f"{server}/bad.txt", "sha256": "0" * 64, "size": len(TEXT),
+         "licence": "test", "description": "a checksum that does not match"},
+        {"name": "dropped", "url": f"{server}/drop.txt", "sha256": hashlib.sha256(TEXT).hexdigest(),
+         "size": len(TEXT), "licence": "test", "description": "the server hangs up half way"},
+        {"name": "offline", "url": f"http://127.0.0.1:{_closed_port()}/x.txt", "sha256": None, "size": None,
+         "licence": "test", "description": "nobody listens"},
+        {"name": "bytes8", "url": f"{server}/bytes8.zip", "sha256": hashlib.sha256(ZIPPED).hexdigest(),
+         "size": len(ZIPPED), "member": "bytes8", "encoding": "latin-1", "split": {"train": 8000, "val": 1000},
+         "licence": "test", "description": "a zip archive, byte-level, with a fixed split"},
+    ]
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps({"corpora": entries}), encoding="utf-8")
+    monkeypatch.setenv("CHARNN_CATALOG", str(path))
+    Handler.requests.clear()
+    return {e["name"]: e for e in entries}
+
+
+def _leftovers():
+    return sorted(p.name for p in (cache_root() / "corpora").rglob("*") if p.is_file())
+
+
+def test_a_good_download_is_verified_kept_and_fetched_only_once(local_catalog):
+    events = []
+    path = catalog.fetch(local_catalog["tiny"], lambda kind, info: events.append(info["stage"]))
+    assert path.read_bytes() == TEXT and _leftovers() == ["tiny.txt"]
+    assert events[0] == "start" and "progress" in events and events[-1] == "done"
+    assert catalog.fetch(local_catalog["tiny"]) == path and Handler.requests == ["/tiny.txt"]
+    assert [e["downloaded"] for e in catalog.listing()] == [True, False, False, False, False]
+
+
+def test_a_checksum_mismatch_keeps_nothing(local_catalog):
+    with pytest.raises(CharnnError, match="checksum mismatch for bad-sum.*pass the file instead"):
+        catalog.fetch(local_catalog["bad-sum"])
+    assert _leftovers() == []
+
+
+def test_a_dropped_connection_leaves_no_half_file(local_catalog):
+    with pytest.raises(CharnnError, match="dropped|broke off"):
+        catalog.fetch(local_catalog["dropped"])
+    assert _leftovers() == [] and not catalog.is_downloaded(local_catalog["dropped"])
+
+
+def test_offline_is_one_clear_error(local_catalog):
+    with pytest.raises(CharnnError, match="could not download offline .*charnn train PATH"):
+        catalog.fetch(local_catalog["offline"])
+    r = CliRunner().invoke(app, ["train", "offline", "--max-steps", "1"])
+    assert r.exit_code == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert "could not download offline" in r.stderr and "Connection refused" in r.stderr
+
+
+def test_zip_archives_are_unpacked_and_keep_their_fixed_split(local_catalog):
+    corpus = load_corpus("bytes8")
+    assert corpus.encoding == "latin-1" and corpus.split == {"train": 8000, "val": 1000}
+    assert corpus.files[0].path.read_bytes() == bytes(range(1, 256)) * 40 and _leftovers() == ["bytes8"]
+
+
+def test_cli_trains_on_a_catalog_name_and_lists_what_is_downloaded(local_catalog, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["corpora", "--json"])
+    assert r.exit_code == 0 and [c["downloaded"] for c in json.loads(r.stdout)["corpora"]] == [False] * 5
+    args = ["train", "bytes8", "--out", str(tmp_path / "runs"), "--max-steps", "2", "--batch-size", "4",
+            "--seq-len", "16", "--hidden", "16", "--embed", "8", "--device", "cpu"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.stderr
+    assert "downloading bytes8" in r.stderr and "8,000 train / 1,000 val tokens" in r.stderr
+    assert (tmp_path / "runs" / "bytes8" / "best.pt").is_file()
+    r = runner.invoke(app, args + ["--name", "again"])
+    assert r.exit_code == 0 and "downloading" not in r.stderr and Handler.requests == ["/bytes8.zip"]
+    r = runner.invoke(app, ["corpora"])
+    row = next(line for line in r.stdout.splitlines() if line.startswith("bytes8"))
+    assert " yes " in row

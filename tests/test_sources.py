@@ -1,0 +1,216 @@
+"""Corpora of many files, streamed encoding and its cache."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charnn import encode, sources
+from charnn.cache import id_dtype
+from charnn.cli import app
+from charnn.config import TrainConfig
+from charnn.corpus import Corpus, load_corpus
+from charnn.data import split_text
+from charnn.encode import prepare, prepare_corpus
+from charnn.errors import CharnnError
+from charnn.sources import SEPARATOR, SourceFile, find_files
+from charnn.tokenizer import CharTokenizer
+from conftest import make_text
+
+CHAR = {"kind": "char", "vocab_size": None}
+
+
+def _tree(root):
+    (root / "b").mkdir(parents=True)
+    (root / "a.py").write_text("print('açé')\n", encoding="utf-8")
+    (root / "b" / "c.py").write_text("x = 'çé'\n", encoding="utf-8")
+    (root / "b" / "notes.txt").write_text("notes\n", encoding="utf-8")
+    (root / "b" / "image.py").write_bytes(b"\x89PNG\x00\x00binary")
+    (root / "b" / "latin.py").write_bytes("caf\xe9\n".encode("latin-1"))
+    (root / ".git").mkdir()
+    (root / ".git" / "config.py").write_text("hidden\n", encoding="utf-8")
+    return root
+
+
+def test_directories_are_walked_sorted_filtered_and_binary_files_skipped(tmp_path):
+    root = _tree(tmp_path / "src")
+    skipped = []
+    files = find_files([str(root)], "*.py", lambda p, why: skipped.append((p, why)))
+    assert [f.path.relative_to(root).as_posix() for f in files] == ["a.py", "b/c.py", "b/latin.py"]
+    assert all(f.optional for f in files)
+    assert skipped == [(str(root / "b" / "image.py"), sources.BINARY)]
+    everything = find_files([str(root)])
+    assert [f.path.name for f in everything] == ["a.py", "c.py", "latin.py", "notes.txt"]
+    # an explicit file comes first, once, even when a folder also holds it
+    again = find_files([str(root / "b" / "notes.txt"), str(root)])
+    assert [f.path.name for f in again] == ["notes.txt", "a.py", "c.py", "latin.py"] and not again[0].optional
+
+
+def test_undecodable_files_in_a_folder_are_skipped_with_a_note_and_the_rest_joined(tmp_path):
+    root = _tree(tmp_path / "src")
+    events = []
+    corpus = load_corpus([str(root)], glob="*.py", on_event=lambda k, i: events.append((k, i)))
+    data = prepare_corpus(corpus, TrainConfig(val_frac=0.2), on_event=lambda k, i: events.append((k, i)))
+    skips = [i["path"] for k, i in events if k == "corpus_skip"]
+    assert skips == [str(root / "b" / "image.py"), str(root / "b" / "latin.py")]
+    text = "print('açé')\n" + SEPARATOR + "x = 'çé'\n"
+    train, val = split_text(text, 0.2)
+    tok = data.tokenizer
+    assert tok.decode(data.train_ids.tolist()) == train and tok.decode(data.val_ids.tolist()) == val
+    assert data.skipped == [(str(root / "b" / "latin.py"), "is not valid utf-8: bad byte 0xe9 at offset 3")]
+
+
+def test_an_explicit_undecodable_file_is_an_error(tmp_path):
+    bad = tmp_path / "latin.txt"
+    bad.write_bytes("caf\xe9 ".encode("latin-1") * 10)
+    with pytest.raises(CharnnError, match="not valid utf-8"):
+        prepare_corpus(load_corpus(str(bad)), TrainConfig())
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64])
+def test_streamed_encoding_matches_encoding_the_whole_text(tmp_path, monkeypatch, block):
+    """Tiny read blocks cut UTF-8 sequences apart; the ids must not change, nor the nanoGPT-style split."""
+    monkeypatch.setattr(sources, "BLOCK_BYTES", block)
+    monkeypatch.setattr(sources, "BLOCK_CHARS", block)
+    monkeypatch.setattr(sources.read_chunks, "__defaults__", (block,))
+    text = "héllo wörld ✓ 😀 naïve\n" * 7 + "tail ½\n"
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    for parts in ([SourceFile(path, False)], [text]):
+        data = prepare(parts, "utf-8", {"val_frac": 0.25}, CHAR)
+        train, val = split_text(text, 0.25)
+        ref = CharTokenizer.build(train)
+        assert data.tokenizer.chars == ref.chars
+        assert data.train_ids.numpy().tolist() == ref.encode(train).tolist()
+        assert np.asarray(data.val_ids).tolist() == ref.encode(val).tolist()
+        assert (data.train_chars, data.val_chars) == (len(train), len(val))
+
+
+def test_ids_are_compact_and_unseen_validation_characters_are_counted(tmp_path):
+    text = "abcabcabc" * 10 + "xyzzy"
+    data = prepare([text], "utf-8", {"val_frac": 0.1}, CHAR)
+    assert data.train_ids.dtype == torch.uint8 and data.val_ids.dtype == np.uint8
+    train, val = split_text(text, 0.1)  # val is "cabcxyzzy": x, y, z, z, y are not in the training text
+    assert data.val_unknown == sum(c not in train for c in val) == 5
+    assert (np.asarray(data.val_ids) == 0).sum() == 5
+    wide = "".join(chr(0x4E00 + i) for i in range(300)) * 3
+    assert prepare([wide], "utf-8", {"val_frac": 0.1}, CHAR).val_ids.dtype == np.uint16
+    assert id_dtype(256) == np.uint8 and id_dtype(257) == np.uint16 and id_dtype(70000) == np.uint32
+
+
+def test_the_second_run_reads_the_cache_and_new_content_gets_a_new_key(tmp_path, monkeypatch):
+    path = tmp_path / "c.txt"
+    path.write_text(make_text(50), encoding="utf-8")
+    part = [SourceFile(path, False)]
+    first = prepare(part, "utf-8", {"val_frac": 0.1}, CHAR)
+    assert not first.cached
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(encode, "_build", no_encoding)
+    second = prepare(part, "utf-8", {"val_frac": 0.1}, CHAR)
+    assert second.cached and second.path == first.path
+    assert second.train_ids.tolist() == first.train_ids.tolist() and second.tokenizer.chars == first.tokenizer.chars
+    with pytest.raises(AssertionError, match="encoded again"):  # another split is another entry
+        prepare(part, "utf-8", {"val_frac": 0.2}, CHAR)
+    path.write_text(make_text(50, seed=1), encoding="utf-8")  # same size, other content
+    with pytest.raises(AssertionError, match="encoded again"):
+        prepare(part, "utf-8", {"val_frac": 0.1}, CHAR)
+
+
+def test_a_checkpoint_tokenizer_encodes_new_text_with_its_own_vocabulary(tmp_path):
+    state = CharTokenizer(list("ab\n")).state()
+    data = prepare(["abcab\n" * 20], "utf-8", {"val_frac": 0.1}, {"state": state})
+    assert data.tokenizer.chars == ["\n", "a", "b"]
+    assert (data.train_ids == 0).sum().item() == 18  # the c's of the training split are unknown too
+
+
+def test_fixed_split_and_a_separate_validation_file(tmp_path):
+    text = "0123456789" * 10
+    data = prepare([text], "latin-1", {"train": 60, "val": 25}, CHAR)
+    assert (data.train_chars, data.val_chars) == (60, 25)
+    assert data.tokenizer.decode(np.asarray(data.val_ids).tolist()) == text[60:85]
+    val = tmp_path / "val.txt"
+    val.write_text("98765\n", encoding="utf-8")
+    data = prepare([text], "utf-8", {"val_frac": 0.1}, CHAR, val_parts=[SourceFile(val, False)])
+    assert data.train_chars == 100 and data.tokenizer.decode(np.asarray(data.val_ids).tolist()) == "98765\ufffd"
+    with pytest.raises(CharnnError, match="validation text has 1 characters"):
+        prepare(["ab"], "utf-8", {"val_frac": 0.5}, CHAR)
+
+
+def test_subword_encoding_in_line_chunks_gives_the_text_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(encode, "SPM_CHARS", 300)
+    text = make_text(300, seed=4)
+    path = tmp_path / "c.txt"
+    path.write_text(text, encoding="utf-8")
+    data = prepare([SourceFile(path, False)], "utf-8", {"val_frac": 0.1}, {"kind": "bpe", "vocab_size": 300})
+    train, val = split_text(text, 0.1)
+    tok = data.tokenizer
+    assert tok.kind == "bpe" and data.train_ids.dtype.itemsize == 2
+    assert tok.decode(data.train_ids.tolist()) == train and tok.decode(np.asarray(data.val_ids).tolist()) == val
+    assert data.train_chars == len(train)
+
+
+def test_train_takes_folders_and_glob_from_the_command_line(tmp_path, monkeypatch):
+    root = tmp_path / "src"
+    (root / "sub").mkdir(parents=True)
+    for i in range(3):
+        (root / "sub" / f"part{i}.txt").write_text(make_text(60, seed=i), encoding="utf-8")
+    (root / "skip.md").write_text("# not this\n" * 500, encoding="utf-8")
+    (root / "blob.txt").write_bytes(b"\x00\x01binary" * 10)
+    runner = CliRunner()
+    args = ["train", str(root), "--glob", "*.txt", "--out", str(tmp_path / "runs"), "--max-steps", "3",
+            "--batch-size", "4", "--seq-len", "16", "--hidden", "16", "--embed", "8", "--device", "cpu"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.stderr
+    assert "note: skipped" in r.stderr and "blob.txt" in r.stderr and r.stdout == ""
+    config = json.loads((tmp_path / "runs" / "src" / "config.json").read_text())
+    assert config["corpus"] == str(root)
+    text = SEPARATOR.join(make_text(60, seed=i) for i in range(3))
+    assert "#" not in text and f"{int(len(text) * 0.9):,} train" in r.stderr  # skip.md stayed out
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(encode, "_build", no_encoding)  # the second run must come from the cache
+    r2 = runner.invoke(app, args + ["--name", "again"])
+    assert r2.exit_code == 0, r2.stderr
+
+
+def test_no_corpus_means_the_builtin_one():
+    corpus = load_corpus(None)
+    assert isinstance(corpus, Corpus) and corpus.text is not None and corpus.name == "stdlib"
+
+
+def test_periodic_validation_scores_at_most_eval_tokens(tmp_path):
+    from charnn.config import ModelConfig
+    from charnn.errors import ConfigError
+    from charnn.train import Trainer
+
+    text = make_text(300)
+    model = ModelConfig(vocab_size=1, hidden=16, embed=8)
+    capped = Trainer(Corpus(text, "t", "t"), model, TrainConfig(out=str(tmp_path), eval_tokens=500, device="cpu",
+                                                                batch_size=4, seq_len=16))
+    full = Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, hidden=16, embed=8),
+                   TrainConfig(out=str(tmp_path), eval_tokens=0, device="cpu", batch_size=4, seq_len=16))
+    _, val = split_text(text, 0.1)
+    assert len(full.val_ids) == len(val) and len(capped.val_ids) == 500
+    assert np.asarray(capped.val_ids).tolist() == np.asarray(full.val_ids)[:500].tolist()
+    with pytest.raises(ConfigError, match="--eval-tokens"):
+        TrainConfig(eval_tokens=-1).validate()
+
+
+def test_a_second_writer_of_an_entry_keeps_the_first_one(tmp_path):
+    """Two torchrun ranks encode the same corpus at once: the later commit must not pull the entry away."""
+    from charnn import cache
+
+    first = prepare(["abc\n" * 50], "utf-8", {"val_frac": 0.1}, CHAR)
+    inode = (first.path / "ids.bin").stat().st_ino
+    late = cache.EntryWriter(first.path.name)
+    late.ids.write(b"\x01\x02")
+    late.commit({"dtype": "uint8", "tokens": 2})
+    assert (first.path / "ids.bin").stat().st_ino == inode
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(f".{first.path.name}")]  # no temp left
