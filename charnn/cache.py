@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -125,20 +126,34 @@ class EntryWriter:
         for name, data in (files or {}).items():
             (self.tmp / name).write_bytes(data)
         (self.tmp / "meta.json").write_text(json.dumps({**meta, "format": FORMAT}), encoding="utf-8")
-        if find_entry(self.key) is not None:  # another process (a torchrun rank) committed it first: keep
-            shutil.rmtree(self.tmp, ignore_errors=True)  # theirs, which it may already have open
-            return self.final
-        if self.final.exists():  # a stale or broken entry
-            shutil.rmtree(self.final, ignore_errors=True)
-        try:
+        with _commit_lock(self.final.parent):  # processes encoding the same corpus (torchrun ranks) take turns
+            if find_entry(self.key) is not None:  # another process committed it first: keep theirs, which it
+                shutil.rmtree(self.tmp, ignore_errors=True)  # may already have open
+                return self.final
+            if self.final.exists():  # a stale or broken entry
+                shutil.rmtree(self.final, ignore_errors=True)
             os.replace(self.tmp, self.final)
-        except OSError:  # another process committed the same entry in between
-            shutil.rmtree(self.tmp, ignore_errors=True)
         return self.final
 
     def abort(self) -> None:
         self.ids.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextmanager
+def _commit_lock(folder: Path):
+    """An exclusive lock on folder/.lock (POSIX flock; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(folder / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def open_ids(key: str, meta: dict) -> np.ndarray:

@@ -131,7 +131,7 @@ def train(
     val_frac: Annotated[float, typer.Option(help="Last fraction of the text held out for validation.")] = 0.1,
     val_file: Annotated[Optional[str], typer.Option(help="Validate on this file instead (trains on all of CORPUS).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Contiguous streams per batch, over all processes "
-                                                           "under torchrun [default: 64 on the CPU, 256 on a CUDA "
+                                                           "under torchrun [default: 8 on the CPU, 256 on a CUDA "
                                                            "GPU, per process].", show_default=False)] = None,
     seq_len: Annotated[int, typer.Option(help="Characters per stream per step (BPTT length).")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-2,
@@ -143,7 +143,7 @@ def train(
     epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the text.")] = None,
     patience: Annotated[int, typer.Option(help="With no limit given: stop after this many evaluations "
                                                "without improvement.")] = 5,
-    eval_every: Annotated[int, typer.Option(help="Steps between validation passes (and checkpoint saves).")] = 200,
+    eval_every: Annotated[int, typer.Option(help="Steps between validation passes (and checkpoint saves).")] = 1000,
     eval_tokens: Annotated[int, typer.Option(help="Validation passes score the first this many validation tokens "
                                                   "(0: all of them).")] = 1_000_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1337,

@@ -60,7 +60,7 @@ class TrainConfig:
     max_time: Optional[float] = None  # stop so the whole run takes at most this many seconds
     epochs: Optional[float] = None  # stop after this many passes over the training text
     patience: int = 5  # with no length limit: evaluations without improvement before stopping
-    eval_every: int = 200  # steps between validation passes
+    eval_every: int = 1000  # steps between validation passes
     eval_tokens: int = 1_000_000  # validation passes score the first this many val tokens (0: all of them)
     device: str = "auto"  # auto, cpu, cuda or mps
     precision: str = "auto"  # auto, fp32, bf16 or fp16 (autocast; weights stay fp32)

@@ -30,7 +30,10 @@ from conftest import TINY_MODEL, make_text
 
 ROOT = Path(__file__).resolve().parent.parent
 # a rank left waiting by a bug fails the test in a minute instead of hanging for the default ten
-ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "CHARNN_DIST_TIMEOUT": "60"}
+def env() -> dict:
+    """Read at call time, so the subprocesses share the session's temporary CHARNN_CACHE (conftest)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "CHARNN_DIST_TIMEOUT": "60"}
 # dropout 0: dropout masks differ between one process and two, so only without it can the curves agree
 FLAGS = ["--hidden", "64", "--embed", "16", "--layers", "2", "--dropout", "0", "--batch-size", "8", "--seq-len", "32",
          "--lr", "0.02", "--warmup", "5", "--eval-every", "10", "--device", "cpu", "--seed", "3", "--log-every", "1",
@@ -49,7 +52,7 @@ def torchrun(nproc: int, *args: str) -> list:
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, **kw)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +102,7 @@ def test_a_batch_that_does_not_divide_among_the_processes_is_one_usage_error(tmp
 def test_sigterm_to_torchrun_saves_last_pt_and_the_run_resumes_under_torchrun(tmp_path, corpus):
     run_dir = tmp_path / "tiny"
     proc = subprocess.Popen(torchrun(2, str(corpus), "--out", str(tmp_path), *FLAGS, "--max-steps", "1000000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     deadline = time.time() + 120
     while not (run_dir / "last.pt").is_file():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1]

@@ -87,7 +87,7 @@ def test_batch_size_defaults_by_device(tmp_path):
     cfg = TrainConfig(out=str(tmp_path), name="auto", device="cpu", max_steps=1)
     assert cfg.batch_size is None
     trainer = Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
-    assert trainer.cfg.batch_size == 64 and trainer.batches.batch_size == 64
+    assert trainer.cfg.batch_size == 8 and trainer.batches.batch_size == 8
     from charnn.device import default_batch_size
     assert default_batch_size(torch.device("cuda")) == 256
 
