@@ -311,7 +311,7 @@ def sample(
                                                      "(\\n and \\t are understood).")] = None,
     seed: Seed = None,
     device: Device = "auto",
-    int8: Annotated[bool, typer.Option("--int8", help="CPU only: int8 recurrent weights, about 2-3x faster on "
+    int8: Annotated[bool, typer.Option("--int8", help="CPU only: int8 recurrent weights, about 2x faster on "
                                                       "big models; the text comes from a close approximation "
                                                       "of the model (benchmarks/SAMPLING.md).")] = False,
     quiet: Quiet = False,
