@@ -86,6 +86,10 @@ class Dist:
 
             self.started = False
             if td.is_initialized():
+                try:  # leave together: a rank tearing gloo down while its peer still talks can abort the peer
+                    td.barrier()
+                except RuntimeError:
+                    pass  # the peer is already gone; nothing left to wait for
                 td.destroy_process_group()
 
     def __enter__(self) -> "Dist":
