@@ -3,6 +3,7 @@ own source. A corpus of files is not read here: encode.py streams it."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import sysconfig
 from dataclasses import dataclass, field
@@ -74,6 +75,10 @@ def load_corpus(paths: Union[None, str, Sequence[str]], encoding: str = "utf-8",
             path = catalog.fetch(entry, on_event)
             return Corpus(None, entry["name"], entry["name"], [SourceFile(path, optional=False)],
                           entry.get("encoding"), entry.get("split"))
+        close = difflib.get_close_matches(paths[0], [e["name"] for e in catalog.load_catalog()], n=1)
+        if close:  # most likely a typo of a catalog name
+            raise CharnnError(f"corpus {paths[0]!r} does not exist, and it is not a catalog name; did you mean "
+                              f"{close[0]!r}? (`charnn corpora` lists them)")
     files = find_files(paths, glob, lambda path, why: on_event("corpus_skip", {"path": path, "why": why}))
     first = Path(paths[0])
     source = str(files[0].path.resolve()) if len(paths) == 1 and not first.is_dir() else " ".join(paths)

@@ -62,8 +62,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
     - CUDA GPUs with bf16 (Ampere and later): bf16.
     - CPUs with AMX: bf16 (the tiles run bf16 several times faster than fp32 FMAs).
     - CPUs with AVX512-BF16 but no AMX: fp32. Measured on the project's Xeon (benchmarks/TRAINING.md): a
-      2048^3 matmul runs at 177 GFLOP/s in bf16 against 359 in fp32, and a 2x512 LSTM trains at 6.5k vs
-      11.7k chars/s, because one vdpbf16ps does no more work per cycle than two fp32 FMAs and the
+      2048^3 matmul runs at 162 GFLOP/s in bf16 against 305 in fp32, and a 2x512 LSTM trains at 6,471 vs
+      10,600 chars/s, because one vdpbf16ps does no more work per cycle than two fp32 FMAs and the
       conversions come on top.
     """
     if name == "auto":

@@ -139,3 +139,12 @@ def test_cli_trains_on_a_catalog_name_and_lists_what_is_downloaded(local_catalog
     r = runner.invoke(app, ["corpora"])
     row = next(line for line in r.stdout.splitlines() if line.startswith("bytes8"))
     assert " yes " in row
+
+
+def test_a_typo_of_a_catalog_name_is_one_line_that_suggests_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["train", "tinyshakespear"])
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "does not exist" in r.stderr and "did you mean 'tinyshakespeare'" in r.stderr
+    r = CliRunner().invoke(app, ["train", "zzqx-nothing-like-it.txt"])
+    assert r.exit_code == 1 and "did you mean" not in r.stderr
