@@ -5,6 +5,7 @@ they can; all of them together take well under a minute on the 2-core CI machine
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -201,3 +202,25 @@ def test_outside_torchrun_everything_is_a_no_op(monkeypatch):
     dist.check_batch_size(7)
     with pytest.raises(Exception, match="divide evenly among the 2 processes; try --batch-size 6 or 8"):
         Dist(0, 2).check_batch_size(7)
+
+
+@pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep to find the ranks")
+def test_a_dying_rank_ends_the_run_and_the_last_checkpoint_stays_good(tmp_path, corpus):
+    run_dir = tmp_path / "tiny"
+    proc = subprocess.Popen(torchrun(2, str(corpus), "--out", str(tmp_path), *FLAGS, "--max-steps", "1000000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    deadline = time.time() + 120
+    while not (run_dir / "last.pt").is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[-1]), signal.SIGKILL)  # one rank dies without a word
+    proc.communicate(timeout=120)  # every other process must end too, not wait in a collective
+    assert proc.returncode != 0
+    assert subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True).stdout == b""
+    for w in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(w), 0)
+    data = load_checkpoint(run_dir / "last.pt")  # the last good checkpoint, intact and loadable
+    assert data["step"] >= 1 and not list(run_dir.glob(".*.tmp"))
