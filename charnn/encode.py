@@ -59,6 +59,8 @@ def prepare(parts: Sequence[Part], encoding: str, split: dict, tokenizer_spec: d
     cache.save_memo(memo)
     key = cache.entry_key(content, encoding, split, _spec_for_key(tokenizer_spec))
     meta = cache.find_entry(key)
+    if meta is None and "fresh" in tokenizer_spec:  # a resumed run: the entry its first run wrote holds the same ids
+        key, meta = _fresh_entry(content, encoding, split, tokenizer_spec) or (key, None)
     cached = meta is not None
     if meta is None:
         size = sum(p.path.stat().st_size if isinstance(p, SourceFile) else len(p) for p in list(parts) + list(val_parts))
@@ -95,6 +97,16 @@ def _spec_for_key(spec: dict) -> dict:
     if model is not None:
         state["model"] = hashlib.sha256(_model_bytes(model)).hexdigest()
     return {"state": state}
+
+
+def _fresh_entry(content, encoding: str, split: dict, spec: dict):
+    """(key, meta) of the entry a fresh run with these flags wrote, when its tokenizer is the resumed one."""
+    fresh_key = cache.entry_key(content, encoding, split, _spec_for_key(spec["fresh"]))
+    meta = cache.find_entry(fresh_key)
+    if meta is None:
+        return None
+    same = _spec_for_key({"state": _load_tokenizer(fresh_key, meta).state()}) == _spec_for_key(spec)
+    return (fresh_key, meta) if same else None
 
 
 def _model_bytes(model) -> bytes:
@@ -305,5 +317,6 @@ def prepare_corpus(corpus, cfg, tokenizer_state: Optional[dict] = None, encoding
             raise CharnnError(f"validation file {cfg.val_file!r} is a directory; pass a text file")
         val_parts = [SourceFile(p, optional=False)]
     split = corpus.split or {"val_frac": cfg.val_frac}
-    spec = {"state": tokenizer_state} if tokenizer_state else {"kind": cfg.tokenizer, "vocab_size": cfg.vocab_size}
+    fresh = {"kind": cfg.tokenizer, "vocab_size": cfg.vocab_size}
+    spec = {"state": tokenizer_state, "fresh": fresh} if tokenizer_state else fresh
     return prepare(corpus.parts(), corpus.encoding or encoding, split, spec, val_parts, on_event, cfg.threads)

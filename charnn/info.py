@@ -11,15 +11,11 @@ from pathlib import Path
 from typing import List, Optional
 
 from charnn.checkpoint import load_checkpoint, resolve_checkpoint
-from charnn.metrics import CONFIG_FILE, METRICS_FILE, read_metrics
+from charnn.metrics import CONFIG_FILE, METRICS_FILE, finite, read_metrics
 from charnn.tokenizer import tokenizer_from_state
 
 VOCAB_PREVIEW = 48  # tokens shown in the vocabulary preview
 _SHOWN = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␠"}
-
-
-def _finite(x) -> Optional[float]:
-    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 def show_token(token: str) -> str:
@@ -36,7 +32,7 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
     mc, tc = data["model_config"], data.get("train_config") or {}
     tok = tokenizer_from_state(data["tokenizer"])
     ids = [i for i in range(tok.vocab_size) if i != tok.unk_id]
-    best = _finite(data.get("best_val_loss"))
+    best = finite(data.get("best_val_loss"))
     config_path, metrics_path = run_dir / CONFIG_FILE, run_dir / METRICS_FILE
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     records = read_metrics(metrics_path)
@@ -49,7 +45,7 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
         "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size,
                       "preview": [tok.decode([i]) for i in ids[:VOCAB_PREVIEW]]},
         "training": {"steps": data.get("step"), "epoch": data.get("epoch"), "chars_seen": data.get("chars_seen"),
-                     "elapsed": _finite(data.get("elapsed")), "val_loss": _finite(data.get("val_loss")),
+                     "elapsed": finite(data.get("elapsed")), "val_loss": finite(data.get("val_loss")),
                      "best_val_loss": best, "best_val_bits_per_char": None if best is None else best / math.log(2),
                      "device": data.get("device"), "precision": data.get("precision"),
                      "batch_size": tc.get("batch_size"), "seq_len": tc.get("seq_len"), "lr": tc.get("lr"),

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
+import numbers
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from charnn import __version__
+from charnn.cache import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -47,22 +47,13 @@ def run_config(trainer, corpus_source: str) -> dict:
             "tokenizer": {"kind": trainer.tokenizer.kind, "vocab_size": trainer.tokenizer.vocab_size}}
 
 
-def _finite(x) -> Optional[float]:
-    return float(x) if x is not None and math.isfinite(x) else None
+def finite(x) -> Optional[float]:
+    """A number for JSON: the float, or None for NaN, infinities, None and anything not a number."""
+    return float(x) if isinstance(x, numbers.Real) and math.isfinite(x) else None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, text.encode("utf-8"))
 
 
 def read_metrics(path: Path) -> List[dict]:
@@ -126,7 +117,7 @@ class MetricsLogger:
             if rec is None:
                 last = self.last_step_info
                 rec = self._record(last) if last and last["step"] == info["step"] else {"step": info["step"]}
-            rec["val_loss"] = _finite(info["val_loss"])
+            rec["val_loss"] = finite(info["val_loss"])
             self.pending = rec
             self._flush()
         elif kind == "done":
@@ -156,7 +147,7 @@ class MetricsLogger:
     def _record(self, info: dict) -> dict:
         train_loss = self._loss_sum / self._loss_n if self._loss_n else info["loss"]
         self._loss_sum, self._loss_n = 0.0, 0
-        return {"step": info["step"], "epoch": round(info["epoch"], 4), "train_loss": _finite(train_loss),
+        return {"step": info["step"], "epoch": round(info["epoch"], 4), "train_loss": finite(train_loss),
                 "lr": info["lr"], "chars_per_sec": round(info["chars_per_sec"], 1),
                 "elapsed": round(info["elapsed"], 3)}
 

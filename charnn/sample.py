@@ -126,12 +126,11 @@ class Sampler:
         # `--length` counts characters whatever the tokenizer: each stream keeps its own remaining count, and
         # the incremental decoders hold back the bytes of a character split over byte pieces until it is whole.
         remaining, done = [cfg.length] * B, [False] * B
-        k, last_flush = 0, time.perf_counter()
+        k, last_flush, soonest = 0, time.perf_counter(), cfg.length  # soonest: fewest characters any live stream lacks
         while True:
             tok = draw(logits)
             block[k].copy_(tok)
             k += 1
-            soonest = min(r for r, d in zip(remaining, done) if not d)
             if k == FLUSH_TOKENS or k >= soonest or time.perf_counter() - last_flush > FLUSH_SECONDS:
                 ids = block[:k].t().tolist()  # (B, k); the one host sync per block
                 for b in range(B):
@@ -148,6 +147,7 @@ class Sampler:
                 k, last_flush = 0, time.perf_counter()
                 if all(done):
                     break
+                soonest = min(r for r, d in zip(remaining, done) if not d)
             logits = stepper.step(tok)
         for b in range(1, B):
             yield cfg.separator + self.prime + "".join(later[b])

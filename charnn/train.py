@@ -345,8 +345,9 @@ class Trainer:
         return (STOP_REASONS[code - 1] if code else None), (sig or None)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        lr = lr_at(self.step, self.schedule_progress(), self.cfg)
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.step, self.schedule_progress(), self.cfg)
+            g["lr"] = lr
         with autocast(self.device, self.precision):
             logits, self.state = self._forward(x)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))

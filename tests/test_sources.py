@@ -214,3 +214,21 @@ def test_a_second_writer_of_an_entry_keeps_the_first_one(tmp_path):
     late.commit({"dtype": "uint8", "tokens": 2})
     assert (first.path / "ids.bin").stat().st_ino == inode
     assert not [p for p in first.path.parent.iterdir() if p.name.startswith(f".{first.path.name}")]  # no temp left
+
+
+def test_a_resumed_run_finds_the_entry_its_first_run_wrote(tmp_path, monkeypatch):
+    path = tmp_path / "r.txt"
+    path.write_text(make_text(50), encoding="utf-8")
+    part = [SourceFile(path, False)]
+    first = prepare(part, "utf-8", {"val_frac": 0.1}, CHAR)
+    other = prepare(["XYZ" + make_text(20, seed=9)], "utf-8", {"val_frac": 0.1}, CHAR).tokenizer
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(encode, "_build", no_encoding)
+    resumed = prepare(part, "utf-8", {"val_frac": 0.1}, {"state": first.tokenizer.state(), "fresh": CHAR})
+    assert resumed.cached and resumed.path == first.path
+    assert resumed.train_ids.tolist() == first.train_ids.tolist()
+    with pytest.raises(AssertionError, match="encoded again"):  # another vocabulary: not those ids
+        prepare(part, "utf-8", {"val_frac": 0.1}, {"state": other.state(), "fresh": CHAR})
