@@ -28,7 +28,7 @@ from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig, SampleConfig
 from charnn.model import CharRNN
 from charnn.sample import Sampler
-from charnn.stepper import FastStepper
+from charnn.stepper import FastStepper, weight_levels
 from charnn.tokenizer import CharTokenizer
 
 CHARS = "\n !$&',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 64 characters + unknown = 65
@@ -53,18 +53,19 @@ def chars_per_second(model, tokenizer, device, streams: int, fast: bool, seconds
             "chars_per_s": round(n / dt, 1)}
 
 
-def gemv_ceiling(model, seconds: float) -> float:
-    """Steps per second of the fp32 stepper's matrix products alone (one stream): the bound set by reading
-    every recurrent weight once per character from wherever it lives in the memory hierarchy."""
-    st = FastStepper(model, 1)
-    mats = [(st.h[0], st.w_hh[0])] + [(st.inputs[l], st.w_cat[l]) for l in range(1, st.L)]
-    outs = [torch.empty(1, w.shape[1]) for _, w in mats]
+def gemv_ceiling(model, seconds: float, int8: bool = False) -> float:
+    """Steps per second of the stepper's recurrent matrix products alone (one stream, fp32 or int8): the bound
+    set by reading every recurrent weight once per character from wherever it lives in the memory hierarchy."""
+    st = FastStepper(model, 1, int8=int8)
+    products = [(st.mm_hh[0], st.x_hh[0], st.gates[0])]
+    products += [(st.mm_hh[l], st.x_cat[l], st.gates[l]) for l in range(1, st.L)]
     n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(50):
-            for (x, w), o in zip(mats, outs):
-                torch.mm(x, w, out=o)
-        n += 50
+    with torch.inference_mode():
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(50):
+                for product, x, out in products:
+                    product(x, out)
+            n += 50
     return n / (time.perf_counter() - t0)
 
 
@@ -114,6 +115,7 @@ def main() -> None:
         r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8)
         results.append({"label": label, **r})
     ceiling = gemv_ceiling(model, args.seconds) if cpu else None
+    ceiling_int8 = gemv_ceiling(model, args.seconds, int8=True) if cpu else None
     naive = {r["streams"]: r["chars_per_s"] for r in results if not r["fast"]}
     for r in results:
         r["vs_naive_1_stream"] = round(r["chars_per_s"] / naive[1], 2)
@@ -127,7 +129,8 @@ def main() -> None:
               f"{r['vs_naive_1_stream']:>12.1f}{r['vs_naive_same_streams']:>15.1f}")
     quality = None
     if ceiling:
-        print(f"fp32 one-stream ceiling (the step's matrix products alone): {ceiling:,.0f} chars/s")
+        print(f"one-stream ceiling (the step's matrix products alone): fp32 {ceiling:,.0f} chars/s, "
+              f"int8 {ceiling_int8:,.0f} chars/s")
     if args.checkpoint and args.text and cpu:
         text = Path(args.text).read_text(encoding="utf-8")[-args.chars:]
         quality = {"chars": len(text), "fp32": score_by_stepping(model, tokenizer, text, False),
@@ -138,8 +141,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": f"{args.layers}x{args.hidden} {args.cell}", "vocab": tokenizer.vocab_size, "device": str(device),
             "threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "checkpoint": args.checkpoint}
+            "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "checkpoint": args.checkpoint,
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "int8_weight_levels": weight_levels(1) if cpu else None}
     out.write_text(json.dumps({**meta, "results": results, "fp32_gemv_ceiling_chars_per_s": ceiling,
+                               "int8_gemv_ceiling_chars_per_s": ceiling_int8,
                                "quality_nats_per_char": quality}, indent=2))
     print(f"wrote {out}")
 

@@ -21,7 +21,7 @@ import torch
 
 from charnn import __version__
 from charnn.config import ModelConfig, from_dict
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, first_line
 from charnn.model import CharRNN
 from charnn.tokenizer import tokenizer_from_state
 
@@ -88,7 +88,7 @@ def load_checkpoint(path: Path) -> dict:
         raise CharnnError(f"{str(path)!r} is not a charnn checkpoint (corrupt, or not a file torch.save wrote)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError) as e:
         raise CharnnError(f"{str(path)!r} is not a readable charnn checkpoint (truncated or corrupt: "
-                          f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+                          f"{first_line(e, 120)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CharnnError(f"{str(path)!r} is a torch file but not a charnn checkpoint")
     version = data.get("version")
@@ -108,7 +108,7 @@ def build_from_checkpoint(data: dict, device="cpu") -> Tuple[CharRNN, object]:
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as e:
-        raise CharnnError(f"checkpoint weights do not fit its own model config: {str(e).splitlines()[0]}") from None
+        raise CharnnError(f"checkpoint weights do not fit its own model config: {first_line(e)}") from None
     return model.to(device).eval(), tokenizer_from_state(data["tokenizer"])
 
 

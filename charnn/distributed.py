@@ -18,7 +18,7 @@ from typing import List, Tuple
 
 import torch
 
-from charnn.errors import CharnnError, ConfigError
+from charnn.errors import CharnnError, ConfigError, first_line
 
 TIMEOUT_ENV = "CHARNN_DIST_TIMEOUT"  # seconds a rank waits in a collective before giving up
 DEFAULT_TIMEOUT = 600.0
@@ -194,7 +194,7 @@ class _PeerGuard:
             return False
         if isinstance(exc, CharnnError) or not _is_comm_error(exc):
             return False
-        first = re.sub(r"\[[^\]]*\]:?\s*", "", (str(exc).strip().splitlines() or [""])[0]).split(". ")[0][:120]
+        first = re.sub(r"\[[^\]]*\]:?\s*", "", first_line(exc)).split(". ")[0][:120]
         raise PeerLost(f"another training process stopped or stopped answering ({first or type(exc).__name__}); "
                        "this one stops too, and the last good checkpoint is kept") from None
 

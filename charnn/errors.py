@@ -7,3 +7,10 @@ class CharnnError(Exception):
 
 class ConfigError(CharnnError):
     """A flag value out of range or inconsistent; the CLI treats it as a usage error (exit 2)."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type's name), cut to `limit` characters: what a
+    one-line error quotes from a library's multi-line message."""
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:limit]

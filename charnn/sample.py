@@ -123,13 +123,13 @@ class Sampler:
         later: List[List[str]] = [[] for _ in range(B)]  # samples 2..N wait for sample 1 to finish
         draw = self._drawer(B, logits.shape[-1])
         block = torch.empty(FLUSH_TOKENS, B, dtype=torch.long, device=self.device)  # ids not yet decoded
+        rows = block.unbind(0)  # made once: a view costs time per step
         # `--length` counts characters whatever the tokenizer: each stream keeps its own remaining count, and
         # the incremental decoders hold back the bytes of a character split over byte pieces until it is whole.
         remaining, done = [cfg.length] * B, [False] * B
         k, last_flush, soonest = 0, time.perf_counter(), cfg.length  # soonest: fewest characters any live stream lacks
         while True:
-            tok = draw(logits)
-            block[k].copy_(tok)
+            tok = draw(logits, rows[k])
             k += 1
             if k == FLUSH_TOKENS or k >= soonest or time.perf_counter() - last_flush > FLUSH_SECONDS:
                 ids = block[:k].t().tolist()  # (B, k); the one host sync per block
@@ -161,23 +161,24 @@ class Sampler:
         return stepper.step(torch.full((self.cfg.num_samples,), ids[-1], dtype=torch.long, device=self.device))
 
     def _drawer(self, batch: int, vocab: int):
-        """A function (B, V) scaled logits -> (B,) ids for the configured decoding."""
+        """A function ((B, V) scaled logits, (B,) out) -> out, the ids drawn for the configured decoding."""
         cfg = self.cfg
         if cfg.greedy:
-            return lambda logits: logits.argmax(dim=-1)
+            return lambda logits, out: torch.argmax(logits, dim=-1, out=out)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(self.seed)
         steps = max(1, min(256, NOISE_FLOATS // (batch * vocab)))
-        noise, i = None, steps
+        noise, i = (), steps
+        filtered = cfg.top_k is not None or cfg.top_p is not None
 
-        def draw(logits: torch.Tensor) -> torch.Tensor:
+        def draw(logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
             nonlocal noise, i
             if i == steps:
-                noise, i = gumbel_noise(steps, batch, vocab, generator, self.device), 0
-            if cfg.top_k is not None or cfg.top_p is not None:
+                noise, i = gumbel_noise(steps, batch, vocab, generator, self.device).unbind(0), 0
+            if filtered:
                 logits = filter_logits(logits, cfg.top_k, cfg.top_p)
             i += 1
-            return logits.add_(noise[i - 1]).argmax(dim=-1)
+            return torch.argmax(logits.add_(noise[i - 1]), dim=-1, out=out)
 
         return draw
 

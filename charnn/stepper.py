@@ -5,22 +5,24 @@ for speed: per-layer weights pre-transposed and contiguous, biases fused, the em
 layer 0's input weights into a (V, G*H) table (so layer 0's input projection is a row lookup), for the
 LSTM and RNN the input and recurrent weights of layers 1+ stacked so one addmm does both, and every
 intermediate written into buffers allocated once. One call of `step` costs about 20 tensor ops.
-With `int8=True` the recurrent matrices are stored as int8 (per output row scales) and multiplied by
-fbgemm's dynamically quantized linear: a quarter of the bytes to stream per step, which is what bounds
-one stream's speed on a CPU. It is an approximation (see benchmarks/SAMPLING.md for its measured cost).
+With `int8=True` the recurrent matrices are stored as int8 (a scale per output row) and the hidden
+states, which an LSTM/GRU/tanh-RNN keeps in (-1, 1), as int8 codes at the fixed scale 1/127; the products
+are exact int8 x int8 -> int32 matrix products (`torch._int_mm`, oneDNN's VNNI kernels on x86), scaled back
+to fp32 once. A quarter of the bytes to stream per step, which is what bounds one stream's speed on a CPU.
+It is an approximation (see benchmarks/SAMPLING.md for its measured cost).
 `ModuleStepper` calls the model itself once per token; `make_stepper` falls back to it for anything
 the fast path does not cover.
 """
 
 from __future__ import annotations
 
-import warnings
+import functools
 from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, first_line
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -53,37 +55,58 @@ class ModuleStepper:
 
 
 MatMul = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, out) -> out
+ACT_LEVELS = 127  # hidden states lie in (-1, 1): int8 codes round(h * 127), a fixed scale, nothing to measure
 
 
-def _pack_int8(w_t: torch.Tensor, bias: Optional[torch.Tensor]):
-    """fbgemm's packed form of W (given transposed, (in, out)) as int8 with one scale per output row."""
-    w = w_t.t().float().contiguous()  # (out, in)
-    scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
-    zero = torch.zeros(w.shape[0], dtype=torch.long)
-    try:
-        with warnings.catch_warnings():  # torch flags quantized tensors as deprecated; the kernels remain
-            warnings.simplefilter("ignore")
-            q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
-            return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.float().contiguous())
-    except (RuntimeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CharnnError(f"--int8 needs a torch build with fbgemm quantized kernels (x86 CPUs): {first}") from None
+@functools.lru_cache(maxsize=None)
+def weight_levels(batch: int) -> int:
+    """The largest int8 weight magnitude whose products torch._int_mm gets exactly right on this CPU.
+
+    With VNNI or AMX (most x86 CPUs since 2019) int8 x int8 products accumulate exactly in int32: 127. Older
+    AVX2/AVX-512 paths add pairs of products in saturating int16, which 127 * 127 * 2 overflows; 7-bit
+    weights (63) stay in range. Probed once with the worst case, every product at its extreme.
+    """
+    a = torch.full((max(batch, 3), 64), ACT_LEVELS, dtype=torch.int8)
+    a[1] = -ACT_LEVELS
+    a[2, 1::2] = -ACT_LEVELS
+    for levels in (127, 63):
+        w = torch.full((64, 24), levels, dtype=torch.int8)
+        w[:, 8:16] = -levels
+        w[1::2, 16:] = -levels
+        try:
+            got = torch._int_mm(a, w)
+        except (RuntimeError, AttributeError) as e:
+            raise CharnnError(f"--int8 needs torch._int_mm on the CPU (torch 2.4 or later): {first_line(e)}") from None
+        if torch.equal(got.long(), a.long() @ w.long()):
+            return levels
+    raise CharnnError("--int8: this CPU's int8 matrix products are not exact; sample without --int8")
 
 
-def _affine(w_t: torch.Tensor, bias: torch.Tensor, int8: bool) -> MatMul:
-    """out = x @ W + bias."""
+def _int8_weights(w_t: torch.Tensor, levels: int):
+    """W given transposed, (in, out) -> its int8 codes as an (in, out) view of an (out, in) matrix (the layout
+    _int_mm is fastest with) and the fp32 factor per output that turns code products back into x @ W."""
+    w = w_t.t().float()  # (out, in)
+    scale = (w.abs().amax(dim=1) / levels).clamp_min(1e-12)
+    codes = torch.round(w / scale[:, None]).clamp_(-levels, levels).to(torch.int8).contiguous()
+    return codes.t(), scale / ACT_LEVELS
+
+
+def _product(w_t: torch.Tensor, bias: Optional[torch.Tensor], int8: bool, batch: int) -> MatMul:
+    """out = x @ W + bias, or out += x @ W when bias is None. In int8, x is the int8 codes of the input."""
     if not int8:
+        if bias is None:
+            return lambda x, out: out.addmm_(x, w_t)
         return lambda x, out: torch.addmm(bias, x, w_t, out=out)
-    packed = _pack_int8(w_t, bias)
-    return lambda x, out: out.copy_(torch.ops.quantized.linear_dynamic(x, packed))
+    codes, factor = _int8_weights(w_t, weight_levels(batch))
+    acc = torch.empty(batch, codes.shape[1], dtype=torch.int32, device=w_t.device)
 
+    def int8_product(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        torch._int_mm(x, codes, out=acc)
+        if bias is None:
+            return out.addcmul_(acc, factor)
+        return torch.addcmul(bias, acc, factor, out=out)
 
-def _accumulate(w_t: torch.Tensor, int8: bool) -> MatMul:
-    """out += x @ W."""
-    if not int8:
-        return lambda x, out: out.addmm_(x, w_t)
-    packed = _pack_int8(w_t, None)
-    return lambda x, out: out.add_(torch.ops.quantized.linear_dynamic(x, packed))
+    return int8_product
 
 
 class FastStepper:
@@ -95,7 +118,7 @@ class FastStepper:
             raise NotImplementedError("FastStepper covers single-direction LSTM/GRU/tanh-RNN CharRNNs")
         rnn, cfg = model.rnn, model.config
         if int8 and rnn.weight_hh_l0.device.type != "cpu":
-            raise CharnnError("--int8 is for sampling on the CPU (fbgemm kernels); on a GPU leave it out")
+            raise CharnnError("--int8 is for sampling on the CPU; on a GPU leave it out")
         self.cell, self.L, self.H, self.B = cfg.cell, rnn.num_layers, rnn.hidden_size, batch
         H, G, L = self.H, GATES[cfg.cell], self.L
         w = {name: p.detach() for name, p in rnn.named_parameters()}
@@ -118,13 +141,15 @@ class FastStepper:
                 bias[list(banned)] = float("-inf")  # never drawn, at no cost per step
             self.w_head = (model.head.weight.detach() * logit_scale).t().contiguous()  # (H, V)
             self.b_head = bias * logit_scale
-            # The recurrent products, as functions of (x, out): fp32 addmm, or int8 weights. The head stays
-            # fp32 (it is small, and the logits are what the draw sees).
-            self.mm_hh = [_accumulate(self.w_hh[0], int8) if fuse_hh else _affine(self.w_hh[0], self.b_hh[0], int8)]
+            # The recurrent products, as functions of (x, out): fp32 addmm, or int8 weights times the int8
+            # codes of the hidden states. The head stays fp32 (it is small, and the logits are what the draw sees).
+            def product(w_t, b):
+                return _product(w_t, b, int8, batch)
+            self.mm_hh = [product(self.w_hh[0], None) if fuse_hh else product(self.w_hh[0], self.b_hh[0])]
             for l in range(1, L):
-                self.mm_hh.append(_affine(self.w_cat[l], self.b_ih[l], int8) if fuse_hh
-                                  else _affine(self.w_hh[l], self.b_hh[l], int8))
-            self.mm_ih = [None] + ([_affine(self.w_ih[l], self.b_ih[l], int8) for l in range(1, L)]
+                self.mm_hh.append(product(self.w_cat[l], self.b_ih[l]) if fuse_hh
+                                  else product(self.w_hh[l], self.b_hh[l]))
+            self.mm_ih = [None] + ([product(self.w_ih[l], self.b_ih[l]) for l in range(1, L)]
                                    if not fuse_hh else [None] * (L - 1))
 
         # State and scratch, allocated once. hs holds every layer's h side by side: (B, L*H).
@@ -136,17 +161,30 @@ class FastStepper:
         self.tmp = [torch.empty(batch, H, device=dev, dtype=dt) for _ in range(L)]
         self.gh = [torch.empty(batch, G * H, device=dev, dtype=dt) for _ in range(L)] if self.cell == "gru" else None
         self.logits = torch.empty(batch, self.w_head.shape[1], device=dev, dtype=dt)
-        self.inputs = [None] + [self.hs[:, (l - 1) * H:(l + 1) * H] for l in range(1, L)]  # [h_{l-1} | h_l]
+        # What the products read: the hidden states themselves, or in int8 their codes, kept beside them.
+        self.int8 = int8
+        self.codes = torch.zeros(batch, L * H, device=dev, dtype=torch.int8) if int8 else None
+        src = self.codes if int8 else self.hs
+        self.x_hh = [src[:, l * H:(l + 1) * H] for l in range(L)]  # h_l
+        self.x_ih = [None] + [src[:, (l - 1) * H:l * H] for l in range(1, L)]  # h_{l-1}
+        self.x_cat = [None] + [src[:, (l - 1) * H:(l + 1) * H] for l in range(1, L)]  # [h_{l-1} | h_l]
         self.views = [self._views(l) for l in range(L)]  # slices made once: each costs Python time per step
         self._cell = getattr(self, f"_{self.cell}")
 
     def load_state(self, state) -> None:
         """Take the model's own state ((L, 1, H), or a pair for the LSTM) and repeat it over the batch."""
-        h, c = state if isinstance(state, tuple) else (state, None)
+        h, c = (s.detach() for s in state) if isinstance(state, tuple) else (state.detach(), None)
         for l in range(self.L):
             self.h[l].copy_(h[l].expand(self.B, -1))
             if c is not None:
                 self.c[l].copy_(c[l].expand(self.B, -1))
+            self._encode(l)
+
+    def _encode(self, l: int) -> None:
+        """int8: refresh the codes of layer l's hidden state, round(h * 127)."""
+        if self.int8:
+            torch.round(torch.mul(self.h[l], ACT_LEVELS, out=self.tmp[l]), out=self.tmp[l])
+            self.x_hh[l].copy_(self.tmp[l])
 
     def _views(self, l: int) -> tuple:
         """The gate slices of layer l's buffers, in the order its cell function unpacks them."""
@@ -159,20 +197,21 @@ class FastStepper:
                     a[:, 2 * H:])
         return ()
 
-    @torch.inference_mode()
     def step(self, tok: torch.Tensor) -> torch.Tensor:
-        """tok: (B,) ids -> (B, V) logits for the next token. The result is a buffer reused by the next call."""
+        """tok: (B,) ids -> (B, V) logits for the next token. The result is a buffer reused by the next call.
+        (No autograd here: every tensor is detached, so the call needs no inference-mode wrapper, a cost per step.)"""
         torch.index_select(self.table, 0, tok, out=self.gates[0])  # layer 0's input projection + biases
         for l in range(self.L):
             g = self.gates[l]
             if self.cell == "gru":
                 if l > 0:
-                    self.mm_ih[l](self.h[l - 1], g)
+                    self.mm_ih[l](self.x_ih[l], g)
             elif l == 0:
-                self.mm_hh[0](self.h[0], g)  # += h0 @ W_hh
+                self.mm_hh[0](self.x_hh[0], g)  # += h0 @ W_hh
             else:
-                self.mm_hh[l](self.inputs[l], g)  # [h_{l-1} | h_l] @ [W_ih ; W_hh] + b
+                self.mm_hh[l](self.x_cat[l], g)  # [h_{l-1} | h_l] @ [W_ih ; W_hh] + b
             self._cell(l, g)
+            self._encode(l)
         return torch.addmm(self.b_head, self.h[-1], self.w_head, out=self.logits)
 
     def _lstm(self, l: int, g: torch.Tensor) -> None:
@@ -185,7 +224,7 @@ class FastStepper:
     def _gru(self, l: int, g: torch.Tensor) -> None:
         g_rz, g_n, gh_rz, gh_n, a_rz, r, z, n = self.views[l]
         h = self.h[l]
-        self.mm_hh[l](h, self.gh[l])  # W_hh h + b_hh
+        self.mm_hh[l](self.x_hh[l], self.gh[l])  # W_hh h + b_hh
         torch.sigmoid(g_rz.add_(gh_rz), out=a_rz)
         torch.tanh(g_n.addcmul_(r, gh_n), out=n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
         torch.sub(h, n, out=self.tmp[l])

@@ -26,7 +26,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from charnn.errors import CharnnError, ConfigError
+from charnn.errors import CharnnError, ConfigError, first_line
 
 KINDS = ("bpe", "unigram")
 DEFAULT_VOCAB = 1024
@@ -103,7 +103,7 @@ class SentencePieceTokenizer:
                 raise ConfigError(f"`--vocab-size` {m.group(1)} is too small for this text: byte fallback needs 256 "
                                   f"byte pieces, <unk> and its characters, {m.group(2)} in all; use at least "
                                   f"{m.group(2)}") from None
-            raise CharnnError(f"sentencepiece could not train a {kind} tokenizer: {str(e).splitlines()[0]}") from None
+            raise CharnnError(f"sentencepiece could not train a {kind} tokenizer: {first_line(e)}") from None
         tok = cls(kind, buf.getvalue())
         on_event("tokenizer", {"stage": "done", "kind": kind, "vocab_size": tok.vocab_size,
                                "seconds": time.perf_counter() - t0})

@@ -25,7 +25,7 @@ from charnn.data import StreamBatches
 from charnn.distributed import Dist
 from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device, resolve_precision
 from charnn.encode import prepare_corpus
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, first_line
 from charnn.evaluate import evaluate_ids
 from charnn.model import CharRNN, detach_state
 from charnn.resume import load_resume, resume_config
@@ -371,8 +371,7 @@ class Trainer:
             self._compiled_once = True
             return out
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise CharnnError(f"--compile failed ({type(e).__name__}: {first}); train without --compile") from None
+            raise CharnnError(f"--compile failed ({type(e).__name__}: {first_line(e)}); train without --compile") from None
 
     def fit(self) -> TrainResult:
         cfg, B, T = self.cfg, self.cfg.batch_size, self.cfg.seq_len

@@ -1,5 +1,6 @@
 """Sampling: the fast stepper against the full forward, decoding filters, and the `sample` command end to end."""
 
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig
 from charnn.model import CharRNN
 from charnn.sample import Sampler, StopFinder, filter_logits, gumbel_noise
-from charnn.stepper import FastStepper, ModuleStepper, full_forward_logits, make_stepper
+from charnn.errors import CharnnError
+from charnn.stepper import FastStepper, ModuleStepper, full_forward_logits, make_stepper, weight_levels
 
 runner = CliRunner()
 
@@ -221,6 +223,67 @@ def test_int8_stepper_is_a_close_approximation(cell):
         diffs.append((torch.softmax(a.double(), -1) - torch.softmax(b.double(), -1)).abs().max().item())
     assert moved > 1e-6  # not silently the fp32 path
     assert max(diffs) < 5e-3
+
+
+def test_int8_codes_follow_a_loaded_state():
+    """After a prime's state is loaded, the int8 products must read the codes of that state, not stale zeros."""
+    model = CharRNN(ModelConfig(vocab_size=11, layers=2, hidden=16, embed=5)).eval()
+    _, state = model(torch.tensor([[1, 2, 3, 4]]))
+    st = FastStepper(model, batch=3, int8=True)
+    st.load_state(state)
+    want = torch.round(torch.cat([state[0][0], state[0][1]], -1) * 127).expand(3, -1)
+    assert st.codes.dtype == torch.int8 and torch.equal(st.codes.float(), want)
+
+
+def saturating_int_mm(a, b, out=None):
+    """What int8 products do on x86 without VNNI: a shifted to uint8, pairs of products summed in saturating
+    int16, then the shift taken back out; right for 7-bit weights, wrong at the extremes of 8-bit ones."""
+    u, w = a.long() + 128, b.long()
+    pairs = (u[:, 0::2, None] * w[None, 0::2] + u[:, 1::2, None] * w[None, 1::2]).clamp(-32768, 32767)
+    r = (pairs.sum(1) - 128 * w.sum(0)).int()
+    return r if out is None else out.copy_(r)
+
+
+@pytest.fixture
+def fresh_levels():
+    weight_levels.cache_clear()
+    yield
+    weight_levels.cache_clear()
+
+
+def test_int8_weights_drop_to_7_bits_where_products_would_saturate(monkeypatch, fresh_levels):
+    monkeypatch.setattr(torch, "_int_mm", saturating_int_mm)
+    assert weight_levels(2) == 63
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=11, layers=2, hidden=16, embed=5)).eval()
+    exact, approx = FastStepper(model, batch=2), FastStepper(model, batch=2, int8=True)
+    for t in [1, 5, 2, 7, 3]:
+        a, b = exact.step(torch.full((2,), t)).clone(), approx.step(torch.full((2,), t))
+        assert (torch.softmax(a, -1) - torch.softmax(b, -1)).abs().max() < 5e-3
+
+
+def test_int8_says_so_in_one_line_where_it_cannot_work(monkeypatch, fresh_levels):
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b, out=None: (a.long() @ b.long()).int() + 1)
+    with pytest.raises(CharnnError, match="not exact; sample without --int8"):
+        weight_levels(1)
+    weight_levels.cache_clear()
+    monkeypatch.delattr(torch, "_int_mm")
+    with pytest.raises(CharnnError, match="needs torch._int_mm"):
+        weight_levels(1)
+
+
+def test_int8_levels_are_exact_on_an_older_instruction_set():
+    """The real kernels with oneDNN held to AVX2 (no VNNI, as on many laptops): whatever the probe picks must
+    give exact products on random codes at that range."""
+    code = ("import torch; from charnn.stepper import weight_levels; L = weight_levels(4); "
+            "a = torch.randint(-127, 128, (4, 512), dtype=torch.int8); "
+            "w = torch.randint(-L, L + 1, (2048, 512), dtype=torch.int8); a[0] = 127; w[:5] = L; "
+            "print(L, torch.equal(torch._int_mm(a, w.t()).long(), a.long() @ w.long().t()))")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    levels, exact = p.stdout.split()
+    assert exact == "True" and levels in ("63", "127")
 
 
 def test_int8_sampling_from_the_cli_is_seeded_and_matches_fp32_closely(ckpt):
