@@ -1,8 +1,8 @@
 """Sampling: N streams stepped together, one recurrent step per token with carried state, text out as pieces.
 
-Decoding is temperature (folded into the head's weights), then top-k, then top-p, then a Gumbel-max draw
-(argmax of logits + Gumbel noise: an exact sample from the softmax) with noise made in blocks from one
-seeded torch.Generator on the model's device, so a seed reproduces the output byte for byte.
+The tokens come from `charnn.draw` (decoding filters, seeded noise, the step-and-draw loop, CUDA graphs);
+this module conditions on the prime, decodes ids to text per stream, applies --length and --stop, and
+hands the text out in small pieces as it is made.
 """
 
 from __future__ import annotations
@@ -14,31 +14,12 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 
 from charnn.config import SampleConfig
-from charnn.errors import CharnnError
-from charnn.stepper import make_stepper
+from charnn.errors import CharnnError, first_line
+from charnn.draw import GraphedTokenLoop, Noise, TokenLoop, make_draw
+from charnn.stepper import FastStepper, make_stepper
 
 FLUSH_TOKENS = 32  # hand text out at least every this many tokens...
 FLUSH_SECONDS = 0.05  # ...or this often, so a terminal sees text appear as it is made
-NOISE_FLOATS = 1 << 20  # Gumbel noise is drawn in blocks of about this many numbers
-
-
-def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
-    """(B, V) temperature-scaled logits -> the same with every token outside top-k, then top-p, at -inf."""
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_.softmax(dim=-1)
-        outside = probs.cumsum(dim=-1) - probs >= top_p  # the mass before this token already reaches p
-        logits = logits.scatter(-1, order, sorted_.masked_fill(outside, float("-inf")))
-    return logits
-
-
-def gumbel_noise(steps: int, batch: int, vocab: int, generator: torch.Generator, device) -> torch.Tensor:
-    """(steps, B, V) Gumbel(0, 1) noise, -log(E) with E ~ Exp(1): argmax(logits + noise) draws from softmax."""
-    e = torch.empty(steps, batch, vocab, device=device).exponential_(generator=generator)
-    return e.clamp_min_(1e-30).log_().neg_()
 
 
 def read_prime(path: str, encoding: str = "utf-8") -> str:
@@ -96,13 +77,15 @@ class Sampler:
     """Iterate to get the output: sample 1 streamed as it is made, then each further sample after a separator.
 
     After construction `skipped` lists prime characters dropped by `--unknown skip`; after iteration
-    `chars` counts the characters generated (primes and separators excluded).
+    `chars` counts the characters generated (primes and separators excluded) and `notes` holds anything
+    worth telling the user (a fallback taken).
     """
 
-    def __init__(self, model, tokenizer, cfg: SampleConfig, device: torch.device, seed: int, fast: Optional[bool] = None):
+    def __init__(self, model, tokenizer, cfg: SampleConfig, device: torch.device, seed: int, fast: Optional[bool] = None,
+                 graphs: Optional[bool] = None):
         self.cfg, self.model, self.tokenizer, self.device, self.seed = cfg.validate(), model.eval(), tokenizer, device, seed
         self.prime, self.skipped = clean_prime(tokenizer, cfg.prime, cfg.unknown)
-        self.fast, self.chars = fast, 0
+        self.fast, self.graphs, self.chars, self.notes = fast, graphs, 0, []
 
     def __iter__(self) -> Iterator[str]:
         with torch.inference_mode():
@@ -121,34 +104,25 @@ class Sampler:
         decoders = [self.tokenizer.decoder() for _ in range(B)]
         stops = [StopFinder(cfg.stop) for _ in range(B)]
         later: List[List[str]] = [[] for _ in range(B)]  # samples 2..N wait for sample 1 to finish
-        draw = self._drawer(B, logits.shape[-1])
-        block = torch.empty(FLUSH_TOKENS, B, dtype=torch.long, device=self.device)  # ids not yet decoded
-        rows = block.unbind(0)  # made once: a view costs time per step
+        loop = self._loop(stepper, logits)
         # `--length` counts characters whatever the tokenizer: each stream keeps its own remaining count, and
         # the incremental decoders hold back the bytes of a character split over byte pieces until it is whole.
         remaining, done = [cfg.length] * B, [False] * B
-        k, last_flush, soonest = 0, time.perf_counter(), cfg.length  # soonest: fewest characters any live stream lacks
-        while True:
-            tok = draw(logits, rows[k])
-            k += 1
-            if k == FLUSH_TOKENS or k >= soonest or time.perf_counter() - last_flush > FLUSH_SECONDS:
-                ids = block[:k].t().tolist()  # (B, k); the one host sync per block
-                for b in range(B):
-                    if done[b]:
-                        continue
-                    piece = stops[b].feed(decoders[b].push(ids[b])[: remaining[b]])
-                    remaining[b] -= len(piece)
-                    done[b] = remaining[b] <= 0 or stops[b].done
-                    self.chars += len(piece)
-                    if b == 0:
-                        yield piece
-                    else:
-                        later[b].append(piece)
-                k, last_flush = 0, time.perf_counter()
-                if all(done):
-                    break
-                soonest = min(r for r, d in zip(remaining, done) if not d)
-            logits = stepper.step(tok)
+        soonest = cfg.length  # the fewest characters any live stream still lacks: no need to draw more at once
+        while not all(done):
+            ids = loop.run(min(FLUSH_TOKENS, soonest), time.perf_counter() + FLUSH_SECONDS).t().tolist()  # (B, k)
+            for b in range(B):
+                if done[b]:
+                    continue
+                piece = stops[b].feed(decoders[b].push(ids[b])[: remaining[b]])
+                remaining[b] -= len(piece)
+                done[b] = remaining[b] <= 0 or stops[b].done
+                self.chars += len(piece)
+                if b == 0:
+                    yield piece
+                else:
+                    later[b].append(piece)
+            soonest = min((r for r, d in zip(remaining, done) if not d), default=0)
         for b in range(1, B):
             yield cfg.separator + self.prime + "".join(later[b])
 
@@ -160,27 +134,18 @@ class Sampler:
             stepper.load_state(state)
         return stepper.step(torch.full((self.cfg.num_samples,), ids[-1], dtype=torch.long, device=self.device))
 
-    def _drawer(self, batch: int, vocab: int):
-        """A function ((B, V) scaled logits, (B,) out) -> out, the ids drawn for the configured decoding."""
+    def _loop(self, stepper, logits: torch.Tensor) -> TokenLoop:
+        """The step-and-draw loop: CUDA graphs where they apply (FastStepper on a GPU, unless `graphs=False`)."""
         cfg = self.cfg
-        if cfg.greedy:
-            return lambda logits, out: torch.argmax(logits, dim=-1, out=out)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.seed)
-        steps = max(1, min(256, NOISE_FLOATS // (batch * vocab)))
-        noise, i = (), steps
-        filtered = cfg.top_k is not None or cfg.top_p is not None
-
-        def draw(logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-            nonlocal noise, i
-            if i == steps:
-                noise, i = gumbel_noise(steps, batch, vocab, generator, self.device).unbind(0), 0
-            if filtered:
-                logits = filter_logits(logits, cfg.top_k, cfg.top_p)
-            i += 1
-            return torch.argmax(logits.add_(noise[i - 1]), dim=-1, out=out)
-
-        return draw
+        draw = make_draw(cfg.greedy, cfg.top_k, cfg.top_p)
+        noise = None if cfg.greedy else Noise(cfg.num_samples, logits.shape[-1], self.seed, self.device)
+        graphs = self.graphs if self.graphs is not None else self.device.type == "cuda"
+        if graphs and isinstance(stepper, FastStepper):
+            try:
+                return GraphedTokenLoop(stepper, logits, draw, noise, FLUSH_TOKENS)
+            except RuntimeError as e:  # a capture this torch/driver refuses: the plain loop gives the same text
+                self.notes.append(f"sampling without CUDA graphs ({first_line(e)})")
+        return TokenLoop(stepper, logits, draw, noise, FLUSH_TOKENS)
 
 
 def generate(model, tokenizer, cfg: SampleConfig, device: torch.device, seed: int) -> Iterator[str]:

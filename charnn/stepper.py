@@ -180,6 +180,10 @@ class FastStepper:
                 self.c[l].copy_(c[l].expand(self.B, -1))
             self._encode(l)
 
+    def state_tensors(self) -> List[torch.Tensor]:
+        """Every buffer whose value carries from one step to the next (what a CUDA graph's warm-up must undo)."""
+        return [self.hs, *(self.c or []), self.logits] + ([self.codes] if self.int8 else [])
+
     def _encode(self, l: int) -> None:
         """int8: refresh the codes of layer l's hidden state, round(h * 127)."""
         if self.int8:

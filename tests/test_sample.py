@@ -12,7 +12,8 @@ from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig
 from charnn.model import CharRNN
-from charnn.sample import Sampler, StopFinder, filter_logits, gumbel_noise
+from charnn.draw import filter_logits, gumbel_noise
+from charnn.sample import Sampler, StopFinder
 from charnn.errors import CharnnError
 from charnn.stepper import FastStepper, ModuleStepper, full_forward_logits, make_stepper, weight_levels
 
@@ -206,6 +207,31 @@ def test_fast_and_naive_samplers_write_the_same_text(ckpt):
     cfg = SampleConfig(length=300, prime="the ", num_samples=3, top_p=0.95, temperature=0.9)
     fast, naive = (Sampler(model, tok, cfg, torch.device("cpu"), 8, fast=f) for f in (True, False))
     assert "".join(fast) == "".join(naive)
+
+
+@pytest.mark.parametrize("opts", [dict(length=300, num_samples=3, top_p=0.95, temperature=0.9),
+                                  dict(length=77, prime="the ", top_k=5, stop="e t"),
+                                  dict(length=45, num_samples=2, greedy=True),
+                                  dict(length=70, prime="an", int8=True)])
+def test_block_loop_of_cuda_graphs_writes_what_the_token_loop_writes(ckpt, opts):
+    """GraphedTokenLoop's block body (what CUDA records as a graph; here it runs as is) draws the same tokens
+    as the one-token loop: same noise rows in the same order, state carried the same way."""
+    model, tok = model_and_tokenizer(ckpt)
+    cfg = SampleConfig(**opts)
+    graphed, plain = (Sampler(model, tok, cfg, torch.device("cpu"), 4, graphs=g) for g in (True, False))
+    text = "".join(graphed)
+    assert text == "".join(plain) and graphed.chars == plain.chars > 0
+
+
+def test_a_refused_graph_capture_falls_back_to_the_token_loop_with_a_note(ckpt, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors might be...")
+    monkeypatch.setattr("charnn.sample.GraphedTokenLoop", refuse)
+    model, tok = model_and_tokenizer(ckpt)
+    cfg = SampleConfig(length=40, prime="the ")
+    refused, plain = (Sampler(model, tok, cfg, torch.device("cpu"), 4, graphs=g) for g in (True, False))
+    assert "".join(refused) == "".join(plain)
+    assert refused.notes == ["sampling without CUDA graphs (operation not permitted when stream is capturing)"]
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
