@@ -2,7 +2,8 @@
 
 For a 2x512 LSTM with random weights (vocab 65), times the real sampler (decoding, Gumbel draws and
 flushing included) for: the naive way (the model's nn.LSTM called once per character with carried state),
-the fast stepper in fp32 and with --int8 weights, for 1 and 64 streams. In the same run it measures the
+the fast stepper in fp32 and (CPU) with --int8 weights, or (CUDA) with and without CUDA graphs, for 1 and
+64 streams. In the same run it measures the
 ceiling one fp32 stream can reach here: the time of the step's matrix-vector products alone (they read all
 the recurrent weights, so that is the memory/cache bandwidth bound). With --checkpoint and --text it also
 scores the text (the last --chars characters) by stepping the model in fp32 and in int8, to show what
@@ -34,11 +35,12 @@ from charnn.tokenizer import CharTokenizer
 CHARS = "\n !$&',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 64 characters + unknown = 65
 
 
-def chars_per_second(model, tokenizer, device, streams: int, fast: bool, seconds: float, int8: bool = False) -> dict:
+def chars_per_second(model, tokenizer, device, streams: int, fast: bool, seconds: float, int8: bool = False,
+                     graphs=None) -> dict:
     """Run the sampler long enough to take about `seconds`, after a short run that sizes it."""
     def once(length):
         cfg = SampleConfig(length=length, num_samples=streams, prime="\n", int8=int8)
-        sampler = Sampler(model, tokenizer, cfg, device, seed=0, fast=fast)
+        sampler = Sampler(model, tokenizer, cfg, device, seed=0, fast=fast, graphs=graphs)
         t0 = time.perf_counter()
         for _ in sampler:
             pass
@@ -50,7 +52,7 @@ def chars_per_second(model, tokenizer, device, streams: int, fast: bool, seconds
     for _ in range(2):  # the first guess counts the stepper's setup too: size again from a longer run
         length = max(64, int(seconds * n / dt / streams))
         n, dt = once(length)
-    return {"streams": streams, "fast": fast, "int8": int8, "chars": n, "seconds": round(dt, 3),
+    return {"streams": streams, "fast": fast, "int8": int8, "graphs": graphs, "chars": n, "seconds": round(dt, 3),
             "chars_per_s": round(n / dt, 1)}
 
 
@@ -107,13 +109,15 @@ def main() -> None:
     model.eval()
 
     cpu = device.type == "cpu"
-    runs = [("naive: nn.LSTM per char", 1, False, False), ("fast stepper", 1, True, False)]
-    runs += [("fast stepper, int8", 1, True, True)] if cpu else []
-    runs += [("naive: nn.LSTM per char", 64, False, False), ("fast stepper", 64, True, False)]
-    runs += [("fast stepper, int8", 64, True, True)] if cpu else []
+    # (label, streams, fast stepper, int8, CUDA graphs: None = the sampler's default, graphs on CUDA only)
+    runs = []
+    for streams in (1, 64):
+        runs += [("naive: nn.LSTM per char", streams, False, False, None), ("fast stepper", streams, True, False, None)]
+        runs += [("fast stepper, int8", streams, True, True, None)] if cpu else []
+        runs += [("fast stepper, no CUDA graphs", streams, True, False, False)] if not cpu else []
     results = []
-    for label, streams, fast, int8 in runs:
-        r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8)
+    for label, streams, fast, int8, graphs in runs:
+        r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8, graphs)
         results.append({"label": label, **r})
     ceiling = gemv_ceiling(model, args.seconds) if cpu else None
     ceiling_int8 = gemv_ceiling(model, args.seconds, int8=True) if cpu else None
@@ -124,9 +128,9 @@ def main() -> None:
 
     print(f"{args.layers}x{args.hidden} {args.cell}, vocab {tokenizer.vocab_size}, {device}, {args.threads} threads, "
           f"torch {torch.__version__}, {cpu_name() if cpu else torch.cuda.get_device_name()}")
-    print(f"{'sampler':<26}{'streams':>8}{'chars':>10}{'seconds':>9}{'chars/s':>12}{'x naive(1)':>12}{'x naive(same)':>15}")
+    print(f"{'sampler':<30}{'streams':>8}{'chars':>10}{'seconds':>9}{'chars/s':>12}{'x naive(1)':>12}{'x naive(same)':>15}")
     for r in results:
-        print(f"{r['label']:<26}{r['streams']:>8}{r['chars']:>10,}{r['seconds']:>9.2f}{r['chars_per_s']:>12,.0f}"
+        print(f"{r['label']:<30}{r['streams']:>8}{r['chars']:>10,}{r['seconds']:>9.2f}{r['chars_per_s']:>12,.0f}"
               f"{r['vs_naive_1_stream']:>12.1f}{r['vs_naive_same_streams']:>15.1f}")
     quality = None
     if ceiling:
