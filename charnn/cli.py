@@ -63,33 +63,18 @@ app = typer.Typer(cls=OneLineErrors, add_completion=True, no_args_is_help=True, 
 def user_errors():
     """Map library errors to one red line and an exit code; CHARNN_DEBUG=1 shows the traceback."""
     debug = os.environ.get("CHARNN_DEBUG", "") not in ("", "0")
+    oom = "out of memory; try a smaller --batch-size, --hidden or corpus"
     try:
         yield
-    except ConfigError as e:
-        if debug:
+    except (CharnnError, KeyboardInterrupt, MemoryError, RuntimeError) as e:
+        # torch reports a failed allocation as a RuntimeError; any other RuntimeError is a bug: let it show
+        if debug or (isinstance(e, RuntimeError) and not _is_out_of_memory(e)):
             raise
-        err.print(f"[red]charnn: error:[/] {escape(str(e))}", markup=True)
-        raise typer.Exit(2) from None
-    except CharnnError as e:
-        if debug:
-            raise
-        err.print(f"[red]charnn: error:[/] {escape(str(e))}", markup=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        err.print("[yellow]interrupted[/]", markup=True)
-        raise typer.Exit(130) from None
-    except MemoryError:
-        if debug:
-            raise
-        err.print("[red]charnn: error:[/] out of memory; try a smaller --batch-size, --hidden or corpus", markup=True)
-        raise typer.Exit(1) from None
-    except RuntimeError as e:  # torch reports a failed allocation as a RuntimeError
-        if debug or not _is_out_of_memory(e):
-            raise
-        err.print("[red]charnn: error:[/] out of memory; try a smaller --batch-size, --hidden or corpus", markup=True)
-        raise typer.Exit(1) from None
+        if isinstance(e, KeyboardInterrupt):
+            err.print("[yellow]interrupted[/]", markup=True)
+            raise typer.Exit(130) from None
+        err.print(f"[red]charnn: error:[/] {escape(str(e)) if isinstance(e, CharnnError) else oom}", markup=True)
+        raise typer.Exit(2 if isinstance(e, ConfigError) else 1) from None
 
 
 def _is_out_of_memory(e: BaseException) -> bool:

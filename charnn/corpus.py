@@ -45,17 +45,20 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8") -> str:
         raise CharnnError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
     if b"\x00" in data[:8192]:
         raise CharnnError(f"{what} {path!r} looks binary (it contains NUL bytes); pass a text file")
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as e:
-        raise CharnnError(
-            f"{what} {path!r} is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {e.start}"
-        ) from None
-    except LookupError:
-        raise ConfigError(f"`--encoding`: unknown encoding {encoding!r}; try utf-8, latin-1 or cp1252") from None
+    text = decode_bytes(data, f"{what} {path!r}", encoding)
     if not text:
         raise CharnnError(f"{what} {path!r} is empty")
     return text
+
+
+def decode_bytes(data: bytes, name: str, encoding: str = "utf-8") -> str:
+    """bytes -> text, or one CharnnError naming `name`, the first bad byte and its offset."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise CharnnError(f"{name} is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {e.start}") from None
+    except LookupError:
+        raise ConfigError(f"`--encoding`: unknown encoding {encoding!r}; try utf-8, latin-1 or cp1252") from None
 
 
 def load_corpus(paths: Union[None, str, Sequence[str]], encoding: str = "utf-8", glob: Optional[str] = None,

@@ -24,14 +24,10 @@ FLUSH_SECONDS = 0.05  # ...or this often, so a terminal sees text appear as it i
 
 def read_prime(path: str, encoding: str = "utf-8") -> str:
     """The text of --prime-file PATH, or of stdin for '-'."""
+    from charnn.corpus import decode_bytes, read_text
     if path != "-":
-        from charnn.corpus import read_text
         return read_text(path, "prime file", encoding)
-    data = sys.stdin.buffer.read()
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as e:
-        raise CharnnError(f"stdin is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {e.start}") from None
+    return decode_bytes(sys.stdin.buffer.read(), "stdin", encoding)
 
 
 def clean_prime(tokenizer, prime: str, unknown: str = "error") -> Tuple[str, List[str]]:

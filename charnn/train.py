@@ -213,9 +213,12 @@ class Trainer:
         if cfg.max_time:
             parts.append(self.elapsed() / max(1e-9, cfg.max_time - self._reserve()))
         if cfg.epochs:
-            spe = max(1, self.batches.steps_per_epoch(self.offset))
-            parts.append((self.epoch + self.window / spe) / cfg.epochs)
+            parts.append(self.epochs_done() / cfg.epochs)
         return max(parts)
+
+    def epochs_done(self) -> float:
+        """Epochs completed, with the current one counted by the fraction of its windows done."""
+        return self.epoch + self.window / max(1, self.batches.steps_per_epoch(self.offset))
 
     def schedule_progress(self) -> float:
         """What the learning-rate schedule follows. Steps and epochs are deterministic; elapsed time is
@@ -227,8 +230,7 @@ class Trainer:
             if cfg.max_steps:
                 parts.append(self.step / cfg.max_steps)
             if cfg.epochs:
-                spe = max(1, self.batches.steps_per_epoch(self.offset))
-                parts.append((self.epoch + self.window / spe) / cfg.epochs)
+                parts.append(self.epochs_done() / cfg.epochs)
             return max(parts)
         return self.progress()
 
@@ -327,7 +329,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.max_steps and self.step >= cfg.max_steps:
             return "max_steps"
-        if cfg.epochs and self.epoch + self.window / max(1, self.batches.steps_per_epoch(self.offset)) >= cfg.epochs:
+        if cfg.epochs and self.epochs_done() >= cfg.epochs:
             return "epochs"
         if cfg.max_time and self.elapsed() + self._reserve() >= cfg.max_time:
             return "max_time"
@@ -406,7 +408,7 @@ class Trainer:
                                        "loss_per_char": loss_ema / self.chars_per_token,
                                        "lr": self.opt.param_groups[0]["lr"], "chars_per_sec": rate,
                                        "elapsed": self.elapsed(), "progress": self.progress(),
-                                       "epoch": self.epoch + self.window / max(1, self.batches.steps_per_epoch(self.offset))})
+                                       "epoch": self.epochs_done()})
                 if now - window_t0 > 10:  # a moving window keeps chars/s current
                     window_t0, window_steps = now, 0
                 if self.step % cfg.eval_every == 0:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from charnn import __version__
 from charnn.cli import app
+from charnn.errors import CharnnError, ConfigError
 
 runner = CliRunner()
 TINY_FLAGS = ["--hidden", "32", "--embed", "8", "--layers", "2", "--batch-size", "4", "--seq-len", "16",
@@ -143,3 +144,35 @@ def test_real_pipeline_into_head_ends_quietly(trained_run):
 def test_python_dash_m_help():
     p = subprocess.run([sys.executable, "-m", "charnn", "--help"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "train" in p.stdout and "sample" in p.stdout and "eval" in p.stdout
+
+
+@pytest.mark.parametrize("exc, code, says", [
+    (CharnnError("corpus 'x' does not exist"), 1, "corpus 'x' does not exist"),
+    (ConfigError("`--top-p` must be in (0, 1]"), 2, "`--top-p` must be in (0, 1]"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"), 1, "out of memory; try a smaller"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), 1, "out of memory"),
+    (MemoryError(), 1, "out of memory; try a smaller --batch-size"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+])
+def test_user_errors_turn_what_a_user_can_cause_into_one_line_and_an_exit_code(exc, code, says, capsys, monkeypatch):
+    import typer
+    from charnn.cli import user_errors
+    monkeypatch.delenv("CHARNN_DEBUG", raising=False)
+    with pytest.raises(typer.Exit) as info:
+        with user_errors():
+            raise exc
+    assert info.value.exit_code == code
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_user_errors_let_a_bug_show_and_debug_show_everything(monkeypatch):
+    from charnn.cli import user_errors
+    monkeypatch.delenv("CHARNN_DEBUG", raising=False)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with user_errors():
+            raise RuntimeError("shape mismatch")  # not an allocation failure: a bug, with its traceback
+    monkeypatch.setenv("CHARNN_DEBUG", "1")
+    with pytest.raises(CharnnError):
+        with user_errors():
+            raise CharnnError("x")
