@@ -25,11 +25,13 @@ from pathlib import Path
 import torch
 from common import cpu_name
 
+import charnn.stepper
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig, SampleConfig
+from charnn.int8 import weight_levels
 from charnn.model import CharRNN
 from charnn.sample import Sampler
-from charnn.stepper import FastStepper, weight_levels
+from charnn.stepper import FastStepper
 from charnn.tokenizer import CharTokenizer
 
 CHARS = "\n !$&',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 64 characters + unknown = 65
@@ -93,8 +95,12 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="time (and score) this trained model instead of random weights")
     ap.add_argument("--text", help="with --checkpoint: score the last --chars characters of this file, fp32 vs int8")
     ap.add_argument("--chars", type=int, default=20000)
+    ap.add_argument("--int8-kernel", choices=["auto", "int_mm", "fbgemm"], default="auto",
+                    help="force one of charnn.int8's kernels (auto: what charnn picks on this machine)")
     ap.add_argument("--out", default="benchmarks/results/sample_speed.json")
     args = ap.parse_args()
+    if args.int8_kernel != "auto":
+        charnn.stepper.int8_kernel = lambda: args.int8_kernel
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -126,8 +132,10 @@ def main() -> None:
         r["vs_naive_1_stream"] = round(r["chars_per_s"] / naive[1], 2)
         r["vs_naive_same_streams"] = round(r["chars_per_s"] / naive[r["streams"]], 2)
 
+    int8_used = charnn.stepper.int8_kernel()
     print(f"{args.layers}x{args.hidden} {args.cell}, vocab {tokenizer.vocab_size}, {device}, {args.threads} threads, "
-          f"torch {torch.__version__}, {cpu_name() if cpu else torch.cuda.get_device_name()}")
+          f"torch {torch.__version__}, {cpu_name() if cpu else torch.cuda.get_device_name()}"
+          + (f", int8 kernel {int8_used}" if cpu else ""))
     print(f"{'sampler':<30}{'streams':>8}{'chars':>10}{'seconds':>9}{'chars/s':>12}{'x naive(1)':>12}{'x naive(same)':>15}")
     for r in results:
         print(f"{r['label']:<30}{r['streams']:>8}{r['chars']:>10,}{r['seconds']:>9.2f}{r['chars_per_s']:>12,.0f}"
@@ -148,7 +156,8 @@ def main() -> None:
             "threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "checkpoint": args.checkpoint,
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-            "int8_weight_levels": weight_levels(1) if cpu else None}
+            "int8_kernel": int8_used if cpu else None,
+            "int8_weight_levels": weight_levels(1) if cpu and int8_used == "int_mm" else None}
     out.write_text(json.dumps({**meta, "results": results, "fp32_gemv_ceiling_chars_per_s": ceiling,
                                "int8_gemv_ceiling_chars_per_s": ceiling_int8,
                                "quality_nats_per_char": quality}, indent=2))

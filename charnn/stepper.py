@@ -5,24 +5,26 @@ for speed: per-layer weights pre-transposed and contiguous, biases fused, the em
 layer 0's input weights into a (V, G*H) table (so layer 0's input projection is a row lookup), for the
 LSTM and RNN the input and recurrent weights of layers 1+ stacked so one addmm does both, and every
 intermediate written into buffers allocated once. One call of `step` costs about 20 tensor ops.
-With `int8=True` the recurrent matrices are stored as int8 (a scale per output row) and the hidden
-states, which an LSTM/GRU/tanh-RNN keeps in (-1, 1), as int8 codes at the fixed scale 1/127; the products
-are exact int8 x int8 -> int32 matrix products (`torch._int_mm`, oneDNN's VNNI kernels on x86), scaled back
-to fp32 once. A quarter of the bytes to stream per step, which is what bounds one stream's speed on a CPU.
-It is an approximation (see benchmarks/SAMPLING.md for its measured cost).
+With `int8=True` the recurrent matrices are stored as int8 (a scale per output row) and multiplied by one
+of `charnn.int8`'s kernels: where the CPU has AVX-512 VNNI, exact int8 x int8 products with int8 codes of
+the hidden states that the stepper keeps beside them; elsewhere, fbgemm's dynamically quantized linear. A
+quarter of the bytes to stream per step, which is what bounds one stream's speed on a CPU. It is an
+approximation (see benchmarks/SAMPLING.md for its measured cost).
 `ModuleStepper` calls the model itself once per token; `make_stepper` falls back to it for anything
 the fast path does not cover.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from charnn.errors import CharnnError, first_line
+from charnn.errors import CharnnError
+from charnn.int8 import ACT_LEVELS, MatMul
+from charnn.int8 import kernel as int8_kernel
+from charnn.int8 import product as int8_product
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -54,59 +56,13 @@ class ModuleStepper:
         return logits
 
 
-MatMul = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, out) -> out
-ACT_LEVELS = 127  # hidden states lie in (-1, 1): int8 codes round(h * 127), a fixed scale, nothing to measure
-
-
-@functools.lru_cache(maxsize=None)
-def weight_levels(batch: int) -> int:
-    """The largest int8 weight magnitude whose products torch._int_mm gets exactly right on this CPU.
-
-    With VNNI or AMX (most x86 CPUs since 2019) int8 x int8 products accumulate exactly in int32: 127. Older
-    AVX2/AVX-512 paths add pairs of products in saturating int16, which 127 * 127 * 2 overflows; 7-bit
-    weights (63) stay in range. Probed once with the worst case, every product at its extreme.
-    """
-    a = torch.full((max(batch, 3), 64), ACT_LEVELS, dtype=torch.int8)
-    a[1] = -ACT_LEVELS
-    a[2, 1::2] = -ACT_LEVELS
-    for levels in (127, 63):
-        w = torch.full((64, 24), levels, dtype=torch.int8)
-        w[:, 8:16] = -levels
-        w[1::2, 16:] = -levels
-        try:
-            got = torch._int_mm(a, w)
-        except (RuntimeError, AttributeError) as e:
-            raise CharnnError(f"--int8 needs torch._int_mm on the CPU (torch 2.4 or later): {first_line(e)}") from None
-        if torch.equal(got.long(), a.long() @ w.long()):
-            return levels
-    raise CharnnError("--int8: this CPU's int8 matrix products are not exact; sample without --int8")
-
-
-def _int8_weights(w_t: torch.Tensor, levels: int):
-    """W given transposed, (in, out) -> its int8 codes as an (in, out) view of an (out, in) matrix (the layout
-    _int_mm is fastest with) and the fp32 factor per output that turns code products back into x @ W."""
-    w = w_t.t().float()  # (out, in)
-    scale = (w.abs().amax(dim=1) / levels).clamp_min(1e-12)
-    codes = torch.round(w / scale[:, None]).clamp_(-levels, levels).to(torch.int8).contiguous()
-    return codes.t(), scale / ACT_LEVELS
-
-
-def _product(w_t: torch.Tensor, bias: Optional[torch.Tensor], int8: bool, batch: int) -> MatMul:
-    """out = x @ W + bias, or out += x @ W when bias is None. In int8, x is the int8 codes of the input."""
-    if not int8:
-        if bias is None:
-            return lambda x, out: out.addmm_(x, w_t)
-        return lambda x, out: torch.addmm(bias, x, w_t, out=out)
-    codes, factor = _int8_weights(w_t, weight_levels(batch))
-    acc = torch.empty(batch, codes.shape[1], dtype=torch.int32, device=w_t.device)
-
-    def int8_product(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        torch._int_mm(x, codes, out=acc)
-        if bias is None:
-            return out.addcmul_(acc, factor)
-        return torch.addcmul(bias, acc, factor, out=out)
-
-    return int8_product
+def _product(w_t: torch.Tensor, bias: Optional[torch.Tensor], kind: str, batch: int) -> MatMul:
+    """out = x @ W + bias, or out += x @ W when bias is None: fp32 addmm, or one of charnn.int8's kernels."""
+    if kind != "fp32":
+        return int8_product(w_t, bias, batch, kind)
+    if bias is None:
+        return lambda x, out: out.addmm_(x, w_t)
+    return lambda x, out: torch.addmm(bias, x, w_t, out=out)
 
 
 class FastStepper:
@@ -143,8 +99,10 @@ class FastStepper:
             self.b_head = bias * logit_scale
             # The recurrent products, as functions of (x, out): fp32 addmm, or int8 weights times the int8
             # codes of the hidden states. The head stays fp32 (it is small, and the logits are what the draw sees).
+            self.kernel = int8_kernel() if int8 else "fp32"
+
             def product(w_t, b):
-                return _product(w_t, b, int8, batch)
+                return _product(w_t, b, self.kernel, batch)
             self.mm_hh = [product(self.w_hh[0], None) if fuse_hh else product(self.w_hh[0], self.b_hh[0])]
             for l in range(1, L):
                 self.mm_hh.append(product(self.w_cat[l], self.b_ih[l]) if fuse_hh
@@ -161,10 +119,10 @@ class FastStepper:
         self.tmp = [torch.empty(batch, H, device=dev, dtype=dt) for _ in range(L)]
         self.gh = [torch.empty(batch, G * H, device=dev, dtype=dt) for _ in range(L)] if self.cell == "gru" else None
         self.logits = torch.empty(batch, self.w_head.shape[1], device=dev, dtype=dt)
-        # What the products read: the hidden states themselves, or in int8 their codes, kept beside them.
-        self.int8 = int8
-        self.codes = torch.zeros(batch, L * H, device=dev, dtype=torch.int8) if int8 else None
-        src = self.codes if int8 else self.hs
+        # What the products read: the hidden states themselves, or for int_mm their int8 codes, kept beside them.
+        self.coded = self.kernel == "int_mm"
+        self.codes = torch.zeros(batch, L * H, device=dev, dtype=torch.int8) if self.coded else None
+        src = self.codes if self.coded else self.hs
         self.x_hh = [src[:, l * H:(l + 1) * H] for l in range(L)]  # h_l
         self.x_ih = [None] + [src[:, (l - 1) * H:l * H] for l in range(1, L)]  # h_{l-1}
         self.x_cat = [None] + [src[:, (l - 1) * H:(l + 1) * H] for l in range(1, L)]  # [h_{l-1} | h_l]
@@ -182,11 +140,11 @@ class FastStepper:
 
     def state_tensors(self) -> List[torch.Tensor]:
         """Every buffer whose value carries from one step to the next (what a CUDA graph's warm-up must undo)."""
-        return [self.hs, *(self.c or []), self.logits] + ([self.codes] if self.int8 else [])
+        return [self.hs, *(self.c or []), self.logits] + ([self.codes] if self.coded else [])
 
     def _encode(self, l: int) -> None:
-        """int8: refresh the codes of layer l's hidden state, round(h * 127)."""
-        if self.int8:
+        """int_mm: refresh the codes of layer l's hidden state, round(h * 127)."""
+        if self.coded:
             torch.round(torch.mul(self.h[l], ACT_LEVELS, out=self.tmp[l]), out=self.tmp[l])
             self.x_hh[l].copy_(self.tmp[l])
 

@@ -15,7 +15,8 @@ from charnn.model import CharRNN
 from charnn.draw import filter_logits, gumbel_noise
 from charnn.sample import Sampler, StopFinder
 from charnn.errors import CharnnError
-from charnn.stepper import FastStepper, ModuleStepper, full_forward_logits, make_stepper, weight_levels
+from charnn.int8 import kernel, weight_levels
+from charnn.stepper import FastStepper, ModuleStepper, full_forward_logits, make_stepper
 
 runner = CliRunner()
 
@@ -234,8 +235,24 @@ def test_a_refused_graph_capture_falls_back_to_the_token_loop_with_a_note(ckpt, 
     assert refused.notes == ["sampling without CUDA graphs (operation not permitted when stream is capturing)"]
 
 
+@pytest.fixture(params=["int_mm", "fbgemm"])
+def int8_kernel(request, monkeypatch):
+    """Both int8 kernels, whichever this machine would pick (int_mm is exact everywhere, only slow without VNNI)."""
+    monkeypatch.setattr("charnn.stepper.int8_kernel", lambda: request.param)
+    return request.param
+
+
+def test_the_int8_kernel_is_int_mm_only_where_torch_runs_it_on_vnni(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
+    assert kernel() == ("int_mm" if torch.backends.mkldnn.is_available() else "fbgemm")
+    with torch.backends.mkldnn.flags(enabled=False):  # torch._int_mm is then a plain loop
+        assert kernel() == "fbgemm"
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False, raising=False)
+    assert kernel() == "fbgemm"
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_int8_stepper_is_a_close_approximation(cell):
+def test_int8_stepper_is_a_close_approximation(cell, int8_kernel):
     """int8 weights must really be used (the logits move) and stay close: the next-token distribution within
     a few parts in a thousand of the fp32 stepper's, along the same token path."""
     torch.manual_seed(0)
@@ -247,12 +264,13 @@ def test_int8_stepper_is_a_close_approximation(cell):
         a, b = exact.step(torch.full((2,), t)).clone(), approx.step(torch.full((2,), t))
         moved = max(moved, (a - b).abs().max().item())
         diffs.append((torch.softmax(a.double(), -1) - torch.softmax(b.double(), -1)).abs().max().item())
-    assert moved > 1e-6  # not silently the fp32 path
+    assert moved > 1e-6 and approx.kernel == int8_kernel  # not silently the fp32 path
     assert max(diffs) < 5e-3
 
 
-def test_int8_codes_follow_a_loaded_state():
+def test_int8_codes_follow_a_loaded_state(monkeypatch):
     """After a prime's state is loaded, the int8 products must read the codes of that state, not stale zeros."""
+    monkeypatch.setattr("charnn.stepper.int8_kernel", lambda: "int_mm")
     model = CharRNN(ModelConfig(vocab_size=11, layers=2, hidden=16, embed=5)).eval()
     _, state = model(torch.tensor([[1, 2, 3, 4]]))
     st = FastStepper(model, batch=3, int8=True)
@@ -279,6 +297,7 @@ def fresh_levels():
 
 def test_int8_weights_drop_to_7_bits_where_products_would_saturate(monkeypatch, fresh_levels):
     monkeypatch.setattr(torch, "_int_mm", saturating_int_mm)
+    monkeypatch.setattr("charnn.stepper.int8_kernel", lambda: "int_mm")
     assert weight_levels(2) == 63
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=11, layers=2, hidden=16, embed=5)).eval()
@@ -301,7 +320,7 @@ def test_int8_says_so_in_one_line_where_it_cannot_work(monkeypatch, fresh_levels
 def test_int8_levels_are_exact_on_an_older_instruction_set():
     """The real kernels with oneDNN held to AVX2 (no VNNI, as on many laptops): whatever the probe picks must
     give exact products on random codes at that range."""
-    code = ("import torch; from charnn.stepper import weight_levels; L = weight_levels(4); "
+    code = ("import torch; from charnn.int8 import weight_levels; L = weight_levels(4); "
             "a = torch.randint(-127, 128, (4, 512), dtype=torch.int8); "
             "w = torch.randint(-L, L + 1, (2048, 512), dtype=torch.int8); a[0] = 127; w[:5] = L; "
             "print(L, torch.equal(torch._int_mm(a, w.t()).long(), a.long() @ w.long().t()))")
