@@ -328,13 +328,17 @@ def sample(
                 err.print(f"note: dropped from the prime (not in the vocabulary): "
                           f"{', '.join(repr(c) for c in sampler.skipped[:10])}")
             err.print(f"sampling {path} on {dev}, seed {used_seed}")
-        t0, last = time.perf_counter(), "\n"
+        t0, last, noted = time.perf_counter(), "\n", 0
         try:
             for piece in sampler:
                 if piece:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
                     last = piece[-1]
+                if len(sampler.notes) > noted and not quiet:  # a fallback taken: say so while it happens
+                    for note in sampler.notes[noted:]:
+                        err.print(f"note: {note}", markup=False)
+                    noted = len(sampler.notes)
             if last != "\n":
                 sys.stdout.write("\n")
             sys.stdout.flush()
@@ -343,8 +347,6 @@ def sample(
             raise typer.Exit(0) from None
         if not quiet:
             dt = time.perf_counter() - t0
-            for note in sampler.notes:
-                err.print(f"note: {note}", markup=False)
             err.print(f"{sampler.chars:,} characters in {dt:.2f}s ({sampler.chars / max(dt, 1e-9):,.0f} chars/s)")
 
 

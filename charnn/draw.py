@@ -112,20 +112,24 @@ class TokenLoop:
 
 class GraphedTokenLoop(TokenLoop):
     """The same tokens as TokenLoop, a whole block per call: on CUDA the block's steps are recorded once as a
-    CUDA graph and replayed (the stepper's fixed buffers make that possible); elsewhere the body runs as is.
-    Each call makes a full block, so up to block - 1 tokens past the end are drawn and thrown away."""
+    CUDA graph and replayed (the stepper's fixed buffers make that possible); elsewhere the body runs as is
+    (`capture` overrides the choice). Each call makes a full block, so up to block - 1 tokens past the end are
+    drawn and thrown away. The block holds at most NOISE_FLOATS noise numbers (fewer steps for big batches
+    and vocabularies), so its fixed noise buffer stays small."""
 
-    def __init__(self, stepper, logits: torch.Tensor, draw: Draw, noise: Optional[Noise], block: int):
+    def __init__(self, stepper, logits: torch.Tensor, draw: Draw, noise: Optional[Noise], block: int,
+                 capture: Optional[bool] = None):
+        B, V = logits.shape
+        block = max(1, min(block, NOISE_FLOATS // (B * V)))
         super().__init__(stepper, logits, draw, noise, block)
         if logits is not stepper.logits:
             raise ValueError("GraphedTokenLoop needs a stepper that writes its logits into one buffer")
-        B, V = logits.shape
         self.noise_rows: List[Optional[torch.Tensor]] = [None] * block
         self.noise_block = None
         if noise is not None:
-            self.noise_block = torch.empty(block, B, V, device=logits.device)
+            self.noise_block = torch.zeros(block, B, V, device=logits.device)
             self.noise_rows = list(self.noise_block.unbind(0))
-        self.graph = self._capture() if logits.device.type == "cuda" else None
+        self.graph = self._capture() if (logits.device.type == "cuda" if capture is None else capture) else None
 
     def _body(self) -> None:
         for tok, noise in zip(self.rows, self.noise_rows):
@@ -144,7 +148,8 @@ class GraphedTokenLoop(TokenLoop):
             with torch.cuda.graph(graph):
                 self._body()
             return graph
-        finally:
+        finally:  # also after a failed capture: the plain loop then carries on from the same state
+            torch.cuda.synchronize()
             for t, saved in zip(self.stepper.state_tensors(), state):
                 t.copy_(saved)
 

@@ -140,7 +140,8 @@ class Sampler:
             try:
                 return GraphedTokenLoop(stepper, logits, draw, noise, FLUSH_TOKENS)
             except RuntimeError as e:  # a capture this torch/driver refuses: the plain loop gives the same text
-                self.notes.append(f"sampling without CUDA graphs ({first_line(e)})")
+                cause = e.__context__ if isinstance(e.__context__, RuntimeError) else e  # not the follow-on error
+                self.notes.append(f"sampling without CUDA graphs ({first_line(cause)})")
         return TokenLoop(stepper, logits, draw, noise, FLUSH_TOKENS)
 
 

@@ -1,8 +1,10 @@
 """Sampling: the fast stepper against the full forward, decoding filters, and the `sample` command end to end."""
 
+import contextlib
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig
 from charnn.model import CharRNN
-from charnn.draw import filter_logits, gumbel_noise
+from charnn.draw import GraphedTokenLoop, filter_logits, gumbel_noise
 from charnn.sample import Sampler, StopFinder
 from charnn.errors import CharnnError
 from charnn.int8 import kernel, weight_levels
@@ -224,6 +226,65 @@ def test_block_loop_of_cuda_graphs_writes_what_the_token_loop_writes(ckpt, opts)
     assert text == "".join(plain) and graphed.chars == plain.chars > 0
 
 
+class FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph off CUDA: replay runs the body that was recorded."""
+    body = None
+
+    def replay(self):
+        self.body()
+
+
+def fake_cuda(monkeypatch, fail_capture=None):
+    """torch.cuda's stream and graph calls as no-ops, so GraphedTokenLoop._capture runs on the CPU: its warm-up
+    and its capture both really run the block body (a real capture would not), which the undo must cover."""
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+
+    @contextlib.contextmanager
+    def graph(g):
+        yield
+        if fail_capture:
+            raise RuntimeError(fail_capture)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+
+    class Captured(GraphedTokenLoop):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, capture=True, **kwargs)
+            self.graph.body = self._body
+    monkeypatch.setattr("charnn.sample.GraphedTokenLoop", Captured)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("opts", [dict(length=100, num_samples=2, prime="the "),
+                                  dict(length=60, int8=True, prime="an", top_k=5),
+                                  dict(length=40, greedy=True, prime="to")])
+def test_a_captured_block_replays_the_same_text_its_warm_up_undone(ckpt, monkeypatch, cell, opts):
+    """If state_tensors missed a buffer (c, the int8 codes, the logits), the warm-up's steps would leak into
+    the text."""
+    _, tok = model_and_tokenizer(ckpt)
+    torch.manual_seed(1)
+    model = CharRNN(ModelConfig(vocab_size=tok.vocab_size, cell=cell, layers=2, hidden=24, embed=8)).eval()
+    cfg = SampleConfig(**opts)
+    plain = "".join(Sampler(model, tok, cfg, torch.device("cpu"), 3, graphs=False))
+    fake_cuda(monkeypatch)
+    graphed = Sampler(model, tok, cfg, torch.device("cpu"), 3, graphs=True)
+    assert "".join(graphed) == plain and graphed.notes == []
+
+
+def test_a_capture_failing_after_its_warm_up_falls_back_from_the_same_state(ckpt, monkeypatch):
+    model, tok = model_and_tokenizer(ckpt)
+    cfg = SampleConfig(length=80, prime="the ", num_samples=2)
+    plain = "".join(Sampler(model, tok, cfg, torch.device("cpu"), 5, graphs=False))
+    fake_cuda(monkeypatch, fail_capture="CUDA error: operation not permitted when stream is capturing")
+    refused = Sampler(model, tok, cfg, torch.device("cpu"), 5, graphs=True)
+    assert "".join(refused) == plain
+    assert refused.notes == ["sampling without CUDA graphs (CUDA error: operation not permitted when stream is capturing)"]
+
+
 def test_a_refused_graph_capture_falls_back_to_the_token_loop_with_a_note(ckpt, monkeypatch):
     def refuse(*args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors might be...")
@@ -339,3 +400,16 @@ def test_int8_sampling_from_the_cli_is_seeded_and_matches_fp32_closely(ckpt):
     # the same noise through a near-identical distribution: the texts agree for a good while
     same = next((i for i, (x, y) in enumerate(zip(a.stdout, exact.stdout)) if x != y), len(a.stdout))
     assert same >= 40, (a.stdout[:80], exact.stdout[:80])
+
+
+def test_the_cli_shows_a_fallback_note_on_stderr_and_keeps_stdout_clean(ckpt, monkeypatch):
+    original = Sampler._loop
+
+    def noting(self, stepper, logits):
+        self.notes.append("sampling without CUDA graphs (refused)")
+        return original(self, stepper, logits)
+    monkeypatch.setattr(Sampler, "_loop", noting)
+    r = run(ckpt, "--length", "30", "--seed", "1", "--prime", "the ")
+    assert r.exit_code == 0 and "note: sampling without CUDA graphs (refused)" in r.stderr
+    assert r.stdout.startswith("the ") and "note" not in r.stdout
+    assert "note" not in run(ckpt, "--length", "30", "--seed", "1", "-q").stderr
