@@ -62,8 +62,12 @@ def gemv_ceiling(model, seconds: float, int8: bool = False) -> float:
     """Steps per second of the stepper's recurrent matrix products alone (one stream, fp32 or int8): the bound
     set by reading every recurrent weight once per character from wherever it lives in the memory hierarchy."""
     st = FastStepper(model, 1, int8=int8)
-    products = [(st.mm_hh[0], st.x_hh[0], st.gates[0])]
-    products += [(st.mm_hh[l], st.x_cat[l], st.gates[l]) for l in range(1, st.L)]
+    if st.cell == "gru":  # input and recurrent products apart (its n gate needs W_hn h on its own)
+        products = [(st.mm_hh[l], st.x_hh[l], st.gh[l]) for l in range(st.L)]
+        products += [(st.mm_ih[l], st.x_ih[l], st.gates[l]) for l in range(1, st.L)]
+    else:
+        products = [(st.mm_hh[0], st.x_hh[0], st.gates[0])]
+        products += [(st.mm_hh[l], st.x_cat[l], st.gates[l]) for l in range(1, st.L)]
     n, t0 = 0, time.perf_counter()
     with torch.inference_mode():
         while time.perf_counter() - t0 < seconds:
@@ -118,7 +122,8 @@ def main() -> None:
     # (label, streams, fast stepper, int8, CUDA graphs: None = the sampler's default, graphs on CUDA only)
     runs = []
     for streams in (1, 64):
-        runs += [("naive: nn.LSTM per char", streams, False, False, None), ("fast stepper", streams, True, False, None)]
+        naive = f"naive: nn.{args.cell.upper()} per char"
+        runs += [(naive, streams, False, False, None), ("fast stepper", streams, True, False, None)]
         runs += [("fast stepper, int8", streams, True, True, None)] if cpu else []
         runs += [("fast stepper, no CUDA graphs", streams, True, False, False)] if not cpu else []
     results = []

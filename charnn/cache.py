@@ -142,13 +142,36 @@ class EntryWriter:
 
 @contextmanager
 def _commit_lock(folder: Path):
-    """An exclusive lock on folder/.lock (POSIX flock; elsewhere no lock)."""
+    """An exclusive lock on folder/.lock, held while an entry is renamed into place."""
+    with _flock(folder / ".lock"):
+        yield
+
+
+@contextmanager
+def build_lock(key: str):
+    """Held while an entry is built: processes encoding the same corpus at once (torchrun ranks, two runs)
+    take turns, so the first encodes it and the others, once let in, find its entry. The OS drops the
+    lock of a process that dies."""
+    folder = entry_dir(key).parent / ".locks"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # no lock file then (see _flock); EntryWriter says what is wrong with the folder
+    with _flock(folder / key):
+        yield
+
+
+@contextmanager
+def _flock(path: Path):
+    """An exclusive POSIX flock on `path` (created if missing). No lock where there is no flock (Windows) or
+    the file cannot be created (a read-only cache: the write that follows says why)."""
     try:
         import fcntl
-    except ImportError:  # Windows
+        f = open(path, "a")
+    except (ImportError, OSError):
         yield
         return
-    with open(folder / ".lock", "a") as f:
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

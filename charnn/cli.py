@@ -296,10 +296,10 @@ def sample(
                                                      "(\\n and \\t are understood).")] = None,
     seed: Seed = None,
     device: Device = "auto",
-    int8: Annotated[bool, typer.Option("--int8", help="CPU only: int8 recurrent weights and states, about 3x "
-                                                      "faster on big models on CPUs with VNNI (most x86 since "
-                                                      "2019); the text comes from a close approximation of the "
-                                                      "model (benchmarks/SAMPLING.md).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="CPU only: int8 recurrent weights, about 3x faster for "
+                                                      "one stream of a big model (2x for 64); the text comes from "
+                                                      "a close approximation of the model "
+                                                      "(benchmarks/SAMPLING.md).")] = False,
     quiet: Quiet = False,
 ):
     """Generate text from a trained model; stdout carries the text and nothing else."""

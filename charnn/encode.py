@@ -63,9 +63,14 @@ def prepare(parts: Sequence[Part], encoding: str, split: dict, tokenizer_spec: d
         key, meta = _fresh_entry(content, encoding, split, tokenizer_spec) or (key, None)
     cached = meta is not None
     if meta is None:
-        size = sum(p.path.stat().st_size if isinstance(p, SourceFile) else len(p) for p in list(parts) + list(val_parts))
-        on_event("data", {"stage": "encode", "key": key, "bytes": size})
-        meta = _build(key, list(parts), list(val_parts), encoding, split, tokenizer_spec, on_event, threads)
+        with cache.build_lock(key):  # another process may be encoding this very corpus: wait for it, then reuse
+            meta = cache.find_entry(key)
+            cached = meta is not None
+            if meta is None:
+                size = sum(p.path.stat().st_size if isinstance(p, SourceFile) else len(p)
+                           for p in list(parts) + list(val_parts))
+                on_event("data", {"stage": "encode", "key": key, "bytes": size})
+                meta = _build(key, list(parts), list(val_parts), encoding, split, tokenizer_spec, on_event, threads)
     ids = cache.open_ids(key, meta)
     tok = _load_tokenizer(key, meta)
     n_train = meta["train_tokens"]

@@ -232,3 +232,24 @@ def test_a_resumed_run_finds_the_entry_its_first_run_wrote(tmp_path, monkeypatch
     assert resumed.train_ids.tolist() == first.train_ids.tolist()
     with pytest.raises(AssertionError, match="encoded again"):  # another vocabulary: not those ids
         prepare(part, "utf-8", {"val_frac": 0.1}, {"state": other.state(), "fresh": CHAR})
+
+
+def test_processes_encoding_one_corpus_at_once_take_turns_and_encode_it_once(tmp_path):
+    """Like torchrun ranks starting together: one encodes while the other waits, then reuses its entry."""
+    import threading
+
+    path = tmp_path / "big.txt"
+    path.write_text(make_text(40_000), encoding="utf-8")  # a few MB: the two would overlap without the lock
+    start, results = threading.Barrier(2), []
+
+    def rank():
+        start.wait()
+        results.append(prepare([SourceFile(path, False)], "utf-8", {"val_frac": 0.1}, CHAR))
+
+    threads = [threading.Thread(target=rank) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.cached for r in results) == [False, True]
+    assert results[0].path == results[1].path and torch.equal(results[0].train_ids, results[1].train_ids)
