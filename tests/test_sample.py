@@ -306,8 +306,10 @@ def int8_kernel(request, monkeypatch):
 def test_the_int8_kernel_is_int_mm_only_where_torch_runs_it_on_vnni(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
     assert kernel() == ("int_mm" if torch.backends.mkldnn.is_available() else "fbgemm")
-    with torch.backends.mkldnn.flags(enabled=False):  # torch._int_mm is then a plain loop
+    with monkeypatch.context() as m:
+        m.setattr(torch.backends.mkldnn, "enabled", False)  # torch._int_mm is then a plain loop
         assert kernel() == "fbgemm"
+    assert torch.backends.mkldnn.enabled
     monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False, raising=False)
     assert kernel() == "fbgemm"
 
