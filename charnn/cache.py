@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -148,21 +148,21 @@ def _commit_lock(folder: Path):
 
 
 @contextmanager
-def build_lock(key: str):
+def build_lock(key: str, on_wait: Optional[Callable[[], None]] = None):
     """Held while an entry is built: processes encoding the same corpus at once (torchrun ranks, two runs)
-    take turns, so the first encodes it and the others, once let in, find its entry. The OS drops the
-    lock of a process that dies."""
+    take turns, so the first encodes it and the others, once let in, find its entry. `on_wait` is called
+    once if the lock is busy, before waiting for it. The OS drops the lock of a process that dies."""
     folder = entry_dir(key).parent / ".locks"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         pass  # no lock file then (see _flock); EntryWriter says what is wrong with the folder
-    with _flock(folder / key):
+    with _flock(folder / key, on_wait):
         yield
 
 
 @contextmanager
-def _flock(path: Path):
+def _flock(path: Path, on_wait: Optional[Callable[[], None]] = None):
     """An exclusive POSIX flock on `path` (created if missing). No lock where there is no flock (Windows) or
     the file cannot be created (a read-only cache: the write that follows says why)."""
     try:
@@ -172,7 +172,12 @@ def _flock(path: Path):
         yield
         return
     with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:

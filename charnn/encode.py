@@ -11,6 +11,7 @@ and are counted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -63,7 +64,8 @@ def prepare(parts: Sequence[Part], encoding: str, split: dict, tokenizer_spec: d
         key, meta = _fresh_entry(content, encoding, split, tokenizer_spec) or (key, None)
     cached = meta is not None
     if meta is None:
-        with cache.build_lock(key):  # another process may be encoding this very corpus: wait for it, then reuse
+        waiting = functools.partial(on_event, "data", {"stage": "wait", "key": key})
+        with cache.build_lock(key, waiting):  # another process may be encoding this very corpus: wait, then reuse
             meta = cache.find_entry(key)
             cached = meta is not None
             if meta is None:

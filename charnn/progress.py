@@ -47,6 +47,9 @@ class TrainProgress:
             self.progress.stop()
 
     def _data(self, info: dict) -> None:
+        if info["stage"] == "wait":
+            self.note("waiting for another charnn process that is encoding this corpus (then its cache is reused)...")
+            return
         if info["stage"] == "encode":
             if info["bytes"] >= BIG_CORPUS:
                     self.note(f"encoding {info['bytes'] / 1e6:,.0f} MB of text (once: later runs on it reuse the cache)...")

@@ -196,3 +196,12 @@ def test_shell_completion_script():
     r = runner.invoke(app, ["--show-completion", "bash"], prog_name="charnn")
     assert r.exit_code == 0
     assert "_charnn_completion" in r.stdout and "complete" in r.stdout
+
+
+def test_a_run_waiting_for_another_ones_encoding_says_so():
+    buf = io.StringIO()
+    view = TrainProgress(Console(file=buf, force_terminal=False, width=120), open_ended=False, quiet=False,
+                         plain_every=0)
+    with view:
+        view("data", {"stage": "wait", "key": "k"})
+    assert "waiting for another charnn process that is encoding this corpus" in buf.getvalue()

@@ -240,11 +240,12 @@ def test_processes_encoding_one_corpus_at_once_take_turns_and_encode_it_once(tmp
 
     path = tmp_path / "big.txt"
     path.write_text(make_text(40_000), encoding="utf-8")  # a few MB: the two would overlap without the lock
-    start, results = threading.Barrier(2), []
+    start, results, events = threading.Barrier(2), [], []
 
     def rank():
         start.wait()
-        results.append(prepare([SourceFile(path, False)], "utf-8", {"val_frac": 0.1}, CHAR))
+        on_event = lambda kind, info: events.append(info["stage"])  # noqa: E731
+        results.append(prepare([SourceFile(path, False)], "utf-8", {"val_frac": 0.1}, CHAR, on_event=on_event))
 
     threads = [threading.Thread(target=rank) for _ in range(2)]
     for t in threads:
@@ -252,4 +253,24 @@ def test_processes_encoding_one_corpus_at_once_take_turns_and_encode_it_once(tmp
     for t in threads:
         t.join()
     assert sorted(r.cached for r in results) == [False, True]
+    assert events.count("encode") == 1 and events.count("wait") <= 1  # the one that waited (if it came first) is told
     assert results[0].path == results[1].path and torch.equal(results[0].train_ids, results[1].train_ids)
+
+
+def test_a_process_that_must_wait_for_the_build_lock_is_told_so_and_then_let_in():
+    import threading
+
+    from charnn import cache
+
+    told, inside = threading.Event(), threading.Event()
+
+    def other():
+        with cache.build_lock("k" * 16, on_wait=told.set):
+            inside.set()
+
+    with cache.build_lock("k" * 16):
+        t = threading.Thread(target=other)
+        t.start()
+        assert told.wait(10) and not inside.is_set()  # it waits while the lock is held...
+    t.join(10)
+    assert inside.is_set()  # ...and gets in once it is released
