@@ -13,8 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from charnn.errors import CharnnError
-from charnn.sources import Part, SourceFile, Undecodable, read_chunks
+from charnn.sources import Part, Undecodable, read_chunks, skip_or_raise
 from charnn.tokenizer import CharTokenizer, codepoints
 
 NO_CP = 0x110000  # one past the largest code point
@@ -89,11 +88,8 @@ def write_stream(writer: CharWriter, parts: Sequence[Part], encoding: str, separ
                     return
             wrote_any = True
         except Undecodable as e:
-            if not (isinstance(part, SourceFile) and part.optional):
-                raise CharnnError(f"corpus {str(e.path)!r} {e.why}; pass a text file (or the right --encoding)") from None
             writer.rollback(mark)
-            skipped.append([index0 + k, e.why])
-            on_event("corpus_skip", {"path": str(e.path), "why": e.why})
+            skip_or_raise(part, e, index0 + k, skipped, on_event)
 
 
 def _write_clipped(writer: CharWriter, chunk: str, end: Optional[int]) -> bool:

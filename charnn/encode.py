@@ -23,7 +23,8 @@ import torch
 
 from charnn import cache, charstream
 from charnn.errors import CharnnError
-from charnn.sources import SEPARATOR, Part, SourceFile, Undecodable, check_encoding, join_parts, read_chunks
+from charnn.sources import (SEPARATOR, Part, SourceFile, Undecodable, check_encoding, join_parts, read_chunks,
+                            skip_or_raise)
 from charnn.tokenizer import tokenizer_from_state
 
 Callback = Callable[[str, dict], None]
@@ -156,11 +157,7 @@ def _scan(parts: List[Part], encoding: str, on_event: Callback, skipped: list, o
             counts.append(sum(len(chunk) for chunk in read_chunks(part, encoding)))
             kept.append(part)
         except Undecodable as e:
-            if not (isinstance(part, SourceFile) and part.optional):
-                raise CharnnError(f"corpus {str(e.path)!r} {e.why}; pass a text file "
-                                  "(or the right --encoding)") from None
-            skipped.append([offset + i, e.why])
-            on_event("corpus_skip", {"path": str(e.path), "why": e.why})
+            skip_or_raise(part, e, offset + i, skipped, on_event)
     if parts and not any(counts):
         raise CharnnError("none of the corpus files holds any text")
     return kept, counts

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import List, Optional
 
 from charnn.checkpoint import load_checkpoint, resolve_checkpoint

@@ -114,6 +114,15 @@ class Undecodable(Exception):
         self.path, self.why = path, why
 
 
+def skip_or_raise(part: Part, e: Undecodable, index: int, skipped: list, on_event) -> None:
+    """A part that is not text: a file found in a folder is skipped (recorded as [index, why] and reported);
+    a file named directly is an error."""
+    if not (isinstance(part, SourceFile) and part.optional):
+        raise CharnnError(f"corpus {str(e.path)!r} {e.why}; pass a text file (or the right --encoding)")
+    skipped.append([index, e.why])
+    on_event("corpus_skip", {"path": str(e.path), "why": e.why})
+
+
 def read_chunks(part: Part, encoding: str, block: int = BLOCK_BYTES) -> Iterator[str]:
     """The text of one part in chunks; raises Undecodable for a file that is not valid text."""
     if isinstance(part, str):
