@@ -274,3 +274,14 @@ def test_a_process_that_must_wait_for_the_build_lock_is_told_so_and_then_let_in(
         assert told.wait(10) and not inside.is_set()  # it waits while the lock is held...
     t.join(10)
     assert inside.is_set()  # ...and gets in once it is released
+
+
+def test_an_unusable_cache_folder_is_one_line_naming_charnn_cache(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x", encoding="utf-8")
+    monkeypatch.setenv("CHARNN_CACHE", str(blocker))  # a file where the cache folder should be
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(40), encoding="utf-8")
+    r = CliRunner().invoke(app, ["train", str(corpus), "--max-steps", "1", "--out", str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 1 and "set CHARNN_CACHE to a writable folder" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
