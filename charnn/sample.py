@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from charnn.config import SampleConfig
@@ -49,6 +50,21 @@ def start_ids(tokenizer, prime: str) -> List[int]:
         return [int(i) for i in tokenizer.encode(prime)]
     ids = tokenizer.encode("\n")
     return [int(ids[0])] if len(ids) and ids[0] != tokenizer.unk_id else [1]
+
+
+def heal(tokenizer, ids: List[int]) -> Tuple[List[int], Optional[np.ndarray], bytes]:
+    """Token healing for a subword prime: (ids to condition on, ids the first draw may take, bytes to skip).
+
+    A prime cut mid-word ("the bro") ends in a piece ("▁bro") that in training was mostly part of a longer
+    one ("▁brown"), so conditioning on it asks the model for a split it rarely saw. Instead the last piece
+    is taken back, the first draw is limited to the pieces that start with its text ("▁bro", "▁brown",
+    "▁brother", ...), and that text, already printed with the prime, is skipped in the output. Character
+    tokenizers, byte pieces and an empty prime are left as they are."""
+    extending = getattr(tokenizer, "extending", None)
+    allowed = extending(ids[-1]) if extending is not None and ids else None
+    if allowed is None:
+        return ids, None, b""
+    return ids[:-1], allowed, tokenizer.pieces[ids[-1]]
 
 
 class StopFinder:
@@ -96,8 +112,13 @@ class Sampler:
         scale = 1.0 if cfg.greedy else 1.0 / cfg.temperature
         banned = [] if self.tokenizer.unk_id is None else [self.tokenizer.unk_id]
         stepper = make_stepper(self.model, B, scale, banned, fast=self.fast, int8=cfg.int8)
-        logits = self._condition(stepper, start_ids(self.tokenizer, self.prime))
-        decoders = [self.tokenizer.decoder() for _ in range(B)]
+        ids, allowed, skip = heal(self.tokenizer, start_ids(self.tokenizer, self.prime) if self.prime else [])
+        logits = self._condition(stepper, ids or start_ids(self.tokenizer, ""))
+        if allowed is not None:  # the first draw completes the piece taken back from the prime
+            outside = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            outside[torch.from_numpy(allowed).to(logits.device)] = False
+            logits[:, outside] = float("-inf")
+        decoders = [self.tokenizer.decoder(skip) if skip else self.tokenizer.decoder() for _ in range(B)]
         stops = [StopFinder(cfg.stop) for _ in range(B)]
         later: List[List[str]] = [[] for _ in range(B)]  # samples 2..N wait for sample 1 to finish
         loop = self._loop(stepper, logits)

@@ -148,8 +148,18 @@ class SentencePieceTokenizer:
         where its first byte is), so the counts of consecutive runs of ids add up to the text's length."""
         return int(self._starts[np.asarray(ids, dtype=np.int64)].sum())
 
-    def decoder(self) -> "ByteStreamDecoder":
-        return ByteStreamDecoder(self)
+    def extending(self, i: int) -> Optional[np.ndarray]:
+        """Ids of the pieces whose text starts with piece i's text, i among them: what may follow a prime when
+        its last piece, i, is taken back (token healing). None for a byte, unknown or control piece."""
+        sp = self.sp
+        if sp.is_byte(i) or sp.is_unknown(i) or sp.is_control(i):
+            return None
+        head = self.pieces[i]
+        return np.array([j for j, p in enumerate(self.pieces)
+                         if p.startswith(head) and not (sp.is_unknown(j) or sp.is_control(j))], dtype=np.int64)
+
+    def decoder(self, skip: bytes = b"") -> "ByteStreamDecoder":
+        return ByteStreamDecoder(self, skip)
 
     def state(self) -> dict:
         return {"kind": self.kind, "model": self.model}
@@ -158,12 +168,16 @@ class SentencePieceTokenizer:
 class ByteStreamDecoder:
     """Streams ids to text: bytes of a character split across pushes are held back until it is whole."""
 
-    def __init__(self, tokenizer: SentencePieceTokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: SentencePieceTokenizer, skip: bytes = b""):
+        self.tokenizer, self.skip = tokenizer, skip  # skip: bytes the stream starts with that are not output
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def push(self, ids: Sequence[int]) -> str:
-        return self._utf8.decode(self.tokenizer._bytes(ids))
+        data = self.tokenizer._bytes(ids)
+        if self.skip:
+            n = min(len(self.skip), len(data))
+            data, self.skip = data[n:], self.skip[n:]
+        return self._utf8.decode(data)
 
     def flush(self) -> str:
         """Whatever is held back, as U+FFFD (a stream that ended inside a character)."""

@@ -268,3 +268,39 @@ def test_length_counts_characters_for_a_bpe_model(bpe_run, bpe):
         cfg = SampleConfig(length=length, prime="a🙂", device="cpu")
         pieces = list(generate(Uniform(bpe.vocab_size), bpe, cfg, torch.device("cpu"), seed=length))
         assert len("".join(pieces)) == len("a🙂") + length
+
+
+# -- token healing: a prime cut mid-word ---------------------------------------------------------------------------
+def test_a_prime_cut_mid_word_gives_its_last_piece_back(bpe):
+    from charnn.sample import heal
+
+    ids = [int(i) for i in bpe.encode("birds s")]
+    kept, allowed, skip = heal(bpe, ids)
+    assert kept == ids[:-1] and skip == bpe.pieces[ids[-1]] and bpe.decode(kept) + skip.decode() == "birds s"
+    assert ids[-1] in allowed and all(bpe.pieces[j].startswith(skip) for j in allowed)
+    assert bpe.encode(" sang")[0] in allowed  # the whole word the prime was cut from may now come in one piece
+    assert heal(bpe, [int(i) for i in bpe.encode("a🙂")])[1] is None  # a byte piece at the end: left alone
+    chars = CharTokenizer(list("abc "))
+    assert heal(chars, [1, 2]) == ([1, 2], None, b"")  # characters need no healing
+    assert heal(bpe, []) == ([], None, b"")
+
+
+def test_the_first_draw_completes_the_piece_taken_back_and_the_output_still_starts_with_the_prime(bpe):
+    """A model that always prefers "x" most and " sang" next, decoded greedily: after the prime "birds s" the
+    healed first draw must be " sang" (its text then continues the prime's "s"), and "x" after that."""
+    sang, x = int(bpe.encode(" sang")[0]), int(bpe.encode("x")[0])
+
+    class Prefers(Uniform):
+        def forward(self, ids, state=None):
+            logits, state = super().forward(ids, state)
+            logits[..., x], logits[..., sang] = 10.0, 5.0
+            return logits, state
+
+    def sample(prime, length):
+        cfg = SampleConfig(length=length, prime=prime, greedy=True, device="cpu")
+        return "".join(generate(Prefers(bpe.vocab_size), bpe, cfg, torch.device("cpu"), seed=0))
+
+    for length in (1, 3, 12):
+        assert sample("birds s", length) == ("birds sang" + "x" * 20)[: len("birds s") + length]
+        assert sample("birds ", length) == ("birds sang" + "x" * 20)[: len("birds ") + length]  # " " -> " sang"
+        assert sample("birds", length) == "birds" + "x" * length  # "irds" extends to nothing else: plain "x"
