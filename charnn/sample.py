@@ -112,7 +112,8 @@ class Sampler:
         scale = 1.0 if cfg.greedy else 1.0 / cfg.temperature
         banned = [] if self.tokenizer.unk_id is None else [self.tokenizer.unk_id]
         stepper = make_stepper(self.model, B, scale, banned, fast=self.fast, int8=cfg.int8)
-        ids, allowed, skip = heal(self.tokenizer, start_ids(self.tokenizer, self.prime) if self.prime else [])
+        ids = start_ids(self.tokenizer, self.prime) if self.prime else []
+        ids, allowed, skip = heal(self.tokenizer, ids) if cfg.heal else (ids, None, b"")
         logits = self._condition(stepper, ids or start_ids(self.tokenizer, ""))
         if allowed is not None:  # the first draw completes the piece taken back from the prime
             outside = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)

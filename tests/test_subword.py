@@ -296,9 +296,11 @@ def test_the_first_draw_completes_the_piece_taken_back_and_the_output_still_star
             logits[..., x], logits[..., sang] = 10.0, 5.0
             return logits, state
 
-    def sample(prime, length):
-        cfg = SampleConfig(length=length, prime=prime, greedy=True, device="cpu")
+    def sample(prime, length, heal=True):
+        cfg = SampleConfig(length=length, prime=prime, greedy=True, device="cpu", heal=heal)
         return "".join(generate(Prefers(bpe.vocab_size), bpe, cfg, torch.device("cpu"), seed=0))
+
+    assert sample("birds s", 3, heal=False) == "birds sxxx"  # the plain way conditions on " s" and goes on
 
     for length in (1, 3, 12):
         assert sample("birds s", length) == ("birds sang" + "x" * 20)[: len("birds s") + length]
