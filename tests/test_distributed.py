@@ -4,6 +4,7 @@ Each torchrun start costs a few seconds of Python and torch imports per rank, so
 they can; all of them together take well under a minute on the 2-core CI machine.
 """
 
+import faulthandler
 import os
 import shutil
 import signal
@@ -131,6 +132,7 @@ TRAIN = dict(batch_size=4, seq_len=16, lr=1e-2, warmup=5, eval_every=10, max_ste
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
+    faulthandler.enable()  # should a rank abort, its Python stack says where
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), CHARNN_DIST_TIMEOUT="60")
     corpus = Corpus(make_text(30, seed=4), "t", "t")
@@ -150,10 +152,19 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
         except TrainingInterrupted as e:
             assert e.signum == signal.SIGINT
         Trainer(corpus, ModelConfig(vocab_size=1, **MODEL), cfg, resume=True, dist=dist).fit()
+        Path(out, f"rank{rank}.done").touch()  # all its work done; only leaving the process group is left
 
 
 def test_two_ranks_stop_together_and_resume_exactly(tmp_path):
-    mp.spawn(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    try:
+        mp.spawn(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    except mp.ProcessExitedException as e:
+        # Twice in full-suite runs over two sessions, one rank aborted from a gloo background thread ("terminate
+        # called without an active exception") while the ranks were leaving. Once both ranks have finished their
+        # work, that is torch's teardown race, not what this test checks; an abort before then still fails it.
+        done = [(tmp_path / f"rank{r}.done").exists() for r in range(2)]
+        if e.signal_name != "SIGABRT" or not all(done):
+            raise
     straight, cut = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("straight", "cut"))
     assert straight["step"] == cut["step"] == 24
     for k in straight["model"]:
