@@ -65,8 +65,7 @@ def fetch(entry: dict, on_event: Optional[Callback] = None) -> Path:
         return target
     on_event = on_event or (lambda kind, info: None)
     target.parent.mkdir(parents=True, exist_ok=True)
-    archive = target.parent / Path(entry["url"]).name if entry.get("member") else target
-    tmp = _download(entry, archive.parent, on_event)
+    tmp = _download(entry, target.parent, on_event)
     try:
         if entry.get("member"):
             _unpack(entry, tmp, target)
@@ -78,9 +77,8 @@ def fetch(entry: dict, on_event: Optional[Callback] = None) -> Path:
 
 
 def _hint(entry: dict) -> str:
-    return (f"download {entry['url']} yourself and pass the file instead: charnn train PATH "
-            f"(after unpacking {entry['member']!r} from it)" if entry.get("member") else
-            f"download {entry['url']} yourself and pass the file instead: charnn train PATH")
+    unpack = f" (after unpacking {entry['member']!r} from it)" if entry.get("member") else ""
+    return f"download {entry['url']} yourself and pass the file instead: charnn train PATH{unpack}"
 
 
 def _download(entry: dict, folder: Path, on_event: Callback) -> Path:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
-from charnn.errors import CharnnError, ConfigError
-from charnn.sources import Part, SourceFile, find_files
+from charnn.errors import CharnnError
+from charnn.sources import BINARY, SNIFF_BYTES, Part, SourceFile, check_encoding, find_files
 
 BUILTIN_NAME = "stdlib"
 # The built-in corpus stops after this many characters (about 5 MB: a few minutes per epoch on a CPU).
@@ -43,8 +43,8 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8") -> str:
         data = p.read_bytes()
     except OSError as e:
         raise CharnnError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
-    if b"\x00" in data[:8192]:
-        raise CharnnError(f"{what} {path!r} looks binary (it contains NUL bytes); pass a text file")
+    if b"\x00" in data[:SNIFF_BYTES]:
+        raise CharnnError(f"{what} {path!r} {BINARY}; pass a text file")
     text = decode_bytes(data, f"{what} {path!r}", encoding)
     if not text:
         raise CharnnError(f"{what} {path!r} is empty")
@@ -54,11 +54,9 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8") -> str:
 def decode_bytes(data: bytes, name: str, encoding: str = "utf-8") -> str:
     """bytes -> text, or one CharnnError naming `name`, the first bad byte and its offset."""
     try:
-        return data.decode(encoding)
+        return data.decode(check_encoding(encoding))
     except UnicodeDecodeError as e:
         raise CharnnError(f"{name} is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {e.start}") from None
-    except LookupError:
-        raise ConfigError(f"`--encoding`: unknown encoding {encoding!r}; try utf-8, latin-1 or cp1252") from None
 
 
 def load_corpus(paths: Union[None, str, Sequence[str]], encoding: str = "utf-8", glob: Optional[str] = None,

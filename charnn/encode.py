@@ -70,9 +70,7 @@ def prepare(parts: Sequence[Part], encoding: str, split: dict, tokenizer_spec: d
             meta = cache.find_entry(key)
             cached = meta is not None
             if meta is None:
-                size = sum(p.path.stat().st_size if isinstance(p, SourceFile) else len(p)
-                           for p in list(parts) + list(val_parts))
-                on_event("data", {"stage": "encode", "key": key, "bytes": size})
+                on_event("data", {"stage": "encode", "key": key, "bytes": _size(list(parts) + list(val_parts))})
                 meta = _build(key, list(parts), list(val_parts), encoding, split, tokenizer_spec, on_event, threads)
     ids = cache.open_ids(key, meta)
     tok = _load_tokenizer(key, meta)
@@ -86,6 +84,11 @@ def prepare(parts: Sequence[Part], encoding: str, split: dict, tokenizer_spec: d
                       "bytes": meta.get("bytes", 0), "train_tokens": n_train, "val_tokens": len(out.val_ids),
                       "dtype": meta["dtype"], "val_unknown": out.val_unknown, "skipped": skipped})
     return out
+
+
+def _size(parts: Sequence[Part]) -> int:
+    """Bytes of the files plus characters of the in-memory texts: what progress messages call the corpus size."""
+    return sum(p.path.stat().st_size if isinstance(p, SourceFile) else len(p) for p in parts)
 
 
 def _fingerprint(part: Part, memo: dict) -> str:
@@ -209,7 +212,7 @@ def _build(key: str, parts: List[Part], val_parts: List[Part], encoding: str, sp
                 writer, parts, val_parts, encoding, split, spec, on_event, threads)
         writer.ids.flush()
         tokens = writer.ids.tell() // dtype.itemsize
-        n_bytes = sum(p.path.stat().st_size if isinstance(p, SourceFile) else len(p) for p in parts + val_parts)
+        n_bytes = _size(parts + val_parts)
         meta = {"dtype": dtype.name, "tokens": tokens, "train_tokens": train_tokens, "train_chars": cut,
                 "val_chars": end - cut, "val_unknown": unknown, "skipped": skipped, "tokenizer_kind": tok.kind,
                 "bytes": n_bytes, "encode_seconds": time.perf_counter() - t0}
@@ -288,9 +291,7 @@ def _train_subword(stream, encoding, cut, spec, on_event, threads):
     """A sentencepiece model trained on (a sample of) the training split, as subword.training_sample."""
     from charnn import subword
 
-    cap, blocks = subword.SAMPLE_CHARS, subword.SAMPLE_BLOCKS
-    ranges = [(0, cut)] if cut <= cap else [(i * (cut // blocks), i * (cut // blocks) + cap // blocks)
-                                            for i in range(blocks)]
+    ranges = subword.sample_ranges(cut)
     pieces = [[] for _ in ranges]
     for pos, chunk in _stream(stream, encoding, ranges[-1][1]):
         for j, (a, b) in enumerate(ranges):

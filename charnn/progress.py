@@ -52,16 +52,19 @@ class TrainProgress:
             return
         if info["stage"] == "encode":
             if info["bytes"] >= BIG_CORPUS:
-                    self.note(f"encoding {info['bytes'] / 1e6:,.0f} MB of text (once: later runs on it reuse the cache)...")
+                self.note(f"encoding {info['bytes'] / 1e6:,.0f} MB of text (once: later runs on it reuse the cache)...")
             return
         if info["bytes"] >= BIG_CORPUS:  # a small corpus encodes in a blink: no line for it
             mb, t = info["bytes"] / 1e6, max(info["seconds"], 1e-9)
             how = (f"cached encoding of {mb:,.0f} MB loaded in {t:.1f}s" if info["cached"] else
                    f"encoded {mb:,.0f} MB in {t:.1f}s ({mb / t:,.0f} MB/s)")
             self.note(f"{how}: {info['train_tokens']:,} train / {info['val_tokens']:,} val tokens as {info['dtype']}")
-        if info["cached"]:
+        if info["cached"]:  # an encoding run reported its skipped files as it met them
             for path, why in info.get("skipped", []):
-                self.note(f"note: skipped {path}: it {why}")
+                self._skipped(path, why)
+
+    def _skipped(self, path: str, why: str) -> None:
+        self.note(f"note: skipped {path}: it {why}")
 
     def note(self, message: str) -> None:
         if not self.quiet:
@@ -71,7 +74,7 @@ class TrainProgress:
         if kind == "download":
             self.download(info)
         elif kind == "corpus_skip":
-            self.note(f"note: skipped {info['path']}: it {info['why']}")
+            self._skipped(info["path"], info["why"])
         elif kind == "data":
             self._data(info)
         elif kind == "tokenizer":
@@ -130,9 +133,7 @@ class DownloadBar:
         elif stage == "progress" and self.progress is not None:
             self.progress.update(self.task, completed=info["done"])
         elif stage == "done":
-            if self.progress is not None:
-                self.progress.stop()
-                self.progress = None
+            self.close()
             self.console.print(f"downloaded {info['done']:,} bytes", highlight=False)
         elif stage == "unverified":
             self.console.print(f"note: the catalog pins no sha256 for {info['name']}; what arrived has sha256 "

@@ -112,9 +112,10 @@ class Sampler:
         scale = 1.0 if cfg.greedy else 1.0 / cfg.temperature
         banned = [] if self.tokenizer.unk_id is None else [self.tokenizer.unk_id]
         stepper = make_stepper(self.model, B, scale, banned, fast=self.fast, int8=cfg.int8)
-        ids = start_ids(self.tokenizer, self.prime) if self.prime else []
-        ids, allowed, skip = heal(self.tokenizer, ids) if cfg.heal else (ids, None, b"")
-        logits = self._condition(stepper, ids or start_ids(self.tokenizer, ""))
+        ids, allowed, skip = start_ids(self.tokenizer, self.prime), None, b""
+        if self.prime and cfg.heal:
+            ids, allowed, skip = heal(self.tokenizer, ids)
+        logits = self._condition(stepper, ids or start_ids(self.tokenizer, ""))  # a one-piece prime: a newline
         if allowed is not None:  # the first draw completes the piece taken back from the prime
             outside = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
             outside[torch.from_numpy(allowed).to(logits.device)] = False

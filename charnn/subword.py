@@ -22,7 +22,7 @@ import io
 import os
 import re
 import time
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -186,12 +186,18 @@ class ByteStreamDecoder:
 
 def training_sample(text: str, cap: Optional[int] = None, blocks: Optional[int] = None) -> str:
     """All of `text` if it fits in `cap` characters, else `blocks` evenly spaced blocks of it, `cap` in all."""
+    return "\n".join(text[a:b] for a, b in sample_ranges(len(text), cap, blocks))
+
+
+def sample_ranges(n: int, cap: Optional[int] = None, blocks: Optional[int] = None) -> List[Tuple[int, int]]:
+    """The [start, end) character ranges of `training_sample` for a text of n characters (also used when the
+    text is streamed, not held)."""
     cap = SAMPLE_CHARS if cap is None else cap
     blocks = SAMPLE_BLOCKS if blocks is None else blocks
-    if len(text) <= cap:
-        return text
-    size, stride = cap // blocks, len(text) // blocks
-    return "\n".join(text[i * stride: i * stride + size] for i in range(blocks))
+    if n <= cap:
+        return [(0, n)]
+    size, stride = cap // blocks, n // blocks
+    return [(i * stride, i * stride + size) for i in range(blocks)]
 
 
 def sentences(text: str, size: int = SENTENCE_CHARS) -> Iterator[str]:

@@ -147,7 +147,7 @@ class Trainer:
 
         # streamed and encoded once into the cache; the tokenizer sees the training split only
         data = prepare_corpus(corpus, cfg, resumed["tokenizer"] if resumed else None, encoding, self.on_event)
-        self.tokenizer, self.data = data.tokenizer, data
+        self.tokenizer = data.tokenizer
         # periodic evaluations score the first --eval-tokens validation ids (all of them when there are fewer)
         self.val_ids = data.val_ids[: cfg.eval_tokens or None]
         self.chars_per_token = data.train_chars / max(1, len(data.train_ids))
@@ -168,6 +168,7 @@ class Trainer:
         self.net = self.dist.wrap(self.model)
         if cfg.compile:
             self.net = torch.compile(self.net)
+        self._compile_pending = cfg.compile  # the first compiled call gets its own error message
         self.opt = make_optimizer(self.model, cfg, self.device)
         self.step, self.epoch, self.window, self.offset = 0, 0, 0, 0
         self.best_val, self.last_val, self.bad_evals, self.chars_seen = math.inf, math.inf, 0, 0
@@ -366,11 +367,11 @@ class Trainer:
         return value
 
     def _forward(self, x: torch.Tensor):
-        if not self.cfg.compile or getattr(self, "_compiled_once", False):
+        if not self._compile_pending:
             return self.net(x, self.state)
         try:  # the first call compiles: inductor needs a working C++ (CPU) or Triton (GPU) toolchain
             out = self.net(x, self.state)
-            self._compiled_once = True
+            self._compile_pending = False
             return out
         except Exception as e:
             raise CharnnError(f"--compile failed ({type(e).__name__}: {first_line(e)}); train without --compile") from None

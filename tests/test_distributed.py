@@ -101,14 +101,20 @@ def test_a_batch_that_does_not_divide_among_the_processes_is_one_usage_error(tmp
     assert not (tmp_path / "tiny").exists()
 
 
-def test_sigterm_to_torchrun_saves_last_pt_and_the_run_resumes_under_torchrun(tmp_path, corpus):
-    run_dir = tmp_path / "tiny"
+def _long_run_with_a_checkpoint(tmp_path, corpus) -> subprocess.Popen:
+    """A 2-process torchrun run with no end in sight, once it has written tmp_path/tiny/last.pt."""
     proc = subprocess.Popen(torchrun(2, str(corpus), "--out", str(tmp_path), *FLAGS, "--max-steps", "1000000"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     deadline = time.time() + 120
-    while not (run_dir / "last.pt").is_file():
+    while not (tmp_path / "tiny" / "last.pt").is_file():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1]
         time.sleep(0.05)
+    return proc
+
+
+def test_sigterm_to_torchrun_saves_last_pt_and_the_run_resumes_under_torchrun(tmp_path, corpus):
+    run_dir = tmp_path / "tiny"
+    proc = _long_run_with_a_checkpoint(tmp_path, corpus)
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode != 0
@@ -218,12 +224,7 @@ def test_outside_torchrun_everything_is_a_no_op(monkeypatch):
 @pytest.mark.skipif(shutil.which("pgrep") is None, reason="needs pgrep to find the ranks")
 def test_a_dying_rank_ends_the_run_and_the_last_checkpoint_stays_good(tmp_path, corpus):
     run_dir = tmp_path / "tiny"
-    proc = subprocess.Popen(torchrun(2, str(corpus), "--out", str(tmp_path), *FLAGS, "--max-steps", "1000000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-    deadline = time.time() + 120
-    while not (run_dir / "last.pt").is_file():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1]
-        time.sleep(0.05)
+    proc = _long_run_with_a_checkpoint(tmp_path, corpus)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2, workers
     os.kill(int(workers[-1]), signal.SIGKILL)  # one rank dies without a word
