@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -23,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("the of and to in a is that for it as was with be by on not he I this are or his from at which but "
@@ -104,7 +105,7 @@ def main() -> None:
     first, cached = runs["first"], runs["cached"]
     mb = size / 1e6
     result = {
-        "size_mb": mb, "generate_seconds": gen_s, "cpu": _cpu(), "cores": os.cpu_count(), "threads": args.threads,
+        "size_mb": mb, "generate_seconds": gen_s, "cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
         "encode_seconds": first["data_seconds"], "encode_mb_per_s": mb / first["data_seconds"],
         "first_run_peak_rss_mb": first["peak_rss_mb"], "train_steps": first["steps"],
         "train_seconds": first["train_seconds"], "cached_start_seconds": cached["ready_seconds"], "cached_data_seconds": cached["data_seconds"],
@@ -126,16 +127,6 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
-
-
-def _cpu() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

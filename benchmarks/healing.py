@@ -21,6 +21,7 @@ import torch
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import SampleConfig
+from charnn.data import split_text
 from charnn.sample import Sampler
 
 WORD = re.compile(r"[A-Za-z']+")
@@ -39,7 +40,7 @@ def main() -> None:
     model, tokenizer = build_from_checkpoint(load_checkpoint(args.checkpoint), torch.device("cpu"))
     text = Path(args.text).read_text(encoding="utf-8")
     words = set(WORD.findall(text))
-    held_out = text[int(len(text) * 0.9):]
+    held_out = split_text(text, 0.1)[1]  # the validation split of a run with the default --val-frac
     rng = random.Random(0)
     cuts = []
     while len(cuts) < args.trials:  # a position strictly inside a word of at least 4 letters

@@ -1,7 +1,11 @@
-"""Shared fixtures: a tiny corpus the tests write themselves and a tiny trained run."""
+"""Shared fixtures and helpers: a tiny corpus the tests write themselves, a tiny trained run, the environment
+for charnn subprocesses, and the checks a one-line error must pass."""
 
 import os
 import random
+import socket
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +15,43 @@ from charnn.corpus import Corpus
 from charnn.train import train
 
 torch.set_num_threads(2)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The environment for a charnn subprocess, read at call time, so it shares the session's temporary
+    CHARNN_CACHE (see _private_cache) and imports this checkout."""
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on (just now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_line_error(r, code, *words):
+    """A CliRunner result that is one line on stderr naming `words`, nothing on stdout, no traceback."""
+    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr, r.exception)
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+
+
+def wait_for_save(proc, path: Path, after: float = 0.0, timeout: float = 600.0) -> None:
+    """Until `path` exists and was written after `after` (a wall-clock time), while `proc` lives."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.is_file() and path.stat().st_mtime > after:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.returncode} {proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("training never saved")
 
 
 def make_text(n_lines: int = 400, seed: int = 0) -> str:

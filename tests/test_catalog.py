@@ -16,7 +16,7 @@ from charnn.cache import cache_root
 from charnn.cli import app
 from charnn.corpus import load_corpus
 from charnn.errors import CharnnError
-from conftest import make_text
+from conftest import free_port, make_text, one_line_error
 
 TEXT = make_text(200, seed=5).encode("utf-8")
 ZIPPED = io.BytesIO()
@@ -54,14 +54,6 @@ def server():
     httpd.shutdown()
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture
 def local_catalog(server, tmp_path, monkeypatch):
     monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "cache"))
@@ -72,7 +64,7 @@ def local_catalog(server, tmp_path, monkeypatch):
          "licence": "test", "description": "a checksum that does not match"},
         {"name": "dropped", "url": f"{server}/drop.txt", "sha256": hashlib.sha256(TEXT).hexdigest(),
          "size": len(TEXT), "licence": "test", "description": "the server hangs up half way"},
-        {"name": "offline", "url": f"http://127.0.0.1:{_closed_port()}/x.txt", "sha256": None, "size": None,
+        {"name": "offline", "url": f"http://127.0.0.1:{free_port()}/x.txt", "sha256": None, "size": None,
          "licence": "test", "description": "nobody listens"},
         {"name": "bytes8", "url": f"{server}/bytes8.zip", "sha256": hashlib.sha256(ZIPPED).hexdigest(),
          "size": len(ZIPPED), "member": "bytes8", "encoding": "latin-1", "split": {"train": 8000, "val": 1000},
@@ -114,8 +106,7 @@ def test_offline_is_one_clear_error(local_catalog):
     with pytest.raises(CharnnError, match="could not download offline .*charnn train PATH"):
         catalog.fetch(local_catalog["offline"])
     r = CliRunner().invoke(app, ["train", "offline", "--max-steps", "1"])
-    assert r.exit_code == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
-    assert "could not download offline" in r.stderr and "Connection refused" in r.stderr
+    one_line_error(r, 1, "could not download offline", "Connection refused")
 
 
 def test_zip_archives_are_unpacked_and_keep_their_fixed_split(local_catalog):
@@ -144,7 +135,6 @@ def test_cli_trains_on_a_catalog_name_and_lists_what_is_downloaded(local_catalog
 def test_a_typo_of_a_catalog_name_is_one_line_that_suggests_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, ["train", "tinyshakespear"])
-    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
-    assert "does not exist" in r.stderr and "did you mean 'tinyshakespeare'" in r.stderr
+    one_line_error(r, 1, "does not exist", "did you mean 'tinyshakespeare'")
     r = CliRunner().invoke(app, ["train", "zzqx-nothing-like-it.txt"])
     assert r.exit_code == 1 and "did you mean" not in r.stderr

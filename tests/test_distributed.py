@@ -8,10 +8,8 @@ import faulthandler
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,24 +26,15 @@ from charnn import evaluate
 from charnn.evaluate import evaluate_text, score_ids
 from charnn.metrics import read_metrics
 from charnn.train import StopRequest, Trainer, TrainingInterrupted
-from conftest import TINY_MODEL, make_text
+from conftest import TINY_MODEL, free_port, make_text, subprocess_env, wait_for_save
 
-ROOT = Path(__file__).resolve().parent.parent
 # a rank left waiting by a bug fails the test in a minute instead of hanging for the default ten
 def env() -> dict:
-    """Read at call time, so the subprocesses share the session's temporary CHARNN_CACHE (conftest)."""
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "CHARNN_DIST_TIMEOUT": "60"}
+    return subprocess_env(CHARNN_DIST_TIMEOUT="60")
 # dropout 0: dropout masks differ between one process and two, so only without it can the curves agree
 FLAGS = ["--hidden", "64", "--embed", "16", "--layers", "2", "--dropout", "0", "--batch-size", "8", "--seq-len", "32",
          "--lr", "0.02", "--warmup", "5", "--eval-every", "10", "--device", "cpu", "--seed", "3", "--log-every", "1",
          "--threads", "1", "--save-every-secs", "0"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(nproc: int, *args: str) -> list:
@@ -105,10 +94,7 @@ def _long_run_with_a_checkpoint(tmp_path, corpus) -> subprocess.Popen:
     """A 2-process torchrun run with no end in sight, once it has written tmp_path/tiny/last.pt."""
     proc = subprocess.Popen(torchrun(2, str(corpus), "--out", str(tmp_path), *FLAGS, "--max-steps", "1000000"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-    deadline = time.time() + 120
-    while not (tmp_path / "tiny" / "last.pt").is_file():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1]
-        time.sleep(0.05)
+    wait_for_save(proc, tmp_path / "tiny" / "last.pt", timeout=120)
     return proc
 
 

@@ -26,7 +26,7 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus
 from charnn.errors import CharnnError
 from charnn.train import StopRequest, Trainer, TrainingInterrupted
-from conftest import make_text
+from conftest import make_text, one_line_error
 
 runner = CliRunner()
 SMALL = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--device", "cpu",
@@ -35,15 +35,6 @@ SMALL = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4",
 
 def invoke(*args, **kw):
     return runner.invoke(app, [str(a) for a in args], **kw)
-
-
-def one_line_error(r, code, *words):
-    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr, r.exception)
-    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
-    assert "Traceback" not in r.stderr and r.stdout == ""
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    for w in words:
-        assert w in r.stderr, (w, r.stderr)
 
 
 def digest(folder: Path) -> dict:

@@ -1,21 +1,17 @@
 """Real processes, real signals: kill -9 at any moment leaves loadable checkpoints; Ctrl-C and SIGTERM save
 last.pt, say how to resume and exit 130 / 143."""
 
-import os
 import random
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from charnn.checkpoint import load_checkpoint
-from conftest import make_text
+from conftest import make_text, subprocess_env, wait_for_save
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 # a few-MB last.pt written after every step, so a kill often lands in the middle of a save
 FLAGS = ["--hidden", "192", "--embed", "16", "--layers", "2", "--batch-size", "8", "--seq-len", "32",
          "--eval-every", "1", "--save-every-secs", "0", "--max-steps", "100000", "--device", "cpu", "--threads", "1"]
@@ -30,20 +26,7 @@ def corpus(tmp_path):
 
 def start(corpus, out, *extra):
     return subprocess.Popen([sys.executable, "-m", "charnn", "train", str(corpus), "--out", str(out), *FLAGS, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-
-
-def wait_for_save(proc, path: Path, after: float = 0.0, timeout: float = 600.0) -> None:
-    """Until `path` exists and was written after `after` (a wall-clock time), while `proc` lives."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.is_file() and path.stat().st_mtime > after:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.returncode} {proc.stderr.read()}")
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("training never saved")
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
 
 
 def test_kill_9_at_any_moment_leaves_loadable_checkpoints(tmp_path, corpus):
@@ -67,7 +50,7 @@ def test_kill_9_at_any_moment_leaves_loadable_checkpoints(tmp_path, corpus):
     (run / ".last.pt.planted.tmp").write_bytes(b"half a checkpoint")
     for args in ([str(run)], []):
         p = subprocess.run([sys.executable, "-m", "charnn", "sample", *args, "--length", "20", "--seed", "1"],
-                           capture_output=True, text=True, env=ENV, timeout=600, cwd=tmp_path)
+                           capture_output=True, text=True, env=subprocess_env(), timeout=600, cwd=tmp_path)
         assert p.returncode == 0 and len(p.stdout) >= 20 and "Traceback" not in p.stderr, p.stderr
 
 

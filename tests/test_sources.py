@@ -17,9 +17,17 @@ from charnn.encode import prepare, prepare_corpus
 from charnn.errors import CharnnError
 from charnn.sources import SEPARATOR, SourceFile, find_files
 from charnn.tokenizer import CharTokenizer
-from conftest import make_text
+from conftest import make_text, one_line_error
 
 CHAR = {"kind": "char", "vocab_size": None}
+
+
+def forbid_encoding(monkeypatch):
+    """From here on, encoding a corpus (not finding it in the cache) fails with "encoded again"."""
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(encode, "_build", no_encoding)
 
 
 def _tree(root):
@@ -107,10 +115,7 @@ def test_the_second_run_reads_the_cache_and_new_content_gets_a_new_key(tmp_path,
     first = prepare(part, "utf-8", {"val_frac": 0.1}, CHAR)
     assert not first.cached
 
-    def no_encoding(*args, **kwargs):
-        raise AssertionError("encoded again")
-
-    monkeypatch.setattr(encode, "_build", no_encoding)
+    forbid_encoding(monkeypatch)
     second = prepare(part, "utf-8", {"val_frac": 0.1}, CHAR)
     assert second.cached and second.path == first.path
     assert second.train_ids.tolist() == first.train_ids.tolist() and second.tokenizer.chars == first.tokenizer.chars
@@ -172,10 +177,7 @@ def test_train_takes_folders_and_glob_from_the_command_line(tmp_path, monkeypatc
     text = SEPARATOR.join(make_text(60, seed=i) for i in range(3))
     assert "#" not in text and f"{int(len(text) * 0.9):,} train" in r.stderr  # skip.md stayed out
 
-    def no_encoding(*args, **kwargs):
-        raise AssertionError("encoded again")
-
-    monkeypatch.setattr(encode, "_build", no_encoding)  # the second run must come from the cache
+    forbid_encoding(monkeypatch)  # the second run must come from the cache
     r2 = runner.invoke(app, args + ["--name", "again"])
     assert r2.exit_code == 0, r2.stderr
 
@@ -223,10 +225,7 @@ def test_a_resumed_run_finds_the_entry_its_first_run_wrote(tmp_path, monkeypatch
     first = prepare(part, "utf-8", {"val_frac": 0.1}, CHAR)
     other = prepare(["XYZ" + make_text(20, seed=9)], "utf-8", {"val_frac": 0.1}, CHAR).tokenizer
 
-    def no_encoding(*args, **kwargs):
-        raise AssertionError("encoded again")
-
-    monkeypatch.setattr(encode, "_build", no_encoding)
+    forbid_encoding(monkeypatch)
     resumed = prepare(part, "utf-8", {"val_frac": 0.1}, {"state": first.tokenizer.state(), "fresh": CHAR})
     assert resumed.cached and resumed.path == first.path
     assert resumed.train_ids.tolist() == first.train_ids.tolist()
@@ -283,5 +282,4 @@ def test_an_unusable_cache_folder_is_one_line_naming_charnn_cache(tmp_path, monk
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(40), encoding="utf-8")
     r = CliRunner().invoke(app, ["train", str(corpus), "--max-steps", "1", "--out", str(tmp_path / "out"), "-q"])
-    assert r.exit_code == 1 and "set CHARNN_CACHE to a writable folder" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    one_line_error(r, 1, "set CHARNN_CACHE to a writable folder")

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,10 +24,9 @@ from charnn.sample import generate
 from charnn.subword import SentencePieceTokenizer, sentences, training_sample
 from charnn.tokenizer import CharTokenizer, build_tokenizer, tokenizer_from_state
 from charnn.train import Trainer, train
-from conftest import TINY_MODEL, TINY_TRAIN, make_text
+from conftest import TINY_MODEL, TINY_TRAIN, make_text, subprocess_env
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN_TEXT = make_text(300, seed=4) + "    indented line\n\tand a tab\n" * 20
 TRICKY = ["", " ", "\n", "\t", "  leading spaces", "trailing spaces   ", "\n\n\nnewlines\n\n", "\r\n windows\r\n",
           "\u2581", "a \u2581 b\u2581\u2581c ", "🙂", "emoji 🙂🙃👍🏽 and ZWJ 👩‍👩‍👧", "日本語のテキスト 中文", "tab\tin\tthe\tmiddle\t",
@@ -238,8 +236,7 @@ def test_checkpoint_alone_samples_and_evaluates_elsewhere(bpe_run, tmp_path):
     work, _ = bpe_run
     shutil.copy(work / "checkpoints" / "corpus" / "best.pt", tmp_path / "model.pt")
     (tmp_path / "text.txt").write_text("the red dog sat\n\ton a mat 🙂\n", encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "charnn", *a], cwd=tmp_path, env=env,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "charnn", *a], cwd=tmp_path, env=subprocess_env(),  # noqa: E731
                                     capture_output=True, timeout=300)
     p = run("sample", "model.pt", "--length", "150", "--seed", "2", "--prime", "the 🙂 ", "--device", "cpu", "-q")
     assert p.returncode == 0, p.stderr
