@@ -22,6 +22,7 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.corpus import Corpus
 from charnn.data import StreamBatches
 from charnn.distributed import Dist
+from charnn.errors import ConfigError
 from charnn import evaluate
 from charnn.evaluate import evaluate_text, score_ids
 from charnn.metrics import read_metrics
@@ -203,7 +204,7 @@ def test_outside_torchrun_everything_is_a_no_op(monkeypatch):
     assert dist.wrap(model) is model and dist.start(torch.device("cpu")) == torch.device("cpu")
     assert dist.sum(2.5) == 2.5 and dist.max_ints([3, -1]) == [3, -1] and dist.any(True) is True
     dist.check_batch_size(7)
-    with pytest.raises(Exception, match="divide evenly among the 2 processes; try --batch-size 6 or 8"):
+    with pytest.raises(ConfigError, match="divide evenly among the 2 processes; try --batch-size 6 or 8"):
         Dist(0, 2).check_batch_size(7)
 
 

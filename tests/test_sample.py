@@ -223,6 +223,7 @@ def test_block_loop_of_cuda_graphs_writes_what_the_token_loop_writes(ckpt, opts)
     cfg = SampleConfig(**opts)
     graphed, plain = (Sampler(model, tok, cfg, torch.device("cpu"), 4, graphs=g) for g in (True, False))
     text = "".join(graphed)
+    assert graphed.notes == []  # the block loop ran: no silent fallback to the token loop
     assert text == "".join(plain) and graphed.chars == plain.chars > 0
 
 

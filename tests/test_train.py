@@ -112,10 +112,16 @@ def test_bf16_training_learns_and_keeps_weights_optimiser_and_checkpoint_fp32(tm
     moments = [t for s in raw["optimizer"]["state"].values() for t in s.values() if t.dim() > 0]
     assert moments and all(t.dtype == torch.float32 for t in moments)
     assert result.best_val_loss < 2.2  # it learned (uniform over ~20 characters is ~3 nats)
+    fp32 = train(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL),
+                 TrainConfig(out=str(tmp_path), name="fp", precision="fp32", **{**TINY_TRAIN, "max_steps": 60}))
+    same_seed = torch.load(fp32.run_dir / "last.pt", weights_only=True)["model"]
+    assert any(not torch.equal(raw["model"][k], same_seed[k]) for k in same_seed)  # bf16 autocast really ran
 
 
-def test_compile_trains_the_same_weights_it_saves(tmp_path):
+def test_compile_trains_the_same_weights_it_saves(tmp_path, monkeypatch):
     pytest.importorskip("torch._inductor")
+    compiled, real = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or real(model, **kw))
     text = make_text(300, seed=5)
     cfg = TrainConfig(out=str(tmp_path), name="c", compile=True, **{**TINY_TRAIN, "max_steps": 20, "eval_every": 20})
     try:
@@ -123,6 +129,7 @@ def test_compile_trains_the_same_weights_it_saves(tmp_path):
     except Exception as e:  # no C++ toolchain for inductor here: charnn says so in one line
         assert "--compile failed" in str(e)
         pytest.skip("torch.compile has no working toolchain on this machine")
+    assert len(compiled) == 1  # the training forward really went through torch.compile
     model, tok = build_from_checkpoint(load_checkpoint(result.run_dir / "last.pt"))
     assert not any(k.startswith("_orig_mod") for k in torch.load(result.run_dir / "last.pt", weights_only=True)["model"])
     ev = evaluate_text(model, tok, split_text(text, 0.1)[1], torch.device("cpu"))
