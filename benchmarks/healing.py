@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from charnn.checkpoint import build_from_checkpoint, load_checkpoint
+from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from charnn.config import SampleConfig
 from charnn.data import split_text
 from charnn.sample import Sampler
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/healing.json")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    model, tokenizer = build_from_checkpoint(load_checkpoint(args.checkpoint), torch.device("cpu"))
+    model, tokenizer = build_from_checkpoint(load_checkpoint(resolve_checkpoint(args.checkpoint)), torch.device("cpu"))
     text = Path(args.text).read_text(encoding="utf-8")
     words = set(WORD.findall(text))
     held_out = split_text(text, 0.1)[1]  # the validation split of a run with the default --val-frac

@@ -26,7 +26,7 @@ import torch
 from common import cpu_name
 
 import charnn.stepper
-from charnn.checkpoint import build_from_checkpoint, load_checkpoint
+from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from charnn.config import ModelConfig, SampleConfig
 from charnn.int8 import weight_levels
 from charnn.model import CharRNN
@@ -109,7 +109,7 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     if args.checkpoint:
-        model, tokenizer = build_from_checkpoint(load_checkpoint(args.checkpoint), device)
+        model, tokenizer = build_from_checkpoint(load_checkpoint(resolve_checkpoint(args.checkpoint)), device)
         c = model.config
         args.cell, args.layers, args.hidden = c.cell, c.layers, c.hidden
     else:

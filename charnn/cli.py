@@ -116,8 +116,8 @@ def train(
     val_frac: Annotated[float, typer.Option(help="Last fraction of the text held out for validation.")] = 0.1,
     val_file: Annotated[Optional[str], typer.Option(help="Validate on this file instead (trains on all of CORPUS).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Contiguous streams per batch, over all processes "
-                                                           "under torchrun [default: 8 on the CPU, 256 on a CUDA "
-                                                           "GPU, per process].", show_default=False)] = None,
+                                                           "under torchrun (default: 8 on the CPU, 256 on a CUDA "
+                                                           "GPU, per process).", show_default=False)] = None,
     seq_len: Annotated[int, typer.Option(help="Characters per stream per step (BPTT length).")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-2,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 50,
@@ -465,7 +465,7 @@ def plot(
     x: Annotated[str, typer.Option(help="Horizontal axis: step or time.")] = "step",
     quiet: Quiet = False,
 ):
-    """Draw the train and validation loss of one or more runs into an image (needs charnn[plot])."""
+    """Draw the train and validation loss of one or more runs into an image (needs matplotlib: pip install -e '.\\[plot]')."""
     from charnn.plot import X_AXES, plot_runs, run_records
 
     with user_errors():
