@@ -12,6 +12,7 @@ collective the others never join; `max_ints`, `any` and `sum` are how the traine
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import re
 from typing import List, Tuple
@@ -86,6 +87,10 @@ class Dist:
 
             self.started = False
             if td.is_initialized():
+                # Anything still holding the group (a DDP wrapper in a reference cycle) would keep it alive until
+                # interpreter exit, where gloo's threads tear it down and can abort the process ("terminate
+                # called without an active exception"): collect such leftovers so it is destroyed here.
+                gc.collect()
                 try:  # leave together: a rank tearing gloo down while its peer still talks can abort the peer
                     td.barrier()
                 except RuntimeError:

@@ -377,6 +377,12 @@ class Trainer:
             raise CharnnError(f"--compile failed ({type(e).__name__}: {first_line(e)}); train without --compile") from None
 
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:  # drop the DDP (and compiled) wrapper: it holds the process group, which must be destroyed
+            self.net = self.model  # while the interpreter is alive (Dist.close), not with a leftover at exit
+
+    def _fit(self) -> TrainResult:
         cfg, B, T = self.cfg, self.cfg.batch_size, self.cfg.seq_len
         self.model.train()
         self.on_event("start", {"run_dir": str(self.run_dir), "params": self.model.num_params(),
