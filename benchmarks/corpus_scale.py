@@ -52,9 +52,9 @@ def child(args) -> dict:
     import torch
 
     from charnn.config import ModelConfig, TrainConfig
-    from charnn.corpus import load_corpus
-    from charnn.encode import prepare_corpus
-    from charnn.train import Trainer
+    from charnn.data.corpus import load_corpus
+    from charnn.data.encode import prepare_corpus
+    from charnn.training.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(out=args.out, name="scale", max_steps=args.steps, eval_every=args.steps, batch_size=32,

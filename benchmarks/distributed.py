@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from charnn.metrics import read_metrics  # noqa: E402
+from charnn.training.metrics import read_metrics  # noqa: E402
 
 
 def free_port() -> int:

@@ -21,8 +21,8 @@ import torch
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from charnn.config import SampleConfig
-from charnn.data import split_text
-from charnn.sample import Sampler
+from charnn.data.batches import split_text
+from charnn.generation.sampler import Sampler
 
 WORD = re.compile(r"[A-Za-z']+")
 

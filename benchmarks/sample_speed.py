@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 from common import cpu_name
 
-import charnn.stepper
+import charnn.models.stepper
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from charnn.config import ModelConfig, SampleConfig
-from charnn.int8 import weight_levels
-from charnn.model import CharRNN
-from charnn.sample import Sampler
-from charnn.stepper import FastStepper
-from charnn.tokenizer import CharTokenizer
+from charnn.models.int8 import weight_levels
+from charnn.models.lm import CharRNN
+from charnn.generation.sampler import Sampler
+from charnn.models.stepper import FastStepper
+from charnn.text.tokenizer import CharTokenizer
 
 CHARS = "\n !$&',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 64 characters + unknown = 65
 
@@ -100,11 +100,11 @@ def main() -> None:
     ap.add_argument("--text", help="with --checkpoint: score the last --chars characters of this file, fp32 vs int8")
     ap.add_argument("--chars", type=int, default=20000)
     ap.add_argument("--int8-kernel", choices=["auto", "int_mm", "fbgemm"], default="auto",
-                    help="force one of charnn.int8's kernels (auto: what charnn picks on this machine)")
+                    help="force one of charnn.models.int8's kernels (auto: what charnn picks on this machine)")
     ap.add_argument("--out", default="benchmarks/results/sample_speed.json")
     args = ap.parse_args()
     if args.int8_kernel != "auto":
-        charnn.stepper.int8_kernel = lambda: args.int8_kernel
+        charnn.models.stepper.int8_kernel = lambda: args.int8_kernel
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -137,7 +137,7 @@ def main() -> None:
         r["vs_naive_1_stream"] = round(r["chars_per_s"] / naive[1], 2)
         r["vs_naive_same_streams"] = round(r["chars_per_s"] / naive[r["streams"]], 2)
 
-    int8_used = charnn.stepper.int8_kernel()
+    int8_used = charnn.models.stepper.int8_kernel()
     print(f"{args.layers}x{args.hidden} {args.cell}, vocab {tokenizer.vocab_size}, {device}, {args.threads} threads, "
           f"torch {torch.__version__}, {cpu_name() if cpu else torch.cuda.get_device_name()}"
           + (f", int8 kernel {int8_used}" if cpu else ""))

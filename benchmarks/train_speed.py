@@ -81,7 +81,7 @@ def worker_plain(a) -> dict:
     """The plain loop of benchmarks/plain_lstm.py: fp32 nn.LSTM, random windows, Adam, clip."""
     from plain_lstm import PlainLSTM, plain_step
 
-    from charnn.tokenizer import CharTokenizer
+    from charnn.text.tokenizer import CharTokenizer
 
     device = torch.device(a.device)
     text = Path(a.corpus).read_text(encoding="utf-8")
@@ -99,8 +99,8 @@ def worker_plain(a) -> dict:
 def worker_charnn(a) -> dict:
     """charnn's Trainer, stepped over its own batches: the step `charnn train` runs, minus evals and saves."""
     from charnn.config import ModelConfig, TrainConfig
-    from charnn.corpus import load_corpus
-    from charnn.train import Trainer
+    from charnn.data.corpus import load_corpus
+    from charnn.training.trainer import Trainer
 
     out = tempfile.mkdtemp(prefix="charnn-bench-")
     model_cfg = ModelConfig(vocab_size=1, layers=a.layers, hidden=a.hidden, embed=a.embed, dropout=0.1)

@@ -22,8 +22,8 @@ import torch
 from charnn import __version__
 from charnn.config import ModelConfig, from_dict
 from charnn.errors import CharnnError, first_line
-from charnn.model import CharRNN
-from charnn.tokenizer import tokenizer_from_state
+from charnn.models.lm import CharRNN
+from charnn.text.tokenizer import tokenizer_from_state
 
 FORMAT = "charnn"
 VERSION = 1

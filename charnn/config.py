@@ -134,7 +134,7 @@ class SampleConfig:
     stop: Optional[str] = None  # a sample ends right after the first occurrence of this in its generated text
     seed: Optional[int] = None  # random seed (None: a fresh one, reported on stderr)
     device: str = "auto"  # auto, cpu, cuda or mps
-    int8: bool = False  # int8 recurrent weights (CPU, charnn/int8.py): faster on big models, a close approximation
+    int8: bool = False  # int8 recurrent weights (CPU, charnn/models/int8.py): faster on big models, a close approximation
     heal: bool = True  # subword models: take a prime's last piece back and complete it in the first draw
 
     def validate(self) -> "SampleConfig":

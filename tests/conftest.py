@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus
-from charnn.train import train
+from charnn.data.corpus import Corpus
+from charnn.training.trainer import train
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parent.parent

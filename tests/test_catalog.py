@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from typer.testing import CliRunner
 
-from charnn import catalog
-from charnn.cache import cache_root
+from charnn.data import catalog
+from charnn.data.cache import cache_root
 from charnn.cli import app
-from charnn.corpus import load_corpus
+from charnn.data.corpus import load_corpus
 from charnn.errors import CharnnError
 from conftest import free_port, make_text, one_line_error
 

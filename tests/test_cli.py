@@ -155,7 +155,7 @@ def test_python_dash_m_help():
 ])
 def test_user_errors_turn_what_a_user_can_cause_into_one_line_and_an_exit_code(exc, code, says, capsys, monkeypatch):
     import typer
-    from charnn.cli import user_errors
+    from charnn.cli.output import user_errors
     monkeypatch.delenv("CHARNN_DEBUG", raising=False)
     with pytest.raises(typer.Exit) as info:
         with user_errors():
@@ -166,7 +166,7 @@ def test_user_errors_turn_what_a_user_can_cause_into_one_line_and_an_exit_code(e
 
 
 def test_user_errors_let_a_bug_show_and_debug_show_everything(monkeypatch):
-    from charnn.cli import user_errors
+    from charnn.cli.output import user_errors
     monkeypatch.delenv("CHARNN_DEBUG", raising=False)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         with user_errors():

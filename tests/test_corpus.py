@@ -1,4 +1,4 @@
-from charnn.corpus import BUILTIN_CAP, builtin_corpus, stdlib_files
+from charnn.data.corpus import BUILTIN_CAP, builtin_corpus, stdlib_files
 
 
 def test_builtin_corpus_is_python_source_in_stable_order_without_tests():

@@ -2,7 +2,7 @@ import torch
 
 import pytest
 
-from charnn.data import StreamBatches, split_text
+from charnn.data.batches import StreamBatches, split_text
 from charnn.errors import CharnnError
 
 

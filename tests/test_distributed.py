@@ -20,14 +20,14 @@ import torch.multiprocessing as mp
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus
-from charnn.data import StreamBatches
-from charnn.distributed import Dist
+from charnn.data.corpus import Corpus
+from charnn.data.batches import StreamBatches
+from charnn.training.distributed import Dist
 from charnn.errors import ConfigError
 from charnn import evaluate
 from charnn.evaluate import evaluate_text, score_ids
-from charnn.metrics import read_metrics
-from charnn.train import StopRequest, Trainer, TrainingInterrupted
+from charnn.training.metrics import read_metrics
+from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted
 from conftest import TINY_MODEL, free_port, make_text, subprocess_env, wait_for_save
 
 # a rank left waiting by a bug fails the test in a minute instead of hanging for the default ten
@@ -185,7 +185,7 @@ def test_validation_shards_add_up_to_the_whole(monkeypatch):
 
 
 def _fresh_weights():
-    from charnn.model import CharRNN
+    from charnn.models.lm import CharRNN
 
     torch.manual_seed(0)
     return CharRNN(ModelConfig(vocab_size=19, **MODEL)).state_dict()

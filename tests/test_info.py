@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from charnn.cli import app
-from charnn.textplot import POINT
+from charnn.cli.textplot import POINT
 
 runner = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from charnn.cli import app
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus
-from charnn.metrics import Callbacks, MetricsLogger, read_metrics
-from charnn.preview import SamplePreview
-from charnn.progress import TrainProgress
-from charnn.textplot import BRAILLE, POINT, line_plot
-from charnn.train import Trainer
+from charnn.data.corpus import Corpus
+from charnn.training.metrics import Callbacks, MetricsLogger, read_metrics
+from charnn.training.preview import SamplePreview
+from charnn.cli.progress import TrainProgress
+from charnn.cli.textplot import BRAILLE, POINT, line_plot
+from charnn.training.trainer import Trainer
 from conftest import TINY_MODEL, TINY_TRAIN, make_text
 
 runner = CliRunner()

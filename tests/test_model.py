@@ -1,7 +1,7 @@
 import torch
 
 from charnn.config import ModelConfig
-from charnn.model import CharRNN, detach_state
+from charnn.models.lm import CharRNN, detach_state
 
 
 def naive_lstm(model: CharRNN, x: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from charnn.cli import app
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus
+from charnn.data.corpus import Corpus
 from charnn.errors import CharnnError, ConfigError
-from charnn.train import StopRequest, Trainer, TrainingInterrupted, train
+from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted, train
 from conftest import make_text
 
 # dropout exercises the RNG; ~14 steps per epoch means 40 steps cross two epoch boundaries (new offsets,

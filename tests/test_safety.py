@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 import charnn.checkpoint
-import charnn.train
+import charnn.training.trainer
 from charnn.checkpoint import load_checkpoint
 from charnn.cli import app
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus
+from charnn.data.corpus import Corpus
 from charnn.errors import CharnnError
-from charnn.train import StopRequest, Trainer, TrainingInterrupted
+from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted
 from conftest import make_text, one_line_error
 
 runner = CliRunner()
@@ -222,7 +222,7 @@ def test_non_finite_loss_stops_keeps_checkpoints_and_hints(tmp_path, corpus_txt,
         loss = F.cross_entropy(logits, target, **kw)
         return loss * float("nan") if len(calls) == 5 else loss
 
-    monkeypatch.setattr(charnn.train, "F", SimpleNamespace(cross_entropy=nan_on_fifth))
+    monkeypatch.setattr(charnn.training.trainer, "F", SimpleNamespace(cross_entropy=nan_on_fifth))
     r = invoke("train", corpus_txt, "--out", tmp_path, "--max-steps", "10", "--eval-every", "2", *SMALL)
     one_line_error(r, 1, "loss became nan at step 5", "--lr", "--grad-clip", "are kept")
     assert load_checkpoint(tmp_path / "text" / "last.pt")["step"] == 4

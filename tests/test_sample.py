@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig
-from charnn.model import CharRNN
-from charnn.draw import GraphedTokenLoop, filter_logits, gumbel_noise
-from charnn.sample import Sampler, StopFinder
+from charnn.models.lm import CharRNN
+from charnn.generation.draw import GraphedTokenLoop, filter_logits, gumbel_noise
+from charnn.generation.sampler import Sampler, StopFinder
 from charnn.errors import CharnnError
-from charnn.int8 import kernel, weight_levels
-from charnn.stepper import FastStepper, ModuleStepper, full_forward_logits, make_stepper
+from charnn.models.int8 import kernel, weight_levels
+from charnn.models.stepper import FastStepper, ModuleStepper, full_forward_logits, make_stepper
 
 runner = CliRunner()
 
@@ -256,7 +256,7 @@ def fake_cuda(monkeypatch, fail_capture=None):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, capture=True, **kwargs)
             self.graph.body = self._body
-    monkeypatch.setattr("charnn.sample.GraphedTokenLoop", Captured)
+    monkeypatch.setattr("charnn.generation.sampler.GraphedTokenLoop", Captured)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -289,7 +289,7 @@ def test_a_capture_failing_after_its_warm_up_falls_back_from_the_same_state(ckpt
 def test_a_refused_graph_capture_falls_back_to_the_token_loop_with_a_note(ckpt, monkeypatch):
     def refuse(*args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors might be...")
-    monkeypatch.setattr("charnn.sample.GraphedTokenLoop", refuse)
+    monkeypatch.setattr("charnn.generation.sampler.GraphedTokenLoop", refuse)
     model, tok = model_and_tokenizer(ckpt)
     cfg = SampleConfig(length=40, prime="the ")
     refused, plain = (Sampler(model, tok, cfg, torch.device("cpu"), 4, graphs=g) for g in (True, False))
@@ -300,7 +300,7 @@ def test_a_refused_graph_capture_falls_back_to_the_token_loop_with_a_note(ckpt, 
 @pytest.fixture(params=["int_mm", "fbgemm"])
 def int8_kernel(request, monkeypatch):
     """Both int8 kernels, whichever this machine would pick (int_mm is exact everywhere, only slow without VNNI)."""
-    monkeypatch.setattr("charnn.stepper.int8_kernel", lambda: request.param)
+    monkeypatch.setattr("charnn.models.stepper.int8_kernel", lambda: request.param)
     return request.param
 
 
@@ -334,7 +334,7 @@ def test_int8_stepper_is_a_close_approximation(cell, int8_kernel):
 
 def test_int8_codes_follow_a_loaded_state(monkeypatch):
     """After a prime's state is loaded, the int8 products must read the codes of that state, not stale zeros."""
-    monkeypatch.setattr("charnn.stepper.int8_kernel", lambda: "int_mm")
+    monkeypatch.setattr("charnn.models.stepper.int8_kernel", lambda: "int_mm")
     model = CharRNN(ModelConfig(vocab_size=11, layers=2, hidden=16, embed=5)).eval()
     _, state = model(torch.tensor([[1, 2, 3, 4]]))
     st = FastStepper(model, batch=3, int8=True)
@@ -361,7 +361,7 @@ def fresh_levels():
 
 def test_int8_weights_drop_to_7_bits_where_products_would_saturate(monkeypatch, fresh_levels):
     monkeypatch.setattr(torch, "_int_mm", saturating_int_mm)
-    monkeypatch.setattr("charnn.stepper.int8_kernel", lambda: "int_mm")
+    monkeypatch.setattr("charnn.models.stepper.int8_kernel", lambda: "int_mm")
     assert weight_levels(2) == 63
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=11, layers=2, hidden=16, embed=5)).eval()
@@ -384,7 +384,7 @@ def test_int8_says_so_in_one_line_where_it_cannot_work(monkeypatch, fresh_levels
 def test_int8_levels_are_exact_on_an_older_instruction_set():
     """The real kernels with oneDNN held to AVX2 (no VNNI, as on many laptops): whatever the probe picks must
     give exact products on random codes at that range."""
-    code = ("import torch; from charnn.int8 import weight_levels; L = weight_levels(4); "
+    code = ("import torch; from charnn.models.int8 import weight_levels; L = weight_levels(4); "
             "a = torch.randint(-127, 128, (4, 512), dtype=torch.int8); "
             "w = torch.randint(-L, L + 1, (2048, 512), dtype=torch.int8); a[0] = 127; w[:5] = L; "
             "print(L, torch.equal(torch._int_mm(a, w.t()).long(), a.long() @ w.long().t()))")

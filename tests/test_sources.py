@@ -7,16 +7,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from charnn import encode, sources
-from charnn.cache import id_dtype
+from charnn.data import encode, sources
+from charnn.data.cache import id_dtype
 from charnn.cli import app
 from charnn.config import TrainConfig
-from charnn.corpus import Corpus, load_corpus
-from charnn.data import split_text
-from charnn.encode import prepare, prepare_corpus
+from charnn.data.corpus import Corpus, load_corpus
+from charnn.data.batches import split_text
+from charnn.data.encode import prepare, prepare_corpus
 from charnn.errors import CharnnError
-from charnn.sources import SEPARATOR, SourceFile, find_files
-from charnn.tokenizer import CharTokenizer
+from charnn.data.sources import SEPARATOR, SourceFile, find_files
+from charnn.text.tokenizer import CharTokenizer
 from conftest import make_text, one_line_error
 
 CHAR = {"kind": "char", "vocab_size": None}
@@ -190,7 +190,7 @@ def test_no_corpus_means_the_builtin_one():
 def test_periodic_validation_scores_at_most_eval_tokens(tmp_path):
     from charnn.config import ModelConfig
     from charnn.errors import ConfigError
-    from charnn.train import Trainer
+    from charnn.training.trainer import Trainer
 
     text = make_text(300)
     model = ModelConfig(vocab_size=1, hidden=16, embed=8)
@@ -207,8 +207,7 @@ def test_periodic_validation_scores_at_most_eval_tokens(tmp_path):
 
 def test_a_second_writer_of_an_entry_keeps_the_first_one(tmp_path):
     """Two torchrun ranks encode the same corpus at once: the later commit must not pull the entry away."""
-    from charnn import cache
-
+    from charnn.data import cache
     first = prepare(["abc\n" * 50], "utf-8", {"val_frac": 0.1}, CHAR)
     inode = (first.path / "ids.bin").stat().st_ino
     late = cache.EntryWriter(first.path.name)
@@ -259,8 +258,7 @@ def test_processes_encoding_one_corpus_at_once_take_turns_and_encode_it_once(tmp
 def test_a_process_that_must_wait_for_the_build_lock_is_told_so_and_then_let_in():
     import threading
 
-    from charnn import cache
-
+    from charnn.data import cache
     told, inside = threading.Event(), threading.Event()
 
     def other():

@@ -15,15 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from charnn import subword
+from charnn.text import subword
 from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
-from charnn.corpus import Corpus
+from charnn.data.corpus import Corpus
 from charnn.evaluate import evaluate_text
-from charnn.sample import generate
-from charnn.subword import SentencePieceTokenizer, sentences, training_sample
-from charnn.tokenizer import CharTokenizer, build_tokenizer, tokenizer_from_state
-from charnn.train import Trainer, train
+from charnn.generation.sampler import generate
+from charnn.text.subword import SentencePieceTokenizer, sentences, training_sample
+from charnn.text.tokenizer import CharTokenizer, build_tokenizer, tokenizer_from_state
+from charnn.training.trainer import Trainer, train
 from conftest import TINY_MODEL, TINY_TRAIN, make_text, subprocess_env
 
 runner = CliRunner()
@@ -269,7 +269,7 @@ def test_length_counts_characters_for_a_bpe_model(bpe_run, bpe):
 
 # -- token healing: a prime cut mid-word ---------------------------------------------------------------------------
 def test_a_prime_cut_mid_word_gives_its_last_piece_back(bpe):
-    from charnn.sample import heal
+    from charnn.generation.sampler import heal
 
     ids = [int(i) for i in bpe.encode("birds s")]
     kept, allowed, skip = heal(bpe, ids)

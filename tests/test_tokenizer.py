@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charnn.tokenizer import CharTokenizer, tokenizer_from_state
+from charnn.text.tokenizer import CharTokenizer, tokenizer_from_state
 
 
 def test_round_trip_and_ids_are_dense():

@@ -3,10 +3,10 @@ import torch
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
-from charnn.corpus import Corpus
-from charnn.data import split_text
+from charnn.data.corpus import Corpus
+from charnn.data.batches import split_text
 from charnn.evaluate import evaluate_text
-from charnn.train import lr_at, train
+from charnn.training.trainer import lr_at, train
 from conftest import TINY_MODEL, TINY_TRAIN, make_text
 
 
@@ -82,7 +82,7 @@ def test_patience_stops_an_open_ended_run(tmp_path):
 
 
 def test_batch_size_defaults_by_device(tmp_path):
-    from charnn.train import Trainer
+    from charnn.training.trainer import Trainer
     text = make_text(3000, seed=4)
     cfg = TrainConfig(out=str(tmp_path), name="auto", device="cpu", max_steps=1)
     assert cfg.batch_size is None

@@ -20,15 +20,15 @@ import torch.nn.functional as F
 
 from charnn.checkpoint import save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig, from_dict
-from charnn.corpus import Corpus
-from charnn.data import StreamBatches
-from charnn.distributed import Dist
+from charnn.data.corpus import Corpus
+from charnn.data.batches import StreamBatches
+from charnn.training.distributed import Dist
 from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device, resolve_precision
-from charnn.encode import prepare_corpus
+from charnn.data.encode import prepare_corpus
 from charnn.errors import CharnnError, first_line
 from charnn.evaluate import evaluate_ids
-from charnn.model import CharRNN, detach_state
-from charnn.resume import load_resume, resume_config
+from charnn.models.lm import CharRNN, detach_state
+from charnn.training.resume import load_resume, resume_config
 
 Callback = Callable[[str, dict], None]
 STOP_REASONS = ("max_steps", "epochs", "max_time", "patience")

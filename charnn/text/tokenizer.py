@@ -93,7 +93,7 @@ def build_tokenizer(text: str, kind: str = "char", vocab_size: Optional[int] = N
     """A tokenizer built from (training) text: one id per character, or a sentencepiece model."""
     if kind == "char":
         return CharTokenizer.build(text)
-    from charnn.subword import SentencePieceTokenizer
+    from charnn.text.subword import SentencePieceTokenizer
 
     return SentencePieceTokenizer.train(kind, text, vocab_size, on_event, threads)
 
@@ -103,7 +103,7 @@ def tokenizer_from_state(state: dict):
     if kind == "char":
         return CharTokenizer(list(state["chars"]))
     if kind in ("bpe", "unigram"):
-        from charnn.subword import SentencePieceTokenizer
+        from charnn.text.subword import SentencePieceTokenizer
 
         model = state.get("model")
         if hasattr(model, "numpy"):  # a uint8 tensor

@@ -1,6 +1,6 @@
 """Sampling: N streams stepped together, one recurrent step per token with carried state, text out as pieces.
 
-The tokens come from `charnn.draw` (decoding filters, seeded noise, the step-and-draw loop, CUDA graphs);
+The tokens come from `charnn.generation.draw` (decoding filters, seeded noise, the step-and-draw loop, CUDA graphs);
 this module conditions on the prime, decodes ids to text per stream, applies --length and --stop, and
 hands the text out in small pieces as it is made.
 """
@@ -16,8 +16,8 @@ import torch
 
 from charnn.config import SampleConfig
 from charnn.errors import CharnnError, first_line
-from charnn.draw import GraphedTokenLoop, Noise, TokenLoop, make_draw
-from charnn.stepper import FastStepper, make_stepper
+from charnn.generation.draw import GraphedTokenLoop, Noise, TokenLoop, make_draw
+from charnn.models.stepper import FastStepper, make_stepper
 
 FLUSH_TOKENS = 32  # hand text out at least every this many tokens...
 FLUSH_SECONDS = 0.05  # ...or this often, so a terminal sees text appear as it is made
@@ -25,7 +25,7 @@ FLUSH_SECONDS = 0.05  # ...or this often, so a terminal sees text appear as it i
 
 def read_prime(path: str, encoding: str = "utf-8") -> str:
     """The text of --prime-file PATH, or of stdin for '-'."""
-    from charnn.corpus import decode_bytes, read_text
+    from charnn.data.corpus import decode_bytes, read_text
     if path != "-":
         return read_text(path, "prime file", encoding)
     return decode_bytes(sys.stdin.buffer.read(), "stdin", encoding)

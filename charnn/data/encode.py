@@ -21,11 +21,11 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from charnn import cache, charstream
+from charnn.data import cache, charstream
 from charnn.errors import CharnnError
-from charnn.sources import (SEPARATOR, Part, SourceFile, Undecodable, check_encoding, join_parts, read_chunks,
+from charnn.data.sources import (SEPARATOR, Part, SourceFile, Undecodable, check_encoding, join_parts, read_chunks,
                             skip_or_raise)
-from charnn.tokenizer import tokenizer_from_state
+from charnn.text.tokenizer import tokenizer_from_state
 
 Callback = Callable[[str, dict], None]
 SPM_CHARS = 1 << 20  # sentencepiece encodes runs of whole lines of about this many characters
@@ -289,8 +289,7 @@ def _write_subwords(tok, stream, encoding, cut, end, dtype, out) -> Tuple[int, i
 
 def _train_subword(stream, encoding, cut, spec, on_event, threads):
     """A sentencepiece model trained on (a sample of) the training split, as subword.training_sample."""
-    from charnn import subword
-
+    from charnn.text import subword
     ranges = subword.sample_ranges(cut)
     pieces = [[] for _ in ranges]
     for pos, chunk in _stream(stream, encoding, ranges[-1][1]):

@@ -19,13 +19,13 @@ import zipfile
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from charnn.cache import cache_root
+from charnn.data.cache import cache_root
 from charnn.errors import CharnnError
 
 Callback = Callable[[str, dict], None]
 BLOCK = 1 << 16
 TIMEOUT = 30  # seconds without data before a download gives up
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "corpora" / "catalog.json"
+DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "corpora" / "catalog.json"
 
 
 def catalog_path() -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 from charnn.errors import CharnnError
-from charnn.metrics import METRICS_FILE, read_metrics
+from charnn.training.metrics import METRICS_FILE, read_metrics
 
 X_AXES = {"step": ("step", "step"), "time": ("elapsed", "elapsed seconds")}
 

@@ -6,7 +6,7 @@ layer 0's input weights into a (V, G*H) table (so layer 0's input projection is 
 LSTM and RNN the input and recurrent weights of layers 1+ stacked so one addmm does both, and every
 intermediate written into buffers allocated once. One call of `step` costs about 20 tensor ops.
 With `int8=True` the recurrent matrices are stored as int8 (a scale per output row) and multiplied by one
-of `charnn.int8`'s kernels: where the CPU has AVX-512 VNNI, exact int8 x int8 products with int8 codes of
+of `charnn.models.int8`'s kernels: where the CPU has AVX-512 VNNI, exact int8 x int8 products with int8 codes of
 the hidden states that the stepper keeps beside them; elsewhere, fbgemm's dynamically quantized linear. A
 quarter of the bytes to stream per step, which is what bounds one stream's speed on a CPU. It is an
 approximation (see benchmarks/SAMPLING.md for its measured cost).
@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 
 from charnn.errors import CharnnError
-from charnn.int8 import ACT_LEVELS, MatMul
-from charnn.int8 import kernel as int8_kernel
-from charnn.int8 import product as int8_product
+from charnn.models.int8 import ACT_LEVELS, MatMul
+from charnn.models.int8 import kernel as int8_kernel
+from charnn.models.int8 import product as int8_product
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -57,7 +57,7 @@ class ModuleStepper:
 
 
 def _product(w_t: torch.Tensor, bias: Optional[torch.Tensor], kind: str, batch: int) -> MatMul:
-    """out = x @ W + bias, or out += x @ W when bias is None: fp32 addmm, or one of charnn.int8's kernels."""
+    """out = x @ W + bias, or out += x @ W when bias is None: fp32 addmm, or one of charnn.models.int8's kernels."""
     if kind != "fp32":
         return int8_product(w_t, bias, batch, kind)
     if bias is None:

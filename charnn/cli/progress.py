@@ -19,7 +19,7 @@ def _fmt(x: float) -> str:
 
 
 class TrainProgress:
-    """A callback for `charnn.train.train`: draws progress and remembers the last numbers."""
+    """A callback for `charnn.training.trainer.train`: draws progress and remembers the last numbers."""
 
     def __init__(self, console: Console, open_ended: bool, quiet: bool = False, plain_every: float = PLAIN_EVERY):
         self.console, self.open_ended, self.quiet, self.plain_every = console, open_ended, quiet, plain_every

@@ -13,8 +13,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from charnn.sources import Part, Undecodable, read_chunks, skip_or_raise
-from charnn.tokenizer import CharTokenizer, codepoints
+from charnn.data.sources import Part, Undecodable, read_chunks, skip_or_raise
+from charnn.text.tokenizer import CharTokenizer, codepoints
 
 NO_CP = 0x110000  # one past the largest code point
 SLICE = 1 << 16  # code points per slice when looking for characters not seen before

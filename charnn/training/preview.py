@@ -14,7 +14,7 @@ import torch
 
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError
-from charnn.sample import generate
+from charnn.generation.sampler import generate
 
 PREVIEW_CHARS = 200
 PREVIEW_TEMPERATURE = 0.8

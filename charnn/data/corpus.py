@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
 from charnn.errors import CharnnError
-from charnn.sources import BINARY, SNIFF_BYTES, Part, SourceFile, check_encoding, find_files
+from charnn.data.sources import BINARY, SNIFF_BYTES, Part, SourceFile, check_encoding, find_files
 
 BUILTIN_NAME = "stdlib"
 # The built-in corpus stops after this many characters (about 5 MB: a few minutes per epoch on a CPU).
@@ -69,8 +69,7 @@ def load_corpus(paths: Union[None, str, Sequence[str]], encoding: str = "utf-8",
     if not paths:
         return builtin_corpus()
     if len(paths) == 1 and not Path(paths[0]).exists():
-        from charnn import catalog
-
+        from charnn.data import catalog
         entry = catalog.find(paths[0])
         if entry is not None:
             path = catalog.fetch(entry, on_event)

@@ -1,0 +1,73 @@
+"""The `charnn` Typer app: one-line usage errors, --version, and one command per module of this package."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from charnn import __version__
+from charnn.cli.corpora import corpora
+from charnn.cli.evaluate import evaluate
+from charnn.cli.info import info
+from charnn.cli.plot import plot
+from charnn.cli.sample import sample
+from charnn.cli.train import train
+
+# Typer >= 0.26 vendors its own click; take the exception classes from whichever click it uses.
+_click_exceptions = sys.modules[typer.BadParameter.__module__]
+_UsageError = _click_exceptions.UsageError
+_ClickException = _click_exceptions.ClickException
+_NO_ARGS_HELP = getattr(_click_exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors as one line on stderr (exit 2) instead of a multi-line box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_HELP:  # the help was already shown
+            sys.exit(2)
+        except _UsageError as e:
+            cmd = e.ctx.command_path if e.ctx else "charnn"
+            typer.echo(f"{cmd}: error: {e.format_message()} (see '{cmd} --help')", err=True)
+            sys.exit(2)
+        except _ClickException as e:
+            typer.echo(f"charnn: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, sample and evaluate stacked-LSTM language models over characters.")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"charnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False):
+    """Train, sample and evaluate stacked-LSTM language models over characters."""
+
+
+# The commands, in the order `charnn --help` lists them.
+app.command()(train)
+app.command()(sample)
+app.command("eval")(evaluate)
+app.command()(info)
+app.command()(corpora)
+app.command()(plot)
+
+
+def main() -> None:
+    app(prog_name="charnn")

@@ -1,0 +1,65 @@
+"""What every command shares on stderr: the console, one-line errors, a quiet closed pipe, the loss curve."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from charnn.errors import CharnnError, ConfigError
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def user_errors():
+    """Map library errors to one red line and an exit code; CHARNN_DEBUG=1 shows the traceback."""
+    debug = os.environ.get("CHARNN_DEBUG", "") not in ("", "0")
+    oom = "out of memory; try a smaller --batch-size, --hidden or corpus"
+    try:
+        yield
+    except (CharnnError, KeyboardInterrupt, MemoryError, RuntimeError) as e:
+        # torch reports a failed allocation as a RuntimeError; any other RuntimeError is a bug: let it show
+        if debug or (isinstance(e, RuntimeError) and not _is_out_of_memory(e)):
+            raise
+        if isinstance(e, KeyboardInterrupt):
+            err.print("[yellow]interrupted[/]", markup=True)
+            raise typer.Exit(130) from None
+        err.print(f"[red]charnn: error:[/] {escape(str(e)) if isinstance(e, CharnnError) else oom}", markup=True)
+        raise typer.Exit(2 if isinstance(e, ConfigError) else 1) from None
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
+
+
+def quiet_broken_pipe() -> None:
+    """The reader went away (`| head`): stop quietly; point stdout at /dev/null so the final flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def print_curve(console: Console, run_dir: Path) -> None:
+    """The run's train and val loss over steps, from its metrics.jsonl, drawn in the terminal."""
+    from charnn.cli.textplot import line_plot
+    from charnn.training.metrics import METRICS_FILE, curves, read_metrics
+
+    train_pts, val_pts = curves(read_metrics(run_dir / METRICS_FILE))
+    if len(train_pts) + len(val_pts) < 2:
+        return
+    colours = ("cyan", "magenta")
+    lines = line_plot([("train", train_pts, "line"), ("val", val_pts, "points")],
+                      width=max(20, min(72, console.width - 12)), height=10,
+                      paint=lambda text, i: f"[{colours[i % 2]}]{text}[/]")
+    console.print("loss (nats/char) over steps", highlight=False)
+    for line in lines:
+        console.print(line, markup=True, highlight=False)

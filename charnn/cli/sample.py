@@ -1,0 +1,94 @@
+"""`charnn sample`: load a checkpoint, stream generated text to stdout; notes and speed go to stderr."""
+
+from __future__ import annotations
+
+import random
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from charnn.cli.options import Checkpoint, Device, Quiet, Seed, unescape
+from charnn.cli.output import err, quiet_broken_pipe, user_errors
+from charnn.config import SampleConfig
+from charnn.errors import ConfigError
+
+
+def sample(
+    checkpoint: Checkpoint = None,
+    temp: Annotated[float, typer.Option("--temp", "--temperature", help="Softmax temperature (> 0); lower is "
+                                                                        "more conservative.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Draw only from the K most likely characters.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: draw only from the most likely characters "
+                                                        "whose probabilities add up to P (0 < P <= 1).")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character "
+                                                          "(the same as --top-k 1).")] = False,
+    length: Annotated[int, typer.Option(help="Characters to generate after the prime, per sample.")] = 500,
+    prime: Annotated[str, typer.Option(help="Text to start from; the output begins with it.")] = "",
+    prime_file: Annotated[Optional[str], typer.Option(help="Start from this file's text; '-' reads stdin.")] = None,
+    unknown: Annotated[str, typer.Option(help="Prime characters the model does not know: error, or skip "
+                                              "(drop them).")] = "error",
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples to generate together as one "
+                                                                         "batch, printed one after another.")] = 1,
+    separator: Annotated[str, typer.Option(help="Printed between samples; \\n and \\t are understood.")] = "\\n\\n",
+    stop: Annotated[Optional[str], typer.Option(help="End a sample right after the first occurrence of STOP "
+                                                     "(\\n and \\t are understood).")] = None,
+    seed: Seed = None,
+    device: Device = "auto",
+    int8: Annotated[bool, typer.Option("--int8", help="CPU only: int8 recurrent weights, about 3x faster for "
+                                                      "one stream of a big model (2x for 64); the text comes from "
+                                                      "a close approximation of the model "
+                                                      "(benchmarks/SAMPLING.md).")] = False,
+    quiet: Quiet = False,
+):
+    """Generate text from a trained model; stdout carries the text and nothing else."""
+    from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+    from charnn.device import resolve_device
+    from charnn.generation.sampler import Sampler, read_prime
+
+    with user_errors():
+        if prime and prime_file is not None:
+            raise ConfigError("Can't provide both `--prime` and `--prime-file`. Choose one.")
+        cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, greedy=greedy, prime=prime,
+                           unknown=unknown, num_samples=num_samples, separator=unescape(separator),
+                           stop=None if stop is None else unescape(stop), seed=seed, device=device,
+                           int8=int8).validate()
+        dev = resolve_device(cfg.device)
+        path = resolve_checkpoint(checkpoint)
+        if prime_file is not None:
+            cfg.prime = read_prime(prime_file)
+        model, tokenizer = build_from_checkpoint(load_checkpoint(path), dev)
+        used_seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
+        sampler = Sampler(model, tokenizer, cfg, dev, used_seed)
+        if not quiet:
+            if sampler.skipped:
+                err.print(f"note: dropped from the prime (not in the vocabulary): "
+                          f"{', '.join(repr(c) for c in sampler.skipped[:10])}")
+            err.print(f"sampling {path} on {dev}, seed {used_seed}")
+        _stream(sampler, quiet)
+
+
+def _stream(sampler, quiet: bool) -> None:
+    """Write each piece to stdout as it is made, fallback notes to stderr as they happen, then the speed."""
+    import time
+
+    t0, last, noted = time.perf_counter(), "\n", 0
+    try:
+        for piece in sampler:
+            if piece:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+                last = piece[-1]
+            if len(sampler.notes) > noted and not quiet:  # a fallback taken: say so while it happens
+                for note in sampler.notes[noted:]:
+                    err.print(f"note: {note}", markup=False)
+                noted = len(sampler.notes)
+        if last != "\n":
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        raise typer.Exit(0) from None
+    if not quiet:
+        dt = time.perf_counter() - t0
+        err.print(f"{sampler.chars:,} characters in {dt:.2f}s ({sampler.chars / max(dt, 1e-9):,.0f} chars/s)")

@@ -1,0 +1,1 @@
+"""Generation: the streaming sampler and the token-drawing loops (temperature, top-k, top-p, CUDA graphs)."""

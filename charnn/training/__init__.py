@@ -1,0 +1,1 @@
+"""Training: the trainer loop, exact resume, torchrun processes, metrics.jsonl and sample previews."""
