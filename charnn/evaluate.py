@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from charnn.device import autocast
+from charnn.text.tokenizer import start_id
 
 CHUNK = 256  # time steps per forward call while scoring
 MIN_STREAM = 2048  # tokens per parallel stream (each stream starts from a zero state)
@@ -20,7 +21,7 @@ MAX_STREAMS = 64
 @dataclass
 class EvalResult:
     nats: float  # total negative log-likelihood of the predicted tokens, in nats
-    tokens: int  # tokens predicted (all but the first, which has no context)
+    tokens: int  # tokens predicted: all of them (the first is conditioned on the tokenizer's start id)
     chars: int  # characters those tokens stand for
     unknown: int = 0  # characters outside the vocabulary (scored as the unknown token)
 
@@ -100,16 +101,18 @@ def evaluate_text(model, tokenizer, text: str, device: torch.device, precision: 
 
 def evaluate_ids(model, tokenizer, ids: np.ndarray, device: torch.device, precision: str = "fp32",
                  part: Tuple[int, int] = (0, 1), total: Optional[Callable[[float], float]] = None) -> EvalResult:
-    """Score already-encoded text (training caches its val ids and calls this directly). Under torchrun
-    each rank scores its `part` and `total` sums the nats over ranks (every rank gets the whole result)."""
+    """Score already-encoded text (training caches its val ids and calls this directly): every token, the
+    first conditioned on the start id that sampling without a prime starts from, so `chars` is the text's
+    length for every tokenizer. Under torchrun each rank scores its `part` and `total` sums the nats over
+    ranks (every rank gets the whole result)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     unknown = int((ids == tokenizer.unk_id).sum())
-    nats = score_ids(model, torch.from_numpy(ids), device, precision, part)
+    context = np.concatenate([np.array([start_id(tokenizer)], dtype=np.int64), ids])
+    nats = score_ids(model, torch.from_numpy(context), device, precision, part)
     if total is not None:
         nats = total(nats)
-    tokens = max(0, len(ids) - 1)
-    chars = tokenizer.token_chars(ids[1:]) if tokens else 0
-    return EvalResult(nats=nats, tokens=tokens, chars=chars, unknown=unknown)
+    chars = tokenizer.token_chars(ids) if len(ids) else 0
+    return EvalResult(nats=nats, tokens=len(ids), chars=chars, unknown=unknown)
 
 
 def combine(results: List[EvalResult]) -> EvalResult:

@@ -171,22 +171,21 @@ def test_vocab_size_errors_name_the_flag(tmp_path):
 # -- evaluation normalises by characters ----------------------------------------------------------------------------
 def test_eval_normalisation_hand_computed(bpe):
     V, dev = bpe.vocab_size, torch.device("cpu")
-    # "🙂x" is four byte pieces and 'x': the four predicted tokens are three continuation bytes and 'x', so
-    # they stand for one character (the emoji starts in the first, unpredicted token).
+    # "🙂x" is four byte pieces and 'x': all five are predicted (the first from the start id), and they stand
+    # for two characters (the emoji counts once, where its first byte is).
     r = evaluate_text(Uniform(V), bpe, "🙂x", dev)
-    assert (r.tokens, r.chars, r.unknown) == (4, 1, 0)
-    assert r.nats == pytest.approx(4 * math.log(V))
-    assert r.nats_per_token == pytest.approx(math.log(V)) and r.nats_per_char == pytest.approx(4 * math.log(V))
+    assert (r.tokens, r.chars, r.unknown) == (5, 2, 0)
+    assert r.nats == pytest.approx(5 * math.log(V))
+    assert r.nats_per_token == pytest.approx(math.log(V)) and r.nats_per_char == pytest.approx(2.5 * math.log(V))
     text = "the cat sat"
     ids = bpe.encode(text)
     r = evaluate_text(Uniform(V), bpe, text, dev)
-    first = len(bpe.decode(ids[:1]))
-    assert (r.tokens, r.chars) == (len(ids) - 1, len(text) - first)
+    assert (r.tokens, r.chars) == (len(ids), len(text))
     assert r.nats_per_token * r.tokens == pytest.approx(r.nats_per_char * r.chars) == pytest.approx(r.nats)
-    assert r.nats_per_char == pytest.approx((len(ids) - 1) * math.log(V) / (len(text) - first))
+    assert r.nats_per_char == pytest.approx(len(ids) * math.log(V) / len(text))
     char = CharTokenizer.build("abc")  # V = 4 with the unknown id; the snowman is unknown
     r = evaluate_text(Uniform(char.vocab_size), char, "abc\u2603", dev)
-    assert (r.tokens, r.chars, r.unknown) == (3, 3, 1)
+    assert (r.tokens, r.chars, r.unknown) == (4, 4, 1)
     assert r.nats_per_char == pytest.approx(math.log(4)) == pytest.approx(r.nats_per_token)
 
 
@@ -197,7 +196,7 @@ def test_unknown_character_in_val_text_of_a_char_model(tmp_path, trained_run):
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["unknown_chars"] == 2 and "2 characters are not in the model's vocabulary" in r.stderr
-    assert math.isfinite(out["nats_per_char"]) and out["chars"] == len(val.read_text(encoding="utf-8")) - 1
+    assert math.isfinite(out["nats_per_char"]) and out["chars"] == len(val.read_text(encoding="utf-8"))
     events = []
     cfg = TrainConfig(out=str(tmp_path), val_file=str(val), **{**TINY_TRAIN, "max_steps": 2})
     result = train(Corpus(make_text(100), "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg,
@@ -247,7 +246,7 @@ def test_checkpoint_alone_samples_and_evaluates_elsewhere(bpe_run, tmp_path):
     p = run("eval", "model.pt", "text.txt", "--json", "--device", "cpu")
     assert p.returncode == 0, p.stderr
     result = json.loads(p.stdout)
-    assert result["chars"] + 1 <= 30 and result["tokens"] < result["chars"] + 4
+    assert result["chars"] == len("the red dog sat\n\ton a mat 🙂\n") and result["tokens"] < result["chars"] + 4
     assert result["nats_per_token"] * result["tokens"] == pytest.approx(result["nats_per_char"] * result["chars"])
     assert sorted(x.name for x in tmp_path.iterdir()) == ["model.pt", "text.txt"]
 

@@ -36,7 +36,30 @@ def test_training_val_loss_equals_eval_on_the_same_text(trained_run, corpus_file
     _, val_text = split_text(corpus_file.read_text(encoding="utf-8"), 0.1)
     result = evaluate_text(model, tok, val_text, torch.device("cpu"))
     assert abs(result.nats_per_char - data["val_loss"]) < 0.01
-    assert result.chars == len(val_text) - 1 and result.unknown == 0
+    assert result.chars == len(val_text) and result.unknown == 0
+
+
+def test_eval_scores_every_character_from_the_samplers_start(trained_run):
+    """The first character is scored too, conditioned on the id that sampling without a prime starts from;
+    the total matches a token-by-token loop over [start] + text (7 characters -> 7 predictions)."""
+    import torch.nn.functional as F
+
+    from charnn.generation.sampler import start_ids
+    from charnn.text.tokenizer import start_id
+
+    model, tok = build_from_checkpoint(load_checkpoint(trained_run.run_dir / "best.pt"))
+    text = "the cat"
+    result = evaluate_text(model, tok, text, torch.device("cpu"))
+    assert (result.chars, result.tokens) == (len(text), len(text))
+    assert start_ids(tok, "") == [start_id(tok)] == [int(tok.encode("\n")[0])]
+    ids = [start_id(tok)] + [int(i) for i in tok.encode(text)]
+    model.eval()
+    state, nats = None, 0.0
+    with torch.no_grad():
+        for prev, nxt in zip(ids[:-1], ids[1:]):
+            logits, state = model(torch.tensor([[prev]]), state)
+            nats += F.cross_entropy(logits[0, -1:].double(), torch.tensor([nxt])).item()
+    assert result.nats == pytest.approx(nats, rel=1e-5)
 
 
 def test_seeded_training_is_reproducible(tmp_path):

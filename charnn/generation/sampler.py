@@ -18,6 +18,7 @@ from charnn.config import SampleConfig
 from charnn.errors import CharnnError, first_line
 from charnn.generation.draw import GraphedTokenLoop, Noise, TokenLoop, make_draw
 from charnn.models.stepper import FastStepper, make_stepper
+from charnn.text.tokenizer import start_id
 
 FLUSH_TOKENS = 32  # hand text out at least every this many tokens...
 FLUSH_SECONDS = 0.05  # ...or this often, so a terminal sees text appear as it is made
@@ -48,8 +49,7 @@ def start_ids(tokenizer, prime: str) -> List[int]:
     """The ids the model is conditioned on: the prime, or a newline when there is no prime."""
     if prime:
         return [int(i) for i in tokenizer.encode(prime)]
-    ids = tokenizer.encode("\n")
-    return [int(ids[0])] if len(ids) and ids[0] != tokenizer.unk_id else [1]
+    return [start_id(tokenizer)]
 
 
 def heal(tokenizer, ids: List[int]) -> Tuple[List[int], Optional[np.ndarray], bytes]:

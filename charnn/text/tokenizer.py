@@ -98,6 +98,13 @@ def build_tokenizer(text: str, kind: str = "char", vocab_size: Optional[int] = N
     return SentencePieceTokenizer.train(kind, text, vocab_size, on_event, threads)
 
 
+def start_id(tokenizer) -> int:
+    """The id that stands before a text with nothing before it: a newline (or id 1 where the vocabulary has
+    none). Sampling without a prime starts from it, and scoring conditions a text's first token on it."""
+    ids = tokenizer.encode("\n")
+    return int(ids[0]) if len(ids) and ids[0] != tokenizer.unk_id else 1
+
+
 def tokenizer_from_state(state: dict):
     kind = state.get("kind")
     if kind == "char":
