@@ -13,6 +13,7 @@ from charnn.cli.evaluate import evaluate
 from charnn.cli.info import info
 from charnn.cli.plot import plot
 from charnn.cli.sample import sample
+from charnn.cli.serve import serve
 from charnn.cli.train import train
 
 # Typer >= 0.26 vendors its own click; take the exception classes from whichever click it uses.
@@ -67,6 +68,7 @@ app.command("eval")(evaluate)
 app.command()(info)
 app.command()(corpora)
 app.command()(plot)
+app.command()(serve)
 
 
 def main() -> None:

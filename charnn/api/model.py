@@ -1,0 +1,133 @@
+"""`charnn.load(...) -> Model`: generate, stream and score text from Python, with the code the server runs.
+
+Generation goes through `charnn.generation.batcher.Batcher`, the row-wise loop that `charnn serve` shares among
+all its clients; here the batch holds this call's `n` continuations. Scoring is `charnn eval`'s
+`evaluate_text`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from charnn.api.params import GenerationParams, ParamError
+from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+from charnn.device import resolve_device
+from charnn.evaluate import EvalResult, evaluate_text
+from charnn.generation.batcher import Batcher, Row
+
+
+class Model:
+    """A trained model and its tokenizer, ready to generate and score text. Make one with `charnn.load`."""
+
+    def __init__(self, model, tokenizer, device: torch.device, path: Path, data: Optional[dict] = None):
+        self.net, self.tokenizer, self.device, self.path = model.eval(), tokenizer, device, Path(path)
+        self.name = self.path.parent.name if self.path.name in ("best.pt", "last.pt") else self.path.stem
+        self._info: Optional[dict] = None
+        self._created = int(self.path.stat().st_mtime) if self.path.exists() else 0
+        data = data or {}
+        self.step, self.best_val_loss = data.get("step"), data.get("best_val_loss")
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, {self.path}, on {self.device})"
+
+    @property
+    def info(self) -> dict:
+        """What `charnn info --json` reports about the checkpoint."""
+        if self._info is None:
+            from charnn.reports.info import describe
+            self._info = describe(str(self.path))
+        return self._info
+
+    def check_prompt(self, prompt: str, param: str = "prompt") -> None:
+        """Raise ParamError naming the characters of `prompt` the model's vocabulary lacks."""
+        missing = self.tokenizer.unknown(prompt) if prompt else []
+        if missing:
+            shown = ", ".join(repr(c) for c in missing[:10]) + (f" and {len(missing) - 10} more"
+                                                               if len(missing) > 10 else "")
+            raise ParamError(f"the prompt has characters the model's vocabulary lacks: {shown}", param)
+
+    def params(self, prompt: str = "", length: int = 500, temperature: float = 1.0, top_k: Optional[int] = None,
+               top_p: Optional[float] = None, n: int = 1, stop: Union[None, str, Sequence[str]] = None,
+               seed: Optional[int] = None) -> GenerationParams:
+        """Checked generation settings (ParamError, a ConfigError, names the one at fault)."""
+        p = GenerationParams(prompt, length, temperature, top_k, top_p, n, stop, seed).validate()
+        self.check_prompt(p.prompt)
+        return p
+
+    def generate(self, prompt: str = "", length: int = 500, temperature: float = 1.0, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, n: int = 1, stop: Union[None, str, Sequence[str]] = None,
+                 seed: Optional[int] = None) -> Union[str, List[str]]:
+        """The text generated after `prompt` (the prompt itself is not included): a string, or a list of `n`.
+
+        `length` counts characters; `temperature` 0 is greedy; `stop` (a string or up to 4) ends a continuation
+        right before the stop string; continuation i of a seeded call uses seed + i, so a seed reproduces it.
+        """
+        texts = [""] * n
+        for i, piece in self._pieces(self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)):
+            texts[i] += piece
+        return texts[0] if n == 1 else texts
+
+    def stream(self, prompt: str = "", length: int = 500, temperature: float = 1.0, top_k: Optional[int] = None,
+               top_p: Optional[float] = None, n: int = 1, stop: Union[None, str, Sequence[str]] = None,
+               seed: Optional[int] = None) -> Iterator[Union[str, Tuple[int, str]]]:
+        """Like `generate`, but yields the text as it is made: pieces (strings), or for n > 1 (index, piece)."""
+        for i, piece in self._pieces(self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)):
+            yield piece if n == 1 else (i, piece)
+
+    def _pieces(self, p: GenerationParams) -> Iterator[Tuple[int, str]]:
+        batcher = Batcher(self.net, self.tokenizer, self.device, capacity=p.n)
+        for i, spec in enumerate(p.rows()):
+            batcher.add(spec, tag=i)
+        while batcher.active:
+            for row, piece in batcher.step():
+                if piece:
+                    yield row.tag, piece
+
+    def score(self, text: str) -> EvalResult:
+        """What `charnn eval` reports for `text`: nats and bits per character, perplexity, counts."""
+        return evaluate_text(self.net, self.tokenizer, text, self.device)
+
+    @torch.inference_mode()
+    def token_logprobs(self, text: str) -> Dict[str, list]:
+        """Per-token log-probabilities of `text` under the model (the first token has no context: None), in
+        OpenAI's `logprobs` shape: tokens, token_logprobs, top_logprobs (the most likely token), text_offset."""
+        ids = [int(i) for i in self.tokenizer.encode(text)]
+        tokens = [self.tokenizer.decode([i]) for i in ids]
+        offsets = list(np.cumsum([0] + [len(t) for t in tokens[:-1]])) if tokens else []
+        lps: List[Optional[float]] = [None] * len(ids)
+        tops: List[Optional[dict]] = [None] * len(ids)
+        if len(ids) > 1:
+            x = torch.tensor([ids[:-1]], dtype=torch.long, device=self.device)
+            logp = torch.log_softmax(self.net(x)[0][0].float(), dim=-1)  # (T-1, V)
+            picked = logp.gather(1, torch.tensor(ids[1:], device=self.device)[:, None])[:, 0].tolist()
+            best_lp, best = logp.max(dim=-1)
+            for t, (lp, b, blp) in enumerate(zip(picked, best.tolist(), best_lp.tolist()), start=1):
+                lps[t] = lp if math.isfinite(lp) else -1e30
+                tops[t] = {self.tokenizer.decode([b]): blp}
+        return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": [int(o) for o in offsets]}
+
+    @property
+    def created(self) -> int:
+        return self._created
+
+    def batcher(self, capacity: int) -> Batcher:
+        """A row-wise generation loop over this model (what the server steps all its clients in)."""
+        return Batcher(self.net, self.tokenizer, self.device, capacity)
+
+
+def load(path_or_run: Optional[str] = None, device: str = "auto") -> Model:
+    """A checkpoint (.pt), a run folder (its best.pt, else last.pt) or, with None, the newest run under
+    ./checkpoints, loaded safely (weights only) onto `device` (auto: CUDA, then MPS, else CPU)."""
+    path = resolve_checkpoint(None if path_or_run is None else str(path_or_run))
+    dev = resolve_device(device)
+    data = load_checkpoint(path)
+    model, tokenizer = build_from_checkpoint(data, dev)
+    return Model(model, tokenizer, dev, path, data)
+
+
+__all__ = ["Model", "load", "Row"]

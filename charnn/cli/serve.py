@@ -1,0 +1,53 @@
+"""`charnn serve`: an OpenAI-compatible HTTP server over one or more checkpoints; logs go to stderr."""
+
+from __future__ import annotations
+
+from typing import Annotated, List, Optional
+
+import typer
+
+from charnn.cli.options import Device
+from charnn.cli.output import err, user_errors
+
+
+def serve(
+    checkpoints: Annotated[Optional[List[str]], typer.Argument(
+        help="Checkpoints or run folders to serve (default: the newest run); each is served under its run "
+             "folder's name, or NAME=PATH.", show_default=False)] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --api-key or "
+                                           "--insecure.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="CHARNN_API_KEY", help="Require "
+                                                   "'Authorization: Bearer KEY' (all but /health and the page).",
+                                                   show_default=False)] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without a key.")] = False,
+    cors_origin: Annotated[Optional[List[str]], typer.Option(help="A browser origin allowed to call the API "
+                                                                  "(repeatable; default: none).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Rows (choices) generated together, over all requests.")] = 64,
+    max_queue: Annotated[int, typer.Option(help="Requests that may wait for rows; beyond, 503 with "
+                                                "Retry-After.")] = 64,
+    max_tokens_limit: Annotated[int, typer.Option(help="The largest max_tokens (characters) a request may "
+                                                       "ask for.")] = 4096,
+    max_body_bytes: Annotated[int, typer.Option(help="The largest request body (413 beyond it).")] = 1 << 20,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's "
+                                                        "choice).")] = None,
+    device: Device = "auto",
+):
+    """Serve models over HTTP: OpenAI's /v1/completions (streaming, continuous batching) and a playground at /."""
+    with user_errors():
+        try:
+            from charnn.serve.config import ServeConfig
+            from charnn.serve.server import load_models, serve as run
+        except ImportError as e:
+            from charnn.errors import CharnnError
+            raise CharnnError(f"charnn serve needs the serve extra ({e.name} is missing): "
+                              "pip install 'charnn[serve]'") from None
+        cfg = ServeConfig(host=host, port=port, api_key=api_key, insecure=insecure,
+                          cors_origins=tuple(cors_origin or ()), max_batch=max_batch, max_queue=max_queue,
+                          max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes, device=device,
+                          threads=threads).validate()
+        models = load_models(checkpoints or [], cfg.device)
+        for name, model in models.items():
+            err.print(f"model {name!r}: {model.path} on {model.device}", markup=False)
+        run(models, cfg, on_ready=lambda url: err.print(f"serving on {url} (playground at {url}/; Ctrl-C stops)",
+                                                        markup=False))

@@ -1,0 +1,231 @@
+"""Continuous batching: rows (one per sampled continuation) join and leave one generation loop between steps.
+
+`Sampler` steps a fixed batch that starts and ends together; here every row has its own prompt, length,
+temperature, top-k/top-p, stop strings and seed, and the batch changes shape as rows come and go. Each
+`Batcher.step` feeds every live row's next input token through one FastStepper call, scales and filters each
+row's logits by its own settings, adds the row's own seeded Gumbel noise (`draw.Noise`, so a seed gives the
+same text whatever else is in the batch), and decodes per row. Live rows are kept packed at the front of the
+batch; the stepper is one of a few sizes (powers of two), swapped as the row count grows and shrinks, so one
+row does not pay for sixty-four.
+
+What it shares with `charnn sample`: the stepper, `filter_logits`, `Noise`, `start_ids` and `heal`, so a single
+row at temperature 1 with a seed gives the same text as `charnn sample --seed` (a test checks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from charnn.errors import CharnnError
+from charnn.generation.draw import Noise, filter_logits
+from charnn.generation.sampler import heal, start_ids
+from charnn.models.stepper import FastStepper
+
+MAX_STOPS = 4  # stop strings per row, as OpenAI's API allows
+
+
+@dataclass
+class RowSpec:
+    """What one row asks for."""
+
+    prompt: str = ""  # text to condition on (not part of the output)
+    length: int = 500  # characters to generate
+    temperature: float = 1.0  # softmax temperature; 0 means greedy (always the most likely token)
+    top_k: Optional[int] = None  # draw only from the k most likely tokens
+    top_p: Optional[float] = None  # draw only from the smallest set of tokens whose probability reaches p
+    stop: Tuple[str, ...] = ()  # end right before the first occurrence of any of these (not included)
+    seed: int = 0  # seed of this row's Gumbel noise
+    heal: bool = True  # subword models: complete the prompt's last piece in the first draw (see sampler.heal)
+
+
+class StopCut:
+    """Cuts a text stream right before the first occurrence of any stop string; holds back just enough text
+    (the longest stop minus one character) that a stop split across pieces is never partly handed out."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops, self.held, self.done = [s for s in stops if s], "", False
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+
+    def feed(self, piece: str) -> str:
+        if self.done:
+            return ""
+        text = self.held + piece
+        hits = [at for at in (text.find(s) for s in self.stops) if at >= 0]
+        if hits:
+            self.done, self.held = True, ""
+            return text[:min(hits)]
+        cut = max(0, len(text) - self.keep)
+        self.held = text[cut:]
+        return text[:cut]
+
+    def flush(self) -> str:
+        out, self.held = self.held, ""
+        return out
+
+
+@dataclass
+class Row:
+    """One live continuation: its settings and where it has got to."""
+
+    spec: RowSpec
+    token: int  # the next input token
+    decoder: object
+    cut: StopCut
+    noise: Optional[Noise]  # None: greedy
+    allowed: Optional[np.ndarray] = None  # token healing: ids the first draw may take
+    remaining: int = 0  # characters still to generate
+    tokens: int = 0  # tokens drawn so far
+    chars: int = 0  # characters handed out so far
+    finish_reason: Optional[str] = None  # "stop" or "length" once finished
+    slot: int = -1  # position in the batch while live
+    tag: object = field(default=None, repr=False)  # the caller's handle (the server's request and choice)
+
+
+class Batcher:
+    """Rows step together; `add` and `remove` between steps, `step` makes one token for every live row."""
+
+    def __init__(self, model, tokenizer, device: torch.device, capacity: int = 64):
+        self.model, self.tokenizer, self.device, self.capacity = model.eval(), tokenizer, device, capacity
+        self.vocab = model.config.vocab_size
+        self.banned = [] if tokenizer.unk_id is None else [tokenizer.unk_id]
+        self.rows: List[Row] = []  # live rows, rows[i].slot == i
+        self.steppers: Dict[int, FastStepper] = {}
+        self.stepper = self._stepper(1)
+        self.zeros = torch.zeros(1, self.vocab, device=device)
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    def _stepper(self, size: int) -> FastStepper:
+        if size not in self.steppers:
+            try:
+                self.steppers[size] = FastStepper(self.model, size, 1.0, self.banned)
+            except NotImplementedError:
+                raise CharnnError("continuous batching covers charnn's LSTM, GRU and RNN models only") from None
+        return self.steppers[size]
+
+    def _resize(self, n: int) -> None:
+        """Use the smallest power-of-two stepper that holds n rows (shrinking only below a quarter), moving the
+        live rows' state across."""
+        size = self.stepper.B
+        if n > size:
+            size = 1 << (n - 1).bit_length()
+        elif size > 1 and n <= size // 4:
+            size = max(1, 1 << max(0, n - 1).bit_length())
+        if size == self.stepper.B:
+            return
+        new, old, k = self._stepper(size), self.stepper, min(self.active, size)
+        new.hs[:k].copy_(old.hs[:k])
+        for l in range(new.L if new.c is not None else 0):
+            new.c[l][:k].copy_(old.c[l][:k])
+        self.stepper = new
+
+    @torch.inference_mode()
+    def add(self, spec: RowSpec, tag: object = None) -> Row:
+        """Condition a new row on its prompt and put it in the batch; it draws from the next step on."""
+        if self.active >= self.capacity:
+            raise CharnnError(f"the batch is full ({self.capacity} rows)")
+        if len(spec.stop) > MAX_STOPS:
+            raise CharnnError(f"at most {MAX_STOPS} stop strings, got {len(spec.stop)}")
+        ids, allowed, skip = start_ids(self.tokenizer, spec.prompt), None, b""
+        if spec.prompt and spec.heal:
+            ids, allowed, skip = heal(self.tokenizer, ids)
+        ids = ids or start_ids(self.tokenizer, "")
+        greedy = spec.temperature == 0
+        row = Row(spec, ids[-1], self.tokenizer.decoder(skip) if skip else self.tokenizer.decoder(),
+                  StopCut(spec.stop), None if greedy else Noise(1, self.vocab, spec.seed, self.device),
+                  allowed, remaining=spec.length, tag=tag)
+        if spec.length <= 0:
+            row.finish_reason = "length"
+            return row
+        self._resize(self.active + 1)
+        row.slot = self.active
+        self.rows.append(row)
+        self._load(row.slot, ids[:-1])
+        return row
+
+    def _load(self, slot: int, ids: List[int]) -> None:
+        """Set a slot's state to the model's state after `ids` (zero for none)."""
+        st = self.stepper
+        if not ids:
+            st.hs[slot].zero_()
+            for c in st.c or []:
+                c[slot].zero_()
+            return
+        _, state = self.model(torch.tensor([ids], dtype=torch.long, device=self.device), None)
+        h, c = state if isinstance(state, tuple) else (state, None)
+        for l in range(st.L):
+            st.h[l][slot].copy_(h[l, 0])
+            if c is not None:
+                st.c[l][slot].copy_(c[l, 0])
+
+    def remove(self, row: Row) -> None:
+        """Take a row out of the batch (finished, or its reader left); the last row moves into its slot."""
+        if row.slot < 0:
+            return
+        last = self.rows.pop()
+        if last is not row:
+            st, i, j = self.stepper, row.slot, last.slot
+            st.hs[i].copy_(st.hs[j])
+            for c in st.c or []:
+                c[i].copy_(c[j])
+            last.slot = i
+            self.rows[i] = last
+        row.slot = -1
+        self._resize(self.active)
+
+    @torch.inference_mode()
+    def step(self) -> List[Tuple[Row, str]]:
+        """One token for every live row: (row, new text) for each row that produced text or finished (then
+        `row.finish_reason` is set and the row has left the batch)."""
+        rows, n = self.rows, self.active
+        if not n:
+            return []
+        st = self.stepper
+        tokens = torch.tensor([r.token for r in rows] + [0] * (st.B - n), dtype=torch.long, device=self.device)
+        logits = st.step(tokens)[:n]
+        ids = self._draw(logits, rows).tolist()
+        out = []
+        for row, tok in zip(list(rows), ids):
+            row.token, row.tokens, row.allowed = tok, row.tokens + 1, None
+            text = row.decoder.push([tok])[: row.remaining]
+            row.remaining -= len(text)
+            piece = row.cut.feed(text)
+            if row.cut.done:
+                row.finish_reason = "stop"
+            elif row.remaining <= 0:
+                piece += row.cut.flush()
+                row.finish_reason = "length"
+            row.chars += len(piece)
+            if piece or row.finish_reason:
+                out.append((row, piece))
+            if row.finish_reason:
+                self.remove(row)
+        return out
+
+    def _draw(self, logits: torch.Tensor, rows: List[Row]) -> torch.Tensor:
+        """(n, V) logits -> (n,) ids, each row by its own temperature, filters and noise."""
+        temps = torch.tensor([r.spec.temperature or 1.0 for r in rows], device=self.device)
+        x = logits / temps[:, None]
+        groups: Dict[tuple, List[int]] = {}
+        for i, r in enumerate(rows):
+            if r.spec.top_k is not None or r.spec.top_p is not None:
+                groups.setdefault((r.spec.top_k, r.spec.top_p), []).append(i)
+        for (k, p), idx in groups.items():
+            if len(idx) == len(rows):
+                x = filter_logits(x, k, p)
+            else:
+                at = torch.tensor(idx, device=self.device)
+                x[at] = filter_logits(x[at], k, p)
+        for i, r in enumerate(rows):
+            if r.allowed is not None:  # token healing: the first draw completes the piece taken back
+                outside = torch.ones(self.vocab, dtype=torch.bool, device=self.device)
+                outside[torch.from_numpy(r.allowed).to(self.device)] = False
+                x[i, outside] = float("-inf")
+        noise = torch.cat([r.noise.next() if r.noise is not None else self.zeros for r in rows])
+        return torch.argmax(x.add_(noise), dim=-1)

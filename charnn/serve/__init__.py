@@ -1,0 +1,1 @@
+"""`charnn serve`: an OpenAI-compatible completions server with continuous batching and a playground page."""

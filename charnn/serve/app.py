@@ -1,0 +1,222 @@
+"""The ASGI app: /v1/completions (OpenAI's shapes, streamed as server-sent events), /v1/models, /health, and
+the playground page at /. Every error answers in OpenAI's JSON; the model's work happens in `Engine` threads."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from importlib import resources
+from typing import Dict, List, Optional
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from charnn.api.model import Model
+from charnn.api.params import ParamError
+from charnn.serve import protocol as p
+from charnn.serve.config import ServeConfig
+from charnn.serve.engine import Busy, Engine, Job
+
+DISCONNECT_POLL = 0.5  # seconds between checks that a non-streaming client is still there
+
+
+class TooLarge(Exception):
+    pass
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error", param: Optional[str] = None,
+          code: Optional[str] = None, headers: Optional[dict] = None) -> JSONResponse:
+    return JSONResponse(p.error_body(message, kind, param, code), status_code=status, headers=headers)
+
+
+class Server:
+    """The loaded models, one engine each, and the request handlers."""
+
+    def __init__(self, models: Dict[str, Model], cfg: ServeConfig):
+        self.models, self.cfg = models, cfg
+        self.engines = {name: Engine(m, cfg.max_batch, cfg.max_queue) for name, m in models.items()}
+        self.page = resources.files("charnn.serve").joinpath("playground.html").read_text(encoding="utf-8")
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+
+    def _denied(self, request: Request) -> Optional[JSONResponse]:
+        if self.cfg.api_key is None:
+            return None
+        given = request.headers.get("authorization", "")
+        if given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), self.cfg.api_key.encode()):
+            return None
+        return error(401, "missing or wrong API key: send `Authorization: Bearer KEY`", code="invalid_api_key")
+
+    async def playground(self, request: Request) -> Response:
+        return HTMLResponse(self.page, headers={"Cache-Control": "no-store"})
+
+    async def health(self, request: Request) -> Response:
+        per = {n: {"active_rows": e.active_rows, "queued": e.queued} for n, e in self.engines.items()}
+        return JSONResponse({"status": "ok", "active_rows": sum(v["active_rows"] for v in per.values()),
+                             "queued": sum(v["queued"] for v in per.values()), "models": per})
+
+    async def list_models(self, request: Request) -> Response:
+        denied = self._denied(request)
+        if denied:
+            return denied
+        return JSONResponse({"object": "list", "data": [p.model_card(n, m.created) for n, m in self.models.items()]})
+
+    async def get_model(self, request: Request) -> Response:
+        denied = self._denied(request)
+        if denied:
+            return denied
+        name = request.path_params["name"]
+        if name not in self.models:
+            return self._no_model(name)
+        return JSONResponse(p.model_card(name, self.models[name].created))
+
+    def _no_model(self, name: str) -> JSONResponse:
+        return error(404, f"the model {name!r} does not exist; served: {', '.join(self.models)}", param="model",
+                     code="model_not_found")
+
+    async def completions(self, request: Request) -> Response:
+        denied = self._denied(request)
+        if denied:
+            return denied
+        try:
+            body = await _read_body(request, self.cfg.max_body_bytes)
+        except TooLarge:
+            return error(413, f"the request body is larger than {self.cfg.max_body_bytes:,} bytes",
+                         code="request_too_large")
+        try:
+            req = p.parse_request(body, self.cfg.max_tokens_limit, self.cfg.max_batch)
+        except ParamError as e:
+            return error(400, str(e), param=e.param)
+        name = req.model or next(iter(self.models))
+        if name not in self.models:
+            return self._no_model(name)
+        model = self.models[name]
+        try:
+            for text in req.prompts:
+                model.check_prompt(text)
+        except ParamError as e:
+            return error(400, str(e), param="prompt")
+        if req.scoring:
+            return await self._score(req, name, model)
+        rows = [spec for text in req.prompts for spec in replace(req.params, prompt=text).rows()]
+        if len(rows) > self.cfg.max_batch:
+            return error(400, f"{len(req.prompts)} prompts x n={req.params.n} is {len(rows)} choices; this server "
+                              f"generates at most {self.cfg.max_batch} at once", param="n")
+        job = Job(rows, asyncio.get_running_loop())
+        try:
+            self.engines[name].submit(job)
+        except Busy as e:
+            return error(503, f"the server is busy ({e}); retry shortly", kind="server_error", code="overloaded",
+                         headers={"Retry-After": "1"})
+        prompt_tokens = sum(len(model.tokenizer.encode(t)) for t in req.prompts)
+        echoes = [text for text in req.prompts for _ in range(req.params.n)] if req.echo else None
+        if req.stream:
+            return StreamingResponse(self._events(req, name, job, prompt_tokens, echoes), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await self._collect(request, req, name, job, prompt_tokens, echoes)
+
+    async def _score(self, req: p.CompletionRequest, name: str, model: Model) -> Response:
+        choices = []
+        for i, text in enumerate(req.prompts):
+            logprobs = await asyncio.to_thread(model.token_logprobs, text)
+            choices.append(p.choice(i, text, "length", logprobs))
+        tokens = sum(len(c["logprobs"]["tokens"]) for c in choices)
+        return JSONResponse(p.completion(req, name, choices, p.usage(tokens, 0)))
+
+    async def _events(self, req, name: str, job: Job, prompt_tokens: int, echoes: Optional[List[str]]):
+        engine, left = self.engines[name], len(job.specs)
+        try:
+            if echoes:
+                yield p.sse(p.completion(req, name, [p.choice(i, t, None) for i, t in enumerate(echoes)], None))
+            while left:
+                choices = _merge(await job.updates.get())
+                left -= sum(1 for c in choices if c["finish_reason"])
+                yield p.sse(p.completion(req, name, choices, None))
+            if req.include_usage:
+                yield p.sse(p.completion(req, name, [], p.usage(prompt_tokens, job.tokens)))
+            yield p.sse("[DONE]")
+        finally:
+            if left:  # the client went away (or the server is stopping): free the rows now
+                engine.cancel(job)
+
+    async def _collect(self, request: Request, req, name: str, job: Job, prompt_tokens: int,
+                       echoes: Optional[List[str]]) -> Response:
+        engine, n = self.engines[name], len(job.specs)
+        texts, finish, left = list(echoes) if echoes else [""] * n, [None] * n, n
+        try:
+            while left:
+                try:
+                    batch = await asyncio.wait_for(job.updates.get(), DISCONNECT_POLL)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return Response(status_code=499)
+                    continue
+                for i, piece, reason in batch:
+                    texts[i] += piece
+                    if reason:
+                        finish[i], left = reason, left - 1
+        finally:
+            if left:
+                engine.cancel(job)
+        choices = [p.choice(i, t, f) for i, (t, f) in enumerate(zip(texts, finish))]
+        return JSONResponse(p.completion(req, name, choices, p.usage(prompt_tokens, job.tokens)))
+
+
+def _merge(batch) -> List[dict]:
+    """One choice entry per index: its pieces joined, its finish_reason if it finished."""
+    merged: Dict[int, dict] = {}
+    for i, piece, reason in batch:
+        c = merged.setdefault(i, p.choice(i, "", None))
+        c["text"] += piece
+        c["finish_reason"] = reason or c["finish_reason"]
+    return list(merged.values())
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    kinds = {404: "not_found", 405: "method_not_allowed"}
+    return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                 code=kinds.get(exc.status_code))
+
+
+def create_app(models: Dict[str, Model], cfg: ServeConfig) -> Starlette:
+    """The ASGI app serving `models` (name -> Model); its engines stop when the app shuts down."""
+    server = Server(models, cfg)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            server.close()
+
+    routes = [Route("/", server.playground), Route("/health", server.health),
+              Route("/v1/models", server.list_models), Route("/v1/models/{name:path}", server.get_model),
+              Route("/v1/completions", server.completions, methods=["POST"])]
+    middleware = [Middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
+                             allow_headers=["Authorization", "Content-Type"])] if cfg.cors_origins else []
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error})
+    app.state.server = server
+    return app

@@ -1,0 +1,170 @@
+"""The generation loop behind the server: one thread per model steps every in-flight choice as a row of one batch.
+
+Requests join between steps (their prompts are conditioned then), rows leave the moment they finish or their
+client goes away, and text reaches each request's asyncio queue in small batches: a row's first piece at
+once, then everything made in the last FLUSH_SECONDS, so the event loop is not woken once per character.
+Past `max_batch` rows, requests wait in a queue of at most `max_queue`; past that, `submit` raises Busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from typing import Deque, Dict, List, Optional, Tuple
+
+import torch
+
+from charnn.api.model import Model
+from charnn.generation.batcher import Row, RowSpec
+
+FLUSH_SECONDS = 0.02  # hand each request the text made in at most this long
+Update = Tuple[int, str, Optional[str]]  # (choice index, new text, finish_reason or None)
+
+
+class Busy(Exception):
+    """Every row is taken and the queue is full: the client should retry later (HTTP 503)."""
+
+
+class Job:
+    """One request's choices on their way through the engine; `updates` is read on the event loop."""
+
+    def __init__(self, specs: List[RowSpec], loop: asyncio.AbstractEventLoop):
+        self.specs, self.loop = specs, loop
+        self.updates: asyncio.Queue = asyncio.Queue()
+        self.rows: List[Row] = []
+        self.outbox: List[Update] = []
+        self.first_sent, self.cancelled, self.open = False, False, len(specs)
+        self.tokens = 0  # tokens drawn over all choices (usage)
+
+    def deliver(self) -> None:
+        """Hand the outbox to the event loop (from the engine thread)."""
+        if self.outbox and not self.cancelled:
+            batch, self.outbox = self.outbox, []
+            try:
+                self.loop.call_soon_threadsafe(self.updates.put_nowait, batch)
+            except RuntimeError:  # the event loop is closed: the server is shutting down
+                self.cancelled = True
+
+
+class Engine:
+    """Continuous batching over one model: `submit` a Job, read its `updates`, `cancel` it if the client left."""
+
+    def __init__(self, model: Model, max_batch: int = 64, max_queue: int = 64):
+        self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
+        self.batcher = model.batcher(max_batch)
+        self.cond = threading.Condition()
+        self.waiting: Deque[Job] = deque()
+        self.cancels: List[Job] = []
+        self.live: Dict[int, Job] = {}  # id(job) -> job, for jobs with rows in the batch
+        self.rows_reserved = 0  # rows of jobs in the batch or waiting
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name=f"charnn-engine-{model.name}", daemon=True)
+        self.thread.start()
+
+    @property
+    def active_rows(self) -> int:
+        return self.batcher.active
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; raise Busy when neither the batch nor the queue has room for it."""
+        with self.cond:
+            need = len(job.specs)
+            fits = not self.waiting and self.rows_reserved + need <= self.max_batch
+            if not fits and len(self.waiting) >= self.max_queue:
+                raise Busy(f"all {self.max_batch} rows are busy and {len(self.waiting)} requests are waiting")
+            self.rows_reserved += need
+            self.waiting.append(job)
+            self.cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: free the job's rows before the next step."""
+        with self.cond:
+            if job.cancelled:
+                return
+            job.cancelled = True
+            self.cancels.append(job)
+            self.cond.notify()
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        last_flush = time.perf_counter()
+        with torch.inference_mode():
+            while True:
+                with self.cond:
+                    while not (self.stopping or self.waiting or self.cancels or self.batcher.active):
+                        self.cond.wait()
+                    if self.stopping:
+                        return
+                    cancels, self.cancels = self.cancels, []
+                    joining = self._admit()
+                for job in cancels:
+                    self._drop(job)
+                for job in joining:
+                    self._start(job)
+                for row, piece in self.batcher.step():
+                    self._record(row, piece)
+                now = time.perf_counter()
+                due = now - last_flush >= FLUSH_SECONDS
+                for job in list(self.live.values()):
+                    if due or not job.first_sent or job.open == 0:
+                        job.first_sent = job.first_sent or bool(job.outbox)
+                        job.deliver()
+                    if job.open == 0 or job.cancelled:
+                        self._finish(job)
+                if due:
+                    last_flush = now
+
+    def _admit(self) -> List[Job]:
+        """Jobs that leave the queue now (cancelled ones are dropped), in order, while the batch has room."""
+        out, used = [], self.batcher.active
+        while self.waiting:
+            job = self.waiting[0]
+            if job.cancelled:
+                self.waiting.popleft()
+                self.rows_reserved -= len(job.specs)
+                continue
+            if used + len(job.specs) > self.max_batch:
+                break
+            out.append(self.waiting.popleft())
+            used += len(job.specs)
+        return out
+
+    def _start(self, job: Job) -> None:
+        self.live[id(job)] = job
+        for i, spec in enumerate(job.specs):
+            row = self.batcher.add(spec, tag=(job, i))
+            job.rows.append(row)
+            if row.finish_reason:  # nothing to generate (length 0)
+                self._record(row, "")
+
+    def _record(self, row: Row, piece: str) -> None:
+        job, i = row.tag
+        if row.finish_reason:
+            job.open -= 1
+            job.tokens += row.tokens
+        job.outbox.append((i, piece, row.finish_reason))
+
+    def _drop(self, job: Job) -> None:
+        for row in job.rows:
+            self.batcher.remove(row)
+        if id(job) in self.live:
+            self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        if self.live.pop(id(job), None) is None:
+            return
+        for row in job.rows:
+            self.batcher.remove(row)
+        with self.cond:
+            self.rows_reserved -= len(job.specs)
