@@ -194,10 +194,11 @@ def test_periodic_validation_scores_at_most_eval_tokens(tmp_path):
 
     text = make_text(300)
     model = ModelConfig(vocab_size=1, hidden=16, embed=8)
-    capped = Trainer(Corpus(text, "t", "t"), model, TrainConfig(out=str(tmp_path), eval_tokens=500, device="cpu",
-                                                                batch_size=4, seq_len=16))
+    capped = Trainer(Corpus(text, "t", "t"), model, TrainConfig(out=str(tmp_path), name="capped", eval_tokens=500,
+                                                                device="cpu", batch_size=4, seq_len=16))
     full = Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, hidden=16, embed=8),
-                   TrainConfig(out=str(tmp_path), eval_tokens=0, device="cpu", batch_size=4, seq_len=16))
+                   TrainConfig(out=str(tmp_path), name="full", eval_tokens=0, device="cpu", batch_size=4,
+                               seq_len=16))  # two live trainers need two run folders (one training per folder)
     _, val = split_text(text, 0.1)
     assert len(full.val_ids) == len(val) and len(capped.val_ids) == 500
     assert np.asarray(capped.val_ids).tolist() == np.asarray(full.val_ids)[:500].tolist()

@@ -29,6 +29,7 @@ from charnn.errors import CharnnError, first_line
 from charnn.evaluate import evaluate_ids
 from charnn.models.lm import CharRNN, detach_state
 from charnn.training.resume import load_resume, resume_config
+from charnn.training.runlock import RunLock
 
 Callback = Callable[[str, dict], None]
 STOP_REASONS = ("max_steps", "epochs", "max_time", "patience")
@@ -130,6 +131,21 @@ class Trainer:
         self.cfg, self.on_event = cfg.validate(), on_event or (lambda kind, info: None)
         self.stop = stop or StopRequest()
         self.run_dir = run_dir_for(cfg, corpus)
+        # one training per run folder: a second one (or a --resume of this one) stops here, at once
+        self.lock = RunLock.acquire(self.run_dir, resume) if self.dist.is_main else None
+        try:
+            self._setup(corpus, model_cfg, cfg, resume, encoding, explicit)
+        except BaseException:
+            self.release(failed=True)
+            raise
+
+    def release(self, failed: bool = False) -> None:
+        """Let another training have the run folder (fit does this when it ends)."""
+        if self.lock is not None:
+            self.lock.release(failed)
+
+    def _setup(self, corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, resume: bool, encoding: str,
+               explicit: Optional[set]) -> None:
         resumed = load_resume(self.run_dir, cfg.out) if resume else None
         if resumed:
             self.cfg = cfg = resume_config(resumed, cfg, model_cfg, explicit)
@@ -381,6 +397,7 @@ class Trainer:
             return self._fit()
         finally:  # drop the DDP (and compiled) wrapper: it holds the process group, which must be destroyed
             self.net = self.model  # while the interpreter is alive (Dist.close), not with a leftover at exit
+            self.release()
 
     def _fit(self) -> TrainResult:
         cfg, B, T = self.cfg, self.cfg.batch_size, self.cfg.seq_len
