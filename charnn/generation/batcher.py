@@ -164,6 +164,7 @@ class Batcher:
             if c is not None:
                 st.c[l][slot].copy_(c[l, 0])
 
+    @torch.inference_mode()
     def remove(self, row: Row) -> None:
         """Take a row out of the batch (finished, or its reader left); the last row moves into its slot."""
         if row.slot < 0:

@@ -1,0 +1,156 @@
+"""The Python API (`charnn.load`, `Model.generate/stream/score`, `charnn.train`) and the continuous-batching
+generator under it: same text as `charnn sample`, rows that join and leave without changing each other's text."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import charnn
+from charnn.api import ParamError
+from charnn.config import SampleConfig
+from charnn.errors import CharnnError, ConfigError
+from charnn.generation.batcher import Batcher, RowSpec, StopCut
+from charnn.generation.sampler import Sampler
+from conftest import ROOT, make_text, subprocess_env
+
+
+@pytest.fixture(scope="module")
+def model(trained_run):
+    return charnn.load(trained_run.run_dir, device="cpu")
+
+
+def test_import_charnn_stays_light():
+    code = "import sys, charnn; assert 'torch' not in sys.modules, 'torch'; print(charnn.load.__module__)"
+    r = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "charnn.api.model", r.stderr
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.7, 5, None), (1.0, None, 0.9)])
+def test_generate_gives_charnn_samples_text_for_the_same_seed(model, temperature, top_k, top_p):
+    cfg = SampleConfig(length=300, prime="the dog", temperature=temperature, top_k=top_k, top_p=top_p)
+    sampled = "".join(Sampler(model.net, model.tokenizer, cfg, model.device, 11))
+    got = model.generate("the dog", length=300, temperature=temperature, top_k=top_k, top_p=top_p, seed=11)
+    assert isinstance(got, str) and len(got) == 300 and sampled == "the dog" + got
+
+
+def test_generate_n_stop_stream_and_greedy(model):
+    texts = model.generate("the", length=50, n=3, seed=4)
+    assert isinstance(texts, list) and [len(t) for t in texts] == [50, 50, 50] and len(set(texts)) == 3
+    assert texts[1] == model.generate("the", length=50, seed=5)  # choice i draws with seed + i
+    cut = model.generate("the", length=200, seed=4, stop=["t", "\n"])
+    assert "t" not in cut and "\n" not in cut and len(cut) < 200
+    assert texts[0].startswith(cut)  # the same draw, cut right before the stop
+    pieces = list(model.stream("the", length=80, seed=8))
+    assert len(pieces) > 1 and "".join(pieces) == model.generate("the", length=80, seed=8)
+    indexed = list(model.stream("the", length=20, n=2, seed=8))
+    assert {i for i, _ in indexed} == {0, 1} and "".join(p for i, p in indexed if i == 0) == pieces[0] + "".join(
+        pieces[1:])[:20 - len(pieces[0])]
+    assert model.generate("the", length=40, temperature=0) == model.generate("the", length=40, top_k=1, seed=1)
+    assert model.generate("the", length=0) == ""
+
+
+def test_rows_joining_and_leaving_do_not_change_a_rows_text(model):
+    alone = Batcher(model.net, model.tokenizer, model.device, capacity=1)
+    row = alone.add(RowSpec("the cat", length=120, seed=3))
+    text = ""
+    while alone.active:
+        text += "".join(piece for r, piece in alone.step())
+    assert len(text) == 120 and row.finish_reason == "length"
+
+    b = Batcher(model.net, model.tokenizer, model.device, capacity=16)
+    early = [b.add(RowSpec("a dog", length=30, seed=s)) for s in range(3)]  # leave after 30 steps
+    mine, got = None, ""
+    for step in range(200):
+        if step == 10:
+            mine = b.add(RowSpec("the cat", length=120, seed=3))  # joins a running batch
+        if step == 20:
+            late = [b.add(RowSpec("", length=50, seed=s, temperature=0.5, top_k=3)) for s in range(9)]  # grows it
+        got += "".join(piece for r, piece in b.step() if r is mine)
+        if not b.active:
+            break
+    assert got == text and mine.finish_reason == "length"
+    assert all(r.finish_reason == "length" and r.chars == 30 for r in early)
+    assert all(r.finish_reason == "length" and r.chars == 50 for r in late)
+    assert b.active == 0 and b.stepper.B == 1  # every row left; the batch shrank back
+
+
+def test_a_removed_row_frees_its_slot_and_the_others_carry_on(model):
+    ref = Batcher(model.net, model.tokenizer, model.device, capacity=2)
+    ref.add(RowSpec("the", length=60, seed=1))
+    want = ""
+    while ref.active:
+        want += "".join(p for _, p in ref.step())
+    b = Batcher(model.net, model.tokenizer, model.device, capacity=2)
+    gone, kept = b.add(RowSpec("a dog", length=60, seed=2)), b.add(RowSpec("the", length=60, seed=1))
+    got = ""
+    for step in range(100):
+        if step == 5:
+            b.remove(gone)  # its client left: the last row moves into its slot
+            assert b.active == 1 and kept.slot == 0
+        got += "".join(p for r, p in b.step() if r is kept)
+        if not b.active:
+            break
+    assert got == want
+
+
+def test_stop_cut_holds_back_a_stop_split_across_pieces():
+    cut = StopCut(["END", "\n\n"])
+    out = [cut.feed(p) for p in ["abc E", "N", "xE", "ND tail"]]
+    assert out == ["abc", " ", "EN", "x"] and cut.done  # "E", "N" held until they could not start "END"
+    assert StopCut([]).feed("anything") == "anything"
+
+
+def test_score_is_what_eval_reports(model, trained_run, tmp_path):
+    text = make_text(30, seed=9)
+    (tmp_path / "held.txt").write_text(text, encoding="utf-8")
+    from charnn.cli import app
+    r = CliRunner().invoke(app, ["eval", str(trained_run.run_dir), str(tmp_path / "held.txt"), "--json",
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.stderr
+    reported = json.loads(r.stdout)
+    mine = model.score(text).to_dict()
+    assert {k: reported[k] for k in mine} == pytest.approx(mine)
+
+
+def test_info_and_errors_name_the_parameter(model, trained_run):
+    assert model.info["model"]["hidden"] == 64 and model.info["run_dir"] == str(trained_run.run_dir)
+    with pytest.raises(ParamError, match="'é'") as e:
+        model.generate("caf\u00e9")
+    assert e.value.param == "prompt"
+    for kw, param in ((dict(temperature=-1), "temperature"), (dict(top_p=1.5), "top_p"), (dict(n=0), "n"),
+                      (dict(stop=["a"] * 5), "stop"), (dict(length=-1), "length")):
+        with pytest.raises(ConfigError) as e:
+            model.generate("the", **kw)
+        assert e.value.param == param
+    with pytest.raises(CharnnError, match="does not exist"):
+        charnn.load(trained_run.run_dir / "nope.pt")
+
+
+def test_train_from_python_reports_events_and_loads(tmp_path):
+    (tmp_path / "notes.txt").write_text(make_text(200, seed=1), encoding="utf-8")
+    seen = []
+    result = charnn.train(str(tmp_path / "notes.txt"), out=str(tmp_path / "runs"), hidden=32, embed=8,
+                          batch_size=4, seq_len=16, max_steps=6, eval_every=3, device="cpu",
+                          on_event=lambda kind, info: seen.append(kind))
+    assert isinstance(result, charnn.TrainResult) and result.steps == 6 and result.stopped == "max_steps"
+    assert (result.run_dir / "best.pt").is_file() and (result.run_dir / "metrics.jsonl").is_file()
+    assert "eval" in seen or any("eval" in k for k in seen), seen
+    assert len(charnn.load(result.run_dir).generate("the", length=10, seed=0)) == 10
+    with pytest.raises(ConfigError, match="unknown flags: hiden"):
+        charnn.train(str(tmp_path / "notes.txt"), hiden=3)
+
+
+def test_the_readme_example_runs_as_written(tmp_path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python API and server", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "notes.txt").write_text(make_text(300, seed=2), encoding="utf-8")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") >= 2 and "bits/char" in r.stdout, r.stdout

@@ -1,0 +1,272 @@
+"""`charnn serve` as clients meet it: a real uvicorn server in a subprocess on a free port, driven by the official
+`openai` client and by raw HTTP (exact SSE bytes, error shapes), with concurrent and disconnecting clients."""
+
+import http.client
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+from conftest import free_port, one_line_error, subprocess_env
+
+openai = pytest.importorskip("openai", reason="the openai client is in the dev extra: pip install -e '.[dev]'")
+pytest.importorskip("uvicorn", reason="charnn serve needs the serve extra: pip install -e '.[serve]'")
+
+
+class Served:
+    """A `charnn serve` subprocess and the ways to talk to it."""
+
+    def __init__(self, run_dir, *flags, host="127.0.0.1"):
+        self.port, self.host = free_port(), host
+        self.proc = subprocess.Popen([sys.executable, "-m", "charnn", "serve", str(run_dir), "--host", host,
+                                      "--port", str(self.port), "--device", "cpu", "--threads", "1", *flags],
+                                     env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"charnn serve exited: {self.proc.stderr.read()}")
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.close()
+        raise AssertionError("charnn serve never answered /health")
+
+    def client(self, key="unused"):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0)
+
+    def request(self, method, path, body=None, headers=None):
+        """(status, headers, body bytes) of one raw request."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        r = conn.getresponse()
+        out = (r.status, dict(r.getheaders()), r.read())
+        conn.close()
+        return out
+
+    def health(self):
+        return json.loads(urllib.request.urlopen(self.url + "/health", timeout=10).read())
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    s = Served(trained_run.run_dir, "--max-batch", "32", "--max-tokens-limit", "1000000", "--max-body-bytes", "4000")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def model(trained_run):
+    import charnn
+    return charnn.load(trained_run.run_dir, device="cpu")
+
+
+def name(trained_run):
+    return trained_run.run_dir.name
+
+
+def test_plain_completion_through_the_openai_client(server, trained_run, model):
+    r = server.client().completions.create(model=name(trained_run), prompt="the cat", max_tokens=60, seed=5)
+    assert r.object == "text_completion" and r.model == name(trained_run) and len(r.choices) == 1
+    c = r.choices[0]
+    assert len(c.text) == 60 and c.finish_reason == "length" and c.index == 0
+    assert r.usage.prompt_tokens == 7 and r.usage.completion_tokens == 60 and r.usage.total_tokens == 67
+    assert c.text == model.generate("the cat", length=60, seed=5)  # the server runs the Python API's code
+
+
+def test_seed_reproduces_and_streaming_gives_the_same_text(server, trained_run):
+    client, kw = server.client(), dict(model=name(trained_run), prompt="the", max_tokens=120, temperature=0.9)
+    a = client.completions.create(seed=11, **kw).choices[0].text
+    assert a == client.completions.create(seed=11, **kw).choices[0].text
+    assert a != client.completions.create(seed=12, **kw).choices[0].text
+    chunks = list(client.completions.create(seed=11, stream=True, stream_options={"include_usage": True}, **kw))
+    text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    assert text == a and len(chunks) > 2  # streamed in pieces, the same text
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices]
+    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 120
+
+
+def test_n_choices_stop_and_top_k(server, trained_run):
+    client = server.client()
+    r = client.completions.create(model=name(trained_run), prompt="the", max_tokens=80, n=3, seed=2, stop=["a", "\n"])
+    assert sorted(c.index for c in r.choices) == [0, 1, 2]
+    assert len({c.text for c in r.choices}) == 3  # three different draws
+    for c in r.choices:
+        assert "a" not in c.text and "\n" not in c.text  # cut before the stop string, which is left out
+        assert c.finish_reason == ("stop" if len(c.text) < 80 else "length")
+    assert any(c.finish_reason == "stop" for c in r.choices)
+    greedy = client.completions.create(model=name(trained_run), prompt="the", max_tokens=50, temperature=0)
+    top1 = client.completions.create(model=name(trained_run), prompt="the", max_tokens=50, seed=9,
+                                     extra_body={"top_k": 1})
+    assert top1.choices[0].text == greedy.choices[0].text  # top_k=1 arrived: only the most likely token is left
+    free = client.completions.create(model=name(trained_run), prompt="the", max_tokens=50, seed=9)
+    assert free.choices[0].text != greedy.choices[0].text
+
+
+def test_list_prompts_echo_and_models(server, trained_run):
+    client = server.client()
+    r = client.completions.create(model=name(trained_run), prompt=["the cat", "a dog"], max_tokens=10, n=2, seed=1,
+                                  echo=True)
+    assert [c.index for c in sorted(r.choices, key=lambda c: c.index)] == [0, 1, 2, 3]
+    texts = [c.text for c in sorted(r.choices, key=lambda c: c.index)]
+    assert [t[:-10] for t in texts] == ["the cat", "the cat", "a dog", "a dog"]
+    ids = [m.id for m in client.models.list().data]
+    assert ids == [name(trained_run)]
+
+
+def test_scoring_returns_the_prompts_log_probabilities(server, trained_run, model):
+    text = "the cat sat on the mat"
+    r = server.client().completions.create(model=name(trained_run), prompt=text, max_tokens=0, echo=True, logprobs=1)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == text and lp.tokens == list(text) and lp.token_logprobs[0] is None
+    assert lp.text_offset == list(range(len(text)))
+    ids = torch.from_numpy(model.tokenizer.encode(text))[None]
+    with torch.no_grad():
+        ref = torch.log_softmax(model.net(ids[:, :-1])[0][0], -1).gather(1, ids[0, 1:, None])[:, 0]
+    assert lp.token_logprobs[1:] == pytest.approx(ref.tolist(), abs=1e-5)
+
+
+def test_unknown_model_is_a_404_in_openais_shape(server, trained_run):
+    with pytest.raises(openai.NotFoundError) as e:
+        server.client().completions.create(model="no-such-model", prompt="x", max_tokens=3)
+    assert e.value.body["code"] == "model_not_found" and "no-such-model" in e.value.body["message"]
+    status, _, body = server.request("POST", "/v1/completions", {"model": "no-such-model", "prompt": "x"})
+    err = json.loads(body)["error"]
+    assert status == 404 and set(err) == {"message", "type", "param", "code"} and err["param"] == "model"
+
+
+@pytest.mark.parametrize("body, status, param, words", [
+    ({"prompt": "the \u00e9\u00df cat"}, 400, "prompt", ["'\u00e9'", "'\u00df'"]),  # names the missing characters
+    ({"prompt": "the", "max_tokens": 2000000}, 400, "max_tokens", ["1000000"]),
+    ({"prompt": "the", "temperature": -1}, 400, "temperature", ["temperature"]),
+    ({"prompt": "the", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", ["4"]),
+    ({"prompt": "the", "top_p": 0}, 400, "top_p", ["top_p"]),
+    ({"prompt": [1, 2, 3]}, 400, "prompt", ["token ids"]),
+    ({"prompt": "the", "file": "/etc/passwd"}, 400, "file", ["file"]),  # nothing makes the server read a file
+    ({"prompt": "x" * 5000}, 413, None, ["4,000 bytes"]),
+])
+def test_request_errors_are_openai_json(server, body, status, param, words):
+    got, headers, raw = server.request("POST", "/v1/completions", body)
+    err = json.loads(raw)["error"]
+    assert got == status and headers["content-type"] == "application/json"
+    assert set(err) == {"message", "type", "param", "code"} and err["param"] == param
+    for w in words:
+        assert w in err["message"], err
+
+
+def test_exact_server_sent_event_bytes(server, trained_run):
+    body = {"model": name(trained_run), "prompt": "the", "max_tokens": 30, "seed": 4, "stream": True}
+    status, headers, raw = server.request("POST", "/v1/completions", body)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    events = raw.decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]  # the stream ends with [DONE] and a blank line
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(e.startswith("data: {") for e in events[:-2])
+    for ch in chunks:
+        assert set(ch) == {"id", "object", "created", "model", "choices"} and ch["object"] == "text_completion"
+        assert [set(c) for c in ch["choices"]] == [{"text", "index", "logprobs", "finish_reason"}]
+    assert len({ch["id"] for ch in chunks}) == 1
+    assert [ch["choices"][0]["finish_reason"] for ch in chunks][-1] == "length"
+    assert "".join(ch["choices"][0]["text"] for ch in chunks) == \
+        server.client().completions.create(**{k: v for k, v in body.items() if k != "stream"}).choices[0].text
+
+
+def test_sixteen_concurrent_streams_get_their_lengths(server, trained_run):
+    results, errors = {}, []
+
+    def run(i):
+        try:
+            stream = server.client().completions.create(model=name(trained_run), prompt="the", max_tokens=100 + 7 * i,
+                                                        stream=True, seed=i)
+            results[i] = "".join(ch.choices[0].text for ch in stream if ch.choices)
+        except Exception as e:  # reported below, with the others
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    busy = server.health()  # /health answers while the batch is busy
+    for t in threads:
+        t.join(120)
+    assert not errors and busy["status"] == "ok"
+    assert {i: len(t) for i, t in results.items()} == {i: 100 + 7 * i for i in range(16)}
+    assert server.health()["active_rows"] == 0
+
+
+def _wait_for(predicate, what, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never: {what}")
+
+
+def test_a_disconnected_client_frees_its_row(server, trained_run):
+    body = {"model": name(trained_run), "prompt": "the", "max_tokens": 1000000, "stream": True, "n": 2}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v1/completions", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.read(7) == b"data: {"  # generating
+    assert server.health()["active_rows"] == 2
+    r.close()
+    conn.close()
+    _wait_for(lambda: server.health()["active_rows"] == 0, "the rows were freed after the client left")
+
+
+def test_the_playground_page_is_self_contained(server):
+    status, headers, raw = server.request("GET", "/")
+    page = raw.decode()
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert "/v1/completions" in page and 'id="go"' in page and 'id="stop"' in page and "chars/s" in page
+    assert "http://" not in page and "https://" not in page and "<link" not in page  # nothing fetched from elsewhere
+    status, _, raw = server.request("GET", "/nowhere")
+    assert status == 404 and json.loads(raw)["error"]["code"] == "not_found"
+
+
+def test_a_key_guards_everything_but_health_and_a_full_server_answers_503(trained_run):
+    s = Served(trained_run.run_dir, "--api-key", "sesame", "--max-batch", "1", "--max-queue", "0", host="0.0.0.0")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            s.client("wrong").models.list()
+        status, _, raw = s.request("POST", "/v1/completions", {"prompt": "the"})
+        assert status == 401 and json.loads(raw)["error"]["code"] == "invalid_api_key"
+        assert s.health()["status"] == "ok"  # /health stays open
+        client = s.client("sesame")
+        served = name(trained_run)
+        assert client.completions.create(model=served, prompt="the", max_tokens=5).choices[0].finish_reason == "length"
+        stream = client.completions.create(model=served, prompt="the", max_tokens=4000, stream=True)
+        next(iter(stream))  # the one row is taken
+        status, headers, raw = s.request("POST", "/v1/completions", {"prompt": "the"},
+                                         {"Authorization": "Bearer sesame"})
+        assert status == 503 and headers["retry-after"] == "1"
+        assert json.loads(raw)["error"]["code"] == "overloaded"
+        stream.close()
+        _wait_for(lambda: s.health()["active_rows"] == 0, "the row was freed")
+    finally:
+        s.close()
+
+
+def test_a_non_loopback_bind_without_a_key_is_refused(trained_run):
+    from typer.testing import CliRunner
+
+    from charnn.cli import app
+    r = CliRunner().invoke(app, ["serve", str(trained_run.run_dir), "--host", "0.0.0.0", "--port", "1"])
+    one_line_error(r, 2, "--api-key", "0.0.0.0")
