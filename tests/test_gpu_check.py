@@ -1,0 +1,68 @@
+"""benchmarks/gpu_check.py must not rot between the rare minutes a GPU is lent: its dry run (every phase on the
+CPU, tiny sizes, a corpus it writes itself) has to finish with every phase's numbers real."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from charnn.device import resolve_precision
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_dry_run_measures_every_phase(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run",
+                        "--corpus", str(tmp_path / "absent.txt"), "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["dry_run"] and report["corpus"]["written_for_dry_run"] and report["corpus"]["chars"] > 0
+    hw = report["hardware"]
+    assert hw["torch"] == torch.__version__ and hw["cpu"] and hw["device"] == "cpu"
+    phases = report["phases"]
+    assert set(phases) == {"train_speed", "train_180", "sample", "torchrun"}
+    for name, ph in phases.items():
+        assert ph["error"] is None and not ph.get("partial_error"), (name, ph)
+
+    # training speed: two real runs, the second in fp32, the first in bf16 (or fp32 where the CPU cannot)
+    half = "fp32" if report["dry_run_bf16_stand_in"] else "bf16"
+    runs = phases["train_speed"]["runs"]
+    assert [runs["bf16"]["precision"], runs["fp32"]["precision"]] == [half, "fp32"]
+    for run in runs.values():
+        assert positive(run["chars_per_s"]) and run["timed_steps"] > 0 and run["batch"] == 4
+    assert positive(phases["train_speed"]["bf16_over_fp32"])
+
+    # the long run: a val loss, and the precision auto chose as the run's best.pt records it
+    long = phases["train_180"]
+    assert positive(long["best_val_loss"]) and long["best_val_loss"] < 5 and long["steps"] > 0
+    assert long["precision_asked"] == "auto" and long["device"] == "cpu"
+    assert long["precision"] == resolve_precision("auto", torch.device("cpu"))
+
+    # sampling: 1 and 64 streams, graphs on and off, on the random model, then the trained model
+    rows = phases["sample"]["rows"]
+    assert [(r["streams"], r["graphs"]) for r in rows] == [(1, True), (1, False), (64, True), (64, False), (1, True)]
+    assert rows[-1]["model"] == "1x32 lstm of train_180"
+    for r in rows:
+        assert positive(r["chars_per_s"]) and r["chars"] > 0 and r["notes"] == [] and r["probe_chars"] > 0
+
+    ddp = phases["torchrun"]
+    assert positive(ddp["chars_per_s"]) and positive(ddp["torchrun_over_plain"]) and ddp["precision"] == half
+
+    goals = {g["goal"]: g for g in report["goals"]}
+    assert len(goals) == 5 and all(g["met"] in (True, False) for g in goals.values())
+
+    table = p.stdout
+    assert "charnn GPU check (DRY RUN" in table and "FAILED" not in table
+    for label in ("train fp32, batch 4 x 32", "train_180, evals included", "1 stream, no CUDA graphs",
+                  "64 streams, no CUDA graphs", "torchrun x1 / plain", "best val loss", "--precision auto chose"):
+        assert label in table, label
+    assert "[gpu_check]" in p.stderr and "[gpu_check]" not in table  # progress on stderr, the table on stdout
