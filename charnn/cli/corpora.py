@@ -7,7 +7,7 @@ import json
 import typer
 
 from charnn.cli.options import Json
-from charnn.cli.output import err, user_errors
+from charnn.cli.output import err, user_errors, writing_results
 
 
 def corpora(as_json: Json = False):
@@ -17,13 +17,14 @@ def corpora(as_json: Json = False):
 
     with user_errors():
         entries = listing()
-    if as_json:
-        typer.echo(json.dumps({"catalog": str(catalog_path()), "cache": str(cache_root()), "corpora": entries}))
-        return
-    typer.echo(f"{'name':<22} {'size':>10}  {'here':<4}  {'sha256':<8}  description")
-    for e in entries:
-        size = f"{e['size'] / 1e6:,.1f} MB" if e.get("size") else "?"
-        typer.echo(f"{e['name']:<22} {size:>10}  {'yes' if e['downloaded'] else '-':<4}  "
-                   f"{'pinned' if e.get('sha256') else 'none':<8}  {e['description']}")
+    with writing_results():
+        if as_json:
+            typer.echo(json.dumps({"catalog": str(catalog_path()), "cache": str(cache_root()), "corpora": entries}))
+            return
+        typer.echo(f"{'name':<22} {'size':>10}  {'here':<4}  {'sha256':<8}  description")
+        for e in entries:
+            size = f"{e['size'] / 1e6:,.1f} MB" if e.get("size") else "?"
+            typer.echo(f"{e['name']:<22} {size:>10}  {'yes' if e['downloaded'] else '-':<4}  "
+                       f"{'pinned' if e.get('sha256') else 'none':<8}  {e['description']}")
     err.print(f"cache: {cache_root()} (set CHARNN_CACHE to move it); train one with: charnn train NAME",
               highlight=False)

@@ -9,7 +9,7 @@ from typing import Annotated, List
 import typer
 
 from charnn.cli.options import Device, Json
-from charnn.cli.output import err, user_errors
+from charnn.cli.output import err, user_errors, writing_results
 
 
 def evaluate(
@@ -41,6 +41,7 @@ def evaluate(
         if total.unknown:
             err.print(f"note: {total.unknown:,} characters are not in the model's vocabulary; "
                       "they are scored as the unknown token")
+    with writing_results():
         if as_json:
             out = {**total.to_dict(), "checkpoint": str(path), "files": [
                 {"path": f, **r.to_dict()} for f, r in zip(files, results)]}

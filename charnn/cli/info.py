@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from charnn.cli.options import Checkpoint, Json
-from charnn.cli.output import print_curve, user_errors
+from charnn.cli.output import ResultConsole, print_curve, user_errors, writing_results
 
 
 def info(checkpoint: Checkpoint = None, as_json: Json = False):
@@ -18,11 +17,12 @@ def info(checkpoint: Checkpoint = None, as_json: Json = False):
 
     with user_errors():
         facts = describe(checkpoint)
-    if as_json:
-        typer.echo(json.dumps(facts, ensure_ascii=False))
-        return
-    out = Console(highlight=False, soft_wrap=True)
-    for line in summary_lines(facts):
-        out.print(line, markup=False)
-    out.print()
-    print_curve(out, Path(facts["run_dir"]))
+    with writing_results():
+        if as_json:
+            typer.echo(json.dumps(facts, ensure_ascii=False))
+            return
+        out = ResultConsole(highlight=False, soft_wrap=True)
+        for line in summary_lines(facts):
+            out.print(line, markup=False)
+        out.print()
+        print_curve(out, Path(facts["run_dir"]))

@@ -16,6 +16,14 @@ from charnn.errors import CharnnError, ConfigError
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+class ResultConsole(Console):
+    """A console for results on stdout: a closed pipe is left to `writing_results` (quiet, exit 0), where
+    Rich's own handling would exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 @contextmanager
 def user_errors():
     """Map library errors to one red line and an exit code; CHARNN_DEBUG=1 shows the traceback."""
@@ -30,8 +38,32 @@ def user_errors():
         if isinstance(e, KeyboardInterrupt):
             err.print("[yellow]interrupted[/]", markup=True)
             raise typer.Exit(130) from None
-        err.print(f"[red]charnn: error:[/] {escape(str(e)) if isinstance(e, CharnnError) else oom}", markup=True)
-        raise typer.Exit(2 if isinstance(e, ConfigError) else 1) from None
+        fail(str(e) if isinstance(e, CharnnError) else oom, 2 if isinstance(e, ConfigError) else 1)
+
+
+def fail(message: str, code: int = 1):
+    """One red line on stderr, then exit with `code`."""
+    err.print(f"[red]charnn: error:[/] {escape(message)}", markup=True)
+    raise typer.Exit(code) from None
+
+
+@contextmanager
+def writing_results(what: str = "the results"):
+    """Around the code that writes a command's results to stdout: a reader that went away (`| head`) ends
+    the command quietly (exit 0); any other failure to write (a full disk, EIO, a read-only target) is one
+    line, `cannot write WHAT: REASON`, and exit 1. Either way stdout is then pointed at /dev/null so that
+    the interpreter's last flush cannot fail again with a traceback."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        raise typer.Exit(0) from None
+    except OSError as e:
+        if os.environ.get("CHARNN_DEBUG", "") not in ("", "0"):
+            raise
+        quiet_broken_pipe()
+        fail(f"cannot write {what}: {e.strerror or e}")
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
@@ -40,7 +72,7 @@ def _is_out_of_memory(e: BaseException) -> bool:
 
 
 def quiet_broken_pipe() -> None:
-    """The reader went away (`| head`): stop quietly; point stdout at /dev/null so the final flush is silent."""
+    """stdout can no longer be written: point it at /dev/null so the interpreter's final flush is silent."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

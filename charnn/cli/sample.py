@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from charnn.cli.options import Checkpoint, Device, Quiet, Seed, unescape
-from charnn.cli.output import err, quiet_broken_pipe, user_errors
+from charnn.cli.output import err, user_errors, writing_results
 from charnn.config import SampleConfig
 from charnn.errors import ConfigError
 
@@ -73,7 +73,7 @@ def _stream(sampler, quiet: bool) -> None:
     import time
 
     t0, last, noted = time.perf_counter(), "\n", 0
-    try:
+    with writing_results("the generated text"):
         for piece in sampler:
             if piece:
                 sys.stdout.write(piece)
@@ -85,10 +85,6 @@ def _stream(sampler, quiet: bool) -> None:
                 noted = len(sampler.notes)
         if last != "\n":
             sys.stdout.write("\n")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        quiet_broken_pipe()
-        raise typer.Exit(0) from None
     if not quiet:
         dt = time.perf_counter() - t0
         err.print(f"{sampler.chars:,} characters in {dt:.2f}s ({sampler.chars / max(dt, 1e-9):,.0f} chars/s)")
