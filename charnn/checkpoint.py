@@ -15,7 +15,7 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -69,8 +69,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load with weights_only=True; every way a file can be wrong becomes one clear CharnnError."""
+def load_checkpoint(path: Path, finite: bool = True) -> dict:
+    """Load with weights_only=True; every way a file can be wrong becomes one clear CharnnError.
+
+    Weights holding NaN or infinity are refused (they would sample garbage, score nan and train nothing)
+    unless `finite` is False: `charnn info` reads such a file to say which tensors are broken.
+    """
     path = Path(path)
     if not path.exists():
         raise CharnnError(f"checkpoint {str(path)!r} does not exist")
@@ -98,7 +102,26 @@ def load_checkpoint(path: Path) -> dict:
     for key in ("model_config", "tokenizer", "model"):
         if key not in data:
             raise CharnnError(f"{str(path)!r} is missing {key!r}; it is not a complete charnn checkpoint")
+    if finite:
+        broken = non_finite_tensors(data["model"])
+        if broken:
+            names = ", ".join(b["name"] for b in broken[:3])
+            names += f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+            raise CharnnError(f"{str(path)!r} has weights that are NaN or infinite (in {names}), so it would only "
+                              "produce garbage; use an earlier checkpoint or retrain (`charnn info` lists them)")
     return data
+
+
+def non_finite_tensors(state_dict: dict) -> List[Dict]:
+    """The floating-point tensors of a state_dict that hold NaN or infinity: [{name, nan, inf}], in order."""
+    broken = []
+    if not isinstance(state_dict, dict):
+        return broken
+    for name, t in state_dict.items():
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t).all():
+            nan = int(torch.isnan(t).sum())
+            broken.append({"name": name, "nan": nan, "inf": int(t.numel() - torch.isfinite(t).sum()) - nan})
+    return broken
 
 
 def build_from_checkpoint(data: dict, device="cpu") -> Tuple[CharRNN, object]:

@@ -9,7 +9,7 @@ import json
 import math
 from typing import List, Optional
 
-from charnn.checkpoint import load_checkpoint, resolve_checkpoint
+from charnn.checkpoint import load_checkpoint, non_finite_tensors, resolve_checkpoint
 from charnn.training.metrics import CONFIG_FILE, METRICS_FILE, finite, read_metrics
 from charnn.text.tokenizer import tokenizer_from_state
 
@@ -26,7 +26,7 @@ def show_token(token: str) -> str:
 def describe(path: Optional[str], root: str = "checkpoints") -> dict:
     """Everything `charnn info` reports about a .pt file or run folder (default: the newest run)."""
     ckpt = resolve_checkpoint(path, root)
-    data = load_checkpoint(ckpt)
+    data = load_checkpoint(ckpt, finite=False)  # broken weights are shown (non_finite), not refused
     run_dir = ckpt.parent
     mc, tc = data["model_config"], data.get("train_config") or {}
     tok = tokenizer_from_state(data["tokenizer"])
@@ -49,6 +49,7 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
                      "device": data.get("device"), "precision": data.get("precision"),
                      "batch_size": tc.get("batch_size"), "seq_len": tc.get("seq_len"), "lr": tc.get("lr"),
                      "seed": tc.get("seed"), "resumable": "optimizer" in data and "progress" in data},
+        "non_finite": non_finite_tensors(data["model"]),  # [{name, nan, inf}]: sample and eval refuse these
         "corpus": config.get("corpus"),
         "metrics": {"path": str(metrics_path), "records": len(records)} if records else None,
     }
@@ -66,6 +67,10 @@ def duration(seconds: Optional[float]) -> str:
 
 def _num(x, spec: str = ",") -> str:
     return "?" if x is None else format(x, spec)
+
+
+def _bad_values(b: dict) -> str:
+    return ", ".join(f"{b[k]:,} {k}" for k in ("nan", "inf") if b[k])
 
 
 def summary_lines(info: dict) -> List[str]:
@@ -88,6 +93,11 @@ def summary_lines(info: dict) -> List[str]:
     if tr["batch_size"] is not None:
         lines.append(f"            batch {tr['batch_size']} x {tr['seq_len']} chars, lr {tr['lr']:g}, seed {tr['seed']}"
                      + ("; resumable (optimiser state inside)" if tr["resumable"] else ""))
+    broken = info.get("non_finite") or []
+    if broken:
+        shown = ", ".join(f"{b['name']} ({_bad_values(b)})" for b in broken)
+        lines.append(f"not finite  {len(broken)} weight tensor{'s' if len(broken) > 1 else ''}: {shown}; "
+                     "sample and eval refuse this checkpoint")
     if info["corpus"]:
         lines.append(f"corpus      {info['corpus']}")
     if info["metrics"]:
