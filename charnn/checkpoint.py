@@ -8,10 +8,8 @@ Format (version 1), a dict loadable with `torch.load(weights_only=True)`; docume
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 
 from charnn import __version__
 from charnn.config import ModelConfig, from_dict
+from charnn.data.files import atomic_file
 from charnn.errors import CharnnError, first_line
 from charnn.models.lm import CharRNN
 from charnn.text.tokenizer import tokenizer_from_state
@@ -31,42 +30,39 @@ NAMES = ("best.pt", "last.pt")
 
 
 def save_checkpoint(data: dict, path: Path) -> None:
-    """Write atomically: a temp file in the same folder, flushed and fsynced, then os.replace.
+    """Write atomically (charnn.data.files.atomic_file): a temp file in the same folder, fsynced, renamed.
 
-    A crash at any moment leaves either the old file or the new one, never half of one.
+    A crash at any moment leaves either the old file or the new one, never half of one; a failed write (a
+    full disk) leaves the old one and raises one CharnnError naming the folder and the space it needs.
     """
     path = Path(path)
     data = {"format": FORMAT, "version": VERSION, "charnn_version": __version__, **data}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            kept = f"; the previous {path.name} is kept" if path.exists() else ""
-            raise CharnnError(f"could not write checkpoint {path}: {e.strerror or e}{kept}") from None
-        raise
-    _fsync_dir(path.parent)
+    with atomic_file(path, size=lambda: saved_size(data), hint="choose another --out", what=path.name) as f:
+        torch.save(data, f)
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def saved_size(data) -> int:
+    """About how many bytes torch.save writes for `data`: its tensors' storages (each once, 64-byte aligned)
+    plus room for the pickled rest."""
+    seen, total = set(), 4 << 10
+
+    def walk(x):
+        nonlocal total
+        if isinstance(x, torch.Tensor):
+            storage = x.untyped_storage()
+            key = (storage.data_ptr(), storage.device, storage.nbytes())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes() + 64 + 200  # + alignment and the zip entry
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(data)
+    return total
 
 
 def load_checkpoint(path: Path, finite: bool = True) -> dict:

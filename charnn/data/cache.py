@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +20,12 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from charnn.data.files import NO_SPACE, write_atomic, write_error, write_failed
 from charnn.errors import CharnnError
 
 FORMAT = 1  # bump when the layout of an entry changes
 HASH_BLOCK = 8 << 20
+HINT = "set CHARNN_CACHE to another folder"
 
 
 def cache_root() -> Path:
@@ -66,20 +69,8 @@ def load_memo() -> dict:
 def save_memo(memo: dict) -> None:
     try:
         write_atomic(cache_root() / "hashes.json", json.dumps(memo).encode("utf-8"))
-    except OSError:
+    except CharnnError:
         pass  # the memo only saves time
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def entry_key(content: Sequence[str], encoding: str, split: dict, tokenizer: dict) -> str:
@@ -122,10 +113,14 @@ class EntryWriter:
         self.ids = open(self.tmp / "ids.bin", "wb")
 
     def commit(self, meta: dict, files: Optional[dict] = None) -> Path:
-        self.ids.close()
-        for name, data in (files or {}).items():
-            (self.tmp / name).write_bytes(data)
-        (self.tmp / "meta.json").write_text(json.dumps({**meta, "format": FORMAT}), encoding="utf-8")
+        files = {**(files or {}), "meta.json": json.dumps({**meta, "format": FORMAT}).encode("utf-8")}
+        try:
+            self.ids.close()
+            for name, data in files.items():
+                (self.tmp / name).write_bytes(data)
+        except OSError as e:
+            written = self._discard()
+            raise self._failed(e, written + sum(map(len, files.values()))) from None
         with _commit_lock(self.final.parent):  # processes encoding the same corpus (torchrun ranks) take turns
             if find_entry(self.key) is not None:  # another process committed it first: keep theirs, which it
                 shutil.rmtree(self.tmp, ignore_errors=True)  # may already have open
@@ -135,9 +130,33 @@ class EntryWriter:
             os.replace(self.tmp, self.final)
         return self.final
 
-    def abort(self) -> None:
-        self.ids.close()
+    def abort(self, error: Optional[BaseException] = None) -> None:
+        """Remove the half-built entry. `error` (by default the exception being handled, as when called from
+        an `except` block) that is a full disk or quota is raised as one CharnnError naming the cache folder."""
+        written = self._discard()
+        error = write_error(error if error is not None else sys.exc_info()[1], self.final.parent)
+        if error is not None and error.errno in NO_SPACE:  # a read error of the corpus goes on as it is
+            raise self._failed(error, written) from None
+
+    def _discard(self) -> int:
+        """Close and remove the temporary folder; the bytes it held."""
+        written = 0
+        try:
+            written = sum(p.stat().st_size for p in self.tmp.iterdir())
+            if not self.ids.closed:  # bytes still in its buffer count too
+                written = max(written, self.ids.tell())
+        except (OSError, ValueError):
+            pass
+        try:
+            self.ids.close()
+        except OSError:
+            pass
         shutil.rmtree(self.tmp, ignore_errors=True)
+        return written
+
+    def _failed(self, e: OSError, needed: int) -> CharnnError:
+        return write_failed(e, self.final.parent / self.key, needed, HINT, exact=False,
+                            what=f"the encoded corpus {self.key[:12]}")
 
 
 @contextmanager

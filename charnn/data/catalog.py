@@ -3,7 +3,8 @@
 The catalog is corpora/catalog.json (or $CHARNN_CATALOG): per corpus its name, URL, sha256, size,
 licence and a one-line description, plus what to take out of an archive, its encoding and a fixed split
 where the corpus has a published one. Downloads stream into a temporary file next to the target and are
-renamed into place only when complete and verified, so a dropped connection leaves no half file.
+renamed into place only when complete and verified, so a dropped connection or a full disk leaves no half
+file.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from contextlib import closing
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
-from charnn.data.cache import cache_root
+from charnn.data.cache import HINT, cache_root
+from charnn.data.files import atomic_file, create_temp, write_error, write_failed
 from charnn.errors import CharnnError
 
 Callback = Callable[[str, dict], None]
@@ -64,7 +66,10 @@ def fetch(entry: dict, on_event: Optional[Callback] = None) -> Path:
     if target.is_file():
         return target
     on_event = on_event or (lambda kind, info: None)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(e, target, entry.get("size") or 0, HINT, what=f"the download of {entry['name']}") from None
     tmp = _download(entry, target.parent, on_event)
     try:
         if entry.get("member"):
@@ -83,39 +88,53 @@ def _hint(entry: dict) -> str:
 
 def _download(entry: dict, folder: Path, on_event: Callback) -> Path:
     """Stream the URL into a temporary file in `folder`, checking its size and sha256; the temp path."""
-    name, url = entry["name"], entry["url"]
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}-", suffix=".part")
-    tmp = Path(tmp_name)
-    digest, done = hashlib.sha256(), 0
+    name = entry["name"]
+    digest, done, total = hashlib.sha256(), 0, entry.get("size")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-                    total = int(response.headers.get("Content-Length") or entry.get("size") or 0) or None
-                    on_event("download", {"stage": "start", "name": name, "url": url, "total": total})
-                    while True:
-                        block = response.read(BLOCK)
-                        if not block:
-                            break
-                        out.write(block)
-                        digest.update(block)
-                        done += len(block)
-                        on_event("download", {"stage": "progress", "name": name, "done": done, "total": total})
-            except (urllib.error.URLError, OSError, socket.timeout, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
-                raise CharnnError(f"could not download {name} from {url} ({reason}); check the connection, or "
-                                  f"{_hint(entry)}") from None
-            except Exception as e:  # http.client.IncompleteRead and friends: the connection dropped
-                raise CharnnError(f"the download of {name} from {url} broke off after {done:,} bytes ({type(e).__name__}); "
-                                  f"try again, or {_hint(entry)}") from None
+        fd, tmp = create_temp(folder, f".{name}-", ".part")
+        with os.fdopen(fd, "wb") as out, closing(_blocks(entry, on_event)) as blocks:
+            for block, total in blocks:
+                out.write(block)  # an OSError here is the disk's: _blocks turns the network's into CharnnError
+                digest.update(block)
+                done += len(block)
+                on_event("download", {"stage": "progress", "name": name, "done": done, "total": total})
+            out.flush()
+            os.fsync(out.fileno())
         on_event("download", {"stage": "done", "name": name, "done": done, "total": done})
         _verify(entry, done, digest.hexdigest())
         if not entry.get("sha256"):
             on_event("download", {"stage": "unverified", "name": name, "sha256": digest.hexdigest()})
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_failed(write_error(e, folder), local_path(entry), total or done, HINT, exact=bool(total),
+                               what=f"the download of {name}") from None
         raise
     return tmp
+
+
+def _blocks(entry: dict, on_event: Callback) -> Iterator[Tuple[bytes, Optional[int]]]:
+    """(block, expected total size) as they arrive; a network failure is one CharnnError."""
+    name, url, done = entry["name"], entry["url"], 0
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            total = int(response.headers.get("Content-Length") or entry.get("size") or 0) or None
+            on_event("download", {"stage": "start", "name": name, "url": url, "total": total})
+            while True:
+                block = response.read(BLOCK)
+                if not block:
+                    return
+                done += len(block)
+                yield block, total
+    except (urllib.error.URLError, OSError, socket.timeout, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise CharnnError(f"could not download {name} from {url} ({reason}); check the connection, or "
+                          f"{_hint(entry)}") from None
+    except Exception as e:  # http.client.IncompleteRead and friends: the connection dropped
+        raise CharnnError(f"the download of {name} from {url} broke off after {done:,} bytes ({type(e).__name__}); "
+                          f"try again, or {_hint(entry)}") from None
 
 
 def _verify(entry: dict, size: int, sha256: str) -> None:
@@ -131,18 +150,15 @@ def _verify(entry: dict, size: int, sha256: str) -> None:
 
 def _unpack(entry: dict, archive: Path, target: Path) -> None:
     member = entry["member"]
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".part")
-    tmp = Path(tmp_name)
     try:
-        with zipfile.ZipFile(archive) as zf, zf.open(member) as src, os.fdopen(fd, "wb") as out:
-            for block in iter(lambda: src.read(1 << 20), b""):
-                out.write(block)
-        os.replace(tmp, target)
+        with zipfile.ZipFile(archive) as zf:
+            size = zf.getinfo(member).file_size
+            with zf.open(member) as src, atomic_file(target, size, HINT) as out:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    out.write(block)
     except (zipfile.BadZipFile, KeyError) as e:
         raise CharnnError(f"the download of {entry['name']} is not a zip archive holding {member!r} ({e}); "
                           f"{_hint(entry)}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def listing(path: Optional[Path] = None) -> List[dict]:

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from charnn import __version__
-from charnn.data.cache import write_atomic
+from charnn.data.files import write_atomic, write_error, write_failed
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+HINT = "choose another --out"
 
 
 class Callbacks:
@@ -53,7 +54,7 @@ def finite(x) -> Optional[float]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, text.encode("utf-8"))
+    write_atomic(path, text.encode("utf-8"), HINT)
 
 
 def read_metrics(path: Path) -> List[dict]:
@@ -164,6 +165,17 @@ class MetricsLogger:
     def _append(self, rec: dict) -> None:
         if rec["step"] <= self.last_written:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        line = (json.dumps(rec) + "\n").encode("utf-8")
+        try:
+            with open(self.path, "ab", buffering=0) as f:
+                end = f.seek(0, 2)
+                try:
+                    done = 0
+                    while done < len(line):  # an unbuffered write may write part of it
+                        done += f.write(line[done:])
+                except OSError:
+                    f.truncate(end)  # a full disk leaves no half line behind
+                    raise
+        except OSError as e:
+            raise write_failed(write_error(e, self.path.parent), self.path, len(line), HINT) from None
         self.last_written = rec["step"]
