@@ -39,7 +39,6 @@ from common import cpu_name  # noqa: E402
 from distributed import free_port  # noqa: E402
 
 from charnn.checkpoint import load_checkpoint  # noqa: E402
-from charnn.device import resolve_precision  # noqa: E402
 from charnn.training.metrics import read_metrics  # noqa: E402
 
 CORPUS = "../shared/corpora/tinyshakespeare.txt"  # relative to the repo root, as the GPU machine lays it out
@@ -123,7 +122,8 @@ def read_run(run_dir: Path) -> dict:
     return {"chars_per_s": round(steps * batch * seq / (steady[-1]["elapsed"] - steady[0]["elapsed"]), 1),
             "timed_steps": steps, "batch": batch, "seq": seq, "steps": best["step"],
             "best_val_loss": best["best_val_loss"], "device": best["device"], "precision": best["precision"],
-            "precision_asked": config["train"]["precision"], "model": config["model"]}
+            "precision_asked": config["train"]["precision"], "model": config["model"],
+            "precision_choice": config.get("precision")}  # how auto decided (measured, cached, rule) and why
 
 
 # -- the phases ----------------------------------------------------------------------------------------------
@@ -215,7 +215,10 @@ def goals(report: dict, device: torch.device) -> list:
     long, speed, sample = p["train_180"], p["train_speed"], p["sample"]
     one = next((x for x in sample.get("rows", []) if x["streams"] == 1 and x["graphs"] and "random" in x["model"]), {})
     many = next((x for x in sample.get("rows", []) if x["streams"] == 64 and x["graphs"]), {})
-    expected = resolve_precision("auto", device)
+    # auto measures its own short probe; it should agree with the long timed runs: bf16 where they found it
+    # clearly faster (>= 1.05x, auto's margin), fp32 where they found it slower, either in between
+    ratio = speed.get("bf16_over_fp32")
+    expected = None if ratio is None else ("bf16" if ratio >= 1.05 else "fp32" if ratio < 1.0 else "either")
     model = one.get("model", "2x512 lstm random").rsplit(" ", 1)[0]
 
     def goal(name, value, target, met):
@@ -224,8 +227,8 @@ def goals(report: dict, device: torch.device) -> list:
     return [
         goal(f"train --max-time {long.get('max_time', '?')}: best val loss, nats/char", long.get("best_val_loss"),
              "<= 1.40", lambda v: v <= 1.40),
-        goal("train --precision auto chose (its best.pt says)", long.get("precision"), expected,
-             lambda v: v == expected),
+        goal("train --precision auto chose (its best.pt says)", long.get("precision"),
+             f"the faster: {expected}", lambda v: expected in (v, "either")),
         goal("train bf16 / fp32, ratio", speed.get("bf16_over_fp32"), "> 1 (why auto picks bf16)",
              lambda v: v > 1),
         goal(f"sample {model}, 1 stream, CUDA graphs", one.get("chars_per_s"), ">= 20,000", lambda v: v >= 20000),

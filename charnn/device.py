@@ -1,4 +1,4 @@
-"""Choosing the device and the autocast precision."""
+"""Choosing the device, the default batch size, and the autocast context (auto precision: training/precision.py)."""
 
 from __future__ import annotations
 
@@ -45,36 +45,6 @@ def default_batch_size(device: torch.device) -> int:
     CUDA: 256. The recurrence is sequential in time, so a GPU is mostly idle at CPU batch sizes and more
     streams use its width at almost no cost per step."""
     return 256 if device.type == "cuda" else 8
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later, when the OS exposes them)."""
-    probe = getattr(getattr(torch._C, "_cpu", None), "_is_amx_tile_supported", None)
-    try:
-        return bool(probe and probe())
-    except RuntimeError:
-        return False
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """auto: bf16 autocast where the hardware does bf16 matmuls faster than fp32, fp32 elsewhere.
-
-    - CUDA GPUs with bf16 (Ampere and later): bf16.
-    - CPUs with AMX: bf16 (the tiles run bf16 several times faster than fp32 FMAs).
-    - CPUs with AVX512-BF16 but no AMX: fp32. Measured on the project's Xeon (benchmarks/TRAINING.md): a
-      2048^3 matmul runs at 162 GFLOP/s in bf16 against 305 in fp32, and a 2x512 LSTM trains at 6,471 vs
-      10,600 chars/s, because one vdpbf16ps does no more work per cycle than two fp32 FMAs and the
-      conversions come on top.
-    """
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        if device.type == "cpu" and cpu_has_amx():
-            return "bf16"
-        return "fp32"
-    if name == "fp16" and device.type == "cpu":
-        raise CharnnError("--precision fp16 is for GPUs; on the CPU use bf16 or fp32")
-    return name
 
 
 def autocast(device: torch.device, precision: str):

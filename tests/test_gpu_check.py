@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from charnn.device import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +44,8 @@ def test_dry_run_measures_every_phase(tmp_path):
     long = phases["train_180"]
     assert positive(long["best_val_loss"]) and long["best_val_loss"] < 5 and long["steps"] > 0
     assert long["precision_asked"] == "auto" and long["device"] == "cpu"
-    assert long["precision"] == resolve_precision("auto", torch.device("cpu"))
+    choice = long["precision_choice"]  # config.json: how auto decided
+    assert long["precision"] == choice["precision"] and choice["how"] in ("measured", "cached", "rule")
 
     # sampling: 1 and 64 streams, graphs on and off, on the random model, then the trained model
     rows = phases["sample"]["rows"]

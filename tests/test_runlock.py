@@ -41,7 +41,6 @@ def test_a_second_training_of_one_name_stops_at_once_and_a_killed_one_blocks_not
     try:
         _wait_for_holder(first, run_dir)
         for extra, hint in [((), "pick another --name"), (("--resume",), "then --resume")]:
-            t0 = time.time()
             second = _charnn(tmp_path, "--max-steps", "5", *extra)
             out, err = second.communicate(timeout=120)
             assert second.returncode == 1 and out == "", (second.returncode, err)

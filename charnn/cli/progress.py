@@ -87,7 +87,8 @@ class TrainProgress:
         elif kind == "start":
             per = f", {info['chars_per_token']:.2f} chars/token" if info.get("tokenizer", "char") != "char" else ""
             procs = f" x {info['processes']} processes" if info.get("processes", 1) > 1 else ""
-            self.note(f"training {info['params']:,} parameters on {info['device']}{procs} ({info['precision']}), "
+            precision = _precision_words(info.get("precision_choice")) or info["precision"]
+            self.note(f"training {info['params']:,} parameters on {info['device']}{procs} ({precision}), "
                       f"vocab {info['vocab_size']}{per}, {info['train_tokens']:,} train / {info['val_tokens']:,} val "
                       f"tokens -> {info['run_dir']}")
             if info.get("val_unknown"):
@@ -143,3 +144,12 @@ class DownloadBar:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def _precision_words(choice) -> str:
+    """'bf16, auto: bf16 1.47x fp32, measured' from the trainer's precision choice ('' when there is none)."""
+    if not choice:
+        return ""
+    if choice.get("how") == "forced":
+        return choice["precision"]
+    return f"{choice['precision']}, auto: {choice.get('reason', '')}"

@@ -45,7 +45,8 @@ def run_config(trainer, corpus_source: str) -> dict:
     """What config.json holds: the model and training configs, the tokenizer and where the text came from."""
     return {"charnn_version": __version__, "corpus": corpus_source, "model": asdict(trainer.model_cfg),
             "train": asdict(trainer.cfg),
-            "tokenizer": {"kind": trainer.tokenizer.kind, "vocab_size": trainer.tokenizer.vocab_size}}
+            "tokenizer": {"kind": trainer.tokenizer.kind, "vocab_size": trainer.tokenizer.vocab_size},
+            "precision": trainer.precision_choice.to_dict()}  # what --precision came to, and how (auto: measured)
 
 
 def finite(x) -> Optional[float]:

@@ -23,12 +23,13 @@ from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.data.corpus import Corpus
 from charnn.data.batches import StreamBatches
 from charnn.training.distributed import Dist
-from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device, resolve_precision
+from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device
 from charnn.data.encode import prepare_corpus
 from charnn.errors import CharnnError, first_line
 from charnn.evaluate import evaluate_ids
 from charnn.models.lm import CharRNN, detach_state
 from charnn.training.resume import load_resume, resume_config
+from charnn.training.precision import choose_precision
 from charnn.training.runlock import RunLock
 
 Callback = Callable[[str, dict], None]
@@ -154,7 +155,6 @@ class Trainer:
         if cfg.batch_size is None:  # the default is per process; --batch-size is the global batch
             self.cfg = cfg = replace(cfg, batch_size=default_batch_size(self.device) * self.dist.world)
         self.dist.check_batch_size(cfg.batch_size)
-        self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.device.type == "cpu":
@@ -192,11 +192,25 @@ class Trainer:
         self.state = None
         if resumed:
             self._restore(resumed)
+        self.precision_choice = self._choose_precision()  # auto: measured here, inside the run's clock
+        self.precision = self.precision_choice.precision
         if self.dist.active and not self.dist.is_main:  # dropout masks differ per rank, and follow the step
             torch.manual_seed((cfg.seed * 1_000_003 + self.dist.rank * 7919 + self.step) % 2**63)
         self.start_step, self._saved_once, self._last_save = self.step, False, time.perf_counter()
         if self.dist.is_main:
             _check_writable(self.run_dir)
+
+    def _choose_precision(self):
+        """--precision: forced, or auto's measured choice; under torchrun every rank takes the same one
+        (bf16 only where every rank measured it faster)."""
+        x, y = next(iter(self.batches.epoch(0, 0)))
+        choice = choose_precision(self.cfg.precision, self.model, x, y, self.device, self.cfg.threads)
+        if self.dist.active and self.cfg.precision == "auto":
+            order = ("fp32", "bf16")
+            agreed = order[-self.dist.max_ints([-order.index(choice.precision)])[0]]
+            if agreed != choice.precision:
+                choice = replace(choice, precision=agreed, reason=choice.reason + "; another rank measured fp32")
+        return choice
 
     # -- resume -------------------------------------------------------------------------------------
     def _restore(self, data: dict) -> None:
@@ -404,6 +418,7 @@ class Trainer:
         self.model.train()
         self.on_event("start", {"run_dir": str(self.run_dir), "params": self.model.num_params(),
                                 "device": str(self.device), "precision": self.precision,
+                                "precision_choice": self.precision_choice.to_dict(),
                                 "vocab_size": self.tokenizer.vocab_size, "train_tokens": len(self.batches.ids),
                                 "val_tokens": len(self.val_ids), "steps_per_epoch": self.batches.steps_per_epoch(),
                                 "step": self.step, "tokenizer": self.tokenizer.kind, "processes": self.dist.world,

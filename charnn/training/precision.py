@@ -1,0 +1,212 @@
+"""`--precision auto`, decided by measuring: time real training steps of the model about to train.
+
+Whether bf16 autocast pays depends on the machine, not on a CPU-flag rule: on a Xeon with AVX512-BF16 but
+no AMX it trains a 2x512 LSTM at 0.6x fp32, on a Zen 4 EPYC with the same flags at 1.5x, and on an AVX2
+CPU oneDNN cannot run a bf16 LSTM at all. So auto:
+
+1. takes fp32 where bf16 cannot be the faster choice: no native bf16 on the CPU (it would be emulated),
+   a GPU without bf16, Apple MPS;
+2. otherwise copies the model, warms each candidate up with one step, then times alternating fp32 and
+   bf16 steps (forward, backward, AdamW) on the run's first batch, and takes bf16 only when its best step
+   is at least 5% faster and its loss is finite; a candidate that fails to run is out;
+3. remembers the decision in the cache folder (`precision.json`), keyed by the machine, torch version,
+   device, thread count and the model's and batch's shape, so later runs start at once.
+
+The probe runs inside the trainer's clock (it counts in --max-time), keeps to about 3 seconds, and leaves
+the RNG as it found it, so a seeded run trains the same whichever way the decision was reached.
+--precision fp32|bf16|fp16 skips all this; a forced bf16 that this machine cannot run is one clear error.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from charnn.data.cache import cache_root
+from charnn.data.files import write_atomic
+from charnn.device import autocast
+from charnn.errors import CharnnError, first_line
+
+CACHE_FILE = "precision.json"
+MIN_GAIN = 1.05  # bf16 must be this much faster than fp32 to be chosen: below it is run-to-run noise
+BUDGET = 2.5  # seconds of timed steps at most, warm-up not counted
+MIN_ROUNDS, MAX_ROUNDS = 2, 8  # alternating (fp32, bf16) timed steps
+
+
+@dataclass
+class PrecisionChoice:
+    precision: str  # what training autocasts to: fp32, bf16 or fp16
+    how: str  # forced (the flag), measured (just now), cached (measured by an earlier run), rule (no contest)
+    speedup: Optional[float] = None  # bf16 steps per fp32 step, as measured (None where nothing was timed)
+    reason: str = ""  # why, in words
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def native_bf16(device: torch.device) -> Tuple[bool, str]:
+    """Whether `device` does bf16 arithmetic in hardware (else autocast to bf16 cannot beat fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(), "this GPU has no bf16"
+    if device.type == "cpu":
+        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        try:
+            has = bool((probe and probe()) or (amx and amx()))
+        except RuntimeError:
+            has = False
+        return has, "this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 would be emulated"
+    return False, f"bf16 autocast is not measured on {device.type}"
+
+
+def choose_precision(requested: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     device: torch.device, threads: Optional[int] = None) -> PrecisionChoice:
+    """The precision to train in. `x`, `y`: the run's first batch (on `device`). See the module doc."""
+    if requested == "fp16" and device.type == "cpu":
+        raise CharnnError("--precision fp16 is for GPUs; on the CPU use bf16 or fp32")
+    if requested != "auto":
+        if requested == "bf16":
+            error = _runs(model, x[:1, :8], y[:1, :8], device, "bf16")
+            if error:
+                raise CharnnError(f"--precision bf16 cannot train this model on this {_device_kind(device)} "
+                                  f"({error}); use --precision fp32 or auto")
+        return PrecisionChoice(requested, "forced")
+    native, why_not = native_bf16(device)
+    if not native:
+        return PrecisionChoice("fp32", "rule", None, why_not)
+    key = _key(model, x, device, threads)
+    cached = _load_cache().get(key)
+    if cached and cached.get("precision") in ("fp32", "bf16"):
+        return PrecisionChoice(cached["precision"], "cached", cached.get("speedup"),
+                               f"{_ratio_words(cached)}, measured {cached.get('date', 'earlier')}, cached")
+    choice = _measure(model, x, y, device)
+    _store(key, choice)
+    return choice
+
+
+def _measure(model, x, y, device) -> PrecisionChoice:
+    error = _runs(model, x, y, device, "bf16")
+    if error:
+        return PrecisionChoice("fp32", "measured", None, f"bf16 does not run here ({error})")
+    with _rng_kept(device):
+        times = {"fp32": [], "bf16": []}
+        probes = {p: _Probe(model, device, p) for p in times}
+        losses = {p: probes[p].step(x, y) for p in times}  # warm-up: oneDNN primitives, allocator, caches
+        t_end = time.perf_counter() + BUDGET
+        for i in range(MAX_ROUNDS):
+            if i >= MIN_ROUNDS and time.perf_counter() > t_end:
+                break
+            for p in times:
+                t0 = time.perf_counter()
+                losses[p] = probes[p].step(x, y)
+                times[p].append(time.perf_counter() - t0)
+    if not all(torch.isfinite(torch.tensor(v)) for v in losses.values()):
+        return PrecisionChoice("fp32", "measured", None, "bf16 training steps were not finite")
+    speedup = min(times["fp32"]) / min(times["bf16"])
+    words = _ratio_words({"speedup": speedup})
+    if speedup >= MIN_GAIN:
+        return PrecisionChoice("bf16", "measured", round(speedup, 3), f"{words}, measured")
+    return PrecisionChoice("fp32", "measured", round(speedup, 3), f"{words}, measured")
+
+
+class _Probe:
+    """A copy of the model with its own AdamW: real training steps that leave the run's model alone."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str):
+        self.model = copy.deepcopy(model).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.device, self.precision = device, precision
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        with autocast(self.device, self.precision):
+            logits, _ = self.model(x, None)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        value = loss.item()  # waits for the device, so the step is timed whole
+        return value
+
+
+def _runs(model, x, y, device, precision) -> Optional[str]:
+    """None if one training step in `precision` runs; else the first line of why not."""
+    with _rng_kept(device):
+        try:
+            _Probe(model, device, precision).step(x, y)
+        except RuntimeError as e:
+            return first_line(e, 300).split(". ")[0]  # oneDNN's first sentence says it
+    return None
+
+
+class _rng_kept:
+    """Restore the RNG (dropout draws from it) after the probe, so seeded runs do not depend on it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+
+    def __exit__(self, *exc):
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def _ratio_words(entry: dict) -> str:
+    s = entry.get("speedup")
+    return "bf16 did not run" if s is None else f"bf16 {s:.2f}x fp32"
+
+
+def _device_kind(device: torch.device) -> str:
+    return "CPU" if device.type == "cpu" else device.type.upper()
+
+
+def machine_name(device: torch.device) -> str:
+    """The processor that runs training: the GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _key(model, x, device, threads) -> str:
+    """What the decision depends on: machine, torch, device, threads, and the model's and batch's shape."""
+    shapes = ",".join(f"{tuple(p.shape)}" for p in model.parameters())
+    n_threads = threads or torch.get_num_threads()
+    return (f"{machine_name(device)} | {os.cpu_count()} cpus | {n_threads} threads | torch {torch.__version__} | "
+            f"{device.type} | {type(model).__name__} {shapes} | batch "
+            f"{tuple(x.shape)}")
+
+
+def _load_cache() -> Dict[str, dict]:
+    try:
+        data = json.loads((cache_root() / CACHE_FILE).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _store(key: str, choice: PrecisionChoice) -> None:
+    """Remember a measured decision; a cache that cannot be written only means measuring again next time."""
+    entries = _load_cache()
+    entries[key] = {"precision": choice.precision, "speedup": choice.speedup, "date": time.strftime("%Y-%m-%d")}
+    try:
+        write_atomic(cache_root() / CACHE_FILE, json.dumps(entries, indent=1).encode("utf-8"))
+    except (CharnnError, OSError):
+        pass

@@ -1,0 +1,123 @@
+"""--precision auto decides by measuring real training steps (issue 16), caches the decision, reports it,
+leaves a seeded run's training unchanged; a forced bf16 this CPU cannot run is one line."""
+
+import json
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charnn.cli import app
+from charnn.config import ModelConfig, TrainConfig
+from charnn.data.corpus import Corpus
+from charnn.models.lm import CharRNN
+from charnn.training import precision as P
+from charnn.training.trainer import Trainer, train
+from conftest import TINY_MODEL, TINY_TRAIN, make_text, one_line_error
+from test_train import bf16_trains_here
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test starts with no remembered decisions."""
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def model_and_batch():
+    model = CharRNN(ModelConfig(vocab_size=12, **TINY_MODEL))
+    x = torch.randint(0, 12, (4, 16))
+    return model, x, torch.roll(x, -1, 1)
+
+
+@pytest.fixture
+def fake_machine(monkeypatch):
+    """A CPU with native bf16 where each candidate's step takes a set time (seconds per precision)."""
+    speeds = {}
+    monkeypatch.setattr(P, "native_bf16", lambda device: (True, ""))
+    monkeypatch.setattr(P, "_runs", lambda *a: None)
+
+    def step(self, x, y):
+        time.sleep(speeds[self.precision])
+        return speeds.get(self.precision + " loss", 1.0)
+
+    monkeypatch.setattr(P._Probe, "step", step)
+    return speeds
+
+
+def test_auto_takes_the_faster_measured_precision_and_caches_it(model_and_batch, fake_machine):
+    model, x, y = model_and_batch
+    fake_machine.update(fp32=0.006, bf16=0.002)
+    first = P.choose_precision("auto", model, x, y, CPU)
+    assert (first.precision, first.how) == ("bf16", "measured") and 2.0 < first.speedup < 3.5
+    assert "bf16 " in first.reason and "x fp32, measured" in first.reason
+    fake_machine.update(fp32=0.001, bf16=0.009)  # the machine "changed": the cached decision still stands
+    again = P.choose_precision("auto", model, x, y, CPU)
+    assert (again.precision, again.how, again.speedup) == ("bf16", "cached", first.speedup)
+    other_batch = P.choose_precision("auto", model, x[:2], y[:2], CPU)  # another shape: measured afresh
+    assert (other_batch.precision, other_batch.how) == ("fp32", "measured") and other_batch.speedup < 1
+
+
+def test_auto_keeps_fp32_within_noise_or_when_bf16_is_not_finite_or_does_not_run(model_and_batch, fake_machine,
+                                                                                   monkeypatch):
+    model, x, y = model_and_batch
+    fake_machine.update(fp32=0.004, bf16=0.0039)  # 1.03x: noise, not a reason to change precision
+    assert P.choose_precision("auto", model, x, y, CPU).precision == "fp32"
+    fake_machine.update({"fp32": 0.006, "bf16": 0.001, "bf16 loss": float("nan")})
+    bad = P.choose_precision("auto", model, x[:3], y[:3], CPU)
+    assert bad.precision == "fp32" and "not finite" in bad.reason
+    monkeypatch.setattr(P, "_runs", lambda m, x, y, d, p: "no bf16 LSTM primitive" if p == "bf16" else None)
+    broken = P.choose_precision("auto", model, x[:1], y[:1], CPU)
+    assert broken.precision == "fp32" and "no bf16 LSTM primitive" in broken.reason
+
+
+def test_no_native_bf16_means_fp32_without_a_probe(model_and_batch, monkeypatch):
+    model, x, y = model_and_batch
+    monkeypatch.setattr(P, "native_bf16", lambda device: (False, "this CPU has no native bf16"))
+    monkeypatch.setattr(P, "_measure", lambda *a: pytest.fail("measured where nothing can win"))
+    choice = P.choose_precision("auto", model, x, y, CPU)
+    assert (choice.precision, choice.how, choice.reason) == ("fp32", "rule", "this CPU has no native bf16")
+    assert P.choose_precision("fp32", model, x, y, CPU).how == "forced"
+
+
+def test_the_real_probe_leaves_model_and_rng_alone(model_and_batch, monkeypatch):
+    model, x, y = model_and_batch
+    monkeypatch.setattr(P, "native_bf16", lambda device: (True, ""))
+    monkeypatch.setattr(P, "BUDGET", 0.2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    choice = P.choose_precision("auto", model, x, y, CPU)  # real steps; bf16 may or may not run on this CPU
+    assert choice.how == "measured" and choice.precision in ("fp32", "bf16")
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    entry = json.loads((P.cache_root() / P.CACHE_FILE).read_text())
+    assert any(e["precision"] == choice.precision and P.machine_name(CPU) in k for k, e in entry.items())
+
+
+def test_auto_is_reported_and_a_seeded_run_trains_as_its_forced_choice(tmp_path):
+    text = make_text(300, seed=6)
+    events = []
+    auto = Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL),
+                   TrainConfig(out=str(tmp_path), name="auto", **{**TINY_TRAIN, "max_steps": 20}),
+                   lambda kind, info: events.append((kind, info)))
+    auto.fit()
+    start = next(info for kind, info in events if kind == "start")
+    chosen = start["precision_choice"]
+    assert chosen["precision"] == start["precision"] == auto.precision and chosen["how"] != "forced"
+    forced = train(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL),
+                   TrainConfig(out=str(tmp_path), name="forced", precision=chosen["precision"],
+                               **{**TINY_TRAIN, "max_steps": 20}))
+    a = torch.load(tmp_path / "auto" / "last.pt", weights_only=True)["model"]
+    b = torch.load(forced.run_dir / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the probe changed nothing but the precision
+
+
+@pytest.mark.skipif(bf16_trains_here(), reason="bf16 trains on this CPU, so there is no error to show")
+def test_forced_bf16_where_it_cannot_run_is_one_line(tmp_path):
+    (tmp_path / "a.txt").write_text(make_text(200), encoding="utf-8")
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "a.txt"), "--out", str(tmp_path / "runs"), "--precision",
+                                 "bf16", "--max-steps", "2", "--hidden", "16", "--embed", "8", "-q"])
+    one_line_error(r, 1, "--precision bf16 cannot train this model on this CPU", "use --precision fp32 or auto")
