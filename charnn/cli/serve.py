@@ -29,8 +29,8 @@ def serve(
     max_tokens_limit: Annotated[int, typer.Option(help="The largest max_tokens (characters) a request may "
                                                        "ask for.")] = 4096,
     max_body_bytes: Annotated[int, typer.Option(help="The largest request body (413 beyond it).")] = 1 << 20,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's "
-                                                        "choice).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: all cores "
+                                                        "but one, at least one).")] = None,
     device: Device = "auto",
 ):
     """Serve models over HTTP: OpenAI's /v1/completions (streaming, continuous batching) and a playground at /."""

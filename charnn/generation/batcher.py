@@ -72,7 +72,6 @@ class Row:
     """One live continuation: its settings and where it has got to."""
 
     spec: RowSpec
-    token: int  # the next input token
     decoder: object
     cut: StopCut
     noise: Optional[Noise]  # None: greedy
@@ -93,21 +92,31 @@ class Batcher:
         self.vocab = model.config.vocab_size
         self.banned = [] if tokenizer.unk_id is None else [tokenizer.unk_id]
         self.rows: List[Row] = []  # live rows, rows[i].slot == i
-        self.steppers: Dict[int, FastStepper] = {}
-        self.stepper = self._stepper(1)
+        self.steppers: Dict[int, Tuple[FastStepper, torch.Tensor]] = {}  # size -> (stepper, its input tokens)
+        self.stepper, self.tokens = self._stepper(1)
         self.zeros = torch.zeros(1, self.vocab, device=device)
+        self.plan: Optional[tuple] = None  # per-row draw settings as tensors, rebuilt when rows change
 
     @property
     def active(self) -> int:
         return len(self.rows)
 
-    def _stepper(self, size: int) -> FastStepper:
+    def _stepper(self, size: int) -> Tuple[FastStepper, torch.Tensor]:
         if size not in self.steppers:
-            try:
-                self.steppers[size] = FastStepper(self.model, size, 1.0, self.banned)
-            except NotImplementedError:
-                raise CharnnError("continuous batching covers charnn's LSTM, GRU and RNN models only") from None
+            with torch.inference_mode(False):  # buffers that later steps update in place, in or out of inference mode
+                try:
+                    stepper = FastStepper(self.model, size, 1.0, self.banned)
+                except NotImplementedError:
+                    raise CharnnError("continuous batching covers charnn's LSTM, GRU and RNN models only") from None
+                self.steppers[size] = stepper, torch.zeros(size, dtype=torch.long, device=self.device)
         return self.steppers[size]
+
+    def warm(self) -> None:
+        """Build every stepper size up to the capacity now, so rows joining later do not wait for one."""
+        size = 1
+        while size < self.capacity:
+            size *= 2
+            self._stepper(size)
 
     def _resize(self, n: int) -> None:
         """Use the smallest power-of-two stepper that holds n rows (shrinking only below a quarter), moving the
@@ -119,11 +128,12 @@ class Batcher:
             size = max(1, 1 << max(0, n - 1).bit_length())
         if size == self.stepper.B:
             return
-        new, old, k = self._stepper(size), self.stepper, min(self.active, size)
+        (new, tokens), old, k = self._stepper(size), self.stepper, min(self.active, size)
         new.hs[:k].copy_(old.hs[:k])
         for l in range(new.L if new.c is not None else 0):
             new.c[l][:k].copy_(old.c[l][:k])
-        self.stepper = new
+        tokens[:k].copy_(self.tokens[:k])
+        self.stepper, self.tokens = new, tokens
 
     @torch.inference_mode()
     def add(self, spec: RowSpec, tag: object = None) -> Row:
@@ -137,7 +147,7 @@ class Batcher:
             ids, allowed, skip = heal(self.tokenizer, ids)
         ids = ids or start_ids(self.tokenizer, "")
         greedy = spec.temperature == 0
-        row = Row(spec, ids[-1], self.tokenizer.decoder(skip) if skip else self.tokenizer.decoder(),
+        row = Row(spec, self.tokenizer.decoder(skip) if skip else self.tokenizer.decoder(),
                   StopCut(spec.stop), None if greedy else Noise(1, self.vocab, spec.seed, self.device),
                   allowed, remaining=spec.length, tag=tag)
         if spec.length <= 0:
@@ -147,6 +157,8 @@ class Batcher:
         row.slot = self.active
         self.rows.append(row)
         self._load(row.slot, ids[:-1])
+        self.tokens[row.slot] = ids[-1]  # the prompt's last token is the row's first input
+        self.plan = None
         return row
 
     def _load(self, slot: int, ids: List[int]) -> None:
@@ -175,9 +187,11 @@ class Batcher:
             st.hs[i].copy_(st.hs[j])
             for c in st.c or []:
                 c[i].copy_(c[j])
+            self.tokens[i] = self.tokens[j]
             last.slot = i
             self.rows[i] = last
         row.slot = -1
+        self.plan = None
         self._resize(self.active)
 
     @torch.inference_mode()
@@ -187,13 +201,13 @@ class Batcher:
         rows, n = self.rows, self.active
         if not n:
             return []
-        st = self.stepper
-        tokens = torch.tensor([r.token for r in rows] + [0] * (st.B - n), dtype=torch.long, device=self.device)
-        logits = st.step(tokens)[:n]
-        ids = self._draw(logits, rows).tolist()
+        logits = self.stepper.step(self.tokens)[:n]  # (n, V); rows past n are idle slots
+        drawn = self._draw(logits, rows)
+        self.tokens[:n].copy_(drawn)
         out = []
-        for row, tok in zip(list(rows), ids):
-            row.token, row.tokens, row.allowed = tok, row.tokens + 1, None
+        for row, tok in zip(list(rows), drawn.tolist()):
+            row.tokens += 1
+            row.allowed = None
             text = row.decoder.push([tok])[: row.remaining]
             row.remaining -= len(text)
             piece = row.cut.feed(text)
@@ -209,24 +223,37 @@ class Batcher:
                 self.remove(row)
         return out
 
-    def _draw(self, logits: torch.Tensor, rows: List[Row]) -> torch.Tensor:
-        """(n, V) logits -> (n,) ids, each row by its own temperature, filters and noise."""
-        temps = torch.tensor([r.spec.temperature or 1.0 for r in rows], device=self.device)
-        x = logits / temps[:, None]
+    def _plan(self, rows: List[Row]) -> tuple:
+        """The rows' draw settings as tensors: (n, 1) temperatures (None: all 1), filter groups, whether any
+        row heals; made again only after rows joined or left."""
+        temps = [r.spec.temperature or 1.0 for r in rows]
+        scale = None if all(t == 1.0 for t in temps) else torch.tensor(temps, device=self.device)[:, None]
         groups: Dict[tuple, List[int]] = {}
         for i, r in enumerate(rows):
             if r.spec.top_k is not None or r.spec.top_p is not None:
                 groups.setdefault((r.spec.top_k, r.spec.top_p), []).append(i)
-        for (k, p), idx in groups.items():
-            if len(idx) == len(rows):
+        filters = [(k, p, None if len(idx) == len(rows) else torch.tensor(idx, device=self.device))
+                   for (k, p), idx in groups.items()]
+        return scale, filters
+
+    def _draw(self, logits: torch.Tensor, rows: List[Row]) -> torch.Tensor:
+        """(n, V) logits -> (n,) ids, each row by its own temperature, filters and noise."""
+        if self.plan is None:
+            self.plan = self._plan(rows)
+        scale, filters = self.plan
+        x = logits / scale if scale is not None else logits.clone()
+        for k, p, at in filters:
+            if at is None:
                 x = filter_logits(x, k, p)
             else:
-                at = torch.tensor(idx, device=self.device)
                 x[at] = filter_logits(x[at], k, p)
         for i, r in enumerate(rows):
             if r.allowed is not None:  # token healing: the first draw completes the piece taken back
                 outside = torch.ones(self.vocab, dtype=torch.bool, device=self.device)
                 outside[torch.from_numpy(r.allowed).to(self.device)] = False
                 x[i, outside] = float("-inf")
-        noise = torch.cat([r.noise.next() if r.noise is not None else self.zeros for r in rows])
+        if len(rows) == 1:
+            noise = rows[0].noise.next() if rows[0].noise is not None else self.zeros
+        else:
+            noise = torch.cat([r.noise.next() if r.noise is not None else self.zeros for r in rows])
         return torch.argmax(x.add_(noise), dim=-1)

@@ -22,7 +22,7 @@ class ServeConfig:
     max_tokens_limit: int = 4096  # the largest max_tokens (characters) a request may ask for
     max_body_bytes: int = 1 << 20  # the largest request body (413 beyond it)
     device: str = "auto"  # auto, cpu, cuda or mps
-    threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
+    threads: Optional[int] = None  # CPU threads for torch (default: all cores but one, at least one)
 
     def validate(self) -> "ServeConfig":
         problems = []

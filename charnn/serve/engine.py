@@ -54,6 +54,7 @@ class Engine:
     def __init__(self, model: Model, max_batch: int = 64, max_queue: int = 64):
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
         self.batcher = model.batcher(max_batch)
+        self.batcher.warm()
         self.cond = threading.Condition()
         self.waiting: Deque[Job] = deque()
         self.cancels: List[Job] = []

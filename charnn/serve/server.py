@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Callable, Dict, Optional, Sequence
 
 from charnn.api.model import Model, load
 from charnn.errors import CharnnError
 from charnn.serve.config import ServeConfig
+
+# The generation thread holds the GIL between torch calls; the event loop waits for it up to this long (Python's
+# default is 5 ms, which shows up as that much latency on every request the loop handles while the batch runs).
+SWITCH_INTERVAL = 0.0005
 
 
 def load_models(paths: Sequence[Optional[str]], device: str = "auto") -> Dict[str, Model]:
@@ -23,6 +29,13 @@ def load_models(paths: Sequence[Optional[str]], device: str = "auto") -> Dict[st
     return models
 
 
+def default_threads() -> int:
+    """torch's CPU threads: all cores but one (which the HTTP side needs), at least one. On a busy 2-core machine,
+    two threads were several times slower than one (benchmarks/SERVING.md)."""
+    import torch
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1))
+
+
 def serve(models: Dict[str, Model], cfg: ServeConfig, on_ready: Optional[Callable[[str], None]] = None) -> None:
     """Serve until interrupted; `on_ready(url)` is called once the socket listens."""
     import torch
@@ -31,8 +44,8 @@ def serve(models: Dict[str, Model], cfg: ServeConfig, on_ready: Optional[Callabl
     from charnn.serve.app import create_app
 
     cfg.validate()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or default_threads())
+    sys.setswitchinterval(SWITCH_INTERVAL)
     app = create_app(models, cfg)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=3)
