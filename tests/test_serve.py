@@ -271,3 +271,34 @@ def test_a_non_loopback_bind_without_a_key_is_refused(trained_run):
     from charnn.cli import app
     r = CliRunner().invoke(app, ["serve", str(trained_run.run_dir), "--host", "0.0.0.0", "--port", "1"])
     one_line_error(r, 2, "--api-key", "0.0.0.0")
+
+
+def test_a_failing_generation_step_fails_its_requests_and_the_engine_carries_on(trained_run, monkeypatch):
+    import asyncio
+
+    import charnn
+    from charnn.generation.batcher import RowSpec
+    from charnn.serve.engine import FAILED, Engine, Job
+
+    engine = Engine(charnn.load(trained_run.run_dir, device="cpu"), max_batch=4, max_queue=4)
+
+    async def run(specs):
+        job = Job(specs, asyncio.get_running_loop())
+        engine.submit(job)
+        updates = []
+        while not any(u[2] for u in updates):
+            updates += await asyncio.wait_for(job.updates.get(), 60)
+        return updates
+
+    try:
+        real = engine.batcher.step
+        monkeypatch.setattr(engine.batcher, "step", lambda: 1 / 0)
+        failed = asyncio.run(run([RowSpec("the", 50, seed=1)]))
+        assert failed[-1][0] == -1 and failed[-1][2] == FAILED and "ZeroDivisionError" in failed[-1][1]
+        assert engine.batcher.active == 0 and engine.rows_reserved == 0
+        monkeypatch.setattr(engine.batcher, "step", real)
+        done = asyncio.run(run([RowSpec("the", 5, seed=1)]))  # the next request is served as usual
+        assert "".join(u[1] for u in done) == charnn.load(trained_run.run_dir, device="cpu").generate(
+            "the", length=5, seed=1) and done[-1][2] == "length"
+    finally:
+        engine.close()

@@ -22,7 +22,7 @@ from charnn.api.model import Model
 from charnn.api.params import ParamError
 from charnn.serve import protocol as p
 from charnn.serve.config import ServeConfig
-from charnn.serve.engine import Busy, Engine, Job
+from charnn.serve.engine import FAILED, Busy, Engine, Job
 
 DISCONNECT_POLL = 0.5  # seconds between checks that a non-streaming client is still there
 
@@ -138,7 +138,12 @@ class Server:
             if echoes:
                 yield p.sse(p.completion(req, name, [p.choice(i, t, None) for i, t in enumerate(echoes)], None))
             while left:
-                choices = _merge(await job.updates.get())
+                batch = await job.updates.get()
+                if batch and batch[-1][2] == FAILED:  # the status line is sent: say it in the stream, then stop
+                    left = 0
+                    yield p.sse(p.error_body(batch[-1][1], "server_error"))
+                    break
+                choices = _merge(batch)
                 left -= sum(1 for c in choices if c["finish_reason"])
                 yield p.sse(p.completion(req, name, choices, None))
             if req.include_usage:
@@ -161,6 +166,9 @@ class Server:
                         return Response(status_code=499)
                     continue
                 for i, piece, reason in batch:
+                    if reason == FAILED:
+                        left = 0
+                        return error(500, piece, kind="server_error")
                     texts[i] += piece
                     if reason:
                         finish[i], left = reason, left - 1

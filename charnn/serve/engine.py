@@ -21,6 +21,7 @@ from charnn.generation.batcher import Row, RowSpec
 
 FLUSH_SECONDS = 0.02  # hand each request the text made in at most this long
 Update = Tuple[int, str, Optional[str]]  # (choice index, new text, finish_reason or None)
+FAILED = "error"  # the finish_reason of an update (index -1) that says generation failed; its text says why
 
 
 class Busy(Exception):
@@ -99,7 +100,7 @@ class Engine:
         self.thread.join(timeout=5)
 
     def _run(self) -> None:
-        last_flush = time.perf_counter()
+        self.last_flush = time.perf_counter()
         with torch.inference_mode():
             while True:
                 with self.cond:
@@ -109,22 +110,39 @@ class Engine:
                         return
                     cancels, self.cancels = self.cancels, []
                     joining = self._admit()
-                for job in cancels:
-                    self._drop(job)
-                for job in joining:
-                    self._start(job)
-                for row, piece in self.batcher.step():
-                    self._record(row, piece)
-                now = time.perf_counter()
-                due = now - last_flush >= FLUSH_SECONDS
-                for job in list(self.live.values()):
-                    if due or not job.first_sent or job.open == 0:
-                        job.first_sent = job.first_sent or bool(job.outbox)
-                        job.deliver()
-                    if job.open == 0 or job.cancelled:
-                        self._finish(job)
-                if due:
-                    last_flush = now
+                try:
+                    self._turn(cancels, joining)
+                except Exception as e:  # a bug, or memory ran out: fail the requests in flight, keep serving
+                    self._fail(joining, f"generation failed: {type(e).__name__}: {e}")
+
+    def _turn(self, cancels: List[Job], joining: List[Job]) -> None:
+        """Drop the cancelled, start the joining, step the batch once, hand out what is due."""
+        for job in cancels:
+            self._drop(job)
+        for job in joining:
+            self._start(job)
+        for row, piece in self.batcher.step():
+            self._record(row, piece)
+        now = time.perf_counter()
+        due = now - self.last_flush >= FLUSH_SECONDS
+        for job in list(self.live.values()):
+            if due or not job.first_sent or job.open == 0:
+                job.first_sent = job.first_sent or bool(job.outbox)
+                job.deliver()
+            if job.open == 0 or job.cancelled:
+                self._finish(job)
+        if due:
+            self.last_flush = now
+
+    def _fail(self, joining: List[Job], message: str) -> None:
+        """Tell every job in flight (FAILED as its finish_reason, the message as its text) and empty the batch."""
+        for job in {id(j): j for j in [*self.live.values(), *joining]}.values():
+            job.outbox = [(-1, message, FAILED)]
+            job.deliver()
+            self.live.setdefault(id(job), job)
+            self._finish(job)
+        for row in list(self.batcher.rows):
+            self.batcher.remove(row)
 
     def _admit(self) -> List[Job]:
         """Jobs that leave the queue now (cancelled ones are dropped), in order, while the batch has room."""
