@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import platform
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from charnn.device import cpu_name  # noqa: E402  the CPU model name, for the hardware line of a table
 
-def cpu_name() -> str:
-    """The CPU's model name, for the hardware line of a results table."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+__all__ = ["cpu_name"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import platform
 import sys
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -34,6 +36,17 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise CharnnError("--device mps was asked for but Apple MPS is not available; use --device cpu or auto")
         return torch.device("mps")
     raise ConfigError(f"unknown --device {name!r}; choose auto, cpu, cuda or mps")
+
+
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), for results tables and for keys of per-machine decisions."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def default_batch_size(device: torch.device) -> int:

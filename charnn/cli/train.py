@@ -48,9 +48,10 @@ def train(
                                                   "(0: all of them).")] = 1_000_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1337,
     device: Device = "auto",
-    precision: Annotated[str, typer.Option(help=f"Autocast precision: {', '.join(PRECISIONS)} (auto: bf16 on "
-                                                 "CUDA GPUs with bf16 and CPUs with AMX, else fp32; weights "
-                                                 "and checkpoints stay fp32).")] = "auto",
+    precision: Annotated[str, typer.Option(help=f"Autocast precision: {', '.join(PRECISIONS)} (auto: times a few "
+                                                 "training steps in fp32 and bf16 where the hardware has native "
+                                                 "bf16 and keeps the faster, remembered per machine and model "
+                                                 "shape; weights and checkpoints stay fp32).")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's choice).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model's training forward "
                                                             "(opt-in; see benchmarks/TRAINING.md for when it "

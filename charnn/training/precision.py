@@ -22,10 +22,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -33,7 +31,7 @@ import torch.nn.functional as F
 
 from charnn.data.cache import cache_root
 from charnn.data.files import write_atomic
-from charnn.device import autocast
+from charnn.device import autocast, cpu_name
 from charnn.errors import CharnnError, first_line
 
 CACHE_FILE = "precision.json"
@@ -174,15 +172,7 @@ def _device_kind(device: torch.device) -> str:
 
 def machine_name(device: torch.device) -> str:
     """The processor that runs training: the GPU's name, or the CPU's model name."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def _key(model, x, device, threads) -> str:
