@@ -154,3 +154,15 @@ def test_the_readme_example_runs_as_written(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("\n") >= 2 and "bits/char" in r.stdout, r.stdout
+
+
+def test_a_subword_model_heals_the_prompt_as_charnn_sample_does(tmp_path):
+    (tmp_path / "notes.txt").write_text(make_text(400, seed=3), encoding="utf-8")
+    run = charnn.train(str(tmp_path / "notes.txt"), out=str(tmp_path / "runs"), tokenizer="bpe", vocab_size=300,
+                       hidden=32, embed=8, batch_size=4, seq_len=16, max_steps=20, eval_every=20, device="cpu")
+    model = charnn.load(run.run_dir, device="cpu")
+    for prompt in ("the ca", "the cat sat on", "b"):  # cut mid-word: the last piece is taken back and completed
+        cfg = SampleConfig(length=120, prime=prompt)
+        sampled = "".join(Sampler(model.net, model.tokenizer, cfg, model.device, 5))
+        got = model.generate(prompt, length=120, seed=5)
+        assert len(got) == 120 and sampled == prompt + got

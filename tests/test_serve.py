@@ -231,6 +231,11 @@ def test_a_disconnected_client_frees_its_row(server, trained_run):
     _wait_for(lambda: server.health()["active_rows"] == 0, "the rows were freed after the client left")
 
 
+def test_no_cors_headers_unless_asked_for(server):
+    _, headers, _ = server.request("GET", "/v1/models", headers={"Origin": "http://app.test"})
+    assert not any(h.lower().startswith("access-control-") for h in headers)
+
+
 def test_the_playground_page_is_self_contained(server):
     status, headers, raw = server.request("GET", "/")
     page = raw.decode()
@@ -243,8 +248,14 @@ def test_the_playground_page_is_self_contained(server):
 
 def test_a_key_guards_everything_but_health_and_a_full_server_answers_503(trained_run):
     s = Served(trained_run.run_dir, "--api-key", "sesame", "--max-batch", "1", "--max-queue", "0",
-               "--max-tokens-limit", "1000000", host="0.0.0.0")
+               "--max-tokens-limit", "1000000", "--cors-origin", "http://app.test", f"second={trained_run.run_dir / 'last.pt'}", host="0.0.0.0")
     try:
+        preflight = {"Origin": "http://app.test", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization,content-type"}
+        status, headers, _ = s.request("OPTIONS", "/v1/completions", headers=preflight)
+        assert status == 200 and headers["access-control-allow-origin"] == "http://app.test"
+        status, headers, _ = s.request("OPTIONS", "/v1/completions", headers={**preflight, "Origin": "http://evil.test"})
+        assert "access-control-allow-origin" not in headers
         with pytest.raises(openai.AuthenticationError):
             s.client("wrong").models.list()
         status, _, raw = s.request("POST", "/v1/completions", {"prompt": "the"})
@@ -252,6 +263,8 @@ def test_a_key_guards_everything_but_health_and_a_full_server_answers_503(traine
         assert s.health()["status"] == "ok"  # /health stays open
         client = s.client("sesame")
         served = name(trained_run)
+        assert [m.id for m in client.models.list().data] == [served, "second"]  # several models, by name
+        assert len(client.completions.create(model="second", prompt="the", max_tokens=7).choices[0].text) == 7
         assert client.completions.create(model=served, prompt="the", max_tokens=5).choices[0].finish_reason == "length"
         stream = client.completions.create(model=served, prompt="the", max_tokens=1000000, stream=True)  # minutes
         next(iter(stream))  # the one row is taken
@@ -302,3 +315,13 @@ def test_a_failing_generation_step_fails_its_requests_and_the_engine_carries_on(
             "the", length=5, seed=1) and done[-1][2] == "length"
     finally:
         engine.close()
+
+
+def test_served_names_come_from_run_folders_or_name_equals_path(trained_run):
+    from charnn.errors import CharnnError
+    from charnn.serve.server import load_models
+
+    run = trained_run.run_dir
+    assert list(load_models([str(run), f"b={run / 'last.pt'}"], "cpu")) == [run.name, "b"]
+    with pytest.raises(CharnnError, match="NAME=PATH"):
+        load_models([str(run), str(run / "best.pt")], "cpu")

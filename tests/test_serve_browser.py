@@ -92,7 +92,7 @@ class DevTools:
 
 
 def test_type_a_prompt_press_generate_and_see_text_arrive(trained_run, tmp_path):
-    server = Served(trained_run.run_dir)
+    server = Served(trained_run.run_dir, "--max-tokens-limit", "1000000")
     browser = DevTools(tmp_path / "profile")
     try:
         target = browser.call("Target.createTarget", url=server.url + "/")["targetId"]
@@ -117,6 +117,17 @@ def test_type_a_prompt_press_generate_and_see_text_arrive(trained_run, tmp_path)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "playground.png").write_bytes(shot)
         assert shot.startswith(b"\x89PNG") and len(shot) > 10_000
+
+        browser.js("document.getElementById('length').value = '1000000'")  # minutes of text, unless stopped
+        browser.click("#go")
+        browser.wait_for("document.getElementById('out').textContent.length > 20", "the second text arriving")
+        browser.click("#stop")
+        browser.wait_for("document.getElementById('status').textContent.includes('(stopped)')", "the stop")
+        deadline = time.time() + 30
+        while server.health()["active_rows"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert server.health()["active_rows"] == 0  # Stop closed the stream and the server freed the row
+        assert len(browser.js("document.getElementById('out').textContent")) < len("the cat") + 1000000
     finally:
         browser.close()
         server.close()

@@ -136,13 +136,13 @@ class Engine:
 
     def _fail(self, joining: List[Job], message: str) -> None:
         """Tell every job in flight (FAILED as its finish_reason, the message as its text) and empty the batch."""
-        for job in {id(j): j for j in [*self.live.values(), *joining]}.values():
-            job.outbox = [(-1, message, FAILED)]
-            job.deliver()
-            self.live.setdefault(id(job), job)
-            self._finish(job)
         for row in list(self.batcher.rows):
             self.batcher.remove(row)
+        for job in {id(j): j for j in [*self.live.values(), *joining]}.values():
+            self.live.setdefault(id(job), job)
+            self._finish(job)  # its rows are free before it hears of the failure
+            job.outbox = [(-1, message, FAILED)]
+            job.deliver()
 
     def _admit(self) -> List[Job]:
         """Jobs that leave the queue now (cancelled ones are dropped), in order, while the batch has room."""
