@@ -325,3 +325,16 @@ def test_served_names_come_from_run_folders_or_name_equals_path(trained_run):
     assert list(load_models([str(run), f"b={run / 'last.pt'}"], "cpu")) == [run.name, "b"]
     with pytest.raises(CharnnError, match="NAME=PATH"):
         load_models([str(run), str(run / "best.pt")], "cpu")
+
+
+def test_a_taken_port_is_one_line(trained_run):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from charnn.cli import app
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        r = CliRunner().invoke(app, ["serve", str(trained_run.run_dir), "--port", str(taken.getsockname()[1])])
+    one_line_error(r, 1, "in use", "--port")

@@ -37,7 +37,7 @@ def serve(
     with user_errors():
         try:
             from charnn.serve.config import ServeConfig
-            from charnn.serve.server import load_models, serve as run
+            from charnn.serve.server import listen, load_models, serve as run
         except ImportError as e:
             from charnn.errors import CharnnError
             raise CharnnError(f"charnn serve needs the serve extra ({e.name} is missing): "
@@ -46,8 +46,9 @@ def serve(
                           cors_origins=tuple(cors_origin or ()), max_batch=max_batch, max_queue=max_queue,
                           max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes, device=device,
                           threads=threads).validate()
+        sock = listen(cfg.host, cfg.port)  # first: a taken port is one line, before any loading
         models = load_models(checkpoints or [], cfg.device)
         for name, model in models.items():
             err.print(f"model {name!r}: {model.path} on {model.device}", markup=False)
-        run(models, cfg, on_ready=lambda url: err.print(f"serving on {url} (playground at {url}/; Ctrl-C stops)",
+        run(models, cfg, sock=sock, on_ready=lambda url: err.print(f"serving on {url} (playground at {url}/; Ctrl-C stops)",
                                                         markup=False))

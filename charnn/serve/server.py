@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import sys
 from typing import Callable, Dict, Optional, Sequence
 
@@ -36,30 +38,49 @@ def default_threads() -> int:
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1))
 
 
-def serve(models: Dict[str, Model], cfg: ServeConfig, on_ready: Optional[Callable[[str], None]] = None) -> None:
-    """Serve until interrupted; `on_ready(url)` is called once the socket listens."""
+def serve(models: Dict[str, Model], cfg: ServeConfig, on_ready: Optional[Callable[[str], None]] = None,
+          sock: Optional[socket.socket] = None) -> None:
+    """Serve until interrupted on `sock` (default: a new one on cfg.host:cfg.port); `on_ready(url)` is called
+    once the server is up."""
     import torch
     import uvicorn
 
     from charnn.serve.app import create_app
 
     cfg.validate()
+    sock = sock or listen(cfg.host, cfg.port)
     torch.set_num_threads(cfg.threads or default_threads())
     sys.setswitchinterval(SWITCH_INTERVAL)
-    app = create_app(models, cfg)
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
-    if on_ready is not None:
-        original = server.startup
+    server = uvicorn.Server(uvicorn.Config(create_app(models, cfg), log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=3))
+    original = server.startup
 
-        async def startup(sockets=None):
-            await original(sockets)
-            if server.started:
-                host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-                on_ready(f"http://{host}:{cfg.port}")
+    async def startup(sockets=None):
+        await original(sockets)
+        if server.started and on_ready is not None:
+            host, port = sock.getsockname()[:2]
+            on_ready(f"http://{f'[{host}]' if ':' in host else host}:{port}")
 
-        server.startup = startup
-    server.run()
-    if not server.started:
-        raise CharnnError(f"could not listen on {cfg.host}:{cfg.port} (in use, or not an address of this machine)")
+    server.startup = startup
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free one); CharnnError when it cannot be had."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise CharnnError(f"--host {host!r} is not an address or name this machine can resolve ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        why = "the port is in use; pick another with --port" if e.errno == errno.EADDRINUSE else e.strerror
+        raise CharnnError(f"cannot listen on {host}:{port}: {why}") from None
+    return sock
