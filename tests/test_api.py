@@ -166,3 +166,20 @@ def test_a_subword_model_heals_the_prompt_as_charnn_sample_does(tmp_path):
         sampled = "".join(Sampler(model.net, model.tokenizer, cfg, model.device, 5))
         got = model.generate(prompt, length=120, seed=5)
         assert len(got) == 120 and sampled == prompt + got
+
+
+def test_calls_from_several_threads_and_abandoned_streams_do_not_mix(model):
+    import threading
+
+    want = {i: model.generate("the", length=150, seed=i) for i in range(4)}
+    stream = model.stream("a dog", length=500, seed=9)
+    next(stream)
+    stream.close()  # abandoned half-way: its rows leave, its batcher is reused
+    got = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, model.generate("the", length=150, seed=i)))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want and model.generate("the", length=150, seed=0) == want[0]

@@ -8,6 +8,7 @@ all its clients; here the batch holds this call's `n` continuations. Scoring is 
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -28,6 +29,8 @@ class Model:
         self.net, self.tokenizer, self.device, self.path = model.eval(), tokenizer, device, Path(path)
         self.name = self.path.parent.name if self.path.name in ("best.pt", "last.pt") else self.path.stem
         self._info: Optional[dict] = None
+        self._idle: Dict[int, List[Batcher]] = {}  # batchers between calls, by row count
+        self._lock = threading.Lock()
         self._created = int(self.path.stat().st_mtime) if self.path.exists() else 0
         data = data or {}
         self.step, self.best_val_loss = data.get("step"), data.get("best_val_loss")
@@ -80,13 +83,28 @@ class Model:
             yield piece if n == 1 else (i, piece)
 
     def _pieces(self, p: GenerationParams) -> Iterator[Tuple[int, str]]:
-        batcher = Batcher(self.net, self.tokenizer, self.device, capacity=p.n)
-        for i, spec in enumerate(p.rows()):
-            batcher.add(spec, tag=i)
-        while batcher.active:
-            for row, piece in batcher.step():
-                if piece:
-                    yield row.tag, piece
+        batcher = self._take(p.n)
+        try:
+            for i, spec in enumerate(p.rows()):
+                batcher.add(spec, tag=i)
+            while batcher.active:
+                for row, piece in batcher.step():
+                    if piece:
+                        yield row.tag, piece
+        finally:  # also when a stream is abandoned half-way: the rows leave, the batcher is kept for the next call
+            for row in list(batcher.rows):
+                batcher.remove(row)
+            with self._lock:
+                self._idle.setdefault(p.n, []).append(batcher)
+
+    def _take(self, n: int) -> Batcher:
+        """An idle batcher of n rows (its weights laid out already: that takes ~6 ms for the default model), or
+        a new one; each call has its own, so calls from several threads do not share state."""
+        with self._lock:
+            idle = self._idle.get(n)
+            if idle:
+                return idle.pop()
+        return Batcher(self.net, self.tokenizer, self.device, capacity=n)
 
     def score(self, text: str) -> EvalResult:
         """What `charnn eval` reports for `text`: nats and bits per character, perplexity, counts."""
