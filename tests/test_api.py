@@ -63,14 +63,14 @@ def test_rows_joining_and_leaving_do_not_change_a_rows_text(model):
     assert len(text) == 120 and row.finish_reason == "length"
 
     b = Batcher(model.net, model.tokenizer, model.device, capacity=16)
-    early = [b.add(RowSpec("a dog", length=30, seed=s)) for s in range(3)]  # leave after 30 steps
+    early = [b.add(RowSpec("a dog", length=30, seed=s)) for s in range(3)]  # leave after 30 tokens
     mine, got = None, ""
     for step in range(200):
-        if step == 10:
+        if step == 3:
             mine = b.add(RowSpec("the cat", length=120, seed=3))  # joins a running batch
-        if step == 20:
+        if step == 5:
             late = [b.add(RowSpec("", length=50, seed=s, temperature=0.5, top_k=3)) for s in range(9)]  # grows it
-        got += "".join(piece for r, piece in b.step() if r is mine)
+        got += "".join(piece for r, piece in b.step(1 + step % 8) if r is mine)  # 1 to 8 tokens a call
         if not b.active:
             break
     assert got == text and mine.finish_reason == "length"

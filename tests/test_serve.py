@@ -305,7 +305,7 @@ def test_a_failing_generation_step_fails_its_requests_and_the_engine_carries_on(
 
     try:
         real = engine.batcher.step
-        monkeypatch.setattr(engine.batcher, "step", lambda: 1 / 0)
+        monkeypatch.setattr(engine.batcher, "step", lambda tokens=1: 1 / 0)
         failed = asyncio.run(run([RowSpec("the", 50, seed=1)]))
         assert failed[-1][0] == -1 and failed[-1][2] == FAILED and "ZeroDivisionError" in failed[-1][1]
         assert engine.batcher.active == 0 and engine.rows_reserved == 0

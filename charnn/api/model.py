@@ -19,7 +19,7 @@ from charnn.api.params import GenerationParams, ParamError
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from charnn.device import resolve_device
 from charnn.evaluate import EvalResult, evaluate_text
-from charnn.generation.batcher import Batcher, Row
+from charnn.generation.batcher import BLOCK, Batcher, Row
 
 
 class Model:
@@ -88,7 +88,7 @@ class Model:
             for i, spec in enumerate(p.rows()):
                 batcher.add(spec, tag=i)
             while batcher.active:
-                for row, piece in batcher.step():
+                for row, piece in batcher.step(BLOCK):
                     if piece:
                         yield row.tag, piece
         finally:  # also when a stream is abandoned half-way: the rows leave, the batcher is kept for the next call

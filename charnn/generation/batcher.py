@@ -26,6 +26,7 @@ from charnn.generation.sampler import heal, start_ids
 from charnn.models.stepper import FastStepper
 
 MAX_STOPS = 4  # stop strings per row, as OpenAI's API allows
+BLOCK = 8  # the most tokens one `step` call draws per row
 
 
 @dataclass
@@ -94,7 +95,9 @@ class Batcher:
         self.rows: List[Row] = []  # live rows, rows[i].slot == i
         self.steppers: Dict[int, Tuple[FastStepper, torch.Tensor]] = {}  # size -> (stepper, its input tokens)
         self.stepper, self.tokens = self._stepper(1)
-        self.zeros = torch.zeros(1, self.vocab, device=device)
+        self.noise = torch.zeros(BLOCK, capacity, self.vocab, device=device)  # this block's noise, row by row
+        self.drawn = torch.zeros(BLOCK, capacity, dtype=torch.long, device=device)  # this block's draws
+        self.healing = False  # a row's first draw is limited to the pieces that complete its prompt
         self.plan: Optional[tuple] = None  # per-row draw settings as tensors, rebuilt when rows change
 
     @property
@@ -158,6 +161,7 @@ class Batcher:
         self.rows.append(row)
         self._load(row.slot, ids[:-1])
         self.tokens[row.slot] = ids[-1]  # the prompt's last token is the row's first input
+        self.healing = self.healing or allowed is not None
         self.plan = None
         return row
 
@@ -195,20 +199,25 @@ class Batcher:
         self._resize(self.active)
 
     @torch.inference_mode()
-    def step(self) -> List[Tuple[Row, str]]:
-        """One token for every live row: (row, new text) for each row that produced text or finished (then
-        `row.finish_reason` is set and the row has left the batch)."""
+    def step(self, tokens: int = 1) -> List[Tuple[Row, str]]:
+        """Up to `tokens` tokens for every live row (fewer when a row needs fewer characters, or heals):
+        (row, new text) for each row that produced text or finished (then `row.finish_reason` is set and the
+        row has left the batch). Several tokens per call cost Python time once per row, not once per token."""
         rows, n = self.rows, self.active
         if not n:
             return []
-        logits = self.stepper.step(self.tokens)[:n]  # (n, V); rows past n are idle slots
-        drawn = self._draw(logits, rows)
-        self.tokens[:n].copy_(drawn)
+        k = 1 if self.healing else max(1, min(tokens, BLOCK, min(r.remaining for r in rows)))
+        noise = self._noise(rows, k)
+        for t in range(k):
+            logits = self.stepper.step(self.tokens)[:n]  # (n, V); rows past n are idle slots
+            self._draw(logits, rows, noise[t], self.drawn[t, :n])
+            self.tokens[:n].copy_(self.drawn[t, :n])
+        self.healing = False
         out = []
-        for row, tok in zip(list(rows), drawn.tolist()):
-            row.tokens += 1
+        for row, toks in zip(list(rows), self.drawn[:k, :n].t().tolist()):
+            row.tokens += k
             row.allowed = None
-            text = row.decoder.push([tok])[: row.remaining]
+            text = row.decoder.push(toks)[: row.remaining]
             row.remaining -= len(text)
             piece = row.cut.feed(text)
             if row.cut.done:
@@ -223,9 +232,19 @@ class Batcher:
                 self.remove(row)
         return out
 
+    def _noise(self, rows: List[Row], k: int) -> torch.Tensor:
+        """(k, n, V): each row's next k rows of its own Gumbel noise (zeros for greedy rows)."""
+        block = self.noise[:k, :len(rows)]
+        for i, r in enumerate(rows):
+            if r.noise is None:
+                block[:, i].zero_()
+            else:
+                r.noise.fill(block[:, i:i + 1])
+        return block
+
     def _plan(self, rows: List[Row]) -> tuple:
-        """The rows' draw settings as tensors: (n, 1) temperatures (None: all 1), filter groups, whether any
-        row heals; made again only after rows joined or left."""
+        """The rows' draw settings as tensors: (n, 1) temperatures (None: all 1) and filter groups; made again
+        only after rows joined or left."""
         temps = [r.spec.temperature or 1.0 for r in rows]
         scale = None if all(t == 1.0 for t in temps) else torch.tensor(temps, device=self.device)[:, None]
         groups: Dict[tuple, List[int]] = {}
@@ -236,8 +255,8 @@ class Batcher:
                    for (k, p), idx in groups.items()]
         return scale, filters
 
-    def _draw(self, logits: torch.Tensor, rows: List[Row]) -> torch.Tensor:
-        """(n, V) logits -> (n,) ids, each row by its own temperature, filters and noise."""
+    def _draw(self, logits: torch.Tensor, rows: List[Row], noise: torch.Tensor, out: torch.Tensor) -> None:
+        """(n, V) logits -> (n,) ids in `out`, each row by its own temperature, filters and (n, V) noise."""
         if self.plan is None:
             self.plan = self._plan(rows)
         scale, filters = self.plan
@@ -247,13 +266,10 @@ class Batcher:
                 x = filter_logits(x, k, p)
             else:
                 x[at] = filter_logits(x[at], k, p)
-        for i, r in enumerate(rows):
-            if r.allowed is not None:  # token healing: the first draw completes the piece taken back
-                outside = torch.ones(self.vocab, dtype=torch.bool, device=self.device)
-                outside[torch.from_numpy(r.allowed).to(self.device)] = False
-                x[i, outside] = float("-inf")
-        if len(rows) == 1:
-            noise = rows[0].noise.next() if rows[0].noise is not None else self.zeros
-        else:
-            noise = torch.cat([r.noise.next() if r.noise is not None else self.zeros for r in rows])
-        return torch.argmax(x.add_(noise), dim=-1)
+        if self.healing:
+            for i, r in enumerate(rows):
+                if r.allowed is not None:  # token healing: the first draw completes the piece taken back
+                    outside = torch.ones(self.vocab, dtype=torch.bool, device=self.device)
+                    outside[torch.from_numpy(r.allowed).to(self.device)] = False
+                    x[i, outside] = float("-inf")
+        torch.argmax(x.add_(noise), dim=-1, out=out)

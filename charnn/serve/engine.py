@@ -17,7 +17,7 @@ from typing import Deque, Dict, List, Optional, Tuple
 import torch
 
 from charnn.api.model import Model
-from charnn.generation.batcher import Row, RowSpec
+from charnn.generation.batcher import BLOCK, Row, RowSpec
 
 FLUSH_SECONDS = 0.02  # hand each request the text made in at most this long
 Update = Tuple[int, str, Optional[str]]  # (choice index, new text, finish_reason or None)
@@ -121,7 +121,7 @@ class Engine:
             self._drop(job)
         for job in joining:
             self._start(job)
-        for row, piece in self.batcher.step():
+        for row, piece in self.batcher.step(BLOCK):
             self._record(row, piece)
         now = time.perf_counter()
         due = now - self.last_flush >= FLUSH_SECONDS
