@@ -1,10 +1,10 @@
 """Continuous batching: rows (one per sampled continuation) join and leave one generation loop between steps.
 
 `Sampler` steps a fixed batch that starts and ends together; here every row has its own prompt, length,
-temperature, top-k/top-p, stop strings and seed, and the batch changes shape as rows come and go. Each
-`Batcher.step` feeds every live row's next input token through one FastStepper call, scales and filters each
-row's logits by its own settings, adds the row's own seeded Gumbel noise (`draw.Noise`, so a seed gives the
-same text whatever else is in the batch), and decodes per row. Live rows are kept packed at the front of the
+temperature, top-k/top-p, stop strings and seed, and the batch changes shape as rows come and go. Each token
+of a `Batcher.step` feeds every live row's next input token through one FastStepper call, scales and filters
+each row's logits by its own settings and adds the row's own seeded Gumbel noise (`draw.Noise`, so a seed gives
+the same text whatever else is in the batch); after a block of up to BLOCK tokens each row decodes its own. Live rows are kept packed at the front of the
 batch; the stepper is one of a few sizes (powers of two), swapped as the row count grows and shrinks, so one
 row does not pay for sixty-four.
 
