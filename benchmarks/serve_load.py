@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import cpu_name  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+MIN_REQUESTS = 32  # requests per level at least
 
 
 def random_default_model(folder: Path) -> Path:
@@ -94,7 +95,9 @@ async def one_request(port: int, body: dict) -> dict:
 
 
 async def level(port: int, clients: int, chars: int, rounds: int) -> dict:
-    """`clients` concurrent clients, each making `rounds` streaming requests of `chars` characters."""
+    """`clients` concurrent clients, each making `rounds` streaming requests of `chars` characters (more for
+    few clients: every level makes at least MIN_REQUESTS requests, so one client is not timed over 0.2 s)."""
+    rounds = max(rounds, -(-MIN_REQUESTS // clients))
     async def client(i: int):
         return [await one_request(port, {"prompt": "\n", "max_tokens": chars, "stream": True, "temperature": 0.8,
                                          "seed": 1000 * i + r}) for r in range(rounds)]
