@@ -19,7 +19,7 @@ from charnn.api.params import GenerationParams, ParamError
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from charnn.device import resolve_device
 from charnn.evaluate import EvalResult, evaluate_text
-from charnn.generation.batcher import BLOCK, Batcher, Row
+from charnn.generation.batcher import BLOCK, Batcher
 
 
 class Model:
@@ -148,4 +148,4 @@ def load(path_or_run: Optional[str] = None, device: str = "auto") -> Model:
     return Model(model, tokenizer, dev, path, data)
 
 
-__all__ = ["Model", "load", "Row"]
+__all__ = ["Model", "load"]
