@@ -1,7 +1,7 @@
 """`--precision auto` against the fixed choices, on this machine, in one run (issue 16).
 
-For each model shape it runs `charnn train` on tinyshakespeare in alternating rounds — auto, fp32, bf16 —
-each a fresh process with a fresh precision cache, for --steps steps, and reports:
+For each model shape it runs `charnn train` on tinyshakespeare in rounds of auto, fp32 and bf16 (auto and
+fp32 swap places every other round, so neither always goes first), each a fresh process with a fresh precision cache, for --steps steps, and reports:
   - what auto chose and why (config.json's `precision`: measured, rule, and the ratio it measured),
   - steady-state training chars/s of each (median of metrics.jsonl's chars/s after the first third),
   - auto / fp32 and bf16 / fp32 ratios from the same round (so a busy machine moves both alike),
@@ -73,7 +73,8 @@ def main() -> None:
         for shape in a.shapes:
             for r in range(a.rounds):
                 row = {"shape": shape, "round": r}
-                for precision in ("auto", "fp32", "bf16"):
+                order = ("auto", "fp32", "bf16") if r % 2 == 0 else ("fp32", "auto", "bf16")  # no order bias
+                for precision in order:
                     row[precision] = run(a.corpus, precision, SHAPES[shape], a.steps, Path(tmp) / f"{shape}-{r}")
                     print(f"{shape} round {r} {precision}: {row[precision]}", file=sys.stderr)
                 fp32 = row["fp32"].get("chars_per_s")
