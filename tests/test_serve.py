@@ -338,3 +338,13 @@ def test_a_taken_port_is_one_line(trained_run):
         taken.listen(1)
         r = CliRunner().invoke(app, ["serve", str(trained_run.run_dir), "--port", str(taken.getsockname()[1])])
     one_line_error(r, 1, "in use", "--port")
+
+
+@pytest.mark.parametrize("module", ["uvicorn", "starlette"])
+def test_without_the_serve_extra_it_is_one_line_naming_it(trained_run, module):
+    code = (f"import sys; sys.modules[{module!r}] = None; sys.argv = ['charnn', 'serve', {str(trained_run.run_dir)!r}]; "
+            "from charnn.cli import main; main()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == f"charnn: error: charnn serve needs the serve extra ({module} is missing): " \
+                               "pip install 'charnn[serve]'"

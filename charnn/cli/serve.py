@@ -36,6 +36,9 @@ def serve(
     """Serve models over HTTP: OpenAI's /v1/completions (streaming, continuous batching) and a playground at /."""
     with user_errors():
         try:
+            import starlette  # noqa: F401  the serve extra: checked here, since the server imports them late
+            import uvicorn  # noqa: F401
+
             from charnn.serve.config import ServeConfig
             from charnn.serve.server import listen, load_models, serve as run
         except ImportError as e:
