@@ -28,9 +28,9 @@ from common import cpu_name
 import charnn.models.stepper
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from charnn.config import ModelConfig, SampleConfig
+from charnn.generation.sampler import Sampler
 from charnn.models.int8 import weight_levels
 from charnn.models.lm import CharRNN
-from charnn.generation.sampler import Sampler
 from charnn.models.stepper import FastStepper
 from charnn.text.tokenizer import CharTokenizer
 

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint  # noqa: E402
 from charnn.config import ModelConfig, SampleConfig, TrainConfig  # noqa: E402
-from charnn.data.corpus import Corpus, read_text  # noqa: E402
 from charnn.data.batches import split_text  # noqa: E402
+from charnn.data.corpus import Corpus, read_text  # noqa: E402
 from charnn.evaluate import EvalResult  # noqa: E402
 from charnn.generation.sampler import generate  # noqa: E402
 from charnn.training.trainer import train  # noqa: E402

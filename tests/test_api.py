@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, make_text, subprocess_env
 from typer.testing import CliRunner
 
 import charnn
@@ -15,7 +16,6 @@ from charnn.config import SampleConfig
 from charnn.errors import CharnnError, ConfigError
 from charnn.generation.batcher import Batcher, RowSpec, StopCut
 from charnn.generation.sampler import Sampler
-from conftest import ROOT, make_text, subprocess_env
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,14 @@ import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import free_port, make_text, one_line_error
 from typer.testing import CliRunner
 
+from charnn.cli import app
 from charnn.data import catalog
 from charnn.data.cache import cache_root
-from charnn.cli import app
 from charnn.data.corpus import load_corpus
 from charnn.errors import CharnnError
-from conftest import free_port, make_text, one_line_error
 
 TEXT = make_text(200, seed=5).encode("utf-8")
 ZIPPED = io.BytesIO()

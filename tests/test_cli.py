@@ -155,6 +155,7 @@ def test_python_dash_m_help():
 ])
 def test_user_errors_turn_what_a_user_can_cause_into_one_line_and_an_exit_code(exc, code, says, capsys, monkeypatch):
     import typer
+
     from charnn.cli.output import user_errors
     monkeypatch.delenv("CHARNN_DEBUG", raising=False)
     with pytest.raises(typer.Exit) as info:

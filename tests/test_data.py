@@ -1,6 +1,5 @@
-import torch
-
 import pytest
+import torch
 
 from charnn.data.batches import StreamBatches, split_text
 from charnn.errors import CharnnError

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_text, one_line_error, subprocess_env
 from typer.testing import CliRunner
 
 import charnn.checkpoint
@@ -24,7 +25,6 @@ from charnn.cli import app
 from charnn.data import cache, catalog
 from charnn.errors import CharnnError
 from charnn.training.metrics import CONFIG_FILE, METRICS_FILE, MetricsLogger, read_metrics, write_text_atomic
-from conftest import make_text, one_line_error, subprocess_env
 
 runner = CliRunner()
 SMALL = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--device", "cpu",

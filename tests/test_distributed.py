@@ -17,18 +17,19 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import TINY_MODEL, free_port, make_text, subprocess_env, wait_for_save
 
+from charnn import evaluate
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
-from charnn.data.corpus import Corpus
 from charnn.data.batches import StreamBatches
-from charnn.training.distributed import Dist
+from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError
-from charnn import evaluate
 from charnn.evaluate import evaluate_text, score_ids
+from charnn.training.distributed import Dist
 from charnn.training.metrics import read_metrics
 from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted
-from conftest import TINY_MODEL, free_port, make_text, subprocess_env, wait_for_save
+
 
 # a rank left waiting by a bug fails the test in a minute instead of hanging for the default ten
 def env() -> dict:

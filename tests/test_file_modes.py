@@ -5,11 +5,11 @@ import os
 import stat
 
 import pytest
+from conftest import make_text
 from typer.testing import CliRunner
 
 from charnn.cli import app
 from charnn.data import catalog
-from conftest import make_text
 
 runner = CliRunner()
 SMALL = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--device", "cpu",

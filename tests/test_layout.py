@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 LINT = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))

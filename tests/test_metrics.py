@@ -7,18 +7,18 @@ import re
 
 import pytest
 import torch
+from conftest import TINY_MODEL, TINY_TRAIN, make_text
 from rich.console import Console
 from typer.testing import CliRunner
 
 from charnn.cli import app
+from charnn.cli.progress import TrainProgress
+from charnn.cli.textplot import BRAILLE, POINT, line_plot
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.corpus import Corpus
 from charnn.training.metrics import Callbacks, MetricsLogger, read_metrics
 from charnn.training.preview import SamplePreview
-from charnn.cli.progress import TrainProgress
-from charnn.cli.textplot import BRAILLE, POINT, line_plot
 from charnn.training.trainer import Trainer
-from conftest import TINY_MODEL, TINY_TRAIN, make_text
 
 runner = CliRunner()
 FLAGS = ["--hidden", "24", "--embed", "8", "--layers", "2", "--batch-size", "4", "--seq-len", "16",

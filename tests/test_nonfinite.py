@@ -6,12 +6,12 @@ import shutil
 
 import pytest
 import torch
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from charnn.checkpoint import load_checkpoint
 from charnn.cli import app
 from charnn.errors import CharnnError
-from conftest import one_line_error
 
 runner = CliRunner()
 

@@ -6,6 +6,8 @@ import time
 
 import pytest
 import torch
+from conftest import TINY_MODEL, TINY_TRAIN, make_text, one_line_error
+from test_train import bf16_trains_here
 from typer.testing import CliRunner
 
 from charnn.cli import app
@@ -14,8 +16,6 @@ from charnn.data.corpus import Corpus
 from charnn.models.lm import CharRNN
 from charnn.training import precision as P
 from charnn.training.trainer import Trainer, train
-from conftest import TINY_MODEL, TINY_TRAIN, make_text, one_line_error
-from test_train import bf16_trains_here
 
 CPU = torch.device("cpu")
 

@@ -11,12 +11,12 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, make_text, one_line_error, subprocess_env, wait_for_save
 from typer.testing import CliRunner
 
 import charnn.checkpoint
 from charnn.cli import app
 from charnn.training.runlock import RunLock
-from conftest import ROOT, make_text, one_line_error, subprocess_env, wait_for_save
 
 SMALL = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--device", "cpu",
          "--save-every-secs", "0", "-q"]

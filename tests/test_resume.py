@@ -6,6 +6,7 @@ import signal
 
 import pytest
 import torch
+from conftest import make_text
 from typer.testing import CliRunner
 
 from charnn.cli import app
@@ -13,7 +14,6 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.data.corpus import Corpus
 from charnn.errors import CharnnError, ConfigError
 from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted, train
-from conftest import make_text
 
 # dropout exercises the RNG; ~14 steps per epoch means 40 steps cross two epoch boundaries (new offsets,
 # state reset) and step 20 falls mid-epoch with carried hidden state

@@ -7,13 +7,13 @@ import sys
 import time
 
 import pytest
+from conftest import TINY_MODEL, TINY_TRAIN, make_text, subprocess_env
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.corpus import Corpus
 from charnn.errors import CharnnError
 from charnn.training.runlock import RunLock, holder_pid
 from charnn.training.trainer import Trainer
-from conftest import TINY_MODEL, TINY_TRAIN, make_text, subprocess_env
 
 TINY = ["--hidden", "32", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--device", "cpu", "-q"]
 

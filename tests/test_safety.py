@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_text, one_line_error
 from typer.testing import CliRunner
 
 import charnn.checkpoint
@@ -26,7 +27,6 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.data.corpus import Corpus
 from charnn.errors import CharnnError
 from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted
-from conftest import make_text, one_line_error
 
 runner = CliRunner()
 SMALL = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4", "--seq-len", "16", "--device", "cpu",

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig
-from charnn.models.lm import CharRNN
+from charnn.errors import CharnnError
 from charnn.generation.draw import GraphedTokenLoop, filter_logits, gumbel_noise
 from charnn.generation.sampler import Sampler, StopFinder
-from charnn.errors import CharnnError
 from charnn.models.int8 import kernel, weight_levels
+from charnn.models.lm import CharRNN
 from charnn.models.stepper import FastStepper, ModuleStepper, full_forward_logits, make_stepper
 
 runner = CliRunner()

@@ -12,7 +12,6 @@ import urllib.request
 
 import pytest
 import torch
-
 from conftest import free_port, one_line_error, subprocess_env
 
 openai = pytest.importorskip("openai", reason="the openai client is in the dev extra: pip install -e '.[dev]'")

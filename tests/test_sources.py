@@ -5,19 +5,19 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_text, one_line_error
 from typer.testing import CliRunner
 
-from charnn.data import encode, sources
-from charnn.data.cache import id_dtype
 from charnn.cli import app
 from charnn.config import TrainConfig
-from charnn.data.corpus import Corpus, load_corpus
+from charnn.data import encode, sources
 from charnn.data.batches import split_text
+from charnn.data.cache import id_dtype
+from charnn.data.corpus import Corpus, load_corpus
 from charnn.data.encode import prepare, prepare_corpus
-from charnn.errors import CharnnError
 from charnn.data.sources import SEPARATOR, SourceFile, find_files
+from charnn.errors import CharnnError
 from charnn.text.tokenizer import CharTokenizer
-from conftest import make_text, one_line_error
 
 CHAR = {"kind": "char", "vocab_size": None}
 

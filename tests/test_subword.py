@@ -11,20 +11,20 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL, TINY_TRAIN, make_text, subprocess_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from charnn.text import subword
 from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.data.corpus import Corpus
 from charnn.evaluate import evaluate_text
 from charnn.generation.sampler import generate
+from charnn.text import subword
 from charnn.text.subword import SentencePieceTokenizer, sentences, training_sample
 from charnn.text.tokenizer import CharTokenizer, build_tokenizer, tokenizer_from_state
 from charnn.training.trainer import Trainer, train
-from conftest import TINY_MODEL, TINY_TRAIN, make_text, subprocess_env
 
 runner = CliRunner()
 TRAIN_TEXT = make_text(300, seed=4) + "    indented line\n\tand a tab\n" * 20

@@ -1,13 +1,13 @@
 import pytest
 import torch
+from conftest import TINY_MODEL, TINY_TRAIN, make_text
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
-from charnn.data.corpus import Corpus
 from charnn.data.batches import split_text
+from charnn.data.corpus import Corpus
 from charnn.evaluate import evaluate_text
 from charnn.training.trainer import lr_at, train
-from conftest import TINY_MODEL, TINY_TRAIN, make_text
 
 
 def test_learning_really_happens(trained_run):
@@ -116,20 +116,12 @@ def test_batch_size_defaults_by_device(tmp_path):
 
 
 def bf16_trains_here() -> bool:
+    """Whether one bf16 training step of a tiny charnn model runs on this CPU (oneDNN needs AVX-512 for it)."""
+    from charnn.models.lm import CharRNN
     from charnn.training.precision import _runs
-    model = torch.nn.LSTM(4, 8, batch_first=True)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb, self.rnn, self.head = torch.nn.Embedding(5, 4), model, torch.nn.Linear(8, 5)
-
-        def forward(self, x, state):
-            h, state = self.rnn(self.emb(x), state)
-            return self.head(h), state
-
     x = torch.zeros(1, 4, dtype=torch.long)
-    return _runs(Net(), x, x, torch.device("cpu"), "bf16") is None
+    return _runs(CharRNN(ModelConfig(vocab_size=5, hidden=8, embed=4, layers=1)), x, x, torch.device("cpu"),
+                 "bf16") is None
 
 
 @pytest.mark.skipif(not bf16_trains_here(), reason="this CPU's oneDNN cannot run a bf16 LSTM (e.g. AVX2 only); "

@@ -27,7 +27,7 @@ class ResultConsole(Console):
 @contextmanager
 def user_errors():
     """Map library errors to one red line and an exit code; CHARNN_DEBUG=1 shows the traceback."""
-    debug = os.environ.get("CHARNN_DEBUG", "") not in ("", "0")
+    debug = debugging()
     oom = "out of memory; try a smaller --batch-size, --hidden or corpus"
     try:
         yield
@@ -57,12 +57,12 @@ def writing_results(what: str = "the results"):
         yield
         sys.stdout.flush()
     except BrokenPipeError:
-        quiet_broken_pipe()
+        detach_stdout()
         raise typer.Exit(0) from None
     except OSError as e:
-        if os.environ.get("CHARNN_DEBUG", "") not in ("", "0"):
+        if debugging():
             raise
-        quiet_broken_pipe()
+        detach_stdout()
         fail(f"cannot write {what}: {e.strerror or e}")
 
 
@@ -71,7 +71,12 @@ def _is_out_of_memory(e: BaseException) -> bool:
     return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
 
 
-def quiet_broken_pipe() -> None:
+def debugging() -> bool:
+    """CHARNN_DEBUG=1: show tracebacks instead of one-line errors."""
+    return os.environ.get("CHARNN_DEBUG", "") not in ("", "0")
+
+
+def detach_stdout() -> None:
     """stdout can no longer be written: point it at /dev/null so the interpreter's final flush is silent."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)

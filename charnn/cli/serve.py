@@ -40,7 +40,8 @@ def serve(
             import uvicorn  # noqa: F401
 
             from charnn.serve.config import ServeConfig
-            from charnn.serve.server import listen, load_models, serve as run
+            from charnn.serve.server import listen, load_models
+            from charnn.serve.server import serve as run
         except ImportError as e:
             from charnn.errors import CharnnError
             raise CharnnError(f"charnn serve needs the serve extra ({e.name} is missing): "

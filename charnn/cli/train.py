@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shlex
 from contextlib import contextmanager
 from typing import Annotated, List, Optional
@@ -11,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from charnn.cli.options import Device, Quiet
-from charnn.cli.output import err, print_curve, user_errors
+from charnn.cli.output import debugging, err, print_curve, user_errors
 from charnn.config import CELLS, PRECISIONS, TOKENIZERS, ModelConfig, TrainConfig, parse_duration
 
 
@@ -79,7 +78,7 @@ def train(
     from charnn.data.corpus import load_corpus
     from charnn.training.distributed import Dist
     from charnn.training.metrics import Callbacks
-    from charnn.training.trainer import StopRequest, TrainingInterrupted, Trainer, graceful_signals
+    from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted, graceful_signals
 
     dist = Dist.from_env()  # under torchrun: this process's rank; only rank 0 writes files and talks
     if not dist.is_main:
@@ -159,7 +158,7 @@ def _other_ranks_exit_quietly(dist):
     try:
         yield
     except Exception as e:
-        if dist.is_main or isinstance(e, typer.Exit) or os.environ.get("CHARNN_DEBUG", "") not in ("", "0"):
+        if dist.is_main or isinstance(e, typer.Exit) or debugging():
             raise
         raise typer.Exit(1) from None
 

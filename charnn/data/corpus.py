@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
-from charnn.errors import CharnnError
 from charnn.data.sources import BINARY, SNIFF_BYTES, Part, SourceFile, check_encoding, find_files
+from charnn.errors import CharnnError
 
 BUILTIN_NAME = "stdlib"
 # The built-in corpus stops after this many characters (about 5 MB: a few minutes per epoch on a CPU).

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from charnn.data import cache, charstream
-from charnn.errors import CharnnError
 from charnn.data.sources import (SEPARATOR, Part, SourceFile, Undecodable, check_encoding, join_parts, read_chunks,
-                            skip_or_raise)
+                                 skip_or_raise)
+from charnn.errors import CharnnError
 from charnn.text.tokenizer import tokenizer_from_state
 
 Callback = Callable[[str, dict], None]

@@ -10,8 +10,8 @@ import math
 from typing import List, Optional
 
 from charnn.checkpoint import load_checkpoint, non_finite_tensors, resolve_checkpoint
-from charnn.training.metrics import CONFIG_FILE, METRICS_FILE, finite, read_metrics
 from charnn.text.tokenizer import tokenizer_from_state
+from charnn.training.metrics import CONFIG_FILE, METRICS_FILE, finite, read_metrics
 
 VOCAB_PREVIEW = 48  # tokens shown in the vocabulary preview
 _SHOWN = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␠"}

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
 
@@ -85,7 +87,7 @@ def choose_precision(requested: str, model: torch.nn.Module, x: torch.Tensor, y:
     cached = _load_cache().get(key)
     if cached and cached.get("precision") in ("fp32", "bf16"):
         return PrecisionChoice(cached["precision"], "cached", cached.get("speedup"),
-                               f"{_ratio_words(cached)}, measured {cached.get('date', 'earlier')}, cached")
+                               f"{_ratio_words(cached.get('speedup'))}, measured {cached.get('date', 'earlier')}, cached")
     choice = _measure(model, x, y, device)
     _store(key, choice)
     return choice
@@ -107,13 +109,11 @@ def _measure(model, x, y, device) -> PrecisionChoice:
                 t0 = time.perf_counter()
                 losses[p] = probes[p].step(x, y)
                 times[p].append(time.perf_counter() - t0)
-    if not all(torch.isfinite(torch.tensor(v)) for v in losses.values()):
+    if not all(math.isfinite(v) for v in losses.values()):
         return PrecisionChoice("fp32", "measured", None, "bf16 training steps were not finite")
     speedup = min(times["fp32"]) / min(times["bf16"])
-    words = _ratio_words({"speedup": speedup})
-    if speedup >= MIN_GAIN:
-        return PrecisionChoice("bf16", "measured", round(speedup, 3), f"{words}, measured")
-    return PrecisionChoice("fp32", "measured", round(speedup, 3), f"{words}, measured")
+    chosen = "bf16" if speedup >= MIN_GAIN else "fp32"
+    return PrecisionChoice(chosen, "measured", round(speedup, 3), f"{_ratio_words(speedup)}, measured")
 
 
 class _Probe:
@@ -131,8 +131,7 @@ class _Probe:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        value = loss.item()  # waits for the device, so the step is timed whole
-        return value
+        return loss.item()  # waits for the device, so the step is timed whole
 
 
 def _runs(model, x, y, device, precision) -> Optional[str]:
@@ -145,25 +144,21 @@ def _runs(model, x, y, device, precision) -> Optional[str]:
     return None
 
 
-class _rng_kept:
+@contextmanager
+def _rng_kept(device: torch.device):
     """Restore the RNG (dropout draws from it) after the probe, so seeded runs do not depend on it."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __enter__(self):
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
-
-    def __exit__(self, *exc):
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
-def _ratio_words(entry: dict) -> str:
-    s = entry.get("speedup")
-    return "bf16 did not run" if s is None else f"bf16 {s:.2f}x fp32"
+def _ratio_words(speedup: Optional[float]) -> str:
+    return "bf16 did not run" if speedup is None else f"bf16 {speedup:.2f}x fp32"
 
 
 def _device_kind(device: torch.device) -> str:

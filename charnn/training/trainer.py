@@ -20,16 +20,16 @@ import torch.nn.functional as F
 
 from charnn.checkpoint import save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig, from_dict
-from charnn.data.corpus import Corpus
 from charnn.data.batches import StreamBatches
-from charnn.training.distributed import Dist
-from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device
+from charnn.data.corpus import Corpus
 from charnn.data.encode import prepare_corpus
+from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device
 from charnn.errors import CharnnError, first_line
 from charnn.evaluate import evaluate_ids
 from charnn.models.lm import CharRNN, detach_state
-from charnn.training.resume import load_resume, resume_config
+from charnn.training.distributed import Dist
 from charnn.training.precision import choose_precision
+from charnn.training.resume import load_resume, resume_config
 from charnn.training.runlock import RunLock
 
 Callback = Callable[[str, dict], None]
