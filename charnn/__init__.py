@@ -8,7 +8,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_API = ("load", "train", "Model", "TrainResult")
+_API = ("load", "train", "Model", "TrainResult", "ParamError")
 
 
 def __getattr__(name: str):

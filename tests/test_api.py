@@ -165,6 +165,15 @@ def test_a_subword_model_heals_the_prompt_as_charnn_sample_does(tmp_path):
         sampled = "".join(Sampler(model.net, model.tokenizer, cfg, model.device, 5))
         got = model.generate(prompt, length=120, seed=5)
         assert len(got) == 120 and sampled == prompt + got
+        for top_k, top_p in ((1, None), (3, None), (None, 0.5)):  # healing masks before the filters, as sample
+            cfg = SampleConfig(length=60, prime=prompt, top_k=top_k, top_p=top_p)
+            sampled = "".join(Sampler(model.net, model.tokenizer, cfg, model.device, 5))
+            assert sampled == prompt + model.generate(prompt, length=60, top_k=top_k, top_p=top_p, seed=5)
+
+
+def test_a_wrongly_typed_n_is_a_param_error(model):
+    with pytest.raises(charnn.ParamError, match="n"):
+        model.generate("the", length=5, n="2")
 
 
 def test_calls_from_several_threads_and_abandoned_streams_do_not_mix(model):

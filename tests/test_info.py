@@ -108,3 +108,13 @@ def test_plot_errors_are_one_line(cli_run, args, code, words):
 def test_plot_of_a_run_without_metrics(trained_run, tmp_path):
     r = runner.invoke(app, ["plot", str(trained_run.run_dir), "-o", str(tmp_path / "c.png")])
     assert r.exit_code == 1 and "metrics.jsonl" in r.stderr
+
+
+def test_a_damaged_config_json_does_not_stop_info(tmp_path, trained_run):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run_dir, run)
+    (run / "config.json").write_text("{ half a file")
+    r = runner.invoke(app, ["info", str(run), "--json"])
+    assert r.exit_code == 0 and "Traceback" not in r.stderr, r.stderr
+    assert json.loads(r.stdout)["checkpoint"].endswith("best.pt")

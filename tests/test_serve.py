@@ -160,6 +160,9 @@ def test_unknown_model_is_a_404_in_openais_shape(server, trained_run):
     ({"prompt": [1, 2, 3]}, 400, "prompt", ["token ids"]),
     ({"prompt": "the", "file": "/etc/passwd"}, 400, "file", ["file"]),  # nothing makes the server read a file
     ({"prompt": "x" * 5000}, 413, None, ["4,000 bytes"]),
+    ({"prompt": "the", "suffix": 1}, 400, "suffix", ["suffix"]),
+    ({"prompt": "the", "logit_bias": 1}, 400, "logit_bias", ["logit_bias"]),
+    ({"prompt": "the", "best_of": 3}, 400, "best_of", ["best_of"]),
 ])
 def test_request_errors_are_openai_json(server, body, status, param, words):
     got, headers, raw = server.request("POST", "/v1/completions", body)

@@ -70,8 +70,9 @@ class Model:
         `length` counts characters; `temperature` 0 is greedy; `stop` (a string or up to 4) ends a continuation
         right before the stop string; continuation i of a seeded call uses seed + i, so a seed reproduces it.
         """
+        params = self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)  # checks n too
         texts = [""] * n
-        for i, piece in self._pieces(self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)):
+        for i, piece in self._pieces(params):
             texts[i] += piece
         return texts[0] if n == 1 else texts
 

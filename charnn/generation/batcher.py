@@ -261,15 +261,15 @@ class Batcher:
             self.plan = self._plan(rows)
         scale, filters = self.plan
         x = logits / scale if scale is not None else logits.clone()
-        for k, p, at in filters:
-            if at is None:
-                x = filter_logits(x, k, p)
-            else:
-                x[at] = filter_logits(x[at], k, p)
-        if self.healing:
+        if self.healing:  # before top-k/top-p, as the Sampler does: the filters then choose among the allowed
             for i, r in enumerate(rows):
                 if r.allowed is not None:  # token healing: the first draw completes the piece taken back
                     outside = torch.ones(self.vocab, dtype=torch.bool, device=self.device)
                     outside[torch.from_numpy(r.allowed).to(self.device)] = False
                     x[i, outside] = float("-inf")
+        for k, p, at in filters:
+            if at is None:
+                x = filter_logits(x, k, p)
+            else:
+                x[at] = filter_logits(x[at], k, p)
         torch.argmax(x.add_(noise), dim=-1, out=out)

@@ -33,7 +33,7 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
     ids = [i for i in range(tok.vocab_size) if i != tok.unk_id]
     best = finite(data.get("best_val_loss"))
     config_path, metrics_path = run_dir / CONFIG_FILE, run_dir / METRICS_FILE
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = _read_json(config_path)
     records = read_metrics(metrics_path)
     return {
         "checkpoint": str(ckpt), "run_dir": str(run_dir), "format": data.get("format"),
@@ -103,3 +103,12 @@ def summary_lines(info: dict) -> List[str]:
     if info["metrics"]:
         lines.append(f"metrics     {info['metrics']['path']} ({info['metrics']['records']} records)")
     return lines
+
+
+def _read_json(path) -> dict:
+    """A run's config.json, or {} when it is missing or damaged (info shows what the checkpoint holds)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -61,9 +61,11 @@ def parse_request(body: bytes, max_tokens_limit: int, max_n: int) -> CompletionR
     for name in ("frequency_penalty", "presence_penalty"):
         if data.get(name) not in (None, 0, 0.0):
             raise ParamError(f"`{name}` is not supported (only 0)", name)
-    if data.get("best_of") not in (None, 1) or data.get("logit_bias") or data.get("suffix"):
-        bad = next(k for k in ("best_of", "logit_bias", "suffix") if data.get(k) not in (None, 1, {}, ""))
-        raise ParamError(f"`{bad}` is not supported", bad)
+    unsupported = [k for k, fine in (("best_of", data.get("best_of") in (None, 1)),
+                                     ("logit_bias", not data.get("logit_bias")), ("suffix", not data.get("suffix")))
+                   if not fine]
+    if unsupported:
+        raise ParamError(f"`{unsupported[0]}` is not supported", unsupported[0])
     opts = data.get("stream_options") or {}
     if not isinstance(opts, dict):
         raise ParamError("`stream_options` must be an object", "stream_options")
