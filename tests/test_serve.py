@@ -233,6 +233,15 @@ def test_a_disconnected_client_frees_its_row(server, trained_run):
     _wait_for(lambda: server.health()["active_rows"] == 0, "the rows were freed after the client left")
 
 
+def test_a_non_streaming_client_that_leaves_frees_its_rows(server, trained_run):
+    body = {"model": name(trained_run), "prompt": "the", "max_tokens": 1000000, "n": 2}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v1/completions", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    _wait_for(lambda: server.health()["active_rows"] == 2, "the rows were generating")
+    conn.close()  # gone while its rows still deliver pieces every block
+    _wait_for(lambda: server.health()["active_rows"] == 0, "the rows were freed after the client left")
+
+
 def test_no_cors_headers_unless_asked_for(server):
     _, headers, _ = server.request("GET", "/v1/models", headers={"Origin": "http://app.test"})
     assert not any(h.lower().startswith("access-control-") for h in headers)

@@ -157,14 +157,18 @@ class Server:
                        echoes: Optional[List[str]]) -> Response:
         engine, n = self.engines[name], len(job.specs)
         texts, finish, left = list(echoes) if echoes else [""] * n, [None] * n, n
+        loop = asyncio.get_running_loop()
+        check_at = loop.time() + DISCONNECT_POLL
         try:
             while left:
                 try:
                     batch = await asyncio.wait_for(job.updates.get(), DISCONNECT_POLL)
                 except asyncio.TimeoutError:
+                    batch = ()
+                if loop.time() >= check_at:  # on a clock, not only when no piece came: pieces come every block
+                    check_at = loop.time() + DISCONNECT_POLL
                     if await request.is_disconnected():
                         return Response(status_code=499)
-                    continue
                 for i, piece, reason in batch:
                     if reason == FAILED:
                         left = 0
