@@ -164,6 +164,9 @@ class Trainer:
         # streamed and encoded once into the cache; the tokenizer sees the training split only
         data = prepare_corpus(corpus, cfg, resumed["tokenizer"] if resumed else None, encoding, self.on_event)
         self.tokenizer = data.tokenizer
+        # where the training ids live, so `charnn novelty` can find the run's own text again
+        self.data_record = {"corpus": corpus.source, "cache_entry": data.path.name,
+                            "train_tokens": len(data.train_ids), "train_chars": data.train_chars}
         # periodic evaluations score the first --eval-tokens validation ids (all of them when there are fewer)
         self.val_ids = data.val_ids[: cfg.eval_tokens or None]
         self.chars_per_token = data.train_chars / max(1, len(data.train_ids))
@@ -276,6 +279,7 @@ class Trainer:
             "train_config": asdict(self.cfg), "step": self.step, "epoch": self.epoch,
             "chars_seen": self.chars_seen, "elapsed": self.elapsed(), "val_loss": val_loss,
             "best_val_loss": min(self.best_val, val_loss), "device": self.device.type, "precision": self.precision,
+            "data": self.data_record,
         }
         if with_training_state:
             state = self.state
