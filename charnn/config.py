@@ -69,6 +69,7 @@ class TrainConfig:
     vocab_size: Optional[int] = None  # bpe/unigram vocabulary size (default 1024)
     save_every_secs: float = 60.0  # also refresh last.pt when this many seconds passed since the last save (0: off)
     compile: bool = False  # torch.compile the model (opt-in: it pays off only on long runs, see benchmarks/TRAINING.md)
+    init_from: Optional[str] = None  # fine-tune: start from this checkpoint or run folder (its architecture and vocabulary)
 
     def validate(self) -> "TrainConfig":
         problems = []

@@ -35,7 +35,8 @@ def train(corpus: Union[None, str, Sequence[str]] = None, *, on_event: Optional[
     events = Callbacks(on_event)
     text = load_corpus(corpus, flags.get("encoding", "utf-8"), flags.get("glob"), events)
     resume = bool(flags.get("resume", False))
-    trainer = Trainer(text, model_cfg, cfg, events, resume=resume, encoding=flags.get("encoding", "utf-8"))
+    trainer = Trainer(text, model_cfg, cfg, events, resume=resume, encoding=flags.get("encoding", "utf-8"),
+                      explicit=set(flags))
     metrics = events.add(MetricsLogger(trainer.run_dir, flags.get("log_every", 10), resume,
                                        run_config(trainer, text.source)))
     try:

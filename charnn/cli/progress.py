@@ -84,6 +84,8 @@ class TrainProgress:
                           f"{info['chars']:,} characters{cap}...")
             else:
                 self.note(f"{info['kind']} tokenizer ready: {info['vocab_size']:,} pieces in {info['seconds']:.1f}s")
+        elif kind == "init_from":
+            self.note(parent_words(info))
         elif kind == "start":
             per = f", {info['chars_per_token']:.2f} chars/token" if info.get("tokenizer", "char") != "char" else ""
             procs = f" x {info['processes']} processes" if info.get("processes", 1) > 1 else ""
@@ -153,3 +155,15 @@ def _precision_words(choice) -> str:
     if choice.get("how") == "forced":
         return choice["precision"]
     return f"{choice['precision']}, auto: {choice.get('reason', '')}"
+
+
+def parent_words(parent: dict) -> str:
+    """'fine-tuning from RUN/best.pt (step 3,000, val 1.4100 nats/char); added 3 characters: 'é', 'ß', '€''"""
+    val = f", val {parent['val_loss']:.4f} nats/char" if parent.get("val_loss") is not None else ""
+    added = parent.get("added_chars") or ""
+    shown = ", ".join(repr(c) for c in added[:20]) + (f" and {len(added) - 20} more" if len(added) > 20 else "")
+    news = f"; added {len(added)} character{'s' if len(added) != 1 else ''}: {shown}" if added else \
+        "; no new characters"
+    step = parent.get("step")
+    return f"fine-tuning from {parent['path']} (step {step:,}{val}){news}" if step is not None else \
+        f"fine-tuning from {parent['path']}{news}"

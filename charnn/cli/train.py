@@ -33,7 +33,7 @@ def train(
                                                            "under torchrun (default: 8 on the CPU, 256 on a CUDA "
                                                            "GPU, per process).", show_default=False)] = None,
     seq_len: Annotated[int, typer.Option(help="Characters per stream per step (BPTT length).")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-2,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW); 2e-3 with --init-from.")] = 1e-2,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 50,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.")] = 0.1,
     grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this (0: off).")] = 1.0,
@@ -56,6 +56,11 @@ def train(
                                                             "(opt-in; see benchmarks/TRAINING.md for when it "
                                                             "pays).")] = False,
     encoding: Annotated[str, typer.Option(help="Text encoding of CORPUS and --val-file.")] = "utf-8",
+    init_from: Annotated[Optional[str], typer.Option(help="Fine-tune: start from this checkpoint or run folder's "
+                                                          "weights, architecture and vocabulary (characters the "
+                                                          "new text adds get new ids); fresh optimiser and "
+                                                          "schedule; --lr defaults to 2e-3.",
+                                                     show_default=False)] = None,
     resume: Annotated[bool, typer.Option(help="Continue run NAME from its last.pt (its saved settings; "
                                               "flags given now, e.g. a larger --max-steps, override).")] = False,
     save_every_secs: Annotated[float, typer.Option(help="Also refresh last.pt after this many seconds without "
@@ -91,7 +96,8 @@ def train(
                           seed=seed, max_steps=max_steps, max_time=parse_duration(max_time) if max_time else None,
                           epochs=epochs, patience=patience, eval_every=eval_every, eval_tokens=eval_tokens, device=device,
                           precision=precision, threads=threads, tokenizer=tokenizer,
-                          vocab_size=vocab_size, save_every_secs=save_every_secs, compile=compile).validate()
+                          vocab_size=vocab_size, save_every_secs=save_every_secs, compile=compile,
+                          init_from=init_from).validate()
         stop = StopRequest()
         with graceful_signals(stop):
             view = TrainProgress(err, cfg.open_ended, quiet)

@@ -4,7 +4,8 @@ Each chunk's code points go through a lookup table (code point -> id) in one vec
 vocabulary grows as characters turn up: a new character gets the next provisional id and the position
 where it first appeared. At the end the total length fixes the split, the vocabulary becomes the
 characters first seen before the cut (the training split's), sorted, and one pass over the written
-array maps provisional ids to final ones (validation-only characters to the unknown id, 0).
+array maps provisional ids to final ones (validation-only characters to the unknown id, 0). Fine-tuning
+(`--init-from`) starts from the base model's vocabulary: its ids stay, and new training characters follow.
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ class Overflow(Exception):
 
 
 class CharWriter:
-    """Writes ids of text chunks to `out`; with no tokenizer, grows a provisional vocabulary."""
+    """Writes ids of text chunks to `out`. With no tokenizer it grows a provisional vocabulary; with one, it
+    uses that vocabulary's ids, and with `extend` also grows new characters after them (fine-tuning)."""
 
-    def __init__(self, out, dtype: np.dtype, tokenizer: Optional[CharTokenizer] = None):
-        self.out, self.dtype, self.grow = out, dtype, tokenizer is None
+    def __init__(self, out, dtype: np.dtype, tokenizer: Optional[CharTokenizer] = None, extend: bool = False):
+        self.out, self.dtype, self.grow = out, dtype, tokenizer is None or extend
+        self.base = tokenizer.chars if tokenizer is not None else []  # ids 1..len(base), kept as they are
+        if len(self.base) > np.iinfo(dtype).max:
+            raise Overflow
         self.lut = np.zeros(NO_CP, dtype=dtype)  # 0: unknown (or not seen yet)
         if tokenizer is not None:
-            self.lut[tokenizer._cps] = np.arange(1, len(tokenizer._cps) + 1)
-        self.cps: List[int] = []  # provisional id - 1 -> code point
-        self.first: List[int] = []  # provisional id - 1 -> position of its first appearance
+            self.lut[tokenizer._cps] = tokenizer._ids
+        self.cps: List[int] = []  # provisional id - len(base) - 1 -> code point
+        self.first: List[int] = []  # the same -> position of its first appearance
         self.pos = 0
 
     def write(self, chunk: str) -> None:
@@ -53,7 +58,7 @@ class CharWriter:
             if not new.size:
                 continue
             u, i = np.unique(piece[new], return_index=True)
-            start = len(self.cps) + 1
+            start = len(self.base) + len(self.cps) + 1
             if start + len(u) - 1 > np.iinfo(self.dtype).max:
                 raise Overflow
             self.lut[u] = np.arange(start, start + len(u))
@@ -103,16 +108,18 @@ def _write_clipped(writer: CharWriter, chunk: str, end: Optional[int]) -> bool:
 
 
 def finish(writer: CharWriter, path, cut: int, end: int) -> Tuple[CharTokenizer, int]:
-    """The final tokenizer (the characters first seen before `cut`) and the count of unknown ids in
-    [cut, end); rewrites provisional ids in place as final ones."""
+    """The final tokenizer (the base's characters, then the new ones first seen before `cut`, sorted) and
+    the count of unknown ids in [cut, end); rewrites provisional ids in place as final ones."""
     writer.out.flush()
     if writer.grow:
+        nb = len(writer.base)
         cps, first = np.array(writer.cps, dtype=np.int64), np.array(writer.first, dtype=np.int64)
         vocab = np.sort(cps[first < cut])
-        remap = np.zeros(len(cps) + 1, dtype=writer.dtype)
+        remap = np.zeros(nb + len(cps) + 1, dtype=writer.dtype)
+        remap[: nb + 1] = np.arange(nb + 1)  # the base's ids keep their meaning
         order = np.searchsorted(vocab, cps)  # the final id of each provisional one that is in the vocabulary
-        remap[1:] = np.where(first < cut, order + 1, 0)
-        tok = CharTokenizer([chr(c) for c in vocab])
+        remap[nb + 1:] = np.where(first < cut, nb + order + 1, 0)
+        tok = CharTokenizer(list(writer.base) + [chr(c) for c in vocab], ordered=True)
     else:
         remap, tok = None, None
     unknown, size = 0, writer.dtype.itemsize

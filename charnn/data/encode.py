@@ -107,7 +107,7 @@ def _spec_for_key(spec: dict) -> dict:
     model = state.get("model")
     if model is not None:
         state["model"] = hashlib.sha256(_model_bytes(model)).hexdigest()
-    return {"state": state}
+    return {"state": state, "extend": True} if spec.get("extend") and state["kind"] == "char" else {"state": state}
 
 
 def _fresh_entry(content, encoding: str, split: dict, spec: dict):
@@ -125,18 +125,19 @@ def _model_bytes(model) -> bytes:
 
 
 # -- characters: one pass (charstream.py) ---------------------------------------------------------------
-def _encode_chars(writer: cache.EntryWriter, parts, val_parts, encoding, split, state, on_event):
+def _encode_chars(writer: cache.EntryWriter, parts, val_parts, encoding, split, state, extend, on_event):
     """(tokenizer, dtype, cut, end, unknown, skipped) after writing character ids to the entry."""
     tok0 = tokenizer_from_state(state) if state else None
-    dtypes = [cache.id_dtype(tok0.vocab_size)] if tok0 else [np.uint8, np.uint16, np.uint32]
+    extend = bool(state) and extend
+    dtypes = [np.uint8, np.uint16, np.uint32] if extend or not tok0 else [cache.id_dtype(tok0.vocab_size)]
     n_files = sum(isinstance(p, SourceFile) for p in parts)
     fixed_end = split["train"] + split["val"] if "train" in split and not val_parts else None
     for dtype in dtypes:
         writer.ids.seek(0)
         writer.ids.truncate()
         skipped: list = []
-        w = charstream.CharWriter(writer.ids, np.dtype(dtype), tok0)
         try:
+            w = charstream.CharWriter(writer.ids, np.dtype(dtype), tok0, extend)
             charstream.write_stream(w, parts, encoding, SEPARATOR, fixed_end, skipped, 0, on_event)
             n_main = w.pos
             if val_parts:
@@ -205,7 +206,7 @@ def _build(key: str, parts: List[Part], val_parts: List[Part], encoding: str, sp
     try:
         if (state or spec)["kind"] == "char":
             tok, dtype, cut, end, unknown, skipped = _encode_chars(writer, parts, val_parts, encoding, split, state,
-                                                                    on_event)
+                                                                    spec.get("extend", False), on_event)
             train_tokens = cut
         else:
             tok, dtype, cut, end, unknown, skipped, train_tokens = _encode_subwords(
@@ -309,9 +310,10 @@ def _load_tokenizer(key: str, meta: dict):
 
 
 def prepare_corpus(corpus, cfg, tokenizer_state: Optional[dict] = None, encoding: str = "utf-8",
-                   on_event: Optional[Callback] = None) -> Prepared:
+                   on_event: Optional[Callback] = None, extend: bool = False) -> Prepared:
     """`prepare` for a Corpus and a TrainConfig: its split (--val-frac, --val-file or the corpus's own)
-    and tokenizer (--tokenizer/--vocab-size, or a resumed checkpoint's state)."""
+    and tokenizer (--tokenizer/--vocab-size, or a resumed checkpoint's state, or with `extend` a base
+    model's character vocabulary that the new text's characters are added to)."""
     val_parts: List[Part] = []
     if cfg.val_file:
         p = Path(cfg.val_file)
@@ -323,4 +325,6 @@ def prepare_corpus(corpus, cfg, tokenizer_state: Optional[dict] = None, encoding
     split = corpus.split or {"val_frac": cfg.val_frac}
     fresh = {"kind": cfg.tokenizer, "vocab_size": cfg.vocab_size}
     spec = {"state": tokenizer_state, "fresh": fresh} if tokenizer_state else fresh
+    if extend:
+        spec = {"state": tokenizer_state, "extend": True}
     return prepare(corpus.parts(), corpus.encoding or encoding, split, spec, val_parts, on_event, cfg.threads)

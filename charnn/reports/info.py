@@ -50,7 +50,8 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
                      "batch_size": tc.get("batch_size"), "seq_len": tc.get("seq_len"), "lr": tc.get("lr"),
                      "seed": tc.get("seed"), "resumable": "optimizer" in data and "progress" in data},
         "non_finite": non_finite_tensors(data["model"]),  # [{name, nan, inf}]: sample and eval refuse these
-        "corpus": config.get("corpus"),
+        "corpus": config.get("corpus") or (data.get("data") or {}).get("corpus"),
+        "parent": data.get("parent"),  # --init-from: {path, step, val_loss, corpus, vocab_size, added_chars}
         "metrics": {"path": str(metrics_path), "records": len(records)} if records else None,
     }
 
@@ -100,6 +101,13 @@ def summary_lines(info: dict) -> List[str]:
                      "sample and eval refuse this checkpoint")
     if info["corpus"]:
         lines.append(f"corpus      {info['corpus']}")
+    parent = info.get("parent")
+    if parent:
+        val = f", val {parent['val_loss']:.4f} nats/char" if parent.get("val_loss") is not None else ""
+        added = parent.get("added_chars") or ""
+        news = (f"; added {len(added)} characters: {' '.join(show_token(c) for c in added[:VOCAB_PREVIEW])}"
+                if added else "")
+        lines.append(f"parent      {parent['path']} (step {_num(parent.get('step'))}{val}){news}")
     if info["metrics"]:
         lines.append(f"metrics     {info['metrics']['path']} ({info['metrics']['records']} records)")
     return lines

@@ -22,14 +22,23 @@ def codepoints(text: str) -> np.ndarray:
 
 
 class CharTokenizer:
-    """One id per character seen in the training text; id 0 is reserved for unknown characters."""
+    """One id per character seen in the training text; id 0 is reserved for unknown characters.
+
+    A vocabulary built from text is sorted. One extended for fine-tuning (`--init-from`) keeps its base's
+    ids and appends the new characters, so `chars` is in id order, not necessarily sorted."""
 
     kind = "char"
     unk_id = 0
 
-    def __init__(self, chars: Sequence[str]):
-        self.chars: List[str] = sorted(set(chars))
-        self._cps = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # sorted, for searchsorted
+    def __init__(self, chars: Sequence[str], ordered: bool = False):
+        """`chars` in id order (ids 1, 2, ...) when `ordered`; else any characters, sorted and deduplicated."""
+        self.chars: List[str] = list(chars) if ordered else sorted(set(chars))
+        if ordered and len(set(self.chars)) != len(self.chars):
+            raise CharnnError("a character vocabulary lists a character twice; the checkpoint is damaged")
+        cps = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        order = np.argsort(cps, kind="stable")
+        self._cps = cps[order]  # sorted code points, for searchsorted
+        self._ids = (order + 1).astype(np.int64)  # the id of each of them
         self._index: Dict[str, int] = {c: i + 1 for i, c in enumerate(self.chars)}
 
     @classmethod
@@ -50,7 +59,7 @@ class CharTokenizer:
         pos = np.searchsorted(self._cps, cps)
         pos_c = np.minimum(pos, len(self._cps) - 1)
         found = self._cps[pos_c] == cps
-        return np.where(found, pos_c + 1, self.unk_id).astype(np.int64)
+        return np.where(found, self._ids[pos_c], self.unk_id).astype(np.int64)
 
     def decode(self, ids: Iterable[int]) -> str:
         chars = self.chars
@@ -108,7 +117,7 @@ def start_id(tokenizer) -> int:
 def tokenizer_from_state(state: dict):
     kind = state.get("kind")
     if kind == "char":
-        return CharTokenizer(list(state["chars"]))
+        return CharTokenizer(list(state["chars"]), ordered=True)
     if kind in ("bpe", "unigram"):
         from charnn.text.subword import SentencePieceTokenizer
 

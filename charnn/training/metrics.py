@@ -46,7 +46,8 @@ def run_config(trainer, corpus_source: str) -> dict:
     return {"charnn_version": __version__, "corpus": corpus_source, "model": asdict(trainer.model_cfg),
             "train": asdict(trainer.cfg),
             "tokenizer": {"kind": trainer.tokenizer.kind, "vocab_size": trainer.tokenizer.vocab_size},
-            "precision": trainer.precision_choice.to_dict()}  # what --precision came to, and how (auto: measured)
+            "precision": trainer.precision_choice.to_dict(),  # what --precision came to, and how (auto: measured)
+            "parent": trainer.parent}  # --init-from: the run it started from (None for a run from scratch)
 
 
 def finite(x) -> Optional[float]:

@@ -24,10 +24,11 @@ from charnn.data.batches import StreamBatches
 from charnn.data.corpus import Corpus
 from charnn.data.encode import prepare_corpus
 from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device
-from charnn.errors import CharnnError, first_line
+from charnn.errors import CharnnError, ConfigError, first_line
 from charnn.evaluate import evaluate_ids
 from charnn.models.lm import CharRNN, detach_state
 from charnn.training.distributed import Dist
+from charnn.training.init_from import FINETUNE_LR, graft, load_parent
 from charnn.training.precision import choose_precision
 from charnn.training.resume import load_resume, resume_config
 from charnn.training.runlock import RunLock
@@ -147,9 +148,17 @@ class Trainer:
 
     def _setup(self, corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, resume: bool, encoding: str,
                explicit: Optional[set]) -> None:
+        if resume and cfg.init_from and (explicit is None or "init_from" in explicit):
+            raise ConfigError("Can't provide both `--resume` and `--init-from`: a resumed run continues from its "
+                              "own last.pt, which remembers its parent. Choose one")
         resumed = load_resume(self.run_dir, cfg.out) if resume else None
         if resumed:
             self.cfg = cfg = resume_config(resumed, cfg, model_cfg, explicit)
+        parent = None
+        if cfg.init_from and not resumed:
+            parent = load_parent(cfg.init_from, model_cfg, cfg, explicit, self.run_dir)
+            if explicit is not None and "lr" not in explicit:  # fine-tuning wants a gentler default
+                self.cfg = cfg = replace(cfg, lr=FINETUNE_LR)
         self.resumed = resumed is not None
         self.device = self.dist.start(resolve_device(cfg.device))  # joins the process group under torchrun
         if cfg.batch_size is None:  # the default is per process; --batch-size is the global batch
@@ -162,7 +171,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         # streamed and encoded once into the cache; the tokenizer sees the training split only
-        data = prepare_corpus(corpus, cfg, resumed["tokenizer"] if resumed else None, encoding, self.on_event)
+        base_tokenizer = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
+        data = prepare_corpus(corpus, cfg, base_tokenizer, encoding, self.on_event, extend=parent is not None)
         self.tokenizer = data.tokenizer
         # where the training ids live, so `charnn novelty` can find the run's own text again
         self.data_record = {"corpus": corpus.source, "cache_entry": data.path.name,
@@ -179,9 +189,16 @@ class Trainer:
         if resumed:
             model_cfg = from_dict(ModelConfig, resumed["model_config"])
         else:
-            model_cfg.vocab_size = self.tokenizer.vocab_size
+            model_cfg = replace(parent.model_cfg if parent else model_cfg, vocab_size=self.tokenizer.vocab_size)
         self.model_cfg = model_cfg.validate()
-        self.model = CharRNN(self.model_cfg).to(self.device)
+        self.model = CharRNN(self.model_cfg)
+        self.parent = resumed.get("parent") if resumed else None
+        if parent:
+            graft(self.model, parent, cfg.seed)
+            parent.added = list(self.tokenizer.decode(range(parent.model_cfg.vocab_size, self.tokenizer.vocab_size)))
+            self.parent = parent.record()
+            self.on_event("init_from", dict(self.parent))
+        self.model.to(self.device)
         # the training forward: DistributedDataParallel under torchrun, else the model itself; with --compile,
         # its torch.compile'd twin (same weights; saves and evaluation use self.model)
         self.net = self.dist.wrap(self.model)
@@ -281,6 +298,8 @@ class Trainer:
             "best_val_loss": min(self.best_val, val_loss), "device": self.device.type, "precision": self.precision,
             "data": self.data_record,
         }
+        if self.parent:
+            data["parent"] = self.parent
         if with_training_state:
             state = self.state
             # under torchrun every rank must be here: the hidden state of all B streams is gathered

@@ -1,0 +1,88 @@
+"""Fine-tuning (`--init-from`): start a new run from another run's weights, architecture and vocabulary.
+
+The base's token ids keep their meaning. A character model's vocabulary is extended by the characters the
+new training text adds (new rows in the embedding and the head, appended after the base's ids); a subword
+model's sentencepiece model is reused as it is (byte fallback covers any text). The optimiser and the
+learning-rate schedule start fresh.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from charnn.checkpoint import load_checkpoint, resolve_checkpoint
+from charnn.config import ModelConfig, TrainConfig, from_dict
+from charnn.errors import ConfigError
+
+FINETUNE_LR = 2e-3  # the default peak learning rate when fine-tuning (benchmarks/ADAPT.md measures it)
+ARCHITECTURE = ("cell", "layers", "hidden", "embed")
+
+
+@dataclass
+class Parent:
+    """The run a fine-tuning run starts from: what to load, and what the new run records about it."""
+
+    path: Path
+    data: dict  # the loaded checkpoint
+    model_cfg: ModelConfig
+    added: List[str] = field(default_factory=list)  # characters the new text added to the vocabulary
+
+    @property
+    def tokenizer_state(self) -> dict:
+        return self.data["tokenizer"]
+
+    def record(self) -> dict:
+        """What the checkpoint, config.json and `charnn info` say about the parent."""
+        val = self.data.get("best_val_loss", self.data.get("val_loss"))
+        return {"path": str(self.path), "step": self.data.get("step"),
+                "val_loss": val if isinstance(val, float) and math.isfinite(val) else None,
+                "corpus": (self.data.get("data") or {}).get("corpus"),
+                "vocab_size": self.model_cfg.vocab_size, "added_chars": "".join(self.added)}
+
+
+def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: Optional[set],
+                run_dir: Path) -> Parent:
+    """Load the base checkpoint and check the flags given now against it: architecture and tokenizer flags
+    that contradict the base are one error naming them all. `explicit` holds the flags typed (None: all)."""
+    ckpt = resolve_checkpoint(path)
+    if ckpt.parent.resolve() == run_dir.resolve():
+        raise ConfigError(f"--init-from {path} is in the new run's own folder {str(run_dir)!r}; training "
+                          "there would replace it. Give the new run another --name")
+    data = load_checkpoint(ckpt)
+    base = from_dict(ModelConfig, data["model_config"]).validate()
+    typed = set(vars(model_cfg)) | set(vars(cfg)) if explicit is None else set(explicit)
+    problems = [f"--{k} {getattr(model_cfg, k)} (the base has {getattr(base, k)})"
+                for k in ARCHITECTURE if k in typed and getattr(model_cfg, k) != getattr(base, k)]
+    kind = data["tokenizer"].get("kind")
+    if "tokenizer" in typed and cfg.tokenizer != kind:
+        problems.append(f"--tokenizer {cfg.tokenizer} (the base uses {kind})")
+    if "vocab_size" in typed and cfg.vocab_size is not None:
+        problems.append("--vocab-size (the base's vocabulary is reused)")
+    if problems:
+        raise ConfigError(f"--init-from {path} keeps the base model's architecture and tokenizer; it cannot "
+                          f"take {', '.join(problems)}. Drop those flags")
+    dropout = model_cfg.dropout if "dropout" in typed else base.dropout
+    return Parent(ckpt, data, ModelConfig(vocab_size=base.vocab_size, cell=base.cell, layers=base.layers,
+                                          hidden=base.hidden, embed=base.embed, dropout=dropout))
+
+
+def graft(model: torch.nn.Module, parent: Parent, seed: int) -> None:
+    """Load the parent's weights into `model`, whose vocabulary may be larger: the base's rows are copied,
+    a new character's embedding row is drawn as a fresh model's are, and its head row starts as the
+    unknown token's (a token the base learned to find unlikely), so adding characters changes the base's
+    predictions very little until training teaches the new ones."""
+    state = dict(parent.data["model"])
+    n = parent.model_cfg.vocab_size
+    new = model.embed.weight.shape[0] - n
+    if new > 0:
+        g = torch.Generator().manual_seed(seed)
+        extra = torch.randn(new, state["embed.weight"].shape[1], generator=g)
+        state["embed.weight"] = torch.cat([state["embed.weight"], extra])
+        state["head.weight"] = torch.cat([state["head.weight"], state["head.weight"][:1].expand(new, -1)])
+        state["head.bias"] = torch.cat([state["head.bias"], state["head.bias"][:1].expand(new)])
+    model.load_state_dict(state)
