@@ -169,6 +169,17 @@ def _signal(tmp_path, text, run):
     assert "Resume with: charnn train big.txt --name big" in stderr and "--resume" in stderr
 
 
+def _novelty_no_text(tmp_path, text, run):
+    data = torch.load(run / "best.pt", weights_only=True)
+    data["data"] = {**data["data"], "cache_entry": "0" * 32}  # an entry that is not (or no longer) in the cache
+    torch.save(data, tmp_path / "moved.pt")
+    one_line_error(invoke("novelty", tmp_path / "moved.pt", text), 1, "no longer in the cache", "--corpus PATH")
+
+
+def _novelty_empty(tmp_path, text, run):
+    one_line_error(invoke("novelty", run, input=""), 1, "the sample is empty", "| charnn novelty RUN")
+
+
 SCENARIOS = {
     "a missing corpus": _missing, "an empty corpus": _empty, "a binary corpus": _binary,
     "a corpus that is not UTF-8": _not_utf8, "a text shorter than one batch": _short,
@@ -179,6 +190,8 @@ SCENARIOS = {
     "a second training of a run that is training": _second_training,
     "`--precision bf16` where this machine cannot run it": _bf16, "a NaN or infinite loss": _nan_loss,
     "Ctrl-C or SIGTERM while training": _signal,
+    "`charnn novelty` for a run whose training text is gone": _novelty_no_text,
+    "`charnn novelty` with an empty sample": _novelty_empty,
 }
 
 

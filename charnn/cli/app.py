@@ -11,6 +11,7 @@ from charnn import __version__
 from charnn.cli.corpora import corpora
 from charnn.cli.evaluate import evaluate
 from charnn.cli.info import info
+from charnn.cli.novelty import novelty
 from charnn.cli.plot import plot
 from charnn.cli.sample import sample
 from charnn.cli.serve import serve
@@ -65,6 +66,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 app.command()(train)
 app.command()(sample)
 app.command("eval")(evaluate)
+app.command()(novelty)
 app.command()(info)
 app.command()(corpora)
 app.command()(plot)

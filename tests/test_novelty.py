@@ -1,0 +1,202 @@
+"""`charnn novelty`: the suffix-array index against brute force, the report through the CLI, the cached index,
+stdin, --json, the fallbacks when the cached training text is gone, and one-line errors."""
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL, TINY_TRAIN, make_text, one_line_error, subprocess_env
+from typer.testing import CliRunner
+
+from charnn.cli import app
+from charnn.config import ModelConfig, TrainConfig
+from charnn.data import cache, textindex
+from charnn.data.corpus import Corpus
+from charnn.reports import novelty as report
+from charnn.training.trainer import train
+
+
+def invoke(*args, **kw):
+    return CliRunner().invoke(app, [str(a) for a in args], **kw)
+
+
+def brute_lengths(text: str, sample: str, cap: int):
+    """torch-rnn's way: for each sample position, grow the window while it is a substring of the text."""
+    out = []
+    for i in range(len(sample)):
+        n = 0
+        while i + n < len(sample) and n < cap and sample[i: i + n + 1] in text:
+            n += 1
+        out.append(n)
+    return out
+
+
+def test_a_copied_span_is_found_whole_at_its_place(tmp_path):
+    marker = "Unique line: forty-odd chars never seen before, really."
+    lines = make_text(200, seed=1).splitlines()
+    lines.insert(123, marker)
+    text = "\n".join(lines) + "\n"
+    index = textindex.build_index(tmp_path, [text.encode()])
+    span = marker[3:43]  # 40 characters, bracketed below by characters the text lacks
+    sample = "Z#" + span + "#Z" + lines[5][:20]
+    q = textindex.Query.of(sample)
+    lengths, where = textindex.match_lengths(index, q, np.arange(len(sample)), np.full(len(sample), 16))
+    i, n, at = textindex.longest_match(index, q, lengths, where, 16)
+    assert (i, n) == (2, 40)
+    assert textindex.locate(index, at) == (text.index(marker) + 3, 124)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_index_agrees_with_brute_force(tmp_path, seed):
+    rng = random.Random(seed)
+    alphabet = ["ab", "ab\n", "aé€😀", "abc "][seed % 4]
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(50, 400)))
+    index = textindex.build_index(tmp_path, [text[:37].encode(), text[37:].encode()])  # chunks meet anywhere
+    assert index.chars == len(text)
+    for _ in range(10):
+        sample = "".join(rng.choice(alphabet + "z") for _ in range(rng.randint(1, 80)))
+        if rng.random() < 0.5:  # a long copied stretch, so that the cap cuts matches
+            a = rng.randrange(len(text))
+            sample = sample[:7] + text[a: a + rng.randint(10, 120)] + sample[7:]
+        q, cap = textindex.Query.of(sample), rng.choice([1, 4, 16])
+        lengths, where = textindex.match_lengths(index, q, np.arange(len(sample)), np.full(len(sample), cap))
+        assert list(lengths) == brute_lengths(text, sample, cap)
+        i, n, at = textindex.longest_match(index, q, lengths, where, cap)
+        assert n == max(brute_lengths(text, sample, 10 ** 6))
+        offset, line = textindex.locate(index, at)
+        assert text[offset: offset + n] == sample[i: i + n] and line == text[:offset].count("\n") + 1
+
+
+def test_shares_are_the_windows_found(tmp_path):
+    text = make_text(100, seed=2)
+    rng = random.Random(5)
+    sample = "".join(text[a: a + 30] + "QQ" for a in rng.sample(range(len(text) - 30), 40))
+    index = textindex.build_index(tmp_path, [text.encode()])
+    lengths, _ = textindex.match_lengths(index, textindex.Query.of(sample), np.arange(len(sample)),
+                                         np.full(len(sample), 32))
+    for n in (4, 16, 32):
+        windows = [sample[i: i + n] for i in range(len(sample) - n + 1)]
+        got = report._windows(lengths, n)
+        assert (got.windows, got.found) == (len(windows), sum(w in text for w in windows))
+    assert report._windows(lengths, 32).found == 0 < report._windows(lengths, 16).found
+
+
+def test_the_report_through_the_command_line(trained_run, corpus_file, monkeypatch):
+    run = trained_run.run_dir
+    text = corpus_file.read_text(encoding="utf-8")
+    record = torch.load(run / "best.pt", weights_only=True)["data"]
+    seen = text[: record["train_chars"]]
+    shutil.rmtree(cache.entry_dir(record["cache_entry"]) / "novelty", ignore_errors=True)
+    builds = []
+    real_build = textindex.build_index
+    monkeypatch.setattr(textindex, "build_index", lambda *a: builds.append(a) or real_build(*a))
+    sample = "ZQ" + seen[1000:1040] + "QZ" + seen[5:24]  # 63 characters: no 64-window
+    (run.parent / "sample.txt").write_text(sample, encoding="utf-8")
+
+    first = invoke("novelty", run, run.parent / "sample.txt", "--json")
+    assert first.exit_code == 0, first.stderr
+    out = json.loads(first.stdout)
+    assert len(builds) == 1 and out["index_built"] and "indexing" in first.stderr
+    assert out["train_chars"] == len(seen) == record["train_chars"] and out["sample_chars"] == len(sample)
+    span = out["longest"]
+    assert (span["length"], span["text"], span["sample_offset"]) == (40, seen[1000:1040], 2)
+    assert seen[span["train_offset"]: span["train_offset"] + 40] == span["text"]
+    assert span["line"] == seen[: span["train_offset"]].count("\n") + 1 and span["source"] == str(corpus_file)
+    for w, n in zip(out["windows"], (16, 32, 64)):
+        windows = [sample[i: i + n] for i in range(len(sample) - n + 1)]
+        assert (w["n"], w["windows"], w["found"]) == (n, len(windows), sum(x in seen for x in windows))
+    assert out["windows"][2] == {"n": 64, "windows": 0, "found": 0, "share": None}
+
+    again = invoke("novelty", run, "-", "--json", input=sample)  # stdin, and the index from the cache
+    assert again.exit_code == 0 and len(builds) == 1 and again.stderr == ""
+    second = json.loads(again.stdout)
+    assert not second["index_built"]
+    assert {k: v for k, v in second.items() if "seconds" not in k and k != "index_built"} == \
+           {k: v for k, v in out.items() if "seconds" not in k and k != "index_built"}
+
+    table = invoke("novelty", run, run.parent / "sample.txt", "--n", "8")
+    assert table.exit_code == 0 and table.stderr == ""
+    assert "longest verbatim span: 40 characters, at sample offset 2" in table.stdout
+    assert repr(seen[1000:1040]) in table.stdout and "    8 " in table.stdout and "   16 " not in table.stdout
+
+
+def moved_checkpoint(run_dir, tmp_path, **record) -> str:
+    """A copy of the run's checkpoint whose data record says `record` (None: no record at all)."""
+    data = torch.load(run_dir / "best.pt", weights_only=True)
+    if record.get("drop"):
+        data.pop("data")
+    else:
+        data["data"] = {**data["data"], **record}
+    torch.save(data, tmp_path / "moved.pt")
+    return str(tmp_path / "moved.pt")
+
+
+def test_without_the_cached_text_it_asks_for_the_corpus_and_reads_it_again(trained_run, corpus_file, tmp_path):
+    run = trained_run.run_dir
+    sample = corpus_file.read_text(encoding="utf-8")[200:300]
+    ckpt = moved_checkpoint(run, tmp_path, cache_entry="0" * 32)
+    one_line_error(invoke("novelty", ckpt, "-", input=sample), 1, "no longer in the cache", "--corpus PATH",
+                   str(corpus_file))
+    one_line_error(invoke("novelty", moved_checkpoint(run, tmp_path, drop=True), "-", input=sample), 1,
+                   "does not record its training text", "--corpus PATH")
+    r = invoke("novelty", ckpt, "-", "--corpus", corpus_file, "--json", input=sample)
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["longest"]["length"] == 100 and out["windows"][0]["share"] == 1.0
+    assert out["train_chars"] == torch.load(run / "best.pt", weights_only=True)["data"]["train_chars"]
+
+
+def test_the_builtin_corpus_is_read_again_by_itself(tmp_path):
+    root = tmp_path / "lib"
+    (root / "pkg").mkdir(parents=True)
+    (root / "alpha.py").write_text(make_text(80, seed=3), encoding="utf-8")
+    beta = "def beta():\n    return 'a line that only beta has'\n" * 40
+    (root / "pkg" / "beta.py").write_text(beta, encoding="utf-8")
+    from charnn.data.corpus import builtin_corpus
+    corpus = builtin_corpus(root=str(root))
+    result = train(corpus, ModelConfig(vocab_size=1, **TINY_MODEL),
+                   TrainConfig(out=str(tmp_path / "runs"), **{**TINY_TRAIN, "max_steps": 2, "eval_every": 2}))
+    ckpt = moved_checkpoint(result.run_dir, tmp_path, cache_entry="0" * 32)
+    got = report.novelty(ckpt, "xx return 'a line that only beta has'")
+    assert got.longest.length == 35 and got.longest.source == "pkg/beta.py"
+    assert got.corpus.startswith("python-stdlib:") and got.index_built
+
+
+def test_a_subword_run_is_checked_in_characters(tmp_path, corpus_file):
+    text = corpus_file.read_text(encoding="utf-8")
+    cfg = TrainConfig(out=str(tmp_path), tokenizer="bpe", vocab_size=300, **{**TINY_TRAIN, "max_steps": 2,
+                                                                             "eval_every": 2})
+    result = train(Corpus(text, "bpe", str(corpus_file)), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
+    cut = torch.load(result.run_dir / "best.pt", weights_only=True)["data"]["train_chars"]
+    sample = "QQ" + text[cut - 57: cut] + "QQ"
+    got = report.novelty(str(result.run_dir), sample, ns=(8, 50))
+    assert got.train_chars == cut and (got.longest.length, got.longest.train_offset) == (57, cut - 57)
+    assert [w.found for w in got.windows] == [sum(sample[i:i + n] in text[:cut] for i in range(len(sample) - n + 1))
+                                              for n in (8, 50)]
+
+
+def test_one_line_errors(trained_run, tmp_path):
+    run = trained_run.run_dir
+    one_line_error(invoke("novelty", run, "-", input=""), 1, "the sample is empty", "charnn sample RUN |")
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    one_line_error(invoke("novelty", run, tmp_path / "empty.txt"), 1, "is empty")
+    one_line_error(invoke("novelty", run, tmp_path / "nope.txt"), 1, "does not exist")
+    one_line_error(invoke("novelty", run, "-", input=b"caf\xe9"), 1, "not valid utf-8", "0xe9")
+    one_line_error(invoke("novelty", tmp_path / "none.pt", "-", input="x"), 1, "does not exist")
+    one_line_error(invoke("novelty", run, "--n", "0", input="x"), 2, "--n")
+
+
+def test_a_shell_pipeline_from_sample(trained_run):
+    run = trained_run.run_dir
+    cmd = (f"set -o pipefail; {sys.executable} -m charnn sample {run} --length 300 --seed 4 -q | "
+           f"{sys.executable} -m charnn novelty {run} --json -q")
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    out = json.loads(p.stdout)
+    assert out["sample_chars"] > 300 and out["longest"]["length"] >= 1
+    assert [w["n"] for w in out["windows"]] == [16, 32, 64]
