@@ -16,6 +16,7 @@ MIN_VOCAB = 260  # sentencepiece with byte fallback: 256 byte pieces + <unk> + t
 UNKNOWN = ("error", "skip")  # what sample does with prime characters outside the vocabulary
 MAX_LAYERS, MAX_WIDTH, MAX_THREADS = 256, 65536, 1024  # sanity bounds: beyond them torch overflows or crashes
 MIN_TEMPERATURE = 1e-6
+MAX_LABELS = 65535  # label ids are stored as uint16
 SEED_LIMIT = 2**63  # torch seeds are 64-bit; seeds stay below this so every generator takes them
 
 
@@ -27,9 +28,12 @@ class ModelConfig:
     hidden: int = 256  # hidden units per layer
     embed: int = 64  # embedding width
     dropout: float = 0.1  # dropout between layers and before the head
+    labels: int = 0  # labels the model is conditioned on (--label-by; 0: none); label id 0 is "no label"
 
     def validate(self) -> "ModelConfig":
         problems = []
+        if not 0 <= self.labels <= MAX_LABELS:
+            problems.append(f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}")
         if self.cell not in CELLS:
             problems.append(f"`--cell` must be one of {', '.join(CELLS)}, not {self.cell!r}")
         for flag, value, most in (("--layers", self.layers, MAX_LAYERS), ("--hidden", self.hidden, MAX_WIDTH),
@@ -70,6 +74,9 @@ class TrainConfig:
     save_every_secs: float = 60.0  # also refresh last.pt when this many seconds passed since the last save (0: off)
     compile: bool = False  # torch.compile the model (opt-in: it pays off only on long runs, see benchmarks/TRAINING.md)
     init_from: Optional[str] = None  # fine-tune: start from this checkpoint or run folder (its architecture and vocabulary)
+    label_by: Optional[str] = None  # file, folder or line: condition the model on a label per document
+    label_dropout: float = 0.1  # with labels: the share of training windows shown without their label
+    skip_bad_lines: bool = False  # --label-by line: skip (and count) lines that are not label<TAB>text
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -110,6 +117,8 @@ class TrainConfig:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"`--precision` must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            problems.append(f"`--label-dropout` must be in [0, 1), got {self.label_dropout}")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             problems.append(f"`--threads` must be between 1 and {MAX_THREADS}, got {self.threads}")
         _raise(problems)

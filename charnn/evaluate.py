@@ -59,11 +59,14 @@ def stream_layout(n: int) -> Tuple[int, int]:
 
 @torch.no_grad()
 def score_ids(model, ids: torch.Tensor, device: torch.device, precision: str = "fp32",
-              part: Tuple[int, int] = (0, 1)) -> float:
+              part: Tuple[int, int] = (0, 1), labels: Optional[torch.Tensor] = None,
+              per_label: Optional[np.ndarray] = None) -> float:
     """Total nats of predicting ids[1:] from ids[:-1], deterministic and in float64.
 
     part=(rank, world) scores only that rank's share of the streams (the last rank also takes the tail);
-    the layout is the same for any world size, so the shares add up to the one-process total."""
+    the layout is the same for any world size, so the shares add up to the one-process total.
+    A labelled model takes `labels`, the label of each predicted token (len(ids) - 1 of them); `per_label`
+    (an array with a slot per label id) then gets each label's nats added to it."""
     n = len(ids) - 1
     if n <= 0:
         return 0.0
@@ -75,22 +78,32 @@ def score_ids(model, ids: torch.Tensor, device: torch.device, precision: str = "
     x, y = ids[:-1], ids[1:]
     total = 0.0
     if hi > lo:
-        total += _score_streams(model, x[: S * L].view(S, L)[lo:hi], y[: S * L].view(S, L)[lo:hi], device, precision)
+        streams = lambda t: t[: S * L].view(S, L)[lo:hi]  # noqa: E731
+        total += _score_streams(model, streams(x), streams(y), device, precision,
+                                None if labels is None else streams(labels), per_label)
     if S * L < n and rank == world - 1:  # the tail that does not fill a stream
-        total += _score_streams(model, x[S * L:].view(1, -1), y[S * L:].view(1, -1), device, precision)
+        tail = None if labels is None else labels[S * L:]
+        total += _score_streams(model, x[S * L:].view(1, -1), y[S * L:].view(1, -1), device, precision,
+                                None if tail is None else tail.view(1, -1), per_label)
     model.train(was_training)
     return total
 
 
-def _score_streams(model, X, Y, device, precision) -> float:
+def _score_streams(model, X, Y, device, precision, labels=None, per_label=None) -> float:
     state, total = None, 0.0
     for t in range(0, X.shape[1], CHUNK):
         xb = X[:, t:t + CHUNK].to(device, non_blocking=True)
         yb = Y[:, t:t + CHUNK].to(device, non_blocking=True)
+        extra = {} if labels is None else {"labels": labels[:, t:t + CHUNK].long().to(device, non_blocking=True)}
         with autocast(device, precision):
-            logits, state = model(xb, state)
-        total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yb.reshape(-1),
-                                 reduction="sum").double().item()
+            logits, state = model(xb, state, **extra)
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        if per_label is None:
+            total += F.cross_entropy(flat, yb.reshape(-1), reduction="sum").double().item()
+            continue
+        losses = F.cross_entropy(flat, yb.reshape(-1), reduction="none").double().cpu().numpy()
+        total += float(losses.sum())
+        per_label += np.bincount(extra["labels"].reshape(-1).cpu().numpy(), losses, minlength=len(per_label))
     return total
 
 
@@ -100,15 +113,18 @@ def evaluate_text(model, tokenizer, text: str, device: torch.device, precision: 
 
 
 def evaluate_ids(model, tokenizer, ids: np.ndarray, device: torch.device, precision: str = "fp32",
-                 part: Tuple[int, int] = (0, 1), total: Optional[Callable[[float], float]] = None) -> EvalResult:
+                 part: Tuple[int, int] = (0, 1), total: Optional[Callable[[float], float]] = None,
+                 labels: Optional[np.ndarray] = None, per_label: Optional[np.ndarray] = None) -> EvalResult:
     """Score already-encoded text (training caches its val ids and calls this directly): every token, the
     first conditioned on the start id that sampling without a prime starts from, so `chars` is the text's
     length for every tokenizer. Under torchrun each rank scores its `part` and `total` sums the nats over
-    ranks (every rank gets the whole result)."""
+    ranks (every rank gets the whole result). A labelled model takes each token's `labels` (and adds each
+    label's nats into `per_label`, if given)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     unknown = int((ids == tokenizer.unk_id).sum())
     context = np.concatenate([np.array([start_id(tokenizer)], dtype=np.int64), ids])
-    nats = score_ids(model, torch.from_numpy(context), device, precision, part)
+    lab = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+    nats = score_ids(model, torch.from_numpy(context), device, precision, part, lab, per_label)
     if total is not None:
         nats = total(nats)
     chars = tokenizer.token_chars(ids) if len(ids) else 0

@@ -33,7 +33,7 @@ def test_info_json_describes_the_checkpoint(cli_run, corpus_file):
     data = torch.load(cli_run / "best.pt", weights_only=True)
     assert info["checkpoint"] == str(cli_run / "best.pt")
     assert info["format"] == "charnn" and info["format_version"] == 1
-    assert info["model"] == {"cell": "lstm", "layers": 2, "hidden": 24, "embed": 8, "dropout": 0.1,
+    assert info["model"] == {"cell": "lstm", "layers": 2, "hidden": 24, "embed": 8, "dropout": 0.1, "labels": 0,
                              "vocab_size": data["model_config"]["vocab_size"],
                              "parameters": sum(t.numel() for t in data["model"].values())}
     text = corpus_file.read_text()

@@ -21,7 +21,7 @@ def train(corpus: Union[None, str, Sequence[str]] = None, *, on_event: Optional[
     Python spelling (`max_steps=200`, `max_time="5m"` or seconds, `hidden=128`, `out="checkpoints"`, ...).
     Progress goes to `on_event(kind, info)` (never printed); the run's metrics.jsonl is written as the CLI does.
     Returns where the run went, its steps, best and last val loss, elapsed seconds and why it stopped."""
-    from charnn.data.corpus import load_corpus
+    from charnn.data.labels import load_corpus
     from charnn.training.metrics import Callbacks, MetricsLogger, run_config
     from charnn.training.trainer import Trainer
 
@@ -33,7 +33,7 @@ def train(corpus: Union[None, str, Sequence[str]] = None, *, on_event: Optional[
     model_cfg = ModelConfig(vocab_size=1, **{k: v for k, v in flags.items() if k in MODEL_FLAGS}).validate()
     cfg = TrainConfig(**{k: v for k, v in flags.items() if k in TRAIN_FLAGS}).validate()
     events = Callbacks(on_event)
-    text = load_corpus(corpus, flags.get("encoding", "utf-8"), flags.get("glob"), events)
+    text = load_corpus(corpus, flags.get("encoding", "utf-8"), flags.get("glob"), events, cfg)
     resume = bool(flags.get("resume", False))
     trainer = Trainer(text, model_cfg, cfg, events, resume=resume, encoding=flags.get("encoding", "utf-8"),
                       explicit=set(flags))

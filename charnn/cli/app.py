@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from charnn import __version__
+from charnn.cli.classify import classify
 from charnn.cli.corpora import corpora
 from charnn.cli.evaluate import evaluate
 from charnn.cli.info import info
@@ -66,6 +67,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 app.command()(train)
 app.command()(sample)
 app.command("eval")(evaluate)
+app.command()(classify)
 app.command()(novelty)
 app.command()(info)
 app.command()(corpora)

@@ -84,6 +84,12 @@ class TrainProgress:
                           f"{info['chars']:,} characters{cap}...")
             else:
                 self.note(f"{info['kind']} tokenizer ready: {info['vocab_size']:,} pieces in {info['seconds']:.1f}s")
+        elif kind == "labels":
+            sizes = ", ".join(f"{n} {c:,}" for n, c in zip(info["names"][:12], info["train_chars"][:12]))
+            more = f" and {len(info['names']) - 12} more" if len(info["names"]) > 12 else ""
+            self.note(f"{len(info['names'])} labels by {info['by']} (training characters): {sizes}{more}")
+            if info.get("skipped_lines"):
+                self.note(f"note: skipped {info['skipped_lines']:,} lines that are not label<TAB>text")
         elif kind == "init_from":
             self.note(parent_words(info))
         elif kind == "start":

@@ -61,6 +61,15 @@ def train(
                                                           "new text adds get new ids); fresh optimiser and "
                                                           "schedule; --lr defaults to 2e-3.",
                                                      show_default=False)] = None,
+    label_by: Annotated[Optional[str], typer.Option(help="Condition the model on labels: file (each CORPUS file is "
+                                                         "a label, by its stem), folder (each subfolder of a CORPUS "
+                                                         "folder), line (each line is label<TAB>text). Then "
+                                                         "`sample --label` and `classify` work.",
+                                                    show_default=False)] = None,
+    label_dropout: Annotated[float, typer.Option(help="With labels: the share of training windows shown without "
+                                                      "their label (the unconditional path).")] = 0.1,
+    skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="--label-by line: skip and count lines "
+                                                                         "that are not label<TAB>text.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue run NAME from its last.pt (its saved settings; "
                                               "flags given now, e.g. a larger --max-steps, override).")] = False,
     save_every_secs: Annotated[float, typer.Option(help="Also refresh last.pt after this many seconds without "
@@ -80,7 +89,7 @@ def train(
 ):
     """Train a model on CORPUS; checkpoints land in OUT/NAME/best.pt and last.pt."""
     from charnn.cli.progress import TrainProgress
-    from charnn.data.corpus import load_corpus
+    from charnn.data.labels import load_corpus
     from charnn.training.distributed import Dist
     from charnn.training.metrics import Callbacks
     from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted, graceful_signals
@@ -97,14 +106,15 @@ def train(
                           epochs=epochs, patience=patience, eval_every=eval_every, eval_tokens=eval_tokens, device=device,
                           precision=precision, threads=threads, tokenizer=tokenizer,
                           vocab_size=vocab_size, save_every_secs=save_every_secs, compile=compile,
-                          init_from=init_from).validate()
+                          init_from=init_from, label_by=label_by, label_dropout=label_dropout,
+                          skip_bad_lines=skip_bad_lines).validate()
         stop = StopRequest()
         with graceful_signals(stop):
             view = TrainProgress(err, cfg.open_ended, quiet)
             events = Callbacks(view)
             corpus_args = list(corpus or [])
             try:
-                corpus = load_corpus(corpus_args, encoding, glob, events)
+                corpus = load_corpus(corpus_args, encoding, glob, events, cfg)
             finally:
                 view.download.close()
             trainer = Trainer(corpus, model_cfg, cfg, events, resume=resume, stop=stop, encoding=encoding,
@@ -143,6 +153,7 @@ def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: s
         err.print("[yellow]stopped before the first step; nothing was saved[/]", markup=True)
         raise typer.Exit(code) from None
     enc = f"--encoding {encoding} " if encoding.lower() not in ("utf-8", "utf8") else ""
+    enc += f"--label-by {trainer.cfg.label_by} " if trainer.cfg.label_by else ""
     err.print(f"[yellow]stopped at step {trainer.step}; saved {e.path}. Resume with: {_launcher(dist)}charnn train "
               f"{''.join(_quote(a) for a in corpus_args)}--name {trainer.run_dir.name} "
               f"--out {shlex.quote(out)} {enc}--resume[/]", markup=True)

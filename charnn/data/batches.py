@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -26,8 +26,9 @@ class StreamBatches:
     the global batch exactly as in one process, so N ranks together see what one process sees.
     """
 
-    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int):
-        self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len
+    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, labels: Optional[torch.Tensor] = None):
+        """`labels`: the label id of each token's document (same length as ids), or None."""
+        self.ids, self.batch_size, self.seq_len, self.labels = ids, batch_size, seq_len, labels
         self.rows = slice(0, batch_size)  # this process's streams (all of them outside torchrun)
         need = batch_size * seq_len + 1
         if len(ids) < need:
@@ -52,14 +53,22 @@ class StreamBatches:
         data = self.ids[offset: offset + B * L + 1]
         return data[:-1].view(B, L), data[1:].view(B, L)
 
-    def epoch(self, offset: int = 0, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Batches (x, y), each (rows, seq_len), from window `start` to the end of the epoch."""
+    def epoch(self, offset: int = 0, start: int = 0) -> Iterator[Tuple[torch.Tensor, ...]]:
+        """Batches (x, y), each (rows, seq_len), from window `start` to the end of the epoch; with labels,
+        (x, y, labels), where a position's label is that of the token it predicts."""
         X, Y = self.layout(offset)
+        labels = None
+        if self.labels is not None:
+            B, L = X.shape
+            labels = self.labels[offset + 1: offset + B * L + 1].view(B, L)
         if self.rows != slice(0, self.batch_size):
             X, Y = X[self.rows], Y[self.rows]
+            labels = None if labels is None else labels[self.rows]
         T = self.seq_len
         for t in range(start, self.steps_per_epoch(offset)):  # ids may be compact (uint8...): the model takes int64
-            yield X[:, t * T:(t + 1) * T].long(), Y[:, t * T:(t + 1) * T].long()
+            w = slice(t * T, (t + 1) * T)
+            batch = (X[:, w].long(), Y[:, w].long())
+            yield batch if labels is None else batch + (labels[:, w].long(),)
 
     def max_offset(self) -> int:
         """Largest epoch offset that still leaves as many windows as offset 0."""

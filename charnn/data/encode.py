@@ -40,8 +40,11 @@ class Prepared:
     val_chars: int
     val_unknown: int  # validation characters outside the vocabulary (scored as the unknown id)
     cached: bool  # True when the ids came from the cache without encoding
-    path: Path  # the cache entry
+    path: Optional[Path]  # the cache entry (None: a labelled corpus, encoded in memory)
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (file, why) left out of the corpus
+    train_labels: Optional[torch.Tensor] = None  # a labelled corpus (data/labels.py): each token's label id
+    val_labels: Optional[np.ndarray] = None
+    val_label_chars: Optional[List[int]] = None  # validation characters per label (labels 1..N)
 
 
 def prepare(parts: Sequence[Part], encoding: str, split: dict, tokenizer_spec: dict,

@@ -10,10 +10,12 @@ import math
 from typing import List, Optional
 
 from charnn.checkpoint import load_checkpoint, non_finite_tensors, resolve_checkpoint
+from charnn.classify import per_label_table
 from charnn.text.tokenizer import tokenizer_from_state
 from charnn.training.metrics import CONFIG_FILE, METRICS_FILE, finite, read_metrics
 
 VOCAB_PREVIEW = 48  # tokens shown in the vocabulary preview
+LABELS_SHOWN = 20  # labels listed in the summary (--json has all)
 _SHOWN = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␠"}
 
 
@@ -38,7 +40,7 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
     return {
         "checkpoint": str(ckpt), "run_dir": str(run_dir), "format": data.get("format"),
         "format_version": data.get("version"), "charnn_version": data.get("charnn_version"),
-        "model": {"cell": mc.get("cell"), "layers": mc.get("layers"), "hidden": mc.get("hidden"),
+        "model": {"cell": mc.get("cell"), "layers": mc.get("layers"), "hidden": mc.get("hidden"), "labels": mc.get("labels", 0),
                   "embed": mc.get("embed"), "dropout": mc.get("dropout"), "vocab_size": mc.get("vocab_size"),
                   "parameters": sum(t.numel() for t in data["model"].values())},
         "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size,
@@ -51,6 +53,8 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
                      "seed": tc.get("seed"), "resumable": "optimizer" in data and "progress" in data},
         "non_finite": non_finite_tensors(data["model"]),  # [{name, nan, inf}]: sample and eval refuse these
         "corpus": config.get("corpus") or (data.get("data") or {}).get("corpus"),
+        "labels": per_label_table(data["labels"]) if data.get("labels") else None,
+        "label_by": (data.get("labels") or {}).get("by"),
         "parent": data.get("parent"),  # --init-from: {path, step, val_loss, corpus, vocab_size, added_chars}
         "metrics": {"path": str(metrics_path), "records": len(records)} if records else None,
     }
@@ -82,7 +86,8 @@ def summary_lines(info: dict) -> List[str]:
         f"checkpoint  {info['checkpoint']}  (format {info['format']} v{info['format_version']}, "
         f"written by charnn {info['charnn_version'] or '?'})",
         f"model       {m['cell']}, {m['layers']} layers x {m['hidden']} hidden, embed {m['embed']}, "
-        f"dropout {m['dropout']}: {m['parameters']:,} parameters",
+        f"dropout {m['dropout']}" + (f", conditioned on {m['labels']} labels" if m.get("labels") else "")
+        + f": {m['parameters']:,} parameters",
         f"tokenizer   {t['kind']}, {t['vocab_size']} tokens: {shown}" + (f" (+{more} more)" if more > 0 else ""),
         f"training    {_num(tr['steps'])} steps ({_num(tr['epoch'])} epochs done), {_num(tr['chars_seen'])} "
         f"characters seen, {duration(tr['elapsed'])} on {tr['device'] or '?'} ({tr['precision'] or '?'})",
@@ -101,6 +106,11 @@ def summary_lines(info: dict) -> List[str]:
                      "sample and eval refuse this checkpoint")
     if info["corpus"]:
         lines.append(f"corpus      {info['corpus']}")
+    if info.get("labels"):
+        lines.append(f"labels      {len(info['labels'])} by {info['label_by']} (training characters, val nats/char): "
+                     + ", ".join(f"{name} ({_num(v['train_chars'])}, {_num(v['val_nats_per_char'], '.3f')})"
+                                 for name, v in list(info["labels"].items())[:LABELS_SHOWN])
+                     + (f" and {len(info['labels']) - LABELS_SHOWN} more" if len(info["labels"]) > LABELS_SHOWN else ""))
     parent = info.get("parent")
     if parent:
         val = f", val {parent['val_loss']:.4f} nats/char" if parent.get("val_loss") is not None else ""

@@ -47,7 +47,8 @@ def run_config(trainer, corpus_source: str) -> dict:
             "train": asdict(trainer.cfg),
             "tokenizer": {"kind": trainer.tokenizer.kind, "vocab_size": trainer.tokenizer.vocab_size},
             "precision": trainer.precision_choice.to_dict(),  # what --precision came to, and how (auto: measured)
-            "parent": trainer.parent}  # --init-from: the run it started from (None for a run from scratch)
+            "parent": trainer.parent,
+            "labels": trainer.labels}  # --label-by: how, the names and their training sizes (None: no labels)  # --init-from: the run it started from (None for a run from scratch)
 
 
 def finite(x) -> Optional[float]:

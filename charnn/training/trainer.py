@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +23,7 @@ from charnn.checkpoint import save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.data.batches import StreamBatches
 from charnn.data.corpus import Corpus
+from charnn.data.labels import LabelledText, prepare_labelled
 from charnn.data.encode import prepare_corpus
 from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device
 from charnn.errors import CharnnError, ConfigError, first_line
@@ -99,9 +101,12 @@ def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only, not on biases or the embedding."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embed"))]
+    """AdamW; weight decay on matrices only, not on biases or the embeddings."""
+    def decays(name: str, p) -> bool:
+        return p.dim() >= 2 and name.split(".")[0] not in ("embed", "label_embed")
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    rest = [p for n, p in model.named_parameters() if not decays(n, p)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), **extra)
@@ -170,34 +175,13 @@ class Trainer:
             keep_freed_memory()
         torch.manual_seed(cfg.seed)
 
-        # streamed and encoded once into the cache; the tokenizer sees the training split only
-        base_tokenizer = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
-        data = prepare_corpus(corpus, cfg, base_tokenizer, encoding, self.on_event, extend=parent is not None)
-        self.tokenizer = data.tokenizer
-        # where the training ids live, so `charnn novelty` can find the run's own text again
-        self.data_record = {"corpus": corpus.source, "cache_entry": data.path.name,
-                            "train_tokens": len(data.train_ids), "train_chars": data.train_chars}
-        # periodic evaluations score the first --eval-tokens validation ids (all of them when there are fewer)
-        self.val_ids = data.val_ids[: cfg.eval_tokens or None]
-        self.chars_per_token = data.train_chars / max(1, len(data.train_ids))
-        train_ids = data.train_ids
-        self.batches = StreamBatches(train_ids.to(self.device), cfg.batch_size, cfg.seq_len)
+        train_ids, data = self._prepare_data(corpus, cfg, resumed, parent, encoding)
+        self.batches = StreamBatches(train_ids.to(self.device), cfg.batch_size, cfg.seq_len,
+                                     None if data.train_labels is None else data.train_labels.to(self.device))
         self.batches.shard(*self.dist.part)
         if self.dist.active:
             self.dist.check_same(_fingerprint(self.tokenizer, len(train_ids), len(self.val_ids)), "the tokenized text")
-
-        if resumed:
-            model_cfg = from_dict(ModelConfig, resumed["model_config"])
-        else:
-            model_cfg = replace(parent.model_cfg if parent else model_cfg, vocab_size=self.tokenizer.vocab_size)
-        self.model_cfg = model_cfg.validate()
-        self.model = CharRNN(self.model_cfg)
-        self.parent = resumed.get("parent") if resumed else None
-        if parent:
-            graft(self.model, parent, cfg.seed)
-            parent.added = list(self.tokenizer.decode(range(parent.model_cfg.vocab_size, self.tokenizer.vocab_size)))
-            self.parent = parent.record()
-            self.on_event("init_from", dict(self.parent))
+        self._build_model(model_cfg, resumed, parent, cfg.seed)
         self.model.to(self.device)
         # the training forward: DistributedDataParallel under torchrun, else the model itself; with --compile,
         # its torch.compile'd twin (same weights; saves and evaluation use self.model)
@@ -220,10 +204,56 @@ class Trainer:
         if self.dist.is_main:
             _check_writable(self.run_dir)
 
+    def _prepare_data(self, corpus, cfg: TrainConfig, resumed: Optional[dict], parent, encoding: str):
+        """The training ids and the Prepared data: a corpus streamed and encoded once into the cache (the
+        tokenizer sees the training split only), or a labelled corpus encoded in memory with its labels."""
+        base_tokenizer = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
+        if resumed and bool(resumed.get("labels")) != isinstance(corpus, LabelledText):
+            by = (resumed.get("labels") or {}).get("by")
+            raise ConfigError(f"--resume: run {self.run_dir.name!r} was trained "
+                              f"{'with --label-by ' + by if by else 'without labels'}; resume it the same way")
+        self.labels = None
+        if isinstance(corpus, LabelledText):
+            data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base_tokenizer, parent is not None,
+                                    self.on_event, cfg.threads)
+            self.labels = corpus.record()
+            self.val_labels = data.val_labels[: cfg.eval_tokens or None]
+            val_ids = data.val_ids[: len(self.val_labels)]
+            self.val_label_chars = [data.tokenizer.token_chars(val_ids[self.val_labels == i])
+                                    for i in range(1, len(corpus.names) + 1)]
+            self.on_event("labels", {**self.labels, "skipped_lines": corpus.skipped_lines})
+        else:
+            data = prepare_corpus(corpus, cfg, base_tokenizer, encoding, self.on_event, extend=parent is not None)
+        self.tokenizer = data.tokenizer
+        # where the training ids live, so `charnn novelty` can find the run's own text again
+        self.data_record = {"corpus": corpus.source, "cache_entry": data.path.name if data.path else None,
+                            "train_tokens": len(data.train_ids), "train_chars": data.train_chars}
+        # periodic evaluations score the first --eval-tokens validation ids (all of them when there are fewer)
+        self.val_ids = data.val_ids[: cfg.eval_tokens or None]
+        self.chars_per_token = data.train_chars / max(1, len(data.train_ids))
+        return data.train_ids, data
+
+    def _build_model(self, model_cfg: ModelConfig, resumed: Optional[dict], parent, seed: int) -> None:
+        """The model: the resumed run's, the parent's (fine-tuning, its vocabulary maybe grown) or a fresh one."""
+        if resumed:
+            model_cfg = from_dict(ModelConfig, resumed["model_config"])
+        else:
+            base = parent.model_cfg if parent else model_cfg
+            model_cfg = replace(base, vocab_size=self.tokenizer.vocab_size,
+                                labels=len(self.labels["names"]) if self.labels else 0)
+        self.model_cfg = model_cfg.validate()
+        self.model = CharRNN(self.model_cfg)
+        self.parent = resumed.get("parent") if resumed else None
+        if parent:
+            graft(self.model, parent, seed)
+            parent.added = list(self.tokenizer.decode(range(parent.model_cfg.vocab_size, self.tokenizer.vocab_size)))
+            self.parent = parent.record()
+            self.on_event("init_from", dict(self.parent))
+
     def _choose_precision(self):
         """--precision: forced, or auto's measured choice; under torchrun every rank takes the same one
         (bf16 only where every rank measured it faster)."""
-        x, y = next(iter(self.batches.epoch(0, 0)))
+        x, y = next(iter(self.batches.epoch(0, 0)))[:2]
         choice = choose_precision(self.cfg.precision, self.model, x, y, self.device, self.cfg.threads)
         if self.dist.active and self.cfg.precision == "auto":
             order = ("fp32", "bf16")
@@ -300,6 +330,8 @@ class Trainer:
         }
         if self.parent:
             data["parent"] = self.parent
+        if self.labels:
+            data["labels"] = self.labels
         if with_training_state:
             state = self.state
             # under torchrun every rank must be here: the hidden state of all B streams is gathered
@@ -350,9 +382,17 @@ class Trainer:
             stale.unlink()
 
     def evaluate(self) -> float:
+        """Val nats/char (with labels, each validation token under its own label; the per-label values go
+        into the checkpoint's labels record)."""
         t = time.perf_counter()
+        per = None if self.labels is None else np.zeros(len(self.labels["names"]) + 1)
         result = evaluate_ids(self.model, self.tokenizer, self.val_ids, self.device, self.precision,
-                              self.dist.part, self.dist.sum if self.dist.active else None)
+                              self.dist.part, self.dist.sum if self.dist.active else None,
+                              None if self.labels is None else self.val_labels, per)
+        if per is not None:
+            chars = self.val_label_chars
+            per = [self.dist.sum(float(v)) if self.dist.active else float(v) for v in per[1:]]
+            self.labels["val_nats_per_char"] = [v / c if c else None for v, c in zip(per, chars)]
         self._eval_cost = time.perf_counter() - t
         return result.nats_per_char
 
@@ -400,12 +440,15 @@ class Trainer:
         code, sig = self.dist.max_ints([STOP_REASONS.index(stopped) + 1 if stopped else 0, signum or 0])
         return (STOP_REASONS[code - 1] if code else None), (sig or None)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, labels: Optional[torch.Tensor] = None) -> float:
         lr = lr_at(self.step, self.schedule_progress(), self.cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
+        if labels is not None and self.cfg.label_dropout > 0:  # some windows without their label: the
+            hide = torch.rand(labels.shape[0], 1, device=labels.device) < self.cfg.label_dropout  # unlabelled path
+            labels = labels.masked_fill(hide, 0)
         with autocast(self.device, self.precision):
-            logits, self.state = self._forward(x)
+            logits, self.state = self._forward(x, labels)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -419,11 +462,12 @@ class Trainer:
         self.step += 1
         return value
 
-    def _forward(self, x: torch.Tensor):
+    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        extra = {} if labels is None else {"labels": labels}
         if not self._compile_pending:
-            return self.net(x, self.state)
+            return self.net(x, self.state, **extra)
         try:  # the first call compiles: inductor needs a working C++ (CPU) or Triton (GPU) toolchain
-            out = self.net(x, self.state)
+            out = self.net(x, self.state, **extra)
             self._compile_pending = False
             return out
         except Exception as e:
@@ -452,13 +496,13 @@ class Trainer:
         while stopped is None:
             if self.window == 0:  # a new epoch: pick its offset (deterministic from seed + epoch)
                 self.offset = random.Random(cfg.seed * 100003 + self.epoch).randint(0, self.batches.max_offset())
-            for x, y in self.batches.epoch(self.offset, self.window):
+            for batch in self.batches.epoch(self.offset, self.window):
                 stopped, signum = self._should_stop()
                 if stopped:
                     break
                 if signum is not None:
                     raise TrainingInterrupted(signum, self._save_on_stop())
-                loss = self._train_step(x, y)
+                loss = self._train_step(*batch)
                 self.window += 1
                 self.chars_seen += int(B * T * self.chars_per_token)
                 loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss

@@ -1,0 +1,133 @@
+"""Classifying text with a label-conditioned model, by Bayes' rule over the labels' likelihoods.
+
+log p(label | text) = log p(text | label) + log p(label) - log p(text). Every label's likelihood comes
+from one batched pass: each text is a row per label (rows of a block of texts padded to one length), the
+label's vector added at every step, and the nats of each row's real tokens summed. Texts are scored as
+training saw its documents: the first token conditioned on the start id, and a line ending in a newline.
+Priors are the training label frequencies (documents for --label-by line, characters for file and folder
+labels, which is how often a line of each turns up), or uniform.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charnn.errors import CharnnError
+from charnn.text.tokenizer import start_id
+
+CHUNK = 256  # time steps per forward call: long texts go through in pieces with the state carried
+MAX_ROWS = 512  # texts x labels per pass
+
+
+@dataclass
+class Scores:
+    """One text's result: the labels' log-likelihoods (nats) and posteriors, best first by posterior."""
+
+    names: List[str]
+    loglik: np.ndarray  # (N,) log p(text | label)
+    posterior: np.ndarray  # (N,) p(label | text)
+    chars: int
+
+    @property
+    def best(self) -> str:
+        return self.names[int(np.argmax(self.posterior))]
+
+    def top(self, n: int) -> List[tuple]:
+        order = np.argsort(-self.posterior, kind="stable")[:n]
+        return [(self.names[i], float(self.posterior[i])) for i in order]
+
+    def to_dict(self) -> dict:
+        return {"label": self.best, "chars": self.chars,
+                "labels": {n: {"loglik": float(ll), "posterior": float(p), "nats_per_char":
+                               float(-ll / self.chars) if self.chars else None}
+                           for n, ll, p in zip(self.names, self.loglik, self.posterior)}}
+
+
+class Classifier:
+    def __init__(self, model, tokenizer, labels: dict, device: torch.device, uniform_prior: bool = False):
+        if not labels or not getattr(model, "label_embed", None):
+            raise CharnnError("this model was trained without labels, so it cannot classify; train one with "
+                              "--label-by file|folder|line")
+        self.model, self.tokenizer, self.device = model.eval(), tokenizer, device
+        self.names: List[str] = list(labels["names"])
+        self.prior = log_prior(labels, uniform_prior)
+        self.start = start_id(tokenizer)
+
+    def classify(self, texts: Sequence[str]) -> List[Scores]:
+        """Scores for each text (a line is scored with its newline, as training saw it)."""
+        ids = [self.tokenizer.encode(t if t.endswith("\n") else t + "\n") for t in texts]
+        ll = self.loglik(ids)
+        out = []
+        for text, row in zip(texts, ll):
+            joint = row + self.prior
+            post = np.exp(joint - np.logaddexp.reduce(joint))
+            out.append(Scores(self.names, row, post, len(text)))
+        return out
+
+    def loglik(self, ids: Sequence[np.ndarray]) -> np.ndarray:
+        """(texts, labels) log p(text | label), the texts scored in blocks of up to MAX_ROWS rows."""
+        n = len(self.names)
+        per = max(1, MAX_ROWS // n)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a block: less padding
+        out = np.zeros((len(ids), n))
+        for b in range(0, len(order), per):
+            block = order[b:b + per]
+            out[block] = self._block([ids[i] for i in block])
+        return out
+
+    @torch.inference_mode()
+    def _block(self, ids: List[np.ndarray]) -> np.ndarray:
+        n, k = len(self.names), len(ids)
+        T = max(1, max(len(x) for x in ids))
+        y = np.zeros((k, T), dtype=np.int64)
+        mask = np.zeros((k, T), dtype=bool)
+        for i, x in enumerate(ids):
+            y[i, :len(x)], mask[i, :len(x)] = x, True
+        x = np.concatenate([np.full((k, 1), self.start), y[:, :-1]], axis=1)
+        # rows: text i under label j is row i * n + j
+        X = torch.from_numpy(x).repeat_interleave(n, 0).to(self.device)
+        Y = torch.from_numpy(y).repeat_interleave(n, 0).to(self.device)
+        M = torch.from_numpy(mask).repeat_interleave(n, 0).to(self.device)
+        L = torch.arange(1, n + 1, device=self.device).repeat(k).view(-1, 1)
+        total, state = torch.zeros(k * n, dtype=torch.float64, device=self.device), None
+        for t in range(0, T, CHUNK):
+            xb = X[:, t:t + CHUNK]
+            logits, state = self.model(xb, state, L.expand_as(xb))
+            nll = F.cross_entropy(logits.float().transpose(1, 2), Y[:, t:t + CHUNK], reduction="none")
+            total -= (nll * M[:, t:t + CHUNK]).double().sum(1)
+        return total.view(k, n).cpu().numpy()
+
+
+def log_prior(labels: dict, uniform: bool = False) -> np.ndarray:
+    """log p(label): uniform, or the training frequencies (documents for line labels, else characters)."""
+    n = len(labels["names"])
+    if uniform:
+        return np.full(n, -math.log(n))
+    counts = np.asarray(labels["train_docs"] if labels.get("by") == "line" else labels["train_chars"], dtype=float)
+    counts = np.maximum(counts, 1e-9)
+    return np.log(counts / counts.sum())
+
+
+def label_id(labels: Optional[dict], name: str) -> int:
+    """The id of label `name` (1..N), or one error listing the labels."""
+    names: List[str] = list((labels or {}).get("names") or [])
+    if not names:
+        raise CharnnError("this model was trained without labels, so --label does not apply (train with "
+                          "--label-by file|folder|line)")
+    if name not in names:
+        shown = ", ".join(names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
+        raise CharnnError(f"unknown label {name!r}; the model's labels are: {shown}")
+    return names.index(name) + 1
+
+
+def per_label_table(labels: dict) -> Dict[str, dict]:
+    """{name: {train_docs, train_chars, val_nats_per_char}} for `info`."""
+    val = labels.get("val_nats_per_char") or [None] * len(labels["names"])
+    return {n: {"train_docs": d, "train_chars": c, "val_nats_per_char": v}
+            for n, d, c, v in zip(labels["names"], labels["train_docs"], labels["train_chars"], val)}

@@ -1,0 +1,121 @@
+"""`charnn classify`: the most likely label of each input line (or file), in order, one output line each."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import queue
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Iterator, List, Optional
+
+import typer
+
+from charnn.cli.options import Device, Json
+from charnn.cli.output import user_errors, writing_results
+from charnn.errors import CharnnError
+
+BLOCK = 64  # lines scored together when they are already there (never waiting for more)
+
+
+def classify(
+    paths: Annotated[Optional[List[str]], typer.Argument(
+        help="[CHECKPOINT] [FILE...]: a .pt file or run folder (default: the newest run), then text files "
+             "(default: stdin).", show_default=False)] = None,
+    probs: Annotated[bool, typer.Option("--probs", help="Add the label's probability: label<TAB>p.")] = False,
+    top: Annotated[Optional[int], typer.Option(min=1, help="The N most likely labels, with probabilities, "
+                                                           "tab-separated.")] = None,
+    as_json: Json = False,
+    per_file: Annotated[bool, typer.Option("--per-file", help="One result per FILE (its whole text), "
+                                                              "prefixed by its path.")] = False,
+    uniform_prior: Annotated[bool, typer.Option("--uniform-prior", help="Every label equally likely before "
+                                                                        "the text (default: the training "
+                                                                        "label frequencies).")] = False,
+    device: Device = "auto",
+    encoding: Annotated[str, typer.Option(help="Text encoding of the input.")] = "utf-8",
+):
+    """Say which label each line most likely came from (a model trained with --label-by)."""
+    from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+    from charnn.classify import Classifier
+    from charnn.data.corpus import read_text
+    from charnn.device import resolve_device
+
+    with user_errors():
+        paths = list(paths or [])
+        ckpt = paths.pop(0) if paths and (Path(paths[0]).suffix == ".pt" or Path(paths[0]).is_dir()) else None
+        if per_file and not paths:
+            raise typer.BadParameter("--per-file needs FILE arguments")
+        dev = resolve_device(device)
+        data = load_checkpoint(resolve_checkpoint(ckpt))
+        model, tokenizer = build_from_checkpoint(data, dev)
+        classifier = Classifier(model, tokenizer, data.get("labels"), dev, uniform_prior)
+        if per_file:
+            texts = [read_text(p, "file", encoding) for p in paths]
+    show = _formatter(probs, top, as_json)
+    with writing_results():
+        if per_file:
+            for path, scores in zip(paths, classifier.classify(texts)):
+                typer.echo(f"{path}\t{show(scores)}")
+            return
+        with user_errors():
+            for block in _blocks(_lines(paths, encoding)):
+                for scores in classifier.classify(block):
+                    sys.stdout.write(show(scores) + "\n")
+                sys.stdout.flush()
+
+
+def _formatter(probs: bool, top: Optional[int], as_json: bool):
+    if as_json:
+        return lambda s: json.dumps(s.to_dict(), ensure_ascii=False)
+    if top:
+        return lambda s: "\t".join(f"{name}\t{p:.4f}" for name, p in s.top(top))
+    if probs:
+        return lambda s: f"{s.best}\t{s.top(1)[0][1]:.4f}"
+    return lambda s: s.best
+
+
+def _lines(paths: List[str], encoding: str) -> Iterator[str]:
+    """The input's lines without their line ends: each FILE in turn, or stdin."""
+    from charnn.data.corpus import read_text
+
+    if not paths:
+        same = codecs.lookup(encoding).name == codecs.lookup(sys.stdin.encoding or "utf-8").name
+        stream = sys.stdin if same else codecs.getreader(encoding)(sys.stdin.buffer, errors="strict")
+        for line in stream:
+            yield line.rstrip("\n")
+        return
+    for p in paths:
+        text = read_text(p, "file", encoding)
+        yield from text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+
+
+def _blocks(lines: Iterator[str]) -> Iterator[List[str]]:
+    """Lists of lines: each as many as have arrived (up to BLOCK), so a slow writer gets each answer at
+    once and a fast one gets them scored together. A reader thread fills the queue."""
+    q: "queue.Queue" = queue.Queue(maxsize=4 * BLOCK)
+    end = object()
+
+    def read():
+        try:
+            for line in lines:
+                q.put(line)
+        except UnicodeDecodeError as e:  # handed to the main thread, raised in order, as one line
+            q.put(CharnnError(f"the input is not valid text in its encoding: {e.reason} at byte {e.start}"))
+        except BaseException as e:
+            q.put(e)
+        q.put(end)
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        block = [q.get()]
+        while len(block) < BLOCK and not q.empty():
+            block.append(q.get())
+        items = [x for x in block if isinstance(x, str)]
+        if items:
+            yield items
+        for x in block:
+            if x is end:
+                return
+            if isinstance(x, BaseException):
+                raise x

@@ -1,0 +1,233 @@
+"""Labelled corpora (`--label-by file|folder|line`): documents with a label each, split and encoded with a
+label id per token.
+
+- file: each CORPUS file is a label, named by its stem (files of a CORPUS folder too);
+- folder: each subfolder of a CORPUS folder is a label, holding the files under it;
+- line: each line is `label<TAB>text`, its own document (names, titles, verses, messages).
+
+The split keeps every label on both sides: a file or folder label's validation text is the last `val_frac`
+of that label's characters; lines are held out at random (seeded), a `val_frac` of them. Labelled corpora
+are read into memory (they are usually small; an unlabelled corpus streams).
+
+Label id 0 means "no label" (the model's unconditional path); labels are 1..N in the order of `names`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from charnn.data import corpus as plain
+from charnn.data.corpus import decode_bytes
+from charnn.data.sources import SNIFF_BYTES, find_files
+from charnn.errors import CharnnError, ConfigError
+
+LABEL_BY = ("file", "folder", "line")
+SEPARATOR = "\n"  # ends every document: the next one starts as a text with nothing before it does
+
+
+@dataclass
+class Document:
+    label: int  # 1..N
+    text: str
+
+
+@dataclass
+class LabelledText:
+    by: str
+    names: List[str]  # label i + 1 is names[i]
+    train: List[Document]
+    val: List[Document]
+    source: str  # the corpus arguments, for messages and the checkpoint
+    skipped_lines: int = 0
+    name: str = "run"  # the default run name: the first CORPUS argument's stem
+
+    def counts(self, docs: Sequence[Document]) -> Dict[str, Dict[str, int]]:
+        """{name: {"docs": n, "chars": n}} over `docs`."""
+        out = {name: {"docs": 0, "chars": 0} for name in self.names}
+        for d in docs:
+            c = out[self.names[d.label - 1]]
+            c["docs"] += 1
+            c["chars"] += len(d.text)
+        return out
+
+    def record(self) -> dict:
+        """What the checkpoint keeps: how labels were made, their names and training sizes."""
+        train = self.counts(self.train)
+        return {"by": self.by, "names": list(self.names), "train_docs": [train[n]["docs"] for n in self.names],
+                "train_chars": [train[n]["chars"] for n in self.names]}
+
+
+def load_corpus(paths, encoding: str = "utf-8", glob: Optional[str] = None, on_event=None, cfg=None):
+    """What training reads: a plain Corpus (charnn.data.corpus.load_corpus), or with `cfg.label_by` a
+    LabelledText split by `cfg`'s --val-frac/--val-file and seed."""
+    if cfg is None or not cfg.label_by:
+        return plain.load_corpus(paths, encoding, glob, on_event)
+    if isinstance(paths, str):
+        paths = [paths]
+    on_skip = None if on_event is None else (lambda path, why: on_event("corpus_skip", {"path": path, "why": why}))
+    return load_labelled(list(paths or []), cfg.label_by, encoding, glob, cfg.val_frac, cfg.seed, cfg.val_file,
+                         cfg.skip_bad_lines, on_skip)
+
+
+def load_labelled(paths: Sequence[str], by: str, encoding: str = "utf-8", glob: Optional[str] = None,
+                  val_frac: float = 0.1, seed: int = 1337, val_file: Optional[str] = None,
+                  skip_bad_lines: bool = False, on_skip: Optional[Callable[[str, str], None]] = None) -> LabelledText:
+    if by not in LABEL_BY:
+        raise ConfigError(f"`--label-by` must be one of {', '.join(LABEL_BY)}, not {by!r}")
+    if not paths:
+        raise ConfigError("`--label-by` needs CORPUS files or folders (the built-in corpus has no labels)")
+    if val_file is not None and by != "line":
+        raise ConfigError("`--val-file` with labels works for `--label-by line` (a file of label<TAB>text lines); "
+                          "file and folder labels hold out the last --val-frac of each label's text")
+    source, name = " ".join(paths), Path(paths[0]).resolve().stem or "run"
+    if by == "line":
+        docs, names, bad = _lines(find_files(paths, glob, on_skip), encoding, skip_bad_lines)
+        if val_file is not None:
+            val_docs, _, bad_val = _lines(find_files([val_file]), encoding, skip_bad_lines, names)
+            return LabelledText(by, names, docs, val_docs, source, bad + bad_val, name)
+        train, val = _split_lines(docs, val_frac, seed)
+        return LabelledText(by, names, train, val, source, bad, name)
+    groups = _groups(paths, by, glob, on_skip)
+    names = sorted(groups)
+    train, val = [], []
+    for i, label in enumerate(names, 1):
+        text = SEPARATOR.join(_read(f, encoding).rstrip("\n") for f in groups[label]) + "\n"
+        cut = int(len(text) * (1.0 - val_frac))
+        if cut < 1 or len(text) - cut < 2:
+            raise CharnnError(f"label {label!r} has {len(text):,} characters, too few to hold out a --val-frac "
+                              f"{val_frac} for validation")
+        train.append(Document(i, text[:cut]))
+        val.append(Document(i, text[cut:]))
+    return LabelledText(by, names, train, val, source, name=name)
+
+
+def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip) -> Dict[str, List[Path]]:
+    """{label name: its files}: by file stem, or by the subfolder of a CORPUS folder they are under."""
+    groups: Dict[str, List[Path]] = {}
+    for arg in paths:
+        root = Path(arg)
+        for f in find_files([arg], glob, on_skip):
+            if by == "file":
+                name = f.path.stem
+            else:
+                if not root.is_dir():
+                    raise ConfigError(f"--label-by folder takes folders whose subfolders are the labels; "
+                                      f"{arg!r} is a file")
+                rel = f.path.relative_to(root).parts
+                if len(rel) < 2:
+                    raise CharnnError(f"--label-by folder: {str(f.path)!r} is not inside a subfolder of {arg!r}, "
+                                      "so it has no label; move it into one, or use --glob to leave it out")
+                name = rel[0]
+            groups.setdefault(name, []).append(f.path)
+    if len(groups) < 2:
+        what = "files" if by == "file" else "subfolders"
+        raise CharnnError(f"--label-by {by} found {len(groups)} label ({what}: {', '.join(groups) or 'none'}); "
+                          "labels need at least 2")
+    return groups
+
+
+def _read(path: Path, encoding: str) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CharnnError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    if b"\x00" in data[:SNIFF_BYTES]:
+        raise CharnnError(f"{str(path)!r} looks binary (it contains NUL bytes); pass text files")
+    return decode_bytes(data, repr(str(path)), encoding).replace("\r\n", "\n")
+
+
+def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = None) -> Tuple[List[Document], List[str], int]:
+    """Documents of `label<TAB>text` lines (blank lines skipped); with `names`, only those labels."""
+    index = {n: i for i, n in enumerate(names or [])}
+    fixed = names is not None
+    raw: List[Tuple[str, str]] = []
+    bad = 0
+    for f in files:
+        for no, line in enumerate(_read(f.path, encoding).split("\n"), 1):
+            if not line.strip():
+                continue
+            label, tab, text = line.partition("\t")
+            problem = ("has no tab between label and text" if not tab else "has an empty label" if not label.strip()
+                       else f"has label {label!r}, which the training file does not" if fixed and label not in index
+                       else None)
+            if problem:
+                if skip_bad:
+                    bad += 1
+                    continue
+                raise CharnnError(f"{f.path}:{no}: the line {problem} (lines are label<TAB>text; "
+                                  "--skip-bad-lines skips and counts such lines)")
+            raw.append((label, text))
+    if not raw:
+        raise CharnnError("the labelled corpus has no label<TAB>text lines")
+    if not fixed:
+        names = sorted({label for label, _ in raw})
+        index = {n: i for i, n in enumerate(names)}
+        if len(names) < 2:
+            raise CharnnError(f"--label-by line found one label ({names[0]!r}); labels need at least 2")
+    return [Document(index[label] + 1, text + "\n") for label, text in raw], list(names), bad
+
+
+def _split_lines(docs: List[Document], val_frac: float, seed: int) -> Tuple[List[Document], List[Document]]:
+    """A seeded random `val_frac` of the lines, at least one, held out; both sides keep the file's order."""
+    n_val = max(1, int(round(len(docs) * val_frac)))
+    if n_val >= len(docs):
+        raise CharnnError(f"{len(docs)} labelled lines are too few to hold out --val-frac {val_frac} of them")
+    held = set(random.Random(seed).sample(range(len(docs)), n_val))
+    return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+
+
+@dataclass
+class EncodedLabels:
+    ids: np.ndarray  # int64 token ids of the documents, one after another
+    labels: np.ndarray  # the label of each token's document (uint8/uint16), same length
+    chars: int
+    per_label_chars: List[int] = field(default_factory=list)
+
+
+def encode_documents(docs: Sequence[Document], tokenizer, n_labels: int) -> EncodedLabels:
+    """Each document's ids (it ends with a newline, so the next starts after one, as a text with nothing
+    before it does), and the label of every token."""
+    ids, labels = [], []
+    per = [0] * n_labels
+    dtype = np.uint8 if n_labels < 256 else np.int32  # torch takes both
+    for d in docs:
+        x = tokenizer.encode(d.text)
+        ids.append(x)
+        labels.append(np.full(len(x), d.label, dtype=dtype))
+        per[d.label - 1] += len(d.text)
+    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dtype=dt))
+    return EncodedLabels(cat(ids, np.int64), cat(labels, dtype), sum(per), per)
+
+
+def prepare_labelled(text: LabelledText, kind: str = "char", vocab_size: Optional[int] = None,
+                     tokenizer_state: Optional[dict] = None, extend: bool = False, on_event=None,
+                     threads: Optional[int] = None):
+    """Train and validation ids with a label per token (encode.Prepared with train_labels/val_labels): the
+    tokenizer is built on the training documents, or taken from a checkpoint (extended, when fine-tuning a
+    character model, by the characters the training documents add)."""
+    import torch
+
+    from charnn.data.encode import Prepared
+    from charnn.text.tokenizer import CharTokenizer, build_tokenizer, tokenizer_from_state
+
+    train_text = "".join(d.text for d in text.train)
+    if tokenizer_state is None:
+        tok = build_tokenizer(train_text, kind, vocab_size, on_event, threads)
+    else:
+        tok = tokenizer_from_state(tokenizer_state)
+        if extend and tok.kind == "char":
+            new = sorted(set(tok.unknown(train_text)))
+            tok = CharTokenizer(tok.chars + new, ordered=True)
+    n = len(text.names)
+    train, val = encode_documents(text.train, tok, n), encode_documents(text.val, tok, n)
+    if len(val.ids) < 2:
+        raise CharnnError("the validation documents hold fewer than 2 tokens; raise --val-frac")
+    return Prepared(tok, torch.from_numpy(train.ids), val.ids, train.chars, val.chars,
+                    int((val.ids == tok.unk_id).sum()), False, None, [],
+                    train_labels=torch.from_numpy(train.labels), val_labels=val.labels,
+                    val_label_chars=val.per_label_chars)

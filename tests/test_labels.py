@@ -1,0 +1,219 @@
+"""Labels (issue 18): labelled corpora, the label-conditioned model, and `charnn classify`."""
+
+import json
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charnn.checkpoint import build_from_checkpoint, load_checkpoint
+from charnn.classify import Classifier
+from charnn.cli import app
+from charnn.config import ModelConfig, TrainConfig
+from charnn.data.batches import StreamBatches
+from charnn.data.labels import Document, encode_documents, load_labelled
+from charnn.errors import CharnnError, ConfigError
+from charnn.models.lm import CharRNN
+from charnn.text.tokenizer import CharTokenizer
+from charnn.training.trainer import Trainer
+from conftest import one_line_error, subprocess_env
+
+runner = CliRunner()
+WORDS = {"en": "the cat sat on a mat and the dog ran to the red barn".split(),
+         "de": "ein hund lief über die wiese zum roten haus und".split(),
+         "fr": "le chat noir dort sur la table de notre maison".split()}
+
+
+def lines(lang: str, n: int, seed: int) -> list:
+    r = random.Random(seed)
+    return [" ".join(r.choice(WORDS[lang]) for _ in range(r.randint(3, 9))) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def lang_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("langs")
+    for i, (lang, n) in enumerate((("en", 500), ("de", 250), ("fr", 120))):
+        (root / f"{lang}.txt").write_text("\n".join(lines(lang, n, i)) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def labelled_run(tmp_path_factory, lang_files):
+    out = tmp_path_factory.mktemp("labelled")
+    r = runner.invoke(app, ["train", *(str(lang_files / f"{x}.txt") for x in ("en", "de", "fr")), "--label-by",
+                            "file", "--out", str(out), "--name", "langs", "--hidden", "64", "--layers", "1",
+                            "--embed", "16", "--max-steps", "200", "--eval-every", "100", "--batch-size", "8",
+                            "--seq-len", "32", "--lr", "2e-2", "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.stderr
+    return out / "langs"
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+def test_file_labels_hold_out_the_tail_of_every_label(lang_files):
+    text = load_labelled([str(lang_files / f"{x}.txt") for x in ("en", "de", "fr")], "file", val_frac=0.2)
+    assert text.names == ["de", "en", "fr"] and text.name == "en"
+    for doc_t, doc_v in zip(text.train, text.val):
+        whole = (lang_files / f"{text.names[doc_t.label - 1]}.txt").read_text(encoding="utf-8")
+        assert doc_t.label == doc_v.label and doc_t.text + doc_v.text == whole
+        assert abs(len(doc_v.text) - 0.2 * len(whole)) <= 1
+    rec = text.record()
+    assert rec["by"] == "file" and rec["train_chars"] == [len(d.text) for d in text.train]
+
+
+def test_folder_labels_are_subfolders(tmp_path):
+    for lang in WORDS:
+        (tmp_path / "c" / lang / "deep").mkdir(parents=True)
+        (tmp_path / "c" / lang / "a.txt").write_text("\n".join(lines(lang, 30, 0)) + "\n")
+        (tmp_path / "c" / lang / "deep" / "b.txt").write_text("\n".join(lines(lang, 30, 1)) + "\n")
+    text = load_labelled([str(tmp_path / "c")], "folder")
+    assert text.names == ["de", "en", "fr"]
+    for d_train, d_val in zip(text.train, text.val):
+        lang = text.names[d_train.label - 1]
+        assert d_train.text + d_val.text == "\n".join(lines(lang, 30, 0) + lines(lang, 30, 1)) + "\n"
+    (tmp_path / "c" / "stray.txt").write_text("no label\n")
+    with pytest.raises(CharnnError, match="not inside a subfolder"):
+        load_labelled([str(tmp_path / "c")], "folder")
+
+
+def test_line_labels_split_at_random_and_bad_lines_name_file_and_line(tmp_path):
+    rows = [f"{lang}\t{t}" for lang in WORDS for t in lines(lang, 50, 3)]
+    random.Random(0).shuffle(rows)
+    path = tmp_path / "rows.tsv"
+    path.write_text("\n".join(rows[:40]) + "\n\n" + "\n".join(rows[40:]) + "\n", encoding="utf-8")
+    text = load_labelled([str(path)], "line", val_frac=0.2, seed=5)
+    assert len(text.train) + len(text.val) == 150 and len(text.val) == 30
+    assert {d.label for d in text.val} == {1, 2, 3}  # a random share holds every label here
+    assert load_labelled([str(path)], "line", val_frac=0.2, seed=5).val == text.val  # seeded
+    assert load_labelled([str(path)], "line", val_frac=0.2, seed=6).val != text.val
+    path.write_text("en\tfine\nno tab here\n", encoding="utf-8")
+    with pytest.raises(CharnnError, match=r"rows.tsv:2: the line has no tab"):
+        load_labelled([str(path)], "line")
+    path.write_text("en\tone\nno tab\nde\ttwo\nfr\tthree\n\tempty label\n", encoding="utf-8")
+    text = load_labelled([str(path)], "line", val_frac=0.3, skip_bad_lines=True)
+    assert text.skipped_lines == 2 and text.names == ["de", "en", "fr"]
+    with pytest.raises(ConfigError, match="--label-by"):
+        load_labelled([str(path)], "word")
+
+
+def test_a_position_is_labelled_with_the_document_of_the_token_it_predicts():
+    tok = CharTokenizer.build("abc\n")
+    enc = encode_documents([Document(1, "aa\n"), Document(2, "bbb\n"), Document(1, "c\n")], tok, 2)
+    assert enc.labels.tolist() == [1, 1, 1, 2, 2, 2, 2, 1, 1] and enc.per_label_chars == [5, 4]
+    batches = StreamBatches(torch.from_numpy(enc.ids), 1, 4, torch.from_numpy(enc.labels))
+    x, y, lab = next(iter(batches.epoch(0)))
+    # x = "aa\nb" predicts y = "a\nbb": the newline ending doc 1 is read under label 2, doc 2's
+    assert tok.decode(x[0].tolist()) == "aa\nb" and lab[0].tolist() == [1, 1, 2, 2]
+
+
+# ---- model --------------------------------------------------------------------------------------------
+def test_label_zero_is_the_plain_model_and_for_label_folds_a_label_in():
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=7, hidden=16, embed=8, labels=3)).eval()
+    with torch.no_grad():
+        model.label_embed.weight[1:].normal_()
+    x = torch.randint(0, 7, (2, 9))
+    for label in range(4):
+        want, _ = model(x, None, torch.full_like(x, label))
+        got, _ = model.for_label(label)(x)
+        assert torch.allclose(want, got, atol=1e-6), label
+    plain, _ = model(x)
+    assert torch.equal(plain, model(x, None, torch.zeros_like(x))[0])
+    assert not torch.allclose(model(x, None, torch.ones_like(x))[0], plain)
+
+
+# ---- training and classify ----------------------------------------------------------------------------
+def test_the_checkpoint_keeps_labels_sizes_and_per_label_val(labelled_run):
+    data = load_checkpoint(labelled_run / "best.pt")
+    labels = data["labels"]
+    assert data["model_config"]["labels"] == 3 and labels["by"] == "file" and labels["names"] == ["de", "en", "fr"]
+    assert all(v is not None and 0 < v < 3 for v in labels["val_nats_per_char"])
+    r = runner.invoke(app, ["info", str(labelled_run)])
+    assert "conditioned on 3 labels" in r.stdout and "labels      3 by file" in r.stdout
+    info = json.loads(runner.invoke(app, ["info", str(labelled_run), "--json"]).stdout)
+    assert set(info["labels"]) == {"de", "en", "fr"} and info["labels"]["fr"]["train_docs"] == 1
+
+
+def test_classify_held_out_lines(labelled_run):
+    held = [(lang, t) for lang in WORDS for t in lines(lang, 40, 99)]
+    r = runner.invoke(app, ["classify", str(labelled_run)], input="\n".join(t for _, t in held) + "\n")
+    assert r.exit_code == 0, r.stderr
+    got = r.stdout.splitlines()
+    assert len(got) == len(held) > 64  # more than one block, in input order
+    accuracy = np.mean([g == lang for g, (lang, _) in zip(got, held)])
+    assert accuracy >= 0.9, accuracy
+
+
+def test_classify_scores_match_the_model_under_each_label(labelled_run):
+    data = load_checkpoint(labelled_run / "best.pt")
+    model, tok = build_from_checkpoint(data)
+    texts = ["the red barn", "", "le chat dort sur la table de notre maison et le chat"]
+    clf = Classifier(model, tok, data["labels"], torch.device("cpu"))
+    for text, scores in zip(texts, clf.classify(texts)):
+        ids = torch.from_numpy(tok.encode(text + "\n"))
+        x = torch.cat([torch.tensor([tok.encode("\n")[0]]), ids[:-1]]).unsqueeze(0)
+        for j in range(3):
+            logits, _ = model.for_label(j + 1)(x)
+            want = -torch.nn.functional.cross_entropy(logits[0], ids, reduction="sum").item()
+            assert scores.loglik[j] == pytest.approx(want, rel=1e-5, abs=1e-4)
+        assert scores.posterior.sum() == pytest.approx(1.0)
+    softmax = lambda v: np.exp(v - v.max()) / np.exp(v - v.max()).sum()  # noqa: E731
+    uniform = Classifier(model, tok, data["labels"], torch.device("cpu"), uniform_prior=True).classify(texts)
+    chars = np.array(data["labels"]["train_chars"], dtype=float)
+    for u, s in zip(uniform, clf.classify(texts)):  # Bayes: the prior is uniform, or the training sizes
+        assert u.posterior == pytest.approx(softmax(u.loglik))
+        assert s.posterior == pytest.approx(softmax(s.loglik + np.log(chars / chars.sum())))
+
+
+def test_classify_outputs(labelled_run, lang_files):
+    args = ["classify", str(labelled_run)]
+    r = runner.invoke(app, args + ["--probs"], input="the dog ran\n\nein hund\n")
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert [row[0] for row in rows][::2] == ["en", "de"] and len(rows) == 3 and all(0 < float(p) <= 1 for _, p in rows)
+    r = runner.invoke(app, args + ["--top", "2"], input="le chat noir dort sur la table de notre maison\n")
+    name1, p1, name2, p2 = r.stdout.strip().split("\t")
+    assert name1 == "fr" and float(p1) >= float(p2) and name2 != name1
+    r = runner.invoke(app, args + ["--json"], input="the cat\n")
+    out = json.loads(r.stdout)
+    assert out["label"] == "en" and set(out["labels"]) == {"de", "en", "fr"}
+    assert sum(v["posterior"] for v in out["labels"].values()) == pytest.approx(1.0)
+    r = runner.invoke(app, args + ["--per-file", str(lang_files / "de.txt"), str(lang_files / "fr.txt")])
+    assert r.stdout.splitlines() == [f"{lang_files / 'de.txt'}\tde", f"{lang_files / 'fr.txt'}\tfr"]
+    r = runner.invoke(app, args + [str(lang_files / "fr.txt")])
+    assert r.stdout.count("\n") == (lang_files / "fr.txt").read_text().count("\n")
+
+
+def test_classify_errors_are_one_line(labelled_run, trained_run, tmp_path):
+    one_line_error(runner.invoke(app, ["classify", str(trained_run.run_dir)], input="x\n"), 1,
+                   "trained without labels")
+    one_line_error(runner.invoke(app, ["classify", str(labelled_run), str(tmp_path / "nope.txt")]), 1,
+                   "does not exist")
+    many = tmp_path / "many.txt"
+    many.write_text("the cat sat\n" * 5000)
+    p = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m charnn classify {labelled_run} "
+                                      f"< {many} | head -1 > /dev/null"],
+                       env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "Traceback" not in p.stderr and "Error" not in p.stderr, p.stderr
+
+
+def test_resume_of_a_labelled_run_needs_its_labels(labelled_run, lang_files):
+    files = [str(lang_files / f"{x}.txt") for x in ("en", "de", "fr")]
+    out, name = str(labelled_run.parent), labelled_run.name
+    one_line_error(runner.invoke(app, ["train", *files, "--out", out, "--name", name, "--resume",
+                                       "--max-steps", "210"]), 2, "--label-by file")
+    r = runner.invoke(app, ["train", *files, "--label-by", "file", "--out", out, "--name", name, "--resume",
+                            "--max-steps", "210", "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert load_checkpoint(labelled_run / "last.pt")["step"] == 210
+
+
+def test_trainer_takes_a_labelled_text_directly(lang_files, tmp_path):
+    text = load_labelled([str(lang_files / f"{x}.txt") for x in ("en", "de")], "file")
+    trainer = Trainer(text, ModelConfig(vocab_size=1, hidden=16, embed=8, layers=1),
+                      TrainConfig(out=str(tmp_path), max_steps=3, eval_every=3, batch_size=4, seq_len=16,
+                                  device="cpu", label_dropout=0.5))
+    result = trainer.fit()
+    assert result.run_dir.name == "en" and trainer.model_cfg.labels == 2
