@@ -171,6 +171,30 @@ class SampleConfig:
         return self
 
 
+@dataclass
+class DynamicConfig:
+    lr: float = 1e-3  # step size of the RMS-normalised update (0: no adaptation, the static score)
+    decay: float = 1e-3  # pull toward the trained weights per step, scaled per weight by its rms (0: none)
+    segment: int = 50  # tokens scored per step: each segment is scored, then stepped on
+    beta: float = 0.99  # running average of squared gradients: ms <- beta * ms + (1 - beta) * g^2
+    eps: float = 1e-8  # added to the rms before dividing by it
+
+    def validate(self) -> "DynamicConfig":
+        problems = []
+        if not 0.0 <= self.lr <= 1.0:  # a step moves each weight about this much: beyond 1 it only destroys
+            problems.append(f"`--dynamic-lr` must be in [0, 1], got {self.lr}")
+        if not 0.0 <= self.decay <= 1.0:
+            problems.append(f"`--dynamic-decay` must be in [0, 1], got {self.decay}")
+        if self.segment < 1:
+            problems.append(f"`--segment` must be at least 1, got {self.segment}")
+        if not 0.0 <= self.beta < 1.0:
+            problems.append(f"`beta` must be in [0, 1), got {self.beta}")
+        if not 0.0 < self.eps < float("inf"):
+            problems.append(f"`eps` must be a positive number, got {self.eps}")
+        _raise(problems)
+        return self
+
+
 def _raise(problems: list) -> None:
     if problems:
         raise ConfigError("; ".join(problems))

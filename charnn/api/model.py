@@ -17,7 +17,9 @@ import torch
 
 from charnn.api.params import GenerationParams, ParamError
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+from charnn.config import DynamicConfig
 from charnn.device import resolve_device
+from charnn.dynamic import adapt as adapted_copy
 from charnn.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 
@@ -107,9 +109,23 @@ class Model:
                 return idle.pop()
         return Batcher(self.net, self.tokenizer, self.device, capacity=n)
 
-    def score(self, text: str) -> EvalResult:
-        """What `charnn eval` reports for `text`: nats and bits per character, perplexity, counts."""
+    def score(self, text: str, dynamic: bool = False) -> EvalResult:
+        """What `charnn eval` reports for `text`: nats and bits per character, perplexity, counts. With
+        `dynamic=True`, its score under dynamic evaluation (`charnn eval --dynamic`'s dynamic column, default
+        settings); this model's weights are not changed either way."""
+        if dynamic:
+            return adapted_copy(self.net, self.tokenizer, text, self.device).result
         return evaluate_text(self.net, self.tokenizer, text, self.device)
+
+    def adapt(self, text: str, lr: Optional[float] = None, decay: Optional[float] = None,
+              segment: Optional[int] = None) -> "Model":
+        """A new Model whose weights took dynamic evaluation's steps over `text` (`charnn sample --adapt`):
+        generate from it to write more in the text's style. This model is left as it was. lr, decay and
+        segment default to `charnn eval --dynamic`'s."""
+        given = {k: v for k, v in {"lr": lr, "decay": decay, "segment": segment}.items() if v is not None}
+        adapted = adapted_copy(self.net, self.tokenizer, text, self.device, DynamicConfig(**given))
+        return Model(adapted.model, self.tokenizer, self.device, self.path,
+                     {"step": self.step, "best_val_loss": self.best_val_loss})
 
     @torch.inference_mode()
     def token_logprobs(self, text: str) -> Dict[str, list]:

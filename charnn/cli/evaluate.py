@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, List
 
 import typer
 
-from charnn.cli.options import Device, Json
+from charnn.cli.options import Device, DynamicDecay, DynamicLr, Json, Segment, dynamic_config
 from charnn.cli.output import err, user_errors, writing_results
 
 
@@ -19,11 +20,19 @@ def evaluate(
     as_json: Json = False,
     device: Device = "auto",
     encoding: Annotated[str, typer.Option(help="Text encoding of the files.")] = "utf-8",
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Also score each file by dynamic evaluation (Krause et "
+                                                            "al. 2018): after scoring each segment, one gradient "
+                                                            "step on it, on a copy of the weights; static and "
+                                                            "dynamic side by side.")] = False,
+    dynamic_lr: DynamicLr = None,
+    dynamic_decay: DynamicDecay = None,
+    segment: Segment = None,
 ):
     """Score text files: nats and bits per character, perplexity, characters and tokens."""
     from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
     from charnn.data.corpus import read_text
     from charnn.device import resolve_device
+    from charnn.dynamic import combine_dynamic, evaluate_dynamic
     from charnn.evaluate import combine, evaluate_text
 
     with user_errors():
@@ -32,23 +41,42 @@ def evaluate(
             ckpt, files = paths[0], paths[1:]
         else:
             ckpt, files = None, paths
+        cfg = dynamic_config(dynamic, "--dynamic", dynamic_lr, dynamic_decay, segment)
         dev = resolve_device(device)
         path = resolve_checkpoint(ckpt)
-        data = load_checkpoint(path)
-        model, tokenizer = build_from_checkpoint(data, dev)
-        results = [evaluate_text(model, tokenizer, read_text(f, "file", encoding), dev) for f in files]
-        total = combine(results)
-        if total.unknown:
-            err.print(f"note: {total.unknown:,} characters are not in the model's vocabulary; "
+        model, tokenizer = build_from_checkpoint(load_checkpoint(path), dev)
+        texts = [read_text(f, "file", encoding) for f in files]
+        if dynamic:
+            results = [evaluate_dynamic(model, tokenizer, text, dev, cfg) for text in texts]
+            total = combine_dynamic(results)
+        else:
+            results = [evaluate_text(model, tokenizer, text, dev) for text in texts]
+            total = combine(results)
+        unknown = total.static.unknown if dynamic else total.unknown
+        if unknown:
+            err.print(f"note: {unknown:,} characters are not in the model's vocabulary; "
                       "they are scored as the unknown token")
     with writing_results():
         if as_json:
             out = {**total.to_dict(), "checkpoint": str(path), "files": [
                 {"path": f, **r.to_dict()} for f, r in zip(files, results)]}
-            typer.echo(json.dumps(out))
+            typer.echo(json.dumps({**out, "dynamic_config": asdict(cfg)} if dynamic else out))
             return
         rows = [(f, r) for f, r in zip(files, results)] + ([("total", total)] if len(files) > 1 else [])
-        typer.echo(f"{'file':<30} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} {'chars':>10} {'tokens':>10}")
-        for f, r in rows:
-            typer.echo(f"{f:<30} {r.nats_per_char:>10.4f} {r.bits_per_char:>10.4f} {r.perplexity:>11.3f} "
-                       f"{r.chars:>10,} {r.tokens:>10,}")
+        (_dynamic_table if dynamic else _table)(rows)
+
+
+def _table(rows) -> None:
+    typer.echo(f"{'file':<30} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} {'chars':>10} {'tokens':>10}")
+    for f, r in rows:
+        typer.echo(f"{f:<30} {r.nats_per_char:>10.4f} {r.bits_per_char:>10.4f} {r.perplexity:>11.3f} "
+                   f"{r.chars:>10,} {r.tokens:>10,}")
+
+
+def _dynamic_table(rows) -> None:
+    """Static and dynamic nats/char side by side, the gain, and the seconds each pass took."""
+    typer.echo(f"{'file':<30} {'static':>10} {'dynamic':>10} {'gain':>8} {'chars':>10} {'static s':>9} "
+               f"{'dynamic s':>10}")
+    for f, r in rows:
+        typer.echo(f"{f:<30} {r.static.nats_per_char:>10.4f} {r.dynamic.nats_per_char:>10.4f} {r.gain:>8.4f} "
+                   f"{r.static.chars:>10,} {r.static_seconds:>9.2f} {r.dynamic_seconds:>10.2f}")

@@ -6,7 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from charnn.config import DEVICES
+from charnn.config import DEVICES, DynamicConfig
+from charnn.errors import ConfigError
+
+_DYNAMIC = DynamicConfig()
 
 Checkpoint = Annotated[Optional[str], typer.Argument(help="A .pt file or run folder (default: the newest run "
                                                           "under ./checkpoints).", show_default=False)]
@@ -14,6 +17,23 @@ Device = Annotated[str, typer.Option(help=f"Device: {', '.join(DEVICES)} (auto: 
 Seed = Annotated[Optional[int], typer.Option(help="Random seed (default: a fresh one, reported on stderr).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Silence notes on stderr.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+DynamicLr = Annotated[Optional[float], typer.Option(help="Dynamic evaluation: step size of the RMS-normalised update, 0 to 1 "
+                                                         f"(default {_DYNAMIC.lr:g}).", show_default=False)]
+DynamicDecay = Annotated[Optional[float], typer.Option(help="Dynamic evaluation: pull toward the trained weights per "
+                                                            f"step, 0 to 1 (default {_DYNAMIC.decay:g}).",
+                                                       show_default=False)]
+Segment = Annotated[Optional[int], typer.Option(help="Dynamic evaluation: tokens scored per step "
+                                                     f"(default {_DYNAMIC.segment}).", show_default=False)]
+
+
+def dynamic_config(on: bool, flag: str, lr: Optional[float], decay: Optional[float],
+                   segment: Optional[int]) -> DynamicConfig:
+    """Dynamic evaluation's settings, the defaults where a flag is not given; its flags without `flag` (the one
+    that turns it on) are a usage error, not silently ignored."""
+    given = {k: v for k, v in {"lr": lr, "decay": decay, "segment": segment}.items() if v is not None}
+    if given and not on:
+        raise ConfigError(f"`--dynamic-lr`, `--dynamic-decay` and `--segment` apply with `{flag}`; add it")
+    return DynamicConfig(**given).validate()
 
 
 def unescape(text: str) -> str:

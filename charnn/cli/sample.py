@@ -8,10 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from charnn.cli.options import Checkpoint, Device, Quiet, Seed, unescape
+from charnn.cli.options import (Checkpoint, Device, DynamicDecay, DynamicLr, Quiet, Seed, Segment, dynamic_config,
+                                unescape)
 from charnn.cli.output import err, user_errors, writing_results
 from charnn.config import SampleConfig
-from charnn.errors import ConfigError
+from charnn.errors import CharnnError, ConfigError
 
 
 def sample(
@@ -39,6 +40,13 @@ def sample(
                                                       "one stream of a big model (2x for 64); the text comes from "
                                                       "a close approximation of the model "
                                                       "(benchmarks/SAMPLING.md).")] = False,
+    adapt: Annotated[Optional[str], typer.Option(help="First run dynamic evaluation over this file (the weights "
+                                                      "adapt in memory; the checkpoint is not changed), then sample "
+                                                      "from the prime or start as usual, with the adapted weights.",
+                                                 show_default=False)] = None,
+    dynamic_lr: DynamicLr = None,
+    dynamic_decay: DynamicDecay = None,
+    segment: Segment = None,
     quiet: Quiet = False,
 ):
     """Generate text from a trained model; stdout carries the text and nothing else."""
@@ -53,11 +61,14 @@ def sample(
                            unknown=unknown, num_samples=num_samples, separator=unescape(separator),
                            stop=None if stop is None else unescape(stop), seed=seed, device=device,
                            int8=int8).validate()
+        adapting = dynamic_config(adapt is not None, "--adapt", dynamic_lr, dynamic_decay, segment)
         dev = resolve_device(cfg.device)
         path = resolve_checkpoint(checkpoint)
         if prime_file is not None:
             cfg.prime = read_prime(prime_file)
         model, tokenizer = build_from_checkpoint(load_checkpoint(path), dev)
+        if adapt is not None:
+            model = _adapt(model, tokenizer, adapt, cfg.unknown, adapting, dev, quiet)
         used_seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
         sampler = Sampler(model, tokenizer, cfg, dev, used_seed)
         if not quiet:
@@ -66,6 +77,25 @@ def sample(
                           f"{', '.join(repr(c) for c in sampler.skipped[:10])}")
             err.print(f"sampling {path} on {dev}, seed {used_seed}")
         _stream(sampler, quiet)
+
+
+def _adapt(model, tokenizer, path: str, unknown: str, cfg, dev, quiet: bool):
+    """The model after dynamic evaluation over the file at `path` (a copy: the loaded weights are left as
+    they are); characters it does not know are an error or, with --unknown skip, dropped (a note says which)."""
+    from charnn.data.corpus import read_text
+    from charnn.dynamic import adapt
+    from charnn.generation.sampler import clean_prime
+
+    text, skipped = clean_prime(tokenizer, read_text(path, "adapt file"), unknown, what=f"--adapt {path!r}")
+    if not text:
+        raise CharnnError(f"--adapt {path!r} has no characters the model knows")
+    adapted = adapt(model, tokenizer, text, dev, cfg)
+    if not quiet:
+        if skipped:
+            err.print(f"note: dropped from --adapt (not in the vocabulary): {', '.join(repr(c) for c in skipped[:10])}")
+        err.print(f"adapted to {path}: {adapted.result.chars:,} characters in {adapted.seconds:.2f}s "
+                  f"({adapted.result.nats_per_char:.4f} nats/char while adapting)", markup=False)
+    return adapted.model
 
 
 def _stream(sampler, quiet: bool) -> None:

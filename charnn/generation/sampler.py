@@ -32,14 +32,15 @@ def read_prime(path: str, encoding: str = "utf-8") -> str:
     return decode_bytes(sys.stdin.buffer.read(), "stdin", encoding)
 
 
-def clean_prime(tokenizer, prime: str, unknown: str = "error") -> Tuple[str, List[str]]:
-    """The prime to condition on and the distinct characters dropped from it (`unknown="skip"`)."""
+def clean_prime(tokenizer, prime: str, unknown: str = "error", what: str = "the prime") -> Tuple[str, List[str]]:
+    """The prime to condition on and the distinct characters dropped from it (`unknown="skip"`); `what` names
+    the text in the error (sample's --adapt file goes through here too)."""
     missing = tokenizer.unknown(prime) if prime else []
     if not missing:
         return prime, []
     shown = ", ".join(repr(c) for c in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
     if unknown != "skip":
-        raise CharnnError(f"the prime has characters the model's vocabulary lacks: {shown}; "
+        raise CharnnError(f"{what} has characters the model's vocabulary lacks: {shown}; "
                           "drop them with --unknown skip")
     gone = set(missing)
     return "".join(c for c in prime if c not in gone), missing
