@@ -136,3 +136,16 @@ def combine(results: List[EvalResult]) -> EvalResult:
     for r in results:
         out = out + r
     return out
+
+
+def evaluate_labels(model, tokenizer, text: str, device: torch.device, names: List[str]) -> dict:
+    """A labelled model's score of `text` under each of its labels: {name: EvalResult}, from one batched
+    pass with a row per label (charnn.classify), the first token conditioned on the start id as above."""
+    from charnn.classify import Classifier
+
+    ids = tokenizer.encode(text)
+    labels = {"names": names, "train_docs": [1] * len(names), "train_chars": [1] * len(names)}
+    loglik = Classifier(model, tokenizer, labels, device).loglik([ids])[0]
+    chars = tokenizer.token_chars(ids) if len(ids) else 0
+    unknown = int((ids == tokenizer.unk_id).sum())
+    return {n: EvalResult(nats=float(-ll), tokens=len(ids), chars=chars, unknown=unknown) for n, ll in zip(names, loglik)}

@@ -217,3 +217,43 @@ def test_trainer_takes_a_labelled_text_directly(lang_files, tmp_path):
                                   device="cpu", label_dropout=0.5))
     result = trainer.fit()
     assert result.run_dir.name == "en" and trainer.model_cfg.labels == 2
+
+
+def test_sample_with_a_label_writes_in_its_voice(labelled_run):
+    def words(label):
+        args = ["sample", str(labelled_run), "--length", "600", "--seed", "4", "--temp", "0.7", "-q"]
+        r = runner.invoke(app, args + (["--label", label] if label else []))
+        assert r.exit_code == 0, r.stderr
+        return r.stdout.split()
+
+    for lang in WORDS:
+        got = words(lang)
+        own = np.mean([w in WORDS[lang] for w in got])
+        assert own >= 0.6, (lang, own, got[:20])  # mostly its own words (the others share few)
+    one_line_error(runner.invoke(app, ["sample", str(labelled_run), "--label", "es"]), 1,
+                   "unknown label 'es'", "de, en, fr")
+
+
+def test_eval_reports_each_label(labelled_run, lang_files):
+    fr = str(lang_files / "fr.txt")
+    r = runner.invoke(app, ["eval", str(labelled_run), fr, "--json"])
+    out = json.loads(r.stdout)["files"][0]
+    per = {name: v["nats_per_char"] for name, v in out["labels"].items()}
+    assert min(per, key=per.get) == "fr" and out["nats_per_char"] > per["fr"]  # its own label scores it best
+    r = runner.invoke(app, ["eval", str(labelled_run), fr, "--label", "fr", "--json"])
+    assert json.loads(r.stdout)["nats_per_char"] == pytest.approx(per["fr"], rel=1e-6)
+    table = runner.invoke(app, ["eval", str(labelled_run), fr]).stdout
+    assert "  as fr " in table and "  as de " in table
+
+
+def test_the_python_api_has_labels(labelled_run):
+    import charnn
+    model = charnn.load(labelled_run, device="cpu")
+    assert model.labels["names"] == ["de", "en", "fr"]
+    assert model.classify("ein hund lief über die wiese")["label"] == "de"
+    assert [d["label"] for d in model.classify(["the red barn", "le chat noir dort sur la table"])] == ["en", "fr"]
+    de = model.for_label("de")
+    assert de.label == "de" and de.score("ein hund lief").nats_per_char < model.score("ein hund lief").nats_per_char
+    assert np.mean([w in WORDS["de"] for w in de.generate(length=300, temperature=0.7, seed=1).split()]) >= 0.6
+    with pytest.raises(CharnnError, match="unknown label"):
+        model.for_label("es")

@@ -36,6 +36,8 @@ class Model:
         self._created = int(self.path.stat().st_mtime) if self.path.exists() else 0
         data = data or {}
         self.step, self.best_val_loss = data.get("step"), data.get("best_val_loss")
+        self.labels: Optional[dict] = data.get("labels")  # --label-by: names, training sizes (None: no labels)
+        self.label: Optional[str] = None  # set on the Model that `for_label` returns
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.path}, on {self.device})"
@@ -126,6 +128,28 @@ class Model:
         adapted = adapted_copy(self.net, self.tokenizer, text, self.device, DynamicConfig(**given))
         return Model(adapted.model, self.tokenizer, self.device, self.path,
                      {"step": self.step, "best_val_loss": self.best_val_loss})
+
+    def for_label(self, name: str) -> "Model":
+        """A model trained with --label-by, as label `name` (`charnn sample --label`): generate, stream and score
+        in that label's voice. This model is left as it was."""
+        from charnn.classify import label_id
+
+        labelled = Model(self.net.for_label(label_id(self.labels, name)), self.tokenizer, self.device, self.path,
+                         {"step": self.step, "best_val_loss": self.best_val_loss})
+        labelled.label = name
+        return labelled
+
+    def classify(self, texts: Union[str, Sequence[str]], uniform_prior: bool = False) -> Union[dict, List[dict]]:
+        """`charnn classify --json` for each text: the most likely `label`, and every label's log-likelihood
+        (nats), nats/char and posterior, by Bayes' rule with the training label frequencies as the prior (or
+        a uniform one). A string gives one dict, a list a list."""
+        from charnn.classify import Classifier
+
+        one = isinstance(texts, str)
+        scores = Classifier(self.net, self.tokenizer, self.labels, self.device, uniform_prior).classify(
+            [texts] if one else list(texts))
+        out = [s.to_dict() for s in scores]
+        return out[0] if one else out
 
     @torch.inference_mode()
     def token_logprobs(self, text: str) -> Dict[str, list]:

@@ -9,7 +9,7 @@ from typing import Annotated, List
 
 import typer
 
-from charnn.cli.options import Device, DynamicDecay, DynamicLr, Json, Segment, dynamic_config
+from charnn.cli.options import Device, DynamicDecay, DynamicLr, Json, Label, Segment, dynamic_config
 from charnn.cli.output import err, user_errors, writing_results
 
 
@@ -27,13 +27,16 @@ def evaluate(
     dynamic_lr: DynamicLr = None,
     dynamic_decay: DynamicDecay = None,
     segment: Segment = None,
+    label: Label = None,
 ):
-    """Score text files: nats and bits per character, perplexity, characters and tokens."""
+    """Score text files: nats and bits per character, perplexity, characters and tokens (a labelled model:
+    also under each label)."""
     from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
     from charnn.data.corpus import read_text
     from charnn.device import resolve_device
     from charnn.dynamic import combine_dynamic, evaluate_dynamic
-    from charnn.evaluate import combine, evaluate_text
+    from charnn.classify import label_id
+    from charnn.evaluate import combine, evaluate_labels, evaluate_text
 
     with user_errors():
         first = Path(paths[0])
@@ -44,8 +47,15 @@ def evaluate(
         cfg = dynamic_config(dynamic, "--dynamic", dynamic_lr, dynamic_decay, segment)
         dev = resolve_device(device)
         path = resolve_checkpoint(ckpt)
-        model, tokenizer = build_from_checkpoint(load_checkpoint(path), dev)
+        data = load_checkpoint(path)
+        model, tokenizer = build_from_checkpoint(data, dev)
+        names = (data.get("labels") or {}).get("names") or []
+        if label is not None:
+            model, names = model.for_label(label_id(data.get("labels"), label)), []
         texts = [read_text(f, "file", encoding) for f in files]
+        # a labelled model: each file under each label too (the main row is the label-free path)
+        per_label = [evaluate_labels(model, tokenizer, t, dev, names) for t in texts] if names and not dynamic \
+            else [{} for _ in texts]
         if dynamic:
             results = [evaluate_dynamic(model, tokenizer, text, dev, cfg) for text in texts]
             total = combine_dynamic(results)
@@ -59,10 +69,15 @@ def evaluate(
     with writing_results():
         if as_json:
             out = {**total.to_dict(), "checkpoint": str(path), "files": [
-                {"path": f, **r.to_dict()} for f, r in zip(files, results)]}
+                {"path": f, **r.to_dict(), **({"labels": {n: x.to_dict() for n, x in lab.items()}} if lab else {})}
+                for f, r, lab in zip(files, results, per_label)]}
+            if label is not None:
+                out["label"] = label
             typer.echo(json.dumps({**out, "dynamic_config": asdict(cfg)} if dynamic else out))
             return
-        rows = [(f, r) for f, r in zip(files, results)] + ([("total", total)] if len(files) > 1 else [])
+        rows = [row for f, r, lab in zip(files, results, per_label)
+                for row in [(f, r)] + [(f"  as {n}", x) for n, x in lab.items()]]
+        rows += [("total", total)] if len(files) > 1 else []
         (_dynamic_table if dynamic else _table)(rows)
 
 

@@ -47,3 +47,7 @@ def unescape(text: str) -> str:
             out.append(text[i])
             i += 1
     return "".join(out)
+
+Label = Annotated[Optional[str], typer.Option(help="A model trained with --label-by: write (or score) as this "
+                                                   "label. Without it: the model's label-free path.",
+                                              show_default=False)]

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from charnn.cli.options import (Checkpoint, Device, DynamicDecay, DynamicLr, Quiet, Seed, Segment, dynamic_config,
-                                unescape)
+from charnn.cli.options import (Checkpoint, Device, DynamicDecay, DynamicLr, Label, Quiet, Seed, Segment,
+                                dynamic_config, unescape)
 from charnn.cli.output import err, user_errors, writing_results
 from charnn.config import SampleConfig
 from charnn.errors import CharnnError, ConfigError
@@ -47,10 +47,12 @@ def sample(
     dynamic_lr: DynamicLr = None,
     dynamic_decay: DynamicDecay = None,
     segment: Segment = None,
+    label: Label = None,
     quiet: Quiet = False,
 ):
     """Generate text from a trained model; stdout carries the text and nothing else."""
     from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+    from charnn.classify import label_id
     from charnn.device import resolve_device
     from charnn.generation.sampler import Sampler, read_prime
 
@@ -66,7 +68,10 @@ def sample(
         path = resolve_checkpoint(checkpoint)
         if prime_file is not None:
             cfg.prime = read_prime(prime_file)
-        model, tokenizer = build_from_checkpoint(load_checkpoint(path), dev)
+        data = load_checkpoint(path)
+        model, tokenizer = build_from_checkpoint(data, dev)
+        if label is not None:  # the label folded into the embedding: every sampler path serves it as is
+            model = model.for_label(label_id(data.get("labels"), label))
         if adapt is not None:
             model = _adapt(model, tokenizer, adapt, cfg.unknown, adapting, dev, quiet)
         used_seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
@@ -75,7 +80,7 @@ def sample(
             if sampler.skipped:
                 err.print(f"note: dropped from the prime (not in the vocabulary): "
                           f"{', '.join(repr(c) for c in sampler.skipped[:10])}")
-            err.print(f"sampling {path} on {dev}, seed {used_seed}")
+            err.print(f"sampling {path}{f' as {label!r}' if label is not None else ''} on {dev}, seed {used_seed}")
         _stream(sampler, quiet)
 
 
