@@ -71,37 +71,42 @@ class Classifier:
         return out
 
     def loglik(self, ids: Sequence[np.ndarray]) -> np.ndarray:
-        """(texts, labels) log p(text | label), the texts scored in blocks of up to MAX_ROWS rows."""
-        n = len(self.names)
-        per = max(1, MAX_ROWS // n)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a block: less padding
-        out = np.zeros((len(ids), n))
-        for b in range(0, len(order), per):
-            block = order[b:b + per]
-            out[block] = self._block([ids[i] for i in block])
-        return out
+        """(texts, labels) log p(text | label) of already-encoded texts."""
+        return label_loglik(self.model, ids, self.start, len(self.names), self.device)
 
-    @torch.inference_mode()
-    def _block(self, ids: List[np.ndarray]) -> np.ndarray:
-        n, k = len(self.names), len(ids)
-        T = max(1, max(len(x) for x in ids))
-        y = np.zeros((k, T), dtype=np.int64)
-        mask = np.zeros((k, T), dtype=bool)
-        for i, x in enumerate(ids):
-            y[i, :len(x)], mask[i, :len(x)] = x, True
-        x = np.concatenate([np.full((k, 1), self.start), y[:, :-1]], axis=1)
-        # rows: text i under label j is row i * n + j
-        X = torch.from_numpy(x).repeat_interleave(n, 0).to(self.device)
-        Y = torch.from_numpy(y).repeat_interleave(n, 0).to(self.device)
-        M = torch.from_numpy(mask).repeat_interleave(n, 0).to(self.device)
-        L = torch.arange(1, n + 1, device=self.device).repeat(k).view(-1, 1)
-        total, state = torch.zeros(k * n, dtype=torch.float64, device=self.device), None
-        for t in range(0, T, CHUNK):
-            xb = X[:, t:t + CHUNK]
-            logits, state = self.model(xb, state, L.expand_as(xb))
-            nll = F.cross_entropy(logits.float().transpose(1, 2), Y[:, t:t + CHUNK], reduction="none")
-            total -= (nll * M[:, t:t + CHUNK]).double().sum(1)
-        return total.view(k, n).cpu().numpy()
+
+def label_loglik(model, ids: Sequence[np.ndarray], start: int, n: int, device: torch.device) -> np.ndarray:
+    """(texts, labels) log p(ids | label) under labels 1..n, each text's first token conditioned on `start`;
+    the texts go in blocks of up to MAX_ROWS rows (texts x labels), similar lengths together."""
+    per = max(1, MAX_ROWS // n)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a block: less padding
+    out = np.zeros((len(ids), n))
+    for b in range(0, len(order), per):
+        block = order[b:b + per]
+        out[block] = _block(model, [ids[i] for i in block], start, n, device)
+    return out
+
+
+@torch.inference_mode()
+def _block(model, ids: List[np.ndarray], start: int, n: int, device: torch.device) -> np.ndarray:
+    k = len(ids)
+    T = max(1, max(len(x) for x in ids))
+    y = np.zeros((k, T), dtype=np.int64)
+    mask = np.zeros((k, T), dtype=bool)
+    for i, x in enumerate(ids):
+        y[i, :len(x)], mask[i, :len(x)] = x, True
+    x = np.concatenate([np.full((k, 1), start), y[:, :-1]], axis=1)
+    # rows: text i under label j is row i * n + j; each chunk of time is repeated over the labels as it goes
+    rows = (lambda a, t: torch.from_numpy(np.ascontiguousarray(a[:, t:t + CHUNK])).repeat_interleave(n, 0)
+            .to(device))
+    L = torch.arange(1, n + 1, device=device).repeat(k).view(-1, 1)
+    total, state = torch.zeros(k * n, dtype=torch.float64, device=device), None
+    for t in range(0, T, CHUNK):
+        xb = rows(x, t)
+        logits, state = model(xb, state, L.expand_as(xb))
+        nll = F.cross_entropy(logits.float().transpose(1, 2), rows(y, t), reduction="none")
+        total -= (nll * rows(mask, t)).double().sum(1)
+    return total.view(k, n).cpu().numpy()
 
 
 def log_prior(labels: dict, uniform: bool = False) -> np.ndarray:

@@ -108,6 +108,8 @@ def _run(net, context: torch.Tensor, segment: int, step=None) -> float:
 
 
 def _trainable_copy(model) -> torch.nn.Module:
+    if getattr(model, "label_embed", None) is not None:  # a labelled model scores text without a label here:
+        model = model.for_label(0)  # its label-free twin (the label vectors take no part, so no gradient)
     net = copy.deepcopy(model).eval()  # eval mode: no dropout, so the steps are deterministic
     for p in net.parameters():
         p.requires_grad_(True)

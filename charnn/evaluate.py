@@ -141,11 +141,10 @@ def combine(results: List[EvalResult]) -> EvalResult:
 def evaluate_labels(model, tokenizer, text: str, device: torch.device, names: List[str]) -> dict:
     """A labelled model's score of `text` under each of its labels: {name: EvalResult}, from one batched
     pass with a row per label (charnn.classify), the first token conditioned on the start id as above."""
-    from charnn.classify import Classifier
+    from charnn.classify import label_loglik
 
     ids = tokenizer.encode(text)
-    labels = {"names": names, "train_docs": [1] * len(names), "train_chars": [1] * len(names)}
-    loglik = Classifier(model, tokenizer, labels, device).loglik([ids])[0]
+    loglik = label_loglik(model.eval(), [ids], start_id(tokenizer), len(names), device)[0]
     chars = tokenizer.token_chars(ids) if len(ids) else 0
     unknown = int((ids == tokenizer.unk_id).sum())
     return {n: EvalResult(nats=float(-ll), tokens=len(ids), chars=chars, unknown=unknown) for n, ll in zip(names, loglik)}

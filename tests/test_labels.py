@@ -2,6 +2,7 @@
 
 import json
 import random
+import select
 import subprocess
 import sys
 
@@ -257,3 +258,57 @@ def test_the_python_api_has_labels(labelled_run):
     assert np.mean([w in WORDS["de"] for w in de.generate(length=300, temperature=0.7, seed=1).split()]) >= 0.6
     with pytest.raises(CharnnError, match="unknown label"):
         model.for_label("es")
+
+
+def test_dynamic_evaluation_and_novelty_of_a_labelled_model(labelled_run, lang_files):
+    fr = str(lang_files / "fr.txt")
+    r = runner.invoke(app, ["eval", str(labelled_run), fr, "--dynamic", "--json"])
+    assert r.exit_code == 0, r.stderr  # the label-free path adapts (its label vectors take no gradient)
+    assert json.loads(r.stdout)["gain_nats_per_char"] > 0
+    r = runner.invoke(app, ["eval", str(labelled_run), fr, "--dynamic", "--label", "fr", "--json"])
+    assert r.exit_code == 0, r.stderr
+    one_line_error(runner.invoke(app, ["novelty", str(labelled_run)], input="le chat\n"), 1, "labelled model")
+
+
+def test_init_from_an_unlabelled_base_into_a_labelled_run(trained_run, lang_files, tmp_path):
+    import charnn
+    files = [str(lang_files / f"{x}.txt") for x in ("en", "de")]
+    result = charnn.train(files, label_by="file", init_from=str(trained_run.run_dir), out=str(tmp_path),
+                          max_steps=30, eval_every=30, batch_size=8, seq_len=32)
+    data = load_checkpoint(result.run_dir / "best.pt")
+    assert data["model_config"]["labels"] == 2 and data["parent"]["step"] == trained_run.steps
+    # ...and a labelled base into an unlabelled run: its label vectors are left behind
+    again = charnn.train(files[0], init_from=str(result.run_dir), out=str(tmp_path), name="plain", max_steps=3,
+                         eval_every=3, batch_size=8, seq_len=32)
+    assert "label_embed.weight" not in load_checkpoint(again.run_dir / "best.pt")["model"]
+
+
+def test_a_resumed_labelled_run_keeps_its_split_and_its_labels(lang_files, tmp_path):
+    import charnn
+    files = [str(lang_files / f"{x}.txt") for x in ("en", "de")]
+    seen = []
+    common = dict(label_by="file", out=str(tmp_path), name="r", eval_every=3, batch_size=8, seq_len=32)
+    charnn.train(files, val_frac=0.3, max_steps=3, on_event=lambda k, i: seen.append(i) if k == "start" else None,
+                 **common)
+    charnn.train(files, resume=True, max_steps=6, on_event=lambda k, i: seen.append(i) if k == "start" else None,
+                 **common)  # --val-frac not given again: the run's own 0.3 splits it, not the default 0.1
+    assert seen[0]["val_tokens"] == seen[1]["val_tokens"] and seen[0]["train_tokens"] == seen[1]["train_tokens"]
+    with pytest.raises(ConfigError, match="trained on labels de, en"):
+        charnn.train(files + [str(lang_files / "fr.txt")], resume=True, max_steps=9, **common)
+
+
+def test_classify_answers_each_line_as_it_arrives(labelled_run):
+    p = subprocess.Popen([sys.executable, "-m", "charnn", "classify", str(labelled_run), "--encoding", "latin-1"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=subprocess_env())
+    try:
+        for line, want in (("the cat sat on the mat", "en"), ("le chat noir dort sur la table", "fr")):
+            p.stdin.write(line + "\r\n")
+            p.stdin.flush()
+            ready, _, _ = select.select([p.stdout], [], [], 120)  # the answer comes before the next line is sent
+            assert ready, "classify waited for more input before answering"
+            assert p.stdout.readline() == want + "\n"
+    finally:
+        p.stdin.close()
+        p.wait(timeout=60)
+    assert p.returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import io
 import json
 import queue
 import sys
@@ -81,12 +82,13 @@ def _lines(paths: List[str], encoding: str) -> Iterator[str]:
 
     if not paths:
         same = codecs.lookup(encoding).name == codecs.lookup(sys.stdin.encoding or "utf-8").name
-        stream = sys.stdin if same else codecs.getreader(encoding)(sys.stdin.buffer, errors="strict")
+        # a TextIOWrapper reads what a pipe has, line by line (codecs' readers wait for whole blocks)
+        stream = sys.stdin if same else io.TextIOWrapper(sys.stdin.buffer, encoding=encoding, errors="strict")
         for line in stream:
-            yield line.rstrip("\n")
+            yield line.rstrip("\r\n")  # CRLF lines as training read them
         return
     for p in paths:
-        text = read_text(p, "file", encoding)
+        text = read_text(p, "file", encoding).replace("\r\n", "\n")
         yield from text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
 

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
+from charnn.reports.info import parent_words
+
 TOTAL = 1000  # the bar counts thousandths of the run (steps, time or epochs: whichever limit is nearest)
 PLAIN_EVERY = 10.0  # seconds between plain progress lines
 BIG_CORPUS = 20e6  # bytes from which encoding is announced before it starts (smaller ones take a moment)
@@ -91,7 +93,7 @@ class TrainProgress:
             if info.get("skipped_lines"):
                 self.note(f"note: skipped {info['skipped_lines']:,} lines that are not label<TAB>text")
         elif kind == "init_from":
-            self.note(parent_words(info))
+            self.note(f"fine-tuning from {parent_words(info)}")
         elif kind == "start":
             per = f", {info['chars_per_token']:.2f} chars/token" if info.get("tokenizer", "char") != "char" else ""
             procs = f" x {info['processes']} processes" if info.get("processes", 1) > 1 else ""
@@ -162,14 +164,3 @@ def _precision_words(choice) -> str:
         return choice["precision"]
     return f"{choice['precision']}, auto: {choice.get('reason', '')}"
 
-
-def parent_words(parent: dict) -> str:
-    """'fine-tuning from RUN/best.pt (step 3,000, val 1.4100 nats/char); added 3 characters: 'é', 'ß', '€''"""
-    val = f", val {parent['val_loss']:.4f} nats/char" if parent.get("val_loss") is not None else ""
-    added = parent.get("added_chars") or ""
-    shown = ", ".join(repr(c) for c in added[:20]) + (f" and {len(added) - 20} more" if len(added) > 20 else "")
-    news = f"; added {len(added)} character{'s' if len(added) != 1 else ''}: {shown}" if added else \
-        "; no new characters"
-    step = parent.get("step")
-    return f"fine-tuning from {parent['path']} (step {step:,}{val}){news}" if step is not None else \
-        f"fine-tuning from {parent['path']}{news}"

@@ -33,7 +33,7 @@ def train(
                                                            "under torchrun (default: 8 on the CPU, 256 on a CUDA "
                                                            "GPU, per process).", show_default=False)] = None,
     seq_len: Annotated[int, typer.Option(help="Characters per stream per step (BPTT length).")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW); 2e-3 with --init-from.")] = 1e-2,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW); 3e-3 with --init-from.")] = 1e-2,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 50,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.")] = 0.1,
     grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this (0: off).")] = 1.0,
@@ -59,7 +59,7 @@ def train(
     init_from: Annotated[Optional[str], typer.Option(help="Fine-tune: start from this checkpoint or run folder's "
                                                           "weights, architecture and vocabulary (characters the "
                                                           "new text adds get new ids); fresh optimiser and "
-                                                          "schedule; --lr defaults to 2e-3.",
+                                                          "schedule; --lr defaults to 3e-3.",
                                                      show_default=False)] = None,
     label_by: Annotated[Optional[str], typer.Option(help="Condition the model on labels: file (each CORPUS file is "
                                                          "a label, by its stem), folder (each subfolder of a CORPUS "

@@ -15,7 +15,7 @@ Label id 0 means "no label" (the model's unconditional path); labels are 1..N in
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -40,11 +40,25 @@ class Document:
 class LabelledText:
     by: str
     names: List[str]  # label i + 1 is names[i]
-    train: List[Document]
-    val: List[Document]
+    docs: List[Document]  # everything read: a document per label (file, folder) or per line
     source: str  # the corpus arguments, for messages and the checkpoint
     skipped_lines: int = 0
     name: str = "run"  # the default run name: the first CORPUS argument's stem
+    val_docs: Optional[List[Document]] = None  # --val-file's lines (then every doc trains)
+    train: List[Document] = field(default_factory=list)  # set by split()
+    val: List[Document] = field(default_factory=list)
+
+    def split(self, val_frac: float, seed: int) -> "LabelledText":
+        """The same text with its train and validation documents: the tail of every file or folder label, a
+        seeded random share of lines, or --val-file's lines. Training splits with the run's own settings
+        (a resumed run's saved ones), so the split never depends on flags typed later."""
+        if self.val_docs is not None:
+            train, val = list(self.docs), list(self.val_docs)
+        elif self.by == "line":
+            train, val = _split_lines(self.docs, val_frac, seed)
+        else:
+            train, val = _split_tails(self.docs, self.names, val_frac)
+        return replace(self, train=train, val=val)
 
     def counts(self, docs: Sequence[Document]) -> Dict[str, Dict[str, int]]:
         """{name: {"docs": n, "chars": n}} over `docs`."""
@@ -87,23 +101,29 @@ def load_labelled(paths: Sequence[str], by: str, encoding: str = "utf-8", glob: 
     source, name = " ".join(paths), Path(paths[0]).resolve().stem or "run"
     if by == "line":
         docs, names, bad = _lines(find_files(paths, glob, on_skip), encoding, skip_bad_lines)
+        val_docs = None
         if val_file is not None:
             val_docs, _, bad_val = _lines(find_files([val_file]), encoding, skip_bad_lines, names)
-            return LabelledText(by, names, docs, val_docs, source, bad + bad_val, name)
-        train, val = _split_lines(docs, val_frac, seed)
-        return LabelledText(by, names, train, val, source, bad, name)
+            bad += bad_val
+        return LabelledText(by, names, docs, source, bad, name, val_docs).split(val_frac, seed)
     groups = _groups(paths, by, glob, on_skip)
     names = sorted(groups)
+    docs = [Document(i, SEPARATOR.join(_read(f, encoding).rstrip("\n") for f in groups[label]) + "\n")
+            for i, label in enumerate(names, 1)]
+    return LabelledText(by, names, docs, source, name=name).split(val_frac, seed)
+
+
+def _split_tails(docs: List[Document], names: List[str], val_frac: float) -> Tuple[List[Document], List[Document]]:
+    """Each label's text (one document) cut in two: its last `val_frac` is validation."""
     train, val = [], []
-    for i, label in enumerate(names, 1):
-        text = SEPARATOR.join(_read(f, encoding).rstrip("\n") for f in groups[label]) + "\n"
-        cut = int(len(text) * (1.0 - val_frac))
-        if cut < 1 or len(text) - cut < 2:
-            raise CharnnError(f"label {label!r} has {len(text):,} characters, too few to hold out a --val-frac "
-                              f"{val_frac} for validation")
-        train.append(Document(i, text[:cut]))
-        val.append(Document(i, text[cut:]))
-    return LabelledText(by, names, train, val, source, name=name)
+    for d in docs:
+        cut = int(len(d.text) * (1.0 - val_frac))
+        if cut < 1 or len(d.text) - cut < 2:
+            raise CharnnError(f"label {names[d.label - 1]!r} has {len(d.text):,} characters, too few to hold out "
+                              f"a --val-frac {val_frac} for validation")
+        train.append(Document(d.label, d.text[:cut]))
+        val.append(Document(d.label, d.text[cut:]))
+    return train, val
 
 
 def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip) -> Dict[str, List[Path]]:

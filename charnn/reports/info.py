@@ -111,13 +111,8 @@ def summary_lines(info: dict) -> List[str]:
                      + ", ".join(f"{name} ({_num(v['train_chars'])}, {_num(v['val_nats_per_char'], '.3f')})"
                                  for name, v in list(info["labels"].items())[:LABELS_SHOWN])
                      + (f" and {len(info['labels']) - LABELS_SHOWN} more" if len(info["labels"]) > LABELS_SHOWN else ""))
-    parent = info.get("parent")
-    if parent:
-        val = f", val {parent['val_loss']:.4f} nats/char" if parent.get("val_loss") is not None else ""
-        added = parent.get("added_chars") or ""
-        news = (f"; added {len(added)} characters: {' '.join(show_token(c) for c in added[:VOCAB_PREVIEW])}"
-                if added else "")
-        lines.append(f"parent      {parent['path']} (step {_num(parent.get('step'))}{val}){news}")
+    if info.get("parent"):
+        lines.append(f"parent      {parent_words(info['parent'])}")
     if info["metrics"]:
         lines.append(f"metrics     {info['metrics']['path']} ({info['metrics']['records']} records)")
     return lines
@@ -130,3 +125,14 @@ def _read_json(path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def parent_words(parent: dict) -> str:
+    """A fine-tuning run's parent in words: "checkpoints/kjv/best.pt (step 3,000, val 1.4100 nats/char); added 3
+    characters: é ß €" (`info`, and the first line of `charnn train --init-from`)."""
+    val = f", val {parent['val_loss']:.4f} nats/char" if parent.get("val_loss") is not None else ""
+    added = parent.get("added_chars") or ""
+    more = f" and {len(added) - VOCAB_PREVIEW} more" if len(added) > VOCAB_PREVIEW else ""
+    news = (f"; added {len(added)} character{'s' if len(added) != 1 else ''}: "
+            f"{' '.join(show_token(c) for c in added[:VOCAB_PREVIEW])}{more}" if added else "; no new characters")
+    return f"{parent['path']} (step {_num(parent.get('step'))}{val}){news}"

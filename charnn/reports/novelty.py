@@ -112,6 +112,9 @@ def _source_file(index, at: int, source: str) -> Optional[str]:
 def _training_entry(path: Path, data: dict, corpus: Sequence[str], glob, encoding: str, on_event: Callback):
     """(cache key, entry meta, corpus description) of the run's training ids, encoding them again if needed."""
     record = data.get("data") or {}
+    if data.get("labels"):
+        raise CharnnError(f"{str(path)!r} is a labelled model (--label-by); the copying check covers runs "
+                          "trained on one text stream, not labelled ones, yet")
     key = record.get("cache_entry")
     meta = cache.find_entry(key) if key and not corpus else None
     if meta is not None:
@@ -157,7 +160,7 @@ def _index(key: str, meta: dict, tokenizer, on_event: Callback):
 def _train_text(key: str, meta: dict, tokenizer) -> Iterator[bytes]:
     """The training split's ids, decoded, as UTF-8 chunks."""
     ids = cache.open_ids(key, meta)[: meta["train_tokens"]]
-    if tokenizer.kind == "char":  # ids 1.. are the sorted characters, 0 the unknown
+    if tokenizer.kind == "char":  # ids 1.. are the characters in id order, 0 the unknown
         table = np.array([ord(UNK_TEXT)] + [ord(c) for c in tokenizer.chars], dtype="<u4")
         for a in range(0, len(ids), CHUNK):
             text = table[ids[a: a + CHUNK]].tobytes().decode("utf-32-le", "surrogatepass")

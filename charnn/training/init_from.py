@@ -19,7 +19,7 @@ from charnn.checkpoint import load_checkpoint, resolve_checkpoint
 from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.errors import ConfigError
 
-FINETUNE_LR = 2e-3  # the default peak learning rate when fine-tuning (benchmarks/ADAPT.md measures it)
+FINETUNE_LR = 3e-3  # the default peak learning rate when fine-tuning (measured: benchmarks/ADAPT.md)
 ARCHITECTURE = ("cell", "layers", "hidden", "embed")
 
 
@@ -76,7 +76,10 @@ def graft(model: torch.nn.Module, parent: Parent, seed: int) -> None:
     a new character's embedding row is drawn as a fresh model's are, and its head row starts as the
     unknown token's (a token the base learned to find unlikely), so adding characters changes the base's
     predictions very little until training teaches the new ones."""
-    state = dict(parent.data["model"])
+    # label vectors belong to a run's own labels: the base's are dropped, the new run's start fresh
+    state = {k: v for k, v in parent.data["model"].items() if not k.startswith("label_embed")}
+    if getattr(model, "label_embed", None) is not None:
+        state["label_embed.weight"] = model.label_embed.weight.detach().clone()
     n = parent.model_cfg.vocab_size
     new = model.embed.weight.shape[0] - n
     if new > 0:

@@ -208,12 +208,11 @@ class Trainer:
         """The training ids and the Prepared data: a corpus streamed and encoded once into the cache (the
         tokenizer sees the training split only), or a labelled corpus encoded in memory with its labels."""
         base_tokenizer = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
-        if resumed and bool(resumed.get("labels")) != isinstance(corpus, LabelledText):
-            by = (resumed.get("labels") or {}).get("by")
-            raise ConfigError(f"--resume: run {self.run_dir.name!r} was trained "
-                              f"{'with --label-by ' + by if by else 'without labels'}; resume it the same way")
+        if resumed:
+            _check_same_labels(resumed.get("labels"), corpus, self.run_dir.name)
         self.labels = None
         if isinstance(corpus, LabelledText):
+            corpus = corpus.split(cfg.val_frac, cfg.seed)  # with the run's own settings (a resumed run's saved ones)
             data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base_tokenizer, parent is not None,
                                     self.on_event, cfg.threads)
             self.labels = corpus.record()
@@ -531,6 +530,18 @@ class Trainer:
                              self.chars_seen, stopped)
         self.on_event("done", asdict(result))
         return result
+
+
+def _check_same_labels(saved: Optional[dict], corpus, run: str) -> None:
+    """A resumed run must see the labels it was trained on: the same way of labelling, the same names."""
+    if bool(saved) != isinstance(corpus, LabelledText):
+        by = (saved or {}).get("by")
+        raise ConfigError(f"--resume: run {run!r} was trained {'with --label-by ' + by if by else 'without labels'}; "
+                          "resume it the same way")
+    if saved and (saved.get("by") != corpus.by or list(saved.get("names", [])) != corpus.names):
+        raise ConfigError(f"--resume: run {run!r} was trained on labels {', '.join(saved.get('names', []))} "
+                          f"(--label-by {saved.get('by')}); this corpus has {', '.join(corpus.names)} "
+                          f"(--label-by {corpus.by}). Resume with the same corpus, or start a new run")
 
 
 def _fingerprint(tokenizer, train_tokens: int, val_tokens: int) -> int:
