@@ -312,3 +312,16 @@ def test_classify_answers_each_line_as_it_arrives(labelled_run):
         p.stdin.close()
         p.wait(timeout=60)
     assert p.returncode == 0
+
+
+def test_labels_with_a_subword_tokenizer(lang_files, tmp_path):
+    import charnn
+    files = [str(lang_files / f"{x}.txt") for x in ("en", "de")]
+    result = charnn.train(files, label_by="file", tokenizer="bpe", vocab_size=300, out=str(tmp_path), max_steps=6,
+                          eval_every=6, batch_size=4, seq_len=16, hidden=16, embed=8, layers=1)
+    data = load_checkpoint(result.run_dir / "best.pt")
+    assert data["tokenizer"]["kind"] == "bpe" and all(v > 0 for v in data["labels"]["val_nats_per_char"])
+    model = charnn.load(result.run_dir, device="cpu")
+    out = model.classify(["ein hund", "the cat"])
+    assert [set(d["labels"]) for d in out] == [{"de", "en"}] * 2
+    assert out[0]["chars"] == len("ein hund")
