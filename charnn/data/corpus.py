@@ -32,8 +32,9 @@ class Corpus:
         return [self.text] if self.text is not None else list(self.files)
 
 
-def read_text(path: str, what: str = "corpus", encoding: str = "utf-8") -> str:
-    """Read a text file, turning every way it can fail into one clear CharnnError."""
+def read_text(path: str, what: str = "corpus", encoding: str = "utf-8", allow_empty: bool = False) -> str:
+    """Read a text file, turning every way it can fail into one clear CharnnError (an empty file too,
+    unless `allow_empty`)."""
     p = Path(path)
     if not p.exists():
         raise CharnnError(f"{what} {path!r} does not exist")
@@ -46,7 +47,7 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8") -> str:
     if b"\x00" in data[:SNIFF_BYTES]:
         raise CharnnError(f"{what} {path!r} {BINARY}; pass a text file")
     text = decode_bytes(data, f"{what} {path!r}", encoding)
-    if not text:
+    if not text and not allow_empty:
         raise CharnnError(f"{what} {path!r} is empty")
     return text
 

@@ -22,8 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from charnn.data import corpus as plain
-from charnn.data.corpus import decode_bytes
-from charnn.data.sources import SNIFF_BYTES, find_files
+from charnn.data.sources import find_files
 from charnn.errors import CharnnError, ConfigError
 
 LABEL_BY = ("file", "folder", "line")
@@ -152,13 +151,8 @@ def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip) -> Dict
 
 
 def _read(path: Path, encoding: str) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CharnnError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-    if b"\x00" in data[:SNIFF_BYTES]:
-        raise CharnnError(f"{str(path)!r} looks binary (it contains NUL bytes); pass text files")
-    return decode_bytes(data, repr(str(path)), encoding).replace("\r\n", "\n")
+    """A labelled file's text, CRLF line ends read as LF (an empty file is just no text)."""
+    return plain.read_text(str(path), "corpus file", encoding, allow_empty=True).replace("\r\n", "\n")
 
 
 def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = None) -> Tuple[List[Document], List[str], int]:
