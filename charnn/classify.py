@@ -16,12 +16,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from charnn.errors import CharnnError
+from charnn.models.score import IGNORE, row_nats
 from charnn.text.tokenizer import start_id
 
-CHUNK = 256  # time steps per forward call: long texts go through in pieces with the state carried
 MAX_ROWS = 512  # texts x labels per pass
 
 
@@ -87,26 +86,17 @@ def label_loglik(model, ids: Sequence[np.ndarray], start: int, n: int, device: t
     return out
 
 
-@torch.inference_mode()
 def _block(model, ids: List[np.ndarray], start: int, n: int, device: torch.device) -> np.ndarray:
+    """Text i under label j is row i * n + j, from a zero state after the start id."""
     k = len(ids)
     T = max(1, max(len(x) for x in ids))
-    y = np.zeros((k, T), dtype=np.int64)
-    mask = np.zeros((k, T), dtype=bool)
+    y = torch.full((k, T), IGNORE, dtype=torch.long)
     for i, x in enumerate(ids):
-        y[i, :len(x)], mask[i, :len(x)] = x, True
-    x = np.concatenate([np.full((k, 1), start), y[:, :-1]], axis=1)
-    # rows: text i under label j is row i * n + j; each chunk of time is repeated over the labels as it goes
-    rows = (lambda a, t: torch.from_numpy(np.ascontiguousarray(a[:, t:t + CHUNK])).repeat_interleave(n, 0)
-            .to(device))
-    L = torch.arange(1, n + 1, device=device).repeat(k).view(-1, 1)
-    total, state = torch.zeros(k * n, dtype=torch.float64, device=device), None
-    for t in range(0, T, CHUNK):
-        xb = rows(x, t)
-        logits, state = model(xb, state, L.expand_as(xb))
-        nll = F.cross_entropy(logits.float().transpose(1, 2), rows(y, t), reduction="none")
-        total -= (nll * rows(mask, t)).double().sum(1)
-    return total.view(k, n).cpu().numpy()
+        y[i, :len(x)] = torch.from_numpy(np.asarray(x, dtype=np.int64))
+    x = torch.cat([torch.full((k, 1), start, dtype=torch.long), y[:, :-1].clamp_min(0)], dim=1)
+    labels = torch.arange(1, n + 1).repeat(k).view(-1, 1)
+    nats = row_nats(model, x.repeat_interleave(n, 0), y.repeat_interleave(n, 0), labels, device)
+    return -nats.view(k, n).cpu().numpy()
 
 
 def log_prior(labels: dict, uniform: bool = False) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from charnn.device import autocast
+from charnn.models.score import IGNORE, row_nats
 from charnn.text.tokenizer import start_id
 
 CHUNK = 256  # time steps per forward call while scoring
@@ -129,6 +130,42 @@ def evaluate_ids(model, tokenizer, ids: np.ndarray, device: torch.device, precis
         nats = total(nats)
     chars = tokenizer.token_chars(ids) if len(ids) else 0
     return EvalResult(nats=nats, tokens=len(ids), chars=chars, unknown=unknown)
+
+
+def evaluate_documents(model, tokenizer, ids: np.ndarray, lengths, device: torch.device, precision: str = "fp32",
+                       part: Tuple[int, int] = (0, 1), total: Optional[Callable[[float], float]] = None,
+                       labels: Optional[np.ndarray] = None, per_label: Optional[np.ndarray] = None,
+                       rows: int = 256) -> EvalResult:
+    """Score independent documents (`ids` holds them one after another, `lengths` tokens each), every one
+    from a zero state after the start id, as training on documents (DocumentBatches) and `classify` see
+    them; the same result as evaluate_ids otherwise (labels: each token's label; per_label as there).
+    Under torchrun each rank scores every world-th block of similar-length documents."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    order = np.argsort(lengths, kind="stable")
+    was_training = model.training
+    model.eval()
+    nats = 0.0
+    rank, world = part
+    for b, lo in enumerate(range(0, len(order), rows)):
+        if b % world != rank:
+            continue
+        docs = order[lo:lo + rows]
+        y = torch.full((len(docs), int(lengths[docs].max())), IGNORE, dtype=torch.long)
+        for r, d in enumerate(docs):
+            y[r, :lengths[d]] = torch.from_numpy(ids[starts[d]:starts[d] + lengths[d]])
+        x = torch.cat([torch.full((len(docs), 1), start_id(tokenizer), dtype=torch.long), y[:, :-1].clamp_min(0)], 1)
+        lab = None if labels is None else torch.from_numpy(labels[starts[docs]].astype(np.int64)).view(-1, 1)
+        per_row = row_nats(model, x, y, lab, device, precision).cpu().numpy()
+        nats += float(per_row.sum())
+        if per_label is not None:
+            per_label += np.bincount(labels[starts[docs]].astype(np.int64), per_row, minlength=len(per_label))
+    model.train(was_training)
+    if total is not None:
+        nats = total(nats)
+    return EvalResult(nats=nats, tokens=len(ids), chars=tokenizer.token_chars(ids) if len(ids) else 0,
+                      unknown=int((ids == tokenizer.unk_id).sum()))
 
 
 def combine(results: List[EvalResult]) -> EvalResult:

@@ -15,11 +15,11 @@ from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.classify import Classifier
 from charnn.cli import app
 from charnn.config import ModelConfig, TrainConfig
-from charnn.data.batches import StreamBatches
+from charnn.data.batches import IGNORE, DocumentBatches, StreamBatches
 from charnn.data.labels import Document, encode_documents, load_labelled
 from charnn.errors import CharnnError, ConfigError
 from charnn.models.lm import CharRNN
-from charnn.text.tokenizer import CharTokenizer
+from charnn.text.tokenizer import CharTokenizer, start_id
 from charnn.training.trainer import Trainer
 from conftest import one_line_error, subprocess_env
 
@@ -108,6 +108,53 @@ def test_a_position_is_labelled_with_the_document_of_the_token_it_predicts():
     x, y, lab = next(iter(batches.epoch(0)))
     # x = "aa\nb" predicts y = "a\nbb": the newline ending doc 1 is read under label 2, doc 2's
     assert tok.decode(x[0].tolist()) == "aa\nb" and lab[0].tolist() == [1, 1, 2, 2]
+
+
+def test_line_documents_train_alone_from_the_start_id():
+    """--label-by line: each line is a row of its own, the start id before it, padding ignored; an epoch takes
+    every document at most once, its batches within batch x seq_len tokens, the same plan for the same seed."""
+    tok = CharTokenizer.build("abcdefgh\n")
+    rng = random.Random(0)
+    docs = [Document(1 + i % 3, "".join(rng.choice("abcdefgh") for _ in range(rng.randint(1, 40))) + "\n")
+            for i in range(200)]
+    enc = encode_documents(docs, tok, 3)
+    batches = DocumentBatches(torch.from_numpy(enc.ids), enc.lengths, 4, 16, start_id(tok),
+                              torch.from_numpy(enc.labels))
+    plan = batches.plan(7)
+    assert [(list(d), s) for d, s, _ in plan] == [(list(d), s) for d, s, _ in DocumentBatches(
+        torch.from_numpy(enc.ids), enc.lengths, 4, 16, start_id(tok), torch.from_numpy(enc.labels)).plan(7)]
+    starts = [d for d, _, fresh in plan if fresh]
+    seen = np.concatenate(starts)
+    assert len(set(seen.tolist())) == len(seen) > 200 - 64 * 4  # once each; a short tail waits for the next epoch
+    assert all(len(d) % 4 == 0 and (len(d) == 4 or len(d) * np.asarray(enc.lengths)[d].max() <= 4 * 16) for d in starts)
+    assert any(len(d) > 4 for d in starts)  # short lines share a step: more rows, the same tokens
+    assert sum(1 for _ in batches.epoch(7)) == batches.steps_per_epoch(7) == len(plan)
+    for (x, y, lab), (d, span, fresh) in zip(batches.epoch(7), plan):
+        for r, i in enumerate(d):
+            text = docs[i].text
+            want = tok.encode(text)[span]
+            assert y[r, :len(want)].tolist() == want.tolist() and (y[r, len(want):] == IGNORE).all()
+            if fresh:
+                assert x[r, 0] == start_id(tok) and tok.decode(x[r, 1:len(want)].tolist()) == text[:len(want) - 1]
+            assert (lab[r] == docs[i].label).all()
+    assert batches.fresh(7, 0) and [f for _, _, f in plan].count(False) > 0  # long rows go on in a second window
+
+
+def test_line_labels_val_scores_each_document_alone(tmp_path):
+    """A line-labelled run's val loss is its held-out lines scored each from a zero state, as classify does."""
+    import charnn
+    rows = [f"{lang}\t{t}" for lang in WORDS for t in lines(lang, 60, 9)]
+    random.Random(1).shuffle(rows)
+    (tmp_path / "rows.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    result = charnn.train([str(tmp_path / "rows.tsv")], label_by="line", out=str(tmp_path), name="l", max_steps=30,
+                          eval_every=30, batch_size=8, seq_len=32, hidden=32, layers=1, embed=8, device="cpu")
+    data = load_checkpoint(tmp_path / "l" / "last.pt")
+    model, tok = build_from_checkpoint(data)
+    text = load_labelled([str(tmp_path / "rows.tsv")], "line", val_frac=0.1, seed=1337)
+    clf = Classifier(model, tok, data["labels"], torch.device("cpu"))
+    ll = clf.loglik([tok.encode(d.text) for d in text.val])
+    own = -sum(ll[i, d.label - 1] for i, d in enumerate(text.val)) / sum(len(d.text) for d in text.val)
+    assert own == pytest.approx(result.last_val_loss, rel=1e-6)
 
 
 # ---- model --------------------------------------------------------------------------------------------

@@ -70,7 +70,111 @@ class StreamBatches:
             batch = (X[:, w].long(), Y[:, w].long())
             yield batch if labels is None else batch + (labels[:, w].long(),)
 
+    def fresh(self, offset: int, window: int) -> bool:
+        """Streams carry their state from window to window (an epoch's start resets it)."""
+        return False
+
     def max_offset(self) -> int:
         """Largest epoch offset that still leaves as many windows as offset 0."""
         spare = (len(self.ids) - 1) - self.batch_size * self.seq_len * self.steps_per_epoch(0)
         return min(self.seq_len - 1, spare)
+
+
+IGNORE = -100  # the target of a padding position: cross_entropy's default ignore_index
+
+
+class DocumentBatches:
+    """Independent documents (`--label-by line`: each line its own text), a batch of whole documents at a time,
+    each row starting from a zero state with the start id before its first token: exactly how `classify`
+    and `sample` meet a text. The stateful streams of StreamBatches would carry every document's state into
+    the next, so the model would learn its first characters from whatever text came before, and never see
+    the zero state it is scored from.
+
+    An epoch shuffles the documents (seeded by the epoch's `offset`, which StreamBatches uses as a start
+    position), sorts each run of 64 batches' worth by length so a batch pads little, and packs a batch with
+    `batch_size` x k rows, k as large as keeps the batch within `batch_size` x `seq_len` tokens: short lines
+    get the same tokens per step as a stream would. A batch longer than `seq_len` goes through in windows with
+    the state carried (`fresh(window)` says where a batch starts); padding targets are IGNORE. Row counts
+    are multiples of `batch_size`, so under torchrun every rank takes its share of each batch."""
+
+    def __init__(self, ids: torch.Tensor, lengths, batch_size: int, seq_len: int, start: int,
+                 labels: Optional[torch.Tensor] = None, device: Optional[torch.device] = None):
+        """`ids` and `labels` (each token's label) stay on the CPU; batches go to `device`."""
+        import numpy as np
+
+        self.device = device or torch.device("cpu")
+        self.ids, self.labels, self.batch_size, self.seq_len, self.start = ids, labels, batch_size, seq_len, start
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.rows_share = (0, 1)
+        self._plan_key, self._plan = None, []
+        if len(self.lengths) < batch_size:
+            raise CharnnError(f"the training text has {len(self.lengths):,} documents, fewer than one batch needs "
+                              f"({batch_size}); lower --batch-size or use more lines")
+
+    def shard(self, rank: int, world: int) -> None:
+        self.rows_share = (rank, world)
+
+    def max_offset(self) -> int:
+        return 2**31 - 1  # the offset only seeds the epoch's shuffle
+
+    def plan(self, offset: int):
+        """The epoch's windows: (document indices of the batch, time slice, fresh), deterministic in `offset`."""
+        import numpy as np
+
+        if self._plan_key == offset:
+            return self._plan
+        B, T = self.batch_size, self.seq_len
+        rng = np.random.default_rng(offset)
+        order = rng.permutation(len(self.lengths))
+        batches = []
+        run = 64 * B
+        for c in range(0, len(order), run):
+            chunk = order[c:c + run]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            i = 0
+            while i + B <= len(chunk):  # a tail of fewer than B documents waits for another epoch's shuffle
+                rows = B
+                while i + rows + B <= len(chunk) and (rows + B) * self.lengths[chunk[i + rows + B - 1]] <= B * T:
+                    rows += B
+                batches.append(chunk[i:i + rows])
+                i += rows
+        windows = []
+        for b in (batches[j] for j in rng.permutation(len(batches))):
+            width = int(self.lengths[b].max())
+            for t in range(0, width, T):
+                windows.append((b, slice(t, min(width, t + T)), t == 0))
+        self._plan_key, self._plan = offset, windows
+        return windows
+
+    def steps_per_epoch(self, offset: int = 0) -> int:
+        return len(self.plan(offset))
+
+    def fresh(self, offset: int, window: int) -> bool:
+        """Whether `window` starts a batch of documents (the state starts from zero)."""
+        plan = self.plan(offset)
+        return window >= len(plan) or plan[window][2]
+
+    def epoch(self, offset: int = 0, start: int = 0) -> Iterator[Tuple[torch.Tensor, ...]]:
+        rank, world = self.rows_share
+        for docs, span, _ in self.plan(offset)[start:]:
+            per = len(docs) // world
+            x, y, lab = self.pad(docs[rank * per:(rank + 1) * per], span)
+            yield (x, y) if lab is None else (x, y, lab)
+
+    def pad(self, docs, span: slice):
+        """(x, y, labels) of documents `docs` over time `span`: x is the start id then each document's tokens,
+        y its tokens then IGNORE; labels are each row's label (None without labels)."""
+        import numpy as np
+
+        width = int(self.lengths[docs].max())
+        y = torch.full((len(docs), width), IGNORE, dtype=torch.long)
+        for r, d in enumerate(docs):
+            s, n = int(self.starts[d]), int(self.lengths[d])
+            y[r, :n] = self.ids[s:s + n].long()
+        x = torch.cat([torch.full((len(docs), 1), self.start, dtype=torch.long), y[:, :-1].clamp_min(0)], dim=1)
+        lab = None
+        if self.labels is not None:
+            first = torch.from_numpy(self.starts[np.asarray(docs)])
+            lab = self.labels[first].long().view(-1, 1).expand(len(docs), span.stop - span.start).to(self.device)
+        return x[:, span].to(self.device), y[:, span].to(self.device), lab

@@ -45,6 +45,8 @@ class Prepared:
     train_labels: Optional[torch.Tensor] = None  # a labelled corpus (data/labels.py): each token's label id
     val_labels: Optional[np.ndarray] = None
     val_label_chars: Optional[List[int]] = None  # validation characters per label (labels 1..N)
+    train_doc_lengths: Optional[List[int]] = None  # --label-by line: tokens of each document, in order
+    val_doc_lengths: Optional[List[int]] = None
 
 
 def prepare(parts: Sequence[Part], encoding: str, split: dict, tokenizer_spec: dict,

@@ -201,6 +201,7 @@ class EncodedLabels:
     labels: np.ndarray  # the label of each token's document (uint8/uint16), same length
     chars: int
     per_label_chars: List[int] = field(default_factory=list)
+    lengths: List[int] = field(default_factory=list)  # tokens of each document, in order
 
 
 def encode_documents(docs: Sequence[Document], tokenizer, n_labels: int) -> EncodedLabels:
@@ -215,7 +216,7 @@ def encode_documents(docs: Sequence[Document], tokenizer, n_labels: int) -> Enco
         labels.append(np.full(len(x), d.label, dtype=dtype))
         per[d.label - 1] += len(d.text)
     cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dtype=dt))
-    return EncodedLabels(cat(ids, np.int64), cat(labels, dtype), sum(per), per)
+    return EncodedLabels(cat(ids, np.int64), cat(labels, dtype), sum(per), per, [len(x) for x in ids])
 
 
 def prepare_labelled(text: LabelledText, kind: str = "char", vocab_size: Optional[int] = None,
@@ -244,4 +245,8 @@ def prepare_labelled(text: LabelledText, kind: str = "char", vocab_size: Optiona
     return Prepared(tok, torch.from_numpy(train.ids), val.ids, train.chars, val.chars,
                     int((val.ids == tok.unk_id).sum()), False, None, [],
                     train_labels=torch.from_numpy(train.labels), val_labels=val.labels,
-                    val_label_chars=val.per_label_chars)
+                    val_label_chars=val.per_label_chars,
+                    # line documents train and score each alone (data.batches.DocumentBatches); the long
+                    # documents of file and folder labels stream, their state carried as any corpus's
+                    train_doc_lengths=train.lengths if text.by == "line" else None,
+                    val_doc_lengths=val.lengths if text.by == "line" else None)

@@ -21,14 +21,15 @@ import torch.nn.functional as F
 
 from charnn.checkpoint import save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig, from_dict
-from charnn.data.batches import StreamBatches
+from charnn.data.batches import IGNORE, DocumentBatches, StreamBatches
 from charnn.data.corpus import Corpus
 from charnn.data.labels import LabelledText, prepare_labelled
 from charnn.data.encode import prepare_corpus
 from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device
 from charnn.errors import CharnnError, ConfigError, first_line
-from charnn.evaluate import evaluate_ids
+from charnn.evaluate import evaluate_documents, evaluate_ids
 from charnn.models.lm import CharRNN, detach_state
+from charnn.text.tokenizer import start_id
 from charnn.training.distributed import Dist
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
 from charnn.training.precision import choose_precision
@@ -176,8 +177,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         train_ids, data = self._prepare_data(corpus, cfg, resumed, parent, encoding)
-        self.batches = StreamBatches(train_ids.to(self.device), cfg.batch_size, cfg.seq_len,
-                                     None if data.train_labels is None else data.train_labels.to(self.device))
+        if data.train_doc_lengths is not None:  # --label-by line: every line its own text, from a zero state
+            self.batches = DocumentBatches(train_ids, data.train_doc_lengths, cfg.batch_size, cfg.seq_len,
+                                           start_id(self.tokenizer), data.train_labels, self.device)
+        else:
+            self.batches = StreamBatches(train_ids.to(self.device), cfg.batch_size, cfg.seq_len,
+                                         None if data.train_labels is None else data.train_labels.to(self.device))
         self.batches.shard(*self.dist.part)
         if self.dist.active:
             self.dist.check_same(_fingerprint(self.tokenizer, len(train_ids), len(self.val_ids)), "the tokenized text")
@@ -210,13 +215,19 @@ class Trainer:
         base_tokenizer = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
         if resumed:
             _check_same_labels(resumed.get("labels"), corpus, self.run_dir.name)
-        self.labels = None
+        self.labels, self.val_doc_lengths = None, None
         if isinstance(corpus, LabelledText):
             corpus = corpus.split(cfg.val_frac, cfg.seed)  # with the run's own settings (a resumed run's saved ones)
             data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base_tokenizer, parent is not None,
                                     self.on_event, cfg.threads)
             self.labels = corpus.record()
-            self.val_labels = data.val_labels[: cfg.eval_tokens or None]
+            self.val_doc_lengths = data.val_doc_lengths
+            if self.val_doc_lengths is not None and cfg.eval_tokens:  # whole documents, at least one
+                keep = max(1, int(np.searchsorted(np.cumsum(self.val_doc_lengths), cfg.eval_tokens, side="right")))
+                self.val_doc_lengths = self.val_doc_lengths[:keep]
+                self.val_labels = data.val_labels[: sum(self.val_doc_lengths)]
+            else:
+                self.val_labels = data.val_labels[: cfg.eval_tokens or None]
             val_ids = data.val_ids[: len(self.val_labels)]
             self.val_label_chars = [data.tokenizer.token_chars(val_ids[self.val_labels == i])
                                     for i in range(1, len(corpus.names) + 1)]
@@ -228,7 +239,8 @@ class Trainer:
         self.data_record = {"corpus": corpus.source, "cache_entry": data.path.name if data.path else None,
                             "train_tokens": len(data.train_ids), "train_chars": data.train_chars}
         # periodic evaluations score the first --eval-tokens validation ids (all of them when there are fewer)
-        self.val_ids = data.val_ids[: cfg.eval_tokens or None]
+        self.val_ids = data.val_ids[: cfg.eval_tokens or None] if self.val_doc_lengths is None else \
+            data.val_ids[: len(self.val_labels)]
         self.chars_per_token = data.train_chars / max(1, len(data.train_ids))
         return data.train_ids, data
 
@@ -385,9 +397,12 @@ class Trainer:
         into the checkpoint's labels record)."""
         t = time.perf_counter()
         per = None if self.labels is None else np.zeros(len(self.labels["names"]) + 1)
-        result = evaluate_ids(self.model, self.tokenizer, self.val_ids, self.device, self.precision,
-                              self.dist.part, self.dist.sum if self.dist.active else None,
-                              None if self.labels is None else self.val_labels, per)
+        args = (self.device, self.precision, self.dist.part, self.dist.sum if self.dist.active else None,
+                None if self.labels is None else self.val_labels, per)
+        if self.val_doc_lengths is not None:  # line documents: each scored alone, as training and classify see them
+            result = evaluate_documents(self.model, self.tokenizer, self.val_ids, self.val_doc_lengths, *args)
+        else:
+            result = evaluate_ids(self.model, self.tokenizer, self.val_ids, *args)
         if per is not None:
             chars = self.val_label_chars
             per = [self.dist.sum(float(v)) if self.dist.active else float(v) for v in per[1:]]
@@ -448,7 +463,12 @@ class Trainer:
             labels = labels.masked_fill(hide, 0)
         with autocast(self.device, self.precision):
             logits, self.state = self._forward(x, labels)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        if isinstance(self.batches, DocumentBatches):  # padded rows: the mean over real targets (a rank's
+            real = (y != IGNORE).sum()                      # share of a window may hold none)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                   reduction="sum", ignore_index=IGNORE) / real.clamp_min(1)
+        else:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
@@ -491,7 +511,7 @@ class Trainer:
                                 "chars_per_token": self.chars_per_token,
                                 "val_unknown": int((self.val_ids == self.tokenizer.unk_id).sum())})
         stopped, last_eval_step = None, -1
-        window_t0, window_steps, loss_ema = time.perf_counter(), 0, None
+        window_t0, window_steps, window_tokens, loss_ema = time.perf_counter(), 0, 0, None
         while stopped is None:
             if self.window == 0:  # a new epoch: pick its offset (deterministic from seed + epoch)
                 self.offset = random.Random(cfg.seed * 100003 + self.epoch).randint(0, self.batches.max_offset())
@@ -501,13 +521,18 @@ class Trainer:
                     break
                 if signum is not None:
                     raise TrainingInterrupted(signum, self._save_on_stop())
+                if self.batches.fresh(self.offset, self.window):
+                    self.state = None
+                tokens = B * T if isinstance(self.batches, StreamBatches) else \
+                    int((batch[1] != IGNORE).sum()) * self.dist.world
                 loss = self._train_step(*batch)
                 self.window += 1
-                self.chars_seen += int(B * T * self.chars_per_token)
+                self.chars_seen += int(tokens * self.chars_per_token)
+                window_tokens += tokens
                 loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
                 window_steps += 1
                 now = time.perf_counter()
-                rate = window_steps * B * T * self.chars_per_token / max(1e-9, now - window_t0)
+                rate = window_tokens * self.chars_per_token / max(1e-9, now - window_t0)
                 # loss is per token; loss_per_char divides by the training text's mean characters per token
                 self.on_event("step", {"step": self.step, "loss": loss, "loss_avg": loss_ema,
                                        "loss_per_char": loss_ema / self.chars_per_token,
@@ -515,7 +540,7 @@ class Trainer:
                                        "elapsed": self.elapsed(), "progress": self.progress(),
                                        "epoch": self.epochs_done()})
                 if now - window_t0 > 10:  # a moving window keeps chars/s current
-                    window_t0, window_steps = now, 0
+                    window_t0, window_steps, window_tokens = now, 0, 0
                 if self.step % cfg.eval_every == 0:
                     self._eval_and_save()
                     last_eval_step = self.step
