@@ -29,6 +29,9 @@ class ModelConfig:
     embed: int = 64  # embedding width
     dropout: float = 0.1  # dropout between layers and before the head
     labels: int = 0  # labels the model is conditioned on (--label-by; 0: none); label id 0 is "no label"
+    # a label also scales and shifts the last layer's output (runs since 2026-12; older labelled checkpoints
+    # lack it, and the missing key reads as False)
+    label_output: bool = False
 
     def validate(self) -> "ModelConfig":
         problems = []
@@ -76,6 +79,7 @@ class TrainConfig:
     init_from: Optional[str] = None  # fine-tune: start from this checkpoint or run folder (its architecture and vocabulary)
     label_by: Optional[str] = None  # file, folder or line: condition the model on a label per document
     label_dropout: float = 0.1  # with labels: the share of training windows shown without their label
+    label_contrast: float = 0.0  # with labels: weight of the loss that sets a text's own label above another's
     skip_bad_lines: bool = False  # --label-by line: skip (and count) lines that are not label<TAB>text
 
     def validate(self) -> "TrainConfig":
@@ -117,6 +121,8 @@ class TrainConfig:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"`--precision` must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.label_contrast < 0:
+            problems.append(f"`--label-contrast` must be >= 0, got {self.label_contrast}")
         if not 0.0 <= self.label_dropout < 1.0:
             problems.append(f"`--label-dropout` must be in [0, 1), got {self.label_dropout}")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:

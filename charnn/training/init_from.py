@@ -77,9 +77,10 @@ def graft(model: torch.nn.Module, parent: Parent, seed: int) -> None:
     unknown token's (a token the base learned to find unlikely), so adding characters changes the base's
     predictions very little until training teaches the new ones."""
     # label vectors belong to a run's own labels: the base's are dropped, the new run's start fresh
-    state = {k: v for k, v in parent.data["model"].items() if not k.startswith("label_embed")}
-    if getattr(model, "label_embed", None) is not None:
-        state["label_embed.weight"] = model.label_embed.weight.detach().clone()
+    state = {k: v for k, v in parent.data["model"].items() if not k.startswith(("label_embed", "label_out"))}
+    for name in ("label_embed", "label_out"):
+        if getattr(model, name, None) is not None:
+            state[f"{name}.weight"] = getattr(model, name).weight.detach().clone()
     n = parent.model_cfg.vocab_size
     new = model.embed.weight.shape[0] - n
     if new > 0:

@@ -104,7 +104,7 @@ def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only, not on biases or the embeddings."""
     def decays(name: str, p) -> bool:
-        return p.dim() >= 2 and name.split(".")[0] not in ("embed", "label_embed")
+        return p.dim() >= 2 and name.split(".")[0] not in ("embed", "label_embed", "label_out")
 
     decay = [p for n, p in model.named_parameters() if decays(n, p)]
     rest = [p for n, p in model.named_parameters() if not decays(n, p)]
@@ -251,7 +251,7 @@ class Trainer:
         else:
             base = parent.model_cfg if parent else model_cfg
             model_cfg = replace(base, vocab_size=self.tokenizer.vocab_size,
-                                labels=len(self.labels["names"]) if self.labels else 0)
+                                labels=len(self.labels["names"]) if self.labels else 0, label_output=bool(self.labels))
         self.model_cfg = model_cfg.validate()
         self.model = CharRNN(self.model_cfg)
         self.parent = resumed.get("parent") if resumed else None
@@ -461,19 +461,30 @@ class Trainer:
         if labels is not None and self.cfg.label_dropout > 0:  # some windows without their label: the
             hide = torch.rand(labels.shape[0], 1, device=labels.device) < self.cfg.label_dropout  # unlabelled path
             labels = labels.masked_fill(hide, 0)
+        contrast = labels is not None and self.cfg.label_contrast > 0
+        if contrast:  # every row once more under another label, in the same forward (rows stacked)
+            wrong = _other_labels(labels, len(self.labels["names"]))
+            x, labels = torch.cat([x, x]), torch.cat([labels, wrong])
+            state_in = self.state
+            self.state = None if state_in is None else _stack_state(state_in)
         with autocast(self.device, self.precision):
             logits, self.state = self._forward(x, labels)
-        if isinstance(self.batches, DocumentBatches):  # padded rows: the mean over real targets (a rank's
-            real = (y != IGNORE).sum()                      # share of a window may hold none)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                   reduction="sum", ignore_index=IGNORE) / real.clamp_min(1)
-        else:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), (torch.cat([y, y]) if contrast else y)
+                              .reshape(-1), reduction="none", ignore_index=IGNORE).view(x.shape[0], -1)
+        real = (y != IGNORE).sum().clamp_min(1)  # padded rows: the mean over real targets (a rank's share of a
+        loss = nll[: y.shape[0]].sum() / real    # window may hold none)
+        value = loss
+        if contrast:
+            self.state = _half_state(self.state)
+            # the text's log-likelihood under its own label against another's, which Bayes' rule compares
+            own, other = nll[: y.shape[0]].sum(1), nll[y.shape[0]:].sum(1)
+            lab = labels[: y.shape[0], 0] > 0
+            loss = loss + self.cfg.label_contrast * (F.softplus(own - other) * lab).sum() / real
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        value = self.dist.mean(loss)  # the global mean under torchrun: every rank sees the same value
+        value = self.dist.mean(value)  # the global mean under torchrun: every rank sees the same value
         if not math.isfinite(value):
             raise self._non_finite("training", value, self.step + 1)
         self.opt.step()
@@ -555,6 +566,21 @@ class Trainer:
                              self.chars_seen, stopped)
         self.on_event("done", asdict(result))
         return result
+
+
+def _other_labels(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Each labelled row's labels moved to another label (1..n, the same shift along the row); label 0 stays."""
+    shift = torch.randint(1, n, (labels.shape[0], 1), device=labels.device)
+    return torch.where(labels > 0, (labels - 1 + shift) % n + 1, labels)
+
+
+def _stack_state(state):
+    return tuple(torch.cat([h, h], 1) for h in state) if isinstance(state, tuple) else torch.cat([state, state], 1)
+
+
+def _half_state(state):
+    half = lambda h: h[:, : h.shape[1] // 2]  # noqa: E731
+    return tuple(half(h) for h in state) if isinstance(state, tuple) else half(state)
 
 
 def _check_same_labels(saved: Optional[dict], corpus, run: str) -> None:
