@@ -84,6 +84,31 @@ def test_two_processes_follow_one_process_at_the_same_global_batch(tmp_path, cor
     assert scores[1] == pytest.approx(scores[0], rel=1e-4)
 
 
+def test_line_labels_under_two_processes_follow_one_process(tmp_path):
+    """--label-by line: every rank takes its share of each batch of whole lines, padding and all; the loss is
+    the mean over both ranks' real targets, so two processes follow one (label dropout off: its draws differ
+    per rank, as dropout's do)."""
+    import random
+    rng = random.Random(0)
+    words = {"a": "the cat sat on a mat".split(), "b": "ein hund lief zum haus".split()}
+    rows = [f"{k}\t" + " ".join(rng.choice(words[k]) for _ in range(rng.randint(1, 12)))
+            for k in rng.choices("ab", k=300)]
+    tsv = tmp_path / "rows.tsv"
+    tsv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    flags = [str(tsv), "--label-by", "line", "--label-dropout", "0", "--out", str(tmp_path), *FLAGS, "--max-steps", "12"]
+    one = run([sys.executable, "-m", "charnn", "train", *flags, "--name", "one"])
+    assert one.returncode == 0, one.stderr
+    two = run(torchrun(2, *flags, "--name", "two"))
+    assert two.returncode == 0, two.stderr
+    a, b = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 13))
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4), ra["step"]
+    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-4)
+    da, db = (load_checkpoint(tmp_path / n / "last.pt") for n in ("one", "two"))
+    assert db["labels"]["val_nats_per_char"] == pytest.approx(da["labels"]["val_nats_per_char"], rel=1e-4)
+
+
 def test_a_batch_that_does_not_divide_among_the_processes_is_one_usage_error(tmp_path, corpus):
     r = run(torchrun(2, str(corpus), "--out", str(tmp_path), *FLAGS, "--batch-size", "7", "--max-steps", "3"))
     assert r.returncode != 0

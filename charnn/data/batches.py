@@ -159,15 +159,15 @@ class DocumentBatches:
         rank, world = self.rows_share
         for docs, span, _ in self.plan(offset)[start:]:
             per = len(docs) // world
-            x, y, lab = self.pad(docs[rank * per:(rank + 1) * per], span)
+            x, y, lab = self.pad(docs[rank * per:(rank + 1) * per], span, int(self.lengths[docs].max()))
             yield (x, y) if lab is None else (x, y, lab)
 
-    def pad(self, docs, span: slice):
-        """(x, y, labels) of documents `docs` over time `span`: x is the start id then each document's tokens,
-        y its tokens then IGNORE; labels are each row's label (None without labels)."""
+    def pad(self, docs, span: slice, width: int):
+        """(x, y, labels) of documents `docs` over time `span` of a batch `width` tokens wide (a rank's rows
+        may all be shorter): x is the start id then each document's tokens, y its tokens then IGNORE; labels
+        are each row's label (None without labels)."""
         import numpy as np
 
-        width = int(self.lengths[docs].max())
         y = torch.full((len(docs), width), IGNORE, dtype=torch.long)
         for r, d in enumerate(docs):
             s, n = int(self.starts[d]), int(self.lengths[d])

@@ -471,8 +471,11 @@ class Trainer:
             logits, self.state = self._forward(x, labels)
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), (torch.cat([y, y]) if contrast else y)
                               .reshape(-1), reduction="none", ignore_index=IGNORE).view(x.shape[0], -1)
-        real = (y != IGNORE).sum().clamp_min(1)  # padded rows: the mean over real targets (a rank's share of a
-        loss = nll[: y.shape[0]].sum() / real    # window may hold none)
+        self.step_tokens = self._real_tokens(y)
+        # the mean over every rank's real targets (padding ignored; a rank's share of a window may hold none):
+        # DDP averages the ranks' gradients, so each rank divides its sum by the global count / world
+        real = max(1.0, self.step_tokens / self.dist.world)
+        loss = nll[: y.shape[0]].sum() / real
         value = loss
         if contrast:
             self.state = _half_state(self.state)
@@ -491,6 +494,12 @@ class Trainer:
         self.state = detach_state(self.state)
         self.step += 1
         return value
+
+    def _real_tokens(self, y: torch.Tensor) -> int:
+        """Targets this step trains on, over all ranks (streams: every position; documents: all but padding)."""
+        if isinstance(self.batches, StreamBatches):
+            return y.numel() * self.dist.world
+        return int(self.dist.sum(float((y != IGNORE).sum())))
 
     def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
         extra = {} if labels is None else {"labels": labels}
@@ -511,7 +520,7 @@ class Trainer:
             self.release()
 
     def _fit(self) -> TrainResult:
-        cfg, B, T = self.cfg, self.cfg.batch_size, self.cfg.seq_len
+        cfg = self.cfg
         self.model.train()
         self.on_event("start", {"run_dir": str(self.run_dir), "params": self.model.num_params(),
                                 "device": str(self.device), "precision": self.precision,
@@ -534,9 +543,8 @@ class Trainer:
                     raise TrainingInterrupted(signum, self._save_on_stop())
                 if self.batches.fresh(self.offset, self.window):
                     self.state = None
-                tokens = B * T if isinstance(self.batches, StreamBatches) else \
-                    int((batch[1] != IGNORE).sum()) * self.dist.world
                 loss = self._train_step(*batch)
+                tokens = self.step_tokens
                 self.window += 1
                 self.chars_seen += int(tokens * self.chars_per_token)
                 window_tokens += tokens
