@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from charnn.errors import CharnnError
-from charnn.models.score import IGNORE, row_nats
+from charnn.data.batches import pad_rows
+from charnn.models.score import row_nats
 from charnn.text.tokenizer import start_id
 
 MAX_ROWS = 512  # texts x labels per pass
@@ -89,11 +90,7 @@ def label_loglik(model, ids: Sequence[np.ndarray], start: int, n: int, device: t
 def _block(model, ids: List[np.ndarray], start: int, n: int, device: torch.device) -> np.ndarray:
     """Text i under label j is row i * n + j, from a zero state after the start id."""
     k = len(ids)
-    T = max(1, max(len(x) for x in ids))
-    y = torch.full((k, T), IGNORE, dtype=torch.long)
-    for i, x in enumerate(ids):
-        y[i, :len(x)] = torch.from_numpy(np.asarray(x, dtype=np.int64))
-    x = torch.cat([torch.full((k, 1), start, dtype=torch.long), y[:, :-1].clamp_min(0)], dim=1)
+    x, y = pad_rows(ids, start)
     labels = torch.arange(1, n + 1).repeat(k).view(-1, 1)
     nats = row_nats(model, x.repeat_interleave(n, 0), y.repeat_interleave(n, 0), labels, device)
     return -nats.view(k, n).cpu().numpy()

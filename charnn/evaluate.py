@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from charnn.device import autocast
-from charnn.models.score import IGNORE, row_nats
+from charnn.data.batches import pad_rows
+from charnn.models.score import row_nats
 from charnn.text.tokenizer import start_id
 
 CHUNK = 256  # time steps per forward call while scoring
@@ -152,10 +153,7 @@ def evaluate_documents(model, tokenizer, ids: np.ndarray, lengths, device: torch
         if b % world != rank:
             continue
         docs = order[lo:lo + rows]
-        y = torch.full((len(docs), int(lengths[docs].max())), IGNORE, dtype=torch.long)
-        for r, d in enumerate(docs):
-            y[r, :lengths[d]] = torch.from_numpy(ids[starts[d]:starts[d] + lengths[d]])
-        x = torch.cat([torch.full((len(docs), 1), start_id(tokenizer), dtype=torch.long), y[:, :-1].clamp_min(0)], 1)
+        x, y = pad_rows([ids[starts[d]:starts[d] + lengths[d]] for d in docs], start_id(tokenizer))
         lab = None if labels is None else torch.from_numpy(labels[starts[docs]].astype(np.int64)).view(-1, 1)
         per_row = row_nats(model, x, y, lab, device, precision).cpu().numpy()
         nats += float(per_row.sum())

@@ -83,6 +83,17 @@ class StreamBatches:
 IGNORE = -100  # the target of a padding position: cross_entropy's default ignore_index
 
 
+def pad_rows(seqs, start: int, width: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences as padded rows (x, y), each (rows, width): y is a row's tokens then IGNORE, x the
+    start id then the same tokens (what each one is predicted from); `width` defaults to the longest."""
+    width = max(1, max(len(s) for s in seqs)) if width is None else width
+    y = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    for r, s in enumerate(seqs):
+        y[r, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+    x = torch.cat([torch.full((len(seqs), 1), start, dtype=torch.long), y[:, :-1].clamp_min(0)], dim=1)
+    return x, y
+
+
 class DocumentBatches:
     """Independent documents (`--label-by line`: each line its own text), a batch of whole documents at a time,
     each row starting from a zero state with the start id before its first token: exactly how `classify`
@@ -168,11 +179,8 @@ class DocumentBatches:
         are each row's label (None without labels)."""
         import numpy as np
 
-        y = torch.full((len(docs), width), IGNORE, dtype=torch.long)
-        for r, d in enumerate(docs):
-            s, n = int(self.starts[d]), int(self.lengths[d])
-            y[r, :n] = self.ids[s:s + n].long()
-        x = torch.cat([torch.full((len(docs), 1), self.start, dtype=torch.long), y[:, :-1].clamp_min(0)], dim=1)
+        x, y = pad_rows([self.ids[int(self.starts[d]):int(self.starts[d] + self.lengths[d])] for d in docs],
+                        self.start, width)
         lab = None
         if self.labels is not None:
             first = torch.from_numpy(self.starts[np.asarray(docs)])
