@@ -22,6 +22,7 @@ from charnn.config import ModelConfig, from_dict
 from charnn.data.files import atomic_file
 from charnn.errors import CharnnError, first_line
 from charnn.models.lm import CharRNN
+from charnn.models.seq2seq import Seq2Seq
 from charnn.text.tokenizer import tokenizer_from_state
 
 FORMAT = "charnn"
@@ -120,15 +121,45 @@ def non_finite_tensors(state_dict: dict) -> List[Dict]:
     return broken
 
 
-def build_from_checkpoint(data: dict, device="cpu") -> Tuple[CharRNN, object]:
-    """Rebuild the model (in eval mode, on `device`) and the tokenizer from loaded checkpoint data."""
+def build_model(config: ModelConfig):
+    """A fresh model of the config's kind: the language model or the encoder-decoder."""
+    return Seq2Seq(config) if config.kind == "seq2seq" else CharRNN(config)
+
+
+def is_seq2seq(data: dict) -> bool:
+    return (data.get("model_config") or {}).get("kind") == "seq2seq"
+
+
+SEQ2SEQ_HINT = ("is a sequence-to-sequence model (it writes an output line for each input line); use "
+                "`charnn transduce CHECKPOINT [FILE...]`, and `charnn eval CHECKPOINT pairs.tsv` to score it")
+
+
+def _load_model(data: dict, device):
     config = from_dict(ModelConfig, data["model_config"]).validate()
-    model = CharRNN(config)
+    model = build_model(config)
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as e:
         raise CharnnError(f"checkpoint weights do not fit its own model config: {first_line(e)}") from None
-    return model.to(device).eval(), tokenizer_from_state(data["tokenizer"])
+    return model.to(device).eval()
+
+
+def build_from_checkpoint(data: dict, device="cpu") -> Tuple[CharRNN, object]:
+    """Rebuild the language model (in eval mode, on `device`) and the tokenizer from loaded checkpoint data."""
+    if is_seq2seq(data):
+        raise CharnnError(f"this checkpoint {SEQ2SEQ_HINT}")
+    return _load_model(data, device), tokenizer_from_state(data["tokenizer"])
+
+
+def build_seq2seq(data: dict, device="cpu") -> Tuple[Seq2Seq, object, object]:
+    """Rebuild an encoder-decoder (eval mode, on `device`) with its (source, target) tokenizers."""
+    if not is_seq2seq(data):
+        raise CharnnError("this checkpoint is a language model, not a sequence-to-sequence one; use "
+                          "`charnn sample`, or train one with `charnn train pairs.tsv --pairs`")
+    if "source_tokenizer" not in data:
+        raise CharnnError("the checkpoint is missing 'source_tokenizer'; it is not a complete charnn checkpoint")
+    return (_load_model(data, device), tokenizer_from_state(data["source_tokenizer"]),
+            tokenizer_from_state(data["tokenizer"]))
 
 
 def resolve_checkpoint(path: Optional[str], root: str = "checkpoints") -> Path:

@@ -9,6 +9,7 @@ from typing import Optional
 from charnn.errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
+KINDS = ("lm", "seq2seq")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZERS = ("char", "bpe", "unigram")
@@ -32,9 +33,20 @@ class ModelConfig:
     # a label also scales and shifts the last layer's output (runs since 2026-12; older labelled checkpoints
     # lack it, and the missing key reads as False)
     label_output: bool = False
+    # what the model is: "lm", a language model (charnn.models.lm), or "seq2seq", an encoder-decoder that reads
+    # a line and writes another (charnn.models.seq2seq; `train --pairs`). The keys below are seq2seq's; older
+    # checkpoints lack them all and read as language models
+    kind: str = "lm"
+    source_vocab: int = 0  # seq2seq: tokens of the input (source) vocabulary; vocab_size is the output's
+    attention: bool = True  # seq2seq: the decoder attends over every input position (False: --no-attention)
+    bidirectional: bool = True  # seq2seq: the encoder reads the input both ways (False: --unidirectional)
 
     def validate(self) -> "ModelConfig":
         problems = []
+        if self.kind not in KINDS:
+            problems.append(f"model kind {self.kind!r} is not one this charnn knows ({', '.join(KINDS)}); upgrade charnn")
+        elif self.kind == "seq2seq" and self.labels:
+            problems.append("`--label-by` does not combine with `--pairs`")
         if not 0 <= self.labels <= MAX_LABELS:
             problems.append(f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}")
         if self.cell not in CELLS:
@@ -80,7 +92,8 @@ class TrainConfig:
     label_by: Optional[str] = None  # file, folder or line: condition the model on a label per document
     label_dropout: float = 0.1  # with labels: the share of training windows shown without their label
     label_contrast: float = 0.0  # with labels: weight of the loss that sets a text's own label above another's
-    skip_bad_lines: bool = False  # --label-by line: skip (and count) lines that are not label<TAB>text
+    skip_bad_lines: bool = False  # --label-by line / --pairs: skip (and count) lines that are not label<TAB>text
+    pairs: bool = False  # sequence to sequence: every line is input<TAB>target (charnn.data.pairs)
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -125,6 +138,10 @@ class TrainConfig:
             problems.append(f"`--label-contrast` must be >= 0, got {self.label_contrast}")
         if not 0.0 <= self.label_dropout < 1.0:
             problems.append(f"`--label-dropout` must be in [0, 1), got {self.label_dropout}")
+        if self.pairs and self.label_by:
+            problems.append("`--pairs` and `--label-by` do not combine: a pairs file is input<TAB>target lines")
+        if self.pairs and self.tokenizer != "char":
+            problems.append("`--pairs` models read and write characters; drop `--tokenizer`")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             problems.append(f"`--threads` must be between 1 and {MAX_THREADS}, got {self.threads}")
         _raise(problems)
@@ -171,6 +188,55 @@ class SampleConfig:
             problems.append("`--stop` must not be empty")
         if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
             problems.append(f"`--seed` must be in [0, 2**63), got {self.seed}")
+        if self.device not in DEVICES:
+            problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        _raise(problems)
+        return self
+
+
+@dataclass
+class TransduceConfig:
+    beam: int = 1  # hypotheses kept per input (1: greedy)
+    n_best: int = 1  # outputs printed per input (at most --beam; with sampling, samples drawn per input)
+    length_penalty: float = 0.0  # beam scores divided by ((5 + length) / 6) ** this (GNMT's; 0: plain log-probability)
+    temperature: Optional[float] = None  # set (or top_k / top_p): sample outputs instead of searching
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    seed: Optional[int] = None
+    max_length: Optional[int] = None  # output characters per line at most (None: from the input's length)
+    batch_size: int = 64  # inputs decoded together (length-sorted; the order of the output is the input's)
+    unknown: str = "error"  # input characters outside the vocabulary: error, or skip (drop them)
+    device: str = "auto"
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature is not None or self.top_k is not None or self.top_p is not None
+
+    def validate(self) -> "TransduceConfig":
+        problems = []
+        for flag, value in (("--beam", self.beam), ("--n-best", self.n_best), ("--batch-size", self.batch_size)):
+            if value < 1:
+                problems.append(f"`{flag}` must be at least 1, got {value}")
+        if self.sampling and self.beam > 1:
+            problems.append("`--beam` searches for the most likely outputs; `--temp/--top-k/--top-p` sample varied "
+                            "ones. Choose one")
+        elif not self.sampling and self.n_best > self.beam:
+            problems.append(f"`--n-best {self.n_best}` needs at least that many beams; add `--beam {self.n_best}` "
+                            "(or sample N outputs with --temp)")
+        if not 0.0 <= self.length_penalty < float("inf"):
+            problems.append(f"`--length-penalty` must be a number >= 0, got {self.length_penalty}")
+        if self.temperature is not None and not MIN_TEMPERATURE <= self.temperature < float("inf"):
+            problems.append(f"`--temp` must be a number >= {MIN_TEMPERATURE}, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            problems.append(f"`--top-k` must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            problems.append(f"`--top-p` must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
+            problems.append(f"`--seed` must be in [0, 2**63), got {self.seed}")
+        if self.max_length is not None and self.max_length < 1:
+            problems.append(f"`--max-length` must be at least 1, got {self.max_length}")
+        if self.unknown not in UNKNOWN:
+            problems.append(f"`--unknown` must be one of {', '.join(UNKNOWN)}, not {self.unknown!r}")
         if self.device not in DEVICES:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
         _raise(problems)

@@ -166,6 +166,40 @@ def evaluate_documents(model, tokenizer, ids: np.ndarray, lengths, device: torch
                       unknown=int((ids == tokenizer.unk_id).sum()))
 
 
+def pair_nats(model, src, tgt, start: int, device: torch.device, precision: str = "fp32", part: Tuple[int, int] = (0, 1),
+              rows: int = 256) -> np.ndarray:
+    """Teacher-forced nats of each pair's target (its characters and its end) given its input, for an
+    encoder-decoder; `src` and `tgt` are encoded sides (charnn.data.pairs.encode_side), `start` the decoder's
+    start id. Pairs go through in
+    length-sorted blocks; under torchrun a rank scores every world-th block (the others stay 0)."""
+    from charnn.data.pairs import pair_batch
+
+    out = np.zeros(len(tgt))
+    order = np.argsort([len(t) for t in tgt], kind="stable")
+    was_training = model.training
+    model.eval()
+    rank, world = part
+    for b, lo in enumerate(range(0, len(order), rows)):
+        if b % world != rank:
+            continue
+        block = order[lo:lo + rows]
+        x, y, source = pair_batch([src[i] for i in block], [tgt[i] for i in block], start)
+        out[block] = row_nats(model, x, y, None, device, precision, source).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def evaluate_pairs(model, src, tgt, start: int, device: torch.device, precision: str = "fp32", part: Tuple[int, int] = (0, 1),
+                   total: Optional[Callable[[float], float]] = None) -> EvalResult:
+    """Validation of an encoder-decoder: nats per target character (the end of each target counted as one),
+    teacher-forced; `total` sums over ranks under torchrun."""
+    nats = float(pair_nats(model, src, tgt, start, device, precision, part).sum())
+    if total is not None:
+        nats = total(nats)
+    n = sum(len(t) for t in tgt)
+    return EvalResult(nats=nats, tokens=n, chars=n, unknown=sum(int((t == 0).sum()) for t in tgt))
+
+
 def combine(results: List[EvalResult]) -> EvalResult:
     out = EvalResult(0.0, 0, 0, 0)
     for r in results:

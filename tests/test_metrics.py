@@ -134,7 +134,7 @@ def test_cli_previews_go_to_stderr_only(tmp_path, corpus_file):
                             "--eval-every", "4", "--preview-every", "2", "--quiet", *FLAGS])
     assert r.exit_code == 0, r.stderr
     assert r.stdout == ""
-    assert "sample at step 2" in r.stderr and "sample at step 4" in r.stderr
+    assert "preview at step 2" in r.stderr and "preview at step 4" in r.stderr
 
 
 def test_end_of_training_curve_on_stderr(tmp_path, corpus_file):

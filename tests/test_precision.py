@@ -69,7 +69,7 @@ def test_auto_keeps_fp32_within_noise_or_when_bf16_is_not_finite_or_does_not_run
     fake_machine.update({"fp32": 0.006, "bf16": 0.001, "bf16 loss": float("nan")})
     bad = P.choose_precision("auto", model, x[:3], y[:3], CPU)
     assert bad.precision == "fp32" and "not finite" in bad.reason
-    monkeypatch.setattr(P, "_runs", lambda m, x, y, d, p: "no bf16 LSTM primitive" if p == "bf16" else None)
+    monkeypatch.setattr(P, "_runs", lambda m, x, y, d, p, extra=None: "no bf16 LSTM primitive" if p == "bf16" else None)
     broken = P.choose_precision("auto", model, x[:1], y[:1], CPU)
     assert broken.precision == "fp32" and "no bf16 LSTM primitive" in broken.reason
 

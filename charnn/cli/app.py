@@ -17,6 +17,7 @@ from charnn.cli.plot import plot
 from charnn.cli.sample import sample
 from charnn.cli.serve import serve
 from charnn.cli.train import train
+from charnn.cli.transduce import transduce
 
 # Typer >= 0.26 vendors its own click; take the exception classes from whichever click it uses.
 _click_exceptions = sys.modules[typer.BadParameter.__module__]
@@ -66,6 +67,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 # The commands, in the order `charnn --help` lists them.
 app.command()(train)
 app.command()(sample)
+app.command()(transduce)
 app.command("eval")(evaluate)
 app.command()(classify)
 app.command()(novelty)

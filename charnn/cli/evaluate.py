@@ -28,10 +28,14 @@ def evaluate(
     dynamic_decay: DynamicDecay = None,
     segment: Segment = None,
     label: Label = None,
+    beam: Annotated[int, typer.Option(help="A --pairs model: decode with beam search of this width (1: greedy) "
+                                           "for exact match and error rates.")] = 1,
 ):
     """Score text files: nats and bits per character, perplexity, characters and tokens (a labelled model:
-    also under each label)."""
-    from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+    also under each label). A sequence-to-sequence model scores input<TAB>target files: nats per target
+    character, exact match, character and symbol error rates."""
+    from charnn.checkpoint import build_from_checkpoint, is_seq2seq, load_checkpoint, resolve_checkpoint
+    from charnn.errors import ConfigError
     from charnn.data.corpus import read_text
     from charnn.device import resolve_device
     from charnn.dynamic import combine_dynamic, evaluate_dynamic
@@ -48,6 +52,12 @@ def evaluate(
         dev = resolve_device(device)
         path = resolve_checkpoint(ckpt)
         data = load_checkpoint(path)
+        if is_seq2seq(data):
+            if dynamic or label is not None:
+                raise ConfigError("`--dynamic` and `--label` apply to language models, not to a --pairs model")
+            return _pairs(data, path, files, beam, encoding, dev, as_json)
+        if beam != 1:
+            raise ConfigError("`--beam` applies to a sequence-to-sequence (--pairs) model")
         model, tokenizer = build_from_checkpoint(data, dev)
         names = (data.get("labels") or {}).get("names") or []
         if label is not None:
@@ -79,6 +89,37 @@ def evaluate(
                 for row in [(f, r)] + [(f"  as {n}", x) for n, x in lab.items()]]
         rows += [("total", total)] if len(files) > 1 else []
         (_dynamic_table if dynamic else _table)(rows)
+
+
+def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> None:
+    """A sequence-to-sequence model over files of pairs: one row per file (and a total)."""
+    from charnn.checkpoint import build_seq2seq
+    from charnn.config import TransduceConfig
+    from charnn.data.pairs import read_pairs
+    from charnn.reports.pairs import score_files, total, unknown_chars
+
+    model, source_tok, tok = build_seq2seq(data, dev)
+    pair_files = [read_pairs(f, encoding) for f in files]
+    cfg = TransduceConfig(beam=beam).validate()
+    scores = score_files(model, source_tok, tok, pair_files, cfg, dev, (data.get("pairs") or {}).get("max_ratio", 4.0))
+    unknown = unknown_chars(source_tok, pair_files)
+    if unknown:
+        err.print(f"note: {unknown:,} input characters are not in the model's vocabulary; they are scored as the "
+                  "unknown token and dropped when decoding")
+    all_ = total(scores)
+    with writing_results():
+        if as_json:
+            typer.echo(json.dumps({**all_.to_dict(), "checkpoint": str(path), "beam": beam,
+                                   "files": [{"path": f, **s.to_dict()} for f, s in zip(files, scores)]}))
+            return
+        rows = list(zip(files, scores)) + ([("total", all_)] if len(files) > 1 else [])
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        typer.echo(f"{'file':<30} {'pairs':>8} {'nats/char':>10} {'exact':>8} {'CER':>8} {'SER':>8}")
+        for f, s in rows:
+            d = s.to_dict()
+            nats = "-" if d["nats_per_char"] is None else f"{d['nats_per_char']:.4f}"
+            typer.echo(f"{f:<30} {d['pairs']:>8,} {nats:>10} {pct(d['exact_match']):>8} {pct(d['cer']):>8} "
+                       f"{pct(d['ser']):>8}")
 
 
 def _table(rows) -> None:

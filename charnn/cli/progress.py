@@ -92,6 +92,11 @@ class TrainProgress:
             self.note(f"{len(info['names'])} labels by {info['by']} (training characters): {sizes}{more}")
             if info.get("skipped_lines"):
                 self.note(f"note: skipped {info['skipped_lines']:,} lines that are not label<TAB>text")
+        elif kind == "pairs":
+            self.note(f"{info['train_pairs']:,} training pairs, {info['val_pairs']:,} validation pairs (held out by "
+                      f"input); targets up to {info['max_ratio']:.2f}x their input's length")
+            if info.get("skipped_lines"):
+                self.note(f"note: skipped {info['skipped_lines']:,} lines that are not input<TAB>target")
         elif kind == "init_from":
             self.note(f"fine-tuning from {parent_words(info)}")
         elif kind == "start":

@@ -11,6 +11,7 @@ import typer
 
 from charnn.cli.options import Device, Quiet
 from charnn.cli.output import debugging, err, print_curve, user_errors
+from charnn.errors import ConfigError
 from charnn.config import CELLS, PRECISIONS, TOKENIZERS, ModelConfig, TrainConfig, parse_duration
 
 
@@ -71,8 +72,18 @@ def train(
     label_contrast: Annotated[float, typer.Option(help="With labels: weight of a loss that raises each text's "
                                                        "likelihood under its own label above another label's "
                                                        "(sharper `classify`; each step costs about twice).")] = 0.0,
-    skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="--label-by line: skip and count lines "
-                                                                         "that are not label<TAB>text.")] = False,
+    skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="--label-by line / --pairs: skip and "
+                                                                         "count lines that are not label<TAB>text "
+                                                                         "(input<TAB>target).")] = False,
+    pairs: Annotated[bool, typer.Option("--pairs", help="Sequence to sequence: every line of CORPUS is "
+                                                        "input<TAB>target; trains an encoder-decoder for "
+                                                        "`charnn transduce`.")] = False,
+    attention: Annotated[bool, typer.Option(" /--no-attention", help="--pairs: no attention; the decoder starts "
+                                                                       "from the encoder's final state only.",
+                                            show_default=False)] = True,
+    bidirectional: Annotated[bool, typer.Option(" /--unidirectional", help="--pairs: the encoder reads the input "
+                                                                             "left to right only.",
+                                                show_default=False)] = True,
     resume: Annotated[bool, typer.Option(help="Continue run NAME from its last.pt (its saved settings; "
                                               "flags given now, e.g. a larger --max-steps, override).")] = False,
     save_every_secs: Annotated[float, typer.Option(help="Also refresh last.pt after this many seconds without "
@@ -86,7 +97,8 @@ def train(
     log_every: Annotated[int, typer.Option(min=1, help="Steps between records in the run's metrics.jsonl "
                                                        "(evaluation steps are always recorded).")] = 10,
     preview_every: Annotated[int, typer.Option(min=0, help="Every N steps, print a 200-character sample "
-                                                           "(temperature 0.8) on stderr (0: never).")] = 0,
+                                                           "(temperature 0.8) on stderr (--pairs: a few validation "
+                                                           "inputs and their current outputs; 0: never).")] = 0,
     quiet: Quiet = False,
     ctx: typer.Context = None,
 ):
@@ -101,8 +113,11 @@ def train(
     if not dist.is_main:
         err.quiet = True
     with _other_ranks_exit_quietly(dist), user_errors(), dist:
+        if not pairs and not (attention and bidirectional):
+            raise ConfigError("`--no-attention` and `--unidirectional` shape a --pairs (sequence-to-sequence) model; "
+                              "add --pairs")
         model_cfg = ModelConfig(vocab_size=1, cell=cell, layers=layers, hidden=hidden, embed=embed,
-                                dropout=dropout).validate()
+                                dropout=dropout, attention=attention, bidirectional=bidirectional).validate()
         cfg = TrainConfig(out=out, name=name, val_frac=val_frac, val_file=val_file, batch_size=batch_size,
                           seq_len=seq_len, lr=lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip,
                           seed=seed, max_steps=max_steps, max_time=parse_duration(max_time) if max_time else None,
@@ -110,7 +125,7 @@ def train(
                           precision=precision, threads=threads, tokenizer=tokenizer,
                           vocab_size=vocab_size, save_every_secs=save_every_secs, compile=compile,
                           init_from=init_from, label_by=label_by, label_dropout=label_dropout, label_contrast=label_contrast,
-                          skip_bad_lines=skip_bad_lines).validate()
+                          skip_bad_lines=skip_bad_lines, pairs=pairs).validate()
         stop = StopRequest()
         with graceful_signals(stop):
             view = TrainProgress(err, cfg.open_ended, quiet)
@@ -138,12 +153,15 @@ def train(
 def _observe(trainer, corpus, events, dist, log_every: int, resume: bool, preview_every: int, seed: int):
     """Hang rank 0's metrics.jsonl writer and sample previews on the trainer's events; returns the writer."""
     from charnn.training.metrics import MetricsLogger, run_config
-    from charnn.training.preview import SamplePreview
+    from charnn.training.preview import PairPreview, SamplePreview
 
     if not dist.is_main:
         return None
     metrics = events.add(MetricsLogger(trainer.run_dir, log_every, resume, run_config(trainer, corpus.source)))
-    if preview_every:
+    if preview_every and trainer.pairs is not None:
+        events.add(PairPreview(trainer.model, trainer.source_tokenizer, trainer.tokenizer, trainer.pair_data.val_inputs,
+                               trainer.device, preview_every, _print_preview, trainer.pairs["max_ratio"]))
+    elif preview_every:
         events.add(SamplePreview(trainer.model, trainer.tokenizer, trainer.device, preview_every,
                                  _print_preview, seed=seed))
     return metrics
@@ -168,7 +186,10 @@ def _report_done(result, trainer) -> None:
     err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val "
               f"{result.best_val_loss:.4f} nats/char ({bits:.3f} bits/char) -> {result.run_dir / 'best.pt'}")
     print_curve(err, trainer.run_dir)
-    err.print(f"sample it with: charnn sample {result.run_dir}")
+    if trainer.pairs is not None:
+        err.print(f"use it with: charnn transduce {result.run_dir} inputs.txt  (one output line per input line)")
+    else:
+        err.print(f"sample it with: charnn sample {result.run_dir}")
 
 
 @contextmanager
@@ -200,7 +221,7 @@ def _given_on_command_line(ctx) -> Optional[set]:
 
 
 def _print_preview(step: int, text: str) -> None:
-    err.rule(f"sample at step {step}", style="dim")
+    err.rule(f"preview at step {step}", style="dim")
     err.print(text.rstrip("\n"), markup=False, highlight=False)
 
 

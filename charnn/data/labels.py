@@ -76,13 +76,19 @@ class LabelledText:
 
 
 def load_corpus(paths, encoding: str = "utf-8", glob: Optional[str] = None, on_event=None, cfg=None):
-    """What training reads: a plain Corpus (charnn.data.corpus.load_corpus), or with `cfg.label_by` a
-    LabelledText split by `cfg`'s --val-frac/--val-file and seed."""
-    if cfg is None or not cfg.label_by:
+    """What training reads: a plain Corpus (charnn.data.corpus.load_corpus), with `cfg.label_by` a
+    LabelledText, or with `cfg.pairs` a PairText (charnn.data.pairs), split by `cfg`'s --val-frac/--val-file
+    and seed."""
+    if cfg is None or not (cfg.label_by or cfg.pairs):
         return plain.load_corpus(paths, encoding, glob, on_event)
     if isinstance(paths, str):
         paths = [paths]
     on_skip = None if on_event is None else (lambda path, why: on_event("corpus_skip", {"path": path, "why": why}))
+    if cfg.pairs:
+        from charnn.data.pairs import load_pairs
+
+        return load_pairs(list(paths or []), encoding, glob, cfg.val_frac, cfg.seed, cfg.val_file,
+                          cfg.skip_bad_lines, on_skip)
     return load_labelled(list(paths or []), cfg.label_by, encoding, glob, cfg.val_frac, cfg.seed, cfg.val_file,
                          cfg.skip_bad_lines, on_skip)
 

@@ -87,7 +87,9 @@ class CharRNN(nn.Module):
 
 
 def detach_state(state: State) -> State:
-    """Cut the graph at a batch boundary (truncated BPTT) but keep the values."""
+    """Cut the graph at a batch boundary (truncated BPTT) but keep the values (None: no state to carry)."""
+    if state is None:
+        return None
     if isinstance(state, tuple):
         return tuple(s.detach() for s in state)
     return state.detach()

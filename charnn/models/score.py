@@ -15,15 +15,17 @@ IGNORE = -100  # a padding target (cross_entropy's default ignore_index)
 
 @torch.inference_mode()
 def row_nats(model, x: torch.Tensor, y: torch.Tensor, labels: Optional[torch.Tensor], device: torch.device,
-             precision: str = "fp32") -> torch.Tensor:
+             precision: str = "fp32", source=None) -> torch.Tensor:
     """(rows,) float64 nats of predicting y from x, both (rows, T) with IGNORE where a row has ended;
-    `labels` (rows, T) or (rows, 1) for a labelled model."""
+    `labels` (rows, T) or (rows, 1) for a labelled model; `source` (padded inputs, lengths) for an
+    encoder-decoder, whose rows go through whole (its decoder state starts from the inputs)."""
     total, state = torch.zeros(x.shape[0], dtype=torch.float64, device=device), None
-    for t in range(0, x.shape[1], CHUNK):
-        xb, yb = x[:, t:t + CHUNK].to(device), y[:, t:t + CHUNK].to(device)
-        extra = {}
+    chunk = CHUNK if source is None else max(1, x.shape[1])
+    for t in range(0, x.shape[1], chunk):
+        xb, yb = x[:, t:t + chunk].to(device), y[:, t:t + chunk].to(device)
+        extra = {} if source is None else {"source": (source[0].to(device), source[1])}
         if labels is not None:
-            lb = labels if labels.shape[1] == 1 else labels[:, t:t + CHUNK]
+            lb = labels if labels.shape[1] == 1 else labels[:, t:t + chunk]
             extra["labels"] = lb.to(device).expand_as(xb)
         with autocast(device, precision):
             logits, state = model(xb, state, **extra)

@@ -32,7 +32,6 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
     run_dir = ckpt.parent
     mc, tc = data["model_config"], data.get("train_config") or {}
     tok = tokenizer_from_state(data["tokenizer"])
-    ids = [i for i in range(tok.vocab_size) if i != tok.unk_id]
     best = finite(data.get("best_val_loss"))
     config_path, metrics_path = run_dir / CONFIG_FILE, run_dir / METRICS_FILE
     config = _read_json(config_path)
@@ -43,8 +42,8 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
         "model": {"cell": mc.get("cell"), "layers": mc.get("layers"), "hidden": mc.get("hidden"), "labels": mc.get("labels", 0),
                   "embed": mc.get("embed"), "dropout": mc.get("dropout"), "vocab_size": mc.get("vocab_size"),
                   "parameters": sum(t.numel() for t in data["model"].values())},
-        "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size,
-                      "preview": [tok.decode([i]) for i in ids[:VOCAB_PREVIEW]]},
+        "tokenizer": _vocabulary(tok),
+        "seq2seq": _seq2seq(data) if mc.get("kind") == "seq2seq" else None,
         "training": {"steps": data.get("step"), "epoch": data.get("epoch"), "chars_seen": data.get("chars_seen"),
                      "elapsed": finite(data.get("elapsed")), "val_loss": finite(data.get("val_loss")),
                      "best_val_loss": best, "best_val_bits_per_char": None if best is None else best / math.log(2),
@@ -58,6 +57,22 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
         "parent": data.get("parent"),  # --init-from: {path, step, val_loss, corpus, vocab_size, added_chars}
         "metrics": {"path": str(metrics_path), "records": len(records)} if records else None,
     }
+
+
+def _vocabulary(tok) -> dict:
+    ids = [i for i in range(tok.vocab_size) if i != tok.unk_id]
+    return {"kind": tok.kind, "vocab_size": tok.vocab_size, "preview": [tok.decode([i]) for i in ids[:VOCAB_PREVIEW]]}
+
+
+def _seq2seq(data: dict) -> dict:
+    """An encoder-decoder's shape and both vocabularies (the "tokenizer" entry is the output's)."""
+    mc = data["model_config"]
+    return {"encoder": {"cell": mc["cell"], "layers": mc["layers"], "hidden": mc["hidden"],
+                        "bidirectional": mc.get("bidirectional", True)},
+            "decoder": {"cell": mc["cell"], "layers": mc["layers"], "hidden": mc["hidden"]},
+            "attention": "luong-general" if mc.get("attention", True) else None,
+            "input_vocabulary": _vocabulary(tokenizer_from_state(data["source_tokenizer"])),
+            "pairs": data.get("pairs")}
 
 
 def duration(seconds: Optional[float]) -> str:
@@ -82,13 +97,15 @@ def summary_lines(info: dict) -> List[str]:
     m, t, tr = info["model"], info["tokenizer"], info["training"]
     shown = " ".join(show_token(p) for p in t["preview"])
     more = t["vocab_size"] - 1 - len(t["preview"])
+    s2s = info.get("seq2seq")
     lines = [
         f"checkpoint  {info['checkpoint']}  (format {info['format']} v{info['format_version']}, "
         f"written by charnn {info['charnn_version'] or '?'})",
         f"model       {m['cell']}, {m['layers']} layers x {m['hidden']} hidden, embed {m['embed']}, "
         f"dropout {m['dropout']}" + (f", conditioned on {m['labels']} labels" if m.get("labels") else "")
-        + f": {m['parameters']:,} parameters",
-        f"tokenizer   {t['kind']}, {t['vocab_size']} tokens: {shown}" + (f" (+{more} more)" if more > 0 else ""),
+        + f": {m['parameters']:,} parameters" if not s2s else _seq2seq_line(m, s2s),
+        f"{'tokenizer' if not s2s else 'output':<11} {t['kind']}, {t['vocab_size']} tokens: {shown}"
+        + (f" (+{more} more)" if more > 0 else ""),
         f"training    {_num(tr['steps'])} steps ({_num(tr['epoch'])} epochs done), {_num(tr['chars_seen'])} "
         f"characters seen, {duration(tr['elapsed'])} on {tr['device'] or '?'} ({tr['precision'] or '?'})",
     ]
@@ -96,8 +113,18 @@ def summary_lines(info: dict) -> List[str]:
         here = f"; this checkpoint {tr['val_loss']:.4f}" if tr["val_loss"] is not None else ""
         lines.append(f"            best val {tr['best_val_loss']:.4f} nats/char = "
                      f"{tr['best_val_bits_per_char']:.3f} bits/char{here}")
+    if s2s:
+        v = s2s["input_vocabulary"]
+        more_in = v["vocab_size"] - 1 - len(v["preview"])
+        lines.insert(2, f"input       {v['kind']}, {v['vocab_size']} tokens: {' '.join(show_token(p) for p in v['preview'])}"
+                        + (f" (+{more_in} more)" if more_in > 0 else ""))
+        pairs = s2s.get("pairs") or {}
+        if pairs:
+            lines.append(f"pairs       {_num(pairs.get('train_pairs'))} training, {_num(pairs.get('val_pairs'))} "
+                         f"validation; targets up to {pairs.get('max_ratio', 0):.2f}x their input's length")
     if tr["batch_size"] is not None:
-        lines.append(f"            batch {tr['batch_size']} x {tr['seq_len']} chars, lr {tr['lr']:g}, seed {tr['seed']}"
+        unit = "pairs" if s2s else f"x {tr['seq_len']} chars"
+        lines.append(f"            batch {tr['batch_size']} {unit}, lr {tr['lr']:g}, seed {tr['seed']}"
                      + ("; resumable (optimiser state inside)" if tr["resumable"] else ""))
     broken = info.get("non_finite") or []
     if broken:
@@ -116,6 +143,15 @@ def summary_lines(info: dict) -> List[str]:
     if info["metrics"]:
         lines.append(f"metrics     {info['metrics']['path']} ({info['metrics']['records']} records)")
     return lines
+
+
+def _seq2seq_line(m: dict, s2s: dict) -> str:
+    enc, dec = s2s["encoder"], s2s["decoder"]
+    attention = "with attention (Luong, general score)" if s2s["attention"] else "without attention"
+    return (f"model       sequence to sequence: {'bidirectional' if enc['bidirectional'] else 'unidirectional'} "
+            f"{enc['cell']} encoder, {enc['layers']} layers x {enc['hidden']} -> {dec['cell']} decoder, "
+            f"{dec['layers']} layers x {dec['hidden']}, {attention}; embed {m['embed']}, dropout {m['dropout']}: "
+            f"{m['parameters']:,} parameters")
 
 
 def _read_json(path) -> dict:

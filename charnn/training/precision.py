@@ -69,13 +69,16 @@ def native_bf16(device: torch.device) -> Tuple[bool, str]:
 
 
 def choose_precision(requested: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     device: torch.device, threads: Optional[int] = None) -> PrecisionChoice:
-    """The precision to train in. `x`, `y`: the run's first batch (on `device`). See the module doc."""
+                     device: torch.device, threads: Optional[int] = None, extra: Optional[dict] = None) -> PrecisionChoice:
+    """The precision to train in. `x`, `y`: the run's first batch (on `device`), `extra` what else the model's
+    forward takes with it (labels, an encoder's inputs). See the module doc."""
+    extra = extra or {}
     if requested == "fp16" and device.type == "cpu":
         raise CharnnError("--precision fp16 is for GPUs; on the CPU use bf16 or fp32")
     if requested != "auto":
         if requested == "bf16":
-            error = _runs(model, x[:1, :8], y[:1, :8], device, "bf16")
+            small = (x, y) if extra else (x[:1, :8], y[:1, :8])  # an encoder's inputs go with whole rows
+            error = _runs(model, *small, device, "bf16", extra)
             if error:
                 raise CharnnError(f"--precision bf16 cannot train this model on this {_device_kind(device)} "
                                   f"({error}); use --precision fp32 or auto")
@@ -88,18 +91,18 @@ def choose_precision(requested: str, model: torch.nn.Module, x: torch.Tensor, y:
     if cached and cached.get("precision") in ("fp32", "bf16"):
         return PrecisionChoice(cached["precision"], "cached", cached.get("speedup"),
                                f"{_ratio_words(cached.get('speedup'))}, measured {cached.get('date', 'earlier')}, cached")
-    choice = _measure(model, x, y, device)
+    choice = _measure(model, x, y, device, extra)
     _store(key, choice)
     return choice
 
 
-def _measure(model, x, y, device) -> PrecisionChoice:
-    error = _runs(model, x, y, device, "bf16")
+def _measure(model, x, y, device, extra: dict) -> PrecisionChoice:
+    error = _runs(model, x, y, device, "bf16", extra)
     if error:
         return PrecisionChoice("fp32", "measured", None, f"bf16 does not run here ({error})")
     with _rng_kept(device):
         times = {"fp32": [], "bf16": []}
-        probes = {p: _Probe(model, device, p) for p in times}
+        probes = {p: _Probe(model, device, p, extra) for p in times}
         losses = {p: probes[p].step(x, y) for p in times}  # warm-up: oneDNN primitives, allocator, caches
         t_end = time.perf_counter() + BUDGET
         for i in range(MAX_ROUNDS):
@@ -119,14 +122,14 @@ def _measure(model, x, y, device) -> PrecisionChoice:
 class _Probe:
     """A copy of the model with its own AdamW: real training steps that leave the run's model alone."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str):
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str, extra: Optional[dict] = None):
         self.model = copy.deepcopy(model).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.extra = device, precision, extra or {}
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         with autocast(self.device, self.precision):
-            logits, _ = self.model(x, None)
+            logits, _ = self.model(x, None, **self.extra)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -134,11 +137,11 @@ class _Probe:
         return loss.item()  # waits for the device, so the step is timed whole
 
 
-def _runs(model, x, y, device, precision) -> Optional[str]:
+def _runs(model, x, y, device, precision, extra: Optional[dict] = None) -> Optional[str]:
     """None if one training step in `precision` runs; else the first line of why not."""
     with _rng_kept(device):
         try:
-            _Probe(model, device, precision).step(x, y)
+            _Probe(model, device, precision, extra).step(x, y)
         except RuntimeError as e:
             return first_line(e, 300).split(". ")[0]  # oneDNN's first sentence says it
     return None

@@ -19,16 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charnn.checkpoint import save_checkpoint, sweep_temp_files
+from charnn.checkpoint import build_model, save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.data.batches import IGNORE, DocumentBatches, StreamBatches
 from charnn.data.corpus import Corpus
 from charnn.data.labels import LabelledText, prepare_labelled
+from charnn.data.pairs import PairBatches, PairText, prepare_pairs
 from charnn.data.encode import prepare_corpus
 from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device
 from charnn.errors import CharnnError, ConfigError, first_line
-from charnn.evaluate import evaluate_documents, evaluate_ids
-from charnn.models.lm import CharRNN, detach_state
+from charnn.evaluate import evaluate_documents, evaluate_ids, evaluate_pairs
+from charnn.models.lm import detach_state
 from charnn.text.tokenizer import start_id
 from charnn.training.distributed import Dist
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
@@ -177,7 +178,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         train_ids, data = self._prepare_data(corpus, cfg, resumed, parent, encoding)
-        if data.train_doc_lengths is not None:  # --label-by line: every line its own text, from a zero state
+        if self.pairs is not None:  # --pairs: batches of whole pairs of similar length
+            self.batches = PairBatches(data.train_src, data.train_tgt, cfg.batch_size, start_id(self.tokenizer),
+                                       self.device)
+        elif data.train_doc_lengths is not None:  # --label-by line: every line its own text, from a zero state
             self.batches = DocumentBatches(train_ids, data.train_doc_lengths, cfg.batch_size, cfg.seq_len,
                                            start_id(self.tokenizer), data.train_labels, self.device)
         else:
@@ -215,7 +219,21 @@ class Trainer:
         base_tokenizer = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
         if resumed:
             _check_same_labels(resumed.get("labels"), corpus, self.run_dir.name)
-        self.labels, self.val_doc_lengths = None, None
+            _check_same_kind(resumed, corpus, self.run_dir.name)
+        self.labels, self.val_doc_lengths, self.pairs = None, None, None
+        if isinstance(corpus, PairText):
+            if parent is not None:
+                raise ConfigError("`--init-from` fine-tunes language models; a `--pairs` model trains from scratch")
+            data = prepare_pairs(corpus, (resumed["source_tokenizer"], resumed["tokenizer"]) if resumed else None)
+            self.pairs = {**corpus.record(), "skipped_lines": corpus.skipped_lines}
+            self.on_event("pairs", dict(self.pairs))
+            self.tokenizer, self.source_tokenizer, self.pair_data = data.tokenizer, data.source_tokenizer, data
+            train_ids = data.train_ids
+            self.data_record = {"corpus": corpus.source, "cache_entry": None, "train_tokens": len(train_ids),
+                                "train_chars": len(train_ids)}
+            self.val_ids = np.concatenate(data.val_tgt)
+            self.chars_per_token = 1.0
+            return train_ids, data
         if isinstance(corpus, LabelledText):
             corpus = corpus.split(cfg.val_frac, cfg.seed)  # with the run's own settings (a resumed run's saved ones)
             data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base_tokenizer, parent is not None,
@@ -252,8 +270,10 @@ class Trainer:
             base = parent.model_cfg if parent else model_cfg
             model_cfg = replace(base, vocab_size=self.tokenizer.vocab_size,
                                 labels=len(self.labels["names"]) if self.labels else 0, label_output=bool(self.labels))
+            if self.pairs is not None:
+                model_cfg = replace(model_cfg, kind="seq2seq", source_vocab=self.source_tokenizer.vocab_size)
         self.model_cfg = model_cfg.validate()
-        self.model = CharRNN(self.model_cfg)
+        self.model = build_model(self.model_cfg)
         self.parent = resumed.get("parent") if resumed else None
         if parent:
             graft(self.model, parent, seed)
@@ -264,8 +284,9 @@ class Trainer:
     def _choose_precision(self):
         """--precision: forced, or auto's measured choice; under torchrun every rank takes the same one
         (bf16 only where every rank measured it faster)."""
-        x, y = next(iter(self.batches.epoch(0, 0)))[:2]
-        choice = choose_precision(self.cfg.precision, self.model, x, y, self.device, self.cfg.threads)
+        x, y, *cond = next(iter(self.batches.epoch(0, 0)))
+        choice = choose_precision(self.cfg.precision, self.model, x, y, self.device, self.cfg.threads,
+                                  _forward_extra(cond[0] if cond else None))
         if self.dist.active and self.cfg.precision == "auto":
             order = ("fp32", "bf16")
             agreed = order[-self.dist.max_ints([-order.index(choice.precision)])[0]]
@@ -343,6 +364,9 @@ class Trainer:
             data["parent"] = self.parent
         if self.labels:
             data["labels"] = self.labels
+        if self.pairs is not None:
+            data["pairs"] = self.pairs
+            data["source_tokenizer"] = self.source_tokenizer.state()
         if with_training_state:
             state = self.state
             # under torchrun every rank must be here: the hidden state of all B streams is gathered
@@ -399,7 +423,10 @@ class Trainer:
         per = None if self.labels is None else np.zeros(len(self.labels["names"]) + 1)
         args = (self.device, self.precision, self.dist.part, self.dist.sum if self.dist.active else None,
                 None if self.labels is None else self.val_labels, per)
-        if self.val_doc_lengths is not None:  # line documents: each scored alone, as training and classify see them
+        if self.pairs is not None:  # input -> target pairs: the targets' nats given their inputs, teacher-forced
+            d = self.pair_data
+            result = evaluate_pairs(self.model, d.val_src, d.val_tgt, start_id(self.tokenizer), *args[:4])
+        elif self.val_doc_lengths is not None:  # line documents: each scored alone, as training and classify see them
             result = evaluate_documents(self.model, self.tokenizer, self.val_ids, self.val_doc_lengths, *args)
         else:
             result = evaluate_ids(self.model, self.tokenizer, self.val_ids, *args)
@@ -454,7 +481,11 @@ class Trainer:
         code, sig = self.dist.max_ints([STOP_REASONS.index(stopped) + 1 if stopped else 0, signum or 0])
         return (STOP_REASONS[code - 1] if code else None), (sig or None)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, labels: Optional[torch.Tensor] = None) -> float:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, cond=None) -> float:
+        """One optimiser step on inputs x and targets y; `cond` is what else the batch holds: each row's
+        labels (a tensor), or an encoder-decoder's inputs (padded ids and lengths)."""
+        labels = cond if isinstance(cond, torch.Tensor) else None
+        source = None if labels is not None else cond
         lr = lr_at(self.step, self.schedule_progress(), self.cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -468,7 +499,7 @@ class Trainer:
             state_in = self.state
             self.state = None if state_in is None else _stack_state(state_in)
         with autocast(self.device, self.precision):
-            logits, self.state = self._forward(x, labels)
+            logits, self.state = self._forward(x, labels, source)
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), (torch.cat([y, y]) if contrast else y)
                               .reshape(-1), reduction="none", ignore_index=IGNORE).view(x.shape[0], -1)
         self.step_tokens = self._real_tokens(y)
@@ -501,8 +532,8 @@ class Trainer:
             return y.numel() * self.dist.world
         return int(self.dist.sum(float((y != IGNORE).sum())))
 
-    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None):
-        extra = {} if labels is None else {"labels": labels}
+    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, source=None):
+        extra = _forward_extra(labels if source is None else source)
         if not self._compile_pending:
             return self.net(x, self.state, **extra)
         try:  # the first call compiles: inductor needs a working C++ (CPU) or Triton (GPU) toolchain
@@ -574,6 +605,21 @@ class Trainer:
                              self.chars_seen, stopped)
         self.on_event("done", asdict(result))
         return result
+
+
+def _forward_extra(cond) -> dict:
+    """The keyword arguments a batch's `cond` becomes in the model's forward: labels or an encoder's inputs."""
+    if cond is None:
+        return {}
+    return {"labels": cond} if isinstance(cond, torch.Tensor) else {"source": cond}
+
+
+def _check_same_kind(saved: dict, corpus, run: str) -> None:
+    """A --pairs run resumes with --pairs, and a language model without it."""
+    was = (saved.get("model_config") or {}).get("kind") == "seq2seq"
+    if was != isinstance(corpus, PairText):
+        raise ConfigError(f"--resume: run {run!r} was trained {'with' if was else 'without'} --pairs; "
+                          "resume it the same way")
 
 
 def _other_labels(labels: torch.Tensor, n: int) -> torch.Tensor:

@@ -1,0 +1,82 @@
+"""Input lines for line-by-line commands (`charnn transduce`): files, or stdin, read on a thread and handed
+over in chunks of whatever has arrived.
+
+A chunk is every line that is ready, up to `most`: from a file or a fast pipe that is a large chunk (decoded
+in length-sorted batches); from a slow producer (a person typing, a process writing a line at a time) it is
+the one line there is, so its result can be written before the next line comes. A line keeps its place
+(`file:line`) for error messages.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from typing import Iterator, List, Sequence, Tuple
+
+from charnn.errors import CharnnError
+
+GATHER_SECS = 0.005  # after the first line of a chunk, wait this long for each next one while lines keep coming
+_DONE = object()
+
+Line = Tuple[str, str]  # (text without its line end, where: "file:line")
+
+
+class LineFeed:
+    def __init__(self, paths: Sequence[str], encoding: str = "utf-8", most: int = 4096, stdin=None):
+        self.paths, self.encoding, self.most = list(paths), encoding, most
+        self.stdin = stdin if stdin is not None else sys.stdin
+        self.queue: "queue.Queue" = queue.Queue(maxsize=4 * most)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            if not self.paths:
+                self._lines(self.stdin, "stdin")
+            for path in self.paths:
+                try:
+                    with open(path, encoding=self.encoding, newline="\n") as f:
+                        self._lines(f, path)
+                except FileNotFoundError:
+                    raise CharnnError(f"input file {path!r} does not exist") from None
+                except IsADirectoryError:
+                    raise CharnnError(f"{path!r} is a folder; pass files of input lines") from None
+                except OSError as e:
+                    raise CharnnError(f"cannot read {path!r}: {e.strerror or e}") from None
+            self.queue.put(_DONE)
+        except BaseException as e:  # handed to the reader of the feed, which raises it there
+            self.queue.put(e)
+
+    def _lines(self, stream, name: str) -> None:
+        no = 0
+        try:
+            for raw in stream:
+                no += 1
+                self.queue.put((raw.rstrip("\n").rstrip("\r"), f"{name}:{no}"))
+        except UnicodeDecodeError:
+            raise CharnnError(f"{name}:{no + 1}: not valid {self.encoding} text (see --encoding)") from None
+
+    def chunks(self) -> Iterator[List[Line]]:
+        """Lists of lines in input order: each holds at least one line, then whatever follows without a pause."""
+        while True:
+            first = self.queue.get()
+            if first is _DONE:
+                return
+            if isinstance(first, BaseException):
+                raise first
+            chunk, end = [first], None
+            while len(chunk) < self.most:
+                try:
+                    item = self.queue.get(timeout=GATHER_SECS)
+                except queue.Empty:
+                    break
+                if item is _DONE or isinstance(item, BaseException):
+                    end = item
+                    break
+                chunk.append(item)
+            yield chunk
+            if end is _DONE:
+                return
+            if end is not None:
+                raise end

@@ -1,0 +1,125 @@
+"""The encoder-decoder: embedding -> (bidirectional) recurrent encoder -> recurrent decoder with global attention
+over every input position -> linear head.
+
+- The encoder reads packed inputs, so a padded row's reverse direction starts at its own last character, not at
+  the padding (the known cause of batch-size-dependent output in fairseq and OpenNMT-py), and its final states
+  are each row's own.
+- The decoder starts from the encoder's final states (both directions, every layer) through a learned bridge.
+- Attention is Luong's "general" score h_t^T W a_s over the encoder outputs, with padding at -inf, and the
+  attentional state tanh(W_c [c_t; h_t]) feeds the head. Without input feeding, training runs the decoder
+  over the whole target in one call (the recurrence's fast path) and scores every step's attention in one
+  batched matmul; decoding steps the very same layers one token at a time (`start`, `step`).
+- `attention=False` is the single-vector encoder-decoder (the head reads the decoder state only);
+  `bidirectional=False` reads the input left to right only. Both are ablations the benchmarks measure.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from charnn.config import ModelConfig
+from charnn.models.lm import _CELLS, State
+
+Source = Tuple[torch.Tensor, torch.Tensor]  # (padded input ids (B, S), lengths (B,) int64 on the CPU)
+
+
+class Memory:
+    """What the decoder attends over: encoder outputs (B, S, D), their keys W a_s, and the padding mask."""
+
+    def __init__(self, outputs: torch.Tensor, keys: Optional[torch.Tensor], pad: torch.Tensor):
+        self.outputs, self.keys, self.pad = outputs, keys, pad
+
+    def select(self, rows: torch.Tensor) -> "Memory":
+        """The memory of the given rows (beam search repeats and drops rows)."""
+        keys = None if self.keys is None else self.keys.index_select(0, rows)
+        return Memory(self.outputs.index_select(0, rows), keys, self.pad.index_select(0, rows))
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = c = config
+        dirs = 2 if c.bidirectional else 1
+        self.src_embed = nn.Embedding(c.source_vocab, c.embed)
+        self.embed = nn.Embedding(c.vocab_size, c.embed)
+        drop = c.dropout if c.layers > 1 else 0.0
+        self.encoder = _CELLS[c.cell](c.embed, c.hidden, c.layers, batch_first=True, dropout=drop,
+                                      bidirectional=c.bidirectional)
+        parts = 2 if c.cell == "lstm" else 1  # (h, c) or h
+        self.bridge = nn.ModuleList(nn.Linear(dirs * c.hidden, c.hidden) for _ in range(parts))
+        self.decoder = _CELLS[c.cell](c.embed, c.hidden, c.layers, batch_first=True, dropout=drop)
+        if c.attention:
+            self.attn_in = nn.Linear(c.hidden, dirs * c.hidden, bias=False)  # W of the general score
+            self.attn_out = nn.Linear(dirs * c.hidden + c.hidden, c.hidden, bias=False)  # W_c
+        self.drop = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.hidden, c.vocab_size)
+        nn.init.normal_(self.embed.weight, std=1.0)
+        nn.init.normal_(self.src_embed.weight, std=1.0)
+        if c.cell == "lstm":  # forget-gate bias 1, as the language model
+            H = c.hidden
+            for rnn in (self.encoder, self.decoder):
+                for name, p in rnn.named_parameters():
+                    if name.startswith("bias_ih"):
+                        with torch.no_grad():
+                            p[H:2 * H].fill_(1.0)
+                    elif name.startswith("bias_hh"):
+                        with torch.no_grad():
+                            p[H:2 * H].fill_(0.0)
+
+    # -- encoding -----------------------------------------------------------------------------------
+    def encode(self, source: Source) -> Tuple[Memory, State]:
+        """Read the inputs: the attention memory and the decoder's first state."""
+        ids, lengths = source
+        e = self.drop(self.src_embed(ids))
+        packed = pack_padded_sequence(e, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, final = self.encoder(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        pad = torch.arange(ids.shape[1], device=ids.device)[None, :] >= lengths.to(ids.device)[:, None]
+        keys = None
+        if self.config.attention:
+            out = self.drop(out)
+            keys = out  # the score h^T W a is computed as (W^T h)^T a: project the query, not every key
+        state = tuple(self._bridge(f, i) for i, f in enumerate(final if isinstance(final, tuple) else (final,)))
+        return Memory(out, keys, pad), state if len(state) == 2 else state[0]
+
+    def _bridge(self, final: torch.Tensor, i: int) -> torch.Tensor:
+        """(layers * dirs, B, H) final states -> (layers, B, H): each layer's directions joined, then mapped."""
+        c = self.config
+        dirs = 2 if c.bidirectional else 1
+        L, B, H = c.layers, final.shape[1], c.hidden
+        joined = final.view(L, dirs, B, H).permute(0, 2, 1, 3).reshape(L, B, dirs * H)
+        return torch.tanh(self.bridge[i](joined)).contiguous()
+
+    # -- decoding -----------------------------------------------------------------------------------
+    def decode(self, x: torch.Tensor, state: State, memory: Memory) -> Tuple[torch.Tensor, State]:
+        """x: (B, T) target-side ids (the start id, then what came before) -> logits (B, T, V) and the state."""
+        h, state = self.decoder(self.drop(self.embed(x)), state)  # (B, T, H)
+        if self.config.attention:
+            q = self.attn_in(h)  # (B, T, D)
+            scores = torch.bmm(q, memory.keys.transpose(1, 2))  # (B, T, S)
+            scores = scores.masked_fill(memory.pad[:, None, :], float("-inf"))
+            context = torch.bmm(scores.softmax(-1), memory.outputs)  # (B, T, D)
+            h = torch.tanh(self.attn_out(torch.cat([context, h], -1)))
+        return self.head(self.drop(h)), state
+
+    def forward(self, x: torch.Tensor, state: Optional[State] = None, source: Optional[Source] = None):
+        """Teacher forcing: logits (B, T, V) for decoder inputs x given the inputs `source`. `state` is unused
+        (every pair starts fresh) and None comes back, so the trainer drives this model as the language model."""
+        memory, first = self.encode(source)
+        logits, _ = self.decode(x, first, memory)
+        return logits, None
+
+    @torch.no_grad()
+    def attention_weights(self, x: torch.Tensor, source: Source) -> torch.Tensor:
+        """(B, T, S) attention of each target step over the inputs (teacher-forced), for inspection."""
+        memory, state = self.encode(source)
+        h, _ = self.decoder(self.embed(x), state)
+        scores = torch.bmm(self.attn_in(h), memory.keys.transpose(1, 2)).masked_fill(memory.pad[:, None, :], float("-inf"))
+        return scores.softmax(-1)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,291 @@
+"""Sequence to sequence (`train --pairs`, `transduce`, `eval` of pairs): data, the encoder-decoder, decoding and
+the command line. The tests write their own pairs: reversing short strings, which an attention model learns in
+a few hundred steps."""
+
+import json
+import random
+import select
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charnn.checkpoint import build_seq2seq, load_checkpoint
+from charnn.cli import app
+from charnn.config import ModelConfig, TrainConfig, TransduceConfig
+from charnn.data.pairs import PairBatches, encode_side, load_pairs, pad_sources, read_pairs
+from charnn.errors import CharnnError
+from charnn.evaluate import pair_nats
+from charnn.generation.seq2seq import Transducer
+from charnn.models.seq2seq import Seq2Seq
+from charnn.reports.pairs import edit_distance
+from charnn.text.tokenizer import CharTokenizer, start_id
+from charnn.training.trainer import Trainer
+from conftest import one_line_error, subprocess_env
+
+runner = CliRunner()
+ALPHABET = "abcdef"
+
+
+def words(n: int, seed: int, lo: int = 1, hi: int = 7) -> list:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+
+
+def write_pairs(path, inputs) -> None:
+    path.write_text("".join(f"{w}\t{w[::-1]}\n" for w in inputs), encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def reverse_run(tmp_path_factory):
+    """A small attention model trained to reverse strings of 1-7 letters (about 10 s on 2 cores)."""
+    root = tmp_path_factory.mktemp("s2s")
+    write_pairs(root / "rev.tsv", words(3000, 0))
+    text = load_pairs([str(root / "rev.tsv")], val_frac=0.05, seed=1)
+    model = ModelConfig(vocab_size=1, layers=1, hidden=64, embed=16, dropout=0.0)
+    cfg = TrainConfig(out=str(root), name="rev", pairs=True, batch_size=32, lr=1e-2, warmup=10, eval_every=200,
+                      max_steps=400, device="cpu", seed=5, save_every_secs=0)
+    Trainer(text, model, cfg).fit()
+    return root
+
+
+def loaded(run):
+    data = load_checkpoint(run / "rev" / "best.pt")
+    return (data, *build_seq2seq(data))
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+def test_bad_lines_name_file_and_line_and_can_be_skipped(tmp_path):
+    p = tmp_path / "p.tsv"
+    p.write_text("ab\tba\n\nno tab here\nx\ty\tz\ncd\tdc\r\n", encoding="utf-8")
+    with pytest.raises(CharnnError, match=r"p.tsv:3: the line has no tab"):
+        read_pairs(p)
+    f = read_pairs(p, skip_bad=True)
+    assert [(x.source, x.target) for x in f.pairs] == [("ab", "ba"), ("cd", "dc")] and f.skipped == 2
+    r = runner.invoke(app, ["train", str(p), "--pairs", "--out", str(tmp_path)])
+    one_line_error(r, 1, "p.tsv:3", "--skip-bad-lines")
+
+
+def test_the_split_holds_out_whole_inputs_at_random(tmp_path):
+    """A sorted dictionary with pronunciation variants: held-out inputs are spread over the alphabet and an
+    input's variants are all on one side; the same seed gives the same split."""
+    inputs = sorted(set(words(400, 1, 3, 6)))
+    rows = [f"{w}\t{w.upper()}{v}\n" for w in inputs for v in ("", "2")]
+    (tmp_path / "d.tsv").write_text("".join(rows), encoding="utf-8")
+    text = load_pairs([str(tmp_path / "d.tsv")], val_frac=0.2, seed=7)
+    train_in, val_in = {p.source for p in text.train}, {p.source for p in text.val}
+    assert not train_in & val_in and len(val_in) == round(0.2 * len(inputs))
+    assert len({w[0] for w in val_in}) == len(ALPHABET)  # not one letter's tail
+    assert all(sum(p.source == w for p in text.val) == 2 for w in val_in)
+    again = load_pairs([str(tmp_path / "d.tsv")], val_frac=0.2, seed=7)
+    assert [p.source for p in again.val] == [p.source for p in text.val]
+
+
+def test_batches_group_lengths_and_cover_the_pairs(tmp_path):
+    tok = CharTokenizer.build(ALPHABET + "\n")
+    ws = words(640, 2, 1, 30)
+    src = encode_side(tok, ws)
+    batches = PairBatches(src, encode_side(tok, [w[::-1] for w in ws]), 32, start_id(tok))
+    seen, padding, real = [], 0, 0
+    for x, y, (s, lengths) in batches.epoch(123):
+        assert x.shape == y.shape and s.shape[0] == x.shape[0] == 32
+        assert (x[:, 0] == start_id(tok)).all()
+        real += int((y != -100).sum())
+        padding += int((y == -100).sum())
+        seen += lengths.tolist()
+    assert len(seen) == 640 and padding < 0.1 * real  # sorted by length: little padding
+    assert batches.plan(123) is batches.plan(123) and [len(b) for b in batches.plan(5)] == [32] * 20
+
+
+# ---- the model ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell,attention,bidirectional", [("lstm", True, True), ("gru", True, False),
+                                                          ("rnn", False, True)])
+def test_padding_never_leaks(cell, attention, bidirectional):
+    """A row's logits are the same alone and padded in a batch of longer inputs and targets."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=9, source_vocab=11, hidden=16, embed=8, layers=2, dropout=0.0, kind="seq2seq",
+                      cell=cell, attention=attention, bidirectional=bidirectional)
+    model = Seq2Seq(cfg).eval()
+    src = [np.array([3, 4, 5, 1]), np.array([2, 6, 7, 8, 9, 10, 3, 1]), np.array([5, 1])]
+    tgt = [np.array([2, 3, 1]), np.array([4, 4, 4, 4, 5, 6, 1]), np.array([7, 1])]
+    from charnn.data.pairs import pair_batch
+
+    x, y, source = pair_batch(src, tgt, 1)
+    with torch.no_grad():
+        together, _ = model(x, None, source)
+        for r in range(3):
+            xa, _, sa = pair_batch([src[r]], [tgt[r]], 1)
+            alone, _ = model(xa, None, sa)
+            n = len(tgt[r])
+            torch.testing.assert_close(together[r, :n], alone[0, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_an_old_checkpoint_config_reads_as_a_language_model():
+    from charnn.config import from_dict
+
+    cfg = from_dict(ModelConfig, {"vocab_size": 5, "cell": "lstm", "layers": 1, "hidden": 8, "embed": 4,
+                                  "dropout": 0.0})
+    assert cfg.kind == "lm" and cfg.validate()
+
+
+# ---- trained: decoding ----------------------------------------------------------------------------------
+def test_it_learns_to_reverse(reverse_run):
+    data, model, src_tok, tok = loaded(reverse_run)
+    held = words(200, 99)
+    tr = Transducer(model, src_tok, tok, TransduceConfig(), torch.device("cpu"), data["pairs"]["max_ratio"])
+    outputs = [h[0].text for h in tr.run((w, "t") for w in held)]
+    assert np.mean([o == w[::-1] for o, w in zip(outputs, held)]) > 0.8
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_output_does_not_depend_on_the_batch_size(reverse_run, tmp_path, beam):
+    """transduce with --batch-size 1 and 64 writes byte-identical output (greedy and beam), blank lines kept."""
+    held = words(150, 7, 1, 12)
+    held[10] = held[40] = ""
+    (tmp_path / "in.txt").write_text("\n".join(held) + "\n", encoding="utf-8")
+    outs = []
+    for b in (1, 64):
+        r = runner.invoke(app, ["transduce", str(reverse_run / "rev"), str(tmp_path / "in.txt"), "--batch-size",
+                                str(b), "--beam", str(beam), "--scores"])
+        assert r.exit_code == 0, r.stderr
+        outs.append(r.stdout)
+    assert outs[0] == outs[1]
+    lines = outs[0].split("\n")
+    assert len(lines) == len(held) + 1 and lines[10] == lines[40] == "" and lines[-1] == ""
+
+
+def test_beam_n_best_are_ranked_and_scores_are_the_models_log_probabilities(reverse_run):
+    data, model, src_tok, tok = loaded(reverse_run)
+    tr = Transducer(model, src_tok, tok, TransduceConfig(beam=5, n_best=3), torch.device("cpu"),
+                    data["pairs"]["max_ratio"])
+    held = words(30, 11)
+    greedy = Transducer(model, src_tok, tok, TransduceConfig(), torch.device("cpu"), data["pairs"]["max_ratio"])
+    for w, hyps, g in zip(held, tr.run((w, "t") for w in held), greedy.run((w, "t") for w in held)):
+        assert len(hyps) == 3 and len({h.text for h in hyps}) == 3
+        assert hyps[0].logprob >= hyps[1].logprob >= hyps[2].logprob
+        assert hyps[0].logprob >= g[0].logprob - 1e-4  # the search never ends worse than greedy here
+        for h in hyps:  # the reported score is the teacher-forced log-probability of that output
+            nats = pair_nats(model, encode_side(src_tok, [w]), encode_side(tok, [h.text]), start_id(tok),
+                             torch.device("cpu"))
+            assert abs(-nats[0] - h.logprob) < 1e-3, (w, h)
+
+
+def test_sampling_is_seeded_and_batch_independent(reverse_run):
+    data, model, src_tok, tok = loaded(reverse_run)
+    held = words(40, 12)
+
+    def run(seed, batch):
+        cfg = TransduceConfig(temperature=2.0, n_best=2, seed=seed, batch_size=batch)
+        tr = Transducer(model, src_tok, tok, cfg, torch.device("cpu"), data["pairs"]["max_ratio"])
+        return [[h.text for h in hyps] for hyps in tr.run((w, "t") for w in held)]
+
+    a = run(1, 64)
+    assert a == run(1, 3) and a != run(2, 64)
+    assert any(x != y for x, y in a)  # the two samples of an input differ somewhere
+
+
+def test_the_length_limit_stops_a_looping_decoder(reverse_run):
+    data, model, src_tok, tok = loaded(reverse_run)
+    tr = Transducer(model, src_tok, tok, TransduceConfig(max_length=3, beam=3), torch.device("cpu"))
+    assert all(len(h[0].text) <= 3 for h in tr.run((w, "t") for w in ["abcdef", "fedcba"]))
+
+
+# ---- the command line ---------------------------------------------------------------------------------
+def test_eval_reports_exact_match_and_error_rates(reverse_run, tmp_path):
+    write_pairs(tmp_path / "a.tsv", words(60, 21))
+    (tmp_path / "b.tsv").write_text("ab\tb a\nabc\tc b a\n", encoding="utf-8")
+    r = runner.invoke(app, ["eval", str(reverse_run / "rev"), str(tmp_path / "a.tsv"), str(tmp_path / "b.tsv"),
+                            "--json"])
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    a, b = out["files"]
+    assert a["exact_match"] > 0.8 and a["cer"] < 0.1 and a["ser"] is None and a["nats_per_char"] < 0.5
+    assert b["exact_match"] == 0.0 and b["ser"] is not None and out["pairs"] == 62
+    table = runner.invoke(app, ["eval", str(reverse_run / "rev"), str(tmp_path / "a.tsv"), "--beam", "3"])
+    assert table.exit_code == 0 and "exact" in table.stdout.splitlines()[0]
+
+
+def test_edit_distance():
+    assert edit_distance("kitten", "sitting") == 3 and edit_distance("", "abc") == 3
+    assert edit_distance("K AE T".split(), "K AH T".split()) == 1
+
+
+def test_info_shows_both_vocabularies_and_the_shape(reverse_run):
+    r = runner.invoke(app, ["info", str(reverse_run / "rev")])
+    assert r.exit_code == 0
+    assert "bidirectional lstm encoder" in r.stdout and "attention" in r.stdout
+    assert "input       char" in r.stdout and "output      char" in r.stdout
+    d = json.loads(runner.invoke(app, ["info", str(reverse_run / "rev"), "--json"]).stdout)
+    assert d["seq2seq"]["attention"] == "luong-general" and d["seq2seq"]["input_vocabulary"]["vocab_size"] == 8
+
+
+def test_user_errors_are_one_line(reverse_run, tmp_path):
+    run = str(reverse_run / "rev")
+    one_line_error(runner.invoke(app, ["transduce", run], input="abc\nabXc\n"), 1, "stdin:2", "'X'", "--unknown skip")
+    one_line_error(runner.invoke(app, ["sample", run]), 1, "charnn transduce")
+    one_line_error(runner.invoke(app, ["transduce", run, "--n-best", "3"]), 2, "--beam 3")
+    one_line_error(runner.invoke(app, ["transduce", run, "--beam", "2", "--temp", "0.5"]), 2, "Choose one")
+    one_line_error(runner.invoke(app, ["transduce", run, str(tmp_path / "nope.txt")]), 1, "does not exist")
+    one_line_error(runner.invoke(app, ["train", "--no-attention"]), 2, "--pairs")
+    r = runner.invoke(app, ["transduce", run, "--unknown", "skip"], input="abXc\n")
+    assert r.exit_code == 0 and r.stdout == "cba\n"
+
+
+def test_training_resumes_exactly(tmp_path):
+    from test_resume import assert_same_training_state, stop_at, weights
+
+    from charnn.training.trainer import StopRequest, TrainingInterrupted
+
+    write_pairs(tmp_path / "r.tsv", words(400, 3))
+    text = load_pairs([str(tmp_path / "r.tsv")], val_frac=0.1, seed=2)
+    model = ModelConfig(vocab_size=1, layers=2, hidden=16, embed=8, dropout=0.2)
+    cfg = dict(pairs=True, batch_size=16, lr=1e-2, warmup=3, eval_every=10, max_steps=30, device="cpu", seed=2,
+               save_every_secs=0, out=str(tmp_path))
+    Trainer(text, model, TrainConfig(name="straight", **cfg)).fit()
+    stop = StopRequest()
+    with pytest.raises(TrainingInterrupted):
+        Trainer(text, model, TrainConfig(name="resumed", **cfg), stop_at(13, stop), stop=stop).fit()
+    assert Trainer(text, model, TrainConfig(name="resumed", **cfg), resume=True).fit().steps == 30
+    assert_same_training_state(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt"))
+
+
+def test_cli_trains_the_ablations(tmp_path):
+    write_pairs(tmp_path / "r.tsv", words(300, 4))
+    for flags in (["--no-attention"], ["--unidirectional"]):
+        r = runner.invoke(app, ["train", str(tmp_path / "r.tsv"), "--pairs", *flags, "--max-steps", "5",
+                                "--batch-size", "16", "--hidden", "16", "--layers", "1", "--out", str(tmp_path),
+                                "--name", flags[0][2:], "--quiet", "--device", "cpu"])
+        assert r.exit_code == 0, r.stderr
+        cfg = load_checkpoint(tmp_path / flags[0][2:] / "best.pt")["model_config"]
+        assert (cfg["attention"], cfg["bidirectional"]) == ((False, True) if flags[0] == "--no-attention" else (True, False))
+        out = runner.invoke(app, ["transduce", str(tmp_path / flags[0][2:])], input="abc\n\nde\n")
+        assert out.exit_code == 0 and len(out.stdout.split("\n")) == 4
+
+
+def test_a_slow_producer_gets_each_result_before_sending_the_next(reverse_run):
+    """Lines written one at a time: each output line arrives while stdin is still open (no one-line lag)."""
+    proc = subprocess.Popen([sys.executable, "-m", "charnn", "transduce", str(reverse_run / "rev"), "--device", "cpu"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env(), bufsize=1)
+    try:
+        for w in ["abc", "", "fedd"]:
+            proc.stdin.write(w + "\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], 60)  # a one-line lag would wait here forever
+            assert ready, f"no output for {w!r} while its input was the last line sent"
+            assert proc.stdout.readline() == w[::-1] + "\n"
+        proc.stdin.close()
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+
+
+def test_a_closed_pipe_is_quiet(reverse_run, tmp_path):
+    (tmp_path / "in.txt").write_text("abc\n" * 5000, encoding="utf-8")
+    cmd = (f"{sys.executable} -m charnn transduce {reverse_run / 'rev'} {tmp_path / 'in.txt'} --device cpu "
+           "| head -n 2")
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, env=subprocess_env())
+    assert r.returncode == 0 and r.stdout == "cba\ncba\n" and r.stderr == ""
