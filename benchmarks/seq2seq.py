@@ -106,8 +106,8 @@ def datasets(task: str, n_train: int, n_test: int, seed: int):
     return train, dict(sorted(per.items(), key=lambda kv: (len(kv[0]), kv[0])))
 
 
-def train(work: Path, task: str, variant: str, budget: float, seed: int) -> dict:
-    cmd = [sys.executable, "-m", "charnn", "train", str(work / f"{task}.tsv"), "--pairs", *VARIANTS[variant],
+def train(work: Path, task: str, variant: str, budget: float, seed: int, flags: list) -> dict:
+    cmd = [sys.executable, "-m", "charnn", "train", str(work / f"{task}.tsv"), "--pairs", *VARIANTS[variant], *flags,
            "--max-time", str(budget), "--out", str(work / "runs"), "--name", f"{task}-{variant}", "--seed", str(seed),
            "--eval-every", "250", "--device", "cpu", "--quiet"]
     t0 = time.perf_counter()
@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--throughput-lines", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--flags", default="", help="more `charnn train` flags for every model, e.g. '--hidden 128'")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "seq2seq.json"))
     args = ap.parse_args()
@@ -164,13 +165,14 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="charnn-s2s-"))
     work.mkdir(parents=True, exist_ok=True)
     result = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "budget": args.budget,
+              "flags": args.flags,
               "train_pairs": args.train, "test_per_bucket": args.test, "tasks": {}}
     for task in args.tasks:
         train_pairs, test = datasets(task, args.train, args.test, args.seed)
         (work / f"{task}.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in train_pairs), encoding="utf-8")
         result["tasks"][task] = {"buckets": {b: len(v) for b, v in test.items()}, "models": {}}
         for variant in args.variants:
-            info = train(work, task, variant, args.budget, args.seed)
+            info = train(work, task, variant, args.budget, args.seed, args.flags.split())
             run = work / "runs" / f"{task}-{variant}"
             info["greedy"] = accuracy(run, test, 1)
             info["beam5"] = accuracy(run, test, 5)

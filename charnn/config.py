@@ -18,6 +18,7 @@ UNKNOWN = ("error", "skip")  # what sample does with prime characters outside th
 MAX_LAYERS, MAX_WIDTH, MAX_THREADS = 256, 65536, 1024  # sanity bounds: beyond them torch overflows or crashes
 MIN_TEMPERATURE = 1e-6
 MAX_LABELS = 65535  # label ids are stored as uint16
+FP32_MAX = 3.4e38  # about the largest float32
 SEED_LIMIT = 2**63  # torch seeds are 64-bit; seeds stay below this so every generator takes them
 
 
@@ -110,8 +111,8 @@ class TrainConfig:
         positive = (("--batch-size", 1 if self.batch_size is None else self.batch_size), ("--seq-len", self.seq_len), ("--eval-every", self.eval_every),
                     ("--patience", self.patience))
         problems += [f"`{flag}` must be at least 1, got {v}" for flag, v in positive if v < 1]
-        if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
-            problems.append(f"`--lr` must be a positive number, got {self.lr}")
+        if not 0 < self.lr < FP32_MAX:  # beyond what fp32 holds, the optimiser's update itself overflows
+            problems.append(f"`--lr` must be a positive number below {FP32_MAX:.1e}, got {self.lr}")
         if self.grad_clip < 0 or self.grad_clip != self.grad_clip:
             problems.append(f"`--grad-clip` must be >= 0 (0 disables clipping), got {self.grad_clip}")
         if self.warmup < 0:

@@ -155,6 +155,17 @@ def test_the_readme_example_runs_as_written(tmp_path):
     assert r.stdout.count("\n") >= 2 and "bits/char" in r.stdout, r.stdout
 
 
+def test_the_readme_seq2seq_example_runs_as_written(tmp_path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python API and server", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[1]
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    outputs, exact = r.stdout.splitlines()
+    assert outputs.startswith("[") and 0.0 <= float(exact) <= 1.0, r.stdout
+
+
 def test_a_subword_model_heals_the_prompt_as_charnn_sample_does(tmp_path):
     (tmp_path / "notes.txt").write_text(make_text(400, seed=3), encoding="utf-8")
     run = charnn.train(str(tmp_path / "notes.txt"), out=str(tmp_path / "runs"), tokenizer="bpe", vocab_size=300,

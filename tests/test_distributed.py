@@ -109,6 +109,26 @@ def test_line_labels_under_two_processes_follow_one_process(tmp_path):
     assert db["labels"]["val_nats_per_char"] == pytest.approx(da["labels"]["val_nats_per_char"], rel=1e-4)
 
 
+def test_pairs_under_two_processes_follow_one_process(tmp_path):
+    """--pairs: every rank takes its share of each batch of pairs (its own padding width), validation blocks
+    are shared out and summed; two processes follow one."""
+    import random
+    rng = random.Random(1)
+    inputs = ["".join(rng.choice("abcde") for _ in range(rng.randint(1, 9))) for _ in range(300)]
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("".join(f"{w}\t{w[::-1]}\n" for w in inputs), encoding="utf-8")
+    flags = [str(tsv), "--pairs", "--out", str(tmp_path), *FLAGS, "--max-steps", "12"]
+    one = run([sys.executable, "-m", "charnn", "train", *flags, "--name", "one"])
+    assert one.returncode == 0, one.stderr
+    two = run(torchrun(2, *flags, "--name", "two"))
+    assert two.returncode == 0, two.stderr
+    a, b = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 13))
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4), ra["step"]
+    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-4)
+
+
 def test_a_batch_that_does_not_divide_among_the_processes_is_one_usage_error(tmp_path, corpus):
     r = run(torchrun(2, str(corpus), "--out", str(tmp_path), *FLAGS, "--batch-size", "7", "--max-steps", "3"))
     assert r.returncode != 0

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from charnn.checkpoint import build_seq2seq, load_checkpoint
 from charnn.cli import app
 from charnn.config import ModelConfig, TrainConfig, TransduceConfig
-from charnn.data.pairs import PairBatches, encode_side, load_pairs, pad_sources, read_pairs
+from charnn.data.pairs import PairBatches, encode_side, load_pairs, read_pairs
 from charnn.errors import CharnnError
 from charnn.evaluate import pair_nats
 from charnn.generation.seq2seq import Transducer
@@ -289,3 +289,44 @@ def test_a_closed_pipe_is_quiet(reverse_run, tmp_path):
            "| head -n 2")
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, env=subprocess_env())
     assert r.returncode == 0 and r.stdout == "cba\ncba\n" and r.stderr == ""
+
+
+def test_the_python_api_transduces_and_scores_with_the_cli_code(reverse_run, tmp_path):
+    import charnn
+
+    model = charnn.load(reverse_run / "rev")
+    assert isinstance(model, charnn.Seq2SeqModel) and model.info["seq2seq"]["attention"]
+    assert model.transduce("abc") == "cba"
+    held = words(20, 31)
+    outs = model.transduce(held, beam=3)
+    (tmp_path / "in.txt").write_text("\n".join(held) + "\n", encoding="utf-8")
+    r = runner.invoke(app, ["transduce", str(reverse_run / "rev"), str(tmp_path / "in.txt"), "--beam", "3"])
+    assert r.stdout.split("\n")[:-1] == outs
+    best = model.transduce("abcd", beam=4, n_best=2, scores=True)
+    assert len(best) == 2 and best[0][1] >= best[1][1]
+    assert model.score([(w, w[::-1]) for w in held])["exact_match"] > 0.8
+    with pytest.raises(CharnnError, match="serves language models"):
+        from charnn.serve.server import load_models
+        load_models([str(reverse_run / "rev")], "cpu")
+
+
+def test_language_model_commands_say_what_to_use_for_a_pairs_model(reverse_run, tmp_path):
+    run = str(reverse_run / "rev")
+    (tmp_path / "t.txt").write_text("abc\n", encoding="utf-8")
+    one_line_error(runner.invoke(app, ["novelty", run, str(tmp_path / "t.txt")]), 1, "sequence-to-sequence")
+    one_line_error(runner.invoke(app, ["classify", run], input="abc\n"), 1, "charnn transduce")
+    one_line_error(runner.invoke(app, ["train", str(tmp_path / "t.txt"), "--init-from", run, "--out",
+                                       str(tmp_path)]), 2, "--init-from")
+    one_line_error(runner.invoke(app, ["eval", run, str(tmp_path / "t.txt"), "--dynamic"]), 2, "--dynamic")
+
+
+def test_previews_show_validation_inputs_and_their_outputs(tmp_path):
+    write_pairs(tmp_path / "r.tsv", words(300, 5))
+    r = runner.invoke(app, ["train", str(tmp_path / "r.tsv"), "--pairs", "--max-steps", "4", "--preview-every", "2",
+                            "--batch-size", "16", "--hidden", "16", "--layers", "1", "--out", str(tmp_path),
+                            "--device", "cpu"])
+    assert r.exit_code == 0, r.stderr
+    assert "preview at step 2" in r.stderr and "preview at step 4" in r.stderr
+    shown = [line for line in r.stderr.splitlines() if " -> " in line and not line.startswith(("training", "use it", "done"))]
+    assert len(shown) == 8 and all(set(line.replace(" -> ", "")) <= set(ALPHABET) for line in shown), shown
+    assert r.stdout == ""

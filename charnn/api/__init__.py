@@ -9,7 +9,8 @@ The command line and `charnn serve` run the same functions underneath.
 
 from charnn.api.model import Model, load
 from charnn.api.params import GenerationParams, ParamError
+from charnn.api.seq2seq import Seq2SeqModel
 from charnn.api.training import train
 from charnn.training.trainer import TrainResult
 
-__all__ = ["GenerationParams", "Model", "ParamError", "TrainResult", "load", "train"]
+__all__ = ["GenerationParams", "Model", "ParamError", "Seq2SeqModel", "TrainResult", "load", "train"]

@@ -10,18 +10,21 @@ from __future__ import annotations
 import math
 import threading
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from charnn.api.params import GenerationParams, ParamError
-from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
 from charnn.dynamic import adapt as adapted_copy
 from charnn.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
+
+if TYPE_CHECKING:
+    from charnn.api.seq2seq import Seq2SeqModel
 
 
 class Model:
@@ -179,12 +182,16 @@ class Model:
         return Batcher(self.net, self.tokenizer, self.device, capacity)
 
 
-def load(path_or_run: Optional[str] = None, device: str = "auto") -> Model:
+def load(path_or_run: Optional[str] = None, device: str = "auto") -> Union[Model, "Seq2SeqModel"]:
     """A checkpoint (.pt), a run folder (its best.pt, else last.pt) or, with None, the newest run under
-    ./checkpoints, loaded safely (weights only) onto `device` (auto: CUDA, then MPS, else CPU)."""
+    ./checkpoints, loaded safely (weights only) onto `device` (auto: CUDA, then MPS, else CPU). A language
+    model comes back as a `Model`; a sequence-to-sequence one (`train --pairs`) as a `Seq2SeqModel`."""
     path = resolve_checkpoint(None if path_or_run is None else str(path_or_run))
     dev = resolve_device(device)
     data = load_checkpoint(path)
+    if is_seq2seq(data):
+        from charnn.api.seq2seq import Seq2SeqModel
+        return Seq2SeqModel(*build_seq2seq(data, dev), dev, path, data)
     model, tokenizer = build_from_checkpoint(data, dev)
     return Model(model, tokenizer, dev, path, data)
 

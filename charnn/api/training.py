@@ -9,7 +9,7 @@ from charnn.config import ModelConfig, TrainConfig, parse_duration
 from charnn.errors import ConfigError
 from charnn.training.trainer import TrainResult
 
-MODEL_FLAGS = {f.name for f in fields(ModelConfig)} - {"vocab_size"}
+MODEL_FLAGS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "kind", "source_vocab"}  # those two: pairs=True
 TRAIN_FLAGS = {f.name for f in fields(TrainConfig)}
 OTHER_FLAGS = {"glob", "encoding", "resume", "log_every"}
 

@@ -32,7 +32,8 @@ def train(
     val_file: Annotated[Optional[str], typer.Option(help="Validate on this file instead (trains on all of CORPUS).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Contiguous streams per batch, over all processes "
                                                            "under torchrun (default: 8 on the CPU, 256 on a CUDA "
-                                                           "GPU, per process).", show_default=False)] = None,
+                                                           "GPU, per process; --pairs: pairs per batch, 32 on "
+                                                           "the CPU).", show_default=False)] = None,
     seq_len: Annotated[int, typer.Option(help="Characters per stream per step (BPTT length).")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW); 3e-3 with --init-from.")] = 1e-2,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 50,

@@ -147,20 +147,26 @@ class PreparedPairs:
         return torch.from_numpy(np.concatenate(self.train_tgt))
 
 
-def prepare_pairs(text: PairText, tokenizers: Optional[Tuple[dict, dict]] = None) -> PreparedPairs:
-    """Vocabularies from the training pairs (or a resumed run's), every side encoded."""
+def prepare_pairs(text: PairText, tokenizers: Optional[Tuple[dict, dict]] = None,
+                  eval_tokens: int = 0) -> PreparedPairs:
+    """Vocabularies from the training pairs (or a resumed run's), every side encoded; validation keeps the
+    first pairs whose targets hold `eval_tokens` tokens (at least one pair; 0: all of them)."""
     from charnn.text.tokenizer import tokenizer_from_state
 
     if tokenizers is None:
         src_tok, tgt_tok = build_vocabularies(text.train)
     else:
         src_tok, tgt_tok = (tokenizer_from_state(s) for s in tokenizers)
-    val_src = encode_side(src_tok, [p.source for p in text.val])
-    val_tgt = encode_side(tgt_tok, [p.target for p in text.val])
+    val = text.val
+    if eval_tokens:
+        ends = np.cumsum([len(p.target) + 1 for p in val])
+        val = val[: max(1, int(np.searchsorted(ends, eval_tokens, side="right")))]
+    val_src = encode_side(src_tok, [p.source for p in val])
+    val_tgt = encode_side(tgt_tok, [p.target for p in val])
     unknown = sum(int((ids == 0).sum()) for ids in val_src + val_tgt)
     return PreparedPairs(src_tok, tgt_tok, encode_side(src_tok, [p.source for p in text.train]),
                          encode_side(tgt_tok, [p.target for p in text.train]), val_src, val_tgt,
-                         [p.source for p in text.val], unknown)
+                         [p.source for p in val], unknown)
 
 
 def pad_sources(seqs: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -72,6 +72,7 @@ def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int
     while len(alive):
         logits, state = model.decode(x, state, memory)
         logp = torch.log_softmax(logits[:, -1].float(), -1)  # (b*K, V)
+        logp[:, 0] = float("-inf")  # id 0, the unknown character: no target has one, so it is never written
         b, V = len(alive), logp.shape[1]
         last = (limits_t[alive] <= t + 1).to(device)  # the limit: only the end may come now
         if last.any():

@@ -28,15 +28,14 @@ Source = Tuple[torch.Tensor, torch.Tensor]  # (padded input ids (B, S), lengths 
 
 
 class Memory:
-    """What the decoder attends over: encoder outputs (B, S, D), their keys W a_s, and the padding mask."""
+    """What the decoder attends over: the encoder outputs (B, S, D) and where they are padding (B, S)."""
 
-    def __init__(self, outputs: torch.Tensor, keys: Optional[torch.Tensor], pad: torch.Tensor):
-        self.outputs, self.keys, self.pad = outputs, keys, pad
+    def __init__(self, outputs: torch.Tensor, pad: torch.Tensor):
+        self.outputs, self.pad = outputs, pad
 
     def select(self, rows: torch.Tensor) -> "Memory":
         """The memory of the given rows (beam search repeats and drops rows)."""
-        keys = None if self.keys is None else self.keys.index_select(0, rows)
-        return Memory(self.outputs.index_select(0, rows), keys, self.pad.index_select(0, rows))
+        return Memory(self.outputs.index_select(0, rows), self.pad.index_select(0, rows))
 
 
 class Seq2Seq(nn.Module):
@@ -79,12 +78,8 @@ class Seq2Seq(nn.Module):
         out, final = self.encoder(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
         pad = torch.arange(ids.shape[1], device=ids.device)[None, :] >= lengths.to(ids.device)[:, None]
-        keys = None
-        if self.config.attention:
-            out = self.drop(out)
-            keys = out  # the score h^T W a is computed as (W^T h)^T a: project the query, not every key
         state = tuple(self._bridge(f, i) for i, f in enumerate(final if isinstance(final, tuple) else (final,)))
-        return Memory(out, keys, pad), state if len(state) == 2 else state[0]
+        return Memory(self.drop(out), pad), state if len(state) == 2 else state[0]
 
     def _bridge(self, final: torch.Tensor, i: int) -> torch.Tensor:
         """(layers * dirs, B, H) final states -> (layers, B, H): each layer's directions joined, then mapped."""
@@ -99,8 +94,8 @@ class Seq2Seq(nn.Module):
         """x: (B, T) target-side ids (the start id, then what came before) -> logits (B, T, V) and the state."""
         h, state = self.decoder(self.drop(self.embed(x)), state)  # (B, T, H)
         if self.config.attention:
-            q = self.attn_in(h)  # (B, T, D)
-            scores = torch.bmm(q, memory.keys.transpose(1, 2))  # (B, T, S)
+            q = self.attn_in(h)  # (B, T, D): the score h^T W a_s, with W applied to the query, not to every a_s
+            scores = torch.bmm(q, memory.outputs.transpose(1, 2))  # (B, T, S)
             scores = scores.masked_fill(memory.pad[:, None, :], float("-inf"))
             context = torch.bmm(scores.softmax(-1), memory.outputs)  # (B, T, D)
             h = torch.tanh(self.attn_out(torch.cat([context, h], -1)))
@@ -112,14 +107,6 @@ class Seq2Seq(nn.Module):
         memory, first = self.encode(source)
         logits, _ = self.decode(x, first, memory)
         return logits, None
-
-    @torch.no_grad()
-    def attention_weights(self, x: torch.Tensor, source: Source) -> torch.Tensor:
-        """(B, T, S) attention of each target step over the inputs (teacher-forced), for inspection."""
-        memory, state = self.encode(source)
-        h, _ = self.decoder(self.embed(x), state)
-        scores = torch.bmm(self.attn_in(h), memory.keys.transpose(1, 2)).masked_fill(memory.pad[:, None, :], float("-inf"))
-        return scores.softmax(-1)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

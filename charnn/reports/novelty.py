@@ -14,7 +14,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from charnn.checkpoint import load_checkpoint, resolve_checkpoint
+from charnn.checkpoint import is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import TrainConfig, from_dict
 from charnn.data import cache, textindex
 from charnn.data.corpus import builtin_corpus, load_corpus
@@ -72,6 +72,9 @@ def novelty(checkpoint: str, sample: str, ns: Sequence[int] = NS, corpus: Sequen
                           "`charnn sample RUN | charnn novelty RUN`")
     path = resolve_checkpoint(checkpoint)
     data = load_checkpoint(path, finite=False)
+    if is_seq2seq(data):
+        raise CharnnError(f"{path} is a sequence-to-sequence model; `charnn novelty` checks a language model's "
+                          "samples against its training text")
     key, meta, source = _training_entry(path, data, corpus, glob, encoding, on_event)
     index, built = _index(key, meta, tokenizer_from_state(data["tokenizer"]), on_event)
     t0 = time.perf_counter()

@@ -24,6 +24,9 @@ def load_models(paths: Sequence[Optional[str]], device: str = "auto") -> Dict[st
     for arg in list(paths) or [None]:
         name, _, path = arg.partition("=") if arg and "=" in arg else (None, "", arg)
         model = load(path, device)
+        if not isinstance(model, Model):
+            raise CharnnError(f"{model.path} is a sequence-to-sequence model; `charnn serve` serves language "
+                              "models (use `charnn transduce`, or charnn.load(...).transduce from Python)")
         name = name or model.name
         if name in models:
             raise CharnnError(f"two checkpoints would both be served as {name!r}; name one with NAME=PATH")

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import torch
 
-from charnn.checkpoint import load_checkpoint, resolve_checkpoint
+from charnn.checkpoint import is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.errors import ConfigError
 
@@ -54,6 +54,9 @@ def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: O
         raise ConfigError(f"--init-from {path} is in the new run's own folder {str(run_dir)!r}; training "
                           "there would replace it. Give the new run another --name")
     data = load_checkpoint(ckpt)
+    if is_seq2seq(data):
+        raise ConfigError(f"--init-from {path} is a sequence-to-sequence (--pairs) model; --init-from fine-tunes "
+                          "language models")
     base = from_dict(ModelConfig, data["model_config"]).validate()
     typed = set(vars(model_cfg)) | set(vars(cfg)) if explicit is None else set(explicit)
     problems = [f"--{k} {getattr(model_cfg, k)} (the base has {getattr(base, k)})"

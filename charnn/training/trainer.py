@@ -169,7 +169,7 @@ class Trainer:
         self.resumed = resumed is not None
         self.device = self.dist.start(resolve_device(cfg.device))  # joins the process group under torchrun
         if cfg.batch_size is None:  # the default is per process; --batch-size is the global batch
-            self.cfg = cfg = replace(cfg, batch_size=default_batch_size(self.device) * self.dist.world)
+            self.cfg = cfg = replace(cfg, batch_size=default_batch_size(self.device, cfg.pairs) * self.dist.world)
         self.dist.check_batch_size(cfg.batch_size)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -224,7 +224,8 @@ class Trainer:
         if isinstance(corpus, PairText):
             if parent is not None:
                 raise ConfigError("`--init-from` fine-tunes language models; a `--pairs` model trains from scratch")
-            data = prepare_pairs(corpus, (resumed["source_tokenizer"], resumed["tokenizer"]) if resumed else None)
+            data = prepare_pairs(corpus, (resumed["source_tokenizer"], resumed["tokenizer"]) if resumed else None,
+                                 cfg.eval_tokens)
             self.pairs = {**corpus.record(), "skipped_lines": corpus.skipped_lines}
             self.on_event("pairs", dict(self.pairs))
             self.tokenizer, self.source_tokenizer, self.pair_data = data.tokenizer, data.source_tokenizer, data

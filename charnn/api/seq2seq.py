@@ -1,0 +1,73 @@
+"""`charnn.load(...)` of a sequence-to-sequence checkpoint -> `Seq2SeqModel`: transduce lines and score pairs from
+Python, with the code `charnn transduce` and `charnn eval` run (`charnn.generation.seq2seq.Transducer`,
+`charnn.reports.pairs`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from charnn.config import TransduceConfig
+from charnn.data.pairs import Pair, PairFile
+from charnn.generation.seq2seq import Hypothesis, Transducer
+
+Output = Union[str, List[str], Tuple[str, float], List[Tuple[str, float]]]
+
+
+class Seq2SeqModel:
+    """An encoder-decoder and its two vocabularies. Make one with `charnn.load` on a `--pairs` checkpoint."""
+
+    kind = "seq2seq"
+
+    def __init__(self, net, source_tokenizer, tokenizer, device: torch.device, path: Path, data: dict):
+        self.net, self.source_tokenizer, self.tokenizer = net.eval(), source_tokenizer, tokenizer
+        self.device, self.path = device, Path(path)
+        self.name = self.path.parent.name if self.path.name in ("best.pt", "last.pt") else self.path.stem
+        self.pairs: dict = data.get("pairs") or {}
+        self.max_ratio = float(self.pairs.get("max_ratio", 4.0))
+        self.step, self.best_val_loss = data.get("step"), data.get("best_val_loss")
+
+    def __repr__(self) -> str:
+        return f"Seq2SeqModel({self.name!r}, {self.path}, on {self.device})"
+
+    @property
+    def info(self) -> dict:
+        """What `charnn info --json` reports about the checkpoint."""
+        from charnn.reports.info import describe
+        return describe(str(self.path))
+
+    def transduce(self, inputs: Union[str, Sequence[str]], beam: int = 1, n_best: int = 1,
+                  length_penalty: float = 0.0, temperature: Optional[float] = None, top_k: Optional[int] = None,
+                  top_p: Optional[float] = None, seed: Optional[int] = None, max_length: Optional[int] = None,
+                  batch_size: int = 64, unknown: str = "error", scores: bool = False) -> Union[Output, List[Output]]:
+        """The output for an input string (a list of outputs for a list of inputs, in order): greedy, beam search
+        (`beam`), or samples (`temperature`, `top_k`, `top_p`, `seed`). With `n_best` > 1 each output is a list
+        of the best first; with `scores` each is (text, log-probability). Raises CharnnError for characters the
+        model does not know (or drops them with unknown="skip")."""
+        cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temperature,
+                              top_k=top_k, top_p=top_p, seed=seed, max_length=max_length, batch_size=batch_size,
+                              unknown=unknown).validate()
+        single = isinstance(inputs, str)
+        lines = [inputs] if single else list(inputs)
+        transducer = Transducer(self.net, self.source_tokenizer, self.tokenizer, cfg, self.device, self.max_ratio,
+                                exact_scores=scores)
+        found = [_shape(h, n_best, scores) for h in transducer.run((t, f"input {i}") for i, t in enumerate(lines))]
+        return found[0] if single else found
+
+    def score(self, pairs: Sequence[Tuple[str, str]], beam: int = 1) -> dict:
+        """What `charnn eval` reports for (input, target) pairs: nats per target character, exact match, CER, SER."""
+        from charnn.reports.pairs import score_pairs
+
+        file = PairFile("pairs", [Pair(s, t) for s, t in pairs])
+        return score_pairs(self.net, self.source_tokenizer, self.tokenizer, file, TransduceConfig(beam=beam).validate(),
+                           self.device, self.max_ratio).to_dict()
+
+
+def _shape(hyps: List[Hypothesis], n_best: int, scores: bool) -> Output:
+    items = [(h.text, h.logprob) if scores else h.text for h in hyps] or [("", 0.0) if scores else ""]
+    return items if n_best > 1 else items[0]
+
+
+__all__ = ["Seq2SeqModel"]
