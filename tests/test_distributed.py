@@ -84,6 +84,15 @@ def test_two_processes_follow_one_process_at_the_same_global_batch(tmp_path, cor
     assert scores[1] == pytest.approx(scores[0], rel=1e-4)
 
 
+def assert_same_curves(one, two, steps: int) -> None:
+    """Two runs' metrics.jsonl: a record every step, train losses and the last val loss within 1e-4."""
+    a, b = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, steps + 1))
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4), ra["step"]
+    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-4)
+
+
 def test_line_labels_under_two_processes_follow_one_process(tmp_path):
     """--label-by line: every rank takes its share of each batch of whole lines, padding and all; the loss is
     the mean over both ranks' real targets, so two processes follow one (label dropout off: its draws differ
@@ -100,11 +109,7 @@ def test_line_labels_under_two_processes_follow_one_process(tmp_path):
     assert one.returncode == 0, one.stderr
     two = run(torchrun(2, *flags, "--name", "two"))
     assert two.returncode == 0, two.stderr
-    a, b = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 13))
-    for ra, rb in zip(a, b):
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4), ra["step"]
-    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-4)
+    assert_same_curves(tmp_path / "one", tmp_path / "two", 12)
     da, db = (load_checkpoint(tmp_path / n / "last.pt") for n in ("one", "two"))
     assert db["labels"]["val_nats_per_char"] == pytest.approx(da["labels"]["val_nats_per_char"], rel=1e-4)
 
@@ -122,11 +127,7 @@ def test_pairs_under_two_processes_follow_one_process(tmp_path):
     assert one.returncode == 0, one.stderr
     two = run(torchrun(2, *flags, "--name", "two"))
     assert two.returncode == 0, two.stderr
-    a, b = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 13))
-    for ra, rb in zip(a, b):
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4), ra["step"]
-    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=1e-4)
+    assert_same_curves(tmp_path / "one", tmp_path / "two", 12)
 
 
 def test_a_batch_that_does_not_divide_among_the_processes_is_one_usage_error(tmp_path, corpus):

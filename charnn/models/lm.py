@@ -44,15 +44,7 @@ class CharRNN(nn.Module):
         if self.label_out is not None:  # starts as the identity: g = b = 0
             nn.init.zeros_(self.label_out.weight)
         if self.config.cell == "lstm":
-            # Forget-gate bias 1 (gates are ordered i, f, g, o): remember by default early in training.
-            H = self.config.hidden
-            for name, p in self.rnn.named_parameters():
-                if name.startswith("bias_ih"):
-                    with torch.no_grad():
-                        p[H:2 * H].fill_(1.0)
-                elif name.startswith("bias_hh"):
-                    with torch.no_grad():
-                        p[H:2 * H].fill_(0.0)
+            forget_bias(self.rnn, self.config.hidden)
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None,
                 labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, State]:
@@ -84,6 +76,17 @@ class CharRNN(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@torch.no_grad()
+def forget_bias(rnn: nn.Module, hidden: int) -> None:
+    """An LSTM's forget-gate bias set to 1 (gates are ordered i, f, g, o): remember by default early in
+    training. Every layer and direction."""
+    for name, p in rnn.named_parameters():
+        if name.startswith("bias_ih"):
+            p[hidden:2 * hidden].fill_(1.0)
+        elif name.startswith("bias_hh"):
+            p[hidden:2 * hidden].fill_(0.0)
 
 
 def detach_state(state: State) -> State:

@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from charnn.config import ModelConfig
-from charnn.models.lm import _CELLS, State
+from charnn.models.lm import _CELLS, State, forget_bias
 
 Source = Tuple[torch.Tensor, torch.Tensor]  # (padded input ids (B, S), lengths (B,) int64 on the CPU)
 
@@ -59,15 +59,8 @@ class Seq2Seq(nn.Module):
         nn.init.normal_(self.embed.weight, std=1.0)
         nn.init.normal_(self.src_embed.weight, std=1.0)
         if c.cell == "lstm":  # forget-gate bias 1, as the language model
-            H = c.hidden
-            for rnn in (self.encoder, self.decoder):
-                for name, p in rnn.named_parameters():
-                    if name.startswith("bias_ih"):
-                        with torch.no_grad():
-                            p[H:2 * H].fill_(1.0)
-                    elif name.startswith("bias_hh"):
-                        with torch.no_grad():
-                            p[H:2 * H].fill_(0.0)
+            forget_bias(self.encoder, c.hidden)
+            forget_bias(self.decoder, c.hidden)
 
     # -- encoding -----------------------------------------------------------------------------------
     def encode(self, source: Source) -> Tuple[Memory, State]:
