@@ -69,6 +69,16 @@ def test_bad_lines_name_file_and_line_and_can_be_skipped(tmp_path):
     one_line_error(r, 1, "p.tsv:3", "--skip-bad-lines")
 
 
+def test_any_unicode_on_either_side(tmp_path):
+    p = tmp_path / "u.tsv"
+    p.write_text("straße\tSTRASSE\nмосква\tmoskva\n日本\tnihon 🗾\n", encoding="utf-8")
+    f = read_pairs(p)
+    assert [(x.source, x.target) for x in f.pairs][2] == ("日本", "nihon 🗾")
+    from charnn.data.pairs import build_vocabularies
+    src, tgt = build_vocabularies(f.pairs)
+    assert src.decode(encode_side(src, ["москва"])[0][:-1]) == "москва" and "🗾" in tgt.chars
+
+
 def test_the_split_holds_out_whole_inputs_at_random(tmp_path):
     """A sorted dictionary with pronunciation variants: held-out inputs are spread over the alphabet and an
     input's variants are all on one side; the same seed gives the same split."""
