@@ -101,15 +101,15 @@ def test_auto_is_reported_and_a_seeded_run_trains_as_its_forced_choice(tmp_path)
     text = make_text(300, seed=6)
     events = []
     auto = Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL),
-                   TrainConfig(out=str(tmp_path), name="auto", **{**TINY_TRAIN, "max_steps": 20}),
+                   TrainConfig(out=str(tmp_path), name="auto", **{**TINY_TRAIN, "max_steps": 20, "precision": "auto"}),
                    lambda kind, info: events.append((kind, info)))
     auto.fit()
     start = next(info for kind, info in events if kind == "start")
     chosen = start["precision_choice"]
     assert chosen["precision"] == start["precision"] == auto.precision and chosen["how"] != "forced"
     forced = train(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL),
-                   TrainConfig(out=str(tmp_path), name="forced", precision=chosen["precision"],
-                               **{**TINY_TRAIN, "max_steps": 20}))
+                   TrainConfig(out=str(tmp_path), name="forced",
+                               **{**TINY_TRAIN, "max_steps": 20, "precision": chosen["precision"]}))
     a = torch.load(tmp_path / "auto" / "last.pt", weights_only=True)["model"]
     b = torch.load(forced.run_dir / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # the probe changed nothing but the precision

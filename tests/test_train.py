@@ -128,7 +128,7 @@ def bf16_trains_here() -> bool:
                                                    "tests/test_precision.py checks the one-line error instead")
 def test_bf16_training_learns_and_keeps_weights_optimiser_and_checkpoint_fp32(tmp_path):
     text = make_text(300, seed=4)
-    cfg = TrainConfig(out=str(tmp_path), name="bf", precision="bf16", **{**TINY_TRAIN, "max_steps": 60})
+    cfg = TrainConfig(out=str(tmp_path), name="bf", **{**TINY_TRAIN, "max_steps": 60, "precision": "bf16"})
     result = train(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
     raw = torch.load(result.run_dir / "last.pt", weights_only=True)
     assert raw["precision"] == "bf16"
@@ -137,7 +137,7 @@ def test_bf16_training_learns_and_keeps_weights_optimiser_and_checkpoint_fp32(tm
     assert moments and all(t.dtype == torch.float32 for t in moments)
     assert result.best_val_loss < 2.2  # it learned (uniform over ~20 characters is ~3 nats)
     fp32 = train(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL),
-                 TrainConfig(out=str(tmp_path), name="fp", precision="fp32", **{**TINY_TRAIN, "max_steps": 60}))
+                 TrainConfig(out=str(tmp_path), name="fp", **{**TINY_TRAIN, "max_steps": 60, "precision": "fp32"}))
     same_seed = torch.load(fp32.run_dir / "last.pt", weights_only=True)["model"]
     assert any(not torch.equal(raw["model"][k], same_seed[k]) for k in same_seed)  # bf16 autocast really ran
 
