@@ -47,7 +47,8 @@ ONES = "zero one two three four five six seven eight nine ten eleven twelve thir
 TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 MONTHS = "January February March April May June July August September October November December".split()
 BUCKETS = {"reverse": 4, "numbers": 6, "dates": 4}
-VARIANTS = {"attention": [], "no-attention": ["--no-attention"], "unidirectional": ["--unidirectional"]}
+VARIANTS = {"attention": [], "no-attention": ["--no-attention"], "unidirectional": ["--unidirectional"],
+            "additive": ["--attention-score", "additive"]}
 
 
 def below_thousand(n: int) -> str:

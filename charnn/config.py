@@ -10,6 +10,7 @@ from charnn.errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
 KINDS = ("lm", "seq2seq")
+ATTENTION_SCORES = ("general", "additive")  # seq2seq attention scores (ModelConfig.attention_score)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZERS = ("char", "bpe", "unigram")
@@ -41,6 +42,9 @@ class ModelConfig:
     source_vocab: int = 0  # seq2seq: tokens of the input (source) vocabulary; vocab_size is the output's
     attention: bool = True  # seq2seq: the decoder attends over every input position (False: --no-attention)
     bidirectional: bool = True  # seq2seq: the encoder reads the input both ways (False: --unidirectional)
+    # seq2seq: how a decoder state scores an input position: "general" (Luong: h^T W a) or "additive"
+    # (Bahdanau's form: v^T tanh(W h + U a)); checkpoints from before the choice read as "general"
+    attention_score: str = "general"
 
     def validate(self) -> "ModelConfig":
         problems = []
@@ -56,6 +60,9 @@ class ModelConfig:
                                   ("--embed", self.embed, MAX_WIDTH)):
             if not 1 <= value <= most:
                 problems.append(f"`{flag}` must be between 1 and {most}, got {value}")
+        if self.attention_score not in ATTENTION_SCORES:
+            problems.append(f"`--attention-score` must be one of {', '.join(ATTENTION_SCORES)}, "
+                            f"not {self.attention_score!r}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"`--dropout` must be in [0, 1), got {self.dropout}")
         _raise(problems)

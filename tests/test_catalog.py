@@ -23,6 +23,7 @@ ZIPPED = io.BytesIO()
 with zipfile.ZipFile(ZIPPED, "w") as _zf:
     _zf.writestr("bytes8", bytes(range(1, 256)) * 40)
 ZIPPED = ZIPPED.getvalue()
+PAIRS = "".join(f"{w}\t{w[::-1]}\n" for w in sorted(set(make_text(60, seed=6).split()))).encode("utf-8")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -30,7 +31,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         Handler.requests.append(self.path)
-        body = ZIPPED if self.path.endswith(".zip") else TEXT
+        body = ZIPPED if self.path.endswith(".zip") else PAIRS if self.path.endswith(".tsv") else TEXT
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -69,6 +70,8 @@ def local_catalog(server, tmp_path, monkeypatch):
         {"name": "bytes8", "url": f"{server}/bytes8.zip", "sha256": hashlib.sha256(ZIPPED).hexdigest(),
          "size": len(ZIPPED), "member": "bytes8", "encoding": "latin-1", "split": {"train": 8000, "val": 1000},
          "licence": "test", "description": "a zip archive, byte-level, with a fixed split"},
+        {"name": "pairs", "url": f"{server}/pairs.tsv", "sha256": hashlib.sha256(PAIRS).hexdigest(),
+         "size": len(PAIRS), "licence": "test", "description": "input<TAB>target lines"},
     ]
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps({"corpora": entries}), encoding="utf-8")
@@ -87,7 +90,7 @@ def test_a_good_download_is_verified_kept_and_fetched_only_once(local_catalog):
     assert path.read_bytes() == TEXT and _leftovers() == ["tiny.txt"]
     assert events[0] == "start" and "progress" in events and events[-1] == "done"
     assert catalog.fetch(local_catalog["tiny"]) == path and Handler.requests == ["/tiny.txt"]
-    assert [e["downloaded"] for e in catalog.listing()] == [True, False, False, False, False]
+    assert [e["downloaded"] for e in catalog.listing()] == [True, False, False, False, False, False]
 
 
 def test_a_checksum_mismatch_keeps_nothing(local_catalog):
@@ -118,7 +121,7 @@ def test_zip_archives_are_unpacked_and_keep_their_fixed_split(local_catalog):
 def test_cli_trains_on_a_catalog_name_and_lists_what_is_downloaded(local_catalog, tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["corpora", "--json"])
-    assert r.exit_code == 0 and [c["downloaded"] for c in json.loads(r.stdout)["corpora"]] == [False] * 5
+    assert r.exit_code == 0 and [c["downloaded"] for c in json.loads(r.stdout)["corpora"]] == [False] * 6
     args = ["train", "bytes8", "--out", str(tmp_path / "runs"), "--max-steps", "2", "--batch-size", "4",
             "--seq-len", "16", "--hidden", "16", "--embed", "8", "--device", "cpu"]
     r = runner.invoke(app, args)
@@ -130,6 +133,23 @@ def test_cli_trains_on_a_catalog_name_and_lists_what_is_downloaded(local_catalog
     r = runner.invoke(app, ["corpora"])
     row = next(line for line in r.stdout.splitlines() if line.startswith("bytes8"))
     assert " yes " in row
+
+
+def test_val_file_pairs_and_eval_take_catalog_names(local_catalog, tmp_path):
+    """--val-file, a --pairs corpus and `eval`'s files name catalog entries as a plain corpus does."""
+    runner = CliRunner()
+    small = ["--max-steps", "2", "--hidden", "16", "--embed", "8", "--layers", "1", "--device", "cpu"]
+    r = runner.invoke(app, ["train", "pairs", "--pairs", "--val-file", "pairs", "--batch-size", "4",
+                            "--out", str(tmp_path / "runs")] + small)
+    assert r.exit_code == 0, r.stderr
+    assert "downloading pairs" in r.stderr and Handler.requests == ["/pairs.tsv"]
+    r = runner.invoke(app, ["eval", str(tmp_path / "runs" / "pairs" / "best.pt"), "pairs", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["pairs"] == PAIRS.count(b"\n") and Handler.requests == ["/pairs.tsv"]
+    r = runner.invoke(app, ["train", "pairs", "--val-file", "tiny", "--seq-len", "8", "--batch-size", "2",
+                            "--out", str(tmp_path / "lm")] + small)
+    assert r.exit_code == 0, r.stderr
+    assert "downloading tiny" in r.stderr and Handler.requests == ["/pairs.tsv", "/tiny.txt"]
 
 
 def test_a_typo_of_a_catalog_name_is_one_line_that_suggests_it(tmp_path, monkeypatch):

@@ -111,13 +111,14 @@ def test_batches_group_lengths_and_cover_the_pairs(tmp_path):
 
 
 # ---- the model ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cell,attention,bidirectional", [("lstm", True, True), ("gru", True, False),
-                                                          ("rnn", False, True)])
-def test_padding_never_leaks(cell, attention, bidirectional):
+@pytest.mark.parametrize("cell,attention,bidirectional,score", [
+    ("lstm", True, True, "general"), ("gru", True, False, "general"), ("rnn", False, True, "general"),
+    ("lstm", True, True, "additive"), ("gru", True, False, "additive")])
+def test_padding_never_leaks(cell, attention, bidirectional, score):
     """A row's logits are the same alone and padded in a batch of longer inputs and targets."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=9, source_vocab=11, hidden=16, embed=8, layers=2, dropout=0.0, kind="seq2seq",
-                      cell=cell, attention=attention, bidirectional=bidirectional)
+                      cell=cell, attention=attention, bidirectional=bidirectional, attention_score=score)
     model = Seq2Seq(cfg).eval()
     src = [np.array([3, 4, 5, 1]), np.array([2, 6, 7, 8, 9, 10, 3, 1]), np.array([5, 1])]
     tgt = [np.array([2, 3, 1]), np.array([4, 4, 4, 4, 5, 6, 1]), np.array([7, 1])]
@@ -133,12 +134,33 @@ def test_padding_never_leaks(cell, attention, bidirectional):
             torch.testing.assert_close(together[r, :n], alone[0, :n], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("score", ["general", "additive"])
+def test_one_token_at_a_time_is_teacher_forcing(score):
+    """Decoding steps (what transduce and beam search do, with rows selected from the memory) give the logits
+    of the one-call teacher-forced pass."""
+    torch.manual_seed(1)
+    cfg = ModelConfig(vocab_size=9, source_vocab=11, hidden=16, embed=8, layers=2, dropout=0.0, kind="seq2seq",
+                      attention_score=score)
+    model = Seq2Seq(cfg).eval()
+    from charnn.data.pairs import pair_batch
+
+    x, _, source = pair_batch([np.array([3, 4, 5, 1]), np.array([2, 6, 7, 1])], [np.array([2, 3, 4, 5, 1])] * 2, 1)
+    with torch.no_grad():
+        full, _ = model(x, None, source)
+        memory, state = model.encode(source)
+        memory = memory.select(torch.tensor([1, 0]))  # rows reordered, as beam search does
+        state = tuple(s[:, [1, 0]] for s in state)
+        for t in range(x.shape[1]):
+            logits, state = model.decode(x[[1, 0], t:t + 1], state, memory)
+            torch.testing.assert_close(logits[:, 0], full[[1, 0], t], atol=1e-5, rtol=1e-5)
+
+
 def test_an_old_checkpoint_config_reads_as_a_language_model():
     from charnn.config import from_dict
 
     cfg = from_dict(ModelConfig, {"vocab_size": 5, "cell": "lstm", "layers": 1, "hidden": 8, "embed": 4,
                                   "dropout": 0.0})
-    assert cfg.kind == "lm" and cfg.validate()
+    assert cfg.kind == "lm" and cfg.attention_score == "general" and cfg.validate()
 
 
 # ---- trained: decoding ----------------------------------------------------------------------------------
@@ -264,15 +286,22 @@ def test_training_resumes_exactly(tmp_path):
 
 def test_cli_trains_the_ablations(tmp_path):
     write_pairs(tmp_path / "r.tsv", words(300, 4))
-    for flags in (["--no-attention"], ["--unidirectional"]):
+    expected = {"--no-attention": (False, True, "general"), "--unidirectional": (True, False, "general"),
+                "--attention-score": (True, True, "additive")}
+    for flags in (["--no-attention"], ["--unidirectional"], ["--attention-score", "additive"]):
         r = runner.invoke(app, ["train", str(tmp_path / "r.tsv"), "--pairs", *flags, "--max-steps", "5",
                                 "--batch-size", "16", "--hidden", "16", "--layers", "1", "--out", str(tmp_path),
                                 "--name", flags[0][2:], "--quiet", "--device", "cpu"])
         assert r.exit_code == 0, r.stderr
         cfg = load_checkpoint(tmp_path / flags[0][2:] / "best.pt")["model_config"]
-        assert (cfg["attention"], cfg["bidirectional"]) == ((False, True) if flags[0] == "--no-attention" else (True, False))
+        assert (cfg["attention"], cfg["bidirectional"], cfg["attention_score"]) == expected[flags[0]]
         out = runner.invoke(app, ["transduce", str(tmp_path / flags[0][2:])], input="abc\n\nde\n")
         assert out.exit_code == 0 and len(out.stdout.split("\n")) == 4
+    info = runner.invoke(app, ["info", str(tmp_path / "attention-score" / "best.pt"), "--json"])
+    assert json.loads(info.stdout)["seq2seq"]["attention"] == "bahdanau-additive"
+    for bad in (["--attention-score", "additive"], ["--pairs", "--attention-score", "dot"]):  # one line, exit 2
+        r = runner.invoke(app, ["train", str(tmp_path / "r.tsv"), *bad, "--max-steps", "1", "--out", str(tmp_path)])
+        assert r.exit_code == 2 and "--attention-score" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_slow_producer_gets_each_result_before_sending_the_next(reverse_run):

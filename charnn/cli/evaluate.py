@@ -15,7 +15,8 @@ from charnn.cli.output import err, user_errors, writing_results
 
 def evaluate(
     paths: Annotated[List[str], typer.Argument(help="[CHECKPOINT] FILE...: a .pt file or run folder (default: the "
-                                                    "newest run), then one or more text files.",
+                                                    "newest run), then one or more text files (or catalog "
+                                                    "names, `charnn corpora`).",
                                                show_default=False)],
     as_json: Json = False,
     device: Device = "auto",
@@ -48,6 +49,7 @@ def evaluate(
             ckpt, files = paths[0], paths[1:]
         else:
             ckpt, files = None, paths
+        files = _fetch(files)
         cfg = dynamic_config(dynamic, "--dynamic", dynamic_lr, dynamic_decay, segment)
         dev = resolve_device(device)
         path = resolve_checkpoint(ckpt)
@@ -89,6 +91,18 @@ def evaluate(
                 for row in [(f, r)] + [(f"  as {n}", x) for n, x in lab.items()]]
         rows += [("total", total)] if len(files) > 1 else []
         (_dynamic_table if dynamic else _table)(rows)
+
+
+def _fetch(files: List[str]) -> List[str]:
+    """Files as given, a catalog name (`charnn corpora`) as its local copy, downloaded on first use."""
+    from charnn.cli.progress import DownloadBar
+    from charnn.data.catalog import resolve
+
+    bar = DownloadBar(err)
+    try:
+        return [resolve(f, lambda kind, info: bar(info) if kind == "download" else None) for f in files]
+    finally:
+        bar.close()
 
 
 def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> None:

@@ -29,7 +29,7 @@ def train(
     embed: Annotated[int, typer.Option(help="Embedding width.")] = 64,
     dropout: Annotated[float, typer.Option(help="Dropout between layers and before the head.")] = 0.1,
     val_frac: Annotated[float, typer.Option(help="Last fraction of the text held out for validation.")] = 0.1,
-    val_file: Annotated[Optional[str], typer.Option(help="Validate on this file instead (trains on all of CORPUS).")] = None,
+    val_file: Annotated[Optional[str], typer.Option(help="Validate on this file (or catalog name) instead (trains on all of CORPUS).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Contiguous streams per batch, over all processes "
                                                            "under torchrun (default: 8 on the CPU, 256 on a CUDA "
                                                            "GPU, per process; --pairs: pairs per batch, 32 on "
@@ -85,6 +85,9 @@ def train(
     bidirectional: Annotated[bool, typer.Option(" /--unidirectional", help="--pairs: the encoder reads the input "
                                                                              "left to right only.",
                                                 show_default=False)] = True,
+    attention_score: Annotated[str, typer.Option(help="--pairs: how the decoder scores input positions: general "
+                                                      "(Luong's h^T W a) or additive (Bahdanau's v^T tanh(W h + "
+                                                      "U a)).")] = "general",
     resume: Annotated[bool, typer.Option(help="Continue run NAME from its last.pt (its saved settings; "
                                               "flags given now, e.g. a larger --max-steps, override).")] = False,
     save_every_secs: Annotated[float, typer.Option(help="Also refresh last.pt after this many seconds without "
@@ -114,11 +117,12 @@ def train(
     if not dist.is_main:
         err.quiet = True
     with _other_ranks_exit_quietly(dist), user_errors(), dist:
-        if not pairs and not (attention and bidirectional):
-            raise ConfigError("`--no-attention` and `--unidirectional` shape a --pairs (sequence-to-sequence) model; "
-                              "add --pairs")
+        if not pairs and not (attention and bidirectional and attention_score == "general"):
+            raise ConfigError("`--no-attention`, `--unidirectional` and `--attention-score` shape a --pairs "
+                              "(sequence-to-sequence) model; add --pairs")
         model_cfg = ModelConfig(vocab_size=1, cell=cell, layers=layers, hidden=hidden, embed=embed,
-                                dropout=dropout, attention=attention, bidirectional=bidirectional).validate()
+                                dropout=dropout, attention=attention, bidirectional=bidirectional,
+                                attention_score=attention_score).validate()
         cfg = TrainConfig(out=out, name=name, val_frac=val_frac, val_file=val_file, batch_size=batch_size,
                           seq_len=seq_len, lr=lr, warmup=warmup, weight_decay=weight_decay, grad_clip=grad_clip,
                           seed=seed, max_steps=max_steps, max_time=parse_duration(max_time) if max_time else None,

@@ -81,6 +81,16 @@ def fetch(entry: dict, on_event: Optional[Callback] = None) -> Path:
     return target
 
 
+def resolve(path: str, on_event: Optional[Callback] = None) -> str:
+    """`path` itself when something is there; else, when the catalog has an entry of that name, its local
+    file (downloaded and verified on first use); else `path` unchanged, for the caller's own error. How
+    --val-file, `--pairs`/`--label-by` corpora and `eval`'s files take a catalog name as a plain corpus does."""
+    if Path(path).exists():
+        return path
+    entry = find(path)
+    return path if entry is None else str(fetch(entry, on_event))
+
+
 def _hint(entry: dict) -> str:
     unpack = f" (after unpacking {entry['member']!r} from it)" if entry.get("member") else ""
     return f"download {entry['url']} yourself and pass the file instead: charnn train PATH{unpack}"

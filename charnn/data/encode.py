@@ -321,7 +321,9 @@ def prepare_corpus(corpus, cfg, tokenizer_state: Optional[dict] = None, encoding
     model's character vocabulary that the new text's characters are added to)."""
     val_parts: List[Part] = []
     if cfg.val_file:
-        p = Path(cfg.val_file)
+        from charnn.data.catalog import resolve
+
+        p = Path(resolve(cfg.val_file, on_event))
         if not p.exists():
             raise CharnnError(f"validation file {cfg.val_file!r} does not exist")
         if p.is_dir():

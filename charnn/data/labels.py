@@ -81,15 +81,16 @@ def load_corpus(paths, encoding: str = "utf-8", glob: Optional[str] = None, on_e
     and seed."""
     if cfg is None or not (cfg.label_by or cfg.pairs):
         return plain.load_corpus(paths, encoding, glob, on_event)
-    if isinstance(paths, str):
-        paths = [paths]
+    from charnn.data.catalog import resolve
+
+    paths = [resolve(p, on_event) for p in ([paths] if isinstance(paths, str) else paths or [])]
+    val_file = None if cfg.val_file is None else resolve(cfg.val_file, on_event)
     on_skip = None if on_event is None else (lambda path, why: on_event("corpus_skip", {"path": path, "why": why}))
     if cfg.pairs:
         from charnn.data.pairs import load_pairs
 
-        return load_pairs(list(paths or []), encoding, glob, cfg.val_frac, cfg.seed, cfg.val_file,
-                          cfg.skip_bad_lines, on_skip)
-    return load_labelled(list(paths or []), cfg.label_by, encoding, glob, cfg.val_frac, cfg.seed, cfg.val_file,
+        return load_pairs(paths, encoding, glob, cfg.val_frac, cfg.seed, val_file, cfg.skip_bad_lines, on_skip)
+    return load_labelled(paths, cfg.label_by, encoding, glob, cfg.val_frac, cfg.seed, val_file,
                          cfg.skip_bad_lines, on_skip)
 
 

@@ -5,7 +5,10 @@ over every input position -> linear head.
   the padding (the known cause of batch-size-dependent output in fairseq and OpenNMT-py), and its final states
   are each row's own.
 - The decoder starts from the encoder's final states (both directions, every layer) through a learned bridge.
-- Attention is Luong's "general" score h_t^T W a_s over the encoder outputs, with padding at -inf, and the
+- Attention scores each encoder output a_s against the decoder's output h_t: Luong's "general" score
+  h_t^T W a_s (the default), or the additive score of Bahdanau et al., v^T tanh(W h_t + U a_s)
+  (`attention_score="additive"`; U a_s is computed once per input, in the memory), placed as Luong places
+  it, on the current decoder output, as OpenNMT-py's "mlp" attention does. Padding scores -inf, and the
   attentional state tanh(W_c [c_t; h_t]) feeds the head. Without input feeding, training runs the decoder
   over the whole target in one call (the recurrence's fast path) and scores every step's attention in one
   batched matmul; decoding steps the very same layers one token at a time (`start`, `step`).
@@ -28,14 +31,16 @@ Source = Tuple[torch.Tensor, torch.Tensor]  # (padded input ids (B, S), lengths 
 
 
 class Memory:
-    """What the decoder attends over: the encoder outputs (B, S, D) and where they are padding (B, S)."""
+    """What the decoder attends over: the encoder outputs (B, S, D), where they are padding (B, S), and for the
+    additive score their keys U a_s (B, S, H), computed once per input rather than once per decoded token."""
 
-    def __init__(self, outputs: torch.Tensor, pad: torch.Tensor):
-        self.outputs, self.pad = outputs, pad
+    def __init__(self, outputs: torch.Tensor, pad: torch.Tensor, keys: Optional[torch.Tensor] = None):
+        self.outputs, self.pad, self.keys = outputs, pad, keys
 
     def select(self, rows: torch.Tensor) -> "Memory":
         """The memory of the given rows (beam search repeats and drops rows)."""
-        return Memory(self.outputs.index_select(0, rows), self.pad.index_select(0, rows))
+        keys = None if self.keys is None else self.keys.index_select(0, rows)
+        return Memory(self.outputs.index_select(0, rows), self.pad.index_select(0, rows), keys)
 
 
 class Seq2Seq(nn.Module):
@@ -51,8 +56,14 @@ class Seq2Seq(nn.Module):
         parts = 2 if c.cell == "lstm" else 1  # (h, c) or h
         self.bridge = nn.ModuleList(nn.Linear(dirs * c.hidden, c.hidden) for _ in range(parts))
         self.decoder = _CELLS[c.cell](c.embed, c.hidden, c.layers, batch_first=True, dropout=drop)
-        if c.attention:
+        self.additive = c.attention and c.attention_score == "additive"
+        if self.additive:  # v^T tanh(W h + U a): W (with the bias), U, v
+            self.attn_query = nn.Linear(c.hidden, c.hidden)
+            self.attn_key = nn.Linear(dirs * c.hidden, c.hidden, bias=False)
+            self.attn_v = nn.Linear(c.hidden, 1, bias=False)
+        elif c.attention:
             self.attn_in = nn.Linear(c.hidden, dirs * c.hidden, bias=False)  # W of the general score
+        if c.attention:
             self.attn_out = nn.Linear(dirs * c.hidden + c.hidden, c.hidden, bias=False)  # W_c
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden, c.vocab_size)
@@ -72,7 +83,9 @@ class Seq2Seq(nn.Module):
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
         pad = torch.arange(ids.shape[1], device=ids.device)[None, :] >= lengths.to(ids.device)[:, None]
         state = tuple(self._bridge(f, i) for i, f in enumerate(final if isinstance(final, tuple) else (final,)))
-        return Memory(self.drop(out), pad), state if len(state) == 2 else state[0]
+        out = self.drop(out)
+        keys = self.attn_key(out) if self.additive else None
+        return Memory(out, pad, keys), state if len(state) == 2 else state[0]
 
     def _bridge(self, final: torch.Tensor, i: int) -> torch.Tensor:
         """(layers * dirs, B, H) final states -> (layers, B, H): each layer's directions joined, then mapped."""
@@ -87,8 +100,10 @@ class Seq2Seq(nn.Module):
         """x: (B, T) target-side ids (the start id, then what came before) -> logits (B, T, V) and the state."""
         h, state = self.decoder(self.drop(self.embed(x)), state)  # (B, T, H)
         if self.config.attention:
-            q = self.attn_in(h)  # (B, T, D): the score h^T W a_s, with W applied to the query, not to every a_s
-            scores = torch.bmm(q, memory.outputs.transpose(1, 2))  # (B, T, S)
+            if self.additive:  # (B, T, 1, H) + (B, 1, S, H) -> (B, T, S)
+                scores = self.attn_v(torch.tanh(self.attn_query(h)[:, :, None] + memory.keys[:, None])).squeeze(-1)
+            else:  # (B, T, D): the score h^T W a_s, with W applied to the query, not to every a_s
+                scores = torch.bmm(self.attn_in(h), memory.outputs.transpose(1, 2))  # (B, T, S)
             scores = scores.masked_fill(memory.pad[:, None, :], float("-inf"))
             context = torch.bmm(scores.softmax(-1), memory.outputs)  # (B, T, D)
             h = torch.tanh(self.attn_out(torch.cat([context, h], -1)))

@@ -70,7 +70,8 @@ def _seq2seq(data: dict) -> dict:
     return {"encoder": {"cell": mc["cell"], "layers": mc["layers"], "hidden": mc["hidden"],
                         "bidirectional": mc.get("bidirectional", True)},
             "decoder": {"cell": mc["cell"], "layers": mc["layers"], "hidden": mc["hidden"]},
-            "attention": "luong-general" if mc.get("attention", True) else None,
+            "attention": (("bahdanau-additive" if mc.get("attention_score") == "additive" else "luong-general")
+                          if mc.get("attention", True) else None),
             "input_vocabulary": _vocabulary(tokenizer_from_state(data["source_tokenizer"])),
             "pairs": data.get("pairs")}
 
@@ -147,7 +148,8 @@ def summary_lines(info: dict) -> List[str]:
 
 def _seq2seq_line(m: dict, s2s: dict) -> str:
     enc, dec = s2s["encoder"], s2s["decoder"]
-    attention = "with attention (Luong, general score)" if s2s["attention"] else "without attention"
+    scores = {"luong-general": "Luong, general score", "bahdanau-additive": "Bahdanau's additive score"}
+    attention = f"with attention ({scores[s2s['attention']]})" if s2s["attention"] else "without attention"
     return (f"model       sequence to sequence: {'bidirectional' if enc['bidirectional'] else 'unidirectional'} "
             f"{enc['cell']} encoder, {enc['layers']} layers x {enc['hidden']} -> {dec['cell']} decoder, "
             f"{dec['layers']} layers x {dec['hidden']}, {attention}; embed {m['embed']}, dropout {m['dropout']}: "

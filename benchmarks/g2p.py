@@ -1,0 +1,148 @@
+"""Sequence to sequence on a real, public dataset (issue 17): grapheme-to-phoneme conversion from the SIGMORPHON
+2021 shared task (Task 1), on its own train/dev/test split, beside the task's published baseline.
+
+Everything goes through the CLI a user would type, with the data named from the corpus catalog (downloaded once
+into the cache; `charnn corpora` lists the entries):
+
+    charnn train sigmorphon21-rum-train --pairs --val-file sigmorphon21-rum-dev --max-time BUDGET ...
+    charnn eval RUN/best.pt sigmorphon21-rum-dev sigmorphon21-rum-test --beam 5 --json
+
+The task's metric is word error rate (WER: the share of words whose whole transcription is wrong, so 100 - charnn's
+exact match) and phone error rate (PER: phone edit distance / reference phones; the targets are space-separated
+phones, so it is `eval`'s symbol error rate). Each setting is trained with --seeds seeds and the mean is reported
+with the spread, because the test split is small (100 words for the low-resource languages: one word is 1 point).
+
+Prints a markdown table and writes benchmarks/results/g2p.json.
+
+    python benchmarks/g2p.py                                # the measured run (see benchmarks/SEQ2SEQ.md)
+    python benchmarks/g2p.py --budget 20 --seeds 1          # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import cpu_name  # noqa: E402
+
+# The task's published baseline (an ensembled neural transducer trained with imitation learning, Makarov &
+# Clematide 2018), WER % on dev and test, from the "Baseline" table of the task's README (github.com/sigmorphon/
+# 2021-task1, README.md at commit 821bcdece5a47820872215969f275004b0abe80c). Copied, not measured here.
+BASELINE_WER = {
+    "eng_us": (45.13, 41.94),
+    "arm_e": (4.50, 7.00), "bul": (8.30, 18.30), "dut": (10.80, 14.70), "fre": (7.40, 8.50), "geo": (0.00, 0.00),
+    "hbs_latn": (34.70, 32.10), "hun": (1.50, 1.80), "jpn_hira": (6.20, 5.20), "kor": (18.40, 16.30),
+    "vie_hanoi": (1.30, 2.50),
+    "ady": (22.00, 22.00), "gre": (5.00, 21.00), "ice": (11.00, 12.00), "ita": (22.00, 19.00), "khm": (34.00, 34.00),
+    "lav": (41.00, 55.00), "mlt_latn": (20.00, 19.00), "rum": (10.00, 10.00), "slv": (43.00, 49.00),
+    "wel_sw": (16.00, 10.00),
+}
+# The settings compared (`charnn train` flags; every run adds --pairs, the budget, the seed and the split).
+SETTINGS = {
+    "default": [],
+    "small": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5"],
+    "small-additive": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5",
+                       "--attention-score", "additive"],
+}
+
+
+def charnn(args: list) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "charnn", *args], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"charnn {' '.join(args)} failed:\n{r.stderr}")
+    return r
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_one(work: Path, lang: str, setting: str, seed: int, budget: float, beam: int) -> dict:
+    name = f"{lang}-{setting}-{seed}"
+    cpu0, t0 = children_cpu(), time.perf_counter()
+    charnn(["train", f"sigmorphon21-{lang}-train", "--pairs", "--val-file", f"sigmorphon21-{lang}-dev",
+            *SETTINGS[setting], "--max-time", str(budget), "--seed", str(seed), "--eval-every", "100",
+            "--out", str(work), "--name", name, "--device", "cpu", "--quiet"])
+    train_cpu, train_wall = children_cpu() - cpu0, time.perf_counter() - t0
+    cpu0, t0 = children_cpu(), time.perf_counter()
+    r = charnn(["eval", str(work / name / "best.pt"), f"sigmorphon21-{lang}-dev", f"sigmorphon21-{lang}-test",
+                "--beam", str(beam), "--json", "--device", "cpu"])
+    dev, test = json.loads(r.stdout)["files"]
+    steps = json.loads(charnn(["info", str(work / name / "best.pt"), "--json"]).stdout)["training"]["steps"]
+    return {"seed": seed, "steps": steps, "train_cpu_s": train_cpu, "train_wall_s": train_wall,
+            "eval_cpu_s": children_cpu() - cpu0, "eval_wall_s": time.perf_counter() - t0,
+            "dev_wer": 100 * (1 - dev["exact_match"]), "test_wer": 100 * (1 - test["exact_match"]),
+            "dev_per": 100 * dev["ser"], "test_per": 100 * test["ser"], "test_nats_per_char": test["nats_per_char"]}
+
+
+def spread(values: list, digits: int = 1) -> str:
+    mean = statistics.mean(values)
+    return f"{mean:.{digits}f}" if len(values) < 2 else f"{mean:.{digits}f} ({min(values):.0f}-{max(values):.0f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--languages", nargs="+", default=["rum"], help="SIGMORPHON 2021 language codes in the catalog")
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    ap.add_argument("--budget", type=float, default=180, help="training seconds per model")
+    ap.add_argument("--seeds", type=int, default=3, help="models per setting (seeds 1..N)")
+    ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--work", default=None, help="run folder (default: a temporary one)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "g2p.json"))
+    ap.add_argument("--table", default=None, help="print the table of an earlier run's JSON, and stop")
+    args = ap.parse_args()
+    if args.table:
+        return table(json.loads(Path(args.table).read_text(encoding="utf-8")))
+    work = Path(args.work or tempfile.mkdtemp(prefix="charnn-g2p-"))
+    result = {"cpu": cpu_name(), "cores": os.cpu_count(), "budget": args.budget, "beam": args.beam,
+              "settings": {s: SETTINGS[s] for s in args.settings}, "languages": {}}
+    for lang in args.languages:
+        result["languages"][lang] = {"baseline_wer_dev_test": BASELINE_WER.get(lang), "runs": {}}
+        for setting in args.settings:
+            runs = []
+            for seed in range(1, args.seeds + 1):
+                runs.append(run_one(work, lang, setting, seed, args.budget, args.beam))
+                r = runs[-1]
+                print(f"{lang} {setting} seed {seed}: best at step {r['steps']}, dev WER {r['dev_wer']:.1f}, test WER "
+                      f"{r['test_wer']:.1f}, test PER {r['test_per']:.2f}, train CPU {r['train_cpu_s']:.0f} s",
+                      flush=True)
+            result["languages"][lang]["runs"][setting] = runs
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    table(result)
+    print(f"\nwrote {args.out}")
+
+
+def table(result: dict) -> None:
+    seeds = max(len(runs) for e in result["languages"].values() for runs in e["runs"].values())
+    print(f"\n{result['cpu']}, {result['cores']} cores; {result['budget']:g} s of training per model, beam "
+          f"{result['beam']}, {seeds} seed(s) per setting: mean (min-max)\n")
+    print("| language | system | best.pt at step | dev WER % | test WER % | test PER % | train CPU s per model | "
+          "eval CPU s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for lang, entry in result["languages"].items():
+        base = entry["baseline_wer_dev_test"]
+        if base:
+            print(f"| {lang} | published baseline (neural transducer, ensembled) | - | {base[0]:.1f} | {base[1]:.1f} | "
+                  f"- | - | - |")
+        for setting, runs in entry["runs"].items():
+            col = lambda k, digits=1: spread([r[k] for r in runs], digits)  # noqa: E731
+            print(f"| {lang} | charnn {setting} | {col('steps', 0)} | {col('dev_wer')} | {col('test_wer')} | "
+                  f"{col('test_per')} | "
+                  f"{statistics.mean(r['train_cpu_s'] for r in runs):.0f} | "
+                  f"{statistics.mean(r['eval_cpu_s'] for r in runs):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
