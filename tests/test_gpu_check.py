@@ -19,7 +19,7 @@ def positive(x) -> bool:
 def test_dry_run_measures_every_phase(tmp_path):
     out = tmp_path / "gpu_check.json"
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run",
-                        "--corpus", str(tmp_path / "absent.txt"), "--json", str(out)],
+                        "--corpus", str(tmp_path / "absent.txt"), "--json", str(out), "--long-flags", "--dropout 0.2"],
                        cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -43,6 +43,8 @@ def test_dry_run_measures_every_phase(tmp_path):
     long = phases["train_180"]
     assert positive(long["best_val_loss"]) and long["best_val_loss"] < 5 and long["steps"] > 0
     assert long["precision_asked"] == "auto" and long["device"] == "cpu"
+    assert long["flags"] == ["--dropout", "0.2"] and long["model"]["dropout"] == 0.2  # --long-flags reached it
+    assert long["last_step"] >= long["steps"]
     choice = long["precision_choice"]  # config.json: how auto decided
     assert long["precision"] == choice["precision"] and choice["how"] in ("measured", "cached", "rule")
 
