@@ -20,7 +20,6 @@ at hand when scoring an arbitrary file, so here it is a running average over the
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import List, Optional
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 
 from charnn.config import DynamicConfig
 from charnn.evaluate import EvalResult, combine
-from charnn.models.lm import detach_state
+from charnn.models.lm import copy_model, detach_state
 from charnn.text.tokenizer import start_id
 
 
@@ -110,7 +109,7 @@ def _run(net, context: torch.Tensor, segment: int, step=None) -> float:
 def _trainable_copy(model) -> torch.nn.Module:
     if getattr(model, "label_embed", None) is not None:  # a labelled model scores text without a label here:
         model = model.for_label(0)  # its label-free twin (the label vectors take no part, so no gradient)
-    net = copy.deepcopy(model).eval()  # eval mode: no dropout, so the steps are deterministic
+    net = copy_model(model).eval()  # eval mode: no dropout, so the steps are deterministic
     for p in net.parameters():
         p.requires_grad_(True)
     return net

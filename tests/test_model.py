@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from charnn.config import ModelConfig
@@ -75,3 +76,21 @@ def test_keep_freed_memory_takes_effect_on_linux():
 
     from charnn.device import keep_freed_memory
     assert keep_freed_memory() is sys.platform.startswith("linux")
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_a_model_copy_is_separate_and_its_rnn_weights_stay_one_block(device):
+    """copy_model (the precision probe's and dynamic evaluation's copy): same outputs, its own weights, and on
+    CUDA no 'weights are not part of single contiguous chunk' warning, which a plain deepcopy of an RNN gives."""
+    import warnings
+
+    from charnn.models.lm import copy_model
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=11, hidden=16, embed=8, layers=2)).to(device).eval()
+    net = copy_model(model)
+    x = torch.randint(0, 11, (3, 7), device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the contiguity warning would fail the test
+        torch.testing.assert_close(net(x)[0], model(x)[0])
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(model.parameters(), net.parameters()))

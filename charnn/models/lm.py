@@ -89,6 +89,18 @@ def forget_bias(rnn: nn.Module, hidden: int) -> None:
             p[hidden:2 * hidden].fill_(0.0)
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy whose recurrent layers keep their weights in one block again: a copied cuDNN RNN holds them
+    as separate tensors, and then compacts them at every call (with a UserWarning on stderr)."""
+    import copy
+
+    net = copy.deepcopy(model)
+    for m in net.modules():
+        if isinstance(m, nn.RNNBase):
+            m.flatten_parameters()
+    return net
+
+
 def detach_state(state: State) -> State:
     """Cut the graph at a batch boundary (truncated BPTT) but keep the values (None: no state to carry)."""
     if state is None:

@@ -19,7 +19,6 @@ the RNG as it found it, so a seeded run trains the same whichever way the decisi
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from charnn.data.cache import cache_root
 from charnn.data.files import write_atomic
 from charnn.device import autocast, cpu_name
 from charnn.errors import CharnnError, first_line
+from charnn.models.lm import copy_model
 
 CACHE_FILE = "precision.json"
 MIN_GAIN = 1.05  # bf16 must be this much faster than fp32 to be chosen: below it is run-to-run noise
@@ -123,7 +123,7 @@ class _Probe:
     """A copy of the model with its own AdamW: real training steps that leave the run's model alone."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, precision: str, extra: Optional[dict] = None):
-        self.model = copy.deepcopy(model).train()
+        self.model = copy_model(model).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.device, self.precision, self.extra = device, precision, extra or {}
 
