@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import cpu_name  # noqa: E402
+from common import cpu_features, cpu_name  # noqa: E402
 
 # The task's published baseline (an ensembled neural transducer trained with imitation learning, Makarov &
 # Clematide 2018), WER % on dev and test, from the "Baseline" table of the task's README (github.com/sigmorphon/
@@ -80,7 +80,8 @@ def run_one(work: Path, lang: str, setting: str, seed: int, budget: float, beam:
                 "--beam", str(beam), "--json", "--device", "cpu"])
     dev, test = json.loads(r.stdout)["files"]
     steps = json.loads(charnn(["info", str(work / name / "best.pt"), "--json"]).stdout)["training"]["steps"]
-    return {"seed": seed, "steps": steps, "train_cpu_s": train_cpu, "train_wall_s": train_wall,
+    precision = json.loads((work / name / "config.json").read_text())["precision"]  # what auto chose, and why
+    return {"seed": seed, "steps": steps, "precision": precision, "train_cpu_s": train_cpu, "train_wall_s": train_wall,
             "eval_cpu_s": children_cpu() - cpu0, "eval_wall_s": time.perf_counter() - t0,
             "dev_wer": 100 * (1 - dev["exact_match"]), "test_wer": 100 * (1 - test["exact_match"]),
             "dev_per": 100 * dev["ser"], "test_per": 100 * test["ser"], "test_nats_per_char": test["nats_per_char"]}
@@ -105,7 +106,8 @@ def main() -> None:
     if args.table:
         return table(json.loads(Path(args.table).read_text(encoding="utf-8")))
     work = Path(args.work or tempfile.mkdtemp(prefix="charnn-g2p-"))
-    result = {"cpu": cpu_name(), "cores": os.cpu_count(), "budget": args.budget, "beam": args.beam,
+    result = {"cpu": cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(), "budget": args.budget,
+              "beam": args.beam,
               "settings": {s: SETTINGS[s] for s in args.settings}, "languages": {}}
     for lang in args.languages:
         result["languages"][lang] = {"baseline_wer_dev_test": BASELINE_WER.get(lang), "runs": {}}
@@ -126,7 +128,10 @@ def main() -> None:
 
 def table(result: dict) -> None:
     seeds = max(len(runs) for e in result["languages"].values() for runs in e["runs"].values())
-    print(f"\n{result['cpu']}, {result['cores']} cores; {result['budget']:g} s of training per model, beam "
+    chose = sorted({r["precision"]["precision"] for e in result["languages"].values() for runs in e["runs"].values()
+                    for r in runs if r.get("precision")})
+    print(f"\n{result['cpu']} ({result.get('cpu_features', '?')}), {result['cores']} cores, precision "
+          f"{'/'.join(chose) or '?'}; {result['budget']:g} s of training per model, beam "
           f"{result['beam']}, {seeds} seed(s) per setting: mean (min-max)\n")
     print("| language | system | best.pt at step | dev WER % | test WER % | test PER % | train CPU s per model | "
           "eval CPU s |")

@@ -36,7 +36,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import cpu_name  # noqa: E402
+from common import cpu_features, cpu_name  # noqa: E402
 
 from charnn.checkpoint import build_seq2seq, load_checkpoint  # noqa: E402
 from charnn.config import TransduceConfig  # noqa: E402
@@ -165,7 +165,8 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     work = Path(args.work or tempfile.mkdtemp(prefix="charnn-s2s-"))
     work.mkdir(parents=True, exist_ok=True)
-    result = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "budget": args.budget,
+    result = {"cpu": cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(), "torch": torch.__version__,
+              "budget": args.budget,
               "flags": args.flags,
               "train_pairs": args.train, "test_per_bucket": args.test, "tasks": {}}
     for task in args.tasks:
@@ -188,7 +189,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
-    print(f"\n{result['cpu']}, {result['cores']} cores, torch {result['torch']}; {args.budget:g} s of training per "
+    print(f"\n{result['cpu']} ({result['cpu_features']}), {result['cores']} cores, torch {result['torch']}; "
+          f"{args.budget:g} s of training per "
           f"model, {args.train:,} training pairs per task, {args.test} test inputs per bucket\n")
     for task, t in result["tasks"].items():
         buckets = list(t["buckets"])
