@@ -283,6 +283,12 @@ def test_classify_outputs(labelled_run, lang_files):
     assert r.stdout.splitlines() == [f"{lang_files / 'de.txt'}\tde", f"{lang_files / 'fr.txt'}\tfr"]
     r = runner.invoke(app, args + [str(lang_files / "fr.txt")])
     assert r.stdout.count("\n") == (lang_files / "fr.txt").read_text().count("\n")
+    empty = lang_files.parent / "empty.txt"  # no lines in, no lines out; --per-file answers it as a blank line
+    empty.write_text("", encoding="utf-8")
+    r = runner.invoke(app, args + [str(empty), str(lang_files / "fr.txt")])
+    assert r.exit_code == 0 and r.stdout.count("\n") == (lang_files / "fr.txt").read_text().count("\n")
+    r = runner.invoke(app, args + ["--per-file", str(empty)])
+    assert r.exit_code == 0 and r.stdout.startswith(f"{empty}\t") and r.stdout.count("\n") == 1
 
 
 def test_classify_errors_are_one_line(labelled_run, trained_run, tmp_path):

@@ -52,7 +52,7 @@ def classify(
         model, tokenizer = build_from_checkpoint(data, dev)
         classifier = Classifier(model, tokenizer, data.get("labels"), dev, uniform_prior)
         if per_file:
-            texts = [read_text(p, "file", encoding) for p in paths]
+            texts = [read_text(p, "file", encoding, allow_empty=True) for p in paths]
     show = _formatter(probs, top, as_json)
     with writing_results():
         if per_file:
@@ -88,8 +88,9 @@ def _lines(paths: List[str], encoding: str) -> Iterator[str]:
             yield line.rstrip("\r\n")  # CRLF lines as training read them
         return
     for p in paths:
-        text = read_text(p, "file", encoding).replace("\r\n", "\n")
-        yield from text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+        text = read_text(p, "file", encoding, allow_empty=True).replace("\r\n", "\n")
+        if text:  # an empty file has no lines, so no answers (as an empty stdin)
+            yield from text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
 
 def _blocks(lines: Iterator[str]) -> Iterator[List[str]]:
