@@ -142,8 +142,8 @@ def phase_train_speed(r: Runner) -> dict:
 
 def phase_train_180(r: Runner, extra: list) -> dict:
     """`extra`: --long-flags, e.g. a wider model for the 1.40 goal (none: every flag at its default)."""
-    note(f"train_180: `charnn train CORPUS --max-time {r.s['long_time']} {' '.join(extra)}`".replace(" `", "`")
-         + ("" if extra else ", every other flag at its default"))
+    cmd = " ".join(["charnn train CORPUS --max-time", str(r.s["long_time"]), *extra])
+    note(f"train_180: `{cmd}`" + ("" if extra else ", every other flag at its default"))
     flags = ["--device", "cpu"] if r.s is DRY else []
     run = r.train("long", r.s["long_time"], r.s["long_slack"], flags + r.s["long_steps"] + extra)
     return {**run, "max_time": r.s["long_time"], "flags": extra,
@@ -343,7 +343,8 @@ def main() -> None:
             note(f"dry run: bf16 autocast fails on this CPU ({problem}); fp32 stands in for bf16")
         report["dry_run_bf16_stand_in"] = problem
         r = Runner(tmp, str(corpus), device.type, settings, t0 + budget, half)
-        phases = [("train_speed", lambda: phase_train_speed(r)), ("train_180", lambda: phase_train_180(r, shlex.split(a.long_flags))),
+        phases = [("train_speed", lambda: phase_train_speed(r)),
+                  ("train_180", lambda: phase_train_180(r, shlex.split(a.long_flags))),
                   ("sample", lambda: phase_sample(r, report["phases"]["train_180"].get("checkpoint"))),
                   ("torchrun", lambda: phase_torchrun(r, report["phases"]["train_speed"].get("runs", {}).get("bf16")))]
         for name, phase in phases:

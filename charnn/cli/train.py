@@ -29,7 +29,8 @@ def train(
     embed: Annotated[int, typer.Option(help="Embedding width.")] = 64,
     dropout: Annotated[float, typer.Option(help="Dropout between layers and before the head.")] = 0.1,
     val_frac: Annotated[float, typer.Option(help="Last fraction of the text held out for validation.")] = 0.1,
-    val_file: Annotated[Optional[str], typer.Option(help="Validate on this file (or catalog name) instead (trains on all of CORPUS).")] = None,
+    val_file: Annotated[Optional[str], typer.Option(help="Validate on this file (or catalog name) instead "
+                                                         "(trains on all of CORPUS).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Contiguous streams per batch, over all processes "
                                                            "under torchrun (default: 8 on the CPU, 256 on a CUDA "
                                                            "GPU, per process; --pairs: pairs per batch, 32 on "
