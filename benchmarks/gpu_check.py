@@ -8,7 +8,7 @@ Phases, each under its own time limit (one that fails records its error and the 
                training chars/s from the runs' metrics.jsonl (warm-up steps left out), and the ratio
   train_180    `charnn train CORPUS --max-time 180` with every default: best val loss (goal <= 1.40 nats/char),
                and the precision `--precision auto` chose, as the run's best.pt records it
-  sample       the real Sampler on a 2x512 LSTM (random weights, vocab 65: benchmarks/sample_speed.py's model
+  sample       `charnn sample`'s Sampler on a 2x512 LSTM (random weights, vocab 65: benchmarks/sample_speed.py's model
                and timing): 1 and 64 streams, with and without CUDA graphs (goal: 1 stream >= 20,000 chars/s),
                and one stream of train_180's trained model
   torchrun     train_speed's bf16 run again under `torchrun --nproc-per-node 1`: DDP's overhead on one GPU
@@ -193,7 +193,7 @@ def sample_worker(a) -> None:
         runs.append((f"{c.layers}x{c.hidden} {c.cell} of train_180", trained, ttok, 1, True))
     for label, m, t, streams, graphs in runs:
         # a short run first: its notes say whether the CUDA graph was captured or the sampler fell back
-        probe = Sampler(m, t, SampleConfig(length=64, num_samples=streams, prime="\n"), device, 0, True, graphs)
+        probe = Sampler(m, t, SampleConfig(length=96, num_samples=streams, prime="\n"), device, 0, graphs=graphs)
         for _ in probe:
             pass
         r = chars_per_second(m, t, device, streams, True, a.seconds, graphs=graphs)

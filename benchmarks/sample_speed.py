@@ -1,9 +1,9 @@
 """How fast does `charnn sample` generate? The fast stepper against the naive way, in one run.
 
-For a 2x512 LSTM with random weights (vocab 65), times the real sampler (decoding, Gumbel draws and
-flushing included) for: the naive way (the model's nn.LSTM called once per character with carried state),
-the fast stepper in fp32 and (CPU) with --int8 weights, or (CUDA) with and without CUDA graphs, for 1 and
-64 streams. In the same run it measures the
+For a 2x512 LSTM with random weights (vocab 65), times `charnn sample`'s real sampler (decoding, Gumbel draws
+and flushing included: the Batcher's loop) in fp32 and (CPU) with --int8 weights, or (CUDA) with and without
+CUDA graphs, for 1 and 64 streams, against the naive way (the model's nn.LSTM called once per character with
+carried state, a multinomial draw, written here as a baseline). In the same run it measures the
 ceiling one fp32 stream can reach here: the time of the step's matrix-vector products alone (they read all
 the recurrent weights, so that is the memory/cache bandwidth bound). With --checkpoint and --text it also
 scores the text (the last --chars characters) by stepping the model in fp32 and in int8, to show what
@@ -37,18 +37,36 @@ from charnn.text.tokenizer import CharTokenizer
 CHARS = "\n !$&',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 64 characters + unknown = 65
 
 
+@torch.inference_mode()
+def naive_sample(model, tokenizer, device, streams: int, length: int) -> int:
+    """The naive way: nn.LSTM once per character with carried state, softmax, multinomial, decode."""
+    tok = torch.full((streams, 1), int(tokenizer.encode("\n")[0]), dtype=torch.long, device=device)
+    state, out = None, [[] for _ in range(streams)]
+    for _ in range(length):
+        logits, state = model(tok, state)
+        tok = torch.multinomial(torch.softmax(logits[:, -1].float(), -1), 1)
+        for b, i in enumerate(tok[:, 0].tolist()):
+            out[b].append(i)
+    return sum(len(tokenizer.decode(ids)) for ids in out)
+
+
 def chars_per_second(model, tokenizer, device, streams: int, fast: bool, seconds: float, int8: bool = False,
                      graphs=None) -> dict:
-    """Run the sampler long enough to take about `seconds`, after a short run that sizes it."""
+    """Run the sampler (or, not `fast`, the naive loop) long enough to take about `seconds`, after a short run
+    that sizes it."""
     def once(length):
-        cfg = SampleConfig(length=length, num_samples=streams, prime="\n", int8=int8)
-        sampler = Sampler(model, tokenizer, cfg, device, seed=0, fast=fast, graphs=graphs)
         t0 = time.perf_counter()
-        for _ in sampler:
-            pass
+        if fast:
+            cfg = SampleConfig(length=length, num_samples=streams, prime="\n", int8=int8)
+            sampler = Sampler(model, tokenizer, cfg, device, seed=0, graphs=graphs)
+            for _ in sampler:
+                pass
+            chars = sampler.chars
+        else:
+            chars = naive_sample(model, tokenizer, device, streams, length)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return sampler.chars, time.perf_counter() - t0
+        return chars, time.perf_counter() - t0
 
     n, dt = once(64)
     for _ in range(2):  # the first guess counts the stepper's setup too: size again from a longer run
@@ -123,9 +141,9 @@ def main() -> None:
     runs = []
     for streams in (1, 64):
         naive = f"naive: nn.{args.cell.upper()} per char"
-        runs += [(naive, streams, False, False, None), ("fast stepper", streams, True, False, None)]
-        runs += [("fast stepper, int8", streams, True, True, None)] if cpu else []
-        runs += [("fast stepper, no CUDA graphs", streams, True, False, False)] if not cpu else []
+        runs += [(naive, streams, False, False, None), ("charnn sample", streams, True, False, None)]
+        runs += [("charnn sample --int8", streams, True, True, None)] if cpu else []
+        runs += [("charnn sample, no CUDA graphs", streams, True, False, False)] if not cpu else []
     results = []
     for label, streams, fast, int8, graphs in runs:
         r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8, graphs)

@@ -37,6 +37,30 @@ def test_generate_gives_charnn_samples_text_for_the_same_seed(model, temperature
     assert isinstance(got, str) and len(got) == 300 and sampled == "the dog" + got
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_sample_command_and_the_api_are_one_code_path(trained_run, model, int8):
+    """`charnn sample` (fixed rows, blocks of 32) and `Model.generate` (blocks of 8) draw through the same Batcher:
+    the same seed gives the same text, in fp32 and with int8 weights; sample i of `-n` is choice i."""
+    from charnn.cli import app
+
+    args = ["sample", str(trained_run.run_dir), "--prime", "the ", "--length", "150", "--seed", "7", "-n", "2",
+            "--separator", "|", "--temp", "0.8", "-q"] + (["--int8"] if int8 else [])
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.stderr
+    api = charnn.load(trained_run.run_dir, device="cpu", int8=int8) if int8 else model
+    got = api.generate("the ", length=150, temperature=0.8, n=2, seed=7)
+    assert r.stdout.rstrip("\n").split("|") == ["the " + t for t in got]
+    assert api.int8 == int8 and (api.batcher(2).stepper.kernel != "fp32") == int8  # really int8 weights
+
+
+def test_int8_is_refused_off_the_cpu(trained_run, monkeypatch):
+    import torch
+
+    monkeypatch.setattr("charnn.api.model.resolve_device", lambda d: torch.device("cuda"))
+    with pytest.raises(CharnnError, match="int8 generation is for the CPU; on cuda leave it out"):
+        charnn.load(trained_run.run_dir, device="cuda", int8=True)
+
+
 def test_generate_n_stop_stream_and_greedy(model):
     texts = model.generate("the", length=50, n=3, seed=4)
     assert isinstance(texts, list) and [len(t) for t in texts] == [50, 50, 50] and len(set(texts)) == 3

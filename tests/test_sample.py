@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from types import SimpleNamespace
+from typing import List
 
 import pytest
 import torch
@@ -14,11 +15,12 @@ from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig
 from charnn.errors import CharnnError
-from charnn.generation.draw import GraphedTokenLoop, filter_logits, gumbel_noise
-from charnn.generation.sampler import Sampler, StopFinder
+from charnn.generation.batcher import Batcher, RowSpec
+from charnn.generation.draw import filter_logits, gumbel_noise
+from charnn.generation.sampler import Sampler
 from charnn.models.int8 import kernel, weight_levels
 from charnn.models.lm import CharRNN
-from charnn.models.stepper import FastStepper, ModuleStepper, full_forward_logits, make_stepper
+from charnn.models.stepper import FastStepper, full_forward_logits
 
 runner = CliRunner()
 
@@ -38,13 +40,11 @@ def tiny_model(cell, layers=3, seed=0):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("fast", [True, False])
-def test_stepper_matches_full_forward(cell, fast):
+def test_stepper_matches_full_forward(cell):
     model = tiny_model(cell)
     ids = torch.randint(0, 11, (30,), generator=torch.Generator().manual_seed(1)).tolist()
     want = torch.softmax(full_forward_logits(model, ids).double(), -1)  # (T, V)
-    stepper = make_stepper(model, batch=3, fast=fast)
-    assert isinstance(stepper, FastStepper if fast else ModuleStepper)
+    stepper = FastStepper(model, batch=3)
     got = [torch.softmax(stepper.step(torch.full((3,), t)).double(), -1) for t in ids]  # T x (B, V)
     assert (torch.stack(got) - want[:, None]).abs().max().item() < 1e-5
 
@@ -63,12 +63,14 @@ def test_stepper_continues_from_a_forward_state_with_scale_and_ban(cell):
     assert (got[:, 1:] - 0.5 * want[1:]).abs().max().item() < 1e-5
 
 
-def test_unsupported_models_fall_back_to_the_module():
+def test_unsupported_models_are_refused_in_one_line():
     model = tiny_model("rnn")
     model.rnn.nonlinearity = "relu"
-    assert isinstance(make_stepper(model, 1), ModuleStepper)
     with pytest.raises(NotImplementedError):
-        make_stepper(model, 1, fast=True)
+        FastStepper(model, 1)
+    tok = SimpleNamespace(unk_id=None)
+    with pytest.raises(CharnnError, match="LSTM, GRU and RNN"):
+        Batcher(model, tok, torch.device("cpu"), capacity=1)
 
 
 PROBS = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])
@@ -94,12 +96,6 @@ def test_top_k_and_top_p_never_draw_masked_tokens(top_k, top_p, allowed):
 def test_gumbel_draws_follow_the_softmax():
     freq = torch.bincount(draws(n=20000), minlength=5).double() / 20000
     assert (freq - PROBS.double()).abs().max().item() < 0.02
-
-
-def test_stop_finder_cuts_across_pieces():
-    s = StopFinder("END")
-    assert s.feed("abcE") == "abcE" and s.feed("NDxyz") == "ND" and s.done and s.feed("more") == ""
-    assert StopFinder(None).feed("abc") == "abc"
 
 
 @pytest.fixture(scope="module")
@@ -205,26 +201,38 @@ def test_closed_pipe_ends_quietly_with_a_batch(ckpt):
     assert len(p.stdout) == 20 and b"Traceback" not in p.stderr and b"BrokenPipe" not in p.stderr
 
 
-def test_fast_and_naive_samplers_write_the_same_text(ckpt):
+def test_sample_i_of_a_batch_is_what_its_seed_writes_alone(ckpt):
+    """Sample i draws with seed + i: `-n 3 --seed 8`'s samples are `--seed 8`, `--seed 9` and `--seed 10`."""
     model, tok = model_and_tokenizer(ckpt)
-    cfg = SampleConfig(length=300, prime="the ", num_samples=3, top_p=0.95, temperature=0.9)
-    fast, naive = (Sampler(model, tok, cfg, torch.device("cpu"), 8, fast=f) for f in (True, False))
-    assert "".join(fast) == "".join(naive)
+    opts = dict(length=120, prime="the ", top_p=0.95, temperature=0.9)
+    together = "".join(Sampler(model, tok, SampleConfig(num_samples=3, separator="|", **opts), torch.device("cpu"), 8))
+    alone = ["".join(Sampler(model, tok, SampleConfig(**opts), torch.device("cpu"), s)) for s in (8, 9, 10)]
+    assert together.split("|") == alone and len(set(alone)) == 3
+
+
+def one_token_at_a_time(model, tok, sampler: Sampler) -> List[str]:
+    """The sampler's rows drawn through a Batcher one token per step: the reference a block must match."""
+    batcher = Batcher(model, tok, torch.device("cpu"), capacity=len(sampler.rows()), int8=sampler.cfg.int8, block=1)
+    for i, spec in enumerate(sampler.rows()):
+        batcher.add(spec, tag=i)
+    texts = [sampler.prime] * len(sampler.rows())
+    while batcher.active:
+        for row, piece in batcher.step(1):
+            texts[row.tag] += piece + (sampler.cfg.stop if row.finish_reason == "stop" else "")
+    return texts
 
 
 @pytest.mark.parametrize("opts", [dict(length=300, num_samples=3, top_p=0.95, temperature=0.9),
                                   dict(length=77, prime="the ", top_k=5, stop="e t"),
                                   dict(length=45, num_samples=2, greedy=True),
                                   dict(length=70, prime="an", int8=True)])
-def test_block_loop_of_cuda_graphs_writes_what_the_token_loop_writes(ckpt, opts):
-    """GraphedTokenLoop's block body (what CUDA records as a graph; here it runs as is) draws the same tokens
-    as the one-token loop: same noise rows in the same order, state carried the same way."""
+def test_a_block_of_tokens_writes_what_one_token_at_a_time_writes(ckpt, opts):
+    """The block body (what CUDA records as a graph) draws the same tokens as one-token steps: the same noise
+    rows in the same order, state carried the same way."""
     model, tok = model_and_tokenizer(ckpt)
-    cfg = SampleConfig(**opts)
-    graphed, plain = (Sampler(model, tok, cfg, torch.device("cpu"), 4, graphs=g) for g in (True, False))
-    text = "".join(graphed)
-    assert graphed.notes == []  # the block loop ran: no silent fallback to the token loop
-    assert text == "".join(plain) and graphed.chars == plain.chars > 0
+    sampler = Sampler(model, tok, SampleConfig(separator="|", **opts), torch.device("cpu"), 4, graphs=False)
+    text = "".join(sampler)
+    assert text.split("|") == one_token_at_a_time(model, tok, sampler) and sampler.chars > 0
 
 
 class FakeGraph:
@@ -236,13 +244,12 @@ class FakeGraph:
 
 
 def fake_cuda(monkeypatch, fail_capture=None):
-    """torch.cuda's stream and graph calls as no-ops, so GraphedTokenLoop._capture runs on the CPU: its warm-up
-    and its capture both really run the block body (a real capture would not), which the undo must cover."""
+    """torch.cuda's stream and graph calls as no-ops, so Batcher._capture runs on the CPU: its warm-up and its
+    capture both really run the block body (a real capture would not), which the undo must cover."""
     stream = SimpleNamespace(wait_stream=lambda other: None)
     monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
 
     @contextlib.contextmanager
@@ -251,29 +258,51 @@ def fake_cuda(monkeypatch, fail_capture=None):
         if fail_capture:
             raise RuntimeError(fail_capture)
     monkeypatch.setattr(torch.cuda, "graph", graph)
+    real, captures = Batcher._capture, []
 
-    class Captured(GraphedTokenLoop):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, capture=True, **kwargs)
-            self.graph.body = self._body
-    monkeypatch.setattr("charnn.generation.sampler.GraphedTokenLoop", Captured)
+    def capture(self, n, k):
+        g = real(self, n, k)
+        g.body = lambda: self._body(n, k)
+        captures.append((n, k))
+        return g
+    monkeypatch.setattr(Batcher, "_capture", capture)
+    monkeypatch.setattr(Batcher, "_records", lambda self: self.graphs)  # as on a CUDA device
+    return captures
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("opts", [dict(length=100, num_samples=2, prime="the "),
-                                  dict(length=60, int8=True, prime="an", top_k=5),
-                                  dict(length=40, greedy=True, prime="to")])
+@pytest.mark.parametrize("opts", [dict(length=130, num_samples=2, prime="the "),
+                                  dict(length=110, int8=True, prime="an", top_k=5),
+                                  dict(length=100, greedy=True, prime="to")])
 def test_a_captured_block_replays_the_same_text_its_warm_up_undone(ckpt, monkeypatch, cell, opts):
-    """If state_tensors missed a buffer (c, the int8 codes, the logits), the warm-up's steps would leak into
-    the text."""
+    """If state_tensors missed a buffer (c, the int8 codes, the logits) or the input tokens were not put back,
+    the warm-up's steps would leak into the text. (Long enough for a block to be recorded and replayed: the
+    first full block runs as is, the second is recorded.)"""
     _, tok = model_and_tokenizer(ckpt)
     torch.manual_seed(1)
     model = CharRNN(ModelConfig(vocab_size=tok.vocab_size, cell=cell, layers=2, hidden=24, embed=8)).eval()
     cfg = SampleConfig(**opts)
     plain = "".join(Sampler(model, tok, cfg, torch.device("cpu"), 3, graphs=False))
-    fake_cuda(monkeypatch)
+    captures = fake_cuda(monkeypatch)
     graphed = Sampler(model, tok, cfg, torch.device("cpu"), 3, graphs=True)
-    assert "".join(graphed) == plain and graphed.notes == []
+    assert "".join(graphed) == plain and graphed.notes == [] and captures == [(cfg.num_samples, 32)]
+
+
+def test_rows_joining_or_leaving_drop_the_recorded_block(ckpt, monkeypatch):
+    model, tok = model_and_tokenizer(ckpt)
+    captures = fake_cuda(monkeypatch)
+    batcher = Batcher(model, tok, torch.device("cpu"), capacity=4, block=4, graphs=True)
+    first = batcher.add(RowSpec(prompt="the ", length=40, seed=1))
+    for _ in range(3):
+        batcher.step(4)  # the first full block runs as is, the second records, the third replays
+    assert captures == [(1, 4)] and batcher.graph is not None
+    batcher.add(RowSpec(prompt="an", length=40, seed=2))
+    assert batcher.graph is None
+    batcher.step(4)
+    batcher.step(4)
+    assert captures == [(1, 4), (2, 4)]
+    batcher.remove(first)
+    assert batcher.graph is None and batcher.active == 1
 
 
 def test_a_capture_failing_after_its_warm_up_falls_back_from_the_same_state(ckpt, monkeypatch):
@@ -286,12 +315,13 @@ def test_a_capture_failing_after_its_warm_up_falls_back_from_the_same_state(ckpt
     assert refused.notes == ["sampling without CUDA graphs (CUDA error: operation not permitted when stream is capturing)"]
 
 
-def test_a_refused_graph_capture_falls_back_to_the_token_loop_with_a_note(ckpt, monkeypatch):
-    def refuse(*args, **kwargs):
+def test_a_refused_graph_capture_falls_back_to_the_plain_steps_with_a_note(ckpt, monkeypatch):
+    def refuse(self, n, k):
         raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors might be...")
-    monkeypatch.setattr("charnn.generation.sampler.GraphedTokenLoop", refuse)
+    monkeypatch.setattr(Batcher, "_capture", refuse)
+    monkeypatch.setattr(Batcher, "_records", lambda self: self.graphs)
     model, tok = model_and_tokenizer(ckpt)
-    cfg = SampleConfig(length=40, prime="the ")
+    cfg = SampleConfig(length=80, prime="the ")
     refused, plain = (Sampler(model, tok, cfg, torch.device("cpu"), 4, graphs=g) for g in (True, False))
     assert "".join(refused) == "".join(plain)
     assert refused.notes == ["sampling without CUDA graphs (operation not permitted when stream is capturing)"]
@@ -322,7 +352,7 @@ def test_int8_stepper_is_a_close_approximation(cell, int8_kernel):
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=11, cell=cell, layers=2, hidden=48, embed=5)).eval()
     ids = torch.randint(0, 11, (40,), generator=torch.Generator().manual_seed(1)).tolist()
-    exact, approx = FastStepper(model, batch=2), make_stepper(model, batch=2, int8=True)
+    exact, approx = FastStepper(model, batch=2), FastStepper(model, batch=2, int8=True)
     diffs, moved = [], 0.0
     for t in ids:
         a, b = exact.step(torch.full((2,), t)).clone(), approx.step(torch.full((2,), t))
@@ -406,12 +436,13 @@ def test_int8_sampling_from_the_cli_is_seeded_and_matches_fp32_closely(ckpt):
 
 
 def test_the_cli_shows_a_fallback_note_on_stderr_and_keeps_stdout_clean(ckpt, monkeypatch):
-    original = Sampler._loop
+    original = Batcher._body
 
-    def noting(self, stepper, logits):
-        self.notes.append("sampling without CUDA graphs (refused)")
-        return original(self, stepper, logits)
-    monkeypatch.setattr(Sampler, "_loop", noting)
+    def noting(self, n, k):
+        if not self.notes:
+            self.notes.append("sampling without CUDA graphs (refused)")
+        return original(self, n, k)
+    monkeypatch.setattr(Batcher, "_body", noting)
     r = run(ckpt, "--length", "30", "--seed", "1", "--prime", "the ")
     assert r.exit_code == 0 and "note: sampling without CUDA graphs (refused)" in r.stderr
     assert r.stdout.startswith("the ") and "note" not in r.stdout

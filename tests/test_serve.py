@@ -334,6 +334,8 @@ def test_served_names_come_from_run_folders_or_name_equals_path(trained_run):
 
     run = trained_run.run_dir
     assert list(load_models([str(run), f"b={run / 'last.pt'}"], "cpu")) == [run.name, "b"]
+    served = load_models([str(run)], "cpu", int8=True)[run.name]  # --int8: the batch loop's stepper is int8
+    assert served.int8 and served.batcher(4).stepper.kernel != "fp32"
     with pytest.raises(CharnnError, match="NAME=PATH"):
         load_models([str(run), str(run / "best.pt")], "cpu")
 

@@ -54,6 +54,17 @@ class Uniform(torch.nn.Module):
         return torch.zeros(*x.shape, self.vocab_size), state
 
 
+def uniform_charrnn(vocab_size: int):
+    """A real (steppable) CharRNN whose head is all zeros: every token equally likely, as Uniform."""
+    from charnn.models.lm import CharRNN
+
+    model = CharRNN(ModelConfig(vocab_size=vocab_size, layers=1, hidden=8, embed=4)).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    return model
+
+
 # -- text survives ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text", TRICKY)
 def test_tricky_texts_round_trip(tok, text):
@@ -262,13 +273,13 @@ def test_length_counts_characters_for_a_bpe_model(bpe_run, bpe):
     # an untrained uniform model draws byte pieces freely: characters split over pieces, invalid bytes
     for length in (1, 2, 3, 17, 200):
         cfg = SampleConfig(length=length, prime="a🙂", device="cpu")
-        pieces = list(generate(Uniform(bpe.vocab_size), bpe, cfg, torch.device("cpu"), seed=length))
+        pieces = list(generate(uniform_charrnn(bpe.vocab_size), bpe, cfg, torch.device("cpu"), seed=length))
         assert len("".join(pieces)) == len("a🙂") + length
 
 
 # -- token healing: a prime cut mid-word ---------------------------------------------------------------------------
 def test_a_prime_cut_mid_word_gives_its_last_piece_back(bpe):
-    from charnn.generation.sampler import heal
+    from charnn.generation.prompt import heal
 
     ids = [int(i) for i in bpe.encode("birds s")]
     kept, allowed, skip = heal(bpe, ids)
@@ -286,15 +297,13 @@ def test_the_first_draw_completes_the_piece_taken_back_and_the_output_still_star
     healed first draw must be " sang" (its text then continues the prime's "s"), and "x" after that."""
     sang, x = int(bpe.encode(" sang")[0]), int(bpe.encode("x")[0])
 
-    class Prefers(Uniform):
-        def forward(self, ids, state=None):
-            logits, state = super().forward(ids, state)
-            logits[..., x], logits[..., sang] = 10.0, 5.0
-            return logits, state
+    prefers = uniform_charrnn(bpe.vocab_size)
+    with torch.no_grad():
+        prefers.head.bias[x], prefers.head.bias[sang] = 10.0, 5.0
 
     def sample(prime, length, heal=True):
         cfg = SampleConfig(length=length, prime=prime, greedy=True, device="cpu", heal=heal)
-        return "".join(generate(Prefers(bpe.vocab_size), bpe, cfg, torch.device("cpu"), seed=0))
+        return "".join(generate(prefers, bpe, cfg, torch.device("cpu"), seed=0))
 
     assert sample("birds s", 3, heal=False) == "birds sxxx"  # the plain way conditions on " s" and goes on
 

@@ -44,7 +44,7 @@ def test_eval_scores_every_character_from_the_samplers_start(trained_run):
     the total matches a token-by-token loop over [start] + text (7 characters -> 7 predictions)."""
     import torch.nn.functional as F
 
-    from charnn.generation.sampler import start_ids
+    from charnn.generation.prompt import start_ids
     from charnn.text.tokenizer import start_id
 
     model, tok = build_from_checkpoint(load_checkpoint(trained_run.run_dir / "best.pt"))

@@ -19,6 +19,7 @@ from charnn.api.params import GenerationParams, ParamError
 from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
+from charnn.errors import CharnnError
 from charnn.dynamic import adapt as adapted_copy
 from charnn.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
@@ -30,8 +31,10 @@ if TYPE_CHECKING:
 class Model:
     """A trained model and its tokenizer, ready to generate and score text. Make one with `charnn.load`."""
 
-    def __init__(self, model, tokenizer, device: torch.device, path: Path, data: Optional[dict] = None):
+    def __init__(self, model, tokenizer, device: torch.device, path: Path, data: Optional[dict] = None,
+                 int8: bool = False):
         self.net, self.tokenizer, self.device, self.path = model.eval(), tokenizer, device, Path(path)
+        self.int8 = int8  # generate with int8 recurrent weights (CPU; `charnn sample --int8`)
         self.name = self.path.parent.name if self.path.name in ("best.pt", "last.pt") else self.path.stem
         self._info: Optional[dict] = None
         self._idle: Dict[int, List[Batcher]] = {}  # batchers between calls, by row count
@@ -112,7 +115,7 @@ class Model:
             idle = self._idle.get(n)
             if idle:
                 return idle.pop()
-        return Batcher(self.net, self.tokenizer, self.device, capacity=n)
+        return Batcher(self.net, self.tokenizer, self.device, capacity=n, int8=self.int8)
 
     def score(self, text: str, dynamic: bool = False) -> EvalResult:
         """What `charnn eval` reports for `text`: nats and bits per character, perplexity, counts. With
@@ -130,7 +133,7 @@ class Model:
         given = {k: v for k, v in {"lr": lr, "decay": decay, "segment": segment}.items() if v is not None}
         adapted = adapted_copy(self.net, self.tokenizer, text, self.device, DynamicConfig(**given))
         return Model(adapted.model, self.tokenizer, self.device, self.path,
-                     {"step": self.step, "best_val_loss": self.best_val_loss})
+                     {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
 
     def for_label(self, name: str) -> "Model":
         """A model trained with --label-by, as label `name` (`charnn sample --label`): generate, stream and score
@@ -138,7 +141,7 @@ class Model:
         from charnn.classify import label_id
 
         labelled = Model(self.net.for_label(label_id(self.labels, name)), self.tokenizer, self.device, self.path,
-                         {"step": self.step, "best_val_loss": self.best_val_loss})
+                         {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
         labelled.label = name
         return labelled
 
@@ -179,21 +182,27 @@ class Model:
 
     def batcher(self, capacity: int) -> Batcher:
         """A row-wise generation loop over this model (what the server steps all its clients in)."""
-        return Batcher(self.net, self.tokenizer, self.device, capacity)
+        return Batcher(self.net, self.tokenizer, self.device, capacity, int8=self.int8)
 
 
-def load(path_or_run: Optional[str] = None, device: str = "auto") -> Union[Model, "Seq2SeqModel"]:
+def load(path_or_run: Optional[str] = None, device: str = "auto", int8: bool = False) -> Union[Model, "Seq2SeqModel"]:
     """A checkpoint (.pt), a run folder (its best.pt, else last.pt) or, with None, the newest run under
     ./checkpoints, loaded safely (weights only) onto `device` (auto: CUDA, then MPS, else CPU). A language
-    model comes back as a `Model`; a sequence-to-sequence one (`train --pairs`) as a `Seq2SeqModel`."""
+    model comes back as a `Model`; a sequence-to-sequence one (`train --pairs`) as a `Seq2SeqModel`.
+    `int8=True` (a language model on the CPU): generate with int8 recurrent weights, as `charnn sample --int8`
+    (faster; a close approximation of the model, benchmarks/SAMPLING.md); scoring stays exact."""
     path = resolve_checkpoint(None if path_or_run is None else str(path_or_run))
     dev = resolve_device(device)
+    if int8 and dev.type != "cpu":
+        raise CharnnError(f"int8 generation is for the CPU; on {dev.type} leave it out")
     data = load_checkpoint(path)
     if is_seq2seq(data):
+        if int8:
+            raise CharnnError(f"{path} is a sequence-to-sequence model; int8 generation is for language models")
         from charnn.api.seq2seq import Seq2SeqModel
         return Seq2SeqModel(*build_seq2seq(data, dev), dev, path, data)
     model, tokenizer = build_from_checkpoint(data, dev)
-    return Model(model, tokenizer, dev, path, data)
+    return Model(model, tokenizer, dev, path, data, int8)
 
 
 __all__ = ["Model", "load"]

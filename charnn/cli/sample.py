@@ -54,7 +54,8 @@ def sample(
     from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
     from charnn.classify import label_id
     from charnn.device import resolve_device
-    from charnn.generation.sampler import Sampler, read_prime
+    from charnn.generation.prompt import read_prime
+    from charnn.generation.sampler import Sampler
 
     with user_errors():
         if prime and prime_file is not None:
@@ -89,7 +90,7 @@ def _adapt(model, tokenizer, path: str, unknown: str, cfg, dev, quiet: bool):
     they are); characters it does not know are an error or, with --unknown skip, dropped (a note says which)."""
     from charnn.data.corpus import read_text
     from charnn.dynamic import adapt
-    from charnn.generation.sampler import clean_prime
+    from charnn.generation.prompt import clean_prime
 
     text, skipped = clean_prime(tokenizer, read_text(path, "adapt file"), unknown, what=f"--adapt {path!r}")
     if not text:

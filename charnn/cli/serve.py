@@ -32,6 +32,9 @@ def serve(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: all cores "
                                                         "but one, at least one).")] = None,
     device: Device = "auto",
+    int8: Annotated[bool, typer.Option("--int8", help="CPU only: generate with int8 recurrent weights, as "
+                                                      "`charnn sample --int8` (faster; a close approximation of "
+                                                      "the model). Scoring (logprobs) stays exact.")] = False,
 ):
     """Serve models over HTTP: OpenAI's /v1/completions (streaming, continuous batching) and a playground at /."""
     with user_errors():
@@ -49,10 +52,10 @@ def serve(
         cfg = ServeConfig(host=host, port=port, api_key=api_key, insecure=insecure,
                           cors_origins=tuple(cors_origin or ()), max_batch=max_batch, max_queue=max_queue,
                           max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes, device=device,
-                          threads=threads).validate()
+                          threads=threads, int8=int8).validate()
         sock = listen(cfg.host, cfg.port)  # first: a taken port is one line, before any loading
-        models = load_models(checkpoints or [], cfg.device)
+        models = load_models(checkpoints or [], cfg.device, cfg.int8)
         for name, model in models.items():
-            err.print(f"model {name!r}: {model.path} on {model.device}", markup=False)
+            err.print(f"model {name!r}: {model.path} on {model.device}{', int8' if cfg.int8 else ''}", markup=False)
         run(models, cfg, sock=sock, on_ready=lambda url: err.print(f"serving on {url} (playground at {url}/; Ctrl-C stops)",
                                                         markup=False))

@@ -5,11 +5,14 @@ temperature, top-k/top-p, stop strings and seed, and the batch changes shape as 
 of a `Batcher.step` feeds every live row's next input token through one FastStepper call, scales and filters
 each row's logits by its own settings and adds the row's own seeded Gumbel noise (`draw.Noise`, so a seed gives
 the same text whatever else is in the batch); after a block of up to BLOCK tokens each row decodes its own. Live rows are kept packed at the front of the
-batch; the stepper is one of a few sizes (powers of two), swapped as the row count grows and shrinks, so one
-row does not pay for sixty-four.
+batch; the stepper is one of a few sizes (powers of two, and the capacity), swapped as the row count grows and
+shrinks, so one row does not pay for sixty-four.
 
-What it shares with `charnn sample`: the stepper, `filter_logits`, `Noise`, `start_ids` and `heal`, so a single
-row at temperature 1 with a seed gives the same text as `charnn sample --seed` (a test checks it).
+On CUDA, once the same rows have stepped one full block together, the block's steps and draws are recorded
+once as a CUDA graph and replayed (one launch per block instead of ~25 per token, which is what bounds one
+stream's speed on a GPU); rows joining or leaving drop the graph. With `int8=True` (CPU) the stepper keeps its
+recurrent weights as int8. This is the one generation loop: `charnn sample` (`sampler.Sampler`), the Python
+API and `charnn serve` all draw their tokens here.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from charnn.errors import CharnnError
-from charnn.generation.draw import Noise, filter_logits
-from charnn.generation.sampler import heal, start_ids
+from charnn.errors import CharnnError, first_line
+from charnn.generation.draw import NOISE_FLOATS, Noise, filter_logits
+from charnn.generation.prompt import heal, start_ids
 from charnn.models.stepper import FastStepper
 
 MAX_STOPS = 4  # stop strings per row, as OpenAI's API allows
-BLOCK = 8  # the most tokens one `step` call draws per row
+BLOCK = 8  # the most tokens one `step` call draws per row, by default
 
 
 @dataclass
@@ -40,7 +43,7 @@ class RowSpec:
     top_p: Optional[float] = None  # draw only from the smallest set of tokens whose probability reaches p
     stop: Tuple[str, ...] = ()  # end right before the first occurrence of any of these (not included)
     seed: int = 0  # seed of this row's Gumbel noise
-    heal: bool = True  # subword models: complete the prompt's last piece in the first draw (see sampler.heal)
+    heal: bool = True  # subword models: complete the prompt's last piece in the first draw (see prompt.heal)
 
 
 class StopCut:
@@ -88,17 +91,25 @@ class Row:
 class Batcher:
     """Rows step together; `add` and `remove` between steps, `step` makes one token for every live row."""
 
-    def __init__(self, model, tokenizer, device: torch.device, capacity: int = 64):
+    def __init__(self, model, tokenizer, device: torch.device, capacity: int = 64, int8: bool = False,
+                 block: int = BLOCK, graphs: Optional[bool] = None):
+        """`block`: the most tokens one `step` draws per row (fewer for big batches and vocabularies, so the noise
+        buffer stays under NOISE_FLOATS numbers); `graphs`: replay full blocks as CUDA graphs (default: on CUDA)."""
         self.model, self.tokenizer, self.device, self.capacity = model.eval(), tokenizer, device, capacity
-        self.vocab = model.config.vocab_size
+        self.vocab, self.int8 = model.config.vocab_size, int8
+        self.block = max(1, min(block, NOISE_FLOATS // (capacity * self.vocab)))
         self.banned = [] if tokenizer.unk_id is None else [tokenizer.unk_id]
         self.rows: List[Row] = []  # live rows, rows[i].slot == i
         self.steppers: Dict[int, Tuple[FastStepper, torch.Tensor]] = {}  # size -> (stepper, its input tokens)
         self.stepper, self.tokens = self._stepper(1)
-        self.noise = torch.zeros(BLOCK, capacity, self.vocab, device=device)  # this block's noise, row by row
-        self.drawn = torch.zeros(BLOCK, capacity, dtype=torch.long, device=device)  # this block's draws
+        self.noise = torch.zeros(self.block, capacity, self.vocab, device=device)  # this block's noise, row by row
+        self.drawn = torch.zeros(self.block, capacity, dtype=torch.long, device=device)  # this block's draws
         self.healing = False  # a row's first draw is limited to the pieces that complete its prompt
         self.plan: Optional[tuple] = None  # per-row draw settings as tensors, rebuilt when rows change
+        self.graphs = device.type == "cuda" if graphs is None else graphs  # off CUDA: no effect
+        self.graph, self.graph_rows, self.seen_rows = None, None, None  # the recorded block, for which rows
+        self.prompt_state: Optional[tuple] = None  # (prompt ids, the model's state after them): n rows, one forward
+        self.notes: List[str] = []  # a fallback taken (a CUDA graph capture refused), for the user
 
     @property
     def active(self) -> int:
@@ -108,7 +119,7 @@ class Batcher:
         if size not in self.steppers:
             with torch.inference_mode(False):  # buffers that later steps update in place, in or out of inference mode
                 try:
-                    stepper = FastStepper(self.model, size, 1.0, self.banned)
+                    stepper = FastStepper(self.model, size, 1.0, self.banned, int8=self.int8)
                 except NotImplementedError:
                     raise CharnnError("continuous batching covers charnn's LSTM, GRU and RNN models only") from None
                 self.steppers[size] = stepper, torch.zeros(size, dtype=torch.long, device=self.device)
@@ -118,15 +129,15 @@ class Batcher:
         """Build every stepper size up to the capacity now, so rows joining later do not wait for one."""
         size = 1
         while size < self.capacity:
-            size *= 2
+            size = min(size * 2, self.capacity)
             self._stepper(size)
 
     def _resize(self, n: int) -> None:
-        """Use the smallest power-of-two stepper that holds n rows (shrinking only below a quarter), moving the
-        live rows' state across."""
+        """Use the smallest power-of-two stepper (or the capacity) that holds n rows (shrinking only below a
+        quarter), moving the live rows' state across."""
         size = self.stepper.B
         if n > size:
-            size = 1 << (n - 1).bit_length()
+            size = min(1 << (n - 1).bit_length(), self.capacity)
         elif size > 1 and n <= size // 4:
             size = max(1, 1 << max(0, n - 1).bit_length())
         if size == self.stepper.B:
@@ -162,7 +173,7 @@ class Batcher:
         self._load(row.slot, ids[:-1])
         self.tokens[row.slot] = ids[-1]  # the prompt's last token is the row's first input
         self.healing = self.healing or allowed is not None
-        self.plan = None
+        self._changed()
         return row
 
     def _load(self, slot: int, ids: List[int]) -> None:
@@ -173,7 +184,10 @@ class Batcher:
             for c in st.c or []:
                 c[slot].zero_()
             return
-        _, state = self.model(torch.tensor([ids], dtype=torch.long, device=self.device), None)
+        if self.prompt_state is None or self.prompt_state[0] != ids:  # n rows of one prompt: one forward
+            _, state = self.model(torch.tensor([ids], dtype=torch.long, device=self.device), None)
+            self.prompt_state = ids, state
+        state = self.prompt_state[1]
         h, c = state if isinstance(state, tuple) else (state, None)
         for l in range(st.L):
             st.h[l][slot].copy_(h[l, 0])
@@ -195,8 +209,12 @@ class Batcher:
             last.slot = i
             self.rows[i] = last
         row.slot = -1
-        self.plan = None
+        self._changed()
         self._resize(self.active)
+
+    def _changed(self) -> None:
+        """Rows joined or left: the draw settings are made again, and a recorded block no longer applies."""
+        self.plan, self.graph, self.graph_rows, self.seen_rows = None, None, None, None
 
     @torch.inference_mode()
     def step(self, tokens: int = 1) -> List[Tuple[Row, str]]:
@@ -206,12 +224,12 @@ class Batcher:
         rows, n = self.rows, self.active
         if not n:
             return []
-        k = 1 if self.healing else max(1, min(tokens, BLOCK, min(r.remaining for r in rows)))
-        noise = self._noise(rows, k)
-        for t in range(k):
-            logits = self.stepper.step(self.tokens)[:n]  # (n, V); rows past n are idle slots
-            self._draw(logits, rows, noise[t], self.drawn[t, :n])
-            self.tokens[:n].copy_(self.drawn[t, :n])
+        k = 1 if self.healing else max(1, min(tokens, self.block, min(r.remaining for r in rows)))
+        if self.plan is None:
+            self.plan = self._plan(rows)
+        self._noise(rows, k)
+        if not self._replay(n, k):
+            self._body(n, k)
         self.healing = False
         out = []
         for row, toks in zip(list(rows), self.drawn[:k, :n].t().tolist()):
@@ -231,6 +249,57 @@ class Batcher:
             if row.finish_reason:
                 self.remove(row)
         return out
+
+    def _body(self, n: int, k: int) -> None:
+        """k tokens for the first n slots: step, draw (into self.drawn), feed the draw back. What a graph records."""
+        for t in range(k):
+            logits = self.stepper.step(self.tokens)[:n]  # (n, V); rows past n are idle slots
+            self._draw(logits, self.rows, self.noise[t, :n], self.drawn[t, :n])
+            self.tokens[:n].copy_(self.drawn[t, :n])
+
+    def _replay(self, n: int, k: int) -> bool:
+        """Replay the recorded block if it applies (recording it once the same rows have made one full block
+        without it); False: run the body instead."""
+        if not self._records() or self.healing or k != self.block:
+            return False
+        rows = (self.stepper.B, n)
+        if self.graph is None or self.graph_rows != rows:
+            if self.seen_rows != rows:  # rows that come and go (a server) would be recorded again and again
+                self.seen_rows = rows
+                return False
+            try:
+                self.graph, self.graph_rows = self._capture(n, k), rows
+            except RuntimeError as e:  # a capture this torch/driver refuses: the body gives the same tokens
+                cause = e.__context__ if isinstance(e.__context__, RuntimeError) else e  # not the follow-on error
+                self.notes.append(f"sampling without CUDA graphs ({first_line(cause)})")
+                self.graphs = False
+                return False
+        self.graph.replay()
+        return True
+
+    def _records(self) -> bool:
+        """Whether full blocks are recorded: `graphs` on a CUDA device (elsewhere the body simply runs)."""
+        return self.graphs and self.device.type == "cuda"
+
+    def _capture(self, n: int, k: int):
+        """Record one block as a CUDA graph. The warm-up run a capture needs first is undone (state and input
+        tokens), so no token is lost or drawn twice."""
+        saved = [t.clone() for t in (*self.stepper.state_tensors(), self.tokens)]
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._body(n, k)  # allocations and library handles happen here, not during the capture
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._body(n, k)
+            return graph
+        finally:  # also after a failed capture: the body then carries on from the same state
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            for t, saved_t in zip((*self.stepper.state_tensors(), self.tokens), saved):
+                t.copy_(saved_t)
 
     def _noise(self, rows: List[Row], k: int) -> torch.Tensor:
         """(k, n, V): each row's next k rows of its own Gumbel noise (zeros for greedy rows)."""

@@ -1,21 +1,14 @@
-"""Drawing tokens: decoding filters, seeded Gumbel noise, and the loop that steps the model and feeds each draw
-back, a block of tokens at a time.
+"""Drawing tokens: decoding filters and seeded Gumbel noise.
 
-Decoding is temperature (folded into the head's weights by the stepper), then top-k, then top-p, then a
-Gumbel-max draw (argmax of logits + Gumbel noise: an exact sample from the softmax). The noise comes in
-blocks from one seeded torch.Generator on the model's device and is used one row per token, in order,
-whatever the loop; so a seed reproduces the output byte for byte, and the loops below agree with each other.
-
-`TokenLoop` runs the steps from Python, one token at a time. `GraphedTokenLoop` (CUDA) records a whole
-block of steps once as a CUDA graph and replays it: one launch per block instead of ~20 per token, which
-is what bounds one stream's speed on a GPU. Off CUDA it runs the same block body directly, so its data flow
-is checked on any machine.
+Decoding is temperature, then top-k, then top-p, then a Gumbel-max draw (argmax of logits + Gumbel noise: an
+exact sample from the softmax). The noise comes in blocks from one seeded torch.Generator on the model's
+device and is used one row per token, in order, however many tokens a step draws; so a seed reproduces the
+output byte for byte. `charnn.generation.batcher` runs the loop that steps the model and draws.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -41,20 +34,6 @@ def gumbel_noise(steps: int, batch: int, vocab: int, generator: torch.Generator,
     """(steps, B, V) Gumbel(0, 1) noise, -log(E) with E ~ Exp(1): argmax(logits + noise) draws from softmax."""
     e = torch.empty(steps, batch, vocab, device=device).exponential_(generator=generator)
     return e.clamp_min_(1e-30).log_().neg_()
-
-
-def make_draw(greedy: bool, top_k: Optional[int], top_p: Optional[float]) -> Draw:
-    """The draw for the configured decoding: (B, V) scaled logits (changed in place) -> ids written to `out`."""
-    if greedy:
-        return lambda logits, noise, out: torch.argmax(logits, dim=-1, out=out)
-    filtered = top_k is not None or top_p is not None
-
-    def draw(logits: torch.Tensor, noise: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
-        if filtered:
-            logits = filter_logits(logits, top_k, top_p)
-        return torch.argmax(logits.add_(noise), dim=-1, out=out)
-
-    return draw
 
 
 class Noise:
@@ -87,77 +66,3 @@ class Noise:
             m = min(len(out) - k, self.steps - self.i)
             out[k:k + m].copy_(self.block[self.i:self.i + m])
             k, self.i = k + m, self.i + m
-
-
-class TokenLoop:
-    """Draw a token for every stream, step the model on it, repeat: `run(n)` -> the (k, B) ids drawn, k <= n."""
-
-    def __init__(self, stepper, logits: torch.Tensor, draw: Draw, noise: Optional[Noise], block: int):
-        self.stepper, self.logits, self.draw, self.noise = stepper, logits, draw, noise
-        self.ids = torch.empty(block, logits.shape[0], dtype=torch.long, device=logits.device)
-        self.rows = self.ids.unbind(0)
-        self.last: Optional[torch.Tensor] = None  # the latest draw, stepped on only when another token is wanted
-
-    def run(self, n: int, deadline: Optional[float] = None) -> torch.Tensor:
-        """Up to n tokens per stream; fewer if `deadline` (a perf_counter time) passes first."""
-        n = min(n, len(self.rows))
-        for k in range(n):
-            if self.last is not None:
-                self.logits = self.stepper.step(self.last)
-            self.last = self.draw(self.logits, self.noise.next() if self.noise else None, self.rows[k])
-            if deadline is not None and time.perf_counter() > deadline:
-                return self.ids[:k + 1]
-        return self.ids[:n]
-
-
-class GraphedTokenLoop(TokenLoop):
-    """The same tokens as TokenLoop, a whole block per call: on CUDA the block's steps are recorded once as a
-    CUDA graph and replayed (the stepper's fixed buffers make that possible); elsewhere the body runs as is
-    (`capture` overrides the choice). Each call makes a full block, so up to block - 1 tokens past the end are
-    drawn and thrown away. The block holds at most NOISE_FLOATS noise numbers (fewer steps for big batches
-    and vocabularies), so its fixed noise buffer stays small."""
-
-    def __init__(self, stepper, logits: torch.Tensor, draw: Draw, noise: Optional[Noise], block: int,
-                 capture: Optional[bool] = None):
-        B, V = logits.shape
-        block = max(1, min(block, NOISE_FLOATS // (B * V)))
-        super().__init__(stepper, logits, draw, noise, block)
-        if logits is not stepper.logits:
-            raise ValueError("GraphedTokenLoop needs a stepper that writes its logits into one buffer")
-        self.noise_rows: List[Optional[torch.Tensor]] = [None] * block
-        self.noise_block = None
-        if noise is not None:
-            self.noise_block = torch.zeros(block, B, V, device=logits.device)
-            self.noise_rows = list(self.noise_block.unbind(0))
-        self.graph = self._capture() if (logits.device.type == "cuda" if capture is None else capture) else None
-
-    def _body(self) -> None:
-        for tok, noise in zip(self.rows, self.noise_rows):
-            self.stepper.step(self.draw(self.stepper.logits, noise, tok))
-
-    def _capture(self):
-        """Record one block; the warm-up run CUDA graphs need first is undone, so no token or noise is lost."""
-        state = [t.clone() for t in self.stepper.state_tensors()]
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._body()  # allocations and library handles happen here, not during the capture
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._body()
-            return graph
-        finally:  # also after a failed capture: the plain loop then carries on from the same state
-            torch.cuda.synchronize()
-            for t, saved in zip(self.stepper.state_tensors(), state):
-                t.copy_(saved)
-
-    def run(self, n: int, deadline: Optional[float] = None) -> torch.Tensor:
-        if self.noise is not None:
-            self.noise.fill(self.noise_block)
-        if self.graph is not None:
-            self.graph.replay()
-        else:
-            self._body()
-        return self.ids

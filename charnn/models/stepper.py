@@ -10,8 +10,8 @@ of `charnn.models.int8`'s kernels: where the CPU has AVX-512 VNNI, exact int8 x 
 the hidden states that the stepper keeps beside them; elsewhere, fbgemm's dynamically quantized linear. A
 quarter of the bytes to stream per step, which is what bounds one stream's speed on a CPU. It is an
 approximation (see benchmarks/SAMPLING.md for its measured cost).
-`ModuleStepper` calls the model itself once per token; `make_stepper` falls back to it for anything
-the fast path does not cover.
+It covers charnn's language models (single-direction LSTM, GRU and tanh RNN, with biases); anything else
+raises NotImplementedError.
 """
 
 from __future__ import annotations
@@ -27,33 +27,6 @@ from charnn.models.int8 import kernel as int8_kernel
 from charnn.models.int8 import product as int8_product
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-
-
-class ModuleStepper:
-    """The plain way: model(tok, state) per token. Slow, but works for any CharRNN-like model."""
-
-    def __init__(self, model: nn.Module, batch: int, logit_scale: float = 1.0, banned: Sequence[int] = ()):
-        self.model, self.batch, self.scale, self.banned = model, batch, logit_scale, list(banned)
-        self.state = None
-
-    @torch.inference_mode()
-    def load_state(self, state) -> None:
-        """Take the model's own state (layers, 1, H) and repeat it over the batch."""
-        if state is None:  # a stateless stand-in model
-            self.state = None
-        elif isinstance(state, tuple):
-            self.state = tuple(s.expand(-1, self.batch, -1).contiguous() for s in state)
-        else:
-            self.state = state.expand(-1, self.batch, -1).contiguous()
-
-    @torch.inference_mode()
-    def step(self, tok: torch.Tensor) -> torch.Tensor:
-        """tok: (B,) ids -> (B, V) logits for the next token (scaled; banned ids at -inf)."""
-        logits, self.state = self.model(tok.view(-1, 1), self.state)
-        logits = logits[:, -1].float() * self.scale
-        if self.banned:
-            logits[:, self.banned] = float("-inf")
-        return logits
 
 
 def _product(w_t: torch.Tensor, bias: Optional[torch.Tensor], kind: str, batch: int) -> MatMul:
@@ -212,20 +185,6 @@ def _gate_order(cell: str, H: int, device) -> torch.Tensor:
         return torch.arange(n, device=device)
     i, f, g, o = (torch.arange(k * H, (k + 1) * H, device=device) for k in range(4))
     return torch.cat([i, f, o, g])
-
-
-def make_stepper(model: nn.Module, batch: int, logit_scale: float = 1.0, banned: Sequence[int] = (),
-                 fast: Optional[bool] = None, int8: bool = False):
-    """A FastStepper where the model allows one (or `fast=False` asks for the plain way), else a ModuleStepper."""
-    if fast is not False or int8:
-        try:
-            return FastStepper(model, batch, logit_scale, banned, int8=int8)
-        except NotImplementedError:
-            if int8:
-                raise CharnnError("--int8 covers charnn's LSTM, GRU and RNN models only") from None
-            if fast:
-                raise
-    return ModuleStepper(model, batch, logit_scale, banned)
 
 
 def full_forward_logits(model: nn.Module, ids: List[int]) -> torch.Tensor:

@@ -23,6 +23,7 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20  # the largest request body (413 beyond it)
     device: str = "auto"  # auto, cpu, cuda or mps
     threads: Optional[int] = None  # CPU threads for torch (default: all cores but one, at least one)
+    int8: bool = False  # generate with int8 recurrent weights (CPU only)
 
     def validate(self) -> "ServeConfig":
         problems = []

@@ -17,13 +17,13 @@ from charnn.serve.config import ServeConfig
 SWITCH_INTERVAL = 0.0005
 
 
-def load_models(paths: Sequence[Optional[str]], device: str = "auto") -> Dict[str, Model]:
+def load_models(paths: Sequence[Optional[str]], device: str = "auto", int8: bool = False) -> Dict[str, Model]:
     """Checkpoints or run folders (none: the newest run) -> models by name: the run folder's name, or
-    NAME=PATH to choose one."""
+    NAME=PATH to choose one. `int8`: generate with int8 recurrent weights (CPU)."""
     models: Dict[str, Model] = {}
     for arg in list(paths) or [None]:
         name, _, path = arg.partition("=") if arg and "=" in arg else (None, "", arg)
-        model = load(path, device)
+        model = load(path, device, int8=int8)
         if not isinstance(model, Model):
             raise CharnnError(f"{model.path} is a sequence-to-sequence model; `charnn serve` serves language "
                               "models (use `charnn transduce`, or charnn.load(...).transduce from Python)")

@@ -1,0 +1,56 @@
+"""What generation starts from: the prompt (a prime) read, checked against the vocabulary, and turned into the
+ids the model is conditioned on (with token healing for a subword prompt cut mid-word)."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from charnn.errors import CharnnError
+from charnn.text.tokenizer import start_id
+
+
+def read_prime(path: str, encoding: str = "utf-8") -> str:
+    """The text of --prime-file PATH, or of stdin for '-'."""
+    from charnn.data.corpus import decode_bytes, read_text
+    if path != "-":
+        return read_text(path, "prime file", encoding)
+    return decode_bytes(sys.stdin.buffer.read(), "stdin", encoding)
+
+
+def clean_prime(tokenizer, prime: str, unknown: str = "error", what: str = "the prime") -> Tuple[str, List[str]]:
+    """The prime to condition on and the distinct characters dropped from it (`unknown="skip"`); `what` names
+    the text in the error (sample's --adapt file goes through here too)."""
+    missing = tokenizer.unknown(prime) if prime else []
+    if not missing:
+        return prime, []
+    shown = ", ".join(repr(c) for c in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    if unknown != "skip":
+        raise CharnnError(f"{what} has characters the model's vocabulary lacks: {shown}; "
+                          "drop them with --unknown skip")
+    gone = set(missing)
+    return "".join(c for c in prime if c not in gone), missing
+
+
+def start_ids(tokenizer, prime: str) -> List[int]:
+    """The ids the model is conditioned on: the prime, or a newline when there is no prime."""
+    if prime:
+        return [int(i) for i in tokenizer.encode(prime)]
+    return [start_id(tokenizer)]
+
+
+def heal(tokenizer, ids: List[int]) -> Tuple[List[int], Optional[np.ndarray], bytes]:
+    """Token healing for a subword prime: (ids to condition on, ids the first draw may take, bytes to skip).
+
+    A prime cut mid-word ("the bro") ends in a piece ("▁bro") that in training was mostly part of a longer
+    one ("▁brown"), so conditioning on it asks the model for a split it rarely saw. Instead the last piece
+    is taken back, the first draw is limited to the pieces that start with its text ("▁bro", "▁brown",
+    "▁brother", ...), and that text, already printed with the prime, is skipped in the output. Character
+    tokenizers, byte pieces and an empty prime are left as they are."""
+    extending = getattr(tokenizer, "extending", None)
+    allowed = extending(ids[-1]) if extending is not None and ids else None
+    if allowed is None:
+        return ids, None, b""
+    return ids[:-1], allowed, tokenizer.pieces[ids[-1]]
