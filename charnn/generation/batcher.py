@@ -92,16 +92,18 @@ class Batcher:
     """Rows step together; `add` and `remove` between steps, `step` makes one token for every live row."""
 
     def __init__(self, model, tokenizer, device: torch.device, capacity: int = 64, int8: bool = False,
-                 block: int = BLOCK, graphs: Optional[bool] = None):
+                 block: int = BLOCK, graphs: Optional[bool] = None, rows: int = 1):
         """`block`: the most tokens one `step` draws per row (fewer for big batches and vocabularies, so the noise
-        buffer stays under NOISE_FLOATS numbers); `graphs`: replay full blocks as CUDA graphs (default: on CUDA)."""
+        buffer stays under NOISE_FLOATS numbers); `graphs`: replay full blocks as CUDA graphs (default: on CUDA);
+        `rows`: the rows expected at once (a fixed batch: all of them), so the first stepper holds them all
+        instead of growing through the powers of two as they join."""
         self.model, self.tokenizer, self.device, self.capacity = model.eval(), tokenizer, device, capacity
         self.vocab, self.int8 = model.config.vocab_size, int8
         self.block = max(1, min(block, NOISE_FLOATS // (capacity * self.vocab)))
         self.banned = [] if tokenizer.unk_id is None else [tokenizer.unk_id]
         self.rows: List[Row] = []  # live rows, rows[i].slot == i
         self.steppers: Dict[int, Tuple[FastStepper, torch.Tensor]] = {}  # size -> (stepper, its input tokens)
-        self.stepper, self.tokens = self._stepper(1)
+        self.stepper, self.tokens = self._stepper(max(1, min(rows, capacity)))
         self.noise = torch.zeros(self.block, capacity, self.vocab, device=device)  # this block's noise, row by row
         self.drawn = torch.zeros(self.block, capacity, dtype=torch.long, device=device)  # this block's draws
         self.healing = False  # a row's first draw is limited to the pieces that complete its prompt
@@ -109,6 +111,7 @@ class Batcher:
         self.graphs = device.type == "cuda" if graphs is None else graphs  # off CUDA: no effect
         self.graph, self.graph_rows, self.seen_rows = None, None, None  # the recorded block, for which rows
         self.prompt_state: Optional[tuple] = None  # (prompt ids, the model's state after them): n rows, one forward
+        self.view_key, self.block_views = None, []  # see _views
         self.notes: List[str] = []  # a fallback taken (a CUDA graph capture refused), for the user
 
     @property
@@ -167,7 +170,8 @@ class Batcher:
         if spec.length <= 0:
             row.finish_reason = "length"
             return row
-        self._resize(self.active + 1)
+        if self.active + 1 > self.stepper.B:  # grow only: a stepper made for more rows keeps them
+            self._resize(self.active + 1)
         row.slot = self.active
         self.rows.append(row)
         self._load(row.slot, ids[:-1])
@@ -195,8 +199,9 @@ class Batcher:
                 st.c[l][slot].copy_(c[l, 0])
 
     @torch.inference_mode()
-    def remove(self, row: Row) -> None:
-        """Take a row out of the batch (finished, or its reader left); the last row moves into its slot."""
+    def remove(self, row: Row, resize: bool = True) -> None:
+        """Take a row out of the batch (finished, or its reader left); the last row moves into its slot. The
+        stepper shrinks when few rows are left (`resize=False`: the caller resizes once after several)."""
         if row.slot < 0:
             return
         last = self.rows.pop()
@@ -210,7 +215,8 @@ class Batcher:
             self.rows[i] = last
         row.slot = -1
         self._changed()
-        self._resize(self.active)
+        if resize and self.active:  # none left: keep the stepper for the next row
+            self._resize(self.active)
 
     def _changed(self) -> None:
         """Rows joined or left: the draw settings are made again, and a recorded block no longer applies."""
@@ -247,15 +253,32 @@ class Batcher:
             if piece or row.finish_reason:
                 out.append((row, piece))
             if row.finish_reason:
-                self.remove(row)
+                self.remove(row, resize=False)
+        if self.active and self.stepper.B > self.active:
+            self._resize(self.active)
         return out
 
     def _body(self, n: int, k: int) -> None:
-        """k tokens for the first n slots: step, draw (into self.drawn), feed the draw back. What a graph records."""
-        for t in range(k):
-            logits = self.stepper.step(self.tokens)[:n]  # (n, V); rows past n are idle slots
-            self._draw(logits, self.rows, self.noise[t, :n], self.drawn[t, :n])
-            self.tokens[:n].copy_(self.drawn[t, :n])
+        """k tokens for the first n slots: step, draw into self.drawn, step on the draw. What a graph records.
+        Each draw is the next step's input as it lies (a stepper-wide row of self.drawn: idle slots past n step
+        on whatever ids they hold), so a token costs no copies; the block's last draw becomes self.tokens."""
+        views, step, whole = self._views(n, k), self.stepper.step, n == self.stepper.B
+        prev = self.tokens
+        for noise, out, row in views:
+            logits = step(prev)
+            self._draw(logits if whole else logits[:n], noise, out)  # (n, V): rows past n are idle
+            prev = row
+        self.tokens[:n].copy_(views[-1][1])
+
+    def _views(self, n: int, k: int) -> list:
+        """Per token of a block: (its noise (n, V), its draw (n,), the stepper-wide row of draws), made once per
+        shape: a view costs about a microsecond, a token of one small row a few dozen."""
+        key = (n, k, self.stepper.B)
+        if self.view_key != key:
+            B = self.stepper.B
+            self.view_key = key
+            self.block_views = [(self.noise[t, :n], self.drawn[t, :n], self.drawn[t, :B]) for t in range(k)]
+        return self.block_views
 
     def _replay(self, n: int, k: int) -> bool:
         """Replay the recorded block if it applies (recording it once the same rows have made one full block
@@ -324,14 +347,15 @@ class Batcher:
                    for (k, p), idx in groups.items()]
         return scale, filters
 
-    def _draw(self, logits: torch.Tensor, rows: List[Row], noise: torch.Tensor, out: torch.Tensor) -> None:
+    def _draw(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
         """(n, V) logits -> (n,) ids in `out`, each row by its own temperature, filters and (n, V) noise."""
-        if self.plan is None:
-            self.plan = self._plan(rows)
         scale, filters = self.plan
-        x = logits / scale if scale is not None else logits.clone()
-        if self.healing:  # before top-k/top-p, as the Sampler does: the filters then choose among the allowed
-            for i, r in enumerate(rows):
+        if scale is None and not filters and not self.healing:  # the common case, with the fewest calls per token
+            torch.argmax(logits.add_(noise), dim=-1, out=out)
+            return
+        x = logits.div_(scale) if scale is not None else logits  # in place: the stepper writes them anew each step
+        if self.healing:  # before top-k/top-p, as sample always did: the filters then choose among the allowed
+            for i, r in enumerate(self.rows):
                 if r.allowed is not None:  # token healing: the first draw completes the piece taken back
                     outside = torch.ones(self.vocab, dtype=torch.bool, device=self.device)
                     outside[torch.from_numpy(r.allowed).to(self.device)] = False

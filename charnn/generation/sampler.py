@@ -49,7 +49,7 @@ class Sampler:
             yield from (cfg.separator + self.prime for _ in range(1, n))
             return
         batcher = Batcher(self.model, self.tokenizer, self.device, capacity=n, int8=cfg.int8, block=BLOCK,
-                          graphs=self.graphs)
+                          graphs=self.graphs, rows=n)
         self.notes = batcher.notes
         for i, spec in enumerate(self.rows()):
             batcher.add(spec, tag=i)
