@@ -1,6 +1,7 @@
 """Sampling: the fast stepper against the full forward, decoding filters, and the `sample` command end to end."""
 
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -78,8 +79,35 @@ PROBS = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])
 
 def draws(top_k=None, top_p=None, n=4000):
     logits = PROBS.log().expand(n, -1).clone()
-    noise = gumbel_noise(1, n, 5, torch.Generator().manual_seed(0), "cpu")[0]
+    noise = gumbel_noise(torch.arange(n), torch.zeros(n, dtype=torch.long), 1, 5)[0]
     return (filter_logits(logits, top_k, top_p) + noise).argmax(-1)
+
+
+def splitmix(x: int) -> int:
+    """splitmix64's finalizer in plain Python integers: the reference for draw.mix64."""
+    m = (1 << 64) - 1
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+    return x ^ (x >> 31)
+
+
+def test_the_noise_is_the_documented_hash_row_by_row():
+    """Each number is mix(mix(seed) + (draw * V + token) * golden) -> 23 bits -> Gumbel, for seeds and draw
+    positions up to 2**63 (products wrap modulo 2**64), whatever the other rows; one row's block of k draws is
+    the k rows of its longer stream that follow its position."""
+    seeds, pos, V = [0, 7, 2**63 - 1, 123456789], [0, 5, 10**15, 3], 11
+    got = gumbel_noise(torch.tensor(seeds), torch.tensor(pos), 3, V)
+    m, golden = (1 << 64) - 1, 0x9E3779B97F4A7C15
+    for i, (s, p) in enumerate(zip(seeds, pos)):
+        for t in range(3):
+            for v in range(V):
+                x = splitmix((splitmix(s) + ((p + t) * V + v) * golden) & m)
+                u = ((x >> 41) + 0.5) / (1 << 23)
+                want = -math.log(-math.log(u))
+                assert abs(got[t, i, v].item() - want) < 1e-4 * max(1.0, abs(want))
+    longer = gumbel_noise(torch.tensor(seeds[1:2]), torch.tensor([0]), 8, V)
+    assert torch.equal(gumbel_noise(torch.tensor(seeds[1:2]), torch.tensor([5]), 3, V), longer[5:8])
+    assert torch.isfinite(gumbel_noise(torch.arange(64), torch.zeros(64, dtype=torch.long), 64, 128)).all()
 
 
 @pytest.mark.parametrize("top_k, top_p, allowed", [
@@ -430,9 +458,10 @@ def test_int8_sampling_from_the_cli_is_seeded_and_matches_fp32_closely(ckpt):
     a, b, exact = run(*args, "--int8"), run(*args, "--int8"), run(*args)
     assert a.exit_code == 0, a.stderr
     assert a.stdout == b.stdout and a.stdout.startswith("the ") and len(a.stdout) >= 304
-    # the same noise through a near-identical distribution: the texts agree for a good while
-    same = next((i for i, (x, y) in enumerate(zip(a.stdout, exact.stdout)) if x != y), len(a.stdout))
-    assert same >= 40, (a.stdout[:80], exact.stdout[:80])
+    # the same noise (a hash of seed and position) through a near-identical distribution: where a near-tie
+    # draws differently the texts part, and they meet again; most characters agree, not all
+    same = sum(x == y for x, y in zip(a.stdout, exact.stdout)) / len(a.stdout)
+    assert same >= 0.6, (same, a.stdout[:80], exact.stdout[:80])
 
 
 def test_the_cli_shows_a_fallback_note_on_stderr_and_keeps_stdout_clean(ckpt, monkeypatch):

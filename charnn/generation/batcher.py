@@ -3,7 +3,7 @@
 `Sampler` steps a fixed batch that starts and ends together; here every row has its own prompt, length,
 temperature, top-k/top-p, stop strings and seed, and the batch changes shape as rows come and go. Each token
 of a `Batcher.step` feeds every live row's next input token through one FastStepper call, scales and filters
-each row's logits by its own settings and adds the row's own seeded Gumbel noise (`draw.Noise`, so a seed gives
+each row's logits by its own settings and adds the row's own seeded Gumbel noise (`draw.gumbel_noise`, so a seed gives
 the same text whatever else is in the batch); after a block of up to BLOCK tokens each row decodes its own. Live rows are kept packed at the front of the
 batch; the stepper is one of a few sizes (powers of two, and the capacity), swapped as the row count grows and
 shrinks, so one row does not pay for sixty-four.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from charnn.errors import CharnnError, first_line
-from charnn.generation.draw import NOISE_FLOATS, Noise, filter_logits
+from charnn.generation.draw import NOISE_FLOATS, filter_logits, gumbel_noise
 from charnn.generation.prompt import heal, start_ids
 from charnn.models.stepper import FastStepper
 
@@ -78,7 +78,6 @@ class Row:
     spec: RowSpec
     decoder: object
     cut: StopCut
-    noise: Optional[Noise]  # None: greedy
     allowed: Optional[np.ndarray] = None  # token healing: ids the first draw may take
     remaining: int = 0  # characters still to generate
     tokens: int = 0  # tokens drawn so far
@@ -163,9 +162,7 @@ class Batcher:
         if spec.prompt and spec.heal:
             ids, allowed, skip = heal(self.tokenizer, ids)
         ids = ids or start_ids(self.tokenizer, "")
-        greedy = spec.temperature == 0
-        row = Row(spec, self.tokenizer.decoder(skip) if skip else self.tokenizer.decoder(),
-                  StopCut(spec.stop), None if greedy else Noise(1, self.vocab, spec.seed, self.device),
+        row = Row(spec, self.tokenizer.decoder(skip) if skip else self.tokenizer.decoder(), StopCut(spec.stop),
                   allowed, remaining=spec.length, tag=tag)
         if spec.length <= 0:
             row.finish_reason = "length"
@@ -325,18 +322,19 @@ class Batcher:
                 t.copy_(saved_t)
 
     def _noise(self, rows: List[Row], k: int) -> torch.Tensor:
-        """(k, n, V): each row's next k rows of its own Gumbel noise (zeros for greedy rows)."""
+        """(k, n, V): each row's Gumbel noise for its next k draws (zeros for greedy rows), in one go."""
         block = self.noise[:k, :len(rows)]
-        for i, r in enumerate(rows):
-            if r.noise is None:
-                block[:, i].zero_()
-            else:
-                r.noise.fill(block[:, i:i + 1])
+        seeds, drawn, greedy = self.plan[2:]
+        block.copy_(gumbel_noise(seeds, drawn, k, self.vocab))
+        drawn += k
+        if greedy is not None:
+            block[:, greedy] = 0.0
         return block
 
     def _plan(self, rows: List[Row]) -> tuple:
-        """The rows' draw settings as tensors: (n, 1) temperatures (None: all 1) and filter groups; made again
-        only after rows joined or left."""
+        """The rows' draw settings as tensors: (n, 1) temperatures (None: all 1), filter groups, and for the
+        noise each row's seed, draws so far (advanced as blocks are drawn) and the greedy rows (None: none);
+        made again only after rows joined or left."""
         temps = [r.spec.temperature or 1.0 for r in rows]
         scale = None if all(t == 1.0 for t in temps) else torch.tensor(temps, device=self.device)[:, None]
         groups: Dict[tuple, List[int]] = {}
@@ -345,11 +343,14 @@ class Batcher:
                 groups.setdefault((r.spec.top_k, r.spec.top_p), []).append(i)
         filters = [(k, p, None if len(idx) == len(rows) else torch.tensor(idx, device=self.device))
                    for (k, p), idx in groups.items()]
-        return scale, filters
+        seeds = torch.tensor([r.spec.seed for r in rows], dtype=torch.long, device=self.device)
+        drawn = torch.tensor([r.tokens for r in rows], dtype=torch.long, device=self.device)
+        greedy = [i for i, r in enumerate(rows) if r.spec.temperature == 0]
+        return scale, filters, seeds, drawn, torch.tensor(greedy, device=self.device) if greedy else None
 
     def _draw(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
         """(n, V) logits -> (n,) ids in `out`, each row by its own temperature, filters and (n, V) noise."""
-        scale, filters = self.plan
+        scale, filters = self.plan[:2]
         if scale is None and not filters and not self.healing:  # the common case, with the fewest calls per token
             torch.argmax(logits.add_(noise), dim=-1, out=out)
             return

@@ -1,21 +1,18 @@
 """Drawing tokens: decoding filters and seeded Gumbel noise.
 
 Decoding is temperature, then top-k, then top-p, then a Gumbel-max draw (argmax of logits + Gumbel noise: an
-exact sample from the softmax). The noise comes in blocks from one seeded torch.Generator on the model's
-device and is used one row per token, in order, however many tokens a step draws; so a seed reproduces the
-output byte for byte. `charnn.generation.batcher` runs the loop that steps the model and draws.
+exact sample from the softmax). The noise is a counter-based hash of (seed, draw, token): a seed reproduces
+the output byte for byte, whatever else is in the batch, however many tokens a step draws, on any device.
+`charnn.generation.batcher` runs the loop that steps the model and draws.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
-NOISE_FLOATS = 1 << 20  # Gumbel noise is drawn in blocks of about this many numbers
-
-Draw = Callable[[torch.Tensor, Optional[torch.Tensor], torch.Tensor], torch.Tensor]  # (logits, noise, out) -> out
-
+NOISE_FLOATS = 1 << 20  # a block of Gumbel noise holds at most about this many numbers
 
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
     """(B, V) temperature-scaled logits -> the same with every token outside top-k, then top-p, at -inf."""
@@ -30,41 +27,38 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
     return logits
 
 
-def gumbel_noise(steps: int, batch: int, vocab: int, generator: torch.Generator, device) -> torch.Tensor:
-    """(steps, B, V) Gumbel(0, 1) noise, -log(E) with E = -log(U) ~ Exp(1), U ~ Uniform[0, 1): argmax(logits +
-    noise) draws from the softmax. (From uniforms: on a CPU, torch's `exponential_` costs about 20 ns a number,
-    `rand` and two logs about 5.)"""
-    u = torch.rand(steps, batch, vocab, generator=generator, device=device)
-    return u.clamp_min_(1e-30).log_().neg_().clamp_min_(1e-30).log_().neg_()
+def _signed(c: int) -> int:
+    """A 64-bit constant as the int64 torch stores."""
+    return c - (1 << 64) if c >= 1 << 63 else c
 
 
-class Noise:
-    """Gumbel noise rows (B, V) in a fixed order from one seed, made `steps` rows at a time."""
+GOLDEN = _signed(0x9E3779B97F4A7C15)  # splitmix64's increment
+MIX1, MIX2 = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
 
-    def __init__(self, batch: int, vocab: int, seed: int, device: torch.device):
-        self.batch, self.vocab, self.device = batch, vocab, device
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
-        self.steps = max(1, min(256, NOISE_FLOATS // (batch * vocab)))
-        self.i, self.block, self.rows = self.steps, None, ()
 
-    def _refill(self) -> None:
-        self.block = gumbel_noise(self.steps, self.batch, self.vocab, self.generator, self.device)
-        self.rows, self.i = self.block.unbind(0), 0  # views made once per block: a view costs time per token
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> keeps the sign)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
 
-    def next(self) -> torch.Tensor:
-        """The next row."""
-        if self.i == self.steps:
-            self._refill()
-        self.i += 1
-        return self.rows[self.i - 1]
 
-    def fill(self, out: torch.Tensor) -> None:
-        """Copy the next len(out) rows into `out` (n, B, V), in as few copies as the blocks allow."""
-        k = 0
-        while k < len(out):
-            if self.i == self.steps:
-                self._refill()
-            m = min(len(out) - k, self.steps - self.i)
-            out[k:k + m].copy_(self.block[self.i:self.i + m])
-            k, self.i = k + m, self.i + m
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finalizer, elementwise on int64 (products wrap modulo 2**64, as two's complement does)."""
+    x = (x ^ _shr(x, 30)) * MIX1
+    x = (x ^ _shr(x, 27)) * MIX2
+    return x ^ _shr(x, 31)
+
+
+def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, steps: int, vocab: int) -> torch.Tensor:
+    """(steps, n, V) Gumbel(0, 1) noise for n rows: row i's noise for its draws positions[i] .. + steps - 1.
+
+    Each number is a hash of (seed, draw, token), splitmix64 style: mix64(mix64(seed) + index * GOLDEN) with
+    index = draw * V + token; its top 24 bits make a uniform U in (0, 1) and -log(-log(U)) a Gumbel. So a row's
+    noise depends on its seed and how far it has drawn, not on the other rows or the device, and all rows'
+    noise for a block is a dozen tensor ops, however many rows there are. (23 bits: with 24, float32 rounds the
+    largest U to 1.0, and its Gumbel would be infinite.)"""
+    dev = seeds.device
+    draw = positions[None, :, None] + torch.arange(steps, device=dev)[:, None, None]  # (steps, n, 1)
+    index = draw * vocab + torch.arange(vocab, device=dev)  # (steps, n, V)
+    x = mix64(mix64(seeds)[None, :, None] + index * GOLDEN)
+    u = (_shr(x, 41).float() + 0.5) * (1.0 / (1 << 23))
+    return u.log_().neg_().log_().neg_()
