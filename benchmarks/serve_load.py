@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import cpu_name  # noqa: E402
+from benchmarks.common import cpu_features, cpu_name  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 MIN_REQUESTS = 32  # requests per level at least
@@ -152,7 +152,8 @@ def _quantile(xs, q: float) -> float:
 
 def start_server(run: Path, port: int, args) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "charnn", "serve", str(run), "--port", str(port), "--device", "cpu",
-           "--max-batch", str(args.max_batch), "--max-queue", "256"] + (["--threads", str(args.threads)] if args.threads else [])
+           "--max-batch", str(args.max_batch), "--max-queue", "256"] + (["--threads", str(args.threads)] if args.threads else []) \
+        + (["--int8"] if args.int8 else [])
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     for _ in range(600):
         try:
@@ -176,6 +177,7 @@ def main() -> None:
     ap.add_argument("--soak-clients", type=int, default=16)
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="the server's --threads")
+    ap.add_argument("--int8", action="store_true", help="the server's --int8 (int8 recurrent weights)")
     ap.add_argument("--note", default="", help="a note stored with the results (e.g. the machine's load)")
     args = ap.parse_args()
 
@@ -192,9 +194,9 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
 
-    cpu = f"{cpu_name()}, {os.cpu_count()} CPUs"
+    cpu = f"{cpu_name()} ({cpu_features()}), {os.cpu_count()} CPUs"
     base = rows[0]["chars_per_s"]
-    print(f"charnn serve, {run}; {cpu}; torch threads {args.threads or 'default'}; "
+    print(f"charnn serve{' --int8' if args.int8 else ''}, {run}; {cpu}; torch threads {args.threads or 'default'}; "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"{'clients':>7} {'requests':>8} {'chars/s':>9} {'x one':>6} {'first p50':>10} {'first p99':>10} {'errors':>6}")
     for r in rows:
@@ -209,7 +211,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
               "python": platform.python_version(), "checkpoint": str(run), "random_weights": args.checkpoint is None,
-              "threads": args.threads, "max_batch": args.max_batch, "chars": args.chars, "rounds": args.rounds,
+              "threads": args.threads, "int8": args.int8, "max_batch": args.max_batch, "chars": args.chars, "rounds": args.rounds,
               "levels": rows, "soak": soaked, "note": args.note}
     (out / "serve_load.json").write_text(json.dumps(record, indent=2))
 
