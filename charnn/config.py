@@ -63,6 +63,8 @@ class ModelConfig:
         if self.attention_score not in ATTENTION_SCORES:
             problems.append(f"`--attention-score` must be one of {', '.join(ATTENTION_SCORES)}, "
                             f"not {self.attention_score!r}")
+        elif self.attention_score != "general" and not self.attention:
+            problems.append("`--attention-score` scores attention; with `--no-attention` there is none")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"`--dropout` must be in [0, 1), got {self.dropout}")
         _raise(problems)

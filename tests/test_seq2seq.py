@@ -299,7 +299,8 @@ def test_cli_trains_the_ablations(tmp_path):
         assert out.exit_code == 0 and len(out.stdout.split("\n")) == 4
     info = runner.invoke(app, ["info", str(tmp_path / "attention-score" / "best.pt"), "--json"])
     assert json.loads(info.stdout)["seq2seq"]["attention"] == "bahdanau-additive"
-    for bad in (["--attention-score", "additive"], ["--pairs", "--attention-score", "dot"]):  # one line, exit 2
+    for bad in (["--attention-score", "additive"], ["--pairs", "--attention-score", "dot"],  # one line, exit 2
+                ["--pairs", "--no-attention", "--attention-score", "additive"]):
         r = runner.invoke(app, ["train", str(tmp_path / "r.tsv"), *bad, "--max-steps", "1", "--out", str(tmp_path)])
         assert r.exit_code == 2 and "--attention-score" in r.stderr and "Traceback" not in r.stderr
 

@@ -123,7 +123,7 @@ class Batcher:
                 try:
                     stepper = FastStepper(self.model, size, 1.0, self.banned, int8=self.int8)
                 except NotImplementedError:
-                    raise CharnnError("continuous batching covers charnn's LSTM, GRU and RNN models only") from None
+                    raise CharnnError("generation covers charnn's LSTM, GRU and RNN language models only") from None
                 self.steppers[size] = stepper, torch.zeros(size, dtype=torch.long, device=self.device)
         return self.steppers[size]
 
