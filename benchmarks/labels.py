@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import cpu_name  # noqa: E402
+from common import cpu_features, cpu_name  # noqa: E402
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint  # noqa: E402
 from charnn.classify import Classifier  # noqa: E402
@@ -240,9 +240,9 @@ def main() -> None:
     ap.add_argument("--no-separate", action="store_true", help="skip the separate per-label models")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "labels.json"))
     a = ap.parse_args()
-    hw = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    hw = {"cpu": cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
           "date": time.strftime("%Y-%m-%d %H:%M"), "load_avg_at_start": os.getloadavg()}
-    print(f"# {hw['cpu']}, {hw['cores']} cores, torch {hw['torch']}, load {hw['load_avg_at_start']}", file=sys.stderr)
+    print(f"# {hw['cpu']} ({hw['cpu_features']}), {hw['cores']} cores, torch {hw['torch']}, load {hw['load_avg_at_start']}", file=sys.stderr)
     tmp = None if a.work else tempfile.TemporaryDirectory()
     work = Path(a.work or tmp.name)
     work.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_name
+from common import cpu_features, cpu_name
 
 import charnn.models.stepper
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
@@ -157,7 +157,7 @@ def main() -> None:
 
     int8_used = charnn.models.stepper.int8_kernel()
     print(f"{args.layers}x{args.hidden} {args.cell}, vocab {tokenizer.vocab_size}, {device}, {args.threads} threads, "
-          f"torch {torch.__version__}, {cpu_name() if cpu else torch.cuda.get_device_name()}"
+          f"torch {torch.__version__}, {f'{cpu_name()} ({cpu_features()})' if cpu else torch.cuda.get_device_name()}"
           + (f", int8 kernel {int8_used}" if cpu else ""))
     print(f"{'sampler':<30}{'streams':>8}{'chars':>10}{'seconds':>9}{'chars/s':>12}{'x naive(1)':>12}{'x naive(same)':>15}")
     for r in results:
@@ -176,7 +176,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": f"{args.layers}x{args.hidden} {args.cell}", "vocab": tokenizer.vocab_size, "device": str(device),
-            "threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
+            "threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(), "cpu_features": cpu_features(),
             "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "checkpoint": args.checkpoint,
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
             "int8_kernel": int8_used if cpu else None,

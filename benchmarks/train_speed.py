@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import cpu_name  # noqa: E402
+from common import cpu_features, cpu_name  # noqa: E402
 
 
 def matmul_ceiling(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
@@ -164,7 +164,7 @@ def main() -> None:
 
     device = torch.device(a.device)
     ceil = {"fp32": matmul_ceiling(torch.float32, device), "bf16": matmul_ceiling(torch.bfloat16, device)}
-    hw = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
+    hw = torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu_name()} ({cpu_features()})"
     print(f"# {hw}, {torch.get_num_threads()} threads, torch {torch.__version__}; matmul ceiling: "
           f"fp32 {ceil['fp32'] / 1e9:,.0f} GFLOP/s, bf16 {ceil['bf16'] / 1e9:,.0f} GFLOP/s")
     precisions = [p for p in a.precisions.split(",") if p]
