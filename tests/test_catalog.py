@@ -152,6 +152,22 @@ def test_val_file_pairs_and_eval_take_catalog_names(local_catalog, tmp_path):
     assert "downloading tiny" in r.stderr and Handler.requests == ["/pairs.tsv", "/tiny.txt"]
 
 
+def test_eval_scores_a_split_corpus_on_its_test_split_and_val_file_refuses_it(local_catalog, tmp_path):
+    """bytes8 (latin-1, 8,000 train / 1,000 val of 10,200 characters) scores as its last 1,200 characters,
+    read as latin-1, not as the whole file in UTF-8; given to --val-file it is one error line."""
+    runner = CliRunner()
+    small = ["--max-steps", "2", "--hidden", "16", "--embed", "8", "--layers", "1", "--device", "cpu",
+             "--batch-size", "4", "--seq-len", "16", "--out", str(tmp_path / "runs")]
+    assert runner.invoke(app, ["train", "bytes8"] + small).exit_code == 0
+    r = runner.invoke(app, ["eval", str(tmp_path / "runs" / "bytes8"), "bytes8", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["chars"] == 255 * 40 - 9000 and "scoring its test split" in r.stderr
+    assert json.loads(r.stdout)["unknown_chars"] == 0  # read as latin-1: every byte a character the model knows
+    (tmp_path / "notes.txt").write_bytes(TEXT)
+    r = runner.invoke(app, ["train", str(tmp_path / "notes.txt"), "--val-file", "bytes8"] + small)
+    one_line_error(r, 1, "has its own encoding and train/val/test split")
+
+
 def test_a_typo_of_a_catalog_name_is_one_line_that_suggests_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, ["train", "tinyshakespear"])

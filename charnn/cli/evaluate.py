@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, List
+from typing import Annotated, List, Optional, Tuple
 
 import typer
 
@@ -49,7 +49,7 @@ def evaluate(
             ckpt, files = paths[0], paths[1:]
         else:
             ckpt, files = None, paths
-        files = _fetch(files)
+        files, entries = _fetch(files)
         cfg = dynamic_config(dynamic, "--dynamic", dynamic_lr, dynamic_decay, segment)
         dev = resolve_device(device)
         path = resolve_checkpoint(ckpt)
@@ -57,6 +57,8 @@ def evaluate(
         if is_seq2seq(data):
             if dynamic or label is not None:
                 raise ConfigError("`--dynamic` and `--label` apply to language models, not to a --pairs model")
+            if any(entries):
+                raise ConfigError("a catalog corpus with its own split is text, not pairs; pass pair files")
             return _pairs(data, path, files, beam, encoding, dev, as_json)
         if beam != 1:
             raise ConfigError("`--beam` applies to a sequence-to-sequence (--pairs) model")
@@ -64,7 +66,7 @@ def evaluate(
         names = (data.get("labels") or {}).get("names") or []
         if label is not None:
             model, names = model.for_label(label_id(data.get("labels"), label)), []
-        texts = [read_text(f, "file", encoding) for f in files]
+        texts = [read_text(f, "file", encoding) if e is None else _test_split(f, e) for f, e in zip(files, entries)]
         # a labelled model: each file under each label too (the main row is the label-free path)
         per_label = [evaluate_labels(model, tokenizer, t, dev, names) for t in texts] if names and not dynamic \
             else [{} for _ in texts]
@@ -93,16 +95,33 @@ def evaluate(
         (_dynamic_table if dynamic else _table)(rows)
 
 
-def _fetch(files: List[str]) -> List[str]:
-    """Files as given, a catalog name (`charnn corpora`) as its local copy, downloaded on first use."""
+def _fetch(files: List[str]) -> Tuple[List[str], List[Optional[dict]]]:
+    """Files as given, a catalog name (`charnn corpora`) as its local copy, downloaded on first use; beside
+    each, its catalog entry when it has its own encoding or split (else None)."""
     from charnn.cli.progress import DownloadBar
-    from charnn.data.catalog import resolve
+    from charnn.data.catalog import resolve_entry
 
     bar = DownloadBar(err)
     try:
-        return [resolve(f, lambda kind, info: bar(info) if kind == "download" else None) for f in files]
+        found = [resolve_entry(f, lambda kind, info: bar(info) if kind == "download" else None) for f in files]
     finally:
         bar.close()
+    return [p for p, _ in found], [e if e and (e.get("split") or e.get("encoding")) else None for _, e in found]
+
+
+def _test_split(path: str, entry: dict) -> str:
+    """A catalog corpus with its own split (enwik8, text8: 90M train / 5M val / 5M test) is scored on its test
+    split, the part after train and val, read in its own encoding; a note says so."""
+    from charnn.data.corpus import read_text
+
+    text = read_text(path, "file", entry.get("encoding") or "utf-8")
+    split = entry.get("split")
+    if split:
+        start = split["train"] + split["val"]
+        text = text[start:]
+        err.print(f"note: {entry['name']}: scoring its test split, characters {start:,} to {start + len(text):,} "
+                  f"(train and val are the {split['train']:,} and {split['val']:,} before)", markup=False)
+    return text
 
 
 def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> None:

@@ -81,14 +81,25 @@ def fetch(entry: dict, on_event: Optional[Callback] = None) -> Path:
     return target
 
 
-def resolve(path: str, on_event: Optional[Callback] = None) -> str:
-    """`path` itself when something is there; else, when the catalog has an entry of that name, its local
-    file (downloaded and verified on first use); else `path` unchanged, for the caller's own error. How
-    --val-file, `--pairs`/`--label-by` corpora and `eval`'s files take a catalog name as a plain corpus does."""
+def resolve_entry(path: str, on_event: Optional[Callback] = None) -> Tuple[str, Optional[dict]]:
+    """(`path`, None) when something is there; else, when the catalog has an entry of that name, (its local
+    file, downloaded and verified on first use, the entry: its encoding and split apply to the file); else
+    (`path`, None), for the caller's own error."""
     if Path(path).exists():
-        return path
+        return path, None
     entry = find(path)
-    return path if entry is None else str(fetch(entry, on_event))
+    return (path, None) if entry is None else (str(fetch(entry, on_event)), entry)
+
+
+def resolve(path: str, on_event: Optional[Callback] = None) -> str:
+    """`path`, or a catalog name's local file (see resolve_entry), for files read whole as UTF-8: --val-file
+    and `--pairs`/`--label-by` corpora. A catalog entry with its own encoding or split is refused here in one
+    line (it would be read whole, in the wrong encoding)."""
+    local, entry = resolve_entry(path, on_event)
+    if entry is not None and (entry.get("split") or entry.get("encoding")):
+        raise CharnnError(f"{path!r} has its own encoding and train/val/test split; train on it as the corpus "
+                          f"(`charnn train {path}`), or score its test split with `charnn eval RUN {path}`")
+    return local
 
 
 def _hint(entry: dict) -> str:
