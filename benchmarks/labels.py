@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import random
 import re
 import resource
@@ -234,6 +235,8 @@ def main() -> None:
     ap.add_argument("--books", nargs="*", default=BOOKS)
     ap.add_argument("--budget", type=float, default=360.0, help="--max-time of the labelled model, seconds")
     ap.add_argument("--label-dropout", type=float, default=0.1)
+    ap.add_argument("--train-flags", default="", help="more `charnn train` flags for the labelled model, e.g. "
+                                                       "\"--label-contrast 1.0\"")
     ap.add_argument("--lines", type=int, default=2000, help="100-character lines for the throughput test")
     ap.add_argument("--seed", type=int, default=1337, help="shuffles the TSV; the split uses charnn's seed 1337")
     ap.add_argument("--work", help="work folder (kept; default: a temporary one, removed)")
@@ -269,7 +272,7 @@ def main() -> None:
     run = work / "runs" / "labelled"
     train = charnn("train", str(tsv), "--label-by", "line", "--label-dropout", str(a.label_dropout),
                    "--max-time", str(a.budget), "--out", str(work / "runs"), "--name", "labelled", "--device", "cpu",
-                   "-q")
+                   "-q", *shlex.split(a.train_flags))
     ours = classify_val(run, [d.text for d in text.val], val_y, names)
     print(f"charnn accuracy {ours['training']['accuracy']:.4f} (uniform prior {ours['uniform']['accuracy']:.4f}), "
           f"{ours['step']} steps", file=sys.stderr)
@@ -298,7 +301,8 @@ def main() -> None:
             row["gain"] = row["separate_val"] - row["labelled_val"]
         per_label.append(row)
     wall = time.perf_counter() - t_start
-    result = {"hardware": hw, "books": names, "budget_s": a.budget, "label_dropout": a.label_dropout, "seed": a.seed,
+    result = {"hardware": hw, "books": names, "budget_s": a.budget, "label_dropout": a.label_dropout,
+              "train_flags": a.train_flags, "seed": a.seed,
               "train_verses": len(train_x), "val_verses": len(val_x), "wall_s": wall,
               "charnn": {"train": {k: train[k] for k in ("wall_s", "cpu_s")}, "steps": ours["step"],
                          "predict": ours["predict"], "training_prior": ours["training"],
