@@ -9,7 +9,7 @@ short ones' rows busy. Scores are sums of log-probabilities, divided by GNMT's l
 ((5 + length) / 6) ** alpha when alpha > 0.
 
 Nothing a row computes depends on the other rows (the encoder is packed, attention masks padding), so an input
-gets the same output whatever batch it is decoded in; sampling draws each input's noise from its own generator,
+gets the same output whatever batch it is decoded in; sampling draws each input's noise as a stream of its own,
 seeded by the run's seed and the input's position, for the same reason.
 """
 
@@ -25,7 +25,7 @@ import torch
 from charnn.config import TransduceConfig
 from charnn.data.pairs import END, pad_sources
 from charnn.errors import CharnnError
-from charnn.generation.draw import filter_logits
+from charnn.generation.draw import filter_logits, gumbel_noise
 from charnn.models.seq2seq import Seq2Seq
 from charnn.text.tokenizer import start_id
 
@@ -152,7 +152,7 @@ class Transducer:
         source = pad_sources(inputs)
         limits = [self.limit(len(s)) for s in inputs]
         rows, where, noise = list(range(len(inputs))), list(range(len(inputs))), None
-        if c.sampling:  # n_best samples: each input n_best times, each copy with its own generator
+        if c.sampling:  # n_best samples: each input n_best times, each copy with its own noise
             rows = [r for r in range(len(inputs)) for _ in range(c.n_best)]
             where = [positions[r] * c.n_best + j for r in range(len(inputs)) for j in range(c.n_best)]
             noise = [_noise(self.seed, w, limits[r], self.tok.vocab_size) for r, w in zip(rows, where)]
@@ -196,10 +196,10 @@ class Transducer:
 
 
 def _noise(seed: int, position: int, steps: int, vocab: int) -> torch.Tensor:
-    """(steps, V) Gumbel noise of one input, from a generator of its own: the same whatever the batch."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + position) % 2**63)
-    e = torch.empty(steps, vocab).exponential_(generator=g)
-    return e.clamp_min_(1e-30).log_().neg_()
+    """(steps, V) Gumbel noise of one input, a stream of its own (`draw.gumbel_noise`, the hashed noise that
+    sampling from a language model uses): the same whatever the batch."""
+    own = torch.tensor([(seed * 1_000_003 + position) % 2**63])
+    return gumbel_noise(own, torch.zeros(1, dtype=torch.long), steps, vocab)[:, 0]
 
 
 def join_line(hyps: List[Hypothesis], scores: bool = False) -> str:
