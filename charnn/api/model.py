@@ -19,8 +19,8 @@ from charnn.api.params import GenerationParams, ParamError
 from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
-from charnn.errors import CharnnError
 from charnn.dynamic import adapt as adapted_copy
+from charnn.errors import CharnnError
 from charnn.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 
@@ -115,7 +115,7 @@ class Model:
             idle = self._idle.get(n)
             if idle:
                 return idle.pop()
-        return Batcher(self.net, self.tokenizer, self.device, capacity=n, int8=self.int8)
+        return Batcher(self.net, self.tokenizer, self.device, capacity=n, int8=self.int8, rows=n)
 
     def score(self, text: str, dynamic: bool = False) -> EvalResult:
         """What `charnn eval` reports for `text`: nats and bits per character, perplexity, counts. With

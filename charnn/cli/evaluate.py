@@ -99,14 +99,14 @@ def _fetch(files: List[str]) -> Tuple[List[str], List[Optional[dict]]]:
     """Files as given, a catalog name (`charnn corpora`) as its local copy, downloaded on first use; beside
     each, its catalog entry when it has its own encoding or split (else None)."""
     from charnn.cli.progress import DownloadBar
-    from charnn.data.catalog import resolve_entry
+    from charnn.data.catalog import own_layout, resolve_entry
 
     bar = DownloadBar(err)
     try:
         found = [resolve_entry(f, lambda kind, info: bar(info) if kind == "download" else None) for f in files]
     finally:
         bar.close()
-    return [p for p, _ in found], [e if e and (e.get("split") or e.get("encoding")) else None for _, e in found]
+    return [p for p, _ in found], [e if e and own_layout(e) else None for _, e in found]
 
 
 def _test_split(path: str, entry: dict) -> str:

@@ -81,6 +81,11 @@ def fetch(entry: dict, on_event: Optional[Callback] = None) -> Path:
     return target
 
 
+def own_layout(entry: dict) -> bool:
+    """Whether a catalog entry's file is not plain UTF-8 text to read whole: it has its own encoding or split."""
+    return bool(entry.get("split") or entry.get("encoding"))
+
+
 def resolve_entry(path: str, on_event: Optional[Callback] = None) -> Tuple[str, Optional[dict]]:
     """(`path`, None) when something is there; else, when the catalog has an entry of that name, (its local
     file, downloaded and verified on first use, the entry: its encoding and split apply to the file); else
@@ -96,7 +101,7 @@ def resolve(path: str, on_event: Optional[Callback] = None) -> str:
     and `--pairs`/`--label-by` corpora. A catalog entry with its own encoding or split is refused here in one
     line (it would be read whole, in the wrong encoding)."""
     local, entry = resolve_entry(path, on_event)
-    if entry is not None and (entry.get("split") or entry.get("encoding")):
+    if entry is not None and own_layout(entry):
         raise CharnnError(f"{path!r} has its own encoding and train/val/test split; train on it as the corpus "
                           f"(`charnn train {path}`), or score its test split with `charnn eval RUN {path}`")
     return local

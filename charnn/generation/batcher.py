@@ -1,7 +1,7 @@
 """Continuous batching: rows (one per sampled continuation) join and leave one generation loop between steps.
 
-`Sampler` steps a fixed batch that starts and ends together; here every row has its own prompt, length,
-temperature, top-k/top-p, stop strings and seed, and the batch changes shape as rows come and go. Each token
+Every row has its own prompt, length, temperature, top-k/top-p, stop strings and seed, and the batch changes
+shape as rows come and go (`charnn sample`'s fixed batch is the case where all rows start together). Each token
 of a `Batcher.step` feeds every live row's next input token through one FastStepper call, scales and filters
 each row's logits by its own settings and adds the row's own seeded Gumbel noise (`draw.gumbel_noise`, so a seed gives
 the same text whatever else is in the batch); after a block of up to BLOCK tokens each row decodes its own. Live rows are kept packed at the front of the
