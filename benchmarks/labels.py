@@ -21,6 +21,8 @@ Prints markdown tables and writes benchmarks/results/labels.json. Corpus text st
 
     python benchmarks/labels.py                      # the measured run: 360 s budget, about 25 minutes
     python benchmarks/labels.py --budget 20 --lines 200 --books Ruth Song_of_Solomon   # a quick check
+    python benchmarks/labels.py --budget 600 --then-budget 600 --then-flags "--label-contrast 1 --label-negatives 9"
+                                 # two phases: --init-from the first model, the second with other flags
 """
 
 from __future__ import annotations
@@ -237,6 +239,11 @@ def main() -> None:
     ap.add_argument("--label-dropout", type=float, default=0.1)
     ap.add_argument("--train-flags", default="", help="more `charnn train` flags for the labelled model, e.g. "
                                                        "\"--label-contrast 1.0\"")
+    ap.add_argument("--then-budget", type=float, default=0.0,
+                    help="a second phase: `charnn train --init-from` the labelled model for this many seconds more "
+                         "(the label vectors carry over), with --then-flags; classify uses its model")
+    ap.add_argument("--then-flags", default="", help="`charnn train` flags of the second phase, e.g. "
+                                                     "\"--label-contrast 1 --label-negatives 9\"")
     ap.add_argument("--lines", type=int, default=2000, help="100-character lines for the throughput test")
     ap.add_argument("--seed", type=int, default=1337, help="shuffles the TSV; the split uses charnn's seed 1337")
     ap.add_argument("--work", help="work folder (kept; default: a temporary one, removed)")
@@ -273,7 +280,16 @@ def main() -> None:
     train = charnn("train", str(tsv), "--label-by", "line", "--label-dropout", str(a.label_dropout),
                    "--max-time", str(a.budget), "--out", str(work / "runs"), "--name", "labelled", "--device", "cpu",
                    "-q", *shlex.split(a.train_flags))
+    phase_steps = [load_checkpoint(run / "last.pt")["step"]]
+    if a.then_budget:
+        then = charnn("train", str(tsv), "--label-by", "line", "--label-dropout", str(a.label_dropout),
+                      "--init-from", str(run), "--max-time", str(a.then_budget), "--out", str(work / "runs"),
+                      "--name", "labelled2", "--device", "cpu", "-q", *shlex.split(a.then_flags))
+        train = {k: train[k] + then[k] for k in ("wall_s", "cpu_s")}
+        run = work / "runs" / "labelled2"
+        phase_steps.append(load_checkpoint(run / "last.pt")["step"])
     ours = classify_val(run, [d.text for d in text.val], val_y, names)
+    ours["step"] = sum(phase_steps)
     print(f"charnn accuracy {ours['training']['accuracy']:.4f} (uniform prior {ours['uniform']['accuracy']:.4f}), "
           f"{ours['step']} steps", file=sys.stderr)
 
@@ -302,7 +318,8 @@ def main() -> None:
         per_label.append(row)
     wall = time.perf_counter() - t_start
     result = {"hardware": hw, "books": names, "budget_s": a.budget, "label_dropout": a.label_dropout,
-              "train_flags": a.train_flags, "seed": a.seed,
+              "train_flags": a.train_flags, "then_budget_s": a.then_budget, "then_flags": a.then_flags,
+              "phase_steps": phase_steps, "seed": a.seed,
               "train_verses": len(train_x), "val_verses": len(val_x), "wall_s": wall,
               "charnn": {"train": {k: train[k] for k in ("wall_s", "cpu_s")}, "steps": ours["step"],
                          "predict": ours["predict"], "training_prior": ours["training"],
@@ -331,8 +348,11 @@ def report(r: dict) -> None:
     print("| classifier | accuracy | macro-F1 | train CPU s (wall) | predict CPU s (wall) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     t, p = c["train"], c["predict"]
+    runs = f"{r['budget_s']:.0f} s, {r['phase_steps'][0]:,} steps"
+    if r.get("then_budget_s"):
+        runs += f"; then {r['then_budget_s']:.0f} s `{r['then_flags']}`, {r['phase_steps'][1]:,} steps"
     for name, s in (("training prior", c["training_prior"]), ("uniform prior", c["uniform_prior"])):
-        print(f"| charnn ({r['budget_s']:.0f} s, {c['steps']:,} steps), {name} | {s['accuracy']:.4f} | "
+        print(f"| charnn ({runs}), {name} | {s['accuracy']:.4f} | "
               f"{s['macro_f1']:.4f} | {t['cpu_s']:.0f} ({t['wall_s']:.0f}) | {p['cpu_s']:.1f} ({p['wall_s']:.1f}) |")
     print(f"| TF-IDF char_wb 1-5 + LogReg | {b['accuracy']:.4f} | {b['macro_f1']:.4f} | {b['train']['cpu_s']:.1f} "
           f"({b['train']['wall_s']:.1f}) | {b['predict']['cpu_s']:.2f} ({b['predict']['wall_s']:.2f}) |")

@@ -101,7 +101,8 @@ class TrainConfig:
     init_from: Optional[str] = None  # fine-tune: start from this checkpoint or run folder (its architecture and vocabulary)
     label_by: Optional[str] = None  # file, folder or line: condition the model on a label per document
     label_dropout: float = 0.1  # with labels: the share of training windows shown without their label
-    label_contrast: float = 0.0  # with labels: weight of the loss that sets a text's own label above another's
+    label_contrast: float = 0.0  # with labels: weight of the loss that sets a text's own label above others'
+    label_negatives: int = 1  # with --label-contrast: other labels each text is compared with per step
     skip_bad_lines: bool = False  # --label-by line / --pairs: skip (and count) lines that are not label<TAB>text
     pairs: bool = False  # sequence to sequence: every line is input<TAB>target (charnn.data.pairs)
 
@@ -144,6 +145,8 @@ class TrainConfig:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"`--precision` must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.label_negatives < 1:
+            problems.append(f"`--label-negatives` must be at least 1, got {self.label_negatives}")
         if self.label_contrast < 0:
             problems.append(f"`--label-contrast` must be >= 0, got {self.label_contrast}")
         if not 0.0 <= self.label_dropout < 1.0:

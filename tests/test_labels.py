@@ -166,20 +166,34 @@ def test_label_contrast_separates_the_labels_likelihoods(tmp_path):
     (tmp_path / "rows.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     text = load_labelled([str(tmp_path / "rows.tsv")], "line", val_frac=0.1, seed=1337)
     margins, losses = {}, {}
-    for weight in (0.0, 1.0):
-        name = f"c{weight}"
+    for weight, negatives in ((0.0, 1), (1.0, 1), (1.0, 2)):  # 2: every other label, Bayes' rule over all three
+        name = f"c{weight}-{negatives}"
         seen = []
-        charnn.train([str(tmp_path / "rows.tsv")], label_by="line", label_contrast=weight, out=str(tmp_path),
-                     name=name, max_steps=150, eval_every=150, batch_size=8, seq_len=32, hidden=32, layers=1, embed=8,
+        charnn.train([str(tmp_path / "rows.tsv")], label_by="line", label_contrast=weight, label_negatives=negatives,
+                     out=str(tmp_path), name=name, max_steps=150, eval_every=150, batch_size=8, seq_len=32, hidden=32, layers=1, embed=8,
                      lr=1e-2, device="cpu", on_event=lambda k, i: seen.append(i["loss"]) if k == "step" else None)
         data = load_checkpoint(tmp_path / name / "last.pt")
         model, tok = build_from_checkpoint(data)
         ll = Classifier(model, tok, data["labels"], torch.device("cpu")).loglik([tok.encode(d.text) for d in text.val])
         own = np.array([ll[i, d.label - 1] for i, d in enumerate(text.val)])
         others = np.array([np.delete(ll[i], d.label - 1).max() for i, d in enumerate(text.val)])
-        margins[weight], losses[weight] = float(np.mean(own - others)), seen[-1]
-    assert margins[1.0] > margins[0.0] + 0.6, margins  # 5.4 -> 6.7 nats when written
-    assert losses[1.0] < 2.5  # the reported loss is the language model's nats per token, not the sum of both
+        margins[weight, negatives], losses[weight, negatives] = float(np.mean(own - others)), seen[-1]
+    for contrast in ((1.0, 1), (1.0, 2)):
+        assert margins[contrast] > margins[0.0, 1] + 0.6, margins  # 5.4 -> 6.7 and 7.3 nats when written
+        assert losses[contrast] < 2.5  # the reported loss is the language model's nats per token, not the sum
+
+
+def test_other_labels_are_distinct_and_never_the_own():
+    from charnn.training.trainer import _other_labels
+    torch.manual_seed(0)
+    labels = torch.tensor([1, 2, 0, 4, 3, 1]).unsqueeze(1).expand(-1, 5)  # one label along a row; 0: unlabelled
+    for k in (1, 2, 3):
+        moved = _other_labels(labels, 4, k).view(k, 6, 5)
+        assert (moved == moved[..., :1]).all()  # the same label along a row
+        for i, own in enumerate(labels[:, 0].tolist()):
+            got = set(moved[:, i, 0].tolist())
+            assert got == {0} if own == 0 else (len(got) == k and own not in got and got <= {1, 2, 3, 4})
+    assert set(_other_labels(labels, 4, 3).view(3, 6, 5)[:, 0, 0].tolist()) == {2, 3, 4}  # k = n - 1: all others
 
 
 def test_line_labels_resume_exactly_mid_batch(tmp_path):
@@ -388,6 +402,30 @@ def test_init_from_an_unlabelled_base_into_a_labelled_run(trained_run, lang_file
     again = charnn.train(files[0], init_from=str(result.run_dir), out=str(tmp_path), name="plain", max_steps=3,
                          eval_every=3, batch_size=8, seq_len=32)
     assert "label_embed.weight" not in load_checkpoint(again.run_dir / "best.pt")["model"]
+
+
+def test_init_from_a_labelled_base_keeps_the_vectors_of_the_labels_it_knows(labelled_run, lang_files, tmp_path):
+    """A labelled run fine-tuned on some of its labels and a new one (a second phase with other flags, or a
+    label added): before any step, a known label predicts as the base did under it; the new label starts
+    fresh (its output vector the identity)."""
+    (tmp_path / "it.txt").write_text((lang_files / "de.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    files = [str(lang_files / "fr.txt"), str(lang_files / "en.txt"), str(tmp_path / "it.txt")]
+    text = load_labelled(files, "file", val_frac=0.1)
+    assert text.names == ["en", "fr", "it"]
+    trainer = Trainer(text, ModelConfig(vocab_size=1), TrainConfig(out=str(tmp_path), name="ft", label_by="file",
+                                                                   init_from=str(labelled_run), max_steps=1,
+                                                                   device="cpu"),
+                      explicit={"init_from", "label_by", "max_steps", "device"})
+    data = load_checkpoint(labelled_run / "best.pt")
+    base, tok = build_from_checkpoint(data)
+    assert data["labels"]["names"] == ["de", "en", "fr"]
+    x = torch.from_numpy(tok.encode("le chat noir dort sur la table")).unsqueeze(0)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        for new, old in ((1, 2), (2, 3)):  # en, fr
+            assert torch.equal(model.for_label(new)(x)[0], base.for_label(old)(x)[0])
+        assert not model.label_out.weight[3].any() and model.label_out.weight[1:3].any()
+    trainer.release()
 
 
 def test_a_resumed_labelled_run_keeps_its_split_and_its_labels(lang_files, tmp_path):

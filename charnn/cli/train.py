@@ -73,7 +73,10 @@ def train(
                                                       "their label (the unconditional path).")] = 0.1,
     label_contrast: Annotated[float, typer.Option(help="With labels: weight of a loss that raises each text's "
                                                        "likelihood under its own label above another label's "
-                                                       "(sharper `classify`; each step costs about twice).")] = 0.0,
+                                                       "labels' (sharper `classify`; a step costs more).")] = 0.0,
+    label_negatives: Annotated[int, typer.Option(help="With --label-contrast: how many other labels each text is "
+                                                      "compared with per step (each adds a forward pass of the "
+                                                      "batch).")] = 1,
     skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="--label-by line / --pairs: skip and "
                                                                          "count lines that are not label<TAB>text "
                                                                          "(input<TAB>target).")] = False,
@@ -131,6 +134,7 @@ def train(
                           precision=precision, threads=threads, tokenizer=tokenizer,
                           vocab_size=vocab_size, save_every_secs=save_every_secs, compile=compile,
                           init_from=init_from, label_by=label_by, label_dropout=label_dropout, label_contrast=label_contrast,
+                          label_negatives=label_negatives,
                           skip_bad_lines=skip_bad_lines, pairs=pairs).validate()
         stop = StopRequest()
         with graceful_signals(stop):

@@ -74,16 +74,23 @@ def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: O
                                           hidden=base.hidden, embed=base.embed, dropout=dropout))
 
 
-def graft(model: torch.nn.Module, parent: Parent, seed: int) -> None:
+def graft(model: torch.nn.Module, parent: Parent, seed: int, labels: Optional[List[str]] = None) -> None:
     """Load the parent's weights into `model`, whose vocabulary may be larger: the base's rows are copied,
     a new character's embedding row is drawn as a fresh model's are, and its head row starts as the
     unknown token's (a token the base learned to find unlikely), so adding characters changes the base's
-    predictions very little until training teaches the new ones."""
-    # label vectors belong to a run's own labels: the base's are dropped, the new run's start fresh
+    predictions very little until training teaches the new ones. A label of the new run (`labels`, its
+    names) that the base was trained on keeps the base's vectors; other labels start fresh."""
     state = {k: v for k, v in parent.data["model"].items() if not k.startswith(("label_embed", "label_out"))}
+    base_labels = list((parent.data.get("labels") or {}).get("names") or [])
     for name in ("label_embed", "label_out"):
-        if getattr(model, name, None) is not None:
-            state[f"{name}.weight"] = getattr(model, name).weight.detach().clone()
+        if getattr(model, name, None) is None:
+            continue
+        weight = getattr(model, name).weight.detach().clone()  # row 0 is "no label", rows 1.. the labels
+        old = parent.data["model"].get(f"{name}.weight")
+        for i, label in enumerate(labels or []):
+            if old is not None and label in base_labels and old.shape[1] == weight.shape[1]:
+                weight[i + 1] = old[base_labels.index(label) + 1]
+        state[f"{name}.weight"] = weight
     n = parent.model_cfg.vocab_size
     new = model.embed.weight.shape[0] - n
     if new > 0:

@@ -277,7 +277,7 @@ class Trainer:
         self.model = build_model(self.model_cfg)
         self.parent = resumed.get("parent") if resumed else None
         if parent:
-            graft(self.model, parent, seed)
+            graft(self.model, parent, seed, self.labels["names"] if self.labels else None)
             parent.added = list(self.tokenizer.decode(range(parent.model_cfg.vocab_size, self.tokenizer.vocab_size)))
             self.parent = parent.record()
             self.on_event("init_from", dict(self.parent))
@@ -495,13 +495,13 @@ class Trainer:
             labels = labels.masked_fill(hide, 0)
         contrast = labels is not None and self.cfg.label_contrast > 0
         if contrast:  # every row once more under another label, in the same forward (rows stacked)
-            wrong = _other_labels(labels, len(self.labels["names"]))
-            x, labels = torch.cat([x, x]), torch.cat([labels, wrong])
-            state_in = self.state
-            self.state = None if state_in is None else _stack_state(state_in)
+            copies = min(self.cfg.label_negatives, len(self.labels["names"]) - 1) + 1
+            wrong = _other_labels(labels, len(self.labels["names"]), copies - 1)
+            x, labels = x.repeat(copies, 1), torch.cat([labels, wrong])
+            self.state = None if self.state is None else _stack_state(self.state, copies)
         with autocast(self.device, self.precision):
             logits, self.state = self._forward(x, labels, source)
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), (torch.cat([y, y]) if contrast else y)
+        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), (y.repeat(copies, 1) if contrast else y)
                               .reshape(-1), reduction="none", ignore_index=IGNORE).view(x.shape[0], -1)
         self.step_tokens = self._real_tokens(y)
         # the mean over every rank's real targets (padding ignored; a rank's share of a window may hold none):
@@ -510,11 +510,13 @@ class Trainer:
         loss = nll[: y.shape[0]].sum() / real
         value = loss
         if contrast:
-            self.state = _half_state(self.state)
-            # the text's log-likelihood under its own label against another's, which Bayes' rule compares
-            own, other = nll[: y.shape[0]].sum(1), nll[y.shape[0]:].sum(1)
+            self.state = _first_rows(self.state, y.shape[0])
+            # Bayes' rule over the text's own label and `copies - 1` others: -log of the own label's share of
+            # their likelihoods (one other label: softplus(own nats - other nats))
+            sums = nll.sum(1).view(copies, -1)
+            margin = torch.cat([torch.zeros_like(sums[:1]), sums[:1] - sums[1:]])
             lab = labels[: y.shape[0], 0] > 0
-            loss = loss + self.cfg.label_contrast * (F.softplus(own - other) * lab).sum() / real
+            loss = loss + self.cfg.label_contrast * (torch.logsumexp(margin, 0) * lab).sum() / real
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
@@ -623,19 +625,20 @@ def _check_same_kind(saved: dict, corpus, run: str) -> None:
                           "resume it the same way")
 
 
-def _other_labels(labels: torch.Tensor, n: int) -> torch.Tensor:
-    """Each labelled row's labels moved to another label (1..n, the same shift along the row); label 0 stays."""
-    shift = torch.randint(1, n, (labels.shape[0], 1), device=labels.device)
-    return torch.where(labels > 0, (labels - 1 + shift) % n + 1, labels)
+def _other_labels(labels: torch.Tensor, n: int, k: int = 1) -> torch.Tensor:
+    """k copies of the rows, stacked: in each, every labelled row's labels moved to another label (1..n, the
+    same shift along the row, the k shifts of a row distinct, so its k labels differ); label 0 stays."""
+    shifts = torch.rand(labels.shape[0], n - 1, device=labels.device).argsort(1)[:, :k] + 1  # (rows, k) in 1..n-1
+    moved = (labels.unsqueeze(0) - 1 + shifts.T.unsqueeze(-1)) % n + 1  # (k, rows, T)
+    return torch.where(labels > 0, moved, labels).reshape(-1, labels.shape[1])
 
 
-def _stack_state(state):
-    return tuple(torch.cat([h, h], 1) for h in state) if isinstance(state, tuple) else torch.cat([state, state], 1)
+def _stack_state(state, copies: int):
+    return tuple(h.repeat(1, copies, 1) for h in state) if isinstance(state, tuple) else state.repeat(1, copies, 1)
 
 
-def _half_state(state):
-    half = lambda h: h[:, : h.shape[1] // 2]  # noqa: E731
-    return tuple(half(h) for h in state) if isinstance(state, tuple) else half(state)
+def _first_rows(state, rows: int):
+    return tuple(h[:, :rows] for h in state) if isinstance(state, tuple) else state[:, :rows]
 
 
 def _check_same_labels(saved: Optional[dict], corpus, run: str) -> None:
