@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from charnn.checkpoint import build_model, save_checkpoint, sweep_temp_files
+from charnn.classify import log_prior
 from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.data.batches import IGNORE, DocumentBatches, StreamBatches
 from charnn.data.corpus import Corpus
@@ -240,6 +241,7 @@ class Trainer:
             data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base_tokenizer, parent is not None,
                                     self.on_event, cfg.threads)
             self.labels = corpus.record()
+            self._log_prior = torch.from_numpy(np.concatenate([[0.0], log_prior(self.labels)])).float()
             self.val_doc_lengths = data.val_doc_lengths
             if self.val_doc_lengths is not None and cfg.eval_tokens:  # whole documents, at least one
                 keep = max(1, int(np.searchsorted(np.cumsum(self.val_doc_lengths), cfg.eval_tokens, side="right")))
@@ -511,10 +513,11 @@ class Trainer:
         value = loss
         if contrast:
             self.state = _first_rows(self.state, y.shape[0])
-            # Bayes' rule over the text's own label and `copies - 1` others: -log of the own label's share of
-            # their likelihoods (one other label: softplus(own nats - other nats))
-            sums = nll.sum(1).view(copies, -1)
-            margin = torch.cat([torch.zeros_like(sums[:1]), sums[:1] - sums[1:]])
+            # Bayes' rule over the text's own label and `copies - 1` others, with the training-frequency prior
+            # classify applies: -log of the own label's share of their prior x likelihood
+            prior = self._log_prior.to(nll.device)[labels[:, 0]].view(copies, -1)
+            score = prior - nll.sum(1).view(copies, -1)
+            margin = score - score[:1]
             lab = labels[: y.shape[0], 0] > 0
             loss = loss + self.cfg.label_contrast * (torch.logsumexp(margin, 0) * lab).sum() / real
         self.opt.zero_grad(set_to_none=True)
