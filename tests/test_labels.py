@@ -179,7 +179,7 @@ def test_label_contrast_separates_the_labels_likelihoods(tmp_path):
         others = np.array([np.delete(ll[i], d.label - 1).max() for i, d in enumerate(text.val)])
         margins[weight, negatives], losses[weight, negatives] = float(np.mean(own - others)), seen[-1]
     for contrast in ((1.0, 1), (1.0, 2)):
-        assert margins[contrast] > margins[0.0, 1] + 0.6, margins  # 5.4 -> 6.7 and 7.3 nats when written
+        assert margins[contrast] > margins[0.0, 1] + 0.6, margins  # 5.4 -> 6.4 and 7.8 nats when written
         assert losses[contrast] < 2.5  # the reported loss is the language model's nats per token, not the sum
 
 
