@@ -313,6 +313,8 @@ def test_classify_errors_are_one_line(labelled_run, trained_run, tmp_path):
     (tmp_path / "rows.tsv").write_text("a\tone\nb\ttwo\n", encoding="utf-8")
     one_line_error(runner.invoke(app, ["train", str(tmp_path / "rows.tsv"), "--label-by", "line", "--label-contrast",
                                        "-1", "--out", str(tmp_path)]), 2, "--label-contrast")
+    one_line_error(runner.invoke(app, ["train", str(tmp_path / "rows.tsv"), "--label-by", "line", "--label-contrast",
+                                       "1", "--label-negatives", "0", "--out", str(tmp_path)]), 2, "--label-negatives")
     many = tmp_path / "many.txt"
     many.write_text("the cat sat\n" * 5000)
     p = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m charnn classify {labelled_run} "
