@@ -20,7 +20,7 @@ import platform
 import time
 from pathlib import Path
 
-from common import cpu_name
+from common import cpu_features, cpu_name
 
 import torch
 
@@ -51,9 +51,10 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    result = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+    result = {"machine": {"cpu": cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(),
+                          "torch": torch.__version__,
                           "python": platform.python_version()}, "args": vars(args)}
-    print(f"# {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"# {cpu_name()} ({cpu_features()}), {os.cpu_count()} cores, torch {torch.__version__}")
     if "finetune" not in args.skip:
         result["finetune"] = finetune(args, work)
     if "dynamic" not in args.skip:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_name
+from common import cpu_features, cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ("the of and to in a is that for it as was with be by on not he I this are or his from at which but "
@@ -105,7 +105,8 @@ def main() -> None:
     first, cached = runs["first"], runs["cached"]
     mb = size / 1e6
     result = {
-        "size_mb": mb, "generate_seconds": gen_s, "cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
+        "size_mb": mb, "generate_seconds": gen_s, "cpu": cpu_name(), "cpu_features": cpu_features(),
+        "cores": os.cpu_count(), "threads": args.threads,
         "encode_seconds": first["data_seconds"], "encode_mb_per_s": mb / first["data_seconds"],
         "first_run_peak_rss_mb": first["peak_rss_mb"], "train_steps": first["steps"],
         "train_seconds": first["train_seconds"], "cached_start_seconds": cached["ready_seconds"], "cached_data_seconds": cached["data_seconds"],
@@ -119,7 +120,8 @@ def main() -> None:
             (f"{first['steps']} training steps", f"{first['train_seconds']:.1f} s"),
             ("cached start", f"{cached['ready_seconds']:.2f} s to a ready Trainer, {cached['data_seconds']:.2f} s of it "
                              f"the data, hit={cached['cached']} (target <= 5)"),
-            ("machine", f"{result['cpu']}, {result['cores']} cores, {args.threads} torch threads")]
+            ("machine", f"{result['cpu']} ({result['cpu_features']}), {result['cores']} cores, "
+                        f"{args.threads} torch threads")]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

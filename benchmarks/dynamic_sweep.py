@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from common import cpu_name
+from common import cpu_features, cpu_name
 
 import torch
 
@@ -49,7 +49,7 @@ def main() -> None:
     corpus = Path(args.corpus).read_text(encoding="utf-8")
     text = corpus[int(len(corpus) * (1 - val_frac)):][:args.val_chars]
     print(f"{path} (step {data.get('step')}, best val {data.get('best_val_loss')}); {len(text):,} val chars; "
-          f"{cpu_name()}, {args.threads} thread(s)")
+          f"{cpu_name()} ({cpu_features()}), {args.threads} thread(s)")
     rows, statics = [], {}
     print(f"{'lr':>8} {'decay':>7} {'segment':>7} {'beta':>6} {'static':>8} {'dynamic':>8} {'gain':>7} {'s':>6}")
     for lr, decay, segment, beta in itertools.product(args.lr, args.decay, args.segment, args.beta):
@@ -68,6 +68,7 @@ def main() -> None:
           f"gain {best['gain']:.4f} nats/char")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"checkpoint": str(path), "step": data.get("step"), "cpu": cpu_name(),
+                                          "cpu_features": cpu_features(),
                                           "val_chars": len(text), "rows": rows}, indent=1) + "\n")
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cpu_name
+from common import cpu_features, cpu_name
 
 from charnn.data import textindex
 from charnn.data.corpus import builtin_corpus
@@ -102,9 +102,10 @@ def main() -> None:
             rows.append({"text": f"real texts x{len(big) / len(base):.1f}", "chars": len(big), "sample": name,
                          "way": "index", "build_seconds": seconds, **check(index, sample)})
         disk = sum(p.stat().st_size for p in (Path(tmp) / "big").iterdir())
-    result = {"cpu": cpu_name(), "base_chars": len(base), "index_bytes": disk,
+    result = {"cpu": cpu_name(), "cpu_features": cpu_features(), "base_chars": len(base), "index_bytes": disk,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": rows}
-    print(f"CPU: {result['cpu']}; base text {len(base):,} characters; index on disk {disk / 1e6:,.0f} MB; "
+    print(f"CPU: {result['cpu']} ({result['cpu_features']});"
+          f" base text {len(base):,} characters; index on disk {disk / 1e6:,.0f} MB; "
           f"peak RSS {result['peak_rss_mb']:,.0f} MB")
     print(f"{'text':<22} {'chars':>12} {'sample':<7} {'way':<6} {'build s':>8} {'query s':>8} {'longest':>8} shares")
     for r in rows:
