@@ -102,7 +102,8 @@ def resolve(path: str, on_event: Optional[Callback] = None) -> str:
     line (it would be read whole, in the wrong encoding)."""
     local, entry = resolve_entry(path, on_event)
     if entry is not None and own_layout(entry):
-        raise CharnnError(f"{path!r} has its own encoding and train/val/test split; train on it as the corpus "
+        own = " and ".join(w for k, w in (("encoding", "encoding"), ("split", "train/val/test split")) if entry.get(k))
+        raise CharnnError(f"{path!r} has its own {own}; train on it as the corpus "
                           f"(`charnn train {path}`), or score its test split with `charnn eval RUN {path}`")
     return local
 
