@@ -147,8 +147,8 @@ class TrainConfig:
             problems.append(f"`--precision` must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.label_negatives < 1:
             problems.append(f"`--label-negatives` must be at least 1, got {self.label_negatives}")
-        if self.label_contrast < 0:
-            problems.append(f"`--label-contrast` must be >= 0, got {self.label_contrast}")
+        if not 0 <= self.label_contrast < float("inf"):  # nan fails too
+            problems.append(f"`--label-contrast` must be a finite number >= 0, got {self.label_contrast}")
         if not 0.0 <= self.label_dropout < 1.0:
             problems.append(f"`--label-dropout` must be in [0, 1), got {self.label_dropout}")
         if self.pairs and self.label_by:

@@ -74,3 +74,25 @@ def test_train_flags_never_traceback(corpus, tmp_path_factory, chosen, steps):
 @given(chosen=some_flags(SAMPLE_FLAGS))
 def test_sample_flags_never_traceback(trained_run, chosen):
     assert_no_traceback(runner.invoke(app, ["sample", str(trained_run.run_dir), "--quiet"] + [a for f in chosen for a in f]))
+
+
+LABEL_FLAGS = [("--label-dropout", odd_floats), ("--label-contrast", odd_floats), ("--label-negatives", odd_ints),
+               ("--val-frac", odd_floats), ("--batch-size", small_ints), ("--seq-len", small_ints)]
+
+
+@pytest.fixture(scope="module")
+def labelled_corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prop") / "rows.tsv"
+    rows = [f"{'ab'[i % 2]}\t{line}" for i, line in enumerate(make_text(40, seed=2).splitlines()) if line]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chosen=some_flags(LABEL_FLAGS), steps=st.sampled_from(["0", "1", "2"]))
+def test_label_flags_never_traceback(labelled_corpus, tmp_path_factory, chosen, steps):
+    out = tmp_path_factory.mktemp("out")
+    base = ["train", str(labelled_corpus), "--label-by", "line", "--out", str(out), "--max-steps", steps,
+            "--hidden", "8", "--embed", "4", "--batch-size", "2", "--seq-len", "8", "--eval-every", "1", "--quiet",
+            "--device", "cpu"]
+    assert_no_traceback(runner.invoke(app, base + [a for f in chosen for a in f]))

@@ -315,6 +315,9 @@ def test_classify_errors_are_one_line(labelled_run, trained_run, tmp_path):
                                        "-1", "--out", str(tmp_path)]), 2, "--label-contrast")
     one_line_error(runner.invoke(app, ["train", str(tmp_path / "rows.tsv"), "--label-by", "line", "--label-contrast",
                                        "1", "--label-negatives", "0", "--out", str(tmp_path)]), 2, "--label-negatives")
+    for weight in ("nan", "inf"):  # not a silent "off", nor a loss that turns nan later
+        one_line_error(runner.invoke(app, ["train", str(tmp_path / "rows.tsv"), "--label-by", "line",
+                                           "--label-contrast", weight, "--out", str(tmp_path)]), 2, "finite number")
     many = tmp_path / "many.txt"
     many.write_text("the cat sat\n" * 5000)
     p = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m charnn classify {labelled_run} "
