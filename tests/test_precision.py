@@ -115,6 +115,27 @@ def test_auto_is_reported_and_a_seeded_run_trains_as_its_forced_choice(tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the probe changed nothing but the precision
 
 
+def test_a_resumed_auto_run_keeps_its_precision(tmp_path, monkeypatch):
+    """Resuming must not measure again: a flipped choice (noise, or another torchrun rank's cache entry)
+    would train the remaining steps in another precision than the run would have."""
+    text = make_text(300, seed=6)
+    cfg = TrainConfig(out=str(tmp_path), name="r", **{**TINY_TRAIN, "max_steps": 4, "precision": "auto"})
+    first = Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
+    first.fit()
+    other = {"fp32": "bf16", "bf16": "fp32"}[first.precision]
+    monkeypatch.setattr("charnn.training.trainer.choose_precision",
+                        lambda *a, **k: P.PrecisionChoice(other, "measured", 2.0, "a flipped measurement"))
+    again = Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL),
+                    TrainConfig(out=str(tmp_path), name="r", **{**TINY_TRAIN, "max_steps": 8, "precision": "auto"}),
+                    resume=True)
+    assert again.precision == first.precision and again.precision_choice.how == "resumed"
+    again.release()
+    fresh = Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL),
+                    TrainConfig(out=str(tmp_path), name="new", **{**TINY_TRAIN, "max_steps": 8, "precision": "auto"}))
+    assert fresh.precision == other  # a new run does measure
+    fresh.release()
+
+
 @pytest.mark.skipif(bf16_trains_here(), reason="bf16 trains on this CPU, so there is no error to show")
 def test_forced_bf16_where_it_cannot_run_is_one_line(tmp_path):
     (tmp_path / "a.txt").write_text(make_text(200), encoding="utf-8")

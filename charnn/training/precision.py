@@ -45,7 +45,7 @@ MIN_ROUNDS, MAX_ROUNDS = 2, 8  # alternating (fp32, bf16) timed steps
 @dataclass
 class PrecisionChoice:
     precision: str  # what training autocasts to: fp32, bf16 or fp16
-    how: str  # forced (the flag), measured (just now), cached (measured by an earlier run), rule (no contest)
+    how: str  # forced (the flag), measured (just now), cached (by an earlier run), rule (no contest), resumed
     speedup: Optional[float] = None  # bf16 steps per fp32 step, as measured (None where nothing was timed)
     reason: str = ""  # why, in words
 

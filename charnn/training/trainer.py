@@ -34,7 +34,7 @@ from charnn.models.lm import detach_state
 from charnn.text.tokenizer import start_id
 from charnn.training.distributed import Dist
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
-from charnn.training.precision import choose_precision
+from charnn.training.precision import PrecisionChoice, choose_precision, native_bf16
 from charnn.training.resume import load_resume, resume_config
 from charnn.training.runlock import RunLock
 
@@ -206,7 +206,7 @@ class Trainer:
         self.state = None
         if resumed:
             self._restore(resumed)
-        self.precision_choice = self._choose_precision()  # auto: measured here, inside the run's clock
+        self.precision_choice = self._choose_precision(resumed)  # auto: measured here, inside the run's clock
         self.precision = self.precision_choice.precision
         if self.dist.active and not self.dist.is_main:  # dropout masks differ per rank, and follow the step
             torch.manual_seed((cfg.seed * 1_000_003 + self.dist.rank * 7919 + self.step) % 2**63)
@@ -284,9 +284,15 @@ class Trainer:
             self.parent = parent.record()
             self.on_event("init_from", dict(self.parent))
 
-    def _choose_precision(self):
+    def _choose_precision(self, resumed: Optional[dict] = None):
         """--precision: forced, or auto's measured choice; under torchrun every rank takes the same one
-        (bf16 only where every rank measured it faster)."""
+        (bf16 only where every rank measured it faster). A resumed auto run keeps the precision it trained in
+        on the same kind of device (a new measurement, or another rank's cache entry, could flip it, and the
+        resumed steps would no longer be the ones the run would have taken)."""
+        saved = (resumed or {}).get("precision")
+        if (self.cfg.precision == "auto" and saved in ("fp32", "bf16") and resumed.get("device") == self.device.type
+                and (saved == "fp32" or native_bf16(self.device)[0])):
+            return PrecisionChoice(saved, "resumed", None, "the run's own precision, kept on resume")
         x, y, *cond = next(iter(self.batches.epoch(0, 0)))
         choice = choose_precision(self.cfg.precision, self.model, x, y, self.device, self.cfg.threads,
                                   _forward_extra(cond[0] if cond else None))
@@ -496,7 +502,7 @@ class Trainer:
             hide = torch.rand(labels.shape[0], 1, device=labels.device) < self.cfg.label_dropout  # unlabelled path
             labels = labels.masked_fill(hide, 0)
         contrast = labels is not None and self.cfg.label_contrast > 0
-        if contrast:  # every row once more under another label, in the same forward (rows stacked)
+        if contrast:  # every row again under `copies - 1` other labels, in the same forward (rows stacked)
             copies = min(self.cfg.label_negatives, len(self.labels["names"]) - 1) + 1
             wrong = _other_labels(labels, len(self.labels["names"]), copies - 1)
             x, labels = x.repeat(copies, 1), torch.cat([labels, wrong])
