@@ -173,6 +173,13 @@ def machine_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
+def remember(choice: PrecisionChoice, model: torch.nn.Module, x: torch.Tensor, device: torch.device,
+             threads: Optional[int] = None) -> None:
+    """Store `choice` as the decision for this model and batch: under torchrun, the ranks' agreed one (each
+    rank stored its own measurement in the shared cache, and the last writer's would win)."""
+    _store(_key(model, x, device, threads), choice)
+
+
 def _key(model, x, device, threads) -> str:
     """What the decision depends on: machine, torch, device, threads, and the model's and batch's shape."""
     shapes = ",".join(f"{tuple(p.shape)}" for p in model.parameters())

@@ -34,7 +34,7 @@ from charnn.models.lm import detach_state
 from charnn.text.tokenizer import start_id
 from charnn.training.distributed import Dist
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
-from charnn.training.precision import PrecisionChoice, choose_precision, native_bf16
+from charnn.training.precision import PrecisionChoice, choose_precision, native_bf16, remember
 from charnn.training.resume import load_resume, resume_config
 from charnn.training.runlock import RunLock
 
@@ -301,6 +301,8 @@ class Trainer:
             agreed = order[-self.dist.max_ints([-order.index(choice.precision)])[0]]
             if agreed != choice.precision:
                 choice = replace(choice, precision=agreed, reason=choice.reason + "; another rank measured fp32")
+            if self.dist.is_main and choice.how in ("measured", "cached"):  # after the collective: every rank
+                remember(choice, self.model, x, self.device, self.cfg.threads)  # has stored, this one goes last
         return choice
 
     # -- resume -------------------------------------------------------------------------------------
