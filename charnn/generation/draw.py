@@ -14,6 +14,7 @@ import torch
 
 NOISE_FLOATS = 1 << 20  # a block of Gumbel noise holds at most about this many numbers
 
+
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
     """(B, V) temperature-scaled logits -> the same with every token outside top-k, then top-p, at -inf."""
     if top_k is not None and top_k < logits.shape[-1]:

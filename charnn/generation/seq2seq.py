@@ -26,6 +26,7 @@ from charnn.config import TransduceConfig
 from charnn.data.pairs import END, pad_sources
 from charnn.errors import CharnnError
 from charnn.generation.draw import filter_logits, gumbel_noise
+from charnn.models.lm import map_state
 from charnn.models.seq2seq import Seq2Seq
 from charnn.text.tokenizer import start_id
 
@@ -40,9 +41,7 @@ class Hypothesis:
 
 
 def _select(state, rows: torch.Tensor):
-    if isinstance(state, tuple):
-        return tuple(s.index_select(1, rows) for s in state)
-    return state.index_select(1, rows)
+    return map_state(state, lambda s: s.index_select(1, rows))
 
 
 def _penalty(length: int, alpha: float) -> float:

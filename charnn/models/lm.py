@@ -101,10 +101,13 @@ def copy_model(model: nn.Module) -> nn.Module:
     return net
 
 
-def detach_state(state: State) -> State:
-    """Cut the graph at a batch boundary (truncated BPTT) but keep the values (None: no state to carry)."""
+def map_state(state: State, fn) -> State:
+    """`fn` applied to each tensor of a recurrent state: an LSTM's (h, c) pair or a GRU's/RNN's h (None stays)."""
     if state is None:
         return None
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)
-    return state.detach()
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph at a batch boundary (truncated BPTT) but keep the values (None: no state to carry)."""
+    return map_state(state, torch.Tensor.detach)

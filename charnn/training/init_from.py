@@ -88,7 +88,7 @@ def graft(model: torch.nn.Module, parent: Parent, seed: int, labels: Optional[Li
         weight = getattr(model, name).weight.detach().clone()  # row 0 is "no label", rows 1.. the labels
         old = parent.data["model"].get(f"{name}.weight")
         for i, label in enumerate(labels or []):
-            if old is not None and label in base_labels and old.shape[1] == weight.shape[1]:
+            if old is not None and label in base_labels:
                 weight[i + 1] = old[base_labels.index(label) + 1]
         state[f"{name}.weight"] = weight
     n = parent.model_cfg.vocab_size

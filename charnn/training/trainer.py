@@ -30,7 +30,7 @@ from charnn.data.encode import prepare_corpus
 from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device
 from charnn.errors import CharnnError, ConfigError, first_line
 from charnn.evaluate import evaluate_documents, evaluate_ids, evaluate_pairs
-from charnn.models.lm import detach_state
+from charnn.models.lm import detach_state, map_state
 from charnn.text.tokenizer import start_id
 from charnn.training.distributed import Dist
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
@@ -241,7 +241,9 @@ class Trainer:
             data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base_tokenizer, parent is not None,
                                     self.on_event, cfg.threads)
             self.labels = corpus.record()
-            self._log_prior = torch.from_numpy(np.concatenate([[0.0], log_prior(self.labels)])).float()
+            # log p(label) by id (0: no label), for --label-contrast's Bayes' rule
+            self._log_prior = torch.tensor(np.concatenate([[0.0], log_prior(self.labels)]), dtype=torch.float32,
+                                           device=self.device)
             self.val_doc_lengths = data.val_doc_lengths
             if self.val_doc_lengths is not None and cfg.eval_tokens:  # whole documents, at least one
                 keep = max(1, int(np.searchsorted(np.cumsum(self.val_doc_lengths), cfg.eval_tokens, side="right")))
@@ -508,7 +510,7 @@ class Trainer:
             copies = min(self.cfg.label_negatives, len(self.labels["names"]) - 1) + 1
             wrong = _other_labels(labels, len(self.labels["names"]), copies - 1)
             x, labels = x.repeat(copies, 1), torch.cat([labels, wrong])
-            self.state = None if self.state is None else _stack_state(self.state, copies)
+            self.state = map_state(self.state, lambda h: h.repeat(1, copies, 1))
         with autocast(self.device, self.precision):
             logits, self.state = self._forward(x, labels, source)
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), (y.repeat(copies, 1) if contrast else y)
@@ -520,10 +522,10 @@ class Trainer:
         loss = nll[: y.shape[0]].sum() / real
         value = loss
         if contrast:
-            self.state = _first_rows(self.state, y.shape[0])
+            self.state = map_state(self.state, lambda h: h[:, : y.shape[0]])
             # Bayes' rule over the text's own label and `copies - 1` others, with the training-frequency prior
             # classify applies: -log of the own label's share of their prior x likelihood
-            prior = self._log_prior.to(nll.device)[labels[:, 0]].view(copies, -1)
+            prior = self._log_prior[labels[:, 0]].view(copies, -1)
             score = prior - nll.sum(1).view(copies, -1)
             margin = score - score[:1]
             lab = labels[: y.shape[0], 0] > 0
@@ -642,14 +644,6 @@ def _other_labels(labels: torch.Tensor, n: int, k: int = 1) -> torch.Tensor:
     shifts = torch.rand(labels.shape[0], n - 1, device=labels.device).argsort(1)[:, :k] + 1  # (rows, k) in 1..n-1
     moved = (labels.unsqueeze(0) - 1 + shifts.T.unsqueeze(-1)) % n + 1  # (k, rows, T)
     return torch.where(labels > 0, moved, labels).reshape(-1, labels.shape[1])
-
-
-def _stack_state(state, copies: int):
-    return tuple(h.repeat(1, copies, 1) for h in state) if isinstance(state, tuple) else state.repeat(1, copies, 1)
-
-
-def _first_rows(state, rows: int):
-    return tuple(h[:, :rows] for h in state) if isinstance(state, tuple) else state[:, :rows]
 
 
 def _check_same_labels(saved: Optional[dict], corpus, run: str) -> None:
