@@ -13,10 +13,12 @@ from typing import Optional
 import torch
 
 NOISE_FLOATS = 1 << 20  # a block of Gumbel noise holds at most about this many numbers
+MIN_TEMPERATURE = 1e-30  # below it, logits (|x| < 1e8) / temperature could overflow float32: drawn greedily
 
 
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
-    """(B, V) temperature-scaled logits -> the same with every token outside top-k, then top-p, at -inf."""
+    """(B, V) temperature-scaled logits -> the same with every token outside top-k, then top-p, at -inf. The most
+    likely token always stays: a p so small that float32 reads it as 0 keeps that one token, not none."""
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -24,8 +26,15 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
         sorted_, order = logits.sort(dim=-1, descending=True)
         probs = sorted_.softmax(dim=-1)
         outside = probs.cumsum(dim=-1) - probs >= top_p  # the mass before this token already reaches p
+        outside[..., 0] = False  # (the first token's mass before it is 0, and 0 >= p when p underflows float32)
         logits = logits.scatter(-1, order, sorted_.masked_fill(outside, float("-inf")))
     return logits
+
+
+def safe_temperature(temperature: float) -> float:
+    """The temperature to draw with: 0 (greedy) for one so small that logits / temperature would overflow
+    float32 (below MIN_TEMPERATURE), where infinities tie and the first of them, not the most likely, was drawn."""
+    return 0.0 if temperature < MIN_TEMPERATURE else temperature
 
 
 def _signed(c: int) -> int:
