@@ -29,6 +29,21 @@ def serve(
     max_tokens_limit: Annotated[int, typer.Option(help="The largest max_tokens (characters) a request may "
                                                        "ask for.")] = 4096,
     max_body_bytes: Annotated[int, typer.Option(help="The largest request body (413 beyond it).")] = 1 << 20,
+    allow_host: Annotated[Optional[List[str]], typer.Option(help="A host name clients reach the server by, "
+                                                                 "besides IP addresses, localhost and --host "
+                                                                 "(repeatable; *.example.org: its subdomains; *: "
+                                                                 "any). Other Host headers get 403, a guard "
+                                                                 "against DNS rebinding.", show_default=False)] = None,
+    max_connections: Annotated[int, typer.Option(help="Open connections at once; beyond, 503 and closed (kept "
+                                                      "below the open-file limit).")] = 1000,
+    timeout_headers: Annotated[float, typer.Option(help="Seconds a connection has to send a request's headers, "
+                                                        "from connecting or the last reply.")] = 10.0,
+    timeout_keep_alive: Annotated[float, typer.Option(help="Seconds an idle connection stays open after a "
+                                                           "reply.")] = 5.0,
+    timeout_body: Annotated[float, typer.Option(help="Seconds a request body may take to arrive (408 "
+                                                     "beyond).")] = 30.0,
+    timeout_write: Annotated[float, typer.Option(help="Seconds a reply may wait on a client that reads none of "
+                                                      "it; then the connection is dropped.")] = 60.0,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: all cores "
                                                         "but one, at least one).")] = None,
     device: Device = "auto",
@@ -52,10 +67,13 @@ def serve(
         cfg = ServeConfig(host=host, port=port, api_key=api_key, insecure=insecure,
                           cors_origins=tuple(cors_origin or ()), max_batch=max_batch, max_queue=max_queue,
                           max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes, device=device,
-                          threads=threads, int8=int8).validate()
+                          threads=threads, int8=int8, allow_hosts=tuple(allow_host or ()),
+                          max_connections=max_connections, timeout_headers=timeout_headers,
+                          timeout_keep_alive=timeout_keep_alive, timeout_body=timeout_body,
+                          timeout_write=timeout_write).validate()
         sock = listen(cfg.host, cfg.port)  # first: a taken port is one line, before any loading
         models = load_models(checkpoints or [], cfg.device, cfg.int8)
         for name, model in models.items():
             err.print(f"model {name!r}: {model.path} on {model.device}{', int8' if cfg.int8 else ''}", markup=False)
-        run(models, cfg, sock=sock, on_ready=lambda url: err.print(f"serving on {url} (playground at {url}/; Ctrl-C stops)",
-                                                        markup=False))
+        run(models, cfg, sock=sock, on_note=lambda text: err.print(text, markup=False),
+            on_ready=lambda url: err.print(f"serving on {url} (playground at {url}/; Ctrl-C stops)", markup=False))

@@ -23,6 +23,7 @@ from charnn.api.params import ParamError
 from charnn.serve import protocol as p
 from charnn.serve.config import ServeConfig
 from charnn.serve.engine import FAILED, Busy, Engine, Job
+from charnn.serve.guard import HostGuard
 
 DISCONNECT_POLL = 0.5  # seconds between checks that a non-streaming client is still there
 
@@ -88,10 +89,13 @@ class Server:
         if denied:
             return denied
         try:
-            body = await _read_body(request, self.cfg.max_body_bytes)
+            body = await asyncio.wait_for(_read_body(request, self.cfg.max_body_bytes), self.cfg.timeout_body)
         except TooLarge:
             return error(413, f"the request body is larger than {self.cfg.max_body_bytes:,} bytes",
                          code="request_too_large")
+        except asyncio.TimeoutError:
+            return error(408, f"the request body did not arrive within {self.cfg.timeout_body:g} s "
+                              "(--timeout-body)", code="request_timeout", headers={"Connection": "close"})
         try:
             req = p.parse_request(body, self.cfg.max_tokens_limit, self.cfg.max_batch)
         except ParamError as e:
@@ -100,6 +104,10 @@ class Server:
         if name not in self.models:
             return self._no_model(name)
         model = self.models[name]
+        choices = len(req.prompts) * (1 if req.scoring else req.params.n)
+        if choices > self.cfg.max_batch:
+            return error(400, f"{len(req.prompts)} prompts x n={req.params.n} is {choices} choices; this server "
+                              f"generates at most {self.cfg.max_batch} at once", param="n")
         try:
             for text in req.prompts:
                 model.check_prompt(text)
@@ -108,12 +116,11 @@ class Server:
         if req.scoring:
             return await self._score(req, name, model)
         rows = [spec for text in req.prompts for spec in replace(req.params, prompt=text).rows()]
-        if len(rows) > self.cfg.max_batch:
-            return error(400, f"{len(req.prompts)} prompts x n={req.params.n} is {len(rows)} choices; this server "
-                              f"generates at most {self.cfg.max_batch} at once", param="n")
         job = Job(rows, asyncio.get_running_loop())
         try:
             self.engines[name].submit(job)
+        except ParamError as e:  # a row the batch could not draw: refused here, before it can fail the others
+            return error(400, str(e), param=e.param)
         except Busy as e:
             return error(503, f"the server is busy ({e}); retry shortly", kind="server_error", code="overloaded",
                          headers={"Retry-After": "1"})
@@ -206,6 +213,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug: still OpenAI's JSON (uvicorn logs the traceback)."""
+    return error(500, f"internal error: {type(exc).__name__}", kind="server_error")
+
+
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     kinds = {404: "not_found", 405: "method_not_allowed"}
     return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
@@ -226,9 +238,12 @@ def create_app(models: Dict[str, Model], cfg: ServeConfig) -> Starlette:
     routes = [Route("/", server.playground), Route("/health", server.health),
               Route("/v1/models", server.list_models), Route("/v1/models/{name:path}", server.get_model),
               Route("/v1/completions", server.completions, methods=["POST"])]
-    middleware = [Middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"],
-                             allow_headers=["Authorization", "Content-Type"])] if cfg.cors_origins else []
+    middleware = [Middleware(HostGuard, allow_hosts=cfg.allow_hosts, listen_host=cfg.host,
+                             cors_origins=cfg.cors_origins)]  # first: the outermost, before CORS and routing
+    if cfg.cors_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={HTTPException: _http_error})
+                    exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     app.state.server = server
     return app

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from charnn.config import DEVICES, MAX_THREADS
 from charnn.errors import ConfigError
+
+HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")  # a name, or *.domain
 
 
 @dataclass
@@ -24,6 +27,12 @@ class ServeConfig:
     device: str = "auto"  # auto, cpu, cuda or mps
     threads: Optional[int] = None  # CPU threads for torch (default: all cores but one, at least one)
     int8: bool = False  # generate with int8 recurrent weights (CPU only)
+    allow_hosts: Tuple[str, ...] = ()  # Host names answered besides IP literals and localhost ("*": any name)
+    max_connections: int = 1000  # open connections; beyond, 503 and close (kept below the open-file limit)
+    timeout_headers: float = 10.0  # seconds a connection has to send a request's headers (from connect or reply)
+    timeout_keep_alive: float = 5.0  # seconds an idle connection stays open after a reply
+    timeout_body: float = 30.0  # seconds a request's body may take to arrive (408 beyond)
+    timeout_write: float = 60.0  # seconds a reply may wait for a client that reads nothing (then it is dropped)
 
     def validate(self) -> "ServeConfig":
         problems = []
@@ -33,6 +42,16 @@ class ServeConfig:
                             ("--max-body-bytes", self.max_body_bytes)):
             if value < 1:
                 problems.append(f"`{flag}` must be at least 1, got {value}")
+        if self.max_connections < 1:
+            problems.append(f"`--max-connections` must be at least 1, got {self.max_connections}")
+        for flag, value in (("--timeout-headers", self.timeout_headers), ("--timeout-keep-alive",
+                            self.timeout_keep_alive), ("--timeout-body", self.timeout_body),
+                            ("--timeout-write", self.timeout_write)):
+            if not 0 < value < 1e9:  # (NaN fails too)
+                problems.append(f"`{flag}` must be a number of seconds above 0, got {value}")
+        for name in self.allow_hosts:
+            if name != "*" and not HOST_NAME.fullmatch(name):
+                problems.append(f"`--allow-host` takes a host name (or *.domain, or * for any), not {name!r}")
         if self.max_queue < 0:
             problems.append(f"`--max-queue` must be >= 0, got {self.max_queue}")
         if self.device not in DEVICES:

@@ -9,6 +9,7 @@ Past `max_batch` rows, requests wait in a queue of at most `max_queue`; past tha
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections import deque
@@ -17,7 +18,9 @@ from typing import Deque, Dict, List, Optional, Tuple
 import torch
 
 from charnn.api.model import Model
-from charnn.generation.batcher import BLOCK, Row, RowSpec
+from charnn.api.params import ParamError
+from charnn.config import SEED_LIMIT
+from charnn.generation.batcher import BLOCK, MAX_STOPS, Row, RowSpec
 
 FLUSH_SECONDS = 0.02  # hand each request the text made in at most this long
 Update = Tuple[int, str, Optional[str]]  # (choice index, new text, finish_reason or None)
@@ -74,7 +77,10 @@ class Engine:
         return len(self.waiting)
 
     def submit(self, job: Job) -> None:
-        """Queue a job; raise Busy when neither the batch nor the queue has room for it."""
+        """Queue a job; raise Busy when neither the batch nor the queue has room for it, ParamError when a row
+        asks for something the batch cannot draw (the rows share one step: one bad row would fail them all)."""
+        for spec in job.specs:
+            check_spec(spec)
         with self.cond:
             need = len(job.specs)
             fits = not self.waiting and self.rows_reserved + need <= self.max_batch
@@ -120,7 +126,10 @@ class Engine:
         for job in cancels:
             self._drop(job)
         for job in joining:
-            self._start(job)
+            try:
+                self._start(job)
+            except Exception as e:  # its prompt, or memory for it: this job fails, the batch goes on
+                self._fail_job(job, f"generation failed: {type(e).__name__}: {e}")
         for row, piece in self.batcher.step(BLOCK):
             self._record(row, piece)
         now = time.perf_counter()
@@ -143,6 +152,15 @@ class Engine:
             self._finish(job)  # its rows are free before it hears of the failure
             job.outbox = [(-1, message, FAILED)]
             job.deliver()
+
+    def _fail_job(self, job: Job, message: str) -> None:
+        """One job could not start: take out whatever rows of it got in (tagged with it), tell it why."""
+        for row in [r for r in self.batcher.rows if isinstance(r.tag, tuple) and r.tag[0] is job]:
+            self.batcher.remove(row)
+        self.live.setdefault(id(job), job)
+        self._finish(job)
+        job.outbox = [(-1, message, FAILED)]
+        job.deliver()
 
     def _admit(self) -> List[Job]:
         """Jobs that leave the queue now (cancelled ones are dropped), in order, while the batch has room."""
@@ -187,3 +205,25 @@ class Engine:
             self.batcher.remove(row)
         with self.cond:
             self.rows_reserved -= len(job.specs)
+
+
+def check_spec(spec: RowSpec) -> None:
+    """ParamError unless every setting of a row is of the type and range the batch's step draws with (the server's
+    parser checks requests first; this keeps any other caller's bad row out of the shared batch)."""
+    def integer(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    checks = [("prompt", isinstance(spec.prompt, str)), ("length", integer(spec.length) and spec.length >= 0),
+              ("temperature", number(spec.temperature) and spec.temperature >= 0),
+              ("top_k", spec.top_k is None or (integer(spec.top_k) and spec.top_k >= 1)),
+              ("top_p", spec.top_p is None or (number(spec.top_p) and 0 < spec.top_p <= 1)),
+              ("stop", isinstance(spec.stop, tuple) and len(spec.stop) <= MAX_STOPS
+               and all(isinstance(s, str) and s for s in spec.stop)),
+              ("seed", integer(spec.seed) and 0 <= spec.seed < SEED_LIMIT)]
+    for name, ok in checks:
+        if not ok:
+            raise ParamError(f"`{name}` is not a value a row can be drawn with "
+                             f"({type(getattr(spec, name)).__name__})", name)

@@ -16,6 +16,7 @@ from typing import List, Optional
 from charnn.api.params import GenerationParams, ParamError
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+MAX_DEPTH = 16  # JSON nesting a request may have (OpenAI's deepest field is 2 levels down)
 KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream",
          "stream_options", "echo", "logprobs", "user", "frequency_penalty", "presence_penalty", "best_of",
          "logit_bias", "suffix"}
@@ -40,37 +41,29 @@ class CompletionRequest:
 
 
 def parse_request(body: bytes, max_tokens_limit: int, max_n: int) -> CompletionRequest:
-    """The request body -> a CompletionRequest; ParamError (HTTP 400) names whatever is wrong."""
-    try:
-        data = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise ParamError("the request body is not valid JSON") from None
+    """The request body -> a CompletionRequest; ParamError (HTTP 400) names whatever is wrong. Every field's
+    JSON type is checked exactly: `true` is not a number, `5` is not a list of stop strings."""
+    data = _json(body)
     if not isinstance(data, dict):
         raise ParamError("the request body must be a JSON object")
     unknown = sorted(set(data) - KNOWN)
     if unknown:
         raise ParamError(f"unknown parameter {unknown[0]!r}", unknown[0])
-    model = data.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ParamError("`model` must be a string", "model")
+    model = _typed(data, "model", str, "a string")
+    _typed(data, "user", str, "a string")
     prompt = data.get("prompt", "")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ParamError("`prompt` must be a string or a non-empty list of strings (token ids are not accepted)",
                          "prompt")
-    for name in ("frequency_penalty", "presence_penalty"):
-        if data.get(name) not in (None, 0, 0.0):
-            raise ParamError(f"`{name}` is not supported (only 0)", name)
-    unsupported = [k for k, fine in (("best_of", data.get("best_of") in (None, 1)),
-                                     ("logit_bias", not data.get("logit_bias")), ("suffix", not data.get("suffix")))
-                   if not fine]
-    if unsupported:
-        raise ParamError(f"`{unsupported[0]}` is not supported", unsupported[0])
-    opts = data.get("stream_options") or {}
-    if not isinstance(opts, dict):
-        raise ParamError("`stream_options` must be an object", "stream_options")
+    _unsupported(data)
+    opts = _typed(data, "stream_options", dict, "an object") or {}
+    extra = sorted(set(opts) - {"include_usage"})
+    if extra:
+        raise ParamError(f"unknown stream option {extra[0]!r} (only include_usage)", "stream_options")
+    include_usage = _typed(opts, "include_usage", bool, "true or false", "stream_options")
     logprobs = data.get("logprobs")
-    if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool) or logprobs < 0):
+    if logprobs is not None and not (_integer(logprobs) and logprobs >= 0):
         raise ParamError("`logprobs` must be an integer >= 0", "logprobs")
     max_tokens = data.get("max_tokens")
     params = GenerationParams(prompt="", length=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
@@ -82,8 +75,8 @@ def parse_request(body: bytes, max_tokens_limit: int, max_n: int) -> CompletionR
     except ParamError as e:
         raise ParamError(str(e).replace("`length`", "`max_tokens`"),
                          "max_tokens" if e.param == "length" else e.param) from None
-    req = CompletionRequest(model, prompts, params, stream=bool(data.get("stream")),
-                            include_usage=bool(opts.get("include_usage")), echo=bool(data.get("echo")),
+    req = CompletionRequest(model, prompts, params, stream=bool(_typed(data, "stream", bool, "true or false")),
+                            include_usage=bool(include_usage), echo=bool(_typed(data, "echo", bool, "true or false")),
                             logprobs=logprobs)
     if logprobs is not None and not req.scoring:
         raise ParamError("`logprobs` is supported for scoring a prompt only: with `echo: true` and "
@@ -93,9 +86,93 @@ def parse_request(body: bytes, max_tokens_limit: int, max_n: int) -> CompletionR
     return req
 
 
+def _json(body: bytes):
+    """The body as JSON: UTF-8, strict JSON (no NaN or Infinity), at most MAX_DEPTH deep, every string (keys
+    too) valid Unicode (a lone surrogate like \\ud800 is not, and could not be written back as UTF-8)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ParamError(f"the request body is not UTF-8 (byte {e.start}); send JSON in UTF-8") from None
+    try:
+        data = json.loads(text or "null", parse_constant=_not_json)
+    except RecursionError:
+        raise ParamError(f"the request body nests deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as e:
+        raise ParamError(f"the request body is not valid JSON ({e.msg}: line {e.lineno} column {e.colno})") from None
+    except ValueError as e:  # NaN or Infinity, or an integer of more than 4,300 digits
+        raise ParamError(f"the request body is not valid JSON ({str(e)[:80]})") from None
+    todo = [(data, 1, None)]  # (value, depth, the top-level field it is in): iterative, whatever the depth
+    while todo:
+        value, depth, field = todo.pop()
+        if depth > MAX_DEPTH:
+            raise ParamError(f"the request body nests deeper than {MAX_DEPTH} levels", field)
+        if isinstance(value, str):
+            _unicode(value, field)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                _unicode(k, field)
+                todo.append((v, depth + 1, k if field is None else field))
+        elif isinstance(value, list):
+            todo.extend((v, depth + 1, field) for v in value)
+    return data
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _unicode(text: str, field: Optional[str]) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start].encode("utf-8", "backslashreplace").decode()
+        raise ParamError(f"the request holds a lone surrogate ({bad}) in a string: not Unicode text",
+                         None if field is None else clean(field)) from None
+
+
+def _typed(data: dict, key: str, kind: type, what: str, param: Optional[str] = None):
+    """data[key] if it is None, absent or of exactly `kind` (a bool is not an int); else a ParamError."""
+    value = data.get(key)
+    if value is not None and not (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))):
+        raise ParamError(f"`{key}` must be {what}, not {_kind(value)}", param or key)
+    return value
+
+
+def _unsupported(data: dict) -> None:
+    """Fields OpenAI defines that charnn leaves at their neutral value: that value (or null) is fine."""
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = data.get(name)
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ParamError(f"`{name}` must be a number, not {_kind(value)}", name)
+        if value not in (None, 0):
+            raise ParamError(f"`{name}` is not supported (only 0)", name)
+    if _typed(data, "best_of", int, "an integer") not in (None, 1):
+        raise ParamError("`best_of` is not supported (only 1)", "best_of")
+    if _typed(data, "logit_bias", dict, "an object"):
+        raise ParamError("`logit_bias` is not supported (only {})", "logit_bias")
+    if _typed(data, "suffix", str, "a string"):
+        raise ParamError("`suffix` is not supported", "suffix")
+
+
+def _kind(value) -> str:
+    """A JSON value's type, as JSON names it."""
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _get(data: dict, key: str, default):
     value = data.get(key)
     return default if value is None else value
+
+
+def clean(text: str) -> str:
+    """`text` with anything UTF-8 cannot carry (lone surrogates) written as escapes, so an answer quoting a
+    client's own bytes back can always be sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def choice(index: int, text: str, finish_reason: Optional[str], logprobs: Optional[dict] = None) -> dict:
@@ -125,7 +202,8 @@ def sse(data) -> bytes:
 
 def error_body(message: str, kind: str = "invalid_request_error", param: Optional[str] = None,
                code: Optional[str] = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return {"error": {"message": clean(message), "type": kind, "param": None if param is None else clean(param),
+                      "code": code}}
 
 
 def model_card(name: str, created: int) -> dict:

@@ -42,20 +42,28 @@ def default_threads() -> int:
 
 
 def serve(models: Dict[str, Model], cfg: ServeConfig, on_ready: Optional[Callable[[str], None]] = None,
-          sock: Optional[socket.socket] = None) -> None:
+          sock: Optional[socket.socket] = None, on_note: Optional[Callable[[str], None]] = None) -> None:
     """Serve until interrupted on `sock` (default: a new one on cfg.host:cfg.port); `on_ready(url)` is called
-    once the server is up."""
+    once the server is up; `on_note(text)` hears of a limit lowered to fit the machine."""
     import torch
     import uvicorn
 
+    from charnn.serve import limits
     from charnn.serve.app import create_app
 
     cfg.validate()
     sock = sock or listen(cfg.host, cfg.port)
     torch.set_num_threads(cfg.threads or default_threads())
     sys.setswitchinterval(SWITCH_INTERVAL)
+    cap, files = limits.connection_cap(cfg.max_connections)
+    if cap < cfg.max_connections and on_note is not None:
+        on_note(f"at most {cap} connections at once, not {cfg.max_connections}: this process may open {files} files "
+                "(ulimit -n)")
+    limits.quiet_logs()
+    http = limits.protocol(cap, cfg.timeout_headers, cfg.timeout_write)
     server = uvicorn.Server(uvicorn.Config(create_app(models, cfg), log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=3))
+                                           timeout_graceful_shutdown=3, timeout_keep_alive=cfg.timeout_keep_alive,
+                                           http=http))
     original = server.startup
 
     async def startup(sockets=None):
