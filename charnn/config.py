@@ -93,7 +93,7 @@ class TrainConfig:
     eval_tokens: int = 1_000_000  # validation passes score the first this many val tokens (0: all of them)
     device: str = "auto"  # auto, cpu, cuda or mps
     precision: str = "auto"  # auto, fp32, bf16 or fp16 (autocast; weights stay fp32)
-    threads: Optional[int] = None  # CPU threads for torch (default: torch's choice)
+    threads: Optional[int] = None  # CPU threads for torch (None: measured, charnn.training.threads)
     tokenizer: str = "char"  # char, or bpe / unigram: sentencepiece trained on the training split
     vocab_size: Optional[int] = None  # bpe/unigram vocabulary size (default 1024)
     save_every_secs: float = 60.0  # also refresh last.pt when this many seconds passed since the last save (0: off)

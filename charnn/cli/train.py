@@ -54,7 +54,12 @@ def train(
                                                  "training steps in fp32 and bf16 where the hardware has native "
                                                  "bf16 and keeps the faster, remembered per machine and model "
                                                  "shape; weights and checkpoints stay fp32).")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's choice).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch. Default: measured, the count "
+                                                        "whose training steps run fastest (1, 2, 4, ... up to the "
+                                                        "cores), measured again when the step time jumps (another "
+                                                        "process took or left a core). Give a number for bitwise "
+                                                        "repeatable runs.",
+                                                   show_default="auto (measured)")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model's training forward "
                                                             "(opt-in; see benchmarks/TRAINING.md for when it "
                                                             "pays).")] = False,

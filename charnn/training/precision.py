@@ -100,9 +100,9 @@ def _measure(model, x, y, device, extra: dict) -> PrecisionChoice:
     error = _runs(model, x, y, device, "bf16", extra)
     if error:
         return PrecisionChoice("fp32", "measured", None, f"bf16 does not run here ({error})")
-    with _rng_kept(device):
+    with rng_kept(device):
         times = {"fp32": [], "bf16": []}
-        probes = {p: _Probe(model, device, p, extra) for p in times}
+        probes = {p: StepProbe(model, device, p, extra) for p in times}
         losses = {p: probes[p].step(x, y) for p in times}  # warm-up: oneDNN primitives, allocator, caches
         t_end = time.perf_counter() + BUDGET
         for i in range(MAX_ROUNDS):
@@ -119,7 +119,7 @@ def _measure(model, x, y, device, extra: dict) -> PrecisionChoice:
     return PrecisionChoice(chosen, "measured", round(speedup, 3), f"{_ratio_words(speedup)}, measured")
 
 
-class _Probe:
+class StepProbe:
     """A copy of the model with its own AdamW: real training steps that leave the run's model alone."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, precision: str, extra: Optional[dict] = None):
@@ -137,18 +137,21 @@ class _Probe:
         return loss.item()  # waits for the device, so the step is timed whole
 
 
+_Probe = StepProbe  # the older name
+
+
 def _runs(model, x, y, device, precision, extra: Optional[dict] = None) -> Optional[str]:
     """None if one training step in `precision` runs; else the first line of why not."""
-    with _rng_kept(device):
+    with rng_kept(device):
         try:
-            _Probe(model, device, precision, extra).step(x, y)
+            StepProbe(model, device, precision, extra).step(x, y)
         except RuntimeError as e:
             return first_line(e, 300).split(". ")[0]  # oneDNN's first sentence says it
     return None
 
 
 @contextmanager
-def _rng_kept(device: torch.device):
+def rng_kept(device: torch.device):
     """Restore the RNG (dropout draws from it) after the probe, so seeded runs do not depend on it."""
     cpu = torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None

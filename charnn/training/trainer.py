@@ -9,7 +9,9 @@ import hashlib
 import math
 import random
 import signal
+import statistics
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,7 +31,7 @@ from charnn.data.pairs import PairBatches, PairText, prepare_pairs
 from charnn.data.encode import prepare_corpus
 from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device
 from charnn.errors import CharnnError, ConfigError, first_line
-from charnn.evaluate import evaluate_documents, evaluate_ids, evaluate_pairs
+from charnn.evaluate import evaluate_documents, evaluate_ids, evaluate_pairs, stream_layout
 from charnn.models.lm import detach_state, map_state
 from charnn.text.tokenizer import start_id
 from charnn.training.distributed import Dist
@@ -37,9 +39,11 @@ from charnn.training.init_from import FINETUNE_LR, graft, load_parent
 from charnn.training.precision import PrecisionChoice, choose_precision, native_bf16, remember
 from charnn.training.resume import load_resume, resume_config
 from charnn.training.runlock import RunLock
+from charnn.training.threads import MEASURE_BUDGET, ThreadChoice, Watch, choose_threads
 
 Callback = Callable[[str, dict], None]
 STOP_REASONS = ("max_steps", "epochs", "max_time", "patience")
+EVAL_PROBE_STEPS = 64  # --max-time: time steps of the forward that foresees an evaluation's cost
 MIN_IMPROVEMENT = 1e-3  # nats/char a val loss must drop by to reset --patience
 
 
@@ -172,6 +176,7 @@ class Trainer:
         if cfg.batch_size is None:  # the default is per process; --batch-size is the global batch
             self.cfg = cfg = replace(cfg, batch_size=default_batch_size(self.device, cfg.pairs) * self.dist.world)
         self.dist.check_batch_size(cfg.batch_size)
+        self._threads_before = torch.get_num_threads()  # fit puts it back: a library call leaves torch as it was
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.device.type == "cpu":
@@ -206,8 +211,18 @@ class Trainer:
         self.state = None
         if resumed:
             self._restore(resumed)
-        self.precision_choice = self._choose_precision(resumed)  # auto: measured here, inside the run's clock
+        # one batch for the probes; both measure here, inside the run's clock
+        self._probe_batch = next(iter(self.batches.epoch(0, 0)))
+        self.threads_choice = self._choose_threads("fp32")  # before precision: its cache key holds the threads
+        self.precision_choice = self._choose_precision(resumed)
         self.precision = self.precision_choice.precision
+        self.watch = Watch() if self.threads_choice.how == "measured" else None
+        self._recheck = False
+        self._step_secs: deque = deque(maxlen=8)  # the last steps' wall time: the next one is foreseen from them
+        self._step_spt: deque = deque(maxlen=16)  # ... and per token, to scale a measured evaluation to the load now
+        self._eval_cost, self._eval_spt, self._save_cost = None, None, None
+        if cfg.max_time:
+            self._probe_eval_cost()
         if self.dist.active and not self.dist.is_main:  # dropout masks differ per rank, and follow the step
             torch.manual_seed((cfg.seed * 1_000_003 + self.dist.rank * 7919 + self.step) % 2**63)
         self.start_step, self._saved_once, self._last_save = self.step, False, time.perf_counter()
@@ -295,8 +310,8 @@ class Trainer:
         if (self.cfg.precision == "auto" and saved in ("fp32", "bf16") and resumed.get("device") == self.device.type
                 and (saved == "fp32" or native_bf16(self.device)[0])):
             return PrecisionChoice(saved, "resumed", None, "the run's own precision, kept on resume")
-        x, y, *cond = next(iter(self.batches.epoch(0, 0)))
-        choice = choose_precision(self.cfg.precision, self.model, x, y, self.device, self.cfg.threads,
+        x, y, *cond = self._probe_batch
+        choice = choose_precision(self.cfg.precision, self.model, x, y, self.device, self.threads_choice.threads,
                                   _forward_extra(cond[0] if cond else None))
         if self.dist.active and self.cfg.precision == "auto":
             order = ("fp32", "bf16")
@@ -304,8 +319,35 @@ class Trainer:
             if agreed != choice.precision:
                 choice = replace(choice, precision=agreed, reason=choice.reason + "; another rank measured fp32")
             if self.dist.is_main and choice.how in ("measured", "cached"):  # after the collective: every rank
-                remember(choice, self.model, x, self.device, self.cfg.threads)  # has stored, this one goes last
+                remember(choice, self.model, x, self.device, self.threads_choice.threads)  # has stored, this one
+        return choice  # goes last
+
+    def _choose_threads(self, precision: str) -> ThreadChoice:
+        """--threads, or the count measured fastest on this model's training step (charnn.training.threads);
+        under torchrun every rank takes the fewest any rank chose (the ranks share the machine's cores)."""
+        t = time.perf_counter()
+        x, y, *cond = self._probe_batch
+        budget = min(MEASURE_BUDGET, 0.02 * self.cfg.max_time) if self.cfg.max_time else MEASURE_BUDGET
+        choice = choose_threads(self.cfg.threads, self.model, x, y, self.device, precision,
+                                _forward_extra(cond[0] if cond else None), self.dist.local_world, budget)
+        if self.dist.active and not self.cfg.threads and self.device.type == "cpu":  # the same on every rank
+            agreed = -self.dist.max_ints([-choice.threads])[0]
+            if agreed != choice.threads:
+                choice = replace(choice, threads=agreed, reason=choice.reason + f"; another rank chose {agreed}")
+                torch.set_num_threads(agreed)
+        self._measure_cost = time.perf_counter() - t
         return choice
+
+    def _rechoose_threads(self) -> None:
+        """The step time jumped (or RECHECK_SECS passed): measure the thread counts again."""
+        before = self.threads_choice.threads
+        self.threads_choice = self._choose_threads(self.precision)
+        changed = self.threads_choice.threads != before
+        self.watch.restart(changed)
+        if changed:  # the old threads' step times foretell nothing now
+            self._step_secs.clear()
+            self._step_spt.clear()
+        self.on_event("threads", {**self.threads_choice.to_dict(), "step": self.step, "before": before})
 
     # -- resume -------------------------------------------------------------------------------------
     def _restore(self, data: dict) -> None:
@@ -361,8 +403,47 @@ class Trainer:
         return self.progress()
 
     def _reserve(self) -> float:
-        """Seconds to keep for the final evaluation and save, so --max-time counts everything."""
-        return getattr(self, "_eval_cost", 0.0) * 1.2 + getattr(self, "_save_cost", 0.0) * 2 + 0.5
+        """Seconds to keep for the final evaluation and its saves (last.pt and best.pt), so --max-time counts
+        everything."""
+        return self._eval_estimate() * 1.2 + self._save_estimate() * 2 + 0.5
+
+    def _save_estimate(self) -> float:
+        return 0.25 if getattr(self, "_save_cost", None) is None else self._save_cost
+
+    def _eval_estimate(self) -> float:
+        """Seconds an evaluation will take now: the last one's (or the start's probe's) time, scaled by how much
+        slower a training step per token has become since (another process took a core, say)."""
+        cost = getattr(self, "_eval_cost", None)
+        recent = getattr(self, "_step_spt", ())
+        now = statistics.median(recent) if len(recent) >= 4 else None
+        if cost is None:  # no evaluation or probe yet: a forward per val token at half a training step's cost
+            return 0.5 * len(self.val_ids) * now if now is not None else 0.0
+        if self._eval_spt is None:  # the probe ran before any step: the first steps are its reference
+            self._eval_spt = now
+        return cost * (max(0.5, now / self._eval_spt) if now is not None and self._eval_spt else 1.0)
+
+    def _next_step_estimate(self) -> float:
+        """Seconds the next step may take: the slowest of the last few."""
+        return max(self._step_secs) if getattr(self, "_step_secs", None) else 0.0
+
+    def _probe_eval_cost(self) -> None:
+        """--max-time before any evaluation: foresee the final one, which on a big validation split can take
+        longer than all of a short run's training. Evaluation scores the val ids as `streams` rows in forward
+        calls of CHUNK time steps (charnn.evaluate); time a forward of EVAL_PROBE_STEPS of them and scale. (Labels and
+        pairs: the first steps' time per token stands in, see _eval_estimate.)"""
+        if self.labels is not None or self.pairs is not None or len(self.val_ids) < 2:
+            return
+        streams, length = stream_layout(len(self.val_ids))
+        rows = max(1, -(-streams // self.dist.world))  # this rank's share (evaluate splits the rows by rank)
+        steps = min(EVAL_PROBE_STEPS, length)
+        self.model.eval()
+        with torch.no_grad(), autocast(self.device, self.precision):
+            for warm in (True, False):
+                x = torch.zeros(rows, 4 if warm else steps, dtype=torch.long, device=self.device)
+                t = time.perf_counter()
+                self.model(x)[0].float().sum().item()
+        self.model.train()
+        self._eval_cost = (time.perf_counter() - t) * length / steps
 
     def checkpoint_data(self, val_loss: float, with_training_state: bool) -> dict:
         data = {
@@ -448,6 +529,7 @@ class Trainer:
             per = [self.dist.sum(float(v)) if self.dist.active else float(v) for v in per[1:]]
             self.labels["val_nats_per_char"] = [v / c if c else None for v, c in zip(per, chars)]
         self._eval_cost = time.perf_counter() - t
+        self._eval_spt = statistics.median(self._step_spt) if len(self._step_spt) >= 4 else None
         return result.nats_per_char
 
     def _non_finite(self, what: str, value: float, step: int) -> CharnnError:
@@ -479,20 +561,40 @@ class Trainer:
             return "max_steps"
         if cfg.epochs and self.epochs_done() >= cfg.epochs:
             return "epochs"
-        if cfg.max_time and self.elapsed() + self._reserve() >= cfg.max_time:
-            return "max_time"
+        if cfg.max_time and self.elapsed() + self._next_step_estimate() + self._reserve() >= cfg.max_time:
+            return "max_time"  # the next step would leave too little for the final evaluation and saves
         if cfg.open_ended and self.bad_evals >= cfg.patience:
             return "patience"
         return None
 
-    def _should_stop(self) -> Tuple[Optional[str], Optional[int]]:
-        """(limit reached, signal received), agreed by all ranks under torchrun: elapsed time and signals
-        differ per process, and a rank that stops alone leaves the others waiting in a collective."""
-        stopped, signum = self._limit_reached(), self.stop.signum
+    def _should_stop(self) -> Tuple[Optional[str], Optional[int], bool]:
+        """(limit reached, signal received, measure the threads again), agreed by all ranks under torchrun:
+        elapsed time, signals and step times differ per process, and a rank that stops (or measures) alone
+        leaves the others waiting in a collective."""
+        stopped, signum, recheck = self._limit_reached(), self.stop.signum, self._recheck_wanted()
         if not self.dist.active:
-            return stopped, signum
-        code, sig = self.dist.max_ints([STOP_REASONS.index(stopped) + 1 if stopped else 0, signum or 0])
-        return (STOP_REASONS[code - 1] if code else None), (sig or None)
+            return stopped, signum, recheck
+        code, sig, again = self.dist.max_ints([STOP_REASONS.index(stopped) + 1 if stopped else 0, signum or 0,
+                                               int(recheck)])
+        return (STOP_REASONS[code - 1] if code else None), (sig or None), bool(again)
+
+    def _recheck_wanted(self) -> bool:
+        """The watch saw the step time jump, and the budget has room for a measurement (20x its cost)."""
+        if not self._recheck:
+            return False
+        self._recheck = False
+        if self.cfg.max_time and self.cfg.max_time - self.elapsed() < 20 * self._measure_cost:
+            self.watch.restart(changed=False)
+            return False
+        return True
+
+    def _budget_spares_eval(self) -> bool:
+        """--max-time: whether an evaluation now still leaves time for another step and the final evaluation;
+        if not, training stops here and the final evaluation is this one. Agreed by all ranks."""
+        if not self.cfg.max_time:
+            return True
+        need = self._eval_estimate() + 2 * self._save_estimate() + self._next_step_estimate() + self._reserve()
+        return not self.dist.any(self.elapsed() + need >= self.cfg.max_time)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, cond=None) -> float:
         """One optimiser step on inputs x and targets y; `cond` is what else the batch holds: each row's
@@ -559,12 +661,19 @@ class Trainer:
         except Exception as e:
             raise CharnnError(f"--compile failed ({type(e).__name__}: {first_line(e)}); train without --compile") from None
 
+    def _observe_step(self, seconds: float, tokens: int) -> None:
+        self._step_secs.append(seconds)
+        self._step_spt.append(seconds / max(1, tokens))
+        if self.watch is not None and self.watch.observe(seconds / max(1, tokens)):
+            self._recheck = True
+
     def fit(self) -> TrainResult:
         try:
             return self._fit()
         finally:  # drop the DDP (and compiled) wrapper: it holds the process group, which must be destroyed
             self.net = self.model  # while the interpreter is alive (Dist.close), not with a leftover at exit
             self.release()
+            torch.set_num_threads(self._threads_before)
 
     def _fit(self) -> TrainResult:
         cfg = self.cfg
@@ -572,6 +681,7 @@ class Trainer:
         self.on_event("start", {"run_dir": str(self.run_dir), "params": self.model.num_params(),
                                 "device": str(self.device), "precision": self.precision,
                                 "precision_choice": self.precision_choice.to_dict(),
+                                "threads_choice": self.threads_choice.to_dict(),
                                 "vocab_size": self.tokenizer.vocab_size, "train_tokens": len(self.batches.ids),
                                 "val_tokens": len(self.val_ids), "steps_per_epoch": self.batches.steps_per_epoch(),
                                 "step": self.step, "tokenizer": self.tokenizer.kind, "processes": self.dist.world,
@@ -583,15 +693,19 @@ class Trainer:
             if self.window == 0:  # a new epoch: pick its offset (deterministic from seed + epoch)
                 self.offset = random.Random(cfg.seed * 100003 + self.epoch).randint(0, self.batches.max_offset())
             for batch in self.batches.epoch(self.offset, self.window):
-                stopped, signum = self._should_stop()
+                stopped, signum, recheck = self._should_stop()
                 if stopped:
                     break
                 if signum is not None:
                     raise TrainingInterrupted(signum, self._save_on_stop())
+                if recheck:
+                    self._rechoose_threads()
                 if self.batches.fresh(self.offset, self.window):
                     self.state = None
+                t_step = time.perf_counter()
                 loss = self._train_step(*batch)
                 tokens = self.step_tokens
+                self._observe_step(time.perf_counter() - t_step, tokens)
                 self.window += 1
                 self.chars_seen += int(tokens * self.chars_per_token)
                 window_tokens += tokens
@@ -608,6 +722,9 @@ class Trainer:
                 if now - window_t0 > 10:  # a moving window keeps chars/s current
                     window_t0, window_steps, window_tokens = now, 0, 0
                 if self.step % cfg.eval_every == 0:
+                    if not self._budget_spares_eval():
+                        stopped = "max_time"
+                        break
                     self._eval_and_save()
                     last_eval_step = self.step
                 elif cfg.save_every_secs and self.dist.any(time.perf_counter() - self._last_save >= cfg.save_every_secs):

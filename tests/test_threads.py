@@ -1,0 +1,225 @@
+"""Threads chosen by measurement (charnn.training.threads), and a --max-time that holds on a slow machine.
+
+No test here asserts a real speed: the chooser runs on fake step timers, and the budget tests run the real
+trainer on a fake clock that every forward call of the model advances (a busy machine, made deterministic)."""
+
+import math
+import types
+
+import pytest
+import torch
+from conftest import TINY_MODEL, TINY_TRAIN, make_text
+
+from charnn.config import ModelConfig, TrainConfig
+from charnn.data.corpus import Corpus
+from charnn.models.lm import CharRNN
+from charnn.training import threads as T
+from charnn.training.trainer import Trainer
+
+
+class FakeMachine:
+    """A step function and a clock: a step at n threads takes seconds[n] of fake time."""
+
+    def __init__(self, seconds):
+        self.seconds, self.now, self.n, self.steps = dict(seconds), 0.0, None, {}
+
+    def set_threads(self, n):
+        self.n = n
+
+    def step(self):
+        self.steps[self.n] = self.steps.get(self.n, 0) + 1
+        self.now += self.seconds[self.n]
+
+    def clock(self):
+        return self.now
+
+
+def measured(seconds, counts=None):
+    m = FakeMachine(seconds)
+    times = T.measure(m.step, counts or sorted(seconds), 1.0, m.set_threads, m.clock)
+    return T.pick(times), times, m
+
+
+def test_candidates_are_powers_of_two_and_the_core_count():
+    assert T.candidates(1) == [1]
+    assert T.candidates(2) == [1, 2]
+    assert T.candidates(6) == [1, 2, 4, 6]
+    assert T.candidates(8) == [1, 2, 4, 8]
+
+
+def test_the_fastest_count_wins_and_a_busy_core_loses():
+    # idle: two threads are faster; one core busy: two threads are 40x slower than one (the issue's case)
+    assert measured({1: 0.030, 2: 0.020})[0] == 2
+    assert measured({1: 0.030, 2: 1.200})[0] == 1
+    # fewer threads win a near tie (within MIN_GAIN): they suffer less when a core gets busy
+    assert measured({1: 0.030, 2: 0.029, 4: 0.0295})[0] == 1
+    assert measured({1: 0.040, 2: 0.021, 4: 0.020})[0] == 2
+
+
+def test_a_hopeless_count_costs_one_step_not_a_budget():
+    n, times, m = measured({1: 0.01, 2: 2.0})
+    assert n == 1 and m.steps[2] == 1  # its warm-up was DROP times the best: out at once
+    assert m.steps[1] == T.MAX_ROUNDS + 1  # warm-up and every round (7 x 10 ms fit the 1-s budget)
+    assert times[2] == pytest.approx(2.0)
+
+
+def test_measuring_keeps_to_its_budget():
+    n, times, m = measured({1: 0.3, 2: 0.25})
+    assert n == 2
+    assert m.now < 2 * (0.3 + 0.25) + 1.0 + 0.3 + 0.25 + 1e-9  # warm-ups, first round, budget, one round over
+
+
+def test_watch_asks_again_after_a_jump_and_backs_off_when_nothing_changed():
+    clock = FakeMachine({}).clock
+    w = T.Watch(clock=clock, window=4, ratio=1.6, every=math.inf)
+    asked = [w.observe(1.0) for _ in range(12)]  # baseline from the first 4, steady after
+    assert not any(asked)
+    asked = [w.observe(2.0) for _ in range(4)]  # another process took a core: the rolling median doubles
+    assert asked[-1] and not any(asked[:-2])
+    w.restart(changed=False)  # the re-measure kept the same count: the next jump must wait twice as long
+    assert w.gap == 16
+    asked = [w.observe(3.0) for _ in range(4)] + [w.observe(6.0) for _ in range(11)]
+    assert not any(asked)
+    assert w.observe(6.0)  # 16 steps after the restart
+    w.restart(changed=True)
+    assert w.gap == 8
+    assert not any(w.observe(1.0) for _ in range(4)) and not any(w.observe(1.0 / 1.7) for _ in range(3))
+    assert w.observe(1.0 / 1.7)  # faster by RECHECK_RATIO counts too: a load left, more threads may pay again
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    monkeypatch.setattr(T, "usable_cores", lambda local=1: 2)
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fake_threads(monkeypatch, two_cores):
+    """torch's thread count as the trainer sees it, kept apart from the real one (1, so real work is quick
+    whatever else the machine runs): no assertion below depends on how fast this machine really is."""
+    torch.set_num_threads(1)
+    fake = {"n": 2}
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: fake.__setitem__("n", n))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: fake["n"])
+    return fake
+
+
+def test_training_runs_with_the_measured_count_and_measures_again_when_the_step_time_jumps(tmp_path, monkeypatch,
+                                                                                           fake_threads):
+    # before step 40 two threads are fast; then "another process takes a core" and they are slow
+    import time
+
+    loaded = {"now": False}
+
+    def cost():
+        time.sleep(0.05 if fake_threads["n"] == (2 if loaded["now"] else 1) else 0.002)
+
+    probe_step = T.StepProbe.step
+    monkeypatch.setattr(T.StepProbe, "step", lambda self, x, y: (cost(), probe_step(self, x, y))[1])
+    train_step = Trainer._train_step
+    monkeypatch.setattr(Trainer, "_train_step", lambda self, *a: (cost(), train_step(self, *a))[1])
+    seen, events = {}, []
+
+    def on_event(kind, info):
+        if kind == "step":
+            seen[info["step"]] = fake_threads["n"]
+            loaded["now"] = info["step"] >= 40
+        if kind in ("threads", "start"):
+            events.append((kind, info))
+
+    cfg = TrainConfig(out=str(tmp_path), name="t", **{**TINY_TRAIN, "max_steps": 130, "eval_every": 1000})
+    fake_threads["n"] = 7  # what the caller had: fit puts it back
+    trainer = Trainer(Corpus(make_text(200, seed=1), "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg,
+                      on_event)
+    assert trainer.threads_choice.how == "measured" and trainer.threads_choice.threads == 2
+    trainer.fit()
+    assert events[0][1]["threads_choice"]["threads"] == 2  # the start event says what was chosen, and why
+    assert seen[1] == seen[39] == 2
+    rechecks = [info for kind, info in events if kind == "threads"]
+    assert rechecks and rechecks[0]["threads"] == 1 and rechecks[0]["before"] == 2
+    assert 40 < rechecks[0]["step"] <= 40 + 2 * T.WINDOW
+    assert seen[130] == 1
+    assert fake_threads["n"] == 7
+
+
+def test_threads_flag_is_taken_as_given(tmp_path, fake_threads):
+    cfg = TrainConfig(out=str(tmp_path), name="t", **{**TINY_TRAIN, "max_steps": 3, "threads": 1})
+    trainer = Trainer(Corpus(make_text(50), "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
+    assert (trainer.threads_choice.how, trainer.threads_choice.threads, trainer.watch) == ("forced", 1, None)
+
+
+# -- --max-time on a busy machine: a fake clock that the model's forward calls advance ----------------------------
+
+class FakeTime:
+    def __init__(self):
+        self.now = 1000.0
+
+    def perf_counter(self):
+        return self.now
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Every forward of a CharRNN costs `per_token` fake seconds per (row x time step), and the trainer's
+    clock is that fake clock: training, evaluation and the probes all take time that the test decides."""
+    import charnn.training.trainer as trainer_module
+
+    clock = FakeTime()
+    clock.per_token = 1e-3
+    forward = CharRNN.forward
+
+    def slow_forward(self, x, *a, **k):
+        clock.now += clock.per_token * x.numel()
+        return forward(self, x, *a, **k)
+
+    monkeypatch.setattr(CharRNN, "forward", slow_forward)
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    return clock
+
+
+def timed_run(tmp_path, clock, max_time, on_step=None, **train):
+    def on_event(kind, info):
+        if kind == "step" and on_step:
+            on_step(info["step"], clock)
+    cfg = TrainConfig(out=str(tmp_path), name="timed", **{**TINY_TRAIN, "max_steps": None, "max_time": max_time,
+                                                           "eval_every": 1000, "threads": 1, **train})
+    # 3000 lines: about 10k validation characters, so an evaluation (~10 s here) outlasts many steps (~0.26 s)
+    trainer = Trainer(Corpus(make_text(3000, seed=1), "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg,
+                      on_event)
+    start = clock.now - trainer.elapsed()
+    result = trainer.fit()
+    return result, clock.now - start
+
+
+def tolerance(max_time):
+    return max(0.02 * max_time, 5.0)
+
+
+@pytest.mark.parametrize("max_time", [30.0, 120.0])
+def test_max_time_keeps_room_for_a_final_evaluation_that_no_evaluation_has_timed(tmp_path, fake_clock, max_time):
+    # no periodic evaluation runs before the limit (eval_every 1000): the budget must foresee the final one
+    result, took = timed_run(tmp_path, fake_clock, max_time)
+    assert result.stopped == "max_time" and result.steps > 10
+    assert took <= max_time + tolerance(max_time), took
+    assert took >= max_time - 0.25 * max_time  # and it used most of the budget
+
+
+def test_max_time_holds_when_steps_turn_slow_mid_run(tmp_path, fake_clock):
+    # at step 30 another process takes the core: every forward costs 8x as much (steps ~2 s, evaluation ~160 s
+    # at that rate); the run must still end within the tolerance of a 5-minute budget
+    def on_step(step, clock):
+        if step == 30:
+            clock.per_token = 8e-3
+    result, took = timed_run(tmp_path, fake_clock, 300.0, on_step)
+    assert result.stopped == "max_time"
+    assert took <= 300.0 + tolerance(300.0), took
+
+
+def test_a_periodic_evaluation_that_would_cross_the_limit_is_the_final_one(tmp_path, fake_clock):
+    # evaluations every 40 steps (~10 s of training, ~20 s of evaluation): one that would end past the limit is
+    # not started; training stops there and the final evaluation takes its place
+    result, took = timed_run(tmp_path, fake_clock, 90.0, eval_every=40)
+    assert result.stopped == "max_time"
+    assert took <= 90.0 + tolerance(90.0), took
