@@ -189,7 +189,7 @@ def test_one_step_per_character_and_the_prime_in_one_forward(ckpt, monkeypatch):
     monkeypatch.setattr(model, "forward", lambda *a: forwards.append(a[0].shape) or real_forward(*a))
     sampler = Sampler(model, tok, SampleConfig(length=57, prime="the dog", num_samples=2), torch.device("cpu"), 0)
     out = "".join(sampler)
-    assert len(steps) == 57 and forwards == [torch.Size([1, 6])]
+    assert len(steps) == 57 and forwards == [torch.Size([1, 7])]  # the start id, then "the do"
     assert sampler.chars == 114 and out.count("the dog") >= 2
 
 

@@ -266,6 +266,21 @@ def test_user_errors_are_one_line(reverse_run, tmp_path):
     assert r.exit_code == 0 and r.stdout == "cba\n"
 
 
+def test_an_input_with_no_known_character_is_a_blank_line_under_skip(reverse_run):
+    """--unknown skip on a line of unknown characters only: a blank output (it was decoded from the end alone and
+    wrote a letter), and a note saying so."""
+    import charnn
+    from charnn.config import TransduceConfig
+    from charnn.generation.seq2seq import Transducer
+
+    m = charnn.load(str(reverse_run / "rev"))
+    assert m.transduce(["XYZ", "abc", "ÄÖ"], unknown="skip") == ["", "cba", ""]
+    t = Transducer(m.net, m.source_tokenizer, m.tokenizer, TransduceConfig(unknown="skip").validate(), m.device)
+    assert [h for h in t.run([("XYZ", "stdin:1"), ("abXc", "stdin:2")])][0] == []
+    assert t.notes() == ["dropped 4 input character(s) the model does not know (--unknown skip)",
+                         "1 input line(s) had no character the model knows and got a blank output line: stdin:1"]
+
+
 def test_training_resumes_exactly(tmp_path):
     from test_resume import assert_same_training_state, stop_at, weights
 

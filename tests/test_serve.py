@@ -14,6 +14,8 @@ import pytest
 import torch
 from conftest import free_port, one_line_error, subprocess_env
 
+from charnn.text.tokenizer import start_id
+
 openai = pytest.importorskip("openai", reason="the openai client is in the dev extra: pip install -e '.[dev]'")
 pytest.importorskip("uvicorn", reason="charnn serve needs the serve extra: pip install -e '.[serve]'")
 
@@ -134,12 +136,13 @@ def test_scoring_returns_the_prompts_log_probabilities(server, trained_run, mode
     text = "the cat sat on the mat"
     r = server.client().completions.create(model=name(trained_run), prompt=text, max_tokens=0, echo=True, logprobs=1)
     lp = r.choices[0].logprobs
-    assert r.choices[0].text == text and lp.tokens == list(text) and lp.token_logprobs[0] is None
+    assert r.choices[0].text == text and lp.tokens == list(text)
     assert lp.text_offset == list(range(len(text)))
     ids = torch.from_numpy(model.tokenizer.encode(text))[None]
+    start = torch.tensor([[start_id(model.tokenizer)]])  # the first character is conditioned on it, as in eval
     with torch.no_grad():
-        ref = torch.log_softmax(model.net(ids[:, :-1])[0][0], -1).gather(1, ids[0, 1:, None])[:, 0]
-    assert lp.token_logprobs[1:] == pytest.approx(ref.tolist(), abs=1e-5)
+        ref = torch.log_softmax(model.net(torch.cat([start, ids[:, :-1]], 1))[0][0], -1).gather(1, ids[0, :, None])
+    assert lp.token_logprobs == pytest.approx(ref[:, 0].tolist(), abs=1e-5)
 
 
 def test_unknown_model_is_a_404_in_openais_shape(server, trained_run):

@@ -7,7 +7,6 @@ all its clients; here the batch holds this call's `n` continuations. Scoring is 
 
 from __future__ import annotations
 
-import math
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -23,6 +22,8 @@ from charnn.dynamic import adapt as adapted_copy
 from charnn.errors import CharnnError
 from charnn.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
+from charnn.generation.prefill import forward_chunks
+from charnn.generation.prompt import start_ids
 
 if TYPE_CHECKING:
     from charnn.api.seq2seq import Seq2SeqModel
@@ -38,6 +39,7 @@ class Model:
         self.name = self.path.parent.name if self.path.name in ("best.pt", "last.pt") else self.path.stem
         self._info: Optional[dict] = None
         self._idle: Dict[int, List[Batcher]] = {}  # batchers between calls, by row count
+        self._lock_scoring = threading.Lock()  # one token_logprobs at a time: concurrent long texts do not add up
         self._lock = threading.Lock()
         self._created = int(self.path.stat().st_mtime) if self.path.exists() else 0
         data = data or {}
@@ -103,7 +105,7 @@ class Model:
                     if piece:
                         yield row.tag, piece
         finally:  # also when a stream is abandoned half-way: the rows leave, the batcher is kept for the next call
-            for row in list(batcher.rows):
+            for row in batcher.all_rows:
                 batcher.remove(row)
             with self._lock:
                 self._idle.setdefault(p.n, []).append(batcher)
@@ -159,22 +161,31 @@ class Model:
 
     @torch.inference_mode()
     def token_logprobs(self, text: str) -> Dict[str, list]:
-        """Per-token log-probabilities of `text` under the model (the first token has no context: None), in
-        OpenAI's `logprobs` shape: tokens, token_logprobs, top_logprobs (the most likely token), text_offset."""
-        ids = [int(i) for i in self.tokenizer.encode(text)]
-        tokens = [self.tokenizer.decode([i]) for i in ids]
-        offsets = list(np.cumsum([0] + [len(t) for t in tokens[:-1]])) if tokens else []
-        lps: List[Optional[float]] = [None] * len(ids)
-        tops: List[Optional[dict]] = [None] * len(ids)
-        if len(ids) > 1:
-            x = torch.tensor([ids[:-1]], dtype=torch.long, device=self.device)
-            logp = torch.log_softmax(self.net(x)[0][0].float(), dim=-1)  # (T-1, V)
-            picked = logp.gather(1, torch.tensor(ids[1:], device=self.device)[:, None])[:, 0].tolist()
-            best_lp, best = logp.max(dim=-1)
-            for t, (lp, b, blp) in enumerate(zip(picked, best.tolist(), best_lp.tolist()), start=1):
-                lps[t] = lp if math.isfinite(lp) else -1e30
-                tops[t] = {self.tokenizer.decode([b]): blp}
-        return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": [int(o) for o in offsets]}
+        """Per-token log-probabilities of `text` under the model, in OpenAI's `logprobs` shape: tokens,
+        token_logprobs, top_logprobs (the most likely token), text_offset. The first token is conditioned on the
+        start id, as `score` and sampling condition it, so the log-probabilities add up to -score(text).nats.
+        The text runs through the model a chunk at a time: memory does not grow with its length beyond the
+        answer itself."""
+        ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
+        pieces = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
+        picked, best, best_lp = (np.zeros(len(ids), dtype=dtype) for dtype in (np.float64, np.int64, np.float64))
+        at = 0
+        with self._lock_scoring, torch.inference_mode():
+            context = np.concatenate([start_ids(self.tokenizer, ""), ids[:-1]])[:len(ids)]  # each token's input
+            for out, _ in forward_chunks(self.net, context, None, self.device):
+                logp = torch.log_softmax(out[0].float(), dim=-1)  # (T, V)
+                n = logp.shape[0]
+                target = torch.from_numpy(ids[at:at + n]).to(self.device)
+                picked[at:at + n] = logp.gather(1, target[:, None])[:, 0].cpu().numpy()
+                top_lp, top = logp.max(dim=-1)
+                best[at:at + n], best_lp[at:at + n] = top.cpu().numpy(), top_lp.cpu().numpy()
+                at += n
+        picked[~np.isfinite(picked)] = -1e30
+        tokens = [pieces[i] for i in ids.tolist()]
+        offsets = np.cumsum([0] + [len(t) for t in tokens[:-1]]).tolist() if tokens else []
+        return {"tokens": tokens, "token_logprobs": picked.tolist(),
+                "top_logprobs": [{pieces[b]: lp} for b, lp in zip(best.tolist(), best_lp.tolist())],
+                "text_offset": offsets}
 
     @property
     def created(self) -> int:

@@ -20,16 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import time
+
 import numpy as np
 import torch
 
 from charnn.errors import CharnnError, first_line
-from charnn.generation.draw import NOISE_FLOATS, filter_logits, gumbel_noise
+from charnn.generation.draw import NOISE_FLOATS, filter_logits, gumbel_noise, safe_temperature
+from charnn.generation.prefill import CHUNK, prefill, run
 from charnn.generation.prompt import heal, start_ids
 from charnn.models.stepper import FastStepper
 
 MAX_STOPS = 4  # stop strings per row, as OpenAI's API allows
 BLOCK = 8  # the most tokens one `step` call draws per row, by default
+PREFILL_SECONDS = 0.05  # prompt loading per `step` while other rows are generating: they never wait much longer
+PREFILL_ALONE_SECONDS = 0.25  # ... and while no row is (the caller still gets control back to admit or cancel)
 
 
 @dataclass
@@ -79,6 +84,7 @@ class Row:
     decoder: object
     cut: StopCut
     allowed: Optional[np.ndarray] = None  # token healing: ids the first draw may take
+    first: int = 0  # the row's first input: its prompt's last token
     remaining: int = 0  # characters still to generate
     tokens: int = 0  # tokens drawn so far
     chars: int = 0  # characters handed out so far
@@ -109,13 +115,20 @@ class Batcher:
         self.plan: Optional[tuple] = None  # per-row draw settings as tensors, rebuilt when rows change
         self.graphs = device.type == "cuda" if graphs is None else graphs  # off CUDA: no effect
         self.graph, self.graph_rows, self.seen_rows = None, None, None  # the recorded block, for which rows
-        self.prompt_state: Optional[tuple] = None  # (prompt ids, the model's state after them): n rows, one forward
+        self.prompt_state: Optional[tuple] = None  # (prompt ids, the model's state after them): n rows, one prefill
+        self.loading: List[Tuple[np.ndarray, object, List[Row]]] = []  # long prompts: (ids, prefill, rows waiting)
         self.view_key, self.block_views = None, []  # see _views
         self.notes: List[str] = []  # a fallback taken (a CUDA graph capture refused), for the user
 
     @property
     def active(self) -> int:
-        return len(self.rows)
+        """Rows generating or waiting for their prompt to load."""
+        return len(self.rows) + sum(len(rows) for _, _, rows in self.loading)
+
+    @property
+    def all_rows(self) -> List[Row]:
+        """Every row not finished: generating, then loading."""
+        return self.rows + [r for _, _, rows in self.loading for r in rows]
 
     def _stepper(self, size: int) -> Tuple[FastStepper, torch.Tensor]:
         if size not in self.steppers:
@@ -144,7 +157,7 @@ class Batcher:
             size = max(1, 1 << max(0, n - 1).bit_length())
         if size == self.stepper.B:
             return
-        (new, tokens), old, k = self._stepper(size), self.stepper, min(self.active, size)
+        (new, tokens), old, k = self._stepper(size), self.stepper, min(len(self.rows), size)
         new.hs[:k].copy_(old.hs[:k])
         for l in range(new.L if new.c is not None else 0):
             new.c[l][:k].copy_(old.c[l][:k])
@@ -153,7 +166,8 @@ class Batcher:
 
     @torch.inference_mode()
     def add(self, spec: RowSpec, tag: object = None) -> Row:
-        """Condition a new row on its prompt and put it in the batch; it draws from the next step on."""
+        """Condition a new row on its prompt and put it in the batch; it draws from the next step on. A prompt
+        longer than a chunk is loaded in slices during the next steps (`active` counts its row meanwhile)."""
         if self.active >= self.capacity:
             raise CharnnError(f"the batch is full ({self.capacity} rows)")
         if len(spec.stop) > MAX_STOPS:
@@ -161,34 +175,64 @@ class Batcher:
         ids, allowed, skip = start_ids(self.tokenizer, spec.prompt), None, b""
         if spec.prompt and spec.heal:
             ids, allowed, skip = heal(self.tokenizer, ids)
-        ids = ids or start_ids(self.tokenizer, "")
         row = Row(spec, self.tokenizer.decoder(skip) if skip else self.tokenizer.decoder(), StopCut(spec.stop),
                   allowed, remaining=spec.length, tag=tag)
         if spec.length <= 0:
             row.finish_reason = "length"
             return row
-        if self.active + 1 > self.stepper.B:  # grow only: a stepper made for more rows keeps them
-            self._resize(self.active + 1)
-        row.slot = self.active
-        self.rows.append(row)
-        self._load(row.slot, ids[:-1])
-        self.tokens[row.slot] = ids[-1]  # the prompt's last token is the row's first input
-        self.healing = self.healing or allowed is not None
-        self._changed()
+        row.first = int(ids[-1])  # the prompt's last token is the row's first input
+        context = ids[:-1]
+        if self._known(context):
+            self._join(row, self.prompt_state[1])
+        elif len(context) <= CHUNK:  # a short prompt is conditioned at once
+            self.prompt_state = context, run(prefill(self.model, context, self.device))
+            self._join(row, self.prompt_state[1])
+        else:  # a long one in slices between steps (`step`); rows of the same prompt share one prefill
+            waiting = next((rows for ids_, _, rows in self.loading if np.array_equal(ids_, context)), None)
+            if waiting is None:
+                self.loading.append((context, prefill(self.model, context, self.device, CHUNK), [row]))
+            else:
+                waiting.append(row)
         return row
 
-    def _load(self, slot: int, ids: List[int]) -> None:
-        """Set a slot's state to the model's state after `ids` (zero for none)."""
+    def _known(self, ids: np.ndarray) -> bool:
+        return self.prompt_state is not None and np.array_equal(self.prompt_state[0], ids)
+
+    def _join(self, row: Row, state) -> None:
+        """Put a row whose prompt is loaded into the batch, in the state `state` (None: zero)."""
+        if len(self.rows) + 1 > self.stepper.B:  # grow only: a stepper made for more rows keeps them
+            self._resize(len(self.rows) + 1)
+        row.slot = len(self.rows)
+        self.rows.append(row)
+        self._load(row.slot, state)
+        self.tokens[row.slot] = row.first
+        self.healing = self.healing or row.allowed is not None
+        self._changed()
+
+    def _prefill(self, seconds: float) -> None:
+        """Run the loading prompts' prefills for about `seconds` (at least one chunk); rows whose prompt is done
+        join the batch."""
+        t0 = time.perf_counter()
+        while self.loading:
+            ids, gen, rows = self.loading[0]
+            try:
+                next(gen)
+            except StopIteration as done:
+                self.loading.pop(0)
+                self.prompt_state = ids, done.value
+                for row in rows:
+                    self._join(row, done.value)
+            if time.perf_counter() - t0 >= seconds:
+                return
+
+    def _load(self, slot: int, state) -> None:
+        """Set a slot's state to `state` (the model's, batch 1; None: zero)."""
         st = self.stepper
-        if not ids:
+        if state is None:
             st.hs[slot].zero_()
             for c in st.c or []:
                 c[slot].zero_()
             return
-        if self.prompt_state is None or self.prompt_state[0] != ids:  # n rows of one prompt: one forward
-            _, state = self.model(torch.tensor([ids], dtype=torch.long, device=self.device), None)
-            self.prompt_state = ids, state
-        state = self.prompt_state[1]
         h, c = state if isinstance(state, tuple) else (state, None)
         for l in range(st.L):
             st.h[l][slot].copy_(h[l, 0])
@@ -199,7 +243,11 @@ class Batcher:
     def remove(self, row: Row, resize: bool = True) -> None:
         """Take a row out of the batch (finished, or its reader left); the last row moves into its slot. The
         stepper shrinks when few rows are left (`resize=False`: the caller resizes once after several)."""
-        if row.slot < 0:
+        if row.slot < 0:  # loading its prompt (or gone): leave the queue; a prefill no row waits for is dropped
+            for entry in self.loading:
+                if row in entry[2]:
+                    entry[2].remove(row)
+            self.loading = [entry for entry in self.loading if entry[2]]
             return
         last = self.rows.pop()
         if last is not row:
@@ -212,8 +260,8 @@ class Batcher:
             self.rows[i] = last
         row.slot = -1
         self._changed()
-        if resize and self.active:  # none left: keep the stepper for the next row
-            self._resize(self.active)
+        if resize and self.rows:  # none left: keep the stepper for the next row
+            self._resize(len(self.rows))
 
     def _changed(self) -> None:
         """Rows joined or left: the draw settings are made again, and a recorded block no longer applies."""
@@ -224,7 +272,9 @@ class Batcher:
         """Up to `tokens` tokens for every live row (fewer when a row needs fewer characters, or heals):
         (row, new text) for each row that produced text or finished (then `row.finish_reason` is set and the
         row has left the batch). Several tokens per call cost Python time once per row, not once per token."""
-        rows, n = self.rows, self.active
+        if self.loading:
+            self._prefill(PREFILL_SECONDS if self.rows else PREFILL_ALONE_SECONDS)
+        rows, n = self.rows, len(self.rows)
         if not n:
             return []
         k = 1 if self.healing else max(1, min(tokens, self.block, min(r.remaining for r in rows)))
@@ -251,8 +301,8 @@ class Batcher:
                 out.append((row, piece))
             if row.finish_reason:
                 self.remove(row, resize=False)
-        if self.active and self.stepper.B > self.active:
-            self._resize(self.active)
+        if self.rows and self.stepper.B > len(self.rows):
+            self._resize(len(self.rows))
         return out
 
     def _body(self, n: int, k: int) -> None:
@@ -335,7 +385,7 @@ class Batcher:
         """The rows' draw settings as tensors: (n, 1) temperatures (None: all 1), filter groups, and for the
         noise each row's seed, draws so far (advanced as blocks are drawn) and the greedy rows (None: none);
         made again only after rows joined or left."""
-        temps = [r.spec.temperature or 1.0 for r in rows]
+        temps = [safe_temperature(r.spec.temperature) or 1.0 for r in rows]
         scale = None if all(t == 1.0 for t in temps) else torch.tensor(temps, device=self.device)[:, None]
         groups: Dict[tuple, List[int]] = {}
         for i, r in enumerate(rows):
@@ -345,7 +395,7 @@ class Batcher:
                    for (k, p), idx in groups.items()]
         seeds = torch.tensor([r.spec.seed for r in rows], dtype=torch.long, device=self.device)
         drawn = torch.tensor([r.tokens for r in rows], dtype=torch.long, device=self.device)
-        greedy = [i for i, r in enumerate(rows) if r.spec.temperature == 0]
+        greedy = [i for i, r in enumerate(rows) if safe_temperature(r.spec.temperature) == 0]
         return scale, filters, seeds, drawn, torch.tensor(greedy, device=self.device) if greedy else None
 
     def _draw(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:

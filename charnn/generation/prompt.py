@@ -34,14 +34,15 @@ def clean_prime(tokenizer, prime: str, unknown: str = "error", what: str = "the 
     return "".join(c for c in prime if c not in gone), missing
 
 
-def start_ids(tokenizer, prime: str) -> List[int]:
-    """The ids the model is conditioned on: the prime, or a newline when there is no prime."""
-    if prime:
-        return [int(i) for i in tokenizer.encode(prime)]
-    return [start_id(tokenizer)]
+def start_ids(tokenizer, prime: str) -> np.ndarray:
+    """The ids the model is conditioned on: the start id (a newline), then the prime's. Training and scoring
+    condition a text's first token on the start id, so a prime is read the same way (from a zero state its
+    first characters would be out of distribution, and the sample after a short prime garbage)."""
+    ids = np.asarray(tokenizer.encode(prime) if prime else [], dtype=np.int64)
+    return np.concatenate([np.array([start_id(tokenizer)], dtype=np.int64), ids])
 
 
-def heal(tokenizer, ids: List[int]) -> Tuple[List[int], Optional[np.ndarray], bytes]:
+def heal(tokenizer, ids: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray], bytes]:
     """Token healing for a subword prime: (ids to condition on, ids the first draw may take, bytes to skip).
 
     A prime cut mid-word ("the bro") ends in a piece ("▁bro") that in training was mostly part of a longer
@@ -50,7 +51,7 @@ def heal(tokenizer, ids: List[int]) -> Tuple[List[int], Optional[np.ndarray], by
     "▁brother", ...), and that text, already printed with the prime, is skipped in the output. Character
     tokenizers, byte pieces and an empty prime are left as they are."""
     extending = getattr(tokenizer, "extending", None)
-    allowed = extending(ids[-1]) if extending is not None and ids else None
+    allowed = extending(int(ids[-1])) if extending is not None and len(ids) > 1 else None
     if allowed is None:
         return ids, None, b""
-    return ids[:-1], allowed, tokenizer.pieces[ids[-1]]
+    return ids[:-1], allowed, tokenizer.pieces[int(ids[-1])]

@@ -126,10 +126,12 @@ class Transducer:
         self.max_ratio, self.exact_scores = max_ratio, exact_scores
         self.seed = cfg.seed if cfg.seed is not None else 0
         self.offset = 0  # lines seen so far: sampling seeds each input by its position in the whole input
+        self.dropped, self.emptied = 0, []  # --unknown skip: characters dropped; inputs left with none (where)
 
-    def encode(self, text: str, where: str) -> np.ndarray:
+    def encode(self, text: str, where: str) -> Optional[np.ndarray]:
         """An input's ids and its end; characters outside the vocabulary are an error naming `where`
-        (--unknown error) or dropped (--unknown skip)."""
+        (--unknown error) or dropped (--unknown skip; None when none is left: the output is a blank line, and
+        `notes` says so)."""
         ids = self.src_tok.encode(text)
         bad = ids == self.src_tok.unk_id
         if bad.any():
@@ -137,7 +139,22 @@ class Transducer:
                 shown = ", ".join(repr(c) for c in self.src_tok.unknown(text)[:5])
                 raise CharnnError(f"{where}: {shown} not in the model's input characters (--unknown skip drops them)")
             ids = ids[~bad]
+            self.dropped += int(bad.sum())
+            if not len(ids):
+                self.emptied.append(where)
+                return None
         return np.append(ids, self.src_end)
+
+    def notes(self) -> List[str]:
+        """What --unknown skip did, for the user (empty when it dropped nothing)."""
+        if not self.dropped:
+            return []
+        out = [f"dropped {self.dropped:,} input character(s) the model does not know (--unknown skip)"]
+        if self.emptied:
+            shown = ", ".join(self.emptied[:5]) + (f" and {len(self.emptied) - 5} more" if len(self.emptied) > 5 else "")
+            out.append(f"{len(self.emptied):,} input line(s) had no character the model knows and got a blank "
+                       f"output line: {shown}")
+        return out
 
     def limit(self, n: int) -> int:
         """Output tokens allowed for an input of n ids (its end included), the end included."""

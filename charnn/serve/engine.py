@@ -145,7 +145,7 @@ class Engine:
 
     def _fail(self, joining: List[Job], message: str) -> None:
         """Tell every job in flight (FAILED as its finish_reason, the message as its text) and empty the batch."""
-        for row in list(self.batcher.rows):
+        for row in self.batcher.all_rows:
             self.batcher.remove(row)
         for job in {id(j): j for j in [*self.live.values(), *joining]}.values():
             self.live.setdefault(id(job), job)
@@ -155,7 +155,7 @@ class Engine:
 
     def _fail_job(self, job: Job, message: str) -> None:
         """One job could not start: take out whatever rows of it got in (tagged with it), tell it why."""
-        for row in [r for r in self.batcher.rows if isinstance(r.tag, tuple) and r.tag[0] is job]:
+        for row in [r for r in self.batcher.all_rows if isinstance(r.tag, tuple) and r.tag[0] is job]:
             self.batcher.remove(row)
         self.live.setdefault(id(job), job)
         self._finish(job)
