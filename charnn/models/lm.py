@@ -9,12 +9,15 @@ import torch
 import torch.nn as nn
 
 from charnn.config import ModelConfig
+from charnn.models.state import RNN_STATE
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 class CharRNN(nn.Module):
+    state_ops = RNN_STATE  # its state: nn.LSTM's (h, c) or h, (layers, batch, hidden) (charnn.models.state)
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -77,6 +80,21 @@ class CharRNN(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def optimizer_groups(self, weight_decay: float) -> list:
+        """AdamW's parameter groups: weight decay on matrices, not on biases, the embedding or the label vectors."""
+        return decay_groups(self, weight_decay, ("embed", "label_embed", "label_out"))
+
+
+def decay_groups(model: nn.Module, weight_decay: float, exempt: tuple) -> list:
+    """Two optimiser groups: the matrices (2+ dimensions) outside the top-level modules `exempt` decay, the rest
+    do not."""
+    def decays(name: str, p) -> bool:
+        return p.dim() >= 2 and name.split(".")[0] not in exempt
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    rest = [p for n, p in model.named_parameters() if not decays(n, p)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
 
 @torch.no_grad()
 def forget_bias(rnn: nn.Module, hidden: int) -> None:
@@ -103,11 +121,9 @@ def copy_model(model: nn.Module) -> nn.Module:
 
 def map_state(state: State, fn) -> State:
     """`fn` applied to each tensor of a recurrent state: an LSTM's (h, c) pair or a GRU's/RNN's h (None stays)."""
-    if state is None:
-        return None
-    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+    return RNN_STATE.map(state, lambda s, axis: fn(s))
 
 
 def detach_state(state: State) -> State:
     """Cut the graph at a batch boundary (truncated BPTT) but keep the values (None: no state to carry)."""
-    return map_state(state, torch.Tensor.detach)
+    return RNN_STATE.detach(state)

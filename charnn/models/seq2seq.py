@@ -25,7 +25,8 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from charnn.config import ModelConfig
-from charnn.models.lm import _CELLS, State, forget_bias
+from charnn.models.lm import _CELLS, State, decay_groups, forget_bias
+from charnn.models.state import RNN_STATE
 
 Source = Tuple[torch.Tensor, torch.Tensor]  # (padded input ids (B, S), lengths (B,) int64 on the CPU)
 
@@ -44,6 +45,8 @@ class Memory:
 
 
 class Seq2Seq(nn.Module):
+    state_ops = RNN_STATE  # the decoder's state, as the language model's (charnn.models.state)
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = c = config
@@ -118,3 +121,7 @@ class Seq2Seq(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def optimizer_groups(self, weight_decay: float) -> list:
+        """As the language model's: the target embedding is exempt from weight decay (the source one decays)."""
+        return decay_groups(self, weight_decay, ("embed",))

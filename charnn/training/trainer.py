@@ -108,13 +108,8 @@ def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only, not on biases or the embeddings."""
-    def decays(name: str, p) -> bool:
-        return p.dim() >= 2 and name.split(".")[0] not in ("embed", "label_embed", "label_out")
-
-    decay = [p for n, p in model.named_parameters() if decays(n, p)]
-    rest = [p for n, p in model.named_parameters() if not decays(n, p)]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    """AdamW over the groups the model declares (weight decay on its matrices, not its biases or embeddings)."""
+    groups = model.optimizer_groups(cfg.weight_decay)
     extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), **extra)
 
