@@ -1,0 +1,135 @@
+"""Install charnn with the torch build this machine wants, in the Python that runs this script.
+
+    python install.py --dev        # charnn and its test tools (pip install -e ".[dev]"), after torch
+    python install.py --dry-run    # print the commands, run nothing
+
+A bare `pip install torch` on Linux is the CUDA build: about 5 GB of nvidia-* packages, useless without an
+NVIDIA GPU. So, in order:
+
+1. a torch that is already installed is kept (whatever its build: you chose it);
+2. with an NVIDIA GPU (`nvidia-smi -L` lists one): `pip install torch`, the default CUDA build;
+3. without one: torch's CPU build from its own index (--cpu-index). Where that index cannot be reached, pip's
+   own index is asked what it would install, and that is installed only if it is not a CUDA build (macOS and
+   Windows wheels, a local CPU wheel); else it stops and says how to get the CPU build.
+
+Then `pip install -e .` (with --dev: `.[dev]`). uv users can instead run
+`uv pip install -e ".[dev]" --torch-backend=auto`, which makes the same choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import List, Optional
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+ROOT = Path(__file__).resolve().parent
+PIP = [sys.executable, "-m", "pip", "install"]
+
+
+def installed_torch() -> Optional[str]:
+    """The version of the torch this Python already has, or None (looked up without importing it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None
+
+
+def has_nvidia_gpu() -> bool:
+    """An NVIDIA driver that lists at least one GPU."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def reachable(url: str, timeout: float = 10.0) -> bool:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/torch/", timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def torch_command(gpu: bool, cpu_index: str) -> List[str]:
+    return PIP + ["torch"] if gpu else PIP + ["torch", "--index-url", cpu_index]
+
+
+def charnn_command(dev: bool) -> List[str]:
+    return PIP + ["-e", f"{ROOT}[dev]" if dev else str(ROOT)]
+
+
+def pip_would_install_cuda() -> Optional[str]:
+    """What pip's own index would install for `torch`: the CUDA packages it pulls in ('' when none), or None
+    when pip cannot say."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        done = subprocess.run(PIP + ["torch", "--dry-run", "--quiet", "--report", str(report)],
+                              capture_output=True, text=True)
+        if done.returncode or not report.is_file():
+            return None
+        names = [item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]]
+    return ", ".join(n for n in names if n.startswith("nvidia-"))
+
+
+def shown(cmd: List[str]) -> str:
+    return " ".join(["python", *cmd[1:]])
+
+
+def say(line: str) -> None:
+    print(f"install.py: {line}", file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dev", action="store_true", help="also the test tools: pip install -e '.[dev]'")
+    ap.add_argument("--dry-run", action="store_true", help="print the pip commands (one a line) and run nothing")
+    ap.add_argument("--cpu-index", default=CPU_INDEX, help=f"torch's CPU-build index (default {CPU_INDEX})")
+    ap.add_argument("-q", "--quiet", action="store_true", help="pass -q to pip")
+    args = ap.parse_args(argv)
+
+    commands, have, gpu = [], installed_torch(), has_nvidia_gpu()
+    if have:
+        say(f"keeping the installed torch {have}")
+    else:
+        say("an NVIDIA GPU: torch's default (CUDA) build" if gpu else
+            f"no NVIDIA GPU: torch's CPU build from {args.cpu_index}")
+        commands.append(torch_command(gpu, args.cpu_index))
+    commands.append(charnn_command(args.dev))
+    if args.dry_run:
+        for cmd in commands:
+            print(shown(cmd))
+        return 0
+    if not have and not gpu and not reachable(args.cpu_index):
+        cuda = pip_would_install_cuda()
+        if cuda is None or cuda:
+            say(f"no NVIDIA GPU, and {args.cpu_index} cannot be reached; pip's own index would install "
+                + (f"torch's CUDA build ({cuda}: several GB)" if cuda else "a torch it could not describe")
+                + ". Install a CPU build of torch first (a wheel from that index, or --cpu-index URL of a mirror), "
+                "then run this again")
+            return 1
+        say(f"{args.cpu_index} cannot be reached; pip's own index has a torch without CUDA libraries: using it")
+        commands[0] = PIP + ["torch"]
+    for cmd in commands:
+        cmd = cmd + ["-q"] if args.quiet else cmd
+        say(shown(cmd))
+        if subprocess.run(cmd, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}).returncode:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
