@@ -95,7 +95,7 @@ class TrainConfig:
     precision: str = "auto"  # auto, fp32, bf16 or fp16 (autocast; weights stay fp32)
     threads: Optional[int] = None  # CPU threads for torch (None: measured, charnn.training.threads)
     tokenizer: str = "char"  # char, or bpe / unigram: sentencepiece trained on the training split
-    vocab_size: Optional[int] = None  # bpe/unigram vocabulary size (default 1024)
+    vocab_size: Optional[int] = None  # bpe/unigram vocabulary size (None: 1024)
     save_every_secs: float = 60.0  # also refresh last.pt when this many seconds passed since the last save (0: off)
     compile: bool = False  # torch.compile the model (opt-in: it pays off only on long runs, see benchmarks/TRAINING.md)
     init_from: Optional[str] = None  # fine-tune: start from this checkpoint or run folder (its architecture and vocabulary)
@@ -169,7 +169,7 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     length: int = 500  # characters to generate after the prime (per sample)
-    temperature: float = 1.0  # softmax temperature (> 0)
+    temperature: float = 1.0  # softmax temperature (0: greedy, as the API's)
     top_k: Optional[int] = None  # keep only the k most likely tokens
     top_p: Optional[float] = None  # keep the smallest set of tokens whose probability reaches p (0 < p <= 1)
     greedy: bool = False  # always take the most likely token (the same as top_k=1)
@@ -187,8 +187,10 @@ class SampleConfig:
         problems = []
         if self.length < 0:
             problems.append(f"`--length` must be >= 0, got {self.length}")
-        if not MIN_TEMPERATURE <= self.temperature < float("inf"):  # below it the scaled logits overflow
-            problems.append(f"`--temp` must be a number >= {MIN_TEMPERATURE}, got {self.temperature}")
+        if not 0.0 <= self.temperature < float("inf"):
+            problems.append(f"`--temp` must be a number >= 0 (0: greedy), got {self.temperature}")
+        elif self.temperature < MIN_TEMPERATURE:  # 0, or so small that the scaled logits overflow: greedy
+            self.greedy = True
         if self.top_k is not None and self.top_k < 1:
             problems.append(f"`--top-k` must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
@@ -227,6 +229,8 @@ class TransduceConfig:
 
     def validate(self) -> "TransduceConfig":
         problems = []
+        if self.temperature is not None and 0.0 <= self.temperature < MIN_TEMPERATURE:  # --temp 0: greedy, as in
+            self.temperature, self.top_k, self.top_p = None, None, None  # sample and the API: search, not sample
         for flag, value in (("--beam", self.beam), ("--n-best", self.n_best), ("--batch-size", self.batch_size)):
             if value < 1:
                 problems.append(f"`{flag}` must be at least 1, got {value}")
@@ -238,8 +242,8 @@ class TransduceConfig:
                             "(or sample N outputs with --temp)")
         if not 0.0 <= self.length_penalty < float("inf"):
             problems.append(f"`--length-penalty` must be a number >= 0, got {self.length_penalty}")
-        if self.temperature is not None and not MIN_TEMPERATURE <= self.temperature < float("inf"):
-            problems.append(f"`--temp` must be a number >= {MIN_TEMPERATURE}, got {self.temperature}")
+        if self.temperature is not None and not 0.0 <= self.temperature < float("inf"):
+            problems.append(f"`--temp` must be a number >= 0 (0: greedy), got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             problems.append(f"`--top-k` must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:

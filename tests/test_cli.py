@@ -107,7 +107,7 @@ def test_eval_json_and_table(trained_run, corpus_file):
     (["train", "--layers", "0"], 2, "--layers"),
     (["train", "--max-time", "soon"], 2, "--max-time"),
     (["train", "--device", "tpu"], 2, "--device"),
-    (["sample", "--temp", "0"], 2, "--temp"),
+    (["sample", "--temp", "-0.5"], 2, "--temp"),
     (["sample", "--top-k", "0"], 2, "--top-k"),
     (["sample", "missing.pt"], 1, "does not exist"),
     (["eval", "missing.txt"], 1, "no trained runs"),

@@ -158,7 +158,7 @@ def test_out_of_range_train_flags_exit_2_naming_the_flag(tmp_path, flags):
 
 
 @pytest.mark.parametrize("flags", [
-    ["--length", "-1"], ["--temp", "0"], ["--temp", "-1"], ["--temp", "nan"], ["--temp", "inf"], ["--temp", "1e-30"],
+    ["--length", "-1"], ["--temp", "-1"], ["--temp", "nan"], ["--temp", "inf"], ["--temp", "-1e-30"],
     ["--top-k", "0"], ["--seed", "-1"], ["--seed", str(2**64)], ["--device", "tpu"],
 ])
 def test_out_of_range_sample_flags_exit_2_naming_the_flag(flags):

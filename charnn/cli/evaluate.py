@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
 from typing import Annotated, List, Optional, Tuple
 
 import typer
 
-from charnn.cli.options import Device, DynamicDecay, DynamicLr, Json, Label, Segment, dynamic_config
+from charnn.cli.options import Device, DynamicDecay, DynamicLr, Json, ScoreLabel, Segment, dynamic_config, split_checkpoint
 from charnn.cli.output import err, user_errors, writing_results
 
 
 def evaluate(
     paths: Annotated[List[str], typer.Argument(help="[CHECKPOINT] FILE...: a .pt file or run folder (default: the "
                                                     "newest run), then one or more text files (or catalog "
-                                                    "names, `charnn corpora`).",
+                                                    "names, `charnn corpora`; - reads stdin).",
                                                show_default=False)],
     as_json: Json = False,
     device: Device = "auto",
@@ -28,7 +27,7 @@ def evaluate(
     dynamic_lr: DynamicLr = None,
     dynamic_decay: DynamicDecay = None,
     segment: Segment = None,
-    label: Label = None,
+    label: ScoreLabel = None,
     beam: Annotated[int, typer.Option(help="A --pairs model: decode with beam search of this width (1: greedy) "
                                            "for exact match and error rates.")] = 1,
 ):
@@ -37,18 +36,15 @@ def evaluate(
     character, exact match, character and symbol error rates."""
     from charnn.checkpoint import build_from_checkpoint, is_seq2seq, load_checkpoint, resolve_checkpoint
     from charnn.errors import ConfigError
-    from charnn.data.corpus import read_text
     from charnn.device import resolve_device
     from charnn.dynamic import combine_dynamic, evaluate_dynamic
     from charnn.classify import label_id
     from charnn.evaluate import combine, evaluate_labels, evaluate_text
 
     with user_errors():
-        first = Path(paths[0])
-        if len(paths) > 1 and (first.suffix == ".pt" or first.is_dir()):
-            ckpt, files = paths[0], paths[1:]
-        else:
-            ckpt, files = None, paths
+        ckpt, files = split_checkpoint(paths, needs=1)
+        if files.count(STDIN) > 1:
+            raise ConfigError("`-` (stdin) can be read once; give it once")
         files, entries = _fetch(files)
         cfg = dynamic_config(dynamic, "--dynamic", dynamic_lr, dynamic_decay, segment)
         dev = resolve_device(device)
@@ -59,6 +55,9 @@ def evaluate(
                 raise ConfigError("`--dynamic` and `--label` apply to language models, not to a --pairs model")
             if any(entries):
                 raise ConfigError("a catalog corpus with its own split is text, not pairs; pass pair files")
+            if STDIN in files:
+                raise ConfigError("a --pairs model scores pair files (input<TAB>target lines); `-` (stdin) is read "
+                                  "for a language model. Pass a file")
             return _pairs(data, path, files, beam, encoding, dev, as_json)
         if beam != 1:
             raise ConfigError("`--beam` applies to a sequence-to-sequence (--pairs) model")
@@ -66,7 +65,7 @@ def evaluate(
         names = (data.get("labels") or {}).get("names") or []
         if label is not None:
             model, names = model.for_label(label_id(data.get("labels"), label)), []
-        texts = [read_text(f, "file", encoding) if e is None else _test_split(f, e) for f, e in zip(files, entries)]
+        texts = [_read(f, encoding) if e is None else _test_split(f, e) for f, e in zip(files, entries)]
         # a labelled model: each file under each label too (the main row is the label-free path)
         per_label = [evaluate_labels(model, tokenizer, t, dev, names) for t in texts] if names and not dynamic \
             else [{} for _ in texts]
@@ -95,15 +94,36 @@ def evaluate(
         (_dynamic_table if dynamic else _table)(rows)
 
 
+STDIN = "-"
+
+
+def _read(path: str, encoding: str) -> str:
+    """A file's text, or with `-` all of stdin (as `charnn novelty -` and `classify` read it)."""
+    import sys
+
+    from charnn.data.corpus import decode_bytes, read_text
+    from charnn.errors import CharnnError
+
+    if path != STDIN:
+        return read_text(path, "file", encoding)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise CharnnError("`-` reads the text from stdin; pipe it in: `cat notes.txt | charnn eval RUN -`")
+    text = decode_bytes(sys.stdin.buffer.read(), "the text on stdin", encoding)
+    if not text:
+        raise CharnnError("the text on stdin is empty")
+    return text
+
+
 def _fetch(files: List[str]) -> Tuple[List[str], List[Optional[dict]]]:
     """Files as given, a catalog name (`charnn corpora`) as its local copy, downloaded on first use; beside
-    each, its catalog entry when it has its own encoding or split (else None)."""
+    each, its catalog entry when it has its own encoding or split (else None). `-` (stdin) stays as it is."""
     from charnn.cli.progress import DownloadBar
     from charnn.data.catalog import own_layout, resolve_entry
 
     bar = DownloadBar(err)
     try:
-        found = [resolve_entry(f, lambda kind, info: bar(info) if kind == "download" else None) for f in files]
+        found = [(f, None) if f == STDIN else resolve_entry(f, lambda kind, info: bar(info) if kind == "download"
+                                                            else None) for f in files]
     finally:
         bar.close()
     return [p for p, _ in found], [e if e and own_layout(e) else None for _, e in found]

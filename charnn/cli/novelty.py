@@ -8,14 +8,14 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from charnn.cli.options import Json, Quiet
+from charnn.cli.options import Json, Quiet, split_checkpoint
 from charnn.cli.output import err, user_errors, writing_results
 
 
 def novelty(
-    checkpoint: Annotated[str, typer.Argument(help="A .pt file or run folder.", show_default=False)],
-    sample: Annotated[Optional[str], typer.Argument(help="The text to check (- or nothing: stdin).",
-                                                    show_default=False)] = None,
+    args: Annotated[Optional[List[str]], typer.Argument(help="[CHECKPOINT] [SAMPLE]: a .pt file or run folder "
+                                                             "(default: the newest run), then the text to check "
+                                                             "(- or nothing: stdin).", show_default=False)] = None,
     ns: Annotated[Optional[List[int]], typer.Option("--n", min=1, help="Window length in characters; repeat it for "
                                                     "several (default: 16, 32 and 64).", show_default=False)] = None,
     corpus: Annotated[Optional[List[str]], typer.Option(help="Read the training text from these files again "
@@ -28,11 +28,17 @@ def novelty(
 ):
     """The longest span of a sample found verbatim in the run's training text, and the share of its
     n-character windows found there."""
+    from charnn.checkpoint import resolve_checkpoint
     from charnn.data.corpus import decode_bytes, read_text
-    from charnn.errors import CharnnError
+    from charnn.errors import CharnnError, ConfigError
     from charnn.reports.novelty import NS, novelty as check
 
     with user_errors():
+        checkpoint, rest = split_checkpoint(args)
+        if len(rest) > 1:
+            raise ConfigError(f"one SAMPLE at a time, got {len(rest)}: {' '.join(rest)}")
+        sample = rest[0] if rest else None
+        checkpoint = str(resolve_checkpoint(checkpoint))
         if sample in (None, "-"):
             if sys.stdin.isatty():
                 raise CharnnError("no sample: give FILE, or pipe text in: `charnn sample RUN | charnn novelty RUN`")

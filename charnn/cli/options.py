@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import Annotated, List, Optional, Tuple
 
 import typer
 
@@ -48,6 +49,18 @@ def unescape(text: str) -> str:
             i += 1
     return "".join(out)
 
-Label = Annotated[Optional[str], typer.Option(help="A model trained with --label-by: write (or score) as this "
-                                                   "label. Without it: the model's label-free path.",
-                                              show_default=False)]
+Label = Annotated[Optional[str], typer.Option(help="A model trained with --label-by: write as this label. Without "
+                                                   "it: the model's label-free path.", show_default=False)]
+ScoreLabel = Annotated[Optional[str], typer.Option("--label", help="A model trained with --label-by: score the text "
+                                                                   "as written under this label. Without it: the "
+                                                                   "model's label-free path, then a row per label.",
+                                                   show_default=False)]
+
+
+def split_checkpoint(args: Optional[List[str]], needs: int = 0) -> Tuple[Optional[str], List[str]]:
+    """[CHECKPOINT] ARGS...: the first argument names the checkpoint when it is a .pt file or a folder and at
+    least `needs` arguments follow it; else None, which resolve_checkpoint takes as the newest run."""
+    args = list(args or [])
+    if len(args) > needs and (Path(args[0]).suffix == ".pt" or Path(args[0]).is_dir()):
+        return args[0], args[1:]
+    return None, args

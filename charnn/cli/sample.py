@@ -17,13 +17,15 @@ from charnn.errors import CharnnError, ConfigError
 
 def sample(
     checkpoint: Checkpoint = None,
-    temp: Annotated[float, typer.Option("--temp", "--temperature", help="Softmax temperature (> 0); lower is "
-                                                                        "more conservative.")] = 1.0,
-    top_k: Annotated[Optional[int], typer.Option(help="Draw only from the K most likely characters.")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: draw only from the most likely characters "
+    temp: Annotated[float, typer.Option("--temp", "--temperature", help="Softmax temperature (>= 0); lower is "
+                                                                        "more conservative; 0 is greedy (as "
+                                                                        "--greedy).")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Draw only from the K most likely tokens (characters, or "
+                                                      "subword pieces for a bpe/unigram model).")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling: draw only from the most likely tokens "
                                                         "whose probabilities add up to P (0 < P <= 1).")] = None,
-    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely character "
-                                                          "(the same as --top-k 1).")] = False,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely token "
+                                                          "(the same as --top-k 1 and --temp 0).")] = False,
     length: Annotated[int, typer.Option(help="Characters to generate after the prime, per sample.")] = 500,
     prime: Annotated[str, typer.Option(help="Text to start from; the output begins with it.")] = "",
     prime_file: Annotated[Optional[str], typer.Option(help="Start from this file's text; '-' reads stdin.")] = None,

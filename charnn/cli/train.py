@@ -32,9 +32,10 @@ def train(
     val_file: Annotated[Optional[str], typer.Option(help="Validate on this file (or catalog name) instead "
                                                          "(trains on all of CORPUS).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Contiguous streams per batch, over all processes "
-                                                           "under torchrun (default: 8 on the CPU, 256 on a CUDA "
-                                                           "GPU, per process; --pairs: pairs per batch, 32 on "
-                                                           "the CPU).", show_default=False)] = None,
+                                                           "under torchrun (the default is per process; --pairs: "
+                                                           "pairs per batch).",
+                                                      show_default="8 on the CPU, 256 on a CUDA GPU; --pairs: 32 "
+                                                                   "on the CPU")] = None,
     seq_len: Annotated[int, typer.Option(help="Characters per stream per step (BPTT length).")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW); 3e-3 with --init-from.")] = 1e-2,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 50,
@@ -59,7 +60,7 @@ def train(
                                                         "cores), measured again when the step time jumps (another "
                                                         "process took or left a core). Give a number for bitwise "
                                                         "repeatable runs.",
-                                                   show_default="auto (measured)")] = None,
+                                                   show_default="measured")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model's training forward "
                                                             "(opt-in; see benchmarks/TRAINING.md for when it "
                                                             "pays).")] = False,
@@ -77,8 +78,9 @@ def train(
     label_dropout: Annotated[float, typer.Option(help="With labels: the share of training windows shown without "
                                                       "their label (the unconditional path).")] = 0.1,
     label_contrast: Annotated[float, typer.Option(help="With labels: weight of a loss that raises each text's "
-                                                       "likelihood under its own label above another label's "
-                                                       "labels' (sharper `classify`; a step costs more).")] = 0.0,
+                                                       "likelihood under its own label above its likelihood "
+                                                       "under other labels (sharper `classify`; a step costs "
+                                                       "more).")] = 0.0,
     label_negatives: Annotated[int, typer.Option(help="With --label-contrast: how many other labels each text is "
                                                       "compared with per step (each adds a forward pass of the "
                                                       "batch).")] = 1,
@@ -104,9 +106,9 @@ def train(
     tokenizer: Annotated[str, typer.Option(help=f"Tokens: {', '.join(TOKENIZERS)} (bpe/unigram: a sentencepiece "
                                                 "model trained on the training split, up to 4M characters of "
                                                 "it, stored in the checkpoint).")] = "char",
-    vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size for bpe/unigram (default 1024; at "
-                                                           "least 256 byte pieces + 1 + the text's characters).",
-                                                      show_default=False)] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size for bpe/unigram (at least 256 byte "
+                                                           "pieces + 1 + the text's characters).",
+                                                      show_default="1024 with bpe/unigram")] = None,
     log_every: Annotated[int, typer.Option(min=1, help="Steps between records in the run's metrics.jsonl "
                                                        "(evaluation steps are always recorded).")] = 10,
     preview_every: Annotated[int, typer.Option(min=0, help="Every N steps, print a 200-character sample "

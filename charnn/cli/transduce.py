@@ -7,16 +7,17 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from charnn.cli.options import Device, Quiet
+from charnn.cli.options import Device, Quiet, split_checkpoint
 from charnn.cli.output import err, user_errors, writing_results
 from charnn.config import TransduceConfig
 
 
 def transduce(
-    checkpoint: Annotated[str, typer.Argument(help="A sequence-to-sequence .pt file or run folder "
-                                                   "(`charnn train pairs.tsv --pairs`).", show_default=False)],
-    files: Annotated[Optional[List[str]], typer.Argument(help="Files of input lines (default: stdin).",
-                                                         show_default=False)] = None,
+    args: Annotated[Optional[List[str]], typer.Argument(help="[CHECKPOINT] [FILE...]: a sequence-to-sequence .pt "
+                                                             "file or run folder (`charnn train pairs.tsv "
+                                                             "--pairs`; default: the newest run), then files of "
+                                                             "input lines (default: stdin).",
+                                                        show_default=False)] = None,
     beam: Annotated[int, typer.Option(help="Beam search with this many hypotheses per input (1: greedy).")] = 1,
     n_best: Annotated[int, typer.Option(help="Print the N best outputs per input, tab-separated (at most --beam; "
                                              "with --temp, N samples).")] = 1,
@@ -26,7 +27,8 @@ def transduce(
                                                        "(0: plain log-probability; about 0.6 favours longer "
                                                        "outputs).")] = 0.0,
     temp: Annotated[Optional[float], typer.Option("--temp", "--temperature", help="Sample varied outputs at this "
-                                                                                  "temperature instead of searching.",
+                                                                                  "temperature instead of searching "
+                                                                                  "(0: greedy, no sampling).",
                                                   show_default=False)] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Sample from the K most likely characters.",
                                                  show_default=False)] = None,
@@ -53,6 +55,7 @@ def transduce(
     from charnn.generation.seq2seq import Transducer, join_line
 
     with user_errors():
+        checkpoint, files = split_checkpoint(args)
         cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temp, top_k=top_k,
                               top_p=top_p, seed=seed, max_length=max_length, batch_size=batch_size, unknown=unknown,
                               device=device).validate()

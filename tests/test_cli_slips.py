@@ -1,0 +1,131 @@
+"""The command line's rough edges: stdin for `eval -`, the newest run as every reader's default, `--temp 0` as
+greedy (as in the API), and help texts that say what the flags do and what they default to."""
+
+import json
+import shutil
+
+import pytest
+import typer
+from conftest import one_line_error
+from typer.testing import CliRunner
+
+from charnn.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args, cwd=None, input=None):
+    if cwd is None:
+        return runner.invoke(app, [str(a) for a in args], input=input)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def option(command: str, flag: str):
+    """The click parameter behind `charnn COMMAND FLAG` (its help and shown default, without terminal wrapping)."""
+    cmd = typer.main.get_command(app).commands[command]
+    return next(p for p in cmd.params if flag in p.opts)
+
+
+@pytest.fixture
+def newest(tmp_path, trained_run):
+    """A folder whose ./checkpoints holds the tiny run: commands given no checkpoint take it."""
+    shutil.copytree(trained_run.run_dir, tmp_path / "checkpoints" / "tiny")
+    return tmp_path
+
+
+# -- eval reads stdin ---------------------------------------------------------------------------------------------
+def test_eval_dash_scores_stdin_like_the_file(trained_run, corpus_file, newest):
+    text = corpus_file.read_text(encoding="utf-8")
+    by_file = json.loads(invoke("eval", trained_run.run_dir, corpus_file, "--json").stdout)
+    r = invoke("eval", trained_run.run_dir, "-", "--json", input=text)
+    assert r.exit_code == 0, r.stderr
+    by_stdin = json.loads(r.stdout)
+    assert by_stdin["nats_per_char"] == pytest.approx(by_file["nats_per_char"])
+    assert by_stdin["chars"] == by_file["chars"] == len(text)
+    assert [f["path"] for f in by_stdin["files"]] == ["-"]
+    r = invoke("eval", "-", "--json", input=text, cwd=newest)  # and from the newest run
+    assert r.exit_code == 0 and json.loads(r.stdout)["nats_per_char"] == pytest.approx(by_file["nats_per_char"])
+
+
+def test_eval_dash_with_nothing_on_stdin_is_one_line(trained_run):
+    one_line_error(invoke("eval", trained_run.run_dir, "-", input=""), 1, "stdin", "empty")
+
+
+# -- the newest run is every reader's default -----------------------------------------------------------------------
+def test_plot_draws_the_newest_run_by_default(pairs_root):
+    pytest.importorskip("matplotlib")
+    r = invoke("plot", "-o", "curves.png", cwd=pairs_root)  # a run the command line trained: it has metrics
+    assert r.exit_code == 0, r.stderr
+    assert (pairs_root / "curves.png").stat().st_size > 0
+
+
+def test_novelty_checks_against_the_newest_run_by_default(trained_run, newest):
+    sample = "the cat sat on a mat and the dog ran\n"
+    given = invoke("novelty", trained_run.run_dir, "--json", input=sample)
+    assert given.exit_code == 0, given.stderr
+    for args in ([], ["-"]):
+        r = invoke("novelty", *args, "--json", input=sample, cwd=newest)
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["longest"] == json.loads(given.stdout)["longest"]
+    one_line_error(invoke("novelty", trained_run.run_dir, "a.txt", "b.txt"), 2, "one SAMPLE")
+
+
+@pytest.fixture(scope="module")
+def pairs_root(tmp_path_factory):
+    """A folder whose ./checkpoints holds a tiny sequence-to-sequence run (it learns nothing; greedy is greedy)."""
+    root = tmp_path_factory.mktemp("slips-s2s")
+    (root / "rev.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in ["abc", "de", "cab", "cde", "ba", "ed", "bad", "ace"] * 30),
+                                  encoding="utf-8")
+    r = invoke("train", root / "rev.tsv", "--pairs", "--out", root / "checkpoints", "--hidden", "16", "--embed", "8",
+               "--layers", "1", "--max-steps", "4", "--eval-every", "2", "--device", "cpu", "--threads", "1", "-q")
+    assert r.exit_code == 0, r.stderr
+    return root
+
+
+def test_transduce_takes_the_newest_run_by_default(pairs_root):
+    lines = "abc\nde\n"
+    given = invoke("transduce", pairs_root / "checkpoints" / "rev", "-q", input=lines)
+    assert given.exit_code == 0, given.stderr
+    r = invoke("transduce", "-q", input=lines, cwd=pairs_root)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == given.stdout and len(r.stdout.splitlines()) == 2
+    (pairs_root / "words.txt").write_text(lines, encoding="utf-8")  # FILE without CHECKPOINT: still the newest run
+    assert invoke("transduce", "words.txt", "-q", cwd=pairs_root).stdout == given.stdout
+
+
+# -- --temp 0 is greedy, as in the API -------------------------------------------------------------------------------
+def test_sample_temp_zero_is_greedy(trained_run):
+    greedy = invoke("sample", trained_run.run_dir, "--greedy", "--length", "80", "--seed", "1", "-q")
+    zero = invoke("sample", trained_run.run_dir, "--temp", "0", "--length", "80", "--seed", "2", "-q")
+    assert zero.exit_code == 0, zero.stderr
+    assert zero.stdout == greedy.stdout
+    one_line_error(invoke("sample", trained_run.run_dir, "--temp", "-1"), 2, "--temp", ">= 0")
+    assert "--greedy" in option("sample", "--temp").help
+
+
+def test_transduce_temp_zero_is_greedy_search(pairs_root):
+    run, lines = pairs_root / "checkpoints" / "rev", "abc\nde\ncab\n"
+    search = invoke("transduce", run, "-q", input=lines)
+    zero = invoke("transduce", run, "--temp", "0", "--seed", "3", "-q", input=lines)
+    assert zero.exit_code == 0, zero.stderr
+    assert zero.stdout == search.stdout
+
+
+# -- help texts -----------------------------------------------------------------------------------------------------
+def test_help_slips():
+    contrast = option("train", "--label-contrast").help
+    assert "labels'" not in contrast and "under other labels" in contrast
+    label = option("eval", "--label").help
+    assert "score" in label and "write" not in label
+    assert "write" in option("sample", "--label").help
+    for flag in ("--top-k", "--top-p", "--greedy"):  # a bpe model draws subword pieces, not characters
+        assert "token" in option("sample", flag).help, flag
+
+
+@pytest.mark.parametrize("flag, shown", [("--batch-size", "8 on the CPU"), ("--vocab-size", "1024"),
+                                         ("--threads", "measured")])
+def test_train_flags_without_a_fixed_default_still_show_one(flag, shown):
+    p = option("train", flag)
+    assert isinstance(p.show_default, str) and shown in p.show_default, (flag, p.show_default)
