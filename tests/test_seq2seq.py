@@ -279,6 +279,9 @@ def test_an_input_with_no_known_character_is_a_blank_line_under_skip(reverse_run
     assert [h for h in t.run([("XYZ", "stdin:1"), ("abXc", "stdin:2")])][0] == []
     assert t.notes() == ["dropped 4 input character(s) the model does not know (--unknown skip)",
                          "1 input line(s) had no character the model knows and got a blank output line: stdin:1"]
+    r = runner.invoke(app, ["transduce", str(reverse_run / "rev"), "--unknown", "skip"], input="QQ\nabc\n")
+    assert r.exit_code == 0 and r.stdout == "\ncba\n"
+    assert "note: dropped 2 input character(s)" in r.stderr and "stdin:1" in r.stderr
 
 
 def test_training_resumes_exactly(tmp_path):

@@ -73,3 +73,6 @@ def transduce(
                 for hyps in transducer.run(chunk):
                     sys.stdout.write(join_line(hyps, scores) + "\n")
                 sys.stdout.flush()
+        if not quiet:
+            for note in transducer.notes():
+                err.print(f"note: {note}", markup=False)
