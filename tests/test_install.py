@@ -76,7 +76,8 @@ def installer(monkeypatch):
     monkeypatch.setattr(mod, "installed_torch", lambda: None)
     monkeypatch.setattr(mod, "has_nvidia_gpu", lambda: False)
     monkeypatch.setattr(mod, "reachable", lambda url, timeout=10.0: False)
-    monkeypatch.setattr(mod.subprocess, "run", lambda cmd, **k: (ran.append(cmd), subprocess.CompletedProcess(cmd, 0))[1])
+    monkeypatch.setattr(mod.subprocess, "run",
+                        lambda cmd, **k: (ran.append(cmd), subprocess.CompletedProcess(cmd, 0))[1])
     mod.ran = ran
     return mod
 

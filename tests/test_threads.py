@@ -223,3 +223,19 @@ def test_a_periodic_evaluation_that_would_cross_the_limit_is_the_final_one(tmp_p
     result, took = timed_run(tmp_path, fake_clock, 90.0, eval_every=40)
     assert result.stopped == "max_time"
     assert took <= 90.0 + tolerance(90.0), took
+
+
+def test_the_command_lines_clock_starts_with_the_process(tmp_path, monkeypatch, corpus_file):
+    """Imports and corpus loading count in --max-time: on a busy machine importing torch alone took 6 s."""
+    from typer.testing import CliRunner
+
+    import charnn.training.trainer as trainer_module
+    from charnn.cli import app
+
+    assert 0 < trainer_module.process_age() < 10 ** 7
+    monkeypatch.setattr(trainer_module, "process_age", lambda: 50.0)  # the process started 50 s ago
+    r = CliRunner().invoke(app, ["train", str(corpus_file), "--out", str(tmp_path), "--max-time", "45s", "--hidden",
+                                 "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.stderr
+    last = torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)
+    assert last["step"] == 0 and last["elapsed"] >= 50  # already over budget: no step, the final evaluation only

@@ -8,7 +8,8 @@ from typing import Annotated, List, Optional, Tuple
 
 import typer
 
-from charnn.cli.options import Device, DynamicDecay, DynamicLr, Json, ScoreLabel, Segment, dynamic_config, split_checkpoint
+from charnn.cli.options import (Device, DynamicDecay, DynamicLr, Json, ScoreLabel, Segment, dynamic_config,
+                                split_checkpoint)
 from charnn.cli.output import err, user_errors, writing_results
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import time
 from contextlib import contextmanager
 from typing import Annotated, List, Optional
 
@@ -122,8 +123,9 @@ def train(
     from charnn.data.labels import load_corpus
     from charnn.training.distributed import Dist
     from charnn.training.metrics import Callbacks
-    from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted, graceful_signals
+    from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted, graceful_signals, process_age
 
+    started = time.perf_counter() - process_age()  # --max-time counts from the command's start, imports included
     dist = Dist.from_env()  # under torchrun: this process's rank; only rank 0 writes files and talks
     if not dist.is_main:
         err.quiet = True
@@ -153,7 +155,7 @@ def train(
             finally:
                 view.download.close()
             trainer = Trainer(corpus, model_cfg, cfg, events, resume=resume, stop=stop, encoding=encoding,
-                              explicit=_given_on_command_line(ctx), dist=dist)
+                              explicit=_given_on_command_line(ctx), dist=dist, started=started)
             metrics = _observe(trainer, corpus, events, dist, log_every, resume, preview_every, cfg.seed)
             try:
                 with view:

@@ -52,7 +52,7 @@ RECHECK_SECS = 300.0  # and measure again after this long anyway (a load that le
 @dataclass
 class ThreadChoice:
     threads: int  # what training runs with
-    how: str  # forced (the flag), measured, single (one core: nothing to choose)
+    how: str  # forced (the flag), measured, single (one core: nothing to choose), rule (not the CPU: torch's)
     seconds: Dict[int, float] = field(default_factory=dict)  # median seconds per probe step, by thread count
     reason: str = ""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import signal
 import statistics
@@ -134,8 +135,8 @@ def _check_writable(run_dir: Path) -> None:
 class Trainer:
     def __init__(self, corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Optional[Callback] = None,
                  resume: bool = False, stop: Optional[StopRequest] = None, encoding: str = "utf-8",
-                 explicit: Optional[set] = None, dist: Optional[Dist] = None):
-        self.t0 = time.perf_counter()
+                 explicit: Optional[set] = None, dist: Optional[Dist] = None, started: Optional[float] = None):
+        self.t0 = time.perf_counter() if started is None else started  # the run's clock (--max-time) starts here
         self.dist = dist or Dist.from_env()
         self.cfg, self.on_event = cfg.validate(), on_event or (lambda kind, info: None)
         self.stop = stop or StopRequest()
@@ -733,6 +734,17 @@ class Trainer:
                              self.chars_seen, stopped)
         self.on_event("done", asdict(result))
         return result
+
+
+def process_age() -> float:
+    """Seconds since this process started (from /proc; 0 where there is none): the command line starts the
+    run's clock there, so --max-time also counts the imports and the corpus loading before the Trainer."""
+    try:
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: start time
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
 
 
 def _forward_extra(cond) -> dict:
