@@ -10,7 +10,8 @@ NVIDIA GPU. So, in order:
 2. with an NVIDIA GPU (`nvidia-smi -L` lists one): `pip install torch`, the default CUDA build;
 3. without one: torch's CPU build from its own index (--cpu-index). Where that index cannot be reached, pip's
    own index is asked what it would install, and that is installed only if it is not a CUDA build (macOS and
-   Windows wheels, a local CPU wheel); else it stops and says how to get the CPU build.
+   Windows wheels); else the newest `+cpu` torch that pip's index offers (a mirror, local wheels); else it
+   stops and says how to get the CPU build.
 
 Then `pip install -e .` (with --dev: `.[dev]`). uv users can instead run
 `uv pip install -e ".[dev]" --torch-backend=auto`, which makes the same choice.
@@ -72,17 +73,26 @@ def charnn_command(dev: bool) -> List[str]:
     return PIP + ["-e", f"{ROOT}[dev]" if dev else str(ROOT)]
 
 
-def pip_would_install_cuda() -> Optional[str]:
-    """What pip's own index would install for `torch`: the CUDA packages it pulls in ('' when none), or None
+def pip_would_install_cuda(spec: str = "torch") -> Optional[str]:
+    """What pip's own index would install for `spec`: the CUDA packages it pulls in ('' when none), or None
     when pip cannot say."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        done = subprocess.run(PIP + ["torch", "--dry-run", "--quiet", "--report", str(report)],
+        done = subprocess.run(PIP + [spec, "--dry-run", "--quiet", "--report", str(report)],
                               capture_output=True, text=True)
         if done.returncode or not report.is_file():
             return None
         names = [item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]]
     return ", ".join(n for n in names if n.startswith("nvidia-"))
+
+
+def cpu_build_on_pips_index() -> Optional[str]:
+    """The newest torch version labelled `+cpu` that pip's own index offers (a mirror, local wheels), or None."""
+    done = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "torch"], capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith("Available versions:"):
+            return next((v.strip() for v in line.split(":", 1)[1].split(",") if v.strip().endswith("+cpu")), None)
+    return None
 
 
 def shown(cmd: List[str]) -> str:
@@ -91,6 +101,23 @@ def shown(cmd: List[str]) -> str:
 
 def say(line: str) -> None:
     print(f"install.py: {line}", file=sys.stderr, flush=True)
+
+
+def cpu_fallback(cpu_index: str) -> Optional[str]:
+    """With the CPU index out of reach: what to ask pip's own index for (see the module doc, 3), or None."""
+    cuda = pip_would_install_cuda()
+    if cuda == "":
+        say(f"{cpu_index} cannot be reached; pip's own index has a torch without CUDA libraries: using it")
+        return "torch"
+    version = cpu_build_on_pips_index()
+    if version and pip_would_install_cuda(f"torch=={version}") == "":
+        say(f"{cpu_index} cannot be reached; pip's own index has torch {version}: using it")
+        return f"torch=={version}"
+    say(f"no NVIDIA GPU, and {cpu_index} cannot be reached; pip's own index would install "
+        + (f"torch's CUDA build ({cuda}: several GB)" if cuda else "a torch it could not describe")
+        + ". Install a CPU build of torch first (a wheel from that index, or --cpu-index URL of a mirror), "
+        "then run this again")
+    return None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -114,15 +141,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(shown(cmd))
         return 0
     if not have and not gpu and not reachable(args.cpu_index):
-        cuda = pip_would_install_cuda()
-        if cuda is None or cuda:
-            say(f"no NVIDIA GPU, and {args.cpu_index} cannot be reached; pip's own index would install "
-                + (f"torch's CUDA build ({cuda}: several GB)" if cuda else "a torch it could not describe")
-                + ". Install a CPU build of torch first (a wheel from that index, or --cpu-index URL of a mirror), "
-                "then run this again")
+        fallback = cpu_fallback(args.cpu_index)
+        if fallback is None:
             return 1
-        say(f"{args.cpu_index} cannot be reached; pip's own index has a torch without CUDA libraries: using it")
-        commands[0] = PIP + ["torch"]
+        commands[0] = PIP + [fallback]
     for cmd in commands:
         cmd = cmd + ["-q"] if args.quiet else cmd
         say(shown(cmd))

@@ -82,8 +82,9 @@ def installer(monkeypatch):
     return mod
 
 
-def test_unreachable_cpu_index_and_a_cuda_build_on_pips_index_stops_with_advice(installer, monkeypatch, capsys):
-    monkeypatch.setattr(installer, "pip_would_install_cuda", lambda: "nvidia-cublas-cu12, nvidia-cudnn-cu12")
+def test_unreachable_cpu_index_and_only_a_cuda_build_on_pips_index_stops_with_advice(installer, monkeypatch, capsys):
+    monkeypatch.setattr(installer, "pip_would_install_cuda", lambda spec="torch": "nvidia-cublas-cu12, nvidia-cudnn")
+    monkeypatch.setattr(installer, "cpu_build_on_pips_index", lambda: None)
     assert installer.main([]) == 1
     assert installer.ran == []  # nothing installed: not 5 GB of CUDA on a machine without a GPU
     err = capsys.readouterr().err
@@ -91,9 +92,18 @@ def test_unreachable_cpu_index_and_a_cuda_build_on_pips_index_stops_with_advice(
 
 
 def test_unreachable_cpu_index_and_a_cpu_build_on_pips_index_installs_it(installer, monkeypatch):
-    monkeypatch.setattr(installer, "pip_would_install_cuda", lambda: "")  # a local CPU wheel, macOS, Windows
+    monkeypatch.setattr(installer, "pip_would_install_cuda", lambda spec="torch": "")  # macOS, Windows wheels
     assert installer.main(["--dev"]) == 0
     assert [cmd[3:] for cmd in installer.ran] == [["install", "torch"], ["install", "-e", f"{ROOT}[dev]"]]
+
+
+def test_unreachable_cpu_index_and_a_cpu_build_among_pips_versions_installs_that(installer, monkeypatch):
+    # this machine: the newest torch on its package index is a CUDA build, a local wheel is torch 2.13.0+cpu
+    cuda = {"torch": "nvidia-cublas, nvidia-cudnn-cu13", "torch==2.13.0+cpu": ""}
+    monkeypatch.setattr(installer, "pip_would_install_cuda", lambda spec="torch": cuda[spec])
+    monkeypatch.setattr(installer, "cpu_build_on_pips_index", lambda: "2.13.0+cpu")
+    assert installer.main([]) == 0
+    assert [cmd[3:] for cmd in installer.ran] == [["install", "torch==2.13.0+cpu"], ["install", "-e", str(ROOT)]]
 
 
 def test_readme_starts_with_the_installer():
