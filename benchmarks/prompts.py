@@ -8,7 +8,9 @@ of --prime-mb MB taken from --corpus, measures
      state is from the exact one-pass state (max |difference|), against that exact pass in chunks (what the
      old code did in one forward, without the chunks) timed in the same run;
   3. the longest pause of a row that is generating while the long prime loads in the same Batcher (gaps
-     between its successive `step` outputs), against its longest gap with no prime loading.
+     between its successive `step` outputs), against its longest gap with no prime loading;
+  4. the same through `charnn serve` (a subprocess, one torch thread): the longest gap between the streamed
+     chunks of one client while another sends the prime as a prompt, and the server's peak RSS.
 Prints a table and writes JSON.
 
     python benchmarks/prompts.py --corpus ../shared/corpora/tinyshakespeare.txt
@@ -91,6 +93,61 @@ def pauses(m, prime: str, length: int = 2000) -> dict:
     return {"longest_gap_s_alone": run(False), "longest_gap_s_while_loading": run(True)}
 
 
+def served(run: str, prime: str) -> dict:
+    """One streaming client of `charnn serve`, and a second that sends `prime` while the first streams."""
+    import http.client
+    import socket
+    import threading
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "charnn", "serve", run, "--port", str(port), "--threads", "1",
+                             "--max-body-bytes", str(4 * len(prime.encode()) + 4096)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/health")
+                break
+            except OSError:
+                time.sleep(0.1)
+
+        def post(body: dict):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+            conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+            return conn.getresponse()
+
+        def gaps(with_prime: bool) -> float:
+            r = post({"prompt": "\n", "max_tokens": 3000, "stream": True, "seed": 1})
+            other = threading.Thread(target=lambda: post({"prompt": prime, "max_tokens": 1}).read())
+            last, worst, started = None, 0.0, False
+            for line in r:
+                now = time.perf_counter()
+                if line.startswith(b"data: {"):
+                    if last is not None:
+                        worst = max(worst, now - last)
+                    last = now
+                    if with_prime and not started:
+                        started = True
+                        other.start()
+            if started:
+                other.join()
+            return worst
+        def peak() -> float:
+            with open(f"/proc/{proc.pid}/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+        alone = gaps(False)
+        before = peak()
+        loading = gaps(True)
+        return {"server_longest_gap_s_alone": alone, "server_longest_gap_s_while_loading": loading,
+                "server_peak_rss_mb_before": before, "server_peak_rss_mb": peak()}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", required=True, help="text to train on and to take the prime from")
@@ -120,6 +177,7 @@ def main() -> None:
               "sample_no_prime": child(common), "sample_prime": child([*common, "--prime-file", tmp / "prime.txt"])}
     result.update(prefill_alone(m, prime))
     result.update(pauses(m, prime))
+    result.update(served(run, prime))
     rows = [("sample, no prime", f"{result['sample_no_prime']['seconds']:.2f} s",
              f"{result['sample_no_prime']['peak_rss_mb']:.0f} MB"),
             (f"sample, {len(prime):,}-char prime", f"{result['sample_prime']['seconds']:.2f} s",
@@ -129,7 +187,10 @@ def main() -> None:
             ("exact pass over the whole prime", f"{result['exact_seconds']:.2f} s",
              f"{result['exact_tokens_per_s']:,.0f} tokens/s"),
             ("another row's longest gap, alone", f"{result['longest_gap_s_alone'] * 1000:.0f} ms", ""),
-            ("... while the prime loads", f"{result['longest_gap_s_while_loading'] * 1000:.0f} ms", "")]
+            ("... while the prime loads", f"{result['longest_gap_s_while_loading'] * 1000:.0f} ms", ""),
+            ("serve: a stream's longest gap, alone", f"{result['server_longest_gap_s_alone'] * 1000:.0f} ms", ""),
+            ("... while the prime loads", f"{result['server_longest_gap_s_while_loading'] * 1000:.0f} ms",
+             f"server peak RSS {result['server_peak_rss_mb_before']:.0f} -> {result['server_peak_rss_mb']:.0f} MB")]
     print(f"{result['cpu']} ({result['cpu_features']}), torch {result['torch']}, {a.threads} threads")
     for name, t, extra in rows:
         print(f"{name:<36} {t:>10}  {extra}")
