@@ -13,15 +13,15 @@ dict (any charnn's: no "kind" key reads as "lm") or the flat config into the kin
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
 from charnn.config import ATTENTION_SCORES, CELLS, LMConfig, ModelConfig, Seq2SeqConfig, from_dict
-from charnn.errors import ConfigError
+from charnn.errors import CharnnError, ConfigError
 from charnn.models.lm import CharRNN
 from charnn.models.seq2seq import Seq2Seq
-from charnn.models.stepper import FastStepper
+from charnn.models.stepper import FastStepper, ModuleStepper
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,31 @@ def build_model(model_config) -> nn.Module:
 def for_model(model: nn.Module) -> Optional[ModelKind]:
     """The kind whose class `model` is (None: no registered kind's)."""
     return next((k for k in _KINDS.values() if isinstance(k.model, type) and isinstance(model, k.model)), None)
+
+
+def stepper_factory(model: nn.Module, int8: bool = False) -> Callable[[int, Sequence[int]], Any]:
+    """How generation steps `model`: a function (rows, banned ids) -> a stepper. The kind's fast stepper where
+    it has one (and it covers this model), else ModuleStepper through the module's own forward. Refused: a
+    kind that does not continue text, and int8 without a fast stepper."""
+    kind = for_model(model)
+    if kind is not None and not kind.generates:
+        raise CharnnError(f"generation continues text with a language model; a {kind.name} model does not "
+                          "(a sequence-to-sequence model transduces: `charnn transduce`)")
+    if getattr(model, "state_ops", None) is None and (kind is None or kind.stepper is None):
+        raise CharnnError("generation needs a model kind from charnn.models.registry, or a model with state_ops")
+
+    def make(rows: int, banned: Sequence[int] = ()):
+        if kind is not None and kind.stepper is not None:
+            try:
+                return kind.stepper(model, rows, banned, int8)
+            except NotImplementedError:  # a variant its fast stepper does not cover: the module steps instead
+                if int8:
+                    raise CharnnError("--int8 covers charnn's LSTM, GRU and RNN language models only") from None
+        elif int8:
+            raise CharnnError(f"--int8 needs a model kind with a fast stepper (charnn's LSTM, GRU and RNN language "
+                              f"models); this is {kind.name if kind else type(model).__name__}: leave --int8 out")
+        return ModuleStepper(model, rows, banned)
+    return make
 
 
 def _lm_line(m: dict) -> str:
