@@ -63,5 +63,6 @@ class BagModel(nn.Module):
 # -- registry entry ---------------------------------------------------------------------------------------
 BAG = register(ModelKind(
     "bag", BagModel, BagConfig,
-    flags=(TrainFlag("embed", int, 64, "Width of the bag."), TrainFlag("decay", float, 0.8, "Share of the bag kept per step.")),
+    flags=(TrainFlag("embed", int, 64, "Width of the bag."),
+           TrainFlag("decay", float, 0.8, "Share of the bag kept per step.")),
     info_fields=("embed", "vocab_size"), architecture=("embed",), fixed_on_resume=("embed",)))

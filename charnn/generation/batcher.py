@@ -6,7 +6,9 @@ of a `Batcher.step` feeds every live row's next input token through one FastStep
 each row's logits by its own settings and adds the row's own seeded Gumbel noise (`draw.gumbel_noise`, so a seed gives
 the same text whatever else is in the batch); after a block of up to BLOCK tokens each row decodes its own. Live rows are kept packed at the front of the
 batch; the stepper is one of a few sizes (powers of two, and the capacity), swapped as the row count grows and
-shrinks, so one row does not pay for sixty-four.
+shrinks, so one row does not pay for sixty-four. The stepper is the model kind's (charnn.models.registry): the
+FastStepper, or for a kind without a fast stepper ModuleStepper, its module's own forward; the Batcher moves
+rows only through their row methods (load, move, copy_rows) and never sees a state's layout.
 
 On CUDA, once the same rows have stepped one full block together, the block's steps and draws are recorded
 once as a CUDA graph and replayed (one launch per block instead of ~25 per token, which is what bounds one

@@ -99,7 +99,8 @@ def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int
         if len(keep) < b:
             keep_rows = (keep.to(device)[:, None] * K + torch.arange(K, device=device)).view(-1)
             alive, top = alive[keep], top[keep.to(device)]
-            seqs, state, memory = seqs.index_select(0, keep_rows), model.state_ops.select(state, keep_rows), memory.select(keep_rows)
+            seqs, memory = seqs.index_select(0, keep_rows), memory.select(keep_rows)
+            state = model.state_ops.select(state, keep_rows)
             tok = tok.view(-1).index_select(0, keep_rows)
         scores = top
         x = tok.reshape(-1, 1)

@@ -237,7 +237,8 @@ class ModuleStepper:
         ops = self.ops
         row = ops.map(ops.narrow(self.state, slot, 1), lambda t, axis: torch.zeros_like(t)) if state is None \
             else ops.detach(state)
-        self.state = ops.cat([ops.narrow(self.state, 0, slot), row, ops.narrow(self.state, slot + 1, self.B - slot - 1)])
+        after = ops.narrow(self.state, slot + 1, self.B - slot - 1)
+        self.state = ops.cat([ops.narrow(self.state, 0, slot), row, after])
 
     def zero(self, slot: int) -> None:
         self.load(slot, None)
