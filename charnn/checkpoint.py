@@ -21,6 +21,7 @@ from charnn import __version__
 from charnn.config import ModelConfig, from_dict
 from charnn.data.files import atomic_file
 from charnn.errors import CharnnError, first_line
+from charnn.models import registry
 from charnn.models.lm import CharRNN
 from charnn.models.seq2seq import Seq2Seq
 from charnn.text.tokenizer import tokenizer_from_state
@@ -122,8 +123,8 @@ def non_finite_tensors(state_dict: dict) -> List[Dict]:
 
 
 def build_model(config: ModelConfig):
-    """A fresh model of the config's kind: the language model or the encoder-decoder."""
-    return Seq2Seq(config) if config.kind == "seq2seq" else CharRNN(config)
+    """A fresh model of the config's kind (charnn.models.registry), from its flags or a saved model_config."""
+    return registry.build_model(config)
 
 
 def is_seq2seq(data: dict) -> bool:
@@ -135,8 +136,8 @@ SEQ2SEQ_HINT = ("is a sequence-to-sequence model (it writes an output line for e
 
 
 def _load_model(data: dict, device):
-    config = from_dict(ModelConfig, data["model_config"]).validate()
-    model = build_model(config)
+    from_dict(ModelConfig, data["model_config"]).validate()  # the flags' checks, then the kind's own
+    model = build_model(data["model_config"])
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as e:

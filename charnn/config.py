@@ -9,7 +9,7 @@ from typing import Optional
 from charnn.errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
-KINDS = ("lm", "seq2seq")
+KINDS = ("lm", "seq2seq")  # the kinds charnn itself registers (charnn.models.registry); others may add theirs
 ATTENTION_SCORES = ("general", "additive")  # seq2seq attention scores (ModelConfig.attention_score)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -25,6 +25,9 @@ SEED_LIMIT = 2**63  # torch seeds are 64-bit; seeds stay below this so every gen
 
 @dataclass
 class ModelConfig:
+    """Every model flag of `charnn train` and `charnn.train` in one bag, and the form every checkpoint saves
+    (`model_config`); charnn.models.registry turns it into the config of its `kind`."""
+
     vocab_size: int  # tokens the embedding and head cover (set by the tokenizer)
     cell: str = "lstm"  # recurrent cell: lstm, gru or rnn (tanh)
     layers: int = 2  # stacked recurrent layers
@@ -36,8 +39,9 @@ class ModelConfig:
     # lack it, and the missing key reads as False)
     label_output: bool = False
     # what the model is: "lm", a language model (charnn.models.lm), or "seq2seq", an encoder-decoder that reads
-    # a line and writes another (charnn.models.seq2seq; `train --pairs`). The keys below are seq2seq's; older
-    # checkpoints lack them all and read as language models
+    # a line and writes another (charnn.models.seq2seq; `train --pairs`), or another kind registered in
+    # charnn.models.registry (its settings beyond these flags take their defaults). The keys below are
+    # seq2seq's; older checkpoints lack them all and read as language models
     kind: str = "lm"
     source_vocab: int = 0  # seq2seq: tokens of the input (source) vocabulary; vocab_size is the output's
     attention: bool = True  # seq2seq: the decoder attends over every input position (False: --no-attention)
@@ -47,28 +51,79 @@ class ModelConfig:
     attention_score: str = "general"
 
     def validate(self) -> "ModelConfig":
-        problems = []
-        if self.kind not in KINDS:
-            problems.append(f"model kind {self.kind!r} is not one this charnn knows ({', '.join(KINDS)}); upgrade charnn")
-        elif self.kind == "seq2seq" and self.labels:
-            problems.append("`--label-by` does not combine with `--pairs`")
+        """The flags' own checks; whether `kind` is a registered kind is the registry's (charnn.models.registry)."""
+        problems = ["`--label-by` does not combine with `--pairs`"] if self.kind == "seq2seq" and self.labels else []
         if not 0 <= self.labels <= MAX_LABELS:
             problems.append(f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}")
-        if self.cell not in CELLS:
-            problems.append(f"`--cell` must be one of {', '.join(CELLS)}, not {self.cell!r}")
-        for flag, value, most in (("--layers", self.layers, MAX_LAYERS), ("--hidden", self.hidden, MAX_WIDTH),
-                                  ("--embed", self.embed, MAX_WIDTH)):
-            if not 1 <= value <= most:
-                problems.append(f"`{flag}` must be between 1 and {most}, got {value}")
-        if self.attention_score not in ATTENTION_SCORES:
-            problems.append(f"`--attention-score` must be one of {', '.join(ATTENTION_SCORES)}, "
-                            f"not {self.attention_score!r}")
-        elif self.attention_score != "general" and not self.attention:
-            problems.append("`--attention-score` scores attention; with `--no-attention` there is none")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"`--dropout` must be in [0, 1), got {self.dropout}")
-        _raise(problems)
+        _raise(problems + _stack_problems(self) + _attention_problems(self) + _dropout_problems(self))
         return self
+
+
+# One config per model kind (charnn.models.registry turns the flat ModelConfig, or a checkpoint's saved
+# model_config dict, into the right one); each holds only what its model reads.
+
+@dataclass
+class LMConfig:
+    """The language model's (kind "lm", charnn.models.lm.CharRNN)."""
+
+    vocab_size: int  # tokens the embedding and head cover (set by the tokenizer)
+    cell: str = "lstm"  # recurrent cell: lstm, gru or rnn (tanh)
+    layers: int = 2  # stacked recurrent layers
+    hidden: int = 256  # hidden units per layer
+    embed: int = 64  # embedding width
+    dropout: float = 0.1  # dropout between layers and before the head
+    labels: int = 0  # labels the model is conditioned on (--label-by; 0: none); label id 0 is "no label"
+    label_output: bool = False  # a label also scales and shifts the last layer's output
+
+    def validate(self) -> "LMConfig":
+        problems = [] if 0 <= self.labels <= MAX_LABELS else [
+            f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}"]
+        _raise(problems + _stack_problems(self) + _dropout_problems(self))
+        return self
+
+
+@dataclass
+class Seq2SeqConfig:
+    """The encoder-decoder's (kind "seq2seq", charnn.models.seq2seq.Seq2Seq; `train --pairs`)."""
+
+    vocab_size: int  # tokens of the output (target) vocabulary
+    source_vocab: int = 0  # tokens of the input (source) vocabulary
+    cell: str = "lstm"  # recurrent cell of the encoder and the decoder
+    layers: int = 2  # stacked recurrent layers, in each
+    hidden: int = 256  # hidden units per layer
+    embed: int = 64  # embedding width (both embeddings)
+    dropout: float = 0.1  # dropout between layers and before the head
+    attention: bool = True  # the decoder attends over every input position (False: --no-attention)
+    bidirectional: bool = True  # the encoder reads the input both ways (False: --unidirectional)
+    attention_score: str = "general"  # "general" (Luong: h^T W a) or "additive" (v^T tanh(W h + U a))
+
+    def validate(self) -> "Seq2SeqConfig":
+        _raise(_stack_problems(self) + _attention_problems(self) + _dropout_problems(self))
+        return self
+
+
+def _stack_problems(c) -> list:
+    """What a recurrent stack's flags get wrong: --cell and the sizes."""
+    problems = []
+    if c.cell not in CELLS:
+        problems.append(f"`--cell` must be one of {', '.join(CELLS)}, not {c.cell!r}")
+    for flag, value, most in (("--layers", c.layers, MAX_LAYERS), ("--hidden", c.hidden, MAX_WIDTH),
+                              ("--embed", c.embed, MAX_WIDTH)):
+        if not 1 <= value <= most:
+            problems.append(f"`{flag}` must be between 1 and {most}, got {value}")
+    return problems
+
+
+def _dropout_problems(c) -> list:
+    return [] if 0.0 <= c.dropout < 1.0 else [f"`--dropout` must be in [0, 1), got {c.dropout}"]
+
+
+def _attention_problems(c) -> list:
+    if c.attention_score not in ATTENTION_SCORES:
+        return [f"`--attention-score` must be one of {', '.join(ATTENTION_SCORES)}, not {c.attention_score!r}"]
+    if c.attention_score != "general" and not c.attention:
+        return ["`--attention-score` scores attention; with `--no-attention` there is none"]
+    return []
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from charnn.config import DynamicConfig
 from charnn.evaluate import EvalResult, combine
-from charnn.models.lm import copy_model, detach_state
+from charnn.models.cells import copy_model
 from charnn.text.tokenizer import start_id
 
 
@@ -102,7 +102,7 @@ def _run(net, context: torch.Tensor, segment: int, step=None) -> float:
         total += nats.double().item()  # scored before the step on it
         if step is not None:
             step(nats / segment)  # a short last segment takes a proportionally smaller step
-        state = detach_state(state)
+        state = net.state_ops.detach(state)  # the model kind's own state, whatever its layout
     return total
 
 

@@ -21,7 +21,7 @@ from charnn.generation.draw import filter_logits, gumbel_noise
 from charnn.generation.sampler import Sampler
 from charnn.models.int8 import kernel, weight_levels
 from charnn.models.lm import CharRNN
-from charnn.models.stepper import FastStepper, full_forward_logits
+from charnn.models.stepper import FastStepper, ModuleStepper, full_forward_logits
 
 runner = CliRunner()
 
@@ -64,14 +64,22 @@ def test_stepper_continues_from_a_forward_state_with_scale_and_ban(cell):
     assert (got[:, 1:] - 0.5 * want[1:]).abs().max().item() < 1e-5
 
 
-def test_unsupported_models_are_refused_in_one_line():
+def test_models_the_fast_stepper_does_not_cover_step_through_their_module():
+    """A variant FastStepper refuses (a ReLU RNN) generates through ModuleStepper, the model's own forward;
+    only int8, which needs the fast stepper, is refused in one line."""
     model = tiny_model("rnn")
     model.rnn.nonlinearity = "relu"
     with pytest.raises(NotImplementedError):
         FastStepper(model, 1)
     tok = SimpleNamespace(unk_id=None)
+    b = Batcher(model, tok, torch.device("cpu"), capacity=2)
+    assert isinstance(b.stepper, ModuleStepper)
+    b.stepper.load(0, None)
+    ids = [1, 4, 2, 7]
+    got = torch.stack([b.stepper.step(torch.tensor([i]))[0].clone() for i in ids])
+    assert torch.allclose(got, full_forward_logits(model, ids), atol=1e-5)
     with pytest.raises(CharnnError, match="LSTM, GRU and RNN"):
-        Batcher(model, tok, torch.device("cpu"), capacity=1)
+        Batcher(model, tok, torch.device("cpu"), capacity=1, int8=True)
 
 
 PROBS = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])

@@ -6,7 +6,9 @@ of a `Batcher.step` feeds every live row's next input token through one FastStep
 each row's logits by its own settings and adds the row's own seeded Gumbel noise (`draw.gumbel_noise`, so a seed gives
 the same text whatever else is in the batch); after a block of up to BLOCK tokens each row decodes its own. Live rows are kept packed at the front of the
 batch; the stepper is one of a few sizes (powers of two, and the capacity), swapped as the row count grows and
-shrinks, so one row does not pay for sixty-four.
+shrinks, so one row does not pay for sixty-four. The stepper is the model kind's (charnn.models.registry): the
+FastStepper, or for a kind without a fast stepper ModuleStepper, its module's own forward; the Batcher moves
+rows only through their row methods (load, move, copy_rows) and never sees a state's layout.
 
 On CUDA, once the same rows have stepped one full block together, the block's steps and draws are recorded
 once as a CUDA graph and replayed (one launch per block instead of ~25 per token, which is what bounds one
@@ -18,7 +20,7 @@ API and `charnn serve` all draw their tokens here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import time
 
@@ -29,8 +31,11 @@ from charnn.errors import CharnnError, first_line
 from charnn.generation.draw import NOISE_FLOATS, filter_logits, gumbel_noise, safe_temperature
 from charnn.generation.prefill import CHUNK, prefill, run
 from charnn.generation.prompt import heal, start_ids
-from charnn.models.stepper import FastStepper
+from charnn.generation.stops import StopCut
+from charnn.models import registry
+from charnn.models.stepper import FastStepper, ModuleStepper
 
+Stepper = Union[FastStepper, ModuleStepper]  # what steps the rows: the same row methods, layouts of their own
 MAX_STOPS = 4  # stop strings per row, as OpenAI's API allows
 BLOCK = 8  # the most tokens one `step` call draws per row, by default
 PREFILL_SECONDS = 0.05  # prompt loading per `step` while other rows are generating: they never wait much longer
@@ -49,31 +54,6 @@ class RowSpec:
     stop: Tuple[str, ...] = ()  # end right before the first occurrence of any of these (not included)
     seed: int = 0  # seed of this row's Gumbel noise
     heal: bool = True  # subword models: complete the prompt's last piece in the first draw (see prompt.heal)
-
-
-class StopCut:
-    """Cuts a text stream right before the first occurrence of any stop string; holds back just enough text
-    (the longest stop minus one character) that a stop split across pieces is never partly handed out."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops, self.held, self.done = [s for s in stops if s], "", False
-        self.keep = max((len(s) for s in self.stops), default=1) - 1
-
-    def feed(self, piece: str) -> str:
-        if self.done:
-            return ""
-        text = self.held + piece
-        hits = [at for at in (text.find(s) for s in self.stops) if at >= 0]
-        if hits:
-            self.done, self.held = True, ""
-            return text[:min(hits)]
-        cut = max(0, len(text) - self.keep)
-        self.held = text[cut:]
-        return text[:cut]
-
-    def flush(self) -> str:
-        out, self.held = self.held, ""
-        return out
 
 
 @dataclass
@@ -107,7 +87,8 @@ class Batcher:
         self.block = max(1, min(block, NOISE_FLOATS // (capacity * self.vocab)))
         self.banned = [] if tokenizer.unk_id is None else [tokenizer.unk_id]
         self.rows: List[Row] = []  # live rows, rows[i].slot == i
-        self.steppers: Dict[int, Tuple[FastStepper, torch.Tensor]] = {}  # size -> (stepper, its input tokens)
+        self.make_stepper = registry.stepper_factory(model, int8)  # (rows, banned) -> the kind's stepper
+        self.steppers: Dict[int, Tuple[Stepper, torch.Tensor]] = {}  # size -> (stepper, its input tokens)
         self.stepper, self.tokens = self._stepper(max(1, min(rows, capacity)))
         self.noise = torch.zeros(self.block, capacity, self.vocab, device=device)  # this block's noise, row by row
         self.drawn = torch.zeros(self.block, capacity, dtype=torch.long, device=device)  # this block's draws
@@ -130,14 +111,11 @@ class Batcher:
         """Every row not finished: generating, then loading."""
         return self.rows + [r for _, _, rows in self.loading for r in rows]
 
-    def _stepper(self, size: int) -> Tuple[FastStepper, torch.Tensor]:
+    def _stepper(self, size: int) -> Tuple[Stepper, torch.Tensor]:
         if size not in self.steppers:
             with torch.inference_mode(False):  # buffers that later steps update in place, in or out of inference mode
-                try:
-                    stepper = FastStepper(self.model, size, 1.0, self.banned, int8=self.int8)
-                except NotImplementedError:
-                    raise CharnnError("generation covers charnn's LSTM, GRU and RNN language models only") from None
-                self.steppers[size] = stepper, torch.zeros(size, dtype=torch.long, device=self.device)
+                self.steppers[size] = (self.make_stepper(size, self.banned),
+                                       torch.zeros(size, dtype=torch.long, device=self.device))
         return self.steppers[size]
 
     def warm(self) -> None:
@@ -158,9 +136,7 @@ class Batcher:
         if size == self.stepper.B:
             return
         (new, tokens), old, k = self._stepper(size), self.stepper, min(len(self.rows), size)
-        new.hs[:k].copy_(old.hs[:k])
-        for l in range(new.L if new.c is not None else 0):
-            new.c[l][:k].copy_(old.c[l][:k])
+        new.copy_rows(old, k)
         tokens[:k].copy_(self.tokens[:k])
         self.stepper, self.tokens = new, tokens
 
@@ -204,7 +180,7 @@ class Batcher:
             self._resize(len(self.rows) + 1)
         row.slot = len(self.rows)
         self.rows.append(row)
-        self._load(row.slot, state)
+        self.stepper.load(row.slot, state)
         self.tokens[row.slot] = row.first
         self.healing = self.healing or row.allowed is not None
         self._changed()
@@ -225,20 +201,6 @@ class Batcher:
             if time.perf_counter() - t0 >= seconds:
                 return
 
-    def _load(self, slot: int, state) -> None:
-        """Set a slot's state to `state` (the model's, batch 1; None: zero)."""
-        st = self.stepper
-        if state is None:
-            st.hs[slot].zero_()
-            for c in st.c or []:
-                c[slot].zero_()
-            return
-        h, c = state if isinstance(state, tuple) else (state, None)
-        for l in range(st.L):
-            st.h[l][slot].copy_(h[l, 0])
-            if c is not None:
-                st.c[l][slot].copy_(c[l, 0])
-
     @torch.inference_mode()
     def remove(self, row: Row, resize: bool = True) -> None:
         """Take a row out of the batch (finished, or its reader left); the last row moves into its slot. The
@@ -251,10 +213,8 @@ class Batcher:
             return
         last = self.rows.pop()
         if last is not row:
-            st, i, j = self.stepper, row.slot, last.slot
-            st.hs[i].copy_(st.hs[j])
-            for c in st.c or []:
-                c[i].copy_(c[j])
+            i, j = row.slot, last.slot
+            self.stepper.move(j, i)
             self.tokens[i] = self.tokens[j]
             last.slot = i
             self.rows[i] = last
@@ -349,7 +309,7 @@ class Batcher:
 
     def _records(self) -> bool:
         """Whether full blocks are recorded: `graphs` on a CUDA device (elsewhere the body simply runs)."""
-        return self.graphs and self.device.type == "cuda"
+        return self.graphs and self.device.type == "cuda" and self.stepper.static
 
     def _capture(self, n: int, k: int):
         """Record one block as a CUDA graph. The warm-up run a capture needs first is undone (state and input
@@ -417,3 +377,4 @@ class Batcher:
             else:
                 x[at] = filter_logits(x[at], k, p)
         torch.argmax(x.add_(noise), dim=-1, out=out)
+

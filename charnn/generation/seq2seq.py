@@ -26,7 +26,6 @@ from charnn.config import TransduceConfig
 from charnn.data.pairs import END, pad_sources
 from charnn.errors import CharnnError
 from charnn.generation.draw import filter_logits, gumbel_noise
-from charnn.models.lm import map_state
 from charnn.models.seq2seq import Seq2Seq
 from charnn.text.tokenizer import start_id
 
@@ -38,10 +37,6 @@ class Hypothesis:
     text: str
     logprob: float  # the model's log-probability of the output and its end (sampling: at temperature 1)
     score: float  # what the search ranks by: logprob, or logprob / length penalty
-
-
-def _select(state, rows: torch.Tensor):
-    return map_state(state, lambda s: s.index_select(1, rows))
 
 
 def _penalty(length: int, alpha: float) -> float:
@@ -59,7 +54,7 @@ def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int
     B, K = source[0].shape[0], beam
     memory, state = model.encode(source)
     rep = torch.arange(B, device=device).repeat_interleave(K)
-    memory, state = memory.select(rep), _select(state, rep)
+    memory, state = memory.select(rep), model.state_ops.select(state, rep)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0
     limits_t = torch.as_tensor(list(limits), dtype=torch.long)
@@ -91,7 +86,7 @@ def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int
             top = scores + logp.gather(1, tok)
         rows = (torch.arange(b, device=device)[:, None] * K + origin).view(-1)
         seqs = torch.cat([seqs.index_select(0, rows), tok.view(-1, 1)], 1)
-        state = _select(state, rows)
+        state = model.state_ops.select(state, rows)
         ended = (tok == end) & torch.isfinite(top)
         if ended.any():
             for i, k in ended.nonzero().tolist():
@@ -104,7 +99,8 @@ def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int
         if len(keep) < b:
             keep_rows = (keep.to(device)[:, None] * K + torch.arange(K, device=device)).view(-1)
             alive, top = alive[keep], top[keep.to(device)]
-            seqs, state, memory = seqs.index_select(0, keep_rows), _select(state, keep_rows), memory.select(keep_rows)
+            seqs, memory = seqs.index_select(0, keep_rows), memory.select(keep_rows)
+            state = model.state_ops.select(state, keep_rows)
             tok = tok.view(-1).index_select(0, keep_rows)
         scores = top
         x = tok.reshape(-1, 1)

@@ -8,17 +8,18 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from charnn.config import ModelConfig
+from charnn.config import LMConfig
+from charnn.models.cells import CELLS, decay_groups, forget_bias
+from charnn.models.cells import copy_model  # noqa: F401  (training imports it from here)
 from charnn.models.state import RNN_STATE
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
-_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 class CharRNN(nn.Module):
     state_ops = RNN_STATE  # its state: nn.LSTM's (h, c) or h, (layers, batch, hidden) (charnn.models.state)
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: LMConfig):
         super().__init__()
         self.config = config
         c = config
@@ -32,7 +33,7 @@ class CharRNN(nn.Module):
         # 1.112 -> 1.087 nats/char (benchmarks/LABELS.md)
         self.label_out = (nn.Embedding(c.labels + 1, 2 * c.hidden, padding_idx=0)
                           if c.labels and c.label_output else None)
-        self.rnn = _CELLS[c.cell](c.embed, c.hidden, c.layers, batch_first=True,
+        self.rnn = CELLS[c.cell](c.embed, c.hidden, c.layers, batch_first=True,
                                   dropout=c.dropout if c.layers > 1 else 0.0)
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden, c.vocab_size)
@@ -83,40 +84,6 @@ class CharRNN(nn.Module):
     def optimizer_groups(self, weight_decay: float) -> list:
         """AdamW's parameter groups: weight decay on matrices, not on biases, the embedding or the label vectors."""
         return decay_groups(self, weight_decay, ("embed", "label_embed", "label_out"))
-
-
-def decay_groups(model: nn.Module, weight_decay: float, exempt: tuple) -> list:
-    """Two optimiser groups: the matrices (2+ dimensions) outside the top-level modules `exempt` decay, the rest
-    do not."""
-    def decays(name: str, p) -> bool:
-        return p.dim() >= 2 and name.split(".")[0] not in exempt
-
-    decay = [p for n, p in model.named_parameters() if decays(n, p)]
-    rest = [p for n, p in model.named_parameters() if not decays(n, p)]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-@torch.no_grad()
-def forget_bias(rnn: nn.Module, hidden: int) -> None:
-    """An LSTM's forget-gate bias set to 1 (gates are ordered i, f, g, o): remember by default early in
-    training. Every layer and direction."""
-    for name, p in rnn.named_parameters():
-        if name.startswith("bias_ih"):
-            p[hidden:2 * hidden].fill_(1.0)
-        elif name.startswith("bias_hh"):
-            p[hidden:2 * hidden].fill_(0.0)
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy whose recurrent layers keep their weights in one block again: a copied cuDNN RNN holds them
-    as separate tensors, and then compacts them at every call (with a UserWarning on stderr)."""
-    import copy
-
-    net = copy.deepcopy(model)
-    for m in net.modules():
-        if isinstance(m, nn.RNNBase):
-            m.flatten_parameters()
-    return net
 
 
 def map_state(state: State, fn) -> State:

@@ -24,8 +24,9 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from charnn.config import ModelConfig
-from charnn.models.lm import _CELLS, State, decay_groups, forget_bias
+from charnn.config import Seq2SeqConfig
+from charnn.models.cells import CELLS, decay_groups, forget_bias
+from charnn.models.lm import State
 from charnn.models.state import RNN_STATE
 
 Source = Tuple[torch.Tensor, torch.Tensor]  # (padded input ids (B, S), lengths (B,) int64 on the CPU)
@@ -47,18 +48,18 @@ class Memory:
 class Seq2Seq(nn.Module):
     state_ops = RNN_STATE  # the decoder's state, as the language model's (charnn.models.state)
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         self.config = c = config
         dirs = 2 if c.bidirectional else 1
         self.src_embed = nn.Embedding(c.source_vocab, c.embed)
         self.embed = nn.Embedding(c.vocab_size, c.embed)
         drop = c.dropout if c.layers > 1 else 0.0
-        self.encoder = _CELLS[c.cell](c.embed, c.hidden, c.layers, batch_first=True, dropout=drop,
+        self.encoder = CELLS[c.cell](c.embed, c.hidden, c.layers, batch_first=True, dropout=drop,
                                       bidirectional=c.bidirectional)
         parts = 2 if c.cell == "lstm" else 1  # (h, c) or h
         self.bridge = nn.ModuleList(nn.Linear(dirs * c.hidden, c.hidden) for _ in range(parts))
-        self.decoder = _CELLS[c.cell](c.embed, c.hidden, c.layers, batch_first=True, dropout=drop)
+        self.decoder = CELLS[c.cell](c.embed, c.hidden, c.layers, batch_first=True, dropout=drop)
         self.additive = c.attention and c.attention_score == "additive"
         if self.additive:  # v^T tanh(W h + U a): W (with the bias), U, v
             self.attn_query = nn.Linear(c.hidden, c.hidden)

@@ -12,6 +12,10 @@ quarter of the bytes to stream per step, which is what bounds one stream's speed
 approximation (see benchmarks/SAMPLING.md for its measured cost).
 It covers charnn's language models (single-direction LSTM, GRU and tanh RNN, with biases); anything else
 raises NotImplementedError.
+
+`ModuleStepper` steps any model kind through its own forward and its state interface (`state_ops`): the
+fallback for a kind that brings no fast stepper (charnn.models.registry). Both have the same row methods
+(load, zero, move, copy_rows), so the Batcher never sees a state's layout.
 """
 
 from __future__ import annotations
@@ -102,6 +106,9 @@ class FastStepper:
         self.views = [self._views(l) for l in range(L)]  # slices made once: each costs Python time per step
         self._cell = getattr(self, f"_{self.cell}")
 
+    # -- rows: what the Batcher does as rows join and leave (never per token), without knowing the layout --
+    static = True  # its buffers stay put, so a CUDA graph may record its steps
+
     def load_state(self, state) -> None:
         """Take the model's own state ((L, 1, H), or a pair for the LSTM) and repeat it over the batch."""
         h, c = (s.detach() for s in state) if isinstance(state, tuple) else (state.detach(), None)
@@ -110,6 +117,34 @@ class FastStepper:
             if c is not None:
                 self.c[l].copy_(c[l].expand(self.B, -1))
             self._encode(l)
+
+    def load(self, slot: int, state) -> None:
+        """Set row `slot` to the model's state `state` (batch 1; None: the zero state)."""
+        if state is None:
+            self.zero(slot)
+            return
+        h, c = state if isinstance(state, tuple) else (state, None)
+        for l in range(self.L):
+            self.h[l][slot].copy_(h[l, 0])
+            if c is not None:
+                self.c[l][slot].copy_(c[l, 0])
+
+    def zero(self, slot: int) -> None:
+        self.hs[slot].zero_()
+        for c in self.c or []:
+            c[slot].zero_()
+
+    def move(self, src: int, dst: int) -> None:
+        """Row `src`'s state into row `dst` (the last row filling a leaver's slot)."""
+        self.hs[dst].copy_(self.hs[src])
+        for c in self.c or []:
+            c[dst].copy_(c[src])
+
+    def copy_rows(self, other: "FastStepper", k: int) -> None:
+        """Rows 0..k-1 from another stepper of the same model (the Batcher changing stepper size)."""
+        self.hs[:k].copy_(other.hs[:k])
+        for mine, theirs in zip(self.c or [], other.c or []):
+            mine[:k].copy_(theirs[:k])
 
     def state_tensors(self) -> List[torch.Tensor]:
         """Every buffer whose value carries from one step to the next (what a CUDA graph's warm-up must undo)."""
@@ -167,6 +202,57 @@ class FastStepper:
 
     def _rnn(self, l: int, g: torch.Tensor) -> None:
         torch.tanh(g, out=self.h[l])
+
+
+class ModuleStepper:
+    """One token per call through the model's forward, with its state: `model(tok (B, 1), state)`. The rows'
+    state is the model's own, touched only through `model.state_ops`; rows are set by rebuilding the state (as
+    rows join and leave, never per token). The zero state is the model's None made real (zeros of the shape its
+    forward returns), as charnn.models.state defines it."""
+
+    static = False  # the state is a new tensor after every step: no CUDA graph records it
+
+    def __init__(self, model: nn.Module, batch: int, banned: Sequence[int] = ()):
+        self.model, self.B, self.ops = model, batch, model.state_ops
+        dev = next(model.parameters()).device
+        self.banned = torch.tensor(list(banned), dtype=torch.long, device=dev) if banned else None
+        with torch.no_grad():
+            _, state = model(torch.zeros(batch, 1, dtype=torch.long, device=dev), None)
+        self.state = self.ops.map(state, lambda t, axis: torch.zeros_like(t))
+
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        """tok: (B,) ids -> (B, V) logits for the next token."""
+        out, self.state = self.model(tok.view(-1, 1), self.state)
+        logits = out[:, -1]
+        if self.banned is not None:
+            logits.index_fill_(1, self.banned, float("-inf"))
+        return logits
+
+    def load_state(self, state) -> None:
+        """The model's own state of one row, repeated over the batch."""
+        self.state = self.ops.repeat(self.ops.detach(state), self.B)
+
+    def load(self, slot: int, state) -> None:
+        """Set row `slot` to the model's state `state` (batch 1; None: the zero state)."""
+        ops = self.ops
+        row = ops.map(ops.narrow(self.state, slot, 1), lambda t, axis: torch.zeros_like(t)) if state is None \
+            else ops.detach(state)
+        after = ops.narrow(self.state, slot + 1, self.B - slot - 1)
+        self.state = ops.cat([ops.narrow(self.state, 0, slot), row, after])
+
+    def zero(self, slot: int) -> None:
+        self.load(slot, None)
+
+    def move(self, src: int, dst: int) -> None:
+        index = torch.arange(self.B)
+        index[dst] = src
+        self.state = self.ops.select(self.state, index)
+
+    def copy_rows(self, other: "ModuleStepper", k: int) -> None:
+        self.state = self.ops.cat([self.ops.narrow(other.state, 0, k), self.ops.narrow(self.state, k, self.B - k)])
+
+    def state_tensors(self) -> List[torch.Tensor]:
+        return self.ops.pack(self.state)
 
 
 def _supported(model: nn.Module) -> bool:

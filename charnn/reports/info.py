@@ -11,6 +11,8 @@ from typing import List, Optional
 
 from charnn.checkpoint import load_checkpoint, non_finite_tensors, resolve_checkpoint
 from charnn.classify import per_label_table
+from charnn.config import KINDS
+from charnn.models import registry
 from charnn.text.tokenizer import tokenizer_from_state
 from charnn.training.metrics import CONFIG_FILE, METRICS_FILE, finite, read_metrics
 
@@ -39,9 +41,7 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
     return {
         "checkpoint": str(ckpt), "run_dir": str(run_dir), "format": data.get("format"),
         "format_version": data.get("version"), "charnn_version": data.get("charnn_version"),
-        "model": {"cell": mc.get("cell"), "layers": mc.get("layers"), "hidden": mc.get("hidden"), "labels": mc.get("labels", 0),
-                  "embed": mc.get("embed"), "dropout": mc.get("dropout"), "vocab_size": mc.get("vocab_size"),
-                  "parameters": sum(t.numel() for t in data["model"].values())},
+        "model": _model(data),
         "tokenizer": _vocabulary(tok),
         "seq2seq": _seq2seq(data) if mc.get("kind") == "seq2seq" else None,
         "training": {"steps": data.get("step"), "epoch": data.get("epoch"), "chars_seen": data.get("chars_seen"),
@@ -57,6 +57,15 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
         "parent": data.get("parent"),  # --init-from: {path, step, val_loss, corpus, vocab_size, added_chars}
         "metrics": {"path": str(metrics_path), "records": len(records)} if records else None,
     }
+
+
+def _model(data: dict) -> dict:
+    """What the checkpoint's model kind shows (charnn.models.registry), and its size."""
+    mc = data["model_config"]
+    kind = registry.kind_of(mc)
+    shown = {k: mc.get(k, 0 if k == "labels" else None) for k in kind.info_fields}
+    return {**shown, **({"kind": kind.name} if kind.name not in KINDS else {}),
+            "parameters": sum(t.numel() for t in data["model"].values())}
 
 
 def _vocabulary(tok) -> dict:
@@ -102,9 +111,7 @@ def summary_lines(info: dict) -> List[str]:
     lines = [
         f"checkpoint  {info['checkpoint']}  (format {info['format']} v{info['format_version']}, "
         f"written by charnn {info['charnn_version'] or '?'})",
-        f"model       {m['cell']}, {m['layers']} layers x {m['hidden']} hidden, embed {m['embed']}, "
-        f"dropout {m['dropout']}" + (f", conditioned on {m['labels']} labels" if m.get("labels") else "")
-        + f": {m['parameters']:,} parameters" if not s2s else _seq2seq_line(m, s2s),
+        f"model       {_model_words(m)}: {m['parameters']:,} parameters" if not s2s else _seq2seq_line(m, s2s),
         f"{'tokenizer' if not s2s else 'output':<11} {t['kind']}, {t['vocab_size']} tokens: {shown}"
         + (f" (+{more} more)" if more > 0 else ""),
         f"training    {_num(tr['steps'])} steps ({_num(tr['epoch'])} epochs done), {_num(tr['chars_seen'])} "
@@ -144,6 +151,14 @@ def summary_lines(info: dict) -> List[str]:
     if info["metrics"]:
         lines.append(f"metrics     {info['metrics']['path']} ({info['metrics']['records']} records)")
     return lines
+
+
+def _model_words(m: dict) -> str:
+    """The kind's own words for its model (charnn.models.registry), or its settings as they are."""
+    kind = registry.get(m.get("kind", "lm"))
+    shown = {k: v for k, v in m.items() if k != "parameters"}
+    return kind.info_line(shown) if kind.info_line else f"{kind.name}: " + ", ".join(
+        f"{k} {v}" for k, v in shown.items() if k != "kind")
 
 
 def _seq2seq_line(m: dict, s2s: dict) -> str:

@@ -9,6 +9,7 @@ from typing import Optional
 from charnn.checkpoint import NAMES, load_checkpoint
 from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.errors import CharnnError, ConfigError
+from charnn.models import registry
 
 
 def load_resume(run_dir: Path, out: str) -> dict:
@@ -30,7 +31,7 @@ def load_resume(run_dir: Path, out: str) -> dict:
 
 # Flags a resumed run cannot change: the data position and carried state only mean something with them.
 FIXED_ON_RESUME = ("batch_size", "seq_len", "val_frac", "val_file")
-MODEL_FLAGS = ("cell", "layers", "hidden", "embed", "dropout")
+MODEL_FLAGS = registry.get("lm").fixed_on_resume  # a language model's; each run's kind says its own
 
 
 def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, explicit: Optional[set]) -> TrainConfig:
@@ -47,7 +48,8 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     if explicit is not None:
         saved_model = saved.get("model_config", {})
         problems += [f"{flag(k)} {getattr(model_cfg, k)} (the run used {saved_model[k]})"
-                     for k in MODEL_FLAGS if k in explicit and k in saved_model and getattr(model_cfg, k) != saved_model[k]]
+                     for k in registry.kind_of(saved_model).fixed_on_resume
+                     if k in explicit and k in saved_model and getattr(model_cfg, k) != saved_model[k]]
     if problems:
         raise ConfigError(f"--resume continues run {given.name or 'NAME'} as it was saved; it cannot change "
                           f"{', '.join(problems)}. Drop those flags, or start a new run under another --name")

@@ -1,0 +1,43 @@
+"""What charnn's recurrent model kinds share: the recurrent cells by name, the LSTM's forget-gate bias, the
+optimiser's weight-decay groups, and a copy of a model that keeps cuDNN's weight layout."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}  # --cell -> torch's layer
+
+
+def decay_groups(model: nn.Module, weight_decay: float, exempt: tuple) -> list:
+    """Two optimiser groups: the matrices (2+ dimensions) outside the top-level modules `exempt` decay, the rest
+    do not."""
+    def decays(name: str, p) -> bool:
+        return p.dim() >= 2 and name.split(".")[0] not in exempt
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    rest = [p for n, p in model.named_parameters() if not decays(n, p)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def forget_bias(rnn: nn.Module, hidden: int) -> None:
+    """An LSTM's forget-gate bias set to 1 (gates are ordered i, f, g, o): remember by default early in
+    training. Every layer and direction."""
+    for name, p in rnn.named_parameters():
+        if name.startswith("bias_ih"):
+            p[hidden:2 * hidden].fill_(1.0)
+        elif name.startswith("bias_hh"):
+            p[hidden:2 * hidden].fill_(0.0)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy whose recurrent layers keep their weights in one block again: a copied cuDNN RNN holds them
+    as separate tensors, and then compacts them at every call (with a UserWarning on stderr). Any kind."""
+    net = copy.deepcopy(model)
+    for m in net.modules():
+        if isinstance(m, nn.RNNBase):
+            m.flatten_parameters()
+    return net
