@@ -409,6 +409,26 @@ def test_int8_codes_follow_a_loaded_state(monkeypatch):
     assert st.codes.dtype == torch.int8 and torch.equal(st.codes.float(), want)
 
 
+def test_int8_codes_follow_a_row_loaded_moved_or_copied(monkeypatch):
+    """The Batcher's row methods keep each row's int8 codes with its state: a row joining a slot that another row
+    left (or a new stepper) must not step on that row's stale codes."""
+    monkeypatch.setattr("charnn.models.stepper.int8_kernel", lambda: "int_mm")
+    model = CharRNN(ModelConfig(vocab_size=11, layers=2, hidden=16, embed=5)).eval()
+    _, state = model(torch.tensor([[1, 2, 3, 4]]))
+    codes = lambda st, r: torch.round(st.hs[r] * 127)  # noqa: E731
+    st = FastStepper(model, batch=3, int8=True)
+    st.step(torch.tensor([3, 5, 7]))  # every row's codes now those of a stepped state
+    st.load(1, state)
+    assert torch.equal(st.codes[1].float(), codes(st, 1))
+    st.zero(2)
+    assert not st.codes[2].any()
+    st.move(1, 0)
+    assert torch.equal(st.codes[0].float(), codes(st, 0))
+    bigger = FastStepper(model, batch=4, int8=True)
+    bigger.copy_rows(st, 3)
+    assert torch.equal(bigger.codes[:3], st.codes[:3])
+
+
 def saturating_int_mm(a, b, out=None):
     """What int8 products do on x86 without VNNI: a shifted to uint8, pairs of products summed in saturating
     int16, then the shift taken back out; right for 7-bit weights, wrong at the extremes of 8-bit ones."""

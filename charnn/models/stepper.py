@@ -128,23 +128,35 @@ class FastStepper:
             self.h[l][slot].copy_(h[l, 0])
             if c is not None:
                 self.c[l][slot].copy_(c[l, 0])
+        self._encode_row(slot)
 
     def zero(self, slot: int) -> None:
         self.hs[slot].zero_()
         for c in self.c or []:
             c[slot].zero_()
+        self._encode_row(slot)
+
+    def _encode_row(self, slot: int) -> None:
+        """int_mm: the codes of one row's hidden states, after its state was set (else its first step would
+        multiply the codes a former row left in the slot)."""
+        if self.coded:
+            self.codes[slot].copy_(torch.round(self.hs[slot] * ACT_LEVELS))
 
     def move(self, src: int, dst: int) -> None:
         """Row `src`'s state into row `dst` (the last row filling a leaver's slot)."""
         self.hs[dst].copy_(self.hs[src])
         for c in self.c or []:
             c[dst].copy_(c[src])
+        if self.coded:
+            self.codes[dst].copy_(self.codes[src])
 
     def copy_rows(self, other: "FastStepper", k: int) -> None:
         """Rows 0..k-1 from another stepper of the same model (the Batcher changing stepper size)."""
         self.hs[:k].copy_(other.hs[:k])
         for mine, theirs in zip(self.c or [], other.c or []):
             mine[:k].copy_(theirs[:k])
+        if self.coded:
+            self.codes[:k].copy_(other.codes[:k])
 
     def state_tensors(self) -> List[torch.Tensor]:
         """Every buffer whose value carries from one step to the next (what a CUDA graph's warm-up must undo)."""
