@@ -18,9 +18,9 @@ from charnn.api.params import GenerationParams, ParamError
 from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
-from charnn.dynamic import adapt as adapted_copy
+from charnn.scoring.dynamic import adapt as adapted_copy
 from charnn.errors import CharnnError
-from charnn.evaluate import EvalResult, evaluate_text
+from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 from charnn.generation.prefill import forward_chunks
 from charnn.generation.prompt import start_ids
@@ -140,7 +140,7 @@ class Model:
     def for_label(self, name: str) -> "Model":
         """A model trained with --label-by, as label `name` (`charnn sample --label`): generate, stream and score
         in that label's voice. This model is left as it was."""
-        from charnn.classify import label_id
+        from charnn.scoring.classify import label_id
 
         labelled = Model(self.net.for_label(label_id(self.labels, name)), self.tokenizer, self.device, self.path,
                          {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
@@ -151,7 +151,7 @@ class Model:
         """`charnn classify --json` for each text: the most likely `label`, and every label's log-likelihood
         (nats), nats/char and posterior, by Bayes' rule with the training label frequencies as the prior (or
         a uniform one). A string gives one dict, a list a list."""
-        from charnn.classify import Classifier
+        from charnn.scoring.classify import Classifier
 
         one = isinstance(texts, str)
         scores = Classifier(self.net, self.tokenizer, self.labels, self.device, uniform_prior).classify(

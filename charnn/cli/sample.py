@@ -54,7 +54,7 @@ def sample(
 ):
     """Generate text from a trained model; stdout carries the text and nothing else."""
     from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-    from charnn.classify import label_id
+    from charnn.scoring.classify import label_id
     from charnn.device import resolve_device
     from charnn.generation.prompt import read_prime
     from charnn.generation.sampler import Sampler
@@ -91,7 +91,7 @@ def _adapt(model, tokenizer, path: str, unknown: str, cfg, dev, quiet: bool):
     """The model after dynamic evaluation over the file at `path` (a copy: the loaded weights are left as
     they are); characters it does not know are an error or, with --unknown skip, dropped (a note says which)."""
     from charnn.data.corpus import read_text
-    from charnn.dynamic import adapt
+    from charnn.scoring.dynamic import adapt
     from charnn.generation.prompt import clean_prime
 
     text, skipped = clean_prime(tokenizer, read_text(path, "adapt file"), unknown, what=f"--adapt {path!r}")

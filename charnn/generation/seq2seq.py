@@ -187,7 +187,7 @@ class Transducer:
         come from batches whose makeup (and so the last bits of every matmul) depends on --batch-size, and
         printed scores must not."""
         from charnn.data.pairs import encode_side, pair_batch
-        from charnn.models.score import row_nats
+        from charnn.scoring.rows import row_nats
 
         for h in hyps:
             x, y, source = pair_batch([encoded], encode_side(self.tok, [h.text]), self.start)

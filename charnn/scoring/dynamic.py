@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from charnn.config import DynamicConfig
-from charnn.evaluate import EvalResult, combine
+from charnn.scoring.evaluate import EvalResult, combine
 from charnn.models.lm import copy_model, detach_state
 from charnn.text.tokenizer import start_id
 
