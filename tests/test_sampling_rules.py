@@ -143,3 +143,20 @@ def test_logits_are_divided_by_the_temperature_in_one_place():
                       if any(division.search(line.split("#")[0]) for line in p.read_text(encoding="utf-8").splitlines()
                              if not line.strip().startswith(("#", '"""'))))
     assert dividing == ["generation/draw.py"], dividing
+
+
+# -- `charnn sample` loads through the API's loader -----------------------------------------------------------------
+def test_sample_loads_through_the_api_and_adapts_as_it_does(trained_run, monkeypatch, tmp_path):
+    import charnn.api.model as api_model
+
+    calls = []
+    real = api_model.load
+    monkeypatch.setattr(api_model, "load", lambda *a, **k: calls.append(a) or real(*a, **k))
+    text = "the cat sat on the mat and the dog ran\n" * 4
+    (tmp_path / "style.txt").write_text(text, encoding="utf-8")
+    r = invoke("sample", trained_run.run_dir, "--adapt", tmp_path / "style.txt", "--prime", "the", "--length", "70",
+               "--seed", "2", "-q")
+    assert r.exit_code == 0, r.stderr
+    assert len(calls) == 1
+    want = real(trained_run.run_dir, device="cpu").adapt(text).generate("the", length=70, seed=2)
+    assert r.stdout == "the" + want + ("" if want.endswith("\n") else "\n")

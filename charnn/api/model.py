@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 class Model:
     """A trained model and its tokenizer, ready to generate and score text. Make one with `charnn.load`."""
 
+    kind = "lm"  # a language model (`charnn.load` gives a Seq2SeqModel, kind "seq2seq", for a --pairs one)
+
     def __init__(self, model, tokenizer, device: torch.device, path: Path, data: Optional[dict] = None,
                  int8: bool = False):
         self.net, self.tokenizer, self.device, self.path = model.eval(), tokenizer, device, Path(path)
@@ -46,6 +48,7 @@ class Model:
         self.step, self.best_val_loss = data.get("step"), data.get("best_val_loss")
         self.labels: Optional[dict] = data.get("labels")  # --label-by: names, training sizes (None: no labels)
         self.label: Optional[str] = None  # set on the Model that `for_label` returns
+        self.adaptation = None  # set on the Model that `adapt` returns: its `result` while adapting, `seconds`
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.path}, on {self.device})"
@@ -134,8 +137,10 @@ class Model:
         segment default to `charnn eval --dynamic`'s."""
         given = {k: v for k, v in {"lr": lr, "decay": decay, "segment": segment}.items() if v is not None}
         adapted = adapted_copy(self.net, self.tokenizer, text, self.device, DynamicConfig(**given))
-        return Model(adapted.model, self.tokenizer, self.device, self.path,
-                     {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
+        model = Model(adapted.model, self.tokenizer, self.device, self.path,
+                      {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
+        model.adaptation = adapted
+        return model
 
     def for_label(self, name: str) -> "Model":
         """A model trained with --label-by, as label `name` (`charnn sample --label`): generate, stream and score
