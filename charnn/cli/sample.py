@@ -10,7 +10,6 @@ import typer
 from charnn.cli.options import (Checkpoint, Device, DynamicDecay, DynamicLr, Label, Quiet, Seed, Segment,
                                 dynamic_config, unescape)
 from charnn.cli.output import err, user_errors, writing_results
-from charnn.checkpoint import SEQ2SEQ_HINT
 from charnn.config import SampleConfig
 from charnn.errors import CharnnError, ConfigError
 
@@ -54,6 +53,7 @@ def sample(
 ):
     """Generate text from a trained model; stdout carries the text and nothing else."""
     from charnn.api.model import load
+    from charnn.checkpoint import SEQ2SEQ_HINT
     from charnn.generation.prompt import read_prime
     from charnn.generation.sampler import Sampler
 
