@@ -168,7 +168,7 @@ class TrainConfig:
 
 MIN_TEMPERATURE = 1e-30  # below it logits (|x| < 1e8) / temperature could overflow float32 and tie: greedy
 MAX_TEMPERATURE = 100.0  # beyond it every token is about as likely as any other: noise, not text
-FLAGS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed"}  # the CLI's names
+SAMPLING_FLAGS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed"}  # the CLI's names
 
 
 @dataclass
@@ -197,7 +197,7 @@ class SamplingParams:
     def problems(self, names: Optional[Dict[str, str]] = None) -> List[Tuple[str, str]]:
         """(field, message) for each setting out of range or of the wrong type (a bool is not a number here,
         though Python's bool is an int: JSON's `true` must not pass as 1); `names` maps a field to what the
-        caller calls it (`FLAGS` for the command line; the field's own name otherwise)."""
+        caller calls it (`SAMPLING_FLAGS` for the command line; the field's own name otherwise)."""
         t, k, p, seed = self.temperature, self.top_k, self.top_p, self.seed
         checks = [
             ("temperature", is_number(t) and 0 <= t <= MAX_TEMPERATURE,
@@ -261,7 +261,7 @@ class SampleConfig:
         problems = []
         if self.length < 0:
             problems.append(f"`--length` must be >= 0, got {self.length}")
-        problems += [m for _, m in SamplingParams(self.temperature, self.top_k, self.top_p, self.seed).problems(FLAGS)]
+        problems += [m for _, m in SamplingParams(self.temperature, self.top_k, self.top_p, self.seed).problems(SAMPLING_FLAGS)]
         if self.unknown not in UNKNOWN:
             problems.append(f"`--unknown` must be one of {', '.join(UNKNOWN)}, not {self.unknown!r}")
         if self.num_samples < 1:
@@ -313,7 +313,7 @@ class TransduceConfig:
         if not 0.0 <= self.length_penalty < float("inf"):
             problems.append(f"`--length-penalty` must be a number >= 0, got {self.length_penalty}")
         temperature = 1.0 if self.temperature is None else self.temperature
-        problems += [m for _, m in SamplingParams(temperature, self.top_k, self.top_p, self.seed).problems(FLAGS)]
+        problems += [m for _, m in SamplingParams(temperature, self.top_k, self.top_p, self.seed).problems(SAMPLING_FLAGS)]
         if self.max_length is not None and self.max_length < 1:
             problems.append(f"`--max-length` must be at least 1, got {self.max_length}")
         if self.unknown not in UNKNOWN:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import charnn
 from charnn.cli import app
-from charnn.config import FLAGS, SampleConfig, SamplingParams, TransduceConfig
+from charnn.config import SAMPLING_FLAGS, SampleConfig, SamplingParams, TransduceConfig
 from charnn.errors import ConfigError, ParamError
 from charnn.generation.sampler import Sampler
 from charnn.models.stepper import FastStepper
@@ -58,7 +58,7 @@ def _cli_flags(s: dict) -> list:
     flags = ["--temp", repr(s["temperature"])]
     for key in ("top_k", "top_p"):
         if key in s:
-            flags += [FLAGS[key], str(s[key])]
+            flags += [SAMPLING_FLAGS[key], str(s[key])]
     return flags
 
 
@@ -126,7 +126,7 @@ def test_invalid_values_are_refused_alike(trained_run, model, field, value):
         with pytest.raises(ParamError) as e:
             parse_request(json.dumps({"prompt": "the", field: value}).encode(), 1000, 4)
         assert str(e.value) == f"`{field}` {sentence}" and e.value.param == field
-    flag = FLAGS[field]
+    flag = SAMPLING_FLAGS[field]
     for config in (SampleConfig, TransduceConfig):  # the command lines' configs, and Seq2SeqModel.transduce's
         with pytest.raises(ConfigError, match=re.escape(f"`{flag}` {sentence}")):
             config(**{field: value}).validate()
