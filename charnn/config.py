@@ -168,7 +168,7 @@ class TrainConfig:
 
 MIN_TEMPERATURE = 1e-30  # below it logits (|x| < 1e8) / temperature could overflow float32 and tie: greedy
 MAX_TEMPERATURE = 100.0  # beyond it every token is about as likely as any other: noise, not text
-SAMPLING_FLAGS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed"}  # the CLI's names
+SAMPLING_FLAGS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed"}  # CLI names
 
 
 @dataclass
@@ -261,7 +261,8 @@ class SampleConfig:
         problems = []
         if self.length < 0:
             problems.append(f"`--length` must be >= 0, got {self.length}")
-        problems += [m for _, m in SamplingParams(self.temperature, self.top_k, self.top_p, self.seed).problems(SAMPLING_FLAGS)]
+        given = SamplingParams(self.temperature, self.top_k, self.top_p, self.seed)  # (checked with --greedy too)
+        problems += [message for _, message in given.problems(SAMPLING_FLAGS)]
         if self.unknown not in UNKNOWN:
             problems.append(f"`--unknown` must be one of {', '.join(UNKNOWN)}, not {self.unknown!r}")
         if self.num_samples < 1:
@@ -313,7 +314,8 @@ class TransduceConfig:
         if not 0.0 <= self.length_penalty < float("inf"):
             problems.append(f"`--length-penalty` must be a number >= 0, got {self.length_penalty}")
         temperature = 1.0 if self.temperature is None else self.temperature
-        problems += [m for _, m in SamplingParams(temperature, self.top_k, self.top_p, self.seed).problems(SAMPLING_FLAGS)]
+        given = SamplingParams(temperature, self.top_k, self.top_p, self.seed)  # (a search's seed is checked too)
+        problems += [message for _, message in given.problems(SAMPLING_FLAGS)]
         if self.max_length is not None and self.max_length < 1:
             problems.append(f"`--max-length` must be at least 1, got {self.max_length}")
         if self.unknown not in UNKNOWN:
