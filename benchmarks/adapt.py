@@ -119,7 +119,7 @@ def dynamic(args, work: Path) -> dict:
     from dataclasses import asdict
 
     from charnn.config import DynamicConfig
-    from charnn.dynamic import evaluate_dynamic  # what charnn eval --dynamic runs
+    from charnn.scoring.dynamic import evaluate_dynamic  # what charnn eval --dynamic runs
 
     run = trained(args.dynamic_corpus, work, "shakespeare", max_time=args.dynamic_time)
     model, tok = build_from_checkpoint(load_checkpoint(Path(run["run"]) / "best.pt"))

@@ -22,7 +22,7 @@ import torch
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from charnn.config import DynamicConfig
-from charnn.dynamic import adapt, score_static
+from charnn.scoring.dynamic import adapt, score_static
 
 
 def floats(text: str):

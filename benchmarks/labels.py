@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import cpu_features, cpu_name  # noqa: E402
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint  # noqa: E402
-from charnn.classify import Classifier  # noqa: E402
+from charnn.scoring.classify import Classifier  # noqa: E402
 from charnn.data.labels import load_labelled  # noqa: E402
 from charnn.text.tokenizer import start_id  # noqa: E402
 

@@ -1,7 +1,7 @@
 """The baseline charnn is measured against: a plain PyTorch LSTM loop, as a user would write it from the
 PyTorch examples (fp32 nn.LSTM, random windows, Adam, fixed LR), trained for a time budget.
 
-Its val loss is scored by charnn's own scorer (charnn.evaluate.score_ids) on the same split, so the two
+Its val loss is scored by charnn's own scorer (charnn.scoring.evaluate.score_ids) on the same split, so the two
 numbers compare. Prints a table and writes JSON.
 
     python benchmarks/plain_lstm.py --budget 300 [--hidden 512 --layers 2 --batch 32 --seq 128 --lr 2e-3]
@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from charnn.data.batches import split_text
-from charnn.evaluate import score_ids
+from charnn.scoring.evaluate import score_ids
 from charnn.text.tokenizer import CharTokenizer
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"

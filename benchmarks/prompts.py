@@ -32,6 +32,7 @@ import torch
 from common import cpu_features, cpu_name
 
 import charnn
+from charnn.config import SamplingParams
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.prefill import forward_chunks, prefill
 from charnn.generation.prompt import start_ids
@@ -80,9 +81,9 @@ def pauses(m, prime: str, length: int = 2000) -> dict:
     """The generating row's longest gap between outputs, with and without a long prime loading beside it."""
     def run(with_prime: bool) -> float:
         b = Batcher(m.net, m.tokenizer, m.device, capacity=2)
-        live = b.add(RowSpec(prompt="\n", length=length, seed=1))
+        live = b.add(RowSpec(prompt="\n", length=length, sampling=SamplingParams(seed=1)))
         if with_prime:
-            b.add(RowSpec(prompt=prime, length=1, seed=2))
+            b.add(RowSpec(prompt=prime, length=1, sampling=SamplingParams(seed=2)))
         last, worst = time.perf_counter(), 0.0
         while live.finish_reason is None:
             out = b.step(8)

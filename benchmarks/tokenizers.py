@@ -31,7 +31,7 @@ from charnn.checkpoint import build_from_checkpoint, load_checkpoint  # noqa: E4
 from charnn.config import ModelConfig, SampleConfig, TrainConfig  # noqa: E402
 from charnn.data.batches import split_text  # noqa: E402
 from charnn.data.corpus import Corpus, read_text  # noqa: E402
-from charnn.evaluate import EvalResult  # noqa: E402
+from charnn.scoring.evaluate import EvalResult  # noqa: E402
 from charnn.generation.sampler import generate  # noqa: E402
 from charnn.training.trainer import train  # noqa: E402
 
@@ -57,7 +57,7 @@ def run_one(kind: str, vocab, text: str, args, out: str) -> dict:
     result = train(Corpus(text, name, args.corpus), model_cfg, cfg, on_event)
     data = load_checkpoint(result.run_dir / "best.pt")
     model, tok = build_from_checkpoint(data)
-    # training scored the val split with charnn.evaluate (nats per character); recount its tokens and
+    # training scored the val split with charnn.scoring.evaluate (nats per character); recount its tokens and
     # characters rather than scoring it a second time
     _, val_text = split_text(text, args.val_frac)
     val_ids = tok.encode(val_text)

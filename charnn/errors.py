@@ -14,3 +14,11 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     one-line error quotes from a library's multi-line message."""
     lines = str(e).strip().splitlines()
     return (lines[0] if lines else type(e).__name__)[:limit]
+
+
+class ParamError(ConfigError):
+    """A setting out of range or of the wrong type; `param` names it (the server's error JSON carries it)."""
+
+    def __init__(self, message: str, param=None):
+        super().__init__(message)
+        self.param = param

@@ -14,6 +14,7 @@ import charnn
 from charnn.api import ParamError
 from charnn.config import SampleConfig
 from charnn.errors import CharnnError, ConfigError
+from charnn.config import SamplingParams
 from charnn.generation.batcher import Batcher, RowSpec, StopCut
 from charnn.generation.sampler import Sampler
 
@@ -79,20 +80,20 @@ def test_generate_n_stop_stream_and_greedy(model):
 
 def test_rows_joining_and_leaving_do_not_change_a_rows_text(model):
     alone = Batcher(model.net, model.tokenizer, model.device, capacity=1)
-    row = alone.add(RowSpec("the cat", length=120, seed=3))
+    row = alone.add(RowSpec("the cat", length=120, sampling=SamplingParams(seed=3)))
     text = ""
     while alone.active:
         text += "".join(piece for r, piece in alone.step())
     assert len(text) == 120 and row.finish_reason == "length"
 
     b = Batcher(model.net, model.tokenizer, model.device, capacity=16)
-    early = [b.add(RowSpec("a dog", length=30, seed=s)) for s in range(3)]  # leave after 30 tokens
+    early = [b.add(RowSpec("a dog", 30, SamplingParams(seed=s))) for s in range(3)]  # leave after 30 tokens
     mine, got = None, ""
     for step in range(200):
         if step == 3:
-            mine = b.add(RowSpec("the cat", length=120, seed=3))  # joins a running batch
+            mine = b.add(RowSpec("the cat", length=120, sampling=SamplingParams(seed=3)))  # joins a running batch
         if step == 5:
-            late = [b.add(RowSpec("", length=50, seed=s, temperature=0.5, top_k=3)) for s in range(9)]  # grows it
+            late = [b.add(RowSpec("", 50, SamplingParams(0.5, top_k=3, seed=s))) for s in range(9)]  # grows it
         got += "".join(piece for r, piece in b.step(1 + step % 8) if r is mine)  # 1 to 8 tokens a call
         if not b.active:
             break
@@ -104,12 +105,12 @@ def test_rows_joining_and_leaving_do_not_change_a_rows_text(model):
 
 def test_a_removed_row_frees_its_slot_and_the_others_carry_on(model):
     ref = Batcher(model.net, model.tokenizer, model.device, capacity=2)
-    ref.add(RowSpec("the", length=60, seed=1))
+    ref.add(RowSpec("the", length=60, sampling=SamplingParams(seed=1)))
     want = ""
     while ref.active:
         want += "".join(p for _, p in ref.step())
     b = Batcher(model.net, model.tokenizer, model.device, capacity=2)
-    gone, kept = b.add(RowSpec("a dog", length=60, seed=2)), b.add(RowSpec("the", length=60, seed=1))
+    gone, kept = b.add(RowSpec("a dog", 60, SamplingParams(seed=2))), b.add(RowSpec("the", 60, SamplingParams(seed=1)))
     got = ""
     for step in range(100):
         if step == 5:

@@ -19,13 +19,13 @@ import torch
 import torch.multiprocessing as mp
 from conftest import TINY_MODEL, free_port, make_text, subprocess_env, wait_for_save
 
-from charnn import evaluate
+from charnn.scoring import evaluate
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.batches import StreamBatches
 from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError
-from charnn.evaluate import evaluate_text, score_ids
+from charnn.scoring.evaluate import evaluate_text, score_ids
 from charnn.training.distributed import Dist
 from charnn.training.metrics import read_metrics
 from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted

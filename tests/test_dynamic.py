@@ -1,4 +1,4 @@
-"""Dynamic evaluation (charnn/dynamic.py): it adapts, scores every token once before stepping on it, leaves
+"""Dynamic evaluation (charnn/scoring/dynamic.py): it adapts, scores every token once before stepping on it, leaves
 the checkpoint alone, is deterministic, and drives `charnn eval --dynamic` and `charnn sample --adapt`."""
 
 import hashlib
@@ -13,9 +13,9 @@ import charnn
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
 from charnn.config import DynamicConfig, ModelConfig
-from charnn.dynamic import adapt, evaluate_dynamic, score_static
+from charnn.scoring.dynamic import adapt, evaluate_dynamic, score_static
 from charnn.errors import ConfigError
-from charnn.evaluate import evaluate_text
+from charnn.scoring.evaluate import evaluate_text
 from charnn.models.lm import CharRNN
 from charnn.text.tokenizer import CharTokenizer
 

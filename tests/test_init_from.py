@@ -14,7 +14,7 @@ from charnn.cli import app
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError
-from charnn.evaluate import evaluate_text
+from charnn.scoring.evaluate import evaluate_text
 from charnn.training.init_from import FINETUNE_LR
 from charnn.training.trainer import Trainer
 from conftest import TINY_MODEL, TINY_TRAIN, make_text, one_line_error

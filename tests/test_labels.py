@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
-from charnn.classify import Classifier
+from charnn.scoring.classify import Classifier
 from charnn.cli import app
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.batches import IGNORE, DocumentBatches, StreamBatches

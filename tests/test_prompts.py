@@ -14,6 +14,7 @@ from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig
 from charnn.generation import batcher as batcher_mod
 from charnn.generation import prefill as prefill_mod
+from charnn.config import SamplingParams
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.prefill import forward_chunks, prefill, run, same_state
 from charnn.generation.prompt import start_ids
@@ -188,14 +189,14 @@ def test_a_long_prompt_loads_between_the_other_rows_steps(loaded, monkeypatch):
     monkeypatch.setattr(batcher_mod, "CHUNK", 64)
     monkeypatch.setattr(prefill_mod, "CHUNK", 64)
     alone = Batcher(model, tok, CPU, capacity=4)
-    alone.add(RowSpec(prompt="the", length=300, seed=5))
+    alone.add(RowSpec(prompt="the", length=300, sampling=SamplingParams(seed=5)))
     solo = "".join(p for _ in range(300) for _, p in alone.step(1))
 
     b = Batcher(model, tok, CPU, capacity=4)
-    first = b.add(RowSpec(prompt="the", length=300, seed=5))
+    first = b.add(RowSpec(prompt="the", length=300, sampling=SamplingParams(seed=5)))
     long_prompt = "the dog ran to the red barn while birds sang\n" * 40  # 1,800 characters: 29 chunks of 64
     lengths = counted(monkeypatch, model)
-    second = b.add(RowSpec(prompt=long_prompt, length=20, seed=1))
+    second = b.add(RowSpec(prompt=long_prompt, length=20, sampling=SamplingParams(seed=1)))
     assert second.slot == -1 and b.active == 2 and len(b.rows) == 1 and lengths == []
     text, steps_while_loading = {id(first): "", id(second): ""}, 0
     for _ in range(300):
@@ -212,7 +213,7 @@ def test_a_long_prompt_loads_between_the_other_rows_steps(loaded, monkeypatch):
     assert len(text[id(second)]) == 20 and second.finish_reason == "length"
     monkeypatch.undo()
     ref = Batcher(model, tok, CPU, capacity=1)
-    ref.add(RowSpec(prompt=long_prompt, length=20, seed=1))
+    ref.add(RowSpec(prompt=long_prompt, length=20, sampling=SamplingParams(seed=1)))
     assert "".join(p for _ in range(20) for _, p in ref.step(1)) == text[id(second)]
 
 
@@ -221,7 +222,7 @@ def test_rows_of_one_long_prompt_share_its_prefill_and_a_cancelled_one_leaves(lo
     long_prompt = "the cat sat on a mat\n" * 200
     b = Batcher(model, tok, CPU, capacity=4)
     lengths = counted(monkeypatch, model)
-    rows = [b.add(RowSpec(prompt=long_prompt, length=10, seed=i)) for i in range(3)]
+    rows = [b.add(RowSpec(prompt=long_prompt, length=10, sampling=SamplingParams(seed=i))) for i in range(3)]
     assert b.active == 3 and len(b.loading) == 1
     b.remove(rows[1])
     assert b.active == 2 and rows[1] not in b.all_rows

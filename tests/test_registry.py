@@ -13,7 +13,7 @@ from conftest import make_text
 
 import charnn
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
-from charnn.config import LMConfig, ModelConfig, Seq2SeqConfig, TrainConfig
+from charnn.config import LMConfig, ModelConfig, SamplingParams, Seq2SeqConfig, TrainConfig
 from charnn.data.corpus import Corpus
 from charnn.errors import CharnnError, ConfigError
 from charnn.generation.batcher import Batcher, RowSpec
@@ -83,7 +83,7 @@ def test_the_toy_kind_samples_through_the_batcher(bag_run):
     model = charnn.load(out / "bag", device="cpu")
     b = Batcher(model.net, model.tokenizer, torch.device("cpu"), capacity=4)
     assert isinstance(b.stepper, ModuleStepper)
-    rows = [b.add(RowSpec(prompt=p, length=30, temperature=t, seed=s))
+    rows = [b.add(RowSpec(prompt=p, length=30, sampling=SamplingParams(temperature=t, seed=s)))
             for p, t, s in (("the ", 0.0, 0), ("", 1.0, 1), ("a cat", 0.8, 2))]
     texts = {id(r): "" for r in rows}
     while b.active:

@@ -16,6 +16,7 @@ from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig
 from charnn.errors import CharnnError
+from charnn.config import SamplingParams
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.draw import filter_logits, gumbel_noise
 from charnn.generation.sampler import Sampler
@@ -51,17 +52,17 @@ def test_stepper_matches_full_forward(cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_stepper_continues_from_a_forward_state_with_scale_and_ban(cell):
+def test_stepper_continues_from_a_forward_state_with_a_ban(cell):
     model = tiny_model(cell, layers=2, seed=2)
     ids = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
     want = full_forward_logits(model, ids)[-1]
     with torch.inference_mode():
         _, state = model(torch.tensor([ids[:-1]]))
-    stepper = FastStepper(model, batch=2, logit_scale=0.5, banned=[0])
+    stepper = FastStepper(model, batch=2, banned=[0])
     stepper.load_state(state)
     got = stepper.step(torch.tensor([ids[-1]] * 2))
     assert torch.isinf(got[:, 0]).all() and (got[:, 0] < 0).all()
-    assert (got[:, 1:] - 0.5 * want[1:]).abs().max().item() < 1e-5
+    assert (got[:, 1:] - want[1:]).abs().max().item() < 1e-5
 
 
 def test_models_the_fast_stepper_does_not_cover_step_through_their_module():
@@ -328,11 +329,11 @@ def test_rows_joining_or_leaving_drop_the_recorded_block(ckpt, monkeypatch):
     model, tok = model_and_tokenizer(ckpt)
     captures = fake_cuda(monkeypatch)
     batcher = Batcher(model, tok, torch.device("cpu"), capacity=4, block=4, graphs=True)
-    first = batcher.add(RowSpec(prompt="the ", length=40, seed=1))
+    first = batcher.add(RowSpec(prompt="the ", length=40, sampling=SamplingParams(seed=1)))
     for _ in range(3):
         batcher.step(4)  # the first full block runs as is, the second records, the third replays
     assert captures == [(1, 4)] and batcher.graph is not None
-    batcher.add(RowSpec(prompt="an", length=40, seed=2))
+    batcher.add(RowSpec(prompt="an", length=40, sampling=SamplingParams(seed=2)))
     assert batcher.graph is None
     batcher.step(4)
     batcher.step(4)

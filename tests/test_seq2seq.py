@@ -18,10 +18,10 @@ from charnn.cli import app
 from charnn.config import ModelConfig, TrainConfig, TransduceConfig
 from charnn.data.pairs import PairBatches, encode_side, load_pairs, read_pairs
 from charnn.errors import CharnnError
-from charnn.evaluate import pair_nats
+from charnn.scoring.evaluate import pair_nats
 from charnn.generation.seq2seq import Transducer
 from charnn.models.seq2seq import Seq2Seq
-from charnn.reports.pairs import edit_distance
+from charnn.scoring.pairs import edit_distance
 from charnn.text.tokenizer import CharTokenizer, start_id
 from charnn.training.trainer import Trainer
 from conftest import one_line_error, subprocess_env

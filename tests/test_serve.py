@@ -304,6 +304,7 @@ def test_a_failing_generation_step_fails_its_requests_and_the_engine_carries_on(
     import asyncio
 
     import charnn
+    from charnn.config import SamplingParams
     from charnn.generation.batcher import RowSpec
     from charnn.serve.engine import FAILED, Engine, Job
 
@@ -320,11 +321,11 @@ def test_a_failing_generation_step_fails_its_requests_and_the_engine_carries_on(
     try:
         real = engine.batcher.step
         monkeypatch.setattr(engine.batcher, "step", lambda tokens=1: 1 / 0)
-        failed = asyncio.run(run([RowSpec("the", 50, seed=1)]))
+        failed = asyncio.run(run([RowSpec("the", 50, SamplingParams(seed=1))]))
         assert failed[-1][0] == -1 and failed[-1][2] == FAILED and "ZeroDivisionError" in failed[-1][1]
         assert engine.batcher.active == 0 and engine.rows_reserved == 0
         monkeypatch.setattr(engine.batcher, "step", real)
-        done = asyncio.run(run([RowSpec("the", 5, seed=1)]))  # the next request is served as usual
+        done = asyncio.run(run([RowSpec("the", 5, SamplingParams(seed=1))]))  # the next request is served as usual
         assert "".join(u[1] for u in done) == charnn.load(trained_run.run_dir, device="cpu").generate(
             "the", length=5, seed=1) and done[-1][2] == "length"
     finally:

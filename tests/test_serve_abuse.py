@@ -101,6 +101,7 @@ def test_a_job_that_cannot_start_fails_alone(trained_run, model, monkeypatch):
     import asyncio
 
     from charnn.api.params import ParamError
+    from charnn.config import SamplingParams
     from charnn.generation.batcher import RowSpec
     from charnn.serve.engine import FAILED, Engine, Job
 
@@ -122,7 +123,8 @@ def test_a_job_that_cannot_start_fails_alone(trained_run, model, monkeypatch):
 
     async def both():
         loop = asyncio.get_running_loop()
-        good, bad = Job([RowSpec("the", 3000, seed=1)], loop), Job([RowSpec("boom", 50, seed=1)], loop)
+        good = Job([RowSpec("the", 3000, SamplingParams(seed=1))], loop)
+        bad = Job([RowSpec("boom", 50, SamplingParams(seed=1))], loop)
         engine.submit(good)
         first = await asyncio.wait_for(good.updates.get(), 60)  # the good job is in the batch
         engine.submit(bad)
@@ -134,7 +136,7 @@ def test_a_job_that_cannot_start_fails_alone(trained_run, model, monkeypatch):
         assert good[-1][2] == "length" and all(u[2] != FAILED for u in good)
         assert "".join(u[1] for u in good) == model.generate("the", length=3000, seed=1)
         with pytest.raises(ParamError, match="top_k"):  # a row the step could not draw is refused at the door
-            engine.submit(Job([RowSpec("the", 5, top_k=True)], None))
+            engine.submit(Job([RowSpec("the", 5, SamplingParams(top_k=True, seed=0))], None))
         assert engine.rows_reserved == 0 and engine.batcher.active == 0
     finally:
         engine.close()

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from charnn.cli import app
 from charnn.config import ModelConfig, SampleConfig, TrainConfig
 from charnn.data.corpus import Corpus
-from charnn.evaluate import evaluate_text
+from charnn.scoring.evaluate import evaluate_text
 from charnn.generation.sampler import generate
 from charnn.text import subword
 from charnn.text.subword import SentencePieceTokenizer, sentences, training_sample

@@ -6,7 +6,7 @@ from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.batches import split_text
 from charnn.data.corpus import Corpus
-from charnn.evaluate import evaluate_text
+from charnn.scoring.evaluate import evaluate_text
 from charnn.training.trainer import lr_at, train
 
 

@@ -18,9 +18,9 @@ from charnn.api.params import GenerationParams, ParamError
 from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
-from charnn.dynamic import adapt as adapted_copy
+from charnn.scoring.dynamic import adapt as adapted_copy
 from charnn.errors import CharnnError
-from charnn.evaluate import EvalResult, evaluate_text
+from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 from charnn.generation.prefill import forward_chunks
 from charnn.generation.prompt import start_ids
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 class Model:
     """A trained model and its tokenizer, ready to generate and score text. Make one with `charnn.load`."""
+
+    kind = "lm"  # a language model (`charnn.load` gives a Seq2SeqModel, kind "seq2seq", for a --pairs one)
 
     def __init__(self, model, tokenizer, device: torch.device, path: Path, data: Optional[dict] = None,
                  int8: bool = False):
@@ -46,6 +48,7 @@ class Model:
         self.step, self.best_val_loss = data.get("step"), data.get("best_val_loss")
         self.labels: Optional[dict] = data.get("labels")  # --label-by: names, training sizes (None: no labels)
         self.label: Optional[str] = None  # set on the Model that `for_label` returns
+        self.adaptation = None  # set on the Model that `adapt` returns: its `result` while adapting, `seconds`
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.path}, on {self.device})"
@@ -134,13 +137,15 @@ class Model:
         segment default to `charnn eval --dynamic`'s."""
         given = {k: v for k, v in {"lr": lr, "decay": decay, "segment": segment}.items() if v is not None}
         adapted = adapted_copy(self.net, self.tokenizer, text, self.device, DynamicConfig(**given))
-        return Model(adapted.model, self.tokenizer, self.device, self.path,
-                     {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
+        model = Model(adapted.model, self.tokenizer, self.device, self.path,
+                      {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
+        model.adaptation = adapted
+        return model
 
     def for_label(self, name: str) -> "Model":
         """A model trained with --label-by, as label `name` (`charnn sample --label`): generate, stream and score
         in that label's voice. This model is left as it was."""
-        from charnn.classify import label_id
+        from charnn.scoring.classify import label_id
 
         labelled = Model(self.net.for_label(label_id(self.labels, name)), self.tokenizer, self.device, self.path,
                          {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
@@ -151,7 +156,7 @@ class Model:
         """`charnn classify --json` for each text: the most likely `label`, and every label's log-likelihood
         (nats), nats/char and posterior, by Bayes' rule with the training label frequencies as the prior (or
         a uniform one). A string gives one dict, a list a list."""
-        from charnn.classify import Classifier
+        from charnn.scoring.classify import Classifier
 
         one = isinstance(texts, str)
         scores = Classifier(self.net, self.tokenizer, self.labels, self.device, uniform_prior).classify(

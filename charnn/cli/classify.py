@@ -38,7 +38,7 @@ def classify(
 ):
     """Say which label each line most likely came from (a model trained with --label-by)."""
     from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-    from charnn.classify import Classifier
+    from charnn.scoring.classify import Classifier
     from charnn.data.corpus import read_text
     from charnn.device import resolve_device
 

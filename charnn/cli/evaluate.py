@@ -38,9 +38,9 @@ def evaluate(
     from charnn.checkpoint import build_from_checkpoint, is_seq2seq, load_checkpoint, resolve_checkpoint
     from charnn.errors import ConfigError
     from charnn.device import resolve_device
-    from charnn.dynamic import combine_dynamic, evaluate_dynamic
-    from charnn.classify import label_id
-    from charnn.evaluate import combine, evaluate_labels, evaluate_text
+    from charnn.scoring.dynamic import combine_dynamic, evaluate_dynamic
+    from charnn.scoring.classify import label_id
+    from charnn.scoring.evaluate import combine, evaluate_labels, evaluate_text
 
     with user_errors():
         ckpt, files = split_checkpoint(paths, needs=1)

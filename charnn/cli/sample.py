@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import sys
 from typing import Annotated, Optional
 
@@ -53,9 +52,8 @@ def sample(
     quiet: Quiet = False,
 ):
     """Generate text from a trained model; stdout carries the text and nothing else."""
-    from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-    from charnn.classify import label_id
-    from charnn.device import resolve_device
+    from charnn.api.model import load
+    from charnn.checkpoint import SEQ2SEQ_HINT
     from charnn.generation.prompt import read_prime
     from charnn.generation.sampler import Sampler
 
@@ -67,43 +65,44 @@ def sample(
                            stop=None if stop is None else unescape(stop), seed=seed, device=device,
                            int8=int8).validate()
         adapting = dynamic_config(adapt is not None, "--adapt", dynamic_lr, dynamic_decay, segment)
-        dev = resolve_device(cfg.device)
-        path = resolve_checkpoint(checkpoint)
+        model = load(checkpoint, cfg.device, cfg.int8)  # the loader of the Python API and the server
+        if model.kind != "lm":
+            raise CharnnError(f"this checkpoint {SEQ2SEQ_HINT}")
         if prime_file is not None:
             cfg.prime = read_prime(prime_file)
-        data = load_checkpoint(path)
-        model, tokenizer = build_from_checkpoint(data, dev)
         if label is not None:  # the label folded into the embedding: every sampler path serves it as is
-            model = model.for_label(label_id(data.get("labels"), label))
+            model = model.for_label(label)
         if adapt is not None:
-            model = _adapt(model, tokenizer, adapt, cfg.unknown, adapting, dev, quiet)
-        used_seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
-        sampler = Sampler(model, tokenizer, cfg, dev, used_seed)
+            model = _adapt(model, adapt, cfg.unknown, adapting, quiet)
+        used_seed = cfg.sampling.seeded().seed
+        sampler = Sampler(model.net, model.tokenizer, cfg, model.device, used_seed)
         if not quiet:
             if sampler.skipped:
                 err.print(f"note: dropped from the prime (not in the vocabulary): "
                           f"{', '.join(repr(c) for c in sampler.skipped[:10])}")
-            err.print(f"sampling {path}{f' as {label!r}' if label is not None else ''} on {dev}, seed {used_seed}")
+            err.print(f"sampling {model.path}{f' as {label!r}' if label is not None else ''} on {model.device}, "
+                      f"seed {used_seed}")
         _stream(sampler, quiet)
 
 
-def _adapt(model, tokenizer, path: str, unknown: str, cfg, dev, quiet: bool):
-    """The model after dynamic evaluation over the file at `path` (a copy: the loaded weights are left as
-    they are); characters it does not know are an error or, with --unknown skip, dropped (a note says which)."""
+def _adapt(model, path: str, unknown: str, cfg, quiet: bool):
+    """The model after dynamic evaluation over the file at `path` (`Model.adapt`: a copy, the loaded weights are
+    left as they are); characters it does not know are an error or, with --unknown skip, dropped (a note says
+    which)."""
     from charnn.data.corpus import read_text
-    from charnn.dynamic import adapt
     from charnn.generation.prompt import clean_prime
 
-    text, skipped = clean_prime(tokenizer, read_text(path, "adapt file"), unknown, what=f"--adapt {path!r}")
+    text, skipped = clean_prime(model.tokenizer, read_text(path, "adapt file"), unknown, what=f"--adapt {path!r}")
     if not text:
         raise CharnnError(f"--adapt {path!r} has no characters the model knows")
-    adapted = adapt(model, tokenizer, text, dev, cfg)
+    adapted = model.adapt(text, cfg.lr, cfg.decay, cfg.segment)
     if not quiet:
+        done = adapted.adaptation
         if skipped:
             err.print(f"note: dropped from --adapt (not in the vocabulary): {', '.join(repr(c) for c in skipped[:10])}")
-        err.print(f"adapted to {path}: {adapted.result.chars:,} characters in {adapted.seconds:.2f}s "
-                  f"({adapted.result.nats_per_char:.4f} nats/char while adapting)", markup=False)
-    return adapted.model
+        err.print(f"adapted to {path}: {done.result.chars:,} characters in {done.seconds:.2f}s "
+                  f"({done.result.nats_per_char:.4f} nats/char while adapting)", markup=False)
+    return adapted
 
 
 def _stream(sampler, quiet: bool) -> None:

@@ -14,6 +14,7 @@ Label id 0 means "no label" (the model's unconditional path); labels are 1..N in
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -257,3 +258,13 @@ def prepare_labelled(text: LabelledText, kind: str = "char", vocab_size: Optiona
                     # documents of file and folder labels stream, their state carried as any corpus's
                     train_doc_lengths=train.lengths if text.by == "line" else None,
                     val_doc_lengths=val.lengths if text.by == "line" else None)
+
+
+def log_prior(labels: dict, uniform: bool = False) -> np.ndarray:
+    """log p(label): uniform, or the training frequencies (documents for line labels, else characters)."""
+    n = len(labels["names"])
+    if uniform:
+        return np.full(n, -math.log(n))
+    counts = np.asarray(labels["train_docs"] if labels.get("by") == "line" else labels["train_chars"], dtype=float)
+    counts = np.maximum(counts, 1e-9)
+    return np.log(counts / counts.sum())

@@ -20,18 +20,19 @@ API and `charnn serve` all draw their tokens here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import time
 
 import numpy as np
 import torch
 
+from charnn.config import SamplingParams
 from charnn.errors import CharnnError, first_line
-from charnn.generation.draw import NOISE_FLOATS, filter_logits, gumbel_noise, safe_temperature
+from charnn.generation.draw import NOISE_FLOATS, filter_logits, gumbel_noise, temper
 from charnn.generation.prefill import CHUNK, prefill, run
 from charnn.generation.prompt import heal, start_ids
-from charnn.generation.stops import StopCut
+from charnn.generation.stop import StopCut
 from charnn.models import registry
 from charnn.models.stepper import FastStepper, ModuleStepper
 
@@ -48,11 +49,8 @@ class RowSpec:
 
     prompt: str = ""  # text to condition on (not part of the output)
     length: int = 500  # characters to generate
-    temperature: float = 1.0  # softmax temperature; 0 means greedy (always the most likely token)
-    top_k: Optional[int] = None  # draw only from the k most likely tokens
-    top_p: Optional[float] = None  # draw only from the smallest set of tokens whose probability reaches p
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(seed=0))  # its seed: the row's noise's
     stop: Tuple[str, ...] = ()  # end right before the first occurrence of any of these (not included)
-    seed: int = 0  # seed of this row's Gumbel noise
     heal: bool = True  # subword models: complete the prompt's last piece in the first draw (see prompt.heal)
 
 
@@ -344,18 +342,20 @@ class Batcher:
     def _plan(self, rows: List[Row]) -> tuple:
         """The rows' draw settings as tensors: (n, 1) temperatures (None: all 1), filter groups, and for the
         noise each row's seed, draws so far (advanced as blocks are drawn) and the greedy rows (None: none);
-        made again only after rows joined or left."""
-        temps = [safe_temperature(r.spec.temperature) or 1.0 for r in rows]
+        made again only after rows joined or left. A greedy row takes the argmax: no noise, and no temperature
+        (it is divided by 1, so one division serves the whole batch)."""
+        params = [r.spec.sampling for r in rows]
+        temps = [1.0 if p.greedy else p.temperature for p in params]
         scale = None if all(t == 1.0 for t in temps) else torch.tensor(temps, device=self.device)[:, None]
         groups: Dict[tuple, List[int]] = {}
-        for i, r in enumerate(rows):
-            if r.spec.top_k is not None or r.spec.top_p is not None:
-                groups.setdefault((r.spec.top_k, r.spec.top_p), []).append(i)
+        for i, p in enumerate(params):
+            if p.top_k is not None or p.top_p is not None:
+                groups.setdefault((p.top_k, p.top_p), []).append(i)
         filters = [(k, p, None if len(idx) == len(rows) else torch.tensor(idx, device=self.device))
                    for (k, p), idx in groups.items()]
-        seeds = torch.tensor([r.spec.seed for r in rows], dtype=torch.long, device=self.device)
+        seeds = torch.tensor([p.seed for p in params], dtype=torch.long, device=self.device)
         drawn = torch.tensor([r.tokens for r in rows], dtype=torch.long, device=self.device)
-        greedy = [i for i, r in enumerate(rows) if safe_temperature(r.spec.temperature) == 0]
+        greedy = [i for i, p in enumerate(params) if p.greedy]
         return scale, filters, seeds, drawn, torch.tensor(greedy, device=self.device) if greedy else None
 
     def _draw(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
@@ -364,7 +364,7 @@ class Batcher:
         if scale is None and not filters and not self.healing:  # the common case, with the fewest calls per token
             torch.argmax(logits.add_(noise), dim=-1, out=out)
             return
-        x = logits.div_(scale) if scale is not None else logits  # in place: the stepper writes them anew each step
+        x = temper(logits, scale) if scale is not None else logits  # in place: the stepper writes them anew each step
         if self.healing:  # before top-k/top-p, as sample always did: the filters then choose among the allowed
             for i, r in enumerate(self.rows):
                 if r.allowed is not None:  # token healing: the first draw completes the piece taken back

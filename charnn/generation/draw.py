@@ -1,7 +1,7 @@
 """Drawing tokens: decoding filters and seeded Gumbel noise.
 
-Decoding is temperature, then top-k, then top-p, then a Gumbel-max draw (argmax of logits + Gumbel noise: an
-exact sample from the softmax). The noise is a counter-based hash of (seed, draw, token): a seed reproduces
+Decoding is temperature (`temper`), then top-k, then top-p, then a Gumbel-max draw (argmax of logits + Gumbel
+noise: an exact sample from the softmax). The noise is a counter-based hash of (seed, draw, token): a seed reproduces
 the output byte for byte, whatever else is in the batch, however many tokens a step draws, on any device.
 `charnn.generation.batcher` runs the loop that steps the model and draws.
 """
@@ -13,7 +13,6 @@ from typing import Optional
 import torch
 
 NOISE_FLOATS = 1 << 20  # a block of Gumbel noise holds at most about this many numbers
-MIN_TEMPERATURE = 1e-30  # below it, logits (|x| < 1e8) / temperature could overflow float32: drawn greedily
 
 
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
@@ -31,10 +30,11 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
     return logits
 
 
-def safe_temperature(temperature: float) -> float:
-    """The temperature to draw with: 0 (greedy) for one so small that logits / temperature would overflow
-    float32 (below MIN_TEMPERATURE), where infinities tie and the first of them, not the most likely, was drawn."""
-    return 0.0 if temperature < MIN_TEMPERATURE else temperature
+def temper(logits: torch.Tensor, temperature) -> torch.Tensor:
+    """(n, V) logits / temperature, in place: a float, or (n, 1) one per row. The one place logits are divided
+    (the Batcher's draw and sampling from an encoder-decoder); greedy draws are never divided (see
+    `charnn.config.SamplingParams.greedy`)."""
+    return logits.div_(temperature)
 
 
 def _signed(c: int) -> int:

@@ -8,6 +8,7 @@ and lays their text out the way the command prints it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator, List, Optional
 
 import torch
@@ -38,9 +39,8 @@ class Sampler:
         """One row per sample. `--stop` ends a sample right after the stop string; a row ends right before it
         (OpenAI's way), so the string is put back when a row stops on it."""
         cfg = self.cfg
-        return [RowSpec(prompt=self.prime, length=cfg.length, temperature=0.0 if cfg.greedy else cfg.temperature,
-                        top_k=cfg.top_k, top_p=cfg.top_p, stop=(cfg.stop,) if cfg.stop else (), seed=self.seed + i,
-                        heal=cfg.heal) for i in range(cfg.num_samples)]
+        return [RowSpec(prompt=self.prime, length=cfg.length, sampling=replace(cfg.sampling, seed=self.seed + i),
+                        stop=(cfg.stop,) if cfg.stop else (), heal=cfg.heal) for i in range(cfg.num_samples)]
 
     def __iter__(self) -> Iterator[str]:
         cfg, n = self.cfg, self.cfg.num_samples

@@ -22,10 +22,10 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from charnn.config import TransduceConfig
+from charnn.config import SamplingParams, TransduceConfig
 from charnn.data.pairs import END, pad_sources
 from charnn.errors import CharnnError
-from charnn.generation.draw import filter_logits, gumbel_noise
+from charnn.generation.draw import filter_logits, gumbel_noise, temper
 from charnn.models.seq2seq import Seq2Seq
 from charnn.text.tokenizer import start_id
 
@@ -46,10 +46,10 @@ def _penalty(length: int, alpha: float) -> float:
 @torch.inference_mode()
 def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int, end: int, limits: Sequence[int],
            beam: int = 1, n_best: int = 1, alpha: float = 0.0, noise: Optional[List[torch.Tensor]] = None,
-           temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None) -> List[List[Tuple[float, float, List[int]]]]:
+           sampling: Optional[SamplingParams] = None) -> List[List[Tuple[float, float, List[int]]]]:
     """For each input row: its n_best (score, logprob, token ids) finished outputs, best first. `limits`:
     output tokens allowed per row (the end included). `noise` (sampling, beam 1): per row, (limit, V) Gumbel
-    noise added to the tempered, filtered logits."""
+    noise added to the logits tempered and filtered by `sampling` (not greedy: a greedy output is searched)."""
     device = source[0].device
     B, K = source[0].shape[0], beam
     memory, state = model.encode(source)
@@ -78,7 +78,7 @@ def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int
             top, idx = cand.topk(K, dim=1)  # (b, K)
             origin, tok = idx // V, idx % V
         else:  # sampling: one row per input, the draw is argmax(tempered filtered logits + noise)
-            keyed = filter_logits(logits[:, -1].float() / temperature, top_k, top_p)
+            keyed = filter_logits(temper(logits[:, -1].float(), sampling.temperature), sampling.top_k, sampling.top_p)
             keyed = torch.where(torch.isfinite(logp), keyed, torch.full_like(keyed, float("-inf")))
             keyed = keyed + torch.stack([noise[int(i)][t] for i in alive]).to(device)
             tok = keyed.argmax(-1, keepdim=True)
@@ -120,7 +120,6 @@ class Transducer:
         self.start = start_id(tokenizer)  # the newline: the decoder starts from it and ends with it
         self.src_end = start_id(source_tokenizer)
         self.max_ratio, self.exact_scores = max_ratio, exact_scores
-        self.seed = cfg.seed if cfg.seed is not None else 0
         self.offset = 0  # lines seen so far: sampling seeds each input by its position in the whole input
         self.dropped, self.emptied = 0, []  # --unknown skip: characters dropped; inputs left with none (where)
 
@@ -164,15 +163,16 @@ class Transducer:
         source = pad_sources(inputs)
         limits = [self.limit(len(s)) for s in inputs]
         rows, where, noise = list(range(len(inputs))), list(range(len(inputs))), None
-        if c.sampling:  # n_best samples: each input n_best times, each copy with its own noise
+        sampling = c.sampling
+        if sampling is not None:  # n_best samples: each input n_best times, each copy with its own noise
             rows = [r for r in range(len(inputs)) for _ in range(c.n_best)]
             where = [positions[r] * c.n_best + j for r in range(len(inputs)) for j in range(c.n_best)]
-            noise = [_noise(self.seed, w, limits[r], self.tok.vocab_size) for r, w in zip(rows, where)]
+            noise = [_noise(sampling.seed, w, limits[r], self.tok.vocab_size) for r, w in zip(rows, where)]
             source = (source[0][rows], source[1][rows])
             limits = [limits[r] for r in rows]
         src = (source[0].to(self.device), source[1])
-        found = search(self.model, src, self.start, self.start, limits, 1 if c.sampling else c.beam,
-                       1 if c.sampling else c.n_best, c.length_penalty, noise, c.temperature or 1.0, c.top_k, c.top_p)
+        found = search(self.model, src, self.start, self.start, limits, 1 if sampling else c.beam,
+                       1 if sampling else c.n_best, c.length_penalty, noise, sampling)
         out: List[List[Hypothesis]] = [[] for _ in inputs]
         for r, hyps in zip(rows, found):
             out[r] += [Hypothesis(self.tok.decode(ids), lp, score) for score, lp, ids in hyps]
@@ -183,7 +183,7 @@ class Transducer:
         come from batches whose makeup (and so the last bits of every matmul) depends on --batch-size, and
         printed scores must not."""
         from charnn.data.pairs import encode_side, pair_batch
-        from charnn.models.score import row_nats
+        from charnn.scoring.rows import row_nats
 
         for h in hyps:
             x, y, source = pair_batch([encoded], encode_side(self.tok, [h.text]), self.start)

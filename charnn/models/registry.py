@@ -129,7 +129,7 @@ def _lm_line(m: dict) -> str:
 
 
 def _fast_stepper(model: nn.Module, rows: int, banned=(), int8: bool = False) -> FastStepper:
-    return FastStepper(model, rows, 1.0, banned, int8=int8)
+    return FastStepper(model, rows, banned, int8=int8)
 
 
 RECURRENT_FLAGS = (

@@ -45,8 +45,7 @@ def _product(w_t: torch.Tensor, bias: Optional[torch.Tensor], kind: str, batch: 
 class FastStepper:
     """The same computation as the model's forward, one token per call, from pre-arranged weights."""
 
-    def __init__(self, model: nn.Module, batch: int, logit_scale: float = 1.0, banned: Sequence[int] = (),
-                 int8: bool = False):
+    def __init__(self, model: nn.Module, batch: int, banned: Sequence[int] = (), int8: bool = False):
         if not _supported(model):
             raise NotImplementedError("FastStepper covers single-direction LSTM/GRU/tanh-RNN CharRNNs")
         rnn, cfg = model.rnn, model.config
@@ -72,8 +71,8 @@ class FastStepper:
             bias = model.head.bias.detach().clone()
             if banned:
                 bias[list(banned)] = float("-inf")  # never drawn, at no cost per step
-            self.w_head = (model.head.weight.detach() * logit_scale).t().contiguous()  # (H, V)
-            self.b_head = bias * logit_scale
+            self.w_head = model.head.weight.detach().t().contiguous()  # (H, V)
+            self.b_head = bias
             # The recurrent products, as functions of (x, out): fp32 addmm, or int8 weights times the int8
             # codes of the hidden states. The head stays fp32 (it is small, and the logits are what the draw sees).
             self.kernel = int8_kernel() if int8 else "fp32"

@@ -10,9 +10,9 @@ import math
 from typing import List, Optional
 
 from charnn.checkpoint import load_checkpoint, non_finite_tensors, resolve_checkpoint
-from charnn.classify import per_label_table
 from charnn.config import KINDS
 from charnn.models import registry
+from charnn.scoring.classify import per_label_table
 from charnn.text.tokenizer import tokenizer_from_state
 from charnn.training.metrics import CONFIG_FILE, METRICS_FILE, finite, read_metrics
 

@@ -5,55 +5,17 @@ accuracy, character error rate and, where targets are space-separated symbols (p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import List, Sequence
+from dataclasses import replace
+from typing import List
 
 import numpy as np
 
 from charnn.config import TransduceConfig
 from charnn.data.pairs import PairFile, encode_side
-from charnn.evaluate import pair_nats
+from charnn.scoring.evaluate import pair_nats
+from charnn.scoring.pairs import PairScore, edit_distance
 from charnn.generation.seq2seq import Transducer
 from charnn.text.tokenizer import start_id
-
-
-def edit_distance(a: Sequence, b: Sequence) -> int:
-    """Levenshtein distance (insertions, deletions and substitutions cost 1) between two sequences."""
-    if len(a) < len(b):
-        a, b = b, a
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            cur = row[j]
-            row[j] = min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-            prev = cur
-    return row[-1]
-
-
-@dataclass
-class PairScore:
-    pairs: int = 0
-    nats: float = 0.0
-    target_chars: int = 0  # characters of the targets, each target's end counted as one (what nats is over)
-    exact: int = 0
-    char_errors: int = 0
-    chars: int = 0  # characters of the targets (what the character error rate is over)
-    symbol_errors: int = 0
-    symbols: int = 0  # space-separated symbols of the targets
-    spaced: bool = False  # targets hold spaces: the symbol error rate means something
-
-    def __add__(self, o: "PairScore") -> "PairScore":
-        return PairScore(*(getattr(self, k) + getattr(o, k) for k in ("pairs", "nats", "target_chars", "exact",
-                                                                     "char_errors", "chars", "symbol_errors",
-                                                                     "symbols")), self.spaced or o.spaced)
-
-    def to_dict(self) -> dict:
-        div = lambda a, b: a / b if b else None  # noqa: E731
-        return {"pairs": self.pairs, "nats_per_char": div(self.nats, self.target_chars),
-                "exact_match": div(self.exact, self.pairs), "cer": div(self.char_errors, self.chars),
-                "ser": div(self.symbol_errors, self.symbols) if self.spaced else None,
-                "target_chars": self.chars}
 
 
 def score_pairs(model, source_tokenizer, tokenizer, file: PairFile, cfg: TransduceConfig, device,

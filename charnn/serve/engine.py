@@ -9,7 +9,6 @@ Past `max_batch` rows, requests wait in a queue of at most `max_queue`; past tha
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 from collections import deque
@@ -19,7 +18,7 @@ import torch
 
 from charnn.api.model import Model
 from charnn.api.params import ParamError
-from charnn.config import SEED_LIMIT
+from charnn.config import SamplingParams
 from charnn.generation.batcher import BLOCK, MAX_STOPS, Row, RowSpec
 
 FLUSH_SECONDS = 0.02  # hand each request the text made in at most this long
@@ -209,20 +208,16 @@ class Engine:
 
 def check_spec(spec: RowSpec) -> None:
     """ParamError unless every setting of a row is of the type and range the batch's step draws with (the server's
-    parser checks requests first; this keeps any other caller's bad row out of the shared batch)."""
-    def integer(x):
-        return isinstance(x, int) and not isinstance(x, bool)
-
-    def number(x):
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-    checks = [("prompt", isinstance(spec.prompt, str)), ("length", integer(spec.length) and spec.length >= 0),
-              ("temperature", number(spec.temperature) and spec.temperature >= 0),
-              ("top_k", spec.top_k is None or (integer(spec.top_k) and spec.top_k >= 1)),
-              ("top_p", spec.top_p is None or (number(spec.top_p) and 0 < spec.top_p <= 1)),
+    parser checks requests first; this keeps any other caller's bad row out of the shared batch). The sampling
+    settings go by their one set of rules (SamplingParams.validate), with a seed: a row's noise needs one."""
+    sampling = spec.sampling
+    if not isinstance(sampling, SamplingParams) or sampling.seed is None:
+        raise ParamError("`sampling` must be SamplingParams with a seed", "sampling")
+    sampling.validate()
+    checks = [("prompt", isinstance(spec.prompt, str)),
+              ("length", isinstance(spec.length, int) and not isinstance(spec.length, bool) and spec.length >= 0),
               ("stop", isinstance(spec.stop, tuple) and len(spec.stop) <= MAX_STOPS
-               and all(isinstance(s, str) and s for s in spec.stop)),
-              ("seed", integer(spec.seed) and 0 <= spec.seed < SEED_LIMIT)]
+               and all(isinstance(s, str) and s for s in spec.stop))]
     for name, ok in checks:
         if not ok:
             raise ParamError(f"`{name}` is not a value a row can be drawn with "

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from charnn.checkpoint import build_model, save_checkpoint, sweep_temp_files
-from charnn.classify import log_prior
+from charnn.data.labels import log_prior
 from charnn.config import ModelConfig, TrainConfig, from_dict
 from charnn.data.batches import IGNORE, DocumentBatches, StreamBatches
 from charnn.data.corpus import Corpus
@@ -32,7 +32,7 @@ from charnn.data.pairs import PairBatches, PairText, prepare_pairs
 from charnn.data.encode import prepare_corpus
 from charnn.device import autocast, default_batch_size, keep_freed_memory, resolve_device
 from charnn.errors import CharnnError, ConfigError, first_line
-from charnn.evaluate import evaluate_documents, evaluate_ids, evaluate_pairs, stream_layout
+from charnn.scoring.evaluate import evaluate_documents, evaluate_ids, evaluate_pairs, stream_layout
 from charnn.models.lm import detach_state, map_state
 from charnn.text.tokenizer import start_id
 from charnn.training.distributed import Dist

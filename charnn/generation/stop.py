@@ -1,5 +1,4 @@
-"""Stop strings: a row's text ends right before the first occurrence of any of them, even one split across the
-pieces the tokens decode to."""
+"""Stop strings: a row's text ends right before the first occurrence of any of them (OpenAI's way)."""
 
 from __future__ import annotations
 

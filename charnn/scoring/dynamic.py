@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from charnn.config import DynamicConfig
-from charnn.evaluate import EvalResult, combine
 from charnn.models.cells import copy_model
+from charnn.scoring.evaluate import EvalResult, combine
 from charnn.text.tokenizer import start_id
 
 

@@ -10,7 +10,6 @@ labels, which is how often a line of each turns up), or uniform.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -19,7 +18,8 @@ import torch
 
 from charnn.errors import CharnnError
 from charnn.data.batches import pad_rows
-from charnn.models.score import row_nats
+from charnn.data.labels import log_prior
+from charnn.scoring.rows import row_nats
 from charnn.text.tokenizer import start_id
 
 MAX_ROWS = 512  # texts x labels per pass
@@ -94,16 +94,6 @@ def _block(model, ids: List[np.ndarray], start: int, n: int, device: torch.devic
     labels = torch.arange(1, n + 1).repeat(k).view(-1, 1)
     nats = row_nats(model, x.repeat_interleave(n, 0), y.repeat_interleave(n, 0), labels, device)
     return -nats.view(k, n).cpu().numpy()
-
-
-def log_prior(labels: dict, uniform: bool = False) -> np.ndarray:
-    """log p(label): uniform, or the training frequencies (documents for line labels, else characters)."""
-    n = len(labels["names"])
-    if uniform:
-        return np.full(n, -math.log(n))
-    counts = np.asarray(labels["train_docs"] if labels.get("by") == "line" else labels["train_chars"], dtype=float)
-    counts = np.maximum(counts, 1e-9)
-    return np.log(counts / counts.sum())
 
 
 def label_id(labels: Optional[dict], name: str) -> int:

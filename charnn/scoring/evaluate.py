@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from charnn.device import autocast
 from charnn.data.batches import pad_rows
-from charnn.models.score import row_nats
+from charnn.scoring.rows import row_nats
 from charnn.text.tokenizer import start_id
 
 CHUNK = 256  # time steps per forward call while scoring
@@ -209,8 +209,8 @@ def combine(results: List[EvalResult]) -> EvalResult:
 
 def evaluate_labels(model, tokenizer, text: str, device: torch.device, names: List[str]) -> dict:
     """A labelled model's score of `text` under each of its labels: {name: EvalResult}, from one batched
-    pass with a row per label (charnn.classify), the first token conditioned on the start id as above."""
-    from charnn.classify import label_loglik
+    pass with a row per label (charnn.scoring.classify), the first token conditioned on the start id as above."""
+    from charnn.scoring.classify import label_loglik
 
     ids = tokenizer.encode(text)
     loglik = label_loglik(model.eval(), [ids], start_id(tokenizer), len(names), device)[0]

@@ -1,0 +1,1 @@
+"""Scoring: how likely text is under a model (evaluation, dynamic evaluation, classification, padded rows, pairs)."""
