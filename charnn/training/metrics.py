@@ -49,7 +49,7 @@ def run_config(trainer, corpus_source: str) -> dict:
             "precision": trainer.precision_choice.to_dict(),  # what --precision came to, and how (auto: measured)
             "threads": trainer.threads_choice.to_dict(),  # what --threads came to at the start, and how
             "parent": trainer.parent,
-            "labels": trainer.labels}  # --label-by: how, the names and their training sizes (None: no labels)  # --init-from: the run it started from (None for a run from scratch)
+            "labels": trainer.task.labels}  # --label-by: how, the names and their training sizes (None: no labels)  # --init-from: the run it started from (None for a run from scratch)
 
 
 def finite(x) -> Optional[float]:
