@@ -7,15 +7,17 @@ The recurrent state goes through the model's `state_ops` (charnn.models.state): 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
-from charnn.checkpoint import save_checkpoint, sweep_temp_files
-from charnn.config import TrainConfig
-from charnn.errors import CharnnError
+from charnn.checkpoint import build_model, save_checkpoint, sweep_temp_files
+from charnn.config import ModelConfig, TrainConfig, from_dict
+from charnn.errors import CharnnError, ConfigError
+from charnn.training.init_from import FINETUNE_LR, graft, load_parent
+from charnn.training.resume import load_resume, resume_config
 
 
 def run_dir_for(cfg: TrainConfig, corpus) -> Path:
@@ -33,6 +35,43 @@ def check_writable(run_dir: Path) -> None:
     except OSError as e:
         raise CharnnError(f"cannot write to {str(run_dir)!r}: {e.strerror or e}; choose another --out") from None
     sweep_temp_files(run_dir)
+
+
+def begin(run_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig, resume: bool,
+          explicit: Optional[set]) -> Tuple[TrainConfig, Optional[dict], object]:
+    """(the run's config, the checkpoint it resumes, the parent it fine-tunes): --resume takes the run's saved
+    settings (flags given now override); --init-from loads the parent and defaults --lr to FINETUNE_LR."""
+    if resume and cfg.init_from and (explicit is None or "init_from" in explicit):
+        raise ConfigError("Can't provide both `--resume` and `--init-from`: a resumed run continues from its "
+                          "own last.pt, which remembers its parent. Choose one")
+    resumed = load_resume(run_dir, cfg.out) if resume else None
+    if resumed:
+        cfg = resume_config(resumed, cfg, model_cfg, explicit)
+    parent = None
+    if cfg.init_from and not resumed:
+        parent = load_parent(cfg.init_from, model_cfg, cfg, explicit, run_dir)
+        if explicit is not None and "lr" not in explicit:  # fine-tuning wants a gentler default
+            cfg = replace(cfg, lr=FINETUNE_LR)
+    return cfg, resumed, parent
+
+
+def model_for(task, model_cfg: ModelConfig, resumed: Optional[dict], parent, seed: int, on_event):
+    """(config, model, parent record): the resumed run's model, the parent's (fine-tuning, its vocabulary maybe
+    grown, its label table grafted) or a fresh one for the task's data."""
+    if resumed:
+        model_cfg = from_dict(ModelConfig, resumed["model_config"])
+    else:
+        model_cfg = task.model_config(parent.model_cfg if parent else model_cfg)
+    model_cfg = model_cfg.validate()
+    model = build_model(model_cfg)
+    record = resumed.get("parent") if resumed else None
+    if parent:
+        graft(model, parent, seed, task.label_names)
+        tok = task.tokenizer
+        parent.added = list(tok.decode(range(parent.model_cfg.vocab_size, tok.vocab_size)))
+        record = parent.record()
+        on_event("init_from", dict(record))
+    return model_cfg, model, record
 
 
 def checkpoint_data(t, val_loss: float, with_training_state: bool) -> dict:

@@ -111,6 +111,10 @@ class Budget:
         everything."""
         return self.eval_estimate() * 1.2 + self.save_estimate() * 2 + 0.5
 
+    def eval_now_needs(self) -> float:
+        """Seconds an evaluation now needs to leave time for another step and the final evaluation."""
+        return self.eval_estimate() + 2 * self.save_estimate() + self.next_step_estimate() + self.reserve()
+
     def save_estimate(self) -> float:
         return 0.25 if self.save_cost is None else self.save_cost
 

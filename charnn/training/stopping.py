@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from charnn.errors import CharnnError
+
 STOP_REASONS = ("max_steps", "epochs", "max_time", "patience")
 
 
@@ -28,6 +30,14 @@ class TrainResult:
     elapsed: float  # seconds, data preparation and final evaluation included
     chars_seen: int
     stopped: str  # why training ended
+
+
+def non_finite(what: str, value: float, step: int, run_dir: Path) -> CharnnError:
+    """The error that stops a run whose loss went NaN or infinite (its checkpoints from before are kept)."""
+    kept = (f"the last good checkpoints in {run_dir} are kept" if (run_dir / "last.pt").is_file()
+            else "no checkpoint had been saved yet")
+    return CharnnError(f"{what} loss became {value} at step {step}; stopped, and {kept}. "
+                       "Try a lower --lr or a --grad-clip such as 1.0")
 
 
 class StopRequest:

@@ -19,35 +19,28 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from charnn.checkpoint import build_model
-from charnn.config import ModelConfig, TrainConfig, from_dict
+from charnn.config import ModelConfig, TrainConfig
 from charnn.data.batches import IGNORE
 from charnn.data.corpus import Corpus
 from charnn.device import autocast, keep_freed_memory, resolve_device
-from charnn.errors import CharnnError, ConfigError, first_line
+from charnn.errors import CharnnError, first_line
 from charnn.tasks import task_for
 from charnn.tasks.base import fingerprint
 from charnn.training import runstate
 from charnn.training.distributed import Dist
-from charnn.training.init_from import FINETUNE_LR, graft, load_parent
 from charnn.training.choices import run_precision, run_threads
 from charnn.training.precision import PrecisionChoice, choose_precision
-from charnn.training.resume import load_resume, resume_config
 from charnn.training.runlock import RunLock
 from charnn.training.runstate import run_dir_for
 from charnn.training.schedule import Budget, limit_reached, lr_at, make_optimizer, progress, schedule_progress
-from charnn.training.stopping import (STOP_REASONS, StopRequest, TrainingInterrupted, TrainResult,  # noqa: F401
-                                      graceful_signals)
+from charnn.training.metrics import StepMeter, start_info
+from charnn.training.stopping import (STOP_REASONS, StopRequest, TrainingInterrupted, TrainResult, graceful_signals,
+                                      non_finite)
 from charnn.training.threads import ThreadChoice, Watch
 
 Callback = Callable[[str, dict], None]
 MIN_IMPROVEMENT = 1e-3  # nats/char a val loss must drop by to reset --patience
-__all__ = ["Trainer", "TrainResult", "StopRequest", "TrainingInterrupted", "graceful_signals", "lr_at",
-           "make_optimizer", "run_dir_for", "train"]
-
-
-def _now() -> float:
-    return time.perf_counter()  # the one clock of a run: steps, evaluations, saves and the budget's probe
+__all__ = ["Trainer", "TrainResult", "StopRequest", "TrainingInterrupted", "graceful_signals", "lr_at", "train"]
 
 
 class Trainer:
@@ -83,17 +76,8 @@ class Trainer:
 
     def _setup(self, model_cfg: ModelConfig, cfg: TrainConfig, resume: bool, encoding: str,
                explicit: Optional[set]) -> None:
-        if resume and cfg.init_from and (explicit is None or "init_from" in explicit):
-            raise ConfigError("Can't provide both `--resume` and `--init-from`: a resumed run continues from its "
-                              "own last.pt, which remembers its parent. Choose one")
-        resumed = load_resume(self.run_dir, cfg.out) if resume else None
-        if resumed:
-            self.cfg = cfg = resume_config(resumed, cfg, model_cfg, explicit)
-        parent = None
-        if cfg.init_from and not resumed:
-            parent = load_parent(cfg.init_from, model_cfg, cfg, explicit, self.run_dir)
-            if explicit is not None and "lr" not in explicit:  # fine-tuning wants a gentler default
-                self.cfg = cfg = replace(cfg, lr=FINETUNE_LR)
+        cfg, resumed, parent = runstate.begin(self.run_dir, cfg, model_cfg, resume, explicit)
+        self.cfg = cfg
         self.resumed = resumed is not None
         self.device = self.dist.start(resolve_device(cfg.device))  # joins the process group under torchrun
         if cfg.batch_size is None:  # the default is per process; --batch-size is the global batch
@@ -116,20 +100,9 @@ class Trainer:
         self._start(resumed)
 
     def _build_model(self, model_cfg: ModelConfig, resumed: Optional[dict], parent, seed: int) -> None:
-        """The model: the resumed run's, the parent's (fine-tuning, its vocabulary maybe grown) or a fresh one;
-        then its training forward and optimiser."""
-        if resumed:
-            model_cfg = from_dict(ModelConfig, resumed["model_config"])
-        else:
-            model_cfg = self.task.model_config(parent.model_cfg if parent else model_cfg)
-        self.model_cfg = model_cfg.validate()
-        self.model = build_model(self.model_cfg)
-        self.parent = resumed.get("parent") if resumed else None
-        if parent:
-            graft(self.model, parent, seed, self.task.label_names)
-            parent.added = list(self.tokenizer.decode(range(parent.model_cfg.vocab_size, self.tokenizer.vocab_size)))
-            self.parent = parent.record()
-            self.on_event("init_from", dict(self.parent))
+        """The model (charnn.training.runstate.model_for), then its training forward and optimiser."""
+        self.model_cfg, self.model, self.parent = runstate.model_for(self.task, model_cfg, resumed, parent, seed,
+                                                                     self.on_event)
         self.model.to(self.device)
         # the training forward: DistributedDataParallel under torchrun, else the model itself; with --compile,
         # its torch.compile'd twin (same weights; saves and evaluation use self.model)
@@ -156,7 +129,7 @@ class Trainer:
         self._recheck = False
         self.budget = Budget(len(self.val_ids))
         if cfg.max_time and self.task.probes_eval and len(self.val_ids) >= 2:
-            self.budget.probe_eval(self.model, self.dist.world, self.device, self.precision, _now)
+            self.budget.probe_eval(self.model, self.dist.world, self.device, self.precision, time.perf_counter)
         if self.dist.active and not self.dist.is_main:  # dropout masks differ per rank, and follow the step
             torch.manual_seed((cfg.seed * 1_000_003 + self.dist.rank * 7919 + self.step) % 2**63)
         self.start_step, self._saved_once, self._last_save = self.step, False, time.perf_counter()
@@ -203,9 +176,6 @@ class Trainer:
     def schedule_progress(self) -> float:
         return schedule_progress(self.cfg, self.step, self.epochs_done, self.progress)
 
-    def checkpoint_data(self, val_loss: float, with_training_state: bool) -> dict:
-        return runstate.checkpoint_data(self, val_loss, with_training_state)
-
     def save(self, name: str, val_loss: float) -> Path:
         t = time.perf_counter()
         path = self.run_dir / name
@@ -219,22 +189,16 @@ class Trainer:
         return path
 
     def evaluate(self) -> float:
-        """Val nats/char, as the task validates (labelled: per-label values go into its labels record)."""
+        """Val nats/char, as the task validates (it may keep more, such as a value per label)."""
         t = time.perf_counter()
         val = self.task.evaluate(self.model, self.device, self.precision, self.dist)
         self.budget.eval_took(time.perf_counter() - t)
         return val
 
-    def _non_finite(self, what: str, value: float, step: int) -> CharnnError:
-        kept = (f"the last good checkpoints in {self.run_dir} are kept" if (self.run_dir / "last.pt").is_file()
-                else "no checkpoint had been saved yet")
-        return CharnnError(f"{what} loss became {value} at step {step}; stopped, and {kept}. "
-                           "Try a lower --lr or a --grad-clip such as 1.0")
-
     def _eval_and_save(self) -> None:
         val = self.evaluate()
         if not math.isfinite(val):  # weights went bad in the last step: keep the checkpoints from before
-            raise self._non_finite("validation", val, self.step)
+            raise non_finite("validation", val, self.step, self.run_dir)
         self.last_val = val
         improved = val < self.best_val
         # patience counts evaluations without a real gain: creeping down by crumbs does not reset it
@@ -275,13 +239,11 @@ class Trainer:
         if not, training stops here and the final evaluation is this one. Agreed by all ranks."""
         if not self.cfg.max_time:
             return True
-        b = self.budget
-        need = b.eval_estimate() + 2 * b.save_estimate() + b.next_step_estimate() + b.reserve()
-        return not self.dist.any(self.elapsed() + need >= self.cfg.max_time)
+        return not self.dist.any(self.elapsed() + self.budget.eval_now_needs() >= self.cfg.max_time)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, cond=None) -> float:
-        """One optimiser step on inputs x and targets y; `cond` is what else the batch holds (the task knows:
-        each row's labels, or an encoder-decoder's inputs)."""
+        """One optimiser step on inputs x and targets y; `cond` is what else the batch holds, which only the
+        task reads (it turns the batch into the forward's inputs, and may add to the loss)."""
         lr = lr_at(self.step, self.schedule_progress(), self.cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -305,7 +267,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         value = self.dist.mean(value)  # the global mean under torchrun: every rank sees the same value
         if not math.isfinite(value):
-            raise self._non_finite("training", value, self.step + 1)
+            raise non_finite("training", value, self.step + 1, self.run_dir)
         self.opt.step()
         self.state = ops.detach(self.state)
         self.step += 1
@@ -337,17 +299,8 @@ class Trainer:
     def _fit(self) -> TrainResult:
         cfg = self.cfg
         self.model.train()
-        self.on_event("start", {"run_dir": str(self.run_dir), "params": self.model.num_params(),
-                                "device": str(self.device), "precision": self.precision,
-                                "precision_choice": self.precision_choice.to_dict(),
-                                "threads_choice": self.threads_choice.to_dict(),
-                                "vocab_size": self.tokenizer.vocab_size, "train_tokens": len(self.batches.ids),
-                                "val_tokens": len(self.val_ids), "steps_per_epoch": self.batches.steps_per_epoch(),
-                                "step": self.step, "tokenizer": self.tokenizer.kind, "processes": self.dist.world,
-                                "chars_per_token": self.task.chars_per_token,
-                                "val_unknown": int((self.val_ids == self.tokenizer.unk_id).sum())})
-        stopped, last_eval_step = None, -1
-        window_t0, window_steps, window_tokens, loss_ema = time.perf_counter(), 0, 0, None
+        self.on_event("start", start_info(self))
+        stopped, last_eval_step, meter = None, -1, StepMeter(time.perf_counter())
         while stopped is None:
             if self.window == 0:  # a new epoch: pick its offset (deterministic from seed + epoch)
                 self.offset = random.Random(cfg.seed * 100003 + self.epoch).randint(0, self.batches.max_offset())
@@ -367,19 +320,13 @@ class Trainer:
                 self._observe_step(time.perf_counter() - t_step, tokens)
                 self.window += 1
                 self.chars_seen += int(tokens * self.task.chars_per_token)
-                window_tokens += tokens
-                loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
-                window_steps += 1
-                now = time.perf_counter()
-                rate = window_tokens * self.task.chars_per_token / max(1e-9, now - window_t0)
+                loss_ema, rate = meter.add(loss, tokens, time.perf_counter(), self.task.chars_per_token)
                 # loss is per token; loss_per_char divides by the training text's mean characters per token
                 self.on_event("step", {"step": self.step, "loss": loss, "loss_avg": loss_ema,
                                        "loss_per_char": loss_ema / self.task.chars_per_token,
                                        "lr": self.opt.param_groups[0]["lr"], "chars_per_sec": rate,
                                        "elapsed": self.elapsed(), "progress": self.progress(),
                                        "epoch": self.epochs_done()})
-                if now - window_t0 > 10:  # a moving window keeps chars/s current
-                    window_t0, window_steps, window_tokens = now, 0, 0
                 if self.step % cfg.eval_every == 0:
                     if not self._budget_spares_eval():
                         stopped = "max_time"
