@@ -35,6 +35,9 @@ def _in(panel: str, option, default=None):
     return Annotated[base, info]
 
 
+QuietHere, DeviceHere = _in(COMMON, Quiet, "off"), _in(SYSTEM, Device)
+
+
 def train(
     corpus: Annotated[Optional[List[str]], typer.Argument(
         help="Text files and folders (read recursively), or a catalog name (see `charnn corpora`). Default: Python's "
@@ -77,7 +80,7 @@ def train(
                                                            "(temperature 0.8) on stderr (--pairs: a few validation "
                                                            "inputs and their current outputs; 0: never).",
                                                rich_help_panel=COMMON)] = 0,
-    quiet: _in(COMMON, Quiet, "off") = False,
+    quiet: QuietHere = False,
     cell: Annotated[str, typer.Option(help=f"Recurrent cell: {', '.join(CELLS)}.", rich_help_panel=MODEL)] = "lstm",
     layers: Annotated[int, typer.Option(help="Stacked recurrent layers.", rich_help_panel=MODEL)] = 2,
     hidden: Annotated[int, typer.Option(help="Hidden units per layer.", rich_help_panel=MODEL)] = 256,
@@ -145,7 +148,7 @@ def train(
     attention_score: Annotated[str, typer.Option(help="--pairs: how the decoder scores input positions: general "
                                                       "(Luong's h^T W a) or additive (Bahdanau's v^T tanh(W h + "
                                                       "U a)).", rich_help_panel=PAIRS)] = "general",
-    device: _in(SYSTEM, Device) = "auto",
+    device: DeviceHere = "auto",
     precision: Annotated[str, typer.Option(help=f"Autocast precision: {', '.join(PRECISIONS)} (auto: times a few "
                                                  "training steps in fp32 and bf16 where the hardware has native "
                                                  "bf16 and keeps the faster, remembered per machine and model "

@@ -34,10 +34,6 @@ class Task:
         self.data_record: dict = {}  # where the training ids live (`charnn novelty` finds the run's text again)
         self.batches = None
 
-    @property
-    def source(self) -> str:
-        return self.corpus.source
-
     # -- data ---------------------------------------------------------------------------------------
     def default_batch_size(self, device: torch.device) -> int:
         """Rows per batch and process when --batch-size is not given."""

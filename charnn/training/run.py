@@ -39,7 +39,6 @@ class TrainingRun:
     trainer: Trainer
     events: Callbacks  # the run's on_event: add callbacks (previews, say) before fit
     metrics: Optional[MetricsLogger]  # rank 0's metrics.jsonl writer (None on other ranks)
-    source: str  # where the text came from
 
     @property
     def task(self):
@@ -70,4 +69,4 @@ def start_run(corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Option
     metrics = None
     if trainer.dist.is_main:
         metrics = events.add(MetricsLogger(trainer.run_dir, log_every, resume, run_config(trainer, text.source)))
-    return TrainingRun(trainer, events, metrics, text.source)
+    return TrainingRun(trainer, events, metrics)
