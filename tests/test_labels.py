@@ -184,7 +184,7 @@ def test_label_contrast_separates_the_labels_likelihoods(tmp_path):
 
 
 def test_other_labels_are_distinct_and_never_the_own():
-    from charnn.training.trainer import _other_labels
+    from charnn.tasks.labelled import other_labels as _other_labels
     torch.manual_seed(0)
     labels = torch.tensor([1, 2, 0, 4, 3, 1]).unsqueeze(1).expand(-1, 5)  # one label along a row; 0: unlabelled
     for k in (1, 2, 3):

@@ -17,7 +17,7 @@ from charnn.cli.textplot import BRAILLE, POINT, line_plot
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.corpus import Corpus
 from charnn.training.metrics import Callbacks, MetricsLogger, read_metrics
-from charnn.training.preview import SamplePreview
+from charnn.tasks.preview import SamplePreview
 from charnn.training.trainer import Trainer
 
 runner = CliRunner()

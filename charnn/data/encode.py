@@ -16,7 +16,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ import torch
 from charnn.data import cache, charstream
 from charnn.data.sources import (SEPARATOR, Part, SourceFile, Undecodable, check_encoding, join_parts, read_chunks,
                                  skip_or_raise)
+from charnn.config import TrainConfig
+from charnn.data.training_text import TextOptions
 from charnn.errors import CharnnError
 from charnn.text.tokenizer import tokenizer_from_state
 
@@ -314,24 +316,25 @@ def _load_tokenizer(key: str, meta: dict):
     return tokenizer_from_state(state)
 
 
-def prepare_corpus(corpus, cfg, tokenizer_state: Optional[dict] = None, encoding: str = "utf-8",
-                   on_event: Optional[Callback] = None, extend: bool = False) -> Prepared:
-    """`prepare` for a Corpus and a TrainConfig: its split (--val-frac, --val-file or the corpus's own)
-    and tokenizer (--tokenizer/--vocab-size, or a resumed checkpoint's state, or with `extend` a base
-    model's character vocabulary that the new text's characters are added to)."""
+def prepare_corpus(corpus, options: Union[TextOptions, TrainConfig], tokenizer_state: Optional[dict] = None,
+                   encoding: str = "utf-8", on_event: Optional[Callback] = None, extend: bool = False) -> Prepared:
+    """`prepare` for a Corpus: its split (--val-frac, --val-file or the corpus's own) and tokenizer
+    (--tokenizer/--vocab-size, or a resumed checkpoint's state, or with `extend` a base model's character
+    vocabulary that the new text's characters are added to). `options` may be a whole TrainConfig."""
+    o = options if isinstance(options, TextOptions) else TextOptions.of(options)
     val_parts: List[Part] = []
-    if cfg.val_file:
+    if o.val_file:
         from charnn.data.catalog import resolve
 
-        p = Path(resolve(cfg.val_file, on_event))
+        p = Path(resolve(o.val_file, on_event))
         if not p.exists():
-            raise CharnnError(f"validation file {cfg.val_file!r} does not exist")
+            raise CharnnError(f"validation file {o.val_file!r} does not exist")
         if p.is_dir():
-            raise CharnnError(f"validation file {cfg.val_file!r} is a directory; pass a text file")
+            raise CharnnError(f"validation file {o.val_file!r} is a directory; pass a text file")
         val_parts = [SourceFile(p, optional=False)]
-    split = corpus.split or {"val_frac": cfg.val_frac}
-    fresh = {"kind": cfg.tokenizer, "vocab_size": cfg.vocab_size}
+    split = corpus.split or {"val_frac": o.val_frac}
+    fresh = {"kind": o.tokenizer, "vocab_size": o.vocab_size}
     spec = {"state": tokenizer_state, "fresh": fresh} if tokenizer_state else fresh
     if extend:
         spec = {"state": tokenizer_state, "extend": True}
-    return prepare(corpus.parts(), corpus.encoding or encoding, split, spec, val_parts, on_event, cfg.threads)
+    return prepare(corpus.parts(), corpus.encoding or encoding, split, spec, val_parts, on_event, o.threads)

@@ -76,25 +76,6 @@ class LabelledText:
                 "train_chars": [train[n]["chars"] for n in self.names]}
 
 
-def load_corpus(paths, encoding: str = "utf-8", glob: Optional[str] = None, on_event=None, cfg=None):
-    """What training reads: a plain Corpus (charnn.data.corpus.load_corpus), with `cfg.label_by` a
-    LabelledText, or with `cfg.pairs` a PairText (charnn.data.pairs), split by `cfg`'s --val-frac/--val-file
-    and seed."""
-    if cfg is None or not (cfg.label_by or cfg.pairs):
-        return plain.load_corpus(paths, encoding, glob, on_event)
-    from charnn.data.catalog import resolve
-
-    paths = [resolve(p, on_event) for p in ([paths] if isinstance(paths, str) else paths or [])]
-    val_file = None if cfg.val_file is None else resolve(cfg.val_file, on_event)
-    on_skip = None if on_event is None else (lambda path, why: on_event("corpus_skip", {"path": path, "why": why}))
-    if cfg.pairs:
-        from charnn.data.pairs import load_pairs
-
-        return load_pairs(paths, encoding, glob, cfg.val_frac, cfg.seed, val_file, cfg.skip_bad_lines, on_skip)
-    return load_labelled(paths, cfg.label_by, encoding, glob, cfg.val_frac, cfg.seed, val_file,
-                         cfg.skip_bad_lines, on_skip)
-
-
 def load_labelled(paths: Sequence[str], by: str, encoding: str = "utf-8", glob: Optional[str] = None,
                   val_frac: float = 0.1, seed: int = 1337, val_file: Optional[str] = None,
                   skip_bad_lines: bool = False, on_skip: Optional[Callable[[str, str], None]] = None) -> LabelledText:

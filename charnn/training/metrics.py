@@ -16,7 +16,7 @@ import math
 import numbers
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from charnn import __version__
 from charnn.data.files import write_atomic, write_error, write_failed
@@ -41,6 +41,33 @@ class Callbacks:
             callback(kind, info)
 
 
+class StepMeter:
+    """What a step event reports besides the step: the loss's moving average, and chars/s over a moving window
+    (restarted every 10 s, so it stays current)."""
+
+    def __init__(self, now: float):
+        self.t0, self.tokens, self.loss_ema = now, 0, None
+
+    def add(self, loss: float, tokens: int, now: float, chars_per_token: float) -> Tuple[float, float]:
+        self.tokens += tokens
+        self.loss_ema = loss if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * loss
+        rate = self.tokens * chars_per_token / max(1e-9, now - self.t0)
+        if now - self.t0 > 10:
+            self.t0, self.tokens = now, 0
+        return self.loss_ema, rate
+
+
+def start_info(t) -> dict:
+    """The start event of trainer `t`: what the run is (sizes, device, precision and threads, and how chosen)."""
+    return {"run_dir": str(t.run_dir), "params": t.model.num_params(), "device": str(t.device),
+            "precision": t.precision, "precision_choice": t.precision_choice.to_dict(),
+            "threads_choice": t.threads_choice.to_dict(), "vocab_size": t.tokenizer.vocab_size,
+            "train_tokens": len(t.batches.ids), "val_tokens": len(t.val_ids),
+            "steps_per_epoch": t.batches.steps_per_epoch(), "step": t.step, "tokenizer": t.tokenizer.kind,
+            "processes": t.dist.world, "chars_per_token": t.task.chars_per_token,
+            "val_unknown": int((t.val_ids == t.tokenizer.unk_id).sum())}
+
+
 def run_config(trainer, corpus_source: str) -> dict:
     """What config.json holds: the model and training configs, the tokenizer and where the text came from."""
     return {"charnn_version": __version__, "corpus": corpus_source, "model": asdict(trainer.model_cfg),
@@ -49,7 +76,7 @@ def run_config(trainer, corpus_source: str) -> dict:
             "precision": trainer.precision_choice.to_dict(),  # what --precision came to, and how (auto: measured)
             "threads": trainer.threads_choice.to_dict(),  # what --threads came to at the start, and how
             "parent": trainer.parent,
-            "labels": trainer.labels}  # --label-by: how, the names and their training sizes (None: no labels)  # --init-from: the run it started from (None for a run from scratch)
+            "labels": trainer.task.labels}  # --label-by: how, the names and their training sizes (None: no labels)  # --init-from: the run it started from (None for a run from scratch)
 
 
 def finite(x) -> Optional[float]:

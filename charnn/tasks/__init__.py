@@ -1,0 +1,26 @@
+"""Tasks: what one corpus kind needs in training (fairseq's tasks). A task owns its data preparation, its
+batches, what its loss adds, its validation, its checkpoint record, its preview and its resume checks, so the
+trainer's loop never asks which kind of run it is.
+
+The kind of a run is decided once, here, from the text that was loaded (`task_for`), and read from `task.kind`.
+"""
+
+from __future__ import annotations
+
+from charnn.data.labels import LabelledText
+from charnn.data.pairs import PairText
+from charnn.tasks.base import Task
+from charnn.tasks.labelled import LabelledTask
+from charnn.tasks.lm import LanguageModelTask
+from charnn.tasks.pairs import PairsTask
+
+__all__ = ["Task", "LanguageModelTask", "LabelledTask", "PairsTask", "task_for"]
+
+
+def task_for(corpus) -> Task:
+    """The task for a loaded text: pairs (input<TAB>target lines), labelled documents, or a plain corpus."""
+    if isinstance(corpus, PairText):
+        return PairsTask(corpus)
+    if isinstance(corpus, LabelledText):
+        return LabelledTask(corpus)
+    return LanguageModelTask(corpus)

@@ -1,0 +1,124 @@
+"""The task interface, and what the language model, labelled and pairs tasks share."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import torch
+
+from charnn.config import ModelConfig, TrainConfig
+from charnn.data.batches import IGNORE, StreamBatches
+from charnn.device import default_batch_size
+from charnn.errors import ConfigError
+
+Callback = Callable[[str, dict], None]
+
+
+class Task:
+    """One corpus kind in training. `prepare` fills tokenizer, train_ids, val_ids, chars_per_token and
+    data_record; `make_batches` lays the training ids out; the rest is asked for by the trainer's loop."""
+
+    kind = ""  # "lm", "labelled" or "pairs": the run's kind, read from here and nowhere else
+    label_names: Optional[list] = None  # the labels a fine-tuned model's label table is grafted for
+
+    def __init__(self, corpus):
+        self.corpus = corpus
+        self.labels: Optional[dict] = None  # the checkpoint's labels record (labelled runs)
+        self.tokenizer = None
+        self.train_ids: Optional[torch.Tensor] = None
+        self.val_ids: Optional[np.ndarray] = None  # what periodic evaluations score (the first --eval-tokens)
+        self.chars_per_token = 1.0
+        self.data_record: dict = {}  # where the training ids live (`charnn novelty` finds the run's text again)
+        self.batches = None
+
+    # -- data ---------------------------------------------------------------------------------------
+    def default_batch_size(self, device: torch.device) -> int:
+        """Rows per batch and process when --batch-size is not given."""
+        return default_batch_size(device, False)
+
+    def check_resume(self, saved: dict, run: str) -> None:
+        """A resumed run must be trained on the same kind of text it was started on."""
+        check_same_labels(saved.get("labels"), self, run)
+        check_same_kind(saved, self, run)
+
+    def prepare(self, cfg: TrainConfig, resumed: Optional[dict], parent, encoding: str, on_event: Callback) -> None:
+        raise NotImplementedError
+
+    def make_batches(self, cfg: TrainConfig, device: torch.device):
+        raise NotImplementedError
+
+    def model_config(self, base: ModelConfig) -> ModelConfig:
+        """The fresh model's config for this data: its vocabulary (and labels, encoder) on top of the flags'."""
+        return replace(base, vocab_size=self.tokenizer.vocab_size, labels=0, label_output=False)
+
+    def record(self) -> dict:
+        """What a checkpoint keeps of this task besides the model, tokenizer and configs."""
+        return {}
+
+    # -- a training step ----------------------------------------------------------------------------
+    def step_inputs(self, x: torch.Tensor, y: torch.Tensor, cond, state, ops, cfg: TrainConfig):
+        """(inputs, targets, the forward's keyword arguments, state, what step_loss needs) for one batch."""
+        return x, y, self.forward_extra(cond), state, None
+
+    def forward_extra(self, cond) -> dict:
+        """The keyword arguments a batch's `cond` (what it holds besides x and y) becomes in the forward."""
+        return {}
+
+    def step_loss(self, nll: torch.Tensor, y: torch.Tensor, real: float, ctx, state, ops,
+                  cfg: TrainConfig) -> Tuple[Optional[torch.Tensor], object]:
+        """What this task adds to the mean token loss (None: nothing), and the state to carry on."""
+        return None, state
+
+    def real_tokens(self, y: torch.Tensor, dist) -> int:
+        """Targets this step trains on, over all ranks (streams: every position; documents: all but padding)."""
+        if isinstance(self.batches, StreamBatches):
+            return y.numel() * dist.world
+        return int(dist.sum(float((y != IGNORE).sum())))
+
+    # -- validation and previews --------------------------------------------------------------------
+    probes_eval = False  # whether --max-time foresees an evaluation by timing a forward (streams of val ids)
+
+    def evaluate(self, model, device: torch.device, precision: str, dist) -> float:
+        """Val nats per character."""
+        raise NotImplementedError
+
+    def preview(self, model, device: torch.device, every: int, write: Callable[[int, str], None], seed: int):
+        """An on_event callback that shows, every `every` steps, what the model makes now."""
+        from charnn.tasks.preview import SamplePreview
+
+        return SamplePreview(model, self.tokenizer, device, every, write, seed=seed)
+
+
+def total(dist):
+    """evaluate_*'s `total`: the sum over ranks under torchrun, else nothing to add up."""
+    return dist.sum if dist.active else None
+
+
+def check_same_kind(saved: dict, task: Task, run: str) -> None:
+    """A --pairs run resumes with --pairs, and a language model without it."""
+    was = (saved.get("model_config") or {}).get("kind") == "seq2seq"
+    if was != (task.kind == "pairs"):
+        raise ConfigError(f"--resume: run {run!r} was trained {'with' if was else 'without'} --pairs; "
+                          "resume it the same way")
+
+
+def check_same_labels(saved: Optional[dict], task: Task, run: str) -> None:
+    """A resumed run must see the labels it was trained on: the same way of labelling, the same names."""
+    corpus = task.corpus
+    if bool(saved) != (task.kind == "labelled"):
+        by = (saved or {}).get("by")
+        raise ConfigError(f"--resume: run {run!r} was trained {'with --label-by ' + by if by else 'without labels'}; "
+                          "resume it the same way")
+    if saved and (saved.get("by") != corpus.by or list(saved.get("names", [])) != corpus.names):
+        raise ConfigError(f"--resume: run {run!r} was trained on labels {', '.join(saved.get('names', []))} "
+                          f"(--label-by {saved.get('by')}); this corpus has {', '.join(corpus.names)} "
+                          f"(--label-by {corpus.by}). Resume with the same corpus, or start a new run")
+
+
+def fingerprint(task: Task) -> int:
+    """A number that differs when two processes tokenized different text (or built different tokenizers)."""
+    blob = repr((sorted(task.tokenizer.state().items()), len(task.train_ids), len(task.val_ids))).encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little")

@@ -1,0 +1,48 @@
+"""What a run measures before its first step: the thread count and the precision, agreed by every rank under
+torchrun (charnn.training.threads and charnn.training.precision do the measuring)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+import torch
+
+from charnn.config import TrainConfig
+from charnn.training.precision import PrecisionChoice, choose_precision, native_bf16, remember
+from charnn.training.threads import MEASURE_BUDGET, ThreadChoice, choose_threads
+
+
+def run_threads(cfg: TrainConfig, model, x, y, extra: dict, device: torch.device, precision: str,
+                dist) -> ThreadChoice:
+    """--threads, or the count measured fastest on this model's training step (charnn.training.threads);
+    under torchrun every rank takes the fewest any rank chose (the ranks share the machine's cores)."""
+    budget = min(MEASURE_BUDGET, 0.02 * cfg.max_time) if cfg.max_time else MEASURE_BUDGET
+    choice = choose_threads(cfg.threads, model, x, y, device, precision, extra, dist.local_world, budget)
+    if dist.active and not cfg.threads and device.type == "cpu":  # the same on every rank
+        agreed = -dist.max_ints([-choice.threads])[0]
+        if agreed != choice.threads:
+            choice = replace(choice, threads=agreed, reason=choice.reason + f"; another rank chose {agreed}")
+            torch.set_num_threads(agreed)
+    return choice
+
+
+def run_precision(cfg: TrainConfig, resumed: Optional[dict], model, x, y, extra: dict, device: torch.device,
+                  threads: int, dist, choose=choose_precision) -> PrecisionChoice:
+    """--precision: forced, or auto's measured choice; under torchrun every rank takes the same one
+    (bf16 only where every rank measured it faster). A resumed auto run keeps the precision it trained in
+    on the same kind of device (a new measurement, or another rank's cache entry, could flip it, and the
+    resumed steps would no longer be the ones the run would have taken)."""
+    saved = (resumed or {}).get("precision")
+    if (cfg.precision == "auto" and saved in ("fp32", "bf16") and resumed.get("device") == device.type
+            and (saved == "fp32" or native_bf16(device)[0])):
+        return PrecisionChoice(saved, "resumed", None, "the run's own precision, kept on resume")
+    choice = choose(cfg.precision, model, x, y, device, threads, extra)
+    if dist.active and cfg.precision == "auto":
+        order = ("fp32", "bf16")
+        agreed = order[-dist.max_ints([-order.index(choice.precision)])[0]]
+        if agreed != choice.precision:
+            choice = replace(choice, precision=agreed, reason=choice.reason + "; another rank measured fp32")
+        if dist.is_main and choice.how in ("measured", "cached"):  # after the collective: every rank
+            remember(choice, model, x, device, threads)  # has stored, this one goes last
+    return choice

@@ -1,0 +1,77 @@
+"""One assembly of a training run, shared by `charnn train` (charnn.cli.train) and `charnn.train`
+(charnn.api.training): flags -> configs, the text loaded as the flags say, the Trainer and rank 0's
+metrics.jsonl writer. The CLI adds only presentation (progress, previews, messages)."""
+
+from __future__ import annotations
+
+import time
+
+from dataclasses import dataclass, fields
+from typing import Callable, Optional, Tuple
+
+from charnn.config import ModelConfig, TrainConfig, parse_duration
+from charnn.data.training_text import TextOptions, load_training_text
+from charnn.errors import ConfigError
+from charnn.training.metrics import Callbacks, MetricsLogger, run_config
+from charnn.training.trainer import StopRequest, Trainer, TrainResult
+
+MODEL_FLAGS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "kind", "source_vocab"}  # those two: pairs=True
+TRAIN_FLAGS = {f.name for f in fields(TrainConfig)}
+OTHER_FLAGS = {"glob", "encoding", "resume", "log_every"}
+SEQ2SEQ_SHAPE = {"attention": True, "bidirectional": True, "attention_score": "general"}  # flags --pairs only
+
+
+def train_configs(flags: dict, caller: str = "charnn.train") -> Tuple[ModelConfig, TrainConfig]:
+    """The model and training configs of `charnn train`'s flags (Python spelling; missing ones: defaults)."""
+    unknown = set(flags) - MODEL_FLAGS - TRAIN_FLAGS - OTHER_FLAGS
+    if unknown:
+        raise ConfigError(f"{caller} got unknown flags: {', '.join(sorted(unknown))}")
+    if not flags.get("pairs") and any(flags.get(k, v) != v for k, v in SEQ2SEQ_SHAPE.items()):
+        raise ConfigError("`--no-attention`, `--unidirectional` and `--attention-score` shape a --pairs "
+                          "(sequence-to-sequence) model; add --pairs")
+    model_cfg = ModelConfig(vocab_size=1, **{k: v for k, v in flags.items() if k in MODEL_FLAGS}).validate()
+    train = {k: v for k, v in flags.items() if k in TRAIN_FLAGS}
+    if isinstance(train.get("max_time"), str):
+        train["max_time"] = parse_duration(train["max_time"])
+    return model_cfg, TrainConfig(**train).validate()
+
+
+@dataclass
+class TrainingRun:
+    trainer: Trainer
+    events: Callbacks  # the run's on_event: add callbacks (previews, say) before fit
+    metrics: Optional[MetricsLogger]  # rank 0's metrics.jsonl writer (None on other ranks)
+
+    @property
+    def task(self):
+        return self.trainer.task
+
+    def fit(self) -> TrainResult:
+        try:
+            return self.trainer.fit()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()  # the last step's record, also when training stopped early
+
+
+def start_run(corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Optional[Callable[[str, dict], None]] = None,
+              *, encoding: str = "utf-8", glob: Optional[str] = None, resume: bool = False, log_every: int = 10,
+              explicit: Optional[set] = None, stop: Optional[StopRequest] = None, dist=None,
+              loaded: Optional[Callable[[], None]] = None, started: Optional[float] = None) -> TrainingRun:
+    """Load the text (a plain corpus, labelled documents or pairs, as `cfg` says), make the Trainer and, on
+    rank 0, the metrics writer. `loaded` is called once loading ends (the CLI closes its download bar).
+    `started`: when the run's clock (--max-time) started, as time.perf_counter() (default: now, so loading the
+    text counts; the CLI passes its process's start, so its imports count too)."""
+    started = time.perf_counter() if started is None else started
+    events = Callbacks(on_event)
+    try:
+        text = load_training_text(corpus, encoding, glob, events, TextOptions.of(cfg))
+    finally:
+        if loaded is not None:
+            loaded()
+    trainer = Trainer(text, model_cfg, cfg, events, resume=resume, stop=stop, encoding=encoding, explicit=explicit,
+                      dist=dist, started=started)
+    metrics = None
+    if trainer.dist.is_main:
+        metrics = events.add(MetricsLogger(trainer.run_dir, log_every, resume, run_config(trainer, text.source)))
+    return TrainingRun(trainer, events, metrics)

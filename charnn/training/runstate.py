@@ -1,0 +1,154 @@
+"""A run's saved state: where it lives, what a checkpoint holds (weights, optimiser, progress, the carried
+recurrent state of every stream, random number generators), writing it, and taking it back on --resume.
+
+The recurrent state goes through the model's `state_ops` (charnn.models.state): this module knows no layout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from charnn.checkpoint import build_model, save_checkpoint, sweep_temp_files
+from charnn.config import ModelConfig, TrainConfig, from_dict
+from charnn.errors import CharnnError, ConfigError
+from charnn.training.init_from import FINETUNE_LR, graft, load_parent
+from charnn.training.resume import load_resume, resume_config
+
+
+def run_dir_for(cfg: TrainConfig, corpus) -> Path:
+    return Path(cfg.out) / (cfg.name or corpus.name)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before training, not after it, when the run folder cannot be written. Also sweeps away temp
+    files that a killed save left behind (they never hold the only copy of anything)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CharnnError(f"cannot write to {str(run_dir)!r}: {e.strerror or e}; choose another --out") from None
+    sweep_temp_files(run_dir)
+
+
+def begin(run_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig, resume: bool,
+          explicit: Optional[set]) -> Tuple[TrainConfig, Optional[dict], object]:
+    """(the run's config, the checkpoint it resumes, the parent it fine-tunes): --resume takes the run's saved
+    settings (flags given now override); --init-from loads the parent and defaults --lr to FINETUNE_LR."""
+    if resume and cfg.init_from and (explicit is None or "init_from" in explicit):
+        raise ConfigError("Can't provide both `--resume` and `--init-from`: a resumed run continues from its "
+                          "own last.pt, which remembers its parent. Choose one")
+    resumed = load_resume(run_dir, cfg.out) if resume else None
+    if resumed:
+        cfg = resume_config(resumed, cfg, model_cfg, explicit)
+    parent = None
+    if cfg.init_from and not resumed:
+        parent = load_parent(cfg.init_from, model_cfg, cfg, explicit, run_dir)
+        if explicit is not None and "lr" not in explicit:  # fine-tuning wants a gentler default
+            cfg = replace(cfg, lr=FINETUNE_LR)
+    return cfg, resumed, parent
+
+
+def model_for(task, model_cfg: ModelConfig, resumed: Optional[dict], parent, seed: int, on_event):
+    """(config, model, parent record): the resumed run's model, the parent's (fine-tuning, its vocabulary maybe
+    grown, its label table grafted) or a fresh one for the task's data."""
+    if resumed:
+        model_cfg = from_dict(ModelConfig, resumed["model_config"])
+    else:
+        model_cfg = task.model_config(parent.model_cfg if parent else model_cfg)
+    model_cfg = model_cfg.validate()
+    model = build_model(model_cfg)
+    record = resumed.get("parent") if resumed else None
+    if parent:
+        graft(model, parent, seed, task.label_names)
+        tok = task.tokenizer
+        parent.added = list(tok.decode(range(parent.model_cfg.vocab_size, tok.vocab_size)))
+        record = parent.record()
+        on_event("init_from", dict(record))
+    return model_cfg, model, record
+
+
+def checkpoint_data(t, val_loss: float, with_training_state: bool) -> dict:
+    """What trainer `t` saves; with the training state, a collective under torchrun (every rank must be here)."""
+    data = {
+        "model_config": asdict(t.model_cfg), "tokenizer": t.tokenizer.state(),
+        "model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
+        "train_config": asdict(t.cfg), "step": t.step, "epoch": t.epoch,
+        "chars_seen": t.chars_seen, "elapsed": t.elapsed(), "val_loss": val_loss,
+        "best_val_loss": min(t.best_val, val_loss), "device": t.device.type, "precision": t.precision,
+        "data": t.task.data_record,
+    }
+    if t.parent:
+        data["parent"] = t.parent
+    data.update(t.task.record())
+    if with_training_state:
+        ops = t.model.state_ops
+        # the carried state of all B streams: every rank's rows gathered
+        gathered = ops.map(t.state, lambda h, axis: t.dist.gather_rows(h, dim=axis))
+        hidden = None if gathered is None else [h.detach().cpu() for h in ops.pack(gathered)]
+        data["optimizer"] = t.opt.state_dict()
+        data["progress"] = {"step": t.step, "epoch": t.epoch, "window": t.window, "offset": t.offset,
+                            "bad_evals": t.bad_evals, "hidden": hidden}
+        data["rng"] = {"torch": torch.get_rng_state()}
+        if t.device.type == "cuda":
+            data["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    return data
+
+
+def write(t, path: Path, val_loss: float) -> None:
+    """Save trainer `t`'s checkpoint to `path` (rank 0 writes; under torchrun no rank goes on, or resumes from
+    this file, before rank 0 has written it)."""
+    data = checkpoint_data(t, val_loss, with_training_state=True)
+    failed = None
+    if t.dist.is_main:
+        try:
+            save_checkpoint(data, path)
+        except CharnnError as e:
+            failed = e
+    if t.dist.any(failed is not None):
+        raise failed or CharnnError(f"the first process could not write {path}; see its error")
+
+
+def drop_stale_best(run_dir: Path, resumed: bool, name: str) -> None:
+    """The first save of a fresh run into the folder of an older run of the same name: that run's
+    best.pt belongs to another model and would be picked over this run's last.pt, so remove it."""
+    stale = run_dir / "best.pt"
+    if not resumed and name == "last.pt" and stale.is_file():
+        stale.unlink()
+
+
+def save_on_stop(t) -> Optional[Path]:
+    """Save last.pt on a signal, unless this process has not trained a step: then an existing run of
+    the same name stays exactly as it was (None when there is no last.pt at all)."""
+    if t.step > t.start_step:
+        return t.save("last.pt", t.last_val)
+    existing = t.run_dir / "last.pt"
+    return existing if t.resumed and existing.is_file() else None
+
+
+def restore(t, data: dict) -> None:
+    """Put trainer `t` back where checkpoint `data` left it: weights, optimiser, progress, state, generators."""
+    t.model.load_state_dict(data["model"])
+    t.opt.load_state_dict(data["optimizer"])
+    p = data["progress"]
+    t.step, t.epoch, t.window, t.offset = p["step"], p["epoch"], p["window"], p["offset"]
+    t.best_val, t.last_val = data.get("best_val_loss", math.inf), data.get("val_loss", math.inf)
+    t.bad_evals, t.chars_seen = p.get("bad_evals", 0), data.get("chars_seen", 0)
+    t.elapsed_before = data.get("elapsed", 0.0)
+    ops = t.model.state_ops
+    state = ops.unpack(p.get("hidden"))
+    if state is not None:
+        if t.dist.active:  # last.pt holds every stream's state: take this rank's rows
+            state = ops.narrow(state, *t.dist.rows(ops.rows(state)))
+        t.state = ops.to(state, t.device)
+    rng = data.get("rng", {})
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and t.device.type == "cuda":
+        torch.cuda.set_rng_state_all(list(rng["cuda"]))

@@ -1,0 +1,151 @@
+"""The schedule and the budget: the optimiser and its learning rate over the run, how far the run has come, when a
+limit is reached, and what --max-time must keep in reserve (the final evaluation and saves), foreseen from what
+the run measured of its steps, evaluations and saves.
+
+Nothing here reads a clock: the trainer measures and passes seconds (or a clock) in, so one clock drives it all.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import deque
+from typing import Callable, Optional
+
+import torch
+
+from charnn.config import TrainConfig
+from charnn.device import autocast
+from charnn.scoring.evaluate import stream_layout
+
+EVAL_PROBE_STEPS = 64  # --max-time: time steps of the forward that foresees an evaluation's cost
+
+
+def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
+    """1) linear warm-up over `warmup` steps, 2) cosine decay from lr to lr*min_lr_frac as progress
+    goes 0 -> 1 (progress is steps, time or epochs used, whichever limit is nearest), 3) constant
+    when training is open-ended (it stops on patience instead)."""
+    warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
+    if cfg.open_ended:
+        return cfg.lr * warm
+    p = min(1.0, max(0.0, progress))
+    decay = cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p))
+    return cfg.lr * warm * decay
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over the groups the model declares (weight decay on its matrices, not its biases or embeddings)."""
+    groups = model.optimizer_groups(cfg.weight_decay)
+    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), **extra)
+
+
+def progress(cfg: TrainConfig, step: int, epochs_done: Callable[[], float], elapsed: Callable[[], float],
+             reserve: Callable[[], float]) -> float:
+    """Fraction of the run done by the nearest limit (0 when open-ended)."""
+    parts = [0.0]
+    if cfg.max_steps:
+        parts.append(step / cfg.max_steps)
+    if cfg.max_time:
+        parts.append(elapsed() / max(1e-9, cfg.max_time - reserve()))
+    if cfg.epochs:
+        parts.append(epochs_done() / cfg.epochs)
+    return max(parts)
+
+
+def schedule_progress(cfg: TrainConfig, step: int, epochs_done: Callable[[], float],
+                      run_progress: Callable[[], float]) -> float:
+    """What the learning-rate schedule follows. Steps and epochs are deterministic; elapsed time is
+    not, so time drives the schedule only when --max-time is the sole limit. That keeps the schedule
+    a function of the step alone, and a resumed run bitwise-identical to an uninterrupted one."""
+    if cfg.max_steps or cfg.epochs:
+        parts = [0.0]
+        if cfg.max_steps:
+            parts.append(step / cfg.max_steps)
+        if cfg.epochs:
+            parts.append(epochs_done() / cfg.epochs)
+        return max(parts)
+    return run_progress()
+
+
+def limit_reached(cfg: TrainConfig, step: int, epochs_done: Callable[[], float], elapsed: Callable[[], float],
+                  budget: "Budget", bad_evals: int) -> Optional[str]:
+    if cfg.max_steps and step >= cfg.max_steps:
+        return "max_steps"
+    if cfg.epochs and epochs_done() >= cfg.epochs:
+        return "epochs"
+    if cfg.max_time and elapsed() + budget.next_step_estimate() + budget.reserve() >= cfg.max_time:
+        return "max_time"  # the next step would leave too little for the final evaluation and saves
+    if cfg.open_ended and bad_evals >= cfg.patience:
+        return "patience"
+    return None
+
+
+class Budget:
+    """What --max-time foresees: the next step's, an evaluation's and a save's seconds."""
+
+    def __init__(self, val_tokens: int):
+        self.val_tokens = val_tokens
+        self.step_secs: deque = deque(maxlen=8)  # the last steps' wall time: the next one is foreseen from them
+        self.step_spt: deque = deque(maxlen=16)  # ... and per token, to scale a measured evaluation to the load now
+        self.eval_cost: Optional[float] = None
+        self.eval_spt: Optional[float] = None
+        self.save_cost: Optional[float] = None
+
+    def observe_step(self, seconds: float, tokens: int) -> None:
+        self.step_secs.append(seconds)
+        self.step_spt.append(seconds / max(1, tokens))
+
+    def forget_steps(self) -> None:
+        """The thread count changed: the old threads' step times foretell nothing now."""
+        self.step_secs.clear()
+        self.step_spt.clear()
+
+    def eval_took(self, seconds: float) -> None:
+        self.eval_cost = seconds
+        self.eval_spt = statistics.median(self.step_spt) if len(self.step_spt) >= 4 else None
+
+    def reserve(self) -> float:
+        """Seconds to keep for the final evaluation and its saves (last.pt and best.pt), so --max-time counts
+        everything."""
+        return self.eval_estimate() * 1.2 + self.save_estimate() * 2 + 0.5
+
+    def eval_now_needs(self) -> float:
+        """Seconds an evaluation now needs to leave time for another step and the final evaluation."""
+        return self.eval_estimate() + 2 * self.save_estimate() + self.next_step_estimate() + self.reserve()
+
+    def save_estimate(self) -> float:
+        return 0.25 if self.save_cost is None else self.save_cost
+
+    def eval_estimate(self) -> float:
+        """Seconds an evaluation will take now: the last one's (or the start's probe's) time, scaled by how much
+        slower a training step per token has become since (another process took a core, say)."""
+        recent = self.step_spt
+        now = statistics.median(recent) if len(recent) >= 4 else None
+        if self.eval_cost is None:  # no evaluation or probe yet: a forward per val token at half a step's cost
+            return 0.5 * self.val_tokens * now if now is not None else 0.0
+        if self.eval_spt is None:  # the probe ran before any step: the first steps are its reference
+            self.eval_spt = now
+        return self.eval_cost * (max(0.5, now / self.eval_spt) if now is not None and self.eval_spt else 1.0)
+
+    def next_step_estimate(self) -> float:
+        """Seconds the next step may take: the slowest of the last few."""
+        return max(self.step_secs) if self.step_secs else 0.0
+
+    def probe_eval(self, model: torch.nn.Module, world: int, device: torch.device, precision: str,
+                   clock: Callable[[], float] = time.perf_counter) -> None:
+        """--max-time before any evaluation: foresee the final one, which on a big validation split can take
+        longer than all of a short run's training. Evaluation scores the val ids as `streams` rows in forward
+        calls of CHUNK time steps (charnn.scoring.evaluate); time a forward of EVAL_PROBE_STEPS of them and scale."""
+        streams, length = stream_layout(self.val_tokens)
+        rows = max(1, -(-streams // world))  # this rank's share (evaluate splits the rows by rank)
+        steps = min(EVAL_PROBE_STEPS, length)
+        model.eval()
+        with torch.no_grad(), autocast(device, precision):
+            for warm in (True, False):
+                x = torch.zeros(rows, 4 if warm else steps, dtype=torch.long, device=device)
+                t = clock()
+                model(x)[0].float().sum().item()
+        model.train()
+        self.eval_cost = (clock() - t) * length / steps

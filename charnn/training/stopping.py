@@ -1,0 +1,69 @@
+"""How a training run ends: the result it returns, and a stop asked for by a signal (saved, then raised)."""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from charnn.errors import CharnnError
+
+STOP_REASONS = ("max_steps", "epochs", "max_time", "patience")
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving last.pt."""
+
+    def __init__(self, signum: int, path: Optional[Path]):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum, self.path = signum, path
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_val_loss: float  # nats per character
+    last_val_loss: float
+    elapsed: float  # seconds, data preparation and final evaluation included
+    chars_seen: int
+    stopped: str  # why training ended
+
+
+def non_finite(what: str, value: float, step: int, run_dir: Path) -> CharnnError:
+    """The error that stops a run whose loss went NaN or infinite (its checkpoints from before are kept)."""
+    kept = (f"the last good checkpoints in {run_dir} are kept" if (run_dir / "last.pt").is_file()
+            else "no checkpoint had been saved yet")
+    return CharnnError(f"{what} loss became {value} at step {step}; stopped, and {kept}. "
+                       "Try a lower --lr or a --grad-clip such as 1.0")
+
+
+class StopRequest:
+    """Set by a signal handler; the loop checks it between steps so a save never sees a half step."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+
+
+@contextmanager
+def graceful_signals(stop: StopRequest):
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second one quits at once."""
+
+    def handler(signum, frame):
+        if stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.signum = signum
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in old:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        old = {}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
