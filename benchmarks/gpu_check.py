@@ -174,7 +174,8 @@ def sample_worker(a) -> None:
     from sample_speed import CHARS, chars_per_second
 
     from charnn.checkpoint import build_from_checkpoint
-    from charnn.config import ModelConfig, SampleConfig
+    from charnn.config import ModelConfig
+    from charnn.sampling import SampleConfig
     from charnn.generation.sampler import Sampler
     from charnn.models.lm import CharRNN
     from charnn.text.tokenizer import CharTokenizer

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-from charnn.config import SampleConfig
+from charnn.sampling import SampleConfig
 from charnn.data.batches import split_text
 from charnn.generation.sampler import Sampler
 

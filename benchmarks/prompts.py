@@ -32,7 +32,7 @@ import torch
 from common import cpu_features, cpu_name
 
 import charnn
-from charnn.config import SamplingParams
+from charnn.sampling import SamplingParams
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.prefill import forward_chunks, prefill
 from charnn.generation.prompt import start_ids

@@ -27,7 +27,8 @@ from common import cpu_features, cpu_name
 
 import charnn.models.stepper
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-from charnn.config import ModelConfig, SampleConfig
+from charnn.config import ModelConfig
+from charnn.sampling import SampleConfig
 from charnn.generation.sampler import Sampler
 from charnn.models.int8 import weight_levels
 from charnn.models.lm import CharRNN

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import cpu_features, cpu_name  # noqa: E402
 
 from charnn.checkpoint import build_seq2seq, load_checkpoint  # noqa: E402
-from charnn.config import TransduceConfig  # noqa: E402
+from charnn.sampling import TransduceConfig  # noqa: E402
 from charnn.generation.seq2seq import Transducer  # noqa: E402
 
 ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \

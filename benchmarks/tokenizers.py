@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint  # noqa: E402
-from charnn.config import ModelConfig, SampleConfig, TrainConfig  # noqa: E402
+from charnn.config import ModelConfig, TrainConfig
+from charnn.sampling import SampleConfig  # noqa: E402
 from charnn.data.batches import split_text  # noqa: E402
 from charnn.data.corpus import Corpus, read_text  # noqa: E402
 from charnn.scoring.evaluate import EvalResult  # noqa: E402

@@ -1,13 +1,13 @@
-"""Dataclass configs for the model, training and sampling; validation names the flag at fault."""
+"""Dataclass configs for the model and training (sampling's are in charnn.sampling); validation names the flag
+at fault."""
 
 from __future__ import annotations
 
-import random
 import re
-from dataclasses import dataclass, fields, replace
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, fields
+from typing import Optional
 
-from charnn.errors import ConfigError, ParamError
+from charnn.errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
 KINDS = ("lm", "seq2seq")  # the kinds charnn itself registers (charnn.models.registry); others may add theirs
@@ -219,166 +219,6 @@ class TrainConfig:
     def open_ended(self) -> bool:
         """True when no length limit was given: training stops on val-loss patience."""
         return self.max_steps is None and self.max_time is None and self.epochs is None
-
-
-MIN_TEMPERATURE = 1e-30  # below it logits (|x| < 1e8) / temperature could overflow float32 and tie: greedy
-MAX_TEMPERATURE = 100.0  # beyond it every token is about as likely as any other: noise, not text
-SAMPLING_FLAGS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed"}  # CLI names
-
-
-@dataclass
-class SamplingParams:
-    """How each token is drawn: the one set of rules of `charnn sample`, `charnn transduce --temp`, the Python API
-    and the server (their configs are built from it). Decoding is temperature, top-k, top-p, then a seeded
-    Gumbel-max draw (charnn.generation.draw)."""
-
-    temperature: float = 1.0  # softmax temperature; 0 is greedy (always the most likely token)
-    top_k: Optional[int] = None  # draw only from the k most likely tokens
-    top_p: Optional[float] = None  # draw only from the most likely tokens whose probabilities reach p (0 < p <= 1)
-    seed: Optional[int] = None  # seed of the draws' noise (None: a fresh one, see `seeded`)
-
-    @property
-    def greedy(self) -> bool:
-        """Always the most likely token: temperature 0, or one so small that logits / temperature would
-        overflow float32, where infinities tie and the first of them, not the most likely, would be drawn."""
-        return self.temperature < MIN_TEMPERATURE
-
-    def seeded(self) -> "SamplingParams":
-        """These settings with a seed: the given one, else a fresh one (what the caller reports)."""
-        if self.seed is not None:
-            return self
-        return replace(self, seed=random.SystemRandom().randrange(2**31))
-
-    def problems(self, names: Optional[Dict[str, str]] = None) -> List[Tuple[str, str]]:
-        """(field, message) for each setting out of range or of the wrong type (a bool is not a number here,
-        though Python's bool is an int: JSON's `true` must not pass as 1); `names` maps a field to what the
-        caller calls it (`SAMPLING_FLAGS` for the command line; the field's own name otherwise)."""
-        t, k, p, seed = self.temperature, self.top_k, self.top_p, self.seed
-        checks = [
-            ("temperature", is_number(t) and 0 <= t <= MAX_TEMPERATURE,
-             f"must be a number >= 0 (0: greedy) and <= {MAX_TEMPERATURE:g}, got {shown(t)}"),
-            ("top_k", k is None or (is_integer(k) and k >= 1), f"must be an integer >= 1, got {shown(k)}"),
-            ("top_p", p is None or (is_number(p) and 0 < p <= 1), f"must be a number in (0, 1], got {shown(p)}"),
-            ("seed", seed is None or (is_integer(seed) and 0 <= seed < SEED_LIMIT),
-             f"must be an integer in [0, 2**63), got {shown(seed)}"),
-        ]
-        return [(name, f"`{(names or {}).get(name, name)}` {why}") for name, ok, why in checks if not ok]
-
-    def validate(self, names: Optional[Dict[str, str]] = None) -> "SamplingParams":
-        """Raise ParamError naming the first setting at fault (see `problems`)."""
-        for name, message in self.problems(names)[:1]:
-            raise ParamError(message, name)
-        return self
-
-
-def shown(x, most: int = 40) -> str:
-    """repr(x) cut to `most` characters (a 4,000-digit integer is an answer, not a message; past 4,300 digits
-    repr itself refuses)."""
-    try:
-        text = repr(x)
-    except ValueError:
-        return f"an integer of {x.bit_length()} bits"
-    return text if len(text) <= most else text[:most] + "..."
-
-
-def is_integer(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def is_number(x) -> bool:
-    """A finite int or float, not a bool (NaN and the infinities fail every range check anyway)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
-
-
-@dataclass
-class SampleConfig:
-    length: int = 500  # characters to generate after the prime (per sample)
-    temperature: float = 1.0  # softmax temperature (0: greedy)
-    top_k: Optional[int] = None  # keep only the k most likely tokens
-    top_p: Optional[float] = None  # keep the smallest set of tokens whose probability reaches p (0 < p <= 1)
-    greedy: bool = False  # always take the most likely token: `--greedy`, the same as temperature 0
-    prime: str = ""  # text the output starts with; the model is conditioned on it
-    unknown: str = "error"  # prime characters outside the vocabulary: error, or skip (drop them)
-    num_samples: int = 1  # samples generated together as one batch
-    separator: str = "\n\n"  # printed between samples
-    stop: Optional[str] = None  # a sample ends right after the first occurrence of this in its generated text
-    seed: Optional[int] = None  # random seed (None: a fresh one, reported on stderr)
-    device: str = "auto"  # auto, cpu, cuda or mps
-    int8: bool = False  # int8 recurrent weights (CPU, charnn/models/int8.py): faster on big models, a close approximation
-    heal: bool = True  # subword models: take a prime's last piece back and complete it in the first draw
-
-    @property
-    def sampling(self) -> SamplingParams:
-        """How tokens are drawn (`--greedy` is temperature 0)."""
-        return SamplingParams(0.0 if self.greedy else self.temperature, self.top_k, self.top_p, self.seed)
-
-    def validate(self) -> "SampleConfig":
-        problems = []
-        if self.length < 0:
-            problems.append(f"`--length` must be >= 0, got {self.length}")
-        given = SamplingParams(self.temperature, self.top_k, self.top_p, self.seed)  # (checked with --greedy too)
-        problems += [message for _, message in given.problems(SAMPLING_FLAGS)]
-        if self.unknown not in UNKNOWN:
-            problems.append(f"`--unknown` must be one of {', '.join(UNKNOWN)}, not {self.unknown!r}")
-        if self.num_samples < 1:
-            problems.append(f"`--num-samples` must be at least 1, got {self.num_samples}")
-        if self.stop is not None and self.stop == "":
-            problems.append("`--stop` must not be empty")
-        if self.device not in DEVICES:
-            problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        _raise(problems)
-        return self
-
-
-@dataclass
-class TransduceConfig:
-    beam: int = 1  # hypotheses kept per input (1: greedy)
-    n_best: int = 1  # outputs printed per input (at most --beam; with sampling, samples drawn per input)
-    length_penalty: float = 0.0  # beam scores divided by ((5 + length) / 6) ** this (GNMT's; 0: plain log-probability)
-    temperature: Optional[float] = None  # set (or top_k / top_p): sample outputs instead of searching (0: search)
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
-    seed: Optional[int] = None  # sampling's seed (None: 0, so the same input gives the same samples)
-    max_length: Optional[int] = None  # output characters per line at most (None: from the input's length)
-    batch_size: int = 64  # inputs decoded together (length-sorted; the order of the output is the input's)
-    unknown: str = "error"  # input characters outside the vocabulary: error, or skip (drop them)
-    device: str = "auto"
-
-    @property
-    def sampling(self) -> Optional[SamplingParams]:
-        """How outputs are sampled; None: they are searched for (beam search; greedy with one beam)."""
-        if self.temperature is None and self.top_k is None and self.top_p is None:
-            return None
-        return SamplingParams(1.0 if self.temperature is None else self.temperature, self.top_k, self.top_p,
-                              0 if self.seed is None else self.seed)
-
-    def validate(self) -> "TransduceConfig":
-        problems = []
-        sampling = self.sampling
-        if sampling is not None and sampling.greedy and sampling.temperature >= 0:  # --temp 0: greedy, as in sample
-            self.temperature, self.top_k, self.top_p = None, None, None  # and the API; here: a search, not a sample
-        for flag, value in (("--beam", self.beam), ("--n-best", self.n_best), ("--batch-size", self.batch_size)):
-            if value < 1:
-                problems.append(f"`{flag}` must be at least 1, got {value}")
-        if self.sampling is not None and self.beam > 1:
-            problems.append("`--beam` searches for the most likely outputs; `--temp/--top-k/--top-p` sample varied "
-                            "ones. Choose one")
-        elif self.sampling is None and self.n_best > self.beam:
-            problems.append(f"`--n-best {self.n_best}` needs at least that many beams; add `--beam {self.n_best}` "
-                            "(or sample N outputs with --temp)")
-        if not 0.0 <= self.length_penalty < float("inf"):
-            problems.append(f"`--length-penalty` must be a number >= 0, got {self.length_penalty}")
-        temperature = 1.0 if self.temperature is None else self.temperature
-        given = SamplingParams(temperature, self.top_k, self.top_p, self.seed)  # (a search's seed is checked too)
-        problems += [message for _, message in given.problems(SAMPLING_FLAGS)]
-        if self.max_length is not None and self.max_length < 1:
-            problems.append(f"`--max-length` must be at least 1, got {self.max_length}")
-        if self.unknown not in UNKNOWN:
-            problems.append(f"`--unknown` must be one of {', '.join(UNKNOWN)}, not {self.unknown!r}")
-        if self.device not in DEVICES:
-            problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        _raise(problems)
-        return self
 
 
 @dataclass

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import charnn
 from charnn.api import ParamError
-from charnn.config import SampleConfig
+from charnn.sampling import SampleConfig
 from charnn.errors import CharnnError, ConfigError
-from charnn.config import SamplingParams
+from charnn.sampling import SamplingParams
 from charnn.generation.batcher import Batcher, RowSpec, StopCut
 from charnn.generation.sampler import Sampler
 

@@ -14,7 +14,7 @@ from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig
 from charnn.generation import batcher as batcher_mod
 from charnn.generation import prefill as prefill_mod
-from charnn.config import SamplingParams
+from charnn.sampling import SamplingParams
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.prefill import forward_chunks, prefill, run, same_state
 from charnn.generation.prompt import start_ids

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
-from charnn.config import ModelConfig, SampleConfig
+from charnn.config import ModelConfig
+from charnn.sampling import SampleConfig
 from charnn.errors import CharnnError
-from charnn.config import SamplingParams
+from charnn.sampling import SamplingParams
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.draw import filter_logits, gumbel_noise
 from charnn.generation.sampler import Sampler

@@ -1,4 +1,4 @@
-"""One set of sampling rules (charnn.config.SamplingParams) for `charnn sample`, `charnn transduce`, the Python
+"""One set of sampling rules (charnn.sampling.SamplingParams) for `charnn sample`, `charnn transduce`, the Python
 API and the server: the same settings give the same text, temperature 0 is greedy everywhere, an invalid value
 is refused with the same sentence by every entry point, and logits are divided by the temperature in one place."""
 
@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import charnn
 from charnn.cli import app
-from charnn.config import SAMPLING_FLAGS, SampleConfig, SamplingParams, TransduceConfig
+from charnn.sampling import SAMPLING_FLAGS, SampleConfig, SamplingParams, TransduceConfig
 from charnn.errors import ConfigError, ParamError
 from charnn.generation.sampler import Sampler
 from charnn.models.stepper import FastStepper

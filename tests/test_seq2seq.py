@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from charnn.checkpoint import build_seq2seq, load_checkpoint
 from charnn.cli import app
-from charnn.config import ModelConfig, TrainConfig, TransduceConfig
+from charnn.config import ModelConfig, TrainConfig
+from charnn.sampling import TransduceConfig
 from charnn.data.pairs import PairBatches, encode_side, load_pairs, read_pairs
 from charnn.errors import CharnnError
 from charnn.scoring.evaluate import pair_nats
@@ -270,7 +271,7 @@ def test_an_input_with_no_known_character_is_a_blank_line_under_skip(reverse_run
     """--unknown skip on a line of unknown characters only: a blank output (it was decoded from the end alone and
     wrote a letter), and a note saying so."""
     import charnn
-    from charnn.config import TransduceConfig
+    from charnn.sampling import TransduceConfig
     from charnn.generation.seq2seq import Transducer
 
     m = charnn.load(str(reverse_run / "rev"))

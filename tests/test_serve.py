@@ -304,7 +304,7 @@ def test_a_failing_generation_step_fails_its_requests_and_the_engine_carries_on(
     import asyncio
 
     import charnn
-    from charnn.config import SamplingParams
+    from charnn.sampling import SamplingParams
     from charnn.generation.batcher import RowSpec
     from charnn.serve.engine import FAILED, Engine, Job
 

@@ -101,7 +101,7 @@ def test_a_job_that_cannot_start_fails_alone(trained_run, model, monkeypatch):
     import asyncio
 
     from charnn.api.params import ParamError
-    from charnn.config import SamplingParams
+    from charnn.sampling import SamplingParams
     from charnn.generation.batcher import RowSpec
     from charnn.serve.engine import FAILED, Engine, Job
 

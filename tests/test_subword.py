@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from charnn.cli import app
-from charnn.config import ModelConfig, SampleConfig, TrainConfig
+from charnn.config import ModelConfig, TrainConfig
+from charnn.sampling import SampleConfig
 from charnn.data.corpus import Corpus
 from charnn.scoring.evaluate import evaluate_text
 from charnn.generation.sampler import generate

@@ -229,11 +229,11 @@ def test_the_command_lines_clock_starts_with_the_process(tmp_path, monkeypatch, 
     """Imports and corpus loading count in --max-time: on a busy machine importing torch alone took 6 s."""
     from typer.testing import CliRunner
 
-    import charnn.training.trainer as trainer_module
+    import charnn.training.stopping as stopping
     from charnn.cli import app
 
-    assert 0 < trainer_module.process_age() < 10 ** 7
-    monkeypatch.setattr(trainer_module, "process_age", lambda: 50.0)  # the process started 50 s ago
+    assert 0 < stopping.process_age() < 10 ** 7
+    monkeypatch.setattr(stopping, "process_age", lambda: 50.0)  # the process started 50 s ago
     r = CliRunner().invoke(app, ["train", str(corpus_file), "--out", str(tmp_path), "--max-time", "45s", "--hidden",
                                  "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--device", "cpu", "-q"])
     assert r.exit_code == 0, r.stderr

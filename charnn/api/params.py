@@ -1,5 +1,5 @@
 """What a generation request may ask for, checked once for the Python API and the server alike: its sampling
-settings by `charnn.config.SamplingParams`' rules (those of `charnn sample` and `charnn transduce` too), the rest
+settings by `charnn.sampling.SamplingParams`' rules (those of `charnn sample` and `charnn transduce` too), the rest
 (prompt, length, n, stop) here."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple, Union
 
-from charnn.config import SEED_LIMIT, SamplingParams, is_integer, shown
+from charnn.config import SEED_LIMIT
+from charnn.sampling import SamplingParams, is_integer, shown
 from charnn.errors import ParamError
 from charnn.generation.batcher import MAX_STOPS, RowSpec
 

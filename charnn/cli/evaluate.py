@@ -148,7 +148,7 @@ def _test_split(path: str, entry: dict) -> str:
 def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> None:
     """A sequence-to-sequence model over files of pairs: one row per file (and a total)."""
     from charnn.checkpoint import build_seq2seq
-    from charnn.config import TransduceConfig
+    from charnn.sampling import TransduceConfig
     from charnn.data.pairs import read_pairs
     from charnn.reports.pairs import score_files, total, unknown_chars
 

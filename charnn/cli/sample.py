@@ -10,7 +10,7 @@ import typer
 from charnn.cli.options import (Checkpoint, Device, DynamicDecay, DynamicLr, Label, Quiet, Seed, Segment,
                                 dynamic_config, unescape)
 from charnn.cli.output import err, user_errors, writing_results
-from charnn.config import SampleConfig
+from charnn.sampling import SampleConfig
 from charnn.errors import CharnnError, ConfigError
 
 

@@ -171,9 +171,10 @@ def train(
     from charnn.cli.progress import TrainProgress
     from charnn.training.distributed import Dist
     from charnn.training.run import start_run, train_configs
-    from charnn.training.trainer import StopRequest, TrainingInterrupted, graceful_signals, process_age
+    from charnn.training import stopping
+    from charnn.training.trainer import StopRequest, TrainingInterrupted, graceful_signals
 
-    started = time.perf_counter() - process_age()  # --max-time counts from the command's start, imports included
+    started = time.perf_counter() - stopping.process_age()  # --max-time counts from the command's start, imports included
     flags = {k: v for k, v in locals().items() if k in _CONFIG_FLAGS}
     dist = Dist.from_env()  # under torchrun: this process's rank; only rank 0 writes files and talks
     if not dist.is_main:

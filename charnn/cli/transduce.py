@@ -9,7 +9,7 @@ import typer
 
 from charnn.cli.options import Device, Quiet, split_checkpoint
 from charnn.cli.output import err, user_errors, writing_results
-from charnn.config import TransduceConfig
+from charnn.sampling import TransduceConfig
 
 
 def transduce(

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from charnn.config import SamplingParams
+from charnn.sampling import SamplingParams
 from charnn.errors import CharnnError, first_line
 from charnn.generation.draw import NOISE_FLOATS, filter_logits, gumbel_noise, temper
 from charnn.generation.prefill import CHUNK, prefill, run

@@ -33,7 +33,7 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
 def temper(logits: torch.Tensor, temperature) -> torch.Tensor:
     """(n, V) logits / temperature, in place: a float, or (n, 1) one per row. The one place logits are divided
     (the Batcher's draw and sampling from an encoder-decoder); greedy draws are never divided (see
-    `charnn.config.SamplingParams.greedy`)."""
+    `charnn.sampling.SamplingParams.greedy`)."""
     return logits.div_(temperature)
 
 

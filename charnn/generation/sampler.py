@@ -13,7 +13,7 @@ from typing import Iterator, List, Optional
 
 import torch
 
-from charnn.config import SampleConfig
+from charnn.sampling import SampleConfig
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.prompt import clean_prime
 

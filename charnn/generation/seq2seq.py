@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from charnn.config import SamplingParams, TransduceConfig
+from charnn.sampling import SamplingParams, TransduceConfig
 from charnn.data.pairs import END, pad_sources
 from charnn.errors import CharnnError
 from charnn.generation.draw import filter_logits, gumbel_noise, temper

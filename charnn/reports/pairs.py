@@ -10,7 +10,7 @@ from typing import List
 
 import numpy as np
 
-from charnn.config import TransduceConfig
+from charnn.sampling import TransduceConfig
 from charnn.data.pairs import PairFile, encode_side
 from charnn.scoring.evaluate import pair_nats
 from charnn.scoring.pairs import PairScore, edit_distance

@@ -18,7 +18,7 @@ import torch
 
 from charnn.api.model import Model
 from charnn.api.params import ParamError
-from charnn.config import SamplingParams
+from charnn.sampling import SamplingParams
 from charnn.generation.batcher import BLOCK, MAX_STOPS, Row, RowSpec
 
 FLUSH_SECONDS = 0.02  # hand each request the text made in at most this long

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from charnn.config import SampleConfig, TransduceConfig
+from charnn.sampling import SampleConfig, TransduceConfig
 from charnn.errors import ConfigError
 from charnn.generation.sampler import generate
 from charnn.generation.seq2seq import Transducer

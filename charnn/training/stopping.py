@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,3 +68,14 @@ def graceful_signals(stop: StopRequest):
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def process_age() -> float:
+    """Seconds since this process started (from /proc; 0 where there is none): the command line starts the
+    run's clock there, so --max-time also counts the imports and the corpus loading before the Trainer."""
+    try:
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: start time
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0

@@ -10,7 +10,6 @@ Library code: it never prints. It reports through `on_event(kind, info)`; the CL
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from dataclasses import asdict, replace
@@ -345,17 +344,6 @@ class Trainer:
                              self.chars_seen, stopped)
         self.on_event("done", asdict(result))
         return result
-
-
-def process_age() -> float:
-    """Seconds since this process started (from /proc; 0 where there is none): the command line starts the
-    run's clock there, so --max-time also counts the imports and the corpus loading before the Trainer."""
-    try:
-        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: start time
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - start / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError, AttributeError):
-        return 0.0
 
 
 def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Optional[Callback] = None,
