@@ -6,6 +6,8 @@ trainer on a fake clock that every forward call of the model advances (a busy ma
 import math
 import types
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import TINY_MODEL, TINY_TRAIN, make_text
@@ -148,6 +150,23 @@ def test_threads_flag_is_taken_as_given(tmp_path, fake_threads):
     cfg = TrainConfig(out=str(tmp_path), name="t", **{**TINY_TRAIN, "max_steps": 3, "threads": 1})
     trainer = Trainer(Corpus(make_text(50), "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
     assert (trainer.threads_choice.how, trainer.threads_choice.threads, trainer.watch) == ("forced", 1, None)
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_trained_with(tmp_path, monkeypatch, fake_threads):
+    """As it keeps its precision: on a big model another count rounds differently, so the resumed steps would
+    not be the ones the run would have taken. Measured once, saved in last.pt, taken back without measuring."""
+    cfg = TrainConfig(out=str(tmp_path), name="t", **{**TINY_TRAIN, "max_steps": 6, "eval_every": 3})
+    corpus = Corpus(make_text(60, seed=2), "t", "t")
+    first = Trainer(corpus, ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
+    assert first.threads_choice.how == "measured"
+    first.fit()
+    saved = torch.load(tmp_path / "t" / "last.pt", weights_only=True)["threads"]
+    assert saved == first.threads_choice.threads
+    monkeypatch.setattr("charnn.training.choices.choose_threads", lambda *a, **k: pytest.fail("measured again"))
+    fake_threads["n"] = 3 - saved  # the other count, so keeping it is seen
+    again = Trainer(corpus, ModelConfig(vocab_size=1, **TINY_MODEL), replace(cfg, max_steps=9), resume=True)
+    assert (again.threads_choice.how, again.threads_choice.threads, again.watch) == ("resumed", saved, None)
+    assert fake_threads["n"] == saved
 
 
 # -- --max-time on a busy machine: a fake clock that the model's forward calls advance ----------------------------

@@ -10,13 +10,20 @@ import torch
 
 from charnn.config import TrainConfig
 from charnn.training.precision import PrecisionChoice, choose_precision, native_bf16, remember
-from charnn.training.threads import MEASURE_BUDGET, ThreadChoice, choose_threads
+from charnn.training.threads import MEASURE_BUDGET, ThreadChoice, choose_threads, usable_cores
 
 
 def run_threads(cfg: TrainConfig, model, x, y, extra: dict, device: torch.device, precision: str,
-                dist) -> ThreadChoice:
+                dist, resumed: Optional[dict] = None) -> ThreadChoice:
     """--threads, or the count measured fastest on this model's training step (charnn.training.threads);
-    under torchrun every rank takes the fewest any rank chose (the ranks share the machine's cores)."""
+    under torchrun every rank takes the fewest any rank chose (the ranks share the machine's cores). A resumed
+    run without --threads keeps the count it trained with where this machine has the cores (as it keeps its
+    precision: on a big model another count rounds differently, and the resumed steps would not be the run's)."""
+    saved = (resumed or {}).get("threads")
+    if (isinstance(saved, int) and not cfg.threads and device.type == "cpu" and resumed.get("device") == "cpu"
+            and 1 <= saved <= usable_cores(dist.local_world)):
+        torch.set_num_threads(saved)
+        return ThreadChoice(saved, "resumed", reason="the run's own thread count, kept on resume")
     budget = min(MEASURE_BUDGET, 0.02 * cfg.max_time) if cfg.max_time else MEASURE_BUDGET
     choice = choose_threads(cfg.threads, model, x, y, device, precision, extra, dist.local_world, budget)
     if dist.active and not cfg.threads and device.type == "cpu":  # the same on every rank

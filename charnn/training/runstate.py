@@ -83,6 +83,7 @@ def checkpoint_data(t, val_loss: float, with_training_state: bool) -> dict:
         "chars_seen": t.chars_seen, "elapsed": t.elapsed(), "val_loss": val_loss,
         "best_val_loss": min(t.best_val, val_loss), "device": t.device.type, "precision": t.precision,
         "data": t.task.data_record,
+        "threads": t.threads_choice.threads,  # a resumed run without --threads keeps it (training.choices)
     }
     if t.parent:
         data["parent"] = t.parent

@@ -52,7 +52,8 @@ RECHECK_SECS = 300.0  # and measure again after this long anyway (a load that le
 @dataclass
 class ThreadChoice:
     threads: int  # what training runs with
-    how: str  # forced (the flag), measured, single (one core: nothing to choose), rule (not the CPU: torch's)
+    how: str  # forced (the flag), measured, single (one core: nothing to choose), rule (not the CPU: torch's),
+    # resumed (the run's own count, training.choices)
     seconds: Dict[int, float] = field(default_factory=dict)  # median seconds per probe step, by thread count
     reason: str = ""
 

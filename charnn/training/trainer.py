@@ -122,7 +122,7 @@ class Trainer:
         if resumed:
             runstate.restore(self, resumed)
         self._probe_batch = next(iter(self.batches.epoch(0, 0)))  # one batch for the probes
-        self.threads_choice = self._choose_threads("fp32")  # before precision: its cache key holds the threads
+        self.threads_choice = self._choose_threads("fp32", resumed)  # before precision: its cache key holds them
         self.precision_choice = self._choose_precision(resumed)
         self.precision = self.precision_choice.precision
         self.watch = Watch() if self.threads_choice.how == "measured" else None
@@ -145,10 +145,11 @@ class Trainer:
         return run_precision(self.cfg, resumed, self.model, x, y, self._probe_extra(), self.device,
                              self.threads_choice.threads, self.dist, choose=choose_precision)
 
-    def _choose_threads(self, precision: str) -> ThreadChoice:
+    def _choose_threads(self, precision: str, resumed: Optional[dict] = None) -> ThreadChoice:
         t = time.perf_counter()
         x, y = self._probe_batch[:2]
-        choice = run_threads(self.cfg, self.model, x, y, self._probe_extra(), self.device, precision, self.dist)
+        choice = run_threads(self.cfg, self.model, x, y, self._probe_extra(), self.device, precision, self.dist,
+                             resumed)
         self._measure_cost = time.perf_counter() - t
         return choice
 
