@@ -61,6 +61,22 @@ def make_text(n_lines: int = 400, seed: int = 0) -> str:
     return "\n".join(" ".join(rng.choice(words) for _ in range(8)) for _ in range(n_lines)) + "\n"
 
 
+def train_tiny_pairs(root: Path, out: Path) -> Path:
+    """A tiny sequence-to-sequence run (reversed words, 4 steps: it learns little) trained through the CLI into
+    out/rev; returns that run folder."""
+    from typer.testing import CliRunner
+
+    from charnn.cli import app
+
+    words = ["abc", "de", "cab", "cde", "ba", "ed", "bad", "ace"] * 30
+    (root / "rev.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in words), encoding="utf-8")
+    r = CliRunner().invoke(app, [str(a) for a in ("train", root / "rev.tsv", "--pairs", "--out", out, "--hidden", "16",
+                                                  "--embed", "8", "--layers", "1", "--max-steps", "4", "--eval-every",
+                                                  "2", "--device", "cpu", "--threads", "1", "-q")])
+    assert r.exit_code == 0, r.stderr
+    return out / "rev"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Encoded corpora and downloads go to a temporary cache, never the user's ~/.cache/charnn."""

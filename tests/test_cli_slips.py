@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import typer
-from conftest import one_line_error
+from conftest import one_line_error, train_tiny_pairs
 from typer.testing import CliRunner
 
 from charnn.cli import app
@@ -76,11 +76,7 @@ def test_novelty_checks_against_the_newest_run_by_default(trained_run, newest):
 def pairs_root(tmp_path_factory):
     """A folder whose ./checkpoints holds a tiny sequence-to-sequence run (it learns nothing; greedy is greedy)."""
     root = tmp_path_factory.mktemp("slips-s2s")
-    words = ["abc", "de", "cab", "cde", "ba", "ed", "bad", "ace"] * 30
-    (root / "rev.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in words), encoding="utf-8")
-    r = invoke("train", root / "rev.tsv", "--pairs", "--out", root / "checkpoints", "--hidden", "16", "--embed", "8",
-               "--layers", "1", "--max-steps", "4", "--eval-every", "2", "--device", "cpu", "--threads", "1", "-q")
-    assert r.exit_code == 0, r.stderr
+    train_tiny_pairs(root, root / "checkpoints")
     return root
 
 

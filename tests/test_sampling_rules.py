@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import train_tiny_pairs
 from typer.testing import CliRunner
 
 import charnn
@@ -41,12 +42,7 @@ def model(trained_run):
 def pairs_run(tmp_path_factory):
     """A tiny sequence-to-sequence run (it learns little; sampling from it still depends on every setting)."""
     root = tmp_path_factory.mktemp("rules-s2s")
-    words = ["abc", "de", "cab", "cde", "ba", "ed", "bad", "ace"] * 30
-    (root / "rev.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in words), encoding="utf-8")
-    r = invoke("train", root / "rev.tsv", "--pairs", "--out", root / "runs", "--hidden", "16", "--embed", "8",
-               "--layers", "1", "--max-steps", "4", "--eval-every", "2", "--device", "cpu", "--threads", "1", "-q")
-    assert r.exit_code == 0, r.stderr
-    return root / "runs" / "rev"
+    return train_tiny_pairs(root, root / "runs")
 
 
 # -- the same settings give the same text ---------------------------------------------------------------------------
