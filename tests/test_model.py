@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from charnn.config import ModelConfig
-from charnn.models.lm import CharRNN, detach_state
+from charnn.models.lm import CharRNN
 
 
 def naive_lstm(model: CharRNN, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ def test_state_carry_equals_one_long_pass():
         with torch.no_grad():
             full, _ = model(x)
             a, state = model(x[:, :4])
-            b, _ = model(x[:, 4:], detach_state(state))
+            b, _ = model(x[:, 4:], CharRNN.state_ops.detach(state))
         assert torch.allclose(full, torch.cat([a, b], dim=1), atol=1e-6), cell
 
 
@@ -68,7 +68,7 @@ def test_detach_state_cuts_the_graph():
     model = small_model().train()
     _, state = model(torch.randint(0, 7, (2, 3)))
     assert all(s.requires_grad for s in state)
-    assert not any(s.requires_grad for s in detach_state(state))
+    assert not any(s.requires_grad for s in CharRNN.state_ops.detach(state))
 
 
 def test_keep_freed_memory_takes_effect_on_linux():
@@ -84,7 +84,7 @@ def test_a_model_copy_is_separate_and_its_rnn_weights_stay_one_block(device):
     CUDA no 'weights are not part of single contiguous chunk' warning, which a plain deepcopy of an RNN gives."""
     import warnings
 
-    from charnn.models.lm import copy_model
+    from charnn.models.cells import copy_model
 
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=11, hidden=16, embed=8, layers=2)).to(device).eval()

@@ -10,7 +10,6 @@ import torch.nn as nn
 
 from charnn.config import LMConfig
 from charnn.models.cells import CELLS, decay_groups, forget_bias
-from charnn.models.cells import copy_model  # noqa: F401  (training imports it from here)
 from charnn.models.state import RNN_STATE
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
@@ -85,12 +84,3 @@ class CharRNN(nn.Module):
         """AdamW's parameter groups: weight decay on matrices, not on biases, the embedding or the label vectors."""
         return decay_groups(self, weight_decay, ("embed", "label_embed", "label_out"))
 
-
-def map_state(state: State, fn) -> State:
-    """`fn` applied to each tensor of a recurrent state: an LSTM's (h, c) pair or a GRU's/RNN's h (None stays)."""
-    return RNN_STATE.map(state, lambda s, axis: fn(s))
-
-
-def detach_state(state: State) -> State:
-    """Cut the graph at a batch boundary (truncated BPTT) but keep the values (None: no state to carry)."""
-    return RNN_STATE.detach(state)

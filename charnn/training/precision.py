@@ -34,7 +34,7 @@ from charnn.data.cache import cache_root
 from charnn.data.files import write_atomic
 from charnn.device import autocast, cpu_name
 from charnn.errors import CharnnError, first_line
-from charnn.models.lm import copy_model
+from charnn.models.cells import copy_model
 
 CACHE_FILE = "precision.json"
 MIN_GAIN = 1.05  # bf16 must be this much faster than fp32 to be chosen: below it is run-to-run noise
