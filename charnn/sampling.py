@@ -143,10 +143,11 @@ class TransduceConfig:
                               0 if self.seed is None else self.seed)
 
     def validate(self) -> "TransduceConfig":
-        problems = []
-        sampling = self.sampling
-        if sampling is not None and sampling.greedy and sampling.temperature >= 0:  # --temp 0: greedy, as in sample
-            self.temperature, self.top_k, self.top_p = None, None, None  # and the API; here: a search, not a sample
+        temperature = 1.0 if self.temperature is None else self.temperature
+        given = SamplingParams(temperature, self.top_k, self.top_p, self.seed)  # (a search's seed is checked too)
+        problems = [message for _, message in given.problems(SAMPLING_FLAGS)]  # as given, before --temp 0 clears
+        if not problems and self.sampling is not None and given.greedy:  # --temp 0: greedy, as in sample and the
+            self.temperature, self.top_k, self.top_p = None, None, None  # API; here: a search, not a sample
         for flag, value in (("--beam", self.beam), ("--n-best", self.n_best), ("--batch-size", self.batch_size)):
             if value < 1:
                 problems.append(f"`{flag}` must be at least 1, got {value}")
@@ -158,9 +159,6 @@ class TransduceConfig:
                             "(or sample N outputs with --temp)")
         if not 0.0 <= self.length_penalty < float("inf"):
             problems.append(f"`--length-penalty` must be a number >= 0, got {self.length_penalty}")
-        temperature = 1.0 if self.temperature is None else self.temperature
-        given = SamplingParams(temperature, self.top_k, self.top_p, self.seed)  # (a search's seed is checked too)
-        problems += [message for _, message in given.problems(SAMPLING_FLAGS)]
         if self.max_length is not None and self.max_length < 1:
             problems.append(f"`--max-length` must be at least 1, got {self.max_length}")
         if self.unknown not in UNKNOWN:

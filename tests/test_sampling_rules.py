@@ -156,3 +156,11 @@ def test_sample_loads_through_the_api_and_adapts_as_it_does(trained_run, monkeyp
     assert len(calls) == 1
     want = real(trained_run.run_dir, device="cpu").adapt(text).generate("the", length=70, seed=2)
     assert r.stdout == "the" + want + ("" if want.endswith("\n") else "\n")
+
+
+def test_transduce_checks_the_values_temperature_0_clears():
+    """--temp 0 makes transduce a greedy search, but its --top-k/--top-p are still checked as given (they were
+    cleared before the check, so bad values passed)."""
+    with pytest.raises(ConfigError, match="--top-k"):
+        TransduceConfig(temperature=0, top_k=-5).validate()
+    assert TransduceConfig(temperature=0, top_k=3).validate().sampling is None

@@ -41,7 +41,8 @@ class Model:
         self.name = self.path.parent.name if self.path.name in ("best.pt", "last.pt") else self.path.stem
         self._info: Optional[dict] = None
         self._idle: Dict[int, List[Batcher]] = {}  # batchers between calls, by row count
-        self._lock_scoring = threading.Lock()  # one token_logprobs at a time: concurrent long texts do not add up
+        self._lock_scoring = threading.Lock()
+        self._pieces_by_id: Optional[List[str]] = None  # one token_logprobs at a time: concurrent long texts do not add up
         self._lock = threading.Lock()
         self._created = int(self.path.stat().st_mtime) if self.path.exists() else 0
         data = data or {}
@@ -172,10 +173,12 @@ class Model:
         The text runs through the model a chunk at a time: memory does not grow with its length beyond the
         answer itself."""
         ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
-        pieces = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
+        if self._pieces_by_id is None:  # each token's text, once per model
+            self._pieces_by_id = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
+        pieces = self._pieces_by_id
         picked, best, best_lp = (np.zeros(len(ids), dtype=dtype) for dtype in (np.float64, np.int64, np.float64))
         at = 0
-        with self._lock_scoring, torch.inference_mode():
+        with self._lock_scoring:
             context = np.concatenate([start_ids(self.tokenizer, ""), ids[:-1]])[:len(ids)]  # each token's input
             for out, _ in forward_chunks(self.net, context, None, self.device):
                 logp = torch.log_softmax(out[0].float(), dim=-1)  # (T, V)

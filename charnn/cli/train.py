@@ -18,12 +18,6 @@ from charnn.config import CELLS, PRECISIONS, TOKENIZERS
 
 COMMON, MODEL, SCHEDULE = "Common", "Model", "Schedule and budget"
 LABELS, PAIRS, SYSTEM = "Labels (--label-by)", "Pairs (--pairs)", "System"
-# the flags that become the run's ModelConfig and TrainConfig (charnn.training.run.train_configs)
-_CONFIG_FLAGS = ("name", "out", "cell", "layers", "hidden", "embed", "dropout", "val_frac", "val_file", "batch_size",
-                 "seq_len", "lr", "warmup", "weight_decay", "grad_clip", "max_steps", "max_time", "epochs", "patience",
-                 "eval_every", "eval_tokens", "seed", "device", "precision", "threads", "compile", "init_from",
-                 "label_by", "label_dropout", "label_contrast", "label_negatives", "skip_bad_lines", "pairs",
-                 "attention", "bidirectional", "attention_score", "save_every_secs", "tokenizer", "vocab_size")
 
 
 def _in(panel: str, option, default=None):
@@ -170,12 +164,12 @@ def train(
     """Train a model on CORPUS; checkpoints land in OUT/NAME/best.pt and last.pt."""
     from charnn.cli.progress import TrainProgress
     from charnn.training.distributed import Dist
-    from charnn.training.run import start_run, train_configs
+    from charnn.training.run import MODEL_FLAGS, TRAIN_FLAGS, start_run, train_configs
     from charnn.training import stopping
     from charnn.training.trainer import StopRequest, TrainingInterrupted, graceful_signals
 
     started = time.perf_counter() - stopping.process_age()  # --max-time counts from the command's start, imports included
-    flags = {k: v for k, v in locals().items() if k in _CONFIG_FLAGS}
+    flags = {k: v for k, v in locals().items() if k in MODEL_FLAGS | TRAIN_FLAGS}  # the run's configs' flags
     dist = Dist.from_env()  # under torchrun: this process's rank; only rank 0 writes files and talks
     if not dist.is_main:
         err.quiet = True

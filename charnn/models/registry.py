@@ -26,7 +26,8 @@ from charnn.models.stepper import FastStepper, ModuleStepper
 
 @dataclass(frozen=True)
 class TrainFlag:
-    """One `charnn train` flag of a kind (the CLI builds its options from these)."""
+    """One `charnn train` flag of a kind, as data (not yet read by the CLI: `charnn train`'s options are written
+    out in charnn/cli/train.py; building them from these is issue 30's open item)."""
 
     name: str  # the config field; the flag is --name with dashes
     type: type
