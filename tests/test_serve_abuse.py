@@ -142,6 +142,52 @@ def test_a_job_that_cannot_start_fails_alone(trained_run, model, monkeypatch):
         engine.close()
 
 
+def test_a_long_prompt_that_cannot_load_fails_alone(trained_run, model, monkeypatch):
+    """A long prompt loads in slices during later steps (charnn.generation.prefill); an error there (memory, say)
+    must fail its own job only, as an error at the door does, and leave no dead prefill behind."""
+    import asyncio
+
+    from charnn.generation import batcher as batcher_module
+    from charnn.generation.batcher import RowSpec
+    from charnn.sampling import SamplingParams
+    from charnn.serve.engine import FAILED, Engine, Job
+
+    real_prefill = batcher_module.prefill
+
+    def prefill(model_, ids, device, chunk=256, window=4096):
+        if len(ids) > 5000:
+            yield
+            raise RuntimeError("out of memory while loading")
+        return (yield from real_prefill(model_, ids, device, chunk, window))
+
+    monkeypatch.setattr(batcher_module, "prefill", prefill)
+    engine = Engine(model, max_batch=4, max_queue=4)
+
+    async def run(job):
+        updates = []
+        while not updates or not updates[-1][2]:
+            updates += await asyncio.wait_for(job.updates.get(), 60)
+        return updates
+
+    async def both():
+        loop = asyncio.get_running_loop()
+        good = Job([RowSpec("the", 3000, SamplingParams(seed=1))], loop)
+        bad = Job([RowSpec("the cat sat on a mat\n" * 400, 50, SamplingParams(seed=1))], loop)
+        engine.submit(good)
+        first = await asyncio.wait_for(good.updates.get(), 60)
+        engine.submit(bad)
+        return first + await run(good), await run(bad)
+
+    try:
+        good, bad = asyncio.run(both())
+        assert bad[-1][2] == FAILED and "out of memory while loading" in bad[-1][1]
+        assert good[-1][2] == "length" and all(u[2] != FAILED for u in good)
+        assert "".join(u[1] for u in good) == model.generate("the", length=3000, seed=1)
+        assert engine.batcher.loading == [] and engine.rows_reserved == 0 and engine.batcher.active == 0
+    finally:
+        engine.close()
+
+
 # --- 5. every field, every JSON type ------------------------------------------------------------------------
 
 def _integer(v):

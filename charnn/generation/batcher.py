@@ -43,6 +43,14 @@ PREFILL_SECONDS = 0.05  # prompt loading per `step` while other rows are generat
 PREFILL_ALONE_SECONDS = 0.25  # ... and while no row is (the caller still gets control back to admit or cancel)
 
 
+class PrefillFailed(Exception):
+    """Loading a long prompt failed (memory, say): its rows have left the batch; the other rows go on."""
+
+    def __init__(self, rows: List["Row"], cause: BaseException):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.rows = rows
+
+
 @dataclass
 class RowSpec:
     """What one row asks for."""
@@ -196,6 +204,9 @@ class Batcher:
                 self.prompt_state = ids, done.value
                 for row in rows:
                     self._join(row, done.value)
+            except Exception as e:  # this prompt's rows fail; a dead prefill is never stepped again
+                self.loading.pop(0)
+                raise PrefillFailed(rows, e) from e
             if time.perf_counter() - t0 >= seconds:
                 return
 

@@ -19,7 +19,7 @@ import torch
 from charnn.api.model import Model
 from charnn.api.params import ParamError
 from charnn.sampling import SamplingParams
-from charnn.generation.batcher import BLOCK, MAX_STOPS, Row, RowSpec
+from charnn.generation.batcher import BLOCK, MAX_STOPS, PrefillFailed, Row, RowSpec
 
 FLUSH_SECONDS = 0.02  # hand each request the text made in at most this long
 Update = Tuple[int, str, Optional[str]]  # (choice index, new text, finish_reason or None)
@@ -129,7 +129,13 @@ class Engine:
                 self._start(job)
             except Exception as e:  # its prompt, or memory for it: this job fails, the batch goes on
                 self._fail_job(job, f"generation failed: {type(e).__name__}: {e}")
-        for row, piece in self.batcher.step(BLOCK):
+        try:
+            done = self.batcher.step(BLOCK)
+        except PrefillFailed as e:  # a long prompt could not load: its jobs fail, the others step next turn
+            done = []
+            for job in {id(r.tag[0]): r.tag[0] for r in e.rows}.values():
+                self._fail_job(job, f"generation failed: {e}")
+        for row, piece in done:
             self._record(row, piece)
         now = time.perf_counter()
         due = now - self.last_flush >= FLUSH_SECONDS
