@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from charnn import __version__
-from charnn.config import ModelConfig, from_dict
+from charnn.config import ModelConfig
 from charnn.data.files import atomic_file
 from charnn.errors import CharnnError, first_line
 from charnn.models import registry
@@ -136,7 +136,7 @@ SEQ2SEQ_HINT = ("is a sequence-to-sequence model (it writes an output line for e
 
 
 def _load_model(data: dict, device):
-    from_dict(ModelConfig, data["model_config"]).validate()  # the flags' checks, then the kind's own
+    ModelConfig.from_saved(data["model_config"]).validate()  # the flags' checks, then the kind's own
     model = build_model(data["model_config"])
     try:
         model.load_state_dict(data["model"])

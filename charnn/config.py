@@ -4,8 +4,8 @@ at fault."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
-from typing import Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Optional
 
 from charnn.errors import ConfigError
 
@@ -49,13 +49,33 @@ class ModelConfig:
     # seq2seq: how a decoder state scores an input position: "general" (Luong: h^T W a) or "additive"
     # (Bahdanau's form: v^T tanh(W h + U a)); checkpoints from before the choice read as "general"
     attention_score: str = "general"
+    # the flags of kinds whose fields are not among these (charnn.models.registry: ModelKind.flags), by name;
+    # the kind's config reads them as its own
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def saved(self) -> dict:
+        """The form checkpoints keep (`model_config`): one flat dict, `extra`'s flags beside the others."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**values, **self.extra}
+
+    def value(self, name: str):
+        """A flag's value, whether it has a field of its own or sits in `extra` (None: neither)."""
+        return getattr(self, name) if name != "extra" and hasattr(self, name) else self.extra.get(name)
+
+    @classmethod
+    def from_saved(cls, data: dict) -> "ModelConfig":
+        """A checkpoint's `model_config` (any charnn's) back: keys without a field of their own go to `extra`."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in names},
+                   extra={k: v for k, v in data.items() if k not in names and k != "extra"})
 
     def validate(self) -> "ModelConfig":
-        """The flags' own checks; whether `kind` is a registered kind is the registry's (charnn.models.registry)."""
+        """The flags' own checks; whether `kind` is a registered kind, and takes `cell`, is the registry's
+        (charnn.models.registry), and the kind's config checks the rest."""
         problems = ["`--label-by` does not combine with `--pairs`"] if self.kind == "seq2seq" and self.labels else []
         if not 0 <= self.labels <= MAX_LABELS:
             problems.append(f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}")
-        _raise(problems + _stack_problems(self) + _attention_problems(self) + _dropout_problems(self))
+        _raise(problems + _stack_problems(self, cells=None) + _attention_problems(self) + _dropout_problems(self))
         return self
 
 
@@ -102,10 +122,10 @@ class Seq2SeqConfig:
         return self
 
 
-def _stack_problems(c) -> list:
-    """What a recurrent stack's flags get wrong: --cell and the sizes."""
+def _stack_problems(c, cells=CELLS) -> list:
+    """What a recurrent stack's flags get wrong: --cell (one of `cells`; None: not checked here) and the sizes."""
     problems = []
-    if c.cell not in CELLS:
+    if cells is not None and c.cell not in cells:
         problems.append(f"`--cell` must be one of {', '.join(CELLS)}, not {c.cell!r}")
     for flag, value, most in (("--layers", c.layers, MAX_LAYERS), ("--hidden", c.hidden, MAX_WIDTH),
                               ("--embed", c.embed, MAX_WIDTH)):

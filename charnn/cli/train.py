@@ -14,7 +14,8 @@ import typer
 
 from charnn.cli.options import Device, Quiet
 from charnn.cli.output import debugging, err, print_curve, user_errors
-from charnn.config import CELLS, PRECISIONS, TOKENIZERS
+from charnn.cli.kind_flags import with_model_flags
+from charnn.config import PRECISIONS, TOKENIZERS
 
 COMMON, MODEL, SCHEDULE = "Common", "Model", "Schedule and budget"
 LABELS, PAIRS, SYSTEM = "Labels (--label-by)", "Pairs (--pairs)", "System"
@@ -76,12 +77,6 @@ def train(
                                                            "inputs and their current outputs; 0: never).",
                                                rich_help_panel=COMMON)] = 0,
     quiet: QuietHere = False,
-    cell: Annotated[str, typer.Option(help=f"Recurrent cell: {', '.join(CELLS)}.", rich_help_panel=MODEL)] = "lstm",
-    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.", rich_help_panel=MODEL)] = 2,
-    hidden: Annotated[int, typer.Option(help="Hidden units per layer.", rich_help_panel=MODEL)] = 256,
-    embed: Annotated[int, typer.Option(help="Embedding width.", rich_help_panel=MODEL)] = 64,
-    dropout: Annotated[float, typer.Option(help="Dropout between layers and before the head.",
-                                           rich_help_panel=MODEL)] = 0.1,
     batch_size: Annotated[Optional[int], typer.Option(help="Contiguous streams per batch, over all processes "
                                                            "under torchrun (the default is per process; --pairs: "
                                                            "pairs per batch).",
@@ -134,15 +129,6 @@ def train(
                                                         "input<TAB>target; trains an encoder-decoder for "
                                                         "`charnn transduce`.", show_default="off",
                                         rich_help_panel=PAIRS)] = False,
-    attention: Annotated[bool, typer.Option(" /--no-attention", help="--pairs: no attention; the decoder starts "
-                                                                       "from the encoder's final state only.",
-                                            show_default="attention", rich_help_panel=PAIRS)] = True,
-    bidirectional: Annotated[bool, typer.Option(" /--unidirectional", help="--pairs: the encoder reads the input "
-                                                                             "left to right only.",
-                                                show_default="bidirectional", rich_help_panel=PAIRS)] = True,
-    attention_score: Annotated[str, typer.Option(help="--pairs: how the decoder scores input positions: general "
-                                                      "(Luong's h^T W a) or additive (Bahdanau's v^T tanh(W h + "
-                                                      "U a)).", rich_help_panel=PAIRS)] = "general",
     device: DeviceHere = "auto",
     precision: Annotated[str, typer.Option(help=f"Autocast precision: {', '.join(PRECISIONS)} (auto: times a few "
                                                  "training steps in fp32 and bf16 where the hardware has native "
@@ -160,27 +146,29 @@ def train(
                                                             "pays).", show_default="off",
                                           rich_help_panel=SYSTEM)] = False,
     ctx: typer.Context = None,
+    **model_flags,  # --kind, --cell, --layers, ...: every registered model kind's flags (charnn.cli.kind_flags)
 ):
     """Train a model on CORPUS; checkpoints land in OUT/NAME/best.pt and last.pt."""
     from charnn.cli.progress import TrainProgress
     from charnn.training.distributed import Dist
-    from charnn.training.run import MODEL_FLAGS, TRAIN_FLAGS, start_run, train_configs
+    from charnn.training.run import TRAIN_FLAGS, start_run, train_configs
     from charnn.training import stopping
     from charnn.training.trainer import StopRequest, TrainingInterrupted, graceful_signals
 
     started = time.perf_counter() - stopping.process_age()  # --max-time counts from the command's start, imports included
-    flags = {k: v for k, v in locals().items() if k in MODEL_FLAGS | TRAIN_FLAGS}  # the run's configs' flags
+    flags = {**{k: v for k, v in locals().items() if k in TRAIN_FLAGS}, **model_flags}  # the run's configs' flags
+    given = _given_on_command_line(ctx)
     dist = Dist.from_env()  # under torchrun: this process's rank; only rank 0 writes files and talks
     if not dist.is_main:
         err.quiet = True
     with _other_ranks_exit_quietly(dist), user_errors(), dist:
-        model_cfg, cfg = train_configs(flags, "charnn train")
+        model_cfg, cfg = train_configs(flags, "charnn train", given=given or ())
         stop = StopRequest()
         with graceful_signals(stop):
             view = TrainProgress(err, cfg.open_ended, quiet)
             corpus_args = list(corpus or [])
             run = start_run(corpus_args, model_cfg, cfg, view, encoding=encoding, glob=glob, resume=resume,
-                            log_every=log_every, explicit=_given_on_command_line(ctx), stop=stop, dist=dist,
+                            log_every=log_every, explicit=given, stop=stop, dist=dist,
                             loaded=view.download.close, started=started)
             if preview_every and dist.is_main:
                 run.events.add(run.task.preview(run.trainer.model, run.trainer.device, preview_every, _print_preview,
@@ -192,6 +180,9 @@ def train(
                 _report_stop(e, run.trainer, dist, corpus_args, cfg.out, encoding)
         if not quiet and dist.is_main:
             _report_done(result, run)
+
+
+train = with_model_flags(train, MODEL, PAIRS, before="batch_size", pairs_before="device")
 
 
 def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: str):

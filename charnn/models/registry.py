@@ -1,10 +1,16 @@
 """The model registry: every model kind charnn can train, save, load, describe and step, by name.
 
-A kind is one `ModelKind` record: its model class and config dataclass, its `charnn train` flags (as data), what
-`charnn info` shows about it, what `--init-from` and `--resume` keep, and how generation steps it (a fast stepper
-factory, or None: the Batcher steps the module itself through `charnn.models.stepper.ModuleStepper`). The rest
-of charnn asks the registry rather than naming classes: `checkpoint.build_model`, the Batcher, `charnn info`,
-`training.init_from`, `training.resume`. Adding a kind is `register(ModelKind(...))` (docs/MODEL_KINDS.md).
+A kind is one `ModelKind` record: its model class and config dataclass, which runs it serves (plain or labelled
+text, or --pairs) and with which `--cell` values, its `charnn train` flags (as data: the CLI builds its model
+options from them, `charnn.train` accepts them), what `charnn info` shows about it, what `--init-from` and
+`--resume` keep, and how generation steps it (a fast stepper factory, or None: the Batcher steps the module
+itself through `charnn.models.stepper.ModuleStepper`). The rest of charnn asks the registry rather than naming
+classes: `checkpoint.build_model`, the Batcher, `charnn train`, `charnn info`, `training.init_from`,
+`training.resume`. Adding a kind is `register(ModelKind(...))` (docs/MODEL_KINDS.md); a package outside charnn
+registers its kinds from a module named by a `charnn.kinds` entry point.
+
+This module imports no torch: the CLI reads the flags at start-up, and a kind's model class and stepper may be
+named as "module:attribute", imported when first used.
 
 Checkpoints save the flat `charnn.config.ModelConfig` as a dict (`model_config`); `kind_config` turns such a
 dict (any charnn's: no "kind" key reads as "lm") or the flat config into the kind's own config.
@@ -12,69 +18,111 @@ dict (any charnn's: no "kind" key reads as "lm") or the flat config into the kin
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
-import torch.nn as nn
-
 from charnn.config import ATTENTION_SCORES, CELLS, LMConfig, ModelConfig, Seq2SeqConfig, from_dict
 from charnn.errors import CharnnError, ConfigError
-from charnn.models.lm import CharRNN
-from charnn.models.seq2seq import Seq2Seq
-from charnn.models.stepper import FastStepper, ModuleStepper
+
+SERVES = ("text", "pairs")  # what a kind trains on: plain or labelled text (a language model), or --pairs lines
+PLUGINS = "charnn.kinds"  # the entry-point group whose modules register kinds from other packages
 
 
 @dataclass(frozen=True)
 class TrainFlag:
-    """One `charnn train` flag of a kind, as data (not yet read by the CLI: `charnn train`'s options are written
-    out in charnn/cli/train.py; building them from these is issue 30's open item)."""
+    """One `charnn train` flag of a kind (and keyword of `charnn.train`): `--name-with-dashes`."""
 
-    name: str  # the config field; the flag is --name with dashes
+    name: str  # the config field
     type: type
     default: Any
     help: str
+    decls: Tuple[str, ...] = ()  # Typer's spelling where it is not --name (" /--no-attention": an off switch)
+    show_default: Any = True  # what the help shows as the default (True: the value)
 
 
 @dataclass(frozen=True)
 class ModelKind:
     name: str  # ModelConfig.kind, saved in every checkpoint
-    model: Callable[[Any], nn.Module]  # the class: model(config) is a fresh model
+    model: Union[type, str]  # the class (or "module:Class"): model(config) is a fresh model
     config: type  # its config dataclass (fields a subset of ModelConfig's, or with defaults)
     flags: Tuple[TrainFlag, ...] = ()  # its `charnn train` flags
+    serves: str = "text"  # what it trains on (SERVES): "text" (a language model) or "pairs" (--pairs)
+    cells: Tuple[str, ...] = ()  # the --cell values it takes: `--cell X` picks the kind that takes X
     info_fields: Tuple[str, ...] = ("vocab_size",)  # the model_config keys `charnn info` shows, in order
     info_line: Optional[Callable[[dict], str]] = None  # `charnn info`'s model line from those (None: key value, ...)
     architecture: Tuple[str, ...] = ()  # what --init-from keeps from the base (flags that contradict it: an error)
     fixed_on_resume: Tuple[str, ...] = ()  # what --resume keeps (flags that contradict the run: an error)
-    # how generation steps it: stepper(model, rows, banned ids, int8) (None: ModuleStepper, through its forward)
-    stepper: Optional[Callable[..., Any]] = None
+    # how generation steps it: stepper(model, rows, banned ids, int8), or "module:function" (None: ModuleStepper,
+    # through its forward)
+    stepper: Optional[Union[Callable[..., Any], str]] = None
     generates: bool = True  # whether it continues text (False: no Batcher; seq2seq transduces instead)
     extra: Dict[str, Any] = field(default_factory=dict)  # anything else a kind wants to say about itself
 
+    @property
+    def model_class(self) -> type:
+        return _resolve(self.model)
+
     def make_config(self, flat: Union[dict, ModelConfig, Any]):
-        """The kind's own config from a saved model_config dict, the flat ModelConfig or its own config."""
+        """The kind's own config from a saved model_config dict, the flat ModelConfig or its own config; the
+        flat config's `extra` (the flags only some kinds have) counts as its own fields."""
         values = asdict(flat) if is_dataclass(flat) else dict(flat)
+        values.update(values.pop("extra", None) or {})
         return from_dict(self.config, values).validate()
 
-    def build(self, flat) -> nn.Module:
-        return self.model(self.make_config(flat))
+    def build(self, flat):
+        return self.model_class(self.make_config(flat))
+
+
+def _resolve(ref):
+    """A class or function, or one named "package.module:attribute" (imported now)."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 _KINDS: Dict[str, ModelKind] = {}
+_plugins_loaded = False
 
 
 def register(kind: ModelKind) -> ModelKind:
     """Add a kind (again with the same name: the new record replaces the old one)."""
+    if kind.serves not in SERVES:
+        raise ValueError(f"kind {kind.name!r}: serves must be one of {SERVES}, not {kind.serves!r}")
     _KINDS[kind.name] = kind
     return kind
+
+
+def load_plugins() -> None:
+    """Import the modules other packages name in the `charnn.kinds` entry-point group (each registers its kinds),
+    once. A plug-in that fails to import is an error naming it."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+    for point in entry_points(group=PLUGINS):
+        try:
+            point.load()
+        except Exception as e:  # a broken plug-in: say which, not a traceback from deep inside importlib
+            raise ConfigError(f"the model-kind plug-in {point.name!r} ({point.value}) failed to load: {e}") from e
 
 
 def names() -> Tuple[str, ...]:
     return tuple(_KINDS)
 
 
+def kinds() -> Tuple[ModelKind, ...]:
+    return tuple(_KINDS.values())
+
+
 def get(name: str) -> ModelKind:
     if name not in _KINDS:
-        raise ConfigError(f"model kind {name!r} is not one this charnn knows ({', '.join(_KINDS)}); upgrade charnn")
+        load_plugins()  # a kind from another package, registered when its entry point loads
+    if name not in _KINDS:
+        raise ConfigError(f"model kind {name!r} is not one this charnn knows ({', '.join(_KINDS)}); upgrade charnn "
+                          "or install the package that provides it")
     return _KINDS[name]
 
 
@@ -89,20 +137,78 @@ def kind_config(model_config):
     return kind_of(model_config).make_config(model_config)
 
 
-def build_model(model_config) -> nn.Module:
+def build_model(model_config):
     """A fresh model of the config's kind (a saved dict, the flat ModelConfig)."""
     return kind_of(model_config).build(model_config)
 
 
-def for_model(model: nn.Module) -> Optional[ModelKind]:
+def for_model(model) -> Optional[ModelKind]:
     """The kind whose class `model` is (None: no registered kind's)."""
-    return next((k for k in _KINDS.values() if isinstance(k.model, type) and isinstance(model, k.model)), None)
+    return next((k for k in _KINDS.values() if isinstance(model, k.model_class)), None)
 
 
-def stepper_factory(model: nn.Module, int8: bool = False) -> Callable[[int, Sequence[int]], Any]:
+# -- which kind a run trains, and its flags --------------------------------------------------------------------
+def flag_table() -> Dict[str, Tuple[TrainFlag, Tuple[ModelKind, ...]]]:
+    """Every kind's train flags by name, in registration order: (the first kind's TrainFlag, the kinds that take
+    it). Kinds that share a flag share its type and default."""
+    table: Dict[str, Tuple[TrainFlag, Tuple[ModelKind, ...]]] = {}
+    for kind in _KINDS.values():
+        for f in kind.flags:
+            first, takers = table.get(f.name, (f, ()))
+            if (first.type, first.default) != (f.type, f.default):
+                raise ValueError(f"kinds {takers[0].name!r} and {kind.name!r} both have the flag {f.name!r}, with "
+                                 "different types or defaults")
+            table[f.name] = (first, takers + (kind,))
+    return table
+
+
+def choose(serves: str, cell: str = "lstm", kind: Optional[str] = None) -> ModelKind:
+    """The kind a run trains: `kind` when it serves this run's text and takes `cell`, else the first kind that
+    serves it and takes `cell` (`--cell mingru` picks the kind that has that cell)."""
+    if kind is not None:
+        chosen = get(kind)
+        if chosen.serves == serves and (not chosen.cells or cell in chosen.cells):
+            return chosen
+    takers = [k for k in _KINDS.values() if k.serves == serves and cell in k.cells]
+    if takers:
+        return takers[0]
+    cells = [c for k in _KINDS.values() if k.serves == serves for c in k.cells]
+    raise ConfigError(f"`--cell` must be one of {', '.join(dict.fromkeys(cells))}"
+                      f"{' with --pairs' if serves == 'pairs' else ''}, not {cell!r}")
+
+
+def check_kind(kind: str, serves: str, given: Sequence[str], cell: str) -> ModelKind:
+    """The kind a `charnn train --kind KIND` run trains, its flags checked: the kind must serve the run's text
+    and take --cell, and every model flag given must be one of its flags."""
+    chosen = get(kind)
+    if chosen.serves != serves:
+        raise ConfigError(f"a {kind} model trains on {'--pairs lines' if chosen.serves == 'pairs' else 'text'}"
+                          f"{': add --pairs' if chosen.serves == 'pairs' else ', not --pairs'}")
+    if chosen.cells and cell not in chosen.cells:
+        raise ConfigError(f"`--cell` of a {kind} model must be one of {', '.join(chosen.cells)}, not {cell!r}")
+    check_flags(chosen, given)
+    return chosen
+
+
+def check_flags(kind: ModelKind, given: Sequence[str]) -> None:
+    """Every model flag in `given` must be one `kind` takes (others shape another kind: an error naming it)."""
+    table, own = flag_table(), {f.name for f in kind.flags}
+    for name in given:
+        if name in table and name not in own:
+            takers = table[name][1]
+            flag = "--" + name.replace("_", "-")
+            if all(k.serves == "pairs" for k in takers) and kind.serves != "pairs":
+                raise ConfigError(f"`{flag}` shapes a --pairs (sequence-to-sequence) model; add --pairs")
+            raise ConfigError(f"`{flag}` is a flag of {' and '.join(k.name for k in takers)} models; this run trains "
+                              f"a {kind.name} model" + ("" if kind.cells else f" (no --{flag[2:]})"))
+
+
+# -- generation -------------------------------------------------------------------------------------------------
+def stepper_factory(model, int8: bool = False) -> Callable[[int, Sequence[int]], Any]:
     """How generation steps `model`: a function (rows, banned ids) -> a stepper. The kind's fast stepper where
     it has one (and it covers this model), else ModuleStepper through the module's own forward. Refused: a
     kind that does not continue text, and int8 without a fast stepper."""
+    from charnn.models.stepper import ModuleStepper
     kind = for_model(model)
     if kind is not None and not kind.generates:
         raise CharnnError(f"generation continues text with a language model; a {kind.name} model does not "
@@ -113,7 +219,7 @@ def stepper_factory(model: nn.Module, int8: bool = False) -> Callable[[int, Sequ
     def make(rows: int, banned: Sequence[int] = ()):
         if kind is not None and kind.stepper is not None:
             try:
-                return kind.stepper(model, rows, banned, int8)
+                return _resolve(kind.stepper)(model, rows, banned, int8)
             except NotImplementedError:  # a variant its fast stepper does not cover: the module steps instead
                 if int8:
                     raise CharnnError("--int8 covers charnn's LSTM, GRU and RNN language models only") from None
@@ -124,13 +230,10 @@ def stepper_factory(model: nn.Module, int8: bool = False) -> Callable[[int, Sequ
     return make
 
 
+# -- charnn's own kinds ---------------------------------------------------------------------------------------
 def _lm_line(m: dict) -> str:
     return (f"{m['cell']}, {m['layers']} layers x {m['hidden']} hidden, embed {m['embed']}, dropout {m['dropout']}"
             + (f", conditioned on {m['labels']} labels" if m.get("labels") else ""))
-
-
-def _fast_stepper(model: nn.Module, rows: int, banned=(), int8: bool = False) -> FastStepper:
-    return FastStepper(model, rows, banned, int8=int8)
 
 
 RECURRENT_FLAGS = (
@@ -141,18 +244,20 @@ RECURRENT_FLAGS = (
     TrainFlag("dropout", float, 0.1, "Dropout between layers and before the head."),
 )
 SEQ2SEQ_FLAGS = RECURRENT_FLAGS + (
-    TrainFlag("attention", bool, True, "--pairs: the decoder attends over every input position (--no-attention: "
-              "it starts from the encoder's final state alone)."),
-    TrainFlag("bidirectional", bool, True, "--pairs: the encoder reads the input both ways (--unidirectional: "
-              "left to right only)."),
+    TrainFlag("attention", bool, True, "--pairs: no attention; the decoder starts from the encoder's final state "
+              "only.", decls=(" /--no-attention",), show_default="attention"),
+    TrainFlag("bidirectional", bool, True, "--pairs: the encoder reads the input left to right only.",
+              decls=(" /--unidirectional",), show_default="bidirectional"),
     TrainFlag("attention_score", str, "general", f"--pairs: how the decoder scores input positions: "
-              f"{' or '.join(ATTENTION_SCORES)}."),
+              f"{' or '.join(ATTENTION_SCORES)} (Luong's h^T W a; Bahdanau's v^T tanh(W h + U a))."),
 )
 RECURRENT_INFO = ("cell", "layers", "hidden", "labels", "embed", "dropout", "vocab_size")
 RECURRENT_ARCHITECTURE = ("cell", "layers", "hidden", "embed")  # and vocab_size, which the tokenizer sets
 RECURRENT_FIXED = ("cell", "layers", "hidden", "embed", "dropout")
 
-register(ModelKind("lm", CharRNN, LMConfig, RECURRENT_FLAGS, info_fields=RECURRENT_INFO, info_line=_lm_line,
-                   architecture=RECURRENT_ARCHITECTURE, fixed_on_resume=RECURRENT_FIXED, stepper=_fast_stepper))
-register(ModelKind("seq2seq", Seq2Seq, Seq2SeqConfig, SEQ2SEQ_FLAGS, info_fields=RECURRENT_INFO,
-                   architecture=RECURRENT_ARCHITECTURE, fixed_on_resume=RECURRENT_FIXED, generates=False))
+register(ModelKind("lm", "charnn.models.lm:CharRNN", LMConfig, RECURRENT_FLAGS, cells=CELLS,
+                   info_fields=RECURRENT_INFO, info_line=_lm_line, architecture=RECURRENT_ARCHITECTURE,
+                   fixed_on_resume=RECURRENT_FIXED, stepper="charnn.models.stepper:fast_stepper"))
+register(ModelKind("seq2seq", "charnn.models.seq2seq:Seq2Seq", Seq2SeqConfig, SEQ2SEQ_FLAGS, serves="pairs",
+                   cells=CELLS, info_fields=RECURRENT_INFO, architecture=RECURRENT_ARCHITECTURE,
+                   fixed_on_resume=RECURRENT_FIXED, generates=False))

@@ -289,3 +289,8 @@ def full_forward_logits(model: nn.Module, ids: List[int]) -> torch.Tensor:
     with torch.inference_mode():
         x = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
         return model(x)[0][0]
+
+
+def fast_stepper(model: nn.Module, rows: int, banned: Sequence[int] = (), int8: bool = False) -> FastStepper:
+    """The registry's stepper for charnn's recurrent language models (ModelKind.stepper)."""
+    return FastStepper(model, rows, banned, int8=int8)

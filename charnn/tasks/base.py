@@ -13,6 +13,7 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.data.batches import IGNORE, StreamBatches
 from charnn.device import default_batch_size
 from charnn.errors import ConfigError
+from charnn.models import registry
 
 Callback = Callable[[str, dict], None]
 
@@ -22,6 +23,7 @@ class Task:
     data_record; `make_batches` lays the training ids out; the rest is asked for by the trainer's loop."""
 
     kind = ""  # "lm", "labelled" or "pairs": the run's kind, read from here and nowhere else
+    serves = "text"  # the model kinds that train on it (charnn.models.registry.ModelKind.serves)
     label_names: Optional[list] = None  # the labels a fine-tuned model's label table is grafted for
 
     def __init__(self, corpus):
@@ -52,7 +54,12 @@ class Task:
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
         """The fresh model's config for this data: its vocabulary (and labels, encoder) on top of the flags'."""
-        return replace(base, vocab_size=self.tokenizer.vocab_size, labels=0, label_output=False)
+        return replace(base, kind=self.model_kind(base), vocab_size=self.tokenizer.vocab_size, labels=0,
+                       label_output=False)
+
+    def model_kind(self, base: ModelConfig) -> str:
+        """The flags' kind where it trains on this text and takes their --cell, else the kind that does."""
+        return registry.choose(self.serves, base.cell, base.kind).name
 
     def record(self) -> dict:
         """What a checkpoint keeps of this task besides the model, tokenizer and configs."""

@@ -63,7 +63,8 @@ class LabelledTask(Task):
         return self.batches
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
-        return replace(base, vocab_size=self.tokenizer.vocab_size, labels=len(self.labels["names"]),
+        return replace(base, kind=self.model_kind(base), vocab_size=self.tokenizer.vocab_size,
+                       labels=len(self.labels["names"]),
                        label_output=True)
 
     def record(self) -> dict:

@@ -20,6 +20,7 @@ from charnn.text.tokenizer import start_id
 
 class PairsTask(Task):
     kind = "pairs"
+    serves = "pairs"
 
     def default_batch_size(self, device: torch.device) -> int:
         return default_batch_size(device, True)
@@ -44,7 +45,7 @@ class PairsTask(Task):
         return self.batches
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
-        return replace(super().model_config(base), kind="seq2seq", source_vocab=self.source_tokenizer.vocab_size)
+        return replace(super().model_config(base), source_vocab=self.source_tokenizer.vocab_size)
 
     def record(self) -> dict:
         return {"pairs": self.pairs, "source_tokenizer": self.source_tokenizer.state()}

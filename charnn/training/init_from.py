@@ -16,7 +16,7 @@ from typing import List, Optional
 import torch
 
 from charnn.checkpoint import is_seq2seq, load_checkpoint, resolve_checkpoint
-from charnn.config import ModelConfig, TrainConfig, from_dict
+from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import ConfigError
 from charnn.models import registry
 
@@ -58,11 +58,11 @@ def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: O
     if is_seq2seq(data):
         raise ConfigError(f"--init-from {path} is a sequence-to-sequence (--pairs) model; --init-from fine-tunes "
                           "language models")
-    base = from_dict(ModelConfig, data["model_config"]).validate()
+    base = ModelConfig.from_saved(data["model_config"]).validate()
     kept = registry.kind_of(data["model_config"]).architecture
     typed = set(vars(model_cfg)) | set(vars(cfg)) if explicit is None else set(explicit)
-    problems = [f"--{k} {getattr(model_cfg, k)} (the base has {getattr(base, k)})"
-                for k in kept if k in typed and getattr(model_cfg, k) != getattr(base, k)]
+    problems = [f"--{k} {model_cfg.value(k)} (the base has {base.value(k)})"
+                for k in kept if k in typed and model_cfg.value(k) != base.value(k)]
     kind = data["tokenizer"].get("kind")
     if "tokenizer" in typed and cfg.tokenizer != kind:
         problems.append(f"--tokenizer {cfg.tokenizer} (the base uses {kind})")
@@ -72,8 +72,8 @@ def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: O
         raise ConfigError(f"--init-from {path} keeps the base model's architecture and tokenizer; it cannot "
                           f"take {', '.join(problems)}. Drop those flags")
     dropout = model_cfg.dropout if "dropout" in typed else base.dropout
-    return Parent(ckpt, data, ModelConfig(vocab_size=base.vocab_size, dropout=dropout, kind=base.kind,
-                                          **{k: getattr(base, k) for k in kept}))
+    return Parent(ckpt, data, ModelConfig.from_saved({"vocab_size": base.vocab_size, "dropout": dropout,
+                                                      "kind": base.kind, **{k: base.value(k) for k in kept}}))
 
 
 def graft(model: torch.nn.Module, parent: Parent, seed: int, labels: Optional[List[str]] = None) -> None:

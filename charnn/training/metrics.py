@@ -70,7 +70,7 @@ def start_info(t) -> dict:
 
 def run_config(trainer, corpus_source: str) -> dict:
     """What config.json holds: the model and training configs, the tokenizer and where the text came from."""
-    return {"charnn_version": __version__, "corpus": corpus_source, "model": asdict(trainer.model_cfg),
+    return {"charnn_version": __version__, "corpus": corpus_source, "model": trainer.model_cfg.saved(),
             "train": asdict(trainer.cfg),
             "tokenizer": {"kind": trainer.tokenizer.kind, "vocab_size": trainer.tokenizer.vocab_size},
             "precision": trainer.precision_choice.to_dict(),  # what --precision came to, and how (auto: measured)

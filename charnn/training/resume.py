@@ -47,9 +47,9 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
                 for k in FIXED_ON_RESUME if merged[k] != getattr(old, k)]
     if explicit is not None:
         saved_model = saved.get("model_config", {})
-        problems += [f"{flag(k)} {getattr(model_cfg, k)} (the run used {saved_model[k]})"
+        problems += [f"{flag(k)} {model_cfg.value(k)} (the run used {saved_model[k]})"
                      for k in registry.kind_of(saved_model).fixed_on_resume
-                     if k in explicit and k in saved_model and getattr(model_cfg, k) != saved_model[k]]
+                     if k in explicit and k in saved_model and model_cfg.value(k) != saved_model[k]]
     if problems:
         raise ConfigError(f"--resume continues run {given.name or 'NAME'} as it was saved; it cannot change "
                           f"{', '.join(problems)}. Drop those flags, or start a new run under another --name")

@@ -7,29 +7,46 @@ from __future__ import annotations
 import time
 
 from dataclasses import dataclass, fields
-from typing import Callable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
 from charnn.config import ModelConfig, TrainConfig, parse_duration
 from charnn.data.training_text import TextOptions, load_training_text
 from charnn.errors import ConfigError
+from charnn.models import registry
 from charnn.training.metrics import Callbacks, MetricsLogger, run_config
 from charnn.training.trainer import StopRequest, Trainer, TrainResult
 
-MODEL_FLAGS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "kind", "source_vocab"}  # those two: pairs=True
 TRAIN_FLAGS = {f.name for f in fields(TrainConfig)}
 OTHER_FLAGS = {"glob", "encoding", "resume", "log_every"}
-SEQ2SEQ_SHAPE = {"attention": True, "bidirectional": True, "attention_score": "general"}  # flags --pairs only
+FLAT = {f.name for f in fields(ModelConfig)} - {"extra"}  # the model flags with a field of their own
 
 
-def train_configs(flags: dict, caller: str = "charnn.train") -> Tuple[ModelConfig, TrainConfig]:
-    """The model and training configs of `charnn train`'s flags (Python spelling; missing ones: defaults)."""
-    unknown = set(flags) - MODEL_FLAGS - TRAIN_FLAGS - OTHER_FLAGS
+def model_flags() -> set:
+    """Every registered kind's train flags (charnn.models.registry), and --kind."""
+    return set(registry.flag_table()) | {"kind"}
+
+
+def train_configs(flags: dict, caller: str = "charnn.train",
+                  given: Optional[Iterable[str]] = None) -> Tuple[ModelConfig, TrainConfig]:
+    """The model and training configs of `charnn train`'s flags (Python spelling; missing ones: defaults).
+    `given`: the flags the user gave (default: all of `flags`); a model flag the run's kind does not take is an
+    error. The kind is --kind, else the one that serves the run's text (--pairs or not) and takes --cell."""
+    model_names = model_flags()
+    unknown = set(flags) - model_names - TRAIN_FLAGS - OTHER_FLAGS
     if unknown:
         raise ConfigError(f"{caller} got unknown flags: {', '.join(sorted(unknown))}")
-    if not flags.get("pairs") and any(flags.get(k, v) != v for k, v in SEQ2SEQ_SHAPE.items()):
-        raise ConfigError("`--no-attention`, `--unidirectional` and `--attention-score` shape a --pairs "
-                          "(sequence-to-sequence) model; add --pairs")
-    model_cfg = ModelConfig(vocab_size=1, **{k: v for k, v in flags.items() if k in MODEL_FLAGS}).validate()
+    given = set(flags) if given is None else set(given)
+    serves = "pairs" if flags.get("pairs") else "text"
+    cell = flags.get("cell", "lstm")
+    if flags.get("kind") is not None:
+        kind = registry.check_kind(flags["kind"], serves, given & model_names, cell)
+    else:
+        kind = registry.choose(serves, cell)
+        registry.check_flags(kind, given & model_names)
+    values = {k: v for k, v in flags.items() if k in model_names - {"kind"}}
+    model_cfg = ModelConfig(vocab_size=1, kind=kind.name, **{k: v for k, v in values.items() if k in FLAT},
+                            extra={k: v for k, v in values.items() if k not in FLAT}).validate()
+    kind.make_config(model_cfg)  # the kind's own checks, before any text is read
     train = {k: v for k, v in flags.items() if k in TRAIN_FLAGS}
     if isinstance(train.get("max_time"), str):
         train["max_time"] = parse_duration(train["max_time"])

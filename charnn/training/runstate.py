@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 from charnn.checkpoint import build_model, save_checkpoint, sweep_temp_files
-from charnn.config import ModelConfig, TrainConfig, from_dict
+from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import CharnnError, ConfigError
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
 from charnn.training.resume import load_resume, resume_config
@@ -59,7 +59,7 @@ def model_for(task, model_cfg: ModelConfig, resumed: Optional[dict], parent, see
     """(config, model, parent record): the resumed run's model, the parent's (fine-tuning, its vocabulary maybe
     grown, its label table grafted) or a fresh one for the task's data."""
     if resumed:
-        model_cfg = from_dict(ModelConfig, resumed["model_config"])
+        model_cfg = ModelConfig.from_saved(resumed["model_config"])
     else:
         model_cfg = task.model_config(parent.model_cfg if parent else model_cfg)
     model_cfg = model_cfg.validate()
@@ -77,7 +77,7 @@ def model_for(task, model_cfg: ModelConfig, resumed: Optional[dict], parent, see
 def checkpoint_data(t, val_loss: float, with_training_state: bool) -> dict:
     """What trainer `t` saves; with the training state, a collective under torchrun (every rank must be here)."""
     data = {
-        "model_config": asdict(t.model_cfg), "tokenizer": t.tokenizer.state(),
+        "model_config": t.model_cfg.saved(), "tokenizer": t.tokenizer.state(),
         "model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
         "train_config": asdict(t.cfg), "step": t.step, "epoch": t.epoch,
         "chars_seen": t.chars_seen, "elapsed": t.elapsed(), "val_loss": val_loss,

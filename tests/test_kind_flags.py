@@ -1,0 +1,108 @@
+"""`charnn train`'s model flags come from the model registry: a kind from another package (an entry point in the
+`charnn.kinds` group) brings its own flags to the CLI and to `charnn.train`, `--kind` picks it, `--cell` picks
+the kind that has the cell, and a flag the run's kind does not take is one clear error."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import bag_kind  # noqa: F401  (registers the toy kind "bag" in this process)
+import pytest
+from conftest import make_text
+
+import charnn
+from charnn.checkpoint import load_checkpoint
+from charnn.config import ModelConfig
+from charnn.errors import ConfigError
+from charnn.training.run import train_configs
+
+HERE = Path(__file__).parent
+TINY = ["--max-steps", "3", "--batch-size", "2", "--seq-len", "8", "--threads", "1", "--precision", "fp32",
+        "--device", "cpu", "--eval-every", "3"]
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory):
+    """A folder that is an installed package as far as Python knows: bag_kind.py and a dist-info whose
+    entry_points.txt names it in the charnn.kinds group."""
+    root = tmp_path_factory.mktemp("plugin")
+    shutil.copy(HERE / "bag_kind.py", root / "bag_kind.py")
+    info = root / "charnn_bag-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: charnn-bag\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[charnn.kinds]\nbag = bag_kind\n")
+    return root
+
+
+def cli(args, plugin_path, cwd):
+    env = {"PYTHONPATH": f"{plugin_path}", "PATH": "/usr/bin:/bin", "CHARNN_CACHE": str(cwd / "cache"),
+           "HOME": str(cwd)}
+    return subprocess.run([sys.executable, "-m", "charnn", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def test_a_plugin_kind_trains_from_the_command_line_with_its_own_flags(plugin_path, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(30))
+    shown = cli(["train", "--help"], plugin_path, tmp_path)
+    assert "--decay" in shown.stdout and "bag" in shown.stdout, shown.stdout
+    r = cli(["train", str(corpus), "--kind", "bag", "--decay", "0.5", "--embed", "12", "--out", "runs", *TINY],
+            plugin_path, tmp_path)
+    assert r.returncode == 0, r.stderr
+    saved = load_checkpoint(tmp_path / "runs" / "c" / "last.pt")["model_config"]
+    assert saved["kind"] == "bag" and saved["decay"] == 0.5 and saved["embed"] == 12
+    info = cli(["info", "runs/c"], plugin_path, tmp_path)  # another command finds the kind through the plug-in
+    assert info.returncode == 0 and "bag" in info.stdout, info.stderr
+    sampled = cli(["sample", "runs/c", "--length", "20", "--seed", "1"], plugin_path, tmp_path)
+    assert sampled.returncode == 0 and len(sampled.stdout) >= 20, sampled.stderr
+    # a kind's flag on another kind's run, and a flag the kind does not take: one line each, no traceback
+    for args, message in ((["--decay", "0.5"], "`--decay` is a flag of bag models; this run trains a lm model"),
+                          (["--kind", "bag", "--cell", "gru"], "`--cell` is a flag of lm and seq2seq models"),
+                          (["--kind", "bag", "--pairs"], "a bag model trains on text, not --pairs"),
+                          (["--kind", "nosuch"], "model kind 'nosuch' is not one this charnn knows"),
+                          (["--cell", "lstmm"], "`--cell` must be one of lstm, gru, rnn, not 'lstmm'")):
+        r = cli(["train", str(corpus), "--out", "runs", "--name", "x", *TINY, *args], plugin_path, tmp_path)
+        assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_without_the_plugin_its_checkpoints_say_what_is_missing(plugin_path, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(30))
+    assert cli(["train", str(corpus), "--kind", "bag", "--out", "runs", *TINY], plugin_path, tmp_path).returncode == 0
+    r = cli(["sample", "runs/c", "--length", "5"], tmp_path / "nowhere", tmp_path)
+    assert r.returncode != 0 and "model kind 'bag' is not one this charnn knows" in r.stderr
+    assert "install the package that provides it" in r.stderr
+
+
+def test_the_api_takes_a_kinds_flags_and_keeps_them_on_resume(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(30))
+    flags = dict(out=str(tmp_path), name="b", max_steps=4, batch_size=2, seq_len=8, threads=1, precision="fp32",
+                 device="cpu", eval_every=2, save_every_secs=0)
+    charnn.train(str(text), kind="bag", decay=0.25, embed=10, **flags)
+    saved = load_checkpoint(tmp_path / "b" / "last.pt")["model_config"]
+    assert (saved["kind"], saved["decay"], saved["embed"]) == ("bag", 0.25, 10)
+    result = charnn.train(str(text), resume=True, **{**flags, "max_steps": 6})
+    assert result.steps == 6
+    again = load_checkpoint(tmp_path / "b" / "last.pt")["model_config"]
+    assert (again["kind"], again["decay"]) == ("bag", 0.25)
+    with pytest.raises(ConfigError, match="`--decay` is a flag of bag models"):
+        charnn.train(str(text), decay=0.5, **flags)
+
+
+def test_the_flat_config_keeps_a_kinds_own_flags_beside_its_fields():
+    model_cfg, _ = train_configs({"kind": "bag", "decay": 0.3, "embed": 8})
+    assert model_cfg.kind == "bag" and model_cfg.extra == {"decay": 0.3}
+    saved = model_cfg.saved()
+    assert saved["decay"] == 0.3 and "extra" not in saved
+    assert ModelConfig.from_saved(saved) == model_cfg
+    plain, _ = train_configs({"cell": "gru"})
+    assert plain.kind == "lm" and plain.extra == {}
+    pairs, _ = train_configs({"pairs": True, "attention": False}, given=("attention",))
+    assert pairs.kind == "seq2seq" and pairs.attention is False
+    with pytest.raises(ConfigError, match="shapes a --pairs"):
+        train_configs({"attention": False})
+    with pytest.raises(ConfigError, match="decay must be in|decay in"):
+        train_configs({"kind": "bag", "decay": 1.5})
