@@ -94,11 +94,18 @@ class LMConfig:
     dropout: float = 0.1  # dropout between layers and before the head
     labels: int = 0  # labels the model is conditioned on (--label-by; 0: none); label id 0 is "no label"
     label_output: bool = False  # a label also scales and shifts the last layer's output
+    # training-time regularisers (charnn.models.regularize; checkpoints from before them read as all off)
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights, one mask per step
+    locked_dropout: bool = False  # dropout masks fixed across time (one per sequence)
+    input_dropout: float = 0.0  # dropout on the embeddings the first layer reads
+    embed_dropout: float = 0.0  # whole characters dropped: embedding rows zeroed per step
+    ar: float = 0.0  # activation regularisation weight
+    tar: float = 0.0  # temporal activation regularisation weight
 
     def validate(self) -> "LMConfig":
         problems = [] if 0 <= self.labels <= MAX_LABELS else [
             f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}"]
-        _raise(problems + _stack_problems(self) + _dropout_problems(self))
+        _raise(problems + _stack_problems(self) + _dropout_problems(self) + _regulariser_problems(self))
         return self
 
 
@@ -116,9 +123,16 @@ class Seq2SeqConfig:
     attention: bool = True  # the decoder attends over every input position (False: --no-attention)
     bidirectional: bool = True  # the encoder reads the input both ways (False: --unidirectional)
     attention_score: str = "general"  # "general" (Luong: h^T W a) or "additive" (v^T tanh(W h + U a))
+    weight_drop: float = 0.0  # training-time regularisers, as the language model's (LMConfig)
+    locked_dropout: bool = False
+    input_dropout: float = 0.0
+    embed_dropout: float = 0.0
+    ar: float = 0.0
+    tar: float = 0.0
 
     def validate(self) -> "Seq2SeqConfig":
-        _raise(_stack_problems(self) + _attention_problems(self) + _dropout_problems(self))
+        _raise(_stack_problems(self) + _attention_problems(self) + _dropout_problems(self)
+               + _regulariser_problems(self))
         return self
 
 
@@ -136,6 +150,14 @@ def _stack_problems(c, cells=CELLS) -> list:
 
 def _dropout_problems(c) -> list:
     return [] if 0.0 <= c.dropout < 1.0 else [f"`--dropout` must be in [0, 1), got {c.dropout}"]
+
+
+def _regulariser_problems(c) -> list:
+    """What the training-time regulariser flags get wrong (charnn.models.regularize)."""
+    out = [f"`--{name.replace('_', '-')}` must be in [0, 1), got {getattr(c, name)}"
+           for name in ("weight_drop", "input_dropout", "embed_dropout") if not 0.0 <= getattr(c, name) < 1.0]
+    return out + [f"`--{name}` must be a number >= 0, got {getattr(c, name)}" for name in ("ar", "tar")
+                  if not 0.0 <= getattr(c, name) < float("inf")]
 
 
 def _attention_problems(c) -> list:

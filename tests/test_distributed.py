@@ -172,6 +172,8 @@ def test_sigterm_to_torchrun_saves_last_pt_and_the_run_resumes_under_torchrun(tm
 MODEL = dict(TINY_MODEL, hidden=24, embed=8)
 TRAIN = dict(batch_size=4, seq_len=16, lr=1e-2, warmup=5, eval_every=10, max_steps=24, device="cpu", seed=11,
              save_every_secs=0, threads=1)
+# every training-time regulariser on (charnn.models.regularize): their masks follow each rank's seeded generator
+REGULARISED = dict(weight_drop=0.3, locked_dropout=True, input_dropout=0.1, embed_dropout=0.1, ar=1.0, tar=1.0)
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
@@ -180,7 +182,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), CHARNN_DIST_TIMEOUT="60")
     corpus = Corpus(make_text(30, seed=4), "t", "t")
     with Dist.from_env() as dist:
-        straight = Trainer(corpus, ModelConfig(vocab_size=1, **MODEL), TrainConfig(out=out, name="straight", **TRAIN),
+        straight = Trainer(corpus, ModelConfig(vocab_size=1, **MODEL, extra=REGULARISED), TrainConfig(out=out, name="straight", **TRAIN),
                            dist=dist)
         wrapper = weakref.ref(straight.net)
         straight.fit()
@@ -194,11 +196,11 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 
         cfg = TrainConfig(out=out, name="cut", **TRAIN)
         try:
-            Trainer(corpus, ModelConfig(vocab_size=1, **MODEL), cfg, signal_on_rank_1, stop=stop, dist=dist).fit()
+            Trainer(corpus, ModelConfig(vocab_size=1, **MODEL, extra=REGULARISED), cfg, signal_on_rank_1, stop=stop, dist=dist).fit()
             raise AssertionError("rank 0 did not stop with rank 1")
         except TrainingInterrupted as e:
             assert e.signum == signal.SIGINT
-        Trainer(corpus, ModelConfig(vocab_size=1, **MODEL), cfg, resume=True, dist=dist).fit()
+        Trainer(corpus, ModelConfig(vocab_size=1, **MODEL, extra=REGULARISED), cfg, resume=True, dist=dist).fit()
 
 
 def test_two_ranks_stop_together_and_resume_exactly(tmp_path):

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from charnn.config import LMConfig
+from charnn.models import regularize
 from charnn.models.cells import CELLS, decay_groups, forget_bias
 from charnn.models.state import RNN_STATE
 
@@ -36,6 +37,10 @@ class CharRNN(nn.Module):
                                   dropout=c.dropout if c.layers > 1 else 0.0)
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden, c.vocab_size)
+        # training-time regularisers (all off: the plain forward below, as before they existed)
+        self.regs = regularize.Regularisers.of(c)
+        self.recurrence = regularize.Recurrence(self.rnn, c.dropout if c.layers > 1 else 0.0, self.regs)
+        self.penalty = None  # AR/TAR of the last training forward (training_penalty)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -53,6 +58,8 @@ class CharRNN(nn.Module):
                 labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, State]:
         """x: (B, T) ids, labels: (B, T) or (B, 1) label ids (None: no label) -> logits (B, T, V) and the
         state after the last step."""
+        if self.training and self.regs.any:
+            return self._regularised(x, state, labels)
         e = self.embed(x)  # (B, T, E)
         if labels is not None and self.label_embed is not None:
             e = e + self.label_embed(labels)
@@ -61,6 +68,26 @@ class CharRNN(nn.Module):
             g, b = self.label_out(labels).chunk(2, -1)
             h = h * (1 + g) + b
         return self.head(self.drop(h)), state
+
+    def _regularised(self, x: torch.Tensor, state: Optional[State], labels: Optional[torch.Tensor]):
+        """The training forward with the regularisers on (charnn.models.regularize): the same computation with
+        whole characters dropped, locked masks, weight-dropped recurrent matrices; AR/TAR kept for the loss."""
+        r, p = self.regs, self.config.dropout
+        e = regularize.embed(self.embed, x, r.embed_dropout, True)  # (B, T, E)
+        if labels is not None and self.label_embed is not None:
+            e = e + self.label_embed(labels)
+        h, state = self.recurrence(regularize.dropout(e, r.input_dropout, True, r.locked), state, True)
+        if labels is not None and self.label_out is not None:
+            g, b = self.label_out(labels).chunk(2, -1)
+            h = h * (1 + g) + b
+        dropped = regularize.dropout(h, p, True, r.locked)
+        self.penalty = regularize.activation_penalty(r, h, dropped)
+        return self.head(dropped), state
+
+    def training_penalty(self) -> Optional[torch.Tensor]:
+        """What the last training forward adds to the loss (AR/TAR; None: nothing), once."""
+        penalty, self.penalty = self.penalty, None
+        return penalty
 
     def for_label(self, label: int) -> "CharRNN":
         """An unlabelled CharRNN that computes what this one does under `label` (its vectors folded into the

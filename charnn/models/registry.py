@@ -242,6 +242,18 @@ RECURRENT_FLAGS = (
     TrainFlag("hidden", int, 256, "Hidden units per layer."),
     TrainFlag("embed", int, 64, "Embedding width."),
     TrainFlag("dropout", float, 0.1, "Dropout between layers and before the head."),
+    TrainFlag("weight_drop", float, 0.0, "Weight drop (DropConnect): each step zeroes this share of the recurrent "
+              "hidden-to-hidden weights (AWD-LSTM). Training only, as every regulariser here."),
+    TrainFlag("locked_dropout", bool, False, "Dropout masks fixed across time, one per sequence, for --dropout and "
+              "--input-dropout (variational dropout).", decls=("--locked-dropout",), show_default="off"),
+    TrainFlag("input_dropout", float, 0.0, "Dropout on the embeddings the first layer reads (--pairs: default "
+              "--dropout)."),
+    TrainFlag("embed_dropout", float, 0.0, "Drop whole characters: each step zeroes this share of the "
+              "embedding's rows."),
+    TrainFlag("ar", float, 0.0, "Activation regularisation: this weight times the mean square of the last "
+              "layer's (dropped) outputs, added to the loss."),
+    TrainFlag("tar", float, 0.0, "Temporal activation regularisation: this weight times the mean square of the "
+              "last layer's step-to-step change, added to the loss."),
 )
 SEQ2SEQ_FLAGS = RECURRENT_FLAGS + (
     TrainFlag("attention", bool, True, "--pairs: no attention; the decoder starts from the encoder's final state "
@@ -253,7 +265,8 @@ SEQ2SEQ_FLAGS = RECURRENT_FLAGS + (
 )
 RECURRENT_INFO = ("cell", "layers", "hidden", "labels", "embed", "dropout", "vocab_size")
 RECURRENT_ARCHITECTURE = ("cell", "layers", "hidden", "embed")  # and vocab_size, which the tokenizer sets
-RECURRENT_FIXED = ("cell", "layers", "hidden", "embed", "dropout")
+RECURRENT_FIXED = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "locked_dropout", "input_dropout",
+                   "embed_dropout", "ar", "tar")  # a resume keeps the run's regularisers too
 
 register(ModelKind("lm", "charnn.models.lm:CharRNN", LMConfig, RECURRENT_FLAGS, cells=CELLS,
                    info_fields=RECURRENT_INFO, info_line=_lm_line, architecture=RECURRENT_ARCHITECTURE,

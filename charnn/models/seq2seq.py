@@ -25,6 +25,7 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from charnn.config import Seq2SeqConfig
+from charnn.models import regularize
 from charnn.models.cells import CELLS, decay_groups, forget_bias
 from charnn.models.lm import State
 from charnn.models.state import RNN_STATE
@@ -76,18 +77,25 @@ class Seq2Seq(nn.Module):
         if c.cell == "lstm":  # forget-gate bias 1, as the language model
             forget_bias(self.encoder, c.hidden)
             forget_bias(self.decoder, c.hidden)
+        # training-time regularisers, as the language model's; the encoder reads packed rows, so its layers keep
+        # torch's own dropout between them (weight drop and the rest apply to both sides)
+        self.regs = regularize.Regularisers.of(c)
+        self.enc_run = regularize.Recurrence(self.encoder, 0.0, self.regs)
+        self.dec_run = regularize.Recurrence(self.decoder, drop, self.regs)
+        self.penalty = None
 
     # -- encoding -----------------------------------------------------------------------------------
     def encode(self, source: Source) -> Tuple[Memory, State]:
         """Read the inputs: the attention memory and the decoder's first state."""
         ids, lengths = source
-        e = self.drop(self.src_embed(ids))
+        r, on = self.regs, self.training and self.regs.any
+        e = self._drop(regularize.embed(self.src_embed, ids, r.embed_dropout, on), r.input_dropout or None)
         packed = pack_padded_sequence(e, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, final = self.encoder(packed)
+        out, final = self.enc_run(packed, None, self.training)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
         pad = torch.arange(ids.shape[1], device=ids.device)[None, :] >= lengths.to(ids.device)[:, None]
         state = tuple(self._bridge(f, i) for i, f in enumerate(final if isinstance(final, tuple) else (final,)))
-        out = self.drop(out)
+        out = self._drop(out)
         keys = self.attn_key(out) if self.additive else None
         return Memory(out, pad, keys), state if len(state) == 2 else state[0]
 
@@ -102,7 +110,9 @@ class Seq2Seq(nn.Module):
     # -- decoding -----------------------------------------------------------------------------------
     def decode(self, x: torch.Tensor, state: State, memory: Memory) -> Tuple[torch.Tensor, State]:
         """x: (B, T) target-side ids (the start id, then what came before) -> logits (B, T, V) and the state."""
-        h, state = self.decoder(self.drop(self.embed(x)), state)  # (B, T, H)
+        r, on = self.regs, self.training and self.regs.any
+        e = self._drop(regularize.embed(self.embed, x, r.embed_dropout, on), r.input_dropout or None)
+        h, state = self.dec_run(e, state, self.training)  # (B, T, H)
         if self.config.attention:
             if self.additive:  # (B, T, 1, H) + (B, 1, S, H) -> (B, T, S)
                 scores = self.attn_v(torch.tanh(self.attn_query(h)[:, :, None] + memory.keys[:, None])).squeeze(-1)
@@ -111,7 +121,22 @@ class Seq2Seq(nn.Module):
             scores = scores.masked_fill(memory.pad[:, None, :], float("-inf"))
             context = torch.bmm(scores.softmax(-1), memory.outputs)  # (B, T, D)
             h = torch.tanh(self.attn_out(torch.cat([context, h], -1)))
-        return self.head(self.drop(h)), state
+        dropped = self._drop(h)
+        if self.training:
+            self.penalty = regularize.activation_penalty(self.regs, h, dropped)
+        return self.head(dropped), state
+
+    def _drop(self, x: torch.Tensor, p: Optional[float] = None) -> torch.Tensor:
+        """--dropout (or `p`: --input-dropout on the embeddings, when given), with the regularisers' locked masks
+        when they ask for them; without regularisers exactly the module's own dropout, as before them."""
+        if not (self.training and self.regs.any):
+            return self.drop(x)
+        return regularize.dropout(x, self.config.dropout if p is None else p, True, self.regs.locked)
+
+    def training_penalty(self) -> Optional[torch.Tensor]:
+        """What the last training forward adds to the loss (AR/TAR of the decoder's outputs; None: nothing)."""
+        penalty, self.penalty = self.penalty, None
+        return penalty
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, source: Optional[Source] = None):
         """Teacher forcing: logits (B, T, V) for decoder inputs x given the inputs `source`. `state` is unused

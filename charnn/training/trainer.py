@@ -130,8 +130,6 @@ class Trainer:
         self.budget = Budget(len(self.val_ids))
         if cfg.max_time and self.task.probes_eval and len(self.val_ids) >= 2:
             self.budget.probe_eval(self.model, self.dist.world, self.device, self.precision, time.perf_counter)
-        if self.dist.active and not self.dist.is_main:  # dropout masks differ per rank, and follow the step
-            torch.manual_seed((cfg.seed * 1_000_003 + self.dist.rank * 7919 + self.step) % 2**63)
         self.start_step, self._saved_once, self._last_save = self.step, False, time.perf_counter()
         if self.dist.is_main:
             runstate.check_writable(self.run_dir)
@@ -248,10 +246,13 @@ class Trainer:
         lr = lr_at(self.step, self.schedule_progress(), self.cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
+        if self.dist.active and not self.dist.is_main:  # its dropout masks: its own, a function of the step (rank
+            torch.manual_seed((self.cfg.seed * 1_000_003 + self.dist.rank * 7919 + self.step) % 2**63)  # 0's are saved)
         ops = self.model.state_ops
         x, targets, extra, self.state, ctx = self.task.step_inputs(x, y, cond, self.state, ops, self.cfg)
         with autocast(self.device, self.precision):
             logits, self.state = self._forward(x, extra)
+        penalty = getattr(self.model, "training_penalty", lambda: None)()  # the model's own (AR/TAR), if any
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none",
                               ignore_index=IGNORE).view(x.shape[0], -1)
         self.step_tokens = self.task.real_tokens(y, self.dist)
@@ -260,8 +261,8 @@ class Trainer:
         real = max(1.0, self.step_tokens / self.dist.world)
         loss = value = nll[: y.shape[0]].sum() / real
         added, self.state = self.task.step_loss(nll, y, real, ctx, self.state, ops, self.cfg)
-        if added is not None:
-            loss = loss + added
+        for extra_loss in (added, penalty):
+            loss = loss if extra_loss is None else loss + extra_loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
