@@ -1,6 +1,7 @@
 """The training-time regularisers (charnn.models.regularize): each one does what it says to the forward, only in
 training; the plain weights serve everything else; runs with them train, resume exactly and refuse bad values."""
 
+import math
 import signal
 
 import pytest
@@ -18,6 +19,7 @@ from charnn.models import regularize
 from charnn.models.lm import CharRNN
 from charnn.models.seq2seq import Seq2Seq
 from charnn.models.stepper import FastStepper
+from charnn.training.schedule import patience_after
 from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted, train
 
 ALL = dict(weight_drop=0.5, locked_dropout=True, input_dropout=0.2, embed_dropout=0.1, ar=2.0, tar=1.0)
@@ -171,3 +173,19 @@ def test_the_cli_takes_the_flags(tmp_path):
     assert (saved["weight_drop"], saved["locked_dropout"], saved["tar"]) == (0.3, True, 1.0)
     r = CliRunner().invoke(app, ["train", str(corpus), "--weight-drop", "1.5", "--max-steps", "1"])
     assert r.exit_code != 0 and "--weight-drop" in r.output
+
+
+def test_patience_counts_small_gains_once_they_add_up():
+    """A model improving by 0.0005 nats/char per evaluation (as regularised ones do late) keeps training; the old
+    rule (each evaluation must beat the best by 0.001) stopped it after `patience` evaluations. Noise around a
+    plateau still stops."""
+    def bad_counts(vals):
+        best, mark, bad, out = math.inf, math.inf, 0, []
+        for v in vals:
+            best, mark, bad = patience_after(v, best, mark, bad)
+            out.append(bad)
+        return out
+    creeping = [2.0 - 0.0005 * i for i in range(12)]
+    assert max(bad_counts(creeping)) <= 2  # never 3: with --patience 3 it keeps going
+    assert bad_counts([2.0, 2.0005, 1.9995, 2.0002, 1.9998, 2.0001]) == [0, 1, 2, 3, 4, 5]
+    assert bad_counts([2.0, 1.95, 1.9495, 1.90]) == [0, 0, 1, 0]

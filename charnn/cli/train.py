@@ -97,8 +97,9 @@ def train(
                                                     show_default="none", rich_help_panel=SCHEDULE)] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the text.",
                                                     show_default="none", rich_help_panel=SCHEDULE)] = None,
-    patience: Annotated[int, typer.Option(help="With no limit given: stop after this many evaluations "
-                                               "without improvement.", rich_help_panel=SCHEDULE)] = 5,
+    patience: Annotated[int, typer.Option(help="With no limit given: stop after this many evaluations that "
+                                               "leave the best val loss less than 0.001 nats/char below where it "
+                                               "stood at the last real gain.", rich_help_panel=SCHEDULE)] = 5,
     eval_every: Annotated[int, typer.Option(help="Steps between validation passes (and checkpoint saves).",
                                             rich_help_panel=SCHEDULE)] = 1000,
     eval_tokens: Annotated[int, typer.Option(help="Validation passes score the first this many validation tokens "

@@ -95,7 +95,7 @@ def checkpoint_data(t, val_loss: float, with_training_state: bool) -> dict:
         hidden = None if gathered is None else [h.detach().cpu() for h in ops.pack(gathered)]
         data["optimizer"] = t.opt.state_dict()
         data["progress"] = {"step": t.step, "epoch": t.epoch, "window": t.window, "offset": t.offset,
-                            "bad_evals": t.bad_evals, "hidden": hidden}
+                            "bad_evals": t.bad_evals, "patience_mark": t.patience_mark, "hidden": hidden}
         data["rng"] = {"torch": torch.get_rng_state()}
         if t.device.type == "cuda":
             data["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -141,6 +141,7 @@ def restore(t, data: dict) -> None:
     t.step, t.epoch, t.window, t.offset = p["step"], p["epoch"], p["window"], p["offset"]
     t.best_val, t.last_val = data.get("best_val_loss", math.inf), data.get("val_loss", math.inf)
     t.bad_evals, t.chars_seen = p.get("bad_evals", 0), data.get("chars_seen", 0)
+    t.patience_mark = p.get("patience_mark", t.best_val)  # older runs: the best so far
     t.elapsed_before = data.get("elapsed", 0.0)
     ops = t.model.state_ops
     state = ops.unpack(p.get("hidden"))

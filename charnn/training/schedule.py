@@ -11,7 +11,7 @@ import math
 import statistics
 import time
 from collections import deque
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -67,6 +67,19 @@ def schedule_progress(cfg: TrainConfig, step: int, epochs_done: Callable[[], flo
             parts.append(epochs_done() / cfg.epochs)
         return max(parts)
     return run_progress()
+
+
+MIN_IMPROVEMENT = 1e-3  # nats/char the best val loss must drop by, in all, to reset --patience
+
+
+def patience_after(val: float, best: float, mark: float, bad: int) -> Tuple[float, float, int]:
+    """(best, mark, evaluations without a real gain) after an evaluation of `val`. The count resets when the best
+    val loss has dropped at least MIN_IMPROVEMENT below `mark`, the best at the last reset: steady small gains
+    that add up (a regularised model improving by crumbs) keep a run going, noise around a plateau does not."""
+    best = min(best, val)
+    if best < mark - MIN_IMPROVEMENT:
+        return best, best, 0
+    return best, mark, bad + 1
 
 
 def limit_reached(cfg: TrainConfig, step: int, epochs_done: Callable[[], float], elapsed: Callable[[], float],

@@ -32,14 +32,14 @@ from charnn.training.choices import run_precision, run_threads
 from charnn.training.precision import PrecisionChoice, choose_precision
 from charnn.training.runlock import RunLock
 from charnn.training.runstate import run_dir_for
-from charnn.training.schedule import Budget, limit_reached, lr_at, make_optimizer, progress, schedule_progress
+from charnn.training.schedule import (Budget, limit_reached, lr_at, make_optimizer, patience_after, progress,
+                                     schedule_progress)
 from charnn.training.metrics import StepMeter, start_info
 from charnn.training.stopping import (STOP_REASONS, StopRequest, TrainingInterrupted, TrainResult, graceful_signals,
                                       non_finite)
 from charnn.training.threads import ThreadChoice, Watch
 
 Callback = Callable[[str, dict], None]
-MIN_IMPROVEMENT = 1e-3  # nats/char a val loss must drop by to reset --patience
 __all__ = ["Trainer", "TrainResult", "StopRequest", "TrainingInterrupted", "graceful_signals", "lr_at", "train"]
 
 
@@ -117,6 +117,7 @@ class Trainer:
         cfg = self.cfg
         self.step, self.epoch, self.window, self.offset = 0, 0, 0, 0
         self.best_val, self.last_val, self.bad_evals, self.chars_seen = math.inf, math.inf, 0, 0
+        self.patience_mark = math.inf  # the best val loss at --patience's last reset
         self.elapsed_before = 0.0
         self.state = None
         if resumed:
@@ -200,10 +201,8 @@ class Trainer:
             raise non_finite("validation", val, self.step, self.run_dir)
         self.last_val = val
         improved = val < self.best_val
-        # patience counts evaluations without a real gain: creeping down by crumbs does not reset it
-        self.bad_evals = 0 if val < self.best_val - MIN_IMPROVEMENT else self.bad_evals + 1
-        if improved:
-            self.best_val = val
+        self.best_val, self.patience_mark, self.bad_evals = patience_after(val, self.best_val, self.patience_mark,
+                                                                            self.bad_evals)
         self.save("last.pt", val)
         if improved:
             self.save("best.pt", val)
