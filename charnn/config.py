@@ -83,17 +83,15 @@ class ModelConfig:
 # model_config dict, into the right one); each holds only what its model reads.
 
 @dataclass
-class LMConfig:
-    """The language model's (kind "lm", charnn.models.lm.CharRNN)."""
+class RecurrentConfig:
+    """What every recurrent kind's config holds: the stack and its training-time regularisers."""
 
-    vocab_size: int  # tokens the embedding and head cover (set by the tokenizer)
+    vocab_size: int  # tokens the embedding and head cover (set by the tokenizer; seq2seq: the output's)
     cell: str = "lstm"  # recurrent cell: lstm, gru or rnn (tanh)
-    layers: int = 2  # stacked recurrent layers
+    layers: int = 2  # stacked recurrent layers (seq2seq: in each of the encoder and the decoder)
     hidden: int = 256  # hidden units per layer
     embed: int = 64  # embedding width
     dropout: float = 0.1  # dropout between layers and before the head
-    labels: int = 0  # labels the model is conditioned on (--label-by; 0: none); label id 0 is "no label"
-    label_output: bool = False  # a label also scales and shifts the last layer's output
     # training-time regularisers (charnn.models.regularize; checkpoints from before them read as all off)
     weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights, one mask per step
     locked_dropout: bool = False  # dropout masks fixed across time (one per sequence)
@@ -102,38 +100,37 @@ class LMConfig:
     ar: float = 0.0  # activation regularisation weight
     tar: float = 0.0  # temporal activation regularisation weight
 
-    def validate(self) -> "LMConfig":
-        problems = [] if 0 <= self.labels <= MAX_LABELS else [
-            f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}"]
-        _raise(problems + _stack_problems(self) + _dropout_problems(self) + _regulariser_problems(self))
+    def validate(self):
+        _raise(self.problems())
         return self
+
+    def problems(self) -> list:
+        return _stack_problems(self) + _dropout_problems(self) + _regulariser_problems(self)
 
 
 @dataclass
-class Seq2SeqConfig:
+class LMConfig(RecurrentConfig):
+    """The language model's (kind "lm", charnn.models.lm.CharRNN)."""
+
+    labels: int = 0  # labels the model is conditioned on (--label-by; 0: none); label id 0 is "no label"
+    label_output: bool = False  # a label also scales and shifts the last layer's output
+
+    def problems(self) -> list:
+        return super().problems() + ([] if 0 <= self.labels <= MAX_LABELS else [
+            f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}"])
+
+
+@dataclass
+class Seq2SeqConfig(RecurrentConfig):
     """The encoder-decoder's (kind "seq2seq", charnn.models.seq2seq.Seq2Seq; `train --pairs`)."""
 
-    vocab_size: int  # tokens of the output (target) vocabulary
     source_vocab: int = 0  # tokens of the input (source) vocabulary
-    cell: str = "lstm"  # recurrent cell of the encoder and the decoder
-    layers: int = 2  # stacked recurrent layers, in each
-    hidden: int = 256  # hidden units per layer
-    embed: int = 64  # embedding width (both embeddings)
-    dropout: float = 0.1  # dropout between layers and before the head
     attention: bool = True  # the decoder attends over every input position (False: --no-attention)
     bidirectional: bool = True  # the encoder reads the input both ways (False: --unidirectional)
     attention_score: str = "general"  # "general" (Luong: h^T W a) or "additive" (v^T tanh(W h + U a))
-    weight_drop: float = 0.0  # training-time regularisers, as the language model's (LMConfig)
-    locked_dropout: bool = False
-    input_dropout: float = 0.0
-    embed_dropout: float = 0.0
-    ar: float = 0.0
-    tar: float = 0.0
 
-    def validate(self) -> "Seq2SeqConfig":
-        _raise(_stack_problems(self) + _attention_problems(self) + _dropout_problems(self)
-               + _regulariser_problems(self))
-        return self
+    def problems(self) -> list:
+        return super().problems() + _attention_problems(self)
 
 
 def _stack_problems(c, cells=CELLS) -> list:
