@@ -106,3 +106,18 @@ def test_the_flat_config_keeps_a_kinds_own_flags_beside_its_fields():
         train_configs({"attention": False})
     with pytest.raises(ConfigError, match="decay must be in|decay in"):
         train_configs({"kind": "bag", "decay": 1.5})
+
+
+def test_a_kind_whose_config_lacks_one_of_its_flags_is_refused_at_registration():
+    from dataclasses import dataclass
+
+    from charnn.models.registry import ModelKind, TrainFlag, register
+
+    @dataclass
+    class Small:
+        vocab_size: int
+        embed: int = 8
+
+    with pytest.raises(ValueError, match=r"flags \['decay'\] are not fields of Small"):
+        register(ModelKind("small", "x:y", Small, flags=(TrainFlag("embed", int, 64, ""),
+                                                          TrainFlag("decay", float, 0.5, ""))))

@@ -19,7 +19,7 @@ dict (any charnn's: no "kind" key reads as "lm") or the flat config into the kin
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 from charnn.config import ATTENTION_SCORES, CELLS, LMConfig, ModelConfig, Seq2SeqConfig, from_dict
@@ -90,6 +90,10 @@ def register(kind: ModelKind) -> ModelKind:
     """Add a kind (again with the same name: the new record replaces the old one)."""
     if kind.serves not in SERVES:
         raise ValueError(f"kind {kind.name!r}: serves must be one of {SERVES}, not {kind.serves!r}")
+    own = {f.name for f in fields(kind.config)}
+    missing = [f.name for f in kind.flags if f.name not in own]
+    if missing:  # a flag its config has no field for would be accepted and then silently dropped
+        raise ValueError(f"kind {kind.name!r}: flags {missing} are not fields of {kind.config.__name__}")
     _KINDS[kind.name] = kind
     return kind
 
