@@ -22,7 +22,7 @@ from charnn.errors import CharnnError
 from charnn.scoring.evaluate import pair_nats
 from charnn.generation.seq2seq import Transducer
 from charnn.models.seq2seq import Seq2Seq
-from charnn.scoring.pairs import edit_distance
+from charnn.scoring.pairs import PairScore, edit_distance
 from charnn.text.tokenizer import CharTokenizer, start_id
 from charnn.training.trainer import Trainer
 from conftest import one_line_error, subprocess_env
@@ -239,6 +239,27 @@ def test_eval_reports_exact_match_and_error_rates(reverse_run, tmp_path):
     assert b["exact_match"] == 0.0 and b["ser"] is not None and out["pairs"] == 62
     table = runner.invoke(app, ["eval", str(reverse_run / "rev"), str(tmp_path / "a.tsv"), "--beam", "3"])
     assert table.exit_code == 0 and "exact" in table.stdout.splitlines()[0]
+
+
+def test_a_word_with_several_references_is_scored_against_the_closest(reverse_run, tmp_path):
+    """G2P papers' WER/PER: a word is right if it matches any of its references (a dictionary's variants), and
+    its errors count against the closest one; each distinct input is decoded once."""
+    held = list(dict.fromkeys(w for w in words(80, 21) if len(w) > 3))[:10]
+    rows = [f"{w}\t{w[::-1]}\n{w}\t{w}x\n" if i % 2 else f"{w}\t{w}x\n{w}\t{w[::-1]}\n" for i, w in enumerate(held)]
+    (tmp_path / "multi.tsv").write_text("".join(rows), encoding="utf-8")
+    write_pairs(tmp_path / "single.tsv", held)
+    r = runner.invoke(app, ["eval", str(reverse_run / "rev"), str(tmp_path / "multi.tsv"), str(tmp_path / "single.tsv"),
+                            "--json"])
+    assert r.exit_code == 0, r.stderr
+    multi, single = json.loads(r.stdout)["files"]
+    assert multi["pairs"] == 2 * len(held) and multi["words"] == single["words"] == len(held)
+    assert multi["exact_match"] == single["exact_match"] > 0.8  # the wrong variant ("...x") costs nothing
+    assert multi["cer"] == single["cer"]
+    score = PairScore(spaced=True)
+    score.add_output("a b c", ["a b d", "a b c d", "x"])
+    assert (score.exact, score.symbol_errors, score.symbols) == (0, 1, 3)  # the closer of two at distance 1: the shorter
+    score.add_output("k", ["q", "k"])
+    assert (score.words, score.exact) == (2, 1)
 
 
 def test_edit_distance():

@@ -168,12 +168,12 @@ def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> N
             return
         rows = list(zip(files, scores)) + ([("total", all_)] if len(files) > 1 else [])
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-        typer.echo(f"{'file':<30} {'pairs':>8} {'nats/char':>10} {'exact':>8} {'CER':>8} {'SER':>8}")
+        typer.echo(f"{'file':<30} {'pairs':>8} {'words':>8} {'nats/char':>10} {'exact':>8} {'CER':>8} {'SER':>8}")
         for f, s in rows:
             d = s.to_dict()
             nats = "-" if d["nats_per_char"] is None else f"{d['nats_per_char']:.4f}"
-            typer.echo(f"{f:<30} {d['pairs']:>8,} {nats:>10} {pct(d['exact_match']):>8} {pct(d['cer']):>8} "
-                       f"{pct(d['ser']):>8}")
+            typer.echo(f"{f:<30} {d['pairs']:>8,} {d['words']:>8,} {nats:>10} {pct(d['exact_match']):>8} "
+                       f"{pct(d['cer']):>8} {pct(d['ser']):>8}")
 
 
 def _table(rows) -> None:

@@ -13,32 +13,31 @@ import numpy as np
 from charnn.sampling import TransduceConfig
 from charnn.data.pairs import PairFile, encode_side
 from charnn.scoring.evaluate import pair_nats
-from charnn.scoring.pairs import PairScore, edit_distance
+from charnn.scoring.pairs import PairScore
 from charnn.generation.seq2seq import Transducer
 from charnn.text.tokenizer import start_id
 
 
 def score_pairs(model, source_tokenizer, tokenizer, file: PairFile, cfg: TransduceConfig, device,
                 max_ratio: float) -> PairScore:
-    """One file's score: teacher-forced nats, then every input decoded with `cfg` (unknown input characters are
-    scored as the unknown token and dropped when decoding)."""
+    """One file's score: teacher-forced nats of every pair, then every distinct input decoded once with `cfg`
+    and scored against the closest of its targets (unknown input characters are scored as the unknown token and
+    dropped when decoding)."""
     pairs = file.pairs
     src = encode_side(source_tokenizer, [p.source for p in pairs])
     tgt = encode_side(tokenizer, [p.target for p in pairs])
     nats = float(pair_nats(model, src, tgt, start_id(tokenizer), device).sum()) if pairs else 0.0
     transducer = Transducer(model, source_tokenizer, tokenizer, replace(cfg, unknown="skip", n_best=1), device,
                             max_ratio)
-    outputs = [h[0].text if h else "" for h in transducer.run((p.source, f"{file.path}:{i}")
-                                                              for i, p in enumerate(pairs, 1))]
+    references = {}  # input -> its targets, in file order: each distinct input decoded and scored once
+    for p in pairs:
+        references.setdefault(p.source, []).append(p.target)
+    outputs = [h[0].text if h else "" for h in transducer.run((src_text, f"{file.path}:{i}")
+                                                              for i, src_text in enumerate(references, 1))]
     s = PairScore(pairs=len(pairs), nats=nats, target_chars=int(sum(len(t) for t in tgt)),
-                  chars=sum(len(p.target) for p in pairs), spaced=any(" " in p.target for p in pairs))
-    for p, out in zip(pairs, outputs):
-        s.exact += out == p.target
-        s.char_errors += edit_distance(out, p.target)
-        if s.spaced:
-            ref = p.target.split()
-            s.symbol_errors += edit_distance(out.split(), ref)
-            s.symbols += len(ref)
+                  spaced=any(" " in p.target for p in pairs))
+    for out, refs in zip(outputs, references.values()):
+        s.add_output(out, refs)
     return s
 
 
