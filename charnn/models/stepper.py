@@ -112,6 +112,7 @@ class FastStepper:
             else []
         self.views = [self._views(l) for l in range(L)]  # slices made once: each costs Python time per step
         self._cell = getattr(self, f"_{self.cell}")
+        self.plan = [self._layer_plan(l) for l in range(L)]
 
     # -- rows: what the Batcher does as rows join and leave (never per token), without knowing the layout --
     static = True  # its buffers stay put, so a CUDA graph may record its steps
@@ -175,6 +176,16 @@ class FastStepper:
             torch.round(torch.mul(self.h[l], ACT_LEVELS, out=self.tmp[l]), out=self.tmp[l])
             self.x_hh[l].copy_(self.tmp[l])
 
+    def _layer_plan(self, l: int) -> tuple:
+        """What a step does at layer l, looked up once: (its product and what the product reads, or None twice:
+        the GRU's layer 0, whose input projection is the table's row; its gates; l; the codes to refresh after it,
+        or None)."""
+        if self.cell == "gru":
+            product = (self.mm_ih[l], self.x_ih[l]) if l else (None, None)
+        else:
+            product = (self.mm_hh[0], self.x_hh[0]) if l == 0 else (self.mm_hh[l], self.x_cat[l])  # [h_l-1 | h_l]
+        return (*product, self.gates[l], l, self.step_codes[l] if l < len(self.step_codes) else None)
+
     def _views(self, l: int) -> tuple:
         """The gate slices of layer l's buffers, in the order its cell function unpacks them."""
         H, g, a = self.H, self.gates[l], self.act[l]
@@ -190,18 +201,13 @@ class FastStepper:
         """tok: (B,) ids -> (B, V) logits for the next token. The result is a buffer reused by the next call.
         (No autograd here: every tensor is detached, so the call needs no inference-mode wrapper, a cost per step.)"""
         torch.index_select(self.table, 0, tok, out=self.gates[0])  # layer 0's input projection + biases
-        for l in range(self.L):
-            g = self.gates[l]
-            if self.cell == "gru":
-                if l > 0:
-                    self.mm_ih[l](self.x_ih[l], g)
-            elif l == 0:
-                self.mm_hh[0](self.x_hh[0], g)  # += h0 @ W_hh
-            else:
-                self.mm_hh[l](self.x_cat[l], g)  # [h_{l-1} | h_l] @ [W_ih ; W_hh] + b
-            self._cell(l, g)
-            if l < len(self.step_codes):
-                h, tmp, codes = self.step_codes[l]
+        cell = self._cell
+        for product, x, g, l, code in self.plan:
+            if product is not None:
+                product(x, g)  # layer 0: += h0 @ W_hh; above: [h_{l-1} | h_l] @ [W_ih ; W_hh] + b
+            cell(l, g)
+            if code is not None:
+                h, tmp, codes = code
                 torch.round(torch.mul(h, ACT_LEVELS, out=tmp), out=tmp)
                 codes.copy_(tmp)
         return torch.addmm(self.b_head, self.h[-1], self.w_head, out=self.logits)
