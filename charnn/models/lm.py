@@ -11,6 +11,7 @@ import torch.nn as nn
 from charnn.config import LMConfig
 from charnn.models.cells import CELLS, decay_groups, forget_bias
 from charnn.models.state import RNN_STATE
+from charnn.models.units import layer_units
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -61,6 +62,15 @@ class CharRNN(nn.Module):
             g, b = self.label_out(labels).chunk(2, -1)
             h = h * (1 + g) + b
         return self.head(self.drop(h)), state
+
+    def unit_activations(self, x: torch.Tensor, state: Optional[State] = None,
+                         labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, list]:
+        """x: (B, T) ids -> (every recurrent unit's activation after each step (B, T, U), the U unit names): each
+        layer's h and, for an LSTM, its c (`charnn show --cells`; docs/MODEL_KINDS.md)."""
+        e = self.embed(x)
+        if labels is not None and self.label_embed is not None:
+            e = e + self.label_embed(labels)
+        return layer_units(self.rnn, e, state)
 
     def for_label(self, label: int) -> "CharRNN":
         """An unlabelled CharRNN that computes what this one does under `label` (its vectors folded into the
