@@ -59,3 +59,42 @@ def test_hover_a_character_to_see_the_models_top_guesses(trained_run, corpus_fil
         assert browser.js("document.querySelectorAll('#cells tr').length") == len(data["cells"]) + 1
     finally:
         browser.close()
+
+
+def test_the_playground_colours_a_completion_by_probability(trained_run, tmp_path):
+    """Generate with 'colour by probability' ticked: the prompt and completion come back as one span per
+    token, shaded by the server's log-probabilities (which add up to `Model.score`'s nats); unticking restores
+    the plain text."""
+    import charnn
+
+    server = test_serve_browser.Served(trained_run.run_dir)
+    browser = DevTools(tmp_path / "profile")
+    try:
+        target = browser.call("Target.createTarget", url=server.url + "/")["targetId"]
+        browser.session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        browser.wait_for("document.readyState === 'complete' && document.getElementById('model').options.length",
+                         "the model list")
+        browser.js("document.getElementById('prompt').value = 'the cat'; document.getElementById('length').value = "
+                   "'120'; document.getElementById('seed').value = '4'")
+        browser.click("#colour")
+        browser.click("#go")
+        browser.wait_for("document.getElementById('out').className === 'coloured'", "the coloured completion")
+        spans = browser.js("[...document.querySelectorAll('#out span')].map(s => [s.textContent, s.title, "
+                           "s.style.background])")
+        text = "".join(t for t, _, _ in spans)
+        model = charnn.load(trained_run.run_dir, device="cpu")
+        assert text == "the cat" + model.generate("the cat", length=120, temperature=0.8, seed=4)
+        assert len(spans) == len(text) and all(title.startswith("p = ") for _, title, _ in spans)
+        nats = sum(float(title.split("(")[1].split(" nats")[0]) for _, title, _ in spans)
+        assert nats == pytest.approx(model.score(text).nats, abs=0.01 * len(spans))  # the titles round to 0.01
+        assert len({bg for _, _, bg in spans}) > 3  # shades, not one colour
+        shot = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
+        folder = Path(os.environ.get("CHARNN_TEST_ARTIFACTS", tmp_path))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "playground-colour.png").write_bytes(shot)
+        browser.click("#colour")
+        assert browser.js("document.getElementById('out').textContent") == text
+        assert browser.js("document.querySelectorAll('#out span').length") == 1  # the prompt's span only
+    finally:
+        browser.close()
+        server.close()
