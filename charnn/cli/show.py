@@ -13,6 +13,7 @@ import typer
 
 from charnn.cli.options import Device, Quiet
 from charnn.cli.output import ResultConsole, err, user_errors, writing_results
+from charnn.errors import ConfigError
 
 FORMATS = ("auto", "color", "tsv", "json")
 
@@ -41,28 +42,21 @@ def show(
                                                       "--html), color, tsv or json.")] = "auto",
     max_chars: Annotated[int, typer.Option(min=1, help="Show the first this many characters of the text.")] = 20_000,
     encoding: Annotated[str, typer.Option(help="Text encoding of FILE.")] = "utf-8",
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch. The passes here read one stream, whose "
+                                                     "small products one thread runs fastest (and a busy machine "
+                                                     "slows several far more).")] = 1,
     device: Device = "auto",
     quiet: Quiet = False,
 ):
     """The text coloured by the model's surprisal per character; --cells, --gradients, --attention look
     further inside."""
-    from charnn.checkpoint import resolve_checkpoint
-    from charnn.device import resolve_device
-    from charnn.errors import ConfigError
-    from charnn.reports.show import ShowOptions, build_report
+    from charnn.reports.show import ShowOptions
 
     with user_errors():
         if fmt not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        checkpoint, source = _arguments(args)
-        path = resolve_checkpoint(checkpoint)
-        text = _read(source, encoding)
-        if len(text) > max_chars:
-            text = text[:max_chars]
-            if not quiet:
-                err.print(f"showing the first {max_chars:,} characters (--max-chars)")
         options = ShowOptions(top_k, cells, units, gradients, max_k, positions, attention, label).validate()
-        report = build_report(path, text, options, resolve_device(device))
+        report = _report(args, options, max_chars, encoding, device, threads, quiet)
         if html is not None:
             from charnn.reports.showpage import write_page
             write_page(report, html)
@@ -73,10 +67,31 @@ def show(
         _print(report, fmt)
 
 
+def _report(args, options, max_chars: int, encoding: str, device: str, threads: int, quiet: bool):
+    """Read the text and gather the report with `threads` torch threads (the caller's count restored after)."""
+    import torch
+
+    from charnn.checkpoint import resolve_checkpoint
+    from charnn.device import resolve_device
+    from charnn.reports.show import build_report
+
+    checkpoint, source = _arguments(args)
+    path = resolve_checkpoint(checkpoint)
+    text = _read(source, encoding)
+    if len(text) > max_chars:
+        text = text[:max_chars]
+        if not quiet:
+            err.print(f"showing the first {max_chars:,} characters (--max-chars)")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return build_report(path, text, options, resolve_device(device))
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _arguments(args: Optional[List[str]]):
     """(checkpoint or None, FILE or None for stdin) from [CHECKPOINT] [FILE]."""
-    from charnn.errors import ConfigError
-
     args = list(args or [])
     if len(args) > 2:
         raise ConfigError(f"one CHECKPOINT and one FILE at most, got {len(args)}: {' '.join(args)}")

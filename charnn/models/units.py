@@ -14,8 +14,8 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from torch.func import functional_call
 
+CHUNK = 256  # time steps per call of a one-way layer
 RnnState = Union[None, torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -35,9 +35,8 @@ def layer_units(rnn: nn.RNNBase, x: torch.Tensor, state: RnnState = None) -> Tup
     parts, names = [], []
     inp = x
     for layer in range(L):
-        one, params = _one_layer(rnn, layer)
         rows = slice(layer * dirs, (layer + 1) * dirs)
-        out, _ = functional_call(one, params, (inp, (h0[rows], c0[rows]) if lstm else h0[rows]))  # (B, T, dirs*H)
+        out = _run(_one_layer(rnn, layer), inp, (h0[rows], c0[rows]) if lstm else h0[rows])  # (B, T, dirs*H)
         for d in range(dirs):
             tag = f"L{layer + 1}{' rev' if d else ''}"
             h = out[..., d * H:(d + 1) * H]
@@ -50,17 +49,31 @@ def layer_units(rnn: nn.RNNBase, x: torch.Tensor, state: RnnState = None) -> Tup
     return torch.cat(parts, -1), names
 
 
-def _one_layer(rnn: nn.RNNBase, layer: int) -> Tuple[nn.RNNBase, dict]:
-    """A one-layer module of the stack's type and the parameters of its layer `layer`, renamed to layer 0."""
+def _run(one: nn.RNNBase, x: torch.Tensor, state) -> torch.Tensor:
+    """A one-layer module over x (B, T, I): a one-way layer in chunks of CHUNK steps with its state carried (one
+    call over a long text is far slower on the CPU: oneDNN builds a primitive for that length), a two-way
+    layer in one call."""
+    if one.bidirectional:
+        return one(x, state)[0]
+    out = []
+    for start in range(0, x.shape[1], CHUNK):
+        o, state = one(x[:, start:start + CHUNK], state)
+        out.append(o)
+    return torch.cat(out, 1)
+
+
+def _one_layer(rnn: nn.RNNBase, layer: int) -> nn.RNNBase:
+    """A one-layer module of the stack's type holding a copy of its layer `layer`'s weights (as layer 0)."""
     dirs = 2 if rnn.bidirectional else 1
     size = rnn.input_size if layer == 0 else rnn.hidden_size * dirs
     extra = {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}
+    ref = rnn.weight_ih_l0
     one = type(rnn)(size, rnn.hidden_size, 1, bias=rnn.bias, batch_first=rnn.batch_first,
-                    bidirectional=rnn.bidirectional, device="meta", **extra)
-    params = {}
-    for name in one._flat_weights_names:  # weight_ih_l0, ..., weight_hh_l0_reverse
-        params[name] = getattr(rnn, name.replace("_l0", f"_l{layer}"))
-    return one, params
+                    bidirectional=rnn.bidirectional, device=ref.device, dtype=ref.dtype, **extra)
+    with torch.no_grad():
+        for name in one._flat_weights_names:  # weight_ih_l0, ..., weight_hh_l0_reverse
+            getattr(one, name).copy_(getattr(rnn, name.replace("_l0", f"_l{layer}")))
+    return one.train(False)
 
 
 def _cell_states(rnn: nn.LSTM, layer: int, d: int, x: torch.Tensor, h: torch.Tensor, h0: torch.Tensor,
