@@ -15,7 +15,7 @@ from charnn.reports.show import Cells, ShowReport
 
 MAX_NATS = 5.0  # the red end of the surprisal scale
 WHITE, RED, BLUE = (255, 255, 255), (215, 48, 39), (49, 104, 196)
-EXCERPT_CHARS = 480  # a unit's activation is coloured over this much of the text
+EXCERPT_CHARS = 360  # a unit's activation is coloured over about this much of the text
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 
 
@@ -68,8 +68,9 @@ def _excerpt(values: np.ndarray, tokens: Sequence[str]) -> slice:
     while at > floor and not tokens[at - 1].endswith("\n"):
         at -= 1
     end, size = at, 0
-    while end < len(tokens) and size < EXCERPT_CHARS:
-        size += len(tokens[end])
+    while end < len(tokens) and (size < EXCERPT_CHARS or (size < EXCERPT_CHARS + 120
+                                                           and not tokens[end - 1].endswith("\n"))):
+        size += len(tokens[end])  # about EXCERPT_CHARS, then on to the end of that line
         end += 1
     return slice(at, end)
 
