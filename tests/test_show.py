@@ -262,3 +262,23 @@ def test_stdin_and_its_mistakes(trained_run):
     assert ok.exit_code == 0 and len(ok.stdout.splitlines()) == 9
     one_line_error(invoke("show", trained_run.run_dir, "-", input=""), 1, "empty")
     one_line_error(invoke("show", trained_run.run_dir, "-", input=b"\x00\x00x"), 1, "binary")
+
+
+def test_in_a_shell_pipeline(trained_run):
+    """`charnn sample | charnn show` in a real shell: tsv on a pipe, the nats column adds up to eval's total."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    run = trained_run.run_dir
+    py = sys.executable
+    cmd = (f"{py} -m charnn sample {run} --length 200 --seed 3 -q --device cpu | tee sample.txt | "
+           f"{py} -m charnn show {run} - --top-k 2 --threads 1 | cut -f3")
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                         env=subprocess_env(), cwd=trained_run.run_dir.parent, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = out.stdout.splitlines()
+    text = (trained_run.run_dir.parent / "sample.txt").read_text(encoding="utf-8")
+    assert rows[0] == "nats" and len(rows) == len(text) + 1 and "\x1b" not in out.stdout
+    model = charnn.load(run, device="cpu")
+    assert sum(map(float, rows[1:])) == pytest.approx(model.score(text).nats, rel=1e-5)
