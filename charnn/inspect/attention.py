@@ -28,17 +28,21 @@ class AttentionMap:
 
 
 @torch.inference_mode()
-def attention_map(model, source_tokenizer, tokenizer, line: str, device: torch.device,
-                  max_ratio: float = 4.0) -> AttentionMap:
-    """The attention matrix of `line` transduced greedily (see the module's docstring)."""
+def attention_map(model, source_tokenizer, tokenizer, line: str, device: torch.device, max_ratio: float = 4.0,
+                  where: str = "the input line") -> AttentionMap:
+    """The attention matrix of `line` transduced greedily (see the module's docstring); `where` names the line
+    in errors (characters the model does not know)."""
     if not getattr(model.config, "attention", False):
         raise CharnnError("this sequence-to-sequence model has no attention (trained with --no-attention)")
     if not line.strip():
         raise CharnnError("--attention needs a non-blank input line")
+    missing = source_tokenizer.unknown(line)
+    if missing:
+        raise CharnnError(f"{where}: {', '.join(repr(c) for c in missing[:5])} not in the model's input characters")
     transducer = Transducer(model, source_tokenizer, tokenizer, TransduceConfig().validate(), device, max_ratio)
-    (hyps,) = list(transducer.run([(line, "the input line")]))
+    (hyps,) = list(transducer.run([(line, where)]))
     output = hyps[0].text if hyps else ""
-    src = transducer.encode(line, "the input line")
+    src = transducer.encode(line, where)
     (tgt,) = encode_side(tokenizer, [output])
     x = torch.as_tensor(np.concatenate([[start_id(tokenizer)], tgt[:-1]]), device=device)[None]
     source = pad_sources([src])

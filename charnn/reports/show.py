@@ -110,14 +110,15 @@ def _seq2seq_report(data: dict, name: str, text: str, options: ShowOptions, devi
         report.tokens = acts.tokens
         report.cells, report.units = rank_cells(acts, len(acts.tokens), options.units), acts.values.shape[1]
     if options.attention:
-        lines = [line for line in text.splitlines() if line.strip()]
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         if len(lines) > ATTENTION_LINES:
             report.notes.append(f"--attention: the first {ATTENTION_LINES} of {len(lines):,} input lines")
+        lines = lines[:ATTENTION_LINES]
         ratio = float((data.get("pairs") or {}).get("max_ratio", 4.0))
-        report.attention = [attention_map(net, source_tokenizer, tokenizer, line, device, ratio)
-                            for line in lines[:ATTENTION_LINES]]
+        report.attention = [attention_map(net, source_tokenizer, tokenizer, line, device, ratio, f"input line {n}")
+                            for n, line in lines]
         if not report.tokens:
-            report.tokens = [c for line in lines[:ATTENTION_LINES] for c in line + "\n"]
+            report.tokens = [c for _, line in lines for c in line + "\n"]
     return report
 
 
