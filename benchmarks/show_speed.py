@@ -35,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def stdlib_text(chars: int) -> str:
-    """The first `chars` characters of Python's own `textwrap.py`, `string.py`, ... (the built-in corpus's kind of text)."""
+    """The first `chars` characters of Python's own `textwrap.py`, `string.py`, ... (the built-in corpus's kind
+    of text)."""
     import inspect as _inspect
     import string
     import textwrap
@@ -47,18 +48,24 @@ def stdlib_text(chars: int) -> str:
     return out[:chars]
 
 
-def command(args, repeats: int) -> float:
-    """Median wall seconds of `charnn ARGS` in a process of its own, stdout discarded."""
+def command(args, repeats: int) -> dict:
+    """Median wall seconds and CPU seconds (user + system) of `charnn ARGS` in a process of its own, stdout
+    discarded. CPU time says what the command itself needs when other work shares the cores."""
+    import resource
+
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "charnn", *map(str, args)], env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
-        times.append(time.perf_counter() - t0)
+        walls.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if r.returncode:
             raise SystemExit(r.stderr)
-    return statistics.median(times)
+    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus)}
 
 
 def in_process(run: str, text: str, repeats: int) -> dict:
@@ -110,16 +117,15 @@ def main() -> None:
             rows[label] = command(["show", run, path, "--format", "tsv", "--threads", args.threads, *extra],
                                   args.repeats)
         parts = in_process(run, text, args.repeats)
+        model = charnn.load(run, device="cpu").info.get("model", {})
     load_after = os.getloadavg()
-    info = charnn.load(run, device="cpu").info
-    model = info.get("model", {})
     print(f"charnn show on {len(text):,} characters; {cpu_name()} ({cpu_features()}), {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()}")
     print(f"model: {run} ({model.get('cell')}, {model.get('layers')} x {model.get('hidden')}); load average "
           f"before {load_before[0]:.2f}, after {load_after[0]:.2f}; median of {args.repeats}")
-    print(f"{'end to end (own process)':<42} {'seconds':>8}")
+    print(f"{'end to end (own process)':<42} {'wall s':>8} {'CPU s':>8}")
     for label, secs in rows.items():
-        print(f"{label:<42} {secs:>8.2f}")
+        print(f"{label:<42} {secs['wall']:>8.2f} {secs['cpu']:>8.2f}")
     print(f"{'in process, the library step alone':<42} {'seconds':>8}")
     for label, secs in parts.items():
         print(f"{label:<42} {secs:>8.3f}")

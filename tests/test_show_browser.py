@@ -41,10 +41,12 @@ def test_hover_a_character_to_see_the_models_top_guesses(trained_run, corpus_fil
         assert f"{nats:.2f} nats" in tip and "top guesses" in tip
         for guess, p in data["surprisal"]["top"][i]:  # the model's top 3 with their probabilities, in order
             assert f"{p:.4f}" in tip
-        assert tip.index(f"{data['surprisal']['top'][i][0][1]:.4f}") < tip.index(f"{data['surprisal']['top'][i][2][1]:.4f}")
+        top = data["surprisal"]["top"][i]
+        assert tip.index(f"{top[0][1]:.4f}") < tip.index(f"{top[2][1]:.4f}")
         before = browser.js("document.querySelectorAll('#text span')[5].style.background")
         surprising = max(range(1500), key=lambda j: data["surprisal"]["nats"][j])
-        assert browser.js(f"document.querySelectorAll('#text span')[{surprising}].style.background") != "rgb(255, 255, 255)"
+        shade = browser.js(f"document.querySelectorAll('#text span')[{surprising}].style.background")
+        assert shade != "rgb(255, 255, 255)"
         shot = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
         folder = Path(os.environ.get("CHARNN_TEST_ARTIFACTS", tmp_path))
         folder.mkdir(parents=True, exist_ok=True)

@@ -130,11 +130,10 @@ def _print(report, fmt: str) -> None:
     if fmt == "tsv":
         tsv = {"surprisal": view.surprisal_tsv, "cells": lambda r: view.cells_tsv(r.cells),
                "gradients": view.gradients_tsv, "attention": view.attention_tsv}
-        for i, section in enumerate(sections):
-            if i:
-                typer.echo("")
-            for line in tsv[section](report):
-                typer.echo(line)
+        lines = [line for i, section in enumerate(sections)
+                 for line in ([""] if i else []) + list(tsv[section](report))]  # a blank line between sections
+        for at in range(0, len(lines), 4096):  # a few large writes, not one per line
+            typer.echo("\n".join(lines[at:at + 4096]))
         return
     piped = not sys.stdout.isatty()  # --format color into a pipe or file: full colour, whatever the terminal says
     out = ResultConsole(highlight=False, soft_wrap=True, force_terminal=True,

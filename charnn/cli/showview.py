@@ -125,9 +125,11 @@ def surprisal_tsv(report: ShowReport) -> Iterator[str]:
     s = report.surprisal
     k = s.top_ids.shape[1]
     yield "\t".join(["token", "prob", "nats"] + [f"{name}{j}" for j in range(1, k + 1) for name in ("top", "p")])
-    for i, token in enumerate(s.tokens):
-        top = [f"{_escape(t)}\t{p:.6f}" for t, p in s.top(i)]
-        yield "\t".join([_escape(token), f"{math.exp(-s.nats[i]):.6f}", f"{s.nats[i]:.6f}"] + top)
+    shown = [_escape(p) for p in s.pieces]  # each vocabulary entry escaped once, not once per row
+    probs, top_p = np.exp(-s.nats).tolist(), np.exp(s.top_logprobs).tolist()
+    for i, (token, nats, ids) in enumerate(zip(s.tokens, s.nats.tolist(), s.top_ids.tolist())):
+        top = "\t".join(f"{shown[t]}\t{p:.6f}" for t, p in zip(ids, top_p[i]))
+        yield f"{_escape(token)}\t{probs[i]:.6f}\t{nats:.6f}\t{top}"
 
 
 def cells_tsv(cells: List[Cells]) -> Iterator[str]:

@@ -29,7 +29,8 @@ def terminal(run: str, text: Path, extra: list, name: str, width: int = 104) -> 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": str(width)}
     ansi = subprocess.run([sys.executable, "-m", "charnn", "show", run, str(text), "--format", "color", *extra],
                           env=env, capture_output=True, text=True, check=True).stdout
-    console = Console(record=True, width=width, force_terminal=True, color_system="truecolor", file=open(os.devnull, "w"))
+    console = Console(record=True, width=width, force_terminal=True, color_system="truecolor",
+                      file=open(os.devnull, "w"))
     console.print(Text.from_ansi(ansi))
     with tempfile.TemporaryDirectory() as tmp:
         svg = Path(tmp) / "view.svg"
