@@ -282,3 +282,16 @@ def test_in_a_shell_pipeline(trained_run):
     assert rows[0] == "nats" and len(rows) == len(text) + 1 and "\x1b" not in out.stdout
     model = charnn.load(run, device="cpu")
     assert sum(map(float, rows[1:])) == pytest.approx(model.score(text).nats, rel=1e-5)
+
+
+def test_the_python_api_returns_the_numbers_as_arrays(trained_run):
+    model = charnn.load(trained_run.run_dir, device="cpu")
+    text = make_text(5, seed=1)
+    acts = model.activations(text)
+    assert acts.values.shape == (len(text), 2 * 2 * 64) and acts.names[0] == "L1 h 0" and acts.names[-1] == "L2 c 63"
+    assert isinstance(acts.values, np.ndarray) and "".join(acts.tokens) == text
+    reach = model.gradient_reach(text, max_k=12, positions=8)
+    assert reach.norms.shape == (13,) and reach.positions == 8 and reach.relative[0] == 1.0
+    assert np.array_equal(reach.norms, model.gradient_reach(text, max_k=12, positions=8).norms)  # seeded
+    s = model.surprisal(text)
+    assert s.nats.shape == (len(text),) and np.all(s.nats >= 0) and len(s.top(0)) == 5
