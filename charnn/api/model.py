@@ -22,11 +22,13 @@ from charnn.scoring.dynamic import adapt as adapted_copy
 from charnn.errors import CharnnError
 from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
-from charnn.generation.prefill import forward_chunks
-from charnn.generation.prompt import start_ids
+from charnn.inspect.surprisal import scan
 
 if TYPE_CHECKING:
     from charnn.api.seq2seq import Seq2SeqModel
+    from charnn.inspect.activations import Activations
+    from charnn.inspect.gradients import GradientReach
+    from charnn.inspect.surprisal import Surprisal
 
 
 class Model:
@@ -176,24 +178,40 @@ class Model:
         if self._pieces_by_id is None:  # each token's text, once per model
             self._pieces_by_id = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
         pieces = self._pieces_by_id
-        picked, best, best_lp = (np.zeros(len(ids), dtype=dtype) for dtype in (np.float64, np.int64, np.float64))
-        at = 0
         with self._lock_scoring:
-            context = np.concatenate([start_ids(self.tokenizer, ""), ids[:-1]])[:len(ids)]  # each token's input
-            for out, _ in forward_chunks(self.net, context, None, self.device):
-                logp = torch.log_softmax(out[0].float(), dim=-1)  # (T, V)
-                n = logp.shape[0]
-                target = torch.from_numpy(ids[at:at + n]).to(self.device)
-                picked[at:at + n] = logp.gather(1, target[:, None])[:, 0].cpu().numpy()
-                top_lp, top = logp.max(dim=-1)
-                best[at:at + n], best_lp[at:at + n] = top.cpu().numpy(), top_lp.cpu().numpy()
-                at += n
+            picked, best, best_lp = scan(self.net, self.tokenizer, ids, self.device)
+        best, best_lp = best[:, 0], best_lp[:, 0]
         picked[~np.isfinite(picked)] = -1e30
         tokens = [pieces[i] for i in ids.tolist()]
         offsets = np.cumsum([0] + [len(t) for t in tokens[:-1]]).tolist() if tokens else []
         return {"tokens": tokens, "token_logprobs": picked.tolist(),
                 "top_logprobs": [{pieces[b]: lp} for b, lp in zip(best.tolist(), best_lp.tolist())],
                 "text_offset": offsets}
+
+    def surprisal(self, text: str, top_k: int = 5) -> "Surprisal":
+        """Every token's surprisal (`.nats`, an array: -log p given all before it, the first token after the
+        start id as `score` reads it) and its `top_k` alternatives (`.top_ids`, `.top_logprobs`, `.top(i)`), as
+        `charnn show` colours text. On a text `score` takes as one stream (under 4,096 tokens) `.total` equals
+        score(text).nats."""
+        from charnn.inspect.surprisal import surprisal
+
+        with self._lock_scoring:
+            return surprisal(self.net, self.tokenizer, text, self.device, top_k)
+
+    def activations(self, text: str) -> "Activations":
+        """Every recurrent unit's activation after each token of `text` (`.values`, an array (tokens, units);
+        `.names`: "L1 h 17", "L2 c 3", ...; `.tokens`), read after the start id (`charnn show --cells`). A
+        Model from `for_label` reads it as its label."""
+        from charnn.inspect.activations import activations
+
+        return activations(self.net, self.tokenizer, text, self.device)
+
+    def gradient_reach(self, text: str, max_k: int = 100, positions: int = 64, seed: int = 0) -> "GradientReach":
+        """How much the loss at a position depends on the input k steps back: `.norms[k]`, the gradient norm
+        averaged over up to `positions` positions of `text`, k = 0..max_k (`charnn show --gradients`)."""
+        from charnn.inspect.gradients import gradient_reach
+
+        return gradient_reach(self.net, self.tokenizer, text, self.device, max_k, positions, seed=seed)
 
     @property
     def created(self) -> int:

@@ -64,6 +64,20 @@ class Seq2SeqModel:
         return score_pairs(self.net, self.source_tokenizer, self.tokenizer, file, TransduceConfig(beam=beam).validate(),
                            self.device, self.max_ratio).to_dict()
 
+    def activations(self, text: str):
+        """The encoder's units after each character of each line of `text` as an input (`.values` (chars, units),
+        `.names`, `.tokens`; each line's end shown as a newline), as `charnn show --cells` colours them."""
+        from charnn.inspect.activations import encoder_activations
+
+        return encoder_activations(self.net, self.source_tokenizer, text, self.device)
+
+    def attention(self, line: str):
+        """The attention matrix of `line` transduced greedily: `.weights` (output characters and end, input
+        characters and end), `.source`, `.output` (`charnn show --attention`)."""
+        from charnn.inspect.attention import attention_map
+
+        return attention_map(self.net, self.source_tokenizer, self.tokenizer, line, self.device, self.max_ratio)
+
 
 def _shape(hyps: List[Hypothesis], n_best: int, scores: bool) -> Output:
     items = [(h.text, h.logprob) if scores else h.text for h in hyps] or [("", 0.0) if scores else ""]

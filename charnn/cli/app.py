@@ -16,6 +16,7 @@ from charnn.cli.novelty import novelty
 from charnn.cli.plot import plot
 from charnn.cli.sample import sample
 from charnn.cli.serve import serve
+from charnn.cli.show import show
 from charnn.cli.train import train
 from charnn.cli.transduce import transduce
 
@@ -71,6 +72,7 @@ app.command()(transduce)
 app.command("eval")(evaluate)
 app.command()(classify)
 app.command()(novelty)
+app.command()(show)
 app.command()(info)
 app.command()(corpora)
 app.command()(plot)

@@ -12,6 +12,7 @@ from charnn.config import LMConfig
 from charnn.models import regularize
 from charnn.models.cells import CELLS, decay_groups, forget_bias
 from charnn.models.state import RNN_STATE
+from charnn.models.units import layer_units
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -88,6 +89,15 @@ class CharRNN(nn.Module):
         """What the last training forward adds to the loss (AR/TAR; None: nothing), once."""
         penalty, self.penalty = self.penalty, None
         return penalty
+
+    def unit_activations(self, x: torch.Tensor, state: Optional[State] = None,
+                         labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, list]:
+        """x: (B, T) ids -> (every recurrent unit's activation after each step (B, T, U), the U unit names): each
+        layer's h and, for an LSTM, its c (`charnn show --cells`; docs/MODEL_KINDS.md)."""
+        e = self.embed(x)
+        if labels is not None and self.label_embed is not None:
+            e = e + self.label_embed(labels)
+        return layer_units(self.rnn, e, state)
 
     def for_label(self, label: int) -> "CharRNN":
         """An unlabelled CharRNN that computes what this one does under `label` (its vectors folded into the

@@ -29,6 +29,7 @@ from charnn.models import regularize
 from charnn.models.cells import CELLS, decay_groups, forget_bias
 from charnn.models.lm import State
 from charnn.models.state import RNN_STATE
+from charnn.models.units import layer_units
 
 Source = Tuple[torch.Tensor, torch.Tensor]  # (padded input ids (B, S), lengths (B,) int64 on the CPU)
 
@@ -114,12 +115,7 @@ class Seq2Seq(nn.Module):
         e = self._drop(regularize.embed(self.embed, x, r.embed_dropout, on), r.input_dropout or None)
         h, state = self.dec_run(e, state, self.training)  # (B, T, H)
         if self.config.attention:
-            if self.additive:  # (B, T, 1, H) + (B, 1, S, H) -> (B, T, S)
-                scores = self.attn_v(torch.tanh(self.attn_query(h)[:, :, None] + memory.keys[:, None])).squeeze(-1)
-            else:  # (B, T, D): the score h^T W a_s, with W applied to the query, not to every a_s
-                scores = torch.bmm(self.attn_in(h), memory.outputs.transpose(1, 2))  # (B, T, S)
-            scores = scores.masked_fill(memory.pad[:, None, :], float("-inf"))
-            context = torch.bmm(scores.softmax(-1), memory.outputs)  # (B, T, D)
+            context = torch.bmm(self._weights(h, memory), memory.outputs)  # (B, T, D)
             h = torch.tanh(self.attn_out(torch.cat([context, h], -1)))
         dropped = self._drop(h)
         if self.training:
@@ -137,6 +133,26 @@ class Seq2Seq(nn.Module):
         """What the last training forward adds to the loss (AR/TAR of the decoder's outputs; None: nothing)."""
         penalty, self.penalty = self.penalty, None
         return penalty
+
+    def _weights(self, h: torch.Tensor, memory: Memory) -> torch.Tensor:
+        """Attention weights (B, T, S) of decoder outputs h (B, T, H) over the memory."""
+        if self.additive:  # (B, T, 1, H) + (B, 1, S, H) -> (B, T, S)
+            scores = self.attn_v(torch.tanh(self.attn_query(h)[:, :, None] + memory.keys[:, None])).squeeze(-1)
+        else:  # (B, T, D): the score h^T W a_s, with W applied to the query, not to every a_s
+            scores = torch.bmm(self.attn_in(h), memory.outputs.transpose(1, 2))  # (B, T, S)
+        return scores.masked_fill(memory.pad[:, None, :], float("-inf")).softmax(-1)
+
+    def attention(self, x: torch.Tensor, source: Source) -> torch.Tensor:
+        """Teacher-forced attention weights (B, T, S) of decoder inputs x (B, T) over the inputs `source`
+        (`charnn show --attention`); a model without attention has none to show."""
+        memory, state = self.encode(source)
+        h, _ = self.decoder(self.drop(self.embed(x)), state)
+        return self._weights(h, memory)
+
+    def unit_activations(self, x: torch.Tensor, state: Optional[State] = None) -> Tuple[torch.Tensor, list]:
+        """The encoder's units over unpadded inputs x (B, S): each layer's and direction's h (and an LSTM's c)
+        after each input character (B, S, U), and their names (`charnn show --cells`)."""
+        return layer_units(self.encoder, self.src_embed(x), state)
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None, source: Optional[Source] = None):
         """Teacher forcing: logits (B, T, V) for decoder inputs x given the inputs `source`. `state` is unused

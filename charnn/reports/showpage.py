@@ -1,0 +1,27 @@
+"""`charnn show --html`: the report as one self-contained page (the template `show.html`, a package resource,
+with the report's numbers inlined as JSON; no network): the text coloured by surprisal or by a unit's
+activation, the model's top guesses on hover, the gradient's reach and attention matrices."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from charnn.errors import CharnnError
+from charnn.reports.show import ShowReport, report_dict
+
+
+def page(report: ShowReport) -> str:
+    """The page's HTML."""
+    template = resources.files("charnn.reports").joinpath("show.html").read_text(encoding="utf-8")
+    # inside <script>, "</" could end the element early; "<\/" is the same string to JSON
+    data = json.dumps(report_dict(report), ensure_ascii=False).replace("</", "<\\/")
+    return template.replace("/*DATA*/", data, 1)
+
+
+def write_page(report: ShowReport, path: Path) -> None:
+    try:
+        Path(path).write_text(page(report), encoding="utf-8")
+    except OSError as e:
+        raise CharnnError(f"cannot write {path}: {e.strerror or e}") from None
