@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 from charnn.config import ATTENTION_SCORES, CELLS, LMConfig, ModelConfig, Seq2SeqConfig, from_dict
+from charnn.config import MIN_CELLS, MinRNNConfig
 from charnn.errors import CharnnError, ConfigError
 
 SERVES = ("text", "pairs")  # what a kind trains on: plain or labelled text (a language model), or --pairs lines
@@ -261,3 +262,18 @@ register(ModelKind("lm", "charnn.models.lm:CharRNN", LMConfig, RECURRENT_FLAGS, 
 register(ModelKind("seq2seq", "charnn.models.seq2seq:Seq2Seq", Seq2SeqConfig, SEQ2SEQ_FLAGS, serves="pairs",
                    cells=CELLS, info_fields=RECURRENT_INFO, architecture=RECURRENT_ARCHITECTURE,
                    fixed_on_resume=RECURRENT_FIXED, generates=False))
+
+
+# -- the parallel-scan recurrent kind (--cell mingru / minlstm) ---------------------------------------------------
+def _minrnn_line(m: dict) -> str:
+    return (f"{m['cell']}, {m['layers']} layers x {m['hidden']} wide (state x{m.get('expand', 2)}), embed "
+            f"{m['embed']}, dropout {m['dropout']}" + (f", conditioned on {m['labels']} labels" if m.get("labels")
+                                                       else ""))
+
+
+MINRNN_FLAGS = RECURRENT_FLAGS + (
+    TrainFlag("expand", int, 2, "--cell mingru/minlstm: each layer's state width, as a multiple of --hidden."),
+)
+register(ModelKind("minrnn", "charnn.models.minrnn:MinRNN", MinRNNConfig, MINRNN_FLAGS, cells=MIN_CELLS,
+                   info_fields=RECURRENT_INFO[:3] + ("expand",) + RECURRENT_INFO[3:], info_line=_minrnn_line,
+                   architecture=RECURRENT_ARCHITECTURE + ("expand",), fixed_on_resume=RECURRENT_FIXED + ("expand",)))
