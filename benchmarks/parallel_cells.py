@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from common import cpu_features, cpu_name
 
-import charnn
-from charnn.config import ModelConfig
+from charnn.config import ModelConfig, TrainConfig
+from charnn.data.corpus import Corpus
 from charnn.device import autocast
 from charnn.models.registry import build_model
 from charnn.models.scan import linear_recurrence, mingru_scan, sequential_mingru
 from charnn.training.precision import native_bf16
+from charnn.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -119,15 +120,17 @@ def speed_table(models, batches, precisions, seq_len, seconds) -> list:
 
 
 # -- quality at equal wall time ----------------------------------------------------------------------------
-def quality_row(spec: str, budget: float, threads: int, out: Path, batch: int) -> dict:
-    m = model_config(spec)
-    flags = dict(cell=m.cell, layers=m.layers, hidden=m.hidden, embed=m.embed, dropout=m.dropout)
-    if m.kind == "minrnn":
-        flags["expand"] = m.extra["expand"]
-    result = charnn.train(str(CORPUS), out=str(out), name=spec.replace(":", "-"), max_time=budget, val_frac=0.1,
-                          threads=threads, device="cpu", batch_size=batch, eval_every=10**9, save_every_secs=0,
-                          **flags)
-    return {"model": spec, "batch": batch, "steps": result.steps, "chars": result.chars_seen,
+def quality_row(entry: str, budget: float, threads: int, out: Path) -> dict:
+    """One run of charnn's trainer for `budget` seconds: entry is a model spec with an optional @BATCH and /LR
+    (mingru:2x256x2@32/3e-3; defaults: batch 8, charnn's --lr)."""
+    m_ = re.fullmatch(r"([^@/]+)(?:@(\d+))?(?:/([\d.e-]+))?", entry)
+    spec, batch, lr = m_[1], int(m_[2] or 8), m_[3]
+    cfg = TrainConfig(out=str(out), name=re.sub(r"[^\w.-]", "-", entry), max_time=budget, val_frac=0.1,
+                      threads=threads, device="cpu", batch_size=batch, eval_every=10**9, save_every_secs=0,
+                      **({"lr": float(lr)} if lr else {}))
+    text = CORPUS.read_text(encoding="utf-8")
+    result = train(Corpus(text, CORPUS.stem, str(CORPUS)), model_config(spec, vocab=1), cfg)
+    return {"model": entry, "batch": batch, "steps": result.steps, "chars": result.chars_seen,
             "val_nats_per_char": round(result.best_val_loss, 4), "seconds": round(result.elapsed, 1)}
 
 
@@ -173,9 +176,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sections", default="scan,speed,quality,sample")
     ap.add_argument("--models", default=SPEED_MODELS, help="speed and sampling: comma-separated model specs")
-    ap.add_argument("--quality-models", default=QUALITY_MODELS)
+    ap.add_argument("--quality-models", default=QUALITY_MODELS, help="model specs, each with optional @BATCH, /LR")
+    ap.add_argument("--transformer", action=argparse.BooleanOptionalAction, default=True,
+                    help="also train the nanoGPT-style baseline for --budget seconds")
     ap.add_argument("--batches", default="8,32,64")
-    ap.add_argument("--quality-batch", default="lstm:8", help="batch per cell, e.g. lstm:8,mingru:32 (else 8)")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=3.0, help="timing per speed row")
     ap.add_argument("--budget", type=float, default=300.0, help="wall seconds per quality run")
@@ -200,10 +204,8 @@ def main() -> None:
                                       args.seconds)
         print(f"## Training chars/s (T {args.seq_len})\n\n" + table(result["speed"]) + "\n")
     if "quality" in sections:
-        batch = {k: int(v) for k, v in (p.split(":") for p in args.quality_batch.split(","))}
-        rows = [quality_row(m, args.budget, args.threads, Path(args.runs), batch.get(m.split(":")[0], 8))
-                for m in args.quality_models.split(",")]
-        result["quality"] = rows + [transformer_row(args.budget)]
+        rows = [quality_row(m, args.budget, args.threads, Path(args.runs)) for m in args.quality_models.split(",")]
+        result["quality"] = rows + ([transformer_row(args.budget)] if args.transformer else [])
         print(f"## Val nats/char after {args.budget:.0f} s\n\n" + table(result["quality"]) + "\n")
     if "sample" in sections:
         result["sample"] = sample_table([m for m in models if "f" not in m.split(":")[1]][:3], args.seconds)

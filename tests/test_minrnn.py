@@ -20,9 +20,8 @@ from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.models import registry
-from charnn.models.minrnn import MinRNN
+from charnn.models.minrnn import MinRNN, MinStepper
 from charnn.models.scan import linear_recurrence, mingru_scan, sequential_mingru
-from charnn.models.stepper import ModuleStepper
 from charnn.sampling import SamplingParams
 from charnn.training.metrics import read_metrics
 from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted, train
@@ -97,6 +96,24 @@ def test_bf16_stays_finite_over_10000_steps(cell):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_stepper_follows_the_full_forward_row_by_row(cell):
+    model = small(cell).eval()
+    x = torch.randint(11, (3, 12))
+    with torch.no_grad():
+        want = model(x)[0]
+    stepper = registry.stepper_factory(model)(3, ())
+    assert isinstance(stepper, MinStepper)
+    for t in range(12):
+        assert torch.allclose(stepper.step(x[:, t]), want[:, t], atol=1e-5), t
+    stepper.move(2, 0)  # rows as the Batcher moves them: row 0 now continues row 2
+    with torch.no_grad():
+        after = model(torch.cat([x[2:], torch.tensor([[4]])], 1))[0][0, -1]
+    assert torch.allclose(stepper.step(torch.tensor([4, 1, 1]))[0], after, atol=1e-5)
+    with pytest.raises(Exception, match="--int8"):
+        registry.stepper_factory(model, int8=True)(1, ())
+
+
 # -- the kind, through charnn --------------------------------------------------------------------------------
 def test_cell_picks_the_minrnn_kind_and_its_flags_are_its_own():
     assert registry.choose("text", "mingru").name == registry.choose("text", "minlstm").name == "minrnn"
@@ -151,7 +168,7 @@ def test_it_samples_through_the_batcher(cli_run):
     _, run, _ = cli_run
     model = charnn.load(run, device="cpu")
     b = Batcher(model.net, model.tokenizer, torch.device("cpu"), capacity=4)
-    assert isinstance(b.stepper, ModuleStepper)
+    assert isinstance(b.stepper, MinStepper)
     rows = [b.add(RowSpec(prompt=p, length=25, sampling=SamplingParams(temperature=t, seed=s)))
             for p, t, s in (("the ", 0.0, 0), ("", 1.0, 1), ("a dog", 0.8, 2))]
     texts = {id(r): "" for r in rows}

@@ -32,6 +32,7 @@ from charnn.config import MinRNNConfig
 from charnn.models.cells import decay_groups
 from charnn.models.scan import mingru_scan
 from charnn.models.state import TensorState
+from charnn.models.stepper import ModuleStepper
 
 GATES = {"mingru": 2, "minlstm": 3}  # input projections per cell: (k, v) or (k_f, k_i, v)
 
@@ -131,3 +132,38 @@ class MinRNN(nn.Module):
     def optimizer_groups(self, weight_decay: float) -> list:
         """AdamW's groups: decay on matrices, not on biases, norms, the embeddings or the label vectors."""
         return decay_groups(self, weight_decay, ("embed", "label_embed", "label_out"))
+
+
+class MinStepper(ModuleStepper):
+    """Generation's stepper for a MinRNN: ModuleStepper (the state is the model's own (L, B, S) tensor, rows
+    handled through state_ops) with a lean one-token step: the embedding and the input projection folded into
+    one (V, D) table, each layer's state updated in place by one lerp, no window or autograd machinery."""
+
+    def __init__(self, model: MinRNN, batch: int, banned=()):
+        super().__init__(model, batch, banned)
+        with torch.no_grad():
+            self.table = model.inp(model.embed.weight).detach()  # (V, D): embed then inp, for every token
+            self.head_bias = model.head.bias.detach().clone()
+            if banned:
+                self.head_bias[list(banned)] = float("-inf")  # never drawn, at no cost per step
+
+    @torch.no_grad()
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        """tok: (B,) ids -> (B, V) logits for the next token; the state moves one step."""
+        m, state = self.model, self.state
+        x = self.table.index_select(0, tok.view(-1))  # (B, D)
+        for l, block in enumerate(m.blocks):
+            u = F.linear(block.norm(x), block.gates.weight, block.gates.bias)
+            k, v = mingru_input(block.cell, u.unsqueeze(1)).squeeze(1).chunk(2, -1)
+            torch.lerp(state[l], v.float(), torch.sigmoid(k.float()), out=state[l])  # h += z (v - h)
+            x = torch.addmm(x, state[l].to(x.dtype), block.out.weight.t()).add_(block.out.bias)
+            if block.ffn is not None:
+                x = x + block.ffn(x)
+        return torch.addmm(self.head_bias, m.norm(x), m.head.weight.t())
+
+
+def min_stepper(model: MinRNN, rows: int, banned=(), int8: bool = False) -> MinStepper:
+    """The registry's stepper for the minrnn kind (ModelKind.stepper); int8 it does not do."""
+    if int8:
+        raise NotImplementedError
+    return MinStepper(model, rows, banned)

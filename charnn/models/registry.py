@@ -276,4 +276,5 @@ MINRNN_FLAGS = RECURRENT_FLAGS + (
 )
 register(ModelKind("minrnn", "charnn.models.minrnn:MinRNN", MinRNNConfig, MINRNN_FLAGS, cells=MIN_CELLS,
                    info_fields=RECURRENT_INFO[:3] + ("expand",) + RECURRENT_INFO[3:], info_line=_minrnn_line,
-                   architecture=RECURRENT_ARCHITECTURE + ("expand",), fixed_on_resume=RECURRENT_FIXED + ("expand",)))
+                   architecture=RECURRENT_ARCHITECTURE + ("expand",), fixed_on_resume=RECURRENT_FIXED + ("expand",),
+                   stepper="charnn.models.minrnn:min_stepper"))
