@@ -27,7 +27,7 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.data.corpus import Corpus
 from charnn.device import autocast
 from charnn.models.registry import build_model
-from charnn.models.scan import linear_recurrence, mingru_scan, sequential_mingru
+from charnn.models.scan import mingru_scan, sequential_mingru
 from charnn.training.precision import native_bf16
 from charnn.training.trainer import train
 
@@ -120,14 +120,14 @@ def speed_table(models, batches, precisions, seq_len, seconds) -> list:
 
 
 # -- quality at equal wall time ----------------------------------------------------------------------------
-def quality_row(entry: str, budget: float, threads: int, out: Path) -> dict:
+def quality_row(entry: str, budget: float, threads: int, out: Path, precision: str) -> dict:
     """One run of charnn's trainer for `budget` seconds: entry is a model spec with an optional @BATCH and /LR
     (mingru:2x256x2@32/3e-3; defaults: batch 8, charnn's --lr)."""
     m_ = re.fullmatch(r"([^@/]+)(?:@(\d+))?(?:/([\d.e-]+))?", entry)
     spec, batch, lr = m_[1], int(m_[2] or 8), m_[3]
     cfg = TrainConfig(out=str(out), name=re.sub(r"[^\w.-]", "-", entry), max_time=budget, val_frac=0.1,
                       threads=threads, device="cpu", batch_size=batch, eval_every=10**9, save_every_secs=0,
-                      **({"lr": float(lr)} if lr else {}))
+                      precision=precision, **({"lr": float(lr)} if lr else {}))
     text = CORPUS.read_text(encoding="utf-8")
     result = train(Corpus(text, CORPUS.stem, str(CORPUS)), model_config(spec, vocab=1), cfg)
     return {"model": entry, "batch": batch, "steps": result.steps, "chars": result.chars_seen,
@@ -183,6 +183,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=3.0, help="timing per speed row")
     ap.add_argument("--budget", type=float, default=300.0, help="wall seconds per quality run")
+    ap.add_argument("--precision", default="bf16" if native_bf16(torch.device("cpu"))[0] else "fp32",
+                    help="of the quality runs (fixed, so --precision auto's probe does not eat the budget)")
     ap.add_argument("--runs", default="/tmp/parallel_cells_runs")
     ap.add_argument("--out", default="benchmarks/results/parallel_cells.json")
     args = ap.parse_args()
@@ -204,9 +206,10 @@ def main() -> None:
                                       args.seconds)
         print(f"## Training chars/s (T {args.seq_len})\n\n" + table(result["speed"]) + "\n")
     if "quality" in sections:
-        rows = [quality_row(m, args.budget, args.threads, Path(args.runs)) for m in args.quality_models.split(",")]
+        rows = [quality_row(m, args.budget, args.threads, Path(args.runs), args.precision)
+                for m in args.quality_models.split(",")]
         result["quality"] = rows + ([transformer_row(args.budget)] if args.transformer else [])
-        print(f"## Val nats/char after {args.budget:.0f} s\n\n" + table(result["quality"]) + "\n")
+        print(f"## Val nats/char after {args.budget:.0f} s ({args.precision})\n\n" + table(result["quality"]) + "\n")
     if "sample" in sections:
         result["sample"] = sample_table([m for m in models if "f" not in m.split(":")[1]][:3], args.seconds)
         print("## Sampling chars/s\n\n" + table(result["sample"]) + "\n")
