@@ -120,12 +120,14 @@ def speed_table(models, batches, precisions, seq_len, seconds) -> list:
 
 
 # -- quality at equal wall time ----------------------------------------------------------------------------
-def quality_row(entry: str, budget: float, threads: int, out: Path, precision: str) -> dict:
+def quality_row(entry: str, budget: float, threads: int, out: Path, precision: str, steps=None,
+                eval_tokens: int = 1_000_000) -> dict:
     """One run of charnn's trainer for `budget` seconds: entry is a model spec with an optional @BATCH and /LR
     (mingru:2x256x2@32/3e-3; defaults: batch 8, charnn's --lr)."""
     m_ = re.fullmatch(r"([^@/]+)(?:@(\d+))?(?:/([\d.e-]+))?", entry)
     spec, batch, lr = m_[1], int(m_[2] or 8), m_[3]
-    cfg = TrainConfig(out=str(out), name=re.sub(r"[^\w.-]", "-", entry), max_time=budget, val_frac=0.1,
+    limit = {"max_steps": steps} if steps else {"max_time": budget}  # equal steps: independent of the load
+    cfg = TrainConfig(out=str(out), name=re.sub(r"[^\w.-]", "-", entry), val_frac=0.1, eval_tokens=eval_tokens, **limit,
                       threads=threads, device="cpu", batch_size=batch, eval_every=10**9, save_every_secs=0,
                       precision=precision, **({"lr": float(lr)} if lr else {}))
     text = CORPUS.read_text(encoding="utf-8")
@@ -134,15 +136,17 @@ def quality_row(entry: str, budget: float, threads: int, out: Path, precision: s
             "val_nats_per_char": round(result.best_val_loss, 4), "seconds": round(result.elapsed, 1)}
 
 
-def transformer_row(budget: float) -> dict:
+def transformer_row(budget: float, steps=None, eval_tokens: int = 1_000_000) -> dict:
     from tiny_gpt import train_for
     text = CORPUS.read_text(encoding="utf-8")
     chars = sorted(set(text))
-    ids = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
+    index = {c: i for i, c in enumerate(chars)}
+    ids = torch.tensor([index[c] for c in text], dtype=torch.long)
     cut = int(len(ids) * 0.9)
-    row = train_for(ids[:cut], ids[cut:], len(chars), budget, layers=4, heads=4, width=128)
-    return {"model": "transformer:4x128 (nanoGPT-style, benchmark only)", "batch": 32, "steps": row["steps"],
-            "chars": row["chars"], "val_nats_per_char": row["val"], "seconds": budget, "params": row["params"]}
+    row = train_for(ids[:cut], ids[cut:cut + eval_tokens + 1], len(chars), budget if not steps else float("inf"), max_steps=steps,
+                    batch=8 if steps else 32, layers=4, heads=4, width=128)
+    return {"model": "transformer:4x128 (nanoGPT-style, benchmark only)", "batch": row["batch"], "steps": row["steps"],
+            "chars": row["chars"], "val_nats_per_char": row["val"], "seconds": row["seconds"]}
 
 
 # -- sampling ----------------------------------------------------------------------------------------------
@@ -183,6 +187,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=3.0, help="timing per speed row")
     ap.add_argument("--budget", type=float, default=300.0, help="wall seconds per quality run")
+    ap.add_argument("--steps", type=int, help="quality at equal steps instead of --budget (batch 8 unless @BATCH; "
+                    "the transformer's batch is 8 too): what a shared machine's load cannot skew")
+    ap.add_argument("--eval-tokens", type=int, default=1_000_000, help="val characters the quality runs score")
     ap.add_argument("--precision", default="bf16" if native_bf16(torch.device("cpu"))[0] else "fp32",
                     help="of the quality runs (fixed, so --precision auto's probe does not eat the budget)")
     ap.add_argument("--runs", default="/tmp/parallel_cells_runs")
@@ -206,10 +213,11 @@ def main() -> None:
                                       args.seconds)
         print(f"## Training chars/s (T {args.seq_len})\n\n" + table(result["speed"]) + "\n")
     if "quality" in sections:
-        rows = [quality_row(m, args.budget, args.threads, Path(args.runs), args.precision)
-                for m in args.quality_models.split(",")]
-        result["quality"] = rows + ([transformer_row(args.budget)] if args.transformer else [])
-        print(f"## Val nats/char after {args.budget:.0f} s ({args.precision})\n\n" + table(result["quality"]) + "\n")
+        rows = [quality_row(m, args.budget, args.threads, Path(args.runs), args.precision, args.steps,
+                            args.eval_tokens) for m in args.quality_models.split(",")]
+        result["quality"] = rows + ([transformer_row(args.budget, args.steps, args.eval_tokens)] if args.transformer else [])
+        limit = f"{args.steps} steps" if args.steps else f"{args.budget:.0f} s"
+        print(f"## Val nats/char after {limit} ({args.precision})\n\n" + table(result["quality"]) + "\n")
     if "sample" in sections:
         result["sample"] = sample_table([m for m in models if "f" not in m.split(":")[1]][:3], args.seconds)
         print("## Sampling chars/s\n\n" + table(result["sample"]) + "\n")

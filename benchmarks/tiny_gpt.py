@@ -75,8 +75,9 @@ def score(model: GPT, ids: torch.Tensor, batch: int = 32) -> float:
 
 
 def train_for(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: int, seconds: float, batch: int = 32,
-              lr: float = 2e-3, seed: int = 1337, **shape) -> dict:
-    """Train a GPT of `shape` on random windows for `seconds` of wall time; its val nats/char then."""
+              lr: float = 2e-3, seed: int = 1337, max_steps=None, **shape) -> dict:
+    """Train a GPT of `shape` on random windows for `seconds` of wall time (or `max_steps`, the schedule then
+    by steps); its val nats/char then."""
     torch.manual_seed(seed)
     c = GPTConfig(vocab=vocab, **shape)
     model = GPT(c)
@@ -85,9 +86,9 @@ def train_for(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: int, second
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.99))
     start, steps, warm = time.perf_counter(), 0, 100
-    while (elapsed := time.perf_counter() - start) < seconds:
-        # 1) linear warm-up, 2) cosine decay to lr/10 over the wall-time budget
-        frac = min(1.0, elapsed / seconds)
+    while (elapsed := time.perf_counter() - start) < seconds and steps < (max_steps or float("inf")):
+        # 1) linear warm-up, 2) cosine decay to lr/10 over the wall-time budget (or the steps)
+        frac = min(1.0, steps / max_steps if max_steps else elapsed / seconds)
         scale = min(1.0, (steps + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr * scale
@@ -100,5 +101,6 @@ def train_for(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: int, second
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         steps += 1
-    return {"steps": steps, "params": sum(p.numel() for p in model.parameters()),
+    seconds = time.perf_counter() - start
+    return {"steps": steps, "batch": batch, "seconds": round(seconds, 1), "params": sum(p.numel() for p in model.parameters()),
             "chars": steps * batch * c.block, "val": round(score(model, val_ids), 4)}
