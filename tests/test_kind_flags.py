@@ -2,6 +2,7 @@
 `charnn.kinds` group) brings its own flags to the CLI and to `charnn.train`, `--kind` picks it, `--cell` picks
 the kind that has the cell, and a flag the run's kind does not take is one clear error."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,9 @@ def plugin_path(tmp_path_factory):
 
 
 def cli(args, plugin_path, cwd):
-    env = {"PYTHONPATH": f"{plugin_path}", "PATH": "/usr/bin:/bin", "CHARNN_CACHE": str(cwd / "cache"),
+    # this checkout's charnn, not the one installed in the environment (which may be another worktree's)
+    env = {"PYTHONPATH": f"{plugin_path}{os.pathsep}{HERE.parent}", "PATH": "/usr/bin:/bin",
+           "CHARNN_CACHE": str(cwd / "cache"),
            "HOME": str(cwd)}
     return subprocess.run([sys.executable, "-m", "charnn", *args], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=300)
