@@ -116,7 +116,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cell", default="lstm", help="lstm, gru, rnn, or mingru / minlstm (kind minrnn: no fast "
                     "stepper, so no int8 and no ceiling; the Batcher steps its forward)")
-    ap.add_argument("--expand", type=int, default=2, help="--cell mingru/minlstm: state width / --hidden")
+    ap.add_argument("--expand", type=int, default=1, help="--cell mingru/minlstm: state width / --hidden")
+    ap.add_argument("--ffn", type=int, default=2, help="--cell mingru/minlstm: feed-forward width / --hidden")
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--checkpoint", help="time (and score) this trained model instead of random weights")
@@ -139,7 +140,8 @@ def main() -> None:
         tokenizer = CharTokenizer(list(CHARS))
         flat = ModelConfig(vocab_size=tokenizer.vocab_size, cell=args.cell, layers=args.layers, hidden=args.hidden,
                            embed=64)
-        model = (build_model(replace(flat, kind="minrnn", extra={"expand": args.expand})) if args.cell in MIN_CELLS
+        wide = {"expand": args.expand, "ffn": args.ffn}
+        model = (build_model(replace(flat, kind="minrnn", extra=wide)) if args.cell in MIN_CELLS
                  else CharRNN(flat)).to(device)
     model.eval()
     fast_kind = isinstance(model, CharRNN)  # a kind with charnn's FastStepper: int8 and the gemv ceiling

@@ -299,12 +299,14 @@ class MinRNNConfig:
 
     vocab_size: int  # tokens the embedding and head cover (set by the tokenizer)
     cell: str = "mingru"  # mingru or minlstm (Feng et al. 2024: gates read the input only)
-    layers: int = 2  # stacked blocks (LayerNorm -> gates -> scan -> projection, plus a residual)
+    layers: int = 2  # stacked blocks (LayerNorm -> gates -> scan -> projection, plus a residual; then the FFN)
     hidden: int = 256  # the width between blocks; each block's state is expand * hidden wide
     embed: int = 64  # embedding width
     dropout: float = 0.1  # dropout on each block's output and before the head
-    expand: int = 2  # a block's state width, as a multiple of --hidden
-    ffn: int = 0  # a feed-forward part after each scan, this multiple of --hidden wide (0: none)
+    # a block's state width, as a multiple of --hidden, and its feed-forward part's (0: none). 1 and 2 measured
+    # best of the 2-layer blocks at equal characters (benchmarks/PARALLEL.md)
+    expand: int = 1
+    ffn: int = 2
     labels: int = 0  # labels the model is conditioned on (--label-by; 0: none); label id 0 is "no label"
     label_output: bool = False  # a label also scales and shifts the last layer's output
 

@@ -144,11 +144,11 @@ def test_it_trains_from_the_command_line_and_learns(cli_run):
     cell, run, _ = cli_run
     data = load_checkpoint(run / "last.pt")
     assert data["model_config"]["kind"] == "minrnn" and data["model_config"]["cell"] == cell
-    assert data["model_config"]["expand"] == 2
+    assert data["model_config"]["expand"] == 2 and data["model_config"]["ffn"] == 2
     assert data["best_val_loss"] < 0.75 * math.log(data["model_config"]["vocab_size"])
     assert data["progress"]["hidden"][0].shape == (2, 4, 48)  # (layers, streams, expand * hidden)
     r = runner.invoke(app, ["info", str(run)])
-    assert r.exit_code == 0 and f"{cell}, 2 layers x 24 wide (state x2)" in r.stdout
+    assert r.exit_code == 0 and f"{cell}, 2 layers x 24 wide (state x2, feed-forward x2)" in r.stdout
 
 
 def greedy(model, prompt: str, n: int) -> str:

@@ -154,8 +154,14 @@ class MinStepper(ModuleStepper):
         x = self.table.index_select(0, tok.view(-1))  # (B, D)
         for l, block in enumerate(m.blocks):
             u = F.linear(block.norm(x), block.gates.weight, block.gates.bias)
-            k, v = mingru_input(block.cell, u.unsqueeze(1)).squeeze(1).chunk(2, -1)
-            torch.lerp(state[l], v.float(), torch.sigmoid(k.float()), out=state[l])  # h += z (v - h)
+            if block.cell == "mingru":
+                k, v = u.chunk(2, -1)
+                z = torch.sigmoid(k)
+            else:  # z = i / (f + i) directly: fewer ops than the scan's logsigmoid form
+                kf, ki, v = u.chunk(3, -1)
+                i = torch.sigmoid(ki)
+                z = i / (torch.sigmoid(kf) + i)
+            torch.lerp(state[l], v.float(), z.float(), out=state[l])  # h += z (v - h)
             x = torch.addmm(x, state[l].to(x.dtype), block.out.weight.t()).add_(block.out.bias)
             if block.ffn is not None:
                 x = x + block.ffn(x)

@@ -266,15 +266,19 @@ register(ModelKind("seq2seq", "charnn.models.seq2seq:Seq2Seq", Seq2SeqConfig, SE
 
 # -- the parallel-scan recurrent kind (--cell mingru / minlstm) ---------------------------------------------------
 def _minrnn_line(m: dict) -> str:
-    return (f"{m['cell']}, {m['layers']} layers x {m['hidden']} wide (state x{m.get('expand', 2)}), embed "
+    return (f"{m['cell']}, {m['layers']} layers x {m['hidden']} wide (state x{m.get('expand', 1)}, feed-forward "
+            f"x{m.get('ffn', 2)}), embed "
             f"{m['embed']}, dropout {m['dropout']}" + (f", conditioned on {m['labels']} labels" if m.get("labels")
                                                        else ""))
 
 
 MINRNN_FLAGS = RECURRENT_FLAGS + (
-    TrainFlag("expand", int, 2, "--cell mingru/minlstm: each layer's state width, as a multiple of --hidden."),
+    TrainFlag("expand", int, 1, "--cell mingru/minlstm: each layer's state width, as a multiple of --hidden."),
+    TrainFlag("ffn", int, 2, "--cell mingru/minlstm: each layer's feed-forward width, as a multiple of --hidden "
+              "(0: none)."),
 )
 register(ModelKind("minrnn", "charnn.models.minrnn:MinRNN", MinRNNConfig, MINRNN_FLAGS, cells=MIN_CELLS,
-                   info_fields=RECURRENT_INFO[:3] + ("expand",) + RECURRENT_INFO[3:], info_line=_minrnn_line,
-                   architecture=RECURRENT_ARCHITECTURE + ("expand",), fixed_on_resume=RECURRENT_FIXED + ("expand",),
+                   info_fields=RECURRENT_INFO[:3] + ("expand", "ffn") + RECURRENT_INFO[3:], info_line=_minrnn_line,
+                   architecture=RECURRENT_ARCHITECTURE + ("expand", "ffn"),
+                   fixed_on_resume=RECURRENT_FIXED + ("expand", "ffn"),
                    stepper="charnn.models.minrnn:min_stepper"))
