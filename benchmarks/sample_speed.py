@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,11 +28,12 @@ from common import cpu_features, cpu_name
 
 import charnn.models.stepper
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-from charnn.config import ModelConfig
+from charnn.config import MIN_CELLS, ModelConfig
 from charnn.sampling import SampleConfig
 from charnn.generation.sampler import Sampler
 from charnn.models.int8 import weight_levels
 from charnn.models.lm import CharRNN
+from charnn.models.registry import build_model
 from charnn.models.stepper import FastStepper
 from charnn.text.tokenizer import CharTokenizer
 
@@ -112,7 +114,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--seconds", type=float, default=4.0, help="rough length of each timed run")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--cell", default="lstm")
+    ap.add_argument("--cell", default="lstm", help="lstm, gru, rnn, or mingru / minlstm (kind minrnn: no fast "
+                    "stepper, so no int8 and no ceiling; the Batcher steps its forward)")
+    ap.add_argument("--expand", type=int, default=1, help="--cell mingru/minlstm: state width / --hidden")
+    ap.add_argument("--ffn", type=int, default=2, help="--cell mingru/minlstm: feed-forward width / --hidden")
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--checkpoint", help="time (and score) this trained model instead of random weights")
@@ -133,24 +138,28 @@ def main() -> None:
         args.cell, args.layers, args.hidden = c.cell, c.layers, c.hidden
     else:
         tokenizer = CharTokenizer(list(CHARS))
-        model = CharRNN(ModelConfig(vocab_size=tokenizer.vocab_size, cell=args.cell, layers=args.layers,
-                                    hidden=args.hidden, embed=64)).to(device)
+        flat = ModelConfig(vocab_size=tokenizer.vocab_size, cell=args.cell, layers=args.layers, hidden=args.hidden,
+                           embed=64)
+        wide = {"expand": args.expand, "ffn": args.ffn}
+        model = (build_model(replace(flat, kind="minrnn", extra=wide)) if args.cell in MIN_CELLS
+                 else CharRNN(flat)).to(device)
     model.eval()
+    fast_kind = isinstance(model, CharRNN)  # a kind with charnn's FastStepper: int8 and the gemv ceiling
 
     cpu = device.type == "cpu"
     # (label, streams, fast stepper, int8, CUDA graphs: None = the sampler's default, graphs on CUDA only)
     runs = []
     for streams in (1, 64):
-        naive = f"naive: nn.{args.cell.upper()} per char"
+        naive = f"naive: nn.{args.cell.upper()} per char" if fast_kind else "naive: forward per char"
         runs += [(naive, streams, False, False, None), ("charnn sample", streams, True, False, None)]
-        runs += [("charnn sample --int8", streams, True, True, None)] if cpu else []
+        runs += [("charnn sample --int8", streams, True, True, None)] if cpu and fast_kind else []
         runs += [("charnn sample, no CUDA graphs", streams, True, False, False)] if not cpu else []
     results = []
     for label, streams, fast, int8, graphs in runs:
         r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8, graphs)
         results.append({"label": label, **r})
-    ceiling = gemv_ceiling(model, args.seconds) if cpu else None
-    ceiling_int8 = gemv_ceiling(model, args.seconds, int8=True) if cpu else None
+    ceiling = gemv_ceiling(model, args.seconds) if cpu and fast_kind else None
+    ceiling_int8 = gemv_ceiling(model, args.seconds, int8=True) if cpu and fast_kind else None
     naive = {r["streams"]: r["chars_per_s"] for r in results if not r["fast"]}
     for r in results:
         r["vs_naive_1_stream"] = round(r["chars_per_s"] / naive[1], 2)
@@ -168,7 +177,7 @@ def main() -> None:
     if ceiling:
         print(f"one-stream ceiling (the step's matrix products alone): fp32 {ceiling:,.0f} chars/s, "
               f"int8 {ceiling_int8:,.0f} chars/s")
-    if args.checkpoint and args.text and cpu:
+    if args.checkpoint and args.text and cpu and fast_kind:
         text = Path(args.text).read_text(encoding="utf-8")[-args.chars:]
         quality = {"chars": len(text), "fp32": score_by_stepping(model, tokenizer, text, False),
                    "int8": score_by_stepping(model, tokenizer, text, True)}

@@ -305,3 +305,38 @@ def parse_duration(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise ConfigError(f"`--max-time` wants a positive duration such as 300, 90s, 5m or 1h, not {text!r}")
     return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+MIN_CELLS = ("mingru", "minlstm")  # the parallel-scan cells (kind "minrnn", charnn.models.minrnn)
+MAX_EXPAND = 16
+
+
+@dataclass
+class MinRNNConfig:
+    """The parallel-scan recurrent language model's (kind "minrnn", charnn.models.minrnn.MinRNN: `--cell mingru`
+    or `--cell minlstm`)."""
+
+    vocab_size: int  # tokens the embedding and head cover (set by the tokenizer)
+    cell: str = "mingru"  # mingru or minlstm (Feng et al. 2024: gates read the input only)
+    layers: int = 2  # stacked blocks (LayerNorm -> gates -> scan -> projection, plus a residual; then the FFN)
+    hidden: int = 256  # the width between blocks; each block's state is expand * hidden wide
+    embed: int = 64  # embedding width
+    dropout: float = 0.1  # dropout on each block's output and before the head
+    # a block's state width, as a multiple of --hidden, and its feed-forward part's (0: none). 1 and 2 measured
+    # best of the 2-layer blocks at equal characters (benchmarks/PARALLEL.md)
+    expand: int = 1
+    ffn: int = 2
+    labels: int = 0  # labels the model is conditioned on (--label-by; 0: none); label id 0 is "no label"
+    label_output: bool = False  # a label also scales and shifts the last layer's output
+
+    def validate(self) -> "MinRNNConfig":
+        problems = [] if 0 <= self.labels <= MAX_LABELS else [
+            f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}"]
+        if self.cell not in MIN_CELLS:
+            problems.append(f"`--cell` of a minrnn model must be one of {', '.join(MIN_CELLS)}, not {self.cell!r}")
+        if not 1 <= self.expand <= MAX_EXPAND:
+            problems.append(f"`--expand` must be between 1 and {MAX_EXPAND}, got {self.expand}")
+        if not 0 <= self.ffn <= MAX_EXPAND:
+            problems.append(f"`--ffn` must be between 0 and {MAX_EXPAND}, got {self.ffn}")
+        _raise(problems + _stack_problems(self, cells=None) + _dropout_problems(self))
+        return self

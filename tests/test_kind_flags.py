@@ -2,6 +2,7 @@
 `charnn.kinds` group) brings its own flags to the CLI and to `charnn.train`, `--kind` picks it, `--cell` picks
 the kind that has the cell, and a flag the run's kind does not take is one clear error."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,9 @@ def plugin_path(tmp_path_factory):
 
 
 def cli(args, plugin_path, cwd):
-    env = {"PYTHONPATH": f"{plugin_path}", "PATH": "/usr/bin:/bin", "CHARNN_CACHE": str(cwd / "cache"),
+    # this checkout's charnn, not the one installed in the environment (which may be another worktree's)
+    env = {"PYTHONPATH": f"{plugin_path}{os.pathsep}{HERE.parent}", "PATH": "/usr/bin:/bin",
+           "CHARNN_CACHE": str(cwd / "cache"),
            "HOME": str(cwd)}
     return subprocess.run([sys.executable, "-m", "charnn", *args], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=300)
@@ -58,10 +61,10 @@ def test_a_plugin_kind_trains_from_the_command_line_with_its_own_flags(plugin_pa
     assert sampled.returncode == 0 and len(sampled.stdout) >= 20, sampled.stderr
     # a kind's flag on another kind's run, and a flag the kind does not take: one line each, no traceback
     for args, message in ((["--decay", "0.5"], "`--decay` is a flag of bag models; this run trains a lm model"),
-                          (["--kind", "bag", "--cell", "gru"], "`--cell` is a flag of lm and seq2seq models"),
+                          (["--kind", "bag", "--cell", "gru"], "`--cell` is a flag of lm and seq2seq and minrnn models"),
                           (["--kind", "bag", "--pairs"], "a bag model trains on text, not --pairs"),
                           (["--kind", "nosuch"], "model kind 'nosuch' is not one this charnn knows"),
-                          (["--cell", "lstmm"], "`--cell` must be one of lstm, gru, rnn, not 'lstmm'")):
+                          (["--cell", "lstmm"], "`--cell` must be one of lstm, gru, rnn, mingru, minlstm, not 'lstmm'")):
         r = cli(["train", str(corpus), "--out", "runs", "--name", "x", *TINY, *args], plugin_path, tmp_path)
         assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr

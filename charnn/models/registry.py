@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 from charnn.config import ATTENTION_SCORES, CELLS, LMConfig, ModelConfig, Seq2SeqConfig, from_dict
+from charnn.config import MIN_CELLS, MinRNNConfig
 from charnn.errors import CharnnError, ConfigError
 
 SERVES = ("text", "pairs")  # what a kind trains on: plain or labelled text (a language model), or --pairs lines
@@ -240,12 +241,14 @@ def _lm_line(m: dict) -> str:
             + (f", conditioned on {m['labels']} labels" if m.get("labels") else ""))
 
 
-RECURRENT_FLAGS = (
+STACK_FLAGS = (  # every recurrent kind's
     TrainFlag("cell", str, "lstm", f"Recurrent cell: {', '.join(CELLS)}."),
     TrainFlag("layers", int, 2, "Stacked recurrent layers."),
     TrainFlag("hidden", int, 256, "Hidden units per layer."),
     TrainFlag("embed", int, 64, "Embedding width."),
     TrainFlag("dropout", float, 0.1, "Dropout between layers and before the head."),
+)
+REGULARISER_FLAGS = (  # charnn.models.regularize: the torch-stack kinds' (lm, seq2seq)
     TrainFlag("weight_drop", float, 0.0, "Weight drop (DropConnect): each step zeroes this share of the recurrent "
               "hidden-to-hidden weights (AWD-LSTM). Training only, as every regulariser here."),
     TrainFlag("locked_dropout", bool, False, "Dropout masks fixed across time, one per sequence, for --dropout and "
@@ -259,6 +262,7 @@ RECURRENT_FLAGS = (
     TrainFlag("tar", float, 0.0, "Temporal activation regularisation: this weight times the mean square of the "
               "last layer's step-to-step change, added to the loss."),
 )
+RECURRENT_FLAGS = STACK_FLAGS + REGULARISER_FLAGS
 SEQ2SEQ_FLAGS = RECURRENT_FLAGS + (
     TrainFlag("attention", bool, True, "--pairs: no attention; the decoder starts from the encoder's final state "
               "only.", decls=(" /--no-attention",), show_default="attention"),
@@ -269,8 +273,8 @@ SEQ2SEQ_FLAGS = RECURRENT_FLAGS + (
 )
 RECURRENT_INFO = ("cell", "layers", "hidden", "labels", "embed", "dropout", "vocab_size")
 RECURRENT_ARCHITECTURE = ("cell", "layers", "hidden", "embed")  # and vocab_size, which the tokenizer sets
-RECURRENT_FIXED = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "locked_dropout", "input_dropout",
-                   "embed_dropout", "ar", "tar")  # a resume keeps the run's regularisers too
+STACK_FIXED = ("cell", "layers", "hidden", "embed", "dropout")
+RECURRENT_FIXED = STACK_FIXED + tuple(f.name for f in REGULARISER_FLAGS)  # a resume keeps the run's regularisers too
 
 register(ModelKind("lm", "charnn.models.lm:CharRNN", LMConfig, RECURRENT_FLAGS, cells=CELLS,
                    info_fields=RECURRENT_INFO, info_line=_lm_line, architecture=RECURRENT_ARCHITECTURE,
@@ -278,3 +282,23 @@ register(ModelKind("lm", "charnn.models.lm:CharRNN", LMConfig, RECURRENT_FLAGS, 
 register(ModelKind("seq2seq", "charnn.models.seq2seq:Seq2Seq", Seq2SeqConfig, SEQ2SEQ_FLAGS, serves="pairs",
                    cells=CELLS, info_fields=RECURRENT_INFO, architecture=RECURRENT_ARCHITECTURE,
                    fixed_on_resume=RECURRENT_FIXED, generates=False))
+
+
+# -- the parallel-scan recurrent kind (--cell mingru / minlstm) ---------------------------------------------------
+def _minrnn_line(m: dict) -> str:
+    return (f"{m['cell']}, {m['layers']} layers x {m['hidden']} wide (state x{m.get('expand', 1)}, feed-forward "
+            f"x{m.get('ffn', 2)}), embed "
+            f"{m['embed']}, dropout {m['dropout']}" + (f", conditioned on {m['labels']} labels" if m.get("labels")
+                                                       else ""))
+
+
+MINRNN_FLAGS = STACK_FLAGS + (
+    TrainFlag("expand", int, 1, "--cell mingru/minlstm: each layer's state width, as a multiple of --hidden."),
+    TrainFlag("ffn", int, 2, "--cell mingru/minlstm: each layer's feed-forward width, as a multiple of --hidden "
+              "(0: none)."),
+)
+register(ModelKind("minrnn", "charnn.models.minrnn:MinRNN", MinRNNConfig, MINRNN_FLAGS, cells=MIN_CELLS,
+                   info_fields=RECURRENT_INFO[:3] + ("expand", "ffn") + RECURRENT_INFO[3:], info_line=_minrnn_line,
+                   architecture=RECURRENT_ARCHITECTURE + ("expand", "ffn"),
+                   fixed_on_resume=STACK_FIXED + ("expand", "ffn"),
+                   stepper="charnn.models.minrnn:min_stepper"))

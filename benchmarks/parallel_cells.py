@@ -1,0 +1,231 @@
+"""Parallel-scan cells (`--cell mingru`, `--cell minlstm`) against charnn's LSTM: scan cost, training speed at
+equal parameter count, quality at equal wall time (with a small nanoGPT-style Transformer as a baseline) and
+sampling speed. All rows of one run come from the same machine and process; prints markdown tables and writes
+JSON (benchmarks/results/parallel_cells.json).
+
+    python benchmarks/parallel_cells.py --threads 2                       # everything, 300-s quality runs
+    python benchmarks/parallel_cells.py --sections speed --batches 8,64   # one table
+    python benchmarks/parallel_cells.py --sections quality --budget 30    # a quick check of the quality runs
+
+Model specs are cell:LAYERSxHIDDEN[xEXPAND][fFFN] (expand 1, no FFN unless given), e.g. lstm:2x256,
+mingru:2x256x2, mingru:2x256x1f2 (charnn's default minGRU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from common import cpu_features, cpu_name
+
+from charnn.config import ModelConfig, TrainConfig
+from charnn.data.corpus import Corpus
+from charnn.device import autocast
+from charnn.models.registry import build_model
+from charnn.models.scan import mingru_scan, sequential_mingru
+from charnn.training.precision import native_bf16
+from charnn.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+SPEED_MODELS = "lstm:2x256,mingru:2x256x1f2,minlstm:2x256x1f2,mingru:2x256x2,minlstm:2x224x2,mingru:4x256x1"
+QUALITY_MODELS = "lstm:2x256,mingru:2x256x1f2,minlstm:2x256x1f2"
+
+
+def model_config(spec: str, vocab: int = 65) -> ModelConfig:
+    cell, shape = spec.split(":")
+    m = re.fullmatch(r"(\d+)x(\d+)(?:x(\d+))?(?:f(\d+))?", shape)
+    layers, hidden, expand, ffn = int(m[1]), int(m[2]), int(m[3] or 1), int(m[4] or 0)
+    if cell in ("lstm", "gru", "rnn"):
+        return ModelConfig(vocab_size=vocab, cell=cell, layers=layers, hidden=hidden)
+    return ModelConfig(vocab_size=vocab, kind="minrnn", cell=cell, layers=layers, hidden=hidden,
+                       extra={"expand": expand, "ffn": ffn})
+
+
+def timed(fn, seconds: float) -> float:
+    """Seconds per call of fn, after two warm-up calls, over about `seconds`."""
+    fn(), fn()
+    n, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds or n < 3:
+        fn()
+        n += 1
+    return elapsed / n
+
+
+# -- the scan alone ----------------------------------------------------------------------------------------
+def heinsen_scan(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """The textbook log-space scan (Heinsen 2023): h = exp(cumsum log a + logcumsumexp(log b - cumsum log a))."""
+    a_star = torch.cumsum(log_a, 1)
+    return torch.exp(a_star + torch.logcumsumexp(log_b - a_star, 1))
+
+
+def scan_table(seconds: float) -> list:
+    """fwd+bwd ms of one (8, 128, 256) minGRU layer's recurrence (gates included), and the error against the loop."""
+    torch.manual_seed(0)
+    u = torch.randn(8, 128, 512, requires_grad=True)
+    k, v = u.detach()[..., :256].requires_grad_(), u.detach()[..., 256:].requires_grad_()
+
+    def log_space():  # the paper's: log-space gates, g(v) > 0, and Heinsen's scan
+        log_g = torch.where(v >= 0, torch.log(F.relu(v) + 0.5), -F.softplus(-v))
+        return heinsen_scan(-F.softplus(k), -F.softplus(-k) + log_g)
+    ways = {"chunked scan, hand-written backward (charnn.models.scan)": lambda: mingru_scan(u),
+            "log-space logcumsumexp (Heinsen), autograd": log_space,
+            "step-by-step loop, autograd": lambda: sequential_mingru(u)}
+    with torch.no_grad():
+        err = (mingru_scan(u) - sequential_mingru(u)).abs().max().item()
+    rows = []
+    for name, fn in ways.items():
+        ms = timed(lambda: fn().sum().backward(), seconds) * 1e3
+        rows.append({"scan": name, "ms_fwd_bwd": round(ms, 2), "max_err": err if "chunked" in name else None})
+    return rows
+
+
+# -- training speed ----------------------------------------------------------------------------------------
+def train_step_rate(spec: str, batch: int, precision: str, seq_len: int, seconds: float) -> dict:
+    """chars/s of one training step (forward, loss, backward, clipping, AdamW) on random ids, state carried."""
+    torch.manual_seed(0)
+    model = build_model(model_config(spec))
+    opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-3)
+    x = torch.randint(65, (batch, seq_len))
+    y = torch.randint(65, (batch, seq_len))
+    state = [None]
+    ctx = autocast(torch.device("cpu"), precision)
+
+    def step():
+        with ctx:
+            logits, s = model(x, state[0])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        state[0] = model.state_ops.detach(s)
+    dt = timed(step, seconds)
+    return {"model": spec, "params": model.num_params(), "batch": batch, "precision": precision,
+            "chars_per_s": round(batch * seq_len / dt)}
+
+
+def speed_table(models, batches, precisions, seq_len, seconds) -> list:
+    rows = [train_step_rate(m, b, p, seq_len, seconds) for m in models for p in precisions for b in batches]
+    lstm = {(r["batch"], r["precision"]): r["chars_per_s"] for r in rows if r["model"].startswith("lstm")}
+    base = lstm.get((8, "fp32")) or next(iter(lstm.values()), None)
+    for r in rows:
+        r["x_lstm_b8_fp32"] = round(r["chars_per_s"] / base, 2) if base else None
+    return rows
+
+
+# -- quality at equal wall time ----------------------------------------------------------------------------
+def quality_row(entry: str, budget: float, threads: int, out: Path, precision: str, steps=None,
+                eval_tokens: int = 1_000_000) -> dict:
+    """One run of charnn's trainer for `budget` seconds: entry is a model spec with an optional @BATCH and /LR
+    (mingru:2x256x2@32/3e-3; defaults: batch 8, charnn's --lr)."""
+    m_ = re.fullmatch(r"([^@/]+)(?:@(\d+))?(?:/([\d.e-]+))?", entry)
+    spec, batch, lr = m_[1], int(m_[2] or 8), m_[3]
+    limit = {"max_steps": steps} if steps else {"max_time": budget}  # equal steps: independent of the load
+    cfg = TrainConfig(out=str(out), name=re.sub(r"[^\w.-]", "-", entry), val_frac=0.1, eval_tokens=eval_tokens, **limit,
+                      threads=threads, device="cpu", batch_size=batch, eval_every=10**9, save_every_secs=0,
+                      precision=precision, **({"lr": float(lr)} if lr else {}))
+    text = CORPUS.read_text(encoding="utf-8")
+    result = train(Corpus(text, CORPUS.stem, str(CORPUS)), model_config(spec, vocab=1), cfg)
+    return {"model": entry, "batch": batch, "steps": result.steps, "chars": result.chars_seen,
+            "val_nats_per_char": round(result.best_val_loss, 4), "seconds": round(result.elapsed, 1)}
+
+
+def transformer_row(budget: float, steps=None, eval_tokens: int = 1_000_000) -> dict:
+    from tiny_gpt import train_for
+    text = CORPUS.read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    index = {c: i for i, c in enumerate(chars)}
+    ids = torch.tensor([index[c] for c in text], dtype=torch.long)
+    cut = int(len(ids) * 0.9)
+    row = train_for(ids[:cut], ids[cut:cut + eval_tokens + 1], len(chars), budget if not steps else float("inf"), max_steps=steps,
+                    batch=8 if steps else 32, layers=4, heads=4, width=128)
+    return {"model": "transformer:4x128 (nanoGPT-style, benchmark only)", "batch": row["batch"], "steps": row["steps"],
+            "chars": row["chars"], "val_nats_per_char": row["val"], "seconds": row["seconds"]}
+
+
+# -- sampling ----------------------------------------------------------------------------------------------
+def sample_table(models, seconds) -> list:
+    from sample_speed import chars_per_second
+    from charnn.text.tokenizer import CharTokenizer
+    from sample_speed import CHARS
+    tok = CharTokenizer(list(CHARS))
+    rows = []
+    for spec in models:
+        torch.manual_seed(0)
+        model = build_model(model_config(spec, tok.vocab_size)).eval()
+        for streams in (1, 64):
+            r = chars_per_second(model, tok, torch.device("cpu"), streams, True, seconds)
+            rows.append({"model": spec, "streams": streams, "chars_per_s": r["chars_per_s"]})
+    return rows
+
+
+def table(rows: list) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join("" if r.get(k) is None else f"{r[k]:,}" if isinstance(r[k], int) else str(r[k])
+                                for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sections", default="scan,speed,quality,sample")
+    ap.add_argument("--models", default=SPEED_MODELS, help="speed and sampling: comma-separated model specs")
+    ap.add_argument("--quality-models", default=QUALITY_MODELS, help="model specs, each with optional @BATCH, /LR")
+    ap.add_argument("--transformer", action=argparse.BooleanOptionalAction, default=True,
+                    help="also train the nanoGPT-style baseline for --budget seconds")
+    ap.add_argument("--batches", default="8,32,64")
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--seconds", type=float, default=3.0, help="timing per speed row")
+    ap.add_argument("--budget", type=float, default=300.0, help="wall seconds per quality run")
+    ap.add_argument("--steps", type=int, help="quality at equal steps instead of --budget (batch 8 unless @BATCH; "
+                    "the transformer's batch is 8 too): what a shared machine's load cannot skew")
+    ap.add_argument("--eval-tokens", type=int, default=1_000_000, help="val characters the quality runs score")
+    ap.add_argument("--precision", default="bf16" if native_bf16(torch.device("cpu"))[0] else "fp32",
+                    help="of the quality runs (fixed, so --precision auto's probe does not eat the budget)")
+    ap.add_argument("--runs", default="/tmp/parallel_cells_runs")
+    ap.add_argument("--out", default="benchmarks/results/parallel_cells.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    sections = args.sections.split(",")
+    bf16 = native_bf16(torch.device("cpu"))[0]
+    load = os.getloadavg()
+    result = {"cpu": cpu_name(), "features": cpu_features(), "threads": args.threads, "torch": torch.__version__,
+              "load_before": [round(x, 2) for x in load]}
+    print(f"{result['cpu']} ({result['features']}), {args.threads} threads, torch {torch.__version__}, "
+          f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    if "scan" in sections:
+        result["scan"] = scan_table(args.seconds)
+        print("## The scan of one 8x128x256 layer, fwd+bwd\n\n" + table(result["scan"]) + "\n")
+    models = args.models.split(",")
+    if "speed" in sections:
+        precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
+        result["speed"] = speed_table(models, [int(b) for b in args.batches.split(",")], precisions, args.seq_len,
+                                      args.seconds)
+        print(f"## Training chars/s (T {args.seq_len})\n\n" + table(result["speed"]) + "\n")
+    if "quality" in sections:
+        rows = [quality_row(m, args.budget, args.threads, Path(args.runs), args.precision, args.steps,
+                            args.eval_tokens) for m in args.quality_models.split(",")]
+        result["quality"] = rows + ([transformer_row(args.budget, args.steps, args.eval_tokens)] if args.transformer else [])
+        limit = f"{args.steps} steps" if args.steps else f"{args.budget:.0f} s"
+        print(f"## Val nats/char after {limit} ({args.precision})\n\n" + table(result["quality"]) + "\n")
+    if "sample" in sections:
+        result["sample"] = sample_table(models[:3], args.seconds)
+        print("## Sampling chars/s\n\n" + table(result["sample"]) + "\n")
+    result["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

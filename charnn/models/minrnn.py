@@ -1,0 +1,175 @@
+"""The parallel-scan recurrent language model (kind "minrnn"): `--cell mingru` and `--cell minlstm`, after Feng et
+al., "Were RNNs All We Needed?" (2024).
+
+Each gate reads the block's input only, never the previous state, so a layer's recurrence is linear,
+h_t = a_t * h_{t-1} + b_t, and a whole window trains as one set of matrix products and one scan
+(charnn.models.scan) instead of T dependent steps; sampling steps the same recurrence one token at a time with
+a state of fixed size, as an LSTM does.
+
+    embed (B, T, E) -> Linear -> (B, T, D)
+    block, `layers` times:  x + Dropout(Out(scan(Gates(LayerNorm(x)))))   (state: expand * D wide)
+    [and, with --ffn, x + Dropout(FFN(LayerNorm(x)))]
+    LayerNorm -> (label scale and shift) -> Dropout -> head
+
+minGRU:  z = sigmoid(k), h_t = (1 - z) h_{t-1} + z v              (two projections of the input: k, v)
+minLSTM: f, i = sigmoid(k_f), sigmoid(k_i), h_t = f/(f+i) h_{t-1} + i/(f+i) v   (three)
+(no g() on v: the paper needs v > 0 for its log-space scan; charnn.models.scan works in the linear domain).
+The block design is measured in benchmarks/PARALLEL.md.
+
+The state is every layer's h, (layers, batch, expand * hidden), fp32: charnn.models.state.TensorState(axis=1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from charnn.config import MinRNNConfig
+from charnn.models.cells import decay_groups
+from charnn.models.scan import mingru_scan
+from charnn.models.state import TensorState
+from charnn.models.stepper import ModuleStepper
+
+GATES = {"mingru": 2, "minlstm": 3}  # input projections per cell: (k, v) or (k_f, k_i, v)
+
+
+def mingru_input(cell: str, u: torch.Tensor) -> torch.Tensor:
+    """A block's gate projections as the minGRU scan's [k | v]: minLSTM's forget and input gates, normalised
+    (f / (f + i), i / (f + i)), are the minGRU's 1 - z and z for k = logsigmoid(k_i) - logsigmoid(k_f)."""
+    if cell == "mingru":
+        return u
+    kf, ki, v = u.chunk(3, -1)
+    return torch.cat([F.logsigmoid(ki.float()) - F.logsigmoid(kf.float()), v.float()], -1)
+
+
+class MinBlock(nn.Module):
+    """One layer: x + Dropout(Out(scan(Gates(LayerNorm(x))))), then optionally a feed-forward part."""
+
+    def __init__(self, c: MinRNNConfig):
+        super().__init__()
+        self.cell, width = c.cell, c.expand * c.hidden
+        self.norm = nn.LayerNorm(c.hidden)
+        self.gates = nn.Linear(c.hidden, GATES[c.cell] * width)
+        self.out = nn.Linear(width, c.hidden)
+        self.drop = nn.Dropout(c.dropout)
+        self.ffn = (nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, c.ffn * c.hidden), nn.GELU(),
+                                  nn.Linear(c.ffn * c.hidden, c.hidden), nn.Dropout(c.dropout)) if c.ffn else None)
+        with torch.no_grad():  # keep about sigmoid(1) = 0.73 of the state at first, as the LSTM's forget bias of 1
+            self.gates.bias[:width].fill_(-1.0 if c.cell == "mingru" else 2.0)
+
+    def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, D), h0 (B, S) or None -> (B, T, D) and the last state (B, S)."""
+        h = mingru_scan(mingru_input(self.cell, self.gates(self.norm(x))), h0)  # (B, T, S), fp32
+        x = x + self.drop(self.out(h if torch.is_autocast_enabled() else h.to(x.dtype)))
+        if self.ffn is not None:
+            x = x + self.ffn(x)
+        return x, h[:, -1]
+
+
+class MinRNN(nn.Module):
+    state_ops = TensorState(axis=1)  # (layers, batch, expand * hidden)
+
+    def __init__(self, config: MinRNNConfig):
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed)
+        # labels as in charnn.models.lm.CharRNN: a vector added to every input embedding (row 0, "no label",
+        # zero), and with label_output a scale and shift of the last layer's output
+        self.label_embed = nn.Embedding(c.labels + 1, c.embed, padding_idx=0) if c.labels else None
+        self.label_out = (nn.Embedding(c.labels + 1, 2 * c.hidden, padding_idx=0)
+                          if c.labels and c.label_output else None)
+        self.inp = nn.Linear(c.embed, c.hidden)
+        self.blocks = nn.ModuleList(MinBlock(c) for _ in range(c.layers))
+        self.norm = nn.LayerNorm(c.hidden)
+        self.drop = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.hidden, c.vocab_size)
+        nn.init.normal_(self.embed.weight, std=1.0)
+        if self.label_embed is not None:
+            with torch.no_grad():
+                self.label_embed.weight.normal_(std=0.1)
+                self.label_embed.weight[0].zero_()
+        if self.label_out is not None:
+            nn.init.zeros_(self.label_out.weight)
+
+    def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T) ids, state (L, B, S) or None (zeros), labels (B, T) or (B, 1) or None -> logits (B, T, V)
+        and the state after the last step."""
+        e = self.embed(x)  # (B, T, E)
+        if labels is not None and self.label_embed is not None:
+            e = e + self.label_embed(labels)
+        h = self.inp(e)  # (B, T, D)
+        last = []
+        for l, block in enumerate(self.blocks):
+            h, end = block(h, None if state is None else state[l])
+            last.append(end)
+        h = self.norm(h)
+        if labels is not None and self.label_out is not None:
+            g, b = self.label_out(labels).chunk(2, -1)
+            h = h * (1 + g) + b
+        return self.head(self.drop(h)), torch.stack(last)
+
+    def for_label(self, label: int) -> "MinRNN":
+        """An unlabelled MinRNN that computes what this one does under `label` (CharRNN.for_label's folding)."""
+        plain = MinRNN(replace(self.config, labels=0, label_output=False)).to(self.embed.weight.device)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(("label_embed", "label_out"))}
+        if self.label_out is not None:  # head(h * (1 + g) + b) = (W * (1 + g)) h + (bias + W b)
+            g, b = self.label_out.weight.detach()[label].chunk(2, -1)
+            state["head.bias"] = self.head.bias.detach() + self.head.weight.detach() @ b
+            state["head.weight"] = self.head.weight.detach() * (1 + g)
+        if self.label_embed is not None:
+            state["embed.weight"] = self.embed.weight.detach() + self.label_embed.weight.detach()[label]
+        plain.load_state_dict(state)
+        return plain.train(self.training)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def optimizer_groups(self, weight_decay: float) -> list:
+        """AdamW's groups: decay on matrices, not on biases, norms, the embeddings or the label vectors."""
+        return decay_groups(self, weight_decay, ("embed", "label_embed", "label_out"))
+
+
+class MinStepper(ModuleStepper):
+    """Generation's stepper for a MinRNN: ModuleStepper (the state is the model's own (L, B, S) tensor, rows
+    handled through state_ops) with a lean one-token step: the embedding and the input projection folded into
+    one (V, D) table, each layer's state updated in place by one lerp, no window or autograd machinery."""
+
+    def __init__(self, model: MinRNN, batch: int, banned=()):
+        super().__init__(model, batch, banned)
+        with torch.no_grad():
+            self.table = model.inp(model.embed.weight).detach()  # (V, D): embed then inp, for every token
+            self.head_bias = model.head.bias.detach().clone()
+            if banned:
+                self.head_bias[list(banned)] = float("-inf")  # never drawn, at no cost per step
+
+    @torch.no_grad()
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        """tok: (B,) ids -> (B, V) logits for the next token; the state moves one step."""
+        m, state = self.model, self.state
+        x = self.table.index_select(0, tok.view(-1))  # (B, D)
+        for l, block in enumerate(m.blocks):
+            u = F.linear(block.norm(x), block.gates.weight, block.gates.bias)
+            if block.cell == "mingru":
+                k, v = u.chunk(2, -1)
+                z = torch.sigmoid(k)
+            else:  # z = i / (f + i) directly: fewer ops than the scan's logsigmoid form
+                kf, ki, v = u.chunk(3, -1)
+                i = torch.sigmoid(ki)
+                z = i / (torch.sigmoid(kf) + i)
+            torch.lerp(state[l], v.float(), z.float(), out=state[l])  # h += z (v - h)
+            x = torch.addmm(x, state[l].to(x.dtype), block.out.weight.t()).add_(block.out.bias)
+            if block.ffn is not None:
+                x = x + block.ffn(x)
+        return torch.addmm(self.head_bias, m.norm(x), m.head.weight.t())
+
+
+def min_stepper(model: MinRNN, rows: int, banned=(), int8: bool = False) -> MinStepper:
+    """The registry's stepper for the minrnn kind (ModelKind.stepper); int8 it does not do."""
+    if int8:
+        raise NotImplementedError
+    return MinStepper(model, rows, banned)
