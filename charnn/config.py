@@ -15,6 +15,8 @@ ATTENTION_SCORES = ("general", "additive")  # seq2seq attention scores (ModelCon
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZERS = ("char", "bpe", "unigram")
+POOLINGS = ("attention", "mean", "max", "final")  # how the classifier pools its encoder states (--pooling)
+CLASS_WEIGHTS = ("none", "balanced")  # --class-weights
 MIN_VOCAB = 260  # sentencepiece with byte fallback: 256 byte pieces + <unk> + the text's characters
 UNKNOWN = ("error", "skip")  # what sample does with prime characters outside the vocabulary
 MAX_LAYERS, MAX_WIDTH, MAX_THREADS = 256, 65536, 1024  # sanity bounds: beyond them torch overflows or crashes
@@ -180,6 +182,10 @@ class TrainConfig:
     label_negatives: int = 1  # with --label-contrast: other labels each text is compared with per step
     skip_bad_lines: bool = False  # --label-by line / --pairs: skip (and count) lines that are not label<TAB>text
     pairs: bool = False  # sequence to sequence: every line is input<TAB>target (charnn.data.pairs)
+    # with --label-by: train the many-to-one classifier (kind "classifier", charnn.models.classifier) instead
+    # of a label-conditioned language model
+    classifier: bool = False
+    class_weights: str = "none"  # the classifier's loss per label: none, or balanced (each label weighs as much)
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -230,6 +236,12 @@ class TrainConfig:
             problems.append("`--pairs` and `--label-by` do not combine: a pairs file is input<TAB>target lines")
         if self.pairs and self.tokenizer != "char":
             problems.append("`--pairs` models read and write characters; drop `--tokenizer`")
+        if self.class_weights not in CLASS_WEIGHTS:
+            problems.append(f"`--class-weights` must be one of {', '.join(CLASS_WEIGHTS)}, not {self.class_weights!r}")
+        if self.classifier and not self.label_by:
+            problems.append("`--classifier` learns labels: add `--label-by file|folder|line`")
+        if self.classifier and self.pairs:
+            problems.append("`--classifier` and `--pairs` do not combine: a classifier reads labelled text")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             problems.append(f"`--threads` must be between 1 and {MAX_THREADS}, got {self.threads}")
         _raise(problems)
@@ -286,3 +298,28 @@ def parse_duration(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise ConfigError(f"`--max-time` wants a positive duration such as 300, 90s, 5m or 1h, not {text!r}")
     return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+@dataclass
+class ClassifierConfig:
+    """The many-to-one classifier's (kind "classifier", charnn.models.classifier; `train --classifier`): a
+    bidirectional recurrent encoder over the text, its states pooled into one vector, a softmax over the labels.
+    Its defaults are smaller than the language model's: it reads every text both ways and `classify` wants
+    thousands of lines a second on a CPU (benchmarks/LABELS.md)."""
+
+    vocab_size: int  # tokens the embedding covers (set by the tokenizer)
+    labels: int = 2  # the labels it chooses among (set by the labelled text)
+    cell: str = "lstm"  # recurrent cell of the encoder
+    layers: int = 1  # stacked recurrent layers
+    hidden: int = 128  # hidden units per layer and direction
+    embed: int = 64  # embedding width
+    dropout: float = 0.1  # dropout on the embedding, between layers and before the head
+    pooling: str = "attention"  # attention, mean, max or final (the two directions' final states)
+
+    def validate(self) -> "ClassifierConfig":
+        problems = [] if self.labels == 0 or 2 <= self.labels <= MAX_LABELS else [  # 0: not known yet
+            f"a classifier needs between 2 and {MAX_LABELS:,} labels, got {self.labels:,}"]
+        if self.pooling not in POOLINGS:
+            problems.append(f"`--pooling` must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
+        _raise(problems + _stack_problems(self) + _dropout_problems(self))
+        return self

@@ -212,7 +212,8 @@ def stepper_factory(model, int8: bool = False) -> Callable[[int, Sequence[int]],
     kind = for_model(model)
     if kind is not None and not kind.generates:
         raise CharnnError(f"generation continues text with a language model; a {kind.name} model does not "
-                          "(a sequence-to-sequence model transduces: `charnn transduce`)")
+                          + ("(a sequence-to-sequence model transduces: `charnn transduce`)" if kind.serves == "pairs"
+                             else "(it says which label a text has: `charnn classify`)"))
     if getattr(model, "state_ops", None) is None and (kind is None or kind.stepper is None):
         raise CharnnError("generation needs a model kind from charnn.models.registry, or a model with state_ops")
 
@@ -261,3 +262,26 @@ register(ModelKind("lm", "charnn.models.lm:CharRNN", LMConfig, RECURRENT_FLAGS, 
 register(ModelKind("seq2seq", "charnn.models.seq2seq:Seq2Seq", Seq2SeqConfig, SEQ2SEQ_FLAGS, serves="pairs",
                    cells=CELLS, info_fields=RECURRENT_INFO, architecture=RECURRENT_ARCHITECTURE,
                    fixed_on_resume=RECURRENT_FIXED, generates=False))
+
+
+# -- the many-to-one classifier (`train --label-by ... --classifier`) -----------------------------------------
+from charnn.config import ClassifierConfig, POOLINGS  # noqa: E402  (its own line: the kinds' blocks merge apart)
+
+
+def _classifier_line(m: dict) -> str:
+    return (f"classifier over {m.get('labels')} labels: bidirectional {m['cell']}, {m['layers']} layers x "
+            f"{m['hidden']} hidden, embed {m['embed']}, {m.get('pooling', 'attention')} pooling, dropout {m['dropout']}")
+
+
+CLASSIFIER_FLAGS = RECURRENT_FLAGS + (
+    TrainFlag("pooling", str, "attention", f"--classifier: how the encoder's states become one vector: "
+              f"{', '.join(POOLINGS)}."),
+)
+# shared flags keep the language model's defaults in the help; a classifier run takes these unless typed
+CLASSIFIER_DEFAULTS = {"layers": 1, "hidden": 128}
+register(ModelKind("classifier", "charnn.models.classifier:TextClassifier", ClassifierConfig, CLASSIFIER_FLAGS,
+                   cells=CELLS, info_fields=("cell", "layers", "hidden", "embed", "pooling", "labels", "dropout",
+                                             "vocab_size"),
+                   info_line=_classifier_line, architecture=RECURRENT_ARCHITECTURE,
+                   fixed_on_resume=RECURRENT_FIXED + ("pooling",), generates=False,
+                   extra={"defaults": CLASSIFIER_DEFAULTS, "init_keeps": ("embed",)}))

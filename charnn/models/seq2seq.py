@@ -1,9 +1,8 @@
 """The encoder-decoder: embedding -> (bidirectional) recurrent encoder -> recurrent decoder with global attention
 over every input position -> linear head.
 
-- The encoder reads packed inputs, so a padded row's reverse direction starts at its own last character, not at
-  the padding (the known cause of batch-size-dependent output in fairseq and OpenNMT-py), and its final states
-  are each row's own.
+- The encoder reads packed inputs (charnn.models.encoder, shared with the classifier), so a padded row's reverse
+  direction starts at its own last character, not at the padding, and its final states are each row's own.
 - The decoder starts from the encoder's final states (both directions, every layer) through a learned bridge.
 - Attention scores each encoder output a_s against the decoder's output h_t: Luong's "general" score
   h_t^T W a_s (the default), or the additive score of Bahdanau et al., v^T tanh(W h_t + U a_s)
@@ -22,10 +21,10 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from charnn.config import Seq2SeqConfig
 from charnn.models.cells import CELLS, decay_groups, forget_bias
+from charnn.models.encoder import encode_packed, padding_mask
 from charnn.models.lm import State
 from charnn.models.state import RNN_STATE
 
@@ -81,11 +80,8 @@ class Seq2Seq(nn.Module):
     def encode(self, source: Source) -> Tuple[Memory, State]:
         """Read the inputs: the attention memory and the decoder's first state."""
         ids, lengths = source
-        e = self.drop(self.src_embed(ids))
-        packed = pack_padded_sequence(e, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, final = self.encoder(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
-        pad = torch.arange(ids.shape[1], device=ids.device)[None, :] >= lengths.to(ids.device)[:, None]
+        out, final = encode_packed(self.encoder, self.drop(self.src_embed(ids)), lengths)
+        pad = padding_mask(lengths, ids.shape[1], ids.device)
         state = tuple(self._bridge(f, i) for i, f in enumerate(final if isinstance(final, tuple) else (final,)))
         out = self.drop(out)
         keys = self.attn_key(out) if self.additive else None

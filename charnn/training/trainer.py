@@ -51,7 +51,7 @@ class Trainer:
         self.dist = dist or Dist.from_env()
         self.cfg, self.on_event = cfg.validate(), on_event or (lambda kind, info: None)
         self.stop = stop or StopRequest()
-        self.task = task_for(corpus)  # the run's kind, decided here once
+        self.task = task_for(corpus, model_cfg.kind)  # the run's kind, decided here once
         self.run_dir = run_dir_for(cfg, corpus)
         # one training per run folder: a second one (or a --resume of this one) stops here, at once
         self.lock = RunLock.acquire(self.run_dir, resume) if self.dist.is_main else None
