@@ -15,7 +15,7 @@ ATTENTION_SCORES = ("general", "additive")  # seq2seq attention scores (ModelCon
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZERS = ("char", "bpe", "unigram")
-POOLINGS = ("attention", "mean", "max", "final")  # how the classifier pools its encoder states (--pooling)
+POOLINGS = ("max", "attention", "mean", "final")  # how the classifier pools its encoder states (--pooling)
 CLASS_WEIGHTS = ("none", "balanced")  # --class-weights
 MIN_VOCAB = 260  # sentencepiece with byte fallback: 256 byte pieces + <unk> + the text's characters
 UNKNOWN = ("error", "skip")  # what sample does with prime characters outside the vocabulary
@@ -311,15 +311,25 @@ class ClassifierConfig:
     labels: int = 2  # the labels it chooses among (set by the labelled text)
     cell: str = "lstm"  # recurrent cell of the encoder
     layers: int = 1  # stacked recurrent layers
-    hidden: int = 128  # hidden units per layer and direction
+    hidden: int = 64  # hidden units per layer and direction
     embed: int = 64  # embedding width
     dropout: float = 0.1  # dropout on the embedding, between layers and before the head
-    pooling: str = "attention"  # attention, mean, max or final (the two directions' final states)
+    # max (measured best of the four, benchmarks/LABELS.md), attention, mean or final (the two directions' final
+    # states)
+    pooling: str = "max"
+    # hashed n-grams of 1..ngrams tokens, their vectors averaged beside the pooled states (fastText's bag of
+    # n-grams: it learns which words and pieces of words a label uses in a few hundred steps; 0: the encoder alone)
+    ngrams: int = 5
+    buckets: int = 65536  # hash buckets of the n-gram vectors (bucket 0: padding)
 
     def validate(self) -> "ClassifierConfig":
         problems = [] if self.labels == 0 or 2 <= self.labels <= MAX_LABELS else [  # 0: not known yet
             f"a classifier needs between 2 and {MAX_LABELS:,} labels, got {self.labels:,}"]
         if self.pooling not in POOLINGS:
             problems.append(f"`--pooling` must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
+        if not 0 <= self.ngrams <= 16:
+            problems.append(f"`--ngrams` must be between 0 and 16, got {self.ngrams}")
+        if not 2 <= self.buckets <= 2**24:
+            problems.append(f"buckets must be between 2 and 2**24, got {self.buckets}")
         _raise(problems + _stack_problems(self) + _dropout_problems(self))
         return self

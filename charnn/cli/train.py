@@ -125,7 +125,7 @@ def train(
                                                                   "bidirectional encoder, its states pooled, a "
                                                                   "softmax over the labels; --kind classifier) "
                                                                   "instead of a label-conditioned language model. "
-                                                                  "Its defaults: 1 layer x 128 hidden.",
+                                                                  "Its defaults: 1 layer x 64 hidden.",
                                              show_default="off", rich_help_panel=LABELS)] = False,
     class_weights: Annotated[str, typer.Option(help="--classifier: each label's weight in the loss: none, or "
                                                     "balanced (each label weighs as much, however many texts it "

@@ -2,6 +2,10 @@
 sequence-to-sequence model's) -> one vector per text (a pooling of the encoder's states) -> a linear head over
 the labels, trained with cross-entropy per text (charnn.tasks.classify).
 
+Beside the pooled states, a bag of hashed n-grams of 1..`ngrams` tokens (fastText's, Joulin et al. 2016):
+each n-gram's vector, averaged over the text. It learns which words a label uses within a few hundred steps,
+long before the recurrent encoder does (benchmarks/LABELS.md); `ngrams=0` leaves the encoder alone.
+
 Pooling (`pooling`): "attention" (a learned score per position, softmax over the text's own positions, the
 weighted sum of its states; Yang et al. 2016), "mean" and "max" over its positions, or "final" (the two
 directions' final states of the last layer). Padding never counts: rows are read packed and masked.
@@ -38,9 +42,15 @@ class TextClassifier(nn.Module):
         self.attn = (nn.Sequential(nn.Linear(width, ATTENTION_WIDTH), nn.Tanh(),
                                    nn.Linear(ATTENTION_WIDTH, 1, bias=False))
                      if c.pooling == "attention" else None)
+        # the bag of hashed n-grams: a vector per bucket, averaged over the text's n-grams (padding: bucket 0)
+        self.ngram_embed = (nn.EmbeddingBag(c.buckets, c.embed, mode="mean", padding_idx=0) if c.ngrams else None)
         self.drop = nn.Dropout(c.dropout)
-        self.head = nn.Linear(width, max(1, c.labels))
+        self.head = nn.Linear(width + (c.embed if c.ngrams else 0), max(1, c.labels))
         nn.init.normal_(self.embed.weight, std=1.0)
+        if self.ngram_embed is not None:
+            nn.init.normal_(self.ngram_embed.weight, std=0.1)
+            with torch.no_grad():
+                self.ngram_embed.weight[0].zero_()
         if c.cell == "lstm":  # forget-gate bias 1, as the language model
             forget_bias(self.encoder, c.hidden)
 
@@ -50,7 +60,11 @@ class TextClassifier(nn.Module):
         and no state."""
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
-        return self.head(self.drop(self.pool(x, lengths)))[:, None, :], None
+        pooled = self.pool(x, lengths)
+        if self.ngram_embed is not None:
+            pooled = torch.cat([pooled, self.ngram_embed(ngram_ids(x, lengths, self.config.ngrams,
+                                                                   self.config.buckets))], -1)
+        return self.head(self.drop(pooled))[:, None, :], None
 
     def pool(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, S) ids -> (B, 2H): the text's one vector."""
@@ -71,8 +85,24 @@ class TextClassifier(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def optimizer_groups(self, weight_decay: float) -> list:
-        """As the language model's: the embedding is exempt from weight decay."""
-        return decay_groups(self, weight_decay, ("embed",))
+        """As the language model's: the embeddings are exempt from weight decay."""
+        return decay_groups(self, weight_decay, ("embed", "ngram_embed"))
+
+
+HASH_MOD, HASH_MUL = 2_147_483_647, 1_000_003  # a Mersenne prime and a multiplier: products stay in int64
+
+
+def ngram_ids(x: torch.Tensor, lengths: torch.Tensor, n_max: int, buckets: int) -> torch.Tensor:
+    """(B, S) ids -> (B, M) bucket ids (1..buckets-1) of every n-gram of 1..n_max tokens inside each row's
+    length, 0 where an n-gram would reach into the padding. The same n-gram hashes alike in every text."""
+    real = lengths.to(x.device)[:, None]
+    h = torch.zeros_like(x)
+    out = []
+    for n in range(1, min(n_max, x.shape[1]) + 1):  # h holds the hash of the n-gram starting at each position
+        h = (h[:, :x.shape[1] - n + 1] * HASH_MUL + x[:, n - 1:] + 1) % HASH_MOD
+        ok = torch.arange(x.shape[1] - n + 1, device=x.device)[None, :] + n <= real
+        out.append(torch.where(ok, (h * 31 + n) % HASH_MOD % (buckets - 1) + 1, 0))
+    return torch.cat(out, 1)
 
 
 @torch.no_grad()

@@ -270,18 +270,21 @@ from charnn.config import ClassifierConfig, POOLINGS  # noqa: E402  (its own lin
 
 def _classifier_line(m: dict) -> str:
     return (f"classifier over {m.get('labels')} labels: bidirectional {m['cell']}, {m['layers']} layers x "
-            f"{m['hidden']} hidden, embed {m['embed']}, {m.get('pooling', 'attention')} pooling, dropout {m['dropout']}")
+            f"{m['hidden']} hidden, embed {m['embed']}, {m.get('pooling', 'max')} pooling, "
+            + (f"hashed 1-{m['ngrams']}-grams, " if m.get("ngrams") else "") + f"dropout {m['dropout']}")
 
 
 CLASSIFIER_FLAGS = RECURRENT_FLAGS + (
-    TrainFlag("pooling", str, "attention", f"--classifier: how the encoder's states become one vector: "
+    TrainFlag("pooling", str, "max", f"--classifier: how the encoder's states become one vector: "
               f"{', '.join(POOLINGS)}."),
+    TrainFlag("ngrams", int, 5, "--classifier: also average vectors of hashed n-grams of 1..N tokens (fastText's "
+              "bag) beside the encoder's; 0: the encoder alone."),
 )
 # shared flags keep the language model's defaults in the help; a classifier run takes these unless typed
-CLASSIFIER_DEFAULTS = {"layers": 1, "hidden": 128}
+CLASSIFIER_DEFAULTS = {"layers": 1, "hidden": 64}
 register(ModelKind("classifier", "charnn.models.classifier:TextClassifier", ClassifierConfig, CLASSIFIER_FLAGS,
-                   cells=CELLS, info_fields=("cell", "layers", "hidden", "embed", "pooling", "labels", "dropout",
-                                             "vocab_size"),
+                   cells=CELLS, info_fields=("cell", "layers", "hidden", "embed", "pooling", "ngrams", "labels",
+                                             "dropout", "vocab_size"),
                    info_line=_classifier_line, architecture=RECURRENT_ARCHITECTURE,
-                   fixed_on_resume=RECURRENT_FIXED + ("pooling",), generates=False,
+                   fixed_on_resume=RECURRENT_FIXED + ("pooling", "ngrams"), generates=False,
                    extra={"defaults": CLASSIFIER_DEFAULTS, "init_keeps": ("embed",)}))

@@ -90,6 +90,11 @@ class Task:
         return int(dist.sum(float((y != IGNORE).sum())))
 
     # -- validation and previews --------------------------------------------------------------------
+    @property
+    def val_units(self) -> int:
+        """What validation reads, in the units a step's tokens count (--max-time foresees an evaluation from it)."""
+        return len(self.val_ids)
+
     probes_eval = False  # whether --max-time foresees an evaluation by timing a forward (streams of val ids)
 
     def evaluate(self, model, device: torch.device, precision: str, dist) -> float:

@@ -64,6 +64,10 @@ class ClassifierTask(Task):
         self.val_truth = labels[:keep]
 
     @property
+    def val_units(self) -> int:
+        return len(self.val_texts)  # a step's "tokens" are texts
+
+    @property
     def label_names(self) -> list:
         return self.labels["names"]
 

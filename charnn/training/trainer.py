@@ -127,7 +127,7 @@ class Trainer:
         self.precision = self.precision_choice.precision
         self.watch = Watch() if self.threads_choice.how == "measured" else None
         self._recheck = False
-        self.budget = Budget(len(self.val_ids))
+        self.budget = Budget(self.task.val_units)
         if cfg.max_time and self.task.probes_eval and len(self.val_ids) >= 2:
             self.budget.probe_eval(self.model, self.dist.world, self.device, self.precision, time.perf_counter)
         if self.dist.active and not self.dist.is_main:  # dropout masks differ per rank, and follow the step
