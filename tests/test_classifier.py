@@ -243,3 +243,16 @@ def test_either_kind_classifies_through_the_same_interface(tmp_path):
     assert len(scores) == 5 and all(abs(s.posterior.sum() - 1) < 1e-6 for s in scores)
     r = runner.invoke(app, ["eval", str(tmp_path / "bayes"), str(tsv), "--label-by", "line", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["texts"] == 200
+
+
+def test_ngram_buckets_are_the_same_for_the_same_ngram_and_zero_in_the_padding():
+    from charnn.models.classifier import ngram_ids
+
+    x = torch.tensor([[5, 6, 7, 0, 0], [9, 5, 6, 7, 8]])
+    got = ngram_ids(x, torch.tensor([3, 5]), 3, 1000)
+    assert got.shape == (2, 5 + 4 + 3) and int(got.min()) >= 0 and int(got.max()) < 1000
+    unigrams, bigrams, trigrams = got[:, :5], got[:, 5:9], got[:, 9:]
+    assert unigrams[0, :3].tolist() == unigrams[1, 1:4].tolist() and unigrams[0, 3:].tolist() == [0, 0]
+    assert bigrams[0, :2].tolist() == bigrams[1, 1:3].tolist() and bigrams[0, 2:].tolist() == [0, 0]
+    assert trigrams[0, 0] == trigrams[1, 1] and trigrams[0, 1:].tolist() == [0, 0]
+    assert (got[1] > 0).all()  # a full row has no padding
