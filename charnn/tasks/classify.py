@@ -33,8 +33,16 @@ def doc_spans(labels: np.ndarray, lengths: Optional[List[int]]):
     return starts, lengths, (labels[starts] - 1 if len(starts) else starts)
 
 
+CPU_BATCH, GPU_BATCH = 64, 512  # texts per step when --batch-size is not given
+
+
 class ClassifierTask(Task):
     kind = "classify"
+
+    def default_batch_size(self, device: torch.device) -> int:
+        """Texts per step: 64 on the CPU. The language model's 8 streams would be 8 verses a step here, and on
+        KJV ten books 300 such steps reached 0.50 held-out accuracy where 300 steps of 64 reached 0.74-0.79."""
+        return CPU_BATCH if device.type == "cpu" else GPU_BATCH
 
     def prepare(self, cfg: TrainConfig, resumed: Optional[dict], parent, encoding: str, on_event) -> None:
         base = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
