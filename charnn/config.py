@@ -15,6 +15,8 @@ ATTENTION_SCORES = ("general", "additive")  # seq2seq attention scores (ModelCon
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZERS = ("char", "bpe", "unigram")
+POOLINGS = ("max", "attention", "mean", "final")  # how the classifier pools its encoder states (--pooling)
+CLASS_WEIGHTS = ("none", "balanced")  # --class-weights
 MIN_VOCAB = 260  # sentencepiece with byte fallback: 256 byte pieces + <unk> + the text's characters
 UNKNOWN = ("error", "skip")  # what sample does with prime characters outside the vocabulary
 MAX_LAYERS, MAX_WIDTH, MAX_THREADS = 256, 65536, 1024  # sanity bounds: beyond them torch overflows or crashes
@@ -199,6 +201,10 @@ class TrainConfig:
     label_negatives: int = 1  # with --label-contrast: other labels each text is compared with per step
     skip_bad_lines: bool = False  # --label-by line / --pairs: skip (and count) lines that are not label<TAB>text
     pairs: bool = False  # sequence to sequence: every line is input<TAB>target (charnn.data.pairs)
+    # with --label-by: train the many-to-one classifier (kind "classifier", charnn.models.classifier) instead
+    # of a label-conditioned language model
+    classifier: bool = False
+    class_weights: str = "none"  # the classifier's loss per label: none, or balanced (each label weighs as much)
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -249,6 +255,12 @@ class TrainConfig:
             problems.append("`--pairs` and `--label-by` do not combine: a pairs file is input<TAB>target lines")
         if self.pairs and self.tokenizer != "char":
             problems.append("`--pairs` models read and write characters; drop `--tokenizer`")
+        if self.class_weights not in CLASS_WEIGHTS:
+            problems.append(f"`--class-weights` must be one of {', '.join(CLASS_WEIGHTS)}, not {self.class_weights!r}")
+        if self.classifier and not self.label_by:
+            problems.append("`--classifier` learns labels: add `--label-by file|folder|line`")
+        if self.classifier and self.pairs:
+            problems.append("`--classifier` and `--pairs` do not combine: a classifier reads labelled text")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             problems.append(f"`--threads` must be between 1 and {MAX_THREADS}, got {self.threads}")
         _raise(problems)
@@ -339,4 +351,39 @@ class MinRNNConfig:
         if not 0 <= self.ffn <= MAX_EXPAND:
             problems.append(f"`--ffn` must be between 0 and {MAX_EXPAND}, got {self.ffn}")
         _raise(problems + _stack_problems(self, cells=None) + _dropout_problems(self))
+        return self
+
+
+@dataclass
+class ClassifierConfig:
+    """The many-to-one classifier's (kind "classifier", charnn.models.classifier; `train --classifier`): a
+    bidirectional recurrent encoder over the text, its states pooled into one vector, a softmax over the labels.
+    Its defaults are smaller than the language model's: it reads every text both ways and `classify` wants
+    thousands of lines a second on a CPU (benchmarks/LABELS.md)."""
+
+    vocab_size: int  # tokens the embedding covers (set by the tokenizer)
+    labels: int = 2  # the labels it chooses among (set by the labelled text)
+    cell: str = "lstm"  # recurrent cell of the encoder
+    layers: int = 1  # stacked recurrent layers
+    hidden: int = 64  # hidden units per layer and direction
+    embed: int = 64  # embedding width
+    dropout: float = 0.1  # dropout on the embedding, between layers and before the head
+    # max (measured best of the four, benchmarks/LABELS.md), attention, mean or final (the two directions' final
+    # states)
+    pooling: str = "max"
+    # hashed n-grams of 1..ngrams tokens, their vectors averaged beside the pooled states (fastText's bag of
+    # n-grams: it learns which words and pieces of words a label uses in a few hundred steps; 0: the encoder alone)
+    ngrams: int = 5
+    buckets: int = 65536  # hash buckets of the n-gram vectors (bucket 0: padding)
+
+    def validate(self) -> "ClassifierConfig":
+        problems = [] if self.labels == 0 or 2 <= self.labels <= MAX_LABELS else [  # 0: not known yet
+            f"a classifier needs between 2 and {MAX_LABELS:,} labels, got {self.labels:,}"]
+        if self.pooling not in POOLINGS:
+            problems.append(f"`--pooling` must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
+        if not 0 <= self.ngrams <= 16:
+            problems.append(f"`--ngrams` must be between 0 and 16, got {self.ngrams}")
+        if not 2 <= self.buckets <= 2**24:
+            problems.append(f"buckets must be between 2 and 2**24, got {self.buckets}")
+        _raise(problems + _stack_problems(self) + _dropout_problems(self))
         return self

@@ -158,11 +158,12 @@ class Model:
     def classify(self, texts: Union[str, Sequence[str]], uniform_prior: bool = False) -> Union[dict, List[dict]]:
         """`charnn classify --json` for each text: the most likely `label`, and every label's log-likelihood
         (nats), nats/char and posterior, by Bayes' rule with the training label frequencies as the prior (or
-        a uniform one). A string gives one dict, a list a list."""
-        from charnn.scoring.classify import Classifier
+        a uniform one); a classifier (`train --classifier`) gives every label's posterior from its softmax. A
+        string gives one dict, a list a list."""
+        from charnn.scoring.classify import classifier_for
 
         one = isinstance(texts, str)
-        scores = Classifier(self.net, self.tokenizer, self.labels, self.device, uniform_prior).classify(
+        scores = classifier_for(self.net, self.tokenizer, self.labels, self.device, uniform_prior).classify(
             [texts] if one else list(texts))
         out = [s.to_dict() for s in scores]
         return out[0] if one else out

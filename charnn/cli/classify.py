@@ -17,7 +17,7 @@ from charnn.cli.options import Device, Json
 from charnn.cli.output import user_errors, writing_results
 from charnn.errors import CharnnError
 
-BLOCK = 64  # lines scored together when they are already there (never waiting for more)
+BLOCK = 512  # lines scored together when they are already there (never waiting for more); similar lengths share a pass
 
 
 def classify(
@@ -36,9 +36,10 @@ def classify(
     device: Device = "auto",
     encoding: Annotated[str, typer.Option(help="Text encoding of the input.")] = "utf-8",
 ):
-    """Say which label each line most likely came from (a model trained with --label-by)."""
+    """Say which label each line most likely came from (a model trained with --label-by: a label-conditioned
+    language model, by Bayes' rule, or a --classifier)."""
     from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
-    from charnn.scoring.classify import Classifier
+    from charnn.scoring.classify import classifier_for
     from charnn.data.corpus import read_text
     from charnn.device import resolve_device
 
@@ -50,7 +51,7 @@ def classify(
         dev = resolve_device(device)
         data = load_checkpoint(resolve_checkpoint(ckpt))
         model, tokenizer = build_from_checkpoint(data, dev)
-        classifier = Classifier(model, tokenizer, data.get("labels"), dev, uniform_prior)
+        classifier = classifier_for(model, tokenizer, data.get("labels"), dev, uniform_prior)
         if per_file:
             texts = [read_text(p, "file", encoding, allow_empty=True) for p in paths]
     show = _formatter(probs, top, as_json)

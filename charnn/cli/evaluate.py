@@ -31,6 +31,13 @@ def evaluate(
     label: ScoreLabel = None,
     beam: Annotated[int, typer.Option(help="A --pairs model: decode with beam search of this width (1: greedy) "
                                            "for exact match and error rates.")] = 1,
+    label_by: Annotated[Optional[str], typer.Option(help="A model that classifies (--label-by, or --classifier): "
+                                                         "the files are labelled text, as `train --label-by` reads "
+                                                         "it (line: label<TAB>text lines; file, folder: each file "
+                                                         "a text); report accuracy, macro-F1 and the confusion "
+                                                         "table.", show_default=False)] = None,
+    uniform_prior: Annotated[bool, typer.Option("--uniform-prior", help="With --label-by: every label equally "
+                                                                        "likely before the text.")] = False,
 ):
     """Score text files: nats and bits per character, perplexity, characters and tokens (a labelled model:
     also under each label). A sequence-to-sequence model scores input<TAB>target files: nats per target
@@ -62,6 +69,11 @@ def evaluate(
             return _pairs(data, path, files, beam, encoding, dev, as_json)
         if beam != 1:
             raise ConfigError("`--beam` applies to a sequence-to-sequence (--pairs) model")
+        if label_by is not None or (data.get("model_config") or {}).get("kind") == "classifier":
+            if dynamic or label is not None or any(entries) or STDIN in files:
+                raise ConfigError("a classifier's eval reads labelled files (--label-by); `--dynamic`, `--label`, "
+                                  "catalog corpora and `-` apply to language models")
+            return _labelled(data, path, files, label_by, uniform_prior, encoding, dev, as_json)
         model, tokenizer = build_from_checkpoint(data, dev)
         names = (data.get("labels") or {}).get("names") or []
         if label is not None:
@@ -143,6 +155,30 @@ def _test_split(path: str, entry: dict) -> str:
         err.print(f"note: {entry['name']}: scoring its test split, characters {start:,} to {start + len(text):,} "
                   f"(train and val are the {split['train']:,} and {split['val']:,} before)", markup=False)
     return text
+
+
+def _labelled(data, path, files, by: Optional[str], uniform_prior: bool, encoding: str, dev, as_json: bool) -> None:
+    """A model that classifies, over labelled files: accuracy, macro-F1 and the confusion table."""
+    from charnn.checkpoint import build_from_checkpoint
+    from charnn.data.labels import load_eval_texts
+    from charnn.errors import ConfigError
+    from charnn.scoring.classify import classifier_for
+    from charnn.scoring.confusion import confusion_lines, label_report
+
+    if by is None:
+        raise ConfigError("a classifier is tested on labelled text: add `--label-by line|file|folder` (how the "
+                          "files are labelled, as for `charnn train`)")
+    model, tokenizer = build_from_checkpoint(data, dev)
+    clf = classifier_for(model, tokenizer, data.get("labels"), dev, uniform_prior)
+    texts, truth = load_eval_texts(files, by, clf.names, encoding)
+    pred = [clf.names.index(s.best) for s in clf.classify(texts)]
+    report = label_report(truth, pred, clf.names)
+    with writing_results():
+        if as_json:
+            typer.echo(json.dumps({**report, "checkpoint": str(path), "label_by": by}))
+            return
+        for line in confusion_lines(report):
+            typer.echo(line)
 
 
 def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> None:

@@ -122,6 +122,15 @@ def train(
     label_negatives: Annotated[int, typer.Option(help="With --label-contrast: how many other labels each text is "
                                                       "compared with per step (each adds a forward pass of the "
                                                       "batch).", rich_help_panel=LABELS)] = 1,
+    classifier: Annotated[bool, typer.Option("--classifier", help="With --label-by: train a classifier (a "
+                                                                  "bidirectional encoder, its states pooled, a "
+                                                                  "softmax over the labels; --kind classifier) "
+                                                                  "instead of a label-conditioned language model. "
+                                                                  "Its defaults: 1 layer x 64 hidden.",
+                                             show_default="off", rich_help_panel=LABELS)] = False,
+    class_weights: Annotated[str, typer.Option(help="--classifier: each label's weight in the loss: none, or "
+                                                    "balanced (each label weighs as much, however many texts it "
+                                                    "has).", rich_help_panel=LABELS)] = "none",
     skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="--label-by line / --pairs: skip and "
                                                                          "count lines that are not label<TAB>text "
                                                                          "(input<TAB>target).",
@@ -194,6 +203,7 @@ def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: s
         raise typer.Exit(code) from None
     enc = f"--encoding {encoding} " if encoding.lower() not in ("utf-8", "utf8") else ""
     enc += f"--label-by {trainer.cfg.label_by} " if trainer.cfg.label_by else ""
+    enc += "--classifier " if trainer.cfg.classifier else ""
     err.print(f"[yellow]stopped at step {trainer.step}; saved {e.path}. Resume with: {_launcher(dist)}charnn train "
               f"{''.join(_quote(a) for a in corpus_args)}--name {trainer.run_dir.name} "
               f"--out {shlex.quote(out)} {enc}--resume[/]", markup=True)
@@ -202,10 +212,16 @@ def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: s
 
 def _report_done(result, run) -> None:
     bits = result.best_val_loss / math.log(2)
+    unit = "nats per text" if run.task.kind == "classify" else f"nats/char ({bits:.3f} bits/char)"
     err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val "
-              f"{result.best_val_loss:.4f} nats/char ({bits:.3f} bits/char) -> {result.run_dir / 'best.pt'}")
+              f"{result.best_val_loss:.4f} {unit} -> {result.run_dir / 'best.pt'}")
     print_curve(err, result.run_dir)
-    if run.task.kind == "pairs":
+    if run.task.kind == "classify":
+        labels = run.task.labels
+        err.print(f"held-out accuracy {labels.get('val_accuracy', 0):.4f}, macro-F1 {labels.get('val_macro_f1', 0):.4f} "
+                  f"over {labels.get('val_texts', 0):,} texts (the last evaluation)")
+        err.print(f"use it with: charnn classify {result.run_dir} texts.txt  (one label per line)")
+    elif run.task.kind == "pairs":
         err.print(f"use it with: charnn transduce {result.run_dir} inputs.txt  (one output line per input line)")
     else:
         err.print(f"sample it with: charnn sample {result.run_dir}")

@@ -114,8 +114,9 @@ def _split_tails(docs: List[Document], names: List[str], val_frac: float) -> Tup
     return train, val
 
 
-def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip) -> Dict[str, List[Path]]:
-    """{label name: its files}: by file stem, or by the subfolder of a CORPUS folder they are under."""
+def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip, least: int = 2) -> Dict[str, List[Path]]:
+    """{label name: its files}: by file stem, or by the subfolder of a CORPUS folder they are under (at least
+    `least` labels)."""
     groups: Dict[str, List[Path]] = {}
     for arg in paths:
         root = Path(arg)
@@ -132,7 +133,7 @@ def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip) -> Dict
                                       "so it has no label; move it into one, or use --glob to leave it out")
                 name = rel[0]
             groups.setdefault(name, []).append(f.path)
-    if len(groups) < 2:
+    if len(groups) < least:
         what = "files" if by == "file" else "subfolders"
         raise CharnnError(f"--label-by {by} found {len(groups)} label ({what}: {', '.join(groups) or 'none'}); "
                           "labels need at least 2")
@@ -249,3 +250,22 @@ def log_prior(labels: dict, uniform: bool = False) -> np.ndarray:
     counts = np.asarray(labels["train_docs"] if labels.get("by") == "line" else labels["train_chars"], dtype=float)
     counts = np.maximum(counts, 1e-9)
     return np.log(counts / counts.sum())
+
+
+def load_eval_texts(paths: Sequence[str], by: str, names: List[str], encoding: str = "utf-8"
+                    ) -> Tuple[List[str], List[int]]:
+    """Labelled texts to test a model that classifies (`charnn eval --label-by`), with the model's label names:
+    (texts, label indices 0..N-1). A line (label<TAB>text) is a text; with file and folder labels, each file is
+    one. A label the model does not have is an error."""
+    if by not in LABEL_BY:
+        raise ConfigError(f"`--label-by` must be one of {', '.join(LABEL_BY)}, not {by!r}")
+    if by == "line":
+        docs, _, _ = _lines(find_files(paths), encoding, False, names)
+        return [d.text.rstrip("\n") for d in docs], [d.label - 1 for d in docs]
+    texts, truth = [], []
+    for name, files in sorted(_groups(paths, by, None, None, least=1).items()):
+        if name not in names:
+            raise CharnnError(f"--label-by {by}: {name!r} is not one of the model's labels ({', '.join(names)})")
+        texts += [_read(f, encoding) for f in files]
+        truth += [names.index(name)] * len(files)
+    return texts, truth

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 from charnn.config import ATTENTION_SCORES, CELLS, LMConfig, ModelConfig, Seq2SeqConfig, from_dict
-from charnn.config import MIN_CELLS, MinRNNConfig
+from charnn.config import MIN_CELLS, POOLINGS, ClassifierConfig, MinRNNConfig
 from charnn.errors import CharnnError, ConfigError
 
 SERVES = ("text", "pairs")  # what a kind trains on: plain or labelled text (a language model), or --pairs lines
@@ -217,7 +217,8 @@ def stepper_factory(model, int8: bool = False) -> Callable[[int, Sequence[int]],
     kind = for_model(model)
     if kind is not None and not kind.generates:
         raise CharnnError(f"generation continues text with a language model; a {kind.name} model does not "
-                          "(a sequence-to-sequence model transduces: `charnn transduce`)")
+                          + ("(a sequence-to-sequence model transduces: `charnn transduce`)" if kind.serves == "pairs"
+                             else "(it says which label a text has: `charnn classify`)"))
     if getattr(model, "state_ops", None) is None and (kind is None or kind.stepper is None):
         raise CharnnError("generation needs a model kind from charnn.models.registry, or a model with state_ops")
 
@@ -302,3 +303,26 @@ register(ModelKind("minrnn", "charnn.models.minrnn:MinRNN", MinRNNConfig, MINRNN
                    architecture=RECURRENT_ARCHITECTURE + ("expand", "ffn"),
                    fixed_on_resume=STACK_FIXED + ("expand", "ffn"),
                    stepper="charnn.models.minrnn:min_stepper"))
+
+
+# -- the many-to-one classifier (`train --label-by ... --classifier`) -----------------------------------------
+def _classifier_line(m: dict) -> str:
+    return (f"classifier over {m.get('labels')} labels: bidirectional {m['cell']}, {m['layers']} layers x "
+            f"{m['hidden']} hidden, embed {m['embed']}, {m.get('pooling', 'max')} pooling, "
+            + (f"hashed 1-{m['ngrams']}-grams, " if m.get("ngrams") else "") + f"dropout {m['dropout']}")
+
+
+CLASSIFIER_FLAGS = STACK_FLAGS + (
+    TrainFlag("pooling", str, "max", f"--classifier: how the encoder's states become one vector: "
+              f"{', '.join(POOLINGS)}."),
+    TrainFlag("ngrams", int, 5, "--classifier: also average vectors of hashed n-grams of 1..N tokens (fastText's "
+              "bag) beside the encoder's; 0: the encoder alone."),
+)
+# shared flags keep the language model's defaults in the help; a classifier run takes these unless typed
+CLASSIFIER_DEFAULTS = {"layers": 1, "hidden": 64}
+register(ModelKind("classifier", "charnn.models.classifier:TextClassifier", ClassifierConfig, CLASSIFIER_FLAGS,
+                   cells=CELLS, info_fields=("cell", "layers", "hidden", "embed", "pooling", "ngrams", "labels",
+                                             "dropout", "vocab_size"),
+                   info_line=_classifier_line, architecture=RECURRENT_ARCHITECTURE,
+                   fixed_on_resume=STACK_FIXED + ("pooling", "ngrams"), generates=False,
+                   extra={"defaults": CLASSIFIER_DEFAULTS, "init_keeps": ("embed",)}))

@@ -1,9 +1,8 @@
 """The encoder-decoder: embedding -> (bidirectional) recurrent encoder -> recurrent decoder with global attention
 over every input position -> linear head.
 
-- The encoder reads packed inputs, so a padded row's reverse direction starts at its own last character, not at
-  the padding (the known cause of batch-size-dependent output in fairseq and OpenNMT-py), and its final states
-  are each row's own.
+- The encoder reads packed inputs (charnn.models.encoder, shared with the classifier), so a padded row's reverse
+  direction starts at its own last character, not at the padding, and its final states are each row's own.
 - The decoder starts from the encoder's final states (both directions, every layer) through a learned bridge.
 - Attention scores each encoder output a_s against the decoder's output h_t: Luong's "general" score
   h_t^T W a_s (the default), or the additive score of Bahdanau et al., v^T tanh(W h_t + U a_s)
@@ -22,11 +21,11 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from charnn.config import Seq2SeqConfig
 from charnn.models import regularize
 from charnn.models.cells import CELLS, decay_groups, forget_bias
+from charnn.models.encoder import encode_packed, padding_mask
 from charnn.models.lm import State
 from charnn.models.state import RNN_STATE
 from charnn.models.units import layer_units
@@ -91,10 +90,9 @@ class Seq2Seq(nn.Module):
         ids, lengths = source
         r, on = self.regs, self.training and self.regs.any
         e = self._drop(regularize.embed(self.src_embed, ids, r.embed_dropout, on), r.input_dropout or None)
-        packed = pack_padded_sequence(e, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, final = self.enc_run(packed, None, self.training)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
-        pad = torch.arange(ids.shape[1], device=ids.device)[None, :] >= lengths.to(ids.device)[:, None]
+        # the stack runs through its regularisers (weight drop) in training, as itself otherwise
+        out, final = encode_packed(lambda packed: self.enc_run(packed, None, self.training), e, lengths)
+        pad = padding_mask(lengths, ids.shape[1], ids.device)
         state = tuple(self._bridge(f, i) for i, f in enumerate(final if isinstance(final, tuple) else (final,)))
         out = self._drop(out)
         keys = self.attn_key(out) if self.additive else None

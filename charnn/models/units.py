@@ -10,7 +10,7 @@ over the whole sequence at once, and only the elementwise recurrence c_t = f_t c
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+from typing import List, Tuple, Union
 
 import torch
 import torch.nn as nn

@@ -54,9 +54,18 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
         "corpus": config.get("corpus") or (data.get("data") or {}).get("corpus"),
         "labels": per_label_table(data["labels"]) if data.get("labels") else None,
         "label_by": (data.get("labels") or {}).get("by"),
+        "held_out": _held_out(data.get("labels")),  # a classifier's: accuracy, macro-F1 (None: other kinds)
         "parent": data.get("parent"),  # --init-from: {path, step, val_loss, corpus, vocab_size, added_chars}
         "metrics": {"path": str(metrics_path), "records": len(records)} if records else None,
     }
+
+
+def _held_out(labels) -> dict:
+    """A classifier's (`train --classifier`) held-out accuracy and macro-F1 at its last evaluation, its window
+    and class weights."""
+    if not labels or "val_accuracy" not in labels:
+        return None
+    return {k: labels.get(k) for k in ("val_accuracy", "val_macro_f1", "val_texts", "window", "class_weights")}
 
 
 def _model(data: dict) -> dict:
@@ -119,8 +128,11 @@ def summary_lines(info: dict) -> List[str]:
     ]
     if tr["best_val_loss"] is not None:
         here = f"; this checkpoint {tr['val_loss']:.4f}" if tr["val_loss"] is not None else ""
-        lines.append(f"            best val {tr['best_val_loss']:.4f} nats/char = "
-                     f"{tr['best_val_bits_per_char']:.3f} bits/char{here}")
+        if info.get("held_out"):
+            lines.append(f"            best val {tr['best_val_loss']:.4f} nats per text{here}")
+        else:
+            lines.append(f"            best val {tr['best_val_loss']:.4f} nats/char = "
+                         f"{tr['best_val_bits_per_char']:.3f} bits/char{here}")
     if s2s:
         v = s2s["input_vocabulary"]
         more_in = v["vocab_size"] - 1 - len(v["preview"])
@@ -141,7 +153,15 @@ def summary_lines(info: dict) -> List[str]:
                      "sample and eval refuse this checkpoint")
     if info["corpus"]:
         lines.append(f"corpus      {info['corpus']}")
-    if info.get("labels"):
+    held = info.get("held_out")
+    if held:
+        lines.append(f"labels      {len(info['labels'])} by {info['label_by']} (training texts): "
+                     + ", ".join(f"{name} ({_num(v['train_docs'])})" for name, v in list(info["labels"].items())[:LABELS_SHOWN])
+                     + (f" and {len(info['labels']) - LABELS_SHOWN} more" if len(info["labels"]) > LABELS_SHOWN else ""))
+        lines.append(f"held out    accuracy {held['val_accuracy']:.4f}, macro-F1 {held['val_macro_f1']:.4f} over "
+                     f"{_num(held['val_texts'])} texts (windows of {held['window']} tokens; class weights "
+                     f"{held['class_weights']})")
+    elif info.get("labels"):
         lines.append(f"labels      {len(info['labels'])} by {info['label_by']} (training characters, val nats/char): "
                      + ", ".join(f"{name} ({_num(v['train_chars'])}, {_num(v['val_nats_per_char'], '.3f')})"
                                  for name, v in list(info["labels"].items())[:LABELS_SHOWN])

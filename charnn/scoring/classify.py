@@ -6,6 +6,8 @@ label's vector added at every step, and the nats of each row's real tokens summe
 training saw its documents: the first token conditioned on the start id, and a line ending in a newline.
 Priors are the training label frequencies (documents for --label-by line, characters for file and folder
 labels, which is how often a line of each turns up), or uniform.
+
+`classifier_for` picks this or, for a model of the classifier kind, charnn.scoring.discriminative's.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Scores:
     """One text's result: the labels' log-likelihoods (nats) and posteriors, best first by posterior."""
 
     names: List[str]
-    loglik: np.ndarray  # (N,) log p(text | label)
+    loglik: Optional[np.ndarray]  # (N,) log p(text | label) (None: a classifier model, which has no likelihood)
     posterior: np.ndarray  # (N,) p(label | text)
     chars: int
 
@@ -43,10 +45,24 @@ class Scores:
         return [(self.names[i], float(self.posterior[i])) for i in order]
 
     def to_dict(self) -> dict:
+        if self.loglik is None:
+            return {"label": self.best, "chars": self.chars,
+                    "labels": {n: {"posterior": float(p)} for n, p in zip(self.names, self.posterior)}}
         return {"label": self.best, "chars": self.chars,
                 "labels": {n: {"loglik": float(ll), "posterior": float(p), "nats_per_char":
                                float(-ll / self.chars) if self.chars else None}
                            for n, ll, p in zip(self.names, self.loglik, self.posterior)}}
+
+
+def classifier_for(model, tokenizer, labels: Optional[dict], device: torch.device, uniform_prior: bool = False):
+    """What classifies with `model`: Bayes' rule over a label-conditioned language model (Classifier), or the
+    classifier kind's own softmax (charnn.scoring.discriminative.WindowClassifier); both answer with Scores."""
+    from charnn.models.classifier import TextClassifier
+
+    if isinstance(model, TextClassifier):
+        from charnn.scoring.discriminative import WindowClassifier
+        return WindowClassifier(model, tokenizer, labels or {"names": []}, device, uniform_prior)
+    return Classifier(model, tokenizer, labels, device, uniform_prior)
 
 
 class Classifier:

@@ -10,17 +10,19 @@ from __future__ import annotations
 from charnn.data.labels import LabelledText
 from charnn.data.pairs import PairText
 from charnn.tasks.base import Task
+from charnn.tasks.classify import ClassifierTask
 from charnn.tasks.labelled import LabelledTask
 from charnn.tasks.lm import LanguageModelTask
 from charnn.tasks.pairs import PairsTask
 
-__all__ = ["Task", "LanguageModelTask", "LabelledTask", "PairsTask", "task_for"]
+__all__ = ["Task", "LanguageModelTask", "LabelledTask", "PairsTask", "ClassifierTask", "task_for"]
 
 
-def task_for(corpus) -> Task:
-    """The task for a loaded text: pairs (input<TAB>target lines), labelled documents, or a plain corpus."""
+def task_for(corpus, kind: str = "lm") -> Task:
+    """The task for a loaded text: pairs (input<TAB>target lines), labelled documents (for a label-conditioned
+    language model, or for the classifier when the run's model `kind` is "classifier"), or a plain corpus."""
     if isinstance(corpus, PairText):
         return PairsTask(corpus)
     if isinstance(corpus, LabelledText):
-        return LabelledTask(corpus)
+        return ClassifierTask(corpus) if kind == "classifier" else LabelledTask(corpus)
     return LanguageModelTask(corpus)

@@ -22,7 +22,7 @@ class Task:
     """One corpus kind in training. `prepare` fills tokenizer, train_ids, val_ids, chars_per_token and
     data_record; `make_batches` lays the training ids out; the rest is asked for by the trainer's loop."""
 
-    kind = ""  # "lm", "labelled" or "pairs": the run's kind, read from here and nowhere else
+    kind = ""  # "lm", "labelled", "classify" or "pairs": the run's kind, read from here and nowhere else
     serves = "text"  # the model kinds that train on it (charnn.models.registry.ModelKind.serves)
     label_names: Optional[list] = None  # the labels a fine-tuned model's label table is grafted for
 
@@ -57,6 +57,10 @@ class Task:
         return replace(base, kind=self.model_kind(base), vocab_size=self.tokenizer.vocab_size, labels=0,
                        label_output=False)
 
+    def base_config(self, flags: ModelConfig, parent) -> ModelConfig:
+        """What a fresh model's config starts from: the flags', or the architecture of the --init-from parent."""
+        return flags if parent is None else parent.model_cfg
+
     def model_kind(self, base: ModelConfig) -> str:
         """The flags' kind where it trains on this text and takes their --cell, else the kind that does."""
         return registry.choose(self.serves, base.cell, base.kind).name
@@ -86,6 +90,11 @@ class Task:
         return int(dist.sum(float((y != IGNORE).sum())))
 
     # -- validation and previews --------------------------------------------------------------------
+    @property
+    def val_units(self) -> int:
+        """What validation reads, in the units a step's tokens count (--max-time foresees an evaluation from it)."""
+        return len(self.val_ids)
+
     probes_eval = False  # whether --max-time foresees an evaluation by timing a forward (streams of val ids)
 
     def evaluate(self, model, device: torch.device, precision: str, dist) -> float:
@@ -110,12 +119,16 @@ def check_same_kind(saved: dict, task: Task, run: str) -> None:
     if was != (task.kind == "pairs"):
         raise ConfigError(f"--resume: run {run!r} was trained {'with' if was else 'without'} --pairs; "
                           "resume it the same way")
+    was = (saved.get("model_config") or {}).get("kind") == "classifier"
+    if was != (task.kind == "classify"):
+        raise ConfigError(f"--resume: run {run!r} was trained {'with' if was else 'without'} --classifier; "
+                          "resume it the same way")
 
 
 def check_same_labels(saved: Optional[dict], task: Task, run: str) -> None:
     """A resumed run must see the labels it was trained on: the same way of labelling, the same names."""
     corpus = task.corpus
-    if bool(saved) != (task.kind == "labelled"):
+    if bool(saved) != (task.kind in ("labelled", "classify")):
         by = (saved or {}).get("by")
         raise ConfigError(f"--resume: run {run!r} was trained {'with --label-by ' + by if by else 'without labels'}; "
                           "resume it the same way")

@@ -59,7 +59,9 @@ def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: O
         raise ConfigError(f"--init-from {path} is a sequence-to-sequence (--pairs) model; --init-from fine-tunes "
                           "language models")
     base = ModelConfig.from_saved(data["model_config"]).validate()
-    kept = registry.kind_of(data["model_config"]).architecture
+    # what the new run keeps of the base: its architecture, or what its own kind says it takes (a classifier
+    # takes the embedding, and the encoder's first layer where the shapes match)
+    kept = registry.get(model_cfg.kind).extra.get("init_keeps") or registry.kind_of(data["model_config"]).architecture
     typed = set(vars(model_cfg)) | set(vars(cfg)) if explicit is None else set(explicit)
     problems = [f"--{k} {model_cfg.value(k)} (the base has {base.value(k)})"
                 for k in kept if k in typed and model_cfg.value(k) != base.value(k)]

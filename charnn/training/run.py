@@ -36,6 +36,7 @@ def train_configs(flags: dict, caller: str = "charnn.train",
     if unknown:
         raise ConfigError(f"{caller} got unknown flags: {', '.join(sorted(unknown))}")
     given = set(flags) if given is None else set(given)
+    flags = classifier_kind(flags)
     serves = "pairs" if flags.get("pairs") else "text"
     cell = flags.get("cell", "lstm")
     if flags.get("kind") is not None:
@@ -44,13 +45,27 @@ def train_configs(flags: dict, caller: str = "charnn.train",
         kind = registry.choose(serves, cell)
         registry.check_flags(kind, given & model_names)
     values = {k: v for k, v in flags.items() if k in model_names - {"kind"}}
+    # a kind's own defaults for shared flags it was not given (the classifier's smaller encoder)
+    values.update({k: v for k, v in kind.extra.get("defaults", {}).items() if k not in given})
     model_cfg = ModelConfig(vocab_size=1, kind=kind.name, **{k: v for k, v in values.items() if k in FLAT},
                             extra={k: v for k, v in values.items() if k not in FLAT}).validate()
     kind.make_config(model_cfg)  # the kind's own checks, before any text is read
     train = {k: v for k, v in flags.items() if k in TRAIN_FLAGS}
+    if kind.name == "classifier":  # --kind classifier is --classifier (it checks for --label-by)
+        train["classifier"] = True
     if isinstance(train.get("max_time"), str):
         train["max_time"] = parse_duration(train["max_time"])
     return model_cfg, TrainConfig(**train).validate()
+
+
+def classifier_kind(flags: dict) -> dict:
+    """`--classifier` is `--kind classifier` (another --kind beside it is an error)."""
+    if not flags.get("classifier"):
+        return flags
+    if flags.get("kind") not in (None, "classifier"):
+        raise ConfigError(f"Can't provide both `--classifier` and `--kind {flags['kind']}`: --classifier trains "
+                          "the classifier kind. Choose one")
+    return {**flags, "kind": "classifier"}
 
 
 @dataclass

@@ -61,12 +61,13 @@ def model_for(task, model_cfg: ModelConfig, resumed: Optional[dict], parent, see
     if resumed:
         model_cfg = ModelConfig.from_saved(resumed["model_config"])
     else:
-        model_cfg = task.model_config(parent.model_cfg if parent else model_cfg)
+        model_cfg = task.model_config(task.base_config(model_cfg, parent))
     model_cfg = model_cfg.validate()
     model = build_model(model_cfg)
     record = resumed.get("parent") if resumed else None
     if parent:
-        graft(model, parent, seed, task.label_names)
+        own = getattr(task, "graft", None)  # a task that fills its kind of model from the parent (the classifier)
+        own(model, parent, seed) if own else graft(model, parent, seed, task.label_names)
         tok = task.tokenizer
         parent.added = list(tok.decode(range(parent.model_cfg.vocab_size, tok.vocab_size)))
         record = parent.record()

@@ -51,7 +51,7 @@ class Trainer:
         self.dist = dist or Dist.from_env()
         self.cfg, self.on_event = cfg.validate(), on_event or (lambda kind, info: None)
         self.stop = stop or StopRequest()
-        self.task = task_for(corpus)  # the run's kind, decided here once
+        self.task = task_for(corpus, model_cfg.kind)  # the run's kind, decided here once
         self.run_dir = run_dir_for(cfg, corpus)
         # one training per run folder: a second one (or a --resume of this one) stops here, at once
         self.lock = RunLock.acquire(self.run_dir, resume) if self.dist.is_main else None
@@ -128,7 +128,7 @@ class Trainer:
         self.precision = self.precision_choice.precision
         self.watch = Watch() if self.threads_choice.how == "measured" else None
         self._recheck = False
-        self.budget = Budget(len(self.val_ids))
+        self.budget = Budget(self.task.val_units)
         if cfg.max_time and self.task.probes_eval and len(self.val_ids) >= 2:
             self.budget.probe_eval(self.model, self.dist.world, self.device, self.precision, time.perf_counter)
         self.start_step, self._saved_once, self._last_save = self.step, False, time.perf_counter()
