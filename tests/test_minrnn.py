@@ -266,3 +266,17 @@ def test_two_torchrun_processes_follow_one_process(tmp_path):
     for ra, rb in zip(a, b):
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4), ra["step"]
     assert load_checkpoint(tmp_path / "two" / "last.pt")["progress"]["hidden"][0].shape == (2, 4, 48)
+
+
+def test_its_units_are_the_scan_states_charnn_show_ranks():
+    """unit_activations: each layer's state after every step; the last step's equals the state forward returns."""
+    from charnn.config import MinRNNConfig
+    from charnn.models.minrnn import MinRNN
+    torch.manual_seed(0)
+    model = MinRNN(MinRNNConfig(vocab_size=9, layers=2, hidden=8, embed=4, expand=1, ffn=0)).eval()
+    x = torch.randint(0, 9, (2, 11))
+    with torch.no_grad():
+        units, names = model.unit_activations(x)
+        _, state = model(x)
+    assert units.shape == (2, 11, 16) and len(names) == 16 and names[8] == "L2 h 0"
+    assert torch.allclose(units[:, -1, :8], state[0], atol=1e-6) and torch.allclose(units[:, -1, 8:], state[1], atol=1e-6)

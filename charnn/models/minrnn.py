@@ -61,13 +61,15 @@ class MinBlock(nn.Module):
         with torch.no_grad():  # keep about sigmoid(1) = 0.73 of the state at first, as the LSTM's forget bias of 1
             self.gates.bias[:width].fill_(-1.0 if c.cell == "mingru" else 2.0)
 
-    def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, D), h0 (B, S) or None -> (B, T, D) and the last state (B, S)."""
+    def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor],
+                every: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, D), h0 (B, S) or None -> (B, T, D) and the last state (B, S) (`every`: the state after every
+        step, (B, T, S))."""
         h = mingru_scan(mingru_input(self.cell, self.gates(self.norm(x))), h0)  # (B, T, S), fp32
         x = x + self.drop(self.out(h if torch.is_autocast_enabled() else h.to(x.dtype)))
         if self.ffn is not None:
             x = x + self.ffn(x)
-        return x, h[:, -1]
+        return x, (h if every else h[:, -1])
 
 
 class MinRNN(nn.Module):
@@ -112,6 +114,20 @@ class MinRNN(nn.Module):
             g, b = self.label_out(labels).chunk(2, -1)
             h = h * (1 + g) + b
         return self.head(self.drop(h)), torch.stack(last)
+
+    def unit_activations(self, x: torch.Tensor, state: Optional[torch.Tensor] = None,
+                         labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, list]:
+        """x: (B, T) ids -> (every layer's recurrent state after each step (B, T, L * S), the unit names "L1 h 3"):
+        what `charnn show --cells` ranks (docs/MODEL_KINDS.md)."""
+        e = self.embed(x)
+        if labels is not None and self.label_embed is not None:
+            e = e + self.label_embed(labels)
+        h, units, names = self.inp(e), [], []
+        for l, block in enumerate(self.blocks):
+            h, states = block(h, None if state is None else state[l], every=True)
+            units.append(states)
+            names += [f"L{l + 1} h {j}" for j in range(states.shape[-1])]
+        return torch.cat(units, -1), names
 
     def for_label(self, label: int) -> "MinRNN":
         """An unlabelled MinRNN that computes what this one does under `label` (CharRNN.for_label's folding)."""
