@@ -110,6 +110,8 @@ def test_errors_are_one_line(run, tmp_path):
     assert r.exit_code == 1 and r.stdout == "" and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("charnn: error:") and "charnn classify" in r.stderr
     one_line_error(runner.invoke(app, ["eval", str(run), str(tmp_path / "t.tsv")]), 2, "--label-by")
+    r = runner.invoke(app, ["show", str(run), str(plain)])  # nothing per character to show: one line
+    assert r.exit_code != 0 and "Traceback" not in r.stderr and "charnn classify" in r.stderr
 
 
 # ---- windows ---------------------------------------------------------------------------------------------

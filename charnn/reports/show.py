@@ -13,6 +13,7 @@ import torch
 
 from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, load_checkpoint
 from charnn.errors import CharnnError, ConfigError
+from charnn.models import registry
 from charnn.inspect.activations import Activations, activations, encoder_activations, label_activations
 from charnn.inspect.attention import AttentionMap, attention_map
 from charnn.inspect.gradients import GradientReach, gradient_reach
@@ -77,6 +78,10 @@ def build_report(path: Path, text: str, options: ShowOptions, device: torch.devi
     name = path.parent.name if path.name in ("best.pt", "last.pt") else path.stem
     if is_seq2seq(data):
         return _seq2seq_report(data, name, text, options, device)
+    kind = registry.kind_of(data["model_config"])
+    if not kind.generates:  # nothing to score per character: a classifier answers with a label
+        raise CharnnError(f"charnn show looks inside language models and --pairs models; a {kind.name} model "
+                          "answers with labels: `charnn classify`")
     if options.attention:
         raise CharnnError("--attention is for sequence-to-sequence models (`charnn train --pairs`); this is a "
                           "language model")
