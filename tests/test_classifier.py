@@ -112,6 +112,10 @@ def test_errors_are_one_line(run, tmp_path):
     one_line_error(runner.invoke(app, ["eval", str(run), str(tmp_path / "t.tsv")]), 2, "--label-by")
     r = runner.invoke(app, ["show", str(run), str(plain)])  # nothing per character to show: one line
     assert r.exit_code != 0 and "Traceback" not in r.stderr and "charnn classify" in r.stderr
+    r = runner.invoke(app, ["show", str(run), str(plain), "--cells", "--format", "json"])  # its encoder's units
+    assert r.exit_code == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["units"] > 0 and shown["tokens"][:5] == list("some ")
 
 
 # ---- windows ---------------------------------------------------------------------------------------------

@@ -71,16 +71,21 @@ def label_activations(model, tokenizer, text: str, device: torch.device, labels:
 
 
 @torch.inference_mode()
-def encoder_activations(model, source_tokenizer, text: str, device: torch.device) -> Activations:
+def encoder_activations(model, source_tokenizer, text: str, device: torch.device, end: bool = True) -> Activations:
     """A sequence-to-sequence model's encoder units over each line of `text` as an input (its characters, then
-    the end of the input, shown as the newline), the lines one after another."""
+    the end of the input, shown as the newline), the lines one after another. `end=False`: a classifier's, which
+    reads a text without an end mark (the newline then shows its last character's units again)."""
     hook = _hook(model)
     model.eval()
-    end = start_ids(source_tokenizer, "")
+    end = start_ids(source_tokenizer, "") if end else np.zeros(0, dtype=np.int64)
     tokens, values, names = [], [], None
     for line in text.splitlines():
         ids = np.concatenate([np.asarray(source_tokenizer.encode(line), dtype=np.int64), end])
+        if not len(ids):
+            continue
         v, names = _call(hook, torch.as_tensor(ids, device=device)[None])
+        if len(v) == len(line):  # no end mark: the newline repeats the last character's units
+            v = np.concatenate([v, v[-1:]])
         tokens += list(line) + ["\n"]
         values.append(v)
     if not values:

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from charnn.config import ClassifierConfig
 from charnn.models.cells import CELLS, decay_groups, forget_bias
+from charnn.models.units import layer_units
 from charnn.models.encoder import encode_packed, padding_mask
 from charnn.models.state import TensorState
 
@@ -80,6 +81,11 @@ class TextClassifier(nn.Module):
             return out.sum(1) / lengths.to(out.device, out.dtype)[:, None]  # padding outputs are zeros
         scores = self.attn(out).masked_fill(pad, float("-inf"))  # (B, S, 1)
         return (scores.softmax(1) * out).sum(1)
+
+    def unit_activations(self, x: torch.Tensor, state=None) -> Tuple[torch.Tensor, list]:
+        """The encoder's units over unpadded texts x (B, S): each layer's and direction's h (and an LSTM's c) after
+        each character (B, S, U), and their names (`charnn show --cells`)."""
+        return layer_units(self.encoder, self.embed(x), state)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -60,7 +60,7 @@ class Cells:
 @dataclass
 class ShowReport:
     name: str  # the run's name
-    kind: str  # "lm" or "seq2seq"
+    kind: str  # "lm", "seq2seq", or a classifier kind (its encoder's units only)
     tokens: List[str]  # the text as the views draw it, token by token
     surprisal: Optional[Surprisal] = None
     cells: Optional[List[Cells]] = None
@@ -80,8 +80,14 @@ def build_report(path: Path, text: str, options: ShowOptions, device: torch.devi
         return _seq2seq_report(data, name, text, options, device)
     kind = registry.kind_of(data["model_config"])
     if not kind.generates:  # nothing to score per character: a classifier answers with a label
-        raise CharnnError(f"charnn show looks inside language models and --pairs models; a {kind.name} model "
-                          "answers with labels: `charnn classify`")
+        if not options.cells or options.gradients or options.attention:
+            raise CharnnError(f"a {kind.name} model answers with labels (`charnn classify`); charnn show draws its "
+                              "encoder's units with --cells alone")
+        net, tokenizer = build_from_checkpoint(data, device)
+        acts = encoder_activations(net, tokenizer, text, device, end=False)
+        report = ShowReport(name, kind.name, acts.tokens)
+        report.cells, report.units = rank_cells(acts, len(acts.tokens), options.units), acts.values.shape[1]
+        return report
     if options.attention:
         raise CharnnError("--attention is for sequence-to-sequence models (`charnn train --pairs`); this is a "
                           "language model")
