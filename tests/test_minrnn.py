@@ -280,3 +280,20 @@ def test_its_units_are_the_scan_states_charnn_show_ranks():
         _, state = model(x)
     assert units.shape == (2, 11, 16) and len(names) == 16 and names[8] == "L2 h 0"
     assert torch.allclose(units[:, -1, :8], state[0], atol=1e-6) and torch.allclose(units[:, -1, 8:], state[1], atol=1e-6)
+
+
+def test_charnn_show_reads_its_units_and_gradient_reach():
+    """charnn show's --cells and --gradients go through the kind's unit_activations and its embed/forward."""
+    from charnn.config import MinRNNConfig
+    from charnn.inspect.activations import activations
+    from charnn.inspect.gradients import gradient_reach
+    from charnn.models.minrnn import MinRNN
+    from charnn.text.tokenizer import CharTokenizer
+    tok = CharTokenizer(list('abc \n"()'))
+    torch.manual_seed(0)
+    model = MinRNN(MinRNNConfig(vocab_size=tok.vocab_size, layers=2, hidden=16, embed=8))
+    text = 'abc "ab" (c)\n' * 20
+    reach = gradient_reach(model, tok, text, torch.device("cpu"), 20, 8)
+    assert reach.relative[0] == 1.0 and 0 < reach.relative[19] < reach.relative[1]
+    acts = activations(model, tok, text, torch.device("cpu"))
+    assert acts.values.shape == (len(text), 32) and acts.names[16] == "L2 h 0"
