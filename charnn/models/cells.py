@@ -4,6 +4,7 @@ optimiser's weight-decay groups, and a copy of a model that keeps cuDNN's weight
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -41,3 +42,20 @@ def copy_model(model: nn.Module) -> nn.Module:
         if isinstance(m, nn.RNNBase):
             m.flatten_parameters()
     return net
+
+
+def fold_label(model: nn.Module, label: int) -> nn.Module:
+    """An unlabelled model of the same kind that computes what `model` does under `label`: the label's vector folded
+    into the embedding and, with label_output, its scale and shift into the head, so every sampler and stepper
+    serves it unchanged (label 0: the unconditional model). For kinds with `embed`, `head`, `label_embed`,
+    `label_out` and a config with labels/label_output (the language model, minGRU/minLSTM)."""
+    plain = type(model)(replace(model.config, labels=0, label_output=False)).to(model.embed.weight.device)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("label_embed", "label_out"))}
+    if model.label_out is not None:  # head(h * (1 + g) + b) = (W * (1 + g)) h + (bias + W b)
+        g, b = model.label_out.weight.detach()[label].chunk(2, -1)
+        state["head.bias"] = model.head.bias.detach() + model.head.weight.detach() @ b
+        state["head.weight"] = model.head.weight.detach() * (1 + g)
+    if model.label_embed is not None:
+        state["embed.weight"] = model.embed.weight.detach() + model.label_embed.weight.detach()[label]
+    plain.load_state_dict(state)
+    return plain.train(model.training)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Optional, Tuple, Union
 
 import torch
@@ -10,7 +9,7 @@ import torch.nn as nn
 
 from charnn.config import LMConfig
 from charnn.models import regularize
-from charnn.models.cells import CELLS, decay_groups, forget_bias
+from charnn.models.cells import CELLS, decay_groups, fold_label, forget_bias
 from charnn.models.state import RNN_STATE
 from charnn.models.units import layer_units
 
@@ -103,16 +102,7 @@ class CharRNN(nn.Module):
         """An unlabelled CharRNN that computes what this one does under `label` (its vectors folded into the
         embedding and the head), so every sampler and stepper serves it unchanged. Label 0 gives the
         unconditional model."""
-        plain = CharRNN(replace(self.config, labels=0, label_output=False)).to(self.embed.weight.device)
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith(("label_embed", "label_out"))}
-        if self.label_out is not None:  # head(h * (1 + g) + b) = (W * (1 + g)) h + (bias + W b)
-            g, b = self.label_out.weight.detach()[label].chunk(2, -1)
-            state["head.bias"] = self.head.bias.detach() + self.head.weight.detach() @ b
-            state["head.weight"] = self.head.weight.detach() * (1 + g)
-        if self.label_embed is not None:
-            state["embed.weight"] = self.embed.weight.detach() + self.label_embed.weight.detach()[label]
-        plain.load_state_dict(state)
-        return plain.train(self.training)
+        return fold_label(self, label)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -21,7 +21,6 @@ The state is every layer's h, (layers, batch, expand * hidden), fp32: charnn.mod
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Optional, Tuple
 
 import torch
@@ -29,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from charnn.config import MinRNNConfig
-from charnn.models.cells import decay_groups
+from charnn.models.cells import decay_groups, fold_label
 from charnn.models.scan import mingru_scan
 from charnn.models.state import TensorState
 from charnn.models.stepper import ModuleStepper
@@ -131,16 +130,7 @@ class MinRNN(nn.Module):
 
     def for_label(self, label: int) -> "MinRNN":
         """An unlabelled MinRNN that computes what this one does under `label` (CharRNN.for_label's folding)."""
-        plain = MinRNN(replace(self.config, labels=0, label_output=False)).to(self.embed.weight.device)
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith(("label_embed", "label_out"))}
-        if self.label_out is not None:  # head(h * (1 + g) + b) = (W * (1 + g)) h + (bias + W b)
-            g, b = self.label_out.weight.detach()[label].chunk(2, -1)
-            state["head.bias"] = self.head.bias.detach() + self.head.weight.detach() @ b
-            state["head.weight"] = self.head.weight.detach() * (1 + g)
-        if self.label_embed is not None:
-            state["embed.weight"] = self.embed.weight.detach() + self.label_embed.weight.detach()[label]
-        plain.load_state_dict(state)
-        return plain.train(self.training)
+        return fold_label(self, label)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
