@@ -2,6 +2,7 @@
 Origin headers, slow and vanishing clients, more connections than it may hold, and a process out of file
 descriptors. Each test names the failure it guards against; all of it runs in well under a minute."""
 
+import asyncio
 import http.client
 import json
 import math
@@ -96,9 +97,16 @@ def test_a_bad_parameter_is_a_400_and_a_stream_in_flight_finishes(trained_run, m
         s.close()
 
 
+async def job_updates(job) -> list:
+    """An engine job's updates, up to its end (finished, or failed)."""
+    updates = []
+    while not updates or not updates[-1][2]:
+        updates += await asyncio.wait_for(job.updates.get(), 60)
+    return updates
+
+
 def test_a_job_that_cannot_start_fails_alone(trained_run, model, monkeypatch):
     """Was: an exception from batcher.add (one job's prompt) failed every job in flight."""
-    import asyncio
 
     from charnn.api.params import ParamError
     from charnn.sampling import SamplingParams
@@ -115,12 +123,6 @@ def test_a_job_that_cannot_start_fails_alone(trained_run, model, monkeypatch):
 
     monkeypatch.setattr(engine.batcher, "add", add)
 
-    async def run(job):  # its updates, up to its end (finished, or failed)
-        updates = []
-        while not updates or not updates[-1][2]:
-            updates += await asyncio.wait_for(job.updates.get(), 60)
-        return updates
-
     async def both():
         loop = asyncio.get_running_loop()
         good = Job([RowSpec("the", 3000, SamplingParams(seed=1))], loop)
@@ -128,7 +130,7 @@ def test_a_job_that_cannot_start_fails_alone(trained_run, model, monkeypatch):
         engine.submit(good)
         first = await asyncio.wait_for(good.updates.get(), 60)  # the good job is in the batch
         engine.submit(bad)
-        return first + await run(good), await run(bad)
+        return first + await job_updates(good), await job_updates(bad)
 
     try:
         good, bad = asyncio.run(both())
@@ -145,7 +147,6 @@ def test_a_job_that_cannot_start_fails_alone(trained_run, model, monkeypatch):
 def test_a_long_prompt_that_cannot_load_fails_alone(trained_run, model, monkeypatch):
     """A long prompt loads in slices during later steps (charnn.generation.prefill); an error there (memory, say)
     must fail its own job only, as an error at the door does, and leave no dead prefill behind."""
-    import asyncio
 
     from charnn.generation import batcher as batcher_module
     from charnn.generation.batcher import RowSpec
@@ -163,12 +164,6 @@ def test_a_long_prompt_that_cannot_load_fails_alone(trained_run, model, monkeypa
     monkeypatch.setattr(batcher_module, "prefill", prefill)
     engine = Engine(model, max_batch=4, max_queue=4)
 
-    async def run(job):
-        updates = []
-        while not updates or not updates[-1][2]:
-            updates += await asyncio.wait_for(job.updates.get(), 60)
-        return updates
-
     async def both():
         loop = asyncio.get_running_loop()
         good = Job([RowSpec("the", 3000, SamplingParams(seed=1))], loop)
@@ -176,7 +171,7 @@ def test_a_long_prompt_that_cannot_load_fails_alone(trained_run, model, monkeypa
         engine.submit(good)
         first = await asyncio.wait_for(good.updates.get(), 60)
         engine.submit(bad)
-        return first + await run(good), await run(bad)
+        return first + await job_updates(good), await job_updates(bad)
 
     try:
         good, bad = asyncio.run(both())
@@ -518,7 +513,6 @@ def test_vanishing_clients_free_their_rows_and_connections(served):
 def test_a_reply_nobody_reads_is_dropped_after_the_write_timeout():
     """The transport's buffer stays full (the client reads nothing): the connection is aborted, so the app
     sees a disconnect, instead of waiting for ever."""
-    import asyncio
 
     import uvicorn
 

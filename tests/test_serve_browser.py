@@ -61,6 +61,11 @@ class DevTools:
                     raise AssertionError(f"{method}: {reply['error']}")
                 return reply.get("result", {})
 
+    def open(self, url: str) -> None:
+        """A new tab on `url`, which the calls after this one talk to."""
+        target = self.call("Target.createTarget", url=url)["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+
     def js(self, expression: str):
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         return result["result"].get("value")
@@ -95,8 +100,7 @@ def test_type_a_prompt_press_generate_and_see_text_arrive(trained_run, tmp_path)
     server = Served(trained_run.run_dir, "--max-tokens-limit", "1000000")
     browser = DevTools(tmp_path / "profile")
     try:
-        target = browser.call("Target.createTarget", url=server.url + "/")["targetId"]
-        browser.session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        browser.open(server.url + "/")
         browser.wait_for("document.readyState === 'complete' && document.getElementById('model').options.length",
                          "the model list")
         assert browser.js("document.getElementById('model').value") == trained_run.run_dir.name

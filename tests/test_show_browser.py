@@ -26,8 +26,7 @@ def test_hover_a_character_to_see_the_models_top_guesses(trained_run, corpus_fil
     data = json.loads(page.read_text(encoding="utf-8").split('type="application/json">')[1].split("</script>")[0])
     browser = DevTools(tmp_path / "profile")
     try:
-        target = browser.call("Target.createTarget", url=page.as_uri())["targetId"]
-        browser.session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        browser.open(page.as_uri())
         browser.wait_for("document.readyState === 'complete' && document.querySelectorAll('#text span').length",
                          "the text")
         assert browser.js("document.querySelectorAll('#text span').length") == 1500
@@ -72,8 +71,7 @@ def test_the_playground_colours_a_completion_by_probability(trained_run, tmp_pat
     server = test_serve_browser.Served(trained_run.run_dir)
     browser = DevTools(tmp_path / "profile")
     try:
-        target = browser.call("Target.createTarget", url=server.url + "/")["targetId"]
-        browser.session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        browser.open(server.url + "/")
         browser.wait_for("document.readyState === 'complete' && document.getElementById('model').options.length",
                          "the model list")
         browser.js("document.getElementById('prompt').value = 'the cat'; document.getElementById('length').value = "
