@@ -16,6 +16,11 @@ Prints a markdown table and writes benchmarks/results/g2p.json.
 
     python benchmarks/g2p.py                                # the measured run (see benchmarks/SEQ2SEQ.md)
     python benchmarks/g2p.py --budget 20 --seeds 1          # a quick check
+    python benchmarks/g2p.py --languages eng --budget 120 300 600 1800 --seeds 2 --settings default \
+        --local ../data/sigmorphon21                        # the large English set, at four budgets
+
+--local DIR puts copies of the task's files (DIR/<code>_train.tsv, _dev.tsv, _test.tsv; English: eng_us_*) into
+charnn's corpus cache first, for a machine that cannot reach GitHub; charnn then reads them as downloaded.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from common import cpu_features, cpu_name  # noqa: E402
 # Clematide 2018), WER % on dev and test, from the "Baseline" table of the task's README (github.com/sigmorphon/
 # 2021-task1, README.md at commit 821bcdece5a47820872215969f275004b0abe80c). Copied, not measured here.
 BASELINE_WER = {
-    "eng_us": (45.13, 41.94),
+    "eng": (45.13, 41.94),  # the task's eng_us (the catalog's sigmorphon21-eng-*)
     "arm_e": (4.50, 7.00), "bul": (8.30, 18.30), "dut": (10.80, 14.70), "fre": (7.40, 8.50), "geo": (0.00, 0.00),
     "hbs_latn": (34.70, 32.10), "hun": (1.50, 1.80), "jpn_hira": (6.20, 5.20), "kor": (18.40, 16.30),
     "vie_hanoi": (1.30, 2.50),
@@ -50,6 +55,11 @@ BASELINE_WER = {
 # The settings compared (`charnn train` flags; every run adds --pairs, the budget, the seed and the split).
 SETTINGS = {
     "default": [],
+    # the candidates tried on English dev for the size defaults (SEQ2SEQ.md, "defaults that scale")
+    "2x256-d0.3": ["--dropout", "0.3"],
+    "1x256-d0.3": ["--layers", "1", "--dropout", "0.3"],
+    "2x384-d0.3": ["--hidden", "384", "--dropout", "0.3"],
+    "2x256-e128-d0.3": ["--embed", "128", "--dropout", "0.3"],
     "small": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5"],
     "small-additive": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5",
                        "--attention-score", "additive"],
@@ -68,23 +78,56 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_one(work: Path, lang: str, setting: str, seed: int, budget: float, beam: int) -> dict:
-    name = f"{lang}-{setting}-{seed}"
+def run_one(work: Path, lang: str, setting: str, seed: int, budget: float, beam: int, eval_every: int) -> dict:
+    name = f"{lang}-{setting}-{seed}-{budget:g}"
     cpu0, t0 = children_cpu(), time.perf_counter()
     charnn(["train", f"sigmorphon21-{lang}-train", "--pairs", "--val-file", f"sigmorphon21-{lang}-dev",
-            *SETTINGS[setting], "--max-time", str(budget), "--seed", str(seed), "--eval-every", "100",
+            *SETTINGS[setting], "--max-time", str(budget), "--seed", str(seed), "--eval-every", str(eval_every),
             "--out", str(work), "--name", name, "--device", "cpu", "--quiet"])
     train_cpu, train_wall = children_cpu() - cpu0, time.perf_counter() - t0
     cpu0, t0 = children_cpu(), time.perf_counter()
     r = charnn(["eval", str(work / name / "best.pt"), f"sigmorphon21-{lang}-dev", f"sigmorphon21-{lang}-test",
                 "--beam", str(beam), "--json", "--device", "cpu"])
     dev, test = json.loads(r.stdout)["files"]
-    steps = json.loads(charnn(["info", str(work / name / "best.pt"), "--json"]).stdout)["training"]["steps"]
-    precision = json.loads((work / name / "config.json").read_text())["precision"]  # what auto chose, and why
-    return {"seed": seed, "steps": steps, "precision": precision, "train_cpu_s": train_cpu, "train_wall_s": train_wall,
+    info = json.loads(charnn(["info", str(work / name / "best.pt"), "--json"]).stdout)
+    config = json.loads((work / name / "config.json").read_text())
+    rates = [rec["chars_per_sec"] for rec in map(json.loads, (work / name / "metrics.jsonl").read_text().splitlines())
+             if rec.get("chars_per_sec")]
+    return {"seed": seed, "budget": budget, "steps": info["training"]["steps"],
+            "precision": config["precision"],  # what auto chose, and why
+            "threads": config.get("threads"), "train_chars_per_s": statistics.median(rates) if rates else None,
+            "parameters": info["model"]["parameters"], "train_cpu_s": train_cpu, "train_wall_s": train_wall,
             "eval_cpu_s": children_cpu() - cpu0, "eval_wall_s": time.perf_counter() - t0,
             "dev_wer": 100 * (1 - dev["exact_match"]), "test_wer": 100 * (1 - test["exact_match"]),
             "dev_per": 100 * dev["ser"], "test_per": 100 * test["ser"], "test_nats_per_char": test["nats_per_char"]}
+
+
+def lm_rate(work: Path, seconds: float) -> dict:
+    """The language model's training chars/s on this machine (every default, tinyshakespeare, `seconds` long):
+    what the pairs runs' rate is compared with."""
+    corpus = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+    charnn(["train", str(corpus), "--max-time", str(seconds), "--out", str(work), "--name", "lm", "--device", "cpu",
+            "--quiet"])
+    records = [json.loads(line) for line in (work / "lm" / "metrics.jsonl").read_text().splitlines()]
+    rates = [rec["chars_per_sec"] for rec in records if rec.get("chars_per_sec")]
+    config = json.loads((work / "lm" / "config.json").read_text())
+    return {"seconds": seconds, "chars_per_s": statistics.median(rates), "precision": config["precision"],
+            "threads": config.get("threads")}
+
+
+def seed_cache(folder: Path, langs: list) -> None:
+    """Copy the task's files from `folder` into charnn's corpus cache where the catalog entry is not there yet."""
+    sys.path.insert(0, str(ROOT))
+    from charnn.data.catalog import find, local_path
+
+    for lang in langs:
+        for split in ("train", "dev", "test"):
+            entry = find(f"sigmorphon21-{lang}-{split}")
+            source = folder / Path(entry["url"]).name
+            target = local_path(entry)
+            if not target.is_file() and source.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(source.read_bytes())
 
 
 def spread(values: list, digits: int = 1) -> str:
@@ -96,57 +139,80 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--languages", nargs="+", default=["rum"], help="SIGMORPHON 2021 language codes in the catalog")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS))
-    ap.add_argument("--budget", type=float, default=180, help="training seconds per model")
+    ap.add_argument("--budget", type=float, nargs="+", default=[180], help="training seconds per model (several: "
+                    "each budget is its own run, as a user would train with that --max-time)")
     ap.add_argument("--seeds", type=int, default=3, help="models per setting (seeds 1..N)")
     ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--eval-every", type=int, default=100, help="charnn train --eval-every (100 suits the 800-word "
+                    "sets; a large set evaluates longer, so less often)")
     ap.add_argument("--work", default=None, help="run folder (default: a temporary one)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "g2p.json"))
     ap.add_argument("--table", default=None, help="print the table of an earlier run's JSON, and stop")
+    ap.add_argument("--local", default=None, help="a folder with copies of the task's files (see the docstring)")
+    ap.add_argument("--lm-rate", type=float, default=0, help="first train the language model this many seconds on "
+                    "tinyshakespeare: its chars/s, beside the pairs runs' (0: skip)")
     args = ap.parse_args()
+    if args.local:
+        seed_cache(Path(args.local), args.languages)
     if args.table:
         return table(json.loads(Path(args.table).read_text(encoding="utf-8")))
     work = Path(args.work or tempfile.mkdtemp(prefix="charnn-g2p-"))
     result = {"cpu": cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(), "budget": args.budget,
-              "beam": args.beam,
+              "beam": args.beam, "eval_every": args.eval_every,
               "settings": {s: SETTINGS[s] for s in args.settings}, "languages": {}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if args.lm_rate:
+        result["language_model"] = lm_rate(work, args.lm_rate)
+        print(f"language model: {result['language_model']['chars_per_s']:,.0f} training chars/s", flush=True)
     for lang in args.languages:
         result["languages"][lang] = {"baseline_wer_dev_test": BASELINE_WER.get(lang), "runs": {}}
         for setting in args.settings:
-            runs = []
-            for seed in range(1, args.seeds + 1):
-                runs.append(run_one(work, lang, setting, seed, args.budget, args.beam))
-                r = runs[-1]
-                print(f"{lang} {setting} seed {seed}: best at step {r['steps']}, dev WER {r['dev_wer']:.1f}, test WER "
-                      f"{r['test_wer']:.1f}, test PER {r['test_per']:.2f}, train CPU {r['train_cpu_s']:.0f} s",
-                      flush=True)
-            result["languages"][lang]["runs"][setting] = runs
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            runs = result["languages"][lang]["runs"][setting] = []
+            for budget in args.budget:
+                for seed in range(1, args.seeds + 1):
+                    runs.append(run_one(work, lang, setting, seed, budget, args.beam, args.eval_every))
+                    r = runs[-1]
+                    print(f"{lang} {setting} {budget:g} s seed {seed}: best at step {r['steps']}, dev WER "
+                          f"{r['dev_wer']:.1f}, test WER {r['test_wer']:.1f}, test PER {r['test_per']:.2f}, train CPU "
+                          f"{r['train_cpu_s']:.0f} s, {r['train_chars_per_s'] or 0:,.0f} chars/s", flush=True)
+                    # written after every run: a long sweep cut short keeps what it measured
+                    Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     table(result)
     print(f"\nwrote {args.out}")
 
 
 def table(result: dict) -> None:
-    seeds = max(len(runs) for e in result["languages"].values() for runs in e["runs"].values())
+    seeds = max(len({r["seed"] for r in runs}) for e in result["languages"].values() for runs in e["runs"].values())
     chose = sorted({r["precision"]["precision"] for e in result["languages"].values() for runs in e["runs"].values()
                     for r in runs if r.get("precision")})
+    budgets = result["budget"] if isinstance(result["budget"], list) else [result["budget"]]
     print(f"\n{result['cpu']} ({result.get('cpu_features', '?')}), {result['cores']} cores, precision "
-          f"{'/'.join(chose) or '?'}; {result['budget']:g} s of training per model, beam "
+          f"{'/'.join(chose) or '?'}; {'/'.join(f'{b:g}' for b in budgets)} s of training per model, beam "
           f"{result['beam']}, {seeds} seed(s) per setting: mean (min-max)\n")
-    print("| language | system | best.pt at step | dev WER % | test WER % | test PER % | train CPU s per model | "
-          "eval CPU s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    if result.get("language_model"):
+        lm = result["language_model"]
+        print(f"The language model (every default, tinyshakespeare, {lm['seconds']:g} s) trains at "
+              f"{lm['chars_per_s']:,.0f} chars/s on this machine ({lm['precision']['precision']}).\n")
+    print("| language | system | budget s | best.pt at step | dev WER % | test WER % | test PER % | train chars/s | "
+          "train CPU s per model | eval CPU s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for lang, entry in result["languages"].items():
         base = entry["baseline_wer_dev_test"]
         if base:
-            print(f"| {lang} | published baseline (neural transducer, ensembled) | - | {base[0]:.1f} | {base[1]:.1f} | "
-                  f"- | - | - |")
-        for setting, runs in entry["runs"].items():
-            col = lambda k, digits=1: spread([r[k] for r in runs], digits)  # noqa: E731
-            print(f"| {lang} | charnn {setting} | {col('steps', 0)} | {col('dev_wer')} | {col('test_wer')} | "
-                  f"{col('test_per')} | "
-                  f"{statistics.mean(r['train_cpu_s'] for r in runs):.0f} | "
-                  f"{statistics.mean(r['eval_cpu_s'] for r in runs):.1f} |")
+            print(f"| {lang} | published baseline (neural transducer, ensembled) | - | - | {base[0]:.1f} | "
+                  f"{base[1]:.1f} | - | - | - | - |")
+        for setting, all_runs in entry["runs"].items():
+            for budget in budgets:
+                runs = [r for r in all_runs if r.get("budget", budget) == budget]
+                if not runs:
+                    continue
+                col = lambda k, digits=1: spread([r[k] for r in runs], digits)  # noqa: E731
+                rate = [r["train_chars_per_s"] for r in runs if r.get("train_chars_per_s")]
+                print(f"| {lang} | charnn {setting} | {budget:g} | {col('steps', 0)} | {col('dev_wer')} | "
+                      f"{col('test_wer')} | {col('test_per')} | {statistics.mean(rate) if rate else 0:,.0f} | "
+                      f"{statistics.mean(r['train_cpu_s'] for r in runs):.0f} | "
+                      f"{statistics.mean(r['eval_cpu_s'] for r in runs):.1f} |")
 
 
 if __name__ == "__main__":

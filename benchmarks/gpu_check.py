@@ -14,6 +14,8 @@ Phases, each under its own time limit (one that fails records its error and the 
   torchrun     train_speed's bf16 run again under `torchrun --nproc-per-node 1`: DDP's overhead on one GPU
   --minrnn     also `--cell mingru` / `--cell minlstm`: their speed against the LSTM and a 180-s mingru run
                (benchmarks/gpu_minrnn.py; about 5 more minutes: give --budget 780)
+  --g2p DIR    also train the English G2P set (SIGMORPHON 2021 eng_us, its files in DIR) for 180 s with every
+               default and score it on the task's test words (benchmarks/gpu_g2p.py; about 4 more minutes)
 The table goes to stdout, progress to stderr, JSON to benchmarks/results/gpu_check.json. Exit 1 if a phase
 failed (the others still ran). It needs only torch, numpy, typer, rich and sentencepiece; no network.
 """
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import cpu_name  # noqa: E402
 from distributed import free_port  # noqa: E402
+from gpu_g2p import g2p_goals, g2p_rows, phase_g2p  # noqa: E402
 from gpu_minrnn import minrnn_goals, minrnn_rows, phase_minrnn_180, phase_minrnn_speed  # noqa: E402
 
 from charnn.checkpoint import load_checkpoint  # noqa: E402
@@ -271,7 +274,7 @@ def table(report: dict) -> str:
     if p["torchrun"].get("torchrun_over_plain") is not None:
         row(f"train under torchrun x1 / plain, ratio ({p['torchrun']['precision']})",
             f"{p['torchrun']['torchrun_over_plain']:.3f}")
-    for name, value in minrnn_rows(p):
+    for name, value in minrnn_rows(p) + g2p_rows(p):
         row(name, value)
     for g in report["goals"]:
         v = g["value"]
@@ -314,6 +317,9 @@ def main() -> None:
     ap.add_argument("--minrnn", action="store_true", help="also time --cell mingru/minlstm and train mingru "
                     "for the 180 s (benchmarks/gpu_minrnn.py)")
     ap.add_argument("--minrnn-flags", default="", help="more `charnn train` flags for the 180-s mingru run")
+    ap.add_argument("--g2p", metavar="DIR", help="also train and score the English G2P set whose files are in DIR "
+                    "(benchmarks/gpu_g2p.py)")
+    ap.add_argument("--g2p-flags", default="", help="more `charnn train` flags for the G2P run")
     ap.add_argument("--json", help="default benchmarks/results/gpu_check.json (dry run: gpu_check_dry_run.json)")
     ap.add_argument("--worker", choices=["sample"], help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
@@ -329,7 +335,7 @@ def main() -> None:
         sys.exit("gpu_check: no CUDA GPU here; run it on a GPU machine, or with --dry-run to check the script")
 
     settings, device = (DRY, torch.device("cpu")) if a.dry_run else (GPU, torch.device("cuda"))
-    t0, budget = time.monotonic(), a.budget or settings["budget"] + (300 if a.minrnn else 0)
+    t0, budget = time.monotonic(), a.budget or settings["budget"] + (300 if a.minrnn else 0) + (240 if a.g2p else 0)
     out = Path(a.json or ROOT / "benchmarks" / "results" / f"gpu_check{'_dry_run' if a.dry_run else ''}.json")
     report = {"dry_run": a.dry_run, "budget_s": budget, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
               "hardware": {"gpu": None if a.dry_run else torch.cuda.get_device_name(), "device": device.type,
@@ -360,6 +366,8 @@ def main() -> None:
             phases += [("minrnn_speed", lambda: phase_minrnn_speed(
                 r, report["phases"]["train_speed"].get("runs", {}).get("bf16"))),
                 ("minrnn_180", lambda: phase_minrnn_180(r, shlex.split(a.minrnn_flags)))]
+        if a.g2p:
+            phases.append(("g2p_180", lambda: phase_g2p(r, a.g2p, shlex.split(a.g2p_flags))))
         for name, phase in phases:
             t = time.monotonic()
             try:
@@ -369,7 +377,7 @@ def main() -> None:
                 note(f"{name} failed: {result['error']}")
             report["phases"][name] = {**result, "seconds": round(time.monotonic() - t, 1)}
     report["wall_s"] = round(time.monotonic() - t0, 1)
-    report["goals"] = goals(report, device) + minrnn_goals(report["phases"])
+    report["goals"] = goals(report, device) + minrnn_goals(report["phases"]) + g2p_goals(report["phases"])
     print(table(report), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from charnn.errors import ConfigError
 
@@ -16,6 +16,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZERS = ("char", "bpe", "unigram")
 POOLINGS = ("max", "attention", "mean", "final")  # how the classifier pools its encoder states (--pooling)
+BEST_BY = ("auto", "loss", "wer")
 CLASS_WEIGHTS = ("none", "balanced")  # --class-weights
 MIN_VOCAB = 260  # sentencepiece with byte fallback: 256 byte pieces + <unk> + the text's characters
 UNKNOWN = ("error", "skip")  # what sample does with prime characters outside the vocabulary
@@ -185,6 +186,7 @@ class TrainConfig:
     max_time: Optional[float] = None  # stop so the whole run takes at most this many seconds
     epochs: Optional[float] = None  # stop after this many passes over the training text
     patience: int = 5  # with no length limit: evaluations without improvement before stopping
+    best_by: str = "auto"  # what picks best.pt and counts --patience: loss, wer (--pairs), auto (wer for --pairs)
     eval_every: int = 1000  # steps between validation passes
     eval_tokens: int = 1_000_000  # validation passes score the first this many val tokens (0: all of them)
     device: str = "auto"  # auto, cpu, cuda or mps
@@ -201,6 +203,7 @@ class TrainConfig:
     label_negatives: int = 1  # with --label-contrast: other labels each text is compared with per step
     skip_bad_lines: bool = False  # --label-by line / --pairs: skip (and count) lines that are not label<TAB>text
     pairs: bool = False  # sequence to sequence: every line is input<TAB>target (charnn.data.pairs)
+    sized: Tuple[str, ...] = ()  # --pairs: the model flags not given, sized for the training pairs (charnn.tasks.pairs)
     # with --label-by: train the many-to-one classifier (kind "classifier", charnn.models.classifier) instead
     # of a label-conditioned language model
     classifier: bool = False
@@ -255,6 +258,11 @@ class TrainConfig:
             problems.append("`--pairs` and `--label-by` do not combine: a pairs file is input<TAB>target lines")
         if self.pairs and self.tokenizer != "char":
             problems.append("`--pairs` models read and write characters; drop `--tokenizer`")
+        if self.best_by not in BEST_BY:
+            problems.append(f"`--best-by` must be one of {', '.join(BEST_BY)}, not {self.best_by!r}")
+        elif self.best_by == "wer" and not self.pairs:
+            problems.append("`--best-by wer` scores decoded outputs: it needs --pairs (a language model is "
+                            "picked by its val loss)")
         if self.class_weights not in CLASS_WEIGHTS:
             problems.append(f"`--class-weights` must be one of {', '.join(CLASS_WEIGHTS)}, not {self.class_weights!r}")
         if self.classifier and not self.label_by:

@@ -146,3 +146,15 @@ def text_file(folder, name, text):
     path = folder / name
     path.write_text(text, encoding="utf-8")
     return str(path)
+
+
+def test_a_fine_tune_trains_with_its_own_regularisers(tmp_path):
+    """The regularisers are this run's flags (or a language model's AR/TAR defaults), not the base's: a
+    --weight-drop given for the fine-tune reaches its model (it used to be dropped with the base's config)."""
+    base = charnn.train(text_file(tmp_path, "base.txt", make_text(300, seed=2)), out=str(tmp_path), max_steps=2,
+                        hidden=16, embed=8, layers=1, eval_every=2, batch_size=2, seq_len=16, ar=0.0, tar=0.0)
+    ft = charnn.train(text_file(tmp_path, "new.txt", NEW_TEXT), out=str(tmp_path), init_from=str(base.run_dir),
+                      max_steps=2, eval_every=2, batch_size=2, seq_len=16, weight_drop=0.2)
+    cfg = load_checkpoint(ft.run_dir / "best.pt")["model_config"]
+    assert (cfg["weight_drop"], cfg["ar"], cfg["tar"]) == (0.2, 2.0, 1.0)
+    assert load_checkpoint(base.run_dir / "best.pt")["model_config"]["ar"] == 0.0

@@ -410,3 +410,104 @@ def test_previews_show_validation_inputs_and_their_outputs(tmp_path):
     shown = [line for line in r.stderr.splitlines() if " -> " in line and not line.startswith(("training", "use it", "done"))]
     assert len(shown) == 8 and all(set(line.replace(" -> ", "")) <= set(ALPHABET) for line in shown), shown
     assert r.stdout == ""
+
+
+def test_best_pt_is_the_checkpoint_with_the_lowest_validation_wer(tmp_path):
+    """--pairs picks best.pt by the validation inputs' greedy WER (--best-by auto), against every reference of a
+    word, and says so in the checkpoint; --best-by loss picks by val loss as before."""
+    words_ = sorted(set(words(600, 7)))
+    lines = [f"{w}\t{w[::-1]}\n" for w in words_] + [f"{w}\t{w}\n" for w in words_[::5]]  # some with two targets
+    (tmp_path / "r.tsv").write_text("".join(lines), encoding="utf-8")
+    text = load_pairs([str(tmp_path / "r.tsv")], val_frac=0.2, seed=3)
+    model = ModelConfig(vocab_size=1, layers=1, hidden=32, embed=16, dropout=0.0)
+    cfg = dict(pairs=True, batch_size=32, lr=1e-2, warmup=5, eval_every=25, max_steps=150, device="cpu", seed=3,
+               save_every_secs=0, out=str(tmp_path), threads=1)
+    evals = []
+    record = lambda kind, info: evals.append(info) if kind == "eval" else None  # noqa: E731
+    result = Trainer(text, model, TrainConfig(name="wer", **cfg), on_event=record).fit()
+    scores = [e["score"] for e in evals]
+    assert all(e["by"] == "wer" for e in evals) and len(set(scores)) > 1
+    best = load_checkpoint(tmp_path / "wer" / "best.pt")
+    assert best["selection"] == {"by": "wer", "score": min(scores), "best": min(scores)}
+    assert best["step"] == evals[scores.index(min(scores))]["step"]
+    assert result.best_by == "wer" and result.best_score == min(scores)
+    # the score is the share of held-out words whose greedy output is none of their targets
+    data, m, src_tok, tok = loaded_ckpt(tmp_path / "wer" / "best.pt")
+    refs = {}
+    for p in text.val:
+        refs.setdefault(p.source, []).append(p.target)
+    t = Transducer(m, src_tok, tok, TransduceConfig(unknown="skip").validate(), torch.device("cpu"), 4.0)
+    outs = [h[0].text if h else "" for h in t.run((w, "v") for w in refs)]
+    assert best["selection"]["score"] == pytest.approx(1 - sum(o in r for o, r in zip(outs, refs.values())) / len(refs))
+
+    evals.clear()
+    Trainer(text, model, TrainConfig(name="loss", best_by="loss", **cfg), on_event=record).fit()
+    losses = [e["val_loss"] for e in evals]
+    best = load_checkpoint(tmp_path / "loss" / "best.pt")
+    assert "selection" not in best and best["val_loss"] == min(losses) and all(e["by"] == "loss" for e in evals)
+
+
+def loaded_ckpt(path):
+    data = load_checkpoint(path)
+    return (data, *build_seq2seq(data))
+
+
+def test_patience_counts_whole_word_gains():
+    from charnn.training.schedule import MIN_GAIN, patience_after
+
+    assert patience_after(0.30, 0.30, 0.30, 2, MIN_GAIN["wer"]) == (0.30, 0.30, 3)  # no new best
+    assert patience_after(0.299, 0.30, 0.30, 2, MIN_GAIN["wer"]) == (0.299, 0.299, 0)  # one word fewer wrong
+    assert patience_after(0.2995, 0.30, 0.30, 2, MIN_GAIN["loss"])[2] == 3  # a loss must drop 0.001
+
+
+def test_best_by_wer_needs_pairs(tmp_path):
+    (tmp_path / "t.txt").write_text("hello world\n" * 50, encoding="utf-8")
+    for flags, words_ in ((["--best-by", "wer"], "needs --pairs"), (["--best-by", "bleu"], "must be one of")):
+        r = runner.invoke(app, ["train", str(tmp_path / "t.txt"), "--max-steps", "1", "--out", str(tmp_path), *flags])
+        one_line_error(r, 2, words_)
+
+
+def test_a_run_picked_by_loss_resumes_picking_by_wer(tmp_path):
+    """A checkpoint from before --best-by (or trained with --best-by loss) resumed under wer: its loss-based best
+    is not compared with a WER; the first evaluation starts the WER record."""
+    write_pairs(tmp_path / "r.tsv", words(300, 3))
+    text = load_pairs([str(tmp_path / "r.tsv")], val_frac=0.1, seed=2)
+    model = ModelConfig(vocab_size=1, layers=1, hidden=16, embed=8, dropout=0.0)
+    cfg = dict(pairs=True, batch_size=16, lr=1e-2, warmup=3, eval_every=10, device="cpu", seed=2,
+               save_every_secs=0, out=str(tmp_path), name="r", threads=1)
+    Trainer(text, model, TrainConfig(best_by="loss", max_steps=20, **cfg)).fit()
+    evals = []
+    Trainer(text, model, TrainConfig(max_steps=30, **cfg), resume=True,
+            on_event=lambda k, i: evals.append(i) if k == "eval" else None).fit()
+    assert [e["by"] for e in evals] == ["wer"] and evals[0]["improved"]
+    assert load_checkpoint(tmp_path / "r" / "best.pt")["selection"]["best"] == evals[0]["score"]
+
+
+def test_a_pairs_model_is_sized_for_its_data_where_the_flags_leave_it_open(tmp_path):
+    from charnn.tasks.pairs import PAIR_SIZES, SIZED, sized_for
+
+    assert sized_for(1) == PAIR_SIZES[0][1] and sized_for(PAIR_SIZES[0][0] + 1) == PAIR_SIZES[1][1]
+    assert sized_for(10**9) == PAIR_SIZES[-1][1] and all(set(flags) == SIZED for _, flags in PAIR_SIZES)
+    write_pairs(tmp_path / "r.tsv", words(300, 4))
+    small = sized_for(300)
+    base = ["train", str(tmp_path / "r.tsv"), "--pairs", "--max-steps", "2", "--eval-every", "2", "--out",
+            str(tmp_path), "--device", "cpu", "--threads", "1"]
+    r = runner.invoke(app, [*base, "--name", "s", "--hidden", "16"])
+    assert r.exit_code == 0, r.stderr
+    cfg = load_checkpoint(tmp_path / "s" / "best.pt")["model_config"]
+    assert cfg["hidden"] == 16 and all(cfg[k] == v for k, v in small.items() if k != "hidden")
+    note = next(line for line in r.stderr.splitlines() if "model sized for" in line)
+    assert "--hidden" not in note and f"--embed {small['embed']}" in note
+    # every size flag given: nothing is sized, and nothing said
+    r = runner.invoke(app, [*base, "--name", "g", "--hidden", "16", "--layers", "2", "--embed", "8", "--dropout", "0.2"])
+    assert r.exit_code == 0 and "model sized" not in r.stderr
+    cfg = load_checkpoint(tmp_path / "g" / "best.pt")["model_config"]
+    assert (cfg["hidden"], cfg["layers"], cfg["embed"], cfg["dropout"]) == (16, 2, 8, 0.2)
+    # a resumed run keeps its model, and a language model is never sized
+    before = load_checkpoint(tmp_path / "s" / "last.pt")["model_config"]
+    r = runner.invoke(app, [*base, "--name", "s", "--resume", "--max-steps", "4"])
+    assert r.exit_code == 0 and "model sized" not in r.stderr, r.stderr
+    assert load_checkpoint(tmp_path / "s" / "last.pt")["model_config"] == before
+    from charnn.training.run import train_configs
+    assert train_configs({"hidden": 64})[1].sized == ()
+    assert train_configs({"pairs": True, "hidden": 64})[1].sized == ("dropout", "embed", "layers")

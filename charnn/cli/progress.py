@@ -97,6 +97,10 @@ class TrainProgress:
                       f"input); targets up to {info['max_ratio']:.2f}x their input's length")
             if info.get("skipped_lines"):
                 self.note(f"note: skipped {info['skipped_lines']:,} lines that are not input<TAB>target")
+            if info.get("sized"):
+                shown = ", ".join(f"--{k} {v}" for k, v in info["sized"].items())
+                self.note(f"model sized for {info['train_pairs']:,} training pairs: {shown} (give these flags to "
+                          "choose)")
         elif kind == "init_from":
             self.note(f"fine-tuning from {parent_words(info)}")
         elif kind == "start":
@@ -127,8 +131,9 @@ class TrainProgress:
         elif kind == "eval":
             self.val, self.best = info["val_loss"], info["best_val_loss"]
             mark = " (best)" if info["improved"] else ""
+            wer = f", WER {100 * info['score']:.2f}%" if info.get("by") == "wer" else ""
             self.note(f"step {info['step']}: val {info['val_loss']:.4f} nats/char "
-                      f"({info['val_loss'] / math.log(2):.3f} bits){mark}")
+                      f"({info['val_loss'] / math.log(2):.3f} bits){wer}{mark}")
 
 
 class DownloadBar:

@@ -99,7 +99,12 @@ def train(
                                                     show_default="none", rich_help_panel=SCHEDULE)] = None,
     patience: Annotated[int, typer.Option(help="With no limit given: stop after this many evaluations that "
                                                "leave the best val loss less than 0.001 nats/char below where it "
-                                               "stood at the last real gain.", rich_help_panel=SCHEDULE)] = 5,
+                                               "stood at the last real gain (--best-by wer: with no new best WER).",
+                                          rich_help_panel=SCHEDULE)] = 5,
+    best_by: Annotated[str, typer.Option(help="What picks best.pt and counts --patience: loss (val nats/char), or "
+                                              "wer (--pairs: the validation inputs decoded greedily at each "
+                                              "evaluation, the share of words not exactly right). auto: wer with "
+                                              "--pairs, else loss.", rich_help_panel=SCHEDULE)] = "auto",
     eval_every: Annotated[int, typer.Option(help="Steps between validation passes (and checkpoint saves).",
                                             rich_help_panel=SCHEDULE)] = 1000,
     eval_tokens: Annotated[int, typer.Option(help="Validation passes score the first this many validation tokens "
@@ -213,8 +218,13 @@ def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: s
 def _report_done(result, run) -> None:
     bits = result.best_val_loss / math.log(2)
     unit = "nats per text" if run.task.kind == "classify" else f"nats/char ({bits:.3f} bits/char)"
-    err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val "
-              f"{result.best_val_loss:.4f} {unit} -> {result.run_dir / 'best.pt'}")
+    if result.best_by == "wer":
+        err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val WER "
+                  f"{100 * result.best_score:.2f}% (greedy; best val loss {result.best_val_loss:.4f} nats/char) -> "
+                  f"{result.run_dir / 'best.pt'}")
+    else:
+        err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val "
+                  f"{result.best_val_loss:.4f} {unit} -> {result.run_dir / 'best.pt'}")
     print_curve(err, result.run_dir)
     if run.task.kind == "classify":
         labels = run.task.labels

@@ -140,6 +140,7 @@ class PreparedPairs:
     val_tgt: List[np.ndarray]
     val_inputs: List[str]  # the validation inputs as text (previews show a few)
     val_unknown: int  # validation characters outside the vocabularies
+    val_targets: List[str] = field(default_factory=list)  # their targets as text (--best-by wer scores them)
 
     @property
     def train_ids(self) -> torch.Tensor:
@@ -166,7 +167,7 @@ def prepare_pairs(text: PairText, tokenizers: Optional[Tuple[dict, dict]] = None
     unknown = sum(int((ids == 0).sum()) for ids in val_src + val_tgt)
     return PreparedPairs(src_tok, tgt_tok, encode_side(src_tok, [p.source for p in text.train]),
                          encode_side(tgt_tok, [p.target for p in text.train]), val_src, val_tgt,
-                         [p.source for p in val], unknown)
+                         [p.source for p in val], unknown, [p.target for p in val])
 
 
 def pad_sources(seqs: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -49,7 +49,8 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
                      "best_val_loss": best, "best_val_bits_per_char": None if best is None else best / math.log(2),
                      "device": data.get("device"), "precision": data.get("precision"),
                      "batch_size": tc.get("batch_size"), "seq_len": tc.get("seq_len"), "lr": tc.get("lr"),
-                     "seed": tc.get("seed"), "resumable": "optimizer" in data and "progress" in data},
+                     "seed": tc.get("seed"), "resumable": "optimizer" in data and "progress" in data,
+                     "selection": data.get("selection")},  # --best-by wer: {by, score, best} (None: by loss)
         "non_finite": non_finite_tensors(data["model"]),  # [{name, nan, inf}]: sample and eval refuse these
         "corpus": config.get("corpus") or (data.get("data") or {}).get("corpus"),
         "labels": per_label_table(data["labels"]) if data.get("labels") else None,
@@ -133,6 +134,10 @@ def summary_lines(info: dict) -> List[str]:
         else:
             lines.append(f"            best val {tr['best_val_loss']:.4f} nats/char = "
                          f"{tr['best_val_bits_per_char']:.3f} bits/char{here}")
+    sel = tr.get("selection")
+    if sel and sel.get("by") == "wer":
+        lines.append(f"            picked by val WER (greedy): best {100 * sel['best']:.2f}%; this checkpoint "
+                     f"{100 * sel['score']:.2f}%")
     if s2s:
         v = s2s["input_vocabulary"]
         more_in = v["vocab_size"] - 1 - len(v["preview"])

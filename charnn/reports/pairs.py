@@ -14,6 +14,7 @@ from charnn.sampling import TransduceConfig
 from charnn.data.pairs import PairFile, encode_side
 from charnn.scoring.evaluate import pair_nats
 from charnn.scoring.pairs import PairScore
+from charnn.generation.decoded import references_of, score_decoded
 from charnn.generation.seq2seq import Transducer
 from charnn.text.tokenizer import start_id
 
@@ -29,16 +30,9 @@ def score_pairs(model, source_tokenizer, tokenizer, file: PairFile, cfg: Transdu
     nats = float(pair_nats(model, src, tgt, start_id(tokenizer), device).sum()) if pairs else 0.0
     transducer = Transducer(model, source_tokenizer, tokenizer, replace(cfg, unknown="skip", n_best=1), device,
                             max_ratio)
-    references = {}  # input -> its targets, in file order: each distinct input decoded and scored once
-    for p in pairs:
-        references.setdefault(p.source, []).append(p.target)
-    outputs = [h[0].text if h else "" for h in transducer.run((src_text, f"{file.path}:{i}")
-                                                              for i, src_text in enumerate(references, 1))]
     s = PairScore(pairs=len(pairs), nats=nats, target_chars=int(sum(len(t) for t in tgt)),
                   spaced=any(" " in p.target for p in pairs))
-    for out, refs in zip(outputs, references.values()):
-        s.add_output(out, refs)
-    return s
+    return score_decoded(transducer, references_of((p.source, p.target) for p in pairs), str(file.path), s)
 
 
 def score_files(model, source_tokenizer, tokenizer, files: List[PairFile], cfg: TransduceConfig, device,

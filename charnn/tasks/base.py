@@ -96,9 +96,16 @@ class Task:
         return len(self.val_ids)
 
     probes_eval = False  # whether --max-time foresees an evaluation by timing a forward (streams of val ids)
+    # what picks best.pt and counts --patience: "loss" (val nats/char), or a lower-is-better score the task
+    # measures after each evaluation (pairs: "wer", the validation inputs decoded)
+    selects_by = "loss"
 
     def evaluate(self, model, device: torch.device, precision: str, dist) -> float:
         """Val nats per character."""
+        raise NotImplementedError
+
+    def select_score(self, model, device: torch.device, dist) -> float:
+        """The score `selects_by` names, of the model as it is now (asked only when that is not "loss")."""
         raise NotImplementedError
 
     def preview(self, model, device: torch.device, every: int, write: Callable[[int, str], None], seed: int):

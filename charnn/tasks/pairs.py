@@ -13,9 +13,26 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.data.pairs import PairBatches, prepare_pairs
 from charnn.device import default_batch_size
 from charnn.errors import ConfigError
+from charnn.generation.decoded import references_of, score_decoded
+from charnn.generation.seq2seq import Transducer
+from charnn.sampling import TransduceConfig
+from charnn.scoring.pairs import PairScore
 from charnn.scoring.evaluate import evaluate_pairs
 from charnn.tasks.base import Task, total
 from charnn.text.tokenizer import start_id
+
+
+# The encoder-decoder's size for its training pairs, where the flags leave it open: (up to this many training
+# pairs, the flags), chosen on development WER (benchmarks/SEQ2SEQ.md, "Defaults that scale with the data"): a small
+# dictionary overfits the language model's 2 x 256 within a minute, a large one underfits a small model.
+PAIR_SIZES = ((2_000, {"layers": 1, "hidden": 128, "embed": 128, "dropout": 0.5}),
+              (None, {"layers": 2, "hidden": 256, "embed": 64, "dropout": 0.1}))
+SIZED = frozenset(PAIR_SIZES[0][1])
+
+
+def sized_for(pairs: int) -> dict:
+    """The model flags for a run on `pairs` training pairs."""
+    return dict(next(flags for up_to, flags in PAIR_SIZES if up_to is None or pairs <= up_to))
 
 
 class PairsTask(Task):
@@ -31,13 +48,18 @@ class PairsTask(Task):
         tokenizers = (resumed["source_tokenizer"], resumed["tokenizer"]) if resumed else None
         data = self.data = prepare_pairs(self.corpus, tokenizers, cfg.eval_tokens)
         self.pairs = {**self.corpus.record(), "skipped_lines": self.corpus.skipped_lines}
-        on_event("pairs", dict(self.pairs))
+        # a fresh run's model flags the user left open, sized for the data (a resumed run keeps its model)
+        self.sized = {} if resumed else {k: v for k, v in sized_for(len(data.train_src)).items() if k in cfg.sized}
+        on_event("pairs", {**self.pairs, "sized": dict(self.sized)})
         self.tokenizer, self.source_tokenizer = data.tokenizer, data.source_tokenizer
         self.train_ids = data.train_ids
         self.data_record = {"corpus": self.corpus.source, "cache_entry": None, "train_tokens": len(self.train_ids),
                             "train_chars": len(self.train_ids)}
         self.val_ids = np.concatenate(data.val_tgt)
         self.chars_per_token = 1.0
+        # --best-by: G2P and transliteration are judged by whole words right, which the loss tracks only loosely
+        self.selects_by = "loss" if cfg.best_by == "loss" else "wer"
+        self.references = references_of(zip(data.val_inputs, data.val_targets))
 
     def make_batches(self, cfg: TrainConfig, device: torch.device):
         self.batches = PairBatches(self.data.train_src, self.data.train_tgt, cfg.batch_size,
@@ -45,7 +67,7 @@ class PairsTask(Task):
         return self.batches
 
     def model_config(self, base: ModelConfig) -> ModelConfig:
-        return replace(super().model_config(base), source_vocab=self.source_tokenizer.vocab_size)
+        return replace(super().model_config(base), source_vocab=self.source_tokenizer.vocab_size, **self.sized)
 
     def record(self) -> dict:
         return {"pairs": self.pairs, "source_tokenizer": self.source_tokenizer.state()}
@@ -58,6 +80,21 @@ class PairsTask(Task):
         d = self.data
         return evaluate_pairs(model, d.val_src, d.val_tgt, start_id(self.tokenizer), device, precision, dist.part,
                               total(dist)).nats_per_char
+
+    def select_score(self, model, device: torch.device, dist) -> float:
+        """Word error rate: each validation input decoded greedily (in fp32) and right when it equals one of its
+        targets. Under torchrun each rank decodes its share of the inputs."""
+        rank, world = dist.part
+        mine = dict(list(self.references.items())[rank::world])
+        was_training = model.training  # (the transducer puts the model in eval mode)
+        try:
+            transducer = Transducer(model, self.source_tokenizer, self.tokenizer, TransduceConfig(unknown="skip"),
+                                    device, self.pairs["max_ratio"])
+            s = score_decoded(transducer, mine, "validation", PairScore())
+        finally:
+            model.train(was_training)
+        exact, words = dist.sum(float(s.exact)), dist.sum(float(s.words))
+        return 1.0 - exact / max(1.0, words)
 
     def preview(self, model, device: torch.device, every: int, write, seed: int):
         """A few validation inputs and the model's current outputs for them."""

@@ -74,8 +74,10 @@ def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: O
         raise ConfigError(f"--init-from {path} keeps the base model's architecture and tokenizer; it cannot "
                           f"take {', '.join(problems)}. Drop those flags")
     dropout = model_cfg.dropout if "dropout" in typed else base.dropout
+    # the training-time regularisers are this run's (its flags, or its kind's defaults), not the base's
+    regs = {f.name: model_cfg.value(f.name) for f in registry.REGULARISER_FLAGS if model_cfg.value(f.name) is not None}
     return Parent(ckpt, data, ModelConfig.from_saved({"vocab_size": base.vocab_size, "dropout": dropout,
-                                                      "kind": base.kind, **{k: base.value(k) for k in kept}}))
+                                                      "kind": base.kind, **regs, **{k: base.value(k) for k in kept}}))
 
 
 def graft(model: torch.nn.Module, parent: Parent, seed: int, labels: Optional[List[str]] = None) -> None:

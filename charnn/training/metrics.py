@@ -150,6 +150,8 @@ class MetricsLogger:
                 last = self.last_step_info
                 rec = self._record(last) if last and last["step"] == info["step"] else {"step": info["step"]}
             rec["val_loss"] = finite(info["val_loss"])
+            if info.get("by", "loss") != "loss":  # what picks best.pt (--best-by wer: the share of words wrong)
+                rec[f"val_{info['by']}"] = finite(info["score"])
             self.pending = rec
             self._flush()
         elif kind == "done":

@@ -13,6 +13,7 @@ from charnn.config import ModelConfig, TrainConfig, parse_duration
 from charnn.data.training_text import TextOptions, load_training_text
 from charnn.errors import ConfigError
 from charnn.models import registry
+from charnn.tasks.pairs import SIZED
 from charnn.training.metrics import Callbacks, MetricsLogger, run_config
 from charnn.training.trainer import StopRequest, Trainer, TrainResult
 
@@ -45,12 +46,16 @@ def train_configs(flags: dict, caller: str = "charnn.train",
         kind = registry.choose(serves, cell)
         registry.check_flags(kind, given & model_names)
     values = {k: v for k, v in flags.items() if k in model_names - {"kind"}}
-    # a kind's own defaults for shared flags it was not given (the classifier's smaller encoder)
-    values.update({k: v for k, v in kind.extra.get("defaults", {}).items() if k not in given})
+    # a kind's own defaults for shared flags it was not given (the classifier's smaller encoder; a language model
+    # of plain text's AR/TAR)
+    own = {**kind.extra.get("defaults", {}), **({} if flags.get("label_by") else kind.extra.get("plain_defaults", {}))}
+    values.update({k: v for k, v in own.items() if k not in given})
     model_cfg = ModelConfig(vocab_size=1, kind=kind.name, **{k: v for k, v in values.items() if k in FLAT},
                             extra={k: v for k, v in values.items() if k not in FLAT}).validate()
     kind.make_config(model_cfg)  # the kind's own checks, before any text is read
     train = {k: v for k, v in flags.items() if k in TRAIN_FLAGS}
+    if serves == "pairs":  # what the user left open, the task sizes for its training pairs
+        train["sized"] = tuple(sorted(SIZED - given))
     if kind.name == "classifier":  # --kind classifier is --classifier (it checks for --label-by)
         train["classifier"] = True
     if isinstance(train.get("max_time"), str):

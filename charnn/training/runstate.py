@@ -86,6 +86,8 @@ def checkpoint_data(t, val_loss: float, with_training_state: bool) -> dict:
         "data": t.task.data_record,
         "threads": t.threads_choice.threads,  # a resumed run without --threads keeps it (training.choices)
     }
+    if t.task.selects_by != "loss":  # this checkpoint's score, and the best so far, by what picks best.pt
+        data["selection"] = {"by": t.task.selects_by, "score": t.last_score, "best": t.best_score}
     if t.parent:
         data["parent"] = t.parent
     data.update(t.task.record())
@@ -96,7 +98,8 @@ def checkpoint_data(t, val_loss: float, with_training_state: bool) -> dict:
         hidden = None if gathered is None else [h.detach().cpu() for h in ops.pack(gathered)]
         data["optimizer"] = t.opt.state_dict()
         data["progress"] = {"step": t.step, "epoch": t.epoch, "window": t.window, "offset": t.offset,
-                            "bad_evals": t.bad_evals, "patience_mark": t.patience_mark, "hidden": hidden}
+                            "bad_evals": t.bad_evals, "patience_mark": t.patience_mark, "hidden": hidden,
+                            "best_by": t.task.selects_by, "best_score": t.best_score}
         data["rng"] = {"torch": torch.get_rng_state()}
         if t.device.type == "cuda":
             data["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -143,6 +146,10 @@ def restore(t, data: dict) -> None:
     t.best_val, t.last_val = data.get("best_val_loss", math.inf), data.get("val_loss", math.inf)
     t.bad_evals, t.chars_seen = p.get("bad_evals", 0), data.get("chars_seen", 0)
     t.patience_mark = p.get("patience_mark", t.best_val)  # older runs: the best so far
+    t.best_score = p.get("best_score", t.best_val)
+    t.last_score = (data.get("selection") or {}).get("score", t.last_val)
+    if p.get("best_by", "loss") != t.task.selects_by:  # picked by another score until now: start this one afresh
+        t.best_score = t.patience_mark = t.last_score = math.inf
     t.elapsed_before = data.get("elapsed", 0.0)
     ops = t.model.state_ops
     state = ops.unpack(p.get("hidden"))

@@ -70,14 +70,18 @@ def schedule_progress(cfg: TrainConfig, step: int, epochs_done: Callable[[], flo
 
 
 MIN_IMPROVEMENT = 1e-3  # nats/char the best val loss must drop by, in all, to reset --patience
+# per score a task selects by (charnn.tasks.base.Task.selects_by): WER counts whole words, so any drop is one
+MIN_GAIN = {"loss": MIN_IMPROVEMENT, "wer": 0.0}
 
 
-def patience_after(val: float, best: float, mark: float, bad: int) -> Tuple[float, float, int]:
-    """(best, mark, evaluations without a real gain) after an evaluation of `val`. The count resets when the best
-    val loss has dropped at least MIN_IMPROVEMENT below `mark`, the best at the last reset: steady small gains
-    that add up (a regularised model improving by crumbs) keep a run going, noise around a plateau does not."""
+def patience_after(val: float, best: float, mark: float, bad: int,
+                   min_gain: float = MIN_IMPROVEMENT) -> Tuple[float, float, int]:
+    """(best, mark, evaluations without a real gain) after an evaluation scoring `val` (lower is better). The
+    count resets when the best score has dropped more than `min_gain` below `mark`, the best at the last reset:
+    steady small gains that add up (a regularised model improving by crumbs) keep a run going, noise around a
+    plateau does not."""
     best = min(best, val)
-    if best < mark - MIN_IMPROVEMENT:
+    if best < mark - min_gain:
         return best, best, 0
     return best, mark, bad + 1
 

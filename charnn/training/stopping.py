@@ -31,6 +31,8 @@ class TrainResult:
     elapsed: float  # seconds, data preparation and final evaluation included
     chars_seen: int
     stopped: str  # why training ended
+    best_by: str = "loss"  # what picked best.pt: "loss" (its val loss is best_val_loss) or "wer" (--pairs)
+    best_score: float = float("inf")  # best.pt's score by best_by (a fraction for WER)
 
 
 def non_finite(what: str, value: float, step: int, run_dir: Path) -> CharnnError:

@@ -32,8 +32,8 @@ from charnn.training.choices import run_precision, run_threads
 from charnn.training.precision import PrecisionChoice, choose_precision
 from charnn.training.runlock import RunLock
 from charnn.training.runstate import run_dir_for
-from charnn.training.schedule import (Budget, limit_reached, lr_at, make_optimizer, patience_after, progress,
-                                     schedule_progress)
+from charnn.training.schedule import (MIN_GAIN, Budget, limit_reached, lr_at, make_optimizer, patience_after,
+                                     progress, schedule_progress)
 from charnn.training.metrics import StepMeter, start_info
 from charnn.training.stopping import (STOP_REASONS, StopRequest, TrainingInterrupted, TrainResult, graceful_signals,
                                       non_finite)
@@ -117,7 +117,8 @@ class Trainer:
         cfg = self.cfg
         self.step, self.epoch, self.window, self.offset = 0, 0, 0, 0
         self.best_val, self.last_val, self.bad_evals, self.chars_seen = math.inf, math.inf, 0, 0
-        self.patience_mark = math.inf  # the best val loss at --patience's last reset
+        self.best_score = self.last_score = math.inf  # what picks best.pt: the task's selects_by (val loss, WER)
+        self.patience_mark = math.inf  # the best score at --patience's last reset
         self.elapsed_before = 0.0
         self.state = None
         if resumed:
@@ -188,26 +189,32 @@ class Trainer:
         self.on_event("saved", {"path": str(path), "step": self.step})
         return path
 
-    def evaluate(self) -> float:
-        """Val nats/char, as the task validates (it may keep more, such as a value per label)."""
+    def evaluate(self) -> Tuple[float, float]:
+        """(val nats/char, the score that picks best.pt): the task's validation (it may keep more, such as a value
+        per label), and its own score where it selects by one (--pairs: WER), else the val loss again."""
         t = time.perf_counter()
         val = self.task.evaluate(self.model, self.device, self.precision, self.dist)
+        score = val
+        if self.task.selects_by != "loss" and math.isfinite(val):
+            score = self.task.select_score(self.model, self.device, self.dist)
         self.budget.eval_took(time.perf_counter() - t)
-        return val
+        return val, score
 
     def _eval_and_save(self) -> None:
-        val = self.evaluate()
+        val, score = self.evaluate()
         if not math.isfinite(val):  # weights went bad in the last step: keep the checkpoints from before
             raise non_finite("validation", val, self.step, self.run_dir)
-        self.last_val = val
-        improved = val < self.best_val
-        self.best_val, self.patience_mark, self.bad_evals = patience_after(val, self.best_val, self.patience_mark,
-                                                                            self.bad_evals)
+        self.last_val, self.last_score = val, score
+        self.best_val = min(self.best_val, val)
+        improved = score < self.best_score
+        self.best_score, self.patience_mark, self.bad_evals = patience_after(
+            score, self.best_score, self.patience_mark, self.bad_evals, MIN_GAIN[self.task.selects_by])
         self.save("last.pt", val)
         if improved:
             self.save("best.pt", val)
         self.on_event("eval", {"step": self.step, "val_loss": val, "best_val_loss": self.best_val,
-                               "improved": improved, "elapsed": self.elapsed()})
+                               "improved": improved, "elapsed": self.elapsed(), "by": self.task.selects_by,
+                               "score": score, "best_score": self.best_score})
 
     # -- the loop -----------------------------------------------------------------------------------
     def _should_stop(self) -> Tuple[Optional[str], Optional[int], bool]:
@@ -342,7 +349,7 @@ class Trainer:
         if last_eval_step != self.step or self.dist.any(self.dist.is_main and not (self.run_dir / "last.pt").exists()):
             self._eval_and_save()
         result = TrainResult(self.run_dir, self.step, self.best_val, self.last_val, self.elapsed(),
-                             self.chars_seen, stopped)
+                             self.chars_seen, stopped, self.task.selects_by, self.best_score)
         self.on_event("done", asdict(result))
         return result
 
