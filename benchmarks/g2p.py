@@ -142,6 +142,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, nargs="+", default=[180], help="training seconds per model (several: "
                     "each budget is its own run, as a user would train with that --max-time)")
     ap.add_argument("--seeds", type=int, default=3, help="models per setting (seeds 1..N)")
+    ap.add_argument("--first-seed", type=int, default=1, help="start the seeds here (to add seeds to an earlier run)")
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--eval-every", type=int, default=100, help="charnn train --eval-every (100 suits the 800-word "
                     "sets; a large set evaluates longer, so less often)")
@@ -169,7 +170,7 @@ def main() -> None:
         for setting in args.settings:
             runs = result["languages"][lang]["runs"][setting] = []
             for budget in args.budget:
-                for seed in range(1, args.seeds + 1):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     runs.append(run_one(work, lang, setting, seed, budget, args.beam, args.eval_every))
                     r = runs[-1]
                     print(f"{lang} {setting} {budget:g} s seed {seed}: best at step {r['steps']}, dev WER "
