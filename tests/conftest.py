@@ -111,3 +111,12 @@ def trained_run(tmp_path_factory, corpus_file):
     result = train(Corpus(text, "tiny", str(corpus_file)), ModelConfig(vocab_size=1, **TINY_MODEL),
                    TrainConfig(out=str(out), **TINY_TRAIN))
     return result
+
+
+def drain(batcher, rows, per_step: int = 4) -> list:
+    """Step a Batcher until every row is done; each row's generated text, in the order of `rows`."""
+    texts = {id(r): "" for r in rows}
+    while batcher.active:
+        for row, piece in batcher.step(per_step):
+            texts[id(row)] += piece
+    return [texts[id(r)] for r in rows]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import free_port, make_text, subprocess_env
+from conftest import drain, free_port, make_text, subprocess_env
 from typer.testing import CliRunner
 
 import charnn
@@ -171,10 +171,7 @@ def test_it_samples_through_the_batcher(cli_run):
     assert isinstance(b.stepper, MinStepper)
     rows = [b.add(RowSpec(prompt=p, length=25, sampling=SamplingParams(temperature=t, seed=s)))
             for p, t, s in (("the ", 0.0, 0), ("", 1.0, 1), ("a dog", 0.8, 2))]
-    texts = {id(r): "" for r in rows}
-    while b.active:
-        for row, piece in b.step(4):
-            texts[id(row)] += piece
+    texts = dict(zip(map(id, rows), drain(b, rows)))
     assert all(len(texts[id(r)]) == 25 for r in rows)
     assert texts[id(rows[0])] == greedy(model, "the ", 25)
     r = runner.invoke(app, ["sample", str(run), "--length", "30", "--seed", "1", "-n", "2"])

@@ -9,7 +9,7 @@ import math
 import bag_kind
 import pytest
 import torch
-from conftest import make_text
+from conftest import drain, make_text
 
 import charnn
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
@@ -86,10 +86,7 @@ def test_the_toy_kind_samples_through_the_batcher(bag_run):
     assert isinstance(b.stepper, ModuleStepper)
     rows = [b.add(RowSpec(prompt=p, length=30, sampling=SamplingParams(temperature=t, seed=s)))
             for p, t, s in (("the ", 0.0, 0), ("", 1.0, 1), ("a cat", 0.8, 2))]
-    texts = {id(r): "" for r in rows}
-    while b.active:
-        for row, piece in b.step(4):
-            texts[id(row)] += piece
+    texts = dict(zip(map(id, rows), drain(b, rows)))
     assert all(len(texts[id(r)]) == 30 and r.finish_reason == "length" for r in rows)
     # the greedy row is the model's own greedy continuation, whatever else was in the batch
     assert texts[id(rows[0])] == greedy(model, "the ", 30)
