@@ -10,7 +10,8 @@ two tasks, the pooling choice, --init-from on a small label set, and `charnn cla
 4. Source-file language (split by file): Python (the standard library), C headers, shell scripts (shebang),
    Perl modules and config files from this machine; `--label-by folder` on the training files, every held-out
    file classified whole (`classify --per-file`'s path), against TF-IDF on whole files.
-5. Throughput: 100-character lines through `charnn classify` (a process, end to end) and in-process.
+5. Throughput: files of 2,000, 20,000 and 100,000 100-character lines through `charnn classify` (a process,
+   stdin to stdout: startup paid once per file), its startup alone, and in-process.
 
 Prints markdown tables and writes benchmarks/results/classifier.json.
 
@@ -180,27 +181,34 @@ def part_code(a, work: Path) -> dict:
     return out
 
 
-def part_throughput(run: Path, verses, n_lines: int, work: Path) -> dict:
+def part_throughput(run: Path, verses, counts, work: Path) -> dict:
+    """`charnn classify` as a process (stdin to stdout) on files of each of `counts` 100-character lines, its
+    startup alone (empty input), and in-process on the largest: the startup is paid once per process."""
     flat = " ".join(verses)
-    lines = [flat[i:i + 100] for i in range(0, 100 * n_lines, 100)]
-    path = work / "lines.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    flat = flat * (1 + 100 * max(counts) // max(1, len(flat)))  # long enough for the largest file
     with open(os.devnull) as empty:
         startup = charnn("classify", str(run / "last.pt"), stdin=empty)
-    with open(path) as f:
-        cli = charnn("classify", str(run / "last.pt"), stdin=f)
-    assert len(cli["stdout"].splitlines()) == n_lines
+    out = {"threads": torch.get_num_threads(), "cli_startup_s": startup["wall_s"], "cli": []}
+    for n_lines in counts:
+        lines = [flat[i:i + 100] for i in range(0, 100 * n_lines, 100)]
+        path = work / f"lines-{n_lines}.txt"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        with open(path) as f:
+            cli = charnn("classify", str(run / "last.pt"), stdin=f)
+        assert len(cli["stdout"].splitlines()) == n_lines
+        out["cli"].append({"lines": n_lines, "wall_s": cli["wall_s"], "cpu_s": cli["cpu_s"],
+                           "lines_per_s": n_lines / cli["wall_s"]})
+        print(f"classify {n_lines:,} lines: {n_lines / cli['wall_s']:.0f} lines/s end to end", file=sys.stderr)
     data = load_checkpoint(run / "last.pt")
     model, tok = build_from_checkpoint(data, torch.device("cpu"))
     clf = classifier_for(model, tok, data["labels"], torch.device("cpu"))
+    clf.classify(lines[:256])  # warm-up
     t0 = time.perf_counter()
     answers = [s.best for s in clf.classify(lines)]
     wall = time.perf_counter() - t0
-    return {"lines": n_lines, "threads": torch.get_num_threads(),
-            "cli": {"wall_s": cli["wall_s"], "cpu_s": cli["cpu_s"], "lines_per_s": n_lines / cli["wall_s"]},
-            "cli_startup_s": startup["wall_s"],
-            "in_process": {"wall_s": wall, "lines_per_s": n_lines / wall},
-            "agree": float(np.mean([x == y for x, y in zip(answers, cli["stdout"].splitlines())]))}
+    out["in_process"] = {"lines": len(lines), "wall_s": wall, "lines_per_s": len(lines) / wall}
+    out["agree"] = float(np.mean([x == y for x, y in zip(answers, cli["stdout"].splitlines())]))
+    return out
 
 
 def main() -> None:
@@ -211,7 +219,8 @@ def main() -> None:
     ap.add_argument("--parts", nargs="*", default=list(PARTS[:4]), choices=PARTS)
     ap.add_argument("--code-files", type=int, default=150, help="files per label in the source-language task")
     ap.add_argument("--code-budget", type=float, default=120.0)
-    ap.add_argument("--lines", type=int, default=2000, help="100-character lines for the throughput test")
+    ap.add_argument("--lines", type=int, nargs="+", default=[2000, 20000, 100000],
+                    help="100-character lines for the throughput test: one file of each count")
     ap.add_argument("--seed", type=int, default=1337, help="shuffles the TSV as benchmarks/labels.py does")
     ap.add_argument("--work", help="work folder (kept; default: a temporary one, removed)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "classifier.json"))
@@ -298,12 +307,14 @@ def report(r: dict) -> None:
               f"{b['train']['cpu_s']:.1f} ({b['train']['wall_s']:.1f}) |")
     if "throughput" in r:
         t = r["throughput"]
-        print(f"\n| classify, {t['lines']:,} lines x 100 chars | wall s | CPU s | lines/s |\n| --- | ---: | ---: | ---: |")
-        print(f"| `charnn classify` process, end to end | {t['cli']['wall_s']:.1f} | {t['cli']['cpu_s']:.1f} | "
-              f"{t['cli']['lines_per_s']:.0f} |")
-        print(f"| its startup alone (empty input) | {t['cli_startup_s']:.1f} | - | - |")
-        print(f"| in-process, classifier_for(...).classify | {t['in_process']['wall_s']:.1f} | - | "
-              f"{t['in_process']['lines_per_s']:.0f} |")
+        print(f"\n| classify, 100-char lines, {t['threads']} threads | wall s | CPU s | lines/s |\n| --- | ---: | ---: | ---: |")
+        print(f"| `charnn classify` startup alone (empty input) | {t['cli_startup_s']:.1f} | - | - |")
+        for c in t["cli"]:
+            print(f"| `charnn classify` process, {c['lines']:,} lines, end to end | {c['wall_s']:.1f} | "
+                  f"{c['cpu_s']:.1f} | {c['lines_per_s']:,.0f} |")
+        i = t["in_process"]
+        print(f"| in-process, classifier_for(...).classify, {i['lines']:,} lines | {i['wall_s']:.1f} | - | "
+              f"{i['lines_per_s']:,.0f} |")
         print(f"\nCLI and in-process answers agree on {t['agree']:.1%}")
 
 

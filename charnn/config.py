@@ -140,7 +140,7 @@ def _stack_problems(c, cells=CELLS) -> list:
     """What a recurrent stack's flags get wrong: --cell (one of `cells`; None: not checked here) and the sizes."""
     problems = []
     if cells is not None and c.cell not in cells:
-        problems.append(f"`--cell` must be one of {', '.join(CELLS)}, not {c.cell!r}")
+        problems.append(f"`--cell` must be one of {', '.join(cells)}, not {c.cell!r}")
     for flag, value, most in (("--layers", c.layers, MAX_LAYERS), ("--hidden", c.hidden, MAX_WIDTH),
                               ("--embed", c.embed, MAX_WIDTH)):
         if not 1 <= value <= most:
@@ -265,6 +265,9 @@ class TrainConfig:
                             "picked by its val loss)")
         if self.class_weights not in CLASS_WEIGHTS:
             problems.append(f"`--class-weights` must be one of {', '.join(CLASS_WEIGHTS)}, not {self.class_weights!r}")
+        if self.class_weights != "none" and not self.classifier:
+            problems.append("`--class-weights` weighs the labels in a classifier's loss: add `--classifier` "
+                            "(with --label-by)")
         if self.classifier and not self.label_by:
             problems.append("`--classifier` learns labels: add `--label-by file|folder|line`")
         if self.classifier and self.pairs:
@@ -393,5 +396,5 @@ class ClassifierConfig:
             problems.append(f"`--ngrams` must be between 0 and 16, got {self.ngrams}")
         if not 2 <= self.buckets <= 2**24:
             problems.append(f"buckets must be between 2 and 2**24, got {self.buckets}")
-        _raise(problems + _stack_problems(self) + _dropout_problems(self))
+        _raise(problems + _stack_problems(self, cells=CELLS + MIN_CELLS) + _dropout_problems(self))
         return self

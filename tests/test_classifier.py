@@ -70,7 +70,7 @@ def test_the_classifier_learns_which_mark_a_text_has(run, tmp_path):
 
 
 def test_classify_flags_and_eval_report_serve_the_classifier(run, tmp_path):
-    rows = write_tsv(tmp_path / "test.tsv", 60, 7)
+    write_tsv(tmp_path / "test.tsv", 60, 7)
     r = runner.invoke(app, ["classify", str(run), "--top", "2"], input="abqcd\n")
     first, p1, second, p2 = r.stdout.strip().split("\t")
     assert first == "q" and float(p1) >= float(p2) and second in ("z", "plain")
@@ -136,10 +136,12 @@ def test_texts_longer_than_the_window_are_read_in_windows():
     assert np.allclose(got, mean - np.logaddexp.reduce(mean), atol=1e-5)
 
 
-def test_padding_does_not_change_a_texts_answer():
+@pytest.mark.parametrize("cell", ["lstm", "gru", "mingru", "minlstm"])
+def test_padding_does_not_change_a_texts_answer(cell):
     torch.manual_seed(1)
     for pooling in ("attention", "mean", "max", "final"):
-        model = TextClassifier(ClassifierConfig(vocab_size=9, labels=4, hidden=6, embed=5, pooling=pooling)).eval()
+        model = TextClassifier(ClassifierConfig(vocab_size=9, labels=4, hidden=6, embed=5, pooling=pooling,
+                                                cell=cell, layers=2)).eval()
         short, long = torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5, 6, 7, 8, 1]])
         batch = torch.tensor([[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 8, 1]])
         with torch.no_grad():
@@ -235,6 +237,57 @@ def test_init_from_a_language_model_copies_its_embedding(tmp_path):
     assert torch.allclose(clf["model"]["embed.weight"][:v], lm["model"]["embed.weight"], atol=1e-6)
     assert torch.allclose(clf["model"]["encoder.weight_hh_l0"], lm["model"]["rnn.weight_hh_l0"], atol=1e-6)
     assert clf["parent"]["path"].endswith(".pt")
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_a_parallel_scan_encoder_learns_and_reads_both_ways(cell, tmp_path):
+    """--classifier --cell mingru|minlstm: the registry's parallel-scan cells as the encoder, both directions.
+    The mark sits in the first or the last three characters, so either direction alone sees half of them at
+    the start of its scan; the model must learn it, classify fresh texts, and show its units."""
+    write_tsv(tmp_path / "m.tsv", 900, 3)
+    run = train(tmp_path / "m.tsv", tmp_path, cell, "--cell", cell, "--max-steps", "150", "--eval-every", "75",
+                "--lr", "2e-2", "--layers", "2")
+    data = load_checkpoint(run / "best.pt")
+    assert data["model_config"]["cell"] == cell and data["model_config"]["kind"] == "classifier"
+    assert any(k.startswith("encoder.bwd.1.") for k in data["model"])  # the backward stack, two blocks
+    assert data["labels"]["val_accuracy"] >= 0.9, data["labels"]
+    rows = write_tsv(tmp_path / "t.tsv", 100, 98)
+    r = runner.invoke(app, ["classify", str(run)], input="".join(t + "\n" for _, t in rows))
+    assert r.exit_code == 0
+    assert np.mean([a == lab for a, (lab, _) in zip(r.stdout.splitlines(), rows)]) >= 0.9
+    r = runner.invoke(app, ["info", str(run)])
+    assert r.exit_code == 0 and f"bidirectional {cell}" in r.stdout
+
+
+def test_a_parallel_scan_encoder_takes_a_minrnn_language_models_blocks(tmp_path):
+    rows = write_tsv(tmp_path / "i.tsv", 300, 5)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("".join(t + "\n" for _, t in rows), encoding="utf-8")
+    r = runner.invoke(app, ["train", str(plain), "--out", str(tmp_path), "--name", "lm", "--max-steps", "3",
+                            "--eval-every", "3", "--cell", "mingru", "--ffn", "0", *SMALL])
+    assert r.exit_code == 0, r.stderr
+    run = train(tmp_path / "i.tsv", tmp_path, "clf", "--init-from", str(tmp_path / "lm"), "--cell", "mingru",
+                "--layers", "2", "--max-steps", "1", "--eval-every", "1", "--lr", "1e-12", "--dropout", "0")
+    lm, clf = load_checkpoint(tmp_path / "lm" / "last.pt"), load_checkpoint(run / "last.pt")
+    for own, theirs in (("encoder.inp.weight", "inp.weight"), ("encoder.fwd.1.gates.weight", "blocks.1.gates.weight")):
+        assert torch.allclose(clf["model"][own], lm["model"][theirs], atol=1e-6), own
+
+
+def test_label_flags_without_labels_are_one_line(tmp_path):
+    plain = tmp_path / "p.txt"
+    plain.write_text("some plain text\n" * 50, encoding="utf-8")
+    one_line_error(runner.invoke(app, ["train", str(plain), "--label-contrast", "10", "--out", str(tmp_path)]), 2,
+                   "--label-contrast", "--label-by")
+    write_tsv(tmp_path / "l.tsv", 60, 1)
+    one_line_error(runner.invoke(app, ["train", str(tmp_path / "l.tsv"), "--label-by", "line", "--class-weights",
+                                       "balanced", "--out", str(tmp_path)]), 2, "--class-weights", "--classifier")
+
+
+def test_a_classifier_cell_outside_the_registry_is_one_line(tmp_path):
+    write_tsv(tmp_path / "c.tsv", 60, 1)
+    r = runner.invoke(app, ["train", str(tmp_path / "c.tsv"), "--label-by", "line", "--classifier", "--cell", "xlstm",
+                            "--out", str(tmp_path), *SMALL])
+    one_line_error(r, 2, "--cell", "mingru", "lstm")
 
 
 def test_either_kind_classifies_through_the_same_interface(tmp_path):

@@ -171,7 +171,8 @@ def train(
     from charnn.training.trainer import StopRequest, TrainingInterrupted, graceful_signals
 
     started = time.perf_counter() - stopping.process_age()  # --max-time counts from the command's start, imports included
-    flags = {**{k: v for k, v in locals().items() if k in TRAIN_FLAGS}, **model_flags}  # the run's configs' flags
+    flags = {**{k: v for k, v in locals().items() if k in TRAIN_FLAGS}, **model_flags,  # the run's configs' flags
+             "resume": resume}
     given = _given_on_command_line(ctx)
     dist = Dist.from_env()  # under torchrun: this process's rank; only rank 0 writes files and talks
     if not dist.is_main:

@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from charnn.config import ClassifierConfig
+from charnn.config import MIN_CELLS, ClassifierConfig, MinRNNConfig
 from charnn.models.cells import CELLS, decay_groups, forget_bias
 from charnn.models.units import layer_units
 from charnn.models.encoder import encode_packed, padding_mask
@@ -38,8 +38,14 @@ class TextClassifier(nn.Module):
         self.config = c = config
         width = 2 * c.hidden  # both directions
         self.embed = nn.Embedding(c.vocab_size, c.embed)
-        self.encoder = CELLS[c.cell](c.embed, c.hidden, c.layers, batch_first=True, bidirectional=True,
-                                      dropout=c.dropout if c.layers > 1 else 0.0)
+        self.minimal = c.cell in MIN_CELLS  # the parallel-scan cells: charnn.models.minrnn.MinEncoder
+        if self.minimal:
+            from charnn.models.minrnn import MinEncoder
+            self.encoder = MinEncoder(MinRNNConfig(c.vocab_size, c.cell, c.layers, c.hidden, c.embed, c.dropout,
+                                                   expand=1, ffn=0))
+        else:
+            self.encoder = CELLS[c.cell](c.embed, c.hidden, c.layers, batch_first=True, bidirectional=True,
+                                          dropout=c.dropout if c.layers > 1 else 0.0)
         self.attn = (nn.Sequential(nn.Linear(width, ATTENTION_WIDTH), nn.Tanh(),
                                    nn.Linear(ATTENTION_WIDTH, 1, bias=False))
                      if c.pooling == "attention" else None)
@@ -69,7 +75,8 @@ class TextClassifier(nn.Module):
 
     def pool(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, S) ids -> (B, 2H): the text's one vector."""
-        out, final = encode_packed(self.encoder, self.drop(self.embed(x)), lengths)  # (B, S, 2H)
+        e = self.drop(self.embed(x))
+        out, final = self.encoder(e, lengths) if self.minimal else encode_packed(self.encoder, e, lengths)  # (B, S, 2H)
         kind = self.config.pooling
         if kind == "final":  # the last layer's forward and backward final states
             h = final[0] if isinstance(final, tuple) else final  # (layers * 2, B, H)
@@ -85,6 +92,8 @@ class TextClassifier(nn.Module):
     def unit_activations(self, x: torch.Tensor, state=None) -> Tuple[torch.Tensor, list]:
         """The encoder's units over unpadded texts x (B, S): each layer's and direction's h (and an LSTM's c) after
         each character (B, S, U), and their names (`charnn show --cells`)."""
+        if self.minimal:
+            return self.encoder.unit_activations(self.embed(x))
         return layer_units(self.encoder, self.embed(x), state)
 
     def num_params(self) -> int:
@@ -121,7 +130,16 @@ def graft_from(model: TextClassifier, lm_state: dict, lm_config: dict) -> list:
     state["embed.weight"][: old.shape[0]] = old
     copied = ["embedding"]
     c = model.config
-    if lm_config.get("cell", "lstm") == c.cell and lm_config.get("hidden") == c.hidden:
+    if model.minimal:  # a minrnn language model's input layer and blocks into the forward stack, where they fit
+        own = {"inp." + k[4:]: k for k in lm_state if k.startswith("inp.")}
+        own.update({"fwd." + k[7:]: k for k in lm_state if k.startswith("blocks.")})
+        fits = {k: v for k, v in own.items() if f"encoder.{k}" in state
+                and state[f"encoder.{k}"].shape == lm_state[v].shape}
+        if lm_config.get("cell") == c.cell and fits:
+            for k, v in fits.items():
+                state[f"encoder.{k}"] = lm_state[v].clone()
+            copied.append("the forward direction's input layer and blocks")
+    elif lm_config.get("cell", "lstm") == c.cell and lm_config.get("hidden") == c.hidden:
         for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
             state[f"encoder.{name}"] = lm_state[f"rnn.{name}"].clone()
         copied.append("encoder layer 1, forward direction")

@@ -71,6 +71,59 @@ class MinBlock(nn.Module):
         return x, (h if every else h[:, -1])
 
 
+class MinEncoder(nn.Module):
+    """Both directions of a minGRU/minLSTM stack over padded rows: the classifier's encoder for `--cell mingru` or
+    `minlstm` (charnn.models.classifier). A forward stack reads the rows as they are, a backward stack reads each
+    row reversed within its own length (padding stays at the end, after the real tokens, so the causal scan never
+    mixes it in), each ends in a LayerNorm; the outputs are (B, S, 2 * hidden), zeros at padding, as the packed
+    torch encoder's are. Blocks as the language model's (MinBlock), without the feed-forward part."""
+
+    def __init__(self, c: MinRNNConfig):
+        super().__init__()
+        self.inp = nn.Linear(c.embed, c.hidden)
+        self.fwd = nn.ModuleList(MinBlock(c) for _ in range(c.layers))
+        self.bwd = nn.ModuleList(MinBlock(c) for _ in range(c.layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(c.hidden) for _ in range(2))
+
+    def forward(self, e: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """e (B, S, E), lengths (B,) -> (outputs (B, S, 2H), zeros at padding; (2, B, H): the forward direction's
+        output at each row's last token and the backward one's at its first, the torch encoder's final h)."""
+        out, _ = self._directions(e, lengths, every=False)
+        return out
+
+    def _directions(self, e: torch.Tensor, lengths: torch.Tensor, every: bool):
+        B, S = e.shape[:2]
+        lengths = lengths.to(e.device)
+        pos = torch.arange(S, device=e.device)[None, :]
+        real = pos < lengths[:, None]  # (B, S)
+        flip = torch.where(real, lengths[:, None] - 1 - pos, pos)[:, :, None]  # its own inverse
+        h = self.inp(e)
+        states = []
+        outs = []
+        for blocks, norm, backward in ((self.fwd, self.norms[0], False), (self.bwd, self.norms[1], True)):
+            x = h.gather(1, flip.expand(-1, -1, h.shape[-1])) if backward else h
+            for block in blocks:
+                x, st = block(x, None, every=every)
+                if every:
+                    states.append(st.gather(1, flip.expand(-1, -1, st.shape[-1])) if backward else st)
+            x = norm(x)
+            outs.append(x.gather(1, flip.expand(-1, -1, x.shape[-1])) if backward else x)
+        out = torch.cat(outs, -1).masked_fill(~real[:, :, None], 0.0)
+        last = (lengths - 1).clamp(min=0)
+        final = torch.stack([outs[0][torch.arange(B, device=e.device), last], outs[1][:, 0]])
+        return (out, final), states
+
+    def unit_activations(self, e: torch.Tensor) -> Tuple[torch.Tensor, list]:
+        """Each block's state after each token of unpadded rows e (B, S, E), forward blocks then backward (B, S,
+        U), and their names ("L1 h 3", "L1 rev h 3")."""
+        lengths = torch.full((e.shape[0],), e.shape[1], dtype=torch.long)
+        _, states = self._directions(e, lengths, every=True)
+        n = len(self.fwd)
+        names = [f"L{i % n + 1}{' rev' if i >= n else ''} h {j}" for i, s in enumerate(states)
+                 for j in range(s.shape[-1])]
+        return torch.cat(states, -1), names
+
+
 class MinRNN(nn.Module):
     state_ops = TensorState(axis=1)  # (layers, batch, expand * hidden)
 

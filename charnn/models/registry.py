@@ -327,7 +327,7 @@ CLASSIFIER_FLAGS = STACK_FLAGS + (
 # shared flags keep the language model's defaults in the help; a classifier run takes these unless typed
 CLASSIFIER_DEFAULTS = {"layers": 1, "hidden": 64}
 register(ModelKind("classifier", "charnn.models.classifier:TextClassifier", ClassifierConfig, CLASSIFIER_FLAGS,
-                   cells=CELLS, info_fields=("cell", "layers", "hidden", "embed", "pooling", "ngrams", "labels",
+                   cells=CELLS + MIN_CELLS, info_fields=("cell", "layers", "hidden", "embed", "pooling", "ngrams", "labels",
                                              "dropout", "vocab_size"),
                    info_line=_classifier_line, architecture=RECURRENT_ARCHITECTURE,
                    fixed_on_resume=STACK_FIXED + ("pooling", "ngrams"), generates=False,

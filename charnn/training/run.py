@@ -38,6 +38,9 @@ def train_configs(flags: dict, caller: str = "charnn.train",
         raise ConfigError(f"{caller} got unknown flags: {', '.join(sorted(unknown))}")
     given = set(flags) if given is None else set(given)
     flags = classifier_kind(flags)
+    if flags.get("label_contrast") and not flags.get("label_by") and not flags.get("resume"):
+        raise ConfigError("`--label-contrast` sets each text's own label above the others: add "
+                          "`--label-by file|folder|line`")
     serves = "pairs" if flags.get("pairs") else "text"
     cell = flags.get("cell", "lstm")
     if flags.get("kind") is not None:

@@ -1,0 +1,105 @@
+"""`transduce` decoding speed of a trained pairs model (issue 36): lines/s at each batch size, greedy and beam 5,
+in-process through `charnn.generation.seq2seq.Transducer` (the library under `charnn transduce`), and the ratio
+of each batched row to batch 1 (the issue's goal: batched beam 5 >= 10x batch 1 for the default model).
+
+    python benchmarks/decode_speed.py RUN --inputs sigmorphon21-eng-test     # a G2P model, its test words
+    python benchmarks/decode_speed.py RUN --inputs words.txt --lines 500 --batches 1 32 64 128
+
+The inputs are the first column of a TSV (or the lines of a text file, or a catalog entry), the first --lines of
+them, decoded once to warm up and then timed; every (beam, batch) row decodes the same inputs, in alternating
+rounds (--rounds) so that a change in the machine's load shows as spread rather than as a ratio. The outputs of
+every batch size must agree with batch 1's (nothing a row computes depends on the others). Prints a markdown
+table and writes benchmarks/results/decode_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import cpu_features, cpu_name  # noqa: E402
+
+from charnn.checkpoint import build_seq2seq, load_checkpoint  # noqa: E402
+from charnn.data.catalog import resolve  # noqa: E402
+from charnn.generation.seq2seq import Transducer  # noqa: E402
+from charnn.sampling import TransduceConfig  # noqa: E402
+
+
+def read_inputs(name: str, n: int) -> list:
+    path = Path(name) if Path(name).exists() else Path(resolve(name))
+    lines = [ln.split("\t")[0] for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return lines[:n]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", help="a pairs run folder or checkpoint (best.pt is read from a folder)")
+    ap.add_argument("--inputs", required=True, help="a TSV, text file or catalog entry: the inputs to decode")
+    ap.add_argument("--lines", type=int, default=1000)
+    ap.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decode_speed.json"))
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    path = Path(a.run)
+    data = load_checkpoint(path / "best.pt" if path.is_dir() else path)
+    model, src_tok, tok = build_seq2seq(data)
+    inputs = read_inputs(a.inputs, a.lines)
+    c = model.config
+    hw = {"cpu": cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+          "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+          "load_avg_at_start": os.getloadavg()}
+    model_line = (f"{c.layers} x {c.hidden} {c.cell}, embed {c.embed}, "
+                  f"{'attention' if c.attention else 'no attention'}, {sum(p.numel() for p in model.parameters()):,} parameters")
+    times = {(b, n): [] for b in a.beams for n in a.batches}
+    outputs = {}
+    for r in range(a.rounds + 1):  # round 0 warms up
+        for beam in a.beams:
+            for batch in a.batches:
+                tr = Transducer(model, src_tok, tok, TransduceConfig(beam=beam, batch_size=batch, unknown="skip"),
+                                torch.device("cpu"), data["pairs"]["max_ratio"])
+                t0 = time.perf_counter()
+                hyps = list(tr.run((s, "input") for s in inputs))
+                dt = time.perf_counter() - t0
+                if r:
+                    times[(beam, batch)].append(dt)
+                outputs[(beam, batch)] = [h[0].text if h else "" for h in hyps]
+    rows = []
+    for beam in a.beams:
+        base = statistics.median(times[(beam, a.batches[0])])
+        for batch in a.batches:
+            dt = statistics.median(times[(beam, batch)])
+            same = sum(x == y for x, y in zip(outputs[(beam, batch)], outputs[(beam, a.batches[0])])) / len(inputs)
+            rows.append({"beam": beam, "batch_size": batch, "seconds": times[(beam, batch)],
+                         "lines_per_s": len(inputs) / dt, "ratio_to_first": base / dt, "same_outputs": same})
+    hw["load_avg_at_end"] = os.getloadavg()
+    print(f"\n{hw['cpu']} ({hw['cpu_features']}), {hw['threads']} threads, torch {hw['torch']}, {hw['date']}; load "
+          f"{hw['load_avg_at_start'][0]:.2f} at start, {hw['load_avg_at_end'][0]:.2f} at end; {model_line}; "
+          f"{len(inputs):,} inputs of {a.inputs}, median of {a.rounds} rounds\n")
+    print(f"| search | batch | lines/s | x batch {a.batches[0]} | outputs as batch {a.batches[0]} |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        name = "greedy" if row["beam"] == 1 else f"beam {row['beam']}"
+        print(f"| {name} | {row['batch_size']} | {row['lines_per_s']:,.1f} | {row['ratio_to_first']:.1f}x | "
+              f"{row['same_outputs']:.1%} |")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"hardware": hw, "model": model_line, "run": str(a.run), "inputs": a.inputs,
+                               "lines": len(inputs), "rows": rows}, indent=1))
+    print(f"\nwrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
