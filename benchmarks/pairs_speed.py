@@ -109,7 +109,8 @@ def loss_of(model: Seq2Seq, x, y, source, how: str, two_call=None):
         ids, lengths = source
         out, final = two_call(model.drop(model.src_embed(ids)), lengths)
         state = tuple(model._bridge(f, i) for i, f in enumerate(final))
-        memory = Memory(model.drop(out), padding_mask(lengths, ids.shape[1], ids.device))
+        kept = model.drop(out)
+        memory = Memory(kept, padding_mask(lengths, ids.shape[1], ids.device), model._keys(kept))
         logits, _ = model.decode(x, state, memory)
     else:
         logits, _ = model(x, None, source=source)

@@ -88,12 +88,15 @@ def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int
         seqs = torch.cat([seqs.index_select(0, rows), tok.view(-1, 1)], 1)
         state = model.state_ops.select(state, rows)
         ended = (tok == end) & torch.isfinite(top)
-        if ended.any():
-            for i, k in ended.nonzero().tolist():
-                lp = float(top[i, k])
-                finished[int(alive[i])].append((lp / _penalty(t + 1, alpha), lp, seqs[i * K + k, :-1].tolist()))
+        where = ended.nonzero().tolist()
+        inputs = alive.tolist()  # plain ints: the bookkeeping below costs no tensor op per hypothesis
+        if where:
+            lps = top[ended].tolist()  # row-major, as nonzero() lists them
+            outs = seqs[[i * K + k for i, k in where], :-1].tolist()
+            for (i, _), lp, ids in zip(where, lps, outs):
+                finished[inputs[i]].append((lp / _penalty(t + 1, alpha), lp, ids))
         top = top.masked_fill(tok == end, float("-inf"))
-        counts = torch.tensor([len(finished[int(a)]) for a in alive])
+        counts = torch.tensor([len(finished[a]) for a in inputs])
         done = ((ended[:, 0].cpu() & (counts >= n_best)) | last.cpu() | ~torch.isfinite(top).any(1).cpu())
         keep = (~done).nonzero().view(-1)
         if len(keep) < b:

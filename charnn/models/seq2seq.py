@@ -34,8 +34,9 @@ Source = Tuple[torch.Tensor, torch.Tensor]  # (padded input ids (B, S), lengths 
 
 
 class Memory:
-    """What the decoder attends over: the encoder outputs (B, S, D), where they are padding (B, S), and for the
-    additive score their keys U a_s (B, S, H), computed once per input rather than once per decoded token."""
+    """What the decoder attends over: the encoder outputs (B, S, D), where they are padding (B, S), and their keys
+    (B, S, H) (the additive score's U a_s, the general score's W^T a_s), computed once per input rather than once
+    per decoded token."""
 
     def __init__(self, outputs: torch.Tensor, pad: torch.Tensor, keys: Optional[torch.Tensor] = None):
         self.outputs, self.pad, self.keys = outputs, pad, keys
@@ -95,8 +96,15 @@ class Seq2Seq(nn.Module):
         pad = padding_mask(lengths, ids.shape[1], ids.device)
         state = tuple(self._bridge(f, i) for i, f in enumerate(final if isinstance(final, tuple) else (final,)))
         out = self._drop(out)
-        keys = self.attn_key(out) if self.additive else None
-        return Memory(out, pad, keys), state if len(state) == 2 else state[0]
+        return Memory(out, pad, self._keys(out)), state if len(state) == 2 else state[0]
+
+    def _keys(self, out: torch.Tensor) -> Optional[torch.Tensor]:
+        """What each decoder output is scored against, computed once per input: the additive score's U a_s, or the
+        general score's W^T a_s (h^T W a_s = h . (W^T a_s): one product per input position, not one per decoded
+        token and beam); None without attention."""
+        if self.additive:
+            return self.attn_key(out)
+        return out @ self.attn_in.weight if self.config.attention else None
 
     def _bridge(self, final: torch.Tensor, i: int) -> torch.Tensor:
         """(layers * dirs, B, H) final states -> (layers, B, H): each layer's directions joined, then mapped."""
@@ -136,8 +144,8 @@ class Seq2Seq(nn.Module):
         """Attention weights (B, T, S) of decoder outputs h (B, T, H) over the memory."""
         if self.additive:  # (B, T, 1, H) + (B, 1, S, H) -> (B, T, S)
             scores = self.attn_v(torch.tanh(self.attn_query(h)[:, :, None] + memory.keys[:, None])).squeeze(-1)
-        else:  # (B, T, D): the score h^T W a_s, with W applied to the query, not to every a_s
-            scores = torch.bmm(self.attn_in(h), memory.outputs.transpose(1, 2))  # (B, T, S)
+        else:  # the score h^T W a_s as h . (W^T a_s), the keys W^T a_s (B, S, H) computed once per input
+            scores = torch.bmm(h, memory.keys.transpose(1, 2))  # (B, T, S)
         return scores.masked_fill(memory.pad[:, None, :], float("-inf")).softmax(-1)
 
     def attention(self, x: torch.Tensor, source: Source) -> torch.Tensor:
