@@ -101,7 +101,7 @@ class Seq2Seq(nn.Module):
     def _keys(self, out: torch.Tensor) -> Optional[torch.Tensor]:
         """What each decoder output is scored against, computed once per input: the additive score's U a_s, or the
         general score's W^T a_s (h^T W a_s = h . (W^T a_s): one product per input position, not one per decoded
-        token and beam); None without attention."""
+        token and beam; a training step costs the same either way, measured); None without attention."""
         if self.additive:
             return self.attn_key(out)
         return out @ self.attn_in.weight if self.config.attention else None
