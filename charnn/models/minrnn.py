@@ -88,26 +88,25 @@ class MinEncoder(nn.Module):
     def forward(self, e: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """e (B, S, E), lengths (B,) -> (outputs (B, S, 2H), zeros at padding; (2, B, H): the forward direction's
         output at each row's last token and the backward one's at its first, the torch encoder's final h)."""
-        out, _ = self._directions(e, lengths, every=False)
-        return out
+        (out, final), _ = self._directions(e, lengths, every=False)
+        return out, final
 
     def _directions(self, e: torch.Tensor, lengths: torch.Tensor, every: bool):
         B, S = e.shape[:2]
         lengths = lengths.to(e.device)
         pos = torch.arange(S, device=e.device)[None, :]
         real = pos < lengths[:, None]  # (B, S)
-        flip = torch.where(real, lengths[:, None] - 1 - pos, pos)[:, :, None]  # its own inverse
+        index = torch.where(real, lengths[:, None] - 1 - pos, pos)[:, :, None]  # each row reversed: its own inverse
         h = self.inp(e)
-        states = []
-        outs = []
+        states, outs = [], []
         for blocks, norm, backward in ((self.fwd, self.norms[0], False), (self.bwd, self.norms[1], True)):
-            x = h.gather(1, flip.expand(-1, -1, h.shape[-1])) if backward else h
+            turn = (lambda t: t.gather(1, index.expand(-1, -1, t.shape[-1]))) if backward else (lambda t: t)
+            x = turn(h)
             for block in blocks:
                 x, st = block(x, None, every=every)
                 if every:
-                    states.append(st.gather(1, flip.expand(-1, -1, st.shape[-1])) if backward else st)
-            x = norm(x)
-            outs.append(x.gather(1, flip.expand(-1, -1, x.shape[-1])) if backward else x)
+                    states.append(turn(st))
+            outs.append(turn(norm(x)))
         out = torch.cat(outs, -1).masked_fill(~real[:, :, None], 0.0)
         last = (lengths - 1).clamp(min=0)
         final = torch.stack([outs[0][torch.arange(B, device=e.device), last], outs[1][:, 0]])
