@@ -87,7 +87,7 @@ def test_sample_with_no_runs_says_how_to_train(tmp_path):
     assert "charnn train" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_eval_json_and_table(trained_run, corpus_file):
+def test_eval_json_and_table(trained_run, corpus_file, tmp_path):
     r = invoke("eval", trained_run.run_dir / "best.pt", corpus_file, "--json")
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
@@ -100,6 +100,10 @@ def test_eval_json_and_table(trained_run, corpus_file):
     table = invoke("eval", trained_run.run_dir, corpus_file)
     assert table.exit_code == 0 and "bits/char" in table.stdout
     assert f"{out['nats_per_char']:.4f}" in table.stdout
+    long = tmp_path / "a-name-longer-than-the-thirty-characters-of-the-old-column.txt"
+    long.write_text(text)
+    lines = invoke("eval", trained_run.run_dir, corpus_file, long).stdout.splitlines()
+    assert len(lines) >= 3 and len({len(line) for line in lines}) == 1  # the columns stay aligned
 
 
 @pytest.mark.parametrize("args, code, words", [

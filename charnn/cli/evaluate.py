@@ -204,25 +204,33 @@ def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> N
             return
         rows = list(zip(files, scores)) + ([("total", all_)] if len(files) > 1 else [])
         pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-        typer.echo(f"{'file':<30} {'pairs':>8} {'words':>8} {'nats/char':>10} {'exact':>8} {'CER':>8} {'SER':>8}")
+        w = _file_width(rows)
+        typer.echo(f"{'file':<{w}} {'pairs':>8} {'words':>8} {'nats/char':>10} {'exact':>8} {'CER':>8} {'SER':>8}")
         for f, s in rows:
             d = s.to_dict()
             nats = "-" if d["nats_per_char"] is None else f"{d['nats_per_char']:.4f}"
-            typer.echo(f"{f:<30} {d['pairs']:>8,} {d['words']:>8,} {nats:>10} {pct(d['exact_match']):>8} "
+            typer.echo(f"{f:<{w}} {d['pairs']:>8,} {d['words']:>8,} {nats:>10} {pct(d['exact_match']):>8} "
                        f"{pct(d['cer']):>8} {pct(d['ser']):>8}")
 
 
+def _file_width(rows) -> int:
+    """The file column: wide enough for the longest name (a cached catalog file's path runs past 30)."""
+    return max([30] + [len(str(f)) for f, _ in rows])
+
+
 def _table(rows) -> None:
-    typer.echo(f"{'file':<30} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} {'chars':>10} {'tokens':>10}")
+    w = _file_width(rows)
+    typer.echo(f"{'file':<{w}} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} {'chars':>10} {'tokens':>10}")
     for f, r in rows:
-        typer.echo(f"{f:<30} {r.nats_per_char:>10.4f} {r.bits_per_char:>10.4f} {r.perplexity:>11.3f} "
+        typer.echo(f"{f:<{w}} {r.nats_per_char:>10.4f} {r.bits_per_char:>10.4f} {r.perplexity:>11.3f} "
                    f"{r.chars:>10,} {r.tokens:>10,}")
 
 
 def _dynamic_table(rows) -> None:
     """Static and dynamic nats/char side by side, the gain, and the seconds each pass took."""
-    typer.echo(f"{'file':<30} {'static':>10} {'dynamic':>10} {'gain':>8} {'chars':>10} {'static s':>9} "
+    w = _file_width(rows)
+    typer.echo(f"{'file':<{w}} {'static':>10} {'dynamic':>10} {'gain':>8} {'chars':>10} {'static s':>9} "
                f"{'dynamic s':>10}")
     for f, r in rows:
-        typer.echo(f"{f:<30} {r.static.nats_per_char:>10.4f} {r.dynamic.nats_per_char:>10.4f} {r.gain:>8.4f} "
+        typer.echo(f"{f:<{w}} {r.static.nats_per_char:>10.4f} {r.dynamic.nats_per_char:>10.4f} {r.gain:>8.4f} "
                    f"{r.static.chars:>10,} {r.static_seconds:>9.2f} {r.dynamic_seconds:>10.2f}")
