@@ -8,7 +8,9 @@ JSON (benchmarks/results/parallel_cells.json).
     python benchmarks/parallel_cells.py --sections quality --budget 30    # a quick check of the quality runs
 
 Model specs are cell:LAYERSxHIDDEN[xEXPAND][fFFN] (expand 1, no FFN unless given), e.g. lstm:2x256,
-mingru:2x256x2, mingru:2x256x1f2 (charnn's default minGRU).
+mingru:2x256x2, mingru:2x256x1f2 (charnn's default minGRU), and any training-time regularisers as +NAME=VALUE:
+lstm:2x256+ar=2+tar=1 is what `charnn train` gives a plain-text language model by default. The quality runs
+call charnn's trainer with exactly the spec (no command-line defaults).
 """
 
 from __future__ import annotations
@@ -39,13 +41,16 @@ QUALITY_MODELS = "lstm:2x256,mingru:2x256x1f2,minlstm:2x256x1f2"
 
 
 def model_config(spec: str, vocab: int = 65) -> ModelConfig:
+    """cell:LAYERSxHIDDEN[xEXPAND][fFFN], then any regularisers as +NAME=VALUE (lstm:2x256+ar=2+tar=1)."""
+    spec, *regs = spec.split("+")
+    regularisers = {k: float(v) for k, v in (r.split("=") for r in regs)}
     cell, shape = spec.split(":")
     m = re.fullmatch(r"(\d+)x(\d+)(?:x(\d+))?(?:f(\d+))?", shape)
     layers, hidden, expand, ffn = int(m[1]), int(m[2]), int(m[3] or 1), int(m[4] or 0)
     if cell in ("lstm", "gru", "rnn"):
-        return ModelConfig(vocab_size=vocab, cell=cell, layers=layers, hidden=hidden)
+        return ModelConfig(vocab_size=vocab, cell=cell, layers=layers, hidden=hidden, extra=regularisers)
     return ModelConfig(vocab_size=vocab, kind="minrnn", cell=cell, layers=layers, hidden=hidden,
-                       extra={"expand": expand, "ffn": ffn})
+                       extra={"expand": expand, "ffn": ffn, **regularisers})
 
 
 def timed(fn, seconds: float) -> float:
@@ -101,6 +106,8 @@ def train_step_rate(spec: str, batch: int, precision: str, seq_len: int, seconds
         with ctx:
             logits, s = model(x, state[0])
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        penalty = model.training_penalty()  # AR/TAR, when the spec asks for them
+        loss = loss if penalty is None else loss + penalty
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -155,7 +155,7 @@ def _dropout_problems(c) -> list:
 def _regulariser_problems(c) -> list:
     """What the training-time regulariser flags get wrong (charnn.models.regularize)."""
     out = [f"`--{name.replace('_', '-')}` must be in [0, 1), got {getattr(c, name)}"
-           for name in ("weight_drop", "input_dropout", "embed_dropout") if not 0.0 <= getattr(c, name) < 1.0]
+           for name in ("weight_drop", "input_dropout", "embed_dropout") if not 0.0 <= getattr(c, name, 0.0) < 1.0]
     return out + [f"`--{name}` must be a number >= 0, got {getattr(c, name)}" for name in ("ar", "tar")
                   if not 0.0 <= getattr(c, name) < float("inf")]
 
@@ -351,6 +351,13 @@ class MinRNNConfig:
     ffn: int = 2
     labels: int = 0  # labels the model is conditioned on (--label-by; 0: none); label id 0 is "no label"
     label_output: bool = False  # a label also scales and shifts the last layer's output
+    # the training-time regularisers that apply to these cells (charnn.models.regularize; no weight drop: the
+    # gates read the input only, there is no hidden-to-hidden matrix). Checkpoints from before read as all off
+    locked_dropout: bool = False  # --dropout's masks (block outputs, before the head) fixed across time
+    input_dropout: float = 0.0  # dropout on the embeddings the first block reads
+    embed_dropout: float = 0.0  # whole characters dropped: embedding rows zeroed per step
+    ar: float = 0.0  # activation regularisation weight (the head's inputs)
+    tar: float = 0.0  # temporal activation regularisation weight
 
     def validate(self) -> "MinRNNConfig":
         problems = [] if 0 <= self.labels <= MAX_LABELS else [
@@ -361,7 +368,7 @@ class MinRNNConfig:
             problems.append(f"`--expand` must be between 1 and {MAX_EXPAND}, got {self.expand}")
         if not 0 <= self.ffn <= MAX_EXPAND:
             problems.append(f"`--ffn` must be between 0 and {MAX_EXPAND}, got {self.ffn}")
-        _raise(problems + _stack_problems(self, cells=None) + _dropout_problems(self))
+        _raise(problems + _stack_problems(self, cells=None) + _dropout_problems(self) + _regulariser_problems(self))
         return self
 
 

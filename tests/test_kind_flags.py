@@ -106,6 +106,7 @@ def test_the_flat_config_keeps_a_kinds_own_flags_beside_its_fields():
     assert plain.kind == "lm" and plain.extra == {"ar": 2.0, "tar": 1.0}  # a language model's own defaults
     assert train_configs({"cell": "gru", "ar": 0.5})[0].extra == {"ar": 0.5, "tar": 1.0}
     assert train_configs({"cell": "gru", "label_by": "line"})[0].extra == {}  # labelled runs: not measured
+    assert "ar" not in train_configs({"cell": "mingru"})[0].extra  # measured: AR/TAR cost the minGRU
     pairs, _ = train_configs({"pairs": True, "attention": False}, given=("attention",))
     assert pairs.kind == "seq2seq" and pairs.attention is False
     with pytest.raises(ConfigError, match="shapes a --pairs"):

@@ -12,17 +12,19 @@ from typer.testing import CliRunner
 
 from charnn.checkpoint import load_checkpoint
 from charnn.cli import app
-from charnn.config import LMConfig, ModelConfig, Seq2SeqConfig, TrainConfig
+from charnn.config import LMConfig, MinRNNConfig, ModelConfig, Seq2SeqConfig, TrainConfig
 from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError
 from charnn.models import regularize
 from charnn.models.lm import CharRNN
+from charnn.models.minrnn import MinRNN, MinStepper
 from charnn.models.seq2seq import Seq2Seq
 from charnn.models.stepper import FastStepper
 from charnn.training.schedule import patience_after
 from charnn.training.trainer import StopRequest, Trainer, TrainingInterrupted, train
 
 ALL = dict(weight_drop=0.5, locked_dropout=True, input_dropout=0.2, embed_dropout=0.1, ar=2.0, tar=1.0)
+MIN_ALL = {k: v for k, v in ALL.items() if k != "weight_drop"}  # --cell mingru/minlstm: no hidden-to-hidden matrix
 TINY = dict(layers=2, hidden=16, embed=8, dropout=0.3)
 
 
@@ -130,6 +132,46 @@ def test_seq2seq_takes_them_too():
     assert torch.equal(model(x, source=src)[0], plain.eval()(x, source=src)[0])
 
 
+def minrnn(**kw) -> MinRNN:
+    torch.manual_seed(0)
+    return MinRNN(MinRNNConfig(vocab_size=11, **{**TINY, "expand": 1, "ffn": 2, **kw}))
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_the_parallel_cells_take_them_in_training_only(cell):
+    x = torch.randint(0, 11, (3, 9))
+    plain, regular = minrnn(cell=cell), minrnn(cell=cell, **MIN_ALL)
+    regular.load_state_dict(plain.state_dict())
+    assert regular.state_dict().keys() == plain.state_dict().keys()
+    plain.eval(), regular.eval()
+    a = plain(x)[0]
+    assert torch.equal(regular(x)[0], a)
+    st = MinStepper(regular, 3)
+    for t in range(9):
+        logits = st.step(x[:, t])
+    assert torch.allclose(logits, a[:, -1], atol=1e-5)
+    regular.train()
+    assert not torch.allclose(regular(x)[0], a) and regular.training_penalty() is not None
+
+
+def test_the_parallel_cells_locked_masks_and_activation_penalty():
+    model = minrnn(locked_dropout=True, dropout=0.5).train()
+    seen = {}
+    model.head.register_forward_hook(lambda m, i, o: seen.__setitem__("dropped", i[0]))
+    model(torch.randint(0, 11, (4, 30)))
+    kept = seen["dropped"] != 0
+    assert torch.equal(kept, kept[:, :1].expand_as(kept)) and not kept.all()  # the head's mask: one per sequence
+    y = model.blocks[0]._dropped(torch.ones(4, 30, 16))  # and each block's
+    assert torch.equal(y, y[:, :1].expand_as(y)) and not torch.equal(y[0], y[1])
+    model = minrnn(ar=2.0, tar=1.0, dropout=0.0).train()  # AR/TAR: on the head's inputs
+    model.norm.register_forward_hook(lambda m, i, o: seen.__setitem__("h", o))
+    model(torch.randint(0, 11, (2, 8)))
+    h = seen["h"]
+    expected = 2.0 * h.pow(2).mean() + 1.0 * (h[:, 1:] - h[:, :-1]).pow(2).mean()
+    assert torch.allclose(model.training_penalty(), expected, atol=1e-6)
+    assert model.training_penalty() is None
+
+
 def test_bad_values_are_one_clear_error():
     for flags, message in ((dict(weight_drop=1.0), "--weight-drop"), (dict(embed_dropout=-0.1), "--embed-dropout"),
                            (dict(ar=float("nan")), "--ar")):
@@ -137,9 +179,11 @@ def test_bad_values_are_one_clear_error():
             LMConfig(vocab_size=5, **flags).validate()
 
 
-def test_a_regularised_run_trains_and_resumes_bit_identically(tmp_path):
+@pytest.mark.parametrize("kind", ["lm", "minrnn"])
+def test_a_regularised_run_trains_and_resumes_bit_identically(tmp_path, kind):
     corpus = Corpus(make_text(30, seed=4), "t", "t")
-    model = ModelConfig(vocab_size=1, **TINY, extra=dict(ALL))
+    own = dict(kind="minrnn", cell="mingru") if kind == "minrnn" else {}
+    model = ModelConfig(vocab_size=1, **TINY, **own, extra=dict(MIN_ALL if own else ALL))
     common = dict(batch_size=4, seq_len=16, lr=1e-2, warmup=5, eval_every=15, max_steps=30, device="cpu",
                   seed=11, save_every_secs=0, threads=1, precision="fp32")
     train(corpus, model, TrainConfig(out=str(tmp_path), name="straight", **common))
@@ -151,14 +195,16 @@ def test_a_regularised_run_trains_and_resumes_bit_identically(tmp_path):
     cfg = TrainConfig(out=str(tmp_path), name="resumed", **common)
     with pytest.raises(TrainingInterrupted):
         Trainer(corpus, model, cfg, at_12, stop=stop).fit()
-    Trainer(corpus, ModelConfig(vocab_size=1, **TINY), cfg, resume=True).fit()  # the run's own flags come back
+    Trainer(corpus, ModelConfig(vocab_size=1, **TINY, **own), cfg, resume=True).fit()  # the run's flags come back
     a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("straight", "resumed"))
-    assert a["step"] == b["step"] == 30 and a["model_config"]["weight_drop"] == 0.5
+    assert a["step"] == b["step"] == 30 and a["model_config"]["tar"] == 1.0
+    assert a["model_config"]["embed_dropout"] == 0.1 and a["model_config"]["locked_dropout"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    with pytest.raises(ConfigError, match="--weight-drop"):
-        Trainer(corpus, ModelConfig(vocab_size=1, **TINY, extra={"weight_drop": 0.1}), cfg, resume=True,
-                explicit={"weight_drop"})
+    flag = "tar" if own else "weight_drop"
+    with pytest.raises(ConfigError, match="--" + flag.replace("_", "-")):
+        Trainer(corpus, ModelConfig(vocab_size=1, **TINY, **own, extra={flag: 0.1}), cfg, resume=True,
+                explicit={flag})
 
 
 def test_the_cli_takes_the_flags(tmp_path):
@@ -173,6 +219,15 @@ def test_the_cli_takes_the_flags(tmp_path):
     assert (saved["weight_drop"], saved["locked_dropout"], saved["tar"]) == (0.3, True, 1.0)
     r = CliRunner().invoke(app, ["train", str(corpus), "--weight-drop", "1.5", "--max-steps", "1"])
     assert r.exit_code != 0 and "--weight-drop" in r.output
+    r = CliRunner().invoke(app, ["train", str(corpus), "--cell", "mingru", "--weight-drop", "0.3"])
+    assert r.exit_code == 2 and "`--weight-drop` is a flag of lm and seq2seq models" in r.output
+    r = CliRunner().invoke(app, ["train", str(corpus), "--out", str(tmp_path / "min"), "--max-steps", "4",
+                                 "--cell", "minlstm", "--hidden", "16", "--embed", "8", "--batch-size", "2",
+                                 "--seq-len", "8", "--threads", "1", "--locked-dropout", "--embed-dropout", "0.1",
+                                 "--input-dropout", "0.2", "--ar", "1", "--tar", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    saved = load_checkpoint(next((tmp_path / "min").iterdir()) / "last.pt")["model_config"]
+    assert (saved["cell"], saved["locked_dropout"], saved["input_dropout"], saved["ar"]) == ("minlstm", True, 0.2, 1)
 
 
 def test_patience_counts_small_gains_once_they_add_up():

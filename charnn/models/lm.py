@@ -16,7 +16,7 @@ from charnn.models.units import layer_units
 State = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
-class CharRNN(nn.Module):
+class CharRNN(regularize.Penalised, nn.Module):
     state_ops = RNN_STATE  # its state: nn.LSTM's (h, c) or h, (layers, batch, hidden) (charnn.models.state)
 
     def __init__(self, config: LMConfig):
@@ -40,7 +40,6 @@ class CharRNN(nn.Module):
         # training-time regularisers (all off: the plain forward below, as before they existed)
         self.regs = regularize.Regularisers.of(c)
         self.recurrence = regularize.Recurrence(self.rnn, c.dropout if c.layers > 1 else 0.0, self.regs)
-        self.penalty = None  # AR/TAR of the last training forward (training_penalty)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -83,11 +82,6 @@ class CharRNN(nn.Module):
         dropped = regularize.dropout(h, p, True, r.locked)
         self.penalty = regularize.activation_penalty(r, h, dropped)
         return self.head(dropped), state
-
-    def training_penalty(self) -> Optional[torch.Tensor]:
-        """What the last training forward adds to the loss (AR/TAR; None: nothing), once."""
-        penalty, self.penalty = self.penalty, None
-        return penalty
 
     def unit_activations(self, x: torch.Tensor, state: Optional[State] = None,
                          labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, list]:

@@ -16,6 +16,10 @@ minLSTM: f, i = sigmoid(k_f), sigmoid(k_i), h_t = f/(f+i) h_{t-1} + i/(f+i) v   
 (no g() on v: the paper needs v > 0 for its log-space scan; charnn.models.scan works in the linear domain).
 The block design is measured in benchmarks/PARALLEL.md.
 
+In training, the regularisers of charnn.models.regularize that apply here: embedding and input dropout,
+`--locked-dropout` (one mask per sequence for every --dropout above) and AR/TAR on the head's inputs. Weight drop
+does not: no gate reads the previous state, so there is no hidden-to-hidden matrix to drop from.
+
 The state is every layer's h, (layers, batch, expand * hidden), fp32: charnn.models.state.TensorState(axis=1).
 """
 
@@ -28,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from charnn.config import MinRNNConfig
+from charnn.models import regularize
 from charnn.models.cells import decay_groups, fold_label
 from charnn.models.scan import mingru_scan
 from charnn.models.state import TensorState
@@ -57,6 +62,7 @@ class MinBlock(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.ffn = (nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, c.ffn * c.hidden), nn.GELU(),
                                   nn.Linear(c.ffn * c.hidden, c.hidden), nn.Dropout(c.dropout)) if c.ffn else None)
+        self.locked = getattr(c, "locked_dropout", False)  # --locked-dropout: one mask per sequence for both
         with torch.no_grad():  # keep about sigmoid(1) = 0.73 of the state at first, as the LSTM's forget bias of 1
             self.gates.bias[:width].fill_(-1.0 if c.cell == "mingru" else 2.0)
 
@@ -65,10 +71,13 @@ class MinBlock(nn.Module):
         """x (B, T, D), h0 (B, S) or None -> (B, T, D) and the last state (B, S) (`every`: the state after every
         step, (B, T, S))."""
         h = mingru_scan(mingru_input(self.cell, self.gates(self.norm(x))), h0)  # (B, T, S), fp32
-        x = x + self.drop(self.out(h if torch.is_autocast_enabled() else h.to(x.dtype)))
+        x = x + self._dropped(self.out(h if torch.is_autocast_enabled() else h.to(x.dtype)))
         if self.ffn is not None:
-            x = x + self.ffn(x)
+            x = x + (self._dropped(self.ffn[:-1](x)) if self.locked else self.ffn(x))
         return x, (h if every else h[:, -1])
+
+    def _dropped(self, y: torch.Tensor) -> torch.Tensor:
+        return regularize.dropout(y, self.drop.p, self.training, locked=True) if self.locked else self.drop(y)
 
 
 class MinEncoder(nn.Module):
@@ -123,12 +132,13 @@ class MinEncoder(nn.Module):
         return torch.cat(states, -1), names
 
 
-class MinRNN(nn.Module):
+class MinRNN(regularize.Penalised, nn.Module):
     state_ops = TensorState(axis=1)  # (layers, batch, expand * hidden)
 
     def __init__(self, config: MinRNNConfig):
         super().__init__()
         self.config = c = config
+        self.regs = regularize.Regularisers.of(c)  # training only: embedding, input and locked dropout, AR/TAR
         self.embed = nn.Embedding(c.vocab_size, c.embed)
         # labels as in charnn.models.lm.CharRNN: a vector added to every input embedding (row 0, "no label",
         # zero), and with label_output a scale and shift of the last layer's output
@@ -152,10 +162,11 @@ class MinRNN(nn.Module):
                 labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T) ids, state (L, B, S) or None (zeros), labels (B, T) or (B, 1) or None -> logits (B, T, V)
         and the state after the last step."""
-        e = self.embed(x)  # (B, T, E)
+        r, training = self.regs, self.training
+        e = regularize.embed(self.embed, x, r.embed_dropout, training)  # (B, T, E)
         if labels is not None and self.label_embed is not None:
             e = e + self.label_embed(labels)
-        h = self.inp(e)  # (B, T, D)
+        h = self.inp(regularize.dropout(e, r.input_dropout, training, r.locked))  # (B, T, D)
         last = []
         for l, block in enumerate(self.blocks):
             h, end = block(h, None if state is None else state[l])
@@ -164,7 +175,10 @@ class MinRNN(nn.Module):
         if labels is not None and self.label_out is not None:
             g, b = self.label_out(labels).chunk(2, -1)
             h = h * (1 + g) + b
-        return self.head(self.drop(h)), torch.stack(last)
+        dropped = regularize.dropout(h, self.drop.p, training, locked=True) if r.locked else self.drop(h)
+        if training:  # AR/TAR on the head's inputs, as the LSTM's on its last layer's outputs
+            self.penalty = regularize.activation_penalty(r, h, dropped)
+        return self.head(dropped), torch.stack(last)
 
     def unit_activations(self, x: torch.Tensor, state: Optional[torch.Tensor] = None,
                          labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, list]:
@@ -195,24 +209,30 @@ class MinRNN(nn.Module):
 class MinStepper(ModuleStepper):
     """Generation's stepper for a MinRNN: ModuleStepper (the state is the model's own (L, B, S) tensor, rows
     handled through state_ops) with a lean one-token step: the embedding and the input projection folded into
-    one (V, D) table, each layer's state updated in place by one lerp, no window or autograd machinery."""
+    one (V, D) table, every LayerNorm's scale and shift folded into the product that reads it
+    (W (g * n + b) + c = (W g) n + (W b + c)), functional calls only (no module dispatch per step), and each
+    layer's state updated in place by one lerp."""
 
     def __init__(self, model: MinRNN, batch: int, banned=()):
         super().__init__(model, batch, banned)
         with torch.no_grad():
             self.table = model.inp(model.embed.weight).detach()  # (V, D): embed then inp, for every token
-            self.head_bias = model.head.bias.detach().clone()
+            self.layers = [(block.cell, *_fold_norm(block.norm, block.gates), block.out.weight.detach().t(),
+                            block.out.bias.detach(), _ffn(block.ffn)) for block in model.blocks]
+            self.head_w, self.head_b = _fold_norm(model.norm, model.head)
             if banned:
-                self.head_bias[list(banned)] = float("-inf")  # never drawn, at no cost per step
+                self.head_b[list(banned)] = float("-inf")  # never drawn, at no cost per step
+        self.eps = model.norm.eps  # every LayerNorm of the model is built with the same (default) eps
 
     @torch.no_grad()
     def step(self, tok: torch.Tensor) -> torch.Tensor:
         """tok: (B,) ids -> (B, V) logits for the next token; the state moves one step."""
-        m, state = self.model, self.state
+        state, eps = self.state, self.eps
         x = self.table.index_select(0, tok.view(-1))  # (B, D)
-        for l, block in enumerate(m.blocks):
-            u = F.linear(block.norm(x), block.gates.weight, block.gates.bias)
-            if block.cell == "mingru":
+        width = x.shape[-1:]
+        for l, (cell, gates_w, gates_b, out_w, out_b, ffn) in enumerate(self.layers):
+            u = torch.addmm(gates_b, F.layer_norm(x, width, eps=eps), gates_w)
+            if cell == "mingru":
                 k, v = u.chunk(2, -1)
                 z = torch.sigmoid(k)
             else:  # z = i / (f + i) directly: fewer ops than the scan's logsigmoid form
@@ -220,10 +240,25 @@ class MinStepper(ModuleStepper):
                 i = torch.sigmoid(ki)
                 z = i / (torch.sigmoid(kf) + i)
             torch.lerp(state[l], v.float(), z.float(), out=state[l])  # h += z (v - h)
-            x = torch.addmm(x, state[l].to(x.dtype), block.out.weight.t()).add_(block.out.bias)
-            if block.ffn is not None:
-                x = x + block.ffn(x)
-        return torch.addmm(self.head_bias, m.norm(x), m.head.weight.t())
+            x = torch.addmm(out_b, state[l].to(x.dtype), out_w).add_(x)  # the residual
+            if ffn is not None:
+                w1, b1, w2, b2 = ffn
+                x = torch.addmm(b2, F.gelu(torch.addmm(b1, F.layer_norm(x, width, eps=eps), w1)), w2).add_(x)
+        return torch.addmm(self.head_b, F.layer_norm(x, width, eps=eps), self.head_w)
+
+
+def _ffn(ffn: Optional[nn.Sequential]):
+    """A block's feed-forward part (LayerNorm, Linear, GELU, Linear, Dropout) as (W1^T, b1, W2^T, b2), the norm
+    folded into the first product; None: the block has none."""
+    if ffn is None:
+        return None
+    return (*_fold_norm(ffn[0], ffn[1]), ffn[3].weight.detach().t(), ffn[3].bias.detach())
+
+
+def _fold_norm(norm: nn.LayerNorm, linear: nn.Linear) -> Tuple[torch.Tensor, torch.Tensor]:
+    """linear(norm(x)) as (W^T, bias) over the plain normalised x: the norm's scale and shift folded in."""
+    w = linear.weight.detach()
+    return (w * norm.weight.detach()).t().contiguous(), linear.bias.detach() + w @ norm.bias.detach()
 
 
 def min_stepper(model: MinRNN, rows: int, banned=(), int8: bool = False) -> MinStepper:

@@ -259,9 +259,11 @@ REGULARISER_FLAGS = (  # charnn.models.regularize: the torch-stack kinds' (lm, s
     TrainFlag("embed_dropout", float, 0.0, "Drop whole characters: each step zeroes this share of the "
               "embedding's rows."),
     TrainFlag("ar", float, 0.0, "Activation regularisation: this weight times the mean square of the last "
-              "layer's (dropped) outputs, added to the loss.", show_default="2 for a language model, else 0"),
+              "layer's (dropped) outputs, added to the loss.",
+              show_default="2 for an lstm/gru/rnn language model of plain text, else 0"),
     TrainFlag("tar", float, 0.0, "Temporal activation regularisation: this weight times the mean square of the "
-              "last layer's step-to-step change, added to the loss.", show_default="1 for a language model, else 0"),
+              "last layer's step-to-step change, added to the loss.",
+              show_default="1 for an lstm/gru/rnn language model of plain text, else 0"),
 )
 RECURRENT_FLAGS = STACK_FLAGS + REGULARISER_FLAGS
 SEQ2SEQ_FLAGS = RECURRENT_FLAGS + (
@@ -280,7 +282,8 @@ RECURRENT_FIXED = STACK_FIXED + tuple(f.name for f in REGULARISER_FLAGS)  # a re
 # A language model of plain text trains with AR 2 / TAR 1 unless told otherwise: at equal wall time they bought
 # 0.09 nats/char on tinyshakespeare and 0.08 on the King James Bible (300 s, two seeds each, a 2-core Xeon), where
 # the dropout variants and weight drop lost (benchmarks/REGULARIZE.md). Labelled runs are not measured yet (and in
-# a small test they blunted --label-contrast), so they keep 0, as do checkpoints from before (the config's default).
+# a small test they blunted --label-contrast), so they keep 0, as do checkpoints from before (the config's default)
+# and the parallel cells (minrnn: the head reads a LayerNorm; AR/TAR cost the minGRU 0.014, benchmarks/PARALLEL.md).
 LM_DEFAULTS = {"ar": 2.0, "tar": 1.0}
 register(ModelKind("lm", "charnn.models.lm:CharRNN", LMConfig, RECURRENT_FLAGS, cells=CELLS,
                    info_fields=RECURRENT_INFO, info_line=_lm_line, architecture=RECURRENT_ARCHITECTURE,
@@ -299,15 +302,16 @@ def _minrnn_line(m: dict) -> str:
                                                        else ""))
 
 
+MIN_REGULARISER_FLAGS = tuple(f for f in REGULARISER_FLAGS if f.name != "weight_drop")  # no hidden-to-hidden matrix
 MINRNN_FLAGS = STACK_FLAGS + (
     TrainFlag("expand", int, 1, "--cell mingru/minlstm: each layer's state width, as a multiple of --hidden."),
     TrainFlag("ffn", int, 2, "--cell mingru/minlstm: each layer's feed-forward width, as a multiple of --hidden "
               "(0: none)."),
-)
+) + MIN_REGULARISER_FLAGS
 register(ModelKind("minrnn", "charnn.models.minrnn:MinRNN", MinRNNConfig, MINRNN_FLAGS, cells=MIN_CELLS,
                    info_fields=RECURRENT_INFO[:3] + ("expand", "ffn") + RECURRENT_INFO[3:], info_line=_minrnn_line,
                    architecture=RECURRENT_ARCHITECTURE + ("expand", "ffn"),
-                   fixed_on_resume=STACK_FIXED + ("expand", "ffn"),
+                   fixed_on_resume=STACK_FIXED + ("expand", "ffn") + tuple(f.name for f in MIN_REGULARISER_FLAGS),
                    stepper="charnn.models.minrnn:min_stepper"))
 
 

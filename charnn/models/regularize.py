@@ -115,6 +115,18 @@ def _layer_state(state, layer: int):
     return state[layer:layer + 1]
 
 
+class Penalised:
+    """A model whose training forward keeps its AR/TAR in `self.penalty` (activation_penalty) and hands it to the
+    trainer once, through training_penalty (charnn.training.trainer)."""
+
+    penalty: Optional[torch.Tensor] = None
+
+    def training_penalty(self) -> Optional[torch.Tensor]:
+        """What the last training forward adds to the loss (AR/TAR; None: nothing), once."""
+        penalty, self.penalty = self.penalty, None
+        return penalty
+
+
 def activation_penalty(regs: Regularisers, h: torch.Tensor, dropped: torch.Tensor) -> Optional[torch.Tensor]:
     """AR and TAR of the last layer's outputs h (B, T, H) and their dropped version (None: both off)."""
     if not (regs.ar or regs.tar):
