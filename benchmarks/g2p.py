@@ -18,6 +18,8 @@ Prints a markdown table and writes benchmarks/results/g2p.json.
     python benchmarks/g2p.py --budget 20 --seeds 1          # a quick check
     python benchmarks/g2p.py --languages eng --budget 120 300 600 1800 --seeds 2 --settings default \
         --local ../data/sigmorphon21                        # the large English set, at four budgets
+    python benchmarks/g2p.py --languages eng --train-pairs 2000 5000 --settings small large --budget 300 --seeds 1 \
+        --local ../data/sigmorphon21                        # where the size defaults should change
 
 --local DIR puts copies of the task's files (DIR/<code>_train.tsv, _dev.tsv, _test.tsv; English: eng_us_*) into
 charnn's corpus cache first, for a machine that cannot reach GitHub; charnn then reads them as downloaded.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -61,6 +64,7 @@ SETTINGS = {
     "2x384-d0.3": ["--hidden", "384", "--dropout", "0.3"],
     "2x256-e128-d0.3": ["--embed", "128", "--dropout", "0.3"],
     "small": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5"],
+    "large": ["--layers", "2", "--hidden", "256", "--embed", "64", "--dropout", "0.1"],  # the default past 2,000
     "small-additive": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5",
                        "--attention-score", "additive"],
 }
@@ -78,10 +82,12 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_one(work: Path, lang: str, setting: str, seed: int, budget: float, beam: int, eval_every: int) -> dict:
-    name = f"{lang}-{setting}-{seed}-{budget:g}"
+def run_one(work: Path, lang: str, setting: str, seed: int, budget: float, beam: int, eval_every: int,
+            pairs=None) -> dict:
+    name = f"{lang}-{setting}-{seed}-{budget:g}" + (f"-{pairs}" if pairs else "")
+    train = subsample(work, lang, pairs) if pairs else f"sigmorphon21-{lang}-train"
     cpu0, t0 = children_cpu(), time.perf_counter()
-    charnn(["train", f"sigmorphon21-{lang}-train", "--pairs", "--val-file", f"sigmorphon21-{lang}-dev",
+    charnn(["train", train, "--pairs", "--val-file", f"sigmorphon21-{lang}-dev",
             *SETTINGS[setting], "--max-time", str(budget), "--seed", str(seed), "--eval-every", str(eval_every),
             "--out", str(work), "--name", name, "--device", "cpu", "--quiet"])
     train_cpu, train_wall = children_cpu() - cpu0, time.perf_counter() - t0
@@ -100,6 +106,23 @@ def run_one(work: Path, lang: str, setting: str, seed: int, budget: float, beam:
             "eval_cpu_s": children_cpu() - cpu0, "eval_wall_s": time.perf_counter() - t0,
             "dev_wer": 100 * (1 - dev["exact_match"]), "test_wer": 100 * (1 - test["exact_match"]),
             "dev_per": 100 * dev["ser"], "test_per": 100 * test["ser"], "test_nats_per_char": test["nats_per_char"]}
+
+
+def subsample(work: Path, lang: str, n: int) -> str:
+    """A file of n of the task's training pairs drawn at random (seed 0, the same for every run), in the file's
+    order: a smaller dictionary of the same language, for where the size defaults change (PAIR_SIZES)."""
+    sys.path.insert(0, str(ROOT))
+    from charnn.data.catalog import find, local_path
+
+    path = work / f"{lang}-train-{n}.tsv"
+    if not path.is_file():
+        source = local_path(find(f"sigmorphon21-{lang}-train"))
+        if not source.is_file():
+            raise SystemExit(f"--train-pairs draws from {source}: fetch it first (one run without it, or --local)")
+        lines = source.read_text(encoding="utf-8").splitlines()
+        keep = sorted(random.Random(0).sample(range(len(lines)), min(n, len(lines))))
+        path.write_text("".join(lines[i] + "\n" for i in keep), encoding="utf-8")
+    return str(path)
 
 
 def lm_rate(work: Path, seconds: float) -> dict:
@@ -150,6 +173,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "g2p.json"))
     ap.add_argument("--table", default=None, help="print the table of an earlier run's JSON, and stop")
     ap.add_argument("--local", default=None, help="a folder with copies of the task's files (see the docstring)")
+    ap.add_argument("--train-pairs", type=int, nargs="+", default=[None], help="train on this many of the training "
+                    "pairs, drawn at random (several: each its own runs; dev and test stay whole)")
     ap.add_argument("--lm-rate", type=float, default=0, help="first train the language model this many seconds on "
                     "tinyshakespeare: its chars/s, beside the pairs runs' (0: skip)")
     args = ap.parse_args()
@@ -167,13 +192,14 @@ def main() -> None:
         print(f"language model: {result['language_model']['chars_per_s']:,.0f} training chars/s", flush=True)
     for lang in args.languages:
         result["languages"][lang] = {"baseline_wer_dev_test": BASELINE_WER.get(lang), "runs": {}}
-        for setting in args.settings:
-            runs = result["languages"][lang]["runs"][setting] = []
+        for pairs, setting in ((n, s) for n in args.train_pairs for s in args.settings):
+            key = setting if pairs is None else f"{setting}, {pairs:,} training pairs"
+            runs = result["languages"][lang]["runs"][key] = []
             for budget in args.budget:
                 for seed in range(args.first_seed, args.first_seed + args.seeds):
-                    runs.append(run_one(work, lang, setting, seed, budget, args.beam, args.eval_every))
+                    runs.append(run_one(work, lang, setting, seed, budget, args.beam, args.eval_every, pairs))
                     r = runs[-1]
-                    print(f"{lang} {setting} {budget:g} s seed {seed}: best at step {r['steps']}, dev WER "
+                    print(f"{lang} {key} {budget:g} s seed {seed}: best at step {r['steps']}, dev WER "
                           f"{r['dev_wer']:.1f}, test WER {r['test_wer']:.1f}, test PER {r['test_per']:.2f}, train CPU "
                           f"{r['train_cpu_s']:.0f} s, {r['train_chars_per_s'] or 0:,.0f} chars/s", flush=True)
                     # written after every run: a long sweep cut short keeps what it measured
