@@ -37,8 +37,7 @@ QuietHere, DeviceHere = _in(COMMON, Quiet, "off"), _in(SYSTEM, Device)
 def train(
     corpus: Annotated[Optional[List[str]], typer.Argument(
         help="Text files and folders (read recursively), or a catalog name (see `charnn corpora`). Default: Python's "
-             "standard library source, assembled offline (about 5 MB).", show_default=False,
-        rich_help_panel=COMMON)] = None,
+             "standard library source, assembled offline (about 5 MB).", show_default=False)] = None,
     glob: Annotated[Optional[str], typer.Option(help="Inside folders, take only files matching this pattern, "
                                                      "e.g. '*.py'.", show_default="all files",
                                                 rich_help_panel=COMMON)] = None,
