@@ -65,6 +65,11 @@ SETTINGS = {
     "2x256-e128-d0.3": ["--embed", "128", "--dropout", "0.3"],
     "small": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5"],
     "large": ["--layers", "2", "--hidden", "256", "--embed", "64", "--dropout", "0.1"],  # the default past 2,000
+    # learning rate and batch against the data's size (the pairs defaults: --lr 1e-2, --batch-size 32 on a CPU)
+    "batch64": ["--batch-size", "64"],
+    "lr3e-3": ["--lr", "3e-3"],
+    "small-batch16": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5", "--batch-size", "16"],
+    "small-lr3e-3": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5", "--lr", "3e-3"],
     "small-additive": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5",
                        "--attention-score", "additive"],
 }
