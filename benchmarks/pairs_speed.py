@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import cpu_features, cpu_name  # noqa: E402
 
-from charnn.config import Seq2SeqConfig  # noqa: E402
+from charnn.models.configs import Seq2SeqConfig  # noqa: E402
 from charnn.data.batches import IGNORE  # noqa: E402
 from charnn.data.pairs import PairBatches, build_vocabularies, encode_side, pair_batch, read_pairs  # noqa: E402
 from charnn.device import autocast  # noqa: E402

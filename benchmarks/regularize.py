@@ -76,7 +76,7 @@ def ablation(args) -> dict:
 def cost(args) -> dict:
     """fwd+bwd+AdamW per step of the default model (batch 8 x 128, fp32), each regulariser alone and all, in
     alternating rounds, median ms."""
-    from charnn.config import LMConfig
+    from charnn.models.configs import LMConfig
     from charnn.models.lm import CharRNN
     torch.set_num_threads(args.threads)
     variants = {"plain": {}, "weight drop": {"weight_drop": 0.5},

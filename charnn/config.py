@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 from charnn.errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
+MIN_CELLS = ("mingru", "minlstm")  # the parallel-scan cells (kind "minrnn", charnn.models.minrnn)
 KINDS = ("lm", "seq2seq")  # the kinds charnn itself registers (charnn.models.registry); others may add theirs
 ATTENTION_SCORES = ("general", "additive")  # seq2seq attention scores (ModelConfig.attention_score)
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -78,65 +79,13 @@ class ModelConfig:
         problems = ["`--label-by` does not combine with `--pairs`"] if self.kind == "seq2seq" and self.labels else []
         if not 0 <= self.labels <= MAX_LABELS:
             problems.append(f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}")
-        _raise(problems + _stack_problems(self, cells=None) + _attention_problems(self) + _dropout_problems(self))
+        raise_problems(problems + stack_problems(self, cells=None) + attention_problems(self) + dropout_problems(self))
         return self
 
 
-# One config per model kind (charnn.models.registry turns the flat ModelConfig, or a checkpoint's saved
-# model_config dict, into the right one); each holds only what its model reads.
-
-@dataclass
-class RecurrentConfig:
-    """What every recurrent kind's config holds: the stack and its training-time regularisers."""
-
-    vocab_size: int  # tokens the embedding and head cover (set by the tokenizer; seq2seq: the output's)
-    cell: str = "lstm"  # recurrent cell: lstm, gru or rnn (tanh)
-    layers: int = 2  # stacked recurrent layers (seq2seq: in each of the encoder and the decoder)
-    hidden: int = 256  # hidden units per layer
-    embed: int = 64  # embedding width
-    dropout: float = 0.1  # dropout between layers and before the head
-    # training-time regularisers (charnn.models.regularize; checkpoints from before them read as all off)
-    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights, one mask per step
-    locked_dropout: bool = False  # dropout masks fixed across time (one per sequence)
-    input_dropout: float = 0.0  # dropout on the embeddings the first layer reads
-    embed_dropout: float = 0.0  # whole characters dropped: embedding rows zeroed per step
-    ar: float = 0.0  # activation regularisation weight
-    tar: float = 0.0  # temporal activation regularisation weight
-
-    def validate(self):
-        _raise(self.problems())
-        return self
-
-    def problems(self) -> list:
-        return _stack_problems(self) + _dropout_problems(self) + _regulariser_problems(self)
-
-
-@dataclass
-class LMConfig(RecurrentConfig):
-    """The language model's (kind "lm", charnn.models.lm.CharRNN)."""
-
-    labels: int = 0  # labels the model is conditioned on (--label-by; 0: none); label id 0 is "no label"
-    label_output: bool = False  # a label also scales and shifts the last layer's output
-
-    def problems(self) -> list:
-        return super().problems() + ([] if 0 <= self.labels <= MAX_LABELS else [
-            f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}"])
-
-
-@dataclass
-class Seq2SeqConfig(RecurrentConfig):
-    """The encoder-decoder's (kind "seq2seq", charnn.models.seq2seq.Seq2Seq; `train --pairs`)."""
-
-    source_vocab: int = 0  # tokens of the input (source) vocabulary
-    attention: bool = True  # the decoder attends over every input position (False: --no-attention)
-    bidirectional: bool = True  # the encoder reads the input both ways (False: --unidirectional)
-    attention_score: str = "general"  # "general" (Luong: h^T W a) or "additive" (v^T tanh(W h + U a))
-
-    def problems(self) -> list:
-        return super().problems() + _attention_problems(self)
-
-
-def _stack_problems(c, cells=CELLS) -> list:
+# What the model kinds' configs (charnn.models.configs) and the flat ModelConfig check alike: each returns the
+# problems it finds, one line per flag at fault; raise_problems raises them together.
+def stack_problems(c, cells=CELLS) -> list:
     """What a recurrent stack's flags get wrong: --cell (one of `cells`; None: not checked here) and the sizes."""
     problems = []
     if cells is not None and c.cell not in cells:
@@ -148,11 +97,11 @@ def _stack_problems(c, cells=CELLS) -> list:
     return problems
 
 
-def _dropout_problems(c) -> list:
+def dropout_problems(c) -> list:
     return [] if 0.0 <= c.dropout < 1.0 else [f"`--dropout` must be in [0, 1), got {c.dropout}"]
 
 
-def _regulariser_problems(c) -> list:
+def regulariser_problems(c) -> list:
     """What the training-time regulariser flags get wrong (charnn.models.regularize)."""
     out = [f"`--{name.replace('_', '-')}` must be in [0, 1), got {getattr(c, name)}"
            for name in ("weight_drop", "input_dropout", "embed_dropout") if not 0.0 <= getattr(c, name, 0.0) < 1.0]
@@ -160,7 +109,7 @@ def _regulariser_problems(c) -> list:
                   if not 0.0 <= getattr(c, name) < float("inf")]
 
 
-def _attention_problems(c) -> list:
+def attention_problems(c) -> list:
     if c.attention_score not in ATTENTION_SCORES:
         return [f"`--attention-score` must be one of {', '.join(ATTENTION_SCORES)}, not {c.attention_score!r}"]
     if c.attention_score != "general" and not c.attention:
@@ -274,7 +223,7 @@ class TrainConfig:
             problems.append("`--classifier` and `--pairs` do not combine: a classifier reads labelled text")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             problems.append(f"`--threads` must be between 1 and {MAX_THREADS}, got {self.threads}")
-        _raise(problems)
+        raise_problems(problems)
         return self
 
     @property
@@ -303,11 +252,11 @@ class DynamicConfig:
             problems.append(f"`beta` must be in [0, 1), got {self.beta}")
         if not 0.0 < self.eps < float("inf"):
             problems.append(f"`eps` must be a positive number, got {self.eps}")
-        _raise(problems)
+        raise_problems(problems)
         return self
 
 
-def _raise(problems: list) -> None:
+def raise_problems(problems: list) -> None:
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -328,80 +277,3 @@ def parse_duration(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise ConfigError(f"`--max-time` wants a positive duration such as 300, 90s, 5m or 1h, not {text!r}")
     return float(m.group(1)) * _UNIT[m.group(2)]
-
-
-MIN_CELLS = ("mingru", "minlstm")  # the parallel-scan cells (kind "minrnn", charnn.models.minrnn)
-MAX_EXPAND = 16
-
-
-@dataclass
-class MinRNNConfig:
-    """The parallel-scan recurrent language model's (kind "minrnn", charnn.models.minrnn.MinRNN: `--cell mingru`
-    or `--cell minlstm`)."""
-
-    vocab_size: int  # tokens the embedding and head cover (set by the tokenizer)
-    cell: str = "mingru"  # mingru or minlstm (Feng et al. 2024: gates read the input only)
-    layers: int = 2  # stacked blocks (LayerNorm -> gates -> scan -> projection, plus a residual; then the FFN)
-    hidden: int = 256  # the width between blocks; each block's state is expand * hidden wide
-    embed: int = 64  # embedding width
-    dropout: float = 0.1  # dropout on each block's output and before the head
-    # a block's state width, as a multiple of --hidden, and its feed-forward part's (0: none). 1 and 2 measured
-    # best of the 2-layer blocks at equal characters (benchmarks/PARALLEL.md)
-    expand: int = 1
-    ffn: int = 2
-    labels: int = 0  # labels the model is conditioned on (--label-by; 0: none); label id 0 is "no label"
-    label_output: bool = False  # a label also scales and shifts the last layer's output
-    # the training-time regularisers that apply to these cells (charnn.models.regularize; no weight drop: the
-    # gates read the input only, there is no hidden-to-hidden matrix). Checkpoints from before read as all off
-    locked_dropout: bool = False  # --dropout's masks (block outputs, before the head) fixed across time
-    input_dropout: float = 0.0  # dropout on the embeddings the first block reads
-    embed_dropout: float = 0.0  # whole characters dropped: embedding rows zeroed per step
-    ar: float = 0.0  # activation regularisation weight (the head's inputs)
-    tar: float = 0.0  # temporal activation regularisation weight
-
-    def validate(self) -> "MinRNNConfig":
-        problems = [] if 0 <= self.labels <= MAX_LABELS else [
-            f"a model takes at most {MAX_LABELS:,} labels, got {self.labels:,}"]
-        if self.cell not in MIN_CELLS:
-            problems.append(f"`--cell` of a minrnn model must be one of {', '.join(MIN_CELLS)}, not {self.cell!r}")
-        if not 1 <= self.expand <= MAX_EXPAND:
-            problems.append(f"`--expand` must be between 1 and {MAX_EXPAND}, got {self.expand}")
-        if not 0 <= self.ffn <= MAX_EXPAND:
-            problems.append(f"`--ffn` must be between 0 and {MAX_EXPAND}, got {self.ffn}")
-        _raise(problems + _stack_problems(self, cells=None) + _dropout_problems(self) + _regulariser_problems(self))
-        return self
-
-
-@dataclass
-class ClassifierConfig:
-    """The many-to-one classifier's (kind "classifier", charnn.models.classifier; `train --classifier`): a
-    bidirectional recurrent encoder over the text, its states pooled into one vector, a softmax over the labels.
-    Its defaults are smaller than the language model's: it reads every text both ways and `classify` wants
-    thousands of lines a second on a CPU (benchmarks/LABELS.md)."""
-
-    vocab_size: int  # tokens the embedding covers (set by the tokenizer)
-    labels: int = 2  # the labels it chooses among (set by the labelled text)
-    cell: str = "lstm"  # recurrent cell of the encoder
-    layers: int = 1  # stacked recurrent layers
-    hidden: int = 64  # hidden units per layer and direction
-    embed: int = 64  # embedding width
-    dropout: float = 0.1  # dropout on the embedding, between layers and before the head
-    # max (measured best of the four, benchmarks/LABELS.md), attention, mean or final (the two directions' final
-    # states)
-    pooling: str = "max"
-    # hashed n-grams of 1..ngrams tokens, their vectors averaged beside the pooled states (fastText's bag of
-    # n-grams: it learns which words and pieces of words a label uses in a few hundred steps; 0: the encoder alone)
-    ngrams: int = 5
-    buckets: int = 65536  # hash buckets of the n-gram vectors (bucket 0: padding)
-
-    def validate(self) -> "ClassifierConfig":
-        problems = [] if self.labels == 0 or 2 <= self.labels <= MAX_LABELS else [  # 0: not known yet
-            f"a classifier needs between 2 and {MAX_LABELS:,} labels, got {self.labels:,}"]
-        if self.pooling not in POOLINGS:
-            problems.append(f"`--pooling` must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
-        if not 0 <= self.ngrams <= 16:
-            problems.append(f"`--ngrams` must be between 0 and 16, got {self.ngrams}")
-        if not 2 <= self.buckets <= 2**24:
-            problems.append(f"buckets must be between 2 and 2**24, got {self.buckets}")
-        _raise(problems + _stack_problems(self, cells=CELLS + MIN_CELLS) + _dropout_problems(self))
-        return self

@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
-from charnn.config import DEVICES, SEED_LIMIT, UNKNOWN, _raise
+from charnn.config import DEVICES, SEED_LIMIT, UNKNOWN, raise_problems
 from charnn.errors import ParamError
 
 MIN_TEMPERATURE = 1e-30  # below it logits (|x| < 1e8) / temperature could overflow float32 and tie: greedy
@@ -116,7 +116,7 @@ class SampleConfig:
             problems.append("`--stop` must not be empty")
         if self.device not in DEVICES:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        _raise(problems)
+        raise_problems(problems)
         return self
 
 
@@ -165,5 +165,5 @@ class TransduceConfig:
             problems.append(f"`--unknown` must be one of {', '.join(UNKNOWN)}, not {self.unknown!r}")
         if self.device not in DEVICES:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        _raise(problems)
+        raise_problems(problems)
         return self

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import charnn
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
-from charnn.config import ClassifierConfig
+from charnn.models.configs import ClassifierConfig
 from charnn.data.textbatches import TextBatches, cut_windows
 from charnn.models.classifier import TextClassifier
 from charnn.scoring.classify import classifier_for

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 import charnn
 from charnn.checkpoint import load_checkpoint
 from charnn.cli.app import app
-from charnn.config import MinRNNConfig, ModelConfig, TrainConfig
+from charnn.config import ModelConfig, TrainConfig
+from charnn.models.configs import MinRNNConfig
 from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError
 from charnn.generation.batcher import Batcher, RowSpec
@@ -267,7 +268,7 @@ def test_two_torchrun_processes_follow_one_process(tmp_path):
 
 def test_its_units_are_the_scan_states_charnn_show_ranks():
     """unit_activations: each layer's state after every step; the last step's equals the state forward returns."""
-    from charnn.config import MinRNNConfig
+    from charnn.models.configs import MinRNNConfig
     from charnn.models.minrnn import MinRNN
     torch.manual_seed(0)
     model = MinRNN(MinRNNConfig(vocab_size=9, layers=2, hidden=8, embed=4, expand=1, ffn=0)).eval()
@@ -281,7 +282,7 @@ def test_its_units_are_the_scan_states_charnn_show_ranks():
 
 def test_charnn_show_reads_its_units_and_gradient_reach():
     """charnn show's --cells and --gradients go through the kind's unit_activations and its embed/forward."""
-    from charnn.config import MinRNNConfig
+    from charnn.models.configs import MinRNNConfig
     from charnn.inspect.activations import activations
     from charnn.inspect.gradients import gradient_reach
     from charnn.models.minrnn import MinRNN

@@ -13,7 +13,8 @@ from conftest import drain, make_text
 
 import charnn
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
-from charnn.config import LMConfig, ModelConfig, Seq2SeqConfig, TrainConfig
+from charnn.config import ModelConfig, TrainConfig
+from charnn.models.configs import LMConfig, Seq2SeqConfig
 from charnn.sampling import SamplingParams
 from charnn.data.corpus import Corpus
 from charnn.errors import CharnnError, ConfigError

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from charnn.checkpoint import load_checkpoint
 from charnn.cli import app
-from charnn.config import LMConfig, MinRNNConfig, ModelConfig, Seq2SeqConfig, TrainConfig
+from charnn.config import ModelConfig, TrainConfig
+from charnn.models.configs import LMConfig, MinRNNConfig, Seq2SeqConfig
 from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError
 from charnn.models import regularize

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import charnn
 from charnn.checkpoint import load_checkpoint, save_checkpoint
 from charnn.cli import app
-from charnn.config import LMConfig
+from charnn.models.configs import LMConfig
 from charnn.errors import CharnnError
 from charnn.inspect.activations import activations
 from charnn.inspect.gradients import gradient_reach

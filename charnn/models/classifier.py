@@ -21,7 +21,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from charnn.config import MIN_CELLS, ClassifierConfig, MinRNNConfig
+from charnn.config import MIN_CELLS
+from charnn.models.configs import ClassifierConfig, MinRNNConfig
 from charnn.models.cells import CELLS, decay_groups, forget_bias
 from charnn.models.units import layer_units
 from charnn.models.encoder import encode_packed, padding_mask

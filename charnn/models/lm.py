@@ -7,7 +7,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from charnn.config import LMConfig
+from charnn.models.configs import LMConfig
 from charnn.models import regularize
 from charnn.models.cells import CELLS, decay_groups, fold_label, forget_bias
 from charnn.models.state import RNN_STATE

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from charnn.config import MinRNNConfig
+from charnn.models.configs import MinRNNConfig
 from charnn.models import regularize
 from charnn.models.cells import decay_groups, fold_label
 from charnn.models.scan import mingru_scan

@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from charnn.config import Seq2SeqConfig
+from charnn.models.configs import Seq2SeqConfig
 from charnn.models import regularize
 from charnn.models.cells import CELLS, decay_groups, forget_bias
 from charnn.models.encoder import encode_packed, padding_mask
