@@ -7,9 +7,11 @@ carried state, a multinomial draw, written here as a baseline). In the same run 
 ceiling one fp32 stream can reach here: the time of the step's matrix-vector products alone (they read all
 the recurrent weights, so that is the memory/cache bandwidth bound). With --checkpoint and --text it also
 scores the text (the last --chars characters) by stepping the model in fp32 and in int8, to show what
-int8 costs in nats per character. Prints a table and writes JSON.
+int8 costs in nats per character. --compare-native adds the fast stepper with its cells as tensor operations
+(CHARNN_NATIVE=0) beside the fused C cells it uses where a C compiler is there. Prints a table and writes JSON.
 
     python benchmarks/sample_speed.py --threads 2 --seconds 4
+    python benchmarks/sample_speed.py --threads 1 --seconds 2 --compare-native --rounds 3
     python benchmarks/sample_speed.py --checkpoint checkpoints/tinyshakespeare/best.pt \
         --text ../shared/corpora/tinyshakespeare.txt
 """
@@ -27,6 +29,7 @@ import torch
 from common import cpu_features, cpu_name
 
 import charnn.models.stepper
+from charnn.models import native
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from charnn.config import MIN_CELLS, ModelConfig
 from charnn.sampling import SampleConfig
@@ -99,6 +102,12 @@ def gemv_ceiling(model, seconds: float, int8: bool = False) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def use_native(on: bool) -> None:
+    """The fast stepper's cells: fused C (charnn.models.native) or tensor operations, for the steppers made next."""
+    os.environ["CHARNN_NATIVE"] = "1" if on else "0"
+    native.library.cache_clear()
+
+
 def score_by_stepping(model, tokenizer, text: str, int8: bool) -> float:
     """Nats per character of `text` under the stepper (fp32 or int8), one token at a time."""
     ids = torch.from_numpy(tokenizer.encode(text)).long()
@@ -125,6 +134,10 @@ def main() -> None:
     ap.add_argument("--chars", type=int, default=20000)
     ap.add_argument("--int8-kernel", choices=["auto", "int_mm", "fbgemm"], default="auto",
                     help="force one of charnn.models.int8's kernels (auto: what charnn picks on this machine)")
+    ap.add_argument("--compare-native", action="store_true", help="also time the fast stepper with its cells as "
+                    "tensor operations (CHARNN_NATIVE=0) beside the fused C cells, alternating, with the ceilings")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat every row (and the ceilings) this many times, "
+                    "alternating, so slow drift of the machine shows as spread, not as a difference")
     ap.add_argument("--out", default="benchmarks/results/sample_speed.json")
     args = ap.parse_args()
     if args.int8_kernel != "auto":
@@ -147,36 +160,47 @@ def main() -> None:
     fast_kind = isinstance(model, CharRNN)  # a kind with charnn's FastStepper: int8 and the gemv ceiling
 
     cpu = device.type == "cpu"
-    # (label, streams, fast stepper, int8, CUDA graphs: None = the sampler's default, graphs on CUDA only)
+    # (label, streams, fast stepper, int8, CUDA graphs: None = the sampler's default, graphs on CUDA only, the C cells)
     runs = []
     for streams in (1, 64):
         naive = f"naive: nn.{args.cell.upper()} per char" if fast_kind else "naive: forward per char"
-        runs += [(naive, streams, False, False, None), ("charnn sample", streams, True, False, None)]
-        runs += [("charnn sample --int8", streams, True, True, None)] if cpu and fast_kind else []
-        runs += [("charnn sample, no CUDA graphs", streams, True, False, False)] if not cpu else []
-    results = []
-    for label, streams, fast, int8, graphs in runs:
-        r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8, graphs)
-        results.append({"label": label, **r})
-    ceiling = gemv_ceiling(model, args.seconds) if cpu and fast_kind else None
-    ceiling_int8 = gemv_ceiling(model, args.seconds, int8=True) if cpu and fast_kind else None
+        runs += [(naive, streams, False, False, None, True), ("charnn sample", streams, True, False, None, True)]
+        runs += [("charnn sample --int8", streams, True, True, None, True)] if cpu and fast_kind else []
+        runs += [("charnn sample, no CUDA graphs", streams, True, False, False, True)] if not cpu else []
+        if args.compare_native and cpu and fast_kind:
+            runs += [("  cells as tensor ops", streams, True, False, None, False),
+                     ("  --int8, cells as tensor ops", streams, True, True, None, False)]
+    results, ceilings = [], []
+    for round_ in range(args.rounds):
+        for label, streams, fast, int8, graphs, fused in runs:
+            use_native(fused)
+            r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8, graphs)
+            results.append({"label": label, "round": round_, "native": fused and native.library() is not None, **r})
+        if cpu and fast_kind:
+            ceilings.append((gemv_ceiling(model, args.seconds), gemv_ceiling(model, args.seconds, int8=True)))
+        use_native(True)
+    ceiling, ceiling_int8 = (max(c[i] for c in ceilings) for i in (0, 1)) if ceilings else (None, None)
     naive = {r["streams"]: r["chars_per_s"] for r in results if not r["fast"]}
     for r in results:
         r["vs_naive_1_stream"] = round(r["chars_per_s"] / naive[1], 2)
         r["vs_naive_same_streams"] = round(r["chars_per_s"] / naive[r["streams"]], 2)
+        if ceilings and r["fast"] and r["streams"] == 1:  # against the ceiling of its own round
+            r["share_of_ceiling"] = round(r["chars_per_s"] / ceilings[r["round"]][1 if r["int8"] else 0], 3)
 
     int8_used = charnn.models.stepper.int8_kernel()
     print(f"{args.layers}x{args.hidden} {args.cell}, vocab {tokenizer.vocab_size}, {device}, {args.threads} threads, "
           f"torch {torch.__version__}, {f'{cpu_name()} ({cpu_features()})' if cpu else torch.cuda.get_device_name()}"
           + (f", int8 kernel {int8_used}" if cpu else ""))
-    print(f"{'sampler':<30}{'streams':>8}{'chars':>10}{'seconds':>9}{'chars/s':>12}{'x naive(1)':>12}{'x naive(same)':>15}")
+    print(f"{'sampler':<30}{'round':>6}{'streams':>8}{'chars':>10}{'seconds':>9}{'chars/s':>12}{'x naive(1)':>12}"
+          f"{'x naive(same)':>15}{'of ceiling':>12}")
     for r in results:
-        print(f"{r['label']:<30}{r['streams']:>8}{r['chars']:>10,}{r['seconds']:>9.2f}{r['chars_per_s']:>12,.0f}"
-              f"{r['vs_naive_1_stream']:>12.1f}{r['vs_naive_same_streams']:>15.1f}")
+        share = f"{r['share_of_ceiling']:.1%}" if "share_of_ceiling" in r else ""
+        print(f"{r['label']:<30}{r['round'] + 1:>6}{r['streams']:>8}{r['chars']:>10,}{r['seconds']:>9.2f}"
+              f"{r['chars_per_s']:>12,.0f}{r['vs_naive_1_stream']:>12.1f}{r['vs_naive_same_streams']:>15.1f}{share:>12}")
     quality = None
     if ceiling:
-        print(f"one-stream ceiling (the step's matrix products alone): fp32 {ceiling:,.0f} chars/s, "
-              f"int8 {ceiling_int8:,.0f} chars/s")
+        print("one-stream ceiling (the step's matrix products alone), per round: " + ", ".join(
+            f"fp32 {a:,.0f} / int8 {b:,.0f} chars/s" for a, b in ceilings))
     if args.checkpoint and args.text and cpu and fast_kind:
         text = Path(args.text).read_text(encoding="utf-8")[-args.chars:]
         quality = {"chars": len(text), "fp32": score_by_stepping(model, tokenizer, text, False),
@@ -193,6 +217,7 @@ def main() -> None:
             "int8_weight_levels": weight_levels(1) if cpu and int8_used == "int_mm" else None}
     out.write_text(json.dumps({**meta, "results": results, "fp32_gemv_ceiling_chars_per_s": ceiling,
                                "int8_gemv_ceiling_chars_per_s": ceiling_int8,
+                               "ceilings_per_round": ceilings, "native_library": str(native.library()),
                                "quality_nats_per_char": quality}, indent=2))
     print(f"wrote {out}")
 

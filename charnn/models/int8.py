@@ -59,24 +59,30 @@ def weight_levels(batch: int) -> int:
 def product(w_t: torch.Tensor, bias: Optional[torch.Tensor], batch: int, kind: str) -> MatMul:
     """out = x @ W + bias, or out += x @ W when bias is None, with W (given transposed, (in, out)) in int8.
     For "int_mm" x is the int8 codes of the input; for "fbgemm" x is the fp32 input itself."""
-    return (_int_mm_product if kind == "int_mm" else _fbgemm_product)(w_t, bias, batch)
+    return (IntMM if kind == "int_mm" else _fbgemm_product)(w_t, bias, batch)
 
 
-def _int_mm_product(w_t: torch.Tensor, bias: Optional[torch.Tensor], batch: int) -> MatMul:
-    levels = weight_levels(batch)
-    w = w_t.t().float()  # (out, in)
-    scale = (w.abs().amax(dim=1) / levels).clamp_min(1e-12)
-    codes = torch.round(w / scale[:, None]).clamp_(-levels, levels).to(torch.int8).contiguous().t()  # (in, out)
-    factor = scale / ACT_LEVELS  # int32 sums of code products -> x @ W
-    acc = torch.empty(batch, codes.shape[1], dtype=torch.int32, device=w_t.device)
+class IntMM:
+    """out = x @ W (+ bias) for int8 codes x: torch._int_mm's exact int32 sums (`sums`), scaled back by one addcmul.
+    A fused cell (charnn.models.native) takes `sums` and does the scaling itself, from `acc` and `factor`."""
 
-    def int_mm_product(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        torch._int_mm(x, codes, out=acc)
-        if bias is None:
-            return out.addcmul_(acc, factor)
-        return torch.addcmul(bias, acc, factor, out=out)
+    def __init__(self, w_t: torch.Tensor, bias: Optional[torch.Tensor], batch: int):
+        levels = weight_levels(batch)
+        w = w_t.t().float()  # (out, in)
+        scale = (w.abs().amax(dim=1) / levels).clamp_min(1e-12)
+        self.codes = torch.round(w / scale[:, None]).clamp_(-levels, levels).to(torch.int8).contiguous().t()
+        self.factor = (scale / ACT_LEVELS).contiguous()  # int32 sums of code products -> x @ W
+        self.bias = bias
+        self.acc = torch.empty(batch, self.codes.shape[1], dtype=torch.int32, device=w_t.device)
 
-    return int_mm_product
+    def sums(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._int_mm(x, self.codes, out=self.acc)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        torch._int_mm(x, self.codes, out=self.acc)
+        if self.bias is None:
+            return out.addcmul_(self.acc, self.factor)
+        return torch.addcmul(self.bias, self.acc, self.factor, out=out)
 
 
 def _fbgemm_product(w_t: torch.Tensor, bias: Optional[torch.Tensor], batch: int) -> MatMul:

@@ -1,0 +1,118 @@
+"""The sampler's fused C cells (charnn.models.native): the same numbers as the tensor operations, and a quiet
+fallback to them wherever the C file cannot be built."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from charnn.config import ModelConfig
+from charnn.models import native
+from charnn.models.int8 import ACT_LEVELS
+from charnn.models.registry import build_model
+from charnn.models.stepper import FastStepper, full_forward_logits
+from conftest import subprocess_env
+
+pytestmark = pytest.mark.skipif(not shutil.which(os.environ.get("CC") or "cc"), reason="no C compiler here")
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """A private cache and no library loaded yet in this process; restored after."""
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path))
+    native.library.cache_clear()
+    yield monkeypatch
+    native.library.cache_clear()
+
+
+def model_of(cell: str, layers: int = 2, hidden: int = 24, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(vocab_size=11, embed=8, hidden=hidden, layers=layers, cell=cell)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.6)  # larger than the init, so every gate saturates somewhere
+    return model
+
+
+def stepper(model, batch: int, use_native: bool, monkeypatch, **kw) -> FastStepper:
+    monkeypatch.setenv("CHARNN_NATIVE", "1" if use_native else "0")
+    native.library.cache_clear()
+    st = FastStepper(model, batch, **kw)
+    assert (st.native is not None) == use_native
+    return st
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_the_fused_cells_match_the_model_and_the_tensor_operations(fresh, cell, layers):
+    model = model_of(cell, layers)
+    ids = torch.randint(0, 11, (60,), generator=torch.Generator().manual_seed(1)).tolist()
+    want = full_forward_logits(model, ids)
+    fused, ops = stepper(model, 3, True, fresh), stepper(model, 3, False, fresh)
+    for t, row in zip(ids, want):
+        a, b = fused.step(torch.full((3,), t)).clone(), ops.step(torch.full((3,), t))
+        assert (a - row).abs().max().item() < 1e-5 and (a - b).abs().max().item() < 1e-5
+    assert (fused.hs - ops.hs).abs().max().item() < 1e-5  # the state itself, not only the logits
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_int8_fused_cells_keep_every_layers_codes_current(fresh, cell, monkeypatch):
+    monkeypatch.setattr("charnn.models.stepper.int8_kernel", lambda: "int_mm")
+    model = model_of(cell, layers=3, hidden=32)
+    fused, ops = stepper(model, 2, True, fresh, int8=True), stepper(model, 2, False, fresh, int8=True)
+    exact = stepper(model, 2, False, fresh)
+    worst = {"fused": 0.0, "ops": 0.0}  # each int8 path's distance from fp32 (these large weights make it drift)
+    for t in [3, 1, 4, 1, 5, 9, 2, 6, 5, 3] * 3:
+        a, b = (torch.softmax(s.step(torch.full((2,), t)).double(), -1) for s in (fused, ops))
+        c = torch.softmax(exact.step(torch.full((2,), t)).double(), -1)
+        assert torch.equal(fused.codes, torch.round(fused.hs * ACT_LEVELS).to(torch.int8))  # all layers, now
+        assert (a - b).abs().max().item() < 5e-3
+        worst = {"fused": max(worst["fused"], (a - c).abs().max().item()),
+                 "ops": max(worst["ops"], (b - c).abs().max().item())}
+    assert 1e-6 < worst["fused"] <= 1.05 * worst["ops"] + 1e-4  # int8 (not silently fp32), and no further from it
+
+
+def test_it_builds_once_and_is_reused(fresh, tmp_path):
+    first = native._build()
+    stamp = first.stat().st_mtime_ns
+    assert native._build() == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary file left
+
+
+@pytest.mark.parametrize("how", ["off", "no compiler", "compiler fails"])
+def test_without_the_library_the_stepper_uses_its_tensor_operations(fresh, tmp_path, how):
+    if how == "off":
+        fresh.setenv("CHARNN_NATIVE", "0")
+    elif how == "no compiler":
+        fresh.setenv("CC", str(tmp_path / "no-such-cc"))
+    else:
+        cc = tmp_path / "broken-cc"
+        cc.write_text("#!/bin/sh\necho 'error: nothing works' >&2\nexit 1\n")
+        cc.chmod(0o755)
+        fresh.setenv("CC", str(cc))
+    assert native.library() is None
+    model = model_of("lstm")
+    st = FastStepper(model, 2)
+    assert st.native is None
+    want = full_forward_logits(model, [1, 2, 3])[-1]
+    for t in [1, 2, 3]:
+        got = st.step(torch.full((2,), t))
+    assert (got - want).abs().max().item() < 1e-5
+    assert not list((tmp_path / "native").glob("*")) if (tmp_path / "native").exists() else True
+
+
+def test_sampling_writes_the_same_text_with_and_without_the_fused_cells(trained_run, tmp_path):
+    """fp32: the fused cells differ from the tensor operations by float rounding only (1e-7), so a seeded sample
+    draws the same characters."""
+    texts = []
+    for flag in ("1", "0"):
+        r = subprocess.run([sys.executable, "-m", "charnn", "sample", str(trained_run.run_dir), "--length", "400",
+                            "--seed", "7", "--num-samples", "3"], capture_output=True, text=True,
+                           env=subprocess_env(CHARNN_NATIVE=flag, CHARNN_CACHE=str(tmp_path)), timeout=300)
+        assert r.returncode == 0, r.stderr
+        texts.append(r.stdout)
+    assert texts[0] == texts[1] and len(texts[0]) > 1000
+    assert list((tmp_path / "native").glob("cells-*"))  # the first run built it, in the cache it was given
