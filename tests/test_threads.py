@@ -89,6 +89,36 @@ def test_watch_asks_again_after_a_jump_and_backs_off_when_nothing_changed():
     assert w.observe(1.0 / 1.7)  # faster by RECHECK_RATIO counts too: a load left, more threads may pay again
 
 
+def test_on_fewer_threads_the_watch_asks_again_by_the_clock_sooner_and_backs_off():
+    """A load took a core and left: one thread's step time did not move, so only the clock can notice. The watch
+    asks after RECHECK_FEWER_SECS, then twice as long after each re-measure that kept the count, up to
+    RECHECK_SECS; back on the most threads, RECHECK_SECS again."""
+    now = {"t": 0.0}
+    w = T.Watch(clock=lambda: now["t"], window=4, ratio=1.6, every=300.0, fewer=True, fewer_every=30.0)
+
+    def asked_after(seconds: float) -> bool:
+        start = now["t"]
+        for _ in range(4):
+            w.observe(1.0)
+        now["t"] = start + seconds - 0.5
+        early = w.observe(1.0)
+        now["t"] = start + seconds
+        return not early and w.observe(1.0)
+
+    assert asked_after(30)
+    w.restart(changed=False, fewer=True)  # still busy: wait twice as long
+    assert asked_after(60)
+    for expected in (120, 240, 300, 300):
+        w.restart(changed=False, fewer=True)
+        assert asked_after(expected)
+    w.restart(changed=True, fewer=False)  # the load left: the most threads again, the usual wait
+    assert asked_after(300)
+    w.restart(changed=True, fewer=True)  # busy again: soon again
+    assert asked_after(30)
+    assert T.ThreadChoice(1, "measured", {1: 0.2, 2: 0.4}).fewer
+    assert not T.ThreadChoice(2, "measured", {1: 0.4, 2: 0.2}).fewer and not T.ThreadChoice(1, "single").fewer
+
+
 @pytest.fixture
 def two_cores(monkeypatch):
     monkeypatch.setattr(T, "usable_cores", lambda local=1: 2)

@@ -18,7 +18,9 @@ trains, so no rule on core counts gets it right; timing a few steps does. So:
    median of the first WINDOW after the choice by RECHECK_RATIO or more (slower: another process took a
    core; faster: one left), or RECHECK_SECS passed, it measures again. A re-measure that keeps the same
    count doubles the steps the next jump must wait (hysteresis), so a machine whose load flickers does not
-   spend its time measuring.
+   spend its time measuring. While the choice is fewer threads than the most measured (a core was busy), it
+   measures again after RECHECK_FEWER_SECS, doubling while the choice stays: the fewer threads' step time does
+   not change when the other process leaves, so no jump would show it.
 
 Each measurement takes about MEASURE_BUDGET seconds plus one warm-up step per candidate, inside the run's
 clock. The thread count changes the order of floating-point sums, so a seeded run (or an exact resume) is
@@ -47,6 +49,10 @@ PROBE_STEPS = 32  # time steps of the probe batch: the per-step work of the run'
 WINDOW = 16  # steps in the baseline and in the rolling window the watch compares with it
 RECHECK_RATIO = 1.6  # a rolling median this many times slower (or faster) than the baseline: measure again
 RECHECK_SECS = 300.0  # and measure again after this long anyway (a load that left does not slow anything down)
+# ... but sooner while training runs on fewer threads than the cores it may use: a load that took a core and left
+# does not change the step time of the fewer threads it caused, so only a clock can notice. This long after such a
+# choice, then twice as long after each re-measure that keeps it, up to RECHECK_SECS.
+RECHECK_FEWER_SECS = 30.0
 
 
 @dataclass
@@ -59,6 +65,11 @@ class ThreadChoice:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "seconds": {str(k): round(v, 5) for k, v in self.seconds.items()}}
+
+    @property
+    def fewer(self) -> bool:
+        """Fewer threads than the most it measured: what a busy core leads to (Watch rechecks sooner)."""
+        return bool(self.seconds) and self.threads < max(self.seconds)
 
 
 def usable_cores(local_processes: int = 1) -> int:
@@ -158,14 +169,20 @@ class Watch:
     """Decides when to measure again, from the seconds per token of training's own steps (module doc, 3)."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter, window: int = WINDOW,
-                 ratio: float = RECHECK_RATIO, every: float = RECHECK_SECS):
-        self.clock, self.window, self.ratio, self.every = clock, window, ratio, every
+                 ratio: float = RECHECK_RATIO, every: float = RECHECK_SECS, fewer: bool = False,
+                 fewer_every: float = RECHECK_FEWER_SECS):
+        self.clock, self.window, self.ratio, self.every, self.fewer_every = clock, window, ratio, every, fewer_every
         self.gap = 2 * window  # steps after a choice before a jump can call for another
-        self.restart(changed=True)
+        self.wait, self.fewer = every, False  # seconds before measuring again anyway; the choice was fewer threads
+        self.restart(changed=True, fewer=fewer)
 
-    def restart(self, changed: bool) -> None:
-        """A choice was (re)made: start a new baseline; a re-measure that changed nothing doubles the wait."""
+    def restart(self, changed: bool, fewer: bool = False) -> None:
+        """A choice was (re)made: start a new baseline; a re-measure that changed nothing doubles the wait.
+        `fewer`: the choice is fewer threads than the most measured (module doc, RECHECK_FEWER_SECS)."""
         self.gap = 2 * self.window if changed else min(self.gap * 2, 64 * self.window)
+        fresh = changed or not self.fewer
+        self.wait = self.every if not fewer else min(self.every, self.fewer_every if fresh else 2 * self.wait)
+        self.fewer = fewer
         self.baseline: Optional[float] = None
         self.recent: deque = deque(maxlen=self.window)
         self.first: List[float] = []
@@ -180,7 +197,7 @@ class Watch:
                 self.baseline = statistics.median(self.first)
             return False
         self.recent.append(seconds_per_token)
-        if self.clock() - self.since >= self.every:
+        if self.clock() - self.since >= self.wait:
             return True
         if self.steps < self.gap or len(self.recent) < self.window:
             return False
