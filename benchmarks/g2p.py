@@ -66,7 +66,9 @@ SETTINGS = {
     "small": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5"],
     "large": ["--layers", "2", "--hidden", "256", "--embed", "64", "--dropout", "0.1"],  # the default past 2,000
     # learning rate and batch against the data's size (the pairs defaults: --lr 1e-2, --batch-size 32 on a CPU)
+    "batch32": ["--batch-size", "32"],
     "batch64": ["--batch-size", "64"],
+    "batch128": ["--batch-size", "128"],
     "lr3e-3": ["--lr", "3e-3"],
     "small-batch16": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5", "--batch-size", "16"],
     "small-lr3e-3": ["--layers", "1", "--hidden", "128", "--embed", "128", "--dropout", "0.5", "--lr", "3e-3"],

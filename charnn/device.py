@@ -59,7 +59,7 @@ def default_batch_size(device: torch.device, pairs: bool = False) -> int:
     streams use its width at almost no cost per step.
     Pairs: 32 on the CPU. A pair is a short line (tens of characters, where a stream window is 128), and
     on the reversal task (benchmarks/SEQ2SEQ.md) 32 pairs a step learnt in 566 steps (val 0.016 nats/char)
-    what 64 had not in 750 (0.13)."""
+    what 64 had not in 750 (0.13). A pairs run sizes it for its data instead (charnn.tasks.pairs.PAIR_BATCHES)."""
     if pairs:
         return 256 if device.type == "cuda" else 32
     return 256 if device.type == "cuda" else 8

@@ -511,3 +511,25 @@ def test_a_pairs_model_is_sized_for_its_data_where_the_flags_leave_it_open(tmp_p
     from charnn.training.run import train_configs
     assert train_configs({"hidden": 64})[1].sized == ()
     assert train_configs({"pairs": True, "hidden": 64})[1].sized == ("dropout", "embed", "layers")
+
+
+def test_a_pairs_batch_on_the_cpu_follows_the_data_unless_given_and_resume_keeps_it(tmp_path, monkeypatch):
+    from charnn.tasks import pairs as pairs_task
+
+    assert [pairs_task.batch_for(n) for n in (1, 20_000, 20_001, 10**9)] == [32, 32, 64, 64]
+    monkeypatch.setattr(pairs_task, "PAIR_BATCHES", ((100, 8), (None, 12)))  # this test's data: 270 pairs
+    write_pairs(tmp_path / "r.tsv", words(300, 5))
+    base = ["train", str(tmp_path / "r.tsv"), "--pairs", "--max-steps", "2", "--eval-every", "2", "--out",
+            str(tmp_path), "--device", "cpu", "--threads", "1", "--hidden", "16", "--layers", "1", "--embed", "8",
+            "--dropout", "0"]
+
+    def batch_of(name):
+        return load_checkpoint(tmp_path / name / "last.pt")["train_config"]["batch_size"]
+    r = runner.invoke(app, [*base, "--name", "auto"])
+    assert r.exit_code == 0, r.stderr
+    assert batch_of("auto") == 12 and "batch 12," in r.stderr  # the start line says what it chose
+    r = runner.invoke(app, [*base, "--name", "given", "--batch-size", "5"])
+    assert r.exit_code == 0 and batch_of("given") == 5, r.stderr
+    monkeypatch.setattr(pairs_task, "PAIR_BATCHES", ((None, 7),))  # a later charnn with other defaults
+    r = runner.invoke(app, [*base, "--name", "auto", "--resume", "--max-steps", "4"])
+    assert r.exit_code == 0 and batch_of("auto") == 12, r.stderr

@@ -108,7 +108,8 @@ class TrainProgress:
             procs = f" x {info['processes']} processes" if info.get("processes", 1) > 1 else ""
             precision = _precision_words(info.get("precision_choice")) or info["precision"]
             precision += _threads_words(info.get("threads_choice"))
-            self.note(f"training {info['params']:,} parameters on {info['device']}{procs} ({precision}), "
+            batch = f", batch {info['batch_size']}" if info.get("batch_size") else ""
+            self.note(f"training {info['params']:,} parameters on {info['device']}{procs} ({precision}){batch}, "
                       f"vocab {info['vocab_size']}{per}, {info['train_tokens']:,} train / {info['val_tokens']:,} val "
                       f"tokens -> {info['run_dir']}")
             if info.get("val_unknown"):

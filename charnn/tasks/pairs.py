@@ -28,6 +28,10 @@ from charnn.text.tokenizer import start_id
 PAIR_SIZES = ((2_000, {"layers": 1, "hidden": 128, "embed": 128, "dropout": 0.5}),
               (None, {"layers": 2, "hidden": 256, "embed": 64, "dropout": 0.1}))
 SIZED = frozenset(PAIR_SIZES[0][1])
+# Pairs per batch on a CPU where --batch-size is not given, by training pairs: more pairs a step pay on a large
+# dictionary (fewer, larger products per character, and there is data enough for fewer steps), not on a small one
+# (benchmarks/SEQ2SEQ.md, "Learning rate and batch against the data's size"). On a GPU: 256 at every size.
+PAIR_BATCHES = ((20_000, 32), (None, 64))
 
 
 def sized_for(pairs: int) -> dict:
@@ -35,12 +39,18 @@ def sized_for(pairs: int) -> dict:
     return dict(next(flags for up_to, flags in PAIR_SIZES if up_to is None or pairs <= up_to))
 
 
+def batch_for(pairs: int) -> int:
+    """Pairs per batch on a CPU for a run on `pairs` training pairs."""
+    return next(batch for up_to, batch in PAIR_BATCHES if up_to is None or pairs <= up_to)
+
+
 class PairsTask(Task):
     kind = "pairs"
     serves = "pairs"
 
     def default_batch_size(self, device: torch.device) -> int:
-        return default_batch_size(device, True)
+        """On a CPU, sized for the training pairs (so asked after `prepare`); on a GPU, charnn.device's."""
+        return batch_for(len(self.data.train_src)) if device.type == "cpu" else default_batch_size(device, True)
 
     def prepare(self, cfg: TrainConfig, resumed: Optional[dict], parent, encoding: str, on_event) -> None:
         if parent is not None:

@@ -15,7 +15,7 @@ import datetime
 import gc
 import os
 import re
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -105,8 +105,9 @@ class Dist:
             self.close()
 
     # -- what the trainer needs ---------------------------------------------------------------------
-    def check_batch_size(self, batch_size: int) -> None:
-        if batch_size % self.world:
+    def check_batch_size(self, batch_size: Optional[int]) -> None:
+        """A global --batch-size must divide among the processes (None: the default, which is made to)."""
+        if batch_size is not None and batch_size % self.world:
             lower = batch_size - batch_size % self.world
             raise ConfigError(f"`--batch-size` {batch_size} is the global number of streams and must divide "
                               f"evenly among the {self.world} processes; try --batch-size "

@@ -64,7 +64,7 @@ def start_info(t) -> dict:
             "threads_choice": t.threads_choice.to_dict(), "vocab_size": t.tokenizer.vocab_size,
             "train_tokens": len(t.batches.ids), "val_tokens": len(t.val_ids),
             "steps_per_epoch": t.batches.steps_per_epoch(), "step": t.step, "tokenizer": t.tokenizer.kind,
-            "processes": t.dist.world, "chars_per_token": t.task.chars_per_token,
+            "processes": t.dist.world, "chars_per_token": t.task.chars_per_token, "batch_size": t.cfg.batch_size,
             "val_unknown": int((t.val_ids == t.tokenizer.unk_id).sum())}
 
 

@@ -80,9 +80,7 @@ class Trainer:
         self.cfg = cfg
         self.resumed = resumed is not None
         self.device = self.dist.start(resolve_device(cfg.device))  # joins the process group under torchrun
-        if cfg.batch_size is None:  # the default is per process; --batch-size is the global batch
-            self.cfg = cfg = replace(cfg, batch_size=self.task.default_batch_size(self.device) * self.dist.world)
-        self.dist.check_batch_size(cfg.batch_size)
+        self.dist.check_batch_size(cfg.batch_size)  # a --batch-size that cannot work fails before data is read
         self._threads_before = torch.get_num_threads()  # fit puts it back: a library call leaves torch as it was
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -92,6 +90,8 @@ class Trainer:
         if resumed:
             self.task.check_resume(resumed, self.run_dir.name)
         self.task.prepare(cfg, resumed, parent, encoding, self.on_event)
+        if cfg.batch_size is None:  # per process (a task may size it for its data); --batch-size is the global batch
+            self.cfg = cfg = replace(cfg, batch_size=self.task.default_batch_size(self.device) * self.dist.world)
         self.batches = self.task.make_batches(cfg, self.device)
         self.batches.shard(*self.dist.part)
         if self.dist.active:
@@ -127,7 +127,7 @@ class Trainer:
         self.threads_choice = self._choose_threads("fp32", resumed)  # before precision: its cache key holds them
         self.precision_choice = self._choose_precision(resumed)
         self.precision = self.precision_choice.precision
-        self.watch = Watch() if self.threads_choice.how == "measured" else None
+        self.watch = Watch(fewer=self.threads_choice.fewer) if self.threads_choice.how == "measured" else None
         self._recheck = False
         self.budget = Budget(self.task.val_units)
         if cfg.max_time and self.task.probes_eval and len(self.val_ids) >= 2:
@@ -158,7 +158,7 @@ class Trainer:
         before = self.threads_choice.threads
         self.threads_choice = self._choose_threads(self.precision)
         changed = self.threads_choice.threads != before
-        self.watch.restart(changed)
+        self.watch.restart(changed, fewer=self.threads_choice.fewer)
         if changed:
             self.budget.forget_steps()
         self.on_event("threads", {**self.threads_choice.to_dict(), "step": self.step, "before": before})
@@ -235,7 +235,7 @@ class Trainer:
             return False
         self._recheck = False
         if self.cfg.max_time and self.cfg.max_time - self.elapsed() < 20 * self._measure_cost:
-            self.watch.restart(changed=False)
+            self.watch.restart(changed=False, fewer=self.threads_choice.fewer)
             return False
         return True
 
