@@ -84,7 +84,9 @@ def chars_per_second(model, tokenizer, device, streams: int, fast: bool, seconds
 
 def gemv_ceiling(model, seconds: float, int8: bool = False) -> float:
     """Steps per second of the stepper's recurrent matrix products alone (one stream, fp32 or int8): the bound
-    set by reading every recurrent weight once per character from wherever it lives in the memory hierarchy."""
+    set by reading every recurrent weight once per character from wherever it lives in the memory hierarchy.
+    (Before session 17 the int8 rows also counted the scaling of int32 sums back to float, one small op per
+    product: the C cells now do that, so it is no longer part of the products.)"""
     st = FastStepper(model, 1, int8=int8)
     if st.cell == "gru":  # input and recurrent products apart (its n gate needs W_hn h on its own)
         products = [(st.mm_hh[l], st.x_hh[l], st.gh[l]) for l in range(st.L)]
@@ -92,6 +94,10 @@ def gemv_ceiling(model, seconds: float, int8: bool = False) -> float:
     else:
         products = [(st.mm_hh[0], st.x_hh[0], st.gates[0])]
         products += [(st.mm_hh[l], st.x_cat[l], st.gates[l]) for l in range(1, st.L)]
+
+    def bare(mm):  # int_mm: the int8 products' int32 sums alone (torch._int_mm), not the scaling back (C cells)
+        return (lambda x, out: mm.sums(x)) if hasattr(mm, "sums") else mm
+    products = [(bare(mm), x, out) for mm, x, out in products]
     n, t0 = 0, time.perf_counter()
     with torch.inference_mode():
         while time.perf_counter() - t0 < seconds:

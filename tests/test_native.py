@@ -75,6 +75,55 @@ def test_int8_fused_cells_keep_every_layers_codes_current(fresh, cell, monkeypat
     assert 1e-6 < worst["fused"] <= 1.05 * worst["ops"] + 1e-4  # int8 (not silently fp32), and no further from it
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_one_streams_head_and_draw_in_c_draw_what_the_tensor_operations_draw(fresh, int8):
+    """step_draw(tok, noise, out) is argmax(step(tok) + noise): the same ids, token after token, with a banned id
+    (its bias -inf) never drawn."""
+    model = model_of("lstm", layers=2, hidden=32)
+    fused = stepper(model, 1, True, fresh, int8=int8, banned=[4])
+    plain = stepper(model, 1, True, fresh, int8=int8, banned=[4])
+    assert fused.draws and not stepper(model, 2, True, fresh).draws  # one stream only
+    g = torch.Generator().manual_seed(3)
+    a = b = torch.tensor([1])
+    for _ in range(300):
+        noise = -torch.log(-torch.log(torch.rand(1, 11, generator=g)))
+        out = torch.empty(1, dtype=torch.long)
+        fused.step_draw(a, noise, out)
+        want = torch.argmax(plain.step(b) + noise, dim=-1)
+        assert torch.equal(out, want) and out.item() != 4
+        a = b = out.clone()
+
+
+def test_the_batcher_takes_the_fused_draw_only_for_a_plain_draw(fresh, trained_run, monkeypatch):
+    import charnn
+    calls = []
+    real = FastStepper.step_draw
+    monkeypatch.setattr(FastStepper, "step_draw", lambda self, *a: calls.append(1) or real(self, *a))
+    model = charnn.load(trained_run.run_dir, device="cpu")
+    text = model.generate("the ", length=60, seed=5)
+    assert len(calls) >= 59 and len(text) == 60
+    calls.clear()
+    hot = model.generate("the ", length=60, seed=5, temperature=0.7, top_k=5)  # temperature, filters: torch's draw
+    assert not calls and len(hot) == 60
+    fresh.setenv("CHARNN_NATIVE", "0")
+    native.library.cache_clear()
+    assert charnn.load(trained_run.run_dir, device="cpu").generate("the ", length=60, seed=5) == text
+
+
+def test_an_int8_cell_that_looks_its_row_up_refuses_ids_it_cannot_read(fresh, monkeypatch):
+    """With int_mm, layer 0's C cell reads the token ids itself (no index_select to check them)."""
+    monkeypatch.setattr("charnn.models.stepper.int8_kernel", lambda: "int_mm")
+    st = stepper(model_of("lstm"), 2, True, fresh, int8=True)
+    assert st.cell_reads_tokens
+    for bad in (torch.tensor([1, 11]), torch.tensor([-1, 2])):
+        with pytest.raises(IndexError):
+            st.step(bad)
+    for bad in (torch.tensor([1, 2], dtype=torch.int32), torch.tensor([1, 0, 2, 0])[::2], torch.tensor([1])):
+        with pytest.raises(ValueError):
+            st.step(bad)
+    assert st.step(torch.tensor([10, 0])).isfinite().all()
+
+
 def test_it_builds_once_and_is_reused(fresh, tmp_path):
     first = native._build()
     stamp = first.stat().st_mtime_ns
@@ -108,11 +157,11 @@ def test_sampling_writes_the_same_text_with_and_without_the_fused_cells(trained_
     """fp32: the fused cells differ from the tensor operations by float rounding only (1e-7), so a seeded sample
     draws the same characters."""
     texts = []
-    for flag in ("1", "0"):
+    for flag, n in (("1", "3"), ("0", "3"), ("1", "1"), ("0", "1")):  # 3 streams; and 1: the fused head and draw
         r = subprocess.run([sys.executable, "-m", "charnn", "sample", str(trained_run.run_dir), "--length", "400",
-                            "--seed", "7", "--num-samples", "3"], capture_output=True, text=True,
+                            "--seed", "7", "--num-samples", n], capture_output=True, text=True,
                            env=subprocess_env(CHARNN_NATIVE=flag, CHARNN_CACHE=str(tmp_path)), timeout=300)
         assert r.returncode == 0, r.stderr
         texts.append(r.stdout)
-    assert texts[0] == texts[1] and len(texts[0]) > 1000
+    assert texts[0] == texts[1] and len(texts[0]) > 1000 and texts[2] == texts[3] and len(texts[2]) > 300
     assert list((tmp_path / "native").glob("cells-*"))  # the first run built it, in the cache it was given

@@ -280,9 +280,13 @@ class Batcher:
         on whatever ids they hold), so a token costs no copies; the block's last draw becomes self.tokens."""
         views, step, whole = self._views(n, k), self.stepper.step, n == self.stepper.B
         prev = self.tokens
+        fused = getattr(self.stepper, "draws", False) and whole and self._plain()  # FastStepper, one stream, in C
         for noise, out, row in views:
-            logits = step(prev)
-            self._draw(logits if whole else logits[:n], noise, out)  # (n, V): rows past n are idle
+            if fused:
+                self.stepper.step_draw(prev, noise, out)
+            else:
+                logits = step(prev)
+                self._draw(logits if whole else logits[:n], noise, out)  # (n, V): rows past n are idle
             prev = row
         self.tokens[:n].copy_(views[-1][1])
 
@@ -369,12 +373,17 @@ class Batcher:
         greedy = [i for i, p in enumerate(params) if p.greedy]
         return scale, filters, seeds, drawn, torch.tensor(greedy, device=self.device) if greedy else None
 
+    def _plain(self) -> bool:
+        """The draws are argmax(logits + noise): no temperature, no filters, no healing (the common case)."""
+        scale, filters = self.plan[:2]
+        return scale is None and not filters and not self.healing
+
     def _draw(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
         """(n, V) logits -> (n,) ids in `out`, each row by its own temperature, filters and (n, V) noise."""
-        scale, filters = self.plan[:2]
-        if scale is None and not filters and not self.healing:  # the common case, with the fewest calls per token
+        if self._plain():  # the common case, with the fewest calls per token
             torch.argmax(logits.add_(noise), dim=-1, out=out)
             return
+        scale, filters = self.plan[:2]
         x = temper(logits, scale) if scale is not None else logits  # in place: the stepper writes them anew each step
         if self.healing:  # before top-k/top-p, as sample always did: the filters then choose among the allowed
             for i, r in enumerate(self.rows):

@@ -39,13 +39,16 @@ static inline float tanh_(float x) {
 static inline int8_t code(float h, float levels) { return (int8_t)rintf(h * levels); } /* round half to even */
 
 /* LSTM, gates in the stepper's order i, f, o (sigmoid) then g (tanh), each H wide:
-   pre = base (+ acc * factor, the int8 product's int32 sums scaled back, when acc is given; into scratch);
-   c = f * c + i * g;  h = o * tanh(c);  codes = round(h * levels) when codes is given. */
-void lstm_cell(int64_t B, int64_t H, const float *base, int64_t base_stride, const int32_t *acc,
-               const float *factor, float *scratch, float *c, float *h, int64_t h_stride, int8_t *codes,
-               int64_t code_stride, float levels) {
+   pre = base's row (+ acc * factor, the int8 product's int32 sums scaled back, when acc is given; into scratch);
+   c = f * c + i * g;  h = o * tanh(c);  codes = round(h * levels) when codes is given.
+   Row b of base is row rows[b] when rows is given (the embedding table looked up by token id: -1, and nothing
+   done, for an id outside 0..V-1), else row b (base_stride 0: one row, a bias, for every b). */
+int lstm_cell(int64_t B, int64_t H, const float *base, int64_t base_stride, const int32_t *acc,
+              const float *factor, float *scratch, float *c, float *h, int64_t h_stride, int8_t *codes,
+              int64_t code_stride, float levels, int64_t V, const int64_t *rows) {
+    for (int64_t b = 0; b < B; b++) if (rows && (rows[b] < 0 || rows[b] >= V)) return -1;
     for (int64_t b = 0; b < B; b++) {
-        const float *pre = base + b * base_stride;
+        const float *pre = base + (rows ? rows[b] : b) * base_stride;
         float *cb = c + b * H, *hb = h + b * h_stride;
         if (acc) {
             const int32_t *a = acc + b * 4 * H;
@@ -64,6 +67,7 @@ void lstm_cell(int64_t B, int64_t H, const float *base, int64_t base_stride, con
             for (int64_t j = 0; j < H; j++) kb[j] = code(hb[j], levels);
         }
     }
+    return 0;
 }
 
 /* GRU, gates r, z, n, each H wide: gi = W_i x + b_i and gh = W_h h + b_h (both already computed);
@@ -82,5 +86,29 @@ void gru_cell(int64_t B, int64_t H, const float *gi, const float *gh, float *h, 
             int8_t *kb = codes + b * code_stride;
             for (int64_t j = 0; j < H; j++) kb[j] = code(hb[j], levels);
         }
+    }
+}
+
+/* The head and the draw of one token for the first B rows, where the Batcher draws with neither temperature nor
+   filters: logits = bias + h @ W (W as torch keeps it, (H, V): one axpy per hidden unit, so the loop over the
+   vocabulary vectorises), plus the row's noise, and its argmax into out (the first of equal values, and NaN above
+   all, as torch.argmax). The varying arguments come last, after those a caller binds once. */
+void head_draw(int64_t H, int64_t V, const float *h, int64_t h_stride, const float *w, const float *bias,
+               float *logits, int64_t B, const float *noise, int64_t *out) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *hb = h + b * h_stride, *nb = noise + b * V;
+        float *lb = logits + b * V;
+        for (int64_t v = 0; v < V; v++) lb[v] = 0.0f;
+        for (int64_t j = 0; j < H; j++) {
+            const float x = hb[j], *wj = w + j * V;
+            for (int64_t v = 0; v < V; v++) lb[v] += x * wj[v];
+        }
+        int64_t best = 0;
+        float top = -INFINITY;
+        for (int64_t v = 0; v < V && !isnan(top); v++) {
+            float y = (bias[v] + lb[v]) + nb[v];
+            if (y > top || isnan(y)) { top = y; best = v; }
+        }
+        out[b] = best;
     }
 }

@@ -2,7 +2,8 @@
 
 A token of one stream costs the two layers' matrix products and, around them, about twenty small tensor
 operations whose dispatch (a few microseconds each on a CPU) adds a quarter to the products' time. The C file
-does a whole LSTM or GRU cell in one pass (and the int8 codes of its output). It is built once per machine with
+does a whole LSTM or GRU cell in one pass (and the int8 codes of its output), and one stream's head and plain
+draw (argmax of logits + noise). It is built once per machine with
 the C compiler already there (`$CC`, else `cc`; -O3 for this CPU, so the cache key names the CPU), kept in
 charnn's cache folder, and loaded with ctypes: no build step at install, no torch headers (it only sees raw
 float arrays, so it compiles in well under a second). Where there is no compiler, or it fails, or
@@ -34,7 +35,7 @@ def enabled() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def library() -> Optional[ctypes.CDLL]:
-    """The compiled cells (lstm_cell, gru_cell), or None where they cannot be built here. Built at most once
+    """The compiled cells (lstm_cell, gru_cell, and head_draw), or None where they cannot be built here. Built at most once
     per process; a built library is reused across runs."""
     if not enabled():
         return None
@@ -46,9 +47,11 @@ def library() -> Optional[ctypes.CDLL]:
             lib = ctypes.CDLL(str(_build()))
     except (OSError, subprocess.SubprocessError):
         return None
-    lib.lstm_cell.restype = lib.gru_cell.restype = None
-    lib.lstm_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
+    lib.lstm_cell.restype, lib.gru_cell.restype = ctypes.c_int, None
+    lib.lstm_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, PTR, I64, F32, I64, PTR]
     lib.gru_cell.argtypes = [I64, I64, PTR, PTR, PTR, I64, PTR, I64, F32]
+    lib.head_draw.restype = None
+    lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR]
     return lib
 
 

@@ -118,6 +118,14 @@ class FastStepper:
         self.plan = [self._layer_plan(l) for l in range(L)]
         lib = native.library() if dev.type == "cpu" and dt == torch.float32 and self.cell != "rnn" else None
         self.native = [call for l in range(L) for call in self._native_layer(lib, l)] if lib else None
+        self.cell_reads_tokens = bool(self.native) and self.coded and self.cell == "lstm"
+        # One stream: the head and the Batcher's plain draw (argmax of logits + noise) in one C call as well, where
+        # torch's product, add and argmax are three dispatches of a few microseconds for 512 x V multiply-adds. (Many
+        # streams: the head is a real product, which torch spreads over the threads.)
+        self.draws = bool(self.native) and batch == 1
+        self.head_draw = partial(lib.head_draw, H, self.w_head.shape[1], ctypes.c_void_p(self.h[-1].data_ptr()), L * H,
+                                 ctypes.c_void_p(self.w_head.data_ptr()), ctypes.c_void_p(self.b_head.data_ptr()),
+                                 ctypes.c_void_p(self.logits.data_ptr())) if self.draws else None
 
     # -- rows: what the Batcher does as rows join and leave (never per token), without knowing the layout --
     static = True  # its buffers stay put, so a CUDA graph may record its steps
@@ -235,20 +243,41 @@ class FastStepper:
             return products + [partial(lib.gru_cell, B, H, ptr(self.gates[l]), ptr(self.gh[l]), ptr(self.h[l]),
                                        L * H, codes, L * H, float(ACT_LEVELS))]
         mm, x = self.mm_hh[l], (self.x_hh[0] if l == 0 else self.x_cat[l])
-        if self.coded:  # base + acc * factor in C: the table's row (already in the gates) or the bias
-            base, stride = (self.gates[0], 4 * H) if l == 0 else (mm.bias, 0)
+        if self.coded:  # base + acc * factor in C: the table's row (looked up by the cell itself) or the bias
+            base, stride = (self.table, 4 * H) if l == 0 else (mm.bias, 0)
             products, acc = [partial(torch._int_mm, x, mm.codes, out=mm.acc)], (mm.acc, mm.factor, self.act[l])
         else:
             base, stride, products, acc = self.gates[l], 4 * H, [partial(mm, x, self.gates[l])], (None, None, None)
-        return products + [partial(lib.lstm_cell, B, H, ptr(base), stride, *map(ptr, acc), ptr(self.c[l]),
-                                   ptr(self.h[l]), L * H, codes, L * H, float(ACT_LEVELS))]
+        cell = partial(lib.lstm_cell, B, H, ptr(base), stride, *map(ptr, acc), ptr(self.c[l]), ptr(self.h[l]),
+                       L * H, codes, L * H, float(ACT_LEVELS), self.table.shape[0])
+        return products + [partial(cell, None) if l or not self.coded else _ReadsTokens(cell)]  # None: row b
 
-    def _step_native(self, tok: torch.Tensor) -> torch.Tensor:
-        """`step` with each layer's cell one C call (charnn.models.native): about 6 operations per token, not 20."""
+    def _native_layers(self, tok: torch.Tensor) -> None:
+        """The layers of `step` with each cell one C call (charnn.models.native): about 6 operations per token,
+        not 20. With int_mm, layer 0's cell looks the token's table row up itself (one operation fewer)."""
+        if self.cell_reads_tokens:
+            if tok.dtype != torch.long or not tok.is_contiguous() or tok.shape != (self.B,):
+                raise ValueError(f"FastStepper.step: token ids must be a contiguous int64 tensor of {self.B}")
+            ids = ctypes.c_void_p(tok.data_ptr())
+            for call in self.native:
+                if type(call) is not _ReadsTokens:
+                    call()
+                elif call(ids):
+                    raise IndexError("FastStepper.step: a token id outside the vocabulary")
+            return
         torch.index_select(self.table, 0, tok, out=self.gates[0])
         for call in self.native:
             call()
+
+    def _step_native(self, tok: torch.Tensor) -> torch.Tensor:
+        self._native_layers(tok)
         return torch.addmm(self.b_head, self.h[-1], self.w_head, out=self.logits)
+
+    def step_draw(self, tok: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
+        """Where `draws`: step, then out = argmax(logits + noise), the Batcher's draw without temperature or
+        filters, with the head in the same C call. noise: (1, V) float32, out: (1,) int64, both contiguous."""
+        self._native_layers(tok)
+        self.head_draw(1, ctypes.c_void_p(noise.data_ptr()), ctypes.c_void_p(out.data_ptr()))
 
     def _lstm(self, l: int, g: torch.Tensor) -> None:
         g_sig, g_tanh, a_sig, a_tanh, i, f, o = self.views[l]
@@ -319,6 +348,10 @@ class ModuleStepper:
 
     def state_tensors(self) -> List[torch.Tensor]:
         return self.ops.pack(self.state)
+
+
+class _ReadsTokens(partial):
+    """A C cell call that takes the step's token ids as its last argument (see FastStepper._native_layers)."""
 
 
 def _supported(model: nn.Module) -> bool:
