@@ -70,12 +70,26 @@ int lstm_cell(int64_t B, int64_t H, const float *base, int64_t base_stride, cons
     return 0;
 }
 
-/* GRU, gates r, z, n, each H wide: gi = W_i x + b_i and gh = W_h h + b_h (both already computed);
+/* One gate vector of a row: base's row (stride 0: one row, a bias, for every b), plus acc * factor (an int8
+   product's int32 sums scaled back) when acc is given, composed into out; else base's row itself. */
+static inline const float *gate_row(int64_t b, int64_t n, const float *base, int64_t stride, const int32_t *acc,
+                                    const float *factor, float *out) {
+    const float *row = base + b * stride;
+    if (!acc) return row;
+    const int32_t *a = acc + b * n;
+    for (int64_t j = 0; j < n; j++) out[j] = row[j] + (float)a[j] * factor[j];
+    return out;
+}
+
+/* GRU, gates r, z, n, each H wide: gi = W_i x + b_i and gh = W_h h + b_h, each given as gate_row's
+   (base, stride, acc, factor), scratch 6H floats;
    r, z = sigmoid(gi + gh);  n = tanh(gi_n + r * gh_n);  h = n + z * (h - n). */
-void gru_cell(int64_t B, int64_t H, const float *gi, const float *gh, float *h, int64_t h_stride, int8_t *codes,
-              int64_t code_stride, float levels) {
+void gru_cell(int64_t B, int64_t H, const float *gi, int64_t gi_stride, const int32_t *gi_acc, const float *gi_factor,
+              const float *gh, int64_t gh_stride, const int32_t *gh_acc, const float *gh_factor, float *scratch,
+              float *h, int64_t h_stride, int8_t *codes, int64_t code_stride, float levels) {
     for (int64_t b = 0; b < B; b++) {
-        const float *x = gi + b * 3 * H, *y = gh + b * 3 * H;
+        const float *x = gate_row(b, 3 * H, gi, gi_stride, gi_acc, gi_factor, scratch);
+        const float *y = gate_row(b, 3 * H, gh, gh_stride, gh_acc, gh_factor, scratch + 3 * H);
         float *hb = h + b * h_stride;
         for (int64_t j = 0; j < H; j++) {
             float r = sigmoid(x[j] + y[j]), z = sigmoid(x[H + j] + y[H + j]);

@@ -49,7 +49,7 @@ def library() -> Optional[ctypes.CDLL]:
         return None
     lib.lstm_cell.restype, lib.gru_cell.restype = ctypes.c_int, None
     lib.lstm_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, PTR, I64, F32, I64, PTR]
-    lib.gru_cell.argtypes = [I64, I64, PTR, PTR, PTR, I64, PTR, I64, F32]
+    lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
     lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR]
     return lib

@@ -117,6 +117,7 @@ class FastStepper:
         self._cell = getattr(self, f"_{self.cell}")
         self.plan = [self._layer_plan(l) for l in range(L)]
         lib = native.library() if dev.type == "cpu" and dt == torch.float32 and self.cell != "rnn" else None
+        self.scratch = torch.empty(2 * G * H, device=dev, dtype=dt) if lib else None  # a C cell's gates, composed
         self.native = [call for l in range(L) for call in self._native_layer(lib, l)] if lib else None
         self.cell_reads_tokens = bool(self.native) and self.coded and self.cell == "lstm"
         # One stream: the head and the Batcher's plain draw (argmax of logits + noise) in one C call as well, where
@@ -237,15 +238,25 @@ class FastStepper:
         def ptr(t):
             return None if t is None else ctypes.c_void_p(t.data_ptr())
         codes = ptr(self.codes[:, l * H:(l + 1) * H]) if self.coded else None
-        if self.cell == "gru":
-            products = ([] if l == 0 else [partial(self.mm_ih[l], self.x_ih[l], self.gates[l])]) + \
-                [partial(self.mm_hh[l], self.x_hh[l], self.gh[l])]
-            return products + [partial(lib.gru_cell, B, H, ptr(self.gates[l]), ptr(self.gh[l]), ptr(self.h[l]),
-                                       L * H, codes, L * H, float(ACT_LEVELS))]
+        if self.cell == "gru":  # gi: the table's row (layer 0) or W_i x + b_i; gh: W_h h + b_h
+            calls, sides = [], []
+            for mm, x, out in ([] if l == 0 else [(self.mm_ih[l], self.x_ih[l], self.gates[l])]) + \
+                    [(self.mm_hh[l], self.x_hh[l], self.gh[l])]:
+                if self.coded:  # the int32 sums only: the cell adds bias + sums * factor
+                    calls.append(partial(torch._int_mm, x, mm.codes, out=mm.acc))
+                    sides.append((mm.bias, 0, mm.acc, mm.factor))
+                else:
+                    calls.append(partial(mm, x, out))
+                    sides.append((out, 3 * H, None, None))
+            if l == 0:
+                sides.insert(0, (self.gates[0], 3 * H, None, None))
+            args = [a if isinstance(a, int) else ptr(a) for side in sides for a in side]
+            return calls + [partial(lib.gru_cell, B, H, *args, ptr(self.scratch), ptr(self.h[l]), L * H, codes, L * H,
+                                    float(ACT_LEVELS))]
         mm, x = self.mm_hh[l], (self.x_hh[0] if l == 0 else self.x_cat[l])
         if self.coded:  # base + acc * factor in C: the table's row (looked up by the cell itself) or the bias
             base, stride = (self.table, 4 * H) if l == 0 else (mm.bias, 0)
-            products, acc = [partial(torch._int_mm, x, mm.codes, out=mm.acc)], (mm.acc, mm.factor, self.act[l])
+            products, acc = [partial(torch._int_mm, x, mm.codes, out=mm.acc)], (mm.acc, mm.factor, self.scratch)
         else:
             base, stride, products, acc = self.gates[l], 4 * H, [partial(mm, x, self.gates[l])], (None, None, None)
         cell = partial(lib.lstm_cell, B, H, ptr(base), stride, *map(ptr, acc), ptr(self.c[l]), ptr(self.h[l]),
