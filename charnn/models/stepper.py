@@ -230,9 +230,9 @@ class FastStepper:
 
     def _native_layer(self, lib, l: int) -> list:
         """Layer l's work for `_step_native`, as calls with every argument bound (the buffers never move): its
-        products, then the C cell. For int_mm the LSTM's product stops at the int32 sums, which the cell scales
-        back and adds to the gates' base (the embedding table's row at layer 0, the bias above); every cell writes
-        its h's int8 codes at once, so the codes are never a step late."""
+        products, then the C cell. For int_mm the products stop at the int32 sums, which the cell scales back and
+        adds to the gates' base (the LSTM's: the embedding table's row at layer 0, the bias above; the GRU's: each
+        product's bias); every cell writes its h's int8 codes at once, so the codes are never a step late."""
         B, H, L = self.B, self.H, self.L
 
         def ptr(t):
