@@ -109,6 +109,8 @@ def _stream(sampler, quiet: bool) -> None:
     """Write each piece to stdout as it is made, fallback notes to stderr as they happen, then the speed."""
     import time
 
+    from charnn.models import native
+    native.library()  # the fused cells' one-time build (a fraction of a second) is not the sampling speed
     t0, last, noted = time.perf_counter(), "\n", 0
     with writing_results("the generated text"):
         for piece in sampler:
