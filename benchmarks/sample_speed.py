@@ -124,6 +124,42 @@ def score_by_stepping(model, tokenizer, text: str, int8: bool) -> float:
     return total / (len(text) - 1)
 
 
+def time_rows(model, tokenizer, device, args, fast_kind: bool):
+    """Every row of the table, --rounds times in turn, each round with its fp32 and int8 ceilings (one stream):
+    (results, [(fp32 ceiling, int8 ceiling) per round])."""
+    cpu = device.type == "cpu"
+    # (label, streams, fast stepper, int8, CUDA graphs: None = the sampler's default, graphs on CUDA only, the C cells)
+    runs = []
+    for streams in (1, 64):
+        naive = f"naive: nn.{args.cell.upper()} per char" if fast_kind else "naive: forward per char"
+        runs += [(naive, streams, False, False, None, True), ("charnn sample", streams, True, False, None, True)]
+        runs += [("charnn sample --int8", streams, True, True, None, True)] if cpu and fast_kind else []
+        runs += [("charnn sample, no CUDA graphs", streams, True, False, False, True)] if not cpu else []
+        if args.compare_native and cpu and fast_kind:
+            runs += [("  cells as tensor ops", streams, True, False, None, False),
+                     ("  --int8, cells as tensor ops", streams, True, True, None, False)]
+    results, ceilings = [], []
+    for round_ in range(args.rounds):
+        for label, streams, fast, int8, graphs, fused in runs:
+            use_native(fused)
+            r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8, graphs)
+            results.append({"label": label, "round": round_, "native": fused and native.library() is not None, **r})
+        if cpu and fast_kind:
+            ceilings.append((gemv_ceiling(model, args.seconds), gemv_ceiling(model, args.seconds, int8=True)))
+        use_native(True)
+    return results, ceilings
+
+
+def print_rows(results: list) -> None:
+    """The table, one line a timed row."""
+    print(f"{'sampler':<30}{'round':>6}{'streams':>8}{'chars':>10}{'seconds':>9}{'chars/s':>12}{'x naive(1)':>12}"
+          f"{'x naive(same)':>15}{'of ceiling':>12}")
+    for r in results:
+        share = f"{r['share_of_ceiling']:.1%}" if "share_of_ceiling" in r else ""
+        print(f"{r['label']:<30}{r['round'] + 1:>6}{r['streams']:>8}{r['chars']:>10,}{r['seconds']:>9.2f}"
+              f"{r['chars_per_s']:>12,.0f}{r['vs_naive_1_stream']:>12.1f}{r['vs_naive_same_streams']:>15.1f}{share:>12}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -166,25 +202,7 @@ def main() -> None:
     fast_kind = isinstance(model, CharRNN)  # a kind with charnn's FastStepper: int8 and the gemv ceiling
 
     cpu = device.type == "cpu"
-    # (label, streams, fast stepper, int8, CUDA graphs: None = the sampler's default, graphs on CUDA only, the C cells)
-    runs = []
-    for streams in (1, 64):
-        naive = f"naive: nn.{args.cell.upper()} per char" if fast_kind else "naive: forward per char"
-        runs += [(naive, streams, False, False, None, True), ("charnn sample", streams, True, False, None, True)]
-        runs += [("charnn sample --int8", streams, True, True, None, True)] if cpu and fast_kind else []
-        runs += [("charnn sample, no CUDA graphs", streams, True, False, False, True)] if not cpu else []
-        if args.compare_native and cpu and fast_kind:
-            runs += [("  cells as tensor ops", streams, True, False, None, False),
-                     ("  --int8, cells as tensor ops", streams, True, True, None, False)]
-    results, ceilings = [], []
-    for round_ in range(args.rounds):
-        for label, streams, fast, int8, graphs, fused in runs:
-            use_native(fused)
-            r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8, graphs)
-            results.append({"label": label, "round": round_, "native": fused and native.library() is not None, **r})
-        if cpu and fast_kind:
-            ceilings.append((gemv_ceiling(model, args.seconds), gemv_ceiling(model, args.seconds, int8=True)))
-        use_native(True)
+    results, ceilings = time_rows(model, tokenizer, device, args, fast_kind)
     ceiling, ceiling_int8 = (max(c[i] for c in ceilings) for i in (0, 1)) if ceilings else (None, None)
     naive = {r["streams"]: r["chars_per_s"] for r in results if not r["fast"]}
     for r in results:
@@ -197,12 +215,7 @@ def main() -> None:
     print(f"{args.layers}x{args.hidden} {args.cell}, vocab {tokenizer.vocab_size}, {device}, {args.threads} threads, "
           f"torch {torch.__version__}, {f'{cpu_name()} ({cpu_features()})' if cpu else torch.cuda.get_device_name()}"
           + (f", int8 kernel {int8_used}" if cpu else ""))
-    print(f"{'sampler':<30}{'round':>6}{'streams':>8}{'chars':>10}{'seconds':>9}{'chars/s':>12}{'x naive(1)':>12}"
-          f"{'x naive(same)':>15}{'of ceiling':>12}")
-    for r in results:
-        share = f"{r['share_of_ceiling']:.1%}" if "share_of_ceiling" in r else ""
-        print(f"{r['label']:<30}{r['round'] + 1:>6}{r['streams']:>8}{r['chars']:>10,}{r['seconds']:>9.2f}"
-              f"{r['chars_per_s']:>12,.0f}{r['vs_naive_1_stream']:>12.1f}{r['vs_naive_same_streams']:>15.1f}{share:>12}")
+    print_rows(results)
     quality = None
     if ceiling:
         print("one-stream ceiling (the step's matrix products alone), per round: " + ", ".join(

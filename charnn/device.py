@@ -49,19 +49,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def default_batch_size(device: torch.device, pairs: bool = False) -> int:
-    """Streams per batch when --batch-size is not given (`pairs`: pairs per batch of a --pairs model).
+def default_batch_size(device: torch.device) -> int:
+    """Streams per batch when --batch-size is not given (a --pairs run on the CPU: charnn.tasks.pairs.PAIR_BATCHES).
 
     CPU: 8. On 2 cores a 2x256 LSTM trains at about the same chars/s with 8 streams as with 64 (36-40k), and
     at equal characters smaller batches learn more, because they take more optimiser steps: val 1.429 (8),
     1.444 (16), 1.470 (32), 1.500 (64) after 11M characters of tinyshakespeare (benchmarks/TRAINING.md).
-    CUDA: 256. The recurrence is sequential in time, so a GPU is mostly idle at CPU batch sizes and more
-    streams use its width at almost no cost per step.
-    Pairs: 32 on the CPU. A pair is a short line (tens of characters, where a stream window is 128), and
-    on the reversal task (benchmarks/SEQ2SEQ.md) 32 pairs a step learnt in 566 steps (val 0.016 nats/char)
-    what 64 had not in 750 (0.13). A pairs run sizes it for its data instead (charnn.tasks.pairs.PAIR_BATCHES)."""
-    if pairs:
-        return 256 if device.type == "cuda" else 32
+    CUDA: 256 (streams, or pairs of a --pairs run). The recurrence is sequential in time, so a GPU is mostly idle
+    at CPU batch sizes and more streams use its width at almost no cost per step."""
     return 256 if device.type == "cuda" else 8
 
 

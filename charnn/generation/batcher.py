@@ -280,13 +280,14 @@ class Batcher:
         on whatever ids they hold), so a token costs no copies; the block's last draw becomes self.tokens."""
         views, step, whole = self._views(n, k), self.stepper.step, n == self.stepper.B
         prev = self.tokens
-        fused = getattr(self.stepper, "draws", False) and whole and self._plain()  # FastStepper, one stream, in C
+        plain = self._plain()
+        fused = plain and whole and getattr(self.stepper, "draws", False)  # FastStepper, one stream, in C
         for noise, out, row in views:
             if fused:
                 self.stepper.step_draw(prev, noise, out)
             else:
                 logits = step(prev)
-                self._draw(logits if whole else logits[:n], noise, out)  # (n, V): rows past n are idle
+                self._draw(logits if whole else logits[:n], noise, out, plain)  # (n, V): rows past n are idle
             prev = row
         self.tokens[:n].copy_(views[-1][1])
 
@@ -375,12 +376,11 @@ class Batcher:
 
     def _plain(self) -> bool:
         """The draws are argmax(logits + noise): no temperature, no filters, no healing (the common case)."""
-        scale, filters = self.plan[:2]
-        return scale is None and not filters and not self.healing
+        return self.plan[0] is None and not self.plan[1] and not self.healing  # plan: (temperatures, filters, ...)
 
-    def _draw(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
-        """(n, V) logits -> (n,) ids in `out`, each row by its own temperature, filters and (n, V) noise."""
-        if self._plain():  # the common case, with the fewest calls per token
+    def _draw(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor, plain: bool) -> None:
+        """(n, V) logits -> (n,) ids in `out`, each row by its own temperature, filters and noise (`plain`: noise only)."""
+        if plain:  # the common case, with the fewest calls per token
             torch.argmax(logits.add_(noise), dim=-1, out=out)
             return
         scale, filters = self.plan[:2]

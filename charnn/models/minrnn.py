@@ -77,7 +77,7 @@ class MinBlock(nn.Module):
         return x, (h if every else h[:, -1])
 
     def _dropped(self, y: torch.Tensor) -> torch.Tensor:
-        return regularize.dropout(y, self.drop.p, self.training, locked=True) if self.locked else self.drop(y)
+        return regularize.dropout(y, self.drop.p, self.training, self.locked)
 
 
 class MinEncoder(nn.Module):
@@ -175,7 +175,7 @@ class MinRNN(regularize.Penalised, nn.Module):
         if labels is not None and self.label_out is not None:
             g, b = self.label_out(labels).chunk(2, -1)
             h = h * (1 + g) + b
-        dropped = regularize.dropout(h, self.drop.p, training, locked=True) if r.locked else self.drop(h)
+        dropped = regularize.dropout(h, self.drop.p, training, r.locked)
         if training:  # AR/TAR on the head's inputs, as the LSTM's on its last layer's outputs
             self.penalty = regularize.activation_penalty(r, h, dropped)
         return self.head(dropped), torch.stack(last)

@@ -22,10 +22,8 @@ import importlib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
-from charnn.config import ATTENTION_SCORES, CELLS, ModelConfig, from_dict
-from charnn.models.configs import LMConfig, Seq2SeqConfig
-from charnn.config import MIN_CELLS, POOLINGS
-from charnn.models.configs import ClassifierConfig, MinRNNConfig
+from charnn.config import ATTENTION_SCORES, CELLS, MIN_CELLS, POOLINGS, ModelConfig, from_dict
+from charnn.models.configs import ClassifierConfig, LMConfig, MinRNNConfig, Seq2SeqConfig
 from charnn.errors import CharnnError, ConfigError
 
 SERVES = ("text", "pairs")  # what a kind trains on: plain or labelled text (a language model), or --pairs lines

@@ -124,9 +124,8 @@ class FastStepper:
         # torch's product, add and argmax are three dispatches of a few microseconds for 512 x V multiply-adds. (Many
         # streams: the head is a real product, which torch spreads over the threads.)
         self.draws = bool(self.native) and batch == 1
-        self.head_draw = partial(lib.head_draw, H, self.w_head.shape[1], ctypes.c_void_p(self.h[-1].data_ptr()), L * H,
-                                 ctypes.c_void_p(self.w_head.data_ptr()), ctypes.c_void_p(self.b_head.data_ptr()),
-                                 ctypes.c_void_p(self.logits.data_ptr())) if self.draws else None
+        self.head_draw = partial(lib.head_draw, H, self.w_head.shape[1], _ptr(self.h[-1]), L * H, _ptr(self.w_head),
+                                 _ptr(self.b_head), _ptr(self.logits)) if self.draws else None
 
     # -- rows: what the Batcher does as rows join and leave (never per token), without knowing the layout --
     static = True  # its buffers stay put, so a CUDA graph may record its steps
@@ -233,10 +232,7 @@ class FastStepper:
         products, then the C cell. For int_mm the products stop at the int32 sums, which the cell scales back and
         adds to the gates' base (the LSTM's: the embedding table's row at layer 0, the bias above; the GRU's: each
         product's bias); every cell writes its h's int8 codes at once, so the codes are never a step late."""
-        B, H, L = self.B, self.H, self.L
-
-        def ptr(t):
-            return None if t is None else ctypes.c_void_p(t.data_ptr())
+        B, H, L, ptr = self.B, self.H, self.L, _ptr
         codes = ptr(self.codes[:, l * H:(l + 1) * H]) if self.coded else None
         if self.cell == "gru":  # gi: the table's row (layer 0) or W_i x + b_i; gh: W_h h + b_h
             calls, sides = [], []
@@ -269,7 +265,7 @@ class FastStepper:
         if self.cell_reads_tokens:
             if tok.dtype != torch.long or not tok.is_contiguous() or tok.shape != (self.B,):
                 raise ValueError(f"FastStepper.step: token ids must be a contiguous int64 tensor of {self.B}")
-            ids = ctypes.c_void_p(tok.data_ptr())
+            ids = _ptr(tok)
             for call in self.native:
                 if type(call) is not _ReadsTokens:
                     call()
@@ -288,7 +284,7 @@ class FastStepper:
         """Where `draws`: step, then out = argmax(logits + noise), the Batcher's draw without temperature or
         filters, with the head in the same C call. noise: (1, V) float32, out: (1,) int64, both contiguous."""
         self._native_layers(tok)
-        self.head_draw(1, ctypes.c_void_p(noise.data_ptr()), ctypes.c_void_p(out.data_ptr()))
+        self.head_draw(1, _ptr(noise), _ptr(out))
 
     def _lstm(self, l: int, g: torch.Tensor) -> None:
         g_sig, g_tanh, a_sig, a_tanh, i, f, o = self.views[l]
@@ -359,6 +355,11 @@ class ModuleStepper:
 
     def state_tensors(self) -> List[torch.Tensor]:
         return self.ops.pack(self.state)
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[ctypes.c_void_p]:
+    """A tensor's data as the C cells take it (None: NULL)."""
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
 class _ReadsTokens(partial):

@@ -39,7 +39,7 @@ class Task:
     # -- data ---------------------------------------------------------------------------------------
     def default_batch_size(self, device: torch.device) -> int:
         """Rows per batch and process when --batch-size is not given."""
-        return default_batch_size(device, False)
+        return default_batch_size(device)
 
     def check_resume(self, saved: dict, run: str) -> None:
         """A resumed run must be trained on the same kind of text it was started on."""
