@@ -16,6 +16,9 @@ Phases, each under its own time limit (one that fails records its error and the 
                (benchmarks/gpu_minrnn.py; about 5 more minutes: give --budget 780)
   --g2p DIR    also train the English G2P set (SIGMORPHON 2021 eng_us, its files in DIR) for 180 s with every
                default and score it on the task's test words (benchmarks/gpu_g2p.py; about 4 more minutes)
+  --long-flags F  more flags for train_180; given again, another 180-s run each (benchmarks/gpu_long.py)
+  --together   the 180-s runs at the same time on the one GPU, then the best train_180 settings alone
+  --skip P...  leave out train_speed's fp32 run, the sample or the torchrun phase (a short loan)
 The table goes to stdout, progress to stderr, JSON to benchmarks/results/gpu_check.json. Exit 1 if a phase
 failed (the others still ran). It needs only torch, numpy, typer, rich and sentencepiece; no network.
 """
@@ -43,6 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import cpu_name  # noqa: E402
 from distributed import free_port  # noqa: E402
 from gpu_g2p import g2p_goals, g2p_rows, phase_g2p  # noqa: E402
+from gpu_long import long_goals, long_name, long_rows, note, phase_solo, phase_train_180, run_phase, run_together  # noqa: E402,E501
 from gpu_minrnn import minrnn_goals, minrnn_rows, phase_minrnn_180, phase_minrnn_speed  # noqa: E402
 
 from charnn.checkpoint import load_checkpoint  # noqa: E402
@@ -60,10 +64,6 @@ DRY = dict(budget=150, speed_time=30, speed_slack=20, long_time=30, long_slack=2
            model=["--layers", "1", "--hidden", "32", "--embed", "16", "--batch-size", "4", "--seq-len", "32",
                   "--threads", "1"],
            steps=["--max-steps", "60"], long_steps=["--max-steps", "150", "--eval-every", "50"])
-
-
-def note(msg: str) -> None:
-    print(f"[gpu_check] {msg}", file=sys.stderr, flush=True)
 
 
 # -- running charnn ------------------------------------------------------------------------------------------
@@ -134,26 +134,16 @@ def read_run(run_dir: Path) -> dict:
 
 
 # -- the phases ----------------------------------------------------------------------------------------------
-def phase_train_speed(r: Runner) -> dict:
+def phase_train_speed(r: Runner, fp32: bool = True) -> dict:
     s, rows = r.s, {}
     # no evaluations or timed saves inside the timed steps
     flags = ["--device", r.device, "--eval-every", "1000000", "--save-every-secs", "0", "--log-every", "5"]
-    for key, precision in (("bf16", r.half), ("fp32", "fp32")):
+    for key, precision in (("bf16", r.half), ("fp32", "fp32"))[:2 if fp32 else 1]:
         note(f"train_speed: {precision}, {s['speed_time']} s")
         rows[key] = r.train(f"speed-{key}", s["speed_time"], s["speed_slack"],
                             flags + s["steps"] + ["--precision", precision])
-    return {"runs": rows, "bf16_over_fp32": round(rows["bf16"]["chars_per_s"] / rows["fp32"]["chars_per_s"], 3),
-            "flags": flags}
-
-
-def phase_train_180(r: Runner, extra: list) -> dict:
-    """`extra`: --long-flags, e.g. a wider model for the 1.40 goal (none: every flag at its default)."""
-    cmd = " ".join(["charnn train CORPUS --max-time", str(r.s["long_time"]), *extra])
-    note(f"train_180: `{cmd}`" + ("" if extra else ", every other flag at its default"))
-    flags = ["--device", "cpu"] if r.s is DRY else []
-    run = r.train("long", r.s["long_time"], r.s["long_slack"], flags + r.s["long_steps"] + extra)
-    return {**run, "max_time": r.s["long_time"], "flags": extra,
-            "checkpoint": str(r.tmp / "runs" / "long" / "best.pt")}
+    ratio = round(rows["bf16"]["chars_per_s"] / rows["fp32"]["chars_per_s"], 3) if fp32 else None
+    return {"runs": rows, "bf16_over_fp32": ratio, "flags": flags}
 
 
 def phase_sample(r: Runner, checkpoint) -> dict:
@@ -223,7 +213,8 @@ def phase_torchrun(r: Runner, plain) -> dict:
 def goals(report: dict, device: torch.device) -> list:
     """Each goal with its value and met / not met (None: not measured, its phase failed)."""
     p = report["phases"]
-    long, speed, sample = p["train_180"], p["train_speed"], p["sample"]
+    speed, sample = p.get("train_speed", {}), p.get("sample", {})
+    long = p.get("train_180_solo") or p.get("train_180", {})  # auto's choice: from the run that had the GPU alone
     one = next((x for x in sample.get("rows", []) if x["streams"] == 1 and x["graphs"] and "random" in x["model"]), {})
     many = next((x for x in sample.get("rows", []) if x["streams"] == 64 and x["graphs"]), {})
     # auto measures its own short probe; it should agree with the long timed runs: bf16 where they found it
@@ -236,9 +227,7 @@ def goals(report: dict, device: torch.device) -> list:
         return {"goal": name, "value": value, "target": target, "met": None if value is None else met(value)}
 
     return [
-        goal(f"train --max-time {long.get('max_time', '?')}: best val loss, nats/char", long.get("best_val_loss"),
-             "<= 1.40", lambda v: v <= 1.40),
-        goal("train --precision auto chose (its best.pt says)", long.get("precision"),
+        goal("train --precision auto chose (its best.pt says)", long.get("precision") if expected else None,
              f"the faster: {expected}", lambda v: expected in (v, "either")),
         goal("train bf16 / fp32, ratio", speed.get("bf16_over_fp32"), "> 1 (why auto picks bf16)",
              lambda v: v > 1),
@@ -259,19 +248,17 @@ def table(report: dict) -> str:
         mark = "" if met is None and not goal else {True: "met", False: "NOT MET", None: "not measured"}[met]
         lines.append(f"{name:<64}{value:>10}  {goal:<34}{mark}")
 
-    for run in p["train_speed"].get("runs", {}).values():
+    for run in p.get("train_speed", {}).get("runs", {}).values():
         row(f"train {run['precision']}, batch {run['batch']} x {run['seq']}", f"{run['chars_per_s']:,.0f}")
-    if "wall_s" in p["train_180"]:
-        t = p["train_180"]
-        row(f"train_180, evals included (best at step {t['steps']:,} of {t['last_step']:,}, {t['device']}, "
-            f"batch {t['batch']})",
-            f"{t['chars_per_s']:,.0f}")
-    for x in p["sample"].get("rows", []):
+    long, flag_lines = long_rows(p)
+    for name, value in long:
+        row(name, value)
+    for x in p.get("sample", {}).get("rows", []):
         graphs = "CUDA graphs" if x["graphs_captured"] else "graphs (not captured)"
         graphs = graphs if x["graphs"] else "no CUDA graphs"
         streams = f"{x['streams']} stream{'s' if x['streams'] > 1 else ''}"
         row(f"sample {x['model']}, {streams}, {graphs}", f"{x['chars_per_s']:,.0f}")
-    if p["torchrun"].get("torchrun_over_plain") is not None:
+    if p.get("torchrun", {}).get("torchrun_over_plain") is not None:
         row(f"train under torchrun x1 / plain, ratio ({p['torchrun']['precision']})",
             f"{p['torchrun']['torchrun_over_plain']:.3f}")
     for name, value in minrnn_rows(p) + g2p_rows(p):
@@ -281,6 +268,7 @@ def table(report: dict) -> str:
         shown = "-" if v is None else (f"{v:,.0f}" if isinstance(v, float) and v > 100 else
                                        f"{v:.4f}" if isinstance(v, float) else str(v))
         row(g["goal"], shown, g["target"], g["met"])
+    lines += flag_lines
     for name, ph in p.items():
         if ph.get("error") or ph.get("partial_error"):
             lines.append(f"FAILED {name}: {ph.get('error') or ph['partial_error']}")
@@ -307,13 +295,46 @@ def tiny_corpus(path: Path) -> None:
     path.write_text(text + "\n", encoding="utf-8")
 
 
+def plan(a, r: Runner, report: dict) -> list:
+    """The phases in order, as groups: a group of several runs them at the same time (--together)."""
+    p = report["phases"]
+    speed_lstm = lambda: p["train_speed"].get("runs", {}).get("bf16")  # noqa: E731
+    longs = [(long_name(i), lambda f=f, i=i: phase_train_180(r, shlex.split(f), i))
+             for i, f in enumerate(a.long_flags or [""])]
+    if a.minrnn:
+        longs.append(("minrnn_180", lambda: phase_minrnn_180(r, shlex.split(a.minrnn_flags))))
+    if a.g2p:
+        longs.append(("g2p_180", lambda: phase_g2p(r, a.g2p, shlex.split(a.g2p_flags))))
+    first = [[("train_speed", lambda: phase_train_speed(r, fp32="fp32" not in a.skip))]]
+    if a.minrnn:
+        first.append([("minrnn_speed", lambda: phase_minrnn_speed(r, speed_lstm()))])
+    longs = [longs, [("train_180_solo", lambda: phase_solo(r, p))]] if a.together else [[x] for x in longs]
+    checkpoint = lambda: (p.get("train_180_solo") or p["train_180"]).get("checkpoint")  # noqa: E731
+    last = [[(name, fn)] for name, fn in (("sample", lambda: phase_sample(r, checkpoint())),
+                                          ("torchrun", lambda: phase_torchrun(r, speed_lstm())))
+            if name not in a.skip]
+    return first + longs + last
+
+
+def run_group(group: list) -> dict:
+    if len(group) == 1:
+        return {group[0][0]: run_phase(group[0][1])}
+    note(f"together: {', '.join(name for name, _ in group)}")
+    return run_together(group)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default=CORPUS, help="tinyshakespeare.txt (a relative path not found here is taken from the repo root)")
     ap.add_argument("--dry-run", action="store_true", help="every phase on the CPU, tiny sizes: checks the script")
     ap.add_argument("--budget", type=float, help="seconds for the whole check (default 480; dry run 150)")
-    ap.add_argument("--long-flags", default="", help="more `charnn train` flags for the 180-s run, e.g. "
-                    "'--hidden 1024 --dropout 0.3 --lr 3e-3' (default: none, every flag at its default)")
+    ap.add_argument("--long-flags", action="append", help="more `charnn train` flags for the 180-s run, e.g. "
+                    "'--hidden 1024 --dropout 0.3 --lr 3e-3' (default: none, every flag at its default); "
+                    "again for another 180-s run (benchmarks/gpu_long.py)")
+    ap.add_argument("--together", action="store_true", help="run the 180-s trainings at the same time, then the "
+                    "best train_180 settings alone (benchmarks/gpu_long.py)")
+    ap.add_argument("--skip", nargs="+", default=[], choices=["fp32", "sample", "torchrun"],
+                    help="leave out train_speed's fp32 run, the sample phase or the torchrun phase")
     ap.add_argument("--minrnn", action="store_true", help="also time --cell mingru/minlstm and train mingru "
                     "for the 180 s (benchmarks/gpu_minrnn.py)")
     ap.add_argument("--minrnn-flags", default="", help="more `charnn train` flags for the 180-s mingru run")
@@ -358,26 +379,15 @@ def main() -> None:
             note(f"dry run: bf16 autocast fails on this CPU ({problem}); fp32 stands in for bf16")
         report["dry_run_bf16_stand_in"] = problem
         r = Runner(tmp, str(corpus), device.type, settings, t0 + budget, half)
-        phases = [("train_speed", lambda: phase_train_speed(r)),
-                  ("train_180", lambda: phase_train_180(r, shlex.split(a.long_flags))),
-                  ("sample", lambda: phase_sample(r, report["phases"]["train_180"].get("checkpoint"))),
-                  ("torchrun", lambda: phase_torchrun(r, report["phases"]["train_speed"].get("runs", {}).get("bf16")))]
-        if a.minrnn:
-            phases += [("minrnn_speed", lambda: phase_minrnn_speed(
-                r, report["phases"]["train_speed"].get("runs", {}).get("bf16"))),
-                ("minrnn_180", lambda: phase_minrnn_180(r, shlex.split(a.minrnn_flags)))]
-        if a.g2p:
-            phases.append(("g2p_180", lambda: phase_g2p(r, a.g2p, shlex.split(a.g2p_flags))))
-        for name, phase in phases:
-            t = time.monotonic()
-            try:
-                result = {**phase(), "error": None}
-            except Exception as e:  # record it and go on: the other phases are worth their minutes
-                result = {"error": f"{type(e).__name__}: {e}"}
-                note(f"{name} failed: {result['error']}")
-            report["phases"][name] = {**result, "seconds": round(time.monotonic() - t, 1)}
+        for group in plan(a, r, report):
+            for name, result in run_group(group).items():
+                report["phases"][name] = result
+                if result["error"]:
+                    note(f"{name} failed: {result['error']}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2) + "\n")  # so far: a check cut short keeps what it measured
     report["wall_s"] = round(time.monotonic() - t0, 1)
-    report["goals"] = goals(report, device) + minrnn_goals(report["phases"]) + g2p_goals(report["phases"])
+    report["goals"] = long_goals(report["phases"]) + goals(report, device) + minrnn_goals(report["phases"]) + g2p_goals(report["phases"])
     print(table(report), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

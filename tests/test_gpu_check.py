@@ -63,7 +63,7 @@ def test_dry_run_measures_every_phase(tmp_path):
 
     table = p.stdout
     assert "charnn GPU check (DRY RUN" in table and "FAILED" not in table
-    for label in ("train fp32, batch 4 x 32", "train_180, evals included", "1 stream, no CUDA graphs",
+    for label in ("train fp32, batch 4 x 32", "train_180 (best at step", "1 stream, no CUDA graphs",
                   "64 streams, no CUDA graphs", "torchrun x1 / plain", "best val loss", "--precision auto chose"):
         assert label in table, label
     assert "[gpu_check]" in p.stderr and "[gpu_check]" not in table  # progress on stderr, the table on stdout
