@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from charnn.config import ModelConfig
+from charnn.generation.draw import temper
 from charnn.models import native
 from charnn.models.int8 import ACT_LEVELS
 from charnn.models.registry import build_model
@@ -75,10 +76,10 @@ def test_int8_fused_cells_keep_every_layers_codes_current(fresh, cell, monkeypat
     assert 1e-6 < worst["fused"] <= 1.05 * worst["ops"] + 1e-4  # int8 (not silently fp32), and no further from it
 
 
-@pytest.mark.parametrize("int8", [False, True])
-def test_one_streams_head_and_draw_in_c_draw_what_the_tensor_operations_draw(fresh, int8):
-    """step_draw(tok, noise, out) is argmax(step(tok) + noise): the same ids, token after token, with a banned id
-    (its bias -inf) never drawn."""
+@pytest.mark.parametrize("int8,temperature", [(False, 1.0), (True, 1.0), (False, 0.6), (True, 1.7)])
+def test_one_streams_head_and_draw_in_c_draw_what_the_tensor_operations_draw(fresh, int8, temperature):
+    """step_draw(tok, noise, out, temperature) is argmax(temper(step(tok), temperature) + noise): the same ids, token
+    after token, with a banned id (its bias -inf) never drawn."""
     model = model_of("lstm", layers=2, hidden=32)
     fused = stepper(model, 1, True, fresh, int8=int8, banned=[4])
     plain = stepper(model, 1, True, fresh, int8=int8, banned=[4])
@@ -88,8 +89,8 @@ def test_one_streams_head_and_draw_in_c_draw_what_the_tensor_operations_draw(fre
     for _ in range(300):
         noise = -torch.log(-torch.log(torch.rand(1, 11, generator=g)))
         out = torch.empty(1, dtype=torch.long)
-        fused.step_draw(a, noise, out)
-        want = torch.argmax(plain.step(b) + noise, dim=-1)
+        fused.step_draw(a, noise, out, temperature)
+        want = torch.argmax(temper(plain.step(b), torch.tensor([[temperature]])) + noise, dim=-1)
         assert torch.equal(out, want) and out.item() != 4
         a = b = out.clone()
 

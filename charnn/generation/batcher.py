@@ -29,7 +29,7 @@ import torch
 
 from charnn.sampling import SamplingParams
 from charnn.errors import CharnnError, first_line
-from charnn.generation.draw import NOISE_FLOATS, filter_logits, gumbel_noise, temper
+from charnn.generation.draw import NOISE_FLOATS, DrawPlan, filter_logits, gumbel_noise, temper
 from charnn.generation.prefill import CHUNK, prefill, run
 from charnn.generation.prompt import heal, start_ids
 from charnn.generation.stop import StopCut
@@ -99,7 +99,7 @@ class Batcher:
         self.noise = torch.zeros(self.block, capacity, self.vocab, device=device)  # this block's noise, row by row
         self.drawn = torch.zeros(self.block, capacity, dtype=torch.long, device=device)  # this block's draws
         self.healing = False  # a row's first draw is limited to the pieces that complete its prompt
-        self.plan: Optional[tuple] = None  # per-row draw settings as tensors, rebuilt when rows change
+        self.plan: Optional[DrawPlan] = None  # the rows' draw settings, made again when rows change
         self.graphs = device.type == "cuda" if graphs is None else graphs  # off CUDA: no effect
         self.graph, self.graph_rows, self.seen_rows = None, None, None  # the recorded block, for which rows
         self.prompt_state: Optional[tuple] = None  # (prompt ids, the model's state after them): n rows, one prefill
@@ -248,10 +248,11 @@ class Batcher:
             return []
         k = 1 if self.healing else max(1, min(tokens, self.block, min(r.remaining for r in rows)))
         if self.plan is None:
-            self.plan = self._plan(rows)
-        self._noise(rows, k)
-        if not self._replay(n, k):
-            self._body(n, k)
+            self.plan = DrawPlan.of([r.spec.sampling for r in rows], [r.tokens for r in rows], self.device)
+        if not self._block(n, k):
+            self._noise(rows, k)
+            if not self._replay(n, k):
+                self._body(n, k)
         self.healing = False
         out = []
         for row, toks in zip(list(rows), self.drawn[:k, :n].t().tolist()):
@@ -281,10 +282,10 @@ class Batcher:
         views, step, whole = self._views(n, k), self.stepper.step, n == self.stepper.B
         prev = self.tokens
         plain = self._plain()
-        fused = plain and whole and getattr(self.stepper, "draws", False)  # FastStepper, one stream, in C
+        fused = self._temperature(n)  # FastStepper, one stream, no filters: the head and draw in C
         for noise, out, row in views:
-            if fused:
-                self.stepper.step_draw(prev, noise, out)
+            if fused is not None:
+                self.stepper.step_draw(prev, noise, out, fused)
             else:
                 logits = step(prev)
                 self._draw(logits if whole else logits[:n], noise, out, plain)  # (n, V): rows past n are idle
@@ -348,42 +349,41 @@ class Batcher:
     def _noise(self, rows: List[Row], k: int) -> torch.Tensor:
         """(k, n, V): each row's Gumbel noise for its next k draws (zeros for greedy rows), in one go."""
         block = self.noise[:k, :len(rows)]
-        seeds, drawn, greedy = self.plan[2:]
-        block.copy_(gumbel_noise(seeds, drawn, k, self.vocab))
-        drawn += k
-        if greedy is not None:
-            block[:, greedy] = 0.0
+        plan = self.plan
+        block.copy_(gumbel_noise(plan.seeds, plan.drawn, k, self.vocab))
+        plan.drawn += k
+        if plan.greedy is not None:
+            block[:, plan.greedy] = 0.0
         return block
-
-    def _plan(self, rows: List[Row]) -> tuple:
-        """The rows' draw settings as tensors: (n, 1) temperatures (None: all 1), filter groups, and for the
-        noise each row's seed, draws so far (advanced as blocks are drawn) and the greedy rows (None: none);
-        made again only after rows joined or left. A greedy row takes the argmax: no noise, and no temperature
-        (it is divided by 1, so one division serves the whole batch)."""
-        params = [r.spec.sampling for r in rows]
-        temps = [1.0 if p.greedy else p.temperature for p in params]
-        scale = None if all(t == 1.0 for t in temps) else torch.tensor(temps, device=self.device)[:, None]
-        groups: Dict[tuple, List[int]] = {}
-        for i, p in enumerate(params):
-            if p.top_k is not None or p.top_p is not None:
-                groups.setdefault((p.top_k, p.top_p), []).append(i)
-        filters = [(k, p, None if len(idx) == len(rows) else torch.tensor(idx, device=self.device))
-                   for (k, p), idx in groups.items()]
-        seeds = torch.tensor([p.seed for p in params], dtype=torch.long, device=self.device)
-        drawn = torch.tensor([r.tokens for r in rows], dtype=torch.long, device=self.device)
-        greedy = [i for i, p in enumerate(params) if p.greedy]
-        return scale, filters, seeds, drawn, torch.tensor(greedy, device=self.device) if greedy else None
 
     def _plain(self) -> bool:
         """The draws are argmax(logits + noise): no temperature, no filters, no healing (the common case)."""
-        return self.plan[0] is None and not self.plan[1] and not self.healing  # plan: (temperatures, filters, ...)
+        return self.plan.scale is None and not self.plan.filters and not self.healing
+
+    def _temperature(self, n: int) -> Optional[float]:
+        """The row's temperature (greedy: 1.0, no noise) where the stepper draws in C: one row, no filters, no heal."""
+        if n != self.stepper.B or not getattr(self.stepper, "draws", False) or self.plan.filters or self.healing:
+            return None
+        return 1.0 if self.plan.scale is None else float(self.plan.scale[0, 0])
+
+    def _block(self, n: int, k: int) -> bool:
+        """Make the block in C (one row, its noise included: FastStepper.draw_block) if it applies; else False."""
+        temperature = self._temperature(n)
+        if temperature is None or self.stepper.blocks is None:
+            return False
+        plan = self.plan
+        self.stepper.draw_block(self.tokens, self.drawn[:k, :n], temperature, int(plan.seeds[0]), int(plan.drawn[0]),
+                                plan.greedy is not None)
+        plan.drawn += k
+        self.tokens[:n].copy_(self.drawn[k - 1, :n])
+        return True
 
     def _draw(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor, plain: bool) -> None:
         """(n, V) logits -> (n,) ids in `out`, each row by its own temperature, filters and noise (`plain`: noise only)."""
         if plain:  # the common case, with the fewest calls per token
             torch.argmax(logits.add_(noise), dim=-1, out=out)
             return
-        scale, filters = self.plan[:2]
+        scale, filters = self.plan.scale, self.plan.filters
         x = temper(logits, scale) if scale is not None else logits  # in place: the stepper writes them anew each step
         if self.healing:  # before top-k/top-p, as sample always did: the filters then choose among the allowed
             for i, r in enumerate(self.rows):

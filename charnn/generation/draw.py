@@ -8,9 +8,12 @@ the output byte for byte, whatever else is in the batch, however many tokens a s
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from charnn.sampling import SamplingParams
 
 NOISE_FLOATS = 1 << 20  # a block of Gumbel noise holds at most about this many numbers
 
@@ -33,7 +36,8 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
 def temper(logits: torch.Tensor, temperature) -> torch.Tensor:
     """(n, V) logits / temperature, in place: a float, or (n, 1) one per row. The one place logits are divided
     (the Batcher's draw and sampling from an encoder-decoder); greedy draws are never divided (see
-    `charnn.sampling.SamplingParams.greedy`)."""
+    `charnn.sampling.SamplingParams.greedy`). One stream's draw in C (cells_native.c's head_draw) makes the same
+    float32 division, and is checked against this one (tests/test_native.py)."""
     return logits.div_(temperature)
 
 
@@ -72,3 +76,31 @@ def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, steps: int, vocab
     x = mix64(mix64(seeds)[None, :, None] + index * GOLDEN)
     u = (_shr(x, 41).float() + 0.5) * (1.0 / (1 << 23))
     return u.log_().neg_().log_().neg_()
+
+
+@dataclass
+class DrawPlan:
+    """A batch's draw settings as tensors, made again only after rows joined or left: (n, 1) temperatures (None: all
+    1), filter groups (top_k, top_p, the rows' indices: None for all), and for the noise each row's seed, its draws
+    so far (advanced as blocks are drawn) and the greedy rows (None: none). A greedy row takes the argmax: no
+    noise, and no temperature (it is divided by 1, so one division serves the whole batch)."""
+    scale: Optional[torch.Tensor]
+    filters: list
+    seeds: torch.Tensor
+    drawn: torch.Tensor
+    greedy: Optional[torch.Tensor]
+
+    @classmethod
+    def of(cls, params: Sequence[SamplingParams], drawn: List[int], device: torch.device) -> "DrawPlan":
+        temps = [1.0 if p.greedy else p.temperature for p in params]
+        scale = None if all(t == 1.0 for t in temps) else torch.tensor(temps, device=device)[:, None]
+        groups: Dict[tuple, List[int]] = {}
+        for i, p in enumerate(params):
+            if p.top_k is not None or p.top_p is not None:
+                groups.setdefault((p.top_k, p.top_p), []).append(i)
+        filters = [(k, p, None if len(idx) == len(params) else torch.tensor(idx, device=device))
+                   for (k, p), idx in groups.items()]
+        greedy = [i for i, p in enumerate(params) if p.greedy]
+        return cls(scale, filters, torch.tensor([p.seed for p in params], dtype=torch.long, device=device),
+                   torch.tensor(drawn, dtype=torch.long, device=device),
+                   torch.tensor(greedy, device=device) if greedy else None)

@@ -2,8 +2,11 @@
 
 A token of one stream costs the two layers' matrix products and, around them, about twenty small tensor
 operations whose dispatch (a few microseconds each on a CPU) adds a quarter to the products' time. The C file
-does a whole LSTM or GRU cell in one pass (and the int8 codes of its output), and one stream's head and plain
-draw (argmax of logits + noise). It is built once per machine with
+does a whole LSTM or GRU cell in one pass (and the int8 codes of its output), and one stream's head and draw
+(argmax of the tempered logits + noise). With `--int8` on a CPU with AVX-512 VNNI it also does one LSTM stream's
+int8 matrix products, on the threads torch is given, and a whole block of that stream's tokens in one call, the
+Batcher's noise included (`LstmInt8Block`): torch._int_mm's matrix-vector products alone took longer per token
+than that whole block now does (benchmarks/SAMPLING.md). It is built once per machine with
 the C compiler already there (`$CC`, else `cc`; -O3 for this CPU, so the cache key names the CPU), kept in
 charnn's cache folder, and loaded with ctypes: no build step at install, no torch headers (it only sees raw
 float arrays, so it compiles in well under a second). Where there is no compiler, or it fails, or
@@ -21,8 +24,13 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Optional
+
+import torch
+
+from charnn.models.int8 import ACT_LEVELS
 
 SOURCE = Path(__file__).with_name("cells_native.c")
 FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler does not know -march=native
@@ -35,8 +43,9 @@ def enabled() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def library() -> Optional[ctypes.CDLL]:
-    """The compiled cells (lstm_cell, gru_cell, and head_draw), or None where they cannot be built here. Built at most once
-    per process; a built library is reused across runs."""
+    """The compiled library (the cells, head_draw, gumbel, and where the CPU has AVX-512 VNNI the int8 products and
+    lstm_int8_block), or None where it cannot be built here. Built at most once per process; a built library is
+    reused across runs."""
     if not enabled():
         return None
     try:
@@ -51,8 +60,27 @@ def library() -> Optional[ctypes.CDLL]:
     lib.lstm_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, PTR, I64, F32, I64, PTR]
     lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
-    lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR]
+    lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32]
+    lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
+    lib.int8_product.restype, lib.int8_product.argtypes = None, [I64, I64, PTR, PTR, PTR, PTR, ctypes.c_int]
+    lib.lstm_int8_block.restype = ctypes.c_int
+    lib.lstm_int8_block.argtypes = [I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR,
+                                    PTR, I64, F32, PTR, I64, I64, ctypes.c_int, PTR, I64, ctypes.c_int, ctypes.c_int]
+    lib.gumbel.restype, lib.gumbel.argtypes = None, [I64, I64, I64, PTR]
     return lib
+
+
+def int8_products(lib: Optional[ctypes.CDLL]) -> bool:
+    """Whether the library does int8 matrix products itself (built where the CPU has AVX-512 VNNI)."""
+    return lib is not None and bool(lib.int8_vnni())
+
+
+def pack(codes):
+    """(K, N) int8 weight codes -> (the layout `int8_gemv` in the C file reads: (N/16, K/4, 16, 4), the offset
+    128 * column sums that undo its unsigned input). Needs K % 4 == 0 and N % 64 == 0."""
+    K, N = codes.shape
+    packed = codes.reshape(K // 4, 4, N // 16, 16).permute(2, 0, 3, 1).contiguous()
+    return packed, (codes.sum(0, dtype=torch.int32) * 128).contiguous()
 
 
 def _build() -> Path:
@@ -72,7 +100,8 @@ def _build() -> Path:
     os.close(fd)
     try:
         for flags in FLAGS:
-            r = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-fno-math-errno", "-o", tmp, str(SOURCE)],
+            r = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-o", tmp,
+                                str(SOURCE)],
                                capture_output=True, timeout=120)
             if r.returncode == 0:
                 os.replace(tmp, target)
@@ -92,3 +121,74 @@ def _cpu() -> str:
         return platform.machine() + "\n" + "\n".join(sorted(set(lines)))
     except OSError:
         return platform.machine() + platform.processor()
+
+
+def ptr(t: Optional[torch.Tensor]) -> Optional[ctypes.c_void_p]:
+    """A tensor's data as the C functions take it (None: NULL)."""
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+class ReadsTokens(partial):
+    """A C cell call that takes the step's token ids as its last argument (see FastStepper._native_layers)."""
+
+
+def layer_calls(lib: ctypes.CDLL, st, l: int) -> list:
+    """Layer l's work for a FastStepper `st` step, as calls with every argument bound (the buffers never move): its
+    products, then the C cell. For int_mm the products stop at the int32 sums, which the cell scales back and
+    adds to the gates' base (the LSTM's: the embedding table's row at layer 0, the bias above; the GRU's: each
+    product's bias); every cell writes its h's int8 codes at once, so the codes are never a step late."""
+    B, H, L = st.B, st.H, st.L
+    codes = ptr(st.codes[:, l * H:(l + 1) * H]) if st.coded else None
+    if st.cell == "gru":  # gi: the table's row (layer 0) or W_i x + b_i; gh: W_h h + b_h
+        calls, sides = [], []
+        for mm, x, out in ([] if l == 0 else [(st.mm_ih[l], st.x_ih[l], st.gates[l])]) + \
+                [(st.mm_hh[l], st.x_hh[l], st.gh[l])]:
+            if st.coded:  # the int32 sums only: the cell adds bias + sums * factor
+                calls.append(partial(torch._int_mm, x, mm.codes, out=mm.acc))
+                sides.append((mm.bias, 0, mm.acc, mm.factor))
+            else:
+                calls.append(partial(mm, x, out))
+                sides.append((out, 3 * H, None, None))
+        if l == 0:
+            sides.insert(0, (st.gates[0], 3 * H, None, None))
+        args = [a if isinstance(a, int) else ptr(a) for side in sides for a in side]
+        return calls + [partial(lib.gru_cell, B, H, *args, ptr(st.scratch), ptr(st.h[l]), L * H, codes, L * H,
+                                float(ACT_LEVELS))]
+    mm, x = st.mm_hh[l], (st.x_hh[0] if l == 0 else st.x_cat[l])
+    if st.coded:  # base + acc * factor in C: the table's row (looked up by the cell itself) or the bias
+        base, stride = (st.table, 4 * H) if l == 0 else (mm.bias, 0)
+        products, acc = [partial(torch._int_mm, x, mm.codes, out=mm.acc)], (mm.acc, mm.factor, st.scratch)
+    else:
+        base, stride, products, acc = st.gates[l], 4 * H, [partial(mm, x, st.gates[l])], (None, None, None)
+    cell = partial(lib.lstm_cell, B, H, ptr(base), stride, *map(ptr, acc), ptr(st.c[l]), ptr(st.h[l]), L * H, codes,
+                   L * H, float(ACT_LEVELS), st.table.shape[0])
+    return products + [partial(cell, None) if l or not st.coded else ReadsTokens(cell)]  # None: row b
+
+
+class LstmInt8Block:
+    """A whole block of tokens of one int8 LSTM stream in one C call (`lstm_int8_block`), matrix products included,
+    over a FastStepper's own buffers (its state stays where its other calls read it). Needs `int8_products` and
+    hidden sizes that are a multiple of 16."""
+
+    def __init__(self, lib: ctypes.CDLL, st):
+        def array(tensors):
+            return (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
+        L, H = st.L, st.H
+        packed = [pack(mm.codes) for mm in st.mm_hh]
+        self.acc = torch.empty(4 * H, dtype=torch.int32)
+        self.noise = torch.empty(st.table.shape[0])
+        self.keep = [p for pair in packed for p in pair]  # what the pointers point to, alive as long as this
+        arrays = [array([w for w, _ in packed]), array([o for _, o in packed]),
+                  array([mm.factor for mm in st.mm_hh]), array([mm.bias for mm in st.mm_hh]), array(st.c)]
+        self.arrays = arrays
+        self.call = partial(lib.lstm_int8_block, L, H, st.table.shape[0], ptr(st.table), *arrays, ptr(st.hs),
+                            ptr(st.codes), ptr(self.acc), ptr(st.scratch), ptr(st.w_head), ptr(st.b_head),
+                            ptr(st.logits), ptr(self.noise))
+
+    def __call__(self, tok, drawn, temperature: float, seed: int, draw: int, greedy: bool,
+                 products_only: bool = False) -> int:
+        """tok: the first input (1,); drawn: (k, ...) int64, token t's draw into drawn[t, 0] (the next one's input),
+        with the row's noise for its draws draw .. draw + k - 1 (`gumbel_noise`'s, made here). The products use
+        torch's thread count (`--threads`). -1: a token id outside the vocabulary."""
+        return self.call(len(drawn), temperature, tok.data_ptr(), seed, draw, int(greedy), drawn.data_ptr(),
+                         drawn.stride(0), int(products_only), torch.get_num_threads())

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from charnn.errors import CharnnError
 from charnn.models import native
+from charnn.models.native import ptr as _ptr
 from charnn.models.int8 import ACT_LEVELS, MatMul
 from charnn.models.int8 import kernel as int8_kernel
 from charnn.models.int8 import product as int8_product
@@ -118,7 +119,7 @@ class FastStepper:
         self.plan = [self._layer_plan(l) for l in range(L)]
         lib = native.library() if dev.type == "cpu" and dt == torch.float32 and self.cell != "rnn" else None
         self.scratch = torch.empty(2 * G * H, device=dev, dtype=dt) if lib else None  # a C cell's gates, composed
-        self.native = [call for l in range(L) for call in self._native_layer(lib, l)] if lib else None
+        self.native = [call for l in range(L) for call in native.layer_calls(lib, self, l)] if lib else None
         self.cell_reads_tokens = bool(self.native) and self.coded and self.cell == "lstm"
         # One stream: the head and the Batcher's plain draw (argmax of logits + noise) in one C call as well, where
         # torch's product, add and argmax are three dispatches of a few microseconds for 512 x V multiply-adds. (Many
@@ -126,6 +127,9 @@ class FastStepper:
         self.draws = bool(self.native) and batch == 1
         self.head_draw = partial(lib.head_draw, H, self.w_head.shape[1], _ptr(self.h[-1]), L * H, _ptr(self.w_head),
                                  _ptr(self.b_head), _ptr(self.logits)) if self.draws else None
+        # ... and with --int8 where the C library does the int8 products too: a whole block of tokens in one call
+        self.blocks = native.LstmInt8Block(lib, self) if self.draws and self.cell_reads_tokens and H % 16 == 0 \
+            and native.int8_products(lib) else None
 
     # -- rows: what the Batcher does as rows join and leave (never per token), without knowing the layout --
     static = True  # its buffers stay put, so a CUDA graph may record its steps
@@ -227,47 +231,13 @@ class FastStepper:
                 codes.copy_(tmp)
         return torch.addmm(self.b_head, self.h[-1], self.w_head, out=self.logits)
 
-    def _native_layer(self, lib, l: int) -> list:
-        """Layer l's work for `_step_native`, as calls with every argument bound (the buffers never move): its
-        products, then the C cell. For int_mm the products stop at the int32 sums, which the cell scales back and
-        adds to the gates' base (the LSTM's: the embedding table's row at layer 0, the bias above; the GRU's: each
-        product's bias); every cell writes its h's int8 codes at once, so the codes are never a step late."""
-        B, H, L, ptr = self.B, self.H, self.L, _ptr
-        codes = ptr(self.codes[:, l * H:(l + 1) * H]) if self.coded else None
-        if self.cell == "gru":  # gi: the table's row (layer 0) or W_i x + b_i; gh: W_h h + b_h
-            calls, sides = [], []
-            for mm, x, out in ([] if l == 0 else [(self.mm_ih[l], self.x_ih[l], self.gates[l])]) + \
-                    [(self.mm_hh[l], self.x_hh[l], self.gh[l])]:
-                if self.coded:  # the int32 sums only: the cell adds bias + sums * factor
-                    calls.append(partial(torch._int_mm, x, mm.codes, out=mm.acc))
-                    sides.append((mm.bias, 0, mm.acc, mm.factor))
-                else:
-                    calls.append(partial(mm, x, out))
-                    sides.append((out, 3 * H, None, None))
-            if l == 0:
-                sides.insert(0, (self.gates[0], 3 * H, None, None))
-            args = [a if isinstance(a, int) else ptr(a) for side in sides for a in side]
-            return calls + [partial(lib.gru_cell, B, H, *args, ptr(self.scratch), ptr(self.h[l]), L * H, codes, L * H,
-                                    float(ACT_LEVELS))]
-        mm, x = self.mm_hh[l], (self.x_hh[0] if l == 0 else self.x_cat[l])
-        if self.coded:  # base + acc * factor in C: the table's row (looked up by the cell itself) or the bias
-            base, stride = (self.table, 4 * H) if l == 0 else (mm.bias, 0)
-            products, acc = [partial(torch._int_mm, x, mm.codes, out=mm.acc)], (mm.acc, mm.factor, self.scratch)
-        else:
-            base, stride, products, acc = self.gates[l], 4 * H, [partial(mm, x, self.gates[l])], (None, None, None)
-        cell = partial(lib.lstm_cell, B, H, ptr(base), stride, *map(ptr, acc), ptr(self.c[l]), ptr(self.h[l]),
-                       L * H, codes, L * H, float(ACT_LEVELS), self.table.shape[0])
-        return products + [partial(cell, None) if l or not self.coded else _ReadsTokens(cell)]  # None: row b
-
     def _native_layers(self, tok: torch.Tensor) -> None:
         """The layers of `step` with each cell one C call (charnn.models.native): about 6 operations per token,
         not 20. With int_mm, layer 0's cell looks the token's table row up itself (one operation fewer)."""
         if self.cell_reads_tokens:
-            if tok.dtype != torch.long or not tok.is_contiguous() or tok.shape != (self.B,):
-                raise ValueError(f"FastStepper.step: token ids must be a contiguous int64 tensor of {self.B}")
-            ids = _ptr(tok)
+            ids = self._ids(tok)
             for call in self.native:
-                if type(call) is not _ReadsTokens:
+                if type(call) is not native.ReadsTokens:
                     call()
                 elif call(ids):
                     raise IndexError("FastStepper.step: a token id outside the vocabulary")
@@ -280,11 +250,27 @@ class FastStepper:
         self._native_layers(tok)
         return torch.addmm(self.b_head, self.h[-1], self.w_head, out=self.logits)
 
-    def step_draw(self, tok: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
-        """Where `draws`: step, then out = argmax(logits + noise), the Batcher's draw without temperature or
+    def _ids(self, tok: torch.Tensor) -> ctypes.c_void_p:
+        if tok.dtype != torch.long or not tok.is_contiguous() or tok.shape != (self.B,):
+            raise ValueError(f"FastStepper.step: token ids must be a contiguous int64 tensor of {self.B}")
+        return _ptr(tok)
+
+    def step_draw(self, tok: torch.Tensor, noise: torch.Tensor, out: torch.Tensor, temperature: float = 1.0) -> None:
+        """Where `draws`: step, then out = argmax(temper(logits, temperature) + noise), the Batcher's draw without
         filters, with the head in the same C call. noise: (1, V) float32, out: (1,) int64, both contiguous."""
         self._native_layers(tok)
-        self.head_draw(1, _ptr(noise), _ptr(out))
+        self.head_draw(1, _ptr(noise), _ptr(out), temperature)
+
+    def draw_block(self, tok: torch.Tensor, drawn: torch.Tensor, temperature: float, seed: int, draw: int,
+                   greedy: bool) -> None:
+        """Where `blocks`: step_draw for len(drawn) tokens in one C call, each draw the next one's input, with the
+        row's Gumbel noise for its draws draw, draw + 1, ... made there (`gumbel_noise`'s hash; none if greedy).
+        drawn: (k, n) int64, the stream's draws into drawn[:, 0]."""
+        self._ids(tok)
+        if drawn.dtype != torch.long or drawn.dim() != 2:
+            raise ValueError("FastStepper.draw_block: drawn must be a (k, n) int64 tensor")
+        if self.blocks(tok, drawn, temperature, seed, draw, greedy):
+            raise IndexError("FastStepper.step: a token id outside the vocabulary")
 
     def _lstm(self, l: int, g: torch.Tensor) -> None:
         g_sig, g_tanh, a_sig, a_tanh, i, f, o = self.views[l]
@@ -355,15 +341,6 @@ class ModuleStepper:
 
     def state_tensors(self) -> List[torch.Tensor]:
         return self.ops.pack(self.state)
-
-
-def _ptr(t: Optional[torch.Tensor]) -> Optional[ctypes.c_void_p]:
-    """A tensor's data as the C cells take it (None: NULL)."""
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
-
-
-class _ReadsTokens(partial):
-    """A C cell call that takes the step's token ids as its last argument (see FastStepper._native_layers)."""
 
 
 def _supported(model: nn.Module) -> bool:
