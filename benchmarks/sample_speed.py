@@ -40,6 +40,7 @@ from charnn.models.registry import build_model
 from charnn.models.stepper import FastStepper
 from charnn.text.tokenizer import CharTokenizer
 
+INT8_PRODUCTS = native.int8_products
 CHARS = "\n !$&',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 64 characters + unknown = 65
 
 
@@ -108,10 +109,12 @@ def gemv_ceiling(model, seconds: float, int8: bool = False) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def use_native(on: bool) -> None:
-    """The fast stepper's cells: fused C (charnn.models.native) or tensor operations, for the steppers made next."""
+def use_native(on) -> None:
+    """The fast stepper's cells, for the steppers made next: fused C (charnn.models.native), "calls": the same without
+    one int8 stream's whole block in C (each token's products torch's, session 17's path), or tensor operations."""
     os.environ["CHARNN_NATIVE"] = "1" if on else "0"
     native.library.cache_clear()
+    native.int8_products = INT8_PRODUCTS if on is True else (lambda lib: False)
 
 
 def score_by_stepping(model, tokenizer, text: str, int8: bool) -> float:
@@ -128,7 +131,9 @@ def time_rows(model, tokenizer, device, args, fast_kind: bool):
     """Every row of the table, --rounds times in turn, each round with its fp32 and int8 ceilings (one stream):
     (results, [(fp32 ceiling, int8 ceiling) per round])."""
     cpu = device.type == "cpu"
-    # (label, streams, fast stepper, int8, CUDA graphs: None = the sampler's default, graphs on CUDA only, the C cells)
+    # (label, streams, fast stepper, int8, CUDA graphs: None = the sampler's default, graphs on CUDA only, the C cells:
+    # True, False, or "calls": the C cells without one int8 stream's whole block in C)
+    blocks = cpu and fast_kind and FastStepper(model, 1, int8=True).blocks is not None
     runs = []
     for streams in (1, 64):
         naive = f"naive: nn.{args.cell.upper()} per char" if fast_kind else "naive: forward per char"
@@ -138,26 +143,43 @@ def time_rows(model, tokenizer, device, args, fast_kind: bool):
         if args.compare_native and cpu and fast_kind:
             runs += [("  cells as tensor ops", streams, True, False, None, False),
                      ("  --int8, cells as tensor ops", streams, True, True, None, False)]
+            runs += [("  --int8, C per token", 1, True, True, None, "calls")] if streams == 1 and blocks else []
     results, ceilings = [], []
     for round_ in range(args.rounds):
         for label, streams, fast, int8, graphs, fused in runs:
             use_native(fused)
             r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8, graphs)
-            results.append({"label": label, "round": round_, "native": fused and native.library() is not None, **r})
-        if cpu and fast_kind:
-            ceilings.append((gemv_ceiling(model, args.seconds), gemv_ceiling(model, args.seconds, int8=True)))
+            results.append({"label": label, "round": round_, "native": bool(fused) and native.library() is not None,
+                            "c_block": int8 and streams == 1 and fused is True and blocks, **r})
         use_native(True)
+        if cpu and fast_kind:
+            ceilings.append((gemv_ceiling(model, args.seconds), gemv_ceiling(model, args.seconds, int8=True),
+                             block_ceiling(model, args.seconds) if blocks else None))
     return results, ceilings
+
+
+def block_ceiling(model, seconds: float) -> float:
+    """Tokens per second of one int8 stream's matrix products alone, in the C library's own kernel (the products of
+    `lstm_int8_block`, 64 tokens a call, on torch's threads), where it has one."""
+    st = FastStepper(model, 1, int8=True)
+    drawn, tok = torch.zeros(64, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        st.blocks(tok, drawn, 1.0, 0, 0, False, products_only=True)
+        n += len(drawn)
+    return n / (time.perf_counter() - t0)
 
 
 def print_rows(results: list) -> None:
     """The table, one line a timed row."""
     print(f"{'sampler':<30}{'round':>6}{'streams':>8}{'chars':>10}{'seconds':>9}{'chars/s':>12}{'x naive(1)':>12}"
-          f"{'x naive(same)':>15}{'of ceiling':>12}")
+          f"{'x naive(same)':>15}{'of ceiling':>12}{'of C prod.':>12}")
     for r in results:
         share = f"{r['share_of_ceiling']:.1%}" if "share_of_ceiling" in r else ""
+        own = f"{r['share_of_c_products']:.1%}" if "share_of_c_products" in r else ""
         print(f"{r['label']:<30}{r['round'] + 1:>6}{r['streams']:>8}{r['chars']:>10,}{r['seconds']:>9.2f}"
-              f"{r['chars_per_s']:>12,.0f}{r['vs_naive_1_stream']:>12.1f}{r['vs_naive_same_streams']:>15.1f}{share:>12}")
+              f"{r['chars_per_s']:>12,.0f}{r['vs_naive_1_stream']:>12.1f}{r['vs_naive_same_streams']:>15.1f}{share:>12}"
+              f"{own:>12}")
 
 
 def main() -> None:
@@ -204,12 +226,15 @@ def main() -> None:
     cpu = device.type == "cpu"
     results, ceilings = time_rows(model, tokenizer, device, args, fast_kind)
     ceiling, ceiling_int8 = (max(c[i] for c in ceilings) for i in (0, 1)) if ceilings else (None, None)
+    ceiling_block = max((c[2] for c in ceilings if c[2]), default=None)
     naive = {r["streams"]: r["chars_per_s"] for r in results if not r["fast"]}
     for r in results:
         r["vs_naive_1_stream"] = round(r["chars_per_s"] / naive[1], 2)
         r["vs_naive_same_streams"] = round(r["chars_per_s"] / naive[r["streams"]], 2)
         if ceilings and r["fast"] and r["streams"] == 1:  # against the ceiling of its own round
             r["share_of_ceiling"] = round(r["chars_per_s"] / ceilings[r["round"]][1 if r["int8"] else 0], 3)
+            if r["c_block"]:  # ... and against the C kernel's products alone
+                r["share_of_c_products"] = round(r["chars_per_s"] / ceilings[r["round"]][2], 3)
 
     int8_used = charnn.models.stepper.int8_kernel()
     print(f"{args.layers}x{args.hidden} {args.cell}, vocab {tokenizer.vocab_size}, {device}, {args.threads} threads, "
@@ -218,8 +243,9 @@ def main() -> None:
     print_rows(results)
     quality = None
     if ceiling:
-        print("one-stream ceiling (the step's matrix products alone), per round: " + ", ".join(
-            f"fp32 {a:,.0f} / int8 {b:,.0f} chars/s" for a, b in ceilings))
+        print("one-stream ceiling (the step's matrix products alone: torch's fp32, torch's int8, the C int8 kernel's), "
+              "per round: " + ", ".join(f"{a:,.0f} / {b:,.0f} / {f'{c:,.0f}' if c else '-'} chars/s"
+                                        for a, b, c in ceilings))
     if args.checkpoint and args.text and cpu and fast_kind:
         text = Path(args.text).read_text(encoding="utf-8")[-args.chars:]
         quality = {"chars": len(text), "fp32": score_by_stepping(model, tokenizer, text, False),
@@ -236,6 +262,7 @@ def main() -> None:
             "int8_weight_levels": weight_levels(1) if cpu and int8_used == "int_mm" else None}
     out.write_text(json.dumps({**meta, "results": results, "fp32_gemv_ceiling_chars_per_s": ceiling,
                                "int8_gemv_ceiling_chars_per_s": ceiling_int8,
+                               "int8_c_products_ceiling_chars_per_s": ceiling_block,
                                "ceilings_per_round": ceilings, "native_library": str(native.library()),
                                "quality_nats_per_char": quality}, indent=2))
     print(f"wrote {out}")

@@ -371,10 +371,9 @@ class Batcher:
         temperature = self._temperature(n)
         if temperature is None or self.stepper.blocks is None:
             return False
-        plan = self.plan
-        self.stepper.draw_block(self.tokens, self.drawn[:k, :n], temperature, int(plan.seeds[0]), int(plan.drawn[0]),
-                                plan.greedy is not None)
-        plan.drawn += k
+        row, params = self.rows[0], self.rows[0].spec.sampling  # row.tokens: its draws so far, as plan.drawn's
+        self.stepper.draw_block(self.tokens, self.drawn[:k, :n], temperature, params.seed, row.tokens, params.greedy)
+        self.plan.drawn += k
         self.tokens[:n].copy_(self.drawn[k - 1, :n])
         return True
 

@@ -1,4 +1,4 @@
-"""The sampler's fused recurrent cells in C (`cells_native.c`), compiled on first use, else none.
+"""The sampler's fused recurrent cells in C (`cells_native.c`, `int8_native.c`), compiled on first use, else none.
 
 A token of one stream costs the two layers' matrix products and, around them, about twenty small tensor
 operations whose dispatch (a few microseconds each on a CPU) adds a quarter to the products' time. The C file
@@ -32,7 +32,9 @@ import torch
 
 from charnn.models.int8 import ACT_LEVELS
 
-SOURCE = Path(__file__).with_name("cells_native.c")
+HERE = Path(__file__).parent
+SOURCES = (HERE / "cells_native.c", HERE / "int8_native.c")  # built into one library
+HEADERS = (HERE / "native_math.h",)
 FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler does not know -march=native
 I64, PTR, F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 
@@ -64,8 +66,8 @@ def library() -> Optional[ctypes.CDLL]:
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
     lib.int8_product.restype, lib.int8_product.argtypes = None, [I64, I64, PTR, PTR, PTR, PTR, ctypes.c_int]
     lib.lstm_int8_block.restype = ctypes.c_int
-    lib.lstm_int8_block.argtypes = [I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR,
-                                    PTR, I64, F32, PTR, I64, I64, ctypes.c_int, PTR, I64, ctypes.c_int, ctypes.c_int]
+    lib.lstm_int8_block.argtypes = [I64, I64, I64, *[PTR] * 14, I64, F32, PTR, I64, I64, ctypes.c_int, PTR, I64,
+                                    ctypes.c_int, ctypes.c_int]
     lib.gumbel.restype, lib.gumbel.argtypes = None, [I64, I64, I64, PTR]
     return lib
 
@@ -89,8 +91,8 @@ def _build() -> Path:
     compiler = os.environ.get("CC") or "cc"
     if not shutil.which(compiler):
         raise OSError(f"no C compiler ({compiler})")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), _cpu().encode()])).hexdigest()[:16]
+    sources = [f.read_bytes() for f in (*SOURCES, *HEADERS)]
+    key = hashlib.sha256(b"\0".join([*sources, compiler.encode(), _cpu().encode()])).hexdigest()[:16]
     folder = Path(os.environ.get("CHARNN_CACHE") or Path.home() / ".cache" / "charnn").expanduser() / "native"
     target = folder / f"cells-{key}{'.dll' if os.name == 'nt' else '.so'}"
     if target.exists():
@@ -101,7 +103,7 @@ def _build() -> Path:
     try:
         for flags in FLAGS:
             r = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-o", tmp,
-                                str(SOURCE)],
+                                *map(str, SOURCES)],
                                capture_output=True, timeout=120)
             if r.returncode == 0:
                 os.replace(tmp, target)
@@ -167,28 +169,35 @@ def layer_calls(lib: ctypes.CDLL, st, l: int) -> list:
 
 class LstmInt8Block:
     """A whole block of tokens of one int8 LSTM stream in one C call (`lstm_int8_block`), matrix products included,
-    over a FastStepper's own buffers (its state stays where its other calls read it). Needs `int8_products` and
-    hidden sizes that are a multiple of 16."""
+    over a FastStepper's own state buffers (so its other calls read the state it leaves). Its weights are laid out
+    again for it: `pack`ed, with each layer's gate columns grouped 16 units at a time (units 16g..16g+15's i, f, o
+    and g gates side by side), so that a thread's share of the outputs is whole units and it runs their cells too.
+    Needs `int8_products` and a hidden size that is a multiple of 16."""
 
     def __init__(self, lib: ctypes.CDLL, st):
         def array(tensors):
             return (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
-        L, H = st.L, st.H
-        packed = [pack(mm.codes) for mm in st.mm_hh]
-        self.acc = torch.empty(4 * H, dtype=torch.int32)
-        self.noise = torch.empty(st.table.shape[0])
-        self.keep = [p for pair in packed for p in pair]  # what the pointers point to, alive as long as this
-        arrays = [array([w for w, _ in packed]), array([o for _, o in packed]),
-                  array([mm.factor for mm in st.mm_hh]), array([mm.bias for mm in st.mm_hh]), array(st.c)]
-        self.arrays = arrays
-        self.call = partial(lib.lstm_int8_block, L, H, st.table.shape[0], ptr(st.table), *arrays, ptr(st.hs),
-                            ptr(st.codes), ptr(self.acc), ptr(st.scratch), ptr(st.w_head), ptr(st.b_head),
-                            ptr(st.logits), ptr(self.noise))
+        L, H, V = st.L, st.H, st.table.shape[0]
+        order = torch.arange(4 * H).view(4, H // 16, 16).transpose(0, 1).reshape(-1)  # grouped -> the stepper's
+        packed = [pack(mm.codes[:, order]) for mm in st.mm_hh]
+        factor = [mm.factor[order].contiguous() for mm in st.mm_hh]
+        bias = [None if mm.bias is None else mm.bias[order].contiguous() for mm in st.mm_hh]
+        table = st.table[:, order].contiguous()
+        self.acc, self.y = torch.empty(4 * H, dtype=torch.int32), torch.empty(V)
+        self.codes2 = torch.empty_like(st.codes)
+        self.keep = [*(p for pair in packed for p in pair), *factor, *bias, table]  # alive as long as the pointers
+        self.arrays = [array([w for w, _ in packed]), array([o for _, o in packed]), array(factor), array(bias),
+                       array(st.c)]
+        self.call = partial(lib.lstm_int8_block, L, H, V, ptr(table), *self.arrays, ptr(st.hs), ptr(st.codes),
+                            ptr(self.codes2), ptr(self.acc), ptr(st.w_head), ptr(st.b_head), ptr(self.y))
+        self.noise = torch.empty(0)  # a block's noise (k, V), grown as blocks grow
 
     def __call__(self, tok, drawn, temperature: float, seed: int, draw: int, greedy: bool,
                  products_only: bool = False) -> int:
         """tok: the first input (1,); drawn: (k, ...) int64, token t's draw into drawn[t, 0] (the next one's input),
-        with the row's noise for its draws draw .. draw + k - 1 (`gumbel_noise`'s, made here). The products use
+        with the row's noise for its draws draw .. draw + k - 1 (`gumbel_noise`'s, made here). Every piece runs on
         torch's thread count (`--threads`). -1: a token id outside the vocabulary."""
-        return self.call(len(drawn), temperature, tok.data_ptr(), seed, draw, int(greedy), drawn.data_ptr(),
-                         drawn.stride(0), int(products_only), torch.get_num_threads())
+        if self.noise.numel() < drawn.shape[0] * self.y.numel():
+            self.noise = torch.empty(drawn.shape[0], self.y.numel())
+        return self.call(self.noise.data_ptr(), len(drawn), temperature, tok.data_ptr(), seed, draw, int(greedy),
+                         drawn.data_ptr(), drawn.stride(0), int(products_only), torch.get_num_threads())

@@ -1,0 +1,326 @@
+/* --int8 for one stream, with the matrix products in C too: a whole block of k tokens of an LSTM in one call.
+
+   charnn.models.native builds this file with cells_native.c into one library and calls it through ctypes
+   (native.LstmInt8Block) where the CPU has AVX-512 VNNI (`int8_vnni`). */
+
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#include "native_math.h"
+
+/* No Python between tokens. torch._int_mm for one row (a matrix-vector product) takes 30-100 us for a 2x512 LSTM's
+   products on 2 cores; this loop reads the same int8 weights, laid out for it once, in a fraction of that, and its
+   int32 sums are exactly torch's (so the tokens are the same).
+
+   int8_gemv: the sums x @ W for one group of 64 outputs, for int8 codes x (K) and W, which `pack` in
+   charnn.models.native lays out as (N/16, K/4, 16, 4): 16 outputs by 4 inputs per 64-byte vector, so one VNNI
+   instruction (u8 x s8, four products summed into each int32 lane) does 64 multiply-adds, and a group's four tiles
+   share each broadcast of x. x is made unsigned by adding 128, and offset[n] = 128 * sum_k W[k][n] is taken off
+   again. x is two pieces: its first k1 inputs from x1, the rest from x2 (an LSTM layer above the first reads its
+   input h and its own h, which lie in different buffers). K % 4 == 0, k1 % 4 == 0, N % 64 == 0. */
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+#include <immintrin.h>
+int int8_vnni(void) { return 1; }
+
+static void int8_gemv(int64_t K, int64_t k1, const int8_t *x1, const int8_t *x2, const int8_t *w,
+                      const int32_t *offset, int64_t g, int32_t *out) {
+    const int64_t K4 = K / 4, tile = K4 * 64;
+    const int8_t *w0 = w + 4 * g * tile, *w1 = w0 + tile, *w2 = w1 + tile, *w3 = w2 + tile;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (int piece = 0; piece < 2; piece++) {
+        const int64_t from = piece ? k1 / 4 : 0, to = piece ? K4 : k1 / 4;
+        const int8_t *x = piece ? x2 - k1 : x1;  /* x[4 i] is input 4 i's code */
+        for (int64_t i = from; i < to; i++) {
+            uint32_t four;
+            memcpy(&four, x + 4 * i, 4);
+            const __m512i xb = _mm512_set1_epi32((int)(four ^ 0x80808080u));  /* x + 128, as unsigned bytes */
+            a0 = _mm512_dpbusd_epi32(a0, xb, _mm512_loadu_si512(w0 + 64 * i));
+            a1 = _mm512_dpbusd_epi32(a1, xb, _mm512_loadu_si512(w1 + 64 * i));
+            a2 = _mm512_dpbusd_epi32(a2, xb, _mm512_loadu_si512(w2 + 64 * i));
+            a3 = _mm512_dpbusd_epi32(a3, xb, _mm512_loadu_si512(w3 + 64 * i));
+        }
+    }
+    const int32_t *o = offset + 64 * g;
+    _mm512_storeu_si512(out, _mm512_sub_epi32(a0, _mm512_loadu_si512(o)));
+    _mm512_storeu_si512(out + 16, _mm512_sub_epi32(a1, _mm512_loadu_si512(o + 16)));
+    _mm512_storeu_si512(out + 32, _mm512_sub_epi32(a2, _mm512_loadu_si512(o + 32)));
+    _mm512_storeu_si512(out + 48, _mm512_sub_epi32(a3, _mm512_loadu_si512(o + 48)));
+}
+#define PAUSE() _mm_pause()
+#else
+int int8_vnni(void) { return 0; }
+
+static void int8_gemv(int64_t K, int64_t k1, const int8_t *x1, const int8_t *x2, const int8_t *w,
+                      const int32_t *offset, int64_t g, int32_t *out) {
+    (void)K; (void)k1; (void)x1; (void)x2; (void)w; (void)offset; (void)g;  /* never called (int8_vnni says 0) */
+    memset(out, 0, 64 * sizeof(int32_t));
+}
+#define PAUSE() ((void)0)
+#endif
+
+/* Several cores: each piece of work (a layer's products and cells, the head) is split into one contiguous range per
+   thread, the same range for the same thread every token, so each core keeps its share of the weights in its own
+   cache (one core's cache does not hold a 2x512 model's 3 MB of int8 weights; two cores' hold their halves).
+   Workers are started once and kept: they spin while the next piece is microseconds away, then sleep on a
+   condition variable (soon after a block ends: the caller's own work, torch's threads among it, comes next). */
+#define MAX_THREADS 16
+#define SPIN_NS 1000000   /* a worker spins this long for the next piece of a block, then sleeps; ... */
+#define PARKED_NS 200000  /* ... only this long once the block is done */
+
+typedef void (*part_fn)(const void *ctx, int64_t from, int64_t to);
+
+static struct {
+    pthread_mutex_t lock, block;  /* block: one caller at a time uses the workers */
+    pthread_cond_t wake;
+    atomic_long epoch;            /* pieces posted so far */
+    atomic_int pending;           /* workers still on the current piece */
+    atomic_int sleepers;
+    atomic_int parked;            /* between blocks */
+    int workers;                  /* started */
+    part_fn fn;                   /* the current piece: fn(ctx, part's range of 0..total), `parts` parts */
+    const void *ctx;
+    int64_t total;
+    int parts;
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .block = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static inline int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void *worker(void *arg) {
+    const int part = (int)(intptr_t)arg + 1;  /* the caller's thread does part 0 */
+    long seen = 0;
+    for (;;) {
+        long e;
+        int64_t since = now_ns();
+        for (int spins = 0; (e = atomic_load(&pool.epoch)) == seen; spins++) {
+            if (spins % 64 || now_ns() - since < (atomic_load(&pool.parked) ? PARKED_NS : SPIN_NS)) {
+                PAUSE();
+                continue;
+            }
+            pthread_mutex_lock(&pool.lock);
+            atomic_fetch_add(&pool.sleepers, 1);
+            while (atomic_load(&pool.epoch) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+            atomic_fetch_sub(&pool.sleepers, 1);
+            pthread_mutex_unlock(&pool.lock);
+            since = now_ns();
+        }
+        seen = e;
+        if (part < pool.parts) pool.fn(pool.ctx, pool.total * part / pool.parts, pool.total * (part + 1) / pool.parts);
+        atomic_fetch_sub(&pool.pending, 1);
+    }
+    return NULL;
+}
+
+static void forked_child(void) { pool.workers = 0; }  /* a fork's child has this thread alone: start anew */
+
+/* Start workers until threads - 1 run (at most MAX_THREADS - 1); returns the threads that will work (this one
+   included). Called with pool.block held. */
+static int start_workers(int threads) {
+    static int hooked;
+    if (!hooked) hooked = !pthread_atfork(NULL, NULL, forked_child);
+    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    while (pool.workers < threads - 1) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, worker, (void *)(intptr_t)pool.workers)) break;
+        pthread_detach(t);
+        pool.workers++;
+    }
+    return threads < pool.workers + 1 ? threads : pool.workers + 1;
+}
+
+/* fn over 0..total in `threads` parts at once: this thread does part 0, worker i part i + 1; back when all are. */
+static void run_parts(part_fn fn, const void *ctx, int64_t total, int threads) {
+    if (threads <= 1) { fn(ctx, 0, total); return; }
+    pool.fn = fn;
+    pool.ctx = ctx;
+    pool.total = total;
+    pool.parts = threads;
+    atomic_store(&pool.pending, pool.workers);
+    atomic_fetch_add(&pool.epoch, 1);
+    if (atomic_load(&pool.sleepers)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    fn(ctx, 0, total / threads);
+    const int64_t since = now_ns();
+    for (long spins = 1; atomic_load(&pool.pending) > 0; spins++)  /* after a while, a worker the OS has not run */
+        if (spins % 64 || now_ns() - since < SPIN_NS) PAUSE(); else sched_yield();  /* yet gets the core */
+}
+
+/* One product's groups: acc = x @ W. */
+typedef struct { int64_t K, k1; const int8_t *x1, *x2, *w; const int32_t *offset; int32_t *acc; } product_t;
+
+static void product_part(const void *p, int64_t g0, int64_t g1) {
+    const product_t *q = p;
+    for (int64_t g = g0; g < g1; g++) int8_gemv(q->K, q->k1, q->x1, q->x2, q->w, q->offset, g, q->acc + 64 * g);
+}
+
+/* One product, for tests: acc = x @ W (N outputs), on `threads` threads. */
+void int8_product(int64_t K, int64_t N, const int8_t *x, const int8_t *w, const int32_t *offset, int32_t *acc,
+                  int threads) {
+    const product_t q = {K, K, x, x, w, offset, acc};
+    pthread_mutex_lock(&pool.block);
+    run_parts(product_part, &q, N / 64, start_workers(threads));
+    pthread_mutex_unlock(&pool.block);
+}
+
+/* One LSTM layer's step for a group's 16 units: its 64 gate sums (the weights' columns are grouped by `pack`'s
+   caller so that group g holds units 16g..16g+15's i, f, o, g gates, 16 each), then lstm_cell's arithmetic:
+   pre = base + sums * factor, c = f c + i g, h = o tanh(c), codes = round(h * 127) into codes_out. */
+typedef struct {
+    int64_t K, k1; const int8_t *x1, *x2, *w; const int32_t *offset; const float *base, *factor;
+    float *c, *h; int8_t *codes_out;
+} layer_t;
+
+static void layer_part(const void *p, int64_t g0, int64_t g1) {
+    const layer_t *q = p;
+    int32_t acc[64];
+    float pre[64];
+    for (int64_t g = g0; g < g1; g++) {
+        int8_gemv(q->K, q->k1, q->x1, q->x2, q->w, q->offset, g, acc);
+        const float *base = q->base + 64 * g, *factor = q->factor + 64 * g;
+        for (int j = 0; j < 64; j++) pre[j] = base[j] + (float)acc[j] * factor[j];
+        float *c = q->c + 16 * g, *h = q->h + 16 * g;
+        int8_t *codes = q->codes_out + 16 * g;
+        for (int m = 0; m < 16; m++) {
+            float i = sigmoid(pre[m]), f = sigmoid(pre[16 + m]), o = sigmoid(pre[32 + m]);
+            float gg = tanh_(pre[48 + m]);
+            float cj = f * c[m] + i * gg;
+            c[m] = cj;
+            h[m] = o * tanh_(cj);
+        }
+        for (int m = 0; m < 16; m++) codes[m] = code(h[m], 127.0f);
+    }
+}
+
+/* The Batcher's Gumbel noise (charnn.generation.draw.gumbel_noise), for one row's draw number `draw`: a hash of
+   (seed, draw, token), splitmix64 style, whose top 23 bits make a uniform U in (0, 1), and -log(-log(U)). The same
+   integers as torch's; the logs are the C library's (torch's may differ in the last bit, as CUDA's do). */
+static inline uint64_t mix64(uint64_t x) {
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static inline float gumbel_at(uint64_t mixed_seed, int64_t draw, int64_t V, int64_t v) {
+    const uint64_t x = mix64(mixed_seed + (uint64_t)(draw * V + v) * 0x9E3779B97F4A7C15ull);
+    const float u = ((float)(x >> 41) + 0.5f) * (1.0f / 8388608.0f);
+    return -logf(-logf(u));
+}
+
+void gumbel(int64_t seed, int64_t draw, int64_t V, float *out) {
+    for (int64_t v = 0; v < V; v++) out[v] = gumbel_at(mix64((uint64_t)seed), draw, V, v);
+}
+
+/* A block's noise, k draws of V: out[t * V + v] = draw + t's noise for token v. */
+typedef struct { uint64_t seed; int64_t draw, V; float *out; } noise_t;
+
+static void noise_part(const void *p, int64_t e0, int64_t e1) {
+    const noise_t *q = p;
+    for (int64_t e = e0; e < e1; e++) q->out[e] = gumbel_at(q->seed, q->draw + e / q->V, q->V, e % q->V);
+}
+
+/* The head for tokens v0..v1-1: y = (bias + h @ W) / temperature (unless 1) + noise (NULL: none, greedy), the
+   same float operations as head_draw's. */
+typedef struct { int64_t H, V; const float *h, *w, *bias; float temperature; const float *noise; float *y; } head_t;
+
+static void head_part(const void *p, int64_t v0, int64_t v1) {
+    const head_t *q = p;
+    float *y = q->y;
+#if defined(__AVX512F__)
+    /* 128 logits at a time, kept in registers over the hidden units: each lane adds x_j * w_jv in order j = 0, 1, ...
+       with one rounding (an FMA), as head_draw's loop does, so the sums are the same to the bit */
+    for (int64_t a = v0; a < v1; a += 128) {
+        __m512 acc[8];
+        __mmask16 keep[8];
+        const int n = (int)((v1 - a + 15) / 16 < 8 ? (v1 - a + 15) / 16 : 8);
+        for (int c = 0; c < n; c++) {
+            const int64_t left = v1 - a - 16 * c;
+            keep[c] = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            acc[c] = _mm512_setzero_ps();
+        }
+        for (int64_t j = 0; j < q->H; j++) {
+            const __m512 x = _mm512_set1_ps(q->h[j]);
+            const float *wj = q->w + j * q->V + a;
+            for (int c = 0; c < n; c++)
+                acc[c] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(keep[c], wj + 16 * c), acc[c]);
+        }
+        for (int c = 0; c < n; c++) _mm512_mask_storeu_ps(y + a + 16 * c, keep[c], acc[c]);
+    }
+#else
+    for (int64_t v = v0; v < v1; v++) y[v] = 0.0f;
+    for (int64_t j = 0; j < q->H; j++) {
+        const float x = q->h[j], *wj = q->w + j * q->V;
+        for (int64_t v = v0; v < v1; v++) y[v] += x * wj[v];
+    }
+#endif
+    for (int64_t v = v0; v < v1; v++) {
+        float t = q->bias[v] + y[v];
+        t = q->temperature == 1.0f ? t : t / q->temperature;
+        y[v] = t + (q->noise ? q->noise[v] : 0.0f);
+    }
+}
+
+/* k tokens of one int8 LSTM stream (L layers of H, vocabulary V), as FastStepper's per-token calls make them, in
+   the grouped gate order above: layer 0's gates are table's row of the token plus (h_0's codes @ W_0) * factor_0;
+   layer l's are bias_l plus ([h_{l-1} | h_l]'s codes @ W_l) * factor_l; then the head and the draw (temperature,
+   and the row's noise for its draws draw .. draw + k - 1 of `seed`, made first into noise (k * V floats), none if
+   greedy; y: V floats) into
+   drawn[t * drawn_stride], the next token's input. The first input is *tok. hs and codes hold every layer's h side
+   by side (L * H); codes2 is a second such buffer (a layer's new codes are written while other threads still read
+   the old ones); c[l], w[l], offset[l], factor[l], bias[l] per layer. products_only: the products alone, k times
+   (the benchmark's ceiling; acc: 4H int32). Every piece runs on `threads` threads. Returns -1 for a token id
+   outside the vocabulary (nothing more done), else 0. */
+int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const int8_t *const *w,
+                    const int32_t *const *offset, const float *const *factor, const float *const *bias,
+                    float *const *c, float *hs, int8_t *codes, int8_t *codes2, int32_t *acc, const float *w_head,
+                    const float *b_head, float *y, float *noise, int64_t k, float temperature, const int64_t *tok,
+                    int64_t seed,
+                    int64_t draw, int greedy, int64_t *drawn, int64_t drawn_stride, int products_only, int threads) {
+    int64_t id = *tok;
+    int8_t *now = codes, *next = codes2;  /* the codes of the token before, and of this one */
+    int status = 0;
+    pthread_mutex_lock(&pool.block);
+    threads = start_workers(threads);
+    atomic_store(&pool.parked, 0);
+    if (!greedy && !products_only) {
+        const noise_t q = {mix64((uint64_t)seed), draw, V, noise};
+        run_parts(noise_part, &q, k * V, threads);
+    }
+    for (int64_t t = 0; t < k; t++) {
+        if (!products_only && (id < 0 || id >= V)) { status = -1; break; }
+        for (int64_t l = 0; l < L; l++) {
+            const int8_t *x1 = l ? next + (l - 1) * H : now, *x2 = now + l * H;  /* [h_{l-1} new | h_l old] */
+            if (products_only) {
+                const product_t q = {l ? 2 * H : H, H, x1, x2, w[l], offset[l], acc};
+                run_parts(product_part, &q, H / 16, threads);
+                continue;
+            }
+            const layer_t q = {l ? 2 * H : H, H, x1, x2, w[l], offset[l], l ? bias[l] : table + id * 4 * H,
+                               factor[l], c[l], hs + l * H, next + l * H};
+            run_parts(layer_part, &q, H / 16, threads);
+        }
+        if (products_only) continue;
+        int8_t *swap = now; now = next; next = swap;
+        const head_t q = {H, V, hs + (L - 1) * H, w_head, b_head, temperature, greedy ? NULL : noise + t * V, y};
+        head_part(&q, 0, V);  /* this thread alone: about a microsecond, less than handing half of it over */
+        int64_t best = 0;  /* argmax as torch.argmax: the first of equal values, and NaN above all */
+        float top = -INFINITY;
+        for (int64_t v = 0; v < V && !isnan(top); v++)
+            if (y[v] > top || isnan(y[v])) { top = y[v]; best = v; }
+        id = drawn[t * drawn_stride] = best;
+    }
+    if (now != codes) memcpy(codes, now, (size_t)(L * H));  /* the stepper's codes: the latest */
+    atomic_store(&pool.parked, 1);
+    pthread_mutex_unlock(&pool.block);
+    return status;
+}
