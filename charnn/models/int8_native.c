@@ -177,16 +177,17 @@ void int8_product(int64_t K, int64_t N, const int8_t *x, const int8_t *w, const 
    caller so that group g holds units 16g..16g+15's i, f, o, g gates, 16 each), then lstm_cell's arithmetic:
    pre = base + sums * factor, c = f c + i g, h = o tanh(c), codes = round(h * 127) into codes_out. */
 typedef struct {
-    int64_t K, k1; const int8_t *x1, *x2, *w; const int32_t *offset; const float *base, *factor;
+    int64_t K, k1; const int8_t *x1, *x2, *w; const int32_t *offset; int32_t *acc; const float *base, *factor;
     float *c, *h; int8_t *codes_out;
 } layer_t;
 
 static void layer_part(const void *p, int64_t g0, int64_t g1) {
     const layer_t *q = p;
-    int32_t acc[64];
     float pre[64];
+    for (int64_t g = g0; g < g1; g++)  /* the products first: the weights stream in one run (a big model's come */
+        int8_gemv(q->K, q->k1, q->x1, q->x2, q->w, q->offset, g, q->acc + 64 * g);  /* from memory, not cache) */
     for (int64_t g = g0; g < g1; g++) {
-        int8_gemv(q->K, q->k1, q->x1, q->x2, q->w, q->offset, g, acc);
+        const int32_t *acc = q->acc + 64 * g;
         const float *base = q->base + 64 * g, *factor = q->factor + 64 * g;
         for (int j = 0; j < 64; j++) pre[j] = base[j] + (float)acc[j] * factor[j];
         float *c = q->c + 16 * g, *h = q->h + 16 * g;
@@ -278,7 +279,7 @@ static void head_part(const void *p, int64_t v0, int64_t v1) {
    drawn[t * drawn_stride], the next token's input. The first input is *tok. hs and codes hold every layer's h side
    by side (L * H); codes2 is a second such buffer (a layer's new codes are written while other threads still read
    the old ones); c[l], w[l], offset[l], factor[l], bias[l] per layer. products_only: the products alone, k times
-   (the benchmark's ceiling; acc: 4H int32). Every piece runs on `threads` threads. Returns -1 for a token id
+   (the benchmark's ceiling). acc: 4H int32. Every piece runs on `threads` threads. Returns -1 for a token id
    outside the vocabulary (nothing more done), else 0. */
 int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const int8_t *const *w,
                     const int32_t *const *offset, const float *const *factor, const float *const *bias,
@@ -305,7 +306,7 @@ int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const i
                 run_parts(product_part, &q, H / 16, threads);
                 continue;
             }
-            const layer_t q = {l ? 2 * H : H, H, x1, x2, w[l], offset[l], l ? bias[l] : table + id * 4 * H,
+            const layer_t q = {l ? 2 * H : H, H, x1, x2, w[l], offset[l], acc, l ? bias[l] : table + id * 4 * H,
                                factor[l], c[l], hs + l * H, next + l * H};
             run_parts(layer_part, &q, H / 16, threads);
         }

@@ -77,12 +77,14 @@ def int8_products(lib: Optional[ctypes.CDLL]) -> bool:
     return lib is not None and bool(lib.int8_vnni())
 
 
-def pack(codes):
-    """(K, N) int8 weight codes -> (the layout `int8_gemv` in the C file reads: (N/16, K/4, 16, 4), the offset
-    128 * column sums that undo its unsigned input). Needs K % 4 == 0 and N % 64 == 0."""
+def pack(codes, order=None):
+    """(K, N) int8 weight codes (their columns taken in `order`, if given) -> (the layout `int8_gemv` in
+    int8_native.c reads: (N/16, K/4, 16, 4), the offset 128 * column sums that undo its unsigned input). Needs
+    K % 4 == 0 and N % 64 == 0."""
     K, N = codes.shape
-    packed = codes.reshape(K // 4, 4, N // 16, 16).permute(2, 0, 3, 1).contiguous()
-    return packed, (codes.sum(0, dtype=torch.int32) * 128).contiguous()
+    rows = codes.t() if order is None else codes.t()[order]  # (N, K): the stepper keeps codes as such a transpose
+    packed = rows.reshape(N // 16, 16, K // 4, 4).permute(0, 2, 1, 3).contiguous()
+    return packed, (rows.sum(1, dtype=torch.int32) * 128).contiguous()
 
 
 def _build() -> Path:
@@ -179,7 +181,7 @@ class LstmInt8Block:
             return (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
         L, H, V = st.L, st.H, st.table.shape[0]
         order = torch.arange(4 * H).view(4, H // 16, 16).transpose(0, 1).reshape(-1)  # grouped -> the stepper's
-        packed = [pack(mm.codes[:, order]) for mm in st.mm_hh]
+        packed = [pack(mm.codes, order) for mm in st.mm_hh]
         factor = [mm.factor[order].contiguous() for mm in st.mm_hh]
         bias = [None if mm.bias is None else mm.bias[order].contiguous() for mm in st.mm_hh]
         table = st.table[:, order].contiguous()
