@@ -175,10 +175,10 @@ void int8_product(int64_t K, int64_t N, const int8_t *x, const int8_t *w, const 
 
 /* One LSTM layer's step for a group's 16 units: its 64 gate sums (the weights' columns are grouped by `pack`'s
    caller so that group g holds units 16g..16g+15's i, f, o, g gates, 16 each), then lstm_cell's arithmetic:
-   pre = base + sums * factor, c = f c + i g, h = o tanh(c), codes = round(h * 127) into codes_out. */
+   pre = base + sums * factor, c = f c + i g, h = o tanh(c), codes = round(h * levels) into codes_out. */
 typedef struct {
     int64_t K, k1; const int8_t *x1, *x2, *w; const int32_t *offset; int32_t *acc; const float *base, *factor;
-    float *c, *h; int8_t *codes_out;
+    float *c, *h; int8_t *codes_out; float levels;
 } layer_t;
 
 static void layer_part(const void *p, int64_t g0, int64_t g1) {
@@ -199,7 +199,7 @@ static void layer_part(const void *p, int64_t g0, int64_t g1) {
             c[m] = cj;
             h[m] = o * tanh_(cj);
         }
-        for (int m = 0; m < 16; m++) codes[m] = code(h[m], 127.0f);
+        for (int m = 0; m < 16; m++) codes[m] = code(h[m], q->levels);
     }
 }
 
@@ -278,15 +278,16 @@ static void head_part(const void *p, int64_t v0, int64_t v1) {
    greedy; y: V floats) into
    drawn[t * drawn_stride], the next token's input. The first input is *tok. hs and codes hold every layer's h side
    by side (L * H); codes2 is a second such buffer (a layer's new codes are written while other threads still read
-   the old ones); c[l], w[l], offset[l], factor[l], bias[l] per layer. products_only: the products alone, k times
-   (the benchmark's ceiling). acc: 4H int32. Every piece runs on `threads` threads. Returns -1 for a token id
-   outside the vocabulary (nothing more done), else 0. */
+   the old ones); c[l], w[l], offset[l], factor[l], bias[l] per layer; acc: 4H int32; levels: the codes' scale,
+   round(h * levels). products_only: the products alone, k times (the benchmark's ceiling). Every piece runs on
+   `threads` threads. Returns -1 for a token id outside the vocabulary (nothing more done), else 0. */
 int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const int8_t *const *w,
                     const int32_t *const *offset, const float *const *factor, const float *const *bias,
                     float *const *c, float *hs, int8_t *codes, int8_t *codes2, int32_t *acc, const float *w_head,
                     const float *b_head, float *y, float *noise, int64_t k, float temperature, const int64_t *tok,
                     int64_t seed,
-                    int64_t draw, int greedy, int64_t *drawn, int64_t drawn_stride, int products_only, int threads) {
+                    int64_t draw, int greedy, int64_t *drawn, int64_t drawn_stride, int products_only, int threads,
+                    float levels) {
     int64_t id = *tok;
     int8_t *now = codes, *next = codes2;  /* the codes of the token before, and of this one */
     int status = 0;
@@ -307,7 +308,7 @@ int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const i
                 continue;
             }
             const layer_t q = {l ? 2 * H : H, H, x1, x2, w[l], offset[l], acc, l ? bias[l] : table + id * 4 * H,
-                               factor[l], c[l], hs + l * H, next + l * H};
+                               factor[l], c[l], hs + l * H, next + l * H, levels};
             run_parts(layer_part, &q, H / 16, threads);
         }
         if (products_only) continue;

@@ -30,8 +30,6 @@ from typing import Optional
 
 import torch
 
-from charnn.models.int8 import ACT_LEVELS
-
 HERE = Path(__file__).parent
 SOURCES = (HERE / "cells_native.c", HERE / "int8_native.c")  # built into one library
 HEADERS = (HERE / "native_math.h",)
@@ -67,7 +65,7 @@ def library() -> Optional[ctypes.CDLL]:
     lib.int8_product.restype, lib.int8_product.argtypes = None, [I64, I64, PTR, PTR, PTR, PTR, ctypes.c_int]
     lib.lstm_int8_block.restype = ctypes.c_int
     lib.lstm_int8_block.argtypes = [I64, I64, I64, *[PTR] * 14, I64, F32, PTR, I64, I64, ctypes.c_int, PTR, I64,
-                                    ctypes.c_int, ctypes.c_int]
+                                    ctypes.c_int, ctypes.c_int, F32]
     lib.gumbel.restype, lib.gumbel.argtypes = None, [I64, I64, I64, PTR]
     return lib
 
@@ -136,11 +134,12 @@ class ReadsTokens(partial):
     """A C cell call that takes the step's token ids as its last argument (see FastStepper._native_layers)."""
 
 
-def layer_calls(lib: ctypes.CDLL, st, l: int) -> list:
+def layer_calls(lib: ctypes.CDLL, st, l: int, levels: float) -> list:
     """Layer l's work for a FastStepper `st` step, as calls with every argument bound (the buffers never move): its
     products, then the C cell. For int_mm the products stop at the int32 sums, which the cell scales back and
     adds to the gates' base (the LSTM's: the embedding table's row at layer 0, the bias above; the GRU's: each
-    product's bias); every cell writes its h's int8 codes at once, so the codes are never a step late."""
+    product's bias); every cell writes its h's int8 codes, round(h * levels), at once, so the codes are never a step
+    late."""
     B, H, L = st.B, st.H, st.L
     codes = ptr(st.codes[:, l * H:(l + 1) * H]) if st.coded else None
     if st.cell == "gru":  # gi: the table's row (layer 0) or W_i x + b_i; gh: W_h h + b_h
@@ -157,7 +156,7 @@ def layer_calls(lib: ctypes.CDLL, st, l: int) -> list:
             sides.insert(0, (st.gates[0], 3 * H, None, None))
         args = [a if isinstance(a, int) else ptr(a) for side in sides for a in side]
         return calls + [partial(lib.gru_cell, B, H, *args, ptr(st.scratch), ptr(st.h[l]), L * H, codes, L * H,
-                                float(ACT_LEVELS))]
+                                float(levels))]
     mm, x = st.mm_hh[l], (st.x_hh[0] if l == 0 else st.x_cat[l])
     if st.coded:  # base + acc * factor in C: the table's row (looked up by the cell itself) or the bias
         base, stride = (st.table, 4 * H) if l == 0 else (mm.bias, 0)
@@ -165,7 +164,7 @@ def layer_calls(lib: ctypes.CDLL, st, l: int) -> list:
     else:
         base, stride, products, acc = st.gates[l], 4 * H, [partial(mm, x, st.gates[l])], (None, None, None)
     cell = partial(lib.lstm_cell, B, H, ptr(base), stride, *map(ptr, acc), ptr(st.c[l]), ptr(st.h[l]), L * H, codes,
-                   L * H, float(ACT_LEVELS), st.table.shape[0])
+                   L * H, float(levels), st.table.shape[0])
     return products + [partial(cell, None) if l or not st.coded else ReadsTokens(cell)]  # None: row b
 
 
@@ -176,7 +175,7 @@ class LstmInt8Block:
     and g gates side by side), so that a thread's share of the outputs is whole units and it runs their cells too.
     Needs `int8_products` and a hidden size that is a multiple of 16."""
 
-    def __init__(self, lib: ctypes.CDLL, st):
+    def __init__(self, lib: ctypes.CDLL, st, levels: float):
         def array(tensors):
             return (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
         L, H, V = st.L, st.H, st.table.shape[0]
@@ -193,6 +192,7 @@ class LstmInt8Block:
         self.call = partial(lib.lstm_int8_block, L, H, V, ptr(table), *self.arrays, ptr(st.hs), ptr(st.codes),
                             ptr(self.codes2), ptr(self.acc), ptr(st.w_head), ptr(st.b_head), ptr(self.y))
         self.noise = torch.empty(0)  # a block's noise (k, V), grown as blocks grow
+        self.levels = float(levels)  # the codes' scale: round(h * levels)
 
     def __call__(self, tok, drawn, temperature: float, seed: int, draw: int, greedy: bool,
                  products_only: bool = False) -> int:
@@ -202,4 +202,4 @@ class LstmInt8Block:
         if self.noise.numel() < drawn.shape[0] * self.y.numel():
             self.noise = torch.empty(drawn.shape[0], self.y.numel())
         return self.call(self.noise.data_ptr(), len(drawn), temperature, tok.data_ptr(), seed, draw, int(greedy),
-                         drawn.data_ptr(), drawn.stride(0), int(products_only), torch.get_num_threads())
+                         drawn.data_ptr(), drawn.stride(0), int(products_only), torch.get_num_threads(), self.levels)

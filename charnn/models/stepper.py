@@ -119,7 +119,7 @@ class FastStepper:
         self.plan = [self._layer_plan(l) for l in range(L)]
         lib = native.library() if dev.type == "cpu" and dt == torch.float32 and self.cell != "rnn" else None
         self.scratch = torch.empty(2 * G * H, device=dev, dtype=dt) if lib else None  # a C cell's gates, composed
-        self.native = [call for l in range(L) for call in native.layer_calls(lib, self, l)] if lib else None
+        self.native = [call for l in range(L) for call in native.layer_calls(lib, self, l, ACT_LEVELS)] if lib else None
         self.cell_reads_tokens = bool(self.native) and self.coded and self.cell == "lstm"
         # One stream: the head and the Batcher's plain draw (argmax of logits + noise) in one C call as well, where
         # torch's product, add and argmax are three dispatches of a few microseconds for 512 x V multiply-adds. (Many
@@ -128,8 +128,8 @@ class FastStepper:
         self.head_draw = partial(lib.head_draw, H, self.w_head.shape[1], _ptr(self.h[-1]), L * H, _ptr(self.w_head),
                                  _ptr(self.b_head), _ptr(self.logits)) if self.draws else None
         # ... and with --int8 where the C library does the int8 products too: a whole block of tokens in one call
-        self.blocks = native.LstmInt8Block(lib, self) if self.draws and self.cell_reads_tokens and H % 16 == 0 \
-            and native.int8_products(lib) else None
+        blocks = self.draws and self.cell_reads_tokens and H % 16 == 0 and native.int8_products(lib)
+        self.blocks = native.LstmInt8Block(lib, self, ACT_LEVELS) if blocks else None
 
     # -- rows: what the Batcher does as rows join and leave (never per token), without knowing the layout --
     static = True  # its buffers stay put, so a CUDA graph may record its steps
