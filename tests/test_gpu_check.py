@@ -67,3 +67,25 @@ def test_dry_run_measures_every_phase(tmp_path):
                   "64 streams, no CUDA graphs", "torchrun x1 / plain", "best val loss", "--precision auto chose"):
         assert label in table, label
     assert "[gpu_check]" in p.stderr and "[gpu_check]" not in table  # progress on stderr, the table on stdout
+
+
+def test_a_short_loan_runs_the_long_trainings_together_then_the_best_alone(tmp_path):
+    """--together: every 180-s run at once (each row says it shared), then the best train_180 settings again alone;
+    --skip leaves phases out; --long-flags given twice makes two runs; the JSON holds each phase as it finished."""
+    out = tmp_path / "gpu_check.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--together",
+                        "--corpus", str(tmp_path / "absent.txt"), "--json", str(out), "--skip", "fp32", "sample",
+                        "torchrun", "--long-flags", "", "--long-flags", "--dropout 0.3"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    phases = json.loads(out.read_text())["phases"]
+    assert set(phases) == {"train_speed", "train_180", "train_180_2", "train_180_solo"}
+    assert list(phases["train_speed"]["runs"]) == ["bf16"] and phases["train_speed"]["bf16_over_fp32"] is None
+    assert phases["train_180"]["flags"] == [] and phases["train_180_2"]["flags"] == ["--dropout", "0.3"]
+    assert phases["train_180"]["shared_gpu_with"] == 1 == phases["train_180_2"]["shared_gpu_with"]
+    solo = phases["train_180_solo"]
+    best = min(("train_180", "train_180_2"), key=lambda n: phases[n]["best_val_loss"])
+    assert solo["repeats"] == best and solo["flags"] == phases[best]["flags"] and "shared_gpu_with" not in solo
+    assert all(positive(ph["best_val_loss"]) for name, ph in phases.items() if name != "train_speed")
+    assert "train_180, shared x2" in p.stdout and "train_180_solo (best at step" in p.stdout
+    assert "these ran at the same time, sharing the GPU: train_180, train_180_2" in p.stdout
