@@ -174,10 +174,11 @@ void int8_product(int64_t K, int64_t N, const int8_t *x, const int8_t *w, const 
 }
 
 /* One LSTM layer's step for a group's 16 units: its 64 gate sums (the weights' columns are grouped by `pack`'s
-   caller so that group g holds units 16g..16g+15's i, f, o, g gates, 16 each), then lstm_cell's arithmetic:
-   pre = base + sums * factor, c = f c + i g, h = o tanh(c), codes = round(h * levels) into codes_out. */
+   caller so that group g holds units 16g..16g+15's i, f, o, g gates, 16 each; base and factor keep the stepper's
+   order, i, f, o, g, H each), then lstm_cell's arithmetic: pre = base + sums * factor, c = f c + i g,
+   h = o tanh(c), codes = round(h * levels) into codes_out. */
 typedef struct {
-    int64_t K, k1; const int8_t *x1, *x2, *w; const int32_t *offset; int32_t *acc; const float *base, *factor;
+    int64_t K, k1, H; const int8_t *x1, *x2, *w; const int32_t *offset; int32_t *acc; const float *base, *factor;
     float *c, *h; int8_t *codes_out; float levels;
 } layer_t;
 
@@ -188,8 +189,10 @@ static void layer_part(const void *p, int64_t g0, int64_t g1) {
         int8_gemv(q->K, q->k1, q->x1, q->x2, q->w, q->offset, g, q->acc + 64 * g);  /* from memory, not cache) */
     for (int64_t g = g0; g < g1; g++) {
         const int32_t *acc = q->acc + 64 * g;
-        const float *base = q->base + 64 * g, *factor = q->factor + 64 * g;
-        for (int j = 0; j < 64; j++) pre[j] = base[j] + (float)acc[j] * factor[j];
+        for (int gate = 0; gate < 4; gate++) {  /* base and factor in the stepper's order: gate by gate, H each */
+            const float *base = q->base + gate * q->H + 16 * g, *factor = q->factor + gate * q->H + 16 * g;
+            for (int m = 0; m < 16; m++) pre[16 * gate + m] = base[m] + (float)acc[16 * gate + m] * factor[m];
+        }
         float *c = q->c + 16 * g, *h = q->h + 16 * g;
         int8_t *codes = q->codes_out + 16 * g;
         for (int m = 0; m < 16; m++) {
@@ -271,23 +274,22 @@ static void head_part(const void *p, int64_t v0, int64_t v1) {
     }
 }
 
-/* k tokens of one int8 LSTM stream (L layers of H, vocabulary V), as FastStepper's per-token calls make them, in
-   the grouped gate order above: layer 0's gates are table's row of the token plus (h_0's codes @ W_0) * factor_0;
-   layer l's are bias_l plus ([h_{l-1} | h_l]'s codes @ W_l) * factor_l; then the head and the draw (temperature,
-   and the row's noise for its draws draw .. draw + k - 1 of `seed`, made first into noise (k * V floats), none if
-   greedy; y: V floats) into
-   drawn[t * drawn_stride], the next token's input. The first input is *tok. hs and codes hold every layer's h side
-   by side (L * H); codes2 is a second such buffer (a layer's new codes are written while other threads still read
-   the old ones); c[l], w[l], offset[l], factor[l], bias[l] per layer; acc: 4H int32; levels: the codes' scale,
-   round(h * levels). products_only: the products alone, k times (the benchmark's ceiling). Every piece runs on
-   `threads` threads. Returns -1 for a token id outside the vocabulary (nothing more done), else 0. */
+/* k tokens of one int8 LSTM stream (L layers of H, vocabulary V), as FastStepper's per-token calls make them
+   (w[l] in the grouped order above): layer 0's gates are table's row of the token plus (h_0's codes @ W_0) *
+   factor_0; layer l's are bias_l plus ([h_{l-1} | h_l]'s codes @ W_l) * factor_l; then the head and the draw
+   (temperature, and the row's noise for its draws draw .. draw + k - 1 of `seed`, made first into noise (k * V
+   floats), none if greedy; y: V floats) into drawn[t * drawn_stride], the next token's input. The first input is
+   *tok. hs and codes hold every layer's h side by side (L * H); codes2 is a second such buffer (a layer's new codes
+   are written while other threads still read the old ones); c[l], w[l], offset[l], factor[l], bias[l] per layer;
+   acc: 4H int32; levels: the codes' scale, round(h * levels). products_only: the products alone, k times (the
+   benchmark's ceiling). Every piece runs on `threads` threads. Returns -1 for a token id outside the vocabulary
+   (nothing more done), else 0. */
 int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const int8_t *const *w,
                     const int32_t *const *offset, const float *const *factor, const float *const *bias,
                     float *const *c, float *hs, int8_t *codes, int8_t *codes2, int32_t *acc, const float *w_head,
                     const float *b_head, float *y, float *noise, int64_t k, float temperature, const int64_t *tok,
-                    int64_t seed,
-                    int64_t draw, int greedy, int64_t *drawn, int64_t drawn_stride, int products_only, int threads,
-                    float levels) {
+                    int64_t seed, int64_t draw, int greedy, int64_t *drawn, int64_t drawn_stride, int products_only,
+                    int threads, float levels) {
     int64_t id = *tok;
     int8_t *now = codes, *next = codes2;  /* the codes of the token before, and of this one */
     int status = 0;
@@ -307,7 +309,7 @@ int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const i
                 run_parts(product_part, &q, H / 16, threads);
                 continue;
             }
-            const layer_t q = {l ? 2 * H : H, H, x1, x2, w[l], offset[l], acc, l ? bias[l] : table + id * 4 * H,
+            const layer_t q = {l ? 2 * H : H, H, H, x1, x2, w[l], offset[l], acc, l ? bias[l] : table + id * 4 * H,
                                factor[l], c[l], hs + l * H, next + l * H, levels};
             run_parts(layer_part, &q, H / 16, threads);
         }

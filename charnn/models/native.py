@@ -170,9 +170,10 @@ def layer_calls(lib: ctypes.CDLL, st, l: int, levels: float) -> list:
 
 class LstmInt8Block:
     """A whole block of tokens of one int8 LSTM stream in one C call (`lstm_int8_block`), matrix products included,
-    over a FastStepper's own state buffers (so its other calls read the state it leaves). Its weights are laid out
+    over a FastStepper's own buffers (so its other calls read the state it leaves). Its int8 weights are laid out
     again for it: `pack`ed, with each layer's gate columns grouped 16 units at a time (units 16g..16g+15's i, f, o
-    and g gates side by side), so that a thread's share of the outputs is whole units and it runs their cells too.
+    and g gates side by side), so that a thread's share of the outputs is whole units and it runs their cells too
+    (the embedding table, biases and scales are read where the stepper keeps them).
     Needs `int8_products` and a hidden size that is a multiple of 16."""
 
     def __init__(self, lib: ctypes.CDLL, st, levels: float):
@@ -180,16 +181,13 @@ class LstmInt8Block:
             return (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
         L, H, V = st.L, st.H, st.table.shape[0]
         order = torch.arange(4 * H).view(4, H // 16, 16).transpose(0, 1).reshape(-1)  # grouped -> the stepper's
-        packed = [pack(mm.codes, order) for mm in st.mm_hh]
-        factor = [mm.factor[order].contiguous() for mm in st.mm_hh]
-        bias = [None if mm.bias is None else mm.bias[order].contiguous() for mm in st.mm_hh]
-        table = st.table[:, order].contiguous()
+        packed = [pack(mm.codes, order) for mm in st.mm_hh]  # (the table, biases and factors stay the stepper's)
         self.acc, self.y = torch.empty(4 * H, dtype=torch.int32), torch.empty(V)
         self.codes2 = torch.empty_like(st.codes)
-        self.keep = [*(p for pair in packed for p in pair), *factor, *bias, table]  # alive as long as the pointers
-        self.arrays = [array([w for w, _ in packed]), array([o for _, o in packed]), array(factor), array(bias),
-                       array(st.c)]
-        self.call = partial(lib.lstm_int8_block, L, H, V, ptr(table), *self.arrays, ptr(st.hs), ptr(st.codes),
+        self.keep = [p for pair in packed for p in pair]  # alive as long as the pointers to them
+        self.arrays = [array([w for w, _ in packed]), array([o for _, o in packed]),
+                       array([mm.factor for mm in st.mm_hh]), array([mm.bias for mm in st.mm_hh]), array(st.c)]
+        self.call = partial(lib.lstm_int8_block, L, H, V, ptr(st.table), *self.arrays, ptr(st.hs), ptr(st.codes),
                             ptr(self.codes2), ptr(self.acc), ptr(st.w_head), ptr(st.b_head), ptr(self.y))
         self.noise = torch.empty(0)  # a block's noise (k, V), grown as blocks grow
         self.levels = float(levels)  # the codes' scale: round(h * levels)
