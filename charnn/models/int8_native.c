@@ -119,7 +119,13 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-static void forked_child(void) { pool.workers = 0; }  /* a fork's child has this thread alone: start anew */
+static void forked_child(void) {  /* a fork's child has this thread alone, and maybe a lock a parent's thread held */
+    pool.workers = 0;
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_mutex_init(&pool.block, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    atomic_store(&pool.sleepers, 0);
+}
 
 /* Start workers until threads - 1 run (at most MAX_THREADS - 1); returns the threads that will work (this one
    included). Called with pool.block held. */
