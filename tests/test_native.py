@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from charnn.config import ModelConfig
-from charnn.generation.draw import temper
+from charnn.generation.draw import filter_logits, temper
 from charnn.models import native
 from charnn.models.int8 import ACT_LEVELS
 from charnn.models.registry import build_model
@@ -76,10 +76,11 @@ def test_int8_fused_cells_keep_every_layers_codes_current(fresh, cell, monkeypat
     assert 1e-6 < worst["fused"] <= 1.05 * worst["ops"] + 1e-4  # int8 (not silently fp32), and no further from it
 
 
-@pytest.mark.parametrize("int8,temperature", [(False, 1.0), (True, 1.0), (False, 0.6), (True, 1.7)])
-def test_one_streams_head_and_draw_in_c_draw_what_the_tensor_operations_draw(fresh, int8, temperature):
-    """step_draw(tok, noise, out, temperature) is argmax(temper(step(tok), temperature) + noise): the same ids, token
-    after token, with a banned id (its bias -inf) never drawn."""
+@pytest.mark.parametrize("int8,temperature,top_k", [(False, 1.0, 0), (True, 1.0, 0), (False, 0.6, 0), (True, 1.7, 0),
+                                                   (False, 1.0, 1), (True, 0.8, 3), (False, 1.3, 10)])
+def test_one_streams_head_and_draw_in_c_draw_what_the_tensor_operations_draw(fresh, int8, temperature, top_k):
+    """step_draw(tok, noise, out, temperature, top_k) is argmax(filter_logits(temper(step(tok), temperature), top_k)
+    + noise): the same ids, token after token, with a banned id (its bias -inf) never drawn."""
     model = model_of("lstm", layers=2, hidden=32)
     fused = stepper(model, 1, True, fresh, int8=int8, banned=[4])
     plain = stepper(model, 1, True, fresh, int8=int8, banned=[4])
@@ -89,26 +90,30 @@ def test_one_streams_head_and_draw_in_c_draw_what_the_tensor_operations_draw(fre
     for _ in range(300):
         noise = -torch.log(-torch.log(torch.rand(1, 11, generator=g)))
         out = torch.empty(1, dtype=torch.long)
-        fused.step_draw(a, noise, out, temperature)
-        want = torch.argmax(temper(plain.step(b), torch.tensor([[temperature]])) + noise, dim=-1)
+        fused.step_draw(a, noise, out, temperature, top_k)
+        x = temper(plain.step(b), torch.tensor([[temperature]]))
+        want = torch.argmax((filter_logits(x, top_k) if top_k else x) + noise, dim=-1)
         assert torch.equal(out, want) and out.item() != 4
         a = b = out.clone()
 
 
-def test_the_batcher_takes_the_fused_draw_only_for_a_plain_draw(fresh, trained_run, monkeypatch):
+def test_the_batcher_draws_one_stream_in_c_unless_it_has_top_p(fresh, trained_run, monkeypatch):
     import charnn
     calls = []
     real = FastStepper.step_draw
-    monkeypatch.setattr(FastStepper, "step_draw", lambda self, *a: calls.append(1) or real(self, *a))
+    monkeypatch.setattr(FastStepper, "step_draw",
+                        lambda self, *a: calls.append((round(a[3], 6), a[4])) or real(self, *a))
     model = charnn.load(trained_run.run_dir, device="cpu")
-    text = model.generate("the ", length=60, seed=5)
-    assert len(calls) >= 59 and len(text) == 60
+    settings = [dict(), dict(temperature=0.7), dict(temperature=0.7, top_k=5), dict(top_k=500)]
+    texts = [model.generate("the ", length=60, seed=5, **kw) for kw in settings]
+    assert calls.count((1.0, 0)) >= 59 and calls.count((0.7, 0)) >= 59 and calls.count((0.7, 5)) >= 59
+    assert calls.count((1.0, 0)) >= 2 * 59  # top_k of the vocabulary or more: no filter, as filter_logits
     calls.clear()
-    hot = model.generate("the ", length=60, seed=5, temperature=0.7, top_k=5)  # temperature, filters: torch's draw
-    assert not calls and len(hot) == 60
+    assert len(model.generate("the ", length=60, seed=5, top_p=0.9)) == 60 and not calls  # top-p: torch's draw
     fresh.setenv("CHARNN_NATIVE", "0")
     native.library.cache_clear()
-    assert charnn.load(trained_run.run_dir, device="cpu").generate("the ", length=60, seed=5) == text
+    model = charnn.load(trained_run.run_dir, device="cpu")
+    assert [model.generate("the ", length=60, seed=5, **kw) for kw in settings] == texts
 
 
 def test_an_int8_cell_that_looks_its_row_up_refuses_ids_it_cannot_read(fresh, monkeypatch):

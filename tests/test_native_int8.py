@@ -63,29 +63,31 @@ def test_the_noise_is_the_batchers(lib):
             assert (out - want[t]).abs().max().item() <= 5e-7  # the same hash; logs may differ in the last bit
 
 
-def per_token(st: FastStepper, lib, tok: int, k: int, temperature: float, seed: int, greedy: bool) -> list:
+def per_token(st: FastStepper, lib, tok: int, k: int, temperature: float, seed: int, greedy: bool,
+              top_k: int) -> list:
     """What step_draw makes, token by token, with the C noise (so the two paths must agree exactly)."""
     ids, noise, out, prev = [], torch.zeros(1, 11), torch.empty(1, dtype=torch.long), torch.tensor([tok])
     for t in range(k):
         if not greedy:
             lib.gumbel(seed, t, 11, noise.data_ptr())
-        st.step_draw(prev, noise, out, temperature)
+        st.step_draw(prev, noise, out, temperature, top_k)
         ids.append(out.item())
         prev = out.clone()
     return ids
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("temperature,greedy", [(1.0, False), (0.7, False), (1.0, True)])
-def test_a_block_draws_what_the_per_token_calls_draw(lib, temperature, greedy, threads, monkeypatch):
+@pytest.mark.parametrize("temperature,greedy,top_k", [(1.0, False, 0), (0.7, False, 0), (1.0, True, 0),
+                                                      (1.2, False, 3)])
+def test_a_block_draws_what_the_per_token_calls_draw(lib, temperature, greedy, top_k, threads, monkeypatch):
     model = model_of(layers=3)
     block, single = FastStepper(model, 1, int8=True, banned=[4]), FastStepper(model, 1, int8=True, banned=[4])
     assert block.blocks is not None and not FastStepper(model, 2, int8=True).blocks  # one stream only
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    want = per_token(single, lib, 2, 90, temperature, seed=9, greedy=greedy)
+    want = per_token(single, lib, 2, 90, temperature, seed=9, greedy=greedy, top_k=top_k)
     drawn, got, prev = torch.zeros(30, 3, dtype=torch.long), [], torch.tensor([2])
     for start in (0, 30, 60):  # three blocks, each starting from the last one's draw and state
-        block.draw_block(prev, drawn, temperature, 9, start, greedy)
+        block.draw_block(prev, drawn, temperature, 9, start, greedy, top_k)
         got += drawn[:, 0].tolist()
         prev = drawn[-1, :1].clone()
     assert got == want and 4 not in got and len(set(got)) > (1 if greedy else 4)
@@ -112,11 +114,11 @@ def test_the_batcher_makes_one_streams_blocks_in_c_and_the_text_is_the_per_token
     real = FastStepper.draw_block
     monkeypatch.setattr(FastStepper, "draw_block", lambda self, *a: calls.append(len(a[1])) or real(self, *a))
     model = charnn.load(trained_run.run_dir, device="cpu", int8=True)
-    texts = {t: model.generate("the ", length=300, seed=5, temperature=t) for t in (1.0, 0.6, 0.0)}
-    assert calls and sum(calls) >= 3 * 299
+    settings = [dict(temperature=1.0), dict(temperature=0.6), dict(temperature=0.0), dict(temperature=0.9, top_k=4)]
+    texts = {i: model.generate("the ", length=300, seed=5, **kw) for i, kw in enumerate(settings)}
+    assert calls and sum(calls) >= 4 * 299
     monkeypatch.setattr(FastStepper, "draw_block", real)
     monkeypatch.setattr(native, "int8_products", lambda found: False)  # the per-token calls, torch's noise
     plain = charnn.load(trained_run.run_dir, device="cpu", int8=True)
-    assert all(plain.generate("the ", length=300, seed=5, temperature=t) == text
-               for t, text in texts.items())
-    assert len(set(texts.values())) == 3
+    assert all(plain.generate("the ", length=300, seed=5, **settings[i]) == text for i, text in texts.items())
+    assert len(set(texts.values())) == 4

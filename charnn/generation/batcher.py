@@ -281,11 +281,11 @@ class Batcher:
         on whatever ids they hold), so a token costs no copies; the block's last draw becomes self.tokens."""
         views, step, whole = self._views(n, k), self.stepper.step, n == self.stepper.B
         prev = self.tokens
-        plain = self._plain()
-        fused = self._temperature(n)  # FastStepper, one stream, no filters: the head and draw in C
+        plain = self.plan.scale is None and not self.plan.filters and not self.healing  # argmax(logits + noise)
+        fused = self._in_c(n)  # FastStepper, one stream, no top-p: the head and draw in C
         for noise, out, row in views:
             if fused is not None:
-                self.stepper.step_draw(prev, noise, out, fused)
+                self.stepper.step_draw(prev, noise, out, *fused)
             else:
                 logits = step(prev)
                 self._draw(logits if whole else logits[:n], noise, out, plain)  # (n, V): rows past n are idle
@@ -356,23 +356,24 @@ class Batcher:
             block[:, plan.greedy] = 0.0
         return block
 
-    def _plain(self) -> bool:
-        """The draws are argmax(logits + noise): no temperature, no filters, no healing (the common case)."""
-        return self.plan.scale is None and not self.plan.filters and not self.healing
-
-    def _temperature(self, n: int) -> Optional[float]:
-        """The row's temperature (greedy: 1.0, no noise) where the stepper draws in C: one row, no filters, no heal."""
-        if n != self.stepper.B or not getattr(self.stepper, "draws", False) or self.plan.filters or self.healing:
+    def _in_c(self, n: int) -> Optional[Tuple[float, int]]:
+        """Where the stepper draws in C (one row, no top-p, no healing): the row's temperature (greedy: 1.0, no
+        noise) and top-k (0: none, as filter_logits skips a k of the vocabulary or more). Else None."""
+        filters = self.plan.filters
+        if n != self.stepper.B or not getattr(self.stepper, "draws", False) or self.healing or \
+                any(p is not None for _, p, _ in filters):
             return None
-        return 1.0 if self.plan.scale is None else float(self.plan.scale[0, 0])
+        top_k = filters[0][0] if filters and filters[0][0] < self.vocab else 0
+        return 1.0 if self.plan.scale is None else float(self.plan.scale[0, 0]), top_k
 
     def _block(self, n: int, k: int) -> bool:
         """Make the block in C (one row, its noise included: FastStepper.draw_block) if it applies; else False."""
-        temperature = self._temperature(n)
-        if temperature is None or self.stepper.blocks is None:
+        draw = self._in_c(n)
+        if draw is None or self.stepper.blocks is None:
             return False
         row, params = self.rows[0], self.rows[0].spec.sampling  # row.tokens: its draws so far, as plan.drawn's
-        self.stepper.draw_block(self.tokens, self.drawn[:k, :n], temperature, params.seed, row.tokens, params.greedy)
+        self.stepper.draw_block(self.tokens, self.drawn[:k, :n], draw[0], params.seed, row.tokens, params.greedy,
+                                draw[1])
         self.plan.drawn += k
         self.tokens[:n].copy_(self.drawn[k - 1, :n])
         return True

@@ -76,33 +76,29 @@ void gru_cell(int64_t B, int64_t H, const float *gi, int64_t gi_stride, const in
     }
 }
 
-/* The head and the draw of one token for the first B rows, where the Batcher draws without filters:
+/* The head and the draw of one token for the first B rows, where the Batcher draws with at most top-k:
    logits = bias + h @ W (W as torch keeps it, (H, V): one axpy per hidden unit, so the loop over the vocabulary
-   vectorises), divided by the temperature unless it is 1, plus the row's noise, and its argmax into out (the first
-   of equal values, and NaN above all, as torch.argmax). The varying arguments come last, after those a caller
-   binds once. */
+   vectorises), divided by the temperature unless it is 1, then draw_from (top-k, the row's noise, the argmax) into
+   out. The varying arguments come last, after those a caller binds once. */
 static void head_draw_t(int64_t H, int64_t V, const float *h, int64_t h_stride, const float *w, const float *bias,
-                        float *logits, int64_t B, const float *noise, int64_t *out, float temperature) {
+                        float *logits, int64_t B, const float *noise, int64_t *out, float temperature, int64_t top_k) {
     for (int64_t b = 0; b < B; b++) {
-        const float *hb = h + b * h_stride, *nb = noise + b * V;
+        const float *hb = h + b * h_stride;
         float *lb = logits + b * V;
         for (int64_t v = 0; v < V; v++) lb[v] = 0.0f;
         for (int64_t j = 0; j < H; j++) {
             const float x = hb[j], *wj = w + j * V;
             for (int64_t v = 0; v < V; v++) lb[v] += x * wj[v];
         }
-        int64_t best = 0;
-        float top = -INFINITY;
-        for (int64_t v = 0; v < V && !isnan(top); v++) {
-            float y = bias[v] + lb[v];
-            y = (temperature == 1.0f ? y : y / temperature) + nb[v];
-            if (y > top || isnan(y)) { top = y; best = v; }
+        for (int64_t v = 0; v < V; v++) {
+            const float y = bias[v] + lb[v];
+            lb[v] = temperature == 1.0f ? y : y / temperature;
         }
-        out[b] = best;
+        out[b] = draw_from(lb, noise + b * V, V, top_k);
     }
 }
 
 void head_draw(int64_t H, int64_t V, const float *h, int64_t h_stride, const float *w, const float *bias,
-               float *logits, int64_t B, const float *noise, int64_t *out, float temperature) {
-    head_draw_t(H, V, h, h_stride, w, bias, logits, B, noise, out, temperature);
+               float *logits, int64_t B, const float *noise, int64_t *out, float temperature, int64_t top_k) {
+    head_draw_t(H, V, h, h_stride, w, bias, logits, B, noise, out, temperature, top_k);
 }

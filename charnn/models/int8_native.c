@@ -239,9 +239,9 @@ static void noise_part(const void *p, int64_t e0, int64_t e1) {
     for (int64_t e = e0; e < e1; e++) q->out[e] = gumbel_at(q->seed, q->draw + e / q->V, q->V, e % q->V);
 }
 
-/* The head for tokens v0..v1-1: y = (bias + h @ W) / temperature (unless 1) + noise (NULL: none, greedy), the
-   same float operations as head_draw's. */
-typedef struct { int64_t H, V; const float *h, *w, *bias; float temperature; const float *noise; float *y; } head_t;
+/* The head for tokens v0..v1-1: y = (bias + h @ W) / temperature (unless 1), the same float operations as
+   head_draw's. */
+typedef struct { int64_t H, V; const float *h, *w, *bias; float temperature; float *y; } head_t;
 
 static void head_part(const void *p, int64_t v0, int64_t v1) {
     const head_t *q = p;
@@ -274,19 +274,18 @@ static void head_part(const void *p, int64_t v0, int64_t v1) {
     }
 #endif
     for (int64_t v = v0; v < v1; v++) {
-        float t = q->bias[v] + y[v];
-        t = q->temperature == 1.0f ? t : t / q->temperature;
-        y[v] = t + (q->noise ? q->noise[v] : 0.0f);
+        const float t = q->bias[v] + y[v];
+        y[v] = q->temperature == 1.0f ? t : t / q->temperature;
     }
 }
 
 /* k tokens of one int8 LSTM stream (L layers of H, vocabulary V), as FastStepper's per-token calls make them
    (w[l] in the grouped order above): layer 0's gates are table's row of the token plus (h_0's codes @ W_0) *
    factor_0; layer l's are bias_l plus ([h_{l-1} | h_l]'s codes @ W_l) * factor_l; then the head and the draw
-   (temperature, and the row's noise for its draws draw .. draw + k - 1 of `seed`, made first into noise (k * V
-   floats), none if greedy; y: V floats) into drawn[t * drawn_stride], the next token's input. The first input is
-   *tok. hs and codes hold every layer's h side by side (L * H); codes2 is a second such buffer (a layer's new codes
-   are written while other threads still read the old ones); c[l], w[l], offset[l], factor[l], bias[l] per layer;
+   (temperature, top_k as draw_from's, and the row's noise for its draws draw .. draw + k - 1 of `seed`, made first
+   into noise (k * V floats), none if greedy; y: V floats) into drawn[t * drawn_stride], the next token's input.
+   The first input is *tok. hs and codes hold every layer's h side by side (L * H); codes2 is a second such buffer
+   (a layer's new codes are written while other threads still read the old ones); c[l], w[l], offset[l], factor[l], bias[l] per layer;
    acc: 4H int32; levels: the codes' scale, round(h * levels). products_only: the products alone, k times (the
    benchmark's ceiling). Every piece runs on `threads` threads. Returns -1 for a token id outside the vocabulary
    (nothing more done), else 0. */
@@ -294,8 +293,8 @@ int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const i
                     const int32_t *const *offset, const float *const *factor, const float *const *bias,
                     float *const *c, float *hs, int8_t *codes, int8_t *codes2, int32_t *acc, const float *w_head,
                     const float *b_head, float *y, float *noise, int64_t k, float temperature, const int64_t *tok,
-                    int64_t seed, int64_t draw, int greedy, int64_t *drawn, int64_t drawn_stride, int products_only,
-                    int threads, float levels) {
+                    int64_t seed, int64_t draw, int greedy, int64_t top_k, int64_t *drawn, int64_t drawn_stride,
+                    int products_only, int threads, float levels) {
     int64_t id = *tok;
     int8_t *now = codes, *next = codes2;  /* the codes of the token before, and of this one */
     int status = 0;
@@ -321,13 +320,9 @@ int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const i
         }
         if (products_only) continue;
         int8_t *swap = now; now = next; next = swap;
-        const head_t q = {H, V, hs + (L - 1) * H, w_head, b_head, temperature, greedy ? NULL : noise + t * V, y};
+        const head_t q = {H, V, hs + (L - 1) * H, w_head, b_head, temperature, y};
         head_part(&q, 0, V);  /* this thread alone: about a microsecond, less than handing half of it over */
-        int64_t best = 0;  /* argmax as torch.argmax: the first of equal values, and NaN above all */
-        float top = -INFINITY;
-        for (int64_t v = 0; v < V && !isnan(top); v++)
-            if (y[v] > top || isnan(y[v])) { top = y[v]; best = v; }
-        id = drawn[t * drawn_stride] = best;
+        id = drawn[t * drawn_stride] = draw_from(y, greedy ? NULL : noise + t * V, V, top_k);
     }
     if (now != codes) memcpy(codes, now, (size_t)(L * H));  /* the stepper's codes: the latest */
     atomic_store(&pool.parked, 1);

@@ -60,12 +60,12 @@ def library() -> Optional[ctypes.CDLL]:
     lib.lstm_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, PTR, I64, F32, I64, PTR]
     lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
-    lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32]
+    lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64]
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
     lib.int8_product.restype, lib.int8_product.argtypes = None, [I64, I64, PTR, PTR, PTR, PTR, ctypes.c_int]
     lib.lstm_int8_block.restype = ctypes.c_int
-    lib.lstm_int8_block.argtypes = [I64, I64, I64, *[PTR] * 14, I64, F32, PTR, I64, I64, ctypes.c_int, PTR, I64,
-                                    ctypes.c_int, ctypes.c_int, F32]
+    lib.lstm_int8_block.argtypes = [I64, I64, I64, *[PTR] * 14, I64, F32, PTR, I64, I64, ctypes.c_int, I64, PTR,
+                                    I64, ctypes.c_int, ctypes.c_int, F32]
     lib.gumbel.restype, lib.gumbel.argtypes = None, [I64, I64, I64, PTR]
     return lib
 
@@ -192,12 +192,13 @@ class LstmInt8Block:
         self.noise = torch.empty(0)  # a block's noise (k, V), grown as blocks grow
         self.levels = float(levels)  # the codes' scale: round(h * levels)
 
-    def __call__(self, tok, drawn, temperature: float, seed: int, draw: int, greedy: bool,
+    def __call__(self, tok, drawn, temperature: float, seed: int, draw: int, greedy: bool, top_k: int = 0,
                  products_only: bool = False) -> int:
         """tok: the first input (1,); drawn: (k, ...) int64, token t's draw into drawn[t, 0] (the next one's input),
-        with the row's noise for its draws draw .. draw + k - 1 (`gumbel_noise`'s, made here). Every piece runs on
-        torch's thread count (`--threads`). -1: a token id outside the vocabulary."""
+        with the row's noise for its draws draw .. draw + k - 1 (`gumbel_noise`'s, made here) and top_k (0: none).
+        Every piece runs on torch's thread count (`--threads`). -1: a token id outside the vocabulary."""
         if self.noise.numel() < drawn.shape[0] * self.y.numel():
             self.noise = torch.empty(drawn.shape[0], self.y.numel())
         return self.call(self.noise.data_ptr(), len(drawn), temperature, tok.data_ptr(), seed, draw, int(greedy),
-                         drawn.data_ptr(), drawn.stride(0), int(products_only), torch.get_num_threads(), self.levels)
+                         top_k, drawn.data_ptr(), drawn.stride(0), int(products_only), torch.get_num_threads(),
+                         self.levels)

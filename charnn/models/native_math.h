@@ -1,4 +1,5 @@
-/* The elementwise functions the sampler's C files share (charnn.models.native builds them into one library).
+/* What the sampler's C files share (charnn.models.native builds them into one library): elementwise functions,
+   and the draw from a row's tempered logits.
 
    exp is a polynomial (Cephes' expf coefficients, |relative error| < 2e-7 on the range used) so that the
    compiler vectorises the loops; sigmoid and tanh are built on it. */
@@ -8,6 +9,8 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 static inline float exp_poly(float x) {
     x = x < -87.0f ? -87.0f : x;  /* (not fminf/fmaxf: their NaN rules keep gcc from vectorising) */
@@ -34,5 +37,41 @@ static inline float tanh_(float x) {
 }
 
 static inline int8_t code(float h, float levels) { return (int8_t)rintf(h * levels); } /* round half to even */
+
+/* The k-th largest of y[0..V) for 0 < k < V, as torch.topk(y, k).values[-1] (NaN counts as the largest), by
+   quickselect on a copy; -INFINITY where the copy cannot be made (then nothing is filtered). */
+static inline float kth_largest(const float *y, int64_t V, int64_t k) {
+    float *a = malloc((size_t)V * sizeof(float));
+    if (!a) return -INFINITY;
+    for (int64_t v = 0; v < V; v++) a[v] = isnan(y[v]) ? INFINITY : y[v];
+    int64_t lo = 0, hi = V - 1, want = k - 1;  /* a[want] once a[lo..hi] is sorted, descending */
+    while (lo < hi) {
+        const float pivot = a[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > pivot) i++;
+            while (a[j] < pivot) j--;
+            if (i <= j) { float t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+        }
+        if (want <= j) hi = j; else if (want >= i) lo = i; else break;
+    }
+    const float kth = a[want];
+    free(a);
+    return kth;
+}
+
+/* The Batcher's draw from one row's tempered logits y (V): top-k (top_k in 1..V-1; 0: none) as filter_logits
+   does it (below the k-th largest: -inf), plus noise (NULL: none), and the argmax as torch.argmax (the first of
+   equal values, and NaN above all). */
+static inline int64_t draw_from(const float *y, const float *noise, int64_t V, int64_t top_k) {
+    const float kth = top_k > 0 && top_k < V ? kth_largest(y, V, top_k) : -INFINITY;
+    int64_t best = 0;
+    float top = -INFINITY;
+    for (int64_t v = 0; v < V && !isnan(top); v++) {
+        const float x = y[v] < kth ? -INFINITY : y[v] + (noise ? noise[v] : 0.0f);
+        if (x > top || isnan(x)) { top = x; best = v; }
+    }
+    return best;
+}
 
 #endif

@@ -255,21 +255,23 @@ class FastStepper:
             raise ValueError(f"FastStepper.step: token ids must be a contiguous int64 tensor of {self.B}")
         return _ptr(tok)
 
-    def step_draw(self, tok: torch.Tensor, noise: torch.Tensor, out: torch.Tensor, temperature: float = 1.0) -> None:
-        """Where `draws`: step, then out = argmax(temper(logits, temperature) + noise), the Batcher's draw without
-        filters, with the head in the same C call. noise: (1, V) float32, out: (1,) int64, both contiguous."""
+    def step_draw(self, tok: torch.Tensor, noise: torch.Tensor, out: torch.Tensor, temperature: float = 1.0,
+                  top_k: int = 0) -> None:
+        """Where `draws`: step, then out = argmax(filter_logits(temper(logits, temperature), top_k) + noise), the
+        Batcher's draw without top-p (top_k 0: none), with the head in the same C call. noise: (1, V) float32, out:
+        (1,) int64, both contiguous."""
         self._native_layers(tok)
-        self.head_draw(1, _ptr(noise), _ptr(out), temperature)
+        self.head_draw(1, _ptr(noise), _ptr(out), temperature, top_k)
 
     def draw_block(self, tok: torch.Tensor, drawn: torch.Tensor, temperature: float, seed: int, draw: int,
-                   greedy: bool) -> None:
+                   greedy: bool, top_k: int = 0) -> None:
         """Where `blocks`: step_draw for len(drawn) tokens in one C call, each draw the next one's input, with the
         row's Gumbel noise for its draws draw, draw + 1, ... made there (`gumbel_noise`'s hash; none if greedy).
         drawn: (k, n) int64, the stream's draws into drawn[:, 0]."""
         self._ids(tok)
         if drawn.dtype != torch.long or drawn.dim() != 2:
             raise ValueError("FastStepper.draw_block: drawn must be a (k, n) int64 tensor")
-        if self.blocks(tok, drawn, temperature, seed, draw, greedy):
+        if self.blocks(tok, drawn, temperature, seed, draw, greedy, top_k):
             raise IndexError("FastStepper.step: a token id outside the vocabulary")
 
     def _lstm(self, l: int, g: torch.Tensor) -> None:
