@@ -86,6 +86,7 @@ static struct {
     const void *ctx;
     int64_t total;
     int parts;
+    long born[MAX_THREADS];       /* the epoch when worker i started: the pieces it is to take come after it */
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .block = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
 static inline int64_t now_ns(void) {
@@ -96,7 +97,7 @@ static inline int64_t now_ns(void) {
 
 static void *worker(void *arg) {
     const int part = (int)(intptr_t)arg + 1;  /* the caller's thread does part 0 */
-    long seen = 0;
+    long seen = pool.born[part - 1];  /* not 0: a worker started late must not take an old piece, long done */
     for (;;) {
         long e;
         int64_t since = now_ns();
@@ -135,6 +136,7 @@ static int start_workers(int threads) {
     threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     while (pool.workers < threads - 1) {
         pthread_t t;
+        pool.born[pool.workers] = atomic_load(&pool.epoch);  /* (no piece is in flight while pool.block is held) */
         if (pthread_create(&t, NULL, worker, (void *)(intptr_t)pool.workers)) break;
         pthread_detach(t);
         pool.workers++;
@@ -285,10 +287,10 @@ static void head_part(const void *p, int64_t v0, int64_t v1) {
    (temperature, top_k as draw_from's, and the row's noise for its draws draw .. draw + k - 1 of `seed`, made first
    into noise (k * V floats), none if greedy; y: V floats) into drawn[t * drawn_stride], the next token's input.
    The first input is *tok. hs and codes hold every layer's h side by side (L * H); codes2 is a second such buffer
-   (a layer's new codes are written while other threads still read the old ones); c[l], w[l], offset[l], factor[l], bias[l] per layer;
-   acc: 4H int32; levels: the codes' scale, round(h * levels). products_only: the products alone, k times (the
-   benchmark's ceiling). Every piece runs on `threads` threads. Returns -1 for a token id outside the vocabulary
-   (nothing more done), else 0. */
+   (a layer's new codes are written while other threads still read the old ones); c[l], w[l], offset[l],
+   factor[l], bias[l] per layer; acc: 4H int32; levels: the codes' scale, round(h * levels). products_only: the
+   products alone, k times (the benchmark's ceiling). Every piece runs on `threads` threads. Returns -1 for a token
+   id outside the vocabulary (nothing more done), else 0. */
 int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const int8_t *const *w,
                     const int32_t *const *offset, const float *const *factor, const float *const *bias,
                     float *const *c, float *hs, int8_t *codes, int8_t *codes2, int32_t *acc, const float *w_head,
