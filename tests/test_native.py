@@ -130,6 +130,24 @@ def test_an_int8_cell_that_looks_its_row_up_refuses_ids_it_cannot_read(fresh, mo
     assert st.step(torch.tensor([10, 0])).isfinite().all()
 
 
+def test_a_compiler_that_cannot_build_the_int8_file_still_gives_the_cells(fresh, tmp_path):
+    """The int8 block's file needs more of the compiler (AVX-512 intrinsics, pthreads): where it fails, the library is
+    built from the cells alone, and the stepper keeps its C cells with torch's int8 products."""
+    cc = tmp_path / "picky-cc"
+    cc.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in *int8_native.c) echo "error: no" >&2; exit 1;; esac; '
+                  'done\nexec cc "$@"\n')
+    cc.chmod(0o755)
+    fresh.setenv("CC", str(cc))
+    lib = native.library()
+    assert lib is not None and not hasattr(lib, "int8_vnni") and not native.int8_products(lib)
+    model = model_of("lstm", hidden=32)
+    st = FastStepper(model, 1, int8=True)
+    assert st.native is not None and st.draws and st.blocks is None
+    out = torch.empty(1, dtype=torch.long)
+    st.step_draw(torch.tensor([1]), torch.zeros(1, 11), out, 0.8, 3)
+    assert 0 <= out.item() < 11
+
+
 def test_it_builds_once_and_is_reused(fresh, tmp_path):
     first = native._build()
     stamp = first.stat().st_mtime_ns

@@ -96,7 +96,7 @@ class Batcher:
         self.make_stepper = registry.stepper_factory(model, int8)  # (rows, banned) -> the kind's stepper
         self.steppers: Dict[int, Tuple[Stepper, torch.Tensor]] = {}  # size -> (stepper, its input tokens)
         self.stepper, self.tokens = self._stepper(max(1, min(rows, capacity)))
-        self.noise = torch.zeros(self.block, capacity, self.vocab, device=device)  # this block's noise, row by row
+        self.noise = torch.zeros(self.block, capacity, self.vocab, device=device, dtype=torch.float32)  # row by row
         self.drawn = torch.zeros(self.block, capacity, dtype=torch.long, device=device)  # this block's draws
         self.healing = False  # a row's first draw is limited to the pieces that complete its prompt
         self.plan: Optional[DrawPlan] = None  # the rows' draw settings, made again when rows change
@@ -371,9 +371,9 @@ class Batcher:
         draw = self._in_c(n)
         if draw is None or self.stepper.blocks is None:
             return False
-        row, params = self.rows[0], self.rows[0].spec.sampling  # row.tokens: its draws so far, as plan.drawn's
-        self.stepper.draw_block(self.tokens, self.drawn[:k, :n], draw[0], params.seed, row.tokens, params.greedy,
-                                draw[1])
+        params = self.rows[0].spec.sampling
+        self.stepper.draw_block(self.tokens, self.drawn[:k, :n], draw[0], params.seed, int(self.plan.drawn[0]),
+                                params.greedy, draw[1])
         self.plan.drawn += k
         self.tokens[:n].copy_(self.drawn[k - 1, :n])
         return True

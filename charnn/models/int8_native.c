@@ -23,8 +23,10 @@
    share each broadcast of x. x is made unsigned by adding 128, and offset[n] = 128 * sum_k W[k][n] is taken off
    again. x is two pieces: its first k1 inputs from x1, the rest from x2 (an LSTM layer above the first reads its
    input h and its own h, which lie in different buffers). K % 4 == 0, k1 % 4 == 0, N % 64 == 0. */
+#if defined(__AVX512F__)
+#include <immintrin.h>  /* (the head's AVX-512 loop needs it without VNNI too) */
+#endif
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
-#include <immintrin.h>
 int int8_vnni(void) { return 1; }
 
 static void int8_gemv(int64_t K, int64_t k1, const int8_t *x1, const int8_t *x2, const int8_t *w,
@@ -34,10 +36,11 @@ static void int8_gemv(int64_t K, int64_t k1, const int8_t *x1, const int8_t *x2,
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (int piece = 0; piece < 2; piece++) {
         const int64_t from = piece ? k1 / 4 : 0, to = piece ? K4 : k1 / 4;
-        const int8_t *x = piece ? x2 - k1 : x1;  /* x[4 i] is input 4 i's code */
+        const int8_t *x = piece ? x2 : x1;
+        const int64_t skip = piece ? k1 : 0;  /* x[4 i - skip] is input 4 i's code */
         for (int64_t i = from; i < to; i++) {
             uint32_t four;
-            memcpy(&four, x + 4 * i, 4);
+            memcpy(&four, x + (4 * i - skip), 4);
             const __m512i xb = _mm512_set1_epi32((int)(four ^ 0x80808080u));  /* x + 128, as unsigned bytes */
             a0 = _mm512_dpbusd_epi32(a0, xb, _mm512_loadu_si512(w0 + 64 * i));
             a1 = _mm512_dpbusd_epi32(a1, xb, _mm512_loadu_si512(w1 + 64 * i));

@@ -34,6 +34,8 @@ HERE = Path(__file__).parent
 SOURCES = (HERE / "cells_native.c", HERE / "int8_native.c")  # built into one library
 HEADERS = (HERE / "native_math.h",)
 FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler does not know -march=native
+COMMON = ["-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]  # (a * b + c: one FMA in every
+# file alike, which the int8 block's bit-for-bit agreement with the per-token cells rests on)
 I64, PTR, F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 
 
@@ -61,6 +63,8 @@ def library() -> Optional[ctypes.CDLL]:
     lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
     lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64]
+    if not hasattr(lib, "int8_vnni"):  # built from the cells alone
+        return lib
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
     lib.int8_product.restype, lib.int8_product.argtypes = None, [I64, I64, PTR, PTR, PTR, PTR, ctypes.c_int]
     lib.lstm_int8_block.restype = ctypes.c_int
@@ -72,7 +76,7 @@ def library() -> Optional[ctypes.CDLL]:
 
 def int8_products(lib: Optional[ctypes.CDLL]) -> bool:
     """Whether the library does int8 matrix products itself (built where the CPU has AVX-512 VNNI)."""
-    return lib is not None and bool(lib.int8_vnni())
+    return lib is not None and hasattr(lib, "int8_vnni") and bool(lib.int8_vnni())
 
 
 def pack(codes, order=None):
@@ -101,10 +105,10 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=target.suffix)
     os.close(fd)
     try:
-        for flags in FLAGS:
-            r = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-o", tmp,
-                                *map(str, SOURCES)],
-                               capture_output=True, timeout=120)
+        for sources, flags in ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]), (SOURCES[:1], FLAGS[0]),
+                               (SOURCES[:1], FLAGS[1])):  # the cells alone, if the int8 file will not build here
+            r = subprocess.run([compiler, *flags, *COMMON, "-o", tmp, *map(str, sources)], capture_output=True,
+                               timeout=120)
             if r.returncode == 0:
                 os.replace(tmp, target)
                 return target
@@ -182,14 +186,14 @@ class LstmInt8Block:
         L, H, V = st.L, st.H, st.table.shape[0]
         order = torch.arange(4 * H).view(4, H // 16, 16).transpose(0, 1).reshape(-1)  # grouped -> the stepper's
         packed = [pack(mm.codes, order) for mm in st.mm_hh]  # (the table, biases and factors stay the stepper's)
-        self.acc, self.y = torch.empty(4 * H, dtype=torch.int32), torch.empty(V)
+        self.acc, self.y = torch.empty(4 * H, dtype=torch.int32), torch.empty(V, dtype=torch.float32)
         self.codes2 = torch.empty_like(st.codes)
         self.keep = [p for pair in packed for p in pair]  # alive as long as the pointers to them
         self.arrays = [array([w for w, _ in packed]), array([o for _, o in packed]),
                        array([mm.factor for mm in st.mm_hh]), array([mm.bias for mm in st.mm_hh]), array(st.c)]
         self.call = partial(lib.lstm_int8_block, L, H, V, ptr(st.table), *self.arrays, ptr(st.hs), ptr(st.codes),
                             ptr(self.codes2), ptr(self.acc), ptr(st.w_head), ptr(st.b_head), ptr(self.y))
-        self.noise = torch.empty(0)  # a block's noise (k, V), grown as blocks grow
+        self.noise = torch.empty(0, dtype=torch.float32)  # a block's noise (k, V), grown as blocks grow
         self.levels = float(levels)  # the codes' scale: round(h * levels)
 
     def __call__(self, tok, drawn, temperature: float, seed: int, draw: int, greedy: bool, top_k: int = 0,
@@ -198,7 +202,7 @@ class LstmInt8Block:
         with the row's noise for its draws draw .. draw + k - 1 (`gumbel_noise`'s, made here) and top_k (0: none).
         Every piece runs on torch's thread count (`--threads`). -1: a token id outside the vocabulary."""
         if self.noise.numel() < drawn.shape[0] * self.y.numel():
-            self.noise = torch.empty(drawn.shape[0], self.y.numel())
+            self.noise = torch.empty(drawn.shape[0], self.y.numel(), dtype=torch.float32)
         return self.call(self.noise.data_ptr(), len(drawn), temperature, tok.data_ptr(), seed, draw, int(greedy),
                          top_k, drawn.data_ptr(), drawn.stride(0), int(products_only), torch.get_num_threads(),
                          self.levels)

@@ -269,6 +269,8 @@ class FastStepper:
         row's Gumbel noise for its draws draw, draw + 1, ... made there (`gumbel_noise`'s hash; none if greedy).
         drawn: (k, n) int64, the stream's draws into drawn[:, 0]."""
         self._ids(tok)
+        if self.blocks is None:
+            raise NotImplementedError("FastStepper.draw_block: this stepper makes no blocks in C (see `blocks`)")
         if drawn.dtype != torch.long or drawn.dim() != 2:
             raise ValueError("FastStepper.draw_block: drawn must be a (k, n) int64 tensor")
         if self.blocks(tok, drawn, temperature, seed, draw, greedy, top_k):
