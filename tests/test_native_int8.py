@@ -64,12 +64,12 @@ def test_the_noise_is_the_batchers(lib):
 
 
 def per_token(st: FastStepper, lib, tok: int, k: int, temperature: float, seed: int, greedy: bool,
-              top_k: int) -> list:
+              top_k: int, vocab: int = 11) -> list:
     """What step_draw makes, token by token, with the C noise (so the two paths must agree exactly)."""
-    ids, noise, out, prev = [], torch.zeros(1, 11), torch.empty(1, dtype=torch.long), torch.tensor([tok])
+    ids, noise, out, prev = [], torch.zeros(1, vocab), torch.empty(1, dtype=torch.long), torch.tensor([tok])
     for t in range(k):
         if not greedy:
-            lib.gumbel(seed, t, 11, noise.data_ptr())
+            lib.gumbel(seed, t, vocab, noise.data_ptr())
         st.step_draw(prev, noise, out, temperature, top_k)
         ids.append(out.item())
         prev = out.clone()
@@ -93,6 +93,18 @@ def test_a_block_draws_what_the_per_token_calls_draw(lib, temperature, greedy, t
     assert got == want and 4 not in got and len(set(got)) > (1 if greedy else 4)
     for a, b in [(block.hs, single.hs), (block.codes, single.codes), *zip(block.c, single.c)]:
         assert torch.equal(a, b)  # the state itself, bit for bit: the next step (or a row moving) reads it
+
+
+@pytest.mark.parametrize("top_k", [0, 40])
+def test_a_subword_vocabularys_head_is_shared_by_the_threads_and_draws_the_same(lib, top_k, monkeypatch):
+    """vocabulary x hidden >= 200,000 weights: the head is split over the threads (int8_native.c's HEAD_SPLIT)."""
+    model = model_of(hidden=32, vocab=7000)
+    block, single = FastStepper(model, 1, int8=True), FastStepper(model, 1, int8=True)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    want = per_token(single, lib, 5, 40, 0.9, seed=4, greedy=False, top_k=top_k, vocab=7000)
+    drawn = torch.zeros(40, 1, dtype=torch.long)
+    block.draw_block(torch.tensor([5]), drawn, 0.9, 4, 0, False, top_k)
+    assert drawn[:, 0].tolist() == want and torch.equal(block.hs, single.hs)
 
 
 def test_it_refuses_ids_it_cannot_read_and_sizes_it_cannot_tile(lib):

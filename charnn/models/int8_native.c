@@ -74,6 +74,7 @@ static void int8_gemv(int64_t K, int64_t k1, const int8_t *x1, const int8_t *x2,
 #define MAX_THREADS 16
 #define SPIN_NS 1000000   /* a worker spins this long for the next piece of a block, then sleeps; ... */
 #define PARKED_NS 200000  /* ... only this long once the block is done */
+#define HEAD_SPLIT 200000 /* a head of at least this many weights (vocabulary x hidden) is split over the threads */
 
 typedef void (*part_fn)(const void *ctx, int64_t from, int64_t to);
 
@@ -326,7 +327,8 @@ int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const i
         if (products_only) continue;
         int8_t *swap = now; now = next; next = swap;
         const head_t q = {H, V, hs + (L - 1) * H, w_head, b_head, temperature, y};
-        head_part(&q, 0, V);  /* this thread alone: about a microsecond, less than handing half of it over */
+        if (V * H >= HEAD_SPLIT) run_parts(head_part, &q, V, threads);  /* a subword vocabulary's head: shared */
+        else head_part(&q, 0, V);  /* a character model's: a microsecond, less than handing half of it over */
         id = drawn[t * drawn_stride] = draw_from(y, greedy ? NULL : noise + t * V, V, top_k);
     }
     if (now != codes) memcpy(codes, now, (size_t)(L * H));  /* the stepper's codes: the latest */
