@@ -160,7 +160,7 @@ def time_rows(model, tokenizer, device, args, fast_kind: bool):
 
 def block_ceiling(model, seconds: float) -> float:
     """Tokens per second of one int8 stream's matrix products alone, in the C library's own kernel (the products of
-    `lstm_int8_block`, 64 tokens a call, on torch's threads), where it has one."""
+    `int8_block`, 64 tokens a call, on torch's threads), where it has one."""
     st = FastStepper(model, 1, int8=True)
     drawn, tok = torch.zeros(64, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
     n, t0 = 0, time.perf_counter()

@@ -1,7 +1,7 @@
-/* --int8 for one stream, with the matrix products in C too: a whole block of k tokens of an LSTM in one call.
+/* --int8 for one stream, with the matrix products in C too: a block of k tokens of an LSTM or GRU in one call.
 
    charnn.models.native builds this file with cells_native.c into one library and calls it through ctypes
-   (native.LstmInt8Block) where the CPU has AVX-512 VNNI (`int8_vnni`). */
+   (native.Int8Block) where the CPU has AVX-512 VNNI (`int8_vnni`). */
 
 #include <math.h>
 #include <pthread.h>
@@ -17,23 +17,26 @@
    products on 2 cores; this loop reads the same int8 weights, laid out for it once, in a fraction of that, and its
    int32 sums are exactly torch's (so the tokens are the same).
 
-   int8_gemv: the sums x @ W for one group of 64 outputs, for int8 codes x (K) and W, which `pack` in
-   charnn.models.native lays out as (N/16, K/4, 16, 4): 16 outputs by 4 inputs per 64-byte vector, so one VNNI
-   instruction (u8 x s8, four products summed into each int32 lane) does 64 multiply-adds, and a group's four tiles
-   share each broadcast of x. x is made unsigned by adding 128, and offset[n] = 128 * sum_k W[k][n] is taken off
-   again. x is two pieces: its first k1 inputs from x1, the rest from x2 (an LSTM layer above the first reads its
-   input h and its own h, which lie in different buffers). K % 4 == 0, k1 % 4 == 0, N % 64 == 0. */
+   int8_gemv: the sums x @ W for one group of 16 * tiles outputs (4 tiles: an LSTM's four gates for 16 units, 3: a
+   GRU's three), for int8 codes x (K) and W, which `pack` in charnn.models.native lays out as (N/16, K/4, 16, 4): 16
+   outputs by 4 inputs per 64-byte vector, so one VNNI instruction (u8 x s8, four products summed into each int32
+   lane) does 64 multiply-adds, and a group's tiles share each broadcast of x. x is made unsigned by adding 128, and
+   offset[n] = 128 * sum_k W[k][n] is taken off again. x is two pieces: its first k1 inputs from x1, the rest from
+   x2 (an LSTM layer above the first reads its input h and its own h, which lie in different buffers). K % 4 == 0,
+   k1 % 4 == 0, N % (16 * tiles) == 0. */
 #if defined(__AVX512F__)
 #include <immintrin.h>  /* (the head's AVX-512 loop needs it without VNNI too) */
 #endif
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
 int int8_vnni(void) { return 1; }
 
-static void int8_gemv(int64_t K, int64_t k1, const int8_t *x1, const int8_t *x2, const int8_t *w,
-                      const int32_t *offset, int64_t g, int32_t *out) {
+static inline __attribute__((always_inline)) void int8_gemv(int tiles, int64_t K, int64_t k1, const int8_t *x1,
+                                                             const int8_t *x2, const int8_t *w, const int32_t *offset,
+                                                             int64_t g, int32_t *out) {
     const int64_t K4 = K / 4, tile = K4 * 64;
-    const int8_t *w0 = w + 4 * g * tile, *w1 = w0 + tile, *w2 = w1 + tile, *w3 = w2 + tile;
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    const int8_t *wg = w + tiles * g * tile;
+    __m512i a[4];
+    for (int c = 0; c < tiles; c++) a[c] = _mm512_setzero_si512();
     for (int piece = 0; piece < 2; piece++) {
         const int64_t from = piece ? k1 / 4 : 0, to = piece ? K4 : k1 / 4;
         const int8_t *x = piece ? x2 : x1;
@@ -42,26 +45,22 @@ static void int8_gemv(int64_t K, int64_t k1, const int8_t *x1, const int8_t *x2,
             uint32_t four;
             memcpy(&four, x + (4 * i - skip), 4);
             const __m512i xb = _mm512_set1_epi32((int)(four ^ 0x80808080u));  /* x + 128, as unsigned bytes */
-            a0 = _mm512_dpbusd_epi32(a0, xb, _mm512_loadu_si512(w0 + 64 * i));
-            a1 = _mm512_dpbusd_epi32(a1, xb, _mm512_loadu_si512(w1 + 64 * i));
-            a2 = _mm512_dpbusd_epi32(a2, xb, _mm512_loadu_si512(w2 + 64 * i));
-            a3 = _mm512_dpbusd_epi32(a3, xb, _mm512_loadu_si512(w3 + 64 * i));
+            for (int c = 0; c < tiles; c++)
+                a[c] = _mm512_dpbusd_epi32(a[c], xb, _mm512_loadu_si512(wg + c * tile + 64 * i));
         }
     }
-    const int32_t *o = offset + 64 * g;
-    _mm512_storeu_si512(out, _mm512_sub_epi32(a0, _mm512_loadu_si512(o)));
-    _mm512_storeu_si512(out + 16, _mm512_sub_epi32(a1, _mm512_loadu_si512(o + 16)));
-    _mm512_storeu_si512(out + 32, _mm512_sub_epi32(a2, _mm512_loadu_si512(o + 32)));
-    _mm512_storeu_si512(out + 48, _mm512_sub_epi32(a3, _mm512_loadu_si512(o + 48)));
+    const int32_t *o = offset + 16 * tiles * g;
+    for (int c = 0; c < tiles; c++)
+        _mm512_storeu_si512(out + 16 * c, _mm512_sub_epi32(a[c], _mm512_loadu_si512(o + 16 * c)));
 }
 #define PAUSE() _mm_pause()
 #else
 int int8_vnni(void) { return 0; }
 
-static void int8_gemv(int64_t K, int64_t k1, const int8_t *x1, const int8_t *x2, const int8_t *w,
+static void int8_gemv(int tiles, int64_t K, int64_t k1, const int8_t *x1, const int8_t *x2, const int8_t *w,
                       const int32_t *offset, int64_t g, int32_t *out) {
     (void)K; (void)k1; (void)x1; (void)x2; (void)w; (void)offset; (void)g;  /* never called (int8_vnni says 0) */
-    memset(out, 0, 64 * sizeof(int32_t));
+    memset(out, 0, 16 * (size_t)tiles * sizeof(int32_t));
 }
 #define PAUSE() ((void)0)
 #endif
@@ -169,17 +168,22 @@ static void run_parts(part_fn fn, const void *ctx, int64_t total, int threads) {
 }
 
 /* One product's groups: acc = x @ W. */
-typedef struct { int64_t K, k1; const int8_t *x1, *x2, *w; const int32_t *offset; int32_t *acc; } product_t;
+typedef struct {
+    int64_t K, k1; const int8_t *x1, *x2, *w; const int32_t *offset; int32_t *acc; int tiles;
+} product_t;
 
 static void product_part(const void *p, int64_t g0, int64_t g1) {
     const product_t *q = p;
-    for (int64_t g = g0; g < g1; g++) int8_gemv(q->K, q->k1, q->x1, q->x2, q->w, q->offset, g, q->acc + 64 * g);
+    for (int64_t g = g0; g < g1; g++) {
+        if (q->tiles == 4) int8_gemv(4, q->K, q->k1, q->x1, q->x2, q->w, q->offset, g, q->acc + 64 * g);
+        else int8_gemv(3, q->K, q->k1, q->x1, q->x2, q->w, q->offset, g, q->acc + 48 * g);
+    }
 }
 
 /* One product, for tests: acc = x @ W (N outputs), on `threads` threads. */
 void int8_product(int64_t K, int64_t N, const int8_t *x, const int8_t *w, const int32_t *offset, int32_t *acc,
                   int threads) {
-    const product_t q = {K, K, x, x, w, offset, acc};
+    const product_t q = {K, K, x, x, w, offset, acc, 4};
     pthread_mutex_lock(&pool.block);
     run_parts(product_part, &q, N / 64, start_workers(threads));
     pthread_mutex_unlock(&pool.block);
@@ -198,7 +202,7 @@ static void layer_part(const void *p, int64_t g0, int64_t g1) {
     const layer_t *q = p;
     float pre[64];
     for (int64_t g = g0; g < g1; g++)  /* the products first: the weights stream in one run (a big model's come */
-        int8_gemv(q->K, q->k1, q->x1, q->x2, q->w, q->offset, g, q->acc + 64 * g);  /* from memory, not cache) */
+        int8_gemv(4, q->K, q->k1, q->x1, q->x2, q->w, q->offset, g, q->acc + 64 * g);  /* from memory, not cache) */
     for (int64_t g = g0; g < g1; g++) {
         const int32_t *acc = q->acc + 64 * g;
         for (int gate = 0; gate < 4; gate++) {  /* base and factor in the stepper's order: gate by gate, H each */
@@ -215,6 +219,43 @@ static void layer_part(const void *p, int64_t g0, int64_t g1) {
             h[m] = o * tanh_(cj);
         }
         for (int m = 0; m < 16; m++) codes[m] = code(h[m], q->levels);
+    }
+}
+
+/* One GRU layer's step for a group's 16 units, as gru_cell does it: the input side's sums (W_i x, grouped as r, z, n
+   16 each; none at layer 0, whose gi is the table's row) and the own side's (W_h h), each scaled back and added to
+   its base (the table's row or b_i; b_h) in the stepper's order, then r, z = sigmoid(gi + gh),
+   n = tanh(gi_n + r gh_n), h = n + z (h - n), codes = round(h * levels). acc: 6H (the input side's, then the own). */
+typedef struct {
+    int64_t H; const int8_t *x_in, *x_own, *w_in, *w_own; const int32_t *offset_in, *offset_own; int32_t *acc;
+    const float *base_in, *factor_in, *bias_own, *factor_own; float *h; int8_t *codes_out; float levels;
+} gru_t;
+
+static void gru_part(const void *p, int64_t g0, int64_t g1) {
+    const gru_t *q = p;
+    const int64_t H = q->H;
+    for (int64_t g = g0; g < g1; g++) {
+        if (q->w_in) int8_gemv(3, H, H, q->x_in, q->x_in, q->w_in, q->offset_in, g, q->acc + 48 * g);
+        int8_gemv(3, H, H, q->x_own, q->x_own, q->w_own, q->offset_own, g, q->acc + 3 * H + 48 * g);
+    }
+    float x[48], y[48];
+    for (int64_t g = g0; g < g1; g++) {
+        const int32_t *ai = q->acc + 48 * g, *ah = q->acc + 3 * H + 48 * g;
+        for (int gate = 0; gate < 3; gate++) {
+            const int64_t at = gate * H + 16 * g;
+            for (int m = 0; m < 16; m++) {
+                x[16 * gate + m] = q->w_in ? q->base_in[at + m] + (float)ai[16 * gate + m] * q->factor_in[at + m]
+                                           : q->base_in[at + m];
+                y[16 * gate + m] = q->bias_own[at + m] + (float)ah[16 * gate + m] * q->factor_own[at + m];
+            }
+        }
+        float *h = q->h + 16 * g;
+        for (int m = 0; m < 16; m++) {
+            float r = sigmoid(x[m] + y[m]), z = sigmoid(x[16 + m] + y[16 + m]);
+            float n = tanh_(x[32 + m] + r * y[32 + m]);
+            h[m] = n + z * (h[m] - n);
+        }
+        for (int m = 0; m < 16; m++) q->codes_out[16 * g + m] = code(h[m], q->levels);
     }
 }
 
@@ -285,22 +326,25 @@ static void head_part(const void *p, int64_t v0, int64_t v1) {
     }
 }
 
-/* k tokens of one int8 LSTM stream (L layers of H, vocabulary V), as FastStepper's per-token calls make them
-   (w[l] in the grouped order above): layer 0's gates are table's row of the token plus (h_0's codes @ W_0) *
-   factor_0; layer l's are bias_l plus ([h_{l-1} | h_l]'s codes @ W_l) * factor_l; then the head and the draw
-   (temperature, top_k as draw_from's, and the row's noise for its draws draw .. draw + k - 1 of `seed`, made first
-   into noise (k * V floats), none if greedy; y: V floats) into drawn[t * drawn_stride], the next token's input.
-   The first input is *tok. hs and codes hold every layer's h side by side (L * H); codes2 is a second such buffer
-   (a layer's new codes are written while other threads still read the old ones); c[l], w[l], offset[l],
-   factor[l], bias[l] per layer; acc: 4H int32; levels: the codes' scale, round(h * levels). products_only: the
-   products alone, k times (the benchmark's ceiling). Every piece runs on `threads` threads. Returns -1 for a token
-   id outside the vocabulary (nothing more done), else 0. */
-int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const int8_t *const *w,
-                    const int32_t *const *offset, const float *const *factor, const float *const *bias,
-                    float *const *c, float *hs, int8_t *codes, int8_t *codes2, int32_t *acc, const float *w_head,
-                    const float *b_head, float *y, float *noise, int64_t k, float temperature, const int64_t *tok,
-                    int64_t seed, int64_t draw, int greedy, int64_t top_k, int64_t *drawn, int64_t drawn_stride,
-                    int products_only, int threads, float levels) {
+/* k tokens of one int8 stream of an LSTM (gru 0) or a GRU (gru 1), L layers of H, vocabulary V, as FastStepper's
+   per-token calls make them (the weights in the grouped order above). LSTM: layer 0's gates are table's row of
+   the token plus (h_0's codes @ w[0]) * factor[0]; layer l's are bias[l] plus ([h_{l-1} | h_l]'s codes @ w[l]) *
+   factor[l]. GRU: w, offset, factor, bias are the own side's (W_h h + b_h), w_in, offset_in, factor_in, bias_in
+   the input side's (layer 0: none, the table's row is gi). Then the head and the draw (temperature, top_k as
+   draw_from's, and the row's noise for its draws draw .. draw + k - 1 of `seed`, made first into noise (k * V
+   floats), none if greedy; y: V floats) into drawn[t * drawn_stride], the next token's input. The first input is
+   *tok. hs and codes hold every layer's h side by side (L * H); codes2 is a second such buffer (a layer's new
+   codes are written while other threads still read the old ones); c[l]: the LSTM's cell states; acc: 6H int32;
+   levels: the codes' scale, round(h * levels). products_only: the products alone, k times (the benchmark's
+   ceiling). Every piece runs on `threads` threads. Returns -1 for a token id outside the vocabulary (nothing more
+   done), else 0. */
+int int8_block(int gru, int64_t L, int64_t H, int64_t V, const float *table, const int8_t *const *w,
+               const int32_t *const *offset, const float *const *factor, const float *const *bias,
+               const int8_t *const *w_in, const int32_t *const *offset_in, const float *const *factor_in,
+               const float *const *bias_in, float *const *c, float *hs, int8_t *codes, int8_t *codes2, int32_t *acc,
+               const float *w_head, const float *b_head, float *y, float *noise, int64_t k, float temperature,
+               const int64_t *tok, int64_t seed, int64_t draw, int greedy, int64_t top_k, int64_t *drawn,
+               int64_t drawn_stride, int products_only, int threads, float levels) {
     int64_t id = *tok;
     int8_t *now = codes, *next = codes2;  /* the codes of the token before, and of this one */
     int status = 0;
@@ -316,8 +360,17 @@ int lstm_int8_block(int64_t L, int64_t H, int64_t V, const float *table, const i
         for (int64_t l = 0; l < L; l++) {
             const int8_t *x1 = l ? next + (l - 1) * H : now, *x2 = now + l * H;  /* [h_{l-1} new | h_l old] */
             if (products_only) {
-                const product_t q = {l ? 2 * H : H, H, x1, x2, w[l], offset[l], acc};
-                run_parts(product_part, &q, H / 16, threads);
+                const product_t own = {gru ? H : l ? 2 * H : H, H, gru ? x2 : x1, x2, w[l], offset[l], acc, 4 - gru};
+                run_parts(product_part, &own, H / 16, threads);
+                const product_t in = {H, H, x1, x1, w_in ? w_in[l] : NULL, offset_in ? offset_in[l] : NULL, acc, 3};
+                if (gru && l) run_parts(product_part, &in, H / 16, threads);
+                continue;
+            }
+            if (gru) {
+                const gru_t q = {H, x1, x2, l ? w_in[l] : NULL, w[l], l ? offset_in[l] : NULL, offset[l], acc,
+                                 l ? bias_in[l] : table + id * 3 * H, l ? factor_in[l] : NULL, bias[l], factor[l],
+                                 hs + l * H, next + l * H, levels};
+                run_parts(gru_part, &q, H / 16, threads);
                 continue;
             }
             const layer_t q = {l ? 2 * H : H, H, H, x1, x2, w[l], offset[l], acc, l ? bias[l] : table + id * 4 * H,

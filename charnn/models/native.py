@@ -3,9 +3,9 @@
 A token of one stream costs the two layers' matrix products and, around them, about twenty small tensor
 operations whose dispatch (a few microseconds each on a CPU) adds a quarter to the products' time. The C file
 does a whole LSTM or GRU cell in one pass (and the int8 codes of its output), and one stream's head and draw
-(argmax of the tempered logits + noise). With `--int8` on a CPU with AVX-512 VNNI it also does one LSTM stream's
+(argmax of the tempered logits + noise). With `--int8` on a CPU with AVX-512 VNNI it also does one LSTM or GRU stream's
 int8 matrix products, on the threads torch is given, and a whole block of that stream's tokens in one call, the
-Batcher's noise included (`LstmInt8Block`): torch._int_mm's matrix-vector products alone took longer per token
+Batcher's noise included (`Int8Block`): torch._int_mm's matrix-vector products alone took longer per token
 than that whole block now does (benchmarks/SAMPLING.md). It is built once per machine with
 the C compiler already there (`$CC`, else `cc`; -O3 for this CPU, so the cache key names the CPU), kept in
 charnn's cache folder, and loaded with ctypes: no build step at install, no torch headers (it only sees raw
@@ -46,7 +46,7 @@ def enabled() -> bool:
 @functools.lru_cache(maxsize=None)
 def library() -> Optional[ctypes.CDLL]:
     """The compiled library (the cells, head_draw, gumbel, and where the CPU has AVX-512 VNNI the int8 products and
-    lstm_int8_block), or None where it cannot be built here. Built at most once per process; a built library is
+    int8_block), or None where it cannot be built here. Built at most once per process; a built library is
     reused across runs."""
     if not enabled():
         return None
@@ -67,9 +67,9 @@ def library() -> Optional[ctypes.CDLL]:
         return lib
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
     lib.int8_product.restype, lib.int8_product.argtypes = None, [I64, I64, PTR, PTR, PTR, PTR, ctypes.c_int]
-    lib.lstm_int8_block.restype = ctypes.c_int
-    lib.lstm_int8_block.argtypes = [I64, I64, I64, *[PTR] * 14, I64, F32, PTR, I64, I64, ctypes.c_int, I64, PTR,
-                                    I64, ctypes.c_int, ctypes.c_int, F32]
+    lib.int8_block.restype = ctypes.c_int
+    lib.int8_block.argtypes = [ctypes.c_int, I64, I64, I64, *[PTR] * 18, I64, F32, PTR, I64, I64, ctypes.c_int, I64,
+                               PTR, I64, ctypes.c_int, ctypes.c_int, F32]
     lib.gumbel.restype, lib.gumbel.argtypes = None, [I64, I64, I64, PTR]
     return lib
 
@@ -172,27 +172,33 @@ def layer_calls(lib: ctypes.CDLL, st, l: int, levels: float) -> list:
     return products + [partial(cell, None) if l or not st.coded else ReadsTokens(cell)]  # None: row b
 
 
-class LstmInt8Block:
-    """A whole block of tokens of one int8 LSTM stream in one C call (`lstm_int8_block`), matrix products included,
+class Int8Block:
+    """A whole block of tokens of one int8 LSTM or GRU stream in one C call (`int8_block`), matrix products included,
     over a FastStepper's own buffers (so its other calls read the state it leaves). Its int8 weights are laid out
-    again for it: `pack`ed, with each layer's gate columns grouped 16 units at a time (units 16g..16g+15's i, f, o
-    and g gates side by side), so that a thread's share of the outputs is whole units and it runs their cells too
-    (the embedding table, biases and scales are read where the stepper keeps them).
-    Needs `int8_products` and a hidden size that is a multiple of 16."""
+    again for it: `pack`ed, with each layer's gate columns grouped 16 units at a time (units 16g..16g+15's gates side
+    by side), so that a thread's share of the outputs is whole units and it runs their cells too (the embedding
+    table, biases and scales are read where the stepper keeps them). Needs `int8_products` and a hidden size that is
+    a multiple of 16."""
 
     def __init__(self, lib: ctypes.CDLL, st, levels: float):
         def array(tensors):
             return (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
-        L, H, V = st.L, st.H, st.table.shape[0]
-        order = torch.arange(4 * H).view(4, H // 16, 16).transpose(0, 1).reshape(-1)  # grouped -> the stepper's
-        packed = [pack(mm.codes, order) for mm in st.mm_hh]  # (the table, biases and factors stay the stepper's)
-        self.acc, self.y = torch.empty(4 * H, dtype=torch.int32), torch.empty(V, dtype=torch.float32)
+        L, H, V, gru = st.L, st.H, st.table.shape[0], st.cell == "gru"
+        gates = 3 if gru else 4
+        order = torch.arange(gates * H).view(gates, H // 16, 16).transpose(0, 1).reshape(-1)  # grouped -> stepper's
+        own = [pack(mm.codes, order) for mm in st.mm_hh]  # LSTM: above layer 0, [W_ih ; W_hh] stacked
+        inputs = [None] + [st.mm_ih[l] for l in range(1, L)] if gru else [None] * L  # the GRU's W_ih apart
+        ins = [None if mm is None else pack(mm.codes, order) for mm in inputs]
+        self.acc, self.y = torch.empty(6 * H, dtype=torch.int32), torch.empty(V, dtype=torch.float32)
         self.codes2 = torch.empty_like(st.codes)
-        self.keep = [p for pair in packed for p in pair]  # alive as long as the pointers to them
-        self.arrays = [array([w for w, _ in packed]), array([o for _, o in packed]),
-                       array([mm.factor for mm in st.mm_hh]), array([mm.bias for mm in st.mm_hh]), array(st.c)]
-        self.call = partial(lib.lstm_int8_block, L, H, V, ptr(st.table), *self.arrays, ptr(st.hs), ptr(st.codes),
-                            ptr(self.codes2), ptr(self.acc), ptr(st.w_head), ptr(st.b_head), ptr(self.y))
+        self.keep = [t for pair in own + ins if pair is not None for t in pair]  # alive as long as their pointers
+        self.arrays = [array([w for w, _ in own]), array([o for _, o in own]), array([mm.factor for mm in st.mm_hh]),
+                       array([mm.bias for mm in st.mm_hh]), array([p and p[0] for p in ins]),
+                       array([p and p[1] for p in ins]), array([mm and mm.factor for mm in inputs]),
+                       array([mm and mm.bias for mm in inputs]), array(st.c or [None])]
+        self.call = partial(lib.int8_block, int(gru), L, H, V, ptr(st.table), *self.arrays, ptr(st.hs),
+                            ptr(st.codes), ptr(self.codes2), ptr(self.acc), ptr(st.w_head), ptr(st.b_head),
+                            ptr(self.y))
         self.noise = torch.empty(0, dtype=torch.float32)  # a block's noise (k, V), grown as blocks grow
         self.levels = float(levels)  # the codes' scale: round(h * levels)
 

@@ -128,8 +128,8 @@ class FastStepper:
         self.head_draw = partial(lib.head_draw, H, self.w_head.shape[1], _ptr(self.h[-1]), L * H, _ptr(self.w_head),
                                  _ptr(self.b_head), _ptr(self.logits)) if self.draws else None
         # ... and with --int8 where the C library does the int8 products too: a whole block of tokens in one call
-        blocks = self.draws and self.cell_reads_tokens and H % 16 == 0 and native.int8_products(lib)
-        self.blocks = native.LstmInt8Block(lib, self, ACT_LEVELS) if blocks else None
+        blocks = self.draws and self.coded and self.cell != "rnn" and H % 16 == 0 and native.int8_products(lib)
+        self.blocks = native.Int8Block(lib, self, ACT_LEVELS) if blocks else None
 
     # -- rows: what the Batcher does as rows join and leave (never per token), without knowing the layout --
     static = True  # its buffers stay put, so a CUDA graph may record its steps
