@@ -170,6 +170,19 @@ def block_ceiling(model, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def add_ratios(results: list, ceilings: list) -> None:
+    """Each row against the naive way (1 stream, and its own stream count) and, one stream, against its round's
+    ceiling (and an int8 block's against the C kernel's products alone)."""
+    naive = {r["streams"]: r["chars_per_s"] for r in results if not r["fast"]}
+    for r in results:
+        r["vs_naive_1_stream"] = round(r["chars_per_s"] / naive[1], 2)
+        r["vs_naive_same_streams"] = round(r["chars_per_s"] / naive[r["streams"]], 2)
+        if ceilings and r["fast"] and r["streams"] == 1:
+            r["share_of_ceiling"] = round(r["chars_per_s"] / ceilings[r["round"]][1 if r["int8"] else 0], 3)
+            if r["c_block"]:
+                r["share_of_c_products"] = round(r["chars_per_s"] / ceilings[r["round"]][2], 3)
+
+
 def print_rows(results: list) -> None:
     """The table, one line a timed row."""
     print(f"{'sampler':<30}{'round':>6}{'streams':>8}{'chars':>10}{'seconds':>9}{'chars/s':>12}{'x naive(1)':>12}"
@@ -227,14 +240,7 @@ def main() -> None:
     results, ceilings = time_rows(model, tokenizer, device, args, fast_kind)
     ceiling, ceiling_int8 = (max(c[i] for c in ceilings) for i in (0, 1)) if ceilings else (None, None)
     ceiling_block = max((c[2] for c in ceilings if c[2]), default=None)
-    naive = {r["streams"]: r["chars_per_s"] for r in results if not r["fast"]}
-    for r in results:
-        r["vs_naive_1_stream"] = round(r["chars_per_s"] / naive[1], 2)
-        r["vs_naive_same_streams"] = round(r["chars_per_s"] / naive[r["streams"]], 2)
-        if ceilings and r["fast"] and r["streams"] == 1:  # against the ceiling of its own round
-            r["share_of_ceiling"] = round(r["chars_per_s"] / ceilings[r["round"]][1 if r["int8"] else 0], 3)
-            if r["c_block"]:  # ... and against the C kernel's products alone
-                r["share_of_c_products"] = round(r["chars_per_s"] / ceilings[r["round"]][2], 3)
+    add_ratios(results, ceilings)
 
     int8_used = charnn.models.stepper.int8_kernel()
     print(f"{args.layers}x{args.hidden} {args.cell}, vocab {tokenizer.vocab_size}, {device}, {args.threads} threads, "

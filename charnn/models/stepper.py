@@ -117,18 +117,23 @@ class FastStepper:
         self.views = [self._views(l) for l in range(L)]  # slices made once: each costs Python time per step
         self._cell = getattr(self, f"_{self.cell}")
         self.plan = [self._layer_plan(l) for l in range(L)]
-        lib = native.library() if dev.type == "cpu" and dt == torch.float32 and self.cell != "rnn" else None
-        self.scratch = torch.empty(2 * G * H, device=dev, dtype=dt) if lib else None  # a C cell's gates, composed
+        self._native(native.library() if dev.type == "cpu" and dt == torch.float32 and self.cell != "rnn" else None)
+
+    def _native(self, lib) -> None:
+        """The C library's part (charnn.models.native), or none (lib None): the cells, one stream's head and draw,
+        and one int8 stream's whole block."""
+        H, L, G = self.H, self.L, GATES[self.cell]
+        self.scratch = torch.empty(2 * G * H, device=self.hs.device, dtype=self.hs.dtype) if lib else None
         self.native = [call for l in range(L) for call in native.layer_calls(lib, self, l, ACT_LEVELS)] if lib else None
         self.cell_reads_tokens = bool(self.native) and self.coded and self.cell == "lstm"
-        # One stream: the head and the Batcher's plain draw (argmax of logits + noise) in one C call as well, where
-        # torch's product, add and argmax are three dispatches of a few microseconds for 512 x V multiply-adds. (Many
-        # streams: the head is a real product, which torch spreads over the threads.)
-        self.draws = bool(self.native) and batch == 1
+        # One stream: the head and the Batcher's draw (argmax of tempered, top-k logits + noise) in one C call as
+        # well, where torch's product, add and argmax are three dispatches of a few microseconds for 512 x V
+        # multiply-adds. (Many streams: the head is a real product, which torch spreads over the threads.)
+        self.draws = bool(self.native) and self.B == 1
         self.head_draw = partial(lib.head_draw, H, self.w_head.shape[1], _ptr(self.h[-1]), L * H, _ptr(self.w_head),
                                  _ptr(self.b_head), _ptr(self.logits)) if self.draws else None
         # ... and with --int8 where the C library does the int8 products too: a whole block of tokens in one call
-        blocks = self.draws and self.coded and self.cell != "rnn" and H % 16 == 0 and native.int8_products(lib)
+        blocks = self.draws and self.coded and H % 16 == 0 and native.int8_products(lib)
         self.blocks = native.Int8Block(lib, self, ACT_LEVELS) if blocks else None
 
     # -- rows: what the Batcher does as rows join and leave (never per token), without knowing the layout --
