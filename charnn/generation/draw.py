@@ -3,8 +3,8 @@
 Decoding is temperature (`temper`), then top-k, then top-p, then a Gumbel-max draw (argmax of logits + Gumbel
 noise: an exact sample from the softmax). The noise is a counter-based hash of (seed, draw, token): a seed reproduces
 the output, whatever else is in the batch, however many tokens a step draws, on any device. To float rounding: a
-CUDA device's logs, and one stream's draw in C on the CPU (charnn.models.native: its head, and for an int8 LSTM
-stream the noise's logs, about 1% of them a last bit apart), are not torch's CPU operations, so a near-tie between
+CUDA device's logs, and one stream's draw in C on the CPU (charnn.models.native: its head, and for an int8 LSTM or
+GRU stream the noise's logs, about 1% of them a last bit apart), are not torch's CPU operations, so a near-tie between
 two tokens can fall the other way there; the tests compare whole seeded texts across these paths.
 `charnn.generation.batcher` runs the loop that steps the model and draws.
 """

@@ -28,13 +28,7 @@ int lstm_cell(int64_t B, int64_t H, const float *base, int64_t base_stride, cons
             for (int64_t j = 0; j < 4 * H; j++) scratch[j] = pre[j] + (float)a[j] * factor[j];
             pre = scratch;
         }
-        for (int64_t j = 0; j < H; j++) {
-            float i = sigmoid(pre[j]), f = sigmoid(pre[H + j]), o = sigmoid(pre[2 * H + j]);
-            float g = tanh_(pre[3 * H + j]);
-            float cj = f * cb[j] + i * g;
-            cb[j] = cj;
-            hb[j] = o * tanh_(cj);
-        }
+        lstm_units(H, pre, H, cb, hb);
         if (codes) {
             int8_t *kb = codes + b * code_stride;
             for (int64_t j = 0; j < H; j++) kb[j] = code(hb[j], levels);
@@ -64,11 +58,7 @@ void gru_cell(int64_t B, int64_t H, const float *gi, int64_t gi_stride, const in
         const float *x = gate_row(b, 3 * H, gi, gi_stride, gi_acc, gi_factor, scratch);
         const float *y = gate_row(b, 3 * H, gh, gh_stride, gh_acc, gh_factor, scratch + 3 * H);
         float *hb = h + b * h_stride;
-        for (int64_t j = 0; j < H; j++) {
-            float r = sigmoid(x[j] + y[j]), z = sigmoid(x[H + j] + y[H + j]);
-            float n = tanh_(x[2 * H + j] + r * y[2 * H + j]);
-            hb[j] = n + z * (hb[j] - n);
-        }
+        gru_units(H, x, y, H, hb);
         if (codes) {
             int8_t *kb = codes + b * code_stride;
             for (int64_t j = 0; j < H; j++) kb[j] = code(hb[j], levels);

@@ -211,13 +211,7 @@ static void layer_part(const void *p, int64_t g0, int64_t g1) {
         }
         float *c = q->c + 16 * g, *h = q->h + 16 * g;
         int8_t *codes = q->codes_out + 16 * g;
-        for (int m = 0; m < 16; m++) {
-            float i = sigmoid(pre[m]), f = sigmoid(pre[16 + m]), o = sigmoid(pre[32 + m]);
-            float gg = tanh_(pre[48 + m]);
-            float cj = f * c[m] + i * gg;
-            c[m] = cj;
-            h[m] = o * tanh_(cj);
-        }
+        lstm_units(16, pre, 16, c, h);
         for (int m = 0; m < 16; m++) codes[m] = code(h[m], q->levels);
     }
 }
@@ -250,11 +244,7 @@ static void gru_part(const void *p, int64_t g0, int64_t g1) {
             }
         }
         float *h = q->h + 16 * g;
-        for (int m = 0; m < 16; m++) {
-            float r = sigmoid(x[m] + y[m]), z = sigmoid(x[16 + m] + y[16 + m]);
-            float n = tanh_(x[32 + m] + r * y[32 + m]);
-            h[m] = n + z * (h[m] - n);
-        }
+        gru_units(16, x, y, 16, h);
         for (int m = 0; m < 16; m++) q->codes_out[16 * g + m] = code(h[m], q->levels);
     }
 }

@@ -38,6 +38,28 @@ static inline float tanh_(float x) {
 
 static inline int8_t code(float h, float levels) { return (int8_t)rintf(h * levels); } /* round half to even */
 
+/* n LSTM units: gate pre-activations at pre (i), pre + gap (f), pre + 2 gap (o), pre + 3 gap (g);
+   c = f c + i g, h = o tanh(c). The one arithmetic of the per-token cell and the int8 block. */
+static inline void lstm_units(int64_t n, const float *pre, int64_t gap, float *c, float *h) {
+    for (int64_t j = 0; j < n; j++) {
+        float i = sigmoid(pre[j]), f = sigmoid(pre[gap + j]), o = sigmoid(pre[2 * gap + j]);
+        float g = tanh_(pre[3 * gap + j]);
+        float cj = f * c[j] + i * g;
+        c[j] = cj;
+        h[j] = o * tanh_(cj);
+    }
+}
+
+/* n GRU units: x = W_i x + b_i and y = W_h h + b_h, gates r, z, n at 0, gap, 2 gap; r, z = sigmoid(x + y),
+   n = tanh(x_n + r y_n), h = n + z (h - n). */
+static inline void gru_units(int64_t n, const float *x, const float *y, int64_t gap, float *h) {
+    for (int64_t j = 0; j < n; j++) {
+        float r = sigmoid(x[j] + y[j]), z = sigmoid(x[gap + j] + y[gap + j]);
+        float m = tanh_(x[2 * gap + j] + r * y[2 * gap + j]);
+        h[j] = m + z * (h[j] - m);
+    }
+}
+
 /* The k-th largest of y[0..V) for 0 < k < V, as torch.topk(y, k).values[-1] (NaN counts as the largest), by
    quickselect on a copy; -INFINITY where the copy cannot be made (then nothing is filtered). */
 static inline float kth_largest(const float *y, int64_t V, int64_t k) {
