@@ -132,7 +132,7 @@ def test_an_int8_cell_that_looks_its_row_up_refuses_ids_it_cannot_read(fresh, mo
 
 def test_a_compiler_that_cannot_build_the_int8_file_still_gives_the_cells(fresh, tmp_path):
     """The int8 block's file needs more of the compiler (AVX-512 intrinsics, pthreads): where it fails, the library is
-    built from the cells alone, and the stepper keeps its C cells with torch's int8 products."""
+    built without it, and the stepper keeps its C cells with torch's int8 products."""
     cc = tmp_path / "picky-cc"
     cc.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in *int8_native.c) echo "error: no" >&2; exit 1;; esac; '
                   'done\nexec cc "$@"\n')

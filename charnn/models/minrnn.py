@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from charnn.models.configs import MinRNNConfig
-from charnn.models import regularize
+from charnn.models import fused, regularize
 from charnn.models.cells import decay_groups, fold_label
 from charnn.models.scan import mingru_scan
 from charnn.models.state import TensorState
@@ -70,11 +70,16 @@ class MinBlock(nn.Module):
                 every: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, D), h0 (B, S) or None -> (B, T, D) and the last state (B, S) (`every`: the state after every
         step, (B, T, S))."""
-        h = mingru_scan(mingru_input(self.cell, self.gates(self.norm(x))), h0)  # (B, T, S), fp32
+        u = self.gates(self.norm(x))
+        if fused.available(u):  # on a CPU: one C pass each way (charnn.models.fused), h in u's dtype
+            h, last = fused.min_scan(self.cell, u, h0)
+        else:
+            h = mingru_scan(mingru_input(self.cell, u), h0)  # (B, T, S), fp32
+            last = h[:, -1]
         x = x + self._dropped(self.out(h if torch.is_autocast_enabled() else h.to(x.dtype)))
         if self.ffn is not None:
-            x = x + (self._dropped(self.ffn[:-1](x)) if self.locked else self.ffn(x))
-        return x, (h if every else h[:, -1])
+            x = x + self._dropped(self.ffn[:-1](x))
+        return x, (h if every else last)
 
     def _dropped(self, y: torch.Tensor) -> torch.Tensor:
         return regularize.dropout(y, self.drop.p, self.training, self.locked)

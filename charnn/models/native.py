@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "cells_native.c", HERE / "int8_native.c")  # built into one library
+SOURCES = (HERE / "cells_native.c", HERE / "train_native.c", HERE / "int8_native.c")  # built into one library
 HEADERS = (HERE / "native_math.h",)
 FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler does not know -march=native
 COMMON = ["-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]  # (a * b + c: one FMA in every
@@ -63,7 +63,15 @@ def library() -> Optional[ctypes.CDLL]:
     lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
     lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64]
-    if not hasattr(lib, "int8_vnni"):  # built from the cells alone
+    INT = ctypes.c_int
+    lib.dropout_apply.restype = None
+    lib.dropout_apply.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, F32, ctypes.c_uint64, INT]
+    lib.minrnn_forward.restype = lib.minrnn_backward.restype = INT
+    lib.minrnn_forward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, INT]
+    lib.minrnn_backward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, INT]
+    lib.use_openmp.restype, lib.use_openmp.argtypes = None, [PTR, PTR, PTR]
+    _share_openmp(lib)
+    if not hasattr(lib, "int8_vnni"):  # built without the int8 file
         return lib
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
     lib.int8_product.restype, lib.int8_product.argtypes = None, [I64, I64, PTR, PTR, PTR, PTR, ctypes.c_int]
@@ -72,6 +80,26 @@ def library() -> Optional[ctypes.CDLL]:
                                PTR, I64, ctypes.c_int, ctypes.c_int, F32]
     lib.gumbel.restype, lib.gumbel.argtypes = None, [I64, I64, I64, PTR]
     return lib
+
+
+def _share_openmp(lib: ctypes.CDLL) -> bool:
+    """Hand train_native.c torch's own OpenMP runtime (GNU's libgomp, or Intel's, which has the same entry points),
+    found among the libraries this process has loaded, so its kernels run on torch's threads; without it they start
+    their own. Whether it was found."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return False
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = dict.fromkeys(line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line)
+        for path in paths:
+            omp = ctypes.CDLL(path)
+            if all(hasattr(omp, name) for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")):
+                lib.use_openmp(*(ctypes.cast(getattr(omp, name), ctypes.c_void_p) for name in
+                                 ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")))
+                return True
+    except OSError:
+        pass
+    return False
 
 
 def int8_products(lib: Optional[ctypes.CDLL]) -> bool:
@@ -105,8 +133,8 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=target.suffix)
     os.close(fd)
     try:
-        for sources, flags in ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]), (SOURCES[:1], FLAGS[0]),
-                               (SOURCES[:1], FLAGS[1])):  # the cells alone, if the int8 file will not build here
+        for sources, flags in ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]), (SOURCES[:2], FLAGS[0]),
+                               (SOURCES[:2], FLAGS[1])):  # without the int8 file, if it will not build here
             r = subprocess.run([compiler, *flags, *COMMON, "-o", tmp, *map(str, sources)], capture_output=True,
                                timeout=120)
             if r.returncode == 0:

@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from charnn.models import fused
+
 
 @dataclass(frozen=True)
 class Regularisers:
@@ -58,6 +60,8 @@ def dropout(x: torch.Tensor, p: float, training: bool, locked: bool) -> torch.Te
     """x (B, T, D): plain dropout, or with `locked` one mask per sequence, the same at every step."""
     if not training or p == 0.0:
         return x
+    if p < 1.0 and fused.available(x):  # on a CPU: a hashed mask in C, not torch's generator (charnn.models.fused)
+        return fused.dropout(x, p, locked)
     if not locked:
         return F.dropout(x, p, True)
     mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p) / (1 - p)

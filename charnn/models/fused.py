@@ -1,0 +1,110 @@
+"""Training's elementwise work in C on a CPU (train_native.c, built with the sampler's cells by
+charnn.models.native): dropout and the minGRU / minLSTM recurrence, each as an autograd Function.
+
+Where they apply: CPU tensors in float32 or bfloat16 with the C library built (`available`); elsewhere (CUDA,
+CHARNN_NATIVE=0, no compiler) the callers keep their torch operations, which compute the same thing.
+
+- `dropout`: the mask is a hash of (a seed drawn from torch's generator, the number's position), so the backward
+  makes the same mask again instead of storing it, and a run is as repeatable (and resumable) as with torch's
+  own dropout; the masks themselves differ from torch's. torch's CPU generator draws at about 5 ns per number,
+  which was a third of a minGRU training step at batch 64 (benchmarks/PARALLEL.md).
+- `min_scan`: the recurrence h_t = h_{t-1} + z_t (v_t - h_{t-1}) over a whole window (charnn.models.scan gives
+  the formulas), one pass forward, one backward that recomputes the states rather than keeping them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from charnn.models import native
+
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def available(*tensors: torch.Tensor) -> bool:
+    """Whether the C functions can take these tensors: all on the CPU, float32 or bfloat16, and the library built."""
+    return all(t.device.type == "cpu" and t.dtype in DTYPES for t in tensors) and _lib() is not None
+
+
+def _lib():
+    lib = native.library()
+    return lib if lib is not None and hasattr(lib, "minrnn_forward") else None
+
+
+def _seed() -> int:
+    """A dropout seed from torch's default generator (torch.manual_seed and a resumed run's saved generator state
+    decide it)."""
+    return int(torch.randint(0, 2 ** 63 - 1, (), dtype=torch.int64))
+
+
+def _apply(x: torch.Tensor, p: float, locked: bool, seed: int) -> torch.Tensor:
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    B, T, D = (x.shape[0], x.shape[1], x.shape[2]) if locked else (1, x.numel() // max(1, x.shape[-1]), x.shape[-1])
+    _lib().dropout_apply(int(x.dtype == torch.bfloat16), int(locked), B, T, D, native.ptr(x), native.ptr(y),
+                         float(p), seed, torch.get_num_threads())
+    return y
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p, locked, seed):
+        ctx.p, ctx.locked, ctx.seed = p, locked, seed
+        return _apply(x, p, locked, seed)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _apply(grad, ctx.p, ctx.locked, ctx.seed), None, None, None
+
+
+def dropout(x: torch.Tensor, p: float, locked: bool = False) -> torch.Tensor:
+    """Training dropout of x (any shape; `locked`: x (B, T, D), one mask per sequence b for every step t), each
+    kept number scaled by 1 / (1 - p). Needs `available(x)` and 0 < p < 1."""
+    return _Dropout.apply(x, float(p), bool(locked), _seed())
+
+
+def _forward(lstm: bool, u: torch.Tensor, h0: Optional[torch.Tensor]):
+    B, T, S = u.shape[0], u.shape[1], u.shape[2] // (3 if lstm else 2)
+    h = torch.empty(B, T, S, dtype=u.dtype)
+    last = torch.empty(B, S, dtype=torch.float32)
+    if _lib().minrnn_forward(int(u.dtype == torch.bfloat16), int(lstm), B, T, S, native.ptr(u), native.ptr(h0),
+                             native.ptr(h), native.ptr(last), torch.get_num_threads()):
+        raise MemoryError("no memory for the recurrence's scratch")
+    return h, last
+
+
+class _MinScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, h0, lstm):
+        h, last = _forward(lstm, u, h0)
+        ctx.save_for_backward(u, h0)
+        ctx.lstm = lstm
+        return h, last
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_last):
+        u, h0 = ctx.saved_tensors
+        B, T, S = grad_h.shape if grad_h is not None else (u.shape[0], u.shape[1], grad_last.shape[-1])
+        grad_h = None if grad_h is None else grad_h.to(u.dtype).contiguous()
+        grad_last = None if grad_last is None else grad_last.float().contiguous()
+        grad_u = torch.empty_like(u)
+        grad_h0 = torch.empty(B, S, dtype=torch.float32) if h0 is not None and ctx.needs_input_grad[1] else None
+        if _lib().minrnn_backward(int(u.dtype == torch.bfloat16), int(ctx.lstm), B, T, S, native.ptr(u),
+                                  native.ptr(h0), native.ptr(grad_h), native.ptr(grad_last), native.ptr(grad_u),
+                                  native.ptr(grad_h0), torch.get_num_threads()):
+            raise MemoryError("no memory for the recurrence's scratch")
+        return grad_u, grad_h0, None
+
+
+def min_scan(cell: str, u: torch.Tensor, h0: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every state h (B, T, S) in u's dtype and the last state (B, S) in float32 of the `cell` ("mingru",
+    "minlstm") recurrence of the gate projections u (B, T, P * S) (minGRU [k | v], minLSTM [k_f | k_i | v]) from
+    h0 (B, S) (None: zeros); differentiable in u and h0. Needs `available(u)`."""
+    u = u.contiguous()
+    h0 = None if h0 is None else h0.float().contiguous()
+    lstm = cell == "minlstm"
+    if torch.is_grad_enabled() and (u.requires_grad or (h0 is not None and h0.requires_grad)):
+        return _MinScan.apply(u, h0, lstm)
+    return _forward(lstm, u, h0)
