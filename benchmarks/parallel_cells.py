@@ -28,7 +28,8 @@ from common import cpu_features, cpu_name
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.corpus import Corpus
-from charnn.device import autocast
+from charnn.device import autocast, keep_freed_memory
+from charnn.models import fused
 from charnn.models.registry import build_model
 from charnn.models.scan import mingru_scan, sequential_mingru
 from charnn.training.precision import native_bf16
@@ -79,21 +80,33 @@ def scan_table(seconds: float) -> list:
     def log_space():  # the paper's: log-space gates, g(v) > 0, and Heinsen's scan
         log_g = torch.where(v >= 0, torch.log(F.relu(v) + 0.5), -F.softplus(-v))
         return heinsen_scan(-F.softplus(k), -F.softplus(-k) + log_g)
-    ways = {"chunked scan, hand-written backward (charnn.models.scan)": lambda: mingru_scan(u),
+    ways = {"C, one pass each way (charnn.models.fused; CPU)": lambda: fused.min_scan("mingru", u)[0],
+            "chunked scan, hand-written backward (charnn.models.scan; GPU)": lambda: mingru_scan(u),
             "log-space logcumsumexp (Heinsen), autograd": log_space,
             "step-by-step loop, autograd": lambda: sequential_mingru(u)}
-    with torch.no_grad():
-        err = (mingru_scan(u) - sequential_mingru(u)).abs().max().item()
     rows = []
     for name, fn in ways.items():
+        with torch.no_grad():
+            err = (fn() - sequential_mingru(u)).abs().max().item() if "log-space" not in name else None
         ms = timed(lambda: fn().sum().backward(), seconds) * 1e3
-        rows.append({"scan": name, "ms_fwd_bwd": round(ms, 2), "max_err": err if "chunked" in name else None})
+        rows.append({"scan": name, "ms_fwd_bwd": round(ms, 2), "max_err": err})
     return rows
 
 
 # -- training speed ----------------------------------------------------------------------------------------
 def train_step_rate(spec: str, batch: int, precision: str, seq_len: int, seconds: float) -> dict:
-    """chars/s of one training step (forward, loss, backward, clipping, AdamW) on random ids, state carried."""
+    """chars/s of one training step (forward, loss, backward, clipping, AdamW) on random ids, state carried. A spec
+    ending in "!torch" runs with charnn.models.fused's C kernels off (torch operations only: what a GPU runs)."""
+    spec, torch_ops = spec.removesuffix("!torch"), spec.endswith("!torch")
+    available, fused.available = fused.available, (lambda *t: False) if torch_ops else fused.available
+    try:
+        return _step_rate(spec, batch, precision, seq_len, seconds) | {"model": spec + (" (torch ops)" if torch_ops
+                                                                                        else "")}
+    finally:
+        fused.available = available
+
+
+def _step_rate(spec: str, batch: int, precision: str, seq_len: int, seconds: float) -> dict:
     torch.manual_seed(0)
     model = build_model(model_config(spec))
     opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-3)
@@ -130,14 +143,15 @@ def speed_table(models, batches, precisions, seq_len, seconds) -> list:
 # -- quality at equal wall time ----------------------------------------------------------------------------
 def quality_row(entry: str, budget: float, threads: int, out: Path, precision: str, steps=None,
                 eval_tokens: int = 1_000_000) -> dict:
-    """One run of charnn's trainer for `budget` seconds: entry is a model spec with an optional @BATCH and /LR
-    (mingru:2x256x2@32/3e-3; defaults: batch 8, charnn's --lr)."""
-    m_ = re.fullmatch(r"([^@/]+)(?:@(\d+))?(?:/([\d.e-]+))?", entry)
-    spec, batch, lr = m_[1], int(m_[2] or 8), m_[3]
+    """One run of charnn's trainer for `budget` seconds: entry is a model spec with an optional @BATCH, /LR and
+    #SEED (mingru:2x256x2@32/3e-3#2; defaults: batch 8, charnn's --lr and --seed)."""
+    m_ = re.fullmatch(r"([^@/#]+)(?:@(\d+))?(?:/([\d.e-]+))?(?:#(\d+))?", entry)
+    spec, batch, lr, seed = m_[1], int(m_[2] or 8), m_[3], m_[4]
     limit = {"max_steps": steps} if steps else {"max_time": budget}  # equal steps: independent of the load
     cfg = TrainConfig(out=str(out), name=re.sub(r"[^\w.-]", "-", entry), val_frac=0.1, eval_tokens=eval_tokens, **limit,
                       threads=threads, device="cpu", batch_size=batch, eval_every=10**9, save_every_secs=0,
-                      precision=precision, **({"lr": float(lr)} if lr else {}))
+                      precision=precision, **({"lr": float(lr)} if lr else {}),
+                      **({"seed": int(seed)} if seed else {}))
     text = CORPUS.read_text(encoding="utf-8")
     result = train(Corpus(text, CORPUS.stem, str(CORPUS)), model_config(spec, vocab=1), cfg)
     return {"model": entry, "batch": batch, "steps": result.steps, "chars": result.chars_seen,
@@ -187,8 +201,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sections", default="scan,speed,quality,sample")
-    ap.add_argument("--models", default=SPEED_MODELS, help="speed and sampling: comma-separated model specs")
-    ap.add_argument("--quality-models", default=QUALITY_MODELS, help="model specs, each with optional @BATCH, /LR")
+    ap.add_argument("--models", default=SPEED_MODELS, help="speed and sampling: comma-separated model specs (speed: "
+                    "SPEC!torch runs the min cells without charnn.models.fused's C kernels)")
+    ap.add_argument("--quality-models", default=QUALITY_MODELS,
+                    help="model specs, each with optional @BATCH, /LR, #SEED")
     ap.add_argument("--transformer", action=argparse.BooleanOptionalAction, default=True,
                     help="also train the nanoGPT-style baseline for --budget seconds")
     ap.add_argument("--batches", default="8,32,64")
@@ -204,6 +220,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/parallel_cells.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as charnn's trainer does
     sections = args.sections.split(",")
     bf16 = native_bf16(torch.device("cpu"))[0]
     load = os.getloadavg()
@@ -227,7 +244,7 @@ def main() -> None:
         limit = f"{args.steps} steps" if args.steps else f"{args.budget:.0f} s"
         print(f"## Val nats/char after {limit} ({args.precision})\n\n" + table(result["quality"]) + "\n")
     if "sample" in sections:
-        result["sample"] = sample_table(models[:3], args.seconds)
+        result["sample"] = sample_table([m for m in models if not m.endswith("!torch")][:3], args.seconds)
         print("## Sampling chars/s\n\n" + table(result["sample"]) + "\n")
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -156,7 +156,8 @@ void dropout_apply(int bf16, int locked, int64_t B, int64_t T, int64_t D, const 
 /* ---- the minGRU / minLSTM recurrence ------------------------------------------------------------------------- */
 
 /* u (B, T, P * S): minGRU [k | v] (P 2), minLSTM [k_f | k_i | v] (P 3). The gate z and candidate v of a step:
-   minGRU z = sigmoid(k); minLSTM z = i / (f + i), f = sigmoid(k_f), i = sigmoid(k_i). h_t = h_{t-1} + z (v - h_{t-1}). */
+   minGRU z = sigmoid(k); minLSTM z = i / (f + i), f = sigmoid(k_f), i = sigmoid(k_i);
+   h_t = h_{t-1} + z (v - h_{t-1}). */
 struct scan_job {
     int bf16, lstm, backward;
     int64_t T, S;
@@ -272,13 +273,15 @@ static void run_blocks(void *arg, int64_t lo, int64_t hi) {
     const struct scan_job *j = arg;
     float *scratch = malloc(sizeof(float) * scratch_floats(j->S, j->T, j->backward));
     if (!scratch) return;  /* (the callers check the scratch can be had before they start) */
-    int bw = j->backward;
-    if (j->bf16) {
-        if (j->lstm) { if (bw) blocks_typed(j, lo, hi, scratch, 1, 1, 1); else blocks_typed(j, lo, hi, scratch, 0, 1, 1); }
-        else { if (bw) blocks_typed(j, lo, hi, scratch, 1, 1, 0); else blocks_typed(j, lo, hi, scratch, 0, 1, 0); }
-    } else {
-        if (j->lstm) { if (bw) blocks_typed(j, lo, hi, scratch, 1, 0, 1); else blocks_typed(j, lo, hi, scratch, 0, 0, 1); }
-        else { if (bw) blocks_typed(j, lo, hi, scratch, 1, 0, 0); else blocks_typed(j, lo, hi, scratch, 0, 0, 0); }
+    switch (j->backward * 4 + j->bf16 * 2 + j->lstm) {  /* each case its own compiled copy */
+    case 0: blocks_typed(j, lo, hi, scratch, 0, 0, 0); break;
+    case 1: blocks_typed(j, lo, hi, scratch, 0, 0, 1); break;
+    case 2: blocks_typed(j, lo, hi, scratch, 0, 1, 0); break;
+    case 3: blocks_typed(j, lo, hi, scratch, 0, 1, 1); break;
+    case 4: blocks_typed(j, lo, hi, scratch, 1, 0, 0); break;
+    case 5: blocks_typed(j, lo, hi, scratch, 1, 0, 1); break;
+    case 6: blocks_typed(j, lo, hi, scratch, 1, 1, 0); break;
+    default: blocks_typed(j, lo, hi, scratch, 1, 1, 1);
     }
     free(scratch);
 }
