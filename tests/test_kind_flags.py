@@ -128,3 +128,10 @@ def test_a_kind_whose_config_lacks_one_of_its_flags_is_refused_at_registration()
     with pytest.raises(ValueError, match=r"flags \['decay'\] are not fields of Small"):
         register(ModelKind("small", "x:y", Small, flags=(TrainFlag("embed", int, 64, ""),
                                                           TrainFlag("decay", float, 0.5, ""))))
+
+
+def test_the_parallel_cells_train_at_their_own_learning_rate_unless_given_one():
+    assert train_configs({"cell": "mingru"})[1].lr == 3e-3  # measured: benchmarks/PARALLEL.md
+    assert train_configs({"cell": "minlstm", "lr": 2e-2})[1].lr == 2e-2
+    assert train_configs({"cell": "mingru", "lr": 1e-2}, given=())[1].lr == 3e-3  # the CLI's default, not given
+    assert train_configs({"cell": "lstm"})[1].lr == 1e-2

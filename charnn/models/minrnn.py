@@ -13,7 +13,8 @@ a state of fixed size, as an LSTM does.
 
 minGRU:  z = sigmoid(k), h_t = (1 - z) h_{t-1} + z v              (two projections of the input: k, v)
 minLSTM: f, i = sigmoid(k_f), sigmoid(k_i), h_t = f/(f+i) h_{t-1} + i/(f+i) v   (three)
-(no g() on v: the paper needs v > 0 for its log-space scan; charnn.models.scan works in the linear domain).
+(no g() on v: the paper needs v > 0 for its log-space scan; charnn works in the linear domain: on a CPU in C,
+charnn.models.fused, elsewhere the chunked torch scan of charnn.models.scan).
 The block design is measured in benchmarks/PARALLEL.md.
 
 In training, the regularisers of charnn.models.regularize that apply here: embedding and input dropout,

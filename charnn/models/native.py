@@ -1,4 +1,5 @@
-"""The sampler's fused recurrent cells in C (`cells_native.c`, `int8_native.c`), compiled on first use, else none.
+"""charnn's C: the sampler's fused recurrent cells (`cells_native.c`, `int8_native.c`) and training's elementwise
+kernels (`train_native.c`, used through charnn.models.fused), compiled on first use, else none.
 
 A token of one stream costs the two layers' matrix products and, around them, about twenty small tensor
 operations whose dispatch (a few microseconds each on a CPU) adds a quarter to the products' time. The C file

@@ -308,11 +308,15 @@ MINRNN_FLAGS = STACK_FLAGS + (
     TrainFlag("ffn", int, 2, "--cell mingru/minlstm: each layer's feed-forward width, as a multiple of --hidden "
               "(0: none)."),
 ) + MIN_REGULARISER_FLAGS
+# --lr 3e-3 unless told otherwise: after 300 s on tinyshakespeare (2-core Xeon, bf16, batch 8) the default minGRU
+# reached 1.4638 / 1.4678 (two seeds) at 3e-3 against 1.4863 / 1.4994 at charnn's 1e-2, and the minLSTM 1.4658
+# against 1.4942 (benchmarks/PARALLEL.md, session 19)
+MINRNN_TRAIN = {"lr": 3e-3}
 register(ModelKind("minrnn", "charnn.models.minrnn:MinRNN", MinRNNConfig, MINRNN_FLAGS, cells=MIN_CELLS,
                    info_fields=RECURRENT_INFO[:3] + ("expand", "ffn") + RECURRENT_INFO[3:], info_line=_minrnn_line,
                    architecture=RECURRENT_ARCHITECTURE + ("expand", "ffn"),
                    fixed_on_resume=STACK_FIXED + ("expand", "ffn") + tuple(f.name for f in MIN_REGULARISER_FLAGS),
-                   stepper="charnn.models.minrnn:min_stepper"))
+                   stepper="charnn.models.minrnn:min_stepper", extra={"train_defaults": MINRNN_TRAIN}))
 
 
 # -- the many-to-one classifier (`train --label-by ... --classifier`) -----------------------------------------

@@ -5,6 +5,9 @@ A minGRU layer's gate and candidate come from its input alone: for a projection 
 a linear recurrence h_t = a_t h_{t-1} + b_t. (minLSTM is the same with k = logsigmoid(k_i) - logsigmoid(k_f):
 then 1 - z = f / (f + i), z = i / (f + i), the paper's normalised gates.)
 
+On a CPU the model runs the recurrence in C instead (charnn.models.fused: one pass each way, 3x faster than
+this on 2 cores, benchmarks/PARALLEL.md); this torch form is what a GPU runs, and the CPU too without a C compiler.
+
 How it is computed, and why (measured on 2 cores, benchmarks/PARALLEL.md): the matrix products of a block are
 large and cheap; what costs is the elementwise work of the recurrence, and on a CPU every torch op costs a few
 microseconds besides its arithmetic. So the forward is a chunked scan in plain torch ops over strided views:

@@ -195,7 +195,8 @@ INLINE void gates(const void *restrict u, int64_t at, int64_t S, int64_t w, floa
     for (int64_t l = 0; l < w; l++) {
         f[l] = sigmoid(load(u, at + l, bf16));
         i[l] = sigmoid(load(u, at + S + l, bf16));
-        z[l] = i[l] / (f[l] + i[l]);
+        float sum = f[l] + i[l];  /* (0 only where both gates underflow to 0: then z 1/2) */
+        z[l] = sum > 0.0f ? i[l] / sum : 0.5f;
         v[l] = load(u, at + 2 * S + l, bf16);
     }
 }
@@ -287,6 +288,7 @@ static void run_blocks(void *arg, int64_t lo, int64_t hi) {
 }
 
 static int run(struct scan_job *j, int64_t B, int threads) {
+    if (j->S < 1 || B < 1) return 0;
     threads = threads < 1 ? 1 : threads;
     float *probe = malloc(sizeof(float) * scratch_floats(j->S, j->T, j->backward) * (size_t)threads);
     if (!probe) return -1;

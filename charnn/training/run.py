@@ -57,6 +57,8 @@ def train_configs(flags: dict, caller: str = "charnn.train",
                             extra={k: v for k, v in values.items() if k not in FLAT}).validate()
     kind.make_config(model_cfg)  # the kind's own checks, before any text is read
     train = {k: v for k, v in flags.items() if k in TRAIN_FLAGS}
+    # a kind's own defaults for training settings it was not given (the parallel-scan cells' --lr)
+    train.update({k: v for k, v in kind.extra.get("train_defaults", {}).items() if k not in given})
     if serves == "pairs":  # what the user left open, the task sizes for its training pairs
         train["sized"] = tuple(sorted(SIZED - given))
     if kind.name == "classifier":  # --kind classifier is --classifier (it checks for --label-by)
