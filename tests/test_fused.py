@@ -29,7 +29,7 @@ def threads(request):
 # (B, T, S): one step, one row, widths not a multiple of 16, more than one lane block (S > 256; T > 512 takes
 # blocks of 64), the issue's lengths up to 4,096 and batches up to 64
 SHAPES = [(1, 1, 16), (64, 1, 8), (3, 17, 20), (2, 40, 300), (5, 128, 64), (2, 1000, 33), (1, 4096, 16),
-          (64, 64, 32), (17, 257, 80)]
+          (64, 64, 32), (17, 257, 80), (2, 600, 150)]
 
 
 @pytest.mark.parametrize("cell", ["mingru", "minlstm"])
@@ -82,6 +82,25 @@ def test_a_window_split_in_two_carries_the_state_exactly():
     assert torch.equal(torch.cat([h1, h2], 1), h) and torch.equal(end, last)
 
 
+def test_the_minlstm_gate_far_below_zero_is_the_torch_paths():
+    """Both gate pre-activations far below 0 (where exp underflows): z is the ratio of the exponentials."""
+    u = torch.tensor([[[-95.0, -120.0, 1.0]], [[-90.0, -91.0, 1.0]], [[-30.0, 5.0, 1.0]], [[3.0, -100.0, 1.0]]])
+    h, _ = fused.min_scan("minlstm", u)
+    ref = reference("minlstm", u.double(), None)
+    assert (h.double() - ref).abs().max() < 1e-6
+
+
+def test_wrong_shapes_and_dtypes_are_refused_not_read():
+    with pytest.raises(ValueError):
+        fused.min_scan("mingru", torch.zeros(4, 2, 16), torch.ones(1, 8))  # h0 of another batch
+    with pytest.raises(ValueError):
+        fused.min_scan("minlstm", torch.zeros(4, 2, 16))  # not 3 parts
+    with pytest.raises(ValueError):
+        fused.min_scan("mingru", torch.zeros(4, 2, 16, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        fused.dropout(torch.ones(4, 5), 0.5, locked=True)  # a locked mask needs (B, T, D)
+
+
 # -- dropout ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -97,6 +116,11 @@ def test_dropout_keeps_1_minus_p_scaled_and_its_backward_uses_the_same_mask(dtyp
     grad, = torch.autograd.grad(y, x, g)
     assert torch.equal(grad != 0, kept)
     assert torch.allclose(grad[kept].float(), g[kept].float() / (1 - p), rtol=rtol)
+
+
+def test_the_scale_is_1_over_1_minus_p_in_double_precision():
+    y = fused.dropout(torch.ones(64, 1000), 0.99)
+    assert torch.equal(y[y != 0], torch.full_like(y[y != 0], float(torch.tensor(1 / (1 - 0.99), dtype=torch.float32))))
 
 
 def test_locked_dropout_has_one_mask_per_sequence():

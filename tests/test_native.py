@@ -148,6 +148,22 @@ def test_a_compiler_that_cannot_build_the_int8_file_still_gives_the_cells(fresh,
     assert 0 <= out.item() < 11
 
 
+def test_a_compiler_that_cannot_build_the_training_file_still_gives_the_cells(fresh, tmp_path):
+    """Where train_native.c will not build, the library is the cells alone: sampling keeps its C cells, training
+    its torch operations."""
+    from charnn.models import fused
+    cc = tmp_path / "picky-cc"
+    cc.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in *train_native.c) echo "error: no" >&2; exit 1;; esac; '
+                  'done\nexec cc "$@"\n')
+    cc.chmod(0o755)
+    fresh.setenv("CC", str(cc))
+    lib = native.library()
+    assert lib is not None and hasattr(lib, "lstm_cell") and not hasattr(lib, "minrnn_forward")
+    assert not fused.available(torch.zeros(1))
+    st = FastStepper(model_of("lstm", hidden=32), 1)
+    assert st.native is not None
+
+
 def test_it_builds_once_and_is_reused(fresh, tmp_path):
     first = native._build()
     stamp = first.stat().st_mtime_ns

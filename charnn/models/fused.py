@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from charnn.models import native
 
@@ -40,6 +41,8 @@ def _seed() -> int:
 
 
 def _apply(x: torch.Tensor, p: float, locked: bool, seed: int) -> torch.Tensor:
+    if x.dtype not in DTYPES or (locked and x.dim() != 3):
+        raise ValueError(f"fused dropout takes float32 or bfloat16 (locked: (B, T, D)), got {x.dtype} {tuple(x.shape)}")
     x = x.contiguous()
     y = torch.empty_like(x)
     B, T, D = (x.shape[0], x.shape[1], x.shape[2]) if locked else (1, x.numel() // max(1, x.shape[-1]), x.shape[-1])
@@ -55,6 +58,7 @@ class _Dropout(torch.autograd.Function):
         return _apply(x, p, locked, seed)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         return _apply(grad, ctx.p, ctx.locked, ctx.seed), None, None, None
 
@@ -84,6 +88,7 @@ class _MinScan(torch.autograd.Function):
         return h, last
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_h, grad_last):
         u, h0 = ctx.saved_tensors
         B, T, S = grad_h.shape if grad_h is not None else (u.shape[0], u.shape[1], grad_last.shape[-1])
@@ -102,9 +107,14 @@ def min_scan(cell: str, u: torch.Tensor, h0: Optional[torch.Tensor] = None) -> T
     """Every state h (B, T, S) in u's dtype and the last state (B, S) in float32 of the `cell` ("mingru",
     "minlstm") recurrence of the gate projections u (B, T, P * S) (minGRU [k | v], minLSTM [k_f | k_i | v]) from
     h0 (B, S) (None: zeros); differentiable in u and h0. Needs `available(u)`."""
+    lstm = cell == "minlstm"
+    P = 3 if lstm else 2
+    if u.dim() != 3 or u.shape[2] % P or u.dtype not in DTYPES or (
+            h0 is not None and tuple(h0.shape) != (u.shape[0], u.shape[2] // P)):
+        raise ValueError(f"min_scan({cell!r}) takes u (B, T, {P} * S) in float32 or bfloat16 and h0 (B, S), got "
+                         f"{u.dtype} {tuple(u.shape)} and {None if h0 is None else tuple(h0.shape)}")
     u = u.contiguous()
     h0 = None if h0 is None else h0.float().contiguous()
-    lstm = cell == "minlstm"
     if torch.is_grad_enabled() and (u.requires_grad or (h0 is not None and h0.requires_grad)):
         return _MinScan.apply(u, h0, lstm)
     return _forward(lstm, u, h0)

@@ -78,7 +78,7 @@ class MinBlock(nn.Module):
             h = mingru_scan(mingru_input(self.cell, u), h0)  # (B, T, S), fp32
             last = h[:, -1]
         x = x + self._dropped(self.out(h if torch.is_autocast_enabled() else h.to(x.dtype)))
-        if self.ffn is not None:
+        if self.ffn is not None:  # (its own Dropout, ffn[-1], kept for the module's layout: _dropped does its work)
             x = x + self._dropped(self.ffn[:-1](x))
         return x, (h if every else last)
 

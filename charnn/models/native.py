@@ -46,9 +46,9 @@ def enabled() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def library() -> Optional[ctypes.CDLL]:
-    """The compiled library (the cells, head_draw, gumbel, and where the CPU has AVX-512 VNNI the int8 products and
-    int8_block), or None where it cannot be built here. Built at most once per process; a built library is
-    reused across runs."""
+    """The compiled library (the cells and head_draw; training's dropout_apply and minrnn_forward/backward where
+    train_native.c builds; and where the CPU has AVX-512 VNNI gumbel, the int8 products and int8_block), or None
+    where it cannot be built here. Built at most once per process; a built library is reused across runs."""
     if not enabled():
         return None
     try:
@@ -64,14 +64,15 @@ def library() -> Optional[ctypes.CDLL]:
     lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
     lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64]
-    INT = ctypes.c_int
-    lib.dropout_apply.restype = None
-    lib.dropout_apply.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, F32, ctypes.c_uint64, INT]
-    lib.minrnn_forward.restype = lib.minrnn_backward.restype = INT
-    lib.minrnn_forward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, INT]
-    lib.minrnn_backward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, INT]
-    lib.use_openmp.restype, lib.use_openmp.argtypes = None, [PTR, PTR, PTR]
-    _share_openmp(lib)
+    if hasattr(lib, "minrnn_forward"):  # train_native.c built
+        INT = ctypes.c_int
+        lib.dropout_apply.restype = None
+        lib.dropout_apply.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, ctypes.c_double, ctypes.c_uint64, INT]
+        lib.minrnn_forward.restype = lib.minrnn_backward.restype = INT
+        lib.minrnn_forward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, INT]
+        lib.minrnn_backward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, INT]
+        lib.use_openmp.restype, lib.use_openmp.argtypes = None, [PTR, PTR, PTR]
+        _share_openmp(lib)
     if not hasattr(lib, "int8_vnni"):  # built without the int8 file
         return lib
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
@@ -91,8 +92,10 @@ def _share_openmp(lib: ctypes.CDLL) -> bool:
         return False
     try:
         with open("/proc/self/maps") as maps:
-            paths = dict.fromkeys(line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line)
-        for path in paths:
+            paths = dict.fromkeys(line.split(maxsplit=5)[-1].strip() for line in maps
+                                  if ("libgomp" in line or "libiomp" in line) and "(deleted)" not in line)
+        torch_lib = str(Path(torch.__file__).parent)
+        for path in sorted(paths, key=lambda p: not p.startswith(torch_lib)):  # torch's own first
             omp = ctypes.CDLL(path)
             if all(hasattr(omp, name) for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")):
                 lib.use_openmp(*(ctypes.cast(getattr(omp, name), ctypes.c_void_p) for name in
@@ -135,7 +138,8 @@ def _build() -> Path:
     os.close(fd)
     try:
         for sources, flags in ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]), (SOURCES[:2], FLAGS[0]),
-                               (SOURCES[:2], FLAGS[1])):  # without the int8 file, if it will not build here
+                               (SOURCES[:2], FLAGS[1]), (SOURCES[:1], FLAGS[0]),
+                               (SOURCES[:1], FLAGS[1])):  # without the int8 file, then the cells alone
             r = subprocess.run([compiler, *flags, *COMMON, "-o", tmp, *map(str, sources)], capture_output=True,
                                timeout=120)
             if r.returncode == 0:

@@ -4,9 +4,9 @@
 
    Why: on a CPU torch draws a dropout mask at about 5 ns per number (bernoulli_, one generator), which was a third
    of a minGRU training step at batch 64; and the recurrence in torch ops is tens of passes over (B, T, S) tensors.
-   Here the recurrence runs step by step along T, 16 lanes (b, s .. s + 15) at a time in vector registers, the
-   lanes split over the threads: each number is read and written once, and the backward recomputes a lane
-   block's states into a buffer of its own (T x 16 floats, in cache) rather than storing them in the forward.
+   Here the recurrence runs step by step along T, a block of lanes (one batch row b, up to 256 of its S units) at
+   a time, the blocks split over the threads: each number is read and written once, and the backward recomputes a
+   block's states into scratch of its own rather than storing them in the forward.
 
    Tensors are float32 or bfloat16 (`bf16`: every (B, T, .) tensor of a call in bfloat16, rounded to nearest even;
    states h0, last and their gradients always float32). Plain C that the compiler vectorises; no intrinsics. */
@@ -143,10 +143,10 @@ static void dropout_rows(void *arg, int64_t lo, int64_t hi) {
 
 /* y = x * mask / (1 - p) over x (B, T, D) (rows of D; `locked`: one mask per b for every t), the mask a hash of
    (seed, mask row, d): the same seed gives the same mask, which is how the backward applies it to the gradient. */
-void dropout_apply(int bf16, int locked, int64_t B, int64_t T, int64_t D, const void *x, void *y, float p,
+void dropout_apply(int bf16, int locked, int64_t B, int64_t T, int64_t D, const void *x, void *y, double p,
                    uint64_t seed, int threads) {
-    double below = (double)p * 4294967296.0;
-    struct dropout_job j = {bf16, locked, T, D, x, y, 1.0f / (1.0f - p),
+    double below = p * 4294967296.0;
+    struct dropout_job j = {bf16, locked, T, D, x, y, (float)(1.0 / (1.0 - p)),
                             below >= 4294967295.0 ? 0xffffffffu : (uint32_t)below, (uint32_t)seed,
                             (uint32_t)(seed >> 32)};
     int64_t rows = B * T;
@@ -160,6 +160,7 @@ void dropout_apply(int bf16, int locked, int64_t B, int64_t T, int64_t D, const 
    h_t = h_{t-1} + z (v - h_{t-1}). */
 struct scan_job {
     int bf16, lstm, backward;
+    volatile int failed;  /* set by a thread that could not have its scratch (its blocks undone) */
     int64_t T, S;
     const void *u;
     const float *h0;
@@ -178,7 +179,7 @@ struct scan_job {
    2 KiB apart per step, and ran 3x slower on one thread). Its scratch: 5 rows of width for the step, the states
    (T x width) and, in the backward, its dL/du (T x P x width). */
 static int64_t lane_width(int64_t S, int64_t T) {
-    int64_t w = T <= 512 ? 256 : 64;  /* the backward's scratch (T x 4 x width floats) within a core's L2 */
+    int64_t w = T <= 512 ? 256 : 64;  /* the backward's scratch (T x 4 x width floats): 512 KiB at T 128 */
     return S < w ? S : w;
 }
 
@@ -195,8 +196,10 @@ INLINE void gates(const void *restrict u, int64_t at, int64_t S, int64_t w, floa
     for (int64_t l = 0; l < w; l++) {
         f[l] = sigmoid(load(u, at + l, bf16));
         i[l] = sigmoid(load(u, at + S + l, bf16));
-        float sum = f[l] + i[l];  /* (0 only where both gates underflow to 0: then z 1/2) */
-        z[l] = sum > 0.0f ? i[l] / sum : 0.5f;
+        /* both gates far below 0 (sigmoid(x) = e^x to 2e-9 there, and exp underflows below -87): z is the ratio of
+           the exponentials, sigmoid(k_i - k_f), as the torch path's logsigmoid form gives */
+        float kf = load(u, at + l, bf16), ki = load(u, at + S + l, bf16);
+        z[l] = kf < -20.0f && ki < -20.0f ? sigmoid(ki - kf) : i[l] / (f[l] + i[l]);
         v[l] = load(u, at + 2 * S + l, bf16);
     }
 }
@@ -273,7 +276,10 @@ static size_t scratch_floats(int64_t S, int64_t T, int backward) {
 static void run_blocks(void *arg, int64_t lo, int64_t hi) {
     const struct scan_job *j = arg;
     float *scratch = malloc(sizeof(float) * scratch_floats(j->S, j->T, j->backward));
-    if (!scratch) return;  /* (the callers check the scratch can be had before they start) */
+    if (!scratch) {
+        ((struct scan_job *)arg)->failed = 1;
+        return;
+    }
     switch (j->backward * 4 + j->bf16 * 2 + j->lstm) {  /* each case its own compiled copy */
     case 0: blocks_typed(j, lo, hi, scratch, 0, 0, 0); break;
     case 1: blocks_typed(j, lo, hi, scratch, 0, 0, 1); break;
@@ -289,27 +295,23 @@ static void run_blocks(void *arg, int64_t lo, int64_t hi) {
 
 static int run(struct scan_job *j, int64_t B, int threads) {
     if (j->S < 1 || B < 1) return 0;
-    threads = threads < 1 ? 1 : threads;
-    float *probe = malloc(sizeof(float) * scratch_floats(j->S, j->T, j->backward) * (size_t)threads);
-    if (!probe) return -1;
-    free(probe);
     int64_t W = lane_width(j->S, j->T);
     split(run_blocks, j, B * ((j->S + W - 1) / W), B * j->T * j->S < 65536 ? 1 : threads);
-    return 0;
+    return j->failed ? -1 : 0;
 }
 
 /* every state h (B, T, S) (NULL: none) and the last (B, S) of the recurrence over u from h0 (NULL: zeros).
-   0, or -1 where the scratch could not be had (nothing written). */
+   0, or -1 where a thread's scratch could not be had (then the outputs are incomplete). */
 int minrnn_forward(int bf16, int lstm, int64_t B, int64_t T, int64_t S, const void *u, const float *h0, void *h,
                    float *last, int threads) {
-    struct scan_job j = {bf16, lstm, 0, T, S, u, h0, h, last, NULL, NULL, NULL, NULL};
+    struct scan_job j = {bf16, lstm, 0, 0, T, S, u, h0, h, last, NULL, NULL, NULL, NULL};
     return run(&j, B, threads);
 }
 
 /* dL/du (B, T, P * S) and dL/dh0 (NULL: not wanted) from dL/dh (NULL: zeros) and dL/d last (NULL: zeros).
-   0, or -1 where the scratch could not be had (nothing written). */
+   0, or -1 where a thread's scratch could not be had (then the outputs are incomplete). */
 int minrnn_backward(int bf16, int lstm, int64_t B, int64_t T, int64_t S, const void *u, const float *h0,
                     const void *gh, const float *glast, void *gu, float *gh0, int threads) {
-    struct scan_job j = {bf16, lstm, 1, T, S, u, h0, NULL, NULL, gh, glast, gu, gh0};
+    struct scan_job j = {bf16, lstm, 1, 0, T, S, u, h0, NULL, NULL, gh, glast, gu, gh0};
     return run(&j, B, threads);
 }
