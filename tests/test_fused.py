@@ -166,9 +166,9 @@ def test_a_model_computes_what_the_torch_path_does(cell, monkeypatch):
 
 def test_without_the_library_nothing_is_fused(monkeypatch):
     monkeypatch.setenv("CHARNN_NATIVE", "0")
-    native.library.cache_clear()
+    native.training_library.cache_clear()
     try:
         assert not fused.available(torch.zeros(1))
     finally:
-        native.library.cache_clear()
+        native.training_library.cache_clear()
     assert not fused.available(torch.zeros(1, dtype=torch.float64))

@@ -25,8 +25,10 @@ def fresh(monkeypatch, tmp_path):
     """A private cache and no library loaded yet in this process; restored after."""
     monkeypatch.setenv("CHARNN_CACHE", str(tmp_path))
     native.library.cache_clear()
+    native.training_library.cache_clear()
     yield monkeypatch
     native.library.cache_clear()
+    native.training_library.cache_clear()
 
 
 def model_of(cell: str, layers: int = 2, hidden: int = 24, seed: int = 0):
@@ -130,15 +132,20 @@ def test_an_int8_cell_that_looks_its_row_up_refuses_ids_it_cannot_read(fresh, mo
     assert st.step(torch.tensor([10, 0])).isfinite().all()
 
 
-def test_a_compiler_that_cannot_build_the_int8_file_still_gives_the_cells(fresh, tmp_path):
-    """The int8 block's file needs more of the compiler (AVX-512 intrinsics, pthreads): where it fails, the library is
-    built without it, and the stepper keeps its C cells with torch's int8 products."""
+def library_refusing(source: str, fresh, tmp_path):
+    """native.library() built by a compiler that fails on `source` (and compiles everything else)."""
     cc = tmp_path / "picky-cc"
-    cc.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in *int8_native.c) echo "error: no" >&2; exit 1;; esac; '
+    cc.write_text(f'#!/bin/sh\nfor a in "$@"; do case "$a" in *{source}) echo "error: no" >&2; exit 1;; esac; '
                   'done\nexec cc "$@"\n')
     cc.chmod(0o755)
     fresh.setenv("CC", str(cc))
-    lib = native.library()
+    return native.library()
+
+
+def test_a_compiler_that_cannot_build_the_int8_file_still_gives_the_cells(fresh, tmp_path):
+    """The int8 block's file needs more of the compiler (AVX-512 intrinsics, pthreads): where it fails, the library is
+    built without it, and the stepper keeps its C cells with torch's int8 products."""
+    lib = library_refusing("int8_native.c", fresh, tmp_path)
     assert lib is not None and not hasattr(lib, "int8_vnni") and not native.int8_products(lib)
     model = model_of("lstm", hidden=32)
     st = FastStepper(model, 1, int8=True)
@@ -149,16 +156,11 @@ def test_a_compiler_that_cannot_build_the_int8_file_still_gives_the_cells(fresh,
 
 
 def test_a_compiler_that_cannot_build_the_training_file_still_gives_the_cells(fresh, tmp_path):
-    """Where train_native.c will not build, the library is the cells alone: sampling keeps its C cells, training
-    its torch operations."""
+    """train_native.c is its own library: where it will not build, sampling keeps its C cells and training its torch
+    operations."""
     from charnn.models import fused
-    cc = tmp_path / "picky-cc"
-    cc.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in *train_native.c) echo "error: no" >&2; exit 1;; esac; '
-                  'done\nexec cc "$@"\n')
-    cc.chmod(0o755)
-    fresh.setenv("CC", str(cc))
-    lib = native.library()
-    assert lib is not None and hasattr(lib, "lstm_cell") and not hasattr(lib, "minrnn_forward")
+    lib = library_refusing("train_native.c", fresh, tmp_path)
+    assert lib is not None and hasattr(lib, "lstm_cell") and native.training_library() is None
     assert not fused.available(torch.zeros(1))
     st = FastStepper(model_of("lstm", hidden=32), 1)
     assert st.native is not None

@@ -1,5 +1,5 @@
-"""Training's elementwise work in C on a CPU (train_native.c, built with the sampler's cells by
-charnn.models.native): dropout and the minGRU / minLSTM recurrence, each as an autograd Function.
+"""Training's elementwise work in C on a CPU (train_native.c, built by charnn.models.native on first use):
+dropout and the minGRU / minLSTM recurrence, each as an autograd Function.
 
 Where they apply: CPU tensors in float32 or bfloat16 with the C library built (`available`); elsewhere (CUDA,
 CHARNN_NATIVE=0, no compiler) the callers keep their torch operations, which compute the same thing.
@@ -30,8 +30,7 @@ def available(*tensors: torch.Tensor) -> bool:
 
 
 def _lib():
-    lib = native.library()
-    return lib if lib is not None and hasattr(lib, "minrnn_forward") else None
+    return native.training_library()
 
 
 def _seed() -> int:

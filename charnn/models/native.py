@@ -1,5 +1,6 @@
-"""charnn's C: the sampler's fused recurrent cells (`cells_native.c`, `int8_native.c`) and training's elementwise
-kernels (`train_native.c`, used through charnn.models.fused), compiled on first use, else none.
+"""charnn's C: the sampler's fused recurrent cells (`cells_native.c`, `int8_native.c`: `library()`) and training's
+elementwise kernels (`train_native.c`, used through charnn.models.fused: `training_library()`), each library
+compiled on first use, else none.
 
 A token of one stream costs the two layers' matrix products and, around them, about twenty small tensor
 operations whose dispatch (a few microseconds each on a CPU) adds a quarter to the products' time. The C file
@@ -32,12 +33,15 @@ from typing import Optional
 import torch
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "cells_native.c", HERE / "train_native.c", HERE / "int8_native.c")  # built into one library
-HEADERS = (HERE / "native_math.h",)
+SOURCES = (HERE / "cells_native.c", HERE / "int8_native.c")  # the sampler's library
+TRAINING = (HERE / "train_native.c",)  # training's, built apart (the first time a CPU run trains): only who trains
+HEADERS = (HERE / "native_math.h",)    # waits for it
 FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler does not know -march=native
 COMMON = ["-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]  # (a * b + c: one FMA in every
 # file alike, which the int8 block's bit-for-bit agreement with the per-token cells rests on)
 I64, PTR, F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+CELLS_BUILD = ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]), (SOURCES[:1], FLAGS[0]),  # the cells alone where the
+               (SOURCES[:1], FLAGS[1]))                                             # int8 file will not build
 
 
 def enabled() -> bool:
@@ -46,34 +50,18 @@ def enabled() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def library() -> Optional[ctypes.CDLL]:
-    """The compiled library (the cells and head_draw; training's dropout_apply and minrnn_forward/backward where
-    train_native.c builds; and where the CPU has AVX-512 VNNI gumbel, the int8 products and int8_block), or None
-    where it cannot be built here. Built at most once per process; a built library is reused across runs."""
-    if not enabled():
-        return None
-    try:
-        try:
-            lib = ctypes.CDLL(str(_build()))
-        except OSError:  # a cached file that does not load (cut short by a full disk, say): build it again, once
-            _build().unlink(missing_ok=True)
-            lib = ctypes.CDLL(str(_build()))
-    except (OSError, subprocess.SubprocessError):
+    """The sampler's compiled library (the cells and head_draw, and where the CPU has AVX-512 VNNI gumbel, the int8
+    products and int8_block), or None where it cannot be built here. Built at most once per process; a built
+    library is reused across runs."""
+    lib = _load("cells", CELLS_BUILD)
+    if lib is None:
         return None
     lib.lstm_cell.restype, lib.gru_cell.restype = ctypes.c_int, None
     lib.lstm_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, PTR, I64, F32, I64, PTR]
     lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
     lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64]
-    if hasattr(lib, "minrnn_forward"):  # train_native.c built
-        INT = ctypes.c_int
-        lib.dropout_apply.restype = None
-        lib.dropout_apply.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, ctypes.c_double, ctypes.c_uint64, INT]
-        lib.minrnn_forward.restype = lib.minrnn_backward.restype = INT
-        lib.minrnn_forward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, INT]
-        lib.minrnn_backward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, INT]
-        lib.use_openmp.restype, lib.use_openmp.argtypes = None, [PTR, PTR, PTR]
-        _share_openmp(lib)
-    if not hasattr(lib, "int8_vnni"):  # built without the int8 file
+    if not hasattr(lib, "int8_vnni"):  # built from the cells alone
         return lib
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
     lib.int8_product.restype, lib.int8_product.argtypes = None, [I64, I64, PTR, PTR, PTR, PTR, ctypes.c_int]
@@ -82,6 +70,39 @@ def library() -> Optional[ctypes.CDLL]:
                                PTR, I64, ctypes.c_int, ctypes.c_int, F32]
     lib.gumbel.restype, lib.gumbel.argtypes = None, [I64, I64, I64, PTR]
     return lib
+
+
+@functools.lru_cache(maxsize=None)
+def training_library() -> Optional[ctypes.CDLL]:
+    """Training's compiled library (train_native.c: dropout_apply, minrnn_forward, minrnn_backward, run on torch's
+    OpenMP threads where found), or None where it cannot be built here (or CHARNN_NATIVE=0)."""
+    lib = _load("train", ((TRAINING, FLAGS[0]), (TRAINING, FLAGS[1])))
+    if lib is None:
+        return None
+    INT = ctypes.c_int
+    lib.dropout_apply.restype = None
+    lib.dropout_apply.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, ctypes.c_double, ctypes.c_uint64, INT]
+    lib.minrnn_forward.restype = lib.minrnn_backward.restype = INT
+    lib.minrnn_forward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, INT]
+    lib.minrnn_backward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, INT]
+    lib.use_openmp.restype, lib.use_openmp.argtypes = None, [PTR, PTR, PTR]
+    _share_openmp(lib)
+    return lib
+
+
+def _load(name: str, attempts) -> Optional[ctypes.CDLL]:
+    """The library `name` built by the first of `attempts` ((sources, flags) ...) that compiles, loaded; None where
+    none does, there is no compiler, or CHARNN_NATIVE=0."""
+    if not enabled():
+        return None
+    try:
+        try:
+            return ctypes.CDLL(str(_build(name, attempts)))
+        except OSError:  # a cached file that does not load (cut short by a full disk, say): build it again, once
+            _build(name, attempts).unlink(missing_ok=True)
+            return ctypes.CDLL(str(_build(name, attempts)))
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _share_openmp(lib: ctypes.CDLL) -> bool:
@@ -121,25 +142,26 @@ def pack(codes, order=None):
     return packed, (rows.sum(1, dtype=torch.int32) * 128).contiguous()
 
 
-def _build() -> Path:
-    """The shared library for this source, compiler and CPU: from the cache, else compiled into it (written
-    under a temporary name and renamed, so two processes building at once both end with a whole file)."""
+def _build(name: str = "cells", attempts=None) -> Path:
+    """The shared library `name` for these sources, compiler and CPU: from the cache, else compiled into it by the
+    first of `attempts` that compiles (written under a temporary name and renamed, so two processes building at
+    once both end with a whole file)."""
+    attempts = attempts or CELLS_BUILD
     compiler = os.environ.get("CC") or "cc"
     if not shutil.which(compiler):
         raise OSError(f"no C compiler ({compiler})")
-    sources = [f.read_bytes() for f in (*SOURCES, *HEADERS)]
+    files = dict.fromkeys(f for sources, _ in attempts for f in sources)
+    sources = [f.read_bytes() for f in (*files, *HEADERS)]
     key = hashlib.sha256(b"\0".join([*sources, compiler.encode(), _cpu().encode()])).hexdigest()[:16]
     folder = Path(os.environ.get("CHARNN_CACHE") or Path.home() / ".cache" / "charnn").expanduser() / "native"
-    target = folder / f"cells-{key}{'.dll' if os.name == 'nt' else '.so'}"
+    target = folder / f"{name}-{key}{'.dll' if os.name == 'nt' else '.so'}"
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=target.suffix)
     os.close(fd)
     try:
-        for sources, flags in ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]), (SOURCES[:2], FLAGS[0]),
-                               (SOURCES[:2], FLAGS[1]), (SOURCES[:1], FLAGS[0]),
-                               (SOURCES[:1], FLAGS[1])):  # without the int8 file, then the cells alone
+        for sources, flags in attempts:
             r = subprocess.run([compiler, *flags, *COMMON, "-o", tmp, *map(str, sources)], capture_output=True,
                                timeout=120)
             if r.returncode == 0:
