@@ -172,3 +172,19 @@ def test_without_the_library_nothing_is_fused(monkeypatch):
     finally:
         native.training_library.cache_clear()
     assert not fused.available(torch.zeros(1, dtype=torch.float64))
+
+
+def test_training_on_a_cpu_goes_through_the_c_kernels():
+    """A silent fall back to the torch operations would still train (the tests above compare values): this one
+    looks at what the backward runs."""
+    torch.manual_seed(0)
+    model = MinRNN(MinRNNConfig(vocab_size=13, cell="mingru", layers=1, hidden=16, embed=8, dropout=0.2)).train()
+    logits, _ = model(torch.randint(13, (2, 9)))
+    nodes, stack = set(), [logits.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None and fn not in nodes:
+            nodes.add(fn)
+            stack.extend(f for f, _ in fn.next_functions)
+    names = {type(fn).__name__ for fn in nodes}
+    assert {"_MinScanBackward", "_DropoutBackward"} <= names, names
