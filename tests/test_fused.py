@@ -188,3 +188,15 @@ def test_training_on_a_cpu_goes_through_the_c_kernels():
             stack.extend(f for f, _ in fn.next_functions)
     names = {type(fn).__name__ for fn in nodes}
     assert {"_MinScanBackward", "_DropoutBackward"} <= names, names
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_an_output_left_unused_gives_the_same_gradients(cell):
+    """Only the last state used (dL/dh comes back None) or only h (dL/d last None): the C backward's empty sides."""
+    P = 3 if cell == "minlstm" else 2
+    u = torch.randn(3, 20, P * 24, requires_grad=True)
+    h, last = fused.min_scan(cell, u)
+    only_last, = torch.autograd.grad(last.sum(), u)
+    h, last = fused.min_scan(cell, u)
+    via_h, = torch.autograd.grad(h[:, -1].sum(), u)
+    assert torch.allclose(only_last, via_h, atol=1e-6)

@@ -72,10 +72,14 @@ def _forward(lstm: bool, u: torch.Tensor, h0: Optional[torch.Tensor]):
     B, T, S = u.shape[0], u.shape[1], u.shape[2] // (3 if lstm else 2)
     h = torch.empty(B, T, S, dtype=u.dtype)
     last = torch.empty(B, S, dtype=torch.float32)
-    if _lib().minrnn_forward(int(u.dtype == torch.bfloat16), int(lstm), B, T, S, native.ptr(u), native.ptr(h0),
-                             native.ptr(h), native.ptr(last), torch.get_num_threads()):
-        raise MemoryError("no memory for the recurrence's scratch")
+    _done(_lib().minrnn_forward(int(u.dtype == torch.bfloat16), int(lstm), B, T, S, native.ptr(u), native.ptr(h0),
+                                native.ptr(h), native.ptr(last), torch.get_num_threads()))
     return h, last
+
+
+def _done(rc: int) -> None:
+    if rc:  # a thread of the C call could not have its scratch: its outputs are incomplete
+        raise MemoryError("no memory for the recurrence's scratch")
 
 
 class _MinScan(torch.autograd.Function):
@@ -84,21 +88,21 @@ class _MinScan(torch.autograd.Function):
         h, last = _forward(lstm, u, h0)
         ctx.save_for_backward(u, h0)
         ctx.lstm = lstm
+        ctx.set_materialize_grads(False)  # an output nobody used (in training: the last state) comes back None
         return h, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h, grad_last):
         u, h0 = ctx.saved_tensors
-        B, T, S = grad_h.shape if grad_h is not None else (u.shape[0], u.shape[1], grad_last.shape[-1])
+        B, T, S = u.shape[0], u.shape[1], u.shape[2] // (3 if ctx.lstm else 2)
         grad_h = None if grad_h is None else grad_h.to(u.dtype).contiguous()
         grad_last = None if grad_last is None else grad_last.float().contiguous()
         grad_u = torch.empty_like(u)
         grad_h0 = torch.empty(B, S, dtype=torch.float32) if h0 is not None and ctx.needs_input_grad[1] else None
-        if _lib().minrnn_backward(int(u.dtype == torch.bfloat16), int(ctx.lstm), B, T, S, native.ptr(u),
-                                  native.ptr(h0), native.ptr(grad_h), native.ptr(grad_last), native.ptr(grad_u),
-                                  native.ptr(grad_h0), torch.get_num_threads()):
-            raise MemoryError("no memory for the recurrence's scratch")
+        _done(_lib().minrnn_backward(int(u.dtype == torch.bfloat16), int(ctx.lstm), B, T, S, native.ptr(u),
+                                     native.ptr(h0), native.ptr(grad_h), native.ptr(grad_last), native.ptr(grad_u),
+                                     native.ptr(grad_h0), torch.get_num_threads()))
         return grad_u, grad_h0, None
 
 
