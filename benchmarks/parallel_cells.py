@@ -173,17 +173,25 @@ def transformer_row(budget: float, steps=None, eval_tokens: int = 1_000_000) -> 
 
 # -- sampling ----------------------------------------------------------------------------------------------
 def sample_table(models, seconds) -> list:
+    """chars/s of the sampler, one stream and 64; a spec ending in "!torch" samples a min cell with its stepper's C
+    step off (MinStepper's torch operations, what a GPU runs)."""
     from sample_speed import chars_per_second
+    from charnn.models import minrnn
     from charnn.text.tokenizer import CharTokenizer
     from sample_speed import CHARS
     tok = CharTokenizer(list(CHARS))
     rows = []
     for spec in models:
         torch.manual_seed(0)
-        model = build_model(model_config(spec, tok.vocab_size)).eval()
-        for streams in (1, 64):
-            r = chars_per_second(model, tok, torch.device("cpu"), streams, True, seconds)
-            rows.append({"model": spec, "streams": streams, "chars_per_s": r["chars_per_s"]})
+        model = build_model(model_config(spec.removesuffix("!torch"), tok.vocab_size)).eval()
+        rows_in_c, minrnn.NATIVE_ROWS = minrnn.NATIVE_ROWS, 0 if spec.endswith("!torch") else minrnn.NATIVE_ROWS
+        try:
+            for streams in (1, 64):
+                r = chars_per_second(model, tok, torch.device("cpu"), streams, True, seconds)
+                rows.append({"model": spec.replace("!torch", " (torch ops)"), "streams": streams,
+                             "chars_per_s": r["chars_per_s"]})
+        finally:
+            minrnn.NATIVE_ROWS = rows_in_c
     return rows
 
 
@@ -201,8 +209,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sections", default="scan,speed,quality,sample")
-    ap.add_argument("--models", default=SPEED_MODELS, help="speed and sampling: comma-separated model specs (speed: "
-                    "SPEC!torch runs the min cells without charnn.models.fused's C kernels)")
+    ap.add_argument("--models", default=SPEED_MODELS, help="speed and sampling: comma-separated model specs ("
+                    "SPEC!torch runs a min cell without its C: charnn.models.fused's kernels in training, MinStepper's "
+                    "step in sampling; sampling takes the first three plain specs and every !torch one)")
     ap.add_argument("--quality-models", default=QUALITY_MODELS,
                     help="model specs, each with optional @BATCH, /LR, #SEED")
     ap.add_argument("--transformer", action=argparse.BooleanOptionalAction, default=True,
@@ -244,7 +253,8 @@ def main() -> None:
         limit = f"{args.steps} steps" if args.steps else f"{args.budget:.0f} s"
         print(f"## Val nats/char after {limit} ({args.precision})\n\n" + table(result["quality"]) + "\n")
     if "sample" in sections:
-        result["sample"] = sample_table([m for m in models if not m.endswith("!torch")][:3], args.seconds)
+        plain = [m for m in models if not m.endswith("!torch")]  # the first three, and every !torch spec
+        result["sample"] = sample_table(plain[:3] + [m for m in models if m not in plain], args.seconds)
         print("## Sampling chars/s\n\n" + table(result["sample"]) + "\n")
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

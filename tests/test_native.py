@@ -147,6 +147,7 @@ def test_a_compiler_that_cannot_build_the_int8_file_still_gives_the_cells(fresh,
     built without it, and the stepper keeps its C cells with torch's int8 products."""
     lib = library_refusing("int8_native.c", fresh, tmp_path)
     assert lib is not None and not hasattr(lib, "int8_vnni") and not native.int8_products(lib)
+    assert hasattr(lib, "min_step")  # the min cells' step is built with the cells
     model = model_of("lstm", hidden=32)
     st = FastStepper(model, 1, int8=True)
     assert st.native is not None and st.draws and st.blocks is None

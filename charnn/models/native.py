@@ -33,15 +33,15 @@ from typing import Optional
 import torch
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "cells_native.c", HERE / "int8_native.c")  # the sampler's library
+SOURCES = (HERE / "cells_native.c", HERE / "min_native.c", HERE / "int8_native.c")  # the sampler's library
 TRAINING = (HERE / "train_native.c",)  # training's, built apart (the first time a CPU run trains): only who trains
 HEADERS = (HERE / "native_math.h",)    # waits for it
 FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler does not know -march=native
 COMMON = ["-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]  # (a * b + c: one FMA in every
 # file alike, which the int8 block's bit-for-bit agreement with the per-token cells rests on)
 I64, PTR, F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
-CELLS_BUILD = ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]), (SOURCES[:1], FLAGS[0]),  # the cells alone where the
-               (SOURCES[:1], FLAGS[1]))                                             # int8 file will not build
+CELLS_BUILD = ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]), (SOURCES[:2], FLAGS[0]),  # the cells alone where the
+               (SOURCES[:2], FLAGS[1]))                                             # int8 file will not build
 
 
 def enabled() -> bool:
@@ -61,6 +61,8 @@ def library() -> Optional[ctypes.CDLL]:
     lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
     lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64]
+    lib.min_step.restype = ctypes.c_int
+    lib.min_step.argtypes = [I64, I64, I64, I64, I64, ctypes.c_int, I64, *[PTR] * 12, F32, PTR, PTR]
     if not hasattr(lib, "int8_vnni"):  # built from the cells alone
         return lib
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
