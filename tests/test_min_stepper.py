@@ -69,6 +69,31 @@ def test_the_c_step_follows_the_full_forward_and_rows_moved_by_the_batcher(cell)
     torch.testing.assert_close(logits[1], fresh, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("team", ["torch's OpenMP threads", "the pool's own"])
+def test_the_c_step_is_the_same_on_any_threads(threads, team):
+    """Each product split over the threads by its outputs: on torch's OpenMP team (where native found it) or the
+    library's own workers, every thread count gives the one-thread numbers exactly."""
+    lib, before = native.library(), torch.get_num_threads()
+    model = model_of("minlstm", hidden=72, ffn=3)
+    x = torch.randint(V, (40, 2))
+    torch.set_num_threads(1)
+    one = MinStepper(model, 2)
+    want = [one.step(x[t]).clone() for t in range(40)]
+    try:
+        if team != "torch's OpenMP threads":
+            lib.pool_use_openmp(None, None, None)
+        elif not native._share_openmp(lib, lib.pool_use_openmp):
+            pytest.skip("torch has no OpenMP runtime here")
+        torch.set_num_threads(threads)
+        st = MinStepper(model, 2)
+        for t in range(40):
+            assert torch.equal(st.step(x[t]), want[t]), t
+    finally:
+        torch.set_num_threads(before)
+        native._share_openmp(lib, lib.pool_use_openmp)
+
+
 def test_minlstm_gates_far_below_zero_take_the_ratio_of_exponentials():
     """Both gates below -20 (where exp underflows past -87): z = sigmoid(k_i - k_f), as training's kernel."""
     model = model_of("minlstm", ffn=0, layers=1)

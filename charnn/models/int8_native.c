@@ -4,14 +4,13 @@
    (native.Int8Block) where the CPU has AVX-512 VNNI (`int8_vnni`). */
 
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
 
 #include "native_math.h"
+#include "native_pool.h"
+
+#define HEAD_SPLIT 200000 /* a head of at least this many weights (vocabulary x hidden) is split over the threads */
 
 /* No Python between tokens. torch._int_mm for one row (a matrix-vector product) takes 30-100 us for a 2x512 LSTM's
    products on 2 cores; this loop reads the same int8 weights, laid out for it once, in a fraction of that, and its
@@ -53,7 +52,6 @@ static inline __attribute__((always_inline)) void int8_gemv(int tiles, int64_t K
     for (int c = 0; c < tiles; c++)
         _mm512_storeu_si512(out + 16 * c, _mm512_sub_epi32(a[c], _mm512_loadu_si512(o + 16 * c)));
 }
-#define PAUSE() _mm_pause()
 #else
 int int8_vnni(void) { return 0; }
 
@@ -62,110 +60,7 @@ static void int8_gemv(int tiles, int64_t K, int64_t k1, const int8_t *x1, const 
     (void)K; (void)k1; (void)x1; (void)x2; (void)w; (void)offset; (void)g;  /* never called (int8_vnni says 0) */
     memset(out, 0, 16 * (size_t)tiles * sizeof(int32_t));
 }
-#define PAUSE() ((void)0)
 #endif
-
-/* Several cores: each piece of work (a layer's products and cells, the head) is split into one contiguous range per
-   thread, the same range for the same thread every token, so each core keeps its share of the weights in its own
-   cache (one core's cache does not hold a 2x512 model's 3 MB of int8 weights; two cores' hold their halves).
-   Workers are started once and kept: they spin while the next piece is microseconds away, then sleep on a
-   condition variable (soon after a block ends: the caller's own work, torch's threads among it, comes next). */
-#define MAX_THREADS 16
-#define SPIN_NS 1000000   /* a worker spins this long for the next piece of a block, then sleeps; ... */
-#define PARKED_NS 200000  /* ... only this long once the block is done */
-#define HEAD_SPLIT 200000 /* a head of at least this many weights (vocabulary x hidden) is split over the threads */
-
-typedef void (*part_fn)(const void *ctx, int64_t from, int64_t to);
-
-static struct {
-    pthread_mutex_t lock, block;  /* block: one caller at a time uses the workers */
-    pthread_cond_t wake;
-    atomic_long epoch;            /* pieces posted so far */
-    atomic_int pending;           /* workers still on the current piece */
-    atomic_int sleepers;
-    atomic_int parked;            /* between blocks */
-    int workers;                  /* started */
-    part_fn fn;                   /* the current piece: fn(ctx, part's range of 0..total), `parts` parts */
-    const void *ctx;
-    int64_t total;
-    int parts;
-    long born[MAX_THREADS];       /* the epoch when worker i started: the pieces it is to take come after it */
-} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .block = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
-
-static inline int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-static void *worker(void *arg) {
-    const int part = (int)(intptr_t)arg + 1;  /* the caller's thread does part 0 */
-    long seen = pool.born[part - 1];  /* not 0: a worker started late must not take an old piece, long done */
-    for (;;) {
-        long e;
-        int64_t since = now_ns();
-        for (int spins = 0; (e = atomic_load(&pool.epoch)) == seen; spins++) {
-            if (spins % 64 || now_ns() - since < (atomic_load(&pool.parked) ? PARKED_NS : SPIN_NS)) {
-                PAUSE();
-                continue;
-            }
-            pthread_mutex_lock(&pool.lock);
-            atomic_fetch_add(&pool.sleepers, 1);
-            while (atomic_load(&pool.epoch) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
-            atomic_fetch_sub(&pool.sleepers, 1);
-            pthread_mutex_unlock(&pool.lock);
-            since = now_ns();
-        }
-        seen = e;
-        if (part < pool.parts) pool.fn(pool.ctx, pool.total * part / pool.parts, pool.total * (part + 1) / pool.parts);
-        atomic_fetch_sub(&pool.pending, 1);
-    }
-    return NULL;
-}
-
-static void forked_child(void) {  /* a fork's child has this thread alone, and maybe a lock a parent's thread held */
-    pool.workers = 0;
-    pthread_mutex_init(&pool.lock, NULL);
-    pthread_mutex_init(&pool.block, NULL);
-    pthread_cond_init(&pool.wake, NULL);
-    atomic_store(&pool.sleepers, 0);
-}
-
-/* Start workers until threads - 1 run (at most MAX_THREADS - 1); returns the threads that will work (this one
-   included). Called with pool.block held. */
-static int start_workers(int threads) {
-    static int hooked;
-    if (!hooked) hooked = !pthread_atfork(NULL, NULL, forked_child);
-    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
-    while (pool.workers < threads - 1) {
-        pthread_t t;
-        pool.born[pool.workers] = atomic_load(&pool.epoch);  /* (no piece is in flight while pool.block is held) */
-        if (pthread_create(&t, NULL, worker, (void *)(intptr_t)pool.workers)) break;
-        pthread_detach(t);
-        pool.workers++;
-    }
-    return threads < pool.workers + 1 ? threads : pool.workers + 1;
-}
-
-/* fn over 0..total in `threads` parts at once: this thread does part 0, worker i part i + 1; back when all are. */
-static void run_parts(part_fn fn, const void *ctx, int64_t total, int threads) {
-    if (threads <= 1) { fn(ctx, 0, total); return; }
-    pool.fn = fn;
-    pool.ctx = ctx;
-    pool.total = total;
-    pool.parts = threads;
-    atomic_store(&pool.pending, pool.workers);
-    atomic_fetch_add(&pool.epoch, 1);
-    if (atomic_load(&pool.sleepers)) {
-        pthread_mutex_lock(&pool.lock);
-        pthread_cond_broadcast(&pool.wake);
-        pthread_mutex_unlock(&pool.lock);
-    }
-    fn(ctx, 0, total / threads);
-    const int64_t since = now_ns();
-    for (long spins = 1; atomic_load(&pool.pending) > 0; spins++)  /* after a while, a worker the OS has not run */
-        if (spins % 64 || now_ns() - since < SPIN_NS) PAUSE(); else sched_yield();  /* yet gets the core */
-}
 
 /* One product's groups: acc = x @ W. */
 typedef struct {
@@ -184,9 +79,8 @@ static void product_part(const void *p, int64_t g0, int64_t g1) {
 void int8_product(int64_t K, int64_t N, const int8_t *x, const int8_t *w, const int32_t *offset, int32_t *acc,
                   int threads) {
     const product_t q = {K, K, x, x, w, offset, acc, 4};
-    pthread_mutex_lock(&pool.block);
-    run_parts(product_part, &q, N / 64, start_workers(threads));
-    pthread_mutex_unlock(&pool.block);
+    run_parts(product_part, &q, N / 64, pool_enter(threads));
+    pool_leave();
 }
 
 /* One LSTM layer's step for a group's 16 units: its 64 gate sums (the weights' columns are grouped by `pack`'s
@@ -338,9 +232,7 @@ int int8_block(int gru, int64_t L, int64_t H, int64_t V, const float *table, con
     int64_t id = *tok;
     int8_t *now = codes, *next = codes2;  /* the codes of the token before, and of this one */
     int status = 0;
-    pthread_mutex_lock(&pool.block);
-    threads = start_workers(threads);
-    atomic_store(&pool.parked, 0);
+    threads = pool_enter(threads);
     if (!greedy && !products_only) {
         const noise_t q = {mix64((uint64_t)seed), draw, V, noise};
         run_parts(noise_part, &q, k * V, threads);
@@ -375,7 +267,6 @@ int int8_block(int gru, int64_t L, int64_t H, int64_t V, const float *table, con
         id = drawn[t * drawn_stride] = draw_from(y, greedy ? NULL : noise + t * V, V, top_k);
     }
     if (now != codes) memcpy(codes, now, (size_t)(L * H));  /* the stepper's codes: the latest */
-    atomic_store(&pool.parked, 1);
-    pthread_mutex_unlock(&pool.block);
+    pool_leave();
     return status;
 }

@@ -42,7 +42,7 @@ from charnn.models.state import TensorState
 from charnn.models.stepper import ModuleStepper
 
 GATES = {"mingru": 2, "minlstm": 3}  # input projections per cell: (k, v) or (k_f, k_i, v)
-NATIVE_ROWS = 4  # the most rows MinStepper steps in C (more: torch's products, which read each weight once)
+NATIVE_ROWS = 8  # the most rows MinStepper steps in C (more: torch's products, which read each weight once)
 
 
 def mingru_input(cell: str, u: torch.Tensor) -> torch.Tensor:
@@ -258,17 +258,19 @@ class MinStepper(ModuleStepper):
         self.logits = torch.empty(self.B, V)
         self.call = partial(lib.min_step, self.B, len(self.layers), D, S, F, int(self.layers[0][0] == "minlstm"), V,
                             native.ptr(self.table), *self.arrays, native.ptr(self.x), native.ptr(self.xn),
-                            native.ptr(self.scratch), float(self.eps))
+                            native.ptr(self.scratch), float(self.eps), native.ptr(self.head_w),
+                            native.ptr(self.head_b))
         self.draws = self.B == 1
         self.head_draw = partial(lib.head_draw, D, V, native.ptr(self.xn), D, native.ptr(self.head_w),
                                  native.ptr(self.head_b), native.ptr(self.logits))
 
     @torch.no_grad()
     def step(self, tok: torch.Tensor) -> torch.Tensor:
-        """tok: (B,) ids -> (B, V) logits for the next token; the state moves one step."""
+        """tok: (B,) ids -> (B, V) logits for the next token; the state moves one step. (In C, the logits are a
+        buffer the next call reuses.)"""
         if self.call is not None:
-            self._step_native(tok)
-            return torch.addmm(self.head_b, self.xn, self.head_w, out=self.logits)
+            self._step_native(tok, self.logits)
+            return self.logits
         state, eps = self.state, self.eps
         x = self.table.index_select(0, tok.view(-1))  # (B, D)
         width = x.shape[-1:]
@@ -292,17 +294,18 @@ class MinStepper(ModuleStepper):
                   top_k: int = 0) -> None:
         """Where `draws` (one stream, C): step, then the Batcher's draw without top-p in the same C call as the
         head, as FastStepper.step_draw."""
-        self._step_native(tok)
+        self._step_native(tok, None)
         self.head_draw(1, native.ptr(noise), native.ptr(out), temperature, top_k)
 
-    def _step_native(self, tok: torch.Tensor) -> None:
+    def _step_native(self, tok: torch.Tensor, logits: Optional[torch.Tensor]) -> None:
+        """The stack's step in C, and the head into `logits` (None: none, head_draw follows)."""
         if tok.dtype != torch.long or not tok.is_contiguous() or tok.shape != (self.B,):  # (the Batcher's are)
             if tok.numel() != self.B:
                 raise ValueError(f"MinStepper.step: {tok.numel()} token ids for {self.B} rows")
             tok = tok.reshape(self.B).to(torch.long).contiguous()
         if not self.state.is_contiguous():  # (rows that joined or moved may leave a strided state)
             self.state = self.state.contiguous()
-        if self.call(native.ptr(tok), native.ptr(self.state)):
+        if self.call(native.ptr(logits), torch.get_num_threads(), native.ptr(tok), native.ptr(self.state)):
             raise IndexError("MinStepper.step: a token id outside the vocabulary")
 
 

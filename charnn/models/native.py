@@ -33,15 +33,16 @@ from typing import Optional
 import torch
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "cells_native.c", HERE / "min_native.c", HERE / "int8_native.c")  # the sampler's library
+SOURCES = (HERE / "cells_native.c", HERE / "min_native.c", HERE / "pool_native.c",  # the sampler's library
+           HERE / "int8_native.c")
 TRAINING = (HERE / "train_native.c",)  # training's, built apart (the first time a CPU run trains): only who trains
-HEADERS = (HERE / "native_math.h",)    # waits for it
+HEADERS = (HERE / "native_math.h", HERE / "native_pool.h")    # waits for it
 FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler does not know -march=native
 COMMON = ["-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]  # (a * b + c: one FMA in every
 # file alike, which the int8 block's bit-for-bit agreement with the per-token cells rests on)
 I64, PTR, F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
-CELLS_BUILD = ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]), (SOURCES[:2], FLAGS[0]),  # the cells alone where the
-               (SOURCES[:2], FLAGS[1]))                                             # int8 file will not build
+CELLS_BUILD = ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]), (SOURCES[:3], FLAGS[0]),  # the cells alone where the
+               (SOURCES[:3], FLAGS[1]))                                             # int8 file will not build
 
 
 def enabled() -> bool:
@@ -61,8 +62,11 @@ def library() -> Optional[ctypes.CDLL]:
     lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
     lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64]
+    lib.pool_use_openmp.restype, lib.pool_use_openmp.argtypes = None, [PTR, PTR, PTR]
+    _share_openmp(lib, lib.pool_use_openmp)
     lib.min_step.restype = ctypes.c_int
-    lib.min_step.argtypes = [I64, I64, I64, I64, I64, ctypes.c_int, I64, *[PTR] * 12, F32, PTR, PTR]
+    lib.min_step.argtypes = [I64, I64, I64, I64, I64, ctypes.c_int, I64, *[PTR] * 12, F32, PTR, PTR, PTR,
+                             ctypes.c_int, PTR, PTR]
     if not hasattr(lib, "int8_vnni"):  # built from the cells alone
         return lib
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
@@ -88,7 +92,7 @@ def training_library() -> Optional[ctypes.CDLL]:
     lib.minrnn_forward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, INT]
     lib.minrnn_backward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, INT]
     lib.use_openmp.restype, lib.use_openmp.argtypes = None, [PTR, PTR, PTR]
-    _share_openmp(lib)
+    _share_openmp(lib, lib.use_openmp)
     return lib
 
 
@@ -107,7 +111,7 @@ def _load(name: str, attempts) -> Optional[ctypes.CDLL]:
         return None
 
 
-def _share_openmp(lib: ctypes.CDLL) -> bool:
+def _share_openmp(lib: ctypes.CDLL, use) -> bool:
     """Hand train_native.c torch's own OpenMP runtime (GNU's libgomp, or Intel's, which has the same entry points),
     found among the libraries this process has loaded, so its kernels run on torch's threads; without it they start
     their own. Whether it was found."""
@@ -121,7 +125,7 @@ def _share_openmp(lib: ctypes.CDLL) -> bool:
         for path in sorted(paths, key=lambda p: not p.startswith(torch_lib)):  # torch's own first
             omp = ctypes.CDLL(path)
             if all(hasattr(omp, name) for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")):
-                lib.use_openmp(*(ctypes.cast(getattr(omp, name), ctypes.c_void_p) for name in
+                use(*(ctypes.cast(getattr(omp, name), ctypes.c_void_p) for name in
                                  ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")))
                 return True
     except OSError:
