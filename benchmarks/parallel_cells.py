@@ -173,25 +173,27 @@ def transformer_row(budget: float, steps=None, eval_tokens: int = 1_000_000) -> 
 
 # -- sampling ----------------------------------------------------------------------------------------------
 def sample_table(models, seconds) -> list:
-    """chars/s of the sampler, one stream and 64; a spec ending in "!torch" samples a min cell with its stepper's C
-    step off (MinStepper's torch operations, what a GPU runs)."""
-    from sample_speed import chars_per_second
-    from charnn.models import minrnn
+    """chars/s of the sampler, one stream and 64, fp32 and (where the model's kind does it here) --int8; a spec
+    ending in "!torch" samples a min cell with its stepper's C step off (MinStepper's torch operations, what a GPU
+    runs)."""
+    from sample_speed import CHARS, chars_per_second, int8_steps
+    from charnn.models import minstep
     from charnn.text.tokenizer import CharTokenizer
-    from sample_speed import CHARS
     tok = CharTokenizer(list(CHARS))
     rows = []
     for spec in models:
         torch.manual_seed(0)
         model = build_model(model_config(spec.removesuffix("!torch"), tok.vocab_size)).eval()
-        rows_in_c, minrnn.NATIVE_ROWS = minrnn.NATIVE_ROWS, 0 if spec.endswith("!torch") else minrnn.NATIVE_ROWS
+        torch_ops = spec.endswith("!torch")
+        rows_in_c, minstep.NATIVE_ROWS = minstep.NATIVE_ROWS, 0 if torch_ops else minstep.NATIVE_ROWS
         try:
-            for streams in (1, 64):
-                r = chars_per_second(model, tok, torch.device("cpu"), streams, True, seconds)
-                rows.append({"model": spec.replace("!torch", " (torch ops)"), "streams": streams,
-                             "chars_per_s": r["chars_per_s"]})
+            for int8 in (False, True) if int8_steps(model, torch.device("cpu")) and not torch_ops else (False,):
+                for streams in (1, 64):
+                    r = chars_per_second(model, tok, torch.device("cpu"), streams, True, seconds, int8=int8)
+                    rows.append({"model": spec.replace("!torch", " (torch ops)"), "int8": int8, "streams": streams,
+                                 "chars_per_s": r["chars_per_s"]})
         finally:
-            minrnn.NATIVE_ROWS = rows_in_c
+            minstep.NATIVE_ROWS = rows_in_c
     return rows
 
 

@@ -29,7 +29,8 @@ import torch
 from common import cpu_features, cpu_name
 
 import charnn.models.stepper
-from charnn.models import native
+from charnn.errors import CharnnError
+from charnn.models import native, registry
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from charnn.config import MIN_CELLS, ModelConfig
 from charnn.sampling import SampleConfig
@@ -120,17 +121,25 @@ def use_native(on) -> None:
 def score_by_stepping(model, tokenizer, text: str, int8: bool) -> float:
     """Nats per character of `text` under the stepper (fp32 or int8), one token at a time."""
     ids = torch.from_numpy(tokenizer.encode(text)).long()
-    st, total = FastStepper(model, 1, int8=int8), 0.0
+    st, total = registry.stepper_factory(model, int8=int8)(1, ()), 0.0
     with torch.inference_mode():
         for a, b in zip(ids[:-1], ids[1:]):
             total -= torch.log_softmax(st.step(a.view(1)).double(), -1)[0, b].item()
     return total / (len(text) - 1)
 
 
+def int8_steps(model, device) -> bool:
+    """Whether the model's kind samples with --int8 here (the LSTM's FastStepper, or MinStepper on a VNNI CPU)."""
+    try:
+        return device.type == "cpu" and registry.stepper_factory(model, int8=True)(1, ()) is not None
+    except CharnnError:
+        return False
+
+
 def time_rows(model, tokenizer, device, args, fast_kind: bool):
     """Every row of the table, --rounds times in turn, each round with its fp32 and int8 ceilings (one stream):
     (results, [(fp32 ceiling, int8 ceiling) per round])."""
-    cpu = device.type == "cpu"
+    cpu, int8 = device.type == "cpu", int8_steps(model, device)
     # (label, streams, fast stepper, int8, CUDA graphs: None = the sampler's default, graphs on CUDA only, the C cells:
     # True, False, or "calls": the C cells without one int8 stream's whole block in C)
     blocks = cpu and fast_kind and FastStepper(model, 1, int8=True).blocks is not None
@@ -138,11 +147,12 @@ def time_rows(model, tokenizer, device, args, fast_kind: bool):
     for streams in (1, 64):
         naive = f"naive: nn.{args.cell.upper()} per char" if fast_kind else "naive: forward per char"
         runs += [(naive, streams, False, False, None, True), ("charnn sample", streams, True, False, None, True)]
-        runs += [("charnn sample --int8", streams, True, True, None, True)] if cpu and fast_kind else []
+        runs += [("charnn sample --int8", streams, True, True, None, True)] if int8 else []
         runs += [("charnn sample, no CUDA graphs", streams, True, False, False, True)] if not cpu else []
-        if args.compare_native and cpu and fast_kind:
-            runs += [("  cells as tensor ops", streams, True, False, None, False),
-                     ("  --int8, cells as tensor ops", streams, True, True, None, False)]
+        if args.compare_native and cpu:
+            runs += [("  cells as tensor ops" if fast_kind else "  step as tensor ops", streams, True, False, None,
+                      False)]
+            runs += [("  --int8, cells as tensor ops", streams, True, True, None, False)] if fast_kind else []
             runs += [("  --int8, C per token", 1, True, True, None, "calls")] if streams == 1 and blocks else []
     results, ceilings = [], []
     for round_ in range(args.rounds):
@@ -200,8 +210,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--seconds", type=float, default=4.0, help="rough length of each timed run")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--cell", default="lstm", help="lstm, gru, rnn, or mingru / minlstm (kind minrnn: no fast "
-                    "stepper, so no int8 and no ceiling; the Batcher steps its forward)")
+    ap.add_argument("--cell", default="lstm", help="lstm, gru, rnn, or mingru / minlstm (kind minrnn: its own "
+                    "stepper, charnn.models.minstep; int8 where the CPU has AVX-512 VNNI; no ceiling rows)")
     ap.add_argument("--expand", type=int, default=1, help="--cell mingru/minlstm: state width / --hidden")
     ap.add_argument("--ffn", type=int, default=2, help="--cell mingru/minlstm: feed-forward width / --hidden")
     ap.add_argument("--hidden", type=int, default=512)
@@ -252,7 +262,7 @@ def main() -> None:
         print("one-stream ceiling (the step's matrix products alone: torch's fp32, torch's int8, the C int8 kernel's), "
               "per round: " + ", ".join(f"{a:,.0f} / {b:,.0f} / {f'{c:,.0f}' if c else '-'} chars/s"
                                         for a, b, c in ceilings))
-    if args.checkpoint and args.text and cpu and fast_kind:
+    if args.checkpoint and args.text and int8_steps(model, device):
         text = Path(args.text).read_text(encoding="utf-8")[-args.chars:]
         quality = {"chars": len(text), "fp32": score_by_stepping(model, tokenizer, text, False),
                    "int8": score_by_stepping(model, tokenizer, text, True)}

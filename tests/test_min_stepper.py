@@ -4,18 +4,23 @@ runs) and the full forward."""
 
 import pytest
 import torch
-from conftest import drain
+from conftest import drain, make_text
+from typer.testing import CliRunner
 
+from charnn.cli.app import app
+from charnn.errors import CharnnError
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.draw import filter_logits, temper
-from charnn.models import minrnn, native
+from charnn.models import minstep, native
 from charnn.models.configs import MinRNNConfig
-from charnn.models.minrnn import MinRNN, MinStepper
+from charnn.models.minrnn import MinRNN
+from charnn.models.minstep import MinStepper
 from charnn.sampling import SamplingParams
 from charnn.text.tokenizer import CharTokenizer
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler here")
 V = 23
+runner = CliRunner()
 
 
 def model_of(cell: str, hidden: int = 80, ffn: int = 2, expand: int = 2, layers: int = 2, seed: int = 0) -> MinRNN:
@@ -129,15 +134,15 @@ def test_greedy_text_is_the_same_with_and_without_c():
     model = model_of("minlstm")
     spec = RowSpec(prompt="abc", length=60, sampling=SamplingParams(temperature=0.0, seed=0))
     texts = []
-    for rows_in_c in (minrnn.NATIVE_ROWS, 0):
-        minrnn.NATIVE_ROWS, saved = rows_in_c, minrnn.NATIVE_ROWS
+    for rows_in_c in (minstep.NATIVE_ROWS, 0):
+        minstep.NATIVE_ROWS, saved = rows_in_c, minstep.NATIVE_ROWS
         try:
             b = Batcher(model, tok, torch.device("cpu"), capacity=1)
             assert (b.stepper.call is not None) == bool(rows_in_c)
             row = b.add(spec)
             texts.append(drain(b, [row])[0])
         finally:
-            minrnn.NATIVE_ROWS = saved
+            minstep.NATIVE_ROWS = saved
     assert len(texts[0]) == 60 and texts[0] == texts[1]
 
 
@@ -150,7 +155,7 @@ def test_bad_ids_and_many_rows():
         st.step(torch.tensor([0, 1, 2]))
     torch.testing.assert_close(st.step(torch.tensor([[1], [2]], dtype=torch.int32)),
                                torch_ops(model, 2).step(torch.tensor([1, 2])))  # any layout of the ids
-    assert MinStepper(model, minrnn.NATIVE_ROWS + 1).call is None  # many rows: torch's products
+    assert MinStepper(model, minstep.NATIVE_ROWS + 1).call is None  # many rows: torch's products
 
 
 def test_without_the_library_the_torch_step_runs(monkeypatch):
@@ -163,3 +168,66 @@ def test_without_the_library_the_torch_step_runs(monkeypatch):
         want = model(x)[0]
     for t in range(5):
         torch.testing.assert_close(st.step(x[:, t]), want[:, t], rtol=1e-4, atol=1e-4)
+
+
+# -- --int8 ----------------------------------------------------------------------------------------------------
+vnni = pytest.mark.skipif(not native.int8_products(native.library()), reason="no AVX-512 VNNI here")
+
+
+@vnni
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+@pytest.mark.parametrize("rows", [1, 3, minstep.NATIVE_ROWS + 2])
+def test_int8_follows_fp32_closely(cell, rows):
+    """int8 weights (a scale per output) times int8 codes of each row's input (a scale per row and token): the
+    next-token distribution stays within a small KL of fp32's, on any number of rows (int8 is C at any batch)."""
+    model = model_of(cell, hidden=64, ffn=2, expand=2)
+    fp32, int8 = MinStepper(model, rows), MinStepper(model, rows, int8=True)
+    assert int8.call is not None and int8.int8
+    g = torch.Generator().manual_seed(3)
+    kl = []
+    for _ in range(100):
+        tok = torch.randint(V, (rows,), generator=g)
+        p, q = fp32.step(tok).log_softmax(-1), int8.step(tok).log_softmax(-1)
+        kl.append((p.exp() * (p - q)).sum(-1).mean().item())
+    assert 0 < sum(kl) / len(kl) < 2e-3  # (not 0: it is int8; fp32 itself would give 0)
+    assert (int8.state - fp32.state).abs().max() < 0.05 * fp32.state.abs().max()
+
+
+@vnni
+def test_int8_is_the_same_on_any_threads():
+    model = model_of("mingru", hidden=64, ffn=3, expand=3)
+    x = torch.randint(V, (30, 2))
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            st = MinStepper(model, 2, int8=True)
+            outs.append(torch.stack([st.step(x[t]).clone() for t in range(30)]))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_int8_says_what_it_needs(monkeypatch):
+    with pytest.raises(CharnnError, match="widths in multiples of 64 .*80, 160, 160"):
+        MinStepper(model_of("mingru"), 1, int8=True)
+    monkeypatch.setattr(native, "int8_products", lambda lib: False)
+    with pytest.raises(CharnnError, match="needs a CPU with AVX-512 VNNI"):
+        MinStepper(model_of("mingru", hidden=64), 1, int8=True)
+
+
+@vnni
+def test_charnn_sample_int8_from_the_command_line(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(80, seed=2), encoding="utf-8")
+    flags = ["--cell", "minlstm", "--hidden", "64", "--layers", "1", "--max-steps", "6", "--batch-size", "2",
+             "--seq-len", "16", "--device", "cpu", "--threads", "1", "--precision", "fp32", "--save-every-secs", "0",
+             "--out", str(tmp_path), "-q"]
+    assert runner.invoke(app, ["train", str(corpus), "--name", "w64", *flags]).exit_code == 0
+    r = runner.invoke(app, ["sample", str(tmp_path / "w64"), "--int8", "--length", "40", "--seed", "2"])
+    assert r.exit_code == 0 and len(r.stdout.rstrip("\n")) == 40, r.stderr
+    assert runner.invoke(app, ["train", str(corpus), "--name", "w40", *flags[:3], "40", *flags[4:]]).exit_code == 0
+    r = runner.invoke(app, ["sample", str(tmp_path / "w40"), "--int8", "--length", "40"])
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines()[-1].startswith("charnn: error: --int8 for mingru/minlstm needs widths")

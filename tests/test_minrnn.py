@@ -21,7 +21,8 @@ from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.models import registry
-from charnn.models.minrnn import MinRNN, MinStepper
+from charnn.models.minrnn import MinRNN
+from charnn.models.minstep import MinStepper
 from charnn.models.scan import linear_recurrence, mingru_scan, sequential_mingru
 from charnn.sampling import SamplingParams
 from charnn.training.metrics import read_metrics

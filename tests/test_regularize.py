@@ -18,7 +18,8 @@ from charnn.data.corpus import Corpus
 from charnn.errors import ConfigError
 from charnn.models import regularize
 from charnn.models.lm import CharRNN
-from charnn.models.minrnn import MinRNN, MinStepper
+from charnn.models.minrnn import MinRNN
+from charnn.models.minstep import MinStepper
 from charnn.models.seq2seq import Seq2Seq
 from charnn.models.stepper import FastStepper
 from charnn.training.schedule import patience_after

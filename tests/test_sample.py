@@ -80,7 +80,7 @@ def test_models_the_fast_stepper_does_not_cover_step_through_their_module():
     ids = [1, 4, 2, 7]
     got = torch.stack([b.stepper.step(torch.tensor([i]))[0].clone() for i in ids])
     assert torch.allclose(got, full_forward_logits(model, ids), atol=1e-5)
-    with pytest.raises(CharnnError, match="LSTM, GRU and RNN"):
+    with pytest.raises(CharnnError, match="LSTM, GRU, RNN, minGRU and minLSTM"):
         Batcher(model, tok, torch.device("cpu"), capacity=1, int8=True)
 
 

@@ -16,6 +16,7 @@ from charnn.cli import app
 
 test_serve_browser = pytest.importorskip("test_serve_browser")
 DevTools = test_serve_browser.DevTools
+pytestmark = test_serve_browser.pytestmark  # skipped, as there, where no headless browser is installed
 
 
 def test_hover_a_character_to_see_the_models_top_guesses(trained_run, corpus_file, tmp_path):

@@ -75,6 +75,14 @@ static void product_part(const void *p, int64_t g0, int64_t g1) {
     }
 }
 
+/* acc = x @ W for the output groups g0..g1 of 64 (acc[64 (g - g0) ..]), on this thread: min_native.c's int8
+   products (where this file is built). */
+void int8_groups(int64_t K, const int8_t *x, const int8_t *w, const int32_t *offset, int64_t g0, int64_t g1,
+                 int32_t *acc) {
+    const product_t q = {K, K, x, x, w, offset, acc - 64 * g0, 4};
+    product_part(&q, g0, g1);
+}
+
 /* One product, for tests: acc = x @ W (N outputs), on `threads` threads. */
 void int8_product(int64_t K, int64_t N, const int8_t *x, const int8_t *w, const int32_t *offset, int32_t *acc,
                   int threads) {

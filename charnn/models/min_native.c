@@ -3,7 +3,8 @@
    Through torch, a token of the default 2-layer model is about forty small tensor operations (a few microseconds
    of dispatch each on a CPU, and torch's GELU alone costs 16 us for 512 numbers): several times the arithmetic.
    Here every layer's products are axpy loops over weights laid out (inputs, outputs) as torch's W^T, so the loop
-   over a row's outputs vectorises and each weight is read once per token for every row; the LayerNorms arrive
+   over a row's outputs vectorises (or with --int8, int8_native.c's VNNI products over int8 codes of the weights
+   and of each row's input, one scale per row, max |x| / 127); the LayerNorms arrive
    folded into the products that read them (the stepper's _fold_norm), so a norm here is the plain normalisation.
    The head is here too for a few rows (torch's addmm after it would start torch's threads beside this file's,
    still spinning: 0.7 ms a step for 4 rows on 2 cores); one stream's head and draw are cells_native.c's
@@ -37,21 +38,23 @@ static void normalise(int64_t n, const float *x, float *out, float eps) {
     for (int64_t j = 0; j < n; j++) out[j] = (x[j] - mean) * scale;
 }
 
-/* For rows b < B: out[b][o0..o1) = bias + x[b] (K, rows K apart) @ w[:, o0..o1) (w: K rows of N), or += where bias
-   is NULL; out's rows are out_stride apart. Outputs 64 at a time, summed in eight 8-wide vector registers over the
+/* For rows b < B: out[b][o0..o1) = bias + x[b] (K, rows K apart) @ w[:, o0..o1) (w: K rows of N), or += that
+   (add); out's rows are out_stride apart. Outputs 64 at a time, summed in eight 8-wide vector registers over the
    K inputs (GCC's vector extension, which every target lowers to what it has; plain arrays were kept on the stack),
    so the loop reads w alone; each row of the batch reads the block of w again, from the cache. */
 typedef float vec8 __attribute__((vector_size(32), aligned(4), may_alias));  /* (unaligned loads and stores) */
 #define AT(p) (*(vec8 *)(p))
 
 static void product(int64_t B, int64_t K, int64_t N, int64_t o0, int64_t o1, const float *restrict x,
-                    const float *restrict w, const float *restrict bias, float *restrict out, int64_t out_stride) {
+                    const float *restrict w, const float *restrict bias, float *restrict out, int64_t out_stride,
+                    int add) {
     for (; o0 + 64 <= o1; o0 += 64) {
         for (int64_t b = 0; b < B; b++) {
             float *ob = out + b * out_stride + o0;
-            const float *xb = x + b * K, *init = bias ? bias + o0 : ob;
+            const float *xb = x + b * K;
             vec8 a[8];
-            for (int i = 0; i < 8; i++) a[i] = AT(init + 8 * i);
+            for (int i = 0; i < 8; i++) a[i] = AT(bias + o0 + 8 * i);
+            if (add) for (int i = 0; i < 8; i++) a[i] += AT(ob + 8 * i);
             for (int64_t j = 0; j < K; j++) {
                 const float *wj = w + j * N + o0, xj = xb[j];
                 for (int i = 0; i < 8; i++) a[i] += xj * AT(wj + 8 * i);
@@ -62,7 +65,7 @@ static void product(int64_t B, int64_t K, int64_t N, int64_t o0, int64_t o1, con
     if (o0 >= o1) return;
     for (int64_t b = 0; b < B; b++) {  /* the last outputs, fewer than 64 */
         float *ob = out + b * out_stride;
-        if (bias) for (int64_t o = o0; o < o1; o++) ob[o] = bias[o];
+        for (int64_t o = o0; o < o1; o++) ob[o] = bias[o] + (add ? ob[o] : 0.0f);
         for (int64_t j = 0; j < K; j++) {
             const float xj = x[b * K + j], *wj = w + j * N;
             for (int64_t o = o0; o < o1; o++) ob[o] += xj * wj[o];
@@ -79,28 +82,74 @@ static inline float gelu(float x) {
     return 0.5f * x * (1.0f + copysignf(erf_abs, x));
 }
 
-/* What one layer's pieces read and write, for every thread; a piece's range is of groups of 16 outputs. */
-typedef struct {
-    int64_t B, D, S, F, G; int cell; const float *gates_w, *gates_b, *out_w, *w1, *b1, *w2;
-    float *h, *x, *xn, *u, *f;
-} layer_t;
+/* One product of a layer, as the stepper lays it out: fp32 w (K, N), or with --int8 (codes not NULL) int8 codes
+   `pack`ed for int8_native.c with their offsets and one scale per output (factor), and the bias (N). */
+struct min_product { const float *w, *bias, *factor; const int8_t *codes; const int32_t *offset; };
+struct min_layer { struct min_product gates, out, ffn_in, ffn_out; };
 
-static inline void columns(int64_t g0, int64_t g1, int64_t n, int64_t *o0, int64_t *o1) {
-    *o0 = 16 * g0 < n ? 16 * g0 : n;
-    *o1 = 16 * g1 < n ? 16 * g1 : n;
+/* int8_native.c's, where the library has it (the stepper asks for --int8 only where native.int8_products). */
+void int8_groups(int64_t K, const int8_t *x, const int8_t *w, const int32_t *offset, int64_t g0, int64_t g1,
+                 int32_t *acc) __attribute__((weak));
+
+/* What a product reads: B rows of K floats, and for an int8 product their codes round(x / scale) (one scale per
+   row, max |x| / 127) and the int32 sums' buffer (B rows of N). */
+typedef struct {
+    const struct min_product *p; int64_t B, K, N; const float *x; const int8_t *codes; const float *scale;
+    int32_t *acc; float *out; int64_t out_stride; int add;
+} apply_t;
+
+/* out[:, o0..o1) (+)= bias + x W[:, o0..o1) */
+static void apply(const apply_t *q, int64_t o0, int64_t o1) {
+    const struct min_product *p = q->p;
+    if (!p->codes) {
+        product(q->B, q->K, q->N, o0, o1, q->x, p->w, p->bias, q->out, q->out_stride, q->add);
+        return;
+    }
+    for (int64_t b = 0; b < q->B; b++) {  /* int8: o0 and o1 are multiples of 64 */
+        int32_t *acc = q->acc + b * q->N;
+        float *ob = q->out + b * q->out_stride;
+        int8_groups(q->K, q->codes + b * q->K, p->codes, p->offset, o0 / 64, o1 / 64, acc + o0);
+        for (int64_t o = o0; o < o1; o++)
+            ob[o] = (q->add ? ob[o] : 0.0f) + p->bias[o] + (float)acc[o] * (q->scale[b] * p->factor[o]);
+    }
 }
 
-/* State units [o0, o1): their G gate columns, then h += z (v - h) for them in every row. */
+static void quantise_rows(int64_t B, int64_t K, const float *x, int8_t *codes, float *scale) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *xb = x + b * K;
+        float top = 0.0f;
+        for (int64_t j = 0; j < K; j++) top = fabsf(xb[j]) > top ? fabsf(xb[j]) : top;
+        scale[b] = top / 127.0f;
+        const float inv = top > 0.0f ? 127.0f / top : 0.0f;
+        for (int64_t j = 0; j < K; j++) codes[b * K + j] = (int8_t)rintf(xb[j] * inv);
+    }
+}
+
+/* Groups of 64 outputs: a thread's share of a product is whole groups (an int8 product's unit). */
+static inline void columns(int64_t g0, int64_t g1, int64_t n, int64_t *o0, int64_t *o1) {
+    *o0 = 64 * g0 < n ? 64 * g0 : n;
+    *o1 = 64 * g1 < n ? 64 * g1 : n;
+}
+
+static void apply_part(const void *q, int64_t g0, int64_t g1) {
+    const apply_t *a = q;
+    int64_t o0, o1;
+    columns(g0, g1, a->N, &o0, &o1);
+    apply(a, o0, o1);
+}
+
+/* The gates' product for state units [o0, o1) (its G column ranges), then h += z (v - h) for them, every row. */
+typedef struct { apply_t a; int64_t S, G; int cell; float *h; } gates_t;
+
 static void gates_part(const void *p, int64_t g0, int64_t g1) {
-    const layer_t *q = p;
+    const gates_t *q = p;
     const int64_t S = q->S, GS = q->G * q->S;
     int64_t o0, o1;
     columns(g0, g1, S, &o0, &o1);
-    for (int64_t g = 0; g < q->G; g++)
-        product(q->B, q->D, GS, g * S + o0, g * S + o1, q->xn, q->gates_w, q->gates_b, q->u, GS);
-    for (int64_t b = 0; b < q->B; b++) {
+    for (int64_t g = 0; g < q->G; g++) apply(&q->a, g * S + o0, g * S + o1);
+    for (int64_t b = 0; b < q->a.B; b++) {
         float *h = q->h + b * S;
-        const float *u = q->u + b * GS, *v = u + (q->G - 1) * S;
+        const float *u = q->a.out + b * GS, *v = u + (q->G - 1) * S;
         if (q->cell == 0) {
             for (int64_t j = o0; j < o1; j++) h[j] += sigmoid(u[j]) * (v[j] - h[j]);
         } else {
@@ -113,81 +162,72 @@ static void gates_part(const void *p, int64_t g0, int64_t g1) {
     }
 }
 
-static void out_part(const void *p, int64_t g0, int64_t g1) {  /* x[:, o0..o1) += h Wo */
-    const layer_t *q = p;
+static void gelu_part(const void *p, int64_t g0, int64_t g1) {  /* the feed-forward part's first product, GELU'd */
+    const apply_t *q = p;
     int64_t o0, o1;
-    columns(g0, g1, q->D, &o0, &o1);
-    product(q->B, q->S, q->D, o0, o1, q->h, q->out_w, NULL, q->x, q->D);
-}
-
-static void ffn_in_part(const void *p, int64_t g0, int64_t g1) {  /* f[:, o0..o1) = GELU(N(x) W1 + b1) */
-    const layer_t *q = p;
-    int64_t o0, o1;
-    columns(g0, g1, q->F, &o0, &o1);
-    product(q->B, q->D, q->F, o0, o1, q->xn, q->w1, q->b1, q->f, q->F);
+    columns(g0, g1, q->N, &o0, &o1);
+    apply(q, o0, o1);
     for (int64_t b = 0; b < q->B; b++)
-        for (int64_t j = o0; j < o1; j++) q->f[b * q->F + j] = gelu(q->f[b * q->F + j]);
+        for (int64_t j = o0; j < o1; j++) q->out[b * q->N + j] = gelu(q->out[b * q->N + j]);
 }
 
-static void ffn_out_part(const void *p, int64_t g0, int64_t g1) {  /* x[:, o0..o1) += f W2 */
-    const layer_t *q = p;
-    int64_t o0, o1;
-    columns(g0, g1, q->D, &o0, &o1);
-    product(q->B, q->F, q->D, o0, o1, q->f, q->w2, NULL, q->x, q->D);
-}
+/* Scratch shared by a step's products: an int8 product's row codes and scales, and its int32 sums. */
+typedef struct { int8_t *codes; float *scale; int32_t *acc; int threads; } step_t;
 
-typedef struct { int64_t B, D, V; const float *xn, *w, *bias; float *logits; } head_t;
-
-static void head_part(const void *p, int64_t g0, int64_t g1) {  /* logits[:, o0..o1) = N(x) W + b */
-    const head_t *q = p;
-    int64_t o0, o1;
-    columns(g0, g1, q->V, &o0, &o1);
-    product(q->B, q->D, q->V, o0, o1, q->xn, q->w, q->bias, q->logits, q->V);
+/* out (+)= x @ W + bias over the threads, each a share of the outputs (gates: of the state units; then its cells) */
+static void run(const step_t *t, const struct min_product *p, int64_t B, int64_t K, int64_t N, const float *x,
+                float *out, int64_t out_stride, int add, part_fn part, const gates_t *gates) {
+    if (p->codes) quantise_rows(B, K, x, t->codes, t->scale);
+    const apply_t a = {p, B, K, N, x, t->codes, t->scale, t->acc, out, out_stride, add};
+    if (gates) {
+        gates_t g = *gates;
+        g.a = a;
+        team_run(gates_part, &g, (g.S + 63) / 64, t->threads);
+    } else {
+        team_run(part, &a, (N + 63) / 64, t->threads);
+    }
 }
 
 static void normalise_rows(int64_t B, int64_t D, const float *x, float *xn, float eps) {
     for (int64_t b = 0; b < B; b++) normalise(D, x + b * D, xn + b * D, eps);
 }
 
-static void add_rows(int64_t B, int64_t D, float *x, const float *bias) {
-    for (int64_t b = 0; b < B; b++) for (int64_t j = 0; j < D; j++) x[b * D + j] += bias[j];
-}
-
 /* The stack for rows 0..B-1: token ids tok (B) index table (V, D) (the embedding and input projection folded; -1,
-   nothing done, for an id outside 0..V-1); per layer the arrays hold gates (D, G*S) and its bias, out (S, D) and
-   its bias, and with F > 0 the feed-forward part's (D, F), (F), (F, D), (D) (NULL entries: none); state (L, B, S);
-   x and xn (B, D) hold the residual stream and the head's normalised input; scratch B * (G*S + F) floats; with
-   head_w (D, V) and head_b, the logits (B, V) as well (NULL: the caller's head reads xn). cell 0:
-   minGRU (G 2), 1: minLSTM (G 3). Each product (and the cells and GELU after it) is split over `threads` threads
-   by its outputs, 16 at a time; the norms and bias adds between them, a few hundred numbers, run on this one.
-   The varying arguments come last, after those a caller binds once. */
+   nothing done, for an id outside 0..V-1); layers[l]'s products: gates (D -> G*S), out (S -> D), and with F > 0
+   the feed-forward part's (D -> F, F -> D) (ffn_in.bias NULL: none); state (L, B, S); x and xn (B, D) hold the
+   residual stream and the head's normalised input; scratch B * (G*S + F) floats; codes and acc (int8 products
+   only) B * max(D, S, F) int8 and B * G*S int32, scale B floats; with head_w (D, V) and head_b, the logits (B, V)
+   as well (NULL: the caller's head reads xn). cell 0: minGRU (G 2), 1: minLSTM (G 3). Each product (and the
+   cells and GELU after it) is split over `threads` threads by its outputs, 64 at a time; the norms and bias adds
+   between them, a few hundred numbers, run on this one. The varying arguments come last, after those a caller
+   binds once. */
 int min_step(int64_t B, int64_t L, int64_t D, int64_t S, int64_t F, int cell, int64_t V, const float *table,
-             const float *const *gates_w, const float *const *gates_b, const float *const *out_w,
-             const float *const *out_b, const float *const *w1, const float *const *b1, const float *const *w2,
-             const float *const *b2, float *x, float *xn, float *scratch, float eps, const float *head_w,
-             const float *head_b, float *logits, int threads, const int64_t *tok, float *state) {
+             const struct min_layer *layers, float *x, float *xn, float *scratch, int8_t *codes, float *scale,
+             int32_t *acc, float eps, const float *head_w, const float *head_b, float *logits, int threads,
+             const int64_t *tok, float *state) {
     const int64_t G = cell ? 3 : 2;
+    float *u = scratch, *f = scratch + B * G * S;
     for (int64_t b = 0; b < B; b++) if (tok[b] < 0 || tok[b] >= V) return -1;
     for (int64_t b = 0; b < B; b++) memcpy(x + b * D, table + tok[b] * D, (size_t)D * sizeof(float));
-    threads = team_enter(threads);
+    const step_t t = {codes, scale, acc, team_enter(threads)};
     for (int64_t l = 0; l < L; l++) {
-        const layer_t q = {B, D, S, F, G, cell, gates_w[l], gates_b[l], out_w[l], w1[l], b1[l], w2[l],
-                           state + l * B * S, x, xn, scratch, scratch + B * G * S};
+        const struct min_layer *y = layers + l;
+        float *h = state + l * B * S;
+        const gates_t gates = {{0}, S, G, cell, h};
         normalise_rows(B, D, x, xn, eps);
-        team_run(gates_part, &q, (S + 15) / 16, threads);
-        add_rows(B, D, x, out_b[l]);
-        team_run(out_part, &q, (D + 15) / 16, threads);  /* the residual: x += h Wo + bo */
-        if (F > 0 && w1[l]) {
+        run(&t, &y->gates, B, D, G * S, xn, u, G * S, 0, NULL, &gates);
+        run(&t, &y->out, B, S, D, h, x, D, 1, apply_part, NULL);  /* the residual: x += h Wo + bo */
+        if (F > 0 && y->ffn_in.bias) {
             normalise_rows(B, D, x, xn, eps);
-            team_run(ffn_in_part, &q, (F + 15) / 16, threads);
-            add_rows(B, D, x, b2[l]);
-            team_run(ffn_out_part, &q, (D + 15) / 16, threads);
+            run(&t, &y->ffn_in, B, D, F, xn, f, F, 0, gelu_part, NULL);
+            run(&t, &y->ffn_out, B, F, D, f, x, D, 1, apply_part, NULL);
         }
     }
     normalise_rows(B, D, x, xn, eps);
     if (logits) {  /* a character vocabulary's head: a few microseconds, less than handing half of it over */
-        const head_t q = {B, D, V, xn, head_w, head_b, logits};
-        team_run(head_part, &q, (V + 15) / 16, B * D * V >= HEAD_SPLIT ? threads : 1);
+        const struct min_product head = {head_w, head_b, NULL, NULL, NULL};
+        const apply_t a = {&head, B, D, V, xn, NULL, NULL, NULL, logits, V, 0};
+        team_run(apply_part, &a, (V + 63) / 64, B * D * V >= HEAD_SPLIT ? t.threads : 1);
     }
     team_leave();
     return 0;

@@ -26,8 +26,6 @@ The state is every layer's h, (layers, batch, expand * hidden), fp32: charnn.mod
 
 from __future__ import annotations
 
-import ctypes
-from functools import partial
 from typing import Optional, Tuple
 
 import torch
@@ -35,14 +33,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from charnn.models.configs import MinRNNConfig
-from charnn.models import fused, native, regularize
+from charnn.models import fused, regularize
 from charnn.models.cells import decay_groups, fold_label
 from charnn.models.scan import mingru_scan
 from charnn.models.state import TensorState
-from charnn.models.stepper import ModuleStepper
 
 GATES = {"mingru": 2, "minlstm": 3}  # input projections per cell: (k, v) or (k_f, k_i, v)
-NATIVE_ROWS = 8  # the most rows MinStepper steps in C (more: torch's products, which read each weight once)
 
 
 def mingru_input(cell: str, u: torch.Tensor) -> torch.Tensor:
@@ -213,118 +209,3 @@ class MinRNN(regularize.Penalised, nn.Module):
     def optimizer_groups(self, weight_decay: float) -> list:
         """AdamW's groups: decay on matrices, not on biases, norms, the embeddings or the label vectors."""
         return decay_groups(self, weight_decay, ("embed", "label_embed", "label_out"))
-
-
-class MinStepper(ModuleStepper):
-    """Generation's stepper for a MinRNN: ModuleStepper (the state is the model's own (L, B, S) tensor, rows
-    handled through state_ops) with a lean one-token step: the embedding and the input projection folded into
-    one (V, D) table, every LayerNorm's scale and shift folded into the product that reads it
-    (W (g * n + b) + c = (W g) n + (W b + c)), functional calls only (no module dispatch per step), and each
-    layer's state updated in place by one lerp. On a CPU with charnn's C library (charnn.models.native) a few
-    rows step the whole stack in one C call (min_native.c), and one stream's head and draw are one more
-    (`step_draw`, as FastStepper's); many rows keep torch's products, which spread over the threads."""
-
-    blocks = None  # no block of tokens in one C call (FastStepper's int8 LSTM has one)
-
-    def __init__(self, model: MinRNN, batch: int, banned=()):
-        super().__init__(model, batch, banned)
-        with torch.no_grad():
-            self.table = model.inp(model.embed.weight).detach().contiguous()  # (V, D): embed then inp, every token
-            self.layers = [(block.cell, *_fold_norm(block.norm, block.gates), block.out.weight.detach().t().contiguous(),
-                            block.out.bias.detach(), _ffn(block.ffn)) for block in model.blocks]
-            self.head_w, self.head_b = _fold_norm(model.norm, model.head)
-            if banned:
-                self.head_b[list(banned)] = float("-inf")  # never drawn, at no cost per step
-        self.eps = model.norm.eps  # every LayerNorm of the model is built with the same (default) eps
-        cpu = self.table.device.type == "cpu" and self.table.dtype == torch.float32
-        self._native(native.library() if cpu and batch <= NATIVE_ROWS else None)
-
-    def _native(self, lib) -> None:
-        """Bind min_native.c's whole-stack step and, for one stream, cells_native.c's head_draw (lib None: neither)."""
-        self.call, self.draws = None, False
-        if lib is None:
-            return
-        D, V = self.table.shape[1], self.table.shape[0]
-        S, ffn = self.layers[0][3].shape[0], self.layers[0][5]
-        F = 0 if ffn is None else ffn[0].shape[1]
-        G = GATES[self.layers[0][0]]
-
-        def array(i, j=None):
-            ts = [layer[i] if j is None else (layer[i] and layer[i][j]) for layer in self.layers]
-            return (ctypes.c_void_p * len(ts))(*[None if t is None else t.data_ptr() for t in ts])
-        self.arrays = [array(1), array(2), array(3), array(4), *(array(5, j) for j in range(4))]  # alive with call
-        self.x, self.xn = torch.empty(self.B, D), torch.empty(self.B, D)
-        self.scratch = torch.empty(self.B * (G * S + F))
-        self.logits = torch.empty(self.B, V)
-        self.call = partial(lib.min_step, self.B, len(self.layers), D, S, F, int(self.layers[0][0] == "minlstm"), V,
-                            native.ptr(self.table), *self.arrays, native.ptr(self.x), native.ptr(self.xn),
-                            native.ptr(self.scratch), float(self.eps), native.ptr(self.head_w),
-                            native.ptr(self.head_b))
-        self.draws = self.B == 1
-        self.head_draw = partial(lib.head_draw, D, V, native.ptr(self.xn), D, native.ptr(self.head_w),
-                                 native.ptr(self.head_b), native.ptr(self.logits))
-
-    @torch.no_grad()
-    def step(self, tok: torch.Tensor) -> torch.Tensor:
-        """tok: (B,) ids -> (B, V) logits for the next token; the state moves one step. (In C, the logits are a
-        buffer the next call reuses.)"""
-        if self.call is not None:
-            self._step_native(tok, self.logits)
-            return self.logits
-        state, eps = self.state, self.eps
-        x = self.table.index_select(0, tok.view(-1))  # (B, D)
-        width = x.shape[-1:]
-        for l, (cell, gates_w, gates_b, out_w, out_b, ffn) in enumerate(self.layers):
-            u = torch.addmm(gates_b, F.layer_norm(x, width, eps=eps), gates_w)
-            if cell == "mingru":
-                k, v = u.chunk(2, -1)
-                z = torch.sigmoid(k)
-            else:  # z = i / (f + i) directly: fewer ops than the scan's logsigmoid form
-                kf, ki, v = u.chunk(3, -1)
-                i = torch.sigmoid(ki)
-                z = i / (torch.sigmoid(kf) + i)
-            torch.lerp(state[l], v.float(), z.float(), out=state[l])  # h += z (v - h)
-            x = torch.addmm(out_b, state[l].to(x.dtype), out_w).add_(x)  # the residual
-            if ffn is not None:
-                w1, b1, w2, b2 = ffn
-                x = torch.addmm(b2, F.gelu(torch.addmm(b1, F.layer_norm(x, width, eps=eps), w1)), w2).add_(x)
-        return torch.addmm(self.head_b, F.layer_norm(x, width, eps=eps), self.head_w)
-
-    def step_draw(self, tok: torch.Tensor, noise: torch.Tensor, out: torch.Tensor, temperature: float = 1.0,
-                  top_k: int = 0) -> None:
-        """Where `draws` (one stream, C): step, then the Batcher's draw without top-p in the same C call as the
-        head, as FastStepper.step_draw."""
-        self._step_native(tok, None)
-        self.head_draw(1, native.ptr(noise), native.ptr(out), temperature, top_k)
-
-    def _step_native(self, tok: torch.Tensor, logits: Optional[torch.Tensor]) -> None:
-        """The stack's step in C, and the head into `logits` (None: none, head_draw follows)."""
-        if tok.dtype != torch.long or not tok.is_contiguous() or tok.shape != (self.B,):  # (the Batcher's are)
-            if tok.numel() != self.B:
-                raise ValueError(f"MinStepper.step: {tok.numel()} token ids for {self.B} rows")
-            tok = tok.reshape(self.B).to(torch.long).contiguous()
-        if not self.state.is_contiguous():  # (rows that joined or moved may leave a strided state)
-            self.state = self.state.contiguous()
-        if self.call(native.ptr(logits), torch.get_num_threads(), native.ptr(tok), native.ptr(self.state)):
-            raise IndexError("MinStepper.step: a token id outside the vocabulary")
-
-
-def _ffn(ffn: Optional[nn.Sequential]):
-    """A block's feed-forward part (LayerNorm, Linear, GELU, Linear, Dropout) as (W1^T, b1, W2^T, b2), the norm
-    folded into the first product; None: the block has none."""
-    if ffn is None:
-        return None
-    return (*_fold_norm(ffn[0], ffn[1]), ffn[3].weight.detach().t().contiguous(), ffn[3].bias.detach())
-
-
-def _fold_norm(norm: nn.LayerNorm, linear: nn.Linear) -> Tuple[torch.Tensor, torch.Tensor]:
-    """linear(norm(x)) as (W^T, bias) over the plain normalised x: the norm's scale and shift folded in."""
-    w = linear.weight.detach()
-    return (w * norm.weight.detach()).t().contiguous(), linear.bias.detach() + w @ norm.bias.detach()
-
-
-def min_stepper(model: MinRNN, rows: int, banned=(), int8: bool = False) -> MinStepper:
-    """The registry's stepper for the minrnn kind (ModelKind.stepper); int8 it does not do."""
-    if int8:
-        raise NotImplementedError
-    return MinStepper(model, rows, banned)

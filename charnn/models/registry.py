@@ -228,10 +228,11 @@ def stepper_factory(model, int8: bool = False) -> Callable[[int, Sequence[int]],
                 return _resolve(kind.stepper)(model, rows, banned, int8)
             except NotImplementedError:  # a variant its fast stepper does not cover: the module steps instead
                 if int8:
-                    raise CharnnError("--int8 covers charnn's LSTM, GRU and RNN language models only") from None
+                    raise CharnnError("--int8 covers charnn's LSTM, GRU, RNN, minGRU and minLSTM language models "
+                                      "only") from None
         elif int8:
-            raise CharnnError(f"--int8 needs a model kind with a fast stepper (charnn's LSTM, GRU and RNN language "
-                              f"models); this is {kind.name if kind else type(model).__name__}: leave --int8 out")
+            raise CharnnError(f"--int8 needs a model kind with a fast stepper (charnn's LSTM, GRU, RNN, minGRU and "
+                              f"minLSTM language models); this is {kind.name if kind else type(model).__name__}: leave --int8 out")
         return ModuleStepper(model, rows, banned)
     return make
 
@@ -316,7 +317,7 @@ register(ModelKind("minrnn", "charnn.models.minrnn:MinRNN", MinRNNConfig, MINRNN
                    info_fields=RECURRENT_INFO[:3] + ("expand", "ffn") + RECURRENT_INFO[3:], info_line=_minrnn_line,
                    architecture=RECURRENT_ARCHITECTURE + ("expand", "ffn"),
                    fixed_on_resume=STACK_FIXED + ("expand", "ffn") + tuple(f.name for f in MIN_REGULARISER_FLAGS),
-                   stepper="charnn.models.minrnn:min_stepper", extra={"train_defaults": MINRNN_TRAIN}))
+                   stepper="charnn.models.minstep:min_stepper", extra={"train_defaults": MINRNN_TRAIN}))
 
 
 # -- the many-to-one classifier (`train --label-by ... --classifier`) -----------------------------------------

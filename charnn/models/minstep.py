@@ -1,0 +1,185 @@
+"""Generation's stepper for the parallel-scan cells (kind "minrnn": `--cell mingru`, `--cell minlstm`): one token at a
+time, for a batch of streams, with the model's own state.
+
+The step is the model's forward for one token with everything that can be done once done once: the embedding and
+the input projection folded into one (V, D) table, every LayerNorm's scale and shift folded into the product that
+reads it (W (g * n + b) + c = (W g) n + (W b + c)), weights laid out (inputs, outputs). On a CPU with charnn's C
+library (charnn.models.native), up to NATIVE_ROWS rows (any number with --int8) step the whole stack in one C call (min_native.c, split over
+torch's threads), and one stream's head and draw are one more (`step_draw`, as the LSTM's FastStepper): through
+torch a token of the default model is about forty small operations, each a few microseconds of dispatch.
+`--int8` (a CPU with AVX-512 VNNI) stores every layer's products as int8 codes with a scale per output, and
+multiplies them by int8 codes of each row's input (one scale per row, max |x| / 127, taken per token: unlike the
+LSTM's hidden states these inputs have no fixed range). Elsewhere, and for many rows, torch's operations.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import partial
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from charnn.errors import CharnnError
+from charnn.models import native
+from charnn.models.minrnn import GATES, MinRNN
+from charnn.models.stepper import ModuleStepper
+
+NATIVE_ROWS = 8  # the most rows MinStepper steps in C (more: torch's products, which read each weight once)
+
+
+class Product(ctypes.Structure):  # min_native.c's struct min_product
+    _fields_ = [("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("factor", ctypes.c_void_p),
+                ("codes", ctypes.c_void_p), ("offset", ctypes.c_void_p)]
+
+
+class Layer(ctypes.Structure):  # struct min_layer
+    _fields_ = [("gates", Product), ("out", Product), ("ffn_in", Product), ("ffn_out", Product)]
+
+
+class MinStepper(ModuleStepper):
+    """ModuleStepper (the state is the model's own (L, B, S) tensor, rows handled through state_ops) with a lean
+    one-token step (the module doc): torch operations, or with the C library one call."""
+
+    blocks = None  # no block of tokens in one C call (FastStepper's int8 LSTM has one)
+
+    def __init__(self, model: MinRNN, batch: int, banned=(), int8: bool = False):
+        super().__init__(model, batch, banned)
+        with torch.no_grad():
+            self.table = model.inp(model.embed.weight).detach().contiguous()  # (V, D): embed then inp, every token
+            self.layers = [(block.cell, *_fold_norm(block.norm, block.gates),
+                            block.out.weight.detach().t().contiguous(), block.out.bias.detach(), _ffn(block.ffn))
+                           for block in model.blocks]
+            self.head_w, self.head_b = _fold_norm(model.norm, model.head)
+            if banned:
+                self.head_b[list(banned)] = float("-inf")  # never drawn, at no cost per step
+        self.eps = model.norm.eps  # every LayerNorm of the model is built with the same (default) eps
+        cpu = self.table.device.type == "cpu" and self.table.dtype == torch.float32
+        lib = native.library() if cpu and (batch <= NATIVE_ROWS or int8) else None
+        if int8:
+            _check_int8(model, lib)
+        self._native(lib, int8)
+
+    def _native(self, lib, int8: bool) -> None:
+        """Bind min_native.c's whole-stack step and, for one stream, cells_native.c's head_draw (lib None: neither)."""
+        self.call, self.draws, self.int8 = None, False, int8
+        if lib is None:
+            return
+        B, (V, D) = self.B, self.table.shape
+        S, ffn = self.layers[0][3].shape[0], self.layers[0][5]
+        Fw, G = 0 if ffn is None else ffn[0].shape[1], GATES[self.layers[0][0]]
+        self.keep = []  # every tensor whose address the C step holds
+
+        def product(w_t, bias):
+            if not int8:
+                self.keep += [w_t, bias]
+                return Product(w_t.data_ptr(), bias.data_ptr(), None, None, None)
+            packed, offset, factor = _int8(w_t)
+            self.keep += [packed, offset, factor, bias]
+            return Product(None, bias.data_ptr(), factor.data_ptr(), packed.data_ptr(), offset.data_ptr())
+        none = Product(None, None, None, None, None)
+        self.structs = (Layer * len(self.layers))(*[
+            Layer(product(gw, gb), product(ow, ob), *(none, none) if f is None else
+                  (product(f[0], f[1]), product(f[2], f[3])))
+            for _, gw, gb, ow, ob, f in self.layers])
+        widest = max(G * S, D, Fw)
+        self.x, self.xn, self.logits = torch.empty(B, D), torch.empty(B, D), torch.empty(B, V)
+        self.scratch = torch.empty(B * (G * S + Fw))
+        self.codes, self.scale = torch.empty(B * widest, dtype=torch.int8), torch.empty(B)
+        self.acc = torch.empty(B * widest, dtype=torch.int32)
+        ptr = native.ptr
+        self.call = partial(lib.min_step, B, len(self.layers), D, S, Fw, int(self.layers[0][0] == "minlstm"), V,
+                            ptr(self.table), ctypes.cast(self.structs, ctypes.c_void_p), *map(ptr, (self.x, self.xn, self.scratch, self.codes,
+                                                                      self.scale, self.acc)),
+                            float(self.eps), ptr(self.head_w), ptr(self.head_b))
+        self.draws = B == 1
+        self.head_draw = partial(lib.head_draw, D, V, ptr(self.xn), D, ptr(self.head_w), ptr(self.head_b),
+                                 ptr(self.logits))
+
+    @torch.no_grad()
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        """tok: (B,) ids -> (B, V) logits for the next token; the state moves one step. (In C, the logits are a
+        buffer the next call reuses.)"""
+        if self.call is not None:
+            self._step_native(tok, self.logits)
+            return self.logits
+        state, eps = self.state, self.eps
+        x = self.table.index_select(0, tok.view(-1))  # (B, D)
+        width = x.shape[-1:]
+        for l, (cell, gates_w, gates_b, out_w, out_b, ffn) in enumerate(self.layers):
+            u = torch.addmm(gates_b, F.layer_norm(x, width, eps=eps), gates_w)
+            if cell == "mingru":
+                k, v = u.chunk(2, -1)
+                z = torch.sigmoid(k)
+            else:  # z = i / (f + i) directly: fewer ops than the scan's logsigmoid form
+                kf, ki, v = u.chunk(3, -1)
+                i = torch.sigmoid(ki)
+                z = i / (torch.sigmoid(kf) + i)
+            torch.lerp(state[l], v.float(), z.float(), out=state[l])  # h += z (v - h)
+            x = torch.addmm(out_b, state[l].to(x.dtype), out_w).add_(x)  # the residual
+            if ffn is not None:
+                w1, b1, w2, b2 = ffn
+                x = torch.addmm(b2, F.gelu(torch.addmm(b1, F.layer_norm(x, width, eps=eps), w1)), w2).add_(x)
+        return torch.addmm(self.head_b, F.layer_norm(x, width, eps=eps), self.head_w)
+
+    def step_draw(self, tok: torch.Tensor, noise: torch.Tensor, out: torch.Tensor, temperature: float = 1.0,
+                  top_k: int = 0) -> None:
+        """Where `draws` (one stream, C): step, then the Batcher's draw without top-p in the same C call as the
+        head, as FastStepper.step_draw."""
+        self._step_native(tok, None)
+        self.head_draw(1, native.ptr(noise), native.ptr(out), temperature, top_k)
+
+    def _step_native(self, tok: torch.Tensor, logits: Optional[torch.Tensor]) -> None:
+        """The stack's step in C, and the head into `logits` (None: none, head_draw follows)."""
+        if tok.dtype != torch.long or not tok.is_contiguous() or tok.shape != (self.B,):  # (the Batcher's are)
+            if tok.numel() != self.B:
+                raise ValueError(f"MinStepper.step: {tok.numel()} token ids for {self.B} rows")
+            tok = tok.reshape(self.B).to(torch.long).contiguous()
+        if not self.state.is_contiguous():  # (rows that joined or moved may leave a strided state)
+            self.state = self.state.contiguous()
+        if self.call(native.ptr(logits), torch.get_num_threads(), native.ptr(tok), native.ptr(self.state)):
+            raise IndexError("MinStepper.step: a token id outside the vocabulary")
+
+
+def _check_int8(model: MinRNN, lib) -> None:
+    """--int8 where the C step can do it: a CPU, the library's VNNI products, widths in multiples of 64."""
+    c = model.config
+    widths = (c.hidden, c.expand * c.hidden) + ((c.ffn * c.hidden,) if c.ffn else ())
+    if next(model.parameters()).device.type != "cpu":
+        raise CharnnError("--int8 is for sampling on the CPU; on a GPU leave it out")
+    if not native.int8_products(lib):
+        raise CharnnError("--int8 for mingru/minlstm needs a CPU with AVX-512 VNNI and a C compiler; "
+                          "sample without --int8")
+    if any(w % 64 for w in widths):
+        raise CharnnError(f"--int8 for mingru/minlstm needs widths in multiples of 64 (this model's: "
+                          f"{', '.join(map(str, widths))}); sample without --int8")
+
+
+def _int8(w_t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A (K, N) product's weights as int8 codes `pack`ed for int8_native.c, their offsets, and the scale of each
+    output (max |w| / 127 over its inputs)."""
+    scale = (w_t.abs().amax(dim=0) / 127).clamp_min(1e-12)
+    codes = torch.round(w_t / scale).clamp_(-127, 127).to(torch.int8)
+    packed, offset = native.pack(codes)
+    return packed, offset, scale.contiguous()
+
+
+def _ffn(ffn: Optional[nn.Sequential]):
+    """A block's feed-forward part (LayerNorm, Linear, GELU, Linear, Dropout) as (W1^T, b1, W2^T, b2), the norm
+    folded into the first product; None: the block has none."""
+    if ffn is None:
+        return None
+    return (*_fold_norm(ffn[0], ffn[1]), ffn[3].weight.detach().t().contiguous(), ffn[3].bias.detach())
+
+
+def _fold_norm(norm: nn.LayerNorm, linear: nn.Linear) -> Tuple[torch.Tensor, torch.Tensor]:
+    """linear(norm(x)) as (W^T, bias) over the plain normalised x: the norm's scale and shift folded in."""
+    w = linear.weight.detach()
+    return (w * norm.weight.detach()).t().contiguous(), linear.bias.detach() + w @ norm.bias.detach()
+
+
+def min_stepper(model: MinRNN, rows: int, banned=(), int8: bool = False) -> MinStepper:
+    """The registry's stepper for the minrnn kind (ModelKind.stepper)."""
+    return MinStepper(model, rows, banned, int8)
