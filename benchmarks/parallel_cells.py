@@ -202,8 +202,9 @@ def table(rows: list) -> str:
         return ""
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join("" if r.get(k) is None else f"{r[k]:,}" if isinstance(r[k], int) else str(r[k])
-                                for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join("" if r.get(k) is None else ("yes" if r[k] else "no") if isinstance(r[k], bool)
+                                else f"{r[k]:,}" if isinstance(r[k], int) else str(r[k]) for k in keys) + " |"
+              for r in rows]
     return "\n".join(lines)
 
 

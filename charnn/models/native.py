@@ -1,4 +1,5 @@
-"""charnn's C: the sampler's fused recurrent cells (`cells_native.c`, `int8_native.c`: `library()`) and training's
+"""charnn's C: the sampler's fused recurrent cells (`cells_native.c`, `min_native.c`, `int8_native.c`, with their
+threads in `pool_native.c`: `library()`) and training's
 elementwise kernels (`train_native.c`, used through charnn.models.fused: `training_library()`), each library
 compiled on first use, else none.
 
@@ -8,7 +9,8 @@ does a whole LSTM or GRU cell in one pass (and the int8 codes of its output), an
 (argmax of the tempered logits + noise). With `--int8` on a CPU with AVX-512 VNNI it also does one LSTM or GRU stream's
 int8 matrix products, on the threads torch is given, and a whole block of that stream's tokens in one call, the
 Batcher's noise included (`Int8Block`): torch._int_mm's matrix-vector products alone took longer per token
-than that whole block now does (benchmarks/SAMPLING.md). It is built once per machine with
+than that whole block now does (benchmarks/SAMPLING.md). For the minGRU/minLSTM (charnn.models.minstep) a
+whole step of the stack is one call, products included, fp32 or int8. It is built once per machine with
 the C compiler already there (`$CC`, else `cc`; -O3 for this CPU, so the cache key names the CPU), kept in
 charnn's cache folder, and loaded with ctypes: no build step at install, no torch headers (it only sees raw
 float arrays, so it compiles in well under a second). Where there is no compiler, or it fails, or
