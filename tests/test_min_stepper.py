@@ -23,11 +23,12 @@ V = 23
 runner = CliRunner()
 
 
-def model_of(cell: str, hidden: int = 80, ffn: int = 2, expand: int = 2, layers: int = 2, seed: int = 0) -> MinRNN:
+def model_of(cell: str, hidden: int = 80, ffn: int = 2, expand: int = 2, layers: int = 2, seed: int = 0,
+             vocab: int = V) -> MinRNN:
     """Widths that take both of the C products' paths (whole blocks of 64 outputs and a narrower last one), with
     weights larger than the init's so the gates and the GELU see a wide range."""
     torch.manual_seed(seed)
-    model = MinRNN(MinRNNConfig(vocab_size=V, cell=cell, layers=layers, hidden=hidden, embed=16, dropout=0.0,
+    model = MinRNN(MinRNNConfig(vocab_size=vocab, cell=cell, layers=layers, hidden=hidden, embed=16, dropout=0.0,
                                 expand=expand, ffn=ffn)).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -62,6 +63,7 @@ def test_the_c_step_follows_the_full_forward_and_rows_moved_by_the_batcher(cell)
     with torch.no_grad():
         want = model(x)[0]
     st = MinStepper(model, 3)
+    assert st.call is not None
     for t in range(20):
         torch.testing.assert_close(st.step(x[:, t]), want[:, t], rtol=1e-4, atol=1e-4)
     st.move(2, 0)  # a new (strided or not) state tensor: the next C call must read this one
@@ -92,8 +94,54 @@ def test_the_c_step_is_the_same_on_any_threads(threads, team):
             pytest.skip("torch has no OpenMP runtime here")
         torch.set_num_threads(threads)
         st = MinStepper(model, 2)
+        assert st.call is not None
         for t in range(40):
             assert torch.equal(st.step(x[t]), want[t]), t
+    finally:
+        torch.set_num_threads(before)
+        native._share_openmp(lib, lib.pool_use_openmp)
+
+
+def test_a_big_vocabularys_head_is_split_over_the_threads_too():
+    """B * D * V of at least HEAD_SPLIT (a subword vocabulary): the head's columns go to every thread."""
+    model = model_of("mingru", hidden=64, vocab=3001)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        c, t = MinStepper(model, 2), torch_ops(model, 2)
+        for step in range(5):
+            tok = torch.tensor([step, 3000 - step])
+            torch.testing.assert_close(c.step(tok), t.step(tok), rtol=1e-4, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("team", ["torch's OpenMP threads", "the pool's own"])
+def test_two_threads_of_python_step_their_own_steppers_at_once(team):
+    """A server runs an engine thread per model: two steppers stepping at once each get their own numbers."""
+    import threading
+    lib, before = native.library(), torch.get_num_threads()
+    models = [model_of("mingru", seed=1), model_of("minlstm", seed=2)]
+    x = torch.randint(V, (60, 1))
+    torch.set_num_threads(2)
+    want = []
+    for m in models:
+        st = MinStepper(m, 1)
+        want.append(torch.stack([st.step(x[t]).clone() for t in range(60)]))
+    got = [None, None]
+
+    def run(i):
+        st = MinStepper(models[i], 1)
+        got[i] = torch.stack([st.step(x[t]).clone() for t in range(60)])
+    try:
+        if team != "torch's OpenMP threads":
+            lib.pool_use_openmp(None, None, None)
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=60)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
     finally:
         torch.set_num_threads(before)
         native._share_openmp(lib, lib.pool_use_openmp)
@@ -108,6 +156,7 @@ def test_minlstm_gates_far_below_zero_take_the_ratio_of_exponentials():
         model.blocks[0].gates.bias[:S] = -100.0  # k_f
         model.blocks[0].gates.bias[S:2 * S] = -95.0  # k_i: z = sigmoid(5), not 0.5 (nor NaN)
     st = MinStepper(model, 1)
+    assert st.call is not None
     st.step(torch.tensor([3]))
     u = model.blocks[0].gates(model.blocks[0].norm(model.inp(model.embed(torch.tensor([3])))))
     kf, ki, v = u.double().chunk(3, -1)
@@ -138,7 +187,7 @@ def test_greedy_text_is_the_same_with_and_without_c():
         minstep.NATIVE_ROWS, saved = rows_in_c, minstep.NATIVE_ROWS
         try:
             b = Batcher(model, tok, torch.device("cpu"), capacity=1)
-            assert (b.stepper.call is not None) == bool(rows_in_c)
+            assert (b.stepper.call is not None) == bool(rows_in_c) == b.stepper.draws
             row = b.add(spec)
             texts.append(drain(b, [row])[0])
         finally:

@@ -156,6 +156,22 @@ def test_a_compiler_that_cannot_build_the_int8_file_still_gives_the_cells(fresh,
     assert 0 <= out.item() < 11
 
 
+def test_a_compiler_that_cannot_build_the_min_cells_file_still_gives_the_lstm_cells(fresh, tmp_path):
+    """min_native.c (and the threads it needs) are plain C, but where they will not build the LSTM keeps its C cells
+    and the min cells their torch step."""
+    from charnn.models.minrnn import MinRNN
+    from charnn.models.configs import MinRNNConfig
+    from charnn.models.minstep import MinStepper
+    lib = library_refusing("min_native.c", fresh, tmp_path)
+    assert lib is not None and hasattr(lib, "lstm_cell") and not hasattr(lib, "min_step")
+    assert FastStepper(model_of("lstm", hidden=32), 1).native is not None
+    model = MinRNN(MinRNNConfig(vocab_size=11, cell="mingru", layers=1, hidden=16, embed=4)).eval()
+    st = MinStepper(model, 1)
+    assert st.call is None and not st.draws
+    with torch.no_grad():
+        torch.testing.assert_close(st.step(torch.tensor([3])), model(torch.tensor([[3]]))[0][:, -1])
+
+
 def test_a_compiler_that_cannot_build_the_training_file_still_gives_the_cells(fresh, tmp_path):
     """train_native.c is its own library: where it will not build, sampling keeps its C cells and training its torch
     operations."""

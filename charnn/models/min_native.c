@@ -1,4 +1,4 @@
-/* One token of a minGRU / minLSTM stack (charnn.models.minrnn.MinStepper), the whole stack in one call.
+/* One token of a minGRU / minLSTM stack (charnn.models.minstep.MinStepper), the whole stack in one call.
 
    Through torch, a token of the default 2-layer model is about forty small tensor operations (a few microseconds
    of dispatch each on a CPU, and torch's GELU alone costs 16 us for 512 numbers): several times the arithmetic.
@@ -196,7 +196,7 @@ static void normalise_rows(int64_t B, int64_t D, const float *x, float *xn, floa
    nothing done, for an id outside 0..V-1); layers[l]'s products: gates (D -> G*S), out (S -> D), and with F > 0
    the feed-forward part's (D -> F, F -> D) (ffn_in.bias NULL: none); state (L, B, S); x and xn (B, D) hold the
    residual stream and the head's normalised input; scratch B * (G*S + F) floats; codes and acc (int8 products
-   only) B * max(D, S, F) int8 and B * G*S int32, scale B floats; with head_w (D, V) and head_b, the logits (B, V)
+   only) B * max(G*S, D, F) int8 and as many int32, scale B floats; with head_w (D, V) and head_b, the logits (B, V)
    as well (NULL: the caller's head reads xn). cell 0: minGRU (G 2), 1: minLSTM (G 3). Each product (and the
    cells and GELU after it) is split over `threads` threads by its outputs, 64 at a time; the norms and bias adds
    between them, a few hundred numbers, run on this one. The varying arguments come last, after those a caller

@@ -65,7 +65,7 @@ class MinStepper(ModuleStepper):
     def _native(self, lib, int8: bool) -> None:
         """Bind min_native.c's whole-stack step and, for one stream, cells_native.c's head_draw (lib None: neither)."""
         self.call, self.draws, self.int8 = None, False, int8
-        if lib is None:
+        if lib is None or not hasattr(lib, "min_step"):  # (a library built from the LSTM's cells alone)
             return
         B, (V, D) = self.B, self.table.shape
         S, ffn = self.layers[0][3].shape[0], self.layers[0][5]
@@ -149,7 +149,7 @@ def _check_int8(model: MinRNN, lib) -> None:
     widths = (c.hidden, c.expand * c.hidden) + ((c.ffn * c.hidden,) if c.ffn else ())
     if next(model.parameters()).device.type != "cpu":
         raise CharnnError("--int8 is for sampling on the CPU; on a GPU leave it out")
-    if not native.int8_products(lib):
+    if not native.int8_products(lib) or not hasattr(lib, "min_step"):
         raise CharnnError("--int8 for mingru/minlstm needs a CPU with AVX-512 VNNI and a C compiler; "
                           "sample without --int8")
     if any(w % 64 for w in widths):

@@ -43,8 +43,9 @@ FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler doe
 COMMON = ["-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]  # (a * b + c: one FMA in every
 # file alike, which the int8 block's bit-for-bit agreement with the per-token cells rests on)
 I64, PTR, F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
-CELLS_BUILD = ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]), (SOURCES[:3], FLAGS[0]),  # the cells alone where the
-               (SOURCES[:3], FLAGS[1]))                                             # int8 file will not build
+CELLS_BUILD = ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]),  # everything; where the int8 file will not build, the
+               (SOURCES[:3], FLAGS[0]), (SOURCES[:3], FLAGS[1]),  # cells and the min cells' step (and its threads);
+               (SOURCES[:1], FLAGS[0]), (SOURCES[:1], FLAGS[1]))  # where those will not either, the cells alone
 
 
 def enabled() -> bool:
@@ -64,12 +65,14 @@ def library() -> Optional[ctypes.CDLL]:
     lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
     lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64]
+    if not hasattr(lib, "min_step"):  # built from the cells alone
+        return lib
     lib.pool_use_openmp.restype, lib.pool_use_openmp.argtypes = None, [PTR, PTR, PTR]
     _share_openmp(lib, lib.pool_use_openmp)
     lib.min_step.restype = ctypes.c_int
     lib.min_step.argtypes = [I64, I64, I64, I64, I64, ctypes.c_int, I64, *[PTR] * 8, F32, PTR, PTR, PTR,
                              ctypes.c_int, PTR, PTR]
-    if not hasattr(lib, "int8_vnni"):  # built from the cells alone
+    if not hasattr(lib, "int8_vnni"):  # built without the int8 file
         return lib
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
     lib.int8_product.restype, lib.int8_product.argtypes = None, [I64, I64, PTR, PTR, PTR, PTR, ctypes.c_int]

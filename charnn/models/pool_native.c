@@ -101,20 +101,29 @@ static int start_workers(int threads) {
    the Batcher's draw between), workers of our own share the cores with them: one stream of a minGRU sampled at
    7,800 chars/s on our workers, 19,300 on torch's (2-core Zen 4 EPYC). The int8 block (a block of tokens per
    call) keeps the pool: 2x512 int8 LSTM 34,000-38,000 chars/s on it, 31,000-36,000 on torch's team. */
-static void (*gomp_parallel)(void (*)(void *), void *, unsigned, unsigned);
-static int (*omp_thread_num)(void), (*omp_num_threads)(void);
+typedef struct {
+    void (*parallel)(void (*)(void *), void *, unsigned, unsigned);  /* GOMP_parallel; NULL: the pool's workers */
+    int (*thread_num)(void), (*num_threads)(void);
+} openmp_t;
 
+static openmp_t openmp;                /* what pool_use_openmp set */
+static _Thread_local openmp_t entered; /* what this thread's team_enter found: its team_run and team_leave use that,
+                                          whatever pool_use_openmp does meanwhile */
+
+static void forked_child_openmp(void) { openmp.parallel = NULL; }  /* a fork's child: the parent's OpenMP team is
+                                                                     gone (a step there would hang); the pool's */
 void pool_use_openmp(void *parallel, void *thread_num, void *num_threads) {
-    gomp_parallel = parallel;
-    omp_thread_num = thread_num;
-    omp_num_threads = num_threads;
+    static int hooked;
+    if (!hooked) hooked = !pthread_atfork(NULL, NULL, forked_child_openmp);
+    openmp = (openmp_t){parallel, thread_num, num_threads};
+    if (!thread_num || !num_threads) openmp.parallel = NULL;
 }
 
-typedef struct { part_fn fn; const void *ctx; int64_t total; } team_t;
+typedef struct { part_fn fn; const void *ctx; int64_t total; const openmp_t *omp; } team_t;
 
 static void team_part(void *arg) {
     const team_t *t = arg;
-    const int64_t i = omp_thread_num(), k = omp_num_threads();  /* (the team may be smaller than asked for) */
+    const int64_t i = t->omp->thread_num(), k = t->omp->num_threads();  /* (the team may be smaller than asked) */
     t->fn(t->ctx, t->total * i / k, t->total * (i + 1) / k);
 }
 
@@ -150,16 +159,17 @@ void pool_leave(void) {
 }
 
 int team_enter(int threads) {
-    if (!gomp_parallel) return pool_enter(threads);
+    entered = openmp;
+    if (!entered.parallel) return pool_enter(threads);
     return threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
 }
 
 void team_run(part_fn fn, const void *ctx, int64_t total, int threads) {
-    if (!gomp_parallel || threads <= 1) { run_parts(fn, ctx, total, threads); return; }
-    const team_t t = {fn, ctx, total};
-    gomp_parallel(team_part, (void *)&t, (unsigned)threads, 0);
+    if (!entered.parallel || threads <= 1) { run_parts(fn, ctx, total, threads); return; }
+    const team_t t = {fn, ctx, total, &entered};
+    entered.parallel(team_part, (void *)&t, (unsigned)threads, 0);
 }
 
 void team_leave(void) {
-    if (!gomp_parallel) pool_leave();
+    if (!entered.parallel) pool_leave();
 }
