@@ -52,7 +52,8 @@ def pronounce(w: str) -> list:
             i += 2
             continue
         if rest[0] in "aeiou" or (rest[0] == "y" and i > 0):
-            out.append(SHORT[rest[0]] if len(rest) > 1 else {"y": "i", "o": "oʊ", "a": "ɑ"}.get(rest[0], SHORT[rest[0]]))
+            final = {"y": "i", "o": "oʊ", "a": "ɑ"}  # a vowel that ends the word
+            out.append(SHORT[rest[0]] if len(rest) > 1 else final.get(rest[0], SHORT[rest[0]]))
             i += 1
             continue
         for n in (3, 2, 1):

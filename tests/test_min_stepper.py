@@ -21,6 +21,7 @@ from charnn.text.tokenizer import CharTokenizer
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler here")
 V = 23
 runner = CliRunner()
+vnni = pytest.mark.skipif(not native.int8_products(native.library()), reason="no AVX-512 VNNI here")
 
 
 def model_of(cell: str, hidden: int = 80, ffn: int = 2, expand: int = 2, layers: int = 2, seed: int = 0,
@@ -195,11 +196,33 @@ def test_greedy_text_is_the_same_with_and_without_c():
     assert len(texts[0]) == 60 and texts[0] == texts[1]
 
 
+@pytest.mark.parametrize("int8", [False, pytest.param(True, marks=vnni)])
+@pytest.mark.parametrize("temperature,top_k", [(0.0, None), (0.8, None), (1.0, 4)])
+def test_one_streams_blocks_in_c_give_the_per_token_text(int8, temperature, top_k):
+    """draw_block (a block of tokens in one C call, the Gumbel noise made there) against the same stepper drawing
+    token by token through the Batcher (the noise torch's): the same text, greedy or sampled, with top-k."""
+    tok = CharTokenizer([chr(ord("a") + i) for i in range(V)])
+    model = model_of("minlstm", hidden=64)
+    spec = RowSpec(prompt="ab", length=150, sampling=SamplingParams(temperature=temperature, top_k=top_k, seed=7))
+    texts = []
+    for blocks in (True, False):
+        b = Batcher(model, tok, torch.device("cpu"), capacity=1, int8=int8)
+        assert b.stepper.draws and b.stepper.blocks is not None
+        if not blocks:
+            b.stepper.blocks = None
+        texts.append(drain(b, [b.add(spec)])[0])
+    assert len(texts[0]) == 150 and texts[0] == texts[1]
+
+
 def test_bad_ids_and_many_rows():
     model = model_of("mingru", hidden=32)
     st = MinStepper(model, 2)
     with pytest.raises(IndexError, match="outside the vocabulary"):
         st.step(torch.tensor([0, V]))
+    with pytest.raises(IndexError, match="outside the vocabulary"):
+        MinStepper(model, 1).draw_block(torch.tensor([V]), torch.zeros(4, 1, dtype=torch.long), 1.0, 0, 0, True)
+    with pytest.raises(NotImplementedError, match="no blocks"):
+        st.draw_block(torch.tensor([0, 1]), torch.zeros(4, 2, dtype=torch.long), 1.0, 0, 0, True)
     with pytest.raises(ValueError, match="3 token ids for 2 rows"):
         st.step(torch.tensor([0, 1, 2]))
     torch.testing.assert_close(st.step(torch.tensor([[1], [2]], dtype=torch.int32)),
@@ -220,7 +243,6 @@ def test_without_the_library_the_torch_step_runs(monkeypatch):
 
 
 # -- --int8 ----------------------------------------------------------------------------------------------------
-vnni = pytest.mark.skipif(not native.int8_products(native.library()), reason="no AVX-512 VNNI here")
 
 
 @vnni

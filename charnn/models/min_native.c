@@ -172,7 +172,10 @@ static void gelu_part(const void *p, int64_t g0, int64_t g1) {  /* the feed-forw
 }
 
 /* Scratch shared by a step's products: an int8 product's row codes and scales, and its int32 sums. */
-typedef struct { int8_t *codes; float *scale; int32_t *acc; int threads; } step_t;
+typedef struct {
+    int8_t *codes; float *scale; int32_t *acc; int threads;
+    void (*run)(part_fn, const void *, int64_t, int);  /* team_run (one token a call) or run_parts (a block) */
+} step_t;
 
 /* out (+)= x @ W + bias over the threads, each a share of the outputs (gates: of the state units; then its cells) */
 static void run(const step_t *t, const struct min_product *p, int64_t B, int64_t K, int64_t N, const float *x,
@@ -182,14 +185,42 @@ static void run(const step_t *t, const struct min_product *p, int64_t B, int64_t
     if (gates) {
         gates_t g = *gates;
         g.a = a;
-        team_run(gates_part, &g, (g.S + 63) / 64, t->threads);
+        t->run(gates_part, &g, (g.S + 63) / 64, t->threads);
     } else {
-        team_run(part, &a, (N + 63) / 64, t->threads);
+        t->run(part, &a, (N + 63) / 64, t->threads);
     }
 }
 
 static void normalise_rows(int64_t B, int64_t D, const float *x, float *xn, float eps) {
     for (int64_t b = 0; b < B; b++) normalise(D, x + b * D, xn + b * D, eps);
+}
+
+/* The stack for rows 0..B-1 (min_step's arguments), on t's threads. */
+static void stack(int64_t B, int64_t L, int64_t D, int64_t S, int64_t F, int cell, int64_t V, const float *table,
+                  const struct min_layer *layers, float *x, float *xn, float *scratch, float eps, const float *head_w,
+                  const float *head_b, float *logits, const int64_t *tok, float *state, const step_t *t) {
+    const int64_t G = cell ? 3 : 2;
+    float *u = scratch, *f = scratch + B * G * S;
+    for (int64_t b = 0; b < B; b++) memcpy(x + b * D, table + tok[b] * D, (size_t)D * sizeof(float));
+    for (int64_t l = 0; l < L; l++) {
+        const struct min_layer *y = layers + l;
+        float *h = state + l * B * S;
+        const gates_t gates = {{0}, S, G, cell, h};
+        normalise_rows(B, D, x, xn, eps);
+        run(t, &y->gates, B, D, G * S, xn, u, G * S, 0, NULL, &gates);
+        run(t, &y->out, B, S, D, h, x, D, 1, apply_part, NULL);  /* the residual: x += h Wo + bo */
+        if (F > 0 && y->ffn_in.bias) {
+            normalise_rows(B, D, x, xn, eps);
+            run(t, &y->ffn_in, B, D, F, xn, f, F, 0, gelu_part, NULL);
+            run(t, &y->ffn_out, B, F, D, f, x, D, 1, apply_part, NULL);
+        }
+    }
+    normalise_rows(B, D, x, xn, eps);
+    if (logits) {  /* a character vocabulary's head: a few microseconds, less than handing half of it over */
+        const struct min_product head = {head_w, head_b, NULL, NULL, NULL};
+        const apply_t a = {&head, B, D, V, xn, NULL, NULL, NULL, logits, V, 0};
+        t->run(apply_part, &a, (V + 63) / 64, B * D * V >= HEAD_SPLIT ? t->threads : 1);
+    }
 }
 
 /* The stack for rows 0..B-1: token ids tok (B) index table (V, D) (the embedding and input projection folded; -1,
@@ -198,37 +229,47 @@ static void normalise_rows(int64_t B, int64_t D, const float *x, float *xn, floa
    residual stream and the head's normalised input; scratch B * (G*S + F) floats; codes and acc (int8 products
    only) B * max(G*S, D, F) int8 and as many int32, scale B floats; with head_w (D, V) and head_b, the logits (B, V)
    as well (NULL: the caller's head reads xn). cell 0: minGRU (G 2), 1: minLSTM (G 3). Each product (and the
-   cells and GELU after it) is split over `threads` threads by its outputs, 64 at a time; the norms and bias adds
-   between them, a few hundred numbers, run on this one. The varying arguments come last, after those a caller
-   binds once. */
+   cells and GELU after it) is split over `threads` threads by its outputs, 64 at a time, on torch's OpenMP team
+   where there is one (team_run: torch runs between these calls); the norms and bias adds between them, a few
+   hundred numbers, run on this one. The varying arguments come last, after those a caller binds once. */
 int min_step(int64_t B, int64_t L, int64_t D, int64_t S, int64_t F, int cell, int64_t V, const float *table,
              const struct min_layer *layers, float *x, float *xn, float *scratch, int8_t *codes, float *scale,
              int32_t *acc, float eps, const float *head_w, const float *head_b, float *logits, int threads,
              const int64_t *tok, float *state) {
-    const int64_t G = cell ? 3 : 2;
-    float *u = scratch, *f = scratch + B * G * S;
     for (int64_t b = 0; b < B; b++) if (tok[b] < 0 || tok[b] >= V) return -1;
-    for (int64_t b = 0; b < B; b++) memcpy(x + b * D, table + tok[b] * D, (size_t)D * sizeof(float));
-    const step_t t = {codes, scale, acc, team_enter(threads)};
-    for (int64_t l = 0; l < L; l++) {
-        const struct min_layer *y = layers + l;
-        float *h = state + l * B * S;
-        const gates_t gates = {{0}, S, G, cell, h};
-        normalise_rows(B, D, x, xn, eps);
-        run(&t, &y->gates, B, D, G * S, xn, u, G * S, 0, NULL, &gates);
-        run(&t, &y->out, B, S, D, h, x, D, 1, apply_part, NULL);  /* the residual: x += h Wo + bo */
-        if (F > 0 && y->ffn_in.bias) {
-            normalise_rows(B, D, x, xn, eps);
-            run(&t, &y->ffn_in, B, D, F, xn, f, F, 0, gelu_part, NULL);
-            run(&t, &y->ffn_out, B, F, D, f, x, D, 1, apply_part, NULL);
-        }
-    }
-    normalise_rows(B, D, x, xn, eps);
-    if (logits) {  /* a character vocabulary's head: a few microseconds, less than handing half of it over */
-        const struct min_product head = {head_w, head_b, NULL, NULL, NULL};
-        const apply_t a = {&head, B, D, V, xn, NULL, NULL, NULL, logits, V, 0};
-        team_run(apply_part, &a, (V + 63) / 64, B * D * V >= HEAD_SPLIT ? t.threads : 1);
-    }
+    const step_t t = {codes, scale, acc, team_enter(threads), team_run};
+    stack(B, L, D, S, F, cell, V, table, layers, x, xn, scratch, eps, head_w, head_b, logits, tok, state, &t);
     team_leave();
     return 0;
+}
+
+/* cells_native.c's one-stream head and draw, and int8_native.c's Gumbel noise (where the library has that file). */
+void head_draw(int64_t H, int64_t V, const float *h, int64_t h_stride, const float *w, const float *bias,
+               float *logits, int64_t B, const float *noise, int64_t *out, float temperature, int64_t top_k);
+void gumbel(int64_t seed, int64_t draw, int64_t V, float *out) __attribute__((weak));
+
+/* k tokens of one stream in one call (MinStepper.draw_block): the stack's step, then head_draw with the row's noise
+   for its draws draw, draw + 1, ... (gumbel: the Batcher's hash; none if greedy), each draw into
+   drawn[t * drawn_stride] and the next token's input; the first input is *tok. The arguments through head_b are min_step's (B = 1); logits
+   and noise: V floats. On the pool's own workers, as int8_native.c's block (no torch between the tokens, and the
+   workers stay on the cores: one int8 minGRU stream 50,000-63,000 chars/s on them, 26,000-45,000 on torch's team;
+   a token a call, 7,800 against 19,300 the other way round). -1 for a token id outside the vocabulary (nothing
+   more done), else 0. */
+int min_block(int64_t L, int64_t D, int64_t S, int64_t F, int cell, int64_t V, const float *table,
+              const struct min_layer *layers, float *x, float *xn, float *scratch, int8_t *codes, float *scale,
+              int32_t *acc, float eps, const float *head_w, const float *head_b, float *logits, float *noise,
+              int64_t k, float temperature, int64_t seed, int64_t draw, int greedy, int64_t top_k, int64_t *drawn,
+              int64_t drawn_stride, int threads, const int64_t *tok, float *state) {
+    int64_t id = *tok;
+    int status = 0;
+    const step_t run = {codes, scale, acc, pool_enter(threads), run_parts};
+    for (int64_t t = 0; t < k; t++) {
+        if (id < 0 || id >= V) { status = -1; break; }
+        stack(1, L, D, S, F, cell, V, table, layers, x, xn, scratch, eps, head_w, head_b, NULL, &id, state, &run);
+        if (!greedy) gumbel(seed, draw + t, V, noise);
+        head_draw(D, V, xn, D, head_w, head_b, logits, 1, greedy ? NULL : noise, &id, temperature, top_k);
+        drawn[t * drawn_stride] = id;
+    }
+    pool_leave();
+    return status;
 }

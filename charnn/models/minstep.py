@@ -4,8 +4,9 @@ time, for a batch of streams, with the model's own state.
 The step is the model's forward for one token with everything that can be done once done once: the embedding and
 the input projection folded into one (V, D) table, every LayerNorm's scale and shift folded into the product that
 reads it (W (g * n + b) + c = (W g) n + (W b + c)), weights laid out (inputs, outputs). On a CPU with charnn's C
-library (charnn.models.native), up to NATIVE_ROWS rows (any number with --int8) step the whole stack in one C call (min_native.c, split over
-torch's threads), and one stream's head and draw are one more (`step_draw`, as the LSTM's FastStepper): through
+library (charnn.models.native), up to NATIVE_ROWS rows (any number with --int8) step the whole stack in one C call
+(min_native.c, split over torch's threads), and one stream's head and draw are one more (`step_draw`, as the
+LSTM's FastStepper), or a whole block of its tokens is one call (`draw_block`, the noise made in C too): through
 torch a token of the default model is about forty small operations, each a few microseconds of dispatch.
 `--int8` (a CPU with AVX-512 VNNI) stores every layer's products as int8 codes with a scale per output, and
 multiplies them by int8 codes of each row's input (one scale per row, max |x| / 127, taken per token: unlike the
@@ -43,7 +44,7 @@ class MinStepper(ModuleStepper):
     """ModuleStepper (the state is the model's own (L, B, S) tensor, rows handled through state_ops) with a lean
     one-token step (the module doc): torch operations, or with the C library one call."""
 
-    blocks = None  # no block of tokens in one C call (FastStepper's int8 LSTM has one)
+    blocks = None  # one stream in C: a block of tokens in one call (`draw_block`), where the library has the noise
 
     def __init__(self, model: MinRNN, batch: int, banned=(), int8: bool = False):
         super().__init__(model, batch, banned)
@@ -90,13 +91,16 @@ class MinStepper(ModuleStepper):
         self.codes, self.scale = torch.empty(B * widest, dtype=torch.int8), torch.empty(B)
         self.acc = torch.empty(B * widest, dtype=torch.int32)
         ptr = native.ptr
+        buffers = map(ptr, (self.x, self.xn, self.scratch, self.codes, self.scale, self.acc))
         self.call = partial(lib.min_step, B, len(self.layers), D, S, Fw, int(self.layers[0][0] == "minlstm"), V,
-                            ptr(self.table), ctypes.cast(self.structs, ctypes.c_void_p), *map(ptr, (self.x, self.xn, self.scratch, self.codes,
-                                                                      self.scale, self.acc)),
-                            float(self.eps), ptr(self.head_w), ptr(self.head_b))
+                            ptr(self.table), ctypes.cast(self.structs, ctypes.c_void_p), *buffers, float(self.eps),
+                            ptr(self.head_w), ptr(self.head_b))
         self.draws = B == 1
         self.head_draw = partial(lib.head_draw, D, V, ptr(self.xn), D, ptr(self.head_w), ptr(self.head_b),
                                  ptr(self.logits))
+        if self.draws and hasattr(lib, "gumbel"):  # a block of tokens in one call, its noise made in C as well
+            self.noise = torch.empty(V)
+            self.blocks = partial(lib.min_block, *self.call.args[1:], ptr(self.logits), ptr(self.noise))
 
     @torch.no_grad()
     def step(self, tok: torch.Tensor) -> torch.Tensor:
@@ -131,16 +135,35 @@ class MinStepper(ModuleStepper):
         self._step_native(tok, None)
         self.head_draw(1, native.ptr(noise), native.ptr(out), temperature, top_k)
 
+    def draw_block(self, tok: torch.Tensor, drawn: torch.Tensor, temperature: float, seed: int, draw: int,
+                   greedy: bool, top_k: int = 0) -> None:
+        """Where `blocks` (one stream, C): step_draw for len(drawn) tokens in one C call, each draw the next one's
+        input, with the row's Gumbel noise for its draws draw, draw + 1, ... made there (`gumbel_noise`'s hash; none
+        if greedy), as FastStepper.draw_block. drawn: (k, n) int64, the stream's draws into drawn[:, 0]."""
+        if self.blocks is None:
+            raise NotImplementedError("MinStepper.draw_block: this stepper makes no blocks in C (see `blocks`)")
+        if drawn.dtype != torch.long or drawn.dim() != 2:
+            raise ValueError("MinStepper.draw_block: drawn must be a (k, n) int64 tensor")
+        tok = self._ready(tok)
+        if self.blocks(len(drawn), temperature, seed, draw, int(greedy), top_k, native.ptr(drawn), drawn.stride(0),
+                       torch.get_num_threads(), native.ptr(tok), native.ptr(self.state)):
+            raise IndexError("MinStepper.step: a token id outside the vocabulary")
+
     def _step_native(self, tok: torch.Tensor, logits: Optional[torch.Tensor]) -> None:
         """The stack's step in C, and the head into `logits` (None: none, head_draw follows)."""
+        tok = self._ready(tok)
+        if self.call(native.ptr(logits), torch.get_num_threads(), native.ptr(tok), native.ptr(self.state)):
+            raise IndexError("MinStepper.step: a token id outside the vocabulary")
+
+    def _ready(self, tok: torch.Tensor) -> torch.Tensor:
+        """The ids as C reads them (contiguous int64, one per row), and the state contiguous."""
         if tok.dtype != torch.long or not tok.is_contiguous() or tok.shape != (self.B,):  # (the Batcher's are)
             if tok.numel() != self.B:
                 raise ValueError(f"MinStepper.step: {tok.numel()} token ids for {self.B} rows")
             tok = tok.reshape(self.B).to(torch.long).contiguous()
         if not self.state.is_contiguous():  # (rows that joined or moved may leave a strided state)
             self.state = self.state.contiguous()
-        if self.call(native.ptr(logits), torch.get_num_threads(), native.ptr(tok), native.ptr(self.state)):
-            raise IndexError("MinStepper.step: a token id outside the vocabulary")
+        return tok
 
 
 def _check_int8(model: MinRNN, lib) -> None:

@@ -72,6 +72,9 @@ def library() -> Optional[ctypes.CDLL]:
     lib.min_step.restype = ctypes.c_int
     lib.min_step.argtypes = [I64, I64, I64, I64, I64, ctypes.c_int, I64, *[PTR] * 8, F32, PTR, PTR, PTR,
                              ctypes.c_int, PTR, PTR]
+    lib.min_block.restype = ctypes.c_int
+    lib.min_block.argtypes = [I64, I64, I64, I64, ctypes.c_int, I64, *[PTR] * 8, F32, PTR, PTR, PTR, PTR, I64, F32,
+                              I64, I64, ctypes.c_int, I64, PTR, I64, ctypes.c_int, PTR, PTR]
     if not hasattr(lib, "int8_vnni"):  # built without the int8 file
         return lib
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
