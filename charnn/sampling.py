@@ -120,6 +120,10 @@ class SampleConfig:
         return self
 
 
+DECODE_BATCH = 256  # transduce's default: beam 5 at 256 is 11.8x batch 1 on a 2-core Zen 4 EPYC, at 64 9.1x
+# (12.2x and 11.3x on a 2-core Xeon), greedy 24x and 17x; the same outputs (benchmarks/SEQ2SEQ.md)
+
+
 @dataclass
 class TransduceConfig:
     beam: int = 1  # hypotheses kept per input (1: greedy)
@@ -130,7 +134,7 @@ class TransduceConfig:
     top_p: Optional[float] = None
     seed: Optional[int] = None  # sampling's seed (None: 0, so the same input gives the same samples)
     max_length: Optional[int] = None  # output characters per line at most (None: from the input's length)
-    batch_size: int = 64  # inputs decoded together (length-sorted; the order of the output is the input's)
+    batch_size: int = DECODE_BATCH  # inputs decoded together (length-sorted; the order of the output is the input's)
     unknown: str = "error"  # input characters outside the vocabulary: error, or skip (drop them)
     device: str = "auto"
 

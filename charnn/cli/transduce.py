@@ -9,7 +9,7 @@ import typer
 
 from charnn.cli.options import Device, Quiet, split_checkpoint
 from charnn.cli.output import err, user_errors, writing_results
-from charnn.sampling import TransduceConfig
+from charnn.sampling import DECODE_BATCH, TransduceConfig
 
 
 def transduce(
@@ -40,7 +40,7 @@ def transduce(
                                                            "longest target/input ratio seen in training, times the "
                                                            "input's length, plus 10).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Inputs decoded together, sorted by length (the output keeps "
-                                                 "the input's order).")] = 64,
+                                                 "the input's order).")] = DECODE_BATCH,
     unknown: Annotated[str, typer.Option(help="Input characters the model does not know: error, or skip "
                                               "(drop them).")] = "error",
     encoding: Annotated[str, typer.Option(help="Text encoding of the input.")] = "utf-8",
