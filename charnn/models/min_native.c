@@ -8,7 +8,7 @@
    folded into the products that read them (the stepper's _fold_norm), so a norm here is the plain normalisation.
    The head is here too for a few rows (torch's addmm after it would start torch's threads beside this file's,
    still spinning: 0.7 ms a step for 4 rows on 2 cores); one stream's head and draw are cells_native.c's
-   head_draw, as the LSTM's.
+   head_draw, as the LSTM's, and min_block makes a whole block of one stream's tokens in one call.
 
    Per layer l, for each row b of x (B, D):
        u = N(x) Wg + bg                       (G * S: minGRU k, v; minLSTM k_f, k_i, v)
