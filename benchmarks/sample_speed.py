@@ -143,6 +143,7 @@ def time_rows(model, tokenizer, device, args, fast_kind: bool):
     # (label, streams, fast stepper, int8, CUDA graphs: None = the sampler's default, graphs on CUDA only, the C cells:
     # True, False, or "calls": the C cells without one int8 stream's whole block in C)
     blocks = cpu and fast_kind and FastStepper(model, 1, int8=True).blocks is not None
+    min_blocks = cpu and not fast_kind and getattr(registry.stepper_factory(model)(1, ()), "blocks", None) is not None
     runs = []
     for streams in (1, 64):
         naive = f"naive: nn.{args.cell.upper()} per char" if fast_kind else "naive: forward per char"
@@ -160,7 +161,7 @@ def time_rows(model, tokenizer, device, args, fast_kind: bool):
             use_native(fused)
             r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8, graphs)
             results.append({"label": label, "round": round_, "native": bool(fused) and native.library() is not None,
-                            "c_block": int8 and streams == 1 and fused is True and blocks, **r})
+                            "c_block": streams == 1 and fused is True and (int8 and blocks or min_blocks), **r})
         use_native(True)
         if cpu and fast_kind:
             ceilings.append((gemv_ceiling(model, args.seconds), gemv_ceiling(model, args.seconds, int8=True),

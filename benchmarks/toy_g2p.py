@@ -23,6 +23,7 @@ CODAS = ("", "", "b", "ck", "d", "ff", "g", "ght", "l", "ll", "m", "n", "nd", "n
 SHORT = {"a": "æ", "e": "ɛ", "i": "ɪ", "o": "ɑ", "u": "ʌ", "y": "ɪ"}
 LONG = {"a": "eɪ", "e": "i", "i": "aɪ", "o": "oʊ", "u": "ju", "y": "aɪ"}
 DIGRAPHS = {"ai": "eɪ", "ea": "i", "ee": "i", "oa": "oʊ", "oo": "u", "ou": "aʊ", "ow": "oʊ", "ie": "aɪ"}
+SOFT = {"c": ["s"], "g": ["d", "ʒ"]}  # c and g before e
 CLUSTERS = {"tch": ["t", "ʃ"], "ght": ["t"], "sh": ["ʃ"], "ch": ["t", "ʃ"], "th": ["θ"], "ph": ["f"], "wh": ["w"],
             "qu": ["k", "w"], "ck": ["k"], "ng": ["ŋ"], "nk": ["ŋ", "k"], "x": ["k", "s"], "j": ["d", "ʒ"],
             "y": ["j"], "r": ["ɹ"]}
@@ -40,12 +41,12 @@ def pronounce(w: str) -> list:
     out, i = [], 0
     while i < len(w):
         rest, prev = w[i:], w[i - 1] if i else ""
-        magic = len(rest) == 3 and rest[0] in LONG and rest[1] not in "aeiouy" and rest[2] == "e" and prev not in \
-            "aeiou"
-        if rest == "e" and i > 1:  # silent at the end
+        magic = len(rest) == 3 and rest[0] in LONG and rest[1] not in "aeiouy" and rest[2] == "e" and \
+            (not prev or prev not in "aeiou")
+        if rest == "e" and any(c in "aeiouy" for c in w[:i]):  # silent at the end of a word with another vowel
             break
         if magic:  # a-consonant-e: the long vowel, the consonant, no e
-            out += [LONG[rest[0]], *CLUSTERS.get(rest[1], [rest[1]])]
+            out += [LONG[rest[0]], *CLUSTERS.get(rest[1], SOFT.get(rest[1], [rest[1]]))]
             break
         if rest[:2] in DIGRAPHS:
             out.append(DIGRAPHS[rest[:2]])

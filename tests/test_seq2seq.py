@@ -175,17 +175,18 @@ def test_it_learns_to_reverse(reverse_run):
 
 @pytest.mark.parametrize("beam", [1, 4])
 def test_output_does_not_depend_on_the_batch_size(reverse_run, tmp_path, beam):
-    """transduce with --batch-size 1 and 64 writes byte-identical output (greedy and beam), blank lines kept."""
+    """transduce with --batch-size 1, 64 and the default (256) writes byte-identical output (greedy and beam), blank
+    lines kept."""
     held = words(150, 7, 1, 12)
     held[10] = held[40] = ""
     (tmp_path / "in.txt").write_text("\n".join(held) + "\n", encoding="utf-8")
     outs = []
-    for b in (1, 64):
-        r = runner.invoke(app, ["transduce", str(reverse_run / "rev"), str(tmp_path / "in.txt"), "--batch-size",
-                                str(b), "--beam", str(beam), "--scores"])
+    for b in (1, 64, None):
+        r = runner.invoke(app, ["transduce", str(reverse_run / "rev"), str(tmp_path / "in.txt"), "--beam", str(beam),
+                                "--scores", *(["--batch-size", str(b)] if b else [])])
         assert r.exit_code == 0, r.stderr
         outs.append(r.stdout)
-    assert outs[0] == outs[1]
+    assert outs[0] == outs[1] == outs[2]
     lines = outs[0].split("\n")
     assert len(lines) == len(held) + 1 and lines[10] == lines[40] == "" and lines[-1] == ""
 

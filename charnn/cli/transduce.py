@@ -67,7 +67,8 @@ def transduce(
                                  exact_scores=scores)
         if not files and sys.stdin.isatty() and not quiet:
             err.print("reading input lines from the terminal (Ctrl-D ends)")
-        feed = LineFeed(files or [], encoding, most=max(1024, 16 * cfg.batch_size))
+        feed = LineFeed(files or [], encoding, most=max(1024, 4 * cfg.batch_size))  # (the first outputs wait for
+        # a chunk: 1,024 lines at the default batch of 256, as before at 64)
         with writing_results("the outputs"):
             for chunk in feed.chunks():
                 for hyps in transducer.run(chunk):
