@@ -17,9 +17,15 @@ from charnn.models.stepper import FastStepper
 pytestmark = pytest.mark.skipif(not shutil.which(os.environ.get("CC") or "cc"), reason="no C compiler here")
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One private cache for the module: the library is built once (1.4 s), then each test loads it afresh."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture
-def lib(monkeypatch, tmp_path):
-    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path))
+def lib(monkeypatch, cache):
+    monkeypatch.setenv("CHARNN_CACHE", str(cache))
     monkeypatch.setenv("CHARNN_NATIVE", "1")
     native.library.cache_clear()
     found = native.library()
