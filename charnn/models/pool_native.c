@@ -47,6 +47,26 @@ static inline int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
+/* A busy machine: where workers finish their parts LATE_NS after the caller finished its own three pieces in a row
+   (the OS gave their cores to another process; one late piece is a worker waking from sleep), every piece for the
+   next SOLO_NS runs on the calling thread alone, then several are tried again. With one core of two taken by
+   another process, waiting on the workers had cost one stream 3-4x its speed. */
+#define LATE_NS 200000
+#define SOLO_NS 200000000
+static atomic_llong solo_until;
+static atomic_int lates;
+
+static int threads_now(int threads) { return now_ns() < atomic_load(&solo_until) ? 1 : threads; }
+
+static void waited(int64_t ns) {
+    if (ns <= LATE_NS) {
+        atomic_store(&lates, 0);
+    } else if (atomic_fetch_add(&lates, 1) + 1 >= 3) {
+        atomic_store(&lates, 0);
+        atomic_store(&solo_until, now_ns() + SOLO_NS);
+    }
+}
+
 static void *worker(void *arg) {
     const int part = (int)(intptr_t)arg + 1;  /* the caller's thread does part 0 */
     long seen = pool.born[part - 1];  /* not 0: a worker started late must not take an old piece, long done */
@@ -119,12 +139,13 @@ void pool_use_openmp(void *parallel, void *thread_num, void *num_threads) {
     if (!thread_num || !num_threads) openmp.parallel = NULL;
 }
 
-typedef struct { part_fn fn; const void *ctx; int64_t total; const openmp_t *omp; } team_t;
+typedef struct { part_fn fn; const void *ctx; int64_t total; const openmp_t *omp; int64_t own_done; } team_t;
 
 static void team_part(void *arg) {
-    const team_t *t = arg;
+    team_t *t = arg;
     const int64_t i = t->omp->thread_num(), k = t->omp->num_threads();  /* (the team may be smaller than asked) */
     t->fn(t->ctx, t->total * i / k, t->total * (i + 1) / k);
+    if (i == 0) t->own_done = now_ns();  /* the calling thread's part */
 }
 
 void run_parts(part_fn fn, const void *ctx, int64_t total, int threads) {
@@ -144,11 +165,12 @@ void run_parts(part_fn fn, const void *ctx, int64_t total, int threads) {
     const int64_t since = now_ns();
     for (long spins = 1; atomic_load(&pool.pending) > 0; spins++)  /* after a while, a worker the OS has not run */
         if (spins % 64 || now_ns() - since < SPIN_NS) PAUSE(); else sched_yield();  /* yet gets the core */
+    waited(now_ns() - since);
 }
 
 int pool_enter(int threads) {
     pthread_mutex_lock(&pool.block);
-    threads = start_workers(threads);
+    threads = start_workers(threads_now(threads));
     atomic_store(&pool.parked, 0);
     return threads;
 }
@@ -161,13 +183,15 @@ void pool_leave(void) {
 int team_enter(int threads) {
     entered = openmp;
     if (!entered.parallel) return pool_enter(threads);
+    threads = threads_now(threads);
     return threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
 }
 
 void team_run(part_fn fn, const void *ctx, int64_t total, int threads) {
     if (!entered.parallel || threads <= 1) { run_parts(fn, ctx, total, threads); return; }
-    const team_t t = {fn, ctx, total, &entered};
+    team_t t = {fn, ctx, total, &entered, 0};
     entered.parallel(team_part, (void *)&t, (unsigned)threads, 0);
+    waited(now_ns() - t.own_done);
 }
 
 void team_leave(void) {
