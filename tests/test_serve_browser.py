@@ -98,7 +98,11 @@ class DevTools:
 
 def test_type_a_prompt_press_generate_and_see_text_arrive(trained_run, tmp_path):
     server = Served(trained_run.run_dir, "--max-tokens-limit", "1000000")
-    browser = DevTools(tmp_path / "profile")
+    try:
+        browser = DevTools(tmp_path / "profile")
+    except BaseException:  # (no browser, or one that will not start: the server must not outlive the test)
+        server.close()
+        raise
     try:
         browser.open(server.url + "/")
         browser.wait_for("document.readyState === 'complete' && document.getElementById('model').options.length",

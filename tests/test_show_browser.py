@@ -70,7 +70,11 @@ def test_the_playground_colours_a_completion_by_probability(trained_run, tmp_pat
     import charnn
 
     server = test_serve_browser.Served(trained_run.run_dir)
-    browser = DevTools(tmp_path / "profile")
+    try:
+        browser = DevTools(tmp_path / "profile")
+    except BaseException:  # (no browser, or one that will not start: the server must not outlive the test)
+        server.close()
+        raise
     try:
         browser.open(server.url + "/")
         browser.wait_for("document.readyState === 'complete' && document.getElementById('model').options.length",
