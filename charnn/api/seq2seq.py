@@ -41,7 +41,8 @@ class Seq2SeqModel:
     def transduce(self, inputs: Union[str, Sequence[str]], beam: int = 1, n_best: int = 1,
                   length_penalty: float = 0.0, temperature: Optional[float] = None, top_k: Optional[int] = None,
                   top_p: Optional[float] = None, seed: Optional[int] = None, max_length: Optional[int] = None,
-                  batch_size: int = DECODE_BATCH, unknown: str = "error", scores: bool = False) -> Union[Output, List[Output]]:
+                  batch_size: int = DECODE_BATCH, unknown: str = "error",
+                  scores: bool = False) -> Union[Output, List[Output]]:
         """The output for an input string (a list of outputs for a list of inputs, in order): greedy, beam search
         (`beam`), or samples (`temperature`, `top_k`, `top_p`, `seed`). With `n_best` > 1 each output is a list
         of the best first; with `scores` each is (text, log-probability). Raises CharnnError for characters the

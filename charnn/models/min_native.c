@@ -250,8 +250,8 @@ void gumbel(int64_t seed, int64_t draw, int64_t V, float *out) __attribute__((we
 
 /* k tokens of one stream in one call (MinStepper.draw_block): the stack's step, then head_draw with the row's noise
    for its draws draw, draw + 1, ... (gumbel: the Batcher's hash; none if greedy), each draw into
-   drawn[t * drawn_stride] and the next token's input; the first input is *tok. The arguments through head_b are min_step's (B = 1); logits
-   and noise: V floats. On the pool's own workers, as int8_native.c's block (no torch between the tokens, and the
+   drawn[t * drawn_stride] and the next token's input; the first input is *tok. The arguments through head_b are
+   min_step's (B = 1); logits and noise: V floats. On the pool's own workers, as int8_native.c's block (no torch between the tokens, and the
    workers stay on the cores: one int8 minGRU stream 50,000-63,000 chars/s on them, 26,000-45,000 on torch's team;
    a token a call, 7,800 against 19,300 the other way round). -1 for a token id outside the vocabulary (nothing
    more done), else 0. */

@@ -100,6 +100,7 @@ class MinStepper(ModuleStepper):
                                  ptr(self.logits))
         if self.draws and hasattr(lib, "gumbel"):  # a block of tokens in one call, its noise made in C as well
             self.noise = torch.empty(V)
+            # min_block takes min_step's bound arguments but B (one stream), then the logits and the noise
             self.blocks = partial(lib.min_block, *self.call.args[1:], ptr(self.logits), ptr(self.noise))
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ than that whole block now does (benchmarks/SAMPLING.md). For the minGRU/minLSTM 
 whole step of the stack is one call, products included, fp32 or int8. It is built once per machine with
 the C compiler already there (`$CC`, else `cc`; -O3 for this CPU, so the cache key names the CPU), kept in
 charnn's cache folder, and loaded with ctypes: no build step at install, no torch headers (it only sees raw
-float arrays, so it compiles in well under a second). Where there is no compiler, or it fails, or
+float arrays, so it compiles in about a second and a half). Where there is no compiler, or it fails, or
 CHARNN_NATIVE=0, `library()` returns None and the stepper keeps its tensor operations: the same results to
 float rounding (exp is a polynomial here: see the C file), at their speed.
 """
@@ -120,9 +120,10 @@ def _load(name: str, attempts) -> Optional[ctypes.CDLL]:
 
 
 def _share_openmp(lib: ctypes.CDLL, use) -> bool:
-    """Hand train_native.c torch's own OpenMP runtime (GNU's libgomp, or Intel's, which has the same entry points),
-    found among the libraries this process has loaded, so its kernels run on torch's threads; without it they start
-    their own. Whether it was found."""
+    """Hand a library's `use` (train_native.c's use_openmp, pool_native.c's pool_use_openmp) torch's own OpenMP
+    runtime (GNU's libgomp, or Intel's, which has the same entry points), found among the libraries this process has
+    loaded, so its kernels run on torch's threads; without it they use threads of their own. Whether it was
+    found."""
     if "OpenMP" not in torch.__config__.parallel_info():
         return False
     try:

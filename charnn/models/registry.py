@@ -231,8 +231,9 @@ def stepper_factory(model, int8: bool = False) -> Callable[[int, Sequence[int]],
                     raise CharnnError("--int8 covers charnn's LSTM, GRU, RNN, minGRU and minLSTM language models "
                                       "only") from None
         elif int8:
+            name = kind.name if kind else type(model).__name__
             raise CharnnError(f"--int8 needs a model kind with a fast stepper (charnn's LSTM, GRU, RNN, minGRU and "
-                              f"minLSTM language models); this is {kind.name if kind else type(model).__name__}: leave --int8 out")
+                              f"minLSTM language models); this is {name}: leave --int8 out")
         return ModuleStepper(model, rows, banned)
     return make
 
