@@ -33,6 +33,7 @@ from charnn.models import fused
 from charnn.models.registry import build_model
 from charnn.models.scan import mingru_scan, sequential_mingru
 from charnn.training.precision import native_bf16
+from charnn.training.schedule import make_optimizer
 from charnn.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def train_step_rate(spec: str, batch: int, precision: str, seq_len: int, seconds
 def _step_rate(spec: str, batch: int, precision: str, seq_len: int, seconds: float) -> dict:
     torch.manual_seed(0)
     model = build_model(model_config(spec))
-    opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-3)
+    opt = make_optimizer(model, TrainConfig(lr=1e-3), torch.device("cpu"))  # the trainer's AdamW
     x = torch.randint(65, (batch, seq_len))
     y = torch.randint(65, (batch, seq_len))
     state = [None]

@@ -9,7 +9,8 @@ CHARNN_NATIVE=0, no compiler) the callers keep their torch operations, which com
   own dropout; the masks themselves differ from torch's. torch's CPU generator draws at about 5 ns per number,
   which was a third of a minGRU training step at batch 64 (benchmarks/PARALLEL.md).
 - `min_scan`: the recurrence h_t = h_{t-1} + z_t (v_t - h_{t-1}) over a whole window (charnn.models.scan gives
-  the formulas), one pass forward, one backward that recomputes the states rather than keeping them.
+  the formulas), one pass forward, one backward that recomputes the states rather than keeping them
+  (`scan_forward` / `scan_backward`, which also add the gates' bias on the way: charnn.models.fusedblock's).
 """
 
 from __future__ import annotations
@@ -68,13 +69,30 @@ def dropout(x: torch.Tensor, p: float, locked: bool = False) -> torch.Tensor:
     return _Dropout.apply(x, float(p), bool(locked), _seed())
 
 
-def _forward(lstm: bool, u: torch.Tensor, h0: Optional[torch.Tensor]):
+def scan_forward(lstm: bool, u: torch.Tensor, h0: Optional[torch.Tensor], bias: Optional[torch.Tensor] = None):
+    """Every state (B, T, S) in u's dtype and the last (B, S), float32, of the recurrence over u (+ bias (P * S),
+    float32) from h0 (B, S), float32 (None: zeros); u contiguous."""
     B, T, S = u.shape[0], u.shape[1], u.shape[2] // (3 if lstm else 2)
     h = torch.empty(B, T, S, dtype=u.dtype)
     last = torch.empty(B, S, dtype=torch.float32)
-    _done(_lib().minrnn_forward(int(u.dtype == torch.bfloat16), int(lstm), B, T, S, native.ptr(u), native.ptr(h0),
-                                native.ptr(h), native.ptr(last), torch.get_num_threads()))
+    _done(_lib().minrnn_forward(int(u.dtype == torch.bfloat16), int(lstm), B, T, S, native.ptr(u), native.ptr(bias),
+                                native.ptr(h0), native.ptr(h), native.ptr(last), torch.get_num_threads()))
     return h, last
+
+
+def scan_backward(lstm: bool, u: torch.Tensor, h0: Optional[torch.Tensor], grad_h: Optional[torch.Tensor],
+                  grad_last: Optional[torch.Tensor], want_h0: bool, bias: Optional[torch.Tensor] = None):
+    """(dL/du in u's dtype, dL/dh0 float32 or None) from dL/dh (B, T, S) and dL/d last (B, S) (either None:
+    zeros), for the recurrence over u (+ bias)."""
+    B, T, S = u.shape[0], u.shape[1], u.shape[2] // (3 if lstm else 2)
+    grad_h = None if grad_h is None else grad_h.to(u.dtype).contiguous()
+    grad_last = None if grad_last is None else grad_last.float().contiguous()
+    grad_u = torch.empty_like(u)
+    grad_h0 = torch.empty(B, S, dtype=torch.float32) if h0 is not None and want_h0 else None
+    _done(_lib().minrnn_backward(int(u.dtype == torch.bfloat16), int(lstm), B, T, S, native.ptr(u), native.ptr(bias),
+                                 native.ptr(h0), native.ptr(grad_h), native.ptr(grad_last), native.ptr(grad_u),
+                                 native.ptr(grad_h0), torch.get_num_threads()))
+    return grad_u, grad_h0
 
 
 def _done(rc: int) -> None:
@@ -85,7 +103,7 @@ def _done(rc: int) -> None:
 class _MinScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, h0, lstm):
-        h, last = _forward(lstm, u, h0)
+        h, last = scan_forward(lstm, u, h0)
         ctx.save_for_backward(u, h0)
         ctx.lstm = lstm
         ctx.set_materialize_grads(False)  # an output nobody used (in training: the last state) comes back None
@@ -95,14 +113,7 @@ class _MinScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_h, grad_last):
         u, h0 = ctx.saved_tensors
-        B, T, S = u.shape[0], u.shape[1], u.shape[2] // (3 if ctx.lstm else 2)
-        grad_h = None if grad_h is None else grad_h.to(u.dtype).contiguous()
-        grad_last = None if grad_last is None else grad_last.float().contiguous()
-        grad_u = torch.empty_like(u)
-        grad_h0 = torch.empty(B, S, dtype=torch.float32) if h0 is not None and ctx.needs_input_grad[1] else None
-        _done(_lib().minrnn_backward(int(u.dtype == torch.bfloat16), int(ctx.lstm), B, T, S, native.ptr(u),
-                                     native.ptr(h0), native.ptr(grad_h), native.ptr(grad_last), native.ptr(grad_u),
-                                     native.ptr(grad_h0), torch.get_num_threads()))
+        grad_u, grad_h0 = scan_backward(ctx.lstm, u, h0, grad_h, grad_last, ctx.needs_input_grad[1])
         return grad_u, grad_h0, None
 
 
@@ -120,4 +131,4 @@ def min_scan(cell: str, u: torch.Tensor, h0: Optional[torch.Tensor] = None) -> T
     h0 = None if h0 is None else h0.float().contiguous()
     if torch.is_grad_enabled() and (u.requires_grad or (h0 is not None and h0.requires_grad)):
         return _MinScan.apply(u, h0, lstm)
-    return _forward(lstm, u, h0)
+    return scan_forward(lstm, u, h0)

@@ -17,8 +17,8 @@
        x += h Wo + bo
        with a feed-forward part: x += GELU(N(x) W1 + b1) W2 + b2
    and last xn = N(x), what the head reads. N is (x - mean) / sqrt(var + eps), var the biased variance, as
-   torch.nn.functional.layer_norm. GELU is the exact one, x Phi(x), with erf from exp_poly (Abramowitz and Stegun
-   7.1.26, |error| < 1.5e-7, where libm's erff would not vectorise). */
+   torch.nn.functional.layer_norm. GELU (native_math.h) is the exact one, x Phi(x), with a rational erf (|error|
+   < 1e-7, where libm's erff would not vectorise). */
 
 #include <math.h>
 #include <stdint.h>
@@ -71,15 +71,6 @@ static void product(int64_t B, int64_t K, int64_t N, int64_t o0, int64_t o1, con
             for (int64_t o = o0; o < o1; o++) ob[o] += xj * wj[o];
         }
     }
-}
-
-static inline float gelu(float x) {
-    const float a = fabsf(x) * 0.70710678118654752f;  /* erf(|x| / sqrt 2) by A&S 7.1.26 */
-    const float t = 1.0f / (1.0f + 0.3275911f * a);
-    const float p = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t
-                     + 0.254829592f) * t;
-    const float erf_abs = 1.0f - p * exp_poly(-a * a);
-    return 0.5f * x * (1.0f + copysignf(erf_abs, x));
 }
 
 /* One product of a layer, as the stepper lays it out: fp32 w (K, N), or with --int8 (codes not NULL) int8 codes

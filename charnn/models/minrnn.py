@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from charnn.models.configs import MinRNNConfig
-from charnn.models import fused, regularize
+from charnn.models import fused, fusedblock, regularize
 from charnn.models.cells import decay_groups, fold_label
 from charnn.models.scan import mingru_scan
 from charnn.models.state import TensorState
@@ -70,6 +70,8 @@ class MinBlock(nn.Module):
                 every: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, D), h0 (B, S) or None -> (B, T, D) and the last state (B, S) (`every`: the state after every
         step, (B, T, S))."""
+        if fusedblock.applies(self, x, every):  # on a CPU: the whole block's elementwise work in C, between products
+            return fusedblock.block_forward(self, x, h0)
         u = self.gates(self.norm(x))
         if fused.available(u):  # on a CPU: one C pass each way (charnn.models.fused), h in u's dtype
             h, last = fused.min_scan(self.cell, u, h0)
@@ -176,7 +178,7 @@ class MinRNN(regularize.Penalised, nn.Module):
         for l, block in enumerate(self.blocks):
             h, end = block(h, None if state is None else state[l])
             last.append(end)
-        h = self.norm(h)
+        h = fusedblock.layer_norm(self.norm, h)  # (on a CPU in C, in h's dtype)
         if labels is not None and self.label_out is not None:
             g, b = self.label_out(labels).chunk(2, -1)
             h = h * (1 + g) + b

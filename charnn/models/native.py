@@ -37,8 +37,8 @@ import torch
 HERE = Path(__file__).parent
 SOURCES = (HERE / "cells_native.c", HERE / "min_native.c", HERE / "pool_native.c",  # the sampler's library
            HERE / "int8_native.c")
-TRAINING = (HERE / "train_native.c",)  # training's, built apart (the first time a CPU run trains): only who trains
-HEADERS = (HERE / "native_math.h", HERE / "native_pool.h")    # waits for it
+TRAINING = (HERE / "train_native.c", HERE / "block_native.c")  # training's, built apart (the first time a CPU run
+HEADERS = (HERE / "native_math.h", HERE / "native_pool.h", HERE / "native_train.h")  # trains): only who trains waits
 FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler does not know -march=native
 COMMON = ["-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]  # (a * b + c: one FMA in every
 # file alike, which the int8 block's bit-for-bit agreement with the per-token cells rests on)
@@ -88,17 +88,30 @@ def library() -> Optional[ctypes.CDLL]:
 
 @functools.lru_cache(maxsize=None)
 def training_library() -> Optional[ctypes.CDLL]:
-    """Training's compiled library (train_native.c: dropout_apply, minrnn_forward, minrnn_backward, run on torch's
-    OpenMP threads where found), or None where it cannot be built here (or CHARNN_NATIVE=0)."""
-    lib = _load("train", ((TRAINING, FLAGS[0]), (TRAINING, FLAGS[1])))
+    """Training's compiled library (train_native.c: dropout_apply, minrnn_forward, minrnn_backward; block_native.c:
+    a min-cell block's LayerNorm, bias + dropout + residual, GELU and bias sums; run on torch's OpenMP threads where
+    found), or None where it cannot be built here (or CHARNN_NATIVE=0)."""
+    lib = _load("train", ((TRAINING, [*FLAGS[0], "-mprefer-vector-width=512"]), (TRAINING, FLAGS[0]),
+                          (TRAINING, FLAGS[1])))  # (512-bit vectors where the CPU has them: GELU's erf 1.4x)
     if lib is None:
         return None
     INT = ctypes.c_int
     lib.dropout_apply.restype = None
     lib.dropout_apply.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, ctypes.c_double, ctypes.c_uint64, INT]
     lib.minrnn_forward.restype = lib.minrnn_backward.restype = INT
-    lib.minrnn_forward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, INT]
-    lib.minrnn_backward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, INT]
+    lib.minrnn_forward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, PTR, INT]
+    lib.minrnn_backward.argtypes = [INT, INT, I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, PTR, INT]
+    lib.norm_forward.argtypes = [INT, I64, I64, PTR, PTR, PTR, F32, PTR, PTR, PTR, INT]
+    lib.residual_forward.argtypes = [INT, I64, I64, PTR, PTR, PTR, ctypes.c_double, INT, I64, ctypes.c_uint64, PTR,
+                                     INT]
+    lib.gelu_forward.argtypes = [INT, I64, I64, PTR, PTR, PTR, INT]
+    for name in ("norm_forward", "norm_backward", "residual_forward", "residual_backward", "gelu_forward",
+                 "gelu_backward", "column_sums"):
+        getattr(lib, name).restype = INT
+    lib.norm_backward.argtypes = [INT, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, INT]
+    lib.residual_backward.argtypes = [INT, I64, I64, PTR, ctypes.c_double, INT, I64, ctypes.c_uint64, PTR, PTR, INT]
+    lib.gelu_backward.argtypes = [INT, I64, I64, PTR, PTR, PTR, PTR, PTR, INT]
+    lib.column_sums.argtypes = [INT, I64, I64, PTR, PTR, INT]
     lib.use_openmp.restype, lib.use_openmp.argtypes = None, [PTR, PTR, PTR]
     _share_openmp(lib, lib.use_openmp)
     return lib
@@ -167,7 +180,8 @@ def _build(name: str = "cells", attempts=None) -> Path:
         raise OSError(f"no C compiler ({compiler})")
     files = dict.fromkeys(f for sources, _ in attempts for f in sources)
     sources = [f.read_bytes() for f in (*files, *HEADERS)]
-    key = hashlib.sha256(b"\0".join([*sources, compiler.encode(), _cpu().encode()])).hexdigest()[:16]
+    flags = repr([flags for _, flags in attempts]).encode()  # (a change of flags builds anew)
+    key = hashlib.sha256(b"\0".join([*sources, compiler.encode(), _cpu().encode(), flags])).hexdigest()[:16]
     folder = Path(os.environ.get("CHARNN_CACHE") or Path.home() / ".cache" / "charnn").expanduser() / "native"
     target = folder / f"{name}-{key}{'.dll' if os.name == 'nt' else '.so'}"
     if target.exists():

@@ -36,6 +36,33 @@ static inline float tanh_(float x) {
     return copysignf((1.0f - e) / (1.0f + e), x);
 }
 
+/* erf by the rational approximation of Eigen and XLA (odd degree-13 over even degree-8 polynomials in x on
+   [-4, 4], where float erf reaches +-1; |error| < 1e-7): a few FMAs and one division, which vectorise. */
+static inline float erf_(float x) {
+    x = x < -4.0f ? -4.0f : x > 4.0f ? 4.0f : x;
+    const float x2 = x * x;
+    float p = -2.72614225801306e-10f;
+    p = p * x2 + 2.77068142495902e-08f;
+    p = p * x2 - 2.10102402082508e-06f;
+    p = p * x2 - 5.69250639462346e-05f;
+    p = p * x2 - 7.34990630326855e-04f;
+    p = p * x2 - 2.95459980854025e-03f;
+    p = p * x2 - 1.60960333262415e-02f;
+    float q = -1.45660718464996e-05f;
+    q = q * x2 - 2.13374055278905e-04f;
+    q = q * x2 - 1.68282697438203e-03f;
+    q = q * x2 - 7.37332916720468e-03f;
+    q = q * x2 - 1.42647390514189e-02f;
+    return x * p / q;
+}
+
+/* GELU, the exact one, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2, and its derivative Phi(x) + x phi(x) */
+static inline float gelu(float x) { return 0.5f * x * (1.0f + erf_(x * 0.70710678118654752f)); }
+
+static inline float gelu_grad(float x) {
+    return 0.5f * (1.0f + erf_(x * 0.70710678118654752f)) + x * 0.3989422804014327f * exp_poly(-0.5f * x * x);
+}
+
 static inline int8_t code(float h, float levels) { return (int8_t)rintf(h * levels); } /* round half to even */
 
 /* n LSTM units: gate pre-activations at pre (i), pre + gap (f), pre + 2 gap (o), pre + 3 gap (g);

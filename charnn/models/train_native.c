@@ -12,9 +12,7 @@
    states h0, last and their gradients always float32). Plain C that the compiler vectorises; no intrinsics. */
 
 #include <pthread.h>
-#include "native_math.h"
-
-typedef void (*piece_fn)(void *job, int64_t lo, int64_t hi);
+#include "native_train.h"
 
 struct piece { piece_fn fn; void *job; int64_t lo, hi; };
 
@@ -47,7 +45,7 @@ static void team_piece(void *arg) {
 /* fn(job, lo, hi) over [0, n) in up to `threads` parts: by a team of torch's OpenMP threads where there is one,
    else by threads started here, the calling thread doing the first part (a thread that cannot be started has its
    part done here). No state is kept between calls. */
-static void split(piece_fn fn, void *job, int64_t n, int threads) {
+void train_split(piece_fn fn, void *job, int64_t n, int threads) {
     enum { MAX = 64 };
     threads = threads < 1 ? 1 : threads > MAX ? MAX : threads;
     if (threads > n) threads = (int)(n > 0 ? n : 1);
@@ -74,64 +72,25 @@ static void split(piece_fn fn, void *job, int64_t n, int threads) {
     }
 }
 
-static inline float from_bf16(uint16_t x) {
-    union { uint32_t i; float f; } u;
-    u.i = (uint32_t)x << 16;
-    return u.f;
-}
-
-static inline uint16_t to_bf16(float x) {  /* round to nearest even (finite numbers) */
-    union { uint32_t i; float f; } u;
-    u.f = x;
-    return (uint16_t)((u.i + 0x7fffu + ((u.i >> 16) & 1u)) >> 16);
-}
-
-static inline float load(const void *p, int64_t i, int bf16) {
-    return bf16 ? from_bf16(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
-
-static inline void store(void *p, int64_t i, float x, int bf16) {
-    if (bf16) ((uint16_t *)p)[i] = to_bf16(x);
-    else ((float *)p)[i] = x;
-}
-
 /* ---- dropout ------------------------------------------------------------------------------------------------ */
-
-static inline uint32_t mix32(uint32_t h) {  /* murmur3's finaliser: a bijection that spreads every bit */
-    h ^= h >> 16;
-    h *= 0x85ebca6bu;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35u;
-    h ^= h >> 16;
-    return h;
-}
 
 struct dropout_job {
     int bf16, locked;
     int64_t T, D;
     const void *x;
     void *y;
-    float scale;
-    uint32_t below, seed_lo, seed_hi;  /* a number is dropped where its hash < below (p * 2^32) */
+    struct drop_mask mask;
 };
 
-static inline __attribute__((always_inline)) void dropout_typed(const struct dropout_job *j, int64_t lo, int64_t hi,
-                                                                const int bf16) {
+INLINE void dropout_typed(const struct dropout_job *j, int64_t lo, int64_t hi, const int bf16) {
     const int64_t T = j->T, D = j->D;
     const void *const x = j->x;
     void *const y = j->y;
-    const float scale = j->scale;
-    const uint32_t below = j->below;
+    const struct drop_mask m = j->mask;  /* (a copy: y might alias the job, as far as the compiler knows) */
     for (int64_t r = lo; r < hi; r++) {  /* row r = b * T + t; locked: the mask row is b's, the same for every t */
-        int64_t mask_row = j->locked ? r / T : r;
-        uint32_t key = mix32(j->seed_lo ^ mix32((uint32_t)mask_row + j->seed_hi * 0x9e3779b9u
-                                                + (uint32_t)((uint64_t)mask_row >> 32)));
+        uint32_t key = drop_row_key(&m, j->locked ? r / T : r);
         int64_t at = r * D;
-        for (int64_t d = 0; d < D; d++) {
-            uint32_t h = mix32(key ^ ((uint32_t)d * 0x9e3779b1u));
-            float keep = h < below ? 0.0f : scale;
-            store(y, at + d, load(x, at + d, bf16) * keep, bf16);
-        }
+        for (int64_t d = 0; d < D; d++) store(y, at + d, load(x, at + d, bf16) * drop_keep(&m, key, d), bf16);
     }
 }
 
@@ -145,12 +104,9 @@ static void dropout_rows(void *arg, int64_t lo, int64_t hi) {
    (seed, mask row, d): the same seed gives the same mask, which is how the backward applies it to the gradient. */
 void dropout_apply(int bf16, int locked, int64_t B, int64_t T, int64_t D, const void *x, void *y, double p,
                    uint64_t seed, int threads) {
-    double below = p * 4294967296.0;
-    struct dropout_job j = {bf16, locked, T, D, x, y, (float)(1.0 / (1.0 - p)),
-                            below >= 4294967295.0 ? 0xffffffffu : (uint32_t)below, (uint32_t)seed,
-                            (uint32_t)(seed >> 32)};
+    struct dropout_job j = {bf16, locked, T, D, x, y, drop_mask_of(p, seed)};
     int64_t rows = B * T;
-    split(dropout_rows, &j, rows, rows * D < 65536 ? 1 : threads);
+    train_split(dropout_rows, &j, rows, rows * D < 65536 ? 1 : threads);
 }
 
 /* ---- the minGRU / minLSTM recurrence ------------------------------------------------------------------------- */
@@ -163,6 +119,7 @@ struct scan_job {
     volatile int failed;  /* set by a thread that could not have its scratch (its blocks undone) */
     int64_t T, S;
     const void *u;
+    const float *bias;  /* added to u: (P * S), may be NULL */
     const float *h0;
     void *h;             /* forward: every state (B, T, S), in the tensors' dtype; may be NULL */
     float *last;         /* forward: the last state (B, S) */
@@ -172,36 +129,43 @@ struct scan_job {
     float *gh0;          /* backward: dL/dh0 (B, S), may be NULL */
 };
 
-#define INLINE static inline __attribute__((always_inline))
-
 /* A piece of work is a lane block: one batch row b and `width` lanes s .. s + width - 1, stepped along T together, so
    that each step reads and writes whole runs of memory (a block of 16 lanes read 64 bytes of each of several rows
-   2 KiB apart per step, and ran 3x slower on one thread). Its scratch: 5 rows of width for the step, the states
-   (T x width) and, in the backward, its dL/du (T x P x width). */
+   2 KiB apart per step, and ran 3x slower on one thread). Its scratch: 8 rows of width for the step and the bias,
+   the states (T x width) and, in the backward, its dL/du (T x P x width). */
 static int64_t lane_width(int64_t S, int64_t T) {
     int64_t w = T <= 512 ? 256 : 64;  /* the backward's scratch (T x 4 x width floats): 512 KiB at T 128 */
     return S < w ? S : w;
 }
 
-/* the gate z and candidate v of w lanes at u + at (bf16, lstm: constants where it is inlined) */
-INLINE void gates(const void *restrict u, int64_t at, int64_t S, int64_t w, float *restrict z, float *restrict v,
-                  float *restrict f, float *restrict i, const int bf16, const int lstm) {
+/* the gate z and candidate v of w lanes at u + at, plus their bias `bk` (P x w) (bf16, lstm: constants where it is
+   inlined) */
+INLINE void gates(const void *restrict u, int64_t at, int64_t S, int64_t w, const float *restrict bk,
+                  float *restrict z, float *restrict v, float *restrict f, float *restrict i, const int bf16,
+                  const int lstm) {
     if (!lstm) {
         for (int64_t l = 0; l < w; l++) {
-            z[l] = sigmoid(load(u, at + l, bf16));
-            v[l] = load(u, at + S + l, bf16);
+            z[l] = sigmoid(load(u, at + l, bf16) + bk[l]);
+            v[l] = load(u, at + S + l, bf16) + bk[w + l];
         }
         return;
     }
     for (int64_t l = 0; l < w; l++) {
-        f[l] = sigmoid(load(u, at + l, bf16));
-        i[l] = sigmoid(load(u, at + S + l, bf16));
+        float kf = load(u, at + l, bf16) + bk[l], ki = load(u, at + S + l, bf16) + bk[w + l];
+        f[l] = sigmoid(kf);
+        i[l] = sigmoid(ki);
         /* both gates far below 0 (sigmoid(x) = e^x to 2e-9 there, and exp underflows below -87): z is the ratio of
            the exponentials, sigmoid(k_i - k_f), as the torch path's logsigmoid form gives */
-        float kf = load(u, at + l, bf16), ki = load(u, at + S + l, bf16);
         z[l] = kf < -20.0f && ki < -20.0f ? sigmoid(ki - kf) : i[l] / (f[l] + i[l]);
-        v[l] = load(u, at + 2 * S + l, bf16);
+        v[l] = load(u, at + 2 * S + l, bf16) + bk[2 * w + l];
     }
+}
+
+/* a lane block's bias (P x w) from the job's (P * S), zeros where there is none */
+INLINE void block_bias(const struct scan_job *j, int64_t s, int64_t w, float *restrict bk, const int lstm) {
+    const int64_t P = lstm ? 3 : 2;
+    for (int64_t p = 0; p < P; p++)
+        for (int64_t l = 0; l < w; l++) bk[p * w + l] = j->bias ? j->bias[p * j->S + s + l] : 0.0f;
 }
 
 /* one lane block forward; every state into `keep` (T x w) when given */
@@ -211,9 +175,11 @@ INLINE void forward_block(const struct scan_job *j, int64_t b, int64_t s, int64_
     const void *const u = j->u;
     void *const out = j->h;
     float *restrict h = scratch, *restrict z = h + w, *restrict v = z + w, *restrict f = v + w, *restrict i = f + w;
+    float *restrict bk = i + w;
+    block_bias(j, s, w, bk, lstm);
     for (int64_t l = 0; l < w; l++) h[l] = j->h0 ? j->h0[b * S + s + l] : 0.0f;
     for (int64_t t = 0; t < T; t++) {
-        gates(u, (b * T + t) * P * S + s, S, w, z, v, f, i, bf16, lstm);
+        gates(u, (b * T + t) * P * S + s, S, w, bk, z, v, f, i, bf16, lstm);
         for (int64_t l = 0; l < w; l++) h[l] += z[l] * (v[l] - h[l]);
         if (out) for (int64_t l = 0; l < w; l++) store(out, (b * T + t) * S + s + l, h[l], bf16);
         if (keep) for (int64_t l = 0; l < w; l++) keep[t * w + l] = h[l];
@@ -230,11 +196,11 @@ INLINE void backward_block(const struct scan_job *j, int64_t b, int64_t s, int64
     const int64_t T = j->T, S = j->S, P = lstm ? 3 : 2;
     const void *const u = j->u, *const gh = j->gh;
     float *restrict g = scratch, *restrict z = g + w, *restrict v = z + w, *restrict f = v + w, *restrict i = f + w;
-    float *restrict grads = keep + T * w;  /* (T, P, w) */
-    forward_block(j, b, s, w, scratch, keep, bf16, lstm);
+    float *restrict bk = i + w, *restrict grads = keep + T * w;  /* grads (T, P, w) */
+    forward_block(j, b, s, w, scratch, keep, bf16, lstm);  /* (fills bk too) */
     for (int64_t l = 0; l < w; l++) g[l] = j->glast ? j->glast[b * S + s + l] : 0.0f;
     for (int64_t t = T - 1; t >= 0; t--) {
-        gates(u, (b * T + t) * P * S + s, S, w, z, v, f, i, bf16, lstm);
+        gates(u, (b * T + t) * P * S + s, S, w, bk, z, v, f, i, bf16, lstm);
         if (gh) for (int64_t l = 0; l < w; l++) g[l] += load(gh, (b * T + t) * S + s + l, bf16);
         const float *restrict prev = t ? keep + (t - 1) * w : NULL;
         float *restrict out = grads + t * P * w;
@@ -263,14 +229,14 @@ INLINE void blocks_typed(const struct scan_job *j, int64_t lo, int64_t hi, float
     int64_t W = lane_width(j->S, j->T), per = (j->S + W - 1) / W;
     for (int64_t n = lo; n < hi; n++) {  /* block n: batch row n / per, lanes from n % per * W */
         int64_t b = n / per, s = n % per * W, w = j->S - s < W ? j->S - s : W;
-        if (backward) backward_block(j, b, s, w, scratch, scratch + 5 * W, bf16, lstm);
+        if (backward) backward_block(j, b, s, w, scratch, scratch + 8 * W, bf16, lstm);
         else forward_block(j, b, s, w, scratch, NULL, bf16, lstm);
     }
 }
 
 static size_t scratch_floats(int64_t S, int64_t T, int backward) {
     int64_t W = lane_width(S, T);
-    return (size_t)(5 * W + (backward ? T * 4 * W : 0));
+    return (size_t)(8 * W + (backward ? T * 4 * W : 0));
 }
 
 static void run_blocks(void *arg, int64_t lo, int64_t hi) {
@@ -296,22 +262,23 @@ static void run_blocks(void *arg, int64_t lo, int64_t hi) {
 static int run(struct scan_job *j, int64_t B, int threads) {
     if (j->S < 1 || B < 1) return 0;
     int64_t W = lane_width(j->S, j->T);
-    split(run_blocks, j, B * ((j->S + W - 1) / W), B * j->T * j->S < 65536 ? 1 : threads);
+    train_split(run_blocks, j, B * ((j->S + W - 1) / W), B * j->T * j->S < 65536 ? 1 : threads);
     return j->failed ? -1 : 0;
 }
 
-/* every state h (B, T, S) (NULL: none) and the last (B, S) of the recurrence over u from h0 (NULL: zeros).
+/* every state h (B, T, S) (NULL: none) and the last (B, S) of the recurrence over u + bias (NULL: none) from h0
+   (NULL: zeros).
    0, or -1 where a thread's scratch could not be had (then the outputs are incomplete). */
-int minrnn_forward(int bf16, int lstm, int64_t B, int64_t T, int64_t S, const void *u, const float *h0, void *h,
-                   float *last, int threads) {
-    struct scan_job j = {bf16, lstm, 0, 0, T, S, u, h0, h, last, NULL, NULL, NULL, NULL};
+int minrnn_forward(int bf16, int lstm, int64_t B, int64_t T, int64_t S, const void *u, const float *bias,
+                   const float *h0, void *h, float *last, int threads) {
+    struct scan_job j = {bf16, lstm, 0, 0, T, S, u, bias, h0, h, last, NULL, NULL, NULL, NULL};
     return run(&j, B, threads);
 }
 
 /* dL/du (B, T, P * S) and dL/dh0 (NULL: not wanted) from dL/dh (NULL: zeros) and dL/d last (NULL: zeros).
    0, or -1 where a thread's scratch could not be had (then the outputs are incomplete). */
-int minrnn_backward(int bf16, int lstm, int64_t B, int64_t T, int64_t S, const void *u, const float *h0,
-                    const void *gh, const float *glast, void *gu, float *gh0, int threads) {
-    struct scan_job j = {bf16, lstm, 1, 0, T, S, u, h0, NULL, NULL, gh, glast, gu, gh0};
+int minrnn_backward(int bf16, int lstm, int64_t B, int64_t T, int64_t S, const void *u, const float *bias,
+                    const float *h0, const void *gh, const float *glast, void *gu, float *gh0, int threads) {
+    struct scan_job j = {bf16, lstm, 1, 0, T, S, u, bias, h0, NULL, NULL, gh, glast, gu, gh0};
     return run(&j, B, threads);
 }
