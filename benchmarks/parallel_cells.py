@@ -16,6 +16,7 @@ call charnn's trainer with exactly the spec (no command-line defaults).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from common import cpu_features, cpu_name
+from conv_block import conv_blocks
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.corpus import Corpus
@@ -43,16 +45,23 @@ QUALITY_MODELS = "lstm:2x256,mingru:2x256x1f2,minlstm:2x256x1f2"
 
 
 def model_config(spec: str, vocab: int = 65) -> ModelConfig:
-    """cell:LAYERSxHIDDEN[xEXPAND][fFFN], then any regularisers as +NAME=VALUE (lstm:2x256+ar=2+tar=1)."""
+    """cell:LAYERSxHIDDEN[xEXPAND][fFFN][kTAPS], then any regularisers as +NAME=VALUE (lstm:2x256+ar=2+tar=1);
+    kTAPS (a causal convolution in each min-cell block, benchmark only: conv_block.py) is `convolution`'s."""
     spec, *regs = spec.split("+")
     regularisers = {k: float(v) for k, v in (r.split("=") for r in regs)}
     cell, shape = spec.split(":")
-    m = re.fullmatch(r"(\d+)x(\d+)(?:x(\d+))?(?:f(\d+))?", shape)
+    m = re.fullmatch(r"(\d+)x(\d+)(?:x(\d+))?(?:f(\d+))?(?:k\d+)?", shape)
     layers, hidden, expand, ffn = int(m[1]), int(m[2]), int(m[3] or 1), int(m[4] or 0)
     if cell in ("lstm", "gru", "rnn"):
         return ModelConfig(vocab_size=vocab, cell=cell, layers=layers, hidden=hidden, extra=regularisers)
     return ModelConfig(vocab_size=vocab, kind="minrnn", cell=cell, layers=layers, hidden=hidden,
                        extra={"expand": expand, "ffn": ffn, **regularisers})
+
+
+def convolution(spec: str):
+    """The context a spec's model is built in: with kTAPS, MinRNN's blocks are conv_block.ConvBlocks."""
+    m = re.search(r"k(\d+)(?:\+|$)", spec.split(":")[-1])
+    return conv_blocks(int(m[1])) if m else contextlib.nullcontext()
 
 
 def timed(fn, seconds: float) -> float:
@@ -109,7 +118,8 @@ def train_step_rate(spec: str, batch: int, precision: str, seq_len: int, seconds
 
 def _step_rate(spec: str, batch: int, precision: str, seq_len: int, seconds: float) -> dict:
     torch.manual_seed(0)
-    model = build_model(model_config(spec))
+    with convolution(spec):
+        model = build_model(model_config(spec))
     opt = make_optimizer(model, TrainConfig(lr=1e-3), torch.device("cpu"))  # the trainer's AdamW
     x = torch.randint(65, (batch, seq_len))
     y = torch.randint(65, (batch, seq_len))
@@ -154,7 +164,8 @@ def quality_row(entry: str, budget: float, threads: int, out: Path, precision: s
                       precision=precision, **({"lr": float(lr)} if lr else {}),
                       **({"seed": int(seed)} if seed else {}))
     text = CORPUS.read_text(encoding="utf-8")
-    result = train(Corpus(text, CORPUS.stem, str(CORPUS)), model_config(spec, vocab=1), cfg)
+    with convolution(spec):
+        result = train(Corpus(text, CORPUS.stem, str(CORPUS)), model_config(spec, vocab=1), cfg)
     return {"model": entry, "batch": batch, "steps": result.steps, "chars": result.chars_seen,
             "val_nats_per_char": round(result.best_val_loss, 4), "seconds": round(result.elapsed, 1)}
 

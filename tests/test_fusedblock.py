@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from charnn.config import TrainConfig
 from charnn.models import fused, fusedblock
 from charnn.models.configs import MinRNNConfig
-from charnn.models.minrnn import MinBlock, MinRNN
+from charnn.models.minrnn import MinRNN
 from charnn.training.schedule import make_optimizer
 
 pytestmark = pytest.mark.skipif(not fused.available(torch.zeros(1)), reason="no C compiler here")
@@ -51,13 +51,16 @@ def test_layer_norm_and_its_gradients_equal_torch(D, threads):
 def test_gelu_and_its_gradient_equal_torchs_exact_gelu(threads):
     a = torch.linspace(-12, 12, 24001, dtype=torch.float64).view(1, 1, -1)
     bias = torch.zeros(a.shape[-1])
-    y = fusedblock._gelu(a.float().contiguous(), bias)
+    y, dy = fusedblock._gelu(a.float().contiguous(), bias)
     assert (y.double() - F.gelu(a)).abs().max() < 2e-6
-    ga, gbias = fusedblock._gelu_backward(a.float().contiguous(), bias, torch.ones_like(a, dtype=torch.float32))
+    gy = torch.rand(a.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ga, gbias = fusedblock._gelu_backward(dy, gy.float())
     a_ = a.clone().requires_grad_()
-    F.gelu(a_).sum().backward()
+    F.gelu(a_).backward(gy)
     assert (ga.double() - a_.grad).abs().max() < 2e-6
     assert torch.equal(gbias, ga.view(-1))  # one row: the bias's gradient is that row
+    y2, none = fusedblock._gelu(a.float().contiguous() - 1, bias + 1, grad=False)  # the bias is added first
+    assert none is None and torch.allclose(y2, y, atol=1e-6)
 
 
 @pytest.mark.parametrize("locked", [False, True])
@@ -90,7 +93,7 @@ def test_results_do_not_depend_on_the_thread_count():
             torch.set_num_threads(n)
             y, mean, rstd = fusedblock._norm(x, w, b, 1e-5)
             out.append([y, *fusedblock._norm_backward(x, w, mean, rstd, gy, x), fusedblock._column_sums(gy),
-                        *fusedblock._gelu_backward(x, b, gy), *fusedblock._residual_backward(gy, 0.3, False, 9)])
+                        *fusedblock._gelu_backward(x, gy), *fusedblock._gelu(x, b), *fusedblock._residual_backward(gy, 0.3, False, 9)])
     finally:
         torch.set_num_threads(before)
     for other in out[1:]:

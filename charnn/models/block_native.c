@@ -163,27 +163,35 @@ INLINE void residual_backward_typed(const struct rows_job *j, int64_t r0, int64_
     }
 }
 
+/* y = GELU(a + bias) and, where wanted (j->gx), its derivative there, for the backward (so that the backward is
+   one multiply and does not need a) */
 INLINE void gelu_forward_typed(const struct rows_job *j, int64_t r0, int64_t r1, float *restrict buf,
                                const int bf16) {
     const int64_t D = j->D;
     const float *restrict b = j->b;
+    float *restrict y = buf, *restrict dy = buf + D;
     for (int64_t r = r0; r < r1; r++) {
         load_row(j->x, r * D, D, buf, bf16);
-        for (int64_t d = 0; d < D; d++) buf[d] = gelu(buf[d] + b[d]);
-        store_row(j->y, r * D, D, buf, bf16);
+        for (int64_t d = 0; d < D; d++) {
+            const float x = buf[d] + b[d], cdf = 0.5f * (1.0f + erf_(x * 0.70710678118654752f));
+            y[d] = x * cdf;
+            dy[d] = cdf + x * 0.3989422804014327f * exp_poly(-0.5f * x * x);
+        }
+        store_row(j->y, r * D, D, y, bf16);
+        if (j->gx) store_row(j->gx, r * D, D, dy, bf16);
     }
 }
 
+/* ga = gy * GELU'(a + bias) from the derivative the forward kept (j->x); the bias's gradient, its sum */
 INLINE void gelu_backward_typed(const struct rows_job *j, int64_t r0, int64_t r1, float *restrict gb,
                                 float *restrict buf, const int bf16) {
     const int64_t D = j->D;
-    const float *restrict b = j->b;
-    float *restrict a = buf, *restrict g = buf + D;
+    float *restrict dy = buf, *restrict g = buf + D;
     for (int64_t r = r0; r < r1; r++) {
-        load_row(j->x, r * D, D, a, bf16);
+        load_row(j->x, r * D, D, dy, bf16);
         load_row(j->gy, r * D, D, g, bf16);
         for (int64_t d = 0; d < D; d++) {
-            g[d] *= gelu_grad(a[d] + b[d]);
+            g[d] *= dy[d];
             gb[d] += g[d];
         }
         store_row(j->gx, r * D, D, g, bf16);
@@ -298,16 +306,16 @@ int residual_backward(int bf16, int64_t R, int64_t D, const void *gy, double p, 
     return run_kind(&j, RESIDUAL_B, 1, NULL, gbias, threads);
 }
 
-/* y = GELU(a + bias) over R rows of D */
-int gelu_forward(int bf16, int64_t R, int64_t D, const void *a, const float *bias, void *y, int threads) {
-    struct rows_job j = {.bf16 = bf16, .R = R, .D = D, .x = a, .b = bias, .y = y};
+/* y = GELU(a + bias) over R rows of D, and its derivative there into dy (NULL: not wanted) */
+int gelu_forward(int bf16, int64_t R, int64_t D, const void *a, const float *bias, void *y, void *dy, int threads) {
+    struct rows_job j = {.bf16 = bf16, .R = R, .D = D, .x = a, .b = bias, .y = y, .gx = dy};
     return run_kind(&j, GELU_F, 0, NULL, NULL, threads);
 }
 
-/* its backward: ga = gy GELU'(a + bias), gbias = the sum of ga's rows. */
-int gelu_backward(int bf16, int64_t R, int64_t D, const void *a, const float *bias, const void *gy, void *ga,
-                  float *gbias, int threads) {
-    struct rows_job j = {.bf16 = bf16, .R = R, .D = D, .x = a, .b = bias, .gy = gy, .gx = ga};
+/* its backward: ga = gy dy (dy: the derivative gelu_forward gave), gbias = the sum of ga's rows */
+int gelu_backward(int bf16, int64_t R, int64_t D, const void *dy, const void *gy, void *ga, float *gbias,
+                  int threads) {
+    struct rows_job j = {.bf16 = bf16, .R = R, .D = D, .x = dy, .gy = gy, .gx = ga};
     return run_kind(&j, GELU_B, 1, NULL, gbias, threads);
 }
 

@@ -96,16 +96,17 @@ def _residual_backward(gy, p, locked, seed):
     return go, gbias
 
 
-def _gelu(a, bias):
-    y = torch.empty_like(a)
-    _call("gelu_forward", _bf16(a), *_rows(a), a, bias, y)
-    return y
+def _gelu(a, bias, grad: bool = True):
+    """-> (GELU(a + bias), its derivative there (None: not `grad`), what _gelu_backward takes)"""
+    y, dy = torch.empty_like(a), torch.empty_like(a) if grad else None
+    _call("gelu_forward", _bf16(a), *_rows(a), a, bias, y, dy)
+    return y, dy
 
 
-def _gelu_backward(a, bias, gy):
-    """-> (dL/da, dL/dbias) from gy = dL/dy"""
-    ga, gbias = torch.empty_like(a), a.new_empty(a.shape[-1], dtype=F32)
-    _call("gelu_backward", _bf16(a), *_rows(a), a, bias, gy, ga, gbias)
+def _gelu_backward(dy, gy):
+    """-> (dL/da, dL/dbias) from gy = dL/dy and the derivative _gelu gave"""
+    ga, gbias = torch.empty_like(dy), dy.new_empty(dy.shape[-1], dtype=F32)
+    _call("gelu_backward", _bf16(dy), *_rows(dy), dy, gy, ga, gbias)
     return ga, gbias
 
 
@@ -142,10 +143,9 @@ class _Block(torch.autograd.Function):
                 W1, W2 = w1.to(x.dtype), w2.to(x.dtype)
                 x2 = y
                 n2, mean2, rstd2 = _norm(x2, n2w, n2b, eps)
-                a = _mm(n2, W1)
-                g = _gelu(a, b1)
+                g, dg = _gelu(_mm(n2, W1), b1, any(ctx.needs_input_grad))
                 y = _residual(x2, _mm(g, W2), b2, p, locked, seed2)
-                saved += [x2, n2w, mean2, rstd2, n2, a, b1, g, W1, W2]
+                saved += [x2, n2w, mean2, rstd2, n2, dg, g, W1, W2]
         ctx.save_for_backward(*saved)
         ctx.how, ctx.ffn = how, bool(ffn)
         ctx.set_materialize_grads(False)
@@ -160,10 +160,10 @@ class _Block(torch.autograd.Function):
             gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()
             ffn_grads = []
             if ctx.ffn:  # gy: dL/dy, then dL/dx2
-                x2, n2w, mean2, rstd2, n2, a, b1, g, W1, W2 = rest
+                x2, n2w, mean2, rstd2, n2, dg, g, W1, W2 = rest
                 gd, gb2 = _residual_backward(gy, p, locked, seed2)
                 gg, gW2 = _grads(gd, g, W2)
-                ga, gb1 = _gelu_backward(a, b1, gg)
+                ga, gb1 = _gelu_backward(dg, gg)
                 gn2, gW1 = _grads(ga, n2, W1)
                 gy, gn2w, gn2b = _norm_backward(x2, n2w, mean2, rstd2, gn2, gy)
                 ffn_grads = [gn2w, gn2b, gW1, gb1, gW2, gb2]

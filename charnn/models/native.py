@@ -104,13 +104,13 @@ def training_library() -> Optional[ctypes.CDLL]:
     lib.norm_forward.argtypes = [INT, I64, I64, PTR, PTR, PTR, F32, PTR, PTR, PTR, INT]
     lib.residual_forward.argtypes = [INT, I64, I64, PTR, PTR, PTR, ctypes.c_double, INT, I64, ctypes.c_uint64, PTR,
                                      INT]
-    lib.gelu_forward.argtypes = [INT, I64, I64, PTR, PTR, PTR, INT]
+    lib.gelu_forward.argtypes = [INT, I64, I64, PTR, PTR, PTR, PTR, INT]
     for name in ("norm_forward", "norm_backward", "residual_forward", "residual_backward", "gelu_forward",
                  "gelu_backward", "column_sums"):
         getattr(lib, name).restype = INT
     lib.norm_backward.argtypes = [INT, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, INT]
     lib.residual_backward.argtypes = [INT, I64, I64, PTR, ctypes.c_double, INT, I64, ctypes.c_uint64, PTR, PTR, INT]
-    lib.gelu_backward.argtypes = [INT, I64, I64, PTR, PTR, PTR, PTR, PTR, INT]
+    lib.gelu_backward.argtypes = [INT, I64, I64, PTR, PTR, PTR, PTR, INT]
     lib.column_sums.argtypes = [INT, I64, I64, PTR, PTR, INT]
     lib.use_openmp.restype, lib.use_openmp.argtypes = None, [PTR, PTR, PTR]
     _share_openmp(lib, lib.use_openmp)
