@@ -100,37 +100,39 @@ def test_results_do_not_depend_on_the_thread_count():
         assert all(torch.equal(a, e) for a, e in zip(out[0], other))
 
 
-def block_and_model(cell, ffn, dropout, locked=False):
+def block_and_model(cell, ffn, dropout, locked=False, expand=1):
     torch.manual_seed(0)
     c = MinRNNConfig(vocab_size=17, cell=cell, layers=2, hidden=24, embed=8, ffn=ffn, dropout=dropout,
-                     locked_dropout=locked)
+                     locked_dropout=locked, expand=expand)
     return MinRNN(c).train()
 
 
-def run(model, fused_on, dtype, state, monkeypatch):
+def run(model, fused_on, dtype, state, monkeypatch, shape=(3, 21)):
     monkeypatch.setattr(fusedblock, "applies", fusedblock.applies if fused_on else (lambda *a: False))
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)
     with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
-        logits, last = model(torch.randint(17, (3, 21), generator=torch.Generator().manual_seed(2)), state)
+        logits, last = model(torch.randint(17, shape, generator=torch.Generator().manual_seed(2)), state)
     (logits.float().square().mean() + last.square().mean()).backward()
     return logits.float(), last, {n: p.grad for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("cell", ["mingru", "minlstm"])
-@pytest.mark.parametrize("ffn,dropout,locked", [(2, 0.0, False), (2, 0.3, False), (0, 0.3, True), (1, 0.1, True)])
-def test_the_block_equals_the_unfused_block(cell, ffn, dropout, locked, monkeypatch):
-    model = block_and_model(cell, ffn, dropout, locked)
+@pytest.mark.parametrize("ffn,dropout,locked,expand,shape", [
+    (2, 0.0, False, 1, (3, 21)), (2, 0.3, False, 1, (3, 21)), (0, 0.3, True, 2, (3, 21)), (1, 0.1, True, 1, (3, 21)),
+    (2, 0.2, False, 3, (1, 1)), (0, 0.0, False, 1, (1, 40))])
+def test_the_block_equals_the_unfused_block(cell, ffn, dropout, locked, expand, shape, monkeypatch):
+    model = block_and_model(cell, ffn, dropout, locked, expand)
     S = model.blocks[0].gates.out_features // (3 if cell == "minlstm" else 2)
-    state = torch.randn(2, 3, S, generator=torch.Generator().manual_seed(5)).requires_grad_()
-    ours = run(model, True, torch.float32, state, monkeypatch)
-    theirs = run(model, False, torch.float32, state, monkeypatch)
+    state = torch.randn(2, shape[0], S, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    ours = run(model, True, torch.float32, state, monkeypatch, shape)
+    theirs = run(model, False, torch.float32, state, monkeypatch, shape)
     assert torch.allclose(ours[0], theirs[0], atol=1e-5) and torch.allclose(ours[1], theirs[1], atol=1e-5)
     for name, g in theirs[2].items():
         assert ours[2][name] is not None, name
         assert torch.allclose(ours[2][name], g, atol=1e-5, rtol=1e-4), (name, (ours[2][name] - g).abs().max())
     # bfloat16 (autocast): the same to bfloat16's rounding, nothing lost
-    ours, theirs = (run(model, on, torch.bfloat16, None, monkeypatch) for on in (True, False))
+    ours, theirs = (run(model, on, torch.bfloat16, None, monkeypatch, shape) for on in (True, False))
     assert torch.allclose(ours[0], theirs[0], atol=0.06), (ours[0] - theirs[0]).abs().max()
     for name, g in theirs[2].items():
         scale = g.abs().max() + 1e-6
@@ -169,3 +171,64 @@ def test_training_on_a_cpu_runs_one_fused_adamw():
     model = block_and_model("mingru", 2, 0.1)
     opt = make_optimizer(model, TrainConfig(), torch.device("cpu"))
     assert opt.defaults.get("fused") is True
+
+
+def test_the_scan_adds_the_gates_bias():
+    g = torch.Generator().manual_seed(8)
+    for lstm, P in ((False, 2), (True, 3)):
+        u, bias = torch.randn(2, 30, P * 20, generator=g), torch.randn(P * 20, generator=g)
+        h0, gh = torch.randn(2, 20, generator=g), torch.randn(2, 30, 20, generator=g)
+        h, last = fused.scan_forward(lstm, u, h0, bias)
+        h2, last2 = fused.scan_forward(lstm, (u + bias).contiguous(), h0)
+        assert torch.allclose(h, h2, atol=1e-6) and torch.allclose(last, last2, atol=1e-6)
+        gu, gh0 = fused.scan_backward(lstm, u, h0, gh, None, True, bias)
+        gu2, gh02 = fused.scan_backward(lstm, (u + bias).contiguous(), h0, gh, None, True)
+        assert torch.allclose(gu, gu2, atol=1e-6) and torch.allclose(gh0, gh02, atol=1e-6)
+
+
+def test_the_classifier_encoder_through_the_fused_blocks(monkeypatch):
+    """MinEncoder (the classifier's --cell mingru/minlstm) runs MinBlocks over padded rows, both ways."""
+    from charnn.models.minrnn import MinEncoder
+    torch.manual_seed(0)
+    enc = MinEncoder(MinRNNConfig(vocab_size=5, cell="minlstm", layers=2, hidden=16, embed=8, dropout=0.0)).train()
+    e = torch.randn(3, 11, 8, generator=torch.Generator().manual_seed(9))
+    lengths = torch.tensor([11, 4, 1])
+    proj = torch.randn(3, 11, 32, generator=torch.Generator().manual_seed(10))
+    outs = []
+    for on in (True, False):
+        monkeypatch.setattr(fusedblock, "applies", fusedblock.applies if on else (lambda *a: False))
+        enc.zero_grad(set_to_none=True)
+        out, final = enc(e, lengths)
+        ((out * proj).sum() + final.sum()).backward()
+        outs.append((out.detach(), final.detach(), [p.grad.clone() for p in enc.parameters()]))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5) and torch.allclose(outs[0][1], outs[1][1], atol=1e-5)
+    for a, b in zip(outs[0][2], outs[1][2]):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_without_a_backward_the_gelu_derivative_is_not_made(monkeypatch):
+    model = block_and_model("mingru", 2, 0.1)
+    made = []
+    real = fusedblock._gelu
+    monkeypatch.setattr(fusedblock, "_gelu", lambda a, bias, grad=True: made.append(grad) or real(a, bias, grad))
+    with torch.no_grad():
+        model(torch.randint(17, (2, 5)))
+    with torch.inference_mode():
+        model.eval()(torch.randint(17, (2, 5)))
+    assert made == [False] * 4
+    model.train()(torch.randint(17, (2, 5)))[0].sum().backward()
+    assert made[4:] == [True, True]
+
+
+def test_a_run_saved_with_the_foreach_adamw_resumes_fused():
+    from charnn.training.runstate import optimizer_state
+    model = block_and_model("mingru", 2, 0.0)
+    old = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-3, foreach=True)
+    model(torch.randint(17, (2, 5)))[0].sum().backward()
+    old.step()
+    opt = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    opt.load_state_dict(optimizer_state(old.state_dict(), opt))
+    assert all(g["fused"] is True and not g["foreach"] for g in opt.param_groups)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))

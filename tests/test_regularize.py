@@ -166,7 +166,7 @@ def test_the_parallel_cells_locked_masks_and_activation_penalty():
     y = model.blocks[0]._dropped(torch.ones(4, 30, 16))  # and each block's
     assert torch.equal(y, y[:, :1].expand_as(y)) and not torch.equal(y[0], y[1])
     model = minrnn(ar=2.0, tar=1.0, dropout=0.0).train()  # AR/TAR: on the head's inputs
-    model.norm.register_forward_hook(lambda m, i, o: seen.__setitem__("h", o))
+    model.head.register_forward_hook(lambda m, i, o: seen.__setitem__("h", i[0]))  # (dropout 0: the norm's h)
     model(torch.randint(0, 11, (2, 8)))
     h = seen["h"]
     expected = 2.0 * h.pow(2).mean() + 1.0 * (h[:, 1:] - h[:, :-1]).pow(2).mean()

@@ -41,7 +41,8 @@ def block_forward(block, x: torch.Tensor, h0: Optional[torch.Tensor]):
     if block.ffn is not None:
         norm, up, down = block.ffn[0], block.ffn[1], block.ffn[3]
         params += [norm.weight, norm.bias, up.weight, up.bias, down.weight, down.bias]
-    how = (block.cell == "minlstm", p, bool(block.locked), seeds, float(block.norm.eps))
+    grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, *params))
+    how = (block.cell == "minlstm", p, bool(block.locked), seeds, float(block.norm.eps), grads)
     h0 = None if h0 is None else h0.float().contiguous()
     return _Block.apply(x.contiguous(), h0, how, *params)
 
@@ -130,7 +131,7 @@ def _grads(g: torch.Tensor, a: torch.Tensor, w: torch.Tensor):
 class _Block(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, how, nw, nb, gw, gb, ow, ob, *ffn):
-        lstm, p, locked, (seed, seed2), eps = how
+        lstm, p, locked, (seed, seed2), eps, grads = how
         with torch.autocast("cpu", enabled=False):  # (x's dtype decides; mm under autocast would cast)
             Wg, Wo = gw.to(x.dtype), ow.to(x.dtype)
             n, mean, rstd = _norm(x, nw, nb, eps)
@@ -143,7 +144,7 @@ class _Block(torch.autograd.Function):
                 W1, W2 = w1.to(x.dtype), w2.to(x.dtype)
                 x2 = y
                 n2, mean2, rstd2 = _norm(x2, n2w, n2b, eps)
-                g, dg = _gelu(_mm(n2, W1), b1, any(ctx.needs_input_grad))
+                g, dg = _gelu(_mm(n2, W1), b1, grads)  # (dg: only for a backward)
                 y = _residual(x2, _mm(g, W2), b2, p, locked, seed2)
                 saved += [x2, n2w, mean2, rstd2, n2, dg, g, W1, W2]
         ctx.save_for_backward(*saved)
@@ -154,7 +155,7 @@ class _Block(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, glast):
-        lstm, p, locked, (seed, seed2), _ = ctx.how
+        lstm, p, locked, (seed, seed2), _, _ = ctx.how
         x, h0, nw, mean, rstd, n, u, gb, h, Wg, Wo, *rest = ctx.saved_tensors
         with torch.autocast("cpu", enabled=False):
             gy = torch.zeros_like(x) if gy is None else gy.to(x.dtype).contiguous()

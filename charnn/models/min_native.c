@@ -18,7 +18,7 @@
        with a feed-forward part: x += GELU(N(x) W1 + b1) W2 + b2
    and last xn = N(x), what the head reads. N is (x - mean) / sqrt(var + eps), var the biased variance, as
    torch.nn.functional.layer_norm. GELU (native_math.h) is the exact one, x Phi(x), with a rational erf (|error|
-   < 1e-7, where libm's erff would not vectorise). */
+   < 3.3e-7, where libm's erff would not vectorise). */
 
 #include <math.h>
 #include <stdint.h>

@@ -137,10 +137,18 @@ def save_on_stop(t) -> Optional[Path]:
     return existing if t.resumed and existing.is_file() else None
 
 
+def optimizer_state(saved: dict, opt) -> dict:
+    """A saved optimiser state with how the step runs (fused or foreach) made this optimiser's: load_state_dict would
+    bring back the saving run's (a run from before AdamW was fused on a CPU would stay unfused, one saved on a CPU
+    would ask for a fused kernel on a device without one)."""
+    how = {k: opt.defaults[k] for k in ("fused", "foreach") if k in opt.defaults}
+    return {**saved, "param_groups": [{**group, **how} for group in saved["param_groups"]]}
+
+
 def restore(t, data: dict) -> None:
     """Put trainer `t` back where checkpoint `data` left it: weights, optimiser, progress, state, generators."""
     t.model.load_state_dict(data["model"])
-    t.opt.load_state_dict(data["optimizer"])
+    t.opt.load_state_dict(optimizer_state(data["optimizer"], t.opt))
     p = data["progress"]
     t.step, t.epoch, t.window, t.offset = p["step"], p["epoch"], p["window"], p["offset"]
     t.best_val, t.last_val = data.get("best_val_loss", math.inf), data.get("val_loss", math.inf)
