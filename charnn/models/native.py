@@ -191,15 +191,43 @@ def _build(name: str = "cells", attempts=None) -> Path:
     os.close(fd)
     try:
         for sources, flags in attempts:
-            r = subprocess.run([compiler, *flags, *COMMON, "-o", tmp, *map(str, sources)], capture_output=True,
-                               timeout=120)
-            if r.returncode == 0:
+            error = _compile(compiler, flags, sources, tmp)
+            if error is None:
                 os.replace(tmp, target)
                 return target
-        raise OSError(r.stderr.decode(errors="replace").strip()[:200])
+        raise OSError(error[:200])
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _compile(compiler: str, flags, sources, out: str) -> Optional[str]:
+    """Each source to an object file, all at once (one compiler process each: training's two files took 4.8 s one
+    after the other on a 2-core AMX Xeon, 3.2 s side by side; the sampler's four 1.4 s and 0.7 s), then one link
+    into `out`. None, or what the compiler said where a step failed."""
+    objects, steps = [f"{out}.{i}.o" for i in range(len(sources))], []
+    try:
+        steps += [subprocess.Popen([compiler, *flags, *COMMON, "-c", "-o", o, str(f)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE) for f, o in zip(sources, objects)]
+        for step in steps:
+            try:
+                error = step.communicate(timeout=120)[1]
+            except subprocess.TimeoutExpired:
+                step.kill()
+                step.communicate()
+                return "the compiler took more than 120 s"
+            if step.returncode:
+                return error.decode(errors="replace").strip() or "the compiler failed"
+        r = subprocess.run([compiler, *flags, *COMMON, "-o", out, *objects], capture_output=True, timeout=120)
+        return None if r.returncode == 0 else r.stderr.decode(errors="replace").strip() or "the linker failed"
+    finally:
+        for step in steps:  # (any still running where another failed: stopped before its object goes)
+            if step.poll() is None:
+                step.kill()
+                step.communicate()
+        for o in objects:
+            if os.path.exists(o):
+                os.unlink(o)
 
 
 def _cpu() -> str:
