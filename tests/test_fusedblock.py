@@ -232,3 +232,11 @@ def test_a_run_saved_with_the_foreach_adamw_resumes_fused():
     before = [p.detach().clone() for p in model.parameters()]
     opt.step()
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_a_nan_stays_a_nan_in_bfloat16():
+    """A diverged run must show as NaN, not as zeros (the bf16 rounding once turned some NaNs into -0)."""
+    x = torch.full((1, 2, 16), float("nan"), dtype=torch.bfloat16)
+    x.view(torch.int16)[0, 0] = -1  # 0xffff: a NaN with every payload bit set
+    y = fusedblock._residual(x, torch.zeros_like(x), torch.zeros(16), 0.0, False, 1)
+    assert torch.isnan(y).all()

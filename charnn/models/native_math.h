@@ -25,7 +25,7 @@ static inline float exp_poly(float x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     union { int32_t i; float f; } scale;
-    scale.i = ((int32_t)n + 127) << 23;                   /* 2^n (n in [-126, 127] after the clamp) */
+    scale.i = (int32_t)((uint32_t)((int32_t)n + 127) << 23); /* 2^n (n in [-126, 127] after the clamp) */
     return p * scale.f;
 }
 

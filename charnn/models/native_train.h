@@ -20,10 +20,11 @@ static inline float from_bf16(uint16_t x) {
     return u.f;
 }
 
-static inline uint16_t to_bf16(float x) {  /* round to nearest even (finite numbers) */
+static inline uint16_t to_bf16(float x) {  /* round to nearest even; a NaN stays a (quiet) NaN */
     union { uint32_t i; float f; } u;
     u.f = x;
-    return (uint16_t)((u.i + 0x7fffu + ((u.i >> 16) & 1u)) >> 16);
+    const uint16_t nan = (uint16_t)((u.i >> 16) | 0x40u);
+    return (u.i & 0x7fffffffu) > 0x7f800000u ? nan : (uint16_t)((u.i + 0x7fffu + ((u.i >> 16) & 1u)) >> 16);
 }
 
 static inline float load(const void *p, int64_t i, int bf16) {
