@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
-from charnn.config import DEVICES, SEED_LIMIT, UNKNOWN, raise_problems
+from charnn.config import DEVICES, MAX_THREADS, SEED_LIMIT, UNKNOWN, raise_problems
 from charnn.errors import ParamError
 
 MIN_TEMPERATURE = 1e-30  # below it logits (|x| < 1e8) / temperature could overflow float32 and tie: greedy
@@ -96,6 +96,7 @@ class SampleConfig:
     device: str = "auto"  # auto, cpu, cuda or mps
     int8: bool = False  # int8 recurrent weights (CPU, charnn/models/int8.py): faster on big models, a close approximation
     heal: bool = True  # subword models: take a prime's last piece back and complete it in the first draw
+    threads: Optional[int] = None  # CPU threads (None: measured, charnn.generation.threads)
 
     @property
     def sampling(self) -> SamplingParams:
@@ -116,6 +117,8 @@ class SampleConfig:
             problems.append("`--stop` must not be empty")
         if self.device not in DEVICES:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            problems.append(f"`--threads` must be between 1 and {MAX_THREADS}, got {self.threads}")
         raise_problems(problems)
         return self
 

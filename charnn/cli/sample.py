@@ -41,6 +41,10 @@ def sample(
                                                       "one stream of a big model (2x for 64); the text comes from "
                                                       "a close approximation of the model "
                                                       "(benchmarks/SAMPLING.md).")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads. Default: measured while sampling, torch's "
+                                                        "count or one, whichever is faster (one where another "
+                                                        "process holds a core); a fixed count makes a seeded "
+                                                        "sample repeatable to the character.")] = None,
     adapt: Annotated[Optional[str], typer.Option(help="First run dynamic evaluation over this file (the weights "
                                                       "adapt in memory; the checkpoint is not changed), then sample "
                                                       "from the prime or start as usual, with the adapted weights.",
@@ -63,7 +67,7 @@ def sample(
         cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, greedy=greedy, prime=prime,
                            unknown=unknown, num_samples=num_samples, separator=unescape(separator),
                            stop=None if stop is None else unescape(stop), seed=seed, device=device,
-                           int8=int8).validate()
+                           int8=int8, threads=threads).validate()
         adapting = dynamic_config(adapt is not None, "--adapt", dynamic_lr, dynamic_decay, segment)
         model = load(checkpoint, cfg.device, cfg.int8)  # the loader of the Python API and the server
         if model.kind != "lm":
@@ -126,4 +130,6 @@ def _stream(sampler, quiet: bool) -> None:
             sys.stdout.write("\n")
     if not quiet:
         dt = time.perf_counter() - t0
-        err.print(f"{sampler.chars:,} characters in {dt:.2f}s ({sampler.chars / max(dt, 1e-9):,.0f} chars/s)")
+        watch = sampler.watch  # measured threads: what won (one, where another process held a core)
+        threads = f"; {watch.threads} CPU thread{'s' * (watch.threads > 1)}, measured" if watch and watch.choices else ""
+        err.print(f"{sampler.chars:,} characters in {dt:.2f}s ({sampler.chars / max(dt, 1e-9):,.0f} chars/s{threads})")

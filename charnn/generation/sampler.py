@@ -9,6 +9,7 @@ and lays their text out the way the command prints it.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Iterator, List, Optional
 
 import torch
@@ -16,6 +17,7 @@ import torch
 from charnn.sampling import SampleConfig
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.prompt import clean_prime
+from charnn.generation.threads import watching
 
 BLOCK = 32  # tokens per row per generation step: a terminal sees text appear in pieces this long, at most
 
@@ -33,7 +35,7 @@ class Sampler:
                  graphs: Optional[bool] = None):
         self.cfg, self.model, self.tokenizer, self.device, self.seed = cfg.validate(), model.eval(), tokenizer, device, seed
         self.prime, self.skipped = clean_prime(tokenizer, cfg.prime, cfg.unknown)
-        self.graphs, self.chars, self.notes = graphs, 0, []
+        self.graphs, self.chars, self.notes, self.watch = graphs, 0, [], None
 
     def rows(self) -> List[RowSpec]:
         """One row per sample. `--stop` ends a sample right after the stop string; a row ends right before it
@@ -54,15 +56,23 @@ class Sampler:
         for i, spec in enumerate(self.rows()):
             batcher.add(spec, tag=i)
         later: List[List[str]] = [[] for _ in range(n)]  # samples 2..n wait for sample 1 to finish
-        while batcher.active:
-            for row, piece in batcher.step(BLOCK):
-                if row.finish_reason == "stop":
-                    piece += cfg.stop
-                self.chars += len(piece)
-                if row.tag == 0:
-                    yield piece
-                else:
-                    later[row.tag].append(piece)
+        before, self.watch = torch.get_num_threads(), watching(cfg.threads, self.device)
+        try:
+            if cfg.threads is not None:
+                torch.set_num_threads(cfg.threads)
+            while batcher.active:
+                block = partial(batcher.step, BLOCK)
+                pieces = self.watch.block(block, batcher.active * BLOCK) if self.watch else block()
+                for row, piece in pieces:
+                    if row.finish_reason == "stop":
+                        piece += cfg.stop
+                    self.chars += len(piece)
+                    if row.tag == 0:
+                        yield piece
+                    else:
+                        later[row.tag].append(piece)
+        finally:
+            torch.set_num_threads(before)  # (a library call leaves torch as it found it)
         for i in range(1, n):
             yield cfg.separator + self.prime + "".join(later[i])
 

@@ -1,0 +1,117 @@
+"""Sampling's CPU threads (charnn.generation.threads): the measured choice on a fake clock (a quiet machine, a busy
+core, a core taken while sampling, a core freed), `--threads` fixed, and torch's thread count put back after."""
+
+import pytest
+import torch
+
+from charnn.generation import threads as th
+from charnn.generation.sampler import Sampler
+from charnn.sampling import SampleConfig
+
+
+class Machine:
+    """A fake clock whose blocks take `cost[threads]` seconds per token (changed by the test as load comes and
+    goes), and a record of the thread counts set."""
+
+    def __init__(self, cost):
+        self.cost, self.now, self.threads, self.set = dict(cost), 0.0, None, []
+
+    def clock(self):
+        return self.now
+
+    def set_threads(self, n):
+        self.threads = n
+        self.set.append(n)
+
+    def block(self, watch, tokens=32):
+        watch.block(lambda: setattr(self, "now", self.now + self.cost[self.threads] * tokens), tokens)
+
+
+def run(machine, watch, blocks):
+    for _ in range(blocks):
+        machine.block(watch)
+
+
+def test_a_quiet_machine_keeps_the_threads_and_a_busy_one_takes_one():
+    quiet = Machine({4: 1e-4, 1: 3e-4})
+    watch = th.ThreadWatch(4, quiet.clock, quiet.set_threads)
+    run(quiet, watch, 1 + 2 * th.ROUNDS + 20)
+    assert watch.choices == [4] and watch.threads == 4 and quiet.threads == 4
+    busy = Machine({2: 5e-3, 1: 2e-4})  # one of two cores taken: two threads 25x slower
+    watch = th.ThreadWatch(2, busy.clock, busy.set_threads)
+    run(busy, watch, 3)  # the first block (warm-ups), then one block each is enough (DROP)
+    assert watch.choices == [1] and busy.threads == 1
+    assert busy.set[1:3] == [2, 1]  # measured both
+
+
+def test_more_threads_must_be_clearly_faster():
+    m = Machine({2: 1.0e-4, 1: 1.02e-4})  # 2% apart: one thread (fewer suffer less from a busy core)
+    watch = th.ThreadWatch(2, m.clock, m.set_threads)
+    run(m, watch, 1 + 2 * th.ROUNDS)
+    assert watch.choices == [1]
+
+
+def test_a_core_taken_while_sampling_is_noticed():
+    m = Machine({2: 1e-4, 1: 2e-4})
+    watch = th.ThreadWatch(2, m.clock, m.set_threads)
+    run(m, watch, 1 + 2 * th.ROUNDS + 3)
+    assert watch.choices == [2]
+    m.cost = {2: 3e-3, 1: 2e-4}  # another process takes a core
+    run(m, watch, th.WINDOW + 2 * th.ROUNDS)
+    assert watch.choices == [2, 1] and m.threads == 1
+
+
+def test_on_one_thread_a_freed_core_is_found_by_the_clock():
+    m = Machine({2: 3e-3, 1: 2e-4})
+    watch = th.ThreadWatch(2, m.clock, m.set_threads)
+    run(m, watch, 3)
+    assert watch.choices == [1]
+    wait = watch.wait
+    m.cost = {2: 1e-4, 1: 2e-4}  # the other process left: one thread's speed does not change, no jump shows it
+    blocks = int(wait / (2e-4 * 32)) + 2 + 2 * th.ROUNDS
+    run(m, watch, blocks)
+    assert watch.choices == [1, 2] and m.threads == 2
+
+
+def test_one_thread_winning_again_and_again_is_checked_less_often():
+    m = Machine({2: 3e-3, 1: 2e-4})
+    watch = th.ThreadWatch(2, m.clock, m.set_threads)
+    run(m, watch, 3)
+    first = watch.wait
+    run(m, watch, int(first / (2e-4 * 32)) + 5)
+    assert watch.choices == [1, 1] and watch.wait == 2 * first
+
+
+def test_only_a_cpu_with_more_than_one_thread_and_no_fixed_count_is_watched():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert th.watching(None, torch.device("cpu")) is not None
+        assert th.watching(3, torch.device("cpu")) is None
+        assert th.watching(None, torch.device("cuda")) is None
+        torch.set_num_threads(1)
+        assert th.watching(None, torch.device("cpu")) is None
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_sampling_puts_torchs_thread_count_back(trained_run, threads):
+    from charnn.api import load
+    model = load(str(trained_run.run_dir))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        cfg = SampleConfig(length=300, seed=3, threads=threads).validate()
+        sampler = Sampler(model.net, model.tokenizer, cfg, torch.device("cpu"), 3)
+        text = "".join(sampler)
+        assert len(text) == 300 and torch.get_num_threads() == 2
+        assert (sampler.watch is None) == (threads is not None)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_bad_thread_count_is_one_clear_error():
+    from charnn.errors import ConfigError
+    with pytest.raises(ConfigError, match="--threads"):
+        SampleConfig(threads=0).validate()
