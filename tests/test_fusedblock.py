@@ -93,7 +93,8 @@ def test_results_do_not_depend_on_the_thread_count():
             torch.set_num_threads(n)
             y, mean, rstd = fusedblock._norm(x, w, b, 1e-5)
             out.append([y, *fusedblock._norm_backward(x, w, mean, rstd, gy, x), fusedblock._column_sums(gy),
-                        *fusedblock._gelu_backward(x, gy), *fusedblock._gelu(x, b), *fusedblock._residual_backward(gy, 0.3, False, 9)])
+                        *fusedblock._gelu_backward(x, gy), *fusedblock._gelu(x, b),
+                        *fusedblock._residual_backward(gy, 0.3, False, 9)])
     finally:
         torch.set_num_threads(before)
     for other in out[1:]:

@@ -131,5 +131,6 @@ def _stream(sampler, quiet: bool) -> None:
     if not quiet:
         dt = time.perf_counter() - t0
         watch = sampler.watch  # measured threads: what won (one, where another process held a core)
-        threads = f"; {watch.threads} CPU thread{'s' * (watch.threads > 1)}, measured" if watch and watch.choices else ""
+        n = watch.threads if watch and watch.choices else 0
+        threads = f"; {n} CPU thread{'s' * (n > 1)}, measured" if n else ""
         err.print(f"{sampler.chars:,} characters in {dt:.2f}s ({sampler.chars / max(dt, 1e-9):,.0f} chars/s{threads})")
