@@ -24,7 +24,7 @@ class Machine:
         self.set.append(n)
 
     def block(self, watch, tokens=32):
-        watch.block(lambda: setattr(self, "now", self.now + self.cost[self.threads] * tokens), tokens)
+        watch.block(lambda: setattr(self, "now", self.now + self.cost[self.threads] * tokens), lambda _: tokens)
 
 
 def run(machine, watch, blocks):
@@ -37,6 +37,8 @@ def test_a_quiet_machine_keeps_the_threads_and_a_busy_one_takes_one():
     watch = th.ThreadWatch(4, quiet.clock, quiet.set_threads)
     run(quiet, watch, 1 + 2 * th.ROUNDS + 20)
     assert watch.choices == [4] and watch.threads == 4 and quiet.threads == 4
+    run(quiet, watch, 2000)  # looked at again by the clock, less and less often: the same choice
+    assert set(watch.choices) == {4} and 3 <= len(watch.choices) <= 8
     busy = Machine({2: 5e-3, 1: 2e-4})  # one of two cores taken: two threads 25x slower
     watch = th.ThreadWatch(2, busy.clock, busy.set_threads)
     run(busy, watch, 3)  # the first block (warm-ups), then one block each is enough (DROP)
@@ -95,20 +97,62 @@ def test_only_a_cpu_with_more_than_one_thread_and_no_fixed_count_is_watched():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("threads", [None, 1])
-def test_sampling_puts_torchs_thread_count_back(trained_run, threads):
+def test_blocks_that_make_no_text_are_not_timed():
+    """A long prompt's prefill runs in steps that make no text: timing them would compare two equal time caps."""
+    m = Machine({2: 1e-4, 1: 3e-4})
+    watch = th.ThreadWatch(2, m.clock, m.set_threads)
+    for _ in range(10):
+        watch.block(lambda: setattr(m, "now", m.now + 0.25), lambda _: 0)
+    assert watch.choices == [] and watch.skip == 1
+    run(m, watch, 1 + 2 * th.ROUNDS)
+    assert watch.choices == [2]
+
+
+def test_an_early_decision_and_the_choice_agree():
+    """A slow first block (noise) does not decide early: the medians decide both when and what."""
+    m = Machine({2: 1e-4, 1: 4e-4})
+    watch = th.ThreadWatch(2, m.clock, m.set_threads)
+    m.block(watch)  # warm-up
+    m.cost[2] = 10e-4
+    m.block(watch)  # a slow first block at 2 threads (noise), then fast ones
+    m.cost[2] = 1e-4
+    run(m, watch, 2 * th.ROUNDS - 1)
+    assert watch.choices == [2]
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads,measure", [(None, True), (1, True), (None, False)])
+def test_sampling_puts_torchs_thread_count_back(trained_run, two_threads, threads, measure):
     from charnn.api import load
     model = load(str(trained_run.run_dir))
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        cfg = SampleConfig(length=300, seed=3, threads=threads).validate()
-        sampler = Sampler(model.net, model.tokenizer, cfg, torch.device("cpu"), 3)
-        text = "".join(sampler)
-        assert len(text) == 300 and torch.get_num_threads() == 2
-        assert (sampler.watch is None) == (threads is not None)
-    finally:
-        torch.set_num_threads(before)
+    cfg = SampleConfig(length=300, seed=3, threads=threads).validate()
+    sampler = Sampler(model.net, model.tokenizer, cfg, torch.device("cpu"), 3, measure=measure)
+    text = "".join(sampler)
+    assert len(text) == 300 and torch.get_num_threads() == 2
+    assert (sampler.watch is not None) == (measure and threads is None)  # training's previews: not measured
+
+
+def test_a_sample_stopped_early_or_a_count_changed_meanwhile(trained_run, two_threads):
+    from charnn.api import load
+    model = load(str(trained_run.run_dir))
+    cfg = SampleConfig(length=3000, seed=3, threads=1).validate()
+    pieces = iter(Sampler(model.net, model.tokenizer, cfg, torch.device("cpu"), 3, measure=True))
+    next(pieces), next(pieces)
+    assert torch.get_num_threads() == 1
+    pieces.close()  # the consumer stops: torch's count comes back
+    assert torch.get_num_threads() == 2
+    pieces = iter(Sampler(model.net, model.tokenizer, cfg, torch.device("cpu"), 3, measure=True))
+    next(pieces), next(pieces)
+    torch.set_num_threads(3)  # someone else's choice, made while sampling: kept
+    list(pieces)
+    assert torch.get_num_threads() == 3
 
 
 def test_a_bad_thread_count_is_one_clear_error():

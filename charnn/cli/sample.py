@@ -79,7 +79,7 @@ def sample(
         if adapt is not None:
             model = _adapt(model, adapt, cfg.unknown, adapting, quiet)
         used_seed = cfg.sampling.seeded().seed
-        sampler = Sampler(model.net, model.tokenizer, cfg, model.device, used_seed)
+        sampler = Sampler(model.net, model.tokenizer, cfg, model.device, used_seed, measure=True)
         if not quiet:
             if sampler.skipped:
                 err.print(f"note: dropped from the prime (not in the vocabulary): "

@@ -32,10 +32,11 @@ class Sampler:
     """
 
     def __init__(self, model, tokenizer, cfg: SampleConfig, device: torch.device, seed: int,
-                 graphs: Optional[bool] = None):
+                 graphs: Optional[bool] = None, measure: bool = False):
         self.cfg, self.model, self.tokenizer, self.device, self.seed = cfg.validate(), model.eval(), tokenizer, device, seed
         self.prime, self.skipped = clean_prime(tokenizer, cfg.prime, cfg.unknown)
         self.graphs, self.chars, self.notes, self.watch = graphs, 0, [], None
+        self.measure = measure  # `charnn sample`'s threads measured where not given (charnn.generation.threads)
 
     def rows(self) -> List[RowSpec]:
         """One row per sample. `--stop` ends a sample right after the stop string; a row ends right before it
@@ -56,13 +57,13 @@ class Sampler:
         for i, spec in enumerate(self.rows()):
             batcher.add(spec, tag=i)
         later: List[List[str]] = [[] for _ in range(n)]  # samples 2..n wait for sample 1 to finish
-        before, self.watch = torch.get_num_threads(), watching(cfg.threads, self.device)
+        before, self.watch = torch.get_num_threads(), watching(cfg.threads, self.device) if self.measure else None
         try:
             if cfg.threads is not None:
                 torch.set_num_threads(cfg.threads)
             while batcher.active:
                 block = partial(batcher.step, BLOCK)
-                pieces = self.watch.block(block, batcher.active * BLOCK) if self.watch else block()
+                pieces = self.watch.block(block, made) if self.watch else block()
                 for row, piece in pieces:
                     if row.finish_reason == "stop":
                         piece += cfg.stop
@@ -71,10 +72,16 @@ class Sampler:
                         yield piece
                     else:
                         later[row.tag].append(piece)
-        finally:
-            torch.set_num_threads(before)  # (a library call leaves torch as it found it)
+        finally:  # torch's count put back, unless someone else changed it meanwhile
+            if torch.get_num_threads() == (self.watch.current if self.watch else cfg.threads or before):
+                torch.set_num_threads(before)
         for i in range(1, n):
             yield cfg.separator + self.prime + "".join(later[i])
+
+
+def made(pieces) -> int:
+    """The characters a Batcher step made (what its time is measured by)."""
+    return sum(len(piece) for _, piece in pieces)
 
 
 def generate(model, tokenizer, cfg: SampleConfig, device: torch.device, seed: int) -> Iterator[str]:

@@ -6,12 +6,13 @@ two threads and 6,701 on one (quiet: 12,901 and 6,870; benchmarks/SAMPLING.md): 
 products waits for the thread whose core is taken. No rule on core counts knows whether a core is busy, and it
 changes while a sample runs, so (as training's charnn.training.threads, scaled to sampling's blocks):
 
-1. the first block is left out (the prompt's prefill, warm-ups); then blocks take turns at the most threads and at
-   one, ROUNDS each (fewer where one is DROP times slower), and the one with the lower median time per token wins
-   (more threads only where MIN_GAIN faster);
-2. then every block's time per token is watched: when the median of the last WINDOW differs from the winner's by
-   RECHECK_RATIO or more (a core was taken or freed), it measures again; while on one thread (where a freed core
-   shows no jump) it measures again after RECHECK_FEWER_SECS, doubling while one thread keeps winning.
+1. the first block that makes text is left out (warm-ups), as is every block that makes none (a long prompt's
+   prefill); then blocks take turns at the most threads and at one, ROUNDS each (fewer where one is DROP times
+   slower), and the one with the lower median time per character wins (more threads only where MIN_GAIN faster);
+2. then every block's time per character is watched: when the median of the last WINDOW differs from the winner's
+   by RECHECK_RATIO or more (a core was taken or freed), it measures again; and after RECHECK_SECS anyway (on one
+   thread a freed core shows no jump; a load that comes and goes can fool one measurement), doubling while the
+   choice stays, up to RECHECK_MAX_SECS.
 
 Every block is a real part of the sample; measuring only chooses the threads it runs on. The thread count changes
 the order of some floating-point sums, so a seeded sample is repeatable to the character only with `--threads`.
@@ -31,32 +32,40 @@ MIN_GAIN = 1.05  # more threads must be this much faster than one to be chosen
 DROP = 3.0  # a candidate this many times slower than the other in its fastest block: decided without more rounds
 WINDOW = 8  # blocks in the rolling median the watch compares with the measured one
 RECHECK_RATIO = 1.6  # a rolling median this many times slower or faster: measure again
-RECHECK_FEWER_SECS = 2.0  # on one thread: measure again after this long, doubling while one thread wins
+RECHECK_SECS = 2.0  # measure again after this long, doubling while the choice stays
 RECHECK_MAX_SECS = 60.0
 
 
 class ThreadWatch:
-    """Runs each block of a sample on the threads chosen as above (`block`); `threads` is the current choice and
-    `choices` every choice made. `clock` and `set_threads` are for tests."""
+    """Runs each block of a sample on the threads chosen as above (`block`); `threads` is the current choice,
+    `choices` every choice made and `current` the count it last gave torch. `clock` and `set_threads` are for
+    tests."""
 
     def __init__(self, most: int, clock: Callable[[], float] = time.perf_counter,
                  set_threads: Optional[Callable[[int], None]] = None):
         self.most, self.clock = most, clock
-        self.set_threads = set_threads or torch.set_num_threads
-        self.threads, self.choices = most, []
+        self._set = set_threads or torch.set_num_threads
+        self.threads, self.choices, self.current = most, [], most
         self.plan: List[int] = []
         self.times: Dict[int, List[float]] = {}
         self.window: deque = deque(maxlen=WINDOW)
-        self.baseline, self.chosen_at, self.wait = 0.0, 0.0, RECHECK_FEWER_SECS
-        self.skip = 1  # the first block: prefill and warm-ups
+        self.baseline, self.chosen_at, self.wait = 0.0, 0.0, RECHECK_SECS
+        self.skip = 1  # the first block that makes text: warm-ups
 
-    def block(self, run: Callable[[], object], tokens: int):
-        """run() one block of about `tokens` tokens on the threads due, time it, and return what it returned."""
-        threads = self.plan[0] if self.plan else self.threads
-        self.set_threads(threads)
+    def set_threads(self, n: int) -> None:
+        self.current = n
+        self._set(n)
+
+    def block(self, run: Callable[[], object], made: Callable[[object], int]):
+        """run() one block on the threads due, time it by what it made (`made(result)`: characters; a block that
+        made none, a prompt's prefill, is not timed), and return its result."""
+        self.set_threads(self.plan[0] if self.plan else self.threads)
         start = self.clock()
         out = run()
-        per_token = (self.clock() - start) / max(1, tokens)
+        seconds, chars = self.clock() - start, made(out)
+        if chars <= 0:
+            return out
+        per_token = seconds / chars
         if self.skip:
             self.skip -= 1
             if not self.skip:
@@ -78,7 +87,7 @@ class ThreadWatch:
         """Whether one candidate is already DROP times slower than the other (a busy core: its blocks are long)."""
         if not all(self.times.values()):
             return False
-        many, one = (min(self.times[t]) for t in (self.most, 1))
+        many, one = (statistics.median(self.times[t]) for t in (self.most, 1))
         return max(many, one) >= DROP * min(many, one)
 
     def _choose(self) -> None:
@@ -87,11 +96,11 @@ class ThreadWatch:
         before = self.threads
         self.threads = self.most if one > many * MIN_GAIN else 1
         self.baseline = many if self.threads == self.most else one
+        if self.choices and self.threads == before:
+            self.wait = min(2 * self.wait, RECHECK_MAX_SECS)  # the same again: look less often
+        else:
+            self.wait = RECHECK_SECS
         self.choices.append(self.threads)
-        if self.threads == 1 and before == 1 and len(self.choices) > 1:
-            self.wait = min(2 * self.wait, RECHECK_MAX_SECS)  # one thread kept winning: look less often
-        elif self.threads != before:
-            self.wait = RECHECK_FEWER_SECS
         self.window.clear()
         self.chosen_at = self.clock()
         self.set_threads(self.threads)
@@ -100,12 +109,12 @@ class ThreadWatch:
         self.window.append(per_token)
         jumped = len(self.window) == WINDOW and not (
             1 / RECHECK_RATIO < statistics.median(self.window) / max(self.baseline, 1e-12) < RECHECK_RATIO)
-        late = self.threads < self.most and self.clock() - self.chosen_at >= self.wait
+        late = self.clock() - self.chosen_at >= self.wait
         if jumped or late:
             self._measure()
 
 
-def watching(threads: Optional[int], device: torch.device, graphs: bool = False) -> Optional[ThreadWatch]:
+def watching(threads: Optional[int], device: torch.device) -> Optional[ThreadWatch]:
     """A ThreadWatch where sampling's threads are measured: on a CPU, no `--threads`, torch on more than one."""
     most = torch.get_num_threads()
-    return ThreadWatch(most) if threads is None and device.type == "cpu" and most > 1 and not graphs else None
+    return ThreadWatch(most) if threads is None and device.type == "cpu" and most > 1 else None
