@@ -5,7 +5,7 @@ import json
 import shutil
 
 import pytest
-import torch
+from conftest import torch_threads
 from fixtures.make_formats import COMMON, HERE, KINDS, corpus, outputs
 
 import charnn
@@ -16,10 +16,8 @@ GOLDEN = json.loads((HERE / "golden.json").read_text(encoding="utf-8"))
 
 @pytest.fixture
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

@@ -5,6 +5,7 @@ path (CHARNN_NATIVE=0's)."""
 
 import pytest
 import torch
+from conftest import torch_threads
 
 from charnn.models import fused, native
 from charnn.models.configs import MinRNNConfig
@@ -20,10 +21,8 @@ def reference(cell, u, h0):
 
 @pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
 def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+    with torch_threads(request.param):
+        yield request.param
 
 
 # (B, T, S): one step, one row, widths not a multiple of 16, more than one lane block (S > 256; T > 512 takes

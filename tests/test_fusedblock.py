@@ -6,6 +6,7 @@ and that training takes it."""
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import torch_threads
 
 from charnn.config import TrainConfig
 from charnn.models import fused, fusedblock
@@ -18,10 +19,8 @@ pytestmark = pytest.mark.skipif(not fused.available(torch.zeros(1)), reason="no 
 
 @pytest.fixture(params=[1, 3], ids=lambda n: f"{n}threads")
 def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+    with torch_threads(request.param):
+        yield request.param
 
 
 def grads_of(fn, *inputs):
@@ -87,16 +86,12 @@ def test_results_do_not_depend_on_the_thread_count():
     x, w, b = torch.randn(8, 300, 96, generator=g), torch.randn(96, generator=g), torch.randn(96, generator=g)
     gy = torch.randn(8, 300, 96, generator=g)
     out = []
-    before = torch.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
+    for n in (1, 2, 3):
+        with torch_threads(n):
             y, mean, rstd = fusedblock._norm(x, w, b, 1e-5)
             out.append([y, *fusedblock._norm_backward(x, w, mean, rstd, gy, x), fusedblock._column_sums(gy),
                         *fusedblock._gelu_backward(x, gy), *fusedblock._gelu(x, b),
                         *fusedblock._residual_backward(gy, 0.3, False, 9)])
-    finally:
-        torch.set_num_threads(before)
     for other in out[1:]:
         assert all(torch.equal(a, e) for a, e in zip(out[0], other))
 

@@ -4,7 +4,7 @@ runs) and the full forward."""
 
 import pytest
 import torch
-from conftest import drain, make_text
+from conftest import drain, make_text, torch_threads
 from typer.testing import CliRunner
 
 from charnn.cli.app import app
@@ -106,15 +106,11 @@ def test_the_c_step_is_the_same_on_any_threads(threads, team):
 def test_a_big_vocabularys_head_is_split_over_the_threads_too():
     """B * D * V of at least HEAD_SPLIT (a subword vocabulary): the head's columns go to every thread."""
     model = model_of("mingru", hidden=64, vocab=3001)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         c, t = MinStepper(model, 2), torch_ops(model, 2)
         for step in range(5):
             tok = torch.tensor([step, 3000 - step])
             torch.testing.assert_close(c.step(tok), t.step(tok), rtol=1e-4, atol=1e-4)
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("team", ["torch's OpenMP threads", "the pool's own"])
@@ -270,15 +266,11 @@ def test_int8_follows_fp32_closely(cell, rows):
 def test_int8_is_the_same_on_any_threads():
     model = model_of("mingru", hidden=64, ffn=3, expand=3)
     x = torch.randint(V, (30, 2))
-    before = torch.get_num_threads()
-    try:
-        outs = []
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
+    outs = []
+    for threads in (1, 2, 3):
+        with torch_threads(threads):
             st = MinStepper(model, 2, int8=True)
             outs.append(torch.stack([st.step(x[t]).clone() for t in range(30)]))
-    finally:
-        torch.set_num_threads(before)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 

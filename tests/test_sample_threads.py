@@ -3,6 +3,7 @@ core, a core taken while sampling, a core freed), `--threads` fixed, and torch's
 
 import pytest
 import torch
+from conftest import torch_threads
 
 from charnn.generation import threads as th
 from charnn.generation.sampler import Sampler
@@ -85,16 +86,12 @@ def test_one_thread_winning_again_and_again_is_checked_less_often():
 
 
 def test_only_a_cpu_with_more_than_one_thread_and_no_fixed_count_is_watched():
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         assert th.watching(None, torch.device("cpu")) is not None
         assert th.watching(3, torch.device("cpu")) is None
         assert th.watching(None, torch.device("cuda")) is None
-        torch.set_num_threads(1)
+    with torch_threads(1):
         assert th.watching(None, torch.device("cpu")) is None
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_blocks_that_make_no_text_are_not_timed():
@@ -122,10 +119,8 @@ def test_an_early_decision_and_the_choice_agree():
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 @pytest.mark.parametrize("threads,measure", [(None, True), (1, True), (None, False)])

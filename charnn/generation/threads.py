@@ -29,7 +29,7 @@ import torch
 
 ROUNDS = 3  # timed blocks per candidate in a measurement
 MIN_GAIN = 1.05  # more threads must be this much faster than one to be chosen
-DROP = 3.0  # a candidate this many times slower than the other in its fastest block: decided without more rounds
+DROP = 3.0  # a candidate whose median is this many times the other's: decided without more rounds
 WINDOW = 8  # blocks in the rolling median the watch compares with the measured one
 RECHECK_RATIO = 1.6  # a rolling median this many times slower or faster: measure again
 RECHECK_SECS = 2.0  # measure again after this long, doubling while the choice stays
@@ -65,18 +65,18 @@ class ThreadWatch:
         seconds, chars = self.clock() - start, made(out)
         if chars <= 0:
             return out
-        per_token = seconds / chars
+        per_char = seconds / chars
         if self.skip:
             self.skip -= 1
             if not self.skip:
                 self._measure()
             return out
         if self.plan:
-            self.times[self.plan.pop(0)].append(per_token)
+            self.times[self.plan.pop(0)].append(per_char)
             if not self.plan or self._clear():
                 self._choose()
         else:
-            self._watch(per_token)
+            self._watch(per_char)
         return out
 
     def _measure(self) -> None:
@@ -105,8 +105,8 @@ class ThreadWatch:
         self.chosen_at = self.clock()
         self.set_threads(self.threads)
 
-    def _watch(self, per_token: float) -> None:
-        self.window.append(per_token)
+    def _watch(self, per_char: float) -> None:
+        self.window.append(per_char)
         jumped = len(self.window) == WINDOW and not (
             1 / RECHECK_RATIO < statistics.median(self.window) / max(self.baseline, 1e-12) < RECHECK_RATIO)
         late = self.clock() - self.chosen_at >= self.wait

@@ -46,7 +46,7 @@ def _apply(x: torch.Tensor, p: float, locked: bool, seed: int) -> torch.Tensor:
     x = x.contiguous()
     y = torch.empty_like(x)
     B, T, D = (x.shape[0], x.shape[1], x.shape[2]) if locked else (1, x.numel() // max(1, x.shape[-1]), x.shape[-1])
-    _lib().dropout_apply(int(x.dtype == torch.bfloat16), int(locked), B, T, D, native.ptr(x), native.ptr(y),
+    _lib().dropout_apply(bf16(x), int(locked), B, T, D, native.ptr(x), native.ptr(y),
                          float(p), seed, torch.get_num_threads())
     return y
 
@@ -75,7 +75,7 @@ def scan_forward(lstm: bool, u: torch.Tensor, h0: Optional[torch.Tensor], bias: 
     B, T, S = u.shape[0], u.shape[1], u.shape[2] // (3 if lstm else 2)
     h = torch.empty(B, T, S, dtype=u.dtype)
     last = torch.empty(B, S, dtype=torch.float32)
-    _done(_lib().minrnn_forward(int(u.dtype == torch.bfloat16), int(lstm), B, T, S, native.ptr(u), native.ptr(bias),
+    done(_lib().minrnn_forward(bf16(u), int(lstm), B, T, S, native.ptr(u), native.ptr(bias),
                                 native.ptr(h0), native.ptr(h), native.ptr(last), torch.get_num_threads()))
     return h, last
 
@@ -89,15 +89,21 @@ def scan_backward(lstm: bool, u: torch.Tensor, h0: Optional[torch.Tensor], grad_
     grad_last = None if grad_last is None else grad_last.float().contiguous()
     grad_u = torch.empty_like(u)
     grad_h0 = torch.empty(B, S, dtype=torch.float32) if h0 is not None and want_h0 else None
-    _done(_lib().minrnn_backward(int(u.dtype == torch.bfloat16), int(lstm), B, T, S, native.ptr(u), native.ptr(bias),
+    done(_lib().minrnn_backward(bf16(u), int(lstm), B, T, S, native.ptr(u), native.ptr(bias),
                                  native.ptr(h0), native.ptr(grad_h), native.ptr(grad_last), native.ptr(grad_u),
                                  native.ptr(grad_h0), torch.get_num_threads()))
     return grad_u, grad_h0
 
 
-def _done(rc: int) -> None:
-    if rc:  # a thread of the C call could not have its scratch: its outputs are incomplete
-        raise MemoryError("no memory for the recurrence's scratch")
+def bf16(t: torch.Tensor) -> int:
+    """The C functions' dtype flag: 1 for bfloat16 tensors, 0 for float32."""
+    return int(t.dtype == torch.bfloat16)
+
+
+def done(rc: int, what: str = "the recurrence's scratch") -> None:
+    """A C call's status: non-zero where a thread could not have its memory (its outputs are incomplete)."""
+    if rc:
+        raise MemoryError(f"no memory for {what}")
 
 
 class _MinScan(torch.autograd.Function):

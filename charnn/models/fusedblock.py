@@ -47,17 +47,11 @@ def block_forward(block, x: torch.Tensor, h0: Optional[torch.Tensor]):
     return _Block.apply(x.contiguous(), h0, how, *params)
 
 
-def _bf16(t: torch.Tensor) -> int:
-    return int(t.dtype == torch.bfloat16)
+_bf16 = fused.bf16
 
 
 def _rows(t: torch.Tensor):
     return t.numel() // t.shape[-1], t.shape[-1]
-
-
-def _done(rc: int) -> None:
-    if rc:
-        raise MemoryError("no memory for a C pass's row buffers or partial sums")
 
 
 F32 = torch.float32
@@ -65,8 +59,9 @@ F32 = torch.float32
 
 def _call(name: str, *args) -> None:
     """block_native.c's `name` on torch's threads; tensors as pointers, the rest as they are."""
-    _done(getattr(fused._lib(), name)(*(native.ptr(a) if isinstance(a, torch.Tensor) or a is None else a
-                                        for a in args), torch.get_num_threads()))
+    fused.done(getattr(fused._lib(), name)(*(native.ptr(a) if isinstance(a, torch.Tensor) or a is None else a
+                                             for a in args), torch.get_num_threads()),
+               "a C pass's row buffers or partial sums")
 
 
 def _norm(x, w, b, eps):

@@ -13,7 +13,7 @@ than that whole block now does (benchmarks/SAMPLING.md). For the minGRU/minLSTM 
 whole step of the stack is one call, products included, fp32 or int8. It is built once per machine with
 the C compiler already there (`$CC`, else `cc`; -O3 for this CPU, so the cache key names the CPU), kept in
 charnn's cache folder, and loaded with ctypes: no build step at install, no torch headers (it only sees raw
-float arrays, so it compiles in about a second and a half). Where there is no compiler, or it fails, or
+float arrays; its files compile side by side in under a second). Where there is no compiler, or it fails, or
 CHARNN_NATIVE=0, `library()` returns None and the stepper keeps its tensor operations: the same results to
 float rounding (exp is a polynomial here: see the C file), at their speed.
 """
