@@ -71,6 +71,19 @@ def autocast(device: torch.device, precision: str):
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """torch on n CPU threads inside the block (None: as it is), the caller's count put back after."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(previous)
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory instead of handing big blocks back to the OS at every step.
 

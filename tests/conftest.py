@@ -5,7 +5,6 @@ import os
 import random
 import socket
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,6 @@ from charnn.training.trainer import train
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@contextmanager
-def torch_threads(n: int):
-    """torch's CPU thread count n inside the block, put back after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def subprocess_env(**extra: str) -> dict:

@@ -106,6 +106,18 @@ def test_eval_json_and_table(trained_run, corpus_file, tmp_path):
     assert len(lines) >= 3 and len({len(line) for line in lines}) == 1  # the columns stay aligned
 
 
+def test_a_diverged_models_scores_are_infinite_and_its_json_strict():
+    """A checkpoint that diverged scores ~1e15 nats/char: perplexity inf (exp overflows), and --json writes what
+    cannot be a JSON number as null (json.dumps would write Infinity, which strict readers refuse)."""
+    from charnn.cli.output import json_line
+    from charnn.scoring.evaluate import EvalResult
+    r = EvalResult(nats=7.8e14 * 10, tokens=10, chars=10)
+    assert r.perplexity == float("inf") and EvalResult(0.0, 0, 0).perplexity != EvalResult(0.0, 0, 0).perplexity
+    assert EvalResult(nats=7090.0, tokens=10, chars=10).perplexity == pytest.approx(2.718281828459045 ** 709)
+    line = json_line({**r.to_dict(), "nested": [float("nan"), 1.5, {"x": float("-inf")}], "name": "a"})
+    assert json.loads(line) == {**r.to_dict(), "perplexity": None, "nested": [None, 1.5, {"x": None}], "name": "a"}
+
+
 @pytest.mark.parametrize("args, code, words", [
     (["train", "no-such-file.txt"], 1, "does not exist"),
     (["train", "--layers", "0"], 2, "--layers"),

@@ -5,11 +5,11 @@ import json
 import shutil
 
 import pytest
-from conftest import torch_threads
 from fixtures.make_formats import COMMON, HERE, KINDS, corpus, outputs
 
 import charnn
 from charnn.checkpoint import load_checkpoint
+from charnn.device import torch_threads
 
 GOLDEN = json.loads((HERE / "golden.json").read_text(encoding="utf-8"))
 

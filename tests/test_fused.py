@@ -5,8 +5,8 @@ path (CHARNN_NATIVE=0's)."""
 
 import pytest
 import torch
-from conftest import torch_threads
 
+from charnn.device import torch_threads
 from charnn.models import fused, native
 from charnn.models.configs import MinRNNConfig
 from charnn.models.minrnn import MinRNN, mingru_input

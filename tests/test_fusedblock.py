@@ -6,9 +6,9 @@ and that training takes it."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import torch_threads
 
 from charnn.config import TrainConfig
+from charnn.device import torch_threads
 from charnn.models import fused, fusedblock
 from charnn.models.configs import MinRNNConfig
 from charnn.models.minrnn import MinRNN

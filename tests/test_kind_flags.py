@@ -135,3 +135,27 @@ def test_the_parallel_cells_train_at_their_own_learning_rate_unless_given_one():
     assert train_configs({"cell": "minlstm", "lr": 2e-2})[1].lr == 2e-2
     assert train_configs({"cell": "mingru", "lr": 1e-2}, given=())[1].lr == 3e-3  # the CLI's default, not given
     assert train_configs({"cell": "lstm"})[1].lr == 1e-2
+
+
+def test_a_kinds_flags_on_resume_and_init_from_are_checked_against_the_saved_run(tmp_path):
+    """--expand/--ffn without --cell: the run resumed (or fine-tuned from) is a minLSTM, not the default LSTM."""
+    from charnn.cli.app import app
+    from typer.testing import CliRunner
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(30))
+    base = ["train", str(text), "--out", str(tmp_path), *TINY]
+    run = lambda *a: CliRunner().invoke(app, [*base, *a])  # noqa: E731
+    assert run("--cell", "minlstm", "--hidden", "16", "--name", "m").exit_code == 0
+    same = run("--resume", "--name", "m", "--expand", "1", "--max-steps", "4")
+    assert same.exit_code == 0, same.output
+    changed = run("--resume", "--name", "m", "--expand", "2", "--max-steps", "5")
+    assert changed.exit_code == 2 and "cannot change --expand 2 (the run used 1)" in changed.output
+    tuned = run("--init-from", str(tmp_path / "m"), "--name", "f", "--ffn", "2")
+    assert tuned.exit_code == 0, tuned.output
+    assert load_checkpoint(tmp_path / "f" / "last.pt")["model_config"]["cell"] == "minlstm"
+    other = run("--init-from", str(tmp_path / "m"), "--name", "g", "--ffn", "1")
+    assert other.exit_code == 2 and "cannot take --ffn 1 (the base has 2)" in other.output
+    lstm = run("--name", "l")  # an LSTM run: --expand is still another kind's flag
+    assert lstm.exit_code == 0
+    wrong = run("--resume", "--name", "l", "--expand", "1", "--max-steps", "4")
+    assert wrong.exit_code == 2 and "`--expand` is a flag of minrnn models" in wrong.output

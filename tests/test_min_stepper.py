@@ -4,10 +4,11 @@ runs) and the full forward."""
 
 import pytest
 import torch
-from conftest import drain, make_text, torch_threads
+from conftest import drain, make_text
 from typer.testing import CliRunner
 
 from charnn.cli.app import app
+from charnn.device import torch_threads
 from charnn.errors import CharnnError
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.draw import filter_logits, temper
@@ -145,19 +146,22 @@ def test_two_threads_of_python_step_their_own_steppers_at_once(team):
 
 
 def test_minlstm_gates_far_below_zero_take_the_ratio_of_exponentials():
-    """Both gates below -20 (where exp underflows past -87): z = sigmoid(k_i - k_f), as training's kernel."""
+    """Both gates far below 0 (where exp underflows): z = sigmoid(k_i - k_f) (here sigmoid(5), not 0.5 nor NaN), as
+    training's kernel and scan have it, in C and through torch."""
     model = model_of("minlstm", ffn=0, layers=1)
     S = model.blocks[0].gates.out_features // 3
     with torch.no_grad():
         model.blocks[0].gates.weight.mul_(0.01)
-        model.blocks[0].gates.bias[:S] = -100.0  # k_f
-        model.blocks[0].gates.bias[S:2 * S] = -95.0  # k_i: z = sigmoid(5), not 0.5 (nor NaN)
-    st = MinStepper(model, 1)
-    assert st.call is not None
-    st.step(torch.tensor([3]))
+        model.blocks[0].gates.bias[:S] = -130.0  # k_f
+        model.blocks[0].gates.bias[S:2 * S] = -125.0  # k_i: both sigmoids underflow float32 to 0 here
     u = model.blocks[0].gates(model.blocks[0].norm(model.inp(model.embed(torch.tensor([3])))))
     kf, ki, v = u.double().chunk(3, -1)
-    torch.testing.assert_close(st.state[0, 0].double(), torch.sigmoid(ki - kf)[0] * v[0], rtol=1e-4, atol=1e-5)
+    for rows in (1, minstep.NATIVE_ROWS + 1):  # the C step, and torch's (many rows; a GPU)
+        st = MinStepper(model, rows)
+        assert (st.call is not None) == (rows == 1)
+        st.step(torch.full((rows,), 3))
+        torch.testing.assert_close(st.state[0, 0].double(), torch.sigmoid(ki - kf)[0] * v[0], rtol=1e-4,
+                                   atol=1e-5)
 
 
 def test_one_streams_draw_in_c_is_the_batchers_draw():

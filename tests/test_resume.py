@@ -149,3 +149,10 @@ def test_cli_resume_errors(tmp_path):
                             "--quiet"])
     assert r.exit_code == 0, r.stderr
     assert weights(tmp_path / "a" / "last.pt")["step"] == 5
+    # resumed on a corpus with characters outside the run's vocabulary: said, not silent
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT + "ZQX" * 50, encoding="utf-8")
+    r = runner.invoke(app, ["train", str(other), "--out", str(tmp_path), "--name", "a", "--resume", "--max-steps",
+                            "6"])
+    assert r.exit_code == 0, r.stderr
+    assert "training characters are not in the resumed run's vocabulary" in r.stderr

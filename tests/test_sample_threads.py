@@ -1,10 +1,12 @@
 """Sampling's CPU threads (charnn.generation.threads): the measured choice on a fake clock (a quiet machine, a busy
 core, a core taken while sampling, a core freed), `--threads` fixed, and torch's thread count put back after."""
 
+import random
+
 import pytest
 import torch
-from conftest import torch_threads
 
+from charnn.device import torch_threads
 from charnn.generation import threads as th
 from charnn.generation.sampler import Sampler
 from charnn.sampling import SampleConfig
@@ -14,8 +16,9 @@ class Machine:
     """A fake clock whose blocks take `cost[threads]` seconds per token (changed by the test as load comes and
     goes), and a record of the thread counts set."""
 
-    def __init__(self, cost):
-        self.cost, self.now, self.threads, self.set = dict(cost), 0.0, None, []
+    def __init__(self, cost, noise=None):
+        self.cost, self.now, self.threads, self.set, self.noise = dict(cost), 0.0, None, [], noise
+        self.spent = {}  # seconds spent at each thread count
 
     def clock(self):
         return self.now
@@ -25,7 +28,11 @@ class Machine:
         self.set.append(n)
 
     def block(self, watch, tokens=32):
-        watch.block(lambda: setattr(self, "now", self.now + self.cost[self.threads] * tokens), lambda _: tokens)
+        def run():
+            seconds = self.cost[self.threads] * tokens * (self.noise() if self.noise else 1.0)
+            self.now += seconds
+            self.spent[self.threads] = self.spent.get(self.threads, 0.0) + seconds
+        watch.block(run, lambda _: tokens)
 
 
 def run(machine, watch, blocks):
@@ -45,6 +52,43 @@ def test_a_quiet_machine_keeps_the_threads_and_a_busy_one_takes_one():
     run(busy, watch, 3)  # the first block (warm-ups), then one block each is enough (DROP)
     assert watch.choices == [1] and busy.threads == 1
     assert busy.set[1:3] == [2, 1]  # measured both
+
+
+def test_a_noisy_busy_machine_is_not_measured_again_and_again():
+    """Under a load that comes and goes (each block's time times a log-normal factor), blocks on the busy count take
+    300x longer: measuring again at every noisy jump would spend most of the time there."""
+    for seed in range(3):
+        rng = random.Random(seed)
+        m = Machine({2: 0.3 / 32, 1: 0.001 / 32}, noise=lambda: rng.lognormvariate(0, 0.5))
+        watch = th.ThreadWatch(2, m.clock, m.set_threads)
+        assert watch.block(lambda: 1, lambda _: 1) == 1 and m.set == [1]  # the warm-up block: on one thread
+        while m.now < 10:
+            m.block(watch)
+        assert set(watch.choices) == {1} and len(watch.choices) <= 6, watch.choices
+        assert m.spent[2] < 2.5, m.spent  # (every measurement: a block on two threads)
+
+
+def test_blocks_one_after_another_set_the_speed_to_watch():
+    """Blocks that took turns with the other count measured one thread slower than it runs alone: the first window
+    after the choice sets the speed, and no jump follows."""
+    m = Machine({2: 1e-3, 1: 2e-4})
+    watch = th.ThreadWatch(2, m.clock, m.set_threads)
+    run(m, watch, 3)
+    watch.baseline = 1.7 * 2e-4  # (as if measured 1.7x slower than it runs)
+    run(m, watch, th.WINDOW + 200)
+    assert watch.choices == [1] and watch.baseline == pytest.approx(2e-4)
+
+
+def test_a_jump_waits_for_its_share_of_the_wait():
+    m = Machine({2: 1e-4, 1: 2e-4})
+    watch = th.ThreadWatch(2, m.clock, m.set_threads)
+    run(m, watch, 1 + 2 * th.ROUNDS + th.WINDOW)
+    assert watch.choices == [2] and watch.settled and watch.baseline == pytest.approx(1e-4)
+    m.cost = {2: 3e-3, 1: 2e-4}  # a core taken at once: slower by 30x, but too soon after the choice
+    run(m, watch, th.WINDOW)
+    assert watch.plan == [] and m.now - watch.chosen_at < th.JUMP_SHARE * watch.wait
+    run(m, watch, 2 + 2 * th.ROUNDS)
+    assert watch.choices == [2, 1]
 
 
 def test_more_threads_must_be_clearly_faster():
@@ -154,3 +198,26 @@ def test_a_bad_thread_count_is_one_clear_error():
     from charnn.errors import ConfigError
     with pytest.raises(ConfigError, match="--threads"):
         SampleConfig(threads=0).validate()
+
+
+def test_more_threads_than_cores_is_a_note_and_adapt_runs_on_the_threads_given(trained_run, tmp_path, monkeypatch):
+    import os
+
+    from typer.testing import CliRunner
+
+    from charnn.api.model import Model
+    from charnn.cli.app import app
+    seen = []
+    adapt = Model.adapt
+    monkeypatch.setattr(Model, "adapt", lambda self, *a, **k: seen.append(torch.get_num_threads()) or
+                        adapt(self, *a, **k))
+    text = tmp_path / "adapt.txt"
+    text.write_text("the cat sat on the mat\n" * 20)
+    many = (os.cpu_count() or 1) + 1
+    with torch_threads(1):
+        r = CliRunner().invoke(app, ["sample", str(trained_run.run_dir), "--length", "20", "--seed", "1",
+                                     "--threads", str(many), "--adapt", str(text)])
+        assert r.exit_code == 0, r.output
+        assert seen == [many]  # --threads holds for the adapting pass too
+        assert f"--threads {many} is more than this machine's" in r.stderr
+        assert torch.get_num_threads() == 1  # put back

@@ -67,7 +67,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def server(trained_run):
-    s = Served(trained_run.run_dir, "--max-batch", "32", "--max-tokens-limit", "1000000", "--max-body-bytes", "4000")
+    s = Served(trained_run.run_dir, "--max-batch", "32", "--max-tokens-limit", "1000000", "--max-body-bytes", "4000",
+               "--max-score-tokens", "1000")
     yield s
     s.close()
 
@@ -113,6 +114,8 @@ def test_n_choices_stop_and_top_k(server, trained_run):
         assert "a" not in c.text and "\n" not in c.text  # cut before the stop string, which is left out
         assert c.finish_reason == ("stop" if len(c.text) < 80 else "length")
     assert any(c.finish_reason == "stop" for c in r.choices)
+    # usage: each choice's characters and its stop (one character), not the tokens drawn past it in its block
+    assert r.usage.completion_tokens == sum(len(c.text) + (c.finish_reason == "stop") for c in r.choices)
     greedy = client.completions.create(model=name(trained_run), prompt="the", max_tokens=50, temperature=0)
     top1 = client.completions.create(model=name(trained_run), prompt="the", max_tokens=50, seed=9,
                                      extra_body={"top_k": 1})
@@ -166,6 +169,9 @@ def test_unknown_model_is_a_404_in_openais_shape(server, trained_run):
     ({"prompt": "the", "suffix": 1}, 400, "suffix", ["suffix"]),
     ({"prompt": "the", "logit_bias": 1}, 400, "logit_bias", ["logit_bias"]),
     ({"prompt": "the", "best_of": 3}, 400, "best_of", ["best_of"]),
+    ({"prompt": "the", "echo": True, "max_tokens": 0, "logprobs": 6}, 400, "logprobs", ["0 to 5"]),  # OpenAI's
+    ({"prompt": ["the cat " * 70] * 2, "echo": True, "max_tokens": 0, "logprobs": 1}, 400, "prompt",
+     ["1,120 tokens", "1,000", "charnn eval"]),  # --max-score-tokens: over all the prompts of a request
 ])
 def test_request_errors_are_openai_json(server, body, status, param, words):
     got, headers, raw = server.request("POST", "/v1/completions", body)
@@ -365,3 +371,19 @@ def test_without_the_serve_extra_it_is_one_line_naming_it(trained_run, module):
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip() == f"charnn: error: charnn serve needs the serve extra ({module} is missing): " \
                                "pip install 'charnn[serve]'"
+
+
+def test_a_client_that_leaves_while_sending_its_body_leaves_no_traceback(trained_run):
+    import socket
+    s = Served(trained_run.run_dir)
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+                c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100\r\n\r\n{\"pro")
+            time.sleep(0.2)
+        assert s.health()["status"] == "ok"
+    finally:
+        s.close()
+    log = s.proc.stderr.read()
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log

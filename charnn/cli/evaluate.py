@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Annotated, List, Optional, Tuple
 
@@ -10,7 +9,7 @@ import typer
 
 from charnn.cli.options import (Device, DynamicDecay, DynamicLr, Json, ScoreLabel, Segment, dynamic_config,
                                 split_checkpoint)
-from charnn.cli.output import err, user_errors, writing_results
+from charnn.cli.output import err, json_line, user_errors, writing_results
 
 
 def evaluate(
@@ -99,7 +98,7 @@ def evaluate(
                 for f, r, lab in zip(files, results, per_label)]}
             if label is not None:
                 out["label"] = label
-            typer.echo(json.dumps({**out, "dynamic_config": asdict(cfg)} if dynamic else out))
+            typer.echo(json_line({**out, "dynamic_config": asdict(cfg)} if dynamic else out))
             return
         rows = [row for f, r, lab in zip(files, results, per_label)
                 for row in [(f, r)] + [(f"  as {n}", x) for n, x in lab.items()]]
@@ -175,7 +174,7 @@ def _labelled(data, path, files, by: Optional[str], uniform_prior: bool, encodin
     report = label_report(truth, pred, clf.names)
     with writing_results():
         if as_json:
-            typer.echo(json.dumps({**report, "checkpoint": str(path), "label_by": by}))
+            typer.echo(json_line({**report, "checkpoint": str(path), "label_by": by}))
             return
         for line in confusion_lines(report):
             typer.echo(line)
@@ -199,7 +198,7 @@ def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> N
     all_ = total(scores)
     with writing_results():
         if as_json:
-            typer.echo(json.dumps({**all_.to_dict(), "checkpoint": str(path), "beam": beam,
+            typer.echo(json_line({**all_.to_dict(), "checkpoint": str(path), "beam": beam,
                                    "files": [{"path": f, **s.to_dict()} for f, s in zip(files, scores)]}))
             return
         rows = list(zip(files, scores)) + ([("total", all_)] if len(files) > 1 else [])

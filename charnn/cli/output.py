@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -22,6 +24,27 @@ class ResultConsole(Console):
 
     def on_broken_pipe(self) -> None:
         raise BrokenPipeError
+
+
+def note_threads(threads, quiet: bool = False) -> None:
+    """A note on stderr where --threads asks for more threads than the machine has cores: they take turns, and
+    every small step waits for the slowest (it still runs: a user may know better)."""
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > cores and not quiet:
+        err.print(f"note: --threads {threads} is more than this machine's {cores} cores; threads beyond them take "
+                  "turns on the cores and usually run slower", markup=False)
+
+
+def json_line(obj, **kw) -> str:
+    """obj as one line of strict JSON: a float that is not finite (a diverged model's loss, an empty file's
+    average) as null, which every JSON reader takes (json.dumps would write NaN or Infinity)."""
+    def finite(x):
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        return [finite(v) for v in x] if isinstance(x, (list, tuple)) else x
+    return json.dumps(finite(obj), allow_nan=False, **kw)
 
 
 @contextmanager

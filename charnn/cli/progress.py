@@ -112,6 +112,9 @@ class TrainProgress:
             self.note(f"training {info['params']:,} parameters on {info['device']}{procs} ({precision}){batch}, "
                       f"vocab {info['vocab_size']}{per}, {info['train_tokens']:,} train / {info['val_tokens']:,} val "
                       f"tokens -> {info['run_dir']}")
+            if info.get("train_unknown"):
+                self.note(f"note: {info['train_unknown']:,} training characters are not in the resumed run's "
+                          "vocabulary (a changed corpus?); they train as the unknown token")
             if info.get("val_unknown"):
                 self.note(f"note: {info['val_unknown']:,} validation characters are not in the training text's "
                           "vocabulary; they are scored as the unknown token")

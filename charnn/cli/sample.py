@@ -9,7 +9,7 @@ import typer
 
 from charnn.cli.options import (Checkpoint, Device, DynamicDecay, DynamicLr, Label, Quiet, Seed, Segment,
                                 dynamic_config, unescape)
-from charnn.cli.output import err, user_errors, writing_results
+from charnn.cli.output import err, note_threads, user_errors, writing_results
 from charnn.sampling import SampleConfig
 from charnn.errors import CharnnError, ConfigError
 
@@ -58,6 +58,7 @@ def sample(
     """Generate text from a trained model; stdout carries the text and nothing else."""
     from charnn.api.model import load
     from charnn.checkpoint import SEQ2SEQ_HINT
+    from charnn.device import torch_threads
     from charnn.generation.prompt import read_prime
     from charnn.generation.sampler import Sampler
 
@@ -68,6 +69,7 @@ def sample(
                            unknown=unknown, num_samples=num_samples, separator=unescape(separator),
                            stop=None if stop is None else unescape(stop), seed=seed, device=device,
                            int8=int8, threads=threads).validate()
+        note_threads(cfg.threads, quiet)
         adapting = dynamic_config(adapt is not None, "--adapt", dynamic_lr, dynamic_decay, segment)
         model = load(checkpoint, cfg.device, cfg.int8)  # the loader of the Python API and the server
         if model.kind != "lm":
@@ -77,7 +79,8 @@ def sample(
         if label is not None:  # the label folded into the embedding: every sampler path serves it as is
             model = model.for_label(label)
         if adapt is not None:
-            model = _adapt(model, adapt, cfg.unknown, adapting, quiet)
+            with torch_threads(cfg.threads):  # (--threads holds for the adapting pass too)
+                model = _adapt(model, adapt, cfg.unknown, adapting, quiet)
         used_seed = cfg.sampling.seeded().seed
         sampler = Sampler(model.net, model.tokenizer, cfg, model.device, used_seed, measure=True)
         if not quiet:

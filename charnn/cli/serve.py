@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from charnn.cli.options import Device
-from charnn.cli.output import err, user_errors
+from charnn.cli.output import err, note_threads, user_errors
 
 
 def serve(
@@ -29,6 +29,9 @@ def serve(
     max_tokens_limit: Annotated[int, typer.Option(help="The largest max_tokens (characters) a request may "
                                                        "ask for.")] = 4096,
     max_body_bytes: Annotated[int, typer.Option(help="The largest request body (413 beyond it).")] = 1 << 20,
+    max_score_tokens: Annotated[int, typer.Option(help="The most tokens one scoring request (echo, max_tokens 0, "
+                                                       "logprobs) may score; `charnn eval` scores files of any "
+                                                       "length.")] = 100_000,
     allow_host: Annotated[Optional[List[str]], typer.Option(help="A host name clients reach the server by, "
                                                                  "besides IP addresses, localhost and --host "
                                                                  "(repeatable; *.example.org: its subdomains; *: "
@@ -66,11 +69,13 @@ def serve(
                               "pip install 'charnn[serve]'") from None
         cfg = ServeConfig(host=host, port=port, api_key=api_key, insecure=insecure,
                           cors_origins=tuple(cors_origin or ()), max_batch=max_batch, max_queue=max_queue,
-                          max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes, device=device,
+                          max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
+                          max_score_tokens=max_score_tokens, device=device,
                           threads=threads, int8=int8, allow_hosts=tuple(allow_host or ()),
                           max_connections=max_connections, timeout_headers=timeout_headers,
                           timeout_keep_alive=timeout_keep_alive, timeout_body=timeout_body,
                           timeout_write=timeout_write).validate()
+        note_threads(cfg.threads)
         sock = listen(cfg.host, cfg.port)  # first: a taken port is one line, before any loading
         models = load_models(checkpoints or [], cfg.device, cfg.int8)
         for name, model in models.items():

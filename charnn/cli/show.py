@@ -69,10 +69,8 @@ def show(
 
 def _report(args, options, max_chars: int, encoding: str, device: str, threads: int, quiet: bool):
     """Read the text and gather the report with `threads` torch threads (the caller's count restored after)."""
-    import torch
-
     from charnn.checkpoint import resolve_checkpoint
-    from charnn.device import resolve_device
+    from charnn.device import resolve_device, torch_threads
     from charnn.reports.show import build_report
 
     checkpoint, source = _arguments(args)
@@ -82,12 +80,8 @@ def _report(args, options, max_chars: int, encoding: str, device: str, threads: 
         text = text[:max_chars]
         if not quiet:
             err.print(f"showing the first {max_chars:,} characters (--max-chars)")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return build_report(path, text, options, resolve_device(device))
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _arguments(args: Optional[List[str]]):

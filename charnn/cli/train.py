@@ -13,7 +13,7 @@ from typing import Annotated, List, Optional, get_args
 import typer
 
 from charnn.cli.options import Device, Quiet
-from charnn.cli.output import debugging, err, print_curve, user_errors
+from charnn.cli.output import debugging, err, note_threads, print_curve, user_errors
 from charnn.cli.kind_flags import with_model_flags
 from charnn.config import PRECISIONS, TOKENIZERS
 
@@ -178,6 +178,7 @@ def train(
         err.quiet = True
     with _other_ranks_exit_quietly(dist), user_errors(), dist:
         model_cfg, cfg = train_configs(flags, "charnn train", given=given or ())
+        note_threads(cfg.threads, quiet)
         stop = StopRequest()
         with graceful_signals(stop):
             view = TrainProgress(err, cfg.open_ended, quiet)

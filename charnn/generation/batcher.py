@@ -72,7 +72,7 @@ class Row:
     allowed: Optional[np.ndarray] = None  # token healing: ids the first draw may take
     first: int = 0  # the row's first input: its prompt's last token
     remaining: int = 0  # characters still to generate
-    tokens: int = 0  # tokens drawn so far
+    tokens: int = 0  # tokens drawn so far (not those past a stop, where known: usage)
     chars: int = 0  # characters handed out so far
     finish_reason: Optional[str] = None  # "stop" or "length" once finished
     slot: int = -1  # position in the batch while live
@@ -258,11 +258,14 @@ class Batcher:
         for row, toks in zip(list(rows), self.drawn[:k, :n].t().tolist()):
             row.tokens += k
             row.allowed = None
-            text = row.decoder.push(toks)[: row.remaining]
+            decoded = row.decoder.push(toks)
+            text = decoded[: row.remaining]
             row.remaining -= len(text)
             piece = row.cut.feed(text)
             if row.cut.done:
                 row.finish_reason = "stop"
+                if len(decoded) == k:  # a character a token: those drawn past the stop are not counted
+                    row.tokens -= min(k - 1, row.cut.after)
             elif row.remaining <= 0:
                 piece += row.cut.flush()
                 row.finish_reason = "length"

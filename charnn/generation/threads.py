@@ -6,13 +6,18 @@ two threads and 6,701 on one (quiet: 12,901 and 6,870; benchmarks/SAMPLING.md): 
 products waits for the thread whose core is taken. No rule on core counts knows whether a core is busy, and it
 changes while a sample runs, so (as training's charnn.training.threads, scaled to sampling's blocks):
 
-1. the first block that makes text is left out (warm-ups), as is every block that makes none (a long prompt's
-   prefill); then blocks take turns at the most threads and at one, ROUNDS each (fewer where one is DROP times
-   slower), and the one with the lower median time per character wins (more threads only where MIN_GAIN faster);
-2. then every block's time per character is watched: when the median of the last WINDOW differs from the winner's
-   by RECHECK_RATIO or more (a core was taken or freed), it measures again; and after RECHECK_SECS anyway (on one
-   thread a freed core shows no jump; a load that comes and goes can fool one measurement), doubling while the
-   choice stays, up to RECHECK_MAX_SECS.
+1. the first block that makes text runs on one thread and is left out (warm-ups; under load a block on the most
+   threads can take a second), as is every block that makes none (a long prompt's prefill); then blocks take turns
+   at the most threads and at one, ROUNDS each (fewer where one is DROP times slower), and the one with the lower
+   median time per character wins (more threads only where MIN_GAIN faster);
+2. then every block's time per character is watched. The chosen count's speed is its measured median, or the
+   median of its first WINDOW blocks after the choice where that is lower (blocks that took turns with the other
+   count can run slower than blocks run one after another). When the median of the last WINDOW is RECHECK_RATIO
+   times slower (a core was taken), it measures again, but not sooner than JUMP_SHARE of the wait below after a
+   choice: a noisy load must not keep it measuring, each measurement a block on the slow count. And it measures
+   again after RECHECK_SECS anyway (on one thread a freed core shows no jump; a load that comes and goes can fool
+   one measurement), the wait doubling while the choice stays, up to RECHECK_MAX_SECS. A faster median needs
+   nothing: the choice runs faster.
 
 Every block is a real part of the sample; measuring only chooses the threads it runs on. The thread count changes
 the order of some floating-point sums, so a seeded sample is repeatable to the character only with `--threads`.
@@ -31,9 +36,10 @@ ROUNDS = 3  # timed blocks per candidate in a measurement
 MIN_GAIN = 1.05  # more threads must be this much faster than one to be chosen
 DROP = 3.0  # a candidate whose median is this many times the other's: decided without more rounds
 WINDOW = 8  # blocks in the rolling median the watch compares with the measured one
-RECHECK_RATIO = 1.6  # a rolling median this many times slower or faster: measure again
+RECHECK_RATIO = 1.6  # a rolling median this many times slower: measure again
 RECHECK_SECS = 2.0  # measure again after this long, doubling while the choice stays
 RECHECK_MAX_SECS = 60.0
+JUMP_SHARE = 0.25  # a slower median measures again only this share of the wait after a choice
 
 
 class ThreadWatch:
@@ -49,7 +55,8 @@ class ThreadWatch:
         self.plan: List[int] = []
         self.times: Dict[int, List[float]] = {}
         self.window: deque = deque(maxlen=WINDOW)
-        self.baseline, self.chosen_at, self.wait = 0.0, 0.0, RECHECK_SECS
+        self.baseline, self.settled = 0.0, False  # the chosen count's median time per character; its first window
+        self.chosen_at, self.wait = 0.0, RECHECK_SECS
         self.skip = 1  # the first block that makes text: warm-ups
 
     def set_threads(self, n: int) -> None:
@@ -59,7 +66,7 @@ class ThreadWatch:
     def block(self, run: Callable[[], object], made: Callable[[object], int]):
         """run() one block on the threads due, time it by what it made (`made(result)`: characters; a block that
         made none, a prompt's prefill, is not timed), and return its result."""
-        self.set_threads(self.plan[0] if self.plan else self.threads)
+        self.set_threads(self.plan[0] if self.plan else 1 if self.skip else self.threads)
         start = self.clock()
         out = run()
         seconds, chars = self.clock() - start, made(out)
@@ -95,7 +102,7 @@ class ThreadWatch:
         many, one = (statistics.median(self.times[t]) for t in (self.most, 1))
         before = self.threads
         self.threads = self.most if one > many * MIN_GAIN else 1
-        self.baseline = many if self.threads == self.most else one
+        self.baseline, self.settled = many if self.threads == self.most else one, False
         if self.choices and self.threads == before:
             self.wait = min(2 * self.wait, RECHECK_MAX_SECS)  # the same again: look less often
         else:
@@ -107,10 +114,14 @@ class ThreadWatch:
 
     def _watch(self, per_char: float) -> None:
         self.window.append(per_char)
-        jumped = len(self.window) == WINDOW and not (
-            1 / RECHECK_RATIO < statistics.median(self.window) / max(self.baseline, 1e-12) < RECHECK_RATIO)
-        late = self.clock() - self.chosen_at >= self.wait
-        if jumped or late:
+        since = self.clock() - self.chosen_at
+        slower = False
+        if len(self.window) == WINDOW:
+            median = statistics.median(self.window)
+            if not self.settled:
+                self.baseline, self.settled = min(self.baseline, median), True
+            slower = median >= RECHECK_RATIO * self.baseline and since >= JUMP_SHARE * self.wait
+        if slower or since >= self.wait:
             self._measure()
 
 

@@ -118,10 +118,9 @@ class MinStepper(ModuleStepper):
             if cell == "mingru":
                 k, v = u.chunk(2, -1)
                 z = torch.sigmoid(k)
-            else:  # z = i / (f + i) directly: fewer ops than the scan's logsigmoid form
+            else:  # z = i / (f + i) as the training scan has it (both gates far below 0: no 0 / 0)
                 kf, ki, v = u.chunk(3, -1)
-                i = torch.sigmoid(ki)
-                z = i / (torch.sigmoid(kf) + i)
+                z = torch.sigmoid(F.logsigmoid(ki) - F.logsigmoid(kf))
             torch.lerp(state[l], v.float(), z.float(), out=state[l])  # h += z (v - h)
             x = torch.addmm(out_b, state[l].to(x.dtype), out_w).add_(x)  # the residual
             if ffn is not None:

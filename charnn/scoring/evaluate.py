@@ -42,7 +42,12 @@ class EvalResult:
     @property
     def perplexity(self) -> float:
         """Per character, so it compares across tokenizers."""
-        return math.exp(self.nats_per_char) if self.chars else float("nan")
+        if not self.chars:
+            return float("nan")
+        try:
+            return math.exp(self.nats_per_char)
+        except OverflowError:  # (a diverged model: above ~709.78 nats/char)
+            return float("inf")
 
     def to_dict(self) -> dict:
         return {"nats_per_char": self.nats_per_char, "bits_per_char": self.bits_per_char,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib import resources
@@ -14,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -43,6 +44,8 @@ class Server:
     def __init__(self, models: Dict[str, Model], cfg: ServeConfig):
         self.models, self.cfg = models, cfg
         self.engines = {name: Engine(m, cfg.max_batch, cfg.max_queue) for name, m in models.items()}
+        self.scoring: Dict[str, asyncio.Semaphore] = {}  # one scoring request at a time per model
+        self.scoring_waiting = 0
         self.page = resources.files("charnn.serve").joinpath("playground.html").read_text(encoding="utf-8")
 
     def close(self) -> None:
@@ -90,6 +93,8 @@ class Server:
             return denied
         try:
             body = await asyncio.wait_for(_read_body(request, self.cfg.max_body_bytes), self.cfg.timeout_body)
+        except ClientDisconnect:  # it left while sending: no one to answer (nginx's 499, for the access log)
+            return Response(status_code=499)
         except TooLarge:
             return error(413, f"the request body is larger than {self.cfg.max_body_bytes:,} bytes",
                          code="request_too_large")
@@ -132,12 +137,28 @@ class Server:
         return await self._collect(request, req, name, job, prompt_tokens, echoes)
 
     async def _score(self, req: p.CompletionRequest, name: str, model: Model) -> Response:
-        choices = []
-        for i, text in enumerate(req.prompts):
-            logprobs = await asyncio.to_thread(model.token_logprobs, text)
-            choices.append(p.choice(i, text, "length", logprobs))
-        tokens = sum(len(c["logprobs"]["tokens"]) for c in choices)
-        return JSONResponse(p.completion(req, name, choices, p.usage(tokens, 0)))
+        """Score the prompts, one scoring request at a time per model: its answer (~60 bytes a token) is built and
+        written as JSON off the event loop; at most --max-queue wait, beyond them 503."""
+        limit = self.cfg.max_score_tokens
+        if sum(map(len, req.prompts)) > limit:  # (a token is at least a character: count only when it may be over)
+            tokens = await asyncio.to_thread(lambda: sum(len(model.tokenizer.encode(t)) for t in req.prompts))
+            if tokens > limit:
+                return error(400, f"scoring {tokens:,} tokens; this server scores at most {limit:,} per request "
+                                  "(--max-score-tokens; `charnn eval` scores files of any length)", param="prompt")
+        gate = self.scoring.setdefault(name, asyncio.Semaphore(1))
+        if gate.locked() and self.scoring_waiting >= self.cfg.max_queue:
+            return error(503, "the server is busy scoring; try again shortly", kind="server_error",
+                         code="server_busy", headers={"Retry-After": "1"})
+        self.scoring_waiting += 1
+        try:
+            await gate.acquire()
+        finally:
+            self.scoring_waiting -= 1
+        try:
+            body = await asyncio.to_thread(_scored, req, name, model)
+        finally:
+            gate.release()
+        return Response(body, media_type="application/json")
 
     async def _events(self, req, name: str, job: Job, prompt_tokens: int, echoes: Optional[List[str]]):
         engine, left = self.engines[name], len(job.specs)
@@ -198,6 +219,13 @@ def _merge(batch) -> List[dict]:
         c["text"] += piece
         c["finish_reason"] = reason or c["finish_reason"]
     return list(merged.values())
+
+
+def _scored(req: p.CompletionRequest, name: str, model: Model) -> bytes:
+    """The scoring answer's JSON (run in a thread: a long prompt's takes a while to build and to write)."""
+    choices = [p.choice(i, text, "length", model.token_logprobs(text)) for i, text in enumerate(req.prompts)]
+    tokens = sum(len(c["logprobs"]["tokens"]) for c in choices)
+    return json.dumps(p.completion(req, name, choices, p.usage(tokens, 0)), ensure_ascii=False).encode()
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -24,6 +24,7 @@ class ServeConfig:
     max_queue: int = 64  # requests that may wait for rows; beyond them a 503 with Retry-After
     max_tokens_limit: int = 4096  # the largest max_tokens (characters) a request may ask for
     max_body_bytes: int = 1 << 20  # the largest request body (413 beyond it)
+    max_score_tokens: int = 100_000  # the most tokens one scoring request (echo + logprobs) may score
     device: str = "auto"  # auto, cpu, cuda or mps
     threads: Optional[int] = None  # CPU threads for torch (default: all cores but one, at least one)
     int8: bool = False  # generate with int8 recurrent weights (CPU only)
@@ -39,7 +40,8 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             problems.append(f"`--port` must be in [0, 65535], got {self.port}")
         for flag, value in (("--max-batch", self.max_batch), ("--max-tokens-limit", self.max_tokens_limit),
-                            ("--max-body-bytes", self.max_body_bytes)):
+                            ("--max-body-bytes", self.max_body_bytes), ("--max-score-tokens",
+                                                                        self.max_score_tokens)):
             if value < 1:
                 problems.append(f"`{flag}` must be at least 1, got {value}")
         if self.max_connections < 1:

@@ -17,6 +17,7 @@ from charnn.api.params import GenerationParams, ParamError
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 MAX_DEPTH = 16  # JSON nesting a request may have (OpenAI's deepest field is 2 levels down)
+MAX_LOGPROBS = 5  # OpenAI's largest `logprobs` for /v1/completions
 KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream",
          "stream_options", "echo", "logprobs", "user", "frequency_penalty", "presence_penalty", "best_of",
          "logit_bias", "suffix"}
@@ -63,8 +64,8 @@ def parse_request(body: bytes, max_tokens_limit: int, max_n: int) -> CompletionR
         raise ParamError(f"unknown stream option {extra[0]!r} (only include_usage)", "stream_options")
     include_usage = _typed(opts, "include_usage", bool, "true or false", "stream_options")
     logprobs = data.get("logprobs")
-    if logprobs is not None and not (_integer(logprobs) and logprobs >= 0):
-        raise ParamError("`logprobs` must be an integer >= 0", "logprobs")
+    if logprobs is not None and not (_integer(logprobs) and 0 <= logprobs <= MAX_LOGPROBS):
+        raise ParamError(f"`logprobs` must be an integer from 0 to {MAX_LOGPROBS}", "logprobs")
     max_tokens = data.get("max_tokens")
     params = GenerationParams(prompt="", length=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
                               temperature=_get(data, "temperature", 1.0), top_k=data.get("top_k"),

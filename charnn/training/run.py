@@ -5,13 +5,14 @@ metrics.jsonl writer. The CLI adds only presentation (progress, previews, messag
 from __future__ import annotations
 
 import time
-
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Callable, Iterable, Optional, Tuple
 
+from charnn.checkpoint import load_checkpoint, resolve_checkpoint
 from charnn.config import ModelConfig, TrainConfig, parse_duration
 from charnn.data.training_text import TextOptions, load_training_text
-from charnn.errors import ConfigError
+from charnn.errors import CharnnError, ConfigError
 from charnn.models import registry
 from charnn.tasks.pairs import SIZED
 from charnn.training.metrics import Callbacks, MetricsLogger, run_config
@@ -42,6 +43,12 @@ def train_configs(flags: dict, caller: str = "charnn.train",
         raise ConfigError("`--label-contrast` sets each text's own label above the others: add "
                           "`--label-by file|folder|line`")
     serves = "pairs" if flags.get("pairs") else "text"
+    saved = None if flags.get("kind") is not None or "cell" in given else _saved_model(flags)
+    if saved is not None and registry.kind_of(saved).serves == serves:  # the saved run's kind and cell
+        flags = {**flags, "kind": registry.kind_of(saved).name, "cell": saved.get("cell", flags.get("cell"))}
+    cells = registry.get(flags["kind"]).cells if flags.get("kind") is not None else ()
+    if cells and "cell" not in given and flags.get("cell", "lstm") not in cells:  # --kind minrnn alone: its first
+        flags = {**flags, "cell": cells[0]}
     cell = flags.get("cell", "lstm")
     if flags.get("kind") is not None:
         kind = registry.check_kind(flags["kind"], serves, given & model_names, cell)
@@ -66,6 +73,22 @@ def train_configs(flags: dict, caller: str = "charnn.train",
     if isinstance(train.get("max_time"), str):
         train["max_time"] = parse_duration(train["max_time"])
     return model_cfg, TrainConfig(**train).validate()
+
+
+def _saved_model(flags: dict) -> Optional[dict]:
+    """The saved model_config of the run --resume continues (named by --name) or of the checkpoint --init-from
+    starts from, so that flags like --expand are checked against that run's kind when --cell is not given; None
+    where there is none or it cannot be read here (the trainer then says what is wrong)."""
+    if flags.get("init_from"):
+        path = flags["init_from"]
+    elif flags.get("resume") and flags.get("name"):
+        path = Path(flags.get("out") or "checkpoints") / flags["name"] / "last.pt"
+    else:
+        return None
+    try:
+        return load_checkpoint(resolve_checkpoint(path)).get("model_config")
+    except (CharnnError, OSError):
+        return None
 
 
 def classifier_kind(flags: dict) -> dict:
