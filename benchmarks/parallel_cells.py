@@ -184,8 +184,8 @@ def transformer_row(budget: float, steps=None, eval_tokens: int = 1_000_000) -> 
 
 
 # -- sampling ----------------------------------------------------------------------------------------------
-def sample_table(models, seconds) -> list:
-    """chars/s of the sampler, one stream and 64, fp32 and (where the model's kind does it here) --int8; a spec
+def sample_table(models, seconds, streams=(1, 64)) -> list:
+    """chars/s of the sampler, one stream and 64 (`streams`), fp32 and (where the model's kind does it here) --int8; a spec
     ending in "!torch" samples a min cell with its stepper's C step off (MinStepper's torch operations, what a GPU
     runs)."""
     from sample_speed import CHARS, chars_per_second, int8_steps
@@ -200,9 +200,9 @@ def sample_table(models, seconds) -> list:
         rows_in_c, minstep.NATIVE_ROWS = minstep.NATIVE_ROWS, 0 if torch_ops else minstep.NATIVE_ROWS
         try:
             for int8 in (False, True) if int8_steps(model, torch.device("cpu")) and not torch_ops else (False,):
-                for streams in (1, 64):
-                    r = chars_per_second(model, tok, torch.device("cpu"), streams, True, seconds, int8=int8)
-                    rows.append({"model": spec.replace("!torch", " (torch ops)"), "int8": int8, "streams": streams,
+                for n in streams:
+                    r = chars_per_second(model, tok, torch.device("cpu"), n, True, seconds, int8=int8)
+                    rows.append({"model": spec.replace("!torch", " (torch ops)"), "int8": int8, "streams": n,
                                  "chars_per_s": r["chars_per_s"]})
         finally:
             minstep.NATIVE_ROWS = rows_in_c
@@ -232,6 +232,7 @@ def main() -> None:
     ap.add_argument("--transformer", action=argparse.BooleanOptionalAction, default=True,
                     help="also train the nanoGPT-style baseline for --budget seconds")
     ap.add_argument("--batches", default="8,32,64")
+    ap.add_argument("--streams", default="1,64", help="sampling: the numbers of streams measured")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=3.0, help="timing per speed row")
     ap.add_argument("--budget", type=float, default=300.0, help="wall seconds per quality run")
@@ -269,7 +270,8 @@ def main() -> None:
         print(f"## Val nats/char after {limit} ({args.precision})\n\n" + table(result["quality"]) + "\n")
     if "sample" in sections:
         plain = [m for m in models if not m.endswith("!torch")]  # the first three, and every !torch spec
-        result["sample"] = sample_table(plain[:3] + [m for m in models if m not in plain], args.seconds)
+        result["sample"] = sample_table(plain[:3] + [m for m in models if m not in plain], args.seconds,
+                                        [int(n) for n in args.streams.split(",")])
         print("## Sampling chars/s\n\n" + table(result["sample"]) + "\n")
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -46,9 +46,11 @@ def torch_ops(model: MinRNN, rows: int) -> MinStepper:
 
 @pytest.mark.parametrize("cell", ["mingru", "minlstm"])
 @pytest.mark.parametrize("ffn,expand,hidden", [(2, 2, 80), (0, 1, 64), (4, 3, 40)])
-@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("rows", [1, 3, 13])  # (13: three groups of four rows sharing each load of w, and one)
 def test_the_c_step_equals_the_torch_step_over_many_tokens(cell, ffn, expand, hidden, rows):
     model = model_of(cell, hidden, ffn, expand)
+    if rows > minstep.native_rows(native.library()):
+        pytest.skip("this CPU steps so many rows through torch (no AVX-512)")
     c, t = MinStepper(model, rows), torch_ops(model, rows)
     assert c.call is not None and c.draws == (rows == 1)
     g = torch.Generator().manual_seed(1)
@@ -56,6 +58,21 @@ def test_the_c_step_equals_the_torch_step_over_many_tokens(cell, ffn, expand, hi
         tok = torch.randint(V, (rows,), generator=g)
         torch.testing.assert_close(c.step(tok), t.step(tok), rtol=1e-4, atol=1e-4, msg=f"step {step}")
     torch.testing.assert_close(c.state, t.state, rtol=1e-4, atol=1e-4)
+
+
+def test_rows_stepped_together_equal_each_stepped_alone():
+    """Rows that share each load of the weights (four at a time with AVX-512) sum every output in the same order as
+    a row alone: the same numbers to the bit, so a stream's text does not depend on what else is in the batch."""
+    model = model_of("mingru", 64, 2, 1)
+    tok = torch.randint(V, (9, 30), generator=torch.Generator().manual_seed(4))
+    if minstep.native_rows(native.library()) < 9:
+        pytest.skip("this CPU steps 9 rows through torch (no AVX-512)")
+    together = MinStepper(model, 9)
+    alone = [MinStepper(model, 1) for _ in range(9)]
+    for t in range(30):
+        out = together.step(tok[:, t]).clone()
+        for r in range(9):
+            assert torch.equal(out[r], alone[r].step(tok[r:r + 1, t])[0]), (t, r)
 
 
 @pytest.mark.parametrize("cell", ["mingru", "minlstm"])
@@ -156,7 +173,7 @@ def test_minlstm_gates_far_below_zero_take_the_ratio_of_exponentials():
         model.blocks[0].gates.bias[S:2 * S] = -125.0  # k_i: both sigmoids underflow float32 to 0 here
     u = model.blocks[0].gates(model.blocks[0].norm(model.inp(model.embed(torch.tensor([3])))))
     kf, ki, v = u.double().chunk(3, -1)
-    for rows in (1, minstep.NATIVE_ROWS + 1):  # the C step, and torch's (many rows; a GPU)
+    for rows in (1, minstep.native_rows(native.library()) + 1):  # the C step, and torch's (many rows; a GPU)
         st = MinStepper(model, rows)
         assert (st.call is not None) == (rows == 1)
         st.step(torch.full((rows,), 3))
@@ -229,7 +246,9 @@ def test_bad_ids_and_many_rows():
         st.step(torch.tensor([0, 1, 2]))
     torch.testing.assert_close(st.step(torch.tensor([[1], [2]], dtype=torch.int32)),
                                torch_ops(model, 2).step(torch.tensor([1, 2])))  # any layout of the ids
-    assert MinStepper(model, minstep.NATIVE_ROWS + 1).call is None  # many rows: torch's products
+    most = minstep.native_rows(native.library())
+    assert most in (minstep.NATIVE_ROWS, minstep.SHARED_ROWS) and MinStepper(model, most).call is not None
+    assert MinStepper(model, most + 1).call is None  # more rows: torch's products
 
 
 def test_without_the_library_the_torch_step_runs(monkeypatch):

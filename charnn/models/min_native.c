@@ -39,28 +39,50 @@ static void normalise(int64_t n, const float *x, float *out, float eps) {
 }
 
 /* For rows b < B: out[b][o0..o1) = bias + x[b] (K, rows K apart) @ w[:, o0..o1) (w: K rows of N), or += that
-   (add); out's rows are out_stride apart. Outputs 64 at a time, summed in eight 8-wide vector registers over the
-   K inputs (GCC's vector extension, which every target lowers to what it has; plain arrays were kept on the stack),
-   so the loop reads w alone; each row of the batch reads the block of w again, from the cache. */
-typedef float vec8 __attribute__((vector_size(32), aligned(4), may_alias));  /* (unaligned loads and stores) */
-#define AT(p) (*(vec8 *)(p))
+   (add); out's rows are out_stride apart. Outputs 64 at a time, summed in vector registers over the K inputs (GCC's
+   vector extension, which every target lowers to what it has; plain arrays were kept on the stack): eight of 8
+   floats, or with AVX-512 four of 16 for each of ROWS rows that share each load of w (the sums of every output
+   in the same order either way, so the results do not depend on it). Other rows read the block of w again, from
+   the cache. */
+#if defined(__AVX512F__)
+typedef float vec __attribute__((vector_size(64), aligned(4), may_alias));  /* (unaligned loads and stores) */
+enum { LANES = 16, ROWS = 4 };  /* 16 sums in registers: AVX-512 has 32 */
+#else
+typedef float vec __attribute__((vector_size(32), aligned(4), may_alias));
+enum { LANES = 8, ROWS = 1 };  /* 8 sums: with AVX2's 16 registers more rows would spill */
+#endif
+enum { VECS = 64 / LANES };
+#define AT(p) (*(vec *)(p))
+
+/* rows b0 .. b0 + R - 1 of outputs o0 .. o0 + 63 */
+static inline __attribute__((always_inline)) void product64(int64_t b0, int R, int64_t K, int64_t N, int64_t o0,
+                                                            const float *restrict x, const float *restrict w,
+                                                            const float *restrict bias, float *restrict out,
+                                                            int64_t out_stride, int add) {
+    vec a[ROWS][VECS];
+    for (int r = 0; r < R; r++) {
+        const float *ob = out + (b0 + r) * out_stride + o0;
+        for (int i = 0; i < VECS; i++) a[r][i] = AT(bias + o0 + LANES * i);
+        if (add) for (int i = 0; i < VECS; i++) a[r][i] += AT(ob + LANES * i);
+    }
+    for (int64_t j = 0; j < K; j++) {
+        const float *wj = w + j * N + o0;
+        for (int i = 0; i < VECS; i++) {
+            const vec wi = AT(wj + LANES * i);
+            for (int r = 0; r < R; r++) a[r][i] += x[(b0 + r) * K + j] * wi;
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < VECS; i++) AT(out + (b0 + r) * out_stride + o0 + LANES * i) = a[r][i];
+}
 
 static void product(int64_t B, int64_t K, int64_t N, int64_t o0, int64_t o1, const float *restrict x,
                     const float *restrict w, const float *restrict bias, float *restrict out, int64_t out_stride,
                     int add) {
     for (; o0 + 64 <= o1; o0 += 64) {
-        for (int64_t b = 0; b < B; b++) {
-            float *ob = out + b * out_stride + o0;
-            const float *xb = x + b * K;
-            vec8 a[8];
-            for (int i = 0; i < 8; i++) a[i] = AT(bias + o0 + 8 * i);
-            if (add) for (int i = 0; i < 8; i++) a[i] += AT(ob + 8 * i);
-            for (int64_t j = 0; j < K; j++) {
-                const float *wj = w + j * N + o0, xj = xb[j];
-                for (int i = 0; i < 8; i++) a[i] += xj * AT(wj + 8 * i);
-            }
-            for (int i = 0; i < 8; i++) AT(ob + 8 * i) = a[i];
-        }
+        int64_t b = 0;
+        for (; b + ROWS <= B; b += ROWS) product64(b, ROWS, K, N, o0, x, w, bias, out, out_stride, add);
+        for (; b < B; b++) product64(b, 1, K, N, o0, x, w, bias, out, out_stride, add);
     }
     if (o0 >= o1) return;
     for (int64_t b = 0; b < B; b++) {  /* the last outputs, fewer than 64 */
@@ -72,6 +94,9 @@ static void product(int64_t B, int64_t K, int64_t N, int64_t o0, int64_t o1, con
         }
     }
 }
+
+/* How many rows share each load of the weights here (1: none; MinStepper steps more rows in C where they do). */
+int min_rows_shared(void) { return ROWS; }
 
 /* One product of a layer, as the stepper lays it out: fp32 w (K, N), or with --int8 (codes not NULL) int8 codes
    `pack`ed for int8_native.c with their offsets and one scale per output (factor), and the bias (N). */

@@ -4,7 +4,7 @@ time, for a batch of streams, with the model's own state.
 The step is the model's forward for one token with everything that can be done once done once: the embedding and
 the input projection folded into one (V, D) table, every LayerNorm's scale and shift folded into the product that
 reads it (W (g * n + b) + c = (W g) n + (W b + c)), weights laid out (inputs, outputs). On a CPU with charnn's C
-library (charnn.models.native), up to NATIVE_ROWS rows (any number with --int8) step the whole stack in one C call
+library (charnn.models.native), up to native_rows() rows (any number with --int8) step the whole stack in one C call
 (min_native.c, split over torch's threads), and one stream's head and draw are one more (`step_draw`, as the
 LSTM's FastStepper), or a whole block of its tokens is one call (`draw_block`, the noise made in C too): through
 torch a token of the default model is about forty small operations, each a few microseconds of dispatch.
@@ -28,7 +28,16 @@ from charnn.models import native
 from charnn.models.minrnn import GATES, MinRNN
 from charnn.models.stepper import ModuleStepper
 
-NATIVE_ROWS = 8  # the most rows MinStepper steps in C (more: torch's products, which read each weight once)
+NATIVE_ROWS = 8  # the most rows MinStepper steps in C where each row reads the weights again (0: never in C)
+SHARED_ROWS = 128  # ... where rows share each load of them (AVX-512: four rows a load; torch's products, which read
+# each weight once for all rows, were faster from 128-256 rows of the default model: benchmarks/PARALLEL.md)
+
+
+def native_rows(lib) -> int:
+    """The most rows the C step takes with library `lib` (None: none; any number with --int8)."""
+    if lib is None or not NATIVE_ROWS or not hasattr(lib, "min_step"):
+        return 0
+    return SHARED_ROWS if lib.min_rows_shared() > 1 else NATIVE_ROWS
 
 
 class Product(ctypes.Structure):  # min_native.c's struct min_product
@@ -58,7 +67,8 @@ class MinStepper(ModuleStepper):
                 self.head_b[list(banned)] = float("-inf")  # never drawn, at no cost per step
         self.eps = model.norm.eps  # every LayerNorm of the model is built with the same (default) eps
         cpu = self.table.device.type == "cpu" and self.table.dtype == torch.float32
-        lib = native.library() if cpu and (batch <= NATIVE_ROWS or int8) else None
+        lib = native.library() if cpu else None
+        lib = lib if int8 or batch <= native_rows(lib) else None
         if int8:
             _check_int8(model, lib)
         self._native(lib, int8)

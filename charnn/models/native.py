@@ -69,6 +69,7 @@ def library() -> Optional[ctypes.CDLL]:
         return lib
     lib.pool_use_openmp.restype, lib.pool_use_openmp.argtypes = None, [PTR, PTR, PTR]
     _share_openmp(lib, lib.pool_use_openmp)
+    lib.min_rows_shared.restype, lib.min_rows_shared.argtypes = ctypes.c_int, []
     lib.min_step.restype = ctypes.c_int
     lib.min_step.argtypes = [I64, I64, I64, I64, I64, ctypes.c_int, I64, *[PTR] * 8, F32, PTR, PTR, PTR,
                              ctypes.c_int, PTR, PTR]
