@@ -223,6 +223,9 @@ class TrainConfig:
             problems.append("`--classifier` and `--pairs` do not combine: a classifier reads labelled text")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             problems.append(f"`--threads` must be between 1 and {MAX_THREADS}, got {self.threads}")
+        if self.name is not None and (self.name in ("", ".", "..") or "/" in self.name or "\\" in self.name):
+            problems.append(f"`--name` is the run's folder under --out, one name without / or \\ (and not . or ..), "
+                            f"got {self.name!r}; put the folder above it in --out")
         raise_problems(problems)
         return self
 

@@ -13,7 +13,12 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (or its type's name), cut to `limit` characters: what a
     one-line error quotes from a library's multi-line message."""
     lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:limit]
+    line = lines[0] if lines else type(e).__name__
+    if len(line) <= limit:
+        return line
+    cut = line[:limit - 3].rsplit(" ", 1)[0]  # at a word's end, and say that it is cut
+    return (cut if len(cut) > limit // 2 else line[:limit - 3]).rstrip(" ,;:") + "..."
+
 
 
 class ParamError(ConfigError):

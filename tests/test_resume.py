@@ -149,10 +149,30 @@ def test_cli_resume_errors(tmp_path):
                             "--quiet"])
     assert r.exit_code == 0, r.stderr
     assert weights(tmp_path / "a" / "last.pt")["step"] == 5
-    # resumed on a corpus with characters outside the run's vocabulary: said, not silent
+    # resumed on another text (a corpus left off, a --glob forgotten, the file edited): refused, the run kept
     other = tmp_path / "other.txt"
     other.write_text(TEXT + "ZQX" * 50, encoding="utf-8")
+    before = (tmp_path / "a" / "last.pt").read_bytes()
     r = runner.invoke(app, ["train", str(other), "--out", str(tmp_path), "--name", "a", "--resume", "--max-steps",
                             "6"])
-    assert r.exit_code == 0, r.stderr
-    assert "training characters are not in the resumed run's vocabulary" in r.stderr
+    assert r.exit_code == 2 and "on the text it was trained on" in r.stderr and "--init-from" in r.stderr, r.stderr
+    assert (tmp_path / "a" / "last.pt").read_bytes() == before
+    # a fresh run under the same name says that it replaces the older one
+    r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", *short[:-1]])
+    assert r.exit_code == 0 and "held a run (best.pt and last.pt)" in r.stderr, r.stderr
+
+
+def test_best_pt_is_written_before_last_pt_records_its_score(tmp_path, monkeypatch):
+    """last.pt records the best score so far; were it written first, a kill or a failed write before best.pt left a
+    run whose best.pt was stale or missing while the run reported it (and resumed believing it)."""
+    from charnn.training import runstate
+    write = runstate.write
+
+    def failing(t, path, val):
+        if path.name == "last.pt" and t.step == 15:  # the first evaluation, which improves
+            raise OSError(28, "No space left on device")
+        return write(t, path, val)
+    monkeypatch.setattr(runstate, "write", failing)
+    with pytest.raises(OSError):
+        train(Corpus(TEXT, "t", "t"), ModelConfig(vocab_size=1, **MODEL), TrainConfig(out=str(tmp_path), name="b", **TRAIN))
+    assert weights(tmp_path / "b" / "best.pt")["step"] == 15

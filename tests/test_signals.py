@@ -54,7 +54,7 @@ def test_kill_9_at_any_moment_leaves_loadable_checkpoints(tmp_path, corpus):
         assert p.returncode == 0 and len(p.stdout) >= 20 and "Traceback" not in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_a_signal_saves_last_pt_and_says_how_to_resume(tmp_path, corpus, sig, code):
     run = tmp_path / "runs" / "big"
     proc = start(corpus, tmp_path / "runs")

@@ -282,3 +282,19 @@ def test_an_unusable_cache_folder_is_one_line_naming_charnn_cache(tmp_path, monk
     corpus.write_text(make_text(40), encoding="utf-8")
     r = CliRunner().invoke(app, ["train", str(corpus), "--max-steps", "1", "--out", str(tmp_path / "out"), "-q"])
     one_line_error(r, 1, "set CHARNN_CACHE to a writable folder")
+
+
+def test_a_pipe_or_a_device_is_refused_in_one_line_and_a_run_name_is_one_folder(tmp_path):
+    """A FIFO, /dev/stdin or /dev/zero reads once (or never ends) and has no size: said, not called "empty"."""
+    import os
+
+    from charnn.errors import ConfigError
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "/dev/zero"):
+        with pytest.raises(CharnnError, match="a pipe or a device, not a file"):
+            find_files([path])
+    for name in ("a/b", "..", ".", ""):
+        with pytest.raises(ConfigError, match="--name"):
+            TrainConfig(name=name).validate()
+    TrainConfig(name="run-1.b").validate()

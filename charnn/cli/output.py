@@ -15,7 +15,15 @@ from rich.markup import escape
 
 from charnn.errors import CharnnError, ConfigError
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+class MessageConsole(Console):
+    """stderr's console: where its reader went away (`charnn train ... 2>&1 | head`), the work goes on without
+    messages, where Rich's own handling would exit 1 (training would stop at its next line, unsaved)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+
+err = MessageConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 class ResultConsole(Console):

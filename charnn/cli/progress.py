@@ -46,7 +46,10 @@ class TrainProgress:
 
     def __exit__(self, *exc):
         if self.progress is not None:
-            self.progress.stop()
+            try:
+                self.progress.stop()
+            except OSError:  # (stderr's reader is gone: see __call__)
+                pass
 
     def _data(self, info: dict) -> None:
         if info["stage"] == "wait":
@@ -73,6 +76,16 @@ class TrainProgress:
             self.console.print(message, highlight=False)
 
     def __call__(self, kind: str, info: dict) -> None:
+        """Show one training event; where stderr's reader went away (a closed pipe or terminal), training goes on
+        without its progress rather than stopping at the next line it prints."""
+        try:
+            self._show(kind, info)
+        except OSError:
+            self.quiet = self.console.quiet = True
+            if self.progress is not None:
+                self.progress.disable = True
+
+    def _show(self, kind: str, info: dict) -> None:
         if kind == "download":
             self.download(info)
         elif kind == "corpus_skip":
@@ -112,9 +125,9 @@ class TrainProgress:
             self.note(f"training {info['params']:,} parameters on {info['device']}{procs} ({precision}){batch}, "
                       f"vocab {info['vocab_size']}{per}, {info['train_tokens']:,} train / {info['val_tokens']:,} val "
                       f"tokens -> {info['run_dir']}")
-            if info.get("train_unknown"):
-                self.note(f"note: {info['train_unknown']:,} training characters are not in the resumed run's "
-                          "vocabulary (a changed corpus?); they train as the unknown token")
+            if info.get("replaces"):
+                self.note(f"note: {info['run_dir']} held a run ({info['replaces']}); this one replaces its "
+                          "checkpoints at its first save (--resume continues that run; another --name keeps both)")
             if info.get("val_unknown"):
                 self.note(f"note: {info['val_unknown']:,} validation characters are not in the training text's "
                           "vocabulary; they are scored as the unknown token")

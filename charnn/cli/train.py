@@ -193,7 +193,7 @@ def train(
                 with view:
                     result = run.fit()
             except TrainingInterrupted as e:
-                _report_stop(e, run.trainer, dist, corpus_args, cfg.out, encoding)
+                _report_stop(e, run.trainer, dist, corpus_args, cfg.out, encoding, glob)
         if not quiet and dist.is_main:
             _report_done(result, run)
 
@@ -201,17 +201,20 @@ def train(
 train = with_model_flags(train, MODEL, PAIRS, before="batch_size", pairs_before="device")
 
 
-def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: str):
-    """A signal stopped training: say what was saved and the command that resumes it; exit 130 or 143."""
-    code = 143 if e.signum == 15 else 130
+def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: str, glob: Optional[str]):
+    """A signal stopped training: say what was saved and the command that resumes it (every flag that decides which
+    text it reads); exit 130 or 143 (129 for a closed terminal)."""
+    code = {15: 143, 1: 129}.get(e.signum, 130)
     if e.path is None:
         err.print("[yellow]stopped before the first step; nothing was saved[/]", markup=True)
         raise typer.Exit(code) from None
-    enc = f"--encoding {encoding} " if encoding.lower() not in ("utf-8", "utf8") else ""
+    enc = f"--encoding {shlex.quote(encoding)} " if encoding.lower() not in ("utf-8", "utf8") else ""
+    enc += f"--glob {shlex.quote(glob)} " if glob else ""
+    enc += "--pairs " if trainer.cfg.pairs else ""
     enc += f"--label-by {trainer.cfg.label_by} " if trainer.cfg.label_by else ""
     enc += "--classifier " if trainer.cfg.classifier else ""
     err.print(f"[yellow]stopped at step {trainer.step}; saved {e.path}. Resume with: {_launcher(dist)}charnn train "
-              f"{''.join(_quote(a) for a in corpus_args)}--name {trainer.run_dir.name} "
+              f"{''.join(_quote(a) for a in corpus_args)}--name {shlex.quote(trainer.run_dir.name)} "
               f"--out {shlex.quote(out)} {enc}--resume[/]", markup=True)
     raise typer.Exit(code) from None
 

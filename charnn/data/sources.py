@@ -52,6 +52,9 @@ def find_files(paths: Sequence[str], glob: Optional[str] = None,
                                   "or a folder that holds some")
             items = [SourceFile(m, optional=True) for m in members]
         else:
+            if not p.is_file():  # (its size reads 0, and what it holds can be read once)
+                raise CharnnError(f"corpus {arg!r} is a pipe or a device, not a file; charnn reads a corpus more "
+                                  "than once (and caches it by file): save the text to a file and pass that")
             if p.stat().st_size == 0:
                 raise CharnnError(f"corpus {arg!r} is empty")
             try:

@@ -66,8 +66,7 @@ def start_info(t) -> dict:
             "steps_per_epoch": t.batches.steps_per_epoch(), "step": t.step, "tokenizer": t.tokenizer.kind,
             "processes": t.dist.world, "chars_per_token": t.task.chars_per_token, "batch_size": t.cfg.batch_size,
             "val_unknown": int((t.val_ids == t.tokenizer.unk_id).sum()),
-            # a resumed run keeps its vocabulary: characters of a changed corpus outside it train as the unknown id
-            "train_unknown": int((t.batches.ids == t.tokenizer.unk_id).sum()) if t.step else 0}
+            "replaces": t.replaces}
 
 
 def run_config(trainer, corpus_source: str) -> dict:

@@ -120,6 +120,24 @@ def write(t, path: Path, val_loss: float) -> None:
         raise failed or CharnnError(f"the first process could not write {path}; see its error")
 
 
+def check_same_text(saved: dict, now: dict, run: str) -> None:
+    """A resumed run reads the text it was trained on: its position in the data and its carried state mean nothing
+    in another text (a corpus left off the command line, a --glob forgotten, the file edited)."""
+    was = saved.get("data") or {}
+    if any(k in was and k in now and was[k] != now[k] for k in ("train_tokens", "train_chars")):
+        raise ConfigError(f"--resume continues run {run!r} on the text it was trained on ({was.get('corpus')}: "
+                          f"{was['train_tokens']:,} training tokens); this text ({now.get('corpus')}) has "
+                          f"{now['train_tokens']:,}. Pass that text again (with its --glob), or fine-tune the run on "
+                          "this one under a new --name with --init-from and the run's folder")
+
+
+def replaced_run(run_dir: Path, resumed: bool) -> str:
+    """What a fresh run in the folder of an older run of the same name replaces ("" where nothing): said before
+    training, since its first save removes that run's best.pt and overwrites its last.pt."""
+    names = [n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()]
+    return "" if resumed or not names else " and ".join(names)
+
+
 def drop_stale_best(run_dir: Path, resumed: bool, name: str) -> None:
     """The first save of a fresh run into the folder of an older run of the same name: that run's
     best.pt belongs to another model and would be picked over this run's last.pt, so remove it."""

@@ -52,14 +52,16 @@ class StopRequest:
 
 @contextmanager
 def graceful_signals(stop: StopRequest):
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second one quits at once."""
+    """SIGINT/SIGTERM (and SIGHUP, a closed terminal) ask the loop to stop after the current step, which saves
+    last.pt; a second one quits at once."""
 
     def handler(signum, frame):
         if stop.signum is not None:
             raise KeyboardInterrupt
         stop.signum = signum
 
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    old = {s: signal.getsignal(s) for s in wanted}
     try:
         for s in old:
             signal.signal(s, handler)
