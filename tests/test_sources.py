@@ -1,6 +1,7 @@
 """Corpora of many files, streamed encoding and its cache."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,3 +299,16 @@ def test_a_pipe_or_a_device_is_refused_in_one_line_and_a_run_name_is_one_folder(
         with pytest.raises(ConfigError, match="--name"):
             TrainConfig(name=name).validate()
     TrainConfig(name="run-1.b").validate()
+
+
+def test_a_folders_broken_links_pipes_and_unreadable_files_are_skipped_with_a_note(tmp_path):
+    import os
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text(make_text(2))
+    (folder / "b.txt").symlink_to(tmp_path / "gone.txt")
+    os.mkfifo(folder / "c.txt")  # (opening it would wait for a writer forever)
+    skipped = []
+    found = find_files([str(folder)], on_skip=lambda path, why: skipped.append((Path(path).name, why)))
+    assert [f.path.name for f in found] == ["a.txt"]
+    assert [name for name, _ in skipped] == ["b.txt", "c.txt"] and all("not a file" in w for _, w in skipped)

@@ -70,9 +70,11 @@ def find_files(paths: Sequence[str], glob: Optional[str] = None,
             if key in seen:
                 continue
             seen.add(key)
-            if item.optional and looks_binary(item.path):
-                on_skip(str(item.path), BINARY)
-                continue
+            if item.optional:  # a folder's member that cannot be a text file is left out with a note
+                why = _unreadable(item.path) or (BINARY if looks_binary(item.path) else None)
+                if why:
+                    on_skip(str(item.path), why)
+                    continue
             found.append(item)
     if not found:
         raise CharnnError(f"no text files in {', '.join(repr(a) for a in paths)}")
@@ -91,6 +93,18 @@ def _walk(root: Path, glob: Optional[str]) -> List[Path]:
             if glob is None or fnmatch.fnmatch(name, glob) or fnmatch.fnmatch(rel, glob):
                 out.append(path)
     return out
+
+
+def _unreadable(path: Path) -> Optional[str]:
+    """Why a folder's member cannot be read as a text file (None: it can be opened): a broken link, a pipe or a
+    device (opening a FIFO would wait for a writer), a file this user may not read."""
+    if not path.is_file():
+        return "is not a file (a broken link, a pipe or a device)"
+    try:
+        with path.open("rb"):
+            return None
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
 
 
 def looks_binary(path: Path) -> bool:
