@@ -240,7 +240,7 @@ def test_a_failed_run_leaves_a_good_run_of_the_same_name_untouched(tmp_path, cor
     before = digest(run)
     r = invoke("train", corpus_txt, "--out", tmp_path / "runs", "--lr", "1e30", "--max-steps", "6",
                "--eval-every", "2", *SMALL)
-    assert r.exit_code == 1
+    assert r.exit_code == 1 and "this run had saved no checkpoint yet" in r.stderr  # (not the older run's)
     assert digest(run) == before
     # a stop before the first step saves nothing either
     stop = StopRequest()

@@ -35,10 +35,11 @@ class TrainResult:
     best_score: float = float("inf")  # best.pt's score by best_by (a fraction for WER)
 
 
-def non_finite(what: str, value: float, step: int, run_dir: Path) -> CharnnError:
-    """The error that stops a run whose loss went NaN or infinite (its checkpoints from before are kept)."""
-    kept = (f"the last good checkpoints in {run_dir} are kept" if (run_dir / "last.pt").is_file()
-            else "no checkpoint had been saved yet")
+def non_finite(what: str, value: float, step: int, run_dir: Path, saved: bool = True) -> CharnnError:
+    """The error that stops a run whose loss went NaN or infinite (its checkpoints from before are kept; `saved`:
+    whether this run has saved any: a folder's older run is not this one's)."""
+    kept = (f"the last good checkpoints in {run_dir} are kept" if saved and (run_dir / "last.pt").is_file()
+            else "this run had saved no checkpoint yet")
     return CharnnError(f"{what} loss became {value} at step {step}; stopped, and {kept}. "
                        "Try a lower --lr or a --grad-clip such as 1.0")
 

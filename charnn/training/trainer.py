@@ -206,7 +206,7 @@ class Trainer:
     def _eval_and_save(self) -> None:
         val, score = self.evaluate()
         if not math.isfinite(val):  # weights went bad in the last step: keep the checkpoints from before
-            raise non_finite("validation", val, self.step, self.run_dir)
+            raise non_finite("validation", val, self.step, self.run_dir, self._saved_once or self.resumed)
         self.last_val, self.last_score = val, score
         self.best_val = min(self.best_val, val)
         improved = score < self.best_score
@@ -278,7 +278,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         value = self.dist.mean(value)  # the global mean under torchrun: every rank sees the same value
         if not math.isfinite(value):
-            raise non_finite("training", value, self.step + 1, self.run_dir)
+            raise non_finite("training", value, self.step + 1, self.run_dir, self._saved_once or self.resumed)
         self.opt.step()
         self.state = ops.detach(self.state)
         self.step += 1
