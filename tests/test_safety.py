@@ -267,3 +267,10 @@ def test_a_new_run_replaces_an_old_best_pt_once_it_saves(tmp_path, corpus_txt, t
         trainer.fit()
     assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
     assert load_checkpoint(run / "last.pt")["model_config"]["hidden"] == 16
+
+
+def test_a_file_where_the_run_folder_would_be_names_the_flag_to_change(tmp_path, corpus_txt):
+    (tmp_path / "text").write_text("not a run")
+    r = invoke("train", corpus_txt, "--out", tmp_path, "--max-steps", "1", *SMALL)
+    one_line_error(r, 1, "is a file, not a run folder", "another --name")
+    assert (tmp_path / "text").read_text() == "not a run"

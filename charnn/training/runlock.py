@@ -35,6 +35,8 @@ class RunLock:
         that better); None where locking is not possible. One-line error when another process holds it."""
         if fcntl is None or (resume and not run_dir.is_dir()):
             return None
+        if run_dir.exists() and not run_dir.is_dir():
+            raise CharnnError(f"{str(run_dir)!r} is a file, not a run folder; choose another --name (or --out)")
         created = not run_dir.exists()
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
