@@ -169,6 +169,30 @@ def _signal(tmp_path, text, run):
     assert "Resume with: charnn train big.txt --name big" in stderr and "--resume" in stderr
 
 
+def _pipe(tmp_path, text, run):
+    os.mkfifo(tmp_path / "fifo")
+    one_line_error(invoke("train", tmp_path / "fifo", "--out", tmp_path, *SMALL), 1, "a pipe or a device",
+                   "save the text to a file")
+
+
+def _resume_other_text(tmp_path, text, run):
+    assert invoke("train", text, "--out", tmp_path, "--name", "r", "--max-steps", "2", *SMALL).exit_code == 0
+    other = tmp_path / "other.txt"
+    other.write_text(make_text(80, seed=2), encoding="utf-8")
+    before = (tmp_path / "r" / "last.pt").read_bytes()
+    one_line_error(invoke("train", other, "--out", tmp_path, "--name", "r", "--resume", "--max-steps", "4", *SMALL), 2,
+                   "on the text it was trained on", "--init-from")
+    assert (tmp_path / "r" / "last.pt").read_bytes() == before
+
+
+def _replacing_run(tmp_path, text, run):
+    args = ["train", text, "--out", tmp_path, "--name", "r", "--max-steps", "2", *SMALL[:-1]]
+    assert invoke(*args).exit_code == 0
+    again = invoke(*args)
+    assert again.exit_code == 0 and "held a run (best.pt and last.pt); this one replaces" in again.stderr
+    one_line_error(invoke("train", text, "--out", tmp_path, "--name", "a/b", *SMALL), 2, "`--name`", "one name")
+
+
 def _novelty_no_text(tmp_path, text, run):
     data = torch.load(run / "best.pt", weights_only=True)
     data["data"] = {**data["data"], "cache_entry": "0" * 32}  # an entry that is not (or no longer) in the cache
@@ -181,7 +205,8 @@ def _novelty_empty(tmp_path, text, run):
 
 
 SCENARIOS = {
-    "a missing corpus": _missing, "an empty corpus": _empty, "a binary corpus": _binary,
+    "a missing corpus": _missing, "an empty corpus": _empty,
+    "a pipe or a device as the corpus (`/dev/stdin`, a FIFO)": _pipe, "a binary corpus": _binary,
     "a corpus that is not UTF-8": _not_utf8, "a text shorter than one batch": _short,
     "an out-of-range or malformed flag": _flag, "`--device cuda` without a GPU": _cuda,
     "a missing, corrupt, foreign or newer checkpoint": _bad_checkpoint,
@@ -189,7 +214,9 @@ SCENARIOS = {
     "a full disk": _full_disk, "results that cannot be written to stdout": _stdout,
     "a second training of a run that is training": _second_training,
     "`--precision bf16` where this machine cannot run it": _bf16, "a NaN or infinite loss": _nan_loss,
-    "Ctrl-C or SIGTERM while training": _signal,
+    "Ctrl-C, SIGTERM or a closed terminal (SIGHUP) while training": _signal,
+    "`--resume` on another text than the run's": _resume_other_text,
+    "a fresh run under an existing `--name`": _replacing_run,
     "`charnn novelty` for a run whose training text is gone": _novelty_no_text,
     "`charnn novelty` with an empty sample": _novelty_empty,
 }

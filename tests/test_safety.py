@@ -207,11 +207,11 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, corpus_txt, monkeyp
 
     monkeypatch.setattr(charnn.checkpoint.torch, "save", save_until_full)
     r = invoke("train", corpus_txt, "--out", tmp_path, "--max-steps", "6", "--eval-every", "3", *SMALL)
-    one_line_error(r, 1, "No space left on device", "last.pt is kept")
+    one_line_error(r, 1, "No space left on device", ".pt is kept")  # (best.pt first where step 6 improved)
     run = tmp_path / "text"
     names = sorted(p.name for p in run.iterdir())
     assert {"best.pt", "last.pt"} <= set(names) and not [n for n in names if n.endswith(".tmp")]  # no temp file
-    assert load_checkpoint(run / "last.pt")["step"] == 3
+    assert load_checkpoint(run / "last.pt")["step"] == 3 and load_checkpoint(run / "best.pt")["step"] == 3
 
 
 def test_non_finite_loss_stops_keeps_checkpoints_and_hints(tmp_path, corpus_txt, monkeypatch):

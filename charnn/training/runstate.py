@@ -131,11 +131,14 @@ def check_same_text(saved: dict, now: dict, run: str) -> None:
                           "this one under a new --name with --init-from and the run's folder")
 
 
-def replaced_run(run_dir: Path, resumed: bool) -> str:
-    """What a fresh run in the folder of an older run of the same name replaces ("" where nothing): said before
-    training, since its first save removes that run's best.pt and overwrites its last.pt."""
-    names = [n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()]
-    return "" if resumed or not names else " and ".join(names)
+def text_and_folder(resumed: Optional[dict], data_record: dict, run_dir: Path) -> str:
+    """Once the text is read: a resumed run must have the text it trained on (check_same_text); a fresh run in the
+    folder of an older run of the same name returns what it replaces ("" where nothing), said before training,
+    since its first save removes that run's best.pt and overwrites its last.pt."""
+    if resumed:
+        check_same_text(resumed, data_record, run_dir.name)
+        return ""
+    return " and ".join(n for n in ("best.pt", "last.pt") if (run_dir / n).is_file())
 
 
 def drop_stale_best(run_dir: Path, resumed: bool, name: str) -> None:

@@ -90,9 +90,7 @@ class Trainer:
         if resumed:
             self.task.check_resume(resumed, self.run_dir.name)
         self.task.prepare(cfg, resumed, parent, encoding, self.on_event)
-        if resumed:
-            runstate.check_same_text(resumed, self.task.data_record, self.run_dir.name)
-        self.replaces = runstate.replaced_run(self.run_dir, self.resumed)
+        self.replaces = runstate.text_and_folder(resumed, self.task.data_record, self.run_dir)
         if cfg.batch_size is None:  # per process (a task may size it for its data); --batch-size is the global batch
             self.cfg = cfg = replace(cfg, batch_size=self.task.default_batch_size(self.device) * self.dist.world)
         self.batches = self.task.make_batches(cfg, self.device)
@@ -181,8 +179,7 @@ class Trainer:
         return schedule_progress(self.cfg, self.step, self.epochs_done, self.progress)
 
     def save(self, name: str, val_loss: float) -> Path:
-        t = time.perf_counter()
-        path = self.run_dir / name
+        t, path = time.perf_counter(), self.run_dir / name
         runstate.write(self, path, val_loss)  # a collective under torchrun
         self.budget.save_cost = time.perf_counter() - t
         self._last_save = time.perf_counter()
@@ -212,8 +209,8 @@ class Trainer:
         improved = score < self.best_score
         self.best_score, self.patience_mark, self.bad_evals = patience_after(
             score, self.best_score, self.patience_mark, self.bad_evals, MIN_GAIN[self.task.selects_by])
-        if improved:  # best.pt first: last.pt records this score as the best, so it must never be ahead of best.pt
-            self.save("best.pt", val)  # (a kill or a failed write between the two left a stale or missing best.pt)
+        if improved:  # best.pt first: last.pt records this as the best (docs/CHECKPOINTS.md)
+            self.save("best.pt", val)
         self.save("last.pt", val)
         self.on_event("eval", {"step": self.step, "val_loss": val, "best_val_loss": self.best_val,
                                "improved": improved, "elapsed": self.elapsed(), "by": self.task.selects_by,
