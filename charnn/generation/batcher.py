@@ -256,16 +256,13 @@ class Batcher:
         self.healing = False
         out = []
         for row, toks in zip(list(rows), self.drawn[:k, :n].t().tolist()):
-            row.tokens += k
             row.allowed = None
-            decoded = row.decoder.push(toks)
-            text = decoded[: row.remaining]
+            text = (decoded := row.decoder.push(toks))[: row.remaining]
             row.remaining -= len(text)
-            piece = row.cut.feed(text)
+            piece = row.cut.feed(text)  # (a character a token: those drawn past a stop are not counted, for usage)
+            row.tokens += k - (min(k - 1, row.cut.after) if row.cut.done and len(decoded) == k else 0)
             if row.cut.done:
                 row.finish_reason = "stop"
-                if len(decoded) == k:  # a character a token: those drawn past the stop are not counted
-                    row.tokens -= min(k - 1, row.cut.after)
             elif row.remaining <= 0:
                 piece += row.cut.flush()
                 row.finish_reason = "length"
