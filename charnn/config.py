@@ -270,13 +270,13 @@ def from_dict(cls, data: dict):
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\s*([smhd]?)\s*$")  # (1e4 too)
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> float:
     """'90' or '90s' -> 90.0, '5m' -> 300.0, '1h' -> 3600.0."""
     m = _DURATION.match(text.lower())
-    if not m or float(m.group(1)) <= 0:
+    if not m or not 0 < float(m.group(1)) * _UNIT[m.group(2)] < float("inf"):
         raise ConfigError(f"`--max-time` wants a positive duration such as 300, 90s, 5m or 1h, not {text!r}")
     return float(m.group(1)) * _UNIT[m.group(2)]

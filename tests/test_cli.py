@@ -192,3 +192,13 @@ def test_user_errors_let_a_bug_show_and_debug_show_everything(monkeypatch):
     with pytest.raises(CharnnError):
         with user_errors():
             raise CharnnError("x")
+
+
+def test_durations_take_units_and_exponents_and_refuse_what_is_not_one():
+    from charnn.config import parse_duration
+    from charnn.errors import ConfigError
+    assert [parse_duration(t) for t in ("90", "90s", "5m", "1h", "1e4", "1.5e3s", "2e-1m")] == \
+        [90, 90, 300, 3600, 10000, 1500, 12]
+    for bad in ("soon", "0", "-5s", "9e999", "1e-400"):
+        with pytest.raises(ConfigError, match="--max-time"):
+            parse_duration(bad)
