@@ -67,6 +67,17 @@ def saved_size(data) -> int:
     return total
 
 
+def _looks_like_text(path: Path) -> bool:
+    """Whether the file's first bytes are UTF-8 text (a checkpoint is a zip, or a legacy pickle's binary)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+        head.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False  # (a multi-byte character cut at 512 bytes: torch's load says what is wrong)
+    return bool(head) and b"\x00" not in head and not head.startswith(b"PK")
+
+
 def load_checkpoint(path: Path, finite: bool = True) -> dict:
     """Load with weights_only=True; every way a file can be wrong becomes one clear CharnnError.
 
@@ -78,6 +89,9 @@ def load_checkpoint(path: Path, finite: bool = True) -> dict:
         raise CharnnError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
         raise CharnnError(f"{str(path)!r} is a folder with no best.pt or last.pt in it")
+    if _looks_like_text(path):
+        raise CharnnError(f"{str(path)!r} is a text file, not a charnn checkpoint (a run's best.pt or last.pt, or "
+                          "its folder)")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickles; the error below says it in one line
             warnings.simplefilter("ignore")
@@ -88,7 +102,8 @@ def load_checkpoint(path: Path, finite: bool = True) -> dict:
             raise CharnnError(f"refusing to load {str(path)!r}: it carries pickled code or objects "
                               f"({found.group(1)}), which a charnn checkpoint never does") from None
         raise CharnnError(f"{str(path)!r} is not a charnn checkpoint (corrupt, or not a file torch.save wrote)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError,
+            TypeError) as e:  # (a text file read as a legacy pickle: IndexError from torch's unpickler)
         raise CharnnError(f"{str(path)!r} is not a readable charnn checkpoint (truncated or corrupt: "
                           f"{first_line(e, 120)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

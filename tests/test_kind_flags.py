@@ -102,11 +102,14 @@ def test_the_flat_config_keeps_a_kinds_own_flags_beside_its_fields():
     saved = model_cfg.saved()
     assert saved["decay"] == 0.3 and "extra" not in saved
     assert ModelConfig.from_saved(saved) == model_cfg
-    plain, _ = train_configs({"cell": "gru"})
-    assert plain.kind == "lm" and plain.extra == {"ar": 2.0, "tar": 1.0}  # a language model's own defaults
-    assert train_configs({"cell": "gru", "ar": 0.5})[0].extra == {"ar": 0.5, "tar": 1.0}
-    assert train_configs({"cell": "gru", "label_by": "line"})[0].extra == {}  # labelled runs: not measured
-    assert "ar" not in train_configs({"cell": "mingru"})[0].extra  # measured: AR/TAR cost the minGRU
+    plain, _ = train_configs({"cell": "gru"})  # every flag of the kind, at its default where not given
+    assert plain.kind == "lm" and plain.extra == {"ar": 2.0, "tar": 1.0, "weight_drop": 0.0, "locked_dropout": False,
+                                                  "input_dropout": 0.0, "embed_dropout": 0.0}
+    ar_tar = lambda flags: {k: train_configs(flags)[0].extra[k] for k in ("ar", "tar")}  # noqa: E731
+    assert ar_tar({"cell": "gru"}) == {"ar": 2.0, "tar": 1.0}  # a language model's own defaults
+    assert ar_tar({"cell": "gru", "ar": 0.5}) == {"ar": 0.5, "tar": 1.0}
+    assert ar_tar({"cell": "gru", "label_by": "line"}) == {"ar": 0.0, "tar": 0.0}  # labelled runs: not measured
+    assert ar_tar({"cell": "mingru"}) == {"ar": 0.0, "tar": 0.0}  # measured: AR/TAR cost the minGRU
     pairs, _ = train_configs({"pairs": True, "attention": False}, given=("attention",))
     assert pairs.kind == "seq2seq" and pairs.attention is False
     with pytest.raises(ConfigError, match="shapes a --pairs"):
@@ -159,3 +162,22 @@ def test_a_kinds_flags_on_resume_and_init_from_are_checked_against_the_saved_run
     assert lstm.exit_code == 0
     wrong = run("--resume", "--name", "l", "--expand", "1", "--max-steps", "4")
     assert wrong.exit_code == 2 and "`--expand` is a flag of minrnn models" in wrong.output
+
+
+def test_the_api_saves_every_flag_of_the_kind_and_fine_tunes_a_parallel_cell_run(tmp_path):
+    """charnn.train without --expand/--ffn saved neither (the CLI passes every default), and --init-from then built
+    the base's config with None for them: a TypeError deep in the config's checks."""
+    import torch
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(30))
+    flags = dict(out=str(tmp_path), max_steps=2, batch_size=2, seq_len=8, threads=1, precision="fp32", device="cpu",
+                 eval_every=2, save_every_secs=0)
+    charnn.train(str(text), cell="minlstm", hidden=16, name="m", **flags)
+    saved = load_checkpoint(tmp_path / "m" / "best.pt")["model_config"]
+    assert (saved["expand"], saved["ffn"]) == (1, 2)
+    assert charnn.train(str(text), init_from=str(tmp_path / "m"), name="f", **flags).steps == 2
+    data = torch.load(tmp_path / "m" / "best.pt", weights_only=True)  # as an older charnn.train saved it
+    del data["model_config"]["expand"], data["model_config"]["ffn"]
+    torch.save(data, tmp_path / "old.pt")
+    assert charnn.train(str(text), init_from=str(tmp_path / "old.pt"), name="g", **flags).steps == 2
+    assert charnn.load(tmp_path / "old.pt").generate(length=5, seed=1)

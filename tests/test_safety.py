@@ -86,7 +86,8 @@ def test_bad_checkpoint_files_give_one_clear_line(tmp_path, trained_run):
     cases = {
         "truncated.pt": (good[: len(good) // 2], "truncated or corrupt"),
         "random.pt": (random.Random(0).randbytes(5000), "not"),
-        "text.pt": (b"just some text\n", "not"),
+        "text.pt": (b"just some text\n", "is a text file, not a charnn checkpoint"),
+        "e.pt": (b"e and some more text\n", "is a text file"),  # (as a legacy pickle: torch's IndexError)
         "empty.pt": (b"", "not"),
     }
     for name, (content, words) in cases.items():

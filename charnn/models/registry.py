@@ -69,7 +69,8 @@ class ModelKind:
         flat config's `extra` (the flags only some kinds have) counts as its own fields."""
         values = asdict(flat) if is_dataclass(flat) else dict(flat)
         values.update(values.pop("extra", None) or {})
-        return from_dict(self.config, values).validate()
+        own = {f.name for f in self.flags}  # (one of its flags missing, as None: its default, as when it was built)
+        return from_dict(self.config, {k: v for k, v in values.items() if v is not None or k not in own}).validate()
 
     def build(self, flat):
         return self.model_class(self.make_config(flat))

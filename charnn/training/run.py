@@ -56,6 +56,7 @@ def train_configs(flags: dict, caller: str = "charnn.train",
         kind = registry.choose(serves, cell)
         registry.check_flags(kind, given & model_names)
     values = {k: v for k, v in flags.items() if k in model_names - {"kind"}}
+    values.update({f.name: f.default for f in kind.flags if f.name not in values})  # (charnn.train's: all saved)
     # a kind's own defaults for shared flags it was not given (the classifier's smaller encoder; a language model
     # of plain text's AR/TAR)
     own = {**kind.extra.get("defaults", {}), **({} if flags.get("label_by") else kind.extra.get("plain_defaults", {}))}
