@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import charnn
+from charnn.errors import CharnnError
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
 from charnn.models.configs import ClassifierConfig
@@ -92,6 +93,12 @@ def test_classify_flags_and_eval_report_serve_the_classifier(run, tmp_path):
     model = charnn.load(str(run), device="cpu")
     out = model.classify(["ab q", "zab"])
     assert [o["label"] for o in out] == ["q", "z"]
+    # what needs next-character predictions says so in one line (they crashed inside torch)
+    calls = {"score": ("ab q",), "token_logprobs": ("ab q",), "surprisal": ("ab q",), "activations": ("ab q",),
+             "adapt": ("ab q",), "for_label": ("q",), "gradient_reach": ("ab q",)}
+    for method, args in calls.items():
+        with pytest.raises(CharnnError, match=f"is a classifier .* no {method}\\(\\); use classify"):
+            getattr(model, method)(*args)
 
 
 def test_errors_are_one_line(run, tmp_path):

@@ -378,6 +378,10 @@ def test_the_python_api_transduces_and_scores_with_the_cli_code(reverse_run, tmp
     model = charnn.load(reverse_run / "rev")
     assert isinstance(model, charnn.Seq2SeqModel) and model.info["seq2seq"]["attention"]
     assert model.transduce("abc") == "cba"
+    from charnn.api.params import ParamError
+    for bad in ("ab\ncd", ["abc", None], ["x\ry"]):  # (a line break read as the end of the input: a wrong answer)
+        with pytest.raises(ParamError, match="must be one line of text"):
+            model.transduce(bad)
     held = words(20, 31)
     outs = model.transduce(held, beam=3)
     (tmp_path / "in.txt").write_text("\n".join(held) + "\n", encoding="utf-8")

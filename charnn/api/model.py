@@ -51,6 +51,8 @@ class Model:
         self.step, self.best_val_loss = data.get("step"), data.get("best_val_loss")
         self.labels: Optional[dict] = data.get("labels")  # --label-by: names, training sizes (None: no labels)
         self.label: Optional[str] = None  # set on the Model that `for_label` returns
+        kind = (data.get("model_config") or {}).get("kind", "lm")
+        self._reads_text = kind != "classifier"  # a classifier labels whole texts: it predicts no characters
         self.adaptation = None  # set on the Model that `adapt` returns: its `result` while adapting, `seconds`
 
     def __repr__(self) -> str:
@@ -129,6 +131,7 @@ class Model:
         """What `charnn eval` reports for `text`: nats and bits per character, perplexity, counts. With
         `dynamic=True`, its score under dynamic evaluation (`charnn eval --dynamic`'s dynamic column, default
         settings); this model's weights are not changed either way."""
+        self._predicts("score")
         if dynamic:
             return adapted_copy(self.net, self.tokenizer, text, self.device).result
         return evaluate_text(self.net, self.tokenizer, text, self.device)
@@ -138,6 +141,7 @@ class Model:
         """A new Model whose weights took dynamic evaluation's steps over `text` (`charnn sample --adapt`):
         generate from it to write more in the text's style. This model is left as it was. lr, decay and
         segment default to `charnn eval --dynamic`'s."""
+        self._predicts("adapt")
         given = {k: v for k, v in {"lr": lr, "decay": decay, "segment": segment}.items() if v is not None}
         adapted = adapted_copy(self.net, self.tokenizer, text, self.device, DynamicConfig(**given))
         model = Model(adapted.model, self.tokenizer, self.device, self.path,
@@ -148,6 +152,7 @@ class Model:
     def for_label(self, name: str) -> "Model":
         """A model trained with --label-by, as label `name` (`charnn sample --label`): generate, stream and score
         in that label's voice. This model is left as it was."""
+        self._predicts("for_label")
         from charnn.scoring.classify import label_id
 
         labelled = Model(self.net.for_label(label_id(self.labels, name)), self.tokenizer, self.device, self.path,
@@ -172,9 +177,12 @@ class Model:
     def token_logprobs(self, text: str) -> Dict[str, list]:
         """Per-token log-probabilities of `text` under the model, in OpenAI's `logprobs` shape: tokens,
         token_logprobs, top_logprobs (the most likely token), text_offset. The first token is conditioned on the
-        start id, as `score` and sampling condition it, so the log-probabilities add up to -score(text).nats.
+        start id, as `score` and sampling condition it, so the log-probabilities add up to -score(text).nats
+        (for a text under 4,096 tokens, which `score` reads as one stream; a longer one it reads in streams from
+        a zero state, as `charnn eval` does).
         The text runs through the model a chunk at a time: memory does not grow with its length beyond the
         answer itself."""
+        self._predicts("token_logprobs")
         ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
         if self._pieces_by_id is None:  # each token's text, once per model
             self._pieces_by_id = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
@@ -194,6 +202,7 @@ class Model:
         start id as `score` reads it) and its `top_k` alternatives (`.top_ids`, `.top_logprobs`, `.top(i)`), as
         `charnn show` colours text. On a text `score` takes as one stream (under 4,096 tokens) `.total` equals
         score(text).nats."""
+        self._predicts("surprisal")
         from charnn.inspect.surprisal import surprisal
 
         with self._lock_scoring:
@@ -203,6 +212,7 @@ class Model:
         """Every recurrent unit's activation after each token of `text` (`.values`, an array (tokens, units);
         `.names`: "L1 h 17", "L2 c 3", ...; `.tokens`), read after the start id (`charnn show --cells`). A
         Model from `for_label` reads it as its label."""
+        self._predicts("activations")
         from charnn.inspect.activations import activations
 
         return activations(self.net, self.tokenizer, text, self.device)
@@ -210,9 +220,16 @@ class Model:
     def gradient_reach(self, text: str, max_k: int = 100, positions: int = 64, seed: int = 0) -> "GradientReach":
         """How much the loss at a position depends on the input k steps back: `.norms[k]`, the gradient norm
         averaged over up to `positions` positions of `text`, k = 0..max_k (`charnn show --gradients`)."""
+        self._predicts("gradient_reach")
         from charnn.inspect.gradients import gradient_reach
 
         return gradient_reach(self.net, self.tokenizer, text, self.device, max_k, positions, seed=seed)
+
+    def _predicts(self, method: str) -> None:
+        """Refuse, in one line, what needs next-character predictions on a classifier (`train --classifier`)."""
+        if not self._reads_text:
+            raise CharnnError(f"{self.path} is a classifier (train --classifier): it labels whole texts and predicts "
+                              f"no characters, so it has no {method}(); use classify()")
 
     @property
     def created(self) -> int:

@@ -9,7 +9,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from charnn.sampling import DECODE_BATCH, TransduceConfig
+from charnn.api.params import ParamError
+from charnn.sampling import DECODE_BATCH, TransduceConfig, shown
 from charnn.data.pairs import Pair, PairFile
 from charnn.generation.seq2seq import Hypothesis, Transducer
 
@@ -52,6 +53,10 @@ class Seq2SeqModel:
                               unknown=unknown).validate()
         single = isinstance(inputs, str)
         lines = [inputs] if single else list(inputs)
+        for i, line in enumerate(lines):  # (a line break would end the input early: its end-of-input token)
+            if not isinstance(line, str) or "\n" in line or "\r" in line:
+                raise ParamError(f"input {i} must be one line of text, got {shown(line)}; give several inputs as "
+                                 "a list", "inputs")
         transducer = Transducer(self.net, self.source_tokenizer, self.tokenizer, cfg, self.device, self.max_ratio,
                                 exact_scores=scores)
         found = [_shape(h, n_best, scores) for h in transducer.run((t, f"input {i}") for i, t in enumerate(lines))]
