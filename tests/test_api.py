@@ -227,3 +227,22 @@ def test_calls_from_several_threads_and_abandoned_streams_do_not_mix(model):
     for t in threads:
         t.join()
     assert got == want and model.generate("the", length=150, seed=0) == want[0]
+
+
+def test_batchers_kept_between_calls_are_few_whatever_the_calls(trained_run):
+    """Each generate(n=k) and each concurrent caller made a batcher, all kept until the Model went: memory grew
+    with every new n (20 values of n: 0.3 -> 2 GB on a 49 MB model)."""
+    import threading
+
+    from charnn.api.model import IDLE_MOST, IDLE_PER_SIZE
+    m = charnn.load(str(trained_run.run_dir), device="cpu")
+    for n in range(1, 12):
+        m.generate("the", 3, n=n, seed=1)
+    threads = [threading.Thread(target=m.generate, args=("the", 20), kwargs={"n": 2, "seed": 3}) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    kept = [len(v) for v in m._idle.values()]
+    assert sum(kept) <= IDLE_MOST and max(kept) <= IDLE_PER_SIZE
+    assert m.generate("the", 20, n=2, seed=3) == m.generate("the", 20, n=2, seed=3)

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from charnn.inspect.surprisal import Surprisal
 
 
+IDLE_PER_SIZE, IDLE_MOST = 2, 8  # batchers kept between calls: per row count, and in all
+
+
 class Model:
     """A trained model and its tokenizer, ready to generate and score text. Make one with `charnn.load`."""
 
@@ -115,8 +118,10 @@ class Model:
         finally:  # also when a stream is abandoned half-way: the rows leave, the batcher is kept for the next call
             for row in batcher.all_rows:
                 batcher.remove(row)
-            with self._lock:
-                self._idle.setdefault(p.n, []).append(batcher)
+            with self._lock:  # (a few kept: each holds its rows' buffers, and n takes any value)
+                pool = self._idle.setdefault(p.n, [])
+                if len(pool) < IDLE_PER_SIZE and sum(map(len, self._idle.values())) < IDLE_MOST:
+                    pool.append(batcher)
 
     def _take(self, n: int) -> Batcher:
         """An idle batcher of n rows (its weights laid out already: that takes ~6 ms for the default model), or
