@@ -3,6 +3,7 @@
 the kind that has the cell, and a flag the run's kind does not take is one clear error."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -181,3 +182,17 @@ def test_the_api_saves_every_flag_of_the_kind_and_fine_tunes_a_parallel_cell_run
     torch.save(data, tmp_path / "old.pt")
     assert charnn.train(str(text), init_from=str(tmp_path / "old.pt"), name="g", **flags).steps == 2
     assert charnn.load(tmp_path / "old.pt").generate(length=5, seed=1)
+
+
+def test_charnn_train_keywords_of_the_wrong_type_are_one_clear_error():
+    """The API's keywords arrive as any Python value: each is checked against its flag's type before anything
+    runs (hidden="64" failed deep in torch, hidden=True trained a model 1 wide, resume="no" resumed)."""
+    for flags, words in [({"hidden": "64"}, "`hidden` takes a whole number, got '64'"),
+                         ({"hidden": True}, "`hidden` takes a whole number"), ({"seq_len": 32.5}, "`seq_len`"),
+                         ({"lr": "0.01"}, "`lr` takes a number"), ({"resume": "no"}, "`resume` takes True or False"),
+                         ({"name": 5}, "`name` takes a string or None"), ({"seed": None}, "`seed` takes a whole"),
+                         ({"cell": 3}, "`cell` takes a string")]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            train_configs(flags)
+    for fine in ({"lr": 1}, {"max_time": "5m"}, {"max_time": 30}, {"threads": None}, {"dropout": 0}):
+        train_configs(fine)

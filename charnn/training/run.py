@@ -7,12 +7,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple, get_args, get_type_hints
 
 from charnn.checkpoint import load_checkpoint, resolve_checkpoint
 from charnn.config import ModelConfig, TrainConfig, parse_duration
 from charnn.data.training_text import TextOptions, load_training_text
 from charnn.errors import CharnnError, ConfigError
+from charnn.sampling import shown
 from charnn.models import registry
 from charnn.tasks.pairs import SIZED
 from charnn.training.metrics import Callbacks, MetricsLogger, run_config
@@ -38,6 +39,7 @@ def train_configs(flags: dict, caller: str = "charnn.train",
     if unknown:
         raise ConfigError(f"{caller} got unknown flags: {', '.join(sorted(unknown))}")
     given = set(flags) if given is None else set(given)
+    check_types(flags, caller)
     flags = classifier_kind(flags)
     if flags.get("label_contrast") and not flags.get("label_by") and not flags.get("resume"):
         raise ConfigError("`--label-contrast` sets each text's own label above the others: add "
@@ -74,6 +76,29 @@ def train_configs(flags: dict, caller: str = "charnn.train",
     if isinstance(train.get("max_time"), str):
         train["max_time"] = parse_duration(train["max_time"])
     return model_cfg, TrainConfig(**train).validate()
+
+
+def check_types(flags: dict, caller: str) -> None:
+    """Each flag's value of the type its config field (or its kind's flag) takes: charnn.train's keywords arrive
+    as any Python value (hidden="64" failed deep in torch, hidden=True trained a model 1 wide, resume="no" resumed).
+    An int is a float's value too; None is a value of an Optional field."""
+    kinds = {name: flag.type for name, (flag, _) in registry.flag_table().items()}
+    hints = {**get_type_hints(TrainConfig), **{k: bool for k in ("resume",)}, **{k: str for k in ("glob",)},
+             "encoding": str, "log_every": int}
+    for name, value in flags.items():
+        want = kinds.get(name) or hints.get(name)
+        args = get_args(want)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), None) if optional else want
+        if value is None and optional or base not in (int, float, bool, str) or name == "max_time" and \
+                isinstance(value, str):  # ("5m": parsed below)
+            continue
+        ok = (isinstance(value, bool) if base is bool else isinstance(value, str) if base is str else
+              isinstance(value, int) and not isinstance(value, bool) if base is int else
+              isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not ok:
+            what = {int: "a whole number", float: "a number", bool: "True or False", str: "a string"}[base]
+            raise ConfigError(f"{caller}: `{name}` takes {what}{' or None' if optional else ''}, got {shown(value)}")
 
 
 def _saved_model(flags: dict) -> Optional[dict]:
