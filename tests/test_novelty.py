@@ -149,6 +149,12 @@ def test_without_the_cached_text_it_asks_for_the_corpus_and_reads_it_again(train
     out = json.loads(r.stdout)
     assert out["longest"]["length"] == 100 and out["windows"][0]["share"] == 1.0
     assert out["train_chars"] == torch.load(run / "best.pt", weights_only=True)["data"]["train_chars"]
+    other = tmp_path / "other.txt"  # not the run's text: refused (it reported 0% copied from the wrong text)
+    other.write_text(sample * 3, encoding="utf-8")
+    ckpt = moved_checkpoint(run, tmp_path, cache_entry="0" * 32)  # (the record again: moved.pt was rewritten)
+    r = invoke("novelty", ckpt, "-", "--corpus", other, input=sample)
+    assert r.exit_code == 1 and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
+    assert "is not the text" in r.stderr.splitlines()[-1] and "training characters" in r.stderr
 
 
 def test_the_builtin_corpus_is_read_again_by_itself(tmp_path):

@@ -287,6 +287,11 @@ def test_user_errors_are_one_line(reverse_run, tmp_path):
     one_line_error(runner.invoke(app, ["train", "--no-attention"]), 2, "--pairs")
     r = runner.invoke(app, ["transduce", run, "--unknown", "skip"], input="abXc\n")
     assert r.exit_code == 0 and r.stdout == "cba\n"
+    (tmp_path / "in.txt").write_text("abc\n")
+    for args in ([str(tmp_path / "in.txt")], []):  # (a traceback from the first read; nothing said on stdin)
+        one_line_error(runner.invoke(app, ["transduce", run, *args, "--encoding", "nope"], input="abc\n"), 2,
+                       "unknown encoding 'nope'")
+    one_line_error(runner.invoke(app, ["show", run, "--attention"], input="\n\n"), 1, "only blank lines")
 
 
 def test_an_input_with_no_known_character_is_a_blank_line_under_skip(reverse_run):

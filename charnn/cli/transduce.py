@@ -51,11 +51,13 @@ def transduce(
     gives a blank output)."""
     from charnn.checkpoint import build_seq2seq, load_checkpoint, resolve_checkpoint
     from charnn.data.linefeed import LineFeed
+    from charnn.data.sources import check_encoding
     from charnn.device import resolve_device
     from charnn.generation.seq2seq import Transducer, join_line
 
     with user_errors():
         checkpoint, files = split_checkpoint(args)
+        encoding = check_encoding(encoding)  # (an unknown one: a traceback from the first read, or nothing on stdin)
         cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temp, top_k=top_k,
                               top_p=top_p, seed=seed, max_length=max_length, batch_size=batch_size, unknown=unknown,
                               device=device).validate()

@@ -131,6 +131,10 @@ def _training_entry(path: Path, data: dict, corpus: Sequence[str], glob, encodin
     on_event("corpus", {"source": chosen.source})
     cfg = from_dict(TrainConfig, data.get("train_config") or {})
     prepared = prepare_corpus(chosen, cfg, data["tokenizer"], encoding)
+    if "train_chars" in record and prepared.train_chars != record["train_chars"]:  # another text: a wrong answer
+        raise CharnnError(f"--corpus {chosen.source!r} is not the text {str(path)!r} trained on: it has "
+                          f"{prepared.train_chars:,} training characters, the run read {record['train_chars']:,} "
+                          f"(from {record.get('corpus')!r}); pass that text")
     key = prepared.path.name
     return key, cache.find_entry(key), chosen.source
 

@@ -114,6 +114,8 @@ def _seq2seq_report(data: dict, name: str, text: str, options: ShowOptions, devi
     if not (options.cells or options.attention):
         raise CharnnError("a sequence-to-sequence model has no surprisal of its input to show; use --cells (its "
                           "encoder's units) or --attention")
+    if not text.strip():  # (nothing to draw: each section would be empty)
+        raise CharnnError("the text has only blank lines; a sequence-to-sequence model reads one input per line")
     net, source_tokenizer, tokenizer = build_seq2seq(data, device)
     report = ShowReport(name, "seq2seq", [])
     if options.cells:
