@@ -86,6 +86,10 @@ def test_plot_writes_a_real_png(cli_run, tmp_path):
     assert r.stdout == "" and str(out) in r.stderr
     data = out.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 5000
+    for name in ("c", "noext."):  # no known format: matplotlib writes a .png, and the line names that file
+        r = runner.invoke(app, ["plot", str(cli_run), "-o", str(tmp_path / name)])
+        assert r.exit_code == 0 and f"wrote {tmp_path / 'c.png'}" in r.stderr if name == "c" else r.exit_code == 0
+        assert (tmp_path / (name.rstrip(".") + ".png")).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_plot_without_matplotlib_says_how_to_get_it(cli_run, tmp_path, monkeypatch):

@@ -56,6 +56,8 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out: Path, x: str = "step"
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     out = Path(out)
+    if out.suffix.lower().lstrip(".") not in fig.canvas.get_supported_filetypes():  # (matplotlib adds .png)
+        out = out.with_name(out.name.rstrip(".") + ".png")
     try:
         fig.savefig(out, dpi=120)
     except (ValueError, OSError) as e:
