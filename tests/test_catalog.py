@@ -174,3 +174,10 @@ def test_a_typo_of_a_catalog_name_is_one_line_that_suggests_it(tmp_path, monkeyp
     one_line_error(r, 1, "does not exist", "did you mean 'tinyshakespeare'")
     r = CliRunner().invoke(app, ["train", "zzqx-nothing-like-it.txt"])
     assert r.exit_code == 1 and "did you mean" not in r.stderr
+
+
+def test_a_malformed_catalog_is_one_line(tmp_path):
+    for content in ("[]", '{"corpora": 5}', '{"corpora": [{"name": 3}]}', '{"corpora": ["x"]}', "not json"):
+        (tmp_path / "cat.json").write_text(content)
+        with pytest.raises(CharnnError, match="corpus catalog"):
+            catalog.load_catalog(tmp_path / "cat.json")

@@ -37,9 +37,13 @@ def catalog_path() -> Path:
 def load_catalog(path: Optional[Path] = None) -> List[dict]:
     path = path or catalog_path()
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))["corpora"]
-    except (OSError, ValueError, KeyError) as e:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))["corpora"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise CharnnError(f"cannot read the corpus catalog {str(path)!r}: {e}") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
+                                                for e in entries):
+        raise CharnnError(f"the corpus catalog {str(path)!r} is not {{\"corpora\": [{{\"name\": ..., ...}}, ...]}}")
+    return entries
 
 
 def find(name: str, path: Optional[Path] = None) -> Optional[dict]:

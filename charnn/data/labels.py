@@ -157,14 +157,14 @@ def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = No
                 continue
             label, tab, text = line.partition("\t")
             problem = ("has no tab between label and text" if not tab else "has an empty label" if not label.strip()
-                       else f"has label {label!r}, which the training file does not" if fixed and label not in index
+                       else f"has label {label!r}, which the model was not trained on" if fixed and label not in index
                        else None)
             if problem:
                 if skip_bad:
                     bad += 1
                     continue
                 raise CharnnError(f"{f.path}:{no}: the line {problem} (lines are label<TAB>text; "
-                                  "--skip-bad-lines skips and counts such lines)")
+                                  "charnn train --skip-bad-lines skips and counts such lines)")
             raw.append((label, text))
     if not raw:
         raise CharnnError("the labelled corpus has no label<TAB>text lines")

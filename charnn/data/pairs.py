@@ -88,7 +88,7 @@ def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False) -> P
                 continue
             why = "has no tab" if tabs == 0 else f"has {tabs} tabs"
             raise CharnnError(f"{path}:{no}: the line {why} (a pair is input<TAB>target, exactly one tab; "
-                              "--skip-bad-lines skips and counts such lines)")
+                              "charnn train --skip-bad-lines skips and counts such lines)")
         source, target = line.split("\t")
         pairs.append(Pair(source, target))
     return PairFile(str(path), pairs, bad)
