@@ -246,3 +246,28 @@ def test_batchers_kept_between_calls_are_few_whatever_the_calls(trained_run):
     kept = [len(v) for v in m._idle.values()]
     assert sum(kept) <= IDLE_MOST and max(kept) <= IDLE_PER_SIZE
     assert m.generate("the", 20, n=2, seed=3) == m.generate("the", 20, n=2, seed=3)
+
+
+def test_an_interrupt_saves_last_pt_and_resume_continues_it(tmp_path):
+    """A notebook's interrupt (SIGINT) during charnn.train: last.pt saved after the step, as the command does
+    (the KeyboardInterrupt used to leave nothing since the last save), then KeyboardInterrupt; resume=True goes on."""
+    import os
+    import signal
+
+    from charnn.checkpoint import load_checkpoint
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(30))
+    flags = dict(out=str(tmp_path), name="i", max_steps=30, batch_size=2, seq_len=8, threads=1, precision="fp32",
+                 device="cpu", eval_every=100, save_every_secs=0, hidden=16, log_every=1)
+    sent = []
+
+    def on_event(kind, info):
+        if kind == "step" and info["step"] >= 5 and not sent:
+            sent.append(info["step"])
+            os.kill(os.getpid(), signal.SIGINT)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step"):
+        charnn.train(str(text), on_event=on_event, **flags)
+    assert signal.getsignal(signal.SIGINT) is before  # put back
+    assert load_checkpoint(tmp_path / "i" / "last.pt")["step"] in (sent[0], sent[0] + 1)
+    assert charnn.train(str(text), resume=True, **flags).steps == 30

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence, Union
 
 from charnn.training.run import start_run, train_configs
+from charnn.training.stopping import StopRequest, TrainingInterrupted, graceful_signals
 from charnn.training.trainer import TrainResult
 
 
@@ -14,9 +15,17 @@ def train(corpus: Union[None, str, Sequence[str]] = None, *, on_event: Optional[
     a catalog name, a list of those, or None for the built-in corpus; `flags` are the command's flags in
     Python spelling (`max_steps=200`, `max_time="5m"` or seconds, `hidden=128`, `out="checkpoints"`, ...).
     Progress goes to `on_event(kind, info)` (never printed); the run's metrics.jsonl is written as the CLI does.
-    Returns where the run went, its steps, best and last val loss, elapsed seconds and why it stopped."""
+    Returns where the run went, its steps, best and last val loss, elapsed seconds and why it stopped.
+    Ctrl-C (a notebook's interrupt; SIGTERM, SIGHUP) stops it after the current step with last.pt saved, as the
+    command does, then raises KeyboardInterrupt (a second one: at once); resume=True continues it."""
     model_cfg, cfg = train_configs(flags)
-    run = start_run(corpus, model_cfg, cfg, on_event, encoding=flags.get("encoding", "utf-8"), glob=flags.get("glob"),
-                    resume=bool(flags.get("resume", False)), log_every=flags.get("log_every", 10),
-                    explicit=set(flags))
-    return run.fit()
+    stop = StopRequest()
+    with graceful_signals(stop):  # (in the main thread; elsewhere signals are left as they are)
+        run = start_run(corpus, model_cfg, cfg, on_event, encoding=flags.get("encoding", "utf-8"),
+                        glob=flags.get("glob"), resume=bool(flags.get("resume", False)),
+                        log_every=flags.get("log_every", 10), explicit=set(flags), stop=stop)
+        try:
+            return run.fit()
+        except TrainingInterrupted as e:
+            raise KeyboardInterrupt(f"charnn.train stopped at step {run.trainer.step}; saved {e.path} "
+                                    "(resume=True continues it)") from None
