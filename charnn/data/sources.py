@@ -71,7 +71,7 @@ def find_files(paths: Sequence[str], glob: Optional[str] = None,
                 continue
             seen.add(key)
             if item.optional:  # a folder's member that cannot be a text file is left out with a note
-                why = _unreadable(item.path) or (BINARY if looks_binary(item.path) else None)
+                why = _not_text(item.path)
                 if why:
                     on_skip(str(item.path), why)
                     continue
@@ -95,24 +95,16 @@ def _walk(root: Path, glob: Optional[str]) -> List[Path]:
     return out
 
 
-def _unreadable(path: Path) -> Optional[str]:
-    """Why a folder's member cannot be read as a text file (None: it can be opened): a broken link, a pipe or a
-    device (opening a FIFO would wait for a writer), a file this user may not read."""
+def _not_text(path: Path) -> Optional[str]:
+    """Why a folder's member is left out (None: it is kept): a broken link, a pipe or a device (opening a FIFO would
+    wait for a writer), a file this user may not read, or one that looks binary."""
     if not path.is_file():
         return "is not a file (a broken link, a pipe or a device)"
     try:
-        with path.open("rb"):
-            return None
+        with path.open("rb") as f:
+            return BINARY if b"\x00" in f.read(SNIFF_BYTES) else None
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
-
-
-def looks_binary(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            return b"\x00" in f.read(SNIFF_BYTES)
-    except OSError:
-        return False  # reading it properly reports the error
 
 
 def check_encoding(encoding: str) -> str:

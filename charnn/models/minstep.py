@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from charnn.errors import CharnnError
 from charnn.models import native
-from charnn.models.minrnn import GATES, MinRNN
+from charnn.models.minrnn import GATES, MinRNN, mingru_input
 from charnn.models.stepper import ModuleStepper
 
 NATIVE_ROWS = 8  # the most rows MinStepper steps in C where each row reads the weights again (0: never in C)
@@ -125,12 +125,8 @@ class MinStepper(ModuleStepper):
         width = x.shape[-1:]
         for l, (cell, gates_w, gates_b, out_w, out_b, ffn) in enumerate(self.layers):
             u = torch.addmm(gates_b, F.layer_norm(x, width, eps=eps), gates_w)
-            if cell == "mingru":
-                k, v = u.chunk(2, -1)
-                z = torch.sigmoid(k)
-            else:  # z = i / (f + i) as the training scan has it (both gates far below 0: no 0 / 0)
-                kf, ki, v = u.chunk(3, -1)
-                z = torch.sigmoid(F.logsigmoid(ki) - F.logsigmoid(kf))
+            k, v = mingru_input(cell, u).chunk(2, -1)  # (minLSTM's z = i / (f + i) as training has it: no 0 / 0)
+            z = torch.sigmoid(k)
             torch.lerp(state[l], v.float(), z.float(), out=state[l])  # h += z (v - h)
             x = torch.addmm(out_b, state[l].to(x.dtype), out_w).add_(x)  # the residual
             if ffn is not None:

@@ -45,7 +45,8 @@ def train_configs(flags: dict, caller: str = "charnn.train",
         raise ConfigError("`--label-contrast` sets each text's own label above the others: add "
                           "`--label-by file|folder|line`")
     serves = "pairs" if flags.get("pairs") else "text"
-    saved = None if flags.get("kind") is not None or "cell" in given else _saved_model(flags)
+    # a kind's own flag (--expand) without --cell on --resume/--init-from: checked against the saved run's kind
+    saved = _saved_model(flags) if flags.get("kind") is None and "cell" not in given and given & model_names else None
     if saved is not None and registry.kind_of(saved).serves == serves:  # the saved run's kind and cell
         flags = {**flags, "kind": registry.kind_of(saved).name, "cell": saved.get("cell", flags.get("cell"))}
     cells = registry.get(flags["kind"]).cells if flags.get("kind") is not None else ()
@@ -81,24 +82,28 @@ def train_configs(flags: dict, caller: str = "charnn.train",
 def check_types(flags: dict, caller: str) -> None:
     """Each flag's value of the type its config field (or its kind's flag) takes: charnn.train's keywords arrive
     as any Python value (hidden="64" failed deep in torch, hidden=True trained a model 1 wide, resume="no" resumed).
-    An int is a float's value too; None is a value of an Optional field."""
+    An int is a float's value too; None is a value of an Optional field; max_time may be a string ("5m")."""
     kinds = {name: flag.type for name, (flag, _) in registry.flag_table().items()}
-    hints = {**get_type_hints(TrainConfig), **{k: bool for k in ("resume",)}, **{k: str for k in ("glob",)},
-             "encoding": str, "log_every": int}
+    hints = {**get_type_hints(TrainConfig), "resume": bool, "glob": str, "encoding": str, "log_every": int}
     for name, value in flags.items():
         want = kinds.get(name) or hints.get(name)
-        args = get_args(want)
-        optional = type(None) in args
-        base = next((a for a in args if a is not type(None)), None) if optional else want
-        if value is None and optional or base not in (int, float, bool, str) or name == "max_time" and \
-                isinstance(value, str):  # ("5m": parsed below)
+        optional = type(None) in get_args(want)
+        base = next(a for a in get_args(want) if a is not type(None)) if optional else want
+        if base not in _TYPE_WORDS or value is None and optional or name == "max_time" and isinstance(value, str):
             continue
-        ok = (isinstance(value, bool) if base is bool else isinstance(value, str) if base is str else
-              isinstance(value, int) and not isinstance(value, bool) if base is int else
-              isinstance(value, (int, float)) and not isinstance(value, bool))
-        if not ok:
-            what = {int: "a whole number", float: "a number", bool: "True or False", str: "a string"}[base]
-            raise ConfigError(f"{caller}: `{name}` takes {what}{' or None' if optional else ''}, got {shown(value)}")
+        if not _is(value, base):
+            raise ConfigError(f"{caller}: `{name}` takes {_TYPE_WORDS[base]}{' or None' if optional else ''}, "
+                              f"got {shown(value)}")
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "True or False", str: "a string"}
+
+
+def _is(value, base: type) -> bool:
+    """isinstance, but a bool is no number and an int is a float's value too."""
+    if base in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if base is float else base)
 
 
 def _saved_model(flags: dict) -> Optional[dict]:
