@@ -124,11 +124,13 @@ def check_same_text(saved: dict, now: dict, run: str) -> None:
     """A resumed run reads the text it was trained on: its position in the data and its carried state mean nothing
     in another text (a corpus left off the command line, a --glob forgotten, the file edited)."""
     was = saved.get("data") or {}
-    if any(k in was and k in now and was[k] != now[k] for k in ("train_tokens", "train_chars")):
-        raise ConfigError(f"--resume continues run {run!r} on the text it was trained on ({was.get('corpus')}: "
-                          f"{was['train_tokens']:,} training tokens); this text ({now.get('corpus')}) has "
-                          f"{now['train_tokens']:,}. Pass that text again (with its --glob), or fine-tune the run on "
-                          "this one under a new --name with --init-from and the run's folder")
+    for k in ("train_tokens", "train_chars"):
+        if k in was and k in now and was[k] != now[k]:
+            what = k.replace("train_", "training ")
+            raise ConfigError(f"--resume continues run {run!r} on the text it was trained on ({was.get('corpus')}: "
+                              f"{was[k]:,} {what}); this text ({now.get('corpus')}) has {now[k]:,}. Pass that text "
+                              "again (with its --glob), or fine-tune the run on this one under a new --name with "
+                              "--init-from and the run's folder")
 
 
 def text_and_folder(resumed: Optional[dict], data_record: dict, run_dir: Path) -> str:
