@@ -170,8 +170,10 @@ def build_from_checkpoint(data: dict, device="cpu") -> Tuple[CharRNN, object]:
 def build_seq2seq(data: dict, device="cpu") -> Tuple[Seq2Seq, object, object]:
     """Rebuild an encoder-decoder (eval mode, on `device`) with its (source, target) tokenizers."""
     if not is_seq2seq(data):
-        raise CharnnError("this checkpoint is a language model, not a sequence-to-sequence one; use "
-                          "`charnn sample`, or train one with `charnn train pairs.tsv --pairs`")
+        what, use = (("a classifier", "classify") if (data.get("model_config") or {}).get("kind") == "classifier"
+                     else ("a language model", "sample"))
+        raise CharnnError(f"this checkpoint is {what}, not a sequence-to-sequence one; use `charnn {use}`, or "
+                          "train one with `charnn train pairs.tsv --pairs`")
     if "source_tokenizer" not in data:
         raise CharnnError("the checkpoint is missing 'source_tokenizer'; it is not a complete charnn checkpoint")
     return (_load_model(data, device), tokenizer_from_state(data["source_tokenizer"]),

@@ -124,6 +124,8 @@ class SampleConfig:
 
 
 DECODE_BATCH = 256  # transduce's default: beam 5 at 256 is 11.8x batch 1 on a 2-core Zen 4 EPYC, at 64 9.1x
+MAX_BEAM = 1000  # --beam and --n-best at most (a beam of 100,000 ran a 24 GiB machine out of memory)
+DECODE_ROWS = 4096  # hypotheses decoded together at most: --batch-size shrinks for wide beams (256 inputs x 16)
 # (12.2x and 11.3x on a 2-core Xeon), greedy 24x and 17x; the same outputs (benchmarks/SEQ2SEQ.md)
 
 
@@ -158,10 +160,12 @@ class TransduceConfig:
         for flag, value in (("--beam", self.beam), ("--n-best", self.n_best), ("--batch-size", self.batch_size)):
             if value < 1:
                 problems.append(f"`{flag}` must be at least 1, got {value}")
+            elif value > MAX_BEAM and flag != "--batch-size":
+                problems.append(f"`{flag}` must be at most {MAX_BEAM:,}, got {value:,}")
         if self.sampling is not None and self.beam > 1:
             problems.append("`--beam` searches for the most likely outputs; `--temp/--top-k/--top-p` sample varied "
                             "ones. Choose one")
-        elif self.sampling is None and self.n_best > self.beam:
+        elif self.sampling is None and self.n_best > self.beam >= 1:
             problems.append(f"`--n-best {self.n_best}` needs at least that many beams; add `--beam {self.n_best}` "
                             "(or sample N outputs with --temp)")
         if not 0.0 <= self.length_penalty < float("inf"):

@@ -82,6 +82,13 @@ def test_classify_flags_and_eval_report_serve_the_classifier(run, tmp_path):
     r = runner.invoke(app, ["classify", str(run), "--per-file", "--probs", str(tmp_path / "one.txt")])
     path, label, p = r.stdout.strip().split("\t")
     assert path.endswith("one.txt") and label == "q" and float(p) > 0.5
+    # --per-file --json is JSON lines (a "file" key), and '-' is stdin, as a file or as lines
+    r = runner.invoke(app, ["classify", str(run), "--per-file", "--json", str(tmp_path / "one.txt"), "-"],
+                      input="zzz ab\n")
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(d["file"][-7:], d["label"]) for d in rows] == [("one.txt", "q"), ("-", "z")]
+    r = runner.invoke(app, ["classify", str(run), "-"], input="zzz ab\nabc q de\n")
+    assert r.exit_code == 0 and r.stdout.split() == ["z", "q"]
     r = runner.invoke(app, ["eval", str(run), str(tmp_path / "test.tsv"), "--label-by", "line", "--json"])
     rep = json.loads(r.stdout)
     assert rep["texts"] == 60 and rep["accuracy"] >= 0.85 and np.array(rep["confusion"]).sum() == 60
@@ -90,6 +97,12 @@ def test_classify_flags_and_eval_report_serve_the_classifier(run, tmp_path):
     assert r.stdout.startswith("accuracy ") and "macro-F1" in r.stdout and "recall" in r.stdout
     r = runner.invoke(app, ["info", str(run)])
     assert "held out    accuracy" in r.stdout and "classifier over 3 labels" in r.stdout
+    # its losses are per text and its steps count texts: said so (they read "nats/char", "characters seen")
+    assert "texts seen" in r.stdout and "nats/text" in r.stdout and "loss (nats/text) over steps" in r.stdout
+    assert "nats/char" not in r.stdout and "characters seen" not in r.stdout
+    assert json.loads(runner.invoke(app, ["info", str(run), "--json"]).stdout)["training"]["unit"] == "text"
+    from charnn.reports.plot import run_records
+    assert run_records(str(run))[2] == "text"
     model = charnn.load(str(run), device="cpu")
     out = model.classify(["ab q", "zab"])
     assert [o["label"] for o in out] == ["q", "z"]
@@ -99,6 +112,15 @@ def test_classify_flags_and_eval_report_serve_the_classifier(run, tmp_path):
     for method, args in calls.items():
         with pytest.raises(CharnnError, match=f"is a classifier .* no {method}\\(\\); use classify"):
             getattr(model, method)(*args)
+
+
+def test_training_reports_a_classifiers_loss_per_text(tmp_path):
+    write_tsv(tmp_path / "t.tsv", 200, 3)
+    r = runner.invoke(app, ["train", str(tmp_path / "t.tsv"), "--label-by", "line", "--classifier", "--out",
+                            str(tmp_path), *[a for a in SMALL if a != "-q"], "--max-steps", "4", "--eval-every", "2"])
+    assert r.exit_code == 0, r.stderr
+    assert "nats/char" not in r.stderr and "chars/s" not in r.stderr  # (its steps read texts, its loss is per text)
+    assert "step 2: val " in r.stderr and "texts/s" in r.stderr and "best val" in r.stderr and "nats/text" in r.stderr
 
 
 def test_errors_are_one_line(run, tmp_path):
@@ -117,6 +139,7 @@ def test_errors_are_one_line(run, tmp_path):
     assert r.exit_code == 1 and r.stdout == "" and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("charnn: error:") and "charnn classify" in r.stderr
     one_line_error(runner.invoke(app, ["eval", str(run), str(tmp_path / "t.tsv")]), 2, "--label-by")
+    one_line_error(runner.invoke(app, ["transduce", str(run), str(plain)]), 1, "is a classifier", "charnn classify")
     r = runner.invoke(app, ["show", str(run), str(plain)])  # nothing per character to show: one line
     assert r.exit_code != 0 and "Traceback" not in r.stderr and "charnn classify" in r.stderr
     r = runner.invoke(app, ["show", str(run), str(plain), "--cells", "--format", "json"])  # its encoder's units

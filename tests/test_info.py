@@ -115,6 +115,17 @@ def test_plot_of_a_run_without_metrics(trained_run, tmp_path):
     assert r.exit_code == 1 and "metrics.jsonl" in r.stderr
 
 
+def test_plot_reads_a_metrics_file_under_another_name(cli_run, tmp_path):
+    from charnn.reports.plot import run_records
+    import shutil
+    shutil.copy(cli_run / "metrics.jsonl", tmp_path / "first-try.jsonl")
+    name, records, unit = run_records(str(tmp_path / "first-try.jsonl"))  # (it looked for metrics.jsonl beside it)
+    assert name == "first-try" and records and unit == "char"
+    (tmp_path / "notes.txt").write_text("just some text\n")
+    r = runner.invoke(app, ["plot", str(tmp_path / "notes.txt"), "-o", str(tmp_path / "c.png")])
+    assert r.exit_code == 1 and "holds no training records" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_a_damaged_config_json_does_not_stop_info(tmp_path, trained_run):
     import shutil
     run = tmp_path / "run"

@@ -78,6 +78,9 @@ def test_folder_labels_are_subfolders(tmp_path):
     (tmp_path / "c" / "stray.txt").write_text("no label\n")
     with pytest.raises(CharnnError, match="not inside a subfolder"):
         load_labelled([str(tmp_path / "c")], "folder")
+    # by file, two files of one stem would be one label without a word: refused, naming both
+    with pytest.raises(CharnnError, match="'.*en.a.txt' and '.*fr.a.txt' would both be label 'a'"):
+        load_labelled([str(tmp_path / "c" / "en" / "a.txt"), str(tmp_path / "c" / "fr" / "a.txt")], "file")
 
 
 def test_line_labels_split_at_random_and_bad_lines_name_file_and_line(tmp_path):

@@ -292,6 +292,34 @@ def test_user_errors_are_one_line(reverse_run, tmp_path):
         one_line_error(runner.invoke(app, ["transduce", run, *args, "--encoding", "nope"], input="abc\n"), 2,
                        "unknown encoding 'nope'")
     one_line_error(runner.invoke(app, ["show", run, "--attention"], input="\n\n"), 1, "only blank lines")
+    one_line_error(runner.invoke(app, ["transduce", run, "--beam", "100000"]), 2, "--beam", "at most 1,000")
+    r = runner.invoke(app, ["eval", run, str(tmp_path / "in.txt"), "--beam", "0"])  # (it named --n-best, not eval's)
+    one_line_error(r, 2, "--beam")
+    assert "--n-best" not in r.stderr
+
+
+def test_stdin_is_dash_and_read_in_the_given_encoding(reverse_run, tmp_path):
+    run = str(reverse_run / "rev")
+    (tmp_path / "in.txt").write_text("abc\n", encoding="utf-8")
+    r = runner.invoke(app, ["transduce", run, str(tmp_path / "in.txt"), "-"], input="cde\n")
+    assert r.exit_code == 0 and r.stdout == "cba\nedc\n", r.stderr
+    r = runner.invoke(app, ["transduce", run, "--encoding", "utf-16"], input="abc\n".encode("utf-16"))
+    assert r.exit_code == 0 and r.stdout == "cba\n", r.stderr  # (stdin was read as UTF-8 whatever --encoding said)
+
+
+def test_a_wide_beam_decodes_fewer_inputs_at_once(reverse_run, monkeypatch):
+    import charnn
+    import charnn.generation.seq2seq as s2s
+
+    m = charnn.load(str(reverse_run / "rev"))
+    held = words(40, 3)
+    want = m.transduce(held, beam=4)
+    sizes = []
+    decode = s2s.Transducer.decode
+    monkeypatch.setattr(s2s.Transducer, "decode", lambda self, inputs, pos: sizes.append(len(inputs)) or
+                        decode(self, inputs, pos))
+    monkeypatch.setattr(s2s, "DECODE_ROWS", 12)  # hypotheses at once: 3 inputs of a beam of 4
+    assert m.transduce(held, beam=4) == want and max(sizes) == 3
 
 
 def test_an_input_with_no_known_character_is_a_blank_line_under_skip(reverse_run):

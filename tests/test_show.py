@@ -206,17 +206,19 @@ def test_a_labelled_models_units_are_ranked_against_its_labels(tmp_path):
     out = invoke("show", tmp_path / "l", tmp_path / "t.txt", "--cells", "--format", "tsv")
     assert out.exit_code == 0, out.stderr
     assert {"label a", "label b"} <= {line.split("\t")[0] for line in out.stdout.splitlines()}
+    (tmp_path / "short.txt").write_text("ab", encoding="utf-8")  # r over 2-4 points is +-1: refused, one line
+    one_line_error(invoke("show", tmp_path / "l", tmp_path / "short.txt", "--cells"), 1, "--cells", "16 tokens")
     one = invoke("show", tmp_path / "l", tmp_path / "t.txt", "--label", "b", "--format", "json")
     assert one.exit_code == 0 and len(json.loads(one.stdout)["tokens"]) == 10
 
 
 def test_sequence_to_sequence_cells_and_attention(tmp_path):
     run = train_tiny_pairs(tmp_path, tmp_path / "runs")
-    (tmp_path / "in.txt").write_text("abc\ncde\n", encoding="utf-8")
+    (tmp_path / "in.txt").write_text("abc\ncde\nbcd\neab\n", encoding="utf-8")
     out = invoke("show", run, tmp_path / "in.txt", "--attention", "--cells", "--format", "json")
     assert out.exit_code == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data["kind"] == "seq2seq" and "".join(data["tokens"]) == "abc\ncde\n"
+    assert data["kind"] == "seq2seq" and "".join(data["tokens"]) == "abc\ncde\nbcd\neab\n"
     assert data["cells"] and data["units"] == 2 * 2 * 16  # both directions' h and c, one layer of 16
     first = data["attention"][0]
     assert first["source"] == list("abc\n") and first["output"][-1] == "\n"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
-import io
 import json
 import queue
 import sys
@@ -15,6 +13,7 @@ import typer
 
 from charnn.cli.options import Device, Json
 from charnn.cli.output import user_errors, writing_results
+from charnn.data.linefeed import STDIN, stdin_text
 from charnn.errors import CharnnError
 
 BLOCK = 512  # lines scored together when they are already there (never waiting for more); similar lengths share a pass
@@ -28,8 +27,8 @@ def classify(
     top: Annotated[Optional[int], typer.Option(min=1, help="The N most likely labels, with probabilities, "
                                                            "tab-separated.")] = None,
     as_json: Json = False,
-    per_file: Annotated[bool, typer.Option("--per-file", help="One result per FILE (its whole text), "
-                                                              "prefixed by its path.")] = False,
+    per_file: Annotated[bool, typer.Option("--per-file", help="One result per FILE (its whole text), prefixed "
+                                                              "by its path (--json: a \"file\" key).")] = False,
     uniform_prior: Annotated[bool, typer.Option("--uniform-prior", help="Every label equally likely before "
                                                                         "the text (default: the training "
                                                                         "label frequencies).")] = False,
@@ -53,12 +52,14 @@ def classify(
         model, tokenizer = build_from_checkpoint(data, dev)
         classifier = classifier_for(model, tokenizer, data.get("labels"), dev, uniform_prior)
         if per_file:
-            texts = [read_text(p, "file", encoding, allow_empty=True) for p in paths]
+            texts = [stdin_text(encoding).read() if p == STDIN else read_text(p, "file", encoding, allow_empty=True)
+                     for p in paths]
     show = _formatter(probs, top, as_json)
     with writing_results():
         if per_file:
             for path, scores in zip(paths, classifier.classify(texts)):
-                typer.echo(f"{path}\t{show(scores)}")
+                typer.echo(json.dumps({"file": path, **scores.to_dict()}, ensure_ascii=False) if as_json
+                           else f"{path}\t{show(scores)}")
             return
         with user_errors():
             for block in _blocks(_lines(paths, encoding)):
@@ -81,14 +82,11 @@ def _lines(paths: List[str], encoding: str) -> Iterator[str]:
     """The input's lines without their line ends: each FILE in turn, or stdin."""
     from charnn.data.corpus import read_text
 
-    if not paths:
-        same = codecs.lookup(encoding).name == codecs.lookup(sys.stdin.encoding or "utf-8").name
-        # a TextIOWrapper reads what a pipe has, line by line (codecs' readers wait for whole blocks)
-        stream = sys.stdin if same else io.TextIOWrapper(sys.stdin.buffer, encoding=encoding, errors="strict")
-        for line in stream:
-            yield line.rstrip("\r\n")  # CRLF lines as training read them
-        return
-    for p in paths:
+    for p in paths or [STDIN]:
+        if p == STDIN:
+            for line in stdin_text(encoding):
+                yield line.rstrip("\r\n")  # CRLF lines as training read them
+            continue
         text = read_text(p, "file", encoding, allow_empty=True).replace("\r\n", "\n")
         if text:  # an empty file has no lines, so no answers (as an empty stdin)
             yield from text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")

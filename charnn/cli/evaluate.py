@@ -47,6 +47,7 @@ def evaluate(
     from charnn.scoring.dynamic import combine_dynamic, evaluate_dynamic
     from charnn.scoring.classify import label_id
     from charnn.scoring.evaluate import combine, evaluate_labels, evaluate_text
+    from charnn.sampling import TransduceConfig
 
     with user_errors():
         ckpt, files = split_checkpoint(paths, needs=1)
@@ -54,6 +55,7 @@ def evaluate(
             raise ConfigError("`-` (stdin) can be read once; give it once")
         files, entries = _fetch(files)
         cfg = dynamic_config(dynamic, "--dynamic", dynamic_lr, dynamic_decay, segment)
+        TransduceConfig(beam=beam).validate()  # (the flags first: a bad --beam was found after reading the files)
         dev = resolve_device(device)
         path = resolve_checkpoint(ckpt)
         data = load_checkpoint(path)
@@ -183,8 +185,8 @@ def _labelled(data, path, files, by: Optional[str], uniform_prior: bool, encodin
 def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> None:
     """A sequence-to-sequence model over files of pairs: one row per file (and a total)."""
     from charnn.checkpoint import build_seq2seq
-    from charnn.sampling import TransduceConfig
     from charnn.data.pairs import read_pairs
+    from charnn.sampling import TransduceConfig
     from charnn.reports.pairs import score_files, total, unknown_chars
 
     model, source_tok, tok = build_seq2seq(data, dev)

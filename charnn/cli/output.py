@@ -119,7 +119,7 @@ def detach_stdout() -> None:
 def print_curve(console: Console, run_dir: Path) -> None:
     """The run's train and val loss over steps, from its metrics.jsonl, drawn in the terminal."""
     from charnn.cli.textplot import line_plot
-    from charnn.training.metrics import METRICS_FILE, curves, read_metrics
+    from charnn.training.metrics import METRICS_FILE, curves, loss_unit, read_metrics
 
     train_pts, val_pts = curves(read_metrics(run_dir / METRICS_FILE))
     if len(train_pts) + len(val_pts) < 2:
@@ -128,6 +128,6 @@ def print_curve(console: Console, run_dir: Path) -> None:
     lines = line_plot([("train", train_pts, "line"), ("val", val_pts, "points")],
                       width=max(20, min(72, console.width - 12)), height=10,
                       paint=lambda text, i: f"[{colours[i % 2]}]{text}[/]")
-    console.print("loss (nats/char) over steps", highlight=False)
+    console.print(f"loss (nats/{loss_unit(run_dir)}) over steps", highlight=False)
     for line in lines:
         console.print(line, markup=True, highlight=False)

@@ -28,6 +28,7 @@ class TrainProgress:
         self.live = console.is_terminal and not quiet  # no terminal (CI logs, a file): plain periodic lines
         self.val = math.nan
         self.best = math.nan
+        self.unit = "char"  # what losses are per and the rate counts: "text" for a classifier (the start event's)
         self.progress = None
         self._last_line = -math.inf  # the first step always gets a plain line
         self.download = DownloadBar(console, quiet)
@@ -36,12 +37,13 @@ class TrainProgress:
         if self.live:
             self.progress = Progress(
                 TextColumn("[bold]step {task.fields[step]}"), BarColumn(),
-                TextColumn("train {task.fields[loss]}  val {task.fields[val]} nats/char  {task.fields[rate]} chars/s"),
+                TextColumn("train {task.fields[loss]}  val {task.fields[val]} nats/{task.fields[unit]}  "
+                           "{task.fields[rate]} {task.fields[unit]}s/s"),
                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                 console=self.console, redirect_stdout=False, redirect_stderr=False, transient=False)
             self.progress.start()
             self.task = self.progress.add_task("train", total=None if self.open_ended else TOTAL,
-                                               step=0, loss="—", val="—", rate="—")
+                                               step=0, loss="—", val="—", rate="—", unit=self.unit)
         return self
 
     def __exit__(self, *exc):
@@ -117,6 +119,7 @@ class TrainProgress:
         elif kind == "init_from":
             self.note(f"fine-tuning from {parent_words(info)}")
         elif kind == "start":
+            self.unit = info.get("unit", "char")
             per = f", {info['chars_per_token']:.2f} chars/token" if info.get("tokenizer", "char") != "char" else ""
             procs = f" x {info['processes']} processes" if info.get("processes", 1) > 1 else ""
             precision = _precision_words(info.get("precision_choice")) or info["precision"]
@@ -136,20 +139,20 @@ class TrainProgress:
         elif kind == "step":
             # train and val are both nats per character (the train loss per token over mean chars/token)
             fields = dict(step=info["step"], loss=_fmt(info.get("loss_per_char", info["loss_avg"])), val=_fmt(self.val),
-                          rate=f"{info['chars_per_sec']:,.0f}")
+                          rate=f"{info['chars_per_sec']:,.0f}", unit=self.unit)
             if self.progress is not None:
                 completed = None if self.open_ended else min(TOTAL, int(info["progress"] * TOTAL))
                 self.progress.update(self.task, completed=completed, **fields)
             elif not self.quiet and time.monotonic() - self._last_line >= self.plain_every:
                 self._last_line = time.monotonic()
                 done = "" if self.open_ended else f"{min(1.0, info['progress']):4.0%}  "
-                self.note(f"{done}step {info['step']}  train {fields['loss']}  val {fields['val']} nats/char  "
-                          f"{fields['rate']} chars/s  {info['elapsed']:.0f}s")
+                self.note(f"{done}step {info['step']}  train {fields['loss']}  val {fields['val']} nats/{self.unit}  "
+                          f"{fields['rate']} {self.unit}s/s  {info['elapsed']:.0f}s")
         elif kind == "eval":
             self.val, self.best = info["val_loss"], info["best_val_loss"]
             mark = " (best)" if info["improved"] else ""
             wer = f", WER {100 * info['score']:.2f}%" if info.get("by") == "wer" else ""
-            self.note(f"step {info['step']}: val {info['val_loss']:.4f} nats/char "
+            self.note(f"step {info['step']}: val {info['val_loss']:.4f} nats/{self.unit} "
                       f"({info['val_loss'] / math.log(2):.3f} bits){wer}{mark}")
 
 

@@ -221,7 +221,7 @@ def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: s
 
 def _report_done(result, run) -> None:
     bits = result.best_val_loss / math.log(2)
-    unit = "nats per text" if run.task.kind == "classify" else f"nats/char ({bits:.3f} bits/char)"
+    unit = "nats/text" if run.task.unit == "text" else f"nats/char ({bits:.3f} bits/char)"
     if result.best_by == "wer":
         err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val WER "
                   f"{100 * result.best_score:.2f}% (greedy; best val loss {result.best_val_loss:.4f} nats/char) -> "

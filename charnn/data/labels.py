@@ -123,6 +123,10 @@ def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip, least: 
         for f in find_files([arg], glob, on_skip):
             if by == "file":
                 name = f.path.stem
+                if name in groups:  # (two files, one stem: one label would silently hold both)
+                    raise CharnnError(f"--label-by file: {str(groups[name][0])!r} and {str(f.path)!r} would both be "
+                                      f"label {name!r}; rename one, or put each label's files in a subfolder of its "
+                                      "own and use --label-by folder")
             else:
                 if not root.is_dir():
                     raise ConfigError(f"--label-by folder takes folders whose subfolders are the labels; "

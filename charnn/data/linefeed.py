@@ -9,6 +9,7 @@ the one line there is, so its result can be written before the next line comes. 
 
 from __future__ import annotations
 
+import io
 import queue
 import sys
 import threading
@@ -20,21 +21,32 @@ GATHER_SECS = 0.005  # after the first line of a chunk, wait this long for each 
 _DONE = object()
 
 Line = Tuple[str, str]  # (text without its line end, where: "file:line")
+STDIN = "-"  # as a file argument: standard input
+
+
+def stdin_text(encoding: str):
+    """Standard input as text in `encoding` (the terminal's own encoding is not asked), line ends kept as they
+    come; a TextIOWrapper hands over each line a pipe has (codecs' readers wait for whole blocks)."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # (a test's StringIO)
+        return sys.stdin
+    return io.TextIOWrapper(raw, encoding=encoding, errors="strict", newline="\n")
 
 
 class LineFeed:
     def __init__(self, paths: Sequence[str], encoding: str = "utf-8", most: int = 4096, stdin=None):
         self.paths, self.encoding, self.most = list(paths), encoding, most
-        self.stdin = stdin if stdin is not None else sys.stdin
+        self.stdin = stdin
         self.queue: "queue.Queue" = queue.Queue(maxsize=4 * most)
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
     def _read(self) -> None:
         try:
-            if not self.paths:
-                self._lines(self.stdin, "stdin")
-            for path in self.paths:
+            for path in self.paths or [STDIN]:
+                if path == STDIN:
+                    self._lines(self.stdin if self.stdin is not None else stdin_text(self.encoding), "stdin")
+                    continue
                 try:
                     with open(path, encoding=self.encoding, newline="\n") as f:
                         self._lines(f, path)

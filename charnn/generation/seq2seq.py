@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from charnn.sampling import SamplingParams, TransduceConfig
+from charnn.sampling import DECODE_ROWS, SamplingParams, TransduceConfig
 from charnn.data.pairs import END, pad_sources
 from charnn.errors import CharnnError
 from charnn.generation.draw import filter_logits, gumbel_noise, temper
@@ -199,7 +199,8 @@ class Transducer:
         encoded = [None if not text.strip() else self.encode(text, where) for text, where in items]
         results: List[Optional[List[Hypothesis]]] = [[] for _ in items]
         todo = sorted((i for i, e in enumerate(encoded) if e is not None), key=lambda i: len(encoded[i]))
-        B = self.cfg.batch_size
+        per_input = self.cfg.n_best if self.cfg.sampling is not None else self.cfg.beam
+        B = max(1, min(self.cfg.batch_size, DECODE_ROWS // per_input))  # (a wide beam: fewer inputs at once)
         for lo in range(0, len(todo), B):
             chunk = todo[lo:lo + B]
             for i, hyps in zip(chunk, self.decode([encoded[i] for i in chunk], [self.offset + i for i in chunk])):

@@ -45,6 +45,7 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
         "tokenizer": _vocabulary(tok),
         "seq2seq": _seq2seq(data) if mc.get("kind") == "seq2seq" else None,
         "training": {"steps": data.get("step"), "epoch": data.get("epoch"), "chars_seen": data.get("chars_seen"),
+                     "unit": "text" if mc.get("kind") == "classifier" else "char",  # chars_seen and losses: per it
                      "elapsed": finite(data.get("elapsed")), "val_loss": finite(data.get("val_loss")),
                      "best_val_loss": best, "best_val_bits_per_char": None if best is None else best / math.log(2),
                      "device": data.get("device"), "precision": data.get("precision"),
@@ -125,12 +126,13 @@ def summary_lines(info: dict) -> List[str]:
         f"{'tokenizer' if not s2s else 'output':<11} {t['kind']}, {t['vocab_size']} tokens: {shown}"
         + (f" (+{more} more)" if more > 0 else ""),
         f"training    {_num(tr['steps'])} steps ({_num(tr['epoch'])} epochs done), {_num(tr['chars_seen'])} "
-        f"characters seen, {duration(tr['elapsed'])} on {tr['device'] or '?'} ({tr['precision'] or '?'})",
+        f"{'texts' if tr.get('unit') == 'text' else 'characters'} seen, {duration(tr['elapsed'])} on "
+        f"{tr['device'] or '?'} ({tr['precision'] or '?'})",
     ]
     if tr["best_val_loss"] is not None:
         here = f"; this checkpoint {tr['val_loss']:.4f}" if tr["val_loss"] is not None else ""
-        if info.get("held_out"):
-            lines.append(f"            best val {tr['best_val_loss']:.4f} nats per text{here}")
+        if tr.get("unit") == "text":
+            lines.append(f"            best val {tr['best_val_loss']:.4f} nats/text{here}")
         else:
             lines.append(f"            best val {tr['best_val_loss']:.4f} nats/char = "
                          f"{tr['best_val_bits_per_char']:.3f} bits/char{here}")
@@ -148,7 +150,8 @@ def summary_lines(info: dict) -> List[str]:
             lines.append(f"pairs       {_num(pairs.get('train_pairs'))} training, {_num(pairs.get('val_pairs'))} "
                          f"validation; targets up to {pairs.get('max_ratio', 0):.2f}x their input's length")
     if tr["batch_size"] is not None:
-        unit = "pairs" if s2s else f"x {tr['seq_len']} chars"
+        unit = "pairs" if s2s else (f"texts of up to {tr['seq_len']} tokens" if tr.get("unit") == "text"
+                                    else f"x {tr['seq_len']} chars")
         lines.append(f"            batch {tr['batch_size']} {unit}, lr {tr['lr']:g}, seed {tr['seed']}"
                      + ("; resumable (optimiser state inside)" if tr["resumable"] else ""))
     broken = info.get("non_finite") or []
@@ -160,8 +163,8 @@ def summary_lines(info: dict) -> List[str]:
         lines.append(f"corpus      {info['corpus']}")
     held = info.get("held_out")
     if held:
-        lines.append(f"labels      {len(info['labels'])} by {info['label_by']} (training texts): "
-                     + ", ".join(f"{name} ({_num(v['train_docs'])})" for name, v in list(info["labels"].items())[:LABELS_SHOWN])
+        lines.append(f"labels      {len(info['labels'])} by {info['label_by']} (training characters): "
+                     + ", ".join(f"{name} ({_num(v['train_chars'])})" for name, v in list(info["labels"].items())[:LABELS_SHOWN])
                      + (f" and {len(info['labels']) - LABELS_SHOWN} more" if len(info["labels"]) > LABELS_SHOWN else ""))
         lines.append(f"held out    accuracy {held['val_accuracy']:.4f}, macro-F1 {held['val_macro_f1']:.4f} over "
                      f"{_num(held['val_texts'])} texts (windows of {held['window']} tokens; class weights "

@@ -10,24 +10,29 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 from charnn.errors import CharnnError
-from charnn.training.metrics import METRICS_FILE, read_metrics
+from charnn.training.metrics import METRICS_FILE, loss_unit, read_metrics
 
 X_AXES = {"step": ("step", "step"), "time": ("elapsed", "elapsed seconds")}
 
 
-def run_records(run: str) -> Tuple[str, List[dict]]:
-    """(label, records) for a run folder, a checkpoint in one, or a metrics.jsonl file."""
+def run_records(run: str) -> Tuple[str, List[dict], str]:
+    """(label, records, what the losses are per) for a run folder, a checkpoint in one, or a metrics file
+    (metrics.jsonl, or a copy of one under another name)."""
     p = Path(run)
-    path = p if p.name == METRICS_FILE else (p if p.is_dir() else p.parent) / METRICS_FILE
     if not p.exists():
         raise CharnnError(f"run {run!r} does not exist")
+    path = p / METRICS_FILE if p.is_dir() else p.parent / METRICS_FILE if p.suffix == ".pt" else p
     records = read_metrics(path)
+    if not records and path.is_file() and path.stat().st_size:
+        raise CharnnError(f"{str(path)!r} holds no training records: give a run folder, a checkpoint or a "
+                          f"run's {METRICS_FILE}")
     if not records:
         raise CharnnError(f"{str(path)!r} is missing or empty; train the run with this charnn version first")
-    return path.parent.name or str(path.parent), records
+    name = (path.parent.name or str(path.parent)) if path.name == METRICS_FILE else path.stem
+    return name, records, loss_unit(path.parent)
 
 
-def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out: Path, x: str = "step") -> Path:
+def plot_runs(runs: Sequence[Tuple[str, List[dict], str]], out: Path, x: str = "step") -> Path:
     """Train (thin) and validation (dots) loss of each run on one chart; returns the file written."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -40,9 +45,9 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out: Path, x: str = "step"
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(runs))]
-    labels = [name if [n for n, _ in runs].count(name) == 1 else f"{name} ({i + 1})"
-              for i, (name, _) in enumerate(runs)]
-    for (_, records), label, color in zip(runs, labels, colors):
+    names = [name for name, _, _ in runs]
+    labels = [name if names.count(name) == 1 else f"{name} ({i + 1})" for i, name in enumerate(names)]
+    for (_, records, _), label, color in zip(runs, labels, colors):
         train = [(r[key], r["train_loss"]) for r in records if r.get("train_loss") is not None and key in r]
         val = [(r[key], r["val_loss"]) for r in records if r.get("val_loss") is not None and key in r]
         if train:
@@ -50,9 +55,11 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out: Path, x: str = "step"
         if val:
             ax.plot(*zip(*val), color=color, marker="o", markersize=3.5, linewidth=1.8, label=f"{label} val")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("loss (nats/char)")
+    units = sorted({unit for _, _, unit in runs})  # "char"; "text" for a classifier's losses
+    per = "/".join(units) if len(units) == 1 else "char; classifiers: text"
+    ax.set_ylabel(f"loss (nats/{per})")
     ax.secondary_yaxis("right", functions=(lambda n: n / math.log(2), lambda b: b * math.log(2))) \
-        .set_ylabel("bits/char")
+        .set_ylabel(f"bits/{per}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     out = Path(out)

@@ -21,6 +21,7 @@ from charnn.inspect.properties import PROPERTIES, at_tokens, rank_units, text_pr
 from charnn.inspect.surprisal import Surprisal, surprisal
 
 MAX_LABELS = 8  # --cells on a labelled model reads the text under at most this many labels
+MIN_CELL_POINTS = 16  # --cells correlates over at least this many tokens read (over 2, every r is +-1)
 ATTENTION_LINES = 20  # --attention draws at most this many lines
 
 
@@ -138,6 +139,9 @@ def _seq2seq_report(data: dict, name: str, text: str, options: ShowOptions, devi
 def rank_cells(acts: Activations, shown: int, top: int) -> List[Cells]:
     """The `top` units per property (and, over several labelled runs, per label), each with its activation over
     the first `shown` tokens (the text as read once)."""
+    if len(acts.tokens) < MIN_CELL_POINTS:  # (a labelled model reads the text once per label)
+        raise CharnnError(f"--cells needs a text of at least {MIN_CELL_POINTS} tokens to correlate the units with "
+                          f"(a correlation over {len(acts.tokens)} is chance); give a longer text")
     props = {name: at_tokens(values, acts.tokens[:shown]) for name, values in text_properties(acts.text[:_chars(
         acts.tokens, shown)]).items()}
     runs = max(1, len(acts.tokens) // max(1, shown))

@@ -25,6 +25,7 @@ class Task:
     kind = ""  # "lm", "labelled", "classify" or "pairs": the run's kind, read from here and nowhere else
     serves = "text"  # the model kinds that train on it (charnn.models.registry.ModelKind.serves)
     label_names: Optional[list] = None  # the labels a fine-tuned model's label table is grafted for
+    unit = "char"  # what the loss is per and chars/s counts ("text": the classifier's)
 
     def __init__(self, corpus):
         self.corpus = corpus

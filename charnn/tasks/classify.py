@@ -38,6 +38,7 @@ CPU_BATCH, GPU_BATCH = 64, 512  # texts per step when --batch-size is not given
 
 class ClassifierTask(Task):
     kind = "classify"
+    unit = "text"
 
     def default_batch_size(self, device: torch.device) -> int:
         """Texts per step: 64 on the CPU. The language model's 8 streams would be 8 verses a step here, and on

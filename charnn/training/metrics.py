@@ -65,7 +65,7 @@ def start_info(t) -> dict:
             "train_tokens": len(t.batches.ids), "val_tokens": len(t.val_ids),
             "steps_per_epoch": t.batches.steps_per_epoch(), "step": t.step, "tokenizer": t.tokenizer.kind,
             "processes": t.dist.world, "chars_per_token": t.task.chars_per_token, "batch_size": t.cfg.batch_size,
-            "val_unknown": int((t.val_ids == t.tokenizer.unk_id).sum()),
+            "val_unknown": int((t.val_ids == t.tokenizer.unk_id).sum()), "unit": t.task.unit,
             "replaces": t.replaces}
 
 
@@ -95,7 +95,7 @@ def read_metrics(path: Path) -> List[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -103,6 +103,15 @@ def read_metrics(path: Path) -> List[dict]:
         if isinstance(rec, dict) and isinstance(rec.get("step"), int):
             records.append(rec)
     return records
+
+
+def loss_unit(run_dir: Path) -> str:
+    """What a run's losses are per, from its config.json: "text" for a classifier's, else "char"."""
+    try:
+        model = json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")).get("model") or {}
+    except (OSError, ValueError, AttributeError):
+        return "char"
+    return "text" if isinstance(model, dict) and model.get("kind") == "classifier" else "char"
 
 
 def curves(records: List[dict]):
