@@ -124,9 +124,9 @@ class SampleConfig:
 
 
 DECODE_BATCH = 256  # transduce's default: beam 5 at 256 is 11.8x batch 1 on a 2-core Zen 4 EPYC, at 64 9.1x
+# (12.2x and 11.3x on a 2-core Xeon), greedy 24x and 17x; the same outputs (benchmarks/SEQ2SEQ.md)
 MAX_BEAM = 1000  # --beam and --n-best at most (a beam of 100,000 ran a 24 GiB machine out of memory)
 DECODE_ROWS = 4096  # hypotheses decoded together at most: --batch-size shrinks for wide beams (256 inputs x 16)
-# (12.2x and 11.3x on a 2-core Xeon), greedy 24x and 17x; the same outputs (benchmarks/SEQ2SEQ.md)
 
 
 @dataclass

@@ -271,3 +271,36 @@ def test_an_interrupt_saves_last_pt_and_resume_continues_it(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # put back
     assert load_checkpoint(tmp_path / "i" / "last.pt")["step"] in (sent[0], sent[0] + 1)
     assert charnn.train(str(text), resume=True, **flags).steps == 30
+
+
+def test_a_callback_that_raises_on_saved_leaves_best_and_last_written(tmp_path):
+    """The "saved" events come after both files of an evaluation are written: a callback raising at the first
+    left best.pt without last.pt (a fresh run that could not be resumed)."""
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(30))
+
+    def on_event(kind, info):
+        if kind == "saved":
+            raise RuntimeError("my callback broke")
+    with pytest.raises(RuntimeError, match="my callback broke"):
+        charnn.train(str(text), on_event=on_event, out=str(tmp_path), name="s", max_steps=4, eval_every=2,
+                     batch_size=2, seq_len=8, threads=1, precision="fp32", device="cpu", hidden=16)
+    assert (tmp_path / "s" / "best.pt").is_file() and (tmp_path / "s" / "last.pt").is_file()
+    assert charnn.train(str(text), resume=True, out=str(tmp_path), name="s", max_steps=4, eval_every=2,
+                        batch_size=2, seq_len=8, threads=1, precision="fp32", device="cpu", hidden=16).steps == 4
+
+
+def test_settings_errors_name_the_keywords_not_the_flags(model, tmp_path):
+    """The checks the API shares with the command line named its flags (`--dynamic-lr`, `--max-time`) and left
+    `param` None; the API names its own keywords."""
+    for kwargs, param in ((dict(lr=-1), "lr"), (dict(decay=2), "decay"), (dict(segment=0), "segment")):
+        with pytest.raises(ParamError) as e:
+            model.adapt("the cat", **kwargs)
+        assert e.value.param == param and f"`{param}`" in str(e.value) and "--" not in str(e.value)
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(5))
+    for kwargs, param in ((dict(max_time="soon"), "max_time"), (dict(hidden="64"), "hidden"),
+                          (dict(log_every=0), "log_every"), (dict(batch_size=0), "batch_size")):
+        with pytest.raises(ParamError) as e:
+            charnn.train(str(text), out=str(tmp_path), max_steps=1, **kwargs)
+        assert e.value.param == param and f"`{param}`" in str(e.value) and "--" not in str(e.value), str(e.value)

@@ -415,6 +415,11 @@ def test_the_python_api_transduces_and_scores_with_the_cli_code(reverse_run, tmp
     for bad in ("ab\ncd", ["abc", None], ["x\ry"]):  # (a line break read as the end of the input: a wrong answer)
         with pytest.raises(ParamError, match="must be one line of text"):
             model.transduce(bad)
+    for kwargs, param, says in ((dict(n_best=3), "n_best", "`beam=3`"), (dict(temperature=-1), "temperature", ">= 0"),
+                                (dict(beam=2, top_k=3), "beam", "Choose one"), (dict(beam=5000), "beam", "1,000")):
+        with pytest.raises(ParamError, match=says) as e:  # (the keywords, not the command's --n-best/--temp)
+            model.transduce("abc", **kwargs)
+        assert e.value.param == param and "--" not in str(e.value)
     held = words(20, 31)
     outs = model.transduce(held, beam=3)
     (tmp_path / "in.txt").write_text("\n".join(held) + "\n", encoding="utf-8")

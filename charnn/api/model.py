@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from charnn.api.params import GenerationParams, ParamError
+from charnn.api.params import GenerationParams, ParamError, keyword_names
 from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
@@ -148,7 +148,9 @@ class Model:
         segment default to `charnn eval --dynamic`'s."""
         self._predicts("adapt")
         given = {k: v for k, v in {"lr": lr, "decay": decay, "segment": segment}.items() if v is not None}
-        adapted = adapted_copy(self.net, self.tokenizer, text, self.device, DynamicConfig(**given))
+        with keyword_names({"dynamic-lr": "lr", "dynamic-decay": "decay"}):
+            cfg = DynamicConfig(**given).validate()
+        adapted = adapted_copy(self.net, self.tokenizer, text, self.device, cfg)
         model = Model(adapted.model, self.tokenizer, self.device, self.path,
                       {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
         model.adaptation = adapted

@@ -4,12 +4,14 @@ settings by `charnn.sampling.SamplingParams`' rules (those of `charnn sample` an
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from charnn.config import SEED_LIMIT
 from charnn.sampling import SamplingParams, is_integer, shown
-from charnn.errors import ParamError
+from charnn.errors import ConfigError, ParamError
 from charnn.generation.batcher import MAX_STOPS, RowSpec
 
 
@@ -65,4 +67,28 @@ class GenerationParams:
                         self.stops()) for i in range(self.n)]
 
 
-__all__ = ["GenerationParams", "ParamError"]
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
+_WORD = re.compile(r"`([a-z][a-z0-9_]*)`")  # a message that names the keyword itself
+_FLAG_VALUE = re.compile(r"`--([a-z][a-z0-9-]*) ([^`]+)`")  # `--n-best 3` -> `n_best=3`
+API_NAMES = {"temp": "temperature"}  # flags whose keyword is not their name with underscores
+
+
+@contextmanager
+def keyword_names(names: Optional[Dict[str, str]] = None):
+    """The settings' errors of a call in the Python API's spelling: the checks shared with the command line name
+    its flags (`--n-best`, `--temp`, `--dynamic-lr`); a ConfigError raised inside becomes a ParamError that names
+    the keywords (`n_best`, `temperature`, `names`' own: {"dynamic-lr": "lr"}) and carries the first as `param`."""
+    table = {**API_NAMES, **(names or {})}
+    keyword = lambda flag: table.get(flag, flag.replace("-", "_"))  # noqa: E731
+    try:
+        yield
+    except ParamError:
+        raise
+    except ConfigError as e:
+        first = _FLAG.search(str(e)) or _WORD.search(str(e))
+        message = _FLAG_VALUE.sub(lambda m: f"`{keyword(m.group(1))}={m.group(2)}`", str(e))
+        message = _FLAG.sub(lambda m: keyword(m.group(1)), message)
+        raise ParamError(message, keyword(first.group(1)) if first else None) from None
+
+
+__all__ = ["GenerationParams", "ParamError", "keyword_names"]

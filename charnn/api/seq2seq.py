@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from charnn.api.params import ParamError
+from charnn.api.params import ParamError, keyword_names
 from charnn.sampling import DECODE_BATCH, TransduceConfig, shown
 from charnn.data.pairs import Pair, PairFile
 from charnn.generation.seq2seq import Hypothesis, Transducer
@@ -48,9 +48,10 @@ class Seq2SeqModel:
         (`beam`), or samples (`temperature`, `top_k`, `top_p`, `seed`). With `n_best` > 1 each output is a list
         of the best first; with `scores` each is (text, log-probability). Raises CharnnError for characters the
         model does not know (or drops them with unknown="skip")."""
-        cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temperature,
-                              top_k=top_k, top_p=top_p, seed=seed, max_length=max_length, batch_size=batch_size,
-                              unknown=unknown).validate()
+        with keyword_names():
+            cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed, max_length=max_length,
+                                  batch_size=batch_size, unknown=unknown).validate()
         single = isinstance(inputs, str)
         lines = [inputs] if single else list(inputs)
         for i, line in enumerate(lines):  # (a line break would end the input early: its end-of-input token)
@@ -67,8 +68,10 @@ class Seq2SeqModel:
         from charnn.reports.pairs import score_pairs
 
         file = PairFile("pairs", [Pair(s, t) for s, t in pairs])
-        return score_pairs(self.net, self.source_tokenizer, self.tokenizer, file, TransduceConfig(beam=beam).validate(),
-                           self.device, self.max_ratio).to_dict()
+        with keyword_names():
+            cfg = TransduceConfig(beam=beam).validate()
+        return score_pairs(self.net, self.source_tokenizer, self.tokenizer, file, cfg, self.device,
+                           self.max_ratio).to_dict()
 
     def activations(self, text: str):
         """The encoder's units after each character of each line of `text` as an input (`.values` (chars, units),

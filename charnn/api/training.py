@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Union
 
+from charnn.api.params import keyword_names
 from charnn.training.run import start_run, train_configs
 from charnn.training.stopping import StopRequest, TrainingInterrupted, graceful_signals
 from charnn.training.trainer import TrainResult
@@ -18,12 +19,14 @@ def train(corpus: Union[None, str, Sequence[str]] = None, *, on_event: Optional[
     Returns where the run went, its steps, best and last val loss, elapsed seconds and why it stopped.
     Ctrl-C (a notebook's interrupt; SIGTERM, SIGHUP) stops it after the current step with last.pt saved, as the
     command does, then raises KeyboardInterrupt (a second one: at once); resume=True continues it."""
-    model_cfg, cfg = train_configs(flags)
+    with keyword_names():  # (errors name the keywords: `max_time`, not the flag `--max-time`)
+        model_cfg, cfg = train_configs(flags)
     stop = StopRequest()
     with graceful_signals(stop):  # (in the main thread; elsewhere signals are left as they are)
-        run = start_run(corpus, model_cfg, cfg, on_event, encoding=flags.get("encoding", "utf-8"),
-                        glob=flags.get("glob"), resume=bool(flags.get("resume", False)),
-                        log_every=flags.get("log_every", 10), explicit=set(flags), stop=stop)
+        with keyword_names():
+            run = start_run(corpus, model_cfg, cfg, on_event, encoding=flags.get("encoding", "utf-8"),
+                            glob=flags.get("glob"), resume=bool(flags.get("resume", False)),
+                            log_every=flags.get("log_every", 10), explicit=set(flags), stop=stop)
         try:
             return run.fit()
         except TrainingInterrupted as e:

@@ -94,6 +94,8 @@ def check_types(flags: dict, caller: str) -> None:
         if not _is(value, base):
             raise ConfigError(f"{caller}: `{name}` takes {_TYPE_WORDS[base]}{' or None' if optional else ''}, "
                               f"got {shown(value)}")
+    if flags.get("log_every", 1) < 1:  # (the command's option has min=1; 0 wrote no records at all)
+        raise ConfigError(f"`--log-every` must be at least 1, got {shown(flags['log_every'])}")
 
 
 _TYPE_WORDS = {int: "a whole number", float: "a number", bool: "True or False", str: "a string"}

@@ -155,7 +155,7 @@ def save_on_stop(t) -> Optional[Path]:
     """Save last.pt on a signal, unless this process has not trained a step: then an existing run of
     the same name stays exactly as it was (None when there is no last.pt at all)."""
     if t.step > t.start_step:
-        return t.save("last.pt", t.last_val)
+        return t.save(("last.pt",), t.last_val)
     existing = t.run_dir / "last.pt"
     return existing if t.resumed and existing.is_file() else None
 

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +25,12 @@ from charnn.data.corpus import Corpus
 from charnn.device import autocast, keep_freed_memory, resolve_device
 from charnn.errors import CharnnError, first_line
 from charnn.tasks import task_for
-from charnn.tasks.base import fingerprint
+from charnn.tasks.base import Callback, fingerprint
 from charnn.training import runstate
 from charnn.training.distributed import Dist
 from charnn.training.choices import run_precision, run_threads
 from charnn.training.precision import PrecisionChoice, choose_precision
 from charnn.training.runlock import RunLock
-from charnn.training.runstate import run_dir_for
 from charnn.training.schedule import (MIN_GAIN, Budget, limit_reached, lr_at, make_optimizer, patience_after,
                                      progress, schedule_progress)
 from charnn.training.metrics import StepMeter, start_info
@@ -39,7 +38,6 @@ from charnn.training.stopping import (STOP_REASONS, StopRequest, TrainingInterru
                                       non_finite)
 from charnn.training.threads import ThreadChoice, Watch
 
-Callback = Callable[[str, dict], None]
 __all__ = ["Trainer", "TrainResult", "StopRequest", "TrainingInterrupted", "graceful_signals", "lr_at", "train"]
 
 
@@ -52,7 +50,7 @@ class Trainer:
         self.cfg, self.on_event = cfg.validate(), on_event or (lambda kind, info: None)
         self.stop = stop or StopRequest()
         self.task = task_for(corpus, model_cfg.kind)  # the run's kind, decided here once
-        self.run_dir = run_dir_for(cfg, corpus)
+        self.run_dir = runstate.run_dir_for(cfg, corpus)
         # one training per run folder: a second one (or a --resume of this one) stops here, at once
         self.lock = RunLock.acquire(self.run_dir, resume) if self.dist.is_main else None
         try:
@@ -178,16 +176,20 @@ class Trainer:
     def schedule_progress(self) -> float:
         return schedule_progress(self.cfg, self.step, self.epochs_done, self.progress)
 
-    def save(self, name: str, val_loss: float) -> Path:
-        t, path = time.perf_counter(), self.run_dir / name
-        runstate.write(self, path, val_loss)  # a collective under torchrun
-        self.budget.save_cost = time.perf_counter() - t
-        self._last_save = time.perf_counter()
-        if not self._saved_once and self.dist.is_main:
-            self._saved_once = True
-            runstate.drop_stale_best(self.run_dir, self.resumed, name)
-        self.on_event("saved", {"path": str(path), "step": self.step})
-        return path
+    def save(self, names: Tuple[str, ...], val_loss: float) -> Path:
+        """Write the checkpoints in order, then announce each: a callback that raises leaves them all written."""
+        paths = [self.run_dir / name for name in names]
+        for path in paths:
+            t = time.perf_counter()
+            runstate.write(self, path, val_loss)  # a collective under torchrun
+            self._last_save = time.perf_counter()
+            self.budget.save_cost = self._last_save - t
+            if not self._saved_once and self.dist.is_main:
+                self._saved_once = True
+                runstate.drop_stale_best(self.run_dir, self.resumed, path.name)
+        for path in paths:
+            self.on_event("saved", {"path": str(path), "step": self.step})
+        return paths[-1]
 
     def evaluate(self) -> Tuple[float, float]:
         """(val nats/char, the score that picks best.pt): the task's validation (it may keep more, such as a value
@@ -209,9 +211,7 @@ class Trainer:
         improved = score < self.best_score
         self.best_score, self.patience_mark, self.bad_evals = patience_after(
             score, self.best_score, self.patience_mark, self.bad_evals, MIN_GAIN[self.task.selects_by])
-        if improved:  # best.pt first: last.pt records this as the best (docs/CHECKPOINTS.md)
-            self.save("best.pt", val)
-        self.save("last.pt", val)
+        self.save(("best.pt", "last.pt") if improved else ("last.pt",), val)  # best first: last.pt records it
         self.on_event("eval", {"step": self.step, "val_loss": val, "best_val_loss": self.best_val,
                                "improved": improved, "elapsed": self.elapsed(), "by": self.task.selects_by,
                                "score": score, "best_score": self.best_score})
@@ -342,7 +342,7 @@ class Trainer:
                     self._eval_and_save()
                     last_eval_step = self.step
                 elif cfg.save_every_secs and self.dist.any(time.perf_counter() - self._last_save >= cfg.save_every_secs):
-                    self.save("last.pt", self.last_val)  # a crash loses at most this interval of work
+                    self.save(("last.pt",), self.last_val)  # a crash loses at most this interval of work
             else:
                 self.epoch, self.window, self.state = self.epoch + 1, 0, None
                 continue
