@@ -146,6 +146,16 @@ def test_scoring_returns_the_prompts_log_probabilities(server, trained_run, mode
     with torch.no_grad():
         ref = torch.log_softmax(model.net(torch.cat([start, ids[:, :-1]], 1))[0][0], -1).gather(1, ids[0, :, None])
     assert lp.token_logprobs == pytest.approx(ref[:, 0].tolist(), abs=1e-5)
+    # logprobs: N gives the N most likely tokens and the text's own (up to N + 1, as OpenAI); it gave one always
+    with torch.no_grad():
+        all_lp = torch.log_softmax(model.net(torch.cat([start, ids[:, :-1]], 1))[0][0], -1)
+    for n in (0, 3, 5):
+        r = server.client().completions.create(model=name(trained_run), prompt=text, max_tokens=0, echo=True,
+                                               logprobs=n)
+        for i, top in enumerate(r.choices[0].logprobs.top_logprobs):
+            best = all_lp[i].topk(n).indices.tolist() if n else []
+            assert set(top) == {model.tokenizer.decode([b]) for b in best} | {text[i]}, (n, i, top)
+            assert top[text[i]] == pytest.approx(float(all_lp[i, ids[0, i]]), abs=1e-5)
 
 
 def test_unknown_model_is_a_404_in_openais_shape(server, trained_run):

@@ -609,3 +609,116 @@ def test_out_of_file_descriptors_it_refuses_logs_once_and_recovers(trained_run):
         _, err = proc.communicate(timeout=30)
     assert err.count("out of system resource") <= 2 and len(err.splitlines()) < 100, err[-3000:]
     assert "connections at once, not 1000" in err  # the cap was lowered below the file limit, and said so
+
+
+def test_one_client_address_cannot_take_every_connection():
+    """Was: one address opening --max-connections connections locked every other client out (503 for all).
+    Loopback peers (a local proxy's) are not counted."""
+    import uvicorn
+
+    from charnn.serve.limits import protocol
+
+    class Transport:
+        def __init__(self, host):
+            self.host, self.sent, self.closing = host, b"", False
+
+        def get_extra_info(self, name, default=None):
+            return (self.host, 40000) if name == "peername" else ("127.0.0.1", 1) if name == "sockname" else default
+
+        def write(self, data):
+            self.sent += data
+
+        def can_write_eof(self):
+            return True
+
+        def write_eof(self):
+            self.closing = True
+
+        def abort(self):
+            self.closing = True
+
+        def close(self):
+            self.closing = True
+
+        def is_closing(self):
+            return self.closing
+
+        def set_protocol(self, protocol):
+            pass
+
+    async def main():
+        cls = protocol(max_connections=100, timeout_headers=30, timeout_write=30, per_client=2)
+        state = uvicorn.server.ServerState()
+
+        def connect(host):
+            proto, t = cls(uvicorn.Config(app=lambda *a: None), state, {}), Transport(host)
+            proto.connection_made(t)
+            return proto, t
+
+        first, second, third = (connect("203.0.113.5") for _ in range(3))
+        assert not first[1].sent and not second[1].sent
+        assert third[1].sent.startswith(b"HTTP/1.1 503") and b"--max-connections-per-client" in third[1].sent
+        other = connect("198.51.100.7")  # another address still gets in
+        local = [connect("127.0.0.1") for _ in range(5)]  # and loopback is not capped per address
+        assert not other[1].sent and not any(t.sent for _, t in local)
+        first[0].connection_lost(None)  # one closes: that address may connect once more
+        again = connect("203.0.113.5")
+        assert not again[1].sent
+        for proto, _ in (second, third, other, again, *local):
+            proto.connection_lost(None)
+        assert cls.clients == {}
+
+    asyncio.run(main())
+
+
+def test_a_malformed_chunked_body_and_an_over_large_body_get_their_replies(served):
+    """Was: a bad chunk closed the connection without a byte (the 400 was written only before a request's head);
+    a client that wrote a whole over-large body before reading got a connection reset instead of the 413."""
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        status, headers, raw = _read_reply(s)
+        assert status == 400 and openai_error(status, headers, raw, "invalid_http_request")
+    import urllib.error
+    import urllib.request
+    body = json.dumps({"prompt": "a" * (4 << 20)}).encode()  # (more than the sockets buffer: still sending)
+    for _ in range(3):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urllib.request.Request(served.url + "/v1/completions", data=body), timeout=30)
+        assert e.value.code == 413 and json.loads(e.value.read())["error"]["code"] == "request_too_large"
+
+
+def test_a_scoring_request_whose_client_left_is_not_scored(trained_run, model):
+    """Was: abandoned scoring requests each waited their turn and were scored, holding up the next client by
+    seconds each; /health did not count them."""
+    from charnn.serve.app import Server
+    from charnn.serve.config import ServeConfig
+    from charnn.serve.protocol import parse_request
+
+    class Gone:
+        async def is_disconnected(self):
+            return True
+
+    server = Server({"m": model}, ServeConfig())
+    req = parse_request(json.dumps({"prompt": "the cat", "echo": True, "max_tokens": 0, "logprobs": 1}).encode(),
+                        100, 8)
+    scored = []
+    model_scores = model.token_logprobs
+    model.token_logprobs = lambda *a: scored.append(a) or model_scores(*a)
+
+    async def main():
+        gate = server.scoring.setdefault("m", asyncio.Semaphore(1))
+        await gate.acquire()  # another request is being scored
+        waiting = asyncio.ensure_future(server._score(Gone(), req, "m", model))
+        await asyncio.sleep(0.05)
+        health = json.loads((await server.health(None)).body)
+        assert health["queued"] == 1  # it is counted while it waits
+        response = await asyncio.wait_for(waiting, 5)
+        gate.release()
+        return response
+
+    try:
+        response = asyncio.run(main())
+    finally:
+        del model.token_logprobs
+        server.close()
+    assert response.status_code == 499 and not scored and server.scoring_waiting == {"m": 0}

@@ -23,6 +23,7 @@ from charnn.errors import CharnnError
 from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 from charnn.inspect.surprisal import scan
+from charnn.sampling import shown
 
 if TYPE_CHECKING:
     from charnn.api.seq2seq import Seq2SeqModel
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 
 IDLE_PER_SIZE, IDLE_MOST = 2, 8  # batchers kept between calls: per row count, and in all
+TOP_LOGPROBS = 20  # token_logprobs' `top` at most (OpenAI's chat API's largest; its /v1/completions: 5)
 
 
 class Model:
@@ -73,9 +75,9 @@ class Model:
         """Raise ParamError naming the characters of `prompt` the model's vocabulary lacks."""
         missing = self.tokenizer.unknown(prompt) if prompt else []
         if missing:
-            shown = ", ".join(repr(c) for c in missing[:10]) + (f" and {len(missing) - 10} more"
+            listed = ", ".join(repr(c) for c in missing[:10]) + (f" and {len(missing) - 10} more"
                                                                if len(missing) > 10 else "")
-            raise ParamError(f"the prompt has characters the model's vocabulary lacks: {shown}", param)
+            raise ParamError(f"the prompt has characters the model's vocabulary lacks: {listed}", param)
 
     def params(self, prompt: str = "", length: int = 500, temperature: float = 1.0, top_k: Optional[int] = None,
                top_p: Optional[float] = None, n: int = 1, stop: Union[None, str, Sequence[str]] = None,
@@ -181,28 +183,34 @@ class Model:
         return out[0] if one else out
 
     @torch.inference_mode()
-    def token_logprobs(self, text: str) -> Dict[str, list]:
+    def token_logprobs(self, text: str, top: int = 1) -> Dict[str, list]:
         """Per-token log-probabilities of `text` under the model, in OpenAI's `logprobs` shape: tokens,
-        token_logprobs, top_logprobs (the most likely token), text_offset. The first token is conditioned on the
-        start id, as `score` and sampling condition it, so the log-probabilities add up to -score(text).nats
-        (for a text under 4,096 tokens, which `score` reads as one stream; a longer one it reads in streams from
-        a zero state, as `charnn eval` does).
+        token_logprobs, top_logprobs (the `top` most likely tokens and the text's own, as OpenAI's `logprobs: N`
+        gives up to N + 1), text_offset. The first token is conditioned on the start id, as `score` and sampling
+        condition it, so the log-probabilities add up to -score(text).nats (for a text under 4,096 tokens, which
+        `score` reads as one stream; a longer one it reads in streams from a zero state, as `charnn eval` does).
+        A character the vocabulary lacks is shown as itself (it is scored as the unknown token).
         The text runs through the model a chunk at a time: memory does not grow with its length beyond the
         answer itself."""
         self._predicts("token_logprobs")
+        if not (isinstance(top, int) and not isinstance(top, bool) and 0 <= top <= TOP_LOGPROBS):
+            raise ParamError(f"`top` must be an integer from 0 to {TOP_LOGPROBS}, got {shown(top)}", "top")
         ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
         if self._pieces_by_id is None:  # each token's text, once per model
             self._pieces_by_id = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
         pieces = self._pieces_by_id
         with self._lock_scoring:
-            picked, best, best_lp = scan(self.net, self.tokenizer, ids, self.device)
-        best, best_lp = best[:, 0], best_lp[:, 0]
+            picked, best, best_lp = scan(self.net, self.tokenizer, ids, self.device, max(1, top))
         picked[~np.isfinite(picked)] = -1e30
         tokens = [pieces[i] for i in ids.tolist()]
+        if self.tokenizer.kind == "char" and len(tokens) == len(text):  # (one token a character: the unknown one's
+            tokens = list(text)  # piece is U+FFFD, not the character that was there)
         offsets = np.cumsum([0] + [len(t) for t in tokens[:-1]]).tolist() if tokens else []
-        return {"tokens": tokens, "token_logprobs": picked.tolist(),
-                "top_logprobs": [{pieces[b]: lp} for b, lp in zip(best.tolist(), best_lp.tolist())],
-                "text_offset": offsets}
+        tops = [{pieces[b]: lp for b, lp in zip(ids_, lps_)} for ids_, lps_ in
+                zip(best[:, :top].tolist(), best_lp[:, :top].tolist())]
+        for t, token, lp in zip(tops, tokens, picked.tolist()):
+            t.setdefault(token, lp)
+        return {"tokens": tokens, "token_logprobs": picked.tolist(), "top_logprobs": tops, "text_offset": offsets}
 
     def surprisal(self, text: str, top_k: int = 5) -> "Surprisal":
         """Every token's surprisal (`.nats`, an array: -log p given all before it, the first token after the

@@ -39,6 +39,9 @@ def serve(
                                                                  "against DNS rebinding.", show_default=False)] = None,
     max_connections: Annotated[int, typer.Option(help="Open connections at once; beyond, 503 and closed (kept "
                                                       "below the open-file limit).")] = 1000,
+    max_connections_per_client: Annotated[int, typer.Option(help="Open connections from one client address at "
+                                                                 "once; beyond, 503 (loopback clients, such as "
+                                                                 "a local proxy, are not counted).")] = 64,
     timeout_headers: Annotated[float, typer.Option(help="Seconds a connection has to send a request's headers, "
                                                         "from connecting or the last reply.")] = 10.0,
     timeout_keep_alive: Annotated[float, typer.Option(help="Seconds an idle connection stays open after a "
@@ -72,7 +75,8 @@ def serve(
                           max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
                           max_score_tokens=max_score_tokens, device=device,
                           threads=threads, int8=int8, allow_hosts=tuple(allow_host or ()),
-                          max_connections=max_connections, timeout_headers=timeout_headers,
+                          max_connections=max_connections, max_connections_per_client=max_connections_per_client,
+                          timeout_headers=timeout_headers,
                           timeout_keep_alive=timeout_keep_alive, timeout_body=timeout_body,
                           timeout_write=timeout_write).validate()
         note_threads(cfg.threads)

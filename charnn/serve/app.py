@@ -27,6 +27,7 @@ from charnn.serve.engine import FAILED, Busy, Engine, Job
 from charnn.serve.guard import HostGuard
 
 DISCONNECT_POLL = 0.5  # seconds between checks that a non-streaming client is still there
+DRAIN_MOST, DRAIN_SECS = 16 << 20, 5.0  # of a body past --max-body-bytes, read and dropped so the client sees the 413
 
 
 class TooLarge(Exception):
@@ -45,7 +46,7 @@ class Server:
         self.models, self.cfg = models, cfg
         self.engines = {name: Engine(m, cfg.max_batch, cfg.max_queue) for name, m in models.items()}
         self.scoring: Dict[str, asyncio.Semaphore] = {}  # one scoring request at a time per model
-        self.scoring_waiting = 0
+        self.scoring_waiting: Dict[str, int] = {name: 0 for name in models}
         self.page = resources.files("charnn.serve").joinpath("playground.html").read_text(encoding="utf-8")
 
     def close(self) -> None:
@@ -64,7 +65,8 @@ class Server:
         return HTMLResponse(self.page, headers={"Cache-Control": "no-store"})
 
     async def health(self, request: Request) -> Response:
-        per = {n: {"active_rows": e.active_rows, "queued": e.queued} for n, e in self.engines.items()}
+        per = {n: {"active_rows": e.active_rows, "queued": e.queued + self.scoring_waiting[n]}  # (scoring waits too)
+               for n, e in self.engines.items()}
         return JSONResponse({"status": "ok", "active_rows": sum(v["active_rows"] for v in per.values()),
                              "queued": sum(v["queued"] for v in per.values()), "models": per})
 
@@ -96,6 +98,7 @@ class Server:
         except ClientDisconnect:  # it left while sending: no one to answer (nginx's 499, for the access log)
             return Response(status_code=499)
         except TooLarge:
+            await _drain(request)
             return error(413, f"the request body is larger than {self.cfg.max_body_bytes:,} bytes",
                          code="request_too_large")
         except asyncio.TimeoutError:
@@ -119,7 +122,7 @@ class Server:
         except ParamError as e:
             return error(400, str(e), param="prompt")
         if req.scoring:
-            return await self._score(req, name, model)
+            return await self._score(request, req, name, model)
         rows = [spec for text in req.prompts for spec in replace(req.params, prompt=text).rows()]
         job = Job(rows, asyncio.get_running_loop())
         try:
@@ -136,9 +139,10 @@ class Server:
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await self._collect(request, req, name, job, prompt_tokens, echoes)
 
-    async def _score(self, req: p.CompletionRequest, name: str, model: Model) -> Response:
+    async def _score(self, request: Request, req: p.CompletionRequest, name: str, model: Model) -> Response:
         """Score the prompts, one scoring request at a time per model: its answer (~60 bytes a token) is built and
-        written as JSON off the event loop; at most --max-queue wait, beyond them 503."""
+        written as JSON off the event loop; at most --max-queue wait, beyond them 503, and one whose client has
+        gone leaves the queue (abandoned requests were each scored in turn, holding up the next client)."""
         limit = self.cfg.max_score_tokens
         if sum(map(len, req.prompts)) > limit:  # (a token is at least a character: count only when it may be over)
             tokens = await asyncio.to_thread(lambda: sum(len(model.tokenizer.encode(t)) for t in req.prompts))
@@ -146,15 +150,19 @@ class Server:
                 return error(400, f"scoring {tokens:,} tokens; this server scores at most {limit:,} per request "
                                   "(--max-score-tokens; `charnn eval` scores files of any length)", param="prompt")
         gate = self.scoring.setdefault(name, asyncio.Semaphore(1))
-        if gate.locked() and self.scoring_waiting >= self.cfg.max_queue:
+        if gate.locked() and sum(self.scoring_waiting.values()) >= self.cfg.max_queue:
             return error(503, "the server is busy scoring; try again shortly", kind="server_error",
                          code="server_busy", headers={"Retry-After": "1"})
-        self.scoring_waiting += 1
+        self.scoring_waiting[name] += 1
         try:
-            await gate.acquire()
+            while not await _acquired(gate, DISCONNECT_POLL):
+                if await request.is_disconnected():
+                    return Response(status_code=499)
         finally:
-            self.scoring_waiting -= 1
+            self.scoring_waiting[name] -= 1
         try:
+            if await request.is_disconnected():  # (it left while the one before it was scored)
+                return Response(status_code=499)
             body = await asyncio.to_thread(_scored, req, name, model)
         finally:
             gate.release()
@@ -223,9 +231,40 @@ def _merge(batch) -> List[dict]:
 
 def _scored(req: p.CompletionRequest, name: str, model: Model) -> bytes:
     """The scoring answer's JSON (run in a thread: a long prompt's takes a while to build and to write)."""
-    choices = [p.choice(i, text, "length", model.token_logprobs(text)) for i, text in enumerate(req.prompts)]
+    choices = [p.choice(i, text, "length", model.token_logprobs(text, req.logprobs))
+               for i, text in enumerate(req.prompts)]
     tokens = sum(len(c["logprobs"]["tokens"]) for c in choices)
     return json.dumps(p.completion(req, name, choices, p.usage(tokens, 0)), ensure_ascii=False).encode()
+
+
+async def _acquired(gate: asyncio.Semaphore, seconds: float) -> bool:
+    """Whether `gate` was acquired within `seconds` (a wait cancelled on time takes nothing)."""
+    try:
+        await asyncio.wait_for(gate.acquire(), seconds)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+async def _drain(request: Request) -> None:
+    """Read and drop what is left of a body refused as too large, up to DRAIN_MOST bytes and DRAIN_SECS: a client
+    that writes its whole body before it reads (urllib, raw sockets) got a connection reset, not the 413, when the
+    connection closed with its body unread."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > DRAIN_MOST:
+        return
+
+    async def drain():
+        got = 0
+        while got <= DRAIN_MOST:
+            message = await request.receive()
+            got += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+    try:
+        await asyncio.wait_for(drain(), DRAIN_SECS)
+    except (asyncio.TimeoutError, ClientDisconnect):
+        pass
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

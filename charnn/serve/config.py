@@ -30,6 +30,7 @@ class ServeConfig:
     int8: bool = False  # generate with int8 recurrent weights (CPU only)
     allow_hosts: Tuple[str, ...] = ()  # Host names answered besides IP literals and localhost ("*": any name)
     max_connections: int = 1000  # open connections; beyond, 503 and close (kept below the open-file limit)
+    max_connections_per_client: int = 64  # from one address that is not loopback; beyond, 503 and close
     timeout_headers: float = 10.0  # seconds a connection has to send a request's headers (from connect or reply)
     timeout_keep_alive: float = 5.0  # seconds an idle connection stays open after a reply
     timeout_body: float = 30.0  # seconds a request's body may take to arrive (408 beyond)
@@ -44,8 +45,10 @@ class ServeConfig:
                                                                         self.max_score_tokens)):
             if value < 1:
                 problems.append(f"`{flag}` must be at least 1, got {value}")
-        if self.max_connections < 1:
-            problems.append(f"`--max-connections` must be at least 1, got {self.max_connections}")
+        for flag, value in (("--max-connections", self.max_connections),
+                            ("--max-connections-per-client", self.max_connections_per_client)):
+            if value < 1:
+                problems.append(f"`{flag}` must be at least 1, got {value}")
         for flag, value in (("--timeout-headers", self.timeout_headers), ("--timeout-keep-alive",
                             self.timeout_keep_alive), ("--timeout-body", self.timeout_body),
                             ("--timeout-write", self.timeout_write)):

@@ -19,6 +19,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from charnn.serve import protocol as p
+from charnn.serve.config import is_loopback
 
 FD_RESERVE = 64  # file descriptors kept out of the connection cap: model files, logs, refusing the excess
 LINGER = 1.0  # seconds a refused connection may take to read its 503 and hang up
@@ -30,14 +31,23 @@ class LimitedH11(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, with the limits above (set on a subclass by `protocol`)."""
 
     max_connections = 1000
+    per_client = 64  # connections from one address that is not loopback (a local proxy's are all 127.0.0.1)
+    clients: Dict[str, int] = {}  # open connections per such address (a dict of its own per `protocol` class)
     timeout_headers = 10.0
     timeout_write = 60.0
 
     def connection_made(self, transport) -> None:
-        self.rejected, self.timer, self.stall = False, None, None
-        if len(self.connections) >= self.max_connections:
+        self.rejected, self.timer, self.stall, self.counted_peer = False, None, None, None
+        peer = (transport.get_extra_info("peername") or (None,))[0]
+        refused = refusal(self.max_connections) if len(self.connections) >= self.max_connections else None
+        if refused is None and isinstance(peer, str) and not is_loopback(peer):
+            if self.clients.get(peer, 0) >= self.per_client:  # (one client held every slot: the others got 503)
+                refused = refusal(self.per_client, "this client has", "--max-connections-per-client")
+            else:
+                self.counted_peer, self.clients[peer] = peer, self.clients.get(peer, 0) + 1
+        if refused is not None:
             self.transport, self.rejected = transport, True
-            transport.write(refusal(self.max_connections))
+            transport.write(refused)
             if transport.can_write_eof():
                 transport.write_eof()  # the reply, then FIN: read the client's request and hang up when it does
             self.timer = self.loop.call_later(LINGER, transport.abort)
@@ -53,12 +63,18 @@ class LimitedH11(H11Protocol):
         for timer in (self.timer, self.stall):
             if timer is not None:
                 timer.cancel()
+        if self.counted_peer is not None:
+            left = self.clients.pop(self.counted_peer, 1) - 1
+            if left:
+                self.clients[self.counted_peer] = left
         if not self.rejected:
             super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
-        """A request HTTP/1.1 cannot parse (a bad request line, headers over 16 KiB): OpenAI's JSON, then close."""
-        if self.conn.our_state is h11.IDLE:  # (not in the middle of a reply)
+        """A request HTTP/1.1 cannot parse (a bad request line, headers over 16 KiB, a bad chunk of a body):
+        OpenAI's JSON, then close."""
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # (no reply begun: a bad body's chunk comes after
+            # the head, while the app waits for it)
             self.transport.write(reply(400, "Bad Request", p.error_body(f"invalid HTTP request: {msg}",
                                                                         code="invalid_http_request")))
         self.transport.close()
@@ -99,16 +115,17 @@ class LimitedH11(H11Protocol):
         self.transport.abort()
 
 
-def protocol(max_connections: int, timeout_headers: float, timeout_write: float) -> type:
+def protocol(max_connections: int, timeout_headers: float, timeout_write: float, per_client: int = 64) -> type:
     """The protocol class for uvicorn.Config(http=...), with these limits."""
-    return type("CharnnH11", (LimitedH11,), {"max_connections": max_connections,
-                                              "timeout_headers": timeout_headers, "timeout_write": timeout_write})
+    return type("CharnnH11", (LimitedH11,), {"max_connections": max_connections, "per_client": per_client,
+                                              "clients": {}, "timeout_headers": timeout_headers,
+                                              "timeout_write": timeout_write})
 
 
-def refusal(limit: int) -> bytes:
-    """A whole HTTP/1.1 503 in OpenAI's error JSON, for a connection past the cap."""
+def refusal(limit: int, who: str = "the server has", flag: str = "--max-connections") -> bytes:
+    """A whole HTTP/1.1 503 in OpenAI's error JSON, for a connection past a cap."""
     return reply(503, "Service Unavailable", p.error_body(
-        f"the server has {limit} connections open, its limit (--max-connections); retry shortly", "server_error",
+        f"{who} {limit} connections open, its limit ({flag}); retry shortly", "server_error",
         code="too_many_connections"), "retry-after: 1\r\n")
 
 

@@ -60,7 +60,7 @@ def serve(models: Dict[str, Model], cfg: ServeConfig, on_ready: Optional[Callabl
         on_note(f"at most {cap} connections at once, not {cfg.max_connections}: this process may open {files} files "
                 "(ulimit -n)")
     limits.quiet_logs()
-    http = limits.protocol(cap, cfg.timeout_headers, cfg.timeout_write)
+    http = limits.protocol(cap, cfg.timeout_headers, cfg.timeout_write, cfg.max_connections_per_client)
     server = uvicorn.Server(uvicorn.Config(create_app(models, cfg), log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=3, timeout_keep_alive=cfg.timeout_keep_alive,
                                            http=http))
