@@ -291,6 +291,8 @@ def test_a_key_guards_everything_but_health_and_a_full_server_answers_503(traine
         status, _, raw = s.request("POST", "/v1/completions", {"prompt": "the"})
         assert status == 401 and json.loads(raw)["error"]["code"] == "invalid_api_key"
         assert s.health()["status"] == "ok"  # /health stays open
+        for auth, status in (("bearer sesame", 200), ("BEARER sesame", 200), ("Bearer sesam", 401), ("sesame", 401)):
+            assert s.request("GET", "/v1/models", headers={"Authorization": auth})[0] == status, auth  # (RFC 9110)
         client = s.client("sesame")
         served = name(trained_run)
         assert [m.id for m in client.models.list().data] == [served, "second"]  # several models, by name

@@ -56,9 +56,9 @@ class Server:
     def _denied(self, request: Request) -> Optional[JSONResponse]:
         if self.cfg.api_key is None:
             return None
-        given = request.headers.get("authorization", "")
-        if given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), self.cfg.api_key.encode()):
-            return None
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.cfg.api_key.encode()):
+            return None  # (the scheme's case does not matter: RFC 9110)
         return error(401, "missing or wrong API key: send `Authorization: Bearer KEY`", code="invalid_api_key")
 
     async def playground(self, request: Request) -> Response:
