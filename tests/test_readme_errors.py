@@ -189,7 +189,9 @@ def _replacing_run(tmp_path, text, run):
     args = ["train", text, "--out", tmp_path, "--name", "r", "--max-steps", "2", *SMALL[:-1]]
     assert invoke(*args).exit_code == 0
     again = invoke(*args)
-    assert again.exit_code == 0 and "held a run (best.pt and last.pt); this one replaces" in again.stderr
+    assert again.exit_code == 0 and "held a run (best.pt and last.pt); this one moves it into" in again.stderr
+    assert {p.name for p in (tmp_path / "r" / "previous").iterdir()} == {"best.pt", "last.pt", "metrics.jsonl",
+                                                                       "config.json"}  # (kept, not overwritten)
     one_line_error(invoke("train", text, "--out", tmp_path, "--name", "a/b", *SMALL), 2, "`--name`", "one name")
 
 

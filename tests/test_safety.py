@@ -254,10 +254,12 @@ def test_a_failed_run_leaves_a_good_run_of_the_same_name_untouched(tmp_path, cor
     assert e.value.path is None and digest(run) == before
 
 
-def test_a_new_run_replaces_an_old_best_pt_once_it_saves(tmp_path, corpus_txt, trained_run):
-    # otherwise `charnn sample RUN` would pick the old model's best.pt over the new run's last.pt
+def test_a_new_run_moves_an_old_run_into_previous_once_it_saves(tmp_path, corpus_txt, trained_run):
+    # otherwise `charnn sample RUN` would pick the old model's best.pt over the new run's last.pt; and an
+    # accidental rerun must not lose the old run's checkpoints (it overwrote them)
     run = tmp_path / "runs" / "text"
     shutil.copytree(trained_run.run_dir, run)
+    old = {n: (run / n).read_bytes() for n in ("best.pt", "last.pt")}
     (run / ".last.pt.abc123.tmp").write_bytes(b"left by a kill -9")
     stop = StopRequest()
     cfg = TrainConfig(out=str(tmp_path / "runs"), name="text", batch_size=4, seq_len=16, device="cpu", max_steps=50,
@@ -266,8 +268,9 @@ def test_a_new_run_replaces_an_old_best_pt_once_it_saves(tmp_path, corpus_txt, t
                       lambda k, i: setattr(stop, "signum", signal.SIGINT) if k == "saved" else None, stop=stop)
     with pytest.raises(TrainingInterrupted):
         trainer.fit()
-    assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt", "previous"]
     assert load_checkpoint(run / "last.pt")["model_config"]["hidden"] == 16
+    assert {n: (run / "previous" / n).read_bytes() for n in old} == old
 
 
 def test_a_file_where_the_run_folder_would_be_names_the_flag_to_change(tmp_path, corpus_txt):

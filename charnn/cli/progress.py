@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
@@ -129,8 +130,9 @@ class TrainProgress:
                       f"vocab {info['vocab_size']}{per}, {info['train_tokens']:,} train / {info['val_tokens']:,} val "
                       f"tokens -> {info['run_dir']}")
             if info.get("replaces"):
-                self.note(f"note: {info['run_dir']} held a run ({info['replaces']}); this one replaces its "
-                          "checkpoints at its first save (--resume continues that run; another --name keeps both)")
+                self.note(f"note: {info['run_dir']} held a run ({info['replaces']}); this one moves it into "
+                          f"{Path(info['run_dir']) / 'previous'} at its first save (--resume continues that run "
+                          "instead)")
             if info.get("val_unknown"):
                 self.note(f"note: {info['val_unknown']:,} validation characters are not in the training text's "
                           "vocabulary; they are scored as the unknown token")

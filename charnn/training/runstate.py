@@ -7,6 +7,7 @@ The recurrent state goes through the model's `state_ops` (charnn.models.state): 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional, Tuple
@@ -135,20 +136,35 @@ def check_same_text(saved: dict, now: dict, run: str) -> None:
 
 def text_and_folder(resumed: Optional[dict], data_record: dict, run_dir: Path) -> str:
     """Once the text is read: a resumed run must have the text it trained on (check_same_text); a fresh run in the
-    folder of an older run of the same name returns what it replaces ("" where nothing), said before training,
-    since its first save removes that run's best.pt and overwrites its last.pt."""
+    folder of an older run of the same name returns what it holds ("" where nothing), said before training, since
+    its first save moves that run into previous/ (keep_previous)."""
     if resumed:
         check_same_text(resumed, data_record, run_dir.name)
         return ""
     return " and ".join(n for n in ("best.pt", "last.pt") if (run_dir / n).is_file())
 
 
-def drop_stale_best(run_dir: Path, resumed: bool, name: str) -> None:
-    """The first save of a fresh run into the folder of an older run of the same name: that run's
-    best.pt belongs to another model and would be picked over this run's last.pt, so remove it."""
-    stale = run_dir / "best.pt"
-    if not resumed and name == "last.pt" and stale.is_file():
-        stale.unlink()
+PREVIOUS = "previous"  # where a fresh run's first save moves the older run of its name (one generation kept)
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "config.json")
+
+
+def keep_previous(run_dir: Path, resumed: bool) -> None:
+    """Before the first save of a fresh run into the folder of an older run of the same name: move that run's files
+    into run_dir/previous/ (replacing what an earlier replacement left there), so an accidental rerun loses no
+    checkpoint, and its best.pt is not picked over this run's last.pt."""
+    old = [run_dir / n for n in RUN_FILES if (run_dir / n).is_file()]
+    if resumed or not any(f.suffix == ".pt" for f in old):
+        return
+    keep = run_dir / PREVIOUS
+    try:
+        keep.mkdir(exist_ok=True)
+        for name in RUN_FILES:
+            (keep / name).unlink(missing_ok=True)
+        for f in old:
+            os.replace(f, keep / f.name)
+    except OSError as e:
+        raise CharnnError(f"could not move the older run in {str(run_dir)!r} to {str(keep)!r}: "
+                          f"{e.strerror or e}; choose another --name") from None
 
 
 def save_on_stop(t) -> Optional[Path]:

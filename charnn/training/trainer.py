@@ -179,14 +179,14 @@ class Trainer:
     def save(self, names: Tuple[str, ...], val_loss: float) -> Path:
         """Write the checkpoints in order, then announce each: a callback that raises leaves them all written."""
         paths = [self.run_dir / name for name in names]
+        if not self._saved_once and self.dist.is_main:  # an older run of this name: into previous/ first
+            runstate.keep_previous(self.run_dir, self.resumed)
         for path in paths:
             t = time.perf_counter()
             runstate.write(self, path, val_loss)  # a collective under torchrun
             self._last_save = time.perf_counter()
             self.budget.save_cost = self._last_save - t
-            if not self._saved_once and self.dist.is_main:
-                self._saved_once = True
-                runstate.drop_stale_best(self.run_dir, self.resumed, path.name)
+        self._saved_once = True
         for path in paths:
             self.on_event("saved", {"path": str(path), "step": self.step})
         return paths[-1]
