@@ -231,8 +231,10 @@ def test_non_finite_loss_stops_keeps_checkpoints_and_hints(tmp_path, corpus_txt,
 
 
 def test_a_huge_lr_blows_up_with_the_hint(tmp_path, corpus_txt):
-    r = invoke("train", corpus_txt, "--out", tmp_path, "--lr", "1e30", "--max-steps", "6", "--eval-every", "2", *SMALL)
+    r = invoke("train", corpus_txt, "--out", tmp_path / "runs", "--lr", "1e30", "--max-steps", "6", "--eval-every",
+               "2", *SMALL)
     one_line_error(r, 1, "loss became", "Try a lower --lr")
+    assert list((tmp_path / "runs").iterdir()) == []  # no empty run folder (a NaN before the first save left one)
 
 
 def test_a_failed_run_leaves_a_good_run_of_the_same_name_untouched(tmp_path, corpus_txt, trained_run):

@@ -55,10 +55,11 @@ class RunLock:
             raise CharnnError(f"run {run_dir.name!r} ({str(run_dir)!r}) is being trained by {who}; {then}") from None
         return cls(run_dir, fd, created)
 
-    def release(self, failed: bool = False) -> None:
-        """Unlock; after a failed start, also remove the folder this lock made if nothing was written in it."""
+    def release(self) -> None:
+        """Unlock, and remove the folder this lock made if nothing was written in it (a start that failed, a run
+        stopped by a NaN or a signal before its first save: an empty folder was left)."""
         self._close()
-        if failed and self.created:
+        if self.created:
             try:
                 self.run_dir.rmdir()
             except OSError:

@@ -56,13 +56,13 @@ class Trainer:
         try:
             self._setup(model_cfg, cfg, resume, encoding, explicit)
         except BaseException:
-            self.release(failed=True)
+            self.release()
             raise
 
-    def release(self, failed: bool = False) -> None:
+    def release(self) -> None:
         """Let another training have the run folder (fit does this when it ends)."""
         if self.lock is not None:
-            self.lock.release(failed)
+            self.lock.release()
 
     @property
     def tokenizer(self):
