@@ -312,3 +312,26 @@ def test_the_first_draw_completes_the_piece_taken_back_and_the_output_still_star
         assert sample("birds s", length) == ("birds sang" + "x" * 20)[: len("birds s") + length]
         assert sample("birds ", length) == ("birds sang" + "x" * 20)[: len("birds ") + length]  # " " -> " sang"
         assert sample("birds", length) == "birds" + "x" * length  # "irds" extends to nothing else: plain "x"
+
+
+def test_metrics_and_info_read_a_subword_run_per_character_and_per_token(bpe_run, tmp_path):
+    """train_loss was written per token beside val_loss per character (the curves were 3-4x apart on one axis
+    labelled nats/char); info said `x 16 chars` for 16 tokens and previewed only byte pieces."""
+    from charnn.checkpoint import load_checkpoint
+    from charnn.training.metrics import read_metrics
+    from charnn.training.metrics import MetricsLogger
+    work, _ = bpe_run
+    run = work / "checkpoints" / "corpus"
+    data = load_checkpoint(run / "last.pt")["data"]
+    per_token = data["train_chars"] / data["train_tokens"]
+    assert per_token > 1.5
+    logger = MetricsLogger(tmp_path, every=1)
+    logger("start", {"step": 0, "chars_per_token": per_token})
+    logger("saved", {})
+    logger("step", {"step": 1, "epoch": 0.1, "loss": 2.0 * per_token, "lr": 1e-3, "chars_per_sec": 1.0, "elapsed": 1})
+    logger("done", {})
+    assert read_metrics(tmp_path / "metrics.jsonl")[0]["train_loss"] == pytest.approx(2.0)
+    out = runner.invoke(app, ["info", str(run)]).stdout
+    assert "x 16 tokens" in out and "x 16 chars" not in out
+    preview = out.split("tokenizer   bpe, 320 tokens: ")[1].split("\n")[0].split()
+    assert preview and all(len(p) > 1 for p in preview[:5]), preview  # learned pieces, not \x00 \x01 ...

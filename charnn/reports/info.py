@@ -80,8 +80,13 @@ def _model(data: dict) -> dict:
 
 
 def _vocabulary(tok) -> dict:
+    """Its kind, size and the first VOCAB_PREVIEW tokens: a subword vocabulary's learned pieces of two or more
+    characters first (its first ids are single bytes and characters: \x00 \x01 ... said nothing)."""
     ids = [i for i in range(tok.vocab_size) if i != tok.unk_id]
-    return {"kind": tok.kind, "vocab_size": tok.vocab_size, "preview": [tok.decode([i]) for i in ids[:VOCAB_PREVIEW]]}
+    pieces = [tok.decode([i]) for i in ids]
+    if tok.kind != "char":
+        pieces = [p for p in pieces if len(p) > 1] + [p for p in pieces if len(p) <= 1]
+    return {"kind": tok.kind, "vocab_size": tok.vocab_size, "preview": pieces[:VOCAB_PREVIEW]}
 
 
 def _seq2seq(data: dict) -> dict:
@@ -151,7 +156,7 @@ def summary_lines(info: dict) -> List[str]:
                          f"validation; targets up to {pairs.get('max_ratio', 0):.2f}x their input's length")
     if tr["batch_size"] is not None:
         unit = "pairs" if s2s else (f"texts of up to {tr['seq_len']} tokens" if tr.get("unit") == "text"
-                                    else f"x {tr['seq_len']} chars")
+                                    else f"x {tr['seq_len']} {'chars' if t['kind'] == 'char' else 'tokens'}")
         lines.append(f"            batch {tr['batch_size']} {unit}, lr {tr['lr']:g}, seed {tr['seed']}"
                      + ("; resumable (optimiser state inside)" if tr["resumable"] else ""))
     broken = info.get("non_finite") or []

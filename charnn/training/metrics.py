@@ -3,8 +3,9 @@
 `MetricsLogger` is an `on_event` callback for the Trainer; `Callbacks` fans one event out to several, so
 logging, the progress bar and sample previews hang off the loop without living in it.
 
-A record holds `step`, `epoch` (fractional), `train_loss` (mean over the steps since the previous record,
-nats per token), `lr`, `chars_per_sec`, `elapsed` (seconds since the run began, resumed time included) and,
+A record holds `step`, `epoch` (fractional), `train_loss` (mean over the steps since the previous record, nats
+per character as `val_loss`: a subword run's per-token loss over the training text's characters per token; files
+written before 2026-12 hold it per token), `lr`, `chars_per_sec`, `elapsed` (seconds since the run began, resumed time included) and,
 at evaluation steps, `val_loss` (nats per character). A record is written every `every` steps, at every
 evaluation and at the last step, so `step` always increases along the file.
 """
@@ -137,11 +138,13 @@ class MetricsLogger:
         self.last_written = -1
         self._loss_sum, self._loss_n = 0.0, 0
         self.start_step: Optional[int] = None  # set by "start"; files are opened at the first "saved"
+        self.chars_per_token = 1.0  # (the start event's: train_loss is written per character)
         self.backlog: List[dict] = []
 
     def __call__(self, kind: str, info: dict) -> None:
         if kind == "start":
             self.start_step = info.get("step", 0)
+            self.chars_per_token = info.get("chars_per_token") or 1.0
         elif kind == "saved" and self.start_step is not None:
             self._start(self.start_step)
             self.start_step = None
@@ -189,7 +192,7 @@ class MetricsLogger:
             write_text_atomic(self.path.parent / CONFIG_FILE, json.dumps(self.config, indent=2) + "\n")
 
     def _record(self, info: dict) -> dict:
-        train_loss = self._loss_sum / self._loss_n if self._loss_n else info["loss"]
+        train_loss = (self._loss_sum / self._loss_n if self._loss_n else info["loss"]) / self.chars_per_token
         self._loss_sum, self._loss_n = 0.0, 0
         return {"step": info["step"], "epoch": round(info["epoch"], 4), "train_loss": finite(train_loss),
                 "lr": info["lr"], "chars_per_sec": round(info["chars_per_sec"], 1),
