@@ -162,7 +162,8 @@ class TrainConfig:
         problems = []
         if self.tokenizer not in TOKENIZERS:
             problems.append(f"`--tokenizer` must be one of {', '.join(TOKENIZERS)}, not {self.tokenizer!r}")
-        elif self.vocab_size is not None and self.tokenizer == "char":
+        elif self.vocab_size is not None and self.tokenizer == "char" and not self.init_from:  # (init_from: the
+            # base's tokenizer is reused, whatever --tokenizer says; load_parent names the flag)
             problems.append("`--vocab-size` applies to --tokenizer bpe or unigram; a char vocabulary is the "
                             "characters of the text")
         elif self.vocab_size is not None and self.vocab_size < MIN_VOCAB:

@@ -109,6 +109,10 @@ class SampleConfig:
             problems.append(f"`--length` must be >= 0, got {self.length}")
         given = SamplingParams(self.temperature, self.top_k, self.top_p, self.seed)  # (checked with --greedy too)
         problems += [message for _, message in given.problems(SAMPLING_FLAGS)]
+        if self.greedy and (self.temperature not in (0.0, 1.0) or self.top_k not in (None, 1)
+                            or self.top_p is not None):
+            problems.append("`--greedy` takes the most likely token; `--temp`, `--top-k` and `--top-p` sample from "
+                            "the others too: give one or the other")  # (they were ignored)
         if self.unknown not in UNKNOWN:
             problems.append(f"`--unknown` must be one of {', '.join(UNKNOWN)}, not {self.unknown!r}")
         if self.num_samples < 1:

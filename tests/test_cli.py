@@ -104,6 +104,11 @@ def test_eval_json_and_table(trained_run, corpus_file, tmp_path):
     long.write_text(text)
     lines = invoke("eval", trained_run.run_dir, corpus_file, long).stdout.splitlines()
     assert len(lines) >= 3 and len({len(line) for line in lines}) == 1  # the columns stay aligned
+    for forgot in (trained_run.run_dir, trained_run.run_dir / "best.pt"):  # the FILE left off: said so (it was
+        r = invoke("eval", forgot)  # read as the text: "looks binary", "is a directory")
+        assert r.exit_code == 2 and "give the FILE to score after it" in r.stderr and r.stdout == ""
+    r = invoke("eval", trained_run.run_dir, corpus_file, "--uniform-prior")  # (ignored on a plain model)
+    assert r.exit_code == 2 and "--uniform-prior" in r.stderr and r.stdout == ""
 
 
 def test_a_diverged_models_scores_are_infinite_and_its_json_strict():

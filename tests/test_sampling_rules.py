@@ -88,9 +88,12 @@ def test_temperature_zero_is_greedy_in_every_entry_point(trained_run, model):
     for seed in (1, 2):
         assert model.generate("the", length=60, temperature=0, seed=seed) == greedy
     assert SampleConfig(greedy=True).sampling.greedy  # --greedy is an alias of --temp 0
-    for flags in (["--temp", "0"], ["--greedy"], ["--greedy", "--temp", "0.5"]):
+    for flags in (["--temp", "0"], ["--greedy"], ["--greedy", "--temp", "0"], ["--greedy", "--top-k", "1"]):
         r = invoke("sample", trained_run.run_dir, "--prime", "the", "--length", "60", "--seed", "5", "-q", *flags)
         assert r.exit_code == 0 and r.stdout == "the" + greedy + ("" if greedy.endswith("\n") else "\n"), flags
+    for flags in (["--temp", "0.5"], ["--top-k", "3"], ["--top-p", "0.9"]):  # (they were ignored, without a word)
+        r = invoke("sample", trained_run.run_dir, "--greedy", "--length", "5", *flags)
+        assert r.exit_code == 2 and "give one or the other" in r.stderr and r.stdout == "", flags
     assert TransduceConfig(temperature=0.0, top_k=3).validate().sampling is None  # a greedy search in transduce
     assert TransduceConfig(temperature=0.5).validate().sampling == SamplingParams(0.5, seed=0)
 

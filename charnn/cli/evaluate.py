@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, List, Optional, Tuple
 
 import typer
@@ -51,6 +52,9 @@ def evaluate(
 
     with user_errors():
         ckpt, files = split_checkpoint(paths, needs=1)
+        if ckpt is None and len(files) == 1 and (files[0].endswith(".pt") or Path(files[0]).is_dir()):
+            raise ConfigError(f"{files[0]!r} is a checkpoint or run folder: give the FILE to score after it "
+                              "(or `-` for stdin)")  # (it was read as the text: "looks binary", "is a directory")
         if files.count(STDIN) > 1:
             raise ConfigError("`-` (stdin) can be read once; give it once")
         files, entries = _fetch(files)
@@ -59,6 +63,9 @@ def evaluate(
         dev = resolve_device(device)
         path = resolve_checkpoint(ckpt)
         data = load_checkpoint(path)
+        labelled = label_by is not None or (data.get("model_config") or {}).get("kind") == "classifier"
+        if uniform_prior and not labelled:  # (it was ignored)
+            raise ConfigError("`--uniform-prior` applies to labelled files (--label-by) scored by a labelled model")
         if is_seq2seq(data):
             if dynamic or label is not None:
                 raise ConfigError("`--dynamic` and `--label` apply to language models, not to a --pairs model")
@@ -70,7 +77,7 @@ def evaluate(
             return _pairs(data, path, files, beam, encoding, dev, as_json)
         if beam != 1:
             raise ConfigError("`--beam` applies to a sequence-to-sequence (--pairs) model")
-        if label_by is not None or (data.get("model_config") or {}).get("kind") == "classifier":
+        if labelled:
             if dynamic or label is not None or any(entries) or STDIN in files:
                 raise ConfigError("a classifier's eval reads labelled files (--label-by); `--dynamic`, `--label`, "
                                   "catalog corpora and `-` apply to language models")
