@@ -248,6 +248,17 @@ def test_sample_i_of_a_batch_is_what_its_seed_writes_alone(ckpt):
     assert together.split("|") == alone and len(set(alone)) == 3
 
 
+def test_many_samples_run_in_waves_that_write_what_one_batch_writes(ckpt, monkeypatch):
+    """-n 100000000 held every row and every finished text at once (out of memory); waves of WAVE samples write
+    the same samples in the same order."""
+    import charnn.generation.sampler as sampler_module
+    model, tok = model_and_tokenizer(ckpt)
+    cfg = SampleConfig(num_samples=7, separator="|", length=30, prime="the ", stop="e ")
+    whole = "".join(Sampler(model, tok, cfg, torch.device("cpu"), 4))
+    monkeypatch.setattr(sampler_module, "WAVE", 3)
+    assert "".join(Sampler(model, tok, cfg, torch.device("cpu"), 4)) == whole and whole.count("|") == 6
+
+
 def one_token_at_a_time(model, tok, sampler: Sampler) -> List[str]:
     """The sampler's rows drawn through a Batcher one token per step: the reference a block must match."""
     batcher = Batcher(model, tok, torch.device("cpu"), capacity=len(sampler.rows()), int8=sampler.cfg.int8, block=1)

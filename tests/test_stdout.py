@@ -38,6 +38,17 @@ def test_a_full_disk_on_stdout_is_one_line(trained_run, corpus_file, tmp_path):
         assert len([ln for ln in p.stderr.splitlines() if "error" in ln]) == 1
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+def test_a_full_disk_on_stderr_loses_the_notes_not_the_results(trained_run, corpus_file, tmp_path):
+    """Was: `charnn sample RUN 2>/dev/full` printed nothing and exited 1 (its "sampling ..." note failed)."""
+    for args in (["sample", str(trained_run.run_dir), "--length", "50", "--seed", "1"],
+                 ["eval", str(trained_run.run_dir), str(corpus_file), "--json"]):
+        with open("/dev/full", "w") as full:
+            p = subprocess.run([sys.executable, "-m", "charnn", *args], stdout=subprocess.PIPE, stderr=full,
+                               cwd=tmp_path, env=subprocess_env(), text=True, timeout=300)
+        assert p.returncode == 0 and p.stdout.strip(), (args, p.returncode)
+
+
 def test_a_read_only_stdout_is_one_line(trained_run, corpus_file, tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("")

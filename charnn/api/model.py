@@ -247,6 +247,11 @@ class Model:
                               f"no characters, so it has no {method}(); use classify()")
 
     @property
+    def generates(self) -> bool:
+        """Whether it writes text (a language model); a classifier (`train --classifier`) labels texts only."""
+        return self._reads_text
+
+    @property
     def created(self) -> int:
         return self._created
 

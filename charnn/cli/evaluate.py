@@ -50,7 +50,7 @@ def evaluate(
     from charnn.scoring.evaluate import combine, evaluate_labels, evaluate_text
     from charnn.sampling import TransduceConfig
 
-    with user_errors():
+    with user_errors("eval"):
         ckpt, files = split_checkpoint(paths, needs=1)
         if ckpt is None and len(files) == 1 and (files[0].endswith(".pt") or Path(files[0]).is_dir()):
             raise ConfigError(f"{files[0]!r} is a checkpoint or run folder: give the FILE to score after it "

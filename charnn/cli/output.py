@@ -22,6 +22,13 @@ class MessageConsole(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
 
+    def _check_buffer(self) -> None:
+        try:
+            super()._check_buffer()
+        except OSError:  # stderr on a full disk (2>/dev/full): the messages go, the results stay (sample printed
+            self.quiet = True  # nothing and exited 1)
+            del self._buffer[:]
+
 
 err = MessageConsole(stderr=True, highlight=False, soft_wrap=True)
 
@@ -56,10 +63,10 @@ def json_line(obj, **kw) -> str:
 
 
 @contextmanager
-def user_errors():
-    """Map library errors to one red line and an exit code; CHARNN_DEBUG=1 shows the traceback."""
+def user_errors(command: str = ""):
+    """Map library errors to one red line and an exit code; CHARNN_DEBUG=1 shows the traceback. `command`: whose
+    flags the out-of-memory line names (OOM_HINTS)."""
     debug = debugging()
-    oom = "out of memory; try a smaller --batch-size, --hidden or corpus"
     try:
         yield
     except (CharnnError, KeyboardInterrupt, MemoryError, RuntimeError) as e:
@@ -69,7 +76,19 @@ def user_errors():
         if isinstance(e, KeyboardInterrupt):
             err.print("[yellow]interrupted[/]", markup=True)
             raise typer.Exit(130) from None
-        fail(str(e) if isinstance(e, CharnnError) else oom, 2 if isinstance(e, ConfigError) else 1)
+        fail(str(e) if isinstance(e, CharnnError) else out_of_memory(command), 2 if isinstance(e, ConfigError) else 1)
+
+
+OOM_HINTS = {"train": "a smaller --batch-size, --seq-len or --hidden", "sample": "fewer --num-samples",
+             "transduce": "a smaller --batch-size or --beam", "eval": "smaller files, or a smaller --beam",
+             "serve": "a smaller --max-batch or --max-score-tokens"}
+
+
+def out_of_memory(command: str) -> str:
+    """The out-of-memory line, with what the command can lower (its own flags: the one hint for all named
+    --batch-size and --hidden, which `sample` has neither of)."""
+    hint = OOM_HINTS.get(command)
+    return "out of memory" + (f"; try {hint}" if hint else "")
 
 
 def fail(message: str, code: int = 1):

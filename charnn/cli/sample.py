@@ -62,7 +62,7 @@ def sample(
     from charnn.generation.prompt import read_prime
     from charnn.generation.sampler import Sampler
 
-    with user_errors():
+    with user_errors("sample"):
         if prime and prime_file is not None:
             raise ConfigError("Can't provide both `--prime` and `--prime-file`. Choose one.")
         cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, greedy=greedy, prime=prime,
@@ -74,6 +74,9 @@ def sample(
         model = load(checkpoint, cfg.device, cfg.int8)  # the loader of the Python API and the server
         if model.kind != "lm":
             raise CharnnError(f"this checkpoint {SEQ2SEQ_HINT}")
+        if not model.generates:  # (before the "sampling ..." line: the error alone)
+            raise CharnnError("this checkpoint is a classifier (train --classifier): it labels texts and writes "
+                              "none; use `charnn classify`")
         if prime_file is not None:
             cfg.prime = read_prime(prime_file)
         if label is not None:  # the label folded into the embedding: every sampler path serves it as is

@@ -58,7 +58,7 @@ def serve(
                                                       "the model). Scoring (logprobs) stays exact.")] = False,
 ):
     """Serve models over HTTP: OpenAI's /v1/completions (streaming, continuous batching) and a playground at /."""
-    with user_errors():
+    with user_errors("serve"):
         try:
             import starlette  # noqa: F401  the serve extra: checked here, since the server imports them late
             import uvicorn  # noqa: F401

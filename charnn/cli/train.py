@@ -176,7 +176,7 @@ def train(
     dist = Dist.from_env()  # under torchrun: this process's rank; only rank 0 writes files and talks
     if not dist.is_main:
         err.quiet = True
-    with _other_ranks_exit_quietly(dist), user_errors(), dist:
+    with _other_ranks_exit_quietly(dist), user_errors("train"), dist:
         model_cfg, cfg = train_configs(flags, "charnn train", given=given or ())
         note_threads(cfg.threads, quiet)
         stop = StopRequest()

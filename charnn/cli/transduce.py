@@ -55,7 +55,7 @@ def transduce(
     from charnn.device import resolve_device
     from charnn.generation.seq2seq import Transducer, join_line
 
-    with user_errors():
+    with user_errors("transduce"):
         checkpoint, files = split_checkpoint(args)
         encoding = check_encoding(encoding)  # (an unknown one: a traceback from the first read, or nothing on stdin)
         cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temp, top_k=top_k,

@@ -19,6 +19,7 @@ from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.prompt import clean_prime
 from charnn.generation.threads import watching
 
+WAVE = 256  # samples generated together at most: -n beyond it runs in waves (memory: one wave's texts)
 BLOCK = 32  # tokens per row per generation step: a terminal sees text appear in pieces this long, at most
 
 
@@ -38,12 +39,13 @@ class Sampler:
         self.graphs, self.chars, self.notes, self.watch = graphs, 0, [], None
         self.measure = measure  # `charnn sample`'s threads measured where not given (charnn.generation.threads)
 
-    def rows(self) -> List[RowSpec]:
-        """One row per sample. `--stop` ends a sample right after the stop string; a row ends right before it
-        (OpenAI's way), so the string is put back when a row stops on it."""
+    def rows(self, lo: int = 0, hi: Optional[int] = None) -> List[RowSpec]:
+        """One row per sample (those from lo to hi). `--stop` ends a sample right after the stop string; a row ends
+        right before it (OpenAI's way), so the string is put back when a row stops on it."""
         cfg = self.cfg
         return [RowSpec(prompt=self.prime, length=cfg.length, sampling=replace(cfg.sampling, seed=self.seed + i),
-                        stop=(cfg.stop,) if cfg.stop else (), heal=cfg.heal) for i in range(cfg.num_samples)]
+                        stop=(cfg.stop,) if cfg.stop else (), heal=cfg.heal)
+                for i in range(lo, cfg.num_samples if hi is None else min(hi, cfg.num_samples))]
 
     def __iter__(self) -> Iterator[str]:
         cfg, n = self.cfg, self.cfg.num_samples
@@ -51,32 +53,38 @@ class Sampler:
         if cfg.length == 0:
             yield from (cfg.separator + self.prime for _ in range(1, n))
             return
-        batcher = Batcher(self.model, self.tokenizer, self.device, capacity=n, int8=cfg.int8, block=BLOCK,
-                          graphs=self.graphs, rows=n)
+        batcher = Batcher(self.model, self.tokenizer, self.device, capacity=min(n, WAVE), int8=cfg.int8, block=BLOCK,
+                          graphs=self.graphs, rows=min(n, WAVE))
         self.notes = batcher.notes
-        for i, spec in enumerate(self.rows()):
-            batcher.add(spec, tag=i)
-        later: List[List[str]] = [[] for _ in range(n)]  # samples 2..n wait for sample 1 to finish
         before, self.watch = torch.get_num_threads(), watching(cfg.threads, self.device) if self.measure else None
         try:
             if cfg.threads is not None:
                 torch.set_num_threads(cfg.threads)
-            while batcher.active:
-                block = partial(batcher.step, BLOCK)
-                pieces = self.watch.block(block, made) if self.watch else block()
-                for row, piece in pieces:
-                    if row.finish_reason == "stop":
-                        piece += cfg.stop
-                    self.chars += len(piece)
-                    if row.tag == 0:
-                        yield piece
-                    else:
-                        later[row.tag].append(piece)
+            for lo in range(0, n, WAVE):  # (a row's text depends on its own seed only, not on the rows beside it)
+                yield from self._wave(batcher, lo)
         finally:  # torch's count put back, unless someone else changed it meanwhile
             if torch.get_num_threads() == (self.watch.current if self.watch else cfg.threads or before):
                 torch.set_num_threads(before)
-        for i in range(1, n):
-            yield cfg.separator + self.prime + "".join(later[i])
+
+    def _wave(self, batcher: Batcher, lo: int) -> Iterator[str]:
+        """Samples lo to lo + WAVE: sample 0's pieces as they come, the others whole once the wave is done."""
+        cfg = self.cfg
+        for i, spec in enumerate(self.rows(lo, lo + WAVE)):
+            batcher.add(spec, tag=lo + i)
+        later: dict = {}  # the wave's other samples wait for sample 0 (or for the wave) to finish
+        while batcher.active:
+            block = partial(batcher.step, BLOCK)
+            pieces = self.watch.block(block, made) if self.watch else block()
+            for row, piece in pieces:
+                if row.finish_reason == "stop":
+                    piece += cfg.stop
+                self.chars += len(piece)
+                if row.tag == 0:
+                    yield piece
+                else:
+                    later.setdefault(row.tag, []).append(piece)
+        for i in range(max(1, lo), min(lo + WAVE, cfg.num_samples)):
+            yield cfg.separator + self.prime + "".join(later.get(i, ()))
 
 
 def made(pieces) -> int:
