@@ -304,3 +304,23 @@ def test_settings_errors_name_the_keywords_not_the_flags(model, tmp_path):
         with pytest.raises(ParamError) as e:
             charnn.train(str(text), out=str(tmp_path), max_steps=1, **kwargs)
         assert e.value.param == param and f"`{param}`" in str(e.value) and "--" not in str(e.value), str(e.value)
+
+
+def test_an_empty_corpus_argument_is_refused_and_a_path_is_a_path(tmp_path):
+    """Was: charnn.train("") (and `charnn train "$UNSET"`) trained on the current folder, checkpoints and all;
+    charnn.train([]) on the built-in corpus; charnn.train(Path(...)) a TypeError."""
+    from pathlib import Path
+    from charnn.errors import CharnnError
+    for corpus, says in (("", "empty string"), ([], "list of corpus files is empty"), ([""], "empty string"),
+                         (5, "got int")):
+        with pytest.raises(CharnnError, match=says):
+            charnn.train(corpus, out=str(tmp_path), max_steps=1)
+    assert not list(tmp_path.iterdir())
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(20))
+    run = charnn.train(Path(text), out=str(tmp_path / "runs"), max_steps=2, hidden=16, batch_size=2, seq_len=8,
+                       device="cpu", threads=1)
+    assert run.steps == 2 and run.run_dir.name == "t"
+    r = subprocess.run([sys.executable, "-m", "charnn", "train", "", "--out", str(tmp_path / "cli")],
+                       cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "empty string" in r.stderr and not (tmp_path / "cli").exists()

@@ -183,7 +183,7 @@ def train(
         with graceful_signals(stop):
             view = TrainProgress(err, cfg.open_ended, quiet)
             corpus_args = list(corpus or [])
-            run = start_run(corpus_args, model_cfg, cfg, view, encoding=encoding, glob=glob, resume=resume,
+            run = start_run(corpus_args or None, model_cfg, cfg, view, encoding=encoding, glob=glob, resume=resume,
                             log_every=log_every, explicit=given, stop=stop, dist=dist,
                             loaded=view.download.close, started=started)
             if preview_every and dist.is_main:

@@ -60,14 +60,33 @@ def decode_bytes(data: bytes, name: str, encoding: str = "utf-8") -> str:
         raise CharnnError(f"{name} is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {e.start}") from None
 
 
+def corpus_paths(paths) -> Optional[List[str]]:
+    """CORPUS arguments as a list of strings; None for the built-in corpus. A path-like is a path; an empty
+    string or an empty list is refused, not read as "here" or as "the built-in corpus" (`charnn train "$UNSET"`
+    trained on the current folder, `charnn.train(glob(...))` matching nothing on the standard library)."""
+    if paths is None:
+        return None
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in items):
+        raise CharnnError(f"the corpus must be a path, a list of paths, or None for the built-in corpus; got "
+                          f"{type(paths).__name__}")
+    items = [os.fspath(p) for p in items]
+    if not items:
+        raise CharnnError("the list of corpus files is empty (a pattern that matched nothing?); give files, or "
+                          "None for the built-in corpus")
+    if any(not p for p in items):
+        raise CharnnError("a corpus argument is an empty string (an unset variable?); give a file, a folder or "
+                          "a catalog name")
+    return items
+
+
 def load_corpus(paths: Union[None, str, Sequence[str]], encoding: str = "utf-8", glob: Optional[str] = None,
                 on_event: Optional[Callable[[str, dict], None]] = None) -> Corpus:
     """CORPUS arguments -> a Corpus: files and folders (recursive, filtered by `glob`), a catalog name
     (downloaded once into the cache), or nothing for the built-in corpus. Files are read later, streamed."""
     on_event = on_event or (lambda kind, info: None)
-    if isinstance(paths, str):
-        paths = [paths]
-    if not paths:
+    paths = corpus_paths(paths)
+    if paths is None:
         return builtin_corpus()
     if len(paths) == 1 and not Path(paths[0]).exists():
         from charnn.data import catalog

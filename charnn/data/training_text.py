@@ -36,11 +36,12 @@ def load_training_text(paths, encoding: str = "utf-8", glob: Optional[str] = Non
     (charnn.data.labels), or with `options.pairs` a PairText (charnn.data.pairs)."""
     from charnn.data import corpus as plain
 
+    paths = plain.corpus_paths(paths)
     if options is None or not (options.label_by or options.pairs):
         return plain.load_corpus(paths, encoding, glob, on_event)
     from charnn.data.catalog import resolve
 
-    paths = [resolve(p, on_event) for p in ([paths] if isinstance(paths, str) else paths or [])]
+    paths = [resolve(p, on_event) for p in paths or []]
     val_file = None if options.val_file is None else resolve(options.val_file, on_event)
     on_skip = None if on_event is None else (lambda path, why: on_event("corpus_skip", {"path": path, "why": why}))
     o = options
