@@ -157,6 +157,12 @@ def test_cli_resume_errors(tmp_path):
                             "6"])
     assert r.exit_code == 2 and "on the text it was trained on" in r.stderr and "--init-from" in r.stderr, r.stderr
     assert (tmp_path / "a" / "last.pt").read_bytes() == before
+    edited = tmp_path / "edited.txt"  # as many characters, one of them changed: refused too (it was resumed)
+    edited.write_text(corpus.read_text(encoding="utf-8").replace("e", "a", 1), encoding="utf-8")
+    r = runner.invoke(app, ["train", str(edited), "--out", str(tmp_path), "--name", "a", "--resume", "--max-steps",
+                            "6"])
+    assert r.exit_code == 2 and "as many characters but is not the same" in r.stderr, r.stderr
+    assert (tmp_path / "a" / "last.pt").read_bytes() == before
     # a fresh run under the same name says that it replaces the older one
     r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", *short[:-1]])
     assert r.exit_code == 0 and "held a run (best.pt and last.pt)" in r.stderr, r.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class Prepared:
     val_label_chars: Optional[List[int]] = None  # validation characters per label (labels 1..N)
     train_doc_lengths: Optional[List[int]] = None  # --label-by line: tokens of each document, in order
     val_doc_lengths: Optional[List[int]] = None
+    content: Optional[str] = None  # a digest of the text's files and texts as read (`--resume` checks it is the same)
 
 
 def prepare(parts: Sequence[Part], encoding: str, split: dict, tokenizer_spec: dict,
@@ -85,7 +87,8 @@ def prepare(parts: Sequence[Part], encoding: str, split: dict, tokenizer_spec: d
     all_files = [p for p in list(parts) + list(val_parts) if isinstance(p, SourceFile)]
     skipped = [(str(all_files[i].path), why) for i, why in meta.get("skipped", [])]
     out = Prepared(tok, torch.from_numpy(ids[:n_train]), ids[n_train:], meta["train_chars"], meta["val_chars"],
-                   meta["val_unknown"], cached, cache.entry_dir(key), skipped)
+                   meta["val_unknown"], cached, cache.entry_dir(key), skipped,
+                   content=hashlib.sha256(json.dumps([content, encoding.lower(), split]).encode()).hexdigest()[:32])
     seconds = time.perf_counter() - t0
     on_event("data", {"stage": "ready", "cached": cached, "seconds": seconds, "path": str(out.path),
                       "bytes": meta.get("bytes", 0), "train_tokens": n_train, "val_tokens": len(out.val_ids),

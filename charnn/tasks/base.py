@@ -146,6 +146,17 @@ def check_same_labels(saved: Optional[dict], task: Task, run: str) -> None:
                           f"(--label-by {corpus.by}). Resume with the same corpus, or start a new run")
 
 
+def text_digest(train_ids, val_ids, content: Optional[str] = None) -> str:
+    """What a checkpoint records of its training text, so that --resume can refuse another text of the same length
+    (a word edited): the corpus files' digest where they were encoded through the cache, else the ids' own."""
+    if content:
+        return content
+    h = hashlib.blake2b(digest_size=16)
+    for ids in (train_ids, val_ids):
+        h.update(np.ascontiguousarray(ids.numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)).tobytes())
+    return h.hexdigest()
+
+
 def fingerprint(task: Task) -> int:
     """A number that differs when two processes tokenized different text (or built different tokenizers)."""
     blob = repr((sorted(task.tokenizer.state().items()), len(task.train_ids), len(task.val_ids))).encode()

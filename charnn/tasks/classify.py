@@ -17,7 +17,7 @@ from charnn.data.labels import prepare_labelled
 from charnn.data.textbatches import TextBatches, cut_windows
 from charnn.scoring.confusion import label_report
 from charnn.scoring.discriminative import window_logprobs
-from charnn.tasks.base import Task
+from charnn.tasks.base import Task, text_digest
 
 
 def doc_spans(labels: np.ndarray, lengths: Optional[List[int]]):
@@ -57,7 +57,7 @@ class ClassifierTask(Task):
         self.train_spans = doc_spans(data.train_labels.numpy(), data.train_doc_lengths)
         self._val_texts(cfg)
         self.data_record = {"corpus": corpus.source, "cache_entry": None, "train_tokens": len(data.train_ids),
-                            "train_chars": data.train_chars}
+                            "train_chars": data.train_chars, "content": text_digest(data.train_ids, data.val_ids)}
         self.chars_per_token = 1.0  # a step's "tokens" are its texts: the loss is per text
 
     def _val_texts(self, cfg: TrainConfig) -> None:

@@ -14,7 +14,7 @@ from charnn.config import ModelConfig, TrainConfig
 from charnn.data.batches import DocumentBatches, StreamBatches
 from charnn.data.labels import prepare_labelled
 from charnn.scoring.evaluate import evaluate_documents, evaluate_ids
-from charnn.tasks.base import Task, total
+from charnn.tasks.base import Task, text_digest, total
 from charnn.text.tokenizer import start_id
 
 
@@ -41,7 +41,8 @@ class LabelledTask(Task):
         on_event("labels", {**self.labels, "skipped_lines": corpus.skipped_lines})
         self.tokenizer = data.tokenizer
         self.data_record = {"corpus": corpus.source, "cache_entry": data.path.name if data.path else None,
-                            "train_tokens": len(data.train_ids), "train_chars": data.train_chars}
+                            "train_tokens": len(data.train_ids), "train_chars": data.train_chars,
+                            "content": text_digest(data.train_ids, data.val_ids, data.content)}
         self.chars_per_token = data.train_chars / max(1, len(data.train_ids))
         self.train_ids = data.train_ids
 

@@ -11,7 +11,7 @@ from charnn.data.batches import StreamBatches
 from charnn.data.encode import prepare_corpus
 from charnn.data.training_text import TextOptions
 from charnn.scoring.evaluate import evaluate_ids
-from charnn.tasks.base import Task, total
+from charnn.tasks.base import Task, text_digest, total
 
 
 class LanguageModelTask(Task):
@@ -24,7 +24,8 @@ class LanguageModelTask(Task):
         data = prepare_corpus(self.corpus, TextOptions.of(cfg), base, encoding, on_event, extend=parent is not None)
         self.tokenizer = data.tokenizer
         self.data_record = {"corpus": self.corpus.source, "cache_entry": data.path.name if data.path else None,
-                            "train_tokens": len(data.train_ids), "train_chars": data.train_chars}
+                            "train_tokens": len(data.train_ids), "train_chars": data.train_chars,
+                            "content": text_digest(data.train_ids, data.val_ids, data.content)}
         # periodic evaluations score the first --eval-tokens validation ids (all of them when there are fewer)
         self.val_ids = data.val_ids[: cfg.eval_tokens or None]
         self.chars_per_token = data.train_chars / max(1, len(data.train_ids))

@@ -18,7 +18,7 @@ from charnn.generation.seq2seq import Transducer
 from charnn.sampling import TransduceConfig
 from charnn.scoring.pairs import PairScore
 from charnn.scoring.evaluate import evaluate_pairs
-from charnn.tasks.base import Task, total
+from charnn.tasks.base import Task, text_digest, total
 from charnn.text.tokenizer import start_id
 
 
@@ -70,9 +70,9 @@ class PairsTask(Task):
         on_event("pairs", {**self.pairs, "sized": dict(self.sized)})
         self.tokenizer, self.source_tokenizer = data.tokenizer, data.source_tokenizer
         self.train_ids = data.train_ids
-        self.data_record = {"corpus": self.corpus.source, "cache_entry": None, "train_tokens": len(self.train_ids),
-                            "train_chars": len(self.train_ids)}
         self.val_ids = np.concatenate(data.val_tgt)
+        self.data_record = {"corpus": self.corpus.source, "cache_entry": None, "train_tokens": len(self.train_ids),
+                            "train_chars": len(self.train_ids), "content": text_digest(self.train_ids, self.val_ids)}
         self.chars_per_token = 1.0
         # --best-by: G2P and transliteration are judged by whole words right, which the loss tracks only loosely
         self.selects_by = "loss" if cfg.best_by == "loss" else "wer"

@@ -129,9 +129,14 @@ def check_same_text(saved: dict, now: dict, run: str) -> None:
         if k in was and k in now and was[k] != now[k]:
             what = k.replace("train_", "training ")
             raise ConfigError(f"--resume continues run {run!r} on the text it was trained on ({was.get('corpus')}: "
-                              f"{was[k]:,} {what}); this text ({now.get('corpus')}) has {now[k]:,}. Pass that text "
-                              "again (with its --glob), or fine-tune the run on this one under a new --name with "
-                              "--init-from and the run's folder")
+                              f"{was[k]:,} {what}); this text ({now.get('corpus')}) has {now[k]:,}. {AGAIN}")
+    if was.get("content") and now.get("content") and was["content"] != now["content"]:  # (same length, edited)
+        raise ConfigError(f"--resume continues run {run!r} on the text it was trained on ({was.get('corpus')}); this "
+                          f"text ({now.get('corpus')}) has as many characters but is not the same. {AGAIN}")
+
+
+AGAIN = ("Pass that text again (with its --glob), or fine-tune the run on this one under a new --name with --init-from "
+         "and the run's folder")
 
 
 def text_and_folder(resumed: Optional[dict], data_record: dict, run_dir: Path) -> str:
