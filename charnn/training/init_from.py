@@ -58,6 +58,9 @@ def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: O
     if is_seq2seq(data):
         raise ConfigError(f"--init-from {path} is a sequence-to-sequence (--pairs) model; --init-from fine-tunes "
                           "language models")
+    if data["model_config"].get("kind") == "classifier" and model_cfg.kind != "classifier":
+        raise ConfigError(f"--init-from {path} is a classifier (train --classifier); it fine-tunes into a "
+                          "classifier only (--label-by ... --classifier), not a language model")
     base = ModelConfig.from_saved(data["model_config"]).validate()
     # what the new run keeps of the base: its architecture, or what its own kind says it takes (a classifier
     # takes the embedding, and the encoder's first layer where the shapes match)
