@@ -144,6 +144,11 @@ def test_cli_resume_errors(tmp_path):
     assert runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", *short]).exit_code == 0
     r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", "--resume", "--hidden", "64"])
     assert r.exit_code == 2 and "--hidden 64 (the run used 24)" in r.stderr
+    for flags, says in ((["--tokenizer", "bpe", "--vocab-size", "300"], "--tokenizer bpe (the run used char)"),
+                        (["--eval-tokens", "100"], "--eval-tokens 100"), (["--seed", "7"], "--seed 7")):
+        r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", "--resume", *flags])
+        assert r.exit_code == 2 and says in r.stderr, r.stderr  # (the tokenizer was recorded, not used; the best
+        # so far was measured on another amount of validation text; the seed drew --label-by line's split)
     # extending a finished run: --max-steps counts total steps
     r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", "--resume", "--max-steps", "5",
                             "--quiet"])

@@ -29,8 +29,10 @@ def load_resume(run_dir: Path, out: str) -> dict:
     return data
 
 
-# Flags a resumed run cannot change: the data position and carried state only mean something with them.
-FIXED_ON_RESUME = ("batch_size", "seq_len", "val_frac", "val_file")
+# Flags a resumed run cannot change: the data position and carried state only mean something with them; the
+# tokenizer is the run's (a new one was recorded, not used); --eval-tokens measures the best so far (another amount
+# would compare two yardsticks); --seed drew the validation lines of a --label-by line run.
+FIXED_ON_RESUME = ("batch_size", "seq_len", "val_frac", "val_file", "tokenizer", "vocab_size", "eval_tokens", "seed")
 MODEL_FLAGS = registry.get("lm").fixed_on_resume  # a language model's; each run's kind says its own
 
 
