@@ -246,12 +246,13 @@ class DynamicConfig:
 
     def validate(self) -> "DynamicConfig":
         problems = []
-        if not 0.0 <= self.lr <= 1.0:  # a step moves each weight about this much: beyond 1 it only destroys
-            problems.append(f"`--dynamic-lr` must be in [0, 1], got {self.lr}")
-        if not 0.0 <= self.decay <= 1.0:
-            problems.append(f"`--dynamic-decay` must be in [0, 1], got {self.decay}")
-        if self.segment < 1:
-            problems.append(f"`--segment` must be at least 1, got {self.segment}")
+        number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731  (the API's)
+        if not (number(self.lr) and 0.0 <= self.lr <= 1.0):  # a step moves each weight about this much: beyond 1
+            problems.append(f"`--dynamic-lr` must be in [0, 1], got {self.lr!r}")  # it only destroys
+        if not (number(self.decay) and 0.0 <= self.decay <= 1.0):
+            problems.append(f"`--dynamic-decay` must be in [0, 1], got {self.decay!r}")
+        if not (isinstance(self.segment, int) and not isinstance(self.segment, bool) and self.segment >= 1):
+            problems.append(f"`--segment` must be an integer, at least 1, got {self.segment!r}")
         if not 0.0 <= self.beta < 1.0:
             problems.append(f"`beta` must be in [0, 1), got {self.beta}")
         if not 0.0 < self.eps < float("inf"):

@@ -324,3 +324,21 @@ def test_an_empty_corpus_argument_is_refused_and_a_path_is_a_path(tmp_path):
     r = subprocess.run([sys.executable, "-m", "charnn", "train", "", "--out", str(tmp_path / "cli")],
                        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "empty string" in r.stderr and not (tmp_path / "cli").exists()
+
+
+def test_wrong_arguments_are_param_errors_naming_them(model):
+    """Were: an RNN's RuntimeError, numpy's `need at least one array to stack`, `'NoneType' object has no
+    attribute 'encode'`, a TypeError comparing a float with a str; top_k=0 gave one alternative without a word."""
+    calls = [("gradient_reach", ("the cat sat on the mat",), dict(max_k=-1), "max_k"),
+             ("gradient_reach", ("the cat sat",), dict(positions=0), "positions"),
+             ("score", (None,), {}, "text"), ("score", (5,), {}, "text"), ("token_logprobs", (None,), {}, "text"),
+             ("token_logprobs", ("the",), dict(top=21), "top"), ("adapt", ("the cat",), dict(lr="x"), "lr"),
+             ("surprisal", ("the",), dict(top_k=0), "top_k"), ("activations", (b"the",), {}, "text")]
+    for method, args, kwargs, param in calls:
+        with pytest.raises(ParamError) as e:
+            getattr(model, method)(*args, **kwargs)
+        assert e.value.param == param, (method, e.value)
+    with pytest.raises(ParamError, match="int8"):
+        charnn.load(model.path, int8="yes")
+    with pytest.raises(ParamError, match="on_event"):
+        charnn.train("anything.txt", on_event=5)

@@ -23,7 +23,7 @@ from charnn.errors import CharnnError
 from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 from charnn.inspect.surprisal import scan
-from charnn.sampling import shown
+from charnn.sampling import is_integer, shown
 
 if TYPE_CHECKING:
     from charnn.api.seq2seq import Seq2SeqModel
@@ -138,7 +138,7 @@ class Model:
         """What `charnn eval` reports for `text`: nats and bits per character, perplexity, counts. With
         `dynamic=True`, its score under dynamic evaluation (`charnn eval --dynamic`'s dynamic column, default
         settings); this model's weights are not changed either way."""
-        self._predicts("score")
+        self._predicts("score", text)
         if dynamic:
             return adapted_copy(self.net, self.tokenizer, text, self.device).result
         return evaluate_text(self.net, self.tokenizer, text, self.device)
@@ -148,7 +148,7 @@ class Model:
         """A new Model whose weights took dynamic evaluation's steps over `text` (`charnn sample --adapt`):
         generate from it to write more in the text's style. This model is left as it was. lr, decay and
         segment default to `charnn eval --dynamic`'s."""
-        self._predicts("adapt")
+        self._predicts("adapt", text)
         given = {k: v for k, v in {"lr": lr, "decay": decay, "segment": segment}.items() if v is not None}
         with keyword_names({"dynamic-lr": "lr", "dynamic-decay": "decay"}):
             cfg = DynamicConfig(**given).validate()
@@ -192,9 +192,7 @@ class Model:
         A character the vocabulary lacks is shown as itself (it is scored as the unknown token).
         The text runs through the model a chunk at a time: memory does not grow with its length beyond the
         answer itself."""
-        self._predicts("token_logprobs")
-        if not (isinstance(top, int) and not isinstance(top, bool) and 0 <= top <= TOP_LOGPROBS):
-            raise ParamError(f"`top` must be an integer from 0 to {TOP_LOGPROBS}, got {shown(top)}", "top")
+        self._predicts("token_logprobs", text, top=(top, 0, TOP_LOGPROBS))
         ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
         if self._pieces_by_id is None:  # each token's text, once per model
             self._pieces_by_id = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
@@ -217,7 +215,7 @@ class Model:
         start id as `score` reads it) and its `top_k` alternatives (`.top_ids`, `.top_logprobs`, `.top(i)`), as
         `charnn show` colours text. On a text `score` takes as one stream (under 4,096 tokens) `.total` equals
         score(text).nats."""
-        self._predicts("surprisal")
+        self._predicts("surprisal", text, top_k=(top_k, 1, None))
         from charnn.inspect.surprisal import surprisal
 
         with self._lock_scoring:
@@ -227,7 +225,7 @@ class Model:
         """Every recurrent unit's activation after each token of `text` (`.values`, an array (tokens, units);
         `.names`: "L1 h 17", "L2 c 3", ...; `.tokens`), read after the start id (`charnn show --cells`). A
         Model from `for_label` reads it as its label."""
-        self._predicts("activations")
+        self._predicts("activations", text)
         from charnn.inspect.activations import activations
 
         return activations(self.net, self.tokenizer, text, self.device)
@@ -235,16 +233,25 @@ class Model:
     def gradient_reach(self, text: str, max_k: int = 100, positions: int = 64, seed: int = 0) -> "GradientReach":
         """How much the loss at a position depends on the input k steps back: `.norms[k]`, the gradient norm
         averaged over up to `positions` positions of `text`, k = 0..max_k (`charnn show --gradients`)."""
-        self._predicts("gradient_reach")
+        self._predicts("gradient_reach", text, max_k=(max_k, 1, None), positions=(positions, 1, None),
+                       seed=(seed, 0, None))
         from charnn.inspect.gradients import gradient_reach
 
         return gradient_reach(self.net, self.tokenizer, text, self.device, max_k, positions, seed=seed)
 
-    def _predicts(self, method: str) -> None:
-        """Refuse, in one line, what needs next-character predictions on a classifier (`train --classifier`)."""
+    def _predicts(self, method: str, text, **counts: Tuple[object, int, Optional[int]]) -> None:
+        """Refuse, in one line: what needs next-character predictions on a classifier (`train --classifier`), a
+        text that is not a string, a count (value, least, most) out of its range (they failed in the tokenizer,
+        torch or numpy)."""
         if not self._reads_text:
             raise CharnnError(f"{self.path} is a classifier (train --classifier): it labels whole texts and predicts "
                               f"no characters, so it has no {method}(); use classify()")
+        if not isinstance(text, str):
+            raise ParamError(f"`text` must be a string, got {shown(text)}", "text")
+        for name, (value, least, most) in counts.items():
+            if not (is_integer(value) and value >= least and (most is None or value <= most)):
+                where = f"from {least} to {most}" if most is not None else f">= {least}"
+                raise ParamError(f"`{name}` must be an integer {where}, got {shown(value)}", name)
 
     @property
     def generates(self) -> bool:
@@ -266,6 +273,8 @@ def load(path_or_run: Optional[str] = None, device: str = "auto", int8: bool = F
     model comes back as a `Model`; a sequence-to-sequence one (`train --pairs`) as a `Seq2SeqModel`.
     `int8=True` (a language model on the CPU): generate with int8 recurrent weights, as `charnn sample --int8`
     (faster; a close approximation of the model, benchmarks/SAMPLING.md); scoring stays exact."""
+    if not isinstance(int8, bool):
+        raise ParamError(f"`int8` must be True or False, got {shown(int8)}", "int8")
     path = resolve_checkpoint(None if path_or_run is None else str(path_or_run))
     dev = resolve_device(device)
     if int8 and dev.type != "cpu":

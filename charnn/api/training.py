@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Union
 
-from charnn.api.params import keyword_names
+from charnn.api.params import ParamError, keyword_names
 from charnn.training.run import start_run, train_configs
 from charnn.training.stopping import StopRequest, TrainingInterrupted, graceful_signals
 from charnn.training.trainer import TrainResult
@@ -19,6 +19,9 @@ def train(corpus: Union[None, str, Sequence[str]] = None, *, on_event: Optional[
     Returns where the run went, its steps, best and last val loss, elapsed seconds and why it stopped.
     Ctrl-C (a notebook's interrupt; SIGTERM, SIGHUP) stops it after the current step with last.pt saved, as the
     command does, then raises KeyboardInterrupt (a second one: at once); resume=True continues it."""
+    if on_event is not None and not callable(on_event):  # (it failed at the first event, after the text was read)
+        raise ParamError(f"`on_event` must be a function (kind, info) or None, got {type(on_event).__name__}",
+                         "on_event")
     with keyword_names():  # (errors name the keywords: `max_time`, not the flag `--max-time`)
         model_cfg, cfg = train_configs(flags)
     stop = StopRequest()
