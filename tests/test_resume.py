@@ -187,3 +187,19 @@ def test_best_pt_is_written_before_last_pt_records_its_score(tmp_path, monkeypat
     with pytest.raises(OSError):
         train(Corpus(TEXT, "t", "t"), ModelConfig(vocab_size=1, **MODEL), TrainConfig(out=str(tmp_path), name="b", **TRAIN))
     assert weights(tmp_path / "b" / "best.pt")["step"] == 15
+
+
+def test_a_last_pt_whose_weights_do_not_fit_its_config_is_one_line(tmp_path):
+    """A hand-edited or foreign last.pt: --resume printed load_state_dict's traceback (sample and eval said it
+    in one line)."""
+    import torch
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    short = [*FLAGS[:-5], "--max-steps", "3", "--quiet"]
+    assert runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", *short]).exit_code == 0
+    data = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    data["model_config"]["hidden"] *= 2
+    torch.save(data, tmp_path / "a" / "last.pt")
+    r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", "--resume", "--max-steps", "6"])
+    assert r.exit_code == 1 and "do not fit its own model config" in r.stderr and "size mismatch" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

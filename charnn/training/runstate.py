@@ -16,7 +16,7 @@ import torch
 
 from charnn.checkpoint import build_model, save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig
-from charnn.errors import CharnnError, ConfigError
+from charnn.errors import CharnnError, ConfigError, first_line
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
 from charnn.training.resume import load_resume, resume_config
 
@@ -191,8 +191,12 @@ def optimizer_state(saved: dict, opt) -> dict:
 
 def restore(t, data: dict) -> None:
     """Put trainer `t` back where checkpoint `data` left it: weights, optimiser, progress, state, generators."""
-    t.model.load_state_dict(data["model"])
-    t.opt.load_state_dict(optimizer_state(data["optimizer"], t.opt))
+    try:
+        t.model.load_state_dict(data["model"])
+        t.opt.load_state_dict(optimizer_state(data["optimizer"], t.opt))
+    except (RuntimeError, ValueError, KeyError) as e:  # (a hand-edited or foreign last.pt: a traceback)
+        raise CharnnError(f"--resume: the checkpoint's weights or optimiser state do not fit its own model config: "
+                          f"{first_line(RuntimeError(' '.join(str(e).split())))}") from None  # (its lines joined)
     p = data["progress"]
     t.step, t.epoch, t.window, t.offset = p["step"], p["epoch"], p["window"], p["offset"]
     t.best_val, t.last_val = data.get("best_val_loss", math.inf), data.get("val_loss", math.inf)
