@@ -179,5 +179,7 @@ def test_a_typo_of_a_catalog_name_is_one_line_that_suggests_it(tmp_path, monkeyp
 def test_a_malformed_catalog_is_one_line(tmp_path):
     for content in ("[]", '{"corpora": 5}', '{"corpora": [{"name": 3}]}', '{"corpora": ["x"]}', "not json"):
         (tmp_path / "cat.json").write_text(content)
-        with pytest.raises(CharnnError, match="corpus catalog"):
+        with pytest.raises(CharnnError, match="corpus catalog") as e:
             catalog.load_catalog(tmp_path / "cat.json")
+        assert "indices" not in str(e.value) and ("is not {" in str(e.value) or content == "not json")  # (Python's
+        # "list indices must be integers or slices, not str" for "[]")

@@ -37,9 +37,10 @@ def catalog_path() -> Path:
 def load_catalog(path: Optional[Path] = None) -> List[dict]:
     path = path or catalog_path()
     try:
-        entries = json.loads(Path(path).read_text(encoding="utf-8"))["corpora"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CharnnError(f"cannot read the corpus catalog {str(path)!r}: {e}") from None
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CharnnError(f"cannot read the corpus catalog {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
+    entries = data.get("corpora") if isinstance(data, dict) else None  # (a list or a string: a Python TypeError)
     if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
                                                 for e in entries):
         raise CharnnError(f"the corpus catalog {str(path)!r} is not {{\"corpora\": [{{\"name\": ..., ...}}, ...]}}")
