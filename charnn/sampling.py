@@ -4,6 +4,7 @@ the API's parameter) at fault."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
@@ -62,12 +63,16 @@ class SamplingParams:
 
 
 def shown(x, most: int = 40) -> str:
-    """repr(x) cut to `most` characters (a 4,000-digit integer is an answer, not a message; past 4,300 digits
-    repr itself refuses)."""
+    """x in JSON's spelling where it has one (the server's clients sent `true`, `null`, `"64"`; Python's True,
+    None, '64' read as another language), else repr(x); cut to `most` characters (a 4,000-digit integer is an
+    answer, not a message; past 4,300 digits repr itself refuses)."""
     try:
-        text = repr(x)
-    except ValueError:
-        return f"an integer of {x.bit_length()} bits"
+        text = json.dumps(x, ensure_ascii=False)
+    except (TypeError, ValueError):
+        try:
+            text = repr(x)
+        except ValueError:
+            return f"an integer of {x.bit_length()} bits"
     return text if len(text) <= most else text[:most] + "..."
 
 

@@ -93,7 +93,7 @@ def test_the_api_takes_a_kinds_flags_and_keeps_them_on_resume(tmp_path):
     assert result.steps == 6
     again = load_checkpoint(tmp_path / "b" / "last.pt")["model_config"]
     assert (again["kind"], again["decay"]) == ("bag", 0.25)
-    with pytest.raises(ConfigError, match="`--decay` is a flag of bag models"):
+    with pytest.raises(ConfigError, match="`decay` is a flag of bag models"):
         charnn.train(str(text), decay=0.5, **flags)
 
 
@@ -187,7 +187,7 @@ def test_the_api_saves_every_flag_of_the_kind_and_fine_tunes_a_parallel_cell_run
 def test_charnn_train_keywords_of_the_wrong_type_are_one_clear_error():
     """The API's keywords arrive as any Python value: each is checked against its flag's type before anything
     runs (hidden="64" failed deep in torch, hidden=True trained a model 1 wide, resume="no" resumed)."""
-    for flags, words in [({"hidden": "64"}, "`hidden` takes a whole number, got '64'"),
+    for flags, words in [({"hidden": "64"}, "`hidden` takes a whole number, got \"64\""),
                          ({"hidden": True}, "`hidden` takes a whole number"), ({"seq_len": 32.5}, "`seq_len`"),
                          ({"lr": "0.01"}, "`lr` takes a number"), ({"resume": "no"}, "`resume` takes True or False"),
                          ({"name": 5}, "`name` takes a string or None"), ({"seed": None}, "`seed` takes a whole"),

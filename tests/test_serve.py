@@ -173,6 +173,8 @@ def test_unknown_model_is_a_404_in_openais_shape(server, trained_run):
     ({"prompt": "the", "temperature": -1}, 400, "temperature", ["temperature"]),
     ({"prompt": "the", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", ["4"]),
     ({"prompt": "the", "top_p": 0}, 400, "top_p", ["top_p"]),
+    ({"prompt": "the", "n": True}, 400, "n", ["got true"]),  # JSON's spelling, not Python's (got True)
+    ({"prompt": "the", "seed": "7"}, 400, "seed", ['got "7"']),
     ({"prompt": [1, 2, 3]}, 400, "prompt", ["token ids"]),
     ({"prompt": "the", "file": "/etc/passwd"}, 400, "file", ["file"]),  # nothing makes the server read a file
     ({"prompt": "x" * 5000}, 413, None, ["4,000 bytes"]),

@@ -239,14 +239,14 @@ class Model:
 
         return gradient_reach(self.net, self.tokenizer, text, self.device, max_k, positions, seed=seed)
 
-    def _predicts(self, method: str, text, **counts: Tuple[object, int, Optional[int]]) -> None:
+    def _predicts(self, method: str, text=..., **counts: Tuple[object, int, Optional[int]]) -> None:
         """Refuse, in one line: what needs next-character predictions on a classifier (`train --classifier`), a
         text that is not a string, a count (value, least, most) out of its range (they failed in the tokenizer,
         torch or numpy)."""
         if not self._reads_text:
             raise CharnnError(f"{self.path} is a classifier (train --classifier): it labels whole texts and predicts "
                               f"no characters, so it has no {method}(); use classify()")
-        if not isinstance(text, str):
+        if text is not ... and not isinstance(text, str):
             raise ParamError(f"`text` must be a string, got {shown(text)}", "text")
         for name, (value, least, most) in counts.items():
             if not (is_integer(value) and value >= least and (most is None or value <= most)):
