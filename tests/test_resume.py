@@ -200,6 +200,7 @@ def test_a_last_pt_whose_weights_do_not_fit_its_config_is_one_line(tmp_path):
     data = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     data["model_config"]["hidden"] *= 2
     torch.save(data, tmp_path / "a" / "last.pt")
-    r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", "--resume", "--max-steps", "6"])
+    r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path), "--name", "a", "--resume", "--max-steps",
+                            "6"])
     assert r.exit_code == 1 and "do not fit its own model config" in r.stderr and "size mismatch" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

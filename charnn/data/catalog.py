@@ -39,7 +39,8 @@ def load_catalog(path: Optional[Path] = None) -> List[dict]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise CharnnError(f"cannot read the corpus catalog {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
+        why = getattr(e, "strerror", None) or e
+        raise CharnnError(f"cannot read the corpus catalog {str(path)!r}: {why}") from None
     entries = data.get("corpora") if isinstance(data, dict) else None  # (a list or a string: a Python TypeError)
     if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
                                                 for e in entries):

@@ -169,7 +169,8 @@ def summary_lines(info: dict) -> List[str]:
     held = info.get("held_out")
     if held:
         lines.append(f"labels      {len(info['labels'])} by {info['label_by']} (training characters): "
-                     + ", ".join(f"{name} ({_num(v['train_chars'])})" for name, v in list(info["labels"].items())[:LABELS_SHOWN])
+                     + ", ".join(f"{name} ({_num(v['train_chars'])})"
+                                 for name, v in list(info["labels"].items())[:LABELS_SHOWN])
                      + (f" and {len(info['labels']) - LABELS_SHOWN} more" if len(info["labels"]) > LABELS_SHOWN else ""))
         lines.append(f"held out    accuracy {held['val_accuracy']:.4f}, macro-F1 {held['val_macro_f1']:.4f} over "
                      f"{_num(held['val_texts'])} texts (windows of {held['window']} tokens; class weights "

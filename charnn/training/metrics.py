@@ -5,9 +5,10 @@ logging, the progress bar and sample previews hang off the loop without living i
 
 A record holds `step`, `epoch` (fractional), `train_loss` (mean over the steps since the previous record, nats
 per character as `val_loss`: a subword run's per-token loss over the training text's characters per token; files
-written before 2026-12 hold it per token), `lr`, `chars_per_sec`, `elapsed` (seconds since the run began, resumed time included) and,
-at evaluation steps, `val_loss` (nats per character). A record is written every `every` steps, at every
-evaluation and at the last step, so `step` always increases along the file.
+written before 2026-12 hold it per token), `lr`, `chars_per_sec`, `elapsed` (seconds since the run began, resumed
+time included) and, at evaluation steps, `val_loss` (nats per character; a classifier's losses are per text). A
+record is written every `every` steps, at every evaluation and at the last step, so `step` always increases along
+the file.
 """
 
 from __future__ import annotations
