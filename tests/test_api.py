@@ -342,3 +342,11 @@ def test_wrong_arguments_are_param_errors_naming_them(model):
         charnn.load(model.path, int8="yes")
     with pytest.raises(ParamError, match="on_event"):
         charnn.train("anything.txt", on_event=5)
+
+
+def test_stream_checks_its_settings_at_the_call(model):
+    """stream() was a generator: a bad setting raised only at the first next(), far from the call that made it."""
+    with pytest.raises(ParamError, match="length"):
+        model.stream("the", length=-1)
+    pieces = model.stream("the", length=12, seed=3)
+    assert "".join(pieces) == model.generate("the", length=12, seed=3)

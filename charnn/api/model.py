@@ -104,9 +104,10 @@ class Model:
     def stream(self, prompt: str = "", length: int = 500, temperature: float = 1.0, top_k: Optional[int] = None,
                top_p: Optional[float] = None, n: int = 1, stop: Union[None, str, Sequence[str]] = None,
                seed: Optional[int] = None) -> Iterator[Union[str, Tuple[int, str]]]:
-        """Like `generate`, but yields the text as it is made: pieces (strings), or for n > 1 (index, piece)."""
-        for i, piece in self._pieces(self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)):
-            yield piece if n == 1 else (i, piece)
+        """Like `generate`, but yields the text as it is made: pieces (strings), or for n > 1 (index, piece). The
+        settings are checked here, at the call (a generator would have raised at its first next())."""
+        params = self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)
+        return (piece if n == 1 else (i, piece) for i, piece in self._pieces(params))
 
     def _pieces(self, p: GenerationParams) -> Iterator[Tuple[int, str]]:
         batcher = self._take(p.n)
