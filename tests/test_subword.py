@@ -335,3 +335,18 @@ def test_metrics_and_info_read_a_subword_run_per_character_and_per_token(bpe_run
     assert "x 16 tokens" in out and "x 16 chars" not in out
     preview = out.split("tokenizer   bpe, 320 tokens: ")[1].split("\n")[0].split()
     assert preview and all(len(p) > 1 for p in preview[:5]), preview  # learned pieces, not \x00 \x01 ...
+
+
+def test_token_logprobs_of_a_subword_model_cover_the_text_exactly(bpe_run):
+    """A byte piece's decoded text was U+FFFD and offsets summed from pieces drifted after the first character of
+    more than one byte: each token now shows the characters that start in it, and the offsets are theirs."""
+    import charnn
+    work, _ = bpe_run
+    model = charnn.load(work / "checkpoints" / "corpus", device="cpu")
+    text = "the cat über 日本 and ünïcödé"
+    r = model.token_logprobs(text)
+    assert "".join(r["tokens"]) == text and "\ufffd" not in "".join(r["tokens"])
+    assert len(r["tokens"]) == len(r["token_logprobs"]) == len(r["text_offset"])
+    for token, at in zip(r["tokens"], r["text_offset"]):
+        assert text[at:at + len(token)] == token
+    assert r["text_offset"] == sorted(r["text_offset"])

@@ -190,7 +190,8 @@ class Model:
         gives up to N + 1), text_offset. The first token is conditioned on the start id, as `score` and sampling
         condition it, so the log-probabilities add up to -score(text).nats (for a text under 4,096 tokens, which
         `score` reads as one stream; a longer one it reads in streams from a zero state, as `charnn eval` does).
-        A character the vocabulary lacks is shown as itself (it is scored as the unknown token).
+        Each token is shown as the text it stands for (joined, they are the text; an unknown character as itself,
+        a subword byte piece that continues a character as "", the character going to the piece it starts in).
         The text runs through the model a chunk at a time: memory does not grow with its length beyond the
         answer itself."""
         self._predicts("token_logprobs", text, top=(top, 0, TOP_LOGPROBS))
@@ -201,10 +202,7 @@ class Model:
         with self._lock_scoring:
             picked, best, best_lp = scan(self.net, self.tokenizer, ids, self.device, max(1, top))
         picked[~np.isfinite(picked)] = -1e30
-        tokens = [pieces[i] for i in ids.tolist()]
-        if self.tokenizer.kind == "char" and len(tokens) == len(text):  # (one token a character: the unknown one's
-            tokens = list(text)  # piece is U+FFFD, not the character that was there)
-        offsets = np.cumsum([0] + [len(t) for t in tokens[:-1]]).tolist() if tokens else []
+        tokens, offsets = token_spans(self.tokenizer, text, ids)
         tops = [{pieces[b]: lp for b, lp in zip(ids_, lps_)} for ids_, lps_ in
                 zip(best[:, :top].tolist(), best_lp[:, :top].tolist())]
         for t, token, lp in zip(tops, tokens, picked.tolist()):
@@ -266,6 +264,15 @@ class Model:
     def batcher(self, capacity: int) -> Batcher:
         """A row-wise generation loop over this model (what the server steps all its clients in)."""
         return Batcher(self.net, self.tokenizer, self.device, capacity, int8=self.int8)
+
+
+def token_spans(tokenizer, text: str, ids: np.ndarray) -> Tuple[List[str], List[int]]:
+    """(each token's text, where it starts in `text`): the characters that start in the token (a subword piece's
+    decoded text would be U+FFFD for a byte of a character, and offsets summed from such pieces drifted)."""
+    counts = np.array([tokenizer.token_chars(ids[i:i + 1]) for i in range(len(ids))], dtype=np.int64)
+    begins = np.cumsum(counts) - counts
+    offsets = np.where(counts == 0, np.maximum(begins - 1, 0), begins)  # (a continuation byte: its character's)
+    return [text[b:b + c] for b, c in zip(begins.tolist(), counts.tolist())], offsets.tolist()
 
 
 def load(path_or_run: Optional[str] = None, device: str = "auto", int8: bool = False) -> Union[Model, "Seq2SeqModel"]:
