@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,8 @@ def cpu_build_on_pips_index() -> Optional[str]:
 
 
 def shown(cmd: List[str]) -> str:
-    return " ".join(["python", *cmd[1:]])
+    """The command as a shell line to paste (`.../repo[dev]` quoted: zsh would glob the brackets)."""
+    return " ".join(["python", *(shlex.quote(a) for a in cmd[1:])])
 
 
 def say(line: str) -> None:
@@ -136,15 +138,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"no NVIDIA GPU: torch's CPU build from {args.cpu_index}")
         commands.append(torch_command(gpu, args.cpu_index))
     commands.append(charnn_command(args.dev))
-    if args.dry_run:
-        for cmd in commands:
-            print(shown(cmd))
-        return 0
-    if not have and not gpu and not reachable(args.cpu_index):
+    if not have and not gpu and not reachable(args.cpu_index):  # (before --dry-run: it prints what would run)
         fallback = cpu_fallback(args.cpu_index)
         if fallback is None:
             return 1
         commands[0] = PIP + [fallback]
+    if args.dry_run:
+        for cmd in commands:
+            print(shown(cmd))
+        return 0
     for cmd in commands:
         cmd = cmd + ["-q"] if args.quiet else cmd
         say(shown(cmd))

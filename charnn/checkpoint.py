@@ -97,10 +97,13 @@ def load_checkpoint(path: Path, finite: bool = True) -> dict:
             warnings.simplefilter("ignore")
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        found = re.search(r"unsupported (?:global:? )?GLOBAL (\S+)", str(e), re.IGNORECASE)  # (torch 2.4-2.13 wordings)
         if found:  # the weights-only unpickler met a reference to code or a class: it ran nothing
             raise CharnnError(f"refusing to load {str(path)!r}: it carries pickled code or objects "
                               f"({found.group(1)}), which a charnn checkpoint never does") from None
+        if "Weights only load failed" in str(e):  # (another object the weights-only unpickler refused)
+            raise CharnnError(f"refusing to load {str(path)!r}: it holds Python objects beyond tensors and plain "
+                              "data, which a charnn checkpoint never does") from None
         raise CharnnError(f"{str(path)!r} is not a charnn checkpoint (corrupt, or not a file torch.save wrote)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError,
             TypeError) as e:  # (a text file read as a legacy pickle: IndexError from torch's unpickler)

@@ -97,7 +97,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(cli_run, tmp_path, monkeypat
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if it were not installed
     r = runner.invoke(app, ["plot", str(cli_run), "-o", str(tmp_path / "c.png")])
     assert r.exit_code == 1
-    assert "pip install 'charnn[plot]'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "pip install matplotlib" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c.png").exists()
 
 

@@ -37,10 +37,10 @@ def sample(
                                                      "(\\n and \\t are understood).")] = None,
     seed: Seed = None,
     device: Device = "auto",
-    int8: Annotated[bool, typer.Option("--int8", help="CPU only: int8 recurrent weights, about 3x faster for "
-                                                      "one stream of a big model (2x for 64); the text comes from "
-                                                      "a close approximation of the model "
-                                                      "(benchmarks/SAMPLING.md).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="CPU only: int8 recurrent weights, 10-15x faster for "
+                                                      "one stream of a 2x512 LSTM (2.7-2.9x for 64) on an AVX-512 "
+                                                      "VNNI Xeon; the text comes from a close approximation of the "
+                                                      "model (benchmarks/SAMPLING.md).")] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads. Default: measured while sampling, torch's "
                                                         "count or one, whichever is faster (one where another "
                                                         "process holds a core); a fixed count makes a seeded "

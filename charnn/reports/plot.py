@@ -1,6 +1,7 @@
 """Loss curves of one or more runs as an image file (PNG, SVG or PDF), drawn with matplotlib.
 
-matplotlib is the optional extra `charnn[plot]`; without it `plot_runs` raises one clear CharnnError.
+matplotlib is the optional extra `plot` (pip install -e '.[plot]' in a checkout); without it `plot_runs` raises one
+clear CharnnError.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict], str]], out: Path, x: str = "
         from matplotlib.figure import Figure
     except ImportError:
         raise CharnnError("`charnn plot` needs matplotlib, which is not installed; "
-                          "install it with: pip install 'charnn[plot]'") from None
+                          "install it with: pip install matplotlib (or pip install -e '.[plot]' in charnn's folder)") from None
     key, xlabel = X_AXES[x]
     fig = Figure(figsize=(9, 5), layout="constrained")
     FigureCanvasAgg(fig)
