@@ -199,7 +199,7 @@ def test_balanced_class_weights_weigh_the_rare_label_up(tmp_path):
     write_tsv(tsv, 300, 3, shares=(("q", 8), ("plain", 1)))
     runs = {}
     for w in ("none", "balanced"):
-        runs[w] = train(tsv, tmp_path, f"skew-{w}", "--max-steps", "2", "--eval-every", "2", "--class-weights", w)
+        runs[w] = train(tsv, tmp_path, f"skew-{w}", "--max-steps", "4", "--eval-every", "4", "--class-weights", w)
     none, balanced = (load_checkpoint(runs[w] / "last.pt") for w in ("none", "balanced"))
     assert balanced["labels"]["class_weights"] == "balanced"
     # the same batches from the same weights, another loss: the rare label's logit gains more

@@ -96,9 +96,16 @@ def test_line_labels_split_at_random_and_bad_lines_name_file_and_line(tmp_path):
     path.write_text("en\tfine\nno tab here\n", encoding="utf-8")
     with pytest.raises(CharnnError, match=r"rows.tsv:2: the line has no tab"):
         load_labelled([str(path)], "line")
-    path.write_text("en\tone\nno tab\nde\ttwo\nfr\tthree\n\tempty label\n", encoding="utf-8")
-    text = load_labelled([str(path)], "line", val_frac=0.3, skip_bad_lines=True)
+    path.write_text("en\tone\nen\tuno\nno tab\nde\ttwo\nde\tzwei\nfr\tthree\n\tempty label\n", encoding="utf-8")
+    text = load_labelled([str(path)], "line", val_frac=0.5, skip_bad_lines=True)
     assert text.skipped_lines == 2 and text.names == ["de", "en", "fr"]
+    assert sorted(d.label for d in text.train) == [1, 2, 3] and sorted(d.label for d in text.val) == [1, 2]
+    # a label's only line stays in training: a random share of all lines could hold out a rare label's every line
+    rows = [f"common\tline {i}" for i in range(60)] + ["rare\tthe only one"]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    for seed in range(20):
+        text = load_labelled([str(path)], "line", val_frac=0.5, seed=seed)
+        assert any(d.label == 2 for d in text.train) and len(text.val) == 30
     with pytest.raises(ConfigError, match="--label-by"):
         load_labelled([str(path)], "word")
 
@@ -477,4 +484,32 @@ def test_labels_with_a_subword_tokenizer(lang_files, tmp_path):
     model = charnn.load(result.run_dir, device="cpu")
     out = model.classify(["ein hund", "the cat"])
     assert [set(d["labels"]) for d in out] == [{"de", "en"}] * 2
-    assert out[0]["chars"] == len("ein hund")
+    assert out[0]["chars"] == len("ein hund\n")  # what is scored: the line and its end (as eval counts them)
+
+
+def test_a_byte_order_mark_a_tab_in_a_name_and_a_tiny_label(tmp_path):
+    """A BOM (Windows editors write one) made a label "\\ufeffgen" beside "gen"; a tab in a folder's name split
+    classify's tab-separated answers; the too-few-characters error counted the closing newline."""
+    rows = "".join(f"{lab}\t{t}\r\n" for lab, t in [("gen", "in the beginning"), ("ruth", "and naomi said")] * 6)
+    (tmp_path / "bom.tsv").write_bytes(b"\xef\xbb\xbf" + rows.encode("utf-8"))
+    assert load_labelled([str(tmp_path / "bom.tsv")], "line").names == ["gen", "ruth"]
+    (tmp_path / "c" / "a\tb").mkdir(parents=True)
+    (tmp_path / "c" / "d").mkdir()
+    (tmp_path / "c" / "a\tb" / "x.txt").write_text("some text here\n")
+    (tmp_path / "c" / "d" / "y.txt").write_text("more text here\n")
+    with pytest.raises(CharnnError, match="control character; rename it"):
+        load_labelled([str(tmp_path / "c")], "folder")
+    (tmp_path / "small.txt").write_text("123456789")
+    (tmp_path / "big.txt").write_text("x" * 100)
+    with pytest.raises(CharnnError, match="'small' has 9 characters; .* needs at least 10"):
+        load_labelled([str(tmp_path / "small.txt"), str(tmp_path / "big.txt")], "file")
+
+
+def test_classify_reads_stdin_once_names_a_bad_lines_number_and_scores_the_newline(labelled_run):
+    run = labelled_run
+    one_line_error(runner.invoke(app, ["classify", str(run), "-", "-"], input="x\n"), 2, "stdin", "once")
+    bad = b"".join(b"the cat sat %d\n" % i for i in range(3000)) + b"caf\xe9\n"
+    r = runner.invoke(app, ["classify", str(run)], input=bad)
+    assert r.exit_code == 1 and "stdin:3001: not valid utf-8" in r.stderr, r.stderr  # (the decoder's chunk offset)
+    line = json.loads(runner.invoke(app, ["classify", str(run), "--json"], input="\ufeffthe cat\n").stdout)
+    assert line["chars"] == len("the cat\n")  # the newline is scored, so counted; the BOM is not text

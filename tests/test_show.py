@@ -227,6 +227,7 @@ def test_sequence_to_sequence_cells_and_attention(tmp_path):
     model = charnn.load(run, device="cpu")
     assert model.attention("abc").weights.shape == weights.shape
     assert model.activations("abc\n").values.shape == (4, 64)
+    one_line_error(invoke("show", run, tmp_path / "in.txt", "--attention", "--label", "x"), 2, "--label")  # (ignored)
     tsv = invoke("show", run, tmp_path / "in.txt", "--attention", "--format", "tsv")
     assert tsv.stdout.splitlines()[0] == "output\\input\ta\tb\tc\t\\n"
     for args, words in (([], "--cells"), (["--gradients"], "language models")):

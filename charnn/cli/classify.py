@@ -13,8 +13,8 @@ import typer
 
 from charnn.cli.options import Device, Json
 from charnn.cli.output import user_errors, writing_results
-from charnn.data.linefeed import STDIN, stdin_text
-from charnn.errors import CharnnError
+from charnn.data.linefeed import STDIN, stdin_lines
+from charnn.errors import CharnnError, ConfigError
 
 BLOCK = 512  # lines scored together when they are already there (never waiting for more); similar lengths share a pass
 
@@ -45,6 +45,8 @@ def classify(
     with user_errors():
         paths = list(paths or [])
         ckpt = paths.pop(0) if paths and (Path(paths[0]).suffix == ".pt" or Path(paths[0]).is_dir()) else None
+        if paths.count(STDIN) > 1:  # (the second read of a closed stdin was a traceback)
+            raise ConfigError("`-` (stdin) can be read once; give it once")
         if per_file and not paths:
             raise typer.BadParameter("--per-file needs FILE arguments")
         dev = resolve_device(device)
@@ -52,7 +54,7 @@ def classify(
         model, tokenizer = build_from_checkpoint(data, dev)
         classifier = classifier_for(model, tokenizer, data.get("labels"), dev, uniform_prior)
         if per_file:
-            texts = [stdin_text(encoding).read() if p == STDIN else read_text(p, "file", encoding, allow_empty=True)
+            texts = ["".join(stdin_lines(encoding)) if p == STDIN else read_text(p, "file", encoding, allow_empty=True)
                      for p in paths]
     show = _formatter(probs, top, as_json)
     with writing_results():
@@ -84,8 +86,7 @@ def _lines(paths: List[str], encoding: str) -> Iterator[str]:
 
     for p in paths or [STDIN]:
         if p == STDIN:
-            for line in stdin_text(encoding):
-                yield line.rstrip("\r\n")  # CRLF lines as training read them
+            yield from (line.rstrip("\r\n") for line in stdin_lines(encoding))  # (CRLF as training read it)
             continue
         text = read_text(p, "file", encoding, allow_empty=True).replace("\r\n", "\n")
         if text:  # an empty file has no lines, so no answers (as an empty stdin)

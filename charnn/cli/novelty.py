@@ -16,8 +16,9 @@ def novelty(
     args: Annotated[Optional[List[str]], typer.Argument(help="[CHECKPOINT] [SAMPLE]: a .pt file or run folder "
                                                              "(default: the newest run), then the text to check "
                                                              "(- or nothing: stdin).", show_default=False)] = None,
-    ns: Annotated[Optional[List[int]], typer.Option("--n", min=1, help="Window length in characters; repeat it for "
-                                                    "several (default: 16, 32 and 64).", show_default=False)] = None,
+    ns: Annotated[Optional[List[int]], typer.Option("--n", min=1, max=1_000_000, help="Window length in characters; "
+                                                    "repeat it for several (default: 16, 32 and 64).",
+                                                    show_default=False)] = None,
     corpus: Annotated[Optional[List[str]], typer.Option(help="Read the training text from these files again "
                                                         "(repeatable), for a run whose cached text is gone.",
                                                         show_default=False)] = None,

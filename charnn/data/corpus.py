@@ -47,6 +47,8 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8", allow_em
     if b"\x00" in data[:SNIFF_BYTES]:
         raise CharnnError(f"{what} {path!r} {BINARY}; pass a text file")
     text = decode_bytes(data, f"{what} {path!r}", encoding)
+    if text.startswith("\ufeff"):  # a byte-order mark (Windows editors write one) is not text: it made a label
+        text = text[1:]  # "\ufeffgen" beside "gen" and a character of its own
     if not text and not allow_empty:
         raise CharnnError(f"{what} {path!r} is empty")
     return text

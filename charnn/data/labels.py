@@ -106,9 +106,11 @@ def _split_tails(docs: List[Document], names: List[str], val_frac: float) -> Tup
     train, val = [], []
     for d in docs:
         cut = int(len(d.text) * (1.0 - val_frac))
-        if cut < 1 or len(d.text) - cut < 2:
-            raise CharnnError(f"label {names[d.label - 1]!r} has {len(d.text):,} characters, too few to hold out "
-                              f"a --val-frac {val_frac} for validation")
+        if cut < 1 or len(d.text) - cut < 2:  # (the count said one more: the closing newline)
+            need = next(n for n in range(2, 1 << 20) if 1 <= int(n * (1.0 - val_frac)) <= n - 2)
+            raise CharnnError(f"label {names[d.label - 1]!r} has {len(d.text) - 1:,} characters; holding out "
+                              f"--val-frac {val_frac} for validation needs at least {need - 1:,} (add text, or raise "
+                              "--val-frac)")
         train.append(Document(d.label, d.text[:cut]))
         val.append(Document(d.label, d.text[cut:]))
     return train, val
@@ -121,21 +123,14 @@ def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip, least: 
     for arg in paths:
         root = Path(arg)
         for f in find_files([arg], glob, on_skip):
-            if by == "file":
-                name = f.path.stem
-                if name in groups:  # (two files, one stem: one label would silently hold both)
-                    raise CharnnError(f"--label-by file: {str(groups[name][0])!r} and {str(f.path)!r} would both be "
-                                      f"label {name!r}; rename one, or put each label's files in a subfolder of its "
-                                      "own and use --label-by folder")
-            else:
-                if not root.is_dir():
-                    raise ConfigError(f"--label-by folder takes folders whose subfolders are the labels; "
-                                      f"{arg!r} is a file")
-                rel = f.path.relative_to(root).parts
-                if len(rel) < 2:
-                    raise CharnnError(f"--label-by folder: {str(f.path)!r} is not inside a subfolder of {arg!r}, "
-                                      "so it has no label; move it into one, or use --glob to leave it out")
-                name = rel[0]
+            name = f.path.stem if by == "file" else _folder_label(root, arg, f.path)
+            if by == "file" and name in groups:  # (two files, one stem: one label would silently hold both)
+                raise CharnnError(f"--label-by file: {str(groups[name][0])!r} and {str(f.path)!r} would both be "
+                                  f"label {name!r}; rename one, or put each label's files in a subfolder of its "
+                                  "own and use --label-by folder")
+            if not name.isprintable():  # (a tab in a name split classify's tab-separated answers)
+                raise CharnnError(f"--label-by {by}: the label {name!r} ({str(f.path)!r}) has a tab or another "
+                                  "control character; rename it")
             groups.setdefault(name, []).append(f.path)
     if len(groups) < least:
         what = "files" if by == "file" else "subfolders"
@@ -144,13 +139,29 @@ def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip, least: 
     return groups
 
 
+def _folder_label(root: Path, arg: str, path: Path) -> str:
+    """The subfolder of CORPUS folder `root` that `path` is under."""
+    if not root.is_dir():
+        raise ConfigError(f"--label-by folder takes folders whose subfolders are the labels; {arg!r} is a file")
+    rel = path.relative_to(root).parts
+    if len(rel) < 2:
+        raise CharnnError(f"--label-by folder: {str(path)!r} is not inside a subfolder of {arg!r}, so it has no "
+                          "label; move it into one, or use --glob to leave it out")
+    return rel[0]
+
+
 def _read(path: Path, encoding: str) -> str:
     """A labelled file's text, CRLF line ends read as LF (an empty file is just no text)."""
     return plain.read_text(str(path), "corpus file", encoding, allow_empty=True).replace("\r\n", "\n")
 
 
-def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = None) -> Tuple[List[Document], List[str], int]:
-    """Documents of `label<TAB>text` lines (blank lines skipped); with `names`, only those labels."""
+TRAIN_HINT = "charnn train --skip-bad-lines skips and counts such lines"
+
+
+def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = None,
+           hint: str = TRAIN_HINT) -> Tuple[List[Document], List[str], int]:
+    """Documents of `label<TAB>text` lines (blank lines skipped); with `names`, only those labels. `hint`: how a
+    bad line can be dealt with, in its error."""
     index = {n: i for i, n in enumerate(names or [])}
     fixed = names is not None
     raw: List[Tuple[str, str]] = []
@@ -167,8 +178,7 @@ def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = No
                 if skip_bad:
                     bad += 1
                     continue
-                raise CharnnError(f"{f.path}:{no}: the line {problem} (lines are label<TAB>text; "
-                                  "charnn train --skip-bad-lines skips and counts such lines)")
+                raise CharnnError(f"{f.path}:{no}: the line {problem} (lines are label<TAB>text; {hint})")
             raw.append((label, text))
     if not raw:
         raise CharnnError("the labelled corpus has no label<TAB>text lines")
@@ -181,11 +191,19 @@ def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = No
 
 
 def _split_lines(docs: List[Document], val_frac: float, seed: int) -> Tuple[List[Document], List[Document]]:
-    """A seeded random `val_frac` of the lines, at least one, held out; both sides keep the file's order."""
-    n_val = max(1, int(round(len(docs) * val_frac)))
-    if n_val >= len(docs):
-        raise CharnnError(f"{len(docs)} labelled lines are too few to hold out --val-frac {val_frac} of them")
-    held = set(random.Random(seed).sample(range(len(docs)), n_val))
+    """A seeded random `val_frac` of each label's lines held out, every label keeping at least one line for
+    training (a random share of all the lines could take a rare label's only lines: it trained on nothing); both
+    sides keep the file's order."""
+    rng, held = random.Random(seed), set()
+    by_label: Dict[int, List[int]] = {}
+    for i, d in enumerate(docs):
+        by_label.setdefault(d.label, []).append(i)
+    for label in sorted(by_label):
+        lines = by_label[label]
+        held.update(rng.sample(lines, min(len(lines) - 1, int(round(len(lines) * val_frac)))))
+    if not held:
+        raise CharnnError(f"{len(docs)} labelled lines are too few to hold out --val-frac {val_frac} of them (each "
+                          "label keeps a line for training)")
     return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
 
 
@@ -264,7 +282,8 @@ def load_eval_texts(paths: Sequence[str], by: str, names: List[str], encoding: s
     if by not in LABEL_BY:
         raise ConfigError(f"`--label-by` must be one of {', '.join(LABEL_BY)}, not {by!r}")
     if by == "line":
-        docs, _, _ = _lines(find_files(paths), encoding, False, names)
+        docs, _, _ = _lines(find_files(paths), encoding, False, names,
+                            f"the model's labels: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
         return [d.text.rstrip("\n") for d in docs], [d.label - 1 for d in docs]
     texts, truth = [], []
     for name, files in sorted(_groups(paths, by, None, None, least=1).items()):

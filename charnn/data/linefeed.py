@@ -24,13 +24,25 @@ Line = Tuple[str, str]  # (text without its line end, where: "file:line")
 STDIN = "-"  # as a file argument: standard input
 
 
-def stdin_text(encoding: str):
-    """Standard input as text in `encoding` (the terminal's own encoding is not asked), line ends kept as they
-    come; a TextIOWrapper hands over each line a pipe has (codecs' readers wait for whole blocks)."""
+def stdin_lines(encoding: str) -> Iterator[str]:
+    """Standard input's lines in `encoding` (the terminal's own encoding is not asked), ends kept, a byte-order
+    mark dropped, each handed over as soon as a pipe has it. Bytes that are not `encoding` are one error naming
+    the line: a line at a time where the encoding keeps b"\n" a byte of its own (a decoder reading ahead named
+    the first line of its chunk), else (UTF-16/32) through a TextIOWrapper."""
     raw = getattr(sys.stdin, "buffer", None)
     if raw is None:  # (a test's StringIO)
-        return sys.stdin
-    return io.TextIOWrapper(raw, encoding=encoding, errors="strict", newline="\n")
+        yield from sys.stdin
+        return
+    if "\n".encode(encoding) != b"\n":
+        yield from io.TextIOWrapper(raw, encoding=encoding, errors="strict", newline="\n")
+        return
+    for no, line in enumerate(raw, 1):
+        try:
+            text = line.decode(encoding)
+        except UnicodeDecodeError as e:
+            raise CharnnError(f"stdin:{no}: not valid {encoding} text (byte {e.start + 1} of the line; see "
+                              "--encoding)") from None
+        yield text[1:] if no == 1 and text.startswith("\ufeff") else text
 
 
 class LineFeed:
@@ -45,7 +57,7 @@ class LineFeed:
         try:
             for path in self.paths or [STDIN]:
                 if path == STDIN:
-                    self._lines(self.stdin if self.stdin is not None else stdin_text(self.encoding), "stdin")
+                    self._lines(self.stdin if self.stdin is not None else stdin_lines(self.encoding), "stdin")
                     continue
                 try:
                     with open(path, encoding=self.encoding, newline="\n") as f:

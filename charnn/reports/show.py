@@ -77,9 +77,12 @@ def build_report(path: Path, text: str, options: ShowOptions, device: torch.devi
         raise CharnnError("the text is empty: give a FILE, or pipe text in (`charnn show RUN -`)")
     data = load_checkpoint(path)
     name = path.parent.name if path.name in ("best.pt", "last.pt") else path.stem
+    kind = registry.kind_of(data["model_config"])
+    if options.label is not None and (is_seq2seq(data) or not kind.generates):  # (it was ignored)
+        raise ConfigError(f"--label reads the text as a label of a language model trained with --label-by; a "
+                          f"{'sequence-to-sequence' if is_seq2seq(data) else kind.name} model takes none")
     if is_seq2seq(data):
         return _seq2seq_report(data, name, text, options, device)
-    kind = registry.kind_of(data["model_config"])
     if not kind.generates:  # nothing to score per character: a classifier answers with a label
         if not options.cells or options.gradients or options.attention:
             raise CharnnError(f"a {kind.name} model answers with labels (`charnn classify`); charnn show draws its "

@@ -77,10 +77,10 @@ class Classifier:
 
     def classify(self, texts: Sequence[str]) -> List[Scores]:
         """Scores for each text (a line is scored with its newline, as training saw it)."""
-        ids = [self.tokenizer.encode(t if t.endswith("\n") else t + "\n") for t in texts]
-        ll = self.loglik(ids)
+        scored = [t if t.endswith("\n") else t + "\n" for t in texts]
+        ll = self.loglik([self.tokenizer.encode(t) for t in scored])
         out = []
-        for text, row in zip(texts, ll):
+        for text, row in zip(scored, ll):  # (chars: those scored, the newline too, as eval counts them)
             joint = row + self.prior
             post = np.exp(joint - np.logaddexp.reduce(joint))
             out.append(Scores(self.names, row, post, len(text)))
