@@ -155,6 +155,11 @@ def test_without_the_cached_text_it_asks_for_the_corpus_and_reads_it_again(train
     r = invoke("novelty", ckpt, "-", "--corpus", other, input=sample)
     assert r.exit_code == 1 and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
     assert "is not the text" in r.stderr.splitlines()[-1] and "training characters" in r.stderr
+    edited = tmp_path / "edited.txt"  # as many characters, one changed: refused too (it gave a wrong answer)
+    edited.write_text(corpus_file.read_text(encoding="utf-8").replace("e", "a", 1), encoding="utf-8")
+    ckpt = moved_checkpoint(run, tmp_path, cache_entry="0" * 32)
+    r = invoke("novelty", ckpt, "-", "--corpus", edited, input=sample)
+    assert r.exit_code == 1 and "as many characters, but others" in r.stderr, r.stderr
 
 
 def test_the_builtin_corpus_is_read_again_by_itself(tmp_path):
@@ -170,6 +175,7 @@ def test_the_builtin_corpus_is_read_again_by_itself(tmp_path):
     ckpt = moved_checkpoint(result.run_dir, tmp_path, cache_entry="0" * 32)
     got = report.novelty(ckpt, "xx return 'a line that only beta has'")
     assert got.longest.length == 35 and got.longest.source == "pkg/beta.py"
+    assert got.longest.line <= 80 and got.longest.line % 2 == 0  # beta.py's own line (the joined text's was given)
     assert got.corpus.startswith("python-stdlib:") and got.index_built
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -99,17 +99,22 @@ def _longest(index, q, lengths, where, cap: int, sample: str, source: str) -> Op
     if n == 0:
         return None
     offset, line = textindex.locate(index, at)
-    return Span(n, sample[i: i + n], i, offset, line, _source_file(index, at, source))
+    name, own_line = _source_file(index, at, source)
+    return Span(n, sample[i: i + n], i, offset, own_line or line, name)
 
 
-def _source_file(index, at: int, source: str) -> Optional[str]:
-    """The file a text position is in: the corpus itself when it is one file; in the built-in corpus, the
-    `# file: PATH` line that heads each of its files."""
+def _source_file(index, at: int, source: str) -> Tuple[Optional[str], Optional[int]]:
+    """(the file a text position is in, its line there where that differs from the text's): the corpus itself
+    when it is one file; in the built-in corpus, the `# file: PATH` line that heads each of its files, and the
+    line counted from there (the joined text's line, 125,528 of a 736-line file, was given)."""
     if source.startswith(BUILTIN):
         back = bytes(index.text[max(0, at - (1 << 22)): at + 1])  # stdlib files are far shorter than 4 MB
         head = back.rfind(b"# file: ")
-        return None if head < 0 else back[head + 8:].split(b"\n", 1)[0].decode("utf-8", "replace")
-    return source if Path(source).is_file() else None
+        if head < 0:
+            return None, None
+        name, _, body = back[head + 8:].partition(b"\n")
+        return name.decode("utf-8", "replace"), body[:-1].count(b"\n") + 1
+    return (source if Path(source).is_file() else None), None
 
 
 def _training_entry(path: Path, data: dict, corpus: Sequence[str], glob, encoding: str, on_event: Callback):
@@ -135,6 +140,9 @@ def _training_entry(path: Path, data: dict, corpus: Sequence[str], glob, encodin
         raise CharnnError(f"--corpus {chosen.source!r} is not the text {str(path)!r} trained on: it has "
                           f"{prepared.train_chars:,} training characters, the run read {record['train_chars']:,} "
                           f"(from {record.get('corpus')!r}); pass that text")
+    if record.get("content") and prepared.content and prepared.content != record["content"]:  # (same length)
+        raise CharnnError(f"--corpus {chosen.source!r} is not the text {str(path)!r} trained on: as many "
+                          f"characters, but others (or in another order); pass that text, as it was")
     key = prepared.path.name
     return key, cache.find_entry(key), chosen.source
 
