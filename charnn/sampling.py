@@ -134,6 +134,8 @@ class SampleConfig:
 
 DECODE_BATCH = 256  # transduce's default: beam 5 at 256 is 11.8x batch 1 on a 2-core Zen 4 EPYC, at 64 9.1x
 # (12.2x and 11.3x on a 2-core Xeon), greedy 24x and 17x; the same outputs (benchmarks/SEQ2SEQ.md)
+MAX_LENGTH_PENALTY = 10.0  # GNMT's alpha is 0.6-1.0; beyond this only overflow
+MAX_OUTPUT = 1_000_000  # --max-length at most (2**63 overflowed a C long)
 MAX_BEAM = 1000  # --beam and --n-best at most (a beam of 100,000 ran a 24 GiB machine out of memory)
 DECODE_ROWS = 4096  # hypotheses decoded together at most: --batch-size shrinks for wide beams (256 inputs x 16)
 
@@ -167,20 +169,25 @@ class TransduceConfig:
         if not problems and self.sampling is not None and given.greedy:  # --temp 0: greedy, as in sample and the
             self.temperature, self.top_k, self.top_p = None, None, None  # API; here: a search, not a sample
         for flag, value in (("--beam", self.beam), ("--n-best", self.n_best), ("--batch-size", self.batch_size)):
-            if value < 1:
+            if not is_integer(value):  # (the API's 2.5, "3", True: torch's TypeErrors, or taken as 1)
+                problems.append(f"`{flag}` must be a whole number, got {shown(value)}")
+            elif value < 1:
                 problems.append(f"`{flag}` must be at least 1, got {value}")
             elif value > MAX_BEAM and flag != "--batch-size":
                 problems.append(f"`{flag}` must be at most {MAX_BEAM:,}, got {value:,}")
+        raise_problems(problems)  # (the checks below compare them as numbers)
         if self.sampling is not None and self.beam > 1:
             problems.append("`--beam` searches for the most likely outputs; `--temp/--top-k/--top-p` sample varied "
                             "ones. Choose one")
         elif self.sampling is None and self.n_best > self.beam >= 1:
             problems.append(f"`--n-best {self.n_best}` needs at least that many beams; add `--beam {self.n_best}` "
                             "(or sample N outputs with --temp)")
-        if not 0.0 <= self.length_penalty < float("inf"):
-            problems.append(f"`--length-penalty` must be a number >= 0, got {self.length_penalty}")
-        if self.max_length is not None and self.max_length < 1:
-            problems.append(f"`--max-length` must be at least 1, got {self.max_length}")
+        if not (is_number(self.length_penalty) and 0.0 <= self.length_penalty <= MAX_LENGTH_PENALTY):
+            problems.append(f"`--length-penalty` must be a number from 0 to {MAX_LENGTH_PENALTY:g}, got "
+                            f"{shown(self.length_penalty)}")  # (600 overflowed ((5 + length) / 6) ** A)
+        if self.max_length is not None and not (is_integer(self.max_length) and 1 <= self.max_length <= MAX_OUTPUT):
+            problems.append(f"`--max-length` must be a whole number from 1 to {MAX_OUTPUT:,}, got "
+                            f"{shown(self.max_length)}")
         if self.unknown not in UNKNOWN:
             problems.append(f"`--unknown` must be one of {', '.join(UNKNOWN)}, not {self.unknown!r}")
         if self.device not in DEVICES:

@@ -524,6 +524,12 @@ def test_a_run_picked_by_loss_resumes_picking_by_wer(tmp_path):
             on_event=lambda k, i: evals.append(i) if k == "eval" else None).fit()
     assert [e["by"] for e in evals] == ["wer"] and evals[0]["improved"]
     assert load_checkpoint(tmp_path / "r" / "best.pt")["selection"]["best"] == evals[0]["score"]
+    # and back to the loss: best.pt (picked by WER) is replaced only by a lower loss than its own, and the best
+    # val reported is best.pt's (it was replaced by the first evaluation, while the message quoted an older best)
+    before = load_checkpoint(tmp_path / "r" / "best.pt")
+    result = Trainer(text, model, TrainConfig(best_by="loss", max_steps=40, **cfg), resume=True).fit()
+    best = load_checkpoint(tmp_path / "r" / "best.pt")
+    assert best["val_loss"] <= before["val_loss"] and result.best_val_loss == best["val_loss"]
 
 
 def test_a_pairs_model_is_sized_for_its_data_where_the_flags_leave_it_open(tmp_path):
@@ -576,3 +582,42 @@ def test_a_pairs_batch_on_the_cpu_follows_the_data_unless_given_and_resume_keeps
     monkeypatch.setattr(pairs_task, "PAIR_BATCHES", ((None, 7),))  # a later charnn with other defaults
     r = runner.invoke(app, [*base, "--name", "auto", "--resume", "--max-steps", "4"])
     assert r.exit_code == 0 and batch_of("auto") == 12, r.stderr
+
+
+def test_edge_values_and_wrong_types_are_one_line_or_param_errors(reverse_run, tmp_path):
+    """Were: tracebacks (--max-length 2**63-1, --length-penalty 600, --encoding utf-16 without a BOM), a BOM read
+    as an input character, an empty pairs file scored as a row of dashes, a missing run folder taken for an input
+    file; the API's wrong types raised Python's and torch's errors or were taken silently."""
+    import charnn
+    from charnn.api.params import ParamError
+    run = str(reverse_run / "rev")
+    (tmp_path / "in.txt").write_text("abc\n", encoding="utf-8")
+    one_line_error(runner.invoke(app, ["transduce", run, str(tmp_path / "in.txt"), "--max-length",
+                                       str(2**63 - 1)]), 2, "--max-length")
+    one_line_error(runner.invoke(app, ["transduce", run, "--length-penalty", "600", "--beam", "2"], input="abc\n"), 2,
+                   "--length-penalty")
+    one_line_error(runner.invoke(app, ["transduce", run, str(tmp_path / "in.txt"), "--encoding", "utf-16"]), 1,
+                   "not valid utf-16")
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfabc\n")
+    r = runner.invoke(app, ["transduce", run, str(tmp_path / "bom.txt")])
+    assert r.exit_code == 0 and r.stdout == "cba\n", r.stderr
+    (tmp_path / "empty.tsv").write_text("\n\n")
+    one_line_error(runner.invoke(app, ["eval", run, str(tmp_path / "empty.tsv")]), 1, "no input<TAB>target lines")
+    (tmp_path / "unk.tsv").write_text("abc\tcbaQ\n")
+    assert "1 target characters are not in" in runner.invoke(app, ["eval", run, str(tmp_path / "unk.tsv")]).stderr
+    one_line_error(runner.invoke(app, ["transduce", str(tmp_path / "no-such-run"), str(tmp_path / "in.txt")]), 1,
+                   "neither a checkpoint", "nor an input file")
+    model = charnn.load(run, device="cpu")
+    for kwargs, param in ((dict(beam=2.5), "beam"), (dict(beam="3"), "beam"), (dict(max_length=True), "max_length"),
+                          (dict(scores="yes"), "scores"), (dict(batch_size=True), "batch_size")):
+        with pytest.raises(ParamError) as e:
+            model.transduce("abc", **kwargs)
+        assert e.value.param == param, kwargs
+    for bad in (None, 123):
+        with pytest.raises(ParamError, match="inputs"):
+            model.transduce(bad)
+    for pairs in ([("abc",)], ("abc", "cba"), [("abc", None)], [("a\nb", "c")]):
+        with pytest.raises(ParamError, match="pair"):
+            model.score(pairs)
+    with pytest.raises(ParamError, match="one line"):
+        model.attention("a\nb")

@@ -52,12 +52,14 @@ class Seq2SeqModel:
             cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed, max_length=max_length,
                                   batch_size=batch_size, unknown=unknown).validate()
+        if not isinstance(scores, bool):
+            raise ParamError(f"`scores` must be True or False, got {shown(scores)}", "scores")
         single = isinstance(inputs, str)
+        if not single and not isinstance(inputs, (list, tuple)):  # (None, 123, b"abc": Python's errors)
+            raise ParamError(f"`inputs` must be a string or a list of strings, got {shown(inputs)}", "inputs")
         lines = [inputs] if single else list(inputs)
-        for i, line in enumerate(lines):  # (a line break would end the input early: its end-of-input token)
-            if not isinstance(line, str) or "\n" in line or "\r" in line:
-                raise ParamError(f"input {i} must be one line of text, got {shown(line)}; give several inputs as "
-                                 "a list", "inputs")
+        for i, line in enumerate(lines):
+            _one_line(line, f"input {i}", "inputs")
         transducer = Transducer(self.net, self.source_tokenizer, self.tokenizer, cfg, self.device, self.max_ratio,
                                 exact_scores=scores)
         found = [_shape(h, n_best, scores) for h in transducer.run((t, f"input {i}") for i, t in enumerate(lines))]
@@ -67,6 +69,11 @@ class Seq2SeqModel:
         """What `charnn eval` reports for (input, target) pairs: nats per target character, exact match, CER, SER."""
         from charnn.reports.pairs import score_pairs
 
+        if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+            raise ParamError(f"`pairs` must be a list of (input, target) pairs, got {shown(pairs)}", "pairs")
+        for i, (source, target) in enumerate(pairs):
+            _one_line(source, f"pair {i}'s input", "pairs")
+            _one_line(target, f"pair {i}'s target", "pairs")
         file = PairFile("pairs", [Pair(s, t) for s, t in pairs])
         with keyword_names():
             cfg = TransduceConfig(beam=beam).validate()
@@ -78,6 +85,8 @@ class Seq2SeqModel:
         `.names`, `.tokens`; each line's end shown as a newline), as `charnn show --cells` colours them."""
         from charnn.inspect.activations import encoder_activations
 
+        if not isinstance(text, str):
+            raise ParamError(f"`text` must be a string, got {shown(text)}", "text")
         return encoder_activations(self.net, self.source_tokenizer, text, self.device)
 
     def attention(self, line: str):
@@ -85,7 +94,15 @@ class Seq2SeqModel:
         characters and end), `.source`, `.output` (`charnn show --attention`)."""
         from charnn.inspect.attention import attention_map
 
+        _one_line(line, "the line", "line")
         return attention_map(self.net, self.source_tokenizer, self.tokenizer, line, self.device, self.max_ratio)
+
+
+def _one_line(text, what: str, param: str) -> None:
+    """One line of text, or a ParamError (a line break would end an input early: its end-of-input token)."""
+    if not isinstance(text, str) or "\n" in text or "\r" in text or "\t" in text:
+        more = "; give several inputs as a list" if param == "inputs" else ""
+        raise ParamError(f"{what} must be one line of text without tabs, got {shown(text)}{more}", param)
 
 
 def _shape(hyps: List[Hypothesis], n_best: int, scores: bool) -> Output:

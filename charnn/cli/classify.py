@@ -103,8 +103,8 @@ def _blocks(lines: Iterator[str]) -> Iterator[List[str]]:
         try:
             for line in lines:
                 q.put(line)
-        except UnicodeDecodeError as e:  # handed to the main thread, raised in order, as one line
-            q.put(CharnnError(f"the input is not valid text in its encoding: {e.reason} at byte {e.start}"))
+        except UnicodeError as e:  # handed to the main thread, raised in order, as one line
+            q.put(CharnnError(f"the input is not valid text in its encoding: {getattr(e, 'reason', e)}"))
         except BaseException as e:
             q.put(e)
         q.put(end)

@@ -193,17 +193,25 @@ def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> N
     """A sequence-to-sequence model over files of pairs: one row per file (and a total)."""
     from charnn.checkpoint import build_seq2seq
     from charnn.data.pairs import read_pairs
+    from charnn.errors import CharnnError
     from charnn.sampling import TransduceConfig
     from charnn.reports.pairs import score_files, total, unknown_chars
 
     model, source_tok, tok = build_seq2seq(data, dev)
-    pair_files = [read_pairs(f, encoding) for f in files]
+    pair_files = [read_pairs(f, encoding, hint="fix or remove it") for f in files]
+    for f in pair_files:  # (a row of dashes and exit 0 was the answer)
+        if not f.pairs:
+            raise CharnnError(f"{f.path!r} holds no input<TAB>target lines to score")
     cfg = TransduceConfig(beam=beam).validate()
     scores = score_files(model, source_tok, tok, pair_files, cfg, dev, (data.get("pairs") or {}).get("max_ratio", 4.0))
     unknown = unknown_chars(source_tok, pair_files)
     if unknown:
         err.print(f"note: {unknown:,} input characters are not in the model's vocabulary; they are scored as the "
                   "unknown token and dropped when decoding")
+    unknown = unknown_chars(tok, pair_files, "target")
+    if unknown:  # (said for inputs only: the targets' could not be written, so no output can match them)
+        err.print(f"note: {unknown:,} target characters are not in the model's output vocabulary; they are scored "
+                  "as the unknown token, and no output can match them")
     all_ = total(scores)
     with writing_results():
         if as_json:

@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional, Tuple
 import typer
 
 from charnn.config import DEVICES, DynamicConfig
-from charnn.errors import ConfigError
+from charnn.errors import CharnnError, ConfigError
 
 _DYNAMIC = DynamicConfig()
 
@@ -63,4 +63,7 @@ def split_checkpoint(args: Optional[List[str]], needs: int = 0) -> Tuple[Optiona
     args = list(args or [])
     if len(args) > needs and (Path(args[0]).suffix == ".pt" or Path(args[0]).is_dir()):
         return args[0], args[1:]
+    if len(args) > needs + 1 and args[0] != "-" and not Path(args[0]).exists():  # (a mistyped run folder was taken
+        raise CharnnError(f"{args[0]!r} does not exist: neither a checkpoint (a .pt file or a run folder) nor an "
+                          "input file")  # as an input file, and the newest run's, or "no trained runs", followed)
     return None, args

@@ -60,6 +60,8 @@ def decode_bytes(data: bytes, name: str, encoding: str = "utf-8") -> str:
         return data.decode(check_encoding(encoding))
     except UnicodeDecodeError as e:
         raise CharnnError(f"{name} is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {e.start}") from None
+    except UnicodeError as e:  # (UTF-16 without a BOM)
+        raise CharnnError(f"{name} is not valid {encoding}: {e}") from None
 
 
 def corpus_paths(paths) -> Optional[List[str]]:

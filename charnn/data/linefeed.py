@@ -77,8 +77,9 @@ class LineFeed:
         try:
             for raw in stream:
                 no += 1
+                raw = raw[1:] if no == 1 and raw.startswith("\ufeff") else raw  # (a BOM is not an input character)
                 self.queue.put((raw.rstrip("\n").rstrip("\r"), f"{name}:{no}"))
-        except UnicodeDecodeError:
+        except UnicodeError:  # (a decode error, or UTF-16 without a BOM: a plain UnicodeError)
             raise CharnnError(f"{name}:{no + 1}: not valid {self.encoding} text (see --encoding)") from None
 
     def chunks(self) -> Iterator[List[Line]]:

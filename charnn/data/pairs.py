@@ -72,7 +72,10 @@ class PairText:
                 "max_target": max(len(p.target) for p in self.train)}
 
 
-def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False) -> PairFile:
+TRAIN_HINT = "charnn train --skip-bad-lines skips and counts such lines"
+
+
+def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False, hint: str = TRAIN_HINT) -> PairFile:
     """The pairs of one file: blank lines skipped; a line without exactly one tab is an error naming the file
     and line (or, with `skip_bad`, skipped and counted). A trailing CR (a CRLF file) is dropped."""
     text = plain.read_text(str(path), "pairs file", encoding, allow_empty=True)
@@ -87,8 +90,7 @@ def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False) -> P
                 bad += 1
                 continue
             why = "has no tab" if tabs == 0 else f"has {tabs} tabs"
-            raise CharnnError(f"{path}:{no}: the line {why} (a pair is input<TAB>target, exactly one tab; "
-                              "charnn train --skip-bad-lines skips and counts such lines)")
+            raise CharnnError(f"{path}:{no}: the line {why} (a pair is input<TAB>target, exactly one tab; {hint})")
         source, target = line.split("\t")
         pairs.append(Pair(source, target))
     return PairFile(str(path), pairs, bad)

@@ -153,6 +153,8 @@ def read_chunks(part: Part, encoding: str, block: int = BLOCK_BYTES) -> Iterator
                 except UnicodeDecodeError as e:
                     at = offset + e.start
                     raise Undecodable(path, f"is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {at}") from None
+                except UnicodeError as e:  # (UTF-16 without a BOM: a plain UnicodeError, not a decode error)
+                    raise Undecodable(path, f"is not valid {encoding}: {e}") from None
                 offset += len(data)
                 if text:
                     yield text

@@ -47,5 +47,6 @@ def total(scores: List[PairScore]) -> PairScore:
     return out
 
 
-def unknown_chars(source_tokenizer, files: List[PairFile]) -> int:
-    return sum(int(np.sum(source_tokenizer.encode(p.source) == source_tokenizer.unk_id)) for f in files for p in f.pairs)
+def unknown_chars(tokenizer, files: List[PairFile], side: str = "source") -> int:
+    """Characters of the pairs' inputs (`side` "source") or targets ("target") outside `tokenizer`'s vocabulary."""
+    return sum(int(np.sum(tokenizer.encode(getattr(p, side)) == tokenizer.unk_id)) for f in files for p in f.pairs)

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from charnn.checkpoint import build_model, save_checkpoint, sweep_temp_files
+from charnn.checkpoint import build_model, load_checkpoint, save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import CharnnError, ConfigError, first_line
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
@@ -189,6 +189,15 @@ def optimizer_state(saved: dict, opt) -> dict:
     return {**saved, "param_groups": [{**group, **how} for group in saved["param_groups"]]}
 
 
+def _best_pt_loss(run_dir: Path) -> float:
+    """The val loss recorded in run_dir/best.pt (inf where there is none to read)."""
+    try:
+        loss = load_checkpoint(run_dir / "best.pt").get("val_loss")
+    except (CharnnError, OSError):
+        return math.inf
+    return float(loss) if isinstance(loss, (int, float)) else math.inf
+
+
 def restore(t, data: dict) -> None:
     """Put trainer `t` back where checkpoint `data` left it: weights, optimiser, progress, state, generators."""
     try:
@@ -206,6 +215,8 @@ def restore(t, data: dict) -> None:
     t.last_score = (data.get("selection") or {}).get("score", t.last_val)
     if p.get("best_by", "loss") != t.task.selects_by:  # picked by another score until now: start this one afresh
         t.best_score = t.patience_mark = t.last_score = math.inf
+        if t.task.selects_by == "loss":  # (back to the loss: best.pt's own loss is the one to beat, and the best
+            t.best_score = t.patience_mark = t.best_val = _best_pt_loss(t.run_dir)  # val reported is best.pt's)
     t.elapsed_before = data.get("elapsed", 0.0)
     ops = t.model.state_ops
     state = ops.unpack(p.get("hidden"))
