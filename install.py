@@ -138,15 +138,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"no NVIDIA GPU: torch's CPU build from {args.cpu_index}")
         commands.append(torch_command(gpu, args.cpu_index))
     commands.append(charnn_command(args.dev))
-    if not have and not gpu and not reachable(args.cpu_index):  # (before --dry-run: it prints what would run)
+    if args.dry_run:  # (no network: whether the CPU index can be reached is found out by a real run)
+        if not have and not gpu:
+            say(f"--dry-run does not try {args.cpu_index}; out of reach, a real run falls back to pip's own index "
+                "when it has a torch without CUDA")
+        for cmd in commands:
+            print(shown(cmd))
+        return 0
+    if not have and not gpu and not reachable(args.cpu_index):
         fallback = cpu_fallback(args.cpu_index)
         if fallback is None:
             return 1
         commands[0] = PIP + [fallback]
-    if args.dry_run:
-        for cmd in commands:
-            print(shown(cmd))
-        return 0
     for cmd in commands:
         cmd = cmd + ["-q"] if args.quiet else cmd
         say(shown(cmd))

@@ -43,7 +43,7 @@ def dry_run(python, path: str, *args):
 @pytest.mark.skipif(os.name == "nt", reason="the fake nvidia-smi is a shell script")
 def test_no_gpu_gets_the_cpu_build_in_a_fresh_venv(fresh_python, tmp_path):
     lines, notes = dry_run(fresh_python, f"/usr/bin{os.pathsep}/bin", "--dev")
-    assert lines == [f"python -m pip install torch {CPU}", f"python -m pip install -e {ROOT}[dev]"]
+    assert lines == [f"python -m pip install torch {CPU}", f"python -m pip install -e '{ROOT}[dev]'"]
     assert "no NVIDIA GPU" in notes
     # a driver without a GPU (nvidia-smi fails, or lists none) is no GPU either
     for listing, code in (("NVIDIA-SMI has failed", 9), ("No devices found.", 0)):
@@ -61,7 +61,7 @@ def test_an_nvidia_gpu_gets_the_default_cuda_build(fresh_python, tmp_path):
 
 def test_an_installed_torch_is_kept(tmp_path):
     lines, notes = dry_run(sys.executable, fake_smi(tmp_path / "gpu", "GPU 0: NVIDIA H200 (UUID: GPU-0)"), "--dev")
-    assert lines == [f"python -m pip install -e {ROOT}[dev]"]
+    assert lines == [f"python -m pip install -e '{ROOT}[dev]'"]
     assert "keeping the installed torch" in notes
 
 
