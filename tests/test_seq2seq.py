@@ -621,3 +621,17 @@ def test_edge_values_and_wrong_types_are_one_line_or_param_errors(reverse_run, t
             model.score(pairs)
     with pytest.raises(ParamError, match="one line"):
         model.attention("a\nb")
+
+
+def test_the_pairs_line_says_where_validation_came_from():
+    """With --val-file it said "held out by input"; one skipped line was "1 lines"."""
+    import io
+    from rich.console import Console
+    from charnn.cli.progress import TrainProgress
+    buf = io.StringIO()
+    progress = TrainProgress(Console(file=buf, width=200), open_ended=True)
+    info = {"train_pairs": 10, "val_pairs": 3, "max_ratio": 1.5, "skipped_lines": 1, "sized": {}}
+    progress("pairs", {**info, "val_file": "dev.tsv"})
+    progress("pairs", {**info, "val_file": None})
+    out = buf.getvalue()
+    assert "(from dev.tsv)" in out and "(held out by input)" in out and "skipped 1 line that" in out

@@ -21,6 +21,10 @@ def _fmt(x: float) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.4f}"
 
 
+def _lines(n: int) -> str:
+    return f"{n:,} line{'s' if n != 1 else ''}"
+
+
 class TrainProgress:
     """A callback for `charnn.training.trainer.train`: draws progress and remembers the last numbers."""
 
@@ -107,12 +111,13 @@ class TrainProgress:
             more = f" and {len(info['names']) - 12} more" if len(info["names"]) > 12 else ""
             self.note(f"{len(info['names'])} labels by {info['by']} (training characters): {sizes}{more}")
             if info.get("skipped_lines"):
-                self.note(f"note: skipped {info['skipped_lines']:,} lines that are not label<TAB>text")
+                self.note(f"note: skipped {_lines(info['skipped_lines'])} that are not label<TAB>text")
         elif kind == "pairs":
-            self.note(f"{info['train_pairs']:,} training pairs, {info['val_pairs']:,} validation pairs (held out by "
-                      f"input); targets up to {info['max_ratio']:.2f}x their input's length")
+            held = f"from {info['val_file']}" if info.get("val_file") else "held out by input"
+            self.note(f"{info['train_pairs']:,} training pairs, {info['val_pairs']:,} validation pairs ({held}); "
+                      f"targets up to {info['max_ratio']:.2f}x their input's length")
             if info.get("skipped_lines"):
-                self.note(f"note: skipped {info['skipped_lines']:,} lines that are not input<TAB>target")
+                self.note(f"note: skipped {_lines(info['skipped_lines'])} that are not input<TAB>target")
             if info.get("sized"):
                 shown = ", ".join(f"--{k} {v}" for k, v in info["sized"].items())
                 self.note(f"model sized for {info['train_pairs']:,} training pairs: {shown} (give these flags to "

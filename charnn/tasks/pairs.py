@@ -67,7 +67,7 @@ class PairsTask(Task):
         self.pairs = {**self.corpus.record(), "skipped_lines": self.corpus.skipped_lines}
         # a fresh run's model flags the user left open, sized for the data (a resumed run keeps its model)
         self.sized = {} if resumed else {k: v for k, v in sized_for(len(data.train_src)).items() if k in cfg.sized}
-        on_event("pairs", {**self.pairs, "sized": dict(self.sized)})
+        on_event("pairs", {**self.pairs, "sized": dict(self.sized), "val_file": cfg.val_file})
         self.tokenizer, self.source_tokenizer = data.tokenizer, data.source_tokenizer
         self.train_ids = data.train_ids
         self.val_ids = np.concatenate(data.val_tgt)
