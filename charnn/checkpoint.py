@@ -101,9 +101,6 @@ def load_checkpoint(path: Path, finite: bool = True) -> dict:
         if found:  # the weights-only unpickler met a reference to code or a class: it ran nothing
             raise CharnnError(f"refusing to load {str(path)!r}: it carries pickled code or objects "
                               f"({found.group(1)}), which a charnn checkpoint never does") from None
-        if "Weights only load failed" in str(e):  # (another object the weights-only unpickler refused)
-            raise CharnnError(f"refusing to load {str(path)!r}: it holds Python objects beyond tensors and plain "
-                              "data, which a charnn checkpoint never does") from None
         raise CharnnError(f"{str(path)!r} is not a charnn checkpoint (corrupt, or not a file torch.save wrote)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError,
             TypeError) as e:  # (a text file read as a legacy pickle: IndexError from torch's unpickler)

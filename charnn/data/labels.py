@@ -36,6 +36,9 @@ class Document:
     text: str
 
 
+PER_LABEL = "per-label"  # line labels: each label's own share held out (LabelledText.split)
+
+
 @dataclass
 class LabelledText:
     by: str
@@ -47,18 +50,20 @@ class LabelledText:
     val_docs: Optional[List[Document]] = None  # --val-file's lines (then every doc trains)
     train: List[Document] = field(default_factory=list)  # set by split()
     val: List[Document] = field(default_factory=list)
+    line_split: str = PER_LABEL  # how line labels were split (LINE_SPLITS)
 
-    def split(self, val_frac: float, seed: int) -> "LabelledText":
+    def split(self, val_frac: float, seed: int, line_split: str = PER_LABEL) -> "LabelledText":
         """The same text with its train and validation documents: the tail of every file or folder label, a
-        seeded random share of lines, or --val-file's lines. Training splits with the run's own settings
-        (a resumed run's saved ones), so the split never depends on flags typed later."""
+        seeded random share of each label's lines (`line_split` "random": of all the lines, as runs recorded
+        before 2026-12-06 were split), or --val-file's lines. Training splits with the run's own settings (a
+        resumed run's saved ones), so the split never depends on flags typed later."""
         if self.val_docs is not None:
             train, val = list(self.docs), list(self.val_docs)
         elif self.by == "line":
-            train, val = _split_lines(self.docs, val_frac, seed)
+            train, val = LINE_SPLITS[line_split](self.docs, val_frac, seed)
         else:
             train, val = _split_tails(self.docs, self.names, val_frac)
-        return replace(self, train=train, val=val)
+        return replace(self, train=train, val=val, line_split=line_split)
 
     def counts(self, docs: Sequence[Document]) -> Dict[str, Dict[str, int]]:
         """{name: {"docs": n, "chars": n}} over `docs`."""
@@ -73,7 +78,7 @@ class LabelledText:
         """What the checkpoint keeps: how labels were made, their names and training sizes."""
         train = self.counts(self.train)
         return {"by": self.by, "names": list(self.names), "train_docs": [train[n]["docs"] for n in self.names],
-                "train_chars": [train[n]["chars"] for n in self.names]}
+                "train_chars": [train[n]["chars"] for n in self.names], "line_split": self.line_split}
 
 
 def load_labelled(paths: Sequence[str], by: str, encoding: str = "utf-8", glob: Optional[str] = None,
@@ -205,6 +210,26 @@ def _split_lines(docs: List[Document], val_frac: float, seed: int) -> Tuple[List
         raise CharnnError(f"{len(docs)} labelled lines are too few to hold out --val-frac {val_frac} of them (each "
                           "label keeps a line for training)")
     return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+
+
+def _split_lines_at_random(docs: List[Document], val_frac: float, seed: int) -> Tuple[List[Document], List[Document]]:
+    """A seeded random `val_frac` of all the lines, at least one, held out (runs recorded before the split kept
+    every label a training line: their resumes read the same split)."""
+    n_val = max(1, int(round(len(docs) * val_frac)))
+    if n_val >= len(docs):
+        raise CharnnError(f"{len(docs)} labelled lines are too few to hold out --val-frac {val_frac} of them")
+    held = set(random.Random(seed).sample(range(len(docs)), n_val))
+    return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+
+
+LINE_SPLITS = {PER_LABEL: _split_lines, "random": _split_lines_at_random}
+
+
+def line_split_of(resumed: Optional[dict]) -> str:
+    """How a run's line labels are split: a resumed run's recorded way (none recorded: the old random one)."""
+    if not resumed:
+        return PER_LABEL
+    return (resumed.get("labels") or {}).get("line_split", "random")
 
 
 @dataclass

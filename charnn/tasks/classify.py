@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from charnn.config import ModelConfig, TrainConfig
-from charnn.data.labels import prepare_labelled
+from charnn.data.labels import line_split_of, prepare_labelled
 from charnn.data.textbatches import TextBatches, cut_windows
 from charnn.scoring.confusion import label_report
 from charnn.scoring.discriminative import window_logprobs
@@ -47,7 +47,7 @@ class ClassifierTask(Task):
 
     def prepare(self, cfg: TrainConfig, resumed: Optional[dict], parent, encoding: str, on_event) -> None:
         base = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
-        corpus = self.corpus = self.corpus.split(cfg.val_frac, cfg.seed)  # the labelled model's split
+        corpus = self.corpus = self.corpus.split(cfg.val_frac, cfg.seed, line_split_of(resumed))  # the labelled model's split
         data = self.data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base, parent is not None,
                                             on_event, cfg.threads)
         self.stream = corpus.by != "line"  # one long document per label: read in windows

@@ -12,7 +12,7 @@ import torch
 from charnn.data.labels import log_prior
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.batches import DocumentBatches, StreamBatches
-from charnn.data.labels import prepare_labelled
+from charnn.data.labels import line_split_of, prepare_labelled
 from charnn.scoring.evaluate import evaluate_documents, evaluate_ids
 from charnn.tasks.base import Task, text_digest, total
 from charnn.text.tokenizer import start_id
@@ -23,7 +23,7 @@ class LabelledTask(Task):
 
     def prepare(self, cfg: TrainConfig, resumed: Optional[dict], parent, encoding: str, on_event) -> None:
         base = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
-        corpus = self.corpus = self.corpus.split(cfg.val_frac, cfg.seed)  # the run's own (a resumed run's saved)
+        corpus = self.corpus = self.corpus.split(cfg.val_frac, cfg.seed, line_split_of(resumed))  # the run's own (a resumed run's saved)
         data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base, parent is not None, on_event,
                                 cfg.threads)
         self.labels = corpus.record()
