@@ -248,6 +248,15 @@ def test_sample_i_of_a_batch_is_what_its_seed_writes_alone(ckpt):
     assert together.split("|") == alone and len(set(alone)) == 3
 
 
+def test_the_largest_seed_with_several_samples_wraps_as_the_api_does(ckpt):
+    """--seed 2**63-1 -n 3: sample 2's seed overflowed a C long (a traceback); it wraps, as the API's."""
+    model, tok = model_and_tokenizer(ckpt)
+    top = 2**63 - 1
+    together = "".join(Sampler(model, tok, SampleConfig(num_samples=2, separator="|", length=20), torch.device("cpu"),
+                               top)).split("|")
+    assert together[1] == "".join(Sampler(model, tok, SampleConfig(length=20), torch.device("cpu"), 0))
+
+
 def test_many_samples_run_in_waves_that_write_what_one_batch_writes(ckpt, monkeypatch):
     """-n 100000000 held every row and every finished text at once (out of memory); waves of WAVE samples write
     the same samples in the same order."""

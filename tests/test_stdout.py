@@ -65,3 +65,18 @@ def test_a_closed_pipe_stays_quiet_for_eval_and_info(trained_run, corpus_file, t
         p = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
                            timeout=300)
         assert p.returncode == 0 and "Error" not in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+
+
+def test_a_closed_stdout_or_stdin_is_one_line_not_a_traceback(trained_run, corpus_file, tmp_path):
+    """`>&-` and `<&-` leave Python's sys.stdout/sys.stdin None: an AttributeError traceback (sample), or nothing
+    at all with exit 0 (eval, info)."""
+    run = str(trained_run.run_dir)
+    for cmd in (f"charnn sample {run} --length 10 -q >&-", f"charnn eval {run} {corpus_file} >&-",
+                f"charnn info {run} >&-"):
+        p = subprocess.run(["bash", "-c", cmd.replace("charnn", f"{sys.executable} -m charnn", 1)], cwd=tmp_path,
+                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, (cmd, p.stderr)
+        assert "stdout is closed" in p.stderr.strip().splitlines()[-1], (cmd, p.stderr)
+    p = subprocess.run(["bash", "-c", f"{sys.executable} -m charnn sample {run} --prime-file - --length 5 -q <&-"],
+                       cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and len(p.stdout.strip()) >= 1, p.stderr  # a closed stdin is an empty prime

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import sys
 from typing import Annotated
 
@@ -79,5 +81,31 @@ app.command()(plot)
 app.command()(serve)
 
 
+class _ClosedBytes(io.BytesIO):
+    def write(self, data) -> int:
+        raise OSError(errno.EBADF, "Bad file descriptor (stdout is closed)")
+
+
+class _Closed(io.TextIOBase):
+    """Standing in for a standard stream the shell closed (`>&-`, `<&-`: Python's is None): reading finds its end
+    at once, writing fails as a closed descriptor does, so `writing_results` says so in one line (an
+    AttributeError traceback was printed, or nothing at all with exit 0)."""
+
+    def read(self, size: int = -1) -> str:
+        return ""
+
+    def readline(self, size: int = -1) -> str:
+        return ""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "Bad file descriptor (stdout is closed)")
+
+    @property
+    def buffer(self):
+        return _ClosedBytes()
+
+
 def main() -> None:
+    sys.stdin = sys.stdin if sys.stdin is not None else _Closed()
+    sys.stdout = sys.stdout if sys.stdout is not None else _Closed()
     app(prog_name="charnn")

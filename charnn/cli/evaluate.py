@@ -98,8 +98,8 @@ def evaluate(
             total = combine(results)
         unknown = total.static.unknown if dynamic else total.unknown
         if unknown:
-            err.print(f"note: {unknown:,} characters are not in the model's vocabulary; "
-                      "they are scored as the unknown token")
+            err.print(f"note: {unknown:,} character{'s are' if unknown != 1 else ' is'} not in the model's "
+                      "vocabulary; scored as the unknown token")
     with writing_results():
         if as_json:
             out = {**total.to_dict(), "checkpoint": str(path), "files": [

@@ -14,6 +14,7 @@ from typing import Iterator, List, Optional
 
 import torch
 
+from charnn.config import SEED_LIMIT
 from charnn.sampling import SampleConfig
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.prompt import clean_prime
@@ -43,8 +44,9 @@ class Sampler:
         """One row per sample (those from lo to hi). `--stop` ends a sample right after the stop string; a row ends
         right before it (OpenAI's way), so the string is put back when a row stops on it."""
         cfg = self.cfg
-        return [RowSpec(prompt=self.prime, length=cfg.length, sampling=replace(cfg.sampling, seed=self.seed + i),
-                        stop=(cfg.stop,) if cfg.stop else (), heal=cfg.heal)
+        return [RowSpec(prompt=self.prime, length=cfg.length,
+                        sampling=replace(cfg.sampling, seed=(self.seed + i) % SEED_LIMIT),  # (as the API: 2**63 - 1
+                        stop=(cfg.stop,) if cfg.stop else (), heal=cfg.heal)  # + 1 overflowed a C long)
                 for i in range(lo, cfg.num_samples if hi is None else min(hi, cfg.num_samples))]
 
     def __iter__(self) -> Iterator[str]:
