@@ -138,9 +138,10 @@ def test_errors_are_one_line(run, tmp_path):
     one_line_error(runner.invoke(app, ["sample", str(run)]), 1, "charnn classify")  # (no "sampling ..." line first)
     one_line_error(runner.invoke(app, ["eval", str(run), str(tmp_path / "t.tsv")]), 2, "--label-by")
     one_line_error(runner.invoke(app, ["transduce", str(run), str(plain)]), 1, "is a classifier", "charnn classify")
-    for args in ([str(tmp_path / "t.tsv"), "--label-by", "line"], [str(plain)]):  # (tracebacks: a forward's
-        one_line_error(runner.invoke(app, ["train", *args, "--init-from", str(run), "--out", str(tmp_path),  # labels
-                                           "--max-steps", "2"]), 2, "is a classifier", "fine-tunes into a classifier")
+    for args in ([str(tmp_path / "t.tsv"), "--label-by", "line"], [str(plain)],  # (tracebacks, or a classifier
+                 [str(tmp_path / "t.tsv"), "--label-by", "line", "--classifier"]):  # dropped for a fresh LSTM)
+        one_line_error(runner.invoke(app, ["train", *args, "--init-from", str(run), "--out", str(tmp_path),
+                                           "--max-steps", "2"]), 2, "is a classifier", "--resume")
     r = runner.invoke(app, ["show", str(run), str(plain)])  # nothing per character to show: one line
     assert r.exit_code != 0 and "Traceback" not in r.stderr and "charnn classify" in r.stderr
     r = runner.invoke(app, ["show", str(run), str(plain), "--cells", "--format", "json"])  # its encoder's units

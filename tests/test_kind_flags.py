@@ -196,3 +196,21 @@ def test_charnn_train_keywords_of_the_wrong_type_are_one_clear_error():
             train_configs(flags)
     for fine in ({"lr": 1}, {"max_time": "5m"}, {"max_time": 30}, {"threads": None}, {"dropout": 0}):
         train_configs(fine)
+
+
+def test_kind_on_resume_or_init_from_names_the_saved_kind(tmp_path):
+    """--kind was ignored on --resume and --init-from (the run stayed its saved kind, exit 0)."""
+    from typer.testing import CliRunner
+    from charnn.cli import app
+    from conftest import make_text, one_line_error
+    (tmp_path / "t.txt").write_text(make_text(40), encoding="utf-8")
+    small = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "2", "--seq-len", "8", "--device",
+             "cpu", "--threads", "1", "--out", str(tmp_path), "-q"]
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(tmp_path / "t.txt"), "--name", "a", "--max-steps", "2", *small])
+    assert r.exit_code == 0, r.stderr
+    one_line_error(runner.invoke(app, ["train", str(tmp_path / "t.txt"), "--name", "a", "--resume", "--kind", "minrnn",
+                                       "--max-steps", "4", *small]), 2, "cannot change --kind minrnn")
+    one_line_error(runner.invoke(app, ["train", str(tmp_path / "t.txt"), "--name", "b", "--init-from",
+                                       str(tmp_path / "a"), "--kind", "minrnn", "--max-steps", "2", *small]), 2,
+                   "--init-from keeps the base's kind")

@@ -316,6 +316,6 @@ def test_charnn_sample_int8_from_the_command_line(tmp_path):
     r = runner.invoke(app, ["sample", str(tmp_path / "w64"), "--int8", "--length", "40", "--seed", "2"])
     assert r.exit_code == 0 and len(r.stdout.rstrip("\n")) == 40, r.stderr
     assert runner.invoke(app, ["train", str(corpus), "--name", "w40", *flags[:3], "40", *flags[4:]]).exit_code == 0
-    r = runner.invoke(app, ["sample", str(tmp_path / "w40"), "--int8", "--length", "40"])
-    assert r.exit_code == 1 and r.stdout == ""
+    r = runner.invoke(app, ["sample", str(tmp_path / "w40"), "--int8", "--length", "40", "--prime", "the"])
+    assert r.exit_code == 1 and r.stdout == ""  # (the prime was written before the refusal)
     assert r.stderr.strip().splitlines()[-1].startswith("charnn: error: --int8 for mingru/minlstm needs widths")

@@ -51,13 +51,14 @@ class Sampler:
 
     def __iter__(self) -> Iterator[str]:
         cfg, n = self.cfg, self.cfg.num_samples
-        yield self.prime
         if cfg.length == 0:
+            yield self.prime
             yield from (cfg.separator + self.prime for _ in range(1, n))
             return
         batcher = Batcher(self.model, self.tokenizer, self.device, capacity=min(n, WAVE), int8=cfg.int8, block=BLOCK,
-                          graphs=self.graphs, rows=min(n, WAVE))
-        self.notes = batcher.notes
+                          graphs=self.graphs, rows=min(n, WAVE))  # (before any output: a refused --int8 left the
+        self.notes = batcher.notes  # prime on stdout)
+        yield self.prime
         before, self.watch = torch.get_num_threads(), watching(cfg.threads, self.device) if self.measure else None
         try:
             if cfg.threads is not None:

@@ -41,6 +41,8 @@ def train_configs(flags: dict, caller: str = "charnn.train",
     given = set(flags) if given is None else set(given)
     check_types(flags, caller)
     flags = classifier_kind(flags)
+    if flags.get("kind") is not None and ("kind" in given or flags.get("classifier")):
+        _check_kind_kept(flags)
     if flags.get("label_contrast") and not flags.get("label_by") and not flags.get("resume"):
         raise ConfigError("`--label-contrast` sets each text's own label above the others: add "
                           "`--label-by file|folder|line`")
@@ -122,6 +124,20 @@ def _saved_model(flags: dict) -> Optional[dict]:
         return load_checkpoint(resolve_checkpoint(path)).get("model_config")
     except (CharnnError, OSError):
         return None
+
+
+def _check_kind_kept(flags: dict) -> None:
+    """--kind on --resume or --init-from names the saved run's kind (it was ignored); only a classifier may start
+    from a language model of another kind."""
+    saved = _saved_model(flags)
+    if saved is None:
+        return
+    was, init = registry.kind_of(saved).name, bool(flags.get("init_from"))
+    if flags["kind"] == was or (init and flags["kind"] == "classifier"):
+        return
+    how = "--init-from keeps the base's kind" if init else "--resume continues the run as it was saved"
+    raise ConfigError(f"{how}; it cannot change --kind {flags['kind']} (the {'base' if init else 'run'} is a {was} "
+                      "model)")
 
 
 def classifier_kind(flags: dict) -> dict:
