@@ -14,7 +14,8 @@ _DYNAMIC = DynamicConfig()
 
 Checkpoint = Annotated[Optional[str], typer.Argument(help="A .pt file or run folder (default: the newest run "
                                                           "under ./checkpoints).", show_default=False)]
-Device = Annotated[str, typer.Option(help=f"Device: {', '.join(DEVICES)} (auto: CUDA when present, then Apple MPS, else the CPU).")]
+Device = Annotated[str, typer.Option(help=f"Device: {', '.join(DEVICES)} (auto: CUDA when present, then Apple "
+                                          "MPS, else the CPU).")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed (default: a fresh one, reported on stderr).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Silence notes on stderr.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]

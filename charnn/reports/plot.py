@@ -40,7 +40,8 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict], str]], out: Path, x: str = "
         from matplotlib.figure import Figure
     except ImportError:
         raise CharnnError("`charnn plot` needs matplotlib, which is not installed; "
-                          "install it with: pip install matplotlib (or pip install -e '.[plot]' in charnn's folder)") from None
+                          "install it with: pip install matplotlib (or pip install -e '.[plot]' in charnn's "
+                          "folder)") from None
     key, xlabel = X_AXES[x]
     fig = Figure(figsize=(9, 5), layout="constrained")
     FigureCanvasAgg(fig)

@@ -47,7 +47,8 @@ class ClassifierTask(Task):
 
     def prepare(self, cfg: TrainConfig, resumed: Optional[dict], parent, encoding: str, on_event) -> None:
         base = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
-        corpus = self.corpus = self.corpus.split(cfg.val_frac, cfg.seed, line_split_of(resumed))  # the labelled model's split
+        # the labelled model's split (a resumed run's recorded way)
+        corpus = self.corpus = self.corpus.split(cfg.val_frac, cfg.seed, line_split_of(resumed))
         data = self.data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base, parent is not None,
                                             on_event, cfg.threads)
         self.stream = corpus.by != "line"  # one long document per label: read in windows

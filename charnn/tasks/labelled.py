@@ -23,7 +23,8 @@ class LabelledTask(Task):
 
     def prepare(self, cfg: TrainConfig, resumed: Optional[dict], parent, encoding: str, on_event) -> None:
         base = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
-        corpus = self.corpus = self.corpus.split(cfg.val_frac, cfg.seed, line_split_of(resumed))  # the run's own (a resumed run's saved)
+        # the run's own split (a resumed run's saved settings and way)
+        corpus = self.corpus = self.corpus.split(cfg.val_frac, cfg.seed, line_split_of(resumed))
         data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base, parent is not None, on_event,
                                 cfg.threads)
         self.labels = corpus.record()
