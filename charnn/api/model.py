@@ -50,6 +50,7 @@ class Model:
         self._idle: Dict[int, List[Batcher]] = {}  # batchers between calls, by row count
         self._lock_scoring = threading.Lock()
         self._pieces_by_id: Optional[List[str]] = None  # one token_logprobs at a time: concurrent long texts do not add up
+        self._chars_by_id: Optional[np.ndarray] = None  # characters that start in each token (set with the pieces)
         self._lock = threading.Lock()
         self._created = int(self.path.stat().st_mtime) if self.path.exists() else 0
         data = data or {}
@@ -196,13 +197,15 @@ class Model:
         answer itself."""
         self._predicts("token_logprobs", text, top=(top, 0, TOP_LOGPROBS))
         ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
-        if self._pieces_by_id is None:  # each token's text, once per model
+        if self._pieces_by_id is None:  # each token's text and the characters that start in it, once per model
             self._pieces_by_id = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
+            self._chars_by_id = np.array([self.tokenizer.token_chars(np.array([i]))
+                                          for i in range(self.tokenizer.vocab_size)], dtype=np.int64)
         pieces = self._pieces_by_id
         with self._lock_scoring:
             picked, best, best_lp = scan(self.net, self.tokenizer, ids, self.device, max(1, top))
         picked[~np.isfinite(picked)] = -1e30
-        tokens, offsets = token_spans(self.tokenizer, text, ids)
+        tokens, offsets = token_spans(self._chars_by_id[ids], text)
         tops = [{pieces[b]: lp for b, lp in zip(ids_, lps_)} for ids_, lps_ in
                 zip(best[:, :top].tolist(), best_lp[:, :top].tolist())]
         for t, token, lp in zip(tops, tokens, picked.tolist()):
@@ -266,10 +269,9 @@ class Model:
         return Batcher(self.net, self.tokenizer, self.device, capacity, int8=self.int8)
 
 
-def token_spans(tokenizer, text: str, ids: np.ndarray) -> Tuple[List[str], List[int]]:
-    """(each token's text, where it starts in `text`): the characters that start in the token (a subword piece's
-    decoded text would be U+FFFD for a byte of a character, and offsets summed from such pieces drifted)."""
-    counts = np.array([tokenizer.token_chars(ids[i:i + 1]) for i in range(len(ids))], dtype=np.int64)
+def token_spans(counts: np.ndarray, text: str) -> Tuple[List[str], List[int]]:
+    """(each token's text, where it starts in `text`), from how many characters start in each token (a subword
+    piece's decoded text would be U+FFFD for a byte of a character, and offsets summed from pieces drifted)."""
     begins = np.cumsum(counts) - counts
     offsets = np.where(counts == 0, np.maximum(begins - 1, 0), begins)  # (a continuation byte: its character's)
     return [text[b:b + c] for b, c in zip(begins.tolist(), counts.tolist())], offsets.tolist()

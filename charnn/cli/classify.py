@@ -11,10 +11,10 @@ from typing import Annotated, Iterator, List, Optional
 
 import typer
 
-from charnn.cli.options import Device, Json
+from charnn.cli.options import Device, Json, stdin_once
 from charnn.cli.output import user_errors, writing_results
 from charnn.data.linefeed import STDIN, stdin_lines
-from charnn.errors import CharnnError, ConfigError
+from charnn.errors import CharnnError
 
 BLOCK = 512  # lines scored together when they are already there (never waiting for more); similar lengths share a pass
 
@@ -45,8 +45,7 @@ def classify(
     with user_errors():
         paths = list(paths or [])
         ckpt = paths.pop(0) if paths and (Path(paths[0]).suffix == ".pt" or Path(paths[0]).is_dir()) else None
-        if paths.count(STDIN) > 1:  # (the second read of a closed stdin was a traceback)
-            raise ConfigError("`-` (stdin) can be read once; give it once")
+        stdin_once(paths)
         if per_file and not paths:
             raise typer.BadParameter("--per-file needs FILE arguments")
         dev = resolve_device(device)

@@ -9,8 +9,9 @@ from typing import Annotated, List, Optional, Tuple
 import typer
 
 from charnn.cli.options import (Device, DynamicDecay, DynamicLr, Json, ScoreLabel, Segment, dynamic_config,
-                                split_checkpoint)
+                                split_checkpoint, stdin_once)
 from charnn.cli.output import err, json_line, user_errors, writing_results
+from charnn.data.linefeed import STDIN
 
 
 def evaluate(
@@ -55,8 +56,7 @@ def evaluate(
         if ckpt is None and len(files) == 1 and (files[0].endswith(".pt") or Path(files[0]).is_dir()):
             raise ConfigError(f"{files[0]!r} is a checkpoint or run folder: give the FILE to score after it "
                               "(or `-` for stdin)")  # (it was read as the text: "looks binary", "is a directory")
-        if files.count(STDIN) > 1:
-            raise ConfigError("`-` (stdin) can be read once; give it once")
+        stdin_once(files)
         files, entries = _fetch(files)
         cfg = dynamic_config(dynamic, "--dynamic", dynamic_lr, dynamic_decay, segment)
         TransduceConfig(beam=beam).validate()  # (the flags first: a bad --beam was found after reading the files)
@@ -115,7 +115,6 @@ def evaluate(
         (_dynamic_table if dynamic else _table)(rows)
 
 
-STDIN = "-"
 
 
 def _read(path: str, encoding: str) -> str:

@@ -8,6 +8,7 @@ from typing import Annotated, List, Optional, Tuple
 import typer
 
 from charnn.config import DEVICES, DynamicConfig
+from charnn.data.linefeed import STDIN
 from charnn.errors import CharnnError, ConfigError
 
 _DYNAMIC = DynamicConfig()
@@ -58,13 +59,19 @@ ScoreLabel = Annotated[Optional[str], typer.Option("--label", help="A model trai
                                                    show_default=False)]
 
 
+def stdin_once(paths: List[str]) -> None:
+    """`-` (stdin) given twice is a usage error: the second read found stdin closed (a traceback)."""
+    if paths.count(STDIN) > 1:
+        raise ConfigError("`-` (stdin) can be read once; give it once")
+
+
 def split_checkpoint(args: Optional[List[str]], needs: int = 0) -> Tuple[Optional[str], List[str]]:
     """[CHECKPOINT] ARGS...: the first argument names the checkpoint when it is a .pt file or a folder and at
     least `needs` arguments follow it; else None, which resolve_checkpoint takes as the newest run."""
     args = list(args or [])
     if len(args) > needs and (Path(args[0]).suffix == ".pt" or Path(args[0]).is_dir()):
         return args[0], args[1:]
-    if len(args) > needs + 1 and args[0] != "-" and not Path(args[0]).exists():  # (a mistyped run folder was taken
+    if len(args) > needs + 1 and args[0] != STDIN and not Path(args[0]).exists():  # (a mistyped run folder was taken
         raise CharnnError(f"{args[0]!r} does not exist: neither a checkpoint (a .pt file or a run folder) nor an "
                           "input file")  # as an input file, and the newest run's, or "no trained runs", followed)
     return None, args

@@ -7,10 +7,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from charnn.cli.options import Device, Quiet, split_checkpoint
+from charnn.cli.options import Device, Quiet, split_checkpoint, stdin_once
 from charnn.cli.output import err, user_errors, writing_results
-from charnn.data.linefeed import STDIN
-from charnn.errors import ConfigError
 from charnn.sampling import DECODE_BATCH, TransduceConfig
 
 
@@ -59,8 +57,7 @@ def transduce(
 
     with user_errors("transduce"):
         checkpoint, files = split_checkpoint(args)
-        if files.count(STDIN) > 1:  # (the second read of a closed stdin was a traceback)
-            raise ConfigError("`-` (stdin) can be read once; give it once")
+        stdin_once(files)
         encoding = check_encoding(encoding)  # (an unknown one: a traceback from the first read, or nothing on stdin)
         cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temp, top_k=top_k,
                               top_p=top_p, seed=seed, max_length=max_length, batch_size=batch_size, unknown=unknown,
