@@ -101,7 +101,7 @@ class SampleConfig:
     device: str = "auto"  # auto, cpu, cuda or mps
     int8: bool = False  # int8 recurrent weights (CPU, charnn/models/int8.py): faster on big models, a close approximation
     heal: bool = True  # subword models: take a prime's last piece back and complete it in the first draw
-    threads: Optional[int] = None  # CPU threads (None: measured, charnn.generation.threads)
+    threads: Optional[int] = None  # CPU threads (None: measured, charnn.threadwatch)
 
     @property
     def sampling(self) -> SamplingParams:

@@ -1,4 +1,4 @@
-"""Sampling's CPU threads (charnn.generation.threads): the measured choice on a fake clock (a quiet machine, a busy
+"""Sampling's CPU threads (charnn.threadwatch): the measured choice on a fake clock (a quiet machine, a busy
 core, a core taken while sampling, a core freed), `--threads` fixed, and torch's thread count put back after."""
 
 import random
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from charnn.device import torch_threads
-from charnn.generation import threads as th
+from charnn import threadwatch as th
 from charnn.generation.sampler import Sampler
 from charnn.sampling import SampleConfig
 

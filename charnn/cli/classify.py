@@ -11,8 +11,8 @@ from typing import Annotated, Iterator, List, Optional
 
 import typer
 
-from charnn.cli.options import Device, Json, stdin_once
-from charnn.cli.output import user_errors, writing_results
+from charnn.cli.options import Device, Json, Threads, check_threads, stdin_once
+from charnn.cli.output import note_threads, user_errors, writing_results
 from charnn.data.linefeed import STDIN, stdin_lines
 from charnn.errors import CharnnError
 
@@ -34,6 +34,7 @@ def classify(
                                                                         "label frequencies).")] = False,
     device: Device = "auto",
     encoding: Annotated[str, typer.Option(help="Text encoding of the input.")] = "utf-8",
+    threads: Threads = None,
 ):
     """Say which label each line most likely came from (a model trained with --label-by: a label-conditioned
     language model, by Bayes' rule, or a --classifier)."""
@@ -41,6 +42,7 @@ def classify(
     from charnn.scoring.classify import classifier_for
     from charnn.data.corpus import read_text
     from charnn.device import resolve_device
+    from charnn.threadwatch import measuring
 
     with user_errors():
         paths = list(paths or [])
@@ -48,7 +50,8 @@ def classify(
         stdin_once(paths)
         if per_file and not paths:
             raise typer.BadParameter("--per-file needs FILE arguments")
-        dev = resolve_device(device)
+        dev, threads = resolve_device(device), check_threads(threads)
+        note_threads(threads)
         data = load_checkpoint(resolve_checkpoint(ckpt))
         model, tokenizer = build_from_checkpoint(data, dev)
         classifier = classifier_for(model, tokenizer, data.get("labels"), dev, uniform_prior)
@@ -56,7 +59,7 @@ def classify(
             texts = ["".join(stdin_lines(encoding)) if p == STDIN else read_text(p, "file", encoding, allow_empty=True)
                      for p in paths]
     show = _formatter(probs, top, as_json)
-    with writing_results():
+    with writing_results(), measuring(threads, dev):  # (blocks of texts on measured threads: charnn.threadwatch)
         if per_file:
             for path, scores in zip(paths, classifier.classify(texts)):
                 typer.echo(json.dumps({"file": path, **scores.to_dict()}, ensure_ascii=False) if as_json

@@ -8,9 +8,9 @@ from typing import Annotated, List, Optional, Tuple
 
 import typer
 
-from charnn.cli.options import (Device, DynamicDecay, DynamicLr, Json, ScoreLabel, Segment, dynamic_config,
-                                split_checkpoint, stdin_once)
-from charnn.cli.output import err, json_line, user_errors, writing_results
+from charnn.cli.options import (Device, DynamicDecay, DynamicLr, Json, ScoreLabel, Segment, Threads, check_threads,
+                                dynamic_config, split_checkpoint, stdin_once)
+from charnn.cli.output import err, json_line, note_threads, user_errors, writing_results
 from charnn.data.linefeed import STDIN
 
 
@@ -39,6 +39,7 @@ def evaluate(
                                                          "table.", show_default=False)] = None,
     uniform_prior: Annotated[bool, typer.Option("--uniform-prior", help="With --label-by: every label equally "
                                                                         "likely before the text.")] = False,
+    threads: Threads = None,
 ):
     """Score text files: nats and bits per character, perplexity, characters and tokens (a labelled model:
     also under each label). A sequence-to-sequence model scores input<TAB>target files: nats per target
@@ -50,56 +51,59 @@ def evaluate(
     from charnn.scoring.classify import label_id
     from charnn.scoring.evaluate import combine, evaluate_labels, evaluate_text
     from charnn.sampling import TransduceConfig
+    from charnn.threadwatch import measuring
 
     with user_errors("eval"):
-        ckpt, files = split_checkpoint(paths, needs=1)
-        if ckpt is None and len(files) == 1 and (files[0].endswith(".pt") or Path(files[0]).is_dir()):
-            raise ConfigError(f"{files[0]!r} is a checkpoint or run folder: give the FILE to score after it "
-                              "(or `-` for stdin)")  # (it was read as the text: "looks binary", "is a directory")
-        stdin_once(files)
-        files, entries = _fetch(files)
-        cfg = dynamic_config(dynamic, "--dynamic", dynamic_lr, dynamic_decay, segment)
-        TransduceConfig(beam=beam).validate()  # (the flags first: a bad --beam was found after reading the files)
-        dev = resolve_device(device)
-        path = resolve_checkpoint(ckpt)
-        data = load_checkpoint(path)
-        labelled = label_by is not None or (data.get("model_config") or {}).get("kind") == "classifier"
-        if uniform_prior and not labelled:  # (it was ignored)
-            raise ConfigError("`--uniform-prior` applies to labelled files (--label-by) scored by a labelled model")
-        if is_seq2seq(data):
-            if dynamic or label is not None:
-                raise ConfigError("`--dynamic` and `--label` apply to language models, not to a --pairs model")
-            if any(entries):
-                raise ConfigError("a catalog corpus with its own split is text, not pairs; pass pair files")
-            if STDIN in files:
-                raise ConfigError("a --pairs model scores pair files (input<TAB>target lines); `-` (stdin) is read "
-                                  "for a language model. Pass a file")
-            return _pairs(data, path, files, beam, encoding, dev, as_json)
-        if beam != 1:
-            raise ConfigError("`--beam` applies to a sequence-to-sequence (--pairs) model")
-        if labelled:
-            if dynamic or label is not None or any(entries) or STDIN in files:
-                raise ConfigError("a classifier's eval reads labelled files (--label-by); `--dynamic`, `--label`, "
-                                  "catalog corpora and `-` apply to language models")
-            return _labelled(data, path, files, label_by, uniform_prior, encoding, dev, as_json)
-        model, tokenizer = build_from_checkpoint(data, dev)
-        names = (data.get("labels") or {}).get("names") or []
-        if label is not None:
-            model, names = model.for_label(label_id(data.get("labels"), label)), []
-        texts = [_read(f, encoding) if e is None else _test_split(f, e) for f, e in zip(files, entries)]
-        # a labelled model: each file under each label too (the main row is the label-free path)
-        per_label = [evaluate_labels(model, tokenizer, t, dev, names) for t in texts] if names and not dynamic \
-            else [{} for _ in texts]
-        if dynamic:
-            results = [evaluate_dynamic(model, tokenizer, text, dev, cfg) for text in texts]
-            total = combine_dynamic(results)
-        else:
-            results = [evaluate_text(model, tokenizer, text, dev) for text in texts]
-            total = combine(results)
-        unknown = total.static.unknown if dynamic else total.unknown
-        if unknown:
-            err.print(f"note: {unknown:,} character{'s are' if unknown != 1 else ' is'} not in the model's "
-                      "vocabulary; scored as the unknown token")
+        dev, threads = resolve_device(device), check_threads(threads)
+        note_threads(threads)
+        with measuring(threads, dev):  # (the scoring loops run on measured threads: charnn.threadwatch)
+            ckpt, files = split_checkpoint(paths, needs=1)
+            if ckpt is None and len(files) == 1 and (files[0].endswith(".pt") or Path(files[0]).is_dir()):
+                raise ConfigError(f"{files[0]!r} is a checkpoint or run folder: give the FILE to score after it "
+                                  "(or `-` for stdin)")  # (it was read as the text: "looks binary", "is a directory")
+            stdin_once(files)
+            files, entries = _fetch(files)
+            cfg = dynamic_config(dynamic, "--dynamic", dynamic_lr, dynamic_decay, segment)
+            TransduceConfig(beam=beam).validate()  # (the flags first: a bad --beam was found after reading the files)
+            path = resolve_checkpoint(ckpt)
+            data = load_checkpoint(path)
+            labelled = label_by is not None or (data.get("model_config") or {}).get("kind") == "classifier"
+            if uniform_prior and not labelled:  # (it was ignored)
+                raise ConfigError("`--uniform-prior` applies to labelled files (--label-by) scored by a labelled model")
+            if is_seq2seq(data):
+                if dynamic or label is not None:
+                    raise ConfigError("`--dynamic` and `--label` apply to language models, not to a --pairs model")
+                if any(entries):
+                    raise ConfigError("a catalog corpus with its own split is text, not pairs; pass pair files")
+                if STDIN in files:
+                    raise ConfigError("a --pairs model scores pair files (input<TAB>target lines); `-` (stdin) is read "
+                                      "for a language model. Pass a file")
+                return _pairs(data, path, files, beam, encoding, dev, as_json)
+            if beam != 1:
+                raise ConfigError("`--beam` applies to a sequence-to-sequence (--pairs) model")
+            if labelled:
+                if dynamic or label is not None or any(entries) or STDIN in files:
+                    raise ConfigError("a classifier's eval reads labelled files (--label-by); `--dynamic`, `--label`, "
+                                      "catalog corpora and `-` apply to language models")
+                return _labelled(data, path, files, label_by, uniform_prior, encoding, dev, as_json)
+            model, tokenizer = build_from_checkpoint(data, dev)
+            names = (data.get("labels") or {}).get("names") or []
+            if label is not None:
+                model, names = model.for_label(label_id(data.get("labels"), label)), []
+            texts = [_read(f, encoding) if e is None else _test_split(f, e) for f, e in zip(files, entries)]
+            # a labelled model: each file under each label too (the main row is the label-free path)
+            per_label = [evaluate_labels(model, tokenizer, t, dev, names) for t in texts] if names and not dynamic \
+                else [{} for _ in texts]
+            if dynamic:
+                results = [evaluate_dynamic(model, tokenizer, text, dev, cfg) for text in texts]
+                total = combine_dynamic(results)
+            else:
+                results = [evaluate_text(model, tokenizer, text, dev) for text in texts]
+                total = combine(results)
+            unknown = total.static.unknown if dynamic else total.unknown
+            if unknown:
+                err.print(f"note: {unknown:,} character{'s are' if unknown != 1 else ' is'} not in the model's "
+                          "vocabulary; scored as the unknown token")
     with writing_results():
         if as_json:
             out = {**total.to_dict(), "checkpoint": str(path), "files": [

@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional, Tuple
 
 import typer
 
-from charnn.config import DEVICES, DynamicConfig
+from charnn.config import DEVICES, MAX_THREADS, DynamicConfig
 from charnn.data.linefeed import STDIN
 from charnn.errors import CharnnError, ConfigError
 
@@ -27,6 +27,17 @@ DynamicDecay = Annotated[Optional[float], typer.Option(help="Dynamic evaluation:
                                                        show_default=False)]
 Segment = Annotated[Optional[int], typer.Option(help="Dynamic evaluation: tokens scored per step "
                                                      f"(default {_DYNAMIC.segment}).", show_default=False)]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads. Default: measured while it runs, torch's count "
+                                                   "or one, whichever is faster (one where another process holds a "
+                                                   "core); a fixed count makes the numbers repeatable to the last "
+                                                   "digit.", show_default=False)]
+
+
+def check_threads(threads: Optional[int]) -> Optional[int]:
+    """--threads as given (None: measured, charnn.threadwatch), or a usage error outside 1..MAX_THREADS."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"`--threads` must be between 1 and {MAX_THREADS}, got {threads}")
+    return threads
 
 
 def dynamic_config(on: bool, flag: str, lr: Optional[float], decay: Optional[float],

@@ -58,9 +58,9 @@ def sample(
     """Generate text from a trained model; stdout carries the text and nothing else."""
     from charnn.api.model import load
     from charnn.checkpoint import SEQ2SEQ_HINT
-    from charnn.device import torch_threads
     from charnn.generation.prompt import read_prime
     from charnn.generation.sampler import Sampler
+    from charnn.threadwatch import measuring
 
     with user_errors("sample"):
         if prime and prime_file is not None:
@@ -82,7 +82,7 @@ def sample(
         if label is not None:  # the label folded into the embedding: every sampler path serves it as is
             model = model.for_label(label)
         if adapt is not None:
-            with torch_threads(cfg.threads):  # (--threads holds for the adapting pass too)
+            with measuring(cfg.threads, model.device):  # (--threads, or measured, for the adapting pass too)
                 model = _adapt(model, adapt, cfg.unknown, adapting, quiet)
         used_seed = cfg.sampling.seeded().seed
         sampler = Sampler(model.net, model.tokenizer, cfg, model.device, used_seed, measure=True)

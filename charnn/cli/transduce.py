@@ -7,8 +7,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from charnn.cli.options import Device, Quiet, split_checkpoint, stdin_once
-from charnn.cli.output import err, user_errors, writing_results
+from charnn.cli.options import Device, Quiet, Threads, check_threads, split_checkpoint, stdin_once
+from charnn.cli.output import err, note_threads, user_errors, writing_results
 from charnn.sampling import DECODE_BATCH, TransduceConfig
 
 
@@ -45,6 +45,7 @@ def transduce(
                                               "(drop them).")] = "error",
     encoding: Annotated[str, typer.Option(help="Text encoding of the input.")] = "utf-8",
     device: Device = "auto",
+    threads: Threads = None,
     quiet: Quiet = False,
 ):
     """Write an output line for every input line with a sequence-to-sequence model (in order; a blank input
@@ -54,6 +55,7 @@ def transduce(
     from charnn.data.sources import check_encoding
     from charnn.device import resolve_device
     from charnn.generation.seq2seq import Transducer, join_line
+    from charnn.threadwatch import measuring
 
     with user_errors("transduce"):
         checkpoint, files = split_checkpoint(args)
@@ -62,7 +64,8 @@ def transduce(
         cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temp, top_k=top_k,
                               top_p=top_p, seed=seed, max_length=max_length, batch_size=batch_size, unknown=unknown,
                               device=device).validate()
-        dev = resolve_device(cfg.device)
+        dev, threads = resolve_device(cfg.device), check_threads(threads)
+        note_threads(threads, quiet)
         path = resolve_checkpoint(checkpoint)
         data = load_checkpoint(path)
         model, source_tok, tok = build_seq2seq(data, dev)
@@ -72,7 +75,7 @@ def transduce(
             err.print("reading input lines from the terminal (Ctrl-D ends)")
         feed = LineFeed(files or [], encoding, most=max(1024, 4 * cfg.batch_size))  # (the first outputs wait for
         # a chunk: 1,024 lines at the default batch of 256, as before at 64)
-        with writing_results("the outputs"):
+        with writing_results("the outputs"), measuring(threads, dev):  # (batches on measured threads)
             for chunk in feed.chunks():
                 for hyps in transducer.run(chunk):
                     sys.stdout.write(join_line(hyps, scores) + "\n")

@@ -18,7 +18,7 @@ from charnn.config import SEED_LIMIT
 from charnn.sampling import SampleConfig
 from charnn.generation.batcher import Batcher, RowSpec
 from charnn.generation.prompt import clean_prime
-from charnn.generation.threads import watching
+from charnn.threadwatch import watching
 
 WAVE = 256  # samples generated together at most: -n beyond it runs in waves (memory: one wave's texts)
 BLOCK = 32  # tokens per row per generation step: a terminal sees text appear in pieces this long, at most
@@ -38,7 +38,7 @@ class Sampler:
         self.cfg, self.model, self.tokenizer, self.device, self.seed = cfg.validate(), model.eval(), tokenizer, device, seed
         self.prime, self.skipped = clean_prime(tokenizer, cfg.prime, cfg.unknown)
         self.graphs, self.chars, self.notes, self.watch = graphs, 0, [], None
-        self.measure = measure  # `charnn sample`'s threads measured where not given (charnn.generation.threads)
+        self.measure = measure  # `charnn sample`'s threads measured where not given (charnn.threadwatch)
 
     def rows(self, lo: int = 0, hi: Optional[int] = None) -> List[RowSpec]:
         """One row per sample (those from lo to hi). `--stop` ends a sample right after the stop string; a row ends

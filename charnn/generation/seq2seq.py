@@ -28,6 +28,7 @@ from charnn.errors import CharnnError
 from charnn.generation.draw import filter_logits, gumbel_noise, temper
 from charnn.models.seq2seq import Seq2Seq
 from charnn.text.tokenizer import start_id
+from charnn.threadwatch import block
 
 EXTRA_LENGTH = 10  # the default length limit: the longest training ratio x 2 x (input + 1), plus this
 
@@ -203,7 +204,9 @@ class Transducer:
         B = max(1, min(self.cfg.batch_size, DECODE_ROWS // per_input))  # (a wide beam: fewer inputs at once)
         for lo in range(0, len(todo), B):
             chunk = todo[lo:lo + B]
-            for i, hyps in zip(chunk, self.decode([encoded[i] for i in chunk], [self.offset + i for i in chunk])):
+            decoded = block(lambda: self.decode([encoded[i] for i in chunk], [self.offset + i for i in chunk]),
+                            lambda _: sum(len(encoded[i]) for i in chunk))  # (charnn.threadwatch's threads)
+            for i, hyps in zip(chunk, decoded):
                 if self.exact_scores:
                     self.rescore(encoded[i], hyps)
                 results[i] = hyps

@@ -23,6 +23,7 @@ from charnn.data.batches import pad_rows
 from charnn.data.labels import log_prior
 from charnn.scoring.rows import row_nats
 from charnn.text.tokenizer import start_id
+from charnn.threadwatch import block
 
 MAX_ROWS = 512  # texts x labels per pass
 
@@ -98,8 +99,9 @@ def label_loglik(model, ids: Sequence[np.ndarray], start: int, n: int, device: t
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a block: less padding
     out = np.zeros((len(ids), n))
     for b in range(0, len(order), per):
-        block = order[b:b + per]
-        out[block] = _block(model, [ids[i] for i in block], start, n, device)
+        rows = order[b:b + per]
+        texts = [ids[i] for i in rows]  # (on the threads charnn.threadwatch measured, if any)
+        out[rows] = block(lambda: _block(model, texts, start, n, device), lambda _: n * sum(len(t) for t in texts))
     return out
 
 

@@ -32,6 +32,7 @@ from charnn.config import DynamicConfig
 from charnn.models.cells import copy_model
 from charnn.scoring.evaluate import EvalResult, combine
 from charnn.text.tokenizer import start_id
+from charnn.threadwatch import block
 
 
 @dataclass
@@ -94,16 +95,20 @@ def _run(net, context: torch.Tensor, segment: int, step=None) -> float:
     segment, `step` (if any) takes its gradient step on the segment's loss. The forwards run under autograd
     even without a step: torch's LSTM takes another kernel without it, which differs in the last bits."""
     x, y = context[:-1], context[1:]
-    state, total = None, 0.0
-    for t in range(0, len(x), segment):
+    state = None
+
+    def one(t: int) -> float:  # a segment scored, then stepped on (on the threads charnn.threadwatch measured)
+        nonlocal state
         with torch.enable_grad():
             logits, state = net(x[None, t:t + segment], state)  # (1, T, V)
             nats = F.cross_entropy(logits[0].float(), y[t:t + segment], reduction="sum")
-        total += nats.double().item()  # scored before the step on it
+        scored = nats.double().item()  # scored before the step on it
         if step is not None:
             step(nats / segment)  # a short last segment takes a proportionally smaller step
         state = net.state_ops.detach(state)  # the model kind's own state, whatever its layout
-    return total
+        return scored
+
+    return sum(block(lambda: one(t), lambda _: len(x[t:t + segment])) for t in range(0, len(x), segment))
 
 
 def _trainable_copy(model) -> torch.nn.Module:

@@ -14,6 +14,7 @@ from charnn.device import autocast
 from charnn.data.batches import pad_rows
 from charnn.scoring.rows import row_nats
 from charnn.text.tokenizer import start_id
+from charnn.threadwatch import block
 
 CHUNK = 256  # time steps per forward call while scoring
 MIN_STREAM = 2048  # tokens per parallel stream (each stream starts from a zero state)
@@ -97,8 +98,10 @@ def score_ids(model, ids: torch.Tensor, device: torch.device, precision: str = "
 
 
 def _score_streams(model, X, Y, device, precision, labels=None, per_label=None) -> float:
-    state, total = None, 0.0
-    for t in range(0, X.shape[1], CHUNK):
+    state = None
+
+    def chunk(t: int) -> float:  # one forward call's nats (on the threads charnn.threadwatch measured, if any)
+        nonlocal state
         xb = X[:, t:t + CHUNK].to(device, non_blocking=True)
         yb = Y[:, t:t + CHUNK].to(device, non_blocking=True)
         extra = {} if labels is None else {"labels": labels[:, t:t + CHUNK].long().to(device, non_blocking=True)}
@@ -106,12 +109,14 @@ def _score_streams(model, X, Y, device, precision, labels=None, per_label=None) 
             logits, state = model(xb, state, **extra)
         flat = logits.float().reshape(-1, logits.shape[-1])
         if per_label is None:
-            total += F.cross_entropy(flat, yb.reshape(-1), reduction="sum").double().item()
-            continue
+            return F.cross_entropy(flat, yb.reshape(-1), reduction="sum").double().item()
         losses = F.cross_entropy(flat, yb.reshape(-1), reduction="none").double().cpu().numpy()
-        total += float(losses.sum())
-        per_label += np.bincount(extra["labels"].reshape(-1).cpu().numpy(), losses, minlength=len(per_label))
-    return total
+        np.add(per_label, np.bincount(extra["labels"].reshape(-1).cpu().numpy(), losses, minlength=len(per_label)),
+               out=per_label)
+        return float(losses.sum())
+
+    tokens = lambda t: X[:, t:t + CHUNK].numel()  # noqa: E731
+    return sum(block(lambda: chunk(t), lambda _: tokens(t)) for t in range(0, X.shape[1], CHUNK))
 
 
 def evaluate_text(model, tokenizer, text: str, device: torch.device, precision: str = "fp32") -> EvalResult:
@@ -160,7 +165,7 @@ def evaluate_documents(model, tokenizer, ids: np.ndarray, lengths, device: torch
         docs = order[lo:lo + rows]
         x, y = pad_rows([ids[starts[d]:starts[d] + lengths[d]] for d in docs], start_id(tokenizer))
         lab = None if labels is None else torch.from_numpy(labels[starts[docs]].astype(np.int64)).view(-1, 1)
-        per_row = row_nats(model, x, y, lab, device, precision).cpu().numpy()
+        per_row = block(lambda: row_nats(model, x, y, lab, device, precision).cpu().numpy(), lambda _: x.numel())
         nats += float(per_row.sum())
         if per_label is not None:
             per_label += np.bincount(labels[starts[docs]].astype(np.int64), per_row, minlength=len(per_label))
@@ -187,9 +192,10 @@ def pair_nats(model, src, tgt, start: int, device: torch.device, precision: str 
     for b, lo in enumerate(range(0, len(order), rows)):
         if b % world != rank:
             continue
-        block = order[lo:lo + rows]
-        x, y, source = pair_batch([src[i] for i in block], [tgt[i] for i in block], start)
-        out[block] = row_nats(model, x, y, None, device, precision, source).cpu().numpy()
+        rows_at = order[lo:lo + rows]
+        x, y, source = pair_batch([src[i] for i in rows_at], [tgt[i] for i in rows_at], start)
+        out[rows_at] = block(lambda: row_nats(model, x, y, None, device, precision, source).cpu().numpy(),
+                             lambda _: x.numel())
     model.train(was_training)
     return out
 

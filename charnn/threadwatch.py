@@ -1,10 +1,13 @@
-"""`charnn sample`'s CPU threads when `--threads` is not given: torch's count or one, whichever measures faster, and
-measured again when the speed jumps.
+"""CPU threads for a loop of blocks of work when `--threads` is not given: torch's count or one, whichever
+measures faster, and measured again when the speed jumps. `charnn sample` times its blocks of tokens; `eval`
+(with `--dynamic`), `sample --adapt`, `classify` and `transduce` time their chunks, segments and blocks of rows
+(`measuring` and `block`).
 
 On a 2-core Xeon with another process holding one core, one fp32 LSTM stream sampled at 1,324 chars/s on torch's
-two threads and 6,701 on one (quiet: 12,901 and 6,870; benchmarks/SAMPLING.md): each of a token's small matrix
-products waits for the thread whose core is taken. No rule on core counts knows whether a core is busy, and it
-changes while a sample runs, so (as training's charnn.training.threads, scaled to sampling's blocks):
+two threads and 6,701 on one (quiet: 12,901 and 6,870; benchmarks/SAMPLING.md), and `charnn eval` of the default
+model over tinyshakespeare took 126 s on two threads and 17 s on one (quiet: 10 s and 16 s): each of a step's small
+matrix products waits for the thread whose core is taken. No rule on core counts knows whether a core is busy, and
+it changes while a command runs, so (as training's charnn.training.threads, scaled to a loop's blocks):
 
 1. the first block that makes text runs on one thread and is left out (warm-ups; under load a block on the most
    threads can take a second), as is every block that makes none (a long prompt's prefill); then blocks take turns
@@ -19,16 +22,19 @@ changes while a sample runs, so (as training's charnn.training.threads, scaled t
    one measurement), the wait doubling while the choice stays, up to RECHECK_MAX_SECS. A faster median needs
    nothing: the choice runs faster.
 
-Every block is a real part of the sample; measuring only chooses the threads it runs on. The thread count changes
-the order of some floating-point sums, so a seeded sample is repeatable to the character only with `--threads`.
+Every block is real work (part of the sample, of the score); measuring only chooses the threads it runs on. The
+thread count changes the order of some floating-point sums, so a seeded sample is repeatable to the character, and
+a score to the last digit, only with `--threads`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections import deque
-from typing import Callable, Dict, List, Optional
+from contextvars import ContextVar
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -43,7 +49,7 @@ JUMP_SHARE = 0.25  # a slower median measures again only this share of the wait 
 
 
 class ThreadWatch:
-    """Runs each block of a sample on the threads chosen as above (`block`); `threads` is the current choice,
+    """Runs each block of a loop on the threads chosen as above (`block`); `threads` is the current choice,
     `choices` every choice made and `current` the count it last gave torch. `clock` and `set_threads` are for
     tests."""
 
@@ -64,8 +70,8 @@ class ThreadWatch:
         self._set(n)
 
     def block(self, run: Callable[[], object], made: Callable[[object], int]):
-        """run() one block on the threads due, time it by what it made (`made(result)`: characters; a block that
-        made none, a prompt's prefill, is not timed), and return its result."""
+        """run() one block on the threads due, time it by what it made (`made(result)`: characters or tokens; a
+        block that made none, a prompt's prefill, is not timed), and return its result."""
         self.set_threads(self.plan[0] if self.plan else 1 if self.skip else self.threads)
         start = self.clock()
         out = run()
@@ -129,3 +135,29 @@ def watching(threads: Optional[int], device: torch.device) -> Optional[ThreadWat
     """A ThreadWatch where sampling's threads are measured: on a CPU, no `--threads`, torch on more than one."""
     most = torch.get_num_threads()
     return ThreadWatch(most) if threads is None and device.type == "cpu" and most > 1 else None
+
+
+_ACTIVE: ContextVar[Optional[ThreadWatch]] = ContextVar("charnn_thread_watch", default=None)
+
+
+@contextlib.contextmanager
+def measuring(threads: Optional[int], device: torch.device) -> Iterator[Optional[ThreadWatch]]:
+    """Inside, the loops that run their work through `block` do it on measured threads (`watching`), or on
+    `threads` where given; torch's count is put back after. Per context (a thread of the server is not affected)."""
+    before = torch.get_num_threads()
+    watch = watching(threads, device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    token = _ACTIVE.set(watch)
+    try:
+        yield watch
+    finally:
+        _ACTIVE.reset(token)
+        torch.set_num_threads(before)
+
+
+def block(run: Callable[[], object], made: Callable[[object], int]):
+    """run() one block of a loop: on the threads `measuring` chose (timed by `made(result)`, the characters or
+    tokens it covered), or as it is outside `measuring`."""
+    watch = _ACTIVE.get()
+    return run() if watch is None else watch.block(run, made)
