@@ -125,3 +125,20 @@ def test_help_slips():
 def test_train_flags_without_a_fixed_default_still_show_one(flag, shown):
     p = option("train", flag)
     assert isinstance(p.show_default, str) and shown in p.show_default, (flag, p.show_default)
+
+
+# -- flags that were accepted and did nothing -----------------------------------------------------------------------
+def test_flags_without_effect_are_one_line(pairs_root, tmp_path, corpus_file):
+    run = pairs_root / "checkpoints" / "rev"
+    one_line_error(invoke("transduce", run, "--length-penalty", "0.6", input="abc\n"), 2, "--length-penalty", "--beam")
+    assert invoke("transduce", run, "--length-penalty", "0.6", "--beam", "2", "-q", input="abc\n").exit_code == 0
+    one_line_error(invoke("train", pairs_root / "rev.tsv", "--pairs", "--seq-len", "64", "--max-steps", "2",
+                          "--out", tmp_path), 2, "--seq-len", "--pairs")
+    out = tmp_path / "runs"
+    assert invoke("train", corpus_file, "--out", out, "--name", "r", "--max-steps", "3", "--hidden", "16", "--layers",
+                  "1", "--threads", "1", "-q").exit_code == 0
+    one_line_error(invoke("train", corpus_file, "--out", out, "--name", "r", "--resume", "--max-steps", "2"), 2,
+                   "at step 3", "more than 3")  # it ended at once, silently
+    one_line_error(invoke("train", corpus_file, "--out", out, "--name", "r", "--resume"), 2,
+                   "has trained its --max-steps (3 steps)")
+    assert invoke("train", corpus_file, "--out", out, "--name", "r", "--resume", "--max-steps", "4", "-q").exit_code == 0

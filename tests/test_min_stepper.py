@@ -319,3 +319,9 @@ def test_charnn_sample_int8_from_the_command_line(tmp_path):
     r = runner.invoke(app, ["sample", str(tmp_path / "w40"), "--int8", "--length", "40", "--prime", "the"])
     assert r.exit_code == 1 and r.stdout == ""  # (the prime was written before the refusal)
     assert r.stderr.strip().splitlines()[-1].startswith("charnn: error: --int8 for mingru/minlstm needs widths")
+    import charnn
+    with pytest.raises(CharnnError, match=r"^int8=True for mingru/minlstm needs widths.*; load without int8=True$"):
+        charnn.load(str(tmp_path / "w40"), int8=True)  # at load, in the API's words (it failed at generate())
+    from charnn.serve.server import load_models
+    with pytest.raises(CharnnError, match="needs widths .*; serve without --int8$"):
+        load_models([str(tmp_path / "w40")], "cpu", int8=True)  # before the server starts

@@ -74,7 +74,8 @@ def test_the_lock_is_released_when_fit_ends_or_setup_fails(tmp_path):
     with pytest.raises(CharnnError, match="being trained by another process"):  # the same process, twice
         Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
     held.fit()  # ends, and lets go
-    Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg, resume=True).fit()
+    more = TrainConfig(out=str(tmp_path), name="r", **{**TINY_TRAIN, "max_steps": 6})  # (5 again: nothing to train)
+    Trainer(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), more, resume=True).fit()
     # a start that fails (the text is shorter than one batch) removes the folder it made and unlocks
     short = TrainConfig(out=str(tmp_path), name="short", **{**TINY_TRAIN, "max_steps": 5})
     with pytest.raises(CharnnError):

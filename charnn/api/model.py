@@ -283,6 +283,13 @@ def load(path_or_run: Optional[str] = None, device: str = "auto", int8: bool = F
     model comes back as a `Model`; a sequence-to-sequence one (`train --pairs`) as a `Seq2SeqModel`.
     `int8=True` (a language model on the CPU): generate with int8 recurrent weights, as `charnn sample --int8`
     (faster; a close approximation of the model, benchmarks/SAMPLING.md); scoring stays exact."""
+    return load_model(path_or_run, device, int8, "int8=True", "load")
+
+
+def load_model(path_or_run: Optional[str], device: str, int8: bool, flag: str = "--int8", command: str = "sample"):
+    """`load`, whose errors spell int8 as `flag` and say to `command` without it (`charnn sample` and `charnn
+    serve`: --int8). A model int8 generation cannot run (a min cell's width not a multiple of 64, a CPU without
+    exact int8 products) is refused here, not at its first generate()."""
     if not isinstance(int8, bool):
         raise ParamError(f"`int8` must be True or False, got {shown(int8)}", "int8")
     path = resolve_checkpoint(None if path_or_run is None else str(path_or_run))
@@ -296,6 +303,13 @@ def load(path_or_run: Optional[str] = None, device: str = "auto", int8: bool = F
         from charnn.api.seq2seq import Seq2SeqModel
         return Seq2SeqModel(*build_seq2seq(data, dev), dev, path, data)
     model, tokenizer = build_from_checkpoint(data, dev)
+    if int8:
+        from charnn.models import registry
+        try:
+            registry.stepper_factory(model, True)(1)  # (the int8 weights are made again when it generates)
+        except CharnnError as e:
+            raise CharnnError(str(e).replace("sample without --int8", f"{command} without {flag}")
+                              .replace("--int8", flag)) from None
     return Model(model, tokenizer, dev, path, data, int8)
 
 

@@ -56,7 +56,7 @@ def sample(
     quiet: Quiet = False,
 ):
     """Generate text from a trained model; stdout carries the text and nothing else."""
-    from charnn.api.model import load
+    from charnn.api.model import load_model
     from charnn.checkpoint import SEQ2SEQ_HINT
     from charnn.generation.prompt import read_prime
     from charnn.generation.sampler import Sampler
@@ -71,7 +71,7 @@ def sample(
                            int8=int8, threads=threads).validate()
         note_threads(cfg.threads, quiet)
         adapting = dynamic_config(adapt is not None, "--adapt", dynamic_lr, dynamic_decay, segment)
-        model = load(checkpoint, cfg.device, cfg.int8)  # the loader of the Python API and the server
+        model = load_model(checkpoint, cfg.device, cfg.int8)  # the loader of the Python API and the server
         if model.kind != "lm":
             raise CharnnError(f"this checkpoint {SEQ2SEQ_HINT}")
         if not model.generates:  # (before the "sampling ..." line: the error alone)

@@ -8,7 +8,7 @@ import socket
 import sys
 from typing import Callable, Dict, Optional, Sequence
 
-from charnn.api.model import Model, load
+from charnn.api.model import Model, load_model
 from charnn.errors import CharnnError
 from charnn.serve.config import ServeConfig
 
@@ -23,7 +23,7 @@ def load_models(paths: Sequence[Optional[str]], device: str = "auto", int8: bool
     models: Dict[str, Model] = {}
     for arg in list(paths) or [None]:
         name, _, path = arg.partition("=") if arg and "=" in arg else (None, "", arg)
-        model = load(path, device, int8=int8)
+        model = load_model(path, device, int8, command="serve")
         if not isinstance(model, Model):
             raise CharnnError(f"{model.path} is a sequence-to-sequence model; `charnn serve` serves language "
                               "models (use `charnn transduce`, or charnn.load(...).transduce from Python)")

@@ -55,4 +55,11 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     if problems:
         raise ConfigError(f"--resume continues run {given.name or 'NAME'} as it was saved; it cannot change "
                           f"{', '.join(problems)}. Drop those flags, or start a new run under another --name")
+    step = (saved.get("progress") or {}).get("step", saved.get("step"))
+    if merged["max_steps"] and isinstance(step, int) and merged["max_steps"] <= step:  # (it ended at once)
+        name = given.name or "NAME"
+        raise ConfigError(f"run {name} is at step {step:,}, and --max-steps counts from the run's start: give more "
+                          f"than {step:,} to train on" if "max_steps" in names else
+                          f"run {name} has trained its --max-steps ({step:,} steps): give a larger --max-steps to "
+                          "train on")
     return TrainConfig(**merged).validate()

@@ -60,6 +60,9 @@ def train_configs(flags: dict, caller: str = "charnn.train",
     else:
         kind = registry.choose(serves, cell)
         registry.check_flags(kind, given & model_names)
+    if serves == "pairs" and "seq_len" in given:  # (it was accepted and ignored)
+        raise ConfigError("`--seq-len` is the BPTT length of a model of text; a --pairs model reads each pair whole "
+                          "(long pairs: --batch-size sets how many go together)")
     values = {k: v for k, v in flags.items() if k in model_names - {"kind"}}
     values.update({f.name: f.default for f in kind.flags if f.name not in values})  # (charnn.train's: all saved)
     # a kind's own defaults for shared flags it was not given (the classifier's smaller encoder; a language model
