@@ -186,7 +186,9 @@ class TransduceConfig:
             problems.append(f"`--length-penalty` must be a number from 0 to {MAX_LENGTH_PENALTY:g}, got "
                             f"{shown(self.length_penalty)}")  # (600 overflowed ((5 + length) / 6) ** A)
         elif self.length_penalty and self.beam == 1:  # (greedy and sampled outputs ignored it)
-            problems.append("`--length-penalty` ranks the hypotheses of a beam search; add `--beam K` (K > 1)")
+            problems.append("`--length-penalty` ranks the hypotheses of a beam search; " +
+                            ("sampling (--temp/--top-k/--top-p) does not use it" if self.sampling is not None else
+                             "add `--beam K` (K > 1)"))
         if self.max_length is not None and not (is_integer(self.max_length) and 1 <= self.max_length <= MAX_OUTPUT):
             problems.append(f"`--max-length` must be a whole number from 1 to {MAX_OUTPUT:,}, got "
                             f"{shown(self.max_length)}")

@@ -1,11 +1,11 @@
 """CPU threads for a loop of blocks of work when `--threads` is not given: torch's count or one, whichever
 measures faster, and measured again when the speed jumps. `charnn sample` times its blocks of tokens; `eval`
-(with `--dynamic`), `sample --adapt`, `classify` and `transduce` time their chunks, segments and blocks of rows
+(and `eval --dynamic`), `sample --adapt`, `classify` and `transduce` time their chunks, segments and blocks of rows
 (`measuring` and `block`).
 
 On a 2-core Xeon with another process holding one core, one fp32 LSTM stream sampled at 1,324 chars/s on torch's
 two threads and 6,701 on one (quiet: 12,901 and 6,870; benchmarks/SAMPLING.md), and `charnn eval` of the default
-model over tinyshakespeare took 126 s on two threads and 17 s on one (quiet: 10 s and 16 s): each of a step's small
+model over tinyshakespeare took 190 s on two threads and 17 s on one (quiet: 10 s and 17 s): each of a step's small
 matrix products waits for the thread whose core is taken. No rule on core counts knows whether a core is busy, and
 it changes while a command runs, so (as training's charnn.training.threads, scaled to a loop's blocks):
 
@@ -143,7 +143,8 @@ _ACTIVE: ContextVar[Optional[ThreadWatch]] = ContextVar("charnn_thread_watch", d
 @contextlib.contextmanager
 def measuring(threads: Optional[int], device: torch.device) -> Iterator[Optional[ThreadWatch]]:
     """Inside, the loops that run their work through `block` do it on measured threads (`watching`), or on
-    `threads` where given; torch's count is put back after. Per context (a thread of the server is not affected)."""
+    `threads` where given; torch's count is put back after. The watch is per context (a ContextVar), but torch's
+    thread count is the process's: this is for a command's loops, not for the server or a library call."""
     before = torch.get_num_threads()
     watch = watching(threads, device)
     if threads is not None:

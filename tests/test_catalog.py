@@ -94,7 +94,7 @@ def test_a_good_download_is_verified_kept_and_fetched_only_once(local_catalog):
 
 
 def test_a_checksum_mismatch_keeps_nothing(local_catalog):
-    with pytest.raises(CharnnError, match="checksum mismatch for bad-sum.*pass the file instead"):
+    with pytest.raises(CharnnError, match="checksum mismatch for bad-sum.*pass the file.s path instead of .bad-sum."):
         catalog.fetch(local_catalog["bad-sum"])
     assert _leftovers() == []
 
@@ -106,7 +106,7 @@ def test_a_dropped_connection_leaves_no_half_file(local_catalog):
 
 
 def test_offline_is_one_clear_error(local_catalog):
-    with pytest.raises(CharnnError, match="could not download offline .*charnn train PATH"):
+    with pytest.raises(CharnnError, match="could not download offline .*pass the file.s path instead of .offline."):
         catalog.fetch(local_catalog["offline"])
     r = CliRunner().invoke(app, ["train", "offline", "--max-steps", "1"])
     one_line_error(r, 1, "could not download offline", "Connection refused")

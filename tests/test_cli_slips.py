@@ -132,6 +132,8 @@ def test_flags_without_effect_are_one_line(pairs_root, tmp_path, corpus_file):
     run = pairs_root / "checkpoints" / "rev"
     one_line_error(invoke("transduce", run, "--length-penalty", "0.6", input="abc\n"), 2, "--length-penalty", "--beam")
     assert invoke("transduce", run, "--length-penalty", "0.6", "--beam", "2", "-q", input="abc\n").exit_code == 0
+    one_line_error(invoke("transduce", run, "--length-penalty", "0.6", "--temp", "0.8", input="abc\n"), 2,
+                   "sampling (--temp/--top-k/--top-p) does not use it")  # (not "add --beam": that is refused too)
     one_line_error(invoke("train", pairs_root / "rev.tsv", "--pairs", "--seq-len", "64", "--max-steps", "2",
                           "--out", tmp_path), 2, "--seq-len", "--pairs")
     out = tmp_path / "runs"
@@ -142,3 +144,25 @@ def test_flags_without_effect_are_one_line(pairs_root, tmp_path, corpus_file):
     one_line_error(invoke("train", corpus_file, "--out", out, "--name", "r", "--resume"), 2,
                    "has trained its --max-steps (3 steps)")
     assert invoke("train", corpus_file, "--out", out, "--name", "r", "--resume", "--max-steps", "4", "-q").exit_code == 0
+
+
+def test_adapt_reads_stdin_and_an_empty_prime_is_one_line_from_a_file_or_stdin(trained_run, tmp_path):
+    run = trained_run.run_dir
+    text = "the cat sat on the mat " * 10
+    (tmp_path / "adapt.txt").write_text(text, encoding="utf-8")
+    piped = invoke("sample", run, "--adapt", "-", "--length", "30", "--seed", "2", input=text)
+    assert piped.exit_code == 0, piped.stderr  # '-' was read as a file named '-'
+    assert "adapted to stdin: 230 characters" in piped.stderr
+    assert piped.stdout == invoke("sample", run, "--adapt", tmp_path / "adapt.txt", "--length", "30", "--seed", "2",
+                                  "-q").stdout
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    one_line_error(invoke("sample", run, "--prime-file", tmp_path / "empty.txt"), 1, "is empty")
+    one_line_error(invoke("sample", run, "--prime-file", "-", input=""), 1, "on stdin (-) is empty")  # (it sampled)
+    one_line_error(invoke("sample", run, "--prime-file", "-", "--adapt", "-", input=text), 2, "read once")
+
+
+def test_a_text_flag_that_is_not_utf8_is_named_as_bytes(trained_run):
+    # (a non-UTF-8 command line reaches Python as lone surrogates: they were named as characters the model lacks)
+    for flag in ("--prime", "--stop", "--separator"):
+        one_line_error(invoke("sample", trained_run.run_dir, flag, "the \udced cat", "--length", "5"), 2, flag,
+                       "not UTF-8 text (byte 0xED)")

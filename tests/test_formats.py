@@ -5,7 +5,7 @@ import json
 import shutil
 
 import pytest
-from fixtures.make_formats import COMMON, HERE, KINDS, corpus, outputs
+from fixtures.make_formats import COMMON, HERE, KINDS, corpus, flags_of, outputs
 
 import charnn
 from charnn.checkpoint import load_checkpoint
@@ -37,7 +37,7 @@ def test_an_old_checkpoint_gives_the_same_outputs(kind, one_thread):
 def test_an_old_checkpoint_resumes(kind, tmp_path):
     (tmp_path / "runs" / kind).mkdir(parents=True)
     shutil.copy(HERE / f"{kind}.pt", tmp_path / "runs" / kind / "last.pt")
-    flags = {**COMMON, **KINDS[kind], "max_steps": COMMON["max_steps"] + 3}
+    flags = {**flags_of(kind), "max_steps": COMMON["max_steps"] + 3}
     for fixed in ("cell", "layers", "hidden", "embed", "tokenizer", "vocab_size"):
         flags.pop(fixed, None)  # the run's own
     result = charnn.train(corpus(kind, tmp_path), out=str(tmp_path / "runs"), name=kind, resume=True, **flags)

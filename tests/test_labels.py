@@ -313,6 +313,7 @@ def test_classify_outputs(labelled_run, lang_files):
     assert r.exit_code == 0 and r.stdout.count("\n") == (lang_files / "fr.txt").read_text().count("\n")
     r = runner.invoke(app, args + ["--per-file", str(empty)])
     assert r.exit_code == 0 and r.stdout.startswith(f"{empty}\t") and r.stdout.count("\n") == 1
+    assert f"note: {empty} is empty: its answer is for no text at all" in r.stderr  # (there was no note)
 
 
 def test_classify_errors_are_one_line(labelled_run, trained_run, tmp_path):

@@ -62,7 +62,9 @@ def test_a_second_training_of_one_name_stops_at_once_and_a_killed_one_blocks_not
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
     assert holder_pid(run_dir) is None  # the kernel let go with the process
-    again = _charnn(tmp_path, "--max-steps", "30", "--eval-every", "10", "--resume")
+    from charnn.checkpoint import load_checkpoint
+    step = load_checkpoint(run_dir / "last.pt")["step"]  # (--max-steps counts from the run's start)
+    again = _charnn(tmp_path, "--max-steps", str(step + 30), "--eval-every", "10", "--resume")
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
 

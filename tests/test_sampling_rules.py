@@ -149,8 +149,8 @@ def test_sample_loads_through_the_api_and_adapts_as_it_does(trained_run, monkeyp
     import charnn.api.model as api_model
 
     calls = []
-    real = api_model.load
-    monkeypatch.setattr(api_model, "load", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real, loader = api_model.load, api_model.load_model  # (sample loads as `load` does, in its own --int8 words)
+    monkeypatch.setattr(api_model, "load_model", lambda *a, **k: calls.append(a) or loader(*a, **k))
     text = "the cat sat on the mat and the dog ran\n" * 4
     (tmp_path / "style.txt").write_text(text, encoding="utf-8")
     r = invoke("sample", trained_run.run_dir, "--adapt", tmp_path / "style.txt", "--prime", "the", "--length", "70",

@@ -156,6 +156,13 @@ def test_scoring_returns_the_prompts_log_probabilities(server, trained_run, mode
             best = all_lp[i].topk(n).indices.tolist() if n else []
             assert set(top) == {model.tokenizer.decode([b]) for b in best} | {text[i]}, (n, i, top)
             assert top[text[i]] == pytest.approx(float(all_lp[i, ids[0, i]]), abs=1e-5)
+    # n choices per prompt, prompt by prompt (n was ignored: one choice); the prompt's tokens counted once
+    r = server.client().completions.create(model=name(trained_run), prompt=[text, "a dog"], max_tokens=0, echo=True,
+                                           logprobs=0, n=2)
+    got = sorted(r.choices, key=lambda c: c.index)
+    assert [c.index for c in got] == [0, 1, 2, 3] and [c.text for c in got] == [text, text, "a dog", "a dog"]
+    assert got[0].logprobs.token_logprobs == got[1].logprobs.token_logprobs
+    assert r.usage.prompt_tokens == len(text) + len("a dog")
 
 
 def test_unknown_model_is_a_404_in_openais_shape(server, trained_run):
@@ -181,6 +188,7 @@ def test_unknown_model_is_a_404_in_openais_shape(server, trained_run):
     ({"prompt": "the", "suffix": 1}, 400, "suffix", ["suffix"]),
     ({"prompt": "the", "logit_bias": 1}, 400, "logit_bias", ["logit_bias"]),
     ({"prompt": "the", "best_of": 3}, 400, "best_of", ["best_of"]),
+    ({"prompt": "the", "stream_options": {"include_usage": True}}, 400, "stream_options", ["stream: true"]),
     ({"prompt": "the", "echo": True, "max_tokens": 0, "logprobs": 6}, 400, "logprobs", ["0 to 5"]),  # OpenAI's
     ({"prompt": ["the cat " * 70] * 2, "echo": True, "max_tokens": 0, "logprobs": 1}, 400, "prompt",
      ["1,120 tokens", "1,000", "charnn eval"]),  # --max-score-tokens: over all the prompts of a request

@@ -208,8 +208,7 @@ VALID = {  # what each field may be, by OpenAI's JSON types (null: the default);
     "stop": lambda v: v is None or _stops(v),
     "stream": lambda v: v is None or isinstance(v, bool),
     "echo": lambda v: v is None or isinstance(v, bool),
-    "stream_options": lambda v: v is None or (isinstance(v, dict) and set(v) <= {"include_usage"}
-                                              and v.get("include_usage") in (None, True, False)),
+    "stream_options": lambda v: v is None,  # (any options only with stream: true, as OpenAI; the body has none)
     "user": lambda v: v is None or isinstance(v, str),
     "logprobs": lambda v: v is None,  # (a number only for scoring: echo with max_tokens 0)
     "frequency_penalty": lambda v: v is None or (_number(v) and v == 0),

@@ -195,6 +195,10 @@ def test_html_page_is_self_contained(trained_run, corpus_file, tmp_path):
     assert "src=" not in page and "href=" not in page and "@import" not in page and "url(" not in page
     data = json.loads(page.split('<script id="data" type="application/json">')[1].split("</script>")[0])
     assert len(data["tokens"]) == 3000 and len(data["surprisal"]["top"][0]) == 5 and data["gradients"]["positions"]
+    # a page that cannot be written is refused before the work (it was found after it: 59 s on 1 MB)
+    one_line_error(invoke("show", trained_run.run_dir, corpus_file, "--html", tmp_path / "no" / "p.html"), 2,
+                   "does not exist")
+    one_line_error(invoke("show", trained_run.run_dir, corpus_file, "--html", tmp_path), 2, "is a directory")
 
 
 def test_a_labelled_models_units_are_ranked_against_its_labels(tmp_path):
@@ -298,3 +302,16 @@ def test_the_python_api_returns_the_numbers_as_arrays(trained_run):
     assert np.array_equal(reach.norms, model.gradient_reach(text, max_k=12, positions=8).norms)  # seeded
     s = model.surprisal(text)
     assert s.nats.shape == (len(text),) and np.all(s.nats >= 0) and len(s.top(0)) == 5
+
+
+def test_cells_of_a_model_of_many_labels_says_which_it_read(tmp_path):
+    rows = tmp_path / "rows.tsv"
+    rows.write_text("".join(f"l{i % 9}\tthe cat {'sat ran hid' if i % 2 else 'ate'} {i}\n" for i in range(270)),
+                    encoding="utf-8")
+    r = invoke("train", rows, "--label-by", "line", "--out", tmp_path / "runs", "--hidden", "16", "--embed", "8",
+               "--layers", "1", "--max-steps", "2", "--threads", "1", "-q")
+    assert r.exit_code == 0, r.stderr
+    (tmp_path / "t.txt").write_text("the cat sat on the mat and ran\n" * 3, encoding="utf-8")
+    r = invoke("show", tmp_path / "runs" / "rows", tmp_path / "t.txt", "--cells")
+    assert r.exit_code == 0, r.stderr
+    assert "--cells: the text read under the first 8 of the model's 9 labels" in r.stderr  # (it was silent)

@@ -303,8 +303,9 @@ def load_model(path_or_run: Optional[str], device: str, int8: bool, flag: str = 
         from charnn.api.seq2seq import Seq2SeqModel
         return Seq2SeqModel(*build_seq2seq(data, dev), dev, path, data)
     model, tokenizer = build_from_checkpoint(data, dev)
-    if int8:
-        from charnn.models import registry
+    from charnn.models import registry
+    kind = registry.for_model(model)
+    if int8 and (kind is None or kind.generates):  # (a classifier is refused by what asks it to generate)
         try:
             registry.stepper_factory(model, True)(1)  # (the int8 weights are made again when it generates)
         except CharnnError as e:

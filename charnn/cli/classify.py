@@ -12,7 +12,7 @@ from typing import Annotated, Iterator, List, Optional
 import typer
 
 from charnn.cli.options import Device, Json, Threads, check_threads, stdin_once
-from charnn.cli.output import note_threads, user_errors, writing_results
+from charnn.cli.output import err, note_threads, user_errors, writing_results
 from charnn.data.linefeed import STDIN, stdin_lines
 from charnn.errors import CharnnError
 
@@ -58,6 +58,10 @@ def classify(
         if per_file:
             texts = ["".join(stdin_lines(encoding)) if p == STDIN else read_text(p, "file", encoding, allow_empty=True)
                      for p in paths]
+            for path, text in zip(paths, texts):
+                if not text:  # (its answer is the model's for no text at all: a prior's)
+                    err.print(f"note: {'stdin' if path == STDIN else path} is empty: its answer is for no text at all",
+                              markup=False)
     show = _formatter(probs, top, as_json)
     with writing_results(), measuring(threads, dev):  # (blocks of texts on measured threads: charnn.threadwatch)
         if per_file:

@@ -70,6 +70,17 @@ ScoreLabel = Annotated[Optional[str], typer.Option("--label", help="A model trai
                                                    show_default=False)]
 
 
+def typed_text(flag: str, value: Optional[str]) -> Optional[str]:
+    """A text flag's value as typed, or a usage error where it is not UTF-8: Python keeps each undecodable byte
+    of the command line as a lone surrogate (U+DC80..U+DCFF), which was named as a character the model lacks."""
+    bad = next((c for c in value or "" if "\udc80" <= c <= "\udcff"), None)
+    if bad is not None:
+        hint = "; or a prime saved as UTF-8, through --prime-file" if flag == "--prime" else ""
+        raise ConfigError(f"`{flag}` is not UTF-8 text (byte 0x{ord(bad) - 0xDC00:02X}): give it in UTF-8 (a UTF-8 "
+                          f"locale{hint})")
+    return value
+
+
 def stdin_once(paths: List[str]) -> None:
     """`-` (stdin) given twice is a usage error: the second read found stdin closed (a traceback)."""
     if paths.count(STDIN) > 1:

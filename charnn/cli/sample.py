@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from charnn.cli.options import (Checkpoint, Device, DynamicDecay, DynamicLr, Label, Quiet, Seed, Segment,
-                                dynamic_config, unescape)
+                                dynamic_config, typed_text, unescape)
 from charnn.cli.output import err, note_threads, user_errors, writing_results
 from charnn.sampling import SampleConfig
 from charnn.errors import CharnnError, ConfigError
@@ -45,9 +45,10 @@ def sample(
                                                         "count or one, whichever is faster (one where another "
                                                         "process holds a core); a fixed count makes a seeded "
                                                         "sample repeatable to the character.")] = None,
-    adapt: Annotated[Optional[str], typer.Option(help="First run dynamic evaluation over this file (the weights "
-                                                      "adapt in memory; the checkpoint is not changed), then sample "
-                                                      "from the prime or start as usual, with the adapted weights.",
+    adapt: Annotated[Optional[str], typer.Option(help="First run dynamic evaluation over this file ('-': stdin; "
+                                                      "the weights adapt in memory, the checkpoint is not changed), "
+                                                      "then sample from the prime or start as usual, with the "
+                                                      "adapted weights.",
                                                  show_default=False)] = None,
     dynamic_lr: DynamicLr = None,
     dynamic_decay: DynamicDecay = None,
@@ -65,6 +66,12 @@ def sample(
     with user_errors("sample"):
         if prime and prime_file is not None:
             raise ConfigError("Can't provide both `--prime` and `--prime-file`. Choose one.")
+        if prime_file == "-" and adapt == "-":
+            raise ConfigError("`-` (stdin) can be read once: give --prime-file or --adapt a file")
+        if "-" in (prime_file, adapt) and sys.stdin is not None and sys.stdin.isatty() and not quiet:
+            err.print(f"reading the {'prime' if prime_file == '-' else '--adapt text'} from the terminal (Ctrl-D ends)")
+        prime, separator, stop = (typed_text(f, v) for f, v in (("--prime", prime), ("--separator", separator),
+                                                                ("--stop", stop)))
         cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, greedy=greedy, prime=prime,
                            unknown=unknown, num_samples=num_samples, separator=unescape(separator),
                            stop=None if stop is None else unescape(stop), seed=seed, device=device,
@@ -99,10 +106,9 @@ def _adapt(model, path: str, unknown: str, cfg, quiet: bool):
     """The model after dynamic evaluation over the file at `path` (`Model.adapt`: a copy, the loaded weights are
     left as they are); characters it does not know are an error or, with --unknown skip, dropped (a note says
     which)."""
-    from charnn.data.corpus import read_text
-    from charnn.generation.prompt import clean_prime
+    from charnn.generation.prompt import clean_prime, read_prime
 
-    text, skipped = clean_prime(model.tokenizer, read_text(path, "adapt file"), unknown, what=f"--adapt {path!r}")
+    text, skipped = clean_prime(model.tokenizer, read_prime(path, what="adapt file"), unknown, what=f"--adapt {path!r}")
     if not text:
         raise CharnnError(f"--adapt {path!r} has no characters the model knows")
     adapted = model.adapt(text, cfg.lr, cfg.decay, cfg.segment)
@@ -110,7 +116,8 @@ def _adapt(model, path: str, unknown: str, cfg, quiet: bool):
         done = adapted.adaptation
         if skipped:
             err.print(f"note: dropped from --adapt (not in the vocabulary): {', '.join(repr(c) for c in skipped[:10])}")
-        err.print(f"adapted to {path}: {done.result.chars:,} characters in {done.seconds:.2f}s "
+        source = "stdin" if path == "-" else path
+        err.print(f"adapted to {source}: {done.result.chars:,} characters in {done.seconds:.2f}s "
                   f"({done.result.nats_per_char:.4f} nats/char while adapting)", markup=False)
     return adapted
 

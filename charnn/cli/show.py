@@ -56,6 +56,8 @@ def show(
         if fmt not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         options = ShowOptions(top_k, cells, units, gradients, max_k, positions, attention, label).validate()
+        if html is not None and not html.parent.is_dir():  # (found only after the work)
+            raise ConfigError(f"--html {str(html)!r}: its folder {str(html.parent)!r} does not exist")
         report = _report(args, options, max_chars, encoding, device, threads, quiet)
         if html is not None:
             from charnn.reports.showpage import write_page

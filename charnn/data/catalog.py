@@ -116,7 +116,7 @@ def resolve(path: str, on_event: Optional[Callback] = None) -> str:
 
 def _hint(entry: dict) -> str:
     unpack = f" (after unpacking {entry['member']!r} from it)" if entry.get("member") else ""
-    return f"download {entry['url']} yourself and pass the file instead: charnn train PATH{unpack}"
+    return f"download {entry['url']} yourself and pass the file's path instead of {entry['name']!r}{unpack}"
 
 
 def _download(entry: dict, folder: Path, on_event: Callback) -> Path:

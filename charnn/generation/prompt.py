@@ -12,12 +12,16 @@ from charnn.errors import CharnnError
 from charnn.text.tokenizer import start_id
 
 
-def read_prime(path: str, encoding: str = "utf-8") -> str:
-    """The text of --prime-file PATH, or of stdin for '-'."""
+def read_prime(path: str, encoding: str = "utf-8", what: str = "prime file") -> str:
+    """The text of --prime-file PATH, or of stdin for '-' (sample's --adapt file too, `what` naming it); empty
+    is an error for both (an empty file was, an empty stdin sampled from the start)."""
     from charnn.data.corpus import decode_bytes, read_text
     if path != "-":
-        return read_text(path, "prime file", encoding)
-    return decode_bytes(sys.stdin.buffer.read(), "stdin", encoding)
+        return read_text(path, what, encoding)
+    text = decode_bytes(sys.stdin.buffer.read(), "stdin", encoding)
+    if not text:
+        raise CharnnError(f"the {what} on stdin (-) is empty")
+    return text
 
 
 def clean_prime(tokenizer, prime: str, unknown: str = "error", what: str = "the prime") -> Tuple[str, List[str]]:

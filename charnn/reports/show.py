@@ -106,6 +106,9 @@ def build_report(path: Path, text: str, options: ShowOptions, device: torch.devi
         acts = (label_activations(net, tokenizer, text, device, labels[:MAX_LABELS]) if len(labels) > 1
                 else activations(net, tokenizer, text, device))
         report.cells, report.units = rank_cells(acts, len(found.tokens), options.units), acts.values.shape[1]
+        if len(labels) > MAX_LABELS:  # (it was silent)
+            report.notes.append(f"--cells: the text read under the first {MAX_LABELS} of the model's {len(labels)} "
+                                f"labels ({', '.join(str(x) for x in labels[:MAX_LABELS])})")
     if options.gradients:
         report.gradients = gradient_reach(net, tokenizer, text, device, options.max_k, options.positions)
     return report

@@ -112,7 +112,7 @@ class Server:
         if name not in self.models:
             return self._no_model(name)
         model = self.models[name]
-        choices = len(req.prompts) * (1 if req.scoring else req.params.n)
+        choices = len(req.prompts) * req.params.n
         if choices > self.cfg.max_batch:
             return error(400, f"{len(req.prompts)} prompts x n={req.params.n} is {choices} choices; this server "
                               f"generates at most {self.cfg.max_batch} at once", param="n")
@@ -143,12 +143,13 @@ class Server:
         """Score the prompts, one scoring request at a time per model: its answer (~60 bytes a token) is built and
         written as JSON off the event loop; at most --max-queue wait, beyond them 503, and one whose client has
         gone leaves the queue (abandoned requests were each scored in turn, holding up the next client)."""
-        limit = self.cfg.max_score_tokens
-        if sum(map(len, req.prompts)) > limit:  # (a token is at least a character: count only when it may be over)
-            tokens = await asyncio.to_thread(lambda: sum(len(model.tokenizer.encode(t)) for t in req.prompts))
+        limit, n = self.cfg.max_score_tokens, req.params.n  # (n copies of each answer: n times the tokens written)
+        if sum(map(len, req.prompts)) * n > limit:  # (a token is at least a character: count only when it may be over)
+            tokens = n * await asyncio.to_thread(lambda: sum(len(model.tokenizer.encode(t)) for t in req.prompts))
             if tokens > limit:
-                return error(400, f"scoring {tokens:,} tokens; this server scores at most {limit:,} per request "
-                                  "(--max-score-tokens; `charnn eval` scores files of any length)", param="prompt")
+                return error(400, f"scoring {tokens:,} tokens{f' (n={n} times)' if n > 1 else ''}; this server scores "
+                                  f"at most {limit:,} per request (--max-score-tokens; `charnn eval` scores files of "
+                                  "any length)", param="prompt")
         gate = self.scoring.setdefault(name, asyncio.Semaphore(1))
         if gate.locked() and sum(self.scoring_waiting.values()) >= self.cfg.max_queue:
             return error(503, "the server is busy scoring; try again shortly", kind="server_error",
@@ -231,9 +232,11 @@ def _merge(batch) -> List[dict]:
 
 def _scored(req: p.CompletionRequest, name: str, model: Model) -> bytes:
     """The scoring answer's JSON (run in a thread: a long prompt's takes a while to build and to write)."""
-    choices = [p.choice(i, text, "length", model.token_logprobs(text, req.logprobs))
-               for i, text in enumerate(req.prompts)]
-    tokens = sum(len(c["logprobs"]["tokens"]) for c in choices)
+    scored = [model.token_logprobs(text, req.logprobs) for text in req.prompts]
+    n = req.params.n  # (n choices per prompt, prompt by prompt, as OpenAI answers: a score is the same each time)
+    choices = [p.choice(i * n + j, text, "length", lp) for i, (text, lp) in enumerate(zip(req.prompts, scored))
+               for j in range(n)]
+    tokens = sum(len(lp["tokens"]) for lp in scored)
     return json.dumps(p.completion(req, name, choices, p.usage(tokens, 0)), ensure_ascii=False).encode()
 
 

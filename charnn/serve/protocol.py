@@ -79,6 +79,8 @@ def parse_request(body: bytes, max_tokens_limit: int, max_n: int) -> CompletionR
     req = CompletionRequest(model, prompts, params, stream=bool(_typed(data, "stream", bool, "true or false")),
                             include_usage=bool(include_usage), echo=bool(_typed(data, "echo", bool, "true or false")),
                             logprobs=logprobs)
+    if data.get("stream_options") is not None and not req.stream:  # (as OpenAI: it was accepted and ignored)
+        raise ParamError("`stream_options` applies to a streamed answer: set `stream: true`", "stream_options")
     if logprobs is not None and not req.scoring:
         raise ParamError("`logprobs` is supported for scoring a prompt only: with `echo: true` and "
                          "`max_tokens: 0`", "logprobs")

@@ -23,7 +23,10 @@ def load_models(paths: Sequence[Optional[str]], device: str = "auto", int8: bool
     models: Dict[str, Model] = {}
     for arg in list(paths) or [None]:
         name, _, path = arg.partition("=") if arg and "=" in arg else (None, "", arg)
-        model = load_model(path, device, int8, command="serve")
+        try:
+            model = load_model(path, device, int8, command="serve")
+        except CharnnError as e:  # (with several models: which one)
+            raise CharnnError(f"{arg}: {e}" if len(paths) > 1 else str(e)) from None
         if not isinstance(model, Model):
             raise CharnnError(f"{model.path} is a sequence-to-sequence model; `charnn serve` serves language "
                               "models (use `charnn transduce`, or charnn.load(...).transduce from Python)")

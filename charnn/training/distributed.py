@@ -15,6 +15,8 @@ import datetime
 import gc
 import os
 import re
+import signal
+import sys
 from typing import List, Optional, Tuple
 
 import torch
@@ -64,6 +66,7 @@ class Dist:
             return device
         import torch.distributed as td
 
+        _stop_with_launcher()
         if device.type == "mps":
             raise CharnnError("torchrun with --device mps is not supported; use --device cpu or cuda")
         if device.type == "cuda":
@@ -212,3 +215,20 @@ def _is_comm_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, kinds) or any(w in text for w in ("gloo", "nccl", "connection", "timed out", "timeout",
                                                               "broken pipe", "peer", "socket"))
+
+
+def _stop_with_launcher() -> None:
+    """Linux, under torchrun: a SIGTERM for this rank when torchrun dies, so that a `kill -9` of torchrun stops its
+    ranks as Ctrl-C does (the last step saved, the run's lock let go): they trained on. Only under torchrun, which
+    starts its ranks from its main thread (the signal comes when the thread that started a process ends: another
+    launcher's ranks could be stopped while it lives); a torchrun gone already (the rank's parent is init) too."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # (it died before the call above)
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -55,11 +55,17 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     if problems:
         raise ConfigError(f"--resume continues run {given.name or 'NAME'} as it was saved; it cannot change "
                           f"{', '.join(problems)}. Drop those flags, or start a new run under another --name")
-    step = (saved.get("progress") or {}).get("step", saved.get("step"))
-    if merged["max_steps"] and isinstance(step, int) and merged["max_steps"] <= step:  # (it ended at once)
-        name = given.name or "NAME"
-        raise ConfigError(f"run {name} is at step {step:,}, and --max-steps counts from the run's start: give more "
-                          f"than {step:,} to train on" if "max_steps" in names else
-                          f"run {name} has trained its --max-steps ({step:,} steps): give a larger --max-steps to "
-                          "train on")
     return TrainConfig(**merged).validate()
+
+
+def check_steps_left(saved: dict, cfg: TrainConfig, explicit: Optional[set]) -> None:
+    """A resumed run must have steps left under its --max-steps (it ended at once, saying only "done"); checked
+    after its kind and its text, which say more about a wrong --resume."""
+    step = (saved.get("progress") or {}).get("step", saved.get("step"))
+    if not (cfg.max_steps and isinstance(step, int) and cfg.max_steps <= step):
+        return
+    name = cfg.name or "NAME"
+    if explicit is None or "max_steps" in explicit:
+        raise ConfigError(f"run {name} is at step {step:,}, and --max-steps counts from the run's start: give more "
+                          f"than {step:,} to train on")
+    raise ConfigError(f"run {name} has trained its --max-steps ({step:,} steps): give a larger --max-steps to train on")

@@ -18,7 +18,7 @@ from charnn.checkpoint import build_model, load_checkpoint, save_checkpoint, swe
 from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import CharnnError, ConfigError, first_line
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
-from charnn.training.resume import load_resume, resume_config
+from charnn.training.resume import check_steps_left, load_resume, resume_config
 
 
 def run_dir_for(cfg: TrainConfig, corpus) -> Path:
@@ -139,12 +139,14 @@ AGAIN = ("Pass that text again (with its --glob), or fine-tune the run on this o
          "and the run's folder")
 
 
-def text_and_folder(resumed: Optional[dict], data_record: dict, run_dir: Path) -> str:
-    """Once the text is read: a resumed run must have the text it trained on (check_same_text); a fresh run in the
-    folder of an older run of the same name returns what it holds ("" where nothing), said before training, since
-    its first save moves that run into previous/ (keep_previous)."""
+def text_and_folder(resumed: Optional[dict], data_record: dict, run_dir: Path, cfg: TrainConfig,
+                    explicit: Optional[set]) -> str:
+    """Once the text is read: a resumed run must have the text it trained on (check_same_text), then steps left
+    (check_steps_left); a fresh run in the folder of an older run of the same name returns what it holds ("" where
+    nothing), said before training, since its first save moves that run into previous/ (keep_previous)."""
     if resumed:
         check_same_text(resumed, data_record, run_dir.name)
+        check_steps_left(resumed, cfg, explicit)
         return ""
     return " and ".join(n for n in ("best.pt", "last.pt") if (run_dir / n).is_file())
 
