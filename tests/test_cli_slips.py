@@ -140,10 +140,14 @@ def test_flags_without_effect_are_one_line(pairs_root, tmp_path, corpus_file):
     assert invoke("train", corpus_file, "--out", out, "--name", "r", "--max-steps", "3", "--hidden", "16", "--layers",
                   "1", "--threads", "1", "-q").exit_code == 0
     one_line_error(invoke("train", corpus_file, "--out", out, "--name", "r", "--resume", "--max-steps", "2"), 2,
-                   "at step 3", "more than 3")  # it ended at once, silently
+                   "has trained 3 steps", "more than 3")  # it ended at once, silently
     one_line_error(invoke("train", corpus_file, "--out", out, "--name", "r", "--resume"), 2,
                    "has trained its --max-steps (3 steps)")
     assert invoke("train", corpus_file, "--out", out, "--name", "r", "--resume", "--max-steps", "4", "-q").exit_code == 0
+    assert invoke("train", corpus_file, "--out", out, "--name", "e", "--epochs", "1", "--hidden", "16", "--layers", "1",
+                  "--threads", "1", "--batch-size", "64", "-q").exit_code == 0
+    one_line_error(invoke("train", corpus_file, "--out", out, "--name", "e", "--resume"), 2,
+                   "has trained its --epochs (1 epoch)")
 
 
 def test_adapt_reads_stdin_and_an_empty_prime_is_one_line_from_a_file_or_stdin(trained_run, tmp_path):

@@ -59,13 +59,16 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
 
 
 def check_steps_left(saved: dict, cfg: TrainConfig, explicit: Optional[set]) -> None:
-    """A resumed run must have steps left under its --max-steps (it ended at once, saying only "done"); checked
-    after its kind and its text, which say more about a wrong --resume."""
-    step = (saved.get("progress") or {}).get("step", saved.get("step"))
-    if not (cfg.max_steps and isinstance(step, int) and cfg.max_steps <= step):
-        return
-    name = cfg.name or "NAME"
-    if explicit is None or "max_steps" in explicit:
-        raise ConfigError(f"run {name} is at step {step:,}, and --max-steps counts from the run's start: give more "
-                          f"than {step:,} to train on")
-    raise ConfigError(f"run {name} has trained its --max-steps ({step:,} steps): give a larger --max-steps to train on")
+    """A resumed run must have steps left under its --max-steps and --epochs (it ended at once, saying only
+    "done"); checked after its kind and its text, which say more about a wrong --resume."""
+    progress = saved.get("progress") or {}
+    done = {"max_steps": progress.get("step", saved.get("step")), "epochs": progress.get("epoch", saved.get("epoch"))}
+    for key, unit in (("max_steps", "steps"), ("epochs", "epochs")):
+        limit, at = getattr(cfg, key), done[key]
+        if not (limit and isinstance(at, (int, float)) and not isinstance(at, bool) and limit <= at):
+            continue
+        flag, name, unit = "--" + key.replace("_", "-"), cfg.name or "NAME", unit[:-1] if at == 1 else unit
+        if explicit is None or key in explicit:
+            raise ConfigError(f"run {name} has trained {at:,} {unit}, and {flag} counts from the run's start: give "
+                              f"more than {at:,} to train on")
+        raise ConfigError(f"run {name} has trained its {flag} ({at:,} {unit}): give a larger {flag} to train on")
