@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from charnn import threadwatch as th
 from charnn.cli.app import app
 from charnn.device import torch_threads
-from tests.conftest import one_line_error, train_tiny_pairs
+from conftest import one_line_error, train_tiny_pairs
 
 runner = CliRunner()
 
