@@ -17,10 +17,12 @@ it changes while a command runs, so (as training's charnn.training.threads, scal
    median of its first WINDOW blocks after the choice where that is lower (blocks that took turns with the other
    count can run slower than blocks run one after another). When the median of the last WINDOW is RECHECK_RATIO
    times slower (a core was taken), it measures again, but not sooner than JUMP_SHARE of the wait below after a
-   choice: a noisy load must not keep it measuring, each measurement a block on the slow count. And it measures
-   again after RECHECK_SECS anyway (on one thread a freed core shows no jump; a load that comes and goes can fool
-   one measurement), the wait doubling while the choice stays, up to RECHECK_MAX_SECS. A faster median needs
-   nothing: the choice runs faster.
+   choice: a noisy load must not keep it measuring, each measurement a block on the slow count. While the choice
+   is one thread it also measures again after RECHECK_SECS (on one thread a freed core shows no jump; a load that
+   comes and goes can fool one measurement), the wait doubling while the choice stays, up to RECHECK_MAX_SECS; on
+   the most threads a core taken shows as the jump above, so no clock (as training's watch: each measurement's
+   blocks on one thread cost a quiet machine 10% of an eval). A faster median needs nothing: the choice runs
+   faster.
 
 Every block is real work (part of the sample, of the score); measuring only chooses the threads it runs on. The
 thread count changes the order of some floating-point sums, so a seeded sample is repeatable to the character, and
@@ -127,7 +129,7 @@ class ThreadWatch:
             if not self.settled:
                 self.baseline, self.settled = min(self.baseline, median), True
             slower = median >= RECHECK_RATIO * self.baseline and since >= JUMP_SHARE * self.wait
-        if slower or since >= self.wait:
+        if slower or (since >= self.wait and self.threads < self.most):  # (on the most threads a jump tells)
             self._measure()
 
 
