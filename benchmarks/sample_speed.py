@@ -59,13 +59,13 @@ def naive_sample(model, tokenizer, device, streams: int, length: int) -> int:
 
 
 def chars_per_second(model, tokenizer, device, streams: int, fast: bool, seconds: float, int8: bool = False,
-                     graphs=None) -> dict:
+                     graphs=None, top_p=None) -> dict:
     """Run the sampler (or, not `fast`, the naive loop) long enough to take about `seconds`, after a short run
-    that sizes it."""
+    that sizes it (`top_p`: the sampler's nucleus; the naive loop draws from the whole softmax)."""
     def once(length):
         t0 = time.perf_counter()
         if fast:
-            cfg = SampleConfig(length=length, num_samples=streams, prime="\n", int8=int8)
+            cfg = SampleConfig(length=length, num_samples=streams, prime="\n", int8=int8, top_p=top_p)
             sampler = Sampler(model, tokenizer, cfg, device, seed=0, graphs=graphs)
             for _ in sampler:
                 pass
@@ -159,7 +159,7 @@ def time_rows(model, tokenizer, device, args, fast_kind: bool):
     for round_ in range(args.rounds):
         for label, streams, fast, int8, graphs, fused in runs:
             use_native(fused)
-            r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8, graphs)
+            r = chars_per_second(model, tokenizer, device, streams, fast, args.seconds, int8, graphs, args.top_p)
             results.append({"label": label, "round": round_, "native": bool(fused) and native.library() is not None,
                             "c_block": streams == 1 and fused is True and (int8 and blocks or min_blocks), **r})
         use_native(True)
@@ -226,6 +226,7 @@ def main() -> None:
                     "tensor operations (CHARNN_NATIVE=0) beside the fused C cells, alternating, with the ceilings")
     ap.add_argument("--rounds", type=int, default=1, help="repeat every row (and the ceilings) this many times, "
                     "alternating, so slow drift of the machine shows as spread, not as a difference")
+    ap.add_argument("--top-p", type=float, default=None, help="the sampler's rows draw with this top-p")
     ap.add_argument("--out", default="benchmarks/results/sample_speed.json")
     args = ap.parse_args()
     if args.int8_kernel != "auto":
@@ -256,7 +257,7 @@ def main() -> None:
     int8_used = charnn.models.stepper.int8_kernel()
     print(f"{args.layers}x{args.hidden} {args.cell}, vocab {tokenizer.vocab_size}, {device}, {args.threads} threads, "
           f"torch {torch.__version__}, {f'{cpu_name()} ({cpu_features()})' if cpu else torch.cuda.get_device_name()}"
-          + (f", int8 kernel {int8_used}" if cpu else ""))
+          + (f", int8 kernel {int8_used}" if cpu else "") + (f", top-p {args.top_p}" if args.top_p else ""))
     print_rows(results)
     quality = None
     if ceiling:
@@ -275,7 +276,7 @@ def main() -> None:
             "threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(), "cpu_features": cpu_features(),
             "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "checkpoint": args.checkpoint,
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-            "int8_kernel": int8_used if cpu else None,
+            "int8_kernel": int8_used if cpu else None, "top_p": args.top_p,
             "int8_weight_levels": weight_levels(1) if cpu and int8_used == "int_mm" else None}
     out.write_text(json.dumps({**meta, "results": results, "fp32_gemv_ceiling_chars_per_s": ceiling,
                                "int8_gemv_ceiling_chars_per_s": ceiling_int8,

@@ -189,9 +189,9 @@ def test_one_streams_draw_in_c_is_the_batchers_draw():
     tok = torch.tensor([0])
     for step in range(100):
         noise.exponential_(generator=g).log_().neg_()  # Gumbel
-        temperature, top_k = (0.7, 5) if step % 2 else (1.0, 0)
-        c.step_draw(tok, noise, out, temperature, top_k)
-        logits = filter_logits(temper(t.step(tok), temperature), top_k or None)
+        temperature, top_k, top_p = ((0.7, 5, 1.0), (1.0, 0, 1.0), (1.3, 0, 0.8), (0.9, 7, 0.6))[step % 4]
+        c.step_draw(tok, noise, out, temperature, top_k, top_p)
+        logits = filter_logits(temper(t.step(tok), temperature), top_k or None, top_p if top_p < 1 else None)
         assert out.item() == int((logits + noise).argmax()), step
         tok = out.clone()
 

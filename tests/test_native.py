@@ -78,11 +78,13 @@ def test_int8_fused_cells_keep_every_layers_codes_current(fresh, cell, monkeypat
     assert 1e-6 < worst["fused"] <= 1.05 * worst["ops"] + 1e-4  # int8 (not silently fp32), and no further from it
 
 
-@pytest.mark.parametrize("int8,temperature,top_k", [(False, 1.0, 0), (True, 1.0, 0), (False, 0.6, 0), (True, 1.7, 0),
-                                                   (False, 1.0, 1), (True, 0.8, 3), (False, 1.3, 10)])
-def test_one_streams_head_and_draw_in_c_draw_what_the_tensor_operations_draw(fresh, int8, temperature, top_k):
-    """step_draw(tok, noise, out, temperature, top_k) is argmax(filter_logits(temper(step(tok), temperature), top_k)
-    + noise): the same ids, token after token, with a banned id (its bias -inf) never drawn."""
+@pytest.mark.parametrize("int8,temperature,top_k,top_p", [
+    (False, 1.0, 0, 1.0), (True, 1.0, 0, 1.0), (False, 0.6, 0, 1.0), (True, 1.7, 0, 1.0), (False, 1.0, 1, 1.0),
+    (True, 0.8, 3, 1.0), (False, 1.3, 10, 1.0), (False, 1.0, 0, 0.9), (True, 1.5, 0, 0.5), (False, 0.8, 6, 0.7),
+    (False, 1.0, 0, 1e-9)])
+def test_one_streams_head_and_draw_in_c_draw_what_the_tensor_operations_draw(fresh, int8, temperature, top_k, top_p):
+    """step_draw(tok, noise, out, temperature, top_k, top_p) is argmax(filter_logits(temper(step(tok), temperature),
+    top_k, top_p) + noise): the same ids, token after token, with a banned id (its bias -inf) never drawn."""
     model = model_of("lstm", layers=2, hidden=32)
     fused = stepper(model, 1, True, fresh, int8=int8, banned=[4])
     plain = stepper(model, 1, True, fresh, int8=int8, banned=[4])
@@ -92,26 +94,26 @@ def test_one_streams_head_and_draw_in_c_draw_what_the_tensor_operations_draw(fre
     for _ in range(300):
         noise = -torch.log(-torch.log(torch.rand(1, 11, generator=g)))
         out = torch.empty(1, dtype=torch.long)
-        fused.step_draw(a, noise, out, temperature, top_k)
+        fused.step_draw(a, noise, out, temperature, top_k, top_p)
         x = temper(plain.step(b), torch.tensor([[temperature]]))
-        want = torch.argmax((filter_logits(x, top_k) if top_k else x) + noise, dim=-1)
+        want = torch.argmax(filter_logits(x, top_k or None, top_p if top_p < 1 else None) + noise, dim=-1)
         assert torch.equal(out, want) and out.item() != 4
         a = b = out.clone()
 
 
-def test_the_batcher_draws_one_stream_in_c_unless_it_has_top_p(fresh, trained_run, monkeypatch):
+def test_the_batcher_draws_one_stream_in_c_top_p_too(fresh, trained_run, monkeypatch):
     import charnn
     calls = []
     real = FastStepper.step_draw
     monkeypatch.setattr(FastStepper, "step_draw",
-                        lambda self, *a: calls.append((round(a[3], 6), a[4])) or real(self, *a))
+                        lambda self, *a: calls.append((round(a[3], 6), a[4], round(a[5], 6))) or real(self, *a))
     model = charnn.load(trained_run.run_dir, device="cpu")
-    settings = [dict(), dict(temperature=0.7), dict(temperature=0.7, top_k=5), dict(top_k=500)]
+    settings = [dict(), dict(temperature=0.7), dict(temperature=0.7, top_k=5), dict(top_k=500), dict(top_p=0.9),
+                dict(temperature=1.2, top_k=8, top_p=0.8)]
     texts = [model.generate("the ", length=60, seed=5, **kw) for kw in settings]
-    assert calls.count((1.0, 0)) >= 59 and calls.count((0.7, 0)) >= 59 and calls.count((0.7, 5)) >= 59
-    assert calls.count((1.0, 0)) >= 2 * 59  # top_k of the vocabulary or more: no filter, as filter_logits
-    calls.clear()
-    assert len(model.generate("the ", length=60, seed=5, top_p=0.9)) == 60 and not calls  # top-p: torch's draw
+    assert calls.count((1.0, 0, 1.0)) >= 59 and calls.count((0.7, 0, 1.0)) >= 59 and calls.count((0.7, 5, 1.0)) >= 59
+    assert calls.count((1.0, 0, 1.0)) >= 2 * 59  # top_k of the vocabulary or more: no filter, as filter_logits
+    assert calls.count((1.0, 0, 0.9)) >= 59 and calls.count((1.2, 8, 0.8)) >= 59  # top-p in C (it was torch's draw)
     fresh.setenv("CHARNN_NATIVE", "0")
     native.library.cache_clear()
     model = charnn.load(trained_run.run_dir, device="cpu")

@@ -70,13 +70,13 @@ def test_the_noise_is_the_batchers(lib):
 
 
 def per_token(st: FastStepper, lib, tok: int, k: int, temperature: float, seed: int, greedy: bool,
-              top_k: int, vocab: int = 11) -> list:
+              top_k: int, vocab: int = 11, top_p: float = 1.0) -> list:
     """What step_draw makes, token by token, with the C noise (so the two paths must agree exactly)."""
     ids, noise, out, prev = [], torch.zeros(1, vocab), torch.empty(1, dtype=torch.long), torch.tensor([tok])
     for t in range(k):
         if not greedy:
             lib.gumbel(seed, t, vocab, noise.data_ptr())
-        st.step_draw(prev, noise, out, temperature, top_k)
+        st.step_draw(prev, noise, out, temperature, top_k, top_p)
         ids.append(out.item())
         prev = out.clone()
     return ids
@@ -84,20 +84,23 @@ def per_token(st: FastStepper, lib, tok: int, k: int, temperature: float, seed: 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("temperature,greedy,top_k", [(1.0, False, 0), (0.7, False, 0), (1.0, True, 0),
-                                                      (1.2, False, 3)])
-def test_a_block_draws_what_the_per_token_calls_draw(lib, temperature, greedy, top_k, threads, cell, monkeypatch):
+@pytest.mark.parametrize("temperature,greedy,top_k,top_p", [(1.0, False, 0, 1.0), (0.7, False, 0, 1.0),
+                                                            (1.0, True, 0, 1.0), (1.2, False, 3, 1.0),
+                                                            (1.4, False, 0, 0.8), (1.2, False, 5, 0.6)])
+def test_a_block_draws_what_the_per_token_calls_draw(lib, temperature, greedy, top_k, top_p, threads, cell,
+                                                     monkeypatch):
     model = model_of(layers=3, cell=cell)
     block, single = FastStepper(model, 1, int8=True, banned=[4]), FastStepper(model, 1, int8=True, banned=[4])
     assert block.blocks is not None and not FastStepper(model, 2, int8=True).blocks  # one stream only
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    want = per_token(single, lib, 2, 90, temperature, seed=9, greedy=greedy, top_k=top_k)
+    want = per_token(single, lib, 2, 90, temperature, seed=9, greedy=greedy, top_k=top_k, top_p=top_p)
     drawn, got, prev = torch.zeros(30, 3, dtype=torch.long), [], torch.tensor([2])
     for start in (0, 30, 60):  # three blocks, each starting from the last one's draw and state
-        block.draw_block(prev, drawn, temperature, 9, start, greedy, top_k)
+        block.draw_block(prev, drawn, temperature, 9, start, greedy, top_k, top_p)
         got += drawn[:, 0].tolist()
         prev = drawn[-1, :1].clone()
-    assert got == want and 4 not in got and len(set(got)) > (0 if greedy else 4)  # (a greedy GRU here: one token)
+    assert got == want and 4 not in got and len(set(got)) > (0 if greedy else 4 if top_p == 1 else 1)  # (a greedy
+    # GRU here: one token; top-p keeps fewer)
     for a, b in [(block.hs, single.hs), (block.codes, single.codes), *zip(block.c or [], single.c or [])]:
         assert torch.equal(a, b)  # the state itself, bit for bit: the next step (or a row moving) reads it
 

@@ -282,7 +282,7 @@ class Batcher:
         views, step, whole = self._views(n, k), self.stepper.step, n == self.stepper.B
         prev = self.tokens
         plain = self.plan.scale is None and not self.plan.filters and not self.healing  # argmax(logits + noise)
-        fused = self._in_c(n)  # FastStepper, one stream, no top-p: the head and draw in C
+        fused = self._in_c(n)  # FastStepper, one stream: the head and draw in C
         for noise, out, row in views:
             if fused is not None:
                 self.stepper.step_draw(prev, noise, out, *fused)
@@ -356,15 +356,15 @@ class Batcher:
             block[:, plan.greedy] = 0.0
         return block
 
-    def _in_c(self, n: int) -> Optional[Tuple[float, int]]:
-        """Where the stepper draws in C (one row, no top-p, no healing): the row's temperature (greedy: 1.0, no
-        noise) and top-k (0: none, as filter_logits skips a k of the vocabulary or more). Else None."""
+    def _in_c(self, n: int) -> Optional[Tuple[float, int, float]]:
+        """Where the stepper draws in C (one row, no healing): the row's temperature (greedy: 1.0, no noise), top-k
+        (0: none, as filter_logits skips a k of the vocabulary or more) and top-p (1.0: none). Else None."""
         filters = self.plan.filters
-        if n != self.stepper.B or not getattr(self.stepper, "draws", False) or self.healing or \
-                any(p is not None for _, p, _ in filters):
+        if n != self.stepper.B or not getattr(self.stepper, "draws", False) or self.healing:
             return None
-        top_k = filters[0][0] if filters and filters[0][0] < self.vocab else 0
-        return 1.0 if self.plan.scale is None else float(self.plan.scale[0, 0]), top_k
+        k, p = (filters[0][0], filters[0][1]) if filters else (None, None)
+        return (1.0 if self.plan.scale is None else float(self.plan.scale[0, 0]),
+                k if k is not None and k < self.vocab else 0, 1.0 if p is None else float(p))
 
     def _block(self, n: int, k: int) -> bool:
         """Make the block in C (one row, its noise included: FastStepper.draw_block) if it applies; else False."""
@@ -373,7 +373,7 @@ class Batcher:
             return False
         params = self.rows[0].spec.sampling
         self.stepper.draw_block(self.tokens, self.drawn[:k, :n], draw[0], params.seed, int(self.plan.drawn[0]),
-                                params.greedy, draw[1])
+                                params.greedy, draw[1], draw[2])
         self.plan.drawn += k
         self.tokens[:n].copy_(self.drawn[k - 1, :n])
         return True

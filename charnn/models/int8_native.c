@@ -222,8 +222,8 @@ static void head_part(const void *p, int64_t v0, int64_t v1) {
    per-token calls make them (the weights in the grouped order above). LSTM: layer 0's gates are table's row of
    the token plus (h_0's codes @ w[0]) * factor[0]; layer l's are bias[l] plus ([h_{l-1} | h_l]'s codes @ w[l]) *
    factor[l]. GRU: w, offset, factor, bias are the own side's (W_h h + b_h), w_in, offset_in, factor_in, bias_in
-   the input side's (layer 0: none, the table's row is gi). Then the head and the draw (temperature, top_k as
-   draw_from's, and the row's noise for its draws draw .. draw + k - 1 of `seed`, made first into noise (k * V
+   the input side's (layer 0: none, the table's row is gi). Then the head and the draw (temperature, top_k and
+   top_p as draw_from's, and the row's noise for its draws draw .. draw + k - 1 of `seed`, made first into noise (k * V
    floats), none if greedy; y: V floats) into drawn[t * drawn_stride], the next token's input. The first input is
    *tok. hs and codes hold every layer's h side by side (L * H); codes2 is a second such buffer (a layer's new
    codes are written while other threads still read the old ones); c[l]: the LSTM's cell states; acc: 6H int32;
@@ -235,8 +235,8 @@ int int8_block(int gru, int64_t L, int64_t H, int64_t V, const float *table, con
                const int8_t *const *w_in, const int32_t *const *offset_in, const float *const *factor_in,
                const float *const *bias_in, float *const *c, float *hs, int8_t *codes, int8_t *codes2, int32_t *acc,
                const float *w_head, const float *b_head, float *y, float *noise, int64_t k, float temperature,
-               const int64_t *tok, int64_t seed, int64_t draw, int greedy, int64_t top_k, int64_t *drawn,
-               int64_t drawn_stride, int products_only, int threads, float levels) {
+               const int64_t *tok, int64_t seed, int64_t draw, int greedy, int64_t top_k, float top_p,
+               int64_t *drawn, int64_t drawn_stride, int products_only, int threads, float levels) {
     int64_t id = *tok;
     int8_t *now = codes, *next = codes2;  /* the codes of the token before, and of this one */
     int status = 0;
@@ -272,7 +272,7 @@ int int8_block(int gru, int64_t L, int64_t H, int64_t V, const float *table, con
         const head_t q = {H, V, hs + (L - 1) * H, w_head, b_head, temperature, y};
         if (V * H >= HEAD_SPLIT) run_parts(head_part, &q, V, threads);  /* a subword vocabulary's head: shared */
         else head_part(&q, 0, V);  /* a character model's: a microsecond, less than handing half of it over */
-        id = drawn[t * drawn_stride] = draw_from(y, greedy ? NULL : noise + t * V, V, top_k);
+        id = drawn[t * drawn_stride] = draw_from(y, greedy ? NULL : noise + t * V, V, top_k, top_p);
     }
     if (now != codes) memcpy(codes, now, (size_t)(L * H));  /* the stepper's codes: the latest */
     pool_leave();

@@ -64,7 +64,7 @@ def library() -> Optional[ctypes.CDLL]:
     lib.lstm_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, PTR, I64, F32, I64, PTR]
     lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
-    lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64]
+    lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64, F32]
     if not hasattr(lib, "min_step"):  # built from the cells alone
         return lib
     lib.pool_use_openmp.restype, lib.pool_use_openmp.argtypes = None, [PTR, PTR, PTR]
@@ -75,14 +75,14 @@ def library() -> Optional[ctypes.CDLL]:
                              ctypes.c_int, PTR, PTR]
     lib.min_block.restype = ctypes.c_int
     lib.min_block.argtypes = [I64, I64, I64, I64, ctypes.c_int, I64, *[PTR] * 8, F32, PTR, PTR, PTR, PTR, I64, F32,
-                              I64, I64, ctypes.c_int, I64, PTR, I64, ctypes.c_int, PTR, PTR]
+                              I64, I64, ctypes.c_int, I64, F32, PTR, I64, ctypes.c_int, PTR, PTR]
     if not hasattr(lib, "int8_vnni"):  # built without the int8 file
         return lib
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
     lib.int8_product.restype, lib.int8_product.argtypes = None, [I64, I64, PTR, PTR, PTR, PTR, ctypes.c_int]
     lib.int8_block.restype = ctypes.c_int
     lib.int8_block.argtypes = [ctypes.c_int, I64, I64, I64, *[PTR] * 18, I64, F32, PTR, I64, I64, ctypes.c_int, I64,
-                               PTR, I64, ctypes.c_int, ctypes.c_int, F32]
+                               F32, PTR, I64, ctypes.c_int, ctypes.c_int, F32]
     lib.gumbel.restype, lib.gumbel.argtypes = None, [I64, I64, I64, PTR]
     return lib
 
@@ -316,12 +316,13 @@ class Int8Block:
         self.levels = float(levels)  # the codes' scale: round(h * levels)
 
     def __call__(self, tok, drawn, temperature: float, seed: int, draw: int, greedy: bool, top_k: int = 0,
-                 products_only: bool = False) -> int:
+                 top_p: float = 1.0, products_only: bool = False) -> int:
         """tok: the first input (1,); drawn: (k, ...) int64, token t's draw into drawn[t, 0] (the next one's input),
-        with the row's noise for its draws draw .. draw + k - 1 (`gumbel_noise`'s, made here) and top_k (0: none).
+        with the row's noise for its draws draw .. draw + k - 1 (`gumbel_noise`'s, made here), top_k (0: none) and
+        top_p (1: none).
         Every piece runs on torch's thread count (`--threads`). -1: a token id outside the vocabulary."""
         if self.noise.numel() < drawn.shape[0] * self.y.numel():
             self.noise = torch.empty(drawn.shape[0], self.y.numel(), dtype=torch.float32)
         return self.call(self.noise.data_ptr(), len(drawn), temperature, tok.data_ptr(), seed, draw, int(greedy),
-                         top_k, drawn.data_ptr(), drawn.stride(0), int(products_only), torch.get_num_threads(),
+                         top_k, top_p, drawn.data_ptr(), drawn.stride(0), int(products_only), torch.get_num_threads(),
                          self.levels)

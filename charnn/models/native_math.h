@@ -106,11 +106,48 @@ static inline float kth_largest(const float *y, int64_t V, int64_t k) {
     return kth;
 }
 
-/* The Batcher's draw from one row's tempered logits y (V): top-k (top_k in 1..V-1; 0: none) as filter_logits
-   does it (below the k-th largest: -inf), plus noise (NULL: none), and the argmax as torch.argmax (the first of
-   equal values, and NaN above all). */
-static inline int64_t draw_from(const float *y, const float *noise, int64_t V, int64_t top_k) {
-    const float kth = top_k > 0 && top_k < V ? kth_largest(y, V, top_k) : -INFINITY;
+static int descending(const void *a, const void *b) {
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* The lowest logit top-p keeps among y's values at or above `floor` (top-k's), as filter_logits: their softmax
+   (float32, the largest subtracted), sorted descending, cumulative sums in double stored as float (torch's CPU
+   cumsum), and a token is out where the mass before it reaches p ((float)cum - prob >= p, in float); the first
+   always stays. `floor` where the copy cannot be made or a value is NaN (then top-p filters nothing). */
+static inline float top_p_floor(const float *y, int64_t V, float floor, float top_p) {
+    float *a = malloc((size_t)V * sizeof(float));
+    if (!a) return floor;
+    int64_t n = 0;
+    for (int64_t v = 0; v < V; v++) {
+        if (isnan(y[v])) { free(a); return floor; }
+        if (y[v] >= floor && y[v] > -INFINITY) a[n++] = y[v];
+    }
+    float low = floor;
+    if (n > 0) {
+        qsort(a, (size_t)n, sizeof(float), descending);
+        const float top = a[0];
+        float sum = 0.0f;
+        for (int64_t i = 0; i < n; i++) sum += expf(a[i] - top);
+        double cum = 0.0;
+        low = a[0];
+        for (int64_t i = 1; i < n; i++) {
+            const float p_prev = expf(a[i - 1] - top) / sum, p = expf(a[i] - top) / sum;
+            cum += (double)p_prev;
+            if ((float)(cum + (double)p) - p >= top_p) break;  /* (torch: cumsum[i] - probs[i] >= p) */
+            low = a[i];
+        }
+    }
+    free(a);
+    return low > floor ? low : floor;
+}
+
+/* The Batcher's draw from one row's tempered logits y (V): top-k (top_k in 1..V-1; 0: none), then top-p (top_p in
+   (0, 1); 1: none) as filter_logits does them (below the k-th largest, or out of the nucleus: -inf), plus noise
+   (NULL: none), and the argmax as torch.argmax (the first of equal values, and NaN above all). */
+static inline int64_t draw_from(const float *y, const float *noise, int64_t V, int64_t top_k, float top_p) {
+    float kth = top_k > 0 && top_k < V ? kth_largest(y, V, top_k) : -INFINITY;
+    if (top_p < 1.0f) kth = top_p_floor(y, V, kth, top_p);
     int64_t best = 0;
     float top = -INFINITY;
     for (int64_t v = 0; v < V && !isnan(top); v++) {
