@@ -44,12 +44,9 @@ def evaluate(
     """Score text files: nats and bits per character, perplexity, characters and tokens (a labelled model:
     also under each label). A sequence-to-sequence model scores input<TAB>target files: nats per target
     character, exact match, character and symbol error rates."""
-    from charnn.checkpoint import build_from_checkpoint, is_seq2seq, load_checkpoint, resolve_checkpoint
+    from charnn.checkpoint import is_seq2seq, load_checkpoint, resolve_checkpoint
     from charnn.errors import ConfigError
     from charnn.device import resolve_device
-    from charnn.scoring.dynamic import combine_dynamic, evaluate_dynamic
-    from charnn.scoring.classify import label_id
-    from charnn.scoring.evaluate import combine, evaluate_labels, evaluate_text
     from charnn.sampling import TransduceConfig
     from charnn.threadwatch import measuring
 
@@ -86,24 +83,8 @@ def evaluate(
                     raise ConfigError("a classifier's eval reads labelled files (--label-by); `--dynamic`, `--label`, "
                                       "catalog corpora and `-` apply to language models")
                 return _labelled(data, path, files, label_by, uniform_prior, encoding, dev, as_json)
-            model, tokenizer = build_from_checkpoint(data, dev)
-            names = (data.get("labels") or {}).get("names") or []
-            if label is not None:
-                model, names = model.for_label(label_id(data.get("labels"), label)), []
             texts = [_read(f, encoding) if e is None else _test_split(f, e) for f, e in zip(files, entries)]
-            # a labelled model: each file under each label too (the main row is the label-free path)
-            per_label = [evaluate_labels(model, tokenizer, t, dev, names) for t in texts] if names and not dynamic \
-                else [{} for _ in texts]
-            if dynamic:
-                results = [evaluate_dynamic(model, tokenizer, text, dev, cfg) for text in texts]
-                total = combine_dynamic(results)
-            else:
-                results = [evaluate_text(model, tokenizer, text, dev) for text in texts]
-                total = combine(results)
-            unknown = total.static.unknown if dynamic else total.unknown
-            if unknown:
-                err.print(f"note: {unknown:,} character{'s are' if unknown != 1 else ' is'} not in the model's "
-                          "vocabulary; scored as the unknown token")
+            results, total, per_label = _score_texts(data, texts, label, cfg if dynamic else None, dev)
     with writing_results():
         if as_json:
             out = {**total.to_dict(), "checkpoint": str(path), "files": [
@@ -119,6 +100,33 @@ def evaluate(
         (_dynamic_table if dynamic else _table)(rows)
 
 
+
+
+def _score_texts(data: dict, texts: List[str], label: Optional[str], dynamic, dev) -> tuple:
+    """A language model's scores of the texts: (per text, total, per text each label's) with `dynamic` (its
+    DynamicConfig) static and dynamic side by side; a note on stderr for characters it lacks."""
+    from charnn.checkpoint import build_from_checkpoint
+    from charnn.scoring.classify import label_id
+    from charnn.scoring.dynamic import combine_dynamic, evaluate_dynamic
+    from charnn.scoring.evaluate import combine, evaluate_labels, evaluate_text
+
+    model, tokenizer = build_from_checkpoint(data, dev)
+    names = (data.get("labels") or {}).get("names") or []
+    if label is not None:
+        model, names = model.for_label(label_id(data.get("labels"), label)), []
+    # a labelled model: each file under each label too (the main row is the label-free path)
+    per_label = [evaluate_labels(model, tokenizer, t, dev, names) if names and dynamic is None else {} for t in texts]
+    if dynamic is not None:
+        results = [evaluate_dynamic(model, tokenizer, text, dev, dynamic) for text in texts]
+        total = combine_dynamic(results)
+    else:
+        results = [evaluate_text(model, tokenizer, text, dev) for text in texts]
+        total = combine(results)
+    unknown = total.static.unknown if dynamic is not None else total.unknown
+    if unknown:
+        err.print(f"note: {unknown:,} character{'s are' if unknown != 1 else ' is'} not in the model's "
+                  "vocabulary; scored as the unknown token")
+    return results, total, per_label
 
 
 def _read(path: str, encoding: str) -> str:

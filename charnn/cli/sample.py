@@ -64,12 +64,7 @@ def sample(
     from charnn.threadwatch import measuring
 
     with user_errors("sample"):
-        if prime and prime_file is not None:
-            raise ConfigError("Can't provide both `--prime` and `--prime-file`. Choose one.")
-        if prime_file == "-" and adapt == "-":
-            raise ConfigError("`-` (stdin) can be read once: give --prime-file or --adapt a file")
-        if "-" in (prime_file, adapt) and sys.stdin is not None and sys.stdin.isatty() and not quiet:
-            err.print(f"reading the {'prime' if prime_file == '-' else '--adapt text'} from the terminal (Ctrl-D ends)")
+        _check_inputs(prime, prime_file, adapt, quiet)
         prime, separator, stop = (typed_text(f, v) for f, v in (("--prime", prime), ("--separator", separator),
                                                                 ("--stop", stop)))
         cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, greedy=greedy, prime=prime,
@@ -100,6 +95,16 @@ def sample(
             err.print(f"sampling {model.path}{f' as {label!r}' if label is not None else ''} on {model.device}, "
                       f"seed {used_seed}")
         _stream(sampler, quiet)
+
+
+def _check_inputs(prime: str, prime_file: Optional[str], adapt: Optional[str], quiet: bool) -> None:
+    """One prime, stdin read once, and a line where a terminal is read."""
+    if prime and prime_file is not None:
+        raise ConfigError("Can't provide both `--prime` and `--prime-file`. Choose one.")
+    if prime_file == "-" and adapt == "-":
+        raise ConfigError("`-` (stdin) can be read once: give --prime-file or --adapt a file")
+    if "-" in (prime_file, adapt) and sys.stdin is not None and sys.stdin.isatty() and not quiet:
+        err.print(f"reading the {'prime' if prime_file == '-' else '--adapt text'} from the terminal (Ctrl-D ends)")
 
 
 def _adapt(model, path: str, unknown: str, cfg, quiet: bool):
