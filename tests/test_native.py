@@ -101,6 +101,28 @@ def test_one_streams_head_and_draw_in_c_draw_what_the_tensor_operations_draw(fre
         a = b = out.clone()
 
 
+@pytest.mark.parametrize("logits,top_p,kept", [([0, 0, 0, 0], 0.5, 2), ([1, 1, 0, 0], 0.3, 1), ([3, 1, 1, 1, -5], 0.9, 3),
+                                               ([1, 1, 1], 1e-9, 1), ([2, 1, 0], 0.99, 3), ([0, 0], 0.9, 2)])
+def test_top_p_in_c_keeps_as_many_tied_tokens_as_filter_logits(fresh, logits, top_p, kept):
+    """Was: a cut through equal logits kept them all (2,000 draws at [0, 0, 0, 0], p 0.5: four tokens, not two)."""
+    import ctypes
+    lib = native.library()
+    if lib is None:
+        pytest.skip("no C compiler")
+    V = len(logits)
+    h, w, bias = torch.ones(1), torch.tensor([logits], dtype=torch.float32), torch.zeros(V)
+    scratch, out = torch.empty(V), torch.empty(1, dtype=torch.long)
+    ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+    drawable = set()
+    for v in range(V):  # a token is kept if a huge noise on it alone wins the draw
+        noise = torch.zeros(V)
+        noise[v] = 1e30
+        lib.head_draw(1, V, ptr(h), 1, ptr(w), ptr(bias), ptr(scratch), 1, ptr(noise), ptr(out), 1.0, 0, top_p)
+        drawable |= {out.item()} if out.item() == v else set()
+    want = int(torch.isfinite(filter_logits(w.clone(), None, top_p)).sum())
+    assert len(drawable) == kept == want
+
+
 def test_the_batcher_draws_one_stream_in_c_top_p_too(fresh, trained_run, monkeypatch):
     import charnn
     calls = []
@@ -114,6 +136,10 @@ def test_the_batcher_draws_one_stream_in_c_top_p_too(fresh, trained_run, monkeyp
     assert calls.count((1.0, 0, 1.0)) >= 59 and calls.count((0.7, 0, 1.0)) >= 59 and calls.count((0.7, 5, 1.0)) >= 59
     assert calls.count((1.0, 0, 1.0)) >= 2 * 59  # top_k of the vocabulary or more: no filter, as filter_logits
     assert calls.count((1.0, 0, 0.9)) >= 59 and calls.count((1.2, 8, 0.8)) >= 59  # top-p in C (it was torch's draw)
+    calls.clear()
+    monkeypatch.setattr(native, "TOP_P_VOCAB", model.tokenizer.vocab_size - 1)  # a larger vocabulary: torch's draw
+    assert model.generate("the ", length=60, seed=5, top_p=0.9) == texts[4] and not calls
+    assert len(calls) == 0 and model.generate("the ", length=60, seed=5) == texts[0] and len(calls) >= 59
     fresh.setenv("CHARNN_NATIVE", "0")
     native.library.cache_clear()
     model = charnn.load(trained_run.run_dir, device="cpu")

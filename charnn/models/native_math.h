@@ -114,8 +114,11 @@ static int descending(const void *a, const void *b) {
 /* The lowest logit top-p keeps among y's values at or above `floor` (top-k's), as filter_logits: their softmax
    (float32, the largest subtracted), sorted descending, cumulative sums in double stored as float (torch's CPU
    cumsum), and a token is out where the mass before it reaches p ((float)cum - prob >= p, in float); the first
-   always stays. `floor` where the copy cannot be made or a value is NaN (then top-p filters nothing). */
-static inline float top_p_floor(const float *y, int64_t V, float floor, float top_p) {
+   always stays. *ties: how many of the values equal to the one returned are kept (torch keeps those its sort put
+   first; draw_from keeps the first by index), -1 for all. `floor` where the copy cannot be made or a value is NaN
+   (then top-p filters nothing). */
+static inline float top_p_floor(const float *y, int64_t V, float floor, float top_p, int64_t *ties) {
+    *ties = -1;
     float *a = malloc((size_t)V * sizeof(float));
     if (!a) return floor;
     int64_t n = 0;
@@ -130,16 +133,22 @@ static inline float top_p_floor(const float *y, int64_t V, float floor, float to
         float sum = 0.0f;
         for (int64_t i = 0; i < n; i++) sum += expf(a[i] - top);
         double cum = 0.0;
-        low = a[0];
-        for (int64_t i = 1; i < n; i++) {
-            const float p_prev = expf(a[i - 1] - top) / sum, p = expf(a[i] - top) / sum;
-            cum += (double)p_prev;
+        float prev = 1.0f / sum;  /* the first token's probability, expf(0) / sum */
+        int64_t kept = 1;
+        for (; kept < n; kept++) {
+            const float p = expf(a[kept] - top) / sum;
+            cum += (double)prev;
             if ((float)(cum + (double)p) - p >= top_p) break;  /* (torch: cumsum[i] - probs[i] >= p) */
-            low = a[i];
+            prev = p;
+        }
+        low = a[kept - 1];
+        if (kept < n) {  /* cut: of the values equal to the last kept, only those before the cut stay */
+            *ties = 0;
+            for (int64_t i = kept - 1; i >= 0 && a[i] == low; i--) (*ties)++;
         }
     }
     free(a);
-    return low > floor ? low : floor;
+    return low;  /* (>= floor: every value in a is) */
 }
 
 /* The Batcher's draw from one row's tempered logits y (V): top-k (top_k in 1..V-1; 0: none), then top-p (top_p in
@@ -147,11 +156,16 @@ static inline float top_p_floor(const float *y, int64_t V, float floor, float to
    (NULL: none), and the argmax as torch.argmax (the first of equal values, and NaN above all). */
 static inline int64_t draw_from(const float *y, const float *noise, int64_t V, int64_t top_k, float top_p) {
     float kth = top_k > 0 && top_k < V ? kth_largest(y, V, top_k) : -INFINITY;
-    if (top_p < 1.0f) kth = top_p_floor(y, V, kth, top_p);
+    int64_t ties = -1;  /* (top-p's cut through equal values: how many of them stay) */
+    if (top_p < 1.0f) kth = top_p_floor(y, V, kth, top_p, &ties);
     int64_t best = 0;
     float top = -INFINITY;
     for (int64_t v = 0; v < V && !isnan(top); v++) {
-        const float x = y[v] < kth ? -INFINITY : y[v] + (noise ? noise[v] : 0.0f);
+        int out = y[v] < kth;
+        if (!out && ties >= 0 && y[v] == kth) {  /* the first `ties` of them by index */
+            if (ties == 0) out = 1; else ties--;
+        }
+        const float x = out ? -INFINITY : y[v] + (noise ? noise[v] : 0.0f);
         if (x > top || isnan(x)) { top = x; best = v; }
     }
     return best;
