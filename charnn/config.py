@@ -222,8 +222,7 @@ class TrainConfig:
             problems.append("`--classifier` learns labels: add `--label-by file|folder|line`")
         if self.classifier and self.pairs:
             problems.append("`--classifier` and `--pairs` do not combine: a classifier reads labelled text")
-        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
-            problems.append(f"`--threads` must be between 1 and {MAX_THREADS}, got {self.threads}")
+        problems += threads_problems(self.threads)
         if self.name is not None and (self.name in ("", ".", "..") or "/" in self.name or "\\" in self.name):
             problems.append(f"`--name` is the run's folder under --out, one name without / or \\ (and not . or ..), "
                             f"got {self.name!r}; put the folder above it in --out")
@@ -259,6 +258,13 @@ class DynamicConfig:
             problems.append(f"`eps` must be a positive number, got {self.eps}")
         raise_problems(problems)
         return self
+
+
+def threads_problems(threads) -> list:
+    """`--threads` outside 1..MAX_THREADS, as a list of (at most one) problem; None (measured) is fine."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        return [f"`--threads` must be between 1 and {MAX_THREADS}, got {threads}"]
+    return []
 
 
 def raise_problems(problems: list) -> None:

@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
-from charnn.config import DEVICES, MAX_THREADS, SEED_LIMIT, UNKNOWN, raise_problems
+from charnn.config import DEVICES, SEED_LIMIT, UNKNOWN, raise_problems, threads_problems
 from charnn.errors import ParamError
 
 MIN_TEMPERATURE = 1e-30  # below it logits (|x| < 1e8) / temperature could overflow float32 and tie: greedy
@@ -126,8 +126,7 @@ class SampleConfig:
             problems.append("`--stop` must not be empty")
         if self.device not in DEVICES:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
-            problems.append(f"`--threads` must be between 1 and {MAX_THREADS}, got {self.threads}")
+        problems += threads_problems(self.threads)
         raise_problems(problems)
         return self
 

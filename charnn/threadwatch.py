@@ -45,7 +45,7 @@ MIN_GAIN = 1.05  # more threads must be this much faster than one to be chosen
 DROP = 3.0  # a candidate whose median is this many times the other's: decided without more rounds
 WINDOW = 8  # blocks in the rolling median the watch compares with the measured one
 RECHECK_RATIO = 1.6  # a rolling median this many times slower: measure again
-RECHECK_SECS = 2.0  # measure again after this long, doubling while the choice stays
+RECHECK_SECS = 2.0  # on one thread: measure again after this long, doubling while the choice stays
 RECHECK_MAX_SECS = 60.0
 JUMP_SHARE = 0.25  # a slower median measures again only this share of the wait after a choice
 

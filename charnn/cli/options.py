@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional, Tuple
 
 import typer
 
-from charnn.config import DEVICES, MAX_THREADS, DynamicConfig
+from charnn.config import DEVICES, DynamicConfig, raise_problems, threads_problems
 from charnn.data.linefeed import STDIN
 from charnn.errors import CharnnError, ConfigError
 
@@ -35,8 +35,7 @@ Threads = Annotated[Optional[int], typer.Option(help="CPU threads. Default: meas
 
 def check_threads(threads: Optional[int]) -> Optional[int]:
     """--threads as given (None: measured, charnn.threadwatch), or a usage error outside 1..MAX_THREADS."""
-    if threads is not None and not 1 <= threads <= MAX_THREADS:
-        raise ConfigError(f"`--threads` must be between 1 and {MAX_THREADS}, got {threads}")
+    raise_problems(threads_problems(threads))
     return threads
 
 
