@@ -221,7 +221,8 @@ def _stop_with_launcher() -> None:
     """Linux, under torchrun: a SIGTERM for this rank when torchrun dies, so that a `kill -9` of torchrun stops its
     ranks as Ctrl-C does (the last step saved, the run's lock let go): they trained on. Only under torchrun, which
     starts its ranks from its main thread (the signal comes when the thread that started a process ends: another
-    launcher's ranks could be stopped while it lives); a torchrun gone already (the rank's parent is init) too."""
+    launcher's ranks could be stopped while it lives). (A torchrun that dies before this call is not seen: its
+    parent's pid cannot tell, as torchrun may itself be a container's pid 1.)"""
     if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
         return
     try:
@@ -229,6 +230,4 @@ def _stop_with_launcher() -> None:
 
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # (it died before the call above)
-        os.kill(os.getpid(), signal.SIGTERM)
+        pass
