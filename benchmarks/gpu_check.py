@@ -12,8 +12,9 @@ Phases, each under its own time limit (one that fails records its error and the 
                and timing): 1 and 64 streams, with and without CUDA graphs (goal: 1 stream >= 20,000 chars/s),
                and one stream of train_180's trained model
   torchrun     train_speed's bf16 run again under `torchrun --nproc-per-node 1`: DDP's overhead on one GPU
-  --minrnn     also `--cell mingru` / `--cell minlstm`: their speed against the LSTM and a 180-s mingru run
-               (benchmarks/gpu_minrnn.py; about 5 more minutes: give --budget 780)
+  --minrnn     also `--cell mingru` / `--cell minlstm`: their speed against the LSTM, a 180-s mingru run, and
+               their sampling with and without CUDA graphs beside a 2x256 LSTM's (benchmarks/gpu_minrnn.py; about
+               6 more minutes: the default budget grows by 360 s)
   --g2p DIR    also train the English G2P set (SIGMORPHON 2021 eng_us, its files in DIR) for 180 s with every
                default and score it on the task's test words (benchmarks/gpu_g2p.py; about 4 more minutes)
   --long-flags F  more flags for train_180; given again, another 180-s run each (benchmarks/gpu_long.py)
@@ -47,7 +48,8 @@ from common import cpu_name  # noqa: E402
 from distributed import free_port  # noqa: E402
 from gpu_g2p import g2p_goals, g2p_rows, phase_g2p  # noqa: E402
 from gpu_long import long_goals, long_name, long_rows, note, phase_solo, phase_train_180, run_phase, run_together  # noqa: E402,E501
-from gpu_minrnn import minrnn_goals, minrnn_rows, phase_minrnn_180, phase_minrnn_speed  # noqa: E402
+from gpu_minrnn import (MIN_SAMPLE_NOTE, MIN_SAMPLE_SECONDS, min_sample_models, minrnn_goals,  # noqa: E402
+                        minrnn_rows, phase_minrnn_180, phase_minrnn_speed)
 
 from charnn.checkpoint import load_checkpoint  # noqa: E402
 from charnn.training.metrics import read_metrics  # noqa: E402
@@ -146,17 +148,19 @@ def phase_train_speed(r: Runner, fp32: bool = True) -> dict:
     return {"runs": rows, "bf16_over_fp32": ratio, "flags": flags}
 
 
-def phase_sample(r: Runner, checkpoint) -> dict:
+def phase_sample(r: Runner, checkpoint, minrnn: bool = False) -> dict:
     layers, hidden = r.s["sample_model"]
-    note(f"sample: {layers}x{hidden} LSTM, 1 and 64 streams, with and without CUDA graphs")
+    note(f"sample: {layers}x{hidden} LSTM{MIN_SAMPLE_NOTE if minrnn else ''}, 1 and 64 streams, with and without "
+         "CUDA graphs")
     rows_file = r.tmp / "sample_rows.jsonl"
     cmd = [sys.executable, __file__, "--worker", "sample", "--device", r.device, "--rows", str(rows_file),
            "--layers", str(layers), "--hidden", str(hidden), "--seconds", str(r.s["sample_seconds"])]
     if checkpoint and Path(checkpoint).is_file():
         cmd += ["--checkpoint", str(checkpoint)]
+    cmd += ["--minrnn"] if minrnn else []
     error = None
     try:
-        r.run(cmd, r.limit(r.s["sample_limit"]))
+        r.run(cmd, r.limit(r.s["sample_limit"] + (MIN_SAMPLE_SECONDS if minrnn else 0)))
     except RuntimeError as e:  # keep the rows it finished
         error = str(e)
     rows = [json.loads(ln) for ln in rows_file.read_text().splitlines()] if rows_file.is_file() else []
@@ -188,6 +192,8 @@ def sample_worker(a) -> None:
         trained, ttok = build_from_checkpoint(load_checkpoint(Path(a.checkpoint)), device)
         c = trained.config
         runs.append((f"{c.layers}x{c.hidden} {c.cell} of train_180", trained, ttok, 1, True))
+    if a.minrnn:
+        runs += [(label, m.to(device).eval(), tok, n, g) for label, m, n, g in min_sample_models(tok.vocab_size)]
     for label, m, t, streams, graphs in runs:
         # a short run first: its notes say whether the CUDA graph was captured or the sampler fell back
         probe = Sampler(m, t, SampleConfig(length=96, num_samples=streams, prime="\n"), device, 0, graphs=graphs)
@@ -310,7 +316,7 @@ def plan(a, r: Runner, report: dict) -> list:
         first.append([("minrnn_speed", lambda: phase_minrnn_speed(r, speed_lstm()))])
     longs = [longs, [("train_180_solo", lambda: phase_solo(r, p))]] if a.together else [[x] for x in longs]
     checkpoint = lambda: (p.get("train_180_solo") or p["train_180"]).get("checkpoint")  # noqa: E731
-    last = [[(name, fn)] for name, fn in (("sample", lambda: phase_sample(r, checkpoint())),
+    last = [[(name, fn)] for name, fn in (("sample", lambda: phase_sample(r, checkpoint(), a.minrnn)),
                                           ("torchrun", lambda: phase_torchrun(r, speed_lstm())))
             if name not in a.skip]
     return first + longs + last
@@ -356,7 +362,7 @@ def main() -> None:
         sys.exit("gpu_check: no CUDA GPU here; run it on a GPU machine, or with --dry-run to check the script")
 
     settings, device = (DRY, torch.device("cpu")) if a.dry_run else (GPU, torch.device("cuda"))
-    t0, budget = time.monotonic(), a.budget or settings["budget"] + (300 if a.minrnn else 0) + (240 if a.g2p else 0)
+    t0, budget = time.monotonic(), a.budget or settings["budget"] + (360 if a.minrnn else 0) + (240 if a.g2p else 0)
     out = Path(a.json or ROOT / "benchmarks" / "results" / f"gpu_check{'_dry_run' if a.dry_run else ''}.json")
     report = {"dry_run": a.dry_run, "budget_s": budget, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
               "hardware": {"gpu": None if a.dry_run else torch.cuda.get_device_name(), "device": device.type,

@@ -5,11 +5,35 @@
                 each for train_speed's time: chars/s and the ratio to train_speed's bf16 LSTM (goal >= 20x)
   minrnn_180    `charnn train CORPUS --cell mingru --max-time 180` (plus --minrnn-flags): best val loss
                 (goal <= 1.40 nats/char; the LSTM's best at 180 s is 1.4369)
+  sample        (gpu_check's phase, more rows) the default mingru and minlstm (2x256, x1f2), random weights: 1 and
+                64 streams with and without CUDA graphs, beside a 2x256 LSTM's (goal: the graphs recorded, and one
+                stream >= 20,000 chars/s as the LSTM's goal)
 """
 
 from __future__ import annotations
 
 CELLS = ("mingru", "minlstm")
+MIN_SAMPLE_NOTE = ", 2x256 LSTM, mingru and minlstm"
+MIN_SAMPLE_SECONDS = 60  # the sample phase's limit grows by this much: ten more rows of about 4 s each
+
+
+def min_sample_models(vocab: int) -> list:
+    """(label, model, streams, graphs) for the sample worker: the 2x256 LSTM (the min cells' size) with graphs,
+    then each min cell at its defaults, 1 and 64 streams, with and without graphs. Random weights, seed 0."""
+    import torch
+
+    from charnn.config import ModelConfig
+    from charnn.models.configs import MinRNNConfig
+    from charnn.models.lm import CharRNN
+    from charnn.models.minrnn import MinRNN
+
+    torch.manual_seed(0)
+    rows = [("2x256 lstm random", CharRNN(ModelConfig(vocab_size=vocab, layers=2, hidden=256, embed=64)), n, True)
+            for n in (1, 64)]
+    for cell in CELLS:
+        model = MinRNN(MinRNNConfig(vocab_size=vocab, cell=cell))
+        rows += [(f"2x256 {cell} random", model, n, g) for n in (1, 64) for g in (True, False)]
+    return rows
 
 
 def phase_minrnn_speed(r, lstm) -> dict:
@@ -41,6 +65,13 @@ def minrnn_goals(phases: dict) -> list:
     v = long.get("best_val_loss")
     goals.append({"goal": "train --cell mingru --max-time 180: best val loss", "value": v, "target": "<= 1.40",
                   "met": None if v is None else v <= 1.40})
+    sample = [x for x in phases.get("sample", {}).get("rows", []) if x["streams"] == 1 and x["graphs"]]
+    for cell in CELLS:
+        one = next((x for x in sample if x["model"] == f"2x256 {cell} random"), None)
+        if one is not None:  # (run with --minrnn: the sample phase has the min cells' rows)
+            v = one["chars_per_s"]
+            goals.append({"goal": f"sample --cell {cell}, 1 stream, CUDA graphs recorded", "value": v,
+                          "target": ">= 20,000, recorded", "met": bool(one["graphs_captured"]) and v >= 20000})
     return goals
 
 

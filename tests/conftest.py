@@ -1,17 +1,20 @@
 """Shared fixtures and helpers: a tiny corpus the tests write themselves, a tiny trained run, the environment
 for charnn subprocesses, and the checks a one-line error must pass."""
 
+import contextlib
 import os
 import random
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.corpus import Corpus
+from charnn.generation.batcher import Batcher
 from charnn.training.trainer import train
 
 torch.set_num_threads(2)
@@ -120,3 +123,44 @@ def drain(batcher, rows, per_step: int = 4) -> list:
         for row, piece in batcher.step(per_step):
             texts[id(row)] += piece
     return [texts[id(r)] for r in rows]
+
+
+class FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph off CUDA: replay runs the body that was recorded, after checking that
+    every buffer a real graph would have recorded the address of (the stepper's state, the Batcher's input tokens,
+    noise and draws) is still the same tensor memory (a stepper that rebuilt its state would leave a real graph
+    stepping a stale copy)."""
+    body = where = recorded = None
+
+    def replay(self):
+        assert self.where() == self.recorded, "a buffer the graph recorded was replaced"
+        self.body()
+
+
+def fake_cuda(monkeypatch, fail_capture=None):
+    """torch.cuda's stream and graph calls as no-ops, so Batcher._capture runs on the CPU: its warm-up and its
+    capture both really run the block body (a real capture would not), which the undo must cover."""
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+
+    @contextlib.contextmanager
+    def graph(g):
+        yield
+        if fail_capture:
+            raise RuntimeError(fail_capture)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    real, captures = Batcher._capture, []
+
+    def capture(self, n, k):
+        g = real(self, n, k)
+        g.body = lambda: self._body(n, k)
+        g.where = lambda: [t.data_ptr() for t in (*self.stepper.state_tensors(), self.tokens, self.noise, self.drawn)]
+        g.recorded = g.where()
+        captures.append((n, k))
+        return g
+    monkeypatch.setattr(Batcher, "_capture", capture)
+    monkeypatch.setattr(Batcher, "_records", lambda self: self.graphs)  # as on a CUDA device
+    return captures

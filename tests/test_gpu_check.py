@@ -89,3 +89,28 @@ def test_a_short_loan_runs_the_long_trainings_together_then_the_best_alone(tmp_p
     assert all(positive(ph["best_val_loss"]) for name, ph in phases.items() if name != "train_speed")
     assert "train_180, shared x2" in p.stdout and "train_180_solo (best at step" in p.stdout
     assert "these ran at the same time, sharing the GPU: train_180, train_180_2" in p.stdout
+
+
+def test_the_parallel_cells_phases_time_training_the_180_s_run_and_sampling_with_graphs(tmp_path):
+    """--minrnn: mingru/minlstm training speed against the LSTM, the 180-s mingru run, and the sample phase's rows
+    for both min cells (1 and 64 streams, graphs on and off) beside a 2x256 LSTM, each with its goal."""
+    out = tmp_path / "gpu_check.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--minrnn",
+                        "--corpus", str(tmp_path / "absent.txt"), "--json", str(out), "--skip", "fp32", "torchrun"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads(out.read_text())
+    phases = report["phases"]
+    assert set(phases) == {"train_speed", "minrnn_speed", "train_180", "minrnn_180", "sample"}
+    for cell, run in phases["minrnn_speed"]["runs"].items():
+        assert run["model"]["cell"] == cell and positive(run["chars_per_s"]) and positive(run["over_lstm"])
+    assert phases["minrnn_180"]["model"]["cell"] == "mingru" and positive(phases["minrnn_180"]["best_val_loss"])
+    rows = [(r["model"], r["streams"], r["graphs"]) for r in phases["sample"]["rows"] if "2x256" in r["model"]]
+    assert rows == [("2x256 lstm random", 1, True), ("2x256 lstm random", 64, True)] + [
+        (f"2x256 {cell} random", n, g) for cell in ("mingru", "minlstm") for n in (1, 64) for g in (True, False)]
+    assert all(positive(r["chars_per_s"]) and r["notes"] == [] for r in phases["sample"]["rows"])
+    goals = {g["goal"]: g for g in report["goals"]}
+    for cell in ("mingru", "minlstm"):
+        g = goals[f"sample --cell {cell}, 1 stream, CUDA graphs recorded"]
+        assert positive(g["value"]) and g["met"] is False  # (no graph is recorded off CUDA)
+    assert "sample 2x256 minlstm random, 64 streams, no CUDA graphs" in p.stdout

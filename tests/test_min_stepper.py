@@ -4,7 +4,7 @@ runs) and the full forward."""
 
 import pytest
 import torch
-from conftest import drain, make_text
+from conftest import drain, fake_cuda, make_text
 from typer.testing import CliRunner
 
 from charnn.cli.app import app
@@ -231,6 +231,61 @@ def test_one_streams_blocks_in_c_give_the_per_token_text(int8, temperature, top_
             b.stepper.blocks = None
         texts.append(drain(b, [b.add(spec)])[0])
     assert len(texts[0]) == 150 and texts[0] == texts[1]
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+@pytest.mark.parametrize("path", ["C", "torch"])  # (torch's: what a GPU records)
+def test_cuda_graph_blocks_give_the_plain_text_as_rows_come_and_go(monkeypatch, cell, path):
+    """MinStepper is `static`: the Batcher records its blocks as CUDA graphs (here the stand-in of conftest's
+    fake_cuda, which checks at each replay that the state, tokens, noise and draws are the buffers it recorded).
+    Rows joining and leaving between recorded blocks, and the text equals sampling without graphs."""
+    if path == "torch":
+        monkeypatch.setattr(minstep, "NATIVE_ROWS", 0)
+    tok = CharTokenizer([chr(ord("a") + i) for i in range(V)])
+    model = model_of(cell, hidden=64)
+
+    def run(graphs: bool):
+        b = Batcher(model, tok, torch.device("cpu"), capacity=3, block=4, graphs=graphs)
+        specs = [RowSpec(prompt=p, length=n, sampling=SamplingParams(temperature=t, seed=s))
+                 for p, n, t, s in (("ab", 40, 0.9, 1), ("c", 70, 0.0, 2), ("dd", 50, 1.1, 3))]
+        first, second = b.add(specs[0]), b.add(specs[1])
+        texts = {id(r): "" for r in (first, second)}
+        for _ in range(5):  # the first full block runs as is, the second records, the rest replay
+            for row, piece in b.step(4):
+                texts[id(row)] += piece
+        third = b.add(specs[2])  # joins: the graph is dropped, and recorded again for three rows
+        texts[id(third)] = ""
+        while b.active:
+            for row, piece in b.step(4):
+                texts[id(row)] += piece
+        return [texts[id(r)] for r in (first, second, third)], b
+    plain, _ = run(False)
+    captures = fake_cuda(monkeypatch)
+    graphed, b = run(True)
+    assert graphed == plain and [len(t) for t in plain] == [40, 70, 50]
+    assert b.stepper.static and (b.stepper.call is None) == (path == "torch")
+    assert captures[:2] == [(2, 4), (3, 4)] and b.notes == []
+
+
+def test_rows_set_loaded_moved_or_copied_stay_in_the_steppers_one_state_buffer():
+    """What lets a CUDA graph record MinStepper's steps: its state is one buffer for good (C and torch's step write
+    it in place; rows are copied into it)."""
+    model = model_of("mingru", hidden=32)
+    st, other = MinStepper(model, 3), MinStepper(model, 3)
+    where = st.state.data_ptr()
+    for tok in ([1, 2, 3], [4, 5, 6]):
+        other.step(torch.tensor(tok))
+    st.step(torch.tensor([7, 8, 9]))
+    row = other.state[:, 1:2].clone()
+    st.load(0, row)
+    st.zero(2)
+    st.move(0, 1)
+    assert torch.equal(st.state[:, 1], row[:, 0]) and not st.state[:, 2].any()
+    st.copy_rows(other, 2)
+    assert torch.equal(st.state[:, :2], other.state[:, :2])
+    st.load_state(row)
+    assert torch.equal(st.state, row.expand(-1, 3, -1))
+    assert st.state.data_ptr() == where and st.state.is_contiguous()
 
 
 def test_bad_ids_and_many_rows():

@@ -1,6 +1,5 @@
 """Sampling: the fast stepper against the full forward, decoding filters, and the `sample` command end to end."""
 
-import contextlib
 import math
 import os
 import subprocess
@@ -11,6 +10,8 @@ from typing import List
 import pytest
 import torch
 from typer.testing import CliRunner
+
+from conftest import fake_cuda
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
@@ -291,41 +292,6 @@ def test_a_block_of_tokens_writes_what_one_token_at_a_time_writes(ckpt, opts):
     sampler = Sampler(model, tok, SampleConfig(separator="|", **opts), torch.device("cpu"), 4, graphs=False)
     text = "".join(sampler)
     assert text.split("|") == one_token_at_a_time(model, tok, sampler) and sampler.chars > 0
-
-
-class FakeGraph:
-    """Stands in for torch.cuda.CUDAGraph off CUDA: replay runs the body that was recorded."""
-    body = None
-
-    def replay(self):
-        self.body()
-
-
-def fake_cuda(monkeypatch, fail_capture=None):
-    """torch.cuda's stream and graph calls as no-ops, so Batcher._capture runs on the CPU: its warm-up and its
-    capture both really run the block body (a real capture would not), which the undo must cover."""
-    stream = SimpleNamespace(wait_stream=lambda other: None)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-
-    @contextlib.contextmanager
-    def graph(g):
-        yield
-        if fail_capture:
-            raise RuntimeError(fail_capture)
-    monkeypatch.setattr(torch.cuda, "graph", graph)
-    real, captures = Batcher._capture, []
-
-    def capture(self, n, k):
-        g = real(self, n, k)
-        g.body = lambda: self._body(n, k)
-        captures.append((n, k))
-        return g
-    monkeypatch.setattr(Batcher, "_capture", capture)
-    monkeypatch.setattr(Batcher, "_records", lambda self: self.graphs)  # as on a CUDA device
-    return captures
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -54,9 +54,12 @@ class MinStepper(ModuleStepper):
     one-token step (the module doc): torch operations, or with the C library one call."""
 
     blocks = None  # one stream in C: a block of tokens in one call (`draw_block`), where the library has the noise
+    static = True  # every step (torch's or C's) writes the state in place, and rows are copied into it (`_set`): a
+    # CUDA graph may record the steps, as the LSTM's FastStepper
 
     def __init__(self, model: MinRNN, batch: int, banned=(), int8: bool = False):
         super().__init__(model, batch, banned)
+        self.state = self.state.contiguous()  # (the one buffer from here on: C reads it as laid out)
         with torch.no_grad():
             self.table = model.inp(model.embed.weight).detach().contiguous()  # (V, D): embed then inp, every token
             self.layers = [(block.cell, *_fold_norm(block.norm, block.gates),
@@ -162,13 +165,12 @@ class MinStepper(ModuleStepper):
             raise IndexError("MinStepper.step: a token id outside the vocabulary")
 
     def _ready(self, tok: torch.Tensor) -> torch.Tensor:
-        """The ids as C reads them (contiguous int64, one per row), and the state contiguous."""
+        """The ids as C reads them (contiguous int64, one per row). (The state is contiguous: made so at the
+        start, and rows are copied into it.)"""
         if tok.dtype != torch.long or not tok.is_contiguous() or tok.shape != (self.B,):  # (the Batcher's are)
             if tok.numel() != self.B:
                 raise ValueError(f"MinStepper.step: {tok.numel()} token ids for {self.B} rows")
             tok = tok.reshape(self.B).to(torch.long).contiguous()
-        if not self.state.is_contiguous():  # (rows that joined or moved may leave a strided state)
-            self.state = self.state.contiguous()
         return tok
 
 

@@ -327,7 +327,7 @@ class ModuleStepper:
 
     def load_state(self, state) -> None:
         """The model's own state of one row, repeated over the batch."""
-        self.state = self.ops.repeat(self.ops.detach(state), self.B)
+        self._set(self.ops.repeat(self.ops.detach(state), self.B))
 
     def load(self, slot: int, state) -> None:
         """Set row `slot` to the model's state `state` (batch 1; None: the zero state)."""
@@ -335,7 +335,7 @@ class ModuleStepper:
         row = ops.map(ops.narrow(self.state, slot, 1), lambda t, axis: torch.zeros_like(t)) if state is None \
             else ops.detach(state)
         after = ops.narrow(self.state, slot + 1, self.B - slot - 1)
-        self.state = ops.cat([ops.narrow(self.state, 0, slot), row, after])
+        self._set(ops.cat([ops.narrow(self.state, 0, slot), row, after]))
 
     def zero(self, slot: int) -> None:
         self.load(slot, None)
@@ -343,10 +343,19 @@ class ModuleStepper:
     def move(self, src: int, dst: int) -> None:
         index = torch.arange(self.B)
         index[dst] = src
-        self.state = self.ops.select(self.state, index)
+        self._set(self.ops.select(self.state, index))
 
     def copy_rows(self, other: "ModuleStepper", k: int) -> None:
-        self.state = self.ops.cat([self.ops.narrow(other.state, 0, k), self.ops.narrow(self.state, k, self.B - k)])
+        self._set(self.ops.cat([self.ops.narrow(other.state, 0, k), self.ops.narrow(self.state, k, self.B - k)]))
+
+    def _set(self, state) -> None:
+        """The rows' new state. A `static` stepper (one whose step writes its state in place) keeps its buffers:
+        the new values are copied into them, so a recorded CUDA graph still reads and writes the live state."""
+        if not self.static:
+            self.state = state
+            return
+        for mine, new in zip(self.ops.pack(self.state), self.ops.pack(state)):
+            mine.copy_(new)
 
     def state_tensors(self) -> List[torch.Tensor]:
         return self.ops.pack(self.state)
