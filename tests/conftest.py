@@ -1,7 +1,9 @@
 """Shared fixtures and helpers: a tiny corpus the tests write themselves, a tiny trained run, the environment
 for charnn subprocesses, and the checks a one-line error must pass."""
 
+import asyncio
 import contextlib
+import json
 import os
 import random
 import socket
@@ -164,3 +166,29 @@ def fake_cuda(monkeypatch, fail_capture=None):
     monkeypatch.setattr(Batcher, "_capture", capture)
     monkeypatch.setattr(Batcher, "_records", lambda self: self.graphs)  # as on a CUDA device
     return captures
+
+
+async def asgi_post(app, path: str, payload: dict):
+    """One HTTP request through the ASGI app in this process (status, body), with its lifespan around it."""
+    body, sent = json.dumps(payload).encode(), []
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
+    requested = False
+
+    async def receive():
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)  # the client stays connected until the answer is complete
+
+    async def send(message):
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), 120)
+    app.state.server.close()  # what the app's lifespan does at shutdown: its engines stop
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")

@@ -9,7 +9,7 @@ import math
 import bag_kind
 import pytest
 import torch
-from conftest import drain, make_text
+from conftest import asgi_post, drain, make_text
 
 import charnn
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
@@ -133,37 +133,11 @@ def test_the_toy_kind_serves(bag_run):
     out, _ = bag_run
     model = charnn.load(out / "bag", device="cpu")
     app = create_app({"bag": model}, ServeConfig())
-    status, body = asyncio.run(post(app, "/v1/completions", {"model": "bag", "prompt": "the ", "max_tokens": 20,
+    status, body = asyncio.run(asgi_post(app, "/v1/completions", {"model": "bag", "prompt": "the ", "max_tokens": 20,
                                                              "temperature": 0}))
     assert status == 200, body
     answer = json.loads(body)
     assert answer["choices"][0]["text"] == greedy(model, "the ", 20)
-
-
-async def post(app, path: str, payload: dict):
-    """One HTTP request through the ASGI app in this process (status, body), with its lifespan around it."""
-    body, sent = json.dumps(payload).encode(), []
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
-                         (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
-    requested = False
-
-    async def receive():
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.sleep(3600)  # the client stays connected until the answer is complete
-
-    async def send(message):
-        sent.append(message)
-
-    await asyncio.wait_for(app(scope, receive, send), 120)
-    app.state.server.close()  # what the app's lifespan does at shutdown: its engines stop
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
 # -- charnn's own kinds ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`charnn serve` as clients meet it: a real uvicorn server in a subprocess on a free port, driven by the official
 `openai` client and by raw HTTP (exact SSE bytes, error shapes), with concurrent and disconnecting clients."""
 
+import asyncio
 import http.client
 import json
 import subprocess
@@ -12,7 +13,7 @@ import urllib.request
 
 import pytest
 import torch
-from conftest import free_port, one_line_error, subprocess_env
+from conftest import asgi_post, free_port, one_line_error, subprocess_env
 
 from charnn.text.tokenizer import start_id
 
@@ -217,6 +218,109 @@ def test_exact_server_sent_event_bytes(server, trained_run):
     assert [ch["choices"][0]["finish_reason"] for ch in chunks][-1] == "length"
     assert "".join(ch["choices"][0]["text"] for ch in chunks) == \
         server.client().completions.create(**{k: v for k, v in body.items() if k != "stream"}).choices[0].text
+
+
+def test_chat_completions_continue_the_messages_as_text(server, trained_run):
+    """/v1/chat/completions through the openai client: the messages' text, one message a line, is the prompt and
+    the reply starts on the next line (greedy, the same text as /v1/completions of that prompt); a last assistant
+    message is continued; content as text parts; max_completion_tokens; n choices."""
+    client, model_name = server.client(), name(trained_run)
+    messages = [{"role": "system", "content": "the cat"}, {"role": "user", "content": "sat on"}]
+
+    def completion(prompt, n):
+        return client.completions.create(model=model_name, prompt=prompt, max_tokens=n, temperature=0).choices[0].text
+    r = client.chat.completions.create(model=model_name, messages=messages, max_tokens=40, temperature=0)
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == model_name
+    c = r.choices[0]
+    assert c.message.role == "assistant" and c.finish_reason == "length" and c.index == 0 and c.logprobs is None
+    assert c.message.content == completion("the cat\nsat on\n", 40)
+    assert r.usage.prompt_tokens == len("the cat\nsat on\n") and r.usage.completion_tokens == 40
+    parts = [{"role": "user", "content": [{"type": "text", "text": "the "}, {"type": "text", "text": "cat"}]},
+             {"role": "assistant", "content": "a dog"}]  # the assistant's turn is continued, not closed
+    r = client.chat.completions.create(model=model_name, messages=parts, max_completion_tokens=25, temperature=0)
+    assert r.choices[0].message.content == completion("the cat\na dog", 25)
+    r = client.chat.completions.create(model=model_name, messages=messages, max_tokens=30, n=3, seed=4, stop=["\n"])
+    assert sorted(c.index for c in r.choices) == [0, 1, 2] and len({c.message.content for c in r.choices}) == 3
+    assert all("\n" not in c.message.content for c in r.choices)
+    unlimited = client.chat.completions.create(model=model_name, messages=messages, seed=1)  # (no max_tokens)
+    assert len(unlimited.choices[0].message.content) == 256  # protocol.DEFAULT_CHAT_MAX_TOKENS
+
+
+def test_chat_streams_deltas_a_role_first_and_usage_last(server, trained_run):
+    client, kw = server.client(), dict(model=name(trained_run), messages=[{"role": "user", "content": "the"}],
+                                       max_tokens=60, temperature=0.8, seed=6, n=2)
+    whole = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    assert all(ch.object == "chat.completion.chunk" and ch.id == chunks[0].id for ch in chunks)
+    assert [(c.index, c.delta.role, c.delta.content) for c in chunks[0].choices] == [(0, "assistant", ""),
+                                                                                    (1, "assistant", "")]
+    texts, finish = ["", ""], [None, None]
+    for ch in chunks[1:-1]:
+        for c in ch.choices:
+            assert c.delta.role is None and finish[c.index] is None
+            texts[c.index] += c.delta.content or ""
+            finish[c.index] = c.finish_reason
+    assert texts == [c.message.content for c in sorted(whole.choices, key=lambda c: c.index)]
+    assert finish == ["length", "length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 120
+    status, headers, raw = server.request("POST", "/v1/chat/completions", {**kw, "stream": True, "n": 1})
+    events = raw.decode().split("\n\n")
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert events[-2:] == ["data: [DONE]", ""]
+    for e in events[:-2]:
+        ch = json.loads(e.removeprefix("data: "))
+        assert set(ch) == {"id", "object", "created", "model", "choices"}
+        assert [set(c) for c in ch["choices"]] == [{"index", "delta", "logprobs", "finish_reason"}]
+
+
+@pytest.mark.parametrize("body, param, words", [
+    ({"messages": []}, "messages", ["non-empty array"]),
+    ({"messages": "the"}, "messages", ["array"]),
+    ({"messages": [{"role": "user"}]}, "messages", ["messages[0].content"]),
+    ({"messages": [{"role": "bot", "content": "x"}]}, "messages", ["messages[0].role", "user"]),
+    ({"messages": [{"role": "user", "content": "x", "extra": 1}]}, "messages", ["'extra'"]),
+    ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages", ["tool"]),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]},
+     "messages", ["text parts"]),
+    ({"messages": [{"role": "user", "content": "the \u00e9 cat"}]}, "messages", ["'\u00e9'"]),
+    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools", ["tools"]),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs", ["/v1/completions"]),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
+     "response_format", ["text"]),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "max_completion_tokens": 4},
+     "max_completion_tokens", ["differ"]),
+    ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 2000000}, "max_completion_tokens",
+     ["1000000"]),
+    ({"messages": [{"role": "user", "content": "x"}], "prompt": "the"}, "prompt", ["unknown"]),
+    ({"messages": [{"role": "user", "content": "x"}], "echo": True}, "echo", ["unknown"]),
+])
+def test_chat_request_errors_name_their_field(server, body, param, words):
+    got, headers, raw = server.request("POST", "/v1/chat/completions", body)
+    err = json.loads(raw)["error"]
+    assert got == 400 and headers["content-type"] == "application/json" and err["param"] == param
+    for w in words:
+        assert w in err["message"], err
+
+
+def test_a_model_without_line_breaks_chats_with_spaces_between_messages(tmp_path):
+    """A model trained on text with no newline cannot read one: its chat prompt joins the messages with spaces."""
+    from charnn.api.model import Model
+    from charnn.config import ModelConfig
+    from charnn.models.lm import CharRNN
+    from charnn.serve.app import create_app
+    from charnn.serve.config import ServeConfig
+    from charnn.text.tokenizer import CharTokenizer
+
+    torch.manual_seed(0)
+    tok = CharTokenizer(list("abcdehtk "))
+    model = Model(CharRNN(ModelConfig(vocab_size=tok.vocab_size, layers=1, hidden=16, embed=8)), tok,
+                  torch.device("cpu"), tmp_path / "flat.pt")
+    chat = {"model": "flat", "messages": [{"role": "user", "content": "the"}, {"role": "user", "content": "cat"}],
+            "max_tokens": 30, "temperature": 0}
+    status, body = asyncio.run(asgi_post(create_app({"flat": model}, ServeConfig()), "/v1/chat/completions", chat))
+    assert status == 200, body
+    assert json.loads(body)["choices"][0]["message"]["content"] == model.generate("the cat ", length=30,
+                                                                                 temperature=0)
 
 
 def test_sixteen_concurrent_streams_get_their_lengths(server, trained_run):

@@ -47,11 +47,11 @@ def model(trained_run):
     return charnn.load(trained_run.run_dir, device="cpu")
 
 
-def post(server, body, headers=None, timeout=30):
-    """(status, headers, body bytes) of one POST /v1/completions; `body` as bytes is sent as it is."""
+def post(server, body, headers=None, timeout=30, path="/v1/completions"):
+    """(status, headers, body bytes) of one POST to `path`; `body` as bytes is sent as it is."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
     data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
-    conn.request("POST", "/v1/completions", body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    conn.request("POST", path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
     r = conn.getresponse()
     out = r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     conn.close()
@@ -299,6 +299,80 @@ def test_garbage_bodies_are_400s_in_openais_json(served, raw):
         assert status in (200, 400, 404), (raw, body)
         if status != 200:
             openai_error(status, headers, body)
+
+
+CHAT_VALID = {**{k: v for k, v in VALID.items() if k not in ("echo", "best_of", "suffix", "logprobs")},
+              "max_completion_tokens": VALID["max_tokens"],
+              "logprobs": lambda v: v is None or v is False,
+              "top_logprobs": lambda v: v is None or (_integer(v) and v == 0),
+              "tools": lambda v: v is None or v == [],
+              "tool_choice": lambda v: v is None or v in ("none", "auto"),
+              "parallel_tool_calls": lambda v: v is None or isinstance(v, bool),
+              "response_format": lambda v: v is None or v == {"type": "text"}}
+CHAT = "/v1/chat/completions"
+
+
+def _chat_text(messages):
+    """What the chat endpoint must make of `messages` (OpenAI's shapes, the text parts charnn reads): the prompt,
+    or None where it must answer 400 naming `messages`."""
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        return None
+    texts = []
+    for m in messages:
+        role, content = m.get("role"), m.get("content")
+        if m.get("tool_calls") or m.get("function_call") or set(m) - {"role", "content", "name", "tool_calls",
+                                                                      "function_call", "refusal"}:
+            return None
+        if role not in ("system", "developer", "user", "assistant") or not isinstance(m.get("name", ""), (str,
+                                                                                                        type(None))):
+            return None
+        if isinstance(content, list) and all(isinstance(part, dict) and set(part) == {"type", "text"}
+                                             and part["type"] == "text" and isinstance(part["text"], str)
+                                             for part in content):
+            content = "".join(part["text"] for part in content)
+        if content is None and role == "assistant":
+            content = ""
+        if not isinstance(content, str):
+            return None
+        texts.append(content)
+    return "\n".join(texts) + ("" if messages[-1]["role"] == "assistant" else "\n")
+
+
+messages_st = json_values | st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system", "developer", "tool", "bot"]) | json_values},
+    optional={"content": st.text("the cat\n", max_size=6) | json_values
+              | st.lists(st.fixed_dictionaries({"type": st.just("text") | json_values,
+                                                "text": st.text("the ", max_size=4) | json_values}), max_size=3),
+              "name": st.text(max_size=3) | json_values, "tool_calls": json_values}), max_size=4)
+
+
+@FUZZ
+@given(messages=messages_st)
+def test_chat_messages_take_exactly_their_shape(served, trained_run, model, messages):
+    """A chat's messages: whatever JSON arrives is a 200 with one choice, or a 400 naming `messages`."""
+    text = _chat_text(messages)
+    status, headers, raw = post(served, {"messages": messages, "max_tokens": 3}, path=CHAT)
+    if text is None or model.tokenizer.unknown(text):
+        assert status == 400 and openai_error(status, headers, raw)["param"] == "messages", (messages, raw)
+    else:
+        reply = json.loads(raw)
+        assert status == 200 and reply["object"] == "chat.completion", (messages, raw)
+        assert len(reply["choices"]) == 1 and len(reply["choices"][0]["message"]["content"]) == 3
+
+
+@FUZZ
+@given(field=st.sampled_from(sorted(CHAT_VALID)), value=json_values)
+def test_every_chat_field_takes_exactly_its_json_type(served, trained_run, field, value):
+    body = {"messages": [{"role": "user", "content": "the"}], field: value}
+    if field not in ("max_tokens", "max_completion_tokens"):
+        body["max_tokens"] = 5
+    status, headers, raw = post(served, body, path=CHAT)
+    if CHAT_VALID[field](value) and body.get("stream"):
+        assert status == 200 and raw.rstrip().endswith(b"data: [DONE]") and b'"error"' not in raw
+    elif CHAT_VALID[field](value):
+        assert status == 200 and len(json.loads(raw)["choices"]) == (body.get("n") or 1), (body, raw[:300])
+    else:
+        assert status == 400 and openai_error(status, headers, raw)["param"] == field, (body, raw[:300])
 
 
 @pytest.mark.parametrize("raw, words", [

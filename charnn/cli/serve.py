@@ -57,7 +57,8 @@ def serve(
                                                       "`charnn sample --int8` (faster; a close approximation of "
                                                       "the model). Scoring (logprobs) stays exact.")] = False,
 ):
-    """Serve models over HTTP: OpenAI's /v1/completions (streaming, continuous batching) and a playground at /."""
+    """Serve models over HTTP: OpenAI's /v1/completions and /v1/chat/completions (streaming, continuous
+    batching) and a playground at /."""
     with user_errors("serve"):
         try:
             import starlette  # noqa: F401  the serve extra: checked here, since the server imports them late

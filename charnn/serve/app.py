@@ -1,5 +1,6 @@
-"""The ASGI app: /v1/completions (OpenAI's shapes, streamed as server-sent events), /v1/models, /health, and
-the playground page at /. Every error answers in OpenAI's JSON; the model's work happens in `Engine` threads."""
+"""The ASGI app: /v1/completions and /v1/chat/completions (OpenAI's shapes, streamed as server-sent events),
+/v1/models, /health, and the playground page at /. Every error answers in OpenAI's JSON; the model's work happens
+in `Engine` threads."""
 
 from __future__ import annotations
 
@@ -90,6 +91,13 @@ class Server:
                      code="model_not_found")
 
     async def completions(self, request: Request) -> Response:
+        return await self._complete(request, p.parse_request)
+
+    async def chat(self, request: Request) -> Response:
+        return await self._complete(request, p.parse_chat)
+
+    async def _complete(self, request: Request, parse) -> Response:
+        """Either endpoint: `parse` reads its body into a CompletionRequest; the rest is the same."""
         denied = self._denied(request)
         if denied:
             return denied
@@ -105,7 +113,7 @@ class Server:
             return error(408, f"the request body did not arrive within {self.cfg.timeout_body:g} s "
                               "(--timeout-body)", code="request_timeout", headers={"Connection": "close"})
         try:
-            req = p.parse_request(body, self.cfg.max_tokens_limit, self.cfg.max_batch)
+            req = parse(body, self.cfg.max_tokens_limit, self.cfg.max_batch)
         except ParamError as e:
             return error(400, str(e), param=e.param)
         name = req.model or next(iter(self.models))
@@ -116,11 +124,13 @@ class Server:
         if choices > self.cfg.max_batch:
             return error(400, f"{len(req.prompts)} prompts x n={req.params.n} is {choices} choices; this server "
                               f"generates at most {self.cfg.max_batch} at once", param="n")
+        if req.chat and model.tokenizer.unknown("\n"):  # (a model trained on text without line breaks)
+            req.prompts = [p.chat_prompt(req.turns, " ")]
         try:
             for text in req.prompts:
                 model.check_prompt(text)
         except ParamError as e:
-            return error(400, str(e), param="prompt")
+            return error(400, str(e), param="messages" if req.chat else "prompt")
         if req.scoring:
             return await self._score(request, req, name, model)
         rows = [spec for text in req.prompts for spec in replace(req.params, prompt=text).rows()]
@@ -174,13 +184,16 @@ class Server:
         try:
             if echoes:
                 yield p.sse(p.completion(req, name, [p.choice(i, t, None) for i, t in enumerate(echoes)], None))
+            if req.chat:  # (as OpenAI: a first chunk names the role)
+                yield p.sse(p.completion(req, name, [p.answer(req, i, "", None, first=True)
+                                                     for i in range(len(job.specs))], None))
             while left:
                 batch = await job.updates.get()
                 if batch and batch[-1][2] == FAILED:  # the status line is sent: say it in the stream, then stop
                     left = 0
                     yield p.sse(p.error_body(batch[-1][1], "server_error"))
                     break
-                choices = _merge(batch)
+                choices = _merge(req, batch)
                 left -= sum(1 for c in choices if c["finish_reason"])
                 yield p.sse(p.completion(req, name, choices, None))
             if req.include_usage:
@@ -216,18 +229,18 @@ class Server:
         finally:
             if left:
                 engine.cancel(job)
-        choices = [p.choice(i, t, f) for i, (t, f) in enumerate(zip(texts, finish))]
+        choices = [p.answer(req, i, t, f) for i, (t, f) in enumerate(zip(texts, finish))]
         return JSONResponse(p.completion(req, name, choices, p.usage(prompt_tokens, job.tokens)))
 
 
-def _merge(batch) -> List[dict]:
+def _merge(req: p.CompletionRequest, batch) -> List[dict]:
     """One choice entry per index: its pieces joined, its finish_reason if it finished."""
-    merged: Dict[int, dict] = {}
+    merged: Dict[int, list] = {}
     for i, piece, reason in batch:
-        c = merged.setdefault(i, p.choice(i, "", None))
-        c["text"] += piece
-        c["finish_reason"] = reason or c["finish_reason"]
-    return list(merged.values())
+        c = merged.setdefault(i, ["", None])
+        c[0] += piece
+        c[1] = reason or c[1]
+    return [p.answer(req, i, text, reason) for i, (text, reason) in merged.items()]
 
 
 def _scored(req: p.CompletionRequest, name: str, model: Model) -> bytes:
@@ -307,7 +320,8 @@ def create_app(models: Dict[str, Model], cfg: ServeConfig) -> Starlette:
 
     routes = [Route("/", server.playground), Route("/health", server.health),
               Route("/v1/models", server.list_models), Route("/v1/models/{name:path}", server.get_model),
-              Route("/v1/completions", server.completions, methods=["POST"])]
+              Route("/v1/completions", server.completions, methods=["POST"]),
+              Route("/v1/chat/completions", server.chat, methods=["POST"])]
     middleware = [Middleware(HostGuard, allow_hosts=cfg.allow_hosts, listen_host=cfg.host,
                              cors_origins=cfg.cors_origins)]  # first: the outermost, before CORS and routing
     if cfg.cors_origins:

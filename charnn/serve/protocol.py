@@ -1,8 +1,13 @@
-"""OpenAI's completions API, as shapes: a request body -> checked settings, and the JSON the server answers with.
+"""OpenAI's completions and chat completions APIs, as shapes: a request body -> checked settings, and the JSON the
+server answers with.
 
-Only what `/v1/completions` defines is read; `top_k` is the one extra (the openai client sends it through
-`extra_body`). `max_tokens` counts characters, whatever the tokenizer. A prompt may be a string or a list of
-strings; each gets `n` choices, numbered prompt by prompt as OpenAI does.
+Only what `/v1/completions` and `/v1/chat/completions` define is read; `top_k` is the one extra (the openai client
+sends it through `extra_body`). `max_tokens` counts characters, whatever the tokenizer. A prompt may be a string or
+a list of strings; each gets `n` choices, numbered prompt by prompt as OpenAI does.
+
+A character model has no chat template: a chat's prompt is its messages' text, one message a line, and the reply
+starts on the next line; a last assistant message is continued instead (`chat_prompt`; a space stands for the line
+break where the model's vocabulary has none).
 """
 
 from __future__ import annotations
@@ -11,16 +16,20 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from charnn.api.params import GenerationParams, ParamError
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 MAX_DEPTH = 16  # JSON nesting a request may have (OpenAI's deepest field is 2 levels down)
 MAX_LOGPROBS = 5  # OpenAI's largest `logprobs` for /v1/completions
-KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream",
-         "stream_options", "echo", "logprobs", "user", "frequency_penalty", "presence_penalty", "best_of",
-         "logit_bias", "suffix"}
+SHARED = {"model", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream", "stream_options",
+          "logprobs", "user", "frequency_penalty", "presence_penalty", "logit_bias"}
+KNOWN = SHARED | {"prompt", "echo", "best_of", "suffix"}
+CHAT_KNOWN = SHARED | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice",
+                       "parallel_tool_calls"}
+DEFAULT_CHAT_MAX_TOKENS = 256  # OpenAI's chat has no default but the model's context; a character model has none
+ROLES = ("system", "developer", "user", "assistant")
 
 
 @dataclass
@@ -32,6 +41,8 @@ class CompletionRequest:
     include_usage: bool = False
     echo: bool = False
     logprobs: Optional[int] = None
+    chat: bool = False  # /v1/chat/completions: its answers' shapes (`message`, `delta`)
+    turns: Optional[Tuple[List[str], bool]] = None  # a chat's messages' texts, and whether the last is continued
     id: str = field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -44,48 +55,136 @@ class CompletionRequest:
 def parse_request(body: bytes, max_tokens_limit: int, max_n: int) -> CompletionRequest:
     """The request body -> a CompletionRequest; ParamError (HTTP 400) names whatever is wrong. Every field's
     JSON type is checked exactly: `true` is not a number, `5` is not a list of stop strings."""
-    data = _json(body)
-    if not isinstance(data, dict):
-        raise ParamError("the request body must be a JSON object")
-    unknown = sorted(set(data) - KNOWN)
-    if unknown:
-        raise ParamError(f"unknown parameter {unknown[0]!r}", unknown[0])
-    model = _typed(data, "model", str, "a string")
-    _typed(data, "user", str, "a string")
+    data = _object(body, KNOWN)
     prompt = data.get("prompt", "")
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ParamError("`prompt` must be a string or a non-empty list of strings (token ids are not accepted)",
                          "prompt")
+    if _typed(data, "best_of", int, "an integer") not in (None, 1):
+        raise ParamError("`best_of` is not supported (only 1)", "best_of")
+    if _typed(data, "suffix", str, "a string"):
+        raise ParamError("`suffix` is not supported", "suffix")
+    logprobs = data.get("logprobs")
+    if logprobs is not None and not (_integer(logprobs) and 0 <= logprobs <= MAX_LOGPROBS):
+        raise ParamError(f"`logprobs` must be an integer from 0 to {MAX_LOGPROBS}", "logprobs")
+    req = _request(data, prompts, data.get("max_tokens"), DEFAULT_MAX_TOKENS, max_tokens_limit, max_n)
+    req.echo, req.logprobs = bool(_typed(data, "echo", bool, "true or false")), logprobs
+    if logprobs is not None and not req.scoring:
+        raise ParamError("`logprobs` is supported for scoring a prompt only: with `echo: true` and "
+                         "`max_tokens: 0`", "logprobs")
+    if req.scoring and req.stream:
+        raise ParamError("scoring (`echo` with `max_tokens: 0` and `logprobs`) cannot be streamed", "stream")
+    return req
+
+
+def parse_chat(body: bytes, max_tokens_limit: int, max_n: int) -> CompletionRequest:
+    """A /v1/chat/completions body -> a CompletionRequest (`chat`) whose one prompt is `chat_prompt` of its
+    messages; ParamError (HTTP 400) as parse_request. What a character model cannot do (tools, images, log-
+    probabilities, a JSON answer) is refused by name, its neutral values (false, [], "none", text) accepted."""
+    data = _object(body, CHAT_KNOWN)
+    turns = chat_turns(data.get("messages"))
+    if _typed(data, "logprobs", bool, "true or false"):
+        raise ParamError("`logprobs` is not supported for chat completions (score text with /v1/completions: "
+                         "`echo`, `max_tokens: 0`, `logprobs`)", "logprobs")
+    if _typed(data, "top_logprobs", int, "an integer") not in (None, 0):
+        raise ParamError("`top_logprobs` is not supported", "top_logprobs")
+    if _typed(data, "tools", list, "an array"):
+        raise ParamError("`tools` are not supported: a character model does not call functions", "tools")
+    if data.get("tool_choice") not in (None, "none", "auto"):
+        raise ParamError("`tool_choice` is not supported (only \"none\")", "tool_choice")
+    _typed(data, "parallel_tool_calls", bool, "true or false")
+    form = _typed(data, "response_format", dict, "an object")
+    if form is not None and form != {"type": "text"}:
+        raise ParamError("`response_format` is not supported (only {\"type\": \"text\"})", "response_format")
+    limit, old = data.get("max_completion_tokens"), data.get("max_tokens")
+    if limit is not None and old is not None and limit != old:
+        raise ParamError("`max_tokens` and `max_completion_tokens` differ: send one", "max_completion_tokens")
+    req = _request(data, [chat_prompt(turns)], old if limit is None else limit, DEFAULT_CHAT_MAX_TOKENS,
+                   max_tokens_limit, max_n, "max_tokens" if limit is None else "max_completion_tokens")
+    req.chat, req.turns, req.id = True, turns, "chatcmpl-" + req.id.removeprefix("cmpl-")
+    return req
+
+
+def chat_prompt(turns: Tuple[List[str], bool], newline: str = "\n") -> str:
+    """The messages' text as the model's prompt: each message on its own line, then a new line for the reply; a
+    last assistant message is continued, not closed. (`newline`: what stands for a line break.)"""
+    texts, continued = turns
+    return newline.join(texts) + ("" if continued else newline)
+
+
+def chat_turns(messages) -> Tuple[List[str], bool]:
+    """The messages' texts (a content string, or its text parts joined) and whether the last is the assistant's
+    (to be continued); ParamError for anything else."""
+    if not isinstance(messages, list) or not messages:
+        raise ParamError("`messages` must be a non-empty array of {\"role\", \"content\"} objects", "messages")
+    lines = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ParamError(f"`{where}` must be an object, not {_kind(m)}", "messages")
+        if m.get("tool_calls") or m.get("function_call") or m.get("role") in ("tool", "function"):
+            raise ParamError(f"`{where}`: tool and function messages are not supported", "messages")
+        extra = sorted(set(m) - {"role", "content", "name", "tool_calls", "function_call", "refusal"})
+        if extra:
+            raise ParamError(f"`{where}` has an unknown field {extra[0]!r}", "messages")
+        if m.get("role") not in ROLES:
+            raise ParamError(f"`{where}.role` must be one of {', '.join(ROLES)}", "messages")
+        _typed(m, "name", str, "a string", "messages")
+        lines.append(_content(m.get("content"), where, m["role"] == "assistant"))
+    return lines, messages[-1]["role"] == "assistant"
+
+
+def _content(content, where: str, assistant: bool) -> str:
+    if content is None and assistant:  # (an assistant turn that held only a refusal or tool calls)
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+        raise ParamError(f"`{where}.content` must be a string or an array of text parts", "messages")
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
+            raise ParamError(f"`{where}.content`: only text parts ({{\"type\": \"text\", \"text\": ...}}) are "
+                             "supported", "messages")
+    return "".join(part["text"] for part in content)
+
+
+def _object(body: bytes, known: set) -> dict:
+    """The body as a JSON object of `known` fields, with the fields both endpoints share checked by type."""
+    data = _json(body)
+    if not isinstance(data, dict):
+        raise ParamError("the request body must be a JSON object")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ParamError(f"unknown parameter {unknown[0]!r}", unknown[0])
+    _typed(data, "model", str, "a string")
+    _typed(data, "user", str, "a string")
     _unsupported(data)
+    return data
+
+
+def _request(data: dict, prompts: List[str], max_tokens, default: int, max_tokens_limit: int, max_n: int,
+             limit_name: str = "max_tokens") -> CompletionRequest:
+    """The settings both endpoints share, checked: sampling, n, stop, seed, the length, streaming."""
     opts = _typed(data, "stream_options", dict, "an object") or {}
     extra = sorted(set(opts) - {"include_usage"})
     if extra:
         raise ParamError(f"unknown stream option {extra[0]!r} (only include_usage)", "stream_options")
     include_usage = _typed(opts, "include_usage", bool, "true or false", "stream_options")
-    logprobs = data.get("logprobs")
-    if logprobs is not None and not (_integer(logprobs) and 0 <= logprobs <= MAX_LOGPROBS):
-        raise ParamError(f"`logprobs` must be an integer from 0 to {MAX_LOGPROBS}", "logprobs")
-    max_tokens = data.get("max_tokens")
-    params = GenerationParams(prompt="", length=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+    params = GenerationParams(prompt="", length=min(default, max_tokens_limit) if max_tokens is None else max_tokens,
                               temperature=_get(data, "temperature", 1.0), top_k=data.get("top_k"),
                               top_p=_get(data, "top_p", None), n=_get(data, "n", 1), stop=data.get("stop"),
                               seed=data.get("seed"))
     try:
         params.validate(max_length=max_tokens_limit, max_n=max_n)
     except ParamError as e:
-        raise ParamError(str(e).replace("`length`", "`max_tokens`"),
-                         "max_tokens" if e.param == "length" else e.param) from None
-    req = CompletionRequest(model, prompts, params, stream=bool(_typed(data, "stream", bool, "true or false")),
-                            include_usage=bool(include_usage), echo=bool(_typed(data, "echo", bool, "true or false")),
-                            logprobs=logprobs)
+        raise ParamError(str(e).replace("`length`", f"`{limit_name}`").replace("`max_tokens`", f"`{limit_name}`"),
+                         limit_name if e.param in ("length", "max_tokens") else e.param) from None
+    req = CompletionRequest(data.get("model"), prompts, params,
+                            stream=bool(_typed(data, "stream", bool, "true or false")),
+                            include_usage=bool(include_usage))
     if data.get("stream_options") is not None and not req.stream:  # (as OpenAI: it was accepted and ignored)
         raise ParamError("`stream_options` applies to a streamed answer: set `stream: true`", "stream_options")
-    if logprobs is not None and not req.scoring:
-        raise ParamError("`logprobs` is supported for scoring a prompt only: with `echo: true` and "
-                         "`max_tokens: 0`", "logprobs")
-    if req.scoring and req.stream:
-        raise ParamError("scoring (`echo` with `max_tokens: 0` and `logprobs`) cannot be streamed", "stream")
     return req
 
 
@@ -149,12 +248,8 @@ def _unsupported(data: dict) -> None:
             raise ParamError(f"`{name}` must be a number, not {_kind(value)}", name)
         if value not in (None, 0):
             raise ParamError(f"`{name}` is not supported (only 0)", name)
-    if _typed(data, "best_of", int, "an integer") not in (None, 1):
-        raise ParamError("`best_of` is not supported (only 1)", "best_of")
     if _typed(data, "logit_bias", dict, "an object"):
         raise ParamError("`logit_bias` is not supported (only {})", "logit_bias")
-    if _typed(data, "suffix", str, "a string"):
-        raise ParamError("`suffix` is not supported", "suffix")
 
 
 def _kind(value) -> str:
@@ -182,9 +277,22 @@ def choice(index: int, text: str, finish_reason: Optional[str], logprobs: Option
     return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
+def answer(req: CompletionRequest, index: int, text: str, finish_reason: Optional[str], first: bool = False) -> dict:
+    """One choice in the request's endpoint's shape: a completion's text; a chat's message, or in a stream its
+    delta (`first`: the one that names the role)."""
+    if not req.chat:
+        return choice(index, text, finish_reason)
+    if not req.stream:
+        return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None, "finish_reason": finish_reason}
+    delta = {"role": "assistant", "content": text} if first else {"content": text} if text else {}
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
 def completion(req: CompletionRequest, model: str, choices: List[dict], usage: Optional[dict]) -> dict:
-    """A whole response, or (with `usage` None and object text_completion) one streamed chunk."""
-    out = {"id": req.id, "object": "text_completion", "created": req.created, "model": model, "choices": choices}
+    """A whole response, or (with `usage` None and a streamed request) one streamed chunk."""
+    kind = ("chat.completion.chunk" if req.stream else "chat.completion") if req.chat else "text_completion"
+    out = {"id": req.id, "object": kind, "created": req.created, "model": model, "choices": choices}
     if usage is not None or not req.stream:
         out["usage"] = usage
     elif req.include_usage:
