@@ -97,6 +97,22 @@ def test_streamed_encoding_matches_encoding_the_whole_text(tmp_path, monkeypatch
         assert (data.train_chars, data.val_chars) == (len(train), len(val))
 
 
+@pytest.mark.parametrize("block", [1, 2, 64, sources.BLOCK_BYTES])
+def test_each_files_byte_order_mark_is_left_out(tmp_path, monkeypatch, block):
+    """Windows editors begin a UTF-8 file with a BOM; it was read as a character (in the vocabulary, and drawn
+    after every file's separator). Each file's leading one is left out, however the reads cut its three bytes;
+    a BOM inside the text stays (it is the text's)."""
+    monkeypatch.setattr(sources.read_chunks, "__defaults__", (block,))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("the cat\n" * 5, encoding="utf-8-sig")
+    (tmp_path / "d" / "b.txt").write_text("A DOG\ufeff\n" * 5, encoding="utf-8-sig")
+    data = prepare_corpus(load_corpus(str(tmp_path / "d")), TrainConfig(val_frac=0.1))
+    text = "the cat\n" * 5 + SEPARATOR + "A DOG\ufeff\n" * 5
+    train, val = split_text(text, 0.1)
+    assert data.tokenizer.decode(data.train_ids.tolist()) == train
+    assert data.tokenizer.decode(np.asarray(data.val_ids).tolist()) == val
+
+
 def test_ids_are_compact_and_unseen_validation_characters_are_counted(tmp_path):
     text = "abcabcabc" * 10 + "xyzzy"
     data = prepare([text], "utf-8", {"val_frac": 0.1}, CHAR)

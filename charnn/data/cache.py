@@ -23,7 +23,7 @@ import numpy as np
 from charnn.data.files import NO_SPACE, write_atomic, write_error, write_failed
 from charnn.errors import CharnnError
 
-FORMAT = 1  # bump when the layout of an entry changes
+FORMAT = 2  # bump when the layout of an entry or what is encoded changes (2: files' byte-order marks left out)
 HASH_BLOCK = 8 << 20
 HINT = "set CHARNN_CACHE to another folder"
 

@@ -133,14 +133,15 @@ def skip_or_raise(part: Part, e: Undecodable, index: int, skipped: list, on_even
 
 
 def read_chunks(part: Part, encoding: str, block: int = BLOCK_BYTES) -> Iterator[str]:
-    """The text of one part in chunks; raises Undecodable for a file that is not valid text."""
+    """The text of one part in chunks; raises Undecodable for a file that is not valid text. A file's leading
+    byte-order mark (Windows editors write one) is not text: left out, as `read_text` does."""
     if isinstance(part, str):
         for i in range(0, len(part), BLOCK_CHARS):
             yield part[i:i + BLOCK_CHARS]
         return
     path = part.path
     decoder = codecs.getincrementaldecoder(encoding)("strict")
-    offset = 0
+    offset, first = 0, True
     try:
         with open(path, "rb") as f:
             while True:
@@ -155,6 +156,8 @@ def read_chunks(part: Part, encoding: str, block: int = BLOCK_BYTES) -> Iterator
                     raise Undecodable(path, f"is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {at}") from None
                 except UnicodeError as e:  # (UTF-16 without a BOM: a plain UnicodeError, not a decode error)
                     raise Undecodable(path, f"is not valid {encoding}: {e}") from None
+                if first and text:  # the file's first character (a block of a few bytes may decode to none)
+                    first, text = False, text[1:] if text.startswith("\ufeff") else text
                 offset += len(data)
                 if text:
                     yield text
