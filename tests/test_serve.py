@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import asgi_post, free_port, one_line_error, subprocess_env
 
+from charnn.api.params import ParamError
 from charnn.text.tokenizer import start_id
 
 openai = pytest.importorskip("openai", reason="the openai client is in the dev extra: pip install -e '.[dev]'")
@@ -258,6 +259,7 @@ def test_chat_streams_deltas_a_role_first_and_usage_last(server, trained_run):
     for ch in chunks[1:-1]:
         for c in ch.choices:
             assert c.delta.role is None and finish[c.index] is None
+            assert (c.delta.content is None) == (c.finish_reason is not None)  # (OpenAI's: the reason comes alone)
             texts[c.index] += c.delta.content or ""
             finish[c.index] = c.finish_reason
     assert texts == [c.message.content for c in sorted(whole.choices, key=lambda c: c.index)]
@@ -291,6 +293,15 @@ def test_chat_streams_deltas_a_role_first_and_usage_last(server, trained_run):
      "max_completion_tokens", ["differ"]),
     ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 2000000}, "max_completion_tokens",
      ["1000000"]),
+    ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 1, "max_tokens": True}, "max_tokens",
+     ["integer"]),  # (was: true == 1, so the two "agreed")
+    ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 5.0, "max_tokens": 5},
+     "max_completion_tokens", ["integer"]),
+    ({"messages": [{"role": "assistant", "content": "x", "refusal": 5}]}, "messages", ["messages[0].refusal"]),
+    ({"messages": [{"role": "user", "content": "x", "name": ["a"]}]}, "messages", ["messages[0].name"]),
+    ({"messages": [{"role": "user", "content": "x", "tool_calls": 0}]}, "messages", ["tool"]),
+    ({"messages": [{"role": "user", "content": "x", "function_call": ""}]}, "messages", ["function"]),
+    ({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, "tool_choice", ["no tools"]),
     ({"messages": [{"role": "user", "content": "x"}], "prompt": "the"}, "prompt", ["unknown"]),
     ({"messages": [{"role": "user", "content": "x"}], "echo": True}, "echo", ["unknown"]),
 ])
@@ -300,6 +311,20 @@ def test_chat_request_errors_name_their_field(server, body, param, words):
     assert got == 400 and headers["content-type"] == "application/json" and err["param"] == param
     for w in words:
         assert w in err["message"], err
+
+
+def test_an_absent_max_tokens_is_its_default_or_the_servers_limit_if_lower():
+    """A server whose --max-tokens-limit is below the default answers up to its limit (as llama.cpp's --n-predict
+    caps a request's): it refused every request without max_tokens, naming a value the client never sent."""
+    from charnn.serve.protocol import DEFAULT_CHAT_MAX_TOKENS, DEFAULT_MAX_TOKENS, parse_chat, parse_request
+
+    chat = json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode()
+    assert parse_request(b'{"prompt": "x"}', 1000, 4).params.length == DEFAULT_MAX_TOKENS == 16
+    assert parse_request(b'{"prompt": "x"}', 8, 4).params.length == 8
+    assert parse_chat(chat, 1000, 4).params.length == DEFAULT_CHAT_MAX_TOKENS == 256
+    assert parse_chat(chat, 100, 4).params.length == 100
+    with pytest.raises(ParamError, match="at most 8"):  # (one asked for is still refused past the limit)
+        parse_request(b'{"prompt": "x", "max_tokens": 9}', 8, 4)
 
 
 def test_a_model_without_line_breaks_chats_with_spaces_between_messages(tmp_path):

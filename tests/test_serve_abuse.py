@@ -320,11 +320,12 @@ def _chat_text(messages):
     texts = []
     for m in messages:
         role, content = m.get("role"), m.get("content")
-        if m.get("tool_calls") or m.get("function_call") or set(m) - {"role", "content", "name", "tool_calls",
-                                                                      "function_call", "refusal"}:
+        if m.get("tool_calls") not in (None, []) or m.get("function_call") is not None:
+            return None  # (a tool call's neutral values only: absent, null, [])
+        if set(m) - {"role", "content", "name", "tool_calls", "function_call", "refusal"}:
             return None
-        if role not in ("system", "developer", "user", "assistant") or not isinstance(m.get("name", ""), (str,
-                                                                                                        type(None))):
+        if role not in ("system", "developer", "user", "assistant") or \
+                not all(isinstance(m.get(key, ""), (str, type(None))) for key in ("name", "refusal")):
             return None
         if isinstance(content, list) and all(isinstance(part, dict) and set(part) == {"type", "text"}
                                              and part["type"] == "text" and isinstance(part["text"], str)
@@ -343,7 +344,8 @@ messages_st = json_values | st.lists(st.fixed_dictionaries(
     optional={"content": st.text("the cat\n", max_size=6) | json_values
               | st.lists(st.fixed_dictionaries({"type": st.just("text") | json_values,
                                                 "text": st.text("the ", max_size=4) | json_values}), max_size=3),
-              "name": st.text(max_size=3) | json_values, "tool_calls": json_values}), max_size=4)
+              "name": st.text(max_size=3) | json_values, "refusal": st.text(max_size=3) | json_values,
+              "tool_calls": st.just([]) | json_values, "function_call": st.none() | json_values}), max_size=4)
 
 
 @FUZZ
@@ -361,11 +363,16 @@ def test_chat_messages_take_exactly_their_shape(served, trained_run, model, mess
 
 
 @FUZZ
-@given(field=st.sampled_from(sorted(CHAT_VALID)), value=json_values)
-def test_every_chat_field_takes_exactly_its_json_type(served, trained_run, field, value):
+@given(field=st.sampled_from(sorted(CHAT_VALID)), value=json_values, both=st.booleans())
+def test_every_chat_field_takes_exactly_its_json_type(served, trained_run, field, value, both):
+    """One field of any JSON value, the others valid; `both`: max_tokens and max_completion_tokens both sent, the
+    other one valid (was: `true` passed beside 1, as Python's true == 1)."""
     body = {"messages": [{"role": "user", "content": "the"}], field: value}
-    if field not in ("max_tokens", "max_completion_tokens"):
+    limits = ("max_tokens", "max_completion_tokens")
+    if field not in limits:
         body["max_tokens"] = 5
+    elif both and not _integer(value):  # (a non-integer beside a valid one: its own type is what is wrong)
+        body[limits[field == "max_tokens"]] = 5
     status, headers, raw = post(served, body, path=CHAT)
     if CHAT_VALID[field](value) and body.get("stream"):
         assert status == 200 and raw.rstrip().endswith(b"data: [DONE]") and b'"error"' not in raw

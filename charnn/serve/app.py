@@ -122,8 +122,9 @@ class Server:
         model = self.models[name]
         choices = len(req.prompts) * req.params.n
         if choices > self.cfg.max_batch:
-            return error(400, f"{len(req.prompts)} prompts x n={req.params.n} is {choices} choices; this server "
-                              f"generates at most {self.cfg.max_batch} at once", param="n")
+            asked = f"n={req.params.n}" if req.chat else f"{len(req.prompts)} prompts x n={req.params.n} is {choices}"
+            return error(400, f"{asked} choices; this server generates at most {self.cfg.max_batch} at once",
+                         param="n")
         if req.chat and model.tokenizer.unknown("\n"):  # (a model trained on text without line breaks)
             req.prompts = [p.chat_prompt(req.turns, " ")]
         try:
@@ -193,9 +194,16 @@ class Server:
                     left = 0
                     yield p.sse(p.error_body(batch[-1][1], "server_error"))
                     break
-                choices = _merge(req, batch)
-                left -= sum(1 for c in choices if c["finish_reason"])
-                yield p.sse(p.completion(req, name, choices, None))
+                merged = _merge(batch)
+                left -= sum(1 for _, _, reason in merged if reason)
+                if req.chat:  # as OpenAI: a choice's text, then its finish_reason in a chunk of its own
+                    chunks = [[p.answer(req, i, text, None) for i, text, _ in merged if text],
+                              [p.answer(req, i, "", reason) for i, _, reason in merged if reason]]
+                else:
+                    chunks = [[p.answer(req, i, text, reason) for i, text, reason in merged]]
+                for choices in chunks:
+                    if choices:
+                        yield p.sse(p.completion(req, name, choices, None))
             if req.include_usage:
                 yield p.sse(p.completion(req, name, [], p.usage(prompt_tokens, job.tokens)))
             yield p.sse("[DONE]")
@@ -233,14 +241,14 @@ class Server:
         return JSONResponse(p.completion(req, name, choices, p.usage(prompt_tokens, job.tokens)))
 
 
-def _merge(req: p.CompletionRequest, batch) -> List[dict]:
-    """One choice entry per index: its pieces joined, its finish_reason if it finished."""
+def _merge(batch) -> List[tuple]:
+    """(index, text, finish_reason or None) per index: its pieces joined, its finish_reason if it finished."""
     merged: Dict[int, list] = {}
     for i, piece, reason in batch:
         c = merged.setdefault(i, ["", None])
         c[0] += piece
         c[1] = reason or c[1]
-    return [p.answer(req, i, text, reason) for i, (text, reason) in merged.items()]
+    return [(i, text, reason) for i, (text, reason) in merged.items()]
 
 
 def _scored(req: p.CompletionRequest, name: str, model: Model) -> bytes:

@@ -92,12 +92,15 @@ def parse_chat(body: bytes, max_tokens_limit: int, max_n: int) -> CompletionRequ
     if _typed(data, "tools", list, "an array"):
         raise ParamError("`tools` are not supported: a character model does not call functions", "tools")
     if data.get("tool_choice") not in (None, "none", "auto"):
-        raise ParamError("`tool_choice` is not supported (only \"none\")", "tool_choice")
+        raise ParamError("`tool_choice` is not supported (only \"none\" or \"auto\": no tools)", "tool_choice")
     _typed(data, "parallel_tool_calls", bool, "true or false")
     form = _typed(data, "response_format", dict, "an object")
     if form is not None and form != {"type": "text"}:
         raise ParamError("`response_format` is not supported (only {\"type\": \"text\"})", "response_format")
     limit, old = data.get("max_completion_tokens"), data.get("max_tokens")
+    for name, value in (("max_tokens", old), ("max_completion_tokens", limit)):
+        if value is not None and not _integer(value):  # (before comparing them: in Python, true == 1 == 1.0)
+            raise ParamError(f"`{name}` must be an integer >= 0, not {_kind(value)}", name)
     if limit is not None and old is not None and limit != old:
         raise ParamError("`max_tokens` and `max_completion_tokens` differ: send one", "max_completion_tokens")
     req = _request(data, [chat_prompt(turns)], old if limit is None else limit, DEFAULT_CHAT_MAX_TOKENS,
@@ -123,14 +126,17 @@ def chat_turns(messages) -> Tuple[List[str], bool]:
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise ParamError(f"`{where}` must be an object, not {_kind(m)}", "messages")
-        if m.get("tool_calls") or m.get("function_call") or m.get("role") in ("tool", "function"):
+        if m.get("tool_calls") not in (None, []) or m.get("function_call") is not None or \
+                m.get("role") in ("tool", "function"):
             raise ParamError(f"`{where}`: tool and function messages are not supported", "messages")
         extra = sorted(set(m) - {"role", "content", "name", "tool_calls", "function_call", "refusal"})
         if extra:
             raise ParamError(f"`{where}` has an unknown field {extra[0]!r}", "messages")
         if m.get("role") not in ROLES:
             raise ParamError(f"`{where}.role` must be one of {', '.join(ROLES)}", "messages")
-        _typed(m, "name", str, "a string", "messages")
+        for key in ("name", "refusal"):
+            if m.get(key) is not None and not isinstance(m[key], str):
+                raise ParamError(f"`{where}.{key}` must be a string, not {_kind(m[key])}", "messages")
         lines.append(_content(m.get("content"), where, m["role"] == "assistant"))
     return lines, messages[-1]["role"] == "assistant"
 
