@@ -19,7 +19,13 @@ Phases, each under its own time limit (one that fails records its error and the 
                default and score it on the task's test words (benchmarks/gpu_g2p.py; about 4 more minutes)
   --long-flags F  more flags for train_180; given again, another 180-s run each (benchmarks/gpu_long.py)
   --together   the 180-s runs at the same time on the one GPU, then the best train_180 settings alone
-  --skip P...  leave out train_speed's fp32 run, the sample or the torchrun phase (a short loan)
+  --skip P...  leave out train_speed's fp32 run, the 180-s LSTM run(s), the sample or the torchrun phase
+SPLIT: a loan allows at most 10 minutes a command and 15 minutes in all, its start included, so the checks go in
+calls of about 8 minutes, one issue each (phase times from earlier H200 loans and the budgets here):
+  issue 31  --minrnn --skip fp32 train_180 torchrun --budget 540   (speed 45 s, min cells 90 s, mingru 180 s,
+            sample 130 s)
+  issue 32  --long-flags "FLAGS" --skip fp32 sample torchrun [--g2p DIR] --budget 540   (speed 45 s, 180 s
+            [+ G2P 210 s])
 The table goes to stdout, progress to stderr, JSON to benchmarks/results/gpu_check.json. Exit 1 if a phase
 failed (the others still ran). It needs only torch, numpy, typer, rich and sentencepiece; no network.
 """
@@ -306,7 +312,7 @@ def plan(a, r: Runner, report: dict) -> list:
     p = report["phases"]
     speed_lstm = lambda: p["train_speed"].get("runs", {}).get("bf16")  # noqa: E731
     longs = [(long_name(i), lambda f=f, i=i: phase_train_180(r, shlex.split(f), i))
-             for i, f in enumerate(a.long_flags or [""])]
+             for i, f in enumerate(a.long_flags or [""])] if "train_180" not in a.skip else []
     if a.minrnn:
         longs.append(("minrnn_180", lambda: phase_minrnn_180(r, shlex.split(a.minrnn_flags))))
     if a.g2p:
@@ -314,8 +320,9 @@ def plan(a, r: Runner, report: dict) -> list:
     first = [[("train_speed", lambda: phase_train_speed(r, fp32="fp32" not in a.skip))]]
     if a.minrnn:
         first.append([("minrnn_speed", lambda: phase_minrnn_speed(r, speed_lstm()))])
-    longs = [longs, [("train_180_solo", lambda: phase_solo(r, p))]] if a.together else [[x] for x in longs]
-    checkpoint = lambda: (p.get("train_180_solo") or p["train_180"]).get("checkpoint")  # noqa: E731
+    solo = [] if "train_180" in a.skip else [[("train_180_solo", lambda: phase_solo(r, p))]]
+    longs = [longs] + solo if a.together else [[x] for x in longs]
+    checkpoint = lambda: (p.get("train_180_solo") or p.get("train_180") or {}).get("checkpoint")  # noqa: E731
     last = [[(name, fn)] for name, fn in (("sample", lambda: phase_sample(r, checkpoint(), a.minrnn)),
                                           ("torchrun", lambda: phase_torchrun(r, speed_lstm())))
             if name not in a.skip]
@@ -339,8 +346,9 @@ def main() -> None:
                     "again for another 180-s run (benchmarks/gpu_long.py)")
     ap.add_argument("--together", action="store_true", help="run the 180-s trainings at the same time, then the "
                     "best train_180 settings alone (benchmarks/gpu_long.py)")
-    ap.add_argument("--skip", nargs="+", default=[], choices=["fp32", "sample", "torchrun"],
-                    help="leave out train_speed's fp32 run, the sample phase or the torchrun phase")
+    ap.add_argument("--skip", nargs="+", default=[], choices=["fp32", "train_180", "sample", "torchrun"],
+                    help="leave out train_speed's fp32 run, the 180-s LSTM run(s), the sample phase or the torchrun "
+                    "phase (a loan's call is at most 10 minutes: see SPLIT in this script's docstring)")
     ap.add_argument("--minrnn", action="store_true", help="also time --cell mingru/minlstm and train mingru "
                     "for the 180 s (benchmarks/gpu_minrnn.py)")
     ap.add_argument("--minrnn-flags", default="", help="more `charnn train` flags for the 180-s mingru run")
