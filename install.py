@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import List, Optional
 
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+MIN_PYTHON = (3, 10)  # pyproject.toml's requires-python (charnn's CLI uses inspect.signature(eval_str=True): 3.10)
 ROOT = Path(__file__).resolve().parent
 PIP = [sys.executable, "-m", "pip", "install"]
 
@@ -129,6 +130,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--cpu-index", default=CPU_INDEX, help=f"torch's CPU-build index (default {CPU_INDEX})")
     ap.add_argument("-q", "--quiet", action="store_true", help="pass -q to pip")
     args = ap.parse_args(argv)
+    if tuple(sys.version_info[:2]) < MIN_PYTHON:  # (before 5 GB of torch for a Python charnn cannot run on)
+        say(f"charnn needs Python {'.'.join(map(str, MIN_PYTHON))} or newer; this is {sys.version.split()[0]} "
+            f"({sys.executable}): run install.py with a newer Python, in a virtual environment")
+        return 1
 
     commands, have, gpu = [], installed_torch(), has_nvidia_gpu()
     if have:

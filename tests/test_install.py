@@ -111,3 +111,14 @@ def test_readme_starts_with_the_installer():
     first = block.splitlines()[:2]
     assert all(line.startswith("python install.py") for line in first), first
     assert "pip install -e" not in block  # the bare install that pulls torch's CUDA build on Linux
+
+
+def test_a_python_older_than_charnn_needs_stops_first_with_one_line(installer, monkeypatch, capsys):
+    """Python 3.9 took torch (which still ships for it), then charnn's CLI failed at import with a traceback
+    (inspect.signature's eval_str is 3.10's). pyproject.toml's requires-python says the same minimum."""
+    monkeypatch.setattr(installer.sys, "version_info", (3, 9, 18, "final", 0))
+    assert installer.main(["--dev"]) == 1 and installer.ran == []
+    err = capsys.readouterr().err
+    assert "charnn needs Python 3.10 or newer" in err and len(err.strip().splitlines()) == 1
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert f'requires-python = ">={".".join(map(str, installer.MIN_PYTHON))}"' in pyproject
