@@ -123,7 +123,7 @@ class TrainConfig:
     name: Optional[str] = None  # run name (default: the corpus file's stem)
     val_frac: float = 0.1  # last fraction of the text held out for validation
     val_file: Optional[str] = None  # a separate validation file instead of val_frac
-    batch_size: Optional[int] = None  # contiguous streams per batch (None: 64 on the CPU, 256 on a CUDA GPU)
+    batch_size: Optional[int] = None  # rows per batch (None: the task's default for the device, tasks.base)
     seq_len: int = 128  # characters per stream per step (truncated BPTT length)
     lr: float = 1e-2  # peak learning rate (AdamW)
     weight_decay: float = 0.1  # AdamW weight decay on matrices
