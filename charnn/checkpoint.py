@@ -109,7 +109,9 @@ def load_checkpoint(path: Path, finite: bool = True) -> dict:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CharnnError(f"{str(path)!r} is a torch file but not a charnn checkpoint")
     version = data.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CharnnError(f"{str(path)!r} has no checkpoint format version (damaged, or not written by charnn)")
+    if version > VERSION:
         raise CharnnError(f"{str(path)!r} has checkpoint format version {version}, newer than this charnn "
                           f"({__version__}) reads ({VERSION}); upgrade charnn")
     for key in ("model_config", "tokenizer", "model"):

@@ -3,6 +3,7 @@ at fault."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional, Tuple
@@ -226,6 +227,8 @@ class TrainConfig:
         if self.name is not None and (self.name in ("", ".", "..") or "/" in self.name or "\\" in self.name):
             problems.append(f"`--name` is the run's folder under --out, one name without / or \\ (and not . or ..), "
                             f"got {self.name!r}; put the folder above it in --out")
+        elif self.name is not None and len(os.fsencode(self.name)) > 200:  # (a folder name's limit is 255 bytes)
+            problems.append(f"`--name` is longer than 200 bytes ({len(os.fsencode(self.name))}); use a shorter one")
         raise_problems(problems)
         return self
 

@@ -170,3 +170,50 @@ def test_a_text_flag_that_is_not_utf8_is_named_as_bytes(trained_run):
     for flag in ("--prime", "--stop", "--separator"):
         one_line_error(invoke("sample", trained_run.run_dir, flag, "the \udced cat", "--length", "5"), 2, flag,
                        "not UTF-8 text (byte 0xED)")
+
+
+# -- paths and files the system refuses ---------------------------------------------------------------------------
+LONG = "a" * 300  # one path part over the 255 bytes a file name may have
+
+
+@pytest.mark.parametrize("args", [["info", LONG], ["sample", LONG], ["eval", "RUN", LONG], ["train", LONG],
+                                  ["sample", "RUN", "--prime-file", LONG], ["plot", LONG],
+                                  ["novelty", "RUN", LONG], ["show", "RUN", LONG]])
+def test_a_path_the_system_refuses_is_one_line_naming_it(trained_run, args):
+    """Path.exists() raises for a name over 255 bytes (ENAMETOOLONG): a traceback from a dozen commands."""
+    r = invoke(*[str(trained_run.run_dir) if a == "RUN" else a for a in args])
+    assert r.exit_code in (1, 2), r.stderr
+    one_line_error(r, r.exit_code, "File name too long", "aaaa...aaaa")
+
+
+def test_train_refuses_a_name_too_long_for_a_folder(corpus_file, tmp_path):
+    r = invoke("train", corpus_file, "--max-steps", 1, "--out", tmp_path, "--name", LONG)
+    one_line_error(r, 2, "--name", "longer than 200 bytes")
+
+
+@pytest.mark.parametrize("output", ["", ".", "/", "..", "..."])
+def test_plot_output_that_names_no_file_is_a_usage_error(trained_run, output):
+    """'' and '.' were a ValueError traceback (an empty name); '..' wrote a hidden '.png'."""
+    r = invoke("plot", trained_run.run_dir, "-o", output)
+    one_line_error(r, 2, "names no file")
+
+
+def test_damaged_checkpoints_are_one_line(corpus_file, tmp_path):
+    """A last.pt whose random state is not torch's (hand-edited) was a TypeError traceback on --resume; a checkpoint
+    without its format version was called "newer than this charnn"."""
+    import torch
+
+    run = tmp_path / "runs" / "r"
+    tiny = ["--layers", 1, "--hidden", 16, "--seq-len", 16, "--batch-size", 2, "--threads", 1, "--out", run.parent,
+            "--name", "r", "-q"]
+    assert invoke("train", corpus_file, "--max-steps", 2, *tiny).exit_code == 0
+    data = torch.load(run / "last.pt", weights_only=False)
+    data["rng"]["torch"] = torch.zeros(1)
+    torch.save(data, run / "last.pt")
+    before = (run / "best.pt").read_bytes()
+    r = invoke("train", corpus_file, "--resume", "--max-steps", 4, *tiny)
+    one_line_error(r, 1, "--resume: the checkpoint's random state is damaged")
+    assert (run / "best.pt").read_bytes() == before
+    del data["version"]
+    torch.save(data, tmp_path / "nov.pt")
+    one_line_error(invoke("info", tmp_path / "nov.pt"), 1, "has no checkpoint format version")

@@ -190,8 +190,11 @@ def _replacing_run(tmp_path, text, run):
     assert invoke(*args).exit_code == 0
     again = invoke(*args)
     assert again.exit_code == 0 and "held a run (best.pt and last.pt); this one moves it into" in again.stderr
+    assert "replaces the older run" not in again.stderr
     assert {p.name for p in (tmp_path / "r" / "previous").iterdir()} == {"best.pt", "last.pt", "metrics.jsonl",
                                                                        "config.json"}  # (kept, not overwritten)
+    third = invoke(*args)  # one generation is kept: the first run goes, and the note says so
+    assert third.exit_code == 0 and "at its first save, where it replaces the older run kept there" in third.stderr
     one_line_error(invoke("train", text, "--out", tmp_path, "--name", "a/b", *SMALL), 2, "`--name`", "one name")
 
 

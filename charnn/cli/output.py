@@ -77,6 +77,16 @@ def user_errors(command: str = ""):
             err.print("[yellow]interrupted[/]", markup=True)
             raise typer.Exit(130) from None
         fail(str(e) if isinstance(e, CharnnError) else out_of_memory(command), 2 if isinstance(e, ConfigError) else 1)
+    except OSError as e:  # a path the system refused where no check names it (a name over 255 bytes, a loop of links)
+        if debug or e.filename is None:  # (without a path it is not the user's to fix here: let it show)
+            raise
+        fail(f"cannot use {shown_path(e.filename)}: {e.strerror or e}")
+
+
+def shown_path(path) -> str:
+    """A path for an error line: quoted, and cut in the middle past 80 characters."""
+    text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    return repr(text if len(text) <= 80 else text[:38] + "..." + text[-38:])
 
 
 OOM_HINTS = {"train": "a smaller --batch-size, --seq-len or --hidden", "sample": "fewer --num-samples",
@@ -110,7 +120,7 @@ def writing_results(what: str = "the results"):
         detach_stdout()
         raise typer.Exit(0) from None
     except OSError as e:
-        if debugging():
+        if debugging() or e.filename is not None:  # (a path: an input that could not be read, not stdout)
             raise
         detach_stdout()
         fail(f"cannot write {what}: {e.strerror or e}")

@@ -27,6 +27,8 @@ def plot(
     with user_errors():
         if x not in X_AXES:
             raise ConfigError(f"`--x` must be one of {', '.join(X_AXES)}, not {x!r}")
+        if not Path(output).name.strip("."):  # '', '.', '/', '..': a folder, or only a suffix's dot
+            raise ConfigError(f"--output {output!r} names no file (give one, e.g. curves.png)")
         runs = runs or [str(resolve_checkpoint(None))]
         path = plot_runs([run_records(r) for r in runs], Path(output), x)
     if not quiet:

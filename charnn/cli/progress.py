@@ -135,9 +135,10 @@ class TrainProgress:
                       f"vocab {info['vocab_size']}{per}, {info['train_tokens']:,} train / {info['val_tokens']:,} val "
                       f"tokens -> {info['run_dir']}")
             if info.get("replaces"):
+                kept = Path(info["run_dir"]) / "previous"
+                older = ", where it replaces the older run kept there" if any(kept.glob("*.pt")) else ""
                 self.note(f"note: {info['run_dir']} held a run ({info['replaces']}); this one moves it into "
-                          f"{Path(info['run_dir']) / 'previous'} at its first save (--resume continues that run "
-                          "instead)")
+                          f"{kept} at its first save{older} (--resume continues that run instead)")
             if info.get("val_unknown"):
                 self.note(f"note: {info['val_unknown']:,} validation characters are not in the training text's "
                           "vocabulary; they are scored as the unknown token")

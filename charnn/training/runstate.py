@@ -227,7 +227,11 @@ def restore(t, data: dict) -> None:
             state = ops.narrow(state, *t.dist.rows(ops.rows(state)))
         t.state = ops.to(state, t.device)
     rng = data.get("rng", {})
-    if "torch" in rng:
-        torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and t.device.type == "cuda":
-        torch.cuda.set_rng_state_all(list(rng["cuda"]))
+    try:
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and t.device.type == "cuda":
+            torch.cuda.set_rng_state_all(list(rng["cuda"]))
+    except (TypeError, ValueError, RuntimeError) as e:  # (a checkpoint damaged or written by hand: torch's words)
+        raise CharnnError(f"--resume: the checkpoint's random state is damaged ({first_line(e, 100)}); resume from "
+                          "another checkpoint, or start again") from None
