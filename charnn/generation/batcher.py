@@ -33,7 +33,7 @@ from charnn.generation.draw import NOISE_FLOATS, DrawPlan, filter_logits, gumbel
 from charnn.generation.prefill import CHUNK, prefill, run
 from charnn.generation.prompt import heal, start_ids
 from charnn.generation.stop import StopCut
-from charnn.models import native, registry
+from charnn.models import registry
 from charnn.models.stepper import FastStepper, ModuleStepper
 
 Stepper = Union[FastStepper, ModuleStepper]  # what steps the rows: the same row methods, layouts of their own
@@ -357,11 +357,10 @@ class Batcher:
         return block
 
     def _in_c(self, n: int) -> Optional[Tuple[float, int, float]]:
-        """Where the stepper draws in C (one row, no healing, top-p to native.TOP_P_VOCAB): the row's temperature
-        (greedy: 1.0), top-k (0: none, as filter_logits skips a k >= the vocabulary), top-p (1.0: none). Else None."""
+        """Where the stepper draws in C (one row, no healing): the row's temperature (greedy: 1.0), top-k (0: none,
+        as filter_logits skips a k >= the vocabulary), top-p (1.0: none). Else None."""
         k, p = (self.plan.filters[0][0], self.plan.filters[0][1]) if self.plan.filters else (None, None)
-        if n != self.stepper.B or not getattr(self.stepper, "draws", False) or self.healing or \
-                (p is not None and self.vocab > native.TOP_P_VOCAB):
+        if n != self.stepper.B or not getattr(self.stepper, "draws", False) or self.healing:
             return None
         return (1.0 if self.plan.scale is None else float(self.plan.scale[0, 0]),
                 k if k is not None and k < self.vocab else 0, 1.0 if p is None else float(p))

@@ -35,8 +35,6 @@ from typing import Optional
 import torch
 
 HERE = Path(__file__).parent
-TOP_P_VOCAB = 1024  # one stream draws top-p in C up to this vocabulary: draw_from sorts it, past this slower than
-# torch's filter_logits (a draw at 1,024 tokens 51 us against 41, at 4,096 286 against 206; benchmarks/SAMPLING.md)
 SOURCES = (HERE / "cells_native.c", HERE / "min_native.c", HERE / "pool_native.c",  # the sampler's library
            HERE / "int8_native.c")
 TRAINING = (HERE / "train_native.c", HERE / "block_native.c")  # training's, built apart (the first time a CPU run

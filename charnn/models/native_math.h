@@ -106,48 +106,102 @@ static inline float kth_largest(const float *y, int64_t V, int64_t k) {
     return kth;
 }
 
-static int descending(const void *a, const void *b) {
-    const float x = *(const float *)a, y = *(const float *)b;
-    return (x < y) - (x > y);
+/* a[0..n) sorted descending (no NaN), by four 8-bit passes of a radix sort on keys that order as the floats do,
+   in `keys` (2 n): linear in n, where qsort's calls of a comparison cost tens of ns a value. A key is the float's
+   bits for a negative float, else their complement without the sign bit: larger floats, smaller keys. (-0 sorts
+   after +0: they are equal, as every comparison here sees them.) */
+static inline void sort_descending(float *a, uint32_t *keys, int64_t n) {
+    uint32_t *k = keys, *t = keys + n;
+    memcpy(k, a, (size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+        k[i] = (k[i] & 0x80000000u) ? k[i] : (~k[i] & 0x7fffffffu);
+    for (int shift = 0; shift < 32; shift += 8) {
+        int64_t count[257] = {0};
+        for (int64_t i = 0; i < n; i++) count[((k[i] >> shift) & 0xffu) + 1]++;
+        for (int d = 0; d < 256; d++) count[d + 1] += count[d];
+        for (int64_t i = 0; i < n; i++) t[count[(k[i] >> shift) & 0xffu]++] = k[i];
+        uint32_t *swap = k; k = t; t = swap;
+    }
+    for (int64_t i = 0; i < n; i++)  /* (after four passes the keys are in keys[0..n) again) */
+        k[i] = (k[i] & 0x80000000u) ? k[i] : (~k[i] & 0x7fffffffu);
+    memcpy(a, k, (size_t)n * sizeof(float));
 }
 
 /* The lowest logit top-p keeps among y's values at or above `floor` (top-k's), as filter_logits: their softmax
    (float32, the largest subtracted), sorted descending, cumulative sums in double stored as float (torch's CPU
    cumsum), and a token is out where the mass before it reaches p ((float)cum - prob >= p, in float); the first
    always stays. *ties: how many of the values equal to the one returned are kept (torch keeps those its sort put
-   first; draw_from keeps the first by index), -1 for all. `floor` where the copy cannot be made or a value is NaN
-   (then top-p filters nothing). */
+   first; draw_from keeps the first by index), -1 for all. `floor` where memory cannot be had or a value is NaN
+   (then top-p filters nothing).
+
+   Only the values the cut can reach are sorted: each candidate's exp(y - max) falls in a power-of-two bucket (its
+   float exponent); the buckets from the top whose mass reaches p, and one more for rounding, hold every token
+   before the cut. A trained model's nucleus is a few dozen tokens of a vocabulary of thousands: sorting them all
+   (qsort) was slower than torch's draw past about a thousand tokens. Where the sorted part ends before the cut
+   (rounding past the spare bucket), the rest is sorted too. */
+enum { TOP_P_BUCKETS = 64 };
+
+static inline int top_p_bucket(float e) {  /* e in (0, 1]: 0 for [0.5, 1], 1 for [0.25, 0.5), ...; 0 above */
+    union { float f; uint32_t u; } bits = {e};
+    const int b = 126 - (int)((bits.u >> 23) & 0xff);  /* (the biased exponent: 126 for [0.5, 1)) */
+    return b < 0 ? 0 : b >= TOP_P_BUCKETS ? TOP_P_BUCKETS - 1 : b;
+}
+
 static inline float top_p_floor(const float *y, int64_t V, float floor, float top_p, int64_t *ties) {
     *ties = -1;
-    float *a = malloc((size_t)V * sizeof(float));
-    if (!a) return floor;
+    float top = -INFINITY;
     int64_t n = 0;
     for (int64_t v = 0; v < V; v++) {
-        if (isnan(y[v])) { free(a); return floor; }
-        if (y[v] >= floor && y[v] > -INFINITY) a[n++] = y[v];
+        if (isnan(y[v])) return floor;
+        if (y[v] >= floor && y[v] > -INFINITY) {
+            n++;
+            if (y[v] > top) top = y[v];
+        }
     }
+    if (n == 0) return floor;
+    float *e = malloc((size_t)V * sizeof(float)), *a = malloc((size_t)n * sizeof(float));
+    uint32_t *keys = malloc((size_t)(2 * n) * sizeof(uint32_t));
+    if (!e || !a || !keys) { free(e); free(a); free(keys); return floor; }
+    double mass[TOP_P_BUCKETS] = {0}, total = 0.0;
+    for (int64_t v = 0; v < V; v++) {
+        e[v] = y[v] >= floor && y[v] > -INFINITY ? expf(y[v] - top) : 0.0f;
+        if (e[v] > 0.0f) mass[top_p_bucket(e[v])] += e[v];
+        total += e[v];
+    }
+    const float sum = (float)total;
+    int last = 0;  /* the lowest bucket sorted: where the mass from the top reaches p, then one more */
+    for (double acc = 0.0; last < TOP_P_BUCKETS - 1; last++) {
+        acc += mass[last];
+        if (acc >= (double)top_p * total) break;
+    }
+    last = last + 1 < TOP_P_BUCKETS ? last + 1 : last;
     float low = floor;
-    if (n > 0) {
-        qsort(a, (size_t)n, sizeof(float), descending);
-        const float top = a[0];
-        float sum = 0.0f;
-        for (int64_t i = 0; i < n; i++) sum += expf(a[i] - top);
+    for (int pass = 0; pass < 2; pass++) {  /* the buckets down to `last`; all of them if the cut lies below */
+        int64_t m = 0;
+        for (int64_t v = 0; v < V; v++)
+            if (y[v] >= floor && y[v] > -INFINITY && (pass || (e[v] > 0.0f && top_p_bucket(e[v]) <= last)))
+                a[m++] = y[v];
+        sort_descending(a, keys, m);
         double cum = 0.0;
-        float prev = 1.0f / sum;  /* the first token's probability, expf(0) / sum */
+        float prev = expf(a[0] - top) / sum;  /* the first token's probability */
         int64_t kept = 1;
-        for (; kept < n; kept++) {
+        for (; kept < m; kept++) {
             const float p = expf(a[kept] - top) / sum;
             cum += (double)prev;
             if ((float)(cum + (double)p) - p >= top_p) break;  /* (torch: cumsum[i] - probs[i] >= p) */
             prev = p;
         }
+        if (kept == m && m < n) continue;  /* the sorted part ran out before the cut: sort them all */
         low = a[kept - 1];
-        if (kept < n) {  /* cut: of the values equal to the last kept, only those before the cut stay */
+        if (kept < m) {  /* cut: of the values equal to the last kept, only those before the cut stay */
             *ties = 0;
             for (int64_t i = kept - 1; i >= 0 && a[i] == low; i--) (*ties)++;
         }
+        break;
     }
+    free(e);
     free(a);
+    free(keys);
     return low;  /* (>= floor: every value in a is) */
 }
 
