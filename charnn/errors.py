@@ -27,3 +27,8 @@ class ParamError(ConfigError):
     def __init__(self, message: str, param=None):
         super().__init__(message)
         self.param = param
+
+
+class WrongKind(CharnnError, AttributeError):
+    """A call of another model kind's (a language model's transduce(), a sequence-to-sequence model's generate()):
+    charnn's error, and an AttributeError, so hasattr() still tells the kinds apart."""

@@ -350,3 +350,56 @@ def test_stream_checks_its_settings_at_the_call(model):
         model.stream("the", length=-1)
     pieces = model.stream("the", length=12, seed=3)
     assert "".join(pieces) == model.generate("the", length=12, seed=3)
+
+
+def test_calls_a_model_cannot_answer_are_charnns_errors(model, monkeypatch):
+    """A helper's hunt: an n past memory was torch's RuntimeError; `dynamic="no"` scored dynamically; an empty text
+    scored NaN (and adapt did nothing); another kind's call was Python's AttributeError (hasattr still works)."""
+    from charnn.errors import WrongKind
+    from charnn.generation import batcher
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] . DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 128000000000 bytes")
+    with monkeypatch.context() as m:
+        m.setattr(batcher, "Batcher", no_memory)
+        m.setattr("charnn.api.model.Batcher", no_memory)
+        with pytest.raises(ParamError, match="`n`=1,000,000 rows do not fit in memory") as e:
+            model.generate("the", length=3, n=10 ** 6)
+    assert e.value.param == "n"
+    with pytest.raises(ParamError, match="`dynamic` must be True or False"):
+        model.score("the cat", dynamic="no")
+    for call in (model.score, model.adapt):
+        with pytest.raises(ParamError, match="`text` is empty"):
+            call("")
+    with pytest.raises(WrongKind, match="is a language model.*transduce\\(\\) is a sequence-to-sequence model's"):
+        model.transduce("abc")
+    assert isinstance(WrongKind("x"), CharnnError) and not hasattr(model, "transduce") and hasattr(model, "generate")
+
+
+def test_token_logprobs_first_calls_from_two_threads_both_answer(trained_run, monkeypatch):
+    """Its tables were made outside any lock, one before the other: a second thread's first call could index the
+    one not made yet (TypeError: 'NoneType' object is not subscriptable; seen with a slowed tokenizer)."""
+    import threading
+    import time
+
+    fresh = charnn.load(trained_run.run_dir, device="cpu")
+    real = type(fresh.tokenizer).token_chars
+
+    def slow(self, ids):
+        time.sleep(0.002)
+        return real(self, ids)
+    monkeypatch.setattr(type(fresh.tokenizer), "token_chars", slow)
+    answers, errors = [], []
+
+    def call():
+        try:
+            answers.append(fresh.token_logprobs("the cat"))
+        except Exception as e:  # noqa: BLE001 (what the race raised)
+            errors.append(e)
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(answers) == 3 and answers[0] == answers[1] == answers[2]

@@ -17,6 +17,7 @@ from charnn.cli import app
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.batches import IGNORE, DocumentBatches, StreamBatches
 from charnn.data.labels import Document, encode_documents, load_labelled
+from charnn.api import ParamError
 from charnn.errors import CharnnError, ConfigError
 from charnn.models.lm import CharRNN
 from charnn.text.tokenizer import CharTokenizer, start_id
@@ -395,6 +396,17 @@ def test_the_python_api_has_labels(labelled_run):
     assert np.mean([w in WORDS["de"] for w in de.generate(length=300, temperature=0.7, seed=1).split()]) >= 0.6
     with pytest.raises(CharnnError, match="unknown label"):
         model.for_label("es")
+    for call in (lambda: de.classify("the red barn"), lambda: de.for_label("en")):  # (was: "trained without labels")
+        with pytest.raises(CharnnError, match="speaks as label 'de' .for_label.: call .* on the Model charnn.load"):
+            call()
+    for texts in (None, 5, [None], ["a", 3]):  # (was: Python's TypeError or AttributeError from deep inside)
+        with pytest.raises(ParamError, match="`texts` must be a string or a list of strings"):
+            model.classify(texts)
+    for texts in ("", ["the red barn", ""], []):  # (was: a label for nothing, 1 character)
+        with pytest.raises(ParamError, match="empty"):
+            model.classify(texts)
+    with pytest.raises(ParamError, match="`uniform_prior` must be True or False"):  # ("False" was a uniform prior)
+        model.classify("the red barn", uniform_prior="False")
 
 
 def test_dynamic_evaluation_and_novelty_of_a_labelled_model(labelled_run, lang_files):

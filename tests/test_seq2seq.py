@@ -428,6 +428,13 @@ def test_the_python_api_transduces_and_scores_with_the_cli_code(reverse_run, tmp
     best = model.transduce("abcd", beam=4, n_best=2, scores=True)
     assert len(best) == 2 and best[0][1] >= best[1][1]
     assert model.score([(w, w[::-1]) for w in held])["exact_match"] > 0.8
+    with pytest.raises(ParamError, match="`pairs` is empty"):  # (was: every number None)
+        model.score([])
+    from charnn.errors import WrongKind
+    for name in ("generate", "stream", "token_logprobs", "adapt", "classify", "for_label"):  # (was: AttributeError)
+        with pytest.raises(WrongKind, match=f"sequence-to-sequence model .train --pairs.: it has no {name}"):
+            getattr(model, name)
+        assert not hasattr(model, name)
     with pytest.raises(CharnnError, match="serves language models"):
         from charnn.serve.server import load_models
         load_models([str(reverse_run / "rev")], "cpu")

@@ -19,7 +19,7 @@ from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, 
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
 from charnn.scoring.dynamic import adapt as adapted_copy
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, WrongKind
 from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 from charnn.inspect.surprisal import scan
@@ -134,13 +134,19 @@ class Model:
             idle = self._idle.get(n)
             if idle:
                 return idle.pop()
-        return Batcher(self.net, self.tokenizer, self.device, capacity=n, int8=self.int8, rows=n)
+        try:
+            return Batcher(self.net, self.tokenizer, self.device, capacity=n, int8=self.int8, rows=n)
+        except (RuntimeError, MemoryError) as e:  # (torch says a failed allocation in a RuntimeError)
+            if not isinstance(e, MemoryError) and "alloc" not in str(e) and "out of memory" not in str(e):
+                raise
+            raise ParamError(f"`n`={n:,} rows do not fit in memory at once; ask for fewer", "n") from None
 
     def score(self, text: str, dynamic: bool = False) -> EvalResult:
         """What `charnn eval` reports for `text`: nats and bits per character, perplexity, counts. With
         `dynamic=True`, its score under dynamic evaluation (`charnn eval --dynamic`'s dynamic column, default
         settings); this model's weights are not changed either way."""
-        self._predicts("score", text)
+        self._predicts("score", text, empty=False)
+        _flag("dynamic", dynamic)
         if dynamic:
             return adapted_copy(self.net, self.tokenizer, text, self.device).result
         return evaluate_text(self.net, self.tokenizer, text, self.device)
@@ -150,7 +156,7 @@ class Model:
         """A new Model whose weights took dynamic evaluation's steps over `text` (`charnn sample --adapt`):
         generate from it to write more in the text's style. This model is left as it was. lr, decay and
         segment default to `charnn eval --dynamic`'s."""
-        self._predicts("adapt", text)
+        self._predicts("adapt", text, empty=False)
         given = {k: v for k, v in {"lr": lr, "decay": decay, "segment": segment}.items() if v is not None}
         with keyword_names({"dynamic-lr": "lr", "dynamic-decay": "decay"}):
             cfg = DynamicConfig(**given).validate()
@@ -164,6 +170,7 @@ class Model:
         """A model trained with --label-by, as label `name` (`charnn sample --label`): generate, stream and score
         in that label's voice. This model is left as it was."""
         self._predicts("for_label")
+        self._whole("for_label")
         from charnn.scoring.classify import label_id
 
         labelled = Model(self.net.for_label(label_id(self.labels, name)), self.tokenizer, self.device, self.path,
@@ -178,7 +185,13 @@ class Model:
         string gives one dict, a list a list."""
         from charnn.scoring.classify import classifier_for
 
+        self._whole("classify")
+        _flag("uniform_prior", uniform_prior)
         one = isinstance(texts, str)
+        if not one and not (isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts)):
+            raise ParamError(f"`texts` must be a string or a list of strings, got {shown(texts)}", "texts")
+        if any(t == "" for t in ([texts] if one else texts)) or not texts:
+            raise ParamError("`texts` holds an empty text: there is nothing to label", "texts")
         scores = classifier_for(self.net, self.tokenizer, self.labels, self.device, uniform_prior).classify(
             [texts] if one else list(texts))
         out = [s.to_dict() for s in scores]
@@ -197,10 +210,11 @@ class Model:
         answer itself."""
         self._predicts("token_logprobs", text, top=(top, 0, TOP_LOGPROBS))
         ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
-        if self._pieces_by_id is None:  # each token's text and the characters that start in it, once per model
-            self._pieces_by_id = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
-            self._chars_by_id = np.array([self.tokenizer.token_chars(np.array([i]))
-                                          for i in range(self.tokenizer.vocab_size)], dtype=np.int64)
+        with self._lock:  # each token's text and the characters that start in it, once per model (two threads'
+            if self._pieces_by_id is None:  # first calls: one makes them, the other waits for both)
+                self._chars_by_id = np.array([self.tokenizer.token_chars(np.array([i]))
+                                              for i in range(self.tokenizer.vocab_size)], dtype=np.int64)
+                self._pieces_by_id = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
         pieces = self._pieces_by_id
         with self._lock_scoring:
             picked, best, best_lp = scan(self.net, self.tokenizer, ids, self.device, max(1, top))
@@ -241,19 +255,35 @@ class Model:
 
         return gradient_reach(self.net, self.tokenizer, text, self.device, max_k, positions, seed=seed)
 
-    def _predicts(self, method: str, text=..., **counts: Tuple[object, int, Optional[int]]) -> None:
+    def _predicts(self, method: str, text=..., empty: bool = True,
+                  **counts: Tuple[object, int, Optional[int]]) -> None:
         """Refuse, in one line: what needs next-character predictions on a classifier (`train --classifier`), a
-        text that is not a string, a count (value, least, most) out of its range (they failed in the tokenizer,
-        torch or numpy)."""
+        text that is not a string (or is empty, unless `empty`: a score of nothing was NaN), a count (value,
+        least, most) out of its range (they failed in the tokenizer, torch or numpy)."""
         if not self._reads_text:
             raise CharnnError(f"{self.path} is a classifier (train --classifier): it labels whole texts and predicts "
                               f"no characters, so it has no {method}(); use classify()")
         if text is not ... and not isinstance(text, str):
             raise ParamError(f"`text` must be a string, got {shown(text)}", "text")
+        if text == "" and not empty:
+            raise ParamError(f"`text` is empty: {method}() needs at least one character", "text")
         for name, (value, least, most) in counts.items():
             if not (is_integer(value) and value >= least and (most is None or value <= most)):
                 where = f"from {least} to {most}" if most is not None else f">= {least}"
                 raise ParamError(f"`{name}` must be an integer {where}, got {shown(value)}", name)
+
+    def _whole(self, method: str) -> None:
+        """A Model from for_label speaks as one label: it cannot weigh the labels against each other."""
+        if self.label is not None:
+            raise CharnnError(f"this Model speaks as label {self.label!r} (for_label): call {method}() on the Model "
+                              "charnn.load returned")
+
+    def __getattr__(self, name: str):
+        """A sequence-to-sequence model's call on this one: say what it is, not Python's AttributeError."""
+        if name in ("transduce", "attention"):
+            raise WrongKind(f"{self.path} is a language model: it continues text (generate, stream); {name}() is "
+                            "a sequence-to-sequence model's (train --pairs)")
+        raise AttributeError(f"'Model' object has no attribute {name!r}")
 
     @property
     def generates(self) -> bool:
@@ -267,6 +297,11 @@ class Model:
     def batcher(self, capacity: int) -> Batcher:
         """A row-wise generation loop over this model (what the server steps all its clients in)."""
         return Batcher(self.net, self.tokenizer, self.device, capacity, int8=self.int8)
+
+
+def _flag(name: str, value) -> None:
+    if not isinstance(value, bool):  # ("no" and "False" are true: they did the opposite of what they said)
+        raise ParamError(f"`{name}` must be True or False, got {shown(value)}", name)
 
 
 def token_spans(counts: np.ndarray, text: str) -> Tuple[List[str], List[int]]:

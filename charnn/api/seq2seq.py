@@ -10,11 +10,14 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from charnn.api.params import ParamError, keyword_names
+from charnn.errors import WrongKind
 from charnn.sampling import DECODE_BATCH, TransduceConfig, shown
 from charnn.data.pairs import Pair, PairFile
 from charnn.generation.seq2seq import Hypothesis, Transducer
 
 Output = Union[str, List[str], Tuple[str, float], List[Tuple[str, float]]]
+LM_ONLY = ("generate", "stream", "token_logprobs", "surprisal", "adapt", "classify", "for_label",
+           "gradient_reach")  # (Model's calls, a language model's)
 
 
 class Seq2SeqModel:
@@ -32,6 +35,13 @@ class Seq2SeqModel:
 
     def __repr__(self) -> str:
         return f"Seq2SeqModel({self.name!r}, {self.path}, on {self.device})"
+
+    def __getattr__(self, name: str):
+        """A language model's call on this one: say what it is, not Python's AttributeError."""
+        if name in LM_ONLY:
+            raise WrongKind(f"{self.path} is a sequence-to-sequence model (train --pairs): it has no {name}(), "
+                            "which is a language model's; it has transduce() and score()")
+        raise AttributeError(f"'Seq2SeqModel' object has no attribute {name!r}")
 
     @property
     def info(self) -> dict:
@@ -71,6 +81,8 @@ class Seq2SeqModel:
 
         if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
             raise ParamError(f"`pairs` must be a list of (input, target) pairs, got {shown(pairs)}", "pairs")
+        if not pairs:
+            raise ParamError("`pairs` is empty: there is nothing to score", "pairs")
         for i, (source, target) in enumerate(pairs):
             _one_line(source, f"pair {i}'s input", "pairs")
             _one_line(target, f"pair {i}'s target", "pairs")
