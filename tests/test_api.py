@@ -304,6 +304,17 @@ def test_settings_errors_name_the_keywords_not_the_flags(model, tmp_path):
         with pytest.raises(ParamError) as e:
             charnn.train(str(text), out=str(tmp_path), max_steps=1, **kwargs)
         assert e.value.param == param and f"`{param}`" in str(e.value) and "--" not in str(e.value), str(e.value)
+    # errors that are not a setting's check, from the code the command line shares, in the keywords' words too
+    with pytest.raises(ParamError, match="unknown device 'gpu'") as e:
+        charnn.load(model.path, device="gpu")
+    assert e.value.param == "device" and "--" not in str(e.value)
+    for kwargs, says in ((dict(out=str(text)), "choose another out"), (dict(batch_size=10 ** 6), "lower batch_size")):
+        with pytest.raises(CharnnError, match=says) as e:  # (a run's own errors: --out, --batch-size)
+            charnn.train(str(text), max_steps=1, **{"out": str(tmp_path), **kwargs})
+        assert "--" not in str(e.value), str(e.value)
+    with pytest.raises(CharnnError, match="for_label does not apply") as e:
+        model.for_label("x")
+    assert "--" not in str(e.value)
 
 
 def test_an_empty_corpus_argument_is_refused_and_a_path_is_a_path(tmp_path):

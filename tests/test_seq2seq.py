@@ -430,6 +430,9 @@ def test_the_python_api_transduces_and_scores_with_the_cli_code(reverse_run, tmp
     assert model.score([(w, w[::-1]) for w in held])["exact_match"] > 0.8
     with pytest.raises(ParamError, match="`pairs` is empty"):  # (was: every number None)
         model.score([])
+    with pytest.raises(CharnnError, match="not in the model's input characters .unknown skip drops them.") as e:
+        model.transduce("ab\u2603")  # (the command's words were `--unknown skip`)
+    assert "--" not in str(e.value)
     from charnn.errors import WrongKind
     for name in ("generate", "stream", "token_logprobs", "adapt", "classify", "for_label"):  # (was: AttributeError)
         with pytest.raises(WrongKind, match=f"sequence-to-sequence model .train --pairs.: it has no {name}"):

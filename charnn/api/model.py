@@ -96,6 +96,7 @@ class Model:
         `length` counts characters; `temperature` 0 is greedy; `stop` (a string or up to 4) ends a continuation
         right before the stop string; continuation i of a seeded call uses seed + i, so a seed reproduces it.
         """
+        self._predicts("generate")
         params = self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)  # checks n too
         texts = [""] * n
         for i, piece in self._pieces(params):
@@ -107,6 +108,7 @@ class Model:
                seed: Optional[int] = None) -> Iterator[Union[str, Tuple[int, str]]]:
         """Like `generate`, but yields the text as it is made: pieces (strings), or for n > 1 (index, piece). The
         settings are checked here, at the call (a generator would have raised at its first next())."""
+        self._predicts("stream")
         params = self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)
         return (piece if n == 1 else (i, piece) for i, piece in self._pieces(params))
 
@@ -173,7 +175,9 @@ class Model:
         self._whole("for_label")
         from charnn.scoring.classify import label_id
 
-        labelled = Model(self.net.for_label(label_id(self.labels, name)), self.tokenizer, self.device, self.path,
+        with keyword_names({"label": "for_label"}):
+            which = label_id(self.labels, name)
+        labelled = Model(self.net.for_label(which), self.tokenizer, self.device, self.path,
                          {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
         labelled.label = name
         return labelled
@@ -318,7 +322,8 @@ def load(path_or_run: Optional[str] = None, device: str = "auto", int8: bool = F
     model comes back as a `Model`; a sequence-to-sequence one (`train --pairs`) as a `Seq2SeqModel`.
     `int8=True` (a language model on the CPU): generate with int8 recurrent weights, as `charnn sample --int8`
     (faster; a close approximation of the model, benchmarks/SAMPLING.md); scoring stays exact."""
-    return load_model(path_or_run, device, int8, "int8=True", "load")
+    with keyword_names():  # (the errors it shares with `charnn sample` name `device`, not --device)
+        return load_model(path_or_run, device, int8, "int8=True", "load")
 
 
 def load_model(path_or_run: Optional[str], device: str, int8: bool, flag: str = "--int8", command: str = "sample"):

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from charnn.config import SEED_LIMIT
 from charnn.sampling import SamplingParams, is_integer, shown
-from charnn.errors import ConfigError, ParamError
+from charnn.errors import CharnnError, ConfigError, ParamError
 from charnn.generation.batcher import MAX_STOPS, RowSpec
 
 
@@ -75,20 +75,25 @@ API_NAMES = {"temp": "temperature"}  # flags whose keyword is not their name wit
 
 @contextmanager
 def keyword_names(names: Optional[Dict[str, str]] = None):
-    """The settings' errors of a call in the Python API's spelling: the checks shared with the command line name
+    """The errors of a call in the Python API's spelling: the checks and messages shared with the command line name
     its flags (`--n-best`, `--temp`, `--dynamic-lr`); a ConfigError raised inside becomes a ParamError that names
-    the keywords (`n_best`, `temperature`, `names`' own: {"dynamic-lr": "lr"}) and carries the first as `param`."""
+    the keywords (`n_best`, `temperature`, `names`' own: {"dynamic-lr": "lr"}) and carries the first as `param`; a
+    plain CharnnError keeps its class, in the keywords' words."""
     table = {**API_NAMES, **(names or {})}
     keyword = lambda flag: table.get(flag, flag.replace("-", "_"))  # noqa: E731
     try:
         yield
     except ParamError:
         raise
-    except ConfigError as e:
+    except CharnnError as e:
         first = _FLAG.search(str(e)) or _WORD.search(str(e))
         message = _FLAG_VALUE.sub(lambda m: f"`{keyword(m.group(1))}={m.group(2)}`", str(e))
         message = _FLAG.sub(lambda m: keyword(m.group(1)), message)
-        raise ParamError(message, keyword(first.group(1)) if first else None) from None
+        if isinstance(e, ConfigError):
+            raise ParamError(message, keyword(first.group(1)) if first else None) from None
+        if type(e) is CharnnError and message != str(e):  # (a run's or a file's error: its words, the keywords')
+            raise CharnnError(message) from None
+        raise
 
 
 __all__ = ["GenerationParams", "ParamError", "keyword_names"]

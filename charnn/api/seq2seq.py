@@ -72,7 +72,8 @@ class Seq2SeqModel:
             _one_line(line, f"input {i}", "inputs")
         transducer = Transducer(self.net, self.source_tokenizer, self.tokenizer, cfg, self.device, self.max_ratio,
                                 exact_scores=scores)
-        found = [_shape(h, n_best, scores) for h in transducer.run((t, f"input {i}") for i, t in enumerate(lines))]
+        with keyword_names():  # (an unknown character's error names unknown="skip", not --unknown skip)
+            found = [_shape(h, n_best, scores) for h in transducer.run((t, f"input {i}") for i, t in enumerate(lines))]
         return found[0] if single else found
 
     def score(self, pairs: Sequence[Tuple[str, str]], beam: int = 1) -> dict:
@@ -107,7 +108,8 @@ class Seq2SeqModel:
         from charnn.inspect.attention import attention_map
 
         _one_line(line, "the line", "line")
-        return attention_map(self.net, self.source_tokenizer, self.tokenizer, line, self.device, self.max_ratio)
+        with keyword_names({"attention": "line"}):
+            return attention_map(self.net, self.source_tokenizer, self.tokenizer, line, self.device, self.max_ratio)
 
 
 def _one_line(text, what: str, param: str) -> None:

@@ -31,7 +31,8 @@ def train(corpus: Union[None, str, Sequence[str]] = None, *, on_event: Optional[
                             glob=flags.get("glob"), resume=bool(flags.get("resume", False)),
                             log_every=flags.get("log_every", 10), explicit=set(flags), stop=stop)
         try:
-            return run.fit()
+            with keyword_names():
+                return run.fit()
         except TrainingInterrupted as e:
             raise KeyboardInterrupt(f"charnn.train stopped at step {run.trainer.step}; saved {e.path} "
                                     "(resume=True continues it)") from None
