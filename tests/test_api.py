@@ -315,6 +315,10 @@ def test_settings_errors_name_the_keywords_not_the_flags(model, tmp_path):
     with pytest.raises(CharnnError, match="for_label does not apply") as e:
         model.for_label("x")
     assert "--" not in str(e.value)
+    odd = tmp_path / "my--runs" / "--x"  # (a path with dashes is not a flag: it was rewritten to 'myruns/x')
+    with pytest.raises(CharnnError) as e:
+        charnn.load(odd)
+    assert str(odd) in str(e.value)
 
 
 def test_an_empty_corpus_argument_is_refused_and_a_path_is_a_path(tmp_path):
@@ -380,6 +384,8 @@ def test_calls_a_model_cannot_answer_are_charnns_errors(model, monkeypatch):
     assert e.value.param == "n"
     with pytest.raises(ParamError, match="`dynamic` must be True or False"):
         model.score("the cat", dynamic="no")
+    import numpy as np
+    assert model.score("the cat", dynamic=np.bool_(False)).nats == model.score("the cat").nats  # (numpy's bool)
     for call in (model.score, model.adapt):
         with pytest.raises(ParamError, match="`text` is empty"):
             call("")

@@ -402,11 +402,13 @@ def test_the_python_api_has_labels(labelled_run):
     for texts in (None, 5, [None], ["a", 3]):  # (was: Python's TypeError or AttributeError from deep inside)
         with pytest.raises(ParamError, match="`texts` must be a string or a list of strings"):
             model.classify(texts)
-    for texts in ("", ["the red barn", ""], []):  # (was: a label for nothing, 1 character)
-        with pytest.raises(ParamError, match="empty"):
-            model.classify(texts)
+    # a blank line is answered (as `charnn classify` answers one), none are none, any iterable of strings is a list
+    assert model.classify([]) == [] and len(model.classify(["the red barn", ""])) == 2
+    assert model.classify(t for t in ("the red barn",)) == model.classify(["the red barn"])
     with pytest.raises(ParamError, match="`uniform_prior` must be True or False"):  # ("False" was a uniform prior)
         model.classify("the red barn", uniform_prior="False")
+    assert model.classify("the red barn", uniform_prior=np.bool_(True)) == model.classify("the red barn",
+                                                                                          uniform_prior=True)
 
 
 def test_dynamic_evaluation_and_novelty_of_a_labelled_model(labelled_run, lang_files):

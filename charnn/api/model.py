@@ -48,7 +48,7 @@ class Model:
         self.name = self.path.parent.name if self.path.name in ("best.pt", "last.pt") else self.path.stem
         self._info: Optional[dict] = None
         self._idle: Dict[int, List[Batcher]] = {}  # batchers between calls, by row count
-        self._lock_scoring = threading.Lock()
+        self._lock_scoring, self._lock_tables = threading.Lock(), threading.Lock()
         self._pieces_by_id: Optional[List[str]] = None  # one token_logprobs at a time: concurrent long texts do not add up
         self._chars_by_id: Optional[np.ndarray] = None  # characters that start in each token (set with the pieces)
         self._lock = threading.Lock()
@@ -192,11 +192,10 @@ class Model:
         self._whole("classify")
         _flag("uniform_prior", uniform_prior)
         one = isinstance(texts, str)
-        if not one and not (isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts)):
+        texts = texts if one or not hasattr(texts, "__iter__") or isinstance(texts, (bytes, dict)) else list(texts)
+        if not one and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
             raise ParamError(f"`texts` must be a string or a list of strings, got {shown(texts)}", "texts")
-        if any(t == "" for t in ([texts] if one else texts)) or not texts:
-            raise ParamError("`texts` holds an empty text: there is nothing to label", "texts")
-        scores = classifier_for(self.net, self.tokenizer, self.labels, self.device, uniform_prior).classify(
+        scores = classifier_for(self.net, self.tokenizer, self.labels, self.device, bool(uniform_prior)).classify(
             [texts] if one else list(texts))
         out = [s.to_dict() for s in scores]
         return out[0] if one else out
@@ -214,8 +213,8 @@ class Model:
         answer itself."""
         self._predicts("token_logprobs", text, top=(top, 0, TOP_LOGPROBS))
         ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
-        with self._lock:  # each token's text and the characters that start in it, once per model (two threads'
-            if self._pieces_by_id is None:  # first calls: one makes them, the other waits for both)
+        with self._lock_tables:  # each token's text and the characters that start in it, once per model (two
+            if self._pieces_by_id is None:  # threads' first calls: one makes them, the other waits for both)
                 self._chars_by_id = np.array([self.tokenizer.token_chars(np.array([i]))
                                               for i in range(self.tokenizer.vocab_size)], dtype=np.int64)
                 self._pieces_by_id = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
@@ -304,7 +303,7 @@ class Model:
 
 
 def _flag(name: str, value) -> None:
-    if not isinstance(value, bool):  # ("no" and "False" are true: they did the opposite of what they said)
+    if not isinstance(value, (bool, np.bool_)):  # ("no" and "False" are true: they did the opposite of what they said)
         raise ParamError(f"`{name}` must be True or False, got {shown(value)}", name)
 
 

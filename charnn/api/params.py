@@ -67,7 +67,7 @@ class GenerationParams:
                         self.stops()) for i in range(self.n)]
 
 
-_FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
+_FLAG = re.compile(r"(?<![\w/.'\"-])--([a-z][a-z0-9-]*)")  # (not inside a word, a path or a quote: 'my--runs')
 _WORD = re.compile(r"`([a-z][a-z0-9_]*)`")  # a message that names the keyword itself
 _FLAG_VALUE = re.compile(r"`--([a-z][a-z0-9-]*) ([^`]+)`")  # `--n-best 3` -> `n_best=3`
 API_NAMES = {"temp": "temperature"}  # flags whose keyword is not their name with underscores

@@ -181,6 +181,7 @@ static inline float top_p_floor(const float *y, int64_t V, float floor, float to
         for (int64_t v = 0; v < V; v++)
             if (y[v] >= floor && y[v] > -INFINITY && (pass || (e[v] > 0.0f && top_p_bucket(e[v]) <= last)))
                 a[m++] = y[v];
+        if (m == 0) continue;  /* (no probability above 0 in the buckets: a logit of +inf makes them NaN) */
         sort_descending(a, keys, m);
         double cum = 0.0;
         float prev = expf(a[0] - top) / sum;  /* the first token's probability */
