@@ -67,7 +67,9 @@ class GenerationParams:
                         self.stops()) for i in range(self.n)]
 
 
-_FLAG = re.compile(r"(?<![\w/.'\"-])--([a-z][a-z0-9-]*)")  # (not inside a word, a path or a quote: 'my--runs')
+_FLAG = re.compile(r"(?<![\w.-])--([a-z][a-z0-9-]*)")  # (not inside a word: 'my--runs')
+# a run's or a file's error: a flag neither inside a word nor a path ('/tmp/--x')
+_FLAG_OUTSIDE_PATHS = re.compile(r"(?<![\w/.'\"-])--([a-z][a-z0-9-]*)")
 _WORD = re.compile(r"`([a-z][a-z0-9_]*)`")  # a message that names the keyword itself
 _FLAG_VALUE = re.compile(r"`--([a-z][a-z0-9-]*) ([^`]+)`")  # `--n-best 3` -> `n_best=3`
 API_NAMES = {"temp": "temperature"}  # flags whose keyword is not their name with underscores
@@ -86,9 +88,10 @@ def keyword_names(names: Optional[Dict[str, str]] = None):
     except ParamError:
         raise
     except CharnnError as e:
-        first = _FLAG.search(str(e)) or _WORD.search(str(e))
+        flag = _FLAG if isinstance(e, ConfigError) else _FLAG_OUTSIDE_PATHS  # (a setting's check names only flags)
+        first = flag.search(str(e)) or _WORD.search(str(e))
         message = _FLAG_VALUE.sub(lambda m: f"`{keyword(m.group(1))}={m.group(2)}`", str(e))
-        message = _FLAG.sub(lambda m: keyword(m.group(1)), message)
+        message = flag.sub(lambda m: keyword(m.group(1)), message)
         if isinstance(e, ConfigError):
             raise ParamError(message, keyword(first.group(1)) if first else None) from None
         if type(e) is CharnnError and message != str(e):  # (a run's or a file's error: its words, the keywords')
