@@ -302,7 +302,8 @@ def test_garbage_bodies_are_400s_in_openais_json(served, raw):
 
 
 CHAT_VALID = {**{k: v for k, v in VALID.items() if k not in ("echo", "best_of", "suffix", "logprobs")},
-              "max_completion_tokens": VALID["max_tokens"],
+              "max_tokens": lambda v: v is None or (_integer(v) and 1 <= v <= MAX_TOKENS),  # (a chat answer: >= 1)
+              "max_completion_tokens": lambda v: v is None or (_integer(v) and 1 <= v <= MAX_TOKENS),
               "logprobs": lambda v: v is None or v is False,
               "top_logprobs": lambda v: v is None or (_integer(v) and v == 0),
               "tools": lambda v: v is None or v == [],

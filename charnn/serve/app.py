@@ -185,9 +185,8 @@ class Server:
         try:
             if echoes:
                 yield p.sse(p.completion(req, name, [p.choice(i, t, None) for i, t in enumerate(echoes)], None))
-            if req.chat:  # (as OpenAI: a first chunk names the role)
-                yield p.sse(p.completion(req, name, [p.answer(req, i, "", None, first=True)
-                                                     for i in range(len(job.specs))], None))
+            for i in range(len(job.specs)) if req.chat else ():  # (as OpenAI: each choice's first chunk names the role)
+                yield p.sse(p.completion(req, name, [p.answer(req, i, "", None, first=True)], None))
             while left:
                 batch = await job.updates.get()
                 if batch and batch[-1][2] == FAILED:  # the status line is sent: say it in the stream, then stop

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from charnn.api.params import GenerationParams, ParamError
+from charnn.sampling import shown
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 MAX_DEPTH = 16  # JSON nesting a request may have (OpenAI's deepest field is 2 levels down)
@@ -99,8 +100,9 @@ def parse_chat(body: bytes, max_tokens_limit: int, max_n: int) -> CompletionRequ
         raise ParamError("`response_format` is not supported (only {\"type\": \"text\"})", "response_format")
     limit, old = data.get("max_completion_tokens"), data.get("max_tokens")
     for name, value in (("max_tokens", old), ("max_completion_tokens", limit)):
-        if value is not None and not _integer(value):  # (before comparing them: in Python, true == 1 == 1.0)
-            raise ParamError(f"`{name}` must be an integer >= 0, not {_kind(value)}", name)
+        if value is not None and not (_integer(value) and value >= 1):  # (before comparing: true == 1 == 1.0)
+            raise ParamError(f"`{name}` must be an integer >= 1 (a chat answer has a character at least), got "
+                             f"{shown(value)}", name)
     if limit is not None and old is not None and limit != old:
         raise ParamError("`max_tokens` and `max_completion_tokens` differ: send one", "max_completion_tokens")
     req = _request(data, [chat_prompt(turns)], old if limit is None else limit, DEFAULT_CHAT_MAX_TOKENS,
