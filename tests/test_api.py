@@ -386,6 +386,11 @@ def test_calls_a_model_cannot_answer_are_charnns_errors(model, monkeypatch):
         model.score("the cat", dynamic="no")
     import numpy as np
     assert model.score("the cat", dynamic=np.bool_(False)).nats == model.score("the cat").nats  # (numpy's bool)
+    from_numpy = model.generate("the", length=np.int64(20), n=np.int32(2), temperature=np.float32(0.5),
+                                top_k=np.int16(5), seed=np.uint8(3))  # (numbers from an array were refused)
+    assert from_numpy == model.generate("the", length=20, n=2, temperature=float(np.float32(0.5)), top_k=5, seed=3)
+    with pytest.raises(ParamError, match="`length` must be an integer"):
+        model.generate("the", length=np.bool_(True))
     for call in (model.score, model.adapt):
         with pytest.raises(ParamError, match="`text` is empty"):
             call("")

@@ -83,8 +83,10 @@ class Model:
     def params(self, prompt: str = "", length: int = 500, temperature: float = 1.0, top_k: Optional[int] = None,
                top_p: Optional[float] = None, n: int = 1, stop: Union[None, str, Sequence[str]] = None,
                seed: Optional[int] = None) -> GenerationParams:
-        """Checked generation settings (ParamError, a ConfigError, names the one at fault)."""
-        p = GenerationParams(prompt, length, temperature, top_k, top_p, n, stop, seed).validate()
+        """Checked generation settings (ParamError, a ConfigError, names the one at fault). NumPy's numbers count as
+        Python's (`n=np.int64(4)` from an array was refused as not an integer)."""
+        p = GenerationParams(prompt, _plain(length), _plain(temperature), _plain(top_k), _plain(top_p), _plain(n), stop,
+                             _plain(seed)).validate()
         self.check_prompt(p.prompt)
         return p
 
@@ -300,6 +302,13 @@ class Model:
     def batcher(self, capacity: int) -> Batcher:
         """A row-wise generation loop over this model (what the server steps all its clients in)."""
         return Batcher(self.net, self.tokenizer, self.device, capacity, int8=self.int8)
+
+
+def _plain(x):
+    """A NumPy integer or float scalar as Python's int or float; anything else as it is (the checks judge it)."""
+    if isinstance(x, np.integer):
+        return int(x)
+    return float(x) if isinstance(x, np.floating) else x
 
 
 def _flag(name: str, value) -> None:
