@@ -399,6 +399,19 @@ def test_calls_a_model_cannot_answer_are_charnns_errors(model, monkeypatch):
     assert isinstance(WrongKind("x"), CharnnError) and not hasattr(model, "transduce") and hasattr(model, "generate")
 
 
+def test_train_takes_numpy_numbers_as_its_flags(tmp_path):
+    """Settings from an array (a sweep over np.linspace) were refused, or would not go into config.json."""
+    import numpy as np
+
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(40), encoding="utf-8")
+    r = charnn.train(str(text), out=str(tmp_path), name="np", max_steps=np.int64(2), hidden=np.int32(16),
+                     layers=np.int64(1), lr=np.float32(0.01), batch_size=np.int64(2), seq_len=np.int64(16),
+                     threads=1)
+    config = json.loads((r.run_dir / "config.json").read_text())
+    assert r.steps == 2 and config["model"]["hidden"] == 16 and config["train"]["max_steps"] == 2
+
+
 def test_token_logprobs_first_calls_from_two_threads_both_answer(trained_run, monkeypatch):
     """Its tables were made outside any lock, one before the other: a second thread's first call could index the
     one not made yet (TypeError: 'NoneType' object is not subscriptable; seen with a slowed tokenizer)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from charnn.api.params import GenerationParams, ParamError, keyword_names
+from charnn.api.params import GenerationParams, ParamError, keyword_names, plain_number
 from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
@@ -85,8 +85,8 @@ class Model:
                seed: Optional[int] = None) -> GenerationParams:
         """Checked generation settings (ParamError, a ConfigError, names the one at fault). NumPy's numbers count as
         Python's (`n=np.int64(4)` from an array was refused as not an integer)."""
-        p = GenerationParams(prompt, _plain(length), _plain(temperature), _plain(top_k), _plain(top_p), _plain(n), stop,
-                             _plain(seed)).validate()
+        length, temperature, top_k, top_p, n, seed = map(plain_number, (length, temperature, top_k, top_p, n, seed))
+        p = GenerationParams(prompt, length, temperature, top_k, top_p, n, stop, seed).validate()
         self.check_prompt(p.prompt)
         return p
 
@@ -302,13 +302,6 @@ class Model:
     def batcher(self, capacity: int) -> Batcher:
         """A row-wise generation loop over this model (what the server steps all its clients in)."""
         return Batcher(self.net, self.tokenizer, self.device, capacity, int8=self.int8)
-
-
-def _plain(x):
-    """A NumPy integer or float scalar as Python's int or float; anything else as it is (the checks judge it)."""
-    if isinstance(x, np.integer):
-        return int(x)
-    return float(x) if isinstance(x, np.floating) else x
 
 
 def _flag(name: str, value) -> None:

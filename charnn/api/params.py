@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+
 from charnn.config import SEED_LIMIT
 from charnn.sampling import SamplingParams, is_integer, shown
 from charnn.errors import CharnnError, ConfigError, ParamError
@@ -67,6 +69,13 @@ class GenerationParams:
                         self.stops()) for i in range(self.n)]
 
 
+def plain_number(x):
+    """A NumPy integer or float scalar as Python's int or float; anything else as it is (the checks judge it)."""
+    if isinstance(x, np.integer):
+        return int(x)
+    return float(x) if isinstance(x, np.floating) else x
+
+
 _FLAG = re.compile(r"(?<![\w.-])--([a-z][a-z0-9-]*)")  # (not inside a word: 'my--runs')
 # a run's or a file's error: a flag neither inside a word nor a path ('/tmp/--x')
 _FLAG_OUTSIDE_PATHS = re.compile(r"(?<![\w/.'\"-])--([a-z][a-z0-9-]*)")
@@ -99,4 +108,4 @@ def keyword_names(names: Optional[Dict[str, str]] = None):
         raise
 
 
-__all__ = ["GenerationParams", "ParamError", "keyword_names"]
+__all__ = ["GenerationParams", "ParamError", "keyword_names", "plain_number"]

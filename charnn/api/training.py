@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Union
 
-from charnn.api.params import ParamError, keyword_names
+from charnn.api.params import ParamError, keyword_names, plain_number
 from charnn.training.run import start_run, train_configs
 from charnn.training.stopping import StopRequest, TrainingInterrupted, graceful_signals
 from charnn.training.trainer import TrainResult
@@ -22,6 +22,7 @@ def train(corpus: Union[None, str, Sequence[str]] = None, *, on_event: Optional[
     if on_event is not None and not callable(on_event):  # (it failed at the first event, after the text was read)
         raise ParamError(f"`on_event` must be a function (kind, info) or None, got {type(on_event).__name__}",
                          "on_event")
+    flags = {k: plain_number(v) for k, v in flags.items()}  # (NumPy's scalars, from an array of settings, too)
     with keyword_names():  # (errors name the keywords: `max_time`, not the flag `--max-time`)
         model_cfg, cfg = train_configs(flags)
     stop = StopRequest()
