@@ -32,3 +32,10 @@ class ParamError(ConfigError):
 class WrongKind(CharnnError, AttributeError):
     """A call of another model kind's (a language model's transduce(), a sequence-to-sequence model's generate()):
     charnn's error, and an AttributeError, so hasattr() still tells the kinds apart."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` says an allocation failed: a MemoryError, or torch's RuntimeError of one (CPU or CUDA)."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text \
+        or "not enough memory" in text

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from charnn.api.params import GenerationParams, ParamError, keyword_names, plain_number
+from charnn.api.params import GenerationParams, ParamError, check_flag, keyword_names, plain_number
 from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
 from charnn.scoring.dynamic import adapt as adapted_copy
-from charnn.errors import CharnnError, WrongKind
+from charnn.errors import CharnnError, WrongKind, is_out_of_memory
 from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 from charnn.inspect.surprisal import scan
@@ -141,7 +141,7 @@ class Model:
         try:
             return Batcher(self.net, self.tokenizer, self.device, capacity=n, int8=self.int8, rows=n)
         except (RuntimeError, MemoryError) as e:  # (torch says a failed allocation in a RuntimeError)
-            if not isinstance(e, MemoryError) and "alloc" not in str(e) and "out of memory" not in str(e):
+            if not is_out_of_memory(e):
                 raise
             raise ParamError(f"`n`={n:,} rows do not fit in memory at once; ask for fewer", "n") from None
 
@@ -150,7 +150,7 @@ class Model:
         `dynamic=True`, its score under dynamic evaluation (`charnn eval --dynamic`'s dynamic column, default
         settings); this model's weights are not changed either way."""
         self._predicts("score", text, empty=False)
-        _flag("dynamic", dynamic)
+        check_flag("dynamic", dynamic)
         if dynamic:
             return adapted_copy(self.net, self.tokenizer, text, self.device).result
         return evaluate_text(self.net, self.tokenizer, text, self.device)
@@ -192,7 +192,7 @@ class Model:
         from charnn.scoring.classify import classifier_for
 
         self._whole("classify")
-        _flag("uniform_prior", uniform_prior)
+        check_flag("uniform_prior", uniform_prior)
         one = isinstance(texts, str)
         texts = texts if one or not hasattr(texts, "__iter__") or isinstance(texts, (bytes, dict)) else list(texts)
         if not one and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
@@ -304,11 +304,6 @@ class Model:
         return Batcher(self.net, self.tokenizer, self.device, capacity, int8=self.int8)
 
 
-def _flag(name: str, value) -> None:
-    if not isinstance(value, (bool, np.bool_)):  # ("no" and "False" are true: they did the opposite of what they said)
-        raise ParamError(f"`{name}` must be True or False, got {shown(value)}", name)
-
-
 def token_spans(counts: np.ndarray, text: str) -> Tuple[List[str], List[int]]:
     """(each token's text, where it starts in `text`), from how many characters start in each token (a subword
     piece's decoded text would be U+FFFD for a byte of a character, and offsets summed from pieces drifted)."""
@@ -331,8 +326,7 @@ def load_model(path_or_run: Optional[str], device: str, int8: bool, flag: str = 
     """`load`, whose errors spell int8 as `flag` and say to `command` without it (`charnn sample` and `charnn
     serve`: --int8). A model int8 generation cannot run (a min cell's width not a multiple of 64, a CPU without
     exact int8 products) is refused here, not at its first generate()."""
-    if not isinstance(int8, bool):
-        raise ParamError(f"`int8` must be True or False, got {shown(int8)}", "int8")
+    check_flag("int8", int8)
     path = resolve_checkpoint(None if path_or_run is None else str(path_or_run))
     dev = resolve_device(device)
     if int8 and dev.type != "cpu":

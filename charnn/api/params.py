@@ -69,6 +69,12 @@ class GenerationParams:
                         self.stops()) for i in range(self.n)]
 
 
+def check_flag(name: str, value) -> None:
+    """A keyword that is True or False (NumPy's bool too): "no" and "False" are true, and did the opposite."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ParamError(f"`{name}` must be True or False, got {shown(value)}", name)
+
+
 def plain_number(x):
     """A NumPy integer or float scalar as Python's int or float; anything else as it is (the checks judge it)."""
     if isinstance(x, np.integer):
@@ -108,4 +114,4 @@ def keyword_names(names: Optional[Dict[str, str]] = None):
         raise
 
 
-__all__ = ["GenerationParams", "ParamError", "keyword_names", "plain_number"]
+__all__ = ["GenerationParams", "ParamError", "check_flag", "keyword_names", "plain_number"]

@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from charnn.api.params import ParamError, keyword_names
+from charnn.api.params import ParamError, check_flag, keyword_names
 from charnn.errors import WrongKind
 from charnn.sampling import DECODE_BATCH, TransduceConfig, shown
 from charnn.data.pairs import Pair, PairFile
@@ -62,8 +62,7 @@ class Seq2SeqModel:
             cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed, max_length=max_length,
                                   batch_size=batch_size, unknown=unknown).validate()
-        if not isinstance(scores, bool):
-            raise ParamError(f"`scores` must be True or False, got {shown(scores)}", "scores")
+        check_flag("scores", scores)
         single = isinstance(inputs, str)
         if not single and not isinstance(inputs, (list, tuple)):  # (None, 123, b"abc": Python's errors)
             raise ParamError(f"`inputs` must be a string or a list of strings, got {shown(inputs)}", "inputs")

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from charnn.errors import CharnnError, ConfigError
+from charnn.errors import CharnnError, ConfigError, is_out_of_memory
 
 class MessageConsole(Console):
     """stderr's console: where its reader went away (`charnn train ... 2>&1 | head`), the work goes on without
@@ -71,7 +71,7 @@ def user_errors(command: str = ""):
         yield
     except (CharnnError, KeyboardInterrupt, MemoryError, RuntimeError) as e:
         # torch reports a failed allocation as a RuntimeError; any other RuntimeError is a bug: let it show
-        if debug or (isinstance(e, RuntimeError) and not _is_out_of_memory(e)):
+        if debug or (isinstance(e, RuntimeError) and not is_out_of_memory(e)):
             raise
         if isinstance(e, KeyboardInterrupt):
             err.print("[yellow]interrupted[/]", markup=True)
@@ -124,11 +124,6 @@ def writing_results(what: str = "the results"):
             raise
         detach_stdout()
         fail(f"cannot write {what}: {e.strerror or e}")
-
-
-def _is_out_of_memory(e: BaseException) -> bool:
-    text = str(e).lower()
-    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
 
 
 def debugging() -> bool:
