@@ -153,6 +153,9 @@ def test_info_and_errors_name_the_parameter(model, trained_run):
         assert e.value.param == param
     with pytest.raises(CharnnError, match="does not exist"):
         charnn.load(trained_run.run_dir / "nope.pt")
+    for wrong in (5, b"run", ["run"]):  # (not "checkpoint '5' does not exist")
+        with pytest.raises(CharnnError, match="takes a checkpoint's or a run's path"):
+            charnn.load(wrong)
 
 
 def test_train_from_python_reports_events_and_loads(tmp_path):

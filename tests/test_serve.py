@@ -328,8 +328,10 @@ def test_an_absent_max_tokens_is_its_default_or_the_servers_limit_if_lower():
         parse_request(b'{"prompt": "x", "max_tokens": 9}', 8, 4)
 
 
-def test_a_model_without_line_breaks_chats_with_spaces_between_messages(tmp_path):
-    """A model trained on text with no newline cannot read one: its chat prompt joins the messages with spaces."""
+@pytest.mark.parametrize("chars,joined", [("abcdehtk ", "the cat "), ("abcdehtk", "thecat")])
+def test_a_model_without_line_breaks_chats_with_spaces_between_messages(tmp_path, chars, joined):
+    """A model trained on text with no newline cannot read one: its chat prompt joins the messages with spaces, or
+    with nothing where it has no space either (never a 400 about a character the client did not send)."""
     from charnn.api.model import Model
     from charnn.config import ModelConfig
     from charnn.models.lm import CharRNN
@@ -338,15 +340,18 @@ def test_a_model_without_line_breaks_chats_with_spaces_between_messages(tmp_path
     from charnn.text.tokenizer import CharTokenizer
 
     torch.manual_seed(0)
-    tok = CharTokenizer(list("abcdehtk "))
+    tok = CharTokenizer(list(chars))
     model = Model(CharRNN(ModelConfig(vocab_size=tok.vocab_size, layers=1, hidden=16, embed=8)), tok,
                   torch.device("cpu"), tmp_path / "flat.pt")
     chat = {"model": "flat", "messages": [{"role": "user", "content": "the"}, {"role": "user", "content": "cat"}],
             "max_tokens": 30, "temperature": 0}
-    status, body = asyncio.run(asgi_post(create_app({"flat": model}, ServeConfig()), "/v1/chat/completions", chat))
+    app = create_app({"flat": model}, ServeConfig())
+    status, body = asyncio.run(asgi_post(app, "/v1/chat/completions", chat))
     assert status == 200, body
-    assert json.loads(body)["choices"][0]["message"]["content"] == model.generate("the cat ", length=30,
-                                                                                 temperature=0)
+    assert json.loads(body)["choices"][0]["message"]["content"] == model.generate(joined, length=30, temperature=0)
+    chat["messages"][0]["content"] = "the\n"  # (what the client sent is still checked)
+    status, body = asyncio.run(asgi_post(app, "/v1/chat/completions", chat))
+    assert status == 400 and json.loads(body)["error"]["param"] == "messages"
 
 
 def test_sixteen_concurrent_streams_get_their_lengths(server, trained_run):

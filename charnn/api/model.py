@@ -7,6 +7,8 @@ all its clients; here the batch holds this call's `n` continuations. Scoring is 
 
 from __future__ import annotations
 
+import os
+
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -318,6 +320,9 @@ def load(path_or_run: Optional[str] = None, device: str = "auto", int8: bool = F
     model comes back as a `Model`; a sequence-to-sequence one (`train --pairs`) as a `Seq2SeqModel`.
     `int8=True` (a language model on the CPU): generate with int8 recurrent weights, as `charnn sample --int8`
     (faster; a close approximation of the model, benchmarks/SAMPLING.md); scoring stays exact."""
+    if path_or_run is not None and not isinstance(path_or_run, (str, os.PathLike)):
+        raise CharnnError(f"charnn.load takes a checkpoint's or a run's path (a str or a Path) or None, not "
+                          f"{type(path_or_run).__name__} {path_or_run!r:.40}")
     with keyword_names():  # (the errors it shares with `charnn sample` name `device`, not --device)
         return load_model(path_or_run, device, int8, "int8=True", "load")
 

@@ -125,8 +125,9 @@ class Server:
             asked = f"n={req.params.n}" if req.chat else f"{len(req.prompts)} prompts x n={req.params.n} is {choices}"
             return error(400, f"{asked} choices; this server generates at most {self.cfg.max_batch} at once",
                          param="n")
-        if req.chat and model.tokenizer.unknown("\n"):  # (a model trained on text without line breaks)
-            req.prompts = [p.chat_prompt(req.turns, " ")]
+        if req.chat and model.tokenizer.unknown("\n"):  # (a model trained on text without line breaks: a space
+            # between the messages, or nothing where it has no space either; never a character the client did not send)
+            req.prompts = [p.chat_prompt(req.turns, "" if model.tokenizer.unknown(" ") else " ")]
         try:
             for text in req.prompts:
                 model.check_prompt(text)
