@@ -8,6 +8,8 @@ Format (version 1), a dict loadable with `torch.load(weights_only=True)`; docume
 
 from __future__ import annotations
 
+import codecs
+import functools
 import pickle
 import re
 import warnings
@@ -78,6 +80,16 @@ def _looks_like_text(path: Path) -> bool:
     return bool(head) and b"\x00" not in head and not head.startswith(b"PK")
 
 
+@functools.lru_cache(maxsize=None)
+def _allow_bytes() -> None:
+    """torch.save's pickles write a bytes value (a subword model's sentencepiece file) as a call of _codecs.encode,
+    which torch's weights-only loader allows from 2.5 on; torch 2.4 refused every subword checkpoint, its own
+    included. Allowed here as 2.5 does (it builds bytes from a string, nothing more)."""
+    allow = getattr(torch.serialization, "add_safe_globals", None)
+    if allow is not None:
+        allow([codecs.encode])
+
+
 def load_checkpoint(path: Path, finite: bool = True) -> dict:
     """Load with weights_only=True; every way a file can be wrong becomes one clear CharnnError.
 
@@ -92,6 +104,7 @@ def load_checkpoint(path: Path, finite: bool = True) -> dict:
     if _looks_like_text(path):
         raise CharnnError(f"{str(path)!r} is a text file, not a charnn checkpoint (a run's best.pt or last.pt, or "
                           "its folder)")
+    _allow_bytes()
     try:
         with warnings.catch_warnings():  # torch warns about odd pickles; the error below says it in one line
             warnings.simplefilter("ignore")

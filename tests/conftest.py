@@ -23,6 +23,21 @@ torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _separate_stderr() -> None:
+    """Typer's CliRunner on click before 8.2 (what typer 0.12-0.15 ran with) mixes stderr into stdout unless told
+    not to; the tests read them apart, as click 8.2+ and typer's own click keep them."""
+    import inspect
+
+    from typer.testing import CliRunner
+
+    if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:
+        init = CliRunner.__init__
+        CliRunner.__init__ = lambda self, *a, mix_stderr=False, **k: init(self, *a, mix_stderr=mix_stderr, **k)
+
+
+_separate_stderr()
+
+
 def subprocess_env(**extra: str) -> dict:
     """The environment for a charnn subprocess, read at call time, so it shares the session's temporary
     CHARNN_CACHE (see _private_cache) and imports this checkout."""

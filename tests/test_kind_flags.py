@@ -151,18 +151,18 @@ def test_a_kinds_flags_on_resume_and_init_from_are_checked_against_the_saved_run
     run = lambda *a: CliRunner().invoke(app, [*base, *a])  # noqa: E731
     assert run("--cell", "minlstm", "--hidden", "16", "--name", "m").exit_code == 0
     same = run("--resume", "--name", "m", "--expand", "1", "--max-steps", "4")
-    assert same.exit_code == 0, same.output
+    assert same.exit_code == 0, same.stderr
     changed = run("--resume", "--name", "m", "--expand", "2", "--max-steps", "5")
-    assert changed.exit_code == 2 and "cannot change --expand 2 (the run used 1)" in changed.output
+    assert changed.exit_code == 2 and "cannot change --expand 2 (the run used 1)" in changed.stderr
     tuned = run("--init-from", str(tmp_path / "m"), "--name", "f", "--ffn", "2")
-    assert tuned.exit_code == 0, tuned.output
+    assert tuned.exit_code == 0, tuned.stderr
     assert load_checkpoint(tmp_path / "f" / "last.pt")["model_config"]["cell"] == "minlstm"
     other = run("--init-from", str(tmp_path / "m"), "--name", "g", "--ffn", "1")
-    assert other.exit_code == 2 and "cannot take --ffn 1 (the base has 2)" in other.output
+    assert other.exit_code == 2 and "cannot take --ffn 1 (the base has 2)" in other.stderr
     lstm = run("--name", "l")  # an LSTM run: --expand is still another kind's flag
     assert lstm.exit_code == 0
     wrong = run("--resume", "--name", "l", "--expand", "1", "--max-steps", "4")
-    assert wrong.exit_code == 2 and "`--expand` is a flag of minrnn models" in wrong.output
+    assert wrong.exit_code == 2 and "`--expand` is a flag of minrnn models" in wrong.stderr
 
 
 def test_the_api_saves_every_flag_of_the_kind_and_fine_tunes_a_parallel_cell_run(tmp_path):

@@ -83,6 +83,45 @@ def test_no_native_bf16_means_fp32_without_a_probe(model_and_batch, monkeypatch)
     assert P.choose_precision("fp32", model, x, y, CPU).how == "forced"
 
 
+def test_a_torch_without_the_cpu_probes_reads_the_cpu_flags(monkeypatch, tmp_path):
+    """torch before 2.5 has no torch.cpu._is_avx512_bf16_supported / _is_amx_tile_supported: Linux's CPU flags
+    answer instead (an AMX Xeon was taken for a CPU without bf16), and where they cannot be read, the measurement
+    decides."""
+    import builtins
+
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    real_open = builtins.open
+    for flags, has in (("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 amx_tile amx_bf16", True),
+                       ("fpu sse4_2 avx2 fma", False)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
+        assert P.native_bf16(torch.device("cpu"))[0] is has
+
+    def no_file(f, *a, **k):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(builtins, "open", no_file)
+    assert P.native_bf16(torch.device("cpu"))[0] is True
+
+
+def test_an_arm_cpus_bf16_is_read_from_its_features_not_from_x86_probes(monkeypatch, tmp_path):
+    """torch's probes answer for x86 only: on an Arm CPU (Graviton 3, Apple M2) they said no bf16, and auto never
+    measured it."""
+    import builtins
+
+    monkeypatch.setattr(P.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    real_open = builtins.open
+    for features, has in (("fp asimd sve bf16 i8mm", True), ("fp asimd evtstrm crc32", False)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nFeatures\t: {features}\nCPU part\t: 0xd40\n")
+        monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
+        has_it, reason = P.native_bf16(torch.device("cpu"))
+        assert has_it is has and "AVX512" not in reason
+
+
 def test_the_real_probe_leaves_model_and_rng_alone(model_and_batch, monkeypatch):
     model, x, y = model_and_batch
     monkeypatch.setattr(P, "native_bf16", lambda device: (True, ""))

@@ -216,18 +216,18 @@ def test_the_cli_takes_the_flags(tmp_path):
                                  "--hidden", "16", "--embed", "8", "--batch-size", "2", "--seq-len", "8",
                                  "--threads", "1", "--weight-drop", "0.3", "--locked-dropout", "--embed-dropout",
                                  "0.1", "--input-dropout", "0.2", "--ar", "1", "--tar", "1", "--quiet"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 0, r.stderr
     saved = load_checkpoint(next((tmp_path / "runs").iterdir()) / "last.pt")["model_config"]
     assert (saved["weight_drop"], saved["locked_dropout"], saved["tar"]) == (0.3, True, 1.0)
     r = CliRunner().invoke(app, ["train", str(corpus), "--weight-drop", "1.5", "--max-steps", "1"])
-    assert r.exit_code != 0 and "--weight-drop" in r.output
+    assert r.exit_code != 0 and "--weight-drop" in r.stderr
     r = CliRunner().invoke(app, ["train", str(corpus), "--cell", "mingru", "--weight-drop", "0.3"])
-    assert r.exit_code == 2 and "`--weight-drop` is a flag of lm and seq2seq models" in r.output
+    assert r.exit_code == 2 and "`--weight-drop` is a flag of lm and seq2seq models" in r.stderr
     r = CliRunner().invoke(app, ["train", str(corpus), "--out", str(tmp_path / "min"), "--max-steps", "4",
                                  "--cell", "minlstm", "--hidden", "16", "--embed", "8", "--batch-size", "2",
                                  "--seq-len", "8", "--threads", "1", "--locked-dropout", "--embed-dropout", "0.1",
                                  "--input-dropout", "0.2", "--ar", "1", "--tar", "1", "--quiet"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 0, r.stderr
     saved = load_checkpoint(next((tmp_path / "min").iterdir()) / "last.pt")["model_config"]
     assert (saved["cell"], saved["locked_dropout"], saved["input_dropout"], saved["ar"]) == ("minlstm", True, 0.2, 1)
 

@@ -217,7 +217,7 @@ def test_more_threads_than_cores_is_a_note_and_adapt_runs_on_the_threads_given(t
     with torch_threads(1):
         r = CliRunner().invoke(app, ["sample", str(trained_run.run_dir), "--length", "20", "--seed", "1",
                                      "--threads", str(many), "--adapt", str(text)])
-        assert r.exit_code == 0, r.output
+        assert r.exit_code == 0, r.stderr
         assert seen == [many]  # --threads holds for the adapting pass too
         assert f"--threads {many} is more than this machine's" in r.stderr
         assert torch.get_num_threads() == 1  # put back

@@ -160,7 +160,8 @@ def train(
                                                             "(opt-in; see benchmarks/TRAINING.md for when it "
                                                             "pays).", show_default="off",
                                           rich_help_panel=SYSTEM)] = False,
-    ctx: typer.Context = None,
+    *,  # (keyword-only, without a default: `ctx: typer.Context = None` is Optional[Context] to Python 3.10's type
+    ctx: typer.Context,  # hints, which typer before 0.29 refuses; typer always passes it)
     **model_flags,  # --kind, --cell, --layers, ...: every registered model kind's flags (charnn.cli.kind_flags)
 ):
     """Train a model on CORPUS; checkpoints land in OUT/NAME/best.pt and last.pt."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -60,12 +61,26 @@ def native_bf16(device: torch.device) -> Tuple[bool, str]:
     if device.type == "cpu":
         probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
         amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-        try:
-            has = bool((probe and probe()) or (amx and amx()))
+        x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+        try:  # (torch's probes know x86 only: an Arm CPU's bf16, Graviton 3's or Apple M2's, is read or measured)
+            has = bool((probe and probe()) or (amx and amx())) if x86 and (probe or amx) else _cpuinfo_bf16()
         except RuntimeError:
             has = False
-        return has, "this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 would be emulated"
+        return has, ("this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 would be emulated" if x86 else
+                     "this CPU has no native bf16 (no BF16 in its features), so bf16 would be emulated")
     return False, f"bf16 autocast is not measured on {device.type}"
+
+
+def _cpuinfo_bf16() -> bool:
+    """Where torch's probes cannot say (torch before 2.5, a CPU other than x86): Linux's CPU flags (x86's
+    avx512_bf16 or amx_bf16, Arm's bf16), and where they cannot be read (macOS), True: the measurement decides."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))),
+                         None)
+    except OSError:
+        return True
+    return flags is None or any(f in flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
 def choose_precision(requested: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
