@@ -441,3 +441,14 @@ def test_token_logprobs_first_calls_from_two_threads_both_answer(trained_run, mo
     for t in threads:
         t.join()
     assert errors == [] and len(answers) == 3 and answers[0] == answers[1] == answers[2]
+
+
+def test_flags_inside_a_windows_path_are_not_reworded():
+    """The API rewords the command line's flags in a shared message into its keywords (--int8 -> int8), never a
+    part of a path that looks like one, '/' or '\\' before it."""
+    from charnn.api.params import keyword_names
+
+    with pytest.raises(CharnnError) as e:
+        with keyword_names():
+            raise CharnnError("checkpoint 'C:\\runs\\--x\\best.pt' and '/tmp/--y' do not exist; sample without --int8")
+    assert str(e.value) == "checkpoint 'C:\\runs\\--x\\best.pt' and '/tmp/--y' do not exist; sample without int8"

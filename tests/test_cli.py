@@ -222,3 +222,23 @@ def test_durations_take_units_and_exponents_and_refuse_what_is_not_one():
     for bad in ("soon", "0", "-5s", "9e999", "1e-400"):
         with pytest.raises(ConfigError, match="--max-time"):
             parse_duration(bad)
+
+
+def test_stdout_in_another_encoding_becomes_utf8(monkeypatch):
+    """Windows gives a pipe or a file cp1252 (a Latin-1 locale, Latin-1): a sampled 'ş' was a UnicodeEncodeError
+    after the work was done. charnn writes UTF-8 there, unless PYTHONIOENCODING says otherwise."""
+    import io
+
+    from charnn.cli.app import utf8_output
+
+    monkeypatch.delenv("PYTHONIOENCODING", raising=False)
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="cp1252")
+    utf8_output(stream)
+    stream.write("ş→é")
+    stream.flush()
+    assert raw.getvalue() == "ş→é".encode("utf-8")
+    monkeypatch.setenv("PYTHONIOENCODING", "cp1252")
+    kept = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")
+    utf8_output(kept)
+    assert kept.encoding == "cp1252"

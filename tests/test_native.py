@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -276,3 +277,49 @@ def test_sampling_writes_the_same_text_with_and_without_the_fused_cells(trained_
         texts.append(r.stdout)
     assert texts[0] == texts[1] and len(texts[0]) > 1000 and texts[2] == texts[3] and len(texts[2]) > 300
     assert list((tmp_path / "native").glob("cells-*"))  # the first run built it, in the cache it was given
+
+
+def test_torchs_openmp_runtime_is_found_without_proc(monkeypatch):
+    """Where /proc/self/maps cannot be read (macOS, Windows), torch's OpenMP runtime is looked for in torch's own
+    folders: the C kernels still run on torch's threads, not on threads of their own competing with them."""
+    import builtins
+
+    if "OpenMP" not in torch.__config__.parallel_info() or not native._openmp_paths():
+        pytest.skip("torch has no OpenMP runtime here")
+    real_open = builtins.open
+
+    def no_proc(f, *a, **k):
+        if str(f).startswith("/proc/"):
+            raise OSError("no /proc here")
+        return real_open(f, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    found = native._openmp_paths()
+    site = str(Path(torch.__file__).parent.parent)
+    assert found and all(p.startswith(site) for p in found)
+    handed = []
+    assert native._share_openmp(None, lambda *pointers: handed.append(pointers))
+    assert len(handed) == 1 and all(p.value for p in handed[0])
+
+
+def test_macos_cc_without_the_developer_tools_is_no_compiler(monkeypatch):
+    """macOS's /usr/bin/cc stub opens an install dialog when run: charnn asks `xcode-select -p` first, and without
+    the tools builds nothing (the cells run as tensor operations)."""
+    from types import SimpleNamespace
+
+    asked = []
+    monkeypatch.setattr(native.sys, "platform", "darwin")
+    monkeypatch.setattr(native.shutil, "which", lambda c: "/usr/bin/cc")
+    for code, ready in ((2, False), (0, True)):
+        native._developer_tools.cache_clear()
+        monkeypatch.setattr(native.subprocess, "run", lambda cmd, **k: asked.append(cmd) or SimpleNamespace(returncode=code))
+        assert native._developer_tools("cc") is ready
+    assert asked == [["xcode-select", "-p"]] * 2
+    native._developer_tools.cache_clear()
+    with pytest.raises(OSError, match="no C compiler"):
+        monkeypatch.setattr(native.subprocess, "run", lambda cmd, **k: SimpleNamespace(returncode=2))
+        native._build("cells")
+    monkeypatch.setattr(native.shutil, "which", lambda c: "/opt/homebrew/bin/gcc-14")  # a compiler of its own
+    native._developer_tools.cache_clear()
+    assert native._developer_tools("gcc-14")
+    native._developer_tools.cache_clear()

@@ -84,7 +84,7 @@ def plain_number(x):
 
 _FLAG = re.compile(r"(?<![\w.-])--([a-z][a-z0-9-]*)")  # (not inside a word: 'my--runs')
 # a run's or a file's error: a flag neither inside a word nor a path ('/tmp/--x')
-_FLAG_OUTSIDE_PATHS = re.compile(r"(?<![\w/.'\"-])--([a-z][a-z0-9-]*)")
+_FLAG_OUTSIDE_PATHS = re.compile(r"(?<![\w/\\.'\"-])--([a-z][a-z0-9-]*)")
 _WORD = re.compile(r"`([a-z][a-z0-9_]*)`")  # a message that names the keyword itself
 _FLAG_VALUE = re.compile(r"`--([a-z][a-z0-9-]*) ([^`]+)`")  # `--n-best 3` -> `n_best=3`
 API_NAMES = {"temp": "temperature"}  # flags whose keyword is not their name with underscores

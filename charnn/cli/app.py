@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import sys
 from typing import Annotated
 
@@ -105,7 +106,23 @@ class _Closed(io.TextIOBase):
         return _ClosedBytes()
 
 
+def utf8_output(*streams) -> None:
+    """stdout and stderr in UTF-8 where the system gave them another encoding (Windows' cp1252 for a pipe or a file,
+    a Latin-1 locale): generated text holds any character, and writing one the encoding lacks was a traceback after
+    the work was done. PYTHONIOENCODING, where set, is the user's choice and stays."""
+    if os.environ.get("PYTHONIOENCODING"):
+        return
+    for stream in streams:
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("_", "-")
+        if encoding not in ("utf-8", "utf8") and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(encoding="utf-8")
+            except (ValueError, OSError):  # (a stream already written to in another encoding, or closed)
+                pass
+
+
 def main() -> None:
     sys.stdin = sys.stdin if sys.stdin is not None else _Closed()
     sys.stdout = sys.stdout if sys.stdout is not None else _Closed()
+    utf8_output(sys.stdout, sys.stderr)
     app(prog_name="charnn")

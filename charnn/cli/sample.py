@@ -94,7 +94,7 @@ def sample(
                           f"{', '.join(repr(c) for c in sampler.skipped[:10])}")
             err.print(f"sampling {model.path}{f' as {label!r}' if label is not None else ''} on {model.device}, "
                       f"seed {used_seed}")
-        _stream(sampler, quiet)
+        _stream(sampler, quiet, model.device.type == "cpu")
 
 
 def _check_inputs(prime: str, prime_file: Optional[str], adapt: Optional[str], quiet: bool) -> None:
@@ -127,12 +127,13 @@ def _adapt(model, path: str, unknown: str, cfg, quiet: bool):
     return adapted
 
 
-def _stream(sampler, quiet: bool) -> None:
+def _stream(sampler, quiet: bool, cpu: bool) -> None:
     """Write each piece to stdout as it is made, fallback notes to stderr as they happen, then the speed."""
     import time
 
     from charnn.models import native
-    native.library()  # the fused cells' one-time build (a fraction of a second) is not the sampling speed
+    if cpu:  # (a GPU run never uses the C library)
+        native.library()  # the fused cells' one-time build (a fraction of a second) is not the sampling speed
     t0, last, noted = time.perf_counter(), "\n", 0
     with writing_results("the generated text"):
         for piece in sampler:

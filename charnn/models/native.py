@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -42,6 +43,8 @@ HEADERS = (HERE / "native_math.h", HERE / "native_pool.h", HERE / "native_train.
 FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler does not know -march=native
 COMMON = ["-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]  # (a * b + c: one FMA in every
 # file alike, which the int8 block's bit-for-bit agreement with the per-token cells rests on)
+if sys.platform == "darwin":  # (macOS's linker refuses the weak int8 symbols min_native.c asks for, left undefined
+    COMMON.append("-Wl,-undefined,dynamic_lookup")  # where int8_native.c is not built, unless told to let them be)
 I64, PTR, F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 CELLS_BUILD = ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]),  # everything; where the int8 file will not build, the
                (SOURCES[:3], FLAGS[0]), (SOURCES[:3], FLAGS[1]),  # cells and the min cells' step (and its threads);
@@ -58,7 +61,7 @@ def library() -> Optional[ctypes.CDLL]:
     products and int8_block), or None where it cannot be built here. Built at most once per process; a built
     library is reused across runs."""
     lib = _load("cells", CELLS_BUILD)
-    if lib is None:
+    if lib is None or not hasattr(lib, "lstm_cell"):  # (a library that exports nothing: clang aiming at MSVC)
         return None
     lib.lstm_cell.restype, lib.gru_cell.restype = ctypes.c_int, None
     lib.lstm_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, PTR, I64, F32, I64, PTR]
@@ -94,7 +97,7 @@ def training_library() -> Optional[ctypes.CDLL]:
     found), or None where it cannot be built here (or CHARNN_NATIVE=0)."""
     lib = _load("train", ((TRAINING, [*FLAGS[0], "-mprefer-vector-width=512"]), (TRAINING, FLAGS[0]),
                           (TRAINING, FLAGS[1])))  # (512-bit vectors where the CPU has them: GELU's erf 1.4x)
-    if lib is None:
+    if lib is None or not hasattr(lib, "dropout_apply"):
         return None
     INT = ctypes.c_int
     lib.dropout_apply.restype = None
@@ -135,25 +138,39 @@ def _load(name: str, attempts) -> Optional[ctypes.CDLL]:
 
 def _share_openmp(lib: ctypes.CDLL, use) -> bool:
     """Hand a library's `use` (train_native.c's use_openmp, pool_native.c's pool_use_openmp) torch's own OpenMP
-    runtime (GNU's libgomp, or Intel's, which has the same entry points), found among the libraries this process has
-    loaded, so its kernels run on torch's threads; without it they use threads of their own. Whether it was
-    found."""
+    runtime (GNU's libgomp, or Intel's or LLVM's, which export the same entry points), so its kernels run on torch's
+    threads; without it they use threads of their own. Whether it was found."""
     if "OpenMP" not in torch.__config__.parallel_info():
         return False
+    names = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+    for path in _openmp_paths():
+        try:
+            omp = ctypes.CDLL(path)
+        except OSError:
+            continue
+        if all(hasattr(omp, name) for name in names):
+            use(*(ctypes.cast(getattr(omp, name), ctypes.c_void_p) for name in names))
+            return True
+    return False
+
+
+OPENMP_NAMES = ("libgomp", "libiomp", "libomp")
+
+
+def _openmp_paths() -> list:
+    """Where torch's OpenMP runtime may be: among the libraries this process has loaded (Linux's /proc/self/maps),
+    torch's own first; where that cannot be read (macOS, Windows), the runtimes in torch's folders (loading one
+    that is loaded already hands back the same library)."""
+    torch_dir = Path(torch.__file__).parent
     try:
         with open("/proc/self/maps") as maps:
             paths = dict.fromkeys(line.split(maxsplit=5)[-1].strip() for line in maps
-                                  if ("libgomp" in line or "libiomp" in line) and "(deleted)" not in line)
-        torch_lib = str(Path(torch.__file__).parent)
-        for path in sorted(paths, key=lambda p: not p.startswith(torch_lib)):  # torch's own first
-            omp = ctypes.CDLL(path)
-            if all(hasattr(omp, name) for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")):
-                use(*(ctypes.cast(getattr(omp, name), ctypes.c_void_p) for name in
-                                 ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")))
-                return True
+                                  if any(n in line for n in OPENMP_NAMES) and "(deleted)" not in line)
+        return sorted(paths, key=lambda p: not p.startswith(str(torch_dir)))
     except OSError:
-        pass
-    return False
+        folders = (torch_dir / "lib", torch_dir.parent / "torch.libs", torch_dir.parent / "torch" / ".dylibs")
+        return [str(f) for d in folders if d.is_dir() for f in sorted(d.iterdir())
+                if f.name.startswith(OPENMP_NAMES) and f.suffix in (".so", ".dylib", ".dll", ".1", ".5")]
 
 
 def int8_products(lib: Optional[ctypes.CDLL]) -> bool:
@@ -177,7 +194,7 @@ def _build(name: str = "cells", attempts=None) -> Path:
     once both end with a whole file)."""
     attempts = attempts or CELLS_BUILD
     compiler = os.environ.get("CC") or "cc"
-    if not shutil.which(compiler):
+    if not shutil.which(compiler) or not _developer_tools(compiler):
         raise OSError(f"no C compiler ({compiler})")
     files = dict.fromkeys(f for sources, _ in attempts for f in sources)
     sources = [f.read_bytes() for f in (*files, *HEADERS)]
@@ -200,6 +217,19 @@ def _build(name: str = "cells", attempts=None) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@functools.lru_cache(maxsize=None)
+def _developer_tools(compiler: str) -> bool:
+    """On macOS /usr/bin/cc is there without Xcode's command line tools, and running it opens a dialog offering to
+    install them (on every charnn run): there, a compiler under /usr/bin counts only where `xcode-select -p` names
+    the tools. True elsewhere."""
+    if sys.platform != "darwin" or not str(shutil.which(compiler)).startswith("/usr/bin/"):
+        return True
+    try:
+        return subprocess.run(["xcode-select", "-p"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def _compile(compiler: str, flags, sources, out: str) -> Optional[str]:
@@ -239,7 +269,18 @@ def _cpu() -> str:
         lines = [x for x in info.splitlines() if x.startswith(("model name", "flags", "Features", "CPU part"))]
         return platform.machine() + "\n" + "\n".join(sorted(set(lines)))
     except OSError:
-        return platform.machine() + platform.processor()
+        return platform.machine() + platform.processor() + _sysctl_cpu()
+
+
+def _sysctl_cpu() -> str:
+    """macOS's name for the CPU ("Apple M2", an Intel model), where there is no /proc/cpuinfo; '' elsewhere."""
+    if sys.platform != "darwin":
+        return ""
+    try:
+        return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def ptr(t: Optional[torch.Tensor]) -> Optional[ctypes.c_void_p]:

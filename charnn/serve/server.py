@@ -90,7 +90,10 @@ def listen(host: str, port: int) -> socket.socket:
         raise CharnnError(f"--host {host!r} is not an address or name this machine can resolve ({e.strerror})") from None
     sock = socket.socket(family, kind, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if os.name == "nt":  # (Windows' SO_REUSEADDR lets a second server take a port in use: no error, the
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)  # connections split between them)
+        else:  # (a restart binds at once, past the last run's connections in TIME_WAIT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(2048)
     except OSError as e:

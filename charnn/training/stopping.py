@@ -53,7 +53,7 @@ class StopRequest:
 
 @contextmanager
 def graceful_signals(stop: StopRequest):
-    """SIGINT/SIGTERM (and SIGHUP, a closed terminal) ask the loop to stop after the current step, which saves
+    """SIGINT/SIGTERM (and SIGHUP, a closed terminal; SIGBREAK on Windows) ask the loop to stop after the current step, which saves
     last.pt; a second one quits at once."""
 
     def handler(signum, frame):
@@ -61,7 +61,8 @@ def graceful_signals(stop: StopRequest):
             raise KeyboardInterrupt
         stop.signum = signum
 
-    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    wanted = [signal.SIGINT, signal.SIGTERM] + [getattr(signal, name) for name in ("SIGHUP", "SIGBREAK")
+                                                 if hasattr(signal, name)]  # (SIGBREAK: Windows' Ctrl-Break)
     old = {s: signal.getsignal(s) for s in wanted}
     try:
         for s in old:
