@@ -22,7 +22,7 @@ import torch
 from charnn import __version__
 from charnn.config import ModelConfig
 from charnn.data.files import atomic_file
-from charnn.errors import CharnnError, first_line
+from charnn.errors import CharnnError, first_line, missing
 from charnn.models import registry
 from charnn.models.lm import CharRNN
 from charnn.models.seq2seq import Seq2Seq
@@ -86,7 +86,8 @@ def _allow_bytes() -> None:
     which torch's weights-only loader allows from 2.5 on; torch 2.4 refused every subword checkpoint, its own
     included. Allowed here as 2.5 does (it builds bytes from a string, nothing more)."""
     allow = getattr(torch.serialization, "add_safe_globals", None)
-    if allow is not None:
+    major_minor = tuple(int(n) for n in re.findall(r"\d+", torch.__version__)[:2])
+    if allow is not None and major_minor < (2, 5):  # (later torch allows it already: its safe list stays as it is)
         allow([codecs.encode])
 
 
@@ -98,7 +99,7 @@ def load_checkpoint(path: Path, finite: bool = True) -> dict:
     """
     path = Path(path)
     if not path.exists():
-        raise CharnnError(f"checkpoint {str(path)!r} does not exist")
+        raise CharnnError(f"checkpoint {str(path)!r} {missing(path)}")
     if path.is_dir():
         raise CharnnError(f"{str(path)!r} is a folder with no best.pt or last.pt in it")
     if _looks_like_text(path):
@@ -206,7 +207,7 @@ def resolve_checkpoint(path: Optional[str], root: str = "checkpoints") -> Path:
                 return p / name
         raise CharnnError(f"run folder {path!r} has no best.pt or last.pt; train into it first")
     if not p.exists():
-        raise CharnnError(f"checkpoint {path!r} does not exist")
+        raise CharnnError(f"checkpoint {path!r} {missing(path)}")
     return p
 
 

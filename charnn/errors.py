@@ -1,5 +1,8 @@
 """The one exception type that library code raises for mistakes a user can fix."""
 
+import errno
+import os
+
 
 class CharnnError(Exception):
     """A problem the user caused and can fix; the CLI prints it as one line and exits 1."""
@@ -39,3 +42,17 @@ def is_out_of_memory(e: BaseException) -> bool:
     text = str(e).lower()
     return isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text \
         or "not enough memory" in text
+
+
+def missing(path) -> str:
+    """Why a path Path.exists() denies is not there, as the end of a sentence: "does not exist", or where a symbolic
+    link is the cause, "is a symbolic link to 'x', which does not exist" or "goes through a loop of symbolic links"
+    (which Path.exists() also calls not existing)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "goes through a loop of symbolic links"
+        if os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+    return "does not exist"

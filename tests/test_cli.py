@@ -226,19 +226,49 @@ def test_durations_take_units_and_exponents_and_refuse_what_is_not_one():
 
 def test_stdout_in_another_encoding_becomes_utf8(monkeypatch):
     """Windows gives a pipe or a file cp1252 (a Latin-1 locale, Latin-1): a sampled 'ş' was a UnicodeEncodeError
-    after the work was done. charnn writes UTF-8 there, unless PYTHONIOENCODING says otherwise."""
+    after the work was done. charnn's main() makes such a pipe UTF-8 (its error handler kept); a terminal keeps its
+    encoding with '?' for what it lacks; PYTHONIOENCODING wins."""
+    import importlib
     import io
 
-    from charnn.cli.app import utf8_output
-
+    cli_app = importlib.import_module("charnn.cli.app")  # (the module: charnn.cli's `app` is the Typer app)
     monkeypatch.delenv("PYTHONIOENCODING", raising=False)
     raw = io.BytesIO()
-    stream = io.TextIOWrapper(raw, encoding="cp1252")
-    utf8_output(stream)
-    stream.write("ş→é")
-    stream.flush()
-    assert raw.getvalue() == "ş→é".encode("utf-8")
+    pipe = io.TextIOWrapper(raw, encoding="cp1252", errors="backslashreplace")
+    monkeypatch.setattr(cli_app.sys, "stdout", pipe)
+    monkeypatch.setattr(cli_app, "app", lambda prog_name: print("ş→é"))  # what a command writes
+    cli_app.main()
+    pipe.flush()
+    assert raw.getvalue() == "ş→é\n".encode("utf-8") and pipe.errors == "backslashreplace"
+
+    class Terminal(io.TextIOWrapper):
+        def isatty(self):
+            return True
+
+    screen = io.BytesIO()
+    tty = Terminal(screen, encoding="latin-1")
+    cli_app.utf8_output(tty)
+    tty.write("ş→é")
+    tty.flush()
+    assert tty.encoding == "latin-1" and screen.getvalue() == "??é".encode("latin-1")
     monkeypatch.setenv("PYTHONIOENCODING", "cp1252")
     kept = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")
-    utf8_output(kept)
-    assert kept.encoding == "cp1252"
+    cli_app.utf8_output(kept)
+    assert kept.encoding == "cp1252" and kept.errors == "strict"
+
+
+def test_a_symbolic_link_loop_or_a_broken_link_is_named_not_called_missing(tmp_path, monkeypatch):
+    """Path.exists() says False for both; the one line says which (was: "does not exist" for a loop)."""
+    from conftest import one_line_error
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "broken.txt").symlink_to(tmp_path / "nowhere.txt")
+    for args, what in ((["train", "a", "--max-steps", "1"], "corpus 'a' goes through a loop of symbolic links"),
+                       (["sample", "a"], "checkpoint 'a' goes through a loop of symbolic links"),
+                       (["train", "broken.txt"], f"is a symbolic link to {str(tmp_path / 'nowhere.txt')!r}, which "
+                                                 "does not exist"),
+                       (["plot", "a"], "run 'a' goes through a loop"),
+                       (["train", "gone.txt"], "corpus 'gone.txt' does not exist")):
+        monkeypatch.chdir(tmp_path)
+        one_line_error(runner.invoke(app, args), 1, what)

@@ -302,7 +302,7 @@ def test_torchs_openmp_runtime_is_found_without_proc(monkeypatch):
     assert len(handed) == 1 and all(p.value for p in handed[0])
 
 
-def test_macos_cc_without_the_developer_tools_is_no_compiler(monkeypatch):
+def test_macos_cc_without_the_developer_tools_is_no_compiler(monkeypatch, tmp_path):
     """macOS's /usr/bin/cc stub opens an install dialog when run: charnn asks `xcode-select -p` first, and without
     the tools builds nothing (the cells run as tensor operations)."""
     from types import SimpleNamespace
@@ -310,14 +310,16 @@ def test_macos_cc_without_the_developer_tools_is_no_compiler(monkeypatch):
     asked = []
     monkeypatch.setattr(native.sys, "platform", "darwin")
     monkeypatch.setattr(native.shutil, "which", lambda c: "/usr/bin/cc")
-    for code, ready in ((2, False), (0, True)):
+    tools = str(tmp_path)
+    for code, folder, ready in ((2, "", False), (0, tools, True), (0, tools + "/deleted", False)):
         native._developer_tools.cache_clear()
-        monkeypatch.setattr(native.subprocess, "run", lambda cmd, **k: asked.append(cmd) or SimpleNamespace(returncode=code))
+        monkeypatch.setattr(native.subprocess, "run",
+                            lambda cmd, **k: asked.append(cmd) or SimpleNamespace(returncode=code, stdout=folder + "\n"))
         assert native._developer_tools("cc") is ready
-    assert asked == [["xcode-select", "-p"]] * 2
+    assert asked == [["xcode-select", "-p"]] * 3
     native._developer_tools.cache_clear()
     with pytest.raises(OSError, match="no C compiler"):
-        monkeypatch.setattr(native.subprocess, "run", lambda cmd, **k: SimpleNamespace(returncode=2))
+        monkeypatch.setattr(native.subprocess, "run", lambda cmd, **k: SimpleNamespace(returncode=2, stdout=""))
         native._build("cells")
     monkeypatch.setattr(native.shutil, "which", lambda c: "/opt/homebrew/bin/gcc-14")  # a compiler of its own
     native._developer_tools.cache_clear()

@@ -107,18 +107,22 @@ class _Closed(io.TextIOBase):
 
 
 def utf8_output(*streams) -> None:
-    """stdout and stderr in UTF-8 where the system gave them another encoding (Windows' cp1252 for a pipe or a file,
-    a Latin-1 locale): generated text holds any character, and writing one the encoding lacks was a traceback after
-    the work was done. PYTHONIOENCODING, where set, is the user's choice and stays."""
+    """A pipe or a file given an encoding that lacks characters (Windows' cp1252, a Latin-1 locale) gets UTF-8:
+    generated text holds any character, and writing one the encoding lacked was a traceback after the work was done.
+    A terminal keeps its encoding (it shows what that encoding can), with characters it lacks replaced, not raised;
+    PYTHONIOENCODING, where set, is the user's choice and stays."""
     if os.environ.get("PYTHONIOENCODING"):
         return
     for stream in streams:
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("_", "-")
-        if encoding not in ("utf-8", "utf8") and hasattr(stream, "reconfigure"):
-            try:
-                stream.reconfigure(encoding="utf-8")
-            except (ValueError, OSError):  # (a stream already written to in another encoding, or closed)
-                pass
+        if encoding in ("utf-8", "utf8", "gb18030") or encoding.startswith(("utf-16", "utf-32")) \
+                or not hasattr(stream, "reconfigure"):  # (every character has a spelling there)
+            continue
+        try:
+            tty = stream.isatty()
+            stream.reconfigure(**({"errors": "replace"} if tty else {"encoding": "utf-8", "errors": stream.errors}))
+        except (ValueError, OSError):  # (a stream already written to in another encoding, or closed)
+            pass
 
 
 def main() -> None:

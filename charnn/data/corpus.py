@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
 from charnn.data.sources import BINARY, SNIFF_BYTES, Part, SourceFile, check_encoding, find_files
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, missing
 
 BUILTIN_NAME = "stdlib"
 # The built-in corpus stops after this many characters (about 5 MB: a few minutes per epoch on a CPU).
@@ -37,7 +37,7 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8", allow_em
     unless `allow_empty`)."""
     p = Path(path)
     if not p.exists():
-        raise CharnnError(f"{what} {path!r} does not exist")
+        raise CharnnError(f"{what} {path!r} {missing(path)}")
     if p.is_dir():
         raise CharnnError(f"{what} {path!r} is a directory; pass a text file")
     try:

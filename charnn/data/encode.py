@@ -27,7 +27,7 @@ from charnn.data.sources import (SEPARATOR, Part, SourceFile, Undecodable, check
                                  skip_or_raise)
 from charnn.config import TrainConfig
 from charnn.data.training_text import TextOptions
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, missing
 from charnn.text.tokenizer import tokenizer_from_state
 
 Callback = Callable[[str, dict], None]
@@ -331,7 +331,7 @@ def prepare_corpus(corpus, options: Union[TextOptions, TrainConfig], tokenizer_s
 
         p = Path(resolve(o.val_file, on_event))
         if not p.exists():
-            raise CharnnError(f"validation file {o.val_file!r} does not exist")
+            raise CharnnError(f"validation file {o.val_file!r} {missing(p)}")
         if p.is_dir():
             raise CharnnError(f"validation file {o.val_file!r} is a directory; pass a text file")
         val_parts = [SourceFile(p, optional=False)]

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Iterator, List, Sequence, Tuple
 
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, missing
 
 GATHER_SECS = 0.005  # after the first line of a chunk, wait this long for each next one while lines keep coming
 _DONE = object()
@@ -63,7 +63,7 @@ class LineFeed:
                     with open(path, encoding=self.encoding, newline="\n") as f:
                         self._lines(f, path)
                 except FileNotFoundError:
-                    raise CharnnError(f"input file {path!r} does not exist") from None
+                    raise CharnnError(f"input file {path!r} {missing(path)}") from None
                 except IsADirectoryError:
                     raise CharnnError(f"{path!r} is a folder; pass files of input lines") from None
                 except OSError as e:

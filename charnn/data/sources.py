@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Union
 
-from charnn.errors import CharnnError, ConfigError
+from charnn.errors import CharnnError, ConfigError, missing
 
 BLOCK_BYTES = 4 << 20  # bytes read per block from a file
 BLOCK_CHARS = 4 << 20  # characters per chunk of an in-memory text
@@ -43,7 +43,7 @@ def find_files(paths: Sequence[str], glob: Optional[str] = None,
     for arg in paths:
         p = Path(arg)
         if not p.exists():
-            raise CharnnError(f"corpus {arg!r} does not exist")
+            raise CharnnError(f"corpus {arg!r} {missing(arg)}")
         if p.is_dir():
             members = _walk(p, glob)
             if not members:

@@ -43,8 +43,8 @@ HEADERS = (HERE / "native_math.h", HERE / "native_pool.h", HERE / "native_train.
 FLAGS = (["-O3", "-march=native"], ["-O3"])  # the second where the compiler does not know -march=native
 COMMON = ["-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast"]  # (a * b + c: one FMA in every
 # file alike, which the int8 block's bit-for-bit agreement with the per-token cells rests on)
-if sys.platform == "darwin":  # (macOS's linker refuses the weak int8 symbols min_native.c asks for, left undefined
-    COMMON.append("-Wl,-undefined,dynamic_lookup")  # where int8_native.c is not built, unless told to let them be)
+if sys.platform == "darwin":  # (macOS's linker refuses min_native.c's weak int8 symbols, undefined where
+    COMMON += ["-Wl,-U,_int8_groups", "-Wl,-U,_gumbel"]  # int8_native.c is not built, unless told of each)
 I64, PTR, F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
 CELLS_BUILD = ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]),  # everything; where the int8 file will not build, the
                (SOURCES[:3], FLAGS[0]), (SOURCES[:3], FLAGS[1]),  # cells and the min cells' step (and its threads);
@@ -227,9 +227,10 @@ def _developer_tools(compiler: str) -> bool:
     if sys.platform != "darwin" or not str(shutil.which(compiler)).startswith("/usr/bin/"):
         return True
     try:
-        return subprocess.run(["xcode-select", "-p"], capture_output=True, timeout=10).returncode == 0
+        r = subprocess.run(["xcode-select", "-p"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return False
+    return r.returncode == 0 and Path(r.stdout.strip()).is_dir()  # (a folder chosen with -s, then deleted: no tools)
 
 
 def _compile(compiler: str, flags, sources, out: str) -> Optional[str]:

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, missing
 from charnn.training.metrics import METRICS_FILE, loss_unit, read_metrics
 
 X_AXES = {"step": ("step", "step"), "time": ("elapsed", "elapsed seconds")}
@@ -21,7 +21,7 @@ def run_records(run: str) -> Tuple[str, List[dict], str]:
     (metrics.jsonl, or a copy of one under another name)."""
     p = Path(run)
     if not p.exists():
-        raise CharnnError(f"run {run!r} does not exist")
+        raise CharnnError(f"run {run!r} {missing(run)}")
     path = p / METRICS_FILE if p.is_dir() else p.parent / METRICS_FILE if p.suffix == ".pt" else p
     records = read_metrics(path)
     if not records and path.is_file() and path.stat().st_size:
