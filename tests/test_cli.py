@@ -272,3 +272,23 @@ def test_a_symbolic_link_loop_or_a_broken_link_is_named_not_called_missing(tmp_p
                        (["train", "gone.txt"], "corpus 'gone.txt' does not exist")):
         monkeypatch.chdir(tmp_path)
         one_line_error(runner.invoke(app, args), 1, what)
+
+
+def test_sample_builds_the_c_library_only_for_a_cpu_run(monkeypatch, capsys):
+    """A GPU run never uses charnn's C library, so sampling there does not compile it (on a Mac without Xcode's
+    tools the attempt opened a dialog)."""
+    from charnn.cli.sample import _stream
+    from charnn.models import native
+
+    class Sampler:  # what _stream reads of charnn's Sampler
+        notes, chars, watch = [], 3, None
+
+        def __iter__(self):
+            return iter(["abc"])
+
+    built = []
+    monkeypatch.setattr(native, "library", lambda: built.append(1))
+    _stream(Sampler(), True, cpu=False)
+    assert built == []
+    _stream(Sampler(), True, cpu=True)
+    assert built == [1] and capsys.readouterr().out == "abc\nabc\n"
