@@ -154,6 +154,14 @@ def test_one_token_at_a_time_is_teacher_forcing(score):
         for t in range(x.shape[1]):
             logits, state = model.decode(x[[1, 0], t:t + 1], state, memory)
             torch.testing.assert_close(logits[:, 0], full[[1, 0], t], atol=1e-5, rtol=1e-5)
+        # a beam's K = 3 rows per input read one memory row (Memory.grouped): rows 0-2 input 1, rows 3-5 input 0
+        memory, state = model.encode(source)
+        memory = memory.select(torch.tensor([1, 0])).grouped(3)
+        rows = torch.tensor([1, 1, 1, 0, 0, 0])
+        state = tuple(s[:, rows] for s in state)
+        for t in range(x.shape[1]):
+            logits, state = model.decode(x[rows, t:t + 1], state, memory)
+            torch.testing.assert_close(logits[:, 0], full[rows, t], atol=1e-5, rtol=1e-5)
 
 
 def test_an_old_checkpoint_config_reads_as_a_language_model():

@@ -55,7 +55,7 @@ def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int
     B, K = source[0].shape[0], beam
     memory, state = model.encode(source)
     rep = torch.arange(B, device=device).repeat_interleave(K)
-    memory, state = memory.select(rep), model.state_ops.select(state, rep)
+    memory, state = memory.grouped(K), model.state_ops.select(state, rep)  # (each input's memory read by its K rows)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0
     limits_t = torch.as_tensor(list(limits), dtype=torch.long)
@@ -103,7 +103,7 @@ def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int
         if len(keep) < b:
             keep_rows = (keep.to(device)[:, None] * K + torch.arange(K, device=device)).view(-1)
             alive, top = alive[keep], top[keep.to(device)]
-            seqs, memory = seqs.index_select(0, keep_rows), memory.select(keep_rows)
+            seqs, memory = seqs.index_select(0, keep_rows), memory.select(keep.to(device))
             state = model.state_ops.select(state, keep_rows)
             tok = tok.view(-1).index_select(0, keep_rows)
         scores = top

@@ -36,15 +36,21 @@ Source = Tuple[torch.Tensor, torch.Tensor]  # (padded input ids (B, S), lengths 
 class Memory:
     """What the decoder attends over: the encoder outputs (B, S, D), where they are padding (B, S), and their keys
     (B, S, H) (the additive score's U a_s, the general score's W^T a_s), computed once per input rather than once
-    per decoded token."""
+    per decoded token. `group`: how many decoder rows in a row read each memory row (a beam search's K hypotheses
+    of one input: rows i * K .. i * K + K - 1 read memory row i), so the memory is never copied K times."""
 
-    def __init__(self, outputs: torch.Tensor, pad: torch.Tensor, keys: Optional[torch.Tensor] = None):
-        self.outputs, self.pad, self.keys = outputs, pad, keys
+    def __init__(self, outputs: torch.Tensor, pad: torch.Tensor, keys: Optional[torch.Tensor] = None,
+                 group: int = 1):
+        self.outputs, self.pad, self.keys, self.group = outputs, pad, keys, group
 
     def select(self, rows: torch.Tensor) -> "Memory":
-        """The memory of the given rows (beam search repeats and drops rows)."""
+        """The memory of the given memory rows (a search drops the inputs it has finished), its group kept."""
         keys = None if self.keys is None else self.keys.index_select(0, rows)
-        return Memory(self.outputs.index_select(0, rows), self.pad.index_select(0, rows), keys)
+        return Memory(self.outputs.index_select(0, rows), self.pad.index_select(0, rows), keys, self.group)
+
+    def grouped(self, group: int) -> "Memory":
+        """The same memory read by `group` consecutive decoder rows per row."""
+        return Memory(self.outputs, self.pad, self.keys, group)
 
 
 class Seq2Seq(nn.Module):
@@ -121,7 +127,9 @@ class Seq2Seq(nn.Module):
         e = self._drop(regularize.embed(self.embed, x, r.embed_dropout, on), r.input_dropout or None)
         h, state = self.dec_run(e, state, self.training)  # (B, T, H)
         if self.config.attention:
-            context = torch.bmm(self._weights(h, memory), memory.outputs)  # (B, T, D)
+            rows, T = h.shape[:2]
+            q = h.reshape(rows // memory.group, memory.group * T, h.shape[-1])  # (a memory row's queries together)
+            context = torch.bmm(self._weights(q, memory), memory.outputs).view(rows, T, -1)  # (B, T, D)
             h = torch.tanh(self.attn_out(torch.cat([context, h], -1)))
         dropped = self._drop(h)
         if self.training:
