@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import platform
+import subprocess
 import sys
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -38,15 +38,32 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ConfigError(f"unknown --device {name!r}; choose auto, cpu, cuda or mps")
 
 
+def cpuinfo() -> Optional[str]:
+    """Linux's /proc/cpuinfo (the CPU's model, flags or Arm's Features), or None where there is none."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def mac_cpu_name() -> str:
+    """macOS's name for the CPU ("Apple M2", an Intel model), where there is no /proc/cpuinfo; '' elsewhere."""
+    if sys.platform != "darwin":
+        return ""
+    try:
+        return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def cpu_name() -> str:
     """The CPU's model name ("AMD EPYC 7B13"), for results tables and for keys of per-machine decisions."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    for line in (cpuinfo() or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return mac_cpu_name() or platform.processor() or platform.machine()
 
 
 def default_batch_size(device: torch.device) -> int:

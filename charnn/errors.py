@@ -1,4 +1,5 @@
-"""The one exception type that library code raises for mistakes a user can fix."""
+"""The exceptions library code raises for mistakes a user can fix, and the few checks that word them (an
+allocation that failed, a path that is not there)."""
 
 import errno
 import os

@@ -8,7 +8,6 @@ all its clients; here the batch holds this call's `n` continuations. Scoring is 
 from __future__ import annotations
 
 import os
-
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple, Union

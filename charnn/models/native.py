@@ -35,6 +35,8 @@ from typing import Optional
 
 import torch
 
+from charnn.device import cpuinfo, mac_cpu_name
+
 HERE = Path(__file__).parent
 SOURCES = (HERE / "cells_native.c", HERE / "min_native.c", HERE / "pool_native.c",  # the sampler's library
            HERE / "int8_native.c")
@@ -169,8 +171,7 @@ def _openmp_paths() -> list:
         return sorted(paths, key=lambda p: not p.startswith(str(torch_dir)))
     except OSError:
         folders = (torch_dir / "lib", torch_dir.parent / "torch.libs", torch_dir.parent / "torch" / ".dylibs")
-        return [str(f) for d in folders if d.is_dir() for f in sorted(d.iterdir())
-                if f.name.startswith(OPENMP_NAMES) and f.suffix in (".so", ".dylib", ".dll", ".1", ".5")]
+        return [str(f) for d in folders if d.is_dir() for f in sorted(d.iterdir()) if f.name.startswith(OPENMP_NAMES)]
 
 
 def int8_products(lib: Optional[ctypes.CDLL]) -> bool:
@@ -265,23 +266,11 @@ def _compile(compiler: str, flags, sources, out: str) -> Optional[str]:
 def _cpu() -> str:
     """What -march=native compiled for: the CPU's model and feature flags (a cache shared by several machines
     must not hand one CPU's instructions to another)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        lines = [x for x in info.splitlines() if x.startswith(("model name", "flags", "Features", "CPU part"))]
-        return platform.machine() + "\n" + "\n".join(sorted(set(lines)))
-    except OSError:
-        return platform.machine() + platform.processor() + _sysctl_cpu()
-
-
-def _sysctl_cpu() -> str:
-    """macOS's name for the CPU ("Apple M2", an Intel model), where there is no /proc/cpuinfo; '' elsewhere."""
-    if sys.platform != "darwin":
-        return ""
-    try:
-        return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
+    info = cpuinfo()
+    if info is None:
+        return platform.machine() + platform.processor() + mac_cpu_name()
+    lines = [x for x in info.splitlines() if x.startswith(("model name", "flags", "Features", "CPU part"))]
+    return platform.machine() + "\n" + "\n".join(sorted(set(lines)))
 
 
 def ptr(t: Optional[torch.Tensor]) -> Optional[ctypes.c_void_p]:

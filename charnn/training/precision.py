@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from charnn.data.cache import cache_root
 from charnn.data.files import write_atomic
-from charnn.device import autocast, cpu_name
+from charnn.device import autocast, cpu_name, cpuinfo
 from charnn.errors import CharnnError, first_line
 from charnn.models.cells import copy_model
 
@@ -74,12 +74,8 @@ def native_bf16(device: torch.device) -> Tuple[bool, str]:
 def _cpuinfo_bf16() -> bool:
     """Where torch's probes cannot say (torch before 2.5, a CPU other than x86): Linux's CPU flags (x86's
     avx512_bf16 or amx_bf16, Arm's bf16), and where they cannot be read (macOS), True: the measurement decides."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))),
-                         None)
-    except OSError:
-        return True
+    lines = (cpuinfo() or "").splitlines()
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))), None)
     return flags is None or any(f in flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
