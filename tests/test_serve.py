@@ -417,8 +417,9 @@ def test_the_playground_page_is_self_contained(server):
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert "/v1/completions" in page and 'id="go"' in page and 'id="stop"' in page and "chars/s" in page
     assert "http://" not in page and "https://" not in page and "<link" not in page  # nothing fetched from elsewhere
-    status, _, raw = server.request("GET", "/nowhere")
-    assert status == 404 and json.loads(raw)["error"]["code"] == "not_found"
+    for path in ("/nowhere", "/v1/completions/", "/v1/chat/completions/"):  # (a trailing slash: an empty 307)
+        status, _, raw = server.request("POST" if "compl" in path else "GET", path, {"prompt": "a"})
+        assert status == 404 and json.loads(raw)["error"]["code"] == "not_found", path
 
 
 def test_a_key_guards_everything_but_health_and_a_full_server_answers_503(trained_run):
@@ -431,6 +432,9 @@ def test_a_key_guards_everything_but_health_and_a_full_server_answers_503(traine
         assert status == 200 and headers["access-control-allow-origin"] == "http://app.test"
         status, headers, _ = s.request("OPTIONS", "/v1/completions", headers={**preflight, "Origin": "http://evil.test"})
         assert "access-control-allow-origin" not in headers
+        stainless = {**preflight, "Access-Control-Request-Headers": "authorization,content-type,x-stainless-os"}
+        status, headers, _ = s.request("OPTIONS", "/v1/completions", headers=stainless)  # openai-node in a page
+        assert status == 200 and "x-stainless-os" in headers["access-control-allow-headers"].lower()
         with pytest.raises(openai.AuthenticationError):
             s.client("wrong").models.list()
         status, _, raw = s.request("POST", "/v1/completions", {"prompt": "the"})
@@ -493,6 +497,40 @@ def test_a_failing_generation_step_fails_its_requests_and_the_engine_carries_on(
             "the", length=5, seed=1) and done[-1][2] == "length"
     finally:
         engine.close()
+
+
+def test_a_queued_request_whose_client_left_gives_its_place_back_at_once(trained_run):
+    """A job cancelled while it waits (its client gave up) leaves the queue then, not when it reaches the head:
+    it kept counting against --max-queue, so a server whose clients time out and retry answered 503s."""
+    import asyncio
+
+    import charnn
+    from charnn.sampling import SamplingParams
+    from charnn.generation.batcher import RowSpec
+    from charnn.serve.engine import Busy, Engine, Job
+
+    engine = Engine(charnn.load(trained_run.run_dir, device="cpu"), max_batch=1, max_queue=2)
+    loop = asyncio.new_event_loop()
+    try:
+        jobs = [Job([RowSpec("the", n, SamplingParams(seed=1))], loop) for n in (10**9, 5, 5, 5)]
+        engine.submit(jobs[0])  # takes the row
+        _wait_for(lambda: engine.active_rows == 1, "the first job runs")
+        engine.submit(jobs[1])  # two wait
+        engine.submit(jobs[2])
+        assert engine.queued == 2 and engine.rows_reserved == 3
+        with pytest.raises(Busy):
+            engine.submit(jobs[3])
+        engine.cancel(jobs[2])  # the last in the queue leaves: its place is free now
+        assert engine.queued == 1 and engine.rows_reserved == 2
+        engine.submit(jobs[3])
+        engine.cancel(jobs[1])
+        engine.cancel(jobs[1])  # (twice: no effect)
+        assert [j for j in engine.waiting] == [jobs[3]] and engine.rows_reserved == 2
+        engine.cancel(jobs[0])  # the running one frees its row, and the waiting one runs
+        _wait_for(lambda: engine.queued == 0 and engine.rows_reserved == 0 and engine.active_rows == 0, "drained")
+    finally:
+        engine.close()
+        loop.close()
 
 
 def test_served_names_come_from_run_folders_or_name_equals_path(trained_run):

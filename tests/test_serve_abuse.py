@@ -415,6 +415,11 @@ def test_sizes_and_lying_lengths(served):
     prompts = ["the"] * 2000  # within the body limit, far more choices than the batch
     status, headers, raw = post(served, {"prompt": prompts, "max_tokens": 1})
     assert status == 400 and openai_error(status, headers, raw)["param"] == "n"
+    echo = {"prompt": "t" * (MAX_BODY - 2000), "max_tokens": 1, "echo": True}  # written back with every choice:
+    status, headers, raw = post(served, {**echo, "n": 5})  # 90,000 characters, over 4 bodies' worth
+    assert status == 400 and openai_error(status, headers, raw)["param"] == "echo"
+    status, _, raw = post(served, {**echo, "n": 4})
+    assert status == 200 and all(c["text"].startswith(echo["prompt"]) for c in json.loads(raw)["choices"])
     with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:  # says 100 bytes, sends 10
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 100\r\n\r\n{\"prompt\":")
@@ -748,6 +753,14 @@ def test_one_client_address_cannot_take_every_connection():
         for proto, _ in (second, third, other, again, *local):
             proto.connection_lost(None)
         assert cls.clients == {}
+        # a refused client that is gone while the reply goes out (a reset: shutdown raises ENOTCONN) is let go
+        # quietly; it was a traceback in the log per connection, which a connect-and-close loop turned into a flood
+        full = protocol(max_connections=0, timeout_headers=30, timeout_write=30, per_client=2)
+        proto, reset = full(uvicorn.Config(app=lambda *a: None), state, {}), Transport("203.0.113.9")
+        reset.write_eof = lambda: (_ for _ in ()).throw(OSError(107, "Transport endpoint is not connected"))
+        proto.connection_made(reset)
+        assert reset.sent.startswith(b"HTTP/1.1 503") and reset.closing
+        proto.connection_lost(None)
 
     asyncio.run(main())
 

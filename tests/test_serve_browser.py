@@ -136,6 +136,14 @@ def test_type_a_prompt_press_generate_and_see_text_arrive(trained_run, tmp_path)
             time.sleep(0.05)
         assert server.health()["active_rows"] == 0  # Stop closed the stream and the server freed the row
         assert len(browser.js("document.getElementById('out').textContent")) < len("the cat") + 1000000
+
+        # a server that fails mid-stream sends an error event: the page shows its message (was a TypeError)
+        browser.js("""window.fetch = async () => new Response('data: {"choices": [{"text": "ab", "index": 0, ' +
+            '"finish_reason": null}]}\\n\\ndata: {"error": {"message": "generation failed: out of memory", ' +
+            '"type": "server_error", "param": null, "code": null}}\\n\\n', {status: 200})""")
+        browser.click("#go")
+        shown = browser.wait_for("document.querySelector('#status .error')?.textContent", "the error")
+        assert "generation failed: out of memory" in shown and "TypeError" not in shown
     finally:
         browser.close()
         server.close()

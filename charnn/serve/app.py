@@ -28,6 +28,7 @@ from charnn.serve.engine import FAILED, Busy, Engine, Job
 from charnn.serve.guard import HostGuard
 
 DISCONNECT_POLL = 0.5  # seconds between checks that a non-streaming client is still there
+ECHO_BODIES = 4  # `echo` writes each prompt back with each of its n choices: at most this many --max-body-bytes of it
 DRAIN_MOST, DRAIN_SECS = 16 << 20, 5.0  # of a body past --max-body-bytes, read and dropped so the client sees the 413
 
 
@@ -135,6 +136,10 @@ class Server:
             return error(400, str(e), param="messages" if req.chat else "prompt")
         if req.scoring:
             return await self._score(request, req, name, model)
+        echoed, most = sum(map(len, req.prompts)) * req.params.n, ECHO_BODIES * self.cfg.max_body_bytes
+        if req.echo and echoed > most:  # (a 1 MiB prompt with n 64 was a 64 MiB reply, built on the event loop)
+            return error(400, f"`echo` sends the prompt back with each of its {req.params.n} choices, {echoed:,} "
+                              f"characters; at most {most:,} ({ECHO_BODIES} x --max-body-bytes)", param="echo")
         rows = [spec for text in req.prompts for spec in replace(req.params, prompt=text).rows()]
         job = Job(rows, asyncio.get_running_loop())
         try:
@@ -334,8 +339,10 @@ def create_app(models: Dict[str, Model], cfg: ServeConfig) -> Starlette:
                              cors_origins=cfg.cors_origins)]  # first: the outermost, before CORS and routing
     if cfg.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins),
-                                     allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
+                                     allow_methods=["GET", "POST"], allow_headers=["*"]))  # (whatever the page's
+        # client sends: openai-node adds its x-stainless-* headers; only a --cors-origin gets this far)
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+    app.router.redirect_slashes = False  # `/v1/completions/` is a JSON 404, not an empty redirect
     app.state.server = server
     return app

@@ -90,12 +90,17 @@ class Engine:
             self.cond.notify()
 
     def cancel(self, job: Job) -> None:
-        """The client went away: free the job's rows before the next step."""
+        """The client went away: a queued job leaves the queue now (its place and rows are free for the next
+        request), one in the batch frees its rows before the next step."""
         with self.cond:
             if job.cancelled:
                 return
             job.cancelled = True
-            self.cancels.append(job)
+            if job in self.waiting:  # (Job compares by identity)
+                self.waiting.remove(job)
+                self.rows_reserved -= len(job.specs)
+            else:
+                self.cancels.append(job)
             self.cond.notify()
 
     def close(self) -> None:
@@ -168,18 +173,11 @@ class Engine:
         job.deliver()
 
     def _admit(self) -> List[Job]:
-        """Jobs that leave the queue now (cancelled ones are dropped), in order, while the batch has room."""
+        """Jobs that leave the queue now, in order, while the batch has room (`cancel` takes a job out of the queue)."""
         out, used = [], self.batcher.active
-        while self.waiting:
-            job = self.waiting[0]
-            if job.cancelled:
-                self.waiting.popleft()
-                self.rows_reserved -= len(job.specs)
-                continue
-            if used + len(job.specs) > self.max_batch:
-                break
+        while self.waiting and used + len(self.waiting[0].specs) <= self.max_batch:
             out.append(self.waiting.popleft())
-            used += len(job.specs)
+            used += len(out[-1].specs)
         return out
 
     def _start(self, job: Job) -> None:

@@ -47,10 +47,13 @@ class LimitedH11(H11Protocol):
                 self.counted_peer, self.clients[peer] = peer, self.clients.get(peer, 0) + 1
         if refused is not None:
             self.transport, self.rejected = transport, True
-            transport.write(refused)
-            if transport.can_write_eof():
-                transport.write_eof()  # the reply, then FIN: read the client's request and hang up when it does
             self.timer = self.loop.call_later(LINGER, transport.abort)
+            try:
+                transport.write(refused)
+                if transport.can_write_eof():
+                    transport.write_eof()  # the reply, then FIN: read the client's request and hang up when it does
+            except OSError:  # the client has gone already (a reset while the reply went out): nothing to tell
+                transport.abort()
             return
         super().connection_made(transport)
         self._expect_headers()
