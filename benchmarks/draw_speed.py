@@ -37,7 +37,8 @@ def row(lib, V: int, scale: float, top_p: float) -> dict:
     ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
 
     def c(p):
-        return lambda: lib.head_draw(1, V, ptr(h), 1, ptr(w), ptr(bias), ptr(scratch), 1, ptr(noise), ptr(out), 1.0, 0, p)
+        return lambda: lib.head_draw(1, V, ptr(h), 1, ptr(w), ptr(bias), ptr(scratch), 1, ptr(noise), ptr(out), 1.0, 0, p,
+                                     None, None, None)
     kept = filter_logits(w[0].clone(), None, top_p)
     return {"vocab": V, "scale": scale, "top_p": top_p, "nucleus": int(torch.isfinite(kept).sum()),
             "c_top_p_us": round(microseconds(c(top_p)), 1), "c_no_top_p_us": round(microseconds(c(1.0)), 1),

@@ -118,7 +118,8 @@ def test_top_p_in_c_keeps_as_many_tied_tokens_as_filter_logits(fresh, logits, to
     for v in range(V):  # a token is kept if a huge noise on it alone wins the draw
         noise = torch.zeros(V)
         noise[v] = 1e30
-        lib.head_draw(1, V, ptr(h), 1, ptr(w), ptr(bias), ptr(scratch), 1, ptr(noise), ptr(out), 1.0, 0, top_p)
+        lib.head_draw(1, V, ptr(h), 1, ptr(w), ptr(bias), ptr(scratch), 1, ptr(noise), ptr(out), 1.0, 0, top_p,
+                      None, None, None)
         drawable |= {out.item()} if out.item() == v else set()
     want = int(torch.isfinite(filter_logits(w.clone(), None, top_p)).sum())
     assert len(drawable) == kept == want
@@ -143,7 +144,8 @@ def test_top_p_in_c_draws_what_filter_logits_draws_at_any_vocabulary(fresh, V, s
             w[0, :V // 3] = w[0, 0]  # a long run of equal logits: ties at the cut
         noise = -torch.log(torch.empty(V).exponential_(generator=g))
         top_p = (0.5, 0.9, 0.97, 0.2)[draw % 4]
-        lib.head_draw(1, V, ptr(h), 1, ptr(w), ptr(bias), ptr(scratch), 1, ptr(noise), ptr(out), 1.0, 0, top_p)
+        lib.head_draw(1, V, ptr(h), 1, ptr(w), ptr(bias), ptr(scratch), 1, ptr(noise), ptr(out), 1.0, 0, top_p,
+                      None, None, None)
         kept = filter_logits(w[0].clone(), None, top_p)
         if draw % 4:
             assert out.item() == int(torch.argmax(kept + noise)), (draw, top_p)
@@ -157,7 +159,8 @@ def test_the_batcher_draws_one_stream_in_c_top_p_too(fresh, trained_run, monkeyp
     calls = []
     real = FastStepper.step_draw
     monkeypatch.setattr(FastStepper, "step_draw",
-                        lambda self, *a: calls.append((round(a[3], 6), a[4], round(a[5], 6))) or real(self, *a))
+                        lambda self, *a, **k: calls.append((round(a[3], 6), a[4], round(a[5], 6)))
+                        or real(self, *a, **k))
     model = charnn.load(trained_run.run_dir, device="cpu")
     settings = [dict(), dict(temperature=0.7), dict(temperature=0.7, top_k=5), dict(top_k=500), dict(top_p=0.9),
                 dict(temperature=1.2, top_k=8, top_p=0.8)]

@@ -134,7 +134,7 @@ def test_the_batcher_makes_one_streams_blocks_in_c_and_the_text_is_the_per_token
     import charnn
     calls = []
     real = FastStepper.draw_block
-    monkeypatch.setattr(FastStepper, "draw_block", lambda self, *a: calls.append(len(a[1])) or real(self, *a))
+    monkeypatch.setattr(FastStepper, "draw_block", lambda self, *a, **k: calls.append(len(a[1])) or real(self, *a, **k))
     model = charnn.load(trained_run.run_dir, device="cpu", int8=True)
     settings = [dict(temperature=1.0), dict(temperature=0.6), dict(temperature=0.0), dict(temperature=0.9, top_k=4)]
     texts = {i: model.generate("the ", length=300, seed=5, **kw) for i, kw in enumerate(settings)}

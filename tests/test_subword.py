@@ -271,11 +271,120 @@ def test_length_counts_characters_for_a_bpe_model(bpe_run, bpe):
     body = r.stdout[len("the cat"):]
     assert r.stdout.startswith("the cat")
     assert len(body) == 137 or (len(body) == 138 and body.endswith("\n") and body[-2] != "\n")
-    # an untrained uniform model draws byte pieces freely: characters split over pieces, invalid bytes
+    # an untrained uniform model draws byte pieces freely: characters split over pieces
     for length in (1, 2, 3, 17, 200):
         cfg = SampleConfig(length=length, prime="a🙂", device="cpu")
         pieces = list(generate(uniform_charrnn(bpe.vocab_size), bpe, cfg, torch.device("cpu"), seed=length))
         assert len("".join(pieces)) == len("a🙂") + length
+
+
+# -- drawn byte pieces make UTF-8 -----------------------------------------------------------------------------------
+def test_the_utf8_tables_take_every_character_and_nothing_else(bpe):
+    """Every code point's UTF-8 bytes walk the tables from state 0 back to 0 (as byte pieces), the bytes UTF-8 never
+    has where they stand are refused, and random walks over what the tables allow decode strictly."""
+    from charnn.text.subword import UTF8_STATES
+
+    allowed, nxt = bpe.utf8_tables()
+    byte = bpe._byte_ids
+    rng = np.random.default_rng(0)
+    cps = [0, 0x7F, 0x80, 0x7FF, 0x800, 0xFFF, 0x1000, 0xD7FF, 0xE000, 0xFFFF, 0x10000, 0x3FFFF, 0x40000, 0xFFFFF,
+           0x100000, 0x10FFFF, *rng.integers(0, 0x110000, 3000)]
+    for cp in (int(c) for c in cps if not 0xD800 <= c <= 0xDFFF):
+        state = 0
+        for b in chr(cp).encode():
+            assert allowed[state, byte[b]], (hex(cp), state, b)
+            state = nxt[state, byte[b]]
+        assert state == 0
+    for bad in (b"\x80", b"\xbf", b"\xc0", b"\xc1", b"\xf5", b"\xff", b"\xe0\x80", b"\xed\xa0", b"\xf0\x80",
+                b"\xf4\x90", b"\xc3a", b"\xe6\x97a"):  # the last two: a text piece inside a character
+        state, ids = 0, [byte[b] for b in bad[:-1]] + [int(bpe.encode(chr(bad[-1]))[0]) if bad[-1] < 0x80
+                                                       else byte[bad[-1]]]
+        for i in ids[:-1]:
+            state = nxt[state, i]
+        assert not allowed[state, ids[-1]], bad
+    assert allowed.shape == (len(UTF8_STATES), bpe.vocab_size) and allowed[0].sum() == bpe.vocab_size - 64 - 13
+    assert allowed[1:, [i for i in range(bpe.vocab_size) if not bpe.sp.is_byte(i)]].sum() == 0
+    for _ in range(200):
+        state, ids = 0, []
+        for _ in range(40):
+            ids.append(int(rng.choice(np.flatnonzero(allowed[state]))))
+            state = nxt[state, ids[-1]]
+        while state:
+            ids.append(int(rng.choice(np.flatnonzero(allowed[state]))))
+            state = nxt[state, ids[-1]]
+        bpe._bytes(ids).decode("utf-8")  # strict: raises on anything that is not UTF-8
+
+
+def byte_hungry(cell: str, vocab: int, bpe):
+    """An untrained model whose head prefers continuation bytes (0x80-0xBF) by far, then lead bytes: drawn freely,
+    nearly every token would be a byte no character has there."""
+    from charnn.models.configs import MinRNNConfig
+    from charnn.models.lm import CharRNN
+    from charnn.models.minrnn import MinRNN
+
+    torch.manual_seed(0)
+    model = (MinRNN(MinRNNConfig(vocab_size=vocab, cell=cell, layers=1, hidden=64, embed=8, ffn=0))
+             if cell.startswith("min") else CharRNN(ModelConfig(vocab_size=vocab, cell=cell, layers=1, hidden=16,
+                                                                 embed=4))).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(0.01)
+        for b in range(0x80, 0x100):
+            model.head.bias[bpe._byte_ids[b]] += 6.0 if b < 0xC0 else 3.0
+    return model
+
+
+@pytest.mark.parametrize("cell,int8", [("lstm", False), ("lstm", True), ("gru", True), ("mingru", False),
+                                       ("minlstm", True)])
+@pytest.mark.parametrize("settings", [{}, {"temperature": 1.5, "top_k": 40}, {"top_p": 0.95}, {"greedy": True}])
+def test_drawn_byte_pieces_always_make_utf8_on_every_path(bpe, cell, int8, settings):
+    """A model that would draw continuation bytes anywhere writes only whole characters (byte fallback's pieces are
+    drawn only where UTF-8 has them), and the same text on each path: one stream (its head and draw in C, or with
+    --int8 a whole block in C) and the first of three streams (torch's draw), whatever the filters. Before, such a
+    model's text was mostly U+FFFD."""
+    from charnn.models import native
+
+    if int8 and not native.int8_products(native.library()):
+        pytest.skip("no int8 products here")
+    model = byte_hungry(cell, bpe.vocab_size, bpe)
+    texts = []
+    for n in (1, 3):
+        cfg = SampleConfig(length=300, prime="a", device="cpu", int8=int8, num_samples=n, separator="\ufffd",
+                           **settings)  # (the one character the samples cannot have)
+        texts.append("".join(generate(model, bpe, cfg, torch.device("cpu"), seed=5)).split("\ufffd")[0])
+    assert texts[0] == texts[1]
+    text = texts[0]
+    assert len(text) == 301 and "\ufffd" not in text
+    assert sum(c > "\x7f" for c in text) > 100  # the model's taste for bytes survives where it may: characters
+
+
+def test_the_utf8_guard_holds_through_a_recorded_block_and_rows_that_move(monkeypatch, bpe):
+    """Rows joining, leaving (the last row moves into a slot) and CUDA-graph blocks (conftest's stand-in) keep
+    each row's place in its character: the texts are whole characters and equal sampling without graphs."""
+    from conftest import fake_cuda
+    from charnn.generation.batcher import Batcher, RowSpec
+    from charnn.sampling import SamplingParams
+
+    model = byte_hungry("mingru", bpe.vocab_size, bpe)
+
+    def run(graphs: bool):
+        b = Batcher(model, bpe, torch.device("cpu"), capacity=3, block=4, graphs=graphs)
+        rows = [b.add(RowSpec(prompt="a", length=n, sampling=SamplingParams(temperature=1.0, seed=s)))
+                for n, s in ((9, 1), (60, 2))]
+        texts = {id(r): "" for r in rows}
+        for _ in range(6):
+            for row, piece in b.step(4):
+                texts[id(row)] += piece
+        rows.append(b.add(RowSpec(prompt="b", length=40, sampling=SamplingParams(seed=3))))
+        texts[id(rows[-1])] = ""
+        while b.active:
+            for row, piece in b.step(4):
+                texts[id(row)] += piece
+        return [texts[id(r)] for r in rows]
+
+    plain = run(False)
+    fake_cuda(monkeypatch)
+    assert run(True) == plain and [len(t) for t in plain] == [9, 60, 40]
+    assert not any("\ufffd" in t for t in plain)
 
 
 # -- token healing: a prime cut mid-word ---------------------------------------------------------------------------

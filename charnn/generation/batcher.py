@@ -4,7 +4,8 @@ Every row has its own prompt, length, temperature, top-k/top-p, stop strings and
 shape as rows come and go (`charnn sample`'s fixed batch is the case where all rows start together). Each token
 of a `Batcher.step` feeds every live row's next input token through one FastStepper call, scales and filters
 each row's logits by its own settings and adds the row's own seeded Gumbel noise (`draw.gumbel_noise`, so a seed gives
-the same text whatever else is in the batch); after a block of up to BLOCK tokens each row decodes its own. Live rows are kept packed at the front of the
+the same text whatever else is in the batch); after a block of up to BLOCK tokens each row decodes its own. A
+subword model's rows draw byte pieces only where UTF-8 has them (`draw.Utf8Mask`, in the C draws too). Live rows are kept packed at the front of the
 batch; the stepper is one of a few sizes (powers of two, and the capacity), swapped as the row count grows and
 shrinks, so one row does not pay for sixty-four. The stepper is the model kind's (charnn.models.registry): the
 FastStepper, or for a kind without a fast stepper ModuleStepper, its module's own forward; the Batcher moves
@@ -29,11 +30,11 @@ import torch
 
 from charnn.sampling import SamplingParams
 from charnn.errors import CharnnError, first_line
-from charnn.generation.draw import NOISE_FLOATS, DrawPlan, filter_logits, gumbel_noise, temper
+from charnn.generation.draw import NOISE_FLOATS, DrawPlan, Utf8Mask, filter_logits, gumbel_noise, temper
 from charnn.generation.prefill import CHUNK, prefill, run
 from charnn.generation.prompt import heal, start_ids
 from charnn.generation.stop import StopCut
-from charnn.models import registry
+from charnn.models import native, registry
 from charnn.models.stepper import FastStepper, ModuleStepper
 
 Stepper = Union[FastStepper, ModuleStepper]  # what steps the rows: the same row methods, layouts of their own
@@ -99,6 +100,8 @@ class Batcher:
         self.noise = torch.zeros(self.block, capacity, self.vocab, device=device, dtype=torch.float32)  # row by row
         self.drawn = torch.zeros(self.block, capacity, dtype=torch.long, device=device)  # this block's draws
         self.healing = False  # a row's first draw is limited to the pieces that complete its prompt
+        self.utf8 = Utf8Mask.of(tokenizer, capacity, device)  # subword models: byte pieces only where UTF-8 has them
+        self.c_mask = native.NO_MASK if self.utf8 is None else self.utf8.c_args()  # ... and in the C draws
         self.plan: Optional[DrawPlan] = None  # the rows' draw settings, made again when rows change
         self.graphs = device.type == "cuda" if graphs is None else graphs  # off CUDA: no effect
         self.graph, self.graph_rows, self.seen_rows = None, None, None  # the recorded block, for which rows
@@ -188,6 +191,8 @@ class Batcher:
         self.rows.append(row)
         self.stepper.load(row.slot, state)
         self.tokens[row.slot] = row.first
+        if self.utf8 is not None:  # (a prompt is whole characters)
+            self.utf8.state[row.slot] = 0
         self.healing = self.healing or row.allowed is not None
         self._changed()
 
@@ -225,6 +230,8 @@ class Batcher:
             i, j = row.slot, last.slot
             self.stepper.move(j, i)
             self.tokens[i] = self.tokens[j]
+            if self.utf8 is not None:
+                self.utf8.state[i] = self.utf8.state[j]
             last.slot = i
             self.rows[i] = last
         row.slot = -1
@@ -285,7 +292,7 @@ class Batcher:
         fused = self._in_c(n)  # FastStepper, one stream: the head and draw in C
         for noise, out, row in views:
             if fused is not None:
-                self.stepper.step_draw(prev, noise, out, *fused)
+                self.stepper.step_draw(prev, noise, out, *fused, mask=self.c_mask)
             else:
                 logits = step(prev)
                 self._draw(logits if whole else logits[:n], noise, out, plain)  # (n, V): rows past n are idle
@@ -329,7 +336,8 @@ class Batcher:
     def _capture(self, n: int, k: int):
         """Record one block as a CUDA graph. The warm-up run a capture needs first is undone (state and input
         tokens), so no token is lost or drawn twice."""
-        saved = [t.clone() for t in (*self.stepper.state_tensors(), self.tokens)]
+        kept = (*self.stepper.state_tensors(), self.tokens, *(() if self.utf8 is None else (self.utf8.state,)))
+        saved = [t.clone() for t in kept]
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -343,7 +351,7 @@ class Batcher:
         finally:  # also after a failed capture: the body then carries on from the same state
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            for t, saved_t in zip((*self.stepper.state_tensors(), self.tokens), saved):
+            for t, saved_t in zip(kept, saved):
                 t.copy_(saved_t)
 
     def _noise(self, rows: List[Row], k: int) -> torch.Tensor:
@@ -372,7 +380,7 @@ class Batcher:
             return False
         params = self.rows[0].spec.sampling
         self.stepper.draw_block(self.tokens, self.drawn[:k, :n], draw[0], params.seed, int(self.plan.drawn[0]),
-                                params.greedy, draw[1], draw[2])
+                                params.greedy, draw[1], draw[2], mask=self.c_mask)
         self.plan.drawn += k
         self.tokens[:n].copy_(self.drawn[k - 1, :n])
         return True
@@ -380,10 +388,18 @@ class Batcher:
     def _draw(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor, plain: bool) -> None:
         """(n, V) logits -> (n,) ids in `out`, each row by its own temperature, filters and noise (`plain`: noise only)."""
         if plain:  # the common case, with the fewest calls per token
-            torch.argmax(logits.add_(noise), dim=-1, out=out)
-            return
+            torch.argmax((logits if self.utf8 is None else self.utf8.apply(logits)).add_(noise), dim=-1, out=out)
+        else:
+            self._filtered(logits, noise, out)
+        if self.utf8 is not None:
+            self.utf8.advance(out)
+
+    def _filtered(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
+        """_draw with a temperature, top-k/top-p or token healing."""
         scale, filters = self.plan.scale, self.plan.filters
         x = temper(logits, scale) if scale is not None else logits  # in place: the stepper writes them anew each step
+        if self.utf8 is not None:  # before the filters, as healing: they choose among what UTF-8 allows
+            self.utf8.apply(x)
         if self.healing:  # before top-k/top-p, as sample always did: the filters then choose among the allowed
             for i, r in enumerate(self.rows):
                 if r.allowed is not None:  # token healing: the first draw completes the piece taken back

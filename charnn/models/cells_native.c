@@ -69,10 +69,12 @@ void gru_cell(int64_t B, int64_t H, const float *gi, int64_t gi_stride, const in
 /* The head and the draw of one token for the first B rows, where the Batcher draws with top-k and top-p at most:
    logits = bias + h @ W (W as torch keeps it, (H, V): one axpy per hidden unit, so the loop over the vocabulary
    vectorises), divided by the temperature unless it is 1, then draw_from (top-k, top-p, the noise, the argmax) into
-   out. The varying arguments come last, after those a caller binds once. */
+   out. The varying arguments come last, after those a caller binds once. mask (NULL: none): a subword model's UTF-8
+   guard (charnn.generation.draw.Utf8Mask), row b's logits get mask[state[b] * V ..] (0 or -inf) before the draw and
+   its state becomes next[state[b] * V + out[b]] after it. */
 static void head_draw_t(int64_t H, int64_t V, const float *h, int64_t h_stride, const float *w, const float *bias,
                         float *logits, int64_t B, const float *noise, int64_t *out, float temperature, int64_t top_k,
-                        float top_p) {
+                        float top_p, const float *mask, const int64_t *next, int64_t *state) {
     for (int64_t b = 0; b < B; b++) {
         const float *hb = h + b * h_stride;
         float *lb = logits + b * V;
@@ -85,12 +87,14 @@ static void head_draw_t(int64_t H, int64_t V, const float *h, int64_t h_stride, 
             const float y = bias[v] + lb[v];
             lb[v] = temperature == 1.0f ? y : y / temperature;
         }
-        out[b] = draw_from(lb, noise + b * V, V, top_k, top_p);
+        if (mask) add_mask(lb, mask, V, state[b]);
+        out[b] = draw_from(lb, noise ? noise + b * V : NULL, V, top_k, top_p);
+        if (mask) state[b] = next[state[b] * V + out[b]];
     }
 }
 
 void head_draw(int64_t H, int64_t V, const float *h, int64_t h_stride, const float *w, const float *bias,
                float *logits, int64_t B, const float *noise, int64_t *out, float temperature, int64_t top_k,
-               float top_p) {
-    head_draw_t(H, V, h, h_stride, w, bias, logits, B, noise, out, temperature, top_k, top_p);
+               float top_p, const float *mask, const int64_t *next, int64_t *state) {
+    head_draw_t(H, V, h, h_stride, w, bias, logits, B, noise, out, temperature, top_k, top_p, mask, next, state);
 }

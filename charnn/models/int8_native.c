@@ -228,7 +228,8 @@ static void head_part(const void *p, int64_t v0, int64_t v1) {
    *tok. hs and codes hold every layer's h side by side (L * H); codes2 is a second such buffer (a layer's new
    codes are written while other threads still read the old ones); c[l]: the LSTM's cell states; acc: 6H int32;
    levels: the codes' scale, round(h * levels). products_only: the products alone, k times (the benchmark's
-   ceiling). Every piece runs on `threads` threads. Returns -1 for a token id outside the vocabulary (nothing more
+   ceiling). mask, next_state, utf8: a subword model's UTF-8 guard (NULL: none), as cells_native.c's head_draw
+   applies it. Every piece runs on `threads` threads. Returns -1 for a token id outside the vocabulary (nothing more
    done), else 0. */
 int int8_block(int gru, int64_t L, int64_t H, int64_t V, const float *table, const int8_t *const *w,
                const int32_t *const *offset, const float *const *factor, const float *const *bias,
@@ -236,7 +237,8 @@ int int8_block(int gru, int64_t L, int64_t H, int64_t V, const float *table, con
                const float *const *bias_in, float *const *c, float *hs, int8_t *codes, int8_t *codes2, int32_t *acc,
                const float *w_head, const float *b_head, float *y, float *noise, int64_t k, float temperature,
                const int64_t *tok, int64_t seed, int64_t draw, int greedy, int64_t top_k, float top_p,
-               int64_t *drawn, int64_t drawn_stride, int products_only, int threads, float levels) {
+               int64_t *drawn, int64_t drawn_stride, int products_only, int threads, float levels,
+               const float *mask, const int64_t *next_state, int64_t *utf8) {
     int64_t id = *tok;
     int8_t *now = codes, *next = codes2;  /* the codes of the token before, and of this one */
     int status = 0;
@@ -272,7 +274,9 @@ int int8_block(int gru, int64_t L, int64_t H, int64_t V, const float *table, con
         const head_t q = {H, V, hs + (L - 1) * H, w_head, b_head, temperature, y};
         if (V * H >= HEAD_SPLIT) run_parts(head_part, &q, V, threads);  /* a subword vocabulary's head: shared */
         else head_part(&q, 0, V);  /* a character model's: a microsecond, less than handing half of it over */
+        if (mask) add_mask(y, mask, V, *utf8);
         id = drawn[t * drawn_stride] = draw_from(y, greedy ? NULL : noise + t * V, V, top_k, top_p);
+        if (mask) *utf8 = next_state[*utf8 * V + id];
     }
     if (now != codes) memcpy(codes, now, (size_t)(L * H));  /* the stepper's codes: the latest */
     pool_leave();

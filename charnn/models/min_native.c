@@ -262,7 +262,7 @@ int min_step(int64_t B, int64_t L, int64_t D, int64_t S, int64_t F, int cell, in
 /* cells_native.c's one-stream head and draw, and int8_native.c's Gumbel noise (where the library has that file). */
 void head_draw(int64_t H, int64_t V, const float *h, int64_t h_stride, const float *w, const float *bias,
                float *logits, int64_t B, const float *noise, int64_t *out, float temperature, int64_t top_k,
-               float top_p);
+               float top_p, const float *mask, const int64_t *next, int64_t *state);
 void gumbel(int64_t seed, int64_t draw, int64_t V, float *out) __attribute__((weak));
 
 /* k tokens of one stream in one call (MinStepper.draw_block): the stack's step, then head_draw with the row's noise
@@ -270,13 +270,14 @@ void gumbel(int64_t seed, int64_t draw, int64_t V, float *out) __attribute__((we
    drawn[t * drawn_stride] and the next token's input; the first input is *tok. The arguments through head_b are
    min_step's (B = 1); logits and noise: V floats. On the pool's own workers, as int8_native.c's block (no torch between the tokens, and the
    workers stay on the cores: one int8 minGRU stream 50,000-63,000 chars/s on them, 26,000-45,000 on torch's team;
-   a token a call, 7,800 against 19,300 the other way round). -1 for a token id outside the vocabulary (nothing
-   more done), else 0. */
+   a token a call, 7,800 against 19,300 the other way round). mask, next, utf8: head_draw's UTF-8 guard (NULL: none).
+   -1 for a token id outside the vocabulary (nothing more done), else 0. */
 int min_block(int64_t L, int64_t D, int64_t S, int64_t F, int cell, int64_t V, const float *table,
               const struct min_layer *layers, float *x, float *xn, float *scratch, int8_t *codes, float *scale,
               int32_t *acc, float eps, const float *head_w, const float *head_b, float *logits, float *noise,
               int64_t k, float temperature, int64_t seed, int64_t draw, int greedy, int64_t top_k, float top_p,
-              int64_t *drawn, int64_t drawn_stride, int threads, const int64_t *tok, float *state) {
+              int64_t *drawn, int64_t drawn_stride, int threads, const int64_t *tok, float *state,
+              const float *mask, const int64_t *next, int64_t *utf8) {
     int64_t id = *tok;
     int status = 0;
     const step_t run = {codes, scale, acc, pool_enter(threads), run_parts};
@@ -284,7 +285,8 @@ int min_block(int64_t L, int64_t D, int64_t S, int64_t F, int cell, int64_t V, c
         if (id < 0 || id >= V) { status = -1; break; }
         stack(1, L, D, S, F, cell, V, table, layers, x, xn, scratch, eps, head_w, head_b, NULL, &id, state, &run);
         if (!greedy) gumbel(seed, draw + t, V, noise);
-        head_draw(D, V, xn, D, head_w, head_b, logits, 1, greedy ? NULL : noise, &id, temperature, top_k, top_p);
+        head_draw(D, V, xn, D, head_w, head_b, logits, 1, greedy ? NULL : noise, &id, temperature, top_k, top_p,
+                  mask, next, utf8);
         drawn[t * drawn_stride] = id;
     }
     pool_leave();

@@ -138,14 +138,14 @@ class MinStepper(ModuleStepper):
         return torch.addmm(self.head_b, F.layer_norm(x, width, eps=eps), self.head_w)
 
     def step_draw(self, tok: torch.Tensor, noise: torch.Tensor, out: torch.Tensor, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0) -> None:
+                  top_k: int = 0, top_p: float = 1.0, mask: tuple = native.NO_MASK) -> None:
         """Where `draws` (one stream, C): step, then the Batcher's draw in the same C call as the head, as
         FastStepper.step_draw."""
         self._step_native(tok, None)
-        self.head_draw(1, native.ptr(noise), native.ptr(out), temperature, top_k, top_p)
+        self.head_draw(1, native.ptr(noise), native.ptr(out), temperature, top_k, top_p, *mask)
 
     def draw_block(self, tok: torch.Tensor, drawn: torch.Tensor, temperature: float, seed: int, draw: int,
-                   greedy: bool, top_k: int = 0, top_p: float = 1.0) -> None:
+                   greedy: bool, top_k: int = 0, top_p: float = 1.0, mask: tuple = native.NO_MASK) -> None:
         """Where `blocks` (one stream, C): step_draw for len(drawn) tokens in one C call, each draw the next one's
         input, with the row's Gumbel noise for its draws draw, draw + 1, ... made there (`gumbel_noise`'s hash; none
         if greedy), as FastStepper.draw_block. drawn: (k, n) int64, the stream's draws into drawn[:, 0]."""
@@ -155,7 +155,7 @@ class MinStepper(ModuleStepper):
             raise ValueError("MinStepper.draw_block: drawn must be a (k, n) int64 tensor")
         tok = self._ready(tok)
         if self.blocks(len(drawn), temperature, seed, draw, int(greedy), top_k, top_p, native.ptr(drawn),
-                       drawn.stride(0), torch.get_num_threads(), native.ptr(tok), native.ptr(self.state)):
+                       drawn.stride(0), torch.get_num_threads(), native.ptr(tok), native.ptr(self.state), *mask):
             raise IndexError("MinStepper.step: a token id outside the vocabulary")
 
     def _step_native(self, tok: torch.Tensor, logits: Optional[torch.Tensor]) -> None:

@@ -48,6 +48,7 @@ COMMON = ["-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=fast
 if sys.platform == "darwin":  # (macOS's linker refuses min_native.c's weak int8 symbols, undefined where
     COMMON += ["-Wl,-U,_int8_groups", "-Wl,-U,_gumbel"]  # int8_native.c is not built, unless told of each)
 I64, PTR, F32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+NO_MASK = (None, None, None)  # the C draws' UTF-8 guard arguments where there is none (charnn.generation.draw.Utf8Mask)
 CELLS_BUILD = ((SOURCES, FLAGS[0]), (SOURCES, FLAGS[1]),  # everything; where the int8 file will not build, the
                (SOURCES[:3], FLAGS[0]), (SOURCES[:3], FLAGS[1]),  # cells and the min cells' step (and its threads);
                (SOURCES[:1], FLAGS[0]), (SOURCES[:1], FLAGS[1]))  # where those will not either, the cells alone
@@ -69,7 +70,7 @@ def library() -> Optional[ctypes.CDLL]:
     lib.lstm_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, PTR, PTR, I64, PTR, I64, F32, I64, PTR]
     lib.gru_cell.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, PTR, PTR, I64, PTR, I64, F32]
     lib.head_draw.restype = None
-    lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64, F32]
+    lib.head_draw.argtypes = [I64, I64, PTR, I64, PTR, PTR, PTR, I64, PTR, PTR, F32, I64, F32, PTR, PTR, PTR]
     if not hasattr(lib, "min_step"):  # built from the cells alone
         return lib
     lib.pool_use_openmp.restype, lib.pool_use_openmp.argtypes = None, [PTR, PTR, PTR]
@@ -80,14 +81,14 @@ def library() -> Optional[ctypes.CDLL]:
                              ctypes.c_int, PTR, PTR]
     lib.min_block.restype = ctypes.c_int
     lib.min_block.argtypes = [I64, I64, I64, I64, ctypes.c_int, I64, *[PTR] * 8, F32, PTR, PTR, PTR, PTR, I64, F32,
-                              I64, I64, ctypes.c_int, I64, F32, PTR, I64, ctypes.c_int, PTR, PTR]
+                              I64, I64, ctypes.c_int, I64, F32, PTR, I64, ctypes.c_int, PTR, PTR, PTR, PTR, PTR]
     if not hasattr(lib, "int8_vnni"):  # built without the int8 file
         return lib
     lib.int8_vnni.restype, lib.int8_vnni.argtypes = ctypes.c_int, []
     lib.int8_product.restype, lib.int8_product.argtypes = None, [I64, I64, PTR, PTR, PTR, PTR, ctypes.c_int]
     lib.int8_block.restype = ctypes.c_int
     lib.int8_block.argtypes = [ctypes.c_int, I64, I64, I64, *[PTR] * 18, I64, F32, PTR, I64, I64, ctypes.c_int, I64,
-                               F32, PTR, I64, ctypes.c_int, ctypes.c_int, F32]
+                               F32, PTR, I64, ctypes.c_int, ctypes.c_int, F32, PTR, PTR, PTR]
     lib.gumbel.restype, lib.gumbel.argtypes = None, [I64, I64, I64, PTR]
     return lib
 
@@ -347,13 +348,13 @@ class Int8Block:
         self.levels = float(levels)  # the codes' scale: round(h * levels)
 
     def __call__(self, tok, drawn, temperature: float, seed: int, draw: int, greedy: bool, top_k: int = 0,
-                 top_p: float = 1.0, products_only: bool = False) -> int:
+                 top_p: float = 1.0, products_only: bool = False, mask=NO_MASK) -> int:
         """tok: the first input (1,); drawn: (k, ...) int64, token t's draw into drawn[t, 0] (the next one's input),
         with the row's noise for its draws draw .. draw + k - 1 (`gumbel_noise`'s, made here), top_k (0: none) and
-        top_p (1: none).
+        top_p (1: none); mask: a UTF-8 guard's `c_args` (NO_MASK: none).
         Every piece runs on torch's thread count (`--threads`). -1: a token id outside the vocabulary."""
         if self.noise.numel() < drawn.shape[0] * self.y.numel():
             self.noise = torch.empty(drawn.shape[0], self.y.numel(), dtype=torch.float32)
         return self.call(self.noise.data_ptr(), len(drawn), temperature, tok.data_ptr(), seed, draw, int(greedy),
                          top_k, top_p, drawn.data_ptr(), drawn.stride(0), int(products_only), torch.get_num_threads(),
-                         self.levels)
+                         self.levels, *mask)

@@ -206,6 +206,13 @@ static inline float top_p_floor(const float *y, int64_t V, float floor, float to
     return low;  /* (>= floor: every value in a is) */
 }
 
+/* A subword model's UTF-8 guard (charnn.generation.draw.Utf8Mask): y += the mask's row for the state (0 for the tokens
+   allowed there, -inf for the rest), before top-k, top-p and the noise, as the Batcher's torch draw adds it. */
+static inline void add_mask(float *y, const float *mask, int64_t V, int64_t state) {
+    const float *m = mask + state * V;
+    for (int64_t v = 0; v < V; v++) y[v] += m[v];
+}
+
 /* The Batcher's draw from one row's tempered logits y (V): top-k (top_k in 1..V-1; 0: none), then top-p (top_p in
    (0, 1); 1: none) as filter_logits does them (below the k-th largest, or out of the nucleus: -inf), plus noise
    (NULL: none), and the argmax as torch.argmax (the first of equal values, and NaN above all). */

@@ -261,24 +261,24 @@ class FastStepper:
         return _ptr(tok)
 
     def step_draw(self, tok: torch.Tensor, noise: torch.Tensor, out: torch.Tensor, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0) -> None:
+                  top_k: int = 0, top_p: float = 1.0, mask: tuple = native.NO_MASK) -> None:
         """Where `draws`: step, then out = argmax(filter_logits(temper(logits, temperature), top_k, top_p) + noise),
         the Batcher's draw (top_k 0, top_p 1: none), with the head in the same C call. noise: (1, V) float32, out:
-        (1,) int64, both contiguous."""
+        (1,) int64, both contiguous; mask: a UTF-8 guard's `c_args` (charnn.generation.draw.Utf8Mask)."""
         self._native_layers(tok)
-        self.head_draw(1, _ptr(noise), _ptr(out), temperature, top_k, top_p)
+        self.head_draw(1, _ptr(noise), _ptr(out), temperature, top_k, top_p, *mask)
 
     def draw_block(self, tok: torch.Tensor, drawn: torch.Tensor, temperature: float, seed: int, draw: int,
-                   greedy: bool, top_k: int = 0, top_p: float = 1.0) -> None:
+                   greedy: bool, top_k: int = 0, top_p: float = 1.0, mask: tuple = native.NO_MASK) -> None:
         """Where `blocks`: step_draw for len(drawn) tokens in one C call, each draw the next one's input, with the
         row's Gumbel noise for its draws draw, draw + 1, ... made there (`gumbel_noise`'s hash; none if greedy).
-        drawn: (k, n) int64, the stream's draws into drawn[:, 0]."""
+        drawn: (k, n) int64, the stream's draws into drawn[:, 0]; mask as step_draw's."""
         self._ids(tok)
         if self.blocks is None:
             raise NotImplementedError("FastStepper.draw_block: this stepper makes no blocks in C (see `blocks`)")
         if drawn.dtype != torch.long or drawn.dim() != 2:
             raise ValueError("FastStepper.draw_block: drawn must be a (k, n) int64 tensor")
-        if self.blocks(tok, drawn, temperature, seed, draw, greedy, top_k, top_p):
+        if self.blocks(tok, drawn, temperature, seed, draw, greedy, top_k, top_p, mask=mask):
             raise IndexError("FastStepper.step: a token id outside the vocabulary")
 
     def _lstm(self, l: int, g: torch.Tensor) -> None:

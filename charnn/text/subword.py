@@ -64,6 +64,7 @@ class SentencePieceTokenizer:
         # characters a piece starts: its bytes that are not UTF-8 continuation bytes (10xxxxxx)
         self._starts = np.array([sum((b & 0xC0) != 0x80 for b in p) for p in self.pieces], dtype=np.int64)
         self._byte_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
+        self._utf8: Optional[Tuple[np.ndarray, np.ndarray]] = None  # see utf8_tables
 
     def _piece_bytes(self, i: int) -> bytes:
         sp = self.sp
@@ -158,6 +159,13 @@ class SentencePieceTokenizer:
         return np.array([j for j, p in enumerate(self.pieces)
                          if p.startswith(head) and not (sp.is_unknown(j) or sp.is_control(j))], dtype=np.int64)
 
+    def utf8_tables(self) -> Tuple[np.ndarray, np.ndarray]:
+        """What keeps drawn byte pieces UTF-8 (generation's `Utf8Mask`): (allowed, next), both (UTF8_STATES, V):
+        allowed[s, i] whether piece i may come in state s, next[s, i] the state after it. Made once."""
+        if self._utf8 is None:
+            self._utf8 = utf8_tables([self.pieces[i] if self.sp.is_byte(i) else None for i in range(len(self.pieces))])
+        return self._utf8
+
     def decoder(self, skip: bytes = b"") -> "ByteStreamDecoder":
         return ByteStreamDecoder(self, skip)
 
@@ -182,6 +190,41 @@ class ByteStreamDecoder:
     def flush(self) -> str:
         """Whatever is held back, as U+FFFD (a stream that ended inside a character)."""
         return self._utf8.decode(b"", final=True)
+
+
+# Where a UTF-8 character is, byte by byte: state 0 between characters; else (continuation bytes still to come, the
+# lowest and highest byte the next one may be), as RFC 3629's table has it (no overlong forms, no surrogates, nothing
+# past U+10FFFF).
+UTF8_STATES = ((0, 0, 0), (1, 0x80, 0xBF), (2, 0x80, 0xBF), (2, 0xA0, 0xBF), (2, 0x80, 0x9F), (3, 0x80, 0xBF),
+               (3, 0x90, 0xBF), (3, 0x80, 0x8F))
+
+
+def utf8_next(state: int, byte: int) -> int:
+    """The state after `byte` in `state` (UTF8_STATES' index), -1 where no UTF-8 text has that byte there."""
+    left, lo, hi = UTF8_STATES[state]
+    if left:
+        return -1 if not lo <= byte <= hi else (0 if left == 1 else UTF8_STATES.index((left - 1, 0x80, 0xBF)))
+    if byte < 0x80:
+        return 0
+    for first, last, nxt in ((0xC2, 0xDF, 1), (0xE0, 0xE0, 3), (0xE1, 0xEC, 2), (0xED, 0xED, 4), (0xEE, 0xEF, 2),
+                             (0xF0, 0xF0, 6), (0xF1, 0xF3, 5), (0xF4, 0xF4, 7)):
+        if first <= byte <= last:
+            return nxt
+    return -1  # a continuation byte, C0, C1 or F5..FF: never first
+
+
+def utf8_tables(byte_pieces: Sequence[Optional[bytes]]) -> Tuple[np.ndarray, np.ndarray]:
+    """(allowed, next) over a vocabulary where byte_pieces[i] is piece i's one byte, or None for a piece of whole
+    characters (text, unknown, control: they may come between characters only, and leave the state there)."""
+    S, V = len(UTF8_STATES), len(byte_pieces)
+    allowed, nxt = np.zeros((S, V), dtype=bool), np.zeros((S, V), dtype=np.int64)
+    allowed[0] = True
+    for i, piece in enumerate(byte_pieces):
+        if piece is not None:
+            for s in range(S):
+                after = utf8_next(s, piece[0])
+                allowed[s, i], nxt[s, i] = after >= 0, max(after, 0)
+    return allowed, nxt
 
 
 def training_sample(text: str, cap: Optional[int] = None, blocks: Optional[int] = None) -> str:
