@@ -165,6 +165,9 @@ class TransduceConfig:
         temperature = 1.0 if self.temperature is None else self.temperature
         given = SamplingParams(temperature, self.top_k, self.top_p, self.seed)  # (a search's seed is checked too)
         problems = [message for _, message in given.problems(SAMPLING_FLAGS)]  # as given, before --temp 0 clears
+        if self.seed is not None and self.temperature is None and self.top_k is None and self.top_p is None:
+            problems.append("`--seed` seeds sampled outputs (--temp/--top-k/--top-p); greedy decoding and --beam "
+                            "draw nothing at random")  # (it was ignored)
         if not problems and self.sampling is not None and given.greedy:  # --temp 0: greedy, as in sample and the
             self.temperature, self.top_k, self.top_p = None, None, None  # API; here: a search, not a sample
         for flag, value in (("--beam", self.beam), ("--n-best", self.n_best), ("--batch-size", self.batch_size)):

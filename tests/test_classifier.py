@@ -108,10 +108,15 @@ def test_classify_flags_and_eval_report_serve_the_classifier(run, tmp_path):
     assert [o["label"] for o in out] == ["q", "z"]
     # what needs next-character predictions says so in one line (they crashed inside torch)
     calls = {"score": ("ab q",), "token_logprobs": ("ab q",), "surprisal": ("ab q",), "activations": ("ab q",),
-             "adapt": ("ab q",), "for_label": ("q",), "gradient_reach": ("ab q",)}
-    for method, args in calls.items():
-        with pytest.raises(CharnnError, match=f"is a classifier .* no {method}\\(\\); use classify"):
+             "adapt": ("ab q",), "for_label": ("q",), "gradient_reach": ("ab q",), "generate": (), "stream": ()}
+    from charnn.errors import WrongKind
+    for method, args in calls.items():  # ... and as another kind's calls: hasattr tells the kinds apart
+        with pytest.raises(WrongKind, match=f"is a classifier .* no {method}\\(\\); use classify"):
             getattr(model, method)(*args)
+        assert not hasattr(model, method)
+    assert model.kind == "classifier" and not model.generates and hasattr(model, "classify")
+    with pytest.raises(WrongKind, match="is a classifier: it labels whole texts .* transduce\\(\\) is a seq"):
+        model.transduce("ab")
 
 
 def test_training_reports_a_classifiers_loss_per_text(tmp_path):
@@ -136,6 +141,9 @@ def test_errors_are_one_line(run, tmp_path):
     one_line_error(runner.invoke(app, ["train", str(tmp_path / "t.tsv"), "--label-by", "line", "--classifier",
                                        "--class-weights", "heavy", "--out", str(tmp_path)]), 2, "--class-weights")
     one_line_error(runner.invoke(app, ["sample", str(run)]), 1, "charnn classify")  # (no "sampling ..." line first)
+    from conftest import free_port
+    one_line_error(runner.invoke(app, ["serve", str(run), "--port", str(free_port())]), 1, "is a classifier",
+                   "charnn classify")
     one_line_error(runner.invoke(app, ["eval", str(run), str(tmp_path / "t.tsv")]), 2, "--label-by")
     one_line_error(runner.invoke(app, ["transduce", str(run), str(plain)]), 1, "is a classifier", "charnn classify")
     for args in ([str(tmp_path / "t.tsv"), "--label-by", "line"], [str(plain)],  # (tracebacks, or a classifier

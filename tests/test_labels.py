@@ -315,6 +315,8 @@ def test_classify_outputs(labelled_run, lang_files):
     r = runner.invoke(app, args + ["--per-file", str(empty)])
     assert r.exit_code == 0 and r.stdout.startswith(f"{empty}\t") and r.stdout.count("\n") == 1
     assert f"note: {empty} is empty: its answer is for no text at all" in r.stderr  # (there was no note)
+    quiet = runner.invoke(app, args + ["--per-file", str(empty), "-q"])  # -q as sample's (it was refused)
+    assert quiet.exit_code == 0 and quiet.stdout == r.stdout and quiet.stderr == ""
 
 
 def test_classify_errors_are_one_line(labelled_run, trained_run, tmp_path):
@@ -373,6 +375,12 @@ def test_sample_with_a_label_writes_in_its_voice(labelled_run):
                    "unknown label 'es'", "de, en, fr")
 
 
+def test_sample_label_of_an_unlabelled_model_is_in_the_commands_words(trained_run):
+    r = runner.invoke(app, ["sample", str(trained_run.run_dir), "--label", "bb"])  # (it said "for_label does not
+    one_line_error(r, 1, "--label does not apply", "--label-by")                   # apply (... label_by ...)")
+    assert "for_label" not in r.stderr and "label_by" not in r.stderr
+
+
 def test_eval_reports_each_label(labelled_run, lang_files):
     fr = str(lang_files / "fr.txt")
     r = runner.invoke(app, ["eval", str(labelled_run), fr, "--json"])
@@ -409,6 +417,11 @@ def test_the_python_api_has_labels(labelled_run):
         model.classify("the red barn", uniform_prior="False")
     assert model.classify("the red barn", uniform_prior=np.bool_(True)) == model.classify("the red barn",
                                                                                           uniform_prior=True)
+    adapted = model.adapt("the red barn and the dog")  # adapted as the label-free twin: said so (it said "trained
+    for call in (lambda: adapted.classify("the red barn"), lambda: adapted.for_label("en")):  # without labels")
+        with pytest.raises(CharnnError, match="adapted .adapt. as its labelled model's label-free twin: call .* on"):
+            call()
+    assert de.adapt("ein hund").label == "de"  # a label's voice, adapted, is still that label's
 
 
 def test_dynamic_evaluation_and_novelty_of_a_labelled_model(labelled_run, lang_files):
@@ -429,9 +442,17 @@ def test_init_from_an_unlabelled_base_into_a_labelled_run(trained_run, lang_file
     data = load_checkpoint(result.run_dir / "best.pt")
     assert data["model_config"]["labels"] == 2 and data["parent"]["step"] == trained_run.steps
     # ...and a labelled base into an unlabelled run: its label vectors are left behind
+    events = []
     again = charnn.train(files[0], init_from=str(result.run_dir), out=str(tmp_path), name="plain", max_steps=3,
-                         eval_every=3, batch_size=8, seq_len=32)
+                         eval_every=3, batch_size=8, seq_len=32,
+                         on_event=lambda kind, info: events.append((kind, info)))
     assert "label_embed.weight" not in load_checkpoint(again.run_dir / "best.pt")["model"]
+    names = load_checkpoint(result.run_dir / "best.pt")["labels"]["names"]
+    assert [info.get("labels_dropped") for kind, info in events if kind == "init_from"] == [names]  # (silent before)
+    r = runner.invoke(app, ["train", files[0], "--init-from", str(result.run_dir), "--out", str(tmp_path), "--name",
+                            "plain2", "--max-steps", "2", "--batch-size", "8", "--seq-len", "32"])
+    said = f"label{'s' if len(names) > 1 else ''} {', '.join(names)} are not in this run"
+    assert r.exit_code == 0 and said in r.stderr
 
 
 def test_init_from_a_labelled_base_keeps_the_vectors_of_the_labels_it_knows(labelled_run, lang_files, tmp_path):

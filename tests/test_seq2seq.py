@@ -68,6 +68,11 @@ def test_bad_lines_name_file_and_line_and_can_be_skipped(tmp_path):
     assert [(x.source, x.target) for x in f.pairs] == [("ab", "ba"), ("cd", "dc")] and f.skipped == 2
     r = runner.invoke(app, ["train", str(p), "--pairs", "--out", str(tmp_path)])
     one_line_error(r, 1, "p.tsv:3", "--skip-bad-lines")
+    import charnn
+    with pytest.raises(CharnnError, match="p.tsv:3.*`skip_bad_lines` skips and counts such lines"):  # the API's
+        charnn.train(str(p), pairs=True, out=str(tmp_path))  # words (were "charnn train skip_bad_lines skips")
+    one_line_error(runner.invoke(app, ["train", "--pairs", "--out", str(tmp_path)]), 2, "--pairs", "CORPUS")  # (a
+    # usage error, as `--label-by`'s: it exited 1)
 
 
 def test_any_unicode_on_either_side(tmp_path):
@@ -385,6 +390,11 @@ def test_cli_trains_the_ablations(tmp_path):
                 ["--pairs", "--no-attention", "--attention-score", "additive"]):
         r = runner.invoke(app, ["train", str(tmp_path / "r.tsv"), *bad, "--max-steps", "1", "--out", str(tmp_path)])
         assert r.exit_code == 2 and "--attention-score" in r.stderr and "Traceback" not in r.stderr
+    for name, change in (("unidirectional", ["--no-attention"]), ("no-attention", ["--unidirectional"]),
+                         ("unidirectional", ["--attention-score", "additive"])):  # a resume went on, silently
+        r = runner.invoke(app, ["train", str(tmp_path / "r.tsv"), "--pairs", "--resume", *change, "--name", name,
+                                "--out", str(tmp_path), "--max-steps", "6", "--quiet"])
+        assert r.exit_code == 2 and "cannot change" in r.stderr and change[0] in r.stderr, r.stderr
 
 
 def test_a_slow_producer_gets_each_result_before_sending_the_next(reverse_run):
@@ -438,9 +448,11 @@ def test_the_python_api_transduces_and_scores_with_the_cli_code(reverse_run, tmp
     assert model.score([(w, w[::-1]) for w in held])["exact_match"] > 0.8
     with pytest.raises(ParamError, match="`pairs` is empty"):  # (was: every number None)
         model.score([])
-    with pytest.raises(CharnnError, match="not in the model's input characters .unknown skip drops them.") as e:
+    with pytest.raises(CharnnError, match="not in the model's input characters .`unknown=skip` drops them.") as e:
         model.transduce("ab\u2603")  # (the command's words were `--unknown skip`)
     assert "--" not in str(e.value)
+    with pytest.raises(CharnnError, match="^`line` needs a non-blank input line$"):  # (was "line needs a ... line")
+        model.attention(" ")
     from charnn.errors import WrongKind
     for name in ("generate", "stream", "token_logprobs", "adapt", "classify", "for_label"):  # (was: AttributeError)
         with pytest.raises(WrongKind, match=f"sequence-to-sequence model .train --pairs.: it has no {name}"):
@@ -459,6 +471,8 @@ def test_language_model_commands_say_what_to_use_for_a_pairs_model(reverse_run, 
     one_line_error(runner.invoke(app, ["train", str(tmp_path / "t.txt"), "--init-from", run, "--out",
                                        str(tmp_path)]), 2, "--init-from")
     one_line_error(runner.invoke(app, ["eval", run, str(tmp_path / "t.txt"), "--dynamic"]), 2, "--dynamic")
+    one_line_error(runner.invoke(app, ["eval", run, str(tmp_path / "t.txt"), "--label-by", "line"]), 2,
+                   "--label-by")  # (it was ignored)
 
 
 def test_previews_show_validation_inputs_and_their_outputs(tmp_path):
@@ -614,6 +628,8 @@ def test_edge_values_and_wrong_types_are_one_line_or_param_errors(reverse_run, t
                                        str(2**63 - 1)]), 2, "--max-length")
     one_line_error(runner.invoke(app, ["transduce", run, "--length-penalty", "600", "--beam", "2"], input="abc\n"), 2,
                    "--length-penalty")
+    for search in ([], ["--beam", "2"]):  # a seed with nothing to sample (it was ignored)
+        one_line_error(runner.invoke(app, ["transduce", run, "--seed", "3", *search], input="abc\n"), 2, "--seed")
     one_line_error(runner.invoke(app, ["transduce", run, str(tmp_path / "in.txt"), "--encoding", "utf-16"]), 1,
                    "not valid utf-16")
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfabc\n")

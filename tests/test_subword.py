@@ -208,6 +208,8 @@ def test_unknown_character_in_val_text_of_a_char_model(tmp_path, trained_run):
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["unknown_chars"] == 2 and "2 characters are not in the model's vocabulary" in r.stderr
+    quiet = runner.invoke(app, ["eval", str(trained_run.run_dir / "best.pt"), str(val), "--json", "-q"])
+    assert quiet.exit_code == 0 and quiet.stdout == r.stdout and quiet.stderr == ""  # -q as sample's (was refused)
     assert math.isfinite(out["nats_per_char"]) and out["chars"] == len(val.read_text(encoding="utf-8"))
     events = []
     cfg = TrainConfig(out=str(tmp_path), val_file=str(val), **{**TINY_TRAIN, "max_steps": 2})

@@ -61,6 +61,7 @@ class Model:
         kind = (data.get("model_config") or {}).get("kind", "lm")
         self._reads_text = kind != "classifier"  # a classifier labels whole texts: it predicts no characters
         self.adaptation = None  # set on the Model that `adapt` returns: its `result` while adapting, `seconds`
+        self.twin = False  # set by `adapt` on a labelled model: the label-free twin it adapted has no labels
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.path}, on {self.device})"
@@ -168,7 +169,8 @@ class Model:
         adapted = adapted_copy(self.net, self.tokenizer, text, self.device, cfg)
         model = Model(adapted.model, self.tokenizer, self.device, self.path,
                       {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
-        model.adaptation = adapted
+        model.adaptation, model.label = adapted, self.label
+        model.twin = bool(self.labels) and self.label is None  # adapted as a labelled model's label-free twin
         return model
 
     def for_label(self, name: str) -> "Model":
@@ -266,9 +268,6 @@ class Model:
         """Refuse, in one line: what needs next-character predictions on a classifier (`train --classifier`), a
         text that is not a string (or is empty, unless `empty`: a score of nothing was NaN), a count (value,
         least, most) out of its range (they failed in the tokenizer, torch or numpy)."""
-        if not self._reads_text:
-            raise CharnnError(f"{self.path} is a classifier (train --classifier): it labels whole texts and predicts "
-                              f"no characters, so it has no {method}(); use classify()")
         if text is not ... and not isinstance(text, str):
             raise ParamError(f"`text` must be a string, got {shown(text)}", "text")
         if text == "" and not empty:
@@ -283,12 +282,17 @@ class Model:
         if self.label is not None:
             raise CharnnError(f"this Model speaks as label {self.label!r} (for_label): call {method}() on the Model "
                               "charnn.load returned")
+        if self.twin:  # (it said "trained without labels")
+            raise CharnnError(f"this Model was adapted (adapt) as its labelled model's label-free twin: call "
+                              f"{method}() on the Model charnn.load returned (for_label(name).adapt(text) adapts as a "
+                              "label)")
 
     def __getattr__(self, name: str):
         """A sequence-to-sequence model's call on this one: say what it is, not Python's AttributeError."""
         if name in ("transduce", "attention"):
-            raise WrongKind(f"{self.path} is a language model: it continues text (generate, stream); {name}() is "
-                            "a sequence-to-sequence model's (train --pairs)")
+            what = ("a classifier: it labels whole texts (classify)" if self.kind == "classifier" else
+                    "a language model: it continues text (generate, stream)")
+            raise WrongKind(f"{self.path} is {what}; {name}() is a sequence-to-sequence model's (train --pairs)")
         raise AttributeError(f"'Model' object has no attribute {name!r}")
 
     @property
@@ -350,7 +354,30 @@ def load_model(path_or_run: Optional[str], device: str, int8: bool, flag: str = 
         except CharnnError as e:
             raise CharnnError(str(e).replace("sample without --int8", f"{command} without {flag}")
                               .replace("--int8", flag)) from None
-    return Model(model, tokenizer, dev, path, data, int8)
+    return (ClassifierModel if kind is not None and kind.name == "classifier" else Model)(model, tokenizer, dev, path,
+                                                                                       data, int8)
 
 
-__all__ = ["Model", "load"]
+def _hidden(self):
+    raise AttributeError  # (a property that raises AttributeError hands the lookup to __getattr__)
+
+
+class ClassifierModel(Model):
+    """A classifier (`train --classifier`): `classify` and `info`; what needs next-character predictions it lacks
+    (reading it raises WrongKind, an AttributeError, so `hasattr` is False)."""
+
+    kind = "classifier"
+    LACKS = ("generate", "stream", "score", "adapt", "for_label", "token_logprobs", "surprisal", "activations",
+             "gradient_reach")
+    for _method in LACKS:
+        locals()[_method] = property(_hidden)
+    del _method
+
+    def __getattr__(self, name: str):
+        if name in self.LACKS:
+            raise WrongKind(f"{self.path} is a classifier (train --classifier): it labels whole texts and predicts "
+                            f"no characters, so it has no {name}(); use classify()")
+        return super().__getattr__(name)
+
+
+__all__ = ["ClassifierModel", "Model", "load"]

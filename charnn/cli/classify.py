@@ -11,7 +11,7 @@ from typing import Annotated, Iterator, List, Optional
 
 import typer
 
-from charnn.cli.options import Device, Json, Threads, check_threads, stdin_once
+from charnn.cli.options import Device, Json, Quiet, Threads, check_threads, stdin_once
 from charnn.cli.output import err, note_threads, user_errors, writing_results
 from charnn.data.linefeed import STDIN, stdin_lines
 from charnn.errors import CharnnError
@@ -35,6 +35,7 @@ def classify(
     device: Device = "auto",
     encoding: Annotated[str, typer.Option(help="Text encoding of the input.")] = "utf-8",
     threads: Threads = None,
+    quiet: Quiet = False,
 ):
     """Say which label each line most likely came from (a model trained with --label-by: a label-conditioned
     language model, by Bayes' rule, or a --classifier)."""
@@ -44,6 +45,7 @@ def classify(
     from charnn.device import resolve_device
     from charnn.threadwatch import measuring
 
+    err.notes = not quiet
     with user_errors():
         paths = list(paths or [])
         ckpt = paths.pop(0) if paths and (Path(paths[0]).suffix == ".pt" or Path(paths[0]).is_dir()) else None
@@ -51,7 +53,7 @@ def classify(
         if per_file and not paths:
             raise typer.BadParameter("--per-file needs FILE arguments")
         dev, threads = resolve_device(device), check_threads(threads)
-        note_threads(threads)
+        note_threads(threads, quiet)
         data = load_checkpoint(resolve_checkpoint(ckpt))
         model, tokenizer = build_from_checkpoint(data, dev)
         classifier = classifier_for(model, tokenizer, data.get("labels"), dev, uniform_prior)
@@ -60,8 +62,7 @@ def classify(
                      for p in paths]
             for path, text in zip(paths, texts):
                 if not text:  # (its answer is the model's for no text at all: a prior's)
-                    err.print(f"note: {'stdin' if path == STDIN else path} is empty: its answer is for no text at all",
-                              markup=False)
+                    err.note(f"{'stdin' if path == STDIN else path} is empty: its answer is for no text at all")
     show = _formatter(probs, top, as_json)
     with writing_results(), measuring(threads, dev):  # (blocks of texts on measured threads: charnn.threadwatch)
         if per_file:

@@ -8,8 +8,8 @@ from typing import Annotated, List, Optional, Tuple
 
 import typer
 
-from charnn.cli.options import (Device, DynamicDecay, DynamicLr, Json, ScoreLabel, Segment, Threads, check_threads,
-                                dynamic_config, split_checkpoint, stdin_once)
+from charnn.cli.options import (Device, DynamicDecay, DynamicLr, Json, Quiet, ScoreLabel, Segment, Threads,
+                                check_threads, dynamic_config, split_checkpoint, stdin_once)
 from charnn.cli.output import err, json_line, note_threads, user_errors, writing_results
 from charnn.data.linefeed import STDIN
 
@@ -40,6 +40,7 @@ def evaluate(
     uniform_prior: Annotated[bool, typer.Option("--uniform-prior", help="With --label-by: every label equally "
                                                                         "likely before the text.")] = False,
     threads: Threads = None,
+    quiet: Quiet = False,
 ):
     """Score text files: nats and bits per character, perplexity, characters and tokens (a labelled model:
     also under each label). A sequence-to-sequence model scores input<TAB>target files: nats per target
@@ -50,9 +51,10 @@ def evaluate(
     from charnn.sampling import TransduceConfig
     from charnn.threadwatch import measuring
 
+    err.notes = not quiet
     with user_errors("eval"):
         dev, threads = resolve_device(device), check_threads(threads)
-        note_threads(threads)
+        note_threads(threads, quiet)
         with measuring(threads, dev):  # (the scoring loops run on measured threads: charnn.threadwatch)
             ckpt, files = split_checkpoint(paths, needs=1)
             if ckpt is None and len(files) == 1 and (files[0].endswith(".pt") or Path(files[0]).is_dir()):
@@ -68,8 +70,9 @@ def evaluate(
             if uniform_prior and not labelled:  # (it was ignored)
                 raise ConfigError("`--uniform-prior` applies to labelled files (--label-by) scored by a labelled model")
             if is_seq2seq(data):
-                if dynamic or label is not None:
-                    raise ConfigError("`--dynamic` and `--label` apply to language models, not to a --pairs model")
+                if dynamic or label is not None or label_by is not None:  # (--label-by was ignored)
+                    raise ConfigError("`--dynamic`, `--label` and `--label-by` apply to language models, not to a "
+                                      "--pairs model")
                 if any(entries):
                     raise ConfigError("a catalog corpus with its own split is text, not pairs; pass pair files")
                 if STDIN in files:
@@ -124,7 +127,7 @@ def _score_texts(data: dict, texts: List[str], label: Optional[str], dynamic, de
         total = combine(results)
     unknown = total.static.unknown if dynamic is not None else total.unknown
     if unknown:
-        err.print(f"note: {unknown:,} character{'s are' if unknown != 1 else ' is'} not in the model's "
+        err.note(f"{unknown:,} character{'s are' if unknown != 1 else ' is'} not in the model's "
                   "vocabulary; scored as the unknown token")
     return results, total, per_label
 
@@ -171,8 +174,8 @@ def _test_split(path: str, entry: dict) -> str:
     if split:
         start = split["train"] + split["val"]
         text = text[start:]
-        err.print(f"note: {entry['name']}: scoring its test split, characters {start:,} to {start + len(text):,} "
-                  f"(train and val are the {split['train']:,} and {split['val']:,} before)", markup=False)
+        err.note(f"{entry['name']}: scoring its test split, characters {start:,} to {start + len(text):,} "
+                  f"(train and val are the {split['train']:,} and {split['val']:,} before)")
     return text
 
 
@@ -217,11 +220,11 @@ def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> N
     scores = score_files(model, source_tok, tok, pair_files, cfg, dev, (data.get("pairs") or {}).get("max_ratio", 4.0))
     unknown = unknown_chars(source_tok, pair_files)
     if unknown:
-        err.print(f"note: {unknown:,} input characters are not in the model's vocabulary; they are scored as the "
+        err.note(f"{unknown:,} input characters are not in the model's vocabulary; they are scored as the "
                   "unknown token and dropped when decoding")
     unknown = unknown_chars(tok, pair_files, "target")
     if unknown:  # (said for inputs only: the targets' could not be written, so no output can match them)
-        err.print(f"note: {unknown:,} target characters are not in the model's output vocabulary; they are scored "
+        err.note(f"{unknown:,} target characters are not in the model's output vocabulary; they are scored "
                   "as the unknown token, and no output can match them")
     all_ = total(scores)
     with writing_results():

@@ -19,8 +19,15 @@ class MessageConsole(Console):
     """stderr's console: where its reader went away (`charnn train ... 2>&1 | head`), the work goes on without
     messages, where Rich's own handling would exit 1 (training would stop at its next line, unsaved)."""
 
+    notes = True  # False: a command's -q (its notes are silenced; errors still print)
+
     def on_broken_pipe(self) -> None:
         self.quiet = True
+
+    def note(self, text: str) -> None:
+        """`note: TEXT` on stderr (as it is: no markup), unless -q silenced the command's notes."""
+        if self.notes:
+            self.print(f"note: {text}", markup=False)
 
     def _check_buffer(self) -> None:
         try:

@@ -124,6 +124,11 @@ class TrainProgress:
                           "choose)")
         elif kind == "init_from":
             self.note(f"fine-tuning from {parent_words(info)}")
+            if info.get("labels_dropped"):
+                names = info["labels_dropped"]
+                self.note(f"note: the base's label{'s' if len(names) > 1 else ''} {', '.join(names[:10])}"
+                          f"{f' and {len(names) - 10} more' if len(names) > 10 else ''} are not in this run: "
+                          "their vectors are left behind")
         elif kind == "start":
             self.unit = info.get("unit", "char")
             per = f", {info['chars_per_token']:.2f} chars/token" if info.get("tokenizer", "char") != "char" else ""

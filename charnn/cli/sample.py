@@ -74,7 +74,7 @@ def sample(
         note_threads(cfg.threads, quiet)
         adapting = dynamic_config(adapt is not None, "--adapt", dynamic_lr, dynamic_decay, segment)
         model = load_model(checkpoint, cfg.device, cfg.int8)  # the loader of the Python API and the server
-        if model.kind != "lm":
+        if model.kind == "seq2seq":
             raise CharnnError(f"this checkpoint {SEQ2SEQ_HINT}")
         if not model.generates:  # (before the "sampling ..." line: the error alone)
             raise CharnnError("this checkpoint is a classifier (train --classifier): it labels texts and writes "
@@ -82,6 +82,8 @@ def sample(
         if prime_file is not None:
             cfg.prime = read_prime(prime_file)
         if label is not None:  # the label folded into the embedding: every sampler path serves it as is
+            from charnn.scoring.classify import label_id
+            label_id(model.labels, label)  # (in the command's words: for_label's are the API's)
             model = model.for_label(label)
         if adapt is not None:
             with measuring(cfg.threads, model.device):  # (--threads, or measured, for the adapting pass too)

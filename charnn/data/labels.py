@@ -160,7 +160,7 @@ def _read(path: Path, encoding: str) -> str:
     return plain.read_text(str(path), "corpus file", encoding, allow_empty=True).replace("\r\n", "\n")
 
 
-TRAIN_HINT = "charnn train --skip-bad-lines skips and counts such lines"
+TRAIN_HINT = "`--skip-bad-lines` skips and counts such lines"
 
 
 def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = None,

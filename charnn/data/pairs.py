@@ -23,7 +23,7 @@ import torch
 from charnn.data import corpus as plain
 from charnn.data.batches import pad_rows
 from charnn.data.sources import find_files
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, ConfigError
 from charnn.text.tokenizer import CharTokenizer, start_id
 
 END = "\n"  # ends every input and target (and starts the decoder)
@@ -72,7 +72,7 @@ class PairText:
                 "max_target": max(len(p.target) for p in self.train)}
 
 
-TRAIN_HINT = "charnn train --skip-bad-lines skips and counts such lines"
+TRAIN_HINT = "`--skip-bad-lines` skips and counts such lines"
 
 
 def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False, hint: str = TRAIN_HINT) -> PairFile:
@@ -109,7 +109,7 @@ def load_pairs(paths: Sequence[str], encoding: str = "utf-8", glob: Optional[str
                seed: int = 1337, val_file: Optional[str] = None, skip_bad: bool = False,
                on_skip: Optional[Callable[[str, str], None]] = None) -> PairText:
     if not paths:
-        raise CharnnError("`--pairs` needs CORPUS files or folders of input<TAB>target lines")
+        raise ConfigError("`--pairs` needs CORPUS files or folders of input<TAB>target lines")
     files = read_pair_files(paths, encoding, glob, skip_bad, on_skip)
     pairs = [p for f in files for p in f.pairs]
     skipped = sum(f.skipped for f in files)

@@ -136,7 +136,7 @@ class Transducer:
         if bad.any():
             if self.cfg.unknown == "error":
                 shown = ", ".join(repr(c) for c in self.src_tok.unknown(text)[:5])
-                raise CharnnError(f"{where}: {shown} not in the model's input characters (--unknown skip drops them)")
+                raise CharnnError(f"{where}: {shown} not in the model's input characters (`--unknown skip` drops them)")
             ids = ids[~bad]
             self.dropped += int(bad.sum())
             if not len(ids):

@@ -35,7 +35,7 @@ def attention_map(model, source_tokenizer, tokenizer, line: str, device: torch.d
     if not getattr(model.config, "attention", False):
         raise CharnnError("this sequence-to-sequence model has no attention (trained with --no-attention)")
     if not line.strip():
-        raise CharnnError("--attention needs a non-blank input line")
+        raise CharnnError("`--attention` needs a non-blank input line")
     missing = source_tokenizer.unknown(line)
     if missing:
         raise CharnnError(f"{where}: {', '.join(repr(c) for c in missing[:5])} not in the model's input characters")

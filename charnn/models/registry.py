@@ -41,6 +41,13 @@ class TrainFlag:
     decls: Tuple[str, ...] = ()  # Typer's spelling where it is not --name (" /--no-attention": an off switch)
     show_default: Any = True  # what the help shows as the default (True: the value)
 
+    def spelled(self, value) -> str:
+        """The value as a command line gives it, for messages: `--hidden 128`; an off switch's `--no-attention`,
+        and its on state by its name (`attention`)."""
+        if self.type is bool and self.decls and self.decls[0].startswith(" /"):
+            return self.decls[0][2:] if not value else str(self.show_default)
+        return f"--{self.name.replace('_', '-')} {value}"
+
 
 @dataclass(frozen=True)
 class ModelKind:
@@ -294,7 +301,8 @@ register(ModelKind("lm", "charnn.models.lm:CharRNN", LMConfig, RECURRENT_FLAGS, 
                    extra={"plain_defaults": LM_DEFAULTS}))
 register(ModelKind("seq2seq", "charnn.models.seq2seq:Seq2Seq", Seq2SeqConfig, SEQ2SEQ_FLAGS, serves="pairs",
                    cells=CELLS, info_fields=RECURRENT_INFO, architecture=RECURRENT_ARCHITECTURE,
-                   fixed_on_resume=RECURRENT_FIXED, generates=False))
+                   fixed_on_resume=RECURRENT_FIXED + ("attention", "bidirectional", "attention_score"),
+                   generates=False))
 
 
 # -- the parallel-scan recurrent kind (--cell mingru / minlstm) ---------------------------------------------------

@@ -30,6 +30,9 @@ def load_models(paths: Sequence[Optional[str]], device: str = "auto", int8: bool
         if not isinstance(model, Model):
             raise CharnnError(f"{model.path} is a sequence-to-sequence model; `charnn serve` serves language "
                               "models (use `charnn transduce`, or charnn.load(...).transduce from Python)")
+        if not model.generates:  # (refused only once serving began, after its "model ..." line)
+            raise CharnnError(f"{model.path} is a classifier (train --classifier): it labels texts and writes none; "
+                              "`charnn serve` serves language models (use `charnn classify`)")
         name = name or model.name
         if name in models:
             raise CharnnError(f"two checkpoints would both be served as {name!r}; name one with NAME=PATH")

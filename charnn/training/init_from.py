@@ -61,8 +61,9 @@ def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: O
     # a classifier parent: into a language model it was a traceback; into a classifier an LSTM one was a KeyError
     # and a min-cell one was dropped for a fresh LSTM while the run said "fine-tuning from"
     if data["model_config"].get("kind") == "classifier":
-        raise ConfigError(f"--init-from {path} is a classifier (train --classifier); --init-from starts from a "
-                          "language model (a classifier takes its embedding); continue a classifier with --resume")
+        raise ConfigError(f"--init-from {path} is a classifier (trained with `--classifier`); --init-from starts "
+                          "from a language model (a classifier takes its embedding); continue a classifier with "
+                          "--resume")
     base = ModelConfig.from_saved(data["model_config"]).validate()
     # what the new run keeps of the base: its architecture, or what its own kind says it takes (a classifier
     # takes the embedding, and the encoder's first layer where the shapes match)

@@ -48,9 +48,11 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     problems = [f"{flag(k)} {merged[k]} (the run used {getattr(old, k)})"
                 for k in FIXED_ON_RESUME if merged[k] != getattr(old, k)]
     if explicit is not None:
-        saved_model = saved.get("model_config", {})
-        problems += [f"{flag(k)} {model_cfg.value(k)} (the run used {saved_model[k]})"
-                     for k in registry.kind_of(saved_model).fixed_on_resume
+        saved_model, kind = saved.get("model_config", {}), registry.kind_of(saved.get("model_config", {}))
+        spelled = {f.name: f.spelled for f in kind.flags}
+        shown = lambda k, v: spelled[k](v) if k in spelled else f"{flag(k)} {v}"  # noqa: E731
+        problems += [f"{shown(k, model_cfg.value(k))} (the run used {shown(k, saved_model[k]).split(' ')[-1]})"
+                     for k in kind.fixed_on_resume
                      if k in explicit and k in saved_model and model_cfg.value(k) != saved_model[k]]
     if problems:
         raise ConfigError(f"--resume continues run {given.name or 'NAME'} as it was saved; it cannot change "
