@@ -251,10 +251,35 @@ def test_stdout_in_another_encoding_becomes_utf8(monkeypatch):
     tty.write("ş→é")
     tty.flush()
     assert tty.encoding == "latin-1" and screen.getvalue() == "??é".encode("latin-1")
-    monkeypatch.setenv("PYTHONIOENCODING", "cp1252")
-    kept = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")
+    monkeypatch.setenv("PYTHONIOENCODING", "cp1252")  # the user's encoding stays; what it lacks is replaced (it
+    kept = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")  # was a traceback), unless they named a handler
     cli_app.utf8_output(kept)
-    assert kept.encoding == "cp1252" and kept.errors == "strict"
+    assert kept.encoding == "cp1252" and kept.errors == "replace"
+    monkeypatch.setenv("PYTHONIOENCODING", "cp1252:strict")
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")
+    cli_app.utf8_output(strict)
+    assert strict.encoding == "cp1252" and strict.errors == "strict"
+
+
+def test_a_stdout_encoding_that_lacks_a_character_is_never_a_traceback(tmp_path):
+    """PYTHONIOENCODING=ascii: 'é' is written as '?' (was a UnicodeEncodeError traceback); ascii:strict, the
+    user's own handler: one line, exit 1."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    (tmp_path / "t.txt").write_text("café au lait " * 200, encoding="utf-8")
+    run = [sys.executable, "-m", "charnn"]
+    env = subprocess_env()
+    assert subprocess.run([*run, "train", str(tmp_path / "t.txt"), "--out", str(tmp_path), "--hidden", "16",
+                           "--batch-size", "4", "--seq-len", "16", "--max-steps", "2"], env=env,
+                          capture_output=True).returncode == 0
+    sample = [*run, "sample", str(tmp_path / "t"), "--prime", "caf\u00e9", "--length", "3", "-q"]
+    r = subprocess.run(sample, env={**env, "PYTHONIOENCODING": "ascii"}, capture_output=True)
+    assert r.returncode == 0 and r.stdout.startswith(b"caf?") and not r.stderr
+    r = subprocess.run(sample, env={**env, "PYTHONIOENCODING": "ascii:strict"}, capture_output=True)
+    assert r.returncode == 1 and (r.stdout == b"" or r.stdout.startswith(b"caf"))
+    assert r.stderr.decode().count("\n") == 1 and "encoding ascii has no" in r.stderr.decode()
 
 
 def test_a_symbolic_link_loop_or_a_broken_link_is_named_not_called_missing(tmp_path, monkeypatch):

@@ -129,6 +129,12 @@ def test_bad_corpora(tmp_path, monkeypatch):
     one_line_error(invoke("train", tmp_path / "latin.txt", "--encoding", "klingon", *out), 2, "--encoding")
     # --encoding picks another codec: the same file then gets as far as the batch-size check
     one_line_error(invoke("train", tmp_path / "latin.txt", "--encoding", "latin-1", *out), 1, "fewer than one batch")
+    (tmp_path / "wide").mkdir()  # UTF-16 text is all NUL bytes: binary, unless --encoding says what it is
+    for where in (tmp_path / "wide.txt", tmp_path / "wide" / "a.txt"):
+        where.write_text("caf\xe9 au lait\n" * 2, encoding="utf-16")
+    one_line_error(invoke("train", tmp_path / "wide.txt", *out), 1, "looks binary", "--encoding")
+    for corpus in (tmp_path / "wide.txt", tmp_path / "wide"):  # (both were refused as binary with utf-16 too)
+        one_line_error(invoke("train", corpus, "--encoding", "utf-16", *out), 1, "fewer than one batch")
     one_line_error(invoke("train", tmp_path / "short.txt", *out), 1, "fewer than one batch", "--batch-size")
 
     def unreadable(self, *args, **kwargs):

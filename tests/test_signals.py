@@ -79,3 +79,29 @@ def test_a_second_ctrl_c_quits_at_once(tmp_path, corpus):
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     assert load_checkpoint(run / "last.pt")["step"] >= 1
+
+
+def test_a_second_ctrl_c_during_a_save_is_held_until_the_file_is_in_place(tmp_path):
+    """The second Ctrl-C raised KeyboardInterrupt inside torch.save: its zip writer broke and its own error came out
+    as a traceback (exit 1). Now it waits for the file being written, then quits; outside a write, at once."""
+    import os
+
+    from charnn.data.files import atomic_file
+    from charnn.training.stopping import StopRequest, graceful_signals
+
+    stop = StopRequest()
+    with graceful_signals(stop):
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_file(tmp_path / "x.pt") as f:
+                f.write(b"a" * 1000)
+                os.kill(os.getpid(), signal.SIGINT)  # the first asks to stop
+                os.kill(os.getpid(), signal.SIGINT)  # the second is held: the write goes on
+                f.write(b"b" * 1000)
+        assert (tmp_path / "x.pt").read_bytes() == b"a" * 1000 + b"b" * 1000 and stop.signum == signal.SIGINT
+        with atomic_file(tmp_path / "y.pt") as f:  # nothing held is left over for the next file
+            f.write(b"c")
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # not writing: at once
+            for _ in range(1000):
+                pass
+    assert (tmp_path / "y.pt").read_bytes() == b"c" and not list(tmp_path.glob(".*"))

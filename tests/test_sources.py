@@ -143,6 +143,47 @@ def test_the_second_run_reads_the_cache_and_new_content_gets_a_new_key(tmp_path,
         prepare(part, "utf-8", {"val_frac": 0.1}, CHAR)
 
 
+def test_a_corpus_written_to_while_it_is_encoded_is_not_cached_under_its_old_hash(tmp_path):
+    """The key is the hash of the bytes before encoding; a file appended to meanwhile was encoded with the new bytes
+    and cached under the old hash (a later run of the old content trained on text the file no longer held)."""
+    path = tmp_path / "c.txt"
+    path.write_text(make_text(50) + "written to while it is read\n", encoding="utf-8")  # (not cached yet)
+    part = [SourceFile(path, False)]
+
+    def append(kind, info):
+        if kind == "data" and info.get("stage") == "encode":
+            with path.open("a", encoding="utf-8") as f:
+                f.write("more text\n" * 30)
+    with pytest.raises(CharnnError, match="changed while it was read; run again"):
+        prepare(part, "utf-8", {"val_frac": 0.1}, CHAR, on_event=append)
+    data = prepare(part, "utf-8", {"val_frac": 0.1}, CHAR)  # (it stopped changing: encoded now, not found cached)
+    assert not data.cached and data.train_chars + data.val_chars == len(path.read_text(encoding="utf-8"))
+
+
+def test_a_build_killed_midway_leaves_no_folder_for_good(tmp_path):
+    """A process killed while it encoded left its temporary folder in the cache forever (65 MB of a 138 MB corpus):
+    the next build sweeps those nobody is building (the lock of a build in progress keeps its own)."""
+    import fcntl
+
+    from charnn.data import cache
+
+    path = tmp_path / "c.txt"
+    path.write_text(make_text(50) + "a build killed midway\n", encoding="utf-8")  # (not cached yet)
+    folder = cache.entry_dir("x").parent
+    (folder / ".locks").mkdir(parents=True, exist_ok=True)
+    stale, busy, no_lock = (folder / f".{k * 32}-tmp1234" for k in "abc")
+    for d in (stale, busy, no_lock):
+        d.mkdir()
+        (d / "ids.bin").write_bytes(b"\0" * 1000)
+    for k in "ab":
+        (folder / ".locks" / (k * 32)).touch()
+    with open(folder / ".locks" / ("b" * 32)) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process's build of b... in progress
+        prepare([SourceFile(path, False)], "utf-8", {"val_frac": 0.1}, CHAR)
+    assert not stale.exists() and busy.exists() and no_lock.exists()  # (no lock file: it cannot be told; kept)
+    assert not [p for p in folder.glob(".*-*") if p not in (busy, no_lock)]
+
+
 def test_a_checkpoint_tokenizer_encodes_new_text_with_its_own_vocabulary(tmp_path):
     state = CharTokenizer(list("ab\n")).state()
     data = prepare(["abcab\n" * 20], "utf-8", {"val_frac": 0.1}, {"state": state})

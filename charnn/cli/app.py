@@ -110,8 +110,15 @@ def utf8_output(*streams) -> None:
     """A pipe or a file given an encoding that lacks characters (Windows' cp1252, a Latin-1 locale) gets UTF-8:
     generated text holds any character, and writing one the encoding lacked was a traceback after the work was done.
     A terminal keeps its encoding (it shows what that encoding can), with characters it lacks replaced, not raised;
-    PYTHONIOENCODING, where set, is the user's choice and stays."""
-    if os.environ.get("PYTHONIOENCODING"):
+    PYTHONIOENCODING, where set, is the user's choice and stays: its encoding, and its errors handler where it
+    names one (`latin-1:strict`), else characters the encoding lacks replaced (they were a traceback)."""
+    chosen = os.environ.get("PYTHONIOENCODING", "")
+    if chosen:
+        for stream in streams if ":" not in chosen else ():
+            try:
+                stream.reconfigure(errors="replace")
+            except (AttributeError, ValueError, OSError):
+                pass
         return
     for stream in streams:
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("_", "-")

@@ -131,6 +131,12 @@ def writing_results(what: str = "the results"):
             raise
         detach_stdout()
         fail(f"cannot write {what}: {e.strerror or e}")
+    except UnicodeEncodeError as e:  # (PYTHONIOENCODING=ascii:strict, say: the user's choice of errors)
+        if debugging():
+            raise
+        detach_stdout()
+        fail(f"cannot write {what}: stdout's encoding {e.encoding} has no {e.object[e.start:e.end]!r}; use "
+             "PYTHONIOENCODING=utf-8, or leave out its :strict")
 
 
 def debugging() -> bool:

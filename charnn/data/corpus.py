@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
-from charnn.data.sources import BINARY, SNIFF_BYTES, Part, SourceFile, check_encoding, find_files
+from charnn.data.sources import BINARY, SNIFF_BYTES, Part, SourceFile, check_encoding, find_files, looks_binary
 from charnn.errors import CharnnError, missing
 
 BUILTIN_NAME = "stdlib"
@@ -44,8 +44,8 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8", allow_em
         data = p.read_bytes()
     except OSError as e:
         raise CharnnError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
-    if b"\x00" in data[:SNIFF_BYTES]:
-        raise CharnnError(f"{what} {path!r} {BINARY}; pass a text file")
+    if looks_binary(data[:SNIFF_BYTES], check_encoding(encoding)):
+        raise CharnnError(f"{what} {path!r} {BINARY}; pass a text file (or the right --encoding)")
     text = decode_bytes(data, f"{what} {path!r}", encoding)
     if text.startswith("\ufeff"):  # a byte-order mark (Windows editors write one) is not text: it made a label
         text = text[1:]  # "\ufeffgen" beside "gen" and a character of its own
@@ -103,7 +103,8 @@ def load_corpus(paths: Union[None, str, Sequence[str]], encoding: str = "utf-8",
         if close:  # most likely a typo of a catalog name
             raise CharnnError(f"corpus {paths[0]!r} does not exist, and it is not a catalog name; did you mean "
                               f"{close[0]!r}? (`charnn corpora` lists them)")
-    files = find_files(paths, glob, lambda path, why: on_event("corpus_skip", {"path": path, "why": why}))
+    files = find_files(paths, glob, lambda path, why: on_event("corpus_skip", {"path": path, "why": why}),
+                       check_encoding(encoding))
     first = Path(paths[0])
     source = str(files[0].path.resolve()) if len(paths) == 1 and not first.is_dir() else " ".join(paths)
     return Corpus(None, first.resolve().stem if first.is_dir() else (first.stem or "run"), source, files)

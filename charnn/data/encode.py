@@ -68,6 +68,8 @@ def prepare(parts: Sequence[Part], encoding: str, split: dict, tokenizer_spec: d
     memo = cache.load_memo()
     content = [_fingerprint(p, memo) for p in parts] + ["val:" + _fingerprint(p, memo) for p in val_parts]
     cache.save_memo(memo)
+    stamps = [(p.path, memo[str(p.path.resolve())][:2]) for p in list(parts) + list(val_parts)
+              if isinstance(p, SourceFile)]  # (size, mtime) when hashed: the ids must be of those bytes
     key = cache.entry_key(content, encoding, split, _spec_for_key(tokenizer_spec))
     meta = cache.find_entry(key)
     if meta is None and "fresh" in tokenizer_spec:  # a resumed run: the entry its first run wrote holds the same ids
@@ -80,7 +82,8 @@ def prepare(parts: Sequence[Part], encoding: str, split: dict, tokenizer_spec: d
             cached = meta is not None
             if meta is None:
                 on_event("data", {"stage": "encode", "key": key, "bytes": _size(list(parts) + list(val_parts))})
-                meta = _build(key, list(parts), list(val_parts), encoding, split, tokenizer_spec, on_event, threads)
+                meta = _build(key, list(parts), list(val_parts), encoding, split, tokenizer_spec, on_event, threads,
+                              stamps)
     ids = cache.open_ids(key, meta)
     tok = _load_tokenizer(key, meta)
     n_train = meta["train_tokens"]
@@ -209,7 +212,10 @@ def _encode_subwords(writer: cache.EntryWriter, parts, val_parts, encoding, spli
 
 
 def _build(key: str, parts: List[Part], val_parts: List[Part], encoding: str, split: dict, spec: dict,
-           on_event: Callback, threads: Optional[int]) -> dict:
+           on_event: Callback, threads: Optional[int], stamps: Sequence[Tuple[Path, list]] = ()) -> dict:
+    """Encode the corpus into cache entry `key`. `stamps`: each file's [size, mtime_ns] when it was hashed into the
+    key; a file that changed since (written to while a run starts) fails the build, so the entry never holds ids of
+    other bytes than its key's (they were cached under the old content's hash, and a later run read them)."""
     t0 = time.perf_counter()
     state = spec.get("state")
     writer = cache.EntryWriter(key)
@@ -233,6 +239,11 @@ def _build(key: str, parts: List[Part], val_parts: List[Part], encoding: str, sp
         else:
             meta["tokenizer"] = {"kind": tok.kind}
             extra = {"tokenizer.model": _model_bytes(tok.state()["model"])}
+        for path, stamp in stamps:
+            st = path.stat()
+            if [st.st_size, st.st_mtime_ns] != stamp:
+                raise CharnnError(f"corpus {str(path)!r} changed while it was read; run again once nothing writes "
+                                  "to it")
         writer.commit(meta, extra)
     except BaseException:
         writer.abort()

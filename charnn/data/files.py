@@ -117,9 +117,46 @@ def write_failed(e: OSError, path: Path, needed: int = 0, hint: str = "", exact:
     return CharnnError(f"{line}; {hint}" if hint else line)
 
 
+class _Writes:
+    """Atomic writes in progress, and an interrupt held back until they are done (`hold_interrupt`)."""
+    open, held = 0, False
+
+
+def hold_interrupt() -> bool:
+    """From a signal handler that would raise KeyboardInterrupt (training's second Ctrl-C): while an atomic write
+    is in progress, hold it back (True) and raise it once the file is in place. Raised inside torch.save, the
+    interrupt broke its zip writer, whose own error then surfaced as a traceback."""
+    if _Writes.open:
+        _Writes.held = True
+    return bool(_Writes.open)
+
+
+@contextmanager
+def _counted():
+    _Writes.open += 1
+    try:
+        yield
+    except BaseException:  # a failed write raises its own error (and the user is told of it)
+        _Writes.open -= 1
+        _Writes.held = _Writes.held and bool(_Writes.open)
+        raise
+    _Writes.open -= 1
+    if _Writes.held and not _Writes.open:
+        _Writes.held = False
+        raise KeyboardInterrupt
+
+
 @contextmanager
 def atomic_file(path: Path, size: Union[int, Callable[[], int], None] = None, hint: str = "",
                 what: Optional[str] = None) -> Iterator[BinaryIO]:
+    """`_atomic_file`, with an interrupt held back (`hold_interrupt`) until the file is in place."""
+    with _counted(), _atomic_file(path, size, hint, what) as f:
+        yield f
+
+
+@contextmanager
+def _atomic_file(path: Path, size: Union[int, Callable[[], int], None] = None, hint: str = "",
+                 what: Optional[str] = None) -> Iterator[BinaryIO]:
     """A binary file to write `path`'s new content into; on leaving the block it replaces `path` atomically.
 
     Any failure removes the temp file and leaves `path` as it was. A failed write (an OSError, or torch.save's

@@ -93,13 +93,14 @@ def load_labelled(paths: Sequence[str], by: str, encoding: str = "utf-8", glob: 
                           "file and folder labels hold out the last --val-frac of each label's text")
     source, name = " ".join(paths), Path(paths[0]).resolve().stem or "run"
     if by == "line":
-        docs, names, bad = _lines(find_files(paths, glob, on_skip), encoding, skip_bad_lines)
+        docs, names, bad = _lines(find_files(paths, glob, on_skip, encoding), encoding, skip_bad_lines)
         val_docs = None
         if val_file is not None:
-            val_docs, _, bad_val = _lines(find_files([val_file]), encoding, skip_bad_lines, names)
+            val_docs, _, bad_val = _lines(find_files([val_file], encoding=encoding), encoding, skip_bad_lines,
+                                          names)
             bad += bad_val
         return LabelledText(by, names, docs, source, bad, name, val_docs).split(val_frac, seed)
-    groups = _groups(paths, by, glob, on_skip)
+    groups = _groups(paths, by, glob, on_skip, encoding=encoding)
     names = sorted(groups)
     docs = [Document(i, SEPARATOR.join(_read(f, encoding).rstrip("\n") for f in groups[label]) + "\n")
             for i, label in enumerate(names, 1)]
@@ -121,13 +122,14 @@ def _split_tails(docs: List[Document], names: List[str], val_frac: float) -> Tup
     return train, val
 
 
-def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip, least: int = 2) -> Dict[str, List[Path]]:
+def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip, least: int = 2,
+            encoding: str = "utf-8") -> Dict[str, List[Path]]:
     """{label name: its files}: by file stem, or by the subfolder of a CORPUS folder they are under (at least
     `least` labels)."""
     groups: Dict[str, List[Path]] = {}
     for arg in paths:
         root = Path(arg)
-        for f in find_files([arg], glob, on_skip):
+        for f in find_files([arg], glob, on_skip, encoding):
             name = f.path.stem if by == "file" else _folder_label(root, arg, f.path)
             if by == "file" and name in groups:  # (two files, one stem: one label would silently hold both)
                 raise CharnnError(f"--label-by file: {str(groups[name][0])!r} and {str(f.path)!r} would both be "
@@ -307,11 +309,11 @@ def load_eval_texts(paths: Sequence[str], by: str, names: List[str], encoding: s
     if by not in LABEL_BY:
         raise ConfigError(f"`--label-by` must be one of {', '.join(LABEL_BY)}, not {by!r}")
     if by == "line":
-        docs, _, _ = _lines(find_files(paths), encoding, False, names,
+        docs, _, _ = _lines(find_files(paths, encoding=encoding), encoding, False, names,
                             f"the model's labels: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
         return [d.text.rstrip("\n") for d in docs], [d.label - 1 for d in docs]
     texts, truth = [], []
-    for name, files in sorted(_groups(paths, by, None, None, least=1).items()):
+    for name, files in sorted(_groups(paths, by, None, None, least=1, encoding=encoding).items()):
         if name not in names:
             raise CharnnError(f"--label-by {by}: {name!r} is not one of the model's labels ({', '.join(names)})")
         texts += [_read(f, encoding) for f in files]

@@ -99,7 +99,7 @@ def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False, hint
 def read_pair_files(paths: Sequence[str], encoding: str = "utf-8", glob: Optional[str] = None,
                     skip_bad: bool = False, on_skip: Optional[Callable[[str, str], None]] = None) -> List[PairFile]:
     """Every file of the CORPUS arguments (folders walked as for any corpus), each with its pairs."""
-    files = [read_pairs(f.path, encoding, skip_bad) for f in find_files(list(paths), glob, on_skip)]
+    files = [read_pairs(f.path, encoding, skip_bad) for f in find_files(list(paths), glob, on_skip, encoding)]
     if not any(f.pairs for f in files):
         raise CharnnError(f"{' '.join(paths)} holds no input<TAB>target lines")
     return files

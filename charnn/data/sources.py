@@ -23,6 +23,12 @@ SNIFF_BYTES = 8192  # a NUL byte in this many leading bytes marks a file as bina
 BINARY = "looks binary (it contains NUL bytes)"
 
 
+def looks_binary(head: bytes, encoding: str = "utf-8") -> bool:
+    """A NUL byte in a file's head marks it binary, except in UTF-16 or UTF-32 text (`--encoding utf-16`), where
+    every ASCII character has them (such a file was refused whatever the encoding)."""
+    return b"\x00" in head and not codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+
+
 @dataclass(frozen=True)
 class SourceFile:
     path: Path
@@ -33,7 +39,7 @@ Part = Union[SourceFile, str]
 
 
 def find_files(paths: Sequence[str], glob: Optional[str] = None,
-               on_skip: Optional[Callable[[str, str], None]] = None) -> List[SourceFile]:
+               on_skip: Optional[Callable[[str, str], None]] = None, encoding: str = "utf-8") -> List[SourceFile]:
     """The files of CORPUS arguments: files as given, directories walked recursively in sorted order
     (hidden entries left out; `glob` filters by name or relative path). Binary files inside a directory
     are reported through `on_skip(path, why)` and left out."""
@@ -62,8 +68,8 @@ def find_files(paths: Sequence[str], glob: Optional[str] = None,
                     head = f.read(SNIFF_BYTES)
             except OSError as e:
                 raise CharnnError(f"cannot read corpus {arg!r}: {e.strerror or e}") from None
-            if b"\x00" in head:
-                raise CharnnError(f"corpus {arg!r} {BINARY}; pass a text file")
+            if looks_binary(head, encoding):
+                raise CharnnError(f"corpus {arg!r} {BINARY}; pass a text file (or the right --encoding)")
             items = [SourceFile(p, optional=False)]
         for item in items:
             key = item.path.resolve()
@@ -71,7 +77,7 @@ def find_files(paths: Sequence[str], glob: Optional[str] = None,
                 continue
             seen.add(key)
             if item.optional:  # a folder's member that cannot be a text file is left out with a note
-                why = _not_text(item.path)
+                why = _not_text(item.path, encoding)
                 if why:
                     on_skip(str(item.path), why)
                     continue
@@ -95,14 +101,14 @@ def _walk(root: Path, glob: Optional[str]) -> List[Path]:
     return out
 
 
-def _not_text(path: Path) -> Optional[str]:
+def _not_text(path: Path, encoding: str = "utf-8") -> Optional[str]:
     """Why a folder's member is left out (None: it is kept): a broken link, a pipe or a device (opening a FIFO would
     wait for a writer), a file this user may not read, or one that looks binary."""
     if not path.is_file():
         return "is not a file (a broken link, a pipe or a device)"
     try:
         with path.open("rb") as f:
-            return BINARY if b"\x00" in f.read(SNIFF_BYTES) else None
+            return BINARY if looks_binary(f.read(SNIFF_BYTES), encoding) else None
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
 
@@ -147,7 +153,7 @@ def read_chunks(part: Part, encoding: str, block: int = BLOCK_BYTES) -> Iterator
             while True:
                 data = f.read(block)
                 final = len(data) < block
-                if offset == 0 and b"\x00" in data[:SNIFF_BYTES]:  # as read_text: only the head is sniffed
+                if offset == 0 and looks_binary(data[:SNIFF_BYTES], encoding):  # as read_text: only the head
                     raise Undecodable(path, BINARY)
                 try:
                     text = decoder.decode(data, final=final)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from charnn.data.files import hold_interrupt
 from charnn.errors import CharnnError
 
 STOP_REASONS = ("max_steps", "epochs", "max_time", "patience")
@@ -54,10 +55,10 @@ class StopRequest:
 @contextmanager
 def graceful_signals(stop: StopRequest):
     """SIGINT/SIGTERM (and SIGHUP, a closed terminal; SIGBREAK on Windows) ask the loop to stop after the current step, which saves
-    last.pt; a second one quits at once."""
+    last.pt; a second one quits at once (once a checkpoint being written is in place)."""
 
     def handler(signum, frame):
-        if stop.signum is not None:
+        if stop.signum is not None and not hold_interrupt():  # (a file being saved is finished first)
             raise KeyboardInterrupt
         stop.signum = signum
 
