@@ -16,8 +16,10 @@ class ConfigError(CharnnError):
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (or its type's name), cut to `limit` characters: what a
     one-line error quotes from a library's multi-line message."""
-    lines = str(e).strip().splitlines()
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
     line = lines[0] if lines else type(e).__name__
+    if line.endswith(":") and len(lines) > 1:  # a heading ("Error(s) in loading state_dict for CharRNN:"): the
+        line = f"{line} {lines[1]}"  # first thing under it says what
     if len(line) <= limit:
         return line
     cut = line[:limit - 3].rsplit(" ", 1)[0]  # at a word's end, and say that it is cut

@@ -183,3 +183,6 @@ def test_a_malformed_catalog_is_one_line(tmp_path):
             catalog.load_catalog(tmp_path / "cat.json")
         assert "indices" not in str(e.value) and ("is not {" in str(e.value) or content == "not json")  # (Python's
         # "list indices must be integers or slices, not str" for "[]")
+    (tmp_path / "cat.json").write_text('{"corpora": [{"name": "x"}]}')  # (`charnn corpora`: a KeyError traceback)
+    with pytest.raises(CharnnError, match="entry 'x' has no \"url\""):
+        catalog.load_catalog(tmp_path / "cat.json")

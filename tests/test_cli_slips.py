@@ -191,11 +191,29 @@ def test_train_refuses_a_name_too_long_for_a_folder(corpus_file, tmp_path):
     one_line_error(r, 2, "--name", "longer than 200 bytes")
 
 
-@pytest.mark.parametrize("output", ["", ".", "/", "..", "..."])
-def test_plot_output_that_names_no_file_is_a_usage_error(trained_run, output):
-    """'' and '.' were a ValueError traceback (an empty name); '..' wrote a hidden '.png'."""
-    r = invoke("plot", trained_run.run_dir, "-o", output)
+@pytest.mark.parametrize("output", ["", ".", "/", "..", "...", "FOLDER"])
+def test_plot_output_that_names_no_file_is_a_usage_error(trained_run, output, tmp_path):
+    """'' and '.' were a ValueError traceback (an empty name); '..' wrote a hidden '.png'; a folder 't' wrote
+    './t.png'."""
+    r = invoke("plot", trained_run.run_dir, "-o", str(tmp_path) if output == "FOLDER" else output)
     one_line_error(r, 2, "names no file")
+
+
+def test_plot_names_what_it_writes(tmp_path):
+    """x.xyz was written as x.xyz.png; a name without a suffix is a .png; one that exists is written as it is."""
+    pytest.importorskip("matplotlib")
+    import json
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    metrics.write_text("".join(json.dumps({"step": s, "train_loss": 3.0 / s, "elapsed": s, **({"val_loss": 3.1 / s}
+                                           if s % 2 == 0 else {})}) + "\n" for s in range(1, 9)))
+    one_line_error(invoke("plot", metrics, "-o", tmp_path / "x.xyz"), 2, "cannot draw a .xyz image")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    r = invoke("plot", metrics, "-o", tmp_path / "curves")
+    assert r.exit_code == 0 and (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG"), r.stderr
+    (tmp_path / "given").write_bytes(b"")
+    r = invoke("plot", metrics, "-o", tmp_path / "given")
+    assert r.exit_code == 0 and (tmp_path / "given").stat().st_size > 1000 and not (tmp_path / "given.png").exists()
 
 
 def test_damaged_checkpoints_are_one_line(corpus_file, tmp_path):
@@ -217,3 +235,20 @@ def test_damaged_checkpoints_are_one_line(corpus_file, tmp_path):
     del data["version"]
     torch.save(data, tmp_path / "nov.pt")
     one_line_error(invoke("info", tmp_path / "nov.pt"), 1, "has no checkpoint format version")
+    # hand-edited fields that still load were tracebacks: a vocabulary without its characters, a step that is no
+    # number (info), weights that do not fit the config (--init-from), a NaN in metrics.jsonl (info's curve)
+    good = torch.load(run / "best.pt", weights_only=False)
+    for name, edit in (("nochars", lambda d: d["tokenizer"].pop("chars")), ("step", lambda d: d.update(step="x")),
+                       ("shape", lambda d: d["model"].update({"head.bias": torch.zeros(3)}))):
+        bad = {**good, "tokenizer": dict(good["tokenizer"]), "model": dict(good["model"])}
+        edit(bad)
+        (tmp_path / name).mkdir()
+        torch.save(bad, tmp_path / name / "best.pt")
+    for args in (["sample", tmp_path / "nochars"], ["info", tmp_path / "nochars"], ["info", tmp_path / "step"]):
+        one_line_error(invoke(*args), 1, "damaged")
+    r = invoke("train", corpus_file, "--init-from", tmp_path / "shape", "--max-steps", 1, "--out", tmp_path, "-q")
+    one_line_error(r, 1, "do not fit its own model config", "size mismatch for head.bias")
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "train_loss": NaN}\n')
+    r = invoke("info", run)
+    assert r.exit_code == 0 and "over steps" in r.stdout, r.stderr

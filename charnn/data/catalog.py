@@ -45,6 +45,9 @@ def load_catalog(path: Optional[Path] = None) -> List[dict]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
                                                 for e in entries):
         raise CharnnError(f"the corpus catalog {str(path)!r} is not {{\"corpora\": [{{\"name\": ..., ...}}, ...]}}")
+    lacking = next((e["name"] for e in entries if not isinstance(e.get("url"), str) or not e["url"]), None)
+    if lacking is not None:  # (`charnn corpora` was a KeyError traceback)
+        raise CharnnError(f"the corpus catalog {str(path)!r}: entry {lacking!r} has no \"url\"")
     return entries
 
 

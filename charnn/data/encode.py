@@ -262,9 +262,9 @@ def _split_points(n_main: int, split: dict, n_val: Optional[int]) -> Tuple[int, 
         end = min(n_main, cut + split["val"])
         if cut >= n_main:
             raise CharnnError(f"the corpus has {n_main:,} characters, fewer than its {cut:,}-character training split")
-    if end - cut < 2:
+    if end - cut < 2:  # (the hint named --val-file to a user who had passed a one-character one)
         raise CharnnError(f"the validation text has {end - cut} characters; it needs at least 2 "
-                          "(raise --val-frac or pass --val-file)")
+                          + ("(a longer --val-file)" if n_val is not None else "(raise --val-frac or pass --val-file)"))
     if cut < 1:
         raise CharnnError("the training text is empty; lower --val-frac or use more text")
     return cut, end
@@ -345,7 +345,7 @@ def prepare_corpus(corpus, options: Union[TextOptions, TrainConfig], tokenizer_s
             raise CharnnError(f"validation file {o.val_file!r} {missing(p)}")
         if p.is_dir():
             raise CharnnError(f"validation file {o.val_file!r} is a directory; pass a text file")
-        val_parts = [SourceFile(p, optional=False)]
+        val_parts = [SourceFile(p, optional=False, what="validation file")]
     split = corpus.split or {"val_frac": o.val_frac}
     fresh = {"kind": o.tokenizer, "vocab_size": o.vocab_size}
     spec = {"state": tokenizer_state, "fresh": fresh} if tokenizer_state else fresh

@@ -33,6 +33,7 @@ def looks_binary(head: bytes, encoding: str = "utf-8") -> bool:
 class SourceFile:
     path: Path
     optional: bool  # found inside a directory: skipped (not fatal) when binary or undecodable
+    what: str = "corpus"  # what its errors call it ("validation file": --val-file)
 
 
 Part = Union[SourceFile, str]
@@ -133,7 +134,8 @@ def skip_or_raise(part: Part, e: Undecodable, index: int, skipped: list, on_even
     """A part that is not text: a file found in a folder is skipped (recorded as [index, why] and reported);
     a file named directly is an error."""
     if not (isinstance(part, SourceFile) and part.optional):
-        raise CharnnError(f"corpus {str(e.path)!r} {e.why}; pass a text file (or the right --encoding)")
+        what = part.what if isinstance(part, SourceFile) else "corpus"
+        raise CharnnError(f"{what} {str(e.path)!r} {e.why}; pass a text file (or the right --encoding)")
     skipped.append([index, e.why])
     on_event("corpus_skip", {"path": str(e.path), "why": e.why})
 

@@ -65,10 +65,10 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict], str]], out: Path, x: str = "
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     out = Path(out)
-    if out.suffix.lower().lstrip(".") not in fig.canvas.get_supported_filetypes():  # (matplotlib adds .png)
+    if not out.suffix and not out.exists():  # (a name without one: a .png; one that exists, /dev/stdout say, as is)
         out = out.with_name(out.name.rstrip(".") + ".png")
     try:
-        fig.savefig(out, dpi=120)
+        fig.savefig(out, dpi=120, format=out.suffix.lstrip(".").lower() or "png")  # (given: matplotlib adds none)
     except (ValueError, OSError) as e:
         raise CharnnError(f"could not write {str(out)!r}: {getattr(e, 'strerror', None) or e}") from None
     return out

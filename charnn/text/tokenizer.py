@@ -115,9 +115,12 @@ def start_id(tokenizer) -> int:
 
 
 def tokenizer_from_state(state: dict):
-    kind = state.get("kind")
+    kind = state.get("kind") if isinstance(state, dict) else None
     if kind == "char":
-        return CharTokenizer(list(state["chars"]), ordered=True)
+        chars = state.get("chars")
+        if not isinstance(chars, (list, tuple, str)) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise CharnnError("the checkpoint's character vocabulary is missing or damaged")  # (a KeyError traceback)
+        return CharTokenizer(list(chars), ordered=True)
     if kind in ("bpe", "unigram"):
         from charnn.text.subword import SentencePieceTokenizer
 

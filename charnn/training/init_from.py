@@ -17,7 +17,7 @@ import torch
 
 from charnn.checkpoint import is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import ModelConfig, TrainConfig
-from charnn.errors import ConfigError
+from charnn.errors import CharnnError, ConfigError, first_line
 from charnn.models import registry
 
 FINETUNE_LR = 3e-3  # the default peak learning rate when fine-tuning (measured: benchmarks/ADAPT.md)
@@ -111,4 +111,8 @@ def graft(model: torch.nn.Module, parent: Parent, seed: int, labels: Optional[Li
         state["embed.weight"] = torch.cat([state["embed.weight"], extra])
         state["head.weight"] = torch.cat([state["head.weight"], state["head.weight"][:1].expand(new, -1)])
         state["head.bias"] = torch.cat([state["head.bias"], state["head.bias"][:1].expand(new)])
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # (a damaged base: it was a traceback here, one line in sample and eval)
+        raise CharnnError(f"--init-from {str(parent.path)!r}: its weights do not fit its own model config: "
+                          f"{first_line(e)}") from None

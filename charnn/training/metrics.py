@@ -117,10 +117,15 @@ def loss_unit(run_dir: Path) -> str:
 
 
 def curves(records: List[dict]):
-    """(train, val): lists of (step, loss) for the records that carry each."""
-    train = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
-    val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
-    return train, val
+    """(train, val): lists of (step, loss) for the records that carry each as finite numbers (a NaN, from a
+    hand-edited file, stopped `charnn info`'s curve with a traceback)."""
+    def points(key):
+        return [(r["step"], r[key]) for r in records if _finite(r.get(key)) and _finite(r.get("step"))]
+    return points("train_loss"), points("val_loss")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class MetricsLogger:
