@@ -22,7 +22,7 @@ import torch
 from charnn import __version__
 from charnn.config import ModelConfig
 from charnn.data.files import atomic_file
-from charnn.errors import CharnnError, first_line, missing
+from charnn.errors import CharnnError, first_line, missing, weights_problem
 from charnn.models import registry
 from charnn.models.lm import CharRNN
 from charnn.models.seq2seq import Seq2Seq
@@ -172,7 +172,7 @@ def _load_model(data: dict, device):
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as e:
-        raise CharnnError(f"checkpoint weights do not fit its own model config: {first_line(e)}") from None
+        raise CharnnError(f"checkpoint weights do not fit its own model config: {weights_problem(e)}") from None
     return model.to(device).eval()
 
 

@@ -2,6 +2,7 @@
 allocation that failed, a path that is not there)."""
 
 import errno
+import re
 import os
 
 
@@ -13,13 +14,22 @@ class ConfigError(CharnnError):
     """A flag value out of range or inconsistent; the CLI treats it as a usage error (exit 2)."""
 
 
+def weights_problem(e: BaseException) -> str:
+    """torch's load_state_dict error in a line: its first problem ("Error(s) in loading state_dict for CharRNN:" was
+    all a one-line error quoted), shapes as the checkpoint's and the model's."""
+    lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+    if not lines:
+        return first_line(e)
+    line = re.sub(r"copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, the shape in current "
+                  r"model is torch\.Size\((\[[^\]]*\])\)\.?", r"the checkpoint's is \1, the model's \2", lines[0])
+    return first_line(line + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""), 240)
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (or its type's name), cut to `limit` characters: what a
     one-line error quotes from a library's multi-line message."""
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    lines = str(e).strip().splitlines()
     line = lines[0] if lines else type(e).__name__
-    if line.endswith(":") and len(lines) > 1:  # a heading ("Error(s) in loading state_dict for CharRNN:"): the
-        line = f"{line} {lines[1]}"  # first thing under it says what
     if len(line) <= limit:
         return line
     cut = line[:limit - 3].rsplit(" ", 1)[0]  # at a word's end, and say that it is cut

@@ -253,8 +253,9 @@ def test_stdout_in_another_encoding_becomes_utf8(monkeypatch):
     assert tty.encoding == "latin-1" and screen.getvalue() == "??é".encode("latin-1")
     monkeypatch.setenv("PYTHONIOENCODING", "cp1252")  # the user's encoding stays; what it lacks is replaced (it
     kept = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")  # was a traceback), unless they named a handler
-    cli_app.utf8_output(kept)
-    assert kept.encoding == "cp1252" and kept.errors == "replace"
+    errors = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", errors="backslashreplace")  # stderr's
+    cli_app.utf8_output(kept, errors)
+    assert kept.encoding == "cp1252" and kept.errors == "replace" and errors.errors == "backslashreplace"
     monkeypatch.setenv("PYTHONIOENCODING", "cp1252:strict")
     strict = io.TextIOWrapper(io.BytesIO(), encoding="cp1252")
     cli_app.utf8_output(strict)

@@ -418,7 +418,8 @@ def test_the_python_api_has_labels(labelled_run):
     assert model.classify("the red barn", uniform_prior=np.bool_(True)) == model.classify("the red barn",
                                                                                           uniform_prior=True)
     adapted = model.adapt("the red barn and the dog")  # adapted as the label-free twin: said so (it said "trained
-    for call in (lambda: adapted.classify("the red barn"), lambda: adapted.for_label("en")):  # without labels")
+    for call in (lambda: adapted.classify("the red barn"), lambda: adapted.for_label("en"),  # without labels")
+                 lambda: adapted.adapt("the dog").classify("the red barn")):
         with pytest.raises(CharnnError, match="adapted .adapt. as its labelled model's label-free twin: call .* on"):
             call()
     assert de.adapt("ein hund").label == "de"  # a label's voice, adapted, is still that label's

@@ -390,11 +390,15 @@ def test_cli_trains_the_ablations(tmp_path):
                 ["--pairs", "--no-attention", "--attention-score", "additive"]):
         r = runner.invoke(app, ["train", str(tmp_path / "r.tsv"), *bad, "--max-steps", "1", "--out", str(tmp_path)])
         assert r.exit_code == 2 and "--attention-score" in r.stderr and "Traceback" not in r.stderr
-    for name, change in (("unidirectional", ["--no-attention"]), ("no-attention", ["--unidirectional"]),
-                         ("unidirectional", ["--attention-score", "additive"])):  # a resume went on, silently
+    for name, change, said in (("unidirectional", ["--no-attention"], "--no-attention (the run used attention)"),
+                               ("no-attention", ["--unidirectional"], "--unidirectional (the run used bidirectional)"),
+                               ("unidirectional", ["--attention-score", "additive"],
+                                "--attention-score additive (the run used general)"),
+                               ("unidirectional", ["--locked-dropout"],  # (a switch as typed: not "--x True")
+                                "--locked-dropout (the run used no --locked-dropout)")):  # a resume went on, silently
         r = runner.invoke(app, ["train", str(tmp_path / "r.tsv"), "--pairs", "--resume", *change, "--name", name,
                                 "--out", str(tmp_path), "--max-steps", "6", "--quiet"])
-        assert r.exit_code == 2 and "cannot change" in r.stderr and change[0] in r.stderr, r.stderr
+        assert r.exit_code == 2 and f"cannot change {said}" in r.stderr, r.stderr
 
 
 def test_a_slow_producer_gets_each_result_before_sending_the_next(reverse_run):

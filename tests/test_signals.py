@@ -100,6 +100,15 @@ def test_a_second_ctrl_c_during_a_save_is_held_until_the_file_is_in_place(tmp_pa
         assert (tmp_path / "x.pt").read_bytes() == b"a" * 1000 + b"b" * 1000 and stop.signum == signal.SIGINT
         with atomic_file(tmp_path / "y.pt") as f:  # nothing held is left over for the next file
             f.write(b"c")
+        with pytest.raises(KeyboardInterrupt):  # a third (a save that hangs) is not held
+            with atomic_file(tmp_path / "z.pt") as f:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    pass
+                raise AssertionError("not interrupted")
+        with atomic_file(tmp_path / "y.pt") as f:  # ... and leaves nothing held behind
+            f.write(b"c")
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)  # not writing: at once
             for _ in range(1000):

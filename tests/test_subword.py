@@ -389,6 +389,32 @@ def test_the_utf8_guard_holds_through_a_recorded_block_and_rows_that_move(monkey
     assert not any("\ufffd" in t for t in plain)
 
 
+def test_every_rows_guard_state_is_where_its_text_is_as_rows_come_and_go(bpe):
+    """The invariant behind the guard: a live row's state is non-zero exactly when its decoder holds the first bytes
+    of a character. Rows leave mid-character (a client gone: `remove`), the last row moves into the freed slot, new
+    rows join the slot it left (its old state must not carry over), one Batcher is used again (the API keeps idle
+    ones), on torch's draw and one stream's C draw."""
+    import random
+
+    from charnn.generation.batcher import Batcher, RowSpec
+    from charnn.sampling import SamplingParams
+
+    model, rng = byte_hungry("lstm", bpe.vocab_size, bpe), random.Random(0)
+    b = Batcher(model, bpe, torch.device("cpu"), capacity=4, block=3)
+    mid = 0
+    for turn in range(120):
+        if b.rows and (rng.random() < 0.15 or len(b.rows) == 4):
+            b.remove(rng.choice(b.rows))
+        elif len(b.rows) < 4 and rng.random() < 0.4:
+            b.add(RowSpec(prompt="a", length=rng.randint(1, 40), sampling=SamplingParams(seed=turn)))
+        assert not any("\ufffd" in piece for _, piece in b.step(rng.randint(1, 3)))
+        for row in b.rows:
+            held = bool(row.decoder._utf8.getstate()[0])
+            assert bool(b.utf8.state[row.slot]) == held, (turn, row.slot)
+            mid += held
+    assert mid > 20  # (the rows were often inside a character when they moved or left)
+
+
 # -- token healing: a prime cut mid-word ---------------------------------------------------------------------------
 def test_a_prime_cut_mid_word_gives_its_last_piece_back(bpe):
     from charnn.generation.prompt import heal

@@ -170,7 +170,7 @@ class Model:
         model = Model(adapted.model, self.tokenizer, self.device, self.path,
                       {"step": self.step, "best_val_loss": self.best_val_loss}, self.int8)
         model.adaptation, model.label = adapted, self.label
-        model.twin = bool(self.labels) and self.label is None  # adapted as a labelled model's label-free twin
+        model.twin = self.twin or (bool(self.labels) and self.label is None)  # a labelled model's label-free twin
         return model
 
     def for_label(self, name: str) -> "Model":

@@ -116,7 +116,8 @@ def utf8_output(*streams) -> None:
     if chosen:
         for stream in streams if ":" not in chosen else ():
             try:
-                stream.reconfigure(errors="replace")
+                if stream.errors == "strict":  # (stdout; stderr's backslashreplace stays)
+                    stream.reconfigure(errors="replace")
             except (AttributeError, ValueError, OSError):
                 pass
         return

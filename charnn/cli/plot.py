@@ -29,9 +29,7 @@ def plot(
             raise ConfigError(f"`--x` must be one of {', '.join(X_AXES)}, not {x!r}")
         if not Path(output).name.strip(".") or Path(output).is_dir():  # '', '.', '/', '..', a folder, a lone dot
             raise ConfigError(f"--output {output!r} names no file (give one, e.g. curves.png)")  # (a folder 't' was
-        suffix = Path(output).suffix.lower()  # written as ./t.png; x.xyz as x.xyz.png)
-        if suffix and suffix not in (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp"):
-            raise ConfigError(f"--output {output!r}: cannot draw a {suffix} image; name a .png, .svg or .pdf file")
+            # written as ./t.png)
         runs = runs or [str(resolve_checkpoint(None))]
         path = plot_runs([run_records(r) for r in runs], Path(output), x)
     if not quiet:

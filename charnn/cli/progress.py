@@ -79,8 +79,8 @@ class TrainProgress:
         self.note(f"note: skipped {path}: it {why}")
 
     def note(self, message: str) -> None:
-        if not self.quiet:
-            self.console.print(message, highlight=False)
+        if not self.quiet:  # (as it is: paths, labels and corpus names are no markup; '[/x]' was a MarkupError)
+            self.console.print(message, highlight=False, markup=False)
 
     def __call__(self, kind: str, info: dict) -> None:
         """Show one training event; where stderr's reader went away (a closed pipe or terminal), training goes on
@@ -125,10 +125,11 @@ class TrainProgress:
         elif kind == "init_from":
             self.note(f"fine-tuning from {parent_words(info)}")
             if info.get("labels_dropped"):
-                names = info["labels_dropped"]
-                self.note(f"note: the base's label{'s' if len(names) > 1 else ''} {', '.join(names[:10])}"
-                          f"{f' and {len(names) - 10} more' if len(names) > 10 else ''} are not in this run: "
-                          "their vectors are left behind")
+                names, one = info["labels_dropped"], len(info["labels_dropped"]) == 1
+                more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+                self.note(f"note: the base's label{'' if one else 's'} {', '.join(names[:10])}{more} "
+                          f"{'is' if one else 'are'} not in this run: "
+                          f"{'its vector is' if one else 'their vectors are'} left behind")
         elif kind == "start":
             self.unit = info.get("unit", "char")
             per = f", {info['chars_per_token']:.2f} chars/token" if info.get("tokenizer", "char") != "char" else ""

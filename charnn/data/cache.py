@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -209,12 +210,30 @@ def sweep_unfinished(folder: Path, own: str, keep: Path) -> None:
     """Remove the temporary folders of builds that will never finish (a process killed while it encoded: 65 MB of a
     138 MB corpus stayed for good): this key's others (the caller holds its build lock), and another key's whose
     lock nobody holds. Called by a build; `keep` is its own folder."""
+    locked = _has_flock() and (folder / ".locks" / own).is_file()  # (else the caller's lock was nothing: Windows)
     for tmp in folder.glob(".*-*"):
         key = tmp.name[1:].rsplit("-", 1)[0]
         if tmp == keep or not tmp.is_dir() or not key:
             continue
-        if key == own or _unlocked(folder / ".locks" / key):
+        if (key == own and locked) or _unlocked(folder / ".locks" / key) or _idle(tmp) > ABANDONED_SECONDS:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+ABANDONED_SECONDS = 24 * 3600  # a build folder untouched this long is abandoned, lock or no lock
+
+
+def _has_flock() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("fcntl") is not None
+
+
+def _idle(folder: Path) -> float:
+    """Seconds since anything in `folder` was written (0 where that cannot be told)."""
+    try:
+        newest = max([folder.stat().st_mtime] + [p.stat().st_mtime for p in folder.iterdir()])
+        return time.time() - newest
+    except OSError:
+        return 0.0
 
 
 def _unlocked(path: Path) -> bool:

@@ -124,11 +124,14 @@ class _Writes:
 
 def hold_interrupt() -> bool:
     """From a signal handler that would raise KeyboardInterrupt (training's second Ctrl-C): while an atomic write
-    is in progress, hold it back (True) and raise it once the file is in place. Raised inside torch.save, the
-    interrupt broke its zip writer, whose own error then surfaced as a traceback."""
-    if _Writes.open:
+    is in progress, hold it back (True) and raise it once the file is in place; a further one (the write hangs)
+    is not held. Raised inside torch.save, the interrupt broke its zip writer, whose own error then surfaced as a
+    traceback."""
+    if _Writes.open and not _Writes.held:  # (one held at most: another, say for a save that hangs, quits at once)
         _Writes.held = True
-    return bool(_Writes.open)
+        return True
+    _Writes.held = False  # (raised now: none is left to raise later, whatever the write is doing)
+    return False
 
 
 @contextmanager

@@ -42,11 +42,14 @@ class TrainFlag:
     show_default: Any = True  # what the help shows as the default (True: the value)
 
     def spelled(self, value) -> str:
-        """The value as a command line gives it, for messages: `--hidden 128`; an off switch's `--no-attention`,
-        and its on state by its name (`attention`)."""
-        if self.type is bool and self.decls and self.decls[0].startswith(" /"):
-            return self.decls[0][2:] if not value else str(self.show_default)
-        return f"--{self.name.replace('_', '-')} {value}"
+        """The value as a command line gives it, for messages: `--hidden 128`; a switch as typed (`--locked-dropout`,
+        `--no-attention`), and its other state as its absence (`no --locked-dropout`) or its name (`attention`)."""
+        flag = f"--{self.name.replace('_', '-')}"
+        if self.type is not bool:
+            return f"{flag} {value}"
+        if self.decls and self.decls[0].startswith(" /"):  # an off switch (" /--no-attention")
+            return str(self.show_default) if value else self.decls[0][2:]
+        return flag if value else f"no {flag}"
 
 
 @dataclass(frozen=True)

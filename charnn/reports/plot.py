@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-from charnn.errors import CharnnError, missing
+from charnn.errors import CharnnError, first_line, missing
 from charnn.training.metrics import METRICS_FILE, loss_unit, read_metrics
 
 X_AXES = {"step": ("step", "step"), "time": ("elapsed", "elapsed seconds")}
@@ -65,10 +65,11 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict], str]], out: Path, x: str = "
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     out = Path(out)
-    if not out.suffix and not out.exists():  # (a name without one: a .png; one that exists, /dev/stdout say, as is)
-        out = out.with_name(out.name.rstrip(".") + ".png")
-    try:
-        fig.savefig(out, dpi=120, format=out.suffix.lstrip(".").lower() or "png")  # (given: matplotlib adds none)
-    except (ValueError, OSError) as e:
-        raise CharnnError(f"could not write {str(out)!r}: {getattr(e, 'strerror', None) or e}") from None
+    kind = out.suffix.lower().lstrip(".")  # a format matplotlib draws; else a .png is added (x.v2 -> x.v2.png), but
+    if kind not in fig.canvas.get_supported_filetypes() and (kind or not out.exists()):  # a file that exists and
+        out, kind = out.with_name(out.name.rstrip(".") + ".png"), "png"  # has no suffix (/dev/stdout) is written
+    try:  # as it is (it was /dev/stdout.png)
+        fig.savefig(out, dpi=120, format=kind or "png")  # (a format given: matplotlib adds no suffix)
+    except (ValueError, OSError, RuntimeError) as e:  # (RuntimeError: a .pgf without xelatex)
+        raise CharnnError(f"could not write {str(out)!r}: {getattr(e, 'strerror', None) or first_line(e)}") from None
     return out

@@ -17,7 +17,7 @@ import torch
 
 from charnn.checkpoint import is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import ModelConfig, TrainConfig
-from charnn.errors import CharnnError, ConfigError, first_line
+from charnn.errors import CharnnError, ConfigError, weights_problem
 from charnn.models import registry
 
 FINETUNE_LR = 3e-3  # the default peak learning rate when fine-tuning (measured: benchmarks/ADAPT.md)
@@ -115,4 +115,4 @@ def graft(model: torch.nn.Module, parent: Parent, seed: int, labels: Optional[Li
         model.load_state_dict(state)
     except RuntimeError as e:  # (a damaged base: it was a traceback here, one line in sample and eval)
         raise CharnnError(f"--init-from {str(parent.path)!r}: its weights do not fit its own model config: "
-                          f"{first_line(e)}") from None
+                          f"{weights_problem(e)}") from None

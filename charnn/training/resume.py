@@ -49,9 +49,10 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
                 for k in FIXED_ON_RESUME if merged[k] != getattr(old, k)]
     if explicit is not None:
         saved_model, kind = saved.get("model_config", {}), registry.kind_of(saved.get("model_config", {}))
-        spelled = {f.name: f.spelled for f in kind.flags}
-        shown = lambda k, v: spelled[k](v) if k in spelled else f"{flag(k)} {v}"  # noqa: E731
-        problems += [f"{shown(k, model_cfg.value(k))} (the run used {shown(k, saved_model[k]).split(' ')[-1]})"
+        switches = {f.name: f.spelled for f in kind.flags if f.type is bool}  # (as typed: not "--x False")
+        shown = lambda k, v: switches[k](v) if k in switches else f"{flag(k)} {v}"  # noqa: E731
+        was = lambda k, v: switches[k](v) if k in switches else str(v)  # noqa: E731
+        problems += [f"{shown(k, model_cfg.value(k))} (the run used {was(k, saved_model[k])})"
                      for k in kind.fixed_on_resume
                      if k in explicit and k in saved_model and model_cfg.value(k) != saved_model[k]]
     if problems:
