@@ -186,3 +186,10 @@ def test_a_malformed_catalog_is_one_line(tmp_path):
     (tmp_path / "cat.json").write_text('{"corpora": [{"name": "x"}]}')  # (`charnn corpora`: a KeyError traceback)
     with pytest.raises(CharnnError, match="entry 'x' has no \"url\""):
         catalog.load_catalog(tmp_path / "cat.json")
+    for field, value in (("size", '"big"'), ("size", "NaN"), ("member", "5"), ("description", "[1]")):
+        (tmp_path / "cat.json").write_text(f'{{"corpora": [{{"name": "x", "url": "https://e.org/x.txt", '
+                                           f'"{field}": {value}}}]}}')  # (TypeErrors, or NaN in --json)
+        with pytest.raises(CharnnError, match=f"entry 'x''s \"{field}\" must be"):
+            catalog.load_catalog(tmp_path / "cat.json")
+    (tmp_path / "cat.json").write_text('{"corpora": [{"name": "mine", "url": "https://e.org/m.txt"}]}')
+    assert [e["name"] for e in catalog.load_catalog(tmp_path / "cat.json")] == ["mine"]  # the rest is optional

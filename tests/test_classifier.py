@@ -100,7 +100,9 @@ def test_classify_flags_and_eval_report_serve_the_classifier(run, tmp_path):
     # its losses are per text and its steps count texts: said so (they read "nats/char", "characters seen")
     assert "texts seen" in r.stdout and "nats/text" in r.stdout and "loss (nats/text) over steps" in r.stdout
     assert "nats/char" not in r.stdout and "characters seen" not in r.stdout
-    assert json.loads(runner.invoke(app, ["info", str(run), "--json"]).stdout)["training"]["unit"] == "text"
+    training = json.loads(runner.invoke(app, ["info", str(run), "--json"]).stdout)["training"]
+    assert training["unit"] == "text" and training["best_val_bits_per_char"] is None  # (nats per text / ln 2 was
+    # shown as bits per character)
     from charnn.reports.plot import run_records
     assert run_records(str(run))[2] == "text"
     model = charnn.load(str(run), device="cpu")

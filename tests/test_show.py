@@ -206,14 +206,15 @@ def test_a_labelled_models_units_are_ranked_against_its_labels(tmp_path):
     (tmp_path / "rows.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     charnn.train([str(tmp_path / "rows.tsv")], label_by="line", out=str(tmp_path), name="l", max_steps=5,
                  eval_every=5, batch_size=4, seq_len=16, hidden=16, layers=1, embed=8, device="cpu")
-    (tmp_path / "t.txt").write_text("aaa bc ab\n", encoding="utf-8")
+    (tmp_path / "t.txt").write_text("aaa bc ab ba cb bbb\n", encoding="utf-8")  # (16 tokens at least, read once)
     out = invoke("show", tmp_path / "l", tmp_path / "t.txt", "--cells", "--format", "tsv")
     assert out.exit_code == 0, out.stderr
     assert {"label a", "label b"} <= {line.split("\t")[0] for line in out.stdout.splitlines()}
-    (tmp_path / "short.txt").write_text("ab", encoding="utf-8")  # r over 2-4 points is +-1: refused, one line
-    one_line_error(invoke("show", tmp_path / "l", tmp_path / "short.txt", "--cells"), 1, "--cells", "16 tokens")
+    for short in ("ab", "the ca"):  # r over a few points is +-1: refused, one line (6 characters read under each
+        (tmp_path / "short.txt").write_text(short, encoding="utf-8")  # of 2 labels, 12 + 2 points, passed)
+        one_line_error(invoke("show", tmp_path / "l", tmp_path / "short.txt", "--cells"), 1, "--cells", "16 tokens")
     one = invoke("show", tmp_path / "l", tmp_path / "t.txt", "--label", "b", "--format", "json")
-    assert one.exit_code == 0 and len(json.loads(one.stdout)["tokens"]) == 10
+    assert one.exit_code == 0 and len(json.loads(one.stdout)["tokens"]) == 20
 
 
 def test_sequence_to_sequence_cells_and_attention(tmp_path):
@@ -238,6 +239,32 @@ def test_sequence_to_sequence_cells_and_attention(tmp_path):
         one_line_error(invoke("show", run, tmp_path / "in.txt", *args), 1, words)
 
 
+def test_subword_models_show_whole_characters_and_a_subword_classifiers_units(tmp_path):
+    """A bpe model's byte pieces were each shown (and counted) as a U+FFFD, so show's characters and nats/char
+    disagreed with eval's; a bpe classifier's --cells was a traceback (its units per piece, its tokens per
+    character); --cells on a text where no property varies fell back to the surprisal table without a word."""
+    rows = [f"{lab}\t{w}" for lab, ws in (("a", "the cat sat"), ("b", "a dog ran")) for w in [ws] * 40]
+    (tmp_path / "rows.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    small = dict(out=str(tmp_path), max_steps=3, eval_every=3, batch_size=4, seq_len=16, hidden=16, layers=1,
+                 embed=8, device="cpu", tokenizer="bpe", vocab_size=300)
+    charnn.train([str(tmp_path / "rows.tsv")], label_by="line", classifier=True, name="c", **small)
+    charnn.train([str(tmp_path / "rows.tsv")], name="lm", **small)
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on a mat \u2713 \u65e5\u672c\na dog ran to the barn\n", encoding="utf-8")
+    cells = invoke("show", tmp_path / "c", text, "--cells", "--format", "json")
+    assert cells.exit_code == 0, cells.stderr
+    assert "".join(json.loads(cells.stdout)["tokens"]) == text.read_text(encoding="utf-8") and json.loads(
+        cells.stdout)["cells"]
+    shown = json.loads(invoke("show", tmp_path / "lm", text, "--format", "json").stdout)
+    assert "".join(shown["tokens"]) == text.read_text(encoding="utf-8") and "\ufffd" not in "".join(shown["tokens"])
+    said = invoke("show", tmp_path / "lm", text, "--format", "color").stdout
+    scored = json.loads(invoke("eval", tmp_path / "lm", text, "--json").stdout)
+    assert f"{scored['chars']} characters" in said and f"{scored['nats_per_char']:.4f} nats/char" in said
+    (tmp_path / "blank.txt").write_text("\n" * 20, encoding="utf-8")
+    flat = invoke("show", tmp_path / "lm", tmp_path / "blank.txt", "--cells", "--format", "color")
+    assert flat.exit_code == 0 and "nothing to track" in flat.stdout and "surprisal, nats" not in flat.stdout
+
+
 def test_a_kind_without_the_hook_says_so(trained_run):
     class NoUnits(nn.Module):
         pass
@@ -254,6 +281,7 @@ def test_a_kind_without_the_hook_says_so(trained_run):
     ("hi\n", ["{run}", "{f}", "--top-k", "0"], 2, "--top-k"),
     ("hi\n", ["{run}", "{f}", "--label", "x"], 1, "without labels"),
     ("hi\n", ["{run}", "{f}", "{f}"], 2, "one CHECKPOINT"),
+    ("hi\n", ["{run}", "{f}", "--threads", "100000"], 2, "--threads"),  # (a segfault: its own option had no bound)
 ])
 def test_mistakes_are_one_line(trained_run, tmp_path, setup, args, code, words):
     f = tmp_path / "text.txt"

@@ -63,6 +63,28 @@ def test_hover_a_character_to_see_the_models_top_guesses(trained_run, corpus_fil
         browser.close()
 
 
+def test_a_page_of_a_long_text_keeps_its_menu_and_tables(trained_run, tmp_path):
+    """Past ~125k characters with --cells the page's script overflowed the stack (Math.max(...values)): no colour
+    menu, no hover box, no unit table."""
+    from conftest import make_text
+
+    text = tmp_path / "long.txt"
+    text.write_text(make_text(6000, seed=5)[:200_000], encoding="utf-8")
+    page = tmp_path / "long.html"
+    r = CliRunner().invoke(app, ["show", str(trained_run.run_dir), str(text), "--cells", "--html", str(page),
+                                 "--max-chars", "200000", "--top-k", "1"])
+    assert r.exit_code == 0, r.stderr
+    browser = DevTools(tmp_path / "profile")
+    try:
+        browser.open(page.as_uri())
+        browser.wait_for("document.readyState === 'complete' && document.querySelectorAll('#text span').length",
+                         "the text", timeout=120)
+        assert browser.js("document.getElementById('mode').options.length") > 1
+        assert browser.js("document.querySelectorAll('#cells tr').length") > 1
+    finally:
+        browser.close()
+
+
 def test_the_playground_colours_a_completion_by_probability(trained_run, tmp_path):
     """Generate with 'colour by probability' ticked: the prompt and completion come back as one span per
     token, shaded by the server's log-probabilities (which add up to `Model.score`'s nats); unticking restores

@@ -23,7 +23,7 @@ from charnn.scoring.dynamic import adapt as adapted_copy
 from charnn.errors import CharnnError, WrongKind, is_out_of_memory
 from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
-from charnn.inspect.surprisal import scan
+from charnn.inspect.surprisal import scan, token_spans
 from charnn.sampling import is_integer, shown
 
 if TYPE_CHECKING:
@@ -307,14 +307,6 @@ class Model:
     def batcher(self, capacity: int) -> Batcher:
         """A row-wise generation loop over this model (what the server steps all its clients in)."""
         return Batcher(self.net, self.tokenizer, self.device, capacity, int8=self.int8)
-
-
-def token_spans(counts: np.ndarray, text: str) -> Tuple[List[str], List[int]]:
-    """(each token's text, where it starts in `text`), from how many characters start in each token (a subword
-    piece's decoded text would be U+FFFD for a byte of a character, and offsets summed from pieces drifted)."""
-    begins = np.cumsum(counts) - counts
-    offsets = np.where(counts == 0, np.maximum(begins - 1, 0), begins)  # (a continuation byte: its character's)
-    return [text[b:b + c] for b, c in zip(begins.tolist(), counts.tolist())], offsets.tolist()
 
 
 def load(path_or_run: Optional[str] = None, device: str = "auto", int8: bool = False) -> Union[Model, "Seq2SeqModel"]:

@@ -25,6 +25,6 @@ def corpora(as_json: Json = False):
         for e in entries:
             size = f"{e['size'] / 1e6:,.1f} MB" if e.get("size") else "?"
             typer.echo(f"{e['name']:<22} {size:>10}  {'yes' if e['downloaded'] else '-':<4}  "
-                       f"{'pinned' if e.get('sha256') else 'none':<8}  {e['description']}")
+                       f"{'pinned' if e.get('sha256') else 'none':<8}  {e.get('description') or ''}")
     err.print(f"cache: {cache_root()} (set CHARNN_CACHE to move it); train one with: charnn train NAME",
               highlight=False)

@@ -11,7 +11,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from charnn.cli.options import Device, Quiet
+from charnn.cli.options import Device, Quiet, check_threads
 from charnn.cli.output import ResultConsole, err, user_errors, writing_results
 from charnn.errors import ConfigError
 
@@ -56,8 +56,10 @@ def show(
         if fmt not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         options = ShowOptions(top_k, cells, units, gradients, max_k, positions, attention, label).validate()
+        check_threads(threads)  # (its own option had no upper bound: 100,000 threads was a segfault)
         if html is not None and not html.parent.is_dir():  # (found only after the work)
-            raise ConfigError(f"--html {str(html)!r}: its folder {str(html.parent)!r} does not exist")
+            why = "is not a folder" if html.parent.exists() else "does not exist"
+            raise ConfigError(f"--html {str(html)!r}: its folder {str(html.parent)!r} {why}")
         report = _report(args, options, max_chars, encoding, device, threads, quiet)
         if html is not None:
             from charnn.reports.showpage import write_page
@@ -121,8 +123,9 @@ def _print(report, fmt: str) -> None:
     if fmt == "json":
         typer.echo(json.dumps(report_dict(report), ensure_ascii=False))
         return
-    sections = [s for s, on in (("cells", report.cells), ("gradients", report.gradients),
-                                 ("attention", report.attention)) if on] or ["surprisal"]
+    sections = [s for s, on in (("cells", report.cells is not None), ("gradients", report.gradients is not None),
+                                 ("attention", bool(report.attention))) if on] or ["surprisal"]  # (cells asked for
+    # but none found were [], and fell back to the surprisal table)
     if fmt == "tsv":
         tsv = {"surprisal": view.surprisal_tsv, "cells": lambda r: view.cells_tsv(r.cells),
                "gradients": view.gradients_tsv, "attention": view.attention_tsv}

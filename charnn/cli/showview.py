@@ -78,6 +78,8 @@ def _excerpt(values: np.ndarray, tokens: Sequence[str]) -> slice:
 def cells_view(report: ShowReport) -> Iterator[Text]:
     yield Text(f"units that track the text ({report.units:,} units; r: correlation over the text; colour: the first "
                "unit's activation, blue negative, red positive)", style="bold")
+    if not report.cells:
+        yield Text("(no property of the text varies along it: nothing to track)")
     for cell in report.cells:
         units = ", ".join(f"{u.name} (r {u.r:+.2f})" for u in cell.units)
         yield Text.assemble(("\n" + cell.prop, "bold"), f" ({cell.about}): ", units)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import socket
 import urllib.error
@@ -45,10 +46,21 @@ def load_catalog(path: Optional[Path] = None) -> List[dict]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
                                                 for e in entries):
         raise CharnnError(f"the corpus catalog {str(path)!r} is not {{\"corpora\": [{{\"name\": ..., ...}}, ...]}}")
-    lacking = next((e["name"] for e in entries if not isinstance(e.get("url"), str) or not e["url"]), None)
-    if lacking is not None:  # (`charnn corpora` was a KeyError traceback)
-        raise CharnnError(f"the corpus catalog {str(path)!r}: entry {lacking!r} has no \"url\"")
+    for e in entries:  # (a user's catalog: a field missing or of another type was a KeyError or TypeError traceback)
+        if not isinstance(e.get("url"), str) or not e["url"]:
+            raise CharnnError(f"the corpus catalog {str(path)!r}: entry {e['name']!r} has no \"url\"")
+        for key, kinds, what in FIELDS:
+            value = e.get(key)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)
+                                      or (isinstance(value, float) and not math.isfinite(value))):
+                raise CharnnError(f"the corpus catalog {str(path)!r}: entry {e['name']!r}'s \"{key}\" must be {what}, "
+                                  f"not {json.dumps(value)[:40]}")
     return entries
+
+
+FIELDS = (("description", str, "text"), ("licence", str, "text"), ("size", int, "a whole number of bytes"),
+          ("sha256", str, "a hex digest"), ("member", str, "a file name in the archive"), ("encoding", str, "a codec's "
+          "name"), ("split", dict, "{\"train\": N, \"val\": M}"))  # a catalog entry's optional fields
 
 
 def find(name: str, path: Optional[Path] = None) -> Optional[dict]:

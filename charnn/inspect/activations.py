@@ -78,15 +78,19 @@ def encoder_activations(model, source_tokenizer, text: str, device: torch.device
     hook = _hook(model)
     model.eval()
     end = start_ids(source_tokenizer, "") if end else np.zeros(0, dtype=np.int64)
-    tokens, values, names = [], [], None
+    tokens, values, names, pieces = [], [], None, None
     for line in text.splitlines():
-        ids = np.concatenate([np.asarray(source_tokenizer.encode(line), dtype=np.int64), end])
+        own = np.asarray(source_tokenizer.encode(line), dtype=np.int64)
+        ids = np.concatenate([own, end])
         if not len(ids):
             continue
         v, names = _call(hook, torch.as_tensor(ids, device=device)[None])
-        if len(v) == len(line):  # no end mark: the newline repeats the last character's units
-            v = np.concatenate([v, v[-1:]])
-        tokens += list(line) + ["\n"]
+        if pieces is None and getattr(source_tokenizer, "kind", "char") != "char":
+            pieces = [source_tokenizer.decode([i]) for i in range(source_tokenizer.vocab_size)]
+        shown = token_texts(source_tokenizer, line, own, pieces or [])  # (a subword classifier's pieces: it was one
+        if len(v) == len(shown):  # per character, and the units did not line up)  no end mark: the newline
+            v = np.concatenate([v, v[-1:]])  # repeats the last token's units
+        tokens += shown + ["\n"]
         values.append(v)
     if not values:
         raise CharnnError("the text has no lines")

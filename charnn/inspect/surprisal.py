@@ -56,11 +56,24 @@ def scan(model, tokenizer, ids: np.ndarray, device: torch.device, top_k: int = 1
 
 
 def token_texts(tokenizer, text: str, ids: np.ndarray, pieces: List[str]) -> List[str]:
-    """Each token's text: a character model's are the text's characters (an unknown one keeps its own
-    character, not the replacement mark); a subword model's are its pieces."""
+    """Each token's text, joined the text: a character model's are the text's characters (an unknown one keeps its
+    own character, not the replacement mark); a subword model's the characters that start in each piece (a byte
+    piece that continues a character is "": its character goes to the piece it starts in; each byte was shown as
+    U+FFFD, and counted as a character)."""
     if getattr(tokenizer, "kind", "") == "char" and len(ids) == len(text):
         return list(text)
+    counts = np.array([tokenizer.token_chars(ids[i:i + 1]) for i in range(len(ids))], dtype=np.int64)
+    if int(counts.sum()) == len(text):
+        return token_spans(counts, text)[0]
     return [pieces[i] for i in ids.tolist()]
+
+
+def token_spans(counts: np.ndarray, text: str) -> Tuple[List[str], List[int]]:
+    """(each token's text, where it starts in `text`), from how many characters start in each token (a subword
+    piece's decoded text would be U+FFFD for a byte of a character, and offsets summed from pieces drifted)."""
+    begins = np.cumsum(counts) - counts
+    offsets = np.where(counts == 0, np.maximum(begins - 1, 0), begins)  # (a continuation byte: its character's)
+    return [text[b:b + c] for b, c in zip(begins.tolist(), counts.tolist())], offsets.tolist()
 
 
 def surprisal(model, tokenizer, text: str, device: torch.device, top_k: int = 5) -> Surprisal:

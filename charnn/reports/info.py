@@ -47,7 +47,8 @@ def describe(path: Optional[str], root: str = "checkpoints") -> dict:
         "training": {"steps": data.get("step"), "epoch": data.get("epoch"), "chars_seen": data.get("chars_seen"),
                      "unit": "text" if mc.get("kind") == "classifier" else "char",  # chars_seen and losses: per it
                      "elapsed": finite(data.get("elapsed")), "val_loss": finite(data.get("val_loss")),
-                     "best_val_loss": best, "best_val_bits_per_char": None if best is None else best / math.log(2),
+                     "best_val_loss": best, "best_val_bits_per_char": None if best is None or mc.get("kind") ==
+                     "classifier" else best / math.log(2),  # (a classifier's loss is nats per text: no bits per char)
                      "device": data.get("device"), "precision": data.get("precision"),
                      "batch_size": tc.get("batch_size"), "seq_len": tc.get("seq_len"), "lr": tc.get("lr"),
                      "seed": tc.get("seed"), "resumable": "optimizer" in data and "progress" in data,

@@ -145,9 +145,10 @@ def _seq2seq_report(data: dict, name: str, text: str, options: ShowOptions, devi
 def rank_cells(acts: Activations, shown: int, top: int) -> List[Cells]:
     """The `top` units per property (and, over several labelled runs, per label), each with its activation over
     the first `shown` tokens (the text as read once)."""
-    if len(acts.tokens) < MIN_CELL_POINTS:  # (a labelled model reads the text once per label)
+    if min(shown, len(acts.tokens)) < MIN_CELL_POINTS:  # (the text read once: a labelled model reads it once per
+        # label, and 6 tokens read 3 times passed)
         raise CharnnError(f"--cells needs a text of at least {MIN_CELL_POINTS} tokens to correlate the units with "
-                          f"(a correlation over {len(acts.tokens)} is chance); give a longer text")
+                          f"(a correlation over {min(shown, len(acts.tokens))} is chance); give a longer text")
     props = {name: at_tokens(values, acts.tokens[:shown]) for name, values in text_properties(acts.text[:_chars(
         acts.tokens, shown)]).items()}
     runs = max(1, len(acts.tokens) // max(1, shown))
