@@ -452,3 +452,24 @@ def test_flags_inside_a_windows_path_are_not_reworded():
         with keyword_names():
             raise CharnnError("checkpoint 'C:\\runs\\--x\\best.pt' and '/tmp/--y' do not exist; sample without --int8")
     assert str(e.value) == "checkpoint 'C:\\runs\\--x\\best.pt' and '/tmp/--y' do not exist; sample without int8"
+
+
+def test_a_training_that_fails_to_start_leaves_torchs_thread_count_as_it_was(tmp_path):
+    """charnn.train(threads=1) whose setup failed (a resume with other flags, an on_event that raised) left torch
+    at 1 thread in the caller's process; only a finished fit put it back."""
+    import torch
+
+    import charnn
+    from charnn.errors import CharnnError
+
+    (tmp_path / "t.txt").write_text("the cat sat on the mat\n" * 200, encoding="utf-8")
+    small = dict(out=str(tmp_path), name="r", hidden=16, layers=1, batch_size=4, seq_len=16, device="cpu")
+    charnn.train(str(tmp_path / "t.txt"), max_steps=2, **small)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(CharnnError):
+            charnn.train(str(tmp_path / "t.txt"), resume=True, max_steps=1, threads=1, **small)  # (trained 2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -148,6 +148,11 @@ def test_flags_without_effect_are_one_line(pairs_root, tmp_path, corpus_file):
                   "--threads", "1", "--batch-size", "64", "-q").exit_code == 0
     one_line_error(invoke("train", corpus_file, "--out", out, "--name", "e", "--resume"), 2,
                    "has trained its --epochs (1 epoch)")
+    half = ["--out", out, "--name", "h", "--epochs", "0.5", "--hidden", "16", "--layers", "1", "--threads", "1",
+            "--batch-size", "4", "--seq-len", "32", "--eval-every", "1000", "-q"]
+    assert invoke("train", corpus_file, *half).exit_code == 0
+    one_line_error(invoke("train", corpus_file, "--out", out, "--name", "h", "--resume"), 2,  # (it trained 0 steps
+                   "has trained its --epochs (0.5")  # and said "done": the check counted whole epochs only)
 
 
 def test_adapt_reads_stdin_and_an_empty_prime_is_one_line_from_a_file_or_stdin(trained_run, tmp_path):

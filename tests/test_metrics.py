@@ -208,3 +208,17 @@ def test_a_run_waiting_for_another_ones_encoding_says_so():
     with view:
         view("data", {"stage": "wait", "key": "k"})
     assert "waiting for another charnn process that is encoding this corpus" in buf.getvalue()
+
+
+def test_a_callback_that_raises_does_not_keep_the_event_from_the_others():
+    """A user's on_event that raised on `saved` kept the metrics writer from it: no config.json or metrics.jsonl,
+    and the records up to then lost for good. Every callback sees the event; then the first exception is raised."""
+    seen = []
+
+    def bad(kind, info):
+        raise ValueError("the user's callback")
+
+    events = Callbacks(bad, lambda kind, info: seen.append(kind))
+    with pytest.raises(ValueError, match="the user's callback"):
+        events("saved", {})
+    assert seen == ["saved"]

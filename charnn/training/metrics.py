@@ -39,8 +39,16 @@ class Callbacks:
         return callback
 
     def __call__(self, kind: str, info: dict) -> None:
+        """Every callback sees the event, then the first one's exception is raised: a user's `on_event` that raised
+        on `saved` kept the metrics writer from it (no config.json or metrics.jsonl, records lost for good)."""
+        error = None
         for callback in self.callbacks:
-            callback(kind, info)
+            try:
+                callback(kind, info)
+            except BaseException as e:  # (KeyboardInterrupt too: raised once the others have it)
+                error = error or e
+        if error is not None:
+            raise error
 
 
 class StepMeter:

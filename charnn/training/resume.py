@@ -65,7 +65,10 @@ def check_steps_left(saved: dict, cfg: TrainConfig, explicit: Optional[set]) -> 
     """A resumed run must have steps left under its --max-steps and --epochs (it ended at once, saying only
     "done"); checked after its kind and its text, which say more about a wrong --resume."""
     progress = saved.get("progress") or {}
-    done = {"max_steps": progress.get("step", saved.get("step")), "epochs": progress.get("epoch", saved.get("epoch"))}
+    done = {"max_steps": progress.get("step", saved.get("step")),  # (epochs: fractional, where saved: a run that
+            "epochs": progress.get("epochs_done", progress.get("epoch", saved.get("epoch")))}  # had done --epochs 0.5
+    if isinstance(done["epochs"], float):  # resumed with 0 steps left, as if it had not)
+        done["epochs"] = int(done["epochs"]) if done["epochs"].is_integer() else round(done["epochs"], 4)
     for key, unit in (("max_steps", "steps"), ("epochs", "epochs")):
         limit, at = getattr(cfg, key), done[key]
         if not (limit and isinstance(at, (int, float)) and not isinstance(at, bool) and limit <= at):

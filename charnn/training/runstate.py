@@ -99,7 +99,8 @@ def checkpoint_data(t, val_loss: float, with_training_state: bool) -> dict:
         gathered = ops.map(t.state, lambda h, axis: t.dist.gather_rows(h, dim=axis))
         hidden = None if gathered is None else [h.detach().cpu() for h in ops.pack(gathered)]
         data["optimizer"] = t.opt.state_dict()
-        data["progress"] = {"step": t.step, "epoch": t.epoch, "window": t.window, "offset": t.offset,
+        data["progress"] = {"step": t.step, "epoch": t.epoch, "epochs_done": t.epochs_done(), "window": t.window,
+                            "offset": t.offset,
                             "bad_evals": t.bad_evals, "patience_mark": t.patience_mark, "hidden": hidden,
                             "best_by": t.task.selects_by, "best_score": t.best_score}
         data["rng"] = {"torch": torch.get_rng_state()}

@@ -53,9 +53,11 @@ class Trainer:
         self.run_dir = runstate.run_dir_for(cfg, corpus)
         # one training per run folder: a second one (or a --resume of this one) stops here, at once
         self.lock = RunLock.acquire(self.run_dir, resume) if self.dist.is_main else None
+        threads = torch.get_num_threads()  # (a setup that failed left --threads' count set in the caller's process)
         try:
             self._setup(model_cfg, cfg, resume, encoding, explicit)
         except BaseException:
+            torch.set_num_threads(threads)
             self.release()
             raise
 
