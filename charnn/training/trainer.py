@@ -51,13 +51,12 @@ class Trainer:
         self.stop = stop or StopRequest()
         self.task = task_for(corpus, model_cfg.kind)  # the run's kind, decided here once
         self.run_dir = runstate.run_dir_for(cfg, corpus)
-        # one training per run folder: a second one (or a --resume of this one) stops here, at once
-        self.lock = RunLock.acquire(self.run_dir, resume) if self.dist.is_main else None
-        threads = torch.get_num_threads()  # (a setup that failed left --threads' count set in the caller's process)
+        self.lock = RunLock.acquire(self.run_dir, resume) if self.dist.is_main else None  # one training a folder
+        self._threads_before = torch.get_num_threads()  # fit puts it back, and so does a setup that fails (it was left)
         try:
             self._setup(model_cfg, cfg, resume, encoding, explicit)
         except BaseException:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(self._threads_before)
             self.release()
             raise
 
@@ -81,7 +80,6 @@ class Trainer:
         self.resumed = resumed is not None
         self.device = self.dist.start(resolve_device(cfg.device))  # joins the process group under torchrun
         self.dist.check_batch_size(cfg.batch_size)  # a --batch-size that cannot work fails before data is read
-        self._threads_before = torch.get_num_threads()  # fit puts it back: a library call leaves torch as it was
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.device.type == "cpu":
