@@ -265,6 +265,13 @@ def test_subword_models_show_whole_characters_and_a_subword_classifiers_units(tm
     assert flat.exit_code == 0 and "nothing to track" in flat.stdout and "surprisal, nats" not in flat.stdout
 
 
+def test_a_character_the_model_lacks_is_noted_as_eval_notes_it(trained_run, tmp_path):
+    (tmp_path / "t.txt").write_text("the cat \u2603 sat\n", encoding="utf-8")  # (scored as unknown without a word)
+    r = invoke("show", trained_run.run_dir, tmp_path / "t.txt", "--format", "tsv")
+    assert r.exit_code == 0 and "1 character is not in the model's vocabulary" in r.stderr
+    assert invoke("show", trained_run.run_dir, tmp_path / "t.txt", "--format", "tsv", "-q").stderr == ""
+
+
 def test_a_kind_without_the_hook_says_so(trained_run):
     class NoUnits(nn.Module):
         pass

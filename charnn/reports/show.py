@@ -102,6 +102,10 @@ def build_report(path: Path, text: str, options: ShowOptions, device: torch.devi
         net, labels = net.for_label(label_id(data.get("labels"), options.label)), []
     found = surprisal(net, tokenizer, text, device, options.top_k)
     report = ShowReport(name, "lm", found.tokens, surprisal=found)
+    unknown = int((found.ids == tokenizer.unk_id).sum()) if tokenizer.unk_id is not None else 0
+    if unknown:  # (as eval says: they were scored so without a word)
+        report.notes.append(f"note: {unknown:,} character{'s are' if unknown != 1 else ' is'} not in the model's "
+                            "vocabulary; scored as the unknown token")
     if options.cells:
         acts = (label_activations(net, tokenizer, text, device, labels[:MAX_LABELS]) if len(labels) > 1
                 else activations(net, tokenizer, text, device))
