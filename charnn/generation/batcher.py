@@ -3,9 +3,9 @@
 Every row has its own prompt, length, temperature, top-k/top-p, stop strings and seed, and the batch changes
 shape as rows come and go (`charnn sample`'s fixed batch is the case where all rows start together). Each token
 of a `Batcher.step` feeds every live row's next input token through one FastStepper call, scales and filters
-each row's logits by its own settings and adds the row's own seeded Gumbel noise (`draw.gumbel_noise`, so a seed gives
-the same text whatever else is in the batch); after a block of up to BLOCK tokens each row decodes its own. A
-subword model's rows draw byte pieces only where UTF-8 has them (`draw.Utf8Mask`, in the C draws too). Live rows are kept packed at the front of the
+each row's logits by its own settings (a subword model's byte pieces only where UTF-8 has them: `draw.Utf8Mask`) and
+adds the row's own seeded Gumbel noise (`draw.gumbel_noise`, so a seed gives the same text whatever else is in the
+batch); after a block of up to BLOCK tokens each row decodes its own. Live rows are kept packed at the front of the
 batch; the stepper is one of a few sizes (powers of two, and the capacity), swapped as the row count grows and
 shrinks, so one row does not pay for sixty-four. The stepper is the model kind's (charnn.models.registry): the
 FastStepper, or for a kind without a fast stepper ModuleStepper, its module's own forward; the Batcher moves
@@ -34,7 +34,7 @@ from charnn.generation.draw import NOISE_FLOATS, DrawPlan, Utf8Mask, filter_logi
 from charnn.generation.prefill import CHUNK, prefill, run
 from charnn.generation.prompt import heal, start_ids
 from charnn.generation.stop import StopCut
-from charnn.models import native, registry
+from charnn.models import registry
 from charnn.models.stepper import FastStepper, ModuleStepper
 
 Stepper = Union[FastStepper, ModuleStepper]  # what steps the rows: the same row methods, layouts of their own
@@ -99,16 +99,13 @@ class Batcher:
         self.stepper, self.tokens = self._stepper(max(1, min(rows, capacity)))
         self.noise = torch.zeros(self.block, capacity, self.vocab, device=device, dtype=torch.float32)  # row by row
         self.drawn = torch.zeros(self.block, capacity, dtype=torch.long, device=device)  # this block's draws
-        self.healing = False  # a row's first draw is limited to the pieces that complete its prompt
+        self.healing, self.plan = False, None  # a row's first draw completes its prompt; the rows' draw settings
         self.utf8 = Utf8Mask.of(tokenizer, capacity, device)  # subword models: byte pieces only where UTF-8 has them
-        self.c_mask = native.NO_MASK if self.utf8 is None else self.utf8.c_args()  # ... and in the C draws
-        self.plan: Optional[DrawPlan] = None  # the rows' draw settings, made again when rows change
         self.graphs = device.type == "cuda" if graphs is None else graphs  # off CUDA: no effect
-        self.graph, self.graph_rows, self.seen_rows = None, None, None  # the recorded block, for which rows
+        self.graph = self.graph_rows = self.seen_rows = None  # the recorded block, for which rows
         self.prompt_state: Optional[tuple] = None  # (prompt ids, the model's state after them): n rows, one prefill
         self.loading: List[Tuple[np.ndarray, object, List[Row]]] = []  # long prompts: (ids, prefill, rows waiting)
-        self.view_key, self.block_views = None, []  # see _views
-        self.notes: List[str] = []  # a fallback taken (a CUDA graph capture refused), for the user
+        self.view_key, self.block_views, self.notes = None, [], []  # see _views; notes: a fallback taken, for the user
 
     @property
     def active(self) -> int:
@@ -190,9 +187,7 @@ class Batcher:
         row.slot = len(self.rows)
         self.rows.append(row)
         self.stepper.load(row.slot, state)
-        self.tokens[row.slot] = row.first
-        if self.utf8 is not None:  # (a prompt is whole characters)
-            self.utf8.state[row.slot] = 0
+        self.tokens[row.slot], self.utf8.state[row.slot] = row.first, 0  # (a prompt is whole characters)
         self.healing = self.healing or row.allowed is not None
         self._changed()
 
@@ -229,9 +224,7 @@ class Batcher:
         if last is not row:
             i, j = row.slot, last.slot
             self.stepper.move(j, i)
-            self.tokens[i] = self.tokens[j]
-            if self.utf8 is not None:
-                self.utf8.state[i] = self.utf8.state[j]
+            self.tokens[i], self.utf8.state[i] = self.tokens[j], self.utf8.state[j]
             last.slot = i
             self.rows[i] = last
         row.slot = -1
@@ -292,7 +285,7 @@ class Batcher:
         fused = self._in_c(n)  # FastStepper, one stream: the head and draw in C
         for noise, out, row in views:
             if fused is not None:
-                self.stepper.step_draw(prev, noise, out, *fused, mask=self.c_mask)
+                self.stepper.step_draw(prev, noise, out, *fused, mask=self.utf8.c_args)
             else:
                 logits = step(prev)
                 self._draw(logits if whole else logits[:n], noise, out, plain)  # (n, V): rows past n are idle
@@ -336,7 +329,7 @@ class Batcher:
     def _capture(self, n: int, k: int):
         """Record one block as a CUDA graph. The warm-up run a capture needs first is undone (state and input
         tokens), so no token is lost or drawn twice."""
-        kept = (*self.stepper.state_tensors(), self.tokens, *(() if self.utf8 is None else (self.utf8.state,)))
+        kept = (*self.stepper.state_tensors(), self.tokens, self.utf8.state)
         saved = [t.clone() for t in kept]
         try:
             side = torch.cuda.Stream()
@@ -380,36 +373,28 @@ class Batcher:
             return False
         params = self.rows[0].spec.sampling
         self.stepper.draw_block(self.tokens, self.drawn[:k, :n], draw[0], params.seed, int(self.plan.drawn[0]),
-                                params.greedy, draw[1], draw[2], mask=self.c_mask)
+                                params.greedy, draw[1], draw[2], mask=self.utf8.c_args)
         self.plan.drawn += k
         self.tokens[:n].copy_(self.drawn[k - 1, :n])
         return True
 
     def _draw(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor, plain: bool) -> None:
         """(n, V) logits -> (n,) ids in `out`, each row by its own temperature, filters and noise (`plain`: noise only)."""
-        if plain:  # the common case, with the fewest calls per token
-            torch.argmax((logits if self.utf8 is None else self.utf8.apply(logits)).add_(noise), dim=-1, out=out)
-        else:
-            self._filtered(logits, noise, out)
-        if self.utf8 is not None:
-            self.utf8.advance(out)
-
-    def _filtered(self, logits: torch.Tensor, noise: torch.Tensor, out: torch.Tensor) -> None:
-        """_draw with a temperature, top-k/top-p or token healing."""
-        scale, filters = self.plan.scale, self.plan.filters
-        x = temper(logits, scale) if scale is not None else logits  # in place: the stepper writes them anew each step
-        if self.utf8 is not None:  # before the filters, as healing: they choose among what UTF-8 allows
-            self.utf8.apply(x)
-        if self.healing:  # before top-k/top-p, as sample always did: the filters then choose among the allowed
-            for i, r in enumerate(self.rows):
-                if r.allowed is not None:  # token healing: the first draw completes the piece taken back
-                    outside = torch.ones(self.vocab, dtype=torch.bool, device=self.device)
-                    outside[torch.from_numpy(r.allowed).to(self.device)] = False
-                    x[i, outside] = float("-inf")
-        for k, p, at in filters:
-            if at is None:
-                x = filter_logits(x, k, p)
-            else:
-                x[at] = filter_logits(x[at], k, p)
+        x = self.utf8.apply(logits)  # (before the filters, as healing: they choose among what UTF-8 allows)
+        if not plain:  # (plain: the common case, with the fewest calls per token)
+            scale, filters = self.plan.scale, self.plan.filters
+            x = temper(x, scale) if scale is not None else x  # in place: the stepper writes them anew each step
+            if self.healing:  # before top-k/top-p, as sample always did: the filters then choose among the allowed
+                for i, r in enumerate(self.rows):
+                    if r.allowed is not None:  # token healing: the first draw completes the piece taken back
+                        outside = torch.ones(self.vocab, dtype=torch.bool, device=self.device)
+                        outside[torch.from_numpy(r.allowed).to(self.device)] = False
+                        x[i, outside] = float("-inf")
+            for k, p, at in filters:
+                if at is None:
+                    x = filter_logits(x, k, p)
+                else:
+                    x[at] = filter_logits(x[at], k, p)
         torch.argmax(x.add_(noise), dim=-1, out=out)
+        self.utf8.advance(out)
 

@@ -115,32 +115,35 @@ class Utf8Mask:
     has a state (where it is in a character: `charnn.text.subword.UTF8_STATES`), 0 at the start; the draw adds
     `bias[state]` (0 or -inf per token) to the tempered logits before the filters, so they and the noise choose among
     the allowed tokens, and the state then moves on by `next[state, drawn]`. Tensor operations only (a CUDA graph
-    records them); the C draws take the same tables (`c_args`)."""
+    records them); the C draws take the same tables (`c_args`). For a tokenizer of whole characters it is off: the
+    rows' states stay 0 and `apply`/`advance` do nothing."""
 
-    def __init__(self, allowed, nxt, capacity: int, device: torch.device):
-        allowed = torch.as_tensor(allowed)
-        self.V = allowed.shape[1]
-        self.bias = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill_(~allowed, float("-inf")).to(device)
-        self.next = torch.as_tensor(nxt, dtype=torch.long).to(device)
-        self.flat_next = self.next.view(-1)
-        self.state = torch.zeros(capacity, dtype=torch.long, device=device)
+    def __init__(self, tables, capacity: int, device: torch.device):
+        """`tables`: the tokenizer's (allowed, next) (`utf8_tables`), or None: off."""
+        from charnn.models.native import NO_MASK
+
+        self.on, self.state = tables is not None, torch.zeros(capacity, dtype=torch.long, device=device)
+        self.c_args = NO_MASK  # (bias, next, state) pointers for the C draws (head_draw, min_block, int8_block)
+        if self.on:
+            allowed = torch.as_tensor(tables[0])
+            self.V = allowed.shape[1]
+            self.bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf")).to(device)
+            self.next = torch.as_tensor(tables[1], dtype=torch.long).to(device)
+            self.flat_next = self.next.view(-1)
+            self.c_args = (self.bias.data_ptr(), self.next.data_ptr(), self.state.data_ptr())
 
     @classmethod
-    def of(cls, tokenizer, capacity: int, device: torch.device) -> Optional["Utf8Mask"]:
-        """The mask for a tokenizer with byte pieces (`utf8_tables`); None for one of whole characters."""
+    def of(cls, tokenizer, capacity: int, device: torch.device) -> "Utf8Mask":
+        """The guard for a tokenizer with byte pieces (`utf8_tables`); off for one of whole characters."""
         tables = getattr(tokenizer, "utf8_tables", None)
-        return None if tables is None else cls(*tables(), capacity, device)
+        return cls(None if tables is None else tables(), capacity, device)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """(n, V) logits of the first n rows, in place: the tokens their states do not allow at -inf."""
-        return logits.add_(self.bias.index_select(0, self.state[:logits.shape[0]]))
+        return logits.add_(self.bias.index_select(0, self.state[:logits.shape[0]])) if self.on else logits
 
     def advance(self, drawn: torch.Tensor) -> None:
         """The first n rows drew `drawn` (n,): their states move on."""
-        n = drawn.shape[0]
-        self.state[:n] = self.flat_next.index_select(0, self.state[:n] * self.V + drawn)
-
-    def c_args(self) -> tuple:
-        """(bias, next, state) pointers for the C draws (head_draw, min_block, int8_block): row b's logits get
-        bias[state[b]] and its state becomes next[state[b], drawn] there."""
-        return self.bias.data_ptr(), self.next.data_ptr(), self.state.data_ptr()
+        if self.on:
+            n = drawn.shape[0]
+            self.state[:n] = self.flat_next.index_select(0, self.state[:n] * self.V + drawn)
