@@ -153,6 +153,15 @@ def test_flags_without_effect_are_one_line(pairs_root, tmp_path, corpus_file):
     assert invoke("train", corpus_file, *half).exit_code == 0
     one_line_error(invoke("train", corpus_file, "--out", out, "--name", "h", "--resume"), 2,  # (it trained 0 steps
                    "has trained its --epochs (0.5")  # and said "done": the check counted whole epochs only)
+    timed = invoke("train", corpus_file, "--out", out, "--name", "t", "--max-time", "1", "--hidden", "16", "--layers",
+                   "1", "--threads", "1")  # (in-process, the clock counts from pytest's start: spent before a step)
+    assert timed.exit_code == 0 and "done (max_time) after 0 steps" in timed.stderr, timed.stderr
+    assert "ran out before a training step" in timed.stderr  # (it saved an untrained model and said only "done")
+    one_line_error(invoke("train", corpus_file, "--out", out, "--name", "t", "--resume"), 2,
+                   "has used its --max-time (")  # (it trained 0 steps again)
+    one_line_error(invoke("train", corpus_file, "--out", out, "--name", "r", "--resume", "--max-time", "1", "--max-steps", "9"),
+                   2,
+                   "has trained for", "--max-time counts from the run's start")
 
 
 def test_adapt_reads_stdin_and_an_empty_prime_is_one_line_from_a_file_or_stdin(trained_run, tmp_path):

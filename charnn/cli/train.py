@@ -222,6 +222,8 @@ def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: s
 
 
 def _report_done(result, run) -> None:
+    from charnn.reports.info import duration
+
     bits = result.best_val_loss / math.log(2)
     unit = "nats/text" if run.task.unit == "text" else f"nats/char ({bits:.3f} bits/char)"
     if result.best_by == "wer":
@@ -232,6 +234,13 @@ def _report_done(result, run) -> None:
         err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val "
                   f"{result.best_val_loss:.4f} {unit} -> {result.run_dir / 'best.pt'}")
     print_curve(err, result.run_dir)
+    trainer = run.trainer
+    if result.stopped == "max_time" and result.steps == trainer.start_step:  # (it saved an untrained or unchanged
+        before = (f", after the {duration(trainer.elapsed_before)} the run had trained before"  # model, saying "done")
+                  if trainer.elapsed_before else " (loading, measuring and the first evaluation)")
+        err.print(f"[yellow]note: --max-time {duration(trainer.cfg.max_time)} ran out before a training step: starting "
+                  f"took {duration(result.elapsed - trainer.elapsed_before)}{before}; give a longer --max-time[/]",
+                  markup=True)
     if run.task.kind == "classify":
         labels = run.task.labels
         err.print(f"held-out accuracy {labels.get('val_accuracy', 0):.4f}, macro-F1 {labels.get('val_macro_f1', 0):.4f} "

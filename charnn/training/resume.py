@@ -62,19 +62,24 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
 
 
 def check_steps_left(saved: dict, cfg: TrainConfig, explicit: Optional[set]) -> None:
-    """A resumed run must have steps left under its --max-steps and --epochs (it ended at once, saying only
-    "done"); checked after its kind and its text, which say more about a wrong --resume."""
+    """A resumed run must have steps left under its --max-steps and --epochs, and time left under its --max-time
+    (each counts from the run's start: it ended at once, saying only "done"); checked after its kind and its
+    text, which say more about a wrong --resume."""
     progress = saved.get("progress") or {}
     done = {"max_steps": progress.get("step", saved.get("step")),  # (epochs: fractional, where saved: a run that
-            "epochs": progress.get("epochs_done", progress.get("epoch", saved.get("epoch")))}  # had done --epochs 0.5
-    if isinstance(done["epochs"], float):  # resumed with 0 steps left, as if it had not)
-        done["epochs"] = int(done["epochs"]) if done["epochs"].is_integer() else round(done["epochs"], 4)
-    for key, unit in (("max_steps", "steps"), ("epochs", "epochs")):
+            "epochs": progress.get("epochs_done", progress.get("epoch", saved.get("epoch"))),  # had done --epochs
+            "max_time": saved.get("elapsed")}  # 0.5 resumed with 0 steps left, as if it had not)
+    for key in ("epochs", "max_time"):
+        if isinstance(done[key], float):
+            done[key] = int(done[key]) if done[key].is_integer() else round(done[key], 4 if key == "epochs" else 1)
+    for key, unit in (("max_steps", "steps"), ("epochs", "epochs"), ("max_time", "seconds")):
         limit, at = getattr(cfg, key), done[key]
         if not (limit and isinstance(at, (int, float)) and not isinstance(at, bool) and limit <= at):
             continue
-        flag, name, unit = "--" + key.replace("_", "-"), cfg.name or "NAME", unit[:-1] if at == 1 else unit
+        flag, name, amount = "--" + key.replace("_", "-"), cfg.name or "NAME", f"{at:,} {unit[:-1] if at == 1 else unit}"
+        timed = key == "max_time"
         if explicit is None or key in explicit:
-            raise ConfigError(f"run {name} has trained {at:,} {unit}, and {flag} counts from the run's start: give "
-                              f"more than {at:,} to train on")
-        raise ConfigError(f"run {name} has trained its {flag} ({at:,} {unit}): give a larger {flag} to train on")
+            raise ConfigError(f"run {name} has trained {'for ' * timed}{amount}, and {flag} counts from the run's "
+                              f"start: give more than {at:,}{'s' * timed} to train on")
+        raise ConfigError(f"run {name} has {'used' if timed else 'trained'} its {flag} ({amount}): give a larger "
+                          f"{flag} to train on")
