@@ -118,6 +118,9 @@ def attention_problems(c) -> list:
     return []
 
 
+DEFAULT_PATIENCE = 5  # --patience of a run with no length limit
+
+
 @dataclass
 class TrainConfig:
     out: str = "checkpoints"  # root folder; the run lands in out/name
@@ -135,7 +138,8 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop after this many optimiser steps
     max_time: Optional[float] = None  # stop so the whole run takes at most this many seconds
     epochs: Optional[float] = None  # stop after this many passes over the training text
-    patience: int = 5  # with no length limit: evaluations without improvement before stopping
+    patience: Optional[int] = None  # evaluations without improvement before stopping (None: 5 with no length
+    # limit, off beside one: stop_patience)
     best_by: str = "auto"  # what picks best.pt and counts --patience: loss, wer (--pairs), auto (wer for --pairs)
     eval_every: int = 1000  # steps between validation passes
     eval_tokens: int = 1_000_000  # validation passes score the first this many val tokens (0: all of them)
@@ -172,8 +176,8 @@ class TrainConfig:
                             f"the text's characters), got {self.vocab_size}")
         if not 0.0 < self.val_frac < 1.0:
             problems.append(f"`--val-frac` must be between 0 and 1, got {self.val_frac}")
-        positive = (("--batch-size", 1 if self.batch_size is None else self.batch_size), ("--seq-len", self.seq_len), ("--eval-every", self.eval_every),
-                    ("--patience", self.patience))
+        positive = (("--batch-size", 1 if self.batch_size is None else self.batch_size), ("--seq-len", self.seq_len),
+                    ("--eval-every", self.eval_every), ("--patience", 1 if self.patience is None else self.patience))
         problems += [f"`{flag}` must be at least 1, got {v}" for flag, v in positive if v < 1]
         if not 0 < self.lr < FP32_MAX:  # beyond what fp32 holds, the optimiser's update itself overflows
             problems.append(f"`--lr` must be a positive number below {FP32_MAX:.1e}, got {self.lr}")
@@ -231,6 +235,12 @@ class TrainConfig:
             problems.append(f"`--name` is longer than 200 bytes ({len(os.fsencode(self.name))}); use a shorter one")
         raise_problems(problems)
         return self
+
+    @property
+    def stop_patience(self) -> Optional[int]:
+        """--patience as given (early stopping, also within a length limit); not given, 5 evaluations for a run
+        with no limit and none beside one."""
+        return self.patience if self.patience is not None else (None if not self.open_ended else DEFAULT_PATIENCE)
 
     @property
     def open_ended(self) -> bool:

@@ -104,6 +104,21 @@ def test_patience_stops_an_open_ended_run(tmp_path):
     assert result.stopped == "patience"
 
 
+def test_patience_given_beside_a_limit_stops_early_and_not_given_does_not(tmp_path):
+    """--patience beside --max-steps was ignored without a word; early stopping within a limit is what Keras'
+    and most trainers' users expect of it. Not given, a limited run trains to its limit, as before."""
+    text = make_text(300, seed=2)
+    flat = {**TINY_TRAIN, "max_steps": 40, "lr": 1e-6, "warmup": 0, "eval_every": 2}
+    cfg = TrainConfig(out=str(tmp_path), name="p", **{**flat, "patience": 2})
+    assert cfg.stop_patience == 2 and TrainConfig(**{**flat, "patience": None}).stop_patience is None
+    assert TrainConfig(max_steps=None).stop_patience == 5
+    result = train(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
+    assert result.stopped == "patience" and result.steps < 40
+    cfg = TrainConfig(out=str(tmp_path), name="q", **flat)
+    result = train(Corpus(text, "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
+    assert result.stopped == "max_steps" and result.steps == 40
+
+
 def test_batch_size_defaults_by_device(tmp_path):
     from charnn.training.trainer import Trainer
     text = make_text(3000, seed=4)

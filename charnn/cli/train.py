@@ -97,10 +97,13 @@ def train(
                                                     show_default="none", rich_help_panel=SCHEDULE)] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Stop after this many passes over the text.",
                                                     show_default="none", rich_help_panel=SCHEDULE)] = None,
-    patience: Annotated[int, typer.Option(help="With no limit given: stop after this many evaluations that "
-                                               "leave the best val loss less than 0.001 nats/char below where it "
-                                               "stood at the last real gain (--best-by wer: with no new best WER).",
-                                          rich_help_panel=SCHEDULE)] = 5,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many evaluations that leave the best "
+                                                         "val loss less than 0.001 nats/char below where it stood "
+                                                         "at the last real gain (--best-by wer: with no new best "
+                                                         "WER). Given beside --max-steps/--max-time/--epochs, it "
+                                                         "stops early within that limit.",
+                                                    show_default="5 with no limit given; off beside one",
+                                                    rich_help_panel=SCHEDULE)] = None,
     best_by: Annotated[str, typer.Option(help="What picks best.pt and counts --patience: loss (val nats/char), or "
                                               "wer (--pairs: the validation inputs decoded greedily at each "
                                               "evaluation, the share of words not exactly right). auto: wer with "

@@ -100,7 +100,7 @@ def limit_reached(cfg: TrainConfig, step: int, epochs_done: Callable[[], float],
         return "epochs"
     if cfg.max_time and elapsed() + budget.next_step_estimate() + budget.reserve() >= cfg.max_time:
         return "max_time"  # the next step would leave too little for the final evaluation and saves
-    if cfg.open_ended and bad_evals >= cfg.patience:
+    if cfg.stop_patience and bad_evals >= cfg.stop_patience:
         return "patience"
     return None
 
