@@ -9,7 +9,9 @@ import typer
 from conftest import one_line_error, train_tiny_pairs
 from typer.testing import CliRunner
 
+import charnn
 from charnn.cli import app
+from charnn.errors import ConfigError
 
 runner = CliRunner()
 
@@ -162,6 +164,21 @@ def test_flags_without_effect_are_one_line(pairs_root, tmp_path, corpus_file):
     one_line_error(invoke("train", corpus_file, "--out", out, "--name", "r", "--resume", "--max-time", "1", "--max-steps", "9"),
                    2,
                    "has trained for", "--max-time counts from the run's start")
+
+
+def test_training_flags_this_run_would_ignore_are_one_line(corpus_file, tmp_path):
+    """They were accepted and ignored without a word: label flags without labels, --skip-bad-lines without lines
+    to skip, --val-frac beside --val-file."""
+    out = ["--out", tmp_path, "--max-steps", "1"]
+    for flags, words in ((["--label-dropout", "0.2"], ("--label-dropout", "--label-by")),
+                         (["--label-negatives", "3"], ("--label-negatives", "--label-by")),
+                         (["--label-by", "line", "--label-negatives", "3"], ("--label-negatives", "add `--label-contrast`")),
+                         (["--skip-bad-lines"], ("--skip-bad-lines", "--pairs")),
+                         (["--label-by", "file", "--skip-bad-lines"], ("--skip-bad-lines", "--label-by line")),
+                         (["--val-file", corpus_file, "--val-frac", "0.2"], ("--val-frac", "--val-file", "drop one"))):
+        one_line_error(invoke("train", corpus_file, *flags, *out), 2, *words)
+    with pytest.raises(ConfigError, match="label_dropout"):  # charnn.train's words
+        charnn.train(str(corpus_file), label_dropout=0.2, max_steps=1, out=str(tmp_path))
 
 
 def test_adapt_reads_stdin_and_an_empty_prime_is_one_line_from_a_file_or_stdin(trained_run, tmp_path):

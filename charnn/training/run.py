@@ -46,6 +46,7 @@ def train_configs(flags: dict, caller: str = "charnn.train",
     if flags.get("label_contrast") and not flags.get("label_by") and not flags.get("resume"):
         raise ConfigError("`--label-contrast` sets each text's own label above the others: add "
                           "`--label-by file|folder|line`")
+    _check_flags_have_effect(flags, given)
     serves = "pairs" if flags.get("pairs") else "text"
     # a kind's own flag (--expand) without --cell on --resume/--init-from: checked against the saved run's kind
     saved = _saved_model(flags) if flags.get("kind") is None and "cell" not in given and given & model_names else None
@@ -82,6 +83,29 @@ def train_configs(flags: dict, caller: str = "charnn.train",
     if isinstance(train.get("max_time"), str):
         train["max_time"] = parse_duration(train["max_time"])
     return model_cfg, TrainConfig(**train).validate()
+
+
+def _check_flags_have_effect(flags: dict, given: set) -> None:
+    """Flags given other than their defaults that this run would ignore (they were accepted without a word): the
+    label flags without labels, --skip-bad-lines without lines to skip, --val-frac beside --val-file. A --resume
+    takes its labels and text from the saved run, so its label flags are checked there."""
+    if flags.get("resume"):
+        return
+    defaults = TrainConfig()  # (a default passed counts as not given: charnn.train's loops pass every keyword)
+    given = {k for k in given if k in flags and flags[k] != getattr(defaults, k, None)}
+    for name, does in (("label_dropout", "shows training windows without their label"),
+                       ("label_negatives", "sets how many other labels --label-contrast compares with")):
+        if name in given and not flags.get("label_by"):
+            raise ConfigError(f"`--{name.replace('_', '-')}` {does}: add `--label-by file|folder|line`")
+    if "label_negatives" in given and not flags.get("label_contrast"):
+        raise ConfigError("`--label-negatives` sets how many other labels --label-contrast compares with: add "
+                          "`--label-contrast`")
+    if "skip_bad_lines" in given and not (flags.get("pairs") or flags.get("label_by") == "line"):
+        raise ConfigError("`--skip-bad-lines` skips lines that are not label<TAB>text or input<TAB>target: it "
+                          "needs --label-by line or --pairs")
+    if "val_frac" in given and flags.get("val_file"):
+        raise ConfigError("`--val-frac` splits validation text off the corpus; with `--val-file` the validation "
+                          "text is that file: drop one")
 
 
 def check_types(flags: dict, caller: str) -> None:
