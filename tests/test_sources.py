@@ -235,6 +235,10 @@ def test_train_takes_folders_and_glob_from_the_command_line(tmp_path, monkeypatc
     text = SEPARATOR.join(make_text(60, seed=i) for i in range(3))
     assert "#" not in text and f"{int(len(text) * 0.9):,} train" in r.stderr  # skip.md stayed out
 
+    files = ["train", str(root / "sub" / "part0.txt"), *args[2:]]  # --glob with only files: it was ignored
+    r = runner.invoke(app, files)
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--glob '*.txt' picks files inside folders" in r.stderr
+
     forbid_encoding(monkeypatch)  # the second run must come from the cache
     r2 = runner.invoke(app, args + ["--name", "again"])
     assert r2.exit_code == 0, r2.stderr
