@@ -272,7 +272,7 @@ def _launcher(dist) -> str:
     if not dist.active:
         return ""
     if dist.local_world == dist.world:
-        return f"torchrun --nproc-per-node {dist.world} -m "
+        return f"torchrun --standalone --nproc-per-node {dist.world} -m "  # (as the README starts one)
     return "torchrun <the same --nnodes/--node-rank/--rdzv-endpoint flags> -m "
 
 

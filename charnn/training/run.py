@@ -188,8 +188,9 @@ class TrainingRun:
         return self.trainer.task
 
     def fit(self) -> TrainResult:
-        try:
-            return self.trainer.fit()
+        try:  # (under torchrun a rank that died fails DDP's all-reduce inside backward too: one PeerLost line)
+            with self.trainer.dist.guard():
+                return self.trainer.fit()
         finally:
             if self.metrics is not None:
                 self.metrics.close()  # the last step's record, also when training stopped early
