@@ -32,6 +32,7 @@ def applies(block, x: torch.Tensor, every: bool) -> bool:
     return not every and x.dim() == 3 and p < 1.0 and fused.available(x)
 
 
+@torch.compiler.disable  # (--compile: the C passes are not traced, as charnn.models.fused's)
 def block_forward(block, x: torch.Tensor, h0: Optional[torch.Tensor]):
     """MinBlock.forward's (x (B, T, D), last state (B, S) float32) through the C passes; needs `applies`."""
     p = float(block.drop.p) if block.training else 0.0
@@ -189,5 +190,10 @@ def layer_norm(norm: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     """norm(x) in x's dtype through the C pass where it applies (a CPU tensor of the C library's dtypes, a LayerNorm
     over the last axis with weight and bias), else norm(x) (under autocast: float32)."""
     if fused.available(x) and norm.elementwise_affine and norm.bias is not None and len(norm.normalized_shape) == 1:
-        return _Norm.apply(x.contiguous(), norm.weight, norm.bias, float(norm.eps))
+        return _c_norm(x, norm)
     return norm(x)
+
+
+@torch.compiler.disable
+def _c_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    return _Norm.apply(x.contiguous(), norm.weight, norm.bias, float(norm.eps))
