@@ -134,3 +134,13 @@ def test_a_damaged_config_json_does_not_stop_info(tmp_path, trained_run):
     r = runner.invoke(app, ["info", str(run), "--json"])
     assert r.exit_code == 0 and "Traceback" not in r.stderr, r.stderr
     assert json.loads(r.stdout)["checkpoint"].endswith("best.pt")
+
+
+def test_one_of_a_thing_is_said_in_the_singular():
+    """`info` said "1 layers x 64 hidden" and "(1 epochs done)" (a helper's read of the README's output)."""
+    from charnn.models import registry
+    one = {"cell": "lstm", "layers": 1, "hidden": 64, "embed": 16, "dropout": 0.0}
+    assert registry.get("lm").info_line(one).startswith("lstm, 1 layer x 64 hidden")
+    assert registry.get("lm").info_line({**one, "layers": 3}).startswith("lstm, 3 layers x")
+    assert registry.get("minrnn").info_line({**one, "cell": "mingru"}).startswith("mingru, 1 layer x 64 wide")
+    assert "1 layer x" in registry.get("classifier").info_line({**one, "labels": 2})

@@ -171,7 +171,10 @@ def test_no_terminal_means_plain_periodic_lines():
     view, out = _plain_view(every=0)
     assert not view.live and view.progress is None
     lines = out.splitlines()
-    assert lines[:3] == [f"{s:3d}%  step {s}  train 2.5000  val — nats/char  100 chars/s  0s" for s in (1, 2, 3)]
+    assert lines[:3] == [f"{s:3d}%  step {s}  train 2.5000  val — nats/char  100 chars/s  0s  eta 10s"
+                         for s in (1, 2, 3)]  # (eta: elapsed 0.1 s per 1% of the run; the README lists it)
+    _, open_ended = _plain_view(every=0, open_ended=True)
+    assert "eta" not in open_ended and "step 1  train 2.5000" in open_ended
     assert "step 3: val 1.2500 nats/char" in lines[3]
     assert not ANSI.search(out)
     _, sparse = _plain_view(every=3600)  # a long period: only the first step gets a line

@@ -11,7 +11,7 @@ from typing import Annotated, Iterator, List, Optional
 
 import typer
 
-from charnn.cli.options import Device, Json, Quiet, Threads, check_threads, stdin_once
+from charnn.cli.options import Device, Quiet, Threads, check_threads, stdin_once
 from charnn.cli.output import err, note_threads, user_errors, writing_results
 from charnn.data.linefeed import STDIN, stdin_lines
 from charnn.errors import CharnnError
@@ -26,7 +26,8 @@ def classify(
     probs: Annotated[bool, typer.Option("--probs", help="Add the label's probability: label<TAB>p.")] = False,
     top: Annotated[Optional[int], typer.Option(min=1, help="The N most likely labels, with probabilities, "
                                                            "tab-separated.")] = None,
-    as_json: Json = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per text, a line each (JSON "
+                                                        "Lines).")] = False,
     per_file: Annotated[bool, typer.Option("--per-file", help="One result per FILE (its whole text), prefixed "
                                                               "by its path (--json: a \"file\" key).")] = False,
     uniform_prior: Annotated[bool, typer.Option("--uniform-prior", help="Every label equally likely before "

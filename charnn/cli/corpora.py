@@ -21,7 +21,7 @@ def corpora(as_json: Json = False):
         if as_json:
             typer.echo(json.dumps({"catalog": str(catalog_path()), "cache": str(cache_root()), "corpora": entries}))
             return
-        typer.echo(f"{'name':<22} {'size':>10}  {'here':<4}  {'sha256':<8}  description")
+        typer.echo(f"{'name':<22} {'download':>10}  {'here':<4}  {'sha256':<8}  description")
         for e in entries:
             size = f"{e['size'] / 1e6:,.1f} MB" if e.get("size") else "?"
             typer.echo(f"{e['name']:<22} {size:>10}  {'yes' if e['downloaded'] else '-':<4}  "

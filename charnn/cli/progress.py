@@ -160,8 +160,10 @@ class TrainProgress:
             elif not self.quiet and time.monotonic() - self._last_line >= self.plain_every:
                 self._last_line = time.monotonic()
                 done = "" if self.open_ended else f"{min(1.0, info['progress']):4.0%}  "
+                p = info["progress"]
+                eta = f"  eta {info['elapsed'] * (1 - p) / p:.0f}s" if not self.open_ended and 0 < p < 1 else ""
                 self.note(f"{done}step {info['step']}  train {fields['loss']}  val {fields['val']} nats/{self.unit}  "
-                          f"{fields['rate']} {self.unit}s/s  {info['elapsed']:.0f}s")
+                          f"{fields['rate']} {self.unit}s/s  {info['elapsed']:.0f}s{eta}")
         elif kind == "eval":
             self.val, self.best = info["val_loss"], info["best_val_loss"]
             mark = " (best)" if info["improved"] else ""

@@ -37,7 +37,7 @@ def sample(
                                                      "(\\n and \\t are understood).")] = None,
     seed: Seed = None,
     device: Device = "auto",
-    int8: Annotated[bool, typer.Option("--int8", help="CPU only: int8 recurrent weights, 10-15x faster for "
+    int8: Annotated[bool, typer.Option("--int8", help="CPU only: int8 recurrent weights, 11-13x faster for "
                                                       "one stream of a 2x512 LSTM (2.7-2.9x for 64) on an AVX-512 "
                                                       "VNNI Xeon; the text comes from a close approximation of the "
                                                       "model (benchmarks/SAMPLING.md).")] = False,
