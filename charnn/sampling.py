@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
@@ -62,11 +64,33 @@ class SamplingParams:
         return self
 
 
+_SPELLING: ContextVar[str] = ContextVar("charnn_spelling", default="json")
+
+
+@contextmanager
+def python_spelling():
+    """Values in errors raised inside in Python's spelling (True, None, '64'): the Python API's callers."""
+    token = _SPELLING.set("python")
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
+
+
+def python_shown(x, most: int = 40) -> str:
+    """`shown` in Python's spelling (the API's own checks)."""
+    with python_spelling():
+        return shown(x, most)
+
+
 def shown(x, most: int = 40) -> str:
     """x in JSON's spelling where it has one (the server's clients sent `true`, `null`, `"64"`; Python's True,
-    None, '64' read as another language), else repr(x); cut to `most` characters (a 4,000-digit integer is an
-    answer, not a message; past 4,300 digits repr itself refuses)."""
+    None, '64' read as another language), else repr(x), or in Python's inside `python_spelling` (the API's
+    callers passed True, not `true`); cut to `most` characters (a 4,000-digit integer is an answer, not a
+    message; past 4,300 digits repr itself refuses)."""
     try:
+        if _SPELLING.get() == "python":
+            raise TypeError
         text = json.dumps(x, ensure_ascii=False)
     except (TypeError, ValueError):
         try:

@@ -293,6 +293,104 @@ def test_a_callback_that_raises_on_saved_leaves_best_and_last_written(tmp_path):
                         batch_size=2, seq_len=8, threads=1, precision="fp32", device="cpu", hidden=16).steps == 4
 
 
+def test_generate_follows_the_weights_as_they_are_now(trained_run):
+    """A kept batcher holds the weights laid out when it was made: after `net.load_state_dict` (or a fine-tuning
+    step in place) generate(n=1) went on with the old weights while n=2 and score used the new ones."""
+    import torch
+    m = charnn.load(str(trained_run.run_dir), device="cpu")
+    before = m.generate("the ", length=40, seed=1)
+    with torch.no_grad():
+        for p in m.net.parameters():
+            p.mul_(0.5)
+    fresh = charnn.load(str(trained_run.run_dir), device="cpu")
+    fresh.net.load_state_dict(m.net.state_dict())
+    after = m.generate("the ", length=40, seed=1)
+    assert after == fresh.generate("the ", length=40, seed=1) != before
+    assert m.generate("the ", length=40, seed=1, n=2)[0] == after
+
+
+def test_train_leaves_the_callers_random_state_as_it_was(tmp_path):
+    """A seeded run seeds torch's generator; charnn.train left it so, and a notebook's later draws changed just
+    because a model was trained."""
+    import torch
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(20))
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    charnn.train(str(text), out=str(tmp_path), max_steps=2, hidden=16, batch_size=2, seq_len=8, device="cpu",
+                 threads=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_path_and_a_torch_device_are_taken_where_a_string_is(trained_run, tmp_path):
+    """charnn.train(out=Path(...)) and device=torch.device("cpu") were ParamErrors (`out` takes a string), and
+    charnn.load(device=torch.device("cpu")) an unknown device; the corpus and load's path took a Path already."""
+    from pathlib import Path
+
+    import torch
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(20))
+    run = charnn.train(text, out=tmp_path / "runs", max_steps=1, hidden=16, batch_size=2, seq_len=8,
+                       device=torch.device("cpu"), threads=1)
+    assert run.run_dir == tmp_path / "runs" / "t" and (run.run_dir / "last.pt").is_file()
+    assert charnn.load(Path(trained_run.run_dir), device=torch.device("cpu")).device.type == "cpu"
+    with pytest.raises(ParamError, match="CUDA_VISIBLE_DEVICES=1") as e:
+        charnn.load(trained_run.run_dir, device=torch.device("cuda", 1))
+    assert e.value.param == "device"
+
+
+def test_values_in_errors_are_spelled_as_python_wrote_them(model, tmp_path):
+    """The checks the API shares with the server showed values in JSON's spelling: generate(length=True) said
+    "got true", charnn.train(hidden="64") 'got "64"'; the server's clients keep JSON's."""
+    for kwargs, says in ((dict(length=True), "got True"), (dict(seed=True), "got True"), (dict(n=None), "got None"),
+                         (dict(top_k="3"), "got '3'")):
+        with pytest.raises(ParamError, match=re.escape(says)):
+            model.generate("the", **kwargs)
+    with pytest.raises(ParamError, match=re.escape("got '64'")):
+        charnn.train(str(tmp_path / "t.txt"), hidden="64")
+    with pytest.raises(CharnnError, match="label_by") as e:  # (it said: train one with --label-by)
+        model.classify("the cat")
+    assert "--" not in str(e.value)
+
+
+def test_train_takes_the_commands_quiet_and_preview_every(tmp_path):
+    """charnn.train(quiet=True) and (preview_every=2) were "unknown flags" though the README lists every flag of
+    `charnn train`; quiet is what the library is anyway, and a preview is a "preview" event."""
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(40))
+    seen = []
+    charnn.train(str(text), out=str(tmp_path), max_steps=4, hidden=16, batch_size=2, seq_len=8, device="cpu",
+                 threads=1, quiet=True, preview_every=2, on_event=lambda k, i: seen.append((k, i)))
+    previews = [i for k, i in seen if k == "preview"]
+    assert [p["step"] for p in previews] == [2, 4] and all(isinstance(p["text"], str) and p["text"] for p in previews)
+    for kwargs, param in ((dict(quiet="yes"), "quiet"), (dict(preview_every=-1), "preview_every")):
+        with pytest.raises(ParamError) as e:
+            charnn.train(str(text), out=str(tmp_path), max_steps=1, **kwargs)
+        assert e.value.param == param
+
+
+def test_a_model_pickles_and_deep_copies(trained_run):
+    """pickle.dumps(model) was "cannot pickle '_thread.lock'" (and after a generate, a local function or a ctypes
+    pointer): no multiprocessing, joblib or caching of a loaded model."""
+    import copy
+    import pickle
+    m = charnn.load(str(trained_run.run_dir), device="cpu")
+    text = m.generate("the ", length=30, seed=2)
+    for other in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        assert other.net is not m.net and other.generate("the ", length=30, seed=2) == text
+        assert other.score("the cat").nats_per_char == m.score("the cat").nats_per_char
+
+
+def test_rows_that_cannot_fit_are_a_param_error_at_the_call(model):
+    """generate(n=10**12) was a bare MemoryError (the list of texts came before the rows' check), and stream's
+    came at its first next()."""
+    for call in (model.generate, model.stream):
+        with pytest.raises(ParamError, match="do not fit in memory") as e:
+            call("the", length=1, n=10 ** 12)
+        assert e.value.param == "n"
+
+
 def test_settings_errors_name_the_keywords_not_the_flags(model, tmp_path):
     """The checks the API shares with the command line named its flags (`--dynamic-lr`, `--max-time`) and left
     `param` None; the API names its own keywords."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from charnn.api.params import GenerationParams, ParamError, check_flag, keyword_names, plain_number
+from charnn.api.params import GenerationParams, ParamError, check_flag, keyword_names, plain_number, plain_value
 from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
@@ -24,7 +24,7 @@ from charnn.errors import CharnnError, WrongKind, is_out_of_memory
 from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 from charnn.inspect.surprisal import scan, token_spans
-from charnn.sampling import is_integer, shown
+from charnn.sampling import is_integer, python_shown as shown, python_spelling
 
 if TYPE_CHECKING:
     from charnn.api.seq2seq import Seq2SeqModel
@@ -49,6 +49,7 @@ class Model:
         self.name = self.path.parent.name if self.path.name in ("best.pt", "last.pt") else self.path.stem
         self._info: Optional[dict] = None
         self._idle: Dict[int, List[Batcher]] = {}  # batchers between calls, by row count
+        self._weights: tuple = ()  # the weights the kept batchers were laid out from (storage and version)
         self._lock_scoring, self._lock_tables = threading.Lock(), threading.Lock()
         self._pieces_by_id: Optional[List[str]] = None  # one token_logprobs at a time: concurrent long texts do not add up
         self._chars_by_id: Optional[np.ndarray] = None  # characters that start in each token (set with the pieces)
@@ -65,6 +66,19 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.path}, on {self.device})"
+
+    def __getstate__(self) -> dict:
+        """Pickling and copy.deepcopy (multiprocessing, joblib, a cache) take the weights and settings; the locks
+        and the batchers kept between calls (native buffers) are made again on the other side."""
+        state = dict(self.__dict__)
+        for name in ("_lock", "_lock_scoring", "_lock_tables"):
+            state.pop(name)
+        state.update(_idle={}, _weights=())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock, self._lock_scoring, self._lock_tables = threading.Lock(), threading.Lock(), threading.Lock()
 
     @property
     def info(self) -> dict:
@@ -88,7 +102,8 @@ class Model:
         """Checked generation settings (ParamError, a ConfigError, names the one at fault). NumPy's numbers count as
         Python's (`n=np.int64(4)` from an array was refused as not an integer)."""
         length, temperature, top_k, top_p, n, seed = map(plain_number, (length, temperature, top_k, top_p, n, seed))
-        p = GenerationParams(prompt, length, temperature, top_k, top_p, n, stop, seed).validate()
+        with python_spelling():  # (the server's clients get JSON's spelling: `true`; the API's callers True)
+            p = GenerationParams(prompt, length, temperature, top_k, top_p, n, stop, seed).validate()
         self.check_prompt(p.prompt)
         return p
 
@@ -102,8 +117,9 @@ class Model:
         """
         self._predicts("generate")
         params = self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)  # checks n too
+        pieces = self._pieces(params, self._take(params.n))  # (rows that do not fit: a ParamError before the list)
         texts = [""] * n
-        for i, piece in self._pieces(params):
+        for i, piece in pieces:
             texts[i] += piece
         return texts[0] if n == 1 else texts
 
@@ -114,10 +130,10 @@ class Model:
         settings are checked here, at the call (a generator would have raised at its first next())."""
         self._predicts("stream")
         params = self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)
-        return (piece if n == 1 else (i, piece) for i, piece in self._pieces(params))
+        pieces = self._pieces(params, self._take(params.n))  # (rows that do not fit: a ParamError here, too)
+        return (piece if n == 1 else (i, piece) for i, piece in pieces)
 
-    def _pieces(self, p: GenerationParams) -> Iterator[Tuple[int, str]]:
-        batcher = self._take(p.n)
+    def _pieces(self, p: GenerationParams, batcher: Batcher) -> Iterator[Tuple[int, str]]:
         try:
             for i, spec in enumerate(p.rows()):
                 batcher.add(spec, tag=i)
@@ -135,8 +151,14 @@ class Model:
 
     def _take(self, n: int) -> Batcher:
         """An idle batcher of n rows (its weights laid out already: that takes ~6 ms for the default model), or
-        a new one; each call has its own, so calls from several threads do not share state."""
+        a new one; each call has its own, so calls from several threads do not share state. Kept batchers hold
+        a copy of the weights laid out for stepping: once the weights change (`net.load_state_dict`, a fine-tuning
+        step in place), they are dropped, as `score` reads the weights as they are."""
+        weights = tuple((t.data_ptr(), t._version) for t in self.net.state_dict().values())
         with self._lock:
+            if weights != self._weights:
+                self._idle.clear()
+                self._weights = weights
             idle = self._idle.get(n)
             if idle:
                 return idle.pop()
@@ -200,8 +222,9 @@ class Model:
         texts = texts if one or not hasattr(texts, "__iter__") or isinstance(texts, (bytes, dict)) else list(texts)
         if not one and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
             raise ParamError(f"`texts` must be a string or a list of strings, got {shown(texts)}", "texts")
-        scores = classifier_for(self.net, self.tokenizer, self.labels, self.device, bool(uniform_prior)).classify(
-            [texts] if one else list(texts))
+        with keyword_names():  # (the words it shares with `charnn classify` name `label_by`, not --label-by)
+            judge = classifier_for(self.net, self.tokenizer, self.labels, self.device, bool(uniform_prior))
+        scores = judge.classify([texts] if one else list(texts))
         out = [s.to_dict() for s in scores]
         return out[0] if one else out
 
@@ -319,7 +342,7 @@ def load(path_or_run: Optional[str] = None, device: str = "auto", int8: bool = F
         raise CharnnError(f"charnn.load takes a checkpoint's or a run's path (a str or a Path) or None, not "
                           f"{type(path_or_run).__name__} {path_or_run!r:.40}")
     with keyword_names():  # (the errors it shares with `charnn sample` name `device`, not --device)
-        return load_model(path_or_run, device, int8, "int8=True", "load")
+        return load_model(path_or_run, plain_value(device), int8, "int8=True", "load")
 
 
 def load_model(path_or_run: Optional[str], device: str, int8: bool, flag: str = "--int8", command: str = "sample"):

@@ -4,6 +4,7 @@ settings by `charnn.sampling.SamplingParams`' rules (those of `charnn sample` an
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -12,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from charnn.config import SEED_LIMIT
-from charnn.sampling import SamplingParams, is_integer, shown
+from charnn.sampling import SamplingParams, is_integer, python_shown, python_spelling, shown
 from charnn.errors import CharnnError, ConfigError, ParamError
 from charnn.generation.batcher import MAX_STOPS, RowSpec
 
@@ -72,7 +73,7 @@ class GenerationParams:
 def check_flag(name: str, value) -> None:
     """A keyword that is True or False (NumPy's bool too): "no" and "False" are true, and did the opposite."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ParamError(f"`{name}` must be True or False, got {shown(value)}", name)
+        raise ParamError(f"`{name}` must be True or False, got {python_shown(value)}", name)
 
 
 def plain_number(x):
@@ -80,6 +81,19 @@ def plain_number(x):
     if isinstance(x, np.integer):
         return int(x)
     return float(x) if isinstance(x, np.floating) else x
+
+
+def plain_value(x):
+    """A Python user's spelling of a flag's value as the flag's: NumPy scalars (plain_number), a Path as its
+    string, a torch.device as its name ("cuda:0" as "cuda": charnn takes one device per process)."""
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    if type(x).__name__ == "device" and type(x).__module__ == "torch":  # (no torch import for the check)
+        if x.type != "cpu" and x.index not in (None, 0):
+            raise ParamError(f"charnn runs on one device per process; for {x} start it with "
+                             f"CUDA_VISIBLE_DEVICES={x.index} and device=\"{x.type}\"", "device")
+        return x.type
+    return plain_number(x)
 
 
 _FLAG = re.compile(r"(?<![\w.-])--([a-z][a-z0-9-]*)")  # (not inside a word: 'my--runs')
@@ -99,7 +113,8 @@ def keyword_names(names: Optional[Dict[str, str]] = None):
     table = {**API_NAMES, **(names or {})}
     keyword = lambda flag: table.get(flag, flag.replace("-", "_"))  # noqa: E731
     try:
-        yield
+        with python_spelling():  # (values as the caller wrote them: True, not true)
+            yield
     except ParamError:
         raise
     except CharnnError as e:

@@ -11,7 +11,7 @@ import torch
 
 from charnn.api.params import ParamError, check_flag, keyword_names
 from charnn.errors import WrongKind
-from charnn.sampling import DECODE_BATCH, TransduceConfig, shown
+from charnn.sampling import DECODE_BATCH, TransduceConfig, python_shown as shown
 from charnn.data.pairs import Pair, PairFile
 from charnn.generation.seq2seq import Hypothesis, Transducer
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Union
 
-from charnn.api.params import ParamError, keyword_names, plain_number
+from charnn.api.params import ParamError, check_flag, keyword_names, plain_value
+from charnn.sampling import is_integer, python_shown
 from charnn.training.run import start_run, train_configs
 from charnn.training.stopping import StopRequest, TrainingInterrupted, graceful_signals
 from charnn.training.trainer import TrainResult
@@ -22,7 +23,20 @@ def train(corpus: Union[None, str, Sequence[str]] = None, *, on_event: Optional[
     if on_event is not None and not callable(on_event):  # (it failed at the first event, after the text was read)
         raise ParamError(f"`on_event` must be a function (kind, info) or None, got {type(on_event).__name__}",
                          "on_event")
-    flags = {k: plain_number(v) for k, v in flags.items()}  # (NumPy's scalars, from an array of settings, too)
+    flags = {k: plain_value(v) for k, v in flags.items()}  # (NumPy's scalars, a Path, a torch.device, too)
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):  # (a seeded run seeds torch's generators: the caller's are put
+        return _train(corpus, on_event, flags)  # back after it, as a notebook's later draws expect)
+
+
+def _train(corpus, on_event, flags: dict) -> TrainResult:
+    quiet, preview_every = flags.pop("quiet", False), flags.pop("preview_every", 0)  # (the command's own two: the
+    check_flag("quiet", quiet)  # library prints nothing anyway; a preview is an event)
+    if preview_every is not None and not (is_integer(preview_every) and preview_every >= 0):
+        raise ParamError(f"`preview_every` must be an integer >= 0 (0: none), got {python_shown(preview_every)}",
+                         "preview_every")
     with keyword_names():  # (errors name the keywords: `max_time`, not the flag `--max-time`)
         model_cfg, cfg = train_configs(flags)
     stop = StopRequest()
@@ -31,6 +45,9 @@ def train(corpus: Union[None, str, Sequence[str]] = None, *, on_event: Optional[
             run = start_run(corpus, model_cfg, cfg, on_event, encoding=flags.get("encoding", "utf-8"),
                             glob=flags.get("glob"), resume=bool(flags.get("resume", False)),
                             log_every=flags.get("log_every", 10), explicit=set(flags), stop=stop)
+        if preview_every and on_event is not None:  # ("preview": {"step", "text"}, what the command prints)
+            write = lambda step, text: on_event("preview", {"step": step, "text": text})  # noqa: E731
+            run.events.add(run.task.preview(run.trainer.model, run.trainer.device, preview_every, write, cfg.seed))
         try:
             with keyword_names():
                 return run.fit()
