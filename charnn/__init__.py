@@ -8,7 +8,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_API = ("load", "train", "Model", "Seq2SeqModel", "TrainResult", "ParamError")
+_API = ("load", "train", "Model", "Seq2SeqModel", "TrainResult", "ParamError", "StopTraining")
 
 
 def __getattr__(name: str):

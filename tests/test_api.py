@@ -2,6 +2,7 @@
 generator under it: same text as `charnn sample`, rows that join and leave without changing each other's text."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -380,6 +381,26 @@ def test_a_model_pickles_and_deep_copies(trained_run):
     for other in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
         assert other.net is not m.net and other.generate("the ", length=30, seed=2) == text
         assert other.score("the cat").nats_per_char == m.score("the cat").nats_per_char
+
+
+def test_a_callback_stops_training_by_raising_stop_training(tmp_path):
+    """A callback had no clean way to stop a run (returning False was ignored; its own exception left no run
+    folder; KeyboardInterrupt saved nothing): charnn.StopTraining ends it as a limit does, evaluated and saved."""
+    from charnn.checkpoint import load_checkpoint
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(40))
+    kinds = []
+
+    def enough(kind, info):
+        kinds.append(kind)
+        if kind == "step" and info["step"] == 3:
+            raise charnn.StopTraining
+
+    run = charnn.train(str(text), out=str(tmp_path), max_steps=50, hidden=16, batch_size=2, seq_len=8, device="cpu",
+                       threads=1, on_event=enough)
+    assert run.stopped == "callback" and run.steps == 3 and kinds[-1] == "done"
+    assert load_checkpoint(run.run_dir / "last.pt")["step"] == 3 and (run.run_dir / "best.pt").is_file()
+    assert math.isfinite(run.best_val_loss)
 
 
 def test_rows_that_cannot_fit_are_a_param_error_at_the_call(model):

@@ -11,6 +11,7 @@ from charnn.api.model import Model, load
 from charnn.api.params import GenerationParams, ParamError
 from charnn.api.seq2seq import Seq2SeqModel
 from charnn.api.training import train
+from charnn.training.stopping import StopTraining
 from charnn.training.trainer import TrainResult
 
-__all__ = ["GenerationParams", "Model", "ParamError", "Seq2SeqModel", "TrainResult", "load", "train"]
+__all__ = ["GenerationParams", "Model", "ParamError", "Seq2SeqModel", "StopTraining", "TrainResult", "load", "train"]

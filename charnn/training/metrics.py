@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Tuple
 
 from charnn import __version__
 from charnn.data.files import write_atomic, write_error, write_failed
+from charnn.training.stopping import StopTraining
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -33,6 +34,7 @@ class Callbacks:
 
     def __init__(self, *callbacks: Optional[Callable[[str, dict], None]]):
         self.callbacks = [c for c in callbacks if c is not None]
+        self.stop = None  # the run's StopRequest: a callback's StopTraining asks it to end as at a limit
 
     def add(self, callback):
         self.callbacks.append(callback)
@@ -45,6 +47,11 @@ class Callbacks:
         for callback in self.callbacks:
             try:
                 callback(kind, info)
+            except StopTraining as e:
+                if self.stop is None:
+                    error = error or e
+                else:
+                    self.stop.asked = True
             except BaseException as e:  # (KeyboardInterrupt too: raised once the others have it)
                 error = error or e
         if error is not None:

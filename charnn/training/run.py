@@ -205,7 +205,8 @@ def start_run(corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Option
     `started`: when the run's clock (--max-time) started, as time.perf_counter() (default: now, so loading the
     text counts; the CLI passes its process's start, so its imports count too)."""
     started = time.perf_counter() if started is None else started
-    events = Callbacks(on_event)
+    events, stop = Callbacks(on_event), stop or StopRequest()
+    events.stop = stop  # (a callback's StopTraining: the loop ends as at a limit)
     try:
         text = load_training_text(corpus, encoding, glob, events, TextOptions.of(cfg))
     finally:

@@ -93,7 +93,9 @@ def patience_after(val: float, best: float, mark: float, bad: int,
 
 
 def limit_reached(cfg: TrainConfig, step: int, epochs_done: Callable[[], float], elapsed: Callable[[], float],
-                  budget: "Budget", bad_evals: int) -> Optional[str]:
+                  budget: "Budget", bad_evals: int, asked: bool = False) -> Optional[str]:
+    if asked:  # a callback raised StopTraining
+        return "callback"
     if cfg.max_steps and step >= cfg.max_steps:
         return "max_steps"
     if cfg.epochs and epochs_done() >= cfg.epochs:

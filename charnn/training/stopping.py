@@ -12,7 +12,12 @@ from typing import Optional
 from charnn.data.files import hold_interrupt
 from charnn.errors import CharnnError
 
-STOP_REASONS = ("max_steps", "epochs", "max_time", "patience")
+STOP_REASONS = ("max_steps", "epochs", "max_time", "patience", "callback")
+
+
+class StopTraining(Exception):
+    """Raised by an `on_event` callback (charnn.train's): training ends after the current step, with the final
+    evaluation and saves a limit gets, and returns its result, `stopped` "callback" (early stopping of your own)."""
 
 
 class TrainingInterrupted(Exception):
@@ -50,6 +55,7 @@ class StopRequest:
 
     def __init__(self):
         self.signum: Optional[int] = None
+        self.asked = False  # a callback raised StopTraining: end as at a limit
 
 
 @contextmanager

@@ -118,8 +118,7 @@ class Trainer:
         self.best_val, self.last_val, self.bad_evals, self.chars_seen = math.inf, math.inf, 0, 0
         self.best_score = self.last_score = math.inf  # what picks best.pt: the task's selects_by (val loss, WER)
         self.patience_mark = math.inf  # the best score at --patience's last reset
-        self.elapsed_before = 0.0
-        self.state = None
+        self.elapsed_before, self.state = 0.0, None
         if resumed:
             runstate.restore(self, resumed)
         self._probe_batch = next(iter(self.batches.epoch(0, 0)))  # one batch for the probes
@@ -221,7 +220,8 @@ class Trainer:
         """(limit reached, signal received, measure the threads again), agreed by all ranks under torchrun:
         elapsed time, signals and step times differ per process, and a rank that stops (or measures) alone
         leaves the others waiting in a collective."""
-        stopped = limit_reached(self.cfg, self.step, self.epochs_done, self.elapsed, self.budget, self.bad_evals)
+        stopped = limit_reached(self.cfg, self.step, self.epochs_done, self.elapsed, self.budget, self.bad_evals,
+                                self.stop.asked)
         signum, recheck = self.stop.signum, self._recheck_wanted()
         if not self.dist.active:
             return stopped, signum, recheck
