@@ -201,6 +201,20 @@ def test_one_line_errors(trained_run, tmp_path):
     one_line_error(invoke("novelty", run, "-", input=b"caf\xe9"), 1, "not valid utf-8", "0xe9")
     one_line_error(invoke("novelty", tmp_path / "none.pt", "-", input="x"), 1, "does not exist")
     one_line_error(invoke("novelty", run, "--n", "0", input="x"), 2, "--n")
+    one_line_error(invoke("novelty", run, "--encoding", "bogus", input="x"), 2, "unknown encoding")  # (was taken
+    # without a word when no --corpus was read)
+
+
+def test_the_table_quotes_a_long_span_in_part(trained_run, corpus_file):
+    """A memorised page was quoted whole (a 100,000-character line); --json keeps it whole."""
+    from charnn.cli.novelty import SPAN_SHOWN
+    run = trained_run.run_dir
+    seen = corpus_file.read_text(encoding="utf-8")[: torch.load(run / "best.pt", weights_only=True)["data"]["train_chars"]]
+    sample = seen[:SPAN_SHOWN + 100]
+    table = invoke("novelty", run, "-", input=sample)
+    assert table.exit_code == 0, table.stderr
+    assert repr(sample[:SPAN_SHOWN]) in table.stdout and "... (100 more; --json: all)" in table.stdout
+    assert json.loads(invoke("novelty", run, "-", "--json", input=sample).stdout)["longest"]["text"] == sample
 
 
 def test_a_shell_pipeline_from_sample(trained_run):

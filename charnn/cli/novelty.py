@@ -31,10 +31,12 @@ def novelty(
     n-character windows found there."""
     from charnn.checkpoint import resolve_checkpoint
     from charnn.data.corpus import decode_bytes, read_text
+    from charnn.data.sources import check_encoding
     from charnn.errors import CharnnError, ConfigError
     from charnn.reports.novelty import NS, novelty as check
 
     with user_errors():
+        check_encoding(encoding)  # (without --corpus a wrong one was accepted without a word)
         checkpoint, rest = split_checkpoint(args)
         if len(rest) > 1:
             raise ConfigError(f"one SAMPLE at a time, got {len(rest)}: {' '.join(rest)}")
@@ -65,6 +67,10 @@ def _note(kind: str, info: dict) -> None:
         err.print(f"indexed in {info['seconds']:.1f} s")
 
 
+SPAN_SHOWN = 400  # characters of the longest span the table quotes (--json has it whole; a memorised page was
+# the whole table)
+
+
 def _table(r) -> List[str]:
     lines = [f"sample: {r.sample_chars:,} characters; training text: {r.train_chars:,} characters ({r.corpus})"]
     s = r.longest
@@ -72,8 +78,10 @@ def _table(r) -> List[str]:
         lines.append("longest verbatim span: none (no character of the sample is in the training text)")
     else:
         where = f"line {s.line:,}" + (f" of {s.source}" if s.source else "")
+        shown = repr(s.text) if len(s.text) <= SPAN_SHOWN else (f"{s.text[:SPAN_SHOWN]!r} ... "
+                                                                 f"({len(s.text) - SPAN_SHOWN:,} more; --json: all)")
         lines += [f"longest verbatim span: {s.length:,} characters, at sample offset {s.sample_offset:,}; "
-                  f"training text offset {s.train_offset:,} ({where})", f"  {s.text!r}"]
+                  f"training text offset {s.train_offset:,} ({where})", f"  {shown}"]
     lines.append(f"{'n':>6} {'windows':>10} {'found':>10} {'share':>8}")
     for w in r.windows:
         share = "-" if w.share is None else f"{100 * w.share:.1f}%"
