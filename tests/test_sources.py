@@ -1,6 +1,7 @@
 """Corpora of many files, streamed encoding and its cache."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -373,3 +374,22 @@ def test_a_folders_broken_links_pipes_and_unreadable_files_are_skipped_with_a_no
     found = find_files([str(folder)], on_skip=lambda path, why: skipped.append((Path(path).name, why)))
     assert [f.path.name for f in found] == ["a.txt"]
     assert [name for name, _ in skipped] == ["b.txt", "c.txt"] and all("not a file" in w for _, w in skipped)
+
+
+def test_a_runs_folder_is_never_read_as_text(tmp_path):
+    """`charnn train .` in a project trained on ./checkpoints/RUN/config.json and metrics.jsonl too (the .pt files
+    were skipped as binary), and `charnn train checkpoints/RUN` (or `--resume checkpoints/RUN`) on them alone."""
+    project = tmp_path / "project"
+    (project / "checkpoints" / "run").mkdir(parents=True)
+    (project / "my.txt").write_text(make_text(30, seed=1), encoding="utf-8")
+    run = project / "checkpoints" / "run"
+    (run / "config.json").write_text('{"corpus": "my.txt"}', encoding="utf-8")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n', encoding="utf-8")
+    (run / "last.pt").write_bytes(b"PK\x03\x04\x00\x00")
+    skipped = []
+    found = find_files([str(project)], on_skip=lambda path, why: skipped.append((path, why)))
+    assert [f.path.name for f in found] == ["my.txt"]
+    assert skipped == [(str(run) + os.sep, "is a charnn run's folder (checkpoints and logs, not text)")]
+    r = CliRunner().invoke(app, ["train", str(run), "--max-steps", "1", "--out", str(tmp_path / "out")])
+    one_line_error(r, 2, "is a charnn run's folder", "--name run --resume", "--init-from")
+    assert not (tmp_path / "out").exists()

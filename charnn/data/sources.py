@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import fnmatch
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Union
@@ -55,7 +56,13 @@ def find_files(paths: Sequence[str], glob: Optional[str] = None,
         if not p.exists():
             raise CharnnError(f"corpus {arg!r} {missing(arg)}")
         if p.is_dir():
-            members = _walk(p, glob)
+            if is_run_folder(p):
+                run = p if p.name not in ("", ".", "..") else p.resolve()  # (as typed, where it names the run)
+                where = f"--out {shlex.quote(str(run.parent))} --name {shlex.quote(run.name)}"
+                raise ConfigError(f"corpus {arg!r} is a charnn run's folder (its checkpoints and logs), not text: "
+                                  f"continue it with `charnn train CORPUS {where} --resume` (CORPUS: the text it "
+                                  f"trained on), or fine-tune it on new text with `--init-from {shlex.quote(arg)}`")
+            members = _walk(p, glob, on_skip)
             if not members:
                 what = f" matching --glob {glob!r}" if glob else ""
                 raise CharnnError(f"corpus {arg!r} is a directory with no files{what} in it; pass text files "
@@ -91,10 +98,23 @@ def find_files(paths: Sequence[str], glob: Optional[str] = None,
     return found
 
 
-def _walk(root: Path, glob: Optional[str]) -> List[Path]:
+def is_run_folder(path: Path) -> bool:
+    """A charnn run's folder: its config.json beside a checkpoint or its metrics (never a corpus: `charnn train .`
+    in a project trained on ./checkpoints' JSON too)."""
+    return (path / "config.json").is_file() and any((path / n).is_file() for n in RUN_MARKS)
+
+
+RUN_MARKS = ("best.pt", "last.pt", "metrics.jsonl")
+
+
+def _walk(root: Path, glob: Optional[str], on_skip: Callable[[str, str], None] = lambda path, why: None) -> List[Path]:
     out: List[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        runs = [d for d in dirnames if is_run_folder(Path(dirpath) / d)]
+        for d in runs:
+            on_skip(str(Path(dirpath) / d) + os.sep, "is a charnn run's folder (checkpoints and logs, not text)")
+        dirnames[:] = [d for d in dirnames if d not in runs]
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
