@@ -11,7 +11,6 @@ import torch
 from typer.testing import CliRunner
 
 import charnn
-from charnn.errors import CharnnError
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.cli import app
 from charnn.models.configs import ClassifierConfig

@@ -161,9 +161,8 @@ def test_flags_without_effect_are_one_line(pairs_root, tmp_path, corpus_file):
     assert "ran out before a training step" in timed.stderr  # (it saved an untrained model and said only "done")
     one_line_error(invoke("train", corpus_file, "--out", out, "--name", "t", "--resume"), 2,
                    "has used its --max-time (")  # (it trained 0 steps again)
-    one_line_error(invoke("train", corpus_file, "--out", out, "--name", "r", "--resume", "--max-time", "1", "--max-steps", "9"),
-                   2,
-                   "has trained for", "--max-time counts from the run's start")
+    one_line_error(invoke("train", corpus_file, "--out", out, "--name", "r", "--resume", "--max-time", "1",
+                          "--max-steps", "9"), 2, "has trained for", "--max-time counts from the run's start")
 
 
 def test_training_flags_this_run_would_ignore_are_one_line(corpus_file, tmp_path):
@@ -172,7 +171,8 @@ def test_training_flags_this_run_would_ignore_are_one_line(corpus_file, tmp_path
     out = ["--out", tmp_path, "--max-steps", "1"]
     for flags, words in ((["--label-dropout", "0.2"], ("--label-dropout", "--label-by")),
                          (["--label-negatives", "3"], ("--label-negatives", "--label-by")),
-                         (["--label-by", "line", "--label-negatives", "3"], ("--label-negatives", "add `--label-contrast`")),
+                         (["--label-by", "line", "--label-negatives", "3"],
+                          ("--label-negatives", "add `--label-contrast`")),
                          (["--skip-bad-lines"], ("--skip-bad-lines", "--pairs")),
                          (["--label-by", "file", "--skip-bad-lines"], ("--skip-bad-lines", "--label-by line")),
                          (["--val-file", corpus_file, "--val-frac", "0.2"], ("--val-frac", "--val-file", "drop one"))):

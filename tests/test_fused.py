@@ -215,6 +215,7 @@ def test_compile_trains_without_a_page_of_dynamo_warnings(tmp_path, cell):
     corpus.write_text(make_text(200, seed=5), encoding="utf-8")
     r = subprocess.run([sys.executable, "-m", "charnn", "train", str(corpus), "--compile", "--cell", cell, "--layers",
                         "1", "--hidden", "16", "--embed", "8", "--dropout", "0.2", "--max-steps", "3", "--threads", "1",
-                        "--precision", "fp32", "--out", str(tmp_path), "-q"], capture_output=True, text=True, timeout=600)
+                        "--precision", "fp32", "--out", str(tmp_path), "-q"],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stderr == "" and r.stdout == "", r.stderr[-3000:]
     assert (tmp_path / "c" / "best.pt").is_file()

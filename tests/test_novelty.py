@@ -209,7 +209,8 @@ def test_the_table_quotes_a_long_span_in_part(trained_run, corpus_file):
     """A memorised page was quoted whole (a 100,000-character line); --json keeps it whole."""
     from charnn.cli.novelty import SPAN_SHOWN
     run = trained_run.run_dir
-    seen = corpus_file.read_text(encoding="utf-8")[: torch.load(run / "best.pt", weights_only=True)["data"]["train_chars"]]
+    trained = torch.load(run / "best.pt", weights_only=True)["data"]["train_chars"]
+    seen = corpus_file.read_text(encoding="utf-8")[:trained]
     sample = seen[:SPAN_SHOWN + 100]
     table = invoke("novelty", run, "-", input=sample)
     assert table.exit_code == 0, table.stderr

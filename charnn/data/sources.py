@@ -46,7 +46,7 @@ def find_files(paths: Sequence[str], glob: Optional[str] = None,
     (hidden entries left out; `glob` filters by name or relative path). Binary files inside a directory
     are reported through `on_skip(path, why)` and left out."""
     on_skip = on_skip or (lambda path, why: None)
-    if glob is not None and paths and all(Path(a).exists() and not Path(a).is_dir() for a in paths):  # (it was ignored without a word)
+    if glob is not None and paths and all(Path(a).exists() and not Path(a).is_dir() for a in paths):  # (ignored)
         raise ConfigError(f"--glob {glob!r} picks files inside folders, and CORPUS names only files: pass the folder "
                           "that holds them, or drop --glob")
     found: List[SourceFile] = []

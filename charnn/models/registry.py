@@ -250,8 +250,12 @@ def stepper_factory(model, int8: bool = False) -> Callable[[int, Sequence[int]],
 
 
 # -- charnn's own kinds ---------------------------------------------------------------------------------------
+def _layers(m: dict) -> str:
+    return f"{m['layers']} layer{'s' * (m['layers'] != 1)}"
+
+
 def _lm_line(m: dict) -> str:
-    return (f"{m['cell']}, {m['layers']} layer{'s' * (m['layers'] != 1)} x {m['hidden']} hidden, embed {m['embed']}, dropout {m['dropout']}"
+    return (f"{m['cell']}, {_layers(m)} x {m['hidden']} hidden, embed {m['embed']}, dropout {m['dropout']}"
             + (f", conditioned on {m['labels']} labels" if m.get("labels") else ""))
 
 
@@ -310,7 +314,7 @@ register(ModelKind("seq2seq", "charnn.models.seq2seq:Seq2Seq", Seq2SeqConfig, SE
 
 # -- the parallel-scan recurrent kind (--cell mingru / minlstm) ---------------------------------------------------
 def _minrnn_line(m: dict) -> str:
-    return (f"{m['cell']}, {m['layers']} layer{'s' * (m['layers'] != 1)} x {m['hidden']} wide (state x{m.get('expand', 1)}, feed-forward "
+    return (f"{m['cell']}, {_layers(m)} x {m['hidden']} wide (state x{m.get('expand', 1)}, feed-forward "
             f"x{m.get('ffn', 2)}), embed "
             f"{m['embed']}, dropout {m['dropout']}" + (f", conditioned on {m['labels']} labels" if m.get("labels")
                                                        else ""))
@@ -335,7 +339,7 @@ register(ModelKind("minrnn", "charnn.models.minrnn:MinRNN", MinRNNConfig, MINRNN
 
 # -- the many-to-one classifier (`train --label-by ... --classifier`) -----------------------------------------
 def _classifier_line(m: dict) -> str:
-    return (f"classifier over {m.get('labels')} labels: bidirectional {m['cell']}, {m['layers']} layer{'s' * (m['layers'] != 1)} x "
+    return (f"classifier over {m.get('labels')} labels: bidirectional {m['cell']}, {_layers(m)} x "
             f"{m['hidden']} hidden, embed {m['embed']}, {m.get('pooling', 'max')} pooling, "
             + (f"hashed 1-{m['ngrams']}-grams, " if m.get("ngrams") else "") + f"dropout {m['dropout']}")
 

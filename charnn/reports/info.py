@@ -131,8 +131,8 @@ def summary_lines(info: dict) -> List[str]:
         f"model       {_model_words(m)}: {m['parameters']:,} parameters" if not s2s else _seq2seq_line(m, s2s),
         f"{'tokenizer' if not s2s else 'output':<11} {t['kind']}, {t['vocab_size']} tokens: {shown}"
         + (f" (+{more} more)" if more > 0 else ""),
-        f"training    {_num(tr['steps'])} step{'s' * (tr['steps'] != 1)} ({_num(tr['epoch'])} epoch{'s' * (tr['epoch'] != 1)} "
-        f"done), {_num(tr['chars_seen'])} "
+        f"training    {_num(tr['steps'])} step{'s' * (tr['steps'] != 1)} ({_num(tr['epoch'])} "
+        f"epoch{'s' * (tr['epoch'] != 1)} done), {_num(tr['chars_seen'])} "
         f"{'texts' if tr.get('unit') == 'text' else 'characters'} seen, {duration(tr['elapsed'])} on "
         f"{tr['device'] or '?'} ({tr['precision'] or '?'})",
     ]

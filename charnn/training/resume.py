@@ -76,7 +76,8 @@ def check_steps_left(saved: dict, cfg: TrainConfig, explicit: Optional[set]) -> 
         limit, at = getattr(cfg, key), done[key]
         if not (limit and isinstance(at, (int, float)) and not isinstance(at, bool) and limit <= at):
             continue
-        flag, name, amount = "--" + key.replace("_", "-"), cfg.name or "NAME", f"{at:,} {unit[:-1] if at == 1 else unit}"
+        flag, name = "--" + key.replace("_", "-"), cfg.name or "NAME"
+        amount = f"{at:,} {unit[:-1] if at == 1 else unit}"
         timed = key == "max_time"
         if explicit is None or key in explicit:
             raise ConfigError(f"run {name} has trained {'for ' * timed}{amount}, and {flag} counts from the run's "
