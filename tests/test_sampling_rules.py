@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import charnn
 from charnn.cli import app
-from charnn.sampling import SAMPLING_FLAGS, SampleConfig, SamplingParams, TransduceConfig
+from charnn.sampling import SAMPLING_FLAGS, SampleConfig, SamplingParams, TransduceConfig, python_spelling
 from charnn.errors import ConfigError, ParamError
 from charnn.generation.sampler import Sampler
 from charnn.models.stepper import FastStepper
@@ -118,9 +118,11 @@ def _sentence(field: str, value) -> str:
 @pytest.mark.parametrize("field, value", INVALID, ids=lambda v: repr(v))
 def test_invalid_values_are_refused_alike(trained_run, model, field, value):
     sentence = _sentence(field, value)
+    with python_spelling():  # (the API shows values as Python writes them: inf, not JSON's Infinity)
+        python_sentence = _sentence(field, value)
     with pytest.raises(ParamError) as e:  # the Python API
         model.generate("the", length=5, **{field: value})
-    assert str(e.value) == f"`{field}` {sentence}" and e.value.param == field
+    assert str(e.value) == f"`{field}` {python_sentence}" and e.value.param == field
     if math.isfinite(value):  # the server (JSON has no NaN or Infinity: the body is refused before)
         with pytest.raises(ParamError) as e:
             parse_request(json.dumps({"prompt": "the", field: value}).encode(), 1000, 4)
