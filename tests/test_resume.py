@@ -204,3 +204,27 @@ def test_a_last_pt_whose_weights_do_not_fit_its_config_is_one_line(tmp_path):
                             "6"])
     assert r.exit_code == 1 and "do not fit its own model config" in r.stderr and "size mismatch" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_best_pt_newer_than_last_pt_is_not_replaced_by_a_worse_model(tmp_path):
+    """A save writes best.pt, then last.pt: a run killed (or a disk filled) between the two left a best.pt better
+    than the best loss last.pt records, and --resume replaced it at its first, worse, evaluation."""
+    import shutil
+
+    import charnn
+    from charnn.checkpoint import load_checkpoint
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(400, seed=8), encoding="utf-8")
+    common = dict(out=str(tmp_path), name="r", eval_every=10, hidden=32, layers=1, batch_size=8, seq_len=32,
+                  lr=2e-2, warmup=0, device="cpu", threads=1, seed=5)
+    charnn.train(str(text), max_steps=10, **common)
+    early = tmp_path / "early.pt"
+    shutil.copy(tmp_path / "r" / "last.pt", early)
+    charnn.train(str(text), max_steps=60, resume=True, **common)
+    best = load_checkpoint(tmp_path / "r" / "best.pt")
+    assert best["step"] > 10 and best["val_loss"] < load_checkpoint(early)["best_val_loss"]
+    shutil.copy(early, tmp_path / "r" / "last.pt")  # as if killed after best.pt's write at a later save
+    charnn.train(str(text), max_steps=20, resume=True, **common)  # its evaluation at 20: worse than best.pt's
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["val_loss"] > best["val_loss"]
+    kept = load_checkpoint(tmp_path / "r" / "best.pt")
+    assert (kept["step"], kept["val_loss"]) == (best["step"], best["val_loss"])

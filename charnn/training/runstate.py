@@ -195,11 +195,18 @@ def optimizer_state(saved: dict, opt) -> dict:
 
 def _best_pt_loss(run_dir: Path) -> float:
     """The val loss recorded in run_dir/best.pt (inf where there is none to read)."""
+    return _best_pt_scores(run_dir, "loss")[0]
+
+
+def _best_pt_scores(run_dir: Path, by: str) -> Tuple[float, float]:
+    """(val loss, score by `by`) recorded in run_dir/best.pt, each inf where there is none to read."""
     try:
-        loss = load_checkpoint(run_dir / "best.pt").get("val_loss")
+        data = load_checkpoint(run_dir / "best.pt")
     except (CharnnError, OSError):
-        return math.inf
-    return float(loss) if isinstance(loss, (int, float)) else math.inf
+        return math.inf, math.inf
+    number = lambda x: float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.inf  # noqa: E731
+    loss, selection = number(data.get("val_loss")), data.get("selection") or {}
+    return loss, loss if by == "loss" else (number(selection.get("score")) if selection.get("by") == by else math.inf)
 
 
 def restore(t, data: dict) -> None:
@@ -221,6 +228,9 @@ def restore(t, data: dict) -> None:
         t.best_score = t.patience_mark = t.last_score = math.inf
         if t.task.selects_by == "loss":  # (back to the loss: best.pt's own loss is the one to beat, and the best
             t.best_score = t.patience_mark = t.best_val = _best_pt_loss(t.run_dir)  # val reported is best.pt's)
+    best_loss, best_score = _best_pt_scores(t.run_dir, t.task.selects_by)  # (a run stopped between its two saves
+    t.best_val, t.best_score = min(t.best_val, best_loss), min(t.best_score, best_score)  # left a best.pt better
+    # than last.pt records: the resumed run replaced it with its first, worse, evaluation)
     t.elapsed_before = data.get("elapsed", 0.0)
     ops = t.model.state_ops
     state = ops.unpack(p.get("hidden"))
