@@ -228,3 +228,42 @@ def test_a_best_pt_newer_than_last_pt_is_not_replaced_by_a_worse_model(tmp_path)
     assert load_checkpoint(tmp_path / "r" / "last.pt")["val_loss"] > best["val_loss"]
     kept = load_checkpoint(tmp_path / "r" / "best.pt")
     assert (kept["step"], kept["val_loss"]) == (best["step"], best["val_loss"])
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut short"])
+def test_a_resumed_run_writes_a_best_pt_that_is_gone_or_unreadable(tmp_path, damage):
+    """It was never written again: the run ended "done ... -> best.pt" of a file that was not there (or that no
+    command could read)."""
+    import charnn
+    from charnn.checkpoint import load_checkpoint
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(200, seed=3), encoding="utf-8")
+    common = dict(out=str(tmp_path), name="r", eval_every=5, hidden=16, layers=1, batch_size=4, seq_len=16,
+                  device="cpu", threads=1)
+    charnn.train(str(text), max_steps=5, **common)
+    last = torch.load(tmp_path / "r" / "last.pt", weights_only=True)  # a best so good no evaluation beats it:
+    last["best_val_loss"], last["progress"]["best_score"] = 0.01, 0.01  # only a missing best.pt is rewritten
+    torch.save(last, tmp_path / "r" / "last.pt")
+    best = tmp_path / "r" / "best.pt"
+    if damage == "deleted":
+        best.unlink()
+    else:
+        best.write_bytes(best.read_bytes()[:1000])
+    run = charnn.train(str(text), max_steps=10, resume=True, **common)
+    data = load_checkpoint(best)
+    assert data["step"] == 10 and run.best_val_loss == pytest.approx(data["val_loss"])
+
+
+def test_a_run_log_that_is_not_utf8_is_rewritten_on_resume(tmp_path):
+    """metrics.jsonl with bytes that are not UTF-8: --resume raised UnicodeDecodeError after it had saved."""
+    import charnn
+    from charnn.training.metrics import read_metrics
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(200, seed=3), encoding="utf-8")
+    common = dict(out=str(tmp_path), name="r", eval_every=5, hidden=16, layers=1, batch_size=4, seq_len=16,
+                  device="cpu", threads=1, log_every=1)
+    charnn.train(str(text), max_steps=5, **common)
+    log = tmp_path / "r" / "metrics.jsonl"
+    log.write_bytes(log.read_bytes() + bytes(range(128, 256)) + b"\n")
+    charnn.train(str(text), max_steps=8, resume=True, **common)
+    assert [r["step"] for r in read_metrics(log)] == list(range(1, 9))

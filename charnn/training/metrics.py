@@ -205,7 +205,8 @@ class MetricsLogger:
             kept = [r for r in read_metrics(self.path) if r["step"] <= step]
             self.last_written = kept[-1]["step"] if kept else -1
             text = "".join(json.dumps(r) + "\n" for r in kept)
-            if not self.path.is_file() or self.path.read_text(encoding="utf-8") != text:
+            if not self.path.is_file() or self.path.read_bytes() != text.encode("utf-8"):  # (bytes: a damaged
+                # log that is not UTF-8 is rewritten, as read_metrics read it; it raised UnicodeDecodeError)
                 write_text_atomic(self.path, text)
         else:
             write_text_atomic(self.path, "")

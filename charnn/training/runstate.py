@@ -195,15 +195,17 @@ def optimizer_state(saved: dict, opt) -> dict:
 
 def _best_pt_loss(run_dir: Path) -> float:
     """The val loss recorded in run_dir/best.pt (inf where there is none to read)."""
-    return _best_pt_scores(run_dir, "loss")[0]
+    scores = _best_pt_scores(run_dir, "loss")
+    return math.inf if scores is None else scores[0]
 
 
-def _best_pt_scores(run_dir: Path, by: str) -> Tuple[float, float]:
-    """(val loss, score by `by`) recorded in run_dir/best.pt, each inf where there is none to read."""
+def _best_pt_scores(run_dir: Path, by: str) -> Optional[Tuple[float, float]]:
+    """(val loss, score by `by`) recorded in run_dir/best.pt (inf where it has none); None where it cannot be
+    read."""
     try:
         data = load_checkpoint(run_dir / "best.pt")
     except (CharnnError, OSError):
-        return math.inf, math.inf
+        return None
     number = lambda x: float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.inf  # noqa: E731
     loss, selection = number(data.get("val_loss")), data.get("selection") or {}
     return loss, loss if by == "loss" else (number(selection.get("score")) if selection.get("by") == by else math.inf)
@@ -228,9 +230,11 @@ def restore(t, data: dict) -> None:
         t.best_score = t.patience_mark = t.last_score = math.inf
         if t.task.selects_by == "loss":  # (back to the loss: best.pt's own loss is the one to beat, and the best
             t.best_score = t.patience_mark = t.best_val = _best_pt_loss(t.run_dir)  # val reported is best.pt's)
-    best_loss, best_score = _best_pt_scores(t.run_dir, t.task.selects_by)  # (a run stopped between its two saves
-    t.best_val, t.best_score = min(t.best_val, best_loss), min(t.best_score, best_score)  # left a best.pt better
-    # than last.pt records: the resumed run replaced it with its first, worse, evaluation)
+    best = _best_pt_scores(t.run_dir, t.task.selects_by)
+    if best is None:  # no best.pt to read (deleted, cut short): the first evaluation writes one (the run said
+        t.best_val = t.best_score = math.inf  # "done -> best.pt" of a file that was not there)
+    else:  # (a run stopped between its two saves left a best.pt better than last.pt records: the resumed run
+        t.best_val, t.best_score = min(t.best_val, best[0]), min(t.best_score, best[1])  # replaced it at once)
     t.elapsed_before = data.get("elapsed", 0.0)
     ops = t.model.state_ops
     state = ops.unpack(p.get("hidden"))
