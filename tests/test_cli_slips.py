@@ -287,3 +287,9 @@ def test_damaged_checkpoints_are_one_line(corpus_file, tmp_path):
         f.write('{"step": 3, "train_loss": NaN}\n')
     r = invoke("info", run)
     assert r.exit_code == 0 and "over steps" in r.stdout, r.stderr
+
+
+def test_the_commands_said_after_training_are_quoted_for_the_shell():
+    """"sample it with: charnn sample out dir/my run" (and a name starting with a dash: "No such option")."""
+    from charnn.cli.train import _quote
+    assert _quote("out dir/my run") == "'out dir/my run' " and _quote("-x/r") == "./-x/r " and _quote("") == ""

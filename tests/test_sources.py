@@ -393,3 +393,37 @@ def test_a_runs_folder_is_never_read_as_text(tmp_path):
     r = CliRunner().invoke(app, ["train", str(run), "--max-steps", "1", "--out", str(tmp_path / "out")])
     one_line_error(r, 2, "is a charnn run's folder", "--name run --resume", "--init-from")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_folder_inside_a_corpus_is_named_in_a_note(tmp_path, monkeypatch):
+    """A subfolder that cannot be listed was left out without a word (an unreadable file had its note)."""
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "a.txt").write_text(make_text(20), encoding="utf-8")
+    (tmp_path / "secret").mkdir()
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("secret"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    skipped = []
+    found = find_files([str(tmp_path)], on_skip=lambda path, why: skipped.append((path, why)))
+    assert [f.path.name for f in found] == ["a.txt"]
+    assert skipped == [(str(tmp_path / "secret") + os.sep, "cannot be read (Permission denied)")]
+
+
+def test_a_full_disk_with_space_left_says_inodes():
+    """ENOSPC where space is free (tmpfs nr_inodes, a filesystem of many small files) said "free some space"."""
+    import errno
+    from unittest import mock
+
+    from charnn.data import files
+    e = OSError(errno.ENOSPC, "No space left on device")
+    with mock.patch.object(files, "free_space", return_value=10_300_000), \
+            mock.patch.object(files, "free_inodes", return_value=0):
+        message = str(files.write_failed(e, Path("/x/metrics.jsonl"), 4_000, hint="choose another --out"))
+    assert "10.3 MB free, but no free inodes" in message and "it needs" not in message
+    with mock.patch.object(files, "free_space", return_value=1_000), mock.patch.object(files, "free_inodes",
+                                                                                       return_value=50):
+        assert "it needs about 4.0 kB, 1.0 kB free" in str(files.write_failed(e, Path("/x/m"), 4_000))

@@ -249,11 +249,12 @@ def _report_done(result, run) -> None:
         labels = run.task.labels
         err.print(f"held-out accuracy {labels.get('val_accuracy', 0):.4f}, macro-F1 {labels.get('val_macro_f1', 0):.4f} "
                   f"over {labels.get('val_texts', 0):,} texts (the last evaluation)")
-        err.print(f"use it with: charnn classify {result.run_dir} texts.txt  (one label per line)")
+        err.print(f"use it with: charnn classify {_quote(str(result.run_dir))}texts.txt  (one label per line)")
     elif run.task.kind == "pairs":
-        err.print(f"use it with: charnn transduce {result.run_dir} inputs.txt  (one output line per input line)")
+        err.print(f"use it with: charnn transduce {_quote(str(result.run_dir))}inputs.txt  (one output line per input "
+                  "line)")
     else:
-        err.print(f"sample it with: charnn sample {result.run_dir}")
+        err.print(f"sample it with: charnn sample {_quote(str(result.run_dir)).rstrip()}")  # (as the shell reads it)
 
 
 @contextmanager
@@ -290,4 +291,5 @@ def _print_preview(step: int, text: str) -> None:
 
 
 def _quote(path: str) -> str:
-    return f"{shlex.quote(path)} " if path else ""
+    """A path as the shell passes it on, and not as an option (./-x), with a space after it."""
+    return f"{shlex.quote('./' + path if path.startswith('-') else path)} " if path else ""

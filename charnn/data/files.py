@@ -86,6 +86,14 @@ def free_space(folder: Path) -> Optional[int]:
         return None
 
 
+def free_inodes(folder: Path) -> Optional[int]:
+    """Files that can still be made there (None where the system does not say: Windows)."""
+    try:
+        return os.statvfs(folder).f_favail
+    except (OSError, AttributeError):
+        return None
+
+
 def size_text(n: int) -> str:
     """Bytes for people: 512 B, 3.4 kB, 1.2 MB, 5.0 GB."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -108,6 +116,8 @@ def write_failed(e: OSError, path: Path, needed: int = 0, hint: str = "", exact:
         free = free_space(folder)
         need = (f"it needs {'about' if exact else 'more than'} {size_text(needed)}" if needed else "")
         have = "" if free is None else f"{size_text(free)} free"
+        if free is not None and free > 2 * needed and free_inodes(folder) == 0:  # (ENOSPC with space left)
+            need, have = "", f"{size_text(free)} free, but no free inodes: too many files there"
         if need or have:
             line += f" ({', '.join(p for p in (need, have) if p)})"
         if hint:

@@ -109,7 +109,8 @@ RUN_MARKS = ("best.pt", "last.pt", "metrics.jsonl")
 
 def _walk(root: Path, glob: Optional[str], on_skip: Callable[[str, str], None] = lambda path, why: None) -> List[Path]:
     out: List[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    unreadable = lambda e: on_skip(str(e.filename) + os.sep, f"cannot be read ({e.strerror})")  # noqa: E731
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):  # (a folder left out said nothing)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         runs = [d for d in dirnames if is_run_folder(Path(dirpath) / d)]
         for d in runs:
