@@ -252,3 +252,19 @@ def test_numpys_short_write_into_the_cache_is_a_full_disk(tmp_path, monkeypatch)
     except OSError:
         writer.abort()
     assert not writer.tmp.exists()
+
+
+def test_a_cache_entry_is_readable_by_others_and_a_file_in_its_place_is_replaced(tmp_path, monkeypatch):
+    """Entries were made 0700 (mkdtemp's): another user of a shared cache failed with "Directory not empty",
+    naming a temporary folder. A file where an entry belongs failed every run ("Not a directory")."""
+    import stat
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path))
+    key = "ef" * 16
+    cache.entry_dir(key).parent.mkdir(parents=True)
+    cache.entry_dir(key).write_text("not an entry")
+    writer = cache.EntryWriter(key)
+    writer.ids.write(b"\1" * 10)
+    final = writer.commit({"tokens": 10, "dtype": "uint8"})
+    assert final.is_dir() and cache.find_entry(key) is not None
+    mode = stat.S_IMODE(final.stat().st_mode)
+    assert mode == 0o777 & ~cache._umask()  # (umask 022: 0755, where mkdtemp made 0700)

@@ -108,6 +108,7 @@ class EntryWriter:
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{key}-"))
+            self.tmp.chmod(0o777 & ~_umask())  # (mkdtemp's 0700: another user of a shared cache could not read it)
         except OSError as e:
             raise CharnnError(f"cannot write the encoding cache in {str(self.final.parent)!r}: {e.strerror or e}; "
                               "set CHARNN_CACHE to a writable folder") from None
@@ -128,8 +129,10 @@ class EntryWriter:
             if find_entry(self.key) is not None:  # another process committed it first: keep theirs, which it
                 shutil.rmtree(self.tmp, ignore_errors=True)  # may already have open
                 return self.final
-            if self.final.exists():  # a stale or broken entry
+            if self.final.is_dir() and not self.final.is_symlink():  # a stale or broken entry
                 shutil.rmtree(self.final, ignore_errors=True)
+            elif self.final.exists() or self.final.is_symlink():  # (a file there failed every run: "Not a directory")
+                self.final.unlink()
             os.replace(self.tmp, self.final)
         return self.final
 
@@ -160,6 +163,18 @@ class EntryWriter:
     def _failed(self, e: OSError, needed: int) -> CharnnError:
         return write_failed(e, self.final.parent / self.key, needed, HINT, exact=False,
                             what=f"the encoded corpus {self.key[:12]}")
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask sets it for every thread meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 @contextmanager
