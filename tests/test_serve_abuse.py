@@ -427,6 +427,16 @@ def test_sizes_and_lying_lengths(served):
         status, headers, raw = _read_reply(s)
         assert status == 408 and openai_error(status, headers, raw, "request_timeout")
         assert time.time() - started < 5
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:  # Expect: 100-continue, too big:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Expect: 100-continue\r\nContent-Length: 60000\r\n\r\n")  # (the 413 at once, no 100 that
+        status, headers, raw = _read_reply(s)  # asks for the body it refuses; curl sent it all, then got 413)
+        assert status == 413 and openai_error(status, headers, raw, "request_too_large")
+    for method in ("GET", "HEAD"):  # a 405 says what is allowed (RFC 9110; Starlette's own did, ours dropped it)
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:
+            s.sendall(f"{method} /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            reply = s.recv(65536).decode("latin-1").lower()
+            assert reply.startswith("http/1.1 405") and "\r\nallow: " in reply and "post" in reply.split("allow: ")[1]
     with socket.create_connection(("127.0.0.1", served.port), timeout=10) as s:  # not HTTP at all
         s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n")
         status, headers, raw = _read_reply(s)

@@ -10,7 +10,7 @@ import json
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib import resources
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -109,7 +109,7 @@ class Server:
         except TooLarge:
             await _drain(request)
             return error(413, f"the request body is larger than {self.cfg.max_body_bytes:,} bytes",
-                         code="request_too_large")
+                         code="request_too_large", headers={"Connection": "close"})
         except asyncio.TimeoutError:
             return error(408, f"the request body did not arrive within {self.cfg.timeout_body:g} s "
                               "(--timeout-body)", code="request_timeout", headers={"Connection": "close"})
@@ -157,9 +157,10 @@ class Server:
         return await self._collect(request, req, name, job, prompt_tokens, echoes)
 
     async def _score(self, request: Request, req: p.CompletionRequest, name: str, model: Model) -> Response:
-        """Score the prompts, one scoring request at a time per model: its answer (~60 bytes a token) is built and
-        written as JSON off the event loop; at most --max-queue wait, beyond them 503, and one whose client has
-        gone leaves the queue (abandoned requests were each scored in turn, holding up the next client)."""
+        """Score the prompts, one scoring request at a time per model: its answer (~60 bytes a token, ~180 with
+        logprobs 5) is built and written as JSON off the event loop, in pieces (dumps_in_pieces); at most
+        --max-queue wait, beyond them 503, and one whose client has gone leaves the queue (abandoned requests were
+        each scored in turn, holding up the next client)."""
         limit, n = self.cfg.max_score_tokens, req.params.n  # (n copies of each answer: n times the tokens written)
         if sum(map(len, req.prompts)) * n > limit:  # (a token is at least a character: count only when it may be over)
             tokens = n * await asyncio.to_thread(lambda: sum(len(model.tokenizer.encode(t)) for t in req.prompts))
@@ -263,7 +264,34 @@ def _scored(req: p.CompletionRequest, name: str, model: Model) -> bytes:
     choices = [p.choice(i * n + j, text, "length", lp) for i, (text, lp) in enumerate(zip(req.prompts, scored))
                for j in range(n)]
     tokens = sum(len(lp["tokens"]) for lp in scored)
-    return json.dumps(p.completion(req, name, choices, p.usage(tokens, 0)), ensure_ascii=False).encode()
+    return "".join(dumps_in_pieces(p.completion(req, name, choices, p.usage(tokens, 0)))).encode()
+
+
+PIECE = 2_000  # list items json.dumps writes in one call: the GIL is let go between calls
+
+
+def dumps_in_pieces(value) -> Iterator[str]:
+    """json.dumps(value, ensure_ascii=False)'s text in pieces: one call on a 100,000-token answer held the GIL for
+    0.4 s (18 MB), and every stream and /health stood still meanwhile, though it ran in a thread."""
+    if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+        yield "{"
+        for i, (key, item) in enumerate(value.items()):
+            yield (", " if i else "") + json.dumps(key, ensure_ascii=False) + ": "
+            yield from dumps_in_pieces(item)
+        yield "}"
+    elif isinstance(value, list) and len(value) > PIECE:  # (a token's entries: small, PIECE at a time)
+        yield "["
+        for start in range(0, len(value), PIECE):
+            yield (", " if start else "") + json.dumps(value[start:start + PIECE], ensure_ascii=False)[1:-1]
+        yield "]"
+    elif isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):  # (the choices)
+        yield "["
+        for i, item in enumerate(value):
+            yield ", " if i else ""
+            yield from dumps_in_pieces(item)
+        yield "]"
+    else:
+        yield json.dumps(value, ensure_ascii=False)
 
 
 async def _acquired(gate: asyncio.Semaphore, seconds: float) -> bool:
@@ -282,6 +310,8 @@ async def _drain(request: Request) -> None:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > DRAIN_MOST:
         return
+    if request.headers.get("expect", "").lower() == "100-continue":  # (reading it would invite the body it
+        return  # refuses: uvicorn answers 100 Continue at the first receive; the client waits for this 413)
 
     async def drain():
         got = 0
@@ -317,7 +347,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     kinds = {404: "not_found", 405: "method_not_allowed"}
     return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                 code=kinds.get(exc.status_code))
+                 code=kinds.get(exc.status_code), headers=getattr(exc, "headers", None))  # (a 405's Allow)
 
 
 def create_app(models: Dict[str, Model], cfg: ServeConfig) -> Starlette:
