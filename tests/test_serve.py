@@ -4,6 +4,7 @@
 import asyncio
 import http.client
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -598,3 +599,40 @@ def test_a_scoring_answer_is_written_in_pieces_that_join_to_json_dumps():
     assert max(map(len, pieces)) < len("".join(pieces)) / 4  # (no piece is most of it: the choices were one)
     for other in ([], {}, [[]], [{}], "s", None, {1: "an int key"}, [{"a": [1, 2]}, 3]):
         assert "".join(dumps_in_pieces(other)) == json.dumps(other, ensure_ascii=False)
+
+
+def test_sigterm_ends_the_requests_in_flight_at_once(trained_run):
+    """Was: the open streams never ended by themselves, so every stop waited out uvicorn's 3 s grace, then cut them
+    mid-body (no error event, no [DONE]); a queued request got a plain-text 500 (SIGINT) or a dropped connection
+    (SIGTERM), and the log a CancelledError traceback per request."""
+    s = Served(trained_run.run_dir, "--max-batch", "1", "--max-tokens-limit", "1000000")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "the", "max_tokens": 1000000, "stream": True}),
+                     {"Content-Type": "application/json"})
+        stream = conn.getresponse()
+        assert stream.status == 200 and stream.read1(1000).startswith(b"data: ")  # generating
+        queued = {}
+
+        def wait_in_queue():  # the one row is taken: this request waits for it
+            queued["reply"] = s.request("POST", "/v1/completions", {"prompt": "the", "max_tokens": 5})
+        waiter = threading.Thread(target=wait_in_queue)
+        waiter.start()
+        deadline = time.time() + 30
+        while s.health().get("queued", 0) < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGTERM)
+        tail = b""
+        while True:
+            chunk = stream.read1(65536)
+            if not chunk:
+                break
+            tail = (tail + chunk)[-1000:]
+        waiter.join(30)
+        _, stderr = s.proc.communicate(timeout=30)
+        assert b'"message":"the server is shutting down; retry shortly"' in tail and tail.endswith(b"data: [DONE]\n\n")
+        status, headers, body = queued["reply"]
+        assert status == 503 and json.loads(body)["error"]["code"] == "shutting_down"
+        assert "Traceback" not in stderr and "CancelledError" not in stderr, stderr
+    finally:
+        s.close()

@@ -24,7 +24,7 @@ from charnn.api.model import Model
 from charnn.api.params import ParamError
 from charnn.serve import protocol as p
 from charnn.serve.config import ServeConfig
-from charnn.serve.engine import FAILED, Busy, Engine, Job
+from charnn.serve.engine import FAILED, SHUTTING_DOWN, Busy, Engine, Job
 from charnn.serve.guard import HostGuard
 
 DISCONNECT_POLL = 0.5  # seconds between checks that a non-streaming client is still there
@@ -54,6 +54,12 @@ class Server:
     def close(self) -> None:
         for engine in self.engines.values():
             engine.close()
+
+    def shut(self) -> None:
+        """The server is stopping: every request in flight ends now (Engine.shut), so uvicorn's grace is not spent
+        waiting for streams that would not end by themselves."""
+        for engine in self.engines.values():
+            engine.shut()
 
     def _denied(self, request: Request) -> Optional[JSONResponse]:
         if self.cfg.api_key is None:
@@ -236,6 +242,9 @@ class Server:
                 for i, piece, reason in batch:
                     if reason == FAILED:
                         left = 0
+                        if piece == SHUTTING_DOWN:
+                            return error(503, piece, kind="server_error", code="shutting_down",
+                                         headers={"Retry-After": "1", "Connection": "close"})
                         return error(500, piece, kind="server_error")
                     texts[i] += piece
                     if reason:

@@ -24,6 +24,7 @@ from charnn.generation.batcher import BLOCK, MAX_STOPS, PrefillFailed, Row, RowS
 FLUSH_SECONDS = 0.02  # hand each request the text made in at most this long
 Update = Tuple[int, str, Optional[str]]  # (choice index, new text, finish_reason or None)
 FAILED = "error"  # the finish_reason of an update (index -1) that says generation failed; its text says why
+SHUTTING_DOWN = "the server is shutting down; retry shortly"  # the text of a FAILED update that `shut` sent
 
 
 class Busy(Exception):
@@ -64,6 +65,7 @@ class Engine:
         self.live: Dict[int, Job] = {}  # id(job) -> job, for jobs with rows in the batch
         self.rows_reserved = 0  # rows of jobs in the batch or waiting
         self.stopping = False
+        self.shutting = False  # `shut`: every request ends now, new ones are refused
         self.thread = threading.Thread(target=self._run, name=f"charnn-engine-{model.name}", daemon=True)
         self.thread.start()
 
@@ -81,6 +83,8 @@ class Engine:
         for spec in job.specs:
             check_spec(spec)
         with self.cond:
+            if self.shutting:
+                raise Busy("it is shutting down")
             need = len(job.specs)
             fits = not self.waiting and self.rows_reserved + need <= self.max_batch
             if not fits and len(self.waiting) >= self.max_queue:
@@ -103,6 +107,14 @@ class Engine:
                 self.cancels.append(job)
             self.cond.notify()
 
+    def shut(self) -> None:
+        """The server is stopping (SIGINT, SIGTERM): every request in the batch or waiting ends now, a stream with an
+        error event and its end, the others with a 503 (they were cut mid-body or got a plain-text 500 after the
+        3 s grace, each with a CancelledError traceback); new ones get Busy."""
+        with self.cond:
+            self.shutting = True
+            self.cond.notify()
+
     def close(self) -> None:
         with self.cond:
             self.stopping = True
@@ -114,12 +126,18 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self.cond:
-                    while not (self.stopping or self.waiting or self.cancels or self.batcher.active):
+                    while not (self.stopping or self.waiting or self.cancels or self.batcher.active
+                               or (self.shutting and self.live)):
                         self.cond.wait()
                     if self.stopping:
                         return
                     cancels, self.cancels = self.cancels, []
-                    joining = self._admit()
+                    joining = self._admit() if not self.shutting else list(self.waiting)
+                    if self.shutting:
+                        self.waiting.clear()
+                if self.shutting:
+                    self._fail(joining, SHUTTING_DOWN)
+                    continue
                 try:
                     self._turn(cancels, joining)
                 except Exception as e:  # a bug, or memory ran out: fail the requests in flight, keep serving

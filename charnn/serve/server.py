@@ -67,7 +67,8 @@ def serve(models: Dict[str, Model], cfg: ServeConfig, on_ready: Optional[Callabl
                 "(ulimit -n)")
     limits.quiet_logs()
     http = limits.protocol(cap, cfg.timeout_headers, cfg.timeout_write, cfg.max_connections_per_client)
-    server = uvicorn.Server(uvicorn.Config(create_app(models, cfg), log_level="warning", access_log=False,
+    app = create_app(models, cfg)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=3, timeout_keep_alive=cfg.timeout_keep_alive,
                                            http=http))
     original = server.startup
@@ -79,6 +80,13 @@ def serve(models: Dict[str, Model], cfg: ServeConfig, on_ready: Optional[Callabl
             on_ready(f"http://{f'[{host}]' if ':' in host else host}:{port}")
 
     server.startup = startup
+    exiting = server.handle_exit  # (SIGINT, SIGTERM: end the requests in flight, then uvicorn's shutdown)
+
+    def handle_exit(sig, frame):
+        app.state.server.shut()
+        exiting(sig, frame)
+
+    server.handle_exit = handle_exit
     try:
         server.run(sockets=[sock])
     finally:
