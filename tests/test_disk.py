@@ -268,3 +268,19 @@ def test_a_cache_entry_is_readable_by_others_and_a_file_in_its_place_is_replaced
     assert final.is_dir() and cache.find_entry(key) is not None
     mode = stat.S_IMODE(final.stat().st_mode)
     assert mode == 0o777 & ~cache._umask()  # (umask 022: 0755, where mkdtemp made 0700)
+
+
+def test_a_page_or_a_plot_that_does_not_fit_keeps_the_older_one(tmpfs):
+    """show --html and plot -o wrote in place: a full disk left the older page cut off mid-data (one line said
+    only "cannot write"), and a .pdf's zlib.error was a traceback."""
+    from charnn.data.files import write_output
+    disk = tmpfs(256 << 10)
+    for name in ("x.html", "p.pdf"):
+        write_output(disk / name, b"old" * 100, "the page")
+    fill(disk, leave=4096)
+    for name in ("x.html", "p.pdf"):
+        with pytest.raises(CharnnError) as e:
+            write_output(disk / name, b"new" * 20_000, "the page")
+        assert ENOSPC in str(e.value) and f"the previous {name} is kept" in str(e.value), str(e.value)
+        assert (disk / name).read_bytes() == b"old" * 100
+    assert temp_files(disk) == []

@@ -210,6 +210,20 @@ def _size_of(path: Path) -> int:
         return 0
 
 
+def write_output(path: Path, data: bytes, what: str) -> None:
+    """A command's output file (a page, a plot): a regular file (or a new one) is replaced atomically, so a full
+    disk leaves the older one whole; a device or a pipe (/dev/stdout) is written as it is."""
+    path = Path(path)
+    if not path.exists() or path.is_file():
+        write_atomic(path, data, what=f"{what} {path.name}")
+        return
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise write_failed(e, path, len(data), what=f"{what} {path.name}") from None
+
+
 def write_atomic(path: Path, data: bytes, hint: str = "", what: Optional[str] = None) -> None:
     """Replace `path`'s content with `data` atomically, creating its folder if needed."""
     path = Path(path)

@@ -6,10 +6,12 @@ clear CharnnError.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
+from charnn.data.files import write_output
 from charnn.errors import CharnnError, first_line, missing
 from charnn.training.metrics import METRICS_FILE, loss_unit, read_metrics
 
@@ -68,8 +70,10 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict], str]], out: Path, x: str = "
     kind = out.suffix.lower().lstrip(".")  # a format matplotlib draws; else a .png is added (x.v2 -> x.v2.png), but
     if kind not in fig.canvas.get_supported_filetypes() and (kind or not out.exists()):  # a file that exists and
         out, kind = out.with_name(out.name.rstrip(".") + ".png"), "png"  # has no suffix (/dev/stdout) is written
+    drawn = io.BytesIO()
     try:  # as it is (it was /dev/stdout.png)
-        fig.savefig(out, dpi=120, format=kind or "png")  # (a format given: matplotlib adds no suffix)
-    except (ValueError, OSError, RuntimeError) as e:  # (RuntimeError: a .pgf without xelatex)
-        raise CharnnError(f"could not write {str(out)!r}: {getattr(e, 'strerror', None) or first_line(e)}") from None
+        fig.savefig(drawn, dpi=120, format=kind or "png")  # (in memory, then whole or not at all: a full disk left
+    except Exception as e:  # a cut-off file, and a .pdf's zlib.error a traceback; RuntimeError: .pgf, no xelatex)
+        raise CharnnError(f"could not draw {str(out)!r}: {getattr(e, 'strerror', None) or first_line(e)}") from None
+    write_output(out, drawn.getvalue(), "the plot")
     return out

@@ -8,7 +8,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from charnn.errors import CharnnError
+from charnn.data.files import write_output
 from charnn.reports.show import ShowReport, report_dict
 
 
@@ -21,7 +21,5 @@ def page(report: ShowReport) -> str:
 
 
 def write_page(report: ShowReport, path: Path) -> None:
-    try:
-        Path(path).write_text(page(report), encoding="utf-8")
-    except OSError as e:
-        raise CharnnError(f"cannot write {path}: {e.strerror or e}") from None
+    """The page at `path`, whole or not at all (a full disk cut an older page off mid-data)."""
+    write_output(Path(path), page(report).encode("utf-8"), "the page")
