@@ -205,6 +205,11 @@ def resolve_checkpoint(path: Optional[str], root: str = "checkpoints") -> Path:
         for name in NAMES:
             if (p / name).is_file():
                 return p / name
+        older = [n for n in NAMES if (p / "previous" / n).is_file()]  # (a fresh run of this name moved the one
+        if older:  # before it there, then failed before its first save: "train into it first" hid it)
+            raise CharnnError(f"run folder {path!r} has no best.pt or last.pt, but its previous/ holds the older "
+                              f"run's {older[0]}: use {str(p / 'previous')!r} (a newer run of this name moved it "
+                              "there and stopped before its first save)")
         raise CharnnError(f"run folder {path!r} has no best.pt or last.pt; train into it first")
     if not p.exists():
         raise CharnnError(f"checkpoint {path!r} {missing(path)}")

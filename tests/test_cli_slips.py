@@ -293,3 +293,15 @@ def test_the_commands_said_after_training_are_quoted_for_the_shell():
     """"sample it with: charnn sample out dir/my run" (and a name starting with a dash: "No such option")."""
     from charnn.cli.train import _quote
     assert _quote("out dir/my run") == "'out dir/my run' " and _quote("-x/r") == "./-x/r " and _quote("") == ""
+
+
+def test_a_run_moved_into_previous_by_a_failed_run_is_pointed_at(tmp_path):
+    """A fresh run under an existing name moves the older run into previous/ at its first save; one that failed
+    there (a full disk) left the folder without checkpoints, and sample and --resume said only "train into it
+    first" and "start it afresh"."""
+    run = tmp_path / "r"
+    (run / "previous").mkdir(parents=True)
+    (run / "previous" / "last.pt").write_bytes(b"x")
+    one_line_error(invoke("sample", run), 1, "its previous/ holds the older run's last.pt", "previous")
+    one_line_error(invoke("train", "--out", tmp_path, "--name", "r", "--resume"), 1,
+                   "the run before it is in", "previous")

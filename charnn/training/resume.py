@@ -21,8 +21,11 @@ def load_resume(run_dir: Path, out: str) -> dict:
         raise CharnnError(f"--resume: there is no run {run_dir.name!r} under {out!r} ({known}); "
                           "check --name and --out, or train without --resume")
     if not path.is_file():
+        older = run_dir / "previous" / "last.pt"
+        also = (f" (the run before it is in {str(older.parent)!r}: a newer run of this name moved it there and "
+                "stopped before its first save)" if older.is_file() else "")
         raise CharnnError(f"--resume: {str(path)!r} does not exist, so run {run_dir.name!r} cannot be resumed; "
-                          "train without --resume to start it afresh")
+                          f"train without --resume to start it afresh{also}")
     data = load_checkpoint(path)
     if "optimizer" not in data or "progress" not in data:
         raise CharnnError(f"--resume: {str(path)!r} has no optimiser state or training position")
