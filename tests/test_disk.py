@@ -284,3 +284,18 @@ def test_a_page_or_a_plot_that_does_not_fit_keeps_the_older_one(tmpfs):
         assert ENOSPC in str(e.value) and f"the previous {name} is kept" in str(e.value), str(e.value)
         assert (disk / name).read_bytes() == b"old" * 100
     assert temp_files(disk) == []
+
+
+@pytest.mark.parametrize("meta, memo", [("[1, 2]", "[]"), ('{"format": %d}', '{"x": 5}'),
+                                        ('{"format": %d, "tokens": 10, "dtype": "bogus"}', '{"x": [1, 2, 3]}')])
+def test_cache_files_of_another_shape_are_built_again(tmp_path, monkeypatch, meta, memo):
+    """A meta.json or hashes.json that parses but is not what charnn wrote was an AttributeError, KeyError or
+    TypeError: it counts as damaged, as one that does not parse."""
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path))
+    key = "ab" * 16
+    cache.entry_dir(key).mkdir(parents=True)
+    (cache.entry_dir(key) / "ids.bin").write_bytes(b"\0" * 10)
+    (cache.entry_dir(key) / "meta.json").write_text(meta.replace("%d", str(cache.FORMAT)))
+    (tmp_path / "hashes.json").write_text(memo)
+    assert cache.find_entry(key) is None
+    assert all(isinstance(v, list) for v in cache.load_memo().values())

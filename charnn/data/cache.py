@@ -61,10 +61,15 @@ def text_sha256(text: str) -> str:
 
 
 def load_memo() -> dict:
+    """The file hashes remembered by (size, mtime); its entries of another shape are dropped (a hand-edited or
+    foreign hashes.json was an AttributeError or TypeError)."""
     try:
-        return json.loads((cache_root() / "hashes.json").read_text(encoding="utf-8"))
+        memo = json.loads((cache_root() / "hashes.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    if not isinstance(memo, dict):
+        return {}
+    return {k: v for k, v in memo.items() if isinstance(v, list) and len(v) == 3 and isinstance(v[2], str)}
 
 
 def save_memo(memo: dict) -> None:
@@ -90,13 +95,13 @@ def find_entry(key: str) -> Optional[dict]:
     folder = entry_dir(key)
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ids = folder / "ids.bin"
-    if meta.get("format") != FORMAT or not ids.is_file():
-        return None
-    if ids.stat().st_size != meta["tokens"] * np.dtype(meta["dtype"]).itemsize:
-        return None
+        ids = folder / "ids.bin"
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not ids.is_file():
+            return None
+        if ids.stat().st_size != meta["tokens"] * np.dtype(meta["dtype"]).itemsize:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):  # (damaged: built again; a meta.json of another shape
+        return None  # was a traceback)
     return meta
 
 
