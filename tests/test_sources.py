@@ -427,3 +427,24 @@ def test_a_full_disk_with_space_left_says_inodes():
     with mock.patch.object(files, "free_space", return_value=1_000), mock.patch.object(files, "free_inodes",
                                                                                        return_value=50):
         assert "it needs about 4.0 kB, 1.0 kB free" in str(files.write_failed(e, Path("/x/m"), 4_000))
+
+
+@pytest.mark.parametrize("tokenizer, damage", [("char", "ids"), ("bpe", "tokenizer")])
+def test_a_damaged_cache_entry_is_built_again(tmp_path, monkeypatch, tokenizer, damage):
+    """Bytes of ids.bin changed past the vocabulary were torch's IndexError in training; a bpe entry whose
+    tokenizer.model was gone (or unreadable) failed every run, naming the file or blaming the checkpoint."""
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "t.txt").write_text(make_text(400, seed=4), encoding="utf-8")
+    corpus = load_corpus([str(tmp_path / "t.txt")])
+    cfg = TrainConfig(val_frac=0.1, tokenizer=tokenizer, vocab_size=300 if tokenizer == "bpe" else None)
+    first = prepare_corpus(corpus, cfg)
+    ids = first.train_ids.clone()  # (the memory map sees the damage too)
+    if damage == "ids":
+        with open(first.path / "ids.bin", "r+b") as f:
+            f.seek(100)
+            f.write(b"\xff" * 50)
+    else:
+        (first.path / "tokenizer.model").unlink()
+    again = prepare_corpus(corpus, cfg)
+    assert not again.cached and int(again.train_ids.numpy().max()) < again.tokenizer.vocab_size
+    assert torch.equal(again.train_ids, ids)
