@@ -213,6 +213,9 @@ def resolve_checkpoint(path: Optional[str], root: str = "checkpoints") -> Path:
         raise CharnnError(f"run folder {path!r} has no best.pt or last.pt; train into it first")
     if not p.exists():
         raise CharnnError(f"checkpoint {path!r} {missing(path)}")
+    if not p.is_file():  # (a FIFO with no writer hung; <(cat best.pt) was "truncated or corrupt: Illegal seek")
+        raise CharnnError(f"checkpoint {path!r} is a pipe or a device, not a file: a checkpoint is read with seeks; "
+                          "save it to a file and pass that")
     return p
 
 

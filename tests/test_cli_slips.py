@@ -305,3 +305,12 @@ def test_a_run_moved_into_previous_by_a_failed_run_is_pointed_at(tmp_path):
     one_line_error(invoke("sample", run), 1, "its previous/ holds the older run's last.pt", "previous")
     one_line_error(invoke("train", "--out", tmp_path, "--name", "r", "--resume"), 1,
                    "the run before it is in", "previous")
+
+
+def test_a_pipe_given_as_a_checkpoint_is_one_line(tmp_path):
+    """A FIFO with no writer hung `charnn sample`; <(cat best.pt) said "truncated or corrupt: Illegal seek"."""
+    import os
+    fifo = tmp_path / "ck.fifo"
+    os.mkfifo(fifo)
+    for command in ("sample", "info"):
+        one_line_error(invoke(command, fifo), 1, "is a pipe or a device, not a file")
