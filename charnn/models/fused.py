@@ -30,7 +30,6 @@ def available(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype in DTYPES for t in tensors) and _built()
 
 
-@torch.compiler.disable  # (--compile does not trace into the C calls: each would be a page of Dynamo warnings)
 def _built() -> bool:
     return _lib() is not None
 
@@ -68,7 +67,6 @@ class _Dropout(torch.autograd.Function):
         return _apply(grad, ctx.p, ctx.locked, ctx.seed), None, None, None
 
 
-@torch.compiler.disable
 def dropout(x: torch.Tensor, p: float, locked: bool = False) -> torch.Tensor:
     """Training dropout of x (any shape; `locked`: x (B, T, D), one mask per sequence b for every step t), each
     kept number scaled by 1 / (1 - p). Needs `available(x)` and 0 < p < 1."""
@@ -129,7 +127,6 @@ class _MinScan(torch.autograd.Function):
         return grad_u, grad_h0, None
 
 
-@torch.compiler.disable
 def min_scan(cell: str, u: torch.Tensor, h0: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Every state h (B, T, S) in u's dtype and the last state (B, S) in float32 of the `cell` ("mingru",
     "minlstm") recurrence of the gate projections u (B, T, P * S) (minGRU [k | v], minLSTM [k_f | k_i | v]) from

@@ -17,6 +17,7 @@ are charnn.models.fused's (the same seed gives the same mask), drawn in the same
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import torch
@@ -32,7 +33,6 @@ def applies(block, x: torch.Tensor, every: bool) -> bool:
     return not every and x.dim() == 3 and p < 1.0 and fused.available(x)
 
 
-@torch.compiler.disable  # (--compile: the C passes are not traced, as charnn.models.fused's)
 def block_forward(block, x: torch.Tensor, h0: Optional[torch.Tensor]):
     """MinBlock.forward's (x (B, T, D), last state (B, S) float32) through the C passes; needs `applies`."""
     p = float(block.drop.p) if block.training else 0.0
@@ -194,6 +194,20 @@ def layer_norm(norm: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     return norm(x)
 
 
-@torch.compiler.disable
 def _c_norm(x: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
     return _Norm.apply(x.contiguous(), norm.weight, norm.bias, float(norm.eps))
+
+
+def compiled(net: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile(net) with charnn's C calls left out of Dynamo's trace (it traced into them: about 30 lines of
+    warnings and graph-break reports on stderr, even with -q). Marked here, at the first --compile, not where they
+    are defined: torch.compiler.disable imports Dynamo, about 1 s added to every command that loads a model."""
+    for module, names in ((fused, ("_built", "dropout", "min_scan")), (sys.modules[__name__], ("block_forward",
+                                                                                             "_c_norm"))):
+        for name in names:
+            fn = getattr(module, name)
+            if not getattr(fn, "_charnn_left_out", False):
+                left_out = torch.compiler.disable(fn)
+                left_out._charnn_left_out = True
+                setattr(module, name, left_out)
+    return torch.compile(net)

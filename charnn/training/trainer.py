@@ -24,6 +24,7 @@ from charnn.data.batches import IGNORE
 from charnn.data.corpus import Corpus
 from charnn.device import autocast, keep_freed_memory, resolve_device
 from charnn.errors import CharnnError, first_line
+from charnn.models import fusedblock
 from charnn.tasks import task_for
 from charnn.tasks.base import Callback, fingerprint
 from charnn.training import runstate
@@ -103,11 +104,10 @@ class Trainer:
         self.model_cfg, self.model, self.parent = runstate.model_for(self.task, model_cfg, resumed, parent, seed,
                                                                      self.on_event)
         self.model.to(self.device)
-        # the training forward: DistributedDataParallel under torchrun, else the model itself; with --compile,
-        # its torch.compile'd twin (same weights; saves and evaluation use self.model)
+        # the training forward: DDP under torchrun, else the model; --compile: its compiled twin (same weights)
         self.net = self.dist.wrap(self.model)
         if self.cfg.compile:
-            self.net = torch.compile(self.net)
+            self.net = fusedblock.compiled(self.net)  # (charnn's C calls left out of the trace)
         self._compile_pending = self.cfg.compile  # the first compiled call gets its own error message
         self.opt = make_optimizer(self.model, self.cfg, self.device)
 
