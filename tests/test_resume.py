@@ -267,3 +267,25 @@ def test_a_run_log_that_is_not_utf8_is_rewritten_on_resume(tmp_path):
     log.write_bytes(log.read_bytes() + bytes(range(128, 256)) + b"\n")
     charnn.train(str(text), max_steps=8, resume=True, **common)
     assert [r["step"] for r in read_metrics(log)] == list(range(1, 9))
+
+
+def test_a_run_saved_with_the_old_default_patience_resumes_with_a_limit_to_its_limit(tmp_path):
+    """Before --patience worked beside a limit, every run saved patience 5 as a value; resumed with --max-steps
+    such a run (one that had stopped on patience, say) stopped on patience at once, 0 steps trained."""
+    import charnn
+    from charnn.checkpoint import load_checkpoint
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(200, seed=3), encoding="utf-8")
+    common = dict(out=str(tmp_path), name="r", eval_every=2, hidden=16, layers=1, batch_size=4, seq_len=16,
+                  device="cpu", threads=1)
+    charnn.train(str(text), max_steps=4, **common)
+    last = torch.load(tmp_path / "r" / "last.pt", weights_only=True)  # as an older charnn saved it: patience 5,
+    last["train_config"]["patience"], last["progress"]["bad_evals"] = 5, 5  # and it had stopped on patience
+    torch.save(last, tmp_path / "r" / "last.pt")
+    run = charnn.train(str(text), max_steps=8, resume=True, **common)
+    assert (run.stopped, run.steps) == ("max_steps", 8) and load_checkpoint(tmp_path / "r" / "last.pt")["step"] == 8
+    last = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    last["progress"]["bad_evals"] = 5
+    torch.save(last, tmp_path / "r" / "last.pt")
+    again = charnn.train(str(text), max_steps=12, resume=True, patience=5, **common)  # given: it applies
+    assert (again.stopped, again.steps) == ("patience", 8)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from charnn.checkpoint import NAMES, load_checkpoint
-from charnn.config import ModelConfig, TrainConfig, from_dict
+from charnn.config import DEFAULT_PATIENCE, ModelConfig, TrainConfig, from_dict
 from charnn.errors import CharnnError, ConfigError
 from charnn.models import registry
 
@@ -47,6 +47,9 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     names = set(asdict(given)) if explicit is None else set(explicit)
     given_values = {k: v for k, v in asdict(given).items() if not (k == "batch_size" and v is None)}  # None: auto
     merged = {**asdict(old), **{k: v for k, v in given_values.items() if k in names | {"out", "name"}}}
+    if "patience" not in names and merged.get("patience") == DEFAULT_PATIENCE:  # a run saved before --patience
+        merged["patience"] = None  # worked beside a limit kept the default 5 as a value: as not given (resumed
+    # with --max-steps, an open-ended run that had stopped on patience stopped again at once)
     flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
     problems = [f"{flag(k)} {merged[k]} (the run used {getattr(old, k)})"
                 for k in FIXED_ON_RESUME if merged[k] != getattr(old, k)]
