@@ -403,6 +403,14 @@ def test_a_callback_stops_training_by_raising_stop_training(tmp_path):
     assert math.isfinite(run.best_val_loss)
 
 
+def test_a_model_loaded_under_inference_mode_generates(trained_run):
+    """Its weights keep no change counter: generate raised "Inference tensors do not track version counter"."""
+    import torch
+    with torch.inference_mode():
+        m = charnn.load(str(trained_run.run_dir), device="cpu")
+    assert m.generate("the ", length=20, seed=1) == charnn.load(str(trained_run.run_dir)).generate("the ", 20, seed=1)
+
+
 def test_rows_that_cannot_fit_are_a_param_error_at_the_call(model):
     """generate(n=10**12) was a bare MemoryError (the list of texts came before the rows' check), and stream's
     came at its first next()."""

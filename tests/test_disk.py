@@ -299,3 +299,15 @@ def test_cache_files_of_another_shape_are_built_again(tmp_path, monkeypatch, met
     (tmp_path / "hashes.json").write_text(memo)
     assert cache.find_entry(key) is None
     assert all(isinstance(v, list) for v in cache.load_memo().values())
+
+
+def test_an_output_path_that_is_a_link_is_written_through(tmp_path):
+    """write_output renamed its new file over a symbolic link (a page's link, /dev/stdout's): the link became a
+    file and what it pointed at kept the old content."""
+    from charnn.data.files import write_output
+    target = tmp_path / "real.html"
+    target.write_bytes(b"old")
+    link = tmp_path / "page.html"
+    link.symlink_to(target)
+    write_output(link, b"new", "the page")
+    assert link.is_symlink() and target.read_bytes() == b"new"

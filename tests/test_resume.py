@@ -289,3 +289,15 @@ def test_a_run_saved_with_the_old_default_patience_resumes_with_a_limit_to_its_l
     torch.save(last, tmp_path / "r" / "last.pt")
     again = charnn.train(str(text), max_steps=12, resume=True, patience=5, **common)  # given: it applies
     assert (again.stopped, again.steps) == ("patience", 8)
+
+
+def test_a_run_stopped_by_its_max_time_is_refused_on_resume_though_its_reserve_was_unspent():
+    """A run stopped by --max-time 8 saves at 7.5 s (the final evaluation's reserve unspent): a resume trained 0
+    steps and said only done; the refusal fired only past the limit itself."""
+    from charnn.training.resume import check_steps_left
+    saved = {"progress": {"step": 40}, "elapsed": 7.49}
+    with pytest.raises(ConfigError, match=r"has used its --max-time \(7.5 seconds\)"):
+        check_steps_left(saved, TrainConfig(name="r", max_time=8), explicit=set())
+    with pytest.raises(ConfigError, match="give more than 11s"):
+        check_steps_left(saved, TrainConfig(name="r", max_time=10), explicit={"max_time"})
+    check_steps_left(saved, TrainConfig(name="r", max_time=60), explicit={"max_time"})  # time to train: fine

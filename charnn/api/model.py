@@ -154,7 +154,7 @@ class Model:
         a new one; each call has its own, so calls from several threads do not share state. Kept batchers hold
         a copy of the weights laid out for stepping: once the weights change (`net.load_state_dict`, a fine-tuning
         step in place), they are dropped, as `score` reads the weights as they are."""
-        weights = tuple((t.data_ptr(), t._version) for t in self.net.state_dict().values())
+        weights = tuple((t.data_ptr(), _version(t)) for t in self.net.state_dict().values())
         with self._lock:
             if weights != self._weights:
                 self._idle.clear()
@@ -396,3 +396,11 @@ class ClassifierModel(Model):
 
 
 __all__ = ["ClassifierModel", "Model", "load"]
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    """A tensor's in-place change counter (None for one made under torch.inference_mode, which keeps none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None

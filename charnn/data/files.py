@@ -212,9 +212,10 @@ def _size_of(path: Path) -> int:
 
 def write_output(path: Path, data: bytes, what: str) -> None:
     """A command's output file (a page, a plot): a regular file (or a new one) is replaced atomically, so a full
-    disk leaves the older one whole; a device or a pipe (/dev/stdout) is written as it is."""
+    disk leaves the older one whole; a symbolic link (/dev/stdout), a device or a pipe is written through, as it
+    is (a rename would replace the link itself)."""
     path = Path(path)
-    if not path.exists() or path.is_file():
+    if not path.is_symlink() and (not path.exists() or path.is_file()):
         write_atomic(path, data, what=f"{what} {path.name}")
         return
     try:

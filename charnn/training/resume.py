@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -80,13 +81,16 @@ def check_steps_left(saved: dict, cfg: TrainConfig, explicit: Optional[set]) -> 
             done[key] = int(done[key]) if done[key].is_integer() else round(done[key], 4 if key == "epochs" else 1)
     for key, unit in (("max_steps", "steps"), ("epochs", "epochs"), ("max_time", "seconds")):
         limit, at = getattr(cfg, key), done[key]
-        if not (limit and isinstance(at, (int, float)) and not isinstance(at, bool) and limit <= at):
+        spare = max(3.0, 0.05 * limit) if key == "max_time" and limit else 0.0  # (a run stopped by its --max-time
+        # saves with the final evaluation's reserve unspent: a resume has too little left to start, let alone step)
+        if not (limit and isinstance(at, (int, float)) and not isinstance(at, bool) and limit - spare <= at):
             continue
         flag, name = "--" + key.replace("_", "-"), cfg.name or "NAME"
         amount = f"{at:,} {unit[:-1] if at == 1 else unit}"
         timed = key == "max_time"
         if explicit is None or key in explicit:
+            more = f"{math.ceil(at + spare):,}s" if timed else f"{at:,}"  # (time: enough to start and step too)
             raise ConfigError(f"run {name} has trained {'for ' * timed}{amount}, and {flag} counts from the run's "
-                              f"start: give more than {at:,}{'s' * timed} to train on")
+                              f"start: give more than {more} to train on")
         raise ConfigError(f"run {name} has {'used' if timed else 'trained'} its {flag} ({amount}): give a larger "
                           f"{flag} to train on")
