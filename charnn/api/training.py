@@ -45,7 +45,7 @@ def _train(corpus, on_event, flags: dict) -> TrainResult:
             run = start_run(corpus, model_cfg, cfg, on_event, encoding=flags.get("encoding", "utf-8"),
                             glob=flags.get("glob"), resume=bool(flags.get("resume", False)),
                             log_every=flags.get("log_every", 10), explicit=set(flags), stop=stop)
-        if preview_every and on_event is not None:  # ("preview": {"step", "text"}, what the command prints)
+        if preview_every and on_event is not None and run.trainer.dist.is_main:  # ("preview": {"step", "text"})
             write = lambda step, text: on_event("preview", {"step": step, "text": text})  # noqa: E731
             run.events.add(run.task.preview(run.trainer.model, run.trainer.device, preview_every, write, cfg.seed))
         try:

@@ -46,6 +46,7 @@ class Server:
 
     def __init__(self, models: Dict[str, Model], cfg: ServeConfig):
         self.models, self.cfg = models, cfg
+        self.shutting = False  # `shut`: the server is stopping
         self.engines = {name: Engine(m, cfg.max_batch, cfg.max_queue) for name, m in models.items()}
         self.scoring: Dict[str, asyncio.Semaphore] = {}  # one scoring request at a time per model
         self.scoring_waiting: Dict[str, int] = {name: 0 for name in models}
@@ -57,7 +58,9 @@ class Server:
 
     def shut(self) -> None:
         """The server is stopping: every request in flight ends now (Engine.shut), so uvicorn's grace is not spent
-        waiting for streams that would not end by themselves."""
+        waiting for streams that would not end by themselves; a scoring request waiting its turn ends too (one
+        being scored finishes: it takes a second or so at --max-score-tokens)."""
+        self.shutting = True
         for engine in self.engines.values():
             engine.shut()
 
@@ -153,6 +156,8 @@ class Server:
         except ParamError as e:  # a row the batch could not draw: refused here, before it can fail the others
             return error(400, str(e), param=e.param)
         except Busy as e:
+            if str(e) == SHUTTING_DOWN:
+                return _shutting_down()
             return error(503, f"the server is busy ({e}); retry shortly", kind="server_error", code="overloaded",
                          headers={"Retry-After": "1"})
         prompt_tokens = sum(len(model.tokenizer.encode(t)) for t in req.prompts)
@@ -183,6 +188,8 @@ class Server:
             while not await _acquired(gate, DISCONNECT_POLL):
                 if await request.is_disconnected():
                     return Response(status_code=499)
+                if self.shutting:  # (queued behind a scoring that runs on: it ends as generation's requests do)
+                    return _shutting_down()
         finally:
             self.scoring_waiting[name] -= 1
         try:
@@ -243,8 +250,7 @@ class Server:
                     if reason == FAILED:
                         left = 0
                         if piece == SHUTTING_DOWN:
-                            return error(503, piece, kind="server_error", code="shutting_down",
-                                         headers={"Retry-After": "1", "Connection": "close"})
+                            return _shutting_down()
                         return error(500, piece, kind="server_error")
                     texts[i] += piece
                     if reason:
@@ -301,6 +307,11 @@ def dumps_in_pieces(value) -> Iterator[str]:
         yield "]"
     else:
         yield json.dumps(value, ensure_ascii=False)
+
+
+def _shutting_down() -> JSONResponse:
+    return error(503, SHUTTING_DOWN, kind="server_error", code="shutting_down",
+                 headers={"Retry-After": "1", "Connection": "close"})
 
 
 async def _acquired(gate: asyncio.Semaphore, seconds: float) -> bool:

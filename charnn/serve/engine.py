@@ -84,7 +84,7 @@ class Engine:
             check_spec(spec)
         with self.cond:
             if self.shutting:
-                raise Busy("it is shutting down")
+                raise Busy(SHUTTING_DOWN)
             need = len(job.specs)
             fits = not self.waiting and self.rows_reserved + need <= self.max_batch
             if not fits and len(self.waiting) >= self.max_queue:
