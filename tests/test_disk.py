@@ -311,3 +311,27 @@ def test_an_output_path_that_is_a_link_is_written_through(tmp_path):
     link.symlink_to(target)
     write_output(link, b"new", "the page")
     assert link.is_symlink() and target.read_bytes() == b"new"
+
+
+def test_show_html_and_plot_keep_the_older_file_on_a_full_disk(tmpfs, trained_run, corpus_file, tmp_path):
+    """show --html and plot -o wrote in place: a full disk left the older page cut off mid-data, and a .pdf's
+    zlib.error was a traceback."""
+    pytest.importorskip("matplotlib")
+    disk = tmpfs(1 << 20)
+    page, pdf = disk / "x.html", disk / "p.pdf"
+    show = ["show", str(trained_run.run_dir), str(corpus_file), "--html", str(page), "--max-chars", "3000"]
+    r = runner.invoke(app, ["train", str(corpus_file), "--out", str(tmp_path / "runs"), "--name", "m", "--max-steps",
+                            "4", "--eval-every", "2", "--log-every", "1", *SMALL])
+    assert r.exit_code == 0, r.stderr
+    plot = ["plot", str(tmp_path / "runs" / "m"), "-o", str(pdf)]
+    for args in (show, plot):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.stderr
+    before = {p: p.read_bytes() for p in (page, pdf)}
+    fill(disk, leave=1024)
+    for args in (show, plot):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and "Traceback" not in r.stderr and ENOSPC in r.stderr, r.stderr
+        errors = [line for line in r.stderr.splitlines() if line.startswith("charnn: error:")]
+        assert len(errors) == 1 and "is kept" in errors[0], r.stderr
+    assert {p: p.read_bytes() for p in (page, pdf)} == before and temp_files(disk) == []
