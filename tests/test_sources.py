@@ -443,6 +443,8 @@ def test_a_damaged_cache_entry_is_built_again(tmp_path, monkeypatch, tokenizer, 
         with open(first.path / "ids.bin", "r+b") as f:
             f.seek(100)
             f.write(b"\xff" * 50)
+        later = (first.path / "meta.json").stat().st_mtime + 1  # (written later than the entry, as damage is;
+        os.utime(first.path / "ids.bin", (later, later))  # the clock's tick may not have moved in this test)
     else:
         (first.path / "tokenizer.model").unlink()
     again = prepare_corpus(corpus, cfg)
