@@ -24,7 +24,7 @@ from charnn.errors import CharnnError, WrongKind, is_out_of_memory
 from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 from charnn.inspect.surprisal import scan, token_spans
-from charnn.sampling import is_integer, python_shown as shown, python_spelling
+from charnn.sampling import is_integer, python_shown, python_spelling
 
 if TYPE_CHECKING:
     from charnn.api.seq2seq import Seq2SeqModel
@@ -130,10 +130,12 @@ class Model:
         settings are checked here, at the call (a generator would have raised at its first next())."""
         self._predicts("stream")
         params = self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)
-        pieces = self._pieces(params, self._take(params.n))  # (rows that do not fit: a ParamError here, too)
-        return (piece if n == 1 else (i, piece) for i, piece in pieces)
+        self._keep(params.n, self._take(params.n))  # (rows that do not fit: a ParamError here, too; the batcher
+        # waits in the pool for the first next(), so a stream never read holds none)
+        return (piece if n == 1 else (i, piece) for i, piece in self._pieces(params))
 
-    def _pieces(self, p: GenerationParams, batcher: Batcher) -> Iterator[Tuple[int, str]]:
+    def _pieces(self, p: GenerationParams, batcher: Optional[Batcher] = None) -> Iterator[Tuple[int, str]]:
+        batcher = batcher or self._take(p.n)
         try:
             for i, spec in enumerate(p.rows()):
                 batcher.add(spec, tag=i)
@@ -144,10 +146,15 @@ class Model:
         finally:  # also when a stream is abandoned half-way: the rows leave, the batcher is kept for the next call
             for row in batcher.all_rows:
                 batcher.remove(row)
-            with self._lock:  # (a few kept: each holds its rows' buffers, and n takes any value)
-                pool = self._idle.setdefault(p.n, [])
-                if len(pool) < IDLE_PER_SIZE and sum(map(len, self._idle.values())) < IDLE_MOST:
-                    pool.append(batcher)
+            self._keep(p.n, batcher)
+
+    def _keep(self, n: int, batcher: Batcher) -> None:
+        """An idle batcher of n rows back in the pool (a few kept: each holds its rows' buffers, and n takes any
+        value)."""
+        with self._lock:
+            pool = self._idle.setdefault(n, [])
+            if len(pool) < IDLE_PER_SIZE and sum(map(len, self._idle.values())) < IDLE_MOST:
+                pool.append(batcher)
 
     def _take(self, n: int) -> Batcher:
         """An idle batcher of n rows (its weights laid out already: that takes ~6 ms for the default model), or
@@ -221,7 +228,7 @@ class Model:
         one = isinstance(texts, str)
         texts = texts if one or not hasattr(texts, "__iter__") or isinstance(texts, (bytes, dict)) else list(texts)
         if not one and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
-            raise ParamError(f"`texts` must be a string or a list of strings, got {shown(texts)}", "texts")
+            raise ParamError(f"`texts` must be a string or a list of strings, got {python_shown(texts)}", "texts")
         with keyword_names():  # (the words it shares with `charnn classify` name `label_by`, not --label-by)
             judge = classifier_for(self.net, self.tokenizer, self.labels, self.device, bool(uniform_prior))
         scores = judge.classify([texts] if one else list(texts))
@@ -292,13 +299,13 @@ class Model:
         text that is not a string (or is empty, unless `empty`: a score of nothing was NaN), a count (value,
         least, most) out of its range (they failed in the tokenizer, torch or numpy)."""
         if text is not ... and not isinstance(text, str):
-            raise ParamError(f"`text` must be a string, got {shown(text)}", "text")
+            raise ParamError(f"`text` must be a string, got {python_shown(text)}", "text")
         if text == "" and not empty:
             raise ParamError(f"`text` is empty: {method}() needs at least one character", "text")
         for name, (value, least, most) in counts.items():
             if not (is_integer(value) and value >= least and (most is None or value <= most)):
                 where = f"from {least} to {most}" if most is not None else f">= {least}"
-                raise ParamError(f"`{name}` must be an integer {where}, got {shown(value)}", name)
+                raise ParamError(f"`{name}` must be an integer {where}, got {python_shown(value)}", name)
 
     def _whole(self, method: str) -> None:
         """A Model from for_label speaks as one label: it cannot weigh the labels against each other."""

@@ -11,7 +11,7 @@ import torch
 
 from charnn.api.params import ParamError, check_flag, keyword_names
 from charnn.errors import WrongKind
-from charnn.sampling import DECODE_BATCH, TransduceConfig, python_shown as shown
+from charnn.sampling import DECODE_BATCH, TransduceConfig, python_shown
 from charnn.data.pairs import Pair, PairFile
 from charnn.generation.seq2seq import Hypothesis, Transducer
 
@@ -65,7 +65,7 @@ class Seq2SeqModel:
         check_flag("scores", scores)
         single = isinstance(inputs, str)
         if not single and not isinstance(inputs, (list, tuple)):  # (None, 123, b"abc": Python's errors)
-            raise ParamError(f"`inputs` must be a string or a list of strings, got {shown(inputs)}", "inputs")
+            raise ParamError(f"`inputs` must be a string or a list of strings, got {python_shown(inputs)}", "inputs")
         lines = [inputs] if single else list(inputs)
         for i, line in enumerate(lines):
             _one_line(line, f"input {i}", "inputs")
@@ -80,7 +80,7 @@ class Seq2SeqModel:
         from charnn.reports.pairs import score_pairs
 
         if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
-            raise ParamError(f"`pairs` must be a list of (input, target) pairs, got {shown(pairs)}", "pairs")
+            raise ParamError(f"`pairs` must be a list of (input, target) pairs, got {python_shown(pairs)}", "pairs")
         if not pairs:
             raise ParamError("`pairs` is empty: there is nothing to score", "pairs")
         for i, (source, target) in enumerate(pairs):
@@ -98,7 +98,7 @@ class Seq2SeqModel:
         from charnn.inspect.activations import encoder_activations
 
         if not isinstance(text, str):
-            raise ParamError(f"`text` must be a string, got {shown(text)}", "text")
+            raise ParamError(f"`text` must be a string, got {python_shown(text)}", "text")
         return encoder_activations(self.net, self.source_tokenizer, text, self.device)
 
     def attention(self, line: str):
@@ -115,7 +115,7 @@ def _one_line(text, what: str, param: str) -> None:
     """One line of text, or a ParamError (a line break would end an input early: its end-of-input token)."""
     if not isinstance(text, str) or "\n" in text or "\r" in text or "\t" in text:
         more = "; give several inputs as a list" if param == "inputs" else ""
-        raise ParamError(f"{what} must be one line of text without tabs, got {shown(text)}{more}", param)
+        raise ParamError(f"{what} must be one line of text without tabs, got {python_shown(text)}{more}", param)
 
 
 def _shape(hyps: List[Hypothesis], n_best: int, scores: bool) -> Output:

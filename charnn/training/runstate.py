@@ -193,12 +193,6 @@ def optimizer_state(saved: dict, opt) -> dict:
     return {**saved, "param_groups": [{**group, **how} for group in saved["param_groups"]]}
 
 
-def _best_pt_loss(run_dir: Path) -> float:
-    """The val loss recorded in run_dir/best.pt (inf where there is none to read)."""
-    scores = _best_pt_scores(run_dir, "loss")
-    return math.inf if scores is None else scores[0]
-
-
 def _best_pt_scores(run_dir: Path, by: str) -> Optional[Tuple[float, float]]:
     """(val loss, score by `by`) recorded in run_dir/best.pt (inf where it has none); None where it cannot be
     read."""
@@ -226,11 +220,11 @@ def restore(t, data: dict) -> None:
     t.patience_mark = p.get("patience_mark", t.best_val)  # older runs: the best so far
     t.best_score = p.get("best_score", t.best_val)
     t.last_score = (data.get("selection") or {}).get("score", t.last_val)
+    best = _best_pt_scores(t.run_dir, t.task.selects_by)  # (best.pt read once)
     if p.get("best_by", "loss") != t.task.selects_by:  # picked by another score until now: start this one afresh
         t.best_score = t.patience_mark = t.last_score = math.inf
         if t.task.selects_by == "loss":  # (back to the loss: best.pt's own loss is the one to beat, and the best
-            t.best_score = t.patience_mark = t.best_val = _best_pt_loss(t.run_dir)  # val reported is best.pt's)
-    best = _best_pt_scores(t.run_dir, t.task.selects_by)
+            t.best_score = t.patience_mark = t.best_val = math.inf if best is None else best[0]  # val is best.pt's)
     if best is None:  # no best.pt to read (deleted, cut short): the first evaluation writes one (the run said
         t.best_val = t.best_score = math.inf  # "done -> best.pt" of a file that was not there)
     else:  # (a run stopped between its two saves left a best.pt better than last.pt records: the resumed run
