@@ -301,3 +301,5 @@ def test_a_run_stopped_by_its_max_time_is_refused_on_resume_though_its_reserve_w
     with pytest.raises(ConfigError, match="give more than 11s"):
         check_steps_left(saved, TrainConfig(name="r", max_time=10), explicit={"max_time"})
     check_steps_left(saved, TrainConfig(name="r", max_time=60), explicit={"max_time"})  # time to train: fine
+    with pytest.raises(ConfigError, match="run stdlib has used"):  # (named by its folder: a run of the built-in
+        check_steps_left(saved, TrainConfig(max_time=8), explicit=set(), run="stdlib")  # corpus said "run NAME")

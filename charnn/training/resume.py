@@ -68,7 +68,7 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     return TrainConfig(**merged).validate()
 
 
-def check_steps_left(saved: dict, cfg: TrainConfig, explicit: Optional[set]) -> None:
+def check_steps_left(saved: dict, cfg: TrainConfig, explicit: Optional[set], run: Optional[str] = None) -> None:
     """A resumed run must have steps left under its --max-steps and --epochs, and time left under its --max-time
     (each counts from the run's start: it ended at once, saying only "done"); checked after its kind and its
     text, which say more about a wrong --resume."""
@@ -85,7 +85,8 @@ def check_steps_left(saved: dict, cfg: TrainConfig, explicit: Optional[set]) -> 
         # saves with the final evaluation's reserve unspent: a resume has too little left to start, let alone step)
         if not (limit and isinstance(at, (int, float)) and not isinstance(at, bool) and limit - spare <= at):
             continue
-        flag, name = "--" + key.replace("_", "-"), cfg.name or "NAME"
+        flag, name = "--" + key.replace("_", "-"), run or cfg.name or "NAME"  # (run: its folder's name, which a
+        # run of the built-in corpus or one named after its corpus has no --name for)
         amount = f"{at:,} {unit[:-1] if at == 1 else unit}"
         timed = key == "max_time"
         if explicit is None or key in explicit:

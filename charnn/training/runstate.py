@@ -148,7 +148,7 @@ def text_and_folder(resumed: Optional[dict], data_record: dict, run_dir: Path, c
     nothing), said before training, since its first save moves that run into previous/ (keep_previous)."""
     if resumed:
         check_same_text(resumed, data_record, run_dir.name)
-        check_steps_left(resumed, cfg, explicit)
+        check_steps_left(resumed, cfg, explicit, run_dir.name)
         return ""
     return " and ".join(n for n in ("best.pt", "last.pt") if (run_dir / n).is_file())
 
