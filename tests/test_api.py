@@ -238,7 +238,7 @@ def test_batchers_kept_between_calls_are_few_whatever_the_calls(trained_run):
     with every new n (20 values of n: 0.3 -> 2 GB on a 49 MB model)."""
     import threading
 
-    from charnn.api.model import IDLE_MOST, IDLE_PER_SIZE
+    from charnn.api.pool import IDLE_MOST, IDLE_PER_SIZE
     m = charnn.load(str(trained_run.run_dir), device="cpu")
     for n in range(1, 12):
         m.generate("the", 3, n=n, seed=1)
@@ -247,7 +247,7 @@ def test_batchers_kept_between_calls_are_few_whatever_the_calls(trained_run):
         t.start()
     for t in threads:
         t.join()
-    kept = [len(v) for v in m._idle.values()]
+    kept = [len(v) for v in m._pool.idle.values()]
     assert sum(kept) <= IDLE_MOST and max(kept) <= IDLE_PER_SIZE
     assert m.generate("the", 20, n=2, seed=3) == m.generate("the", 20, n=2, seed=3)
 
@@ -508,7 +508,7 @@ def test_calls_a_model_cannot_answer_are_charnns_errors(model, monkeypatch):
                            "tried to allocate 128000000000 bytes")
     with monkeypatch.context() as m:
         m.setattr(batcher, "Batcher", no_memory)
-        m.setattr("charnn.api.model.Batcher", no_memory)
+        m.setattr("charnn.api.pool.Batcher", no_memory)
         with pytest.raises(ParamError, match="`n`=1,000,000 rows do not fit in memory") as e:
             model.generate("the", length=3, n=10 ** 6)
     assert e.value.param == "n"

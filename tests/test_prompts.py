@@ -241,7 +241,7 @@ def test_the_api_cleans_up_a_stream_abandoned_while_its_prompt_loads(trained_run
     stream = m.stream("the cat sat on a mat\n" * 300, 50, seed=1)
     next(stream)
     stream.close()
-    idle = [b for bs in m._idle.values() for b in bs]
+    idle = [b for bs in m._pool.idle.values() for b in bs]
     assert idle and all(b.active == 0 and not b.loading for b in idle)
     assert isinstance(m, Model) and len(m.generate("the", 5, seed=1)) == 5
 

@@ -1,8 +1,8 @@
 """`charnn.load(...) -> Model`: generate, stream and score text from Python, with the code the server runs.
 
 Generation goes through `charnn.generation.batcher.Batcher`, the row-wise loop that `charnn serve` shares among
-all its clients; here the batch holds this call's `n` continuations. Scoring is `charnn eval`'s
-`evaluate_text`.
+all its clients; here the batch holds this call's `n` continuations (a few kept between calls:
+`charnn.api.pool`). Scoring is `charnn eval`'s `evaluate_text`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
+from charnn.api.pool import BatcherPool
 from charnn.api.params import GenerationParams, ParamError, check_flag, keyword_names, plain_number, plain_value
 from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
 from charnn.scoring.dynamic import adapt as adapted_copy
-from charnn.errors import CharnnError, WrongKind, is_out_of_memory
+from charnn.errors import CharnnError, WrongKind
 from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 from charnn.inspect.surprisal import scan, token_spans
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from charnn.inspect.surprisal import Surprisal
 
 
-IDLE_PER_SIZE, IDLE_MOST = 2, 8  # batchers kept between calls: per row count, and in all
 TOP_LOGPROBS = 20  # token_logprobs' `top` at most (OpenAI's chat API's largest; its /v1/completions: 5)
 
 
@@ -48,12 +48,10 @@ class Model:
         self.int8 = int8  # generate with int8 recurrent weights (CPU; `charnn sample --int8`)
         self.name = self.path.parent.name if self.path.name in ("best.pt", "last.pt") else self.path.stem
         self._info: Optional[dict] = None
-        self._idle: Dict[int, List[Batcher]] = {}  # batchers between calls, by row count
-        self._weights: tuple = ()  # the weights the kept batchers were laid out from (storage and version)
+        self._pool = BatcherPool()  # batchers kept between calls
         self._lock_scoring, self._lock_tables = threading.Lock(), threading.Lock()
         self._pieces_by_id: Optional[List[str]] = None  # one token_logprobs at a time: concurrent long texts do not add up
         self._chars_by_id: Optional[np.ndarray] = None  # characters that start in each token (set with the pieces)
-        self._lock = threading.Lock()
         self._created = int(self.path.stat().st_mtime) if self.path.exists() else 0
         data = data or {}
         self.step, self.best_val_loss = data.get("step"), data.get("best_val_loss")
@@ -71,14 +69,13 @@ class Model:
         """Pickling and copy.deepcopy (multiprocessing, joblib, a cache) take the weights and settings; the locks
         and the batchers kept between calls (native buffers) are made again on the other side."""
         state = dict(self.__dict__)
-        for name in ("_lock", "_lock_scoring", "_lock_tables"):
+        for name in ("_lock_scoring", "_lock_tables"):
             state.pop(name)
-        state.update(_idle={}, _weights=())
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._lock, self._lock_scoring, self._lock_tables = threading.Lock(), threading.Lock(), threading.Lock()
+        self._lock_scoring, self._lock_tables = threading.Lock(), threading.Lock()
 
     @property
     def info(self) -> dict:
@@ -117,7 +114,7 @@ class Model:
         """
         self._predicts("generate")
         params = self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)  # checks n too
-        pieces = self._pieces(params, self._take(params.n))  # (rows that do not fit: a ParamError before the list)
+        pieces = self._pieces(params, self._pool.take(self, params.n))  # (rows that do not fit: a ParamError now)
         texts = [""] * n
         for i, piece in pieces:
             texts[i] += piece
@@ -130,12 +127,12 @@ class Model:
         settings are checked here, at the call (a generator would have raised at its first next())."""
         self._predicts("stream")
         params = self.params(prompt, length, temperature, top_k, top_p, n, stop, seed)
-        self._keep(params.n, self._take(params.n))  # (rows that do not fit: a ParamError here, too; the batcher
-        # waits in the pool for the first next(), so a stream never read holds none)
+        self._pool.keep(params.n, self._pool.take(self, params.n))  # (rows that do not fit: a ParamError here, too;
+        # the batcher waits in the pool for the first next(), so a stream never read holds none)
         return (piece if n == 1 else (i, piece) for i, piece in self._pieces(params))
 
     def _pieces(self, p: GenerationParams, batcher: Optional[Batcher] = None) -> Iterator[Tuple[int, str]]:
-        batcher = batcher or self._take(p.n)
+        batcher = batcher or self._pool.take(self, p.n)
         try:
             for i, spec in enumerate(p.rows()):
                 batcher.add(spec, tag=i)
@@ -146,35 +143,7 @@ class Model:
         finally:  # also when a stream is abandoned half-way: the rows leave, the batcher is kept for the next call
             for row in batcher.all_rows:
                 batcher.remove(row)
-            self._keep(p.n, batcher)
-
-    def _keep(self, n: int, batcher: Batcher) -> None:
-        """An idle batcher of n rows back in the pool (a few kept: each holds its rows' buffers, and n takes any
-        value)."""
-        with self._lock:
-            pool = self._idle.setdefault(n, [])
-            if len(pool) < IDLE_PER_SIZE and sum(map(len, self._idle.values())) < IDLE_MOST:
-                pool.append(batcher)
-
-    def _take(self, n: int) -> Batcher:
-        """An idle batcher of n rows (its weights laid out already: that takes ~6 ms for the default model), or
-        a new one; each call has its own, so calls from several threads do not share state. Kept batchers hold
-        a copy of the weights laid out for stepping: once the weights change (`net.load_state_dict`, a fine-tuning
-        step in place), they are dropped, as `score` reads the weights as they are."""
-        weights = tuple((t.data_ptr(), _version(t)) for t in self.net.state_dict().values())
-        with self._lock:
-            if weights != self._weights:
-                self._idle.clear()
-                self._weights = weights
-            idle = self._idle.get(n)
-            if idle:
-                return idle.pop()
-        try:
-            return Batcher(self.net, self.tokenizer, self.device, capacity=n, int8=self.int8, rows=n)
-        except (RuntimeError, MemoryError) as e:  # (torch says a failed allocation in a RuntimeError)
-            if not is_out_of_memory(e):
-                raise
-            raise ParamError(f"`n`={n:,} rows do not fit in memory at once; ask for fewer", "n") from None
+            self._pool.keep(p.n, batcher)
 
     def score(self, text: str, dynamic: bool = False) -> EvalResult:
         """What `charnn eval` reports for `text`: nats and bits per character, perplexity, counts. With
@@ -404,10 +373,3 @@ class ClassifierModel(Model):
 
 __all__ = ["ClassifierModel", "Model", "load"]
 
-
-def _version(t: torch.Tensor) -> Optional[int]:
-    """A tensor's in-place change counter (None for one made under torch.inference_mode, which keeps none)."""
-    try:
-        return t._version
-    except RuntimeError:
-        return None
