@@ -196,6 +196,16 @@ def build_seq2seq(data: dict, device="cpu") -> Tuple[Seq2Seq, object, object]:
             tokenizer_from_state(data["tokenizer"]))
 
 
+MOVED_ASIDE = "a newer run of this name moved it there and stopped before its first save"
+
+
+def moved_aside(run_dir: Path) -> Optional[str]:
+    """The checkpoint (best.pt, else last.pt) of the run before this one in run_dir/previous/, where a fresh run of
+    the name moved it (MOVED_ASIDE); errors about run_dir name it ("train into it first" and "start it afresh"
+    hid the older run)."""
+    return next((n for n in NAMES if (run_dir / "previous" / n).is_file()), None)
+
+
 def resolve_checkpoint(path: Optional[str], root: str = "checkpoints") -> Path:
     """A .pt file, a run folder (its best.pt, else last.pt) or, with None, the newest run under `root`."""
     if path is None:
@@ -205,11 +215,10 @@ def resolve_checkpoint(path: Optional[str], root: str = "checkpoints") -> Path:
         for name in NAMES:
             if (p / name).is_file():
                 return p / name
-        older = [n for n in NAMES if (p / "previous" / n).is_file()]  # (a fresh run of this name moved the one
-        if older:  # before it there, then failed before its first save: "train into it first" hid it)
+        older = moved_aside(p)
+        if older:
             raise CharnnError(f"run folder {path!r} has no best.pt or last.pt, but its previous/ holds the older "
-                              f"run's {older[0]}: use {str(p / 'previous')!r} (a newer run of this name moved it "
-                              "there and stopped before its first save)")
+                              f"run's {older}: use {str(p / 'previous')!r} ({MOVED_ASIDE})")
         raise CharnnError(f"run folder {path!r} has no best.pt or last.pt; train into it first")
     if not p.exists():
         raise CharnnError(f"checkpoint {path!r} {missing(path)}")

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from charnn.checkpoint import NAMES, load_checkpoint
+from charnn.checkpoint import MOVED_ASIDE, NAMES, load_checkpoint, moved_aside
 from charnn.config import DEFAULT_PATIENCE, ModelConfig, TrainConfig, from_dict
 from charnn.errors import CharnnError, ConfigError
 from charnn.models import registry
@@ -22,9 +22,8 @@ def load_resume(run_dir: Path, out: str) -> dict:
         raise CharnnError(f"--resume: there is no run {run_dir.name!r} under {out!r} ({known}); "
                           "check --name and --out, or train without --resume")
     if not path.is_file():
-        older = run_dir / "previous" / "last.pt"
-        also = (f" (the run before it is in {str(older.parent)!r}: a newer run of this name moved it there and "
-                "stopped before its first save)" if older.is_file() else "")
+        older = str(run_dir / "previous")
+        also = f" (the run before it is in {older!r}: {MOVED_ASIDE})" if moved_aside(run_dir) else ""
         raise CharnnError(f"--resume: {str(path)!r} does not exist, so run {run_dir.name!r} cannot be resumed; "
                           f"train without --resume to start it afresh{also}")
     data = load_checkpoint(path)

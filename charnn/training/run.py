@@ -43,9 +43,6 @@ def train_configs(flags: dict, caller: str = "charnn.train",
     flags = classifier_kind(flags)
     if flags.get("kind") is not None and ("kind" in given or flags.get("classifier")):
         _check_kind_kept(flags)
-    if flags.get("label_contrast") and not flags.get("label_by") and not flags.get("resume"):
-        raise ConfigError("`--label-contrast` sets each text's own label above the others: add "
-                          "`--label-by file|folder|line`")
     _check_flags_have_effect(flags, given)
     serves = "pairs" if flags.get("pairs") else "text"
     # a kind's own flag (--expand) without --cell on --resume/--init-from: checked against the saved run's kind
@@ -91,6 +88,9 @@ def _check_flags_have_effect(flags: dict, given: set) -> None:
     takes its labels and text from the saved run, so its label flags are checked there."""
     if flags.get("resume"):
         return
+    if flags.get("label_contrast") and not flags.get("label_by"):
+        raise ConfigError("`--label-contrast` sets each text's own label above the others: add "
+                          "`--label-by file|folder|line`")
     defaults = TrainConfig()  # (a default passed counts as not given: charnn.train's loops pass every keyword)
     given = {k for k in given if k in flags and flags[k] != getattr(defaults, k, None)}
     for name, does in (("label_dropout", "shows training windows without their label"),
