@@ -36,6 +36,14 @@ def test_version_and_help():
     assert r.exit_code == 0 and "--max-time" in r.stdout and "--cell" in r.stdout
 
 
+@pytest.mark.parametrize("command", [[], ["sample"], ["train"], ["serve"]])
+def test_help_shows_no_value_type_beside_flags(command):
+    """Typer >= 0.29 wrote `<bool>` beside every flag (`--greedy <bool>`), as if it took a value."""
+    r = invoke(*command, "--help")
+    assert r.exit_code == 0 and "--help" in r.stdout
+    assert "<bool>" not in r.stdout and "BOOLEAN" not in r.stdout
+
+
 def test_train_writes_best_and_last_and_names_run_after_corpus(tmp_path, corpus_file):
     r = invoke("train", corpus_file, "--out", tmp_path, *TINY_FLAGS[:-1])
     assert r.exit_code == 0, r.stderr

@@ -30,7 +30,24 @@ _ClickException = _click_exceptions.ClickException
 _NO_ARGS_HELP = getattr(_click_exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
-class OneLineErrors(typer.core.TyperGroup):
+class NoTypeForFlags:
+    """An on/off flag shows no value type in --help: Typer >= 0.29 writes `<bool>` beside each (`--greedy <bool>`,
+    `--help <bool>`), which reads as if it took a value (`--greedy true` is an error). An empty metavar is shown as
+    nothing by every Typer the package allows."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and not getattr(param, "count", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(NoTypeForFlags, typer.core.TyperCommand):
+    """A charnn command (flags without a type in --help)."""
+
+
+class OneLineErrors(NoTypeForFlags, typer.core.TyperGroup):
     """Usage errors as one line on stderr (exit 2) instead of a multi-line box."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
@@ -69,17 +86,17 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 # The commands, in the order `charnn --help` lists them.
-app.command()(train)
-app.command()(sample)
-app.command()(transduce)
-app.command("eval")(evaluate)
-app.command()(classify)
-app.command()(novelty)
-app.command()(show)
-app.command()(info)
-app.command()(corpora)
-app.command()(plot)
-app.command()(serve)
+app.command(cls=Command)(train)
+app.command(cls=Command)(sample)
+app.command(cls=Command)(transduce)
+app.command("eval", cls=Command)(evaluate)
+app.command(cls=Command)(classify)
+app.command(cls=Command)(novelty)
+app.command(cls=Command)(show)
+app.command(cls=Command)(info)
+app.command(cls=Command)(corpora)
+app.command(cls=Command)(plot)
+app.command(cls=Command)(serve)
 
 
 class _ClosedBytes(io.BytesIO):
