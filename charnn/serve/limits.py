@@ -24,7 +24,12 @@ from charnn.serve.config import is_loopback
 FD_RESERVE = 64  # file descriptors kept out of the connection cap: model files, logs, refusing the excess
 LINGER = 1.0  # seconds a refused connection may take to read its 503 and hang up
 LOG_INTERVAL = 10.0  # seconds between two log lines of one kind of resource error
-QUIET = ("socket.accept() out of system resource", "Invalid HTTP request received.")  # logged once per interval
+QUIET = ("socket.accept() out of system resource", "Invalid HTTP request received.",  # logged once per interval
+         "socket.send() raised exception.")
+# asyncio's bare words for writes to a client that has gone (a reset or closed connection, before the server
+# noticed): said as what happened
+SAID = {"socket.send() raised exception.": "a client went away before its answer was written (socket.send() "
+                                           "raised exception.)"}
 
 
 class LimitedH11(H11Protocol):
@@ -194,8 +199,8 @@ class OncePerInterval(logging.Filter):
             return False
         self.last[kind] = now
         held = self.held.pop(kind, 0)
-        if held:
-            record.msg, record.args = f"{message} ({held} more like it since the last one)", ()
+        message = SAID.get(message, message)
+        record.msg, record.args = f"{message} ({held} more like it since the last one)" if held else message, ()
         return True
 
 
