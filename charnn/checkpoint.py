@@ -91,6 +91,21 @@ def _allow_bytes() -> None:
         allow([codecs.encode])
 
 
+def _whole_beside(path: Path) -> str:
+    """Words for the other checkpoint of a run (best.pt beside a damaged last.pt, or the other way) where it reads
+    whole (every member's checksum), so that an error about one does not read as the run lost."""
+    for name in NAMES if path.name in NAMES else ():
+        other = path.with_name(name)
+        if name != path.name and other.is_file():
+            try:
+                with zipfile.ZipFile(other) as archive:
+                    if archive.testzip() is None:
+                        return f"; {str(other)!r} beside it reads whole"
+            except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, EOFError):
+                pass
+    return ""
+
+
 def load_checkpoint(path: Path, finite: bool = True) -> dict:
     """Load with weights_only=True; every way a file can be wrong becomes one clear CharnnError.
 
@@ -119,7 +134,7 @@ def load_checkpoint(path: Path, finite: bool = True) -> dict:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError,
             TypeError) as e:  # (a text file read as a legacy pickle: IndexError from torch's unpickler)
         raise CharnnError(f"{str(path)!r} is not a readable charnn checkpoint (truncated or corrupt: "
-                          f"{first_line(e, 120)})") from None
+                          f"{first_line(e, 120)}){_whole_beside(path)}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CharnnError(f"{str(path)!r} is a torch file but not a charnn checkpoint")
     version = data.get("version")

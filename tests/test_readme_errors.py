@@ -86,7 +86,12 @@ def _bad_checkpoint(tmp_path, text, run):
             one_line_error(invoke(*args), 1, words)
     shutil.copytree(run, tmp_path / "runs" / "text")
     (tmp_path / "runs" / "text" / "last.pt").write_bytes(good[:1000])
-    one_line_error(invoke("train", text, "--out", tmp_path / "runs", "--resume", *SMALL), 1, "truncated or corrupt")
+    one_line_error(invoke("train", text, "--out", tmp_path / "runs", "--resume", *SMALL), 1, "truncated or corrupt",
+                   "best.pt' beside it reads whole")  # (the run's model is not lost)
+    (tmp_path / "runs" / "text" / "best.pt").write_bytes(good[:-10])
+    both = invoke("sample", tmp_path / "runs" / "text" / "last.pt")
+    one_line_error(both, 1, "truncated or corrupt")
+    assert "beside it" not in both.stderr
 
 
 def _nan_weights(tmp_path, text, run):
