@@ -79,21 +79,10 @@ def train_configs(flags: dict, caller: str = "charnn.train",
         train["classifier"] = True
     if isinstance(train.get("max_time"), str):
         train["max_time"] = parse_duration(train["max_time"])
-    if train.get("max_steps") and not flags.get("resume"):
-        train["warmup"] = _warmup_within(train["max_steps"], train.get("warmup", TrainConfig.warmup),
-                                         "warmup" in given and train.get("warmup") != TrainConfig.warmup)
+    if train.get("max_steps") and not flags.get("resume") and train.get("warmup", TrainConfig.warmup) == \
+            TrainConfig.warmup:  # (a --warmup given is the user's; charnn.train passes every keyword)
+        train["warmup"] = min(TrainConfig.warmup, max(1, train["max_steps"] // 10))
     return model_cfg, TrainConfig(**train).validate()
-
-
-def _warmup_within(max_steps: int, warmup: int, chosen: bool) -> int:
-    """The warm-up of a run of `max_steps`: the default 50 steps is cut to a tenth of a shorter run (`--max-steps
-    20` warmed up all the way and never trained at --lr); a --warmup given longer than the run is refused."""
-    if chosen:
-        if warmup > max_steps:
-            raise ConfigError(f"`--warmup {warmup}` is longer than the run (`--max-steps {max_steps}`): the rate "
-                              "would never reach --lr")
-        return warmup
-    return min(warmup, max(1, max_steps // 10))
 
 
 def _check_flags_have_effect(flags: dict, given: set) -> None:
