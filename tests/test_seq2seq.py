@@ -73,6 +73,15 @@ def test_bad_lines_name_file_and_line_and_can_be_skipped(tmp_path):
         charnn.train(str(p), pairs=True, out=str(tmp_path))  # words (were "charnn train skip_bad_lines skips")
     one_line_error(runner.invoke(app, ["train", "--pairs", "--out", str(tmp_path)]), 2, "--pairs", "CORPUS")  # (a
     # usage error, as `--label-by`'s: it exited 1)
+    e = tmp_path / "e.tsv"  # (`word<TAB>` trained to write nothing, silently; in eval it scored CER 700%)
+    e.write_text("ab\tba\ncd\t\n\tx\nef\tfe\n", encoding="utf-8")
+    with pytest.raises(CharnnError, match=r"e.tsv:2: the line's target is empty"):
+        read_pairs(e)
+    f = read_pairs(e, skip_bad=True)
+    assert [(x.source, x.target) for x in f.pairs] == [("ab", "ba"), ("ef", "fe")] and f.skipped == 2
+    e.write_text("ab\tba\n\tx\n", encoding="utf-8")
+    with pytest.raises(CharnnError, match=r"e.tsv:2: the line's input is empty"):
+        read_pairs(e)
 
 
 def test_any_unicode_on_either_side(tmp_path):
@@ -251,6 +260,8 @@ def test_eval_reports_exact_match_and_error_rates(reverse_run, tmp_path):
     a, b = out["files"]
     assert a["exact_match"] > 0.8 and a["cer"] < 0.1 and a["ser"] is None and a["nats_per_char"] < 0.5
     assert b["exact_match"] == 0.0 and b["ser"] is not None and out["pairs"] == 62
+    assert b["target_chars"] == len("b a") + len("c b a") + 2  # what nats/char is over (each target's end: one)
+    assert b["reference_chars"] == len("b a") + len("c b a")  # what the character error rate is over
     table = runner.invoke(app, ["eval", str(reverse_run / "rev"), str(tmp_path / "a.tsv"), "--beam", "3"])
     assert table.exit_code == 0 and "exact" in table.stdout.splitlines()[0]
 
@@ -274,6 +285,13 @@ def test_a_word_with_several_references_is_scored_against_the_closest(reverse_ru
     assert (score.exact, score.symbol_errors, score.symbols) == (0, 1, 3)  # the closer of two at distance 1: the shorter
     score.add_output("k", ["q", "k"])
     assert (score.words, score.exact) == (2, 1)
+    for reference in ("AA B ", "AA  B", " AA B"):  # (a stray space: a word error with no symbol error)
+        spaced = PairScore(spaced=True)
+        spaced.add_output("AA B", [reference])
+        assert (spaced.exact, spaced.symbol_errors) == (1, 0), reference
+    plain = PairScore()
+    plain.add_output("ab", ["ab "])
+    assert plain.exact == 0  # (characters: a space is one)
 
 
 def test_edit_distance():

@@ -76,8 +76,9 @@ TRAIN_HINT = "`--skip-bad-lines` skips and counts such lines"
 
 
 def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False, hint: str = TRAIN_HINT) -> PairFile:
-    """The pairs of one file: blank lines skipped; a line without exactly one tab is an error naming the file
-    and line (or, with `skip_bad`, skipped and counted). A trailing CR (a CRLF file) is dropped."""
+    """The pairs of one file: blank lines skipped; a line without exactly one tab, or with nothing on one side of
+    it, is an error naming the file and line (or, with `skip_bad`, skipped and counted). A trailing CR (a CRLF
+    file) is dropped."""
     text = plain.read_text(str(path), "pairs file", encoding, allow_empty=True)
     pairs, bad = [], 0
     for no, line in enumerate(text.split("\n"), 1):
@@ -92,6 +93,13 @@ def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False, hint
             why = "has no tab" if tabs == 0 else f"has {tabs} tabs"
             raise CharnnError(f"{path}:{no}: the line {why} (a pair is input<TAB>target, exactly one tab; {hint})")
         source, target = line.split("\t")
+        if not source or not target:  # (`word<TAB>` from a messy export trained half a dictionary to write nothing)
+            if skip_bad:
+                bad += 1
+                continue
+            side = "input" if not source else "target"
+            raise CharnnError(f"{path}:{no}: the line's {side} is empty (a pair is input<TAB>target, both "
+                              f"non-empty; {hint})")
         pairs.append(Pair(source, target))
     return PairFile(str(path), pairs, bad)
 

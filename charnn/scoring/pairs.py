@@ -47,9 +47,10 @@ class PairScore:
 
     def add_output(self, output: str, references: Sequence[str]) -> None:
         """One input's output against its references: the closest one counts (by symbols when spaced, else by
-        characters), exact when any equals it."""
+        characters), exact when any equals it (when spaced: its symbols, so that a stray or doubled space in a
+        reference is no word error where it is no symbol error)."""
         self.words += 1
-        self.exact += output in references
+        self.exact += output in references or (self.spaced and output.split() in [r.split() for r in references])
         if self.spaced:
             ref = min(references, key=lambda r: (edit_distance(output.split(), r.split()), len(r)))
             self.symbol_errors += edit_distance(output.split(), ref.split())
@@ -64,4 +65,4 @@ class PairScore:
         return {"pairs": self.pairs, "words": self.words, "nats_per_char": div(self.nats, self.target_chars),
                 "exact_match": div(self.exact, self.words), "cer": div(self.char_errors, self.chars),
                 "ser": div(self.symbol_errors, self.symbols) if self.spaced else None,
-                "target_chars": self.chars}
+                "target_chars": self.target_chars, "reference_chars": self.chars}
