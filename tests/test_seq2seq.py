@@ -691,3 +691,15 @@ def test_the_pairs_line_says_where_validation_came_from():
     progress("pairs", {**info, "val_file": None})
     out = buf.getvalue()
     assert "(from dev.tsv)" in out and "(held out by input)" in out and "skipped 1 line that" in out
+
+
+def test_validation_inputs_the_training_pairs_never_had_are_noted(tmp_path):
+    """Only the targets' unknown characters were counted: a --val-file of inputs never seen said nothing."""
+    words = ["abc", "de", "cab", "cde", "ba", "ed", "bad", "ace"] * 30
+    (tmp_path / "t.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in words), encoding="utf-8")
+    (tmp_path / "v.tsv").write_text("xyz\tcba\nab\tQQ\n", encoding="utf-8")
+    r = runner.invoke(app, [str(a) for a in ("train", tmp_path / "t.tsv", "--pairs", "--val-file", tmp_path / "v.tsv",
+                                             "--out", tmp_path, "--hidden", "16", "--embed", "8", "--layers", "1",
+                                             "--max-steps", "2", "--device", "cpu", "--threads", "1")])
+    assert r.exit_code == 0, r.stderr
+    assert "note: 5 validation characters are not in" in r.stderr, r.stderr  # x, y, z and Q, Q

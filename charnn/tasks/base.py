@@ -33,6 +33,7 @@ class Task:
         self.tokenizer = None
         self.train_ids: Optional[torch.Tensor] = None
         self.val_ids: Optional[np.ndarray] = None  # what periodic evaluations score (the first --eval-tokens)
+        self.val_unknown: Optional[int] = None  # validation characters outside the vocabularies (None: val_ids')
         self.chars_per_token = 1.0
         self.data_record: dict = {}  # where the training ids live (`charnn novelty` finds the run's text again)
         self.batches = None

@@ -71,6 +71,7 @@ class PairsTask(Task):
         self.tokenizer, self.source_tokenizer = data.tokenizer, data.source_tokenizer
         self.train_ids = data.train_ids
         self.val_ids = np.concatenate(data.val_tgt)
+        self.val_unknown = data.val_unknown  # (the inputs' too: val_ids are the targets)
         self.data_record = {"corpus": self.corpus.source, "cache_entry": None, "train_tokens": len(self.train_ids),
                             "train_chars": len(self.train_ids), "content": text_digest(self.train_ids, self.val_ids)}
         self.chars_per_token = 1.0
