@@ -25,7 +25,7 @@ from charnn.models.seq2seq import Seq2Seq
 from charnn.scoring.pairs import PairScore, edit_distance
 from charnn.text.tokenizer import CharTokenizer, start_id
 from charnn.training.trainer import Trainer
-from conftest import one_line_error, subprocess_env
+from conftest import one_line_error, subprocess_env, train_tiny_pairs
 
 runner = CliRunner()
 ALPHABET = "abcdef"
@@ -703,3 +703,14 @@ def test_validation_inputs_the_training_pairs_never_had_are_noted(tmp_path):
                                              "--max-steps", "2", "--device", "cpu", "--threads", "1")])
     assert r.exit_code == 0, r.stderr
     assert "note: 5 validation characters are not in" in r.stderr, r.stderr  # x, y, z and Q, Q
+
+
+def test_resuming_on_other_pairs_points_at_what_works(tmp_path):
+    """The refusal suggested --init-from, which a --pairs run refuses."""
+    run = train_tiny_pairs(tmp_path, tmp_path / "out")
+    with open(tmp_path / "rev.tsv", "a", encoding="utf-8") as f:
+        f.write("zz\tzz\n")
+    r = runner.invoke(app, [str(a) for a in ("train", tmp_path / "rev.tsv", "--pairs", "--out", run.parent, "--name",
+                                             "rev", "--resume", "-q")])
+    one_line_error(r, 2, "Pass those pairs again", "a --pairs model trains from scratch")
+    assert "with --init-from and" not in r.stderr

@@ -127,18 +127,21 @@ def check_same_text(saved: dict, now: dict, run: str) -> None:
     """A resumed run reads the text it was trained on: its position in the data and its carried state mean nothing
     in another text (a corpus left off the command line, a --glob forgotten, the file edited)."""
     was = saved.get("data") or {}
+    again = AGAIN_PAIRS if saved.get("source_tokenizer") is not None else AGAIN
     for k in ("train_tokens", "train_chars"):
         if k in was and k in now and was[k] != now[k]:
             what = k.replace("train_", "training ")
             raise ConfigError(f"--resume continues run {run!r} on the text it was trained on ({was.get('corpus')}: "
-                              f"{was[k]:,} {what}); this text ({now.get('corpus')}) has {now[k]:,}. {AGAIN}")
+                              f"{was[k]:,} {what}); this text ({now.get('corpus')}) has {now[k]:,}. {again}")
     if was.get("content") and now.get("content") and was["content"] != now["content"]:  # (same length, edited)
         raise ConfigError(f"--resume continues run {run!r} on the text it was trained on ({was.get('corpus')}); this "
-                          f"text ({now.get('corpus')}) has as many characters but is not the same. {AGAIN}")
+                          f"text ({now.get('corpus')}) has as many characters but is not the same. {again}")
 
 
 AGAIN = ("Pass that text again (with its --glob), or fine-tune the run on this one under a new --name with --init-from "
          "and the run's folder")
+AGAIN_PAIRS = ("Pass those pairs again (with their --glob), or train a new run on these under a new --name (a --pairs "
+               "model trains from scratch: --init-from fine-tunes language models)")
 
 
 def text_and_folder(resumed: Optional[dict], data_record: dict, run_dir: Path, cfg: TrainConfig,
