@@ -178,6 +178,8 @@ def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = No
             if not line.strip():
                 continue
             label, tab, text = line.partition("\t")
+            if not (fixed and label in index):  # ("english \t..." made a label of its own beside "english")
+                label = label.strip()
             problem = ("has no tab between label and text" if not tab else "has an empty label" if not label.strip()
                        else f"has label {label!r}, which the model was not trained on" if fixed and label not in index
                        else None)
