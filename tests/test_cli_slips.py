@@ -193,6 +193,23 @@ def test_the_default_warmup_fits_a_short_run(corpus_file, tmp_path):
     assert r.exit_code == 0 and json.loads((tmp_path / "tiny" / "config.json").read_text())["train"]["warmup"] == 2
 
 
+def test_a_small_corpus_trains_on_fewer_rows_than_the_default_batch(tmp_path):
+    """The default batch was an error on small data ("fewer than one batch needs (32); lower --batch-size"), about
+    a flag the user never gave: a 700-character text, 27 training pairs, 6 labelled lines."""
+    small = ["--max-steps", "2", "--hidden", "16", "--layers", "1", "--threads", "1", "--out", tmp_path, "-q"]
+    (tmp_path / "lm.txt").write_text("hello world, this is a small corpus. " * 20, encoding="utf-8")
+    (tmp_path / "p.tsv").write_text("".join(f"w{i}\t{i}w\n" for i in range(30)), encoding="utf-8")
+    (tmp_path / "l.tsv").write_text("".join(f"{'ab'[i % 2]}\tline {i}\n" for i in range(8)), encoding="utf-8")
+    for corpus, flags, rows in (("lm.txt", [], 5), ("p.tsv", ["--pairs"], 27),
+                                ("l.tsv", ["--label-by", "line", "--classifier", "--val-frac", "0.25"], 6),
+                                ("l.tsv", ["--label-by", "line", "--val-frac", "0.25", "--name", "llm"], 6)):
+        r = invoke("train", tmp_path / corpus, *flags, *small)
+        assert r.exit_code == 0, (corpus, flags, r.stderr)
+        name = "llm" if "llm" in flags else corpus.split(".")[0]
+        assert json.loads((tmp_path / name / "config.json").read_text())["train"]["batch_size"] == rows, flags
+    one_line_error(invoke("train", tmp_path / "lm.txt", "--batch-size", "8", *small), 1, "lower --batch-size")
+
+
 def test_adapt_reads_stdin_and_an_empty_prime_is_one_line_from_a_file_or_stdin(trained_run, tmp_path):
     run = trained_run.run_dir
     text = "the cat sat on the mat " * 10

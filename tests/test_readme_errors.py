@@ -61,7 +61,9 @@ def _not_utf8(tmp_path, text, run):
 
 def _short(tmp_path, text, run):
     (tmp_path / "short.txt").write_text("too short for a batch\n", encoding="utf-8")
-    one_line_error(invoke("train", tmp_path / "short.txt", "--out", tmp_path), 1, "--batch-size")
+    one_line_error(invoke("train", tmp_path / "short.txt", "--out", tmp_path), 1, "1 stream x 128", "lower --seq-len")
+    one_line_error(invoke("train", tmp_path / "short.txt", "--out", tmp_path, "--batch-size", "4"), 1,
+                   "lower --batch-size or --seq-len")
 
 
 def _flag(tmp_path, text, run):

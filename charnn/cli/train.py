@@ -81,7 +81,8 @@ def train(
                                                            "pairs per batch).",
                                                       show_default="8 on the CPU, 256 on a CUDA GPU; --pairs: 32 "
                                                                    "on the CPU, 64 past 20,000 training pairs; "
-                                                                   "--classifier: 64 texts on the CPU, 512 on a GPU",
+                                                                   "--classifier: 64 texts on the CPU, 512 on a GPU; never more rows than the "
+                                                                   "training data fills",
                                                       rich_help_panel=SCHEDULE)] = None,
     seq_len: Annotated[int, typer.Option(help="Characters per stream per step (BPTT length).",
                                          rich_help_panel=SCHEDULE)] = 128,

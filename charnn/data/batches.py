@@ -32,9 +32,11 @@ class StreamBatches:
         self.rows = slice(0, batch_size)  # this process's streams (all of them outside torchrun)
         need = batch_size * seq_len + 1
         if len(ids) < need:
+            lower = "--batch-size or --seq-len" if batch_size > 1 else "--seq-len"
             raise CharnnError(
                 f"the training text has {len(ids):,} tokens, fewer than one batch needs "
-                f"({batch_size} streams x {seq_len} + 1 = {need:,}); lower --batch-size or --seq-len, or use more text"
+                f"({batch_size} stream{'s' if batch_size > 1 else ''} x {seq_len} + 1 = {need:,}); lower {lower}, or "
+                "use more text"
             )
 
     def shard(self, rank: int, world: int) -> None:

@@ -39,9 +39,14 @@ class Task:
         self.batches = None
 
     # -- data ---------------------------------------------------------------------------------------
-    def default_batch_size(self, device: torch.device) -> int:
-        """Rows per batch and process when --batch-size is not given."""
-        return default_batch_size(device)
+    def default_batch_size(self, device: torch.device, cfg: TrainConfig) -> int:
+        """Rows per batch and process when --batch-size is not given: charnn.device's, cut to the rows the training
+        data fills (a short text trains on fewer streams, where it was an error about a flag never given)."""
+        return max(1, min(default_batch_size(device), self.rows(cfg)))
+
+    def rows(self, cfg: TrainConfig) -> int:
+        """How many rows the training data fills (asked after `prepare`): streams of --seq-len tokens here."""
+        return (len(self.train_ids) - 1) // cfg.seq_len
 
     def check_resume(self, saved: dict, run: str) -> None:
         """A resumed run must be trained on the same kind of text it was started on."""

@@ -51,6 +51,11 @@ class LabelledTask(Task):
     def label_names(self) -> list:
         return self.labels["names"]
 
+    def rows(self, cfg: TrainConfig) -> int:
+        """--label-by line: one row a line; else streams of --seq-len tokens."""
+        lengths = self.data.train_doc_lengths
+        return len(lengths) if lengths is not None else super().rows(cfg)
+
     def make_batches(self, cfg: TrainConfig, device: torch.device):
         data = self.data
         # log p(label) by id (0: no label), for --label-contrast's Bayes' rule
