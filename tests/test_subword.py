@@ -83,6 +83,19 @@ def test_round_trip_any_unicode(tok, data):
     assert tok.decode(tok.encode(text)) == text
 
 
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_text_survives_a_tokenizer_trained_on_text_without_spaces(kind):
+    """Trained on Japanese (no space in it), a space went as the bytes of sentencepiece's marker and came back as
+    "▁": a model fine-tuned from it on spaced text sampled "qsrstuv▁xwyv"."""
+    import random
+    rng = random.Random(0)
+    text = "".join(rng.choice(["日本", "語", "の", "です", "。", "\n"]) for _ in range(5000))
+    tok = SentencePieceTokenizer.train(kind, text, 300, threads=1)
+    for sample in [*TRICKY, " lead", "abc def  ghi\n", "日本 語"]:
+        assert tok.decode(tok.encode(sample)) == sample, sample
+        assert tok.token_chars(tok.encode(sample)) == len(sample)
+
+
 def test_pieces_span_words_and_whitespace_is_kept(bpe):
     ids = bpe.encode("the cat sat on the mat\n")
     assert len(ids) < 0.6 * 23  # real subwords (only ~25 merges fit in 300), not one id per character

@@ -37,6 +37,7 @@ MAX_THREADS = 8
 SPACE = "\u2581"  # sentencepiece's whitespace marker
 UNK_TEXT = "\ufffd"
 _SPECIAL = re.compile("[\u2581\ud800-\udfff]")  # what sentencepiece cannot carry (see the docstring)
+_SPECIAL_SPACE = re.compile("[ \u2581\ud800-\udfff]")  # and a space, where no piece is the whitespace marker
 _SURROGATE = re.compile("[\ud800-\udfff]")  # how undecodable bytes survive as text (surrogateescape)
 _TOO_SMALL = re.compile(r"smaller than required_chars\. (\d+) vs (\d+)")
 
@@ -64,6 +65,9 @@ class SentencePieceTokenizer:
         # characters a piece starts: its bytes that are not UTF-8 continuation bytes (10xxxxxx)
         self._starts = np.array([sum((b & 0xC0) != 0x80 for b in p) for p in self.pieces], dtype=np.int64)
         self._byte_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
+        # a tokenizer trained on text without spaces (Chinese, Japanese) has no piece for sentencepiece's space
+        # marker: a space was written as the marker's bytes and came back as a literal "▁"; it goes as its byte
+        self._special = _SPECIAL_SPACE if sp.piece_to_id(SPACE) == self.unk_id else _SPECIAL
         self._utf8: Optional[Tuple[np.ndarray, np.ndarray]] = None  # see utf8_tables
 
     def _piece_bytes(self, i: int) -> bytes:
@@ -117,13 +121,13 @@ class SentencePieceTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         """Ids as an int64 array; decode(encode(text)) == text for any text without lone surrogates."""
-        if not _SPECIAL.search(text):
+        if not self._special.search(text):
             return np.asarray(self.sp.encode(text), dtype=np.int64)
         ids, pos = [], 0
-        for m in _SPECIAL.finditer(text):
+        for m in self._special.finditer(text):
             ids += self.sp.encode(text[pos:m.start()]) if m.start() > pos else []
             c = m.group()
-            ids += [self._byte_ids[b] for b in c.encode("utf-8")] if c == SPACE else [self.unk_id]
+            ids += [self._byte_ids[b] for b in c.encode("utf-8")] if c in (SPACE, " ") else [self.unk_id]
             pos = m.end()
         ids += self.sp.encode(text[pos:]) if pos < len(text) else []
         return np.asarray(ids, dtype=np.int64)
