@@ -322,6 +322,12 @@ def test_user_errors_are_one_line(reverse_run, tmp_path):
     for args in ([str(tmp_path / "in.txt")], []):  # (a traceback from the first read; nothing said on stdin)
         one_line_error(runner.invoke(app, ["transduce", run, *args, "--encoding", "nope"], input="abc\n"), 2,
                        "unknown encoding 'nope'")
+        for codec in ("rot13", "base64", "hex"):  # (codecs of other kinds: tracebacks)
+            one_line_error(runner.invoke(app, ["transduce", run, *args, "--encoding", codec], input="abc\n"), 2,
+                           f"{codec!r} is not a text encoding")
+    for command in (["train", str(tmp_path / "in.txt"), "--out", str(tmp_path)], ["eval", run, str(tmp_path / "in.txt")],
+                    ["novelty", run]):
+        one_line_error(runner.invoke(app, [*command, "--encoding", "rot13"], input="abc\n"), 2, "not a text encoding")
     one_line_error(runner.invoke(app, ["show", run, "--attention"], input="\n\n"), 1, "only blank lines")
     one_line_error(runner.invoke(app, ["transduce", run, "--beam", "100000"]), 2, "--beam", "at most 1,000")
     r = runner.invoke(app, ["eval", run, str(tmp_path / "in.txt"), "--beam", "0"])  # (it named --n-best, not eval's)

@@ -139,10 +139,15 @@ def _not_text(path: Path, encoding: str = "utf-8") -> Optional[str]:
 
 
 def check_encoding(encoding: str) -> str:
+    """A codec Python knows that turns bytes into text (rot13, base64 and hex are codecs too, of other kinds: they
+    were tracebacks)."""
     try:
-        codecs.lookup(encoding)
+        info = codecs.lookup(encoding)
     except LookupError:
         raise ConfigError(f"`--encoding`: unknown encoding {encoding!r}; try utf-8, latin-1 or cp1252") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise ConfigError(f"`--encoding`: {encoding!r} is not a text encoding (it does not turn bytes into text); try "
+                          "utf-8, latin-1 or cp1252")
     return encoding
 
 
