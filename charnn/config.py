@@ -21,6 +21,7 @@ POOLINGS = ("max", "attention", "mean", "final")  # how the classifier pools its
 BEST_BY = ("auto", "loss", "wer")
 CLASS_WEIGHTS = ("none", "balanced")  # --class-weights
 MIN_VOCAB = 260  # sentencepiece with byte fallback: 256 byte pieces + <unk> + the text's characters
+MAX_VOCAB = 1_000_000  # (a vocabulary past it would not be trained on any corpus a run reads)
 UNKNOWN = ("error", "skip")  # what sample does with prime characters outside the vocabulary
 MAX_LAYERS, MAX_WIDTH, MAX_THREADS = 256, 65536, 1024  # sanity bounds: beyond them torch overflows or crashes
 MAX_LABELS = 65535  # label ids are stored as uint16
@@ -174,6 +175,8 @@ class TrainConfig:
         elif self.vocab_size is not None and self.vocab_size < MIN_VOCAB:
             problems.append(f"`--vocab-size` must be at least {MIN_VOCAB} (256 byte-fallback pieces, <unk> and "
                             f"the text's characters), got {self.vocab_size}")
+        elif self.vocab_size is not None and self.vocab_size > MAX_VOCAB:  # (2**31: sentencepiece's traceback)
+            problems.append(f"`--vocab-size` must be at most {MAX_VOCAB:,}, got {self.vocab_size}")
         if not 0.0 < self.val_frac < 1.0:
             problems.append(f"`--val-frac` must be between 0 and 1, got {self.val_frac}")
         positive = (("--batch-size", 1 if self.batch_size is None else self.batch_size), ("--seq-len", self.seq_len),
@@ -228,8 +231,11 @@ class TrainConfig:
         if self.classifier and self.pairs:
             problems.append("`--classifier` and `--pairs` do not combine: a classifier reads labelled text")
         problems += threads_problems(self.threads)
-        if self.name is not None and (self.name in ("", ".", "..") or "/" in self.name or "\\" in self.name):
-            problems.append(f"`--name` is the run's folder under --out, one name without / or \\ (and not . or ..), "
+        for flag, value in (("--init-from", self.init_from), ("--val-file", self.val_file), ("--out", self.out)):
+            if value is not None and not str(value).strip():  # (an unset shell variable: it was taken as not given)
+                problems.append(f"`{flag}` is an empty string (an unset variable?)")
+        if self.name is not None and (self.name.strip() in ("", ".", "..") or "/" in self.name or "\\" in self.name):
+            problems.append(f"`--name` is the run's folder under --out, one name without / or \\ (not blank, . or ..), "
                             f"got {self.name!r}; put the folder above it in --out")
         elif self.name is not None and len(os.fsencode(self.name)) > 200:  # (a folder name's limit is 255 bytes)
             problems.append(f"`--name` is longer than 200 bytes ({len(os.fsencode(self.name))}); use a shorter one")
@@ -263,8 +269,8 @@ class DynamicConfig:
             problems.append(f"`--dynamic-lr` must be in [0, 1], got {self.lr!r}")  # it only destroys
         if not (number(self.decay) and 0.0 <= self.decay <= 1.0):
             problems.append(f"`--dynamic-decay` must be in [0, 1], got {self.decay!r}")
-        if not (isinstance(self.segment, int) and not isinstance(self.segment, bool) and self.segment >= 1):
-            problems.append(f"`--segment` must be an integer, at least 1, got {self.segment!r}")
+        if not (isinstance(self.segment, int) and not isinstance(self.segment, bool) and 1 <= self.segment < 2**63):
+            problems.append(f"`--segment` must be an integer, at least 1 (below 2**63), got {self.segment!r}")
         if not 0.0 <= self.beta < 1.0:
             problems.append(f"`beta` must be in [0, 1), got {self.beta}")
         if not 0.0 < self.eps < float("inf"):

@@ -158,7 +158,8 @@ def test_val_split_too_small(tmp_path):
     ["--max-steps", "0"], ["--max-time", "0"], ["--max-time", "-5"], ["--epochs", "0"], ["--epochs", "inf"],
     ["--patience", "0"], ["--eval-every", "0"], ["--seed", "-1"], ["--seed", str(2**64)], ["--threads", "0"],
     ["--threads", "1000000"], ["--save-every-secs", "-1"], ["--save-every-secs", "inf"], ["--precision", "fp64"],
-    ["--cell", "transformer"], ["--device", "tpu"],
+    ["--cell", "transformer"], ["--device", "tpu"], ["--vocab-size", str(2**31), "--tokenizer", "bpe"],
+    ["--init-from", ""], ["--val-file", ""], ["--out", ""], ["--name", " "],  # (empty: an unset variable, ignored)
 ])
 def test_out_of_range_train_flags_exit_2_naming_the_flag(tmp_path, flags):
     one_line_error(invoke("train", "--out", tmp_path, *flags), 2, flags[0])
@@ -166,7 +167,7 @@ def test_out_of_range_train_flags_exit_2_naming_the_flag(tmp_path, flags):
 
 @pytest.mark.parametrize("flags", [
     ["--length", "-1"], ["--temp", "-1"], ["--temp", "nan"], ["--temp", "inf"], ["--temp", "-1e-30"],
-    ["--top-k", "0"], ["--seed", "-1"], ["--seed", str(2**64)], ["--device", "tpu"],
+    ["--top-k", "0"], ["--seed", "-1"], ["--seed", str(2**64)], ["--device", "tpu"], ["--segment", str(2**64)],
 ])
 def test_out_of_range_sample_flags_exit_2_naming_the_flag(flags):
     one_line_error(invoke("sample", *flags), 2, flags[0])

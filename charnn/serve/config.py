@@ -13,6 +13,10 @@ from charnn.errors import ConfigError
 HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")  # a name, or *.domain
 
 
+MAX_BATCH = 4096  # --max-batch's ceiling: rows one batch generates, over all requests
+API_KEY = re.compile(r"[\x21-\x7e]+")  # what `Authorization: Bearer KEY` can carry
+
+
 @dataclass
 class ServeConfig:
     host: str = "127.0.0.1"  # address to listen on (loopback unless asked otherwise)
@@ -45,6 +49,8 @@ class ServeConfig:
                                                                         self.max_score_tokens)):
             if value < 1:
                 problems.append(f"`{flag}` must be at least 1, got {value}")
+        if self.max_batch > MAX_BATCH:  # (2**63 was a traceback after the port was bound; 10**8 ate the memory)
+            problems.append(f"`--max-batch` must be at most {MAX_BATCH:,}, got {self.max_batch:,}")
         for flag, value in (("--max-connections", self.max_connections),
                             ("--max-connections-per-client", self.max_connections_per_client)):
             if value < 1:
@@ -65,6 +71,8 @@ class ServeConfig:
             problems.append(f"`--threads` must be between 1 and {MAX_THREADS}, got {self.threads}")
         if self.api_key is not None and not self.api_key.strip():
             problems.append("`--api-key` must not be empty")
+        elif self.api_key is not None and not API_KEY.fullmatch(self.api_key):  # (a newline: no client could send it)
+            problems.append("`--api-key` must be printable ASCII without spaces: a client sends it in a header")
         if not is_loopback(self.host) and self.api_key is None and not self.insecure:
             problems.append(f"refusing to listen on {self.host} without `--api-key`: anyone who can reach it could "
                             "use it; give a key, or `--insecure` to serve it open")
