@@ -220,6 +220,13 @@ def test_user_errors_let_a_bug_show_and_debug_show_everything(monkeypatch):
     with pytest.raises(CharnnError):
         with user_errors():
             raise CharnnError("x")
+    from charnn.cli.output import debugging
+    for off in ("", "0", "false", "No", " off "):  # (CHARNN_DEBUG=false turned tracebacks on)
+        monkeypatch.setenv("CHARNN_DEBUG", off)
+        assert not debugging(), off
+    for on in ("1", "true", "yes", "2"):
+        monkeypatch.setenv("CHARNN_DEBUG", on)
+        assert debugging(), on
 
 
 def test_durations_take_units_and_exponents_and_refuse_what_is_not_one():

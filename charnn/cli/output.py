@@ -140,8 +140,9 @@ def writing_results(what: str = "the results"):
 
 
 def debugging() -> bool:
-    """CHARNN_DEBUG=1: show tracebacks instead of one-line errors."""
-    return os.environ.get("CHARNN_DEBUG", "") not in ("", "0")
+    """CHARNN_DEBUG=1 (or true, yes, on): show tracebacks instead of one-line errors; unset, empty, 0, false, no
+    and off leave them off (CHARNN_DEBUG=false turned them on)."""
+    return os.environ.get("CHARNN_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def detach_stdout() -> None:
