@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from charnn.errors import ConfigError
+
+from charnn.errors import CharnnError, ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
 MIN_CELLS = ("mingru", "minlstm")  # the parallel-scan cells (kind "minrnn", charnn.models.minrnn)
@@ -307,3 +309,34 @@ def parse_duration(text: str) -> float:
     if not m or not 0 < float(m.group(1)) * _UNIT[m.group(2)] < float("inf"):
         raise ConfigError(f"`--max-time` wants a positive duration such as 300, 90s, 5m or 1h, not {text!r}")
     return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+class NoCacheHome(CharnnError, OSError):
+    """No folder for the cache: CHARNN_CACHE unset and no home folder (HOME unset for a user the system does not
+    list, as in a container run under an arbitrary uid), or CHARNN_CACHE naming another user's home that is not
+    there. An OSError too, so that what only caches (measured precision, compiled kernels) goes on without it."""
+
+
+def cache_root() -> Path:
+    """Where charnn keeps what it can make again (encoded corpora, downloads, compiled kernels, measurements):
+    CHARNN_CACHE, else ~/.cache/charnn."""
+    given = os.environ.get("CHARNN_CACHE")
+    try:
+        return Path(given or Path.home() / ".cache" / "charnn").expanduser()
+    except RuntimeError:  # (pathlib: "Could not determine home directory."; a traceback)
+        raise NoCacheHome(f"CHARNN_CACHE={given!r} starts at a home folder that cannot be found; set it to a folder"
+                          if given else "this user has no home folder for charnn's cache (HOME is unset); set "
+                          "CHARNN_CACHE to a folder") from None
+
+
+def cache_umask() -> int:
+    """The process's umask, read without setting it (os.umask sets it for every thread meanwhile): what the cache's
+    entries are opened to (a temporary file's or folder's 0600/0700 closed a shared cache to other users)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022

@@ -343,3 +343,23 @@ def test_a_pipe_given_as_a_checkpoint_is_one_line(tmp_path):
     os.mkfifo(fifo)
     for command in ("sample", "info"):
         one_line_error(invoke(command, fifo), 1, "is a pipe or a device, not a file")
+
+
+def test_no_home_folder_for_the_cache_is_one_line_and_what_only_caches_goes_on(corpus_file, trained_run, tmp_path,
+                                                                              monkeypatch):
+    """HOME unset under a uid with no passwd entry (a container's arbitrary uid), or CHARNN_CACHE='~nobody/x': a
+    RuntimeError traceback from pathlib in train, sample and novelty."""
+    import pathlib
+    monkeypatch.setenv("CHARNN_CACHE", "~no_such_user_charnn/x")
+    one_line_error(invoke("train", corpus_file, "--out", tmp_path, "--max-steps", "1"), 1,
+                   "CHARNN_CACHE='~no_such_user_charnn/x' starts at a home folder that cannot be found")
+    monkeypatch.delenv("CHARNN_CACHE")
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(pathlib.Path, "home", staticmethod(no_home))
+    one_line_error(invoke("train", corpus_file, "--out", tmp_path, "--max-steps", "1"), 1,
+                   "no home folder for charnn's cache (HOME is unset); set CHARNN_CACHE")
+    r = invoke("sample", trained_run.run_dir, "--length", "5", "-q")  # (compiled kernels only cache: it samples)
+    assert r.exit_code == 0 and len(r.stdout) >= 5, r.stderr

@@ -267,7 +267,7 @@ def test_a_cache_entry_is_readable_by_others_and_a_file_in_its_place_is_replaced
     final = writer.commit({"tokens": 10, "dtype": "uint8"})
     assert final.is_dir() and cache.find_entry(key) is not None
     mode = stat.S_IMODE(final.stat().st_mode)
-    assert mode == 0o777 & ~cache._umask()  # (umask 022: 0755, where mkdtemp made 0700)
+    assert mode == 0o777 & ~cache.cache_umask()  # (umask 022: 0755, where mkdtemp made 0700)
 
 
 def test_a_page_or_a_plot_that_does_not_fit_keeps_the_older_one(tmpfs):

@@ -57,3 +57,15 @@ def test_a_downloaded_corpus_follows_the_umask(tmp_path, umask, monkeypatch):
     umask(0o022)
     path = catalog.fetch({"name": "local", "url": src.as_uri(), "sha256": None, "size": None})
     assert path.read_bytes() == src.read_bytes() and mode(path) == 0o644
+
+
+def test_a_compiled_kernel_library_follows_the_umask(tmp_path, umask, monkeypatch):
+    """mkstemp's 0600 plus the linker's x bits: 0711, which other users of a shared CHARNN_CACHE could not load."""
+    import shutil
+
+    from charnn.models import native
+    if not shutil.which(os.environ.get("CC") or "cc"):
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "cache"))
+    umask(0o022)
+    assert mode(native._build()) == 0o755

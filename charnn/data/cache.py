@@ -21,16 +21,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from charnn.config import cache_root, cache_umask
 from charnn.data.files import NO_SPACE, write_atomic, write_error, write_failed
 from charnn.errors import CharnnError
 
 FORMAT = 2  # bump when the layout of an entry or what is encoded changes (2: files' byte-order marks left out)
 HASH_BLOCK = 8 << 20
 HINT = "set CHARNN_CACHE to another folder"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("CHARNN_CACHE") or Path.home() / ".cache" / "charnn").expanduser()
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -113,7 +110,7 @@ class EntryWriter:
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{key}-"))
-            self.tmp.chmod(0o777 & ~_umask())  # (mkdtemp's 0700: another user of a shared cache could not read it)
+            self.tmp.chmod(0o777 & ~cache_umask())  # (mkdtemp's 0700: another user of a shared cache could not read it)
         except OSError as e:
             raise CharnnError(f"cannot write the encoding cache in {str(self.final.parent)!r}: {e.strerror or e}; "
                               "set CHARNN_CACHE to a writable folder") from None
@@ -168,18 +165,6 @@ class EntryWriter:
     def _failed(self, e: OSError, needed: int) -> CharnnError:
         return write_failed(e, self.final.parent / self.key, needed, HINT, exact=False,
                             what=f"the encoded corpus {self.key[:12]}")
-
-
-def _umask() -> int:
-    """The process's umask, read without setting it (os.umask sets it for every thread meanwhile)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 @contextmanager

@@ -35,6 +35,7 @@ from typing import Optional
 
 import torch
 
+from charnn.config import cache_root, cache_umask
 from charnn.device import cpuinfo, mac_cpu_name
 
 HERE = Path(__file__).parent
@@ -202,7 +203,7 @@ def _build(name: str = "cells", attempts=None) -> Path:
     sources = [f.read_bytes() for f in (*files, *HEADERS)]
     flags = repr([flags for _, flags in attempts]).encode()  # (a change of flags builds anew)
     key = hashlib.sha256(b"\0".join([*sources, compiler.encode(), _cpu().encode(), flags])).hexdigest()[:16]
-    folder = Path(os.environ.get("CHARNN_CACHE") or Path.home() / ".cache" / "charnn").expanduser() / "native"
+    folder = cache_root() / "native"
     target = folder / f"{name}-{key}{'.dll' if os.name == 'nt' else '.so'}"
     if target.exists():
         return target
@@ -213,6 +214,7 @@ def _build(name: str = "cells", attempts=None) -> Path:
         for sources, flags in attempts:
             error = _compile(compiler, flags, sources, tmp)
             if error is None:
+                os.chmod(tmp, 0o755 & ~cache_umask())  # (mkstemp's 0600: others sharing the cache could not load it)
                 os.replace(tmp, target)
                 return target
         raise OSError(error[:200])
