@@ -184,13 +184,13 @@ def test_training_flags_this_run_would_ignore_are_one_line(corpus_file, tmp_path
 def test_the_default_warmup_fits_a_short_run(corpus_file, tmp_path):
     """--max-steps 20 with the default --warmup 50 warmed up all the way: the rate never reached --lr."""
     from charnn.training.run import train_configs
-    assert train_configs({"max_steps": 20})[1].warmup == 2
-    assert train_configs({"max_steps": 4000})[1].warmup == 50 == train_configs({"max_time": "5m"})[1].warmup
-    assert train_configs({"max_steps": 20, "warmup": 50})[1].warmup == 2  # (charnn.train passes every keyword)
+    assert train_configs({"max_steps": 20})[1].warmup == 5
+    assert train_configs({"max_steps": 200})[1].warmup == 50 == train_configs({"max_time": "5m"})[1].warmup
+    assert train_configs({"max_steps": 20, "warmup": 50})[1].warmup == 5  # (charnn.train passes every keyword)
     assert train_configs({"max_steps": 20, "warmup": 30})[1].warmup == 30  # (given: the user's)
     r = invoke("train", corpus_file, "--out", tmp_path, "--max-steps", "20", "--hidden", "16", "--layers", "1",
                "--threads", "1")
-    assert r.exit_code == 0 and json.loads((tmp_path / "tiny" / "config.json").read_text())["train"]["warmup"] == 2
+    assert r.exit_code == 0 and json.loads((tmp_path / "tiny" / "config.json").read_text())["train"]["warmup"] == 5
 
 
 def test_a_small_corpus_trains_on_fewer_rows_than_the_default_batch(tmp_path):

@@ -88,7 +88,8 @@ def train(
                                          rich_help_panel=SCHEDULE)] = 128,
     lr: Annotated[float, typer.Option(help="Learning rate (AdamW) where the cosine decay starts; 3e-3 with "
                                            "--init-from or --cell mingru/minlstm.", rich_help_panel=SCHEDULE)] = 1e-2,
-    warmup: Annotated[int, typer.Option(help="Linear warm-up steps (by default at most a tenth of --max-steps).", rich_help_panel=SCHEDULE)] = 50,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up steps (by default at most a quarter of --max-steps).",
+                                        rich_help_panel=SCHEDULE)] = 50,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices.",
                                                 rich_help_panel=SCHEDULE)] = 0.1,
     grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this (0: off).",
