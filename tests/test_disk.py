@@ -335,3 +335,22 @@ def test_show_html_and_plot_keep_the_older_file_on_a_full_disk(tmpfs, trained_ru
         errors = [line for line in r.stderr.splitlines() if line.startswith("charnn: error:")]
         assert len(errors) == 1 and "is kept" in errors[0], r.stderr
     assert {p: p.read_bytes() for p in (page, pdf)} == before and temp_files(disk) == []
+
+
+def test_an_interrupt_that_breaks_a_writer_inside_a_save_is_an_interrupt(tmp_path):
+    """A third Ctrl-C inside torch.save (the first asks to stop, the second is held until the file is in place, a
+    third is not): torch's zip writer failed with a RuntimeError over it, a 40-line traceback."""
+    from charnn.data.files import atomic_file
+    target = tmp_path / "best.pt"
+    target.write_bytes(b"the older one")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(target) as f:
+            f.write(b"half")
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 34660224")
+    assert target.read_bytes() == b"the older one" and [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+    with pytest.raises(RuntimeError, match="a bug"):  # (any other error is still itself)
+        with atomic_file(target) as f:
+            raise RuntimeError("a bug")

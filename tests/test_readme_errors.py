@@ -174,6 +174,19 @@ def _signal(tmp_path, text, run):
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 143 and "Traceback" not in stderr, stderr
     assert "Resume with: charnn train big.txt --name big" in stderr and "--resume" in stderr
+    # before training began (here: training its tokenizer) a signal stops at once: nothing to save; it had gone on
+    # reading, encoding, measuring and building the model first (38 s of a large corpus's encoding)
+    proc = subprocess.Popen([sys.executable, "-m", "charnn", "train", "big.txt", "--out", "early", "--tokenizer", "bpe",
+                             "--vocab-size", "600", *SMALL[:-1]], cwd=tmp_path, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while not any("tokenizer" in line for line in lines) and proc.poll() is None:
+        lines.append(proc.stderr.readline())
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    stderr = "".join(lines) + stderr
+    assert proc.returncode == 143 and "Traceback" not in stderr and "interrupted" in stderr, stderr
+    assert "parameters" not in stderr and not (tmp_path / "early" / "big" / "last.pt").exists(), stderr
 
 
 def _pipe(tmp_path, text, run):

@@ -135,7 +135,7 @@ def test_bad_corpora(tmp_path, monkeypatch):
     one_line_error(invoke("train", tmp_path / "wide.txt", *out), 1, "looks binary", "--encoding")
     for corpus in (tmp_path / "wide.txt", tmp_path / "wide"):  # (both were refused as binary with utf-16 too)
         one_line_error(invoke("train", corpus, "--encoding", "utf-16", *out), 1, "fewer than one batch")
-    one_line_error(invoke("train", tmp_path / "short.txt", *out), 1, "fewer than one batch", "--batch-size")
+    one_line_error(invoke("train", tmp_path / "short.txt", *out), 1, "fewer than one batch", "lower --seq-len")
 
     def unreadable(self, *args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))

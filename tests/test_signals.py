@@ -90,6 +90,7 @@ def test_a_second_ctrl_c_during_a_save_is_held_until_the_file_is_in_place(tmp_pa
     from charnn.training.stopping import StopRequest, graceful_signals
 
     stop = StopRequest()
+    stop.training = True  # (before training began, a first signal stops at once)
     with graceful_signals(stop):
         with pytest.raises(KeyboardInterrupt):
             with atomic_file(tmp_path / "x.pt") as f:
@@ -114,3 +115,20 @@ def test_a_second_ctrl_c_during_a_save_is_held_until_the_file_is_in_place(tmp_pa
             for _ in range(1000):
                 pass
     assert (tmp_path / "y.pt").read_bytes() == b"c" and not list(tmp_path.glob(".*"))
+
+
+def test_a_signal_before_training_began_stops_at_once(tmp_path):
+    """Before the loop (reading, encoding, measuring, building the model) there is nothing to save: a first signal
+    stops there and then, as Interrupted with its number (SIGTERM exits 143); it had only been noted for the loop."""
+    import os
+
+    from charnn.training.stopping import Interrupted, StopRequest, graceful_signals
+
+    stop = StopRequest()
+    with graceful_signals(stop):
+        with pytest.raises(Interrupted) as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+            raise AssertionError("not interrupted")
+    assert e.value.signum == signal.SIGTERM and isinstance(e.value, KeyboardInterrupt)

@@ -80,9 +80,9 @@ def user_errors(command: str = ""):
         # torch reports a failed allocation as a RuntimeError; any other RuntimeError is a bug: let it show
         if debug or (isinstance(e, RuntimeError) and not is_out_of_memory(e)):
             raise
-        if isinstance(e, KeyboardInterrupt):
+        if isinstance(e, KeyboardInterrupt):  # (SIGTERM and SIGHUP before training began: 143 and 129, as after)
             err.print("[yellow]interrupted[/]", markup=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit({15: 143, 1: 129}.get(getattr(e, "signum", 2), 130)) from None
         fail(str(e) if isinstance(e, CharnnError) else out_of_memory(command), 2 if isinstance(e, ConfigError) else 1)
     except OSError as e:  # a path the system refused where no check names it (a name over 255 bytes, a loop of links)
         if debug or e.filename is None:  # (without a path it is not the user's to fix here: let it show)

@@ -196,11 +196,23 @@ def _atomic_file(path: Path, size: Union[int, Callable[[], int], None] = None, h
             pass
         needed = size() if callable(size) else size
         failure = write_error(e, path.parent, needed or written)
+        if failure is None and _interrupted(e):  # (a third Ctrl-C inside torch.save: its zip writer's RuntimeError
+            raise KeyboardInterrupt from None  # came out as a traceback)
         if failure is None:
             raise
         raise write_failed(failure, path, needed or written, hint, exact=bool(needed), what=what,
                            kept=path.exists()) from None
     fsync_dir(path.parent)
+
+
+def _interrupted(e: BaseException) -> bool:
+    """An interrupt, or an error raised while one was on its way (its context)."""
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def _size_of(path: Path) -> int:

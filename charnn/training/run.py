@@ -193,6 +193,7 @@ class TrainingRun:
         return self.trainer.task
 
     def fit(self) -> TrainResult:
+        self.trainer.stop.training = True  # (from here a signal stops after the step, which saves)
         try:  # (under torchrun a rank that died fails DDP's all-reduce inside backward too: one PeerLost line)
             with self.trainer.dist.guard():
                 return self.trainer.fit()

@@ -50,12 +50,23 @@ def non_finite(what: str, value: float, step: int, run_dir: Path, saved: bool = 
                        "Try a lower --lr or a --grad-clip such as 1.0")
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal before training began (reading and encoding the text, measuring, building the model): there is
+    nothing to save, so it stops at once (the loop would have seen it only after all of that: 38 s of a corpus's
+    encoding went on after a Ctrl-C)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 class StopRequest:
     """Set by a signal handler; the loop checks it between steps so a save never sees a half step."""
 
     def __init__(self):
         self.signum: Optional[int] = None
         self.asked = False  # a callback raised StopTraining: end as at a limit
+        self.training = False  # the loop has begun (before it, a signal stops at once: Interrupted)
 
 
 @contextmanager
@@ -64,7 +75,9 @@ def graceful_signals(stop: StopRequest):
     last.pt; a second one quits at once (once a checkpoint being written is in place)."""
 
     def handler(signum, frame):
-        if stop.signum is not None and not hold_interrupt():  # (a file being saved is finished first)
+        if not stop.training and not hold_interrupt():  # (a file being written is finished first)
+            raise Interrupted(signum)
+        if stop.signum is not None and not hold_interrupt():
             raise KeyboardInterrupt
         stop.signum = signum
 
