@@ -132,3 +132,19 @@ def test_a_signal_before_training_began_stops_at_once(tmp_path):
                 pass
             raise AssertionError("not interrupted")
     assert e.value.signum == signal.SIGTERM and isinstance(e.value, KeyboardInterrupt)
+
+
+def test_a_signal_during_torchs_import_waits_for_it_to_finish(tmp_path):
+    """A Ctrl-C in the first second of `charnn train` landed inside torch's import, whose C start-up swallowed it
+    (the run trained to its end) or died of it (a RecursionError, an abort): it is held until the import is done."""
+    script = ("import os, signal, sys, threading, time\n"
+              "from charnn.cli.output import import_torch\n"
+              "seen = []\n"
+              "signal.signal(signal.SIGINT, lambda s, f: seen.append(hasattr(sys.modules.get('torch'), 'compile')))\n"
+              "threading.Timer(0.1, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
+              "import_torch()\n"
+              "time.sleep(0.5)\n"
+              "print(seen)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[True]", (r.stdout, r.stderr)  # (once, after the import)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,6 +69,29 @@ def json_line(obj, **kw) -> str:
             return {k: finite(v) for k, v in x.items()}
         return [finite(v) for v in x] if isinstance(x, (list, tuple)) else x
     return json.dumps(finite(obj), allow_nan=False, **kw)
+
+
+def import_torch() -> None:
+    """Import torch with the stop signals held until it is done: a Ctrl-C in the first second of `charnn train`
+    (torch's import) was swallowed by torch's C start-up (training then ran to its end), or died in a
+    RecursionError or an abort. Held (noted by a handler that raises nothing), it is raised again once the import
+    is done, to the handlers that were there."""
+    if "torch" in sys.modules:
+        return
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    wanted = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    arrived = []
+    try:
+        old = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in wanted}
+    except ValueError:  # not the main thread: signals are not ours to hold
+        old = {}
+    try:
+        importlib.import_module("torch")
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if arrived:
+        signal.raise_signal(arrived[0])
 
 
 @contextmanager

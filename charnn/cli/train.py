@@ -13,7 +13,7 @@ from typing import Annotated, List, Optional, get_args
 import typer
 
 from charnn.cli.options import Device, Quiet
-from charnn.cli.output import debugging, err, note_threads, print_curve, user_errors
+from charnn.cli.output import debugging, err, import_torch, note_threads, print_curve, user_errors
 from charnn.cli.kind_flags import with_model_flags
 from charnn.config import PRECISIONS, TOKENIZERS
 
@@ -171,6 +171,7 @@ def train(
     **model_flags,  # --kind, --cell, --layers, ...: every registered model kind's flags (charnn.cli.kind_flags)
 ):
     """Train a model on CORPUS; checkpoints land in OUT/NAME/best.pt and last.pt."""
+    import_torch()
     from charnn.cli.progress import TrainProgress
     from charnn.training.distributed import Dist
     from charnn.training.run import TRAIN_FLAGS, start_run, train_configs
