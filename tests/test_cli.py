@@ -174,6 +174,27 @@ def test_python_dash_m_help():
     assert p.returncode == 0 and "train" in p.stdout and "sample" in p.stdout and "eval" in p.stdout
 
 
+def test_help_and_version_to_a_closed_pipe_or_a_full_disk():
+    """`charnn train --help | head` exited 1 with nothing said (rich's answer to a broken pipe); to /dev/full,
+    --help and --version were tracebacks."""
+    p = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m charnn train --help | head -c 10"],
+                       capture_output=True, timeout=120)
+    assert p.returncode == 0 and len(p.stdout) == 10 and p.stderr == b"", p.stderr
+    if os.path.exists("/dev/full"):
+        for flag, what in (("--help", "the help"), ("--version", "the version")):
+            with open("/dev/full", "w") as full:
+                p = subprocess.run([sys.executable, "-m", "charnn", flag], stdout=full, stderr=subprocess.PIPE,
+                                   text=True, timeout=120)
+            assert p.returncode == 1 and p.stderr.strip() == f"charnn: error: cannot write {what}: No space left on " \
+                "device", p.stderr
+
+
+def test_an_option_without_its_value_names_its_command():
+    r = invoke("sample", "--temp")  # (it said "see 'charnn --help'")
+    assert r.exit_code == 2 and r.stderr.strip() == ("charnn sample: error: Option '--temp' requires an argument. "
+                                                     "(see 'charnn sample --help')"), r.stderr
+
+
 @pytest.mark.parametrize("exc, code, says", [
     (CharnnError("corpus 'x' does not exist"), 1, "corpus 'x' does not exist"),
     (ConfigError("`--top-p` must be in (0, 1]"), 2, "`--top-p` must be in (0, 1]"),

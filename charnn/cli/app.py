@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -11,6 +12,7 @@ from typing import Annotated
 import typer
 
 from charnn import __version__
+from charnn.cli.output import writing_results
 from charnn.cli.classify import classify
 from charnn.cli.corpora import corpora
 from charnn.cli.evaluate import evaluate
@@ -53,12 +55,22 @@ class OneLineErrors(NoTypeForFlags, typer.core.TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = sys.argv[1:] if args is None else list(args)
+        shows = next((w for w, flag in (("the version", "--version"), ("the help", "--help")) if flag in argv),
+                     None if argv else "the help")  # (its own output on stdout: /dev/full was a traceback)
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with writing_results(shows) if shows else contextlib.nullcontext():
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Exit as e:
+            sys.exit(e.exit_code)
+        except SystemExit as e:  # rich's answer to a reader that went away (`charnn train --help | head`): exit 1,
+            sys.exit(0 if shows and e.code == 1 else e.code)  # with nothing said; a closed pipe is no failure
         except _NO_ARGS_HELP:  # the help was already shown
             sys.exit(2)
         except _UsageError as e:
             cmd = e.ctx.command_path if e.ctx else "charnn"
+            if cmd == "charnn":  # (an option missing its value is raised without the command's context)
+                cmd = next((f"charnn {a}" for a in argv if a in self.commands), cmd)
             typer.echo(f"{cmd}: error: {e.format_message()} (see '{cmd} --help')", err=True)
             sys.exit(2)
         except _ClickException as e:
