@@ -354,3 +354,10 @@ def test_sample_builds_the_c_library_only_for_a_cpu_run(monkeypatch, capsys):
     assert built == []
     _stream(Sampler(), True, cpu=True)
     assert built == [1] and capsys.readouterr().out == "abc\nabc\n"
+
+
+def test_an_error_line_quoting_a_huge_value_is_cut_in_the_middle():
+    """A 100,000-character --device was echoed whole: one error line 100k characters long."""
+    r = invoke("sample", "--device", "z" * 100_000)
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and len(r.stderr) < 2100, len(r.stderr)
+    assert "characters left out" in r.stderr and "--device" in r.stderr

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from charnn import __version__
-from charnn.cli.output import writing_results
+from charnn.cli.output import error_line, writing_results
 from charnn.cli.classify import classify
 from charnn.cli.corpora import corpora
 from charnn.cli.evaluate import evaluate
@@ -71,10 +71,10 @@ class OneLineErrors(NoTypeForFlags, typer.core.TyperGroup):
             cmd = e.ctx.command_path if e.ctx else "charnn"
             if cmd == "charnn":  # (an option missing its value is raised without the command's context)
                 cmd = next((f"charnn {a}" for a in argv if a in self.commands), cmd)
-            typer.echo(f"{cmd}: error: {e.format_message()} (see '{cmd} --help')", err=True)
+            typer.echo(f"{cmd}: error: {error_line(e.format_message())} (see '{cmd} --help')", err=True)
             sys.exit(2)
         except _ClickException as e:
-            typer.echo(f"charnn: error: {e.format_message()}", err=True)
+            typer.echo(f"charnn: error: {error_line(e.format_message())}", err=True)
             sys.exit(e.exit_code)
         except typer.Abort:
             sys.exit(130)

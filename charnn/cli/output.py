@@ -133,9 +133,21 @@ def out_of_memory(command: str) -> str:
     return "out of memory" + (f"; try {hint}" if hint else "")
 
 
+LONGEST_ERROR = 2000  # characters of an error line; past them its middle is left out
+
+
+def error_line(message: str) -> str:
+    """An error's line, cut in the middle past LONGEST_ERROR characters: a value the user gave is quoted in it (a
+    100,000-character --device was one line that long)."""
+    if len(message) <= LONGEST_ERROR:
+        return message
+    cut = len(message) - LONGEST_ERROR + 400
+    return f"{message[:1200]}... ({cut:,} characters left out) ...{message[1200 + cut:]}"
+
+
 def fail(message: str, code: int = 1):
     """One red line on stderr, then exit with `code`."""
-    err.print(f"[red]charnn: error:[/] {escape(message)}", markup=True)
+    err.print(f"[red]charnn: error:[/] {escape(error_line(message))}", markup=True)
     raise typer.Exit(code) from None
 
 
