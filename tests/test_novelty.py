@@ -203,6 +203,7 @@ def test_one_line_errors(trained_run, tmp_path):
     one_line_error(invoke("novelty", run, "--n", "0", input="x"), 2, "--n")
     one_line_error(invoke("novelty", run, "--encoding", "bogus", input="x"), 2, "unknown encoding")  # (was taken
     # without a word when no --corpus was read)
+    one_line_error(invoke("novelty", run, "--glob", "*.txt", input="x"), 2, "--glob", "add --corpus")  # (ignored)
 
 
 def test_the_table_quotes_a_long_span_in_part(trained_run, corpus_file):

@@ -198,7 +198,11 @@ def test_html_page_is_self_contained(trained_run, corpus_file, tmp_path):
     # a page that cannot be written is refused before the work (it was found after it: 59 s on 1 MB)
     one_line_error(invoke("show", trained_run.run_dir, corpus_file, "--html", tmp_path / "no" / "p.html"), 2,
                    "does not exist")
-    one_line_error(invoke("show", trained_run.run_dir, corpus_file, "--html", tmp_path), 2, "is a directory")
+    one_line_error(invoke("show", trained_run.run_dir, corpus_file, "--html", tmp_path), 2, "names no file")
+    one_line_error(invoke("show", trained_run.run_dir, corpus_file, "--html", ""), 2, "names no file")  # (it said
+    # "file '' is a directory"); plot -o the same ways (it made the missing folders):
+    one_line_error(invoke("plot", trained_run.run_dir, "-o", tmp_path / "no" / "c.png"), 2, "does not exist")
+    assert not (tmp_path / "no").exists()
 
 
 def test_a_labelled_models_units_are_ranked_against_its_labels(tmp_path):

@@ -37,6 +37,9 @@ def novelty(
 
     with user_errors():
         check_encoding(encoding)  # (without --corpus a wrong one was accepted without a word)
+        if glob is not None and not corpus:
+            raise ConfigError("`--glob` picks files inside --corpus folders: add --corpus (without it the run's "
+                              "own training text is read)")
         checkpoint, rest = split_checkpoint(args)
         if len(rest) > 1:
             raise ConfigError(f"one SAMPLE at a time, got {len(rest)}: {' '.join(rest)}")

@@ -133,6 +133,19 @@ def out_of_memory(command: str) -> str:
     return "out of memory" + (f"; try {hint}" if hint else "")
 
 
+def check_output_file(path, flag: str, example: str) -> Path:
+    """An output file's path, checked before the work: a name (not '', '.', a folder), in a folder that exists
+    (`plot -o` made missing folders, `show --html` refused them; '' was "a directory")."""
+    text = str(path)
+    p = Path(text)
+    if not text.strip() or not p.name.strip(".") or p.is_dir():
+        raise ConfigError(f"{flag} {text!r} names no file (give one, e.g. {example})")
+    if not p.parent.is_dir():
+        why = "is not a folder" if p.parent.exists() else "does not exist"
+        raise ConfigError(f"{flag} {text!r}: its folder {str(p.parent)!r} {why}")
+    return p
+
+
 LONGEST_ERROR = 2000  # characters of an error line; past them its middle is left out
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
 from charnn.cli.options import Quiet
-from charnn.cli.output import err, user_errors
+from charnn.cli.output import check_output_file, err, user_errors
 from charnn.errors import ConfigError
 
 
@@ -27,10 +26,8 @@ def plot(
     with user_errors():
         if x not in X_AXES:
             raise ConfigError(f"`--x` must be one of {', '.join(X_AXES)}, not {x!r}")
-        if not Path(output).name.strip(".") or Path(output).is_dir():  # '', '.', '/', '..', a folder, a lone dot
-            raise ConfigError(f"--output {output!r} names no file (give one, e.g. curves.png)")  # (a folder 't' was
-            # written as ./t.png)
+        output = check_output_file(output, "--output", "curves.png")  # (a folder 't' was written as ./t.png)
         runs = runs or [str(resolve_checkpoint(None))]
-        path = plot_runs([run_records(r) for r in runs], Path(output), x)
+        path = plot_runs([run_records(r) for r in runs], output, x)
     if not quiet:
         err.print(f"wrote {path}")

@@ -12,7 +12,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from charnn.cli.options import Device, Quiet, check_threads
-from charnn.cli.output import ResultConsole, err, user_errors, writing_results
+from charnn.cli.output import ResultConsole, check_output_file, err, user_errors, writing_results
 from charnn.errors import ConfigError
 
 FORMATS = ("auto", "color", "tsv", "json")
@@ -23,8 +23,7 @@ def show(
                                                              "(default: the newest run), then the text (- or "
                                                              "nothing: stdin).", show_default=False)] = None,
     html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained page here: hover a character "
-                                                      "for the model's top guesses.", dir_okay=False,
-                                                 show_default=False)] = None,
+                                                      "for the model's top guesses.", show_default=False)] = None,
     cells: Annotated[bool, typer.Option("--cells", help="The units whose activations track the text's properties "
                                                         "(quotes, brackets, line position, indentation, word "
                                                         "starts; labels), ranked by correlation.")] = False,
@@ -57,9 +56,8 @@ def show(
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         options = ShowOptions(top_k, cells, units, gradients, max_k, positions, attention, label).validate()
         check_threads(threads)  # (its own option had no upper bound: 100,000 threads was a segfault)
-        if html is not None and not html.parent.is_dir():  # (found only after the work)
-            why = "is not a folder" if html.parent.exists() else "does not exist"
-            raise ConfigError(f"--html {str(html)!r}: its folder {str(html.parent)!r} {why}")
+        if html is not None:  # (found only after the work)
+            html = check_output_file(html, "--html", "page.html")
         report = _report(args, options, max_chars, encoding, device, threads, quiet)
         if html is not None:
             from charnn.reports.showpage import write_page
