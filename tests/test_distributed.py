@@ -299,3 +299,22 @@ def test_a_dying_rank_ends_the_run_and_the_last_checkpoint_stays_good(tmp_path, 
             os.kill(int(w), 0)
     data = load_checkpoint(run_dir / "last.pt")  # the last good checkpoint, intact and loadable
     assert data["step"] >= 1 and not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"WORLD_SIZE": "abc", "RANK": "0"}, "WORLD_SIZE='abc' in the environment"),  # (a ValueError traceback)
+    ({"WORLD_SIZE": "0", "RANK": "0"}, "WORLD_SIZE='0'"),  # (ZeroDivisionError)
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 in the environment is not below WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "CHARNN_DIST_TIMEOUT": "abc"}, "CHARNN_DIST_TIMEOUT='abc'"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "CHARNN_DIST_TIMEOUT": "0"}, "a number above 0"),  # (failed at once)
+])
+def test_a_torchrun_environment_that_makes_no_sense_is_one_line(env, words, monkeypatch, tmp_path):
+    from conftest import one_line_error
+    from typer.testing import CliRunner
+
+    from charnn.cli import app
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "t.txt").write_text("some text " * 200, encoding="utf-8")
+    one_line_error(CliRunner().invoke(app, ["train", str(tmp_path / "t.txt"), "--out", str(tmp_path),
+                                            "--max-steps", "1"]), 1, words)

@@ -182,7 +182,8 @@ def train(
     flags = {**{k: v for k, v in locals().items() if k in TRAIN_FLAGS}, **model_flags,  # the run's configs' flags
              "resume": resume}
     given = _given_on_command_line(ctx)
-    dist = Dist.from_env()  # under torchrun: this process's rank; only rank 0 writes files and talks
+    with user_errors("train"):
+        dist = Dist.from_env()  # under torchrun: this process's rank; only rank 0 writes files and talks
     if not dist.is_main:
         err.quiet = True
     with _other_ranks_exit_quietly(dist), user_errors("train"), dist:

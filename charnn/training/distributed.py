@@ -44,8 +44,23 @@ class Dist:
         env = os.environ
         if "WORLD_SIZE" not in env or "RANK" not in env:
             return cls()
-        world = int(env["WORLD_SIZE"])
-        return cls(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", world)))
+        def number(name: str, low: int, default=None) -> int:  # (a wrong value was a ValueError traceback, and
+            text = env.get(name, default)  # WORLD_SIZE=0 a ZeroDivisionError)
+            try:
+                value = int(text)
+            except (TypeError, ValueError):
+                value = None
+            if value is None or value < low:
+                raise CharnnError(f"{name}={text!r} in the environment: torchrun sets it to a whole number, at "
+                                  f"least {low}; run the command through torchrun, or unset it")
+            return value
+
+        world = number("WORLD_SIZE", 1)
+        rank = number("RANK", 0)
+        if rank >= world:
+            raise CharnnError(f"RANK={rank} in the environment is not below WORLD_SIZE={world}: torchrun sets both")
+        _timeout()
+        return cls(rank, world, number("LOCAL_RANK", 0, "0"), number("LOCAL_WORLD_SIZE", 1, str(world)))
 
     @property
     def active(self) -> bool:
@@ -77,7 +92,7 @@ class Dist:
             torch.cuda.set_device(device)
             self.comm_device = device
         if not td.is_initialized():
-            timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+            timeout = _timeout()
             kwargs = {"device_id": device} if device.type == "cuda" else {}
             td.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                   timeout=datetime.timedelta(seconds=timeout), **kwargs)
@@ -231,3 +246,19 @@ def _stop_with_launcher() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _timeout() -> float:
+    """Seconds a rank waits for the others (TIMEOUT_ENV, else DEFAULT_TIMEOUT): a positive, finite number ('abc'
+    and inf were tracebacks, 0 failed the first collective at once)."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return float(DEFAULT_TIMEOUT)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e7:
+        raise CharnnError(f"{TIMEOUT_ENV}={text!r}: it is the seconds a process waits for the others, a number above "
+                          "0 (below 10,000,000)")
+    return value
