@@ -201,7 +201,7 @@ def test_fixed_split_and_a_separate_validation_file(tmp_path):
     val.write_text("98765\n", encoding="utf-8")
     data = prepare([text], "utf-8", {"val_frac": 0.1}, CHAR, val_parts=[SourceFile(val, False)])
     assert data.train_chars == 100 and data.tokenizer.decode(np.asarray(data.val_ids).tolist()) == "98765\ufffd"
-    with pytest.raises(CharnnError, match="validation text has 1 characters"):
+    with pytest.raises(CharnnError, match="validation text has 1 character; it needs"):
         prepare(["ab"], "utf-8", {"val_frac": 0.5}, CHAR)
 
 

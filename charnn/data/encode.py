@@ -268,7 +268,8 @@ def _split_points(n_main: int, split: dict, n_val: Optional[int]) -> Tuple[int, 
         if cut >= n_main:
             raise CharnnError(f"the corpus has {n_main:,} characters, fewer than its {cut:,}-character training split")
     if end - cut < 2:  # (the hint named --val-file to a user who had passed a one-character one)
-        raise CharnnError(f"the validation text has {end - cut} characters; it needs at least 2 "
+        raise CharnnError(f"the validation text has {end - cut} character{'' if end - cut == 1 else 's'}; it needs "
+                          "at least 2 "
                           + ("(a longer --val-file)" if n_val is not None else "(raise --val-frac or pass --val-file)"))
     if cut < 1:
         raise CharnnError("the training text is empty; lower --val-frac or use more text")
