@@ -552,3 +552,12 @@ def test_classify_reads_stdin_once_names_a_bad_lines_number_and_scores_the_newli
     assert r.exit_code == 1 and "stdin:3001: not valid utf-8" in r.stderr, r.stderr  # (the decoder's chunk offset)
     line = json.loads(runner.invoke(app, ["classify", str(run), "--json"], input="\ufeffthe cat\n").stdout)
     assert line["chars"] == len("the cat\n")  # the newline is scored, so counted; the BOM is not text
+
+
+def test_classify_says_how_many_characters_the_model_does_not_know(labelled_run):
+    """eval notes them; classify answered confidently about '日本語' and said nothing."""
+    r = runner.invoke(app, ["classify", str(labelled_run)], input="the cat 日本語\nthe dog\n")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 2, r.stderr
+    assert "note: 3 characters are not in the model's vocabulary" in r.stderr
+    r = runner.invoke(app, ["classify", str(labelled_run), "-q"], input="the cat 日本語\n")
+    assert r.exit_code == 0 and "vocabulary" not in r.stderr

@@ -65,17 +65,23 @@ def classify(
                 if not text:  # (its answer is the model's for no text at all: a prior's)
                     err.note(f"{'stdin' if path == STDIN else path} is empty: its answer is for no text at all")
     show = _formatter(probs, top, as_json)
+    unknown = 0  # characters the model's vocabulary lacks (scored as its unknown token: said, as eval says it)
     with writing_results(), measuring(threads, dev):  # (blocks of texts on measured threads: charnn.threadwatch)
         if per_file:
+            unknown = sum(tokenizer.count_unknown(text) for text in texts)
             for path, scores in zip(paths, classifier.classify(texts)):
                 typer.echo(json.dumps({"file": path, **scores.to_dict()}, ensure_ascii=False) if as_json
                            else f"{path}\t{show(scores)}")
-            return
-        with user_errors():
-            for block in _blocks(_lines(paths, encoding)):
-                for scores in classifier.classify(block):
-                    sys.stdout.write(show(scores) + "\n")
-                sys.stdout.flush()
+        else:
+            with user_errors():
+                for block in _blocks(_lines(paths, encoding)):
+                    unknown += sum(tokenizer.count_unknown(line) for line in block)
+                    for scores in classifier.classify(block):
+                        sys.stdout.write(show(scores) + "\n")
+                    sys.stdout.flush()
+    if unknown:
+        err.note(f"{unknown:,} character{'s are' if unknown != 1 else ' is'} not in the model's vocabulary; scored "
+                 "as the unknown token")
 
 
 def _formatter(probs: bool, top: Optional[int], as_json: bool):
