@@ -363,3 +363,16 @@ def test_no_home_folder_for_the_cache_is_one_line_and_what_only_caches_goes_on(c
                    "no home folder for charnn's cache (HOME is unset); set CHARNN_CACHE")
     r = invoke("sample", trained_run.run_dir, "--length", "5", "-q")  # (compiled kernels only cache: it samples)
     assert r.exit_code == 0 and len(r.stdout) >= 5, r.stderr
+
+
+def test_sample_reads_its_prime_file_and_adapt_file_in_the_encoding_given(trained_run, tmp_path):
+    """sample had no --encoding, yet its errors for a latin-1 --prime-file said to pass one."""
+    (tmp_path / "p.txt").write_bytes("the cat ".encode("utf-16"))
+    r = invoke("sample", trained_run.run_dir, "--prime-file", tmp_path / "p.txt", "--encoding", "utf-16", "--length",
+               "5", "--seed", "1", "-q")
+    assert r.exit_code == 0 and r.stdout.startswith("the cat "), r.stderr
+    r = invoke("sample", trained_run.run_dir, "--adapt", tmp_path / "p.txt", "--encoding", "utf-16", "--length", "5",
+               "-q")
+    assert r.exit_code == 0, r.stderr
+    one_line_error(invoke("sample", trained_run.run_dir, "--prime-file", tmp_path / "p.txt", "--encoding", "nope"), 2,
+                   "unknown encoding")

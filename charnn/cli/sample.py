@@ -28,6 +28,7 @@ def sample(
     length: Annotated[int, typer.Option(help="Characters to generate after the prime, per sample.")] = 500,
     prime: Annotated[str, typer.Option(help="Text to start from; the output begins with it.")] = "",
     prime_file: Annotated[Optional[str], typer.Option(help="Start from this file's text; '-' reads stdin.")] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of --prime-file and --adapt.")] = "utf-8",
     unknown: Annotated[str, typer.Option(help="Prime characters the model does not know: error, or skip "
                                               "(drop them).")] = "error",
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples to generate together as one "
@@ -59,12 +60,14 @@ def sample(
     """Generate text from a trained model; stdout carries the text and nothing else."""
     from charnn.api.model import load_model
     from charnn.checkpoint import SEQ2SEQ_HINT
+    from charnn.data.sources import check_encoding
     from charnn.generation.prompt import read_prime
     from charnn.generation.sampler import Sampler
     from charnn.threadwatch import measuring
 
     with user_errors("sample"):
         _check_inputs(prime, prime_file, adapt, quiet)
+        check_encoding(encoding)  # (a latin-1 model could not be primed from its own corpus; the errors named it)
         prime, separator, stop = (typed_text(f, v) for f, v in (("--prime", prime), ("--separator", separator),
                                                                 ("--stop", stop)))
         cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, greedy=greedy, prime=prime,
@@ -80,14 +83,14 @@ def sample(
             raise CharnnError("this checkpoint is a classifier (train --classifier): it labels texts and writes "
                               "none; use `charnn classify`")
         if prime_file is not None:
-            cfg.prime = read_prime(prime_file)
+            cfg.prime = read_prime(prime_file, encoding)
         if label is not None:  # the label folded into the embedding: every sampler path serves it as is
             from charnn.scoring.classify import label_id
             label_id(model.labels, label)  # (in the command's words: for_label's are the API's)
             model = model.for_label(label)
         if adapt is not None:
             with measuring(cfg.threads, model.device):  # (--threads, or measured, for the adapting pass too)
-                model = _adapt(model, adapt, cfg.unknown, adapting, quiet)
+                model = _adapt(model, adapt, cfg.unknown, adapting, quiet, encoding)
         used_seed = cfg.sampling.seeded().seed
         sampler = Sampler(model.net, model.tokenizer, cfg, model.device, used_seed, measure=True)
         if not quiet:
@@ -109,13 +112,14 @@ def _check_inputs(prime: str, prime_file: Optional[str], adapt: Optional[str], q
         err.print(f"reading the {'prime' if prime_file == '-' else '--adapt text'} from the terminal (Ctrl-D ends)")
 
 
-def _adapt(model, path: str, unknown: str, cfg, quiet: bool):
+def _adapt(model, path: str, unknown: str, cfg, quiet: bool, encoding: str = "utf-8"):
     """The model after dynamic evaluation over the file at `path` (`Model.adapt`: a copy, the loaded weights are
     left as they are); characters it does not know are an error or, with --unknown skip, dropped (a note says
     which)."""
     from charnn.generation.prompt import clean_prime, read_prime
 
-    text, skipped = clean_prime(model.tokenizer, read_prime(path, what="adapt file"), unknown, what=f"--adapt {path!r}")
+    text, skipped = clean_prime(model.tokenizer, read_prime(path, encoding, what="adapt file"), unknown,
+                                what=f"--adapt {path!r}")
     if not text:
         raise CharnnError(f"--adapt {path!r} has no characters the model knows")
     adapted = model.adapt(text, cfg.lr, cfg.decay, cfg.segment)
