@@ -69,6 +69,29 @@ def test_train_loss_is_the_mean_since_the_previous_record(tmp_path):
     assert [(r["step"], r["train_loss"], r.get("val_loss")) for r in records] == [(3, 2.0, None), (5, 5.0, 0.5)]
 
 
+def test_the_saved_steps_record_is_written_with_its_checkpoint(tmp_path):
+    """A kill -9 after a save lost that step's record for good (it waited for the next step or the eval event,
+    and a resume keeps only records up to the checkpoint's step): written at the save, and an evaluation's
+    val_loss then rewrites that last line."""
+    log = MetricsLogger(tmp_path, every=2)
+    log("start", {"step": 0})
+    for s in (1, 2):
+        log("step", step_event(s, 1.0))
+    log("saved", {"path": "last.pt", "step": 2})  # a time save (--save-every-secs)
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [2]  # (before the next step)
+    for s in (3, 4):
+        log("step", step_event(s, 2.0))
+    log("saved", {"path": "best.pt", "step": 4})
+    log("saved", {"path": "last.pt", "step": 4})
+    assert [(r["step"], r.get("val_loss")) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(2, None), (4, None)]
+    log("eval", eval_event(4, 0.5))
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert [(r["step"], r["train_loss"], r.get("val_loss")) for r in read_metrics(tmp_path / "metrics.jsonl")] == \
+        [(2, 1.0, None), (4, 2.0, 0.5)] and text.count("\n") == 2
+    log("done", {})
+    assert (tmp_path / "metrics.jsonl").read_text() == text
+
+
 def test_a_fresh_run_starts_the_file_anew_and_a_resume_keeps_it(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "train_loss": 1.0}) + "\n" for s in (1, 2, 3, 4)))

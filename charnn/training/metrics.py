@@ -162,17 +162,22 @@ class MetricsLogger:
         self.start_step: Optional[int] = None  # set by "start"; files are opened at the first "saved"
         self.chars_per_token = 1.0  # (the start event's: train_loss is written per character)
         self.backlog: List[dict] = []
+        self.last_record: Optional[dict] = None  # the last line written, and where it starts (an eval's val_loss
+        self.last_offset = 0  # rewrites it when the save before the eval wrote it)
 
     def __call__(self, kind: str, info: dict) -> None:
         if kind == "start":
             self.start_step = info.get("step", 0)
             self.chars_per_token = info.get("chars_per_token") or 1.0
-        elif kind == "saved" and self.start_step is not None:
-            self._start(self.start_step)
-            self.start_step = None
-            backlog, self.backlog = self.backlog, []
-            for rec in backlog:
-                self._append(rec)
+        elif kind == "saved":
+            if self.start_step is not None:
+                self._start(self.start_step)
+                self.start_step = None
+                backlog, self.backlog = self.backlog, []
+                for rec in backlog:
+                    self._append(rec)
+            if self.pending is not None and self.pending["step"] == info["step"]:  # the saved step's record goes
+                self._flush()  # out with it (a kill before the next step lost it, and a resume never wrote it)
         elif kind == "step":
             self._flush()
             self._loss_sum, self._loss_n = self._loss_sum + info["loss"], self._loss_n + 1
@@ -181,6 +186,9 @@ class MetricsLogger:
                 self.pending = self._record(info)
         elif kind == "eval":
             rec = self.pending if self.pending and self.pending["step"] == info["step"] else None
+            written = self.last_record if self.last_record and self.last_record["step"] == info["step"] else None
+            if rec is None and written is not None:  # (written at the save just before: it gets its val_loss)
+                rec, self.last_written = dict(written), info["step"] - 1
             if rec is None:
                 last = self.last_step_info
                 rec = self._record(last) if last and last["step"] == info["step"] else {"step": info["step"]}
@@ -235,9 +243,13 @@ class MetricsLogger:
         if rec["step"] <= self.last_written:
             return
         line = (json.dumps(rec) + "\n").encode("utf-8")
+        again = self.last_record is not None and rec["step"] == self.last_record["step"]  # (with its val_loss)
         try:
             with open(self.path, "ab", buffering=0) as f:
                 end = f.seek(0, 2)
+                if again:
+                    f.truncate(self.last_offset)
+                    end = f.seek(0, 2)
                 try:
                     done = 0
                     while done < len(line):  # an unbuffered write may write part of it
@@ -247,4 +259,4 @@ class MetricsLogger:
                     raise
         except OSError as e:
             raise write_failed(write_error(e, self.path.parent), self.path, len(line), HINT) from None
-        self.last_written = rec["step"]
+        self.last_written, self.last_record, self.last_offset = rec["step"], rec, end
