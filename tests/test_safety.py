@@ -287,3 +287,21 @@ def test_a_file_where_the_run_folder_would_be_names_the_flag_to_change(tmp_path,
     r = invoke("train", corpus_txt, "--out", tmp_path, "--max-steps", "1", *SMALL)
     one_line_error(r, 1, "is a file, not a run folder", "another --name")
     assert (tmp_path / "text").read_text() == "not a run"
+
+
+def test_a_resume_stopped_before_its_first_step_does_not_say_it_saved(tmp_path, corpus_txt, monkeypatch):
+    """It said "stopped at step 2; saved .../last.pt" where nothing had been written."""
+    assert invoke("train", corpus_txt, "--out", tmp_path, "--max-steps", "2", *SMALL).exit_code == 0
+    run = tmp_path / "text"
+    before = digest(run)
+
+    class Stopped(charnn.training.trainer.StopRequest):
+        def __init__(self):
+            super().__init__()
+            self.signum = signal.SIGINT  # (as if Ctrl-C came just as the loop began)
+
+    monkeypatch.setattr(charnn.training.trainer, "StopRequest", Stopped)
+    r = invoke("train", corpus_txt, "--out", tmp_path, "--resume", "--max-steps", "1000")
+    assert r.exit_code == 130, r.stderr
+    assert "is as it was (no step was trained)" in r.stderr and "; saved" not in r.stderr, r.stderr
+    assert digest(run) == before

@@ -223,7 +223,8 @@ def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: s
     enc += "--pairs " if trainer.cfg.pairs else ""
     enc += f"--label-by {trainer.cfg.label_by} " if trainer.cfg.label_by else ""
     enc += "--classifier " if trainer.cfg.classifier else ""
-    err.print(f"[yellow]stopped at step {trainer.step}; saved {e.path}. Resume with: {_launcher(dist)}charnn train "
+    done = f"saved {e.path}" if trainer.step > trainer.start_step else f"{e.path} is as it was (no step was trained)"
+    err.print(f"[yellow]stopped at step {trainer.step}; {done}. Resume with: {_launcher(dist)}charnn train "
               f"{''.join(_quote(a) for a in corpus_args)}--name {shlex.quote(trainer.run_dir.name)} "
               f"--out {shlex.quote(out)} {enc}--resume[/]", markup=True)
     raise typer.Exit(code) from None
