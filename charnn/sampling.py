@@ -206,8 +206,9 @@ class TransduceConfig:
             problems.append("`--beam` searches for the most likely outputs; `--temp/--top-k/--top-p` sample varied "
                             "ones. Choose one")
         elif self.sampling is None and self.n_best > self.beam >= 1:
-            problems.append(f"`--n-best {self.n_best}` needs at least that many beams; add `--beam {self.n_best}` "
-                            "(or sample N outputs with --temp)")
+            sample = "" if given.greedy else " (or sample N outputs with --temp)"  # (--temp 0 is greedy: not that)
+            problems.append(f"`--n-best {self.n_best}` needs at least that many beams; add `--beam {self.n_best}`"
+                            f"{sample}")
         if not (is_number(self.length_penalty) and 0.0 <= self.length_penalty <= MAX_LENGTH_PENALTY):
             problems.append(f"`--length-penalty` must be a number from 0 to {MAX_LENGTH_PENALTY:g}, got "
                             f"{shown(self.length_penalty)}")  # (600 overflowed ((5 + length) / 6) ** A)

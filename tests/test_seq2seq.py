@@ -312,7 +312,10 @@ def test_user_errors_are_one_line(reverse_run, tmp_path):
     run = str(reverse_run / "rev")
     one_line_error(runner.invoke(app, ["transduce", run], input="abc\nabXc\n"), 1, "stdin:2", "'X'", "--unknown skip")
     one_line_error(runner.invoke(app, ["sample", run]), 1, "charnn transduce")
-    one_line_error(runner.invoke(app, ["transduce", run, "--n-best", "3"]), 2, "--beam 3")
+    one_line_error(runner.invoke(app, ["transduce", run, "--n-best", "3"]), 2, "--beam 3", "sample N outputs")
+    greedy = runner.invoke(app, ["transduce", run, "--n-best", "3", "--temp", "0"])  # (--temp 0 is greedy: it was
+    one_line_error(greedy, 2, "--beam 3")  # told to sample N outputs with --temp)
+    assert "--temp" not in greedy.stderr
     one_line_error(runner.invoke(app, ["transduce", run, "--beam", "2", "--temp", "0.5"]), 2, "Choose one")
     one_line_error(runner.invoke(app, ["transduce", run, str(tmp_path / "nope.txt")]), 1, "does not exist")
     one_line_error(runner.invoke(app, ["train", "--no-attention"]), 2, "--pairs")
