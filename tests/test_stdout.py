@@ -80,4 +80,5 @@ def test_a_closed_stdout_or_stdin_is_one_line_not_a_traceback(trained_run, corpu
     p = subprocess.run(["bash", "-c", f"{sys.executable} -m charnn sample {run} --prime-file - --length 5 -q <&-"],
                        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and p.stdout == "" and "Traceback" not in p.stderr, p.stderr  # a closed stdin is an
-    assert p.stderr.strip() == "charnn: error: the prime file on stdin (-) is empty"  # empty prime, as an empty file
+    assert p.stderr.strip() == "charnn: error: the prime file on stdin (-) is empty: stdin is closed (<&-)"  # empty
+    # prime, as an empty file, and said why

@@ -121,6 +121,8 @@ class _Closed(io.TextIOBase):
     at once, writing fails as a closed descriptor does, so `writing_results` says so in one line (an
     AttributeError traceback was printed, or nothing at all with exit 0)."""
 
+    shut = True  # (what says "stdin is closed" where reading it found nothing)
+
     def read(self, size: int = -1) -> str:
         return ""
 

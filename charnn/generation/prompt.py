@@ -20,7 +20,8 @@ def read_prime(path: str, encoding: str = "utf-8", what: str = "prime file") -> 
         return read_text(path, what, encoding)
     text = decode_bytes(sys.stdin.buffer.read(), "stdin", encoding)
     if not text:
-        raise CharnnError(f"the {what} on stdin (-) is empty")
+        closed = getattr(sys.stdin, "shut", False)  # (the command line's stand-in for a stdin the shell closed)
+        raise CharnnError(f"the {what} on stdin (-) is empty" + (": stdin is closed (<&-)" if closed else ""))
     return text
 
 
