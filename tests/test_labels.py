@@ -101,6 +101,9 @@ def test_line_labels_split_at_random_and_bad_lines_name_file_and_line(tmp_path):
     text = load_labelled([str(path)], "line", val_frac=0.5, skip_bad_lines=True)
     assert text.skipped_lines == 2 and text.names == ["de", "en", "fr"]
     assert sorted(d.label for d in text.train) == [1, 2, 3] and sorted(d.label for d in text.val) == [1, 2]
+    path.write_bytes(b"en\tone\rde\ttwo\ren\tthree\r")  # (CR line ends: one line, one label, and no word why)
+    with pytest.raises(CharnnError, match="found one label .*its lines end in CR alone"):
+        load_labelled([str(path)], "line")
     path.write_text("en\tone\nen \tuno\n de\ttwo\nde\tzwei\n", encoding="utf-8")  # (stray spaces: labels of
     assert load_labelled([str(path)], "line", val_frac=0.5).names == ["de", "en"]  # their own, "en " beside "en")
     # a label's only line stays in training: a random share of all lines could hold out a rare label's every line

@@ -195,7 +195,9 @@ def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = No
         names = sorted({label for label, _ in raw})
         index = {n: i for i, n in enumerate(names)}
         if len(names) < 2:
-            raise CharnnError(f"--label-by line found one label ({names[0]!r}); labels need at least 2")
+            cr = any("\r" in text for _, text in raw)  # (a file of old Mac line ends reads as one line)
+            raise CharnnError(f"--label-by line found one label ({names[0]!r}); labels need at least 2" +
+                              ("; its lines end in CR alone (a line ends at LF): convert them" if cr else ""))
     return [Document(index[label] + 1, text + "\n") for label, text in raw], list(names), bad
 
 
