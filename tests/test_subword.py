@@ -96,6 +96,35 @@ def test_text_survives_a_tokenizer_trained_on_text_without_spaces(kind):
         assert tok.token_chars(tok.encode(sample)) == len(sample)
 
 
+def test_a_tokenizer_saved_before_spaces_went_as_bytes_keeps_its_ids_and_a_fine_tune_of_it_does_not(tmp_path):
+    """Runs saved before (their tokenizer state says nothing of spaces) encode as they were trained, so --resume
+    finds the same text; --init-from such a base spaces as now (its text had no spaces to learn)."""
+    import random
+
+    from charnn.checkpoint import load_checkpoint
+    from charnn.text.tokenizer import tokenizer_from_state
+    rng = random.Random(0)
+    text = "".join(rng.choice(["日本", "語", "の", "です", "。", "\n"]) for _ in range(5000))
+    new = SentencePieceTokenizer.train("bpe", text, 300, threads=1)
+    assert new.state()["space"] == "byte"
+    old = tokenizer_from_state({k: v for k, v in new.state().items() if k != "space"})
+    assert "space" not in old.state() and tokenizer_from_state(new.state()).decode(new.encode(" a")) == " a"
+    assert list(old.encode(" a")) != list(new.encode(" a")) and old.decode(old.encode(" a")) == "\u2581a"  # (as then)
+    (tmp_path / "ja.txt").write_text(text, encoding="utf-8")
+    args = ["--hidden", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "4", "--max-steps", "2", "--threads",
+            "1", "-q", "--out", str(tmp_path)]
+    assert runner.invoke(app, ["train", str(tmp_path / "ja.txt"), "--tokenizer", "bpe", "--vocab-size", "300",
+                               *args]).exit_code == 0
+    for name in ("best.pt", "last.pt"):  # (as a run saved before)
+        data = torch.load(tmp_path / "ja" / name, weights_only=True)
+        data["tokenizer"].pop("space")
+        torch.save(data, tmp_path / "ja" / name)
+    (tmp_path / "en.txt").write_text("the cat sat on the mat\n" * 200, encoding="utf-8")
+    r = runner.invoke(app, ["train", str(tmp_path / "en.txt"), "--init-from", str(tmp_path / "ja"), *args])
+    assert r.exit_code == 0, r.stderr
+    assert load_checkpoint(tmp_path / "en" / "last.pt")["tokenizer"]["space"] == "byte"
+
+
 def test_pieces_span_words_and_whitespace_is_kept(bpe):
     ids = bpe.encode("the cat sat on the mat\n")
     assert len(ids) < 0.6 * 23  # real subwords (only ~25 merges fit in 300), not one id per character

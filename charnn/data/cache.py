@@ -25,7 +25,8 @@ from charnn.config import cache_root, cache_umask
 from charnn.data.files import NO_SPACE, write_atomic, write_error, write_failed
 from charnn.errors import CharnnError
 
-FORMAT = 2  # bump when the layout of an entry or what is encoded changes (2: files' byte-order marks left out)
+FORMAT = 3  # bump when the layout of an entry or what is encoded changes (2: files' byte-order marks left out; 3: a
+# subword tokenizer without a space piece writes a space as its byte)
 HASH_BLOCK = 8 << 20
 HINT = "set CHARNN_CACHE to another folder"
 

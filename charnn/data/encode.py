@@ -242,7 +242,7 @@ def _build(key: str, parts: List[Part], val_parts: List[Part], encoding: str, sp
         if tok.kind == "char":
             meta["tokenizer"] = tok.state()
         else:
-            meta["tokenizer"] = {"kind": tok.kind}
+            meta["tokenizer"] = {k: v for k, v in tok.state().items() if k != "model"}  # (its kind and spacing)
             extra = {"tokenizer.model": _model_bytes(tok.state()["model"])}
         for path, stamp in stamps:
             st = path.stat()

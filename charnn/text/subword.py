@@ -51,10 +51,13 @@ def _spm():
 class SentencePieceTokenizer:
     """The tokenizer interface of `CharTokenizer` over a sentencepiece model with byte fallback."""
 
-    def __init__(self, kind: str, model: bytes):
+    def __init__(self, kind: str, model: bytes, space: str = "byte"):
+        """`space`: how a space goes where no piece is sentencepiece's space marker (text without spaces trained
+        the tokenizer): "byte", its byte piece; "marker", the marker's bytes (decoded as a literal U+2581), as
+        tokenizers saved before their state said which did (their runs resume on the ids they were trained on)."""
         if kind not in KINDS:
             raise CharnnError(f"unknown subword tokenizer {kind!r}")
-        self.kind, self.model = kind, bytes(model)
+        self.kind, self.model, self.space = kind, bytes(model), space
         try:
             self.sp = _spm().SentencePieceProcessor(model_proto=self.model)
         except (RuntimeError, OSError) as e:
@@ -67,7 +70,7 @@ class SentencePieceTokenizer:
         self._byte_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
         # a tokenizer trained on text without spaces (Chinese, Japanese) has no piece for sentencepiece's space
         # marker: a space was written as the marker's bytes and came back as a literal "▁"; it goes as its byte
-        self._special = _SPECIAL_SPACE if sp.piece_to_id(SPACE) == self.unk_id else _SPECIAL
+        self._special = _SPECIAL_SPACE if sp.piece_to_id(SPACE) == self.unk_id and space == "byte" else _SPECIAL
         self._utf8: Optional[Tuple[np.ndarray, np.ndarray]] = None  # see utf8_tables
 
     def _piece_bytes(self, i: int) -> bytes:
@@ -174,7 +177,7 @@ class SentencePieceTokenizer:
         return ByteStreamDecoder(self, skip)
 
     def state(self) -> dict:
-        return {"kind": self.kind, "model": self.model}
+        return {"kind": self.kind, "model": self.model, **({"space": "byte"} if self.space == "byte" else {})}
 
 
 class ByteStreamDecoder:

@@ -129,5 +129,5 @@ def tokenizer_from_state(state: dict):
             model = model.numpy().tobytes()
         if not isinstance(model, (bytes, bytearray)):
             raise CharnnError(f"checkpoint's {kind} tokenizer carries no sentencepiece model")
-        return SentencePieceTokenizer(kind, model)
+        return SentencePieceTokenizer(kind, model, "byte" if state.get("space") == "byte" else "marker")
     raise CharnnError(f"checkpoint uses tokenizer {kind!r}, which this version of charnn does not know")

@@ -35,7 +35,10 @@ class Parent:
 
     @property
     def tokenizer_state(self) -> dict:
-        return self.data["tokenizer"]
+        """The base's tokenizer, for the new run: a subword one spaces as charnn does now (a base saved before
+        spaced its spaces as the marker's bytes; its text had none, so its model never learned them)."""
+        state = self.data["tokenizer"]
+        return {**state, "space": "byte"} if isinstance(state, dict) and state.get("kind") != "char" else state
 
     def record(self) -> dict:
         """What the checkpoint, config.json and `charnn info` say about the parent."""
