@@ -303,3 +303,14 @@ def test_a_run_stopped_by_its_max_time_is_refused_on_resume_though_its_reserve_w
     check_steps_left(saved, TrainConfig(name="r", max_time=60), explicit={"max_time"})  # time to train: fine
     with pytest.raises(ConfigError, match="run stdlib has used"):  # (named by its folder: a run of the built-in
         check_steps_left(saved, TrainConfig(max_time=8), explicit=set(), run="stdlib")  # corpus said "run NAME")
+
+
+def test_a_run_saved_with_an_empty_val_file_or_init_from_still_resumes(tmp_path):
+    """Before an empty --val-file/--init-from was refused (an unset variable), it was taken as not given and saved
+    as ''; resuming such a run was refused over flags its user could not change."""
+    from charnn.training.resume import resume_config
+    saved = {"train_config": {**TrainConfig(out=str(tmp_path), name="r", max_steps=10).__dict__, "val_file": "",
+                              "init_from": ""}}
+    cfg = resume_config(saved, TrainConfig(out=str(tmp_path), name="r", max_steps=20), ModelConfig(vocab_size=5),
+                        {"max_steps"})
+    assert cfg.val_file is None and cfg.init_from is None and cfg.max_steps == 20
