@@ -186,8 +186,9 @@ def test_the_default_warmup_fits_a_short_run(corpus_file, tmp_path):
     from charnn.training.run import train_configs
     assert train_configs({"max_steps": 20})[1].warmup == 5
     assert train_configs({"max_steps": 200})[1].warmup == 50 == train_configs({"max_time": "5m"})[1].warmup
-    assert train_configs({"max_steps": 20, "warmup": 50})[1].warmup == 5  # (charnn.train passes every keyword)
-    assert train_configs({"max_steps": 20, "warmup": 30})[1].warmup == 30  # (given: the user's)
+    assert train_configs({"max_steps": 20, "warmup": 50})[1].warmup == 50  # (given, the default's value too: the
+    assert train_configs({"max_steps": 20, "warmup": 30})[1].warmup == 30  # user's)
+    assert train_configs({"max_steps": 20, "warmup": 50}, given={"max_steps"})[1].warmup == 5
     r = invoke("train", corpus_file, "--out", tmp_path, "--max-steps", "20", "--hidden", "16", "--layers", "1",
                "--threads", "1")
     assert r.exit_code == 0 and json.loads((tmp_path / "tiny" / "config.json").read_text())["train"]["warmup"] == 5

@@ -19,7 +19,8 @@ def train(corpus: Union[None, str, Sequence[str]] = None, *, on_event: Optional[
     Progress goes to `on_event(kind, info)` (never printed); the run's metrics.jsonl is written as the CLI does.
     Returns where the run went, its steps, best and last val loss, elapsed seconds and why it stopped.
     Ctrl-C (a notebook's interrupt; SIGTERM, SIGHUP) stops it after the current step with last.pt saved, as the
-    command does, then raises KeyboardInterrupt (a second one: at once); resume=True continues it."""
+    command does, then raises KeyboardInterrupt (a second one: at once; before the first step, while the text is
+    read, at once too: there is nothing to save); resume=True continues it."""
     if on_event is not None and not callable(on_event):  # (it failed at the first event, after the text was read)
         raise ParamError(f"`on_event` must be a function (kind, info) or None, got {type(on_event).__name__}",
                          "on_event")

@@ -81,8 +81,7 @@ def train_configs(flags: dict, caller: str = "charnn.train",
         train["max_time"] = parse_duration(train["max_time"])
     # the default warm-up is at most a quarter of a --max-steps run (--max-steps 20 warmed up all the way and
     # never trained at --lr; a tenth was too short for a 200-step run at --lr 2e-2); a --warmup given is the user's
-    if train.get("max_steps") and not flags.get("resume") and train.get("warmup", TrainConfig.warmup) == \
-            TrainConfig.warmup:  # (charnn.train passes every keyword: the default's value counts as not given)
+    if train.get("max_steps") and not flags.get("resume") and "warmup" not in given:
         train["warmup"] = min(TrainConfig.warmup, max(1, train["max_steps"] // 4))
     return model_cfg, TrainConfig(**train).validate()
 
