@@ -209,6 +209,15 @@ def test_a_small_corpus_trains_on_fewer_rows_than_the_default_batch(tmp_path):
         name = "llm" if "llm" in flags else corpus.split(".")[0]
         assert json.loads((tmp_path / name / "config.json").read_text())["train"]["batch_size"] == rows, flags
     one_line_error(invoke("train", tmp_path / "lm.txt", "--batch-size", "8", *small), 1, "lower --batch-size")
+    import torch
+
+    from charnn.config import TrainConfig
+    from charnn.tasks.base import Task  # under torchrun --batch-size is the whole batch: each process's share
+    task = Task(None)  # of the rows (2 processes on that text were told to lower --batch-size again)
+    task.train_ids = torch.zeros(700, dtype=torch.long)
+    cpu = torch.device("cpu")
+    assert [task.default_batch_size(cpu, TrainConfig(seq_len=128), world) for world in (1, 2)] == [5, 4]
+    assert task.default_batch_size(cpu, TrainConfig(seq_len=16), 2) == 16
 
 
 def test_adapt_reads_stdin_and_an_empty_prime_is_one_line_from_a_file_or_stdin(trained_run, tmp_path):

@@ -39,10 +39,15 @@ class Task:
         self.batches = None
 
     # -- data ---------------------------------------------------------------------------------------
-    def default_batch_size(self, device: torch.device, cfg: TrainConfig) -> int:
-        """Rows per batch and process when --batch-size is not given: charnn.device's, cut to the rows the training
-        data fills (a short text trains on fewer streams, where it was an error about a flag never given)."""
-        return max(1, min(default_batch_size(device), self.rows(cfg)))
+    def default_batch_size(self, device: torch.device, cfg: TrainConfig, world: int = 1) -> int:
+        """The batch when --batch-size is not given, over `world` processes: `rows_per_process` each, cut to a
+        share of the rows the training data fills (a short text trains on fewer streams, where it was an error
+        about a flag never given; under torchrun the share is per process)."""
+        return world * max(1, min(self.rows_per_process(device), self.rows(cfg) // world))
+
+    def rows_per_process(self, device: torch.device) -> int:
+        """Rows per batch and process by default (asked after `prepare`): charnn.device's."""
+        return default_batch_size(device)
 
     def rows(self, cfg: TrainConfig) -> int:
         """How many rows the training data fills (asked after `prepare`): streams of --seq-len tokens here."""

@@ -55,11 +55,12 @@ class PairsTask(Task):
     kind = "pairs"
     serves = "pairs"
 
-    def default_batch_size(self, device: torch.device, cfg: TrainConfig) -> int:
-        """On a CPU, sized for the training pairs (so asked after `prepare`); on a GPU, charnn.device's; never more
-        than there are training pairs."""
-        n = len(self.data.train_src)
-        return max(1, min(n, batch_for(n) if device.type == "cpu" else default_batch_size(device)))
+    def rows_per_process(self, device: torch.device) -> int:
+        """On a CPU, sized for the training pairs (so asked after `prepare`); on a GPU, charnn.device's."""
+        return batch_for(len(self.data.train_src)) if device.type == "cpu" else default_batch_size(device)
+
+    def rows(self, cfg: TrainConfig) -> int:
+        return len(self.data.train_src)
 
     def prepare(self, cfg: TrainConfig, resumed: Optional[dict], parent, encoding: str, on_event) -> None:
         if parent is not None:

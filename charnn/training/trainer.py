@@ -91,7 +91,7 @@ class Trainer:
         self.task.prepare(cfg, resumed, parent, encoding, self.on_event)
         self.replaces = runstate.text_and_folder(resumed, self.task.data_record, self.run_dir, cfg, explicit)
         if cfg.batch_size is None:  # per process (a task may size it for its data); --batch-size is the global batch
-            self.cfg = cfg = replace(cfg, batch_size=self.task.default_batch_size(self.device, cfg) * self.dist.world)
+            self.cfg = cfg = replace(cfg, batch_size=self.task.default_batch_size(self.device, cfg, self.dist.world))
         self.batches = self.task.make_batches(cfg, self.device)
         self.batches.shard(*self.dist.part)
         if self.dist.active:
