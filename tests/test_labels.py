@@ -564,3 +564,18 @@ def test_classify_says_how_many_characters_the_model_does_not_know(labelled_run)
     assert "note: 3 characters are not in the model's vocabulary" in r.stderr
     r = runner.invoke(app, ["classify", str(labelled_run), "-q"], input="the cat 日本語\n")
     assert r.exit_code == 0 and "vocabulary" not in r.stderr
+
+
+def test_resuming_a_run_whose_labels_differed_only_by_spaces_says_why_not(tmp_path):
+    """A run saved before labels were stripped ("pos " beside "pos") was told its own corpus was another one."""
+    from conftest import one_line_error
+    rows = "".join(f"{'pos' if i % 2 else 'neg'}\tline {i} of text\n" for i in range(40))
+    (tmp_path / "l.tsv").write_text(rows, encoding="utf-8")
+    args = ["train", str(tmp_path / "l.tsv"), "--label-by", "line", "--out", str(tmp_path), "--hidden", "16",
+            "--layers", "1", "--threads", "1", "-q"]
+    assert runner.invoke(app, [*args, "--max-steps", "2"]).exit_code == 0
+    data = torch.load(tmp_path / "l" / "last.pt", weights_only=True)
+    data["labels"]["names"] = ["neg", "pos", "pos "]  # (as such a run saved them)
+    torch.save(data, tmp_path / "l" / "last.pt")
+    one_line_error(runner.invoke(app, [*args, "--resume", "--max-steps", "4"]), 2, "differ only by spaces",
+                   "--init-from")

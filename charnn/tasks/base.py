@@ -151,7 +151,13 @@ def check_same_labels(saved: Optional[dict], task: Task, run: str) -> None:
         by = (saved or {}).get("by")
         raise ConfigError(f"--resume: run {run!r} was trained {'with --label-by ' + by if by else 'without labels'}; "
                           "resume it the same way")
-    if saved and (saved.get("by") != corpus.by or list(saved.get("names", [])) != corpus.names):
+    names = list((saved or {}).get("names", []))
+    if saved and saved.get("by") == corpus.by == "line" and names != corpus.names and \
+            sorted({n.strip() for n in names}) == corpus.names:  # (charnn strips them now: "pos " was its own label)
+        raise ConfigError(f"--resume: run {run!r} was trained on labels that differ only by spaces around them "
+                          f"({', '.join(repr(n) for n in names)}), which --label-by line now strips; continue it as a "
+                          "new run: --init-from the run's folder, under another --name")
+    if saved and (saved.get("by") != corpus.by or names != corpus.names):
         raise ConfigError(f"--resume: run {run!r} was trained on labels {', '.join(saved.get('names', []))} "
                           f"(--label-by {saved.get('by')}); this corpus has {', '.join(corpus.names)} "
                           f"(--label-by {corpus.by}). Resume with the same corpus, or start a new run")
