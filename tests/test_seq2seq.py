@@ -723,3 +723,17 @@ def test_resuming_on_other_pairs_points_at_what_works(tmp_path):
                                              "rev", "--resume", "-q")])
     one_line_error(r, 2, "Pass those pairs again", "a --pairs model trains from scratch")
     assert "with --init-from and" not in r.stderr
+
+
+def test_a_pairs_run_with_its_own_seed_and_val_frac_resumes_without_them(tmp_path):
+    """The pairs were split with the command line's defaults before the saved settings came in: "this text has
+    1,821 training tokens", the same file."""
+    words = ["cat", "dog", "bird", "fish", "cow", "ant", "bee", "owl", "yak", "elk"]
+    (tmp_path / "p.tsv").write_text("".join(f"{a}{b}\t{(a + b)[::-1]}\n" for a in words for b in words),
+                                    encoding="utf-8")
+    small = ["--out", str(tmp_path), "--hidden", "16", "--embed", "8", "--layers", "1", "--threads", "1", "-q"]
+    assert runner.invoke(app, ["train", str(tmp_path / "p.tsv"), "--pairs", "--seed", "1", "--val-frac", "0.2",
+                               "--max-steps", "2", *small]).exit_code == 0
+    r = runner.invoke(app, ["train", str(tmp_path / "p.tsv"), "--pairs", "--resume", "--max-steps", "4", *small])
+    assert r.exit_code == 0, r.stderr
+    assert torch.load(tmp_path / "p" / "last.pt", weights_only=True)["step"] == 4

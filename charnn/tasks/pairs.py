@@ -66,6 +66,8 @@ class PairsTask(Task):
         if parent is not None:
             raise ConfigError("`--init-from` fine-tunes language models; a `--pairs` model trains from scratch")
         tokenizers = (resumed["source_tokenizer"], resumed["tokenizer"]) if resumed else None
+        if resumed:  # the split the run was saved with (its --seed and --val-frac: the command line's defaults had
+            self.corpus = self.corpus.split(cfg.val_frac, cfg.seed)  # split it, and it was "another text")
         data = self.data = prepare_pairs(self.corpus, tokenizers, cfg.eval_tokens)
         self.pairs = {**self.corpus.record(), "skipped_lines": self.corpus.skipped_lines}
         # a fresh run's model flags the user left open, sized for the data (a resumed run keeps its model)
