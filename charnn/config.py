@@ -9,7 +9,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-
 from charnn.errors import CharnnError, ConfigError
 
 CELLS = ("lstm", "gru", "rnn")

@@ -199,8 +199,8 @@ def test_html_page_is_self_contained(trained_run, corpus_file, tmp_path):
     one_line_error(invoke("show", trained_run.run_dir, corpus_file, "--html", tmp_path / "no" / "p.html"), 2,
                    "does not exist")
     one_line_error(invoke("show", trained_run.run_dir, corpus_file, "--html", tmp_path), 2, "names no file")
-    one_line_error(invoke("show", trained_run.run_dir, corpus_file, "--html", ""), 2, "names no file")  # (it said
-    # "file '' is a directory"); plot -o the same ways (it made the missing folders):
+    one_line_error(invoke("show", trained_run.run_dir, corpus_file, "--html", ""), 2, "--html '' names no file")
+    # (it said "file '' is a directory", then "--html '.'"); plot -o the same ways (it made the missing folders):
     one_line_error(invoke("plot", trained_run.run_dir, "-o", tmp_path / "no" / "c.png"), 2, "does not exist")
     assert not (tmp_path / "no").exists()
 

@@ -107,7 +107,7 @@ def user_errors(command: str = ""):
             raise
         if isinstance(e, KeyboardInterrupt):  # (SIGTERM and SIGHUP before training began: 143 and 129, as after)
             err.print("[yellow]interrupted[/]", markup=True)
-            raise typer.Exit({15: 143, 1: 129}.get(getattr(e, "signum", 2), 130)) from None
+            raise typer.Exit(signal_exit_code(getattr(e, "signum", signal.SIGINT))) from None
         fail(str(e) if isinstance(e, CharnnError) else out_of_memory(command), 2 if isinstance(e, ConfigError) else 1)
     except OSError as e:  # a path the system refused where no check names it (a name over 255 bytes, a loop of links)
         if debug or e.filename is None:  # (without a path it is not the user's to fix here: let it show)
@@ -144,6 +144,12 @@ def check_output_file(path, flag: str, example: str) -> Path:
         why = "is not a folder" if p.parent.exists() else "does not exist"
         raise ConfigError(f"{flag} {text!r}: its folder {str(p.parent)!r} {why}")
     return p
+
+
+def signal_exit_code(signum: int) -> int:
+    """What a command stopped by a signal exits with, as a shell reports a process the signal ended: 128 + its
+    number (SIGINT 130, SIGTERM 143, SIGHUP 129); 130 for any other (Windows' SIGBREAK)."""
+    return 128 + int(signum) if int(signum) in (1, 2, 15) else 130
 
 
 LONGEST_ERROR = 2000  # characters of an error line; past them its middle is left out

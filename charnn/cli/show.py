@@ -22,7 +22,7 @@ def show(
     args: Annotated[Optional[List[str]], typer.Argument(help="[CHECKPOINT] [FILE]: a .pt file or run folder "
                                                              "(default: the newest run), then the text (- or "
                                                              "nothing: stdin).", show_default=False)] = None,
-    html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained page here: hover a character "
+    html: Annotated[Optional[str], typer.Option(help="Also write a self-contained page here: hover a character "
                                                       "for the model's top guesses.", show_default=False)] = None,
     cells: Annotated[bool, typer.Option("--cells", help="The units whose activations track the text's properties "
                                                         "(quotes, brackets, line position, indentation, word "

@@ -13,7 +13,8 @@ from typing import Annotated, List, Optional, get_args
 import typer
 
 from charnn.cli.options import Device, Quiet
-from charnn.cli.output import debugging, err, import_torch, note_threads, print_curve, user_errors
+from charnn.cli.output import (debugging, err, import_torch, note_threads, print_curve, signal_exit_code,
+                               user_errors)
 from charnn.cli.kind_flags import with_model_flags
 from charnn.config import PRECISIONS, TOKENIZERS
 
@@ -171,7 +172,8 @@ def train(
     **model_flags,  # --kind, --cell, --layers, ...: every registered model kind's flags (charnn.cli.kind_flags)
 ):
     """Train a model on CORPUS; checkpoints land in OUT/NAME/best.pt and last.pt."""
-    import_torch()
+    with user_errors("train"):  # (a Ctrl-C held through the import comes out here: "interrupted", 130)
+        import_torch()
     from charnn.cli.progress import TrainProgress
     from charnn.training.distributed import Dist
     from charnn.training.run import TRAIN_FLAGS, start_run, train_configs
@@ -214,7 +216,7 @@ train = with_model_flags(train, MODEL, PAIRS, before="batch_size", pairs_before=
 def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: str, glob: Optional[str]):
     """A signal stopped training: say what was saved and the command that resumes it (every flag that decides which
     text it reads); exit 130 or 143 (129 for a closed terminal)."""
-    code = {15: 143, 1: 129}.get(e.signum, 130)
+    code = signal_exit_code(e.signum)
     if e.path is None:
         err.print("[yellow]stopped before the first step; nothing was saved[/]", markup=True)
         raise typer.Exit(code) from None
