@@ -228,3 +228,19 @@ def test_a_shell_pipeline_from_sample(trained_run):
     out = json.loads(p.stdout)
     assert out["sample_chars"] > 300 and out["longest"]["length"] >= 1
     assert [w["n"] for w in out["windows"]] == [16, 32, 64]
+
+
+def test_a_run_whose_cache_entry_is_of_an_older_format_finds_it(tmp_path, monkeypatch):
+    """A cache format change made every older run's novelty say its text was "no longer in the cache" (its entry
+    was there, in its day's format, which training no longer reuses)."""
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "t.txt").write_text(make_text(60, seed=5), encoding="utf-8")
+    assert invoke("train", tmp_path / "t.txt", "--out", tmp_path, "--max-steps", "2", "--hidden", "16", "--layers",
+                  "1", "--threads", "1", "-q").exit_code == 0
+    key = torch.load(tmp_path / "t" / "best.pt", weights_only=True)["data"]["cache_entry"]
+    meta_path = cache.entry_dir(key) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "format": 2}))
+    (tmp_path / "t.txt").unlink()  # (so only the entry can answer)
+    r = invoke("novelty", tmp_path / "t", input="the cat sat on the mat\n")
+    assert r.exit_code == 0 and "no longer in the cache" not in r.stderr, r.stderr

@@ -88,13 +88,17 @@ def entry_dir(key: str) -> Path:
     return cache_root() / "encoded" / key
 
 
-def find_entry(key: str) -> Optional[dict]:
-    """The meta of a complete cached entry, or None."""
+READABLE = (1, 2, FORMAT)  # formats whose entries hold the same layout: the ids a run of its day trained on
+
+
+def find_entry(key: str, formats: Sequence[int] = (FORMAT,)) -> Optional[dict]:
+    """The meta of a complete cached entry, or None. `formats`: READABLE where any run's own entry will do (its
+    training text for `charnn novelty`), found by the key the run recorded."""
     folder = entry_dir(key)
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         ids = folder / "ids.bin"
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not ids.is_file():
+        if not isinstance(meta, dict) or meta.get("format") not in formats or not ids.is_file():
             return None
         if ids.stat().st_size != meta["tokens"] * np.dtype(meta["dtype"]).itemsize:
             return None

@@ -124,7 +124,8 @@ def _training_entry(path: Path, data: dict, corpus: Sequence[str], glob, encodin
         raise CharnnError(f"{str(path)!r} is a labelled model (--label-by); the copying check covers runs "
                           "trained on one text stream, not labelled ones, yet")
     key = record.get("cache_entry")
-    meta = cache.find_entry(key) if key and not corpus else None
+    meta = cache.find_entry(key, cache.READABLE) if key and not corpus else None  # (the entry the run recorded,
+    # of its day's format: a run from before the last format change read "no longer in the cache")
     if meta is not None:
         return key, meta, record.get("corpus", "")
     if corpus:
