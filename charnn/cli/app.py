@@ -12,12 +12,12 @@ from typing import Annotated
 import typer
 
 from charnn import __version__
-from charnn.cli.output import error_line, writing_results
 from charnn.cli.classify import classify
 from charnn.cli.corpora import corpora
 from charnn.cli.evaluate import evaluate
 from charnn.cli.info import info
 from charnn.cli.novelty import novelty
+from charnn.cli.output import error_line, writing_results
 from charnn.cli.plot import plot
 from charnn.cli.sample import sample
 from charnn.cli.serve import serve
