@@ -737,3 +737,9 @@ def test_a_pairs_run_with_its_own_seed_and_val_frac_resumes_without_them(tmp_pat
     r = runner.invoke(app, ["train", str(tmp_path / "p.tsv"), "--pairs", "--resume", "--max-steps", "4", *small])
     assert r.exit_code == 0, r.stderr
     assert torch.load(tmp_path / "p" / "last.pt", weights_only=True)["step"] == 4
+    (tmp_path / "v.tsv").write_text("catdog\tgodtac\nowlyak\tkaylwo\n", encoding="utf-8")  # its --val-file too
+    assert runner.invoke(app, ["train", str(tmp_path / "p.tsv"), "--pairs", "--val-file", str(tmp_path / "v.tsv"),
+                               "--name", "v", "--max-steps", "2", *small]).exit_code == 0
+    r = runner.invoke(app, ["train", str(tmp_path / "p.tsv"), "--pairs", "--name", "v", "--resume", "--max-steps", "4",
+                            *small])
+    assert r.exit_code == 0, r.stderr
