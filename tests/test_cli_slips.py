@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import charnn
 from charnn.cli import app
-from charnn.errors import ConfigError
+from charnn.errors import CharnnError, ConfigError
 
 runner = CliRunner()
 
@@ -218,6 +218,8 @@ def test_a_small_corpus_trains_on_fewer_rows_than_the_default_batch(tmp_path):
     cpu = torch.device("cpu")
     assert [task.default_batch_size(cpu, TrainConfig(seq_len=128), world) for world in (1, 2)] == [5, 4]
     assert task.default_batch_size(cpu, TrainConfig(seq_len=16), 2) == 16
+    with pytest.raises(CharnnError, match="fills 5 batch rows, fewer than the 8 processes"):  # (it named
+        task.default_batch_size(cpu, TrainConfig(seq_len=128), 8)  # --batch-size, never given)
 
 
 def test_adapt_reads_stdin_and_an_empty_prime_is_one_line_from_a_file_or_stdin(trained_run, tmp_path):

@@ -12,7 +12,7 @@ import torch
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.batches import IGNORE, StreamBatches
 from charnn.device import default_batch_size
-from charnn.errors import ConfigError
+from charnn.errors import CharnnError, ConfigError
 from charnn.models import registry
 
 Callback = Callable[[str, dict], None]
@@ -43,7 +43,11 @@ class Task:
         """The batch when --batch-size is not given, over `world` processes: `rows_per_process` each, cut to a
         share of the rows the training data fills (a short text trains on fewer streams, where it was an error
         about a flag never given; under torchrun the share is per process)."""
-        return world * max(1, min(self.rows_per_process(device), self.rows(cfg) // world))
+        rows = self.rows(cfg)
+        if 0 < rows < world:  # (each process was given a row that is not there, and told to lower --batch-size)
+            raise CharnnError(f"the training data fills {rows} batch row{'s' if rows > 1 else ''}, fewer than the "
+                              f"{world} processes: use fewer processes, or more text")
+        return world * max(1, min(self.rows_per_process(device), rows // world))
 
     def rows_per_process(self, device: torch.device) -> int:
         """Rows per batch and process by default (asked after `prepare`): charnn.device's."""
@@ -154,9 +158,11 @@ def check_same_labels(saved: Optional[dict], task: Task, run: str) -> None:
     names = list((saved or {}).get("names", []))
     if saved and saved.get("by") == corpus.by == "line" and names != corpus.names and \
             sorted({n.strip() for n in names}) == corpus.names:  # (charnn strips them now: "pos " was its own label)
+        how = ("train it again under another --name (a classifier is not fine-tuned with --init-from)"
+               if task.kind == "classify" else "continue it as a new run: --init-from the run's folder, under another "
+               "--name")
         raise ConfigError(f"--resume: run {run!r} was trained on labels that differ only by spaces around them "
-                          f"({', '.join(repr(n) for n in names)}), which --label-by line now strips; continue it as a "
-                          "new run: --init-from the run's folder, under another --name")
+                          f"({', '.join(repr(n) for n in names)}), which --label-by line now strips; {how}")
     if saved and (saved.get("by") != corpus.by or names != corpus.names):
         raise ConfigError(f"--resume: run {run!r} was trained on labels {', '.join(saved.get('names', []))} "
                           f"(--label-by {saved.get('by')}); this corpus has {', '.join(corpus.names)} "

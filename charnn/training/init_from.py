@@ -35,8 +35,9 @@ class Parent:
 
     @property
     def tokenizer_state(self) -> dict:
-        """The base's tokenizer, for the new run: a subword one spaces as charnn does now (a base saved before
-        spaced its spaces as the marker's bytes; its text had none, so its model never learned them)."""
+        """The base's tokenizer, for the new run: a subword one spaces as charnn does now. A base saved before
+        wrote a space as the marker's bytes; one trained on text without spaces (the case where that differs)
+        never learned them; one that was itself fine-tuned on spaced text had, and its new run learns spaces anew."""
         state = self.data["tokenizer"]
         return {**state, "space": "byte"} if isinstance(state, dict) and state.get("kind") != "char" else state
 
