@@ -579,3 +579,17 @@ def test_resuming_a_run_whose_labels_differed_only_by_spaces_says_why_not(tmp_pa
     torch.save(data, tmp_path / "l" / "last.pt")
     one_line_error(runner.invoke(app, [*args, "--resume", "--max-steps", "4"]), 2, "differ only by spaces",
                    "--init-from")
+
+
+@pytest.mark.parametrize("kind", [[], ["--classifier"]])
+def test_a_labelled_run_with_a_val_file_resumes_without_it_given_again(tmp_path, kind):
+    """Its text was read without the saved --val-file, split by --val-frac, and found "another text"."""
+    rows = "".join(f"{'pos' if i % 2 else 'neg'}\tline {i} of some words\n" for i in range(60))
+    (tmp_path / "l.tsv").write_text(rows, encoding="utf-8")
+    (tmp_path / "v.tsv").write_text("".join(rows.splitlines(keepends=True)[:6]), encoding="utf-8")
+    args = ["train", str(tmp_path / "l.tsv"), "--label-by", "line", *kind, "--out", str(tmp_path), "--hidden", "16",
+            "--layers", "1", "--threads", "1", "-q"]
+    assert runner.invoke(app, [*args, "--val-file", str(tmp_path / "v.tsv"), "--max-steps", "2"]).exit_code == 0
+    r = runner.invoke(app, [*args, "--resume", "--max-steps", "4"])
+    assert r.exit_code == 0, r.stderr
+    assert torch.load(tmp_path / "l" / "last.pt", weights_only=True)["step"] == 4

@@ -65,6 +65,12 @@ class LabelledText:
             train, val = _split_tails(self.docs, self.names, val_frac)
         return replace(self, train=train, val=val, line_split=line_split)
 
+    def with_val_file(self, path: str, encoding: str = "utf-8", skip_bad_lines: bool = False) -> "LabelledText":
+        """The same text validated on `path`'s label<TAB>text lines (a resumed run's saved --val-file, not given
+        again: the text was read without it)."""
+        val_docs, _, bad = _lines(find_files([path], encoding=encoding), encoding, skip_bad_lines, self.names)
+        return replace(self, val_docs=val_docs, skipped_lines=self.skipped_lines + bad)
+
     def counts(self, docs: Sequence[Document]) -> Dict[str, Dict[str, int]]:
         """{name: {"docs": n, "chars": n}} over `docs`."""
         out = {name: {"docs": 0, "chars": 0} for name in self.names}

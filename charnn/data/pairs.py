@@ -53,6 +53,13 @@ class PairText:
     train: List[Pair] = field(default_factory=list)
     val: List[Pair] = field(default_factory=list)
 
+    def with_val_file(self, path: str, encoding: str = "utf-8", skip_bad: bool = False) -> "PairText":
+        """The same pairs validated on `path`'s (a resumed run's saved --val-file, not given again: the pairs were
+        read without it)."""
+        files = read_pair_files([path], encoding, None, skip_bad)
+        return replace(self, val_pairs=[p for f in files for p in f.pairs],
+                       skipped_lines=self.skipped_lines + sum(f.skipped for f in files))
+
     def split(self, val_frac: float, seed: int) -> "PairText":
         if self.val_pairs is not None:
             return replace(self, train=list(self.pairs), val=list(self.val_pairs))

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from charnn.config import ModelConfig, TrainConfig
-from charnn.data.pairs import PairBatches, prepare_pairs, read_pair_files
+from charnn.data.catalog import resolve
+from charnn.data.pairs import PairBatches, prepare_pairs
 from charnn.device import default_batch_size
 from charnn.errors import ConfigError
 from charnn.generation.decoded import references_of, score_decoded
@@ -68,8 +69,7 @@ class PairsTask(Task):
         tokenizers = (resumed["source_tokenizer"], resumed["tokenizer"]) if resumed else None
         if resumed:  # the split the run was saved with (its --seed, --val-frac or --val-file: the command line's
             if cfg.val_file and self.corpus.val_pairs is None:  # defaults had split it, and it was "another text")
-                files = read_pair_files([cfg.val_file], encoding, None, cfg.skip_bad_lines)
-                self.corpus = replace(self.corpus, val_pairs=[p for f in files for p in f.pairs])
+                self.corpus = self.corpus.with_val_file(resolve(cfg.val_file), encoding, cfg.skip_bad_lines)
             self.corpus = self.corpus.split(cfg.val_frac, cfg.seed)
         data = self.data = prepare_pairs(self.corpus, tokenizers, cfg.eval_tokens)
         self.pairs = {**self.corpus.record(), "skipped_lines": self.corpus.skipped_lines}
