@@ -232,7 +232,8 @@ class TrainConfig:
         if self.classifier and self.pairs:
             problems.append("`--classifier` and `--pairs` do not combine: a classifier reads labelled text")
         problems += threads_problems(self.threads)
-        for flag, value in (("--init-from", self.init_from), ("--val-file", self.val_file), ("--out", self.out)):
+        for flag, value in (("--init-from", self.init_from), ("--val-file", self.val_file), ("--out", self.out),
+                            ("--label-by", self.label_by)):
             if value is not None and not str(value).strip():  # (an unset shell variable: it was taken as not given)
                 problems.append(f"`{flag}` is an empty string (an unset variable?)")
         if self.name is not None and (self.name.strip() in ("", ".", "..") or "/" in self.name or "\\" in self.name):

@@ -306,7 +306,10 @@ def test_a_dying_rank_ends_the_run_and_the_last_checkpoint_stays_good(tmp_path, 
     ({"WORLD_SIZE": "0", "RANK": "0"}, "WORLD_SIZE='0'"),  # (ZeroDivisionError)
     ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 in the environment is not below WORLD_SIZE=2"),
     ({"WORLD_SIZE": "2", "RANK": "0", "CHARNN_DIST_TIMEOUT": "abc"}, "CHARNN_DIST_TIMEOUT='abc'"),
-    ({"WORLD_SIZE": "2", "RANK": "0", "CHARNN_DIST_TIMEOUT": "0"}, "a number above 0"),  # (failed at once)
+    ({"WORLD_SIZE": "2", "RANK": "0", "CHARNN_DIST_TIMEOUT": "0"}, "a number from 1"),  # (failed at once)
+    ({"WORLD_SIZE": "2", "RANK": "0", "CHARNN_DIST_TIMEOUT": "1e-320"}, "a number from 1"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "abc"},
+     "could not join the other torchrun processes"),  # (a ValueError traceback from torch's rendezvous)
 ])
 def test_a_torchrun_environment_that_makes_no_sense_is_one_line(env, words, monkeypatch, tmp_path):
     from conftest import one_line_error

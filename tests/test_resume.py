@@ -310,7 +310,7 @@ def test_a_run_saved_with_an_empty_val_file_or_init_from_still_resumes(tmp_path)
     as ''; resuming such a run was refused over flags its user could not change."""
     from charnn.training.resume import resume_config
     saved = {"train_config": {**TrainConfig(out=str(tmp_path), name="r", max_steps=10).__dict__, "val_file": "",
-                              "init_from": ""}}
+                              "init_from": "", "label_by": ""}}
     cfg = resume_config(saved, TrainConfig(out=str(tmp_path), name="r", max_steps=20), ModelConfig(vocab_size=5),
                         {"max_steps"})
-    assert cfg.val_file is None and cfg.init_from is None and cfg.max_steps == 20
+    assert cfg.val_file is None and cfg.init_from is None and cfg.label_by is None and cfg.max_steps == 20

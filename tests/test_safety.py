@@ -159,7 +159,8 @@ def test_val_split_too_small(tmp_path):
     ["--patience", "0"], ["--eval-every", "0"], ["--seed", "-1"], ["--seed", str(2**64)], ["--threads", "0"],
     ["--threads", "1000000"], ["--save-every-secs", "-1"], ["--save-every-secs", "inf"], ["--precision", "fp64"],
     ["--cell", "transformer"], ["--device", "tpu"], ["--vocab-size", str(2**31), "--tokenizer", "bpe"],
-    ["--init-from", ""], ["--val-file", ""], ["--out", ""], ["--name", " "],  # (empty: an unset variable, ignored)
+    ["--init-from", ""], ["--val-file", ""], ["--out", ""], ["--name", " "], ["--label-by", ""],  # (empty: an unset
+    # variable, ignored)
 ])
 def test_out_of_range_train_flags_exit_2_naming_the_flag(tmp_path, flags):
     one_line_error(invoke("train", "--out", tmp_path, *flags), 2, flags[0])

@@ -469,6 +469,9 @@ def test_a_non_loopback_bind_without_a_key_is_refused(trained_run):
     for flags, words in ((["--max-batch", str(2**63)], "at most 4,096"),  # (a traceback after the port was bound)
                          (["--api-key", "two\nlines"], "printable ASCII"), (["--api-key", "clé"], "printable ASCII")):
         one_line_error(CliRunner().invoke(app, ["serve", str(trained_run.run_dir), "--port", "1", *flags]), 2, words)
+    for host in ("a" * 70, "a..b"):  # (the idna codec's traceback, as the server began to listen)
+        one_line_error(CliRunner().invoke(app, ["serve", str(trained_run.run_dir), "--port", "0", "--host", host,
+                                                "--insecure"]), 1, "not a valid host name")
 
 
 def test_a_failing_generation_step_fails_its_requests_and_the_engine_carries_on(trained_run, monkeypatch):

@@ -4,6 +4,7 @@ gradient's reach falls faster for a small vanilla RNN than for an LSTM, and the 
 
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -203,6 +204,11 @@ def test_html_page_is_self_contained(trained_run, corpus_file, tmp_path):
     # (it said "file '' is a directory", then "--html '.'"); plot -o the same ways (it made the missing folders):
     one_line_error(invoke("plot", trained_run.run_dir, "-o", tmp_path / "no" / "c.png"), 2, "does not exist")
     assert not (tmp_path / "no").exists()
+    model = (trained_run.run_dir / "best.pt").read_bytes()  # (--html best.pt wrote a page over the model)
+    shutil.copy(trained_run.run_dir / "best.pt", tmp_path / "best.pt")
+    one_line_error(invoke("show", trained_run.run_dir, corpus_file, "--html", tmp_path / "best.pt"), 2,
+                   "is a checkpoint; refusing to write over it")
+    assert (tmp_path / "best.pt").read_bytes() == model
 
 
 def test_a_labelled_models_units_are_ranked_against_its_labels(tmp_path):

@@ -99,6 +99,9 @@ def listen(host: str, port: int) -> socket.socket:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:
         raise CharnnError(f"--host {host!r} is not an address or name this machine can resolve ({e.strerror})") from None
+    except UnicodeError:  # (a name part over 63 characters, or an empty one: the idna codec's traceback)
+        raise CharnnError(f"--host {host!r} is not a valid host name (each dot-separated part 1 to 63 "
+                          "characters)") from None
     sock = socket.socket(family, kind, proto)
     try:
         if os.name == "nt":  # (Windows' SO_REUSEADDR lets a second server take a port in use: no error, the

@@ -94,8 +94,12 @@ class Dist:
         if not td.is_initialized():
             timeout = _timeout()
             kwargs = {"device_id": device} if device.type == "cuda" else {}
-            td.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                  timeout=datetime.timedelta(seconds=timeout), **kwargs)
+            try:
+                td.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                      timeout=datetime.timedelta(seconds=timeout), **kwargs)
+            except (ValueError, RuntimeError) as e:  # (MASTER_ADDR/MASTER_PORT wrong or missing, or no peer
+                # came: tracebacks from torch's rendezvous)
+                raise CharnnError(f"could not join the other torchrun processes: {first_line(e, 200)}") from None
             self.started = True
         return device
 
@@ -258,7 +262,7 @@ def _timeout() -> float:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 < value < 1e7:
-        raise CharnnError(f"{TIMEOUT_ENV}={text!r}: it is the seconds a process waits for the others, a number above "
-                          "0 (below 10,000,000)")
+    if not 1 <= value < 1e7:  # (1e-320 passed "above 0" and failed the first collective at once)
+        raise CharnnError(f"{TIMEOUT_ENV}={text!r}: it is the seconds a process waits for the others, a number from 1 "
+                          "(below 10,000,000)")
     return value

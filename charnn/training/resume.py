@@ -44,7 +44,8 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     (`explicit`; None means every field of `given`) laid over it. --out and --name always come from
     `given`, since they are how the run was found. Changing the data layout or the model is refused."""
     old = from_dict(TrainConfig, saved.get("train_config", {}))
-    blank = [k for k in ("val_file", "init_from") if isinstance(getattr(old, k), str) and not getattr(old, k).strip()]
+    blank = [k for k in ("val_file", "init_from", "label_by") if isinstance(getattr(old, k), str)
+             and not getattr(old, k).strip()]
     old = replace(old, **dict.fromkeys(blank))  # (a run saved before an empty one was refused took it as not given)
     names = set(asdict(given)) if explicit is None else set(explicit)
     given_values = {k: v for k, v in asdict(given).items() if not (k == "batch_size" and v is None)}  # None: auto
