@@ -388,3 +388,5 @@ def test_sample_reads_its_prime_file_and_adapt_file_in_the_encoding_given(traine
     assert r.exit_code == 0, r.stderr
     one_line_error(invoke("sample", trained_run.run_dir, "--prime-file", tmp_path / "p.txt", "--encoding", "nope"), 2,
                    "unknown encoding")
+    one_line_error(invoke("sample", trained_run.run_dir, "--prime-file", ""), 1, "is an empty string")  # (it said
+    # "is a directory": Path('') is the current folder)

@@ -36,6 +36,8 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8", allow_em
     """Read a text file, turning every way it can fail into one clear CharnnError (an empty file too,
     unless `allow_empty`)."""
     p = Path(path)
+    if not str(path).strip():  # (Path('') is the current folder: "is a directory")
+        raise CharnnError(f"{what} {path!r} is an empty string (an unset variable?)")
     if not p.exists():
         raise CharnnError(f"{what} {path!r} {missing(path)}")
     if p.is_dir():
