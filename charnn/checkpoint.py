@@ -69,6 +69,16 @@ def saved_size(data) -> int:
     return total
 
 
+def is_checkpoint_file(path: Path) -> bool:
+    """Whether the file is one torch.save wrote (a zip archive holding a data.pkl): a model an output file must not
+    replace."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
 def _looks_like_text(path: Path) -> bool:
     """Whether the file's first bytes are UTF-8 text (a checkpoint is a zip, or a legacy pickle's binary)."""
     try:

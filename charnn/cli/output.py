@@ -143,19 +143,10 @@ def check_output_file(path, flag: str, example: str) -> Path:
     if not p.parent.is_dir():
         why = "is not a folder" if p.parent.exists() else "does not exist"
         raise ConfigError(f"{flag} {text!r}: its folder {str(p.parent)!r} {why}")
-    if p.is_file() and _is_checkpoint(p):  # (show --html best.pt wrote a page over the model)
+    from charnn.checkpoint import is_checkpoint_file
+    if p.is_file() and is_checkpoint_file(p):  # (show --html best.pt wrote a page over the model)
         raise ConfigError(f"{flag} {text!r} is a checkpoint; refusing to write over it (give a new file name)")
     return p
-
-
-def _is_checkpoint(path: Path) -> bool:
-    """A file torch.save wrote (a zip archive holding a data.pkl): a model an output file must not replace."""
-    import zipfile
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("data.pkl") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
 
 
 def signal_exit_code(signum: int) -> int:

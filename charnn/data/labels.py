@@ -65,6 +65,11 @@ class LabelledText:
             train, val = _split_tails(self.docs, self.names, val_frac)
         return replace(self, train=train, val=val, line_split=line_split)
 
+    @property
+    def held_out(self):
+        """The --val-file's part (None where the text was read without one)."""
+        return self.val_docs
+
     def with_val_file(self, path: str, encoding: str = "utf-8", skip_bad_lines: bool = False) -> "LabelledText":
         """The same text validated on `path`'s label<TAB>text lines (a resumed run's saved --val-file, not given
         again: the text was read without it)."""

@@ -53,6 +53,11 @@ class PairText:
     train: List[Pair] = field(default_factory=list)
     val: List[Pair] = field(default_factory=list)
 
+    @property
+    def held_out(self):
+        """The --val-file's part (None where the text was read without one)."""
+        return self.val_pairs
+
     def with_val_file(self, path: str, encoding: str = "utf-8", skip_bad: bool = False) -> "PairText":
         """The same pairs validated on `path`'s (a resumed run's saved --val-file, not given again: the pairs were
         read without it)."""

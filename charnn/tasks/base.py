@@ -169,6 +169,16 @@ def check_same_labels(saved: Optional[dict], task: Task, run: str) -> None:
                           f"(--label-by {corpus.by}). Resume with the same corpus, or start a new run")
 
 
+def saved_val_file(corpus, cfg: TrainConfig, resumed: Optional[dict], encoding: str):
+    """The text of a resumed run that was validated on a --val-file not given again on this command line (the text
+    was read without it, so it split by --val-frac and was "another text"): validated on that file once more.
+    `corpus`: a PairText or LabelledText (their `held_out` is the --val-file's part, None where none was read)."""
+    if resumed and cfg.val_file and corpus.held_out is None:
+        from charnn.data.catalog import resolve
+        return corpus.with_val_file(resolve(cfg.val_file), encoding, cfg.skip_bad_lines)
+    return corpus
+
+
 def text_digest(train_ids, val_ids, content: Optional[str] = None) -> str:
     """What a checkpoint records of its training text, so that --resume can refuse another text of the same length
     (a word edited): the corpus files' digest where they were encoded through the cache, else the ids' own."""

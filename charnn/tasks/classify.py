@@ -13,12 +13,11 @@ import numpy as np
 import torch
 
 from charnn.config import ModelConfig, TrainConfig
-from charnn.data.catalog import resolve
 from charnn.data.labels import line_split_of, prepare_labelled
 from charnn.data.textbatches import TextBatches, cut_windows
 from charnn.scoring.confusion import label_report
 from charnn.scoring.discriminative import window_logprobs
-from charnn.tasks.base import Task, text_digest
+from charnn.tasks.base import Task, saved_val_file, text_digest
 
 
 def doc_spans(labels: np.ndarray, lengths: Optional[List[int]]):
@@ -52,8 +51,7 @@ class ClassifierTask(Task):
     def prepare(self, cfg: TrainConfig, resumed: Optional[dict], parent, encoding: str, on_event) -> None:
         base = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
         # the labelled model's split (a resumed run's recorded way)
-        if resumed and cfg.val_file and self.corpus.val_docs is None:  # (its --val-file, not given again)
-            self.corpus = self.corpus.with_val_file(resolve(cfg.val_file), encoding, cfg.skip_bad_lines)
+        self.corpus = saved_val_file(self.corpus, cfg, resumed, encoding)
         corpus = self.corpus = self.corpus.split(cfg.val_frac, cfg.seed, line_split_of(resumed))
         data = self.data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base, parent is not None,
                                             on_event, cfg.threads)

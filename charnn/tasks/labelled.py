@@ -11,11 +11,10 @@ import torch
 
 from charnn.data.labels import log_prior
 from charnn.config import ModelConfig, TrainConfig
-from charnn.data.catalog import resolve
 from charnn.data.batches import DocumentBatches, StreamBatches
 from charnn.data.labels import line_split_of, prepare_labelled
 from charnn.scoring.evaluate import evaluate_documents, evaluate_ids
-from charnn.tasks.base import Task, text_digest, total
+from charnn.tasks.base import Task, saved_val_file, text_digest, total
 from charnn.text.tokenizer import start_id
 
 
@@ -25,8 +24,7 @@ class LabelledTask(Task):
     def prepare(self, cfg: TrainConfig, resumed: Optional[dict], parent, encoding: str, on_event) -> None:
         base = resumed["tokenizer"] if resumed else parent.tokenizer_state if parent else None
         # the run's own split (a resumed run's saved settings and way)
-        if resumed and cfg.val_file and self.corpus.val_docs is None:  # (its --val-file, not given again)
-            self.corpus = self.corpus.with_val_file(resolve(cfg.val_file), encoding, cfg.skip_bad_lines)
+        self.corpus = saved_val_file(self.corpus, cfg, resumed, encoding)
         corpus = self.corpus = self.corpus.split(cfg.val_frac, cfg.seed, line_split_of(resumed))
         data = prepare_labelled(corpus, cfg.tokenizer, cfg.vocab_size, base, parent is not None, on_event,
                                 cfg.threads)

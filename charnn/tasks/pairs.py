@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from charnn.config import ModelConfig, TrainConfig
-from charnn.data.catalog import resolve
 from charnn.data.pairs import PairBatches, prepare_pairs
 from charnn.device import default_batch_size
 from charnn.errors import ConfigError
@@ -19,7 +18,7 @@ from charnn.generation.seq2seq import Transducer
 from charnn.sampling import TransduceConfig
 from charnn.scoring.pairs import PairScore
 from charnn.scoring.evaluate import evaluate_pairs
-from charnn.tasks.base import Task, text_digest, total
+from charnn.tasks.base import Task, saved_val_file, text_digest, total
 from charnn.text.tokenizer import start_id
 
 
@@ -68,9 +67,8 @@ class PairsTask(Task):
             raise ConfigError("`--init-from` fine-tunes language models; a `--pairs` model trains from scratch")
         tokenizers = (resumed["source_tokenizer"], resumed["tokenizer"]) if resumed else None
         if resumed:  # the split the run was saved with (its --seed, --val-frac or --val-file: the command line's
-            if cfg.val_file and self.corpus.val_pairs is None:  # defaults had split it, and it was "another text")
-                self.corpus = self.corpus.with_val_file(resolve(cfg.val_file), encoding, cfg.skip_bad_lines)
-            self.corpus = self.corpus.split(cfg.val_frac, cfg.seed)
+            # defaults had split it, and it was "another text")
+            self.corpus = saved_val_file(self.corpus, cfg, resumed, encoding).split(cfg.val_frac, cfg.seed)
         data = self.data = prepare_pairs(self.corpus, tokenizers, cfg.eval_tokens)
         self.pairs = {**self.corpus.record(), "skipped_lines": self.corpus.skipped_lines}
         # a fresh run's model flags the user left open, sized for the data (a resumed run keeps its model)
