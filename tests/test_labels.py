@@ -345,15 +345,16 @@ def test_classify_errors_are_one_line(labelled_run, trained_run, tmp_path):
     assert p.returncode == 0 and "Traceback" not in p.stderr and "Error" not in p.stderr, p.stderr
 
 
-def test_resume_of_a_labelled_run_needs_its_labels(labelled_run, lang_files):
+def test_a_labelled_run_resumes_with_its_saved_labels(labelled_run, lang_files):
+    """--resume takes --label-by from the saved run (it had to be given again); another one is refused."""
     files = [str(lang_files / f"{x}.txt") for x in ("en", "de", "fr")]
     out, name = str(labelled_run.parent), labelled_run.name
-    one_line_error(runner.invoke(app, ["train", *files, "--out", out, "--name", name, "--resume",
-                                       "--max-steps", "210"]), 2, "--label-by file")
-    r = runner.invoke(app, ["train", *files, "--label-by", "file", "--out", out, "--name", name, "--resume",
-                            "--max-steps", "210", "-q"])
+    one_line_error(runner.invoke(app, ["train", *files, "--label-by", "folder", "--out", out, "--name", name,
+                                       "--resume", "--max-steps", "210"]), 2, "--label-by folder")
+    r = runner.invoke(app, ["train", *files, "--out", out, "--name", name, "--resume", "--max-steps", "210", "-q"])
     assert r.exit_code == 0, r.stderr
-    assert load_checkpoint(labelled_run / "last.pt")["step"] == 210
+    saved = load_checkpoint(labelled_run / "last.pt")
+    assert saved["step"] == 210 and saved["labels"]["by"] == "file"
 
 
 def test_trainer_takes_a_labelled_text_directly(lang_files, tmp_path):

@@ -59,6 +59,22 @@ def loaded(run):
 
 
 # ---- data ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", [["--pairs"], ["--label-by", "line"], ["--label-by", "line", "--classifier"]])
+def test_a_run_of_lines_resumes_without_its_text_flags_given_again(tmp_path, how):
+    """--pairs, --label-by, --classifier and --skip-bad-lines come from the saved run on --resume (the text was read
+    with the command line's alone: "was trained with --pairs; resume it the same way", or the bad line's error)."""
+    rows = "".join(f"{'ab'[i % 2]}\t{'xy'[i % 2]}{i % 7}\n" for i in range(80)) + "no tab here\n"
+    (tmp_path / "p.tsv").write_text(rows, encoding="utf-8")
+    args = ["train", str(tmp_path / "p.tsv"), "--out", str(tmp_path), "--hidden", "16", "--layers", "1",
+            "--threads", "1", "-q"]
+    assert runner.invoke(app, [*args, *how, "--skip-bad-lines", "--max-steps", "2"]).exit_code == 0
+    r = runner.invoke(app, [*args, "--resume", "--max-steps", "4"])
+    assert r.exit_code == 0, r.stderr
+    saved = torch.load(tmp_path / "p" / "last.pt", weights_only=True)
+    assert saved["step"] == 4 and saved["train_config"]["skip_bad_lines"]
+    assert saved["model_config"]["kind"] == {"--pairs": "seq2seq", "line": "lm", "--classifier": "classifier"}[how[-1]]
+
+
 def test_bad_lines_name_file_and_line_and_can_be_skipped(tmp_path):
     p = tmp_path / "p.tsv"
     p.write_text("ab\tba\n\nno tab here\nx\ty\tz\ncd\tdc\r\n", encoding="utf-8")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from charnn.checkpoint import MOVED_ASIDE, NAMES, load_checkpoint, moved_aside
 from charnn.config import DEFAULT_PATIENCE, ModelConfig, TrainConfig, from_dict
@@ -37,6 +37,40 @@ def load_resume(run_dir: Path, out: str) -> dict:
 # would compare two yardsticks); --seed drew the validation lines of a --label-by line run.
 FIXED_ON_RESUME = ("batch_size", "seq_len", "val_frac", "val_file", "tokenizer", "vocab_size", "eval_tokens", "seed")
 MODEL_FLAGS = registry.get("lm").fixed_on_resume  # a language model's; each run's kind says its own
+
+
+# What the text is read as: a resumed run reads its text before its checkpoint is loaded, so these come from the
+# saved run here (they had to be given again: "run 'x' was trained with --pairs; resume it the same way")
+TEXT_KIND = ("pairs", "label_by", "skip_bad_lines")
+
+
+def saved_text_options(corpus, cfg: TrainConfig, model_cfg: ModelConfig,
+                       explicit: Optional[set]) -> Tuple[TrainConfig, ModelConfig]:
+    """`cfg` with the saved run's --pairs, --label-by and --skip-bad-lines where this command line did not give
+    them (`explicit` None: every field was given), and a saved classifier's kind in `model_cfg` (the task is chosen
+    by it) where neither --classifier nor --kind was given. The run is --name's, else the first CORPUS file's; a
+    run that cannot be read here is left to load_resume, which says what is wrong."""
+    if explicit is None:
+        return cfg, model_cfg
+    first = corpus[0] if isinstance(corpus, (list, tuple)) and corpus else corpus
+    name = cfg.name or (Path(first).resolve().stem if isinstance(first, str) and Path(first).exists() else None)
+    path = Path(cfg.out) / name / "last.pt" if name else None
+    try:  # (mmap: only the pickled configs are read, not the weights)
+        import torch
+
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True) if path and path.is_file() else {}
+    except Exception:  # noqa: BLE001 - the trainer loads it again and says what is wrong
+        return cfg, model_cfg
+    old = saved.get("train_config") if isinstance(saved, dict) else None
+    if not isinstance(old, dict):
+        return cfg, model_cfg
+    keep = {k: old[k] for k in TEXT_KIND if k not in explicit and k in old}
+    if isinstance(keep.get("label_by"), str) and not keep["label_by"].strip():  # (saved before blank was refused)
+        keep["label_by"] = None
+    kind = (saved.get("model_config") or {}).get("kind")
+    if kind == "classifier" and not {"classifier", "kind"} & set(explicit):
+        model_cfg = replace(model_cfg, kind=kind)
+    return replace(cfg, **keep), model_cfg
 
 
 def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, explicit: Optional[set]) -> TrainConfig:

@@ -16,6 +16,7 @@ from charnn.errors import CharnnError, ConfigError
 from charnn.sampling import shown
 from charnn.models import registry
 from charnn.tasks.pairs import SIZED
+from charnn.training.resume import saved_text_options
 from charnn.training.metrics import Callbacks, MetricsLogger, run_config
 from charnn.training.trainer import StopRequest, Trainer, TrainResult
 
@@ -212,6 +213,8 @@ def start_run(corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Option
     started = time.perf_counter() if started is None else started
     events, stop = Callbacks(on_event), stop or StopRequest()
     events.stop = stop  # (a callback's StopTraining: the loop ends as at a limit)
+    if resume:
+        cfg, model_cfg = saved_text_options(corpus, cfg, model_cfg, explicit)
     try:
         text = load_training_text(corpus, encoding, glob, events, TextOptions.of(cfg))
     finally:
