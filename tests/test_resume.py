@@ -281,6 +281,7 @@ def test_a_run_saved_with_the_old_default_patience_resumes_with_a_limit_to_its_l
     charnn.train(str(text), max_steps=4, **common)
     last = torch.load(tmp_path / "r" / "last.pt", weights_only=True)  # as an older charnn saved it: patience 5,
     last["train_config"]["patience"], last["progress"]["bad_evals"] = 5, 5  # and it had stopped on patience
+    del last["config_version"]
     torch.save(last, tmp_path / "r" / "last.pt")
     run = charnn.train(str(text), max_steps=8, resume=True, **common)
     assert (run.stopped, run.steps) == ("max_steps", 8) and load_checkpoint(tmp_path / "r" / "last.pt")["step"] == 8
@@ -289,6 +290,22 @@ def test_a_run_saved_with_the_old_default_patience_resumes_with_a_limit_to_its_l
     torch.save(last, tmp_path / "r" / "last.pt")
     again = charnn.train(str(text), max_steps=12, resume=True, patience=5, **common)  # given: it applies
     assert (again.stopped, again.steps) == ("patience", 8)
+
+
+def test_a_typed_patience_beside_a_limit_is_kept_on_resume(tmp_path):
+    """A run given --patience 5 beside --max-steps was resumed without it as if it had none (the old runs' saved
+    default was 5): it trained on past its patience."""
+    import charnn
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(200, seed=3), encoding="utf-8")
+    common = dict(out=str(tmp_path), name="r", eval_every=2, hidden=16, layers=1, batch_size=4, seq_len=16,
+                  device="cpu", threads=1)
+    charnn.train(str(text), max_steps=4, patience=5, **common)
+    last = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    last["progress"]["bad_evals"] = 5  # as if it had stopped on patience
+    torch.save(last, tmp_path / "r" / "last.pt")
+    run = charnn.train(str(text), max_steps=12, resume=True, **common)
+    assert (run.stopped, run.steps) == ("patience", 4)
 
 
 def test_a_run_stopped_by_its_max_time_is_refused_on_resume_though_its_reserve_was_unspent():

@@ -39,6 +39,10 @@ FIXED_ON_RESUME = ("batch_size", "seq_len", "val_frac", "val_file", "tokenizer",
 MODEL_FLAGS = registry.get("lm").fixed_on_resume  # a language model's; each run's kind says its own
 
 
+# What a checkpoint's train_config means: 2, a --patience of None is "not given" and a number was typed (1, the
+# runs before it: every run saved 5 where none was given)
+CONFIG_VERSION = 2
+
 # What the text is read as: a resumed run reads its text before its checkpoint is loaded, so these come from the
 # saved run here (they had to be given again: "run 'x' was trained with --pairs; resume it the same way")
 TEXT_KIND = ("pairs", "label_by", "skip_bad_lines")
@@ -84,9 +88,10 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     names = set(asdict(given)) if explicit is None else set(explicit)
     given_values = {k: v for k, v in asdict(given).items() if not (k == "batch_size" and v is None)}  # None: auto
     merged = {**asdict(old), **{k: v for k, v in given_values.items() if k in names | {"out", "name"}}}
-    if "patience" not in names and merged.get("patience") == DEFAULT_PATIENCE:  # a run saved before --patience
-        merged["patience"] = None  # worked beside a limit kept the default 5 as a value: as not given (resumed
-    # with --max-steps, an open-ended run that had stopped on patience stopped again at once)
+    if "patience" not in names and merged.get("patience") == DEFAULT_PATIENCE and \
+            saved.get("config_version", 1) < CONFIG_VERSION:  # a run saved before --patience worked beside a limit
+        merged["patience"] = None  # kept the default 5 as a value: as not given (resumed with --max-steps, an
+    # open-ended run that had stopped on patience stopped again at once); a later run's 5 was typed: kept
     flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
     problems = [f"{flag(k)} {merged[k]} (the run used {getattr(old, k)})"
                 for k in FIXED_ON_RESUME if merged[k] != getattr(old, k)]

@@ -18,7 +18,7 @@ from charnn.checkpoint import build_model, load_checkpoint, save_checkpoint, swe
 from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import CharnnError, ConfigError, first_line
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
-from charnn.training.resume import check_steps_left, load_resume, resume_config
+from charnn.training.resume import CONFIG_VERSION, check_steps_left, load_resume, resume_config
 
 
 def run_dir_for(cfg: TrainConfig, corpus) -> Path:
@@ -82,7 +82,7 @@ def checkpoint_data(t, val_loss: float, with_training_state: bool) -> dict:
     data = {
         "model_config": t.model_cfg.saved(), "tokenizer": t.tokenizer.state(),
         "model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
-        "train_config": asdict(t.cfg), "step": t.step, "epoch": t.epoch,
+        "train_config": asdict(t.cfg), "config_version": CONFIG_VERSION, "step": t.step, "epoch": t.epoch,
         "chars_seen": t.chars_seen, "elapsed": t.elapsed(), "val_loss": val_loss,
         "best_val_loss": min(t.best_val, val_loss), "device": t.device.type, "precision": t.precision,
         "data": t.task.data_record,
