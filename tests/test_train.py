@@ -173,3 +173,26 @@ def test_compile_trains_the_same_weights_it_saves(tmp_path, monkeypatch):
     assert not any(k.startswith("_orig_mod") for k in torch.load(result.run_dir / "last.pt", weights_only=True)["model"])
     ev = evaluate_text(model, tok, split_text(text, 0.1)[1], torch.device("cpu"))
     assert abs(ev.nats_per_char - result.last_val_loss) < 1e-6
+
+
+def test_a_time_limited_schedule_starts_its_decay_at_the_first_step(tmp_path):
+    """--max-time counts the setup (imports, reading, measuring) against the run, but the learning rate's decay
+    counted it too: a run whose setup took half its time began training at half its --lr."""
+    import time
+    import charnn
+    from charnn.training.run import start_run
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(400, seed=5), encoding="utf-8")
+    rates = []
+
+    def on_event(kind, info):
+        if kind == "step":
+            rates.append(info["lr"])
+            if len(rates) == 3:
+                raise charnn.StopTraining
+
+    model_cfg = ModelConfig(vocab_size=1, hidden=16, layers=1, embed=8)
+    cfg = TrainConfig(out=str(tmp_path), max_time=120, warmup=1, lr=1e-2, min_lr_frac=0.1, batch_size=4,
+                      seq_len=16, device="cpu", threads=1, eval_every=100)
+    start_run(str(text), model_cfg, cfg, on_event, started=time.perf_counter() - 60).fit()  # 60 s spent before
+    assert rates[0] > 0.99e-2 and rates[-1] > 0.99e-2, rates  # (the old schedule: below 0.55e-2)

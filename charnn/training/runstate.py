@@ -102,6 +102,7 @@ def checkpoint_data(t, val_loss: float, with_training_state: bool) -> dict:
         data["progress"] = {"step": t.step, "epoch": t.epoch, "epochs_done": t.epochs_done(), "window": t.window,
                             "offset": t.offset,
                             "bad_evals": t.bad_evals, "patience_mark": t.patience_mark, "hidden": hidden,
+                            "schedule_from": t.schedule_from,
                             "best_by": t.task.selects_by, "best_score": t.best_score}
         data["rng"] = {"torch": torch.get_rng_state()}
         if t.device.type == "cuda":
@@ -232,7 +233,7 @@ def restore(t, data: dict) -> None:
         t.best_val = t.best_score = math.inf  # "done -> best.pt" of a file that was not there)
     else:  # (a run stopped between its two saves left a best.pt better than last.pt records: the resumed run
         t.best_val, t.best_score = min(t.best_val, best[0]), min(t.best_score, best[1])  # replaced it at once)
-    t.elapsed_before = data.get("elapsed", 0.0)
+    t.elapsed_before, t.schedule_from = data.get("elapsed", 0.0), p.get("schedule_from", 0.0)
     ops = t.model.state_ops
     state = ops.unpack(p.get("hidden"))
     if state is not None:

@@ -48,13 +48,14 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 
 def progress(cfg: TrainConfig, step: int, epochs_done: Callable[[], float], elapsed: Callable[[], float],
-             reserve: Callable[[], float]) -> float:
-    """Fraction of the run done by the nearest limit (0 when open-ended)."""
+             reserve: Callable[[], float], since: float = 0.0) -> float:
+    """Fraction of the run done by the nearest limit (0 when open-ended); `since`: the seconds of --max-time
+    before training began, not counted (the learning-rate schedule's: its decay starts at the first step)."""
     parts = [0.0]
     if cfg.max_steps:
         parts.append(step / cfg.max_steps)
     if cfg.max_time:
-        parts.append(elapsed() / max(1e-9, cfg.max_time - reserve()))
+        parts.append((elapsed() - since) / max(1e-9, cfg.max_time - reserve() - since))
     if cfg.epochs:
         parts.append(epochs_done() / cfg.epochs)
     return max(parts)

@@ -124,13 +124,13 @@ class Trainer:
         self._probe_batch = next(iter(self.batches.epoch(0, 0)))  # one batch for the probes
         self.threads_choice = self._choose_threads("fp32", resumed)  # before precision: its cache key holds them
         self.precision_choice = self._choose_precision(resumed)
-        self.precision = self.precision_choice.precision
+        self.precision, self._recheck = self.precision_choice.precision, False
         self.watch = Watch(fewer=self.threads_choice.fewer) if self.threads_choice.how == "measured" else None
-        self._recheck = False
         self.budget = Budget(self.task.val_units)
         if cfg.max_time and self.task.probes_eval and len(self.val_ids) >= 2:
             self.budget.probe_eval(self.model, self.dist.world, self.device, self.precision, time.perf_counter)
         self.start_step, self._saved_once, self._last_save = self.step, False, time.perf_counter()
+        self.schedule_from = self.schedule_from if resumed else self.elapsed()  # (--max-time spent setting up)
         if self.dist.is_main:
             runstate.check_writable(self.run_dir)
 
@@ -172,8 +172,9 @@ class Trainer:
     def progress(self) -> float:
         return progress(self.cfg, self.step, self.epochs_done, self.elapsed, self.budget.reserve)
 
-    def schedule_progress(self) -> float:
-        return schedule_progress(self.cfg, self.step, self.epochs_done, self.progress)
+    def schedule_progress(self) -> float:  # (by time: from the first step; the setup before it is not decay)
+        return schedule_progress(self.cfg, self.step, self.epochs_done, lambda: progress(
+            self.cfg, self.step, self.epochs_done, self.elapsed, self.budget.reserve, self.schedule_from))
 
     def save(self, names: Tuple[str, ...], val_loss: float) -> Path:
         """Write the checkpoints in order, then announce each: a callback that raises leaves them all written."""
@@ -323,8 +324,7 @@ class Trainer:
                 if self.batches.fresh(self.offset, self.window):
                     self.state = None
                 t_step = time.perf_counter()
-                loss = self._train_step(*batch)
-                tokens = self.step_tokens
+                loss, tokens = self._train_step(*batch), self.step_tokens
                 self._observe_step(time.perf_counter() - t_step, tokens)
                 self.window += 1
                 self.chars_seen += int(tokens * self.task.chars_per_token)
