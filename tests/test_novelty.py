@@ -162,6 +162,21 @@ def test_without_the_cached_text_it_asks_for_the_corpus_and_reads_it_again(train
     assert r.exit_code == 1 and "as many characters, but others" in r.stderr, r.stderr
 
 
+def test_the_corpus_is_read_again_in_the_runs_own_encoding(tmp_path):
+    """A run trained with --encoding latin-1: `novelty --corpus` read its text as utf-8 ("not valid utf-8")."""
+    text = make_text(300, seed=4).replace("e", "\u00e9")
+    (tmp_path / "l1.txt").write_bytes(text.encode("latin-1"))
+    r = invoke("train", tmp_path / "l1.txt", "--encoding", "latin-1", "--out", tmp_path / "runs", "--hidden", "16",
+               "--layers", "1", "--max-steps", "2", "--threads", "1", "-q")
+    assert r.exit_code == 0, r.stderr
+    run = tmp_path / "runs" / "l1"
+    assert torch.load(run / "best.pt", weights_only=True)["data"]["encoding"] == "latin-1"
+    ckpt = moved_checkpoint(run, tmp_path, cache_entry="0" * 32)
+    r = invoke("novelty", ckpt, "-", "--corpus", tmp_path / "l1.txt", "--json", input=text[100:160])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["longest"]["length"] == 60
+
+
 def test_the_builtin_corpus_is_read_again_by_itself(tmp_path):
     root = tmp_path / "lib"
     (root / "pkg").mkdir(parents=True)

@@ -23,7 +23,8 @@ def novelty(
                                                         "(repeatable), for a run whose cached text is gone.",
                                                         show_default=False)] = None,
     glob: Annotated[Optional[str], typer.Option(help="Inside --corpus folders, only files matching this.")] = None,
-    encoding: Annotated[str, typer.Option(help="Text encoding of --corpus.")] = "utf-8",
+    encoding: Annotated[Optional[str], typer.Option(help="Text encoding of --corpus (default: the run's, else "
+                                                    "utf-8).", show_default=False)] = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ):
@@ -36,7 +37,8 @@ def novelty(
     from charnn.reports.novelty import NS, novelty as check
 
     with user_errors():
-        check_encoding(encoding)  # (without --corpus a wrong one was accepted without a word)
+        if encoding is not None:
+            check_encoding(encoding)  # (without --corpus a wrong one was accepted without a word)
         if glob is not None and not corpus:
             raise ConfigError("`--glob` picks files inside --corpus folders: add --corpus (without it the run's "
                               "own training text is read)")

@@ -64,7 +64,7 @@ class Novelty:
 
 
 def novelty(checkpoint: str, sample: str, ns: Sequence[int] = NS, corpus: Sequence[str] = (),
-            glob: Optional[str] = None, encoding: str = "utf-8", on_event: Optional[Callback] = None) -> Novelty:
+            glob: Optional[str] = None, encoding: Optional[str] = None, on_event: Optional[Callback] = None) -> Novelty:
     """Compare `sample` with the training text of `checkpoint` (a .pt file or run folder)."""
     on_event = on_event or (lambda kind, info: None)
     if not sample:
@@ -120,6 +120,7 @@ def _source_file(index, at: int, source: str) -> Tuple[Optional[str], Optional[i
 def _training_entry(path: Path, data: dict, corpus: Sequence[str], glob, encoding: str, on_event: Callback):
     """(cache key, entry meta, corpus description) of the run's training ids, encoding them again if needed."""
     record = data.get("data") or {}
+    encoding = encoding or record.get("encoding", "utf-8")  # (the run's, recorded since 2026-12-07)
     if data.get("labels"):
         raise CharnnError(f"{str(path)!r} is a labelled model (--label-by); the copying check covers runs "
                           "trained on one text stream, not labelled ones, yet")

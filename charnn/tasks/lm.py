@@ -24,6 +24,7 @@ class LanguageModelTask(Task):
         data = prepare_corpus(self.corpus, TextOptions.of(cfg), base, encoding, on_event, extend=parent is not None)
         self.tokenizer = data.tokenizer
         self.data_record = {"corpus": self.corpus.source, "cache_entry": data.path.name if data.path else None,
+                            "encoding": self.corpus.encoding or encoding,  # (`charnn novelty --corpus` reads it so)
                             "train_tokens": len(data.train_ids), "train_chars": data.train_chars,
                             "content": text_digest(data.train_ids, data.val_ids, data.content)}
         # periodic evaluations score the first --eval-tokens validation ids (all of them when there are fewer)
