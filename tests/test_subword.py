@@ -120,9 +120,14 @@ def test_a_tokenizer_saved_before_spaces_went_as_bytes_keeps_its_ids_and_a_fine_
         data["tokenizer"].pop("space")
         torch.save(data, tmp_path / "ja" / name)
     (tmp_path / "en.txt").write_text("the cat sat on the mat\n" * 200, encoding="utf-8")
+    info = runner.invoke(app, ["info", str(tmp_path / "ja")])  # (info said nothing of which rule a run keeps)
+    assert info.exit_code == 0 and "a space is the marker's bytes" in info.stdout, info.stdout
     r = runner.invoke(app, ["train", str(tmp_path / "en.txt"), "--init-from", str(tmp_path / "ja"), *args])
     assert r.exit_code == 0, r.stderr
     assert load_checkpoint(tmp_path / "en" / "last.pt")["tokenizer"]["space"] == "byte"
+    info = runner.invoke(app, ["info", str(tmp_path / "en"), "--json"])
+    assert json.loads(info.stdout)["tokenizer"]["spacing"] == "byte"  # (the base's pieces: still no space piece)
+    assert SentencePieceTokenizer.train("bpe", "the cat sat on the mat\n" * 200, 300, threads=1).spacing is None
 
 
 def test_pieces_span_words_and_whitespace_is_kept(bpe):

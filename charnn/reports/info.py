@@ -87,7 +87,8 @@ def _vocabulary(tok) -> dict:
     pieces = [tok.decode([i]) for i in ids]
     if tok.kind != "char":
         pieces = [p for p in pieces if len(p) > 1] + [p for p in pieces if len(p) <= 1]
-    return {"kind": tok.kind, "vocab_size": tok.vocab_size, "preview": pieces[:VOCAB_PREVIEW]}
+    return {"kind": tok.kind, "vocab_size": tok.vocab_size, "preview": pieces[:VOCAB_PREVIEW],
+            "spacing": getattr(tok, "spacing", None)}  # (subword, trained without spaces: how a space is written)
 
 
 def _seq2seq(data: dict) -> dict:
@@ -120,6 +121,10 @@ def _bad_values(b: dict) -> str:
     return ", ".join(f"{b[k]:,} {k}" for k in ("nan", "inf") if b[k])
 
 
+_SPACING = {"byte": "; no space piece: a space is its byte piece",
+            "marker": "; no space piece: a space is the marker's bytes (the rule before 2026-12-07, kept on resume)"}
+
+
 def summary_lines(info: dict) -> List[str]:
     m, t, tr = info["model"], info["tokenizer"], info["training"]
     shown = " ".join(show_token(p) for p in t["preview"])
@@ -130,7 +135,7 @@ def summary_lines(info: dict) -> List[str]:
         f"written by charnn {info['charnn_version'] or '?'})",
         f"model       {_model_words(m)}: {m['parameters']:,} parameters" if not s2s else _seq2seq_line(m, s2s),
         f"{'tokenizer' if not s2s else 'output':<11} {t['kind']}, {t['vocab_size']} tokens: {shown}"
-        + (f" (+{more} more)" if more > 0 else ""),
+        + (f" (+{more} more)" if more > 0 else "") + _SPACING.get(t.get("spacing"), ""),
         f"training    {_num(tr['steps'])} step{'s' * (tr['steps'] != 1)} ({_num(tr['epoch'])} "
         f"epoch{'s' * (tr['epoch'] != 1)} done), {_num(tr['chars_seen'])} "
         f"{'texts' if tr.get('unit') == 'text' else 'characters'} seen, {duration(tr['elapsed'])} on "

@@ -73,6 +73,12 @@ class SentencePieceTokenizer:
         self._special = _SPECIAL_SPACE if sp.piece_to_id(SPACE) == self.unk_id and space == "byte" else _SPECIAL
         self._utf8: Optional[Tuple[np.ndarray, np.ndarray]] = None  # see utf8_tables
 
+    @property
+    def spacing(self) -> Optional[str]:
+        """How a space is written where no piece is the space marker: "byte" (its byte piece) or "marker" (the
+        marker's bytes: tokenizers saved before 2026-12-07); None where a piece is the marker."""
+        return None if self.sp.piece_to_id(SPACE) != self.unk_id else self.space
+
     def _piece_bytes(self, i: int) -> bytes:
         sp = self.sp
         if sp.is_byte(i):
