@@ -467,8 +467,16 @@ def test_a_non_loopback_bind_without_a_key_is_refused(trained_run):
     r = CliRunner().invoke(app, ["serve", str(trained_run.run_dir), "--host", "0.0.0.0", "--port", "1"])
     one_line_error(r, 2, "--api-key", "0.0.0.0")
     for flags, words in ((["--max-batch", str(2**63)], "at most 4,096"),  # (a traceback after the port was bound)
-                         (["--api-key", "two\nlines"], "printable ASCII"), (["--api-key", "clé"], "printable ASCII")):
+                         (["--api-key", "two\nlines"], "printable ASCII"), (["--api-key", "clé"], "printable ASCII"),
+                         # (an origin with a path or a trailing slash matched no browser's Origin, without a word)
+                         # (--max-queue -1 beside them: without the check the test fails rather than serves)
+                         (["--cors-origin", "abc", "--max-queue", "-1"], "scheme://host[:port]"),
+                         (["--cors-origin", "https://app.test/", "--max-queue", "-1"], "no path")):
         one_line_error(CliRunner().invoke(app, ["serve", str(trained_run.run_dir), "--port", "1", *flags]), 2, words)
+    from charnn.serve.config import ServeConfig, bare_host
+    assert ServeConfig(cors_origins=("*", "http://localhost:3000", "https://a.b")).validate()
+    assert (bare_host("[::1]"), bare_host("::1"), bare_host("localhost")) == ("::1", "::1", "localhost")  # ([::1]
+    # was "not an address this machine can resolve", though URLs write it so)
     for host in ("a" * 70, "a..b"):  # (the idna codec's traceback, as the server began to listen)
         one_line_error(CliRunner().invoke(app, ["serve", str(trained_run.run_dir), "--port", "0", "--host", host,
                                                 "--insecure"]), 1, "not a valid host name")

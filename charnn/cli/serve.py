@@ -64,14 +64,14 @@ def serve(
             import starlette  # noqa: F401  the serve extra: checked here, since the server imports them late
             import uvicorn  # noqa: F401
 
-            from charnn.serve.config import ServeConfig
+            from charnn.serve.config import ServeConfig, bare_host
             from charnn.serve.server import listen, load_models
             from charnn.serve.server import serve as run
         except ImportError as e:
             from charnn.errors import CharnnError
             raise CharnnError(f"charnn serve needs the serve extra ({e.name} is missing): "
                               "pip install 'charnn[serve]'") from None
-        cfg = ServeConfig(host=host, port=port, api_key=api_key, insecure=insecure,
+        cfg = ServeConfig(host=bare_host(host), port=port, api_key=api_key, insecure=insecure,
                           cors_origins=tuple(cors_origin or ()), max_batch=max_batch, max_queue=max_queue,
                           max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
                           max_score_tokens=max_score_tokens, device=device,
