@@ -130,6 +130,35 @@ def test_stop_cut_holds_back_a_stop_split_across_pieces():
     assert StopCut([]).feed("anything") == "anything"
 
 
+def test_stop_cut_does_not_depend_on_how_the_text_is_split():
+    """With stops "e " and "ee w", "thee w" was cut before "ee w" when one piece held it all and before "e " when
+    the pieces were single characters: a served row's text depended on the block size, i.e. on the other rows."""
+    import random
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice("abe w") for _ in range(rng.randint(0, 30)))
+        stops = ["".join(rng.choice("abe w") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 4))]
+
+        def run(sizes):
+            cut, out, i = StopCut(stops), [], 0
+            for n in sizes:
+                out.append(cut.feed(text[i:i + n]))
+                i += n
+            return "".join(out) + ("" if cut.done else cut.flush()), cut.done, cut.after
+
+        one = run([1] * len(text))[:2]  # (`after`: the characters of the last piece past the stop)
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, max(0, len(text) - 1)))) if len(text) > 1 else []
+        sizes = [b - a for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        assert run(sizes)[:2] == one and run([len(text)])[:2] == one, (text, stops, sizes)
+        ends = [text.find(s) + len(s) for s in stops if s in text]
+        if ends:  # the first stop to be completed, cut at its start (the longest of those ending there)
+            end = min(ends)
+            start = min(text.find(s) for s in stops if s in text and text.find(s) + len(s) == end)
+            assert one == (text[:start], True) and run([len(text)])[2] == len(text) - end
+    cut = StopCut(["e ", "ee w"])
+    assert cut.feed("thee w") == "the" and cut.after == 1
+
+
 def test_score_is_what_eval_reports(model, trained_run, tmp_path):
     text = make_text(30, seed=9)
     (tmp_path / "held.txt").write_text(text, encoding="utf-8")

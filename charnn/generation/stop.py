@@ -1,4 +1,5 @@
-"""Stop strings: a row's text ends right before the first occurrence of any of them (OpenAI's way)."""
+"""Stop strings: a row's text ends right before the first of them to be completed (OpenAI's way, as a stream
+read one character at a time sees them), whatever pieces the text arrives in."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ from typing import Sequence
 
 
 class StopCut:
-    """Cuts a text stream right before the first occurrence of any stop string; holds back just enough text
-    (the longest stop minus one character) that a stop split across pieces is never partly handed out."""
+    """Cuts a text stream right before the first stop string to be completed (of those completed at one character,
+    the longest); holds back just enough text (the longest stop minus one character) that a stop split across
+    pieces is never partly handed out. The cut does not depend on how the text is split into pieces: with stops
+    "e " and "ee w", "thee w" ends "th" + "e" in one piece and in six (it took "ee w", which starts first but
+    ends later, when the piece held both: a served row's text depended on the rows beside it)."""
 
     def __init__(self, stops: Sequence[str]):
         self.stops, self.held, self.done = [s for s in stops if s], "", False
@@ -18,10 +22,10 @@ class StopCut:
         if self.done:
             return ""
         text = self.held + piece
-        hits = [(at, -len(s)) for s, at in ((s, text.find(s)) for s in self.stops) if at >= 0]
-        if hits:
-            at, minus_len = min(hits)  # the first stop (the longest of those starting there)
-            self.done, self.held, self.after = True, "", len(text) - at + minus_len
+        hits = [(at + len(s), at) for s, at in ((s, text.find(s)) for s in self.stops) if at >= 0]
+        if hits:  # (no stop ends inside what was held: it was looked at with the piece before)
+            end, at = min(hits)  # the first to end (the longest of those ending there)
+            self.done, self.held, self.after = True, "", len(text) - end
             return text[:at]
         cut = max(0, len(text) - self.keep)
         self.held = text[cut:]
