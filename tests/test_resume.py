@@ -331,3 +331,23 @@ def test_a_run_saved_with_an_empty_val_file_or_init_from_still_resumes(tmp_path)
     cfg = resume_config(saved, TrainConfig(out=str(tmp_path), name="r", max_steps=20), ModelConfig(vocab_size=5),
                         {"max_steps"})
     assert cfg.val_file is None and cfg.init_from is None and cfg.label_by is None and cfg.max_steps == 20
+
+
+def test_a_run_resumes_in_its_own_encoding_and_an_edited_val_file_is_named(tmp_path):
+    """A run trained with --encoding latin-1 resumed without it read its text as utf-8 ("not valid utf-8"); another
+    --encoding typed was "not the same text"; an edited --val-file was blamed on the corpus."""
+    from conftest import one_line_error
+    text = make_text(300, seed=8).replace("e", "\u00e9")
+    (tmp_path / "l1.txt").write_bytes(text.encode("latin-1"))
+    (tmp_path / "v.txt").write_bytes(text[:400].encode("latin-1"))
+    args = ["train", str(tmp_path / "l1.txt"), "--out", str(tmp_path), "--hidden", "16", "--layers", "1",
+            "--seq-len", "16", "--batch-size", "4", "--threads", "1", "-q"]
+    assert runner.invoke(app, [*args, "--encoding", "latin-1", "--val-file", str(tmp_path / "v.txt"),
+                               "--max-steps", "2"]).exit_code == 0
+    r = runner.invoke(app, [*args, "--resume", "--max-steps", "4"])
+    assert r.exit_code == 0, r.stderr
+    assert torch.load(tmp_path / "l1" / "last.pt", weights_only=True)["step"] == 4
+    one_line_error(runner.invoke(app, [*args, "--resume", "--max-steps", "6", "--encoding", "cp1252"]), 2,
+                   "read as latin-1", "read as cp1252", "drop --encoding")
+    (tmp_path / "v.txt").write_bytes(text[:400].replace("a", "b").encode("latin-1"))
+    one_line_error(runner.invoke(app, [*args, "--resume", "--max-steps", "6"]), 2, "validation file", "v.txt")

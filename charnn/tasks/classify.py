@@ -61,7 +61,8 @@ class ClassifierTask(Task):
         self.tokenizer, self.train_ids, self.val_ids = data.tokenizer, data.train_ids, data.val_ids
         self.train_spans = doc_spans(data.train_labels.numpy(), data.train_doc_lengths)
         self._val_texts(cfg)
-        self.data_record = {"corpus": corpus.source, "cache_entry": None, "train_tokens": len(data.train_ids),
+        self.data_record = {"corpus": corpus.source, "cache_entry": None, "encoding": encoding,
+                            "train_tokens": len(data.train_ids),
                             "train_chars": data.train_chars, "content": text_digest(data.train_ids, data.val_ids)}
         self.chars_per_token = 1.0  # a step's "tokens" are its texts: the loss is per text
 

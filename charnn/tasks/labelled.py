@@ -43,6 +43,7 @@ class LabelledTask(Task):
         on_event("labels", {**self.labels, "skipped_lines": corpus.skipped_lines})
         self.tokenizer = data.tokenizer
         self.data_record = {"corpus": corpus.source, "cache_entry": data.path.name if data.path else None,
+                            "encoding": encoding,
                             "train_tokens": len(data.train_ids), "train_chars": data.train_chars,
                             "content": text_digest(data.train_ids, data.val_ids, data.content)}
         self.chars_per_token = data.train_chars / max(1, len(data.train_ids))

@@ -78,7 +78,8 @@ class PairsTask(Task):
         self.train_ids = data.train_ids
         self.val_ids = np.concatenate(data.val_tgt)
         self.val_unknown = data.val_unknown  # (the inputs' too: val_ids are the targets)
-        self.data_record = {"corpus": self.corpus.source, "cache_entry": None, "train_tokens": len(self.train_ids),
+        self.data_record = {"corpus": self.corpus.source, "cache_entry": None, "encoding": encoding,
+                            "train_tokens": len(self.train_ids),
                             "train_chars": len(self.train_ids), "content": text_digest(self.train_ids, self.val_ids)}
         self.chars_per_token = 1.0
         # --best-by: G2P and transliteration are judged by whole words right, which the loss tracks only loosely

@@ -48,14 +48,15 @@ CONFIG_VERSION = 2
 TEXT_KIND = ("pairs", "label_by", "skip_bad_lines")
 
 
-def saved_text_options(corpus, cfg: TrainConfig, model_cfg: ModelConfig,
-                       explicit: Optional[set]) -> Tuple[TrainConfig, ModelConfig]:
+def saved_text_options(corpus, cfg: TrainConfig, model_cfg: ModelConfig, explicit: Optional[set],
+                       encoding: str) -> Tuple[TrainConfig, ModelConfig, str]:
     """`cfg` with the saved run's --pairs, --label-by and --skip-bad-lines where this command line did not give
-    them (`explicit` None: every field was given), and a saved classifier's kind in `model_cfg` (the task is chosen
-    by it) where neither --classifier nor --kind was given. The run is --name's, else the first CORPUS file's; a
-    run that cannot be read here is left to load_resume, which says what is wrong."""
+    them (`explicit` None: every field was given), a saved classifier's kind in `model_cfg` (the task is chosen
+    by it) where neither --classifier nor --kind was given, and the saved --encoding where none was. The run is
+    --name's, else the first CORPUS file's; a run that cannot be read here is left to load_resume, which says what
+    is wrong."""
     if explicit is None:
-        return cfg, model_cfg
+        return cfg, model_cfg, encoding
     first = corpus[0] if isinstance(corpus, (list, tuple)) and corpus else corpus
     name = cfg.name or (Path(first).resolve().stem if isinstance(first, str) and Path(first).exists() else None)
     path = Path(cfg.out) / name / "last.pt" if name else None
@@ -64,17 +65,20 @@ def saved_text_options(corpus, cfg: TrainConfig, model_cfg: ModelConfig,
 
         saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True) if path and path.is_file() else {}
     except Exception:  # noqa: BLE001 - the trainer loads it again and says what is wrong
-        return cfg, model_cfg
+        return cfg, model_cfg, encoding
     old = saved.get("train_config") if isinstance(saved, dict) else None
     if not isinstance(old, dict):
-        return cfg, model_cfg
+        return cfg, model_cfg, encoding
     keep = {k: old[k] for k in TEXT_KIND if k not in explicit and k in old}
     if isinstance(keep.get("label_by"), str) and not keep["label_by"].strip():  # (saved before blank was refused)
         keep["label_by"] = None
     kind = (saved.get("model_config") or {}).get("kind")
     if kind == "classifier" and not {"classifier", "kind"} & set(explicit):
         model_cfg = replace(model_cfg, kind=kind)
-    return replace(cfg, **keep), model_cfg
+    was = (saved.get("data") or {}).get("encoding") if isinstance(saved.get("data"), dict) else None
+    if "encoding" not in explicit and isinstance(was, str):  # (recorded since 2026-12-07)
+        encoding = was
+    return replace(cfg, **keep), model_cfg, encoding
 
 
 def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, explicit: Optional[set]) -> TrainConfig:

@@ -214,7 +214,7 @@ def start_run(corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Option
     events, stop = Callbacks(on_event), stop or StopRequest()
     events.stop = stop  # (a callback's StopTraining: the loop ends as at a limit)
     if resume:
-        cfg, model_cfg = saved_text_options(corpus, cfg, model_cfg, explicit)
+        cfg, model_cfg, encoding = saved_text_options(corpus, cfg, model_cfg, explicit, encoding)
     try:
         text = load_training_text(corpus, encoding, glob, events, TextOptions.of(cfg))
     finally:

@@ -124,7 +124,7 @@ def write(t, path: Path, val_loss: float) -> None:
         raise failed or CharnnError(f"the first process could not write {path}; see its error")
 
 
-def check_same_text(saved: dict, now: dict, run: str) -> None:
+def check_same_text(saved: dict, now: dict, run: str, val_file: Optional[str] = None) -> None:
     """A resumed run reads the text it was trained on: its position in the data and its carried state mean nothing
     in another text (a corpus left off the command line, a --glob forgotten, the file edited)."""
     was = saved.get("data") or {}
@@ -135,8 +135,13 @@ def check_same_text(saved: dict, now: dict, run: str) -> None:
             raise ConfigError(f"--resume continues run {run!r} on the text it was trained on ({was.get('corpus')}: "
                               f"{was[k]:,} {what}); this text ({now.get('corpus')}) has {now[k]:,}. {again}")
     if was.get("content") and now.get("content") and was["content"] != now["content"]:  # (same length, edited)
+        if was.get("encoding") and now.get("encoding") and was["encoding"] != now["encoding"]:
+            raise ConfigError(f"--resume continues run {run!r} on the text it was trained on, read as "
+                              f"{was['encoding']}; this one was read as {now['encoding']}: drop --encoding, or give "
+                              f"--encoding {was['encoding']}")
+        also = f" and its validation file {val_file!r}" if val_file else ""  # (the digest holds both)
         raise ConfigError(f"--resume continues run {run!r} on the text it was trained on ({was.get('corpus')}); this "
-                          f"text ({now.get('corpus')}) has as many characters but is not the same. {again}")
+                          f"text ({now.get('corpus')}{also}) has as many characters but is not the same. {again}")
 
 
 AGAIN = ("Pass that text again (with its --glob), or fine-tune the run on this one under a new --name with --init-from "
@@ -151,7 +156,7 @@ def text_and_folder(resumed: Optional[dict], data_record: dict, run_dir: Path, c
     (check_steps_left); a fresh run in the folder of an older run of the same name returns what it holds ("" where
     nothing), said before training, since its first save moves that run into previous/ (keep_previous)."""
     if resumed:
-        check_same_text(resumed, data_record, run_dir.name)
+        check_same_text(resumed, data_record, run_dir.name, cfg.val_file)
         check_steps_left(resumed, cfg, explicit, run_dir.name)
         return ""
     return " and ".join(n for n in ("best.pt", "last.pt") if (run_dir / n).is_file())
