@@ -148,3 +148,20 @@ def test_a_signal_during_torchs_import_waits_for_it_to_finish(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
                        timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "[True]", (r.stdout, r.stderr)  # (once, after the import)
+
+
+def test_a_ctrl_c_while_the_command_line_loads_is_one_line():
+    """A Ctrl-C in the command's first few hundred milliseconds (typer and rich loading) was a 30-line traceback."""
+    code = ("import builtins, sys\n"
+            "real = builtins.__import__\n"
+            "def slow(name, *a, **k):\n"
+            "    if name == 'rich' or name.startswith('rich.'):\n"
+            "        raise KeyboardInterrupt\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = slow\n"
+            "sys.argv = ['charnn', 'info']\n"
+            "from charnn.cli import main\n"
+            "main()\n")
+    p = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
+                       timeout=120)
+    assert (p.returncode, p.stdout, p.stderr) == (130, "", "interrupted\n"), p.stderr
