@@ -20,7 +20,7 @@ import platform
 import time
 from pathlib import Path
 
-from common import cpu_features, cpu_name
+from common import CORPORA, cpu_features, cpu_name
 
 import torch
 
@@ -28,7 +28,7 @@ import charnn
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared" / "corpora"
+SHARED = CORPORA
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import cpu_features, cpu_name  # noqa: E402
+from common import CORPORA, cpu_features, cpu_name  # noqa: E402
 from labels import BOOKS, baseline, build_task, charnn, sample_load, scores  # noqa: E402
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint  # noqa: E402
@@ -213,7 +213,7 @@ def part_throughput(run: Path, verses, counts, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kjv", default=str(ROOT.parent / "shared" / "corpora" / "kjv"))
+    ap.add_argument("--kjv", default=str(CORPORA / "kjv"))
     ap.add_argument("--budgets", type=float, nargs="+", default=[60.0, 120.0, 240.0])
     ap.add_argument("--flags", nargs="*", default=[], help="more `charnn train` flags for every classifier run")
     ap.add_argument("--parts", nargs="*", default=list(PARTS[:4]), choices=PARTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,7 +11,10 @@ from charnn.device import cpu_name  # noqa: E402  the CPU model name, for the ha
 
 import torch  # noqa: E402
 
-__all__ = ["cpu_name", "cpu_features"]
+__all__ = ["cpu_name", "cpu_features", "CORPORA"]
+
+# the benchmark corpora (tinyshakespeare.txt, kjv/): ../shared/corpora beside the checkout, or $CHARNN_CORPORA
+CORPORA = Path(os.environ.get("CHARNN_CORPORA") or Path(__file__).resolve().parents[2] / "shared" / "corpora")
 
 
 def cpu_features() -> str:

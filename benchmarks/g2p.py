@@ -41,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import cpu_features, cpu_name  # noqa: E402
+from common import CORPORA, cpu_features, cpu_name  # noqa: E402
 
 # The task's published baseline (an ensembled neural transducer trained with imitation learning, Makarov &
 # Clematide 2018), WER % on dev and test, from the "Baseline" table of the task's README (github.com/sigmorphon/
@@ -135,13 +135,14 @@ def subsample(work: Path, lang: str, n: int) -> str:
 def lm_rate(work: Path, seconds: float) -> dict:
     """The language model's training chars/s on this machine (every default, tinyshakespeare, `seconds` long):
     what the pairs runs' rate is compared with."""
-    corpus = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+    corpus = CORPORA / "tinyshakespeare.txt"
     charnn(["train", str(corpus), "--max-time", str(seconds), "--out", str(work), "--name", "lm", "--device", "cpu",
             "--quiet"])
     records = [json.loads(line) for line in (work / "lm" / "metrics.jsonl").read_text().splitlines()]
     rates = [rec["chars_per_sec"] for rec in records if rec.get("chars_per_sec")]
     config = json.loads((work / "lm" / "config.json").read_text())
-    return {"seconds": seconds, "chars_per_s": statistics.median(rates), "precision": config["precision"],
+    return {"seconds": seconds, "chars_per_s": statistics.median(rates) if rates else None,  # (none logged: short)
+            "precision": config["precision"],
             "threads": config.get("threads")}
 
 

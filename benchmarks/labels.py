@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import cpu_features, cpu_name  # noqa: E402
+from common import CORPORA, cpu_features, cpu_name  # noqa: E402
 
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint  # noqa: E402
 from charnn.scoring.classify import Classifier  # noqa: E402
@@ -233,7 +233,7 @@ def throughput(run: Path, verses, n_lines: int, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kjv", default=str(ROOT.parent / "shared" / "corpora" / "kjv"))
+    ap.add_argument("--kjv", default=str(CORPORA / "kjv"))
     ap.add_argument("--books", nargs="*", default=BOOKS)
     ap.add_argument("--budget", type=float, default=360.0, help="--max-time of the labelled model, seconds")
     ap.add_argument("--label-dropout", type=float, default=0.1)

@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cpu_features, cpu_name
+from common import CORPORA, cpu_features, cpu_name
 
 from charnn.data import textindex
 from charnn.data.corpus import builtin_corpus
 from charnn.reports.novelty import _windows
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPORA = ROOT.parent / "shared" / "corpora"
+CORPORA = CORPORA
 NS = (16, 32, 64)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import cpu_features, cpu_name
+from common import CORPORA, cpu_features, cpu_name
 from conv_block import conv_blocks
 
 from charnn.config import ModelConfig, TrainConfig
@@ -39,7 +39,7 @@ from charnn.training.schedule import make_optimizer
 from charnn.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+CORPUS = CORPORA / "tinyshakespeare.txt"
 SPEED_MODELS = "lstm:2x256,mingru:2x256x1f2,minlstm:2x256x1f2,mingru:2x256x2,minlstm:2x224x2,mingru:4x256x1"
 QUALITY_MODELS = "lstm:2x256,mingru:2x256x1f2,minlstm:2x256x1f2"
 

@@ -18,11 +18,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import CORPORA
+
 from charnn.data.batches import split_text
 from charnn.scoring.evaluate import score_ids
 from charnn.text.tokenizer import CharTokenizer
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
+CORPUS = CORPORA / "tinyshakespeare.txt"
 
 
 class PlainLSTM(nn.Module):

@@ -30,7 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import cpu_name  # noqa: E402
+from common import CORPORA, cpu_name  # noqa: E402
 
 SHAPES = {"2x256 b8 (defaults)": [], "2x512 b32": ["--hidden", "512", "--batch-size", "32"]}
 
@@ -57,7 +57,7 @@ def run(corpus: str, precision: str, extra: list, steps: int, work: Path) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"))
+    ap.add_argument("--corpus", default=str(CORPORA / "tinyshakespeare.txt"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_features, cpu_name
+from common import CORPORA, cpu_features, cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPORA = ROOT.parent / "shared" / "corpora"
+CORPORA = CORPORA
 OFF = ["--ar", "0", "--tar", "0"]  # a language model trains with AR 2 / TAR 1 by default (since this ablation)
 AWD = ["--weight-drop", "0.5", "--locked-dropout", "--dropout", "0.25", "--input-dropout", "0.1",
        "--embed-dropout", "0.05", "--ar", "2", "--tar", "1"]

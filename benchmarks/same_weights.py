@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN = """
 import sys, torch
 sys.path.insert(0, {fixtures!r})
-from make_formats import COMMON, KINDS, corpus
+from make_formats import corpus, flags_of
 from pathlib import Path
 import charnn
 torch.set_num_threads(1)
 kind, out = sys.argv[1], Path(sys.argv[2])
-charnn.train(corpus(kind, out), out=str(out), name=kind, **{{**COMMON, "max_steps": 40}}, **KINDS[kind])
+charnn.train(corpus(kind, out), out=str(out), name=kind, **{{**flags_of(kind), "max_steps": 40}})
 """
 
 

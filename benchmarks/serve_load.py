@@ -27,9 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import cpu_features, cpu_name  # noqa: E402
+from benchmarks.common import CORPORA, cpu_features, cpu_name  # noqa: E402
 
-CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+CORPUS = CORPORA / "tinyshakespeare.txt"
 MIN_REQUESTS = 32  # requests per level at least
 
 

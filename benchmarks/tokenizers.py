@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import CORPORA  # noqa: E402
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint  # noqa: E402
 from charnn.config import ModelConfig, TrainConfig
 from charnn.sampling import SampleConfig  # noqa: E402
@@ -36,7 +37,7 @@ from charnn.scoring.evaluate import EvalResult  # noqa: E402
 from charnn.generation.sampler import generate  # noqa: E402
 from charnn.training.trainer import train  # noqa: E402
 
-DEFAULT_CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+DEFAULT_CORPUS = CORPORA / "tinyshakespeare.txt"
 
 
 def run_one(kind: str, vocab, text: str, args, out: str) -> dict:

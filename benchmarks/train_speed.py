@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import cpu_features, cpu_name  # noqa: E402
+from common import CORPORA, cpu_features, cpu_name  # noqa: E402
+
+CORPUS = CORPORA / "tinyshakespeare.txt"
 
 
 def matmul_ceiling(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:

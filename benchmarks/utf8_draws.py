@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_name
+from common import CORPORA, cpu_name
 from sample_speed import chars_per_second
 
 import charnn
@@ -47,7 +47,7 @@ def cjk_text(source: str, lines: int = 20000) -> str:
 
 def guarded(on: bool):
     """The Batcher's UTF-8 guard on (charnn's) or off (as before it)."""
-    batcher.Utf8Mask.of = REAL_OF if on else (lambda *a, **k: None)
+    batcher.Utf8Mask.of = REAL_OF if on else (lambda tokenizer, capacity, device: batcher.Utf8Mask(None, capacity, device))
 
 
 REAL_OF = batcher.Utf8Mask.of
@@ -63,7 +63,7 @@ def broken(model, seeds: int, length: int, temperature: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"))
+    ap.add_argument("--corpus", default=str(CORPORA / "tinyshakespeare.txt"))
     ap.add_argument("--run", help="a bpe run or checkpoint to use instead of training one")
     ap.add_argument("--budget", default="60s", help="training time for the bpe model (charnn train --max-time)")
     ap.add_argument("--seeds", type=int, default=10)
