@@ -359,6 +359,9 @@ def test_int8_says_what_it_needs(monkeypatch):
     monkeypatch.setattr(native, "int8_products", lambda lib: False)
     with pytest.raises(CharnnError, match="needs a CPU with AVX-512 VNNI"):
         MinStepper(model_of("mingru", hidden=64), 1, int8=True)
+    monkeypatch.setenv("CHARNN_NATIVE", "0")  # (it said "needs a CPU with AVX-512 VNNI" on one that has it)
+    with pytest.raises(CharnnError, match="CHARNN_NATIVE=0 turns off"):
+        MinStepper(model_of("mingru", hidden=64), 1, int8=True)
 
 
 @vnni

@@ -180,6 +180,9 @@ def _check_int8(model: MinRNN, lib) -> None:
     widths = (c.hidden, c.expand * c.hidden) + ((c.ffn * c.hidden,) if c.ffn else ())
     if next(model.parameters()).device.type != "cpu":
         raise CharnnError("--int8 is for sampling on the CPU; on a GPU leave it out")
+    if not native.enabled():  # (it said "needs a CPU with AVX-512 VNNI" on one that has it)
+        raise CharnnError("--int8 for mingru/minlstm runs in charnn's C step, which CHARNN_NATIVE=0 turns off; "
+                          "unset it, or sample without --int8")
     if not native.int8_products(lib) or not hasattr(lib, "min_step"):
         raise CharnnError("--int8 for mingru/minlstm needs a CPU with AVX-512 VNNI and a C compiler; "
                           "sample without --int8")
