@@ -196,7 +196,7 @@ def test_a_killed_torchrun_stops_its_ranks_as_sigterm_does(tmp_path, corpus):
 
 
 # ---- exact resume with two ranks, in-process (a deterministic stop at step 12 needs a callback) -------------
-MODEL = dict(TINY_MODEL, hidden=24, embed=8)
+MODEL = dict(TINY_MODEL, hidden=24, embed=8, dropout=0.1)  # (dropout too: its masks follow the same generators)
 TRAIN = dict(batch_size=4, seq_len=16, lr=1e-2, warmup=5, eval_every=10, max_steps=24, device="cpu", seed=11,
              save_every_secs=0, threads=1)
 # every training-time regulariser on (charnn.models.regularize): their masks follow each rank's seeded generator
