@@ -396,6 +396,19 @@ def test_an_input_with_no_known_character_is_a_blank_line_under_skip(reverse_run
     assert "note: dropped 2 input character(s)" in r.stderr and "stdin:1" in r.stderr
 
 
+def test_an_input_far_longer_than_training_gets_a_note(reverse_run):
+    """A 5,000-character line took 24 s to decode with no word why: attention is quadratic in its length."""
+    longest = load_checkpoint(reverse_run / "rev" / "best.pt")["pairs"]["max_source"]
+    assert 1 < longest < 10
+    r = runner.invoke(app, ["transduce", str(reverse_run / "rev"), "--max-length", "5"],
+                      input="abc\n" + "ab" * 40 + "\nba\n")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 3, r.stderr
+    assert "note: 1 input line(s) far longer than any the model was trained on (the longest had " \
+           f"{longest} characters; stdin:2 has 80)" in " ".join(r.stderr.split()), r.stderr
+    r = runner.invoke(app, ["transduce", str(reverse_run / "rev")], input="abc\nba\n")
+    assert r.exit_code == 0 and "note" not in r.stderr
+
+
 def test_training_resumes_exactly(tmp_path):
     from test_resume import assert_same_training_state, stop_at, weights
 

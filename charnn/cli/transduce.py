@@ -69,8 +69,9 @@ def transduce(
         path = resolve_checkpoint(checkpoint)
         data = load_checkpoint(path)
         model, source_tok, tok = build_seq2seq(data, dev)
-        transducer = Transducer(model, source_tok, tok, cfg, dev, (data.get("pairs") or {}).get("max_ratio", 4.0),
-                                 exact_scores=scores)
+        pairs = data.get("pairs") or {}
+        transducer = Transducer(model, source_tok, tok, cfg, dev, pairs.get("max_ratio", 4.0), exact_scores=scores,
+                                max_source=pairs.get("max_source"))
         if not files and sys.stdin.isatty() and not quiet:
             err.print("reading input lines from the terminal (Ctrl-D ends)")
         feed = LineFeed(files or [], encoding, most=max(1024, 4 * cfg.batch_size))  # (the first outputs wait for

@@ -81,7 +81,8 @@ class PairText:
         decoding can bound its output length from the input's)."""
         return {"train_pairs": len(self.train), "val_pairs": len(self.val),
                 "max_ratio": max((len(p.target) + 1) / (len(p.source) + 1) for p in self.train),
-                "max_target": max(len(p.target) for p in self.train)}
+                "max_target": max(len(p.target) for p in self.train),
+                "max_source": max(len(p.source) for p in self.train)}
 
 
 TRAIN_HINT = "`--skip-bad-lines` skips and counts such lines"

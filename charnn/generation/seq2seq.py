@@ -31,6 +31,7 @@ from charnn.text.tokenizer import start_id
 from charnn.threadwatch import block
 
 EXTRA_LENGTH = 10  # the default length limit: the longest training ratio x 2 x (input + 1), plus this
+LONG_INPUT = 8  # an input over this many times the longest trained on (at least 8 characters) gets a note
 
 
 @dataclass
@@ -117,21 +118,25 @@ class Transducer:
     skipped), decoded in length-sorted batches, the results in input order."""
 
     def __init__(self, model: Seq2Seq, source_tokenizer, tokenizer, cfg: TransduceConfig, device: torch.device,
-                 max_ratio: float = 4.0, exact_scores: bool = False):
+                 max_ratio: float = 4.0, exact_scores: bool = False, max_source: Optional[int] = None):
         """`exact_scores`: recompute each output's log-probability for its input alone (see `rescore`), so
-        printed scores are the same whatever the batch; otherwise they are the search's sums."""
+        printed scores are the same whatever the batch; otherwise they are the search's sums. `max_source`: the
+        longest training input, if known (`notes` names inputs far longer)."""
         self.model, self.src_tok, self.tok, self.cfg, self.device = model.eval(), source_tokenizer, tokenizer, cfg, device
         self.start = start_id(tokenizer)  # the newline: the decoder starts from it and ends with it
         self.src_end = start_id(source_tokenizer)
         self.max_ratio, self.exact_scores = max_ratio, exact_scores
         self.offset = 0  # lines seen so far: sampling seeds each input by its position in the whole input
         self.dropped, self.emptied = 0, []  # --unknown skip: characters dropped; inputs left with none (where)
+        self.max_source, self.long = max_source, []  # inputs over LONG_INPUT x the longest trained on: (where, n)
 
     def encode(self, text: str, where: str) -> Optional[np.ndarray]:
         """An input's ids and its end; characters outside the vocabulary are an error naming `where`
         (--unknown error) or dropped (--unknown skip; None when none is left: the output is a blank line, and
         `notes` says so)."""
         ids = self.src_tok.encode(text)
+        if self.max_source and len(ids) > LONG_INPUT * max(self.max_source, 8):
+            self.long.append((where, len(ids)))
         bad = ids == self.src_tok.unk_id
         if bad.any():
             if self.cfg.unknown == "error":
@@ -145,10 +150,16 @@ class Transducer:
         return np.append(ids, self.src_end)
 
     def notes(self) -> List[str]:
-        """What --unknown skip did, for the user (empty when it dropped nothing)."""
+        """What --unknown skip did, and inputs far longer than training's, for the user (empty when neither)."""
+        out = []
+        if self.long:  # (a 5,000-character line took 24 s, unexplained: attention reads every input step at each
+            where, n = max(self.long, key=lambda w: w[1])  # output step, and the output runs as long)
+            out.append(f"{len(self.long):,} input line(s) far longer than any the model was trained on (the longest "
+                       f"had {self.max_source:,} characters; {where} has {n:,}): such lines decode slowly (the time "
+                       "grows with the square of their length) and their outputs are unreliable")
         if not self.dropped:
-            return []
-        out = [f"dropped {self.dropped:,} input character(s) the model does not know (--unknown skip)"]
+            return out
+        out.append(f"dropped {self.dropped:,} input character(s) the model does not know (--unknown skip)")
         if self.emptied:
             shown = ", ".join(self.emptied[:5]) + (f" and {len(self.emptied) - 5} more" if len(self.emptied) > 5 else "")
             out.append(f"{len(self.emptied):,} input line(s) had no character the model knows and got a blank "
