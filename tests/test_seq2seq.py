@@ -505,7 +505,10 @@ def test_the_python_api_transduces_and_scores_with_the_cli_code(reverse_run, tmp
     assert r.stdout.split("\n")[:-1] == outs
     best = model.transduce("abcd", beam=4, n_best=2, scores=True)
     assert len(best) == 2 and best[0][1] >= best[1][1]
-    assert model.score([(w, w[::-1]) for w in held])["exact_match"] > 0.8
+    found = model.score([(w, w[::-1]) for w in held])
+    assert found["exact_match"] > 0.8 and found["unknown_input_chars"] == found["unknown_target_chars"] == 0
+    odd = model.score([("a\u2603b", "ba"), ("ab", "b\u2603\u2603a")])  # (scored as the unknown token, silently)
+    assert (odd["unknown_input_chars"], odd["unknown_target_chars"]) == (1, 2)
     with pytest.raises(ParamError, match="`pairs` is empty"):  # (was: every number None)
         model.score([])
     with pytest.raises(CharnnError, match="not in the model's input characters .`unknown=skip` drops them.") as e:

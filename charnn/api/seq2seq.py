@@ -76,8 +76,10 @@ class Seq2SeqModel:
         return found[0] if single else found
 
     def score(self, pairs: Sequence[Tuple[str, str]], beam: int = 1) -> dict:
-        """What `charnn eval` reports for (input, target) pairs: nats per target character, exact match, CER, SER."""
-        from charnn.reports.pairs import score_pairs
+        """What `charnn eval` reports for (input, target) pairs: nats per target character, exact match, CER, SER,
+        and the characters of the inputs and targets outside the model's vocabularies (`unknown_input_chars`,
+        `unknown_target_chars`: eval's notes; they were scored without a word)."""
+        from charnn.reports.pairs import score_pairs, unknown_chars
 
         if not isinstance(pairs, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
             raise ParamError(f"`pairs` must be a list of (input, target) pairs, got {python_shown(pairs)}", "pairs")
@@ -89,8 +91,10 @@ class Seq2SeqModel:
         file = PairFile("pairs", [Pair(s, t) for s, t in pairs])
         with keyword_names():
             cfg = TransduceConfig(beam=beam).validate()
-        return score_pairs(self.net, self.source_tokenizer, self.tokenizer, file, cfg, self.device,
-                           self.max_ratio).to_dict()
+        found = score_pairs(self.net, self.source_tokenizer, self.tokenizer, file, cfg, self.device,
+                            self.max_ratio).to_dict()
+        return {**found, "unknown_input_chars": unknown_chars(self.source_tokenizer, [file]),
+                "unknown_target_chars": unknown_chars(self.tokenizer, [file], "target")}
 
     def activations(self, text: str):
         """The encoder's units after each character of each line of `text` as an input (`.values` (chars, units),
