@@ -58,7 +58,10 @@ def saved_text_options(corpus, cfg: TrainConfig, model_cfg: ModelConfig, explici
     if explicit is None:
         return cfg, model_cfg, encoding
     first = corpus[0] if isinstance(corpus, (list, tuple)) and corpus else corpus
-    name = cfg.name or (Path(first).resolve().stem if isinstance(first, str) and Path(first).exists() else None)
+    if isinstance(first, str) and first:  # a file's or folder's run is named by its stem, a catalog corpus's by its name
+        name = cfg.name or (Path(first).resolve().stem if Path(first).exists() else Path(first).name)
+    else:
+        name = cfg.name
     path = Path(cfg.out) / name / "last.pt" if name else None
     try:  # (mmap: only the pickled configs are read, not the weights)
         import torch
