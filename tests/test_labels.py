@@ -594,3 +594,15 @@ def test_a_labelled_run_with_a_val_file_resumes_without_it_given_again(tmp_path,
     r = runner.invoke(app, [*args, "--resume", "--max-steps", "4"])
     assert r.exit_code == 0, r.stderr
     assert torch.load(tmp_path / "l" / "last.pt", weights_only=True)["step"] == 4
+
+
+def test_a_line_label_with_a_control_character_is_a_bad_line(tmp_path):
+    """An ESC in a label went raw into eval's, classify's and info's tables (ESC [2J cleared the screen)."""
+    rows = "".join(f"{'pos' if i % 2 else 'neg'}\tline {i} of some words\n" for i in range(40))
+    (tmp_path / "l.tsv").write_text(rows + "\x1b[2Jx\tan odd one\n", encoding="utf-8")
+    args = ["train", str(tmp_path / "l.tsv"), "--label-by", "line", "--out", str(tmp_path), "--hidden", "16",
+            "--layers", "1", "--max-steps", "2", "--threads", "1", "-q"]
+    one_line_error(runner.invoke(app, args), 1, "l.tsv:41", "control character in its label '\\x1b[2Jx'")
+    r = runner.invoke(app, [*args, "--skip-bad-lines"])
+    assert r.exit_code == 0, r.stderr
+    assert load_checkpoint(tmp_path / "l" / "last.pt")["labels"]["names"] == ["neg", "pos"]

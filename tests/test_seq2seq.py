@@ -319,6 +319,7 @@ def test_info_shows_both_vocabularies_and_the_shape(reverse_run):
     r = runner.invoke(app, ["info", str(reverse_run / "rev")])
     assert r.exit_code == 0
     assert "bidirectional lstm encoder" in r.stdout and "attention" in r.stdout
+    assert "encoder, 1 layer x " in " ".join(r.stdout.split())  # (it said "1 layers")
     assert "input       char" in r.stdout and "output      char" in r.stdout
     d = json.loads(runner.invoke(app, ["info", str(reverse_run / "rev"), "--json"]).stdout)
     assert d["seq2seq"]["attention"] == "luong-general" and d["seq2seq"]["input_vocabulary"]["vocab_size"] == 8

@@ -360,3 +360,33 @@ def test_cells_of_a_model_of_many_labels_says_which_it_read(tmp_path):
     r = invoke("show", tmp_path / "runs" / "rows", tmp_path / "t.txt", "--cells")
     assert r.exit_code == 0, r.stderr
     assert "--cells: the text read under the first 8 of the model's 9 labels" in r.stderr  # (it was silent)
+
+
+def test_control_characters_and_markup_from_the_text_are_shown_not_obeyed(tmp_path):
+    """A model whose vocabulary holds ESC and BEL wrote them raw into show's lines (ESC ]0; set the terminal's
+    title, ESC [2J cleared it); "<!--" then "<script" in the page's data left it blank (the parser took the page's
+    own </script> for text); a control character in a file name reached eval's table raw."""
+    evil = "\x1b]0;pwned\x07 \x1b[2J <!--<script>x</script> & \u202e"
+    text = (make_text(60, seed=3) + evil + "\n") * 8
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    r = invoke("train", tmp_path / "t.txt", "--out", tmp_path, "--hidden", "16", "--layers", "1", "--max-steps", "2",
+               "--threads", "1", "-q")
+    assert r.exit_code == 0, r.stderr
+    sample = tmp_path / "s.txt"
+    sample.write_text(evil + "\n", encoding="utf-8")
+    for fmt in ("tsv", "color"):
+        r = invoke("show", tmp_path / "t", sample, "--format", fmt)
+        assert r.exit_code == 0 and "\\x1b" in r.stdout, r.stderr
+        assert not any(c in r.stdout for c in "\x1b\x07\u202e") or fmt == "color" and "\x1b[" in r.stdout
+    r = invoke("show", tmp_path / "t", sample, "--format", "tsv")
+    assert not any(c in r.stdout for c in "\x1b\x07\u202e")
+    r = invoke("show", tmp_path / "t", sample, "--html", tmp_path / "p.html")
+    assert r.exit_code == 0, r.stderr
+    page = (tmp_path / "p.html").read_text(encoding="utf-8")
+    raw = page.split('<script id="data" type="application/json">')[1].split("</script>")[0]
+    assert "<" not in raw and "&" not in raw and evil in "".join(json.loads(raw)["tokens"])
+    named = tmp_path / "a\x1b[2Jb.txt"
+    named.write_text(make_text(20, seed=1), encoding="utf-8")
+    r = invoke("eval", tmp_path / "t", named)
+    assert r.exit_code == 0 and "a\\x1b[2Jb.txt" in r.stdout and "\x1b" not in r.stdout, r.stdout
+    one_line_error(invoke("eval", tmp_path / "t", tmp_path / "no\x07pe.txt"), 1, "no\\x07pe.txt")

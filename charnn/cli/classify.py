@@ -12,7 +12,7 @@ from typing import Annotated, Iterator, List, Optional
 import typer
 
 from charnn.cli.options import Device, Quiet, Threads, check_threads, stdin_once
-from charnn.cli.output import err, note_threads, user_errors, writing_results
+from charnn.cli.output import err, note_threads, user_errors, visible, writing_results
 from charnn.data.linefeed import STDIN, stdin_lines
 from charnn.errors import CharnnError
 
@@ -71,7 +71,7 @@ def classify(
             unknown = sum(tokenizer.count_unknown(text) for text in texts)
             for path, scores in zip(paths, classifier.classify(texts)):
                 typer.echo(json.dumps({"file": path, **scores.to_dict()}, ensure_ascii=False) if as_json
-                           else f"{path}\t{show(scores)}")
+                           else f"{visible(path)}\t{show(scores)}")
         else:
             with user_errors():
                 for block in _blocks(_lines(paths, encoding)):

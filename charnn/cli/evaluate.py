@@ -10,7 +10,7 @@ import typer
 
 from charnn.cli.options import (Device, DynamicDecay, DynamicLr, Json, Quiet, ScoreLabel, Segment, Threads,
                                 check_threads, dynamic_config, split_checkpoint, stdin_once)
-from charnn.cli.output import err, json_line, note_threads, user_errors, writing_results
+from charnn.cli.output import err, json_line, note_threads, user_errors, visible, writing_results
 from charnn.data.linefeed import STDIN
 
 
@@ -200,7 +200,7 @@ def _labelled(data, path, files, by: Optional[str], uniform_prior: bool, encodin
             typer.echo(json_line({**report, "checkpoint": str(path), "label_by": by}))
             return
         for line in confusion_lines(report):
-            typer.echo(line)
+            typer.echo(visible(line))
 
 
 def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> None:
@@ -239,20 +239,20 @@ def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> N
         for f, s in rows:
             d = s.to_dict()
             nats = "-" if d["nats_per_char"] is None else f"{d['nats_per_char']:.4f}"
-            typer.echo(f"{f:<{w}} {d['pairs']:>8,} {d['words']:>8,} {nats:>10} {pct(d['exact_match']):>8} "
+            typer.echo(f"{visible(f):<{w}} {d['pairs']:>8,} {d['words']:>8,} {nats:>10} {pct(d['exact_match']):>8} "
                        f"{pct(d['cer']):>8} {pct(d['ser']):>8}")
 
 
 def _file_width(rows) -> int:
     """The file column: wide enough for the longest name (a cached catalog file's path runs past 30)."""
-    return max([30] + [len(str(f)) for f, _ in rows])
+    return max([30] + [len(visible(str(f))) for f, _ in rows])
 
 
 def _table(rows) -> None:
     w = _file_width(rows)
     typer.echo(f"{'file':<{w}} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} {'chars':>10} {'tokens':>10}")
     for f, r in rows:
-        typer.echo(f"{f:<{w}} {r.nats_per_char:>10.4f} {r.bits_per_char:>10.4f} {r.perplexity:>11.3f} "
+        typer.echo(f"{visible(f):<{w}} {r.nats_per_char:>10.4f} {r.bits_per_char:>10.4f} {r.perplexity:>11.3f} "
                    f"{r.chars:>10,} {r.tokens:>10,}")
 
 
@@ -262,5 +262,5 @@ def _dynamic_table(rows) -> None:
     typer.echo(f"{'file':<{w}} {'static':>10} {'dynamic':>10} {'gain':>8} {'chars':>10} {'static s':>9} "
                f"{'dynamic s':>10}")
     for f, r in rows:
-        typer.echo(f"{f:<{w}} {r.static.nats_per_char:>10.4f} {r.dynamic.nats_per_char:>10.4f} {r.gain:>8.4f} "
+        typer.echo(f"{visible(f):<{w}} {r.static.nats_per_char:>10.4f} {r.dynamic.nats_per_char:>10.4f} {r.gain:>8.4f} "
                    f"{r.static.chars:>10,} {r.static_seconds:>9.2f} {r.dynamic_seconds:>10.2f}")

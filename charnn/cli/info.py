@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from charnn.cli.options import Checkpoint, Json
-from charnn.cli.output import ResultConsole, print_curve, user_errors, writing_results
+from charnn.cli.output import ResultConsole, print_curve, user_errors, visible, writing_results
 from charnn.errors import CharnnError, first_line
 
 
@@ -29,6 +29,6 @@ def info(checkpoint: Checkpoint = None, as_json: Json = False):
             return
         out = ResultConsole(highlight=False, soft_wrap=True)
         for line in lines:
-            out.print(line, markup=False)
+            out.print(visible(line), markup=False)  # (a label's or path's control characters: escapes)
         out.print()
         print_curve(out, Path(facts["run_dir"]))

@@ -158,9 +158,19 @@ def signal_exit_code(signum: int) -> int:
 LONGEST_ERROR = 2000  # characters of an error line; past them its middle is left out
 
 
+def visible(text: str) -> str:
+    """`text` with the characters a terminal acts on or hides (control and format characters: ESC sequences that
+    clear the screen or set the window's title, BEL, bidi overrides) written as Python escapes; spaces kept. For
+    names and paths in tables and messages (a label or file name can hold them)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def error_line(message: str) -> str:
     """An error's line, cut in the middle past LONGEST_ERROR characters: a value the user gave is quoted in it (a
-    100,000-character --device was one line that long)."""
+    100,000-character --device was one line that long); control characters in it shown as escapes."""
+    message = visible(message)
     if len(message) <= LONGEST_ERROR:
         return message
     cut = len(message) - LONGEST_ERROR + 400

@@ -10,6 +10,7 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 from rich.text import Text
 
+from charnn.cli.output import visible
 from charnn.cli.textplot import line_plot
 from charnn.reports.show import Cells, ShowReport
 
@@ -38,10 +39,10 @@ def _coloured(tokens: Sequence[str], styles: Sequence[str]) -> Text:
     text = Text()
     for token, style in zip(tokens, styles):
         if token.endswith("\n"):  # a coloured mark where the line ends, so a surprising newline shows
-            text.append(token[:-1] + "↵", style=style)
+            text.append(visible(token[:-1]) + "↵", style=style)
             text.append("\n")
-        else:
-            text.append(token.replace("\t", "    "), style=style)
+        else:  # (an ESC or a bidi override in the text is shown, not obeyed)
+            text.append(visible(token.replace("\t", "    ")), style=style)
     return text
 
 
@@ -82,7 +83,7 @@ def cells_view(report: ShowReport) -> Iterator[Text]:
         yield Text("(no property of the text varies along it: nothing to track)")
     for cell in report.cells:
         units = ", ".join(f"{u.name} (r {u.r:+.2f})" for u in cell.units)
-        yield Text.assemble(("\n" + cell.prop, "bold"), f" ({cell.about}): ", units)
+        yield Text.assemble(("\n" + visible(cell.prop), "bold"), f" ({visible(cell.about)}): ", units)
         best = cell.units[0].values
         scale = float(np.abs(best).max()) or 1.0
         where = _excerpt(cell.values, report.tokens)
@@ -119,7 +120,10 @@ def _shown(ch: str) -> str:
 
 
 def _escape(text: str) -> str:
-    return "".join(_ESCAPES.get(c, c) for c in text)
+    """A token for the tab-separated lines: backslash escapes for the separators and for any character a terminal
+    would act on (ESC, BEL, bidi overrides: a model's vocabulary can hold them)."""
+    return "".join(_ESCAPES.get(c) or (c if c.isprintable() else c.encode("unicode_escape").decode("ascii"))
+                   for c in text)
 
 
 def surprisal_tsv(report: ShowReport) -> Iterator[str]:

@@ -193,7 +193,8 @@ def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = No
                 label = label.strip()
             problem = ("has no tab between label and text" if not tab else "has an empty label" if not label.strip()
                        else f"has label {label!r}, which the model was not trained on" if fixed and label not in index
-                       else None)
+                       else f"has a control character in its label {label!r}" if not label.isprintable()
+                       else None)  # (an ESC in a label cleared the screen in eval's and classify's tables)
             if problem:
                 if skip_bad:
                     bad += 1

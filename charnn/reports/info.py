@@ -202,13 +202,16 @@ def _model_words(m: dict) -> str:
         f"{k} {v}" for k, v in shown.items() if k != "kind")
 
 
+def _layers(side: dict) -> str:
+    return f"{side['layers']} layer{'s' * (side['layers'] != 1)} x {side['hidden']}"
+
+
 def _seq2seq_line(m: dict, s2s: dict) -> str:
     enc, dec = s2s["encoder"], s2s["decoder"]
     scores = {"luong-general": "Luong, general score", "bahdanau-additive": "Bahdanau's additive score"}
     attention = f"with attention ({scores[s2s['attention']]})" if s2s["attention"] else "without attention"
     return (f"model       sequence to sequence: {'bidirectional' if enc['bidirectional'] else 'unidirectional'} "
-            f"{enc['cell']} encoder, {enc['layers']} layers x {enc['hidden']} -> {dec['cell']} decoder, "
-            f"{dec['layers']} layers x {dec['hidden']}, {attention}; embed {m['embed']}, dropout {m['dropout']}: "
+            f"{enc['cell']} encoder, {_layers(enc)} -> {dec['cell']} decoder, {_layers(dec)}, {attention}; embed {m['embed']}, dropout {m['dropout']}: "
             f"{m['parameters']:,} parameters")
 
 

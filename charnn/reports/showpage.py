@@ -15,8 +15,11 @@ from charnn.reports.show import ShowReport, report_dict
 def page(report: ShowReport) -> str:
     """The page's HTML."""
     template = resources.files("charnn.reports").joinpath("show.html").read_text(encoding="utf-8")
-    # inside <script>, "</" could end the element early; "<\/" is the same string to JSON
-    data = json.dumps(report_dict(report), ensure_ascii=False).replace("</", "<\\/")
+    # inside <script>, "</" could end the element early, and "<!--" then "<script" in the data (a label, a learned
+    # piece) put the parser in a state where the page's own "</script>" did not end it: a blank page. Every "<",
+    # ">" and "&" as a JSON escape: the same strings to JSON, no markup to HTML
+    data = json.dumps(report_dict(report), ensure_ascii=False)
+    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return template.replace("/*DATA*/", data, 1)
 
 
