@@ -259,3 +259,20 @@ def test_a_run_whose_cache_entry_is_of_an_older_format_finds_it(tmp_path, monkey
     (tmp_path / "t.txt").unlink()  # (so only the entry can answer)
     r = invoke("novelty", tmp_path / "t", input="the cat sat on the mat\n")
     assert r.exit_code == 0 and "no longer in the cache" not in r.stderr, r.stderr
+
+
+def test_an_index_build_sweeps_a_killed_builds_temp_files_and_leaves_no_half_index(tmp_path, monkeypatch):
+    """A novelty killed mid-build left a 172 MB .sa.bin.*.tmp in the cache for good; a full cache left text.utf8
+    without its suffix array."""
+    import pydivsufsort
+    folder = tmp_path / "novelty"
+    folder.mkdir()
+    (folder / ".sa.bin.deadbeef.tmp").write_bytes(b"x" * 1000)
+    chunks = [make_text(30, seed=2).encode("utf-8")]
+    monkeypatch.setattr(pydivsufsort, "divsufsort", lambda text: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(MemoryError):
+        textindex.build_index(folder, chunks)
+    assert list(folder.iterdir()) == []  # the leftover swept, the text written for it removed again
+    monkeypatch.undo()
+    index = textindex.build_index(folder, chunks)
+    assert index is not None and sorted(p.name for p in folder.iterdir()) == ["index.json", "sa.bin", "text.utf8"]

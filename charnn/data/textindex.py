@@ -12,6 +12,7 @@ prefix match as characters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
+from charnn.data.cache import HINT
 from charnn.data.files import atomic_file, write_atomic
 from charnn.text.tokenizer import codepoints
 
@@ -55,23 +57,32 @@ class Query:
 
 
 def build_index(folder: Path, chunks: Iterable[bytes]) -> TextIndex:
-    """Write the text (UTF-8 chunks, in order) and its suffix array into `folder`; the index, opened."""
+    """Write the text (UTF-8 chunks, in order) and its suffix array into `folder`; the index, opened. The caller
+    holds the folder's build lock: temp files left there are a killed build's, and are removed first."""
     import pydivsufsort
 
     t0 = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    chars = 0
-    with atomic_file(folder / TEXT, what="the copying-check index") as f:
-        for chunk in chunks:
-            f.write(chunk)
-            chars += len(chunk) - _continuations(np.frombuffer(chunk, dtype=np.uint8))
-    text = np.fromfile(folder / TEXT, dtype=np.uint8)
-    sa = pydivsufsort.divsufsort(text)
-    with atomic_file(folder / SA, size=sa.nbytes, what="the copying-check index") as f:
-        sa.tofile(f)
-    meta = {"format": FORMAT, "bytes": len(text), "chars": chars, "sa_dtype": sa.dtype.name,
-            "seconds": time.perf_counter() - t0}
-    write_atomic(folder / META, json.dumps(meta).encode("utf-8"), what="the copying-check index")
+    for left in folder.glob(".*.tmp"):  # (a build killed mid-write left 170 MB there that nothing removed)
+        left.unlink(missing_ok=True)
+    chars, what = 0, "the copying-check index"
+    try:
+        with atomic_file(folder / TEXT, what=what, hint=HINT) as f:
+            for chunk in chunks:
+                f.write(chunk)
+                chars += len(chunk) - _continuations(np.frombuffer(chunk, dtype=np.uint8))
+        text = np.fromfile(folder / TEXT, dtype=np.uint8)
+        sa = pydivsufsort.divsufsort(text)
+        with atomic_file(folder / SA, size=sa.nbytes, what=what, hint=HINT) as f:
+            sa.tofile(f)
+        meta = {"format": FORMAT, "bytes": len(text), "chars": chars, "sa_dtype": sa.dtype.name,
+                "seconds": time.perf_counter() - t0}
+        write_atomic(folder / META, json.dumps(meta).encode("utf-8"), HINT, what=what)
+    except BaseException:  # (a full cache left the text without its suffix array: space gone for nothing)
+        for name in (TEXT, SA):
+            with contextlib.suppress(OSError):
+                (folder / name).unlink(missing_ok=True)
+        raise
     return open_index(folder)
 
 
