@@ -238,6 +238,35 @@ def test_two_ranks_stop_together_and_resume_exactly(tmp_path):
         assert torch.equal(straight["model"][k], cut["model"][k]), k
 
 
+def _locked_rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), CHARNN_DIST_TIMEOUT="30")
+    from charnn.errors import CharnnError
+    with Dist.from_env() as dist:
+        try:
+            Trainer(Corpus(make_text(30, seed=4), "t", "t"), ModelConfig(vocab_size=1, **MODEL),
+                    TrainConfig(out=out, name="held", **TRAIN), dist=dist).fit()
+            said = "trained"
+        except CharnnError as e:
+            said = f"{type(e).__name__}: {e}"
+    with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+        f.write(said)
+
+
+def test_a_run_folder_another_process_trains_stops_every_rank_together(tmp_path):
+    """Only rank 0 takes the run's lock: when it was taken, rank 0 said so at once, but rank 1 went on and waited
+    for it in its first collective until the timeout (torchrun ended 30 s later, with a c10d error)."""
+    from charnn.training.runlock import RunLock
+    held = RunLock.acquire(tmp_path / "held")
+    try:
+        mp.spawn(_locked_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    finally:
+        held.release()
+    said = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert "being trained by another process" in said[0], said
+    assert said[1] == "CharnnError: another process stopped (it says why)", said
+
+
 # ---- the pieces, without processes ----------------------------------------------------------------------------
 def test_shards_are_the_one_process_layout_cut_into_rows():
     ids = torch.arange(1000)

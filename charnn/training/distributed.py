@@ -171,6 +171,13 @@ class Dist:
         """True on every rank when it is true on any rank."""
         return bool(self.max_ints([int(bool(flag))])[0]) if self.active else flag
 
+    def raise_together(self, error: Optional[CharnnError]) -> None:
+        """Raise `error` (one rank's) on every rank, once all have started: a rank that left alone before its
+        first collective kept the others waiting in it until the timeout (a taken run folder: torchrun ended 30 s
+        after rank 0 said why)."""
+        if self.any(error is not None):
+            raise error or CharnnError("another process stopped (it says why)")
+
     def check_same(self, value: int, what: str) -> None:
         """Fail on every rank (not hang on one) when ranks disagree about `value`."""
         if not self.active:

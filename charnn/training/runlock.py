@@ -12,7 +12,7 @@ import errno
 import os
 import weakref
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from charnn.errors import CharnnError
 
@@ -28,6 +28,20 @@ class RunLock:
     def __init__(self, run_dir: Path, fd: int, created: bool):
         self.run_dir, self.created = run_dir, created  # created: the folder did not exist before
         self._close = weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def take(cls, run_dir: Path, resume: bool, dist) -> Tuple[Optional["RunLock"], Optional[CharnnError]]:
+        """(the lock, None) on rank 0 and (None, None) on the others; under torchrun, where rank 0 cannot have
+        it, (None, the error) for `Dist.raise_together` once every rank has joined (raised at once here, the
+        others waited for rank 0 until their timeout); in one process the error is raised here."""
+        if not dist.is_main:
+            return None, None
+        try:
+            return cls.acquire(run_dir, resume), None
+        except CharnnError as e:
+            if not dist.active:
+                raise
+            return None, e
 
     @classmethod
     def acquire(cls, run_dir: Path, resume: bool = False) -> Optional["RunLock"]:

@@ -52,7 +52,7 @@ class Trainer:
         self.stop = stop or StopRequest()
         self.task = task_for(corpus, model_cfg.kind)  # the run's kind, decided here once
         self.run_dir = runstate.run_dir_for(cfg, corpus)
-        self.lock = RunLock.acquire(self.run_dir, resume) if self.dist.is_main else None  # one training a folder
+        self.lock, self._lock_error = RunLock.take(self.run_dir, resume, self.dist)  # one training a folder
         self._threads_before = torch.get_num_threads()  # fit puts it back, and so does a setup that fails (it was left)
         try:
             self._setup(model_cfg, cfg, resume, encoding, explicit)
@@ -80,6 +80,7 @@ class Trainer:
         self.cfg = cfg
         self.resumed = resumed is not None
         self.device = self.dist.start(resolve_device(cfg.device))  # joins the process group under torchrun
+        self.dist.raise_together(self._lock_error)  # (under torchrun: rank 0's, once every rank is here)
         self.dist.check_batch_size(cfg.batch_size)  # a --batch-size that cannot work fails before data is read
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -196,9 +197,8 @@ class Trainer:
         per label), and its own score where it selects by one (--pairs: WER), else the val loss again."""
         t = time.perf_counter()
         val = self.task.evaluate(self.model, self.device, self.precision, self.dist)
-        score = val
-        if self.task.selects_by != "loss" and math.isfinite(val):
-            score = self.task.select_score(self.model, self.device, self.dist)
+        score = (self.task.select_score(self.model, self.device, self.dist)
+                 if self.task.selects_by != "loss" and math.isfinite(val) else val)
         self.budget.eval_took(time.perf_counter() - t)
         return val, score
 
