@@ -328,3 +328,16 @@ def test_macos_cc_without_the_developer_tools_is_no_compiler(monkeypatch, tmp_pa
     native._developer_tools.cache_clear()
     assert native._developer_tools("gcc-14")
     native._developer_tools.cache_clear()
+
+
+def test_a_killed_builds_temp_library_is_swept_and_a_young_one_kept(tmp_path):
+    """A kill -9 mid-compile left its tmp*.so in the cache's native folder for good (the build's finally never ran)."""
+    import os
+    import time
+    from charnn.models.native import STALE_SECONDS, sweep_stale
+    old, young = tmp_path / "tmpabc.so", tmp_path / "tmpdef.so"
+    for f in (old, young):
+        f.write_bytes(b"\0" * 10)
+    os.utime(old, (time.time() - STALE_SECONDS - 60,) * 2)  # (another process's build under way is young: kept)
+    sweep_stale(tmp_path, ".so")
+    assert not old.exists() and young.exists()

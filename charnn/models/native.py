@@ -20,6 +20,7 @@ float rounding (exp is a polynomial here: see the C file), at their speed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -29,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -208,6 +210,7 @@ def _build(name: str = "cells", attempts=None) -> Path:
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
+    sweep_stale(folder, target.suffix)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=target.suffix)
     os.close(fd)
     try:
@@ -221,6 +224,18 @@ def _build(name: str = "cells", attempts=None) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+STALE_SECONDS = 3600  # a temp library this old is a killed build's (a build takes seconds)
+
+
+def sweep_stale(folder: Path, suffix: str) -> None:
+    """Remove the temp files of builds killed mid-compile (`kill -9`: their `finally` never ran) from `folder`."""
+    now = time.time()
+    for left in folder.glob(f"tmp*{suffix}"):
+        with contextlib.suppress(OSError):
+            if now - left.stat().st_mtime > STALE_SECONDS:
+                left.unlink()
 
 
 @functools.lru_cache(maxsize=None)
