@@ -229,6 +229,18 @@ def _novelty_empty(tmp_path, text, run):
     one_line_error(invoke("novelty", run, input=""), 1, "the sample is empty", "| charnn novelty RUN")
 
 
+def _control_characters(tmp_path, text, run):
+    named = tmp_path / "a\x1b]0;title\x07b.txt"
+    named.write_text(make_text(20, seed=1), encoding="utf-8")
+    r = invoke("eval", run, named)
+    assert r.exit_code == 0 and "a\\x1b]0;title\\x07b.txt" in r.stdout and "\x1b" not in r.stdout, r.stdout
+    one_line_error(invoke("eval", run, tmp_path / "no\x1b[2Jpe.txt"), 1, "no\\x1b[2Jpe.txt")
+    (tmp_path / "l.tsv").write_text("".join(f"{'ab'[i % 2]}\tline {i}\n" for i in range(20)) + "\x1b[2J\tx\n",
+                                    encoding="utf-8")
+    one_line_error(invoke("train", tmp_path / "l.tsv", "--label-by", "line", "--out", tmp_path, *SMALL), 1,
+                   "l.tsv:21", "control character", "--skip-bad-lines")
+
+
 SCENARIOS = {
     "a missing corpus": _missing, "an empty corpus": _empty,
     "a pipe or a device as the corpus (`/dev/stdin`, a FIFO)": _pipe, "a binary corpus": _binary,
@@ -244,6 +256,7 @@ SCENARIOS = {
     "a fresh run under an existing `--name`": _replacing_run,
     "`charnn novelty` for a run whose training text is gone": _novelty_no_text,
     "`charnn novelty` with an empty sample": _novelty_empty,
+    "control characters (ESC, BEL, bidi overrides) in a file name, a label or the model's text": _control_characters,
 }
 
 
