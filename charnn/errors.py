@@ -14,6 +14,18 @@ class ConfigError(CharnnError):
     """A flag value out of range or inconsistent; the CLI treats it as a usage error (exit 2)."""
 
 
+# What a terminal acts on or hides: C0/C1 controls (ESC sequences clear the screen or set the window's title, BEL),
+# the bidi controls (an override reverses the rest of a line) and the line/paragraph separators. Not the other
+# invisible characters of ordinary text (ZWJ in emoji and Persian, no-break and ideographic spaces).
+TERMINAL_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with TERMINAL_CONTROL's characters written as Python escapes (\\x1b, \\u202e), the rest as it is: for
+    names, paths and text in tables and one-line messages."""
+    return TERMINAL_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def weights_problem(e: BaseException) -> str:
     """torch's load_state_dict error in a line: its first problem ("Error(s) in loading state_dict for CharRNN:" was
     all a one-line error quoted), shapes as the checkpoint's and the model's."""

@@ -606,3 +606,11 @@ def test_a_line_label_with_a_control_character_is_a_bad_line(tmp_path):
     r = runner.invoke(app, [*args, "--skip-bad-lines"])
     assert r.exit_code == 0, r.stderr
     assert load_checkpoint(tmp_path / "l" / "last.pt")["labels"]["names"] == ["neg", "pos"]
+    odd = ["\U0001f469\u200d\U0001f4bb", "New\xa0York", "\u05e0\u05d1", "\u6771\u3000\u4eac"]  # (ZWJ, NBSP,
+    rows = "".join(f"{odd[i % 4]}\tline {i} of some words\n" for i in range(40))  # ideographic space: ordinary
+    (tmp_path / "u.tsv").write_text(rows, encoding="utf-8")  # text, no control characters: kept as they are)
+    r = runner.invoke(app, ["train", str(tmp_path / "u.tsv"), *args[2:]])
+    assert r.exit_code == 0, r.stderr
+    assert load_checkpoint(tmp_path / "u" / "last.pt")["labels"]["names"] == sorted(odd)
+    r = runner.invoke(app, ["info", str(tmp_path / "u")])
+    assert r.exit_code == 0 and "New\xa0York" in r.stdout and "\\u" not in r.stdout, r.stdout

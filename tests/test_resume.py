@@ -349,5 +349,10 @@ def test_a_run_resumes_in_its_own_encoding_and_an_edited_val_file_is_named(tmp_p
     assert torch.load(tmp_path / "l1" / "last.pt", weights_only=True)["step"] == 4
     one_line_error(runner.invoke(app, [*args, "--resume", "--max-steps", "6", "--encoding", "cp1252"]), 2,
                    "read as latin-1", "read as cp1252", "drop --encoding")
+    (tmp_path / "u8.txt").write_text(text, encoding="utf-8")  # (another length under latin-1: it said only "Pass
+    u8 = ["train", str(tmp_path / "u8.txt"), *args[2:]]  # that text again")
+    assert runner.invoke(app, [*u8, "--max-steps", "2"]).exit_code == 0
+    one_line_error(runner.invoke(app, [*u8, "--resume", "--max-steps", "4", "--encoding", "latin-1"]), 2,
+                   "read as utf-8", "read as latin-1")
     (tmp_path / "v.txt").write_bytes(text[:400].replace("a", "b").encode("latin-1"))
     one_line_error(runner.invoke(app, [*args, "--resume", "--max-steps", "6"]), 2, "validation file", "v.txt")

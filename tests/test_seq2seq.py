@@ -58,6 +58,37 @@ def loaded(run):
     return (data, *build_seq2seq(data))
 
 
+def test_resume_finds_the_run_of_a_linked_file_or_a_catalog_name_under_its_own_name(tmp_path, monkeypatch):
+    """A plain run and a --pairs run name a linked file's run differently (its own stem; the real file's): --resume
+    of the plain run read the --pairs run's options and trained that run instead; a catalog --pairs run (named by
+    its local file) was not found without --pairs; charnn.train(Path(...), resume=True) was not looked up at all."""
+    import os
+    from pathlib import Path
+
+    import charnn
+    from charnn.data import catalog
+    from charnn.data.training_text import TextOptions, run_names
+    rows = "".join(f"{'ab'[i % 2]}{i % 5}\t{'xy'[i % 2]}\n" for i in range(60))
+    (tmp_path / "pairs.tsv").write_text(rows, encoding="utf-8")
+    os.symlink(tmp_path / "pairs.tsv", tmp_path / "words.txt")
+    args = ["--out", str(tmp_path), "--hidden", "16", "--layers", "1", "--threads", "1", "-q"]
+    assert runner.invoke(app, ["train", str(tmp_path / "pairs.tsv"), "--pairs", "--max-steps", "2", *args]).exit_code == 0
+    assert runner.invoke(app, ["train", str(tmp_path / "words.txt"), "--seq-len", "8", "--batch-size", "2",
+                               "--max-steps", "2", *args]).exit_code == 0
+    r = runner.invoke(app, ["train", str(tmp_path / "words.txt"), "--resume", "--max-steps", "4", *args])
+    assert r.exit_code == 0, r.stderr
+    step = lambda name: torch.load(tmp_path / name / "last.pt", weights_only=True)["step"]  # noqa: E731
+    assert (step("words"), step("pairs")) == (4, 2)
+    run = charnn.train(Path(tmp_path / "pairs.tsv"), resume=True, max_steps=4, out=str(tmp_path), threads=1)
+    assert run.run_dir.name == "pairs" and step("pairs") == 4
+    entry = {"name": "g2p-set", "url": "file:///nowhere/eng_train.tsv"}  # (nothing is read or downloaded)
+    monkeypatch.setattr(catalog, "find", lambda name, path=None: entry if name == "g2p-set" else None)
+    monkeypatch.setattr(catalog, "local_path", lambda e: tmp_path / "cache" / "eng_train.tsv")
+    assert run_names("g2p-set", TextOptions()) == ["g2p-set", "eng_train"]
+    assert run_names("g2p-set", TextOptions(pairs=True)) == ["eng_train", "g2p-set"]
+    assert run_names(str(tmp_path / "words.txt"), TextOptions()) == ["words", "pairs"]
+
+
 # ---- data ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", [["--pairs"], ["--label-by", "line"], ["--label-by", "line", "--classifier"]])
 def test_a_run_of_lines_resumes_without_its_text_flags_given_again(tmp_path, how):

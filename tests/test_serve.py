@@ -473,8 +473,13 @@ def test_a_non_loopback_bind_without_a_key_is_refused(trained_run):
                          (["--cors-origin", "abc", "--max-queue", "-1"], "scheme://host[:port]"),
                          (["--cors-origin", "https://app.test/", "--max-queue", "-1"], "no path")):
         one_line_error(CliRunner().invoke(app, ["serve", str(trained_run.run_dir), "--port", "1", *flags]), 2, words)
+    from charnn.errors import ConfigError
     from charnn.serve.config import ServeConfig, bare_host
-    assert ServeConfig(cors_origins=("*", "http://localhost:3000", "https://a.b")).validate()
+    assert ServeConfig(cors_origins=("*", "null", "http://localhost:3000", "https://a.b")).validate()  # (null: what
+    for origin in ("HTTP://LOCALHOST:3000", "http://user@h"):  # a file:// page sends, and the guard's advice)
+        with pytest.raises(ConfigError, match="lowercase with no path"):  # (no browser sends these)
+            ServeConfig(cors_origins=(origin,)).validate()
+    assert bare_host("[localhost]") == "[localhost]"  # (brackets hold IPv6 addresses only)
     assert (bare_host("[::1]"), bare_host("::1"), bare_host("localhost")) == ("::1", "::1", "localhost")  # ([::1]
     # was "not an address this machine can resolve", though URLs write it so)
     for host in ("a" * 70, "a..b"):  # (the idna codec's traceback, as the server began to listen)

@@ -26,7 +26,7 @@ class GenerationParams:
     top_k: Optional[int] = None  # draw only from the k most likely tokens
     top_p: Optional[float] = None  # draw only from the most likely tokens whose probabilities reach p
     n: int = 1  # continuations of the same prompt
-    stop: Union[None, str, Sequence[str]] = None  # end before the first occurrence of (any of) these
+    stop: Union[None, str, Sequence[str]] = None  # end before the first of these to be completed
     seed: Optional[int] = None  # continuation i uses seed + i; None: a fresh seed
 
     @property

@@ -87,11 +87,11 @@ def classify(
 def _formatter(probs: bool, top: Optional[int], as_json: bool):
     if as_json:
         return lambda s: json.dumps(s.to_dict(), ensure_ascii=False)
-    if top:
-        return lambda s: "\t".join(f"{name}\t{p:.4f}" for name, p in s.top(top))
+    if top:  # (a label's control characters as escapes: an older model's labels could hold them)
+        return lambda s: "\t".join(f"{visible(name)}\t{p:.4f}" for name, p in s.top(top))
     if probs:
-        return lambda s: f"{s.best}\t{s.top(1)[0][1]:.4f}"
-    return lambda s: s.best
+        return lambda s: f"{visible(s.best)}\t{s.top(1)[0][1]:.4f}"
+    return lambda s: visible(s.best)
 
 
 def _lines(paths: List[str], encoding: str) -> Iterator[str]:

@@ -199,8 +199,9 @@ def _labelled(data, path, files, by: Optional[str], uniform_prior: bool, encodin
         if as_json:
             typer.echo(json_line({**report, "checkpoint": str(path), "label_by": by}))
             return
-        for line in confusion_lines(report):
-            typer.echo(visible(line))
+        shown = [visible(n) for n in report["names"]]  # (escaped before the columns are padded)
+        for line in confusion_lines({**report, "names": shown, "labels": dict(zip(shown, report["labels"].values()))}):
+            typer.echo(line)
 
 
 def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> None:

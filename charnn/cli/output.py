@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from charnn.errors import CharnnError, ConfigError, is_out_of_memory
+from charnn.errors import CharnnError, ConfigError, escape_controls, is_out_of_memory
 
 class MessageConsole(Console):
     """stderr's console: where its reader went away (`charnn train ... 2>&1 | head`), the work goes on without
@@ -159,12 +159,10 @@ LONGEST_ERROR = 2000  # characters of an error line; past them its middle is lef
 
 
 def visible(text: str) -> str:
-    """`text` with the characters a terminal acts on or hides (control and format characters: ESC sequences that
-    clear the screen or set the window's title, BEL, bidi overrides) written as Python escapes; spaces kept. For
-    names and paths in tables and messages (a label or file name can hold them)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+    """`text` with the characters a terminal acts on or hides (ESC sequences that clear the screen or set the
+    window's title, BEL, bidi overrides: charnn.errors.TERMINAL_CONTROL) written as escapes. For names and paths in
+    tables and messages (a label or file name can hold them)."""
+    return escape_controls(text)
 
 
 def error_line(message: str) -> str:

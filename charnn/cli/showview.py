@@ -122,8 +122,7 @@ def _shown(ch: str) -> str:
 def _escape(text: str) -> str:
     """A token for the tab-separated lines: backslash escapes for the separators and for any character a terminal
     would act on (ESC, BEL, bidi overrides: a model's vocabulary can hold them)."""
-    return "".join(_ESCAPES.get(c) or (c if c.isprintable() else c.encode("unicode_escape").decode("ascii"))
-                   for c in text)
+    return visible("".join(_ESCAPES.get(c, c) for c in text))
 
 
 def surprisal_tsv(report: ShowReport) -> Iterator[str]:

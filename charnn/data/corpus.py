@@ -109,7 +109,19 @@ def load_corpus(paths: Union[None, str, Sequence[str]], encoding: str = "utf-8",
                        check_encoding(encoding))
     first = Path(paths[0])
     source = str(files[0].path.resolve()) if len(paths) == 1 and not first.is_dir() else " ".join(paths)
-    return Corpus(None, first.resolve().stem if first.is_dir() else (first.stem or "run"), source, files)
+    return Corpus(None, plain_run_name(first), source, files)
+
+
+def plain_run_name(first: Path) -> str:
+    """The default run name of a plain corpus whose first CORPUS argument is `first`: a file's stem (a link's own),
+    a folder's own name."""
+    return first.resolve().stem if first.is_dir() else (first.stem or "run")
+
+
+def lines_run_name(first) -> str:
+    """The default run name of --pairs and --label-by runs: the stem of the first CORPUS argument's real file (a
+    catalog name's local file)."""
+    return Path(first).resolve().stem or "run"
 
 
 def stdlib_files(root: Optional[str] = None) -> List[Path]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from charnn.data import corpus as plain
 from charnn.data.sources import find_files
-from charnn.errors import CharnnError, ConfigError
+from charnn.errors import TERMINAL_CONTROL, CharnnError, ConfigError
 
 LABEL_BY = ("file", "folder", "line")
 SEPARATOR = "\n"  # ends every document: the next one starts as a text with nothing before it does
@@ -102,7 +102,7 @@ def load_labelled(paths: Sequence[str], by: str, encoding: str = "utf-8", glob: 
     if val_file is not None and by != "line":
         raise ConfigError("`--val-file` with labels works for `--label-by line` (a file of label<TAB>text lines); "
                           "file and folder labels hold out the last --val-frac of each label's text")
-    source, name = " ".join(paths), Path(paths[0]).resolve().stem or "run"
+    source, name = " ".join(paths), plain.lines_run_name(paths[0])
     if by == "line":
         docs, names, bad = _lines(find_files(paths, glob, on_skip, encoding), encoding, skip_bad_lines)
         val_docs = None
@@ -146,7 +146,7 @@ def _groups(paths: Sequence[str], by: str, glob: Optional[str], on_skip, least: 
                 raise CharnnError(f"--label-by file: {str(groups[name][0])!r} and {str(f.path)!r} would both be "
                                   f"label {name!r}; rename one, or put each label's files in a subfolder of its "
                                   "own and use --label-by folder")
-            if not name.isprintable():  # (a tab in a name split classify's tab-separated answers)
+            if TERMINAL_CONTROL.search(name):  # (a tab in a name split classify's tab-separated answers)
                 raise CharnnError(f"--label-by {by}: the label {name!r} ({str(f.path)!r}) has a tab or another "
                                   "control character; rename it")
             groups.setdefault(name, []).append(f.path)
@@ -193,8 +193,8 @@ def _lines(files, encoding: str, skip_bad: bool, names: Optional[List[str]] = No
                 label = label.strip()
             problem = ("has no tab between label and text" if not tab else "has an empty label" if not label.strip()
                        else f"has label {label!r}, which the model was not trained on" if fixed and label not in index
-                       else f"has a control character in its label {label!r}" if not label.isprintable()
-                       else None)  # (an ESC in a label cleared the screen in eval's and classify's tables)
+                       else f"has a control character in its label {label!r}" if not fixed and
+                       TERMINAL_CONTROL.search(label) else None)  # (an ESC in a label: tables cleared the screen)
             if problem:
                 if skip_bad:
                     bad += 1

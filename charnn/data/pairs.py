@@ -138,7 +138,7 @@ def load_pairs(paths: Sequence[str], encoding: str = "utf-8", glob: Optional[str
     if val_file is not None:
         val_files = read_pair_files([val_file], encoding, None, skip_bad)
         val, skipped = [p for f in val_files for p in f.pairs], skipped + sum(f.skipped for f in val_files)
-    return PairText(pairs, " ".join(paths), Path(paths[0]).resolve().stem or "run", skipped, val).split(val_frac, seed)
+    return PairText(pairs, " ".join(paths), plain.lines_run_name(paths[0]), skipped, val).split(val_frac, seed)
 
 
 def build_vocabularies(train: Sequence[Pair]) -> Tuple[CharTokenizer, CharTokenizer]:

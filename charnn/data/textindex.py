@@ -64,7 +64,8 @@ def build_index(folder: Path, chunks: Iterable[bytes]) -> TextIndex:
     t0 = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     for left in folder.glob(".*.tmp"):  # (a build killed mid-write left 170 MB there that nothing removed)
-        left.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            left.unlink()
     chars, what = 0, "the copying-check index"
     try:
         with atomic_file(folder / TEXT, what=what, hint=HINT) as f:

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional
 
 from charnn.config import TrainConfig
 
@@ -28,6 +29,27 @@ class TextOptions:
         return cls(val_frac=cfg.val_frac, val_file=cfg.val_file, seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines,
                    label_by=cfg.label_by, pairs=cfg.pairs, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size,
                    threads=cfg.threads)
+
+
+def run_names(paths, options: TextOptions) -> List[str]:
+    """The default names a run on these CORPUS arguments may have, without reading or downloading anything: the
+    name under `options` first, then under the other way of reading text (a plain corpus and --pairs/--label-by
+    name a linked file or a catalog name's run differently). --resume looks for the run under each."""
+    from charnn.data import catalog
+    from charnn.data import corpus as plain
+
+    paths = plain.corpus_paths(paths)
+    if paths is None:
+        return [plain.BUILTIN_NAME]
+    first = paths[0]
+    if Path(first).exists():
+        names = [plain.plain_run_name(Path(first)), plain.lines_run_name(first)]
+    else:
+        entry = catalog.find(first)
+        names = [] if entry is None else [entry["name"], plain.lines_run_name(catalog.local_path(entry))]
+    if options.label_by or options.pairs:
+        names.reverse()
+    return list(dict.fromkeys(names))
 
 
 def load_training_text(paths, encoding: str = "utf-8", glob: Optional[str] = None, on_event=None,

@@ -59,7 +59,7 @@ class RowSpec:
     prompt: str = ""  # text to condition on (not part of the output)
     length: int = 500  # characters to generate
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(seed=0))  # its seed: the row's noise's
-    stop: Tuple[str, ...] = ()  # end right before the first occurrence of any of these (not included)
+    stop: Tuple[str, ...] = ()  # end right before the first of these to be completed (not included)
     heal: bool = True  # subword models: complete the prompt's last piece in the first draw (see prompt.heal)
 
 

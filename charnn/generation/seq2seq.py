@@ -128,7 +128,8 @@ class Transducer:
         self.max_ratio, self.exact_scores = max_ratio, exact_scores
         self.offset = 0  # lines seen so far: sampling seeds each input by its position in the whole input
         self.dropped, self.emptied = 0, []  # --unknown skip: characters dropped; inputs left with none (where)
-        self.max_source, self.long = max_source, []  # inputs over LONG_INPUT x the longest trained on: (where, n)
+        self.max_source, self.long, self.longest = max_source, 0, ("", 0)  # inputs over LONG_INPUT x the longest
+        # trained on: how many, and the longest of them (where, characters)
 
     def encode(self, text: str, where: str) -> Optional[np.ndarray]:
         """An input's ids and its end; characters outside the vocabulary are an error naming `where`
@@ -136,7 +137,8 @@ class Transducer:
         `notes` says so)."""
         ids = self.src_tok.encode(text)
         if self.max_source and len(ids) > LONG_INPUT * max(self.max_source, 8):
-            self.long.append((where, len(ids)))
+            self.long += 1
+            self.longest = max(self.longest, (where, len(ids)), key=lambda w: w[1])
         bad = ids == self.src_tok.unk_id
         if bad.any():
             if self.cfg.unknown == "error":
@@ -153,8 +155,8 @@ class Transducer:
         """What --unknown skip did, and inputs far longer than training's, for the user (empty when neither)."""
         out = []
         if self.long:  # (a 5,000-character line took 24 s, unexplained: attention reads every input step at each
-            where, n = max(self.long, key=lambda w: w[1])  # output step, and the output runs as long)
-            out.append(f"{len(self.long):,} input line(s) far longer than any the model was trained on (the longest "
+            where, n = self.longest  # output step, and the output runs as long)
+            out.append(f"{self.long:,} input line(s) far longer than any the model was trained on (the longest "
                        f"had {self.max_source:,} characters; {where} has {n:,}): such lines decode slowly (the time "
                        "grows with the square of their length) and their outputs are unreliable")
         if not self.dropped:

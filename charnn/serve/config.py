@@ -15,7 +15,7 @@ HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?") 
 
 MAX_BATCH = 4096  # --max-batch's ceiling: rows one batch generates, over all requests
 API_KEY = re.compile(r"[\x21-\x7e]+")  # what `Authorization: Bearer KEY` can carry
-ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")  # scheme://host[:port], as a browser's Origin header
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#@\s]+")  # scheme://host[:port] as a browser's Origin header has it
 
 
 @dataclass
@@ -62,9 +62,10 @@ class ServeConfig:
             if not 0 < value < 1e9:  # (NaN fails too)
                 problems.append(f"`{flag}` must be a number of seconds above 0, got {value}")
         for origin in self.cors_origins:  # (one with a path or a trailing slash matched no browser's, silently)
-            if origin != "*" and not ORIGIN.fullmatch(origin):
-                problems.append(f"`--cors-origin` takes an origin as a browser sends it, scheme://host[:port] with no "
-                                f"path (e.g. http://localhost:3000), or *; got {origin!r}")
+            if origin not in ("*", "null") and not (ORIGIN.fullmatch(origin) and origin == origin.lower()):
+                problems.append(f"`--cors-origin` takes an origin as a browser sends it, scheme://host[:port] in "
+                                f"lowercase with no path (e.g. http://localhost:3000), null (a file:// page) or *; "
+                                f"got {origin!r}")
         for name in self.allow_hosts:
             if name != "*" and not HOST_NAME.fullmatch(name):
                 problems.append(f"`--allow-host` takes a host name (or *.domain, or * for any), not {name!r}")
@@ -88,7 +89,7 @@ class ServeConfig:
 
 def bare_host(host: str) -> str:
     """--host as the socket takes it: an IPv6 address without the brackets a URL puts around it ([::1])."""
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host[1:-1] if host.startswith("[") and host.endswith("]") and ":" in host else host
 
 
 def is_loopback(host: str) -> bool:

@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 
 from charnn.checkpoint import MOVED_ASIDE, NAMES, load_checkpoint, moved_aside
 from charnn.config import DEFAULT_PATIENCE, ModelConfig, TrainConfig, from_dict
+from charnn.data.training_text import TextOptions, run_names
 from charnn.errors import CharnnError, ConfigError
 from charnn.models import registry
 
@@ -53,25 +54,20 @@ def saved_text_options(corpus, cfg: TrainConfig, model_cfg: ModelConfig, explici
     """`cfg` with the saved run's --pairs, --label-by and --skip-bad-lines where this command line did not give
     them (`explicit` None: every field was given), a saved classifier's kind in `model_cfg` (the task is chosen
     by it) where neither --classifier nor --kind was given, and the saved --encoding where none was. The run is
-    --name's, else the first CORPUS file's; a run that cannot be read here is left to load_resume, which says what
-    is wrong."""
+    --name's, else the first of the names a run on CORPUS may have (a plain run and a --pairs run of one linked
+    file, or of a catalog name, are named differently) that holds a last.pt, and --name is set to it: the run
+    whose options were read is the run resumed. A run that cannot be read here is left to load_resume."""
     if explicit is None:
         return cfg, model_cfg, encoding
-    first = corpus[0] if isinstance(corpus, (list, tuple)) and corpus else corpus
-    if isinstance(first, str) and first:  # a file's or folder's run is named by its stem, a catalog corpus's by its name
-        name = cfg.name or (Path(first).resolve().stem if Path(first).exists() else Path(first).name)
-    else:
-        name = cfg.name
-    path = Path(cfg.out) / name / "last.pt" if name else None
-    try:  # (mmap: only the pickled configs are read, not the weights)
-        import torch
-
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True) if path and path.is_file() else {}
-    except Exception:  # noqa: BLE001 - the trainer loads it again and says what is wrong
+    try:
+        names = [cfg.name] if cfg.name else run_names(corpus, TextOptions.of(cfg))
+    except CharnnError:  # (CORPUS itself is wrong: reading it says so)
         return cfg, model_cfg, encoding
-    old = saved.get("train_config") if isinstance(saved, dict) else None
-    if not isinstance(old, dict):
+    found = next(((name, saved) for name in names if (saved := _peek(Path(cfg.out) / name / "last.pt"))), None)
+    if found is None:
         return cfg, model_cfg, encoding
+    name, saved = found
+    old = saved["train_config"]
     keep = {k: old[k] for k in TEXT_KIND if k not in explicit and k in old}
     if isinstance(keep.get("label_by"), str) and not keep["label_by"].strip():  # (saved before blank was refused)
         keep["label_by"] = None
@@ -81,7 +77,21 @@ def saved_text_options(corpus, cfg: TrainConfig, model_cfg: ModelConfig, explici
     was = (saved.get("data") or {}).get("encoding") if isinstance(saved.get("data"), dict) else None
     if "encoding" not in explicit and isinstance(was, str):  # (recorded since 2026-12-07)
         encoding = was
-    return replace(cfg, **keep), model_cfg, encoding
+    return replace(cfg, name=name, **keep), model_cfg, encoding
+
+
+def _peek(path: Path) -> Optional[dict]:
+    """A checkpoint's pickled part (its configs; the weights are memory-mapped, not read), or None where there is
+    no readable one with a train_config."""
+    try:
+        if not path.is_file():
+            return None
+        import torch
+
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - the trainer loads it again and says what is wrong
+        return None
+    return saved if isinstance(saved, dict) and isinstance(saved.get("train_config"), dict) else None
 
 
 def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, explicit: Optional[set]) -> TrainConfig:

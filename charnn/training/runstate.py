@@ -129,16 +129,17 @@ def check_same_text(saved: dict, now: dict, run: str, val_file: Optional[str] = 
     in another text (a corpus left off the command line, a --glob forgotten, the file edited)."""
     was = saved.get("data") or {}
     again = AGAIN_PAIRS if saved.get("source_tokenizer") is not None else AGAIN
+    # another --encoding first: the length or the content below differ because of it
+    if was.get("encoding") and now.get("encoding") and was["encoding"] != now["encoding"]:
+        raise ConfigError(f"--resume continues run {run!r} on the text it was trained on, read as "
+                          f"{was['encoding']}; this one was read as {now['encoding']}: drop --encoding, or give "
+                          f"--encoding {was['encoding']}")
     for k in ("train_tokens", "train_chars"):
         if k in was and k in now and was[k] != now[k]:
             what = k.replace("train_", "training ")
             raise ConfigError(f"--resume continues run {run!r} on the text it was trained on ({was.get('corpus')}: "
                               f"{was[k]:,} {what}); this text ({now.get('corpus')}) has {now[k]:,}. {again}")
     if was.get("content") and now.get("content") and was["content"] != now["content"]:  # (same length, edited)
-        if was.get("encoding") and now.get("encoding") and was["encoding"] != now["encoding"]:
-            raise ConfigError(f"--resume continues run {run!r} on the text it was trained on, read as "
-                              f"{was['encoding']}; this one was read as {now['encoding']}: drop --encoding, or give "
-                              f"--encoding {was['encoding']}")
         also = f" and its validation file {val_file!r}" if val_file else ""  # (the digest holds both)
         raise ConfigError(f"--resume continues run {run!r} on the text it was trained on ({was.get('corpus')}); this "
                           f"text ({now.get('corpus')}{also}) has as many characters but is not the same. {again}")
