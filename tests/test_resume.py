@@ -354,5 +354,11 @@ def test_a_run_resumes_in_its_own_encoding_and_an_edited_val_file_is_named(tmp_p
     assert runner.invoke(app, [*u8, "--max-steps", "2"]).exit_code == 0
     one_line_error(runner.invoke(app, [*u8, "--resume", "--max-steps", "4", "--encoding", "latin-1"]), 2,
                    "read as utf-8", "read as latin-1")
+    assert runner.invoke(app, [*u8, "--name", "old", "--encoding", "latin-1", "--max-steps", "2"]).exit_code == 0
+    saved = torch.load(tmp_path / "old" / "last.pt", weights_only=True)
+    del saved["data"]["encoding"]  # (as a run saved before the encoding was kept: it cannot be taken from the run)
+    torch.save(saved, tmp_path / "old" / "last.pt")
+    one_line_error(runner.invoke(app, [*u8, "--name", "old", "--resume", "--max-steps", "4"]), 2,
+                   "does not record its --encoding")
     (tmp_path / "v.txt").write_bytes(text[:400].replace("a", "b").encode("latin-1"))
     one_line_error(runner.invoke(app, [*args, "--resume", "--max-steps", "6"]), 2, "validation file", "v.txt")

@@ -220,6 +220,7 @@ def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: s
     if e.path is None:
         err.print("[yellow]stopped before the first step; nothing was saved[/]", markup=True)
         raise typer.Exit(code) from None
+    encoding = trainer.task.data_record.get("encoding") or encoding  # (a resumed run's own, where not typed)
     enc = f"--encoding {shlex.quote(encoding)} " if encoding.lower() not in ("utf-8", "utf8") else ""
     enc += f"--glob {shlex.quote(glob)} " if glob else ""
     enc += "--pairs " if trainer.cfg.pairs else ""

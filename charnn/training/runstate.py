@@ -134,6 +134,8 @@ def check_same_text(saved: dict, now: dict, run: str, val_file: Optional[str] = 
         raise ConfigError(f"--resume continues run {run!r} on the text it was trained on, read as "
                           f"{was['encoding']}; this one was read as {now['encoding']}: drop --encoding, or give "
                           f"--encoding {was['encoding']}")
+    if "encoding" not in was:  # (saved before runs kept it: it cannot be taken from the run, nor named here)
+        again += "; a run saved before 2026-12-07 does not record its --encoding: if it had one, give it again"
     for k in ("train_tokens", "train_chars"):
         if k in was and k in now and was[k] != now[k]:
             what = k.replace("train_", "training ")
