@@ -362,3 +362,18 @@ def test_a_run_resumes_in_its_own_encoding_and_an_edited_val_file_is_named(tmp_p
                    "does not record its --encoding")
     (tmp_path / "v.txt").write_bytes(text[:400].replace("a", "b").encode("latin-1"))
     one_line_error(runner.invoke(app, [*args, "--resume", "--max-steps", "6"]), 2, "validation file", "v.txt")
+
+
+def test_a_resume_that_moves_a_limit_says_the_schedule_moves_with_it(tmp_path):
+    """--resume --max-steps 8 of a run saved with 4 stretched the learning rate's curve without a word (the run
+    does not continue as one started with 8 would have: docs/CHECKPOINTS.md)."""
+    (tmp_path / "t.txt").write_text(make_text(200, seed=3), encoding="utf-8")
+    args = ["train", str(tmp_path / "t.txt"), "--out", str(tmp_path), "--hidden", "16", "--layers", "1", "--threads",
+            "1", "--eval-every", "2"]
+    assert runner.invoke(app, [*args, "--max-steps", "4", "-q"]).exit_code == 0
+    r = runner.invoke(app, [*args, "--resume", "--max-steps", "8"])
+    assert r.exit_code == 0, r.stderr
+    assert "note: --max-steps 8 (the run was saved with 4): the learning rate's schedule spans the new limit" in \
+        " ".join(r.stderr.split())
+    r = runner.invoke(app, [*args, "--resume", "--max-steps", "10", "--max-time", "600"])  # (steps drive it: time
+    assert r.exit_code == 0 and "--max-time" not in r.stderr  # is no note)

@@ -145,6 +145,10 @@ class TrainProgress:
                 older = ", where it replaces the older run kept there" if any(kept.glob("*.pt")) else ""
                 self.note(f"note: {info['run_dir']} held a run ({info['replaces']}); this one moves it into "
                           f"{kept} at its first save{older} (--resume continues that run instead)")
+            for flag, (was, now) in (info.get("limits_changed") or {}).items():  # (the curve moved without a word)
+                self.note(f"note: --{flag.replace('_', '-')} {_limit(now)} (the run was saved with {_limit(was)}): the "
+                          "learning rate's schedule spans the new limit from here, so the run does not continue as "
+                          "one started with it would have")
             if info.get("val_unknown"):
                 self.note(f"note: {info['val_unknown']:,} validation characters are not in the training text's "
                           "vocabulary; they are scored as the unknown token")
@@ -220,3 +224,6 @@ def _precision_words(choice) -> str:
         return choice["precision"]
     return f"{choice['precision']}, auto: {choice.get('reason', '')}"
 
+
+def _limit(value) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)

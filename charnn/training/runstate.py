@@ -242,6 +242,10 @@ def restore(t, data: dict) -> None:
     else:  # (a run stopped between its two saves left a best.pt better than last.pt records: the resumed run
         t.best_val, t.best_score = min(t.best_val, best[0]), min(t.best_score, best[1])  # replaced it at once)
     t.elapsed_before, t.schedule_from = data.get("elapsed", 0.0), p.get("schedule_from", 0.0)
+    was = data.get("train_config") or {}  # the limits the run was saved with, where this resume changed them
+    t.limits_changed = {k: (was.get(k), getattr(t.cfg, k)) for k in ("max_steps", "max_time", "epochs")
+                        if k in was and was.get(k) != getattr(t.cfg, k)  # (time drives the schedule only alone)
+                        and not (k == "max_time" and (t.cfg.max_steps or t.cfg.epochs))}
     ops = t.model.state_ops
     state = ops.unpack(p.get("hidden"))
     if state is not None:
