@@ -378,3 +378,24 @@ def test_a_resume_that_moves_a_limit_says_the_schedule_moves_with_it(tmp_path):
     r = runner.invoke(app, [*args, "--resume", "--max-steps", "10", "--max-time", "100h"])  # (steps drive it: time
     assert r.exit_code == 0 and "--max-time" not in r.stderr, r.stderr  # is no note; in-process, --max-time counts
     # from the test process's start, hence hours)
+
+
+def test_the_stop_hint_of_a_resumed_run_names_the_runs_own_encoding(tmp_path, monkeypatch):
+    """A latin-1 run resumed without --encoding (it comes from the run) and stopped printed a resume command without
+    it: one the version before could not run, and one that hid how the text is read."""
+    (tmp_path / "l1.txt").write_bytes((make_text(200, seed=3).replace("e", "\u00e9")).encode("latin-1"))
+    args = ["train", str(tmp_path / "l1.txt"), "--out", str(tmp_path), "--hidden", "16", "--layers", "1",
+            "--seq-len", "16", "--batch-size", "4", "--threads", "1", "--eval-every", "100"]
+    assert runner.invoke(app, [*args, "--encoding", "latin-1", "--max-steps", "2", "-q"]).exit_code == 0
+    original = Trainer._train_step
+
+    def step_then_ctrl_c(self, x, y):  # a real SIGINT to this process, delivered after step 4
+        loss = original(self, x, y)
+        if self.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_ctrl_c)
+    r = runner.invoke(app, [*args, "--resume", "--max-steps", "30"])
+    assert r.exit_code == 130, r.stderr
+    assert "--encoding latin-1" in r.stderr.split("Resume with: ")[1], r.stderr
