@@ -105,6 +105,19 @@ FLAGS = ["--cell", "lstm", "--layers", "2", "--hidden", "24", "--embed", "8", "-
 runner = CliRunner()
 
 
+def ctrl_c_after(step: int):
+    """Trainer._train_step that sends this process a real SIGINT once training reaches `step`."""
+    original = Trainer._train_step
+
+    def step_then_ctrl_c(self, x, y):
+        loss = original(self, x, y)
+        if self.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    return step_then_ctrl_c
+
+
 def test_cli_interrupt_prints_a_resume_command_that_continues_exactly(tmp_path, monkeypatch):
     corpus = tmp_path / "text.txt"
     corpus.write_text(TEXT, encoding="utf-8")
@@ -113,14 +126,7 @@ def test_cli_interrupt_prints_a_resume_command_that_continues_exactly(tmp_path, 
     assert r.exit_code == 0, r.stderr
 
     original = Trainer._train_step
-
-    def step_then_ctrl_c(self, x, y):  # a real SIGINT to this process, delivered after step 20
-        loss = original(self, x, y)
-        if self.step == 20:
-            os.kill(os.getpid(), signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(Trainer, "_train_step", step_then_ctrl_c)
+    monkeypatch.setattr(Trainer, "_train_step", ctrl_c_after(20))
     r = runner.invoke(app, ["train", str(corpus), "--out", str(out), "--name", "cut", *FLAGS])
     assert r.exit_code == 130, r.stderr
     assert weights(out / "cut" / "last.pt")["step"] == 20
@@ -387,15 +393,7 @@ def test_the_stop_hint_of_a_resumed_run_names_the_runs_own_encoding(tmp_path, mo
     args = ["train", str(tmp_path / "l1.txt"), "--out", str(tmp_path), "--hidden", "16", "--layers", "1",
             "--seq-len", "16", "--batch-size", "4", "--threads", "1", "--eval-every", "100"]
     assert runner.invoke(app, [*args, "--encoding", "latin-1", "--max-steps", "2", "-q"]).exit_code == 0
-    original = Trainer._train_step
-
-    def step_then_ctrl_c(self, x, y):  # a real SIGINT to this process, delivered after step 4
-        loss = original(self, x, y)
-        if self.step == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(Trainer, "_train_step", step_then_ctrl_c)
+    monkeypatch.setattr(Trainer, "_train_step", ctrl_c_after(4))
     r = runner.invoke(app, [*args, "--resume", "--max-steps", "30"])
     assert r.exit_code == 130, r.stderr
     assert "--encoding latin-1" in r.stderr.split("Resume with: ")[1], r.stderr
