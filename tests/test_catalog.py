@@ -168,6 +168,19 @@ def test_eval_scores_a_split_corpus_on_its_test_split_and_val_file_refuses_it(lo
     one_line_error(r, 1, "has its own encoding and train/val/test split")
 
 
+def test_eval_of_the_newest_run_takes_catalog_names_as_its_first_files(local_catalog, tmp_path, monkeypatch):
+    """`charnn eval NAME NAME ...` (no checkpoint: the newest run) with three or more catalog names scores them (the
+    first was refused as "neither a checkpoint nor an input file", not being a path)."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "bytes8", "--max-steps", "2", "--hidden", "16", "--embed", "8", "--layers", "1",
+                            "--device", "cpu", "--batch-size", "4", "--seq-len", "16"])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, ["eval", "bytes8", "tiny", "bytes8", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert len(json.loads(r.stdout)["files"]) == 3
+
+
 def test_a_typo_of_a_catalog_name_is_one_line_that_suggests_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, ["train", "tinyshakespear"])

@@ -336,6 +336,20 @@ def test_a_symbolic_link_loop_or_a_broken_link_is_named_not_called_missing(tmp_p
         one_line_error(runner.invoke(app, args), 1, what)
 
 
+def test_a_mistyped_run_before_the_files_is_named_where_there_is_no_run(tmp_path, monkeypatch):
+    """eval RUN FILE and transduce RUN with RUN mistyped and no run to fall back on: the line names RUN (it said "no
+    trained runs under 'checkpoints'; ... or pass a checkpoint path", as though none had been passed)."""
+    from conftest import one_line_error
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("some text\n")
+    for args in (["eval", "runs/mistyped", "notes.txt"], ["transduce", "runs/mistyped"],
+                 ["novelty", "runs/mistyped"]):
+        one_line_error(runner.invoke(app, args, input="abc\n"), 1,
+                       "'runs/mistyped' does not exist: neither a checkpoint (a .pt file or a run folder) nor an "
+                       "input file")
+
+
 def test_sample_builds_the_c_library_only_for_a_cpu_run(monkeypatch, capsys):
     """A GPU run never uses charnn's C library, so sampling there does not compile it (on a Mac without Xcode's
     tools the attempt opened a dialog)."""

@@ -8,6 +8,7 @@ from typing import Annotated, List, Optional, Tuple
 import typer
 
 from charnn.config import DEVICES, DynamicConfig, raise_problems, threads_problems
+from charnn.data import catalog
 from charnn.data.linefeed import STDIN
 from charnn.errors import CharnnError, ConfigError
 
@@ -92,7 +93,7 @@ def split_checkpoint(args: Optional[List[str]], needs: int = 0) -> Tuple[Optiona
     args = list(args or [])
     if len(args) > needs and (Path(args[0]).suffix == ".pt" or Path(args[0]).is_dir()):
         return args[0], args[1:]
-    if len(args) > needs + 1 and args[0] != STDIN and not Path(args[0]).exists():  # (a mistyped run folder was taken
+    if len(args) > needs and args[0] != STDIN and not Path(args[0]).exists() and catalog.find(args[0]) is None:
         raise CharnnError(f"{args[0]!r} does not exist: neither a checkpoint (a .pt file or a run folder) nor an "
-                          "input file")  # as an input file, and the newest run's, or "no trained runs", followed)
-    return None, args
+                          "input file")  # (a mistyped run folder was taken as an input file, and the newest run's,
+    return None, args  # or "no trained runs under 'checkpoints'", followed; a catalog name is an input)
