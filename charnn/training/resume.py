@@ -68,9 +68,7 @@ def saved_text_options(corpus, cfg: TrainConfig, model_cfg: ModelConfig, explici
         return cfg, model_cfg, encoding
     name, saved = found
     old = saved["train_config"]
-    keep = {k: old[k] for k in TEXT_KIND if k not in explicit and k in old}
-    if isinstance(keep.get("label_by"), str) and not keep["label_by"].strip():  # (saved before blank was refused)
-        keep["label_by"] = None
+    keep = _blank_as_none({k: old[k] for k in TEXT_KIND if k not in explicit and k in old})
     kind = (saved.get("model_config") or {}).get("kind")
     if kind == "classifier" and not {"classifier", "kind"} & set(explicit):
         model_cfg = replace(model_cfg, kind=kind)
@@ -78,6 +76,15 @@ def saved_text_options(corpus, cfg: TrainConfig, model_cfg: ModelConfig, explici
     if "encoding" not in explicit and isinstance(was, str):  # (recorded since 2026-12-07)
         encoding = was
     return replace(cfg, name=name, **keep), model_cfg, encoding
+
+
+def _blank_as_none(options: dict) -> dict:
+    """A saved --val-file, --init-from or --label-by of only spaces as not given (so a run saved before an empty
+    one was refused took it)."""
+    for k in ("val_file", "init_from", "label_by"):
+        if isinstance(options.get(k), str) and not options[k].strip():
+            options[k] = None
+    return options
 
 
 def _peek(path: Path) -> Optional[dict]:
@@ -98,10 +105,7 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     """The training config of a resumed run: the saved one, with the flags given on this command line
     (`explicit`; None means every field of `given`) laid over it. --out and --name always come from
     `given`, since they are how the run was found. Changing the data layout or the model is refused."""
-    old = from_dict(TrainConfig, saved.get("train_config", {}))
-    blank = [k for k in ("val_file", "init_from", "label_by") if isinstance(getattr(old, k), str)
-             and not getattr(old, k).strip()]
-    old = replace(old, **dict.fromkeys(blank))  # (a run saved before an empty one was refused took it as not given)
+    old = from_dict(TrainConfig, _blank_as_none(dict(saved.get("train_config", {}))))
     names = set(asdict(given)) if explicit is None else set(explicit)
     given_values = {k: v for k, v in asdict(given).items() if not (k == "batch_size" and v is None)}  # None: auto
     merged = {**asdict(old), **{k: v for k, v in given_values.items() if k in names | {"out", "name"}}}
