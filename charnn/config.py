@@ -319,10 +319,13 @@ class NoCacheHome(CharnnError, OSError):
 
 def cache_root() -> Path:
     """Where charnn keeps what it can make again (encoded corpora, downloads, compiled kernels, measurements):
-    CHARNN_CACHE, else ~/.cache/charnn."""
+    CHARNN_CACHE, else $XDG_CACHE_HOME/charnn (where that is an absolute path, as the XDG spec reads it), else
+    ~/.cache/charnn."""
     given = os.environ.get("CHARNN_CACHE")
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
     try:
-        return Path(given or Path.home() / ".cache" / "charnn").expanduser()
+        return Path(given or (Path(xdg) / "charnn" if os.path.isabs(xdg) else Path.home() / ".cache" / "charnn")
+                    ).expanduser()
     except RuntimeError:  # (pathlib: "Could not determine home directory."; a traceback)
         raise NoCacheHome(f"CHARNN_CACHE={given!r} starts at a home folder that cannot be found; set it to a folder"
                           if given else "this user has no home folder for charnn's cache (HOME is unset); set "

@@ -189,6 +189,25 @@ def test_a_typo_of_a_catalog_name_is_one_line_that_suggests_it(tmp_path, monkeyp
     assert r.exit_code == 1 and "did you mean" not in r.stderr
 
 
+def test_a_missing_file_is_named_when_the_catalog_cannot_be_read(tmp_path, monkeypatch):
+    """A corpus path that does not exist is the error, not the catalog its name was checked against for a typo (an
+    install without the catalog answered every mistyped path with "cannot read the corpus catalog")."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARNN_CATALOG", str(tmp_path / "no-catalog.json"))
+    one_line_error(CliRunner().invoke(app, ["train", "nosuch.txt"]), 1, "corpus 'nosuch.txt' does not exist")
+
+
+def test_the_cache_follows_xdg_cache_home_below_charnn_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("CHARNN_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "charnn"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # (the XDG spec: a relative path is to be ignored)
+    assert cache_root() == tmp_path / "home" / ".cache" / "charnn"
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+
+
 def test_a_malformed_catalog_is_one_line(tmp_path):
     for content in ("[]", '{"corpora": 5}', '{"corpora": [{"name": 3}]}', '{"corpora": ["x"]}', "not json"):
         (tmp_path / "cat.json").write_text(content)

@@ -1,10 +1,9 @@
 """The on-disk cache: encoded corpora (id arrays plus their tokenizer) and downloaded catalog corpora.
 
-It lives in $CHARNN_CACHE, else ~/.cache/charnn. An encoded corpus is a folder `encoded/<key>/` holding
-`ids.bin` (the ids, train then val, as uint8/uint16/uint32) and `meta.json`; the key hashes the corpus
-content, the tokenizer and the split. Entries are written into a temporary folder and renamed into
-place, so a killed run never leaves a half entry that a later run would trust.
-"""
+It lives in $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn (charnn.config.cache_root). An encoded
+corpus is a folder `encoded/<key>/` holding `ids.bin` (the ids, train then val, as uint8/uint16/uint32) and
+`meta.json`; the key hashes the corpus content, the tokenizer and the split. Entries are written into a temporary
+folder and renamed into place, so a killed run never leaves a half entry that a later run would trust."""
 
 from __future__ import annotations
 

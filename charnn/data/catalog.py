@@ -1,6 +1,6 @@
 """A small catalog of public corpora: download once into the cache, verify, unpack.
 
-The catalog is corpora/catalog.json (or $CHARNN_CATALOG): per corpus its name, URL, sha256, size,
+The catalog is charnn/data/catalog.json (or $CHARNN_CATALOG): per corpus its name, URL, sha256, size,
 licence and a one-line description, plus what to take out of an archive, its encoding and a fixed split
 where the corpus has a published one. Downloads stream into a temporary file next to the target and are
 renamed into place only when complete and verified, so a dropped connection or a full disk leaves no half
@@ -28,7 +28,7 @@ from charnn.errors import CharnnError
 Callback = Callable[[str, dict], None]
 BLOCK = 1 << 16
 TIMEOUT = 30  # seconds without data before a download gives up
-DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "corpora" / "catalog.json"
+DEFAULT_CATALOG = Path(__file__).resolve().with_name("catalog.json")  # (package data: in a wheel too)
 
 
 def catalog_path() -> Path:
@@ -70,6 +70,14 @@ def find(name: str, path: Optional[Path] = None) -> Optional[dict]:
     except CharnnError:
         return None
     return next((e for e in entries if e["name"] == name), None)
+
+
+def names() -> List[str]:
+    """The catalog's names, or none where it cannot be read (for suggestions: the missing file is the error)."""
+    try:
+        return [e["name"] for e in load_catalog()]
+    except CharnnError:
+        return []
 
 
 def local_path(entry: dict) -> Path:

@@ -101,7 +101,7 @@ def load_corpus(paths: Union[None, str, Sequence[str]], encoding: str = "utf-8",
             path = catalog.fetch(entry, on_event)
             return Corpus(None, entry["name"], entry["name"], [SourceFile(path, optional=False)],
                           entry.get("encoding"), entry.get("split"))
-        close = difflib.get_close_matches(paths[0], [e["name"] for e in catalog.load_catalog()], n=1)
+        close = difflib.get_close_matches(paths[0], catalog.names(), n=1)
         if close:  # most likely a typo of a catalog name
             raise CharnnError(f"corpus {paths[0]!r} does not exist, and it is not a catalog name; did you mean "
                               f"{close[0]!r}? (`charnn corpora` lists them)")
