@@ -291,6 +291,33 @@ def test_validation_shards_add_up_to_the_whole(monkeypatch):
         assert sum(parts) == pytest.approx(whole, rel=1e-6)
 
 
+def test_scoring_calls_hold_a_bounded_amount_of_logits_and_score_the_same(monkeypatch):
+    """A large vocabulary is scored in fewer time steps per call (LOGITS_BYTES; 64 streams x 256 steps x 40,000
+    tokens were 2.6 GB of logits a copy): the same nats, and the shards still add up to the whole."""
+    monkeypatch.setattr(evaluate, "MIN_STREAM", 40)
+    model, _ = build_from_checkpoint({"model_config": dict(vocab_size=19, **MODEL), "tokenizer": {"kind": "char",
+                                      "chars": "abcdefghijklmnopqrs"}, "model": _fresh_weights()})
+    ids = torch.from_numpy(np.random.default_rng(1).integers(0, 19, 5 * 40 + 7))
+    whole = score_ids(model, ids, torch.device("cpu"))
+    assert evaluate.chunk_steps(model, 5) == evaluate.CHUNK
+    monkeypatch.setattr(evaluate, "LOGITS_BYTES", 4 * 5 * 19 * 6)  # six steps of five streams
+    assert evaluate.chunk_steps(model, 5) == 6 and evaluate.chunk_steps(model, 10**6) == 1
+    made = []
+    forward = model.forward
+
+    def counted(*a, **k):
+        out = forward(*a, **k)
+        made.append(out[0].numel())
+        return out
+
+    monkeypatch.setattr(model, "forward", counted)
+    bounded = score_ids(model, ids, torch.device("cpu"))
+    assert max(made) * 4 <= evaluate.LOGITS_BYTES and len(made) == 7 + 1  # 41 steps in sixes, and the tail
+    assert bounded == pytest.approx(whole, rel=1e-6)
+    parts = [score_ids(model, ids, torch.device("cpu"), part=(r, 3)) for r in range(3)]
+    assert sum(parts) == pytest.approx(bounded, rel=1e-6)
+
+
 def _fresh_weights():
     from charnn.models.lm import CharRNN
 

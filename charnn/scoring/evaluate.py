@@ -16,7 +16,10 @@ from charnn.scoring.rows import row_nats
 from charnn.text.tokenizer import start_id
 from charnn.threadwatch import block
 
-CHUNK = 256  # time steps per forward call while scoring
+CHUNK = 256  # time steps per forward call while scoring (fewer where the vocabulary is large: LOGITS_BYTES)
+LOGITS_BYTES = 256 << 20  # float32 logits one forward call may make (scoring holds about three such: the logits,
+# their float copy, cross_entropy's log-softmax): 64 streams x 256 steps of a 40,000-token vocabulary were 2.6 GB
+# each, and a --vocab-size 40000 run peaked at 8.5 GB at its first validation
 MIN_STREAM = 2048  # tokens per parallel stream (each stream starts from a zero state)
 MAX_STREAMS = 64
 
@@ -81,6 +84,7 @@ def score_ids(model, ids: torch.Tensor, device: torch.device, precision: str = "
     was_training = model.training
     model.eval()
     S, L = stream_layout(n)
+    steps = chunk_steps(model, S)  # (from all S streams: every world size scores in the same calls)
     rank, world = part
     lo, hi = rank * S // world, (rank + 1) * S // world
     x, y = ids[:-1], ids[1:]
@@ -88,23 +92,32 @@ def score_ids(model, ids: torch.Tensor, device: torch.device, precision: str = "
     if hi > lo:
         streams = lambda t: t[: S * L].view(S, L)[lo:hi]  # noqa: E731
         total += _score_streams(model, streams(x), streams(y), device, precision,
-                                None if labels is None else streams(labels), per_label)
+                                None if labels is None else streams(labels), per_label, steps)
     if S * L < n and rank == world - 1:  # the tail that does not fill a stream
         tail = None if labels is None else labels[S * L:]
         total += _score_streams(model, x[S * L:].view(1, -1), y[S * L:].view(1, -1), device, precision,
-                                None if tail is None else tail.view(1, -1), per_label)
+                                None if tail is None else tail.view(1, -1), per_label, steps)
     model.train(was_training)
     return total
 
 
-def _score_streams(model, X, Y, device, precision, labels=None, per_label=None) -> float:
+def chunk_steps(model, rows: int) -> int:
+    """Time steps per scoring call for `rows` streams: CHUNK, or fewer where rows x steps x vocabulary float32
+    logits would pass LOGITS_BYTES."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(vocab, int) or vocab <= 0:
+        return CHUNK
+    return max(1, min(CHUNK, LOGITS_BYTES // (4 * rows * vocab)))
+
+
+def _score_streams(model, X, Y, device, precision, labels=None, per_label=None, steps: int = CHUNK) -> float:
     state = None
 
     def chunk(t: int) -> float:  # one forward call's nats (on the threads charnn.threadwatch measured, if any)
         nonlocal state
-        xb = X[:, t:t + CHUNK].to(device, non_blocking=True)
-        yb = Y[:, t:t + CHUNK].to(device, non_blocking=True)
-        extra = {} if labels is None else {"labels": labels[:, t:t + CHUNK].long().to(device, non_blocking=True)}
+        xb = X[:, t:t + steps].to(device, non_blocking=True)
+        yb = Y[:, t:t + steps].to(device, non_blocking=True)
+        extra = {} if labels is None else {"labels": labels[:, t:t + steps].long().to(device, non_blocking=True)}
         with autocast(device, precision):
             logits, state = model(xb, state, **extra)
         flat = logits.float().reshape(-1, logits.shape[-1])
@@ -115,8 +128,8 @@ def _score_streams(model, X, Y, device, precision, labels=None, per_label=None) 
                out=per_label)
         return float(losses.sum())
 
-    tokens = lambda t: X[:, t:t + CHUNK].numel()  # noqa: E731
-    return sum(block(lambda: chunk(t), lambda _: tokens(t)) for t in range(0, X.shape[1], CHUNK))
+    tokens = lambda t: X[:, t:t + steps].numel()  # noqa: E731
+    return sum(block(lambda: chunk(t), lambda _: tokens(t)) for t in range(0, X.shape[1], steps))
 
 
 def evaluate_text(model, tokenizer, text: str, device: torch.device, precision: str = "fp32") -> EvalResult:
