@@ -36,7 +36,7 @@ def novelty(
     from charnn.errors import CharnnError, ConfigError
     from charnn.reports.novelty import NS, novelty as check
 
-    with user_errors():
+    with user_errors("novelty"):
         if encoding is not None:
             check_encoding(encoding)  # (without --corpus a wrong one was accepted without a word)
         if glob is not None and not corpus:

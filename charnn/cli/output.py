@@ -110,6 +110,8 @@ def user_errors(command: str = ""):
             raise typer.Exit(signal_exit_code(getattr(e, "signum", signal.SIGINT))) from None
         fail(str(e) if isinstance(e, CharnnError) else out_of_memory(command), 2 if isinstance(e, ConfigError) else 1)
     except OSError as e:  # a path the system refused where no check names it (a name over 255 bytes, a loop of links)
+        if not debug and is_out_of_memory(e):  # (ENOMEM: `novelty`'s index of a 1.8 GB text under a memory limit)
+            fail(out_of_memory(command))
         if debug or e.filename is None:  # (without a path it is not the user's to fix here: let it show)
             raise
         fail(f"cannot use {shown_path(e.filename)}: {e.strerror or e}")
@@ -123,6 +125,7 @@ def shown_path(path) -> str:
 
 OOM_HINTS = {"train": "a smaller --batch-size, --seq-len or --hidden", "sample": "fewer --num-samples",
              "transduce": "a smaller --batch-size or --beam", "eval": "smaller files, or a smaller --beam",
+             "novelty": "--corpus with a part of the text (its index is built in memory: about 5 bytes a character)",
              "serve": "a smaller --max-batch or --max-score-tokens"}
 
 

@@ -79,6 +79,7 @@ def build_index(folder: Path, chunks: Iterable[bytes]) -> TextIndex:
         meta = {"format": FORMAT, "bytes": len(text), "chars": chars, "sa_dtype": sa.dtype.name,
                 "seconds": time.perf_counter() - t0}
         write_atomic(folder / META, json.dumps(meta).encode("utf-8"), HINT, what=what)
+        del text, sa  # (held while the index was mapped again: twice the memory, 5 bytes a character, at the peak)
     except BaseException:  # (a full cache left the text without its suffix array: space gone for nothing)
         for name in (TEXT, SA):
             with contextlib.suppress(OSError):
