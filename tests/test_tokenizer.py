@@ -36,3 +36,18 @@ def test_state_round_trip():
     again = tokenizer_from_state(tok.state())
     assert again.chars == tok.chars
     assert list(again.encode("lines text")) == list(tok.encode("lines text"))
+
+
+def test_char_encoding_in_blocks_is_the_whole_texts(monkeypatch):
+    """CharTokenizer.encode works ENCODE_BLOCK characters at a time (the whole text's temporaries were about 37
+    bytes a character): ids across block edges, unknown and astral characters, as one pass gives them."""
+    from charnn.text import tokenizer as tk
+
+    tok = tk.CharTokenizer.build("abc \U0001F600\u00e9\n")
+    text = "ab\U0001F600c zq\u00e9\n\U0001F601" * 7 + "a"
+    whole = np.array([tok._index.get(c, tok.unk_id) for c in text], dtype=np.int64)
+    for block in (1, 3, 10, 1 << 20):
+        monkeypatch.setattr(tk, "ENCODE_BLOCK", block)
+        ids = tok.encode(text)
+        assert ids.dtype == np.int64 and np.array_equal(ids, whole), block
+    assert tok.encode("").shape == (0,) and tk.CharTokenizer([]).encode("ab").tolist() == [0, 0]
