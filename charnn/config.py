@@ -320,16 +320,22 @@ class NoCacheHome(CharnnError, OSError):
 def cache_root() -> Path:
     """Where charnn keeps what it can make again (encoded corpora, downloads, compiled kernels, measurements):
     CHARNN_CACHE, else $XDG_CACHE_HOME/charnn (where that is an absolute path, as the XDG spec reads it), else
-    ~/.cache/charnn."""
+    ~/.cache/charnn; and ~/.cache/charnn where only it exists (a cache made before XDG_CACHE_HOME was read: its
+    corpora, downloads and kernels are kept, not made again elsewhere)."""
     given = os.environ.get("CHARNN_CACHE")
     xdg = os.environ.get("XDG_CACHE_HOME", "")
+    xdg_dir = Path(xdg) / "charnn" if os.path.isabs(xdg) else None
     try:
-        return Path(given or (Path(xdg) / "charnn" if os.path.isabs(xdg) else Path.home() / ".cache" / "charnn")
-                    ).expanduser()
+        if given:
+            return Path(given).expanduser()
+        home = Path.home() / ".cache" / "charnn"
     except RuntimeError:  # (pathlib: "Could not determine home directory."; a traceback)
+        if xdg_dir is not None and not given:
+            return xdg_dir
         raise NoCacheHome(f"CHARNN_CACHE={given!r} starts at a home folder that cannot be found; set it to a folder"
                           if given else "this user has no home folder for charnn's cache (HOME is unset); set "
                           "CHARNN_CACHE to a folder") from None
+    return home if xdg_dir is None or (home.is_dir() and not xdg_dir.exists()) else xdg_dir
 
 
 def cache_umask() -> int:

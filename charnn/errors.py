@@ -65,9 +65,11 @@ class WrongKind(CharnnError, AttributeError):
 def is_out_of_memory(e: BaseException) -> bool:
     """Whether `e` says an allocation failed: a MemoryError, torch's RuntimeError of one (CPU or CUDA), or the
     system's ENOMEM (an OSError: numpy's memory map of a big file under a memory limit)."""
+    if isinstance(e, OSError):  # (by its errno only: its text holds the file name, which may say anything)
+        return e.errno == errno.ENOMEM
     text = str(e).lower()
-    return isinstance(e, MemoryError) or getattr(e, "errno", None) == errno.ENOMEM or "out of memory" in text \
-        or "can't allocate memory" in text or "cannot allocate memory" in text or "not enough memory" in text
+    return isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text \
+        or "not enough memory" in text
 
 
 def missing(path) -> str:

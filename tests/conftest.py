@@ -99,7 +99,9 @@ def train_tiny_pairs(root: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
-    """Encoded corpora and downloads go to a temporary cache, never the user's ~/.cache/charnn."""
+    """Encoded corpora and downloads go to a temporary cache, never the user's ~/.cache/charnn (and the tests that
+    unset CHARNN_CACHE see ~/.cache/charnn's rules, not a developer's XDG_CACHE_HOME)."""
+    os.environ.pop("XDG_CACHE_HOME", None)
     old = os.environ.get("CHARNN_CACHE")
     os.environ["CHARNN_CACHE"] = str(tmp_path_factory.mktemp("charnn-cache"))
     yield

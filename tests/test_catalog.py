@@ -204,6 +204,14 @@ def test_the_cache_follows_xdg_cache_home_below_charnn_cache(tmp_path, monkeypat
     assert cache_root() == tmp_path / "xdg" / "charnn"
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # (the XDG spec: a relative path is to be ignored)
     assert cache_root() == tmp_path / "home" / ".cache" / "charnn"
+    (tmp_path / "home" / ".cache" / "charnn").mkdir(parents=True)  # a cache from before XDG_CACHE_HOME was read
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "charnn"  # kept (not its corpora made again elsewhere)
+    (tmp_path / "xdg" / "charnn").mkdir(parents=True)
+    assert cache_root() == tmp_path / "xdg" / "charnn"
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr("pathlib.Path.home", lambda: (_ for _ in ()).throw(RuntimeError("no home")))
+    assert cache_root() == tmp_path / "xdg" / "charnn"  # (no home folder, but a cache folder all the same)
     monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "mine"))
     assert cache_root() == tmp_path / "mine"
 

@@ -202,6 +202,7 @@ def test_an_option_without_its_value_names_its_command():
     (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), 1, "out of memory"),
     (MemoryError(), 1, "out of memory"),
     (OSError(12, "Cannot allocate memory"), 1, "out of memory"),  # (numpy's memmap under a limit: a traceback)
+    (OSError(36, "File name too long", "out of memory.txt"), 1, "cannot use 'out of memory.txt': File name too long"),
     (KeyboardInterrupt(), 130, "interrupted"),
 ])
 def test_user_errors_turn_what_a_user_can_cause_into_one_line_and_an_exit_code(exc, code, says, capsys, monkeypatch):
@@ -233,7 +234,7 @@ def test_out_of_memory_names_the_running_commands_own_flags(monkeypatch):
     import charnn.cli.novelty as novelty_cli
     monkeypatch.setattr(novelty_cli, "split_checkpoint", oom)
     r = invoke("novelty", "x.txt")
-    assert r.exit_code == 1 and "out of memory; try --corpus with a part of the text" in r.stderr
+    assert r.exit_code == 1 and "out of memory; try a machine with more memory" in r.stderr
 
 
 def test_user_errors_let_a_bug_show_and_debug_show_everything(monkeypatch):
