@@ -19,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 from conftest import TINY_MODEL, free_port, make_text, subprocess_env, wait_for_save
 
-from charnn.scoring import evaluate
+from charnn.scoring import evaluate, rows
 from charnn.checkpoint import build_from_checkpoint, load_checkpoint
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.batches import StreamBatches
@@ -299,9 +299,9 @@ def test_scoring_calls_hold_a_bounded_amount_of_logits_and_score_the_same(monkey
                                       "chars": "abcdefghijklmnopqrs"}, "model": _fresh_weights()})
     ids = torch.from_numpy(np.random.default_rng(1).integers(0, 19, 5 * 40 + 7))
     whole = score_ids(model, ids, torch.device("cpu"))
-    assert evaluate.chunk_steps(model, 5) == evaluate.CHUNK
-    monkeypatch.setattr(evaluate, "LOGITS_BYTES", 4 * 5 * 19 * 6)  # six steps of five streams
-    assert evaluate.chunk_steps(model, 5) == 6 and evaluate.chunk_steps(model, 10**6) == 1
+    assert rows.chunk_steps(model, 5) == evaluate.CHUNK
+    monkeypatch.setattr(rows, "LOGITS_BYTES", 4 * 5 * 19 * 6)  # six steps of five streams
+    assert rows.chunk_steps(model, 5) == 6 and rows.chunk_steps(model, 10**6) == 1
     made = []
     forward = model.forward
 
@@ -312,10 +312,18 @@ def test_scoring_calls_hold_a_bounded_amount_of_logits_and_score_the_same(monkey
 
     monkeypatch.setattr(model, "forward", counted)
     bounded = score_ids(model, ids, torch.device("cpu"))
-    assert max(made) * 4 <= evaluate.LOGITS_BYTES and len(made) == 7 + 1  # 41 steps in sixes, and the tail
+    assert max(made) * 4 <= rows.LOGITS_BYTES and len(made) == 7 + 1  # 41 steps in sixes, and the tail
     assert bounded == pytest.approx(whole, rel=1e-6)
     parts = [score_ids(model, ids, torch.device("cpu"), part=(r, 3)) for r in range(3)]
     assert sum(parts) == pytest.approx(bounded, rel=1e-6)
+    # padded rows (documents of a labelled run, classify) too: 5 rows of 41 steps, the same nats per row
+    x, y = ids[:205].view(5, 41), ids[1:206].view(5, 41).clone()
+    y[2, 30:] = rows.IGNORE  # a row that ends early
+    made.clear()
+    bounded_rows = rows.row_nats(model, x, y, None, torch.device("cpu"))
+    assert max(made) * 4 <= rows.LOGITS_BYTES and len(made) == 7
+    monkeypatch.setattr(rows, "LOGITS_BYTES", 1 << 30)
+    assert torch.allclose(bounded_rows, rows.row_nats(model, x, y, None, torch.device("cpu")), rtol=1e-6)
 
 
 def _fresh_weights():

@@ -12,14 +12,11 @@ import torch.nn.functional as F
 
 from charnn.device import autocast
 from charnn.data.batches import pad_rows
-from charnn.scoring.rows import row_nats
+from charnn.scoring.rows import chunk_steps, row_nats
 from charnn.text.tokenizer import start_id
 from charnn.threadwatch import block
 
-CHUNK = 256  # time steps per forward call while scoring (fewer where the vocabulary is large: LOGITS_BYTES)
-LOGITS_BYTES = 256 << 20  # float32 logits one forward call may make (scoring holds about three such: the logits,
-# their float copy, cross_entropy's log-softmax): 64 streams x 256 steps of a 40,000-token vocabulary were 2.6 GB
-# each, and a --vocab-size 40000 run peaked at 8.5 GB at its first validation
+CHUNK = 256  # time steps per forward call while scoring (fewer where the vocabulary is large: chunk_steps)
 MIN_STREAM = 2048  # tokens per parallel stream (each stream starts from a zero state)
 MAX_STREAMS = 64
 
@@ -84,7 +81,7 @@ def score_ids(model, ids: torch.Tensor, device: torch.device, precision: str = "
     was_training = model.training
     model.eval()
     S, L = stream_layout(n)
-    steps = chunk_steps(model, S)  # (from all S streams: every world size scores in the same calls)
+    steps = chunk_steps(model, S, CHUNK)  # (from all S streams: every world size scores in the same calls)
     rank, world = part
     lo, hi = rank * S // world, (rank + 1) * S // world
     x, y = ids[:-1], ids[1:]
@@ -99,15 +96,6 @@ def score_ids(model, ids: torch.Tensor, device: torch.device, precision: str = "
                                 None if tail is None else tail.view(1, -1), per_label, steps)
     model.train(was_training)
     return total
-
-
-def chunk_steps(model, rows: int) -> int:
-    """Time steps per scoring call for `rows` streams: CHUNK, or fewer where rows x steps x vocabulary float32
-    logits would pass LOGITS_BYTES."""
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if not isinstance(vocab, int) or vocab <= 0:
-        return CHUNK
-    return max(1, min(CHUNK, LOGITS_BYTES // (4 * rows * vocab)))
 
 
 def _score_streams(model, X, Y, device, precision, labels=None, per_label=None, steps: int = CHUNK) -> float:
