@@ -70,8 +70,8 @@ def test_the_package_reads_its_data_from_inside_itself():
 
 
 def test_the_sdist_carries_the_tests_helpers_fixtures_and_licence(source, tmp_path):
-    subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(tmp_path)!r})"],
-                   cwd=source, check=True, capture_output=True)
+    build = f"from setuptools import build_meta; build_meta.build_sdist({str(tmp_path)!r})"
+    subprocess.run([sys.executable, "-c", build], cwd=source, check=True, capture_output=True)
     sdist = next(tmp_path.glob("charnn-*.tar.gz"))
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}

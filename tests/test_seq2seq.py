@@ -72,7 +72,8 @@ def test_resume_finds_the_run_of_a_linked_file_or_a_catalog_name_under_its_own_n
     (tmp_path / "pairs.tsv").write_text(rows, encoding="utf-8")
     os.symlink(tmp_path / "pairs.tsv", tmp_path / "words.txt")
     args = ["--out", str(tmp_path), "--hidden", "16", "--layers", "1", "--threads", "1", "-q"]
-    assert runner.invoke(app, ["train", str(tmp_path / "pairs.tsv"), "--pairs", "--max-steps", "2", *args]).exit_code == 0
+    r = runner.invoke(app, ["train", str(tmp_path / "pairs.tsv"), "--pairs", "--max-steps", "2", *args])
+    assert r.exit_code == 0
     assert runner.invoke(app, ["train", str(tmp_path / "words.txt"), "--seq-len", "8", "--batch-size", "2",
                                "--max-steps", "2", *args]).exit_code == 0
     r = runner.invoke(app, ["train", str(tmp_path / "words.txt"), "--resume", "--max-steps", "4", *args])

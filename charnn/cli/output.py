@@ -125,8 +125,8 @@ def shown_path(path) -> str:
 
 OOM_HINTS = {"train": "a smaller --batch-size, --seq-len or --hidden", "sample": "fewer --num-samples",
              "transduce": "a smaller --batch-size or --beam", "eval": "smaller files, or a smaller --beam",
-             "novelty": "a machine with more memory (the training text's index is built in memory, about 5 bytes a byte "
-                        "of text)",
+             "novelty": "a machine with more memory (the training text's index is built in memory, about 5 bytes "
+                        "a byte of text)",
              "serve": "a smaller --max-batch or --max-score-tokens"}
 
 

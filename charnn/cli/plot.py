@@ -19,7 +19,8 @@ def plot(
     x: Annotated[str, typer.Option(help="Horizontal axis: step or time.")] = "step",
     quiet: Quiet = False,
 ):
-    """Draw the train and validation loss of one or more runs into an image (needs matplotlib: pip install matplotlib)."""
+    """Draw the train and validation loss of one or more runs into an image (needs matplotlib: pip install
+    matplotlib)."""
     from charnn.checkpoint import resolve_checkpoint
     from charnn.reports.plot import X_AXES, plot_runs, run_records
 

@@ -12,11 +12,10 @@ import torch.nn.functional as F
 
 from charnn.device import autocast
 from charnn.data.batches import pad_rows
-from charnn.scoring.rows import chunk_steps, row_nats
+from charnn.scoring.rows import CHUNK, chunk_steps, row_nats  # (CHUNK: time steps per forward call while scoring)
 from charnn.text.tokenizer import start_id
 from charnn.threadwatch import block
 
-CHUNK = 256  # time steps per forward call while scoring (fewer where the vocabulary is large: chunk_steps)
 MIN_STREAM = 2048  # tokens per parallel stream (each stream starts from a zero state)
 MAX_STREAMS = 64
 
@@ -81,7 +80,7 @@ def score_ids(model, ids: torch.Tensor, device: torch.device, precision: str = "
     was_training = model.training
     model.eval()
     S, L = stream_layout(n)
-    steps = chunk_steps(model, S, CHUNK)  # (from all S streams: every world size scores in the same calls)
+    steps = chunk_steps(model, S)  # (from all S streams: every world size scores in the same calls)
     rank, world = part
     lo, hi = rank * S // world, (rank + 1) * S // world
     x, y = ids[:-1], ids[1:]

@@ -163,7 +163,8 @@ class Budget:
                    clock: Callable[[], float] = time.perf_counter) -> None:
         """--max-time before any evaluation: foresee the final one, which on a big validation split can take
         longer than all of a short run's training. Evaluation scores the val ids as `streams` rows in forward
-        calls of chunk_steps time steps (charnn.scoring.evaluate); time a forward of EVAL_PROBE_STEPS of them and scale."""
+        calls of chunk_steps time steps (charnn.scoring.evaluate); time a forward of EVAL_PROBE_STEPS of them and
+        scale."""
         streams, length = stream_layout(self.val_tokens)
         rows = max(1, -(-streams // world))  # this rank's share (evaluate splits the rows by rank)
         steps = min(EVAL_PROBE_STEPS, length)
