@@ -288,3 +288,83 @@ def test_the_command_lines_clock_starts_with_the_process(tmp_path, monkeypatch, 
     assert r.exit_code == 0, r.stderr
     last = torch.load(tmp_path / "tiny" / "last.pt", weights_only=True)
     assert last["step"] == 0 and last["elapsed"] >= 50  # already over budget: no step, the final evaluation only
+
+
+def test_measuring_keeps_to_a_limit_that_counts_the_warm_ups():
+    """--max-time's share (charnn.training.choices.SHARE): a count whose steps would not fit is not measured."""
+    m = FakeMachine({1: 0.3, 2: 0.2})
+    times = T.measure(m.step, [1, 2], 1.0, m.set_threads, m.clock, limit=1.0)
+    assert times == {1: pytest.approx(0.3)} and 2 not in m.steps  # 0.6 s spent; 2's two steps would end past 1 s
+    m = FakeMachine({1: 3.0, 2: 1.6})
+    assert T.measure(m.step, [1, 2], 1.0, m.set_threads, m.clock, limit=5.0) == {} and m.now == 3.0  # warm-up only
+    m = FakeMachine({1: 0.01, 2: 0.01})
+    times = T.measure(m.step, [1, 2], 1.0, m.set_threads, m.clock, limit=0.1)
+    assert set(times) == {1, 2} and m.now <= 0.1 + 1e-9  # the rounds stop where the next would end past it
+    assert T.measure(m.step, [1, 2], 1.0, m.set_threads, m.clock) and m.steps[1] > 4  # no limit: as before
+
+
+def test_a_step_too_long_to_measure_in_max_times_share_is_not_measured(tmp_path, monkeypatch, fake_clock,
+                                                                       fake_threads):
+    """A big model on a small CPU: a training step takes seconds, so timing thread counts (a warm-up and rounds
+    each) and precisions (seven steps) spent 12 s of a 30-s run (a 2x1024 LSTM on a 2-core EPYC), and a 2x2048
+    one's 30-s run took 78 s. Each measurement keeps to its share of --max-time; what does not fit is not measured:
+    all the cores, fp32 (and nothing is cached as measured)."""
+    from charnn.training import choices
+    from charnn.training import precision as P
+
+    import time
+
+    fake = types.SimpleNamespace(perf_counter=fake_clock.perf_counter, strftime=time.strftime)
+    monkeypatch.setattr(T, "time", fake)
+    monkeypatch.setattr(P, "time", fake)
+    monkeypatch.setattr(P, "native_bf16", lambda device: (True, ""))  # (measured wherever the suite runs)
+    monkeypatch.setattr(P, "_runs", lambda model, x, y, device, precision, extra=None:
+                        P.StepProbe(model, device, "fp32", extra).step(x, y) and None)
+    fake_clock.per_token = 8e-3  # a step's forward (8 x 32 tokens) takes ~2 s
+    max_time = 100.0
+    cfg = TrainConfig(out=str(tmp_path), name="big", **{**TINY_TRAIN, "max_steps": None, "max_time": max_time,
+                                                        "eval_every": 1000, "precision": "auto"})
+    cached = P._load_cache()
+    trainer = Trainer(Corpus(make_text(600, seed=1), "t", "t"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg)
+    assert (trainer.threads_choice.how, trainer.threads_choice.threads) == ("unmeasured", 2)
+    assert (trainer.precision_choice.how, trainer.precision_choice.precision) == ("unmeasured", "fp32")
+    assert trainer.watch is None and P._load_cache() == cached
+    step = 8 * 32 * fake_clock.per_token
+    assert trainer.elapsed() <= 2 * choices.SHARE * max_time + step + 1.0  # (+ the evaluation's probe)
+    result = trainer.fit()
+    assert result.stopped == "max_time" and result.steps > 5
+    assert result.elapsed <= max_time + tolerance(max_time)
+
+
+def test_validation_too_long_for_max_time_is_cut_to_fit_and_the_cut_is_the_runs(tmp_path, fake_clock):
+    """A new run without --eval-tokens whose whole validation pass would take more than schedule.EVAL_SHARE of
+    --max-time scores the val tokens that fit (at least EVAL_FLOOR): the run keeps to its time and trains. The cut
+    is saved as the run's --eval-tokens (a resume scores the same tokens); --eval-tokens given is kept as given."""
+    from charnn.training import schedule
+
+    fake_clock.per_token = 2e-4
+    corpus = Corpus(make_text(12000, seed=1), "t", "t")  # ~40k val tokens: a pass takes ~8 s here
+
+    def trainer(name, max_time, explicit, resume=False, **train):
+        cfg = TrainConfig(out=str(tmp_path), name=name, **{**TINY_TRAIN, "max_steps": None, "max_time": max_time,
+                                                            "eval_every": 1000, "threads": 1, **train})
+        return Trainer(corpus, ModelConfig(vocab_size=1, **TINY_MODEL), cfg, explicit=explicit, resume=resume)
+
+    given = trainer("given", 30.0, {"eval_tokens"})  # given (here: the default, typed): all of them
+    whole = len(given.val_ids)
+    given.release()
+    run = trainer("cut", 30.0, set())
+    n = len(run.val_ids)
+    assert schedule.EVAL_FLOOR <= n < 0.6 * whole and run.cfg.eval_tokens == n
+    assert run.val_cut["tokens"] == n and run.val_cut["of"] == whole
+    start = fake_clock.now - run.elapsed()
+    result = run.fit()
+    assert result.stopped == "max_time" and result.steps > 10
+    assert fake_clock.now - start <= 30.0 + tolerance(30.0)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["train_config"]["eval_tokens"] == n
+    again = trainer("cut", 60.0, {"max_time"}, resume=True)  # another budget: the run's own yardstick all the same
+    assert len(again.val_ids) == n and getattr(again, "val_cut", None) is None
+    again.release()
+    roomy = trainer("roomy", 600.0, set())
+    assert len(roomy.val_ids) == whole  # a pass fits 10% of 10 minutes: no cut
+    roomy.release()

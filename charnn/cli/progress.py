@@ -149,6 +149,11 @@ class TrainProgress:
                 self.note(f"note: --{flag.replace('_', '-')} {_limit(now)} (the run was saved with {_limit(was)}): the "
                           "learning rate's schedule spans the new limit from here, so the run does not continue as "
                           "one started with it would have")
+            if info.get("val_cut"):
+                cut = info["val_cut"]
+                secs = f"{cut['seconds']:.{0 if cut['seconds'] >= 10 else 1}f}"
+                self.note(f"note: validation scores the first {cut['tokens']:,} of {cut['of']:,} val tokens: a whole "
+                          f"pass would take about {secs} s of --max-time {cut['max_time']:g}s (--eval-tokens sets it)")
             if info.get("val_unknown"):
                 self.note(f"note: {info['val_unknown']:,} validation characters are not in the training text's "
                           "vocabulary; they are scored as the unknown token")
@@ -211,7 +216,7 @@ class DownloadBar:
 
 def _threads_words(choice) -> str:
     """'; 1 thread, the fastest per step measured (1: 12 ms, 2: 798 ms)' ('' when forced or not measured)."""
-    if not choice or choice.get("how") != "measured":
+    if not choice or choice.get("how") not in ("measured", "unmeasured"):
         return ""
     return f"; {choice.get('reason', '')}"
 

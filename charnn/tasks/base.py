@@ -111,7 +111,8 @@ class Task:
         """What validation reads, in the units a step's tokens count (--max-time foresees an evaluation from it)."""
         return len(self.val_ids)
 
-    probes_eval = False  # whether --max-time foresees an evaluation by timing a forward (streams of val ids)
+    probes_eval = False  # whether --max-time foresees an evaluation by timing a forward (streams of val ids); such a
+    # task has keep_validation(n), the cut to the first n val ids where a whole pass would not fit the time
     # what picks best.pt and counts --patience: "loss" (val nats/char), or a lower-is-better score the task
     # measures after each evaluation (pairs: "wer", the validation inputs decoded)
     selects_by = "loss"

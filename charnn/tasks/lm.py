@@ -32,6 +32,10 @@ class LanguageModelTask(Task):
         self.chars_per_token = data.train_chars / max(1, len(data.train_ids))
         self.train_ids = data.train_ids
 
+    def keep_validation(self, n: int) -> None:
+        """Score the first `n` validation ids from here (--max-time's cut, charnn.training.schedule.foresee_eval)."""
+        self.val_ids = self.val_ids[:n]
+
     def make_batches(self, cfg: TrainConfig, device: torch.device):
         self.batches = StreamBatches(self.train_ids.to(device), cfg.batch_size, cfg.seq_len, None)
         return self.batches

@@ -3,6 +3,7 @@ torchrun (charnn.training.threads and charnn.training.precision do the measuring
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Optional
 
@@ -11,6 +12,15 @@ import torch
 from charnn.config import TrainConfig
 from charnn.training.precision import PrecisionChoice, choose_precision, native_bf16, remember
 from charnn.training.threads import MEASURE_BUDGET, ThreadChoice, choose_threads, usable_cores
+
+# Under --max-time, each measurement (the threads', then the precision's) takes at most this share of it, its
+# warm-up steps included: on a big model one step can take seconds, and a 30-s run spent 12 s measuring (2x1024
+# LSTM, 2-core EPYC). What does not fit is not measured: all the cores, fp32.
+SHARE = 0.05
+
+
+def _limit(cfg: TrainConfig) -> float:
+    return SHARE * cfg.max_time if cfg.max_time else math.inf
 
 
 def run_threads(cfg: TrainConfig, model, x, y, extra: dict, device: torch.device, precision: str,
@@ -25,7 +35,8 @@ def run_threads(cfg: TrainConfig, model, x, y, extra: dict, device: torch.device
         torch.set_num_threads(saved)
         return ThreadChoice(saved, "resumed", reason="the run's own thread count, kept on resume")
     budget = min(MEASURE_BUDGET, 0.02 * cfg.max_time) if cfg.max_time else MEASURE_BUDGET
-    choice = choose_threads(cfg.threads, model, x, y, device, precision, extra, dist.local_world, budget)
+    choice = choose_threads(cfg.threads, model, x, y, device, precision, extra, dist.local_world, budget,
+                            limit=_limit(cfg))
     if dist.active and not cfg.threads and device.type == "cpu":  # the same on every rank
         agreed = -dist.max_ints([-choice.threads])[0]
         if agreed != choice.threads:
@@ -44,7 +55,7 @@ def run_precision(cfg: TrainConfig, resumed: Optional[dict], model, x, y, extra:
     if (cfg.precision == "auto" and saved in ("fp32", "bf16") and resumed.get("device") == device.type
             and (saved == "fp32" or native_bf16(device)[0])):
         return PrecisionChoice(saved, "resumed", None, "the run's own precision, kept on resume")
-    choice = choose(cfg.precision, model, x, y, device, threads, extra)
+    choice = choose(cfg.precision, model, x, y, device, threads, extra, limit=_limit(cfg))
     if dist.active and cfg.precision == "auto":
         order = ("fp32", "bf16")
         agreed = order[-dist.max_ints([-order.index(choice.precision)])[0]]

@@ -84,7 +84,7 @@ def start_info(t) -> dict:
             "processes": t.dist.world, "chars_per_token": t.task.chars_per_token, "batch_size": t.cfg.batch_size,
             "val_unknown": int((t.val_ids == t.tokenizer.unk_id).sum()) if t.task.val_unknown is None
             else t.task.val_unknown, "unit": t.task.unit,
-            "replaces": t.replaces,
+            "replaces": t.replaces, "val_cut": getattr(t, "val_cut", None),  # (--max-time's, schedule.foresee_eval)
             "limits_changed": getattr(t, "limits_changed", {})}  # (a resume's: {flag: (saved, now)})
 
 

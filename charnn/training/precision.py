@@ -12,8 +12,9 @@ CPU oneDNN cannot run a bf16 LSTM at all. So auto:
 3. remembers the decision in the cache folder (`precision.json`), keyed by the machine, torch version,
    device, thread count and the model's and batch's shape, so later runs start at once.
 
-The probe runs inside the trainer's clock (it counts in --max-time), keeps to about 3 seconds, and leaves
-the RNG as it found it, so a seeded run trains the same whichever way the decision was reached.
+The probe runs inside the trainer's clock (it counts in --max-time), keeps to about 3 seconds (under --max-time
+to a share of it, charnn.training.choices.SHARE: where a step is too long for the share, fp32, unmeasured and not
+cached), and leaves the RNG as it found it, so a seeded run trains the same whichever way the decision was reached.
 --precision fp32|bf16|fp16 skips all this; a forced bf16 that this machine cannot run is one clear error.
 """
 
@@ -80,9 +81,11 @@ def _cpuinfo_bf16() -> bool:
 
 
 def choose_precision(requested: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     device: torch.device, threads: Optional[int] = None, extra: Optional[dict] = None) -> PrecisionChoice:
+                     device: torch.device, threads: Optional[int] = None, extra: Optional[dict] = None,
+                     limit: float = math.inf) -> PrecisionChoice:
     """The precision to train in. `x`, `y`: the run's first batch (on `device`), `extra` what else the model's
-    forward takes with it (labels, an encoder's inputs). See the module doc."""
+    forward takes with it (labels, an encoder's inputs). `limit`: seconds the measurement may take, its first step
+    included (a share of --max-time); where its steps would not fit, fp32, unmeasured. See the module doc."""
     extra = extra or {}
     if requested == "fp16" and device.type == "cpu":
         raise CharnnError("--precision fp16 is for GPUs; on the CPU use bf16 or fp32")
@@ -102,22 +105,29 @@ def choose_precision(requested: str, model: torch.nn.Module, x: torch.Tensor, y:
     if cached and cached.get("precision") in ("fp32", "bf16"):
         return PrecisionChoice(cached["precision"], "cached", cached.get("speedup"),
                                f"{_ratio_words(cached.get('speedup'))}, measured {cached.get('date', 'earlier')}, cached")
-    choice = _measure(model, x, y, device, extra)
-    _store(key, choice)
+    choice = _measure(model, x, y, device, extra, limit)
+    if choice.how == "measured":
+        _store(key, choice)
     return choice
 
 
-def _measure(model, x, y, device, extra: dict) -> PrecisionChoice:
+def _measure(model, x, y, device, extra: dict, limit: float = math.inf) -> PrecisionChoice:
+    t_start = time.perf_counter()
     error = _runs(model, x, y, device, "bf16", extra)
     if error:
         return PrecisionChoice("fp32", "measured", None, f"bf16 does not run here ({error})")
+    first = time.perf_counter() - t_start  # a step's seconds, and more (a first call's set-up): the foresight errs long
+    if first * (2 + 2 * MIN_ROUNDS) > limit - first:  # the warm-ups and the fewest rounds would not fit
+        return PrecisionChoice("fp32", "unmeasured", None, f"not measured: a step takes {first:.1f} s, too long "
+                               "to compare in --max-time's share")
     with rng_kept(device):
         times = {"fp32": [], "bf16": []}
         probes = {p: StepProbe(model, device, p, extra) for p in times}
         losses = {p: probes[p].step(x, y) for p in times}  # warm-up: oneDNN primitives, allocator, caches
         t_end = time.perf_counter() + BUDGET
         for i in range(MAX_ROUNDS):
-            if i >= MIN_ROUNDS and time.perf_counter() > t_end:
+            now = time.perf_counter()
+            if i >= MIN_ROUNDS and (now > t_end or now + sum(t[-1] for t in times.values()) > t_start + limit):
                 break
             for p in times:
                 t0 = time.perf_counter()

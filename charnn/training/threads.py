@@ -13,7 +13,9 @@ trains, so no rule on core counts gets it right; timing a few steps does. So:
    every one of them, for about MEASURE_BUDGET seconds (at least one round, at most MAX_ROUNDS); a candidate
    DROP times slower than the best is out at once (on a busy core one such step can take a second). A
    candidate's median step counts, and the fewest threads within MIN_GAIN of the fastest win (fewer threads
-   suffer less from a busy core);
+   suffer less from a busy core). Under --max-time all of it, warm-ups included, keeps to a share of the time
+   (charnn.training.choices.SHARE): where the steps are too long to time every count in it, training takes all
+   the cores it may use (torch's own choice), unmeasured;
 3. training then watches its own steps (`Watch`): when the median of the last WINDOW steps differs from the
    median of the first WINDOW after the choice by RECHECK_RATIO or more (slower: another process took a
    core; faster: one left), or RECHECK_SECS passed, it measures again. A re-measure that keeps the same
@@ -29,6 +31,7 @@ bitwise repeatable across machines and loads only with a fixed `--threads`.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -92,23 +95,32 @@ def candidates(cores: int) -> List[int]:
 
 def measure(step: Callable[[], object], counts: List[int], budget: float = MEASURE_BUDGET,
             set_threads: Optional[Callable[[int], None]] = None,
-            clock: Callable[[], float] = time.perf_counter) -> Dict[int, float]:
+            clock: Callable[[], float] = time.perf_counter, limit: float = math.inf) -> Dict[int, float]:
     """Median seconds of `step()` at each thread count in `counts` (see the module doc, point 2). A count whose
     step takes DROP times the best one's is out at once: on a busy machine one such step can cost a second.
-    `set_threads`: torch.set_num_threads unless given."""
+    `set_threads`: torch.set_num_threads unless given. `limit`: seconds for all of it, warm-ups included (a share
+    of --max-time): a count whose steps would not fit, foreseen from the last step, is left out of the result,
+    and rounds stop where the next would not fit."""
     set_threads = set_threads or torch.set_num_threads
+    stop_at = clock() + limit
     times: Dict[int, List[float]] = {}
     out: Dict[int, float] = {}
+    last = 0.0  # the last step's seconds: what the next one is foreseen to take
     for n in counts:
+        if clock() + 2 * last > stop_at:
+            break
         set_threads(n)
-        first = _timed(step, clock)  # warm-up: oneDNN primitives, the allocator, the thread pool at its new size
+        first = last = _timed(step, clock)  # warm-up: oneDNN primitives, the allocator, the thread pool's new size
         if times and first > DROP * _best(times):
             out[n] = first
             continue
+        if clock() + first > stop_at:
+            break
         times[n] = [_timed(step, clock)]
+        last = times[n][0]
     end = clock() + budget
     for _ in range(MAX_ROUNDS - 1):
-        if clock() > end:
+        if clock() > end or clock() + sum(ts[-1] for ts in times.values()) > stop_at:
             break
         for n in list(times):
             set_threads(n)
@@ -142,9 +154,10 @@ def describe(seconds: Dict[int, float], chosen: int) -> str:
 
 def choose_threads(forced: Optional[int], model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                    device: torch.device, precision: str = "fp32", extra: Optional[dict] = None,
-                   local_processes: int = 1, budget: float = MEASURE_BUDGET) -> ThreadChoice:
+                   local_processes: int = 1, budget: float = MEASURE_BUDGET, limit: float = math.inf) -> ThreadChoice:
     """The thread count to train with: `forced` (--threads), or the fastest measured on training steps of a
-    copy of `model` on the batch (x, y, `extra`) in `precision`. Sets torch's thread count to it."""
+    copy of `model` on the batch (x, y, `extra`) in `precision`. Sets torch's thread count to it. Where `limit`
+    seconds (measure) cannot time every count, all the cores it may use (torch's own choice), unmeasured."""
     if forced:
         choice = ThreadChoice(forced, "forced", reason="--threads")
     elif device.type != "cpu":
@@ -158,9 +171,15 @@ def choose_threads(forced: Optional[int], model: torch.nn.Module, x: torch.Tenso
             x, y, extra = x[:, :PROBE_STEPS], y[:, :PROBE_STEPS], {k: v[:, :PROBE_STEPS] for k, v in extra.items()}
         with rng_kept(device):
             probe = StepProbe(model, device, precision, extra)
-            seconds = measure(lambda: probe.step(x, y), candidates(usable_cores(local_processes)), budget)
-        n = pick(seconds)
-        choice = ThreadChoice(n, "measured", seconds, describe(seconds, n))
+            counts = candidates(usable_cores(local_processes))
+            seconds = measure(lambda: probe.step(x, y), counts, budget, clock=time.perf_counter, limit=limit)
+        if len(seconds) < len(counts):
+            timed = "".join(f", {n}: {s * 1000:.0f} ms" for n, s in sorted(seconds.items()))
+            choice = ThreadChoice(counts[-1], "unmeasured", seconds, f"{counts[-1]} threads, all it may use, not "
+                                  f"measured (steps too long to compare in --max-time's share{timed})")
+        else:
+            n = pick(seconds)
+            choice = ThreadChoice(n, "measured", seconds, describe(seconds, n))
     torch.set_num_threads(choice.threads)
     return choice
 

@@ -32,8 +32,8 @@ from charnn.training.distributed import Dist
 from charnn.training.choices import run_precision, run_threads
 from charnn.training.precision import PrecisionChoice, choose_precision
 from charnn.training.runlock import RunLock
-from charnn.training.schedule import (MIN_GAIN, Budget, limit_reached, lr_at, make_optimizer, patience_after,
-                                     progress, schedule_progress)
+from charnn.training.schedule import (MIN_GAIN, Budget, foresee_eval, limit_reached, lr_at, make_optimizer,
+                                     patience_after, progress, schedule_progress)
 from charnn.training.metrics import StepMeter, start_info
 from charnn.training.stopping import (STOP_REASONS, StopRequest, TrainingInterrupted, TrainResult, graceful_signals,
                                       non_finite)
@@ -79,6 +79,7 @@ class Trainer:
         cfg, resumed, parent = runstate.begin(self.run_dir, cfg, model_cfg, resume, explicit)
         self.cfg = cfg
         self.resumed = resumed is not None
+        self._fit_eval = not self.resumed and explicit is not None and "eval_tokens" not in explicit
         self.device = self.dist.start(resolve_device(cfg.device))  # joins the process group under torchrun
         self.dist.raise_together(self._lock_error)  # (under torchrun: rank 0's, once every rank is here)
         self.dist.check_batch_size(cfg.batch_size)  # a --batch-size that cannot work fails before data is read
@@ -127,9 +128,8 @@ class Trainer:
         self.precision_choice = self._choose_precision(resumed)
         self.precision, self._recheck = self.precision_choice.precision, False
         self.watch = Watch(fewer=self.threads_choice.fewer) if self.threads_choice.how == "measured" else None
-        self.budget = Budget(self.task.val_units)
-        if cfg.max_time and self.task.probes_eval and len(self.val_ids) >= 2:
-            self.budget.probe_eval(self.model, self.dist.world, self.device, self.precision, time.perf_counter)
+        probe = cfg.max_time and self.task.probes_eval and len(self.val_ids) >= 2  # (may cut validation to fit)
+        self.budget = foresee_eval(self, self._fit_eval, time.perf_counter) if probe else Budget(self.task.val_units)
         self.start_step, self._saved_once, self._last_save = self.step, False, time.perf_counter()
         self.schedule_from = self.schedule_from if resumed else self.elapsed()  # (--max-time spent setting up)
         if self.dist.is_main:
