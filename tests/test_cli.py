@@ -381,3 +381,37 @@ def test_an_error_line_quoting_a_huge_value_is_cut_in_the_middle():
     r = invoke("sample", "--device", "z" * 100_000)
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and len(r.stderr) < 2100, len(r.stderr)
     assert "characters left out" in r.stderr and "--device" in r.stderr
+
+
+def test_eval_reads_one_file_at_a_time_and_checks_them_all_first(trained_run, corpus_file, tmp_path, monkeypatch):
+    """Each FILE is read when its turn comes and its text let go before scoring (all of them were read first, and
+    every text held twice over as ids: about 17 bytes a character of the files together, now ~9 of the largest);
+    a FILE that cannot be read still fails at once, before the others are scored; and the scores are the same."""
+    import charnn.cli.evaluate as cli_eval
+    import charnn.scoring.evaluate as scoring
+
+    whole = json.loads(invoke("eval", trained_run.run_dir, corpus_file, corpus_file, "--json").stdout)
+    order, read, score = [], cli_eval._read, scoring.score_ids
+    monkeypatch.setattr(cli_eval, "_read", lambda *a: (order.append("read"), read(*a))[1])
+    monkeypatch.setattr(scoring, "score_ids", lambda *a, **k: (order.append("score"), score(*a, **k))[1])
+    r = invoke("eval", trained_run.run_dir, corpus_file, corpus_file, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert order == ["read", "score", "read", "score"] and json.loads(r.stdout) == whole
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01" * 100)
+    for bad, said in ((tmp_path / "gone.txt", "does not exist"), (tmp_path / "blob.bin", "binary"),
+                      (tmp_path, "is a directory")):
+        order.clear()
+        r = invoke("eval", trained_run.run_dir, corpus_file, bad)
+        assert r.exit_code != 0 and said in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert order == []  # refused before the first file was read or scored
+
+
+def test_the_scoring_context_is_the_start_id_then_the_ids_whatever_the_tokenizer():
+    from charnn.scoring.evaluate import scoring_context, with_start
+    from charnn.text.tokenizer import CharTokenizer
+
+    tok = CharTokenizer("abc \n")
+    text = "abc cab\nzz" * 3  # z: unknown
+    assert scoring_context(tok, text).tolist() == with_start(tok, tok.encode(text)).tolist()
+    assert scoring_context(tok, text)[0] == with_start(tok, [])[0] and len(scoring_context(tok, "")) == 1
+    assert scoring_context(CharTokenizer(""), "ab").tolist()[1:] == [0, 0]  # (an empty vocabulary: all unknown)

@@ -3,6 +3,8 @@ leaves a seeded run's training unchanged; a forced bf16 this CPU cannot run is o
 
 import json
 import time
+import types
+from dataclasses import replace
 
 import pytest
 import torch
@@ -181,3 +183,26 @@ def test_forced_bf16_where_it_cannot_run_is_one_line(tmp_path):
     r = CliRunner().invoke(app, ["train", str(tmp_path / "a.txt"), "--out", str(tmp_path / "runs"), "--precision",
                                  "bf16", "--max-steps", "2", "--hidden", "16", "--embed", "8", "-q"])
     one_line_error(r, 1, "--precision bf16 cannot train this model on this CPU", "use --precision fp32 or auto")
+
+
+def test_a_step_the_threads_probe_timed_too_long_for_max_times_share_is_not_measured_at_all(monkeypatch):
+    """The threads' probe already timed an fp32 step (of PROBE_STEPS time steps): where the precision's steps would
+    not fit --max-time's share, not one bf16 step is taken (on a Zen 4 a big LSTM's first bf16 step took 7 s)."""
+    from charnn.config import TrainConfig
+    from charnn.training import choices
+    from charnn.training.threads import PROBE_STEPS, ThreadChoice
+
+    monkeypatch.setattr(P, "native_bf16", lambda device: (True, ""))
+    monkeypatch.setattr(P, "_load_cache", lambda: {})
+    monkeypatch.setattr(P, "_runs", lambda *a, **k: pytest.fail("a bf16 step was taken"))
+    model = CharRNN(ModelConfig(vocab_size=12, **TINY_MODEL))
+    x = torch.randint(0, 12, (4, 4 * PROBE_STEPS))
+    dist = types.SimpleNamespace(active=False)
+    threads = ThreadChoice(2, "measured", {1: 0.3, 2: 0.2})  # a full step: 4 x 0.2 s; seven of them: 5.6 s
+    cfg = TrainConfig(precision="auto", max_time=60.0)  # 5%: 3 s
+    choice = choices.run_precision(cfg, None, model, x, x, {}, CPU, threads, dist)
+    assert (choice.precision, choice.how) == ("fp32", "unmeasured") and "0.8 s" in choice.reason
+    measured = []
+    monkeypatch.setattr(P, "_measure", lambda *a, **k: measured.append(k) or P.PrecisionChoice("bf16", "measured"))
+    assert choices.run_precision(replace(cfg, max_time=600.0), None, model, x, x, {}, CPU, threads, dist).how \
+        == "measured" and measured[0]["step"] == pytest.approx(0.8)  # 30 s: room to measure

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, List, Optional, Tuple
+from typing import Annotated, Callable, List, Optional, Tuple
 
 import typer
 
@@ -47,6 +48,7 @@ def evaluate(
     character, exact match, character and symbol error rates."""
     from charnn.checkpoint import is_seq2seq, load_checkpoint, resolve_checkpoint
     from charnn.errors import ConfigError
+    from charnn.data.corpus import check_text_file
     from charnn.device import resolve_device
     from charnn.sampling import TransduceConfig
     from charnn.threadwatch import measuring
@@ -86,7 +88,10 @@ def evaluate(
                     raise ConfigError("a classifier's eval reads labelled files (--label-by); `--dynamic`, `--label`, "
                                       "catalog corpora and `-` apply to language models")
                 return _labelled(data, path, files, label_by, uniform_prior, encoding, dev, as_json)
-            texts = [_read(f, encoding) if e is None else _test_split(f, e) for f, e in zip(files, entries)]
+            for f in (f for f, e in zip(files, entries) if e is None and f != STDIN):  # (each is read in its turn:
+                check_text_file(f, "file", encoding)  # one that cannot be fails before the others are scored)
+            texts = [functools.partial(_read, f, encoding) if e is None else functools.partial(_test_split, f, e)
+                     for f, e in zip(files, entries)]
             results, total, per_label = _score_texts(data, texts, label, cfg if dynamic else None, dev)
     with writing_results():
         if as_json:
@@ -105,26 +110,32 @@ def evaluate(
 
 
 
-def _score_texts(data: dict, texts: List[str], label: Optional[str], dynamic, dev) -> tuple:
-    """A language model's scores of the texts: (per text, total, per text each label's) with `dynamic` (its
-    DynamicConfig) static and dynamic side by side; a note on stderr for characters it lacks."""
+def _score_texts(data: dict, texts: List[Callable[[], str]], label: Optional[str], dynamic, dev) -> tuple:
+    """A language model's scores of the texts, each read when its turn comes (`texts`: what reads each), so
+    memory holds one at a time: (per text, total, per text each label's) with `dynamic` (its DynamicConfig)
+    static and dynamic side by side; a note on stderr for characters it lacks."""
     from charnn.checkpoint import build_from_checkpoint
     from charnn.scoring.classify import label_id
     from charnn.scoring.dynamic import combine_dynamic, evaluate_dynamic
-    from charnn.scoring.evaluate import combine, evaluate_labels, evaluate_text
+    from charnn.scoring.evaluate import combine, evaluate_context, evaluate_labels, scoring_context
 
     model, tokenizer = build_from_checkpoint(data, dev)
     names = (data.get("labels") or {}).get("names") or []
     if label is not None:
         model, names = model.for_label(label_id(data.get("labels"), label)), []
-    # a labelled model: each file under each label too (the main row is the label-free path)
-    per_label = [evaluate_labels(model, tokenizer, t, dev, names) if names and dynamic is None else {} for t in texts]
-    if dynamic is not None:
-        results = [evaluate_dynamic(model, tokenizer, text, dev, dynamic) for text in texts]
-        total = combine_dynamic(results)
-    else:
-        results = [evaluate_text(model, tokenizer, text, dev) for text in texts]
-        total = combine(results)
+    results, per_label = [], []
+    for read in texts:
+        text = read()
+        # a labelled model: each file under each label too (the main row is the label-free path)
+        per_label.append(evaluate_labels(model, tokenizer, text, dev, names) if names and dynamic is None else {})
+        if dynamic is not None:
+            results.append(evaluate_dynamic(model, tokenizer, text, dev, dynamic))
+            continue
+        context = scoring_context(tokenizer, text)
+        del text  # (the ids are what scoring reads: the text's memory goes back before it)
+        results.append(evaluate_context(model, tokenizer, context, dev))
+        del context
+    total = combine_dynamic(results) if dynamic is not None else combine(results)
     unknown = total.static.unknown if dynamic is not None else total.unknown
     if unknown:
         err.note(f"{unknown:,} character{'s are' if unknown != 1 else ' is'} not in the model's "

@@ -150,10 +150,10 @@ class TrainProgress:
                           "learning rate's schedule spans the new limit from here, so the run does not continue as "
                           "one started with it would have")
             if info.get("val_cut"):
-                cut = info["val_cut"]
-                secs = f"{cut['seconds']:.{0 if cut['seconds'] >= 10 else 1}f}"
-                self.note(f"note: validation scores the first {cut['tokens']:,} of {cut['of']:,} val tokens: a whole "
-                          f"pass would take about {secs} s of --max-time {cut['max_time']:g}s (--eval-tokens sets it)")
+                cut, secs = info["val_cut"], lambda s: f"{s:.{0 if s >= 10 else 1}f} s"
+                self.note(f"note: validation scores the first {cut['tokens']:,} of {cut['of']:,} val tokens (about "
+                          f"{secs(cut['cut_seconds'])}): a whole pass would take about {secs(cut['seconds'])} of "
+                          f"--max-time {cut['max_time']:g}s (--eval-tokens sets it)")
             if info.get("val_unknown"):
                 self.note(f"note: {info['val_unknown']:,} validation characters are not in the training text's "
                           "vocabulary; they are scored as the unknown token")

@@ -35,6 +35,22 @@ class Corpus:
 def read_text(path: str, what: str = "corpus", encoding: str = "utf-8", allow_empty: bool = False) -> str:
     """Read a text file, turning every way it can fail into one clear CharnnError (an empty file too,
     unless `allow_empty`)."""
+    p = check_text_file(path, what, encoding, allow_empty)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise CharnnError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
+    text = decode_bytes(data, f"{what} {path!r}", encoding)
+    if text.startswith("\ufeff"):  # a byte-order mark (Windows editors write one) is not text: it made a label
+        text = text[1:]  # "\ufeffgen" beside "gen" and a character of its own
+    if not text and not allow_empty:
+        raise CharnnError(f"{what} {path!r} is empty")
+    return text
+
+
+def check_text_file(path: str, what: str = "corpus", encoding: str = "utf-8", allow_empty: bool = False) -> Path:
+    """read_text's checks that need only the file's head (it is there, a file, readable, not binary, not empty), as
+    one CharnnError each: a command that reads several files one at a time checks them all first."""
     p = Path(path)
     if not str(path).strip():  # (Path('') is the current folder: "is a directory")
         raise CharnnError(f"{what} {path!r} is an empty string (an unset variable?)")
@@ -43,17 +59,15 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8", allow_em
     if p.is_dir():
         raise CharnnError(f"{what} {path!r} is a directory; pass a text file")
     try:
-        data = p.read_bytes()
+        with p.open("rb") as f:
+            head = f.read(SNIFF_BYTES)
     except OSError as e:
         raise CharnnError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
-    if looks_binary(data[:SNIFF_BYTES], check_encoding(encoding)):
+    if looks_binary(head, check_encoding(encoding)):
         raise CharnnError(f"{what} {path!r} {BINARY}; pass a text file (or the right --encoding)")
-    text = decode_bytes(data, f"{what} {path!r}", encoding)
-    if text.startswith("\ufeff"):  # a byte-order mark (Windows editors write one) is not text: it made a label
-        text = text[1:]  # "\ufeffgen" beside "gen" and a character of its own
-    if not text and not allow_empty:
+    if not head and not allow_empty:
         raise CharnnError(f"{what} {path!r} is empty")
-    return text
+    return p
 
 
 def decode_bytes(data: bytes, name: str, encoding: str = "utf-8") -> str:

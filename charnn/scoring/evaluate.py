@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from charnn.device import autocast
 from charnn.data.batches import pad_rows
 from charnn.scoring.rows import CHUNK, chunk_steps, row_nats  # (CHUNK: time steps per forward call while scoring)
-from charnn.text.tokenizer import start_id
+from charnn.text.tokenizer import CharTokenizer, start_id
 from charnn.threadwatch import block
 
 MIN_STREAM = 2048  # tokens per parallel stream (each stream starts from a zero state)
@@ -121,7 +121,24 @@ def _score_streams(model, X, Y, device, precision, labels=None, per_label=None, 
 
 def evaluate_text(model, tokenizer, text: str, device: torch.device, precision: str = "fp32") -> EvalResult:
     """Score a text with the model: nats over its predicted tokens, normalised per character."""
-    return evaluate_ids(model, tokenizer, tokenizer.encode(text), device, precision)
+    return evaluate_context(model, tokenizer, scoring_context(tokenizer, text), device, precision)
+
+
+def scoring_context(tokenizer, text: str) -> np.ndarray:
+    """What scoring reads (int64): the start id, then the text's ids. A character tokenizer writes its ids straight
+    in behind the start id (the two copies of a text's ids that evaluate_ids holds were 16 of the ~17 bytes a
+    character `charnn eval` needed); the caller may let the text go before scoring."""
+    if isinstance(tokenizer, CharTokenizer):
+        context = np.empty(len(text) + 1, dtype=np.int64)
+        context[0] = start_id(tokenizer)
+        tokenizer.encode(text, out=context[1:])
+        return context
+    return with_start(tokenizer, tokenizer.encode(text))
+
+
+def with_start(tokenizer, ids: np.ndarray) -> np.ndarray:
+    """The start id, then `ids` (int64)."""
+    return np.concatenate([np.array([start_id(tokenizer)], dtype=np.int64), np.asarray(ids, dtype=np.int64)])
 
 
 def evaluate_ids(model, tokenizer, ids: np.ndarray, device: torch.device, precision: str = "fp32",
@@ -132,9 +149,16 @@ def evaluate_ids(model, tokenizer, ids: np.ndarray, device: torch.device, precis
     length for every tokenizer. Under torchrun each rank scores its `part` and `total` sums the nats over
     ranks (every rank gets the whole result). A labelled model takes each token's `labels` (and adds each
     label's nats into `per_label`, if given)."""
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    unknown = int((ids == tokenizer.unk_id).sum())
-    context = np.concatenate([np.array([start_id(tokenizer)], dtype=np.int64), ids])
+    return evaluate_context(model, tokenizer, with_start(tokenizer, ids), device, precision, part, total, labels,
+                            per_label)
+
+
+def evaluate_context(model, tokenizer, context: np.ndarray, device: torch.device, precision: str = "fp32",
+                     part: Tuple[int, int] = (0, 1), total: Optional[Callable[[float], float]] = None,
+                     labels: Optional[np.ndarray] = None, per_label: Optional[np.ndarray] = None) -> EvalResult:
+    """evaluate_ids of a `context` that scoring_context or with_start made (the start id, then the ids)."""
+    ids = context[1:]
+    unknown = int(np.count_nonzero(ids == tokenizer.unk_id))
     lab = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
     nats = score_ids(model, torch.from_numpy(context), device, precision, part, lab, per_label)
     if total is not None:

@@ -54,12 +54,14 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars) + 1
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Ids as an int64 array; characters outside the vocabulary map to `unk_id`. Encoded ENCODE_BLOCK characters
         at a time into the result: the whole text at once made five full-length temporaries (about 37 bytes a
-        character at the peak; `charnn eval` of a 2 GB file was killed by the system), now 8 bytes and a block's."""
-        out = np.zeros(len(text), dtype=np.int64)
+        character at the peak; `charnn eval` of a 2 GB file was killed by the system), now 8 bytes and a block's.
+        `out`: an int64 array of len(text) to write them into (scoring's, behind its start id), returned."""
+        out = np.zeros(len(text), dtype=np.int64) if out is None else out
         if len(self._cps) == 0:
+            out[:] = self.unk_id
             return out
         for lo in range(0, len(text), ENCODE_BLOCK):
             cps = codepoints(text[lo:lo + ENCODE_BLOCK])

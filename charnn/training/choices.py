@@ -11,7 +11,8 @@ import torch
 
 from charnn.config import TrainConfig
 from charnn.training.precision import PrecisionChoice, choose_precision, native_bf16, remember
-from charnn.training.threads import MEASURE_BUDGET, ThreadChoice, choose_threads, usable_cores
+from charnn.training.threads import (MEASURE_BUDGET, PROBE_STEPS, ThreadChoice, choose_threads, cut_along_time,
+                                     usable_cores)
 
 # Under --max-time, each measurement (the threads', then the precision's) takes at most this share of it, its
 # warm-up steps included: on a big model one step can take seconds, and a 30-s run spent 12 s measuring (2x1024
@@ -46,7 +47,7 @@ def run_threads(cfg: TrainConfig, model, x, y, extra: dict, device: torch.device
 
 
 def run_precision(cfg: TrainConfig, resumed: Optional[dict], model, x, y, extra: dict, device: torch.device,
-                  threads: int, dist, choose=choose_precision) -> PrecisionChoice:
+                  threads: ThreadChoice, dist, choose=choose_precision) -> PrecisionChoice:
     """--precision: forced, or auto's measured choice; under torchrun every rank takes the same one
     (bf16 only where every rank measured it faster). A resumed auto run keeps the precision it trained in
     on the same kind of device (a new measurement, or another rank's cache entry, could flip it, and the
@@ -55,12 +56,15 @@ def run_precision(cfg: TrainConfig, resumed: Optional[dict], model, x, y, extra:
     if (cfg.precision == "auto" and saved in ("fp32", "bf16") and resumed.get("device") == device.type
             and (saved == "fp32" or native_bf16(device)[0])):
         return PrecisionChoice(saved, "resumed", None, "the run's own precision, kept on resume")
-    choice = choose(cfg.precision, model, x, y, device, threads, extra, limit=_limit(cfg))
+    # an fp32 step of the threads' probe (PROBE_STEPS long) at the count chosen, else the fewer threads' (if timed)
+    probe = threads.seconds.get(threads.threads) or min(threads.seconds.values(), default=None)
+    step = probe * max(1.0, x.shape[1] / PROBE_STEPS) if probe and cut_along_time(x, extra) else probe
+    choice = choose(cfg.precision, model, x, y, device, threads.threads, extra, limit=_limit(cfg), step=step)
     if dist.active and cfg.precision == "auto":
         order = ("fp32", "bf16")
         agreed = order[-dist.max_ints([-order.index(choice.precision)])[0]]
         if agreed != choice.precision:
             choice = replace(choice, precision=agreed, reason=choice.reason + "; another rank measured fp32")
         if dist.is_main and choice.how in ("measured", "cached"):  # after the collective: every rank
-            remember(choice, model, x, device, threads)  # has stored, this one goes last
+            remember(choice, model, x, device, threads.threads)  # has stored, this one goes last
     return choice

@@ -82,10 +82,12 @@ def _cpuinfo_bf16() -> bool:
 
 def choose_precision(requested: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      device: torch.device, threads: Optional[int] = None, extra: Optional[dict] = None,
-                     limit: float = math.inf) -> PrecisionChoice:
+                     limit: float = math.inf, step: Optional[float] = None) -> PrecisionChoice:
     """The precision to train in. `x`, `y`: the run's first batch (on `device`), `extra` what else the model's
     forward takes with it (labels, an encoder's inputs). `limit`: seconds the measurement may take, its first step
-    included (a share of --max-time); where its steps would not fit, fp32, unmeasured. See the module doc."""
+    included (a share of --max-time); where its steps would not fit, fp32, unmeasured. `step`: an fp32 step's
+    seconds as already measured (the threads' probe, charnn.training.choices), to foresee that before any bf16
+    step is taken. See the module doc."""
     extra = extra or {}
     if requested == "fp16" and device.type == "cpu":
         raise CharnnError("--precision fp16 is for GPUs; on the CPU use bf16 or fp32")
@@ -105,21 +107,28 @@ def choose_precision(requested: str, model: torch.nn.Module, x: torch.Tensor, y:
     if cached and cached.get("precision") in ("fp32", "bf16"):
         return PrecisionChoice(cached["precision"], "cached", cached.get("speedup"),
                                f"{_ratio_words(cached.get('speedup'))}, measured {cached.get('date', 'earlier')}, cached")
-    choice = _measure(model, x, y, device, extra, limit)
+    choice = _measure(model, x, y, device, extra, limit=limit, step=step)
     if choice.how == "measured":
         _store(key, choice)
     return choice
 
 
-def _measure(model, x, y, device, extra: dict, limit: float = math.inf) -> PrecisionChoice:
+def _too_long(seconds: float) -> PrecisionChoice:
+    return PrecisionChoice("fp32", "unmeasured", None, f"not measured: a step takes about {seconds:.1f} s, too long "
+                           "to compare in --max-time's share")
+
+
+def _measure(model, x, y, device, extra: dict, limit: float = math.inf, step: Optional[float] = None) -> PrecisionChoice:
+    rounds = 1 + MIN_ROUNDS  # the warm-ups and the fewest timed rounds: each an fp32 and a bf16 step
+    if step is not None and 2 * step * rounds + step > limit:  # (a bf16 step as long as an fp32 one, at best)
+        return _too_long(step)
     t_start = time.perf_counter()
     error = _runs(model, x, y, device, "bf16", extra)
     if error:
         return PrecisionChoice("fp32", "measured", None, f"bf16 does not run here ({error})")
-    first = time.perf_counter() - t_start  # a step's seconds, and more (a first call's set-up): the foresight errs long
-    if first * (2 + 2 * MIN_ROUNDS) > limit - first:  # the warm-ups and the fewest rounds would not fit
-        return PrecisionChoice("fp32", "unmeasured", None, f"not measured: a step takes {first:.1f} s, too long "
-                               "to compare in --max-time's share")
+    first = time.perf_counter() - t_start  # a bf16 step's seconds and a first call's set-up: the foresight errs long
+    if first + ((step or first) + first) * rounds > limit:  # (a bf16 step can be 5x an fp32 one on a CPU)
+        return _too_long(max(first, step or 0.0))
     with rng_kept(device):
         times = {"fp32": [], "bf16": []}
         probes = {p: StepProbe(model, device, p, extra) for p in times}

@@ -23,9 +23,10 @@ from charnn.scoring.evaluate import stream_layout
 EVAL_PROBE_STEPS = 64  # --max-time: time steps of the forward that foresees an evaluation's cost
 # --max-time without --eval-tokens (a new run): a validation pass scores the val tokens it can in this share of the
 # time, and no fewer than EVAL_FLOOR (a 2x2048 LSTM scored 111,540 tokens in 65 s on a 2-core EPYC: a 30-s run
-# trained no step and took 78 s)
+# trained no step and took 98 s)
 EVAL_SHARE = 0.1
-EVAL_FLOOR = 8192
+EVAL_FLOOR = 2048  # (one stream: fewer tokens than two streams are a shorter stream, and a shorter pass)
+EVAL_CUTS = 3  # cuts at most, each foreseen anew
 
 
 def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
@@ -198,13 +199,19 @@ def foresee_eval(t, fit: bool, clock: Callable[[], float] = time.perf_counter) -
     the fewest any rank foresaw), and the cut is the run's --eval-tokens: a resume scores the same ones."""
     budget = Budget(t.task.val_units)
     budget.probe_eval(t.model, t.dist.world, t.device, t.precision, clock)
-    n = (budget.tokens_that_fit(t.cfg.max_time) if fit else None) or budget.val_tokens
-    if fit and t.dist.active:
-        n = -t.dist.max_ints([-n])[0]
-    if n < budget.val_tokens:
-        t.val_cut = {"tokens": n, "of": budget.val_tokens, "seconds": budget.eval_cost, "max_time": t.cfg.max_time}
+    whole, cost = budget.val_tokens, budget.eval_cost
+    for _ in range(EVAL_CUTS if fit else 0):  # (fewer tokens are fewer streams, not shorter ones: a pass of a big
+        # model, bound by reading its weights each time step, costs about as much with 4 streams as with 54; so the
+        # cut is foreseen again, and cut again where it still does not fit)
+        n = budget.tokens_that_fit(t.cfg.max_time) or budget.val_tokens
+        if t.dist.active:
+            n = -t.dist.max_ints([-n])[0]
+        if n >= budget.val_tokens:
+            break
         t.task.keep_validation(n)
         t.cfg = replace(t.cfg, eval_tokens=n)
         budget = Budget(t.task.val_units)
         budget.probe_eval(t.model, t.dist.world, t.device, t.precision, clock)
+        t.val_cut = {"tokens": n, "of": whole, "seconds": cost, "cut_seconds": budget.eval_cost,
+                     "max_time": t.cfg.max_time}
     return budget

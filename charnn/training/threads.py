@@ -152,6 +152,12 @@ def describe(seconds: Dict[int, float], chosen: int) -> str:
     return f"{chosen} thread{'s' if chosen > 1 else ''}, the fastest per step measured ({timed})"
 
 
+def cut_along_time(x: torch.Tensor, extra: dict) -> bool:
+    """Whether the probe's batch is the run's cut to PROBE_STEPS time steps: where all the forward takes beside x
+    runs along time as x does (an encoder's inputs stay whole, and so does the batch)."""
+    return all(isinstance(v, torch.Tensor) and v.shape == x.shape for v in extra.values())
+
+
 def choose_threads(forced: Optional[int], model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                    device: torch.device, precision: str = "fp32", extra: Optional[dict] = None,
                    local_processes: int = 1, budget: float = MEASURE_BUDGET, limit: float = math.inf) -> ThreadChoice:
@@ -166,8 +172,7 @@ def choose_threads(forced: Optional[int], model: torch.nn.Module, x: torch.Tenso
         choice = ThreadChoice(1, "single", reason="one core to run on")
     else:
         extra = extra or {}
-        if all(isinstance(v, torch.Tensor) and v.shape == x.shape for v in extra.values()):  # cut along time
-            # (an encoder's inputs stay whole)
+        if cut_along_time(x, extra):
             x, y, extra = x[:, :PROBE_STEPS], y[:, :PROBE_STEPS], {k: v[:, :PROBE_STEPS] for k, v in extra.items()}
         with rng_kept(device):
             probe = StepProbe(model, device, precision, extra)

@@ -142,7 +142,7 @@ class Trainer:
     def _choose_precision(self, resumed: Optional[dict] = None) -> PrecisionChoice:
         x, y = self._probe_batch[:2]
         return run_precision(self.cfg, resumed, self.model, x, y, self._probe_extra(), self.device,
-                             self.threads_choice.threads, self.dist, choose=choose_precision)
+                             self.threads_choice, self.dist, choose=choose_precision)
 
     def _choose_threads(self, precision: str, resumed: Optional[dict] = None) -> ThreadChoice:
         t = time.perf_counter()
