@@ -165,12 +165,14 @@ class TrainConfig:
     classifier: bool = False
     class_weights: str = "none"  # the classifier's loss per label: none, or balanced (each label weighs as much)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self, resuming: bool = False) -> "TrainConfig":
+        """The flags' own checks. `resuming`: before the saved run's config is laid under them (a --vocab-size
+        alone is then the saved subword run's, not a char run's: its tokenizer is not known yet)."""
         problems = []
         if self.tokenizer not in TOKENIZERS:
             problems.append(f"`--tokenizer` must be one of {', '.join(TOKENIZERS)}, not {self.tokenizer!r}")
-        elif self.vocab_size is not None and self.tokenizer == "char" and not self.init_from:  # (init_from: the
-            # base's tokenizer is reused, whatever --tokenizer says; load_parent names the flag)
+        elif self.vocab_size is not None and self.tokenizer == "char" and not (self.init_from or resuming):  # (the
+            # base's tokenizer is reused, whatever --tokenizer says; load_parent names the flag; resume_config checks)
             problems.append("`--vocab-size` applies to --tokenizer bpe or unigram; a char vocabulary is the "
                             "characters of the text")
         elif self.vocab_size is not None and self.vocab_size < MIN_VOCAB:

@@ -127,6 +127,15 @@ def test_training_reports_a_classifiers_loss_per_text(tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "nats/char" not in r.stderr and "chars/s" not in r.stderr  # (its steps read texts, its loss is per text)
     assert "step 2: val " in r.stderr and "texts/s" in r.stderr and "best val" in r.stderr and "nats/text" in r.stderr
+    # a subword tokenizer's characters a token are its text's (the start line said 1.00: the step's texts per text)
+    (tmp_path / "w.tsv").write_text("".join(f"{lab}\tthe {w} sat on the {w} mat and the {w} ran\n" for lab, w in
+                                            [("a", "cat"), ("b", "dog")] * 150), encoding="utf-8")
+    r = runner.invoke(app, ["train", str(tmp_path / "w.tsv"), "--label-by", "line", "--classifier", "--tokenizer",
+                            "bpe", "--vocab-size", "300", "--out", str(tmp_path), "--name", "w",
+                            *[a for a in SMALL if a != "-q"], "--max-steps", "2"])
+    assert r.exit_code == 0, r.stderr
+    per = float(r.stderr.split(" chars/token")[0].rsplit(", ", 1)[1])
+    assert per > 1.5, r.stderr
 
 
 def test_errors_are_one_line(run, tmp_path):

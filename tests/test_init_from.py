@@ -108,7 +108,7 @@ def test_cli_errors_are_one_line(trained_run, tmp_path):
                    "--layers 3 (the base has 2)")
     one_line_error(runner.invoke(app, common + ["--init-from", str(tmp_path / "nope")]), 1, "does not exist")
     one_line_error(runner.invoke(app, common + ["--init-from", base, "--vocab-size", "500"]), 2,
-                   "--vocab-size (the base's vocabulary is reused)")  # (not: "applies to --tokenizer bpe")
+                   "--vocab-size 500 (the base's vocabulary is reused)")  # (not: "applies to --tokenizer bpe")
     one_line_error(runner.invoke(app, common + ["--init-from", base, "--resume"]), 2, "--resume", "--init-from")
     one_line_error(runner.invoke(app, ["train", str(corpus), "--out", str(trained_run.run_dir.parent),
                                        "--name", trained_run.run_dir.name, "--init-from", base]), 2,

@@ -534,3 +534,24 @@ def test_token_logprobs_of_a_subword_model_cover_the_text_exactly(bpe_run):
     for token, at in zip(r["tokens"], r["text_offset"]):
         assert text[at:at + len(token)] == token
     assert r["text_offset"] == sorted(r["text_offset"])
+
+
+def test_resume_and_init_from_take_the_runs_own_vocab_size_and_refuse_another(bpe_run, tmp_path):
+    """--vocab-size alone on a --resume of a bpe run was "applies to --tokenizer bpe or unigram" (the check ran
+    before the saved tokenizer was known), its own value too; --init-from refused the base's own value."""
+    work, _ = bpe_run
+    run = work / "checkpoints" / "corpus"
+    out = tmp_path / "runs"
+    shutil.copytree(run, out / "corpus")
+    common = ["train", str(work / "corpus.txt"), "--out", str(out), "--threads", "1", "--device", "cpu", "-q"]
+    r = runner.invoke(app, common + ["--resume", "--name", "corpus", "--max-steps", "32", "--vocab-size", "320"])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, common + ["--resume", "--name", "corpus", "--max-steps", "34", "--vocab-size", "400"])
+    assert r.exit_code == 2 and "cannot change --vocab-size 400 (the run used 320)" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    base = ["--init-from", str(run), "--max-steps", "1", "--tokenizer", "bpe"]
+    r = runner.invoke(app, common + base + ["--name", "same", "--vocab-size", "320"])
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, common + base + ["--name", "other", "--vocab-size", "400"])
+    assert r.exit_code == 2 and "--vocab-size 400 (the base's vocabulary is reused; it was trained with 320)" \
+        in r.stderr, r.stderr

@@ -132,7 +132,8 @@ class TrainProgress:
                           f"{'its vector is' if one else 'their vectors are'} left behind")
         elif kind == "start":
             self.unit = info.get("unit", "char")
-            per = f", {info['chars_per_token']:.2f} chars/token" if info.get("tokenizer", "char") != "char" else ""
+            per = info.get("text_chars_per_token", info["chars_per_token"])
+            per = f", {per:.2f} chars/token" if info.get("tokenizer", "char") != "char" else ""
             procs = f" x {info['processes']} processes" if info.get("processes", 1) > 1 else ""
             precision = _precision_words(info.get("precision_choice")) or info["precision"]
             precision += _threads_words(info.get("threads_choice"))

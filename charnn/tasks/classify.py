@@ -65,6 +65,7 @@ class ClassifierTask(Task):
                             "train_tokens": len(data.train_ids),
                             "train_chars": data.train_chars, "content": text_digest(data.train_ids, data.val_ids)}
         self.chars_per_token = 1.0  # a step's "tokens" are its texts: the loss is per text
+        self.text_chars_per_token = data.train_chars / max(1, len(data.train_ids))  # (the tokenizer's, as said)
 
     def _val_texts(self, cfg: TrainConfig) -> None:
         """The held-out texts (a label document's windows, for file and folder labels), up to --eval-tokens."""

@@ -84,7 +84,7 @@ def train_configs(flags: dict, caller: str = "charnn.train",
     # never trained at --lr; a tenth was too short for a 200-step run at --lr 2e-2); a --warmup given is the user's
     if train.get("max_steps") and not flags.get("resume") and "warmup" not in given:
         train["warmup"] = min(TrainConfig.warmup, max(1, train["max_steps"] // 4))
-    return model_cfg, TrainConfig(**train).validate()
+    return model_cfg, TrainConfig(**train).validate(resuming=bool(flags.get("resume")))
 
 
 def _check_flags_have_effect(flags: dict, given: set) -> None:

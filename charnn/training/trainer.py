@@ -48,7 +48,7 @@ class Trainer:
                  explicit: Optional[set] = None, dist: Optional[Dist] = None, started: Optional[float] = None):
         self.t0 = time.perf_counter() if started is None else started  # the run's clock (--max-time) starts here
         self.dist = dist or Dist.from_env()
-        self.cfg, self.on_event = cfg.validate(), on_event or (lambda kind, info: None)
+        self.cfg, self.on_event = cfg.validate(resuming=resume), on_event or (lambda kind, info: None)
         self.stop = stop or StopRequest()
         self.task = task_for(corpus, model_cfg.kind)  # the run's kind, decided here once
         self.run_dir = runstate.run_dir_for(cfg, corpus)
