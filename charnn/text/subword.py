@@ -162,13 +162,14 @@ class SentencePieceTokenizer:
         where its first byte is), so the counts of consecutive runs of ids add up to the text's length."""
         return int(self._starts[np.asarray(ids, dtype=np.int64)].sum())
 
-    def extending(self, i: int) -> Optional[np.ndarray]:
-        """Ids of the pieces whose text starts with piece i's text, i among them: what may follow a prime when
-        its last piece, i, is taken back (token healing). None for a byte, unknown or control piece."""
+    def extending(self, i: int, tail: bytes = b"") -> Optional[np.ndarray]:
+        """Ids of the pieces whose text starts with piece i's text and then `tail`, i among them where `tail` is
+        empty: what may follow a prime when its last pieces, i and those making `tail`, are taken back (token
+        healing). None for a byte, unknown or control piece."""
         sp = self.sp
         if sp.is_byte(i) or sp.is_unknown(i) or sp.is_control(i):
             return None
-        head = self.pieces[i]
+        head = self.pieces[i] + tail
         return np.array([j for j, p in enumerate(self.pieces)
                          if p.startswith(head) and not (sp.is_unknown(j) or sp.is_control(j))], dtype=np.int64)
 
