@@ -579,3 +579,17 @@ def test_healing_takes_back_as_many_pieces_as_a_piece_still_starts_with(bpe):
         found += back >= 2
     assert found >= 3  # (this vocabulary has such word starts)
     assert heal(bpe, [0])[1] is None  # the start id alone: nothing to take back
+
+
+def test_a_fine_tune_of_a_subword_base_says_how_much_of_its_text_the_pieces_spell_in_bytes(bpe, bpe_run, tmp_path):
+    """A subword base adds no characters (its pieces spell anything, new characters in bytes), so "no new
+    characters" hid a text mostly spelled in bytes (a French text on an English base)."""
+    assert bpe.byte_chars(bpe.encode("the cat 🙂 sat 🙃")) == 2 and bpe.byte_chars(bpe.encode("the cat")) == 0
+    assert bpe.byte_chars(bpe.encode("🙂" * 50), block=7) == 50  # (read in blocks)
+    work, _ = bpe_run
+    (tmp_path / "new.txt").write_text("the cat sat 🙂🙃\n" * 200, encoding="utf-8")
+    r = runner.invoke(app, ["train", str(tmp_path / "new.txt"), "--init-from", str(work / "checkpoints" / "corpus"),
+                            "--out", str(tmp_path / "runs"), "--max-steps", "1", "--threads", "1", "--device", "cpu"])
+    assert r.exit_code == 0, r.stderr
+    assert "360 of the training text's 2,700 characters (13.3%) are not in its pieces: spelled in bytes" in r.stderr, \
+        r.stderr  # (the training split: 180 of the 200 lines)

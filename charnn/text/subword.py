@@ -162,6 +162,13 @@ class SentencePieceTokenizer:
         where its first byte is), so the counts of consecutive runs of ids add up to the text's length."""
         return int(self._starts[np.asarray(ids, dtype=np.int64)].sum())
 
+    def byte_chars(self, ids: np.ndarray, block: int = 1 << 24) -> int:
+        """How many characters the ids spell in byte pieces (characters the vocabulary has no piece for), read
+        `block` ids at a time (a fine-tune's note: its new text's characters that its base's pieces lack)."""
+        starts = np.where([self.sp.is_byte(i) for i in range(len(self.pieces))], self._starts, 0)
+        return sum(int(starts[np.asarray(ids[lo:lo + block], dtype=np.int64)].sum())
+                   for lo in range(0, len(ids), block))
+
     def extending(self, i: int, tail: bytes = b"") -> Optional[np.ndarray]:
         """Ids of the pieces whose text starts with piece i's text and then `tail`, i among them where `tail` is
         empty: what may follow a prime when its last pieces, i and those making `tail`, are taken back (token

@@ -72,6 +72,8 @@ def model_for(task, model_cfg: ModelConfig, resumed: Optional[dict], parent, see
         tok = task.tokenizer
         parent.added = list(tok.decode(range(parent.model_cfg.vocab_size, tok.vocab_size)))
         record = parent.record()
+        if hasattr(tok, "byte_chars") and getattr(task, "train_ids", None) is not None:  # (pieces: nothing is added)
+            record.update(byte_chars=tok.byte_chars(task.train_ids), text_chars=task.data_record.get("train_chars"))
         dropped = [n for n in (parent.data.get("labels") or {}).get("names") or [] if n not in (task.label_names or [])]
         on_event("init_from", {**record, **({"labels_dropped": dropped} if dropped else {})})  # (dropped silently)
     return model_cfg, model, record
