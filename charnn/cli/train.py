@@ -249,10 +249,12 @@ def _report_done(result, run) -> None:
     trainer = run.trainer
     if result.stopped == "max_time" and result.steps == trainer.start_step:  # (it saved an untrained or unchanged
         before = (f", after the {duration(trainer.elapsed_before)} the run had trained before"  # model, saying "done")
-                  if trainer.elapsed_before else " (loading, measuring and the first evaluation)")
-        err.print(f"[yellow]note: --max-time {duration(trainer.cfg.max_time)} ran out before a training step: starting "
-                  f"took {duration(result.elapsed - trainer.elapsed_before)}{before}; give a longer --max-time[/]",
-                  markup=True)
+                  if trainer.elapsed_before else "")
+        evaluated = trainer.budget.eval_cost  # (its one evaluation, which a checkpoint needs, on a big model long)
+        evaluated = f"; its evaluation {duration(evaluated)}" if evaluated else ""
+        err.print(f"[yellow]note: --max-time {duration(trainer.cfg.max_time)} ran out before a training step: this "
+                  f"start took {duration(result.elapsed - trainer.elapsed_before)}{before} (loading and measuring"
+                  f"{evaluated}); give a longer --max-time, or train a smaller model[/]", markup=True)
     if run.task.kind == "classify":
         labels = run.task.labels
         err.print(f"held-out accuracy {labels.get('val_accuracy', 0):.4f}, macro-F1 {labels.get('val_macro_f1', 0):.4f} "
