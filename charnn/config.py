@@ -22,6 +22,7 @@ POOLINGS = ("max", "attention", "mean", "final")  # how the classifier pools its
 BEST_BY = ("auto", "loss", "wer")
 CLASS_WEIGHTS = ("none", "balanced")  # --class-weights
 MIN_VOCAB = 260  # sentencepiece with byte fallback: 256 byte pieces + <unk> + the text's characters
+DEFAULT_VOCAB = 1024  # a subword tokenizer's pieces without --vocab-size
 MAX_VOCAB = 1_000_000  # (a vocabulary past it would not be trained on any corpus a run reads)
 UNKNOWN = ("error", "skip")  # what sample does with prime characters outside the vocabulary
 MAX_LAYERS, MAX_WIDTH, MAX_THREADS = 256, 65536, 1024  # sanity bounds: beyond them torch overflows or crashes
@@ -164,6 +165,11 @@ class TrainConfig:
     # of a label-conditioned language model
     classifier: bool = False
     class_weights: str = "none"  # the classifier's loss per label: none, or balanced (each label weighs as much)
+
+    @property
+    def pieces(self) -> Optional[int]:
+        """The subword vocabulary this config trains (--vocab-size, else DEFAULT_VOCAB); None for characters."""
+        return None if self.tokenizer == "char" else self.vocab_size or DEFAULT_VOCAB
 
     def validate(self, resuming: bool = False) -> "TrainConfig":
         """The flags' own checks. `resuming`: before the saved run's config is laid under them (a --vocab-size

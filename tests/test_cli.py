@@ -415,3 +415,36 @@ def test_the_scoring_context_is_the_start_id_then_the_ids_whatever_the_tokenizer
     assert scoring_context(tok, text).tolist() == with_start(tok, tok.encode(text)).tolist()
     assert scoring_context(tok, text)[0] == with_start(tok, [])[0] and len(scoring_context(tok, "")) == 1
     assert scoring_context(CharTokenizer(""), "ab").tolist()[1:] == [0, 0]  # (an empty vocabulary: all unknown)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_eval_and_prime_files_read_a_pipe_once_and_whole(trained_run, corpus_file, tmp_path):
+    """`charnn eval RUN <(cat f)`: the check of each FILE's head read a pipe's first 8 kB, which were then gone
+    (a 20,000-character text scored as 3,616 characters, a short one 'is empty'; a FIFO hung)."""
+    import threading
+
+    from conftest import subprocess_env
+
+    from charnn.data.corpus import read_text
+
+    text = corpus_file.read_text(encoding="utf-8")
+    text = (text * (20000 // len(text) + 1))[:20000]
+    fifo = tmp_path / "pipe"
+
+    def feed():
+        try:
+            with open(fifo, "w", encoding="utf-8") as f:
+                f.write(text)
+        except BrokenPipeError:
+            pass
+
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    r = subprocess.run([sys.executable, "-m", "charnn", "eval", str(trained_run.run_dir), str(fifo), "--json"],
+                       capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["chars"] == 20000
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    assert read_text(str(fifo), "file") == text

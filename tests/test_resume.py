@@ -3,6 +3,7 @@
 import os
 import shlex
 import signal
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -397,3 +398,21 @@ def test_the_stop_hint_of_a_resumed_run_names_the_runs_own_encoding(tmp_path, mo
     r = runner.invoke(app, [*args, "--resume", "--max-steps", "30"])
     assert r.exit_code == 130, r.stderr
     assert "--encoding latin-1" in r.stderr.split("Resume with: ")[1], r.stderr
+
+
+def test_a_subword_runs_default_vocab_size_typed_again_on_resume_is_its_own():
+    """A bpe run trained without --vocab-size saved None and trained 1,024 pieces: typing --vocab-size 1024 on its
+    resume was refused as "the run used none"; another size is refused naming 1,024."""
+    from charnn.config import DEFAULT_VOCAB, ModelConfig, TrainConfig
+    from charnn.errors import ConfigError
+    from charnn.training.resume import resume_config
+
+    saved = {"train_config": {**asdict(TrainConfig(tokenizer="bpe")), "vocab_size": None}, "config_version": 2}
+    cfg = resume_config(saved, TrainConfig(tokenizer="bpe", vocab_size=DEFAULT_VOCAB), ModelConfig(vocab_size=1),
+                        {"vocab_size"})
+    assert cfg.vocab_size is None and cfg.pieces == DEFAULT_VOCAB
+    with pytest.raises(ConfigError, match="--vocab-size 900 \\(the run used 1024\\)"):
+        resume_config(saved, TrainConfig(tokenizer="bpe", vocab_size=900), ModelConfig(vocab_size=1), {"vocab_size"})
+    chars = {"train_config": asdict(TrainConfig()), "config_version": 2}
+    with pytest.raises(ConfigError, match="the run used none: its tokenizer is chars"):
+        resume_config(chars, TrainConfig(vocab_size=900), ModelConfig(vocab_size=1), {"vocab_size"})

@@ -557,28 +557,18 @@ def test_resume_and_init_from_take_the_runs_own_vocab_size_and_refuse_another(bp
         in r.stderr, r.stderr
 
 
-def test_healing_takes_back_as_many_pieces_as_a_piece_still_starts_with(bpe):
-    """A word's start that came as several pieces (" ", "d" for "the d"; " b", "ro" for "the bro" in a bigger
-    vocabulary) is taken back whole where some piece starts with its text (" dog"): taking back "d" alone let the
-    first draw choose only among pieces starting with "d", never the word's own piece. A trained bpe model
-    completed 56.6% of 1,000 primes cut mid-word into a real word, 54.6% taking back one piece, 45.4% none
-    (benchmarks/TOKENIZERS.md)."""
-    from charnn.generation.prompt import HEAL_PIECES, heal
+def test_healing_takes_back_one_piece_so_a_whole_word_may_still_end_where_the_prime_ends(bpe):
+    """Taking back as many pieces as some piece still starts with (" ", "d" -> " d"...) completed more primes cut
+    mid-word (56.6% against 54.6% of 1,000), but forced a whole word to grow where no piece is exactly it: "and the
+    soul" went on "sould" every time, "I hate" on "hater" (benchmarks/TOKENIZERS.md). One piece keeps the prime's own
+    last piece among the first draw's choices, so every word of the prime may end there."""
+    from charnn.generation.prompt import heal
 
     words = sorted(set(make_text(300, seed=4).split()))
-    found = 0
-    for prime in (f"the {w[:m]}" for w in words for m in range(1, len(w))):
+    for prime in (f"the {w[:m]}" for w in words for m in range(1, len(w) + 1)):
         ids = [0] + [int(i) for i in bpe.encode(prime)]
         kept, allowed, text = heal(bpe, ids)
-        back = len(ids) - len(kept)
-        assert kept == ids[:back and -back or None] and bpe.decode(kept[1:]) + text.decode() == prime
-        assert 1 <= back <= HEAL_PIECES and all(bpe.pieces[j].startswith(text) for j in allowed)
-        longer = bpe.pieces[ids[-1 - back]] + text  # one more piece taken back: no piece starts with its text
-        assert back == len(ids) - 1 or bpe.sp.is_byte(ids[-1 - back]) or not any(p.startswith(longer)
-                                                                                  for p in bpe.pieces)
-        found += back >= 2
-    assert found >= 3  # (this vocabulary has such word starts)
-    assert heal(bpe, [0])[1] is None  # the start id alone: nothing to take back
+        assert kept == ids[:-1] and ids[-1] in allowed and text == bpe.pieces[ids[-1]], prime
 
 
 def test_a_fine_tune_of_a_subword_base_says_how_much_of_its_text_the_pieces_spell_in_bytes(bpe, bpe_run, tmp_path):

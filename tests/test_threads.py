@@ -368,3 +368,41 @@ def test_validation_too_long_for_max_time_is_cut_to_fit_and_the_cut_is_the_runs(
     roomy = trainer("roomy", 600.0, set())
     assert len(roomy.val_ids) == whole  # a pass fits 10% of 10 minutes: no cut
     roomy.release()
+
+
+def test_a_count_out_as_too_slow_does_not_end_the_measuring_nor_send_training_to_all_cores():
+    """One core busy: 1 thread 5 ms a step, 2 threads 1.7 s (this machine saw 5 ms against 1,710 ms). The slow count's
+    step was taken as what the next would cost, so measuring stopped and training took all the cores, unmeasured."""
+    m = FakeMachine({1: 0.005, 2: 1.7, 4: 1.0})
+    times = T.measure(m.step, [1, 2, 4], 1.0, m.set_threads, m.clock, limit=3.0)
+    assert set(times) == {1, 2, 4} and T.decide(times, [1, 2, 4]).threads == 1
+    busy = T.decide({1: 0.005, 2: 1.7}, [1, 2, 4])  # time ran out after a count was out: the fastest, measured
+    assert (busy.threads, busy.how) == (1, "measured")
+    idle = T.decide({1: 0.3}, [1, 2, 4])  # time ran out on slow steps, nothing out: all the cores
+    assert (idle.threads, idle.how) == (4, "unmeasured")
+
+
+@pytest.mark.parametrize("bound", ["steps", "tokens"])
+def test_a_validation_cut_is_taken_only_where_it_is_foreseen_to_cost_less(monkeypatch, bound):
+    """Fewer tokens are fewer streams, and longer ones (40,000: 19 x 2,105; 5,714: 2 x 2,857): where a pass costs
+    by its time steps (a big model reading its weights each step) the proportional cut cost more than the whole
+    pass, and was taken; now each cut is foreseen first, and where it does not pay, one stream is the last try.
+    Where a pass costs by its tokens, the proportional cut is taken."""
+    from charnn.scoring.evaluate import stream_layout
+    from charnn.training import schedule
+
+    def probe(self, model, world, device, precision, clock=None):
+        streams, length = stream_layout(self.val_tokens)
+        self.eval_cost = 0.01 * length if bound == "steps" else 5e-4 * self.val_tokens
+
+    monkeypatch.setattr(schedule.Budget, "probe_eval", probe)
+    task = types.SimpleNamespace(val_units=40000, kept=None)
+    task.keep_validation = lambda n: setattr(task, "kept", n)
+    t = types.SimpleNamespace(task=task, model=None, device=None, precision="fp32", cfg=TrainConfig(max_time=30.0),
+                              dist=types.SimpleNamespace(active=False, any=bool, world=1))
+    budget = schedule.foresee_eval(t, fit=True)
+    if bound == "steps":  # whole: 21.05 s; the proportional cut 28.6 s (not taken); one stream of 2,048: 20.5 s
+        assert task.kept == schedule.EVAL_FLOOR and budget.eval_cost == pytest.approx(20.48)
+    else:  # whole: 20 s, over 10% of 30 s: 6,000 tokens, 3 s
+        assert task.kept == 6000 and budget.eval_cost == pytest.approx(3.0)
+    assert t.cfg.eval_tokens == task.kept and t.val_cut["of"] == 40000

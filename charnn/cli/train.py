@@ -253,8 +253,8 @@ def _report_done(result, run) -> None:
         evaluated = trainer.budget.eval_cost  # (its one evaluation, which a checkpoint needs, on a big model long)
         evaluated = f"; its evaluation {duration(evaluated)}" if evaluated else ""
         err.print(f"[yellow]note: --max-time {duration(trainer.cfg.max_time)} ran out before a training step: this "
-                  f"start took {duration(result.elapsed - trainer.elapsed_before)}{before} (loading and measuring"
-                  f"{evaluated}); give a longer --max-time, or train a smaller model[/]", markup=True)
+                  f"start took {duration(result.elapsed - trainer.elapsed_before)} (loading and measuring{evaluated})"
+                  f"{before}; give a longer --max-time, or train a smaller model[/]", markup=True)
     if run.task.kind == "classify":
         labels = run.task.labels
         err.print(f"held-out accuracy {labels.get('val_accuracy', 0):.4f}, macro-F1 {labels.get('val_macro_f1', 0):.4f} "

@@ -35,11 +35,13 @@ class Corpus:
 def read_text(path: str, what: str = "corpus", encoding: str = "utf-8", allow_empty: bool = False) -> str:
     """Read a text file, turning every way it can fail into one clear CharnnError (an empty file too,
     unless `allow_empty`)."""
-    p = check_text_file(path, what, encoding, allow_empty)
-    try:
+    p = check_text_file(path, what, encoding, allow_empty, sniff=False)  # (the head is read once, here: a pipe's
+    try:  # first bytes read by the check would be gone)
         data = p.read_bytes()
     except OSError as e:
         raise CharnnError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
+    if looks_binary(data[:SNIFF_BYTES], check_encoding(encoding)):
+        raise CharnnError(f"{what} {path!r} {BINARY}; pass a text file (or the right --encoding)")
     text = decode_bytes(data, f"{what} {path!r}", encoding)
     if text.startswith("\ufeff"):  # a byte-order mark (Windows editors write one) is not text: it made a label
         text = text[1:]  # "\ufeffgen" beside "gen" and a character of its own
@@ -48,9 +50,12 @@ def read_text(path: str, what: str = "corpus", encoding: str = "utf-8", allow_em
     return text
 
 
-def check_text_file(path: str, what: str = "corpus", encoding: str = "utf-8", allow_empty: bool = False) -> Path:
-    """read_text's checks that need only the file's head (it is there, a file, readable, not binary, not empty), as
-    one CharnnError each: a command that reads several files one at a time checks them all first."""
+def check_text_file(path: str, what: str = "corpus", encoding: str = "utf-8", allow_empty: bool = False,
+                    sniff: bool = True) -> Path:
+    """read_text's checks that need only the file's head (it is there, not a folder; with `sniff`, a regular file's
+    head: readable, not binary, not empty), as one CharnnError each: a command that reads several files one at a
+    time checks them all first. A pipe's head is left for its one reader (`<(cat f)`, a FIFO: read here, its first
+    bytes were gone, or its writer)."""
     p = Path(path)
     if not str(path).strip():  # (Path('') is the current folder: "is a directory")
         raise CharnnError(f"{what} {path!r} is an empty string (an unset variable?)")
@@ -58,6 +63,8 @@ def check_text_file(path: str, what: str = "corpus", encoding: str = "utf-8", al
         raise CharnnError(f"{what} {path!r} {missing(path)}")
     if p.is_dir():
         raise CharnnError(f"{what} {path!r} is a directory; pass a text file")
+    if not sniff or not p.is_file():
+        return p
     try:
         with p.open("rb") as f:
             head = f.read(SNIFF_BYTES)

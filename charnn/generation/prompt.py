@@ -11,8 +11,6 @@ import numpy as np
 from charnn.errors import CharnnError
 from charnn.text.tokenizer import start_id
 
-HEAL_PIECES = 8  # token healing takes back at most this many pieces of a prime (heal)
-
 
 def read_prime(path: str, encoding: str = "utf-8", what: str = "prime file") -> str:
     """The text of --prime-file PATH, or of stdin for '-' (sample's --adapt file too, `what` naming it); empty
@@ -55,18 +53,10 @@ def heal(tokenizer, ids: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray], 
     A prime cut mid-word ("the bro") ends in a piece ("▁bro") that in training was mostly part of a longer
     one ("▁brown"), so conditioning on it asks the model for a split it rarely saw. Instead the last piece
     is taken back, the first draw is limited to the pieces that start with its text ("▁bro", "▁brown",
-    "▁brother", ...), and that text, already printed with the prime, is skipped in the output. Where the
-    word's start came as several pieces ("▁b", "ro"), as many are taken back as some piece still starts with
-    their text (up to HEAL_PIECES; "▁bro": the first draw may be "▁brother", which "ro" alone ruled out).
-    Character tokenizers, byte pieces and an empty prime are left as they are. The start id (ids[0]) stays."""
+    "▁brother", ...), and that text, already printed with the prime, is skipped in the output. Character
+    tokenizers, byte pieces and an empty prime are left as they are."""
     extending = getattr(tokenizer, "extending", None)
-    back, allowed, text = 0, None, b""
-    while extending is not None and back < min(HEAL_PIECES, len(ids) - 1):
-        i = int(ids[-1 - back])
-        more = extending(i, text)
-        if more is None or not len(more):
-            break
-        back, allowed, text = back + 1, more, tokenizer.pieces[i] + text
+    allowed = extending(int(ids[-1])) if extending is not None and len(ids) > 1 else None
     if allowed is None:
         return ids, None, b""
-    return ids[:len(ids) - back], allowed, text
+    return ids[:-1], allowed, tokenizer.pieces[int(ids[-1])]

@@ -232,7 +232,8 @@ def parent_words(parent: dict) -> str:
     more = f" and {len(added) - VOCAB_PREVIEW} more" if len(added) > VOCAB_PREVIEW else ""
     news = (f"; added {len(added)} character{'s' if len(added) != 1 else ''}: "
             f"{' '.join(show_token(c) for c in added[:VOCAB_PREVIEW])}{more}" if added else "; no new characters")
-    if parent.get("byte_chars") is not None:  # (a subword base: its pieces spell anything, some in bytes)
+    if parent.get("byte_chars") is not None and parent.get("text_chars"):  # (a subword base: its pieces spell any
+        # character, some in bytes)
         spelled, chars = parent["byte_chars"], parent.get("text_chars") or 0
         share = f"{100 * spelled / max(1, chars):.3g}%"
         news = (f"; {spelled:,} of the training text's {chars:,} characters ({share}) are not in its pieces: spelled "

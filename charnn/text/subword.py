@@ -26,10 +26,10 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from charnn.config import DEFAULT_VOCAB
 from charnn.errors import CharnnError, ConfigError, first_line
 
 KINDS = ("bpe", "unigram")
-DEFAULT_VOCAB = 1024
 SAMPLE_CHARS = 4_000_000  # train sentencepiece on at most this many characters of the training text...
 SAMPLE_BLOCKS = 200  # ...taken as this many evenly spaced blocks
 SENTENCE_CHARS = 2000  # training "sentences" are runs of whole lines up to about this long
@@ -169,14 +169,13 @@ class SentencePieceTokenizer:
         return sum(int(starts[np.asarray(ids[lo:lo + block], dtype=np.int64)].sum())
                    for lo in range(0, len(ids), block))
 
-    def extending(self, i: int, tail: bytes = b"") -> Optional[np.ndarray]:
-        """Ids of the pieces whose text starts with piece i's text and then `tail`, i among them where `tail` is
-        empty: what may follow a prime when its last pieces, i and those making `tail`, are taken back (token
-        healing). None for a byte, unknown or control piece."""
+    def extending(self, i: int) -> Optional[np.ndarray]:
+        """Ids of the pieces whose text starts with piece i's text, i among them: what may follow a prime when
+        its last piece, i, is taken back (token healing). None for a byte, unknown or control piece."""
         sp = self.sp
         if sp.is_byte(i) or sp.is_unknown(i) or sp.is_control(i):
             return None
-        head = self.pieces[i] + tail
+        head = self.pieces[i]
         return np.array([j for j, p in enumerate(self.pieces)
                          if p.startswith(head) and not (sp.is_unknown(j) or sp.is_control(j))], dtype=np.int64)
 

@@ -56,7 +56,8 @@ def run_precision(cfg: TrainConfig, resumed: Optional[dict], model, x, y, extra:
     if (cfg.precision == "auto" and saved in ("fp32", "bf16") and resumed.get("device") == device.type
             and (saved == "fp32" or native_bf16(device)[0])):
         return PrecisionChoice(saved, "resumed", None, "the run's own precision, kept on resume")
-    # an fp32 step of the threads' probe (PROBE_STEPS long) at the count chosen, else the fewer threads' (if timed)
+    # an fp32 step of the threads' probe (PROBE_STEPS long) at the count chosen, else (all the cores, unmeasured) the
+    # fastest count timed: on an idle machine more threads are no slower
     probe = threads.seconds.get(threads.threads) or min(threads.seconds.values(), default=None)
     step = probe * max(1.0, x.shape[1] / PROBE_STEPS) if probe and cut_along_time(x, extra) else probe
     choice = choose(cfg.precision, model, x, y, device, threads.threads, extra, limit=_limit(cfg), step=step)
@@ -64,7 +65,7 @@ def run_precision(cfg: TrainConfig, resumed: Optional[dict], model, x, y, extra:
         order = ("fp32", "bf16")
         agreed = order[-dist.max_ints([-order.index(choice.precision)])[0]]
         if agreed != choice.precision:
-            choice = replace(choice, precision=agreed, reason=choice.reason + "; another rank measured fp32")
+            choice = replace(choice, precision=agreed, reason=choice.reason + "; another rank chose fp32")
         if dist.is_main and choice.how in ("measured", "cached"):  # after the collective: every rank
             remember(choice, model, x, device, threads.threads)  # has stored, this one goes last
     return choice

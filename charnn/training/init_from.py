@@ -78,7 +78,8 @@ def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: O
     kind = data["tokenizer"].get("kind")
     if "tokenizer" in typed and cfg.tokenizer != kind:
         problems.append(f"--tokenizer {cfg.tokenizer} (the base uses {kind})")
-    was = (data.get("train_config") or {}).get("vocab_size") if isinstance(data.get("train_config"), dict) else None
+    saved = data.get("train_config") if isinstance(data.get("train_config"), dict) else {}
+    was = TrainConfig(tokenizer=saved.get("tokenizer", "char"), vocab_size=saved.get("vocab_size")).pieces
     if "vocab_size" in typed and cfg.vocab_size is not None and cfg.vocab_size != was:  # (the base's own: taken)
         problems.append(f"--vocab-size {cfg.vocab_size} (the base's vocabulary is reused"
                         f"{f'; it was trained with {was}' if was else ''})")

@@ -114,8 +114,10 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
         merged["patience"] = None  # kept the default 5 as a value: as not given (resumed with --max-steps, an
     # open-ended run that had stopped on patience stopped again at once); a later run's 5 was typed: kept
     flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+    if old.vocab_size is None and merged["vocab_size"] == old.pieces:  # (the default it trained with, typed now)
+        merged["vocab_size"] = None
     used = lambda k: ("none: its tokenizer is chars" if k == "vocab_size" and old.tokenizer == "char"  # noqa: E731
-                      else "none" if getattr(old, k) is None else getattr(old, k))
+                      else old.pieces if k == "vocab_size" else "none" if getattr(old, k) is None else getattr(old, k))
     problems = [f"{flag(k)} {merged[k]} (the run used {used(k)})" for k in FIXED_ON_RESUME if merged[k] != getattr(old, k)]
     if explicit is not None:
         saved_model, kind = saved.get("model_config", {}), registry.kind_of(saved.get("model_config", {}))

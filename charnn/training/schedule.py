@@ -26,7 +26,7 @@ EVAL_PROBE_STEPS = 64  # --max-time: time steps of the forward that foresees an 
 # trained no step and took 98 s)
 EVAL_SHARE = 0.1
 EVAL_FLOOR = 2048  # (one stream: fewer tokens than two streams are a shorter stream, and a shorter pass)
-EVAL_CUTS = 3  # cuts at most, each foreseen anew
+EVAL_CUTS = 4  # cuts tried at most, each foreseen before it is taken
 
 
 def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
@@ -199,19 +199,27 @@ def foresee_eval(t, fit: bool, clock: Callable[[], float] = time.perf_counter) -
     the fewest any rank foresaw), and the cut is the run's --eval-tokens: a resume scores the same ones."""
     budget = Budget(t.task.val_units)
     budget.probe_eval(t.model, t.dist.world, t.device, t.precision, clock)
-    whole, cost = budget.val_tokens, budget.eval_cost
-    for _ in range(EVAL_CUTS if fit else 0):  # (fewer tokens are fewer streams, not shorter ones: a pass of a big
-        # model, bound by reading its weights each time step, costs about as much with 4 streams as with 54; so the
-        # cut is foreseen again, and cut again where it still does not fit)
-        n = budget.tokens_that_fit(t.cfg.max_time) or budget.val_tokens
+    whole, whole_cost = budget.val_tokens, budget.eval_cost
+    floor = False
+    for _ in range(EVAL_CUTS if fit else 0):  # (fewer tokens are fewer streams, and longer ones: a pass of a big
+        # model, bound by reading its weights each time step, can cost more cut than whole; so each cut is foreseen
+        # before it is taken, and taken only where it costs less; where it does not, one stream is the last try)
+        n = min(EVAL_FLOOR, budget.val_tokens) if floor else budget.tokens_that_fit(t.cfg.max_time) or budget.val_tokens
         if t.dist.active:
             n = -t.dist.max_ints([-n])[0]
         if n >= budget.val_tokens:
             break
-        t.task.keep_validation(n)
-        t.cfg = replace(t.cfg, eval_tokens=n)
-        budget = Budget(t.task.val_units)
-        budget.probe_eval(t.model, t.dist.world, t.device, t.precision, clock)
-        t.val_cut = {"tokens": n, "of": whole, "seconds": cost, "cut_seconds": budget.eval_cost,
+        cut = Budget(n)
+        cut.probe_eval(t.model, t.dist.world, t.device, t.precision, clock)
+        if not t.dist.any(cut.eval_cost >= budget.eval_cost):  # (every rank decides together)
+            budget, floor = cut, False
+        elif floor or n <= EVAL_FLOOR:
+            break
+        else:
+            floor = True
+    if budget.val_tokens < whole:
+        t.task.keep_validation(budget.val_tokens)
+        t.cfg = replace(t.cfg, eval_tokens=budget.val_tokens)
+        t.val_cut = {"tokens": budget.val_tokens, "of": whole, "seconds": whole_cost, "cut_seconds": budget.eval_cost,
                      "max_time": t.cfg.max_time}
     return budget

@@ -110,10 +110,11 @@ def measure(step: Callable[[], object], counts: List[int], budget: float = MEASU
         if clock() + 2 * last > stop_at:
             break
         set_threads(n)
-        first = last = _timed(step, clock)  # warm-up: oneDNN primitives, the allocator, the thread pool's new size
+        first = _timed(step, clock)  # warm-up: oneDNN primitives, the allocator, the thread pool at its new size
         if times and first > DROP * _best(times):
-            out[n] = first
+            out[n] = first  # (out: its step foretells nothing of the next count's)
             continue
+        last = first
         if clock() + first > stop_at:
             break
         times[n] = [_timed(step, clock)]
@@ -178,15 +179,22 @@ def choose_threads(forced: Optional[int], model: torch.nn.Module, x: torch.Tenso
             probe = StepProbe(model, device, precision, extra)
             counts = candidates(usable_cores(local_processes))
             seconds = measure(lambda: probe.step(x, y), counts, budget, clock=time.perf_counter, limit=limit)
-        if len(seconds) < len(counts):
-            timed = "".join(f", {n}: {s * 1000:.0f} ms" for n, s in sorted(seconds.items()))
-            choice = ThreadChoice(counts[-1], "unmeasured", seconds, f"{counts[-1]} threads, all it may use, not "
-                                  f"measured (steps too long to compare in --max-time's share{timed})")
-        else:
-            n = pick(seconds)
-            choice = ThreadChoice(n, "measured", seconds, describe(seconds, n))
+        choice = decide(seconds, counts)
     torch.set_num_threads(choice.threads)
     return choice
+
+
+def decide(seconds: Dict[int, float], counts: List[int]) -> ThreadChoice:
+    """The choice from what `measure` timed of `counts`: the fastest (pick); but where time ran out before every
+    count was timed, and none was out as DROP times slower (a busy core would have shown so), all the cores, which
+    an idle machine runs no slower, unmeasured."""
+    best = min(seconds.values(), default=0.0)
+    if len(seconds) < len(counts) and not any(t > DROP * best for t in seconds.values()):
+        timed = "".join(f", {n}: {s * 1000:.0f} ms" for n, s in sorted(seconds.items()))
+        return ThreadChoice(counts[-1], "unmeasured", seconds, f"{counts[-1]} threads, all it may use, not measured "
+                            f"(steps too long to compare in --max-time's share{timed})")
+    n = pick(seconds)
+    return ThreadChoice(n, "measured", seconds, describe(seconds, n))
 
 
 class Watch:
