@@ -213,7 +213,7 @@ def foresee_eval(t, fit: bool, clock: Callable[[], float] = time.perf_counter) -
         cut.probe_eval(t.model, t.dist.world, t.device, t.precision, clock)
         if not t.dist.any(cut.eval_cost >= budget.eval_cost):  # (every rank decides together)
             budget, floor = cut, False
-        elif floor or n <= EVAL_FLOOR:
+        elif floor or n <= EVAL_FLOOR or budget.val_tokens < whole:  # (a cut taken already: kept as it is)
             break
         else:
             floor = True
