@@ -808,3 +808,33 @@ def test_a_pairs_run_with_its_own_seed_and_val_frac_resumes_without_them(tmp_pat
     r = runner.invoke(app, ["train", str(tmp_path / "p.tsv"), "--pairs", "--name", "v", "--resume", "--max-steps", "4",
                             *small])
     assert r.exit_code == 0, r.stderr
+
+
+def test_max_time_foresees_the_wer_decoding_before_any_evaluation(tmp_path, monkeypatch):
+    """A --pairs run picks best.pt by WER: each evaluation also decodes every validation input, which nothing
+    foresaw before the first evaluation (often the final one: a 20-s run of a 2x512 model took 33 s on a busy
+    CPU). A first batch is decoded at the start and scaled by the batches; best.pt picked by loss needs none."""
+    import itertools
+
+    from charnn.sampling import DECODE_BATCH
+    from charnn.tasks import pairs as pairs_task
+
+    write_pairs(tmp_path / "r.tsv", words(1200, 6))
+    text = load_pairs([str(tmp_path / "r.tsv")], val_frac=0.5, seed=2)
+    model = ModelConfig(vocab_size=1, layers=1, hidden=16, embed=8, dropout=0.0)
+    ticks = itertools.count()
+    decoded = []
+    real = pairs_task.PairsTask._decoded
+    monkeypatch.setattr(pairs_task.PairsTask, "_decoded", lambda self, m, d, refs: (decoded.append(len(refs)),
+                                                                                     real(self, m, d, refs))[1])
+    cfg = dict(pairs=True, batch_size=16, max_time=600.0, device="cpu", seed=2, out=str(tmp_path), threads=1)
+    trainer = Trainer(text, model, TrainConfig(name="wer", **cfg))
+    trainer.release()
+    assert decoded == [DECODE_BATCH] and trainer.budget.select_cost > 0
+    assert trainer.budget.eval_estimate() >= trainer.budget.select_cost  # (in the reserve before any evaluation)
+    task = trainer.task
+    probe = task.probe_select(trainer.model, trainer.device, trainer.dist, lambda: float(next(ticks)))
+    assert probe == -(-len(task.references) // DECODE_BATCH)  # one tick a batch decoded, scaled by the batches
+    by_loss = Trainer(text, model, TrainConfig(name="loss", best_by="loss", **cfg))
+    by_loss.release()
+    assert by_loss.budget.select_cost is None

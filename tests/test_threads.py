@@ -396,9 +396,10 @@ def test_a_validation_cut_is_taken_only_where_it_is_foreseen_to_cost_less(monkey
         self.eval_cost = 0.01 * length if bound == "steps" else 5e-4 * self.val_tokens
 
     monkeypatch.setattr(schedule.Budget, "probe_eval", probe)
-    task = types.SimpleNamespace(val_units=40000, kept=None)
+    task = types.SimpleNamespace(val_units=40000, kept=None, probes_eval=True)
     task.keep_validation = lambda n: setattr(task, "kept", n)
-    t = types.SimpleNamespace(task=task, model=None, device=None, precision="fp32", cfg=TrainConfig(max_time=30.0),
+    t = types.SimpleNamespace(task=task, val_ids=range(40000), model=None, device=None, precision="fp32",
+                              cfg=TrainConfig(max_time=30.0),
                               dist=types.SimpleNamespace(active=False, any=bool, world=1))
     budget = schedule.foresee_eval(t, fit=True)
     if bound == "steps":  # whole: 21.05 s; the proportional cut 28.6 s (not taken); one stream of 2,048: 20.5 s

@@ -15,7 +15,7 @@ from charnn.device import default_batch_size
 from charnn.errors import ConfigError
 from charnn.generation.decoded import references_of, score_decoded
 from charnn.generation.seq2seq import Transducer
-from charnn.sampling import TransduceConfig
+from charnn.sampling import DECODE_BATCH, TransduceConfig
 from charnn.scoring.pairs import PairScore
 from charnn.scoring.evaluate import evaluate_pairs
 from charnn.tasks.base import Task, saved_val_file, text_digest, total
@@ -109,17 +109,35 @@ class PairsTask(Task):
     def select_score(self, model, device: torch.device, dist) -> float:
         """Word error rate: each validation input decoded greedily (in fp32) and right when it equals one of its
         targets. Under torchrun each rank decodes its share of the inputs."""
+        s = self._decoded(model, device, self._mine(dist))
+        exact, words = dist.sum(float(s.exact)), dist.sum(float(s.words))
+        return 1.0 - exact / max(1.0, words)
+
+    def probe_select(self, model, device: torch.device, dist, clock) -> Optional[float]:
+        """--max-time: the seconds select_score will take, foreseen before any evaluation (its decoding was not, and
+        a 20-s run of a 2x512 model took 33 s): a first batch of this rank's inputs decoded (DECODE_BATCH, as the
+        pass decodes them; in file order, not sorted by length, so the foresight errs long) and scaled by the
+        batches. None where best.pt is picked by the loss."""
+        if self.selects_by != "wer":
+            return None
+        mine = self._mine(dist)
+        sample = dict(list(mine.items())[:DECODE_BATCH])
+        t = clock()
+        self._decoded(model, device, sample)
+        return (clock() - t) * -(-len(mine) // max(1, len(sample)))
+
+    def _mine(self, dist) -> dict:
         rank, world = dist.part
-        mine = dict(list(self.references.items())[rank::world])
+        return dict(list(self.references.items())[rank::world])
+
+    def _decoded(self, model, device: torch.device, references: dict) -> PairScore:
         was_training = model.training  # (the transducer puts the model in eval mode)
         try:
             transducer = Transducer(model, self.source_tokenizer, self.tokenizer, TransduceConfig(unknown="skip"),
                                     device, self.pairs["max_ratio"])
-            s = score_decoded(transducer, mine, "validation", PairScore())
+            return score_decoded(transducer, references, "validation", PairScore())
         finally:
             model.train(was_training)
-        exact, words = dist.sum(float(s.exact)), dist.sum(float(s.words))
-        return 1.0 - exact / max(1.0, words)
 
     def preview(self, model, device: torch.device, every: int, write, seed: int):
         """A few validation inputs and the model's current outputs for them."""

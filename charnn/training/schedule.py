@@ -123,6 +123,7 @@ class Budget:
         self.step_secs: deque = deque(maxlen=8)  # the last steps' wall time: the next one is foreseen from them
         self.step_spt: deque = deque(maxlen=16)  # ... and per token, to scale a measured evaluation to the load now
         self.eval_cost: Optional[float] = None
+        self.select_cost: Optional[float] = None  # what the task's own score (pairs: WER) adds, foreseen at the start
         self.eval_spt: Optional[float] = None
         self.save_cost: Optional[float] = None
 
@@ -157,7 +158,7 @@ class Budget:
         recent = self.step_spt
         now = statistics.median(recent) if len(recent) >= 4 else None
         if self.eval_cost is None:  # no evaluation or probe yet: a forward per val token at half a step's cost
-            return 0.5 * self.val_tokens * now if now is not None else 0.0
+            return (0.5 * self.val_tokens * now if now is not None else 0.0) + (self.select_cost or 0.0)
         if self.eval_spt is None:  # the probe ran before any step: the first steps are its reference
             self.eval_spt = now
         return self.eval_cost * (max(0.5, now / self.eval_spt) if now is not None and self.eval_spt else 1.0)
@@ -198,6 +199,11 @@ def foresee_eval(t, fit: bool, clock: Callable[[], float] = time.perf_counter) -
     `fit` (a new run without --eval-tokens), validation is cut to the tokens that fit (tokens_that_fit; under torchrun
     the fewest any rank foresaw), and the cut is the run's --eval-tokens: a resume scores the same ones."""
     budget = Budget(t.task.val_units)
+    select = getattr(t.task, "probe_select", None)
+    if select is not None:  # (an evaluation that also decodes: its decoding foreseen too)
+        budget.select_cost = select(t.model, t.device, t.dist, clock)
+    if not (t.task.probes_eval and len(t.val_ids) >= 2):
+        return budget
     budget.probe_eval(t.model, t.dist.world, t.device, t.precision, clock)
     whole, whole_cost = budget.val_tokens, budget.eval_cost
     floor = False

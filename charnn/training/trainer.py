@@ -128,8 +128,8 @@ class Trainer:
         self.precision_choice = self._choose_precision(resumed)
         self.precision, self._recheck = self.precision_choice.precision, False
         self.watch = Watch(fewer=self.threads_choice.fewer) if self.threads_choice.how == "measured" else None
-        probe = cfg.max_time and self.task.probes_eval and len(self.val_ids) >= 2  # (may cut validation to fit)
-        self.budget = foresee_eval(self, self._fit_eval, time.perf_counter) if probe else Budget(self.task.val_units)
+        self.budget = (foresee_eval(self, self._fit_eval, time.perf_counter) if cfg.max_time  # (the final evaluation
+                       else Budget(self.task.val_units))  # foreseen, validation cut to fit: schedule.foresee_eval)
         self.start_step, self._saved_once, self._last_save = self.step, False, time.perf_counter()
         self.schedule_from = self.schedule_from if resumed else self.elapsed()  # (--max-time spent setting up)
         if self.dist.is_main:
