@@ -407,3 +407,15 @@ def test_a_validation_cut_is_taken_only_where_it_is_foreseen_to_cost_less(monkey
     else:  # whole: 20 s, over 10% of 30 s: 6,000 tokens, 3 s
         assert task.kept == 6000 and budget.eval_cost == pytest.approx(3.0)
     assert t.cfg.eval_tokens == task.kept and t.val_cut["of"] == 40000
+
+
+def test_under_torchrun_the_clock_starts_with_the_launcher(monkeypatch):
+    """A torchrun worker's clock started with the worker: the launcher's start-up and rendezvous (~2 s of a 20-s
+    run) were outside --max-time. Under torchrun (TORCHELASTIC_RUN_ID) the age is its parent's, the launcher's."""
+    import charnn.training.stopping as stopping
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    own = stopping.process_age()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setattr(stopping.os, "getppid", lambda: 1)  # (a parent surely older than this process: init)
+    assert stopping.process_age() > own + 0.05 > 0.05
