@@ -63,7 +63,7 @@ def saved_text_options(corpus, cfg: TrainConfig, model_cfg: ModelConfig, explici
         names = [cfg.name] if cfg.name else run_names(corpus, TextOptions.of(cfg))
     except CharnnError:  # (CORPUS itself is wrong: reading it says so)
         return cfg, model_cfg, encoding
-    found = next(((name, saved) for name in names if (saved := _peek(Path(cfg.out) / name / "last.pt"))), None)
+    found = next(((name, saved) for name in names if (saved := peek(Path(cfg.out) / name / "last.pt"))), None)
     if found is None:
         return cfg, model_cfg, encoding
     name, saved = found
@@ -87,7 +87,7 @@ def _blank_as_none(options: dict) -> dict:
     return options
 
 
-def _peek(path: Path) -> Optional[dict]:
+def peek(path: Path) -> Optional[dict]:
     """A checkpoint's pickled part (its configs; the weights are memory-mapped, not read), or None where there is
     no readable one with a train_config."""
     try:
