@@ -396,7 +396,7 @@ def test_a_validation_cut_is_taken_only_where_it_is_foreseen_to_cost_less(monkey
         self.eval_cost = 0.01 * length if bound == "steps" else 5e-4 * self.val_tokens
 
     monkeypatch.setattr(schedule.Budget, "probe_eval", probe)
-    task = types.SimpleNamespace(val_units=40000, kept=None, probes_eval=True)
+    task = types.SimpleNamespace(val_units=40000, kept=None, probes_eval=True, probe_select=lambda *a: None)
     task.keep_validation = lambda n: setattr(task, "kept", n)
     t = types.SimpleNamespace(task=task, val_ids=range(40000), model=None, device=None, precision="fp32",
                               cfg=TrainConfig(max_time=30.0),

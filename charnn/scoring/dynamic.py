@@ -30,8 +30,7 @@ import torch.nn.functional as F
 
 from charnn.config import DynamicConfig
 from charnn.models.cells import copy_model
-from charnn.scoring.evaluate import EvalResult, combine
-from charnn.text.tokenizer import start_id
+from charnn.scoring.evaluate import EvalResult, combine, with_start
 from charnn.threadwatch import block
 
 
@@ -86,8 +85,7 @@ class RmsStep:
 
 def _context(tokenizer, ids: np.ndarray, device) -> torch.Tensor:
     """The start id, then the text's ids: what scoring conditions each token on (as `evaluate_ids` does)."""
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    return torch.from_numpy(np.concatenate([np.array([start_id(tokenizer)], dtype=np.int64), ids])).to(device)
+    return torch.from_numpy(with_start(tokenizer, ids)).to(device)
 
 
 def _run(net, context: torch.Tensor, segment: int, step=None) -> float:

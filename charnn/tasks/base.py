@@ -113,6 +113,13 @@ class Task:
 
     probes_eval = False  # whether --max-time foresees an evaluation by timing a forward (streams of val ids); such a
     # task has keep_validation(n), the cut to the first n val ids where a whole pass would not fit the time
+    text_chars_per_token: Optional[float] = None  # the text's characters a token, where a step's "tokens" are not
+    # tokens (the classifier's are texts; chars_per_token is then 1); None: chars_per_token
+
+    def probe_select(self, model, device: torch.device, dist, clock) -> Optional[float]:
+        """--max-time: the seconds select_score will add to an evaluation, foreseen before any (None: nothing)."""
+        return None
+
     # what picks best.pt and counts --patience: "loss" (val nats/char), or a lower-is-better score the task
     # measures after each evaluation (pairs: "wer", the validation inputs decoded)
     selects_by = "loss"

@@ -82,8 +82,7 @@ def start_info(t) -> dict:
             "train_tokens": len(t.batches.ids), "val_tokens": len(t.val_ids),
             "steps_per_epoch": t.batches.steps_per_epoch(), "step": t.step, "tokenizer": t.tokenizer.kind,
             "processes": t.dist.world, "chars_per_token": t.task.chars_per_token, "batch_size": t.cfg.batch_size,
-            "text_chars_per_token": getattr(t.task, "text_chars_per_token", t.task.chars_per_token),  # (a classifier's
-            # step counts texts: its chars_per_token is 1; this is its text's)
+            "text_chars_per_token": t.task.text_chars_per_token or t.task.chars_per_token,
             "val_unknown": int((t.val_ids == t.tokenizer.unk_id).sum()) if t.task.val_unknown is None
             else t.task.val_unknown, "unit": t.task.unit,
             "replaces": t.replaces, "val_cut": getattr(t, "val_cut", None),  # (--max-time's, schedule.foresee_eval)

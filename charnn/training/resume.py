@@ -87,6 +87,13 @@ def _blank_as_none(options: dict) -> dict:
     return options
 
 
+def _used(old: TrainConfig, k: str):
+    """What a resumed run used for field `k`, in words: its vocabulary as trained (a default one too)."""
+    if k == "vocab_size":
+        return "none: its tokenizer is chars" if old.pieces is None else old.pieces
+    return "none" if getattr(old, k) is None else getattr(old, k)
+
+
 def peek(path: Path) -> Optional[dict]:
     """A checkpoint's pickled part (its configs; the weights are memory-mapped, not read), or None where there is
     no readable one with a train_config."""
@@ -116,9 +123,8 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
     if old.vocab_size is None and merged["vocab_size"] == old.pieces:  # (the default it trained with, typed now)
         merged["vocab_size"] = None
-    used = lambda k: ("none: its tokenizer is chars" if k == "vocab_size" and old.tokenizer == "char"  # noqa: E731
-                      else old.pieces if k == "vocab_size" else "none" if getattr(old, k) is None else getattr(old, k))
-    problems = [f"{flag(k)} {merged[k]} (the run used {used(k)})" for k in FIXED_ON_RESUME if merged[k] != getattr(old, k)]
+    problems = [f"{flag(k)} {merged[k]} (the run used {_used(old, k)})"
+                for k in FIXED_ON_RESUME if merged[k] != getattr(old, k)]
     if explicit is not None:
         saved_model, kind = saved.get("model_config", {}), registry.kind_of(saved.get("model_config", {}))
         switches = {f.name: f.spelled for f in kind.flags if f.type is bool}  # (as typed: not "--x False")

@@ -199,9 +199,7 @@ def foresee_eval(t, fit: bool, clock: Callable[[], float] = time.perf_counter) -
     `fit` (a new run without --eval-tokens), validation is cut to the tokens that fit (tokens_that_fit; under torchrun
     the fewest any rank foresaw), and the cut is the run's --eval-tokens: a resume scores the same ones."""
     budget = Budget(t.task.val_units)
-    select = getattr(t.task, "probe_select", None)
-    if select is not None:  # (an evaluation that also decodes: its decoding foreseen too)
-        budget.select_cost = select(t.model, t.device, t.dist, clock)
+    budget.select_cost = t.task.probe_select(t.model, t.device, t.dist, clock)  # (an evaluation that also decodes)
     if not (t.task.probes_eval and len(t.val_ids) >= 2):
         return budget
     budget.probe_eval(t.model, t.dist.world, t.device, t.precision, clock)
@@ -216,6 +214,7 @@ def foresee_eval(t, fit: bool, clock: Callable[[], float] = time.perf_counter) -
         if n >= budget.val_tokens:
             break
         cut = Budget(n)
+        cut.select_cost = budget.select_cost
         cut.probe_eval(t.model, t.dist.world, t.device, t.precision, clock)
         if not t.dist.any(cut.eval_cost >= budget.eval_cost):  # (every rank decides together)
             budget, floor = cut, False
