@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import json
 import pickle
 import re
 import warnings
@@ -231,10 +232,11 @@ def moved_aside(run_dir: Path) -> Optional[str]:
     return next((n for n in NAMES if (run_dir / "previous" / n).is_file()), None)
 
 
-def resolve_checkpoint(path: Optional[str], root: str = "checkpoints") -> Path:
-    """A .pt file, a run folder (its best.pt, else last.pt) or, with None, the newest run under `root`."""
+def resolve_checkpoint(path: Optional[str], root: str = "checkpoints", use: Optional[str] = None) -> Path:
+    """A .pt file, a run folder (its best.pt, else last.pt) or, with None, the newest run under `root` (that a
+    command can `use`: latest_checkpoint)."""
     if path is None:
-        return latest_checkpoint(root)
+        return latest_checkpoint(root, use)
     p = Path(path)
     if p.is_dir():
         for name in NAMES:
@@ -253,8 +255,16 @@ def resolve_checkpoint(path: Optional[str], root: str = "checkpoints") -> Path:
     return p
 
 
-def latest_checkpoint(root: str = "checkpoints") -> Path:
-    """The best.pt (else last.pt) of the most recently written run under `root`."""
+# what a command does with the newest run -> whether a run's config.json says its model does it
+USES = {"generate": lambda kind, config: kind.generates,
+        "transduce": lambda kind, config: kind.serves == "pairs",
+        "classify": lambda kind, config: kind.name == "classifier" or bool(config.get("labels"))}
+
+
+def latest_checkpoint(root: str = "checkpoints", use: Optional[str] = None) -> Path:
+    """The best.pt (else last.pt) of the most recently written run under `root`; with `use` (USES), of the newest
+    run whose model does that, where one does (a bare `charnn sample` took the newest run, a --pairs one, and
+    refused it); else the newest, whose command then says what it is."""
     candidates = []
     base = Path(root)
     if base.is_dir():
@@ -266,7 +276,19 @@ def latest_checkpoint(root: str = "checkpoints") -> Path:
     if not candidates:
         raise CharnnError(f"no trained runs under {str(base)!r}; train one first, e.g. `charnn train` "
                           "or `charnn train your_text.txt`, or pass a checkpoint path")
-    return max(candidates, key=lambda c: c[0])[1]
+    candidates.sort(key=lambda c: c[0], reverse=True)
+    usable = [path for _, path in candidates if use is None or _run_does(path.parent, USES[use])]
+    return (usable or [candidates[0][1]])[0]
+
+
+def _run_does(run: Path, does) -> bool:
+    """Whether the run's config.json says its model does what `does(kind, config)` asks; True where it cannot
+    tell (no config.json, a kind this charnn lacks): the loader's own error is the answer then."""
+    try:
+        config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        return bool(does(registry.kind_of(config.get("model") or {}), config))
+    except (OSError, ValueError, AttributeError, TypeError, CharnnError):
+        return True
 
 
 def sweep_temp_files(folder: Path) -> None:

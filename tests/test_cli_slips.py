@@ -93,6 +93,32 @@ def test_transduce_takes_the_newest_run_by_default(pairs_root):
     assert invoke("transduce", "words.txt", "-q", cwd=pairs_root).stdout == given.stdout
 
 
+def test_a_bare_command_takes_the_newest_run_it_can_use(pairs_root, corpus_file, tmp_path):
+    """sample, novelty and serve's models write text, transduce's reads pairs: a bare command passes over newer
+    runs of another kind (a bare `charnn sample` after a --pairs run took it and refused it)."""
+    import os
+    runs = tmp_path / "checkpoints"
+    shutil.copytree(pairs_root / "checkpoints" / "rev", runs / "rev")
+    r = invoke("train", corpus_file, "--out", runs, "--name", "lm", "--hidden", "16", "--layers", "1",
+               "--max-steps", "4", "--eval-every", "2", "--device", "cpu", "--threads", "1", "-q")
+    assert r.exit_code == 0, r.stderr
+
+    def newest(name):
+        for f in (runs / name).iterdir():
+            os.utime(f, (f.stat().st_mtime + 100, f.stat().st_mtime + 100))
+    newest("rev")
+    r = invoke("sample", "--length", "20", "--seed", "1", cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr
+    assert "sampling checkpoints/lm/" in r.stderr and len(r.stdout) >= 20
+    assert invoke("novelty", "--json", input="the cat\n", cwd=tmp_path).exit_code == 0
+    newest("lm"), newest("lm")  # now the language model is the newer: transduce still takes the pairs run
+    r = invoke("transduce", "-q", input="abc\n", cwd=tmp_path)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == invoke("transduce", runs / "rev", "-q", input="abc\n").stdout
+    shutil.rmtree(runs / "lm")  # no run of the kind: the newest, and its command's own error
+    one_line_error(invoke("sample", cwd=tmp_path), 1, "transduce")
+
+
 # -- --temp 0 is greedy, as in the API -------------------------------------------------------------------------------
 def test_sample_temp_zero_is_greedy(trained_run):
     greedy = invoke("sample", trained_run.run_dir, "--greedy", "--length", "80", "--seed", "1", "-q")

@@ -326,7 +326,9 @@ def load_model(path_or_run: Optional[str], device: str, int8: bool, flag: str = 
     serve`: --int8). A model int8 generation cannot run (a min cell's width not a multiple of 64, a CPU without
     exact int8 products) is refused here, not at its first generate()."""
     check_flag("int8", int8)
-    path = resolve_checkpoint(None if path_or_run is None else str(path_or_run))
+    # (the newest run, for `charnn sample` and `serve`: the newest that writes text; charnn.load(): the newest)
+    path = resolve_checkpoint(None if path_or_run is None else str(path_or_run),
+                              use=None if command == "load" else "generate")
     dev = resolve_device(device)
     if int8 and dev.type != "cpu":
         raise CharnnError(f"int8 generation is for the CPU; on {dev.type} leave it out")

@@ -55,7 +55,7 @@ def classify(
             raise typer.BadParameter("--per-file needs FILE arguments")
         dev, threads = resolve_device(device), check_threads(threads)
         note_threads(threads, quiet)
-        data = load_checkpoint(resolve_checkpoint(ckpt))
+        data = load_checkpoint(resolve_checkpoint(ckpt, use="classify"))
         model, tokenizer = build_from_checkpoint(data, dev)
         classifier = classifier_for(model, tokenizer, data.get("labels"), dev, uniform_prior)
         if per_file:

@@ -46,7 +46,7 @@ def novelty(
         if len(rest) > 1:
             raise ConfigError(f"one SAMPLE at a time, got {len(rest)}: {' '.join(rest)}")
         sample = rest[0] if rest else None
-        checkpoint = str(resolve_checkpoint(checkpoint))
+        checkpoint = str(resolve_checkpoint(checkpoint, use="generate"))
         if sample in (None, "-"):
             if sys.stdin.isatty():
                 raise CharnnError("no sample: give FILE, or pipe text in: `charnn sample RUN | charnn novelty RUN`")

@@ -15,7 +15,8 @@ from charnn.errors import CharnnError, ConfigError
 _DYNAMIC = DynamicConfig()
 
 Checkpoint = Annotated[Optional[str], typer.Argument(help="A .pt file or run folder (default: the newest run "
-                                                          "under ./checkpoints).", show_default=False)]
+                                                          "under ./checkpoints that the command can use).",
+                                                     show_default=False)]
 Device = Annotated[str, typer.Option(help=f"Device: {', '.join(DEVICES)} (auto: CUDA when present, then Apple "
                                           "MPS, else the CPU).")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed (default: a fresh one, reported on stderr).")]

@@ -66,7 +66,7 @@ def transduce(
                               device=device).validate()
         dev, threads = resolve_device(cfg.device), check_threads(threads)
         note_threads(threads, quiet)
-        path = resolve_checkpoint(checkpoint)
+        path = resolve_checkpoint(checkpoint, use="transduce")
         data = load_checkpoint(path)
         model, source_tok, tok = build_seq2seq(data, dev)
         pairs = data.get("pairs") or {}
