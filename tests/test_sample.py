@@ -192,6 +192,19 @@ def test_stop_ends_a_sample_right_after_the_string(ckpt):
     assert r.stdout.rstrip("\n") == "a" + gen[:gen.index("e") + 1]
 
 
+def test_prime_reads_the_escapes_stop_and_separator_read(ckpt, tmp_path):
+    """--prime "a\\n" is a, newline (as --stop and --separator read it); \\\\ is one backslash; --prime-file is
+    text as it is."""
+    args = ("--length", "30", "--seed", "3", "-q", "--unknown", "skip")
+    typed = run(ckpt, "--prime", "a\\n", *args)
+    assert typed.exit_code == 0, typed.stderr
+    (tmp_path / "p.txt").write_text("a\n", encoding="utf-8")
+    assert typed.stdout.startswith("a\n")
+    assert typed.stdout == run(ckpt, "--prime-file", tmp_path / "p.txt", *args).stdout
+    literal = run(ckpt, "--prime", "a\\\\n", "--length", "0", "-q")  # a, backslash, n: the backslash is unknown
+    assert literal.exit_code == 1 and "'\\\\'" in literal.stderr and literal.stdout == ""
+
+
 def test_one_step_per_character_and_the_prime_in_one_forward(ckpt, monkeypatch):
     model, tok = model_and_tokenizer(ckpt)
     steps, forwards = [], []

@@ -26,7 +26,8 @@ def sample(
     greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely token "
                                                           "(the same as --top-k 1 and --temp 0).")] = False,
     length: Annotated[int, typer.Option(help="Characters to generate after the prime, per sample.")] = 500,
-    prime: Annotated[str, typer.Option(help="Text to start from; the output begins with it.")] = "",
+    prime: Annotated[str, typer.Option(help="Text to start from; the output begins with it (\\n, \\t and \\\\ "
+                                            "are understood; --prime-file reads text as it is).")] = "",
     prime_file: Annotated[Optional[str], typer.Option(help="Start from this file's text; '-' reads stdin.")] = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of --prime-file and --adapt.")] = "utf-8",
     unknown: Annotated[str, typer.Option(help="Prime characters the model does not know: error, or skip "
@@ -70,9 +71,9 @@ def sample(
         check_encoding(encoding)  # (a latin-1 model could not be primed from its own corpus; the errors named it)
         prime, separator, stop = (typed_text(f, v) for f, v in (("--prime", prime), ("--separator", separator),
                                                                 ("--stop", stop)))
-        cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, greedy=greedy, prime=prime,
-                           unknown=unknown, num_samples=num_samples, separator=unescape(separator),
-                           stop=None if stop is None else unescape(stop), seed=seed, device=device,
+        cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, greedy=greedy,
+                           prime=unescape(prime), unknown=unknown, num_samples=num_samples,
+                           separator=unescape(separator), stop=None if stop is None else unescape(stop), seed=seed, device=device,
                            int8=int8, threads=threads).validate()
         note_threads(cfg.threads, quiet)
         adapting = dynamic_config(adapt is not None, "--adapt", dynamic_lr, dynamic_decay, segment)
