@@ -536,6 +536,25 @@ def test_token_logprobs_of_a_subword_model_cover_the_text_exactly(bpe_run):
     assert r["text_offset"] == sorted(r["text_offset"])
 
 
+def test_byte_pieces_among_the_alternatives_are_named_each_by_its_byte(bpe_run):
+    """Alternatives are keyed by their text: the byte pieces of no whole character all decoded as U+FFFD, so 5 of
+    them were one key and `logprobs: 5` gave fewer than 5; each is now "bytes:\\xNN", as OpenAI names them."""
+    import charnn
+    work, _ = bpe_run
+    model = charnn.load(work / "checkpoints" / "corpus", device="cpu")
+    tok = model.tokenizer
+    high = [i for i in range(tok.vocab_size) if tok.sp.is_byte(i) and tok.pieces[i][0] >= 0x80]
+    with torch.no_grad():  # the head made to favour bytes 0x80..0x84 (as a model mid-character would)
+        model.net.head.weight.zero_()
+        model.net.head.bias.zero_()
+        model.net.head.bias[high[:5]] = 5.0
+    r = model.token_logprobs("the cat", top=5)
+    assert all(len(t) >= 5 for t in r["top_logprobs"])
+    assert sorted(r["top_logprobs"][0])[:5] == [f"bytes:\\x{0x80 + b:02x}" for b in range(5)]
+    assert len(set(tok.names())) == tok.vocab_size
+    assert {name for name, _ in model.surprisal("the", top_k=5).top(0)} == set(sorted(r["top_logprobs"][0])[:5])
+
+
 def test_resume_and_init_from_take_the_runs_own_vocab_size_and_refuse_another(bpe_run, tmp_path):
     """--vocab-size alone on a --resume of a bpe run was "applies to --tokenizer bpe or unigram" (the check ran
     before the saved tokenizer was known), its own value too; --init-from refused the base's own value."""

@@ -212,8 +212,8 @@ class Model:
         condition it, so the log-probabilities add up to -score(text).nats (for a text under 4,096 tokens, which
         `score` reads as one stream; a longer one it reads in streams from a zero state, as `charnn eval` does).
         Each token is shown as the text it stands for (joined, they are the text; an unknown character as itself,
-        a subword byte piece that continues a character as "", the character going to the piece it starts in).
-        The text runs through the model a chunk at a time: memory does not grow with its length beyond the
+        a subword byte piece that continues a character as "", the character going to the piece it starts in); an
+        alternative that is a byte piece as "bytes:\\xNN", as OpenAI names one. The text runs through the model a chunk at a time: memory does not grow with its length beyond the
         answer itself."""
         self._predicts("token_logprobs", text, top=(top, 0, TOP_LOGPROBS))
         ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
@@ -221,7 +221,7 @@ class Model:
             if self._pieces_by_id is None:  # threads' first calls: one makes them, the other waits for both)
                 self._chars_by_id = np.array([self.tokenizer.token_chars(np.array([i]))
                                               for i in range(self.tokenizer.vocab_size)], dtype=np.int64)
-                self._pieces_by_id = [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
+                self._pieces_by_id = self.tokenizer.names()
         pieces = self._pieces_by_id
         with self._lock_scoring:
             picked, best, best_lp = scan(self.net, self.tokenizer, ids, self.device, max(1, top))

@@ -55,7 +55,7 @@ def activations(model, tokenizer, text: str, device: torch.device, label: Option
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     if not len(ids):
         raise CharnnError("the text is empty")
-    pieces = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+    pieces = tokenizer.names()
     x = torch.as_tensor(np.concatenate([start_ids(tokenizer, ""), ids]), device=device)[None]
     extra = {} if label is None else {"labels": torch.full((1, 1), label, dtype=torch.long, device=device)}
     values, names = _call(hook, x, **extra)
@@ -86,7 +86,7 @@ def encoder_activations(model, source_tokenizer, text: str, device: torch.device
             continue
         v, names = _call(hook, torch.as_tensor(ids, device=device)[None])
         if pieces is None and getattr(source_tokenizer, "kind", "char") != "char":
-            pieces = [source_tokenizer.decode([i]) for i in range(source_tokenizer.vocab_size)]
+            pieces = source_tokenizer.names()
         shown = token_texts(source_tokenizer, line, own, pieces or [])  # (a subword classifier's pieces: it was one
         if len(v) == len(shown):  # per character, and the units did not line up)  no end mark: the newline
             v = np.concatenate([v, v[-1:]])  # repeats the last token's units

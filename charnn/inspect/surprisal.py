@@ -81,7 +81,7 @@ def surprisal(model, tokenizer, text: str, device: torch.device, top_k: int = 5)
     was_training = model.training
     model.eval()
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
-    pieces = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+    pieces = tokenizer.names()
     picked, best, best_lp = scan(model, tokenizer, ids, device, top_k)
     model.train(was_training)
     return Surprisal(token_texts(tokenizer, text, ids, pieces), ids, -picked, best, best_lp, pieces)

@@ -79,6 +79,13 @@ class SentencePieceTokenizer:
         marker's bytes: tokenizers saved before 2026-12-07); None where a piece is the marker."""
         return None if self.sp.piece_to_id(SPACE) != self.unk_id else self.space
 
+    def names(self) -> List[str]:
+        """Each id's text, to name it among others (show's and token_logprobs' alternatives): its characters, or
+        for a byte piece "bytes:\\xNN", as OpenAI names a token that is not whole characters (decoded, the 128
+        bytes of no character alone were all U+FFFD, and an ASCII byte piece the same as its character's piece:
+        alternatives keyed by their text collided)."""
+        return [f"bytes:\\x{p[0]:02x}" if self.sp.is_byte(i) else self.decode([i]) for i, p in enumerate(self.pieces)]
+
     def _piece_bytes(self, i: int) -> bytes:
         sp = self.sp
         if sp.is_byte(i):

@@ -85,6 +85,10 @@ class CharTokenizer:
         """How many characters the given ids stand for."""
         return len(ids)
 
+    def names(self) -> List[str]:
+        """Each id's text, to name it among others (show's and token_logprobs' alternatives): its character."""
+        return [self.decode([i]) for i in range(self.vocab_size)]
+
     def decoder(self) -> "IncrementalDecoder":
         return IncrementalDecoder(self)
 
