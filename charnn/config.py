@@ -145,7 +145,8 @@ class TrainConfig:
     # limit, off beside one: stop_patience)
     best_by: str = "auto"  # what picks best.pt and counts --patience: loss, wer (--pairs), auto (wer for --pairs)
     eval_every: int = 1000  # steps between validation passes
-    eval_tokens: int = 1_000_000  # validation passes score the first this many val tokens (0: all of them)
+    eval_tokens: int = 1_000_000  # validation passes score the first this many val tokens (0: all of them; streamed
+    # labels: a share of every label's, charnn.tasks.labelled.spread)
     device: str = "auto"  # auto, cpu, cuda or mps
     precision: str = "auto"  # auto, fp32, bf16 or fp16 (autocast; weights stay fp32)
     threads: Optional[int] = None  # CPU threads for torch (None: measured, charnn.training.threads)

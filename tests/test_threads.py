@@ -370,6 +370,42 @@ def test_validation_too_long_for_max_time_is_cut_to_fit_and_the_cut_is_the_runs(
     roomy.release()
 
 
+def test_a_labelled_runs_validation_is_foreseen_and_cut_over_every_label(tmp_path, fake_clock):
+    """--label-by file streams its validation as a plain model does, but --max-time foresaw none of it (a 2x1024
+    kjv run of 30 s ran over 125 s): it is probed and cut as a plain run's, and the cut (as --eval-tokens's) keeps
+    a share of every label's tail (the first N tokens were the first labels' alone: no val score for the rest)."""
+    from charnn.data.labels import load_labelled
+
+    fake_clock.per_token = 2e-4
+    for i, lang in enumerate(("a", "b", "c")):
+        (tmp_path / f"{lang}.txt").write_text(make_text(4000, seed=i), encoding="utf-8")
+    files = [str(tmp_path / f"{x}.txt") for x in "abc"]
+
+    def trainer(name, explicit, resume=False, **train):
+        cfg = TrainConfig(out=str(tmp_path / "runs"), name=name, **{**TINY_TRAIN, "max_steps": None,
+                                                                     "eval_every": 1000, "threads": 1, **train})
+        return Trainer(load_labelled(files, "file"), ModelConfig(vocab_size=1, **TINY_MODEL), cfg, explicit=explicit,
+                       resume=resume)
+
+    whole = trainer("whole", set())
+    n_all = len(whole.val_ids)
+    whole.release()
+    run = trainer("cut", set(), max_time=30.0)
+    n = len(run.val_ids)
+    assert n < 0.6 * n_all and 0 <= run.cfg.eval_tokens - n < 3 and run.val_cut["of"] == n_all  # (a share a label)
+    assert all(c > 0.5 * n / 3 for c in run.task.val_label_chars)  # (each label's share: its tail is a third)
+    start = fake_clock.now - run.elapsed()
+    result = run.fit()
+    assert result.stopped == "max_time" and result.steps > 10
+    assert fake_clock.now - start <= 30.0 + tolerance(30.0)
+    again = trainer("cut", {"max_time"}, resume=True, max_time=60.0)  # the same tokens on a resume
+    assert (again.val_ids == run.val_ids).all() and again.task.val_label_chars == run.task.val_label_chars
+    again.release()
+    given = trainer("given", {"eval_tokens"}, eval_tokens=run.cfg.eval_tokens)  # --eval-tokens: the same spread
+    assert (given.val_ids == run.val_ids).all()
+    given.release()
+
+
 def test_a_count_out_as_too_slow_does_not_end_the_measuring_nor_send_training_to_all_cores():
     """One core busy: 1 thread 5 ms a step, 2 threads 1.7 s (this machine saw 5 ms against 1,710 ms). The slow count's
     step was taken as what the next would cost, so measuring stopped and training took all the cores, unmeasured."""

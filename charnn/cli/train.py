@@ -115,7 +115,8 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Steps between validation passes (and checkpoint saves).",
                                             rich_help_panel=SCHEDULE)] = 1000,
     eval_tokens: Annotated[int, typer.Option(help="Validation passes score the first this many validation tokens "
-                                                  "(0: all of them).", rich_help_panel=SCHEDULE)] = 1_000_000,
+                                                  "(--label-by file or folder: a share of every label's); 0: all "
+                                                  "of them.", rich_help_panel=SCHEDULE)] = 1_000_000,
     save_every_secs: Annotated[float, typer.Option(help="Also refresh last.pt after this many seconds without "
                                                         "a save (0: only at evaluations).",
                                                    rich_help_panel=SCHEDULE)] = 60.0,

@@ -31,15 +31,17 @@ class LabelledTask(Task):
         self.labels = corpus.record()
         self.data = data
         self.val_doc_lengths = data.val_doc_lengths
+        # --eval-tokens of streamed labels: a share of every label's tail ("spread"; the first N tokens, the first
+        # labels' tails only, where a run recorded before 2026-12-07 did)
+        self.labels["val_cut"] = ((resumed.get("labels") or {}).get("val_cut", "first") if resumed else "spread")
         if self.val_doc_lengths is not None and cfg.eval_tokens:  # whole documents, at least one
             keep = max(1, int(np.searchsorted(np.cumsum(self.val_doc_lengths), cfg.eval_tokens, side="right")))
             self.val_doc_lengths = self.val_doc_lengths[:keep]
-            self.val_labels = data.val_labels[: sum(self.val_doc_lengths)]
+            self._keep(slice(0, sum(self.val_doc_lengths)))
+        elif self.labels["val_cut"] == "spread":
+            self.keep_validation(cfg.eval_tokens or len(data.val_ids))
         else:
-            self.val_labels = data.val_labels[: cfg.eval_tokens or None]
-        self.val_ids = data.val_ids[: len(self.val_labels)]
-        self.val_label_chars = [data.tokenizer.token_chars(self.val_ids[self.val_labels == i])
-                                for i in range(1, len(corpus.names) + 1)]
+            self._keep(slice(0, cfg.eval_tokens or None))
         on_event("labels", {**self.labels, "skipped_lines": corpus.skipped_lines})
         self.tokenizer = data.tokenizer
         self.data_record = {"corpus": corpus.source, "cache_entry": data.path.name if data.path else None,
@@ -48,6 +50,20 @@ class LabelledTask(Task):
                             "content": text_digest(data.train_ids, data.val_ids, data.content)}
         self.chars_per_token = data.train_chars / max(1, len(data.train_ids))
         self.train_ids = data.train_ids
+
+    @property
+    def probes_eval(self) -> bool:  # streams (file and folder labels): timed as a plain model's (the labels cost
+        return self.val_doc_lengths is None  # an embedding row); line documents are scored in padded rows
+
+    def keep_validation(self, n: int) -> None:
+        """Score about `n` of the val ids: the first of every label's tail, in proportion to its length (as
+        --eval-tokens keeps them; the first n tokens were the first labels' alone)."""
+        self._keep(spread(self.data.val_labels, n))
+
+    def _keep(self, which) -> None:
+        self.val_labels, self.val_ids = self.data.val_labels[which], self.data.val_ids[which]
+        self.val_label_chars = [self.data.tokenizer.token_chars(self.val_ids[self.val_labels == i])
+                                for i in range(1, len(self.labels["names"]) + 1)]
 
     @property
     def label_names(self) -> list:
@@ -129,3 +145,15 @@ def other_labels(labels: torch.Tensor, n: int, k: int = 1) -> torch.Tensor:
     shifts = torch.rand(labels.shape[0], n - 1, device=labels.device).argsort(1)[:, :k] + 1  # (rows, k) in 1..n-1
     moved = (labels.unsqueeze(0) - 1 + shifts.T.unsqueeze(-1)) % n + 1  # (k, rows, T)
     return torch.where(labels > 0, moved, labels).reshape(-1, labels.shape[1])
+
+
+def spread(labels: np.ndarray, n: int) -> np.ndarray:
+    """Which of the tokens labelled `labels` (runs of one label each) to keep for about `n`: the first of every run,
+    in proportion to its length (at least one); all of them where n covers them."""
+    total = len(labels)
+    if n >= total:
+        return np.ones(total, dtype=bool)
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    lengths = np.diff(np.r_[starts, total])
+    keep = np.maximum(1, lengths * n // total)
+    return np.arange(total) - np.repeat(starts, lengths) < np.repeat(keep, lengths)
