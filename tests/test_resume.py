@@ -433,3 +433,29 @@ def test_the_flags_check_reads_a_resumed_runs_configs_without_its_weights(tmp_pa
     for flags in ({"resume": True, "name": "r", "out": str(tmp_path)}, {"init_from": str(tmp_path / "r")}):
         assert run._saved_model(flags)["hidden"] == MODEL["hidden"]
     assert loads == [True, True]
+
+
+def test_a_validation_pass_out_of_memory_keeps_every_step_in_last_pt(tmp_path, corpus_file, monkeypatch):
+    """CUDA's out of memory in the second validation pass (step 20): the error went up as it was and last.pt held
+    step 10; now last.pt takes step 20, the error is one line, and --resume continues from there."""
+    from conftest import one_line_error
+
+    from charnn.tasks.lm import LanguageModelTask as LMTask
+
+    real, calls = LMTask.evaluate, []
+
+    def evaluate(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(LMTask, "evaluate", evaluate)
+    args = ("train", corpus_file, "--out", tmp_path, "--name", "oom", "--hidden", "16", "--layers", "1",
+            "--eval-every", "10", "--save-every-secs", "0", "--device", "cpu", "--threads", "1", "-q")
+    r = runner.invoke(app, [str(a) for a in (*args, "--max-steps", "30")])
+    one_line_error(r, 1, "out of memory in the validation pass at step 20", "last.pt", "--resume")
+    assert torch.load(tmp_path / "oom" / "last.pt", weights_only=True)["step"] == 20
+    r = runner.invoke(app, [str(a) for a in (*args, "--max-steps", "30", "--resume")])
+    assert r.exit_code == 0, r.stderr
+    assert torch.load(tmp_path / "oom" / "last.pt", weights_only=True)["step"] == 30

@@ -16,7 +16,7 @@ import torch
 
 from charnn.checkpoint import build_model, load_checkpoint, save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig
-from charnn.errors import CharnnError, ConfigError, first_line
+from charnn.errors import CharnnError, ConfigError, first_line, is_out_of_memory
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
 from charnn.training.resume import CONFIG_VERSION, check_steps_left, load_resume, resume_config
 
@@ -197,6 +197,20 @@ def save_on_stop(t) -> Optional[Path]:
         return t.save(("last.pt",), t.last_val)
     existing = t.run_dir / "last.pt"
     return existing if t.resumed and existing.is_file() else None
+
+
+def on_eval_error(t, e: BaseException) -> BaseException:
+    """What a validation pass's error `e` raises: where it ran out of memory (CUDA's: what training leaves cached,
+    and a subword vocabulary's logits for every stream), last.pt takes the steps since the last save (the error
+    left the run as its last save had it) and the error is one line; any other, or one under torchrun, as it is."""
+    if not is_out_of_memory(e) or t.dist.active:
+        return e
+    if t.device.type == "cuda":
+        torch.cuda.empty_cache()
+    path = save_on_stop(t)
+    held = f"; {path} holds every step (train --resume continues it)" if path else ""
+    return CharnnError(f"out of memory in the validation pass at step {t.step}{held}; try a smaller --batch-size, "
+                       "--seq-len or --hidden, or another --device")
 
 
 def optimizer_state(saved: dict, opt) -> dict:

@@ -140,15 +140,13 @@ class Trainer:
         return self.task.forward_extra(cond[0] if cond else None)
 
     def _choose_precision(self, resumed: Optional[dict] = None) -> PrecisionChoice:
-        x, y = self._probe_batch[:2]
-        return run_precision(self.cfg, resumed, self.model, x, y, self._probe_extra(), self.device,
+        return run_precision(self.cfg, resumed, self.model, *self._probe_batch[:2], self._probe_extra(), self.device,
                              self.threads_choice, self.dist, choose=choose_precision)
 
     def _choose_threads(self, precision: str, resumed: Optional[dict] = None) -> ThreadChoice:
         t = time.perf_counter()
-        x, y = self._probe_batch[:2]
-        choice = run_threads(self.cfg, self.model, x, y, self._probe_extra(), self.device, precision, self.dist,
-                             resumed)
+        choice = run_threads(self.cfg, self.model, *self._probe_batch[:2], self._probe_extra(), self.device, precision,
+                             self.dist, resumed)
         self._measure_cost = time.perf_counter() - t
         return choice
 
@@ -203,7 +201,10 @@ class Trainer:
         return val, score
 
     def _eval_and_save(self) -> None:
-        val, score = self.evaluate()
+        try:
+            val, score = self.evaluate()
+        except Exception as e:  # (out of memory: last.pt takes the steps since the last save, one line)
+            raise runstate.on_eval_error(self, e) from None
         if not math.isfinite(val):  # weights went bad in the last step: keep the checkpoints from before
             raise non_finite("validation", val, self.step, self.run_dir, self._saved_once or self.resumed)
         self.last_val, self.last_score = val, score
@@ -218,9 +219,8 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def _should_stop(self) -> Tuple[Optional[str], Optional[int], bool]:
-        """(limit reached, signal received, measure the threads again), agreed by all ranks under torchrun:
-        elapsed time, signals and step times differ per process, and a rank that stops (or measures) alone
-        leaves the others waiting in a collective."""
+        """(limit reached, signal received, measure the threads again), agreed by all ranks under torchrun: elapsed
+        time, signals and step times differ per process; a rank that stops (or measures) alone leaves the others."""
         stopped = limit_reached(self.cfg, self.step, self.epochs_done, self.elapsed, self.budget, self.bad_evals,
                                 self.stop.asked)
         signum, recheck = self.stop.signum, self._recheck_wanted()
