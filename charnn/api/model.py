@@ -213,8 +213,8 @@ class Model:
         `score` reads as one stream; a longer one it reads in streams from a zero state, as `charnn eval` does).
         Each token is shown as the text it stands for (joined, they are the text; an unknown character as itself,
         a subword byte piece that continues a character as "", the character going to the piece it starts in); an
-        alternative that is a byte piece as "bytes:\\xNN", as OpenAI names one. The text runs through the model a chunk at a time: memory does not grow with its length beyond the
-        answer itself."""
+        alternative that is a byte piece as "bytes:\\xNN", as OpenAI names one. The text runs through the model a
+        chunk at a time: memory does not grow with its length beyond the answer itself."""
         self._predicts("token_logprobs", text, top=(top, 0, TOP_LOGPROBS))
         ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
         with self._lock_tables:  # each token's text and the characters that start in it, once per model (two

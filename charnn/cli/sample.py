@@ -73,8 +73,8 @@ def sample(
                                                                 ("--stop", stop)))
         cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, greedy=greedy,
                            prime=unescape(prime), unknown=unknown, num_samples=num_samples,
-                           separator=unescape(separator), stop=None if stop is None else unescape(stop), seed=seed, device=device,
-                           int8=int8, threads=threads).validate()
+                           separator=unescape(separator), stop=None if stop is None else unescape(stop), seed=seed,
+                           device=device, int8=int8, threads=threads).validate()
         note_threads(cfg.threads, quiet)
         adapting = dynamic_config(adapt is not None, "--adapt", dynamic_lr, dynamic_decay, segment)
         model = load_model(checkpoint, cfg.device, cfg.int8)  # the loader of the Python API and the server
