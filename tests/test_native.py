@@ -341,3 +341,20 @@ def test_a_killed_builds_temp_library_is_swept_and_a_young_one_kept(tmp_path):
     os.utime(old, (time.time() - STALE_SECONDS - 60,) * 2)  # (another process's build under way is young: kept)
     sweep_stale(tmp_path, ".so")
     assert not old.exists() and young.exists()
+
+
+def test_a_cached_library_cut_short_is_built_again_not_loaded(tmp_path):
+    """A library in the cache cut to 20,000 bytes (a full disk, a crash before its data reached the disk) passed
+    the dynamic loader's checks and crashed every later `train` and `sample` in ctypes' load with a bus error;
+    its digest, kept beside it, now says it is not the file its build wrote, and it is built again."""
+    env = subprocess_env(CHARNN_CACHE=str(tmp_path / "cache"))
+    load = [sys.executable, "-c", "from charnn.models import native; print(native.library() is not None)"]
+    first = subprocess.run(load, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and first.stdout.strip() == "True", first.stderr
+    (built,) = (tmp_path / "cache" / "native").glob("cells-*.so")
+    whole = built.read_bytes()
+    for damage in (whole[:20000], whole[:4096], whole[:-1] + bytes([whole[-1] ^ 1])):
+        built.write_bytes(damage)
+        again = subprocess.run(load, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and again.stdout.strip() == "True", again.stderr
+        assert native._whole(built) and len(built.read_bytes()) > 20000  # (built again: its digest agrees)

@@ -194,9 +194,9 @@ def pack(codes, order=None):
 
 
 def _build(name: str = "cells", attempts=None) -> Path:
-    """The shared library `name` for these sources, compiler and CPU: from the cache, else compiled into it by the
-    first of `attempts` that compiles (written under a temporary name and renamed, so two processes building at
-    once both end with a whole file)."""
+    """The shared library `name` for these sources, compiler and CPU: from the cache where it is whole (its
+    digest, written beside it, agrees), else compiled into it by the first of `attempts` that compiles (written under
+    a temporary name, synced and renamed, so two processes building at once both end with a whole file)."""
     attempts = attempts or CELLS_BUILD
     compiler = os.environ.get("CC") or "cc"
     if not shutil.which(compiler) or not _developer_tools(compiler):
@@ -207,7 +207,7 @@ def _build(name: str = "cells", attempts=None) -> Path:
     key = hashlib.sha256(b"\0".join([*sources, compiler.encode(), _cpu().encode(), flags])).hexdigest()[:16]
     folder = cache_root() / "native"
     target = folder / f"{name}-{key}{'.dll' if os.name == 'nt' else '.so'}"
-    if target.exists():
+    if target.exists() and _whole(target):
         return target
     folder.mkdir(parents=True, exist_ok=True)
     sweep_stale(folder, target.suffix)
@@ -218,12 +218,34 @@ def _build(name: str = "cells", attempts=None) -> Path:
             error = _compile(compiler, flags, sources, tmp)
             if error is None:
                 os.chmod(tmp, 0o755 & ~cache_umask())  # (mkstemp's 0600: others sharing the cache could not load it)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())  # (renamed before its data reached the disk, a crash left it cut short)
+                Path(tmp + DIGEST).write_text(_digest(Path(tmp)), encoding="ascii")
+                os.replace(tmp + DIGEST, str(target) + DIGEST)
                 os.replace(tmp, target)
                 return target
         raise OSError(error[:200])
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for left in (tmp, tmp + DIGEST):
+            if os.path.exists(left):
+                os.unlink(left)
+
+
+DIGEST = ".sha256"  # beside each built library: its digest, checked before it is loaded
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _whole(target: Path) -> bool:
+    """Whether a cached library is the file its build wrote: one cut short (a full disk, a crash) or changed
+    crashed the process in ctypes' load (a bus error, no message) where the dynamic loader did not refuse it.
+    One from before digests were kept is built again, once."""
+    try:
+        return (Path(str(target) + DIGEST).read_text(encoding="ascii") == _digest(target))
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 STALE_SECONDS = 3600  # a temp library this old is a killed build's (a build takes seconds)
@@ -232,7 +254,7 @@ STALE_SECONDS = 3600  # a temp library this old is a killed build's (a build tak
 def sweep_stale(folder: Path, suffix: str) -> None:
     """Remove the temp files of builds killed mid-compile (`kill -9`: their `finally` never ran) from `folder`."""
     now = time.time()
-    for left in folder.glob(f"tmp*{suffix}"):
+    for left in [*folder.glob(f"tmp*{suffix}"), *folder.glob(f"tmp*{suffix}{DIGEST}")]:
         with contextlib.suppress(OSError):
             if now - left.stat().st_mtime > STALE_SECONDS:
                 left.unlink()
