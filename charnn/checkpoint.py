@@ -206,7 +206,19 @@ def build_from_checkpoint(data: dict, device="cpu") -> Tuple[CharRNN, object]:
     """Rebuild the language model (in eval mode, on `device`) and the tokenizer from loaded checkpoint data."""
     if is_seq2seq(data):
         raise CharnnError(f"this checkpoint {SEQ2SEQ_HINT}")
-    return _load_model(data, device), tokenizer_from_state(data["tokenizer"])
+    return _load_model(data, device), checked_tokenizer(data)
+
+
+def checked_tokenizer(data: dict, key: str = "tokenizer", size: str = "vocab_size"):
+    """The checkpoint's tokenizer (`key`), or one CharnnError where it does not cover the model's vocabulary
+    (model_config[`size`]): a hand-edited one of 2 characters for a model of 66 sampled U+FFFD without a word."""
+    tok = tokenizer_from_state(data.get(key))
+    want = (data.get("model_config") or {}).get(size)
+    if isinstance(want, int) and want != tok.vocab_size:
+        raise CharnnError(f"the checkpoint's {'input ' if key == 'source_tokenizer' else ''}tokenizer has "
+                          f"{tok.vocab_size:,} tokens where its model has {want:,}: the checkpoint is damaged or "
+                          "was edited")
+    return tok
 
 
 def build_seq2seq(data: dict, device="cpu") -> Tuple[Seq2Seq, object, object]:
@@ -218,8 +230,8 @@ def build_seq2seq(data: dict, device="cpu") -> Tuple[Seq2Seq, object, object]:
                           "train one with `charnn train pairs.tsv --pairs`")
     if "source_tokenizer" not in data:
         raise CharnnError("the checkpoint is missing 'source_tokenizer'; it is not a complete charnn checkpoint")
-    return (_load_model(data, device), tokenizer_from_state(data["source_tokenizer"]),
-            tokenizer_from_state(data["tokenizer"]))
+    return (_load_model(data, device), checked_tokenizer(data, "source_tokenizer", "source_vocab"),
+            checked_tokenizer(data))
 
 
 MOVED_ASIDE = "a newer run of this name moved it there and stopped before its first save"

@@ -106,6 +106,17 @@ def test_bad_checkpoint_files_give_one_clear_line(tmp_path, trained_run):
     one_line_error(invoke("sample", tmp_path / "empty-run"), 1, "no best.pt or last.pt")
 
 
+def test_a_tokenizer_that_does_not_cover_the_model_is_one_line(tmp_path, trained_run):
+    """A hand-edited tokenizer of 2 characters for a model of many sampled runs of U+FFFD, exit 0."""
+    data = torch.load(trained_run.run_dir / "best.pt", weights_only=True)
+    torch.save({**data, "tokenizer": {"kind": "char", "chars": "ab"}}, tmp_path / "edited.pt")
+    (tmp_path / "t.txt").write_text("ab ba\n", encoding="utf-8")
+    for args in (("sample", tmp_path / "edited.pt", "--length", "20"), ("eval", tmp_path / "edited.pt", tmp_path / "t.txt")):
+        r = invoke(*args)
+        one_line_error(r, 1, "tokenizer has 3 tokens where its model has", "damaged or was edited")
+        assert r.stdout == ""
+
+
 def test_resume_from_a_corrupt_last_pt_is_one_line(tmp_path, corpus_txt, trained_run):
     shutil.copytree(trained_run.run_dir, tmp_path / "runs" / "text")
     last = tmp_path / "runs" / "text" / "last.pt"
