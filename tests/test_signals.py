@@ -117,6 +117,43 @@ def test_a_second_ctrl_c_during_a_save_is_held_until_the_file_is_in_place(tmp_pa
     assert (tmp_path / "y.pt").read_bytes() == b"c" and not list(tmp_path.glob(".*"))
 
 
+def test_a_second_signal_during_the_save_a_first_one_began_keeps_the_records_and_the_resume_line(
+        tmp_path, corpus, monkeypatch):
+    """SIGTERM, then another while the save it began was written (here the run's first): the held signal came
+    out of the write itself, before the save's records (config.json, metrics.jsonl) and the "Resume with" line;
+    the command said only "interrupted" and exited 130. Now it waits for the save and its records: exit 143."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from charnn.cli import app
+    from charnn.training import runstate
+    from charnn.training.trainer import Trainer
+
+    step, write = Trainer._train_step, runstate.write
+
+    def train_step(self, *a, **k):
+        loss = step(self, *a, **k)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # the first: stop after this step, and save
+        return loss
+
+    def write_twice_asked(t, path, val):
+        os.kill(os.getpid(), signal.SIGTERM)  # the second, while last.pt is written
+        return write(t, path, val)
+
+    monkeypatch.setattr(Trainer, "_train_step", train_step)
+    monkeypatch.setattr(runstate, "write", write_twice_asked)
+    flags = ["--hidden", "16", "--layers", "1", "--eval-every", "1000", "--save-every-secs", "0", "--device", "cpu",
+             "--threads", "1"]
+    r = CliRunner().invoke(app, ["train", str(corpus), "--out", str(tmp_path / "runs"), *flags])
+    assert r.exit_code == 143, r.stderr
+    assert "Resume with: charnn train" in r.stderr.strip().splitlines()[-1]
+    run = tmp_path / "runs" / "big"
+    assert load_checkpoint(run / "last.pt")["step"] == 3
+    assert (run / "config.json").is_file() and (run / "metrics.jsonl").is_file()
+
+
 def test_a_signal_before_training_began_stops_at_once(tmp_path):
     """Before the loop (reading, encoding, measuring, building the model) there is nothing to save: a first signal
     stops there and then, as Interrupted with its number (SIGTERM exits 143); it had only been noted for the loop."""

@@ -128,42 +128,51 @@ def write_failed(e: OSError, path: Path, needed: int = 0, hint: str = "", exact:
 
 
 class _Writes:
-    """Atomic writes in progress, and an interrupt held back until they are done (`hold_interrupt`)."""
-    open, held = 0, False
+    """Atomic writes (and saves) in progress, and the signal held back until they are done (`hold_interrupt`)."""
+    open, held = 0, None
 
 
-def hold_interrupt() -> bool:
+class HeldInterrupt(KeyboardInterrupt):
+    """A signal `hold_interrupt` held back, raised once the writes it arrived in are done (the files in place)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def hold_interrupt(signum: int = 2) -> bool:
     """From a signal handler that would raise KeyboardInterrupt (training's second Ctrl-C): while an atomic write
-    is in progress, hold it back (True) and raise it once the file is in place; a further one (the write hangs)
-    is not held. Raised inside torch.save, the interrupt broke its zip writer, whose own error then surfaced as a
-    traceback."""
-    if _Writes.open and not _Writes.held:  # (one held at most: another, say for a save that hangs, quits at once)
-        _Writes.held = True
+    is in progress, hold it back (True) and raise it, as a HeldInterrupt of `signum`, once the file is in place; a
+    further one (the write hangs) is not held. Raised inside torch.save, the interrupt broke its zip writer, whose
+    own error then surfaced as a traceback."""
+    if _Writes.open and _Writes.held is None:  # (one held at most: another, say for a save that hangs, quits at once)
+        _Writes.held = int(signum)
         return True
-    _Writes.held = False  # (raised now: none is left to raise later, whatever the write is doing)
+    _Writes.held = None  # (raised now: none is left to raise later, whatever the write is doing)
     return False
 
 
 @contextmanager
-def _counted():
+def interrupts_held():
+    """A block (an atomic write; a save and the records of it) that a held signal waits for (hold_interrupt)."""
     _Writes.open += 1
     try:
         yield
     except BaseException:  # a failed write raises its own error (and the user is told of it)
         _Writes.open -= 1
-        _Writes.held = _Writes.held and bool(_Writes.open)
+        _Writes.held = _Writes.held if _Writes.open else None
         raise
     _Writes.open -= 1
-    if _Writes.held and not _Writes.open:
-        _Writes.held = False
-        raise KeyboardInterrupt
+    if _Writes.held is not None and not _Writes.open:
+        signum, _Writes.held = _Writes.held, None
+        raise HeldInterrupt(signum)
 
 
 @contextmanager
 def atomic_file(path: Path, size: Union[int, Callable[[], int], None] = None, hint: str = "",
                 what: Optional[str] = None) -> Iterator[BinaryIO]:
     """`_atomic_file`, with an interrupt held back (`hold_interrupt`) until the file is in place."""
-    with _counted(), _atomic_file(path, size, hint, what) as f:
+    with interrupts_held(), _atomic_file(path, size, hint, what) as f:
         yield f
 
 

@@ -16,6 +16,7 @@ import torch
 
 from charnn.checkpoint import build_model, load_checkpoint, save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig
+from charnn.data.files import HeldInterrupt
 from charnn.errors import CharnnError, ConfigError, first_line, is_out_of_memory
 from charnn.training.init_from import FINETUNE_LR, graft, load_parent
 from charnn.training.resume import CONFIG_VERSION, check_steps_left, load_resume, resume_config
@@ -194,7 +195,10 @@ def save_on_stop(t) -> Optional[Path]:
     """Save last.pt on a signal, unless this process has not trained a step: then an existing run of
     the same name stays exactly as it was (None when there is no last.pt at all)."""
     if t.step > t.start_step:
-        return t.save(("last.pt",), t.last_val)
+        try:
+            return t.save(("last.pt",), t.last_val)
+        except HeldInterrupt:  # (another signal came while it saved: it waited for the save, which is done)
+            return t.run_dir / "last.pt"
     existing = t.run_dir / "last.pt"
     return existing if t.resumed and existing.is_file() else None
 

@@ -75,10 +75,10 @@ def graceful_signals(stop: StopRequest):
     last.pt; a second one quits at once (once a checkpoint being written is in place)."""
 
     def handler(signum, frame):
-        if not stop.training and not hold_interrupt():  # (a file being written is finished first)
+        if not stop.training and not hold_interrupt(signum):  # (a file being written is finished first)
             raise Interrupted(signum)
-        if stop.signum is not None and not hold_interrupt():
-            raise KeyboardInterrupt
+        if stop.signum is not None and not hold_interrupt(signum):
+            raise Interrupted(signum)
         stop.signum = signum
 
     wanted = [signal.SIGINT, signal.SIGTERM] + [getattr(signal, name) for name in ("SIGHUP", "SIGBREAK")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.batches import IGNORE
 from charnn.data.corpus import Corpus
+from charnn.data.files import interrupts_held
 from charnn.device import autocast, keep_freed_memory, resolve_device
 from charnn.errors import CharnnError, first_line
 from charnn.models import fusedblock
@@ -61,8 +62,7 @@ class Trainer:
             self.release()
             raise
 
-    def release(self) -> None:
-        """Let another training have the run folder (fit does this when it ends)."""
+    def release(self) -> None:  # another training may have the run folder (fit does this when it ends)
         if self.lock is not None:
             self.lock.release()
 
@@ -136,8 +136,7 @@ class Trainer:
             runstate.check_writable(self.run_dir)
 
     def _probe_extra(self) -> dict:
-        x, y, *cond = self._probe_batch
-        return self.task.forward_extra(cond[0] if cond else None)
+        return self.task.forward_extra(self._probe_batch[2] if len(self._probe_batch) > 2 else None)
 
     def _choose_precision(self, resumed: Optional[dict] = None) -> PrecisionChoice:
         return run_precision(self.cfg, resumed, self.model, *self._probe_batch[:2], self._probe_extra(), self.device,
@@ -180,14 +179,15 @@ class Trainer:
         paths = [self.run_dir / name for name in names]
         if not self._saved_once and self.dist.is_main:  # an older run of this name: into previous/ first
             runstate.keep_previous(self.run_dir, self.resumed)
-        for path in paths:
-            t = time.perf_counter()
-            runstate.write(self, path, val_loss)  # a collective under torchrun
-            self._last_save = time.perf_counter()
-            self.budget.save_cost = self._last_save - t
-        self._saved_once = True
-        for path in paths:
-            self.on_event("saved", {"path": str(path), "step": self.step})
+        with interrupts_held():  # (a second Ctrl-C waits for the files and the records of them: config.json...)
+            for path in paths:
+                t = time.perf_counter()
+                runstate.write(self, path, val_loss)  # a collective under torchrun
+                self._last_save = time.perf_counter()
+                self.budget.save_cost = self._last_save - t
+            self._saved_once = True
+            for path in paths:
+                self.on_event("saved", {"path": str(path), "step": self.step})
         return paths[-1]
 
     def evaluate(self) -> Tuple[float, float]:
