@@ -459,3 +459,29 @@ def test_a_validation_pass_out_of_memory_keeps_every_step_in_last_pt(tmp_path, c
     r = runner.invoke(app, [str(a) for a in (*args, "--max-steps", "30", "--resume")])
     assert r.exit_code == 0, r.stderr
     assert torch.load(tmp_path / "oom" / "last.pt", weights_only=True)["step"] == 30
+
+
+def test_resume_without_corpus_reads_the_runs_own_text_again(tmp_path, monkeypatch):
+    """`charnn train --name N --resume` with no CORPUS read the built-in corpus (4.5M characters encoded) and then
+    refused it as another text; the run's corpus arguments (absolute) and --glob are in its config.json, read again.
+    Where they are gone, one line asks for the text."""
+    from conftest import one_line_error
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text(make_text(300, seed=3), encoding="utf-8")
+    (tmp_path / "src" / "skip.txt").write_text("not this\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    common = ["--hidden", "16", "--layers", "1", "--eval-every", "5", "--device", "cpu", "--threads", "1"]
+    r = runner.invoke(app, ["train", "src", "--glob", "*.py", "--name", "code", *common, "--max-steps", "5"])
+    assert r.exit_code == 0, r.stderr
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    r = runner.invoke(app, ["train", "--out", "../checkpoints", "--name", "code", "--resume", *common,
+                            "--max-steps", "10"])
+    assert r.exit_code == 0, r.stderr
+    assert f"resuming on the run's own text: {tmp_path / 'src'} (--glob '*.py')" in r.stderr
+    assert torch.load(tmp_path / "checkpoints" / "code" / "last.pt", weights_only=True)["step"] == 10
+    (tmp_path / "src").rename(tmp_path / "moved")
+    r = runner.invoke(app, ["train", "--out", "../checkpoints", "--name", "code", "--resume", *common,
+                            "--max-steps", "15"])
+    one_line_error(r, 1, "trained on", str(tmp_path / "src"), "not there now", "give its text")

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
+from charnn.cli.output import visible
 from charnn.reports.info import parent_words
 
 TOTAL = 1000  # the bar counts thousandths of the run (steps, time or epochs: whichever limit is nearest)
@@ -95,6 +96,9 @@ class TrainProgress:
     def _show(self, kind: str, info: dict) -> None:
         if kind == "download":
             self.download(info)
+        elif kind == "resume_text":
+            glob = f" (--glob {info['glob']!r})" if info.get("glob") else ""
+            self.note(f"resuming on the run's own text: {' '.join(visible(a) for a in info['corpus'])}{glob}")
         elif kind == "corpus_skip":
             self._skipped(info["path"], info["why"])
         elif kind == "data":

@@ -89,15 +89,30 @@ def start_info(t) -> dict:
             "limits_changed": getattr(t, "limits_changed", {})}  # (a resume's: {flag: (saved, now)})
 
 
-def run_config(trainer, corpus_source: str) -> dict:
-    """What config.json holds: the model and training configs, the tokenizer and where the text came from."""
-    return {"charnn_version": __version__, "corpus": corpus_source, "model": trainer.model_cfg.saved(),
+def run_config(trainer, corpus_source: str, corpus_args: Optional[List[str]] = None, glob: Optional[str] = None) -> dict:
+    """What config.json holds: the model and training configs, the tokenizer and where the text came from (in
+    words, and as the corpus arguments and --glob a resume without CORPUS reads again: recorded_text)."""
+    return {"charnn_version": __version__, "corpus": corpus_source, "corpus_args": corpus_args, "glob": glob,
+            "model": trainer.model_cfg.saved(),
             "train": asdict(trainer.cfg),
             "tokenizer": {"kind": trainer.tokenizer.kind, "vocab_size": trainer.tokenizer.vocab_size},
             "precision": trainer.precision_choice.to_dict(),  # what --precision came to, and how (auto: measured)
             "threads": trainer.threads_choice.to_dict(),  # what --threads came to at the start, and how
             "parent": trainer.parent,
             "labels": trainer.task.labels}  # --label-by: how, the names and their training sizes (None: no labels)  # --init-from: the run it started from (None for a run from scratch)
+
+
+def recorded_text(run_dir) -> Tuple[Optional[List[str]], Optional[str]]:
+    """(the corpus arguments, --glob) that a run's config.json records; (None, None) where it records none (a run
+    of the built-in corpus, one from before 2026-12-07, an unreadable config.json)."""
+    try:
+        config = json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+        args, glob = config.get("corpus_args"), config.get("glob")
+    except (OSError, ValueError, AttributeError):
+        return None, None
+    if not (isinstance(args, list) and args and all(isinstance(a, str) and a for a in args)):
+        return None, None
+    return args, glob if isinstance(glob, str) else None
 
 
 def finite(x) -> Optional[float]:

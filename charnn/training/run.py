@@ -4,6 +4,7 @@ metrics.jsonl writer. The CLI adds only presentation (progress, previews, messag
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -11,13 +12,14 @@ from typing import Callable, Iterable, Optional, Tuple, get_args, get_type_hints
 
 from charnn.checkpoint import resolve_checkpoint
 from charnn.config import ModelConfig, TrainConfig, parse_duration
+from charnn.data.corpus import corpus_paths
 from charnn.data.training_text import TextOptions, load_training_text
 from charnn.errors import CharnnError, ConfigError
 from charnn.sampling import shown
 from charnn.models import registry
 from charnn.tasks.pairs import SIZED
 from charnn.training.resume import peek, saved_text_options
-from charnn.training.metrics import Callbacks, MetricsLogger, run_config
+from charnn.training.metrics import Callbacks, MetricsLogger, recorded_text, run_config
 from charnn.training.trainer import StopRequest, Trainer, TrainResult
 
 TRAIN_FLAGS = {f.name for f in fields(TrainConfig)}
@@ -216,6 +218,8 @@ def start_run(corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Option
     events.stop = stop  # (a callback's StopTraining: the loop ends as at a limit)
     if resume:
         cfg, model_cfg, encoding = saved_text_options(corpus, cfg, model_cfg, explicit, encoding)
+        if corpus is None and cfg.name:  # (no CORPUS: the run's own text, where it recorded one)
+            corpus, glob = _recorded_text(Path(cfg.out) / cfg.name, glob, events)
     try:
         text = load_training_text(corpus, encoding, glob, events, TextOptions.of(cfg))
     finally:
@@ -225,5 +229,27 @@ def start_run(corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Option
                       dist=dist, started=started)
     metrics = None
     if trainer.dist.is_main:
-        metrics = events.add(MetricsLogger(trainer.run_dir, log_every, resume, run_config(trainer, text.source)))
+        config = run_config(trainer, text.source, corpus_args(corpus), glob)
+        metrics = events.add(MetricsLogger(trainer.run_dir, log_every, resume, config))
     return TrainingRun(trainer, events, metrics)
+
+
+def corpus_args(corpus) -> Optional[list]:
+    """The corpus arguments as a resume without them reads them again: paths made absolute (a catalog name as it
+    is); None for the built-in corpus."""
+    paths = corpus_paths(corpus)
+    return None if paths is None else [os.path.abspath(p) if os.path.exists(p) else p for p in paths]
+
+
+def _recorded_text(run_dir: Path, glob: Optional[str], events) -> Tuple[object, Optional[str]]:
+    """(CORPUS, --glob) for a resume given no CORPUS: what the run recorded (recorded_text; --glob as typed, if it
+    was), said in a note; (None, glob) where it recorded none (the built-in corpus)."""
+    args, was = recorded_text(run_dir)
+    if args is None:
+        return None, glob
+    gone = [a for a in args if os.path.isabs(a) and not os.path.exists(a)]
+    if gone:
+        raise CharnnError(f"run {run_dir.name!r} trained on {gone[0]!r}, which is not there now; give its text: "
+                          f"charnn train TEXT --name {run_dir.name} --resume")
+    events("resume_text", {"corpus": args, "glob": glob or was})
+    return args, glob or was
