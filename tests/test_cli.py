@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from charnn import __version__
@@ -415,6 +416,24 @@ def test_the_scoring_context_is_the_start_id_then_the_ids_whatever_the_tokenizer
     assert scoring_context(tok, text).tolist() == with_start(tok, tok.encode(text)).tolist()
     assert scoring_context(tok, text)[0] == with_start(tok, [])[0] and len(scoring_context(tok, "")) == 1
     assert scoring_context(CharTokenizer(""), "ab").tolist()[1:] == [0, 0]  # (an empty vocabulary: all unknown)
+
+
+def test_a_character_models_scoring_context_takes_a_byte_an_id_and_scores_the_same(trained_run, corpus_file):
+    """The ids were int64: 8 of the 9 bytes a character `charnn eval` held; the smallest type that holds the
+    vocabulary now (1 byte for up to 256 characters, 2 for up to 32,768), with the same score."""
+    from charnn.checkpoint import build_from_checkpoint, load_checkpoint
+    from charnn.scoring.evaluate import evaluate_context, scoring_context
+    from charnn.text.tokenizer import CharTokenizer
+
+    model, tok = build_from_checkpoint(load_checkpoint(trained_run.run_dir / "best.pt"))
+    text = corpus_file.read_text(encoding="utf-8")
+    small = scoring_context(tok, text)
+    assert small.itemsize == 1 and small.tolist() == scoring_context(tok, text).astype("int64").tolist()
+    big = evaluate_context(model, tok, small.astype("int64"), torch.device("cpu"))
+    assert evaluate_context(model, tok, small, torch.device("cpu")).nats == big.nats
+    wide = CharTokenizer([chr(0x4E00 + i) for i in range(300)])
+    assert scoring_context(wide, chr(0x4E00 + 299) * 3).tolist() == [1, 300, 300, 300]
+    assert scoring_context(wide, "").itemsize == 2
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")

@@ -102,8 +102,8 @@ def _score_streams(model, X, Y, device, precision, labels=None, per_label=None, 
 
     def chunk(t: int) -> float:  # one forward call's nats (on the threads charnn.threadwatch measured, if any)
         nonlocal state
-        xb = X[:, t:t + steps].to(device, non_blocking=True)
-        yb = Y[:, t:t + steps].to(device, non_blocking=True)
+        xb = X[:, t:t + steps].to(device, non_blocking=True).long()  # (a context may hold its ids in fewer bytes:
+        yb = Y[:, t:t + steps].to(device, non_blocking=True).long()  # scoring_context)
         extra = {} if labels is None else {"labels": labels[:, t:t + steps].long().to(device, non_blocking=True)}
         with autocast(device, precision):
             logits, state = model(xb, state, **extra)
@@ -125,15 +125,21 @@ def evaluate_text(model, tokenizer, text: str, device: torch.device, precision: 
 
 
 def scoring_context(tokenizer, text: str) -> np.ndarray:
-    """What scoring reads (int64): the start id, then the text's ids. A character tokenizer writes its ids straight
-    in behind the start id (the two copies of a text's ids that evaluate_ids holds were 16 of the ~17 bytes a
-    character `charnn eval` needed); the caller may let the text go before scoring."""
+    """What scoring reads: the start id, then the text's ids. A character tokenizer writes its ids straight in
+    behind the start id (the two copies of a text's ids that evaluate_ids holds were 16 of the ~17 bytes a
+    character `charnn eval` needed), as the smallest integers that hold its vocabulary (one byte for up to 256
+    characters: 8 were 8 of the 9 bytes a character left); the caller may let the text go before scoring."""
     if isinstance(tokenizer, CharTokenizer):
-        context = np.empty(len(text) + 1, dtype=np.int64)
+        context = np.empty(len(text) + 1, dtype=id_dtype(tokenizer.vocab_size))
         context[0] = start_id(tokenizer)
         tokenizer.encode(text, out=context[1:])
         return context
     return with_start(tokenizer, tokenizer.encode(text))
+
+
+def id_dtype(vocab_size: int) -> type:
+    """The smallest integer type that holds every id of a vocabulary of `vocab_size` (one torch takes too)."""
+    return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 32768 else np.int32
 
 
 def with_start(tokenizer, ids: np.ndarray) -> np.ndarray:
