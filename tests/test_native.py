@@ -358,3 +358,21 @@ def test_a_cached_library_cut_short_is_built_again_not_loaded(tmp_path):
         again = subprocess.run(load, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0 and again.stdout.strip() == "True", again.stderr
         assert native._whole(built) and len(built.read_bytes()) > 20000  # (built again: its digest agrees)
+
+
+def test_a_library_from_before_digests_in_a_cache_it_cannot_write_is_still_loaded(tmp_path, monkeypatch):
+    """A library built before digests were kept has none: it is built again, but where the cache cannot be written
+    (shared, read-only) it was given up, and the C kernels with it, without a word; it is used as it is."""
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "cache"))
+    built = native._build()
+    Path(str(built) + native.DIGEST).unlink()
+
+    def refused(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(native.tempfile, "mkstemp", refused)
+    assert native._build() == built
+    built.write_bytes(built.read_bytes()[:4096])  # a digest that disagrees: never loaded, even so
+    Path(str(built) + native.DIGEST).write_text("0" * 64, encoding="ascii")
+    with pytest.raises(OSError):
+        native._build()

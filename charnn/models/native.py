@@ -209,9 +209,14 @@ def _build(name: str = "cells", attempts=None) -> Path:
     target = folder / f"{name}-{key}{'.dll' if os.name == 'nt' else '.so'}"
     if target.exists() and _whole(target):
         return target
-    folder.mkdir(parents=True, exist_ok=True)
-    sweep_stale(folder, target.suffix)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=target.suffix)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep_stale(folder, target.suffix)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=target.suffix)
+    except OSError:  # a cache this process cannot write (shared, read-only): one built before digests were kept
+        if target.exists() and not Path(str(target) + DIGEST).exists():  # is loaded as it is, as it was then
+            return target
+        raise
     os.close(fd)
     try:
         for sources, flags in attempts:
