@@ -1,5 +1,6 @@
 """Exact resume: an interrupted run continued with --resume ends bitwise-identical to one that never stopped."""
 
+import json
 import os
 import shlex
 import signal
@@ -484,4 +485,30 @@ def test_resume_without_corpus_reads_the_runs_own_text_again(tmp_path, monkeypat
     (tmp_path / "src").rename(tmp_path / "moved")
     r = runner.invoke(app, ["train", "--out", "../checkpoints", "--name", "code", "--resume", *common,
                             "--max-steps", "15"])
-    one_line_error(r, 1, "trained on", str(tmp_path / "src"), "not there now", "give its text")
+    one_line_error(r, 1, "trained on", str(tmp_path / "src"), "not there now",
+                   "give its text: charnn train TEXT --out ../checkpoints --name code --resume")
+    config = json.loads((tmp_path / "checkpoints" / "code" / "config.json").read_text(encoding="utf-8"))
+    del config["corpus_args"]  # a run recorded before its arguments were: asked for its text at once
+    (tmp_path / "checkpoints" / "code" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    r = runner.invoke(app, ["train", "--out", "../checkpoints", "--name", "code", "--resume", *common])
+    one_line_error(r, 1, "not the built-in corpus", "give its text")
+
+
+def test_a_relative_val_file_is_found_by_a_resume_from_another_folder(tmp_path, monkeypatch):
+    """--val-file was kept as typed: a resume from another folder (given no CORPUS, which is found) failed on
+    "validation file 'v.txt' does not exist"; it is recorded absolute, and typed again relative it is the same."""
+    (tmp_path / "a.txt").write_text(make_text(300, seed=4), encoding="utf-8")
+    (tmp_path / "v.txt").write_text(make_text(40, seed=5), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    common = ["--hidden", "16", "--layers", "1", "--eval-every", "5", "--device", "cpu", "--threads", "1"]
+    r = runner.invoke(app, ["train", "a.txt", "--val-file", "v.txt", "--name", "vf", *common, "--max-steps", "5"])
+    assert r.exit_code == 0, r.stderr
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    r = runner.invoke(app, ["train", "--out", "../checkpoints", "--name", "vf", "--resume", *common, "--max-steps", "10"])
+    assert r.exit_code == 0, r.stderr
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["train", "a.txt", "--val-file", "v.txt", "--name", "vf", "--resume", *common,
+                            "--max-steps", "15"])
+    assert r.exit_code == 0, r.stderr
+    assert torch.load(tmp_path / "checkpoints" / "vf" / "last.pt", weights_only=True)["step"] == 15

@@ -155,6 +155,9 @@ def stdlib_files(root: Optional[str] = None) -> List[Path]:
     return found
 
 
+BUILTIN_SOURCE = "python-stdlib:"  # how the built-in corpus describes itself (then its folder)
+
+
 def builtin_corpus(cap: int = BUILTIN_CAP, root: Optional[str] = None) -> Corpus:
     """Python's standard library source, joined file by file up to `cap` characters.
 
@@ -176,4 +179,4 @@ def builtin_corpus(cap: int = BUILTIN_CAP, root: Optional[str] = None) -> Corpus
             break
     if not parts:
         raise CharnnError(f"found no Python source under {base} for the built-in corpus; pass a text file")
-    return Corpus("".join(parts), BUILTIN_NAME, f"python-stdlib:{base}")
+    return Corpus("".join(parts), BUILTIN_NAME, f"{BUILTIN_SOURCE}{base}")

@@ -17,14 +17,14 @@ import numpy as np
 from charnn.checkpoint import is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import TrainConfig, from_dict
 from charnn.data import cache, textindex
-from charnn.data.corpus import builtin_corpus, load_corpus
+from charnn.data.corpus import BUILTIN_SOURCE, builtin_corpus, load_corpus
 from charnn.data.encode import prepare_corpus
 from charnn.errors import CharnnError
 from charnn.text.tokenizer import UNK_TEXT, tokenizer_from_state
 
 NS = (16, 32, 64)  # window lengths reported by default
 CHUNK = 4 << 20  # training ids decoded at a time
-BUILTIN = "python-stdlib:"  # how the built-in corpus describes itself
+BUILTIN = BUILTIN_SOURCE
 Callback = Callable[[str, dict], None]
 
 

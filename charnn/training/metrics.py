@@ -102,17 +102,17 @@ def run_config(trainer, corpus_source: str, corpus_args: Optional[List[str]] = N
             "labels": trainer.task.labels}  # --label-by: how, the names and their training sizes (None: no labels)  # --init-from: the run it started from (None for a run from scratch)
 
 
-def recorded_text(run_dir) -> Tuple[Optional[List[str]], Optional[str]]:
-    """(the corpus arguments, --glob) that a run's config.json records; (None, None) where it records none (a run
-    of the built-in corpus, one from before 2026-12-07, an unreadable config.json)."""
+def recorded_text(run_dir) -> Tuple[Optional[List[str]], Optional[str], Optional[str]]:
+    """(the corpus arguments, --glob, the text in words) that a run's config.json records; the arguments None where
+    it records none (a run of the built-in corpus, one from before 2026-12-07), all None where it cannot be read."""
     try:
         config = json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
-        args, glob = config.get("corpus_args"), config.get("glob")
+        args, glob, words = config.get("corpus_args"), config.get("glob"), config.get("corpus")
     except (OSError, ValueError, AttributeError):
-        return None, None
+        return None, None, None
     if not (isinstance(args, list) and args and all(isinstance(a, str) and a for a in args)):
-        return None, None
-    return args, glob if isinstance(glob, str) else None
+        args = None
+    return args, glob if isinstance(glob, str) else None, words if isinstance(words, str) else None
 
 
 def finite(x) -> Optional[float]:

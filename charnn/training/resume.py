@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional, Tuple
@@ -78,6 +79,10 @@ def saved_text_options(corpus, cfg: TrainConfig, model_cfg: ModelConfig, explici
     return replace(cfg, name=name, **keep), model_cfg, encoding
 
 
+def _same_file(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
 def _blank_as_none(options: dict) -> dict:
     """A saved --val-file, --init-from or --label-by of only spaces as not given (so a run saved before an empty
     one was refused took it)."""
@@ -123,6 +128,8 @@ def resume_config(saved: dict, given: TrainConfig, model_cfg: ModelConfig, expli
     flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
     if old.vocab_size is None and merged["vocab_size"] == old.pieces:  # (the default it trained with, typed now)
         merged["vocab_size"] = None
+    if merged["val_file"] and old.val_file and _same_file(merged["val_file"], old.val_file):  # (typed relative; a
+        merged["val_file"] = old.val_file  # run records it absolute: start_run)
     problems = [f"{flag(k)} {merged[k]} (the run used {_used(old, k)})"
                 for k in FIXED_ON_RESUME if merged[k] != getattr(old, k)]
     if explicit is not None:

@@ -5,14 +5,15 @@ metrics.jsonl writer. The CLI adds only presentation (progress, previews, messag
 from __future__ import annotations
 
 import os
+import shlex
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Tuple, get_args, get_type_hints
 
 from charnn.checkpoint import resolve_checkpoint
 from charnn.config import ModelConfig, TrainConfig, parse_duration
-from charnn.data.corpus import corpus_paths
+from charnn.data.corpus import BUILTIN_SOURCE, corpus_paths
 from charnn.data.training_text import TextOptions, load_training_text
 from charnn.errors import CharnnError, ConfigError
 from charnn.sampling import shown
@@ -216,6 +217,8 @@ def start_run(corpus, model_cfg: ModelConfig, cfg: TrainConfig, on_event: Option
     started = time.perf_counter() if started is None else started
     events, stop = Callbacks(on_event), stop or StopRequest()
     events.stop = stop  # (a callback's StopTraining: the loop ends as at a limit)
+    if cfg.val_file and os.path.isfile(cfg.val_file):  # (recorded absolute: a resume from another folder finds it)
+        cfg = replace(cfg, val_file=os.path.abspath(cfg.val_file))
     if resume:
         cfg, model_cfg, encoding = saved_text_options(corpus, cfg, model_cfg, explicit, encoding)
         if corpus is None and cfg.name:  # (no CORPUS: the run's own text, where it recorded one)
@@ -244,12 +247,15 @@ def corpus_args(corpus) -> Optional[list]:
 def _recorded_text(run_dir: Path, glob: Optional[str], events) -> Tuple[object, Optional[str]]:
     """(CORPUS, --glob) for a resume given no CORPUS: what the run recorded (recorded_text; --glob as typed, if it
     was), said in a note; (None, glob) where it recorded none (the built-in corpus)."""
-    args, was = recorded_text(run_dir)
+    args, was, words = recorded_text(run_dir)
+    out = "" if run_dir.parent == Path("checkpoints") else f"--out {shlex.quote(str(run_dir.parent))} "
+    give = f"give its text: charnn train TEXT {out}--name {shlex.quote(run_dir.name)} --resume"
+    if args is None and words and not words.startswith(BUILTIN_SOURCE):  # (a run recorded before its arguments
+        raise CharnnError(f"run {run_dir.name!r} trained on {words!r}, not the built-in corpus; {give}")  # were)
     if args is None:
         return None, glob
     gone = [a for a in args if os.path.isabs(a) and not os.path.exists(a)]
     if gone:
-        raise CharnnError(f"run {run_dir.name!r} trained on {gone[0]!r}, which is not there now; give its text: "
-                          f"charnn train TEXT --name {run_dir.name} --resume")
+        raise CharnnError(f"run {run_dir.name!r} trained on {gone[0]!r}, which is not there now; {give}")
     events("resume_text", {"corpus": args, "glob": glob or was})
     return args, glob or was

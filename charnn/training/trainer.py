@@ -204,7 +204,7 @@ class Trainer:
         try:
             val, score = self.evaluate()
         except Exception as e:  # (out of memory: last.pt takes the steps since the last save, one line)
-            raise runstate.on_eval_error(self, e) from None
+            raise runstate.on_eval_error(self, e)
         if not math.isfinite(val):  # weights went bad in the last step: keep the checkpoints from before
             raise non_finite("validation", val, self.step, self.run_dir, self._saved_once or self.resumed)
         self.last_val, self.last_score = val, score
