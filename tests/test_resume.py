@@ -505,7 +505,8 @@ def test_a_relative_val_file_is_found_by_a_resume_from_another_folder(tmp_path, 
     assert r.exit_code == 0, r.stderr
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
-    r = runner.invoke(app, ["train", "--out", "../checkpoints", "--name", "vf", "--resume", *common, "--max-steps", "10"])
+    r = runner.invoke(app, ["train", "--out", "../checkpoints", "--name", "vf", "--resume", *common,
+                            "--max-steps", "10"])
     assert r.exit_code == 0, r.stderr
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["train", "a.txt", "--val-file", "v.txt", "--name", "vf", "--resume", *common,

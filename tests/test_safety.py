@@ -111,7 +111,8 @@ def test_a_tokenizer_that_does_not_cover_the_model_is_one_line(tmp_path, trained
     data = torch.load(trained_run.run_dir / "best.pt", weights_only=True)
     torch.save({**data, "tokenizer": {"kind": "char", "chars": "ab"}}, tmp_path / "edited.pt")
     (tmp_path / "t.txt").write_text("ab ba\n", encoding="utf-8")
-    for args in (("sample", tmp_path / "edited.pt", "--length", "20"), ("eval", tmp_path / "edited.pt", tmp_path / "t.txt")):
+    for args in (("sample", tmp_path / "edited.pt", "--length", "20"),
+                 ("eval", tmp_path / "edited.pt", tmp_path / "t.txt")):
         r = invoke(*args)
         one_line_error(r, 1, "tokenizer has 3 tokens where its model has", "damaged or was edited")
         assert r.stdout == ""

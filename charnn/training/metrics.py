@@ -89,7 +89,8 @@ def start_info(t) -> dict:
             "limits_changed": getattr(t, "limits_changed", {})}  # (a resume's: {flag: (saved, now)})
 
 
-def run_config(trainer, corpus_source: str, corpus_args: Optional[List[str]] = None, glob: Optional[str] = None) -> dict:
+def run_config(trainer, corpus_source: str, corpus_args: Optional[List[str]] = None,
+               glob: Optional[str] = None) -> dict:
     """What config.json holds: the model and training configs, the tokenizer and where the text came from (in
     words, and as the corpus arguments and --glob a resume without CORPUS reads again: recorded_text)."""
     return {"charnn_version": __version__, "corpus": corpus_source, "corpus_args": corpus_args, "glob": glob,
