@@ -159,6 +159,31 @@ def _bf16(tmp_path, text, run):
     one_line_error(invoke("train", text, "--out", tmp_path, "--precision", "bf16", *SMALL), 1, "--precision fp32")
 
 
+def _out_of_memory(tmp_path, text, run, monkeypatch):
+    from charnn.generation.sampler import Sampler
+    from charnn.tasks.lm import LanguageModelTask
+
+    real, calls = LanguageModelTask.evaluate, []
+
+    def evaluate(self, *a, **k):  # the second validation pass (step 6) runs out of CUDA's memory
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(LanguageModelTask, "evaluate", evaluate)
+    r = invoke("train", text, "--out", tmp_path / "runs", "--max-steps", "9", "--eval-every", "3",
+               "--save-every-secs", "0", *SMALL)
+    one_line_error(r, 1, "out of memory in the validation pass at step 6", "last.pt", "--batch-size")
+    assert charnn.checkpoint.load_checkpoint(tmp_path / "runs" / "text" / "last.pt")["step"] == 6
+
+    def no_memory(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    monkeypatch.setattr(Sampler, "__init__", no_memory)
+    one_line_error(invoke("sample", run, "-n", "4096"), 1, "out of memory", "--num-samples")
+
+
 def _nan_loss(tmp_path, text, run):
     r = invoke("train", text, "--out", tmp_path, "--lr", "1e30", "--max-steps", "6", "--eval-every", "2", *SMALL)
     one_line_error(r, 1, "loss became", "Try a lower --lr")
@@ -250,7 +275,8 @@ SCENARIOS = {
     "a checkpoint whose weights are NaN or infinite": _nan_weights, "an `--out` that cannot be written": _out,
     "a full disk": _full_disk, "results that cannot be written to stdout": _stdout,
     "a second training of a run that is training": _second_training,
-    "`--precision bf16` where this machine cannot run it": _bf16, "a NaN or infinite loss": _nan_loss,
+    "`--precision bf16` where this machine cannot run it": _bf16, "out of memory": _out_of_memory,
+    "a NaN or infinite loss": _nan_loss,
     "Ctrl-C, SIGTERM or a closed terminal (SIGHUP) while training": _signal,
     "`--resume` on another text than the run's": _resume_other_text,
     "a fresh run under an existing `--name`": _replacing_run,
