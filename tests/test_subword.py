@@ -602,3 +602,16 @@ def test_a_fine_tune_of_a_subword_base_says_how_much_of_its_text_the_pieces_spel
     assert r.exit_code == 0, r.stderr
     assert "360 of the training text's 2,700 characters (13.3%) are not in its pieces: spelled in bytes" in r.stderr, \
         r.stderr  # (the training split: 180 of the 200 lines)
+
+
+def test_a_tokens_own_text_is_its_piece_never_a_bytes_name(bpe):
+    """Where the characters counted per token do not add up to the text, each token shows its piece's text; the
+    `bytes:\\xNN` names are for choosing among alternatives (a review saw them leak into the token's own text)."""
+    from types import SimpleNamespace
+
+    from charnn.inspect.surprisal import token_texts
+
+    ids = bpe.encode("über")
+    skewed = SimpleNamespace(kind="bpe", token_chars=lambda ids_: 0, decode=bpe.decode)  # (counts add up to 0)
+    shown = token_texts(skewed, "über", ids)
+    assert shown == [bpe.decode([i]) for i in ids] and not any(t.startswith("bytes:") for t in shown)

@@ -55,11 +55,10 @@ def activations(model, tokenizer, text: str, device: torch.device, label: Option
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     if not len(ids):
         raise CharnnError("the text is empty")
-    pieces = tokenizer.names()
     x = torch.as_tensor(np.concatenate([start_ids(tokenizer, ""), ids]), device=device)[None]
     extra = {} if label is None else {"labels": torch.full((1, 1), label, dtype=torch.long, device=device)}
     values, names = _call(hook, x, **extra)
-    return Activations(token_texts(tokenizer, text, ids, pieces), values[1:], _names(model, names, values.shape[1]))
+    return Activations(token_texts(tokenizer, text, ids), values[1:], _names(model, names, values.shape[1]))
 
 
 def label_activations(model, tokenizer, text: str, device: torch.device, labels: Sequence[str]) -> Activations:
@@ -78,16 +77,14 @@ def encoder_activations(model, source_tokenizer, text: str, device: torch.device
     hook = _hook(model)
     model.eval()
     end = start_ids(source_tokenizer, "") if end else np.zeros(0, dtype=np.int64)
-    tokens, values, names, pieces = [], [], None, None
+    tokens, values, names = [], [], None
     for line in text.splitlines():
         own = np.asarray(source_tokenizer.encode(line), dtype=np.int64)
         ids = np.concatenate([own, end])
         if not len(ids):
             continue
         v, names = _call(hook, torch.as_tensor(ids, device=device)[None])
-        if pieces is None and getattr(source_tokenizer, "kind", "char") != "char":
-            pieces = source_tokenizer.names()
-        shown = token_texts(source_tokenizer, line, own, pieces or [])  # (a subword classifier's pieces: it was one
+        shown = token_texts(source_tokenizer, line, own)  # (a subword classifier's pieces: it was one
         if len(v) == len(shown):  # per character, and the units did not line up)  no end mark: the newline
             v = np.concatenate([v, v[-1:]])  # repeats the last token's units
         tokens += shown + ["\n"]

@@ -55,7 +55,7 @@ def scan(model, tokenizer, ids: np.ndarray, device: torch.device, top_k: int = 1
     return picked, best, best_lp
 
 
-def token_texts(tokenizer, text: str, ids: np.ndarray, pieces: List[str]) -> List[str]:
+def token_texts(tokenizer, text: str, ids: np.ndarray) -> List[str]:
     """Each token's text, joined the text: a character model's are the text's characters (an unknown one keeps its
     own character, not the replacement mark); a subword model's the characters that start in each piece (a byte
     piece that continues a character is "": its character goes to the piece it starts in; each byte was shown as
@@ -65,7 +65,7 @@ def token_texts(tokenizer, text: str, ids: np.ndarray, pieces: List[str]) -> Lis
     counts = np.array([tokenizer.token_chars(ids[i:i + 1]) for i in range(len(ids))], dtype=np.int64)
     if int(counts.sum()) == len(text):
         return token_spans(counts, text)[0]
-    return [pieces[i] for i in ids.tolist()]
+    return [tokenizer.decode([i]) for i in ids.tolist()]  # (each piece's text: not names(), which are for choices)
 
 
 def token_spans(counts: np.ndarray, text: str) -> Tuple[List[str], List[int]]:
@@ -84,4 +84,4 @@ def surprisal(model, tokenizer, text: str, device: torch.device, top_k: int = 5)
     pieces = tokenizer.names()
     picked, best, best_lp = scan(model, tokenizer, ids, device, top_k)
     model.train(was_training)
-    return Surprisal(token_texts(tokenizer, text, ids, pieces), ids, -picked, best, best_lp, pieces)
+    return Surprisal(token_texts(tokenizer, text, ids), ids, -picked, best, best_lp, pieces)
