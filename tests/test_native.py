@@ -12,7 +12,7 @@ import torch
 
 from charnn.config import ModelConfig
 from charnn.generation.draw import filter_logits, temper
-from charnn.models import native
+from charnn.models import native, nativebuild
 from charnn.models.int8 import ACT_LEVELS
 from charnn.models.registry import build_model
 from charnn.models.stepper import FastStepper, full_forward_logits
@@ -311,30 +311,30 @@ def test_macos_cc_without_the_developer_tools_is_no_compiler(monkeypatch, tmp_pa
     from types import SimpleNamespace
 
     asked = []
-    monkeypatch.setattr(native.sys, "platform", "darwin")
-    monkeypatch.setattr(native.shutil, "which", lambda c: "/usr/bin/cc")
+    monkeypatch.setattr(nativebuild.sys, "platform", "darwin")
+    monkeypatch.setattr(nativebuild.shutil, "which", lambda c: "/usr/bin/cc")
     tools = str(tmp_path)
     for code, folder, ready in ((2, "", False), (0, tools, True), (0, tools + "/deleted", False)):
-        native._developer_tools.cache_clear()
-        monkeypatch.setattr(native.subprocess, "run",
+        nativebuild.developer_tools.cache_clear()
+        monkeypatch.setattr(nativebuild.subprocess, "run",
                             lambda cmd, **k: asked.append(cmd) or SimpleNamespace(returncode=code, stdout=folder + "\n"))
-        assert native._developer_tools("cc") is ready
+        assert nativebuild.developer_tools("cc") is ready
     assert asked == [["xcode-select", "-p"]] * 3
-    native._developer_tools.cache_clear()
+    nativebuild.developer_tools.cache_clear()
     with pytest.raises(OSError, match="no C compiler"):
-        monkeypatch.setattr(native.subprocess, "run", lambda cmd, **k: SimpleNamespace(returncode=2, stdout=""))
+        monkeypatch.setattr(nativebuild.subprocess, "run", lambda cmd, **k: SimpleNamespace(returncode=2, stdout=""))
         native._build("cells")
-    monkeypatch.setattr(native.shutil, "which", lambda c: "/opt/homebrew/bin/gcc-14")  # a compiler of its own
-    native._developer_tools.cache_clear()
-    assert native._developer_tools("gcc-14")
-    native._developer_tools.cache_clear()
+    monkeypatch.setattr(nativebuild.shutil, "which", lambda c: "/opt/homebrew/bin/gcc-14")  # a compiler of its own
+    nativebuild.developer_tools.cache_clear()
+    assert nativebuild.developer_tools("gcc-14")
+    nativebuild.developer_tools.cache_clear()
 
 
 def test_a_killed_builds_temp_library_is_swept_and_a_young_one_kept(tmp_path):
     """A kill -9 mid-compile left its tmp*.so in the cache's native folder for good (the build's finally never ran)."""
     import os
     import time
-    from charnn.models.native import STALE_SECONDS, sweep_stale
+    from charnn.models.nativebuild import STALE_SECONDS, sweep_stale
     old, young = tmp_path / "tmpabc.so", tmp_path / "tmpdef.so"
     for f in (old, young):
         f.write_bytes(b"\0" * 10)
@@ -357,7 +357,7 @@ def test_a_cached_library_cut_short_is_built_again_not_loaded(tmp_path):
         built.write_bytes(damage)
         again = subprocess.run(load, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0 and again.stdout.strip() == "True", again.stderr
-        assert native._whole(built) and len(built.read_bytes()) > 20000  # (built again: its digest agrees)
+        assert nativebuild.whole(built) and len(built.read_bytes()) > 20000  # (built again: its digest agrees)
 
 
 def test_a_library_from_before_digests_in_a_cache_it_cannot_write_is_still_loaded(tmp_path, monkeypatch):
@@ -365,14 +365,14 @@ def test_a_library_from_before_digests_in_a_cache_it_cannot_write_is_still_loade
     (shared, read-only) it was given up, and the C kernels with it, without a word; it is used as it is."""
     monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "cache"))
     built = native._build()
-    Path(str(built) + native.DIGEST).unlink()
+    Path(str(built) + nativebuild.DIGEST).unlink()
 
     def refused(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(native.tempfile, "mkstemp", refused)
+    monkeypatch.setattr(nativebuild.tempfile, "mkstemp", refused)
     assert native._build() == built
     built.write_bytes(built.read_bytes()[:4096])  # a digest that disagrees: never loaded, even so
-    Path(str(built) + native.DIGEST).write_text("0" * 64, encoding="ascii")
+    Path(str(built) + nativebuild.DIGEST).write_text("0" * 64, encoding="ascii")
     with pytest.raises(OSError):
         native._build()
