@@ -462,6 +462,19 @@ def test_a_validation_pass_out_of_memory_keeps_every_step_in_last_pt(tmp_path, c
     assert torch.load(tmp_path / "oom" / "last.pt", weights_only=True)["step"] == 30
 
 
+TINY_CLI = ["--hidden", "16", "--layers", "1", "--eval-every", "5", "--device", "cpu", "--threads", "1"]
+
+
+def train_then_resume_from(folder, monkeypatch, first: list, again: list):
+    """`charnn train *first` here (the tiny model, 5 steps), then from `folder` (made) `charnn train *again` given no
+    CORPUS (to 10 steps); the second command's result."""
+    r = runner.invoke(app, ["train", *first, *TINY_CLI, "--max-steps", "5"])
+    assert r.exit_code == 0, r.stderr
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return runner.invoke(app, ["train", *again, "--resume", *TINY_CLI, "--max-steps", "10"])
+
+
 def test_resume_without_corpus_reads_the_runs_own_text_again(tmp_path, monkeypatch):
     """`charnn train --name N --resume` with no CORPUS read the built-in corpus (4.5M characters encoded) and then
     refused it as another text; the run's corpus arguments (absolute) and --glob are in its config.json, read again.
@@ -472,13 +485,9 @@ def test_resume_without_corpus_reads_the_runs_own_text_again(tmp_path, monkeypat
     (tmp_path / "src" / "a.py").write_text(make_text(300, seed=3), encoding="utf-8")
     (tmp_path / "src" / "skip.txt").write_text("not this\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    common = ["--hidden", "16", "--layers", "1", "--eval-every", "5", "--device", "cpu", "--threads", "1"]
-    r = runner.invoke(app, ["train", "src", "--glob", "*.py", "--name", "code", *common, "--max-steps", "5"])
-    assert r.exit_code == 0, r.stderr
-    (tmp_path / "elsewhere").mkdir()
-    monkeypatch.chdir(tmp_path / "elsewhere")
-    r = runner.invoke(app, ["train", "--out", "../checkpoints", "--name", "code", "--resume", *common,
-                            "--max-steps", "10"])
+    common = TINY_CLI
+    r = train_then_resume_from(tmp_path / "elsewhere", monkeypatch, ["src", "--glob", "*.py", "--name", "code"],
+                               ["--out", "../checkpoints", "--name", "code"])
     assert r.exit_code == 0, r.stderr
     assert f"resuming on the run's own text: {tmp_path / 'src'} (--glob '*.py')" in r.stderr
     assert torch.load(tmp_path / "checkpoints" / "code" / "last.pt", weights_only=True)["step"] == 10
@@ -500,13 +509,9 @@ def test_a_relative_val_file_is_found_by_a_resume_from_another_folder(tmp_path, 
     (tmp_path / "a.txt").write_text(make_text(300, seed=4), encoding="utf-8")
     (tmp_path / "v.txt").write_text(make_text(40, seed=5), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    common = ["--hidden", "16", "--layers", "1", "--eval-every", "5", "--device", "cpu", "--threads", "1"]
-    r = runner.invoke(app, ["train", "a.txt", "--val-file", "v.txt", "--name", "vf", *common, "--max-steps", "5"])
-    assert r.exit_code == 0, r.stderr
-    (tmp_path / "sub").mkdir()
-    monkeypatch.chdir(tmp_path / "sub")
-    r = runner.invoke(app, ["train", "--out", "../checkpoints", "--name", "vf", "--resume", *common,
-                            "--max-steps", "10"])
+    common = TINY_CLI
+    r = train_then_resume_from(tmp_path / "sub", monkeypatch, ["a.txt", "--val-file", "v.txt", "--name", "vf"],
+                               ["--out", "../checkpoints", "--name", "vf"])
     assert r.exit_code == 0, r.stderr
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["train", "a.txt", "--val-file", "v.txt", "--name", "vf", "--resume", *common,
