@@ -65,6 +65,7 @@ class SentencePieceTokenizer:
         sp = self.sp
         self.unk_id = sp.unk_id()
         self.pieces: List[bytes] = [self._piece_bytes(i) for i in range(sp.get_piece_size())]
+        self._is_byte = np.array([sp.is_byte(i) for i in range(len(self.pieces))], dtype=bool)  # (asked thrice)
         # characters a piece starts: its bytes that are not UTF-8 continuation bytes (10xxxxxx)
         self._starts = np.array([sum((b & 0xC0) != 0x80 for b in p) for p in self.pieces], dtype=np.int64)
         self._byte_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)]
@@ -84,7 +85,7 @@ class SentencePieceTokenizer:
         for a byte piece "bytes:\\xNN", as OpenAI names a token that is not whole characters (decoded, the 128
         bytes of no character alone were all U+FFFD, and an ASCII byte piece the same as its character's piece:
         alternatives keyed by their text collided)."""
-        return [f"bytes:\\x{p[0]:02x}" if self.sp.is_byte(i) else self.decode([i]) for i, p in enumerate(self.pieces)]
+        return [f"bytes:\\x{p[0]:02x}" if self._is_byte[i] else self.decode([i]) for i, p in enumerate(self.pieces)]
 
     def _piece_bytes(self, i: int) -> bytes:
         sp = self.sp
@@ -172,7 +173,7 @@ class SentencePieceTokenizer:
     def byte_chars(self, ids: np.ndarray, block: int = 1 << 24) -> int:
         """How many characters the ids spell in byte pieces (characters the vocabulary has no piece for), read
         `block` ids at a time (a fine-tune's note: its new text's characters that its base's pieces lack)."""
-        starts = np.where([self.sp.is_byte(i) for i in range(len(self.pieces))], self._starts, 0)
+        starts = np.where(self._is_byte, self._starts, 0)
         return sum(int(starts[np.asarray(ids[lo:lo + block], dtype=np.int64)].sum())
                    for lo in range(0, len(ids), block))
 
@@ -190,7 +191,7 @@ class SentencePieceTokenizer:
         """What keeps drawn byte pieces UTF-8 (generation's `Utf8Mask`): (allowed, next), both (UTF8_STATES, V):
         allowed[s, i] whether piece i may come in state s, next[s, i] the state after it. Made once."""
         if self._utf8 is None:
-            self._utf8 = utf8_tables([self.pieces[i] if self.sp.is_byte(i) else None for i in range(len(self.pieces))])
+            self._utf8 = utf8_tables([p if b else None for p, b in zip(self.pieces, self._is_byte)])
         return self._utf8
 
     def decoder(self, skip: bytes = b"") -> "ByteStreamDecoder":

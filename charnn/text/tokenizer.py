@@ -58,7 +58,8 @@ class CharTokenizer:
         """Ids as an int64 array; characters outside the vocabulary map to `unk_id`. Encoded ENCODE_BLOCK characters
         at a time into the result: the whole text at once made five full-length temporaries (about 37 bytes a
         character at the peak; `charnn eval` of a 2 GB file was killed by the system), now 8 bytes and a block's.
-        `out`: an int64 array of len(text) to write them into (scoring's, behind its start id), returned."""
+        `out`: an integer array of len(text) to write them into (scoring's, behind its start id: int64, or the
+        smallest type that holds the vocabulary), returned."""
         out = np.zeros(len(text), dtype=np.int64) if out is None else out
         if len(self._cps) == 0:
             out[:] = self.unk_id
