@@ -432,6 +432,30 @@ def test_a_callback_stops_training_by_raising_stop_training(tmp_path):
     assert math.isfinite(run.best_val_loss)
 
 
+def test_a_run_stopped_before_its_first_step_leaves_an_older_run_of_its_name_as_it_was(tmp_path):
+    """StopTraining at "start" (or --max-time too short for a step) saved an untrained model as best.pt and moved
+    the trained run of that name into previous/, where the next such accident replaced it. Every event's info is
+    JSON (the "done" event's run_dir was a Path, and a callback that logged json.dumps(info) failed the run)."""
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(40))
+    flags = dict(out=str(tmp_path), name="keep", max_steps=6, hidden=16, batch_size=2, seq_len=8, device="cpu",
+                 threads=1)
+    first = charnn.train(str(text), on_event=lambda kind, info: json.dumps(info), **flags)
+    run = first.run_dir
+    before = {f.name: f.read_bytes() for f in run.iterdir()}
+
+    def stop_at_once(kind, info):
+        json.dumps(info)
+        if kind == "start":
+            raise charnn.StopTraining
+
+    again = charnn.train(str(text), on_event=stop_at_once, **flags)
+    assert (again.stopped, again.steps, again.saved) == ("callback", 0, False) and first.saved
+    assert {f.name: f.read_bytes() for f in run.iterdir()} == before  # (no previous/ either)
+    fresh = charnn.train(str(text), on_event=stop_at_once, **{**flags, "name": "new"})
+    assert fresh.saved and (fresh.run_dir / "best.pt").is_file()  # (no older run: the untrained model, as before)
+
+
 def test_a_model_loaded_under_inference_mode_generates(trained_run):
     """Its weights keep no change counter: generate raised "Inference tensors do not track version counter"."""
     import torch

@@ -239,14 +239,18 @@ def _report_done(result, run) -> None:
 
     bits = result.best_val_loss / math.log(2)
     unit = "nats/text" if run.task.unit == "text" else f"nats/char ({bits:.3f} bits/char)"
-    if result.best_by == "wer":
+    if not result.saved:  # (stopped before its first step, in the folder of an older run of the name)
+        err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: no step was trained, "
+                  f"so {result.run_dir} is as it was (the older run of the name is kept; --resume continues it)")
+    elif result.best_by == "wer":
         err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val WER "
                   f"{100 * result.best_score:.2f}% (greedy; best val loss {result.best_val_loss:.4f} nats/char) -> "
                   f"{result.run_dir / 'best.pt'}")
     else:
         err.print(f"done ({result.stopped}) after {result.steps} steps, {result.elapsed:.0f}s: best val "
                   f"{result.best_val_loss:.4f} {unit} -> {result.run_dir / 'best.pt'}")
-    print_curve(err, result.run_dir)
+    if result.saved:
+        print_curve(err, result.run_dir)
     trainer = run.trainer
     if result.stopped == "max_time" and result.steps == trainer.start_step:  # (it saved an untrained or unchanged
         before = (f", after the {duration(trainer.elapsed_before)} the run had trained before"  # model, saying "done")

@@ -203,6 +203,21 @@ def save_on_stop(t) -> Optional[Path]:
     return existing if t.resumed and existing.is_file() else None
 
 
+def older_run_kept(t) -> bool:
+    """A fresh run that trained no step (stopped at once: a callback, --max-time too short for a step) in the
+    folder of an older run of its name saves nothing at its end, so that run stays as it was: its first save would
+    have moved the older run into previous/ for an untrained model (a signal's stop leaves it too: save_on_stop)."""
+    return t.step == t.start_step and not t.resumed and not t._saved_once and t.dist.any(
+        t.dist.is_main and any((t.run_dir / n).is_file() for n in ("best.pt", "last.pt")))
+
+
+def end_save_due(t, last_eval_step: int) -> bool:
+    """Whether training's end evaluates and saves: steps since the last evaluation, or no last.pt yet; not where a
+    fresh run trained no step in the folder of an older run of its name (older_run_kept)."""
+    return not older_run_kept(t) and (last_eval_step != t.step or t.dist.any(
+        t.dist.is_main and not (t.run_dir / "last.pt").exists()))
+
+
 def on_eval_error(t, e: BaseException) -> BaseException:
     """What a validation pass's error `e` raises: where it ran out of memory (CUDA's: what training leaves cached,
     and a subword vocabulary's logits for every stream), last.pt takes the steps since the last save (the error

@@ -39,6 +39,7 @@ class TrainResult:
     stopped: str  # why training ended
     best_by: str = "loss"  # what picked best.pt: "loss" (its val loss is best_val_loss) or "wer" (--pairs)
     best_score: float = float("inf")  # best.pt's score by best_by (a fraction for WER)
+    saved: bool = True  # False: no step was trained and the folder's older run of the name was left as it was
 
 
 def non_finite(what: str, value: float, step: int, run_dir: Path, saved: bool = True) -> CharnnError:

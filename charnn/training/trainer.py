@@ -346,11 +346,11 @@ class Trainer:
             else:
                 self.epoch, self.window, self.state = self.epoch + 1, 0, None
                 continue
-        if last_eval_step != self.step or self.dist.any(self.dist.is_main and not (self.run_dir / "last.pt").exists()):
+        if runstate.end_save_due(self, last_eval_step):
             self._eval_and_save()
-        result = TrainResult(self.run_dir, self.step, self.best_val, self.last_val, self.elapsed(),
-                             self.chars_seen, stopped, self.task.selects_by, self.best_score)
-        self.on_event("done", asdict(result))
+        result = TrainResult(self.run_dir, self.step, self.best_val, self.last_val, self.elapsed(), self.chars_seen,
+                             stopped, self.task.selects_by, self.best_score, not runstate.older_run_kept(self))
+        self.on_event("done", {**asdict(result), "run_dir": str(self.run_dir)})  # (JSON as every other event)
         return result
 
 
