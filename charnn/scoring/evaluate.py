@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from charnn.device import autocast
 from charnn.data.batches import pad_rows
-from charnn.scoring.rows import CHUNK, chunk_steps, row_nats  # (CHUNK: time steps per forward call while scoring)
+from charnn.scoring.rows import CHUNK, LOGITS_BYTES, chunk_steps, row_nats  # (CHUNK: steps per scoring call)
 from charnn.text.tokenizer import CharTokenizer, start_id
 from charnn.threadwatch import block
 
@@ -210,8 +210,8 @@ def pair_nats(model, src, tgt, start: int, device: torch.device, precision: str 
               rows: int = 256) -> np.ndarray:
     """Teacher-forced nats of each pair's target (its characters and its end) given its input, for an
     encoder-decoder; `src` and `tgt` are encoded sides (charnn.data.pairs.encode_side), `start` the decoder's
-    start id. Pairs go through in
-    length-sorted blocks; under torchrun a rank scores every world-th block (the others stay 0)."""
+    start id. Pairs go through in length-sorted blocks (pair_blocks); under torchrun a rank scores every world-th
+    block (the others stay 0)."""
     from charnn.data.pairs import pair_batch
 
     out = np.zeros(len(tgt))
@@ -219,15 +219,33 @@ def pair_nats(model, src, tgt, start: int, device: torch.device, precision: str 
     was_training = model.training
     model.eval()
     rank, world = part
-    for b, lo in enumerate(range(0, len(order), rows)):
+    c = getattr(model, "config", None)
+    width = max(getattr(c, "vocab_size", 1), 4 * getattr(c, "hidden", 1))
+    for b, rows_at in enumerate(pair_blocks(order, src, tgt, rows, width)):
         if b % world != rank:
             continue
-        rows_at = order[lo:lo + rows]
         x, y, source = pair_batch([src[i] for i in rows_at], [tgt[i] for i in rows_at], start)
         out[rows_at] = block(lambda: row_nats(model, x, y, None, device, precision, source).cpu().numpy(),
                              lambda _: x.numel())
     model.train(was_training)
     return out
+
+
+def pair_blocks(order, src, tgt, rows: int, width: int, most: Optional[int] = None) -> List[list]:
+    """The pairs in `order` cut into blocks of at most `rows`, and fewer where a block's padded (rows, target, width)
+    or (rows, target, input) float32s (the logits, the gates; the attention's weights) would pass `most` bytes: one
+    5,000-character pair among 255 short ones was padded into 26 GB of attention weights (eval was killed)."""
+    most = LOGITS_BYTES if most is None else most
+    blocks: List[list] = []
+    block_, T, S = [], 0, 0
+    for i in order:
+        t, s = max(T, len(tgt[i]) + 1), max(S, len(src[i]))
+        if block_ and (len(block_) >= rows or 4 * (len(block_) + 1) * t * max(s, width) > most):
+            blocks.append(block_)
+            block_, t, s = [], len(tgt[i]) + 1, len(src[i])
+        block_.append(int(i))
+        T, S = t, s
+    return blocks + [block_] if block_ else blocks
 
 
 def evaluate_pairs(model, src, tgt, start: int, device: torch.device, precision: str = "fp32", part: Tuple[int, int] = (0, 1),
