@@ -6,10 +6,12 @@ of each batched row to batch 1 (the issue's goal: batched beam 5 >= 10x batch 1 
     python benchmarks/decode_speed.py RUN --inputs words.txt --lines 500 --batches 1 32 64 128
 
 The inputs are the first column of a TSV (or the lines of a text file, or a catalog entry), the first --lines of
-them, decoded once to warm up and then timed; every (beam, batch) row decodes the same inputs, in alternating
-rounds (--rounds) so that a change in the machine's load shows as spread rather than as a ratio. The outputs of
-every batch size must agree with batch 1's (nothing a row computes depends on the others). Prints a markdown
-table and writes benchmarks/results/decode_speed.json.
+them, decoded once to warm up and then timed; every (precision, beam, batch) row decodes the same inputs, in
+alternating rounds (--rounds) so that a change in the machine's load shows as spread rather than as a ratio.
+Each row is compared with the first batch size in fp32 (the first of --precisions): its speed ratio and how many
+outputs agree. `--precisions fp32 auto` (the default) also shows what `transduce` does by default: auto's
+decision for each beam is measured (or taken from the cache) before the timed rounds, and named in the table.
+Prints a markdown table and writes benchmarks/results/decode_speed.json.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=1000)
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=["fp32", "bf16", "auto"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decode_speed.json"))
@@ -63,36 +66,50 @@ def main() -> None:
           "load_avg_at_start": os.getloadavg()}
     model_line = (f"{c.layers} x {c.hidden} {c.cell}, embed {c.embed}, "
                   f"{'attention' if c.attention else 'no attention'}, {sum(p.numel() for p in model.parameters()):,} parameters")
-    times = {(b, n): [] for b in a.beams for n in a.batches}
-    outputs = {}
+    cases = [(p, b, n) for p in a.precisions for b in a.beams for n in a.batches]
+    times = {c: [] for c in cases}
+    outputs, ran = {}, {}
+
+    def transducer(p, beam, batch):
+        return Transducer(model, src_tok, tok, TransduceConfig(beam=beam, batch_size=batch, unknown="skip",
+                                                               precision=p), torch.device("cpu"),
+                          data["pairs"]["max_ratio"])
+
+    for p, beam, batch in cases:  # auto decides before the clock (the first use of a model measures, once)
+        tr = transducer(p, beam, batch)
+        list(tr.run([(inputs[0], "input")]))
+        ran[(p, beam, batch)] = tr.precision
     for r in range(a.rounds + 1):  # round 0 warms up
-        for beam in a.beams:
-            for batch in a.batches:
-                tr = Transducer(model, src_tok, tok, TransduceConfig(beam=beam, batch_size=batch, unknown="skip"),
-                                torch.device("cpu"), data["pairs"]["max_ratio"])
-                t0 = time.perf_counter()
-                hyps = list(tr.run((s, "input") for s in inputs))
-                dt = time.perf_counter() - t0
-                if r:
-                    times[(beam, batch)].append(dt)
-                outputs[(beam, batch)] = [h[0].text if h else "" for h in hyps]
+        for c in cases:
+            tr = transducer(*c)
+            t0 = time.perf_counter()
+            hyps = list(tr.run((s, "input") for s in inputs))
+            dt = time.perf_counter() - t0
+            if r:
+                times[c].append(dt)
+            outputs[c] = [h[0].text if h else "" for h in hyps]
     rows = []
-    for beam in a.beams:
-        base = statistics.median(times[(beam, a.batches[0])])
-        for batch in a.batches:
-            dt = statistics.median(times[(beam, batch)])
-            same = sum(x == y for x, y in zip(outputs[(beam, batch)], outputs[(beam, a.batches[0])])) / len(inputs)
-            rows.append({"beam": beam, "batch_size": batch, "seconds": times[(beam, batch)],
-                         "lines_per_s": len(inputs) / dt, "ratio_to_first": base / dt, "same_outputs": same})
+    for p, beam, batch in cases:
+        first = (a.precisions[0], beam, a.batches[0])
+        dt = statistics.median(times[(p, beam, batch)])
+        same = sum(x == y for x, y in zip(outputs[(p, beam, batch)], outputs[first])) / len(inputs)
+        choice = ran[(p, beam, batch)]
+        rows.append({"precision": p, "ran_in": choice.precision, "how": choice.how, "bf16_speedup": choice.speedup,
+                     "beam": beam, "batch_size": batch, "seconds": times[(p, beam, batch)],
+                     "lines_per_s": len(inputs) / dt, "ratio_to_first": statistics.median(times[first]) / dt,
+                     "same_outputs": same})
     hw["load_avg_at_end"] = os.getloadavg()
     print(f"\n{hw['cpu']} ({hw['cpu_features']}), {hw['threads']} threads, torch {hw['torch']}, {hw['date']}; load "
           f"{hw['load_avg_at_start'][0]:.2f} at start, {hw['load_avg_at_end'][0]:.2f} at end; {model_line}; "
           f"{len(inputs):,} inputs of {a.inputs}, median of {a.rounds} rounds\n")
-    print(f"| search | batch | lines/s | x batch {a.batches[0]} | outputs as batch {a.batches[0]} |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    base = f"{a.precisions[0]} batch {a.batches[0]}"
+    print(f"| precision | search | batch | lines/s | x {base} | outputs as {base} |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
     for row in rows:
         name = "greedy" if row["beam"] == 1 else f"beam {row['beam']}"
-        print(f"| {name} | {row['batch_size']} | {row['lines_per_s']:,.1f} | {row['ratio_to_first']:.1f}x | "
+        how = row["ran_in"] if row["precision"] != "auto" else (
+            f"auto: {row['ran_in']}" + (f" ({row['bf16_speedup']:.2f}x)" if row["bf16_speedup"] else ""))
+        print(f"| {how} | {name} | {row['batch_size']} | {row['lines_per_s']:,.1f} | {row['ratio_to_first']:.1f}x | "
               f"{row['same_outputs']:.1%} |")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Choosing the device, the default batch size, and the autocast context (auto precision: training/precision.py)."""
+"""Choosing the device, the default batch size, what the device can do (native bf16), and the autocast context
+(auto precision: training/precision.py for training, generation/precision.py for decoding)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import ctypes
 import platform
 import subprocess
 import sys
-from typing import Optional
+from dataclasses import asdict, dataclass
+from typing import Optional, Tuple
 
 import torch
 
@@ -64,6 +66,47 @@ def cpu_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return mac_cpu_name() or platform.processor() or platform.machine()
+
+
+@dataclass
+class PrecisionChoice:
+    precision: str  # what training (or a decode) autocasts to: fp32, bf16 or fp16
+    how: str  # forced (the flag), measured (just now), cached (by an earlier run), rule (no contest), resumed
+    speedup: Optional[float] = None  # bf16 steps per fp32 step, as measured (None where nothing was timed)
+    reason: str = ""  # why, in words
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def native_bf16(device: torch.device) -> Tuple[bool, str]:
+    """Whether `device` does bf16 arithmetic in hardware (else autocast to bf16 cannot beat fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(), "this GPU has no bf16"
+    if device.type == "cpu":
+        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+        try:  # (torch's probes know x86 only: an Arm CPU's bf16, Graviton 3's or Apple M2's, is read or measured)
+            has = bool((probe and probe()) or (amx and amx())) if x86 and (probe or amx) else _cpuinfo_bf16()
+        except RuntimeError:
+            has = False
+        return has, ("this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 would be emulated" if x86 else
+                     "this CPU has no native bf16 (no BF16 in its features), so bf16 would be emulated")
+    return False, f"bf16 autocast is not measured on {device.type}"
+
+
+def _cpuinfo_bf16() -> bool:
+    """Where torch's probes cannot say (torch before 2.5, a CPU other than x86): Linux's CPU flags (x86's
+    avx512_bf16 or amx_bf16, Arm's bf16), and where they cannot be read (macOS), True: the measurement decides."""
+    lines = (cpuinfo() or "").splitlines()
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))), None)
+    return flags is None or any(f in flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def machine_name(device: torch.device) -> str:
+    """The processor that runs training or decoding: the GPU's name, or the CPU's model name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def default_batch_size(device: torch.device) -> int:

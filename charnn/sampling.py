@@ -160,6 +160,7 @@ DECODE_BATCH = 256  # transduce's default: beam 5 at 256 is 11.8x batch 1 on a 2
 MAX_LENGTH_PENALTY = 10.0  # GNMT's alpha is 0.6-1.0; beyond this only overflow
 MAX_OUTPUT = 1_000_000  # --max-length at most (2**63 overflowed a C long)
 MAX_BEAM = 1000  # --beam and --n-best at most (a beam of 100,000 ran a 24 GiB machine out of memory)
+DECODE_PRECISIONS = ("auto", "fp32", "bf16")  # a decode's (fp16: GPUs' training only)
 DECODE_ROWS = 4096  # hypotheses decoded together at most: --batch-size shrinks for wide beams (256 inputs x 16)
 
 
@@ -176,6 +177,7 @@ class TransduceConfig:
     batch_size: int = DECODE_BATCH  # inputs decoded together (length-sorted; the order of the output is the input's)
     unknown: str = "error"  # input characters outside the vocabulary: error, or skip (drop them)
     device: str = "auto"
+    precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 where measured faster (charnn.generation.precision)
 
     @property
     def sampling(self) -> Optional[SamplingParams]:
@@ -223,5 +225,7 @@ class TransduceConfig:
             problems.append(f"`--unknown` must be one of {', '.join(UNKNOWN)}, not {self.unknown!r}")
         if self.device not in DEVICES:
             problems.append(f"`--device` must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.precision not in DECODE_PRECISIONS:
+            problems.append(f"`--precision` must be one of {', '.join(DECODE_PRECISIONS)}, not {shown(self.precision)}")
         raise_problems(problems)
         return self

@@ -2,6 +2,7 @@
 leaves a seeded run's training unchanged; a forced bf16 this CPU cannot run is one line."""
 
 import json
+import platform
 import time
 import types
 from dataclasses import replace
@@ -13,7 +14,8 @@ from test_train import bf16_trains_here
 from typer.testing import CliRunner
 
 from charnn.cli import app
-from charnn.config import ModelConfig, TrainConfig
+from charnn.config import ModelConfig, TrainConfig, cache_root
+from charnn.data.cache import DECISIONS
 from charnn.data.corpus import Corpus
 from charnn.models.lm import CharRNN
 from charnn.training import precision as P
@@ -113,7 +115,7 @@ def test_an_arm_cpus_bf16_is_read_from_its_features_not_from_x86_probes(monkeypa
     measured it."""
     import builtins
 
-    monkeypatch.setattr(P.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     real_open = builtins.open
     for features, has in (("fp asimd sve bf16 i8mm", True), ("fp asimd evtstrm crc32", False)):
@@ -134,7 +136,7 @@ def test_the_real_probe_leaves_model_and_rng_alone(model_and_batch, monkeypatch)
     assert choice.how == "measured" and choice.precision in ("fp32", "bf16")
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    entry = json.loads((P.cache_root() / P.CACHE_FILE).read_text())
+    entry = json.loads((cache_root() / DECISIONS).read_text())
     assert any(e["precision"] == choice.precision and P.machine_name(CPU) in k for k, e in entry.items())
 
 

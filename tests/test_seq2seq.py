@@ -246,14 +246,14 @@ def test_it_learns_to_reverse(reverse_run):
 @pytest.mark.parametrize("beam", [1, 4])
 def test_output_does_not_depend_on_the_batch_size(reverse_run, tmp_path, beam):
     """transduce with --batch-size 1, 64 and the default (256) writes byte-identical output (greedy and beam), blank
-    lines kept."""
+    lines kept, in fp32 (bf16's rounding can tip a near-tie either way: test_bf16_decoding_...)."""
     held = words(150, 7, 1, 12)
     held[10] = held[40] = ""
     (tmp_path / "in.txt").write_text("\n".join(held) + "\n", encoding="utf-8")
     outs = []
     for b in (1, 64, None):
         r = runner.invoke(app, ["transduce", str(reverse_run / "rev"), str(tmp_path / "in.txt"), "--beam", str(beam),
-                                "--scores", *(["--batch-size", str(b)] if b else [])])
+                                "--scores", "--precision", "fp32", *(["--batch-size", str(b)] if b else [])])
         assert r.exit_code == 0, r.stderr
         outs.append(r.stdout)
     assert outs[0] == outs[1] == outs[2]
@@ -263,10 +263,11 @@ def test_output_does_not_depend_on_the_batch_size(reverse_run, tmp_path, beam):
 
 def test_beam_n_best_are_ranked_and_scores_are_the_models_log_probabilities(reverse_run):
     data, model, src_tok, tok = loaded(reverse_run)
-    tr = Transducer(model, src_tok, tok, TransduceConfig(beam=5, n_best=3), torch.device("cpu"),
-                    data["pairs"]["max_ratio"])
+    tr = Transducer(model, src_tok, tok, TransduceConfig(beam=5, n_best=3, precision="fp32"), torch.device("cpu"),
+                    data["pairs"]["max_ratio"])  # (in fp32 the search's sums are the scores to 1e-3; bf16's to 0.05)
     held = words(30, 11)
-    greedy = Transducer(model, src_tok, tok, TransduceConfig(), torch.device("cpu"), data["pairs"]["max_ratio"])
+    greedy = Transducer(model, src_tok, tok, TransduceConfig(precision="fp32"), torch.device("cpu"),
+                        data["pairs"]["max_ratio"])
     for w, hyps, g in zip(held, tr.run((w, "t") for w in held), greedy.run((w, "t") for w in held)):
         assert len(hyps) == 3 and len({h.text for h in hyps}) == 3
         assert hyps[0].logprob >= hyps[1].logprob >= hyps[2].logprob
@@ -838,3 +839,103 @@ def test_max_time_foresees_the_wer_decoding_before_any_evaluation(tmp_path, monk
     by_loss = Trainer(text, model, TrainConfig(name="loss", best_by="loss", **cfg))
     by_loss.release()
     assert by_loss.budget.select_cost is None
+
+
+def decoding(run, precision: str, batch: int, inputs, beam: int = 1):
+    """(outputs, the precision the decode ran in, the dtypes of the decoder's logits) of `inputs`."""
+    data, model, src_tok, tok = loaded(run)
+    dtypes = set()
+    real = model.decode
+
+    def decode(*a, **k):
+        logits, state = real(*a, **k)
+        dtypes.add(logits.dtype)
+        return logits, state
+
+    model.decode = decode
+    tr = Transducer(model, src_tok, tok, TransduceConfig(beam=beam, batch_size=batch, precision=precision).validate(),
+                    torch.device("cpu"), data["pairs"]["max_ratio"])
+    return [h[0].text for h in tr.run((w, "t") for w in inputs)], tr.precision, dtypes
+
+
+def test_bf16_decoding_autocasts_and_agrees_with_fp32(reverse_run):
+    """--precision bf16 runs the search's products in bf16 (the logits come out in bf16), with almost every output
+    fp32's and every batch size's (its rounding can tip a near-tie: 1 of 150 inputs longer than any trained on
+    differed between batch sizes once); where this CPU cannot run a bf16 decoder, it is one clear error."""
+    from charnn.generation import precision as DP
+
+    held = words(200, 99, 1, 10)
+    fp32, choice, dtypes = decoding(reverse_run, "fp32", 64, held, beam=3)
+    assert choice.how == "forced" and dtypes == {torch.float32}
+    data, model, _, _ = loaded(reverse_run)
+    if DP._runs(model, torch.device("cpu")):  # (oneDNN runs no bf16 LSTM on an AVX2-only CPU)
+        with pytest.raises(CharnnError, match="--precision bf16 cannot decode"):
+            decoding(reverse_run, "bf16", 64, held)
+        return
+    outs = {}
+    for batch in (1, 64):
+        outs[batch], choice, dtypes = decoding(reverse_run, "bf16", batch, held, beam=3)
+        assert choice.precision == "bf16" and dtypes == {torch.bfloat16}
+    assert np.mean([a == b for a, b in zip(outs[1], outs[64])]) >= 0.97
+    assert np.mean([a == b for a, b in zip(outs[64], fp32)]) >= 0.97
+
+
+def test_auto_precision_is_measured_once_for_the_model_and_remembered(reverse_run, monkeypatch, tmp_path):
+    """auto measures the decoder at the default batch's rows once per model and search width, whatever
+    --batch-size is (so an input's output does not depend on it), and takes the remembered decision after;
+    without native bf16 it is fp32, unmeasured."""
+    from charnn.generation import precision as DP
+
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path))
+    monkeypatch.setattr(DP, "native_bf16", lambda device: (True, ""))  # (measured wherever the suite runs)
+    measured, real = [], DP._measure
+    monkeypatch.setattr(DP, "_measure", lambda model, inputs, per_input, device: measured.append(
+        (inputs, per_input)) or real(model, inputs, per_input, device))
+    held = words(20, 5)
+    choices = [decoding(reverse_run, "auto", batch, held, beam=3)[1] for batch in (1, 7, 256)]
+    assert measured == [(256, 3)]
+    assert [c.how for c in choices] == ["measured", "cached", "cached"]
+    assert len({c.precision for c in choices}) == 1 and choices[0].precision in ("fp32", "bf16")
+    remembered = json.loads((tmp_path / "precision.json").read_text())
+    assert [k for k in remembered if k.startswith("decode | ") and k.endswith("| rows 768")]
+    decoding(reverse_run, "auto", 64, held)  # (greedy: another width, measured on its own)
+    assert measured == [(256, 3), (256, 1)]
+    monkeypatch.setattr(DP, "native_bf16", lambda device: (False, "no native bf16"))
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "other"))
+    _, choice, dtypes = decoding(reverse_run, "auto", 64, held)
+    assert (choice.precision, choice.how, dtypes) == ("fp32", "rule", {torch.float32})
+    assert len(measured) == 2
+
+
+def test_precision_flags_are_checked(reverse_run, tmp_path, trained_run):
+    run = str(reverse_run / "rev")
+    one_line_error(runner.invoke(app, ["transduce", run, "--precision", "fp16"], input="abc\n"), 2, "--precision",
+                   "auto, fp32, bf16")
+    (tmp_path / "p.tsv").write_text("abc\tcba\n", encoding="utf-8")
+    one_line_error(runner.invoke(app, ["eval", run, str(tmp_path / "p.tsv"), "--precision", "x"]), 2, "--precision")
+    (tmp_path / "t.txt").write_text("some text\n", encoding="utf-8")
+    one_line_error(runner.invoke(app, ["eval", str(trained_run.run_dir), str(tmp_path / "t.txt"), "--precision",
+                                       "fp32"]), 2, "--precision", "--pairs")
+    r = runner.invoke(app, ["transduce", run, "--precision", "fp32"], input="abc\n")
+    assert r.exit_code == 0 and r.stdout == "cba\n", r.stderr
+    r = runner.invoke(app, ["eval", run, str(tmp_path / "p.tsv"), "--precision", "fp32", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["exact_match"] == 1.0, r.stderr
+
+
+def test_one_long_pair_is_not_padded_into_every_pair_of_its_block(reverse_run, monkeypatch):
+    """eval of 300 short pairs and one of 5,000 characters padded 255 others to it: 26 GB of attention weights, and
+    the process was killed. Blocks now stop at a memory budget; the scores are the same however pairs are cut."""
+    from charnn.scoring import evaluate as E
+
+    data, model, src_tok, tok = loaded(reverse_run)
+    inputs = words(40, 3) + ["abcdef" * 30]
+    src, tgt = encode_side(src_tok, inputs), encode_side(tok, [w[::-1] for w in inputs])
+    order = np.argsort([len(t) for t in tgt], kind="stable")
+    room = 4 * 41 * 181 * 64  # (the 40 short pairs fit in it; with the long one padded to 181 x 180 they do not)
+    blocks = E.pair_blocks(order, src, tgt, 256, 64, most=room)
+    assert [len(b) for b in blocks] == [40, 1] and blocks[1] == [40]
+    assert [len(b) for b in E.pair_blocks(order, src, tgt, 16, 64)] == [16, 16, 9]  # (never more rows than asked)
+    whole = E.pair_nats(model, src, tgt, start_id(tok), torch.device("cpu"))
+    for most in (room, 1):  # (1 byte: a pair a block)
+        monkeypatch.setattr(E, "LOGITS_BYTES", most)
+        assert np.allclose(E.pair_nats(model, src, tgt, start_id(tok), torch.device("cpu")), whole, atol=1e-4)

@@ -52,16 +52,17 @@ class Seq2SeqModel:
     def transduce(self, inputs: Union[str, Sequence[str]], beam: int = 1, n_best: int = 1,
                   length_penalty: float = 0.0, temperature: Optional[float] = None, top_k: Optional[int] = None,
                   top_p: Optional[float] = None, seed: Optional[int] = None, max_length: Optional[int] = None,
-                  batch_size: int = DECODE_BATCH, unknown: str = "error",
-                  scores: bool = False) -> Union[Output, List[Output]]:
+                  batch_size: int = DECODE_BATCH, unknown: str = "error", scores: bool = False,
+                  precision: str = "auto") -> Union[Output, List[Output]]:
         """The output for an input string (a list of outputs for a list of inputs, in order): greedy, beam search
         (`beam`), or samples (`temperature`, `top_k`, `top_p`, `seed`). With `n_best` > 1 each output is a list
         of the best first; with `scores` each is (text, log-probability). Raises CharnnError for characters the
-        model does not know (or drops them with unknown="skip")."""
+        model does not know (or drops them with unknown="skip"). `precision`: fp32, bf16, or auto (bf16 where
+        this machine decodes a batch faster in it, measured once and remembered: charnn.generation.precision)."""
         with keyword_names():
             cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed, max_length=max_length,
-                                  batch_size=batch_size, unknown=unknown).validate()
+                                  batch_size=batch_size, unknown=unknown, precision=precision).validate()
         check_flag("scores", scores)
         single = isinstance(inputs, str)
         if not single and not isinstance(inputs, (list, tuple)):  # (None, 123, b"abc": Python's errors)
@@ -75,7 +76,7 @@ class Seq2SeqModel:
             found = [_shape(h, n_best, scores) for h in transducer.run((t, f"input {i}") for i, t in enumerate(lines))]
         return found[0] if single else found
 
-    def score(self, pairs: Sequence[Tuple[str, str]], beam: int = 1) -> dict:
+    def score(self, pairs: Sequence[Tuple[str, str]], beam: int = 1, precision: str = "auto") -> dict:
         """What `charnn eval` reports for (input, target) pairs: nats per target character, exact match, CER, SER,
         and the characters of the inputs and targets outside the model's vocabularies (`unknown_input_chars`,
         `unknown_target_chars`: eval's notes; they were scored without a word)."""
@@ -90,7 +91,7 @@ class Seq2SeqModel:
             _one_line(target, f"pair {i}'s target", "pairs")
         file = PairFile("pairs", [Pair(s, t) for s, t in pairs])
         with keyword_names():
-            cfg = TransduceConfig(beam=beam).validate()
+            cfg = TransduceConfig(beam=beam, precision=precision).validate()
         found = score_pairs(self.net, self.source_tokenizer, self.tokenizer, file, cfg, self.device,
                             self.max_ratio).to_dict()
         return {**found, "unknown_input_chars": unknown_chars(self.source_tokenizer, [file]),

@@ -33,6 +33,8 @@ def evaluate(
     label: ScoreLabel = None,
     beam: Annotated[int, typer.Option(help="A --pairs model: decode with beam search of this width (1: greedy) "
                                            "for exact match and error rates.")] = 1,
+    precision: Annotated[str, typer.Option(help="A --pairs model: decode in fp32, bf16, or auto (bf16 where "
+                                                "measured faster; nats are scored in fp32).")] = "auto",
     label_by: Annotated[Optional[str], typer.Option(help="A model that classifies (--label-by, or --classifier): "
                                                          "the files are labelled text, as `train --label-by` reads "
                                                          "it (line: label<TAB>text lines; file, folder: each file "
@@ -65,7 +67,8 @@ def evaluate(
             stdin_once(files)
             files, entries = _fetch(files)
             cfg = dynamic_config(dynamic, "--dynamic", dynamic_lr, dynamic_decay, segment)
-            TransduceConfig(beam=beam).validate()  # (the flags first: a bad --beam was found after reading the files)
+            decoding = TransduceConfig(beam=beam, precision=precision).validate()  # (the flags first: a bad --beam was
+            # found after reading the files)
             path = resolve_checkpoint(ckpt)
             data = load_checkpoint(path)
             labelled = label_by is not None or (data.get("model_config") or {}).get("kind") == "classifier"
@@ -80,9 +83,10 @@ def evaluate(
                 if STDIN in files:
                     raise ConfigError("a --pairs model scores pair files (input<TAB>target lines); `-` (stdin) is read "
                                       "for a language model. Pass a file")
-                return _pairs(data, path, files, beam, encoding, dev, as_json)
-            if beam != 1:
-                raise ConfigError("`--beam` applies to a sequence-to-sequence (--pairs) model")
+                return _pairs(data, path, files, decoding, encoding, dev, as_json)
+            if beam != 1 or precision != "auto":
+                raise ConfigError(f"`{'--beam' if beam != 1 else '--precision'}` applies to a sequence-to-sequence "
+                                  "(--pairs) model's decoding")
             if labelled:
                 if dynamic or label is not None or any(entries) or STDIN in files:
                     raise ConfigError("a classifier's eval reads labelled files (--label-by); `--dynamic`, `--label`, "
@@ -215,12 +219,11 @@ def _labelled(data, path, files, by: Optional[str], uniform_prior: bool, encodin
             typer.echo(line)
 
 
-def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> None:
+def _pairs(data, path, files, cfg, encoding: str, dev, as_json: bool) -> None:
     """A sequence-to-sequence model over files of pairs: one row per file (and a total)."""
     from charnn.checkpoint import build_seq2seq
     from charnn.data.pairs import read_pairs
     from charnn.errors import CharnnError
-    from charnn.sampling import TransduceConfig
     from charnn.reports.pairs import score_files, total, unknown_chars
 
     model, source_tok, tok = build_seq2seq(data, dev)
@@ -228,7 +231,6 @@ def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> N
     for f in pair_files:  # (a row of dashes and exit 0 was the answer)
         if not f.pairs:
             raise CharnnError(f"{f.path!r} holds no input<TAB>target lines to score")
-    cfg = TransduceConfig(beam=beam).validate()
     scores = score_files(model, source_tok, tok, pair_files, cfg, dev, (data.get("pairs") or {}).get("max_ratio", 4.0))
     unknown = unknown_chars(source_tok, pair_files)
     if unknown:
@@ -241,7 +243,7 @@ def _pairs(data, path, files, beam: int, encoding: str, dev, as_json: bool) -> N
     all_ = total(scores)
     with writing_results():
         if as_json:
-            typer.echo(json_line({**all_.to_dict(), "checkpoint": str(path), "beam": beam,
+            typer.echo(json_line({**all_.to_dict(), "checkpoint": str(path), "beam": cfg.beam,
                                    "files": [{"path": f, **s.to_dict()} for f, s in zip(files, scores)]}))
             return
         rows = list(zip(files, scores)) + ([("total", all_)] if len(files) > 1 else [])

@@ -21,6 +21,9 @@ Device = Annotated[str, typer.Option(help=f"Device: {', '.join(DEVICES)} (auto: 
                                           "MPS, else the CPU).")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed (default: a fresh one, reported on stderr).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Silence notes on stderr.")]
+DecodePrecision = Annotated[str, typer.Option(help="Decode in fp32, bf16 (autocast), or auto: bf16 where this "
+                                                   "machine decodes a batch faster in it, measured once and "
+                                                   "remembered.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 DynamicLr = Annotated[Optional[float], typer.Option(help="Dynamic evaluation: step size of the RMS-normalised update, 0 to 1 "
                                                          f"(default {_DYNAMIC.lr:g}).", show_default=False)]

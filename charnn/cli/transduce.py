@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from charnn.cli.options import Device, Quiet, Threads, check_threads, split_checkpoint, stdin_once
+from charnn.cli.options import DecodePrecision, Device, Quiet, Threads, check_threads, split_checkpoint, stdin_once
 from charnn.cli.output import err, note_threads, user_errors, writing_results
 from charnn.sampling import DECODE_BATCH, TransduceConfig
 
@@ -45,6 +45,7 @@ def transduce(
                                               "(drop them).")] = "error",
     encoding: Annotated[str, typer.Option(help="Text encoding of the input.")] = "utf-8",
     device: Device = "auto",
+    precision: DecodePrecision = "auto",
     threads: Threads = None,
     quiet: Quiet = False,
 ):
@@ -63,7 +64,7 @@ def transduce(
         encoding = check_encoding(encoding)  # (an unknown one: a traceback from the first read, or nothing on stdin)
         cfg = TransduceConfig(beam=beam, n_best=n_best, length_penalty=length_penalty, temperature=temp, top_k=top_k,
                               top_p=top_p, seed=seed, max_length=max_length, batch_size=batch_size, unknown=unknown,
-                              device=device).validate()
+                              device=device, precision=precision).validate()
         dev, threads = resolve_device(cfg.device), check_threads(threads)
         note_threads(threads, quiet)
         path = resolve_checkpoint(checkpoint, use="transduce")

@@ -1,5 +1,8 @@
 """The on-disk cache: encoded corpora (id arrays plus their tokenizer) and downloaded catalog corpora.
 
+It also keeps `precision.json`: measured decisions of auto precision, training's and decoding's, keyed by the
+machine, torch and the model's shape (`decisions`, `remember_decision`).
+
 It lives in $CHARNN_CACHE, else $XDG_CACHE_HOME/charnn, else ~/.cache/charnn (charnn.config.cache_root). An encoded
 corpus is a folder `encoded/<key>/` holding `ids.bin` (the ids, train then val, as uint8/uint16/uint32) and
 `meta.json`; the key hashes the corpus content, the tokenizer and the split. Entries are written into a temporary
@@ -16,7 +19,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -28,6 +31,7 @@ FORMAT = 3  # bump when the layout of an entry or what is encoded changes (2: fi
 # subword tokenizer without a space piece writes a space as its byte)
 HASH_BLOCK = 8 << 20
 HINT = "set CHARNN_CACHE to another folder"
+DECISIONS = "precision.json"
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -263,3 +267,22 @@ def _unlocked(path: Path) -> bool:
 def open_ids(key: str, meta: dict) -> np.ndarray:
     """The entry's ids, memory-mapped (copy-on-write, so torch.from_numpy takes it without a warning)."""
     return np.memmap(entry_dir(key) / "ids.bin", dtype=np.dtype(meta["dtype"]), mode="c", shape=(meta["tokens"],))
+
+
+def decisions() -> Dict[str, dict]:
+    """Measured decisions remembered in the cache (auto precision: key -> {"precision", "speedup", "date"})."""
+    try:
+        data = json.loads((cache_root() / DECISIONS).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remember_decision(key: str, entry: dict) -> None:
+    """Add a measured decision, dated; a cache that cannot be written only means measuring again next time."""
+    entries = decisions()
+    entries[key] = {**entry, "date": time.strftime("%Y-%m-%d")}
+    try:
+        write_atomic(cache_root() / DECISIONS, json.dumps(entries, indent=1).encode("utf-8"))
+    except (CharnnError, OSError):
+        pass

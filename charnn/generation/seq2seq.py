@@ -8,9 +8,10 @@ or at its length limit, where the end is forced; done inputs drop out of the bat
 short ones' rows busy. Scores are sums of log-probabilities, divided by GNMT's length penalty
 ((5 + length) / 6) ** alpha when alpha > 0.
 
-Nothing a row computes depends on the other rows (the encoder is packed, attention masks padding), so an input
-gets the same output whatever batch it is decoded in; sampling draws each input's noise as a stream of its own,
-seeded by the run's seed and the input's position, for the same reason.
+Nothing a row computes depends on the other rows (the encoder is packed, attention masks padding), so in fp32 an
+input gets the same output whatever batch it is decoded in (in bf16, whose rounding can tip a near-tie, almost
+always: charnn.generation.precision); sampling draws each input's noise as a stream of its own, seeded by the
+run's seed and the input's position, for the same reason.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from charnn.sampling import DECODE_ROWS, SamplingParams, TransduceConfig
+from charnn.sampling import DECODE_BATCH, DECODE_ROWS, SamplingParams, TransduceConfig
 from charnn.data.pairs import END, pad_sources
+from charnn.device import PrecisionChoice, autocast
 from charnn.errors import CharnnError
+from charnn.generation import precision
 from charnn.generation.draw import filter_logits, gumbel_noise, temper
 from charnn.models.seq2seq import Seq2Seq
 from charnn.text.tokenizer import start_id
@@ -48,13 +51,16 @@ def _penalty(length: int, alpha: float) -> float:
 @torch.inference_mode()
 def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int, end: int, limits: Sequence[int],
            beam: int = 1, n_best: int = 1, alpha: float = 0.0, noise: Optional[List[torch.Tensor]] = None,
-           sampling: Optional[SamplingParams] = None) -> List[List[Tuple[float, float, List[int]]]]:
+           sampling: Optional[SamplingParams] = None, precision: str = "fp32"
+           ) -> List[List[Tuple[float, float, List[int]]]]:
     """For each input row: its n_best (score, logprob, token ids) finished outputs, best first. `limits`:
     output tokens allowed per row (the end included). `noise` (sampling, beam 1): per row, (limit, V) Gumbel
-    noise added to the logits tempered and filtered by `sampling` (not greedy: a greedy output is searched)."""
+    noise added to the logits tempered and filtered by `sampling` (not greedy: a greedy output is searched).
+    `precision`: the model's products in fp32 or bf16 (autocast); the scores are summed in fp32."""
     device = source[0].device
     B, K = source[0].shape[0], beam
-    memory, state = model.encode(source)
+    with autocast(device, precision):
+        memory, state = model.encode(source)
     rep = torch.arange(B, device=device).repeat_interleave(K)
     memory, state = memory.grouped(K), model.state_ops.select(state, rep)  # (each input's memory read by its K rows)
     scores = torch.full((B, K), float("-inf"), device=device)
@@ -66,7 +72,8 @@ def search(model: Seq2Seq, source: Tuple[torch.Tensor, torch.Tensor], start: int
     finished: List[List[Tuple[float, float, List[int]]]] = [[] for _ in range(B)]
     t = 0
     while len(alive):
-        logits, state = model.decode(x, state, memory)
+        with autocast(device, precision):
+            logits, state = model.decode(x, state, memory)
         logp = torch.log_softmax(logits[:, -1].float(), -1)  # (b*K, V)
         logp[:, 0] = float("-inf")  # id 0, the unknown character: no target has one, so it is never written
         b, V = len(alive), logp.shape[1]
@@ -130,6 +137,7 @@ class Transducer:
         self.dropped, self.emptied = 0, []  # --unknown skip: characters dropped; inputs left with none (where)
         self.max_source, self.long, self.longest = max_source, 0, ("", 0)  # inputs over LONG_INPUT x the longest
         # trained on: how many, and the longest of them (where, characters)
+        self.precision: Optional[PrecisionChoice] = None  # what the decode runs in: decided at the first batch
 
     def encode(self, text: str, where: str) -> Optional[np.ndarray]:
         """An input's ids and its end; characters outside the vocabulary are an error naming `where`
@@ -152,8 +160,12 @@ class Transducer:
         return np.append(ids, self.src_end)
 
     def notes(self) -> List[str]:
-        """What --unknown skip did, and inputs far longer than training's, for the user (empty when neither)."""
+        """For the user (empty when none): what --unknown skip did, inputs far longer than training's, and the
+        precision auto measured (the first time for this model on this machine)."""
         out = []
+        if self.precision is not None and self.precision.how == "measured":  # (once: then remembered)
+            out.append(f"decoding in {self.precision.precision} ({self.precision.reason}; remembered for this model "
+                       "on this machine; --precision fp32|bf16 chooses)")
         if self.long:  # (a 5,000-character line took 24 s, unexplained: attention reads every input step at each
             where, n = self.longest  # output step, and the output runs as long)
             out.append(f"{self.long:,} input line(s) far longer than any the model was trained on (the longest "
@@ -189,7 +201,7 @@ class Transducer:
             limits = [limits[r] for r in rows]
         src = (source[0].to(self.device), source[1])
         found = search(self.model, src, self.start, self.start, limits, 1 if sampling else c.beam,
-                       1 if sampling else c.n_best, c.length_penalty, noise, sampling)
+                       1 if sampling else c.n_best, c.length_penalty, noise, sampling, self.precision.precision)
         out: List[List[Hypothesis]] = [[] for _ in inputs]
         for r, hyps in zip(rows, found):
             out[r] += [Hypothesis(self.tok.decode(ids), lp, score) for score, lp, ids in hyps]
@@ -215,6 +227,9 @@ class Transducer:
         todo = sorted((i for i, e in enumerate(encoded) if e is not None), key=lambda i: len(encoded[i]))
         per_input = self.cfg.n_best if self.cfg.sampling is not None else self.cfg.beam
         B = max(1, min(self.cfg.batch_size, DECODE_ROWS // per_input))  # (a wide beam: fewer inputs at once)
+        if self.precision is None and todo:  # (for the search's width at the default batch, whatever --batch-size
+            full = max(1, min(DECODE_BATCH, DECODE_ROWS // per_input))  # is: an output does not depend on the batch)
+            self.precision = precision.choose(self.cfg.precision, self.model, full, per_input, self.device)
         for lo in range(0, len(todo), B):
             chunk = todo[lo:lo + B]
             decoded = block(lambda: self.decode([encoded[i] for i in chunk], [self.offset + i for i in chunk]),

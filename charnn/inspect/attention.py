@@ -39,7 +39,8 @@ def attention_map(model, source_tokenizer, tokenizer, line: str, device: torch.d
     missing = source_tokenizer.unknown(line)
     if missing:
         raise CharnnError(f"{where}: {', '.join(repr(c) for c in missing[:5])} not in the model's input characters")
-    transducer = Transducer(model, source_tokenizer, tokenizer, TransduceConfig().validate(), device, max_ratio)
+    cfg = TransduceConfig(precision="fp32").validate()  # (the weights shown as they are)
+    transducer = Transducer(model, source_tokenizer, tokenizer, cfg, device, max_ratio)
     (hyps,) = list(transducer.run([(line, where)]))
     output = hyps[0].text if hyps else ""
     src = transducer.encode(line, where)

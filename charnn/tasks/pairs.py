@@ -133,8 +133,8 @@ class PairsTask(Task):
     def _decoded(self, model, device: torch.device, references: dict) -> PairScore:
         was_training = model.training  # (the transducer puts the model in eval mode)
         try:
-            transducer = Transducer(model, self.source_tokenizer, self.tokenizer, TransduceConfig(unknown="skip"),
-                                    device, self.pairs["max_ratio"])
+            cfg = TransduceConfig(unknown="skip", precision="fp32")  # (as it trains: a decision per step is no use)
+            transducer = Transducer(model, self.source_tokenizer, self.tokenizer, cfg, device, self.pairs["max_ratio"])
             return score_decoded(transducer, references, "validation", PairScore())
         finally:
             model.train(was_training)

@@ -59,8 +59,8 @@ class PairPreview:
             raise ConfigError(f"`--preview-every` must be at least 1, got {every}")
         self.model, self.every, self.write = model, every, write
         self.inputs = [text for text in inputs if text.strip()][:PREVIEW_PAIRS]
-        self.transducer = Transducer(model, source_tokenizer, tokenizer, TransduceConfig(unknown="skip"), device,
-                                     max_ratio)
+        self.transducer = Transducer(model, source_tokenizer, tokenizer,
+                                     TransduceConfig(unknown="skip", precision="fp32"), device, max_ratio)
 
     def __call__(self, kind: str, info: dict) -> None:
         if kind == "step" and info["step"] % self.every == 0:

@@ -20,64 +20,23 @@ cached), and leaves the RNG as it found it, so a seeded run trains the same whic
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
-from charnn.data.cache import cache_root
-from charnn.data.files import write_atomic
-from charnn.device import autocast, cpu_name, cpuinfo
+from charnn.data.cache import decisions, remember_decision
+from charnn.device import PrecisionChoice, autocast, machine_name, native_bf16
 from charnn.errors import CharnnError, first_line
 from charnn.models.cells import copy_model
 
-CACHE_FILE = "precision.json"
 MIN_GAIN = 1.05  # bf16 must be this much faster than fp32 to be chosen: below it is run-to-run noise
 BUDGET = 2.5  # seconds of timed steps at most, warm-up not counted
 MIN_ROUNDS, MAX_ROUNDS = 2, 8  # alternating (fp32, bf16) timed steps
-
-
-@dataclass
-class PrecisionChoice:
-    precision: str  # what training autocasts to: fp32, bf16 or fp16
-    how: str  # forced (the flag), measured (just now), cached (by an earlier run), rule (no contest), resumed
-    speedup: Optional[float] = None  # bf16 steps per fp32 step, as measured (None where nothing was timed)
-    reason: str = ""  # why, in words
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def native_bf16(device: torch.device) -> Tuple[bool, str]:
-    """Whether `device` does bf16 arithmetic in hardware (else autocast to bf16 cannot beat fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(), "this GPU has no bf16"
-    if device.type == "cpu":
-        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-        x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-        try:  # (torch's probes know x86 only: an Arm CPU's bf16, Graviton 3's or Apple M2's, is read or measured)
-            has = bool((probe and probe()) or (amx and amx())) if x86 and (probe or amx) else _cpuinfo_bf16()
-        except RuntimeError:
-            has = False
-        return has, ("this CPU has no native bf16 (no AVX512-BF16 or AMX), so bf16 would be emulated" if x86 else
-                     "this CPU has no native bf16 (no BF16 in its features), so bf16 would be emulated")
-    return False, f"bf16 autocast is not measured on {device.type}"
-
-
-def _cpuinfo_bf16() -> bool:
-    """Where torch's probes cannot say (torch before 2.5, a CPU other than x86): Linux's CPU flags (x86's
-    avx512_bf16 or amx_bf16, Arm's bf16), and where they cannot be read (macOS), True: the measurement decides."""
-    lines = (cpuinfo() or "").splitlines()
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))), None)
-    return flags is None or any(f in flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
 def choose_precision(requested: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -201,11 +160,6 @@ def _device_kind(device: torch.device) -> str:
     return "CPU" if device.type == "cpu" else device.type.upper()
 
 
-def machine_name(device: torch.device) -> str:
-    """The processor that runs training: the GPU's name, or the CPU's model name."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-
-
 def remember(choice: PrecisionChoice, model: torch.nn.Module, x: torch.Tensor, device: torch.device,
              threads: Optional[int] = None) -> None:
     """Store `choice` as the decision for this model and batch: under torchrun, the ranks' agreed one (each
@@ -223,18 +177,9 @@ def _key(model, x, device, threads) -> str:
 
 
 def _load_cache() -> Dict[str, dict]:
-    try:
-        data = json.loads((cache_root() / CACHE_FILE).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return decisions()
 
 
 def _store(key: str, choice: PrecisionChoice) -> None:
-    """Remember a measured decision; a cache that cannot be written only means measuring again next time."""
-    entries = _load_cache()
-    entries[key] = {"precision": choice.precision, "speedup": choice.speedup, "date": time.strftime("%Y-%m-%d")}
-    try:
-        write_atomic(cache_root() / CACHE_FILE, json.dumps(entries, indent=1).encode("utf-8"))
-    except (CharnnError, OSError):
-        pass
+    """Remember a measured decision (a cache that cannot be written only means measuring again next time)."""
+    remember_decision(key, {"precision": choice.precision, "speedup": choice.speedup})
