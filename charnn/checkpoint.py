@@ -194,7 +194,8 @@ SEQ2SEQ_HINT = ("is a sequence-to-sequence model (it writes an output line for e
 
 def _load_model(data: dict, device):
     ModelConfig.from_saved(data["model_config"]).validate()  # the flags' checks, then the kind's own
-    model = build_model(data["model_config"])
+    with torch.random.fork_rng(devices=[]):  # (the fresh weights' draws leave the caller's RNG as it was:
+        model = build_model(data["model_config"])  # torch.manual_seed(0); charnn.load(run) moved it on)
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as e:
@@ -249,6 +250,9 @@ def resolve_checkpoint(path: Optional[str], root: str = "checkpoints", use: Opti
     command can `use`: latest_checkpoint)."""
     if path is None:
         return latest_checkpoint(root, use)
+    if not str(path).strip():  # (Path("") is the current folder: charnn.load("") loaded a run there, or said
+        raise CharnnError("the checkpoint path is an empty string (an unset variable?); give a .pt file or a run "
+                          "folder, or leave it out for the newest run")  # "run folder '' has no best.pt")
     p = Path(path)
     if p.is_dir():
         for name in NAMES:

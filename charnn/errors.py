@@ -4,6 +4,7 @@ allocation that failed, a path that is not there)."""
 import errno
 import re
 import os
+import unicodedata
 
 
 class CharnnError(Exception):
@@ -24,6 +25,19 @@ def escape_controls(text: str) -> str:
     """`text` with TERMINAL_CONTROL's characters written as Python escapes (\\x1b, \\u202e), the rest as it is: for
     names, paths and text in tables and one-line messages."""
     return TERMINAL_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def chars_shown(chars, most: int = 10) -> str:
+    """Characters for a message, quoted as repr quotes them, and at most `most` of them (then how many more); a
+    combining mark as its code point and name (U+0301 COMBINING ACUTE ACCENT): quoted alone it was drawn onto the
+    quote, unreadable (an NFD "cafe\u0301" sent to a model that knows NFC text)."""
+    def one(c: str) -> str:
+        if unicodedata.category(c).startswith("M"):
+            name = unicodedata.name(c, "")
+            return f"U+{ord(c):04X}" + (f" {name}" if name else "")
+        return repr(c)
+    chars = list(chars)
+    return ", ".join(one(c) for c in chars[:most]) + (f" and {len(chars) - most} more" if len(chars) > most else "")
 
 
 def weights_problem(e: BaseException) -> str:
@@ -83,4 +97,6 @@ def missing(path) -> str:
             return "goes through a loop of symbolic links"
         if os.path.islink(path):
             return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+    if "\n" in str(path):  # (charnn.train("some text\n..."): text where a file's path goes)
+        return "does not exist (it holds a line break: text, not a path? write the text to a file and pass that)"
     return "does not exist"

@@ -653,3 +653,20 @@ def test_a_training_that_fails_to_start_leaves_torchs_thread_count_as_it_was(tmp
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_load_leaves_the_callers_rng_alone_and_refuses_an_empty_path(trained_run):
+    """charnn.load drew the fresh model's weights from torch's global RNG (a seeded notebook's next draws moved);
+    charnn.load("") was the current folder ("run folder '' has no best.pt or last.pt", or a run there)."""
+    import torch
+
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    charnn.load(str(trained_run.run_dir), device="cpu")
+    assert torch.equal(torch.rand(3), want)
+    for empty in ("", "  "):
+        with pytest.raises(CharnnError, match="empty string"):
+            charnn.load(empty)
+    with pytest.raises(CharnnError, match="holds a line break: text, not a path"):  # (the text itself, given)
+        charnn.train("the cat sat on the mat\nthe dog sat on the log\n", max_steps=1)

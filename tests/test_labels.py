@@ -614,3 +614,29 @@ def test_a_line_label_with_a_control_character_is_a_bad_line(tmp_path):
     assert load_checkpoint(tmp_path / "u" / "last.pt")["labels"]["names"] == sorted(odd)
     r = runner.invoke(app, ["info", str(tmp_path / "u")])
     assert r.exit_code == 0 and "New\xa0York" in r.stdout and "\\u" not in r.stdout, r.stdout
+
+
+def test_a_label_is_found_in_either_unicode_form_and_without_its_spaces():
+    """--label "Génesis" typed (NFC) for a label read from a macOS folder name (NFD) was "unknown label 'Génesis';
+    the model's labels are: Génesis, ..." (the two looked the same); "mat " was refused though training drops
+    the spaces around a label. An exact name still wins, and two labels alike but for that stay apart."""
+    import unicodedata
+
+    from charnn.scoring.classify import label_id
+
+    nfd = unicodedata.normalize("NFD", "Génesis")
+    labels = {"names": ["Exodus", nfd, "mat"]}
+    assert label_id(labels, "Génesis") == 2 and label_id(labels, nfd) == 2 and label_id(labels, " mat ") == 3
+    both = {"names": ["Génesis", nfd]}
+    assert label_id(both, nfd) == 2 and label_id(both, "Génesis") == 1
+    with pytest.raises(CharnnError, match="unknown label"):
+        label_id(both, " Génesis")  # (alike to two: not a guess)
+    with pytest.raises(CharnnError, match="unknown label 'Genesis'"):
+        label_id(labels, "Genesis")
+
+
+def test_a_combining_mark_in_a_message_is_named_not_drawn_onto_the_quote():
+    from charnn.errors import chars_shown
+
+    assert chars_shown(["\u0301", "x", "\x1b"]) == "U+0301 COMBINING ACUTE ACCENT, 'x', '\\x1b'"
+    assert chars_shown("abcdefghijkl") == "'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j' and 2 more"

@@ -130,6 +130,9 @@ def test_bad_lines_name_file_and_line_and_can_be_skipped(tmp_path):
     e.write_text("ab\tba\n\tx\n", encoding="utf-8")
     with pytest.raises(CharnnError, match=r"e.tsv:2: the line's input is empty"):
         read_pairs(e)
+    e.write_text("ab\tba\rcd\tdc\ref\tfe\r", encoding="utf-8")  # (old Mac line ends: "the line has 3 tabs", no more)
+    with pytest.raises(CharnnError, match=r"e.tsv:1: the line has 3 tabs, and lines that end in CR alone"):
+        read_pairs(e)
 
 
 def test_any_unicode_on_either_side(tmp_path):
@@ -939,3 +942,12 @@ def test_one_long_pair_is_not_padded_into_every_pair_of_its_block(reverse_run, m
     for most in (room, 1):  # (1 byte: a pair a block)
         monkeypatch.setattr(E, "LOGITS_BYTES", most)
         assert np.allclose(E.pair_nats(model, src, tgt, start_id(tok), torch.device("cpu")), whole, atol=1e-4)
+
+
+def test_a_pairs_file_not_in_the_encoding_names_the_flag(reverse_run, tmp_path):
+    """A Latin-1 pairs file said "is not valid utf-8: bad byte 0xe9 at offset 3" with no hint (a plain corpus's
+    message names --encoding, and the README's faults table promises it)."""
+    (tmp_path / "l.tsv").write_bytes("caf\xe9\tx\n".encode("latin-1"))
+    for args in (["train", str(tmp_path / "l.tsv"), "--pairs", "--out", str(tmp_path)],
+                 ["eval", str(reverse_run / "rev"), str(tmp_path / "l.tsv")]):
+        one_line_error(runner.invoke(app, args), 1, "bad byte 0xe9", "--encoding")

@@ -21,7 +21,7 @@ from charnn.checkpoint import build_from_checkpoint, build_seq2seq, is_seq2seq, 
 from charnn.config import DynamicConfig
 from charnn.device import resolve_device
 from charnn.scoring.dynamic import adapt as adapted_copy
-from charnn.errors import CharnnError, WrongKind
+from charnn.errors import CharnnError, WrongKind, chars_shown
 from charnn.scoring.evaluate import EvalResult, evaluate_text
 from charnn.generation.batcher import BLOCK, Batcher
 from charnn.inspect.surprisal import scan, token_spans
@@ -89,9 +89,7 @@ class Model:
         """Raise ParamError naming the characters of `prompt` the model's vocabulary lacks."""
         missing = self.tokenizer.unknown(prompt) if prompt else []
         if missing:
-            listed = ", ".join(repr(c) for c in missing[:10]) + (f" and {len(missing) - 10} more"
-                                                               if len(missing) > 10 else "")
-            raise ParamError(f"the prompt has characters the model's vocabulary lacks: {listed}", param)
+            raise ParamError(f"the prompt has characters the model's vocabulary lacks: {chars_shown(missing)}", param)
 
     def params(self, prompt: str = "", length: int = 500, temperature: float = 1.0, top_k: Optional[int] = None,
                top_p: Optional[float] = None, n: int = 1, stop: Union[None, str, Sequence[str]] = None,

@@ -6,12 +6,11 @@ import json
 import queue
 import sys
 import threading
-from pathlib import Path
 from typing import Annotated, Iterator, List, Optional
 
 import typer
 
-from charnn.cli.options import Device, Quiet, Threads, check_threads, stdin_once
+from charnn.cli.options import Device, Quiet, Threads, check_threads, split_checkpoint, stdin_once
 from charnn.cli.output import err, note_threads, user_errors, visible, writing_results
 from charnn.data.linefeed import STDIN, stdin_lines
 from charnn.errors import CharnnError
@@ -48,8 +47,7 @@ def classify(
 
     err.notes = not quiet
     with user_errors():
-        paths = list(paths or [])
-        ckpt = paths.pop(0) if paths and (Path(paths[0]).suffix == ".pt" or Path(paths[0]).is_dir()) else None
+        ckpt, paths = split_checkpoint(paths)  # (a mistyped run folder: said, as the other commands say it)
         stdin_once(paths)
         if per_file and not paths:
             raise typer.BadParameter("--per-file needs FILE arguments")

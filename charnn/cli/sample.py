@@ -11,7 +11,7 @@ from charnn.cli.options import (Checkpoint, Device, DynamicDecay, DynamicLr, Lab
                                 dynamic_config, typed_text, unescape)
 from charnn.cli.output import err, note_threads, user_errors, writing_results
 from charnn.sampling import SampleConfig
-from charnn.errors import CharnnError, ConfigError
+from charnn.errors import CharnnError, ConfigError, chars_shown
 
 
 def sample(
@@ -97,7 +97,7 @@ def sample(
         if not quiet:
             if sampler.skipped:
                 err.print(f"note: dropped from the prime (not in the vocabulary): "
-                          f"{', '.join(repr(c) for c in sampler.skipped[:10])}")
+                          f"{chars_shown(sampler.skipped)}")
             err.print(f"sampling {model.path}{f' as {label!r}' if label is not None else ''} on {model.device}, "
                       f"seed {used_seed}")
         _stream(sampler, quiet, model.device.type == "cpu")
@@ -127,7 +127,7 @@ def _adapt(model, path: str, unknown: str, cfg, quiet: bool, encoding: str = "ut
     if not quiet:
         done = adapted.adaptation
         if skipped:
-            err.print(f"note: dropped from --adapt (not in the vocabulary): {', '.join(repr(c) for c in skipped[:10])}")
+            err.print(f"note: dropped from --adapt (not in the vocabulary): {chars_shown(skipped)}")
         source = "stdin" if path == "-" else path
         err.print(f"adapted to {source}: {done.result.chars:,} characters in {done.seconds:.2f}s "
                   f"({done.result.nats_per_char:.4f} nats/char while adapting)", markup=False)

@@ -82,9 +82,10 @@ def decode_bytes(data: bytes, name: str, encoding: str = "utf-8") -> str:
     try:
         return data.decode(check_encoding(encoding))
     except UnicodeDecodeError as e:
-        raise CharnnError(f"{name} is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {e.start}") from None
+        raise CharnnError(f"{name} is not valid {encoding}: bad byte 0x{data[e.start]:02x} at offset {e.start} "
+                          "(see --encoding)") from None  # (pairs, eval, classify: a Latin-1 file had no hint)
     except UnicodeError as e:  # (UTF-16 without a BOM)
-        raise CharnnError(f"{name} is not valid {encoding}: {e}") from None
+        raise CharnnError(f"{name} is not valid {encoding}: {e} (see --encoding)") from None
 
 
 def corpus_paths(paths) -> Optional[List[str]]:

@@ -104,6 +104,8 @@ def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False, hint
                 bad += 1
                 continue
             why = "has no tab" if tabs == 0 else f"has {tabs} tabs"
+            if "\r" in line:  # (a file of old Mac line ends reads as one line of every pair's tabs)
+                why += ", and lines that end in CR alone (a line ends at LF): convert them"
             raise CharnnError(f"{path}:{no}: the line {why} (a pair is input<TAB>target, exactly one tab; {hint})")
         source, target = line.split("\t")
         if not source or not target:  # (`word<TAB>` from a messy export trained half a dictionary to write nothing)

@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, chars_shown
 from charnn.text.tokenizer import start_id
 
 
@@ -31,7 +31,7 @@ def clean_prime(tokenizer, prime: str, unknown: str = "error", what: str = "the 
     missing = tokenizer.unknown(prime) if prime else []
     if not missing:
         return prime, []
-    shown = ", ".join(repr(c) for c in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    shown = chars_shown(missing)
     if unknown != "skip":
         raise CharnnError(f"{what} has characters the model's vocabulary lacks: {shown}; "
                           "drop them with --unknown skip")

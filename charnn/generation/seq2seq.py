@@ -26,7 +26,7 @@ import torch
 from charnn.sampling import DECODE_BATCH, DECODE_ROWS, SamplingParams, TransduceConfig
 from charnn.data.pairs import END, pad_sources
 from charnn.device import PrecisionChoice, autocast
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, chars_shown
 from charnn.generation import precision
 from charnn.generation.draw import filter_logits, gumbel_noise, temper
 from charnn.models.seq2seq import Seq2Seq
@@ -150,7 +150,7 @@ class Transducer:
         bad = ids == self.src_tok.unk_id
         if bad.any():
             if self.cfg.unknown == "error":
-                shown = ", ".join(repr(c) for c in self.src_tok.unknown(text)[:5])
+                shown = chars_shown(self.src_tok.unknown(text), 5)
                 raise CharnnError(f"{where}: {shown} not in the model's input characters (`--unknown skip` drops them)")
             ids = ids[~bad]
             self.dropped += int(bad.sum())

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from charnn.data.pairs import encode_side, pad_sources
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, chars_shown
 from charnn.generation.seq2seq import Transducer
 from charnn.sampling import TransduceConfig
 from charnn.text.tokenizer import start_id
@@ -38,7 +38,7 @@ def attention_map(model, source_tokenizer, tokenizer, line: str, device: torch.d
         raise CharnnError("`--attention` needs a non-blank input line")
     missing = source_tokenizer.unknown(line)
     if missing:
-        raise CharnnError(f"{where}: {', '.join(repr(c) for c in missing[:5])} not in the model's input characters")
+        raise CharnnError(f"{where}: {chars_shown(missing, 5)} not in the model's input characters")
     cfg = TransduceConfig(precision="fp32").validate()  # (the weights shown as they are)
     transducer = Transducer(model, source_tokenizer, tokenizer, cfg, device, max_ratio)
     (hyps,) = list(transducer.run([(line, where)]))

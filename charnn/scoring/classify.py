@@ -12,6 +12,7 @@ labels, which is how often a line of each turns up), or uniform.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -120,10 +121,17 @@ def label_id(labels: Optional[dict], name: str) -> int:
     if not names:
         raise CharnnError("this model was trained without labels, so --label does not apply (train with "
                           "--label-by file|folder|line)")
-    if name not in names:
-        shown = ", ".join(names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
-        raise CharnnError(f"unknown label {name!r}; the model's labels are: {shown}")
-    return names.index(name) + 1
+    if name in names:
+        return names.index(name) + 1
+    same = [i for i, n in enumerate(names) if _label_key(n) == _label_key(name)]
+    if len(same) == 1:  # (as training reads labels, spaces around them dropped; and in either Unicode form: a
+        return same[0] + 1  # macOS folder name is NFD, a typed "Génesis" NFC, and they looked the same in the error)
+    shown = ", ".join(names[:30]) + (f" and {len(names) - 30} more" if len(names) > 30 else "")
+    raise CharnnError(f"unknown label {name!r}; the model's labels are: {shown}")
+
+
+def _label_key(name: str) -> str:
+    return unicodedata.normalize("NFC", name.strip())
 
 
 def per_label_table(labels: dict) -> Dict[str, dict]:
