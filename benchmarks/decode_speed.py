@@ -66,7 +66,8 @@ def main() -> None:
           "load_avg_at_start": os.getloadavg()}
     model_line = (f"{c.layers} x {c.hidden} {c.cell}, embed {c.embed}, "
                   f"{'attention' if c.attention else 'no attention'}, {sum(p.numel() for p in model.parameters()):,} parameters")
-    cases = [(p, b, n) for p in a.precisions for b in a.beams for n in a.batches]
+    cases = [(p, b, n) for b in a.beams for n in a.batches for p in a.precisions]  # (a row's precisions back to
+    # back: this host's speed drifts by 10-25% within minutes, and a ratio of rows far apart in a round took it)
     times = {c: [] for c in cases}
     outputs, ran = {}, {}
 
@@ -89,7 +90,7 @@ def main() -> None:
                 times[c].append(dt)
             outputs[c] = [h[0].text if h else "" for h in hyps]
     rows = []
-    for p, beam, batch in cases:
+    for p, beam, batch in sorted(cases, key=lambda c: a.precisions.index(c[0])):
         first = (a.precisions[0], beam, a.batches[0])
         dt = statistics.median(times[(p, beam, batch)])
         same = sum(x == y for x, y in zip(outputs[(p, beam, batch)], outputs[first])) / len(inputs)

@@ -350,8 +350,8 @@ def test_a_mistyped_run_before_the_files_is_named_where_there_is_no_run(tmp_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("some text\n")
-    for args in (["eval", "runs/mistyped", "notes.txt"], ["transduce", "runs/mistyped"],
-                 ["novelty", "runs/mistyped"], ["classify", "runs/mistyped", "notes.txt"], ["classify", "runs/mistyped"]):
+    for args in (["eval", "runs/mistyped", "notes.txt"], ["transduce", "runs/mistyped"], ["novelty", "runs/mistyped"],
+                 ["classify", "runs/mistyped", "notes.txt"], ["classify", "runs/mistyped"]):
         one_line_error(runner.invoke(app, args, input="abc\n"), 1,
                        "'runs/mistyped' does not exist: neither a checkpoint (a .pt file or a run folder) nor an "
                        "input file")
