@@ -6,8 +6,9 @@ of each batched row to batch 1 (the issue's goal: batched beam 5 >= 10x batch 1 
     python benchmarks/decode_speed.py RUN --inputs words.txt --lines 500 --batches 1 32 64 128
 
 The inputs are the first column of a TSV (or the lines of a text file, or a catalog entry), the first --lines of
-them, decoded once to warm up and then timed; every (precision, beam, batch) row decodes the same inputs, in
-alternating rounds (--rounds) so that a change in the machine's load shows as spread rather than as a ratio.
+them; every (precision, beam, batch) row decodes the same inputs, one (beam, batch) setting at a time, decoded
+once to warm up and then in rounds (--rounds) alternating its precisions, so that a change in the machine's
+load shows as spread rather than as a ratio.
 Each row is compared with the first batch size in fp32 (the first of --precisions): its speed ratio and how many
 outputs agree. `--precisions fp32 auto` (the default) also shows what `transduce` does by default: auto's
 decision for each beam is measured (or taken from the cache) before the timed rounds, and named in the table.
@@ -80,15 +81,20 @@ def main() -> None:
         tr = transducer(p, beam, batch)
         list(tr.run([(inputs[0], "input")]))
         ran[(p, beam, batch)] = tr.precision
-    for r in range(a.rounds + 1):  # round 0 warms up
-        for c in cases:
-            tr = transducer(*c)
-            t0 = time.perf_counter()
-            hyps = list(tr.run((s, "input") for s in inputs))
-            dt = time.perf_counter() - t0
-            if r:
-                times[c].append(dt)
-            outputs[c] = [h[0].text if h else "" for h in hyps]
+    # One (beam, batch) at a time, its precisions alternating, round 0 warming up: a transduce run decodes with one
+    # setting, and oneDNN keeps the kernels it built for the shapes it met (when all settings took turns, each
+    # evicted the last one's, and bf16's take longer to build: bf16 read no faster than fp32 at greedy 256, and
+    # 1.5x when timed one setting at a time)
+    order = [(r, c) for i in range(0, len(cases), len(a.precisions)) for r in range(a.rounds + 1)
+             for c in cases[i:i + len(a.precisions)]]
+    for r, c in order:
+        tr = transducer(*c)
+        t0 = time.perf_counter()
+        hyps = list(tr.run((s, "input") for s in inputs))
+        dt = time.perf_counter() - t0
+        if r:
+            times[c].append(dt)
+        outputs[c] = [h[0].text if h else "" for h in hyps]
     rows = []
     for p, beam, batch in sorted(cases, key=lambda c: a.precisions.index(c[0])):
         first = (a.precisions[0], beam, a.batches[0])
