@@ -109,6 +109,20 @@ def machine_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
+def available_memory() -> Optional[int]:
+    """Bytes of memory the system can give now without swapping (Linux's MemAvailable), or None where it cannot be
+    read. Linux grants big allocations and kills the process later when they are touched (overcommit), so what
+    would not fit must be refused before it is asked for."""
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def default_batch_size(device: torch.device) -> int:
     """Streams per batch when --batch-size is not given (a --pairs run on the CPU: charnn.tasks.pairs.PAIR_BATCHES).
 

@@ -670,3 +670,23 @@ def test_load_leaves_the_callers_rng_alone_and_refuses_an_empty_path(trained_run
             charnn.load(empty)
     with pytest.raises(CharnnError, match="holds a line break: text, not a path"):  # (the text itself, given)
         charnn.train("the cat sat on the mat\nthe dog sat on the log\n", max_steps=1)
+
+
+def test_rows_that_would_not_fit_in_memory_are_refused_before_they_are_asked_for(trained_run, monkeypatch):
+    """generate(n=10**7) was killed by Linux (a notebook's kernel died): the memory was granted, then touched. Now n
+    rows that need more than the memory available are one ParamError, before any is made."""
+    from charnn.api import pool
+
+    m = charnn.load(str(trained_run.run_dir), device="cpu")
+    monkeypatch.setattr(pool, "available_memory", lambda: 100 * pool.row_bytes(m))
+    assert len(m.generate("the ", length=5, n=100, seed=1)) == 100
+    for call in (m.generate, m.stream):
+        with pytest.raises(ParamError, match=r"`n`=101 rows need about .* of memory and .* is free; ask for fewer"):
+            call("the ", length=5, n=101)
+    monkeypatch.setattr(pool, "available_memory", lambda: None)  # (where it cannot be read: as before)
+    assert len(m.generate("the ", length=5, n=101, seed=1)) == 101
+    monkeypatch.undo()
+    free = pool.available_memory()
+    if free is not None:  # (this machine's real memory, just past it)
+        with pytest.raises(ParamError, match="ask for fewer"):
+            m.generate("the ", length=1, n=free // pool.row_bytes(m) + 1)
