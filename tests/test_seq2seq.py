@@ -951,3 +951,18 @@ def test_a_pairs_file_not_in_the_encoding_names_the_flag(reverse_run, tmp_path):
     for args in (["train", str(tmp_path / "l.tsv"), "--pairs", "--out", str(tmp_path)],
                  ["eval", str(reverse_run / "rev"), str(tmp_path / "l.tsv")]):
         one_line_error(runner.invoke(app, args), 1, "bad byte 0xe9", "--encoding")
+
+
+def test_a_pairs_file_trained_without_pairs_gets_a_note(tmp_path):
+    """`charnn train g2p.tsv` (--pairs left out) trained a language model on the whole lines without a word."""
+    write_pairs(tmp_path / "p.tsv", words(300, 4))
+    flags = ["--out", str(tmp_path), "--hidden", "16", "--layers", "1", "--max-steps", "2", "--eval-every", "2",
+             "--device", "cpu", "--threads", "1"]
+    r = runner.invoke(app, ["train", str(tmp_path / "p.tsv"), *flags])
+    assert r.exit_code == 0 and "look like input<TAB>output pairs" in r.stderr and "add --pairs" in r.stderr, r.stderr
+    for extra in (["--pairs"], ["-q"]):
+        r = runner.invoke(app, ["train", str(tmp_path / "p.tsv"), *flags, *extra, "--name", "x" + extra[0]])
+        assert r.exit_code == 0 and "look like" not in r.stderr, r.stderr
+    (tmp_path / "t.txt").write_text("".join(f"{w} {w[::-1]}\n" for w in words(300, 4)), encoding="utf-8")
+    r = runner.invoke(app, ["train", str(tmp_path / "t.txt"), *flags])
+    assert r.exit_code == 0 and "look like" not in r.stderr, r.stderr

@@ -196,6 +196,7 @@ def train(
         with graceful_signals(stop):
             view = TrainProgress(err, cfg.open_ended, quiet)
             corpus_args = list(corpus or [])
+            _note_tab_separated(corpus_args, cfg, resume, quiet or not dist.is_main)
             run = start_run(corpus_args or None, model_cfg, cfg, view, encoding=encoding, glob=glob, resume=resume,
                             log_every=log_every, explicit=given, stop=stop, dist=dist,
                             loaded=view.download.close, started=started)
@@ -212,6 +213,22 @@ def train(
 
 
 train = with_model_flags(train, MODEL, PAIRS, before="batch_size", pairs_before="device")
+
+
+def _note_tab_separated(corpus_args: List[str], cfg, resume: bool, quiet: bool) -> None:
+    """A language model about to train on a file of tab-separated pairs (`charnn train g2p.tsv`, --pairs left out):
+    say what the flags would make of it, before the run starts."""
+    from pathlib import Path
+
+    from charnn.data.pairs import looks_like_pairs
+
+    if quiet or resume or cfg.pairs or cfg.label_by or cfg.classifier:
+        return
+    first = next((a for a in corpus_args if Path(a).is_file()), None)
+    if first and looks_like_pairs(first):
+        err.print(f"note: the lines of {first} look like input<TAB>output pairs; this trains a language model on "
+                  "the whole lines (add --pairs for a sequence-to-sequence model, or --label-by line for "
+                  "label<TAB>text lines)", markup=False, highlight=False)
 
 
 def _report_stop(e, trainer, dist, corpus_args: List[str], out: str, encoding: str, glob: Optional[str]):

@@ -88,6 +88,17 @@ class PairText:
 TRAIN_HINT = "`--skip-bad-lines` skips and counts such lines"
 
 
+def looks_like_pairs(path: str, head: int = 8192) -> bool:
+    """Whether a file's first lines (its first `head` bytes; at least 5 non-blank lines) almost all hold exactly
+    one tab, as input<TAB>target pairs (and label<TAB>text lines) do: `train` without --pairs says so."""
+    try:
+        with open(path, "rb") as f:
+            lines = [ln for ln in f.read(head).split(b"\n")[:-1] if ln.strip()]
+    except OSError:
+        return False
+    return len(lines) >= 5 and sum(ln.count(b"\t") == 1 for ln in lines) >= 0.9 * len(lines)
+
+
 def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False, hint: str = TRAIN_HINT) -> PairFile:
     """The pairs of one file: blank lines skipped; a line without exactly one tab, or with nothing on one side of
     it, is an error naming the file and line (or, with `skip_bad`, skipped and counted). A trailing CR (a CRLF
