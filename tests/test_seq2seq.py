@@ -133,6 +133,8 @@ def test_bad_lines_name_file_and_line_and_can_be_skipped(tmp_path):
     e.write_text("ab\tba\rcd\tdc\ref\tfe\r", encoding="utf-8")  # (old Mac line ends: "the line has 3 tabs", no more)
     with pytest.raises(CharnnError, match=r"e.tsv:1: the line has 3 tabs, and lines that end in CR alone"):
         read_pairs(e)
+    with pytest.raises(CharnnError, match=r"e.tsv: its lines end in CR alone"):  # (skipped: "holds no lines")
+        read_pairs(e, skip_bad=True)
 
 
 def test_any_unicode_on_either_side(tmp_path):
@@ -890,6 +892,7 @@ def test_auto_precision_is_measured_once_for_the_model_and_remembered(reverse_ru
     from charnn.generation import precision as DP
 
     monkeypatch.setenv("CHARNN_CACHE", str(tmp_path))
+    monkeypatch.setattr(DP, "_decided", {})  # (this process's decisions: the suite's earlier ones)
     monkeypatch.setattr(DP, "native_bf16", lambda device: (True, ""))  # (measured wherever the suite runs)
     measured, real = [], DP._measure
     monkeypatch.setattr(DP, "_measure", lambda model, inputs, per_input, device: measured.append(
@@ -923,6 +926,7 @@ def test_precision_flags_are_checked(reverse_run, tmp_path, trained_run):
     assert r.exit_code == 0 and r.stdout == "cba\n", r.stderr
     r = runner.invoke(app, ["eval", run, str(tmp_path / "p.tsv"), "--precision", "fp32", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["exact_match"] == 1.0, r.stderr
+    assert json.loads(r.stdout)["precision"] == "fp32"  # (what the outputs were decoded in)
 
 
 def test_one_long_pair_is_not_padded_into_every_pair_of_its_block(reverse_run, monkeypatch):
@@ -966,3 +970,26 @@ def test_a_pairs_file_trained_without_pairs_gets_a_note(tmp_path):
     (tmp_path / "t.txt").write_text("".join(f"{w} {w[::-1]}\n" for w in words(300, 4)), encoding="utf-8")
     r = runner.invoke(app, ["train", str(tmp_path / "t.txt"), *flags])
     assert r.exit_code == 0 and "look like" not in r.stderr, r.stderr
+
+
+def test_auto_is_measured_once_in_a_process_whose_cache_cannot_be_written_and_eval_says_it(reverse_run, monkeypatch,
+                                                                                            tmp_path):
+    """With a cache folder that cannot be written (a read-only home), every Seq2SeqModel.transduce call measured
+    again (2.5-3 s each); eval decoded in a precision it measured without a word."""
+    from charnn.generation import precision as DP
+
+    (tmp_path / "f").write_text("a file, not a folder")
+    monkeypatch.setenv("CHARNN_CACHE", str(tmp_path / "f"))
+    monkeypatch.setattr(DP, "_decided", {})
+    monkeypatch.setattr(DP, "native_bf16", lambda device: (True, ""))
+    measured, real = [], DP._measure
+    monkeypatch.setattr(DP, "_measure", lambda *a: measured.append(1) or real(*a))
+    import charnn
+    m = charnn.load(str(reverse_run / "rev"), device="cpu")
+    assert [m.transduce("abc", beam=2) for _ in range(3)] == [m.transduce("abc", beam=2)] * 3 and measured == [1]
+    (tmp_path / "p.tsv").write_text("abc\tcba\nde\ted\n", encoding="utf-8")
+    r = runner.invoke(app, ["eval", str(reverse_run / "rev"), str(tmp_path / "p.tsv"), "--beam", "3"])
+    assert r.exit_code == 0 and "decoded in " in r.stderr and "remembered" in r.stderr, r.stderr
+    assert measured == [1, 1]
+    r = runner.invoke(app, ["eval", str(reverse_run / "rev"), str(tmp_path / "p.tsv"), "--beam", "3"])
+    assert r.exit_code == 0 and "decoded in" not in r.stderr and measured == [1, 1], r.stderr

@@ -231,7 +231,11 @@ def _pairs(data, path, files, cfg, encoding: str, dev, as_json: bool) -> None:
     for f in pair_files:  # (a row of dashes and exit 0 was the answer)
         if not f.pairs:
             raise CharnnError(f"{f.path!r} holds no input<TAB>target lines to score")
-    scores = score_files(model, source_tok, tok, pair_files, cfg, dev, (data.get("pairs") or {}).get("max_ratio", 4.0))
+    scores, decoded_in = score_files(model, source_tok, tok, pair_files, cfg, dev,
+                                     (data.get("pairs") or {}).get("max_ratio", 4.0))
+    if decoded_in is not None and decoded_in.how == "measured":  # (once a model: then remembered, as transduce says)
+        err.note(f"decoded in {decoded_in.precision} ({decoded_in.reason}; remembered for this model on this "
+                 "machine; --precision fp32|bf16 chooses)")
     unknown = unknown_chars(source_tok, pair_files)
     if unknown:
         err.note(f"{unknown:,} input characters are not in the model's vocabulary; they are scored as the "
@@ -244,6 +248,7 @@ def _pairs(data, path, files, cfg, encoding: str, dev, as_json: bool) -> None:
     with writing_results():
         if as_json:
             typer.echo(json_line({**all_.to_dict(), "checkpoint": str(path), "beam": cfg.beam,
+                                   "precision": decoded_in.precision if decoded_in else None,
                                    "files": [{"path": f, **s.to_dict()} for f, s in zip(files, scores)]}))
             return
         rows = list(zip(files, scores)) + ([("total", all_)] if len(files) > 1 else [])

@@ -104,7 +104,7 @@ def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False, hint
     it, is an error naming the file and line (or, with `skip_bad`, skipped and counted). A trailing CR (a CRLF
     file) is dropped."""
     text = plain.read_text(str(path), "pairs file", encoding, allow_empty=True)
-    pairs, bad = [], 0
+    pairs, bad, cr = [], 0, False
     for no, line in enumerate(text.split("\n"), 1):
         line = line[:-1] if line.endswith("\r") else line
         if not line.strip():
@@ -112,7 +112,7 @@ def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False, hint
         tabs = line.count("\t")
         if tabs != 1:
             if skip_bad:
-                bad += 1
+                bad, cr = bad + 1, cr or "\r" in line
                 continue
             why = "has no tab" if tabs == 0 else f"has {tabs} tabs"
             if "\r" in line:  # (a file of old Mac line ends reads as one line of every pair's tabs)
@@ -127,6 +127,8 @@ def read_pairs(path: Path, encoding: str = "utf-8", skip_bad: bool = False, hint
             raise CharnnError(f"{path}:{no}: the line's {side} is empty (a pair is input<TAB>target, both "
                               f"non-empty; {hint})")
         pairs.append(Pair(source, target))
+    if cr and not pairs:  # (--skip-bad-lines skipped the one line that old Mac line ends make of a file)
+        raise CharnnError(f"{path}: its lines end in CR alone (a line ends at LF): convert them")
     return PairFile(str(path), pairs, bad)
 
 

@@ -6,10 +6,11 @@ accuracy, character error rate and, where targets are space-separated symbols (p
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List
+from typing import List, Optional, Tuple
 
 import numpy as np
 
+from charnn.device import PrecisionChoice
 from charnn.sampling import TransduceConfig
 from charnn.data.pairs import PairFile, encode_side
 from charnn.scoring.evaluate import pair_nats
@@ -20,24 +21,32 @@ from charnn.text.tokenizer import start_id
 
 
 def score_pairs(model, source_tokenizer, tokenizer, file: PairFile, cfg: TransduceConfig, device,
-                max_ratio: float) -> PairScore:
+                max_ratio: float, transducer: Optional[Transducer] = None) -> PairScore:
     """One file's score: teacher-forced nats of every pair, then every distinct input decoded once with `cfg`
-    and scored against the closest of its targets (unknown input characters are scored as the unknown token and
-    dropped when decoding)."""
+    (or `transducer`, made with it: score_files decodes every file with one) and scored against the closest of
+    its targets (unknown input characters are scored as the unknown token and dropped when decoding)."""
     pairs = file.pairs
     src = encode_side(source_tokenizer, [p.source for p in pairs])
     tgt = encode_side(tokenizer, [p.target for p in pairs])
     nats = float(pair_nats(model, src, tgt, start_id(tokenizer), device).sum()) if pairs else 0.0
-    transducer = Transducer(model, source_tokenizer, tokenizer, replace(cfg, unknown="skip", n_best=1), device,
-                            max_ratio)
+    transducer = transducer or decoder(model, source_tokenizer, tokenizer, cfg, device, max_ratio)
     s = PairScore(pairs=len(pairs), nats=nats, target_chars=int(sum(len(t) for t in tgt)),
                   spaced=any(" " in p.target for p in pairs))
     return score_decoded(transducer, references_of((p.source, p.target) for p in pairs), str(file.path), s)
 
 
+def decoder(model, source_tokenizer, tokenizer, cfg: TransduceConfig, device, max_ratio: float) -> Transducer:
+    """What eval decodes with: `cfg`'s search, unknown input characters dropped, the best output only."""
+    return Transducer(model, source_tokenizer, tokenizer, replace(cfg, unknown="skip", n_best=1), device, max_ratio)
+
+
 def score_files(model, source_tokenizer, tokenizer, files: List[PairFile], cfg: TransduceConfig, device,
-                max_ratio: float) -> List[PairScore]:
-    return [score_pairs(model, source_tokenizer, tokenizer, f, cfg, device, max_ratio) for f in files]
+                max_ratio: float) -> Tuple[List[PairScore], Optional[PrecisionChoice]]:
+    """Each file's score, all decoded by one Transducer, and the precision they were decoded in (None where no
+    input was decoded)."""
+    transducer = decoder(model, source_tokenizer, tokenizer, cfg, device, max_ratio)
+    scores = [score_pairs(model, source_tokenizer, tokenizer, f, cfg, device, max_ratio, transducer) for f in files]
+    return scores, transducer.precision
 
 
 def total(scores: List[PairScore]) -> PairScore:
