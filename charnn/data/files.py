@@ -95,8 +95,8 @@ def free_inodes(folder: Path) -> Optional[int]:
 
 
 def size_text(n: int) -> str:
-    """Bytes for people: 512 B, 3.4 kB, 1.2 MB, 5.0 GB."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    """Bytes for people: 512 B, 3.4 kB, 1.2 MB, 5.0 GB, 8.5 PB."""
+    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} B"
