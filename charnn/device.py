@@ -109,18 +109,31 @@ def machine_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
+CGROUP_MEMORY = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # (limit, usage): v2, v1
+                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
 def available_memory() -> Optional[int]:
-    """Bytes of memory the system can give now without swapping (Linux's MemAvailable), or None where it cannot be
-    read. Linux grants big allocations and kills the process later when they are touched (overcommit), so what
-    would not fit must be refused before it is asked for."""
+    """Bytes of memory this process can take now without swapping: Linux's MemAvailable, or less where a container's
+    memory limit (cgroup v2 or v1) leaves less; None where neither can be read. Linux grants big allocations and
+    kills the process later when they are touched (overcommit), so what would not fit must be refused before it is
+    asked for."""
+    room = []
     try:
         with open("/proc/meminfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            room += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    for limit, usage in CGROUP_MEMORY:
+        try:
+            with open(limit, encoding="ascii") as f, open(usage, encoding="ascii") as g:
+                most = f.read().strip()
+                if most != "max" and int(most) < 1 << 60:  # (v1 writes no limit as about 2**63)
+                    room.append(max(0, int(most) - int(g.read().strip())))
+                break
+        except (OSError, ValueError):
+            continue
+    return min(room) if room else None
 
 
 def default_batch_size(device: torch.device) -> int:

@@ -690,3 +690,17 @@ def test_rows_that_would_not_fit_in_memory_are_refused_before_they_are_asked_for
     if free is not None:  # (this machine's real memory, just past it)
         with pytest.raises(ParamError, match="ask for fewer"):
             m.generate("the ", length=1, n=free // pool.row_bytes(m) + 1)
+
+
+def test_available_memory_is_a_containers_limit_where_that_is_less(monkeypatch, tmp_path):
+    """MemAvailable is the host's: in a container with a memory limit (cgroup v2 or v1) the limit is what is left."""
+    from charnn import device
+
+    host = device.available_memory()
+    limit, usage = tmp_path / "max", tmp_path / "current"
+    usage.write_text("1000000\n")
+    for most, want in (("3000000\n", 2000000), ("max\n", host), (f"{2 ** 63 - 4096}\n", host)):
+        limit.write_text(most)
+        monkeypatch.setattr(device, "CGROUP_MEMORY", ((str(tmp_path / "none"), str(usage)), (str(limit), str(usage))))
+        got = device.available_memory()
+        assert got == want if want != host else (host is None or abs(got - host) < 2 ** 28), (most, got)
