@@ -681,7 +681,8 @@ def test_rows_that_would_not_fit_in_memory_are_refused_before_they_are_asked_for
     monkeypatch.setattr(pool, "available_memory", lambda: 100 * pool.row_bytes(m))
     assert len(m.generate("the ", length=5, n=100, seed=1)) == 100
     for call in (m.generate, m.stream):
-        with pytest.raises(ParamError, match=r"`n`=101 rows do not fit in memory: they need about .* and .* is free; ask for fewer"):
+        with pytest.raises(ParamError, match=r"`n`=101 rows do not fit in memory: they need about .* and .* is "
+                                             r"free; ask for fewer"):
             call("the ", length=5, n=101)
     monkeypatch.setattr(pool, "available_memory", lambda: None)  # (where it cannot be read: as before)
     assert len(m.generate("the ", length=5, n=101, seed=1)) == 101

@@ -57,8 +57,8 @@ class BatcherPool:
                 return idle.pop()
         need, free = n * row_bytes(model), available_memory()
         if free is not None and need > free:  # (a failed allocation is caught below, but Linux grants the memory
-            raise ParamError(f"`n`={n:,} rows do not fit in memory: they need about {size_text(need)} and "
-                             f"{size_text(free)} is free; ask for fewer", "n")  # and kills the process once it is touched: n=10**7)
+            raise ParamError(f"`n`={n:,} rows do not fit in memory: they need about {size_text(need)} and "  # and
+                             f"{size_text(free)} is free; ask for fewer", "n")  # kills the process at n=10**7)
         try:
             return Batcher(model.net, model.tokenizer, model.device, capacity=n, int8=model.int8, rows=n)
         except (RuntimeError, MemoryError) as e:  # (torch says a failed allocation in a RuntimeError)
