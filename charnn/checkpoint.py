@@ -32,6 +32,7 @@ from charnn.text.tokenizer import tokenizer_from_state
 FORMAT = "charnn"
 VERSION = 1
 NAMES = ("best.pt", "last.pt")
+PREVIOUS = "previous"  # where a fresh run's first save moves the older run of its name (one generation kept)
 
 
 def save_checkpoint(data: dict, path: Path) -> None:
@@ -242,7 +243,7 @@ def moved_aside(run_dir: Path) -> Optional[str]:
     """The checkpoint (best.pt, else last.pt) of the run before this one in run_dir/previous/, where a fresh run of
     the name moved it (MOVED_ASIDE); errors about run_dir name it ("train into it first" and "start it afresh"
     hid the older run)."""
-    return next((n for n in NAMES if (run_dir / "previous" / n).is_file()), None)
+    return next((n for n in NAMES if (run_dir / PREVIOUS / n).is_file()), None)
 
 
 def resolve_checkpoint(path: Optional[str], root: str = "checkpoints", use: Optional[str] = None) -> Path:

@@ -160,3 +160,36 @@ def test_a_fine_tune_trains_with_its_own_regularisers(tmp_path):
     cfg = load_checkpoint(ft.run_dir / "best.pt")["model_config"]
     assert (cfg["weight_drop"], cfg["ar"], cfg["tar"]) == (0.2, 2.0, 1.0)
     assert load_checkpoint(base.run_dir / "best.pt")["model_config"]["ar"] == 0.0
+
+
+def test_a_base_in_the_previous_folder_the_new_run_replaces_is_refused(trained_run, tmp_path):
+    """--init-from RUN/previous --name RUN: the first save moved the run then in RUN into previous/, over the base
+    being fine-tuned, and the new run's recorded parent named that other model."""
+    import shutil
+
+    run = tmp_path / "runs" / "gen"
+    (run / "previous").mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        shutil.copy(trained_run.run_dir / name, run / name)
+        shutil.copy(trained_run.run_dir / name, run / "previous" / name)
+    corpus = tmp_path / "new.txt"
+    corpus.write_text(NEW_TEXT, encoding="utf-8")
+    before = (run / "previous" / "best.pt").read_bytes()
+    r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path / "runs"), "--name", "gen", "--max-steps",
+                            "2", "--init-from", str(run / "previous")])
+    one_line_error(r, 2, "first save replaces", "another --name")
+    assert (run / "previous" / "best.pt").read_bytes() == before
+    for name in ("best.pt", "last.pt"):  # (no run in the folder: nothing moves into previous/, so it is allowed)
+        (run / name).unlink()
+    r = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path / "runs"), "--name", "gen", "--max-steps",
+                            "2", "--init-from", str(run / "previous"), "-q"])
+    assert r.exit_code == 0 and (run / "previous" / "best.pt").read_bytes() == before, r.stderr
+
+
+def test_the_parent_recorded_is_the_checkpoint_fine_tuned_from():
+    """A fine-tune from a last.pt recorded the base run's best val loss, not that checkpoint's own."""
+    from charnn.training.init_from import Parent
+
+    parent = Parent(path="x/last.pt", data={"val_loss": 2.5, "best_val_loss": 1.9, "step": 7},
+                    model_cfg=ModelConfig(vocab_size=5))
+    assert parent.record()["val_loss"] == 2.5

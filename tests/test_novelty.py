@@ -276,3 +276,16 @@ def test_an_index_build_sweeps_a_killed_builds_temp_files_and_leaves_no_half_ind
     monkeypatch.undo()
     index = textindex.build_index(folder, chunks)
     assert index is not None and sorted(p.name for p in folder.iterdir()) == ["index.json", "sa.bin", "text.utf8"]
+
+
+def test_a_span_in_a_folder_corpus_says_its_line_is_of_the_joined_files(tmp_path):
+    """A folder corpus's span was "(line 34)": the joined text's line, which matched no file's and named none."""
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_text(make_text(60, seed=1), encoding="utf-8")
+    (tmp_path / "books" / "b.txt").write_text(make_text(60, seed=2), encoding="utf-8")
+    r = invoke("train", tmp_path / "books", "--out", tmp_path / "runs", "--hidden", "16", "--layers", "1",
+               "--max-steps", "2", "--threads", "1", "-q")
+    assert r.exit_code == 0, r.stderr
+    sample = make_text(60, seed=2)[500:560]
+    r = invoke("novelty", tmp_path / "runs" / "books", "-", input=sample)
+    assert r.exit_code == 0 and "of the training files joined" in r.stdout, (r.stdout, r.stderr)

@@ -82,7 +82,8 @@ def _table(r) -> List[str]:
     if s is None:
         lines.append("longest verbatim span: none (no character of the sample is in the training text)")
     else:
-        where = f"line {s.line:,}" + (f" of {s.source}" if s.source else "")
+        where = f"line {s.line:,} of " + (s.source or "the training files joined, in the order read")  # (a folder's
+        # line alone matched no file's line: the files are joined with a separator, and no file is named)
         shown = repr(s.text) if len(s.text) <= SPAN_SHOWN else (f"{s.text[:SPAN_SHOWN]!r} ... "
                                                                  f"({len(s.text) - SPAN_SHOWN:,} more; --json: all)")
         lines += [f"longest verbatim span: {s.length:,} characters, at sample offset {s.sample_offset:,}; "

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import torch
 
-from charnn.checkpoint import is_seq2seq, load_checkpoint, resolve_checkpoint
+from charnn.checkpoint import NAMES, PREVIOUS, is_seq2seq, load_checkpoint, resolve_checkpoint
 from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import CharnnError, ConfigError, weights_problem
 from charnn.models import registry
@@ -43,7 +43,7 @@ class Parent:
 
     def record(self) -> dict:
         """What the checkpoint, config.json and `charnn info` say about the parent."""
-        val = self.data.get("best_val_loss", self.data.get("val_loss"))
+        val = self.data.get("val_loss", self.data.get("best_val_loss"))  # (this checkpoint's: a last.pt's own)
         return {"path": str(self.path), "step": self.data.get("step"),
                 "val_loss": val if isinstance(val, float) and math.isfinite(val) else None,
                 "corpus": (self.data.get("data") or {}).get("corpus"),
@@ -55,9 +55,13 @@ def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: O
     """Load the base checkpoint and check the flags given now against it: architecture and tokenizer flags
     that contradict the base are one error naming them all. `explicit` holds the flags typed (None: all)."""
     ckpt = resolve_checkpoint(path)
-    if ckpt.parent.resolve() == run_dir.resolve():
-        raise ConfigError(f"--init-from {path} is in the new run's own folder {str(run_dir)!r}; training "
-                          "there would replace it. Give the new run another --name")
+    folder = ckpt.parent.resolve()
+    where = ("the new run's own folder" if folder == run_dir.resolve() else
+             "the folder this run's first save replaces (the run now in its folder moves there)"
+             if folder == (run_dir / PREVIOUS).resolve() and any((run_dir / n).is_file() for n in NAMES) else "")
+    if where:  # (previous/: a base fine-tuned from there was overwritten, and the run's recorded parent was wrong)
+        raise ConfigError(f"--init-from {path} is in {where} {str(folder)!r}; training there would replace it. Give "
+                          "the new run another --name")
     data = load_checkpoint(ckpt)
     if is_seq2seq(data):
         raise ConfigError(f"--init-from {path} is a sequence-to-sequence (--pairs) model; --init-from fine-tunes "

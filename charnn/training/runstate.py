@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from charnn.checkpoint import build_model, load_checkpoint, save_checkpoint, sweep_temp_files
+from charnn.checkpoint import PREVIOUS, build_model, load_checkpoint, save_checkpoint, sweep_temp_files
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.files import HeldInterrupt
 from charnn.errors import CharnnError, ConfigError, first_line, is_out_of_memory
@@ -168,7 +168,6 @@ def text_and_folder(resumed: Optional[dict], data_record: dict, run_dir: Path, c
     return " and ".join(n for n in ("best.pt", "last.pt") if (run_dir / n).is_file())
 
 
-PREVIOUS = "previous"  # where a fresh run's first save moves the older run of its name (one generation kept)
 RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "config.json")
 
 
