@@ -239,6 +239,11 @@ def build_seq2seq(data: dict, device="cpu") -> Tuple[Seq2Seq, object, object]:
 MOVED_ASIDE = "a newer run of this name moved it there and stopped before its first save"
 
 
+def run_checkpoints(run_dir: Path) -> List[str]:
+    """The checkpoints (best.pt, last.pt) a run folder holds: a run of that name is there where any is."""
+    return [n for n in NAMES if (Path(run_dir) / n).is_file()]
+
+
 def moved_aside(run_dir: Path) -> Optional[str]:
     """The checkpoint (best.pt, else last.pt) of the run before this one in run_dir/previous/, where a fresh run of
     the name moved it (MOVED_ASIDE); errors about run_dir name it ("train into it first" and "start it afresh"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import platform
 import subprocess
 import sys
@@ -102,6 +103,18 @@ def _cpuinfo_bf16() -> bool:
     lines = (cpuinfo() or "").splitlines()
     flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))), None)
     return flags is None or any(f in flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def machine_key(device: torch.device, threads: Optional[int] = None) -> str:
+    """The machine a measured decision (auto precision, training's or decoding's) holds for: processor, cores,
+    torch threads, torch and the device kind, as the cache's keys begin."""
+    return (f"{machine_name(device)} | {os.cpu_count()} cpus | {threads or torch.get_num_threads()} threads | "
+            f"torch {torch.__version__} | {device.type}")
+
+
+def model_key(model) -> str:
+    """A model as a measured decision's key names it: its class and its parameters' shapes."""
+    return f"{type(model).__name__} " + ",".join(f"{tuple(p.shape)}" for p in model.parameters())
 
 
 def machine_name(device: torch.device) -> str:

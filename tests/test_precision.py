@@ -17,6 +17,7 @@ from charnn.cli import app
 from charnn.config import ModelConfig, TrainConfig, cache_root
 from charnn.data.cache import DECISIONS
 from charnn.data.corpus import Corpus
+from charnn.device import machine_name
 from charnn.models.lm import CharRNN
 from charnn.training import precision as P
 from charnn.training.trainer import Trainer, train
@@ -137,7 +138,7 @@ def test_the_real_probe_leaves_model_and_rng_alone(model_and_batch, monkeypatch)
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     entry = json.loads((cache_root() / DECISIONS).read_text())
-    assert any(e["precision"] == choice.precision and P.machine_name(CPU) in k for k, e in entry.items())
+    assert any(e["precision"] == choice.precision and machine_name(CPU) in k for k, e in entry.items())
 
 
 def test_auto_is_reported_and_a_seeded_run_trains_as_its_forced_choice(tmp_path):

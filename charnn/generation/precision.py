@@ -23,7 +23,6 @@ are scored in fp32.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import warnings
@@ -33,7 +32,7 @@ from typing import Dict
 import torch
 
 from charnn.data.cache import decisions, remember_decision
-from charnn.device import PrecisionChoice, autocast, machine_name, native_bf16
+from charnn.device import PrecisionChoice, autocast, machine_key, model_key, native_bf16
 from charnn.errors import CharnnError, first_line, is_out_of_memory
 
 MIN_GAIN = 1.05  # bf16 must be this much faster than fp32 to be chosen (below it: noise)
@@ -74,9 +73,7 @@ def choose(requested: str, model, inputs: int, per_input: int, device: torch.dev
 
 
 def _key(model, rows: int, device: torch.device) -> str:
-    shapes = ",".join(f"{tuple(p.shape)}" for p in model.parameters())
-    return (f"decode | {machine_name(device)} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | "
-            f"torch {torch.__version__} | {device.type} | {type(model).__name__} {shapes} | rows {rows}")
+    return f"decode | {machine_key(device)} | {model_key(model)} | rows {rows}"
 
 
 def _start(model, inputs: int, per_input: int, device: torch.device, precision: str):

@@ -138,7 +138,8 @@ def scoring_context(tokenizer, text: str) -> np.ndarray:
 
 
 def id_dtype(vocab_size: int) -> type:
-    """The smallest integer type that holds every id of a vocabulary of `vocab_size` (one torch takes too)."""
+    """The smallest integer type that holds every id of a vocabulary of `vocab_size`, of the types every torch
+    charnn supports has (signed past 256 ids: charnn.data.cache.id_dtype's uint16 stores ids, not torch tensors)."""
     return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 32768 else np.int32
 
 

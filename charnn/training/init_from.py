@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import torch
 
-from charnn.checkpoint import NAMES, PREVIOUS, is_seq2seq, load_checkpoint, resolve_checkpoint
+from charnn.checkpoint import PREVIOUS, is_seq2seq, load_checkpoint, resolve_checkpoint, run_checkpoints
 from charnn.config import ModelConfig, TrainConfig
 from charnn.errors import CharnnError, ConfigError, weights_problem
 from charnn.models import registry
@@ -58,7 +58,7 @@ def load_parent(path: str, model_cfg: ModelConfig, cfg: TrainConfig, explicit: O
     folder = ckpt.parent.resolve()
     where = ("the new run's own folder" if folder == run_dir.resolve() else
              "the folder this run's first save replaces (the run now in its folder moves there)"
-             if folder == (run_dir / PREVIOUS).resolve() and any((run_dir / n).is_file() for n in NAMES) else "")
+             if folder == (run_dir / PREVIOUS).resolve() and run_checkpoints(run_dir) else "")
     if where:  # (previous/: a base fine-tuned from there was overwritten, and the run's recorded parent was wrong)
         raise ConfigError(f"--init-from {path} is in {where} {str(folder)!r}; training there would replace it. Give "
                           "the new run another --name")

@@ -21,7 +21,6 @@ cached), and leaves the RNG as it found it, so a seeded run trains the same whic
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import contextmanager
 from typing import Dict, Optional
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from charnn.data.cache import decisions, remember_decision
-from charnn.device import PrecisionChoice, autocast, machine_name, native_bf16
+from charnn.device import PrecisionChoice, autocast, machine_key, model_key, native_bf16
 from charnn.errors import CharnnError, first_line
 from charnn.models.cells import copy_model
 
@@ -169,11 +168,7 @@ def remember(choice: PrecisionChoice, model: torch.nn.Module, x: torch.Tensor, d
 
 def _key(model, x, device, threads) -> str:
     """What the decision depends on: machine, torch, device, threads, and the model's and batch's shape."""
-    shapes = ",".join(f"{tuple(p.shape)}" for p in model.parameters())
-    n_threads = threads or torch.get_num_threads()
-    return (f"{machine_name(device)} | {os.cpu_count()} cpus | {n_threads} threads | torch {torch.__version__} | "
-            f"{device.type} | {type(model).__name__} {shapes} | batch "
-            f"{tuple(x.shape)}")
+    return f"{machine_key(device, threads)} | {model_key(model)} | batch {tuple(x.shape)}"
 
 
 def _load_cache() -> Dict[str, dict]:

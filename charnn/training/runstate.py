@@ -14,7 +14,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from charnn.checkpoint import PREVIOUS, build_model, load_checkpoint, save_checkpoint, sweep_temp_files
+from charnn.checkpoint import (PREVIOUS, build_model, load_checkpoint, run_checkpoints, save_checkpoint,
+                               sweep_temp_files)
 from charnn.config import ModelConfig, TrainConfig
 from charnn.data.files import HeldInterrupt
 from charnn.errors import CharnnError, ConfigError, first_line, is_out_of_memory
@@ -165,7 +166,7 @@ def text_and_folder(resumed: Optional[dict], data_record: dict, run_dir: Path, c
         check_same_text(resumed, data_record, run_dir.name, cfg.val_file)
         check_steps_left(resumed, cfg, explicit, run_dir.name)
         return ""
-    return " and ".join(n for n in ("best.pt", "last.pt") if (run_dir / n).is_file())
+    return " and ".join(run_checkpoints(run_dir))
 
 
 RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "config.json")
@@ -207,7 +208,7 @@ def older_run_kept(t) -> bool:
     folder of an older run of its name saves nothing at its end, so that run stays as it was: its first save would
     have moved the older run into previous/ for an untrained model (a signal's stop leaves it too: save_on_stop)."""
     return t.step == t.start_step and not t.resumed and not t._saved_once and t.dist.any(
-        t.dist.is_main and any((t.run_dir / n).is_file() for n in ("best.pt", "last.pt")))
+        t.dist.is_main and bool(run_checkpoints(t.run_dir)))
 
 
 def end_save_due(t, last_eval_step: int) -> bool:
