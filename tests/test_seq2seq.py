@@ -288,7 +288,8 @@ def test_sampling_is_seeded_and_batch_independent(reverse_run):
     held = words(40, 12)
 
     def run(seed, batch):
-        cfg = TransduceConfig(temperature=2.0, n_best=2, seed=seed, batch_size=batch)
+        cfg = TransduceConfig(temperature=2.0, n_best=2, seed=seed, batch_size=batch, precision="fp32")  # (in
+        # bf16 a draw near a tie can go either way between batch sizes: 1 of 40 inputs did once in a CI run)
         tr = Transducer(model, src_tok, tok, cfg, torch.device("cpu"), data["pairs"]["max_ratio"])
         return [[h.text for h in hyps] for hyps in tr.run((w, "t") for w in held)]
 
